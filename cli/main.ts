@@ -1,0 +1,220 @@
+#!/usr/bin/env node
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Command, Option } from 'commander';
+import { CairnError, isCairnError } from '../src/errors.js';
+import { instantiate } from '../src/stages/instantiate.js';
+import { loadStageFile } from '../src/stages/load.js';
+import { realize } from '../src/stages/realize.js';
+import { parseRef, type RRef } from '../src/store/refs.js';
+import { defaultStoreRoot, Store } from '../src/store/store.js';
+import { formatBytes, listTree } from './format.js';
+import { progressReporter } from './progress.js';
+
+const program = new Command('cairn')
+  .description('Content-addressed store and build system: stages, derivations, realizations, matchers.')
+  .option('--store <dir>', 'store root (default: $CAIRN_STORE, else $XDG_DATA_HOME/cairn)')
+  .showHelpAfterError()
+  .configureOutput({ outputError: (s, write) => write(s) });
+
+const openStore = (): Store => Store.open(program.opts<{ store?: string }>().store ?? defaultStoreRoot());
+const out = (s: string): void => { process.stdout.write(s.endsWith('\n') ? s : s + '\n'); };
+
+/** A DRef stands for its newest realization where one realization is needed. */
+function oneRealization(store: Store, ref: string): RRef {
+  const rrefs = store.resolve(ref);
+  if (rrefs.length === 0) throw new CairnError('E_NO_SUCH_REF', `${ref} has no realizations`, { ref });
+  if (rrefs.length > 1) process.stderr.write(`note: ${ref} has ${rrefs.length} realizations; using the newest, ${rrefs[rrefs.length - 1]}\n`);
+  return rrefs[rrefs.length - 1]!;
+}
+
+function parseJobs(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new CairnError('E_USAGE', `-j needs a whole number >= 1, not ${JSON.stringify(v)}`);
+  return n;
+}
+
+program.command('realize')
+  .description('realize the stages of FILE and print the target RRefs as the last line of stdout')
+  .argument('<file>', 'stage file (.ts or .js)')
+  .option('-s, --stage <name...>', 'export or stage name to realize (default: the default export)')
+  .option('-j, --jobs <n>', 'builds at once (default: cores)', parseJobs)
+  .option('-f, --force [name...]', 'rebuild these stages (all stages when no name is given)')
+  .option('-n, --dry-run', 'print what would be built, build nothing')
+  .option('--keep-failed', 'keep the build directory of a failed build under STORE/failed/')
+  .option('-v, --verbose', 'echo build logs to stderr')
+  .option('-q, --quiet', 'no progress output')
+  .option('--json', 'print the result as JSON')
+  .action(async (file: string, o: { stage?: string[]; jobs?: number; force?: true | string[]; dryRun?: boolean; keepFailed?: boolean; verbose?: boolean; quiet?: boolean; json?: boolean }) => {
+    const loaded = await loadStageFile(file, o.stage ?? []);
+    const graph = instantiate(loaded.targets);
+    const store = openStore();
+    const tty = process.stderr.isTTY === true;
+    const progress = progressReporter(graph.order.length, { tty, verbose: !!o.verbose, quiet: !!o.quiet || (!!o.json && !tty) });
+    const t0 = performance.now();
+    let result;
+    try {
+      result = await realize(graph, { store, jobs: o.jobs, force: o.force, dryRun: o.dryRun, keepFailed: o.keepFailed, events: progress });
+    } finally {
+      progress.finish();
+    }
+    const ms = performance.now() - t0;
+    if (o.json) {
+      out(JSON.stringify({ store: store.root, dryRun: !!o.dryRun, builds: result.builds, ms: Math.round(ms), targets: result.targets, plan: result.plan }, null, 2));
+      return;
+    }
+    if (o.dryRun) {
+      for (const p of result.plan) out(`${p.action.padEnd(6)} ${p.dref}`);
+      const n = result.plan.filter((p) => p.action !== 'cached').length;
+      out(`${n} to build, ${result.plan.length - n} cached`);
+      return;
+    }
+    if (!o.quiet) {
+      const cached = result.plan.filter((p) => p.action === 'cached').length;
+      process.stderr.write(`realized ${result.plan.length} stage(s) in ${(ms / 1000).toFixed(2)}s: ${result.plan.length - cached} built (${result.builds} build run(s)), ${cached} cached\n`);
+    }
+    out(result.targets.flatMap((t) => t.rrefs).join(' '));
+  });
+
+program.command('instantiate')
+  .description('print the DRefs of the stages of FILE (dependencies first), building nothing')
+  .argument('<file>')
+  .option('-s, --stage <name...>', 'export or stage name')
+  .option('--json', 'print derivations as JSON, with their canonical configs')
+  .action(async (file: string, o: { stage?: string[]; json?: boolean }) => {
+    const graph = instantiate((await loadStageFile(file, o.stage ?? [])).targets);
+    if (o.json) {
+      out(JSON.stringify({
+        targets: graph.targets,
+        derivations: graph.order.map((d) => {
+          const n = graph.nodes.get(d)!;
+          return { dref: d, name: n.name, deps: n.deps, drv: JSON.parse(n.drvJson) as unknown };
+        }),
+      }, null, 2));
+    } else {
+      for (const d of graph.order) out(d);
+    }
+  });
+
+program.command('lsref')
+  .description('list the realizations of a DRef, or the files of an RRef')
+  .argument('<ref>')
+  .action((ref: string) => {
+    const store = openStore();
+    const p = parseRef(ref);
+    if (p.kind === 'drv') {
+      for (const rref of store.resolve(ref)) {
+        const row = store.index.get(rref)!;
+        out(`${rref}  ${new Date(row.created).toISOString()}  ${formatBytes(row.bytes)}`);
+      }
+      return;
+    }
+    store.resolve(ref);
+    for (const line of listTree(store.outPath(p.rref))) out(line);
+  });
+
+program.command('catref')
+  .description('print a file of a realization')
+  .argument('<ref>', 'RRef, or DRef for its newest realization')
+  .argument('<path>', 'path inside the output')
+  .action((ref: string, rel: string) => {
+    const store = openStore();
+    const base = store.outPath(oneRealization(store, ref));
+    const file = path.resolve(base, rel);
+    if (file !== base && !file.startsWith(base + path.sep)) throw new CairnError('E_NO_SUCH_PATH', `${rel} is outside the realization`, { path: rel });
+    let data: Buffer;
+    try { data = fs.readFileSync(file); } catch {
+      throw new CairnError('E_NO_SUCH_PATH', `${rel} does not exist in ${ref} (or is a directory); see cairn lsref`, { path: rel });
+    }
+    process.stdout.write(data);
+  });
+
+program.command('shellref')
+  .description("open a shell in a realization's output directory")
+  .argument('<ref>', 'RRef, or DRef for its newest realization')
+  .option('-c, --command <cmd>', 'run this command instead of an interactive shell')
+  .action((ref: string, o: { command?: string }) => {
+    const store = openStore();
+    const rref = oneRealization(store, ref);
+    const dir = store.outPath(rref);
+    const shell = process.env.SHELL || '/bin/sh';
+    const r = spawnSync(shell, o.command ? ['-c', o.command] : [], {
+      cwd: dir, stdio: 'inherit', env: { ...process.env, CAIRN_RREF: rref, CAIRN_OUT: dir, CAIRN_STORE: store.root },
+    });
+    process.exitCode = r.status ?? 1;
+  });
+
+program.command('rmref')
+  .description('remove a realization, or every realization of a derivation and the derivation')
+  .argument('<ref...>')
+  .option('--force', 'remove even if other realizations were built from it')
+  .action((refs: string[], o: { force?: boolean }) => {
+    const store = openStore();
+    for (const ref of refs) {
+      const p = parseRef(ref);
+      const rrefs = store.resolve(ref);
+      for (const r of rrefs) store.remove(r, o);
+      if (p.kind === 'drv') store.removeDrv(p.dref);
+      out(`removed ${ref}${p.kind === 'drv' ? ` (${rrefs.length} realization(s))` : ''}`);
+    }
+  });
+
+program.command('du')
+  .description('disk use: of the whole store by derivation, or of one reference and its closure')
+  .argument('[ref]')
+  .option('--bytes', 'print plain byte counts')
+  .action((ref: string | undefined, o: { bytes?: boolean }) => {
+    const store = openStore();
+    const fmt = (n: number): string => (o.bytes ? String(n) : formatBytes(n));
+    if (ref) {
+      const own = store.resolve(ref);
+      const sum = (rs: RRef[]): number => rs.reduce((a, r) => a + (store.index.get(r)?.bytes ?? 0), 0);
+      const closure = store.closure(own);
+      out(`${fmt(sum(own))}\t${ref} (${own.length} realization(s))`);
+      out(`${fmt(sum(closure))}\tclosure (${closure.length} realization(s))`);
+      return;
+    }
+    const byDrv = new Map<string, { bytes: number; count: number }>();
+    for (const row of store.index.all()) {
+      const e = byDrv.get(row.dref) ?? { bytes: 0, count: 0 };
+      e.bytes += row.bytes;
+      e.count++;
+      byDrv.set(row.dref, e);
+    }
+    let total = 0;
+    let count = 0;
+    for (const [dref, e] of [...byDrv].sort((a, b) => b[1].bytes - a[1].bytes)) {
+      out(`${fmt(e.bytes)}\t${e.count}\t${dref}`);
+      total += e.bytes;
+      count += e.count;
+    }
+    out(`${fmt(total)}\t${count}\ttotal`);
+  });
+
+program.command('log')
+  .description('print the build log of a realization')
+  .argument('<ref>', 'RRef, or DRef for its newest realization')
+  .action((ref: string) => {
+    const store = openStore();
+    process.stdout.write(fs.readFileSync(path.join(store.rzDir(oneRealization(store, ref)), 'build.log')));
+  });
+
+program.command('demo')
+  .description('run the ML-style demo pipeline twice on the store: built, then fully cached')
+  .addOption(new Option('--runs <n>', 'how many times to realize').default('2'))
+  .action(async (o: { runs: string }) => {
+    const { runDemo } = await import('./demo.js');
+    await runDemo(program.opts<{ store?: string }>().store ?? defaultStoreRoot(), Number(o.runs));
+  });
+
+
+program.parseAsync(process.argv).catch((e: unknown) => {
+  if (isCairnError(e)) {
+    process.stderr.write(`cairn: error ${e.code}: ${e.message}\n`);
+    process.exitCode = e.code === 'E_USAGE' ? 2 : 1;
+  } else {
+    process.stderr.write(`cairn: internal error: ${(e as Error)?.stack ?? String(e)}\n`);
+    process.exitCode = 70;
+  }
+});

@@ -1,0 +1,48 @@
+import type { CairnError } from '../src/errors.js';
+import type { Derivation, RealizeEvents } from '../src/index.js';
+
+const secs = (ms: number): string => `${(ms / 1000).toFixed(ms < 10_000 ? 2 : 1)}s`;
+
+/**
+ * Progress on stderr. On a terminal one status line is redrawn in place
+ * (at most every 50 ms, so 10,000 cached stages do not flood it); otherwise
+ * only builds, waits and failures are printed, one plain line each.
+ */
+export function progressReporter(total: number, opts: { tty: boolean; verbose: boolean; quiet: boolean }): RealizeEvents & { finish(): void } {
+  const err = process.stderr;
+  const running = new Set<string>();
+  let cached = 0;
+  let built = 0;
+  let drawnAt = 0;
+  let drawn = false;
+  const line = (text: string): void => {
+    if (opts.quiet) return;
+    if (opts.tty && drawn) err.write('\r\x1b[2K');
+    err.write(text + '\n');
+    drawn = false;
+    status(true);
+  };
+  const status = (force = false): void => {
+    if (!opts.tty || opts.quiet) return;
+    const now = Date.now();
+    if (!force && now - drawnAt < 50) return;
+    drawnAt = now;
+    const names = [...running].slice(0, 3).join(', ') + (running.size > 3 ? ', …' : '');
+    const text = `[${cached + built}/${total}] ${built} built, ${cached} cached${running.size ? ` | building ${names}` : ''}`;
+    err.write(`\r\x1b[2K${text.slice(0, (err.columns || 100) - 1)}`);
+    drawn = true;
+  };
+  return {
+    cached: () => { cached++; status(); },
+    start: (n: Derivation, why) => { running.add(n.name); line(`building ${n.name} ${n.dref}${why === 'forced' ? ' (forced)' : ''}`); },
+    wait: (n: Derivation, holder: string) => line(`waiting for ${n.name}: process ${holder.split('.')[0]} is building it`),
+    built: (n: Derivation, rrefs, ms) => {
+      running.delete(n.name);
+      built++;
+      line(`built ${n.name} in ${secs(ms)}: ${rrefs.join(' ')}`);
+    },
+    log: (n: Derivation, text: string) => { if (opts.verbose) line(`${n.name}> ${text}`); },
+    failed: (n: Derivation, e: CairnError) => { running.delete(n.name); line(`failed ${n.name}: ${e.code}`); },
+    finish: () => { if (opts.tty && drawn) err.write('\r\x1b[2K'); drawn = false; },
+  };
+}

@@ -1,0 +1,44 @@
+/**
+ * Every error Cairn raises on purpose carries a stable `code`, so scripts can
+ * branch on it and the CLI can print it and exit non-zero. Messages may change
+ * between versions; codes may not.
+ */
+export const ErrorCodes = {
+  E_CONFIG_NOT_JSON: 'config holds a value that is not JSON (function, BigInt, NaN, Infinity, symbol, class instance, cycle)',
+  E_BAD_NAME: 'stage name is not allowed',
+  E_CYCLE: 'stage graph has a cycle',
+  E_NOT_A_STAGE: 'a value used as a stage is not one',
+  E_DUPLICATE_OUTPUT: 'promised output listed twice or outside the output directory',
+  E_STAGE_FILE: 'stage file could not be loaded',
+  E_NO_TARGET: 'stage file exports no stage to realize',
+  E_BUILD_FAILED: 'a build function threw or exited with an error',
+  E_PROMISE_BROKEN: 'a build did not create a promised output',
+  E_UNSAFE_OUTPUT: 'an output holds a symlink that escapes it, a device, a socket or a fifo',
+  E_MATCH_UNSATISFIED: 'matcher still selects nothing after building',
+  E_MATCH_AMBIGUOUS: 'matcher `only` found more than one realization',
+  E_MATCH_INVALID: 'matcher returned something that is not a list of candidate RRefs',
+  E_BAD_REF: 'reference is not a well-formed DRef or RRef',
+  E_NO_SUCH_REF: 'reference is not in the store',
+  E_NO_SUCH_PATH: 'path does not exist inside the realization',
+  E_STORE_VERSION: 'store was written by an incompatible layout version',
+  E_STORE_IO: 'store could not be read or written',
+  E_LOCK_TIMEOUT: 'gave up waiting for a lock',
+  E_USAGE: 'command line is not valid',
+} as const;
+
+export type ErrorCode = keyof typeof ErrorCodes;
+
+export class CairnError extends Error {
+  readonly code: ErrorCode;
+  readonly details: Record<string, unknown>;
+  constructor(code: ErrorCode, message: string, details: Record<string, unknown> = {}, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'CairnError';
+    this.code = code;
+    this.details = details;
+  }
+}
+
+export function isCairnError(e: unknown, code?: ErrorCode): e is CairnError {
+  return e instanceof CairnError && (code === undefined || e.code === code);
+}

@@ -1,0 +1,85 @@
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { CairnError } from '../errors.js';
+import type { RRef } from '../store/refs.js';
+import type { Store } from '../store/store.js';
+import type { Derivation } from './instantiate.js';
+import { isStage, type BuildContext, type BuildLog, type Dep, type ExecOptions } from './stage.js';
+
+/** Replaces every stage in a config with the Dep view of its chosen realizations. */
+export function resolveConfig(config: unknown, depOf: (s: object) => Dep | undefined): unknown {
+  const walk = (v: unknown): unknown => {
+    if (typeof v !== 'object' || v === null) return v;
+    if (isStage(v)) return depOf(v);
+    if (Array.isArray(v)) return v.map(walk);
+    return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, walk(x)]));
+  };
+  return walk(config);
+}
+
+export function makeDep(store: Store, dref: string, rrefs: readonly RRef[]): Dep {
+  const paths = rrefs.map((r) => store.outPath(r));
+  return Object.freeze({
+    dref,
+    rrefs,
+    paths,
+    path: paths[0]!,
+    file: (rel: string) => path.join(paths[0]!, rel),
+  });
+}
+
+export function makeLog(file: string, echo?: (line: string) => void): BuildLog {
+  const fd = fs.openSync(file, 'a', 0o644);
+  const log = ((message: string) => {
+    const line = `${new Date().toISOString()} ${message}\n`;
+    fs.writeSync(fd, line);
+    echo?.(message);
+  }) as BuildLog & { close(): void };
+  Object.defineProperty(log, 'file', { value: file });
+  Object.defineProperty(log, 'close', { value: () => fs.closeSync(fd) });
+  return log;
+}
+
+/** Runs a child process whose stdout and stderr also go to the build log. */
+export function execLogged(logFile: string, cmd: string, args: readonly string[] = [], opts: ExecOptions = {}): Promise<{ stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ['pipe', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    const logFd = fs.openSync(logFile, 'a');
+    fs.writeSync(logFd, `$ ${[cmd, ...args].join(' ')}\n`);
+    child.stdout.on('data', (b: Buffer) => { out.push(b); fs.writeSync(logFd, b); });
+    child.stderr.on('data', (b: Buffer) => { err.push(b); fs.writeSync(logFd, b); });
+    child.on('error', (e) => {
+      fs.closeSync(logFd);
+      reject(new CairnError('E_BUILD_FAILED', `cannot run ${cmd}: ${e.message}`, { cmd }, { cause: e }));
+    });
+    child.on('close', (code, signal) => {
+      fs.closeSync(logFd);
+      const stdout = Buffer.concat(out).toString();
+      const stderr = Buffer.concat(err).toString();
+      if (code === 0) resolve({ stdout, stderr });
+      else reject(new CairnError('E_BUILD_FAILED', `${cmd} exited with ${signal ?? code}${stderr ? `: ${stderr.trim().split('\n').slice(-3).join(' | ')}` : ''}`, { cmd, code, signal }));
+    });
+    child.stdin.end(opts.input ?? '');
+  });
+}
+
+export function makeBuildContext(
+  node: Derivation,
+  config: unknown,
+  dirs: { outs: string[]; tmp: string },
+  log: BuildLog,
+): BuildContext<unknown> {
+  return Object.freeze({
+    name: node.name,
+    dref: node.dref,
+    config: config as never,
+    out: dirs.outs[0]!,
+    outs: dirs.outs,
+    tmp: dirs.tmp,
+    log,
+    exec: (cmd: string, args?: readonly string[], opts?: ExecOptions) => execLogged(log.file, cmd, args, opts),
+  });
+}

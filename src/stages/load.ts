@@ -1,0 +1,85 @@
+import * as fs from 'node:fs';
+import { register } from 'node:module';
+import * as path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { CairnError } from '../errors.js';
+import { isStage, type Stage } from './stage.js';
+
+let hooksInstalled = false;
+
+/** Installs the TypeScript and `cairn` module hooks (see resolve-hook.ts), once per process. */
+function installHooks(): void {
+  if (hooksInstalled) return;
+  hooksInstalled = true;
+  register(new URL('./resolve-hook.js', import.meta.url), {
+    data: { target: new URL('../index.js', import.meta.url).href },
+  });
+}
+
+export interface LoadedStages {
+  file: string;
+  /** Every exported stage, by export name (arrays are flattened as NAME[i]). */
+  exports: Map<string, Stage>;
+  /** The stages to realize: the selected ones, or the default export. */
+  targets: Stage[];
+}
+
+const asStages = (v: unknown): Stage[] | undefined => {
+  if (isStage(v)) return [v];
+  if (Array.isArray(v) && v.length > 0 && v.every(isStage)) return v;
+  return undefined;
+};
+
+/**
+ * Imports a stage file (TypeScript or JavaScript, no compile step) and picks
+ * its targets. An export may be a stage, an array of stages, or a function
+ * (possibly async) returning either. Selectors name exports or stage names;
+ * with none, the default export is the target.
+ */
+export async function loadStageFile(file: string, selectors: readonly string[] = []): Promise<LoadedStages> {
+  const abs = path.resolve(file);
+  if (!fs.existsSync(abs)) throw new CairnError('E_STAGE_FILE', `stage file ${file} does not exist`, { file });
+  installHooks();
+  let mod: Record<string, unknown>;
+  try {
+    mod = (await import(pathToFileURL(abs).href)) as Record<string, unknown>;
+  } catch (e) {
+    if (e instanceof CairnError) throw e;
+    throw new CairnError('E_STAGE_FILE', `stage file ${file} failed to load: ${(e as Error)?.message ?? String(e)}`, { file }, { cause: e });
+  }
+  const exports = new Map<string, Stage>();
+  const groups = new Map<string, Stage[]>();
+  for (const [key, raw] of Object.entries(mod)) {
+    let value = raw;
+    if (typeof value === 'function' && !isStage(value)) {
+      try {
+        value = await (value as () => unknown)();
+      } catch (e) {
+        if (e instanceof CairnError) throw e;
+        throw new CairnError('E_STAGE_FILE', `stage file ${file}: export ${key}() threw: ${(e as Error)?.message ?? String(e)}`, { file, export: key }, { cause: e });
+      }
+    }
+    const stages = asStages(value);
+    if (!stages) continue;
+    groups.set(key, stages);
+    stages.forEach((s, i) => exports.set(stages.length === 1 ? key : `${key}[${i}]`, s));
+  }
+  const available = [...groups.keys()].join(', ') || 'none';
+  let targets: Stage[];
+  if (selectors.length === 0) {
+    const def = groups.get('default');
+    if (!def) {
+      throw new CairnError('E_NO_TARGET', `stage file ${file} has no default export to realize; pick one with --stage (exports with stages: ${available})`, { file, available: [...groups.keys()] });
+    }
+    targets = def;
+  } else {
+    targets = selectors.flatMap((sel) => {
+      const byExport = groups.get(sel);
+      if (byExport) return byExport;
+      const byName = [...exports.values()].filter((s) => s.name === sel);
+      if (byName.length > 0) return byName.slice(0, 1);
+      throw new CairnError('E_NO_TARGET', `stage file ${file} has no export or stage named ${JSON.stringify(sel)} (exports with stages: ${available})`, { file, selector: sel });
+    });
+  }
+  return { file: abs, exports, targets };
+}

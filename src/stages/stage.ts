@@ -1,0 +1,128 @@
+import { CairnError } from '../errors.js';
+import { checkName, type DRef, type RRef } from '../store/refs.js';
+import { isMatcher, latest, custom, type Matcher, type MatcherFn } from './matchers.js';
+
+const STAGE = Symbol.for('cairn.stage');
+
+/** The chosen realizations of one dependency, as a build function sees them. */
+export interface Dep {
+  readonly dref: DRef;
+  /** Chosen RRefs, in the order the dependency's matcher ranked them. */
+  readonly rrefs: readonly RRef[];
+  /** Their `out/` directories, same order. */
+  readonly paths: readonly string[];
+  /** The first (best) one: what a one-realization matcher chose. */
+  readonly path: string;
+  /** `path` joined with a relative path inside it. */
+  file(rel: string): string;
+}
+
+/** A config as the build function sees it: every stage reference replaced by its Dep. */
+export type Resolved<T> =
+  T extends Stage<any> ? Dep :
+  T extends readonly (infer U)[] ? Resolved<U>[] :
+  T extends object ? { [K in keyof T]: Resolved<T[K]> } :
+  T;
+
+export interface BuildLog {
+  (message: string): void;
+  /** Path of the log file, which ends up as the realization's build.log. */
+  readonly file: string;
+}
+
+export interface ExecOptions {
+  cwd?: string;
+  env?: NodeJS.ProcessEnv;
+  /** Data written to the child's stdin. */
+  input?: string | Uint8Array;
+}
+
+export interface BuildContext<C> {
+  readonly name: string;
+  readonly dref: DRef;
+  /** The config, with stage references resolved to their chosen realizations. */
+  readonly config: Resolved<C>;
+  /** The first output directory: where a one-output build writes. */
+  readonly out: string;
+  /** All `n` output directories; each becomes a realization of its own. */
+  readonly outs: readonly string[];
+  /** Scratch space on the store's filesystem, deleted after the build. */
+  readonly tmp: string;
+  /** Appends a line to the build log (and to the progress display when verbose). */
+  readonly log: BuildLog;
+  /** Runs a program with its output captured in the build log; rejects on a non-zero exit. */
+  exec(cmd: string, args?: readonly string[], opts?: ExecOptions): Promise<{ stdout: string; stderr: string }>;
+}
+
+export type BuildFn<C> = (ctx: BuildContext<C>) => void | Promise<void>;
+
+export interface StageSpec<C> {
+  /** Becomes part of the DRef and of the store path: letters, digits, `. _ + -`. */
+  name: string;
+  /** JSON config. Stage objects anywhere inside it are dependencies. */
+  config: C;
+  build: BuildFn<C>;
+  /** Chooses among realizations; default `latest()`. */
+  matcher?: Matcher | MatcherFn;
+  /** Relative paths every output must contain, checked before anything enters the store. */
+  outputs?: readonly string[];
+  /** Outputs per build, for non-deterministic builds (default 1). */
+  n?: number;
+  /**
+   * Opt-out of code identity. By default the build function's source text
+   * is part of the DRef, so editing it means a new derivation. With
+   * `version`, the string stands in for the source: edits reuse existing
+   * realizations until you change it.
+   */
+  version?: string;
+}
+
+export interface Stage<C = unknown> {
+  readonly [STAGE]: true;
+  readonly name: string;
+  readonly config: C;
+  readonly build: BuildFn<C>;
+  readonly matcher: Matcher;
+  readonly outputs: readonly string[];
+  readonly n: number;
+  readonly version: string | undefined;
+}
+
+export function isStage(x: unknown): x is Stage {
+  return typeof x === 'object' && x !== null && (x as Record<symbol, unknown>)[STAGE] === true;
+}
+
+function checkOutputs(name: string, outputs: readonly string[]): string[] {
+  const seen = new Set<string>();
+  for (const o of outputs) {
+    const parts = typeof o === 'string' ? o.split('/') : [];
+    if (parts.length === 0 || o.startsWith('/') || o.includes('\0') || parts.some((p) => p === '..' || p === '' || p === '.') || seen.has(o)) {
+      throw new CairnError('E_DUPLICATE_OUTPUT', `stage ${name}: promised output ${JSON.stringify(o)} must be a unique relative path inside the output, without '.', '..' or empty parts`, { stage: name, output: o });
+    }
+    seen.add(o);
+  }
+  return [...seen].sort();
+}
+
+/** Declares a stage. Nothing runs until it is realized. */
+export function stage<C>(spec: StageSpec<C>): Stage<C> {
+  if (typeof spec !== 'object' || spec === null) throw new CairnError('E_NOT_A_STAGE', 'stage() needs a spec object');
+  const name = checkName(spec.name);
+  if (typeof spec.build !== 'function') throw new CairnError('E_NOT_A_STAGE', `stage ${name}: build must be a function`, { stage: name });
+  const n = spec.n ?? 1;
+  if (!Number.isInteger(n) || n < 1 || n > 10_000) throw new CairnError('E_USAGE', `stage ${name}: n must be a whole number from 1 to 10000, not ${n}`, { stage: name });
+  if (spec.version !== undefined && typeof spec.version !== 'string') throw new CairnError('E_USAGE', `stage ${name}: version must be a string`, { stage: name });
+  const m = spec.matcher;
+  const matcher = m === undefined ? latest() : isMatcher(m) ? m : typeof m === 'function' ? custom(m) : undefined;
+  if (!matcher) throw new CairnError('E_USAGE', `stage ${name}: matcher must be a matcher or a function`, { stage: name });
+  return Object.freeze({
+    [STAGE]: true as const,
+    name,
+    config: spec.config,
+    build: spec.build,
+    matcher,
+    outputs: Object.freeze(checkOutputs(name, spec.outputs ?? [])),
+    n,
+    version: spec.version,
+  });
+}

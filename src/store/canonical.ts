@@ -1,0 +1,82 @@
+import { CairnError } from '../errors.js';
+
+/** A JSON value as Cairn hashes it: no undefined, no NaN, no class instances. */
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+
+/**
+ * Called for every object before it is canonicalised. Returning a Json value
+ * substitutes it (this is how stage references become `{"$ref": dref}`);
+ * returning undefined means "not special, canonicalise it normally".
+ */
+export type Substitute = (value: object, path: string) => Json | undefined;
+
+/**
+ * Canonical JSON text: object keys sorted by UTF-16 code unit, no whitespace,
+ * numbers in ECMAScript's shortest round-trip form (so `1.0` and `1` agree,
+ * and `-0` is written `0`). The text is the same in every process on every
+ * machine, which is what makes DRefs portable.
+ *
+ * Anything that JSON.stringify would silently drop or mangle is refused
+ * instead, because a config that quietly loses a field would give two
+ * different stages the same identity. The one deliberate exception is an
+ * object property whose value is `undefined`: it is omitted, exactly as JSON
+ * does, so optional fields can be left unset.
+ */
+export function canonicalJson(value: unknown, substitute?: Substitute, root = 'config'): string {
+  const parts: string[] = [];
+  const onPath = new Set<object>();
+  const bad = (path: string, what: string): never => {
+    throw new CairnError('E_CONFIG_NOT_JSON', `${path} is ${what}, which is not JSON`, { path });
+  };
+  const walk = (v: unknown, path: string): void => {
+    switch (typeof v) {
+      case 'string': parts.push(JSON.stringify(v)); return;
+      case 'boolean': parts.push(v ? 'true' : 'false'); return;
+      case 'number':
+        if (!Number.isFinite(v)) bad(path, String(v));
+        parts.push(Object.is(v, -0) ? '0' : String(v));
+        return;
+      case 'bigint': return bad(path, 'a BigInt');
+      case 'function': return bad(path, 'a function');
+      case 'symbol': return bad(path, 'a symbol');
+      case 'undefined': return bad(path, 'undefined');
+    }
+    if (v === null) { parts.push('null'); return; }
+    const obj = v as object;
+    if (substitute) {
+      const sub = substitute(obj, path);
+      if (sub !== undefined) { walk(sub, path); return; }
+    }
+    if (onPath.has(obj)) bad(path, 'a reference back to one of its own parents (a cycle)');
+    onPath.add(obj);
+    if (Array.isArray(obj)) {
+      parts.push('[');
+      obj.forEach((item, i) => {
+        if (i > 0) parts.push(',');
+        walk(item, `${path}[${i}]`);
+      });
+      parts.push(']');
+    } else {
+      const proto = Object.getPrototypeOf(obj);
+      if (proto !== Object.prototype && proto !== null) {
+        bad(path, `an instance of ${proto?.constructor?.name ?? 'an unknown class'}`);
+      }
+      if (Object.getOwnPropertySymbols(obj).length > 0) bad(path, 'an object with symbol keys');
+      const keys = Object.keys(obj).sort();
+      parts.push('{');
+      let first = true;
+      for (const key of keys) {
+        const item = (obj as Record<string, unknown>)[key];
+        if (item === undefined) continue;
+        if (!first) parts.push(',');
+        first = false;
+        parts.push(JSON.stringify(key), ':');
+        walk(item, /^[A-Za-z_$][\w$]*$/.test(key) ? `${path}.${key}` : `${path}[${JSON.stringify(key)}]`);
+      }
+      parts.push('}');
+    }
+    onPath.delete(obj);
+  };
+  walk(value, root);
+  return parts.join('');
+}

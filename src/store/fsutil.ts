@@ -1,0 +1,85 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+
+export function fsyncPath(p: string): void {
+  const fd = fs.openSync(p, 'r');
+  try { fs.fsyncSync(fd); } finally { fs.closeSync(fd); }
+}
+
+/** Write-then-rename, with fsyncs, so readers see the old file or the new one, never half of one. */
+export function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o444): void {
+  const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  const fd = fs.openSync(tmp, 'wx', 0o600);
+  try {
+    fs.writeFileSync(fd, data);
+    fs.fchmodSync(fd, mode);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, file);
+  fsyncPath(path.dirname(file));
+}
+
+/**
+ * Deletes a tree even when it is read-only. Directories must be writable to
+ * unlink their entries, so write bits are restored on the way down; for a
+ * read-only store tree this is the one place that ever adds them back.
+ */
+export function removeTree(p: string): void {
+  let st: fs.Stats;
+  try { st = fs.lstatSync(p); } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw e;
+  }
+  if (st.isDirectory()) {
+    if ((st.mode & 0o200) === 0) fs.chmodSync(p, 0o700);
+    for (const name of fs.readdirSync(p)) removeTree(path.join(p, name));
+    fs.rmdirSync(p);
+  } else {
+    fs.unlinkSync(p);
+  }
+}
+
+/** Bytes used by a tree (apparent sizes of files, plus symlink targets). */
+export function treeBytes(p: string): number {
+  const st = fs.lstatSync(p);
+  if (!st.isDirectory()) return st.size;
+  let total = 0;
+  for (const name of fs.readdirSync(p)) total += treeBytes(path.join(p, name));
+  return total;
+}
+
+/**
+ * A process is named by its pid and its kernel start time, so a recycled
+ * pid is never mistaken for the process that once held a lock.
+ */
+export function processStartTime(pid: number): string | null {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Field 2 (comm) may contain spaces and parentheses; fields after the
+    // last ')' are space-separated, and starttime is field 22 overall.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return fields[19] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+let selfOwner: string | undefined;
+export function ownerId(): string {
+  selfOwner ??= `${process.pid}.${processStartTime(process.pid) ?? '0'}`;
+  return selfOwner;
+}
+
+export function ownerAlive(owner: string): boolean {
+  const [pidText, start] = owner.split('.');
+  const pid = Number(pidText);
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  if (pid === process.pid) return owner === ownerId();
+  const actual = processStartTime(pid);
+  if (actual !== null) return actual === start;
+  if (fs.existsSync('/proc/self/stat')) return false;
+  try { process.kill(pid, 0); return true; } catch (e) { return (e as NodeJS.ErrnoException).code === 'EPERM'; }
+}

@@ -1,0 +1,162 @@
+import Database from 'better-sqlite3';
+import type { DRef, RRef } from './refs.js';
+
+/**
+ * The SQLite index is a cache of what the files say, kept so that a cached
+ * realize costs one indexed query per stage instead of directory scans. It
+ * never holds anything the files do not: `rebuildIndex` recreates it from
+ * the `meta.json` of every realization. WAL mode lets readers run while one
+ * process writes.
+ */
+export const INDEX_SCHEMA_VERSION = 1;
+
+export interface RzRow {
+  rref: RRef;
+  dref: DRef;
+  ctx: string;
+  created: number;
+  seq: number;
+  tree: string;
+  bytes: number;
+  files: number;
+}
+
+export interface IndexedRealization {
+  rref: RRef;
+  dref: DRef;
+  ctx: string;
+  created: number;
+  tree: string;
+  bytes: number;
+  files: number;
+  deps: RRef[];
+}
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS drv (
+  dref TEXT PRIMARY KEY,
+  name TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rz (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  rref TEXT NOT NULL UNIQUE,
+  dref TEXT NOT NULL,
+  ctx TEXT NOT NULL,
+  created INTEGER NOT NULL,
+  tree TEXT NOT NULL,
+  bytes INTEGER NOT NULL,
+  files INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rz_by_ctx ON rz (dref, ctx, created, seq);
+CREATE TABLE IF NOT EXISTS rz_dep (
+  rref TEXT NOT NULL,
+  dep TEXT NOT NULL,
+  PRIMARY KEY (rref, dep)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rz_dep_by_dep ON rz_dep (dep);
+CREATE TABLE IF NOT EXISTS lock (
+  key TEXT PRIMARY KEY,
+  owner TEXT NOT NULL,
+  since INTEGER NOT NULL,
+  what TEXT NOT NULL
+) WITHOUT ROWID;
+`;
+
+export class StoreIndex {
+  readonly db: Database.Database;
+  private readonly q: ReturnType<StoreIndex['prepare']>;
+
+  constructor(file: string) {
+    // A long busy timeout: many processes may queue for the write lock
+    // during a large parallel realize, and each holds it only briefly.
+    this.db = new Database(file, { timeout: 120_000 });
+    this.db.pragma('journal_mode = WAL');
+    // NORMAL in WAL mode can lose the last transactions on power loss but
+    // never corrupts; the files are the truth and the index can be rebuilt.
+    this.db.pragma('synchronous = NORMAL');
+    const version = this.db.pragma('user_version', { simple: true }) as number;
+    if (version === 0) {
+      this.db.exec(SCHEMA);
+      this.db.pragma(`user_version = ${INDEX_SCHEMA_VERSION}`);
+    }
+    this.q = this.prepare();
+  }
+
+  private prepare() {
+    const db = this.db;
+    return {
+      candidates: db.prepare<[string, string], RzRow>('SELECT * FROM rz WHERE dref = ? AND ctx = ? ORDER BY created, seq'),
+      byDref: db.prepare<[string], RzRow>('SELECT * FROM rz WHERE dref = ? ORDER BY created, seq'),
+      one: db.prepare<[string], RzRow>('SELECT * FROM rz WHERE rref = ?'),
+      all: db.prepare<[], RzRow>('SELECT * FROM rz ORDER BY created, seq'),
+      deps: db.prepare<[string], { dep: string }>('SELECT dep FROM rz_dep WHERE rref = ?'),
+      dependants: db.prepare<[string], { rref: string }>('SELECT rref FROM rz_dep WHERE dep = ?'),
+      insertDrv: db.prepare('INSERT OR IGNORE INTO drv (dref, name) VALUES (?, ?)'),
+      deleteDrv: db.prepare('DELETE FROM drv WHERE dref = ?'),
+      hasDrv: db.prepare<[string], { dref: string }>('SELECT dref FROM drv WHERE dref = ?'),
+      insertRz: db.prepare('INSERT OR IGNORE INTO rz (rref, dref, ctx, created, tree, bytes, files) VALUES (?, ?, ?, ?, ?, ?, ?)'),
+      insertDep: db.prepare('INSERT OR IGNORE INTO rz_dep (rref, dep) VALUES (?, ?)'),
+      deleteRz: db.prepare('DELETE FROM rz WHERE rref = ?'),
+      deleteDeps: db.prepare('DELETE FROM rz_dep WHERE rref = ?'),
+      lockGet: db.prepare<[string], { owner: string; since: number; what: string }>('SELECT owner, since, what FROM lock WHERE key = ?'),
+      lockPut: db.prepare('INSERT OR REPLACE INTO lock (key, owner, since, what) VALUES (?, ?, ?, ?)'),
+      lockDel: db.prepare('DELETE FROM lock WHERE key = ? AND owner = ?'),
+      locks: db.prepare<[], { key: string; owner: string; since: number; what: string }>('SELECT * FROM lock'),
+    };
+  }
+
+  candidates(dref: DRef, ctx: string): RzRow[] { return this.q.candidates.all(dref, ctx); }
+  realizationsOf(dref: DRef): RzRow[] { return this.q.byDref.all(dref); }
+  get(rref: RRef): RzRow | undefined { return this.q.one.get(rref); }
+  all(): RzRow[] { return this.q.all.all(); }
+  depsOf(rref: RRef): RRef[] { return this.q.deps.all(rref).map((r) => r.dep); }
+  dependantsOf(rref: RRef): RRef[] { return this.q.dependants.all(rref).map((r) => r.rref); }
+  hasDrv(dref: DRef): boolean { return this.q.hasDrv.get(dref) !== undefined; }
+  addDrv(dref: DRef, name: string): void { this.q.insertDrv.run(dref, name); }
+  removeDrv(dref: DRef): void { this.q.deleteDrv.run(dref); }
+
+  addRealization(r: IndexedRealization): void {
+    this.db.transaction(() => {
+      this.q.insertRz.run(r.rref, r.dref, r.ctx, r.created, r.tree, r.bytes, r.files);
+      for (const dep of r.deps) this.q.insertDep.run(r.rref, dep);
+    }).immediate();
+  }
+
+  removeRealization(rref: RRef): void {
+    this.db.transaction(() => {
+      this.q.deleteRz.run(rref);
+      this.q.deleteDeps.run(rref);
+    }).immediate();
+  }
+
+  /**
+   * Takes `key` if it is free or its owner process is dead. The check and
+   * the take happen in one IMMEDIATE transaction, so two processes can never
+   * both see the lock as free.
+   */
+  tryLock(key: string, owner: string, what: string, isAlive: (owner: string) => boolean): { taken: boolean; holder?: string; stale?: string } {
+    return this.db.transaction(() => {
+      const row = this.q.lockGet.get(key);
+      if (row && row.owner !== owner && isAlive(row.owner)) return { taken: false, holder: row.owner };
+      this.q.lockPut.run(key, owner, Date.now(), what);
+      return { taken: true, stale: row && row.owner !== owner ? row.owner : undefined };
+    }).immediate();
+  }
+
+  unlock(key: string, owner: string): void { this.q.lockDel.run(key, owner); }
+  locks(): { key: string; owner: string; since: number; what: string }[] { return this.q.locks.all(); }
+
+  /** Replaces all realization rows in one transaction (used by index rebuilds). */
+  replaceAll(drvs: { dref: DRef; name: string }[], rzs: IndexedRealization[]): void {
+    this.db.transaction(() => {
+      this.db.exec('DELETE FROM rz; DELETE FROM rz_dep; DELETE FROM drv;');
+      for (const d of drvs) this.q.insertDrv.run(d.dref, d.name);
+      for (const r of rzs) {
+        this.q.insertRz.run(r.rref, r.dref, r.ctx, r.created, r.tree, r.bytes, r.files);
+        for (const dep of r.deps) this.q.insertDep.run(r.rref, dep);
+      }
+    }).immediate();
+  }
+
+  close(): void { this.db.close(); }
+}

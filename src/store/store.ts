@@ -1,0 +1,305 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as os from 'node:os';
+import { randomBytes } from 'node:crypto';
+import { CairnError } from '../errors.js';
+import { canonicalJson } from './canonical.js';
+import { fsyncPath, ownerAlive, ownerId, removeTree } from './fsutil.js';
+import { shortHash } from './hash.js';
+import { StoreIndex, type IndexedRealization } from './index-db.js';
+import { makeRRef, parseRef, parseRRef, type DRef, type RRef } from './refs.js';
+
+/** Bumped whenever the on-disk layout changes incompatibly. */
+export const LAYOUT_VERSION = 1;
+const STORE_MARKER = 'cairn-store';
+
+/** Direct dependencies' chosen realizations, keyed by dependency DRef. */
+export type Context = Record<DRef, RRef[]>;
+
+/** `meta.json` of a realization: everything the index holds, so it can be rebuilt. */
+export interface RealizationMeta {
+  format: 'cairn-realization-1';
+  rref: RRef;
+  dref: DRef;
+  name: string;
+  context: Context;
+  ctx: string;
+  tree: string;
+  bytes: number;
+  files: number;
+  created: number;
+  buildMs: number;
+}
+
+/** The RRef hash commits to the derivation, the chosen inputs and the output tree. */
+export function realizationHash(dref: DRef, context: Context, tree: string): string {
+  return shortHash(canonicalJson({ context, dref, tree }));
+}
+
+export function contextHash(context: Context): string {
+  return shortHash(canonicalJson(context));
+}
+
+export function defaultStoreRoot(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.CAIRN_STORE) return path.resolve(env.CAIRN_STORE);
+  const data = env.XDG_DATA_HOME || path.join(os.homedir(), '.local', 'share');
+  return path.join(data, 'cairn');
+}
+
+/**
+ * The store on disk:
+ *
+ *     ROOT/store.json                      layout version marker
+ *     ROOT/index.sqlite                    rebuildable index (WAL)
+ *     ROOT/tmp/<owner>-<random>/           build and staging directories
+ *     ROOT/d/<dref>/drv.json               the derivation (canonical config)
+ *     ROOT/d/<dref>/r/<rhash>/out/...      a realization's outputs, read-only
+ *     ROOT/d/<dref>/r/<rhash>/meta.json    its context, tree hash, sizes, time
+ *     ROOT/d/<dref>/r/<rhash>/build.log
+ *
+ * Everything under `d/` appears by atomic rename from `tmp/` on the same
+ * filesystem, so a reader sees a whole realization or none.
+ */
+export class Store {
+  readonly root: string;
+  readonly index: StoreIndex;
+  readonly owner = ownerId();
+
+  private constructor(root: string, index: StoreIndex) {
+    this.root = root;
+    this.index = index;
+  }
+
+  static open(root: string = defaultStoreRoot()): Store {
+    const abs = path.resolve(root);
+    try {
+      fs.mkdirSync(path.join(abs, 'tmp'), { recursive: true });
+      fs.mkdirSync(path.join(abs, 'd'), { recursive: true });
+    } catch (e) {
+      throw new CairnError('E_STORE_IO', `cannot create the store at ${abs}: ${(e as Error).message}`, { root: abs }, { cause: e });
+    }
+    Store.checkLayout(abs);
+    return new Store(abs, new StoreIndex(path.join(abs, 'index.sqlite')));
+  }
+
+  private static checkLayout(root: string): void {
+    const marker = path.join(root, 'store.json');
+    let text: string | undefined;
+    try { text = fs.readFileSync(marker, 'utf8'); } catch { /* new store */ }
+    if (text === undefined) {
+      const tmp = path.join(root, 'tmp', `store-json-${process.pid}-${randomBytes(4).toString('hex')}`);
+      fs.writeFileSync(tmp, JSON.stringify({ [STORE_MARKER]: true, layout: LAYOUT_VERSION }) + '\n', { mode: 0o444 });
+      try {
+        // link() fails if another process created the marker first, which is fine.
+        fs.linkSync(tmp, marker);
+        fsyncPath(root);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      } finally {
+        fs.unlinkSync(tmp);
+      }
+      text = fs.readFileSync(marker, 'utf8');
+    }
+    let layout: unknown;
+    try { layout = (JSON.parse(text) as { layout?: unknown }).layout; } catch { layout = undefined; }
+    if (layout !== LAYOUT_VERSION) {
+      throw new CairnError('E_STORE_VERSION',
+        `store ${root} has layout version ${JSON.stringify(layout)}, but this Cairn reads version ${LAYOUT_VERSION}`,
+        { root, layout, expected: LAYOUT_VERSION });
+    }
+  }
+
+  close(): void { this.index.close(); }
+
+  drvDir(dref: DRef): string { return path.join(this.root, 'd', dref); }
+  rzDir(rref: RRef): string {
+    const p = parseRRef(rref);
+    return path.join(this.root, 'd', p.dref, 'r', p.rhash);
+  }
+  outPath(rref: RRef): string { return path.join(this.rzDir(rref), 'out'); }
+
+  /** A fresh directory on the store's filesystem, named after its owner so dead owners' leftovers can be swept. */
+  makeTempDir(label: string): string {
+    const dir = path.join(this.root, 'tmp', `${this.owner}-${label}-${randomBytes(6).toString('hex')}`);
+    fs.mkdirSync(dir, { mode: 0o700 });
+    return dir;
+  }
+
+  /** Removes temporary directories whose owning process has died (after kill -9, say). */
+  sweepTemp(): number {
+    let removed = 0;
+    for (const name of fs.readdirSync(path.join(this.root, 'tmp'))) {
+      const owner = name.split('-')[0]!;
+      if (name.startsWith('store-json-')) continue;
+      if (!ownerAlive(owner)) {
+        removeTree(path.join(this.root, 'tmp', name));
+        removed++;
+      }
+    }
+    return removed;
+  }
+
+  /** Records the derivation's canonical JSON once; later calls are a single indexed lookup. */
+  ensureDrv(dref: DRef, name: string, drvJson: string): void {
+    if (this.index.hasDrv(dref)) return;
+    const dir = this.drvDir(dref);
+    fs.mkdirSync(path.join(dir, 'r'), { recursive: true });
+    const file = path.join(dir, 'drv.json');
+    if (!fs.existsSync(file)) {
+      const tmp = path.join(this.makeTempDir('drv'), 'drv.json');
+      fs.writeFileSync(tmp, drvJson + '\n', { mode: 0o444 });
+      fsyncPath(tmp);
+      fs.renameSync(tmp, file);
+      fs.rmdirSync(path.dirname(tmp));
+      fsyncPath(dir);
+    }
+    this.index.addDrv(dref, name);
+  }
+
+  readDrv(dref: DRef): Record<string, unknown> {
+    try {
+      return JSON.parse(fs.readFileSync(path.join(this.drvDir(dref), 'drv.json'), 'utf8')) as Record<string, unknown>;
+    } catch {
+      throw new CairnError('E_NO_SUCH_REF', `derivation ${dref} is not in the store`, { ref: dref });
+    }
+  }
+
+  /**
+   * Moves a sealed staging directory (holding `out/` and `build.log`) into
+   * place as a realization. If an identical realization already exists the
+   * staging copy is dropped and the existing one is returned: identical
+   * outputs merge, different ones never overwrite each other because their
+   * RRefs differ.
+   */
+  commit(staging: string, fields: Omit<RealizationMeta, 'format' | 'rref' | 'ctx'>): { meta: RealizationMeta; merged: boolean } {
+    const rhash = realizationHash(fields.dref, fields.context, fields.tree);
+    const rref = makeRRef(rhash, fields.dref);
+    const meta: RealizationMeta = { format: 'cairn-realization-1', rref, ctx: contextHash(fields.context), ...fields };
+    const metaFile = path.join(staging, 'meta.json');
+    fs.writeFileSync(metaFile, JSON.stringify(meta, null, 2) + '\n', { mode: 0o444 });
+    fsyncPath(metaFile);
+    fsyncPath(staging);
+    const parent = path.join(this.drvDir(fields.dref), 'r');
+    fs.mkdirSync(parent, { recursive: true });
+    const final = path.join(parent, rhash);
+    let merged = false;
+    try {
+      fs.renameSync(staging, final);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw e;
+      merged = true;
+      removeTree(staging);
+    }
+    fsyncPath(parent);
+    if (!merged) fs.chmodSync(final, 0o555);
+    const stored = merged ? this.readMeta(rref) : meta;
+    this.index.addRealization(toIndexed(stored));
+    return { meta: stored, merged };
+  }
+
+  readMeta(rref: RRef): RealizationMeta {
+    try {
+      return JSON.parse(fs.readFileSync(path.join(this.rzDir(rref), 'meta.json'), 'utf8')) as RealizationMeta;
+    } catch {
+      throw new CairnError('E_NO_SUCH_REF', `realization ${rref} is not in the store`, { ref: rref });
+    }
+  }
+
+  has(rref: RRef): boolean {
+    return this.index.get(rref) !== undefined;
+  }
+
+  /** Resolves a DRef or RRef given on a command line to realizations that exist. */
+  resolve(ref: string): RRef[] {
+    const p = parseRef(ref);
+    if (p.kind === 'rz') {
+      if (!this.has(p.rref) && !fs.existsSync(this.rzDir(p.rref))) {
+        throw new CairnError('E_NO_SUCH_REF', `realization ${ref} is not in the store`, { ref });
+      }
+      return [p.rref];
+    }
+    const rows = this.index.realizationsOf(p.dref);
+    if (rows.length === 0 && !fs.existsSync(this.drvDir(p.dref))) {
+      throw new CairnError('E_NO_SUCH_REF', `derivation ${ref} is not in the store`, { ref });
+    }
+    return rows.map((r) => r.rref);
+  }
+
+  /** The given realizations and every realization they were built from. */
+  closure(rrefs: Iterable<RRef>): RRef[] {
+    const seen = new Set<RRef>();
+    const stack = [...rrefs];
+    while (stack.length > 0) {
+      const r = stack.pop()!;
+      if (seen.has(r)) continue;
+      seen.add(r);
+      for (const dep of this.index.depsOf(r)) stack.push(dep);
+    }
+    return [...seen];
+  }
+
+  /** Deletes one realization; refuses while others still name it in their context. */
+  remove(rref: RRef, opts: { force?: boolean } = {}): void {
+    const users = this.index.dependantsOf(rref).filter((u) => this.has(u));
+    if (users.length > 0 && !opts.force) {
+      throw new CairnError('E_USAGE', `${rref} is in the context of ${users.length} other realization(s), e.g. ${users[0]}; remove those first or pass --force`, { users });
+    }
+    const dir = this.rzDir(rref);
+    // Rename first, so the realization disappears atomically, then delete.
+    const doomed = path.join(this.makeTempDir('rm'), 'rz');
+    try {
+      fs.renameSync(dir, doomed);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+    this.index.removeRealization(rref);
+    removeTree(path.dirname(doomed));
+  }
+
+  /** Deletes a derivation that has no realizations left. */
+  removeDrv(dref: DRef): void {
+    const left = this.index.realizationsOf(dref);
+    if (left.length > 0) {
+      throw new CairnError('E_USAGE', `derivation ${dref} still has ${left.length} realization(s)`, { dref });
+    }
+    const doomed = path.join(this.makeTempDir('rm'), 'drv');
+    try {
+      fs.renameSync(this.drvDir(dref), doomed);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+    this.index.removeDrv(dref);
+    removeTree(path.dirname(doomed));
+  }
+
+  /** Rebuilds the index from the files; returns what it found. */
+  rebuildIndex(): { derivations: number; realizations: number } {
+    const drvs: { dref: DRef; name: string }[] = [];
+    const rzs: IndexedRealization[] = [];
+    const dRoot = path.join(this.root, 'd');
+    for (const dref of fs.readdirSync(dRoot)) {
+      const p = parseRef(dref);
+      if (p.kind !== 'drv') continue;
+      if (fs.existsSync(path.join(dRoot, dref, 'drv.json'))) drvs.push({ dref, name: p.name });
+      let hashes: string[] = [];
+      try { hashes = fs.readdirSync(path.join(dRoot, dref, 'r')); } catch { /* no realizations */ }
+      for (const rhash of hashes) {
+        try {
+          const meta = this.readMeta(makeRRef(rhash, dref));
+          rzs.push(toIndexed(meta));
+        } catch { /* unreadable realizations are verify's business */ }
+      }
+    }
+    this.index.replaceAll(drvs, rzs);
+    return { derivations: drvs.length, realizations: rzs.length };
+  }
+}
+
+function toIndexed(meta: RealizationMeta): IndexedRealization {
+  return {
+    rref: meta.rref, dref: meta.dref, ctx: meta.ctx, created: meta.created,
+    tree: meta.tree, bytes: meta.bytes, files: meta.files,
+    deps: Object.values(meta.context).flat(),
+  };
+}
