@@ -29,7 +29,7 @@ export function makeDep(store: Store, dref: string, rrefs: readonly RRef[]): Dep
   });
 }
 
-export function makeLog(file: string, echo?: (line: string) => void): BuildLog {
+export function makeLog(file: string, echo?: (line: string) => void): BuildLog & { close(): void } {
   const fd = fs.openSync(file, 'a', 0o644);
   const log = ((message: string) => {
     const line = `${new Date().toISOString()} ${message}\n`;
@@ -69,16 +69,22 @@ export function execLogged(logFile: string, cmd: string, args: readonly string[]
 export function makeBuildContext(
   node: Derivation,
   config: unknown,
-  dirs: { outs: string[]; tmp: string },
+  dirs: { outs: string[]; scratch: string },
   log: BuildLog,
 ): BuildContext<unknown> {
+  let scratchMade = false;
   return Object.freeze({
     name: node.name,
     dref: node.dref,
     config: config as never,
     out: dirs.outs[0]!,
     outs: dirs.outs,
-    tmp: dirs.tmp,
+    // Made on first use: most builds never need scratch space.
+    get tmp() {
+      if (!scratchMade) fs.mkdirSync(dirs.scratch, { recursive: true });
+      scratchMade = true;
+      return dirs.scratch;
+    },
     log,
     exec: (cmd: string, args?: readonly string[], opts?: ExecOptions) => execLogged(log.file, cmd, args, opts),
   });

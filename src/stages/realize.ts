@@ -102,10 +102,14 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
   const buildOnce = async (node: Derivation, context: Context): Promise<void> => {
     const s = node.stage;
     const dir = store.makeTempDir(`build-${node.name}`);
-    const outs = Array.from({ length: s.n }, (_, i) => path.join(dir, `out-${i}`));
-    const tmp = path.join(dir, 'work');
-    for (const d of [...outs, tmp]) fs.mkdirSync(d);
-    const logFile = path.join(dir, 'build.log');
+    // Each output is built directly inside its staging directory, so
+    // publishing it is a single rename.
+    const staging = Array.from({ length: s.n }, (_, i) => path.join(dir, `rz-${i}`));
+    const outs = staging.map((d) => path.join(d, 'out'));
+    for (const d of staging) fs.mkdirSync(d);
+    for (const d of outs) fs.mkdirSync(d);
+    // The log is written straight into the first realization; the others get copies.
+    const logFile = path.join(staging[0]!, 'build.log');
     const started = Date.now();
     let ok = false;
     try {
@@ -116,13 +120,13 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
           return makeDep(store, dref, chosen.get(dref)!);
         });
         log(`building ${node.dref} with ${s.n} output(s)`);
-        await s.build(makeBuildContext(node, config, { outs, tmp }, log));
+        await s.build(makeBuildContext(node, config, { outs, scratch: path.join(dir, 'work') }, log));
       } catch (e) {
         const msg = e instanceof Error ? e.message : String(e);
         log(`build failed: ${msg}`);
         throw new CairnError('E_BUILD_FAILED', `stage ${node.name} (${node.dref}) failed: ${msg}`, { dref: node.dref, stage: node.name }, { cause: e });
       } finally {
-        (log as unknown as { close(): void }).close();
+        log.close();
       }
       // Every output must keep every promise before any of them is stored.
       for (const [i, out] of outs.entries()) {
@@ -133,19 +137,17 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
       }
       const summaries: TreeSummary[] = [];
       for (const out of outs) summaries.push(await walkTree(out, { seal: true }));
-      fs.chmodSync(logFile, 0o444);
       const buildMs = Date.now() - started;
-      store.ensureDrv(node.dref, node.name, node.drvJson);
-      for (const [i, out] of outs.entries()) {
-        const staging = path.join(dir, `rz-${i}`);
-        fs.mkdirSync(staging);
-        fs.renameSync(out, path.join(staging, 'out'));
-        fs.copyFileSync(logFile, path.join(staging, 'build.log'));
+      const drvSync = store.ensureDrv(node.dref, node.name, node.drvJson, dir);
+      fs.chmodSync(logFile, 0o444);
+      for (const [i, rz] of staging.entries()) {
+        const rzLog = path.join(rz, 'build.log');
+        if (i > 0) fs.copyFileSync(logFile, rzLog);
         const sum = summaries[i]!;
-        store.commit(staging, {
+        await store.commit(rz, {
           dref: node.dref, name: node.name, context, tree: sum.treeHash,
           bytes: sum.bytes, files: sum.files, created: Date.now(), buildMs,
-        });
+        }, [...sum.toSync, rzLog, ...(i === 0 ? drvSync : [])]);
       }
       ok = true;
     } catch (e) {

@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { CairnError } from '../errors.js';
 import { canonicalJson } from './canonical.js';
-import { fsyncPath, ownerAlive, ownerId, removeTree } from './fsutil.js';
+import { fsyncAll, fsyncPath, ownerAlive, ownerId, removeTree } from './fsutil.js';
 import { shortHash } from './hash.js';
 import { StoreIndex, type IndexedRealization } from './index-db.js';
 import { makeRRef, parseRef, parseRRef, type DRef, type RRef } from './refs.js';
@@ -139,21 +139,24 @@ export class Store {
     return removed;
   }
 
-  /** Records the derivation's canonical JSON once; later calls are a single indexed lookup. */
-  ensureDrv(dref: DRef, name: string, drvJson: string): void {
-    if (this.index.hasDrv(dref)) return;
+  /**
+   * Records the derivation's canonical JSON once; later calls are a single
+   * indexed lookup. `scratch` is a temporary directory of the caller's on
+   * the store's filesystem. Returns the paths the caller must fsync before
+   * it publishes a realization of this derivation (none if already recorded).
+   */
+  ensureDrv(dref: DRef, name: string, drvJson: string, scratch: string): string[] {
+    if (this.index.hasDrv(dref)) return [];
     const dir = this.drvDir(dref);
-    fs.mkdirSync(path.join(dir, 'r'), { recursive: true });
     const file = path.join(dir, 'drv.json');
     if (!fs.existsSync(file)) {
-      const tmp = path.join(this.makeTempDir('drv'), 'drv.json');
+      fs.mkdirSync(path.join(dir, 'r'), { recursive: true });
+      const tmp = path.join(scratch, 'drv.json');
       fs.writeFileSync(tmp, drvJson + '\n', { mode: 0o444 });
-      fsyncPath(tmp);
       fs.renameSync(tmp, file);
-      fs.rmdirSync(path.dirname(tmp));
-      fsyncPath(dir);
     }
     this.index.addDrv(dref, name);
+    return [file, dir, path.dirname(dir)];
   }
 
   readDrv(dref: DRef): Record<string, unknown> {
@@ -166,21 +169,22 @@ export class Store {
 
   /**
    * Moves a sealed staging directory (holding `out/` and `build.log`) into
-   * place as a realization. If an identical realization already exists the
-   * staging copy is dropped and the existing one is returned: identical
-   * outputs merge, different ones never overwrite each other because their
-   * RRefs differ.
+   * place as a realization. `toSync` lists what the caller wrote and must be
+   * durable first; it is fsynced together with `meta.json` in one round,
+   * then the rename, then the parent directory: two journal commits per
+   * realization. If an identical realization already exists the staging copy
+   * is dropped and the existing one is returned: identical outputs merge,
+   * different ones never overwrite each other because their RRefs differ.
    */
-  commit(staging: string, fields: Omit<RealizationMeta, 'format' | 'rref' | 'ctx'>): { meta: RealizationMeta; merged: boolean } {
+  async commit(staging: string, fields: Omit<RealizationMeta, 'format' | 'rref' | 'ctx'>, toSync: readonly string[]): Promise<{ meta: RealizationMeta; merged: boolean }> {
     const rhash = realizationHash(fields.dref, fields.context, fields.tree);
     const rref = makeRRef(rhash, fields.dref);
     const meta: RealizationMeta = { format: 'cairn-realization-1', rref, ctx: contextHash(fields.context), ...fields };
     const metaFile = path.join(staging, 'meta.json');
     fs.writeFileSync(metaFile, JSON.stringify(meta, null, 2) + '\n', { mode: 0o444 });
-    fsyncPath(metaFile);
-    fsyncPath(staging);
     const parent = path.join(this.drvDir(fields.dref), 'r');
-    fs.mkdirSync(parent, { recursive: true });
+    if (!fs.existsSync(parent)) fs.mkdirSync(parent, { recursive: true });
+    await fsyncAll([...toSync, metaFile, staging]);
     const final = path.join(parent, rhash);
     let merged = false;
     try {
@@ -191,7 +195,7 @@ export class Store {
       merged = true;
       removeTree(staging);
     }
-    fsyncPath(parent);
+    await fsyncAll([parent]);
     if (!merged) fs.chmodSync(final, 0o555);
     const stored = merged ? this.readMeta(rref) : meta;
     this.index.addRealization(toIndexed(stored));

@@ -18,13 +18,17 @@ export interface TreeSummary {
   /** Bytes of file content. */
   bytes: number;
   files: number;
+  /** When sealing: every file and directory, to be fsynced before the tree is published. */
+  toSync: string[];
 }
 
 export interface TreeWalkOptions {
   /**
-   * Seal while hashing: fsync every file and directory, clear write bits,
-   * and copy away hard links shared with anything else, so that making the
-   * output read-only can never change a file outside it.
+   * Seal while hashing: clear write bits, copy away hard links shared with
+   * anything else (so making the output read-only never changes a file
+   * outside it), and list every entry for the caller to fsync. The fsyncs
+   * are left to the caller so it can issue them all at once with its own
+   * (one journal commit instead of one per entry).
    */
   seal: boolean;
 }
@@ -126,6 +130,7 @@ export async function walkTree(root: string, opts: TreeWalkOptions): Promise<Tre
   h.update('cairn-tree-1\0');
   let bytes = 0;
   let files = 0;
+  const toSync: string[] = [];
   const visit = async (abs: string): Promise<void> => {
     const st = fs.lstatSync(abs);
     if (st.isSymbolicLink()) {
@@ -143,8 +148,8 @@ export async function walkTree(root: string, opts: TreeWalkOptions): Promise<Tre
         bytes += size;
         files += 1;
         if (opts.seal) {
-          fs.fsyncSync(fd);
           fs.fchmodSync(fd, exec ? 0o555 : 0o444);
+          toSync.push(abs);
         }
       } finally {
         fs.closeSync(fd);
@@ -158,9 +163,8 @@ export async function walkTree(root: string, opts: TreeWalkOptions): Promise<Tre
       }
       h.update(')');
       if (opts.seal) {
-        const fd = fs.openSync(abs, 'r');
-        try { fs.fsyncSync(fd); } finally { fs.closeSync(fd); }
         fs.chmodSync(abs, 0o555);
+        toSync.push(abs);
       }
     } else {
       const kind = st.isSocket() ? 'a socket' : st.isFIFO() ? 'a fifo' : st.isBlockDevice() ? 'a block device' : st.isCharacterDevice() ? 'a character device' : 'of an unknown type';
@@ -168,5 +172,5 @@ export async function walkTree(root: string, opts: TreeWalkOptions): Promise<Tre
     }
   };
   await visit(root);
-  return { treeHash: h.digest('hex'), bytes, files };
+  return { treeHash: h.digest('hex'), bytes, files, toSync };
 }

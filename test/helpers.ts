@@ -1,0 +1,54 @@
+import { spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+/** The built CLI (`npm test` builds it first). */
+export const cairnBin = path.join(repoRoot, 'dist', 'cli', 'main.js');
+
+/** A fresh directory under the OS temp dir, removed (even if read-only) by the returned cleanup. */
+export function tempDir(label = 'cairn-test'): { dir: string; cleanup: () => void } {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${label}-`));
+  return {
+    dir,
+    cleanup: () => {
+      spawnSync('chmod', ['-R', 'u+w', dir]);
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface CliResult { code: number | null; stdout: string; stderr: string }
+
+/** Runs `cairn ARGS` as a separate process against `store`. */
+export function cairn(store: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; input?: string } = {}): CliResult {
+  const r = spawnSync(process.execPath, [cairnBin, '--store', store, ...args], {
+    cwd: opts.cwd ?? repoRoot,
+    env: { ...process.env, ...opts.env },
+    input: opts.input,
+    encoding: 'utf8',
+  });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** The same, without blocking the event loop (for running many processes at once). */
+export function cairnAsync(store: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<CliResult> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [cairnBin, '--store', store, ...args], {
+      cwd: opts.cwd ?? repoRoot, env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => { stdout += d; });
+    child.stderr.on('data', (d: Buffer) => { stderr += d; });
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+/** The last non-empty line of a command's stdout (where `realize` prints the target RRefs). */
+export function lastLine(s: string): string {
+  const lines = s.trim().split('\n');
+  return lines[lines.length - 1]!.trim();
+}
