@@ -3,17 +3,25 @@ import { register } from 'node:module';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { CairnError } from '../errors.js';
+import { compileForImport, defaultCacheDir, type CompileEnv } from './module-compile.js';
 import { isStage, type Stage } from './stage.js';
 
 let hooksInstalled = false;
 
-/** Installs the TypeScript and `cairn` module hooks (see resolve-hook.ts), once per process. */
-function installHooks(): void {
-  if (hooksInstalled) return;
-  hooksInstalled = true;
-  register(new URL('./resolve-hook.js', import.meta.url), {
-    data: { target: new URL('../index.js', import.meta.url).href },
-  });
+function compileEnv(): CompileEnv {
+  return { cairnUrl: new URL('../index.js', import.meta.url).href, cacheDir: defaultCacheDir() };
+}
+
+/** Imports a stage module: directly from the compile cache when possible, else through module hooks. */
+async function importStageModule(file: string): Promise<Record<string, unknown>> {
+  const env = compileEnv();
+  const direct = await compileForImport(file, env);
+  if (direct) return (await import(direct)) as Record<string, unknown>;
+  if (!hooksInstalled) {
+    hooksInstalled = true;
+    register(new URL('./resolve-hook.js', import.meta.url), { data: env });
+  }
+  return (await import(pathToFileURL(file).href)) as Record<string, unknown>;
 }
 
 export interface LoadedStages {
@@ -39,10 +47,9 @@ const asStages = (v: unknown): Stage[] | undefined => {
 export async function loadStageFile(file: string, selectors: readonly string[] = []): Promise<LoadedStages> {
   const abs = path.resolve(file);
   if (!fs.existsSync(abs)) throw new CairnError('E_STAGE_FILE', `stage file ${file} does not exist`, { file });
-  installHooks();
   let mod: Record<string, unknown>;
   try {
-    mod = (await import(pathToFileURL(abs).href)) as Record<string, unknown>;
+    mod = await importStageModule(abs);
   } catch (e) {
     if (e instanceof CairnError) throw e;
     throw new CairnError('E_STAGE_FILE', `stage file ${file} failed to load: ${(e as Error)?.message ?? String(e)}`, { file }, { cause: e });
