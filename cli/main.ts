@@ -9,7 +9,10 @@ import { loadStageFile } from '../src/stages/load.js';
 import { realize } from '../src/stages/realize.js';
 import { parseRef, type RRef } from '../src/store/refs.js';
 import { defaultStoreRoot, Store } from '../src/store/store.js';
-import { formatBytes, listTree } from './format.js';
+import { collectGarbage } from '../src/store/gc.js';
+import { addNamedRoot, addOutLink, listRoots, removeNamedRoot } from '../src/store/roots.js';
+import { verifyStore } from '../src/store/verify.js';
+import { formatBytes, listTree, parseDuration } from './format.js';
 import { progressReporter } from './progress.js';
 
 const program = new Command('cairn')
@@ -29,11 +32,12 @@ function oneRealization(store: Store, ref: string): RRef {
   return rrefs[rrefs.length - 1]!;
 }
 
-function parseJobs(v: string): number {
+function parseCount(v: string, flag: string): number {
   const n = Number(v);
-  if (!Number.isInteger(n) || n < 1) throw new CairnError('E_USAGE', `-j needs a whole number >= 1, not ${JSON.stringify(v)}`);
+  if (!Number.isInteger(n) || n < 1) throw new CairnError('E_USAGE', `${flag} needs a whole number >= 1, not ${JSON.stringify(v)}`);
   return n;
 }
+const parseJobs = (v: string): number => parseCount(v, '-j');
 
 program.command('realize')
   .description('realize the stages of FILE and print the target RRefs as the last line of stdout')
@@ -45,8 +49,9 @@ program.command('realize')
   .option('--keep-failed', 'keep the build directory of a failed build under STORE/failed/')
   .option('-v, --verbose', 'echo build logs to stderr')
   .option('-q, --quiet', 'no progress output')
+  .option('-o, --out-link <path>', 'make PATH a symlink to the target output and a gc root (more targets: PATH-2, PATH-3, ...)')
   .option('--json', 'print the result as JSON')
-  .action(async (file: string, o: { stage?: string[]; jobs?: number; force?: true | string[]; dryRun?: boolean; keepFailed?: boolean; verbose?: boolean; quiet?: boolean; json?: boolean }) => {
+  .action(async (file: string, o: { stage?: string[]; jobs?: number; force?: true | string[]; dryRun?: boolean; keepFailed?: boolean; verbose?: boolean; quiet?: boolean; json?: boolean; outLink?: string }) => {
     const loaded = await loadStageFile(file, o.stage ?? []);
     const graph = instantiate(loaded.targets);
     const store = openStore();
@@ -60,6 +65,9 @@ program.command('realize')
       progress.finish();
     }
     const ms = performance.now() - t0;
+    if (o.outLink && !o.dryRun) {
+      result.targets.flatMap((t) => t.rrefs).forEach((rref, i) => addOutLink(store, i === 0 ? o.outLink! : `${o.outLink}-${i + 1}`, rref));
+    }
     if (o.json) {
       out(JSON.stringify({ store: store.root, dryRun: !!o.dryRun, builds: result.builds, ms: Math.round(ms), targets: result.targets, plan: result.plan }, null, 2));
       return;
@@ -198,6 +206,60 @@ program.command('log')
   .action((ref: string) => {
     const store = openStore();
     process.stdout.write(fs.readFileSync(path.join(store.rzDir(oneRealization(store, ref)), 'build.log')));
+  });
+
+const storeCmd = program.command('store').description('store upkeep: garbage collection and verification');
+
+storeCmd.command('gc')
+  .description('delete realizations not reachable from a root (named roots, out-links, running builds)')
+  .option('-n, --dry-run', 'report what would be deleted')
+  .option('--keep-last <n>', 'also keep the N newest realizations of every derivation', (v) => parseCount(v, '--keep-last'))
+  .option('--older-than <duration>', 'only delete realizations older than this (e.g. 30d, 12h, 45m)', parseDuration)
+  .option('--json', 'print the report as JSON')
+  .action(async (o: { dryRun?: boolean; keepLast?: number; olderThan?: number; json?: boolean }) => {
+    const store = openStore();
+    const r = await collectGarbage(store, { dryRun: o.dryRun, keepLast: o.keepLast, olderThanMs: o.olderThan });
+    if (o.json) return out(JSON.stringify(r, null, 2));
+    if (o.dryRun) for (const rref of r.realizations) out(`would delete ${rref}`);
+    out(`${o.dryRun ? 'would delete' : 'deleted'} ${r.realizations.length} realization(s) and ${r.derivations.length} derivation(s), ${o.dryRun ? 'freeing' : 'freed'} ${formatBytes(r.bytes)} (${r.bytes} bytes); kept ${r.kept} realization(s) reachable from ${r.roots} root(s)`);
+  });
+
+storeCmd.command('verify')
+  .description('re-hash realizations and compare the index with the files (the files are the truth)')
+  .argument('[ref...]', 'only these DRefs or RRefs')
+  .option('--repair', 'quarantine corrupt realizations, clear write bits, rebuild the index from the files')
+  .option('--json', 'print the report as JSON')
+  .action(async (refs: string[], o: { repair?: boolean; json?: boolean }) => {
+    const store = openStore();
+    const r = await verifyStore(store, { repair: o.repair, refs });
+    if (o.json) out(JSON.stringify(r, null, 2));
+    else {
+      for (const p of r.problems) out(`${p.kind.padEnd(8)} ${p.ref}: ${p.detail}`);
+      out(`checked ${r.checked} realization(s): ${r.problems.length === 0 ? 'all intact' : `${r.problems.length} problem(s)${r.repaired ? ', repaired' : '; run with --repair to fix'}`}`);
+    }
+    if (r.problems.length > 0 && !r.repaired) process.exitCode = 1;
+  });
+
+const rootCmd = program.command('root').description('named gc roots');
+
+rootCmd.command('add')
+  .description('make NAME a root for these realizations (a DRef means all its realizations)')
+  .argument('<name>')
+  .argument('<ref...>')
+  .action((name: string, refs: string[]) => {
+    const store = openStore();
+    addNamedRoot(store, name, refs.flatMap((r) => store.resolve(r)));
+  });
+
+rootCmd.command('rm')
+  .description('remove a named root')
+  .argument('<name>')
+  .action((name: string) => removeNamedRoot(openStore(), name));
+
+rootCmd.command('ls')
+  .description('list roots: named roots and live out-links')
+  .action(() => {
+    for (const r of listRoots(openStore()).roots) out(`${r.kind.padEnd(8)} ${r.name}\t${r.rrefs.join(' ')}`);
   });
 
 program.command('demo')

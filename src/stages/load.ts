@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { CairnError } from '../errors.js';
 import { compileForImport, defaultCacheDir, type CompileEnv } from './module-compile.js';
+import { instantiate } from './instantiate.js';
 import { isStage, type Stage } from './stage.js';
 
 let hooksInstalled = false;
@@ -83,7 +84,9 @@ export async function loadStageFile(file: string, selectors: readonly string[] =
     targets = selectors.flatMap((sel) => {
       const byExport = groups.get(sel);
       if (byExport) return byExport;
-      const byName = [...exports.values()].filter((s) => s.name === sel);
+      // A stage name may also name a dependency that is not exported itself.
+      const everyStage = instantiate([...exports.values()]);
+      const byName = everyStage.order.map((d) => everyStage.nodes.get(d)!.stage).filter((s) => s.name === sel);
       if (byName.length > 0) return byName.slice(0, 1);
       throw new CairnError('E_NO_TARGET', `stage file ${file} has no export or stage named ${JSON.stringify(sel)} (exports with stages: ${available})`, { file, selector: sel });
     });

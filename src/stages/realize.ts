@@ -52,6 +52,8 @@ export interface RealizeResult {
   builds: number;
 }
 
+let realizeCalls = 0;
+
 class Semaphore {
   private waiting: (() => void)[] = [];
   constructor(private free: number) {}
@@ -77,6 +79,7 @@ class Semaphore {
  * one matcher call per derivation: O(stages + edges).
  */
 export async function realize(targets: Stage | readonly Stage[] | Graph, opts: RealizeOptions): Promise<RealizeResult> {
+  const tempRootOwner = `${opts.store.owner}#${++realizeCalls}`;
   const graph: Graph = isStage(targets) || Array.isArray(targets) ? instantiate(targets as Stage | Stage[]) : (targets as Graph);
   const { store } = opts;
   const events = opts.events ?? {};
@@ -84,7 +87,12 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
   const forced = (node: Derivation): boolean =>
     opts.force === true || (Array.isArray(opts.force) && (opts.force.includes(node.name) || opts.force.includes(node.dref)));
 
-  if (!opts.dryRun) store.sweepTemp();
+  if (!opts.dryRun) {
+    store.sweepTemp();
+    // Declared before the first index query, so gc keeps every realization
+    // this run may choose or build on (see store/gc.ts).
+    store.index.addTempRoots(tempRootOwner, graph.order);
+  }
 
   const chosen = new Map<DRef, RRef[]>();
   const actions = new Map<DRef, PlanAction>();
@@ -140,9 +148,10 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
       const buildMs = Date.now() - started;
       const drvSync = store.ensureDrv(node.dref, node.name, node.drvJson, dir);
       fs.chmodSync(logFile, 0o444);
+      const logs = staging.map((rz) => path.join(rz, 'build.log'));
+      for (const l of logs.slice(1)) fs.copyFileSync(logFile, l);
       for (const [i, rz] of staging.entries()) {
-        const rzLog = path.join(rz, 'build.log');
-        if (i > 0) fs.copyFileSync(logFile, rzLog);
+        const rzLog = logs[i]!;
         const sum = summaries[i]!;
         await store.commit(rz, {
           dref: node.dref, name: node.name, context, tree: sum.treeHash,
@@ -213,15 +222,19 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
     }, { onWait: (holder) => events.wait?.(node, holder) }));
   };
 
-  await schedule(graph, async (node) => {
-    try {
-      chosen.set(node.dref, await resolveNode(node));
-    } catch (e) {
-      const err = isCairnError(e) ? e : new CairnError('E_BUILD_FAILED', `stage ${node.name}: ${(e as Error)?.message ?? String(e)}`, { dref: node.dref }, { cause: e });
-      events.failed?.(node, err);
-      throw err;
-    }
-  });
+  try {
+    await schedule(graph, async (node) => {
+      try {
+        chosen.set(node.dref, await resolveNode(node));
+      } catch (e) {
+        const err = isCairnError(e) ? e : new CairnError('E_BUILD_FAILED', `stage ${node.name}: ${(e as Error)?.message ?? String(e)}`, { dref: node.dref }, { cause: e });
+        events.failed?.(node, err);
+        throw err;
+      }
+    });
+  } finally {
+    if (!opts.dryRun) store.index.dropTempRoots(tempRootOwner);
+  }
 
   const plan = graph.order.map((dref) => ({
     dref, name: graph.nodes.get(dref)!.name, action: actions.get(dref)!, rrefs: chosen.get(dref) ?? [],

@@ -8,7 +8,7 @@ import type { DRef, RRef } from './refs.js';
  * the `meta.json` of every realization. WAL mode lets readers run while one
  * process writes.
  */
-export const INDEX_SCHEMA_VERSION = 1;
+export const INDEX_SCHEMA_VERSION = 2;
 
 export interface RzRow {
   rref: RRef;
@@ -54,6 +54,11 @@ CREATE TABLE IF NOT EXISTS rz_dep (
   PRIMARY KEY (rref, dep)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS rz_dep_by_dep ON rz_dep (dep);
+CREATE TABLE IF NOT EXISTS temproot (
+  owner TEXT NOT NULL,
+  dref TEXT NOT NULL,
+  PRIMARY KEY (owner, dref)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS lock (
   key TEXT PRIMARY KEY,
   owner TEXT NOT NULL,
@@ -75,7 +80,9 @@ export class StoreIndex {
     // never corrupts; the files are the truth and the index can be rebuilt.
     this.db.pragma('synchronous = NORMAL');
     const version = this.db.pragma('user_version', { simple: true }) as number;
-    if (version === 0) {
+    if (version < INDEX_SCHEMA_VERSION) {
+      // Every statement is CREATE ... IF NOT EXISTS, so older indexes are
+      // brought up to date in place; the index is a cache in any case.
       this.db.exec(SCHEMA);
       this.db.pragma(`user_version = ${INDEX_SCHEMA_VERSION}`);
     }
@@ -93,6 +100,7 @@ export class StoreIndex {
       dependants: db.prepare<[string], { rref: string }>('SELECT rref FROM rz_dep WHERE dep = ?'),
       insertDrv: db.prepare('INSERT OR IGNORE INTO drv (dref, name) VALUES (?, ?)'),
       deleteDrv: db.prepare('DELETE FROM drv WHERE dref = ?'),
+      allDrvs: db.prepare<[], { dref: string }>('SELECT dref FROM drv'),
       hasDrv: db.prepare<[string], { dref: string }>('SELECT dref FROM drv WHERE dref = ?'),
       insertRz: db.prepare('INSERT OR IGNORE INTO rz (rref, dref, ctx, created, tree, bytes, files) VALUES (?, ?, ?, ?, ?, ?, ?)'),
       insertDep: db.prepare('INSERT OR IGNORE INTO rz_dep (rref, dep) VALUES (?, ?)'),
@@ -101,6 +109,9 @@ export class StoreIndex {
       lockGet: db.prepare<[string], { owner: string; since: number; what: string }>('SELECT owner, since, what FROM lock WHERE key = ?'),
       lockPut: db.prepare('INSERT OR REPLACE INTO lock (key, owner, since, what) VALUES (?, ?, ?, ?)'),
       lockDel: db.prepare('DELETE FROM lock WHERE key = ? AND owner = ?'),
+      addTempRoot: db.prepare('INSERT OR IGNORE INTO temproot (owner, dref) VALUES (?, ?)'),
+      dropTempRoots: db.prepare('DELETE FROM temproot WHERE owner = ?'),
+      tempRoots: db.prepare<[], { owner: string; dref: string }>('SELECT owner, dref FROM temproot'),
       locks: db.prepare<[], { key: string; owner: string; since: number; what: string }>('SELECT * FROM lock'),
     };
   }
@@ -114,6 +125,7 @@ export class StoreIndex {
   hasDrv(dref: DRef): boolean { return this.q.hasDrv.get(dref) !== undefined; }
   addDrv(dref: DRef, name: string): void { this.q.insertDrv.run(dref, name); }
   removeDrv(dref: DRef): void { this.q.deleteDrv.run(dref); }
+  allDrvs(): DRef[] { return this.q.allDrvs.all().map((r) => r.dref); }
 
   addRealization(r: IndexedRealization): void {
     this.db.transaction(() => {
@@ -142,6 +154,20 @@ export class StoreIndex {
       return { taken: true, stale: row && row.owner !== owner ? row.owner : undefined };
     }).immediate();
   }
+
+  /**
+   * Declares that `owner` is realizing these derivations: gc keeps all their
+   * realizations until the rows are dropped or the owner dies. One write
+   * transaction, so it is ordered against gc's own (see gc.ts).
+   */
+  addTempRoots(owner: string, drefs: Iterable<DRef>): void {
+    this.db.transaction(() => {
+      for (const d of drefs) this.q.addTempRoot.run(owner, d);
+    }).immediate();
+  }
+
+  dropTempRoots(owner: string): void { this.q.dropTempRoots.run(owner); }
+  tempRoots(): { owner: string; dref: DRef }[] { return this.q.tempRoots.all(); }
 
   unlock(key: string, owner: string): void { this.q.lockDel.run(key, owner); }
   locks(): { key: string; owner: string; since: number; what: string }[] { return this.q.locks.all(); }

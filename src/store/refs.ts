@@ -2,9 +2,9 @@ import { CairnError } from '../errors.js';
 import { HASH_PATTERN } from './hash.js';
 
 /** `<hash>-<name>`: the id of a derivation, the hash of its canonical config. */
-export type DRef = string & { readonly __kind?: 'DRef' };
+export type DRef = string;
 /** `<hash>-<dref>`: the id of one realization of a derivation. */
-export type RRef = string & { readonly __kind?: 'RRef' };
+export type RRef = string;
 
 const NAME = /^[A-Za-z0-9_][A-Za-z0-9._+-]{0,99}$/;
 const LOOKS_HASHED = new RegExp(`^${HASH_PATTERN}-`);

@@ -8,6 +8,7 @@ import { fsyncAll, fsyncPath, ownerAlive, ownerId, removeTree } from './fsutil.j
 import { shortHash } from './hash.js';
 import { StoreIndex, type IndexedRealization } from './index-db.js';
 import { makeRRef, parseRef, parseRRef, type DRef, type RRef } from './refs.js';
+import { walkTree } from './tree.js';
 
 /** Bumped whenever the on-disk layout changes incompatibly. */
 export const LAYOUT_VERSION = 1;
@@ -192,14 +193,37 @@ export class Store {
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw e;
-      merged = true;
-      removeTree(staging);
+      if (await this.intact(final, fields.tree)) {
+        merged = true;
+        removeTree(staging);
+      } else {
+        // A damaged copy of the same realization: never merge into it.
+        this.quarantine(final, rref);
+        fs.renameSync(staging, final);
+      }
     }
     await fsyncAll([parent]);
     if (!merged) fs.chmodSync(final, 0o555);
     const stored = merged ? this.readMeta(rref) : meta;
     this.index.addRealization(toIndexed(stored));
     return { meta: stored, merged };
+  }
+
+  /** True if the realization directory still holds the output tree it was published with. */
+  private async intact(dir: string, tree: string): Promise<boolean> {
+    try {
+      return (await walkTree(path.join(dir, 'out'), { seal: false })).treeHash === tree;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Moves a damaged realization out of the way, to ROOT/quarantine/, for inspection. */
+  quarantine(dir: string, rref: RRef): void {
+    const to = path.join(this.root, 'quarantine', `${rref}-${Date.now()}`);
+    fs.mkdirSync(path.dirname(to), { recursive: true });
+    fs.renameSync(dir, to);
+    this.index.removeRealization(rref);
   }
 
   readMeta(rref: RRef): RealizationMeta {

@@ -20,6 +20,8 @@ export interface TreeSummary {
   files: number;
   /** When sealing: every file and directory, to be fsynced before the tree is published. */
   toSync: string[];
+  /** When not sealing: entries (relative paths) that have a write bit set, which a sealed tree never has. */
+  writable: string[];
 }
 
 export interface TreeWalkOptions {
@@ -131,8 +133,10 @@ export async function walkTree(root: string, opts: TreeWalkOptions): Promise<Tre
   let bytes = 0;
   let files = 0;
   const toSync: string[] = [];
+  const writable: string[] = [];
   const visit = async (abs: string): Promise<void> => {
     const st = fs.lstatSync(abs);
+    if (!opts.seal && !st.isSymbolicLink() && (st.mode & 0o222) !== 0) writable.push(path.relative(root, abs) || '.');
     if (st.isSymbolicLink()) {
       if (!linkStaysInside(root, abs)) throw unsafe(root, abs, `is a symlink to ${JSON.stringify(fs.readlinkSync(abs))}, which leaves the output`);
       h.update('l');
@@ -172,5 +176,5 @@ export async function walkTree(root: string, opts: TreeWalkOptions): Promise<Tre
     }
   };
   await visit(root);
-  return { treeHash: h.digest('hex'), bytes, files, toSync };
+  return { treeHash: h.digest('hex'), bytes, files, toSync, writable };
 }

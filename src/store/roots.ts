@@ -1,0 +1,123 @@
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { CairnError } from '../errors.js';
+import { fsyncPath } from './fsutil.js';
+import { isName, parseRRef, type RRef } from './refs.js';
+import type { Store } from './store.js';
+
+/**
+ * GC roots, kept as files so they survive index rebuilds and travel with
+ * the store:
+ *
+ *     ROOT/roots/named/<name>      RRefs, one per line (`cairn root add`)
+ *     ROOT/roots/auto/<hash>       symlink to an out-link made by `realize --out-link`
+ *
+ * An out-link is an indirect root, as in Nix: the root is the link the user
+ * made, not the entry in `auto/`. It counts only while the link still exists
+ * at that path and still points into this store, so deleting or moving the
+ * link releases the realization.
+ */
+export interface RootEntry {
+  kind: 'named' | 'out-link';
+  /** Root name, or the out-link's path. */
+  name: string;
+  rrefs: RRef[];
+}
+
+const namedDir = (store: Store): string => path.join(store.root, 'roots', 'named');
+const autoDir = (store: Store): string => path.join(store.root, 'roots', 'auto');
+
+function writeAtomically(store: Store, file: string, text: string): void {
+  const tmpDir = store.makeTempDir('root');
+  const tmp = path.join(tmpDir, 'root');
+  fs.writeFileSync(tmp, text);
+  fsyncPath(tmp);
+  fs.renameSync(tmp, file);
+  fs.rmdirSync(tmpDir);
+  fsyncPath(path.dirname(file));
+}
+
+export function addNamedRoot(store: Store, name: string, rrefs: RRef[]): void {
+  if (!isName(name)) throw new CairnError('E_BAD_NAME', `root name ${JSON.stringify(name)} is not allowed: use letters, digits, . _ + -`, { name });
+  for (const r of rrefs) {
+    parseRRef(r);
+    if (!store.has(r)) throw new CairnError('E_NO_SUCH_REF', `realization ${r} is not in the store`, { ref: r });
+  }
+  fs.mkdirSync(namedDir(store), { recursive: true });
+  writeAtomically(store, path.join(namedDir(store), name), rrefs.join('\n') + '\n');
+}
+
+export function removeNamedRoot(store: Store, name: string): void {
+  if (!isName(name)) throw new CairnError('E_BAD_NAME', `root name ${JSON.stringify(name)} is not allowed`, { name });
+  try {
+    fs.unlinkSync(path.join(namedDir(store), name));
+  } catch {
+    throw new CairnError('E_NO_SUCH_REF', `there is no root named ${name}`, { name });
+  }
+}
+
+/** Makes `link` a symlink to the realization's output and registers it as an indirect root. */
+export function addOutLink(store: Store, link: string, rref: RRef): string {
+  const abs = path.resolve(link);
+  const target = store.outPath(rref);
+  // Replace an existing link atomically; refuse to clobber anything else.
+  let existing: fs.Stats | undefined;
+  try { existing = fs.lstatSync(abs); } catch { /* free */ }
+  if (existing && !existing.isSymbolicLink()) {
+    throw new CairnError('E_USAGE', `--out-link ${link} exists and is not a symlink; refusing to replace it`, { path: abs });
+  }
+  const tmp = `${abs}.cairn-${process.pid}`;
+  fs.symlinkSync(target, tmp);
+  fs.renameSync(tmp, abs);
+  fs.mkdirSync(autoDir(store), { recursive: true });
+  const key = createHash('sha256').update(abs).digest('hex').slice(0, 32);
+  const entry = path.join(autoDir(store), key);
+  const tmpEntry = `${entry}.${process.pid}.tmp`;
+  fs.rmSync(tmpEntry, { force: true });
+  fs.symlinkSync(abs, tmpEntry);
+  fs.renameSync(tmpEntry, entry);
+  return abs;
+}
+
+/** The RRef an out-path in this store belongs to, or null. */
+function rrefOfOutPath(store: Store, p: string): RRef | null {
+  const rel = path.relative(path.join(store.root, 'd'), p).split(path.sep);
+  if (rel.length !== 4 || rel[1] !== 'r' || rel[3] !== 'out') return null;
+  const rref = `${rel[2]}-${rel[0]}`;
+  try { parseRRef(rref); return rref; } catch { return null; }
+}
+
+/**
+ * All current roots. Out-link entries whose link is gone, moved, or now
+ * points elsewhere are returned in `stale` (gc deletes them).
+ */
+export function listRoots(store: Store): { roots: RootEntry[]; stale: string[] } {
+  const roots: RootEntry[] = [];
+  const stale: string[] = [];
+  let names: string[] = [];
+  try { names = fs.readdirSync(namedDir(store)); } catch { /* none yet */ }
+  for (const name of names.sort()) {
+    if (!isName(name)) continue;
+    const rrefs = fs.readFileSync(path.join(namedDir(store), name), 'utf8').split('\n').filter(Boolean);
+    roots.push({ kind: 'named', name, rrefs });
+  }
+  let autos: string[] = [];
+  try { autos = fs.readdirSync(autoDir(store)); } catch { /* none yet */ }
+  for (const key of autos.sort()) {
+    const entry = path.join(autoDir(store), key);
+    let link: string;
+    let target: string;
+    try {
+      link = fs.readlinkSync(entry);
+      target = fs.readlinkSync(link);
+    } catch {
+      stale.push(entry);
+      continue;
+    }
+    const rref = rrefOfOutPath(store, path.resolve(path.dirname(link), target));
+    if (rref === null) stale.push(entry);
+    else roots.push({ kind: 'out-link', name: link, rrefs: [rref] });
+  }
+  return { roots, stale };
+}
