@@ -34,7 +34,12 @@ export function progressReporter(total: number, opts: { tty: boolean; verbose: b
   };
   return {
     cached: () => { cached++; status(); },
-    start: (n: Derivation, why) => { running.add(n.name); line(`building ${n.name} ${n.dref}${why === 'forced' ? ' (forced)' : ''}`); },
+    start: (n: Derivation, why) => {
+      running.add(n.name);
+      // On a terminal the status line already names what is building.
+      if (opts.tty) status(true);
+      else line(`building ${n.name} ${n.dref}${why === 'forced' ? ' (forced)' : ''}`);
+    },
     wait: (n: Derivation, holder: string) => line(`waiting for ${n.name}: process ${holder.split('.')[0]} is building it`),
     built: (n: Derivation, rrefs, ms) => {
       running.delete(n.name);

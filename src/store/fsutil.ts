@@ -26,19 +26,26 @@ export async function fsyncAll(paths: readonly string[], concurrency = 16): Prom
  * Deletes a tree even when it is read-only. Directories must be writable to
  * unlink their entries, so write bits are restored on the way down; for a
  * read-only store tree this is the one place that ever adds them back.
+ * Entries that vanish meanwhile (another process removing the same tree)
+ * count as removed.
  */
 export function removeTree(p: string): void {
+  const gone = (e: unknown): boolean => (e as NodeJS.ErrnoException).code === 'ENOENT';
   let st: fs.Stats;
   try { st = fs.lstatSync(p); } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+    if (gone(e)) return;
     throw e;
   }
-  if (st.isDirectory()) {
-    if ((st.mode & 0o200) === 0) fs.chmodSync(p, 0o700);
-    for (const name of fs.readdirSync(p)) removeTree(path.join(p, name));
-    fs.rmdirSync(p);
-  } else {
-    fs.unlinkSync(p);
+  try {
+    if (st.isDirectory()) {
+      if ((st.mode & 0o200) === 0) fs.chmodSync(p, 0o700);
+      for (const name of fs.readdirSync(p)) removeTree(path.join(p, name));
+      fs.rmdirSync(p);
+    } else {
+      fs.unlinkSync(p);
+    }
+  } catch (e) {
+    if (!gone(e)) throw e;
   }
 }
 

@@ -126,16 +126,25 @@ export class Store {
     return dir;
   }
 
-  /** Removes temporary directories whose owning process has died (after kill -9, say). */
+  /**
+   * Removes temporary directories whose owning process has died (after
+   * kill -9, say). Each is first claimed by renaming it to a name of our
+   * own, so several processes sweeping at once never delete the same tree.
+   */
   sweepTemp(): number {
     let removed = 0;
-    for (const name of fs.readdirSync(path.join(this.root, 'tmp'))) {
-      const owner = name.split('-')[0]!;
-      if (name.startsWith('store-json-')) continue;
-      if (!ownerAlive(owner)) {
-        removeTree(path.join(this.root, 'tmp', name));
-        removed++;
+    const tmp = path.join(this.root, 'tmp');
+    for (const name of fs.readdirSync(tmp)) {
+      if (name.startsWith('store-json-') || ownerAlive(name.split('-')[0]!)) continue;
+      const claimed = path.join(tmp, `${this.owner}-sweep-${randomBytes(6).toString('hex')}`);
+      try {
+        fs.renameSync(path.join(tmp, name), claimed);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        throw e;
       }
+      removeTree(claimed);
+      removed++;
     }
     return removed;
   }
