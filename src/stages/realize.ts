@@ -203,7 +203,8 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
           return sel;
         }
       }
-      const runs = isForced ? 1 : Math.ceil(Math.max(1, m.min - have.length) / node.stage.n);
+      // Forced or not, build as often as the matcher needs, and at least once.
+      const runs = Math.max(1, Math.ceil((m.min - (isForced ? 0 : have.length)) / node.stage.n));
       events.start?.(node, isForced ? 'forced' : 'missing');
       const t0 = Date.now();
       for (let i = 0; i < runs; i++) {
