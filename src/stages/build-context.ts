@@ -44,25 +44,48 @@ export function makeLog(file: string, echo?: (line: string) => void): BuildLog &
 /** Runs a child process whose stdout and stderr also go to the build log. */
 export function execLogged(logFile: string, cmd: string, args: readonly string[] = [], opts: ExecOptions = {}): Promise<{ stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ['pipe', 'pipe', 'pipe'] });
+    const logFd = fs.openSync(logFile, 'a');
+    let logOpen = true;
+    // 'error' and 'close' may both fire (a program that cannot start): the
+    // log descriptor must be closed exactly once, or a later close could hit
+    // a descriptor the number was reused for.
+    const closeLog = (): void => {
+      if (logOpen) fs.closeSync(logFd);
+      logOpen = false;
+    };
+    const toLog = (b: Buffer | string): void => {
+      if (!logOpen) return;
+      if (typeof b === 'string') fs.writeSync(logFd, b);
+      else fs.writeSync(logFd, b);
+    };
+    toLog(`$ ${[cmd, ...args].join(' ')}\n`);
+    const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
-    const logFd = fs.openSync(logFile, 'a');
-    fs.writeSync(logFd, `$ ${[cmd, ...args].join(' ')}\n`);
-    child.stdout.on('data', (b: Buffer) => { out.push(b); fs.writeSync(logFd, b); });
-    child.stderr.on('data', (b: Buffer) => { err.push(b); fs.writeSync(logFd, b); });
+    let settled = false;
+    child.stdout!.on('data', (b: Buffer) => { out.push(b); toLog(b); });
+    child.stderr!.on('data', (b: Buffer) => { err.push(b); toLog(b); });
     child.on('error', (e) => {
-      fs.closeSync(logFd);
+      closeLog();
+      if (settled) return;
+      settled = true;
       reject(new CairnError('E_BUILD_FAILED', `cannot run ${cmd}: ${e.message}`, { cmd }, { cause: e }));
     });
     child.on('close', (code, signal) => {
-      fs.closeSync(logFd);
+      closeLog();
+      if (settled) return;
+      settled = true;
       const stdout = Buffer.concat(out).toString();
       const stderr = Buffer.concat(err).toString();
       if (code === 0) resolve({ stdout, stderr });
       else reject(new CairnError('E_BUILD_FAILED', `${cmd} exited with ${signal ?? code}${stderr ? `: ${stderr.trim().split('\n').slice(-3).join(' | ')}` : ''}`, { cmd, code, signal }));
     });
-    child.stdin.end(opts.input ?? '');
+    if (child.stdin) {
+      // A child that exits without reading its input makes the write fail
+      // with EPIPE; its exit status is what matters, not the pipe.
+      child.stdin.on('error', () => {});
+      child.stdin.end(opts.input);
+    }
   });
 }
 

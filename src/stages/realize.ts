@@ -5,7 +5,7 @@ import { CairnError, isCairnError } from '../errors.js';
 import { removeTree } from '../store/fsutil.js';
 import { withLock } from '../store/locks.js';
 import type { DRef, RRef } from '../store/refs.js';
-import { contextHash, type Context, type Store } from '../store/store.js';
+import { contextHash, creationTime, type Context, type Store } from '../store/store.js';
 import { walkTree, type TreeSummary } from '../store/tree.js';
 import { makeBuildContext, makeDep, makeLog, resolveConfig } from './build-context.js';
 import { instantiate, type Derivation, type Graph } from './instantiate.js';
@@ -155,7 +155,7 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
         const sum = summaries[i]!;
         await store.commit(rz, {
           dref: node.dref, name: node.name, context, tree: sum.treeHash,
-          bytes: sum.bytes, files: sum.files, created: Date.now(), buildMs,
+          bytes: sum.bytes, files: sum.files, created: creationTime(), buildMs,
         }, [...sum.toSync, rzLog, ...(i === 0 ? drvSync : [])]);
       }
       ok = true;

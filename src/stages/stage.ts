@@ -81,7 +81,9 @@ export interface Stage<C = unknown> {
   readonly [STAGE]: true;
   readonly name: string;
   readonly config: C;
-  readonly build: BuildFn<C>;
+  // A method, not a function-typed property: methods are bivariant in their
+  // parameter, so a Stage<{ x: number }> is usable where a Stage is expected.
+  build(ctx: BuildContext<C>): void | Promise<void>;
   readonly matcher: Matcher;
   readonly outputs: readonly string[];
   readonly n: number;

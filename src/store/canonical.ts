@@ -51,10 +51,12 @@ export function canonicalJson(value: unknown, substitute?: Substitute, root = 'c
     onPath.add(obj);
     if (Array.isArray(obj)) {
       parts.push('[');
-      obj.forEach((item, i) => {
+      // An index loop, not forEach: forEach skips holes, and a sparse array
+      // must be refused (its holes are undefined), not silently compacted.
+      for (let i = 0; i < obj.length; i++) {
         if (i > 0) parts.push(',');
-        walk(item, `${path}[${i}]`);
-      });
+        walk(obj[i], `${path}[${i}]`);
+      }
       parts.push(']');
     } else {
       const proto = Object.getPrototypeOf(obj);

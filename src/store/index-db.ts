@@ -42,12 +42,12 @@ CREATE TABLE IF NOT EXISTS rz (
   rref TEXT NOT NULL UNIQUE,
   dref TEXT NOT NULL,
   ctx TEXT NOT NULL,
-  created INTEGER NOT NULL,
+  created REAL NOT NULL,
   tree TEXT NOT NULL,
   bytes INTEGER NOT NULL,
   files INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS rz_by_ctx ON rz (dref, ctx, created, seq);
+CREATE INDEX IF NOT EXISTS rz_by_ctx ON rz (dref, ctx, created, rref);
 CREATE TABLE IF NOT EXISTS rz_dep (
   rref TEXT NOT NULL,
   dep TEXT NOT NULL,
@@ -92,10 +92,10 @@ export class StoreIndex {
   private prepare() {
     const db = this.db;
     return {
-      candidates: db.prepare<[string, string], RzRow>('SELECT * FROM rz WHERE dref = ? AND ctx = ? ORDER BY created, seq'),
-      byDref: db.prepare<[string], RzRow>('SELECT * FROM rz WHERE dref = ? ORDER BY created, seq'),
+      candidates: db.prepare<[string, string], RzRow>('SELECT * FROM rz WHERE dref = ? AND ctx = ? ORDER BY created, rref'),
+      byDref: db.prepare<[string], RzRow>('SELECT * FROM rz WHERE dref = ? ORDER BY created, rref'),
       one: db.prepare<[string], RzRow>('SELECT * FROM rz WHERE rref = ?'),
-      all: db.prepare<[], RzRow>('SELECT * FROM rz ORDER BY created, seq'),
+      all: db.prepare<[], RzRow>('SELECT * FROM rz ORDER BY created, rref'),
       deps: db.prepare<[string], { dep: string }>('SELECT dep FROM rz_dep WHERE rref = ?'),
       dependants: db.prepare<[string], { rref: string }>('SELECT rref FROM rz_dep WHERE dep = ?'),
       insertDrv: db.prepare('INSERT OR IGNORE INTO drv (dref, name) VALUES (?, ?)'),

@@ -32,6 +32,20 @@ export interface RealizationMeta {
   buildMs: number;
 }
 
+let lastTimestamp = 0;
+
+/**
+ * Creation time in milliseconds with microsecond resolution, strictly
+ * increasing within a process, so the outputs of one build are ordered.
+ * Realizations are ordered by (created, rref) everywhere, an order that the
+ * index rebuild reproduces from meta.json alone.
+ */
+export function creationTime(): number {
+  const now = Math.round((performance.timeOrigin + performance.now()) * 1000) / 1000;
+  lastTimestamp = Math.max(now, Math.round((lastTimestamp + 0.001) * 1000) / 1000);
+  return lastTimestamp;
+}
+
 /** The RRef hash commits to the derivation, the chosen inputs and the output tree. */
 export function realizationHash(dref: DRef, context: Context, tree: string): string {
   return shortHash(canonicalJson({ context, dref, tree }));
