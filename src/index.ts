@@ -6,3 +6,7 @@ export { realize, type RealizeOptions, type RealizeResult, type RealizeEvents, t
 export { Store, defaultStoreRoot, LAYOUT_VERSION, type RealizationMeta, type Context } from './store/store.js';
 export { parseRef, type DRef, type RRef } from './store/refs.js';
 export { canonicalJson, type Json } from './store/canonical.js';
+export { collectGarbage, type GcOptions, type GcReport } from './store/gc.js';
+export { verifyStore, type VerifyReport, type Problem, type ProblemKind } from './store/verify.js';
+export { addNamedRoot, removeNamedRoot, addOutLink, listRoots, type RootEntry } from './store/roots.js';
+export { loadStageFile, type LoadedStages } from './stages/load.js';
