@@ -92,22 +92,18 @@ export function execLogged(logFile: string, cmd: string, args: readonly string[]
 export function makeBuildContext(
   node: Derivation,
   config: unknown,
-  dirs: { outs: string[]; scratch: string },
+  outs: string[],
+  scratch: () => string,
   log: BuildLog,
 ): BuildContext<unknown> {
-  let scratchMade = false;
   return Object.freeze({
     name: node.name,
     dref: node.dref,
     config: config as never,
-    out: dirs.outs[0]!,
-    outs: dirs.outs,
+    out: outs[0]!,
+    outs,
     // Made on first use: most builds never need scratch space.
-    get tmp() {
-      if (!scratchMade) fs.mkdirSync(dirs.scratch, { recursive: true });
-      scratchMade = true;
-      return dirs.scratch;
-    },
+    get tmp() { return scratch(); },
     log,
     exec: (cmd: string, args?: readonly string[], opts?: ExecOptions) => execLogged(log.file, cmd, args, opts),
   });

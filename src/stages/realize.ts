@@ -5,7 +5,8 @@ import { CairnError, isCairnError } from '../errors.js';
 import { removeTree } from '../store/fsutil.js';
 import { withLock } from '../store/locks.js';
 import type { DRef, RRef } from '../store/refs.js';
-import { contextHash, creationTime, type Context, type Store } from '../store/store.js';
+import type { RzRow } from '../store/index-db.js';
+import { contextHash, creationTime, type Context, type Published, type RealizationMeta, type Store } from '../store/store.js';
 import { walkTree, type TreeSummary } from '../store/tree.js';
 import { makeBuildContext, makeDep, makeLog, resolveConfig } from './build-context.js';
 import { instantiate, type Derivation, type Graph } from './instantiate.js';
@@ -98,8 +99,13 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
   const actions = new Map<DRef, PlanAction>();
   let builds = 0;
 
-  const candidatesOf = (dref: DRef, ctx: string): Candidate[] =>
-    store.index.candidates(dref, ctx).map((r) => ({ rref: r.rref, dref: r.dref, created: r.created, path: store.outPath(r.rref) }));
+  // The first look at every derivation uses one query for the whole graph,
+  // made after the temp roots above; anything built since by another process
+  // is found by the fresh query taken under the build lock.
+  const snapshot = store.index.candidatesByContext(graph.order);
+  const toCandidate = (r: RzRow): Candidate => ({ rref: r.rref, dref: r.dref, created: r.created, path: store.outPath(r.rref) });
+  const candidatesOf = (dref: DRef, ctx: string): Candidate[] => store.index.candidates(dref, ctx).map(toCandidate);
+  const snapshotCandidates = (dref: DRef, ctx: string): Candidate[] => (snapshot.get(`${dref} ${ctx}`) ?? []).map(toCandidate);
 
   const contextOf = (node: Derivation): Context => {
     const context: Context = {};
@@ -107,15 +113,22 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
     return context;
   };
 
-  const buildOnce = async (node: Derivation, context: Context): Promise<void> => {
+  /**
+   * Runs the build function once and publishes its outputs, appending them
+   * to `published` as it goes (so a caller can still record the ones that
+   * made it if a later output fails). Recording is left to the caller.
+   */
+  const buildOnce = async (node: Derivation, context: Context, published: Published[]): Promise<void> => {
     const s = node.stage;
     const dir = store.makeTempDir(`build-${node.name}`);
     // Each output is built directly inside its staging directory, so
-    // publishing it is a single rename.
-    const staging = Array.from({ length: s.n }, (_, i) => path.join(dir, `rz-${i}`));
+    // publishing it is a single rename; with one output, the build
+    // directory is itself the staging directory.
+    const staging = s.n === 1 ? [dir] : Array.from({ length: s.n }, (_, i) => path.join(dir, `rz-${i}`));
     const outs = staging.map((d) => path.join(d, 'out'));
-    for (const d of staging) fs.mkdirSync(d);
+    if (s.n > 1) for (const d of staging) fs.mkdirSync(d);
     for (const d of outs) fs.mkdirSync(d);
+    let scratch: string | undefined;
     // The log is written straight into the first realization; the others get copies.
     const logFile = path.join(staging[0]!, 'build.log');
     const started = Date.now();
@@ -128,7 +141,7 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
           return makeDep(store, dref, chosen.get(dref)!);
         });
         log(`building ${node.dref} with ${s.n} output(s)`);
-        await s.build(makeBuildContext(node, config, { outs, scratch: path.join(dir, 'work') }, log));
+        await s.build(makeBuildContext(node, config, outs, () => (scratch ??= store.makeTempDir(`work-${node.name}`)), log));
       } catch (e) {
         const msg = e instanceof Error ? e.message : String(e);
         log(`build failed: ${msg}`);
@@ -150,13 +163,14 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
       fs.chmodSync(logFile, 0o444);
       const logs = staging.map((rz) => path.join(rz, 'build.log'));
       for (const l of logs.slice(1)) fs.copyFileSync(logFile, l);
+      // The log is not fsynced: it is not hashed, and a log cut short by a
+      // crash is harmless, unlike an output.
       for (const [i, rz] of staging.entries()) {
-        const rzLog = logs[i]!;
         const sum = summaries[i]!;
-        await store.commit(rz, {
+        published.push(await store.publish(rz, {
           dref: node.dref, name: node.name, context, tree: sum.treeHash,
           bytes: sum.bytes, files: sum.files, created: creationTime(), buildMs,
-        }, [...sum.toSync, rzLog, ...(i === 0 ? drvSync : [])]);
+        }, [...sum.toSync, ...(i === 0 ? drvSync : [])]));
       }
       ok = true;
     } catch (e) {
@@ -170,8 +184,12 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
       throw e;
     } finally {
       removeTree(dir);
+      if (scratch) removeTree(scratch);
     }
   };
+
+  // Builds whose realizations are published but not yet durable and indexed.
+  const settling: Promise<void>[] = [];
 
   const resolveNode = async (node: Derivation): Promise<RRef[]> => {
     const m = node.stage.matcher;
@@ -183,7 +201,7 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
     const ctx = contextHash(context);
     const isForced = forced(node);
     if (!isForced) {
-      const sel = await runMatcher(m, candidatesOf(node.dref, ctx));
+      const sel = await runMatcher(m, snapshotCandidates(node.dref, ctx));
       if (sel) {
         actions.set(node.dref, 'cached');
         events.cached?.(node, sel);
@@ -192,35 +210,68 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
     }
     actions.set(node.dref, isForced ? 'force' : 'build');
     if (opts.dryRun) return [];
-    return limit.run(() => withLock(store, `build:${node.dref}:${ctx}`, `building ${node.name}`, async () => {
-      let have = candidatesOf(node.dref, ctx);
-      if (!isForced) {
-        // Another process may have built it while we waited for the lock.
-        const sel = await runMatcher(m, have);
-        if (sel) {
-          actions.set(node.dref, 'cached');
-          events.cached?.(node, sel);
-          return sel;
+    // The build lock is held until the new realizations are durable and
+    // indexed, so processes waiting for it find them; this node's dependants
+    // start as soon as the outputs are published (complete and readable), so
+    // the durability round of one stage overlaps the build of the next.
+    return new Promise<RRef[]>((resolve, reject) => {
+      const task = withLock(store, `build:${node.dref}:${ctx}`, `building ${node.name}`, async () => {
+        const have = candidatesOf(node.dref, ctx);
+        if (!isForced) {
+          // Another process may have built it while we waited for the lock.
+          const sel = await runMatcher(m, have);
+          if (sel) {
+            actions.set(node.dref, 'cached');
+            events.cached?.(node, sel);
+            resolve(sel);
+            return;
+          }
         }
-      }
-      // Forced or not, build as often as the matcher needs, and at least once.
-      const runs = Math.max(1, Math.ceil((m.min - (isForced ? 0 : have.length)) / node.stage.n));
-      events.start?.(node, isForced ? 'forced' : 'missing');
-      const t0 = Date.now();
-      for (let i = 0; i < runs; i++) {
-        await buildOnce(node, context);
-        builds++;
-      }
-      have = candidatesOf(node.dref, ctx);
-      const sel = await runMatcher(m, have);
-      if (!sel) {
-        throw new CairnError('E_MATCH_UNSATISFIED',
-          `matcher ${m.name} of stage ${node.name} (${node.dref}) chose nothing after ${runs} build(s); ${have.length} realization(s) exist. A matcher that needs k realizations wants a stage with n >= k or min = k`,
-          { dref: node.dref, matcher: m.name, realizations: have.length });
-      }
-      events.built?.(node, sel, Date.now() - t0);
-      return sel;
-    }, { onWait: (holder) => events.wait?.(node, holder) }));
+        // Forced or not, build as often as the matcher needs, and at least once.
+        const runs = Math.max(1, Math.ceil((m.min - (isForced ? 0 : have.length)) / node.stage.n));
+        events.start?.(node, isForced ? 'forced' : 'missing');
+        const t0 = Date.now();
+        const published: Published[] = [];
+        try {
+          for (let i = 0; i < runs; i++) {
+            await limit.run(() => buildOnce(node, context, published));
+            builds++;
+          }
+        } catch (e) {
+          await store.record(published).catch(() => {});
+          throw e;
+        }
+        const recorded = store.record(published);
+        // Identical outputs merge: a build may publish one RRef several times.
+        const known = new Set(have.map((c) => c.rref));
+        const fresh: Candidate[] = [];
+        for (const p of published) {
+          if (known.has(p.meta.rref)) continue;
+          known.add(p.meta.rref);
+          fresh.push(metaCandidate(store, p.meta));
+        }
+        const all = [...have, ...fresh].sort((a, b) => a.created - b.created || (a.rref < b.rref ? -1 : 1));
+        let sel: RRef[] | null;
+        try {
+          sel = await runMatcher(m, all);
+        } catch (e) {
+          await recorded;
+          throw e;
+        }
+        if (!sel) {
+          await recorded;
+          throw new CairnError('E_MATCH_UNSATISFIED',
+            `matcher ${m.name} of stage ${node.name} (${node.dref}) chose nothing after ${runs} build(s); ${all.length} realization(s) exist. A matcher that needs k realizations wants a stage with n >= k or min = k`,
+            { dref: node.dref, matcher: m.name, realizations: all.length });
+        }
+        events.built?.(node, sel, Date.now() - t0);
+        resolve(sel);
+        await recorded;
+      }, { onWait: (holder) => events.wait?.(node, holder) });
+      settling.push(task);
+      // After resolve() this is a no-op; such late errors surface from `settling`.
+      task.catch(reject);
+    });
   };
 
   try {
@@ -233,7 +284,10 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
         throw err;
       }
     });
+    // Every build must be durable and indexed before realize returns.
+    for (const r of await Promise.allSettled(settling)) if (r.status === 'rejected') throw r.reason;
   } finally {
+    await Promise.allSettled(settling);
     if (!opts.dryRun) store.index.dropTempRoots(tempRootOwner);
   }
 
@@ -245,6 +299,10 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
     plan,
     builds,
   };
+}
+
+function metaCandidate(store: Store, meta: RealizationMeta): Candidate {
+  return { rref: meta.rref, dref: meta.dref, created: meta.created, path: store.outPath(meta.rref) };
 }
 
 function isLink(p: string): boolean {

@@ -63,7 +63,7 @@ export async function collectGarbage(store: Store, opts: GcOptions = {}): Promis
 
     store.index.db.transaction(() => {
       const all = store.index.all();
-      const busy = new Set(store.index.tempRoots().filter((t) => tempRootOwnerAlive(t.owner)).map((t) => t.dref));
+      const busy = new Set(store.index.tempRoots().filter((t) => tempRootOwnerAlive(t.owner)).flatMap((t) => t.drefs));
       const seeds: RRef[] = roots.flatMap((r) => r.rrefs);
       const byDrv = new Map<DRef, typeof all>();
       for (const row of all) {

@@ -46,6 +46,15 @@ export function creationTime(): number {
   return lastTimestamp;
 }
 
+/** A realization moved into place by `Store.publish`, not yet durable or indexed. */
+export interface Published {
+  meta: RealizationMeta;
+  /** An identical realization existed already; `meta` is its. */
+  merged: boolean;
+  /** The directory whose fsync makes the rename durable. */
+  parent: string;
+}
+
 /** The RRef hash commits to the derivation, the chosen inputs and the output tree. */
 export function realizationHash(dref: DRef, context: Context, tree: string): string {
   return shortHash(canonicalJson({ context, dref, tree }));
@@ -174,7 +183,12 @@ export class Store {
     const dir = this.drvDir(dref);
     const file = path.join(dir, 'drv.json');
     if (!fs.existsSync(file)) {
-      fs.mkdirSync(path.join(dir, 'r'), { recursive: true });
+      try {
+        fs.mkdirSync(dir);
+        fs.mkdirSync(path.join(dir, 'r'));
+      } catch {
+        fs.mkdirSync(path.join(dir, 'r'), { recursive: true });
+      }
       const tmp = path.join(scratch, 'drv.json');
       fs.writeFileSync(tmp, drvJson + '\n', { mode: 0o444 });
       fs.renameSync(tmp, file);
@@ -193,14 +207,20 @@ export class Store {
 
   /**
    * Moves a sealed staging directory (holding `out/` and `build.log`) into
-   * place as a realization. `toSync` lists what the caller wrote and must be
-   * durable first; it is fsynced together with `meta.json` in one round,
-   * then the rename, then the parent directory: two journal commits per
-   * realization. If an identical realization already exists the staging copy
-   * is dropped and the existing one is returned: identical outputs merge,
-   * different ones never overwrite each other because their RRefs differ.
+   * place as a realization, in two steps. `publish` fsyncs what the caller
+   * lists in `toSync` together with `meta.json` (one round, so about one
+   * journal commit), then renames the directory into place: from then on
+   * the realization is complete and readable. `record` makes the rename
+   * durable (fsync of the parent) and only then enters it into the index,
+   * so the index never names a realization that a crash could lose. A
+   * caller may start dependent work between the two; `commit` does both.
+   *
+   * If an identical realization already exists, the staging copy is dropped
+   * and the existing one is used: identical outputs merge, different ones
+   * never overwrite each other because their RRefs differ. A damaged
+   * existing copy is quarantined and replaced instead.
    */
-  async commit(staging: string, fields: Omit<RealizationMeta, 'format' | 'rref' | 'ctx'>, toSync: readonly string[]): Promise<{ meta: RealizationMeta; merged: boolean }> {
+  async publish(staging: string, fields: Omit<RealizationMeta, 'format' | 'rref' | 'ctx'>, toSync: readonly string[]): Promise<Published> {
     const rhash = realizationHash(fields.dref, fields.context, fields.tree);
     const rref = makeRRef(rhash, fields.dref);
     const meta: RealizationMeta = { format: 'cairn-realization-1', rref, ctx: contextHash(fields.context), ...fields };
@@ -210,26 +230,33 @@ export class Store {
     if (!fs.existsSync(parent)) fs.mkdirSync(parent, { recursive: true });
     await fsyncAll([...toSync, metaFile, staging]);
     const final = path.join(parent, rhash);
-    let merged = false;
     try {
       fs.renameSync(staging, final);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw e;
       if (await this.intact(final, fields.tree)) {
-        merged = true;
         removeTree(staging);
-      } else {
-        // A damaged copy of the same realization: never merge into it.
-        this.quarantine(final, rref);
-        fs.renameSync(staging, final);
+        return { meta: this.readMeta(rref), merged: true, parent };
       }
+      // A damaged copy of the same realization: never merge into it.
+      this.quarantine(final, rref);
+      fs.renameSync(staging, final);
     }
-    await fsyncAll([parent]);
-    if (!merged) fs.chmodSync(final, 0o555);
-    const stored = merged ? this.readMeta(rref) : meta;
-    this.index.addRealization(toIndexed(stored));
-    return { meta: stored, merged };
+    fs.chmodSync(final, 0o555);
+    return { meta, merged: false, parent };
+  }
+
+  /** Makes published realizations durable, then indexes them (see `publish`). */
+  async record(published: readonly Published[]): Promise<void> {
+    await fsyncAll([...new Set(published.map((p) => p.parent))]);
+    for (const p of published) this.index.addRealization(toIndexed(p.meta));
+  }
+
+  async commit(staging: string, fields: Omit<RealizationMeta, 'format' | 'rref' | 'ctx'>, toSync: readonly string[]): Promise<Published> {
+    const published = await this.publish(staging, fields, toSync);
+    await this.record([published]);
+    return published;
   }
 
   /** True if the realization directory still holds the output tree it was published with. */
