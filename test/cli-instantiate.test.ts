@@ -3,21 +3,15 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
-import { cairn, lastLine, repoRoot, tempDir, type CliResult } from './helpers.js';
+import { cairn, lastLine, repoRoot, tempDir, type CliResult, isolateModuleCache, ok } from './helpers.js';
 
 const fixture = (name: string): string => path.join(repoRoot, 'test', 'fixtures', name);
 const CHAIN = fixture('chain.ts');
 const DIAMOND = fixture('diamond.ts');
 const DREF = /^[0-9a-df-np-sv-z]{32}-[A-Za-z0-9_][A-Za-z0-9._+-]*$/;
 
-const cache = tempDir('cairn-cli-cache');
-process.env.XDG_CACHE_HOME = cache.dir;
-after(() => cache.cleanup());
+isolateModuleCache(after);
 
-function ok(r: CliResult): CliResult {
-  assert.equal(r.code, 0, `expected success, got ${r.code}\nstderr: ${r.stderr}`);
-  return r;
-}
 
 interface InstJson {
   targets: string[];

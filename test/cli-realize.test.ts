@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { cairn, lastLine, repoRoot, tempDir, type CliResult } from './helpers.js';
+import { cairn, lastLine, repoRoot, tempDir, type CliResult, isolateModuleCache, ok, expectError, tmpEntries } from './helpers.js';
 
 const fixture = (name: string): string => path.join(repoRoot, 'test', 'fixtures', name);
 const CHAIN = fixture('chain.ts');
@@ -14,9 +14,7 @@ const FAILING = fixture('failing.ts');
 const RREF = /^[0-9a-df-np-sv-z]{32}-[0-9a-df-np-sv-z]{32}-[A-Za-z0-9_][A-Za-z0-9._+-]*$/;
 
 // Keep the transpile cache of stage files out of the real home directory.
-const cache = tempDir('cairn-cli-cache');
-process.env.XDG_CACHE_HOME = cache.dir;
-after(() => cache.cleanup());
+isolateModuleCache(after);
 
 interface Env { store: string; counter: string; work: string; env: NodeJS.ProcessEnv; cleanup: () => void }
 
@@ -39,9 +37,6 @@ function builds(e: Env, name: string): number {
   }
 }
 
-function tmpEntries(store: string): string[] {
-  try { return fs.readdirSync(path.join(store, 'tmp')); } catch { return []; }
-}
 
 /** RRefs on disk for the stage called `name`, whatever its DRef. */
 function realizationsOf(store: string, name: string): string[] {
@@ -69,19 +64,8 @@ function findFiles(dir: string, name: string): string[] {
     .map((rel) => path.join(dir, rel));
 }
 
-function ok(r: CliResult): CliResult {
-  assert.equal(r.code, 0, `expected success, got ${r.code}\nstderr: ${r.stderr}`);
-  return r;
-}
 
 /** A failure with the stable code on stderr, and nothing half-written in the store. */
-function expectError(r: CliResult, code: string, store: string): void {
-  assert.notEqual(r.code, 0, `expected ${code}, but it succeeded\nstdout: ${r.stdout}`);
-  assert.notEqual(r.code, null);
-  assert.match(r.stderr, new RegExp(`cairn: error ${code}:`), `stderr was: ${r.stderr}`);
-  assert.doesNotMatch(r.stderr, /internal error/);
-  assert.deepEqual(tmpEntries(store), [], 'STORE/tmp must be empty after an error');
-}
 
 interface JsonResult {
   store: string;

@@ -3,30 +3,15 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { cairn, repoRoot, tempDir, type CliResult } from './helpers.js';
+import { cairn, repoRoot, tempDir, type CliResult, isolateModuleCache, ok, expectError, tmpEntries } from './helpers.js';
 
 const CHAIN = path.join(repoRoot, 'test', 'fixtures', 'chain.ts');
 const H = (c: string): string => c.repeat(32);
 
-const cache = tempDir('cairn-cli-cache');
-process.env.XDG_CACHE_HOME = cache.dir;
-after(() => cache.cleanup());
+isolateModuleCache(after);
 
-function ok(r: CliResult): CliResult {
-  assert.equal(r.code, 0, `expected success, got ${r.code}\nstderr: ${r.stderr}`);
-  return r;
-}
 
-function expectError(r: CliResult, code: string): void {
-  assert.notEqual(r.code, 0, `expected ${code}, but it succeeded\nstdout: ${r.stdout}`);
-  assert.notEqual(r.code, null);
-  assert.match(r.stderr, new RegExp(`cairn: error ${code}:`), `stderr was: ${r.stderr}`);
-  assert.doesNotMatch(r.stderr, /internal error/);
-}
 
-function tmpEntries(store: string): string[] {
-  try { return fs.readdirSync(path.join(store, 'tmp')); } catch { return []; }
-}
 
 interface Realized { store: string; cleanup: () => void; dref: Record<string, string>; rref: Record<string, string> }
 

@@ -4,24 +4,13 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
-import { cairn, cairnBin, lastLine, repoRoot, tempDir, type CliResult } from './helpers.js';
+import { cairn, cairnBin, lastLine, repoRoot, tempDir, type CliResult, isolateModuleCache, ok, expectError } from './helpers.js';
 
 const CHAIN = path.join(repoRoot, 'test', 'fixtures', 'chain.ts');
 
-const cache = tempDir('cairn-cli-cache');
-process.env.XDG_CACHE_HOME = cache.dir;
-after(() => cache.cleanup());
+isolateModuleCache(after);
 
-function ok(r: CliResult): CliResult {
-  assert.equal(r.code, 0, `expected success, got ${r.code}\nstderr: ${r.stderr}`);
-  return r;
-}
 
-function expectError(r: CliResult, code: string): void {
-  assert.notEqual(r.code, 0, `expected ${code}, but it succeeded\nstdout: ${r.stdout}`);
-  assert.notEqual(r.code, null);
-  assert.match(r.stderr, new RegExp(`cairn: error ${code}:`), `stderr was: ${r.stderr}`);
-}
 
 /** Runs the CLI WITHOUT --store, with CAIRN_STORE removed from the environment unless given. */
 function cairnNoStoreFlag(args: string[], env: NodeJS.ProcessEnv): CliResult {

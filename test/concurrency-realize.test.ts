@@ -9,22 +9,17 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, it } from 'node:test';
-import { cairn, cairnAsync, cairnBin, lastLine, repoRoot, tempDir, type CliResult } from './helpers.js';
+import { cairn, cairnAsync, cairnBin, lastLine, repoRoot, tempDir, type CliResult, isolateModuleCache, ok, tmpEntries } from './helpers.js';
 
 const fixture = (name: string): string => path.join(repoRoot, 'test', 'fixtures', name);
 const PROCS = 8;
 
-const cache = tempDir('cairn-conc-cache');
-process.env.XDG_CACHE_HOME = cache.dir;
-after(() => cache.cleanup());
+isolateModuleCache(after, 'cairn-conc-cache');
 
 function lines(file: string): string[] {
   try { return fs.readFileSync(file, 'utf8').split('\n').filter(Boolean); } catch { return []; }
 }
 
-function tmpEntries(store: string): string[] {
-  try { return fs.readdirSync(path.join(store, 'tmp')); } catch { return []; }
-}
 
 function realizationsOf(store: string, name: string): string[] {
   return fs.readdirSync(path.join(store, 'd'))

@@ -1,3 +1,4 @@
+import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -51,4 +52,33 @@ export function cairnAsync(store: string, args: string[], opts: { cwd?: string; 
 export function lastLine(s: string): string {
   const lines = s.trim().split('\n');
   return lines[lines.length - 1]!.trim();
+}
+
+/**
+ * Points the compiled-module cache (XDG_CACHE_HOME) of this test file and the
+ * CLI processes it starts at a temporary directory, removed after the file.
+ */
+export function isolateModuleCache(after: (fn: () => void) => void, label = 'cairn-cli-cache'): void {
+  const cache = tempDir(label);
+  process.env.XDG_CACHE_HOME = cache.dir;
+  after(() => cache.cleanup());
+}
+
+/** Entries left in STORE/tmp (there should be none once every process is done). */
+export function tmpEntries(store: string): string[] {
+  try { return fs.readdirSync(path.join(store, 'tmp')); } catch { return []; }
+}
+
+export function ok(r: CliResult): CliResult {
+  assert.equal(r.code, 0, `expected success, got ${r.code}\nstderr: ${r.stderr}`);
+  return r;
+}
+
+/** A failed command: non-zero exit, a stable code on stderr, no crash; with `store`, nothing left in STORE/tmp. */
+export function expectError(r: CliResult, code: string, store?: string): void {
+  assert.notEqual(r.code, 0, `expected ${code}, but it succeeded\nstdout: ${r.stdout}`);
+  assert.notEqual(r.code, null);
+  assert.match(r.stderr, new RegExp(`cairn: error ${code}:`), `stderr was: ${r.stderr}`);
+  assert.doesNotMatch(r.stderr, /internal error/);
+  if (store !== undefined) assert.deepEqual(tmpEntries(store), [], 'STORE/tmp must be empty after an error');
 }
