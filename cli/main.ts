@@ -10,7 +10,7 @@ import { realize } from '../src/stages/realize.js';
 import { parseRef, type RRef } from '../src/store/refs.js';
 import { defaultStoreRoot, Store } from '../src/store/store.js';
 import { collectGarbage } from '../src/store/gc.js';
-import { addNamedRoot, addOutLink, listRoots, removeNamedRoot } from '../src/store/roots.js';
+import { addNamedRoot, listRoots, removeNamedRoot } from '../src/store/roots.js';
 import { verifyStore } from '../src/store/verify.js';
 import { formatBytes, listTree, parseDuration } from './format.js';
 import { progressReporter } from './progress.js';
@@ -60,14 +60,11 @@ program.command('realize')
     const t0 = performance.now();
     let result;
     try {
-      result = await realize(graph, { store, jobs: o.jobs, force: o.force, dryRun: o.dryRun, keepFailed: o.keepFailed, events: progress });
+      result = await realize(graph, { store, jobs: o.jobs, force: o.force, dryRun: o.dryRun, keepFailed: o.keepFailed, outLink: o.outLink, events: progress });
     } finally {
       progress.finish();
     }
     const ms = performance.now() - t0;
-    if (o.outLink && !o.dryRun) {
-      result.targets.flatMap((t) => t.rrefs).forEach((rref, i) => addOutLink(store, i === 0 ? o.outLink! : `${o.outLink}-${i + 1}`, rref));
-    }
     if (o.json) {
       out(JSON.stringify({ store: store.root, dryRun: !!o.dryRun, builds: result.builds, ms: Math.round(ms), targets: result.targets, plan: result.plan }, null, 2));
       return;

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
-import { cairn, lastLine, repoRoot, tempDir, type CliResult, isolateModuleCache, ok } from './helpers.js';
+import { cairn, lastLine, repoRoot, tempDir, isolateModuleCache, ok } from './helpers.js';
 
 const fixture = (name: string): string => path.join(repoRoot, 'test', 'fixtures', name);
 const CHAIN = fixture('chain.ts');

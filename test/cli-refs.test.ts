@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { cairn, repoRoot, tempDir, type CliResult, isolateModuleCache, ok, expectError, tmpEntries } from './helpers.js';
+import { cairn, repoRoot, tempDir, isolateModuleCache, ok, expectError, tmpEntries } from './helpers.js';
 
 const CHAIN = path.join(repoRoot, 'test', 'fixtures', 'chain.ts');
 const H = (c: string): string => c.repeat(32);

@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, it } from 'node:test';
-import { cairn, cairnAsync, cairnBin, lastLine, repoRoot, tempDir, type CliResult, isolateModuleCache, ok, tmpEntries } from './helpers.js';
+import { cairn, cairnAsync, cairnBin, lastLine, repoRoot, tempDir, type CliResult, isolateModuleCache, tmpEntries } from './helpers.js';
 
 const fixture = (name: string): string => path.join(repoRoot, 'test', 'fixtures', name);
 const PROCS = 8;

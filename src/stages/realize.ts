@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { CairnError, isCairnError } from '../errors.js';
 import { removeTree } from '../store/fsutil.js';
 import { withLock } from '../store/locks.js';
+import { addOutLink } from '../store/roots.js';
 import type { DRef, RRef } from '../store/refs.js';
 import type { RzRow } from '../store/index-db.js';
 import { contextHash, creationTime, type Context, type Published, type RealizationMeta, type Store } from '../store/store.js';
@@ -32,6 +33,12 @@ export interface RealizeOptions {
   dryRun?: boolean;
   /** On failure, move the build directory to ROOT/failed/ instead of deleting it. */
   keepFailed?: boolean;
+  /**
+   * Make this path a symlink to the target's output, and an indirect gc
+   * root (more targets: PATH-2, PATH-3, ...). Made before the run's
+   * temporary roots are dropped, so gc can never collect the target between.
+   */
+  outLink?: string;
   events?: RealizeEvents;
 }
 
@@ -156,22 +163,25 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
           throw new CairnError('E_PROMISE_BROKEN', `stage ${node.name} (${node.dref}) output ${i} lacks promised ${missing.join(', ')}`, { dref: node.dref, missing });
         }
       }
-      const summaries: TreeSummary[] = [];
-      for (const out of outs) summaries.push(await walkTree(out, { seal: true }));
-      const buildMs = Date.now() - started;
-      const drvSync = store.ensureDrv(node.dref, node.name, node.drvJson, dir);
-      fs.chmodSync(logFile, 0o444);
-      const logs = staging.map((rz) => path.join(rz, 'build.log'));
-      for (const l of logs.slice(1)) fs.copyFileSync(logFile, l);
-      // The log is not fsynced: it is not hashed, and a log cut short by a
-      // crash is harmless, unlike an output.
-      for (const [i, rz] of staging.entries()) {
-        const sum = summaries[i]!;
-        published.push(await store.publish(rz, {
-          dref: node.dref, name: node.name, context, tree: sum.treeHash,
-          bytes: sum.bytes, files: sum.files, created: creationTime(), buildMs,
-        }, [...sum.toSync, ...(i === 0 ? drvSync : [])]));
-      }
+      // Failures from here on are the store's (a full disk, say), not the build's.
+      await asStoreError(async () => {
+        const summaries: TreeSummary[] = [];
+        for (const out of outs) summaries.push(await walkTree(out, { seal: true }));
+        const buildMs = Date.now() - started;
+        const drvSync = store.ensureDrv(node.dref, node.name, node.drvJson, dir);
+        fs.chmodSync(logFile, 0o444);
+        const logs = staging.map((rz) => path.join(rz, 'build.log'));
+        for (const l of logs.slice(1)) fs.copyFileSync(logFile, l);
+        // The log is not fsynced: it is not hashed, and a log cut short by a
+        // crash is harmless, unlike an output.
+        for (const [i, rz] of staging.entries()) {
+          const sum = summaries[i]!;
+          published.push(await store.publish(rz, {
+            dref: node.dref, name: node.name, context, tree: sum.treeHash,
+            bytes: sum.bytes, files: sum.files, created: creationTime(), buildMs,
+          }, [...sum.toSync, ...(i === 0 ? drvSync : [])]));
+        }
+      });
       ok = true;
     } catch (e) {
       if (opts.keepFailed && !ok) {
@@ -286,6 +296,9 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
     });
     // Every build must be durable and indexed before realize returns.
     for (const r of await Promise.allSettled(settling)) if (r.status === 'rejected') throw r.reason;
+    if (opts.outLink && !opts.dryRun) {
+      graph.targets.flatMap((d) => chosen.get(d)!).forEach((rref, i) => addOutLink(store, i === 0 ? opts.outLink! : `${opts.outLink}-${i + 1}`, rref));
+    }
   } finally {
     await Promise.allSettled(settling);
     if (!opts.dryRun) store.index.dropTempRoots(tempRootOwner);
@@ -299,6 +312,17 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
     plan,
     builds,
   };
+}
+
+/** Runs store work, turning plain I/O errors (ENOSPC, EIO, ...) into E_STORE_IO. */
+async function asStoreError<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    if (e instanceof CairnError) throw e;
+    const err = e as NodeJS.ErrnoException;
+    throw new CairnError('E_STORE_IO', `storing the build's outputs failed: ${err?.message ?? String(e)}`, { errno: err?.code }, { cause: e });
+  }
 }
 
 function metaCandidate(store: Store, meta: RealizationMeta): Candidate {

@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { ownerAlive, removeTree, treeBytes } from './fsutil.js';
 import { withLock } from './locks.js';
 import type { DRef, RRef } from './refs.js';
-import { listRoots } from './roots.js';
+import { listRoots, type RootEntry } from './roots.js';
 import type { Store } from './store.js';
 
 export interface GcOptions {
@@ -51,7 +51,8 @@ export const tempRootOwnerAlive = (owner: string): boolean => ownerAlive(owner.s
  */
 export async function collectGarbage(store: Store, opts: GcOptions = {}): Promise<GcReport> {
   return withLock(store, 'gc', 'collecting garbage', async () => {
-    const { roots, stale } = listRoots(store);
+    let roots: RootEntry[] = [];
+    let stale: string[] = [];
     const trash = store.makeTempDir('gc');
     const dryRun = !!opts.dryRun;
     let dead: { rref: RRef; dref: DRef }[] = [];
@@ -62,6 +63,10 @@ export async function collectGarbage(store: Store, opts: GcOptions = {}): Promis
     const now = Date.now();
 
     store.index.db.transaction(() => {
+      // Roots are read inside the transaction: a realize creates its
+      // out-links before it drops its temp roots (a write that waits for
+      // this transaction), so every result is covered by one or the other.
+      ({ roots, stale } = listRoots(store));
       const all = store.index.all();
       const busy = new Set(store.index.tempRoots().filter((t) => tempRootOwnerAlive(t.owner)).flatMap((t) => t.drefs));
       const seeds: RRef[] = roots.flatMap((r) => r.rrefs);

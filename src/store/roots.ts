@@ -40,12 +40,16 @@ function writeAtomically(store: Store, file: string, text: string): void {
 
 export function addNamedRoot(store: Store, name: string, rrefs: RRef[]): void {
   if (!isName(name)) throw new CairnError('E_BAD_NAME', `root name ${JSON.stringify(name)} is not allowed: use letters, digits, . _ + -`, { name });
-  for (const r of rrefs) {
-    parseRRef(r);
-    if (!store.has(r)) throw new CairnError('E_NO_SUCH_REF', `realization ${r} is not in the store`, { ref: r });
-  }
+  for (const r of rrefs) parseRRef(r);
   fs.mkdirSync(namedDir(store), { recursive: true });
-  writeAtomically(store, path.join(namedDir(store), name), rrefs.join('\n') + '\n');
+  // Ordered against gc's transaction: either gc already deleted a
+  // realization (and it is refused here), or gc will see the root.
+  store.index.db.transaction(() => {
+    for (const r of rrefs) {
+      if (!store.has(r)) throw new CairnError('E_NO_SUCH_REF', `realization ${r} is not in the store`, { ref: r });
+    }
+    writeAtomically(store, path.join(namedDir(store), name), rrefs.join('\n') + '\n');
+  }).immediate();
 }
 
 export function removeNamedRoot(store: Store, name: string): void {

@@ -111,7 +111,7 @@ export class Store {
     let text: string | undefined;
     try { text = fs.readFileSync(marker, 'utf8'); } catch { /* new store */ }
     if (text === undefined) {
-      const tmp = path.join(root, 'tmp', `store-json-${process.pid}-${randomBytes(4).toString('hex')}`);
+      const tmp = path.join(root, 'tmp', `${ownerId()}-store-json-${randomBytes(4).toString('hex')}`);
       fs.writeFileSync(tmp, JSON.stringify({ [STORE_MARKER]: true, layout: LAYOUT_VERSION }) + '\n', { mode: 0o444 });
       try {
         // link() fails if another process created the marker first, which is fine.
@@ -158,7 +158,7 @@ export class Store {
     let removed = 0;
     const tmp = path.join(this.root, 'tmp');
     for (const name of fs.readdirSync(tmp)) {
-      if (name.startsWith('store-json-') || ownerAlive(name.split('-')[0]!)) continue;
+      if (ownerAlive(name.split('-')[0]!)) continue;
       const claimed = path.join(tmp, `${this.owner}-sweep-${randomBytes(6).toString('hex')}`);
       try {
         fs.renameSync(path.join(tmp, name), claimed);
@@ -183,15 +183,26 @@ export class Store {
     const dir = this.drvDir(dref);
     const file = path.join(dir, 'drv.json');
     if (!fs.existsSync(file)) {
-      try {
-        fs.mkdirSync(dir);
-        fs.mkdirSync(path.join(dir, 'r'));
-      } catch {
+      if (fs.existsSync(dir)) {
+        // Damaged (drv.json moved aside by verify --repair): put it back.
         fs.mkdirSync(path.join(dir, 'r'), { recursive: true });
+        const tmp = path.join(scratch, 'drv.json');
+        fs.writeFileSync(tmp, drvJson + '\n', { mode: 0o444 });
+        fs.renameSync(tmp, file);
+      } else {
+        // The directory is assembled in scratch space and renamed in whole,
+        // so a process killed here leaves all of it or none of it.
+        const staged = path.join(scratch, 'drv');
+        fs.mkdirSync(path.join(staged, 'r'), { recursive: true });
+        fs.writeFileSync(path.join(staged, 'drv.json'), drvJson + '\n', { mode: 0o444 });
+        try {
+          fs.renameSync(staged, dir);
+        } catch (e) {
+          const code = (e as NodeJS.ErrnoException).code;
+          if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw e;
+          removeTree(staged); // another process recorded it first
+        }
       }
-      const tmp = path.join(scratch, 'drv.json');
-      fs.writeFileSync(tmp, drvJson + '\n', { mode: 0o444 });
-      fs.renameSync(tmp, file);
     }
     this.index.addDrv(dref, name);
     return [file, dir, path.dirname(dir)];
@@ -235,7 +246,8 @@ export class Store {
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw e;
-      if (await this.intact(final, fields.tree)) {
+      const problem = await this.inspect(rref);
+      if (problem === null || problem.kind === 'writable') {
         removeTree(staging);
         return { meta: this.readMeta(rref), merged: true, parent };
       }
@@ -259,13 +271,53 @@ export class Store {
     return published;
   }
 
-  /** True if the realization directory still holds the output tree it was published with. */
-  private async intact(dir: string, tree: string): Promise<boolean> {
+  /**
+   * Checks one realization on disk against its name: `meta.json` must be
+   * whole and consistent (RRef, DRef, name, context hash), the output must
+   * hash to its recorded tree and sizes, and those must hash to the RRef.
+   * Returns what is wrong, or null. `writable` means the content is intact
+   * but write bits are set somewhere (a sealed realization has none).
+   */
+  async inspect(rref: RRef): Promise<{ kind: 'modified' | 'writable'; detail: string } | null> {
+    const p = parseRRef(rref);
+    const dir = this.rzDir(rref);
+    const modified = (detail: string) => ({ kind: 'modified' as const, detail });
+    let meta: RealizationMeta;
     try {
-      return (await walkTree(path.join(dir, 'out'), { seal: false })).treeHash === tree;
+      meta = JSON.parse(fs.readFileSync(path.join(dir, 'meta.json'), 'utf8')) as RealizationMeta;
     } catch {
-      return false;
+      return modified('meta.json is missing or unreadable');
     }
+    if (typeof meta !== 'object' || meta === null || meta.format !== 'cairn-realization-1') return modified('meta.json is not realization metadata');
+    if (meta.rref !== rref || meta.dref !== p.dref || meta.name !== p.name) return modified('meta.json names another realization');
+    let ctxOk = false;
+    try { ctxOk = meta.ctx === contextHash(meta.context); } catch { /* a damaged context */ }
+    if (!ctxOk) return modified('the context hash in meta.json does not match its context');
+    let tree;
+    try {
+      tree = await walkTree(path.join(dir, 'out'), { seal: false });
+    } catch (e) {
+      return modified(`output cannot be hashed: ${(e as Error).message}`);
+    }
+    if (tree.treeHash !== meta.tree) return modified(`output hash is ${tree.treeHash}, expected ${meta.tree}`);
+    if (tree.bytes !== meta.bytes || tree.files !== meta.files) return modified('output sizes differ from meta.json');
+    if (realizationHash(meta.dref, meta.context, meta.tree) !== p.rhash) return modified('context or tree in meta.json do not hash to the RRef');
+    const writable = [...tree.writable.map((w) => path.join('out', w))];
+    for (const f of ['.', 'meta.json', 'build.log']) {
+      try { if ((fs.statSync(path.join(dir, f)).mode & 0o222) !== 0) writable.push(f); } catch { /* a missing log is not a hash problem */ }
+    }
+    if (writable.length > 0) return { kind: 'writable', detail: `write bits set on ${writable.slice(0, 3).join(', ')}` };
+    return null;
+  }
+
+  /** Clears write bits on a realization whose content is intact. */
+  async reseal(rref: RRef): Promise<void> {
+    const dir = this.rzDir(rref);
+    await walkTree(path.join(dir, 'out'), { seal: true });
+    for (const f of ['meta.json', 'build.log']) {
+      try { fs.chmodSync(path.join(dir, f), 0o444); } catch { /* no log */ }
+    }
+    fs.chmodSync(dir, 0o555);
   }
 
   /** Moves a damaged realization out of the way, to ROOT/quarantine/, for inspection. */

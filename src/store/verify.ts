@@ -3,8 +3,7 @@ import * as path from 'node:path';
 import { CairnError } from '../errors.js';
 import { shortHash } from './hash.js';
 import { makeRRef, parseRef, type DRef, type RRef } from './refs.js';
-import { realizationHash, type RealizationMeta, type Store } from './store.js';
-import { walkTree } from './tree.js';
+import type { Store } from './store.js';
 
 export type ProblemKind =
   /** Content, metadata or name no longer match their hashes. */
@@ -39,27 +38,11 @@ function onDiskRealizations(store: Store): RRef[] {
 
 /** Re-hashes one realization against its name; returns what is wrong, or null. */
 async function checkRealization(store: Store, rref: RRef): Promise<Problem | null> {
-  const p = parseRef(rref);
-  if (p.kind !== 'rz') return { ref: rref, kind: 'modified', detail: 'directory name is not a realization hash' };
-  let meta: RealizationMeta;
-  try {
-    meta = JSON.parse(fs.readFileSync(path.join(store.rzDir(rref), 'meta.json'), 'utf8')) as RealizationMeta;
-  } catch {
-    return { ref: rref, kind: 'modified', detail: 'meta.json is missing or unreadable' };
-  }
-  if (meta.rref !== rref || meta.dref !== p.dref) return { ref: rref, kind: 'modified', detail: 'meta.json names another realization' };
-  let tree;
-  try {
-    tree = await walkTree(store.outPath(rref), { seal: false });
-  } catch (e) {
-    return { ref: rref, kind: 'modified', detail: `output cannot be hashed: ${(e as Error).message}` };
-  }
-  if (tree.treeHash !== meta.tree) return { ref: rref, kind: 'modified', detail: `output hash is ${tree.treeHash}, expected ${meta.tree}` };
-  if (realizationHash(meta.dref, meta.context, tree.treeHash) !== p.rhash) {
-    return { ref: rref, kind: 'modified', detail: 'context or tree in meta.json do not hash to the RRef' };
-  }
-  if (tree.writable.length > 0) return { ref: rref, kind: 'writable', detail: `write bits set on ${tree.writable.slice(0, 3).join(', ')}` };
-  return null;
+  let isRealization = false;
+  try { isRealization = parseRef(rref).kind === 'rz'; } catch { /* junk in d/<dref>/r/ */ }
+  if (!isRealization) return { ref: rref, kind: 'modified', detail: 'directory name is not a realization hash' };
+  const problem = await store.inspect(rref);
+  return problem && { ref: rref, ...problem };
 }
 
 /**
@@ -109,13 +92,18 @@ export async function verifyStore(store: Store, opts: { repair?: boolean; refs?:
   problems.push(...badDrvs);
   if (opts.repair) {
     for (const rref of quarantined) store.quarantine(store.rzDir(rref), rref);
-    for (const rref of writable) await walkTree(store.outPath(rref), { seal: true });
-    // A corrupt drv.json is moved aside; the next realize of its stage writes it again.
+    for (const rref of writable) await store.reseal(rref);
+    // A derivation with a missing or corrupt drv.json: with no realizations
+    // it is removed; otherwise its drv.json is moved aside and the next
+    // realize of its stage writes it again.
     for (const p of badDrvs) {
-      const file = path.join(store.drvDir(p.ref), 'drv.json');
-      const to = path.join(store.root, 'quarantine', `${p.ref}-drv-${Date.now()}.json`);
+      const dir = store.drvDir(p.ref);
+      let realizations: string[] = [];
+      try { realizations = fs.readdirSync(path.join(dir, 'r')); } catch { /* none */ }
+      const to = path.join(store.root, 'quarantine', `${p.ref}-drv-${Date.now()}`);
       fs.mkdirSync(path.dirname(to), { recursive: true });
-      if (fs.existsSync(file)) fs.renameSync(file, to);
+      if (realizations.length === 0) fs.renameSync(dir, to);
+      else if (fs.existsSync(path.join(dir, 'drv.json'))) fs.renameSync(path.join(dir, 'drv.json'), `${to}.json`);
     }
     store.rebuildIndex();
   }
