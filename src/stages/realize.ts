@@ -1,18 +1,16 @@
-import * as fs from 'node:fs';
 import * as os from 'node:os';
-import * as path from 'node:path';
 import { CairnError, isCairnError } from '../errors.js';
-import { removeTree } from '../store/fsutil.js';
 import { withLock } from '../store/locks.js';
 import { addOutLink } from '../store/roots.js';
 import type { DRef, RRef } from '../store/refs.js';
 import type { RzRow } from '../store/index-db.js';
-import { contextHash, creationTime, type Context, type Published, type RealizationMeta, type Store } from '../store/store.js';
-import { walkTree, type TreeSummary } from '../store/tree.js';
-import { makeBuildContext, makeDep, makeLog, resolveConfig } from './build-context.js';
+import { contextHash, type Context, type Published, type RealizationMeta, type Store } from '../store/store.js';
+import { makeDep, resolveConfig } from './build-context.js';
 import { instantiate, type Derivation, type Graph } from './instantiate.js';
 import { runMatcher, type Candidate } from './matchers.js';
+import { Semaphore, schedule } from './schedule.js';
 import { isStage, type Stage } from './stage.js';
+import { buildAndPublish } from './build.js';
 
 export interface RealizeEvents {
   cached?(node: Derivation, rrefs: readonly RRef[]): void;
@@ -62,21 +60,6 @@ export interface RealizeResult {
 
 let realizeCalls = 0;
 
-class Semaphore {
-  private waiting: (() => void)[] = [];
-  constructor(private free: number) {}
-  async run<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.free > 0) this.free--;
-    else await new Promise<void>((r) => this.waiting.push(r));
-    try {
-      return await fn();
-    } finally {
-      const next = this.waiting.shift();
-      if (next) next();
-      else this.free++;
-    }
-  }
-}
 
 /**
  * Realizes the targets: for each derivation in dependency order, the
@@ -118,84 +101,6 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
     const context: Context = {};
     for (const dep of node.deps) context[dep] = [...chosen.get(dep)!].sort();
     return context;
-  };
-
-  /**
-   * Runs the build function once and publishes its outputs, appending them
-   * to `published` as it goes (so a caller can still record the ones that
-   * made it if a later output fails). Recording is left to the caller.
-   */
-  const buildOnce = async (node: Derivation, context: Context, published: Published[]): Promise<void> => {
-    const s = node.stage;
-    const dir = store.makeTempDir(`build-${node.name}`);
-    // Each output is built directly inside its staging directory, so
-    // publishing it is a single rename; with one output, the build
-    // directory is itself the staging directory.
-    const staging = s.n === 1 ? [dir] : Array.from({ length: s.n }, (_, i) => path.join(dir, `rz-${i}`));
-    const outs = staging.map((d) => path.join(d, 'out'));
-    if (s.n > 1) for (const d of staging) fs.mkdirSync(d);
-    for (const d of outs) fs.mkdirSync(d);
-    let scratch: string | undefined;
-    // The log is written straight into the first realization; the others get copies.
-    const logFile = path.join(staging[0]!, 'build.log');
-    const started = Date.now();
-    let ok = false;
-    try {
-      const log = makeLog(logFile, (line) => events.log?.(node, line));
-      try {
-        const config = resolveConfig(s.config, (st) => {
-          const dref = graph.drefOf.get(st as Stage)!;
-          return makeDep(store, dref, chosen.get(dref)!);
-        });
-        log(`building ${node.dref} with ${s.n} output(s)`);
-        await s.build(makeBuildContext(node, config, outs, () => (scratch ??= store.makeTempDir(`work-${node.name}`)), log));
-      } catch (e) {
-        const msg = e instanceof Error ? e.message : String(e);
-        log(`build failed: ${msg}`);
-        throw new CairnError('E_BUILD_FAILED', `stage ${node.name} (${node.dref}) failed: ${msg}`, { dref: node.dref, stage: node.name }, { cause: e });
-      } finally {
-        log.close();
-      }
-      // Every output must keep every promise before any of them is stored.
-      for (const [i, out] of outs.entries()) {
-        const missing = s.outputs.filter((o) => !fs.existsSync(path.join(out, o)) && !isLink(path.join(out, o)));
-        if (missing.length > 0) {
-          throw new CairnError('E_PROMISE_BROKEN', `stage ${node.name} (${node.dref}) output ${i} lacks promised ${missing.join(', ')}`, { dref: node.dref, missing });
-        }
-      }
-      // Failures from here on are the store's (a full disk, say), not the build's.
-      await asStoreError(async () => {
-        const summaries: TreeSummary[] = [];
-        for (const out of outs) summaries.push(await walkTree(out, { seal: true }));
-        const buildMs = Date.now() - started;
-        const drvSync = store.ensureDrv(node.dref, node.name, node.drvJson, dir);
-        fs.chmodSync(logFile, 0o444);
-        const logs = staging.map((rz) => path.join(rz, 'build.log'));
-        for (const l of logs.slice(1)) fs.copyFileSync(logFile, l);
-        // The log is not fsynced: it is not hashed, and a log cut short by a
-        // crash is harmless, unlike an output.
-        for (const [i, rz] of staging.entries()) {
-          const sum = summaries[i]!;
-          published.push(await store.publish(rz, {
-            dref: node.dref, name: node.name, context, tree: sum.treeHash,
-            bytes: sum.bytes, files: sum.files, created: creationTime(), buildMs,
-          }, [...sum.toSync, ...(i === 0 ? drvSync : [])]));
-        }
-      });
-      ok = true;
-    } catch (e) {
-      if (opts.keepFailed && !ok) {
-        const kept = path.join(store.root, 'failed', `${node.name}-${new Date().toISOString().replace(/[:.]/g, '')}-${path.basename(dir).slice(-6)}`);
-        fs.mkdirSync(path.dirname(kept), { recursive: true });
-        fs.renameSync(dir, kept);
-        if (isCairnError(e)) e.details.kept = kept;
-        if (e instanceof Error) e.message += ` (build directory kept at ${kept})`;
-      }
-      throw e;
-    } finally {
-      removeTree(dir);
-      if (scratch) removeTree(scratch);
-    }
   };
 
   // Builds whose realizations are published but not yet durable and indexed.
@@ -244,7 +149,11 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
         const published: Published[] = [];
         try {
           for (let i = 0; i < runs; i++) {
-            await limit.run(() => buildOnce(node, context, published));
+            const config = resolveConfig(node.stage.config, (st) => {
+              const dref = graph.drefOf.get(st as Stage)!;
+              return makeDep(store, dref, chosen.get(dref)!);
+            });
+            await limit.run(() => buildAndPublish({ store, node, context, config, keepFailed: opts.keepFailed, onLog: (line) => events.log?.(node, line) }, published));
             builds++;
           }
         } catch (e) {
@@ -314,72 +223,6 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
   };
 }
 
-/** Runs store work, turning plain I/O errors (ENOSPC, EIO, ...) into E_STORE_IO. */
-async function asStoreError<T>(fn: () => Promise<T>): Promise<T> {
-  try {
-    return await fn();
-  } catch (e) {
-    if (e instanceof CairnError) throw e;
-    const err = e as NodeJS.ErrnoException;
-    throw new CairnError('E_STORE_IO', `storing the build's outputs failed: ${err?.message ?? String(e)}`, { errno: err?.code }, { cause: e });
-  }
-}
-
 function metaCandidate(store: Store, meta: RealizationMeta): Candidate {
   return { rref: meta.rref, dref: meta.dref, created: meta.created, path: store.outPath(meta.rref) };
-}
-
-function isLink(p: string): boolean {
-  try { return fs.lstatSync(p).isSymbolicLink(); } catch { return false; }
-}
-
-/**
- * Runs `visit` on every node once all its dependencies are done,
- * independent nodes concurrently. On the first failure no new node starts;
- * the ones already running finish (their results are stored and useful),
- * then the first error is raised.
- */
-function schedule(graph: Graph, visit: (node: Derivation) => Promise<void>): Promise<void> {
-  const waitingOn = new Map<DRef, number>();
-  const dependants = new Map<DRef, DRef[]>();
-  for (const dref of graph.order) {
-    const node = graph.nodes.get(dref)!;
-    waitingOn.set(dref, node.deps.length);
-    for (const dep of node.deps) {
-      let list = dependants.get(dep);
-      if (!list) dependants.set(dep, (list = []));
-      list.push(dref);
-    }
-  }
-  return new Promise((resolve, reject) => {
-    let inFlight = 0;
-    let done = 0;
-    let failure: unknown;
-    const finish = (): void => {
-      if (inFlight > 0) return;
-      if (failure !== undefined) reject(failure);
-      else if (done === graph.order.length) resolve();
-    };
-    const start = (dref: DRef): void => {
-      inFlight++;
-      visit(graph.nodes.get(dref)!).then(() => {
-        inFlight--;
-        done++;
-        if (failure === undefined) {
-          for (const next of dependants.get(dref) ?? []) {
-            const left = waitingOn.get(next)! - 1;
-            waitingOn.set(next, left);
-            if (left === 0) start(next);
-          }
-        }
-        finish();
-      }, (e: unknown) => {
-        inFlight--;
-        failure ??= e;
-        finish();
-      });
-    };
-    for (const dref of graph.order) if (waitingOn.get(dref) === 0) start(dref);
-    finish();
-  });
 }

@@ -1,0 +1,112 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { CairnError, isCairnError } from '../errors.js';
+import { removeTree } from '../store/fsutil.js';
+import { creationTime, type Context, type Published, type Store } from '../store/store.js';
+import { walkTree, type TreeSummary } from '../store/tree.js';
+import { makeBuildContext, makeLog } from './build-context.js';
+import type { Derivation } from './instantiate.js';
+
+export interface BuildRun {
+  store: Store;
+  node: Derivation;
+  /** The direct context: recorded in every realization this build publishes. */
+  context: Context;
+  /** The config with stage references resolved to their chosen realizations. */
+  config: unknown;
+  /** On failure, move the build directory to ROOT/failed/ instead of deleting it. */
+  keepFailed?: boolean;
+  onLog?: (line: string) => void;
+}
+
+/**
+ * Runs a stage's build function once, in a fresh directory on the store's
+ * filesystem, checks every promise of every output, seals the outputs and
+ * publishes them (`Store.publish`), appending each to `published` as it
+ * goes, so a caller can still record the ones that made it if a later one
+ * fails. Recording (durability and the index) is left to the caller.
+ */
+export async function buildAndPublish(run: BuildRun, published: Published[]): Promise<void> {
+  const { store, node, context, config, keepFailed, onLog } = run;
+  const s = node.stage;
+  const dir = store.makeTempDir(`build-${node.name}`);
+  // Each output is built directly inside its staging directory, so
+  // publishing it is a single rename; with one output, the build
+  // directory is itself the staging directory.
+  const staging = s.n === 1 ? [dir] : Array.from({ length: s.n }, (_, i) => path.join(dir, `rz-${i}`));
+  const outs = staging.map((d) => path.join(d, 'out'));
+  if (s.n > 1) for (const d of staging) fs.mkdirSync(d);
+  for (const d of outs) fs.mkdirSync(d);
+  let scratch: string | undefined;
+  // The log is written straight into the first realization; the others get copies.
+  const logFile = path.join(staging[0]!, 'build.log');
+  const started = Date.now();
+  let ok = false;
+  try {
+    const log = makeLog(logFile, onLog);
+    try {
+      log(`building ${node.dref} with ${s.n} output(s)`);
+      await s.build(makeBuildContext(node, config, outs, () => (scratch ??= store.makeTempDir(`work-${node.name}`)), log));
+    } catch (e) {
+      const msg = e instanceof Error ? e.message : String(e);
+      log(`build failed: ${msg}`);
+      throw new CairnError('E_BUILD_FAILED', `stage ${node.name} (${node.dref}) failed: ${msg}`, { dref: node.dref, stage: node.name }, { cause: e });
+    } finally {
+      log.close();
+    }
+    // Every output must keep every promise before any of them is stored.
+    for (const [i, out] of outs.entries()) {
+      const missing = s.outputs.filter((o) => !fs.existsSync(path.join(out, o)) && !isLink(path.join(out, o)));
+      if (missing.length > 0) {
+        throw new CairnError('E_PROMISE_BROKEN', `stage ${node.name} (${node.dref}) output ${i} lacks promised ${missing.join(', ')}`, { dref: node.dref, missing });
+      }
+    }
+    // Failures from here on are the store's (a full disk, say), not the build's.
+    await asStoreError(async () => {
+      const summaries: TreeSummary[] = [];
+      for (const out of outs) summaries.push(await walkTree(out, { seal: true }));
+      const buildMs = Date.now() - started;
+      const drvSync = store.ensureDrv(node.dref, node.name, node.drvJson, dir);
+      fs.chmodSync(logFile, 0o444);
+      const logs = staging.map((rz) => path.join(rz, 'build.log'));
+      for (const l of logs.slice(1)) fs.copyFileSync(logFile, l);
+      // The log is not fsynced: it is not hashed, and a log cut short by a
+      // crash is harmless, unlike an output.
+      for (const [i, rz] of staging.entries()) {
+        const sum = summaries[i]!;
+        published.push(await store.publish(rz, {
+          dref: node.dref, name: node.name, context, tree: sum.treeHash,
+          bytes: sum.bytes, files: sum.files, created: creationTime(), buildMs,
+        }, [...sum.toSync, ...(i === 0 ? drvSync : [])]));
+      }
+    });
+    ok = true;
+  } catch (e) {
+    if (keepFailed && !ok) {
+      const kept = path.join(store.root, 'failed', `${node.name}-${new Date().toISOString().replace(/[:.]/g, '')}-${path.basename(dir).slice(-6)}`);
+      fs.mkdirSync(path.dirname(kept), { recursive: true });
+      fs.renameSync(dir, kept);
+      if (isCairnError(e)) e.details.kept = kept;
+      if (e instanceof Error) e.message += ` (build directory kept at ${kept})`;
+    }
+    throw e;
+  } finally {
+    removeTree(dir);
+    if (scratch) removeTree(scratch);
+  }
+}
+
+/** Runs store work, turning plain I/O errors (ENOSPC, EIO, ...) into E_STORE_IO. */
+async function asStoreError<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    if (e instanceof CairnError) throw e;
+    const err = e as NodeJS.ErrnoException;
+    throw new CairnError('E_STORE_IO', `storing the build's outputs failed: ${err?.message ?? String(e)}`, { errno: err?.code }, { cause: e });
+  }
+}
+
+function isLink(p: string): boolean {
+  try { return fs.lstatSync(p).isSymbolicLink(); } catch { return false; }
+}
