@@ -24,6 +24,12 @@ export const ErrorCodes = {
   E_STORE_IO: 'store could not be read or written',
   E_LOCK_TIMEOUT: 'gave up waiting for a lock',
   E_USAGE: 'command line is not valid',
+  E_HASH_MISMATCH: 'fetched or copied content does not have the declared hash',
+  E_BAD_HASH: 'a declared hash is malformed or of an unknown type',
+  E_FETCH_FAILED: 'a download failed on every URL within its retry budget',
+  E_UNSAFE_ARCHIVE: 'an archive holds an absolute or .. path, an escaping link or a device file',
+  E_BAD_ARCHIVE: 'an archive is damaged or of an unsupported format',
+  E_BAD_CATALOG: 'an image catalog is not valid',
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;

@@ -10,3 +10,6 @@ export { collectGarbage, type GcOptions, type GcReport } from './store/gc.js';
 export { verifyStore, type VerifyReport, type Problem, type ProblemKind } from './store/verify.js';
 export { addNamedRoot, removeNamedRoot, addOutLink, listRoots, type RootEntry } from './store/roots.js';
 export { loadStageFile, type LoadedStages } from './stages/load.js';
+export { fetchurl, fetchlocal, type FetchUrlSpec, type FetchLocalSpec, type FixedOutput } from './stages/builtins/fetch.js';
+export { unpack, type UnpackSpec, type ArchiveFormat } from './stages/builtins/unpack.js';
+export { parseHash, hashPath, type HashType, type ContentHash } from './stages/builtins/hashes.js';

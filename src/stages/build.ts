@@ -50,7 +50,10 @@ export async function buildAndPublish(run: BuildRun, published: Published[]): Pr
     } catch (e) {
       const msg = e instanceof Error ? e.message : String(e);
       log(`build failed: ${msg}`);
-      throw new CairnError('E_BUILD_FAILED', `stage ${node.name} (${node.dref}) failed: ${msg}`, { dref: node.dref, stage: node.name }, { cause: e });
+      // A Cairn error keeps its code (a fetch's E_HASH_MISMATCH, say);
+      // anything else a build throws is E_BUILD_FAILED.
+      const code = isCairnError(e) ? e.code : 'E_BUILD_FAILED';
+      throw new CairnError(code, `stage ${node.name} (${node.dref}) failed: ${msg}`, { ...(isCairnError(e) ? e.details : {}), dref: node.dref, stage: node.name }, { cause: e });
     } finally {
       log.close();
     }

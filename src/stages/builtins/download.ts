@@ -1,0 +1,95 @@
+import * as fs from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import fetch from 'node-fetch';
+import { CairnError } from '../../errors.js';
+
+export interface DownloadOptions {
+  /** Total attempts across all URLs (default 6). */
+  attempts?: number;
+  /** Abort and resume when no data arrives for this long (default 30 s). */
+  idleTimeoutMs?: number;
+  /** First retry delay; doubles up to 5 s (default 200 ms). */
+  backoffMs?: number;
+  log?: (line: string) => void;
+}
+
+const PERMANENT = new Set([400, 401, 403, 404, 405, 410, 451]);
+
+/**
+ * Downloads the first URL that works into `file`, resuming with Range
+ * requests after a dropped or stalled connection. Redirects are followed.
+ * A URL answering with a permanent error (404, 410, ...) is dropped; other
+ * failures (5xx, resets, stalls) are retried on the next URL after a
+ * backoff, within a budget of `attempts`. A server that ignores Range is
+ * read again from the start. The caller checks the hash.
+ */
+export async function download(urls: readonly string[], file: string, opts: DownloadOptions = {}): Promise<{ url: string; bytes: number; resumed: number }> {
+  const attempts = opts.attempts ?? 6;
+  const idle = opts.idleTimeoutMs ?? 30_000;
+  const log = opts.log ?? (() => {});
+  let live = [...urls];
+  let delay = opts.backoffMs ?? 200;
+  let resumed = 0;
+  const errors: string[] = [];
+  for (let attempt = 0; attempt < attempts && live.length > 0; attempt++) {
+    const url = live[attempt % live.length]!;
+    let have = 0;
+    try { have = fs.statSync(file).size; } catch { /* nothing yet */ }
+    const ac = new AbortController();
+    let timer = setTimeout(() => ac.abort(), idle);
+    const poke = (): void => { clearTimeout(timer); timer = setTimeout(() => ac.abort(), idle); };
+    try {
+      const res = await fetch(url, { headers: have > 0 ? { Range: `bytes=${have}-` } : {}, redirect: 'follow', follow: 20, signal: ac.signal });
+      if (res.status === 416 && have > 0) {
+        // Nothing left to send: the file is complete (the hash will tell).
+        log(`${url}: already complete at ${have} bytes`);
+        return { url, bytes: have, resumed };
+      }
+      if (!res.ok) {
+        const why = `${url}: HTTP ${res.status} ${res.statusText}`;
+        errors.push(why);
+        if (PERMANENT.has(res.status)) {
+          live = live.filter((u) => u !== url);
+          log(`${why}; dropping this URL`);
+          attempt--; // a dead mirror does not use up the retry budget
+          continue;
+        }
+        throw new Error(why);
+      }
+      const partial = res.status === 206 && have > 0;
+      if (partial) { resumed++; log(`${url}: resuming at ${have} bytes`); }
+      else have = 0;
+      const total = Number(res.headers.get('content-length') ?? NaN) + have;
+      const out = fs.createWriteStream(file, { flags: partial ? 'a' : 'w' });
+      let got = have;
+      let shown = Date.now();
+      try {
+        for await (const chunk of res.body!) {
+          poke();
+          if (!out.write(chunk)) await new Promise<void>((r) => out.once('drain', () => r()));
+          got += (chunk as Buffer).length;
+          if (Date.now() - shown > 1000) {
+            shown = Date.now();
+            log(`${url}: ${got}${Number.isFinite(total) ? `/${total}` : ''} bytes`);
+          }
+        }
+      } finally {
+        await new Promise<void>((r) => out.end(() => r()));
+      }
+      if (Number.isFinite(total) && got < total) throw new Error(`${url}: connection closed at ${got} of ${total} bytes`);
+      log(`${url}: ${got} bytes`);
+      return { url, bytes: got, resumed };
+    } catch (e) {
+      const why = ac.signal.aborted ? `${url}: no data for ${idle} ms` : (e as Error).message;
+      if (!errors.includes(why)) errors.push(why);
+      log(`attempt ${attempt + 1}/${attempts} failed: ${why}`);
+      if (attempt + 1 < attempts) {
+        await sleep(delay);
+        delay = Math.min(delay * 2, 5000);
+      }
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+  throw new CairnError('E_FETCH_FAILED', `download failed: ${errors.slice(-4).join('; ')}`, { urls: [...urls], errors });
+}
