@@ -13,3 +13,5 @@ export { loadStageFile, type LoadedStages } from './stages/load.js';
 export { fetchurl, fetchlocal, type FetchUrlSpec, type FetchLocalSpec, type FixedOutput } from './stages/builtins/fetch.js';
 export { unpack, type UnpackSpec, type ArchiveFormat } from './stages/builtins/unpack.js';
 export { parseHash, hashPath, type HashType, type ContentHash } from './stages/builtins/hashes.js';
+export { loadCatalog, selectEntry, entryStage, catalogStage, deviceTypeMatches, type Catalog, type CatalogEntry, type Selection, type ActionSpec } from './stages/catalog.js';
+export { fetchEntry, runAction, writeManifest, type Manifest, type ActionContext, type ActionFn } from './stages/catalog-run.js';

@@ -13,8 +13,8 @@ function compileEnv(): CompileEnv {
   return { cairnUrl: new URL('../index.js', import.meta.url).href, cacheDir: defaultCacheDir() };
 }
 
-/** Imports a stage module: directly from the compile cache when possible, else through module hooks. */
-async function importStageModule(file: string): Promise<Record<string, unknown>> {
+/** Imports a module (a stage file, a catalog action file): directly from the compile cache when possible, else through module hooks. */
+export async function importModule(file: string): Promise<Record<string, unknown>> {
   const env = compileEnv();
   const direct = await compileForImport(file, env);
   if (direct) return (await import(direct)) as Record<string, unknown>;
@@ -50,7 +50,7 @@ export async function loadStageFile(file: string, selectors: readonly string[] =
   if (!fs.existsSync(abs)) throw new CairnError('E_STAGE_FILE', `stage file ${file} does not exist`, { file });
   let mod: Record<string, unknown>;
   try {
-    mod = await importStageModule(abs);
+    mod = await importModule(abs);
   } catch (e) {
     if (e instanceof CairnError) throw e;
     throw new CairnError('E_STAGE_FILE', `stage file ${file} failed to load: ${(e as Error)?.message ?? String(e)}`, { file }, { cause: e });

@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import fetch from 'node-fetch';
@@ -27,7 +28,12 @@ export async function download(urls: readonly string[], file: string, opts: Down
   const attempts = opts.attempts ?? 6;
   const idle = opts.idleTimeoutMs ?? 30_000;
   const log = opts.log ?? (() => {});
-  let live = [...urls];
+  let live = urls.flatMap((u) => {
+    if (!u.startsWith('apt:')) return [u];
+    const resolved = resolveApt(u);
+    if (resolved) log(`${u} is ${resolved}`);
+    return resolved ? [resolved] : [];
+  });
   let delay = opts.backoffMs ?? 200;
   let resumed = 0;
   const errors: string[] = [];
@@ -91,5 +97,22 @@ export async function download(urls: readonly string[], file: string, opts: Down
       clearTimeout(timer);
     }
   }
+  if (errors.length === 0) errors.push('no URL could be resolved (apt: URLs need current package lists: apt-get update)');
   throw new CairnError('E_FETCH_FAILED', `download failed: ${errors.slice(-4).join('; ')}`, { urls: [...urls], errors });
+}
+
+/**
+ * `apt:PACKAGE=VERSION` names a Debian package by name, as apt itself does:
+ * it is resolved to a download URL through the machine's own apt
+ * configuration (its mirrors and proxies), with `apt-get download
+ * --print-uris`. The package lists must be current (`apt-get update`).
+ * Returns null when apt cannot resolve it (the URL is then skipped).
+ */
+export function resolveApt(url: string): string | null {
+  const spec = url.slice('apt:'.length).replace(/^\/\//, '');
+  if (!/^[a-z0-9][a-z0-9+.-]*(=[A-Za-z0-9.+~:-]+)?$/.test(spec)) return null;
+  const r = spawnSync('apt-get', ['download', '--print-uris', spec], { encoding: 'utf8' });
+  if (r.status !== 0) return null;
+  const m = /^'([^']+)'/m.exec(r.stdout);
+  return m ? m[1]! : null;
 }

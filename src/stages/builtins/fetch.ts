@@ -24,6 +24,7 @@ export interface FetchUrlSpec extends Omit<DownloadOptions, 'log'> {
 }
 
 function fileNameOf(url: string): string {
+  if (url.startsWith('apt:')) throw new CairnError('E_USAGE', `an apt: URL names no file; give one with \`file\` (${url})`, { url });
   try {
     const last = decodeURIComponent(new URL(url).pathname.split('/').pop() ?? '');
     if (last) return last;
