@@ -318,7 +318,8 @@ withSelection(catalogCmd.command('fetch'))
     const cat = loadCatalog(file);
     const entry = selectEntry(cat, selection(o));
     const store = openStore();
-    const progress = progressReporter(o.unpack ? 2 : 1, { tty: process.stderr.isTTY === true, verbose: false, quiet: false });
+    // Verbose: download progress from the build log is worth seeing here.
+    const progress = progressReporter(o.unpack ? 2 : 1, { tty: process.stderr.isTTY === true, verbose: true, quiet: false });
     const m = await fetchEntry(store, cat, entry, { unpack: o.unpack, outLink: o.outLink, events: progress }).finally(() => progress.finish());
     if (o.manifest) writeManifest(o.manifest, m);
     process.stderr.write(`${cat.name} ${entry.version}: ${m.rref}\n`);
@@ -333,16 +334,17 @@ withSelection(catalogCmd.command('run'))
   .option('--manifest <out.yml>', 'where to write the manifest (default: a temporary file)')
   .action(async (file: string, action: string, o: SelectOpts & { unpack?: boolean; manifest?: string }) => {
     const { loadCatalog, selectEntry } = await import('../src/stages/catalog.js');
-    const { fetchEntry, runAction, writeManifest } = await import('../src/stages/catalog-run.js');
+    const { fetchEntry, findAction, runAction, writeManifest } = await import('../src/stages/catalog-run.js');
     const cat = loadCatalog(file);
     const entry = selectEntry(cat, selection(o));
+    const found = await findAction(cat, action);
     const store = openStore();
     const m = await fetchEntry(store, cat, entry, { unpack: o.unpack });
     const tmpDir = o.manifest ? undefined : fs.mkdtempSync(path.join(os.tmpdir(), 'cairn-manifest-'));
     const manifestPath = path.resolve(o.manifest ?? path.join(tmpDir!, 'manifest.yml'));
     try {
       writeManifest(manifestPath, m);
-      process.exitCode = await runAction(action, { manifest: m, manifestPath, storePath: m.path, catalog: cat, entry });
+      process.exitCode = await runAction(found, { manifest: m, manifestPath, storePath: m.path, catalog: cat, entry });
     } finally {
       if (tmpDir) fs.rmSync(tmpDir, { recursive: true, force: true });
     }

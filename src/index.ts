@@ -14,4 +14,4 @@ export { fetchurl, fetchlocal, type FetchUrlSpec, type FetchLocalSpec, type Fixe
 export { unpack, type UnpackSpec, type ArchiveFormat } from './stages/builtins/unpack.js';
 export { parseHash, hashPath, type HashType, type ContentHash } from './stages/builtins/hashes.js';
 export { loadCatalog, selectEntry, entryStage, catalogStage, deviceTypeMatches, type Catalog, type CatalogEntry, type Selection, type ActionSpec } from './stages/catalog.js';
-export { fetchEntry, runAction, writeManifest, type Manifest, type ActionContext, type ActionFn } from './stages/catalog-run.js';
+export { fetchEntry, findAction, runAction, writeManifest, type Manifest, type Action, type ActionContext, type ActionFn } from './stages/catalog-run.js';

@@ -66,17 +66,51 @@ export interface ActionContext {
 
 export type ActionFn = (ctx: ActionContext) => unknown;
 
+export type Action =
+  | { kind: 'command'; name: string; spec: string | string[] }
+  | { kind: 'function'; name: string; module: string; fn: ActionFn };
+
 /**
- * Runs a catalog action. It is declared in the catalog's `actions` (a shell
- * command, an argv list, or `{ module, export }` naming a TS/JS function),
- * or exported under its name by `<catalog>.actions.ts` or `actions.ts` next
- * to the catalog. Commands get the manifest path and the store path in
- * their environment (CAIRN_MANIFEST, CAIRN_STORE_PATH, CAIRN_RREF,
- * CAIRN_VERSION, CAIRN_CATALOG, CAIRN_STORE); functions get an
- * ActionContext. Returns the exit status.
+ * Finds a catalog action, before anything is fetched: declared in the
+ * catalog's `actions` (a shell command, an argv list, or `{ module, export }`
+ * naming a TS/JS function), or exported under its name by
+ * `<catalog>.actions.ts` or `actions.ts` next to the catalog.
  */
-export async function runAction(name: string, ctx: ActionContext): Promise<number> {
-  const dir = path.dirname(ctx.catalog.file);
+export async function findAction(catalog: Catalog, name: string): Promise<Action> {
+  const dir = path.dirname(catalog.file);
+  const spec = catalog.actions[name];
+  if (typeof spec === 'string' || Array.isArray(spec)) {
+    if (Array.isArray(spec) && (spec.length === 0 || !spec.every((x) => typeof x === 'string'))) {
+      throw new CairnError('E_BAD_CATALOG', `${catalog.file}: action ${name} must be a command, a list of strings, or { module, export }`);
+    }
+    return { kind: 'command', name, spec };
+  }
+  const candidates = spec && typeof spec === 'object'
+    ? [path.resolve(dir, spec.module)]
+    : [path.join(dir, `${path.basename(catalog.file).replace(/\.ya?ml$/, '')}.actions.ts`), path.join(dir, 'actions.ts')];
+  const moduleFile = candidates.find((f) => fs.existsSync(f));
+  if (!moduleFile) {
+    const declared = Object.keys(catalog.actions);
+    throw new CairnError('E_USAGE', `catalog ${catalog.name} has no action ${name} (declared: ${declared.join(', ') || 'none'}; no ${candidates.map((c) => path.basename(c)).join(' or ')} next to it)`, { action: name });
+  }
+  const exported = spec && typeof spec === 'object' ? spec.export ?? name : name;
+  const fn = (await importModule(moduleFile))[exported];
+  if (typeof fn !== 'function') throw new CairnError('E_USAGE', `${moduleFile} does not export a function ${exported}`, { action: name });
+  return { kind: 'function', name, module: moduleFile, fn: fn as ActionFn };
+}
+
+/**
+ * Runs an action on a fetched entry. Commands run in the catalog's
+ * directory with the manifest path and the store path in their environment
+ * (CAIRN_MANIFEST, CAIRN_STORE_PATH, CAIRN_RREF, CAIRN_VERSION,
+ * CAIRN_CATALOG, CAIRN_STORE); functions get an ActionContext. Returns the
+ * exit status (a function's number result, else 0).
+ */
+export async function runAction(action: Action, ctx: ActionContext): Promise<number> {
+  if (action.kind === 'function') {
+    const r = await action.fn(ctx);
+    return typeof r === 'number' ? r : 0;
+  }
   const env = {
     ...process.env,
     CAIRN_MANIFEST: ctx.manifestPath,
@@ -86,25 +120,10 @@ export async function runAction(name: string, ctx: ActionContext): Promise<numbe
     CAIRN_CATALOG: ctx.catalog.file,
     CAIRN_STORE: ctx.manifest.store,
   };
-  const spec = ctx.catalog.actions[name];
-  if (typeof spec === 'string' || Array.isArray(spec)) {
-    const r = typeof spec === 'string'
-      ? await execa(spec, { shell: '/bin/sh', cwd: dir, env, stdio: 'inherit', reject: false })
-      : await execa(spec[0]!, spec.slice(1), { cwd: dir, env, stdio: 'inherit', reject: false });
-    if (r.failed && r.exitCode === undefined) throw new CairnError('E_USAGE', `action ${name} could not run: ${r.shortMessage}`);
-    return r.exitCode ?? 1;
-  }
-  const candidates = spec && typeof spec === 'object'
-    ? [path.resolve(dir, spec.module)]
-    : [path.join(dir, `${path.basename(ctx.catalog.file).replace(/\.ya?ml$/, '')}.actions.ts`), path.join(dir, 'actions.ts')];
-  const moduleFile = candidates.find((f) => fs.existsSync(f));
-  if (!moduleFile) {
-    const declared = Object.keys(ctx.catalog.actions);
-    throw new CairnError('E_USAGE', `catalog ${ctx.catalog.name} has no action ${name} (declared: ${declared.join(', ') || 'none'}; no ${candidates.map((c) => path.basename(c)).join(' or ')} next to it)`, { action: name });
-  }
-  const mod = await importModule(moduleFile);
-  const fn = mod[spec && typeof spec === 'object' ? spec.export ?? name : name];
-  if (typeof fn !== 'function') throw new CairnError('E_USAGE', `${moduleFile} does not export a function ${name}`, { action: name });
-  const r = await (fn as ActionFn)(ctx);
-  return typeof r === 'number' ? r : 0;
+  const opts = { cwd: path.dirname(ctx.catalog.file), env, stdio: 'inherit', reject: false } as const;
+  const r = typeof action.spec === 'string'
+    ? await execa(action.spec, { ...opts, shell: '/bin/sh' })
+    : await execa(action.spec[0]!, action.spec.slice(1), opts);
+  if (r.exitCode === undefined) throw new CairnError('E_USAGE', `action ${action.name} could not run: ${r.shortMessage}`, { action: action.name });
+  return r.exitCode;
 }
