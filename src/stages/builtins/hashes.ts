@@ -31,6 +31,7 @@ export function parseHash(value: unknown, type?: unknown): ContentHash {
   const prefixed = /^(sha256|sha512|tree-sha256):([0-9a-fA-F]+)$/.exec(text);
   if (prefixed) {
     t ??= prefixed[1];
+    if (t !== prefixed[1]) throw new CairnError('E_BAD_HASH', `hash ${value} is ${prefixed[1]}, but hash_type says ${String(type)}`);
     text = prefixed[2]!;
   }
   t ??= text.length === 128 ? 'sha512' : 'sha256';

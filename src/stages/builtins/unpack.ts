@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Readable, Writable } from 'node:stream';
+import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar';
 import { CairnError } from '../../errors.js';
@@ -47,13 +47,18 @@ function tarStream(file: string, format: Exclude<ArchiveFormat, 'deb'>): Readabl
   const tool = { 'tar.xz': 'xz', 'tar.bz2': 'bzip2', 'tar.zst': 'zstd' } as const;
   if (format === 'tar' || format === 'tar.gz') return fs.createReadStream(file); // node-tar gunzips itself
   const child = spawn(tool[format], ['-dc', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // The stream ends only once the tool's exit status is known, so a
+  // truncated or corrupt file fails the read instead of looking complete.
+  const out = new PassThrough();
+  child.stdout.pipe(out, { end: false });
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => { stderr += d; });
-  child.on('error', (e) => child.stdout.destroy(new CairnError('E_BAD_ARCHIVE', `cannot run ${tool[format]} to read ${format}: ${e.message}`)));
+  child.on('error', (e) => out.destroy(new CairnError('E_BAD_ARCHIVE', `cannot run ${tool[format]} to read ${format}: ${e.message}`)));
   child.on('close', (code) => {
-    if (code !== 0) child.stdout.destroy(new CairnError('E_BAD_ARCHIVE', `${tool[format]} failed on ${path.basename(file)}: ${stderr.trim()}`));
+    if (code === 0) out.end();
+    else out.destroy(new CairnError('E_BAD_ARCHIVE', `${path.basename(file)} is not a readable ${format} archive: ${tool[format]} says ${stderr.trim() || `exit ${code}`}`, { file }));
   });
-  return child.stdout;
+  return out;
 }
 
 /** Checks one entry (after stripping) against the rules: no escapes, no devices. */
@@ -84,14 +89,19 @@ function stripped(p: string, strip: number): string | null {
 export async function extractTar(file: string, format: Exclude<ArchiveFormat, 'deb'>, dest: string, strip = 0): Promise<number> {
   let entries = 0;
   let refused: CairnError | undefined;
+  // strict: a truncated or damaged archive is an error here, in the
+  // checking pass, not a warning halfway through extraction.
   const lister: tar.Parser = new tar.Parser({
+    strict: true,
     onReadEntry: (e) => {
       e.resume();
       if (refused) return;
       try {
+        // As written (absolute paths, '..'), then as it will be extracted.
+        checkEntry(e.path, e.type, e.linkpath);
         const p = stripped(e.path, strip);
         const link = e.linkpath && e.type === 'Link' ? stripped(e.linkpath, strip) ?? '' : e.linkpath;
-        if (p !== null) checkEntry(p, e.type, link);
+        if (p !== null && strip > 0) checkEntry(p, e.type, link);
         entries++;
       } catch (err) {
         refused = err as CairnError;
@@ -108,7 +118,12 @@ export async function extractTar(file: string, format: Exclude<ArchiveFormat, 'd
     throw new CairnError('E_BAD_ARCHIVE', `${path.basename(file)} is not a readable ${format} archive: ${(e as Error).message}`, { file }, { cause: e });
   }
   const extractor = tar.x({ cwd: dest, strip, strict: true, preservePaths: false, preserveOwner: false, noChmod: false });
-  await pipeline(tarStream(file, format), extractor as unknown as Writable);
+  try {
+    await pipeline(tarStream(file, format), extractor as unknown as Writable);
+  } catch (e) {
+    if (e instanceof CairnError) throw e;
+    throw new CairnError('E_BAD_ARCHIVE', `${path.basename(file)} could not be extracted: ${(e as Error).message}`, { file }, { cause: e });
+  }
   return entries;
 }
 
