@@ -300,7 +300,7 @@ catalogCmd.command('list')
     const cat = loadCatalog(file);
     const entries = o.deviceType === undefined ? cat.entries : cat.entries.filter((e) => e.deviceTypes.some((d) => deviceTypeMatches(d, o.deviceType!)));
     if (o.json) return out(JSON.stringify({ name: cat.name, entries }, null, 2));
-    out(`${cat.name} (${cat.entries.length} entries, oldest first)`);
+    out(`${cat.name} (${o.deviceType === undefined ? '' : `${entries.length} of `}${cat.entries.length} entries, oldest first)`);
     for (const e of entries) {
       out(`${e.isDefault ? '*' : ' '} ${String(e.index).padStart(3)}  ${e.version.padEnd(20)} ${(e.date ?? '').padEnd(10)}  ${e.deviceTypes.join(', ')}`);
     }

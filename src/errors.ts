@@ -30,6 +30,7 @@ export const ErrorCodes = {
   E_UNSAFE_ARCHIVE: 'an archive holds an absolute or .. path, an escaping link or a device file',
   E_BAD_ARCHIVE: 'an archive is damaged or of an unsupported format',
   E_BAD_CATALOG: 'an image catalog is not valid',
+  E_ACTION_FAILED: 'a catalog action threw or returned something that is not an exit status',
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;

@@ -108,8 +108,17 @@ export async function findAction(catalog: Catalog, name: string): Promise<Action
  */
 export async function runAction(action: Action, ctx: ActionContext): Promise<number> {
   if (action.kind === 'function') {
-    const r = await action.fn(ctx);
-    return typeof r === 'number' ? r : 0;
+    let r: unknown;
+    try {
+      r = await action.fn(ctx);
+    } catch (e) {
+      throw new CairnError('E_ACTION_FAILED', `action ${action.name} (${action.module}) failed: ${(e as Error)?.message ?? String(e)}`, { action: action.name }, { cause: e });
+    }
+    if (r === undefined || r === null) return 0;
+    if (typeof r !== 'number' || !Number.isInteger(r) || r < 0 || r > 255) {
+      throw new CairnError('E_ACTION_FAILED', `action ${action.name} returned ${JSON.stringify(r)}; an action returns nothing or an exit status from 0 to 255`, { action: action.name });
+    }
+    return r;
   }
   const env = {
     ...process.env,

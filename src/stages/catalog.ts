@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { isMap, isSeq, LineCounter, parseDocument, type Node as YamlNode } from 'yaml';
+import { fileURLToPath } from 'node:url';
+import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node as YamlNode } from 'yaml';
 import { CairnError } from '../errors.js';
 import { fetchurl } from './builtins/fetch.js';
 import { isHashType, parseHash, showHash } from './builtins/hashes.js';
@@ -39,6 +40,8 @@ export interface Catalog {
   name: string;
   entries: CatalogEntry[];
   actions: Record<string, ActionSpec>;
+  /** 1-based line where `history` starts, for errors about the whole list. */
+  historyLine: number;
 }
 
 export interface Selection {
@@ -47,11 +50,28 @@ export interface Selection {
   deviceType?: string;
 }
 
+/**
+ * Identifiers keep the text they were written with: an unquoted `1.10` is
+ * version "1.10", not the number 1.1, and a hash `0123…` keeps its zero.
+ */
+function asWritten(item: YamlNode, keys: readonly string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (!isMap(item)) return out;
+  for (const key of keys) {
+    const node = item.get(key, true);
+    if (isScalar(node) && typeof node.value !== 'string' && node.value !== null && typeof node.source === 'string') out[key] = node.source;
+  }
+  return out;
+}
+
 const bad = (file: string, line: number, reason: string): CairnError =>
   new CairnError('E_BAD_CATALOG', `${file}:${line}: ${reason}`, { file, line, reason });
 
 /** Parses and validates a catalog; every problem names the file, the line and the reason. */
-export function loadCatalog(file: string): Catalog {
+export function loadCatalog(where: string | URL): Catalog {
+  // A URL (e.g. `new URL('./images.yml', import.meta.url)`) names a catalog
+  // next to a stage file; a relative path is taken from the current directory.
+  const file = typeof where === 'string' ? where : fileURLToPath(where);
   const abs = path.resolve(file);
   let text: string;
   try { text = fs.readFileSync(abs, 'utf8'); } catch {
@@ -76,9 +96,10 @@ export function loadCatalog(file: string): Catalog {
   const seen = new Map<string, number>();
   let defaultLine: number | undefined;
   (top.history as unknown[]).forEach((raw, index) => {
-    const line = lineOf(historyNode.items[index] as YamlNode);
+    const itemNode = historyNode.items[index] as YamlNode;
+    const line = lineOf(itemNode);
     if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw bad(file, line, 'an entry must be a mapping');
-    const e = { ...(defaults as Record<string, unknown>), ...(raw as Record<string, unknown>) };
+    const e = { ...(defaults as Record<string, unknown>), ...(raw as Record<string, unknown>), ...asWritten(itemNode, ['version', 'name', 'hash']) };
     const version = e.version ?? e.name;
     if ((typeof version !== 'string' && typeof version !== 'number') || String(version) === '') throw bad(file, line, 'the entry has no `version` (or `name`)');
     const v = String(version);
@@ -108,8 +129,9 @@ export function loadCatalog(file: string): Catalog {
     });
   });
   const actions = (top.actions ?? {}) as Record<string, ActionSpec>;
+  const historyLine = lineOf(historyNode);
   if (typeof actions !== 'object' || Array.isArray(actions)) throw bad(file, lineOf(doc.get('actions', true) as YamlNode), '`actions` must be a mapping of names to commands or modules');
-  return { file: abs, name: top.name, entries, actions };
+  return { file: abs, name: top.name, entries, actions, historyLine };
 }
 
 /**
@@ -131,7 +153,7 @@ export function selectEntry(cat: Catalog, sel: Selection): CatalogEntry {
   if (sel.deviceType !== undefined) {
     pool = pool.filter((e) => e.deviceTypes.some((d) => deviceTypeMatches(d, sel.deviceType!)));
     if (pool.length === 0) {
-      throw new CairnError('E_BAD_CATALOG', `${cat.file}: no entry is for device type ${sel.deviceType} (the catalog has: ${[...new Set(cat.entries.flatMap((e) => e.deviceTypes))].join(', ') || 'none'})`, { file: cat.file, deviceType: sel.deviceType });
+      throw new CairnError('E_BAD_CATALOG', `${cat.file}:${cat.historyLine}: no entry is for device type ${sel.deviceType} (the catalog has: ${[...new Set(cat.entries.flatMap((e) => e.deviceTypes))].join(', ') || 'none'})`, { file: cat.file, line: cat.historyLine, deviceType: sel.deviceType });
     }
   }
   if (sel.version !== undefined) {
@@ -156,6 +178,6 @@ export function entryStage(entry: CatalogEntry, opts: { unpack?: boolean } = {})
 }
 
 /** `catalogStage('images.yml', { deviceType: 'raspberry-pi/3b', unpack: true })`: a catalog entry as a stage. */
-export function catalogStage(file: string, sel: Selection & { unpack?: boolean } = {}): Stage<any> {
+export function catalogStage(file: string | URL, sel: Selection & { unpack?: boolean } = {}): Stage<any> {
   return entryStage(selectEntry(loadCatalog(file), sel), sel);
 }
