@@ -1,0 +1,313 @@
+/**
+ * A QEMU x86_64 virtual machine booted from a kernel + initramfs (+ an
+ * optional qcow2 disk), driven over QMP and its serial console, whose full
+ * state (memory + disk) can be saved to files and restored.
+ *
+ * Disk rule: the `disk` in a VmSpec is a read-only base; every VM (booted or
+ * restored) writes to its own qcow2 overlay in its working directory. Saving
+ * stops the guest (QEMU flushes the disk on stop), migrates the memory to a
+ * file, quits, and moves the overlay next to the memory file: the two are
+ * frozen together. A restore creates a fresh overlay on top of the saved one
+ * and starts the identical command line with `-incoming`.
+ */
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { promisify } from 'node:util';
+import { SerialConsole, type RunResult } from './console.js';
+import { detectAccel, QEMU_X86, type Accel } from './kvm.js';
+import { QmpClient } from './qmp.js';
+
+const execFileP = promisify(execFile);
+
+/** Pinned so a saved state always restores into the same machine model. */
+export const DEFAULT_MACHINE = 'pc-q35-7.2';
+
+export interface VmSpec {
+  kernel: string;
+  initramfs: string;
+  /** Kernel command line (default: serial console, quiet). */
+  append?: string;
+  /** A read-only base disk (qcow2 or raw) attached as virtio /dev/vda through a private overlay. */
+  disk?: string;
+  diskFormat?: 'qcow2' | 'raw';
+  memoryMb?: number;
+  smp?: number;
+  machine?: string;
+  /** Default: detectAccel() with this kernel. */
+  accel?: Accel;
+  qemu?: string;
+  /** Regex on the console that means the guest shell is ready. */
+  ready?: RegExp;
+}
+
+export const DEFAULT_APPEND = 'console=ttyS0 quiet panic=-1';
+export const TINY_READY = /CAIRN-TINY-READY[\s\S]*?cairn# /;
+
+/** What a saved state records: enough to rebuild the identical command line. */
+export interface SavedStateInfo {
+  version: 1;
+  memory: string;
+  disk: string | null;
+  machine: string;
+  memoryMb: number;
+  smp: number;
+  accel: Accel['kind'];
+  accelArgs: string[];
+  kernel: string;
+  initramfs: string;
+  append: string;
+  bytes: number;
+  saveMs: number;
+}
+
+export interface SaveResult extends SavedStateInfo {
+  dir: string;
+}
+
+export interface Timings {
+  /** Spawn to shell prompt (boot) or to answering the first command (restore). */
+  readyMs: number;
+}
+
+/** The QEMU argument list for a spec, minus -incoming. Exported for docs and tests. */
+export function qemuArgs(spec: Required<Pick<VmSpec, 'kernel' | 'initramfs'>> & VmSpec, accel: Accel, dir: string, overlay: string | null): string[] {
+  const args = [
+    '-machine', spec.machine ?? DEFAULT_MACHINE,
+    ...accel.args,
+    '-m', String(spec.memoryMb ?? 256),
+    '-smp', String(spec.smp ?? 1),
+    '-nodefaults', '-no-user-config', '-display', 'none',
+    '-kernel', spec.kernel,
+    '-initrd', spec.initramfs,
+    '-append', spec.append ?? DEFAULT_APPEND,
+    '-chardev', `socket,id=ser0,path=${path.join(dir, 'console.sock')},server=on,wait=off,logfile=${path.join(dir, 'console.log')}`,
+    '-serial', 'chardev:ser0',
+    '-chardev', `socket,id=qmp0,path=${path.join(dir, 'qmp.sock')},server=on,wait=off`,
+    '-mon', 'chardev=qmp0,mode=control',
+  ];
+  if (overlay) args.push('-drive', `file=${overlay},if=virtio,format=qcow2,cache=writeback`);
+  return args;
+}
+
+async function createOverlay(base: string, baseFormat: 'qcow2' | 'raw', overlay: string): Promise<void> {
+  await execFileP('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', baseFormat, '-b', path.resolve(base), overlay]);
+}
+
+export class Vm {
+  private exitPromise: Promise<number | null>;
+  private stderr = '';
+  exited = false;
+
+  private constructor(
+    readonly dir: string,
+    readonly spec: VmSpec,
+    readonly accel: Accel,
+    readonly args: string[],
+    readonly overlay: string | null,
+    readonly proc: ChildProcess,
+    public qmp: QmpClient,
+    public console: SerialConsole,
+    readonly timings: Timings,
+  ) {
+    this.exitPromise = new Promise((resolve) => {
+      if (proc.exitCode !== null) {
+        this.exited = true;
+        resolve(proc.exitCode);
+      }
+      proc.on('exit', (code) => {
+        this.exited = true;
+        resolve(code);
+      });
+    });
+    proc.stderr?.setEncoding('utf8').on('data', (d: string) => (this.stderr += d));
+  }
+
+  /** QEMU's stderr so far. */
+  get log(): string {
+    return this.stderr;
+  }
+
+  /**
+   * Boots a fresh VM in `dir` (created; holds sockets, console.log and the
+   * disk overlay) and waits for the shell prompt.
+   */
+  static async boot(spec: VmSpec, dir: string, opts: { timeoutMs?: number } = {}): Promise<Vm> {
+    fs.mkdirSync(dir, { recursive: true });
+    const accel = spec.accel ?? (await detectAccel({ qemu: spec.qemu, kernel: spec.kernel, initramfs: spec.initramfs }));
+    let overlay: string | null = null;
+    if (spec.disk) {
+      overlay = path.join(dir, 'disk.qcow2');
+      await createOverlay(spec.disk, spec.diskFormat ?? 'qcow2', overlay);
+    }
+    const args = qemuArgs(spec, accel, dir, overlay);
+    const t0 = performance.now();
+    const { proc, qmp, con } = await Vm.launch(spec.qemu ?? QEMU_X86, args, dir);
+    const vm = new Vm(dir, spec, accel, args, overlay, proc, qmp, con, { readyMs: 0 });
+    try {
+      await con.expect(spec.ready ?? TINY_READY, opts.timeoutMs ?? 60_000);
+      vm.timings.readyMs = performance.now() - t0;
+    } catch (e) {
+      await vm.kill();
+      throw new Error(`${(e as Error).message}\n--- qemu stderr ---\n${vm.stderr.slice(-500)}`);
+    }
+    return vm;
+  }
+
+  /**
+   * Restores a saved state into a new VM in `dir`: a new overlay on top of
+   * the saved disk, the identical command line plus `-incoming`, then `cont`.
+   * Resolves once the guest shell answers a command.
+   */
+  static async restore(stateDir: string, dir: string, opts: { timeoutMs?: number; qemu?: string } = {}): Promise<Vm> {
+    const info = readState(stateDir);
+    fs.mkdirSync(dir, { recursive: true });
+    let overlay: string | null = null;
+    if (info.disk) {
+      overlay = path.join(dir, 'disk.qcow2');
+      await createOverlay(path.join(stateDir, info.disk), 'qcow2', overlay);
+    }
+    const spec: VmSpec = {
+      kernel: info.kernel, initramfs: info.initramfs, append: info.append,
+      memoryMb: info.memoryMb, smp: info.smp, machine: info.machine,
+      accel: { kind: info.accel, args: info.accelArgs, reason: 'from the saved state' },
+      ...(opts.qemu ? { qemu: opts.qemu } : {}),
+    };
+    const args = qemuArgs(spec, spec.accel!, dir, overlay);
+    const memory = path.join(stateDir, info.memory);
+    args.push('-incoming', `exec:cat ${shellQuote(memory)}`);
+    const t0 = performance.now();
+    const { proc, qmp, con } = await Vm.launch(opts.qemu ?? QEMU_X86, args, dir);
+    const vm = new Vm(dir, spec, spec.accel!, args, overlay, proc, qmp, con, { readyMs: 0 });
+    try {
+      const timeoutMs = opts.timeoutMs ?? 60_000;
+      await vm.waitMigration(timeoutMs, 'incoming');
+      await qmp.execute('cont');
+      // The guest sits at its prompt; a command proves the shell is alive.
+      await con.run('true', timeoutMs);
+      vm.timings.readyMs = performance.now() - t0;
+    } catch (e) {
+      await vm.kill();
+      throw new Error(`restore from ${stateDir} failed: ${(e as Error).message}\n--- qemu stderr ---\n${vm.stderr.slice(-500)}`);
+    }
+    return vm;
+  }
+
+  private static async launch(qemu: string, args: string[], dir: string): Promise<{ proc: ChildProcess; qmp: QmpClient; con: SerialConsole }> {
+    for (const s of ['qmp.sock', 'console.sock']) fs.rmSync(path.join(dir, s), { force: true });
+    const proc = spawn(qemu, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    proc.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
+    const failed = new Promise<never>((_, reject) => {
+      proc.on('error', (e) => reject(new Error(`cannot run ${qemu}: ${e.message}`)));
+      proc.on('exit', (code) => reject(new Error(`${qemu} exited (${code}) during start: ${err.trim().slice(-500)}`)));
+    });
+    failed.catch(() => {});
+    try {
+      // The console first: output sent while no client is connected is lost.
+      const con = await Promise.race([SerialConsole.connect(path.join(dir, 'console.sock'), 10_000), failed]);
+      const qmp = await Promise.race([QmpClient.connect(path.join(dir, 'qmp.sock'), { timeoutMs: 10_000 }), failed]);
+      return { proc, qmp, con };
+    } catch (e) {
+      // Prefer QEMU's own complaint when it died during the handshake.
+      const died = await Promise.race([failed.catch((x: Error) => x), sleep(1000).then(() => null)]);
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+      throw died ?? e;
+    }
+  }
+
+  /** Polls query-migrate until completed (or, for `incoming`, until the status leaves inmigrate). */
+  private async waitMigration(timeoutMs: number, mode: 'outgoing' | 'incoming'): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      if (mode === 'outgoing') {
+        const m = await this.qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
+        if (m.status === 'completed') return;
+        if (m.status === 'failed' || m.status === 'cancelled') throw new Error(`migration ${m.status}: ${m['error-desc'] ?? ''}`);
+      } else {
+        const s = await this.qmp.execute<{ status: string }>('query-status');
+        if (s.status === 'paused' || s.status === 'postmigrate' || s.status === 'running') return;
+        if (s.status !== 'inmigrate') throw new Error(`incoming migration ended in status ${s.status}`);
+      }
+      await sleep(20);
+    }
+    throw new Error(`migration (${mode}) did not finish within ${timeoutMs} ms`);
+  }
+
+  /** Runs a shell command in the guest. */
+  run(command: string, timeoutMs?: number): Promise<RunResult> {
+    return this.console.run(command, timeoutMs);
+  }
+
+  /**
+   * Saves the full machine state into `stateDir` (created): `memory.bin`
+   * (the migration stream), `disk.qcow2` (this VM's overlay, made
+   * read-only) and `state.json`. The VM is stopped and quits.
+   */
+  async save(stateDir: string, opts: { timeoutMs?: number } = {}): Promise<SaveResult> {
+    const timeoutMs = opts.timeoutMs ?? 120_000;
+    fs.mkdirSync(stateDir, { recursive: true });
+    const memory = path.join(stateDir, 'memory.bin');
+    const t0 = performance.now();
+    await this.qmp.execute('stop');
+    await this.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 64 * 1024 ** 3 });
+    await this.qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(memory)}` });
+    await this.waitMigration(timeoutMs, 'outgoing');
+    await this.quit();
+    const saveMs = performance.now() - t0;
+    let disk: string | null = null;
+    if (this.overlay) {
+      disk = 'disk.qcow2';
+      fs.renameSync(this.overlay, path.join(stateDir, disk));
+      fs.chmodSync(path.join(stateDir, disk), 0o444);
+    }
+    fs.chmodSync(memory, 0o444);
+    const spec = this.spec;
+    const info: SavedStateInfo = {
+      version: 1,
+      memory: 'memory.bin',
+      disk,
+      machine: spec.machine ?? DEFAULT_MACHINE,
+      memoryMb: spec.memoryMb ?? 256,
+      smp: spec.smp ?? 1,
+      accel: this.accel.kind,
+      accelArgs: this.accel.args,
+      kernel: path.resolve(spec.kernel),
+      initramfs: path.resolve(spec.initramfs),
+      append: spec.append ?? DEFAULT_APPEND,
+      bytes: fs.statSync(memory).size,
+      saveMs,
+    };
+    fs.writeFileSync(path.join(stateDir, 'state.json'), JSON.stringify(info, null, 2) + '\n');
+    return { ...info, dir: stateDir };
+  }
+
+  /** Asks QEMU to quit and waits for it to exit (kills it after 10 s). */
+  async quit(): Promise<void> {
+    if (this.exited) return;
+    await this.qmp.execute('quit', undefined, { timeoutMs: 5000 }).catch(() => {});
+    const code = await Promise.race([this.exitPromise, sleep(10_000).then(() => 'timeout' as const)]);
+    if (code === 'timeout') await this.kill();
+    this.qmp.destroy();
+    this.console.close();
+  }
+
+  /** Kills QEMU and waits for it to exit. */
+  async kill(): Promise<void> {
+    if (!this.exited) this.proc.kill('SIGKILL');
+    await this.exitPromise;
+    this.qmp.destroy();
+    this.console.close();
+  }
+}
+
+export function readState(stateDir: string): SavedStateInfo {
+  const info = JSON.parse(fs.readFileSync(path.join(stateDir, 'state.json'), 'utf8')) as SavedStateInfo;
+  if (info.version !== 1) throw new Error(`${stateDir}/state.json: unknown version ${String(info.version)}`);
+  return info;
+}
+
+function shellQuote(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
