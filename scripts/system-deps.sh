@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that Cairn's tests use, if any is missing.
+# Needs root (apt-get) on a fresh machine; fails, never skips, when a
+# component cannot be had.
+set -euo pipefail
+
+# mkfifo/mknod/dd (coreutils), mkfs.ext4 (e2fsprogs), mount/umount with
+# loop devices (mount), xz/bzip2/zstd and ar/dpkg-deb for archives, QEMU for
+# the machine tests, and a C++ toolchain for better-sqlite3, which has no
+# prebuilt binary for this platform.
+need=()
+for tool in mkfifo:coreutils mknod:coreutils dd:coreutils mkfs.ext4:e2fsprogs mount:mount umount:mount \
+    xz:xz-utils bzip2:bzip2 zstd:zstd ar:binutils dpkg-deb:dpkg \
+    qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils \
+    make:make g++:g++ python3:python3; do
+  command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
+done
+[ ${#need[@]} -eq 0 ] && exit 0
+
+packages=$(printf '%s\n' "${need[@]}" | sort -u | tr '\n' ' ')
+if [ "$(id -u)" -ne 0 ]; then
+  echo "missing Debian packages: $packages(run as root, or: sudo apt-get install $packages)" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+# shellcheck disable=SC2086
+apt-get install -y -q $packages
