@@ -321,7 +321,7 @@ withSelection(catalogCmd.command('fetch'))
     // Verbose: download progress from the build log is worth seeing here.
     const progress = progressReporter(o.unpack ? 2 : 1, { tty: process.stderr.isTTY === true, verbose: true, quiet: false });
     const m = await fetchEntry(store, cat, entry, { unpack: o.unpack, outLink: o.outLink, events: progress }).finally(() => progress.finish());
-    if (o.manifest) writeManifest(o.manifest, m);
+    if (o.manifest) await writeManifest(o.manifest, m);
     process.stderr.write(`${cat.name} ${entry.version}: ${m.rref}\n`);
     out(m.path);
   });
@@ -343,7 +343,7 @@ withSelection(catalogCmd.command('run'))
     const tmpDir = o.manifest ? undefined : fs.mkdtempSync(path.join(os.tmpdir(), 'cairn-manifest-'));
     const manifestPath = path.resolve(o.manifest ?? path.join(tmpDir!, 'manifest.yml'));
     try {
-      writeManifest(manifestPath, m);
+      await writeManifest(manifestPath, m);
       process.exitCode = await runAction(found, { manifest: m, manifestPath, storePath: m.path, catalog: cat, entry });
     } finally {
       if (tmpDir) fs.rmSync(tmpDir, { recursive: true, force: true });

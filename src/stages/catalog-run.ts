@@ -1,7 +1,5 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { execa } from 'execa';
-import { stringify } from 'yaml';
 import { CairnError } from '../errors.js';
 import type { RRef } from '../store/refs.js';
 import type { Store } from '../store/store.js';
@@ -50,7 +48,8 @@ export async function fetchEntry(store: Store, cat: Catalog, entry: CatalogEntry
   };
 }
 
-export function writeManifest(file: string, m: Manifest): void {
+export async function writeManifest(file: string, m: Manifest): Promise<void> {
+  const { stringify } = await import('yaml');
   const tmp = `${file}.tmp-${process.pid}`;
   fs.writeFileSync(tmp, stringify(m));
   fs.renameSync(tmp, file);
@@ -129,6 +128,7 @@ export async function runAction(action: Action, ctx: ActionContext): Promise<num
     CAIRN_CATALOG: ctx.catalog.file,
     CAIRN_STORE: ctx.manifest.store,
   };
+  const { execa } = await import('execa');
   const opts = { cwd: path.dirname(ctx.catalog.file), env, stdio: 'inherit', reject: false } as const;
   const r = typeof action.spec === 'string'
     ? await execa(action.spec, { ...opts, shell: '/bin/sh' })

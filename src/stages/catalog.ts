@@ -1,7 +1,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node as YamlNode } from 'yaml';
+import { createRequire } from 'node:module';
+import type { Node as YamlNode } from 'yaml';
 import { CairnError } from '../errors.js';
 import { fetchurl } from './builtins/fetch.js';
 import { isHashType, parseHash, showHash } from './builtins/hashes.js';
@@ -56,6 +57,7 @@ export interface Selection {
  */
 function asWritten(item: YamlNode, keys: readonly string[]): Record<string, string> {
   const out: Record<string, string> = {};
+  const { isMap, isScalar } = yaml();
   if (!isMap(item)) return out;
   for (const key of keys) {
     const node = item.get(key, true);
@@ -63,6 +65,11 @@ function asWritten(item: YamlNode, keys: readonly string[]): Record<string, stri
   }
   return out;
 }
+
+// yaml is loaded on first use: every stage file imports Cairn's index, and
+// most never read a catalog.
+let yamlLib: typeof import('yaml') | undefined;
+const yaml = (): typeof import('yaml') => (yamlLib ??= createRequire(import.meta.url)('yaml') as typeof import('yaml'));
 
 const bad = (file: string, line: number, reason: string): CairnError =>
   new CairnError('E_BAD_CATALOG', `${file}:${line}: ${reason}`, { file, line, reason });
@@ -77,6 +84,7 @@ export function loadCatalog(where: string | URL): Catalog {
   try { text = fs.readFileSync(abs, 'utf8'); } catch {
     throw new CairnError('E_BAD_CATALOG', `${file}: cannot read the catalog`, { file });
   }
+  const { isMap, isSeq, LineCounter, parseDocument } = yaml();
   const lines = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true });
   const lineOf = (node: YamlNode | null | undefined): number => (node?.range ? lines.linePos(node.range[0]).line : 1);

@@ -1,7 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import fetch from 'node-fetch';
 import { CairnError } from '../../errors.js';
 
 export interface DownloadOptions {
@@ -28,6 +27,9 @@ export async function download(urls: readonly string[], file: string, opts: Down
   const attempts = opts.attempts ?? 6;
   const idle = opts.idleTimeoutMs ?? 30_000;
   const log = opts.log ?? (() => {});
+  // Loaded here, not at the top: every stage file imports Cairn's index,
+  // and most never download anything.
+  const { default: fetch } = await import('node-fetch');
   let live = urls.flatMap((u) => {
     if (!u.startsWith('apt:')) return [u];
     const resolved = resolveApt(u);

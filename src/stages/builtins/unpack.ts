@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import * as tar from 'tar';
+import type * as Tar from 'tar';
 import { CairnError } from '../../errors.js';
 import { checkName } from '../../store/refs.js';
 import type { Dep } from '../stage.js';
@@ -87,11 +87,12 @@ function stripped(p: string, strip: number): string | null {
  * symlinks or outside `dest`.
  */
 export async function extractTar(file: string, format: Exclude<ArchiveFormat, 'deb'>, dest: string, strip = 0): Promise<number> {
+  const tar: typeof Tar = await import('tar'); // loaded only when unpacking
   let entries = 0;
   let refused: CairnError | undefined;
   // strict: a truncated or damaged archive is an error here, in the
   // checking pass, not a warning halfway through extraction.
-  const lister: tar.Parser = new tar.Parser({
+  const lister: Tar.Parser = new tar.Parser({
     strict: true,
     onReadEntry: (e) => {
       e.resume();
