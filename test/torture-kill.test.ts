@@ -14,7 +14,9 @@
  * publishes a realization and the index insert leaves a complete, intact
  * realization the index does not list yet; see docs/reliability.md). At
  * the end a normal realize completes, STORE/tmp is empty, and after
- * `verify --repair` (which indexes the extras) verify is clean.
+ * `verify --repair` (which indexes the extras) verify is clean; the next
+ * realize builds only what depends on a newly indexed extra that its
+ * matcher now chooses, and the one after it nothing.
  *
  * Where each kill landed is read from outside the store: the build trace
  * (fixtures/torture/_trace.ts) and the killed process's leftovers in
@@ -27,7 +29,7 @@ import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { cairn, cairnBin, lastLine, repoRoot, tempDir } from './helpers.js';
 import {
-  CHAIN, PIPELINE, assertNoPartialRealizations, assertVerifyClean, lines, ok, realizeJson, rrefsOnDisk, tmpEntries, verify,
+  CHAIN, PIPELINE, assertNoPartialRealizations, assertVerifyClean, lines, ok, realizeJson, rrefsOnDisk, rzDir, tmpEntries, verify,
 } from './fixtures/torture/support.js';
 
 const KILLS = 200;
@@ -196,7 +198,27 @@ describe('kill -9 torture', { timeout: 1_500_000 }, () => {
       const clean = verify(store);
       assert.deepEqual(clean.report.problems, [], 'verify is clean after --repair indexed the extras');
       assert.equal(clean.code, 0);
-      assert.equal(realizeJson(store, PIPELINE, [], envFor(salt)).builds, 0, 'and the pipeline is fully cached');
+      // Indexed, the extras are candidates like any other realization: an
+      // extra fan output newer than every indexed one becomes latest()'s
+      // choice (an extra noise output older than the chosen ones, some(2)'s),
+      // and what depends on it is built once for that new context. Nothing
+      // else may be built.
+      const indexed = new Set(end.report.problems.filter((p) => p.kind === 'extra').map((p) => p.ref));
+      const next = realizeJson(store, PIPELINE, [], envFor(salt));
+      const built = new Set<string>();
+      for (const p of next.plan) {
+        if (p.action === 'cached') continue;
+        for (const r of p.rrefs) {
+          const meta = JSON.parse(fs.readFileSync(path.join(rzDir(store, r), 'meta.json'), 'utf8')) as { context: Record<string, string[]> };
+          const inputs = Object.values(meta.context).flat();
+          assert.ok(inputs.some((i) => indexed.has(i) || built.has(i)),
+            `${p.name} was built again after --repair although none of its inputs was newly indexed: ${inputs.join(', ')}`);
+        }
+        for (const r of p.rrefs) built.add(r);
+      }
+      console.log(`kill torture: after --repair indexed ${indexed.size} extra(s), the next realize built ${next.builds} stage(s): ${next.plan.filter((p) => p.action !== 'cached').map((p) => p.name).join(', ') || 'none'}`);
+      assertVerifyClean(store, 'verify after the realize that follows --repair');
+      assert.equal(realizeJson(store, PIPELINE, [], envFor(salt)).builds, 0, 'and then the pipeline is fully cached');
       assertNoPartialRealizations(store);
     } finally {
       t.cleanup();
@@ -232,17 +254,26 @@ describe('states a kill -9 leaves behind, made directly', { timeout: 300_000 }, 
     }
   });
 
-  it('the store.json staging file of a process killed while creating the store is swept by the next realize', () => {
-    // Store.open writes tmp/store-json-<pid>-<hex>, links it to store.json,
-    // then unlinks it: a kill in between leaves it in STORE/tmp.
+  it('the store.json staging file of a process killed while creating the store is swept by the next realize; a live creator\'s is left alone', () => {
+    // Store.open writes tmp/<owner>-store-json-<hex>, links it to
+    // store.json, then unlinks it: a kill in between leaves it in STORE/tmp.
+    // It is swept like any other temporary of a dead owner; so is the
+    // store-json-<pid>-<hex> that Cairn before 6e3dcb3 left in that case.
     const t = tempDir('cairn-kill-state');
     try {
       const store = path.join(t.dir, 'store');
       ok(cairn(store, ['realize', CHAIN, '-q']));
-      fs.writeFileSync(path.join(store, 'tmp', `store-json-${deadPid()}-0a1b2c3d`), '{"cairn-store":true,"layout":1}\n', { mode: 0o444 });
+      const marker = '{"cairn-store":true,"layout":1}\n';
+      fs.writeFileSync(path.join(store, 'tmp', `${deadPid()}.12345-store-json-0a1b2c3d`), marker, { mode: 0o444 });
+      fs.writeFileSync(path.join(store, 'tmp', `store-json-${deadPid()}-4e5f6a7b`), marker, { mode: 0o444 });
+      // This test process stands in for a process that is creating the store right now.
+      const stat = fs.readFileSync('/proc/self/stat', 'utf8');
+      const live = `${process.pid}.${stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]}-store-json-8c9d0e1f`;
+      fs.writeFileSync(path.join(store, 'tmp', live), marker, { mode: 0o444 });
       ok(cairn(store, ['realize', CHAIN, '-q']));
       ok(cairn(store, ['store', 'gc']));
-      assert.deepEqual(tmpEntries(store), [], 'STORE/tmp is empty after a realize and a gc');
+      assert.deepEqual(tmpEntries(store), [live], "after a realize and a gc, only the live owner's file is left in STORE/tmp");
+      fs.unlinkSync(path.join(store, 'tmp', live));
     } finally {
       t.cleanup();
     }
