@@ -14,13 +14,8 @@ import {
   type BuildContext, type Candidate, type Matcher, type MatcherFn, type RRef, type Stage,
 } from '../src/index.js';
 import { runMatcher } from '../src/stages/matchers.js';
-import { tempDir } from './helpers.js';
+import { tempDir, isCode } from './helpers.js';
 
-const isCode = (c: string) => (e: unknown): boolean => {
-  assert.ok(e instanceof CairnError, `expected a CairnError, got ${String(e)}`);
-  assert.equal(e.code, c, e.message);
-  return true;
-};
 
 /** Synthetic candidates, oldest first, as realize hands them to matchers. */
 const cands = (k: number, root = '/nonexistent'): Candidate[] =>

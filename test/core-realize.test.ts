@@ -12,7 +12,7 @@ import {
   all, CairnError, exact, instantiate, latest, parseRef, realize, stage, Store,
   type BuildContext, type RRef, type Stage,
 } from '../src/index.js';
-import { tempDir } from './helpers.js';
+import { tempDir, isCode, drefOf, one } from './helpers.js';
 
 let dir: string;
 let cleanup: () => void;
@@ -27,21 +27,11 @@ afterEach(() => {
   cleanup();
 });
 
-const isCode = (c: string) => (e: unknown): boolean => {
-  assert.ok(e instanceof CairnError, `expected a CairnError, got ${String(e)}`);
-  assert.equal(e.code, c, e.message);
-  return true;
-};
 
 const tmpEntries = (): string[] => fs.readdirSync(path.join(store.root, 'tmp'));
 const rzOf = (dref: string): RRef[] => store.index.realizationsOf(dref).map((r) => r.rref);
 const rzDirsOf = (dref: string): string[] => {
   try { return fs.readdirSync(path.join(store.root, 'd', dref, 'r')); } catch { return []; }
-};
-const drefOf = (s: Stage): string => instantiate(s).targets[0]!;
-const one = (r: { targets: { rrefs: RRef[] }[] }): RRef => {
-  assert.equal(r.targets[0]!.rrefs.length, 1);
-  return r.targets[0]!.rrefs[0]!;
 };
 const mode = (p: string): number => fs.lstatSync(p).mode & 0o7777;
 /** Relative paths of every non-directory entry under dir. */

@@ -9,10 +9,10 @@ import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
-  CairnError, fetchlocal, fetchurl, hashPath, instantiate, parseHash, realize, Store,
-  type RRef, type Stage,
+  fetchlocal, fetchurl, hashPath, parseHash, realize, Store,
+  type Stage,
 } from '../src/index.js';
-import { tempDir } from './helpers.js';
+import { tempDir, isCode, sha256, drefOf, one } from './helpers.js';
 
 let dir: string;
 let cleanup: () => void;
@@ -26,17 +26,6 @@ afterEach(() => {
   cleanup();
 });
 
-const sha256 = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
-const isCode = (c: string) => (e: unknown): boolean => {
-  assert.ok(e instanceof CairnError, `expected a CairnError, got ${String(e)}`);
-  assert.equal(e.code, c, e.message);
-  return true;
-};
-const drefOf = (s: Stage): string => instantiate(s).targets[0]!;
-const one = (r: { targets: { rrefs: RRef[] }[] }): RRef => {
-  assert.equal(r.targets[0]!.rrefs.length, 1);
-  return r.targets[0]!.rrefs[0]!;
-};
 const nothingStored = (s: Stage): void => {
   const dref = drefOf(s);
   assert.deepEqual(store.index.realizationsOf(dref), [], 'no realization may be indexed');

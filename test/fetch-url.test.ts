@@ -12,10 +12,10 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import {
-  CairnError, fetchurl, instantiate, realize, Store,
+  fetchurl, realize, Store,
   type RRef, type Stage,
 } from '../src/index.js';
-import { tempDir } from './helpers.js';
+import { tempDir, isCode, sha256, drefOf, one } from './helpers.js';
 import { TestServer, serveRange, serveFull, sendThenDrop, sendThenStall } from './fixtures/fetch/server.js';
 
 let server: TestServer;
@@ -34,17 +34,6 @@ afterEach(() => {
   cleanup();
 });
 
-const sha256 = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
-const isCode = (c: string) => (e: unknown): boolean => {
-  assert.ok(e instanceof CairnError, `expected a CairnError, got ${String(e)}`);
-  assert.equal(e.code, c, e.message);
-  return true;
-};
-const drefOf = (s: Stage): string => instantiate(s).targets[0]!;
-const one = (r: { targets: { rrefs: RRef[] }[] }): RRef => {
-  assert.equal(r.targets[0]!.rrefs.length, 1);
-  return r.targets[0]!.rrefs[0]!;
-};
 const tmpEntries = (): string[] => { try { return fs.readdirSync(path.join(store.root, 'tmp')); } catch { return []; } };
 /** Nothing of this derivation entered the store, and no temporary file was left behind. */
 const nothingStored = (s: Stage): void => {

@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { CairnError, instantiate, type RRef, type Stage } from '../src/index.js';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 /** The built CLI (`npm test` builds it first). */
@@ -82,3 +84,21 @@ export function expectError(r: CliResult, code: string, store?: string): void {
   assert.doesNotMatch(r.stderr, /internal error/);
   if (store !== undefined) assert.deepEqual(tmpEntries(store), [], 'STORE/tmp must be empty after an error');
 }
+
+/** For assert.rejects/throws: the error is a CairnError with this code. */
+export const isCode = (c: string) => (e: unknown): boolean => {
+  assert.ok(e instanceof CairnError, `expected a CairnError, got ${String(e)}`);
+  assert.equal(e.code, c, e.message);
+  return true;
+};
+
+export const sha256 = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
+
+/** The DRef of a stage. */
+export const drefOf = (s: Stage): string => instantiate(s).targets[0]!;
+
+/** The single RRef a realize chose for its single target. */
+export const one = (r: { targets: { rrefs: RRef[] }[] }): RRef => {
+  assert.equal(r.targets[0]!.rrefs.length, 1);
+  return r.targets[0]!.rrefs[0]!;
+};

@@ -13,10 +13,10 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tar from 'tar';
 import {
-  CairnError, fetchlocal, fetchurl, instantiate, realize, Store, unpack,
-  type RRef, type Stage,
+  CairnError, fetchlocal, fetchurl, realize, Store, unpack,
+  type Stage,
 } from '../src/index.js';
-import { tempDir } from './helpers.js';
+import { tempDir, isCode, drefOf, one } from './helpers.js';
 import { TestServer, serveRange } from './fixtures/fetch/server.js';
 
 /** Archives built once for the whole file. */
@@ -52,16 +52,6 @@ afterEach(() => {
 const sh = (cmd: string, args: string[], opts: { cwd?: string; input?: string } = {}): void => {
   const r = spawnSync(cmd, args, { cwd: opts.cwd, input: opts.input, encoding: 'utf8' });
   assert.equal(r.status, 0, `${cmd} ${args.join(' ')} failed: ${r.stderr}${r.error ? String(r.error) : ''}`);
-};
-const isCode = (c: string) => (e: unknown): boolean => {
-  assert.ok(e instanceof CairnError, `expected a CairnError, got ${String(e)}`);
-  assert.equal(e.code, c, e.message);
-  return true;
-};
-const drefOf = (s: Stage): string => instantiate(s).targets[0]!;
-const one = (r: { targets: { rrefs: RRef[] }[] }): RRef => {
-  assert.equal(r.targets[0]!.rrefs.length, 1);
-  return r.targets[0]!.rrefs[0]!;
 };
 const tmpEntries = (): string[] => { try { return fs.readdirSync(path.join(store.root, 'tmp')); } catch { return []; } };
 const nothingStored = (s: Stage): void => {
