@@ -28,6 +28,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { cairn, cairnBin, lastLine, repoRoot, tempDir } from './helpers.js';
+import { ownerId } from '../src/store/fsutil.js';
 import {
   CHAIN, PIPELINE, assertNoPartialRealizations, assertVerifyClean, lines, ok, realizeJson, rrefsOnDisk, rzDir, tmpEntries, verify,
 } from './fixtures/torture/support.js';
@@ -267,8 +268,7 @@ describe('states a kill -9 leaves behind, made directly', { timeout: 300_000 }, 
       fs.writeFileSync(path.join(store, 'tmp', `${deadPid()}.12345-store-json-0a1b2c3d`), marker, { mode: 0o444 });
       fs.writeFileSync(path.join(store, 'tmp', `store-json-${deadPid()}-4e5f6a7b`), marker, { mode: 0o444 });
       // This test process stands in for a process that is creating the store right now.
-      const stat = fs.readFileSync('/proc/self/stat', 'utf8');
-      const live = `${process.pid}.${stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]}-store-json-8c9d0e1f`;
+      const live = `${ownerId()}-store-json-8c9d0e1f`;
       fs.writeFileSync(path.join(store, 'tmp', live), marker, { mode: 0o444 });
       ok(cairn(store, ['realize', CHAIN, '-q']));
       ok(cairn(store, ['store', 'gc']));
@@ -279,13 +279,23 @@ describe('states a kill -9 leaves behind, made directly', { timeout: 300_000 }, 
     }
   });
 
+  /**
+   * A store where stage `a` is realized and the target's derivation directory
+   * exists without drv.json, as a kill between creating d/DREF/r and renaming
+   * drv.json in used to leave it.
+   */
+  const withBareDrvDir = (dir: string): { store: string; c: string } => {
+    const store = path.join(dir, 'store');
+    ok(cairn(store, ['realize', CHAIN, '-q', '-s', 'a']));
+    const c = ok(cairn(store, ['instantiate', CHAIN])).stdout.trim().split('\n').pop()!;
+    fs.mkdirSync(path.join(store, 'd', c, 'r'), { recursive: true });
+    return { store, c };
+  };
+
   it('a derivation directory without drv.json (killed between creating d/DREF/r and renaming drv.json in): the next realize of the stage completes it', () => {
     const t = tempDir('cairn-kill-state');
     try {
-      const store = path.join(t.dir, 'store');
-      ok(cairn(store, ['realize', CHAIN, '-q', '-s', 'a']));
-      const c = ok(cairn(store, ['instantiate', CHAIN])).stdout.trim().split('\n').pop()!;
-      fs.mkdirSync(path.join(store, 'd', c, 'r'), { recursive: true });
+      const { store, c } = withBareDrvDir(t.dir);
       ok(cairn(store, ['realize', CHAIN, '-q']));
       assert.ok(fs.existsSync(path.join(store, 'd', c, 'drv.json')));
       assertVerifyClean(store);
@@ -297,10 +307,7 @@ describe('states a kill -9 leaves behind, made directly', { timeout: 300_000 }, 
   it('a derivation directory without drv.json (same state): verify --repair leaves a clean store', () => {
     const t = tempDir('cairn-kill-state');
     try {
-      const store = path.join(t.dir, 'store');
-      ok(cairn(store, ['realize', CHAIN, '-q', '-s', 'a']));
-      const c = ok(cairn(store, ['instantiate', CHAIN])).stdout.trim().split('\n').pop()!;
-      fs.mkdirSync(path.join(store, 'd', c, 'r'), { recursive: true });
+      const { store } = withBareDrvDir(t.dir);
       verify(store, { repair: true });
       assertVerifyClean(store, 'verify after --repair');
     } finally {
