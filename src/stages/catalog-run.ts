@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CairnError } from '../errors.js';
 import type { RRef } from '../store/refs.js';
+import type { FixedOutput } from './builtins/fetch.js';
 import type { Store } from '../store/store.js';
 import { entryStage, type Catalog, type CatalogEntry } from './catalog.js';
 import { instantiate } from './instantiate.js';
@@ -30,7 +31,7 @@ export async function fetchEntry(store: Store, cat: Catalog, entry: CatalogEntry
   const result = await realize(graph, { store, outLink: opts.outLink, events: opts.events });
   const fetchPlan = result.plan[0]!;
   const fetchRref = fetchPlan.rrefs[0]!;
-  const file = JSON.parse(graph.nodes.get(fetchPlan.dref)!.drvJson).config.file as string;
+  const file = (graph.nodes.get(fetchPlan.dref)!.stage.config as FixedOutput).file;
   const fetched = { rref: fetchRref, path: path.join(store.outPath(fetchRref), file) };
   const finalRref = result.targets[0]!.rrefs[0]!;
   const unpacked = opts.unpack ? { rref: finalRref, path: store.outPath(finalRref) } : undefined;

@@ -112,7 +112,6 @@ export class StoreIndex {
       addTempRoots: db.prepare('INSERT OR REPLACE INTO inuse (owner, drefs) VALUES (?, ?)'),
       dropTempRoots: db.prepare('DELETE FROM inuse WHERE owner = ?'),
       tempRoots: db.prepare<[], { owner: string; drefs: string }>('SELECT owner, drefs FROM inuse'),
-      locks: db.prepare<[], { key: string; owner: string; since: number; what: string }>('SELECT * FROM lock'),
     };
   }
 
@@ -184,7 +183,6 @@ export class StoreIndex {
   }
 
   unlock(key: string, owner: string): void { this.q.lockDel.run(key, owner); }
-  locks(): { key: string; owner: string; since: number; what: string }[] { return this.q.locks.all(); }
 
   /** Replaces all realization rows in one transaction (used by index rebuilds). */
   replaceAll(drvs: { dref: DRef; name: string }[], rzs: IndexedRealization[]): void {

@@ -208,14 +208,6 @@ export class Store {
     return [file, dir, path.dirname(dir)];
   }
 
-  readDrv(dref: DRef): Record<string, unknown> {
-    try {
-      return JSON.parse(fs.readFileSync(path.join(this.drvDir(dref), 'drv.json'), 'utf8')) as Record<string, unknown>;
-    } catch {
-      throw new CairnError('E_NO_SUCH_REF', `derivation ${dref} is not in the store`, { ref: dref });
-    }
-  }
-
   /**
    * Moves a sealed staging directory (holding `out/` and `build.log`) into
    * place as a realization, in two steps. `publish` fsyncs what the caller
@@ -224,7 +216,7 @@ export class Store {
    * the realization is complete and readable. `record` makes the rename
    * durable (fsync of the parent) and only then enters it into the index,
    * so the index never names a realization that a crash could lose. A
-   * caller may start dependent work between the two; `commit` does both.
+   * caller may start dependent work between the two.
    *
    * If an identical realization already exists, the staging copy is dropped
    * and the existing one is used: identical outputs merge, different ones
@@ -263,12 +255,6 @@ export class Store {
   async record(published: readonly Published[]): Promise<void> {
     await fsyncAll([...new Set(published.map((p) => p.parent))]);
     for (const p of published) this.index.addRealization(toIndexed(p.meta));
-  }
-
-  async commit(staging: string, fields: Omit<RealizationMeta, 'format' | 'rref' | 'ctx'>, toSync: readonly string[]): Promise<Published> {
-    const published = await this.publish(staging, fields, toSync);
-    await this.record([published]);
-    return published;
   }
 
   /**
