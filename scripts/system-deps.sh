@@ -6,12 +6,17 @@ set -euo pipefail
 
 # mkfifo/mknod/dd (coreutils), mkfs.ext4 (e2fsprogs), mount/umount with
 # loop devices (mount), xz/bzip2/zstd and ar/dpkg-deb for archives, QEMU for
-# the machine tests, and a C++ toolchain for better-sqlite3, which has no
+# the machine tests, mkfs.xfs for reflink clones on a loop-mounted XFS,
+# debootstrap for the debian bases and container images, the Docker engine
+# for containers and services, rsync + ssh/sshd + ip (network namespaces)
+# for multi-host sync, and a C++ toolchain for better-sqlite3, which has no
 # prebuilt binary for this platform.
 need=()
 for tool in mkfifo:coreutils mknod:coreutils dd:coreutils mkfs.ext4:e2fsprogs mount:mount umount:mount \
     xz:xz-utils bzip2:bzip2 zstd:zstd ar:binutils dpkg-deb:dpkg \
     qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils \
+    mkfs.xfs:xfsprogs debootstrap:debootstrap dockerd:docker.io docker:docker.io \
+    rsync:rsync ssh:openssh-client sshd:openssh-server ip:iproute2 \
     make:make g++:g++ python3:python3; do
   command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
 done

@@ -1,0 +1,70 @@
+/**
+ * What every machine backend (QEMU VMs, Docker containers) provides to the
+ * machine pipeline in src/stages/machine.ts. A machine *state* is a plain
+ * realization: its `out/` holds `machine.json` (a MachineDescription) plus
+ * whatever files the backend needs to resume it (disk image and memory
+ * snapshot, or an image tarball). The pipeline never looks inside those
+ * files; it only asks the backend to resume a state into a private working
+ * directory, and to save a running machine into a new output directory.
+ */
+
+export interface ExecResult {
+  stdout: string;
+  stderr: string;
+  exitCode: number;
+}
+
+export interface ExecOptions {
+  /** Default 60 s. A timeout rejects with E_MACHINE_TIMEOUT. */
+  timeoutMs?: number;
+  /** Reject with E_MACHINE_EXEC when the exit code is not 0 (default false). */
+  check?: boolean;
+}
+
+/** A line-oriented console: the serial port of a VM, a shell in a container. */
+export interface MachineConsole {
+  send(text: string): Promise<void>;
+  /** Waits until the output after the last match matches `re`, returns the matched text. */
+  expect(re: RegExp, timeoutMs?: number): Promise<string>;
+}
+
+/** The machine as a step (or `use()`) sees it while it runs. */
+export interface RunningMachine {
+  readonly backend: string;
+  exec(cmd: string, opts?: ExecOptions): Promise<ExecResult>;
+  readonly console: MachineConsole;
+  /** Copies a host file or directory into the machine. */
+  upload(hostPath: string, machinePath: string): Promise<void>;
+  /** Copies a file or directory out of the machine. */
+  download(machinePath: string, hostPath: string): Promise<void>;
+}
+
+/** Backend-owned fields of machine.json; the pipeline adds its own (see MachineDescription). */
+export type BackendState = Record<string, unknown> & { backend: string };
+
+/** A machine resumed from a state, owned by the pipeline until save() or discard(). */
+export interface BackendSession {
+  readonly machine: RunningMachine;
+  /**
+   * Freezes the machine and writes everything needed to resume it into
+   * `outDir` (which exists and is empty), then stops it. `parentStateDir`
+   * is the state it was resumed from (null for a base), and `relParent` is
+   * the path of that state's out/ relative to `outDir` once both are in
+   * the store, for backends that reference the parent (qcow2 backing
+   * files). Returns the backend's fields for machine.json.
+   */
+  save(outDir: string, parent: { stateDir: string; relPath: string } | null): Promise<BackendState>;
+  /** Stops the machine and throws away what it wrote. Never throws. */
+  discard(): Promise<void>;
+}
+
+export interface MachineBackend {
+  readonly kind: string;
+  /**
+   * Resumes the state saved in `stateDir` (a realization's out/, read-only)
+   * with a writable copy of its disk in `workDir` (empty, on the store's
+   * filesystem, deleted by the caller afterwards). Saved states are never
+   * modified.
+   */
+  resume(stateDir: string, state: BackendState, workDir: string): Promise<BackendSession>;
+}
