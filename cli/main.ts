@@ -13,7 +13,8 @@ import { defaultStoreRoot, Store } from '../src/store/store.js';
 import { collectGarbage } from '../src/store/gc.js';
 import { addNamedRoot, listRoots, removeNamedRoot } from '../src/store/roots.js';
 import { verifyStore } from '../src/store/verify.js';
-import { formatBytes, listTree, parseDuration } from './format.js';
+import { parseDuration } from '../src/duration.js';
+import { formatBytes, listTree } from './format.js';
 import { progressReporter } from './progress.js';
 
 const program = new Command('cairn')

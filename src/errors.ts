@@ -31,6 +31,12 @@ export const ErrorCodes = {
   E_BAD_ARCHIVE: 'an archive is damaged or of an unsupported format',
   E_BAD_CATALOG: 'an image catalog is not valid',
   E_ACTION_FAILED: 'a catalog action threw or returned something that is not an exit status',
+  E_MACHINE_INCOMPATIBLE: 'a saved machine state cannot be resumed by this QEMU or backend',
+  E_MACHINE_STATE: 'a realization is not a machine state, or its machine.json is damaged',
+  E_MACHINE_EXEC: 'a command in a machine exited non-zero where success was required',
+  E_MACHINE_TIMEOUT: 'a machine did not answer in time',
+  E_UNKNOWN_STEP: 'no built-in or user step has this name',
+  E_STEP_ARGS: 'a machine step got arguments it does not accept',
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;
