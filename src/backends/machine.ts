@@ -32,6 +32,12 @@ export interface MachineConsole {
   send(text: string): Promise<void>;
   /** Waits until the output after the last match matches `re`, returns the matched text. */
   expect(re: RegExp, timeoutMs?: number): Promise<string>;
+  /**
+   * Connects a terminal: `input` goes to the machine, its output to
+   * `output`, until `input` ends or sends Ctrl-] (0x1d). Backends without
+   * an interactive console leave it out.
+   */
+  attach?(input: NodeJS.ReadableStream, output: NodeJS.WritableStream): Promise<void>;
 }
 
 /** The machine as a step (or `use()`) sees it while it runs. */

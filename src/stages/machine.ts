@@ -24,7 +24,7 @@ import { parseDuration } from '../duration.js';
 import type { BackendSession, BackendState, MachineBackend, RunningMachine } from '../backends/machine.js';
 import { qemuBackend } from '../backends/qemu/qemu-machine.js';
 import { removeTree } from '../store/fsutil.js';
-import type { RRef } from '../store/refs.js';
+import { checkName, type RRef } from '../store/refs.js';
 import type { Store } from '../store/store.js';
 import { custom, type Candidate, type Matcher } from './matchers.js';
 import { realize, type RealizeOptions, type RealizeResult } from './realize.js';
@@ -128,7 +128,8 @@ export interface Step<A = Json> {
 }
 
 export function step<A extends Json = Json>(spec: StepSpec<A>): Step<A> {
-  if (typeof spec?.run !== 'function') throw new CairnError('E_USAGE', `step ${spec?.name}: run must be a function`);
+  checkName(spec?.name);
+  if (typeof spec.run !== 'function') throw new CairnError('E_USAGE', `step ${spec.name}: run must be a function`);
   const code = spec.version !== undefined ? `version:${spec.version}` : createHash('sha256').update(spec.run.toString()).digest('hex');
   return Object.freeze({ name: spec.name, code, run: spec.run });
 }

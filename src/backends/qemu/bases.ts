@@ -9,6 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import { promisify } from 'node:util';
+import { CairnError } from '../../errors.js';
 import type { Dep, Stage } from '../../stages/stage.js';
 import { stage } from '../../stages/stage.js';
 import { DESCRIPTION, finalOutDir, freshState, saveSession } from '../../stages/machine.js';
@@ -93,4 +94,13 @@ export function bootedState(name: string, files: Stage, opts: BaseOptions & { ap
 /** The `tiny` base: the Debian cloud kernel and a busybox initramfs; /dev/vda (ext4) is mounted on /mnt. */
 export function tiny(opts: BaseOptions = {}): Stage<BootConfig> {
   return bootedState('tiny', tinyFiles({ diskMb: opts.diskMb }), opts);
+}
+
+/** The bases `cairn machine NAME` knows. */
+export const MACHINE_BASES = new Map<string, (opts: BaseOptions) => Stage>([['tiny', tiny]]);
+
+export function machineBase(name: string, opts: BaseOptions = {}): Stage {
+  const make = MACHINE_BASES.get(name);
+  if (!make) throw new CairnError('E_USAGE', `no machine base ${JSON.stringify(name)} (known: ${[...MACHINE_BASES.keys()].join(', ')})`, { base: name });
+  return make(opts);
 }

@@ -153,6 +153,31 @@ function runningQemu(vm: Vm): RunningMachine {
   const console_: MachineConsole = {
     async send(text: string) { con.send(text); },
     async expect(re: RegExp, timeoutMs?: number) { return (await con.expect(re, timeoutMs))[0]; },
+    attach(input, output) {
+      return new Promise<void>((resolve) => {
+        const off = con.onData((raw) => output.write(raw));
+        const done = (): void => {
+          off();
+          input.off('data', onInput);
+          input.off('end', done);
+          resolve();
+        };
+        const onInput = (d: Buffer | string): void => {
+          const text = d.toString();
+          const stop = text.indexOf('\x1d');
+          if (stop >= 0) {
+            if (stop > 0) con.send(text.slice(0, stop));
+            done();
+          } else {
+            con.send(text);
+          }
+        };
+        input.on('data', onInput);
+        input.on('end', done);
+        // A fresh prompt, so the user sees where they are.
+        con.send('\n');
+      });
+    },
   };
   return {
     backend: 'qemu',
