@@ -11,6 +11,7 @@ import { parseDuration } from '../src/duration.js';
 import { machineBase, MACHINE_BASES } from '../src/backends/qemu/bases.js';
 import { DESCRIPTION, machine, readDescription, staleReason, type ApplyOptions, type Machine } from '../src/stages/machine.js';
 import { resolveStep, type CliWords } from '../src/stages/machine-steps.js';
+import type { RunningMachine } from '../src/backends/machine.js';
 import { collectGarbage } from '../src/store/gc.js';
 import { addNamedRoot, listRoots } from '../src/store/roots.js';
 import type { Store } from '../src/store/store.js';
@@ -86,45 +87,67 @@ export function registerMachine(program: Command, openStore: () => Store, passTh
   self_test.greeting, shell, or a TS module (path, or NAME in --steps DIR / $CAIRN_STEPS / ./steps).
   Prefix a step with 'transient' to never save its result; --cache=DUR caps how long it is reused.`)
     .argument('<words...>')
-    .option('--steps <dir...>', 'directories of step modules')
+    .option('--steps <dir>', 'a directory of step modules (repeatable)', (v: string, prev: string[] = []) => [...prev, v])
     .option('--root <name>', 'keep the final state as a named gc root')
     .option('-q, --quiet', 'no progress or step output')
-    .option('--json', '(ls) print JSON')
-    .option('-n, --dry-run', '(gc) report what would be deleted')
     .allowUnknownOption();
   if (passThrough) cmd.passThroughOptions();
-  cmd.action(async (words: string[], o: { steps?: string[]; root?: string; quiet?: boolean; json?: boolean; dryRun?: boolean }) => {
+  cmd.action(async (words: string[], o: { steps?: string[]; root?: string; quiet?: boolean }) => {
       const store = openStore();
-      if (words[0] === 'ls') return machineLs(store, !!o.json);
-      if (words[0] === 'gc') return machineGc(store, !!o.dryRun);
+      if (words[0] === 'ls') return machineLs(store, flags(words, ['--json']).has('--json'));
+      if (words[0] === 'gc') return machineGc(store, flags(words, ['--dry-run', '-n']).size > 0);
       const { m, shell } = await buildMachine(parseMachineWords(words), stepsDirs(o.steps));
       const tty = process.stderr.isTTY === true;
       const progress = progressReporter(0, { tty, verbose: true, quiet: !!o.quiet });
+      const stepLog = (name: string, line: string): void => { if (!o.quiet) process.stderr.write(`${name} (transient)> ${line}\n`); };
       let rref: string;
       try {
         if (shell) {
-          await m.use(async (vm) => {
-            if (!vm.console.attach) throw new CairnError('E_USAGE', `the ${vm.backend} backend has no interactive console`);
-            if (process.stdin.isTTY) {
-              process.stdin.setRawMode(true);
-              process.stderr.write('connected to the machine console; Ctrl-] leaves (changes are thrown away)\n');
-            }
-            try {
-              await vm.console.attach(process.stdin, process.stdout);
-            } finally {
-              if (process.stdin.isTTY) process.stdin.setRawMode(false);
-              process.stdin.pause();
-            }
-          }, { store, events: progress });
+          await m.use((vm) => (process.stdin.isTTY ? interactiveShell(vm) : scriptedShell(vm)), { store, events: progress, stepLog });
           return;
         }
-        rref = (await m.realize({ store, events: progress })).rref;
+        rref = (await m.realize({ store, events: progress, stepLog })).rref;
       } finally {
         progress.finish();
       }
       if (o.root) addNamedRoot(store, o.root, [rref as never]);
       process.stdout.write(rref + '\n');
     });
+}
+
+/** `ls --json`, `gc -n`: the words after the subcommand, which must all be known flags. */
+function flags(words: string[], known: string[]): Set<string> {
+  const rest = words.slice(1);
+  const bad = rest.filter((w) => !known.includes(w));
+  if (bad.length) throw new CairnError('E_USAGE', `machine ${words[0]}: unknown argument ${bad.join(' ')} (known: ${known.join(', ')})`);
+  return new Set(rest);
+}
+
+/** A terminal on the console until Ctrl-]. */
+async function interactiveShell(vm: RunningMachine): Promise<void> {
+  if (!vm.console.attach) throw new CairnError('E_USAGE', `the ${vm.backend} backend has no interactive console`);
+  process.stdin.setRawMode(true);
+  process.stderr.write('connected to the machine console; Ctrl-] leaves (changes are thrown away)\n');
+  try {
+    await vm.console.attach(process.stdin, process.stdout);
+  } finally {
+    process.stdin.setRawMode(false);
+    process.stdin.pause();
+  }
+}
+
+/**
+ * Piped input is a script for the machine's shell: run as a whole, its
+ * output printed and its exit status passed on (`echo cmd | cairn machine
+ * tiny + shell` works in scripts and tests).
+ */
+async function scriptedShell(vm: RunningMachine): Promise<void> {
+  const chunks: Buffer[] = [];
+  for await (const c of process.stdin) chunks.push(c as Buffer);
+  const r = await vm.exec(Buffer.concat(chunks).toString('utf8'), { shell: true, timeoutMs: 3_600_000 });
+  process.stdout.write(r.stdout);
+  process.stderr.write(r.stderr);
+  process.exitCode = r.exitCode;
 }
 
 function machineLs(store: Store, json: boolean): void {

@@ -25,7 +25,6 @@ import type { BackendSession, BackendState, MachineBackend, RunningMachine } fro
 import { qemuBackend } from '../backends/qemu/qemu-machine.js';
 import { removeTree } from '../store/fsutil.js';
 import { checkName, type RRef } from '../store/refs.js';
-import type { Store } from '../store/store.js';
 import { custom, type Candidate, type Matcher } from './matchers.js';
 import { realize, type RealizeOptions, type RealizeResult } from './realize.js';
 import { instantiate } from './instantiate.js';
@@ -167,7 +166,12 @@ export interface MachineState {
   result: RealizeResult;
 }
 
-export interface UseOptions extends Omit<RealizeOptions, 'outLink'> {}
+export interface MachineRunOptions extends RealizeOptions {
+  /** Log lines of transient steps, which run outside any build (saved steps log through `events.log`). */
+  stepLog?(step: string, line: string): void;
+}
+
+export interface UseOptions extends Omit<MachineRunOptions, 'outLink'> {}
 
 const toMs = (d: string | number): number => (typeof d === 'number' ? d : parseDuration(d));
 
@@ -204,9 +208,9 @@ export class Machine {
    * Realizes the saved part of the chain. Transient steps run (and are
    * thrown away) too, so their effects, such as a failing test, show.
    */
-  async realize(opts: RealizeOptions): Promise<MachineState> {
+  async realize(opts: MachineRunOptions): Promise<MachineState> {
     const state = await this.realizeSaved(opts);
-    if (this.pending.length > 0) await this.withSession(opts.store, state, async () => undefined);
+    if (this.pending.length > 0) await this.withSession(opts, state, async () => undefined);
     return state;
   }
 
@@ -217,7 +221,7 @@ export class Machine {
     opts.store.index.addTempRoots(owner, instantiate(this.saved).order);
     try {
       const state = await this.realizeSaved(opts);
-      return await this.withSession(opts.store, state, fn);
+      return await this.withSession(opts, state, fn);
     } finally {
       opts.store.index.dropTempRoots(owner);
     }
@@ -230,13 +234,15 @@ export class Machine {
     return { rref, dir, description: readDescription(dir), result };
   }
 
-  private async withSession<T>(store: Store, state: MachineState, fn: (vm: RunningMachine) => T | Promise<T>): Promise<T> {
-    const work = store.makeTempDir('machine-use');
+  private async withSession<T>(opts: MachineRunOptions, state: MachineState, fn: (vm: RunningMachine) => T | Promise<T>): Promise<T> {
+    const work = opts.store.makeTempDir('machine-use');
     let session: BackendSession | undefined;
     try {
       session = await backendFor(state.description.backend).resume(state.dir, state.description.state, work);
-      const vm = stepMachine(session.machine, () => {}, { expiresAt: null, files: [] });
-      for (const p of this.pending) await p.step.run(vm, p.args);
+      for (const p of this.pending) {
+        const vm = stepMachine(session.machine, (line) => opts.stepLog?.(p.step.name, line), { expiresAt: null, files: [] });
+        await p.step.run(vm, p.args);
+      }
       return await fn(session.machine);
     } finally {
       await session?.discard();

@@ -188,12 +188,18 @@ function runningQemu(vm: Vm): RunningMachine {
       if (!st.isFile()) throw new CairnError('E_USAGE', `upload: ${hostPath} is not a regular file (directories: pack them first)`);
       const data = fs.readFileSync(hostPath).toString('base64');
       const tmp = `/tmp/.cairn-up-${randomBytes(6).toString('hex')}`;
-      await exec(`: > ${tmp}`, { check: true });
-      for (let i = 0; i < data.length; i += CHUNK) {
-        const lines = data.slice(i, i + CHUNK).match(/.{1,76}/g)!.join('\n');
-        await exec(`printf '%s\\n' ${q(lines)} >> ${tmp}`, { check: true });
+      // The terminal's echo costs more than the data itself (measured: 70 KB
+      // in 29 s with echo, 4 s without), so it is off while the data flows.
+      await exec(`stty -echo; : > ${tmp}`, { check: true, shell: true });
+      try {
+        for (let i = 0; i < data.length; i += CHUNK) {
+          const lines = data.slice(i, i + CHUNK).match(/.{1,76}/g)!.join('\n');
+          await exec(`printf '%s\\n' ${q(lines)} >> ${tmp}`, { check: true });
+        }
+        await exec(`base64 -d ${tmp} > ${q(machinePath)} && chmod ${(st.mode & 0o777).toString(8)} ${q(machinePath)}`, { check: true });
+      } finally {
+        await exec(`stty echo; rm -f ${tmp}`, { shell: true });
       }
-      await exec(`base64 -d ${tmp} > ${q(machinePath)} && chmod ${(st.mode & 0o777).toString(8)} ${q(machinePath)}; __r=$?; rm -f ${tmp}; (exit $__r)`, { check: true });
     },
     async download(machinePath: string, hostPath: string): Promise<void> {
       const r = await exec(`base64 ${q(machinePath)}`, { check: true, timeoutMs: 300_000 });
