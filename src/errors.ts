@@ -31,6 +31,10 @@ export const ErrorCodes = {
   E_BAD_ARCHIVE: 'an archive is damaged or of an unsupported format',
   E_BAD_CATALOG: 'an image catalog is not valid',
   E_ACTION_FAILED: 'a catalog action threw or returned something that is not an exit status',
+  E_BAD_REMOTE: 'a remote is not of the form [user@]host:STORE',
+  E_SYNC_FAILED: 'ssh, rsync or the remote cairn failed during a sync',
+  E_SYNC_HASH_MISMATCH: 'a realization or derivation received by sync or import does not match its hash, and was refused',
+  E_BAD_CLOSURE: 'a received closure is malformed or incomplete (a dependency is neither sent nor present)',
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;

@@ -15,3 +15,7 @@ export { unpack, type UnpackSpec, type ArchiveFormat } from './stages/builtins/u
 export { parseHash, hashPath, type HashType, type ContentHash } from './stages/builtins/hashes.js';
 export { loadCatalog, selectEntry, entryStage, catalogStage, deviceTypeMatches, type Catalog, type CatalogEntry, type Selection, type ActionSpec } from './stages/catalog.js';
 export { fetchEntry, findAction, runAction, writeManifest, type Manifest, type Action, type ActionContext, type ActionFn } from './stages/catalog-run.js';
+export { push, pull, listClosure, haveRefs, resolveRoots, type SyncOptions, type SyncReport, type TransferStats, type ClosureListing } from './store/sync.js';
+export { receiveClosure, type ReceiveReport, type ReceiveOptions, type Refusal } from './store/receive.js';
+export { exportClosure, importClosure, type ExportReport } from './store/export.js';
+export { closureOf, dependencyOrder, planTransfer, parseRemote, parseManifest, type ClosureManifest, type ClosureNode, type RemoteSpec } from './store/sync-plan.js';
