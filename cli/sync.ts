@@ -50,9 +50,13 @@ export function registerSync(program: Command, openStore: () => Store, storeRoot
       .option('--json', 'print the report as JSON')
       .action(async (remote: string, refs: string[], o: SyncCliOpts) => {
         const { push, pull } = await import('../src/store/sync.js');
-        const store = openStore();
+        const { parseRemote } = await import('../src/store/sync-plan.js');
+        parseRemote(remote); // a bad remote is refused before any store is opened
         const opts = { ssh: o.ssh, remoteCairn: o.remoteCairn, dryRun: o.dryRun, bwlimit: o.bwlimit };
-        const r = direction === 'push' ? await push(store, remote, refs, opts) : await pull(store, remote, refs, opts);
+        // A dry-run pull into a store that does not exist yet must not create it.
+        const fresh = !fs.existsSync(path.join(storeRoot(), 'store.json'));
+        const r = direction === 'push' ? await push(openStore(), remote, refs, opts)
+          : await pull(o.dryRun && fresh ? null : openStore(), remote, refs, opts);
         if (o.json) return out(JSON.stringify(r, null, 2));
         const verb = direction === 'push' ? 'send' : 'fetch';
         if (r.dryRun) {

@@ -241,18 +241,24 @@ export async function push(store: Store, remoteSpec: string, refs: readonly stri
   return report;
 }
 
-/** Fetches the closure of `refs` (all of the remote's roots when empty) into the store. */
-export async function pull(store: Store, remoteSpec: string, refs: readonly string[], opts: SyncOptions = {}): Promise<SyncReport> {
+/**
+ * Fetches the closure of `refs` (all of the remote's roots when empty) into
+ * the store. With dryRun, `store` may be null (a store that does not exist
+ * yet, which a dry run must not create): everything counts as missing.
+ */
+export async function pull(store: Store | null, remoteSpec: string, refs: readonly string[], opts: SyncOptions = {}): Promise<SyncReport> {
+  if (store === null && !opts.dryRun) throw new CairnError('E_USAGE', 'pull needs a store unless it is a dry run');
   const remote = parseRemote(remoteSpec);
   const listing = parseJson<ClosureListing>(await remoteCairn(remote, opts, ['store', 'closure', '--json', ...refs]), 'cairn store closure');
   const nodes = checkListing(listing);
-  const key = syncKey({ op: 'pull', from: `${remote.sshTarget}:${listing.root}`, to: store.root, roots: [...listing.roots].sort() });
-  const plan = planTransfer(listing.roots, nodes, (r) => haveRefs(store, [r]).length > 0);
+  const has = (r: string): boolean => store !== null && haveRefs(store, [r]).length > 0;
+  const plan = planTransfer(listing.roots, nodes, has);
   const report: SyncReport = {
-    direction: 'pull', dryRun: !!opts.dryRun, closure: nodes.length, present: nodes.filter((n) => store.has(n.rref)).length,
+    direction: 'pull', dryRun: !!opts.dryRun, closure: nodes.length, present: nodes.filter((n) => has(n.rref)).length,
     plan, transfer: null, received: null,
   };
-  if (opts.dryRun || nothingToSend(plan)) return report;
+  if (opts.dryRun || nothingToSend(plan) || store === null) return report;
+  const key = syncKey({ op: 'pull', from: `${remote.sshTarget}:${listing.root}`, to: store.root, roots: [...listing.roots].sort() });
   const staging = prepareIncoming(store, key);
   report.transfer = await rsyncPaths(opts, plan, `${remote.rsyncTarget}:${listing.root}`, staging);
   report.received = await receiveIncoming(store, key, plan);
