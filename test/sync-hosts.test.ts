@@ -175,6 +175,7 @@ describe('sync push and pull between two hosts', () => {
   });
 
   it('bad remotes are refused with stable codes, before anything is written', async () => {
+    top ||= await realize(a, 'one');
     const fresh: Host = { ...a, store: path.join(h.dir, 'never-created') };
     for (const spec of ['nohost', 'host:', ':store', '-oProxyCommand=touch_x:store', 'us er@host:s', 'a@b@c:s']) {
       const r = await h.cairn(fresh, ['sync', 'push', ...h.syncOpts(), '--', spec, top]);

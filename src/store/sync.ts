@@ -9,7 +9,7 @@
  *  2. the receiver says which of them it has: one round trip for the whole
  *     list (push: `cairn store have` over ssh; pull: a local index query);
  *  3. rsync copies what is missing into ROOT/incoming/<key>/ on the
- *     receiver's filesystem, with --partial, where <key> is derived from the
+ *     receiver's filesystem, with --inplace, where <key> is derived from the
  *     source and the roots, so a re-run after an interruption finds the
  *     bytes the first run left;
  *  4. the receiver re-hashes everything and renames it into place
@@ -195,12 +195,17 @@ function statsField(out: string, label: string): number {
 
 /**
  * Copies the paths of `manifest` from `src` to `dst` (one of them remote,
- * `host:path`), as a list given on stdin. --partial keeps a file cut short
- * so the next run sends only its rest; --chmod=u+w keeps the staging copy
- * writable, since receive seals it again while it hashes it.
+ * `host:path`), as a list given on stdin. --inplace writes each file at
+ * its final name in the staging directory: a run killed with SIGKILL
+ * (which no temporary-file cleanup survives) leaves a prefix there that the
+ * next run takes as its basis and completes, and never a stray temporary
+ * file inside an output that would spoil its tree hash. A cut-short file
+ * has another size or time than the source, so the next run never skips
+ * it, and receive re-hashes everything in any case. --chmod=u+w keeps the
+ * staging copy writable; receive seals it again while it hashes it.
  */
 async function rsyncPaths(opts: SyncOptions, manifest: ClosureManifest, src: string, dst: string): Promise<TransferStats> {
-  const args = ['-rlpt', '--chmod=u+w', '--partial', '--stats', '--files-from=-', '-e', opts.ssh ?? 'ssh'];
+  const args = ['-rlpt', '--chmod=u+w', '--inplace', '--stats', '--files-from=-', '-e', opts.ssh ?? 'ssh'];
   if (opts.bwlimit !== undefined) args.push(`--bwlimit=${opts.bwlimit}`);
   args.push(`${src}/`, `${dst}/`);
   const r = await run(opts.rsync ?? 'rsync', args, manifestPaths(manifest).join('\n') + '\n');
