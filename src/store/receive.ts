@@ -248,21 +248,25 @@ async function receiveLocked(store: Store, staging: string, manifest: ClosureMan
       }
       const toPublish = order.filter((r) => accepted.has(r));
       for (let i = 0; i < toPublish.length; i += BATCH) {
+        const batch = toPublish.slice(i, i + BATCH);
+        // One fsync round for the whole batch (about one journal commit),
+        // then one rename each, dependencies first, then the index rows:
+        // the index never names a realization a crash could lose.
+        const metas = new Map<RRef, RealizationMeta>();
+        for (const rref of batch) {
+          const c = checked.get(rref);
+          if (!c) continue;
+          pendingSync.push(...c.toSync, ...store.metaSyncPaths(c.dir));
+          metas.set(rref, writeMeta(store, c));
+        }
+        await fsyncAll(pendingSync);
+        pendingSync = [];
         const published: Published[] = [];
-        for (const rref of toPublish.slice(i, i + BATCH)) {
+        for (const rref of batch) {
           const rec = recovered.get(rref);
-          if (rec) {
-            published.push({ meta: rec, merged: true, parent: path.dirname(store.rzDir(rref)) });
-          } else {
-            const c = checked.get(rref)!;
-            published.push(await publishChecked(store, c, pendingSync));
-            pendingSync = [];
-          }
+          published.push(rec ? { meta: rec, merged: true, parent: path.dirname(store.rzDir(rref)) } : await store.place(checked.get(rref)!.dir, metas.get(rref)!));
           received.push(rref);
         }
-        // Renames made durable, then indexed, before the next batch's
-        // dependants are renamed: the index never names a realization
-        // whose dependencies a crash could lose.
         await store.record(published);
       }
       if (pendingSync.length > 0) await fsyncAll(pendingSync);
@@ -290,18 +294,15 @@ async function receiveLocked(store: Store, staging: string, manifest: ClosureMan
   return report;
 }
 
-/** Publishes a checked staged realization with its own (re-written) meta.json. */
-async function publishChecked(store: Store, c: Checked, extraSync: string[]): Promise<Published> {
+/** Writes the checked realization's meta.json afresh (the staged copy may be read-only or carry extra fields). */
+function writeMeta(store: Store, c: Checked): RealizationMeta {
   const { meta } = c;
-  // publish writes meta.json itself; the staged copy may be read-only.
   fs.rmSync(path.join(c.dir, 'meta.json'));
-  const p = await store.publish(c.dir, {
+  const written = store.writeMeta(c.dir, {
     dref: meta.dref, name: meta.name, context: meta.context, tree: meta.tree,
     bytes: meta.bytes, files: meta.files, created: meta.created, buildMs: meta.buildMs,
-  }, [...extraSync, ...c.toSync]);
-  if (p.meta.rref !== c.rref) {
-    // Unreachable: the RRef was checked against the same fields above.
-    throw new CairnError('E_STORE_IO', `published ${p.meta.rref} while receiving ${c.rref}`);
-  }
-  return p;
+  });
+  // Unreachable: the RRef was checked against the same fields.
+  if (written.rref !== c.rref) throw new CairnError('E_STORE_IO', `wrote ${written.rref} while receiving ${c.rref}`);
+  return written;
 }
