@@ -35,6 +35,12 @@ export const ErrorCodes = {
   E_SYNC_FAILED: 'ssh, rsync or the remote cairn failed during a sync',
   E_SYNC_HASH_MISMATCH: 'a realization or derivation received by sync or import does not match its hash, and was refused',
   E_BAD_CLOSURE: 'a received closure is malformed or incomplete (a dependency is neither sent nor present)',
+  E_MACHINE_INCOMPATIBLE: 'a saved machine state cannot be resumed by this QEMU or backend',
+  E_MACHINE_STATE: 'a realization is not a machine state, or its machine.json is damaged',
+  E_MACHINE_EXEC: 'a command in a machine exited non-zero where success was required',
+  E_MACHINE_TIMEOUT: 'a machine did not answer in time',
+  E_UNKNOWN_STEP: 'no built-in or user step has this name',
+  E_STEP_ARGS: 'a machine step got arguments it does not accept',
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;
