@@ -16,6 +16,7 @@ import { verifyStore } from '../src/store/verify.js';
 import { parseDuration } from '../src/duration.js';
 import { formatBytes, listTree } from './format.js';
 import { progressReporter } from './progress.js';
+import { registerSync } from './sync.js';
 import { registerMachine } from './machine.js';
 
 const program = new Command('cairn')
@@ -360,6 +361,7 @@ program.command('demo')
     await runDemo(program.opts<{ store?: string }>().store ?? defaultStoreRoot(), Number(o.runs));
   });
 
+registerSync(program, openStore, () => program.opts<{ store?: string }>().store ?? defaultStoreRoot());
 // `cairn machine` passes every word after the base on to the steps
 // (`--cache=1h`, step options), which commander allows only with positional
 // program options. Those are turned on for that command alone, so

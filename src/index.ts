@@ -19,3 +19,7 @@ export { machine, step, Machine, freshState, readDescription, staleReason, regis
 export { exec, scriptRun, upload, greeting, resolveStep, BUILTIN_STEPS, type CliStep, type CliWords } from './stages/machine-steps.js';
 export { tiny, tinyFiles, bootedState, machineBase, MACHINE_BASES, type BaseOptions } from './backends/qemu/bases.js';
 export type { MachineBackend, BackendSession, BackendState, RunningMachine, MachineConsole, ExecResult as MachineExecResult, ExecOptions as MachineExecOptions } from './backends/machine.js';
+export { push, pull, listClosure, haveRefs, resolveRoots, type SyncOptions, type SyncReport, type TransferStats, type ClosureListing } from './store/sync.js';
+export { receiveClosure, type ReceiveReport, type ReceiveOptions, type Refusal } from './store/receive.js';
+export { exportClosure, importClosure, type ExportReport } from './store/export.js';
+export { closureOf, dependencyOrder, planTransfer, parseRemote, parseManifest, type ClosureManifest, type ClosureNode, type RemoteSpec } from './store/sync-plan.js';

@@ -224,14 +224,31 @@ export class Store {
    * existing copy is quarantined and replaced instead.
    */
   async publish(staging: string, fields: Omit<RealizationMeta, 'format' | 'rref' | 'ctx'>, toSync: readonly string[]): Promise<Published> {
-    const rhash = realizationHash(fields.dref, fields.context, fields.tree);
-    const rref = makeRRef(rhash, fields.dref);
+    const meta = this.writeMeta(staging, fields);
+    await fsyncAll([...toSync, ...this.metaSyncPaths(staging)]);
+    return this.place(staging, meta);
+  }
+
+  /** The first step of `publish`: writes `meta.json` into the staging directory. */
+  writeMeta(staging: string, fields: Omit<RealizationMeta, 'format' | 'rref' | 'ctx'>): RealizationMeta {
+    const rref = makeRRef(realizationHash(fields.dref, fields.context, fields.tree), fields.dref);
     const meta: RealizationMeta = { format: 'cairn-realization-1', rref, ctx: contextHash(fields.context), ...fields };
-    const metaFile = path.join(staging, 'meta.json');
-    fs.writeFileSync(metaFile, JSON.stringify(meta, null, 2) + '\n', { mode: 0o444 });
-    const parent = path.join(this.drvDir(fields.dref), 'r');
+    fs.writeFileSync(path.join(staging, 'meta.json'), JSON.stringify(meta, null, 2) + '\n', { mode: 0o444 });
+    return meta;
+  }
+
+  /** What `publish` fsyncs besides the caller's list, for callers that fsync many stagings in one round. */
+  metaSyncPaths(staging: string): string[] { return [path.join(staging, 'meta.json'), staging]; }
+
+  /**
+   * The last step of `publish`: the rename into place, once the staging
+   * directory and everything in it (see `metaSyncPaths`) is fsynced.
+   */
+  async place(staging: string, meta: RealizationMeta): Promise<Published> {
+    const rref = meta.rref;
+    const rhash = parseRRef(rref).rhash;
+    const parent = path.join(this.drvDir(meta.dref), 'r');
     if (!fs.existsSync(parent)) fs.mkdirSync(parent, { recursive: true });
-    await fsyncAll([...toSync, metaFile, staging]);
     const final = path.join(parent, rhash);
     try {
       fs.renameSync(staging, final);
