@@ -24,6 +24,11 @@ export const ErrorCodes = {
   E_STORE_IO: 'store could not be read or written',
   E_LOCK_TIMEOUT: 'gave up waiting for a lock',
   E_USAGE: 'command line is not valid',
+  E_DOCKER: 'the Docker engine is unreachable, or a docker command failed',
+  E_IMAGE_INVALID: 'a container image realization or its image changes are not valid',
+  E_SERVICE_INVALID: 'a service ensemble is not valid (names, images, dependencies, cycles, exclusions)',
+  E_SERVICE_FAILED: 'a service, or a dependency of it, failed to start',
+  E_PING_TIMEOUT: 'a service did not answer its ping within the timeout',
   E_HASH_MISMATCH: 'fetched or copied content does not have the declared hash',
   E_BAD_HASH: 'a declared hash is malformed or of an unknown type',
   E_FETCH_FAILED: 'a download failed on every URL within its retry budget',
@@ -31,6 +36,12 @@ export const ErrorCodes = {
   E_BAD_ARCHIVE: 'an archive is damaged or of an unsupported format',
   E_BAD_CATALOG: 'an image catalog is not valid',
   E_ACTION_FAILED: 'a catalog action threw or returned something that is not an exit status',
+  E_MACHINE_INCOMPATIBLE: 'a saved machine state cannot be resumed by this QEMU or backend',
+  E_MACHINE_STATE: 'a realization is not a machine state, or its machine.json is damaged',
+  E_MACHINE_EXEC: 'a command in a machine exited non-zero where success was required',
+  E_MACHINE_TIMEOUT: 'a machine did not answer in time',
+  E_UNKNOWN_STEP: 'no built-in or user step has this name',
+  E_STEP_ARGS: 'a machine step got arguments it does not accept',
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;

@@ -15,3 +15,9 @@ export { unpack, type UnpackSpec, type ArchiveFormat } from './stages/builtins/u
 export { parseHash, hashPath, type HashType, type ContentHash } from './stages/builtins/hashes.js';
 export { loadCatalog, selectEntry, entryStage, catalogStage, deviceTypeMatches, type Catalog, type CatalogEntry, type Selection, type ActionSpec } from './stages/catalog.js';
 export { fetchEntry, findAction, runAction, writeManifest, type Manifest, type Action, type ActionContext, type ActionFn } from './stages/catalog-run.js';
+export { debootstrap, ROOTFS_TAR, PACKAGES_TXT, type DebootstrapSpec, type DebootstrapConfig } from './stages/builtins/debootstrap.js';
+export { dockerImage, ensureImage, ensureImageAt, imageTag, type DockerImageSpec, type ImageDescription } from './backends/containers/image.js';
+export { DockerBackend, MACHINE_LABEL, type DockerBackendOptions } from './backends/containers/docker-machine.js';
+export { dockerHost, DEFAULT_DOCKER_HOST } from './backends/containers/docker.js';
+export { service, ensemble, isEnsemble, type ServiceSpec, type EnsembleSpec, type Ensemble, type ServiceHandle, type ServiceContext, type BuildFromDirectory } from './services/spec.js';
+export { startEnsemble, stopEnsemble, reloadService, ensembleStatus, type ServiceReport, type ServiceStatus, type RunnerOptions } from './services/runner.js';
