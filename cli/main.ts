@@ -15,6 +15,7 @@ import { addNamedRoot, listRoots, removeNamedRoot } from '../src/store/roots.js'
 import { verifyStore } from '../src/store/verify.js';
 import { formatBytes, listTree, parseDuration } from './format.js';
 import { progressReporter } from './progress.js';
+import { registerServices } from './services.js';
 
 const program = new Command('cairn')
   .description('Content-addressed store and build system: stages, derivations, realizations, matchers.')
@@ -358,6 +359,7 @@ program.command('demo')
     await runDemo(program.opts<{ store?: string }>().store ?? defaultStoreRoot(), Number(o.runs));
   });
 
+registerServices(program, openStore);
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   if (isCairnError(e)) {

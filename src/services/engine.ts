@@ -82,7 +82,10 @@ export interface RunSpec {
 }
 
 export async function runContainer(spec: RunSpec): Promise<string> {
-  const args = ['run', '--detach', '--name', spec.name, '--hostname', spec.hostname, '--network', spec.network, '--network-alias', spec.hostname];
+  // --init: tini as pid 1 forwards the stop signal and reaps zombies, so a
+  // plain `sleep` or shell command stops at once instead of after the
+  // 10 s grace period (a bare pid 1 ignores SIGTERM).
+  const args = ['run', '--detach', '--init', '--name', spec.name, '--hostname', spec.hostname, '--network', spec.network, '--network-alias', spec.hostname];
   for (const [k, v] of Object.entries(spec.labels)) args.push('--label', `${k}=${v}`);
   for (const [k, v] of Object.entries(spec.env)) args.push('--env', `${k}=${v}`);
   // Published on loopback only: services are for this machine's tests and tools.
