@@ -13,8 +13,10 @@ import { defaultStoreRoot, Store } from '../src/store/store.js';
 import { collectGarbage } from '../src/store/gc.js';
 import { addNamedRoot, listRoots, removeNamedRoot } from '../src/store/roots.js';
 import { verifyStore } from '../src/store/verify.js';
-import { formatBytes, listTree, parseDuration } from './format.js';
+import { parseDuration } from '../src/duration.js';
+import { formatBytes, listTree } from './format.js';
 import { progressReporter } from './progress.js';
+import { registerMachine } from './machine.js';
 import { registerServices } from './services.js';
 
 const program = new Command('cairn')
@@ -359,6 +361,14 @@ program.command('demo')
     await runDemo(program.opts<{ store?: string }>().store ?? defaultStoreRoot(), Number(o.runs));
   });
 
+// `cairn machine` passes every word after the base on to the steps
+// (`--cache=1h`, step options), which commander allows only with positional
+// program options. Those are turned on for that command alone, so
+// `cairn realize F --store S` keeps working.
+const words = process.argv.slice(2);
+const command = words.find((w, i) => !w.startsWith('-') && words[i - 1] !== '--store');
+if (command === 'machine') program.enablePositionalOptions();
+registerMachine(program, openStore, command === 'machine');
 registerServices(program, openStore);
 
 program.parseAsync(process.argv).catch((e: unknown) => {

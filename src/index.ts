@@ -15,6 +15,10 @@ export { unpack, type UnpackSpec, type ArchiveFormat } from './stages/builtins/u
 export { parseHash, hashPath, type HashType, type ContentHash } from './stages/builtins/hashes.js';
 export { loadCatalog, selectEntry, entryStage, catalogStage, deviceTypeMatches, type Catalog, type CatalogEntry, type Selection, type ActionSpec } from './stages/catalog.js';
 export { fetchEntry, findAction, runAction, writeManifest, type Manifest, type Action, type ActionContext, type ActionFn } from './stages/catalog-run.js';
+export { machine, step, Machine, freshState, readDescription, staleReason, registerBackend, type MachineDescription, type MachineState, type Step, type StepSpec, type StepMachine, type ApplyOptions, type UseOptions } from './stages/machine.js';
+export { exec, scriptRun, upload, greeting, resolveStep, BUILTIN_STEPS, type CliStep, type CliWords } from './stages/machine-steps.js';
+export { tiny, tinyFiles, bootedState, machineBase, MACHINE_BASES, type BaseOptions } from './backends/qemu/bases.js';
+export type { MachineBackend, BackendSession, BackendState, RunningMachine, MachineConsole, ExecResult as MachineExecResult, ExecOptions as MachineExecOptions } from './backends/machine.js';
 export { debootstrap, ROOTFS_TAR, PACKAGES_TXT, type DebootstrapSpec, type DebootstrapConfig } from './stages/builtins/debootstrap.js';
 export { dockerImage, ensureImage, ensureImageAt, imageTag, type DockerImageSpec, type ImageDescription } from './backends/containers/image.js';
 export { DockerBackend, MACHINE_LABEL, type DockerBackendOptions } from './backends/containers/docker-machine.js';

@@ -19,6 +19,12 @@ export interface ExecOptions {
   timeoutMs?: number;
   /** Reject with E_MACHINE_EXEC when the exit code is not 0 (default false). */
   check?: boolean;
+  /**
+   * Run in the machine's long-lived shell instead of a child of it, so `cd`
+   * and variables persist to later commands (and are saved with the
+   * state). `exit` then ends that shell; by default it just ends the command.
+   */
+  shell?: boolean;
 }
 
 /** A line-oriented console: the serial port of a VM, a shell in a container. */
@@ -26,6 +32,12 @@ export interface MachineConsole {
   send(text: string): Promise<void>;
   /** Waits until the output after the last match matches `re`, returns the matched text. */
   expect(re: RegExp, timeoutMs?: number): Promise<string>;
+  /**
+   * Connects a terminal: `input` goes to the machine, its output to
+   * `output`, until `input` ends or sends Ctrl-] (0x1d). Backends without
+   * an interactive console leave it out.
+   */
+  attach?(input: NodeJS.ReadableStream, output: NodeJS.WritableStream): Promise<void>;
 }
 
 /** The machine as a step (or `use()`) sees it while it runs. */
@@ -47,13 +59,14 @@ export interface BackendSession {
   readonly machine: RunningMachine;
   /**
    * Freezes the machine and writes everything needed to resume it into
-   * `outDir` (which exists and is empty), then stops it. `parentStateDir`
-   * is the state it was resumed from (null for a base), and `relParent` is
-   * the path of that state's out/ relative to `outDir` once both are in
-   * the store, for backends that reference the parent (qcow2 backing
-   * files). Returns the backend's fields for machine.json.
+   * `outDir` (which exists and is empty), then stops it. `finalDir` is a
+   * path at the same depth in the store as the directory `outDir` will be
+   * renamed to: references to other realizations (a qcow2 backing file, a
+   * kernel) are written relative to it, so they survive the rename, a moved
+   * store and a sync to another host. Returns the backend's fields for
+   * machine.json.
    */
-  save(outDir: string, parent: { stateDir: string; relPath: string } | null): Promise<BackendState>;
+  save(outDir: string, finalDir: string): Promise<BackendState>;
   /** Stops the machine and throws away what it wrote. Never throws. */
   discard(): Promise<void>;
 }

@@ -13,6 +13,8 @@ export interface GcOptions {
   keepLast?: number;
   /** Only collect realizations older than this many milliseconds. */
   olderThanMs?: number;
+  /** Also keep realizations (and so their closures) for which this is true, e.g. everything but machine states. */
+  keep?: (row: { rref: RRef; dref: DRef }) => boolean;
 }
 
 export interface GcReport {
@@ -74,6 +76,7 @@ export async function collectGarbage(store: Store, opts: GcOptions = {}): Promis
       for (const row of all) {
         if (busy.has(row.dref)) seeds.push(row.rref);
         if (opts.olderThanMs !== undefined && row.created > now - opts.olderThanMs) seeds.push(row.rref);
+        if (opts.keep?.(row)) seeds.push(row.rref);
         const list = byDrv.get(row.dref) ?? [];
         list.push(row);
         byDrv.set(row.dref, list);

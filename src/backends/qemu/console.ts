@@ -38,10 +38,12 @@ export class SerialConsole {
   private cursor = 0;
   private waiters: Waiter[] = [];
   private closed = false;
+  private listeners = new Set<(raw: string) => void>();
 
   private constructor(private readonly sock: net.Socket) {
     sock.setEncoding('utf8');
     sock.on('data', (chunk: string) => {
+      for (const l of this.listeners) l(chunk);
       this.text += chunk.replace(/\r/g, '').replace(/\x1b\[6n/g, '');
       this.check();
     });
@@ -93,6 +95,12 @@ export class SerialConsole {
   /** Moves the expect cursor to the end, discarding unread output. */
   drain(): void {
     this.cursor = this.text.length;
+  }
+
+  /** Calls `fn` with every raw chunk received from now on; returns the unsubscribe function. */
+  onData(fn: (raw: string) => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
   }
 
   send(text: string): void {

@@ -11,10 +11,13 @@
  * and starts the identical command line with `-incoming`.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
+import { CairnError } from '../../errors.js';
 import { SerialConsole, type RunResult } from './console.js';
 import { detectAccel, QEMU_X86, type Accel } from './kvm.js';
 import { QmpClient } from './qmp.js';
@@ -42,7 +45,10 @@ export interface VmSpec {
   ready?: RegExp;
 }
 
-export const DEFAULT_APPEND = 'console=ttyS0 quiet panic=-1';
+// init_on_free=1: the guest zeroes memory it frees, and migration sends
+// zero pages as a few bytes each, so a saved tiny guest's memory.bin is
+// ~55 MB instead of ~96 MB (and restores that much faster).
+export const DEFAULT_APPEND = 'console=ttyS0 quiet panic=-1 init_on_free=1';
 export const TINY_READY = /CAIRN-TINY-READY[\s\S]*?cairn# /;
 
 /** What a saved state records: enough to rebuild the identical command line. */
@@ -118,6 +124,7 @@ export class Vm {
       }
       proc.on('exit', (code) => {
         this.exited = true;
+        dropShortPath(dir);
         resolve(code);
       });
     });
@@ -133,17 +140,18 @@ export class Vm {
    * Boots a fresh VM in `dir` (created; holds sockets, console.log and the
    * disk overlay) and waits for the shell prompt.
    */
-  static async boot(spec: VmSpec, dir: string, opts: { timeoutMs?: number } = {}): Promise<Vm> {
+  static async boot(spec: VmSpec, dir: string, opts: { timeoutMs?: number; ownDisk?: string } = {}): Promise<Vm> {
     fs.mkdirSync(dir, { recursive: true });
     const accel = spec.accel ?? (await detectAccel({ qemu: spec.qemu, kernel: spec.kernel, initramfs: spec.initramfs }));
-    let overlay: string | null = null;
-    if (spec.disk) {
+    // `ownDisk`: a writable qcow2 the caller prepared (and owns), used as is.
+    let overlay: string | null = opts.ownDisk ?? null;
+    if (!overlay && spec.disk) {
       overlay = path.join(dir, 'disk.qcow2');
       await createOverlay(spec.disk, spec.diskFormat ?? 'qcow2', overlay);
     }
-    const args = qemuArgs(spec, accel, dir, overlay);
+    const args = qemuArgs(spec, accel, shortPath(dir), overlay);
     const t0 = performance.now();
-    const { proc, qmp, con } = await Vm.launch(spec.qemu ?? QEMU_X86, args, dir);
+    const { proc, qmp, con } = await Vm.launch(spec.qemu ?? QEMU_X86, args, shortPath(dir));
     const vm = new Vm(dir, spec, accel, args, overlay, proc, qmp, con, { readyMs: 0 });
     try {
       await con.expect(spec.ready ?? TINY_READY, opts.timeoutMs ?? 60_000);
@@ -174,13 +182,26 @@ export class Vm {
       accel: { kind: info.accel, args: info.accelArgs, reason: 'from the saved state' },
       ...(opts.qemu ? { qemu: opts.qemu } : {}),
     };
-    const args = qemuArgs(spec, spec.accel!, dir, overlay);
-    const memory = path.join(stateDir, info.memory);
-    args.push('-incoming', `exec:cat ${shellQuote(memory)}`);
+    return Vm.incoming(spec, dir, path.join(stateDir, info.memory), overlay, opts);
+  }
+
+  /**
+   * Starts `spec` (whose accel must be set: the one the state was saved
+   * under) with `-incoming` from `memoryFile` and `disk` (a writable qcow2
+   * holding the disk as it was saved, or null), then `cont`. Resolves once
+   * the guest shell answers a command. `expectVersion`: the QEMU version
+   * that saved the state; a different one is refused before migrating.
+   */
+  static async incoming(spec: VmSpec, dir: string, memoryFile: string, disk: string | null, opts: { timeoutMs?: number; expectVersion?: string } = {}): Promise<Vm> {
+    const args = qemuArgs(spec as VmSpec & { kernel: string; initramfs: string }, spec.accel!, shortPath(dir), disk);
+    args.push('-incoming', `exec:cat ${shellQuote(memoryFile)}`);
     const t0 = performance.now();
-    const { proc, qmp, con } = await Vm.launch(opts.qemu ?? QEMU_X86, args, dir);
-    const vm = new Vm(dir, spec, spec.accel!, args, overlay, proc, qmp, con, { readyMs: 0 });
+    const { proc, qmp, con } = await Vm.launch(spec.qemu ?? QEMU_X86, args, shortPath(dir));
+    const vm = new Vm(dir, spec, spec.accel!, args, disk, proc, qmp, con, { readyMs: 0 });
     try {
+      if (opts.expectVersion && vm.qemuVersion !== opts.expectVersion) {
+        throw new CairnError('E_MACHINE_INCOMPATIBLE', `the state was saved by QEMU ${opts.expectVersion}, and this is QEMU ${vm.qemuVersion}: a memory snapshot only restores into the same QEMU version`, { saved: opts.expectVersion, running: vm.qemuVersion });
+      }
       const timeoutMs = opts.timeoutMs ?? 60_000;
       await vm.waitMigration(timeoutMs, 'incoming');
       await qmp.execute('cont');
@@ -189,9 +210,16 @@ export class Vm {
       vm.timings.readyMs = performance.now() - t0;
     } catch (e) {
       await vm.kill();
-      throw new Error(`restore from ${stateDir} failed: ${(e as Error).message}\n--- qemu stderr ---\n${vm.stderr.slice(-500)}`);
+      if (e instanceof CairnError) throw e;
+      throw new Error(`restore from ${memoryFile} failed: ${(e as Error).message}\n--- qemu stderr ---\n${vm.stderr.slice(-500)}`);
     }
     return vm;
+  }
+
+  /** "major.minor.micro" from the QMP greeting. */
+  get qemuVersion(): string {
+    const v = this.qmp.greeting.version.qemu;
+    return `${v.major}.${v.minor}.${v.micro}`;
   }
 
   private static async launch(qemu: string, args: string[], dir: string): Promise<{ proc: ChildProcess; qmp: QmpClient; con: SerialConsole }> {
@@ -246,15 +274,10 @@ export class Vm {
    * read-only) and `state.json`. The VM is stopped and quits.
    */
   async save(stateDir: string, opts: { timeoutMs?: number } = {}): Promise<SaveResult> {
-    const timeoutMs = opts.timeoutMs ?? 120_000;
     fs.mkdirSync(stateDir, { recursive: true });
     const memory = path.join(stateDir, 'memory.bin');
     const t0 = performance.now();
-    await this.qmp.execute('stop');
-    await this.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 64 * 1024 ** 3 });
-    await this.qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(memory)}` });
-    await this.waitMigration(timeoutMs, 'outgoing');
-    await this.quit();
+    await this.freeze(memory, opts);
     const saveMs = performance.now() - t0;
     let disk: string | null = null;
     if (this.overlay) {
@@ -283,6 +306,19 @@ export class Vm {
     return { ...info, dir: stateDir };
   }
 
+  /**
+   * Stops the guest, migrates its memory into `memoryFile` and quits. QEMU
+   * drains and flushes the disk on `stop`, so the disk file (still at
+   * `this.overlay`) is frozen at the same instant as the memory.
+   */
+  async freeze(memoryFile: string, opts: { timeoutMs?: number } = {}): Promise<void> {
+    await this.qmp.execute('stop');
+    await this.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 64 * 1024 ** 3 });
+    await this.qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(memoryFile)}` });
+    await this.waitMigration(opts.timeoutMs ?? 120_000, 'outgoing');
+    await this.quit();
+  }
+
   /** Asks QEMU to quit and waits for it to exit (kills it after 10 s). */
   async quit(): Promise<void> {
     if (this.exited) return;
@@ -306,6 +342,28 @@ export function readState(stateDir: string): SavedStateInfo {
   const info = JSON.parse(fs.readFileSync(path.join(stateDir, 'state.json'), 'utf8')) as SavedStateInfo;
   if (info.version !== 1) throw new Error(`${stateDir}/state.json: unknown version ${String(info.version)}`);
   return info;
+}
+
+/**
+ * Unix socket paths are limited to 107 bytes, and a store's temporary
+ * directories can be deeper than that. A short symlink in the OS temp
+ * directory stands in for a long working directory (removed on exit).
+ */
+const shortLinks = new Map<string, string>();
+function shortPath(dir: string): string {
+  if (path.join(dir, 'console.sock').length <= 100) return dir;
+  let link = shortLinks.get(dir);
+  if (!link) {
+    link = path.join(os.tmpdir(), `cairn-vm-${randomBytes(6).toString('hex')}`);
+    fs.symlinkSync(path.resolve(dir), link);
+    shortLinks.set(dir, link);
+  }
+  return link;
+}
+function dropShortPath(dir: string): void {
+  const link = shortLinks.get(dir);
+  if (link) fs.rmSync(link, { force: true });
+  shortLinks.delete(dir);
 }
 
 function shellQuote(s: string): string {

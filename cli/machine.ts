@@ -1,0 +1,184 @@
+/**
+ * `cairn machine BASE [+ STEP ...] [+ shell]`, `cairn machine ls` and
+ * `cairn machine gc`. Words are split on `+`; each group is a step:
+ * `[transient] NAME ARG... [--key=value] [--flag] [--cache=DUR]`.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Command } from 'commander';
+import { CairnError } from '../src/errors.js';
+import { parseDuration } from '../src/duration.js';
+import { machineBase, MACHINE_BASES } from '../src/backends/qemu/bases.js';
+import { DESCRIPTION, machine, readDescription, staleReason, type ApplyOptions, type Machine } from '../src/stages/machine.js';
+import { resolveStep, type CliWords } from '../src/stages/machine-steps.js';
+import type { RunningMachine } from '../src/backends/machine.js';
+import { collectGarbage } from '../src/store/gc.js';
+import { addNamedRoot, listRoots } from '../src/store/roots.js';
+import type { Store } from '../src/store/store.js';
+import { formatBytes } from './format.js';
+import { progressReporter } from './progress.js';
+
+interface Group { transient: boolean; name: string; words: CliWords }
+
+/** Splits `a b + c --k=v --flag + d` into step groups. */
+export function parseMachineWords(words: readonly string[]): Group[] {
+  const groups: string[][] = [[]];
+  for (const w of words) {
+    if (w === '+') groups.push([]);
+    else groups[groups.length - 1]!.push(w);
+  }
+  return groups.map((g, i) => {
+    if (g.length === 0) throw new CairnError('E_USAGE', i === 0 ? 'machine: name a base first (tiny or debian)' : `machine: empty step after the ${i}. '+'`);
+    const transient = g[0] === 'transient';
+    const [name, ...rest] = transient ? g.slice(1) : g;
+    if (!name) throw new CairnError('E_USAGE', "machine: 'transient' needs a step after it");
+    const w: CliWords = { positional: [], named: {} };
+    for (const word of rest) {
+      const m = /^--([A-Za-z][\w.-]*)(?:=(.*))?$/s.exec(word);
+      if (m) w.named[m[1]!] = m[2] ?? true;
+      else w.positional.push(word);
+    }
+    return { transient, name, words: w };
+  });
+}
+
+function stepsDirs(opt: string[] | undefined): string[] {
+  const dirs = [...(opt ?? []), ...(process.env.CAIRN_STEPS ?? '').split(':').filter(Boolean)];
+  if (dirs.length === 0 && fs.existsSync('steps')) dirs.push('steps');
+  return dirs.map((d) => path.resolve(d));
+}
+
+function baseOptions(w: CliWords): { memoryMb?: number; smp?: number } {
+  const { memory, smp, ...rest } = w.named;
+  if (w.positional.length || Object.keys(rest).length) throw new CairnError('E_USAGE', 'a base takes only --memory=MB and --smp=N');
+  const num = (v: string | true | undefined, flag: string): number | undefined => {
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1) throw new CairnError('E_USAGE', `--${flag} needs a whole number, not ${JSON.stringify(v)}`);
+    return n;
+  };
+  return { memoryMb: num(memory, 'memory'), smp: num(smp, 'smp') };
+}
+
+async function buildMachine(groups: Group[], dirs: string[]): Promise<{ m: Machine; shell: boolean }> {
+  const [base, ...steps] = groups;
+  if (base!.transient) throw new CairnError('E_USAGE', 'a base cannot be transient');
+  let m = machine(machineBase(base!.name, baseOptions(base!.words)));
+  let shell = false;
+  for (const [i, g] of steps.entries()) {
+    if (g.name === 'shell') {
+      if (i !== steps.length - 1) throw new CairnError('E_USAGE', "'+ shell' must be the last step");
+      shell = true;
+      continue;
+    }
+    const def = await resolveStep(g.name, dirs);
+    const { cache, ...named } = g.words.named;
+    if (cache === true) throw new CairnError('E_USAGE', '--cache needs a duration, e.g. --cache=1h');
+    const opts: ApplyOptions = { ...(g.transient ? { transient: true } : {}), ...(cache !== undefined ? { cache: parseDuration(cache) } : {}) };
+    m = m.apply(def.step, def.fromCli({ positional: g.words.positional, named }), opts);
+  }
+  return { m, shell };
+}
+
+export function registerMachine(program: Command, openStore: () => Store, passThrough: boolean): void {
+  const cmd = program.command('machine')
+    .description(`build and resume machines step by step: machine BASE [+ STEP ...] [+ shell]; machine ls; machine gc
+  bases: ${[...MACHINE_BASES.keys()].join(', ')}; steps: exec CMD, script.run FILE, upload SRC DST,
+  self_test.greeting, shell, or a TS module (path, or NAME in --steps DIR / $CAIRN_STEPS / ./steps).
+  Prefix a step with 'transient' to never save its result; --cache=DUR caps how long it is reused.`)
+    .argument('<words...>')
+    .option('--steps <dir>', 'a directory of step modules (repeatable)', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--root <name>', 'keep the final state as a named gc root')
+    .option('-q, --quiet', 'no progress or step output')
+    .allowUnknownOption();
+  if (passThrough) cmd.passThroughOptions();
+  cmd.action(async (words: string[], o: { steps?: string[]; root?: string; quiet?: boolean }) => {
+      const store = openStore();
+      if (words[0] === 'ls') return machineLs(store, flags(words, ['--json']).has('--json'));
+      if (words[0] === 'gc') return machineGc(store, flags(words, ['--dry-run', '-n']).size > 0);
+      const { m, shell } = await buildMachine(parseMachineWords(words), stepsDirs(o.steps));
+      const tty = process.stderr.isTTY === true;
+      const progress = progressReporter(0, { tty, verbose: true, quiet: !!o.quiet });
+      const stepLog = (name: string, line: string): void => { if (!o.quiet) process.stderr.write(`${name} (transient)> ${line}\n`); };
+      let rref: string;
+      try {
+        if (shell) {
+          await m.use((vm) => (process.stdin.isTTY ? interactiveShell(vm) : scriptedShell(vm)), { store, events: progress, stepLog });
+          return;
+        }
+        rref = (await m.realize({ store, events: progress, stepLog })).rref;
+      } finally {
+        progress.finish();
+      }
+      if (o.root) addNamedRoot(store, o.root, [rref as never]);
+      process.stdout.write(rref + '\n');
+    });
+}
+
+/** `ls --json`, `gc -n`: the words after the subcommand, which must all be known flags. */
+function flags(words: string[], known: string[]): Set<string> {
+  const rest = words.slice(1);
+  const bad = rest.filter((w) => !known.includes(w));
+  if (bad.length) throw new CairnError('E_USAGE', `machine ${words[0]}: unknown argument ${bad.join(' ')} (known: ${known.join(', ')})`);
+  return new Set(rest);
+}
+
+/** A terminal on the console until Ctrl-]. */
+async function interactiveShell(vm: RunningMachine): Promise<void> {
+  if (!vm.console.attach) throw new CairnError('E_USAGE', `the ${vm.backend} backend has no interactive console`);
+  process.stdin.setRawMode(true);
+  process.stderr.write('connected to the machine console; Ctrl-] leaves (changes are thrown away)\n');
+  try {
+    await vm.console.attach(process.stdin, process.stdout);
+  } finally {
+    process.stdin.setRawMode(false);
+    process.stdin.pause();
+  }
+}
+
+/**
+ * Piped input is a script for the machine's shell: run as a whole, its
+ * output printed and its exit status passed on (`echo cmd | cairn machine
+ * tiny + shell` works in scripts and tests).
+ */
+async function scriptedShell(vm: RunningMachine): Promise<void> {
+  const chunks: Buffer[] = [];
+  for await (const c of process.stdin) chunks.push(c as Buffer);
+  const r = await vm.exec(Buffer.concat(chunks).toString('utf8'), { shell: true, timeoutMs: 3_600_000 });
+  process.stdout.write(r.stdout);
+  process.stderr.write(r.stderr);
+  process.exitCode = r.exitCode;
+}
+
+function machineLs(store: Store, json: boolean): void {
+  const rooted = new Set(listRoots(store).roots.flatMap((r) => r.rrefs));
+  const rows = store.index.all().flatMap((row) => {
+    const dir = store.outPath(row.rref);
+    if (!fs.existsSync(path.join(dir, DESCRIPTION))) return [];
+    const d = readDescription(dir);
+    let bytes = 0;
+    for (const f of fs.readdirSync(dir)) bytes += fs.statSync(path.join(dir, f)).size;
+    return [{
+      rref: row.rref, step: d.step ? d.step.name : '(base)', created: new Date(row.created).toISOString(),
+      expiresAt: d.expiresAt === null ? null : new Date(d.expiresAt).toISOString(), stale: staleReason(d), rooted: rooted.has(row.rref), bytes,
+    }];
+  });
+  if (json) {
+    process.stdout.write(JSON.stringify(rows, null, 2) + '\n');
+    return;
+  }
+  for (const r of rows) {
+    const flags = [r.rooted ? 'root' : '', r.stale ? `stale: ${r.stale}` : r.expiresAt ? `expires ${r.expiresAt}` : ''].filter(Boolean).join(', ');
+    process.stdout.write(`${r.rref}  ${r.step.padEnd(20)} ${formatBytes(r.bytes).padStart(10)}  ${r.created}${flags ? `  (${flags})` : ''}\n`);
+  }
+  process.stdout.write(`${rows.length} machine state(s)\n`);
+}
+
+async function machineGc(store: Store, dryRun: boolean): Promise<void> {
+  // Only machine states are collected; a state's parents and files stay as
+  // long as a kept state needs them (the closure).
+  const isState = (rref: string): boolean => fs.existsSync(path.join(store.outPath(rref as never), DESCRIPTION));
+  const r = await collectGarbage(store, { dryRun, keep: (row) => !isState(row.rref) });
+  for (const rref of r.realizations) process.stdout.write(`${dryRun ? 'would delete' : 'deleted'} ${rref}\n`);
+  process.stdout.write(`${dryRun ? 'would delete' : 'deleted'} ${r.realizations.length} machine state(s), ${formatBytes(r.bytes)}; kept ${r.kept} realization(s) reachable from ${r.roots} root(s)\n`);
+}
