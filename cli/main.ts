@@ -18,6 +18,7 @@ import { formatBytes, listTree } from './format.js';
 import { progressReporter } from './progress.js';
 import { registerSync } from './sync.js';
 import { registerMachine } from './machine.js';
+import { registerServices } from './services.js';
 
 const program = new Command('cairn')
   .description('Content-addressed store and build system: stages, derivations, realizations, matchers.')
@@ -370,6 +371,7 @@ const words = process.argv.slice(2);
 const command = words.find((w, i) => !w.startsWith('-') && words[i - 1] !== '--store');
 if (command === 'machine') program.enablePositionalOptions();
 registerMachine(program, openStore, command === 'machine');
+registerServices(program, openStore);
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   if (isCairnError(e)) {

@@ -1,0 +1,98 @@
+/**
+ * `cairn services start|stop|reload|status FILE`: service ensembles on the
+ * Docker engine (see docs/services.md).
+ */
+import type { Command } from 'commander';
+import { CairnError } from '../src/errors.js';
+import type { Store } from '../src/store/store.js';
+
+const out = (s: string): void => { process.stdout.write(s.endsWith('\n') ? s : s + '\n'); };
+
+function parseTimeout(v: string): number {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0) throw new CairnError('E_USAGE', `--timeout needs a number of seconds > 0, not ${JSON.stringify(v)}`);
+  return n * 1000;
+}
+
+interface Common { stateDir?: string; quiet?: boolean }
+
+function printReports(reports: readonly { name: string; outcome: string; detail?: string; error?: { code: string; message: string }; ms?: number }[]): void {
+  const w = Math.max(7, ...reports.map((r) => r.name.length));
+  for (const r of reports) {
+    const why = r.error ? `${r.error.code}: ${r.error.message}` : r.detail ?? '';
+    const ms = r.ms === undefined ? '' : ` (${(r.ms / 1000).toFixed(1)}s)`;
+    out(`${r.name.padEnd(w)}  ${r.outcome}${ms}${why ? `  ${why}` : ''}`);
+  }
+}
+
+export function registerServices(program: Command, openStore: () => Store): void {
+  const cmd = program.command('services').description('service ensembles on the Docker engine: start, stop, reload, status');
+  const common = (c: Command): Command => c
+    .option('--state-dir <dir>', 'where the context file lives (default: .cairn-services/ next to FILE)')
+    .option('-q, --quiet', 'no progress lines on stderr');
+  const setup = async (file: string, o: Common) => {
+    const { loadEnsembleFile } = await import('../src/services/load.js');
+    const e = await loadEnsembleFile(file);
+    const log = o.quiet ? undefined : (line: string) => process.stderr.write(`${line}\n`);
+    return { e, base: { store: openStore(), file, stateDir: o.stateDir, log } };
+  };
+
+  common(cmd.command('start'))
+    .description('start the services of FILE in dependency order (independent ones in parallel); leaves running containers alone')
+    .argument('<file>', 'ensemble file (.ts or .js)')
+    .option('-x, --exclude <name...>', 'services not to start (none of the started ones may depend on them)')
+    .option('--timeout <s>', 'seconds a service may take to answer its ping (default 300)', parseTimeout)
+    .action(async (file: string, o: Common & { exclude?: string[]; timeout?: number }) => {
+      const { e, base } = await setup(file, o);
+      const { startEnsemble, checkReports } = await import('../src/services/runner.js');
+      const reports = await startEnsemble(e, { ...base, exclude: o.exclude, timeoutMs: o.timeout });
+      printReports(reports);
+      checkReports(reports, 'start');
+    });
+
+  common(cmd.command('stop'))
+    .description('stop the services of FILE, dependants first')
+    .argument('<file>')
+    .option('-x, --exclude <name...>', 'services to leave running (none of their dependencies may be stopped)')
+    .option('--remove', 'also remove the containers (and, with nothing excluded, the network and the context file)')
+    .action(async (file: string, o: Common & { exclude?: string[]; remove?: boolean }) => {
+      const { e, base } = await setup(file, o);
+      const { stopEnsemble } = await import('../src/services/runner.js');
+      printReports(await stopEnsemble(e, { ...base, exclude: o.exclude, remove: o.remove }));
+    });
+
+  common(cmd.command('reload'))
+    .description('rebuild the image of one service and replace its container, with the saved context')
+    .argument('<file>')
+    .argument('<name>')
+    .option('--timeout <s>', 'seconds the service may take to answer its ping (default 300)', parseTimeout)
+    .action(async (file: string, name: string, o: Common & { timeout?: number }) => {
+      const { e, base } = await setup(file, o);
+      const { reloadService, checkReports } = await import('../src/services/runner.js');
+      const r = await reloadService(e, name, { ...base, timeoutMs: o.timeout });
+      printReports([r]);
+      checkReports([r], 'reload');
+    });
+
+  common(cmd.command('status'))
+    .description('show the state of each service of FILE')
+    .argument('<file>')
+    .option('--json', 'print JSON')
+    .action(async (file: string, o: Common & { json?: boolean }) => {
+      const { e, base } = await setup(file, o);
+      const { ensembleStatus, contextFile } = await import('../src/services/runner.js');
+      const { FileContext } = await import('../src/services/context.js');
+      const status = await ensembleStatus(e, base);
+      const context = FileContext.read(contextFile(base, e.name));
+      if (o.json) {
+        out(JSON.stringify({ ensemble: e.name, services: status, context }, null, 2));
+        return;
+      }
+      const w = Math.max(7, ...status.map((s) => s.name.length));
+      for (const s of status) {
+        const ports = Object.entries(s.ports).map(([c, h]) => `${h}->${c}`).join(', ');
+        out(`${s.name.padEnd(w)}  ${s.state.padEnd(8)}  ${s.container ?? '-'.padEnd(12)}  ${ports || '-'}${s.dependsOn.length ? `  (after ${s.dependsOn.join(', ')})` : ''}`);
+      }
+      for (const [k, v] of Object.entries(context)) out(`context ${k}=${v}`);
+    });
+}

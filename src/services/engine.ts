@@ -1,0 +1,143 @@
+/**
+ * The imperative shell of services: the docker calls for networks,
+ * containers, images and logs. Names and labels are fixed here so that
+ * start, stop, status and the tests' cleanup agree on them.
+ */
+import { CairnError } from '../errors.js';
+import { docker, inspectOne } from '../backends/containers/docker.js';
+
+export const LABEL_ENSEMBLE = 'cairn.ensemble';
+export const LABEL_SERVICE = 'cairn.service';
+export const LABEL_SPEC = 'cairn.spec';
+
+/** Dots cannot occur in ensemble or service names, so `cairn.<ensemble>.<service>` is unambiguous. */
+export const containerName = (ensemble: string, service: string): string => `cairn.${ensemble}.${service}`;
+export const networkName = (ensemble: string): string => `cairn.${ensemble}`;
+
+export interface ContainerInfo {
+  id: string;
+  running: boolean;
+  /** created, running, exited, … */
+  status: string;
+  exitCode: number;
+  specHash: string | undefined;
+  image: string;
+  ports: Record<string, string>;
+}
+
+interface RawInspect {
+  Id: string;
+  Image: string;
+  State: { Status: string; Running: boolean; ExitCode: number };
+  Config: { Labels: Record<string, string> | null };
+  NetworkSettings: { Ports: Record<string, { HostIp: string; HostPort: string }[] | null> | null };
+}
+
+export async function inspectContainer(name: string): Promise<ContainerInfo | undefined> {
+  const r = await docker(['container', 'inspect', name], { check: false });
+  if (r.exitCode !== 0) {
+    if (/no such (container|object)/i.test(r.stderr)) return undefined;
+    throw new CairnError('E_DOCKER', `docker container inspect ${name}: ${r.stderr.trim()}`);
+  }
+  const c = inspectOne<RawInspect>(r.stdout)!;
+  const ports: Record<string, string> = {};
+  for (const [k, v] of Object.entries(c.NetworkSettings.Ports ?? {})) if (v && v[0]) ports[k] = `${v[0].HostIp}:${v[0].HostPort}`;
+  return {
+    id: c.Id,
+    running: c.State.Running,
+    status: c.State.Status,
+    exitCode: c.State.ExitCode,
+    specHash: c.Config.Labels?.[LABEL_SPEC],
+    image: c.Image,
+    ports,
+  };
+}
+
+export async function ensureNetwork(ensemble: string, labels: Record<string, string>): Promise<string> {
+  const name = networkName(ensemble);
+  const r = await docker(['network', 'inspect', name], { check: false });
+  if (r.exitCode === 0) return name;
+  const args = ['network', 'create', '--driver', 'bridge'];
+  for (const [k, v] of Object.entries({ ...labels, [LABEL_ENSEMBLE]: ensemble })) args.push('--label', `${k}=${v}`);
+  const c = await docker([...args, name], { check: false });
+  // Two starts racing: the other one created it.
+  if (c.exitCode !== 0 && !/already exists/.test(c.stderr)) throw new CairnError('E_DOCKER', `cannot create network ${name}: ${c.stderr.trim()}`);
+  return name;
+}
+
+export async function removeNetwork(ensemble: string): Promise<void> {
+  await docker(['network', 'rm', networkName(ensemble)], { check: false });
+}
+
+export interface RunSpec {
+  name: string;
+  image: string;
+  hostname: string;
+  network: string;
+  labels: Record<string, string>;
+  env: Record<string, string>;
+  ports: Record<string, number>;
+  stopSignal: string | null;
+  command: readonly string[] | null;
+}
+
+export async function runContainer(spec: RunSpec): Promise<string> {
+  // --init: tini as pid 1 forwards the stop signal and reaps zombies, so a
+  // plain `sleep` or shell command stops at once instead of after the
+  // 10 s grace period (a bare pid 1 ignores SIGTERM).
+  const args = ['run', '--detach', '--init', '--name', spec.name, '--hostname', spec.hostname, '--network', spec.network, '--network-alias', spec.hostname];
+  for (const [k, v] of Object.entries(spec.labels)) args.push('--label', `${k}=${v}`);
+  for (const [k, v] of Object.entries(spec.env)) args.push('--env', `${k}=${v}`);
+  // Published on loopback only: services are for this machine's tests and tools.
+  for (const [c, h] of Object.entries(spec.ports)) args.push('--publish', `127.0.0.1:${h === 0 ? '' : h}:${c}`);
+  if (spec.stopSignal) args.push('--stop-signal', spec.stopSignal);
+  const r = await docker([...args, spec.image, ...(spec.command ?? [])]);
+  return r.stdout.trim();
+}
+
+export async function startContainer(name: string): Promise<void> {
+  await docker(['start', name]);
+}
+
+export async function stopContainer(name: string, timeoutS = 10): Promise<void> {
+  await docker(['stop', '--time', String(timeoutS), name]);
+}
+
+export async function removeContainer(name: string): Promise<void> {
+  const r = await docker(['rm', '--force', name], { check: false });
+  if (r.exitCode !== 0 && !/no such container/i.test(r.stderr)) throw new CairnError('E_DOCKER', `cannot remove ${name}: ${r.stderr.trim()}`);
+}
+
+export async function containerLogs(name: string): Promise<string> {
+  const r = await docker(['logs', name], { check: false });
+  return r.stdout + r.stderr;
+}
+
+/** The host port bound for a container port (`5432` or `5432/udp`). */
+export async function publishedPort(name: string, containerPort: number | string): Promise<number> {
+  const key = String(containerPort).includes('/') ? String(containerPort) : `${containerPort}/tcp`;
+  const info = await inspectContainer(name);
+  const bound = info?.ports[key];
+  if (!bound) throw new CairnError('E_SERVICE_FAILED', `${name} publishes no host port for ${key}`, { container: name, port: key });
+  return Number(bound.slice(bound.lastIndexOf(':') + 1));
+}
+
+/** The image id (sha256:…) a tag or id refers to; E_SERVICE_FAILED when the engine lacks it (nothing is pulled). */
+export async function imageId(ref: string): Promise<string> {
+  const r = await docker(['image', 'inspect', '--format', '{{.Id}}', ref], { check: false });
+  if (r.exitCode !== 0) throw new CairnError('E_SERVICE_FAILED', `image ${ref} is not in the engine, and Cairn pulls from no registry: build it as a stage, or load it first`, { image: ref });
+  return r.stdout.trim();
+}
+
+/**
+ * `docker build` with the classic builder (no BuildKit, which the 20.10
+ * engine's client here lacks as a plugin) and without pulling: the FROM
+ * image must already be in the engine.
+ */
+export async function buildImage(opts: { directory: string; dockerfile: string; tag: string; buildArgs: Record<string, string>; labels: Record<string, string> }): Promise<string> {
+  const args = ['build', '--file', opts.dockerfile, '--tag', opts.tag];
+  for (const [k, v] of Object.entries(opts.buildArgs)) args.push('--build-arg', `${k}=${v}`);
+  for (const [k, v] of Object.entries(opts.labels)) args.push('--label', `${k}=${v}`);
+  await docker([...args, opts.directory], { env: { DOCKER_BUILDKIT: '0' } });
+  return imageId(opts.tag);
+}

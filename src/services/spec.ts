@@ -1,0 +1,104 @@
+/**
+ * Service ensembles as TypeScript values: what a user writes in an
+ * ensemble file. Pure data plus hooks; nothing here talks to Docker.
+ */
+import { CairnError } from '../errors.js';
+import type { ExecResult } from '../backends/machine.js';
+import { isStage, type Stage } from '../stages/stage.js';
+
+/** The ensemble's global context: string values shared by all services, persisted between runs. */
+export interface ServiceContext {
+  get(key: string): string | undefined;
+  /** Sets a value and writes the context file at once. */
+  set(key: string, value: string): void;
+  all(): Record<string, string>;
+}
+
+/** What hooks get: the running container of one service. */
+export interface ServiceHandle {
+  readonly name: string;
+  /** The container id. */
+  readonly container: string;
+  /** Runs `sh -c CMD` (a string) or the argv (an array) in the container. Never throws on a non-zero exit. */
+  exec(cmd: string | readonly string[], opts?: { timeoutMs?: number; input?: string }): Promise<ExecResult>;
+  /** The container's output so far (stdout and stderr). */
+  logs(): Promise<string>;
+  /** The host port published for a container port (as bound; 0 in the spec means "any free port"). */
+  hostPort(containerPort: number): Promise<number>;
+  /** The host address published ports are bound to. */
+  readonly hostAddress: string;
+  readonly context: ServiceContext;
+}
+
+export interface BuildFromDirectory {
+  /** The build context directory (relative paths: to the ensemble file). */
+  directory: string;
+  /** Dockerfile path relative to `directory` (default `Dockerfile`). */
+  dockerfile?: string;
+  /**
+   * An image passed as the build argument BASE_IMAGE (`ARG BASE_IMAGE` /
+   * `FROM ${BASE_IMAGE}`): a tag the engine has, or an image stage. Builds
+   * never pull, so the base must exist locally.
+   */
+  baseImage?: string | Stage;
+}
+
+export interface ServiceSpec {
+  /** The service's name, container hostname and DNS name on the ensemble network: a lowercase hostname label. */
+  name: string;
+  /** An image tag the engine has, or a stage producing an image (see dockerImage). */
+  image?: string | Stage;
+  /** Build the image with `docker build` instead (no registry: the base must exist locally). */
+  buildFromDirectory?: BuildFromDirectory;
+  /** Command (argv) run in the container; default: the image's CMD. */
+  command?: readonly string[];
+  /** Environment; `{key}` is replaced by the context value `key` (`{{` and `}}` are literal braces). */
+  env?: Record<string, string>;
+  /** Container port → host port (0: any free port), published on 127.0.0.1. */
+  ports?: Record<string, number>;
+  /** Names of services that must be up (pinged) before this one starts. */
+  dependsOn?: readonly string[];
+  /** Signal `docker stop` sends (default: the image's, else SIGTERM). */
+  stopSignal?: string;
+  /** Always replace the container on start, even when a matching one exists. */
+  alwaysStartNew?: boolean;
+  /** Readiness: called every 0.1 s until it returns true (or the timeout); throwing fails the service. */
+  ping?: (h: ServiceHandle) => boolean | Promise<boolean>;
+  /** Runs once per newly created container, after ping succeeded. */
+  postStartInit?: (h: ServiceHandle) => void | Promise<void>;
+}
+
+export interface EnsembleSpec {
+  /** Names the network (`cairn-<name>`), the containers (`<name>-<service>`) and the context file. */
+  name: string;
+  services: readonly ServiceSpec[];
+  /** Extra labels for every container and the network (tests use them for cleanup). */
+  labels?: Record<string, string>;
+}
+
+const ENSEMBLE = Symbol.for('cairn.ensemble');
+
+export interface Ensemble extends EnsembleSpec {
+  readonly [ENSEMBLE]: true;
+}
+
+export function isEnsemble(x: unknown): x is Ensemble {
+  return typeof x === 'object' && x !== null && (x as Record<symbol, unknown>)[ENSEMBLE] === true;
+}
+
+/** Identity helper for type checking service specs in ensemble files. */
+export function service(spec: ServiceSpec): ServiceSpec {
+  return spec;
+}
+
+/** Declares an ensemble; validated (names, dependencies, cycles) when it is started or stopped. */
+export function ensemble(spec: EnsembleSpec): Ensemble {
+  if (typeof spec !== 'object' || spec === null || !Array.isArray(spec.services)) {
+    throw new CairnError('E_SERVICE_INVALID', 'ensemble() needs { name, services: [...] }');
+  }
+  return Object.freeze({ ...spec, [ENSEMBLE]: true as const });
+}
+
+export function imageIsStage(img: ServiceSpec['image']): img is Stage {
+  return isStage(img);
+}
