@@ -54,7 +54,13 @@ export function registerBackend(b: MachineBackend): void {
   backends.set(b.kind, b);
 }
 
-function backendFor(kind: string): MachineBackend {
+/** Built-in backends loaded on first use, so the QEMU-only paths never load Docker's code. */
+const lazyBackends: Record<string, () => Promise<unknown>> = {
+  docker: () => import('../backends/containers/docker-base.js'),
+};
+
+async function backendFor(kind: string): Promise<MachineBackend> {
+  if (!backends.has(kind) && lazyBackends[kind]) await lazyBackends[kind]!();
   const b = backends.get(kind);
   if (!b) throw new CairnError('E_MACHINE_INCOMPATIBLE', `no machine backend "${kind}" is registered (known: ${[...backends.keys()].join(', ') || 'none'})`, { backend: kind });
   return b;
@@ -238,7 +244,7 @@ export class Machine {
     const work = opts.store.makeTempDir('machine-use');
     let session: BackendSession | undefined;
     try {
-      session = await backendFor(state.description.backend).resume(state.dir, state.description.state, work);
+      session = await (await backendFor(state.description.backend)).resume(state.dir, state.description.state, work);
       for (const p of this.pending) {
         const vm = stepMachine(session.machine, (line) => opts.stepLog?.(p.step.name, line), { expiresAt: null, files: [] });
         await p.step.run(vm, p.args);
@@ -330,7 +336,7 @@ function stepStage(parent: Stage, p: Pending): Stage<StepConfig> {
     async build(ctx) {
       const parent = ctx.config.parent as unknown as Dep;
       const d = readDescription(parent.path);
-      const session = await backendFor(d.backend).resume(parent.path, d.state, ctx.tmp);
+      const session = await (await backendFor(d.backend)).resume(parent.path, d.state, ctx.tmp);
       ctx.log(`resumed ${parent.rrefs[0]} (${d.backend})`);
       await saveSession(ctx, session, finalOutDir(parent.path, ctx.dref), { expiresAt: d.expiresAt },
         { name: p.step.name, args: p.args }, async (vm) => {
