@@ -13,6 +13,7 @@ import { DESCRIPTION, machine, readDescription, staleReason, type ApplyOptions, 
 import { resolveStep, type CliWords } from '../src/stages/machine-steps.js';
 import type { RunningMachine } from '../src/backends/machine.js';
 import { collectGarbage } from '../src/store/gc.js';
+import { instantiate } from '../src/stages/instantiate.js';
 import { addNamedRoot, listRoots } from '../src/store/roots.js';
 import type { Store } from '../src/store/store.js';
 import { formatBytes } from './format.js';
@@ -28,7 +29,7 @@ export function parseMachineWords(words: readonly string[]): Group[] {
     else groups[groups.length - 1]!.push(w);
   }
   return groups.map((g, i) => {
-    if (g.length === 0) throw new CairnError('E_USAGE', i === 0 ? 'machine: name a base first (tiny or debian)' : `machine: empty step after the ${i}. '+'`);
+    if (g.length === 0) throw new CairnError('E_USAGE', i === 0 ? `machine: name a base first (${[...MACHINE_BASES.keys()].join(', ')})` : `machine: nothing between a '+' and the next (step ${i})`);
     const transient = g[0] === 'transient';
     const [name, ...rest] = transient ? g.slice(1) : g;
     if (!name) throw new CairnError('E_USAGE', "machine: 'transient' needs a step after it");
@@ -68,6 +69,7 @@ async function buildMachine(groups: Group[], dirs: string[]): Promise<{ m: Machi
   for (const [i, g] of steps.entries()) {
     if (g.name === 'shell') {
       if (i !== steps.length - 1) throw new CairnError('E_USAGE', "'+ shell' must be the last step");
+      if (g.transient || g.words.positional.length || Object.keys(g.words.named).length) throw new CairnError('E_USAGE', "'shell' takes no arguments and is always transient");
       shell = true;
       continue;
     }
@@ -75,7 +77,15 @@ async function buildMachine(groups: Group[], dirs: string[]): Promise<{ m: Machi
     const { cache, ...named } = g.words.named;
     if (cache === true) throw new CairnError('E_USAGE', '--cache needs a duration, e.g. --cache=1h');
     const opts: ApplyOptions = { ...(g.transient ? { transient: true } : {}), ...(cache !== undefined ? { cache: parseDuration(cache) } : {}) };
-    m = m.apply(def.step, def.fromCli({ positional: g.words.positional, named }), opts);
+    let args;
+    try {
+      args = def.fromCli({ positional: g.words.positional, named });
+    } catch (e) {
+      // `exec ls --color=never` reads --color as a step option; say how to pass it through.
+      if (e instanceof CairnError && e.code === 'E_STEP_ARGS' && Object.keys(named).length) e.message += ` (to pass options to a command, quote it: ${g.name} 'cmd --opt')`;
+      throw e;
+    }
+    m = m.apply(def.step, args, opts);
   }
   return { m, shell };
 }
@@ -93,12 +103,18 @@ export function registerMachine(program: Command, openStore: () => Store, passTh
     .allowUnknownOption();
   if (passThrough) cmd.passThroughOptions();
   cmd.action(async (words: string[], o: { steps?: string[]; root?: string; quiet?: boolean }) => {
+      if ((words[0] === 'ls' || words[0] === 'gc') && words.some((w) => w === '--help' || w === '-h')) {
+        process.stdout.write(words[0] === 'ls'
+          ? 'Usage: cairn machine ls [--json]\n\nmachine states: RRef, step, size, creation time, expiry or staleness, and whether a root keeps them\n'
+          : 'Usage: cairn machine gc [-n|--dry-run]\n\ndelete the machine states no root reaches (states that rooted ones stand on are kept; other realizations are left alone)\n');
+        return;
+      }
       const store = openStore();
       if (words[0] === 'ls') return machineLs(store, flags(words, ['--json']).has('--json'));
       if (words[0] === 'gc') return machineGc(store, flags(words, ['--dry-run', '-n']).size > 0);
       const { m, shell } = await buildMachine(parseMachineWords(words), stepsDirs(o.steps));
       const tty = process.stderr.isTTY === true;
-      const progress = progressReporter(0, { tty, verbose: true, quiet: !!o.quiet });
+      const progress = progressReporter(instantiate(m.saved).order.length, { tty, verbose: true, quiet: !!o.quiet });
       const stepLog = (name: string, line: string): void => { if (!o.quiet) process.stderr.write(`${name} (transient)> ${line}\n`); };
       let rref: string;
       try {
@@ -144,7 +160,8 @@ async function interactiveShell(vm: RunningMachine): Promise<void> {
 async function scriptedShell(vm: RunningMachine): Promise<void> {
   const chunks: Buffer[] = [];
   for await (const c of process.stdin) chunks.push(c as Buffer);
-  const r = await vm.exec(Buffer.concat(chunks).toString('utf8'), { shell: true, timeoutMs: 3_600_000 });
+  // A child of the machine's shell, so the script's `exit 3` ends the script, not the console.
+  const r = await vm.exec(Buffer.concat(chunks).toString('utf8'), { timeoutMs: 3_600_000 });
   process.stdout.write(r.stdout);
   process.stderr.write(r.stderr);
   process.exitCode = r.exitCode;
@@ -180,5 +197,5 @@ async function machineGc(store: Store, dryRun: boolean): Promise<void> {
   const isState = (rref: string): boolean => fs.existsSync(path.join(store.outPath(rref as never), DESCRIPTION));
   const r = await collectGarbage(store, { dryRun, keep: (row) => !isState(row.rref) });
   for (const rref of r.realizations) process.stdout.write(`${dryRun ? 'would delete' : 'deleted'} ${rref}\n`);
-  process.stdout.write(`${dryRun ? 'would delete' : 'deleted'} ${r.realizations.length} machine state(s), ${formatBytes(r.bytes)}; kept ${r.kept} realization(s) reachable from ${r.roots} root(s)\n`);
+  process.stdout.write(`${dryRun ? 'would delete' : 'deleted'} ${r.realizations.length} machine state(s), ${formatBytes(r.bytes)}; kept ${r.kept} realization(s) (rooted states, what they stand on, and everything that is not a machine state); ${r.roots} root(s)\n`);
 }

@@ -268,7 +268,8 @@ function stepMachine(m: RunningMachine, log: (s: string) => void, limits: { expi
     console: m.console,
     upload: m.upload.bind(m),
     download: m.download.bind(m),
-    log,
+    // One log line per output line, so every line carries the step's prefix.
+    log: (message: string) => { for (const line of message.split('\n')) log(line); },
     expiration: {
       cap(d: string | number): void {
         const at = Date.now() + toMs(d);
