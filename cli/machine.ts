@@ -4,11 +4,13 @@
  * `[transient] NAME ARG... [--key=value] [--flag] [--cache=DUR]`.
  */
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { CairnError } from '../src/errors.js';
 import { parseDuration } from '../src/duration.js';
 import { machineBase, MACHINE_BASES } from '../src/backends/qemu/bases.js';
+import { killLiveVms } from '../src/backends/qemu/vm.js';
 import { DESCRIPTION, machine, readDescription, staleReason, type ApplyOptions, type Machine } from '../src/stages/machine.js';
 import { resolveStep, type CliWords } from '../src/stages/machine-steps.js';
 import type { RunningMachine } from '../src/backends/machine.js';
@@ -113,6 +115,13 @@ export function registerMachine(program: Command, openStore: () => Store, passTh
       if (words[0] === 'ls') return machineLs(store, flags(words, ['--json']).has('--json'));
       if (words[0] === 'gc') return machineGc(store, flags(words, ['--dry-run', '-n']).size > 0);
       const { m, shell } = await buildMachine(parseMachineWords(words), stepsDirs(o.steps));
+      // Interrupted, the VMs go too (the store's scratch directories are swept by the next run).
+      for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+        process.once(sig, () => {
+          killLiveVms();
+          process.exit(128 + os.constants.signals[sig]);
+        });
+      }
       const tty = process.stderr.isTTY === true;
       const progress = progressReporter(instantiate(m.saved).order.length, { tty, verbose: true, quiet: !!o.quiet });
       const stepLog = (name: string, line: string): void => { if (!o.quiet) process.stderr.write(`${name} (transient)> ${line}\n`); };

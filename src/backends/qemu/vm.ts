@@ -225,6 +225,8 @@ export class Vm {
   private static async launch(qemu: string, args: string[], dir: string): Promise<{ proc: ChildProcess; qmp: QmpClient; con: SerialConsole }> {
     for (const s of ['qmp.sock', 'console.sock']) fs.rmSync(path.join(dir, s), { force: true });
     const proc = spawn(qemu, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    liveQemus.add(proc);
+    proc.on('exit', () => liveQemus.delete(proc));
     let err = '';
     proc.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
     const failed = new Promise<never>((_, reject) => {
@@ -239,7 +241,7 @@ export class Vm {
       return { proc, qmp, con };
     } catch (e) {
       // Prefer QEMU's own complaint when it died during the handshake.
-      const died = await Promise.race([failed.catch((x: Error) => x), sleep(1000).then(() => null)]);
+      const died = await Promise.race([failed.catch((x: Error) => x), sleep(1000, undefined, { ref: false }).then(() => null)]);
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
       throw died ?? e;
     }
@@ -323,7 +325,8 @@ export class Vm {
   async quit(): Promise<void> {
     if (this.exited) return;
     await this.qmp.execute('quit', undefined, { timeoutMs: 5000 }).catch(() => {});
-    const code = await Promise.race([this.exitPromise, sleep(10_000).then(() => 'timeout' as const)]);
+    // An unref'd timer: a race it loses must not keep the process alive for 10 s.
+    const code = await Promise.race([this.exitPromise, sleep(10_000, undefined, { ref: false }).then(() => 'timeout' as const)]);
     if (code === 'timeout') await this.kill();
     this.qmp.destroy();
     this.console.close();
@@ -342,6 +345,17 @@ export function readState(stateDir: string): SavedStateInfo {
   const info = JSON.parse(fs.readFileSync(path.join(stateDir, 'state.json'), 'utf8')) as SavedStateInfo;
   if (info.version !== 1) throw new Error(`${stateDir}/state.json: unknown version ${String(info.version)}`);
   return info;
+}
+
+/** QEMU processes of this process that have not exited. */
+const liveQemus = new Set<ChildProcess>();
+
+/**
+ * Kills every QEMU this process started and has not seen exit: for signal
+ * handlers, since a signal to Cairn alone would leave its VMs running.
+ */
+export function killLiveVms(): void {
+  for (const p of liveQemus) p.kill('SIGKILL');
 }
 
 /**
