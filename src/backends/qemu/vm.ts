@@ -254,11 +254,15 @@ export class Vm {
         if (m.status === 'completed') return;
         if (m.status === 'failed' || m.status === 'cancelled') throw new Error(`migration ${m.status}: ${m['error-desc'] ?? ''}`);
       } else {
+        // The source was stopped before saving, so QEMU ends the load paused
+        // (autostart or not) and no event says so: poll.
         const s = await this.qmp.execute<{ status: string }>('query-status');
         if (s.status === 'paused' || s.status === 'postmigrate' || s.status === 'running') return;
         if (s.status !== 'inmigrate') throw new Error(`incoming migration ended in status ${s.status}`);
       }
-      await sleep(20);
+      // A restore or save of the tiny guest takes ~0.1-0.3 s; a query costs
+      // well under a millisecond, so a short poll keeps the wait close to that.
+      await sleep(5);
     }
     throw new Error(`migration (${mode}) did not finish within ${timeoutMs} ms`);
   }
