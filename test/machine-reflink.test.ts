@@ -91,6 +91,11 @@ describe('disk clones', () => {
     // The last state's disk is a reflink copy of its parent's plus the step's writes.
     assert.ok(sharedExtents(diskOf(b!)), 'the newest disk shares extents');
     assert.ok(sharedExtents(diskOf(base!)), 'the base disk shares extents');
+    // Control: a plain byte copy on the same filesystem shares nothing.
+    const plain = path.join(mnt, 'plain-copy.qcow2');
+    execFileSync('cp', ['--reflink=never', diskOf(b!), plain]);
+    assert.equal(sharedExtents(plain), false, 'a full copy does not share extents');
+    fs.rmSync(plain);
     const before = states.map((s) => sha256(fs.readFileSync(diskOf(s))));
 
     const last = machine(tiny()).apply(sh, { cmd: 'echo a > /mnt/a; export X=a; sync' }).apply(sh, { cmd: 'echo b > /mnt/b; export X=$X-b; sync' });

@@ -13,7 +13,7 @@ import { CairnError } from '../../errors.js';
 import type { Dep, Stage } from '../../stages/stage.js';
 import { stage } from '../../stages/stage.js';
 import { DESCRIPTION, finalOutDir, freshState, saveSession } from '../../stages/machine.js';
-import { bootSession } from './qemu-machine.js';
+import { bootSession, cloneModeFromEnv } from './qemu-machine.js';
 import { chooseCloneMode, cloneDisk } from './disk.js';
 import { buildTinyBase, TINY_INIT } from './tiny.js';
 // A cycle (debian.ts builds on tinyFiles/bootedState); only hoisted functions cross it.
@@ -79,7 +79,7 @@ export function bootedState(name: string, files: Stage, opts: BaseOptions & { ap
     version: 'cairn-booted-state-1',
     async build(ctx) {
       const files = ctx.config.files as unknown as Dep;
-      const disk = { file: path.join(ctx.tmp, 'disk.qcow2'), clone: chooseCloneMode(undefined, ctx.tmp) };
+      const disk = { file: path.join(ctx.tmp, 'disk.qcow2'), clone: chooseCloneMode(cloneModeFromEnv(), ctx.tmp) };
       await cloneDisk(files.file('disk.qcow2'), disk.file, disk.clone);
       const session = await bootSession({
         kernel: files.file('vmlinuz'), initramfs: files.file('initramfs.cpio'),

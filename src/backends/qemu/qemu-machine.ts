@@ -34,7 +34,7 @@ export interface QemuState extends BackendState {
 }
 
 /** CAIRN_DISK_CLONE=auto|reflink|overlay|copy picks the clone strategy (default auto). */
-function cloneModeFromEnv(): CloneMode | 'auto' {
+export function cloneModeFromEnv(): CloneMode | 'auto' {
   const v = process.env.CAIRN_DISK_CLONE ?? 'auto';
   if (v === 'auto' || v === 'reflink' || v === 'overlay' || v === 'copy') return v;
   throw new CairnError('E_USAGE', `CAIRN_DISK_CLONE must be auto, reflink, overlay or copy, not ${JSON.stringify(v)}`);
