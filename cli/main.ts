@@ -3,7 +3,8 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Command, Option } from 'commander';
+import { createRequire } from 'node:module';
+import type * as CommanderTypes from 'commander';
 import { CairnError, isCairnError } from '../src/errors.js';
 import { instantiate } from '../src/stages/instantiate.js';
 import { loadStageFile } from '../src/stages/load.js';
@@ -19,6 +20,10 @@ import { progressReporter } from './progress.js';
 import { registerSync } from './sync.js';
 import { registerMachine } from './machine.js';
 import { registerServices } from './services.js';
+
+// require(), not import: ESM importing a CommonJS package runs Node's
+// cjs-module-lexer over it on every start (see src/store/index-db.ts).
+const { Command, Option } = createRequire(import.meta.url)('commander') as typeof CommanderTypes;
 
 const program = new Command('cairn')
   .description('Content-addressed store and build system: stages, derivations, realizations, matchers.')
@@ -283,7 +288,7 @@ program.command('hash')
 const catalogCmd = program.command('catalog').description('image catalogs: YAML lists of image versions to fetch, unpack and act on');
 
 interface SelectOpts { version?: string; index?: string; deviceType?: string }
-const withSelection = (c: Command): Command => c
+const withSelection = (c: CommanderTypes.Command): CommanderTypes.Command => c
   .option('--version <v>', 'the entry with this version (or name)')
   .option('--index <i>', 'the entry at this position in the history; negative counts from the end (-1 = newest)')
   .option('--device-type <t>', 'only entries for this device type (raspberry-pi matches raspberry-pi/3b)');

@@ -13,9 +13,11 @@ import { CairnError } from '../../errors.js';
 import type { Dep, Stage } from '../../stages/stage.js';
 import { stage } from '../../stages/stage.js';
 import { DESCRIPTION, finalOutDir, freshState, saveSession } from '../../stages/machine.js';
-import { bootSession } from './qemu-machine.js';
+import { bootSession, cloneModeFromEnv } from './qemu-machine.js';
 import { chooseCloneMode, cloneDisk } from './disk.js';
 import { buildTinyBase, TINY_INIT } from './tiny.js';
+// A cycle (debian.ts builds on tinyFiles/bootedState); only hoisted functions cross it.
+import { debian } from './debian.js';
 import { DEFAULT_APPEND } from './vm.js';
 
 const execFileP = promisify(execFile);
@@ -68,7 +70,7 @@ interface BootConfig {
  * The first state of a base: boots `files` (vmlinuz, initramfs.cpio,
  * disk.qcow2) to the shell prompt and saves it.
  */
-export function bootedState(name: string, files: Stage, opts: BaseOptions & { append?: string; readyTimeoutMs?: number } = {}): Stage<BootConfig> {
+export function bootedState(name: string, files: Stage, opts: BaseOptions & { append?: string; readyTimeoutMs?: number; ready?: RegExp } = {}): Stage<BootConfig> {
   return stage<BootConfig>({
     name,
     config: { files, memoryMb: opts.memoryMb ?? 256, smp: opts.smp ?? 1, append: opts.append ?? DEFAULT_APPEND },
@@ -77,11 +79,13 @@ export function bootedState(name: string, files: Stage, opts: BaseOptions & { ap
     version: 'cairn-booted-state-1',
     async build(ctx) {
       const files = ctx.config.files as unknown as Dep;
-      const disk = { file: path.join(ctx.tmp, 'disk.qcow2'), clone: chooseCloneMode(undefined, ctx.tmp) };
+      const disk = { file: path.join(ctx.tmp, 'disk.qcow2'), clone: chooseCloneMode(cloneModeFromEnv(), ctx.tmp) };
       await cloneDisk(files.file('disk.qcow2'), disk.file, disk.clone);
       const session = await bootSession({
         kernel: files.file('vmlinuz'), initramfs: files.file('initramfs.cpio'),
         append: ctx.config.append, memoryMb: ctx.config.memoryMb, smp: ctx.config.smp,
+        // Not in the config: the marker only says when the boot is done.
+        ...(opts.ready ? { ready: opts.ready } : {}),
       }, path.join(ctx.tmp, 'vm'), disk, { timeoutMs: opts.readyTimeoutMs ?? 120_000 });
       ctx.log(`booted ${name}`);
       await saveSession(ctx, session, finalOutDir(files.path, ctx.dref), { expiresAt: null }, null, async (vm) => {
@@ -97,7 +101,7 @@ export function tiny(opts: BaseOptions = {}): Stage<BootConfig> {
 }
 
 /** The bases `cairn machine NAME` knows. */
-export const MACHINE_BASES = new Map<string, (opts: BaseOptions) => Stage>([['tiny', tiny]]);
+export const MACHINE_BASES = new Map<string, (opts: BaseOptions) => Stage>([['tiny', tiny], ['debian', debian]]);
 
 export function machineBase(name: string, opts: BaseOptions = {}): Stage {
   const make = MACHINE_BASES.get(name);

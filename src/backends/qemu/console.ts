@@ -77,7 +77,7 @@ export class SerialConsole {
         return new SerialConsole(sock);
       } catch (e) {
         if (Date.now() >= deadline) throw new ConsoleError(`cannot connect to ${socketPath}: ${(e as Error).message}`, '');
-        await sleep(25);
+        await sleep(5);
       }
     }
   }

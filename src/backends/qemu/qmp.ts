@@ -83,7 +83,7 @@ export class QmpClient {
         if (Date.now() >= deadline) {
           throw new QmpError('Timeout', `cannot connect to ${socketPath}: ${(lastErr as Error).message}`);
         }
-        await sleep(25);
+        await sleep(5);
       }
     }
     const client = new QmpClient(sock);

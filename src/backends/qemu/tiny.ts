@@ -127,7 +127,15 @@ export const VIRTIO_BLK_MODULES = [
   'kernel/drivers/block/virtio_blk.ko',
 ] as const;
 
-/** The tiny guest's /init. Prints `CAIRN-TINY-READY` right before the first shell. */
+/**
+ * The tiny guest's /init. Prints `CAIRN-TINY-READY` right before the first shell.
+ * With `cairn.root=DEV` on the kernel command line it is a boot loader
+ * instead: the cloud kernel has ext4 built in but virtio_blk as a module,
+ * so this initramfs loads the modules, mounts DEV and `switch_root`s to the
+ * root filesystem's `/sbin/cairn-init` (the debian base), which mounts the
+ * pseudo filesystems itself (they are unmounted here, not moved, so the
+ * new root starts from a clean slate).
+ */
 export const TINY_INIT = `#!/bin/sh
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mkdir -p /proc /sys /dev /tmp /mnt /root
@@ -138,7 +146,16 @@ mount -t tmpfs tmpfs /tmp
 for m in /lib/cairn-modules/*.ko; do [ -e "$m" ] && insmod "$m" 2>/dev/null; done
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 20 ] && ls /lib/cairn-modules/*.ko >/dev/null 2>&1 && grep -q 0x1af4 /sys/bus/pci/devices/*/vendor 2>/dev/null; do sleep 0.1; i=$((i+1)); done
-if [ -b /dev/vda ]; then mount -t ext4 /dev/vda /mnt 2>/dev/null || echo "cairn: /dev/vda not mounted"; fi
+root=
+for w in $(cat /proc/cmdline); do case "$w" in cairn.root=*) root=\${w#cairn.root=};; esac; done
+if [ -n "$root" ]; then
+  mkdir -p /newroot
+  if mount -t ext4 "$root" /newroot && [ -x /newroot/sbin/cairn-init ]; then
+    umount /proc /sys /tmp /dev
+    exec switch_root /newroot /sbin/cairn-init
+  fi
+  echo "cairn: cannot boot from $root (no ext4 with /sbin/cairn-init); staying in the initramfs"
+elif [ -b /dev/vda ]; then mount -t ext4 /dev/vda /mnt 2>/dev/null || echo "cairn: /dev/vda not mounted"; fi
 export HOME=/root PS1='cairn# '
 cd /root
 echo CAIRN-TINY-READY

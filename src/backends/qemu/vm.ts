@@ -10,19 +10,17 @@
  * frozen together. A restore creates a fresh overlay on top of the saved one
  * and starts the identical command line with `-incoming`.
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { promisify } from 'node:util';
 import { CairnError } from '../../errors.js';
 import { SerialConsole, type RunResult } from './console.js';
 import { detectAccel, QEMU_X86, type Accel } from './kvm.js';
 import { QmpClient } from './qmp.js';
-
-const execFileP = promisify(execFile);
+import { createOverlay } from './disk.js';
 
 /** Pinned so a saved state always restores into the same machine model. */
 export const DEFAULT_MACHINE = 'pc-q35-7.2';
@@ -95,10 +93,6 @@ export function qemuArgs(spec: Required<Pick<VmSpec, 'kernel' | 'initramfs'>> & 
   ];
   if (overlay) args.push('-drive', `file=${overlay},if=virtio,format=qcow2,cache=writeback`);
   return args;
-}
-
-async function createOverlay(base: string, baseFormat: 'qcow2' | 'raw', overlay: string): Promise<void> {
-  await execFileP('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', baseFormat, '-b', path.resolve(base), overlay]);
 }
 
 export class Vm {
@@ -256,11 +250,15 @@ export class Vm {
         if (m.status === 'completed') return;
         if (m.status === 'failed' || m.status === 'cancelled') throw new Error(`migration ${m.status}: ${m['error-desc'] ?? ''}`);
       } else {
+        // The source was stopped before saving, so QEMU ends the load paused
+        // (autostart or not) and no event says so: poll.
         const s = await this.qmp.execute<{ status: string }>('query-status');
         if (s.status === 'paused' || s.status === 'postmigrate' || s.status === 'running') return;
         if (s.status !== 'inmigrate') throw new Error(`incoming migration ended in status ${s.status}`);
       }
-      await sleep(20);
+      // A restore or save of the tiny guest takes ~0.1-0.3 s; a query costs
+      // well under a millisecond, so a short poll keeps the wait close to that.
+      await sleep(5);
     }
     throw new Error(`migration (${mode}) did not finish within ${timeoutMs} ms`);
   }
