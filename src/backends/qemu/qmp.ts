@@ -225,7 +225,7 @@ export class QmpClient {
 
   /** Resolves when the connection has closed. */
   waitClosed(timeoutMs = 10_000): Promise<boolean> {
-    return Promise.race([this.closedPromise.then(() => true), sleep(timeoutMs).then(() => false)]);
+    return Promise.race([this.closedPromise.then(() => true), sleep(timeoutMs, undefined, { ref: false }).then(() => false)]);
   }
 
   /** Closes the connection (QEMU keeps running); waits for the socket to close. */

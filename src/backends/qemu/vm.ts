@@ -233,7 +233,7 @@ export class Vm {
       return { proc, qmp, con };
     } catch (e) {
       // Prefer QEMU's own complaint when it died during the handshake.
-      const died = await Promise.race([failed.catch((x: Error) => x), sleep(1000).then(() => null)]);
+      const died = await Promise.race([failed.catch((x: Error) => x), sleep(1000, undefined, { ref: false }).then(() => null)]);
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
       throw died ?? e;
     }
@@ -321,7 +321,8 @@ export class Vm {
   async quit(): Promise<void> {
     if (this.exited) return;
     await this.qmp.execute('quit', undefined, { timeoutMs: 5000 }).catch(() => {});
-    const code = await Promise.race([this.exitPromise, sleep(10_000).then(() => 'timeout' as const)]);
+    // ref: false, or the pending timer would keep a finished `cairn` process alive for the full 10 s.
+    const code = await Promise.race([this.exitPromise, sleep(10_000, undefined, { ref: false }).then(() => 'timeout' as const)]);
     if (code === 'timeout') await this.kill();
     this.qmp.destroy();
     this.console.close();
