@@ -323,7 +323,7 @@ export class Vm {
   async quit(): Promise<void> {
     if (this.exited) return;
     await this.qmp.execute('quit', undefined, { timeoutMs: 5000 }).catch(() => {});
-    // An unref'd timer: a race it loses must not keep the process alive for 10 s.
+    // ref: false, or the pending timer would keep a finished `cairn` process alive for the full 10 s.
     const code = await Promise.race([this.exitPromise, sleep(10_000, undefined, { ref: false }).then(() => 'timeout' as const)]);
     if (code === 'timeout') await this.kill();
     this.qmp.destroy();
