@@ -9,11 +9,10 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { createHash } from 'node:crypto';
 import { CairnError } from '../errors.js';
 import type { Json } from '../store/canonical.js';
 import { importModule } from './load.js';
-import { step, type Step } from './machine.js';
+import { requireFileSha256, step, type Step } from './machine.js';
 
 export interface CliWords {
   positional: string[];
@@ -26,14 +25,6 @@ export interface CliStep<A extends Json = Json> {
   usage: string;
   fromCli(words: CliWords): A;
 }
-
-const fileSha256 = (file: string): string => {
-  try {
-    return createHash('sha256').update(fs.readFileSync(file)).digest('hex');
-  } catch (e) {
-    throw new CairnError('E_NO_SUCH_PATH', `cannot read ${file}: ${(e as Error).message}`, { path: file });
-  }
-};
 
 function noNamed(name: string, w: CliWords): void {
   const extra = Object.keys(w.named);
@@ -105,7 +96,7 @@ export const BUILTIN_STEPS: ReadonlyMap<string, CliStep<any>> = new Map<string, 
       const [file, ...args] = w.positional;
       if (!file) throw new CairnError('E_STEP_ARGS', 'script.run needs a script file');
       const abs = path.resolve(file);
-      return { path: abs, sha256: fileSha256(abs), args };
+      return { path: abs, sha256: requireFileSha256(abs, 'script.run'), args };
     },
   }],
   ['upload', {
@@ -115,7 +106,7 @@ export const BUILTIN_STEPS: ReadonlyMap<string, CliStep<any>> = new Map<string, 
       const [src, dst, ...rest] = w.positional;
       if (!src || !dst || rest.length) throw new CairnError('E_STEP_ARGS', 'upload needs HOST_FILE and MACHINE_PATH');
       const abs = path.resolve(src);
-      return { src: abs, dst, sha256: fileSha256(abs) };
+      return { src: abs, dst, sha256: requireFileSha256(abs, 'upload') };
     },
   }],
   ['self_test.greeting', {

@@ -87,6 +87,13 @@ const fileSha256 = (file: string): string | null => {
   }
 };
 
+/** The sha256 of a host file a step depends on; E_NO_SUCH_PATH when it cannot be read. */
+export function requireFileSha256(file: string, what: string): string {
+  const sha256 = fileSha256(file);
+  if (sha256 === null) throw new CairnError('E_NO_SUCH_PATH', `${what}: cannot read ${file}`, { path: file });
+  return sha256;
+}
+
 /** Why a saved state may not be reused now, or null when it may. */
 export function staleReason(d: MachineDescription, now = Date.now()): string | null {
   if (d.expiresAt !== null && d.expiresAt <= now) return `expired at ${new Date(d.expiresAt).toISOString()}`;
@@ -278,8 +285,7 @@ function stepMachine(m: RunningMachine, log: (s: string) => void, limits: { expi
     },
     dependOnFile(file: string): void {
       const abs = path.resolve(file);
-      const sha256 = fileSha256(abs);
-      if (sha256 === null) throw new CairnError('E_NO_SUCH_PATH', `dependOnFile: cannot read ${abs}`, { path: abs });
+      const sha256 = requireFileSha256(abs, 'dependOnFile');
       if (!limits.files.some((f) => f.path === abs)) limits.files.push({ path: abs, sha256 });
     },
   };
