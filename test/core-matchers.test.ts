@@ -4,7 +4,7 @@
  * still none after building is E_MATCH_UNSATISFIED; anything chosen must be
  * a candidate.
  */
-import { describe, it, after, beforeEach, afterEach } from 'node:test';
+import { describe, it, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -14,7 +14,7 @@ import {
   type BuildContext, type Candidate, type Matcher, type MatcherFn, type RRef, type Stage,
 } from '../src/index.js';
 import { runMatcher } from '../src/stages/matchers.js';
-import { tempDir, isCode } from './helpers.js';
+import { tempDir, isCode, storePerTest } from './helpers.js';
 
 
 /** Synthetic candidates, oldest first, as realize hands them to matchers. */
@@ -150,18 +150,11 @@ describe('matchers on synthetic candidates', () => {
 });
 
 describe('matchers in realize', () => {
-  let dir: string;
-  let cleanup: () => void;
   let store: Store;
   let builds: Map<string, number>;
-  beforeEach(() => {
-    ({ dir, cleanup } = tempDir('cairn-core-matchers'));
-    store = Store.open(path.join(dir, 'store'));
+  storePerTest('cairn-core-matchers', (t) => {
+    ({ store } = t);
     builds = new Map();
-  });
-  afterEach(() => {
-    store.close();
-    cleanup();
   });
 
   /** Every output random: each is its own realization. Counts build calls per stage name. */

@@ -1,7 +1,7 @@
 /**
  * realize(): building, caching, merging, sealing, failures and the store layout.
  */
-import { describe, it, beforeEach, afterEach, mock } from 'node:test';
+import { describe, it, beforeEach, mock } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -12,20 +12,11 @@ import {
   all, CairnError, exact, instantiate, latest, parseRef, realize, stage, Store,
   type BuildContext, type RRef, type Stage,
 } from '../src/index.js';
-import { tempDir, isCode, drefOf, one } from './helpers.js';
+import { isCode, drefOf, one, storePerTest } from './helpers.js';
 
 let dir: string;
-let cleanup: () => void;
 let store: Store;
-
-beforeEach(() => {
-  ({ dir, cleanup } = tempDir('cairn-core-realize'));
-  store = Store.open(path.join(dir, 'store'));
-});
-afterEach(() => {
-  store.close();
-  cleanup();
-});
+storePerTest('cairn-core-realize', (t) => ({ dir, store } = t));
 
 
 const tmpEntries = (): string[] => fs.readdirSync(path.join(store.root, 'tmp'));

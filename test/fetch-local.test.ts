@@ -3,7 +3,7 @@
  * prefixed, SRI), directories with tree-sha256 (hashPath), mismatches that
  * store nothing, and a hash of the wrong kind for what is on disk.
  */
-import { describe, it, beforeEach, afterEach } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -12,19 +12,11 @@ import {
   fetchlocal, fetchurl, hashPath, parseHash, realize, Store,
   type Stage,
 } from '../src/index.js';
-import { tempDir, isCode, sha256, drefOf, one } from './helpers.js';
+import { isCode, sha256, drefOf, one, storePerTest } from './helpers.js';
 
 let dir: string;
-let cleanup: () => void;
 let store: Store;
-beforeEach(() => {
-  ({ dir, cleanup } = tempDir('cairn-fetch-local'));
-  store = Store.open(path.join(dir, 'store'));
-});
-afterEach(() => {
-  store.close();
-  cleanup();
-});
+storePerTest('cairn-fetch-local', (t) => ({ dir, store } = t));
 
 const nothingStored = (s: Stage): void => {
   const dref = drefOf(s);

@@ -5,7 +5,7 @@
  * errors drop a mirror, transient ones are retried within the budget, and a
  * wrong hash stores nothing.
  */
-import { describe, it, before, after, beforeEach, afterEach } from 'node:test';
+import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -15,24 +15,15 @@ import {
   fetchurl, realize, Store,
   type RRef, type Stage,
 } from '../src/index.js';
-import { tempDir, isCode, sha256, drefOf, one } from './helpers.js';
+import { isCode, sha256, drefOf, one, storePerTest } from './helpers.js';
 import { TestServer, serveRange, serveFull, sendThenDrop, sendThenStall } from './fixtures/fetch/server.js';
 
 let server: TestServer;
 before(async () => { server = await TestServer.start(); });
 after(async () => { await server.close(); });
 
-let dir: string;
-let cleanup: () => void;
 let store: Store;
-beforeEach(() => {
-  ({ dir, cleanup } = tempDir('cairn-fetch-url'));
-  store = Store.open(path.join(dir, 'store'));
-});
-afterEach(() => {
-  store.close();
-  cleanup();
-});
+storePerTest('cairn-fetch-url', (t) => ({ store } = t));
 
 const tmpEntries = (): string[] => { try { return fs.readdirSync(path.join(store.root, 'tmp')); } catch { return []; } };
 /** Nothing of this derivation entered the store, and no temporary file was left behind. */

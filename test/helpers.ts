@@ -5,7 +5,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { CairnError, instantiate, type RRef, type Stage } from '../src/index.js';
+import { afterEach, beforeEach } from 'node:test';
+import { CairnError, instantiate, Store, type RRef, type Stage } from '../src/index.js';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 /** The built CLI (`npm test` builds it first). */
@@ -21,6 +22,24 @@ export function tempDir(label = 'cairn-test'): { dir: string; cleanup: () => voi
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * A fresh directory with a store in DIR/store for every test of the file
+ * (or of the suite it is called in), closed and removed after each; `set`
+ * receives them before each test.
+ */
+export function storePerTest(label: string, set: (t: { dir: string; store: Store }) => void): void {
+  let current: { dir: string; store: Store; cleanup: () => void };
+  beforeEach(() => {
+    const { dir, cleanup } = tempDir(label);
+    current = { dir, cleanup, store: Store.open(path.join(dir, 'store')) };
+    set(current);
+  });
+  afterEach(() => {
+    current.store.close();
+    current.cleanup();
+  });
 }
 
 export interface CliResult { code: number | null; stdout: string; stderr: string }

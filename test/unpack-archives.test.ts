@@ -5,7 +5,7 @@
  * with E_UNSAFE_ARCHIVE before anything is extracted; damaged ones are
  * E_BAD_ARCHIVE.
  */
-import { describe, it, before, after, beforeEach, afterEach } from 'node:test';
+import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -16,7 +16,7 @@ import {
   CairnError, fetchlocal, fetchurl, realize, Store, unpack,
   type Stage,
 } from '../src/index.js';
-import { tempDir, isCode, drefOf, one } from './helpers.js';
+import { tempDir, isCode, drefOf, one, storePerTest } from './helpers.js';
 import { TestServer, serveRange } from './fixtures/fetch/server.js';
 
 /** Archives built once for the whole file. */
@@ -38,16 +38,8 @@ before(async () => {
 after(() => fx.cleanup());
 
 let dir: string;
-let cleanup: () => void;
 let store: Store;
-beforeEach(() => {
-  ({ dir, cleanup } = tempDir('cairn-unpack'));
-  store = Store.open(path.join(dir, 'store'));
-});
-afterEach(() => {
-  store.close();
-  cleanup();
-});
+storePerTest('cairn-unpack', (t) => ({ dir, store } = t));
 
 const sh = (cmd: string, args: string[], opts: { cwd?: string; input?: string } = {}): void => {
   const r = spawnSync(cmd, args, { cwd: opts.cwd, input: opts.input, encoding: 'utf8' });
