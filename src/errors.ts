@@ -46,6 +46,11 @@ export const ErrorCodes = {
   E_MACHINE_TIMEOUT: 'a machine did not answer in time',
   E_UNKNOWN_STEP: 'no built-in or user step has this name',
   E_STEP_ARGS: 'a machine step got arguments it does not accept',
+  E_SERVER_SOCKET: "the server's socket directory is not private to its user",
+  E_SERVER_RUNNING: 'a cairn server already listens on the socket',
+  E_SERVER_START: 'the cairn server did not start',
+  E_SERVER_LOST: 'the cairn server closed the connection before the command finished',
+  E_SERVER_PROTOCOL: 'a client sent the cairn server a request it cannot read',
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;

@@ -3,25 +3,46 @@ import { register } from 'node:module';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { CairnError } from '../errors.js';
-import { compileForImport, defaultCacheDir, type CompileEnv } from './module-compile.js';
+import { compileForImport, defaultCacheDir, NAMESPACE_PARAM, type CompileEnv } from './module-compile.js';
 import { instantiate } from './instantiate.js';
 import { isStage, type Stage } from './stage.js';
 
 let hooksInstalled = false;
+/** Set by a long-lived process (the server's workers): see isolateModules(). */
+let isolation: { next: number } | undefined;
 
 function compileEnv(): CompileEnv {
   return { cairnUrl: new URL('../index.js', import.meta.url).href, cacheDir: defaultCacheDir() };
 }
 
+function installHooks(): void {
+  if (hooksInstalled) return;
+  hooksInstalled = true;
+  register(new URL('./resolve-hook.js', import.meta.url), { data: compileEnv() });
+}
+
+/**
+ * Makes every later importModule() evaluate the module and its local imports
+ * afresh, as a new process would: a server worker runs many commands, and a
+ * stage file's top level (which may read files or the environment) must run
+ * again each time, with edits to the files it imports seen. It loads the
+ * module under a URL query (`?cairn-ns=N`) that the module hooks pass on to
+ * every local file it imports; packages and `cairn` itself stay shared.
+ * Each namespace's modules stay in memory, which is why workers are recycled.
+ */
+export async function isolateModules(): Promise<void> {
+  isolation = { next: 0 };
+  installHooks();
+}
+
 /** Imports a module (a stage file, a catalog action file): directly from the compile cache when possible, else through module hooks. */
 export async function importModule(file: string): Promise<Record<string, unknown>> {
-  const env = compileEnv();
-  const direct = await compileForImport(file, env);
-  if (direct) return (await import(direct)) as Record<string, unknown>;
-  if (!hooksInstalled) {
-    hooksInstalled = true;
-    register(new URL('./resolve-hook.js', import.meta.url), { data: env });
+  if (isolation) {
+    return (await import(`${pathToFileURL(file).href}?${NAMESPACE_PARAM}=${process.pid}.${++isolation.next}`)) as Record<string, unknown>;
   }
+  const direct = await compileForImport(file, compileEnv());
+  if (direct) return (await import(direct)) as Record<string, unknown>;
+  installHooks();
   return (await import(pathToFileURL(file).href)) as Record<string, unknown>;
 }
 

@@ -29,6 +29,9 @@ export interface CompileEnv {
   cacheDir: string;
 }
 
+/** The URL query parameter that keeps one load's modules apart from another's (see load.ts isolateModules). */
+export const NAMESPACE_PARAM = 'cairn-ns';
+
 export function defaultCacheDir(): string {
   return path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'cairn', 'modules');
 }

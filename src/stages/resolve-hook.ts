@@ -5,7 +5,7 @@
  * and serve TypeScript files with the same treatment as direct loading.
  */
 import { fileURLToPath } from 'node:url';
-import { compileForHook, type CompileEnv } from './module-compile.js';
+import { compileForHook, NAMESPACE_PARAM, type CompileEnv } from './module-compile.js';
 
 let env: CompileEnv;
 
@@ -20,6 +20,10 @@ type NextLoad = (url: string, context: unknown) => Promise<Loaded>;
 
 export async function resolve(specifier: string, context: { parentURL?: string }, next: NextResolve): Promise<Resolved> {
   if (specifier === 'cairn') return { url: env.cairnUrl, shortCircuit: true, format: 'module' };
+  return inNamespaceOf(context.parentURL, await resolveLocal(specifier, context, next));
+}
+
+async function resolveLocal(specifier: string, context: { parentURL?: string }, next: NextResolve): Promise<Resolved> {
   try {
     return await next(specifier, context);
   } catch (e) {
@@ -33,7 +37,18 @@ export async function resolve(specifier: string, context: { parentURL?: string }
   }
 }
 
+/** A local file imported from a namespaced module joins its namespace (see load.ts isolateModules); packages never do. */
+function inNamespaceOf(parentURL: string | undefined, r: Resolved): Resolved {
+  if (!parentURL?.startsWith('file:') || !r.url.startsWith('file:') || r.url.includes('/node_modules/')) return r;
+  const ns = new URL(parentURL).searchParams.get(NAMESPACE_PARAM);
+  if (ns === null) return r;
+  const url = new URL(r.url);
+  url.searchParams.set(NAMESPACE_PARAM, ns);
+  return { ...r, url: url.href };
+}
+
 export async function load(url: string, context: unknown, next: NextLoad): Promise<Loaded> {
-  if (!url.startsWith('file:') || !/\.(ts|mts)$/.test(url) || url.includes('/node_modules/')) return next(url, context);
+  const { protocol, pathname } = new URL(url);
+  if (protocol !== 'file:' || !/\.(ts|mts)$/.test(pathname) || pathname.includes('/node_modules/')) return next(url, context);
   return { format: 'module', source: await compileForHook(fileURLToPath(url), env), shortCircuit: true };
 }

@@ -1,0 +1,220 @@
+/*
+ * cairn: the command users run. When a cairn server answers on its socket
+ * (`cairn server start`), the command runs in one of the server's warm
+ * workers and this process only relays its output: no Node start-up. In
+ * every other case (no server, another build of Cairn, a command the server
+ * leaves to its own process, every worker busy) it execs the Node CLI,
+ * dist/cli/main.js, with the same arguments, so the outcome never depends
+ * on whether a server runs. The protocol is in cli/serve/protocol.ts.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static char dist_dir[PATH_MAX]; /* this executable's dist/ (it lives in dist/bin/) */
+
+static void die(const char *msg) {
+  fprintf(stderr, "cairn: %s\n", msg);
+  exit(1);
+}
+
+/* Runs the Node CLI in this process's place. */
+static void run_node(int argc, char **argv) {
+  const char *node = getenv("CAIRN_NODE");
+  if (!node || !*node) node = "node";
+  char main_js[PATH_MAX + 32];
+  snprintf(main_js, sizeof main_js, "%s/cli/main.js", dist_dir);
+  char **args = calloc((size_t)argc + 2, sizeof *args);
+  if (!args) die("out of memory");
+  args[0] = (char *)node;
+  args[1] = main_js;
+  for (int i = 1; i < argc; i++) args[i + 1] = argv[i];
+  execvp(node, args);
+  fprintf(stderr, "cairn: cannot run %s: %s\n", node, strerror(errno));
+  exit(127);
+}
+
+/* Same rule as serverSocketPath() in cli/serve/protocol.ts. */
+static int socket_path(char *out, size_t size) {
+  const char *explicit_path = getenv("CAIRN_SERVER_SOCKET");
+  if (explicit_path && *explicit_path) return snprintf(out, size, "%s", explicit_path) < (int)size;
+  const char *runtime = getenv("XDG_RUNTIME_DIR");
+  if (runtime && *runtime) return snprintf(out, size, "%s/cairn/server.sock", runtime) < (int)size;
+  const char *tmp = getenv("TMPDIR");
+  if (!tmp || !*tmp) tmp = getenv("TMP");
+  if (!tmp || !*tmp) tmp = getenv("TEMP");
+  if (!tmp || !*tmp) tmp = "/tmp";
+  size_t n = strlen(tmp);
+  while (n > 1 && tmp[n - 1] == '/') n--; /* as Node's os.tmpdir() does */
+  return snprintf(out, size, "%.*s/cairn-%u/server.sock", (int)n, tmp, (unsigned)getuid()) < (int)size;
+}
+
+/* A growable byte buffer for the request. */
+struct buf { char *p; size_t len, cap; };
+
+static void put(struct buf *b, const char *s, size_t n) {
+  if (b->len + n > b->cap) {
+    b->cap = (b->len + n) * 2 + 256;
+    b->p = realloc(b->p, b->cap);
+    if (!b->p) die("out of memory");
+  }
+  memcpy(b->p + b->len, s, n);
+  b->len += n;
+}
+
+static void put_field(struct buf *b, const char *s) { put(b, s, strlen(s) + 1); }
+
+static int write_all(int fd, const char *p, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    p += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+static int read_all(int fd, char *p, size_t n) {
+  while (n > 0) {
+    ssize_t r = read(fd, p, n);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return -1;
+    p += r;
+    n -= (size_t)r;
+  }
+  return 0;
+}
+
+static void read_build_id(char *out, size_t size) {
+  char file[PATH_MAX + 16];
+  snprintf(file, sizeof file, "%s/build-id", dist_dir);
+  snprintf(out, size, "none");
+  FILE *f = fopen(file, "r");
+  if (!f) return;
+  if (fgets(out, (int)size, f)) out[strcspn(out, "\r\n")] = 0;
+  if (!*out) snprintf(out, size, "none");
+  fclose(f);
+}
+
+int main(int argc, char **argv) {
+  char exe[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n <= 0) die("cannot find its own executable (/proc/self/exe)");
+  exe[n] = 0;
+  /* dist/bin/cairn -> dist */
+  char *slash = strrchr(exe, '/');
+  if (slash) *slash = 0;
+  slash = strrchr(exe, '/');
+  if (slash) *slash = 0;
+  snprintf(dist_dir, sizeof dist_dir, "%s", exe);
+
+  const char *no_server = getenv("CAIRN_NO_SERVER");
+  if (no_server && *no_server && strcmp(no_server, "0") != 0) run_node(argc, argv);
+
+  struct sockaddr_un addr = { .sun_family = AF_UNIX };
+  if (!socket_path(addr.sun_path, sizeof addr.sun_path)) run_node(argc, argv);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) run_node(argc, argv);
+  if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+    close(fd);
+    run_node(argc, argv);
+  }
+
+  /* The request: see parseRequest() in cli/serve/protocol.ts. */
+  struct buf req = { 0 };
+  char tmp[PATH_MAX];
+  put(&req, "Q\0\0\0\0", 5);
+  put_field(&req, "cairn-request-1");
+  read_build_id(tmp, sizeof tmp);
+  put_field(&req, tmp);
+  if (!getcwd(tmp, sizeof tmp)) {
+    close(fd);
+    run_node(argc, argv);
+  }
+  put_field(&req, tmp);
+  mode_t mask = umask(0);
+  umask(mask);
+  snprintf(tmp, sizeof tmp, "%o", (unsigned)mask);
+  put_field(&req, tmp);
+  put_field(&req, isatty(1) ? "1" : "0");
+  put_field(&req, isatty(2) ? "1" : "0");
+  struct winsize ws;
+  snprintf(tmp, sizeof tmp, "%u", ioctl(2, TIOCGWINSZ, &ws) == 0 ? (unsigned)ws.ws_col : 0u);
+  put_field(&req, tmp);
+  snprintf(tmp, sizeof tmp, "%d", argc - 1);
+  put_field(&req, tmp);
+  for (int i = 1; i < argc; i++) put_field(&req, argv[i]);
+  for (char **e = environ; *e; e++) put_field(&req, *e);
+  uint32_t len = (uint32_t)(req.len - 5);
+  req.p[1] = (char)(len >> 24);
+  req.p[2] = (char)(len >> 16);
+  req.p[3] = (char)(len >> 8);
+  req.p[4] = (char)len;
+  for (size_t off = 0; off < req.len;) {
+    ssize_t w = send(fd, req.p + off, req.len - off, MSG_NOSIGNAL);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      /* Nothing was run: the server went away before reading the request. */
+      close(fd);
+      run_node(argc, argv);
+    }
+    off += (size_t)w;
+  }
+  free(req.p);
+
+  /* Relay frames until the exit status. */
+  size_t cap = 1 << 16;
+  char *payload = malloc(cap);
+  if (!payload) die("out of memory");
+  for (;;) {
+    unsigned char head[5];
+    if (read_all(fd, (char *)head, 5) != 0) {
+      fprintf(stderr, "cairn: error E_SERVER_LOST: the cairn server closed the connection before the command finished (see the server log, next to its socket %s)\n", addr.sun_path);
+      return 1;
+    }
+    size_t plen = ((size_t)head[1] << 24) | ((size_t)head[2] << 16) | ((size_t)head[3] << 8) | head[4];
+    if (plen + 1 > cap) {
+      cap = plen + 1;
+      payload = realloc(payload, cap);
+      if (!payload) die("out of memory");
+    }
+    if (read_all(fd, payload, plen) != 0) {
+      fprintf(stderr, "cairn: error E_SERVER_LOST: the cairn server closed the connection in the middle of a message\n");
+      return 1;
+    }
+    payload[plen] = 0;
+    switch (head[0]) {
+    case 'O':
+      /* A closed stdout ends this process with SIGPIPE, as it would the Node CLI's. */
+      write_all(1, payload, plen);
+      break;
+    case 'E':
+      write_all(2, payload, plen);
+      break;
+    case 'X':
+      return atoi(payload);
+    case 'R':
+      if (getenv("CAIRN_SERVER_DEBUG")) fprintf(stderr, "cairn: running without the server: %s\n", payload);
+      close(fd);
+      run_node(argc, argv);
+      break;
+    default:
+      fprintf(stderr, "cairn: error E_SERVER_PROTOCOL: unknown message type %d from the cairn server\n", head[0]);
+      return 1;
+    }
+  }
+}

@@ -1,0 +1,326 @@
+/**
+ * The cairn server: listens on a unix socket and hands each client command
+ * to an idle, warmed-up worker process (worker.ts), relaying the worker's
+ * output to the client. It never runs a command itself and never queues
+ * one: with no idle worker, with another build of Cairn, or for a command
+ * workers do not run, it answers R and the client runs the Node CLI as if
+ * there were no server. So a server can make a command faster, never slower
+ * (beyond a connect), and never different.
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { CairnError } from '../../src/errors.js';
+import { commandWord } from '../program.js';
+import { EndMarkerScanner, frame, FrameReader, parseRequest, SERVED_COMMANDS, type ClientRequest } from './protocol.js';
+import type { FromWorker, ToWorker } from './worker.js';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const WORKER_MODULE = path.join(HERE, 'worker.js');
+/** Written by the build (scripts/build-client.sh); the client sends its own. */
+const BUILD_ID_FILE = path.join(HERE, '..', '..', 'build-id');
+
+export function readBuildId(): string {
+  try {
+    return fs.readFileSync(BUILD_ID_FILE, 'utf8').trim() || 'none';
+  } catch {
+    return 'none';
+  }
+}
+
+export interface ServerOptions {
+  socket: string;
+  /** Warm workers kept (each runs one command at a time). */
+  workers: number;
+  /** Exit after this long without a command. */
+  idleMs: number;
+  /** Recycle a worker after this many commands (each keeps its stage modules in memory)... */
+  maxRequests: number;
+  /** ...or once its heap exceeds this many bytes. */
+  maxHeapBytes: number;
+}
+
+export interface ServerStatus {
+  pid: number;
+  socket: string;
+  build: string;
+  startedAt: string;
+  served: number;
+  fallbacks: number;
+  workers: { pid: number | undefined; state: WorkerState; served: number }[];
+}
+
+type WorkerState = 'warming' | 'idle' | 'busy' | 'exiting';
+
+interface Job {
+  client: net.Socket;
+  out: EndMarkerScanner;
+  err: EndMarkerScanner;
+  outEnded: boolean;
+  errEnded: boolean;
+  code?: number;
+}
+
+interface Worker {
+  child: ChildProcess;
+  state: WorkerState;
+  served: number;
+  job?: Job;
+}
+
+const log = (s: string): void => { process.stderr.write(`${new Date().toISOString()} ${s}\n`); };
+
+/**
+ * Runs the server until it is stopped or idle; resolves when it has shut
+ * down, with `restart` set when it stopped because Cairn was rebuilt.
+ */
+export async function runServer(o: ServerOptions): Promise<{ restart: boolean }> {
+  const build = readBuildId();
+  const workers = new Set<Worker>();
+  const startedAt = new Date();
+  let served = 0;
+  let fallbacks = 0;
+  let warmFailures = 0;
+  let stopping = false;
+  let restart = false;
+  let idleTimer: NodeJS.Timeout | undefined;
+  let resolveDone!: () => void;
+  const done = new Promise<void>((r) => { resolveDone = r; });
+
+  const spawnWorker = (): void => {
+    const child = fork(WORKER_MODULE, [], { stdio: ['ignore', 'pipe', 'pipe', 'ipc'], detached: true, execArgv: [] });
+    const w: Worker = { child, state: 'warming', served: 0 };
+    workers.add(w);
+    const relay = (type: 'O' | 'E', chunk: Buffer): void => {
+      const job = w.job;
+      if (!job) {
+        log(`worker ${child.pid} wrote outside a command: ${chunk.toString().trimEnd()}`);
+        return;
+      }
+      const r = (type === 'O' ? job.out : job.err).push(chunk);
+      if (r.data.length > 0 && !job.client.destroyed) job.client.write(frame(type, r.data));
+      if (r.ended) {
+        if (type === 'O') job.outEnded = true;
+        else job.errEnded = true;
+        finishIfComplete(w);
+      }
+    };
+    child.stdout!.on('data', (c: Buffer) => relay('O', c));
+    child.stderr!.on('data', (c: Buffer) => relay('E', c));
+    child.on('message', (m: FromWorker) => {
+      if (m.type === 'ready') {
+        warmFailures = 0;
+        w.state = 'idle';
+      } else if (m.type === 'done' && w.job) {
+        w.job.code = m.code;
+        w.served++;
+        served++;
+        if (w.served >= o.maxRequests || m.heapUsed > o.maxHeapBytes) w.state = 'exiting';
+        finishIfComplete(w);
+      }
+    });
+    child.on('exit', (code, signal) => {
+      workers.delete(w);
+      if (w.job) {
+        // The command ended its process (process.exit, a crash, a signal):
+        // the client gets what it wrote and the status it died with.
+        const job = w.job;
+        w.job = undefined;
+        for (const [type, s] of [['O', job.out], ['E', job.err]] as const) {
+          const rest = s.flush();
+          if (rest.length > 0 && !job.client.destroyed) job.client.write(frame(type, rest));
+        }
+        const status = code ?? 128 + (signal ? signalNumber(signal) : 0);
+        if (!job.client.destroyed) job.client.end(frame('X', String(status)));
+      }
+      if (w.state === 'warming') {
+        warmFailures++;
+        log(`worker ${child.pid} failed while warming up (${code ?? signal}); see the lines above`);
+      }
+      if (!stopping) {
+        // A worker that cannot even start would fail forever; clients then
+        // fall back to the Node CLI, which shows them the real error.
+        if (warmFailures < 3) spawnWorker();
+        else log('not starting more workers after 3 failed warm-ups');
+      } else if (workers.size === 0) {
+        resolveDone();
+      }
+    });
+  };
+
+  const finishIfComplete = (w: Worker): void => {
+    const job = w.job;
+    if (!job || job.code === undefined || !job.outEnded || !job.errEnded) return;
+    w.job = undefined;
+    if (!job.client.destroyed) job.client.end(frame('X', String(job.code)));
+    if (w.state === 'exiting' || stopping) {
+      send(w, { type: 'exit' });
+    } else {
+      w.state = 'idle';
+    }
+    if (stopping && ![...workers].some((x) => x.state === 'busy')) shutdownIdle();
+  };
+
+  const send = (w: Worker, m: ToWorker): void => {
+    if (w.child.connected) w.child.send(m);
+  };
+
+  const killJob = (w: Worker): void => {
+    // The client is gone (Ctrl-C, a broken pipe): end the command the way a
+    // terminal's Ctrl-C ends a process group, then replace the worker.
+    w.state = 'exiting';
+    try { process.kill(-w.child.pid!, 'SIGINT'); } catch { /* already gone */ }
+    setTimeout(() => { try { process.kill(-w.child.pid!, 'SIGKILL'); } catch { /* gone */ } }, 2000).unref();
+  };
+
+  const dispatch = (client: net.Socket, req: ClientRequest): void => {
+    const pass = (why: string): void => {
+      fallbacks++;
+      client.end(frame('R', why));
+    };
+    if (stopping) return pass('the server is stopping');
+    if (req.build !== build) {
+      // Cairn was rebuilt where this server was loaded from: make way for a
+      // server of the new build. (A client of some other installation just
+      // runs on its own.)
+      if (readBuildId() !== build) {
+        log(`Cairn was rebuilt (build ${readBuildId()}): restarting`);
+        restart = true;
+        stop();
+      }
+      return pass(`the server runs Cairn build ${build}, the client is build ${req.build}`);
+    }
+    const word = commandWord(req.args);
+    if (word !== undefined && !SERVED_COMMANDS.has(word)) return pass(`${word} runs in a process of its own`);
+    const w = [...workers].find((x) => x.state === 'idle');
+    if (!w) return pass('every worker is busy or warming up');
+    const marker = Buffer.from(`\0cairn-end-${randomBytes(12).toString('hex')}\0`);
+    w.state = 'busy';
+    w.job = { client, out: new EndMarkerScanner(marker), err: new EndMarkerScanner(marker), outEnded: false, errEnded: false };
+    client.on('close', () => { if (w.job?.client === client) killJob(w); });
+    send(w, { type: 'run', request: req, marker: marker.toString('latin1') });
+  };
+
+  const status = (): ServerStatus => ({
+    pid: process.pid, socket: o.socket, build, startedAt: startedAt.toISOString(), served, fallbacks,
+    workers: [...workers].map((w) => ({ pid: w.child.pid, state: w.state, served: w.served })),
+  });
+
+  const touch = (): void => {
+    clearTimeout(idleTimer);
+    idleTimer = setTimeout(() => {
+      if ([...workers].some((w) => w.state === 'busy')) return touch();
+      log(`idle for ${Math.round(o.idleMs / 1000)} s: stopping`);
+      stop();
+    }, o.idleMs);
+    idleTimer.unref();
+  };
+
+  const shutdownIdle = (): void => {
+    for (const w of workers) if (w.state !== 'busy') send(w, { type: 'exit' });
+    for (const w of workers) if (w.state === 'warming') w.child.kill('SIGKILL');
+    if (workers.size === 0) resolveDone();
+  };
+
+  const server = net.createServer((client) => {
+    touch();
+    const reader = new FrameReader();
+    client.on('error', () => { /* the client went away; 'close' follows */ });
+    const onData = (chunk: Buffer): void => {
+      let frames;
+      try {
+        frames = reader.push(chunk);
+      } catch (e) {
+        client.destroy();
+        log(`refused a client: ${(e as Error).message}`);
+        return;
+      }
+      if (frames.length === 0) return;
+      client.off('data', onData);
+      const f = frames[0]!;
+      if (f.type === 'C') {
+        const word = f.payload.toString();
+        if (word === 'status') client.end(Buffer.concat([frame('O', JSON.stringify(status())), frame('X', '0')]));
+        else if (word === 'stop') {
+          client.end(frame('X', '0'));
+          stop();
+        } else client.end(Buffer.concat([frame('E', `cairn: unknown control word ${word}\n`), frame('X', '2')]));
+        return;
+      }
+      if (f.type !== 'Q') return void client.destroy();
+      let req: ClientRequest;
+      try {
+        req = parseRequest(f.payload);
+      } catch (e) {
+        client.end(Buffer.concat([frame('E', `cairn: error E_SERVER_PROTOCOL: ${(e as Error).message}\n`), frame('X', '2')]));
+        return;
+      }
+      dispatch(client, req);
+    };
+    client.on('data', onData);
+  });
+
+  const stop = (): void => {
+    if (stopping) return;
+    stopping = true;
+    clearTimeout(idleTimer);
+    server.close();
+    log('stopping');
+    shutdownIdle();
+  };
+
+  await listenPrivately(server, o.socket);
+  log(`cairn server ${process.pid} listening on ${o.socket} (build ${build}, ${o.workers} workers)`);
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+  for (let i = 0; i < o.workers; i++) spawnWorker();
+  touch();
+  await done;
+  log('stopped');
+  return { restart };
+}
+
+function signalNumber(sig: NodeJS.Signals): number {
+  const n = (os.constants.signals as Record<string, number>)[sig];
+  return n ?? 0;
+}
+
+/**
+ * Listens on `socket` so that only this user can connect: the directory is
+ * made 0700 (and must not be anyone else's), and the socket itself 0600.
+ * A socket file left by a dead server is replaced; a live one is an error.
+ */
+async function listenPrivately(server: net.Server, socket: string): Promise<void> {
+  const dir = path.dirname(socket);
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const st = fs.statSync(dir);
+  if (st.uid !== process.getuid!() || (st.mode & 0o022) !== 0) {
+    throw new CairnError('E_SERVER_SOCKET', `the server socket's directory ${dir} must be yours and writable by you alone`, { dir });
+  }
+  if (fs.existsSync(socket)) {
+    if (await answers(socket)) throw new CairnError('E_SERVER_RUNNING', `a cairn server already listens on ${socket}`, { socket });
+    fs.rmSync(socket, { force: true });
+  }
+  const umask = process.umask(0o177);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(socket, () => { server.off('error', reject); resolve(); });
+    });
+  } finally {
+    process.umask(umask);
+  }
+}
+
+/** Whether something accepts connections on the socket. */
+export function answers(socket: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = net.connect(socket);
+    c.once('connect', () => { c.destroy(); resolve(true); });
+    c.once('error', () => resolve(false));
+  });
+}

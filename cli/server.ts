@@ -1,0 +1,140 @@
+/**
+ * `cairn server start|stop|status`: the resident server that lets the
+ * `cairn` client skip Node's start-up (see docs/server.md). The server
+ * code itself is loaded only by these commands.
+ */
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Command } from 'commander';
+import { CairnError } from '../src/errors.js';
+import { parseDuration } from '../src/duration.js';
+import { frame, FrameReader, serverSocketPath } from './serve/protocol.js';
+import type { ServerStatus } from './serve/supervisor.js';
+
+const MAIN = path.join(path.dirname(fileURLToPath(import.meta.url)), 'main.js');
+
+/** Sends a control word; null when no server answers on the socket. */
+export function control(socket: string, word: 'status' | 'stop'): Promise<{ code: number; out: string } | null> {
+  return new Promise((resolve) => {
+    const c = net.connect(socket);
+    const reader = new FrameReader();
+    let out = '';
+    let answered = false;
+    c.once('connect', () => c.write(frame('C', word)));
+    c.on('data', (chunk: Buffer) => {
+      for (const f of reader.push(chunk)) {
+        if (f.type === 'O') out += f.payload.toString();
+        if (f.type === 'X') {
+          answered = true;
+          c.destroy();
+          resolve({ code: Number(f.payload.toString()), out });
+        }
+      }
+    });
+    c.once('error', () => { if (!answered) resolve(null); });
+    c.once('close', () => { if (!answered) resolve(null); });
+  });
+}
+
+export async function serverStatus(socket: string): Promise<ServerStatus | null> {
+  const r = await control(socket, 'status');
+  return r ? (JSON.parse(r.out) as ServerStatus) : null;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function positive(v: string, flag: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new CairnError('E_USAGE', `${flag} needs a whole number >= 1, not ${JSON.stringify(v)}`);
+  return n;
+}
+
+interface StartOpts { workers: number; idle: number; maxRequests: number; foreground?: boolean; wait?: boolean }
+
+export function registerServer(program: Command): void {
+  const server = program.command('server').description('a resident server that runs cairn commands without starting Node each time (see docs/server.md)');
+
+  server.command('start')
+    .description('start the server in the background (if none runs), and wait until its workers are warm')
+    .option('--workers <n>', 'warm worker processes, each running one command at a time', (v) => positive(v, '--workers'), Math.max(2, os.availableParallelism()))
+    .option('--idle <duration>', 'stop after this long without a command', parseDuration, parseDuration('3h'))
+    .option('--max-requests <n>', 'replace a worker after this many commands', (v) => positive(v, '--max-requests'), 500)
+    .option('--foreground', 'run in this process, logging to stderr, until stopped')
+    .option('--no-wait', 'return as soon as the server listens')
+    .action(async (o: StartOpts) => {
+      const socket = serverSocketPath();
+      const args = ['--workers', String(o.workers), '--idle', `${Math.ceil(o.idle / 1000)}s`, '--max-requests', String(o.maxRequests)];
+      if (o.foreground) {
+        const { runServer } = await import('./serve/supervisor.js');
+        const { restart } = await runServer({ socket, workers: o.workers, idleMs: o.idle, maxRequests: o.maxRequests, maxHeapBytes: 512 << 20 });
+        // The successor loads the rebuilt code; it logs where this one did.
+        if (restart) spawn(process.execPath, [MAIN, 'server', 'start', '--foreground', ...args], { detached: true, stdio: ['ignore', 'inherit', 'inherit'] }).unref();
+        return;
+      }
+      const running = await serverStatus(socket);
+      if (running) {
+        process.stdout.write(`cairn server already running: pid ${running.pid} on ${socket}\n`);
+        return;
+      }
+      fs.mkdirSync(path.dirname(socket), { recursive: true, mode: 0o700 });
+      const logFile = `${socket}.log`;
+      const logFd = fs.openSync(logFile, 'a', 0o600);
+      const child = spawn(process.execPath, [MAIN, 'server', 'start', '--foreground', ...args], {
+        detached: true, stdio: ['ignore', logFd, logFd],
+      });
+      fs.closeSync(logFd);
+      let exited: number | null = null;
+      child.once('exit', (code) => { exited = code ?? 1; });
+      child.unref();
+      const deadline = Date.now() + 60_000;
+      for (;;) {
+        if (exited !== null) throw new CairnError('E_SERVER_START', `the server exited (status ${exited}) before it was ready; see ${logFile}`, { log: logFile });
+        const s = await serverStatus(socket);
+        const warm = s?.workers.filter((w) => w.state === 'idle').length ?? 0;
+        if (s && (!o.wait || warm >= o.workers)) {
+          process.stdout.write(`cairn server running: pid ${s.pid} on ${socket}, ${warm} of ${o.workers} workers warm (log: ${logFile})\n`);
+          return;
+        }
+        if (Date.now() > deadline) throw new CairnError('E_SERVER_START', `the server did not get ready within 60 s; see ${logFile}`, { log: logFile });
+        await sleep(50);
+      }
+    });
+
+  server.command('stop')
+    .description('stop the server (commands it is running finish first)')
+    .action(async () => {
+      const socket = serverSocketPath();
+      const r = await control(socket, 'stop');
+      if (!r) {
+        process.stdout.write(`no cairn server on ${socket}\n`);
+        return;
+      }
+      const deadline = Date.now() + 30_000;
+      while (fs.existsSync(socket) && Date.now() < deadline) await sleep(50);
+      process.stdout.write('cairn server stopped\n');
+    });
+
+  server.command('status')
+    .description('show the server, its workers and what it has served; exits 1 when none runs')
+    .option('--json', 'print the status as JSON')
+    .action(async (o: { json?: boolean }) => {
+      const socket = serverSocketPath();
+      const s = await serverStatus(socket);
+      if (!s) {
+        process.stdout.write(o.json ? 'null\n' : `no cairn server on ${socket}\n`);
+        process.exitCode = 1;
+        return;
+      }
+      if (o.json) {
+        process.stdout.write(JSON.stringify(s, null, 2) + '\n');
+        return;
+      }
+      process.stdout.write(`cairn server pid ${s.pid} on ${s.socket}, build ${s.build}, since ${s.startedAt}\n`);
+      process.stdout.write(`served ${s.served} command(s); ${s.fallbacks} left to the client\n`);
+      for (const w of s.workers) process.stdout.write(`  worker ${w.pid}: ${w.state}, ${w.served} served\n`);
+    });
+}
