@@ -1,0 +1,260 @@
+/**
+ * The cairn server and its C client (dist/bin/cairn), as real processes:
+ * a served command must behave exactly as the Node CLI would, and the
+ * client must fall back to the Node CLI whenever the server does not serve.
+ */
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { EndMarkerScanner, encodeRequest, frame, FrameReader, parseRequest } from '../cli/serve/protocol.js';
+import type { ServerStatus } from '../cli/serve/supervisor.js';
+import { repoRoot, tempDir } from './helpers.js';
+
+const client = path.join(repoRoot, 'dist', 'bin', 'cairn');
+
+interface Run { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }
+
+function run(bin: string, args: string[], env: NodeJS.ProcessEnv, cwd: string): Run {
+  const r = spawnSync(bin, args, { cwd, env: { ...process.env, ...env }, encoding: 'utf8' });
+  return { code: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr };
+}
+
+const lastLine = (s: string): string => s.trimEnd().split('\n').pop()!;
+
+describe('protocol', () => {
+  it('splits frames however the bytes arrive', () => {
+    const bytes = Buffer.concat([frame('O', 'hello'), frame('E', ''), frame('X', '3')]);
+    const reader = new FrameReader();
+    const got = [...bytes].flatMap((b) => reader.push(Buffer.from([b])));
+    assert.deepEqual(got.map((f) => [f.type, f.payload.toString()]), [['O', 'hello'], ['E', ''], ['X', '3']]);
+  });
+
+  it('refuses a frame over the size limit', () => {
+    const head = Buffer.from([0x51, 0xff, 0xff, 0xff, 0xff]);
+    assert.throws(() => new FrameReader().push(head), /exceeds the limit/);
+  });
+
+  it('finds an end marker split across chunks and passes everything before it on', () => {
+    const marker = Buffer.from('\0END-123\0');
+    const s = new EndMarkerScanner(marker);
+    const text = Buffer.concat([Buffer.from('out\0END-12 not yet\n'), marker]);
+    let data = '';
+    let ended = false;
+    for (let i = 0; i < text.length; i += 4) {
+      const r = s.push(text.subarray(i, i + 4));
+      data += r.data.toString();
+      ended ||= r.ended;
+    }
+    assert.equal(ended, true);
+    assert.equal(data, 'out\0END-12 not yet\n');
+  });
+
+  it('round-trips a request and rejects malformed ones', () => {
+    const req = { build: 'b1', cwd: '/tmp', umask: 0o022, stdoutTty: false, stderrTty: true, columns: 80, args: ['realize', 'a b.ts', ''], env: { A: '1', B: 'x=y' } };
+    const f = new FrameReader().push(encodeRequest(req))[0]!;
+    assert.equal(f.type, 'Q');
+    assert.deepEqual(parseRequest(f.payload), req);
+    assert.throws(() => parseRequest(Buffer.from('nonsense\0')), /request format/);
+    assert.throws(() => parseRequest(Buffer.from(['cairn-request-1', 'b', 'relative', '22', '0', '0', '0', '0', ''].join('\0'))), /absolute/);
+  });
+});
+
+describe('cairn server', () => {
+  const tmp = tempDir('cairn-server');
+  const socket = path.join(tmp.dir, 'run', 'server.sock');
+  const work = path.join(tmp.dir, 'work');
+  const store = path.join(tmp.dir, 'store');
+  const env = { CAIRN_SERVER_SOCKET: socket, CAIRN_STORE: store, XDG_CACHE_HOME: path.join(tmp.dir, 'cache') };
+  const cairn = (args: string[], extra: NodeJS.ProcessEnv = {}, cwd = work): Run => run(client, args, { ...env, ...extra }, cwd);
+  const status = (): ServerStatus => JSON.parse(cairn(['server', 'status', '--json']).stdout) as ServerStatus;
+
+  before(() => {
+    fs.mkdirSync(work, { recursive: true });
+    fs.writeFileSync(path.join(work, 'lib.ts'), 'export const N: number = 1;\n');
+    fs.writeFileSync(path.join(work, 'stages.ts'), [
+      "import * as fs from 'node:fs';",
+      "import * as path from 'node:path';",
+      "import { execSync } from 'node:child_process';",
+      "import { stage } from 'cairn';",
+      "import { N } from './lib.js';",
+      // Top-level code that a new process would run again each time.
+      "const extra = process.env.EXTRA ?? 'none';",
+      "const here = fs.readFileSync('here.txt', 'utf8').trim();",
+      'export default stage({ name: "s", config: { N, extra, here }, build: ({ out, config }: { out: string; config: unknown }) => {',
+      "  fs.writeFileSync(path.join(out, 'v'), JSON.stringify(config));",
+      "  execSync('echo child-says-hi', { stdio: 'inherit' });",
+      '} });',
+      '',
+    ].join('\n'));
+    fs.writeFileSync(path.join(work, 'here.txt'), 'first\n');
+    const r = cairn(['server', 'start', '--workers', '2']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /2 of 2 workers warm/);
+  });
+
+  after(() => {
+    const r = cairn(['server', 'stop']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(fs.existsSync(socket), false, 'the socket is removed');
+    tmp.cleanup();
+  });
+
+  it('listens on a socket only its user can reach', () => {
+    assert.equal(fs.statSync(socket).mode & 0o777, 0o600);
+    assert.equal(fs.statSync(path.dirname(socket)).mode & 0o777, 0o700);
+  });
+
+  it('runs realize in a worker with the same result and output as the Node CLI', () => {
+    const before = status().served;
+    const served = cairn(['realize', 'stages.ts']);
+    assert.equal(served.code, 0, served.stderr);
+    assert.equal(status().served, before + 1, 'the server ran it');
+    // Output of a child process the build started with inherited stdio reaches the client.
+    assert.match(served.stdout, /child-says-hi/);
+    const standalone = cairn(['realize', 'stages.ts', '-q'], { CAIRN_NO_SERVER: '1' });
+    assert.equal(standalone.code, 0, standalone.stderr);
+    assert.equal(lastLine(served.stdout), lastLine(standalone.stdout));
+    assert.equal(cairn(['catref', lastLine(served.stdout), 'v']).stdout, '{"N":1,"extra":"none","here":"first"}');
+  });
+
+  it("evaluates the stage file afresh: the client's environment, cwd and edits of imported files count", () => {
+    const sub = path.join(work, 'sub');
+    fs.mkdirSync(sub, { recursive: true });
+    fs.writeFileSync(path.join(sub, 'here.txt'), 'second\n');
+    fs.writeFileSync(path.join(work, 'lib.ts'), 'export const N: number = 2;\n');
+    try {
+      const r = cairn(['realize', '../stages.ts', '-q'], { EXTRA: 'yes' }, sub);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(cairn(['catref', lastLine(r.stdout), 'v']).stdout, '{"N":2,"extra":"yes","here":"second"}');
+    } finally {
+      fs.writeFileSync(path.join(work, 'lib.ts'), 'export const N: number = 1;\n');
+    }
+  });
+
+  it('passes exit statuses and errors through', () => {
+    const missing = cairn(['realize', 'nope.ts']);
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /E_STAGE_FILE/);
+    const usage = cairn(['realize', '--bogus', 'stages.ts']);
+    assert.equal(usage.code, 1);
+    assert.match(usage.stderr, /unknown option '--bogus'/);
+    const help = cairn(['--help']);
+    assert.equal(help.code, 0);
+    assert.match(help.stdout, /Usage: cairn/);
+  });
+
+  it('leaves commands it does not run to the Node CLI', () => {
+    const rref = lastLine(cairn(['realize', 'stages.ts', '-q']).stdout);
+    const fallbacks = status().fallbacks;
+    const r = cairn(['shellref', rref, '-c', 'echo "$CAIRN_RREF"'], { CAIRN_SERVER_DEBUG: '1' });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout.trim(), rref);
+    assert.match(r.stderr, /running without the server: shellref runs in a process of its own/);
+    // `cairn server status` is itself left to Node, hence two.
+    assert.equal(status().fallbacks, fallbacks + 2);
+  });
+
+  it('runs commands of several clients at once, and leaves the surplus to Node', async () => {
+    fs.writeFileSync(path.join(work, 'slowish.ts'), [
+      "import { execSync } from 'node:child_process';",
+      "import { stage } from 'cairn';",
+      "export default (['a', 'b', 'c'] as const).map((k) => stage({ name: `slow-${k}`, config: { k, at: process.env.AT }, build: () => { execSync('sleep 1'); } }));",
+      '',
+    ].join('\n'));
+    const results = await Promise.all(['a', 'b', 'c', 'd'].map((k) => new Promise<Run>((resolve) => {
+      const child = spawn(client, ['realize', 'slowish.ts', '-q'], { cwd: work, env: { ...process.env, ...env, AT: `${Date.now()}-${k}` } });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (d: Buffer) => { stdout += d; });
+      child.stderr.on('data', (d: Buffer) => { stderr += d; });
+      child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
+    })));
+    for (const r of results) {
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(lastLine(r.stdout).split(' ').length, 3);
+    }
+  });
+
+  it('ends a command whose client is killed, with the processes its build started, and serves on', async () => {
+    const pidFile = path.join(tmp.dir, 'sleeper.pid');
+    fs.writeFileSync(path.join(work, 'hang.ts'), [
+      "import { execSync } from 'node:child_process';",
+      "import { stage } from 'cairn';",
+      `export default stage({ name: 'hang', config: { t: ${Date.now()} }, build: () => { execSync('sleep 60 & echo $! > ${pidFile}; wait'); } });`,
+      '',
+    ].join('\n'));
+    const busyBefore = status().workers.map((w) => w.pid);
+    const child = spawn(client, ['realize', 'hang.ts'], { cwd: work, env: { ...process.env, ...env }, stdio: 'ignore' });
+    const deadline = Date.now() + 20_000;
+    while (!fs.existsSync(pidFile) || fs.readFileSync(pidFile, 'utf8').trim() === '') {
+      assert.ok(Date.now() < deadline, 'the build started');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const sleeper = Number(fs.readFileSync(pidFile, 'utf8'));
+    child.kill('SIGTERM');
+    await new Promise((r) => child.on('close', r));
+    const alive = (pid: number): boolean => { try { process.kill(pid, 0); return true; } catch { return false; } };
+    while (alive(sleeper)) {
+      assert.ok(Date.now() < deadline, 'the build process was ended');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    // The worker that ran it is replaced; the server keeps serving.
+    const r = cairn(['realize', 'stages.ts', '-q']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.notDeepEqual(status().workers.map((w) => w.pid).sort(), busyBefore.sort());
+  });
+
+  it('refuses a second server on the same socket', () => {
+    const r = cairn(['server', 'start', '--foreground']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /E_SERVER_RUNNING/);
+  });
+});
+
+describe('cairn client without a server', () => {
+  it('runs the Node CLI itself', () => {
+    const tmp = tempDir('cairn-noserver');
+    try {
+      const env = { CAIRN_SERVER_SOCKET: path.join(tmp.dir, 'none.sock'), CAIRN_STORE: path.join(tmp.dir, 'store') };
+      const r = run(client, ['realize', path.join(repoRoot, 'examples', 'ml', 'pipeline.ts'), '-q'], env, tmp.dir);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(lastLine(r.stdout), /^[0-9a-z]{32}-[0-9a-z]{32}-report$/);
+      assert.equal(run(client, ['server', 'status'], env, tmp.dir).code, 1);
+    } finally {
+      tmp.cleanup();
+    }
+  });
+
+  it('restarts a server of an older build and leaves that one command to Node', () => {
+    // A copy of dist/ stands for an installation that gets rebuilt.
+    const tmp = tempDir('cairn-rebuild');
+    const env = { CAIRN_SERVER_SOCKET: path.join(tmp.dir, 'run', 's.sock'), CAIRN_STORE: path.join(tmp.dir, 'store') };
+    const copy = path.join(tmp.dir, 'pkg');
+    fs.cpSync(path.join(repoRoot, 'dist'), path.join(copy, 'dist'), { recursive: true });
+    fs.symlinkSync(path.join(repoRoot, 'node_modules'), path.join(copy, 'node_modules'));
+    const bin = path.join(copy, 'dist', 'bin', 'cairn');
+    try {
+      assert.equal(run(bin, ['server', 'start', '--workers', '1'], env, tmp.dir).code, 0);
+      const old = JSON.parse(run(bin, ['server', 'status', '--json'], env, tmp.dir).stdout) as ServerStatus;
+      fs.writeFileSync(path.join(copy, 'dist', 'build-id'), 'rebuilt\n');
+      const r = run(bin, ['lsref', 'zzzz'], { ...env, CAIRN_SERVER_DEBUG: '1' }, tmp.dir);
+      assert.match(r.stderr, /running without the server: the server runs Cairn build/);
+      assert.match(r.stderr, /E_BAD_REF/);
+      let now: ServerStatus | null = null;
+      const deadline = Date.now() + 30_000;
+      while (Date.now() < deadline) {
+        const s = run(bin, ['server', 'status', '--json'], env, tmp.dir);
+        now = JSON.parse(s.stdout) as ServerStatus | null;
+        if (now && now.build === 'rebuilt' && now.workers.every((w) => w.state === 'idle')) break;
+        spawnSync('sleep', ['0.1']);
+      }
+      assert.equal(now?.build, 'rebuilt');
+      assert.notEqual(now?.pid, old.pid);
+    } finally {
+      run(bin, ['server', 'stop'], env, tmp.dir);
+      tmp.cleanup();
+    }
+  });
+});
