@@ -191,9 +191,40 @@ function snapshotCli(work: string): string {
   }
 }
 
+/**
+ * How a Cairn run is started: `node` runs the Node CLI as its own process
+ * (Node start-up in every run); `server` runs the `cairn` client
+ * (dist/bin/cairn), which hands the command to a warm `cairn server`.
+ */
+type Mode = 'node' | 'server';
+const MODES: readonly Mode[] = ['server', 'node'];
+const MODE_LABEL: Record<Mode, string> = { node: 'Node process', server: 'server' };
+
 class CairnTool {
-  constructor(private readonly work: string, private readonly cli: string) {}
+  private readonly client: string;
+  readonly socket: string;
+  constructor(private readonly work: string, private readonly cli: string) {
+    this.client = path.join(path.dirname(path.dirname(cli)), 'bin', 'cairn');
+    this.socket = path.join(work, 'server', 'server.sock');
+  }
   store(tag: string): string { return path.join(this.work, 'cairn', tag, 'store'); }
+
+  /** Starts the server (its workers warm) for the `server` runs. */
+  startServer(): void {
+    run(this.client, ['server', 'start', '--workers', String(Math.max(2, JOBS))], { ...baseEnv(), CAIRN_SERVER_SOCKET: this.socket }, 'cairn server start');
+  }
+
+  stopServer(): void {
+    spawnSync(this.client, ['server', 'stop'], { env: { ...baseEnv(), CAIRN_SERVER_SOCKET: this.socket } });
+  }
+
+  private realize(mode: Mode, store: string, args: string[], what: string): Run {
+    const env = { ...this.env(store), CAIRN_SERVER_SOCKET: this.socket, CAIRN_SERVER_DEBUG: '1' };
+    const r = mode === 'node' ? run(NODE, [this.cli, ...args], env, what) : run(this.client, args, env, what);
+    // A run the server left to Node would measure the wrong thing.
+    if (mode === 'server' && r.stderr.includes('running without the server')) throw new Error(`${what}: the server did not run it:\n${tail(r.stderr)}`);
+    return r;
+  }
 
   /**
    * Each store gets its own module compile cache next to it (XDG_CACHE_HOME),
@@ -205,15 +236,15 @@ class CairnTool {
   }
 
   /** Timed: the whole CLI process. --json gives the CLI's own realize() time and the build count. */
-  realizeJson(store: string, file: string, what: string): { ms: number; realizeMs: number; builds: number; rref: string } {
-    const r = run(NODE, [this.cli, '--store', store, 'realize', file, '-q', '-j', String(JOBS), '--json'], this.env(store), what);
+  realizeJson(mode: Mode, store: string, file: string, what: string): { ms: number; realizeMs: number; builds: number; rref: string } {
+    const r = this.realize(mode, store, ['--store', store, 'realize', file, '-q', '-j', String(JOBS), '--json'], what);
     const j = JSON.parse(r.stdout) as { ms: number; builds: number; targets: { rrefs: string[] }[] };
     return { ms: r.ms, realizeMs: j.ms, builds: j.builds, rref: j.targets[0]!.rrefs[0]! };
   }
 
   /** Timed: the whole CLI process, quiet, printing only the target RRef. */
-  realizeQuiet(store: string, file: string, what: string): { ms: number; rref: string } {
-    const r = run(NODE, [this.cli, '--store', store, 'realize', file, '-q', '-j', String(JOBS)], this.env(store), what);
+  realizeQuiet(mode: Mode, store: string, file: string, what: string): { ms: number; rref: string } {
+    const r = this.realize(mode, store, ['--store', store, 'realize', file, '-q', '-j', String(JOBS)], what);
     return { ms: r.ms, rref: lastLine(r.stdout).split(' ')[0]! };
   }
 
@@ -306,11 +337,14 @@ interface CaseSpec {
   nix: boolean;
 }
 
+interface CairnResult { scratch: Stats; cached: Stats; scratchRealizeMs: number[]; cachedRealizeMs: number }
+
 interface CaseResult {
   id: string;
   shape: Shape;
   stages: number;
-  cairn: { scratch: Stats; cached: Stats; scratchRealizeMs: number[]; cachedRealizeMs: number };
+  /** Cairn as a Node process per run, and through the server. */
+  cairn: Record<Mode, CairnResult>;
   nix?: { scratch: Stats; cached: Stats };
 }
 
@@ -341,26 +375,28 @@ function runCase(spec: CaseSpec, work: string, cairn: CairnTool, nix: NixTool): 
   fs.writeFileSync(nixExpr, nixFile(spec.shape, spec.n));
   const expected = expectedOutput(spec);
 
-  const cScratch: number[] = [];
-  const cRealize: number[] = [];
+  const cScratch: Record<Mode, number[]> = { node: [], server: [] };
+  const cRealize: Record<Mode, number[]> = { node: [], server: [] };
+  const cStore: Record<Mode, string> = { node: '', server: '' };
   const nScratch: number[] = [];
-  let cStore = '';
   let nStore = '';
+  // The three kinds of run alternate, in an order that rotates every
+  // repetition, so background load falls on all alike.
+  const kinds = [...MODES, 'nix'] as const;
+  const rotated = (rep: number): (Mode | 'nix')[] => kinds.map((_, i) => kinds[(i + rep) % kinds.length]!);
 
   // From scratch: a fresh store every repetition (removed outside the timing).
-  // Cairn and Nix alternate, so background load falls on both alike.
   for (let rep = 0; rep < spec.scratchReps; rep++) {
-    const order = rep % 2 === 0 ? ['cairn', 'nix'] : ['nix', 'cairn'];
-    for (const tool of order) {
-      if (tool === 'cairn') {
-        if (cStore) rmTree(path.dirname(cStore));
-        cStore = cairn.store(`${spec.id}-${rep}`);
-        const what = `cairn realize ${spec.id} from scratch (rep ${rep + 1})`;
-        const r = cairn.realizeJson(cStore, tsFile, what);
+    for (const tool of rotated(rep)) {
+      if (tool !== 'nix') {
+        if (cStore[tool]) rmTree(path.dirname(cStore[tool]));
+        cStore[tool] = cairn.store(`${spec.id}-${tool}-${rep}`);
+        const what = `cairn (${MODE_LABEL[tool]}) realize ${spec.id} from scratch (rep ${rep + 1})`;
+        const r = cairn.realizeJson(tool, cStore[tool], tsFile, what);
         if (r.builds !== stages) throw new Error(`${what}: expected ${stages} builds, the CLI reported ${r.builds}`);
-        cairn.check(cStore, r.rref, expected, what);
-        cScratch.push(r.ms);
-        cRealize.push(r.realizeMs);
+        cairn.check(cStore[tool], r.rref, expected, what);
+        cScratch[tool].push(r.ms);
+        cRealize[tool].push(r.realizeMs);
       } else if (spec.nix) {
         if (nStore) rmTree(nStore);
         nStore = nix.store(`${spec.id}-${rep}`);
@@ -371,27 +407,30 @@ function runCase(spec: CaseSpec, work: string, cairn: CairnTool, nix: NixTool): 
         nScratch.push(r.ms);
       }
     }
-    log(`  ${spec.id} from scratch ${rep + 1}/${spec.scratchReps}: cairn ${fmtMs(cScratch.at(-1)!)}${spec.nix ? `, nix ${fmtMs(nScratch.at(-1)!)}` : ''}`);
+    log(`  ${spec.id} from scratch ${rep + 1}/${spec.scratchReps}: cairn ${MODES.map((m) => `(${MODE_LABEL[m]}) ${fmtMs(cScratch[m].at(-1)!)}`).join(', ')}${spec.nix ? `, nix ${fmtMs(nScratch.at(-1)!)}` : ''}`);
   }
 
   // Fully cached, on the store of the last from-scratch run. One untimed
   // --json run first checks that nothing is built and reports realize()'s own time.
-  const warm = cairn.realizeJson(cStore, tsFile, `cairn realize ${spec.id} cached (check)`);
-  if (warm.builds !== 0) throw new Error(`cairn realize ${spec.id}: the second run built ${warm.builds} stage(s); it should be fully cached`);
+  const warm = {} as Record<Mode, { realizeMs: number; rref: string }>;
+  for (const m of MODES) {
+    const w = cairn.realizeJson(m, cStore[m], tsFile, `cairn (${MODE_LABEL[m]}) realize ${spec.id} cached (check)`);
+    if (w.builds !== 0) throw new Error(`cairn realize ${spec.id}: the second run built ${w.builds} stage(s); it should be fully cached`);
+    warm[m] = w;
+  }
   if (spec.nix) {
     const w = nix.build(nStore, nixExpr, `nix-build ${spec.id} cached (check)`);
     if (w.built !== 0) throw new Error(`nix-build ${spec.id}: the second run built ${w.built} derivation(s); it should be fully cached`);
   }
-  const cCached: number[] = [];
+  const cCached: Record<Mode, number[]> = { node: [], server: [] };
   const nCached: number[] = [];
   for (let rep = 0; rep < spec.cachedReps; rep++) {
-    const order = rep % 2 === 0 ? ['cairn', 'nix'] : ['nix', 'cairn'];
-    for (const tool of order) {
-      if (tool === 'cairn') {
-        const what = `cairn realize ${spec.id} cached (rep ${rep + 1})`;
-        const r = cairn.realizeQuiet(cStore, tsFile, what);
-        if (r.rref !== warm.rref) throw new Error(`${what}: target ${r.rref} differs from the first run's ${warm.rref}`);
-        cCached.push(r.ms);
+    for (const tool of rotated(rep)) {
+      if (tool !== 'nix') {
+        const what = `cairn (${MODE_LABEL[tool]}) realize ${spec.id} cached (rep ${rep + 1})`;
+        const r = cairn.realizeQuiet(tool, cStore[tool], tsFile, what);
+        if (r.rref !== warm[tool].rref) throw new Error(`${what}: target ${r.rref} differs from the first run's ${warm[tool].rref}`);
+        cCached[tool].push(r.ms);
       } else if (spec.nix) {
         const what = `nix-build ${spec.id} cached (rep ${rep + 1})`;
         const r = nix.build(nStore, nixExpr, what);
@@ -400,16 +439,12 @@ function runCase(spec: CaseSpec, work: string, cairn: CairnTool, nix: NixTool): 
       }
     }
   }
-  const result: CaseResult = {
-    id: spec.id,
-    shape: spec.shape,
-    stages,
-    cairn: { scratch: stats(cScratch), cached: stats(cCached), scratchRealizeMs: cRealize, cachedRealizeMs: warm.realizeMs },
-  };
+  const mode = (m: Mode): CairnResult => ({ scratch: stats(cScratch[m]), cached: stats(cCached[m]), scratchRealizeMs: cRealize[m], cachedRealizeMs: warm[m].realizeMs });
+  const result: CaseResult = { id: spec.id, shape: spec.shape, stages, cairn: { node: mode('node'), server: mode('server') } };
   if (spec.nix) result.nix = { scratch: stats(nScratch), cached: stats(nCached) };
-  log(`  ${spec.id} cached: cairn ${fmtStats(result.cairn.cached)}${result.nix ? `, nix ${fmtStats(result.nix.cached)}` : ''}`);
+  log(`  ${spec.id} cached: cairn ${MODES.map((m) => `(${MODE_LABEL[m]}) ${fmtStats(result.cairn[m].cached)}`).join(', ')}${result.nix ? `, nix ${fmtStats(result.nix.cached)}` : ''}`);
   if (!KEEP) {
-    rmTree(path.dirname(cStore));
+    for (const m of MODES) rmTree(path.dirname(cStore[m]));
     if (nStore) rmTree(nStore);
   }
   return result;
@@ -445,86 +480,100 @@ function main(): void {
   try {
     nodeStartup = timeNodeStartup(2 * REPS);
     log(`  node -e 0: ${fmtStats(nodeStartup)}`);
+    cairn.startServer();
     for (const spec of caseSpecs()) {
       log(`bench: ${spec.id} (${stageCount(spec)} stages)`);
       results.push(runCase(spec, work, cairn, nix));
     }
   } catch (e) {
+    cairn.stopServer();
     log(`bench: work dir kept at ${work}`);
     die((e as Error).message);
   }
+  cairn.stopServer();
   if (!KEEP) rmTree(work);
   const loadAfter = os.loadavg();
   const byId = new Map(results.map((r) => [r.id, r]));
 
-  // Goals.
+  // Goals, for each way of running Cairn.
   const goals: Goal[] = [];
   const ratio = (a: number, b: number): number => Math.round((a / b) * 100) / 100;
-  for (const r of results) {
-    const spec = caseSpecs().find((s) => s.id === r.id)!;
-    if (!r.nix) continue;
-    if (spec.scratchGoal) {
-      const x = ratio(r.cairn.scratch.median, r.nix.scratch.median);
-      goals.push({ name: `from scratch, ${r.id}`, measured: `${x}× Nix`, target: `≤ ${GOAL_SCRATCH}×`, met: x <= GOAL_SCRATCH });
+  for (const m of MODES) {
+    for (const r of results) {
+      const spec = caseSpecs().find((s) => s.id === r.id)!;
+      if (!r.nix) continue;
+      const c = r.cairn[m];
+      if (spec.scratchGoal) {
+        const x = ratio(c.scratch.median, r.nix.scratch.median);
+        goals.push({ name: `from scratch, ${r.id}, Cairn ${MODE_LABEL[m]}`, measured: `${x}× Nix`, target: `≤ ${GOAL_SCRATCH}×`, met: x <= GOAL_SCRATCH });
+      }
+      if (r.id === 'chain-1') continue; // start-up only: reported, not a goal of its own
+      const y = ratio(c.cached.median, r.nix.cached.median);
+      goals.push({ name: `cached, ${r.id}, Cairn ${MODE_LABEL[m]}`, measured: `${y}× Nix`, target: `≤ ${GOAL_CACHED}×`, met: y <= GOAL_CACHED });
     }
-    if (r.id === 'chain-1') continue; // start-up only: reported, not a goal of its own
-    const y = ratio(r.cairn.cached.median, r.nix.cached.median);
-    goals.push({ name: `cached, ${r.id}`, measured: `${y}× Nix`, target: `≤ ${GOAL_CACHED}×`, met: y <= GOAL_CACHED });
   }
   const c1 = byId.get('chain-1');
   const k1 = byId.get('chain-1000');
   const k10 = byId.get('chain-10000');
-  let linear: Record<string, number> | undefined;
-  if (c1 && k1 && k10) {
+  const linear: Partial<Record<Mode, Record<string, number>>> = {};
+  for (const m of MODES) {
+    if (!(c1 && k1 && k10)) {
+      goals.push({ name: `cached growth, 1,000 → 10,000 stages, Cairn ${MODE_LABEL[m]}`, measured: 'not run (BENCH_SKIP_10K)', target: `≤ ${GOAL_LINEAR}×`, met: null });
+      continue;
+    }
     // Whole-process times include a fixed start-up cost (the cached one-stage
     // chain), which flatters the raw per-stage figure of the bigger graph. The
     // test of linearity is therefore the marginal cost per added stage: from
     // 1 to 1,000 stages versus from 1,000 to 10,000. Quadratic work would make
     // the second much larger than the first.
-    const t1 = c1.cairn.cached.median;
-    const t1k = k1.cairn.cached.median;
-    const t10k = k10.cairn.cached.median;
+    const t1 = c1.cairn[m].cached.median;
+    const t1k = k1.cairn[m].cached.median;
+    const t10k = k10.cairn[m].cached.median;
     const raw1 = t1k / 1000;
     const raw10 = t10k / 10_000;
     const low = (t1k - t1) / 999;
     const high = (t10k - t1k) / 9000;
-    linear = {
+    const l = {
       fixedMs: t1,
       perStageMs1000: round(raw1, 4), perStageMs10000: round(raw10, 4), rawRatio: ratio(raw10, raw1),
       marginalPerStageMs1to1000: round(low, 4), marginalPerStageMs1000to10000: round(high, 4), marginalRatio: ratio(high, low),
-      realizePerStageMs1000: round(k1.cairn.cachedRealizeMs / 1000, 4), realizePerStageMs10000: round(k10.cairn.cachedRealizeMs / 10_000, 4),
+      realizePerStageMs1000: round(k1.cairn[m].cachedRealizeMs / 1000, 4), realizePerStageMs10000: round(k10.cairn[m].cachedRealizeMs / 10_000, 4),
     };
+    linear[m] = l;
     goals.push({
-      name: 'cached growth, 1,000 → 10,000 stages',
-      measured: `${linear.marginalRatio}× per added stage (${low.toFixed(3)} ms/stage from 1 to 1,000 stages, ${high.toFixed(3)} ms/stage from 1,000 to 10,000); whole process ${raw1.toFixed(3)} → ${raw10.toFixed(3)} ms/stage`,
+      name: `cached growth, 1,000 → 10,000 stages, Cairn ${MODE_LABEL[m]}`,
+      measured: `${l.marginalRatio}× per added stage (${low.toFixed(3)} ms/stage from 1 to 1,000 stages, ${high.toFixed(3)} ms/stage from 1,000 to 10,000); whole process ${raw1.toFixed(3)} → ${raw10.toFixed(3)} ms/stage`,
       target: `≤ ${GOAL_LINEAR}× (linear)`,
       // A negative low-range cost can only be noise in the one-stage figure: no verdict then.
-      met: low <= 0 ? null : linear.marginalRatio! <= GOAL_LINEAR,
+      met: low <= 0 ? null : l.marginalRatio <= GOAL_LINEAR,
     });
-  } else {
-    goals.push({ name: 'cached growth, 1,000 → 10,000 stages', measured: 'not run (BENCH_SKIP_10K)', target: `≤ ${GOAL_LINEAR}×`, met: null });
   }
 
   // Table.
-  const rows: string[][] = [['Case', 'Stages', 'Run', 'Cairn median (min)', 'Nix median (min)', 'Cairn/Nix median (min)', 'Goal', 'Status']];
+  const rows: string[][] = [['Case', 'Stages', 'Run', 'Cairn', 'Cairn median (min)', 'Nix median (min)', 'Cairn/Nix median (min)', 'Goal', 'Status']];
   for (const r of results) {
     const spec = caseSpecs().find((s) => s.id === r.id)!;
-    for (const mode of ['scratch', 'cached'] as const) {
-      const c = r.cairn[mode];
-      const n = r.nix?.[mode];
-      const x = n ? ratio(c.median, n.median) : undefined;
-      const goal = mode === 'scratch' ? (spec.scratchGoal ? GOAL_SCRATCH : undefined) : (r.id === 'chain-1' ? undefined : GOAL_CACHED);
-      const status = x === undefined || goal === undefined ? (x === undefined ? 'no Nix run' : 'info') : x <= goal ? 'met' : 'MISSED';
-      rows.push([r.id, String(r.stages), mode === 'scratch' ? 'from scratch' : 'cached', fmtStats(c), fmtStats(n),
-        x === undefined ? '–' : `${x.toFixed(2)}× (${ratio(c.min, n!.min).toFixed(2)}×)`, goal === undefined ? '–' : `≤ ${goal}×`, status]);
+    for (const run of ['scratch', 'cached'] as const) {
+      for (const m of MODES) {
+        const c = r.cairn[m][run];
+        const n = r.nix?.[run];
+        const x = n ? ratio(c.median, n.median) : undefined;
+        const goal = run === 'scratch' ? (spec.scratchGoal ? GOAL_SCRATCH : undefined) : (r.id === 'chain-1' ? undefined : GOAL_CACHED);
+        const status = x === undefined || goal === undefined ? (x === undefined ? 'no Nix run' : 'info') : x <= goal ? 'met' : 'MISSED';
+        rows.push([r.id, String(r.stages), run === 'scratch' ? 'from scratch' : 'cached', MODE_LABEL[m], fmtStats(c), fmtStats(n),
+          x === undefined ? '–' : `${x.toFixed(2)}× (${ratio(c.min, n!.min).toFixed(2)}×)`, goal === undefined ? '–' : `≤ ${goal}×`, status]);
+      }
     }
   }
   const md = (rs: string[][]): string => rs.map((r, i) => `| ${r.join(' | ')} |` + (i === 0 ? `\n|${r.map(() => '---').join('|')}|` : '')).join('\n');
-  const breakdown: string[][] = [['Case', 'Cairn process, cached', 'realize() inside it', 'outside realize()', 'Cairn realize() from scratch (median)']];
+  const breakdown: string[][] = [['Case', 'Cairn', 'process, cached', 'realize() inside it', 'outside realize()', 'realize() from scratch (median)']];
   for (const r of results) {
-    const sr = stats(r.cairn.scratchRealizeMs);
-    breakdown.push([r.id, fmtMs(r.cairn.cached.median), fmtMs(r.cairn.cachedRealizeMs),
-      fmtMs(Math.max(0, r.cairn.cached.median - r.cairn.cachedRealizeMs)), `${fmtMs(sr.median)} of ${fmtMs(r.cairn.scratch.median)}`]);
+    for (const m of MODES) {
+      const c = r.cairn[m];
+      const sr = stats(c.scratchRealizeMs);
+      breakdown.push([r.id, MODE_LABEL[m], fmtMs(c.cached.median), fmtMs(c.cachedRealizeMs),
+        fmtMs(Math.max(0, c.cached.median - c.cachedRealizeMs)), `${fmtMs(sr.median)} of ${fmtMs(c.scratch.median)}`]);
+    }
   }
   const goalLines = goals.map((g) => `- ${g.met === null ? 'NO VERDICT' : g.met ? 'met' : 'MISSED'}: ${g.name}: ${g.measured} (goal ${g.target})`);
   const machine = {
