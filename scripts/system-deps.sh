@@ -9,15 +9,16 @@ set -euo pipefail
 # the machine tests, mkfs.xfs for reflink clones on a loop-mounted XFS,
 # debootstrap for the debian bases and container images, the Docker engine
 # for containers and services, rsync + ssh/sshd + ip (network namespaces)
-# for multi-host sync, and a C++ toolchain for better-sqlite3, which has no
-# prebuilt binary for this platform.
+# for multi-host sync, a C++ toolchain for better-sqlite3, which has no
+# prebuilt binary for this platform, and a C compiler for the `cairn` client
+# (cli/client/cairn.c).
 need=()
 for tool in mkfifo:coreutils mknod:coreutils dd:coreutils mkfs.ext4:e2fsprogs mount:mount umount:mount \
     xz:xz-utils bzip2:bzip2 zstd:zstd ar:binutils dpkg-deb:dpkg \
     qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils \
     mkfs.xfs:xfsprogs debootstrap:debootstrap dockerd:docker.io docker:docker.io \
     rsync:rsync ssh:openssh-client sshd:openssh-server ip:iproute2 \
-    make:make g++:g++ python3:python3; do
+    make:make g++:g++ cc:gcc python3:python3; do
   command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
 done
 [ ${#need[@]} -eq 0 ] && exit 0

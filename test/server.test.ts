@@ -71,6 +71,8 @@ describe('cairn server', () => {
   const status = (): ServerStatus => JSON.parse(cairn(['server', 'status', '--json']).stdout) as ServerStatus;
 
   before(() => {
+    // Built by scripts/build-client.sh; a shell-script stand-in means no C compiler was found.
+    assert.equal(fs.readFileSync(client).subarray(0, 4).toString('latin1'), '\x7fELF', `${client} is not the compiled client: is a C compiler (cc) installed?`);
     fs.mkdirSync(work, { recursive: true });
     fs.writeFileSync(path.join(work, 'lib.ts'), 'export const N: number = 1;\n');
     fs.writeFileSync(path.join(work, 'stages.ts'), [

@@ -27,7 +27,8 @@ function installHooks(): void {
  * stage file's top level (which may read files or the environment) must run
  * again each time, with edits to the files it imports seen. It loads the
  * module under a URL query (`?cairn-ns=N`) that the module hooks pass on to
- * every local file it imports; packages and `cairn` itself stay shared.
+ * every local file it imports (and to their compiled copies); packages and
+ * `cairn` itself stay shared.
  * Each namespace's modules stay in memory, which is why workers are recycled.
  */
 export async function isolateModules(): Promise<void> {
@@ -35,15 +36,15 @@ export async function isolateModules(): Promise<void> {
   installHooks();
 }
 
-/** Imports a module (a stage file, a catalog action file): directly from the compile cache when possible, else through module hooks. */
+/** Imports a module (a stage file, a catalog action file): directly from the compile cache when possible, else through module hooks (and always in a fresh namespace after isolateModules()). */
 export async function importModule(file: string): Promise<Record<string, unknown>> {
-  if (isolation) {
-    return (await import(`${pathToFileURL(file).href}?${NAMESPACE_PARAM}=${process.pid}.${++isolation.next}`)) as Record<string, unknown>;
-  }
+  // The same choice of path in every process, so build functions have the
+  // same source text (and DRef) with the server as without it.
   const direct = await compileForImport(file, compileEnv());
-  if (direct) return (await import(direct)) as Record<string, unknown>;
-  installHooks();
-  return (await import(pathToFileURL(file).href)) as Record<string, unknown>;
+  const url = direct ?? pathToFileURL(file).href;
+  if (isolation) return (await import(`${url}?${NAMESPACE_PARAM}=${process.pid}.${++isolation.next}`)) as Record<string, unknown>;
+  if (!direct) installHooks();
+  return (await import(url)) as Record<string, unknown>;
 }
 
 export interface LoadedStages {

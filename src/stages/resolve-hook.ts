@@ -37,9 +37,14 @@ async function resolveLocal(specifier: string, context: { parentURL?: string }, 
   }
 }
 
-/** A local file imported from a namespaced module joins its namespace (see load.ts isolateModules); packages never do. */
+/**
+ * A local file imported from a namespaced module joins its namespace (see
+ * load.ts isolateModules). Packages never do, nor does Cairn's own code,
+ * which compiled stage files import by absolute URL.
+ */
 function inNamespaceOf(parentURL: string | undefined, r: Resolved): Resolved {
   if (!parentURL?.startsWith('file:') || !r.url.startsWith('file:') || r.url.includes('/node_modules/')) return r;
+  if (r.url.startsWith(new URL('..', env.cairnUrl).href)) return r;
   const ns = new URL(parentURL).searchParams.get(NAMESPACE_PARAM);
   if (ns === null) return r;
   const url = new URL(r.url);
