@@ -80,9 +80,11 @@ export function registerServer(program: Command): void {
         process.stdout.write(`cairn server already running: pid ${running.pid} on ${socket}\n`);
         return;
       }
-      fs.mkdirSync(path.dirname(socket), { recursive: true, mode: 0o700 });
+      const { ensurePrivateDir } = await import('./serve/supervisor.js');
+      ensurePrivateDir(path.dirname(socket));
       const logFile = `${socket}.log`;
-      const logFd = fs.openSync(logFile, 'a', 0o600);
+      const { O_WRONLY, O_CREAT, O_APPEND, O_NOFOLLOW } = fs.constants;
+      const logFd = fs.openSync(logFile, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW, 0o600);
       const child = spawn(process.execPath, [MAIN, 'server', 'start', '--foreground', ...args], {
         detached: true, stdio: ['ignore', logFd, logFd],
       });
@@ -108,13 +110,14 @@ export function registerServer(program: Command): void {
     .description('stop the server (commands it is running finish first)')
     .action(async () => {
       const socket = serverSocketPath();
-      const r = await control(socket, 'stop');
-      if (!r) {
+      const s = await serverStatus(socket);
+      if (!s || !(await control(socket, 'stop'))) {
         process.stdout.write(`no cairn server on ${socket}\n`);
         return;
       }
-      const deadline = Date.now() + 30_000;
-      while (fs.existsSync(socket) && Date.now() < deadline) await sleep(50);
+      // Stopped means gone: running commands finish first.
+      const alive = (): boolean => { try { process.kill(s.pid, 0); return true; } catch { return false; } };
+      while (alive()) await sleep(50);
       process.stdout.write('cairn server stopped\n');
     });
 

@@ -208,6 +208,50 @@ describe('cairn server', () => {
     assert.notDeepEqual(status().workers.map((w) => w.pid).sort(), busyBefore.sort());
   });
 
+  it("puts back what a command replaced, and waits for its timers as a process would", () => {
+    fs.writeFileSync(path.join(work, 'noisy.ts'), [
+      "import { stage } from 'cairn';",
+      // A logger that wraps stdout, and output from a timer after the command's work is done.
+      'const write = process.stdout.write.bind(process.stdout);',
+      "process.stdout.write = ((s: string) => write('[wrapped] ' + s)) as typeof process.stdout.write;",
+      "setTimeout(() => console.log('late line'), 200);",
+      "export default stage({ name: 'noisy', config: {}, build: () => {} });",
+      '',
+    ].join('\n'));
+    const noisy = cairn(['instantiate', 'noisy.ts']);
+    assert.equal(noisy.code, 0, noisy.stderr);
+    assert.match(noisy.stdout, /^\[wrapped\] [0-9a-z]{32}-noisy\n\[wrapped\] late line\n$/);
+    assert.deepEqual(noisy, cairn(['instantiate', 'noisy.ts'], { CAIRN_NO_SERVER: '1' }));
+    // Every worker runs a plain command plainly afterwards.
+    for (let i = 0; i < 3; i++) assert.doesNotMatch(cairn(['instantiate', 'stages.ts']).stdout, /wrapped/);
+  });
+
+  it("leaves a command to Node when the client's Node options or locale differ from the server's", () => {
+    const r = cairn(['instantiate', 'stages.ts'], { NODE_OPTIONS: '--no-warnings', CAIRN_SERVER_DEBUG: '1' });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /running without the server: the client's NODE_OPTIONS differ/);
+  });
+
+  it("never talks to a socket that another user bound", async () => {
+    // Another user's "server" in a world-writable directory, answering with a forged result.
+    const dir = path.join(tmp.dir, 'shared');
+    fs.mkdirSync(dir, { mode: 0o777 });
+    fs.chmodSync(dir, 0o777);
+    fs.chmodSync(tmp.dir, 0o755);
+    const fake = path.join(dir, 'fake.sock');
+    const script = `const net = require('net'); net.createServer((c) => { c.once('data', () => { const b = Buffer.from('forged'); const h = Buffer.alloc(5); h.write('O'); h.writeUInt32BE(b.length, 1); c.end(Buffer.concat([h, b, Buffer.from('X'), Buffer.from([0, 0, 0, 1]), Buffer.from('0')])); }); }).listen(${JSON.stringify(fake)}, () => console.log('up'));`;
+    const other = spawn('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      await new Promise<void>((resolve, reject) => { other.stdout.once('data', () => resolve()); other.once('exit', (c) => reject(new Error(`fake server exited ${c}`))); });
+      const r = cairn(['instantiate', 'stages.ts'], { CAIRN_SERVER_SOCKET: fake });
+      assert.equal(r.code, 0, r.stderr);
+      assert.doesNotMatch(r.stdout, /forged/);
+      assert.match(r.stdout, /-s\n$/);
+    } finally {
+      other.kill();
+    }
+  });
+
   it('refuses a second server on the same socket', () => {
     const r = cairn(['server', 'start', '--foreground']);
     assert.equal(r.code, 1);

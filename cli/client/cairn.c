@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <limits.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,11 +76,17 @@ static void put(struct buf *b, const char *s, size_t n) {
 
 static void put_field(struct buf *b, const char *s) { put(b, s, strlen(s) + 1); }
 
+/* Writes everything, waiting when fd is non-blocking and full. */
 static int write_all(int fd, const char *p, size_t n) {
   while (n > 0) {
     ssize_t w = write(fd, p, n);
     if (w < 0) {
       if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+        poll(&pfd, 1, -1);
+        continue;
+      }
       return -1;
     }
     p += w;
@@ -110,6 +117,17 @@ static void read_build_id(char *out, size_t size) {
   fclose(f);
 }
 
+/*
+ * The request carries the whole environment, and the server runs commands
+ * with its own uid: talk only to a server of this very user. (The socket
+ * may sit in a world-writable directory, where anyone could have bound it.)
+ */
+static int peer_is_us(int fd) {
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+  return getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.uid == getuid();
+}
+
 int main(int argc, char **argv) {
   char exe[PATH_MAX];
   ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
@@ -129,7 +147,7 @@ int main(int argc, char **argv) {
   if (!socket_path(addr.sun_path, sizeof addr.sun_path)) run_node(argc, argv);
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) run_node(argc, argv);
-  if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+  if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0 || !peer_is_us(fd)) {
     close(fd);
     run_node(argc, argv);
   }
@@ -199,11 +217,9 @@ int main(int argc, char **argv) {
     payload[plen] = 0;
     switch (head[0]) {
     case 'O':
-      /* A closed stdout ends this process with SIGPIPE, as it would the Node CLI's. */
-      write_all(1, payload, plen);
-      break;
     case 'E':
-      write_all(2, payload, plen);
+      /* A closed stdout (`| head`) ends this process with SIGPIPE, as for most Unix tools; the server then ends the command. */
+      if (write_all(head[0] == 'O' ? 1 : 2, payload, plen) != 0) return 1;
       break;
     case 'X':
       return atoi(payload);

@@ -72,6 +72,9 @@ interface Worker {
   job?: Job;
 }
 
+/** Environment that a Node process reads when it starts (options, preloads, locale), not later. */
+const STARTUP_ENV = /^(NODE_OPTIONS|NODE_PATH|NODE_ICU_DATA|LANG|LANGUAGE|LC_[A-Z_]+)$/;
+
 const log = (s: string): void => { process.stderr.write(`${new Date().toISOString()} ${s}\n`); };
 
 /**
@@ -95,6 +98,8 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
     const child = fork(WORKER_MODULE, [], { stdio: ['ignore', 'pipe', 'pipe', 'ipc'], detached: true, execArgv: [] });
     const w: Worker = { child, state: 'warming', served: 0 };
     workers.add(w);
+    // A failed fork (EAGAIN, say) ends in 'close' like any other death.
+    child.on('error', (e) => log(`worker ${child.pid ?? '(not started)'}: ${e.message}`));
     const relay = (type: 'O' | 'E', chunk: Buffer): void => {
       const job = w.job;
       if (!job) {
@@ -102,7 +107,12 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
         return;
       }
       const r = (type === 'O' ? job.out : job.err).push(chunk);
-      if (r.data.length > 0 && !job.client.destroyed) job.client.write(frame(type, r.data));
+      if (r.data.length > 0 && !job.client.destroyed && !job.client.write(frame(type, r.data))) {
+        // A slow reader: hold the worker's output in its pipes, not in this process's memory.
+        child.stdout!.pause();
+        child.stderr!.pause();
+        job.client.once('drain', () => { child.stdout!.resume(); child.stderr!.resume(); });
+      }
       if (r.ended) {
         if (type === 'O') job.outEnded = true;
         else job.errEnded = true;
@@ -119,11 +129,13 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
         w.job.code = m.code;
         w.served++;
         served++;
-        if (w.served >= o.maxRequests || m.heapUsed > o.maxHeapBytes) w.state = 'exiting';
+        if (m.tainted) log(`worker ${child.pid}: a command left ${m.tainted}; replacing the worker`);
+        if (w.served >= o.maxRequests || m.heapUsed > o.maxHeapBytes || m.tainted) w.state = 'exiting';
         finishIfComplete(w);
       }
     });
-    child.on('exit', (code, signal) => {
+    // 'close', not 'exit': after 'close' the worker's pipes hold no more output.
+    child.on('close', (code, signal) => {
       workers.delete(w);
       if (w.job) {
         // The command ended its process (process.exit, a crash, a signal):
@@ -196,6 +208,9 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
     }
     const word = commandWord(req.args);
     if (word !== undefined && !SERVED_COMMANDS.has(word)) return pass(`${word} runs in a process of its own`);
+    // Node reads these once, at start-up: a worker started with others would behave differently.
+    const fixed = Object.keys({ ...process.env, ...req.env }).filter((k) => STARTUP_ENV.test(k) && (process.env[k] ?? '') !== (req.env[k] ?? ''));
+    if (fixed.length > 0) return pass(`the client's ${fixed.join(', ')} differ from the server's, and Node reads them at start-up`);
     const w = [...workers].find((x) => x.state === 'idle');
     if (!w) return pass('every worker is busy or warming up');
     const marker = Buffer.from(`\0cairn-end-${randomBytes(12).toString('hex')}\0`);
@@ -295,12 +310,7 @@ function signalNumber(sig: NodeJS.Signals): number {
  * A socket file left by a dead server is replaced; a live one is an error.
  */
 async function listenPrivately(server: net.Server, socket: string): Promise<void> {
-  const dir = path.dirname(socket);
-  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const st = fs.statSync(dir);
-  if (st.uid !== process.getuid!() || (st.mode & 0o022) !== 0) {
-    throw new CairnError('E_SERVER_SOCKET', `the server socket's directory ${dir} must be yours and writable by you alone`, { dir });
-  }
+  ensurePrivateDir(path.dirname(socket));
   if (fs.existsSync(socket)) {
     if (await answers(socket)) throw new CairnError('E_SERVER_RUNNING', `a cairn server already listens on ${socket}`, { socket });
     fs.rmSync(socket, { force: true });
@@ -313,6 +323,15 @@ async function listenPrivately(server: net.Server, socket: string): Promise<void
     });
   } finally {
     process.umask(umask);
+  }
+}
+
+/** Creates the socket's directory (0700) if needed, and refuses one that is not this user's alone. */
+export function ensurePrivateDir(dir: string): void {
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const st = fs.lstatSync(dir);
+  if (!st.isDirectory() || st.uid !== process.getuid!() || (st.mode & 0o022) !== 0) {
+    throw new CairnError('E_SERVER_SOCKET', `the server socket's directory ${dir} must be a directory of yours, writable by you alone`, { dir });
   }
 }
 

@@ -25,12 +25,26 @@ const { CommanderError } = createRequire(import.meta.url)('commander') as typeof
 
 /** Messages between the supervisor and a worker (over the IPC channel). */
 export type ToWorker = { type: 'run'; request: ClientRequest; marker: string } | { type: 'exit' };
-export type FromWorker = { type: 'ready' } | { type: 'done'; code: number; heapUsed: number };
+/** `tainted` names what a command left behind that a new process would not have (the worker is then replaced). */
+export type FromWorker = { type: 'ready' } | { type: 'done'; code: number; heapUsed: number; tainted?: string };
 
 const MAIN = path.join(path.dirname(path.dirname(new URL(import.meta.url).pathname)), 'main.js');
 const baseEnv = { ...process.env };
 const baseCwd = process.cwd();
 const baseUmask = process.umask();
+// What a command may replace, put back after it (a logger that wraps
+// process.stdout.write must not outlive its command).
+const baseWrites = { out: process.stdout.write, err: process.stderr.write };
+const CONSOLE_METHODS = ['log', 'info', 'warn', 'error', 'debug', 'trace', 'dir'] as const;
+const baseConsole = Object.fromEntries(CONSOLE_METHODS.map((m) => [m, console[m]]));
+let baseGlobals: Set<string>;
+let baseListeners: Map<string | symbol, number>;
+
+/** Listener counts of `process`, by event. */
+const listeners = (): Map<string | symbol, number> => new Map(process.eventNames().map((e) => [e, process.listenerCount(e)]));
+/** Active libuv resources by type: what keeps a process from exiting. */
+const activeResources = (): string => process.getActiveResourcesInfo().sort().join(',');
+let baseResources: string;
 
 function send(m: FromWorker): void {
   process.send!(m);
@@ -91,6 +105,27 @@ function leave(): void {
   setTty(process.stdout, false, 0);
   setTty(process.stderr, false, 0);
   process.exitCode = undefined;
+  process.stdout.write = baseWrites.out;
+  process.stderr.write = baseWrites.err;
+  Object.assign(console, baseConsole);
+}
+
+/** What the command left that a fresh process would not have; undefined if nothing. */
+function taint(): string | undefined {
+  const globals = Object.keys(globalThis).filter((k) => !baseGlobals.has(k));
+  if (globals.length > 0) return `new globals (${globals.slice(0, 5).join(', ')})`;
+  const added = process.eventNames().filter((e) => process.listenerCount(e) > (baseListeners.get(e) ?? 0));
+  if (added.length > 0) return `process listeners (${added.map(String).join(', ')})`;
+  return undefined;
+}
+
+/**
+ * A process exits once nothing keeps its event loop alive; a command's
+ * timers, sockets and child processes may still write output. Waits for
+ * them as a process would, so their output reaches this command's client.
+ */
+async function settle(): Promise<void> {
+  while (activeResources() !== baseResources) await new Promise((r) => setTimeout(r, 5).unref());
 }
 
 async function run(r: ClientRequest): Promise<number> {
@@ -118,17 +153,23 @@ process.on('message', (m: ToWorker) => {
     try {
       enter(m.request);
       code = await run(m.request);
+      await settle();
+      if (typeof process.exitCode === 'number' && code === 0) code = process.exitCode;
     } catch (e) {
       code = reportError(e);
     }
-    // Pipes are written synchronously on Linux: once the markers are
-    // written, so is everything before them.
-    process.stdout.write(m.marker);
-    process.stderr.write(m.marker);
+    // Through the original write functions, queued behind all the
+    // command's output: the supervisor relays up to the markers.
+    baseWrites.out.call(process.stdout, m.marker);
+    baseWrites.err.call(process.stderr, m.marker);
+    const tainted = taint();
     leave();
-    send({ type: 'done', code, heapUsed: process.memoryUsage().heapUsed });
+    send({ type: 'done', code, heapUsed: process.memoryUsage().heapUsed, ...(tainted ? { tainted } : {}) });
   })();
 });
 
 await warmUp();
+baseGlobals = new Set(Object.keys(globalThis));
+baseListeners = listeners();
+baseResources = activeResources();
 send({ type: 'ready' });
