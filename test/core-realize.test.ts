@@ -6,10 +6,12 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
+import fsDefault from 'node:fs';
+import { syncBuiltinESMExports } from 'node:module';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
-  all, CairnError, exact, instantiate, latest, parseRef, realize, stage, Store,
+  all, CairnError, collectGarbage, exact, instantiate, latest, parseRef, realize, stage, Store,
   type BuildContext, type RRef, type Stage,
 } from '../src/index.js';
 import { isCode, drefOf, one, storePerTest } from './helpers.js';
@@ -902,5 +904,68 @@ describe('realize: latest() with a plain realize reuses', () => {
     await realize(counted('x', { a }), { store });
     await realize(counted('y', { a }), { store });
     assert.equal(calls.get('a'), 1);
+  });
+});
+
+describe('realize: derivations written ahead, durability order', () => {
+  it('derivations written ahead of a build that never comes (a failure upstream) are indexed, so gc collects them; tmp is left empty', async () => {
+    const bad = stage({ name: 'bad', config: {}, build: async () => { await sleep(50); throw new Error('no'); } });
+    const chain: Stage[] = [bad];
+    for (let i = 0; i < 5; i++) chain.push(stage({ name: `after${i}`, config: { prev: chain[i] }, build: fixedBuild }));
+    await assert.rejects(realize(chain[5]!, { store }), isCode('E_BUILD_FAILED'));
+    // The writer had 50 ms to run ahead: every derivation on disk is indexed.
+    const onDisk = fs.readdirSync(path.join(store.root, 'd')).sort();
+    assert.ok(onDisk.length > 1, `derivations were written ahead (${onDisk.length})`);
+    for (const dref of onDisk) {
+      assert.ok(store.index.hasDrv(dref), `${dref} is indexed`);
+      assert.ok(fs.existsSync(path.join(store.drvDir(dref), 'drv.json')), `${dref} has drv.json`);
+    }
+    assert.deepEqual(tmpEntries(), []);
+    const report = await collectGarbage(store);
+    assert.deepEqual([...report.derivations].sort(), onDisk);
+    assert.deepEqual(fs.readdirSync(path.join(store.root, 'd')), []);
+  });
+
+  it('a realization is renamed into place only after its content and derivation are fsynced, and indexed only after its parent is', async () => {
+    const synced = new Set<string>();
+    const openReal = fs.promises.open;
+    mock.method(fs.promises, 'open', async (p: string, flags?: string) => {
+      const fh = await openReal(p, flags);
+      return { sync: async () => { await fh.sync(); synced.add(path.resolve(p)); }, close: () => fh.close() };
+    });
+    const renameReal = fsDefault.renameSync;
+    const problems: string[] = [];
+    mock.method(fsDefault, 'renameSync', (from: string, to: string) => {
+      const m = /\/d\/([^/]+)\/r\/[^/]+$/.exec(to);
+      if (m) {
+        const drv = path.join(store.root, 'd', m[1]!);
+        for (const p of [path.join(from, 'out', 'v'), path.join(from, 'out'), path.join(from, 'meta.json'), from, path.join(drv, 'drv.json'), drv, path.dirname(drv)]) {
+          if (!synced.has(p)) problems.push(`${p} not fsynced before the rename to ${to}`);
+        }
+      }
+      renameReal(from, to);
+    });
+    syncBuiltinESMExports();
+    const addReal = store.index.addRealizations.bind(store.index);
+    mock.method(store.index, 'addRealizations', (rs: Parameters<typeof addReal>[0]) => {
+      for (const r of rs) {
+        const parent = path.join(store.root, 'd', r.dref, 'r');
+        if (!synced.has(parent)) problems.push(`${parent} not fsynced before ${r.rref} was indexed`);
+      }
+      addReal(rs);
+    });
+    try {
+      const build = ({ config, out }: BuildContext<{ i: number }>) => { fs.writeFileSync(path.join(out, 'v'), `${config.i}\n`); };
+      let prev: Stage | null = null;
+      for (let i = 0; i < 5; i++) prev = stage({ name: `c${i}`, version: '1', config: { i, prev }, build });
+      const leaves = Array.from({ length: 4 }, (_, i) => stage({ name: `l${i}`, version: '1', config: { i }, build }));
+      const top = stage({ name: 'top', version: '1', config: { i: 9, leaves, prev }, build });
+      const r = await realize(top, { store, jobs: 2 });
+      assert.equal(r.builds, 10);
+    } finally {
+      mock.restoreAll();
+      syncBuiltinESMExports();
+    }
+    assert.deepEqual(problems, []);
   });
 });

@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CairnError, isCairnError } from '../errors.js';
+import type { BuildDirs } from '../store/build-dirs.js';
 import { removeTree } from '../store/fsutil.js';
 import { creationTime, type Context, type Published, type Store } from '../store/store.js';
 import { walkTree, type TreeSummary } from '../store/tree.js';
@@ -17,6 +18,8 @@ export interface BuildRun {
   /** On failure, move the build directory to ROOT/failed/ instead of deleting it. */
   keepFailed?: boolean;
   onLog?: (line: string) => void;
+  /** Where one-output builds get their directory (made ahead of time). */
+  dirs?: BuildDirs;
 }
 
 /**
@@ -29,14 +32,17 @@ export interface BuildRun {
 export async function buildAndPublish(run: BuildRun, published: Published[]): Promise<void> {
   const { store, node, context, config, keepFailed, onLog } = run;
   const s = node.stage;
-  const dir = store.makeTempDir(`build-${node.name}`);
   // Each output is built directly inside its staging directory, so
   // publishing it is a single rename; with one output, the build
-  // directory is itself the staging directory.
+  // directory is itself the staging directory, made ahead with its out/
+  // and build.log when the caller has `dirs`.
+  const dir = s.n === 1 && run.dirs ? await run.dirs.take() : store.makeTempDir(`build-${node.name}`);
   const staging = s.n === 1 ? [dir] : Array.from({ length: s.n }, (_, i) => path.join(dir, `rz-${i}`));
   const outs = staging.map((d) => path.join(d, 'out'));
-  if (s.n > 1) for (const d of staging) fs.mkdirSync(d);
-  for (const d of outs) fs.mkdirSync(d);
+  if (!(s.n === 1 && run.dirs)) {
+    if (s.n > 1) for (const d of staging) fs.mkdirSync(d);
+    for (const d of outs) fs.mkdirSync(d);
+  }
   let scratch: string | undefined;
   // The log is written straight into the first realization; the others get copies.
   const logFile = path.join(staging[0]!, 'build.log');
@@ -69,7 +75,7 @@ export async function buildAndPublish(run: BuildRun, published: Published[]): Pr
       const summaries: TreeSummary[] = [];
       for (const out of outs) summaries.push(await walkTree(out, { seal: true }));
       const buildMs = Date.now() - started;
-      const drvSync = store.ensureDrv(node.dref, node.name, node.drvJson, dir);
+      const drvSync = await store.drvs.ensure(node.dref, node.name, node.drvJson);
       fs.chmodSync(logFile, 0o444);
       const logs = staging.map((rz) => path.join(rz, 'build.log'));
       for (const l of logs.slice(1)) fs.copyFileSync(logFile, l);
@@ -94,7 +100,8 @@ export async function buildAndPublish(run: BuildRun, published: Published[]): Pr
     }
     throw e;
   } finally {
-    removeTree(dir);
+    // A published single output took the build directory with it.
+    if (!(ok && s.n === 1)) removeTree(dir);
     if (scratch) removeTree(scratch);
   }
 }

@@ -1,5 +1,7 @@
 import * as os from 'node:os';
+import * as path from 'node:path';
 import { CairnError, isCairnError } from '../errors.js';
+import { BuildDirs } from '../store/build-dirs.js';
 import { withLock } from '../store/locks.js';
 import { addOutLink } from '../store/roots.js';
 import type { DRef, RRef } from '../store/refs.js';
@@ -78,12 +80,18 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
   const forced = (node: Derivation): boolean =>
     opts.force === true || (Array.isArray(opts.force) && (opts.force.includes(node.name) || opts.force.includes(node.dref)));
 
+  let ahead: { stop(): Promise<void> } | undefined;
   if (!opts.dryRun) {
     store.sweepTemp();
     // Declared before the first index query, so gc keeps every realization
     // this run may choose or build on (see store/gc.ts).
     store.index.addTempRoots(tempRootOwner, graph.order);
+    // A derivation not in the index has no realization to choose: it will
+    // be built, so its drv.json is written now, in the background, ahead
+    // of its build (as nix-instantiate writes .drv files before building).
+    ahead = store.drvs.writeAhead(graph.order.map((d) => graph.nodes.get(d)!));
   }
+  const dirs = new BuildDirs(path.join(store.root, 'tmp'), store.owner, 1);
 
   const chosen = new Map<DRef, RRef[]>();
   const actions = new Map<DRef, PlanAction>();
@@ -153,7 +161,7 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
               const dref = graph.drefOf.get(st as Stage)!;
               return makeDep(store, dref, chosen.get(dref)!);
             });
-            await limit.run(() => buildAndPublish({ store, node, context, config, keepFailed: opts.keepFailed, onLog: (line) => events.log?.(node, line) }, published));
+            await limit.run(() => buildAndPublish({ store, node, context, config, keepFailed: opts.keepFailed, onLog: (line) => events.log?.(node, line), dirs }, published));
             builds++;
           }
         } catch (e) {
@@ -209,7 +217,11 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
       graph.targets.flatMap((d) => chosen.get(d)!).forEach((rref, i) => addOutLink(store, i === 0 ? opts.outLink! : `${opts.outLink}-${i + 1}`, rref));
     }
   } finally {
+    await ahead?.stop();
+    await dirs.close();
     await Promise.allSettled(settling);
+    // Derivations written ahead whose build never came (a failure upstream).
+    if (!opts.dryRun) await store.drvs.settle().catch(() => {});
     if (!opts.dryRun) store.index.dropTempRoots(tempRootOwner);
   }
 

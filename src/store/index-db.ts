@@ -107,6 +107,7 @@ export class StoreIndex {
       deleteDrv: db.prepare('DELETE FROM drv WHERE dref = ?'),
       allDrvs: db.prepare<[], { dref: string }>('SELECT dref FROM drv'),
       hasDrv: db.prepare<[string], { dref: string }>('SELECT dref FROM drv WHERE dref = ?'),
+      haveDrvs: db.prepare<[string], { dref: string }>('SELECT dref FROM drv WHERE dref IN (SELECT value FROM json_each(?))'),
       insertRz: db.prepare('INSERT OR IGNORE INTO rz (rref, dref, ctx, created, tree, bytes, files) VALUES (?, ?, ?, ?, ?, ?, ?)'),
       insertDep: db.prepare('INSERT OR IGNORE INTO rz_dep (rref, dep) VALUES (?, ?)'),
       deleteRz: db.prepare('DELETE FROM rz WHERE rref = ?'),
@@ -139,14 +140,28 @@ export class StoreIndex {
   depsOf(rref: RRef): RRef[] { return this.q.deps.all(rref).map((r) => r.dep); }
   dependantsOf(rref: RRef): RRef[] { return this.q.dependants.all(rref).map((r) => r.rref); }
   hasDrv(dref: DRef): boolean { return this.q.hasDrv.get(dref) !== undefined; }
-  addDrv(dref: DRef, name: string): void { this.q.insertDrv.run(dref, name); }
+  addDrvs(drvs: readonly { dref: DRef; name: string }[]): void {
+    this.db.transaction(() => { for (const d of drvs) this.q.insertDrv.run(d.dref, d.name); }).immediate();
+  }
+
+  /** Which of these derivations the index has, in one query. */
+  haveDrvs(drefs: readonly DRef[]): Set<DRef> {
+    return new Set(this.q.haveDrvs.all(JSON.stringify(drefs)).map((r) => r.dref));
+  }
   removeDrv(dref: DRef): void { this.q.deleteDrv.run(dref); }
   allDrvs(): DRef[] { return this.q.allDrvs.all().map((r) => r.dref); }
 
-  addRealization(r: IndexedRealization): void {
+  /**
+   * Indexes realizations, and their derivations, in one transaction (one
+   * WAL commit however many there are).
+   */
+  addRealizations(rs: readonly (IndexedRealization & { name: string })[]): void {
     this.db.transaction(() => {
-      this.q.insertRz.run(r.rref, r.dref, r.ctx, r.created, r.tree, r.bytes, r.files);
-      for (const dep of r.deps) this.q.insertDep.run(r.rref, dep);
+      for (const r of rs) {
+        this.q.insertDrv.run(r.dref, r.name);
+        this.q.insertRz.run(r.rref, r.dref, r.ctx, r.created, r.tree, r.bytes, r.files);
+        for (const dep of r.deps) this.q.insertDep.run(r.rref, dep);
+      }
     }).immediate();
   }
 

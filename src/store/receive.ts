@@ -21,7 +21,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CairnError } from '../errors.js';
-import { fsyncAll, removeTree } from './fsutil.js';
+import { fsyncAll } from './fsutil.js';
 import { shortHash } from './hash.js';
 import { withLock } from './locks.js';
 import { parseRef, parseRRef, type DRef, type RRef } from './refs.js';
@@ -239,40 +239,37 @@ async function receiveLocked(store: Store, staging: string, manifest: ClosureMan
   const received: RRef[] = [];
   const drvs: DRef[] = [];
   if (!all) {
-    const scratch = store.makeTempDir('receive');
-    try {
-      let pendingSync: string[] = [];
-      for (const [dref, text] of drvTexts) {
-        pendingSync.push(...store.ensureDrv(dref, parseRef(dref).name, text, scratch));
-        drvs.push(dref);
-      }
-      const toPublish = order.filter((r) => accepted.has(r));
-      for (let i = 0; i < toPublish.length; i += BATCH) {
-        const batch = toPublish.slice(i, i + BATCH);
-        // One fsync round for the whole batch (about one journal commit),
-        // then one rename each, dependencies first, then the index rows:
-        // the index never names a realization a crash could lose.
-        const metas = new Map<RRef, RealizationMeta>();
-        for (const rref of batch) {
-          const c = checked.get(rref);
-          if (!c) continue;
-          pendingSync.push(...c.toSync, ...store.metaSyncPaths(c.dir));
-          metas.set(rref, writeMeta(store, c));
-        }
-        await fsyncAll(pendingSync);
-        pendingSync = [];
-        const published: Published[] = [];
-        for (const rref of batch) {
-          const rec = recovered.get(rref);
-          published.push(rec ? { meta: rec, merged: true, parent: path.dirname(store.rzDir(rref)) } : await store.place(checked.get(rref)!.dir, metas.get(rref)!));
-          received.push(rref);
-        }
-        await store.record(published);
-      }
-      if (pendingSync.length > 0) await fsyncAll(pendingSync);
-    } finally {
-      removeTree(scratch);
+    let pendingSync: string[] = [];
+    for (const [dref, text] of drvTexts) {
+      pendingSync.push(...await store.drvs.ensure(dref, parseRef(dref).name, text));
+      drvs.push(dref);
     }
+    const toPublish = order.filter((r) => accepted.has(r));
+    for (let i = 0; i < toPublish.length; i += BATCH) {
+      const batch = toPublish.slice(i, i + BATCH);
+      // One fsync round for the whole batch (about one journal commit),
+      // then one rename each, dependencies first, then the index rows:
+      // the index never names a realization a crash could lose.
+      const metas = new Map<RRef, RealizationMeta>();
+      for (const rref of batch) {
+        const c = checked.get(rref);
+        if (!c) continue;
+        pendingSync.push(...c.toSync, ...store.metaSyncPaths(c.dir));
+        metas.set(rref, writeMeta(store, c));
+      }
+      await fsyncAll(pendingSync);
+      pendingSync = [];
+      const published: Published[] = [];
+      for (const rref of batch) {
+        const rec = recovered.get(rref);
+        published.push(rec ? { meta: rec, merged: true, parent: path.dirname(store.rzDir(rref)) } : await store.place(checked.get(rref)!.dir, metas.get(rref)!));
+        received.push(rref);
+      }
+      await store.record(published);
+    }
+    if (pendingSync.length > 0) await fsyncAll(pendingSync);
+    // Derivations sent without a realization: their files are durable now.
+    store.index.addDrvs(drvs.map((dref) => ({ dref, name: parseRef(dref).name })));
   }
   // Wrong content goes to quarantine for inspection, never into d/. An
   // all-or-nothing receive (import) leaves the store exactly as it was:

@@ -5,6 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { CairnError } from '../errors.js';
 import { canonicalJson } from './canonical.js';
 import { fsyncAll, fsyncPath, ownerAlive, ownerId, removeTree } from './fsutil.js';
+import { DrvFiles } from './drv-files.js';
 import { shortHash } from './hash.js';
 import { StoreIndex, type IndexedRealization } from './index-db.js';
 import { makeRRef, parseRef, parseRRef, type DRef, type RRef } from './refs.js';
@@ -88,10 +89,13 @@ export class Store {
   readonly root: string;
   readonly index: StoreIndex;
   readonly owner = ownerId();
+  /** Derivation files (`d/<dref>/drv.json`), written ahead of the builds. */
+  readonly drvs: DrvFiles;
 
   private constructor(root: string, index: StoreIndex) {
     this.root = root;
     this.index = index;
+    this.drvs = new DrvFiles(root, this.owner, index);
   }
 
   static open(root: string = defaultStoreRoot()): Store {
@@ -135,7 +139,7 @@ export class Store {
 
   close(): void { this.index.close(); }
 
-  drvDir(dref: DRef): string { return path.join(this.root, 'd', dref); }
+  drvDir(dref: DRef): string { return this.drvs.dir(dref); }
   rzDir(rref: RRef): string {
     const p = parseRRef(rref);
     return path.join(this.root, 'd', p.dref, 'r', p.rhash);
@@ -170,42 +174,6 @@ export class Store {
       removed++;
     }
     return removed;
-  }
-
-  /**
-   * Records the derivation's canonical JSON once; later calls are a single
-   * indexed lookup. `scratch` is a temporary directory of the caller's on
-   * the store's filesystem. Returns the paths the caller must fsync before
-   * it publishes a realization of this derivation (none if already recorded).
-   */
-  ensureDrv(dref: DRef, name: string, drvJson: string, scratch: string): string[] {
-    if (this.index.hasDrv(dref)) return [];
-    const dir = this.drvDir(dref);
-    const file = path.join(dir, 'drv.json');
-    if (!fs.existsSync(file)) {
-      if (fs.existsSync(dir)) {
-        // Damaged (drv.json moved aside by verify --repair): put it back.
-        fs.mkdirSync(path.join(dir, 'r'), { recursive: true });
-        const tmp = path.join(scratch, 'drv.json');
-        fs.writeFileSync(tmp, drvJson + '\n', { mode: 0o444 });
-        fs.renameSync(tmp, file);
-      } else {
-        // The directory is assembled in scratch space and renamed in whole,
-        // so a process killed here leaves all of it or none of it.
-        const staged = path.join(scratch, 'drv');
-        fs.mkdirSync(path.join(staged, 'r'), { recursive: true });
-        fs.writeFileSync(path.join(staged, 'drv.json'), drvJson + '\n', { mode: 0o444 });
-        try {
-          fs.renameSync(staged, dir);
-        } catch (e) {
-          const code = (e as NodeJS.ErrnoException).code;
-          if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw e;
-          removeTree(staged); // another process recorded it first
-        }
-      }
-    }
-    this.index.addDrv(dref, name);
-    return [file, dir, path.dirname(dir)];
   }
 
   /**
@@ -248,13 +216,15 @@ export class Store {
     const rref = meta.rref;
     const rhash = parseRRef(rref).rhash;
     const parent = path.join(this.drvDir(meta.dref), 'r');
-    if (!fs.existsSync(parent)) fs.mkdirSync(parent, { recursive: true });
     const final = path.join(parent, rhash);
-    try {
-      fs.renameSync(staging, final);
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw e;
+    let err = tryRename(staging, final);
+    if (err?.code === 'ENOENT' && !fs.existsSync(parent)) {
+      // d/<dref>/r comes with drv.json (ensureDrv); a damaged store may lack it.
+      fs.mkdirSync(parent, { recursive: true });
+      err = tryRename(staging, final);
+    }
+    if (err) {
+      if (err.code !== 'ENOTEMPTY' && err.code !== 'EEXIST') throw err;
       const problem = await this.inspect(rref);
       if (problem === null || problem.kind === 'writable') {
         removeTree(staging);
@@ -268,10 +238,10 @@ export class Store {
     return { meta, merged: false, parent };
   }
 
-  /** Makes published realizations durable, then indexes them (see `publish`). */
+  /** Makes published realizations durable, then indexes them and their derivations (see `publish`). */
   async record(published: readonly Published[]): Promise<void> {
     await fsyncAll([...new Set(published.map((p) => p.parent))]);
-    for (const p of published) this.index.addRealization(toIndexed(p.meta));
+    if (published.length > 0) this.index.addRealizations(published.map((p) => toIndexed(p.meta)));
   }
 
   /**
@@ -429,9 +399,18 @@ export class Store {
   }
 }
 
-function toIndexed(meta: RealizationMeta): IndexedRealization {
+function tryRename(from: string, to: string): NodeJS.ErrnoException | null {
+  try {
+    fs.renameSync(from, to);
+    return null;
+  } catch (e) {
+    return e as NodeJS.ErrnoException;
+  }
+}
+
+function toIndexed(meta: RealizationMeta): IndexedRealization & { name: string } {
   return {
-    rref: meta.rref, dref: meta.dref, ctx: meta.ctx, created: meta.created,
+    rref: meta.rref, dref: meta.dref, name: meta.name, ctx: meta.ctx, created: meta.created,
     tree: meta.tree, bytes: meta.bytes, files: meta.files,
     deps: Object.values(meta.context).flat(),
   };
