@@ -385,11 +385,15 @@ function runCase(spec: CaseSpec, work: string, cairn: CairnTool, nix: NixTool): 
   const kinds = [...MODES, 'nix'] as const;
   const rotated = (rep: number): (Mode | 'nix')[] => kinds.map((_, i) => kinds[(i + rep) % kinds.length]!);
 
-  // From scratch: a fresh store every repetition (removed outside the timing).
+  // From scratch: a fresh store every repetition. Stores are removed only
+  // when the whole benchmark ends: on ext4 without a journal (this
+  // machine's root), every file created within minutes of a large deletion
+  // scans past the recently deleted inodes, so deleting the previous store
+  // right before a run made both tools' timings depend mostly on that
+  // kernel scan and on what the harness deleted before.
   for (let rep = 0; rep < spec.scratchReps; rep++) {
     for (const tool of rotated(rep)) {
       if (tool !== 'nix') {
-        if (cStore[tool]) rmTree(path.dirname(cStore[tool]));
         cStore[tool] = cairn.store(`${spec.id}-${tool}-${rep}`);
         const what = `cairn (${MODE_LABEL[tool]}) realize ${spec.id} from scratch (rep ${rep + 1})`;
         const r = cairn.realizeJson(tool, cStore[tool], tsFile, what);
@@ -398,7 +402,6 @@ function runCase(spec: CaseSpec, work: string, cairn: CairnTool, nix: NixTool): 
         cScratch[tool].push(r.ms);
         cRealize[tool].push(r.realizeMs);
       } else if (spec.nix) {
-        if (nStore) rmTree(nStore);
         nStore = nix.store(`${spec.id}-${rep}`);
         const what = `nix-build ${spec.id} from scratch (rep ${rep + 1})`;
         const r = nix.build(nStore, nixExpr, what);
@@ -443,10 +446,6 @@ function runCase(spec: CaseSpec, work: string, cairn: CairnTool, nix: NixTool): 
   const result: CaseResult = { id: spec.id, shape: spec.shape, stages, cairn: { node: mode('node'), server: mode('server') } };
   if (spec.nix) result.nix = { scratch: stats(nScratch), cached: stats(nCached) };
   log(`  ${spec.id} cached: cairn ${MODES.map((m) => `(${MODE_LABEL[m]}) ${fmtStats(result.cairn[m].cached)}`).join(', ')}${result.nix ? `, nix ${fmtStats(result.nix.cached)}` : ''}`);
-  if (!KEEP) {
-    for (const m of MODES) rmTree(path.dirname(cStore[m]));
-    if (nStore) rmTree(nStore);
-  }
   return result;
 }
 
