@@ -97,7 +97,7 @@ export function parseRequest(payload: Buffer): ClientRequest {
   };
 }
 
-/** The inverse of parseRequest (what the C client sends; used by tests and by `cairn server` itself). */
+/** The inverse of parseRequest: what the C client sends (used by the tests). */
 export function encodeRequest(r: ClientRequest): Buffer {
   const fields = [REQUEST_MAGIC, r.build, r.cwd, r.umask.toString(8), r.stdoutTty ? '1' : '0', r.stderrTty ? '1' : '0', String(r.columns), String(r.args.length), ...r.args,
     ...Object.entries(r.env).map(([k, v]) => `${k}=${v}`)];

@@ -199,8 +199,9 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
       // Cairn was rebuilt where this server was loaded from: make way for a
       // server of the new build. (A client of some other installation just
       // runs on its own.)
-      if (readBuildId() !== build) {
-        log(`Cairn was rebuilt (build ${readBuildId()}): restarting`);
+      const onDisk = readBuildId();
+      if (onDisk !== build) {
+        log(`Cairn was rebuilt (build ${onDisk}): restarting`);
         restart = true;
         stop();
       }

@@ -8,7 +8,6 @@
  * the client too. After each command it writes the request's end marker to
  * both, which tells the supervisor that all of the command's output is in.
  */
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -17,6 +16,7 @@ import type * as CommanderTypes from 'commander';
 import { isolateModules, loadStageFile } from '../../src/stages/load.js';
 import { instantiate } from '../../src/stages/instantiate.js';
 import { realize } from '../../src/stages/realize.js';
+import { removeTree } from '../../src/store/fsutil.js';
 import { Store } from '../../src/store/store.js';
 import { createProgram, reportError } from '../program.js';
 import type { ClientRequest } from './protocol.js';
@@ -56,7 +56,7 @@ function send(m: FromWorker): void {
  * client finds them compiled rather than waiting for it.
  */
 async function warmUp(): Promise<void> {
-  await isolateModules();
+  isolateModules();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cairn-warm-'));
   try {
     const file = path.join(dir, 'warm.ts');
@@ -76,8 +76,7 @@ async function warmUp(): Promise<void> {
       store.close();
     }
   } finally {
-    spawnSync('chmod', ['-R', 'u+w', dir]);
-    fs.rmSync(dir, { recursive: true, force: true });
+    removeTree(dir);
   }
 }
 
@@ -86,10 +85,14 @@ function setTty(stream: NodeJS.WriteStream, tty: boolean, columns: number): void
   Object.assign(stream, { isTTY: tty || undefined, columns: tty && columns > 0 ? columns : undefined });
 }
 
+function replaceEnv(env: NodeJS.ProcessEnv): void {
+  for (const k of Object.keys(process.env)) delete process.env[k];
+  Object.assign(process.env, env);
+}
+
 function enter(r: ClientRequest): void {
   process.chdir(r.cwd);
-  for (const k of Object.keys(process.env)) delete process.env[k];
-  Object.assign(process.env, r.env);
+  replaceEnv(r.env);
   process.umask(r.umask);
   setTty(process.stdout, r.stdoutTty, r.columns);
   setTty(process.stderr, r.stderrTty, r.columns);
@@ -99,8 +102,7 @@ function enter(r: ClientRequest): void {
 
 function leave(): void {
   process.chdir(baseCwd);
-  for (const k of Object.keys(process.env)) delete process.env[k];
-  Object.assign(process.env, baseEnv);
+  replaceEnv(baseEnv);
   process.umask(baseUmask);
   setTty(process.stdout, false, 0);
   setTty(process.stderr, false, 0);
@@ -128,12 +130,12 @@ async function settle(): Promise<void> {
   while (activeResources() !== baseResources) await new Promise((r) => setTimeout(r, 5).unref());
 }
 
-async function run(r: ClientRequest): Promise<number> {
-  const argv = [process.execPath, MAIN, ...r.args];
-  const { program, closeStores } = createProgram(argv, { exitOverride: true });
+/** Runs the command enter() set up; its status if it ended in an error, else undefined (process.exitCode holds it). */
+async function run(): Promise<number | undefined> {
+  const { program, closeStores } = createProgram(process.argv, { exitOverride: true });
   try {
-    await program.parseAsync(argv);
-    return typeof process.exitCode === 'number' ? process.exitCode : 0;
+    await program.parseAsync(process.argv);
+    return undefined;
   } catch (e) {
     // Help, a version or a usage error: commander has printed what it had to say.
     if (e instanceof CommanderError) return e.exitCode;
@@ -152,9 +154,10 @@ process.on('message', (m: ToWorker) => {
     let code: number;
     try {
       enter(m.request);
-      code = await run(m.request);
+      const failed = await run();
       await settle();
-      if (typeof process.exitCode === 'number' && code === 0) code = process.exitCode;
+      // As for a process: an error's status, else what the command (or a timer after it) set.
+      code = failed ?? (typeof process.exitCode === 'number' ? process.exitCode : 0);
     } catch (e) {
       code = reportError(e);
     }

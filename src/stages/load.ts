@@ -31,7 +31,7 @@ function installHooks(): void {
  * `cairn` itself stay shared.
  * Each namespace's modules stay in memory, which is why workers are recycled.
  */
-export async function isolateModules(): Promise<void> {
+export function isolateModules(): void {
   isolation = { next: 0 };
   installHooks();
 }

@@ -8,9 +8,12 @@ import { fileURLToPath } from 'node:url';
 import { compileForHook, NAMESPACE_PARAM, type CompileEnv } from './module-compile.js';
 
 let env: CompileEnv;
+/** Cairn's own compiled code (dist/), which stays shared across namespaces. */
+let cairnRoot: string;
 
 export function initialize(data: CompileEnv): void {
   env = data;
+  cairnRoot = new URL('..', env.cairnUrl).href;
 }
 
 interface Resolved { url: string; format?: string | null; shortCircuit?: boolean }
@@ -44,7 +47,7 @@ async function resolveLocal(specifier: string, context: { parentURL?: string }, 
  */
 function inNamespaceOf(parentURL: string | undefined, r: Resolved): Resolved {
   if (!parentURL?.startsWith('file:') || !r.url.startsWith('file:') || r.url.includes('/node_modules/')) return r;
-  if (r.url.startsWith(new URL('..', env.cairnUrl).href)) return r;
+  if (r.url.startsWith(cairnRoot)) return r;
   const ns = new URL(parentURL).searchParams.get(NAMESPACE_PARAM);
   if (ns === null) return r;
   const url = new URL(r.url);
