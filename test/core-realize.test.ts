@@ -909,13 +909,17 @@ describe('realize: latest() with a plain realize reuses', () => {
 
 describe('realize: derivations written ahead, durability order', () => {
   it('derivations written ahead of a build that never comes (a failure upstream) are indexed, so gc collects them; tmp is left empty', async () => {
-    const bad = stage({ name: 'bad', config: {}, build: async () => { await sleep(50); throw new Error('no'); } });
+    // The failing build waits (up to 10 s) for the writer to place every derivation of the chain.
+    const written = () => fs.readdirSync(path.join(store.root, 'd')).length;
+    const bad = stage({ name: 'bad', config: {}, build: async () => {
+      for (let i = 0; i < 1000 && written() < 6; i++) await sleep(10);
+      throw new Error('no');
+    } });
     const chain: Stage[] = [bad];
     for (let i = 0; i < 5; i++) chain.push(stage({ name: `after${i}`, config: { prev: chain[i] }, build: fixedBuild }));
     await assert.rejects(realize(chain[5]!, { store }), isCode('E_BUILD_FAILED'));
-    // The writer had 50 ms to run ahead: every derivation on disk is indexed.
     const onDisk = fs.readdirSync(path.join(store.root, 'd')).sort();
-    assert.ok(onDisk.length > 1, `derivations were written ahead (${onDisk.length})`);
+    assert.equal(onDisk.length, 6, 'every derivation was written ahead');
     for (const dref of onDisk) {
       assert.ok(store.index.hasDrv(dref), `${dref} is indexed`);
       assert.ok(fs.existsSync(path.join(store.drvDir(dref), 'drv.json')), `${dref} has drv.json`);
@@ -926,31 +930,52 @@ describe('realize: derivations written ahead, durability order', () => {
     assert.deepEqual(fs.readdirSync(path.join(store.root, 'd')), []);
   });
 
-  it('a realization is renamed into place only after its content and derivation are fsynced, and indexed only after its parent is', async () => {
-    const synced = new Set<string>();
-    const openReal = fs.promises.open;
-    mock.method(fs.promises, 'open', async (p: string, flags?: string) => {
-      const fh = await openReal(p, flags);
-      return { sync: async () => { await fh.sync(); synced.add(path.resolve(p)); }, close: () => fh.close() };
+  it('a realization is renamed into place only after its content and derivation are fsynced, and indexed only after the renames are', async () => {
+    // Every event gets a sequence number; an fsync covers the changes made
+    // before it started, so `syncedAt` keeps the start of the latest one.
+    let seq = 0;
+    const fdPath = new Map<number, string>();
+    const syncedAt = new Map<string, number>();
+    const renamedAt = new Map<string, number>();
+    const openReal = fsDefault.openSync;
+    mock.method(fsDefault, 'openSync', (p: string, ...rest: unknown[]) => {
+      const fd = (openReal as (...a: unknown[]) => number)(p, ...rest);
+      fdPath.set(fd, path.resolve(p));
+      return fd;
     });
+    const fsyncReal = fsDefault.fsync;
+    mock.method(fsDefault, 'fsync', (fd: number, cb: (e: Error | null) => void) => {
+      const started = ++seq;
+      const p = fdPath.get(fd);
+      fsyncReal(fd, (e) => {
+        if (!e && p) syncedAt.set(p, Math.max(syncedAt.get(p) ?? 0, started));
+        cb(e);
+      });
+    });
+    const synced = (p: string, after = 0): boolean => (syncedAt.get(p) ?? -1) > after;
     const renameReal = fsDefault.renameSync;
     const problems: string[] = [];
     mock.method(fsDefault, 'renameSync', (from: string, to: string) => {
       const m = /\/d\/([^/]+)\/r\/[^/]+$/.exec(to);
       if (m) {
         const drv = path.join(store.root, 'd', m[1]!);
-        for (const p of [path.join(from, 'out', 'v'), path.join(from, 'out'), path.join(from, 'meta.json'), from, path.join(drv, 'drv.json'), drv, path.dirname(drv)]) {
-          if (!synced.has(p)) problems.push(`${p} not fsynced before the rename to ${to}`);
+        for (const p of [path.join(from, 'out', 'v'), path.join(from, 'out'), path.join(from, 'meta.json'), from, path.join(drv, 'drv.json'), drv]) {
+          if (!synced(p)) problems.push(`${p} not fsynced before the rename to ${to}`);
         }
       }
       renameReal(from, to);
+      renamedAt.set(path.resolve(to), ++seq);
     });
     syncBuiltinESMExports();
     const addReal = store.index.addRealizations.bind(store.index);
     mock.method(store.index, 'addRealizations', (rs: Parameters<typeof addReal>[0]) => {
       for (const r of rs) {
-        const parent = path.join(store.root, 'd', r.dref, 'r');
-        if (!synced.has(parent)) problems.push(`${parent} not fsynced before ${r.rref} was indexed`);
+        const drv = path.join(store.root, 'd', r.dref);
+        const ref = parseRef(r.rref);
+        const rz = path.join(drv, 'r', ref.kind === 'rz' ? ref.rhash : '');
+        // The realization's rename into r/, and the derivation's into d/.
+        if (!synced(path.dirname(rz), renamedAt.get(rz))) problems.push(`${path.dirname(rz)} not fsynced after ${r.rref} was renamed into it, before it was indexed`);
+        if (!synced(path.dirname(drv), renamedAt.get(drv))) problems.push(`d/ not fsynced after ${r.dref} was renamed into it, before it was indexed`);
       }
       addReal(rs);
     });

@@ -21,6 +21,17 @@ import type { FromWorker, ToWorker } from './worker.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const WORKER_MODULE = path.join(HERE, 'worker.js');
+/**
+ * libuv's thread pool size for workers, unless the server's environment
+ * sets one. A build's output is published after one concurrent round of up
+ * to six fsyncs (its files and directories, meta.json, the staging
+ * directory, a new derivation's files); with the default four threads that
+ * round takes two waves of device flushes instead of one, on the critical
+ * path of every chain of stages (docs/benchmarks.md). libuv reads the
+ * variable when the process starts, so it is given to the fork; commands
+ * run with their client's environment, so builds never see it.
+ */
+const WORKER_POOL_SIZE = '8';
 /** Written by the build (scripts/build-client.sh); the client sends its own. */
 const BUILD_ID_FILE = path.join(HERE, '..', '..', 'build-id');
 
@@ -95,7 +106,10 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
   const done = new Promise<void>((r) => { resolveDone = r; });
 
   const spawnWorker = (): void => {
-    const child = fork(WORKER_MODULE, [], { stdio: ['ignore', 'pipe', 'pipe', 'ipc'], detached: true, execArgv: [] });
+    const child = fork(WORKER_MODULE, [], {
+      stdio: ['ignore', 'pipe', 'pipe', 'ipc'], detached: true, execArgv: [],
+      env: { UV_THREADPOOL_SIZE: WORKER_POOL_SIZE, ...process.env },
+    });
     const w: Worker = { child, state: 'warming', served: 0 };
     workers.add(w);
     // A failed fork (EAGAIN, say) ends in 'close' like any other death.

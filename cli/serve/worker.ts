@@ -42,9 +42,24 @@ let baseListeners: Map<string | symbol, number>;
 
 /** Listener counts of `process`, by event. */
 const listeners = (): Map<string | symbol, number> => new Map(process.eventNames().map((e) => [e, process.listenerCount(e)]));
-/** Active libuv resources by type: what keeps a process from exiting. */
-const activeResources = (): string => process.getActiveResourcesInfo().sort().join(',');
-let baseResources: string;
+/** Active libuv resources, counted by type: what keeps a process from exiting. */
+function activeResources(): Map<string, number> {
+  const counts = new Map<string, number>();
+  for (const r of process.getActiveResourcesInfo()) counts.set(r, (counts.get(r) ?? 0) + 1);
+  return counts;
+}
+let baseResources: Map<string, number>;
+/**
+ * Whether resources beyond the worker's own are active. A request stays
+ * counted until the callback that completed it returns, and code awaiting
+ * it runs inside that callback, so a command (or the warm-up) may end while
+ * its last request is still counted: the baseline is taken a timer turn
+ * after the warm-up, and fewer than the baseline is settled too.
+ */
+function beyondBase(): boolean {
+  for (const [type, n] of activeResources()) if (n > (baseResources.get(type) ?? 0)) return true;
+  return false;
+}
 
 function send(m: FromWorker): void {
   process.send!(m);
@@ -127,7 +142,7 @@ function taint(): string | undefined {
  * them as a process would, so their output reaches this command's client.
  */
 async function settle(): Promise<void> {
-  while (activeResources() !== baseResources) await new Promise((r) => setTimeout(r, 5).unref());
+  while (beyondBase()) await new Promise((r) => setTimeout(r, 5).unref());
 }
 
 /** Runs the command enter() set up; its status if it ended in an error, else undefined (process.exitCode holds it). */
@@ -172,6 +187,7 @@ process.on('message', (m: ToWorker) => {
 });
 
 await warmUp();
+await new Promise((r) => setTimeout(r, 10));
 baseGlobals = new Set(Object.keys(globalThis));
 baseListeners = listeners();
 baseResources = activeResources();

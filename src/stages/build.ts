@@ -35,8 +35,8 @@ export async function buildAndPublish(run: BuildRun, published: Published[]): Pr
   // Each output is built directly inside its staging directory, so
   // publishing it is a single rename; with one output, the build
   // directory is itself the staging directory, made ahead with its out/
-  // and build.log when the caller has `dirs`.
-  const dir = s.n === 1 && run.dirs ? await run.dirs.take() : store.makeTempDir(`build-${node.name}`);
+  // when the caller has `dirs`.
+  const dir = s.n === 1 && run.dirs ? run.dirs.take() : store.makeTempDir(`build-${node.name}`);
   const staging = s.n === 1 ? [dir] : Array.from({ length: s.n }, (_, i) => path.join(dir, `rz-${i}`));
   const outs = staging.map((d) => path.join(d, 'out'));
   if (!(s.n === 1 && run.dirs)) {
@@ -75,7 +75,7 @@ export async function buildAndPublish(run: BuildRun, published: Published[]): Pr
       const summaries: TreeSummary[] = [];
       for (const out of outs) summaries.push(await walkTree(out, { seal: true }));
       const buildMs = Date.now() - started;
-      const drvSync = await store.drvs.ensure(node.dref, node.name, node.drvJson);
+      const drvSync = store.drvs.ensure(node.dref, node.name, node.drvJson);
       fs.chmodSync(logFile, 0o444);
       const logs = staging.map((rz) => path.join(rz, 'build.log'));
       for (const l of logs.slice(1)) fs.copyFileSync(logFile, l);

@@ -80,18 +80,19 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
   const forced = (node: Derivation): boolean =>
     opts.force === true || (Array.isArray(opts.force) && (opts.force.includes(node.name) || opts.force.includes(node.dref)));
 
-  let ahead: { stop(): Promise<void> } | undefined;
+  let ahead: { stop(): void } | undefined;
   if (!opts.dryRun) {
     store.sweepTemp();
     // Declared before the first index query, so gc keeps every realization
     // this run may choose or build on (see store/gc.ts).
     store.index.addTempRoots(tempRootOwner, graph.order);
     // A derivation not in the index has no realization to choose: it will
-    // be built, so its drv.json is written now, in the background, ahead
-    // of its build (as nix-instantiate writes .drv files before building).
+    // be built, so its drv.json is written now, in the main thread's idle
+    // moments, ahead of its build (as nix-instantiate writes .drv files
+    // before building).
     ahead = store.drvs.writeAhead(graph.order.map((d) => graph.nodes.get(d)!));
   }
-  const dirs = new BuildDirs(path.join(store.root, 'tmp'), store.owner, 1);
+  const dirs = new BuildDirs(path.join(store.root, 'tmp'), store.owner);
 
   const chosen = new Map<DRef, RRef[]>();
   const actions = new Map<DRef, PlanAction>();
@@ -138,7 +139,7 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
     // start as soon as the outputs are published (complete and readable), so
     // the durability round of one stage overlaps the build of the next.
     return new Promise<RRef[]>((resolve, reject) => {
-      const task = withLock(store, `build:${node.dref}:${ctx}`, `building ${node.name}`, async () => {
+      const task = withLock(store, `build:${node.dref}:${ctx}`, `building ${node.name}`, async (held) => {
         const have = candidatesOf(node.dref, ctx);
         if (!isForced) {
           // Another process may have built it while we waited for the lock.
@@ -168,7 +169,7 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
           await store.record(published).catch(() => {});
           throw e;
         }
-        const recorded = store.record(published);
+        const recorded = store.record(published, held);
         // Identical outputs merge: a build may publish one RRef several times.
         const known = new Set(have.map((c) => c.rref));
         const fresh: Candidate[] = [];
@@ -217,8 +218,8 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
       graph.targets.flatMap((d) => chosen.get(d)!).forEach((rref, i) => addOutLink(store, i === 0 ? opts.outLink! : `${opts.outLink}-${i + 1}`, rref));
     }
   } finally {
-    await ahead?.stop();
-    await dirs.close();
+    ahead?.stop();
+    dirs.close();
     await Promise.allSettled(settling);
     // Derivations written ahead whose build never came (a failure upstream).
     if (!opts.dryRun) await store.drvs.settle().catch(() => {});

@@ -1,52 +1,53 @@
-import { randomBytes } from 'node:crypto';
-import * as fsp from 'node:fs/promises';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { removeTree } from './fsutil.js';
+import { removeTree, tempName } from './fsutil.js';
 
 /**
  * Build directories for one-output builds (`tmp/<owner>-build-<random>/`
- * with an empty `out/` and `build.log`), made in libuv's thread pool ahead
- * of need: while one build waits for its fsyncs, the directory of the next
- * one is being created, instead of three file creations standing between
- * one build's publication and the next build.
+ * with an empty `out/`; the build log creates its own file). The next one
+ * is made on the following turn of the event loop after each `take`, so
+ * it is usually made while the main thread waits for the previous build's
+ * fsyncs, not between one build's publication and the next build. The
+ * two mkdirs are synchronous: a trip to libuv's thread pool costs more
+ * than they do (see DrvFiles).
  */
 export class BuildDirs {
-  private spare: Promise<string>[] = [];
+  private spare: string | undefined;
+  private timer: NodeJS.Immediate | undefined;
   private closed = false;
 
-  constructor(private readonly tmp: string, private readonly owner: string, private readonly ahead: number) {}
+  constructor(private readonly tmp: string, private readonly owner: string) {}
 
-  /** A fresh build directory; starts making the next ones. */
-  take(): Promise<string> {
+  /** A fresh build directory. */
+  take(): string {
     if (this.closed) throw new Error('BuildDirs used after close()');
-    const dir = this.spare.shift() ?? this.make();
-    while (this.spare.length < this.ahead) this.spare.push(this.make());
+    const dir = this.spare ?? this.make();
+    this.spare = undefined;
+    this.timer ??= setImmediate(() => {
+      this.timer = undefined;
+      // A spare that cannot be made now is made (or reported) by the next take.
+      if (!this.closed) try { this.spare = this.make(); } catch { /* see above */ }
+    });
     return dir;
   }
 
-  /** Removes the directories made but not taken. */
-  async close(): Promise<void> {
+  /** Removes the directory made but not taken. */
+  close(): void {
     this.closed = true;
-    const left = this.spare;
-    this.spare = [];
-    for (const d of await Promise.allSettled(left)) if (d.status === 'fulfilled') removeTree(d.value);
+    clearImmediate(this.timer);
+    if (this.spare) removeTree(this.spare);
+    this.spare = undefined;
   }
 
-  private make(): Promise<string> {
-    const dir = path.join(this.tmp, `${this.owner}-build-${randomBytes(6).toString('hex')}`);
-    const made = (async () => {
-      await fsp.mkdir(dir, { mode: 0o700 });
-      try {
-        await fsp.mkdir(path.join(dir, 'out'));
-        await fsp.writeFile(path.join(dir, 'build.log'), '', { mode: 0o644 });
-      } catch (e) {
-        removeTree(dir);
-        throw e;
-      }
-      return dir;
-    })();
-    // A spare nobody takes must not fail the process; a taken one reports its error.
-    made.catch(() => {});
-    return made;
+  private make(): string {
+    const dir = path.join(this.tmp, tempName(this.owner, 'build'));
+    fs.mkdirSync(dir, { mode: 0o700 });
+    try {
+      fs.mkdirSync(path.join(dir, 'out'));
+    } catch (e) {
+      removeTree(dir);
+      throw e;
+    }
+    return dir;
   }
 }

@@ -155,8 +155,9 @@ export class StoreIndex {
    * Indexes realizations, and their derivations, in one transaction (one
    * WAL commit however many there are).
    */
-  addRealizations(rs: readonly (IndexedRealization & { name: string })[]): void {
+  addRealizations(rs: readonly (IndexedRealization & { name: string })[], unlock?: { key: string; owner: string }): void {
     this.db.transaction(() => {
+      if (unlock) this.q.lockDel.run(unlock.key, unlock.owner);
       for (const r of rs) {
         this.q.insertDrv.run(r.dref, r.name);
         this.q.insertRz.run(r.rref, r.dref, r.ctx, r.created, r.tree, r.bytes, r.files);

@@ -10,6 +10,13 @@ export interface LockOptions {
   onWait?: (holder: string) => void;
 }
 
+/** A lock held by this process; `released` once another index write released it (see `Store.record`). */
+export interface HeldLock {
+  readonly key: string;
+  readonly owner: string;
+  released: boolean;
+}
+
 // Locks are per process in the index; inside one process, callers of the
 // same key queue on a promise chain so they never poll each other.
 const local = new Map<string, Promise<void>>();
@@ -20,7 +27,7 @@ const local = new Map<string, Promise<void>>();
  * whose owner has died (kill -9, power loss) is taken over, and that owner's
  * temporary directories are swept.
  */
-export async function withLock<T>(store: Store, key: string, what: string, fn: () => Promise<T>, opts: LockOptions = {}): Promise<T> {
+export async function withLock<T>(store: Store, key: string, what: string, fn: (held: HeldLock) => Promise<T>, opts: LockOptions = {}): Promise<T> {
   const previous = local.get(key) ?? Promise.resolve();
   let release!: () => void;
   const mine = new Promise<void>((r) => { release = r; });
@@ -29,10 +36,11 @@ export async function withLock<T>(store: Store, key: string, what: string, fn: (
   await previous;
   try {
     await acquire(store, key, what, opts);
+    const held: HeldLock = { key, owner: store.owner, released: false };
     try {
-      return await fn();
+      return await fn(held);
     } finally {
-      store.index.unlock(key, store.owner);
+      if (!held.released) store.index.unlock(key, store.owner);
     }
   } finally {
     release();

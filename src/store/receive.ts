@@ -239,9 +239,10 @@ async function receiveLocked(store: Store, staging: string, manifest: ClosureMan
   const received: RRef[] = [];
   const drvs: DRef[] = [];
   if (!all) {
-    let pendingSync: string[] = [];
+    // d/ makes the derivation directories durable: once, in the first round.
+    let pendingSync: string[] = drvTexts.size > 0 ? [store.drvs.parent] : [];
     for (const [dref, text] of drvTexts) {
-      pendingSync.push(...await store.drvs.ensure(dref, parseRef(dref).name, text));
+      pendingSync.push(...store.drvs.ensure(dref, parseRef(dref).name, text));
       drvs.push(dref);
     }
     const toPublish = order.filter((r) => accepted.has(r));

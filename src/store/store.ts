@@ -1,13 +1,13 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as os from 'node:os';
-import { randomBytes } from 'node:crypto';
 import { CairnError } from '../errors.js';
 import { canonicalJson } from './canonical.js';
-import { fsyncAll, fsyncPath, ownerAlive, ownerId, removeTree } from './fsutil.js';
+import { fsyncAll, fsyncPath, ownerAlive, ownerId, removeTree, tempName } from './fsutil.js';
 import { DrvFiles } from './drv-files.js';
 import { shortHash } from './hash.js';
 import { StoreIndex, type IndexedRealization } from './index-db.js';
+import type { HeldLock } from './locks.js';
 import { makeRRef, parseRef, parseRRef, type DRef, type RRef } from './refs.js';
 import { walkTree } from './tree.js';
 
@@ -115,7 +115,7 @@ export class Store {
     let text: string | undefined;
     try { text = fs.readFileSync(marker, 'utf8'); } catch { /* new store */ }
     if (text === undefined) {
-      const tmp = path.join(root, 'tmp', `${ownerId()}-store-json-${randomBytes(4).toString('hex')}`);
+      const tmp = path.join(root, 'tmp', tempName(ownerId(), 'store-json'));
       fs.writeFileSync(tmp, JSON.stringify({ [STORE_MARKER]: true, layout: LAYOUT_VERSION }) + '\n', { mode: 0o444 });
       try {
         // link() fails if another process created the marker first, which is fine.
@@ -148,7 +148,7 @@ export class Store {
 
   /** A fresh directory on the store's filesystem, named after its owner so dead owners' leftovers can be swept. */
   makeTempDir(label: string): string {
-    const dir = path.join(this.root, 'tmp', `${this.owner}-${label}-${randomBytes(6).toString('hex')}`);
+    const dir = path.join(this.root, 'tmp', tempName(this.owner, label));
     fs.mkdirSync(dir, { mode: 0o700 });
     return dir;
   }
@@ -163,7 +163,7 @@ export class Store {
     const tmp = path.join(this.root, 'tmp');
     for (const name of fs.readdirSync(tmp)) {
       if (ownerAlive(name.split('-')[0]!)) continue;
-      const claimed = path.join(tmp, `${this.owner}-sweep-${randomBytes(6).toString('hex')}`);
+      const claimed = path.join(tmp, tempName(this.owner, 'sweep'));
       try {
         fs.renameSync(path.join(tmp, name), claimed);
       } catch (e) {
@@ -238,10 +238,21 @@ export class Store {
     return { meta, merged: false, parent };
   }
 
-  /** Makes published realizations durable, then indexes them and their derivations (see `publish`). */
-  async record(published: readonly Published[]): Promise<void> {
-    await fsyncAll([...new Set(published.map((p) => p.parent))]);
-    if (published.length > 0) this.index.addRealizations(published.map((p) => toIndexed(p.meta)));
+  /**
+   * Makes published realizations durable, then indexes them and their
+   * derivations (see `publish`). A derivation the index lacks was placed
+   * recently, so `d/` is fsynced too: its entry must be durable before
+   * the index names it. `release` is a build lock to release in the same
+   * transaction: waiters find the realizations the moment they get the
+   * lock, and a build costs one index write less.
+   */
+  async record(published: readonly Published[], release?: HeldLock): Promise<void> {
+    const dirs = new Set(published.map((p) => p.parent));
+    if (published.some((p) => !this.index.hasDrv(p.meta.dref))) dirs.add(this.drvs.parent);
+    await fsyncAll([...dirs]);
+    if (published.length === 0) return;
+    this.index.addRealizations(published.map((p) => toIndexed(p.meta)), release);
+    if (release) release.released = true;
   }
 
   /**
