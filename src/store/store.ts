@@ -217,7 +217,19 @@ export class Store {
     const rhash = parseRRef(rref).rhash;
     const parent = path.join(this.drvDir(meta.dref), 'r');
     const final = path.join(parent, rhash);
+    // Moving a directory to another parent rewrites its '..', which needs
+    // write permission on it, except for root: root seals first, so the
+    // realization is read-only from the moment it appears. Anyone else
+    // seals it right after the rename, and a kill between the two leaves
+    // an intact realization with a write bit (verify: writable; the next
+    // build of it, or verify --repair, reseals it).
+    if (SEAL_BEFORE_RENAME) fs.chmodSync(staging, 0o555);
     let err = tryRename(staging, final);
+    if (err?.code === 'EACCES' && SEAL_BEFORE_RENAME) {
+      // A root without CAP_DAC_OVERRIDE (a restricted container).
+      fs.chmodSync(staging, 0o755);
+      err = tryRename(staging, final);
+    }
     if (err?.code === 'ENOENT' && !fs.existsSync(parent)) {
       // d/<dref>/r comes with drv.json (ensureDrv); a damaged store may lack it.
       fs.mkdirSync(parent, { recursive: true });
@@ -228,6 +240,7 @@ export class Store {
       const problem = await this.inspect(rref);
       if (problem === null || problem.kind === 'writable') {
         removeTree(staging);
+        if (problem) await this.reseal(rref);
         return { meta: this.readMeta(rref), merged: true, parent };
       }
       // A damaged copy of the same realization: never merge into it.
@@ -409,6 +422,8 @@ export class Store {
     return { derivations: drvs.length, realizations: rzs.length };
   }
 }
+
+const SEAL_BEFORE_RENAME = process.getuid?.() === 0;
 
 function tryRename(from: string, to: string): NodeJS.ErrnoException | null {
   try {
