@@ -71,6 +71,29 @@ CREATE TABLE IF NOT EXISTS lock (
 ) WITHOUT ROWID;
 `;
 
+const BUSY_TIMEOUT_MS = 120_000;
+
+/**
+ * Runs the index's set-up again while SQLite answers SQLITE_BUSY. Switching
+ * a new database to WAL fails at once, without the busy timeout, while
+ * another connection holds its write lock: several processes opening a new
+ * store together (the first realizes on it) otherwise fail with "database
+ * is locked". Every step is idempotent.
+ */
+function retryWhileBusy(setUp: () => void): void {
+  const deadline = Date.now() + BUSY_TIMEOUT_MS;
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  for (let wait = 2; ; wait = Math.min(wait * 2, 50)) {
+    try {
+      setUp();
+      return;
+    } catch (e) {
+      if (!String((e as { code?: unknown }).code).startsWith('SQLITE_BUSY') || Date.now() > deadline) throw e;
+      Atomics.wait(pause, 0, 0, wait * (0.5 + Math.random()));
+    }
+  }
+}
+
 export class StoreIndex {
   readonly db: BetterSqlite3.Database;
   private readonly q: ReturnType<StoreIndex['prepare']>;
@@ -78,18 +101,20 @@ export class StoreIndex {
   constructor(file: string) {
     // A long busy timeout: many processes may queue for the write lock
     // during a large parallel realize, and each holds it only briefly.
-    this.db = new Database(file, { timeout: 120_000 });
-    this.db.pragma('journal_mode = WAL');
-    // NORMAL in WAL mode can lose the last transactions on power loss but
-    // never corrupts; the files are the truth and the index can be rebuilt.
-    this.db.pragma('synchronous = NORMAL');
-    const version = this.db.pragma('user_version', { simple: true }) as number;
-    if (version < INDEX_SCHEMA_VERSION) {
-      // Every statement is CREATE ... IF NOT EXISTS, so older indexes are
-      // brought up to date in place; the index is a cache in any case.
-      this.db.exec(SCHEMA);
-      this.db.pragma(`user_version = ${INDEX_SCHEMA_VERSION}`);
-    }
+    this.db = new Database(file, { timeout: BUSY_TIMEOUT_MS });
+    retryWhileBusy(() => {
+      this.db.pragma('journal_mode = WAL');
+      // NORMAL in WAL mode can lose the last transactions on power loss but
+      // never corrupts; the files are the truth and the index can be rebuilt.
+      this.db.pragma('synchronous = NORMAL');
+      const version = this.db.pragma('user_version', { simple: true }) as number;
+      if (version < INDEX_SCHEMA_VERSION) {
+        // Every statement is CREATE ... IF NOT EXISTS, so older indexes are
+        // brought up to date in place; the index is a cache in any case.
+        this.db.exec(SCHEMA);
+        this.db.pragma(`user_version = ${INDEX_SCHEMA_VERSION}`);
+      }
+    });
     this.q = this.prepare();
   }
 
