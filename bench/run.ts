@@ -358,7 +358,7 @@ function caseSpecs(): CaseSpec[] {
     { id: 'chain-1000', shape: 'chain', n: 1000, scratchReps: 1, cachedReps: 2 * REPS, scratchGoal: false, nix: true },
   ];
   if (!SKIP_10K) {
-    specs.push({ id: 'chain-10000', shape: 'chain', n: 10_000, scratchReps: 1, cachedReps: Math.max(2, Math.ceil(REPS / 2)), scratchGoal: false, nix: NIX_10K });
+    specs.push({ id: 'chain-10000', shape: 'chain', n: 10_000, scratchReps: 1, cachedReps: 2 * REPS, scratchGoal: false, nix: NIX_10K });
   }
   return specs;
 }
