@@ -26,7 +26,7 @@ import type { DRef } from './refs.js';
  * can collect them.
  */
 export class DrvFiles {
-  /** Derivations placed by this process and not yet indexed: DRef → name. */
+  /** Derivations this process placed, DRef → name, until `settle` indexes those no realization did. */
   private readonly placed = new Map<DRef, string>();
 
   constructor(
