@@ -223,11 +223,13 @@ export class Store {
     // seals it right after the rename, and a kill between the two leaves
     // an intact realization with a write bit (verify: writable; the next
     // build of it, or verify --repair, reseals it).
-    if (SEAL_BEFORE_RENAME) fs.chmodSync(staging, 0o555);
+    let sealed = SEAL_BEFORE_RENAME;
+    if (sealed) fs.chmodSync(staging, 0o555);
     let err = tryRename(staging, final);
-    if (err?.code === 'EACCES' && SEAL_BEFORE_RENAME) {
+    if (err?.code === 'EACCES' && sealed) {
       // A root without CAP_DAC_OVERRIDE (a restricted container).
       fs.chmodSync(staging, 0o755);
+      sealed = false;
       err = tryRename(staging, final);
     }
     if (err?.code === 'ENOENT' && !fs.existsSync(parent)) {
@@ -247,7 +249,7 @@ export class Store {
       this.quarantine(final, rref);
       fs.renameSync(staging, final);
     }
-    fs.chmodSync(final, 0o555);
+    if (!sealed) fs.chmodSync(final, 0o555);
     return { meta, merged: false, parent };
   }
 
