@@ -44,12 +44,17 @@ function asOther(argv: string[], opts: { cwd?: string } = {}): { code: number | 
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
+/** Runs `cairn --store STORE ARGS` in a child process with `umask`; returns its last line of output. */
+function cairnUnder(umask: string, store: string, args: string[]): string {
+  const r = spawnSync('sh', ['-c', `umask ${umask}; exec "$0" "$@"`, process.execPath, cairnBin,
+    '--store', store, ...args], { cwd: repoRoot, encoding: 'utf8' });
+  assert.equal(r.status, 0, `cairn ${args.join(' ')} under umask ${umask}: ${r.stderr}`);
+  return r.stdout.trim() === '' ? '' : lastLine(r.stdout);
+}
+
 /** Realizes the chain in a child process with `umask`; returns the final RRef. */
 function realizeUnder(umask: string, store: string, extra: string[] = []): string {
-  const r = spawnSync('sh', ['-c', `umask ${umask}; exec "$0" "$@"`, process.execPath, cairnBin,
-    '--store', store, 'realize', CHAIN, '-q', ...extra], { cwd: repoRoot, encoding: 'utf8' });
-  assert.equal(r.status, 0, `realize under umask ${umask}: ${r.stderr}`);
-  return lastLine(r.stdout);
+  return cairnUnder(umask, store, ['realize', CHAIN, '-q', ...extra]);
 }
 
 /**
@@ -118,8 +123,8 @@ describe('another user cannot change a store', () => {
         fs.chmodSync(t.dir, 0o755);
         const store = path.join(t.dir, 'store');
         const final = realizeUnder(umask, store, ['--out-link', path.join(t.dir, 'result')]);
-        const b = ok(cairn(store, ['realize', CHAIN, '-q', '--stage', 'b'])).stdout.trim().split('\n').pop()!;
-        ok(cairn(store, ['root', 'add', 'keep', final]));
+        const b = realizeUnder(umask, store, ['--stage', 'b']);
+        cairnUnder(umask, store, ['root', 'add', 'keep', final]);
         const bFile = path.join(rzOf(store, b), 'out', 'b.txt');
         const before = { b: digest(bFile), index: digest(path.join(store, 'index.sqlite')) };
 
@@ -198,7 +203,7 @@ describe('Store.open refuses a store another user can change (E_STORE_UNSAFE)', 
     try {
       const store = path.join(t.dir, 'store');
       const rref = realizeUnder('000', store, ['--out-link', path.join(t.dir, 'result')]);
-      ok(cairn(store, ['root', 'add', 'keep', rref]));
+      cairnUnder('000', store, ['root', 'add', 'keep', rref]);
       const mode = (p: string): string => (fs.lstatSync(path.join(store, p)).mode & 0o7777).toString(8);
       const dref = rref.slice(33);
       const expect: Record<string, string> = {
