@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { CairnError, isCairnError } from '../errors.js';
 import type { BuildDirs } from '../store/build-dirs.js';
 import { removeTree } from '../store/fsutil.js';
+import { DIR_MODE, makeDirs } from '../store/permissions.js';
 import { creationTime, type Context, type Published, type Store } from '../store/store.js';
 import { walkTree, type TreeSummary } from '../store/tree.js';
 import { makeBuildContext, makeLog } from './build-context.js';
@@ -40,8 +41,8 @@ export async function buildAndPublish(run: BuildRun, published: Published[]): Pr
   const staging = s.n === 1 ? [dir] : Array.from({ length: s.n }, (_, i) => path.join(dir, `rz-${i}`));
   const outs = staging.map((d) => path.join(d, 'out'));
   if (!(s.n === 1 && run.dirs)) {
-    if (s.n > 1) for (const d of staging) fs.mkdirSync(d);
-    for (const d of outs) fs.mkdirSync(d);
+    if (s.n > 1) for (const d of staging) fs.mkdirSync(d, { mode: DIR_MODE });
+    for (const d of outs) fs.mkdirSync(d, { mode: DIR_MODE });
   }
   let scratch: string | undefined;
   // The log is written straight into the first realization; the others get copies.
@@ -93,7 +94,7 @@ export async function buildAndPublish(run: BuildRun, published: Published[]): Pr
   } catch (e) {
     if (keepFailed && !ok) {
       const kept = path.join(store.root, 'failed', `${node.name}-${new Date().toISOString().replace(/[:.]/g, '')}-${path.basename(dir).slice(-6)}`);
-      fs.mkdirSync(path.dirname(kept), { recursive: true });
+      makeDirs(path.dirname(kept));
       fs.renameSync(dir, kept);
       if (isCairnError(e)) e.details.kept = kept;
       if (e instanceof Error) e.message += ` (build directory kept at ${kept})`;

@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { removeTree, tempName } from './fsutil.js';
+import { DIR_MODE, PRIVATE_DIR_MODE } from './permissions.js';
 
 /**
  * Build directories for one-output builds (`tmp/<owner>-build-<random>/`
@@ -41,9 +42,9 @@ export class BuildDirs {
 
   private make(): string {
     const dir = path.join(this.tmp, tempName(this.owner, 'build'));
-    fs.mkdirSync(dir, { mode: 0o700 });
+    fs.mkdirSync(dir, { mode: PRIVATE_DIR_MODE });
     try {
-      fs.mkdirSync(path.join(dir, 'out'));
+      fs.mkdirSync(path.join(dir, 'out'), { mode: DIR_MODE });
     } catch (e) {
       removeTree(dir);
       throw e;

@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fsyncAll, removeTree, tempName } from './fsutil.js';
+import { DIR_MODE, makeDirs } from './permissions.js';
 import type { StoreIndex } from './index-db.js';
 import type { DRef } from './refs.js';
 
@@ -95,9 +96,9 @@ export class DrvFiles {
   private place(dref: DRef, name: string, drvJson: string): void {
     const dir = this.dir(dref);
     const staged = path.join(this.root, 'tmp', tempName(this.owner, 'drv'));
-    fs.mkdirSync(staged);
+    fs.mkdirSync(staged, { mode: DIR_MODE });
     try {
-      fs.mkdirSync(path.join(staged, 'r'));
+      fs.mkdirSync(path.join(staged, 'r'), { mode: DIR_MODE });
       fs.writeFileSync(path.join(staged, 'drv.json'), drvJson + '\n', { mode: 0o444 });
       fs.renameSync(staged, dir);
     } catch (e) {
@@ -112,7 +113,7 @@ export class DrvFiles {
         } catch (e2) {
           if ((e2 as NodeJS.ErrnoException).code !== 'EEXIST') throw e2;
         }
-        fs.mkdirSync(path.join(dir, 'r'), { recursive: true });
+        makeDirs(path.join(dir, 'r'));
       } finally {
         removeTree(staged);
       }

@@ -92,6 +92,8 @@ async function checkStaged(dir: string, rref: RRef): Promise<{ meta: Realization
   let meta: RealizationMeta;
   try {
     if (!fs.lstatSync(metaFile).isFile()) return 'meta.json is not a regular file';
+    // Sealed like a built one's: rsync and tar keep the sender's mode (0666, say).
+    fs.chmodSync(metaFile, 0o444);
     meta = JSON.parse(fs.readFileSync(metaFile, 'utf8')) as RealizationMeta;
   } catch {
     return 'meta.json is missing or not JSON';

@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CairnError } from '../errors.js';
 import { fsyncPath } from './fsutil.js';
+import { FILE_MODE, makeDirs } from './permissions.js';
 import { isName, parseRRef, type RRef } from './refs.js';
 import type { Store } from './store.js';
 
@@ -31,7 +32,7 @@ const autoDir = (store: Store): string => path.join(store.root, 'roots', 'auto')
 function writeAtomically(store: Store, file: string, text: string): void {
   const tmpDir = store.makeTempDir('root');
   const tmp = path.join(tmpDir, 'root');
-  fs.writeFileSync(tmp, text);
+  fs.writeFileSync(tmp, text, { mode: FILE_MODE });
   fsyncPath(tmp);
   fs.renameSync(tmp, file);
   fs.rmdirSync(tmpDir);
@@ -41,7 +42,7 @@ function writeAtomically(store: Store, file: string, text: string): void {
 export function addNamedRoot(store: Store, name: string, rrefs: RRef[]): void {
   if (!isName(name)) throw new CairnError('E_BAD_NAME', `root name ${JSON.stringify(name)} is not allowed: use letters, digits, . _ + -`, { name });
   for (const r of rrefs) parseRRef(r);
-  fs.mkdirSync(namedDir(store), { recursive: true });
+  makeDirs(namedDir(store));
   // Ordered against gc's transaction: either gc already deleted a
   // realization (and it is refused here), or gc will see the root.
   store.index.db.transaction(() => {
@@ -74,7 +75,7 @@ export function addOutLink(store: Store, link: string, rref: RRef): string {
   const tmp = `${abs}.cairn-${process.pid}`;
   fs.symlinkSync(target, tmp);
   fs.renameSync(tmp, abs);
-  fs.mkdirSync(autoDir(store), { recursive: true });
+  makeDirs(autoDir(store));
   const key = createHash('sha256').update(abs).digest('hex').slice(0, 32);
   const entry = path.join(autoDir(store), key);
   const tmpEntry = `${entry}.${process.pid}.tmp`;

@@ -8,6 +8,7 @@ import { DrvFiles } from './drv-files.js';
 import { shortHash } from './hash.js';
 import { StoreIndex, type IndexedRealization } from './index-db.js';
 import type { HeldLock } from './locks.js';
+import { PRIVATE_DIR_MODE, checkStoreSafety, makeDirs } from './permissions.js';
 import { makeRRef, parseRef, parseRRef, type DRef, type RRef } from './refs.js';
 import { walkTree } from './tree.js';
 
@@ -101,11 +102,14 @@ export class Store {
   static open(root: string = defaultStoreRoot()): Store {
     const abs = path.resolve(root);
     try {
-      fs.mkdirSync(path.join(abs, 'tmp'), { recursive: true });
-      fs.mkdirSync(path.join(abs, 'd'), { recursive: true });
+      makeDirs(path.join(abs, 'tmp'));
+      makeDirs(path.join(abs, 'd'));
     } catch (e) {
       throw new CairnError('E_STORE_IO', `cannot create the store at ${abs}: ${(e as Error).message}`, { root: abs }, { cause: e });
     }
+    // Before anything is read from it: a store someone else can write to
+    // could hold a forged realization that the next realize would use.
+    checkStoreSafety(abs);
     Store.checkLayout(abs);
     return new Store(abs, new StoreIndex(path.join(abs, 'index.sqlite')));
   }
@@ -149,7 +153,7 @@ export class Store {
   /** A fresh directory on the store's filesystem, named after its owner so dead owners' leftovers can be swept. */
   makeTempDir(label: string): string {
     const dir = path.join(this.root, 'tmp', tempName(this.owner, label));
-    fs.mkdirSync(dir, { mode: 0o700 });
+    fs.mkdirSync(dir, { mode: PRIVATE_DIR_MODE });
     return dir;
   }
 
@@ -234,7 +238,7 @@ export class Store {
     }
     if (err?.code === 'ENOENT' && !fs.existsSync(parent)) {
       // d/<dref>/r comes with drv.json (ensureDrv); a damaged store may lack it.
-      fs.mkdirSync(parent, { recursive: true });
+      makeDirs(parent);
       err = tryRename(staging, final);
     }
     if (err) {
@@ -281,6 +285,8 @@ export class Store {
     const p = parseRRef(rref);
     const dir = this.rzDir(rref);
     const modified = (detail: string) => ({ kind: 'modified' as const, detail });
+    const odd = unexpectedEntry(dir);
+    if (odd) return modified(odd);
     let meta: RealizationMeta;
     try {
       meta = JSON.parse(fs.readFileSync(path.join(dir, 'meta.json'), 'utf8')) as RealizationMeta;
@@ -322,7 +328,7 @@ export class Store {
   /** Moves a damaged realization out of the way, to ROOT/quarantine/, for inspection. */
   quarantine(dir: string, rref: RRef): void {
     const to = path.join(this.root, 'quarantine', `${rref}-${Date.now()}`);
-    fs.mkdirSync(path.dirname(to), { recursive: true });
+    makeDirs(path.dirname(to));
     fs.renameSync(dir, to);
     this.index.removeRealization(rref);
   }
@@ -408,13 +414,16 @@ export class Store {
     const rzs: IndexedRealization[] = [];
     const dRoot = path.join(this.root, 'd');
     for (const dref of fs.readdirSync(dRoot)) {
-      const p = parseRef(dref);
+      // Junk next to the derivations is `store verify`'s to report, not a reason to give up.
+      let p;
+      try { p = parseRef(dref); } catch { continue; }
       if (p.kind !== 'drv') continue;
       if (fs.existsSync(path.join(dRoot, dref, 'drv.json'))) drvs.push({ dref, name: p.name });
       let hashes: string[] = [];
       try { hashes = fs.readdirSync(path.join(dRoot, dref, 'r')); } catch { /* no realizations */ }
       for (const rhash of hashes) {
         try {
+          if (!fs.lstatSync(path.join(dRoot, dref, 'r', rhash)).isDirectory()) continue;
           const meta = this.readMeta(makeRRef(rhash, dref));
           rzs.push(toIndexed(meta));
         } catch { /* unreadable realizations are verify's business */ }
@@ -423,6 +432,22 @@ export class Store {
     this.index.replaceAll(drvs, rzs);
     return { derivations: drvs.length, realizations: rzs.length };
   }
+}
+
+/** What a realization directory holds, and the type of each (never a symlink). */
+const RZ_ENTRIES = new Map([['out', 'dir'], ['meta.json', 'file'], ['build.log', 'file']]);
+
+/** The first entry of a realization directory that does not belong there, or null. */
+function unexpectedEntry(dir: string): string | null {
+  let names: string[];
+  try { names = fs.readdirSync(dir); } catch (e) { return `directory cannot be read: ${(e as Error).message}`; }
+  for (const name of names) {
+    const want = RZ_ENTRIES.get(name);
+    if (want === undefined) return `unexpected entry ${JSON.stringify(name)} next to out/`;
+    const st = fs.lstatSync(path.join(dir, name));
+    if (want === 'dir' ? !st.isDirectory() : !st.isFile()) return `${name} is not a ${want === 'dir' ? 'directory' : 'regular file'}`;
+  }
+  return null;
 }
 
 const SEAL_BEFORE_RENAME = process.getuid?.() === 0;

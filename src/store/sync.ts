@@ -21,6 +21,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { CairnError, ErrorCodes, type ErrorCode } from '../errors.js';
 import { removeTree } from './fsutil.js';
+import { PRIVATE_DIR_MODE } from './permissions.js';
 import { parseRef, parseRRef, type DRef, type RRef } from './refs.js';
 import { receiveClosure, type ReceiveReport } from './receive.js';
 import { listRoots } from './roots.js';
@@ -101,7 +102,8 @@ export const incomingRoot = (store: Store): string => path.join(store.root, 'inc
 export function prepareIncoming(store: Store, key: string): string {
   if (!/^[0-9a-z]{32}$/.test(key)) throw new CairnError('E_USAGE', `${JSON.stringify(key)} is not a sync key`);
   const root = incomingRoot(store);
-  fs.mkdirSync(root, { recursive: true });
+  // Private: what rsync stages here is unchecked, with whatever modes the sender gave it.
+  fs.mkdirSync(root, { recursive: true, mode: PRIVATE_DIR_MODE });
   const now = Date.now();
   for (const name of fs.readdirSync(root)) {
     if (name === key) continue;
@@ -110,7 +112,7 @@ export function prepareIncoming(store: Store, key: string): string {
     } catch { /* another process removed it */ }
   }
   const dir = path.join(root, key);
-  fs.mkdirSync(dir, { recursive: true });
+  fs.mkdirSync(dir, { recursive: true, mode: PRIVATE_DIR_MODE });
   return dir;
 }
 
