@@ -41,7 +41,9 @@ describe('extraction plan: symlinks judged by where they resolve', () => {
     planExtraction([sym('l', 'missing/../x')]);
   });
   it('links inside the tree, through other links, are fine', () => {
-    planExtraction([f('pkg/README'), sym('pkg/lib/readme', '../README'), sym('top', 'pkg/lib/readme'), sym('self', '.')]);
+    planExtraction([
+      f('pkg/README'), sym('pkg/lib/readme', '../README'), sym('top', 'pkg/lib/readme'), sym('self', '.'),
+    ]);
   });
 });
 
@@ -73,7 +75,9 @@ describe('extraction plan: writes and links', () => {
     refused([f('pkg/a'), f('other/a')], 1); // strip makes them one name
   });
   it('devices, fifos, absolute and .. names', () => {
-    for (const type of ['chardev', 'blockdev', 'fifo'] as const) refused([{ path: 'x', type, linkpath: '', size: 0, mode: 0 }]);
+    for (const type of ['chardev', 'blockdev', 'fifo'] as const) {
+      refused([{ path: 'x', type, linkpath: '', size: 0, mode: 0 }]);
+    }
     refused([f('/abs')]);
     refused([f('a/../../x')]);
     refused([f('pkg/../../x')], 1);

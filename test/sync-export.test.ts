@@ -144,7 +144,10 @@ describe('export and import in process: bytes, determinism, the partial file (is
     try {
       const rref = one(await realize(stage({
         name: 'det', config: {}, version: '1',
-        build: async ({ out }) => { fs.writeFileSync(path.join(out, 'a.txt'), 'a\n'); fs.mkdirSync(path.join(out, 'z')); },
+        build: async ({ out }) => {
+          fs.writeFileSync(path.join(out, 'a.txt'), 'a\n');
+          fs.mkdirSync(path.join(out, 'z'));
+        },
       }), { store: a }));
       const one1 = path.join(work.dir, 'det-1.tar');
       const two = path.join(work.dir, 'det-2.tar');

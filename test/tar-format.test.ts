@@ -28,8 +28,9 @@ function parse(tar: Buffer, step = tar.length): Read[] {
   p.end();
   return out;
 }
-const fileEntry = (name: Buffer, data: Buffer, mode = 0o644): Buffer =>
-  Buffer.concat([entryHeader({ path: name, type: 'file', size: data.length, mode }), data, Buffer.alloc(padding(data.length))]);
+const fileEntry = (name: Buffer, data: Buffer, mode = 0o644): Buffer => Buffer.concat([
+  entryHeader({ path: name, type: 'file', size: data.length, mode }), data, Buffer.alloc(padding(data.length)),
+]);
 const latin1 = (b: Buffer): string => b.toString('latin1');
 
 describe('tar format: write then read', () => {
@@ -40,7 +41,9 @@ describe('tar format: write then read', () => {
     fileEntry(Buffer.from('dir/a'), Buffer.from('hello\n'), 0o755),
     fileEntry(nonUtf8, Buffer.alloc(1000, 7)),
     fileEntry(longName, Buffer.alloc(0)),
-    entryHeader({ path: Buffer.from('ln'), type: 'symlink', mode: 0o777, linkpath: Buffer.concat([Buffer.from('x/'), nonUtf8]) }),
+    entryHeader({
+      path: Buffer.from('ln'), type: 'symlink', mode: 0o777, linkpath: Buffer.concat([Buffer.from('x/'), nonUtf8]),
+    }),
     END,
   ]);
   const expect = (r: Read[]): void => {
@@ -109,11 +112,13 @@ describe('tar format: damage is E_BAD_ARCHIVE', () => {
   const good = Buffer.concat([fileEntry(Buffer.from('a'), Buffer.alloc(3000, 1)), END]);
   it('a flipped header byte fails the checksum', () => {
     const t = Buffer.from(good);
-    t[10] ^= 1;
+    t[10] = t[10]! ^ 1;
     assert.throws(() => parse(t), isCode('E_BAD_ARCHIVE'));
   });
   it('truncation mid-data, mid-header, and at an entry boundary without the end marker', () => {
-    for (const n of [1000, 3584 - 100, 200, BLOCK + 3072]) assert.throws(() => parse(good.subarray(0, n)), isCode('E_BAD_ARCHIVE'), String(n));
+    for (const n of [1000, 3584 - 100, 200, BLOCK + 3072]) {
+      assert.throws(() => parse(good.subarray(0, n)), isCode('E_BAD_ARCHIVE'), String(n));
+    }
   });
   it('an unknown entry type (GNU sparse) is refused, not extracted wrongly', () => {
     const h = entryHeader({ path: Buffer.from('s'), type: 'file', size: 0, mode: 0o644 });

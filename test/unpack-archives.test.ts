@@ -392,10 +392,14 @@ describe('unpack: damaged archives are E_BAD_ARCHIVE', () => {
  * targets are bytes (hex on the way to python), so non-UTF-8 names and hostile
  * layouts can be built. `zst` compresses it with zstd afterwards.
  */
-type PyEntry = { name: string | Buffer; type: 'file' | 'dir' | 'sym' | 'hard'; link?: string | Buffer; data?: string; mode?: number };
+interface PyEntry {
+  name: string | Buffer; type: 'file' | 'dir' | 'sym' | 'hard'; link?: string | Buffer; data?: string; mode?: number;
+}
 function pyTar(out: string, entries: PyEntry[], zst = false): string {
   const hex = (s: string | Buffer | undefined): string => Buffer.from(s ?? '').toString('hex');
-  const spec = entries.map((e) => ({ name: hex(e.name), type: e.type, link: hex(e.link), data: hex(e.data ?? ''), mode: e.mode ?? 0o644 }));
+  const spec = entries.map((e) => ({
+    name: hex(e.name), type: e.type, link: hex(e.link), data: hex(e.data ?? ''), mode: e.mode ?? 0o644,
+  }));
   const py = `
 import io, json, sys, tarfile
 out, spec = sys.argv[1], json.loads(sys.stdin.read())
@@ -418,7 +422,8 @@ with tarfile.open(out, 'w', format=tarfile.GNU_FORMAT, encoding='utf-8', errors=
 }
 
 /** Realizes unpack(archive) expecting `code`, keeping the failed build: nothing may be stored or extracted. */
-async function refusedWith(code: string, archive: string, opts: { strip?: number; limits?: { bytes?: number; entries?: number } } = {}): Promise<void> {
+async function refusedWith(code: string, archive: string,
+  opts: { strip?: number; limits?: { bytes?: number; entries?: number } } = {}): Promise<void> {
   const u = unpack({ src: local(archive), ...opts });
   let kept: string | undefined;
   await assert.rejects(realize(u, { store, keepFailed: true }), (e: unknown) => {
@@ -447,7 +452,8 @@ describe('unpack: links judged by where they really resolve (issue 13)', () => {
   for (const zst of [false, true]) {
     const ext = zst ? 'tar.zst' : 'tar';
     it(`a symlink chain inside on paper, outside on disk (${ext})`, async () => {
-      await refusedWith('E_UNSAFE_ARCHIVE', pyTar(path.join(dir, `chain.${ext}`), [{ name: 'ok.txt', type: 'file', data: 'x' }, ...chainEntries()], zst));
+      const entries: PyEntry[] = [{ name: 'ok.txt', type: 'file', data: 'x' }, ...chainEntries()];
+      await refusedWith('E_UNSAFE_ARCHIVE', pyTar(path.join(dir, `chain.${ext}`), entries, zst));
     });
 
     it(`a hard link through that chain to a file outside (${ext}): the victim is untouched`, async () => {
@@ -540,7 +546,8 @@ describe('unpack: limits (issue 13 item 8)', () => {
 
   it('within the limits it unpacks; without an override the DRef is what it was before limits existed', async () => {
     const a = bomb();
-    const rref = one(await realize(unpack({ src: local(a), limits: { bytes: 60 * 1024 * 1024, entries: 2 } }), { store }));
+    const limits = { bytes: 60 * 1024 * 1024, entries: 2 };
+    const rref = one(await realize(unpack({ src: local(a), limits }), { store }));
     assert.equal(fs.statSync(path.join(store.outPath(rref), 'zeros.bin')).size, 50 * 1024 * 1024);
     const fixed = fetchurl({ url: 'http://example.invalid/a.tar.gz', hash: 'a'.repeat(64) });
     assert.equal(drefOf(unpack({ src: fixed, strip: 1 })), OLD_DREF);
@@ -549,6 +556,7 @@ describe('unpack: limits (issue 13 item 8)', () => {
   });
 
   it('a malformed override is E_USAGE', () => {
-    assert.throws(() => unpack({ src: fetchurl({ url: 'http://example.invalid/a', hash: 'a'.repeat(64) }), limits: { bytes: -1 } }), isCode('E_USAGE'));
+    const src = fetchurl({ url: 'http://example.invalid/a', hash: 'a'.repeat(64) });
+    assert.throws(() => unpack({ src, limits: { bytes: -1 } }), isCode('E_USAGE'));
   });
 });

@@ -26,7 +26,8 @@ export interface Manifest {
   unpacked?: { rref: RRef; path: string };
 }
 
-export async function fetchEntry(store: Store, cat: Catalog, entry: CatalogEntry, opts: { unpack?: boolean; unpackLimits?: UnpackLimits; outLink?: string; events?: RealizeEvents } = {}): Promise<Manifest> {
+export async function fetchEntry(store: Store, cat: Catalog, entry: CatalogEntry,
+  opts: { unpack?: boolean; unpackLimits?: UnpackLimits; outLink?: string; events?: RealizeEvents } = {}): Promise<Manifest> {
   const target = entryStage(entry, { unpack: opts.unpack, unpackLimits: opts.unpackLimits });
   const graph = instantiate(target);
   const result = await realize(graph, { store, outLink: opts.outLink, events: opts.events });

@@ -180,7 +180,8 @@ export function selectEntry(cat: Catalog, sel: Selection): CatalogEntry {
 }
 
 /** The stage that fetches an entry (and unpacks it, if asked): usable as a dependency of other stages. */
-export function entryStage(entry: CatalogEntry, opts: { unpack?: boolean; unpackLimits?: UnpackLimits } = {}): Stage<any> {
+export function entryStage(entry: CatalogEntry,
+  opts: { unpack?: boolean; unpackLimits?: UnpackLimits } = {}): Stage<any> {
   const fetched = fetchurl({ urls: entry.urls, hash: entry.hash, hashType: entry.hashType, file: entry.file });
   return opts.unpack ? unpack({ src: fetched, ...(opts.unpackLimits ? { limits: opts.unpackLimits } : {}) }) : fetched;
 }

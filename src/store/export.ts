@@ -53,7 +53,8 @@ class TarWriter {
         this.tree(Buffer.concat([abs, slash, n]), Buffer.concat([name, slash, n]));
       }
     } else if (st.isSymbolicLink()) {
-      this.put(entryHeader({ path: name, type: 'symlink', mode: 0o777, linkpath: fs.readlinkSync(abs, { encoding: 'buffer' }) }));
+      const linkpath = fs.readlinkSync(abs, { encoding: 'buffer' });
+      this.put(entryHeader({ path: name, type: 'symlink', mode: 0o777, linkpath }));
     } else if (st.isFile()) {
       const fd = fs.openSync(abs, O_RDONLY | O_NOFOLLOW);
       try {
@@ -126,7 +127,8 @@ export async function importClosure(store: Store, file: string): Promise<Receive
     // devices, no links resolving outside, no writes through links) and
     // extracts nothing if one is bad. No size limits: the user chose this
     // closure, which may hold disk images beyond unpack's default.
-    await extractTar(path.resolve(file), 'tar', staging, { limits: { bytes: Number.MAX_SAFE_INTEGER, entries: Number.MAX_SAFE_INTEGER } });
+    const unlimited = { bytes: Number.MAX_SAFE_INTEGER, entries: Number.MAX_SAFE_INTEGER };
+    await extractTar(path.resolve(file), 'tar', staging, { limits: unlimited });
     let json: unknown;
     try {
       json = JSON.parse(fs.readFileSync(path.join(staging, 'manifest.json'), 'utf8'));

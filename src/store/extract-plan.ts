@@ -57,7 +57,8 @@ type Node = 'dir' | 'file' | 'symlink';
 
 const show = (p: string): string => JSON.stringify(Buffer.from(p, 'latin1').toString('utf8'));
 const unsafe = (entry: string, why: string): CairnError =>
-  new CairnError('E_UNSAFE_ARCHIVE', `archive entry ${show(entry)} ${why}`, { entry: Buffer.from(entry, 'latin1').toString('utf8') });
+  new CairnError('E_UNSAFE_ARCHIVE', `archive entry ${show(entry)} ${why}`,
+    { entry: Buffer.from(entry, 'latin1').toString('utf8') });
 
 /** The name's components after the checks, or null when strip leaves nothing. */
 function components(entry: string, name: string, strip: number, what: string): string[] | null {
@@ -93,7 +94,8 @@ export class ExtractionPlanner {
         { limit: 'bytes', max: this.limits.bytes });
     }
     if (e.path.length > NAME_MAX_BYTES || e.linkpath.length > NAME_MAX_BYTES) {
-      throw new CairnError('E_BAD_ARCHIVE', `archive entry ${show(e.path.slice(0, 100))}… has a name longer than ${NAME_MAX_BYTES} bytes`);
+      throw new CairnError('E_BAD_ARCHIVE',
+        `archive entry ${show(e.path.slice(0, 100))}… has a name longer than ${NAME_MAX_BYTES} bytes`);
     }
     if (e.type === 'chardev' || e.type === 'blockdev' || e.type === 'fifo') {
       throw unsafe(e.path, `is a ${e.type}, which cannot enter the store`);
@@ -120,14 +122,16 @@ export class ExtractionPlanner {
     }
     const had = this.nodes.get(p);
     const kind: Node = e.type === 'dir' ? 'dir' : e.type === 'symlink' ? 'symlink' : 'file';
-    if (had !== undefined && !(had === 'dir' && kind === 'dir')) throw unsafe(e.path, 'appears twice in the archive (or as a directory and a file)');
+    if (had !== undefined && !(had === 'dir' && kind === 'dir')) {
+      throw unsafe(e.path, 'appears twice in the archive (or as a directory and a file)');
+    }
     this.nodes.set(p, kind);
     if (e.type === 'file') {
       this.files++;
       this.steps.push({ kind: 'file', path: p, size: e.size, exec: (e.mode & 0o111) !== 0 });
     } else if (e.type === 'hardlink') {
       if (this.nodes.get(target!) !== 'file' || target === p) {
-        throw unsafe(e.path, `is a hard link to ${show(e.linkpath)}, which is not an earlier regular file of the archive`);
+        throw unsafe(e.path, `is a hard link to ${show(e.linkpath)}, which is not an earlier regular file`);
       }
       this.files++;
       this.steps.push({ kind: 'hardlink', path: p, target: target! });

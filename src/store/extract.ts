@@ -42,7 +42,8 @@ export function tarStream(file: string, format: TarCompression): Readable {
   child.stdout.pipe(out, { end: false });
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => { stderr += d; });
-  child.on('error', (e) => out.destroy(new CairnError('E_BAD_ARCHIVE', `cannot run ${tool} to read ${format}: ${e.message}`)));
+  child.on('error', (e) =>
+    out.destroy(new CairnError('E_BAD_ARCHIVE', `cannot run ${tool} to read ${format}: ${e.message}`)));
   child.on('close', (code) => {
     if (code === 0) out.end();
     else out.destroy(new CairnError('E_BAD_ARCHIVE', `${path.basename(file)} is not a readable ${format} archive: `
@@ -68,7 +69,8 @@ async function readArchive(file: string, format: TarCompression, sink: TarSink):
 }
 
 /** First pass: the plan, or the reason nothing may be extracted. */
-export async function planArchive(file: string, format: TarCompression, strip = 0, limits: UnpackLimits = {}): Promise<ExtractionPlan> {
+export async function planArchive(file: string, format: TarCompression, strip = 0,
+  limits: UnpackLimits = {}): Promise<ExtractionPlan> {
   const planner = new ExtractionPlanner(strip, limits);
   await readArchive(file, format, { entry: (e) => planner.add(e), data: () => {}, entryEnd: () => {} });
   return planner.finish();
@@ -109,7 +111,8 @@ export async function extractTar(file: string, format: TarCompression, dest: str
       if (step === null) return;
       if (step.kind === 'file') {
         if (e.type !== 'file' || e.size !== step.size) throw changed();
-        fd = io(dest, () => fs.openSync(at(step.path), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, step.exec ? 0o755 : 0o644));
+        const p = at(step.path);
+        fd = io(dest, () => fs.openSync(p, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, step.exec ? 0o755 : 0o644));
       } else {
         if (e.type !== 'hardlink') throw changed();
         // link(2) does not follow a symlink in the target, and the tree holds none yet.
@@ -117,7 +120,9 @@ export async function extractTar(file: string, format: TarCompression, dest: str
       }
     },
     data: (chunk) => {
-      io(dest, () => { for (let off = 0; off < chunk.length;) off += fs.writeSync(fd!, chunk, off, chunk.length - off); });
+      io(dest, () => {
+        for (let off = 0; off < chunk.length;) off += fs.writeSync(fd!, chunk, off, chunk.length - off);
+      });
     },
     entryEnd: () => {
       if (fd !== null) fs.closeSync(fd);

@@ -199,7 +199,9 @@ export class TarParser {
 
   private header(h: Buffer): void {
     if (h.every((b) => b === 0)) {
-      if (this.longName !== undefined || this.longLink !== undefined || this.pax) throw bad('a long-name or pax header ends the archive');
+      if (this.longName !== undefined || this.longLink !== undefined || this.pax) {
+        throw bad('a long-name or pax header ends the archive');
+      }
       this.state = { at: 'end' };
       return;
     }
@@ -235,11 +237,16 @@ export class TarParser {
     }
     this.longName = this.longLink = this.pax = undefined;
     // Sparse files in pax form look like regular files whose data is a map: extracting them as such would be wrong.
-    if (pax && [...pax.keys()].some((k) => k.startsWith('GNU.sparse.'))) throw bad(`sparse entry ${JSON.stringify(p)} is not supported`);
-    if (flag === '\0' && p.endsWith('/')) return this.begin({ path: p, type: 'dir', linkpath: '', size: 0, mode: 0o755 }, realSize);
+    if (pax && [...pax.keys()].some((k) => k.startsWith('GNU.sparse.'))) {
+      throw bad(`sparse entry ${JSON.stringify(p)} is not supported`);
+    }
+    if (flag === '\0' && p.endsWith('/')) {
+      return this.begin({ path: p, type: 'dir', linkpath: '', size: 0, mode: 0o755 }, realSize);
+    }
     const mode = readNumber(h.subarray(100, 108)) & 0o7777;
     // Only regular files carry data; anything else's size field is skipped over as tar does.
-    this.begin({ path: p, type, linkpath: type === 'symlink' || type === 'hardlink' ? link : '', size: type === 'file' ? realSize : 0, mode }, realSize);
+    const linkpath = type === 'symlink' || type === 'hardlink' ? link : '';
+    this.begin({ path: p, type, linkpath, size: type === 'file' ? realSize : 0, mode }, realSize);
   }
 
   private begin(e: TarEntry, dataSize: number): void {
@@ -296,11 +303,14 @@ function ustarHeader(name: Buffer, flag: string, size: number, mode: number, lin
  * link does not fit (or is not UTF-8: then hdrcharset=BINARY says so), or the
  * size exceeds the 8 GiB an octal field holds. Data and padding follow.
  */
-export function entryHeader(e: { path: Buffer; type: 'file' | 'dir' | 'symlink'; size?: number; mode: number; linkpath?: Buffer }): Buffer {
+export function entryHeader(e: {
+  path: Buffer; type: 'file' | 'dir' | 'symlink'; size?: number; mode: number; linkpath?: Buffer;
+}): Buffer {
   const flag = { file: '0', dir: '5', symlink: '2' }[e.type];
   const size = e.type === 'file' ? e.size ?? 0 : 0;
   const link = e.linkpath ?? Buffer.alloc(0);
-  const name = e.type === 'dir' && e.path[e.path.length - 1] !== 0x2f ? Buffer.concat([e.path, Buffer.from('/')]) : e.path;
+  const slashed = e.type === 'dir' && e.path[e.path.length - 1] !== 0x2f;
+  const name = slashed ? Buffer.concat([e.path, Buffer.from('/')]) : e.path;
   const records: Buffer[] = [];
   if (!isUtf8(name) || !isUtf8(link)) records.push(paxRecord('hdrcharset', Buffer.from('BINARY')));
   if (name.length > 100) records.push(paxRecord('path', name));

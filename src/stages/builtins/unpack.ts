@@ -91,7 +91,9 @@ function checkLimits(limits: UnpackLimits | undefined): { limits?: UnpackLimits 
   for (const k of ['bytes', 'entries'] as const) {
     const v = limits[k];
     if (v === undefined) continue;
-    if (!Number.isSafeInteger(v) || v < 0) throw new CairnError('E_USAGE', `unpack: limits.${k} must be a whole number >= 0`);
+    if (!Number.isSafeInteger(v) || v < 0) {
+      throw new CairnError('E_USAGE', `unpack: limits.${k} must be a whole number >= 0`);
+    }
     out[k] = v;
   }
   return Object.keys(out).length > 0 ? { limits: out } : {};
