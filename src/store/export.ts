@@ -24,13 +24,29 @@ export interface ExportReport { file: string; realizations: number; derivations:
 const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW, O_RDONLY } = fs.constants;
 const CHUNK = 1 << 20;
 
-/** Writes one tar stream to a descriptor: Cairn's own writer, so names stay bytes. */
+/**
+ * Writes one tar stream to a descriptor: Cairn's own writer, so names stay
+ * bytes. Output is gathered into CHUNK-sized writes, not three per file.
+ */
 class TarWriter {
   private readonly buf = Buffer.allocUnsafe(CHUNK);
+  private readonly out = Buffer.allocUnsafe(CHUNK);
+  private used = 0;
   constructor(private readonly fd: number) {}
 
+  private flush(): void {
+    for (let off = 0; off < this.used;) off += fs.writeSync(this.fd, this.out, off, this.used - off);
+    this.used = 0;
+  }
+
   private put(b: Buffer): void {
-    for (let off = 0; off < b.length;) off += fs.writeSync(this.fd, b, off, b.length - off);
+    if (this.used + b.length > CHUNK) this.flush();
+    if (b.length >= CHUNK) {
+      for (let off = 0; off < b.length;) off += fs.writeSync(this.fd, b, off, b.length - off);
+      return;
+    }
+    b.copy(this.out, this.used);
+    this.used += b.length;
   }
 
   file(name: Buffer, data: Buffer, mode = 0o644): void {
@@ -75,7 +91,10 @@ class TarWriter {
     }
   }
 
-  end(): void { this.put(END); }
+  end(): void {
+    this.put(END);
+    this.flush();
+  }
 }
 
 /**

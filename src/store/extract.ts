@@ -51,6 +51,8 @@ export function tarStream(file: string, format: TarCompression): Readable {
   });
   // Stopping early (a refused entry, the limits) must not leave the tool decompressing a GiB nobody reads.
   out.on('close', () => { if (child.exitCode === null && child.signalCode === null) child.kill(); });
+  // The reader sees errors while it reads; one after it stopped (the killed tool's EPIPE) is of no interest.
+  out.on('error', () => {});
   return out;
 }
 
