@@ -11,7 +11,7 @@ export { verifyStore, type VerifyReport, type Problem, type ProblemKind } from '
 export { addNamedRoot, removeNamedRoot, addOutLink, listRoots, type RootEntry } from './store/roots.js';
 export { loadStageFile, type LoadedStages } from './stages/load.js';
 export { fetchurl, fetchlocal, type FetchUrlSpec, type FetchLocalSpec, type FixedOutput } from './stages/builtins/fetch.js';
-export { unpack, type UnpackSpec, type ArchiveFormat } from './stages/builtins/unpack.js';
+export { unpack, type UnpackSpec, type ArchiveFormat, type UnpackLimits } from './stages/builtins/unpack.js';
 export { parseHash, hashPath, type HashType, type ContentHash } from './stages/builtins/hashes.js';
 export { loadCatalog, selectEntry, entryStage, catalogStage, deviceTypeMatches, type Catalog, type CatalogEntry, type Selection, type ActionSpec } from './stages/catalog.js';
 export { fetchEntry, findAction, runAction, writeManifest, type Manifest, type Action, type ActionContext, type ActionFn } from './stages/catalog-run.js';

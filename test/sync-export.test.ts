@@ -4,13 +4,15 @@
  * closures, dependency order, remotes, manifests.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { cairn, isolateModuleCache, lastLine, repoRoot, tempDir } from './helpers.js';
 import { assertVerifyClean, expectError, ok, rrefsOnDisk, rzDir, tmpEntries } from './fixtures/torture/support.js';
 import { closureOf, dependencyOrder, parseManifest, parseRemote, planTransfer, splitCommand } from '../src/store/sync-plan.js';
-import { isCode } from './helpers.js';
+import { isCode, one } from './helpers.js';
+import { exportClosure, importClosure, realize, stage, Store } from '../src/index.js';
 
 const CLOSURE = path.join(repoRoot, 'test', 'fixtures', 'sync', 'closure.ts');
 isolateModuleCache(after, 'cairn-export-cache');
@@ -102,6 +104,71 @@ describe('export and import', () => {
     const out = path.join(work.dir, 'none.tar');
     expectError(cairn(src, ['export', `${'0'.repeat(32)}-${'1'.repeat(32)}-nope`, '-o', out]), 'E_NO_SUCH_REF');
     assert.equal(fs.existsSync(out), false);
+  });
+});
+
+describe('export and import in process: bytes, determinism, the partial file (issue 13)', () => {
+  const raw = Buffer.from([0x6e, 0x61, 0x6d, 0xe9, 0xff]); // not UTF-8
+  /** A realization holding a non-UTF-8 file name, a symlink to it, an executable and a nested directory. */
+  const bytesStage = (salt: string) => stage({
+    name: 'bytes-names', config: { salt }, version: '1',
+    build: async ({ out }) => {
+      fs.mkdirSync(path.join(out, 'sub', 'deeper'), { recursive: true });
+      fs.writeFileSync(Buffer.concat([Buffer.from(`${out}/sub/`), raw]), 'latin1 bytes\n');
+      fs.symlinkSync(raw, Buffer.concat([Buffer.from(`${out}/sub/`), Buffer.from('to-'), raw]));
+      fs.writeFileSync(path.join(out, 'sub', 'deeper', 'run.sh'), '#!/bin/sh\n', { mode: 0o755 });
+    },
+  });
+
+  it('non-UTF-8 names survive export and import: the same RRef, the same bytes', async () => {
+    const a = Store.open(path.join(work.dir, 'bytes-src'));
+    const b = Store.open(path.join(work.dir, 'bytes-dst'));
+    try {
+      const rref = one(await realize(bytesStage('b'), { store: a }));
+      const file = path.join(work.dir, 'bytes.tar');
+      await exportClosure(a, [rref], file);
+      const r = await importClosure(b, file);
+      assert.deepEqual(r.received, [rref]);
+      const out = b.outPath(rref);
+      assert.deepEqual(fs.readdirSync(path.join(out, 'sub'), { encoding: 'buffer' }).sort(Buffer.compare),
+        [raw, Buffer.from('deeper'), Buffer.concat([Buffer.from('to-'), raw])].sort(Buffer.compare));
+      assert.equal(fs.readFileSync(Buffer.concat([Buffer.from(`${out}/sub/`), raw]), 'utf8'), 'latin1 bytes\n');
+    } finally {
+      a.close();
+      b.close();
+    }
+  });
+
+  it('the export is a function of the closure, and its partial file is never a name planted in advance', async () => {
+    const a = Store.open(path.join(work.dir, 'det-src'));
+    try {
+      const rref = one(await realize(stage({
+        name: 'det', config: {}, version: '1',
+        build: async ({ out }) => {
+          fs.writeFileSync(path.join(out, 'a.txt'), 'a\n');
+          fs.mkdirSync(path.join(out, 'z'));
+        },
+      }), { store: a }));
+      const one1 = path.join(work.dir, 'det-1.tar');
+      const two = path.join(work.dir, 'det-2.tar');
+      // The old fixed name ${dest}.partial-${pid}, planted as a link to a victim: the export must not write through it.
+      const victim = path.join(work.dir, 'victim.txt');
+      fs.writeFileSync(victim, 'victim\n');
+      fs.symlinkSync(victim, `${two}.partial-${process.pid}`);
+      await exportClosure(a, [rref], one1);
+      await exportClosure(a, [rref], two);
+      assert.equal(fs.readFileSync(victim, 'utf8'), 'victim\n', 'the victim is untouched');
+      assert.ok(fs.lstatSync(two).isFile(), 'the export is a regular file, not the planted link');
+      assert.deepEqual(fs.readFileSync(one1), fs.readFileSync(two), 'two exports of one closure are identical');
+      const left = fs.readdirSync(work.dir).filter((n) => n.startsWith('det-') && n.includes('.partial-'));
+      assert.deepEqual(left, ['det-2.tar.partial-' + process.pid], 'no partial file of ours is left');
+      // System tar reads it.
+      const list = spawnSync('tar', ['-tf', two], { encoding: 'utf8' });
+      assert.equal(list.status, 0, list.stderr);
+      assert.match(list.stdout, /^manifest\.json\n/);
+    } finally {
+      a.close();
+    }
   });
 });
 

@@ -386,3 +386,177 @@ describe('unpack: damaged archives are E_BAD_ARCHIVE', () => {
     await bad(deb);
   });
 });
+
+/**
+ * Writes a tar with python3's tarfile from a list of entries; names and link
+ * targets are bytes (hex on the way to python), so non-UTF-8 names and hostile
+ * layouts can be built. `zst` compresses it with zstd afterwards.
+ */
+interface PyEntry {
+  name: string | Buffer; type: 'file' | 'dir' | 'sym' | 'hard'; link?: string | Buffer; data?: string; mode?: number;
+}
+function pyTar(out: string, entries: PyEntry[], zst = false): string {
+  const hex = (s: string | Buffer | undefined): string => Buffer.from(s ?? '').toString('hex');
+  const spec = entries.map((e) => ({
+    name: hex(e.name), type: e.type, link: hex(e.link), data: hex(e.data ?? ''), mode: e.mode ?? 0o644,
+  }));
+  const py = `
+import io, json, sys, tarfile
+out, spec = sys.argv[1], json.loads(sys.stdin.read())
+s = lambda h: bytes.fromhex(h).decode('utf-8', 'surrogateescape')
+types = {'file': tarfile.REGTYPE, 'dir': tarfile.DIRTYPE, 'sym': tarfile.SYMTYPE, 'hard': tarfile.LNKTYPE}
+with tarfile.open(out, 'w', format=tarfile.GNU_FORMAT, encoding='utf-8', errors='surrogateescape') as t:
+    for e in spec:
+        ti = tarfile.TarInfo(s(e['name']))
+        ti.type, ti.linkname, ti.mode = types[e['type']], s(e['link']), e['mode']
+        data = bytes.fromhex(e['data'])
+        ti.size = len(data) if e['type'] == 'file' else 0
+        t.addfile(ti, io.BytesIO(data) if e['type'] == 'file' else None)
+`;
+  const tarFile = zst ? `${out}.tmp.tar` : out;
+  sh('python3', ['-c', py, tarFile], { input: JSON.stringify(spec) });
+  if (zst) {
+    sh('zstd', ['-q', '--rm', '-f', tarFile, '-o', out]);
+  }
+  return out;
+}
+
+/** Realizes unpack(archive) expecting `code`, keeping the failed build: nothing may be stored or extracted. */
+async function refusedWith(code: string, archive: string,
+  opts: { strip?: number; limits?: { bytes?: number; entries?: number } } = {}): Promise<void> {
+  const u = unpack({ src: local(archive), ...opts });
+  let kept: string | undefined;
+  await assert.rejects(realize(u, { store, keepFailed: true }), (e: unknown) => {
+    isCode(code)(e);
+    kept = (e as CairnError).details.kept as string | undefined;
+    return true;
+  });
+  nothingStored(u);
+  assert.ok(kept && fs.existsSync(kept), 'the failed build directory was kept');
+  assert.deepEqual(fs.readdirSync(kept).sort(), ['build.log', 'out'], 'nothing was written beside out/');
+  assert.deepEqual(fs.readdirSync(path.join(kept, 'out')), [], 'nothing was extracted');
+}
+
+/**
+ * Links that read as inside on paper and climb out on disk: `DEEP/up` is the
+ * output's root (30 '..' from 30 levels down), and `far` goes from `DEEP/up`
+ * 31 levels up, which on paper returns to the root and on disk reaches '/'.
+ */
+const DEEP = Array.from({ length: 30 }, (_, i) => `d${i}`).join('/');
+const chainEntries = (): PyEntry[] => [
+  { name: `${DEEP}/up`, type: 'sym', link: '../'.repeat(30) },
+  { name: 'far', type: 'sym', link: `${DEEP}/up/${'../'.repeat(31)}` },
+];
+
+describe('unpack: links judged by where they really resolve (issue 13)', () => {
+  for (const zst of [false, true]) {
+    const ext = zst ? 'tar.zst' : 'tar';
+    it(`a symlink chain inside on paper, outside on disk (${ext})`, async () => {
+      const entries: PyEntry[] = [{ name: 'ok.txt', type: 'file', data: 'x' }, ...chainEntries()];
+      await refusedWith('E_UNSAFE_ARCHIVE', pyTar(path.join(dir, `chain.${ext}`), entries, zst));
+    });
+
+    it(`a hard link through that chain to a file outside (${ext}): the victim is untouched`, async () => {
+      const victim = path.join(dir, 'victim.txt');
+      fs.writeFileSync(victim, 'victim\n', { mode: 0o644 });
+      await refusedWith('E_UNSAFE_ARCHIVE', pyTar(path.join(dir, `hardchain.${ext}`),
+        [...chainEntries(), { name: 'h', type: 'hard', link: `far${victim}` }], zst));
+      const st = fs.statSync(victim);
+      assert.equal(st.nlink, 1, 'the victim was not hard-linked into the build');
+      assert.equal(st.mode & 0o777, 0o644, 'the victim was not sealed read-only');
+    });
+
+    it(`a file entry written through the planted chain (${ext}): the sentinel outside is untouched`, async () => {
+      const sentinel = path.join(dir, 'sentinel.txt');
+      fs.writeFileSync(sentinel, 'sentinel\n');
+      await refusedWith('E_UNSAFE_ARCHIVE', pyTar(path.join(dir, `writechain.${ext}`),
+        [...chainEntries(), { name: `far${sentinel}`, type: 'file', data: 'pwned\n' }], zst));
+      assert.equal(fs.readFileSync(sentinel, 'utf8'), 'sentinel\n');
+    });
+  }
+
+  it('a hard link entry through a symlink (inside) is refused', async () => {
+    await refusedWith('E_UNSAFE_ARCHIVE', pyTar(path.join(dir, 'hardsym.tar'), [
+      { name: 'dir/', type: 'dir' }, { name: 'dir/a', type: 'file', data: 'a' },
+      { name: 'ln', type: 'sym', link: 'dir' }, { name: 'h', type: 'hard', link: 'ln/a' },
+    ]));
+  });
+
+  it('an archive that plants a symlink, then a file entry through it', async () => {
+    await refusedWith('E_UNSAFE_ARCHIVE', pyTar(path.join(dir, 'plant.tar'), [
+      { name: 'ok.txt', type: 'file', data: 'x' }, { name: 'real/', type: 'dir' },
+      { name: 'ln', type: 'sym', link: 'real' }, { name: 'ln/x', type: 'file', data: 'through\n' },
+    ]));
+  });
+
+  it('a name given twice is refused rather than silently replaced', async () => {
+    await refusedWith('E_UNSAFE_ARCHIVE', pyTar(path.join(dir, 'dup.tar'), [
+      { name: 'a', type: 'file', data: 'first' }, { name: 'a', type: 'file', data: 'second' },
+    ]));
+  });
+});
+
+describe('unpack: names are bytes (issue 13)', () => {
+  it('non-UTF-8 names and link targets come out exactly (tar and tar.zst), with the same RRef', async () => {
+    const raw = Buffer.from([0x63, 0x61, 0x66, 0xe9, 0x2e, 0x74, 0x78, 0x74]); // "caf\xe9.txt" in latin1
+    const rrefs: string[] = [];
+    for (const zst of [false, true]) {
+      const a = pyTar(path.join(dir, zst ? 'bytes.tar.zst' : 'bytes.tar'), [
+        { name: Buffer.concat([Buffer.from('pkg/'), raw]), type: 'file', data: 'latin1 name\n' },
+        { name: 'pkg/link', type: 'sym', link: raw },
+        { name: 'pkg/hard', type: 'hard', link: Buffer.concat([Buffer.from('pkg/'), raw]) },
+      ], zst);
+      const rref = one(await realize(unpack({ src: local(a), strip: 1 }), { store }));
+      const out = store.outPath(rref);
+      const names = fs.readdirSync(out, { encoding: 'buffer' }).sort(Buffer.compare);
+      assert.deepEqual(names, [raw, Buffer.from('hard'), Buffer.from('link')].sort(Buffer.compare));
+      assert.equal(fs.readFileSync(Buffer.concat([Buffer.from(`${out}/`), raw]), 'utf8'), 'latin1 name\n');
+      assert.deepEqual(fs.readlinkSync(path.join(out, 'link'), { encoding: 'buffer' }), raw);
+      assert.equal(fs.readFileSync(path.join(out, 'hard'), 'utf8'), 'latin1 name\n');
+      rrefs.push(rref.split('/')[1]!);
+    }
+    assert.equal(rrefs[0], rrefs[1], 'the same tree, whatever the compression');
+  });
+});
+
+/** unpack({ src: fetchurl(a.tar.gz, aaa…), strip: 1 }) as computed before limits existed (commit 78b7f69). */
+const OLD_DREF = '7186gqw3vcm28xk9khw12413jd5x9m85-a.tar.gz-unpacked';
+
+describe('unpack: limits (issue 13 item 8)', () => {
+  /** ~50 MB of zeros in a tar.zst of a few KB. */
+  function bomb(): string {
+    const a = path.join(dir, 'zeros.tar.zst');
+    const root = path.join(dir, 'bomb');
+    fs.mkdirSync(root);
+    fs.writeFileSync(path.join(root, 'zeros.bin'), Buffer.alloc(50 * 1024 * 1024));
+    sh('tar', ['--zstd', '-cf', a, '-C', root, 'zeros.bin']);
+    fs.rmSync(root, { recursive: true });
+    assert.ok(fs.statSync(a).size < 100 * 1024, 'a small archive');
+    return a;
+  }
+
+  it('more bytes than the stage allows is E_ARCHIVE_TOO_LARGE, and nothing is stored', async () => {
+    await refusedWith('E_ARCHIVE_TOO_LARGE', bomb(), { limits: { bytes: 4 * 1024 * 1024 } });
+  });
+
+  it('more entries than the stage allows is E_ARCHIVE_TOO_LARGE, and nothing is stored', async () => {
+    const entries: PyEntry[] = Array.from({ length: 20 }, (_, i) => ({ name: `f${i}`, type: 'file', data: 'x' }));
+    await refusedWith('E_ARCHIVE_TOO_LARGE', pyTar(path.join(dir, 'many.tar'), entries), { limits: { entries: 10 } });
+  });
+
+  it('within the limits it unpacks; without an override the DRef is what it was before limits existed', async () => {
+    const a = bomb();
+    const limits = { bytes: 60 * 1024 * 1024, entries: 2 };
+    const rref = one(await realize(unpack({ src: local(a), limits }), { store }));
+    assert.equal(fs.statSync(path.join(store.outPath(rref), 'zeros.bin')).size, 50 * 1024 * 1024);
+    const fixed = fetchurl({ url: 'http://example.invalid/a.tar.gz', hash: 'a'.repeat(64) });
+    assert.equal(drefOf(unpack({ src: fixed, strip: 1 })), OLD_DREF);
+    assert.equal(drefOf(unpack({ src: fixed, strip: 1, limits: {} })), OLD_DREF);
+    assert.notEqual(drefOf(unpack({ src: fixed, strip: 1, limits: { bytes: 1 } })), OLD_DREF);
+  });
+
+  it('a malformed override is E_USAGE', () => {
+    const src = fetchurl({ url: 'http://example.invalid/a', hash: 'a'.repeat(64) });
+    assert.throws(() => unpack({ src, limits: { bytes: -1 } }), isCode('E_USAGE'));
+  });
+});

@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { CairnError } from '../errors.js';
 import type { RRef } from '../store/refs.js';
 import type { FixedOutput } from './builtins/fetch.js';
+import type { UnpackLimits } from '../store/extract-plan.js';
 import type { Store } from '../store/store.js';
 import { entryStage, type Catalog, type CatalogEntry } from './catalog.js';
 import { instantiate } from './instantiate.js';
@@ -25,8 +26,9 @@ export interface Manifest {
   unpacked?: { rref: RRef; path: string };
 }
 
-export async function fetchEntry(store: Store, cat: Catalog, entry: CatalogEntry, opts: { unpack?: boolean; outLink?: string; events?: RealizeEvents } = {}): Promise<Manifest> {
-  const target = entryStage(entry, { unpack: opts.unpack });
+export async function fetchEntry(store: Store, cat: Catalog, entry: CatalogEntry,
+  opts: { unpack?: boolean; unpackLimits?: UnpackLimits; outLink?: string; events?: RealizeEvents } = {}): Promise<Manifest> {
+  const target = entryStage(entry, { unpack: opts.unpack, unpackLimits: opts.unpackLimits });
   const graph = instantiate(target);
   const result = await realize(graph, { store, outLink: opts.outLink, events: opts.events });
   const fetchPlan = result.plan[0]!;

@@ -6,7 +6,7 @@ import type { Node as YamlNode } from 'yaml';
 import { CairnError } from '../errors.js';
 import { fetchurl } from './builtins/fetch.js';
 import { isHashType, parseHash, showHash } from './builtins/hashes.js';
-import { unpack } from './builtins/unpack.js';
+import { unpack, type UnpackLimits } from './builtins/unpack.js';
 import type { Stage } from './stage.js';
 
 /**
@@ -180,12 +180,14 @@ export function selectEntry(cat: Catalog, sel: Selection): CatalogEntry {
 }
 
 /** The stage that fetches an entry (and unpacks it, if asked): usable as a dependency of other stages. */
-export function entryStage(entry: CatalogEntry, opts: { unpack?: boolean } = {}): Stage<any> {
+export function entryStage(entry: CatalogEntry,
+  opts: { unpack?: boolean; unpackLimits?: UnpackLimits } = {}): Stage<any> {
   const fetched = fetchurl({ urls: entry.urls, hash: entry.hash, hashType: entry.hashType, file: entry.file });
-  return opts.unpack ? unpack({ src: fetched }) : fetched;
+  return opts.unpack ? unpack({ src: fetched, ...(opts.unpackLimits ? { limits: opts.unpackLimits } : {}) }) : fetched;
 }
 
 /** `catalogStage('images.yml', { deviceType: 'raspberry-pi/3b', unpack: true })`: a catalog entry as a stage. */
-export function catalogStage(file: string | URL, sel: Selection & { unpack?: boolean } = {}): Stage<any> {
+export function catalogStage(file: string | URL,
+  sel: Selection & { unpack?: boolean; unpackLimits?: UnpackLimits } = {}): Stage<any> {
   return entryStage(selectEntry(loadCatalog(file), sel), sel);
 }

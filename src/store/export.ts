@@ -6,41 +6,128 @@
  * into a temporary directory in the store and takes it in through the same
  * receive path as sync, all or nothing: one bad hash and nothing enters.
  */
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type * as Tar from 'tar';
 import { CairnError } from '../errors.js';
+import { extractTar } from './extract.js';
 import { removeTree } from './fsutil.js';
 import { receiveClosure, type ReceiveReport } from './receive.js';
 import type { RRef } from './refs.js';
 import type { Store } from './store.js';
 import { manifestPaths, parseManifest, planTransfer } from './sync-plan.js';
 import { listClosure } from './sync.js';
-import { extractTar } from '../stages/builtins/unpack.js';
+import { END, entryHeader, padding } from './tar-format.js';
 
 export interface ExportReport { file: string; realizations: number; derivations: number; roots: RRef[] }
 
-/** Writes the closure of `refs` to `file` (written beside it, then renamed, so no half tar is left). */
+const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW, O_RDONLY } = fs.constants;
+const CHUNK = 1 << 20;
+
+/**
+ * Writes one tar stream to a descriptor: Cairn's own writer, so names stay
+ * bytes. Output is gathered into CHUNK-sized writes, not three per file.
+ */
+class TarWriter {
+  private readonly buf = Buffer.allocUnsafe(CHUNK);
+  private readonly out = Buffer.allocUnsafe(CHUNK);
+  private used = 0;
+  constructor(private readonly fd: number) {}
+
+  private flush(): void {
+    for (let off = 0; off < this.used;) off += fs.writeSync(this.fd, this.out, off, this.used - off);
+    this.used = 0;
+  }
+
+  private put(b: Buffer): void {
+    if (this.used + b.length > CHUNK) this.flush();
+    if (b.length >= CHUNK) {
+      for (let off = 0; off < b.length;) off += fs.writeSync(this.fd, b, off, b.length - off);
+      return;
+    }
+    b.copy(this.out, this.used);
+    this.used += b.length;
+  }
+
+  file(name: Buffer, data: Buffer, mode = 0o644): void {
+    this.put(entryHeader({ path: name, type: 'file', size: data.length, mode }));
+    this.put(data);
+    this.put(Buffer.alloc(padding(data.length)));
+  }
+
+  /**
+   * Adds the tree at `abs` as `name`, in byte order of names, never
+   * following a symlink (lstat, O_NOFOLLOW). Modes are 0644/0755 by the exec
+   * bit, times and owners zero: the archive is a function of the closure.
+   */
+  tree(abs: Buffer, name: Buffer): void {
+    const st = fs.lstatSync(abs);
+    if (st.isDirectory()) {
+      this.put(entryHeader({ path: name, type: 'dir', mode: 0o755 }));
+      const slash = Buffer.from('/');
+      for (const n of fs.readdirSync(abs, { encoding: 'buffer' }).sort(Buffer.compare)) {
+        this.tree(Buffer.concat([abs, slash, n]), Buffer.concat([name, slash, n]));
+      }
+    } else if (st.isSymbolicLink()) {
+      const linkpath = fs.readlinkSync(abs, { encoding: 'buffer' });
+      this.put(entryHeader({ path: name, type: 'symlink', mode: 0o777, linkpath }));
+    } else if (st.isFile()) {
+      const fd = fs.openSync(abs, O_RDONLY | O_NOFOLLOW);
+      try {
+        const size = fs.fstatSync(fd).size;
+        this.put(entryHeader({ path: name, type: 'file', size, mode: st.mode & 0o111 ? 0o755 : 0o644 }));
+        for (let done = 0; done < size;) {
+          const n = fs.readSync(fd, this.buf, 0, Math.min(CHUNK, size - done), done);
+          if (n === 0) throw new CairnError('E_STORE_IO', `${abs.toString()} shrank while being exported`);
+          this.put(this.buf.subarray(0, n));
+          done += n;
+        }
+        this.put(Buffer.alloc(padding(size)));
+      } finally {
+        fs.closeSync(fd);
+      }
+    } else {
+      throw new CairnError('E_STORE_IO', `${abs.toString()} is not a file, directory or symlink; the store is damaged`);
+    }
+  }
+
+  end(): void {
+    this.put(END);
+    this.flush();
+  }
+}
+
+/**
+ * Writes the closure of `refs` to `file`. The tar is written beside it
+ * under an unpredictable name opened O_CREAT|O_EXCL (never an existing
+ * file or a planted link), then renamed into place, so no half tar is left.
+ */
 export async function exportClosure(store: Store, refs: readonly string[], file: string): Promise<ExportReport> {
   if (refs.length === 0) throw new CairnError('E_USAGE', 'export needs at least one DRef or RRef');
   const { roots, nodes } = listClosure(store, refs);
   const manifest = planTransfer(roots, nodes, () => false);
-  const tar: typeof Tar = await import('tar'); // loaded only when exporting
-  const scratch = store.makeTempDir('export');
   const dest = path.resolve(file);
-  const partial = `${dest}.partial-${process.pid}`;
+  const partial = `${dest}.partial-${randomBytes(8).toString('hex')}`;
+  let fd: number | undefined;
+  let created = false;
   try {
-    fs.writeFileSync(path.join(scratch, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');
+    fd = fs.openSync(partial, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o644);
+    created = true;
+    const w = new TarWriter(fd);
     // Manifest first, so a reader learns what to expect before the data.
-    await tar.c({ file: partial, cwd: scratch, portable: true }, ['manifest.json']);
-    await tar.r({ file: partial, cwd: store.root, portable: true }, manifestPaths(manifest));
+    w.file(Buffer.from('manifest.json'), Buffer.from(JSON.stringify(manifest, null, 2) + '\n'));
+    const root = Buffer.from(store.root);
+    for (const p of manifestPaths(manifest)) w.tree(Buffer.concat([root, Buffer.from(`/${p}`)]), Buffer.from(p));
+    w.end();
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+    fd = undefined;
     fs.renameSync(partial, dest);
   } catch (e) {
-    fs.rmSync(partial, { force: true });
+    if (fd !== undefined) fs.closeSync(fd);
+    if (created) fs.rmSync(partial, { force: true }); // only our own file: EEXIST leaves the other one be
     if (e instanceof CairnError) throw e;
     throw new CairnError('E_STORE_IO', `cannot write ${file}: ${(e as Error).message}`, { file }, { cause: e });
-  } finally {
-    removeTree(scratch);
   }
   return { file: dest, realizations: manifest.rrefs.length, derivations: manifest.drvs.length, roots };
 }
@@ -56,8 +143,11 @@ export async function importClosure(store: Store, file: string): Promise<Receive
   const staging = store.makeTempDir('import');
   try {
     // extractTar checks every entry first (no absolute or .. paths, no
-    // devices, no links leaving the archive) and extracts nothing if one is bad.
-    await extractTar(path.resolve(file), 'tar', staging);
+    // devices, no links resolving outside, no writes through links) and
+    // extracts nothing if one is bad. No size limits: the user chose this
+    // closure, which may hold disk images beyond unpack's default.
+    const unlimited = { bytes: Number.MAX_SAFE_INTEGER, entries: Number.MAX_SAFE_INTEGER };
+    await extractTar(path.resolve(file), 'tar', staging, { limits: unlimited });
     let json: unknown;
     try {
       json = JSON.parse(fs.readFileSync(path.join(staging, 'manifest.json'), 'utf8'));

@@ -1,15 +1,14 @@
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { PassThrough, type Readable, type Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import type * as Tar from 'tar';
 import { CairnError } from '../../errors.js';
+import { extractTar, type TarCompression } from '../../store/extract.js';
+import type { UnpackLimits } from '../../store/extract-plan.js';
 import { checkName } from '../../store/refs.js';
 import type { Dep } from '../stage.js';
 import { stage, type Stage } from '../stage.js';
 
-export type ArchiveFormat = 'tar' | 'tar.gz' | 'tar.xz' | 'tar.bz2' | 'tar.zst' | 'deb';
+export type ArchiveFormat = TarCompression | 'deb';
+export type { UnpackLimits };
 
 export interface UnpackSpec {
   /** The stage whose output holds the archive (fetchurl, fetchlocal, ...). */
@@ -20,11 +19,14 @@ export interface UnpackSpec {
   strip?: number;
   /** Default: detected from the file's first bytes. */
   format?: ArchiveFormat;
+  /**
+   * Most file bytes and entries the archive may unpack to (default 64 GiB and
+   * 1,000,000: DEFAULT_LIMITS in src/store/extract-plan.ts). More is
+   * E_ARCHIVE_TOO_LARGE, found from the headers, and nothing is stored.
+   */
+  limits?: UnpackLimits;
   name?: string;
 }
-
-const unsafe = (entry: string, why: string): CairnError =>
-  new CairnError('E_UNSAFE_ARCHIVE', `archive entry ${JSON.stringify(entry)} ${why}`, { entry });
 
 /** Reads the first bytes and names the format. */
 export function detectFormat(file: string): ArchiveFormat {
@@ -42,92 +44,6 @@ export function detectFormat(file: string): ArchiveFormat {
   throw new CairnError('E_BAD_ARCHIVE', `${path.basename(file)} is not a tar, tar.gz, tar.xz, tar.bz2, tar.zst or .deb archive`, { file });
 }
 
-/** A readable stream of the uncompressed tar bytes of `file`. */
-function tarStream(file: string, format: Exclude<ArchiveFormat, 'deb'>): Readable {
-  const tool = { 'tar.xz': 'xz', 'tar.bz2': 'bzip2', 'tar.zst': 'zstd' } as const;
-  if (format === 'tar' || format === 'tar.gz') return fs.createReadStream(file); // node-tar gunzips itself
-  const child = spawn(tool[format], ['-dc', file], { stdio: ['ignore', 'pipe', 'pipe'] });
-  // The stream ends only once the tool's exit status is known, so a
-  // truncated or corrupt file fails the read instead of looking complete.
-  const out = new PassThrough();
-  child.stdout.pipe(out, { end: false });
-  let stderr = '';
-  child.stderr.on('data', (d: Buffer) => { stderr += d; });
-  child.on('error', (e) => out.destroy(new CairnError('E_BAD_ARCHIVE', `cannot run ${tool[format]} to read ${format}: ${e.message}`)));
-  child.on('close', (code) => {
-    if (code === 0) out.end();
-    else out.destroy(new CairnError('E_BAD_ARCHIVE', `${path.basename(file)} is not a readable ${format} archive: ${tool[format]} says ${stderr.trim() || `exit ${code}`}`, { file }));
-  });
-  return out;
-}
-
-/** Checks one entry (after stripping) against the rules: no escapes, no devices. */
-export function checkEntry(p: string, type: string, linkpath: string | undefined): void {
-  if (p.startsWith('/')) throw unsafe(p, 'has an absolute path');
-  if (p.split('/').includes('..')) throw unsafe(p, "has a '..' component");
-  if (type === 'CharacterDevice' || type === 'BlockDevice' || type === 'FIFO') throw unsafe(p, `is a ${type}, which cannot enter the store`);
-  if (type === 'SymbolicLink' || type === 'Link') {
-    const target = linkpath ?? '';
-    if (target.startsWith('/')) throw unsafe(p, `is a link to the absolute path ${target}`);
-    // Symlinks resolve from their own directory, hard links from the archive root.
-    const resolved = path.posix.normalize(type === 'Link' ? target : path.posix.join(path.posix.dirname(p), target));
-    if (resolved === '..' || resolved.startsWith('../')) throw unsafe(p, `is a link to ${target}, which leaves the output`);
-  }
-}
-
-function stripped(p: string, strip: number): string | null {
-  const parts = p.split('/').filter((x) => x !== '' && x !== '.');
-  return parts.length > strip ? parts.slice(strip).join('/') : null;
-}
-
-/**
- * Extracts a tar archive into `dest` in two passes: first every entry is
- * checked (an archive with a bad entry extracts nothing), then it is
- * extracted with node-tar, which independently refuses to write through
- * symlinks or outside `dest`.
- */
-export async function extractTar(file: string, format: Exclude<ArchiveFormat, 'deb'>, dest: string, strip = 0): Promise<number> {
-  const tar: typeof Tar = await import('tar'); // loaded only when unpacking
-  let entries = 0;
-  let refused: CairnError | undefined;
-  // strict: a truncated or damaged archive is an error here, in the
-  // checking pass, not a warning halfway through extraction.
-  const lister: Tar.Parser = new tar.Parser({
-    strict: true,
-    onReadEntry: (e) => {
-      e.resume();
-      if (refused) return;
-      try {
-        // As written (absolute paths, '..'), then as it will be extracted.
-        checkEntry(e.path, e.type, e.linkpath);
-        const p = stripped(e.path, strip);
-        const link = e.linkpath && e.type === 'Link' ? stripped(e.linkpath, strip) ?? '' : e.linkpath;
-        if (p !== null && strip > 0) checkEntry(p, e.type, link);
-        entries++;
-      } catch (err) {
-        refused = err as CairnError;
-        lister.abort(refused);
-      }
-    },
-  });
-  try {
-    await pipeline(tarStream(file, format), lister as unknown as Writable);
-    if (refused) throw refused;
-  } catch (e) {
-    if (refused) throw refused;
-    if (e instanceof CairnError) throw e;
-    throw new CairnError('E_BAD_ARCHIVE', `${path.basename(file)} is not a readable ${format} archive: ${(e as Error).message}`, { file }, { cause: e });
-  }
-  const extractor = tar.x({ cwd: dest, strip, strict: true, preservePaths: false, preserveOwner: false, noChmod: false });
-  try {
-    await pipeline(tarStream(file, format), extractor as unknown as Writable);
-  } catch (e) {
-    if (e instanceof CairnError) throw e;
-    throw new CairnError('E_BAD_ARCHIVE', `${path.basename(file)} could not be extracted: ${(e as Error).message}`, { file }, { cause: e });
-  }
-  return entries;
-}
-
 /** Copies the `data.tar.*` member of a Debian package (an ar archive) to `dir`. */
 export function debDataMember(deb: string, dir: string): string {
   const fd = fs.openSync(deb, 'r');
@@ -143,7 +59,7 @@ export function debDataMember(deb: string, dir: string): string {
       if (name.startsWith('data.tar')) {
         const out = path.join(dir, name);
         const buf = Buffer.alloc(1 << 20);
-        const wfd = fs.openSync(out, 'w');
+        const wfd = fs.openSync(out, 'wx'); // the build's own fresh tmp: never an existing name
         for (let done = 0; done < size;) {
           const n = fs.readSync(fd, buf, 0, Math.min(buf.length, size - done), off + done);
           if (n === 0) throw new CairnError('E_BAD_ARCHIVE', `${path.basename(deb)} is truncated`);
@@ -168,19 +84,38 @@ function archiveIn(dep: Dep, file: string | null): string {
   return dep.file(names[0]!);
 }
 
+/** The override as it enters the config: only the limits given, so stages without one keep their DRefs. */
+function checkLimits(limits: UnpackLimits | undefined): { limits?: UnpackLimits } {
+  if (limits === undefined) return {};
+  const out: UnpackLimits = {};
+  for (const k of ['bytes', 'entries'] as const) {
+    const v = limits[k];
+    if (v === undefined) continue;
+    if (!Number.isSafeInteger(v) || v < 0) {
+      throw new CairnError('E_USAGE', `unpack: limits.${k} must be a whole number >= 0`);
+    }
+    out[k] = v;
+  }
+  return Object.keys(out).length > 0 ? { limits: out } : {};
+}
+
 /**
  * An archive's contents as a realization. Formats: tar, tar.gz, tar.xz,
  * tar.bz2, tar.zst (the last three through the system's xz, bzip2, zstd)
- * and Debian packages (their data.tar.*). Entries with absolute or `..`
- * paths, links that leave the output, and device files are refused with
- * E_UNSAFE_ARCHIVE before anything is extracted.
+ * and Debian packages (their data.tar.*). Every entry is checked before
+ * anything is extracted (src/store/extract-plan.ts): absolute or `..` paths,
+ * links that resolve outside the output, writes through links, duplicate
+ * names and device files are E_UNSAFE_ARCHIVE; more than `limits` is
+ * E_ARCHIVE_TOO_LARGE.
  */
-export function unpack(spec: UnpackSpec): Stage<{ src: Stage<any>; file: string | null; strip: number; format: ArchiveFormat | null }> {
+export function unpack(spec: UnpackSpec): Stage<{
+  src: Stage<any>; file: string | null; strip: number; format: ArchiveFormat | null; limits?: UnpackLimits;
+}> {
   const strip = spec.strip ?? 0;
   if (!Number.isInteger(strip) || strip < 0) throw new CairnError('E_USAGE', 'unpack: strip must be a whole number >= 0');
   return stage({
     name: checkName(spec.name ?? `${spec.src.name}-unpacked`.slice(0, 100)),
-    config: { src: spec.src, file: spec.file ?? null, strip, format: spec.format ?? null },
+    config: { src: spec.src, file: spec.file ?? null, strip, format: spec.format ?? null, ...checkLimits(spec.limits) },
     version: 'cairn-unpack-1',
     build: async ({ config, out, tmp, log }) => {
       let archive = archiveIn(config.src, config.file);
@@ -190,7 +125,7 @@ export function unpack(spec: UnpackSpec): Stage<{ src: Stage<any>; file: string 
         format = detectFormat(archive);
         if (format === 'deb') throw new CairnError('E_BAD_ARCHIVE', 'a Debian package inside a Debian package');
       }
-      const n = await extractTar(archive, format, out, config.strip);
+      const n = await extractTar(archive, format, out, { strip: config.strip, limits: config.limits });
       log(`unpacked ${n} entries from ${path.basename(archive)} (${format})`);
     },
   });
