@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { createRequire } from 'node:module';
 import type { Node as YamlNode } from 'yaml';
 import { CairnError } from '../errors.js';
+import { redactUrl } from '../redact-url.js';
 import { fetchurl } from './builtins/fetch.js';
 import { isHashType, parseHash, showHash } from './builtins/hashes.js';
 import { unpack } from './builtins/unpack.js';
@@ -177,6 +178,14 @@ export function selectEntry(cat: Catalog, sel: Selection): CatalogEntry {
     return hit;
   }
   return pool.find((e) => e.isDefault) ?? pool[pool.length - 1]!;
+}
+
+/** An entry as `catalog list` shows it: its URLs (also in `fields`) redacted, since output ends up in logs. */
+export function redactEntryUrls(entry: CatalogEntry): CatalogEntry {
+  const fields = { ...entry.fields };
+  if (typeof fields.url === 'string') fields.url = redactUrl(fields.url);
+  if (Array.isArray(fields.mirrors)) fields.mirrors = fields.mirrors.map((u) => (typeof u === 'string' ? redactUrl(u) : u));
+  return { ...entry, urls: entry.urls.map(redactUrl), fields };
 }
 
 /** The stage that fetches an entry (and unpacks it, if asked): usable as a dependency of other stages. */
