@@ -6,6 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CairnError } from '../errors.js';
+import { writeFileAtomic } from '../store/atomic-file.js';
 import { isReservedContextKey } from './interpolate.js';
 import type { ServiceContext } from './spec.js';
 
@@ -44,9 +45,7 @@ export class FileContext implements ServiceContext {
     }
     this.values = { ...this.values, [key]: value };
     fs.mkdirSync(path.dirname(this.file), { recursive: true });
-    const tmp = `${this.file}.${process.pid}.tmp`;
-    fs.writeFileSync(tmp, JSON.stringify(this.values, null, 2) + '\n');
-    fs.renameSync(tmp, this.file);
+    writeFileAtomic(this.file, JSON.stringify(this.values, null, 2) + '\n');
   }
 
   all(): Record<string, string> {
