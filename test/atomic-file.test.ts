@@ -33,7 +33,8 @@ beforeEach(() => {
 afterEach(() => cleanup());
 
 const plant = (at: string): void => fs.symlinkSync(victim, at);
-const victimUntouched = (): void => assert.equal(fs.readFileSync(victim, 'utf8'), VICTIM, 'the symlink target was written');
+const victimUntouched = (): void =>
+  assert.equal(fs.readFileSync(victim, 'utf8'), VICTIM, 'the symlink target was written');
 /** Entries of a directory other than the planted links and the expected results. */
 const leftovers = (d: string, expected: string[]): string[] =>
   fs.readdirSync(d).filter((n) => !expected.includes(n) && !fs.lstatSync(path.join(d, n)).isSymbolicLink());

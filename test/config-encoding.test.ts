@@ -17,7 +17,8 @@ import { cairn, expectError, isolateModuleCache, isCode, tempDir } from './helpe
 isolateModuleCache(after, 'cairn-config-encoding-cache');
 
 const build = (): void => {};
-const dref = (config: unknown, name = 't'): string => instantiate(stage({ name, config, build, version: 'v1' })).targets[0]!;
+const dref = (config: unknown, name = 't'): string =>
+  instantiate(stage({ name, config, build, version: 'v1' })).targets[0]!;
 
 const leafA = stage({ name: 'pa', config: { n: 1 }, build, version: 'v1' });
 const leafB = stage({ name: 'pb', config: { n: 2 }, build, version: 'v1' });
@@ -27,7 +28,8 @@ const drefB = instantiate(leafB).targets[0]!;
 describe('config encoding', () => {
   it('keeps the DRefs of configs without $-keys (golden values from before the escape rule)', () => {
     const leaf = stage({ name: 'leaf', config: { n: 1, s: 'x', list: [1, 2.5, null, true] }, build, version: 'v1' });
-    const mid = stage({ name: 'mid', config: { src: leaf, nested: { deps: [leaf], 'we ird': 'k' } }, build, version: 'v1' });
+    const midConfig = { src: leaf, nested: { deps: [leaf], 'we ird': 'k' } };
+    const mid = stage({ name: 'mid', config: midConfig, build, version: 'v1' });
     const top = stage({ name: 'top', config: [mid, { a: { b: { c: leaf } } }, 'str'], build, version: 'v1' });
     assert.deepEqual(instantiate(top).order, [
       'xj8kpc7fivh0qfrwgxx2hc7vxgjcfyk4-leaf',
@@ -97,7 +99,8 @@ describe('config encoding', () => {
     const withDeps = (v: unknown): unknown => ({ all: [leafA, leafB], v });
     const check = (a: unknown, b: unknown): void => {
       const same = JSON.stringify(meaning(a)) === JSON.stringify(meaning(b));
-      assert.equal(dref(withDeps(a)) === dref(withDeps(b)), same, `${JSON.stringify(meaning(a))}\n${JSON.stringify(meaning(b))}`);
+      const why = `${JSON.stringify(meaning(a))}\n${JSON.stringify(meaning(b))}`;
+      assert.equal(dref(withDeps(a)) === dref(withDeps(b)), same, why);
       assert.equal(dref(withDeps(a)), dref(withDeps(a)), 'the same config gives the same DRef');
     };
     fc.assert(fc.property(tree, fc.array(fc.boolean(), { minLength: 1, maxLength: 8 }), (a, flips) => {

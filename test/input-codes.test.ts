@@ -26,7 +26,8 @@ after(() => work.cleanup());
 function aliasBomb(): string {
   const lines = ['name: bomb', 'a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]'];
   for (let i = 1; i <= 8; i++) lines.push(`a${i}: &a${i} [${Array(9).fill(`*a${i - 1}`).join(',')}]`);
-  lines.push('history:', '  - version: "1"', '    url: http://127.0.0.1:9/x.img', `    hash: ${'0'.repeat(64)}`, '    junk: *a8', '');
+  lines.push('history:', '  - version: "1"', '    url: http://127.0.0.1:9/x.img');
+  lines.push(`    hash: ${'0'.repeat(64)}`, '    junk: *a8', '');
   return lines.join('\n');
 }
 
@@ -34,7 +35,8 @@ describe('a YAML alias bomb in a catalog', () => {
   it('is E_BAD_CATALOG from loadCatalog', () => {
     const file = path.join(work.dir, 'bomb.yml');
     fs.writeFileSync(file, aliasBomb());
-    assert.throws(() => loadCatalog(file), (e: unknown) => isCode('E_BAD_CATALOG')(e) && /alias/.test((e as Error).message));
+    assert.throws(() => loadCatalog(file),
+      (e: unknown) => isCode('E_BAD_CATALOG')(e) && /alias/.test((e as Error).message));
   });
 
   it('is E_BAD_CATALOG from catalog list and fetch, within a 64 MiB heap (not exit 70)', () => {
@@ -68,7 +70,7 @@ describe('Object.prototype names in service interpolation', () => {
     assert.throws(() => interpolate('{nope}', {}), isCode('E_SERVICE_FAILED'));
   });
 
-  it('only the context\'s own values count (a context with a null prototype, or inherited values, change nothing)', () => {
+  it('only the context\'s own values count (inherited ones do not; a null-prototype context works)', () => {
     const inherited = Object.create({ user_id: 'inherited' }) as Record<string, string>;
     assert.throws(() => interpolate('{user_id}', inherited), isCode('E_SERVICE_FAILED'));
     assert.deepEqual(interpolateEnv({ B: '{a}' }, Object.assign(Object.create(null), { a: '1' }), 's'), { B: '1' });
@@ -77,7 +79,8 @@ describe('Object.prototype names in service interpolation', () => {
   it('validateEnsemble refuses an env template that uses one, before anything starts', () => {
     for (const key of PROTO_KEYS) {
       const e = { name: 'e', services: [{ name: 'w', image: 'debian:x', env: { X: `{${key}}` } }] };
-      assert.throws(() => validateEnsemble(e), (err: unknown) => isCode('E_SERVICE_INVALID')(err) && (err as Error).message.includes(`{${key}}`), key);
+      assert.throws(() => validateEnsemble(e),
+        (err: unknown) => isCode('E_SERVICE_INVALID')(err) && (err as Error).message.includes(`{${key}}`), key);
     }
   });
 
@@ -99,7 +102,8 @@ describe('Object.prototype names in service interpolation', () => {
         '});',
         '',
       ].join('\n'));
-      const r = cairn(path.join(work.dir, 'store'), ['services', 'start', '--state-dir', path.join(work.dir, 'state'), file]);
+      const args = ['services', 'start', '--state-dir', path.join(work.dir, 'state'), file];
+      const r = cairn(path.join(work.dir, 'store'), args);
       expectError(r, 'E_SERVICE_INVALID');
       assert.notEqual(r.code, 70);
       assert.ok(r.stderr.includes(`{${key}}`), r.stderr);

@@ -26,7 +26,8 @@ before(async () => { server = await TestServer.start(); });
 after(async () => { await server.close(); });
 
 /** `http://alice:s3cretPass@127.0.0.1:PORT/p?token=SECRET&x=1#frag-secret` */
-const secretUrl = (p: string): string => `${server.base.replace('//', '//alice:s3cretPass@')}${p}?token=SECRET&x=1#frag-secret`;
+const secretUrl = (p: string): string =>
+  `${server.base.replace('//', '//alice:s3cretPass@')}${p}?token=SECRET&x=1#frag-secret`;
 
 describe('redactUrl', () => {
   it('masks user info, every query value and the fragment; keeps scheme, host, path and keys', () => {

@@ -41,7 +41,8 @@ export class FileContext implements ServiceContext {
       throw new CairnError('E_SERVICE_FAILED', `context.set needs a key and a string value, got ${JSON.stringify(key)} = ${JSON.stringify(value)}`);
     }
     if (isReservedContextKey(key)) {
-      throw new CairnError('E_SERVICE_INVALID', `context.set: ${JSON.stringify(key)} is a name reserved by JavaScript objects; choose another key`, { key });
+      throw new CairnError('E_SERVICE_INVALID',
+        `context.set: ${JSON.stringify(key)} is a name reserved by JavaScript objects; choose another key`, { key });
     }
     this.values = { ...this.values, [key]: value };
     fs.mkdirSync(path.dirname(this.file), { recursive: true });

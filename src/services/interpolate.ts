@@ -44,7 +44,10 @@ export function interpolate(template: string, context: Readonly<Record<string, s
     if (m === '}}') return '}';
     if (isReservedContextKey(key!)) throw reserved(key!, where);
     const v = Object.hasOwn(context, key!) ? context[key!] : undefined;
-    if (typeof v !== 'string') throw new CairnError('E_SERVICE_FAILED', `${where} uses {${key}}, which the context does not hold (set it in a dependency's postStartInit)`, { key });
+    if (typeof v !== 'string') {
+      throw new CairnError('E_SERVICE_FAILED',
+        `${where} uses {${key}}, which the context does not hold (set it in a dependency's postStartInit)`, { key });
+    }
     return v;
   });
 }

@@ -104,7 +104,8 @@ export function loadCatalog(where: string | URL): Catalog {
     // expansions and throws, which is the catalog's fault, not Cairn's.
     top = doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT }) as Record<string, unknown>;
   } catch (e) {
-    throw bad(file, 1, `cannot be read: ${(e as Error)?.message ?? String(e)} (at most ${MAX_ALIAS_COUNT} alias expansions)`);
+    const why = (e as Error)?.message ?? String(e);
+    throw bad(file, 1, `cannot be read: ${why} (at most ${MAX_ALIAS_COUNT} alias expansions)`);
   }
   if (typeof top.name !== 'string' || top.name === '') throw bad(file, lineOf(doc.contents), '`name` is missing');
   const defaults = top.defaults ?? {};
@@ -195,7 +196,9 @@ export function selectEntry(cat: Catalog, sel: Selection): CatalogEntry {
 export function redactEntryUrls(entry: CatalogEntry): CatalogEntry {
   const fields = { ...entry.fields };
   if (typeof fields.url === 'string') fields.url = redactUrl(fields.url);
-  if (Array.isArray(fields.mirrors)) fields.mirrors = fields.mirrors.map((u) => (typeof u === 'string' ? redactUrl(u) : u));
+  if (Array.isArray(fields.mirrors)) {
+    fields.mirrors = fields.mirrors.map((u) => (typeof u === 'string' ? redactUrl(u) : u));
+  }
   return { ...entry, urls: entry.urls.map(redactUrl), fields };
 }
 

@@ -96,12 +96,16 @@ export async function download(urls: readonly string[], file: string, opts: Down
       } finally {
         await new Promise<void>((r) => out.end(() => r()));
       }
-      if (Number.isFinite(total) && got < total) throw new Error(`${safeUrl}: connection closed at ${got} of ${total} bytes`);
+      if (Number.isFinite(total) && got < total) {
+        throw new Error(`${safeUrl}: connection closed at ${got} of ${total} bytes`);
+      }
       log(`${safeUrl}: ${got} bytes`);
       return { url, bytes: got, resumed };
     } catch (e) {
       // A library's message may quote the URL it was given: mask it too.
-      const why = ac.signal.aborted ? `${safeUrl}: no data for ${idle} ms` : redactUrlsIn(String((e as Error)?.message ?? e));
+      const why = ac.signal.aborted
+        ? `${safeUrl}: no data for ${idle} ms`
+        : redactUrlsIn(String((e as Error)?.message ?? e));
       if (!errors.includes(why)) errors.push(why);
       log(`attempt ${attempt + 1}/${attempts} failed: ${why}`);
       if (attempt + 1 < attempts) {
@@ -113,7 +117,8 @@ export async function download(urls: readonly string[], file: string, opts: Down
     }
   }
   if (errors.length === 0) errors.push('no URL could be resolved (apt: URLs need current package lists: apt-get update)');
-  throw new CairnError('E_FETCH_FAILED', `download failed: ${errors.slice(-4).join('; ')}`, { urls: urls.map(redactUrl), errors });
+  throw new CairnError('E_FETCH_FAILED', `download failed: ${errors.slice(-4).join('; ')}`,
+    { urls: urls.map(redactUrl), errors });
 }
 
 /** `https://u:p@host/x` -> `https://host/x` plus the Basic credentials, as curl and browsers send them. */

@@ -25,12 +25,15 @@ export interface FetchUrlSpec extends Omit<DownloadOptions, 'log'> {
 }
 
 function fileNameOf(url: string): string {
-  if (url.startsWith('apt:')) throw new CairnError('E_USAGE', `an apt: URL names no file; give one with \`file\` (${redactUrl(url)})`, { url: redactUrl(url) });
+  const shown = redactUrl(url);
+  if (url.startsWith('apt:')) {
+    throw new CairnError('E_USAGE', `an apt: URL names no file; give one with \`file\` (${shown})`, { url: shown });
+  }
   try {
     const last = decodeURIComponent(new URL(url).pathname.split('/').pop() ?? '');
     if (last) return last;
   } catch { /* not a URL */ }
-  throw new CairnError('E_USAGE', `cannot take a file name from ${redactUrl(url)}; give one with \`file\``, { url: redactUrl(url) });
+  throw new CairnError('E_USAGE', `cannot take a file name from ${shown}; give one with \`file\``, { url: shown });
 }
 
 function checkFileName(file: string): string {
