@@ -53,7 +53,8 @@ export function canonicalJson(value: unknown, substitute?: Substitute, root = 'c
   const bad = (path: string, what: string): never => {
     throw new CairnError('E_CONFIG_NOT_JSON', `${path} is ${what}, which is not JSON`, { path });
   };
-  const walk = (v: unknown, path: string, depth: number): void => {
+  // `raw`: inside a substitute's marker, written as it is (no substitution, no escaping).
+  const walk = (v: unknown, path: string, depth: number, raw: boolean): void => {
     switch (typeof v) {
       case 'string': parts.push(JSON.stringify(v)); return;
       case 'boolean': parts.push(v ? 'true' : 'false'); return;
@@ -72,10 +73,9 @@ export function canonicalJson(value: unknown, substitute?: Substitute, root = 'c
         { root, maxDepth: MAX_DEPTH });
     }
     const obj = v as object;
-    if (substitute) {
+    if (substitute && !raw) {
       const sub = substitute(obj, path);
-      // A marker is written as the substitute made it: no further escaping.
-      if (sub !== undefined) { parts.push(canonicalJson(sub, undefined, path)); return; }
+      if (sub !== undefined) { walk(sub, path, depth, true); return; }
     }
     if (onPath.has(obj)) bad(path, 'a reference back to one of its own parents (a cycle)');
     onPath.add(obj);
@@ -85,7 +85,7 @@ export function canonicalJson(value: unknown, substitute?: Substitute, root = 'c
       // must be refused (its holes are undefined), not silently compacted.
       for (let i = 0; i < obj.length; i++) {
         if (i > 0) parts.push(',');
-        walk(obj[i], `${path}[${i}]`, depth + 1);
+        walk(obj[i], `${path}[${i}]`, depth + 1, raw);
       }
       parts.push(']');
     } else {
@@ -95,7 +95,8 @@ export function canonicalJson(value: unknown, substitute?: Substitute, root = 'c
       }
       if (Object.getOwnPropertySymbols(obj).length > 0) bad(path, 'an object with symbol keys');
       const keys = Object.keys(obj).sort();
-      const wrap = substitute !== undefined && keys.some((k) => k.startsWith('$'));
+      let wrap = false;
+      if (substitute && !raw) for (const k of keys) if (k.charCodeAt(0) === 36 /* $ */) { wrap = true; break; }
       if (wrap) parts.push(`{${JSON.stringify(LITERAL_KEY)}:`);
       parts.push('{');
       let first = true;
@@ -105,12 +106,12 @@ export function canonicalJson(value: unknown, substitute?: Substitute, root = 'c
         if (!first) parts.push(',');
         first = false;
         parts.push(JSON.stringify(key), ':');
-        walk(item, /^[A-Za-z_$][\w$]*$/.test(key) ? `${path}.${key}` : `${path}[${JSON.stringify(key)}]`, depth + 1);
+        walk(item, /^[A-Za-z_$][\w$]*$/.test(key) ? `${path}.${key}` : `${path}[${JSON.stringify(key)}]`, depth + 1, raw);
       }
       parts.push(wrap ? '}}' : '}');
     }
     onPath.delete(obj);
   };
-  walk(value, root, 1);
+  walk(value, root, 1, false);
   return parts.join('');
 }
