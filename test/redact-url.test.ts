@@ -9,7 +9,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { fetchurl, realize, Store, CairnError } from '../src/index.js';
+import { fetchurl, realize, stage, Store, CairnError } from '../src/index.js';
 import { redactUrl, redactUrlsIn } from '../src/redact-url.js';
 import { cairnAsync, expectError, isolateModuleCache, ok, one, sha256, storePerTest, tempDir } from './helpers.js';
 import { TestServer, serveFull } from './fixtures/fetch/server.js';
@@ -71,6 +71,36 @@ describe('fetchurl with a secret in the URL', () => {
       assertClean(JSON.stringify(e.details), 'the details');
       return true;
     });
+  });
+});
+
+describe('ctx.exec with a URL argument (e.g. a debootstrap mirror)', () => {
+  let store: Store;
+  storePerTest('cairn-redact-exec', (t) => ({ store } = t));
+
+  it('the logged command line and the E_BUILD_FAILED message mask its secrets', async () => {
+    const mirror = 'http://alice:s3cretPass@127.0.0.1:9/debian?token=SECRET';
+    let logText = '';
+    const s = stage({
+      name: 'exec-secret', config: {},
+      build: async (ctx) => {
+        // A failed build's log is discarded with its staging: read it here.
+        try {
+          await ctx.exec('sh', ['-c', 'echo "cannot reach $0" >&2; exit 3', mirror]);
+        } finally {
+          logText = fs.readFileSync(ctx.log.file, 'utf8');
+        }
+      },
+    });
+    await assert.rejects(realize(s, { store }), (e: unknown) => {
+      assert.ok(e instanceof CairnError && e.code === 'E_BUILD_FAILED', String(e));
+      assert.match(e.message, /cannot reach http:\/\/\*\*\*@127\.0\.0\.1:9\/debian\?token=\*\*\*/);
+      assertClean(e.message, 'the message');
+      return true;
+    });
+    const dollarLine = logText.split('\n').find((l) => l.startsWith('$ '));
+    assert.ok(dollarLine, 'the command line is logged');
+    assertClean(dollarLine, 'the logged command line');
   });
 });
 
