@@ -333,10 +333,10 @@ export function createProgram(argv: readonly string[], opts: { exitOverride?: bo
     .option('--device-type <t>', 'only entries for this device type')
     .option('--json', 'print entries as JSON')
     .action(async (file: string, o: { deviceType?: string; json?: boolean }) => {
-      const { loadCatalog, deviceTypeMatches } = await import('../src/stages/catalog.js');
+      const { loadCatalog, deviceTypeMatches, redactEntryUrls } = await import('../src/stages/catalog.js');
       const cat = loadCatalog(file);
       const entries = o.deviceType === undefined ? cat.entries : cat.entries.filter((e) => e.deviceTypes.some((d) => deviceTypeMatches(d, o.deviceType!)));
-      if (o.json) return out(JSON.stringify({ name: cat.name, entries }, null, 2));
+      if (o.json) return out(JSON.stringify({ name: cat.name, entries: entries.map(redactEntryUrls) }, null, 2));
       out(`${cat.name} (${o.deviceType === undefined ? '' : `${entries.length} of `}${cat.entries.length} entries, oldest first)`);
       for (const e of entries) {
         out(`${e.isDefault ? '*' : ' '} ${String(e.index).padStart(3)}  ${e.version.padEnd(20)} ${(e.date ?? '').padEnd(10)}  ${e.deviceTypes.join(', ')}`);

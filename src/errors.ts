@@ -5,6 +5,7 @@
  */
 export const ErrorCodes = {
   E_CONFIG_NOT_JSON: 'config holds a value that is not JSON (function, BigInt, NaN, Infinity, symbol, class instance, cycle)',
+  E_CONFIG_TOO_DEEP: 'config (or other hashed JSON) nests objects and arrays deeper than 1000 levels',
   E_BAD_NAME: 'stage name is not allowed',
   E_CYCLE: 'stage graph has a cycle',
   E_NOT_A_STAGE: 'a value used as a stage is not one',

@@ -6,6 +6,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CairnError } from '../errors.js';
+import { writeFileAtomic } from '../store/atomic-file.js';
+import { isReservedContextKey } from './interpolate.js';
 import type { ServiceContext } from './spec.js';
 
 export class FileContext implements ServiceContext {
@@ -38,11 +40,13 @@ export class FileContext implements ServiceContext {
     if (typeof key !== 'string' || key === '' || typeof value !== 'string') {
       throw new CairnError('E_SERVICE_FAILED', `context.set needs a key and a string value, got ${JSON.stringify(key)} = ${JSON.stringify(value)}`);
     }
+    if (isReservedContextKey(key)) {
+      throw new CairnError('E_SERVICE_INVALID',
+        `context.set: ${JSON.stringify(key)} is a name reserved by JavaScript objects; choose another key`, { key });
+    }
     this.values = { ...this.values, [key]: value };
     fs.mkdirSync(path.dirname(this.file), { recursive: true });
-    const tmp = `${this.file}.${process.pid}.tmp`;
-    fs.writeFileSync(tmp, JSON.stringify(this.values, null, 2) + '\n');
-    fs.renameSync(tmp, this.file);
+    writeFileAtomic(this.file, JSON.stringify(this.values, null, 2) + '\n');
   }
 
   all(): Record<string, string> {

@@ -5,6 +5,7 @@
  */
 import { CairnError } from '../errors.js';
 import { isStage } from '../stages/stage.js';
+import { checkTemplate } from './interpolate.js';
 import type { EnsembleSpec, ServiceSpec } from './spec.js';
 
 /** A hostname label (RFC 1123), lowercase so the name and the DNS name are the same string. */
@@ -32,6 +33,7 @@ export function validateEnsemble(e: EnsembleSpec): Map<string, ServiceSpec> {
     if (s.buildFromDirectory && typeof s.buildFromDirectory.directory !== 'string') throw invalid(`service ${s.name}: buildFromDirectory needs a directory`, { service: s.name });
     for (const [k, v] of Object.entries(s.env ?? {})) {
       if (!ENV_KEY_RE.test(k) || typeof v !== 'string') throw invalid(`service ${s.name}: env ${k} must be a variable name with a string value`, { service: s.name });
+      checkTemplate(v, `service ${s.name}: env ${k}`);
     }
     for (const [c, h] of Object.entries(s.ports ?? {})) {
       const cport = Number(c.split('/')[0]);

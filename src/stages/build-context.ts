@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CairnError } from '../errors.js';
+import { redactUrlsIn } from '../redact-url.js';
 import type { RRef } from '../store/refs.js';
 import type { Store } from '../store/store.js';
 import type { Derivation } from './instantiate.js';
@@ -58,7 +59,9 @@ export function execLogged(logFile: string, cmd: string, args: readonly string[]
       if (typeof b === 'string') fs.writeSync(logFd, b);
       else fs.writeSync(logFd, b);
     };
-    toLog(`$ ${[cmd, ...args].join(' ')}\n`);
+    // Cairn's own lines mask URL secrets (e.g. a debootstrap mirror's
+    // user:pass@); what the program itself prints goes to the log as it is.
+    toLog(`$ ${redactUrlsIn([cmd, ...args].join(' '))}\n`);
     const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
@@ -78,7 +81,10 @@ export function execLogged(logFile: string, cmd: string, args: readonly string[]
       const stdout = Buffer.concat(out).toString();
       const stderr = Buffer.concat(err).toString();
       if (code === 0) resolve({ stdout, stderr });
-      else reject(new CairnError('E_BUILD_FAILED', `${cmd} exited with ${signal ?? code}${stderr ? `: ${stderr.trim().split('\n').slice(-3).join(' | ')}` : ''}`, { cmd, code, signal }));
+      else {
+        const tail = stderr ? `: ${redactUrlsIn(stderr.trim().split('\n').slice(-3).join(' | '))}` : '';
+        reject(new CairnError('E_BUILD_FAILED', `${cmd} exited with ${signal ?? code}${tail}`, { cmd, code, signal }));
+      }
     });
     if (child.stdin) {
       // A child that exits without reading its input makes the write fail

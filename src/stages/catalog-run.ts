@@ -5,6 +5,7 @@ import type { RRef } from '../store/refs.js';
 import type { FixedOutput } from './builtins/fetch.js';
 import type { UnpackLimits } from '../store/extract-plan.js';
 import type { Store } from '../store/store.js';
+import { writeFileAtomic } from '../store/atomic-file.js';
 import { entryStage, type Catalog, type CatalogEntry } from './catalog.js';
 import { instantiate } from './instantiate.js';
 import { importModule } from './load.js';
@@ -53,9 +54,7 @@ export async function fetchEntry(store: Store, cat: Catalog, entry: CatalogEntry
 
 export async function writeManifest(file: string, m: Manifest): Promise<void> {
   const { stringify } = await import('yaml');
-  const tmp = `${file}.tmp-${process.pid}`;
-  fs.writeFileSync(tmp, stringify(m));
-  fs.renameSync(tmp, file);
+  writeFileAtomic(file, stringify(m));
 }
 
 export interface ActionContext {

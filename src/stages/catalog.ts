@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { createRequire } from 'node:module';
 import type { Node as YamlNode } from 'yaml';
 import { CairnError } from '../errors.js';
+import { redactUrl } from '../redact-url.js';
 import { fetchurl } from './builtins/fetch.js';
 import { isHashType, parseHash, showHash } from './builtins/hashes.js';
 import { unpack, type UnpackLimits } from './builtins/unpack.js';
@@ -71,6 +72,9 @@ function asWritten(item: YamlNode, keys: readonly string[]): Record<string, stri
 let yamlLib: typeof import('yaml') | undefined;
 const yaml = (): typeof import('yaml') => (yamlLib ??= createRequire(import.meta.url)('yaml') as typeof import('yaml'));
 
+/** Alias expansions allowed while reading a catalog (the yaml library's default, stated here). */
+const MAX_ALIAS_COUNT = 100;
+
 const bad = (file: string, line: number, reason: string): CairnError =>
   new CairnError('E_BAD_CATALOG', `${file}:${line}: ${reason}`, { file, line, reason });
 
@@ -93,7 +97,16 @@ export function loadCatalog(where: string | URL): Catalog {
     throw bad(file, e.linePos?.[0]?.line ?? 1, `not valid YAML: ${e.message.split('\n')[0]}`);
   }
   if (!isMap(doc.contents)) throw bad(file, 1, 'a catalog is a mapping with name, defaults and history');
-  const top = doc.toJS() as Record<string, unknown>;
+  let top: Record<string, unknown>;
+  try {
+    // An alias expands to a copy of what it names, so nested aliases ("billion
+    // laughs") grow exponentially: the library stops at maxAliasCount
+    // expansions and throws, which is the catalog's fault, not Cairn's.
+    top = doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT }) as Record<string, unknown>;
+  } catch (e) {
+    const why = (e as Error)?.message ?? String(e);
+    throw bad(file, 1, `cannot be read: ${why} (at most ${MAX_ALIAS_COUNT} alias expansions)`);
+  }
   if (typeof top.name !== 'string' || top.name === '') throw bad(file, lineOf(doc.contents), '`name` is missing');
   const defaults = top.defaults ?? {};
   if (typeof defaults !== 'object' || defaults === null || Array.isArray(defaults)) throw bad(file, lineOf(doc.get('defaults', true) as YamlNode), '`defaults` must be a mapping');
@@ -177,6 +190,16 @@ export function selectEntry(cat: Catalog, sel: Selection): CatalogEntry {
     return hit;
   }
   return pool.find((e) => e.isDefault) ?? pool[pool.length - 1]!;
+}
+
+/** An entry as `catalog list` shows it: its URLs (also in `fields`) redacted, since output ends up in logs. */
+export function redactEntryUrls(entry: CatalogEntry): CatalogEntry {
+  const fields = { ...entry.fields };
+  if (typeof fields.url === 'string') fields.url = redactUrl(fields.url);
+  if (Array.isArray(fields.mirrors)) {
+    fields.mirrors = fields.mirrors.map((u) => (typeof u === 'string' ? redactUrl(u) : u));
+  }
+  return { ...entry, urls: entry.urls.map(redactUrl), fields };
 }
 
 /** The stage that fetches an entry (and unpacks it, if asked): usable as a dependency of other stages. */

@@ -54,8 +54,11 @@ function referencedStages(config: unknown): Stage[] {
     if (typeof v !== 'object' || v === null || seen.has(v)) continue;
     seen.add(v);
     if (isStage(v)) { found.push(v); continue; }
-    if (Array.isArray(v)) stack.push(...v);
-    else if (Object.getPrototypeOf(v) === Object.prototype || Object.getPrototypeOf(v) === null) stack.push(...Object.values(v));
+    // Loops, not push(...v): spreading a million-element array as arguments overflows the stack.
+    if (Array.isArray(v)) { for (const x of v) stack.push(x); }
+    else if (Object.getPrototypeOf(v) === Object.prototype || Object.getPrototypeOf(v) === null) {
+      for (const x of Object.values(v)) stack.push(x);
+    }
   }
   return found;
 }

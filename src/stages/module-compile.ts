@@ -22,6 +22,7 @@ import { builtinModules, createRequire } from 'node:module';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { writeFileAtomic } from '../store/atomic-file.js';
 
 export interface CompileEnv {
   /** URL that `import 'cairn'` should load. */
@@ -49,9 +50,7 @@ const sha256 = (text: string): string => createHash('sha256').update(text).diges
 function writeCache(file: string, text: string): void {
   try {
     fs.mkdirSync(path.dirname(file), { recursive: true });
-    const tmp = `${file}.${process.pid}.tmp`;
-    fs.writeFileSync(tmp, text);
-    fs.renameSync(tmp, file);
+    writeFileAtomic(file, text);
   } catch { /* the cache is an optimisation: a read-only home still works, slower */ }
 }
 

@@ -7,8 +7,21 @@ export type Json = null | boolean | number | string | Json[] | { [key: string]: 
  * Called for every object before it is canonicalised. Returning a Json value
  * substitutes it (this is how stage references become `{"$ref": dref}`);
  * returning undefined means "not special, canonicalise it normally".
+ *
+ * A substitute's result is written as it is (a marker), while user objects
+ * that could be mistaken for a marker are escaped: see `canonicalJson`.
  */
 export type Substitute = (value: object, path: string) => Json | undefined;
+
+/**
+ * How deeply a value may nest (objects and arrays). Deeper input is refused
+ * with E_CONFIG_TOO_DEEP instead of overflowing the stack here or in any
+ * later reader of drv.json; real configs are a few dozen levels deep.
+ */
+export const MAX_DEPTH = 1000;
+
+/** The key that wraps a user object holding `$`-keys, so it cannot pass for a marker such as `{"$ref": …}`. */
+export const LITERAL_KEY = '$lit';
 
 /**
  * Canonical JSON text: object keys sorted by UTF-16 code unit, no whitespace,
@@ -21,6 +34,18 @@ export type Substitute = (value: object, path: string) => Json | undefined;
  * different stages the same identity. The one deliberate exception is an
  * object property whose value is `undefined`: it is omitted, exactly as JSON
  * does, so optional fields can be left unset.
+ *
+ * With a substitute, the encoding is unambiguous (distinct values give
+ * distinct text). Substitutes produce markers: objects with one `$`-key,
+ * such as `{"$ref": dref}`. A user object with any key that starts with `$`
+ * is written wrapped, `{"$lit": {…its keys as written…}}`; a user object
+ * without one is written plainly. So every object in the text is exactly
+ * one of: plain (no `$`-key: a user object), `{"$lit": X}` (X is a user
+ * object, its keys taken literally, its values decoded by the same rule),
+ * or a marker (one `$`-key other than `$lit`). These are disjoint, so the
+ * text decodes back to one value, which is what makes the encoding
+ * injective. User objects without `$`-keys, the common case, are written as
+ * before, so their DRefs did not change.
  */
 export function canonicalJson(value: unknown, substitute?: Substitute, root = 'config'): string {
   const parts: string[] = [];
@@ -28,7 +53,8 @@ export function canonicalJson(value: unknown, substitute?: Substitute, root = 'c
   const bad = (path: string, what: string): never => {
     throw new CairnError('E_CONFIG_NOT_JSON', `${path} is ${what}, which is not JSON`, { path });
   };
-  const walk = (v: unknown, path: string): void => {
+  // `raw`: inside a substitute's marker, written as it is (no substitution, no escaping).
+  const walk = (v: unknown, path: string, depth: number, raw: boolean): void => {
     switch (typeof v) {
       case 'string': parts.push(JSON.stringify(v)); return;
       case 'boolean': parts.push(v ? 'true' : 'false'); return;
@@ -42,10 +68,14 @@ export function canonicalJson(value: unknown, substitute?: Substitute, root = 'c
       case 'undefined': return bad(path, 'undefined');
     }
     if (v === null) { parts.push('null'); return; }
+    if (depth > MAX_DEPTH) {
+      throw new CairnError('E_CONFIG_TOO_DEEP', `${root} nests deeper than ${MAX_DEPTH} levels (objects and arrays)`,
+        { root, maxDepth: MAX_DEPTH });
+    }
     const obj = v as object;
-    if (substitute) {
+    if (substitute && !raw) {
       const sub = substitute(obj, path);
-      if (sub !== undefined) { walk(sub, path); return; }
+      if (sub !== undefined) { walk(sub, path, depth, true); return; }
     }
     if (onPath.has(obj)) bad(path, 'a reference back to one of its own parents (a cycle)');
     onPath.add(obj);
@@ -55,7 +85,7 @@ export function canonicalJson(value: unknown, substitute?: Substitute, root = 'c
       // must be refused (its holes are undefined), not silently compacted.
       for (let i = 0; i < obj.length; i++) {
         if (i > 0) parts.push(',');
-        walk(obj[i], `${path}[${i}]`);
+        walk(obj[i], `${path}[${i}]`, depth + 1, raw);
       }
       parts.push(']');
     } else {
@@ -65,6 +95,9 @@ export function canonicalJson(value: unknown, substitute?: Substitute, root = 'c
       }
       if (Object.getOwnPropertySymbols(obj).length > 0) bad(path, 'an object with symbol keys');
       const keys = Object.keys(obj).sort();
+      let wrap = false;
+      if (substitute && !raw) for (const k of keys) if (k.charCodeAt(0) === 36 /* $ */) { wrap = true; break; }
+      if (wrap) parts.push(`{${JSON.stringify(LITERAL_KEY)}:`);
       parts.push('{');
       let first = true;
       for (const key of keys) {
@@ -73,12 +106,12 @@ export function canonicalJson(value: unknown, substitute?: Substitute, root = 'c
         if (!first) parts.push(',');
         first = false;
         parts.push(JSON.stringify(key), ':');
-        walk(item, /^[A-Za-z_$][\w$]*$/.test(key) ? `${path}.${key}` : `${path}[${JSON.stringify(key)}]`);
+        walk(item, /^[A-Za-z_$][\w$]*$/.test(key) ? `${path}.${key}` : `${path}[${JSON.stringify(key)}]`, depth + 1, raw);
       }
-      parts.push('}');
+      parts.push(wrap ? '}}' : '}');
     }
     onPath.delete(obj);
   };
-  walk(value, root);
+  walk(value, root, 1, false);
   return parts.join('');
 }

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CairnError } from '../errors.js';
+import { symlinkAtomic } from './atomic-file.js';
 import { fsyncPath } from './fsutil.js';
 import { FILE_MODE, makeDirs } from './permissions.js';
 import { isName, parseRRef, type RRef } from './refs.js';
@@ -72,16 +73,11 @@ export function addOutLink(store: Store, link: string, rref: RRef): string {
   if (existing && !existing.isSymbolicLink()) {
     throw new CairnError('E_USAGE', `--out-link ${link} exists and is not a symlink; refusing to replace it`, { path: abs });
   }
-  const tmp = `${abs}.cairn-${process.pid}`;
-  fs.symlinkSync(target, tmp);
-  fs.renameSync(tmp, abs);
+  symlinkAtomic(target, abs);
   makeDirs(autoDir(store));
   const key = createHash('sha256').update(abs).digest('hex').slice(0, 32);
   const entry = path.join(autoDir(store), key);
-  const tmpEntry = `${entry}.${process.pid}.tmp`;
-  fs.rmSync(tmpEntry, { force: true });
-  fs.symlinkSync(abs, tmpEntry);
-  fs.renameSync(tmpEntry, entry);
+  symlinkAtomic(abs, entry);
   return abs;
 }
 

@@ -26,17 +26,19 @@ const reflinkByDir = new Map<string, boolean>();
 export function canReflink(dir: string): boolean {
   let ok = reflinkByDir.get(dir);
   if (ok !== undefined) return ok;
-  const a = path.join(dir, `.reflink-probe-${process.pid}`);
-  const b = `${a}-clone`;
+  // A fresh private directory (random name, mode 0700), not `.reflink-probe-PID`
+  // beside other files: nothing can be planted at the probe's names.
+  let probe: string | undefined;
   try {
-    fs.writeFileSync(a, 'x');
-    fs.copyFileSync(a, b, fs.constants.COPYFILE_FICLONE_FORCE);
+    probe = fs.mkdtempSync(path.join(dir, '.reflink-probe-'));
+    const a = path.join(probe, 'a');
+    fs.writeFileSync(a, 'x', { flag: 'wx' });
+    fs.copyFileSync(a, path.join(probe, 'b'), fs.constants.COPYFILE_FICLONE_FORCE | fs.constants.COPYFILE_EXCL);
     ok = true;
   } catch {
     ok = false;
   } finally {
-    fs.rmSync(a, { force: true });
-    fs.rmSync(b, { force: true });
+    if (probe !== undefined) fs.rmSync(probe, { recursive: true, force: true });
   }
   reflinkByDir.set(dir, ok);
   return ok;

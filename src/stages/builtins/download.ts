@@ -2,6 +2,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CairnError } from '../../errors.js';
+import { redactUrl, redactUrlsIn } from '../../redact-url.js';
 
 export interface DownloadOptions {
   /** Total attempts across all URLs (default 6). */
@@ -22,6 +23,11 @@ const PERMANENT = new Set([400, 401, 403, 404, 405, 410, 451]);
  * failures (5xx, resets, stalls) are retried on the next URL after a
  * backoff, within a budget of `attempts`. A server that ignores Range is
  * read again from the start. The caller checks the hash.
+ *
+ * User info in a URL (`https://user:pass@host/...`) is sent as HTTP Basic
+ * authentication (node-fetch refuses such URLs otherwise) and dropped on a
+ * redirect to another host. Every URL in the log, the error message and its
+ * details is redacted (see redactUrl): the log ends up in the store.
  */
 export async function download(urls: readonly string[], file: string, opts: DownloadOptions = {}): Promise<{ url: string; bytes: number; resumed: number }> {
   const attempts = opts.attempts ?? 6;
@@ -33,7 +39,7 @@ export async function download(urls: readonly string[], file: string, opts: Down
   let live = urls.flatMap((u) => {
     if (!u.startsWith('apt:')) return [u];
     const resolved = resolveApt(u);
-    if (resolved) log(`${u} is ${resolved}`);
+    if (resolved) log(`${u} is ${redactUrl(resolved)}`);
     return resolved ? [resolved] : [];
   });
   let delay = opts.backoffMs ?? 200;
@@ -41,20 +47,26 @@ export async function download(urls: readonly string[], file: string, opts: Down
   const errors: string[] = [];
   for (let attempt = 0; attempt < attempts && live.length > 0; attempt++) {
     const url = live[attempt % live.length]!;
+    const safeUrl = redactUrl(url);
     let have = 0;
     try { have = fs.statSync(file).size; } catch { /* nothing yet */ }
     const ac = new AbortController();
     let timer = setTimeout(() => ac.abort(), idle);
     const poke = (): void => { clearTimeout(timer); timer = setTimeout(() => ac.abort(), idle); };
     try {
-      const res = await fetch(url, { headers: have > 0 ? { Range: `bytes=${have}-` } : {}, redirect: 'follow', follow: 20, signal: ac.signal });
+      const { href, authorization } = splitUserInfo(url);
+      const headers: Record<string, string> = {
+        ...(have > 0 ? { Range: `bytes=${have}-` } : {}),
+        ...(authorization ? { Authorization: authorization } : {}),
+      };
+      const res = await fetch(href, { headers, redirect: 'follow', follow: 20, signal: ac.signal });
       if (res.status === 416 && have > 0) {
         // Nothing left to send: the file is complete (the hash will tell).
-        log(`${url}: already complete at ${have} bytes`);
+        log(`${safeUrl}: already complete at ${have} bytes`);
         return { url, bytes: have, resumed };
       }
       if (!res.ok) {
-        const why = `${url}: HTTP ${res.status} ${res.statusText}`;
+        const why = `${safeUrl}: HTTP ${res.status} ${res.statusText}`;
         errors.push(why);
         if (PERMANENT.has(res.status)) {
           live = live.filter((u) => u !== url);
@@ -65,30 +77,35 @@ export async function download(urls: readonly string[], file: string, opts: Down
         throw new Error(why);
       }
       const partial = res.status === 206 && have > 0;
-      if (partial) { resumed++; log(`${url}: resuming at ${have} bytes`); }
+      if (partial) { resumed++; log(`${safeUrl}: resuming at ${have} bytes`); }
       else have = 0;
       const total = Number(res.headers.get('content-length') ?? NaN) + have;
       const out = fs.createWriteStream(file, { flags: partial ? 'a' : 'w' });
       let got = have;
-      let shown = Date.now();
+      let lastShown = Date.now();
       try {
         for await (const chunk of res.body!) {
           poke();
           if (!out.write(chunk)) await new Promise<void>((r) => out.once('drain', () => r()));
           got += (chunk as Buffer).length;
-          if (Date.now() - shown > 1000) {
-            shown = Date.now();
-            log(`${url}: ${got}${Number.isFinite(total) ? `/${total}` : ''} bytes`);
+          if (Date.now() - lastShown > 1000) {
+            lastShown = Date.now();
+            log(`${safeUrl}: ${got}${Number.isFinite(total) ? `/${total}` : ''} bytes`);
           }
         }
       } finally {
         await new Promise<void>((r) => out.end(() => r()));
       }
-      if (Number.isFinite(total) && got < total) throw new Error(`${url}: connection closed at ${got} of ${total} bytes`);
-      log(`${url}: ${got} bytes`);
+      if (Number.isFinite(total) && got < total) {
+        throw new Error(`${safeUrl}: connection closed at ${got} of ${total} bytes`);
+      }
+      log(`${safeUrl}: ${got} bytes`);
       return { url, bytes: got, resumed };
     } catch (e) {
-      const why = ac.signal.aborted ? `${url}: no data for ${idle} ms` : (e as Error).message;
+      // A library's message may quote the URL it was given: mask it too.
+      const why = ac.signal.aborted
+        ? `${safeUrl}: no data for ${idle} ms`
+        : redactUrlsIn(String((e as Error)?.message ?? e));
       if (!errors.includes(why)) errors.push(why);
       log(`attempt ${attempt + 1}/${attempts} failed: ${why}`);
       if (attempt + 1 < attempts) {
@@ -100,7 +117,19 @@ export async function download(urls: readonly string[], file: string, opts: Down
     }
   }
   if (errors.length === 0) errors.push('no URL could be resolved (apt: URLs need current package lists: apt-get update)');
-  throw new CairnError('E_FETCH_FAILED', `download failed: ${errors.slice(-4).join('; ')}`, { urls: [...urls], errors });
+  throw new CairnError('E_FETCH_FAILED', `download failed: ${errors.slice(-4).join('; ')}`,
+    { urls: urls.map(redactUrl), errors });
+}
+
+/** `https://u:p@host/x` -> `https://host/x` plus the Basic credentials, as curl and browsers send them. */
+function splitUserInfo(url: string): { href: string; authorization?: string } {
+  let u: URL;
+  try { u = new URL(url); } catch { return { href: url }; }
+  if (u.username === '' && u.password === '') return { href: url };
+  const creds = `${decodeURIComponent(u.username)}:${decodeURIComponent(u.password)}`;
+  u.username = '';
+  u.password = '';
+  return { href: u.href, authorization: `Basic ${Buffer.from(creds).toString('base64')}` };
 }
 
 /**

@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CairnError } from '../../errors.js';
+import { redactUrl } from '../../redact-url.js';
 import { checkName } from '../../store/refs.js';
 import { only } from '../matchers.js';
 import { stage, type Stage } from '../stage.js';
@@ -24,12 +25,15 @@ export interface FetchUrlSpec extends Omit<DownloadOptions, 'log'> {
 }
 
 function fileNameOf(url: string): string {
-  if (url.startsWith('apt:')) throw new CairnError('E_USAGE', `an apt: URL names no file; give one with \`file\` (${url})`, { url });
+  const shown = redactUrl(url);
+  if (url.startsWith('apt:')) {
+    throw new CairnError('E_USAGE', `an apt: URL names no file; give one with \`file\` (${shown})`, { url: shown });
+  }
   try {
     const last = decodeURIComponent(new URL(url).pathname.split('/').pop() ?? '');
     if (last) return last;
   } catch { /* not a URL */ }
-  throw new CairnError('E_USAGE', `cannot take a file name from ${url}; give one with \`file\``, { url });
+  throw new CairnError('E_USAGE', `cannot take a file name from ${shown}; give one with \`file\``, { url: shown });
 }
 
 function checkFileName(file: string): string {
@@ -44,7 +48,8 @@ function checkFileName(file: string): string {
  * fixed-output: the DRef depends on the file name and the declared hash only,
  * not on the URLs, so mirrors can be added, removed or reordered without a
  * rebuild. The content is checked against the hash before it can enter the
- * store; a mismatch is E_HASH_MISMATCH showing both hashes.
+ * store; a mismatch is E_HASH_MISMATCH showing both hashes. URLs are
+ * redacted wherever they are shown (build log, errors): see redactUrl.
  */
 export function fetchurl(spec: FetchUrlSpec): Stage<FixedOutput> {
   const urls = [...(spec.urls ?? []), ...(spec.url ? [spec.url] : [])];
@@ -66,7 +71,7 @@ export function fetchurl(spec: FetchUrlSpec): Stage<FixedOutput> {
     build: async ({ config, out, tmp, log }) => {
       const part = path.join(tmp, 'download');
       const got = await download(urls, part, { ...options, log });
-      await checkHash(part, expected, `${config.file} from ${got.url}`);
+      await checkHash(part, expected, `${config.file} from ${redactUrl(got.url)}`);
       fs.renameSync(part, path.join(out, config.file));
     },
   });
