@@ -1,6 +1,7 @@
 import { CairnError } from '../errors.js';
 import { checkName, type DRef, type RRef } from '../store/refs.js';
 import { isMatcher, latest, custom, type Matcher, type MatcherFn } from './matchers.js';
+import { callerDir, declareFiles, type FileInput } from './inputs/declare.js';
 
 const STAGE = Symbol.for('cairn.stage');
 
@@ -46,6 +47,12 @@ export interface BuildContext<C> {
   readonly out: string;
   /** All `n` output directories; each becomes a realization of its own. */
   readonly outs: readonly string[];
+  /**
+   * The stage's file inputs (`files`), by declared path (`'train.py'`,
+   * `'data'`, also as spelled, `'data/'`): the read-only store copies whose
+   * content is in the DRef. Read these, never the originals.
+   */
+  readonly files: Readonly<Record<string, string>>;
   /** Scratch space on the store's filesystem, deleted after the build. */
   readonly tmp: string;
   /** Appends a line to the build log (and to the progress display when verbose). */
@@ -75,6 +82,16 @@ export interface StageSpec<C> {
    * realizations until you change it.
    */
   version?: string;
+  /**
+   * File and directory inputs (`['train.py', 'data/']`), hashed by content
+   * into the DRef: editing one rebuilds this stage and its dependants. The
+   * build reads them from `ctx.files`, snapshots in the store. Relative
+   * paths are relative to `dir`, else to the directory of the module that
+   * calls stage() (the stage file).
+   */
+  files?: readonly string[];
+  /** Base of relative `files`: a directory, or a file: URL such as `import.meta.url` (its directory is used). */
+  dir?: string | URL;
 }
 
 export interface Stage<C = unknown> {
@@ -88,6 +105,8 @@ export interface Stage<C = unknown> {
   readonly outputs: readonly string[];
   readonly n: number;
   readonly version: string | undefined;
+  /** Declared file inputs, resolved to absolute paths (hashed when the stage is instantiated). */
+  readonly files: readonly FileInput[];
 }
 
 export function isStage(x: unknown): x is Stage {
@@ -126,5 +145,6 @@ export function stage<C>(spec: StageSpec<C>): Stage<C> {
     outputs: Object.freeze(checkOutputs(name, spec.outputs ?? [])),
     n,
     version: spec.version,
+    files: declareFiles(name, spec.files, spec.dir, callerDir),
   });
 }
