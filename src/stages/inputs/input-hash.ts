@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { CairnError } from '../../errors.js';
 import { noStatCache, type StatCache, type StatKey } from './stat-cache.js';
@@ -7,9 +7,12 @@ import { noStatCache, type StatCache, type StatKey } from './stat-cache.js';
  * Content identity of file inputs (format `cairn-input-1`), a Merkle tree so
  * each file's content hash can come from the stat cache:
  *
- *     file     sha256( 'f' | 'x'  sha256(content) )      x: owner-executable
- *     symlink  sha256( 'l'  u64(len) target )
- *     dir      sha256( 'd'  for each entry sorted by name bytes: u64(len) name node-hash )
+ *     dir      sha256( 'd'  for each entry, sorted by name bytes: u64(len) name kind hash )
+ *
+ * where kind is one byte, `f` (file), `x` (owner-executable file), `l`
+ * (symlink) or `d`, and hash is 32 bytes: sha256 of a file's content, of a
+ * link's target bytes, or a subdirectory's own hash. A file input alone is
+ * the sha256 of its content (what `sha256sum` prints) plus its executable bit.
  *
  * Names and link targets are bytes (Buffer paths throughout), so a name that
  * is not UTF-8 is hashed and copied as it is. Symlinks inside a directory
@@ -124,7 +127,7 @@ export class InputHasher {
     const filesBefore = this.stats.files;
     const bytesBefore = this.bytesSeen;
     let hash: string;
-    if (st.isFile()) hash = this.fileHash(root, st, input, Buffer.alloc(0), true).toString('hex');
+    if (st.isFile()) hash = this.fileHash(root, st, input, () => Buffer.alloc(0), true).toString('hex');
     else if (st.isDirectory()) hash = this.dirHash(root, root, [], input).toString('hex');
     else throw unsafe(input, Buffer.from('.'), 'is not a file or a directory');
     return {
@@ -143,12 +146,13 @@ export class InputHasher {
     for (const name of names) {
       h.update(u64(name.length));
       h.update(name);
-      h.update(this.entryHash(root, join(dir, name), [...rel, name], input));
+      this.entry(h, root, join(dir, name), [...rel, name], input);
     }
     return h.digest();
   }
 
-  private entryHash(root: Buffer, abs: Buffer, rel: Buffer[], input: string): Buffer {
+  /** Feeds one directory entry's kind and hash to its directory's hash. */
+  private entry(h: Hash, root: Buffer, abs: Buffer, rel: Buffer[], input: string): void {
     const st = fs.lstatSync(abs, { bigint: true });
     const relPath = () => Buffer.concat(rel.flatMap((r, i) => (i === 0 ? [r] : [SLASH, r])));
     if (st.isSymbolicLink()) {
@@ -156,19 +160,21 @@ export class InputHasher {
       if (!linkStaysInside(root, rel.slice(0, -1), target)) {
         throw unsafe(input, relPath(), `is a symlink to ${show(target)}, which leaves the input`);
       }
-      return createHash('sha256').update('l').update(u64(target.length)).update(target).digest();
+      h.update('l');
+      h.update(createHash('sha256').update(target).digest());
+    } else if (st.isFile()) {
+      h.update((Number(st.mode) & 0o100) !== 0 ? 'x' : 'f');
+      h.update(this.fileHash(abs, st, input, relPath, false));
+    } else if (st.isDirectory()) {
+      h.update('d');
+      h.update(this.dirHash(root, abs, rel, input));
+    } else {
+      throw unsafe(input, relPath(), 'is a socket, fifo or device; only files, directories and symlinks can be inputs');
     }
-    if (st.isFile()) {
-      const content = this.fileHash(abs, st, input, relPath(), false);
-      const exec = (Number(st.mode) & 0o100) !== 0;
-      return createHash('sha256').update(exec ? 'x' : 'f').update(content).digest();
-    }
-    if (st.isDirectory()) return this.dirHash(root, abs, rel, input);
-    throw unsafe(input, relPath(), 'is a socket, fifo or device; only files, directories and symlinks can be inputs');
   }
 
   /** sha256 of a regular file's content, from the stat cache or by reading it. */
-  private fileHash(abs: Buffer, st: fs.BigIntStats, input: string, rel: Buffer, follow: boolean): Buffer {
+  private fileHash(abs: Buffer, st: fs.BigIntStats, input: string, rel: () => Buffer, follow: boolean): Buffer {
     this.stats.files++;
     this.bytesSeen += Number(st.size);
     const cached = this.cache.get(statKey(st));
@@ -182,18 +188,23 @@ export class InputHasher {
       const startedNs = BigInt(Date.now()) * 1_000_000n;
       const fd = fs.openSync(abs, fs.constants.O_RDONLY | (follow ? 0 : fs.constants.O_NOFOLLOW));
       try {
-        const key = statKey(fs.fstatSync(fd, { bigint: true }));
+        // Read exactly the size lstat saw; the fstat afterwards proves the
+        // open file is that same inode, unchanged (no write: mtime/ctime,
+        // no growth or truncation: size), with no extra syscall per file.
+        const key = attempt === 0 ? statKey(st) : statKey(fs.fstatSync(fd, { bigint: true }));
+        const size = Number(key.size);
         const h = createHash('sha256');
         const buf = (chunk ??= Buffer.allocUnsafe(CHUNK));
-        let n: number;
         let total = 0;
-        while ((n = fs.readSync(fd, buf, 0, CHUNK, null)) > 0) {
+        while (total < size) {
+          const n = fs.readSync(fd, buf, 0, Math.min(CHUNK, size - total), null);
+          if (n === 0) break;
           h.update(buf.subarray(0, n));
           total += n;
         }
         this.stats.hashedFiles++;
         this.stats.hashedBytes += total;
-        if (!sameKey(key, statKey(fs.fstatSync(fd, { bigint: true }))) || BigInt(total) !== key.size) continue;
+        if (total !== size || !sameKey(key, statKey(fs.fstatSync(fd, { bigint: true })))) continue;
         const sha = h.digest();
         this.cache.put(key, sha, startedNs);
         return sha;
@@ -201,7 +212,7 @@ export class InputHasher {
         fs.closeSync(fd);
       }
     }
-    const where = rel.length > 0 ? ` (entry ${show(rel)})` : '';
+    const where = rel().length > 0 ? ` (entry ${show(rel())})` : '';
     throw new CairnError('E_INPUT_CHANGED', `file input ${input}${where} kept changing while it was being hashed`, { input });
   }
 
