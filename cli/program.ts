@@ -5,8 +5,7 @@ import * as path from 'node:path';
 import { createRequire } from 'node:module';
 import type * as CommanderTypes from 'commander';
 import { CairnError, isCairnError } from '../src/errors.js';
-import { instantiate } from '../src/stages/instantiate.js';
-import { userInputHasher } from '../src/stages/inputs/file-imports.js';
+import { inputHashStats, instantiate } from '../src/stages/instantiate.js';
 import { loadStageFile } from '../src/stages/load.js';
 import { realize } from '../src/stages/realize.js';
 import { parseRef, type RRef } from '../src/store/refs.js';
@@ -92,10 +91,10 @@ export function createProgram(argv: readonly string[], opts: { exitOverride?: bo
     .option('--json', 'print the result as JSON')
     .action(async (file: string, o: { stage?: string[]; jobs?: number; force?: true | string[]; dryRun?: boolean; keepFailed?: boolean; verbose?: boolean; quiet?: boolean; json?: boolean; outLink?: string }) => {
       // A server worker runs many commands: count this one's hashing only.
-      const hashing = { ...userInputHasher().stats };
+      const hashing = inputHashStats();
       const loaded = await loadStageFile(file, o.stage ?? []);
       const graph = instantiate(loaded.targets);
-      const now = userInputHasher().stats;
+      const now = inputHashStats();
       const hashed = {
         files: now.files - hashing.files, hashedFiles: now.hashedFiles - hashing.hashedFiles,
         hashedBytes: now.hashedBytes - hashing.hashedBytes, cacheHits: now.cacheHits - hashing.cacheHits,

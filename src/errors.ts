@@ -58,11 +58,24 @@ export const ErrorCodes = {
 
 export type ErrorCode = keyof typeof ErrorCodes;
 
+const BRAND = Symbol.for('cairn.error');
+
 export class CairnError extends Error {
+  /**
+   * `instanceof` by brand, not by class identity: code loaded on first use
+   * with require() (see fileInputs in stages/instantiate.ts) can get its own
+   * copy of this module under a transpiler's require hook, and its errors
+   * must still be recognised, codes and all.
+   */
+  static override [Symbol.hasInstance](x: unknown): boolean {
+    return typeof x === 'object' && x !== null && (x as Record<symbol, unknown>)[BRAND] === true;
+  }
+
   readonly code: ErrorCode;
   readonly details: Record<string, unknown>;
   constructor(code: ErrorCode, message: string, details: Record<string, unknown> = {}, options?: { cause?: unknown }) {
     super(message, options);
+    Object.defineProperty(this, BRAND, { value: true });
     this.name = 'CairnError';
     this.code = code;
     this.details = details;

@@ -418,6 +418,14 @@ export default stage({ name: 'evaluate', config: { train }, build: ({ config, ou
     assert.deepEqual(cli, lib.order);
   });
 
+  it('a graph without file inputs never opens the stat cache', () => {
+    const cache = path.join(dir, 'xdg');
+    ok(cairn(path.join(dir, 'cli-store'), ['realize', '-q', path.join(repoRoot, 'test', 'fixtures', 'chain.ts')],
+      { env: { XDG_CACHE_HOME: cache, CAIRN_TEST_COUNTER: path.join(dir, 'counter') } }));
+    assert.ok(fs.existsSync(path.join(cache, 'cairn', 'modules')), 'the module cache is in XDG_CACHE_HOME');
+    assert.ok(!fs.existsSync(path.join(cache, 'cairn', 'stat-cache.sqlite')));
+  });
+
   it('a missing input fails with E_INPUT_MISSING naming it; --dry-run lists the imports', () => {
     const proj = path.join(dir, 'proj');
     fs.mkdirSync(proj);

@@ -2,10 +2,44 @@ import { CairnError } from '../errors.js';
 import { canonicalJson, type Json } from '../store/canonical.js';
 import { sha256Hex, shortHash } from '../store/hash.js';
 import type { DRef } from '../store/refs.js';
-import { isStage, type Stage } from './stage.js';
-import { FileImports, type ResolvedInput } from './inputs/file-imports.js';
-import type { FileInput } from './inputs/declare.js';
-import type { InputHasher } from './inputs/input-hash.js';
+import { createRequire } from 'node:module';
+import { isStage, type FileInput, type Stage } from './stage.js';
+import type { ResolvedInput } from './inputs/file-imports.js';
+import type { HashStats, InputHasher } from './inputs/input-hash.js';
+
+type FileInputsModule = typeof import('./inputs/file-imports.js');
+let fileInputsModule: FileInputsModule | undefined;
+let preloading: Promise<void> | undefined;
+
+/**
+ * The code that hashes and imports file inputs, loaded on first use: most
+ * graphs have none, and each ES module costs every CLI start about half a
+ * millisecond. Node >= 20.19 loads it synchronously (require of an ES
+ * module); older Node needs `preloadFileInputs()` first, which realize()
+ * and loadStageFile() do.
+ */
+function fileInputs(): FileInputsModule {
+  if (fileInputsModule) return fileInputsModule;
+  try {
+    fileInputsModule = createRequire(import.meta.url)('./inputs/file-imports.js') as FileInputsModule;
+  } catch (e) {
+    throw new CairnError('E_USAGE',
+      `this Node (${process.version}) cannot load Cairn's file-input code synchronously: await preloadFileInputs() before instantiate(), or use realize()`,
+      {}, { cause: e });
+  }
+  return fileInputsModule;
+}
+
+/** Loads the file-input code ahead, where Node cannot require() an ES module (a no-op elsewhere). */
+export function preloadFileInputs(): Promise<void> {
+  if (fileInputsModule || process.features.require_module) return Promise.resolve();
+  return (preloading ??= import('./inputs/file-imports.js').then((m) => { fileInputsModule = m; }));
+}
+
+/** What hashing file inputs has cost this process so far (all zero if no graph had any). */
+export function inputHashStats(): HashStats {
+  return fileInputsModule ? { ...fileInputsModule.userInputHasher().stats } : { files: 0, hashedFiles: 0, hashedBytes: 0, cacheHits: 0 };
+}
 
 /** A file input of a derivation: the import derivation holding its content, and its name inside that output. */
 export interface FileDep {
@@ -108,7 +142,7 @@ export function instantiate(targets: Stage | readonly Stage[], opts: Instantiate
   const visiting = new Set<Stage>();
   const nodes = new Map<DRef, Derivation>();
   const order: DRef[] = [];
-  const fileImports = new FileImports(opts.inputs);
+  let fileImports: InstanceType<FileInputsModule['FileImports']> | undefined;
   const importOf = new Map<Stage, FileInput>();
 
   for (const root of list) {
@@ -117,7 +151,7 @@ export function instantiate(targets: Stage | readonly Stage[], opts: Instantiate
     const enter = (s: Stage): void => {
       visiting.add(s);
       const deps = referencedStages(s.config);
-      const inputs = (s.files?.length ?? 0) === 0 ? NO_INPUTS : fileImports.of(s);
+      const inputs = (s.files?.length ?? 0) === 0 ? NO_INPUTS : (fileImports ??= new (fileInputs().FileImports)(opts.inputs)).of(s);
       for (const i of inputs) { deps.push(i.stage); importOf.set(i.stage, i.input); }
       stack.push({ stage: s, deps, inputs, next: 0 });
     };
@@ -160,6 +194,6 @@ export function instantiate(targets: Stage | readonly Stage[], opts: Instantiate
       }
     }
   }
-  fileImports.done();
+  fileImports?.done();
   return { targets: list.map((t) => drefOf.get(t)!), nodes, order, drefOf };
 }

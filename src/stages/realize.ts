@@ -8,7 +8,7 @@ import type { DRef, RRef } from '../store/refs.js';
 import type { RzRow } from '../store/index-db.js';
 import { contextHash, type Context, type Published, type RealizationMeta, type Store } from '../store/store.js';
 import { makeDep, resolveConfig } from './build-context.js';
-import { instantiate, type Derivation, type Graph } from './instantiate.js';
+import { instantiate, preloadFileInputs, type Derivation, type Graph } from './instantiate.js';
 import { runMatcher, type Candidate } from './matchers.js';
 import { Semaphore, schedule } from './schedule.js';
 import { isStage, type Stage } from './stage.js';
@@ -76,6 +76,7 @@ let realizeCalls = 0;
  */
 export async function realize(targets: Stage | readonly Stage[] | Graph, opts: RealizeOptions): Promise<RealizeResult> {
   const tempRootOwner = `${opts.store.owner}#${++realizeCalls}`;
+  if (isStage(targets) || Array.isArray(targets)) await preloadFileInputs();
   const graph: Graph = isStage(targets) || Array.isArray(targets) ? instantiate(targets as Stage | Stage[]) : (targets as Graph);
   const { store } = opts;
   const events = opts.events ?? {};

@@ -1,5 +1,4 @@
-import type { Stage } from '../stage.js';
-import type { FileInput } from './declare.js';
+import type { FileInput, Stage } from '../stage.js';
 import { importStage } from './import-stage.js';
 import { InputHasher, type InputDigest } from './input-hash.js';
 import { defaultStatCacheFile, lazyStatCache } from './stat-cache.js';

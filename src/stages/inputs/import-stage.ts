@@ -3,7 +3,8 @@ import * as path from 'node:path';
 import { CairnError } from '../../errors.js';
 import { only } from '../matchers.js';
 import { stage, type Stage } from '../stage.js';
-import { entryName, importName, type FileInput } from './declare.js';
+import { isName } from '../../store/refs.js';
+import type { FileInput } from '../stage.js';
 import { InputHasher, type InputDigest } from './input-hash.js';
 
 /** The config (and so the identity) of an imported input: its name and content, not where it came from. */
@@ -14,6 +15,19 @@ export interface ImportConfig {
   hash: string;
   /** file: owner-executable. */
   exec?: boolean;
+}
+
+/** The name of an input inside its store object: the basename, as on disk. */
+export function entryName(abs: string): string {
+  return path.basename(abs) || 'root';
+}
+
+/** A stage name for an input's import derivation: its basename in the portable alphabet. */
+export function importName(entry: string): string {
+  let n = entry.replace(/[^A-Za-z0-9._+-]/g, '_').replace(/\.\./g, '_.').slice(0, 100);
+  if (!/^[A-Za-z0-9_]/.test(n)) n = `_${n}`.slice(0, 100);
+  if (!isName(n)) n = `_${n}`.slice(0, 100);
+  return isName(n) ? n : 'input';
 }
 
 const SLASH = Buffer.from('/');
