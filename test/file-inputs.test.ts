@@ -6,6 +6,7 @@
  * through the library and the CLI.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -262,6 +263,20 @@ describe('file inputs: errors and declarations', () => {
   it('a missing input is E_INPUT_MISSING naming it', () => {
     const s = stage({ name: 'm', config: {}, files: ['nope/model.bin'], dir: path.join(dir, 'proj'), build: () => {} });
     assert.throws(() => instantiate(s), (e) => isCode('E_INPUT_MISSING')(e) && /nope\/model\.bin/.test((e as Error).message));
+  });
+
+  it('an unreadable file inside an input is E_INPUT_MISSING naming it, not an internal error', () => {
+    write('data/ok.csv', '');
+    write('data/secret.csv', 'x', 0o600);
+    fs.chmodSync(dir, 0o755);
+    for (const d of ['proj', 'proj/data']) fs.chmodSync(path.join(dir, d), 0o755);
+    // As nobody (root reads everything), through the built library.
+    const script = `import('${path.join(repoRoot, 'dist', 'src', 'index.js')}').then(({ stage, instantiate }) => {
+      const s = stage({ name: 'r', config: {}, files: ['data'], dir: ${JSON.stringify(path.join(dir, 'proj'))}, build: () => {} });
+      try { instantiate(s); console.log('no error'); } catch (e) { console.log(e.code + ' ' + e.message); }
+    });`;
+    const r = spawnSync(process.execPath, ['-e', script], { uid: 65534, gid: 65534, encoding: 'utf8', env: { PATH: process.env.PATH, CAIRN_STAT_CACHE: 'off' } });
+    assert.match(r.stdout, /^E_INPUT_MISSING file input data cannot be read: .*secret\.csv/, r.stderr);
   });
 
   it('bad declarations are E_USAGE at stage()', () => {

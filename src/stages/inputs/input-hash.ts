@@ -62,6 +62,21 @@ function unsafe(input: string, rel: Buffer, why: string): CairnError {
 }
 
 /**
+ * An I/O error met while walking an input, as a coded error: an entry that
+ * vanished or turned into a symlink under us (ENOENT, ELOOP from
+ * O_NOFOLLOW, ENOTDIR) means the input changed while it was hashed; anything
+ * else (EACCES, EIO) means it cannot be read.
+ */
+function walkError(e: unknown, input: string, abs: string): unknown {
+  if (e instanceof CairnError) return e;
+  const err = e as NodeJS.ErrnoException;
+  const changed = err?.code === 'ENOENT' || err?.code === 'ELOOP' || err?.code === 'ENOTDIR';
+  return new CairnError(changed ? 'E_INPUT_CHANGED' : 'E_INPUT_MISSING',
+    `file input ${input} ${changed ? 'changed while it was being hashed' : 'cannot be read'}: ${err?.message ?? String(e)}`,
+    { input, path: abs, errno: err?.code }, { cause: e });
+}
+
+/**
  * True when a symlink at `parent/...` (components relative to the input
  * root) with this target, resolved physically through other symlinks in
  * the tree, stays inside the root (see linkStaysInside in store/tree.ts,
@@ -127,9 +142,13 @@ export class InputHasher {
     const filesBefore = this.stats.files;
     const bytesBefore = this.bytesSeen;
     let hash: string;
-    if (st.isFile()) hash = this.fileHash(root, st, input, () => Buffer.alloc(0), true).toString('hex');
-    else if (st.isDirectory()) hash = this.dirHash(root, root, [], input).toString('hex');
-    else throw unsafe(input, Buffer.from('.'), 'is not a file or a directory');
+    try {
+      if (st.isFile()) hash = this.fileHash(root, st, input, () => Buffer.alloc(0), true).toString('hex');
+      else if (st.isDirectory()) hash = this.dirHash(root, root, [], input).toString('hex');
+      else throw unsafe(input, Buffer.from('.'), 'is not a file or a directory');
+    } catch (e) {
+      throw walkError(e, input, abs);
+    }
     return {
       kind: st.isFile() ? 'file' : 'dir', hash, exec: st.isFile() && (Number(st.mode) & 0o100) !== 0,
       files: this.stats.files - filesBefore, bytes: this.bytesSeen - bytesBefore,
