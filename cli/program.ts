@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { createRequire } from 'node:module';
 import type * as CommanderTypes from 'commander';
 import { CairnError, isCairnError } from '../src/errors.js';
-import { instantiate } from '../src/stages/instantiate.js';
+import { inputHashStats, instantiate } from '../src/stages/instantiate.js';
 import { loadStageFile } from '../src/stages/load.js';
 import { realize } from '../src/stages/realize.js';
 import { parseRef, type RRef } from '../src/store/refs.js';
@@ -90,8 +90,15 @@ export function createProgram(argv: readonly string[], opts: { exitOverride?: bo
     .option('-o, --out-link <path>', 'make PATH a symlink to the target output and a gc root (more targets: PATH-2, PATH-3, ...)')
     .option('--json', 'print the result as JSON')
     .action(async (file: string, o: { stage?: string[]; jobs?: number; force?: true | string[]; dryRun?: boolean; keepFailed?: boolean; verbose?: boolean; quiet?: boolean; json?: boolean; outLink?: string }) => {
+      // A server worker runs many commands: count this one's hashing only.
+      const hashing = inputHashStats();
       const loaded = await loadStageFile(file, o.stage ?? []);
       const graph = instantiate(loaded.targets);
+      const now = inputHashStats();
+      const hashed = {
+        files: now.files - hashing.files, hashedFiles: now.hashedFiles - hashing.hashedFiles,
+        hashedBytes: now.hashedBytes - hashing.hashedBytes, cacheHits: now.cacheHits - hashing.cacheHits,
+      };
       const store = openStore();
       const tty = process.stderr.isTTY === true;
       const progress = progressReporter(graph.order.length, { tty, verbose: !!o.verbose, quiet: !!o.quiet || (!!o.json && !tty) });
@@ -104,18 +111,24 @@ export function createProgram(argv: readonly string[], opts: { exitOverride?: bo
       }
       const ms = performance.now() - t0;
       if (o.json) {
-        out(JSON.stringify({ store: store.root, dryRun: !!o.dryRun, builds: result.builds, ms: Math.round(ms), targets: result.targets, plan: result.plan }, null, 2));
+        out(JSON.stringify({
+          store: store.root, dryRun: !!o.dryRun, builds: result.builds, ms: Math.round(ms), targets: result.targets, plan: result.plan,
+          ...(result.inputs.length > 0 ? { inputs: result.inputs, hashed } : {}),
+        }, null, 2));
         return;
       }
       if (o.dryRun) {
+        for (const p of result.inputs) out(`${p.action === 'cached' ? 'cached' : 'import'} ${p.dref}`);
         for (const p of result.plan) out(`${p.action.padEnd(6)} ${p.dref}`);
         const n = result.plan.filter((p) => p.action !== 'cached').length;
-        out(`${n} to build, ${result.plan.length - n} cached`);
+        const imports = result.inputs.filter((p) => p.action !== 'cached').length;
+        out(`${n} to build, ${result.plan.length - n} cached${imports > 0 ? `, ${imports} file input(s) to import` : ''}`);
         return;
       }
       if (!o.quiet) {
         const cached = result.plan.filter((p) => p.action === 'cached').length;
-        process.stderr.write(`realized ${result.plan.length} stage(s) in ${(ms / 1000).toFixed(2)}s: ${result.plan.length - cached} built (${result.builds} build run(s)), ${cached} cached\n`);
+        const imported = result.inputs.filter((p) => p.action !== 'cached').length;
+        process.stderr.write(`realized ${result.plan.length} stage(s) in ${(ms / 1000).toFixed(2)}s: ${result.plan.length - cached} built (${result.builds} build run(s)), ${cached} cached${imported > 0 ? `, ${imported} file input(s) imported` : ''}\n`);
       }
       out(result.targets.flatMap((t) => t.rrefs).join(' '));
     });

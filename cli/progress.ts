@@ -38,13 +38,14 @@ export function progressReporter(total: number, opts: { tty: boolean; verbose: b
       running.add(n.name);
       // On a terminal the status line already names what is building.
       if (opts.tty) status(true);
+      else if (n.imports) line(`importing file input ${n.imports.key} ${n.dref}`);
       else line(`building ${n.name} ${n.dref}${why === 'forced' ? ' (forced)' : ''}`);
     },
     wait: (n: Derivation, holder: string) => line(`waiting for ${n.name}: process ${holder.split('.')[0]} is building it`),
     built: (n: Derivation, rrefs, ms) => {
       running.delete(n.name);
       built++;
-      line(`built ${n.name} in ${secs(ms)}: ${rrefs.join(' ')}`);
+      line(`${n.imports ? `imported ${n.imports.key}` : `built ${n.name}`} in ${secs(ms)}: ${rrefs.join(' ')}`);
     },
     log: (n: Derivation, text: string) => { if (opts.verbose) line(`${n.name}> ${text}`); },
     failed: (n: Derivation, e: CairnError) => { running.delete(n.name); line(`failed ${n.name}: ${e.code}`); },

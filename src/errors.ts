@@ -15,6 +15,9 @@ export const ErrorCodes = {
   E_BUILD_FAILED: 'a build function threw or exited with an error',
   E_PROMISE_BROKEN: 'a build did not create a promised output',
   E_UNSAFE_OUTPUT: 'an output holds a symlink that escapes it, a device, a socket or a fifo',
+  E_INPUT_MISSING: 'a file input of a stage does not exist or cannot be read',
+  E_INPUT_CHANGED: 'a file input changed between being hashed and being copied into the store for the build',
+  E_UNSAFE_INPUT: 'a file input holds a symlink that leaves it, a device, a socket or a fifo',
   E_MATCH_UNSATISFIED: 'matcher still selects nothing after building',
   E_MATCH_AMBIGUOUS: 'matcher `only` found more than one realization',
   E_MATCH_INVALID: 'matcher returned something that is not a list of candidate RRefs',
@@ -58,11 +61,24 @@ export const ErrorCodes = {
 
 export type ErrorCode = keyof typeof ErrorCodes;
 
+const BRAND = Symbol.for('cairn.error');
+
 export class CairnError extends Error {
+  /**
+   * `instanceof` by brand, not by class identity: code loaded on first use
+   * with require() (see fileInputs in stages/instantiate.ts) can get its own
+   * copy of this module under a transpiler's require hook, and its errors
+   * must still be recognised, codes and all.
+   */
+  static override [Symbol.hasInstance](x: unknown): boolean {
+    return typeof x === 'object' && x !== null && (x as Record<symbol, unknown>)[BRAND] === true;
+  }
+
   readonly code: ErrorCode;
   readonly details: Record<string, unknown>;
   constructor(code: ErrorCode, message: string, details: Record<string, unknown> = {}, options?: { cause?: unknown }) {
     super(message, options);
+    Object.defineProperty(this, BRAND, { value: true });
     this.name = 'CairnError';
     this.code = code;
     this.details = details;

@@ -5,7 +5,7 @@ import { CairnError } from '../errors.js';
 import { redactUrlsIn } from '../redact-url.js';
 import type { RRef } from '../store/refs.js';
 import type { Store } from '../store/store.js';
-import type { Derivation } from './instantiate.js';
+import type { Derivation, FileDep } from './instantiate.js';
 import { isStage, type BuildContext, type BuildLog, type Dep, type ExecOptions } from './stage.js';
 
 /** Replaces every stage in a config with the Dep view of its chosen realizations. */
@@ -95,17 +95,37 @@ export function execLogged(logFile: string, cmd: string, args: readonly string[]
   });
 }
 
+const NO_FILES: Readonly<Record<string, string>> = Object.freeze({});
+
+/**
+ * `ctx.files`: each file input's store copy by its normalised path, and by
+ * its declared spelling too (`data/` for `data`), not enumerable, so either
+ * works and Object.keys lists each input once.
+ */
+export function inputPaths(files: readonly FileDep[], outPath: (dref: string) => string): Readonly<Record<string, string>> {
+  if (files.length === 0) return NO_FILES;
+  const out: Record<string, string> = {};
+  for (const f of files) {
+    const p = path.join(outPath(f.dref), f.entry);
+    out[f.key] = p;
+    if (f.declared !== f.key) Object.defineProperty(out, f.declared, { value: p, enumerable: false });
+  }
+  return Object.freeze(out);
+}
+
 export function makeBuildContext(
   node: Derivation,
   config: unknown,
   outs: string[],
   scratch: () => string,
   log: BuildLog,
+  files: Readonly<Record<string, string>> = NO_FILES,
 ): BuildContext<unknown> {
   return Object.freeze({
     name: node.name,
     dref: node.dref,
     config: config as never,
+    files,
     out: outs[0]!,
     outs,
     // Made on first use: most builds never need scratch space.

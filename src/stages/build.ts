@@ -16,6 +16,8 @@ export interface BuildRun {
   context: Context;
   /** The config with stage references resolved to their chosen realizations. */
   config: unknown;
+  /** `ctx.files`: the store paths of the stage's file inputs (see inputPaths). */
+  files?: Readonly<Record<string, string>>;
   /** On failure, move the build directory to ROOT/failed/ instead of deleting it. */
   keepFailed?: boolean;
   onLog?: (line: string) => void;
@@ -53,7 +55,7 @@ export async function buildAndPublish(run: BuildRun, published: Published[]): Pr
     const log = makeLog(logFile, onLog);
     try {
       log(`building ${node.dref} with ${s.n} output(s)`);
-      await s.build(makeBuildContext(node, config, outs, () => (scratch ??= store.makeTempDir(`work-${node.name}`)), log));
+      await s.build(makeBuildContext(node, config, outs, () => (scratch ??= store.makeTempDir(`work-${node.name}`)), log, run.files));
     } catch (e) {
       const msg = e instanceof Error ? e.message : String(e);
       log(`build failed: ${msg}`);

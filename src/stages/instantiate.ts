@@ -2,7 +2,55 @@ import { CairnError } from '../errors.js';
 import { canonicalJson, type Json } from '../store/canonical.js';
 import { sha256Hex, shortHash } from '../store/hash.js';
 import type { DRef } from '../store/refs.js';
-import { isStage, type Stage } from './stage.js';
+import { createRequire } from 'node:module';
+import { isStage, type FileInput, type Stage } from './stage.js';
+import type { ResolvedInput } from './inputs/file-imports.js';
+import type { HashStats, InputHasher } from './inputs/input-hash.js';
+
+type FileInputsModule = typeof import('./inputs/file-imports.js');
+let fileInputsModule: FileInputsModule | undefined;
+let preloading: Promise<void> | undefined;
+
+/**
+ * The code that hashes and imports file inputs, loaded on first use: most
+ * graphs have none, and each ES module costs every CLI start about half a
+ * millisecond. Node >= 20.19 loads it synchronously (require of an ES
+ * module); older Node needs `preloadFileInputs()` first, which realize()
+ * and loadStageFile() do.
+ */
+function fileInputs(): FileInputsModule {
+  if (fileInputsModule) return fileInputsModule;
+  try {
+    fileInputsModule = createRequire(import.meta.url)('./inputs/file-imports.js') as FileInputsModule;
+  } catch (e) {
+    throw new CairnError('E_USAGE',
+      `this Node (${process.version}) cannot load Cairn's file-input code synchronously: await preloadFileInputs() before instantiate(), or use realize()`,
+      {}, { cause: e });
+  }
+  return fileInputsModule;
+}
+
+/** Loads the file-input code ahead, where Node cannot require() an ES module (a no-op elsewhere). */
+export function preloadFileInputs(): Promise<void> {
+  if (fileInputsModule || process.features.require_module) return Promise.resolve();
+  return (preloading ??= import('./inputs/file-imports.js').then((m) => { fileInputsModule = m; }));
+}
+
+/** What hashing file inputs has cost this process so far (all zero if no graph had any). */
+export function inputHashStats(): HashStats {
+  return fileInputsModule ? { ...fileInputsModule.userInputHasher().stats } : { files: 0, hashedFiles: 0, hashedBytes: 0, cacheHits: 0 };
+}
+
+/** A file input of a derivation: the import derivation holding its content, and its name inside that output. */
+export interface FileDep {
+  /** The declared path (normalised): the key in `ctx.files`. */
+  readonly key: string;
+  /** Its spelling in the stage, when different (`data/`). */
+  readonly declared: string;
+  readonly dref: DRef;
+  /** The entry inside the import's output: `out/<entry>`. */
+  readonly entry: string;
+}
 
 /** One node of the instantiated graph: a stage with its identity fixed. */
 export interface Derivation {
@@ -11,8 +59,12 @@ export interface Derivation {
   readonly stage: Stage;
   /** Canonical JSON whose hash is the DRef; written to the store as drv.json. */
   readonly drvJson: string;
-  /** DRefs this derivation's config references, sorted, each once. */
+  /** DRefs this derivation's config references, and its file inputs' imports, sorted, each once. */
   readonly deps: readonly DRef[];
+  /** The stage's file inputs (empty for most stages). */
+  readonly files: readonly FileDep[];
+  /** Set on the derivation that imports a file input: the input it copies. */
+  readonly imports?: FileInput;
 }
 
 export interface Graph {
@@ -63,12 +115,28 @@ function referencedStages(config: unknown): Stage[] {
   return found;
 }
 
+export interface InstantiateOptions {
+  /** Hashes file inputs (default: one backed by the user's stat cache, see inputs/stat-cache.ts). */
+  inputs?: InputHasher;
+}
+
+const NO_INPUTS: readonly ResolvedInput[] = [];
+const NO_FILES: readonly FileDep[] = Object.freeze([]);
+
+/** `"files":{...},` of a drv.json, naming each input's import derivation; empty without inputs. */
+function filesField(files: readonly FileDep[]): string {
+  if (files.length === 0) return '';
+  return `"files":${canonicalJson(Object.fromEntries(files.map((f) => [f.key, f.dref])))},`;
+}
+
 /**
- * Instantiates stages into a pure in-memory graph: no I/O, no builds. The
- * traversal is iterative so a 10,000-stage chain cannot overflow the stack,
- * and each stage is visited once, so the cost is O(stages + edges + config size).
+ * Instantiates stages into an in-memory graph, building nothing. The only
+ * I/O is hashing stages' file inputs (through the stat cache); a graph
+ * without file inputs is pure. The traversal is iterative so a 10,000-stage
+ * chain cannot overflow the stack, and each stage is visited once, so the
+ * cost is O(stages + edges + config size).
  */
-export function instantiate(targets: Stage | readonly Stage[]): Graph {
+export function instantiate(targets: Stage | readonly Stage[], opts: InstantiateOptions = {}): Graph {
   const list = isStage(targets) ? [targets] : [...targets];
   for (const t of list) {
     if (!isStage(t)) throw new CairnError('E_NOT_A_STAGE', `instantiate() was given ${typeof t}, not a stage`);
@@ -77,13 +145,18 @@ export function instantiate(targets: Stage | readonly Stage[]): Graph {
   const visiting = new Set<Stage>();
   const nodes = new Map<DRef, Derivation>();
   const order: DRef[] = [];
+  let fileImports: InstanceType<FileInputsModule['FileImports']> | undefined;
+  const importOf = new Map<Stage, FileInput>();
 
   for (const root of list) {
     if (drefOf.has(root)) continue;
-    const stack: { stage: Stage; deps: Stage[]; next: number }[] = [];
+    const stack: { stage: Stage; deps: Stage[]; inputs: readonly ResolvedInput[]; next: number }[] = [];
     const enter = (s: Stage): void => {
       visiting.add(s);
-      stack.push({ stage: s, deps: referencedStages(s.config), next: 0 });
+      const deps = referencedStages(s.config);
+      const inputs = (s.files?.length ?? 0) === 0 ? NO_INPUTS : (fileImports ??= new (fileInputs().FileImports)(opts.inputs)).of(s);
+      for (const i of inputs) { deps.push(i.stage); importOf.set(i.stage, i.input); }
+      stack.push({ stage: s, deps, inputs, next: 0 });
     };
     enter(root);
     while (stack.length > 0) {
@@ -109,15 +182,21 @@ export function instantiate(targets: Stage | readonly Stage[]): Graph {
         deps.add(d);
         return { $ref: d };
       }, `stage ${s.name}: config`);
+      const files = top.inputs.length === 0 ? NO_FILES : top.inputs.map((i): FileDep => ({
+        key: i.input.key, declared: i.input.declared, dref: drefOf.get(i.stage)!, entry: i.stage.outputs[0]!,
+      }));
+      for (const f of files) deps.add(f.dref);
       const sortedDeps = [...deps].sort();
-      const drvJson = `{"code":${canonicalJson(codeIdentity(s))},"config":${config},"deps":${canonicalJson(sortedDeps)},"format":"${DRV_FORMAT}","name":${JSON.stringify(s.name)},"outputs":${canonicalJson(s.outputs)}}`;
+      const drvJson = `{"code":${canonicalJson(codeIdentity(s))},"config":${config},"deps":${canonicalJson(sortedDeps)},${filesField(files)}"format":"${DRV_FORMAT}","name":${JSON.stringify(s.name)},"outputs":${canonicalJson(s.outputs)}}`;
       const dref = `${shortHash(drvJson)}-${s.name}`;
       drefOf.set(s, dref);
       if (!nodes.has(dref)) {
-        nodes.set(dref, { dref, name: s.name, stage: s, drvJson, deps: sortedDeps });
+        const imports = importOf.get(s);
+        nodes.set(dref, { dref, name: s.name, stage: s, drvJson, deps: sortedDeps, files, ...(imports ? { imports } : {}) });
         order.push(dref);
       }
     }
   }
+  fileImports?.done();
   return { targets: list.map((t) => drefOf.get(t)!), nodes, order, drefOf };
 }

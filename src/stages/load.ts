@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { CairnError } from '../errors.js';
 import { compileForImport, defaultCacheDir, NAMESPACE_PARAM, type CompileEnv } from './module-compile.js';
-import { instantiate } from './instantiate.js';
+import { instantiate, preloadFileInputs } from './instantiate.js';
 import { isStage, type Stage } from './stage.js';
 
 let hooksInstalled = false;
@@ -77,6 +77,8 @@ export async function loadStageFile(file: string, selectors: readonly string[] =
     if (e instanceof CairnError) throw e;
     throw new CairnError('E_STAGE_FILE', `stage file ${file} failed to load: ${(e as Error)?.message ?? String(e)}`, { file }, { cause: e });
   }
+  // The caller instantiates what this returns, synchronously (see fileInputs in instantiate.ts).
+  await preloadFileInputs();
   const exports = new Map<string, Stage>();
   const groups = new Map<string, Stage[]>();
   for (const [key, raw] of Object.entries(mod)) {

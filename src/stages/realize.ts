@@ -8,11 +8,12 @@ import type { DRef, RRef } from '../store/refs.js';
 import type { RzRow } from '../store/index-db.js';
 import { contextHash, type Context, type Published, type RealizationMeta, type Store } from '../store/store.js';
 import { makeDep, resolveConfig } from './build-context.js';
-import { instantiate, type Derivation, type Graph } from './instantiate.js';
+import { instantiate, preloadFileInputs, type Derivation, type Graph } from './instantiate.js';
 import { runMatcher, type Candidate } from './matchers.js';
 import { Semaphore, schedule } from './schedule.js';
 import { isStage, type Stage } from './stage.js';
 import { buildAndPublish } from './build.js';
+import { inputPaths } from './build-context.js';
 
 export interface RealizeEvents {
   cached?(node: Derivation, rrefs: readonly RRef[]): void;
@@ -54,10 +55,12 @@ export interface PlanEntry {
 
 export interface RealizeResult {
   targets: { dref: DRef; name: string; rrefs: RRef[] }[];
-  /** Every derivation of the graph, dependencies first, with what happened to it. */
+  /** Every stage's derivation, dependencies first, with what happened to it (file-input imports are in `inputs`). */
   plan: PlanEntry[];
-  /** How many build function runs happened. */
+  /** How many build function runs happened (imports not counted). */
   builds: number;
+  /** The derivations importing file inputs: `build` when the content was copied into the store, else `cached`. */
+  inputs: PlanEntry[];
 }
 
 let realizeCalls = 0;
@@ -73,6 +76,7 @@ let realizeCalls = 0;
  */
 export async function realize(targets: Stage | readonly Stage[] | Graph, opts: RealizeOptions): Promise<RealizeResult> {
   const tempRootOwner = `${opts.store.owner}#${++realizeCalls}`;
+  if (isStage(targets) || Array.isArray(targets)) await preloadFileInputs();
   const graph: Graph = isStage(targets) || Array.isArray(targets) ? instantiate(targets as Stage | Stage[]) : (targets as Graph);
   const { store } = opts;
   const events = opts.events ?? {};
@@ -162,8 +166,9 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
               const dref = graph.drefOf.get(st as Stage)!;
               return makeDep(store, dref, chosen.get(dref)!);
             });
-            await limit.run(() => buildAndPublish({ store, node, context, config, keepFailed: opts.keepFailed, onLog: (line) => events.log?.(node, line), dirs }, published));
-            builds++;
+            const files = inputPaths(node.files, (dref) => store.outPath(chosen.get(dref)![0]!));
+            await limit.run(() => buildAndPublish({ store, node, context, config, files, keepFailed: opts.keepFailed, onLog: (line) => events.log?.(node, line), dirs }, published));
+            if (!node.imports) builds++;
           }
         } catch (e) {
           await store.record(published).catch(() => {});
@@ -226,13 +231,17 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
     if (!opts.dryRun) store.index.dropTempRoots(tempRootOwner);
   }
 
-  const plan = graph.order.map((dref) => ({
-    dref, name: graph.nodes.get(dref)!.name, action: actions.get(dref)!, rrefs: chosen.get(dref) ?? [],
-  }));
+  const plan: PlanEntry[] = [];
+  const inputs: PlanEntry[] = [];
+  for (const dref of graph.order) {
+    const node = graph.nodes.get(dref)!;
+    (node.imports ? inputs : plan).push({ dref, name: node.name, action: actions.get(dref)!, rrefs: chosen.get(dref) ?? [] });
+  }
   return {
     targets: graph.targets.map((dref) => ({ dref, name: graph.nodes.get(dref)!.name, rrefs: chosen.get(dref) ?? [] })),
     plan,
     builds,
+    inputs,
   };
 }
 

@@ -1,3 +1,6 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { CairnError } from '../errors.js';
 import { checkName, type DRef, type RRef } from '../store/refs.js';
 import { isMatcher, latest, custom, type Matcher, type MatcherFn } from './matchers.js';
@@ -46,6 +49,12 @@ export interface BuildContext<C> {
   readonly out: string;
   /** All `n` output directories; each becomes a realization of its own. */
   readonly outs: readonly string[];
+  /**
+   * The stage's file inputs (`files`), by declared path (`'train.py'`,
+   * `'data'`, also as spelled, `'data/'`): the read-only store copies whose
+   * content is in the DRef. Read these, never the originals.
+   */
+  readonly files: Readonly<Record<string, string>>;
   /** Scratch space on the store's filesystem, deleted after the build. */
   readonly tmp: string;
   /** Appends a line to the build log (and to the progress display when verbose). */
@@ -75,6 +84,16 @@ export interface StageSpec<C> {
    * realizations until you change it.
    */
   version?: string;
+  /**
+   * File and directory inputs (`['train.py', 'data/']`), hashed by content
+   * into the DRef: editing one rebuilds this stage and its dependants. The
+   * build reads them from `ctx.files`, snapshots in the store. Relative
+   * paths are relative to `dir`, else to the directory of the module that
+   * calls stage() (the stage file).
+   */
+  files?: readonly string[];
+  /** Base of relative `files`: a directory, or a file: URL such as `import.meta.url` (its directory is used). */
+  dir?: string | URL;
 }
 
 export interface Stage<C = unknown> {
@@ -88,6 +107,8 @@ export interface Stage<C = unknown> {
   readonly outputs: readonly string[];
   readonly n: number;
   readonly version: string | undefined;
+  /** Declared file inputs, resolved to absolute paths (hashed when the stage is instantiated). */
+  readonly files: readonly FileInput[];
 }
 
 export function isStage(x: unknown): x is Stage {
@@ -104,6 +125,85 @@ function checkOutputs(name: string, outputs: readonly string[]): string[] {
     seen.add(o);
   }
   return [...seen].sort();
+}
+
+// File inputs: declared here, with no I/O; hashed by instantiate() (see inputs/).
+
+/** One declared file input of a stage, resolved to where it lives on this machine. */
+export interface FileInput {
+  /** The declared path, normalised (`./data/` -> `data`): its name in the identity and in `ctx.files`. */
+  readonly key: string;
+  /** The declared spelling, when it differs from `key` (`data/`): also accepted in `ctx.files`. */
+  readonly declared: string;
+  /** Absolute path on this machine: where it is read from, never part of the identity. */
+  readonly path: string;
+}
+
+// Cairn's own source directory (src/ or dist/src/): frames in it are not the user's.
+const OWN_SOURCE = new URL('../', import.meta.url).href;
+
+/**
+ * The directory of the module that called stage(), from the call stack:
+ * relative inputs are relative to the file that declares them, as paths in
+ * a Nix expression are. Stage files loaded by the CLI keep their original
+ * URL in stack traces (module-compile.ts appends a sourceURL; the module
+ * hooks load them under it), so this is the stage file's directory with the
+ * CLI, the server and a library script alike.
+ */
+export function callerDir(): string | undefined {
+  const saved = Error.prepareStackTrace;
+  const holder: { stack?: NodeJS.CallSite[] } = {};
+  try {
+    Error.prepareStackTrace = (_e, sites) => sites;
+    Error.captureStackTrace(holder, callerDir);
+    for (const site of holder.stack ?? []) {
+      const name = site.getScriptNameOrSourceURL?.() ?? site.getFileName();
+      if (!name || name.startsWith(OWN_SOURCE) || name.startsWith('node:')) continue;
+      const url = name.replace(/[?#].*$/, '');
+      if (url.startsWith('file:')) return path.dirname(fileURLToPath(url));
+      if (path.isAbsolute(url)) return path.dirname(url);
+    }
+  } catch { /* an unusual stack: fall back to the working directory */ } finally {
+    Error.prepareStackTrace = saved;
+  }
+  return undefined;
+}
+
+/** `dir` of a stage spec: a directory, or a file: URL (`import.meta.url` names the file, so its directory is used). */
+function baseDir(stage: string, dir: unknown): string | undefined {
+  if (dir === undefined) return undefined;
+  let p: string;
+  if (dir instanceof URL || (typeof dir === 'string' && dir.startsWith('file:'))) {
+    p = fileURLToPath(dir);
+    try { if (!fs.statSync(p).isDirectory()) p = path.dirname(p); } catch { p = path.dirname(p); }
+    return p;
+  }
+  if (typeof dir !== 'string' || dir === '' || dir.includes('\0')) {
+    throw new CairnError('E_USAGE', `stage ${stage}: dir must be a directory path or a file: URL`, { stage });
+  }
+  return path.resolve(dir);
+}
+
+/** Checks and resolves a stage's `files`, relative to `dir` or else to the declaring module's directory. */
+export function declareFiles(stage: string, files: unknown, dir: unknown, caller: () => string | undefined): readonly FileInput[] {
+  if (files === undefined) return [];
+  if (!Array.isArray(files)) throw new CairnError('E_USAGE', `stage ${stage}: files must be a list of paths`, { stage });
+  const base = baseDir(stage, dir) ?? (files.length > 0 ? caller() : undefined) ?? process.cwd();
+  const seen = new Map<string, string>();
+  const out: FileInput[] = [];
+  for (const f of files) {
+    if (typeof f !== 'string' || f === '' || f.includes('\0')) {
+      throw new CairnError('E_USAGE', `stage ${stage}: file input ${JSON.stringify(f)} must be a non-empty path`, { stage, input: f });
+    }
+    const key = path.posix.normalize(f).replace(/(.)\/+$/, '$1');
+    if (seen.has(key)) {
+      throw new CairnError('E_USAGE', `stage ${stage}: file inputs ${JSON.stringify(seen.get(key))} and ${JSON.stringify(f)} name the same path`,
+        { stage, input: f });
+    }
+    seen.set(key, f);
+    out.push(Object.freeze({ key, declared: f, path: path.resolve(base, key) }));
+  }
+  return Object.freeze(out);
 }
 
 /** Declares a stage. Nothing runs until it is realized. */
@@ -126,5 +226,6 @@ export function stage<C>(spec: StageSpec<C>): Stage<C> {
     outputs: Object.freeze(checkOutputs(name, spec.outputs ?? [])),
     n,
     version: spec.version,
+    files: declareFiles(name, spec.files, spec.dir, callerDir),
   });
 }
