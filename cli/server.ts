@@ -88,9 +88,8 @@ export function registerServer(program: Command): void {
         process.stdout.write(`cairn server already running: pid ${running.pid} on ${socket}\n`);
         return;
       }
-      // Checked again by the server before it listens; the log is opened here first.
-      trustedSocketPath(socket, true);
-      const logFile = `${socket}.log`;
+      // Checked again by the server before it listens; the log is opened here first, by the resolved path.
+      const logFile = `${trustedSocketPath(socket, true)!}.log`;
       const { O_WRONLY, O_CREAT, O_APPEND, O_NOFOLLOW } = fs.constants;
       const logFd = fs.openSync(logFile, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW, 0o600);
       const child = spawn(process.execPath, [MAIN, 'server', 'start', '--foreground', ...args], {

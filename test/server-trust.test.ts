@@ -42,7 +42,9 @@ function talk(socket: string, send: Buffer | null): Promise<{ type: string; payl
     const bound = setTimeout(() => { resolve('still open'); c.destroy(); }, 20_000);
     c.on('close', () => clearTimeout(bound));
     c.on('connect', () => { if (send) c.write(send); });
-    c.on('data', (d: Buffer) => { for (const f of reader.push(d)) got.push({ type: f.type, payload: f.payload.toString() }); });
+    c.on('data', (d: Buffer) => {
+      for (const f of reader.push(d)) got.push({ type: f.type, payload: f.payload.toString() });
+    });
     c.on('error', reject);
     c.on('close', () => resolve(got));
   });
@@ -54,9 +56,11 @@ function requireTool(name: string): void {
 
 describe('sandboxDifference', () => {
   const base = new Map([
-    ['ns/net', 'net:[1]'], ['ns/mnt', 'mnt:[2]'], ['root', '/'], ['cgroup', '0::/a\n'], ['stat', '1 (cairn) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0'],
+    ['ns/net', 'net:[1]'], ['ns/mnt', 'mnt:[2]'], ['root', '/'], ['cgroup', '0::/a\n'],
+    ['stat', '1 (cairn) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0'],
     ['status', 'Name:\tcairn\nUid:\t0\t0\t0\t0\nGroups:\t\nNoNewPrivs:\t0\n'],
-    ['limits', 'Limit  Soft Limit  Hard Limit  Units\nMax open files            1024                 4096                 files\n' +
+    ['limits', 'Limit  Soft Limit  Hard Limit  Units\n' +
+      'Max open files            1024                 4096                 files\n' +
       'Max processes             100                  100                  processes\n'],
   ]);
   const worker = new Map(base);
@@ -91,7 +95,9 @@ describe('cairn server trust boundary', () => {
   const runDir = path.join(tmp.dir, 'run');
   const socket = path.join(runDir, 'server.sock');
   const work = path.join(tmp.dir, 'work');
-  const env = { CAIRN_SERVER_SOCKET: socket, CAIRN_STORE: path.join(tmp.dir, 'store'), XDG_CACHE_HOME: path.join(tmp.dir, 'cache') };
+  const env = {
+    CAIRN_SERVER_SOCKET: socket, CAIRN_STORE: path.join(tmp.dir, 'store'), XDG_CACHE_HOME: path.join(tmp.dir, 'cache'),
+  };
   const cairn = (args: string[], extra: NodeJS.ProcessEnv = {}, wrap: string[] = []): Run =>
     run([...wrap, client, ...args], { ...env, ...extra }, work);
   const status = (): ServerStatus => {
@@ -105,7 +111,8 @@ describe('cairn server trust boundary', () => {
 
   before(async () => {
     for (const tool of ['unshare', 'prlimit', 'setpriv', 'useradd', 'userdel']) requireTool(tool);
-    assert.equal(fs.readFileSync(client).subarray(0, 4).toString('latin1'), '\x7fELF', `${client} is not the compiled client`);
+    const magic = fs.readFileSync(client).subarray(0, 4).toString('latin1');
+    assert.equal(magic, '\x7fELF', `${client} is not the compiled client`);
     // A port on the host's loopback that a build may or may not reach. In a process of its own: this one
     // waits in spawnSync while the build connects.
     host = spawn(process.execPath, ['-e', "const s = require('net').createServer((c) => c.end('host\\n'));" +
@@ -119,11 +126,13 @@ describe('cairn server trust boundary', () => {
       "import * as fs from 'node:fs';",
       "import * as net from 'node:net';",
       "import { stage } from 'cairn';",
-      'export default stage({ name: "probe", config: { n: process.env.N }, build: async ({ out }: { out: string }) => {',
+      'export default stage({ name: "probe", config: { n: process.env.N },',
+      '  build: async ({ out }: { out: string }) => {',
       `  const reached = await new Promise<string>((r) => { const s = net.connect(${port}, '127.0.0.1');`,
       "    s.on('data', () => { s.destroy(); r('reached'); }); s.on('error', () => r('unreachable')); });",
       "  fs.writeFileSync(out + '/net', reached);",
-      "  fs.writeFileSync(out + '/nofile', fs.readFileSync('/proc/self/limits', 'utf8').split('\\n').find((l) => l.startsWith('Max open files'))!);",
+      "  const limits = fs.readFileSync('/proc/self/limits', 'utf8').split('\\n');",
+      "  fs.writeFileSync(out + '/nofile', limits.find((l) => l.startsWith('Max open files'))!);",
       '} });',
       '',
     ].join('\n'));
@@ -138,13 +147,15 @@ describe('cairn server trust boundary', () => {
   });
 
   /** Realizes probe.ts afresh; whether the server ran it, what its build saw, and the client's stderr. */
-  const probe = (extra: NodeJS.ProcessEnv = {}, wrap: string[] = []): { served: boolean; net: string; nofile: string; stderr: string } => {
+  type Probe = { served: boolean; net: string; nofile: string; stderr: string };
+  const probe = (extra: NodeJS.ProcessEnv = {}, wrap: string[] = []): Probe => {
     const before = status().served;
     const r = cairn(['realize', 'probe.ts', '-q'], { N: String(++n), CAIRN_SERVER_DEBUG: '1', ...extra }, wrap);
     assert.equal(r.code, 0, r.stderr);
     const served = status().served > before;
     const rref = lastLine(r.stdout);
-    return { served, net: cairn(['catref', rref, 'net']).stdout, nofile: cairn(['catref', rref, 'nofile']).stdout, stderr: r.stderr };
+    const file = (name: string): string => cairn(['catref', rref, name]).stdout;
+    return { served, net: file('net'), nofile: file('nofile'), stderr: r.stderr };
   };
 
   it('serves a client in its own sandbox, whose build reaches the host loopback', () => {
@@ -191,7 +202,7 @@ describe('cairn server trust boundary', () => {
     assert.deepEqual(got, [], 'closed without an answer');
   });
 
-  it('answers R at once beyond 64 open connections, and serves again once they close', { timeout: 60_000 }, async () => {
+  it('answers R at once beyond 64 open connections, then serves again', { timeout: 60_000 }, async () => {
     const idle: net.Socket[] = [];
     try {
       for (let i = 0; i < 64; i++) {
@@ -242,7 +253,8 @@ describe('the server socket directory', () => {
   before(() => {
     requireTool('useradd');
     spawnSync('userdel', [user]);
-    const add = spawnSync('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', user], { encoding: 'utf8' });
+    const add = spawnSync('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', user],
+      { encoding: 'utf8' });
     assert.equal(add.status, 0, add.stderr);
     uid = Number(spawnSync('id', ['-u', user], { encoding: 'utf8' }).stdout);
     const r = cairn(['server', 'start', '--workers', '1'], socket);

@@ -87,7 +87,8 @@ static const char *untrusted_socket(char *sock, size_t size) {
     struct stat st;
     if (lstat(at, &st) != 0 || !S_ISDIR(st.st_mode) || (st.st_uid != 0 && st.st_uid != uid) ||
         ((st.st_mode & 022) && !(st.st_mode & S_ISVTX))) {
-      snprintf(why, sizeof why, "the socket's ancestor directory %s is not safe (another user's, or writable by others and not sticky)", at);
+      snprintf(why, sizeof why, "the socket's ancestor directory %s is not safe "
+               "(another user's, or writable by others and not sticky)", at);
       return why;
     }
     if (strcmp(at, "/") == 0) break;
@@ -96,14 +97,18 @@ static const char *untrusted_socket(char *sock, size_t size) {
     else *s = 0;
   }
   char real_dir[PATH_MAX];
-  if (snprintf(real_dir, sizeof real_dir, "%s/%s", strcmp(real, "/") == 0 ? "" : real, dir_name) >= (int)sizeof real_dir) return "the socket path is too long";
+  const char *under = strcmp(real, "/") == 0 ? "" : real;
+  if (snprintf(real_dir, sizeof real_dir, "%s/%s", under, dir_name) >= (int)sizeof real_dir) {
+    return "the socket path is too long";
+  }
   struct stat st;
   if (lstat(real_dir, &st) != 0) {
     snprintf(why, sizeof why, "no socket directory (%s: %s)", real_dir, strerror(errno));
     return why;
   }
   if (!S_ISDIR(st.st_mode) || st.st_uid != uid || (st.st_mode & 077)) {
-    snprintf(why, sizeof why, "the socket directory %s is not a directory of yours with mode 0700 (it is %s, uid %u, mode %o)",
+    snprintf(why, sizeof why,
+             "the socket directory %s is not a directory of yours with mode 0700 (it is %s, uid %u, mode %o)",
              real_dir, S_ISDIR(st.st_mode) ? "a directory" : S_ISLNK(st.st_mode) ? "a symlink" : "not a directory",
              (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777));
     return why;
@@ -224,7 +229,9 @@ int main(int argc, char **argv) {
   if (!socket_path(sock, sizeof sock)) without_server("the socket path is too long", NULL);
   const char *why = untrusted_socket(sock, sizeof sock);
   if (why) without_server(why, NULL);
-  if (snprintf(addr.sun_path, sizeof addr.sun_path, "%s", sock) >= (int)sizeof addr.sun_path) without_server("the socket path is too long: ", sock);
+  if (snprintf(addr.sun_path, sizeof addr.sun_path, "%s", sock) >= (int)sizeof addr.sun_path) {
+    without_server("the socket path is too long: ", sock);
+  }
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) without_server("cannot make a socket", NULL);
   if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) without_server("no server answers on ", sock);

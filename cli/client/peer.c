@@ -38,7 +38,8 @@ static void put(const char *s, size_t n) {
 
 static void put_str(const char *s) { put(s, strlen(s)); }
 
-/* A file under /proc/PID, whole. Missing or unreadable files are left out (the comparison treats that as a difference). */
+/* A file under /proc/PID, whole. Missing or unreadable files are left out; the comparison counts that
+   as a difference. */
 static void put_file(int dir, const char *name) {
   int fd = openat(dir, name, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return;

@@ -78,7 +78,9 @@ export function parseRequest(payload: Buffer): ClientRequest {
   const [magic, build, cwd, umask, outTty, errTty, columns, argc] = fields;
   if (magic !== REQUEST_MAGIC) throw new Error(`unknown request format ${JSON.stringify(magic)}`);
   // Every field is checked here, so that a malformed one is E_SERVER_PROTOCOL, not a failure in a worker.
-  if (!/^(0|[1-9][0-9]{0,6})$/.test(argc ?? '') || fields.length < 8 + Number(argc)) throw new Error('bad argument count');
+  if (!/^(0|[1-9][0-9]{0,6})$/.test(argc ?? '') || fields.length < 8 + Number(argc)) {
+    throw new Error('bad argument count');
+  }
   const n = Number(argc);
   if (!build) throw new Error('no build id');
   if (!cwd?.startsWith('/')) throw new Error('cwd is not absolute');

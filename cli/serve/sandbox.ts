@@ -17,8 +17,8 @@ import * as path from 'node:path';
 export type ProcFacts = ReadonlyMap<string, string>;
 
 /** Lines of /proc/PID/status that a forked worker does not take from the client. */
-const STATUS_LINES = ['Uid', 'Gid', 'Groups', 'NoNewPrivs', 'Seccomp', 'Seccomp_filters', 'CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb',
-  'Cpus_allowed_list', 'Mems_allowed_list'];
+const STATUS_LINES = ['Uid', 'Gid', 'Groups', 'NoNewPrivs', 'Seccomp', 'Seccomp_filters',
+  'CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb', 'Cpus_allowed_list', 'Mems_allowed_list'];
 
 function statusLine(status: string | undefined, name: string): string | undefined {
   const line = status?.split('\n').find((l) => l.startsWith(`${name}:`));
@@ -53,18 +53,23 @@ export function sandboxDifference(client: ProcFacts, worker: ProcFacts): string 
     if (client.get(k) !== worker.get(k)) return `the client's ${k.slice(3)} namespace differs from the server's`;
   }
   if (!client.has('status') || !worker.has('status')) return "the client's process could not be read";
-  if (client.get('root') !== worker.get('root')) return "the client's root directory (chroot) differs from the server's";
+  if (client.get('root') !== worker.get('root')) {
+    return "the client's root directory (chroot) differs from the server's";
+  }
   for (const name of STATUS_LINES) {
     const [c, w] = [statusLine(client.get('status'), name), statusLine(worker.get('status'), name)];
     if (c !== w) return `the client's ${name} (${c ?? 'unknown'}) differs from the server's (${w ?? 'unknown'})`;
   }
   const [cl, wl] = [limits(client.get('limits')), limits(worker.get('limits'))];
   for (const name of new Set([...cl.keys(), ...wl.keys()])) {
-    if (cl.get(name) !== wl.get(name)) return `the client's limit "${name}" (${cl.get(name) ?? 'unknown'}) differs from the server's (${wl.get(name) ?? 'unknown'})`;
+    const [c, w] = [cl.get(name) ?? 'unknown', wl.get(name) ?? 'unknown'];
+    if (c !== w) return `the client's limit "${name}" (${c}) differs from the server's (${w})`;
   }
   if (client.get('cgroup') !== worker.get('cgroup')) return "the client's cgroup differs from the server's";
   if (nice(client.get('stat')) !== nice(worker.get('stat'))) return "the client's nice value differs from the server's";
-  if (client.get('attr/current') !== worker.get('attr/current')) return "the client's security label (attr/current) differs from the server's";
+  if (client.get('attr/current') !== worker.get('attr/current')) {
+    return "the client's security label (attr/current) differs from the server's";
+  }
   return undefined;
 }
 
@@ -86,9 +91,13 @@ export function readProcFacts(pid: number): ProcFacts {
   const tryRead = (key: string, read: () => string): void => {
     try { m.set(key, read()); } catch { /* left out: counts as a difference */ }
   };
-  for (const ns of fs.readdirSync(path.join(dir, 'ns'))) tryRead(`ns/${ns}`, () => fs.readlinkSync(path.join(dir, 'ns', ns)));
+  for (const ns of fs.readdirSync(path.join(dir, 'ns'))) {
+    tryRead(`ns/${ns}`, () => fs.readlinkSync(path.join(dir, 'ns', ns)));
+  }
   tryRead('root', () => fs.readlinkSync(path.join(dir, 'root')));
-  for (const f of ['status', 'limits', 'cgroup', 'stat', 'attr/current']) tryRead(f, () => fs.readFileSync(path.join(dir, f), 'utf8'));
+  for (const f of ['status', 'limits', 'cgroup', 'stat', 'attr/current']) {
+    tryRead(f, () => fs.readFileSync(path.join(dir, f), 'utf8'));
+  }
   return m;
 }
 

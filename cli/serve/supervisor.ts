@@ -378,7 +378,9 @@ function signalNumber(sig: NodeJS.Signals): number {
 async function listenPrivately(server: net.Server, socket: string): Promise<void> {
   const real = trustedSocketPath(socket, true)!;
   if (fs.existsSync(real)) {
-    if (await answers(real)) throw new CairnError('E_SERVER_RUNNING', `a cairn server already listens on ${socket}`, { socket });
+    if (await answers(real)) {
+      throw new CairnError('E_SERVER_RUNNING', `a cairn server already listens on ${socket}`, { socket });
+    }
     fs.rmSync(real, { force: true });
   }
   const umask = process.umask(0o177);
