@@ -13,6 +13,7 @@ import type { Command } from 'commander';
 import { CairnError } from '../src/errors.js';
 import { parseDuration } from '../src/duration.js';
 import { frame, FrameReader, serverSocketPath } from './serve/protocol.js';
+import { trustedSocketPath } from './serve/socket-dir.js';
 import type { ServerStatus } from './serve/supervisor.js';
 
 const MAIN = path.join(path.dirname(fileURLToPath(import.meta.url)), 'main.js');
@@ -40,8 +41,15 @@ export function control(socket: string, word: 'status' | 'stop'): Promise<{ code
   });
 }
 
+/**
+ * The server's status; null when none answers. Throws E_SERVER_SOCKET when
+ * the socket's directory is not this user's alone (socket-dir.ts): what
+ * answers there may be anyone's.
+ */
 export async function serverStatus(socket: string): Promise<ServerStatus | null> {
-  const r = await control(socket, 'status');
+  const real = trustedSocketPath(socket, false);
+  if (real === null) return null;
+  const r = await control(real, 'status');
   return r ? (JSON.parse(r.out) as ServerStatus) : null;
 }
 
@@ -80,9 +88,8 @@ export function registerServer(program: Command): void {
         process.stdout.write(`cairn server already running: pid ${running.pid} on ${socket}\n`);
         return;
       }
-      const { ensurePrivateDir } = await import('./serve/supervisor.js');
-      ensurePrivateDir(path.dirname(socket));
-      const logFile = `${socket}.log`;
+      // Checked again by the server before it listens; the log is opened here first, by the resolved path.
+      const logFile = `${trustedSocketPath(socket, true)!}.log`;
       const { O_WRONLY, O_CREAT, O_APPEND, O_NOFOLLOW } = fs.constants;
       const logFd = fs.openSync(logFile, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW, 0o600);
       const child = spawn(process.execPath, [MAIN, 'server', 'start', '--foreground', ...args], {
@@ -111,7 +118,7 @@ export function registerServer(program: Command): void {
     .action(async () => {
       const socket = serverSocketPath();
       const s = await serverStatus(socket);
-      if (!s || !(await control(socket, 'stop'))) {
+      if (!s || !(await control(trustedSocketPath(socket, false)!, 'stop'))) {
         process.stdout.write(`no cairn server on ${socket}\n`);
         return;
       }

@@ -15,6 +15,9 @@ mv dist/build-id.tmp dist/build-id
 cc=${CC:-cc}
 if command -v "$cc" >/dev/null 2>&1; then
   "$cc" -O2 -Wall -Wextra -Werror -o dist/bin/cairn.tmp cli/client/cairn.c
+  # The server's view of a client's process (namespaces, limits, ...): see docs/server.md.
+  "$cc" -O2 -Wall -Wextra -Werror -o dist/bin/cairn-peer.tmp cli/client/peer.c
+  mv dist/bin/cairn-peer.tmp dist/bin/cairn-peer
 else
   echo "build-client: no C compiler ($cc): dist/bin/cairn will run the Node CLI directly, without the server" >&2
   printf '#!/bin/sh\nexec node "$(dirname "$(readlink -f "$0")")/../cli/main.js" "$@"\n' > dist/bin/cairn.tmp

@@ -24,6 +24,8 @@
 extern char **environ;
 
 static char dist_dir[PATH_MAX]; /* this executable's dist/ (it lives in dist/bin/) */
+static char **saved_argv;
+static int saved_argc;
 
 static void die(const char *msg) {
   fprintf(stderr, "cairn: %s\n", msg);
@@ -44,6 +46,83 @@ static void run_node(int argc, char **argv) {
   execvp(node, args);
   fprintf(stderr, "cairn: cannot run %s: %s\n", node, strerror(errno));
   exit(127);
+}
+
+static void run_node(int argc, char **argv);
+
+/* Runs the Node CLI instead of asking the server; with CAIRN_SERVER_DEBUG set, says why first. */
+static void without_server(const char *why, const char *detail) {
+  const char *debug = getenv("CAIRN_SERVER_DEBUG");
+  if (debug && *debug) fprintf(stderr, "cairn: running without the server: %s%s\n", why, detail ? detail : "");
+  run_node(saved_argc, saved_argv);
+}
+
+/*
+ * The socket's directory must be this user's alone, and no directory above
+ * it may let another user swap it: the same rule as cli/serve/socket-dir.ts.
+ * Resolves the directory's parent (realpath) and rewrites `sock` to the
+ * resolved path, which has no symlink in it. Returns NULL if the socket may
+ * be used, else why not.
+ */
+static const char *untrusted_socket(char *sock, size_t size) {
+  static char why[PATH_MAX + 128];
+  uid_t uid = getuid();
+  char *slash = strrchr(sock, '/');
+  if (!slash || slash == sock) return "the socket path has no directory";
+  char dir[PATH_MAX], parent[PATH_MAX], real[PATH_MAX], base[PATH_MAX], dir_name[PATH_MAX];
+  snprintf(base, sizeof base, "%s", slash + 1);
+  snprintf(dir, sizeof dir, "%.*s", (int)(slash - sock), sock);
+  char *dslash = strrchr(dir, '/');
+  if (!dslash) return "the socket path is not absolute";
+  snprintf(dir_name, sizeof dir_name, "%s", dslash + 1);
+  snprintf(parent, sizeof parent, "%.*s", dslash == dir ? 1 : (int)(dslash - dir), dir);
+  if (!realpath(parent, real)) {
+    snprintf(why, sizeof why, "no socket directory (%s: %s)", parent, strerror(errno));
+    return why;
+  }
+  /* Every ancestor: root's or ours, and if others may write to it, sticky. */
+  char at[PATH_MAX];
+  snprintf(at, sizeof at, "%s", real);
+  for (;;) {
+    struct stat st;
+    if (lstat(at, &st) != 0 || !S_ISDIR(st.st_mode) || (st.st_uid != 0 && st.st_uid != uid) ||
+        ((st.st_mode & 022) && !(st.st_mode & S_ISVTX))) {
+      snprintf(why, sizeof why, "the socket's ancestor directory %s is not safe "
+               "(another user's, or writable by others and not sticky)", at);
+      return why;
+    }
+    if (strcmp(at, "/") == 0) break;
+    char *s = strrchr(at, '/');
+    if (s == at) s[1] = 0;
+    else *s = 0;
+  }
+  char real_dir[PATH_MAX];
+  const char *under = strcmp(real, "/") == 0 ? "" : real;
+  if (snprintf(real_dir, sizeof real_dir, "%s/%s", under, dir_name) >= (int)sizeof real_dir) {
+    return "the socket path is too long";
+  }
+  struct stat st;
+  if (lstat(real_dir, &st) != 0) {
+    snprintf(why, sizeof why, "no socket directory (%s: %s)", real_dir, strerror(errno));
+    return why;
+  }
+  if (!S_ISDIR(st.st_mode) || st.st_uid != uid || (st.st_mode & 077)) {
+    snprintf(why, sizeof why,
+             "the socket directory %s is not a directory of yours with mode 0700 (it is %s, uid %u, mode %o)",
+             real_dir, S_ISDIR(st.st_mode) ? "a directory" : S_ISLNK(st.st_mode) ? "a symlink" : "not a directory",
+             (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777));
+    return why;
+  }
+  if (snprintf(sock, size, "%s/%s", real_dir, base) >= (int)size) return "the socket path is too long";
+  if (lstat(sock, &st) != 0) {
+    snprintf(why, sizeof why, "no server (%s: %s)", sock, strerror(errno));
+    return why;
+  }
+  if (!S_ISSOCK(st.st_mode) || st.st_uid != uid) {
+    snprintf(why, sizeof why, "%s is not a socket of yours", sock);
+    return why;
+  }
+  return NULL;
 }
 
 /* Same rule as serverSocketPath() in cli/serve/protocol.ts. */
@@ -140,17 +219,23 @@ int main(int argc, char **argv) {
   if (slash) *slash = 0;
   snprintf(dist_dir, sizeof dist_dir, "%s", exe);
 
+  saved_argc = argc;
+  saved_argv = argv;
   const char *no_server = getenv("CAIRN_NO_SERVER");
   if (no_server && *no_server && strcmp(no_server, "0") != 0) run_node(argc, argv);
 
   struct sockaddr_un addr = { .sun_family = AF_UNIX };
-  if (!socket_path(addr.sun_path, sizeof addr.sun_path)) run_node(argc, argv);
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) run_node(argc, argv);
-  if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0 || !peer_is_us(fd)) {
-    close(fd);
-    run_node(argc, argv);
+  char sock[PATH_MAX];
+  if (!socket_path(sock, sizeof sock)) without_server("the socket path is too long", NULL);
+  const char *why = untrusted_socket(sock, sizeof sock);
+  if (why) without_server(why, NULL);
+  if (snprintf(addr.sun_path, sizeof addr.sun_path, "%s", sock) >= (int)sizeof addr.sun_path) {
+    without_server("the socket path is too long: ", sock);
   }
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) without_server("cannot make a socket", NULL);
+  if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) without_server("no server answers on ", sock);
+  if (!peer_is_us(fd)) without_server("the server on the socket is not yours: ", sock);
 
   /* The request: see parseRequest() in cli/serve/protocol.ts. */
   struct buf req = { 0 };
@@ -159,10 +244,7 @@ int main(int argc, char **argv) {
   put_field(&req, "cairn-request-1");
   read_build_id(tmp, sizeof tmp);
   put_field(&req, tmp);
-  if (!getcwd(tmp, sizeof tmp)) {
-    close(fd);
-    run_node(argc, argv);
-  }
+  if (!getcwd(tmp, sizeof tmp)) without_server("cannot read the working directory", NULL);
   put_field(&req, tmp);
   mode_t mask = umask(0);
   umask(mask);
@@ -187,8 +269,7 @@ int main(int argc, char **argv) {
     if (w < 0 && errno == EINTR) continue;
     if (w <= 0) {
       /* Nothing was run: the server went away before reading the request. */
-      close(fd);
-      run_node(argc, argv);
+      without_server("the server closed the connection before reading the request", NULL);
     }
     off += (size_t)w;
   }
@@ -224,9 +305,7 @@ int main(int argc, char **argv) {
     case 'X':
       return atoi(payload);
     case 'R':
-      if (getenv("CAIRN_SERVER_DEBUG")) fprintf(stderr, "cairn: running without the server: %s\n", payload);
-      close(fd);
-      run_node(argc, argv);
+      without_server(payload, NULL);
       break;
     default:
       fprintf(stderr, "cairn: error E_SERVER_PROTOCOL: unknown message type %d from the cairn server\n", head[0]);

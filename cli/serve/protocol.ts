@@ -77,21 +77,28 @@ export function parseRequest(payload: Buffer): ClientRequest {
   if (fields.pop() !== '') throw new Error('request does not end with NUL');
   const [magic, build, cwd, umask, outTty, errTty, columns, argc] = fields;
   if (magic !== REQUEST_MAGIC) throw new Error(`unknown request format ${JSON.stringify(magic)}`);
+  // Every field is checked here, so that a malformed one is E_SERVER_PROTOCOL, not a failure in a worker.
+  if (!/^(0|[1-9][0-9]{0,6})$/.test(argc ?? '') || fields.length < 8 + Number(argc)) {
+    throw new Error('bad argument count');
+  }
   const n = Number(argc);
-  if (!Number.isInteger(n) || n < 0 || fields.length < 8 + n) throw new Error('bad argument count');
+  if (!build) throw new Error('no build id');
   if (!cwd?.startsWith('/')) throw new Error('cwd is not absolute');
+  if (!/^[0-7]{1,4}$/.test(umask ?? '')) throw new Error(`umask ${JSON.stringify(umask)} is not octal`);
+  if (!/^[01]$/.test(outTty ?? '') || !/^[01]$/.test(errTty ?? '')) throw new Error('tty flags are not 0 or 1');
+  if (!/^[0-9]{1,5}$/.test(columns ?? '')) throw new Error(`columns ${JSON.stringify(columns)} is not a number`);
   const env: Record<string, string> = {};
   for (const entry of fields.slice(8 + n)) {
     const eq = entry.indexOf('=');
     if (eq > 0) env[entry.slice(0, eq)] = entry.slice(eq + 1);
   }
   return {
-    build: build!,
+    build,
     cwd,
     umask: parseInt(umask!, 8) & 0o777,
     stdoutTty: outTty === '1',
     stderrTty: errTty === '1',
-    columns: Number(columns) || 0,
+    columns: Number(columns),
     args: fields.slice(8, 8 + n),
     env,
   };

@@ -16,6 +16,8 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CairnError } from '../../src/errors.js';
 import { commandWord } from '../program.js';
+import { peerFacts, readProcFacts, sandboxDifference, type ProcFacts } from './sandbox.js';
+import { trustedSocketPath } from './socket-dir.js';
 import { EndMarkerScanner, frame, FrameReader, parseRequest, SERVED_COMMANDS, type ClientRequest } from './protocol.js';
 import type { FromWorker, ToWorker } from './worker.js';
 
@@ -32,6 +34,19 @@ const WORKER_MODULE = path.join(HERE, 'worker.js');
  * run with their client's environment, so builds never see it.
  */
 const WORKER_POOL_SIZE = '8';
+/** Reads a client's process for the sandbox check (cli/client/peer.c, built with the client). */
+const PEER_HELPER = path.join(HERE, '..', '..', 'bin', 'cairn-peer');
+/**
+ * A client sends its whole request right after it connects. One that has
+ * not within this time (a half frame, or nothing) is dropped, so that
+ * stuck or hostile connections cannot pile up.
+ */
+export const REQUEST_TIMEOUT_MS = 5000;
+/**
+ * Connections open at once. Beyond it a new one is answered R at once (the
+ * client runs the Node CLI) and closed; a client is never made to wait.
+ */
+export const MAX_CONNECTIONS = 64;
 /** Written by the build (scripts/build-client.sh); the client sends its own. */
 const BUILD_ID_FILE = path.join(HERE, '..', '..', 'build-id');
 
@@ -53,6 +68,9 @@ export interface ServerOptions {
   maxRequests: number;
   /** ...or once its heap exceeds this many bytes. */
   maxHeapBytes: number;
+  /** Defaults: REQUEST_TIMEOUT_MS, MAX_CONNECTIONS. */
+  requestTimeoutMs?: number;
+  maxConnections?: number;
 }
 
 export interface ServerStatus {
@@ -81,6 +99,8 @@ interface Worker {
   state: WorkerState;
   served: number;
   job?: Job;
+  /** The worker's process as sandbox.ts compares it with a client's; read once it is warm. */
+  facts?: ProcFacts;
 }
 
 /** Environment that a Node process reads when it starts (options, preloads, locale), not later. */
@@ -138,6 +158,11 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
     child.on('message', (m: FromWorker) => {
       if (m.type === 'ready') {
         warmFailures = 0;
+        try {
+          w.facts = readProcFacts(child.pid!);
+        } catch (e) {
+          log(`worker ${child.pid}: cannot read its /proc entry (${(e as Error).message}); it serves no one`);
+        }
         w.state = 'idle';
       } else if (m.type === 'done' && w.job) {
         w.job.code = m.code;
@@ -203,7 +228,7 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
     setTimeout(() => { try { process.kill(-w.child.pid!, 'SIGKILL'); } catch { /* gone */ } }, 2000).unref();
   };
 
-  const dispatch = (client: net.Socket, req: ClientRequest): void => {
+  const dispatch = async (client: net.Socket, req: ClientRequest): Promise<void> => {
     const pass = (why: string): void => {
       fallbacks++;
       client.end(frame('R', why));
@@ -226,8 +251,16 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
     // Node reads these once, at start-up: a worker started with others would behave differently.
     const fixed = Object.keys({ ...process.env, ...req.env }).filter((k) => STARTUP_ENV.test(k) && (process.env[k] ?? '') !== (req.env[k] ?? ''));
     if (fixed.length > 0) return pass(`the client's ${fixed.join(', ')} differ from the server's, and Node reads them at start-up`);
+    if (![...workers].some((x) => x.state === 'idle')) return pass('every worker is busy or warming up');
+    // The client is blocked reading its answer, so its process (and pid) lives while this runs;
+    // cairn-peer holds a pidfd of it and checks that it still lived after reading /proc.
+    const facts = await peerFacts(PEER_HELPER, client);
+    if (client.destroyed || client.readableEnded) return;
+    if (!facts) return pass("the server cannot read the client's process");
     const w = [...workers].find((x) => x.state === 'idle');
     if (!w) return pass('every worker is busy or warming up');
+    const differs = w.facts ? sandboxDifference(facts, w.facts) : "the worker's process could not be read";
+    if (differs) return pass(differs);
     const marker = Buffer.from(`\0cairn-end-${randomBytes(12).toString('hex')}\0`);
     w.state = 'busy';
     w.job = { client, out: new EndMarkerScanner(marker), err: new EndMarkerScanner(marker), outEnded: false, errEnded: false };
@@ -256,10 +289,26 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
     if (workers.size === 0) resolveDone();
   };
 
+  const requestTimeoutMs = o.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
+  const maxConnections = o.maxConnections ?? MAX_CONNECTIONS;
+  let connections = 0;
   const server = net.createServer((client) => {
     touch();
-    const reader = new FrameReader();
+    connections++;
+    client.once('close', () => { connections--; });
     client.on('error', () => { /* the client went away; 'close' follows */ });
+    if (connections > maxConnections) {
+      fallbacks++;
+      client.end(frame('R', `the server has ${maxConnections} connections open`));
+      return;
+    }
+    const reader = new FrameReader();
+    const timer = setTimeout(() => {
+      log(`dropped a client that sent no complete request within ${requestTimeoutMs} ms`);
+      client.destroy();
+    }, requestTimeoutMs);
+    timer.unref();
+    client.once('close', () => clearTimeout(timer));
     const onData = (chunk: Buffer): void => {
       let frames;
       try {
@@ -270,6 +319,7 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
         return;
       }
       if (frames.length === 0) return;
+      clearTimeout(timer);
       client.off('data', onData);
       const f = frames[0]!;
       if (f.type === 'C') {
@@ -289,7 +339,7 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
         client.end(Buffer.concat([frame('E', `cairn: error E_SERVER_PROTOCOL: ${(e as Error).message}\n`), frame('X', '2')]));
         return;
       }
-      dispatch(client, req);
+      void dispatch(client, req);
     };
     client.on('data', onData);
   });
@@ -320,33 +370,27 @@ function signalNumber(sig: NodeJS.Signals): number {
 }
 
 /**
- * Listens on `socket` so that only this user can connect: the directory is
- * made 0700 (and must not be anyone else's), and the socket itself 0600.
- * A socket file left by a dead server is replaced; a live one is an error.
+ * Listens on `socket` so that only this user can connect: the directory
+ * must be this user's alone (socket-dir.ts; it is made 0700 if missing),
+ * and the socket itself is 0600. A socket file left by a dead server is
+ * replaced; a live one is an error.
  */
 async function listenPrivately(server: net.Server, socket: string): Promise<void> {
-  ensurePrivateDir(path.dirname(socket));
-  if (fs.existsSync(socket)) {
-    if (await answers(socket)) throw new CairnError('E_SERVER_RUNNING', `a cairn server already listens on ${socket}`, { socket });
-    fs.rmSync(socket, { force: true });
+  const real = trustedSocketPath(socket, true)!;
+  if (fs.existsSync(real)) {
+    if (await answers(real)) {
+      throw new CairnError('E_SERVER_RUNNING', `a cairn server already listens on ${socket}`, { socket });
+    }
+    fs.rmSync(real, { force: true });
   }
   const umask = process.umask(0o177);
   try {
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(socket, () => { server.off('error', reject); resolve(); });
+      server.listen(real, () => { server.off('error', reject); resolve(); });
     });
   } finally {
     process.umask(umask);
-  }
-}
-
-/** Creates the socket's directory (0700) if needed, and refuses one that is not this user's alone. */
-export function ensurePrivateDir(dir: string): void {
-  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const st = fs.lstatSync(dir);
-  if (!st.isDirectory() || st.uid !== process.getuid!() || (st.mode & 0o022) !== 0) {
-    throw new CairnError('E_SERVER_SOCKET', `the server socket's directory ${dir} must be a directory of yours, writable by you alone`, { dir });
   }
 }
 
