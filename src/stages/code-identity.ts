@@ -14,6 +14,7 @@
  * - the function's header: `build(ctx) {}`, `function (ctx) {}` and
  *   `(ctx) => {}` differ only in the flags kept (arrow, async, generator), and
  *   `x => x` is `(x) => x`.
+ * - the quotes of string literals (a string is written by its value).
  * A changed name, constant, operator or string is a changed token, so a new
  * identity. See docs/design.md, "Code identity".
  */
@@ -214,9 +215,40 @@ function canonicalTokens(s: Source, from: number, to: number): string[] {
       i += 2;
       continue;
     }
-    out.push(t.text.includes('\r') ? t.text.replace(/\r\n?/g, '\n') : t.text);
+    if (t.type === sucrase!.string) out.push(canonicalString(t.text));
+    else out.push(t.text.includes('\r') ? t.text.replace(/\r\n?/g, '\n') : t.text);
   }
   return out;
+}
+
+const SIMPLE_ESCAPES: Record<string, string> = { n: '\n', t: '\t', r: '\r', b: '\b', f: '\f', v: '\v' };
+
+/**
+ * A string literal by its value (`'a'`, `"a"` and `'\x61'` are one string),
+ * so a formatter's choice of quotes does not count. Legacy octal escapes,
+ * which modules do not allow anyway, keep their text.
+ */
+function canonicalString(lit: string): string {
+  const body = lit.slice(1, -1);
+  if (!body.includes('\\')) return JSON.stringify(body);
+  let value = '';
+  for (let i = 0; i < body.length; i++) {
+    const c = body[i]!;
+    if (c !== '\\') { value += c; continue; }
+    const n = body[++i] ?? '';
+    if (n in SIMPLE_ESCAPES) value += SIMPLE_ESCAPES[n];
+    else if (n === '0' && !/[0-9]/.test(body[i + 1] ?? '')) value += '\0';
+    else if (/[0-9]/.test(n)) return lit;
+    else if (n === 'x') { value += String.fromCharCode(parseInt(body.slice(i + 1, i + 3), 16)); i += 2; }
+    else if (n === 'u' && body[i + 1] === '{') {
+      const close = body.indexOf('}', i);
+      value += String.fromCodePoint(parseInt(body.slice(i + 2, close), 16));
+      i = close;
+    } else if (n === 'u') { value += String.fromCharCode(parseInt(body.slice(i + 1, i + 5), 16)); i += 4; }
+    else if (n === '\r') { if (body[i + 1] === '\n') i++; } // a line continuation
+    else if (n !== '\n' && n !== '\u2028' && n !== '\u2029') value += n;
+  }
+  return JSON.stringify(value);
 }
 
 /** Whether tokens [i, close) (minus dropped ones) are a plain operand whose parentheses change nothing. */
