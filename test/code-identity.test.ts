@@ -50,7 +50,9 @@ console.log(JSON.stringify(Object.fromEntries(g.order.map((d) => [g.nodes.get(d)
  */
 function stripTypes(text: string): string {
   const parser = require('sucrase/dist/parser/index.js') as {
-    parse(s: string, jsx: boolean, ts: boolean, flow: boolean): { tokens: { start: number; end: number; isType: boolean; type: number }[] };
+    parse(s: string, jsx: boolean, ts: boolean, flow: boolean): {
+      tokens: { start: number; end: number; isType: boolean; type: number }[];
+    };
   };
   const { TokenType } = require('sucrase/dist/parser/tokenizer/types.js') as { TokenType: Record<string, number> };
   const chars = [...text];
@@ -65,8 +67,9 @@ function stripTypes(text: string): string {
 }
 
 function tsc(dir: string, outDir: string, files: string[], extra: string[] = []): void {
-  const r = spawnSync(process.execPath, [TSC, '--outDir', outDir, '--module', 'nodenext', '--moduleResolution', 'nodenext',
-    '--target', 'es2022', '--skipLibCheck', '--rewriteRelativeImportExtensions', ...extra, ...files], { encoding: 'utf8', cwd: dir });
+  const args = [TSC, '--outDir', outDir, '--module', 'nodenext', '--moduleResolution', 'nodenext',
+    '--target', 'es2022', '--skipLibCheck', '--rewriteRelativeImportExtensions', ...extra, ...files];
+  const r = spawnSync(process.execPath, args, { encoding: 'utf8', cwd: dir });
   assert.equal(r.status, 0, r.stdout + r.stderr);
 }
 
@@ -90,7 +93,9 @@ describe('code identity: one stage file, every loader', () => {
     fs.symlinkSync(repoRoot, path.join(t.dir, 'node_modules', 'cairn'));
     fs.writeFileSync(path.join(t.dir, 'package.json'), '{"type":"module"}\n');
     fs.writeFileSync(path.join(t.dir, 'runner.mjs'), RUNNER);
-    for (const f of ['pipeline.ts', 'helper.ts', 'enums.ts']) fs.copyFileSync(path.join(FIXTURES, f), path.join(src, f));
+    for (const f of ['pipeline.ts', 'helper.ts', 'enums.ts']) {
+      fs.copyFileSync(path.join(FIXTURES, f), path.join(src, f));
+    }
     cli = viaCli(path.join(src, 'pipeline.ts'));
     assert.deepEqual(Object.keys(cli).sort(), ['all', 'data', 'expr', 'method', 'short']);
   });
@@ -111,12 +116,14 @@ describe('code identity: one stage file, every loader', () => {
     const stripped = path.join(t.dir, 'stripped');
     fs.mkdirSync(stripped);
     for (const f of ['pipeline', 'helper']) {
-      const text = stripTypes(fs.readFileSync(path.join(src, `${f}.ts`), 'utf8')).replace("'./helper.ts'", "'./helper.js'");
+      const text = stripTypes(fs.readFileSync(path.join(src, `${f}.ts`), 'utf8'))
+        .replace("'./helper.ts'", "'./helper.js'");
       fs.writeFileSync(path.join(stripped, `${f}.js`), text);
     }
     assert.deepEqual(viaLibrary(t.dir, path.join(stripped, 'pipeline.js'), []), cli);
     if (nodeStrips()) {
-      assert.deepEqual(viaLibrary(t.dir, path.join(src, 'pipeline.ts'), ['--experimental-strip-types', '--no-warnings']), cli);
+      const args = ['--experimental-strip-types', '--no-warnings'];
+      assert.deepEqual(viaLibrary(t.dir, path.join(src, 'pipeline.ts'), args), cli);
     }
   });
 
@@ -156,17 +163,22 @@ describe('code identity: one stage file, every loader', () => {
       ['identifier', (s) => s.replace('String(v) + s', 'String(v) + v'), 'expr'],
       ['string', (s) => s.replace("'single' + \"double\"", "'single' + \"Double\""), 'expr'],
       ['template', (s) => s.replace('`n=${n} ', '`n = ${n} '), 'data'],
-      ['semicolon', (s) => s.replace("ctx.log(`k=${ctx.config.k}`)\n", "ctx.log(`k=${ctx.config.k}`);\n    (0);\n"), 'method'],
+      ['statement', (s) => s.replace("ctx.log('big')", "ctx.log('big')\n      ctx.log('bigger')"), 'method'],
     ];
     const dependants: Record<string, string[]> = {
-      data: ['data', 'method', 'expr', 'short', 'all'], method: ['method', 'expr', 'short', 'all'], expr: ['expr', 'short', 'all'],
+      data: ['data', 'method', 'expr', 'short', 'all'],
+      method: ['method', 'expr', 'short', 'all'],
+      expr: ['expr', 'short', 'all'],
     };
     for (const [name, edit, changed] of changes) {
       const v = variant(`change-${name}`, edit);
       assert.deepEqual(v.tsx, v.cli, `${name}: CLI and tsx agree`);
       for (const [stageName, dref] of Object.entries(cli)) {
-        if (dependants[changed]!.includes(stageName)) assert.notEqual(v.cli[stageName], dref, `${name}: ${stageName} changes`);
-        else assert.equal(v.cli[stageName], dref, `${name}: ${stageName} stays`);
+        if (dependants[changed]!.includes(stageName)) {
+          assert.notEqual(v.cli[stageName], dref, `${name}: ${stageName} changes`);
+        } else {
+          assert.equal(v.cli[stageName], dref, `${name}: ${stageName} stays`);
+        }
       }
     }
   });

@@ -291,7 +291,9 @@ function redundantSemicolon(s: Source, i: number, from: number, to: number): boo
 function render(s: Source, f: Found): CanonicalCode {
   const flags = `${f.arrow ? 'arrow' : 'function'}${f.async ? ' async' : ''}${f.generator ? ' generator' : ''}`;
   let body: string[];
-  if (f.arrow && isName(s, f.params)) body = ['(', s.toks[f.params]!.text, ')', ...canonicalTokens(s, f.params + 1, f.end)];
+  if (f.arrow && isName(s, f.params)) {
+    body = ['(', s.toks[f.params]!.text, ')', ...canonicalTokens(s, f.params + 1, f.end)];
+  }
   else body = canonicalTokens(s, f.params, f.end);
   return JSON.stringify([flags, ...body]);
 }

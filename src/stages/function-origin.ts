@@ -77,7 +77,8 @@ const GROUP = 'cairn-function-origin';
 function locate(fn: Function): { scriptId: string; line: number; column: number } | undefined {
   (globalThis as Record<symbol, unknown>)[HOLDER] = fn;
   try {
-    const ev = post('Runtime.evaluate', { expression: `globalThis[Symbol.for('cairn.function-origin')]`, objectGroup: GROUP });
+    const expression = `globalThis[Symbol.for('cairn.function-origin')]`;
+    const ev = post('Runtime.evaluate', { expression, objectGroup: GROUP });
     const objectId = ev?.result?.objectId as string | undefined;
     if (!objectId) return undefined;
     // Without indexed properties the answer is small and quick (a tenth of the time).
@@ -157,9 +158,12 @@ function loadMap(script: ScriptInfo): SourceMap | null {
       json = readText(base);
     }
     if (json !== null) {
-      const raw = JSON.parse(json) as { mappings?: unknown; sources?: unknown; sourceRoot?: unknown; sourcesContent?: unknown };
+      const raw = JSON.parse(json) as {
+        mappings?: unknown; sources?: unknown; sourceRoot?: unknown; sourcesContent?: unknown;
+      };
       if (typeof raw.mappings === 'string' && Array.isArray(raw.sources)) {
-        const root = typeof raw.sourceRoot === 'string' && raw.sourceRoot !== '' ? raw.sourceRoot.replace(/\/?$/, '/') : '';
+        const root = typeof raw.sourceRoot === 'string' && raw.sourceRoot !== ''
+          ? raw.sourceRoot.replace(/\/?$/, '/') : '';
         map = {
           lines: decodeMappings(raw.mappings),
           sources: raw.sources.map((s) => new URL(root + String(s), base).href),

@@ -1,9 +1,9 @@
 import { CairnError } from '../errors.js';
 import { canonicalJson, type Json } from '../store/canonical.js';
-import { sha256Hex, shortHash } from '../store/hash.js';
+import { shortHash } from '../store/hash.js';
 import type { DRef } from '../store/refs.js';
 import { isStage, type Stage } from './stage.js';
-import { normalizedSource } from './function-source.js';
+import { codeHash } from './function-source.js';
 
 /** One node of the instantiated graph: a stage with its identity fixed. */
 export interface Derivation {
@@ -42,7 +42,7 @@ function codeIdentity(s: Stage): Json {
   if (s.version !== undefined) return { version: s.version };
   let h = codeHashes.get(s.build);
   if (h === undefined) {
-    h = sha256Hex(normalizedSource(s.build));
+    h = codeHash(s.build);
     codeHashes.set(s.build, h);
   }
   return { source: h };
