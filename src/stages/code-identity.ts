@@ -64,6 +64,8 @@ class Source {
   readonly match: Int32Array;
   /** Arrow function extents [first token, end) in `toks` indices, from the parser's scopes. */
   readonly arrowEnds: Map<number, number>;
+  /** canonicalAtOffset's answers (closures made in a loop all start at one offset). */
+  readonly byOffset = new Map<number, CanonicalCode | undefined>();
 
   constructor(readonly text: string, parsed: Parsed, sc: Sucrase) {
     const toks: Tok[] = [];
@@ -324,6 +326,7 @@ function headerThenParams(s: Source, first: number): Found | undefined {
   return functionAt(s, p, first);
 }
 
+/** The last sources read, by file name (a source is compared by identity first, which is quick). */
 const sources = new Map<string, Source>();
 
 /**
@@ -335,14 +338,19 @@ const sources = new Map<string, Source>();
  * is allowed for. Undefined if no function is there.
  */
 export function canonicalAtOffset(text: string, fileName: string, offset: number): CanonicalCode | undefined {
-  const ts = /\.[cm]?tsx?$/.test(fileName);
-  const key = `${ts ? 't' : 'j'}${fileName.endsWith('x') ? 'x' : ''}\0${text}`;
-  let s = sources.get(key);
-  if (!s) {
-    try { s = parse(text, ts, /\.[jt]sx$/.test(fileName)); } catch { return undefined; }
+  let s = sources.get(fileName);
+  if (s?.text !== text) {
+    try { s = parse(text, /\.[cm]?tsx?$/.test(fileName), /\.[jt]sx$/.test(fileName)); } catch { return undefined; }
     if (sources.size >= 16) sources.delete(sources.keys().next().value!);
-    sources.set(key, s);
+    sources.set(fileName, s);
   }
+  if (s.byOffset.has(offset)) return s.byOffset.get(offset);
+  const c = findAt(s, offset);
+  s.byOffset.set(offset, c);
+  return c;
+}
+
+function findAt(s: Source, offset: number): CanonicalCode | undefined {
   const i = s.tokenAt(offset);
   // At the anchor itself, or at a method's name just before its parameters.
   let f = arrowAt(s, i) ?? functionAt(s, i, 0);

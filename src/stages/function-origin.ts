@@ -27,7 +27,12 @@ interface InspectorSession {
   on(event: string, listener: (m: { params: any }) => void): void;
 }
 
-interface ScriptInfo { url: string; sourceMapURL: string }
+interface ScriptInfo {
+  url: string;
+  sourceMapURL: string;
+  /** Its decoded source map, once read (null: none that can be used). */
+  map?: SourceMap | null;
+}
 
 let session: InspectorSession | null | undefined;
 const scripts = new Map<string, ScriptInfo>();
@@ -94,9 +99,13 @@ function locate(fn: Function): { scriptId: string; line: number; column: number 
 }
 
 /** A decoded source map: per generated line, segments [genCol, source, line, col] sorted by genCol. */
-interface SourceMap { lines: number[][][]; sources: string[]; contents: (string | null)[] }
-
-const maps = new Map<string, SourceMap | null>();
+interface SourceMap {
+  lines: number[][][];
+  sources: string[];
+  /** Each source's text (from the map, else read once from its file) and where its lines start. */
+  contents: (string | null)[];
+  lineStarts: (number[] | undefined)[];
+}
 
 const B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/';
 const B64_VALUE = new Int8Array(128).fill(-1);
@@ -139,9 +148,9 @@ function readText(url: URL): string | null {
   try { return fs.readFileSync(fileURLToPath(url), 'utf8'); } catch { return null; }
 }
 
+// Cached per script (a data: URL can be most of a megabyte: never used as a key).
 function loadMap(script: ScriptInfo): SourceMap | null {
-  const key = `${script.url}\0${script.sourceMapURL}`;
-  if (maps.has(key)) return maps.get(key)!;
+  if (script.map !== undefined) return script.map;
   let map: SourceMap | null = null;
   try {
     let json: string | null;
@@ -171,26 +180,23 @@ function loadMap(script: ScriptInfo): SourceMap | null {
             const c = Array.isArray(raw.sourcesContent) ? raw.sourcesContent[i] : null;
             return typeof c === 'string' ? c : null;
           }),
+          lineStarts: [],
         };
       }
     }
   } catch { map = null; }
-  if (maps.size >= 64) maps.delete(maps.keys().next().value!);
-  maps.set(key, map);
+  script.map = map;
   return map;
 }
 
-/** Offset of 0-based (line, column) in `text`; lines end at LF, CRLF or CR, as source maps count them. */
-function offsetOf(text: string, line: number, column: number): number {
-  let pos = 0;
-  for (let l = 0; l < line; l++) {
-    const lf = text.indexOf('\n', pos);
-    const cr = text.indexOf('\r', pos);
-    if (lf < 0 && cr < 0) return -1;
-    if (cr >= 0 && (lf < 0 || cr < lf)) pos = text.charCodeAt(cr + 1) === 10 ? cr + 2 : cr + 1;
-    else pos = lf + 1;
+/** Where each line of `text` starts; lines end at LF, CRLF or CR, as source maps count them. */
+function lineStarts(text: string): number[] {
+  const starts = [0];
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 10 || (c === 13 && text.charCodeAt(i + 1) !== 10)) starts.push(i + 1);
   }
-  return pos + column;
+  return starts;
 }
 
 /**
@@ -214,12 +220,18 @@ export function functionOrigin(fn: Function): FunctionOrigin | undefined {
     if (!seg) return undefined;
     const source = map.sources[seg[1]!];
     if (source === undefined) return undefined;
-    const text = map.contents[seg[1]!] ?? readText(new URL(source));
-    if (text === null) return undefined;
+    const index = seg[1]!;
+    if (map.contents[index] === null && map.lineStarts[index] === undefined) {
+      map.contents[index] = readText(new URL(source));
+    }
+    const text = map.contents[index];
+    if (text === null || text === undefined) return undefined;
+    const starts = (map.lineStarts[index] ??= lineStarts(text));
     // Segments give the start of a token; where V8's position lies past it
     // on the same token (rare), the offset still lands on that token.
-    const offset = offsetOf(text, seg[2]!, seg[3]!);
-    if (offset < 0) return undefined;
+    const lineStart = starts[seg[2]!];
+    if (lineStart === undefined) return undefined;
+    const offset = lineStart + seg[3]!;
     return { text, fileName: new URL(source).pathname, offset };
   } catch {
     return undefined;
