@@ -97,7 +97,7 @@ describe('code identity: one stage file, every loader', () => {
       fs.copyFileSync(path.join(FIXTURES, f), path.join(src, f));
     }
     cli = viaCli(path.join(src, 'pipeline.ts'));
-    assert.deepEqual(Object.keys(cli).sort(), ['all', 'data', 'expr', 'method', 'short']);
+    assert.deepEqual(Object.keys(cli).sort(), ['all', 'data', 'expr', 'generic', 'made', 'method', 'short']);
   });
   after(() => t.cleanup());
 
