@@ -56,6 +56,8 @@ function connect(): InspectorSession | null {
     s.connect();
     session = s as unknown as InspectorSession;
     session.on('Debugger.scriptParsed', (m) => {
+      // Each refresh lists every script again: keep what was learnt (a decoded map) about known ones.
+      if (scripts.has(m.params.scriptId)) return;
       scripts.set(m.params.scriptId, { url: m.params.url, sourceMapURL: m.params.sourceMapURL ?? '' });
     });
   } catch { /* a Node built without the inspector: callers fall back to toString() */ }
@@ -65,14 +67,24 @@ function connect(): InspectorSession | null {
 // Loaded on first use, and not at all where Node was built without it.
 const require_ = createRequire(import.meta.url);
 
+/** Whether the debugger is on (until the current task ends), reporting each new script as it compiles. */
+let listening = false;
+
 /**
  * Learns the scripts loaded so far. The debugger is on only for this: it
- * reports every script once on enabling, and stays off otherwise (it would
- * slow down the builds running in this process).
+ * reports every script on enabling, and then each new one as it compiles
+ * (synchronously, in-process). It stays on until the current task ends, so
+ * that a loop making functions and instantiating them pays for one enabling,
+ * and is off otherwise (it would slow down the builds running in this process).
  */
 function refreshScripts(): void {
+  if (listening) return;
   post('Debugger.enable', {});
-  post('Debugger.disable', {});
+  listening = true;
+  setImmediate(() => {
+    listening = false;
+    try { post('Debugger.disable', {}); } catch { /* the session is gone */ }
+  }).unref();
 }
 
 const HOLDER = Symbol.for('cairn.function-origin');
