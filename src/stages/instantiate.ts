@@ -1,9 +1,10 @@
 import { CairnError } from '../errors.js';
 import { canonicalJson, type Json } from '../store/canonical.js';
-import { sha256Hex, shortHash } from '../store/hash.js';
+import { shortHash } from '../store/hash.js';
 import type { DRef } from '../store/refs.js';
 import { createRequire } from 'node:module';
 import { isStage, type FileInput, type Stage } from './stage.js';
+import { codeHash } from './function-source.js';
 import type { ResolvedInput } from './inputs/file-imports.js';
 import type { HashStats, InputHasher } from './inputs/input-hash.js';
 
@@ -82,15 +83,18 @@ const DRV_FORMAT = 'cairn-drv-1';
 const codeHashes = new WeakMap<Function, string>();
 
 /**
- * The build function's identity: the hash of its source text. Functions it
- * calls are not covered (they are not visible from here); for those, bump
- * the stage's `version` or fold their source into the config.
+ * The build function's identity: the hash of its normalized original source
+ * (code-identity.ts), so that every way of loading the same file (the CLI's
+ * sucrase, tsx's esbuild, Node's type stripping, tsc output) and every
+ * comment, reformatting or CRLF copy gives the same DRef. Functions it calls
+ * are not covered (they are not visible from here); for those, bump the
+ * stage's `version` or fold their source into the config.
  */
 function codeIdentity(s: Stage): Json {
   if (s.version !== undefined) return { version: s.version };
   let h = codeHashes.get(s.build);
   if (h === undefined) {
-    h = sha256Hex(s.build.toString());
+    h = codeHash(s.build);
     codeHashes.set(s.build, h);
   }
   return { source: h };
