@@ -22,6 +22,7 @@ export const ErrorCodes = {
   E_NO_SUCH_PATH: 'path does not exist inside the realization',
   E_STORE_VERSION: 'store was written by an incompatible layout version',
   E_STORE_IO: 'store could not be read or written',
+  E_MOUNT_IN_TREE: 'a tree being removed or measured holds a mount point, which is never entered',
   E_LOCK_TIMEOUT: 'gave up waiting for a lock',
   E_USAGE: 'command line is not valid',
   E_DOCKER: 'the Docker engine is unreachable, or a docker command failed',
