@@ -168,8 +168,13 @@ describe('names are bytes', () => {
       store.close();
     }
     try {
-      const clean = JSON.parse(ok(cairn(storeDir, ['store', 'verify', '--json', rref])).stdout) as { problems: unknown[] };
+      const verified = ok(cairn(storeDir, ['store', 'verify', '--json', rref]));
+      const clean = JSON.parse(verified.stdout) as { problems: unknown[] };
       assert.deepEqual(clean.problems, [], 'intact before the change');
+      const listed = ok(cairn(storeDir, ['lsref', rref])).stdout.split('\n').filter(Boolean);
+      assert.equal(listed.length, 2, 'both entries are listed');
+      assert.match(listed[0]!, /^dr-xr-xr-x +- {2}bad\\xff\\x02\/$/);
+      assert.match(listed[1]!, /^-r--r--r-- +8 {2}bad\\xff\\x02\/bad\\xff\\x01$/);
       fs.chmodSync(f, 0o644);
       fs.writeFileSync(f, 'changed\n');
       fs.chmodSync(f, 0o444);
@@ -195,7 +200,8 @@ describe('names are bytes', () => {
         fs.chmodSync(at, 0o555);
       };
       // pid 2^22+1 is above Linux's pid_max limit, so its owner is dead.
-      const leftover = joinPath(path.join(store.root, 'tmp'), Buffer.concat([Buffer.from('4194305.1-build-x-1-'), badName()]));
+      const dead = Buffer.concat([Buffer.from('4194305.1-build-x-1-'), badName()]);
+      const leftover = joinPath(path.join(store.root, 'tmp'), dead);
       plant(leftover);
       assert.equal(store.sweepTemp(), 1);
       assert.deepEqual(fs.readdirSync(path.join(store.root, 'tmp')), []);
@@ -215,7 +221,9 @@ const GOOD = `
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { stage } from 'cairn';
-export default stage({ name: 'good', config: { v: 2 }, build: ({ out }) => { fs.writeFileSync(path.join(out, 'ok.txt'), 'ok\\n'); } });
+export default stage({
+  name: 'good', config: { v: 2 }, build: ({ out }) => { fs.writeFileSync(path.join(out, 'ok.txt'), 'ok\\n'); },
+});
 `;
 
 describe('the temporary sweep', () => {
@@ -241,7 +249,8 @@ describe('the temporary sweep', () => {
       }
       const now = mountedAt();
       assert.ok(now, 'the tmpfs is still mounted in STORE/tmp');
-      assert.equal(fs.readFileSync(path.join(now, 'inside-the-mount'), 'utf8'), 'keep\n', 'the mount was never entered');
+      const kept = fs.readFileSync(path.join(now, 'inside-the-mount'), 'utf8');
+      assert.equal(kept, 'keep\n', 'the mount was never entered');
     } finally {
       if (mounted) spawnSync('umount', [mountedAt() ?? mnt]);
       t.cleanup();

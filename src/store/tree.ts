@@ -22,7 +22,7 @@ export interface TreeSummary {
   files: number;
   /** When sealing: every file and directory (byte paths), to be fsynced before the tree is published. */
   toSync: Buffer[];
-  /** When not sealing: entries (relative paths, for display) that have a write bit set, which a sealed tree never has. */
+  /** When not sealing: entries (relative, for display) with a write bit set, which a sealed tree never has. */
   writable: string[];
 }
 
@@ -139,7 +139,8 @@ export function linkStaysInside(root: FsPath, linkAbs: FsPath): boolean {
       return null;
     }
   };
-  return resolveInside(rel.slice(0, -1), fs.readlinkSync(Buffer.from(linkAbs as string), { encoding: 'buffer' }), linkAt);
+  const target = fs.readlinkSync(Buffer.from(linkAbs as string), { encoding: 'buffer' });
+  return resolveInside(rel.slice(0, -1), target, linkAt);
 }
 
 function kindOf(st: fs.Stats): string {
@@ -164,7 +165,9 @@ function survey(root: Buffer): { top: Entry; links: Entry[] } {
       links.push(e);
     } else if (st.isDirectory()) {
       // Another filesystem mounted in the output (a build's leftover /proc, say) is never walked.
-      if (parent !== null && st.dev !== parent.st.dev) throw unsafe(root, abs, 'is a mount point; an output is one filesystem');
+      if (parent !== null && st.dev !== parent.st.dev) {
+        throw unsafe(root, abs, 'is a mount point; an output is one filesystem');
+      }
       const names = fs.readdirSync(abs, { encoding: 'buffer' }).sort(Buffer.compare);
       const children: Entry[] = [];
       for (const name of names) children.push(look(joinPath(abs, name), e));
@@ -216,7 +219,9 @@ function openSame(root: Buffer, e: Entry, flags: number): { fd: number; st: fs.S
     fd = fs.openSync(e.abs, flags);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ELOOP' || code === 'ENOTDIR' || code === 'ENXIO') throw unsafe(root, e.abs, 'changed while it was being sealed');
+    if (code === 'ELOOP' || code === 'ENOTDIR' || code === 'ENXIO') {
+      throw unsafe(root, e.abs, 'changed while it was being sealed');
+    }
     throw err;
   }
   const st = fs.fstatSync(fd);
