@@ -91,6 +91,30 @@ describe('sealing never writes through a planted link', () => {
     }
   });
 
+  it('a build that swaps its build.log for a link to a sentinel: the sentinel keeps its mode', async () => {
+    const t = scratch('cairn-hostile-tree');
+    const store = Store.open(path.join(t.dir, 'store'));
+    try {
+      const sentinel = path.join(t.dir, 'sentinel');
+      fs.writeFileSync(sentinel, 'sentinel\n', { mode: 0o644 });
+      const s = stage({
+        name: 'logswap',
+        config: { sentinel },
+        build: ({ out }: BuildContext<unknown>) => {
+          fs.writeFileSync(path.join(out, 'ok'), 'ok\n');
+          fs.unlinkSync(path.join(out, '..', 'build.log'));
+          fs.symlinkSync(sentinel, path.join(out, '..', 'build.log'));
+        },
+      });
+      await assert.rejects(realize(s, { store }), isCode('E_UNSAFE_OUTPUT'));
+      assert.equal(mode(sentinel), 0o644);
+      assert.equal(fs.readFileSync(sentinel, 'utf8'), 'sentinel\n');
+    } finally {
+      store.close();
+      t.cleanup();
+    }
+  });
+
   it('a link that stays inside lexically but leaves physically is refused before anything is written', async () => {
     const t = scratch('cairn-hostile-tree');
     try {

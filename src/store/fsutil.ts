@@ -36,6 +36,12 @@ export function displayPath(p: FsPath): string {
   return out;
 }
 
+/** chmod that never follows a symlink: a build can plant one where Cairn expects its own file. */
+export function chmodNoFollow(p: FsPath, mode: number): void {
+  const fd = fs.openSync(p, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
+  try { fs.fchmodSync(fd, mode); } finally { fs.closeSync(fd); }
+}
+
 export function fsyncPath(p: FsPath): void {
   const fd = fs.openSync(p, O_RDONLY | O_NONBLOCK);
   try { fs.fsyncSync(fd); } finally { fs.closeSync(fd); }
