@@ -60,7 +60,10 @@ function putString(h: Hash, s: string | Buffer): void {
 /** One entry as the read-only first pass saw it. */
 interface Entry {
   abs: Buffer;
-  st: fs.Stats;
+  /** From lstat; only what the second pass needs (a whole Stats per entry weighs on big trees). */
+  mode: number;
+  dev: number;
+  ino: number;
   parent: Entry | null;
   /** Directories: names in byte order, and the entries under them. */
   names?: Buffer[];
@@ -157,7 +160,7 @@ function survey(root: Buffer): { top: Entry; links: Entry[] } {
   const links: Entry[] = [];
   const look = (abs: Buffer, parent: Entry | null): Entry => {
     const st = fs.lstatSync(abs);
-    const e: Entry = { abs, st, parent };
+    const e: Entry = { abs, mode: st.mode, dev: st.dev, ino: st.ino, parent };
     if (st.isSymbolicLink()) {
       // The root's own link resolves from outside the tree, so it always leaves it.
       if (parent === null) throw unsafe(root, abs, 'is a symlink; an output must be a directory or a file');
@@ -165,7 +168,7 @@ function survey(root: Buffer): { top: Entry; links: Entry[] } {
       links.push(e);
     } else if (st.isDirectory()) {
       // Another filesystem mounted in the output (a build's leftover /proc, say) is never walked.
-      if (parent !== null && st.dev !== parent.st.dev) {
+      if (parent !== null && st.dev !== parent.dev) {
         throw unsafe(root, abs, 'is a mount point; an output is one filesystem');
       }
       const names = fs.readdirSync(abs, { encoding: 'buffer' }).sort(Buffer.compare);
@@ -225,7 +228,7 @@ function openSame(root: Buffer, e: Entry, flags: number): { fd: number; st: fs.S
     throw err;
   }
   const st = fs.fstatSync(fd);
-  if (st.dev !== e.st.dev || st.ino !== e.st.ino) {
+  if (st.dev !== e.dev || st.ino !== e.ino) {
     fs.closeSync(fd);
     throw unsafe(root, e.abs, 'changed while it was being sealed');
   }
@@ -278,7 +281,7 @@ function pinnedDir(root: Buffer, dir: Entry): { fd: number; base: Buffer } {
   const { fd } = openSame(root, dir, OPEN_DIR);
   const viaProc = Buffer.from(`/proc/self/fd/${fd}`);
   let base = dir.abs;
-  try { if (fs.statSync(viaProc).ino === dir.st.ino) base = viaProc; } catch { /* no /proc: plain paths */ }
+  try { if (fs.statSync(viaProc).ino === dir.ino) base = viaProc; } catch { /* no /proc: plain paths */ }
   return { fd, base };
 }
 
@@ -322,13 +325,12 @@ export async function walkTree(root: FsPath, opts: TreeWalkOptions): Promise<Tre
   const toSync: Buffer[] = [];
   const writable: string[] = [];
   const visit = async (e: Entry, name: Buffer | null): Promise<void> => {
-    const st = e.st;
-    if (!opts.seal && !st.isSymbolicLink() && (st.mode & 0o222) !== 0) writable.push(relOf(rootB, e.abs));
+    if (!opts.seal && e.target === undefined && (e.mode & 0o222) !== 0) writable.push(relOf(rootB, e.abs));
     if (e.target !== undefined) {
       h.update('l');
       putString(h, e.target);
     } else if (e.children === undefined) {
-      const exec = (st.mode & 0o100) !== 0;
+      const exec = (e.mode & 0o100) !== 0;
       const mode = exec ? 0o555 : 0o444;
       h.update(exec ? 'x' : 'f');
       const { fd, st: fst } = openSame(rootB, e, OPEN_FILE);
@@ -355,7 +357,7 @@ export async function walkTree(root: FsPath, opts: TreeWalkOptions): Promise<Tre
       h.update(')');
       if (opts.seal) {
         // Already sealed (a reseal, a received copy): nothing to write.
-        if ((st.mode & 0o7777) !== 0o555) {
+        if ((e.mode & 0o7777) !== 0o555) {
           const { fd } = openSame(rootB, e, OPEN_DIR);
           try { fs.fchmodSync(fd, 0o555); } finally { fs.closeSync(fd); }
         }
