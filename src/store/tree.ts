@@ -65,6 +65,8 @@ interface Entry {
   dev: number;
   ino: number;
   parent: Entry | null;
+  /** The name in the parent (null for the root). */
+  name: Buffer | null;
   /** Directories: names in byte order, and the entries under them. */
   names?: Buffer[];
   children?: Entry[];
@@ -158,9 +160,9 @@ function kindOf(st: fs.Stats): string {
  */
 function survey(root: Buffer): { top: Entry; links: Entry[] } {
   const links: Entry[] = [];
-  const look = (abs: Buffer, parent: Entry | null): Entry => {
+  const look = (abs: Buffer, parent: Entry | null, name: Buffer | null): Entry => {
     const st = fs.lstatSync(abs);
-    const e: Entry = { abs, mode: st.mode, dev: st.dev, ino: st.ino, parent };
+    const e: Entry = { abs, mode: st.mode, dev: st.dev, ino: st.ino, parent, name };
     if (st.isSymbolicLink()) {
       // The root's own link resolves from outside the tree, so it always leaves it.
       if (parent === null) throw unsafe(root, abs, 'is a symlink; an output must be a directory or a file');
@@ -173,7 +175,7 @@ function survey(root: Buffer): { top: Entry; links: Entry[] } {
       }
       const names = fs.readdirSync(abs, { encoding: 'buffer' }).sort(Buffer.compare);
       const children: Entry[] = [];
-      for (const name of names) children.push(look(joinPath(abs, name), e));
+      for (const n of names) children.push(look(joinPath(abs, n), e, n));
       e.names = names;
       e.children = children;
     } else if (!st.isFile()) {
@@ -181,7 +183,7 @@ function survey(root: Buffer): { top: Entry; links: Entry[] } {
     }
     return e;
   };
-  return { top: look(root, null), links };
+  return { top: look(root, null, null), links };
 }
 
 /** Judges every link by where it resolves through the tree as the first pass saw it. */
@@ -206,9 +208,7 @@ function judgeLinks(root: Buffer, top: Entry, links: readonly Entry[]): void {
   };
   for (const l of links) {
     const base: Buffer[] = [];
-    for (let d = l.parent; d !== null && d.parent !== null; d = d.parent) {
-      base.unshift(d.parent.names![d.parent.children!.indexOf(d)]!);
-    }
+    for (let d = l.parent; d !== null && d.name !== null; d = d.parent) base.unshift(d.name);
     if (!resolveInside(base, l.target!, linkAt)) {
       throw unsafe(root, l.abs, `is a symlink to ${JSON.stringify(displayPath(l.target!))}, which leaves the output`);
     }
@@ -281,7 +281,10 @@ function pinnedDir(root: Buffer, dir: Entry): { fd: number; base: Buffer } {
   const { fd } = openSame(root, dir, OPEN_DIR);
   const viaProc = Buffer.from(`/proc/self/fd/${fd}`);
   let base = dir.abs;
-  try { if (fs.statSync(viaProc).ino === dir.ino) base = viaProc; } catch { /* no /proc: plain paths */ }
+  try {
+    const st = fs.statSync(viaProc);
+    if (st.dev === dir.dev && st.ino === dir.ino) base = viaProc;
+  } catch { /* no /proc: plain paths */ }
   return { fd, base };
 }
 
@@ -324,7 +327,7 @@ export async function walkTree(root: FsPath, opts: TreeWalkOptions): Promise<Tre
   let files = 0;
   const toSync: Buffer[] = [];
   const writable: string[] = [];
-  const visit = async (e: Entry, name: Buffer | null): Promise<void> => {
+  const visit = async (e: Entry): Promise<void> => {
     if (!opts.seal && e.target === undefined && (e.mode & 0o222) !== 0) writable.push(relOf(rootB, e.abs));
     if (e.target !== undefined) {
       h.update('l');
@@ -335,8 +338,8 @@ export async function walkTree(root: FsPath, opts: TreeWalkOptions): Promise<Tre
       h.update(exec ? 'x' : 'f');
       const { fd, st: fst } = openSame(rootB, e, OPEN_FILE);
       try {
-        if (opts.seal && fst.nlink > 1 && e.parent !== null && name !== null) {
-          await breakHardLink(rootB, h, e.parent, name, e, fd, fst.size, mode);
+        if (opts.seal && fst.nlink > 1 && e.parent !== null && e.name !== null) {
+          await breakHardLink(rootB, h, e.parent, e.name, e, fd, fst.size, mode);
         } else {
           await hashFileBody(h, e.abs, fd, fst.size);
           if (opts.seal && (fst.mode & 0o7777) !== mode) fs.fchmodSync(fd, mode);
@@ -352,7 +355,7 @@ export async function walkTree(root: FsPath, opts: TreeWalkOptions): Promise<Tre
       const names = e.names!;
       for (let i = 0; i < names.length; i++) {
         putString(h, names[i]!);
-        await visit(e.children[i]!, names[i]!);
+        await visit(e.children[i]!);
       }
       h.update(')');
       if (opts.seal) {
@@ -365,6 +368,6 @@ export async function walkTree(root: FsPath, opts: TreeWalkOptions): Promise<Tre
       }
     }
   };
-  await visit(top, null);
+  await visit(top);
   return { treeHash: h.digest('hex'), bytes, files, toSync, writable };
 }
