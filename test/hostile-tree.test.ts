@@ -13,7 +13,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { realize, stage, Store, type BuildContext, type RRef } from '../src/index.js';
-import { removeTree } from '../src/store/fsutil.js';
+import { removeTree, treeBytes } from '../src/store/fsutil.js';
 import { walkTree } from '../src/store/tree.js';
 import { cairn, isCode, ok, one, tempDir } from './helpers.js';
 import { writeStageFile } from './fixtures/torture/support.js';
@@ -277,6 +277,28 @@ describe('the temporary sweep', () => {
       assert.equal(kept, 'keep\n', 'the mount was never entered');
     } finally {
       if (mounted) spawnSync('umount', [mountedAt() ?? mnt]);
+      t.cleanup();
+    }
+  });
+
+  it('an output holding a mount point is refused, and removeTree/treeBytes never enter one', async () => {
+    const t = scratch('cairn-hostile-tree');
+    const root = path.join(t.dir, 'out');
+    const mnt = path.join(root, 'proc');
+    let mounted = false;
+    try {
+      fs.mkdirSync(mnt, { recursive: true });
+      const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', mnt], { encoding: 'utf8' });
+      assert.equal(m.status, 0, `mount tmpfs (needs root): ${m.stderr}`);
+      mounted = true;
+      fs.writeFileSync(path.join(mnt, 'keep'), 'keep\n', { mode: 0o644 });
+      await assert.rejects(walkTree(root, { seal: true }), isCode('E_UNSAFE_OUTPUT'));
+      assert.throws(() => treeBytes(root), isCode('E_MOUNT_IN_TREE'));
+      assert.throws(() => removeTree(root), isCode('E_MOUNT_IN_TREE'));
+      assert.equal(fs.readFileSync(path.join(mnt, 'keep'), 'utf8'), 'keep\n');
+      assert.equal(mode(path.join(mnt, 'keep')), 0o644);
+    } finally {
+      if (mounted) spawnSync('umount', [mnt]);
       t.cleanup();
     }
   });
