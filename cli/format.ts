@@ -1,5 +1,5 @@
 import * as fs from 'node:fs';
-import * as path from 'node:path';
+import { displayPath, joinPath } from '../src/store/fsutil.js';
 
 export function formatBytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
@@ -17,19 +17,25 @@ function modeString(st: fs.Stats): string {
   return t + s;
 }
 
-/** `ls -lR`-like lines for a realization's output, paths relative to it, sorted. */
+/**
+ * `ls -lR`-like lines for a realization's output, paths relative to it,
+ * sorted by bytes. Names are read as bytes, so a name that is not valid
+ * UTF-8 is listed too, its other bytes shown as \xNN (see displayPath).
+ */
 export function listTree(root: string): string[] {
   const lines: string[] = [];
-  const walk = (dir: string): void => {
-    for (const name of fs.readdirSync(dir).sort()) {
-      const abs = path.join(dir, name);
+  const walk = (dir: Buffer, rel: Buffer | null): void => {
+    for (const name of fs.readdirSync(dir, { encoding: 'buffer' }).sort(Buffer.compare)) {
+      const abs = joinPath(dir, name);
+      const r = rel === null ? name : joinPath(rel, name);
       const st = fs.lstatSync(abs);
-      const rel = path.relative(root, abs);
-      const tail = st.isSymbolicLink() ? ` -> ${fs.readlinkSync(abs)}` : st.isDirectory() ? '/' : '';
-      lines.push(`${modeString(st)} ${String(st.isDirectory() ? '-' : st.size).padStart(10)}  ${rel}${tail}`);
-      if (st.isDirectory()) walk(abs);
+      const link = st.isSymbolicLink() ? fs.readlinkSync(abs, { encoding: 'buffer' }) : null;
+      const tail = link !== null ? ` -> ${displayPath(link)}` : st.isDirectory() ? '/' : '';
+      const size = String(st.isDirectory() ? '-' : st.size).padStart(10);
+      lines.push(`${modeString(st)} ${size}  ${displayPath(r)}${tail}`);
+      if (st.isDirectory()) walk(abs, r);
     }
   };
-  walk(root);
+  walk(Buffer.from(root), null);
   return lines;
 }

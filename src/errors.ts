@@ -27,6 +27,7 @@ export const ErrorCodes = {
   E_STORE_VERSION: 'store was written by an incompatible layout version',
   E_STORE_IO: 'store could not be read or written',
   E_STORE_UNSAFE: 'the store root or a key entry of it is owned by another user or writable by group or others',
+  E_MOUNT_IN_TREE: 'a tree being removed or measured holds a mount point, which is never entered',
   E_LOCK_TIMEOUT: 'gave up waiting for a lock',
   E_USAGE: 'command line is not valid',
   E_DOCKER: 'the Docker engine is unreachable, or a docker command failed',

@@ -938,9 +938,10 @@ describe('realize: derivations written ahead, durability order', () => {
     const syncedAt = new Map<string, number>();
     const renamedAt = new Map<string, number>();
     const openReal = fsDefault.openSync;
-    mock.method(fsDefault, 'openSync', (p: string, ...rest: unknown[]) => {
+    mock.method(fsDefault, 'openSync', (p: string | Buffer, ...rest: unknown[]) => {
       const fd = (openReal as (...a: unknown[]) => number)(p, ...rest);
-      fdPath.set(fd, path.resolve(p));
+      // Sealed trees are walked with byte paths (names need not be UTF-8).
+      fdPath.set(fd, path.resolve(p.toString()));
       return fd;
     });
     const fsyncReal = fsDefault.fsync;

@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CairnError, isCairnError } from '../errors.js';
 import type { BuildDirs } from '../store/build-dirs.js';
-import { removeTree } from '../store/fsutil.js';
+import { chmodNoFollow, removeTree } from '../store/fsutil.js';
 import { DIR_MODE, makeDirs } from '../store/permissions.js';
 import { creationTime, type Context, type Published, type Store } from '../store/store.js';
 import { walkTree, type TreeSummary } from '../store/tree.js';
@@ -79,9 +79,17 @@ export async function buildAndPublish(run: BuildRun, published: Published[]): Pr
       for (const out of outs) summaries.push(await walkTree(out, { seal: true }));
       const buildMs = Date.now() - started;
       const drvSync = store.drvs.ensure(node.dref, node.name, node.drvJson);
-      fs.chmodSync(logFile, 0o444);
+      // The build could have replaced its log with a link: never chmod or copy through one.
+      try {
+        chmodNoFollow(logFile, 0o444);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ELOOP') throw e;
+        throw new CairnError('E_UNSAFE_OUTPUT', `stage ${node.name} (${node.dref}) replaced its build.log with a symlink`, {
+          dref: node.dref, path: 'build.log',
+        });
+      }
       const logs = staging.map((rz) => path.join(rz, 'build.log'));
-      for (const l of logs.slice(1)) fs.copyFileSync(logFile, l);
+      for (const l of logs.slice(1)) fs.copyFileSync(logFile, l, fs.constants.COPYFILE_EXCL);
       // The log is not fsynced: it is not hashed, and a log cut short by a
       // crash is harmless, unlike an output.
       for (const [i, rz] of staging.entries()) {

@@ -1,8 +1,49 @@
 import * as fs from 'node:fs';
-import * as path from 'node:path';
+import { CairnError } from '../errors.js';
 
-export function fsyncPath(p: string): void {
-  const fd = fs.openSync(p, 'r');
+/** A filesystem path: a string, or the raw bytes of one (names need not be UTF-8). */
+export type FsPath = string | Buffer;
+
+const SLASH = 0x2f;
+const SLASH_BUF = Buffer.from('/');
+const { O_RDONLY, O_DIRECTORY, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
+
+/** `dir/a/b` as bytes: path.join works on strings only, and decoding would lose non-UTF-8 names. */
+export function joinPath(dir: FsPath, ...names: Buffer[]): Buffer {
+  const d = Buffer.from(dir as string);
+  const parts: Buffer[] = [d];
+  let last = d[d.length - 1];
+  for (const n of names) {
+    if (last !== SLASH) parts.push(SLASH_BUF);
+    parts.push(n);
+    last = n[n.length - 1];
+  }
+  return Buffer.concat(parts);
+}
+
+/**
+ * A byte path for messages and listings: unchanged when it is valid UTF-8,
+ * otherwise each byte outside printable ASCII (and the backslash) as \xNN.
+ */
+export function displayPath(p: FsPath): string {
+  if (typeof p === 'string') return p;
+  const s = p.toString('utf8');
+  if (!s.includes('\ufffd') || Buffer.from(s).equals(p)) return s;
+  let out = '';
+  for (const b of p) {
+    out += b >= 0x20 && b < 0x7f && b !== 0x5c ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, '0')}`;
+  }
+  return out;
+}
+
+/** chmod that never follows a symlink: a build can plant one where Cairn expects its own file. */
+export function chmodNoFollow(p: FsPath, mode: number): void {
+  const fd = fs.openSync(p, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
+  try { fs.fchmodSync(fd, mode); } finally { fs.closeSync(fd); }
+}
+
+export function fsyncPath(p: FsPath): void {
+  const fd = fs.openSync(p, O_RDONLY | O_NONBLOCK);
   try { fs.fsyncSync(fd); } finally { fs.closeSync(fd); }
 }
 
@@ -13,13 +54,14 @@ export function fsyncPath(p: string): void {
  * libuv's thread pool: opening and closing are a few microseconds inline,
  * while every trip to the pool costs two thread wake-ups, which on a VM
  * take longer than the open (about 250 µs a round trip on the benchmark
- * machine, see docs/benchmarks.md).
+ * machine, see docs/benchmarks.md). The opens follow no final symlink and
+ * never block on a fifo: the paths name entries of a tree from outside.
  */
-export async function fsyncAll(paths: readonly string[], concurrency = 16): Promise<void> {
+export async function fsyncAll(paths: readonly FsPath[], concurrency = 16): Promise<void> {
   let next = 0;
   const worker = async (): Promise<void> => {
     while (next < paths.length) {
-      const fd = fs.openSync(paths[next++]!, 'r');
+      const fd = fs.openSync(paths[next++]!, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
       try {
         await new Promise<void>((resolve, reject) => fs.fsync(fd, (e) => (e ? reject(e) : resolve())));
       } finally {
@@ -30,14 +72,29 @@ export async function fsyncAll(paths: readonly string[], concurrency = 16): Prom
   await Promise.all(Array.from({ length: Math.min(concurrency, paths.length) }, worker));
 }
 
+function mountPointError(p: Buffer, doing: string): CairnError {
+  const shown = displayPath(p);
+  return new CairnError('E_MOUNT_IN_TREE', `${shown} is a mount point inside a tree being ${doing}; it is left alone`, {
+    path: shown,
+  });
+}
+
 /**
  * Deletes a tree even when it is read-only. Directories must be writable to
  * unlink their entries, so write bits are restored on the way down; for a
  * read-only store tree this is the one place that ever adds them back.
  * Entries that vanish meanwhile (another process removing the same tree)
- * count as removed.
+ * count as removed. Names are bytes, no symlink is followed (the write bit
+ * is set through a descriptor opened O_NOFOLLOW), and a directory on
+ * another device than its parent (a build's leftover /proc or tmpfs
+ * mount) is never entered: E_MOUNT_IN_TREE names it and nothing under it
+ * is touched.
  */
-export function removeTree(p: string): void {
+export function removeTree(p: FsPath): void {
+  removeBelow(Buffer.from(p as string), null);
+}
+
+function removeBelow(p: Buffer, parentDev: number | null): void {
   const gone = (e: unknown): boolean => (e as NodeJS.ErrnoException).code === 'ENOENT';
   let st: fs.Stats;
   try { st = fs.lstatSync(p); } catch (e) {
@@ -46,8 +103,20 @@ export function removeTree(p: string): void {
   }
   try {
     if (st.isDirectory()) {
-      if ((st.mode & 0o200) === 0) fs.chmodSync(p, 0o700);
-      for (const name of fs.readdirSync(p)) removeTree(path.join(p, name));
+      if (parentDev !== null && st.dev !== parentDev) throw mountPointError(p, 'removed');
+      if ((st.mode & 0o700) !== 0o700) {
+        const fd = fs.openSync(p, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+        try {
+          const now = fs.fstatSync(fd);
+          if (now.dev !== st.dev || now.ino !== st.ino) {
+            throw new CairnError('E_STORE_IO', `${displayPath(p)} changed while it was being removed`);
+          }
+          fs.fchmodSync(fd, 0o700);
+        } finally {
+          fs.closeSync(fd);
+        }
+      }
+      for (const name of fs.readdirSync(p, { encoding: 'buffer' })) removeBelow(joinPath(p, name), st.dev);
       fs.rmdirSync(p);
     } else {
       fs.unlinkSync(p);
@@ -57,12 +126,20 @@ export function removeTree(p: string): void {
   }
 }
 
-/** Bytes used by a tree (apparent sizes of files, plus symlink targets). */
-export function treeBytes(p: string): number {
+/**
+ * Bytes used by a tree (apparent sizes of files, plus symlink targets).
+ * Byte names, no symlink followed, and no mount point entered (E_MOUNT_IN_TREE).
+ */
+export function treeBytes(p: FsPath): number {
+  return bytesBelow(Buffer.from(p as string), null);
+}
+
+function bytesBelow(p: Buffer, parentDev: number | null): number {
   const st = fs.lstatSync(p);
   if (!st.isDirectory()) return st.size;
+  if (parentDev !== null && st.dev !== parentDev) throw mountPointError(p, 'measured');
   let total = 0;
-  for (const name of fs.readdirSync(p)) total += treeBytes(path.join(p, name));
+  for (const name of fs.readdirSync(p, { encoding: 'buffer' })) total += bytesBelow(joinPath(p, name), st.dev);
   return total;
 }
 

@@ -21,7 +21,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CairnError } from '../errors.js';
-import { fsyncAll } from './fsutil.js';
+import { fsyncAll, type FsPath } from './fsutil.js';
 import { shortHash } from './hash.js';
 import { withLock } from './locks.js';
 import { parseRef, parseRRef, type DRef, type RRef } from './refs.js';
@@ -51,7 +51,7 @@ const BATCH = 64;
 const ALLOWED = new Set(['out', 'meta.json', 'build.log']);
 let receiveCalls = 0;
 
-interface Checked { rref: RRef; dir: string; meta: RealizationMeta; toSync: string[] }
+interface Checked { rref: RRef; dir: string; meta: RealizationMeta; toSync: FsPath[] }
 
 /** A real directory (not a symlink to one), or null. */
 function isRealDir(p: string): boolean {
@@ -82,7 +82,7 @@ function isContext(v: unknown): v is Context {
  * on the way (the modes rsync or tar gave it do not matter). Returns what is
  * wrong, or its metadata.
  */
-async function checkStaged(dir: string, rref: RRef): Promise<{ meta: RealizationMeta; toSync: string[] } | string> {
+async function checkStaged(dir: string, rref: RRef): Promise<{ meta: RealizationMeta; toSync: FsPath[] } | string> {
   const p = parseRRef(rref);
   for (const name of fs.readdirSync(dir)) {
     if (!ALLOWED.has(name)) return `unexpected entry ${JSON.stringify(name)} next to out/`;
@@ -242,7 +242,7 @@ async function receiveLocked(store: Store, staging: string, manifest: ClosureMan
   const drvs: DRef[] = [];
   if (!all) {
     // d/ makes the derivation directories durable: once, in the first round.
-    let pendingSync: string[] = drvTexts.size > 0 ? [store.drvs.parent] : [];
+    let pendingSync: FsPath[] = drvTexts.size > 0 ? [store.drvs.parent] : [];
     for (const [dref, text] of drvTexts) {
       pendingSync.push(...store.drvs.ensure(dref, parseRef(dref).name, text));
       drvs.push(dref);

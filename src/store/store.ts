@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import * as os from 'node:os';
 import { CairnError } from '../errors.js';
 import { canonicalJson } from './canonical.js';
-import { fsyncAll, fsyncPath, ownerAlive, ownerId, removeTree, tempName } from './fsutil.js';
+import { fsyncAll, fsyncPath, ownerAlive, ownerId, removeTree, tempName, displayPath, joinPath, type FsPath } from './fsutil.js';
 import { DrvFiles } from './drv-files.js';
 import { shortHash } from './hash.js';
 import { StoreIndex, type IndexedRealization } from './index-db.js';
@@ -161,21 +161,34 @@ export class Store {
    * Removes temporary directories whose owning process has died (after
    * kill -9, say). Each is first claimed by renaming it to a name of our
    * own, so several processes sweeping at once never delete the same tree.
+   * Names are bytes (a build may leave names that are not UTF-8). A
+   * leftover that cannot be removed (a mount point inside it, an immutable
+   * file) is reported with one line on stderr and skipped: it never stops
+   * the realize that swept. Returns how many leftovers were removed.
    */
   sweepTemp(): number {
     let removed = 0;
     const tmp = path.join(this.root, 'tmp');
-    for (const name of fs.readdirSync(tmp)) {
-      if (ownerAlive(name.split('-')[0]!)) continue;
+    const stuck = (leftover: FsPath, e: unknown): void => {
+      const why = e instanceof CairnError ? `${e.code}: ${e.message}` : (e as Error).message;
+      process.stderr.write(`cairn: warning: cannot remove leftover ${displayPath(leftover)} (${why}); skipped\n`);
+    };
+    for (const name of fs.readdirSync(tmp, { encoding: 'buffer' })) {
+      if (ownerAlive(name.toString('latin1').split('-')[0]!)) continue;
       const claimed = path.join(tmp, tempName(this.owner, 'sweep'));
       try {
-        fs.renameSync(path.join(tmp, name), claimed);
+        fs.renameSync(joinPath(tmp, name), claimed);
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue;
-        throw e;
+        stuck(joinPath(tmp, name), e);
+        continue;
       }
-      removeTree(claimed);
-      removed++;
+      try {
+        removeTree(claimed);
+        removed++;
+      } catch (e) {
+        stuck(claimed, e);
+      }
     }
     return removed;
   }
@@ -195,7 +208,7 @@ export class Store {
    * never overwrite each other because their RRefs differ. A damaged
    * existing copy is quarantined and replaced instead.
    */
-  async publish(staging: string, fields: Omit<RealizationMeta, 'format' | 'rref' | 'ctx'>, toSync: readonly string[]): Promise<Published> {
+  async publish(staging: string, fields: Omit<RealizationMeta, 'format' | 'rref' | 'ctx'>, toSync: readonly FsPath[]): Promise<Published> {
     const meta = this.writeMeta(staging, fields);
     await fsyncAll([...toSync, ...this.metaSyncPaths(staging)]);
     return this.place(staging, meta);
