@@ -230,4 +230,20 @@ describe('the packed package, installed into a fresh CommonJS project', () => {
     assert.equal(npx(['cairn', 'catref', ts, 'said.txt']).stdout, 'hi 42');
     assert.match(lastLine(npx(['cairn', 'realize', 'pipeline.js']).stdout), RREF);
   });
+
+  it('the fix the README names for tsc in a CommonJS project: a .mts stage file type-checks and realizes', () => {
+    fs.writeFileSync(path.join(project, 'typed.mts'), [
+      "import { stage } from 'cairn';",
+      "import * as fs from 'node:fs/promises';",
+      "const pkg = JSON.parse(await fs.readFile(new URL('package.json', import.meta.url), 'utf8')) as { name: string };",
+      "export default stage({ name: 'typed', config: { name: pkg.name }, build: () => {} });",
+      '',
+    ].join('\n'));
+    fs.writeFileSync(path.join(project, 'tsconfig.mts.json'), JSON.stringify({
+      compilerOptions: { strict: true, module: 'NodeNext', target: 'ES2022', skipLibCheck: false, noEmit: true },
+      files: ['typed.mts'],
+    }));
+    npx(['tsc', '-p', 'tsconfig.mts.json']);
+    assert.match(lastLine(npx(['cairn', 'realize', 'typed.mts']).stdout), RREF);
+  });
 });
