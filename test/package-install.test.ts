@@ -45,7 +45,10 @@ const repoPkg = JSON.parse(fs.readFileSync(path.join(repoRoot, 'package.json'), 
 const repoLock = JSON.parse(fs.readFileSync(path.join(repoRoot, 'package-lock.json'), 'utf8')) as Lock;
 
 function run(cmd: string, args: string[], cwd: string, env: NodeJS.ProcessEnv = {}): SpawnSyncReturns<string> {
+  const started = Date.now();
   const r = spawnSync(cmd, args, { cwd, encoding: 'utf8', env: { ...process.env, ...env }, timeout: 300_000 });
+  const took = (Date.now() - started) / 1000;
+  if (took > 2) console.log(`# ${cmd} ${args.slice(0, 4).join(' ')}: ${took.toFixed(1)} s`);
   assert.equal(r.status, 0, `${cmd} ${args.join(' ')} failed (${r.status ?? r.signal}):\n${r.stdout}\n${r.stderr}`);
   return r;
 }
@@ -67,6 +70,10 @@ function closureOf(roots: string[]): Record<string, LockEntry> {
     const at = todo.pop()!;
     if (out[at]) continue;
     const { dev: _d, devOptional: _o, peer: _p, ...entry } = repoLock.packages[at]!;
+    // With the tarball's address and hash, npm takes it from its cache by
+    // hash; without an address it would first ask the registry for a listing.
+    const name = at.slice(at.lastIndexOf('node_modules/') + 'node_modules/'.length);
+    entry.resolved ??= `https://registry.npmjs.org/${name}/-/${name.split('/').pop()}-${entry.version}.tgz`;
     out[at] = entry;
     const deps = { ...entry.dependencies, ...entry.optionalDependencies };
     for (const name of Object.keys(deps)) {
@@ -240,7 +247,8 @@ describe('the packed package, installed into a fresh CommonJS project', () => {
       '',
     ].join('\n'));
     fs.writeFileSync(path.join(project, 'tsconfig.mts.json'), JSON.stringify({
-      compilerOptions: { strict: true, module: 'NodeNext', target: 'ES2022', skipLibCheck: false, noEmit: true },
+      // Cairn's own types were checked above: this checks the stage file.
+      compilerOptions: { strict: true, module: 'NodeNext', target: 'ES2022', skipLibCheck: true, noEmit: true },
       files: ['typed.mts'],
     }));
     npx(['tsc', '-p', 'tsconfig.mts.json']);
