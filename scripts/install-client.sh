@@ -49,7 +49,8 @@ elif "$cc" -O2 -o "$tmp" cli/client/cairn.c 2>"$tmp.err" \
   # client execs $CAIRN_NODE, here `true`.
   built=yes
 else
-  echo "cairn: the C client did not build with $cc; the cairn command runs the Node CLI directly, without the server:" >&2
+  echo "cairn: the C client did not build with $cc; the cairn command runs the Node CLI directly," \
+    "without the server:" >&2
   cat "$tmp.err" >&2 2>/dev/null
 fi
 if [ "$built" = no ]; then

@@ -109,7 +109,8 @@ describe('the packed package, installed into a fresh CommonJS project', () => {
     npm_config_update_notifier: 'false',
   };
   const installed = path.join(project, 'node_modules', 'cairn', 'dist', 'bin', 'cairn');
-  const npx = (args: string[], extra: NodeJS.ProcessEnv = {}) => run('npx', ['--no', '--', ...args], project, { ...env, ...extra });
+  const npx = (args: string[], extra: NodeJS.ProcessEnv = {}) =>
+    run('npx', ['--no', '--', ...args], project, { ...env, ...extra });
 
   before(() => {
     const started = Date.now();
@@ -170,7 +171,10 @@ describe('the packed package, installed into a fresh CommonJS project', () => {
   it('type-checks in a strict NodeNext project with skipLibCheck false and no @types/better-sqlite3', () => {
     assert.equal(fs.existsSync(path.join(project, 'node_modules', '@types', 'better-sqlite3')), false);
     fs.writeFileSync(path.join(project, 'tsconfig.json'), JSON.stringify({
-      compilerOptions: { strict: true, module: 'NodeNext', moduleResolution: 'NodeNext', target: 'ES2022', skipLibCheck: false, noEmit: true },
+      compilerOptions: {
+        strict: true, module: 'NodeNext', moduleResolution: 'NodeNext', target: 'ES2022',
+        skipLibCheck: false, noEmit: true,
+      },
       files: ['check.mts'],
     }, null, 2));
     fs.writeFileSync(path.join(project, 'check.mts'), [
@@ -219,7 +223,9 @@ describe('the packed package, installed into a fresh CommonJS project', () => {
       "const pkg = JSON.parse(await fs.readFile(new URL('package.json', here), 'utf8')) as { name: string };",
       'export default stage({',
       "  name: 'pipeline', config: { name: pkg.name, greeting, n: helper.twice(21) },",
-      "  build: async ({ config, out }) => { await fs.writeFile(`${out}/said.txt`, `${config.greeting} ${config.n}`); },",
+      '  build: async ({ config, out }) => {',
+      "    await fs.writeFile(`${out}/said.txt`, `${config.greeting} ${config.n}`);",
+      '  },',
       '});',
       '',
     ].join('\n'));
@@ -242,7 +248,8 @@ describe('the packed package, installed into a fresh CommonJS project', () => {
     fs.writeFileSync(path.join(project, 'typed.mts'), [
       "import { stage } from 'cairn';",
       "import * as fs from 'node:fs/promises';",
-      "const pkg = JSON.parse(await fs.readFile(new URL('package.json', import.meta.url), 'utf8')) as { name: string };",
+      "const text = await fs.readFile(new URL('package.json', import.meta.url), 'utf8');",
+      'const pkg = JSON.parse(text) as { name: string };',
       "export default stage({ name: 'typed', config: { name: pkg.name }, build: () => {} });",
       '',
     ].join('\n'));
