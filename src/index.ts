@@ -1,3 +1,8 @@
+// Cairn's public types use Node's (Buffer, NodeJS.ProcessEnv, streams). The
+// reference, kept in index.d.ts, loads them from the user's @types/node even
+// when their tsconfig lists no "types" (TypeScript 6 and later load none by
+// default).
+/// <reference types="node" preserve="true" />
 export { CairnError, ErrorCodes, isCairnError, type ErrorCode } from './errors.js';
 export { stage, isStage, type Stage, type StageSpec, type BuildContext, type BuildFn, type Dep, type Resolved, type BuildLog, type ExecOptions } from './stages/stage.js';
 export { latest, best, all, some, only, exact, custom, readScore, type Matcher, type MatcherFn, type Candidate, type MatchResult, type ScoreBy } from './stages/matchers.js';

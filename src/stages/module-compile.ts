@@ -38,7 +38,8 @@ export function defaultCacheDir(): string {
 }
 
 interface ImportSite { n?: string | undefined; t: number; s: number; e: number }
-interface Transformed { code: string; imports: ImportSite[] }
+/** `esm`: the code has import, export or import.meta (see isModuleCode). */
+interface Transformed { code: string; imports: ImportSite[]; esm: boolean }
 
 const require = createRequire(import.meta.url);
 const TS = /\.(ts|mts)$/;
@@ -58,7 +59,7 @@ function writeCache(file: string, text: string): void {
 async function transform(file: string, source: string, env: CompileEnv): Promise<Transformed> {
   const ts = TS.test(file);
   sucraseVersion ??= (require('sucrase/package.json') as { version: string }).version;
-  const key = sha256(`cairn-module-1\0${ts ? `sucrase-${sucraseVersion}` : 'js'}\0${source}`);
+  const key = sha256(`cairn-module-2\0${ts ? `sucrase-${sucraseVersion}` : 'js'}\0${source}`);
   const cached = path.join(env.cacheDir, `t-${key}.json`);
   try {
     return JSON.parse(fs.readFileSync(cached, 'utf8')) as Transformed;
@@ -70,10 +71,25 @@ async function transform(file: string, source: string, env: CompileEnv): Promise
   }
   const lexer = await import('es-module-lexer');
   await lexer.init;
-  const [imports] = lexer.parse(code, file);
-  const result: Transformed = { code, imports: imports.map((i) => ({ n: i.n, t: i.t, s: i.s, e: i.e })) };
+  const [imports, , , esm] = lexer.parse(code, file);
+  const result: Transformed = { code, imports: imports.map((i) => ({ n: i.n, t: i.t, s: i.s, e: i.e })), esm };
   writeCache(cached, JSON.stringify(result));
   return result;
+}
+
+/**
+ * Whether a JavaScript file is an ES module by its own syntax. Stage files
+ * are ES modules wherever they are: a project made by `npm init -y` is
+ * CommonJS ("type": "commonjs"), and Node would refuse `import` in its `.js`
+ * files. A `.js` file with no module syntax is CommonJS (a helper using
+ * `module.exports`) and is left to Node, which loads it by its usual rules.
+ */
+export async function isModuleCode(file: string, env: CompileEnv): Promise<boolean> {
+  try {
+    return (await transform(file, fs.readFileSync(file, 'utf8'), env)).esm;
+  } catch {
+    return false; // unreadable or unparsable: Node reports it
+  }
 }
 
 /** Replaces `[s, e)` ranges, last first so earlier offsets stay valid. */
@@ -126,6 +142,7 @@ export async function compileForImport(file: string, env: CompileEnv, visiting =
   try {
     const source = fs.readFileSync(file, 'utf8');
     const t = await transform(file, source, env);
+    if (!t.esm && !TS.test(file)) return pathToFileURL(file).href; // CommonJS: see isModuleCode
     const edits = metaEdits(t);
     for (const imp of t.imports) {
       if (imp.t === 3 || imp.n === undefined) continue;

@@ -5,7 +5,7 @@
  * and serve TypeScript files with the same treatment as direct loading.
  */
 import { fileURLToPath } from 'node:url';
-import { compileForHook, NAMESPACE_PARAM, type CompileEnv } from './module-compile.js';
+import { compileForHook, isModuleCode, NAMESPACE_PARAM, type CompileEnv } from './module-compile.js';
 
 let env: CompileEnv;
 /** Cairn's own compiled code (dist/), which stays shared across namespaces. */
@@ -55,8 +55,14 @@ function inNamespaceOf(parentURL: string | undefined, r: Resolved): Resolved {
   return { ...r, url: url.href };
 }
 
-export async function load(url: string, context: unknown, next: NextLoad): Promise<Loaded> {
+export async function load(url: string, context: { format?: string | null }, next: NextLoad): Promise<Loaded> {
   const { protocol, pathname } = new URL(url);
-  if (protocol !== 'file:' || !/\.(ts|mts)$/.test(pathname) || pathname.includes('/node_modules/')) return next(url, context);
-  return { format: 'module', source: await compileForHook(fileURLToPath(url), env), shortCircuit: true };
+  if (protocol !== 'file:' || pathname.includes('/node_modules/')) return next(url, context);
+  const file = fileURLToPath(url);
+  // A local .js file that Node takes for CommonJS (no "type": "module" in
+  // its package.json) but that uses import or export is served as the ES
+  // module it is, as direct loading does (see isModuleCode).
+  const esmInCjs = /\.js$/.test(pathname) && context.format === 'commonjs' && await isModuleCode(file, env);
+  if (!esmInCjs && !/\.(ts|mts)$/.test(pathname)) return next(url, context);
+  return { format: 'module', source: await compileForHook(file, env), shortCircuit: true };
 }

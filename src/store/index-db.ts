@@ -5,6 +5,7 @@ import type BetterSqlite3 from 'better-sqlite3';
 // cjs-module-lexer over it on every start (~20 ms of each CLI run).
 const Database = createRequire(import.meta.url)('better-sqlite3') as typeof BetterSqlite3;
 import type { DRef, RRef } from './refs.js';
+import type { SqliteDatabase } from './sqlite.js';
 
 /**
  * The SQLite index is a cache of what the files say, kept so that a cached
@@ -95,13 +96,16 @@ function retryWhileBusy(setUp: () => void): void {
 }
 
 export class StoreIndex {
-  readonly db: BetterSqlite3.Database;
+  readonly db: SqliteDatabase;
   private readonly q: ReturnType<StoreIndex['prepare']>;
 
   constructor(file: string) {
     // A long busy timeout: many processes may queue for the write lock
     // during a large parallel realize, and each holds it only briefly.
-    this.db = new Database(file, { timeout: BUSY_TIMEOUT_MS });
+    // `as`, not a plain assignment: better-sqlite3 types prepare()'s result
+    // with a conditional type that a generic signature cannot match, but a
+    // method missing from, or mistyped in, sqlite.ts still fails to compile.
+    this.db = new Database(file, { timeout: BUSY_TIMEOUT_MS }) as SqliteDatabase;
     retryWhileBusy(() => {
       this.db.pragma('journal_mode = WAL');
       // NORMAL in WAL mode can lose the last transactions on power loss but
