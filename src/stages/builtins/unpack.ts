@@ -41,6 +41,8 @@ export function detectFormat(file: string): ArchiveFormat {
   if (starts([0x28, 0xb5, 0x2f, 0xfd])) return 'tar.zst';
   if (head.subarray(0, 8).toString('latin1') === '!<arch>\n') return 'deb';
   if (n >= 262 && head.subarray(257, 262).toString('latin1') === 'ustar') return 'tar';
+  // An archive with no entries is just its end marker: a block of zeros.
+  if (n === 512 && head.every((b) => b === 0)) return 'tar';
   throw new CairnError('E_BAD_ARCHIVE', `${path.basename(file)} is not a tar, tar.gz, tar.xz, tar.bz2, tar.zst or .deb archive`, { file });
 }
 
