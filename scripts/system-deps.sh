@@ -11,14 +11,17 @@ set -euo pipefail
 # for containers and services, rsync + ssh/sshd + ip (network namespaces)
 # for multi-host sync, a C++ toolchain for better-sqlite3, which has no
 # prebuilt binary for this platform, and a C compiler for the `cairn` client
-# (cli/client/cairn.c).
+# (cli/client/cairn.c). useradd, setpriv, unshare, prlimit and chattr: the
+# trust-boundary tests (another user, other namespaces and limits, an
+# immutable leftover).
 need=()
 for tool in mkfifo:coreutils mknod:coreutils dd:coreutils mkfs.ext4:e2fsprogs mount:mount umount:mount \
     xz:xz-utils bzip2:bzip2 zstd:zstd ar:binutils dpkg-deb:dpkg \
     qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils \
     mkfs.xfs:xfsprogs debootstrap:debootstrap dockerd:docker.io docker:docker.io \
     rsync:rsync ssh:openssh-client sshd:openssh-server ip:iproute2 \
-    make:make g++:g++ cc:gcc python3:python3; do
+    make:make g++:g++ cc:gcc python3:python3 \
+    useradd:passwd userdel:passwd setpriv:util-linux unshare:util-linux prlimit:util-linux chattr:e2fsprogs; do
   command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
 done
 [ ${#need[@]} -eq 0 ] && exit 0
