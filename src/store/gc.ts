@@ -16,7 +16,8 @@ export interface GcOptions {
   /** Only collect realizations older than this many milliseconds. */
   olderThanMs?: number;
   /**
-   * Also keep the N best-scoring realizations of every derivation, scored
+   * Also keep the N best-scoring realizations of every derivation (for
+   * each set of inputs it was built from, as its matcher sees them), scored
    * as `best({ file, key, lowest })` scores them (readScore). Realizations
    * without a readable score are not kept by this; nor are derivations
    * none of whose realizations has one.
@@ -98,7 +99,17 @@ export async function collectGarbage(store: Store, opts: GcOptions = {}): Promis
         // Rows come oldest first, so the newest N are at the end.
         for (const list of byDrv.values()) for (const row of list.slice(-opts.keepLast)) seeds.push(row.rref);
       }
-      if (opts.keepBest) for (const list of byDrv.values()) seeds.push(...bestOf(store, list, opts.keepBest));
+      if (opts.keepBest) {
+        // Ranked per derivation and set of inputs (context), as its matcher ranks them.
+        const byCtx = new Map<string, typeof all>();
+        for (const row of all) {
+          const key = `${row.dref} ${row.ctx}`;
+          const list = byCtx.get(key) ?? [];
+          list.push(row);
+          byCtx.set(key, list);
+        }
+        for (const list of byCtx.values()) seeds.push(...bestOf(store, list, opts.keepBest));
+      }
       const live = new Set(store.closure(seeds));
       dead = all.filter((r) => !live.has(r.rref)).map((r) => ({ rref: r.rref, dref: r.dref }));
       kept = all.length - dead.length;
@@ -135,7 +146,7 @@ export async function collectGarbage(store: Store, opts: GcOptions = {}): Promis
   });
 }
 
-/** The RRefs best() would rank first among one derivation's rows (oldest first), ties to the older. */
+/** The RRefs best() would rank first among rows of one derivation and context (oldest first), ties to the older. */
 function bestOf(store: Store, rows: readonly { rref: RRef; dref: DRef; created: number }[], by: NonNullable<GcOptions['keepBest']>): RRef[] {
   const sign = by.lowest ? -1 : 1;
   const scored: { rref: RRef; s: number; i: number }[] = [];
