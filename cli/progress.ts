@@ -47,7 +47,8 @@ export function progressReporter(total: number, opts: { tty: boolean; verbose: b
       // What was just built; the matcher (best(), say) may still prefer an older realization.
       const made = fresh ?? rrefs;
       const same = made.length === rrefs.length && made.every((r, i) => r === rrefs[i]);
-      line(`built ${n.name} in ${secs(ms)}: ${made.join(' ')}${same ? '' : `; ${n.stage.matcher.name} chose ${rrefs.join(' ')}`}`);
+      const chose = same ? '' : `; ${n.stage.matcher.name} chose ${rrefs.join(' ')}`;
+      line(`built ${n.name} in ${secs(ms)}: ${made.join(' ')}${chose}`);
     },
     log: (n: Derivation, text: string, output?: number) => {
       if (opts.verbose) line(`${n.name}${output === undefined ? '' : `[${output}]`}> ${text}`);

@@ -73,7 +73,9 @@ export interface ExecLogging {
 }
 
 /** Runs a child process whose stdout and stderr also go to the build log. */
-export function execLogged(logging: ExecLogging, cmd: string, args: readonly string[] = [], opts: ExecOptions = {}): Promise<{ stdout: string; stderr: string }> {
+export function execLogged(
+  logging: ExecLogging, cmd: string, args: readonly string[] = [], opts: ExecOptions = {},
+): Promise<{ stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const logFd = fs.openSync(logging.file, 'a');
     let logOpen = true;
@@ -91,7 +93,9 @@ export function execLogged(logging: ExecLogging, cmd: string, args: readonly str
     };
     toLog(`$ ${[cmd, ...args].join(' ')}\n`);
     logging.echo?.(`$ ${[cmd, ...args].join(' ')}`);
-    const child = logging.groups.spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
+    const child = logging.groups.spawn(cmd, args, {
+      cwd: opts.cwd, env: opts.env ?? process.env, stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+    });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     // Each stream is split on its own, so a line is never torn by the other stream's output.
@@ -129,7 +133,9 @@ export function execLogged(logging: ExecLogging, cmd: string, args: readonly str
  * a build has several: the one its working directory or an argument lies
  * in, if exactly one does.
  */
-export function outputOf(outs: readonly string[], args: readonly string[], cwd: string | undefined): number | undefined {
+export function outputOf(
+  outs: readonly string[], args: readonly string[], cwd: string | undefined,
+): number | undefined {
   if (outs.length < 2) return undefined;
   const inside = (p: string, o: string): boolean => p === o || p.startsWith(o + path.sep);
   const hits = new Set<number>();
@@ -159,7 +165,8 @@ export function makeBuildContext(
     exec: (cmd: string, args: readonly string[] = [], opts: ExecOptions = {}) => {
       const { echo } = live;
       const i = opts.output ?? outputOf(outs, args, opts.cwd);
-      const run = execLogged({ file: log.file, groups: live.groups, echo: echo && ((line) => echo(line, i)) }, cmd, args, opts);
+      const logging = { file: log.file, groups: live.groups, echo: echo && ((line: string) => echo(line, i)) };
+      const run = execLogged(logging, cmd, args, opts);
       // A build that does not await a program (it runs in the background) must
       // not crash cairn when the program is ended with the build: the
       // rejection still reaches whoever awaits it.

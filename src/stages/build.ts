@@ -19,7 +19,10 @@ export interface BuildRun {
   config: unknown;
   /** On failure, move the build directory to ROOT/failed/ instead of deleting it. */
   keepFailed?: boolean;
-  /** Receives log() lines and, live, the output of programs run through exec (with the output they work on, if known). */
+  /**
+   * Receives log() lines and, live, the output of programs run through
+   * exec (with the output they work on, if known).
+   */
   onLog?: (line: string, output?: number) => void;
   /** Where one-output builds get their directory (made ahead of time). */
   dirs?: BuildDirs;
@@ -58,7 +61,8 @@ export async function buildAndPublish(run: BuildRun, published: Published[]): Pr
     try {
       log(`building ${node.dref} with ${s.n} output(s)`);
       const live = { groups, echo: onLog };
-      await s.build(makeBuildContext(node, config, outs, () => (scratch ??= store.makeTempDir(`work-${node.name}`)), log, live));
+      const tmp = (): string => (scratch ??= store.makeTempDir(`work-${node.name}`));
+      await s.build(makeBuildContext(node, config, outs, tmp, log, live));
     } catch (e) {
       if (interruptedBy()) refuseIfInterrupted(node);
       const msg = e instanceof Error ? e.message : String(e);
@@ -125,7 +129,8 @@ export async function buildAndPublish(run: BuildRun, published: Published[]): Pr
 /** Stops a build from starting or storing anything once cairn was interrupted. */
 function refuseIfInterrupted(node: Derivation): void {
   const sig = interruptedBy();
-  if (sig) throw new CairnError('E_INTERRUPTED', `stage ${node.name} (${node.dref}) interrupted by ${sig}`, { dref: node.dref, signal: sig });
+  if (!sig) return;
+  throw new CairnError('E_INTERRUPTED', `stage ${node.name} (${node.dref}) interrupted by ${sig}`, { dref: node.dref, signal: sig });
 }
 
 /**

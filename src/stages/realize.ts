@@ -19,9 +19,15 @@ export interface RealizeEvents {
   cached?(node: Derivation, rrefs: readonly RRef[]): void;
   start?(node: Derivation, why: 'missing' | 'forced'): void;
   wait?(node: Derivation, holder: string): void;
-  /** `rrefs`: what the matcher chose; `fresh`: the realizations these builds made (which a matcher such as `best` may not choose). */
+  /**
+   * `rrefs`: what the matcher chose; `fresh`: the realizations these builds
+   * made (which a matcher such as `best` may not choose).
+   */
   built?(node: Derivation, rrefs: readonly RRef[], ms: number, fresh: readonly RRef[]): void;
-  /** A log() line, or a line a program run through exec printed (`output`: the output it works on, when known and n > 1). */
+  /**
+   * A log() line, or a line a program run through exec printed (`output`:
+   * the output it works on, when known and n > 1).
+   */
   log?(node: Derivation, line: string, output?: number): void;
   failed?(node: Derivation, error: CairnError): void;
 }

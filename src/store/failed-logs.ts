@@ -61,7 +61,9 @@ export function failedLogs(store: Store, dref: DRef): FailedLog[] {
 }
 
 /** Deletes (or, dry, lists) the failed logs older than `maxAgeMs`; empty derivation directories go too. */
-export function collectFailedLogs(store: Store, maxAgeMs: number, dryRun: boolean, now = Date.now()): { files: string[]; bytes: number } {
+export function collectFailedLogs(
+  store: Store, maxAgeMs: number, dryRun: boolean, now = Date.now(),
+): { files: string[]; bytes: number } {
   const root = path.join(store.root, 'failed-logs');
   let drefs: string[];
   try { drefs = fs.readdirSync(root); } catch { return { files: [], bytes: 0 }; }

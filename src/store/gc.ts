@@ -147,7 +147,9 @@ export async function collectGarbage(store: Store, opts: GcOptions = {}): Promis
 }
 
 /** The RRefs best() would rank first among rows of one derivation and context (oldest first), ties to the older. */
-function bestOf(store: Store, rows: readonly { rref: RRef; dref: DRef; created: number }[], by: NonNullable<GcOptions['keepBest']>): RRef[] {
+function bestOf(
+  store: Store, rows: readonly { rref: RRef; dref: DRef; created: number }[], by: NonNullable<GcOptions['keepBest']>,
+): RRef[] {
   const sign = by.lowest ? -1 : 1;
   const scored: { rref: RRef; s: number; i: number }[] = [];
   for (const [i, r] of rows.entries()) {

@@ -127,7 +127,8 @@ export function listRoots(store: Store): { roots: RootEntry[]; stale: StaleOutLi
     let target: string;
     try { target = fs.readlinkSync(link); } catch (e) {
       const gone = (e as NodeJS.ErrnoException).code === 'ENOENT';
-      stale.push({ entry, link, reason: gone ? 'the link is gone (deleted or moved; a moved link is not a root)' : 'it is no longer a symlink' });
+      const reason = gone ? 'the link is gone (deleted or moved; a moved link is not a root)' : 'it is no longer a symlink';
+      stale.push({ entry, link, reason });
       continue;
     }
     const resolved = path.resolve(path.dirname(link), target);
