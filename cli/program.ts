@@ -11,6 +11,7 @@ import { realize } from '../src/stages/realize.js';
 import { parseRef, type RRef } from '../src/store/refs.js';
 import { defaultStoreRoot, Store } from '../src/store/store.js';
 import { collectGarbage } from '../src/store/gc.js';
+import { failedLogs } from '../src/store/failed-logs.js';
 import { addNamedRoot, listRoots, removeNamedRoot } from '../src/store/roots.js';
 import { verifyStore } from '../src/store/verify.js';
 import { parseDuration } from '../src/duration.js';
@@ -85,7 +86,8 @@ export function createProgram(argv: readonly string[], opts: { exitOverride?: bo
     .option('-f, --force [name...]', 'rebuild these stages (all stages when no name is given)')
     .option('-n, --dry-run', 'print what would be built, build nothing')
     .option('--keep-failed', 'keep the build directory of a failed build under STORE/failed/')
-    .option('-v, --verbose', 'echo build logs to stderr')
+    .option('-v, --verbose',
+      'show build logs live on stderr, with what programs run through exec print, each line prefixed by its stage')
     .option('-q, --quiet', 'no progress output')
     .option('-o, --out-link <path>', 'make PATH a symlink to the target output and a gc root (more targets: PATH-2, PATH-3, ...)')
     .option('--json', 'print the result as JSON')
@@ -249,10 +251,31 @@ export function createProgram(argv: readonly string[], opts: { exitOverride?: bo
     });
 
   program.command('log')
-    .description('print the build log of a realization')
+    .description('print the build log of a realization, or with --failed the kept log of a failed build')
     .argument('<ref>', 'RRef, or DRef for its newest realization')
-    .action((ref: string) => {
+    .option('--failed', "print the newest failed build's log of the DRef (kept in STORE/failed-logs/)")
+    .option('--list', 'with --failed: list the kept failed logs, oldest first, with their times')
+    .action((ref: string, o: { failed?: boolean; list?: boolean }) => {
       const store = openStore();
+      if (o.list && !o.failed) throw new CairnError('E_USAGE', '--list goes with --failed');
+      if (o.failed) {
+        const p = parseRef(ref);
+        if (p.kind !== 'drv') {
+          throw new CairnError('E_USAGE', `--failed needs a DRef (failed builds have no RRef), not ${ref}`, { ref });
+        }
+        const logs = failedLogs(store, p.dref);
+        if (logs.length === 0) {
+          throw new CairnError('E_NO_SUCH_REF', `no failed build of ${ref} has a kept log`, { ref });
+        }
+        if (o.list) for (const l of logs) out(`${new Date(l.time).toISOString()}  ${l.file}`);
+        else process.stdout.write(fs.readFileSync(logs[logs.length - 1]!.file));
+        return;
+      }
+      const p = parseRef(ref);
+      if (p.kind === 'drv' && store.resolve(ref).length === 0 && failedLogs(store, p.dref).length > 0) {
+        const hint = `its builds failed: see cairn log ${ref} --failed`;
+        throw new CairnError('E_NO_SUCH_REF', `${ref} has no realizations; ${hint}`, { ref });
+      }
       process.stdout.write(fs.readFileSync(path.join(store.rzDir(oneRealization(store, ref)), 'build.log')));
     });
 
@@ -262,14 +285,34 @@ export function createProgram(argv: readonly string[], opts: { exitOverride?: bo
     .description('delete realizations not reachable from a root (named roots, out-links, running builds)')
     .option('-n, --dry-run', 'report what would be deleted')
     .option('--keep-last <n>', 'also keep the N newest realizations of every derivation', (v) => parseCount(v, '--keep-last'))
-    .option('--older-than <duration>', 'only delete realizations older than this (e.g. 30d, 12h, 45m)', parseDuration)
+    .option('--keep-best <n>', 'also keep the N best-scoring realizations of every derivation, scored as best() does',
+      (v) => parseCount(v, '--keep-best'))
+    .option('--score-file <path>', 'with --keep-best: the file in each output that holds the score', 'score.txt')
+    .option('--score-key <key>', 'with --keep-best: the score is this numeric field of the JSON object in the file')
+    .option('--lowest', 'with --keep-best: lower scores are better')
+    .option('--older-than <duration>',
+      'only delete realizations (and failed-build logs) older than this (e.g. 30d, 12h, 45m)', parseDuration)
     .option('--json', 'print the report as JSON')
-    .action(async (o: { dryRun?: boolean; keepLast?: number; olderThan?: number; json?: boolean }) => {
+    .action(async (o: {
+      dryRun?: boolean; keepLast?: number; keepBest?: number; scoreFile: string; scoreKey?: string; lowest?: boolean;
+      olderThan?: number; json?: boolean;
+    }) => {
       const store = openStore();
-      const r = await collectGarbage(store, { dryRun: o.dryRun, keepLast: o.keepLast, olderThanMs: o.olderThan });
+      const keepBest = o.keepBest === undefined
+        ? undefined
+        : { n: o.keepBest, file: o.scoreFile, key: o.scoreKey, lowest: !!o.lowest };
+      const r = await collectGarbage(store, {
+        dryRun: o.dryRun, keepLast: o.keepLast, keepBest, olderThanMs: o.olderThan,
+      });
       if (o.json) return out(JSON.stringify(r, null, 2));
+      // A moved or deleted out-link no longer protects what it pointed to: say so, dry or not.
+      for (const d of r.droppedOutLinks) {
+        out(`${o.dryRun ? 'would drop' : 'dropped'} out-link root ${d.link ?? '(unknown)'}: ${d.reason}`);
+      }
       if (o.dryRun) for (const rref of r.realizations) out(`would delete ${rref}`);
-      out(`${o.dryRun ? 'would delete' : 'deleted'} ${r.realizations.length} realization(s) and ${r.derivations.length} derivation(s), ${o.dryRun ? 'freeing' : 'freed'} ${formatBytes(r.bytes)} (${r.bytes} bytes); kept ${r.kept} realization(s) reachable from ${r.roots} root(s)`);
+      if (o.dryRun) for (const f of r.failedLogs) out(`would delete failed-build log ${f}`);
+      const logs = r.failedLogs.length > 0 ? ` and ${r.failedLogs.length} failed-build log(s)` : '';
+      out(`${o.dryRun ? 'would delete' : 'deleted'} ${r.realizations.length} realization(s)${logs} and ${r.derivations.length} derivation(s), ${o.dryRun ? 'freeing' : 'freed'} ${formatBytes(r.bytes)} (${r.bytes} bytes); kept ${r.kept} realization(s) reachable from ${r.roots} root(s)`);
     });
 
   storeCmd.command('verify')

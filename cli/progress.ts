@@ -42,12 +42,19 @@ export function progressReporter(total: number, opts: { tty: boolean; verbose: b
       else line(`building ${n.name} ${n.dref}${why === 'forced' ? ' (forced)' : ''}`);
     },
     wait: (n: Derivation, holder: string) => line(`waiting for ${n.name}: process ${holder.split('.')[0]} is building it`),
-    built: (n: Derivation, rrefs, ms) => {
+    built: (n: Derivation, rrefs, ms, fresh) => {
       running.delete(n.name);
       built++;
-      line(`${n.imports ? `imported ${n.imports.key}` : `built ${n.name}`} in ${secs(ms)}: ${rrefs.join(' ')}`);
+      // What was just built; the matcher (best(), say) may still prefer an older realization.
+      const made = fresh ?? rrefs;
+      const same = made.length === rrefs.length && made.every((r, i) => r === rrefs[i]);
+      const chose = same ? '' : `; ${n.stage.matcher.name} chose ${rrefs.join(' ')}`;
+      if (n.imports) line(`imported ${n.imports.key} in ${secs(ms)}: ${rrefs.join(' ')}`);
+      else line(`built ${n.name} in ${secs(ms)}: ${made.join(' ')}${chose}`);
     },
-    log: (n: Derivation, text: string) => { if (opts.verbose) line(`${n.name}> ${text}`); },
+    log: (n: Derivation, text: string, output?: number) => {
+      if (opts.verbose) line(`${n.name}${output === undefined ? '' : `[${output}]`}> ${text}`);
+    },
     failed: (n: Derivation, e: CairnError) => { running.delete(n.name); line(`failed ${n.name}: ${e.code}`); },
     finish: () => { if (opts.tty && drawn) err.write('\r\x1b[2K'); drawn = false; },
   };

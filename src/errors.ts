@@ -13,6 +13,7 @@ export const ErrorCodes = {
   E_STAGE_FILE: 'stage file could not be loaded',
   E_NO_TARGET: 'stage file exports no stage to realize',
   E_BUILD_FAILED: 'a build function threw or exited with an error',
+  E_INTERRUPTED: 'cairn received SIGINT, SIGTERM or SIGHUP: builds were stopped and nothing more is stored',
   E_PROMISE_BROKEN: 'a build did not create a promised output',
   E_UNSAFE_OUTPUT: 'an output holds a symlink that escapes it, a device, a socket or a fifo',
   E_INPUT_MISSING: 'a file input of a stage does not exist or cannot be read',

@@ -5,8 +5,9 @@
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { spawn } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
-import { cairn, lastLine, repoRoot, tempDir, type CliResult, isolateModuleCache, ok, expectError, tmpEntries } from './helpers.js';
+import { cairn, cairnBin, lastLine, repoRoot, tempDir, type CliResult, isolateModuleCache, ok, expectError, tmpEntries } from './helpers.js';
 
 const fixture = (name: string): string => path.join(repoRoot, 'test', 'fixtures', name);
 const CHAIN = fixture('chain.ts');
@@ -514,7 +515,8 @@ describe('cairn realize: build failures', () => {
       expectError(r, 'E_BUILD_FAILED', e.store);
       const failed = fs.readdirSync(path.join(e.store, 'failed'));
       assert.equal(failed.length, 1);
-      assert.match(failed[0]!, /^broken-/);
+      // The whole label of the build directory, not a slice cut mid-word (`-uild-1`).
+      assert.match(failed[0]!, /^broken-\d{4}-\d\d-\d\dT\d{9}Z-p\d+-build-[0-9a-z]+$/);
       const kept = path.join(e.store, 'failed', failed[0]!);
       assert.ok(r.stderr.includes(kept) || r.stderr.includes(failed[0]!), `stderr should say where it was kept: ${r.stderr}`);
       // The layout inside the kept directory is the builder's business; the
@@ -562,5 +564,136 @@ describe('cairn: command line usage', () => {
     const r = cairn(e.store, ['realize']);
     assert.notEqual(r.code, 0);
     assert.match(r.stderr, /missing required argument/i);
+  });
+});
+
+describe('cairn realize -v: live output of programs', () => {
+  const STAGES = `
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { stage } from 'cairn';
+const gate = process.env.GATE!;
+// Prints a line, then waits for the test to answer it: the line must be on stderr while the program still runs.
+const waiter = "import os, sys, time\\nprint('waiting for the gate', flush=True)\\n" +
+  "end = time.time() + 20\\nwhile not os.path.exists(sys.argv[1]) and time.time() < end: time.sleep(0.02)\\n" +
+  "print('through' if os.path.exists(sys.argv[1]) else 'no gate', file=sys.stderr, flush=True)\\n";
+export const live = stage({ name: 'live', config: {}, build: async ({ exec, out }) => {
+  await exec('python3', ['-c', waiter, gate]);
+  fs.writeFileSync(path.join(out, 'v'), '1');
+} });
+export const trio = stage({ name: 'trio', n: 3, config: {}, build: async ({ exec, outs }) => {
+  for (const [i, o] of outs.entries()) await exec('sh', ['-c', 'echo "made $(basename $(dirname $PWD))" && echo partial-line-' + i + ' | tr -d "\\\\n"'], { cwd: o });
+} });
+`;
+
+  it('streams what exec\'d programs print while they run, prefixed by the stage, and keeps it in build.log', async () => {
+    const e = setup();
+    try {
+      const file = writeStageFile(e, 'live.ts', STAGES);
+      const gate = path.join(e.work, 'gate');
+      const child = spawn(process.execPath, [cairnBin, '--store', e.store, 'realize', file, '-s', 'live', '-v'], {
+        cwd: repoRoot, env: { ...process.env, ...e.env, GATE: gate }, stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let stderr = '';
+      let stdout = '';
+      child.stdout.on('data', (d: Buffer) => { stdout += d; });
+      child.stderr.on('data', (d: Buffer) => {
+        stderr += d;
+        // The program waits for the gate (20 s at most): seeing its line while it waits proves the output is live.
+        if (stderr.includes('live> waiting for the gate\n') && !fs.existsSync(gate)) fs.writeFileSync(gate, '');
+      });
+      const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+      assert.equal(code, 0, stderr);
+      assert.ok(fs.existsSync(gate), `the program's first line was shown while it ran: ${stderr}`);
+      assert.match(stderr, /^live> \$ python3 -c /m, 'the command line is shown');
+      assert.match(stderr, /^live> through$/m, 'stderr of the program too');
+      const log = ok(cairn(e.store, ['log', lastLine(stdout)])).stdout;
+      assert.match(log, /waiting for the gate\nthrough\n/);
+    } finally {
+      e.cleanup();
+    }
+  });
+
+  it('prefixes the output index when a build has several outputs; without -v nothing of it is shown', () => {
+    const e = setup();
+    try {
+      const file = writeStageFile(e, 'live.ts', STAGES);
+      const r = ok(cairn(e.store, ['realize', file, '-s', 'trio', '-v'], { env: e.env }));
+      for (const i of [0, 1, 2]) {
+        assert.match(r.stderr, new RegExp(`^trio\\[${i}\\]> made rz-${i}$`, 'm'));
+        // A last line without a newline is shown when the program ends.
+        assert.match(r.stderr, new RegExp(`^trio\\[${i}\\]> partial-line-${i}$`, 'm'));
+      }
+      const quiet = ok(cairn(e.store, ['realize', file, '-s', 'trio', '--force'], { env: e.env }));
+      assert.doesNotMatch(quiet.stderr, /made rz-|partial-line/);
+    } finally {
+      e.cleanup();
+    }
+  });
+});
+
+describe('cairn log --failed: logs of failed builds', () => {
+  it('keeps the log of a failed build without --keep-failed; prints the newest, lists them, keeps at most 5', () => {
+    const e = setup();
+    try {
+      const dref = instantiateDrefs(e, FAILING).pop()!;
+      assert.match(dref, /-broken$/);
+      const r = cairn(e.store, ['realize', FAILING], { env: e.env });
+      expectError(r, 'E_BUILD_FAILED', e.store);
+      assert.ok(r.stderr.includes(`cairn log ${dref} --failed`), `the error says where the log is: ${r.stderr}`);
+      const log = ok(cairn(e.store, ['log', dref, '--failed'])).stdout;
+      assert.match(log, /about to fail/);
+      assert.match(log, /build failed: deliberate failure/);
+      assert.ok(!fs.existsSync(path.join(e.store, 'failed')), 'no build directory is kept without --keep-failed');
+      // Without --failed, the plain log command points there.
+      const plain = cairn(e.store, ['log', dref]);
+      expectError(plain, 'E_NO_SUCH_REF');
+      assert.match(plain.stderr, /--failed/);
+
+      for (let i = 0; i < 6; i++) expectError(cairn(e.store, ['realize', FAILING], { env: e.env }), 'E_BUILD_FAILED', e.store);
+      const list = ok(cairn(e.store, ['log', dref, '--failed', '--list'])).stdout.trim().split('\n');
+      assert.equal(list.length, 5, 'at most 5 failed logs per derivation');
+      const times = list.map((l) => Date.parse(l.split(/\s+/)[0]!));
+      assert.ok(times.every((t) => Number.isFinite(t)), list.join('\n'));
+      assert.deepEqual([...times].sort((a, b) => a - b), times, 'oldest first');
+      const newest = list[list.length - 1]!.split(/\s+/)[1]!;
+      assert.equal(ok(cairn(e.store, ['log', dref, '--failed'])).stdout, fs.readFileSync(newest, 'utf8'));
+
+      // gc keeps them while they are recent, deletes them once older than --older-than.
+      const kept = ok(cairn(e.store, ['store', 'gc']));
+      assert.doesNotMatch(kept.stdout, /failed-build log/);
+      assert.equal(ok(cairn(e.store, ['log', dref, '--failed', '--list'])).stdout.trim().split('\n').length, 5);
+      const dry = ok(cairn(e.store, ['store', 'gc', '--dry-run', '--older-than', '0m']));
+      assert.equal(dry.stdout.split('\n').filter((l) => l.startsWith('would delete failed-build log ')).length, 5);
+      ok(cairn(e.store, ['store', 'gc', '--older-than', '0m']));
+      expectError(cairn(e.store, ['log', dref, '--failed']), 'E_NO_SUCH_REF');
+      expectError(cairn(e.store, ['log', 'nonsense', '--failed']), 'E_BAD_REF');
+    } finally {
+      e.cleanup();
+    }
+  });
+});
+
+describe('cairn realize --force: the built line', () => {
+  it('names the realizations just built, and what best() chose when that differs', () => {
+    const e = setup();
+    try {
+      const ml = path.join(repoRoot, 'examples', 'ml', 'pipeline.ts');
+      ok(cairn(e.store, ['realize', ml], { env: e.env }));
+      const before = new Set(realizationsOf(e.store, 'train'));
+      assert.equal(before.size, 3);
+      for (let i = 0; i < 3; i++) {
+        const r = ok(cairn(e.store, ['realize', ml, '--force', 'train'], { env: e.env }));
+        const line = r.stderr.split('\n').find((l) => l.startsWith('built train in '));
+        assert.ok(line, r.stderr);
+        const built = line.replace(/^built train in [0-9.]+s: /, '').split(';')[0]!.trim().split(' ');
+        const now = realizationsOf(e.store, 'train');
+        const fresh = now.filter((x) => !before.has(x));
+        assert.deepEqual([...built].sort(), [...fresh].sort(), `the line names the new realizations: ${line}`);
+        for (const x of now) before.add(x);
+      }
+    } finally {
+      e.cleanup();
+    }
   });
 });

@@ -208,6 +208,43 @@ describe('cairn server', () => {
     assert.notDeepEqual(status().workers.map((w) => w.pid).sort(), busyBefore.sort());
   });
 
+  it('SIGINT to the client alone ends the programs a served build runs in their own process groups', async () => {
+    // The programs ignore SIGINT and run through exec, so they are in
+    // neither the client's nor the worker's process group: the worker's
+    // interrupt handling must end them (SIGTERM) before it exits.
+    const pids = path.join(tmp.dir, 'int-pids');
+    fs.mkdirSync(pids);
+    fs.writeFileSync(path.join(work, 'int.ts'), [
+      "import { stage } from 'cairn';",
+      'const py = "import os, signal, sys, time\\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\\n" +',
+      '  "open(sys.argv[1], \'w\').write(str(os.getpid()))\\nwhile True:\\n    time.sleep(0.02)\\n";',
+      `export default stage({ name: 'intr', n: 2, config: { t: ${Date.now()} }, build: async ({ exec }) => {`,
+      `  await Promise.all([0, 1].map((i) => exec('python3', ['-c', py, ${JSON.stringify(pids)} + '/pid-' + i])));`,
+      '} });',
+      '',
+    ].join('\n'));
+    const child = spawn(client, ['realize', 'int.ts'], { cwd: work, env: { ...process.env, ...env }, stdio: 'ignore' });
+    const deadline = Date.now() + 30_000;
+    const files = [0, 1].map((i) => path.join(pids, `pid-${i}`));
+    while (!files.every((f) => fs.existsSync(f) && fs.readFileSync(f, 'utf8') !== '')) {
+      assert.ok(Date.now() < deadline, 'the programs started');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const programs = files.map((f) => Number(fs.readFileSync(f, 'utf8')));
+    child.kill('SIGINT');
+    await new Promise((r) => child.on('close', r));
+    const running = (pid: number): boolean => {
+      try { const st = fs.readFileSync(`/proc/${pid}/stat`, 'latin1'); return st.slice(st.lastIndexOf(')') + 2)[0] !== 'Z'; } catch { return false; }
+    };
+    const tmpLeft = (): string[] => { try { return fs.readdirSync(path.join(store, 'tmp')); } catch { return []; } };
+    while (programs.some(running) || tmpLeft().length > 0) {
+      assert.ok(Date.now() < deadline, `the programs were ended (${programs.filter(running).join(', ')} still run) and tmp emptied (${tmpLeft().join(', ')})`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const drvs = fs.readdirSync(path.join(store, 'd')).filter((d) => d.endsWith('-intr'));
+    for (const d of drvs) assert.deepEqual(fs.readdirSync(path.join(store, 'd', d, 'r')), [], 'nothing is stored');
+  });
+
   it("puts back what a command replaced, and waits for its timers as a process would", () => {
     fs.writeFileSync(path.join(work, 'noisy.ts'), [
       "import { stage } from 'cairn';",

@@ -29,6 +29,7 @@ interface GcReport {
   kept: number;
   roots: number;
   staleOutLinks: number;
+  droppedOutLinks: { link?: string; reason: string }[];
 }
 
 function gc(store: string, args: string[] = []): GcReport {
@@ -434,6 +435,104 @@ describe('gc in a loop while other processes realize', { timeout: 600_000 }, () 
       console.log(`out-link race: ${stats.runs} gc runs, ${stats.deleted} deleted, ${dangling.length}/${ROUNDS} out-links dangling`);
       assert.deepEqual(failures, [], 'every realize succeeds');
       assert.deepEqual(dangling, [], `out-links must never dangle right after realize --out-link exits (${dangling.length} of ${ROUNDS} did)`);
+    } finally {
+      t.cleanup();
+    }
+  });
+});
+
+describe('gc: dropped out-link roots are named, with why', { timeout: 240_000 }, () => {
+  it('--dry-run lists each out-link whose link was moved, deleted or repointed, and leaves the entries; gc then drops them', () => {
+    const t = tempDir('cairn-gc');
+    try {
+      const store = path.join(t.dir, 'store');
+      const links = ['moved', 'deleted', 'repointed', 'kept'].map((n) => path.join(t.dir, n));
+      for (const l of links) realizeJson(store, CHAIN, ['--out-link', l]);
+      fs.renameSync(links[0]!, path.join(t.dir, 'somewhere-else'));
+      fs.unlinkSync(links[1]!);
+      fs.unlinkSync(links[2]!);
+      fs.symlinkSync(t.dir, links[2]!);
+
+      const dry = ok(cairn(store, ['store', 'gc', '--dry-run'])).stdout;
+      assert.ok(dry.includes(`would drop out-link root ${links[0]}: the link is gone (deleted or moved`), dry);
+      assert.ok(dry.includes(`would drop out-link root ${links[1]}: the link is gone (deleted or moved`), dry);
+      assert.ok(dry.includes(`would drop out-link root ${links[2]}: it now points to ${t.dir}, not into this store`), dry);
+      assert.ok(!dry.includes(links[3]!), 'a live out-link is not mentioned');
+      assert.equal(fs.readdirSync(path.join(store, 'roots', 'auto')).length, 4, 'a dry run drops nothing');
+
+      const r = gc(store);
+      assert.deepEqual(r.droppedOutLinks.map((d) => d.link).sort(), links.slice(0, 3).sort());
+      assert.equal(r.staleOutLinks, 3);
+      assert.equal(r.realizations.length, 0, 'the live out-link still keeps the chain');
+      assert.equal(fs.readdirSync(path.join(store, 'roots', 'auto')).length, 1);
+      assert.doesNotMatch(ok(cairn(store, ['store', 'gc', '--dry-run'])).stdout, /drop out-link/, 'reported until dropped, then no more');
+    } finally {
+      t.cleanup();
+    }
+  });
+});
+
+describe('gc --keep-best: what a best() stage would choose', { timeout: 240_000 }, () => {
+  it('keeps the N best-scoring realizations of the ML demo\'s train stage (and their closure), as its best() matcher ranks them', () => {
+    const t = tempDir('cairn-gc');
+    try {
+      const store = path.join(t.dir, 'store');
+      const ml = path.join(repoRoot, 'examples', 'ml', 'pipeline.ts');
+      realizeJson(store, ml);
+      realizeJson(store, ml, ['--force', 'train']);
+      const j = realizeJson(store, ml, ['--force', 'train']);
+      const trains = rrefsOf(store, 'train');
+      assert.equal(trains.length, 9);
+      const score = (r: string): number => Number(fs.readFileSync(path.join(outDir(store, r), 'score.txt'), 'utf8'));
+      const created = (r: string): number => (JSON.parse(fs.readFileSync(path.join(rzDir(store, r), 'meta.json'), 'utf8')) as { created: number }).created;
+      // best()'s order: highest score first; equal scores (the demo's models converge) go to the older.
+      const order = (sign: number) => (a: string, b: string): number =>
+        sign * (score(b) - score(a)) || created(a) - created(b) || (a < b ? -1 : 1);
+      const ranked = [...trains].sort(order(1));
+      // The matcher's choice is the best one.
+      assert.equal(planOf(j, 'train').rrefs[0], ranked[0]);
+
+      const dry = gc(store, ['--dry-run', '--keep-best', '2']);
+      assert.deepEqual(trains.filter((r) => !dry.realizations.includes(r)).sort(), ranked.slice(0, 2).sort());
+      const low = gc(store, ['--dry-run', '--keep-best', '1', '--lowest']);
+      assert.deepEqual(trains.filter((r) => !low.realizations.includes(r)), [[...trains].sort(order(-1))[0]]);
+
+      const r = gc(store, ['--keep-best', '1']);
+      assert.deepEqual(rrefsOf(store, 'train'), [ranked[0]], 'only the best train realization is left');
+      assert.equal(rrefsOf(store, 'dataset').length, 1, 'with its closure');
+      assert.equal(rrefsOf(store, 'report').length, 0, 'a stage without a score keeps nothing by --keep-best');
+      assert.ok(r.realizations.length >= 8);
+      // The best realization is still there, so a realize builds only the report again.
+      const again = realizeJson(store, ml);
+      assert.equal(again.builds, 1);
+      assert.equal(planOf(again, 'train').action, 'cached');
+      assertVerifyClean(store);
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  it('--keep-best reads a JSON field with --score-file and --score-key; usage errors are refused', () => {
+    const t = tempDir('cairn-gc');
+    try {
+      const store = path.join(t.dir, 'store');
+      const file = path.join(t.dir, 'scored.ts');
+      fs.writeFileSync(file, [
+        "import * as fs from 'node:fs';",
+        "import { stage, best } from 'cairn';",
+        "export default stage({ name: 'scored', n: 4, config: {}, outputs: ['m.json'], matcher: best({ file: 'm.json', key: 'acc' }),",
+        "  build: ({ outs }) => outs.forEach((o, i) => fs.writeFileSync(o + '/m.json', JSON.stringify({ acc: [0.5, 0.9, 0.1, 0.7][i] }))) });",
+        '',
+      ].join('\n'));
+      const j = realizeJson(store, file);
+      const all = rrefsOf(store, 'scored');
+      assert.equal(all.length, 4);
+      const r = gc(store, ['--keep-best', '2', '--score-file', 'm.json', '--score-key', 'acc']);
+      const acc = (x: string): number => (JSON.parse(fs.readFileSync(path.join(outDir(store, x), 'm.json'), 'utf8')) as { acc: number }).acc;
+      assert.deepEqual(rrefsOf(store, 'scored').map(acc).sort(), [0.7, 0.9]);
+      assert.equal(r.realizations.length, 2);
+      assert.ok(rrefsOf(store, 'scored').includes(j.targets[0]!.rrefs[0]!), 'the matcher\'s choice is kept');
+      expectError(cairn(store, ['store', 'gc', '--keep-best', '0']), 'E_USAGE');
     } finally {
       t.cleanup();
     }

@@ -1,10 +1,10 @@
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CairnError } from '../errors.js';
 import { redactUrlsIn } from '../redact-url.js';
 import type { RRef } from '../store/refs.js';
 import type { Store } from '../store/store.js';
+import { BuildGroups } from './build-processes.js';
 import type { Derivation, FileDep } from './instantiate.js';
 import { isStage, type BuildContext, type BuildLog, type Dep, type ExecOptions } from './stage.js';
 
@@ -42,10 +42,43 @@ export function makeLog(file: string, echo?: (line: string) => void): BuildLog &
   return log;
 }
 
+/** Longest line echoed whole: a longer one (a progress bar without newlines, say) is echoed in pieces. */
+const MAX_ECHO_LINE = 16 * 1024;
+
+/** Splits a stream's chunks into lines for `echo`; `flush` echoes an unfinished last line. */
+function lineSplitter(echo: (line: string) => void): { push(b: Buffer): void; flush(): void } {
+  let rest = '';
+  const decoder = new TextDecoder();
+  return {
+    push(b) {
+      const lines = (rest + decoder.decode(b, { stream: true })).split('\n');
+      rest = lines.pop()!;
+      while (rest.length > MAX_ECHO_LINE) { echo(rest.slice(0, MAX_ECHO_LINE)); rest = rest.slice(MAX_ECHO_LINE); }
+      for (const l of lines) echo(l.endsWith('\r') ? l.slice(0, -1) : l);
+    },
+    flush() {
+      rest += decoder.decode();
+      if (rest !== '') echo(rest);
+      rest = '';
+    },
+  };
+}
+
+export interface ExecLogging {
+  /** The build log the program's output is appended to. */
+  file: string;
+  /** Receives the program's output live, line by line (stdout and stderr alike). */
+  echo?: (line: string) => void;
+  /** Where the program's process group is tracked (see build-processes.ts). */
+  groups: BuildGroups;
+}
+
 /** Runs a child process whose stdout and stderr also go to the build log. */
-export function execLogged(logFile: string, cmd: string, args: readonly string[] = [], opts: ExecOptions = {}): Promise<{ stdout: string; stderr: string }> {
+export function execLogged(
+  logging: ExecLogging, cmd: string, args: readonly string[] = [], opts: ExecOptions = {},
+): Promise<{ stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const logFd = fs.openSync(logFile, 'a');
+    const logFd = fs.openSync(logging.file, 'a');
     let logOpen = true;
     // 'error' and 'close' may both fire (a program that cannot start): the
     // log descriptor must be closed exactly once, or a later close could hit
@@ -61,13 +94,19 @@ export function execLogged(logFile: string, cmd: string, args: readonly string[]
     };
     // Cairn's own lines mask URL secrets (e.g. a debootstrap mirror's
     // user:pass@); what the program itself prints goes to the log as it is.
-    toLog(`$ ${redactUrlsIn([cmd, ...args].join(' '))}\n`);
-    const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
+    const shown = `$ ${redactUrlsIn([cmd, ...args].join(' '))}`;
+    toLog(`${shown}\n`);
+    logging.echo?.(shown);
+    const child = logging.groups.spawn(cmd, args, {
+      cwd: opts.cwd, env: opts.env ?? process.env, stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+    });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
+    // Each stream is split on its own, so a line is never torn by the other stream's output.
+    const lines = logging.echo ? [lineSplitter(logging.echo), lineSplitter(logging.echo)] : undefined;
     let settled = false;
-    child.stdout!.on('data', (b: Buffer) => { out.push(b); toLog(b); });
-    child.stderr!.on('data', (b: Buffer) => { err.push(b); toLog(b); });
+    child.stdout!.on('data', (b: Buffer) => { out.push(b); toLog(b); lines?.[0]!.push(b); });
+    child.stderr!.on('data', (b: Buffer) => { err.push(b); toLog(b); lines?.[1]!.push(b); });
     child.on('error', (e) => {
       closeLog();
       if (settled) return;
@@ -76,6 +115,7 @@ export function execLogged(logFile: string, cmd: string, args: readonly string[]
     });
     child.on('close', (code, signal) => {
       closeLog();
+      for (const l of lines ?? []) l.flush();
       if (settled) return;
       settled = true;
       const stdout = Buffer.concat(out).toString();
@@ -113,12 +153,30 @@ export function inputPaths(files: readonly FileDep[], outPath: (dref: string) =>
   return Object.freeze(out);
 }
 
+/**
+ * Which output a program works on, for the prefix of its live output when
+ * a build has several: the one its working directory or an argument lies
+ * in, if exactly one does.
+ */
+export function outputOf(
+  outs: readonly string[], args: readonly string[], cwd: string | undefined,
+): number | undefined {
+  if (outs.length < 2) return undefined;
+  const inside = (p: string, o: string): boolean => p === o || p.startsWith(o + path.sep);
+  const hits = new Set<number>();
+  for (const [i, o] of outs.entries()) {
+    if ((cwd !== undefined && inside(path.resolve(cwd), o)) || args.some((a) => a.includes(o))) hits.add(i);
+  }
+  return hits.size === 1 ? [...hits][0] : undefined;
+}
+
 export function makeBuildContext(
   node: Derivation,
   config: unknown,
   outs: string[],
   scratch: () => string,
   log: BuildLog,
+  live: { groups: BuildGroups; echo?: (line: string, output?: number) => void },
   files: Readonly<Record<string, string>> = NO_FILES,
 ): BuildContext<unknown> {
   return Object.freeze({
@@ -131,6 +189,16 @@ export function makeBuildContext(
     // Made on first use: most builds never need scratch space.
     get tmp() { return scratch(); },
     log,
-    exec: (cmd: string, args?: readonly string[], opts?: ExecOptions) => execLogged(log.file, cmd, args, opts),
+    exec: (cmd: string, args: readonly string[] = [], opts: ExecOptions = {}) => {
+      const { echo } = live;
+      const i = opts.output ?? outputOf(outs, args, opts.cwd);
+      const logging = { file: log.file, groups: live.groups, echo: echo && ((line: string) => echo(line, i)) };
+      const run = execLogged(logging, cmd, args, opts);
+      // A build that does not await a program (it runs in the background) must
+      // not crash cairn when the program is ended with the build: the
+      // rejection still reaches whoever awaits it.
+      run.catch(() => {});
+      return run;
+    },
   });
 }

@@ -2,11 +2,13 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CairnError, isCairnError } from '../errors.js';
 import type { BuildDirs } from '../store/build-dirs.js';
+import { keepFailedLog } from '../store/failed-logs.js';
 import { chmodNoFollow, removeTree } from '../store/fsutil.js';
 import { DIR_MODE, makeDirs } from '../store/permissions.js';
 import { creationTime, type Context, type Published, type Store } from '../store/store.js';
 import { walkTree, type TreeSummary } from '../store/tree.js';
 import { makeBuildContext, makeLog } from './build-context.js';
+import { BuildGroups, interruptedBy } from './build-processes.js';
 import type { Derivation } from './instantiate.js';
 
 export interface BuildRun {
@@ -20,7 +22,11 @@ export interface BuildRun {
   files?: Readonly<Record<string, string>>;
   /** On failure, move the build directory to ROOT/failed/ instead of deleting it. */
   keepFailed?: boolean;
-  onLog?: (line: string) => void;
+  /**
+   * Receives log() lines and, live, the output of programs run through
+   * exec (with the output they work on, if known).
+   */
+  onLog?: (line: string, output?: number) => void;
   /** Where one-output builds get their directory (made ahead of time). */
   dirs?: BuildDirs;
 }
@@ -35,6 +41,7 @@ export interface BuildRun {
 export async function buildAndPublish(run: BuildRun, published: Published[]): Promise<void> {
   const { store, node, context, config, keepFailed, onLog } = run;
   const s = node.stage;
+  refuseIfInterrupted(node);
   // Each output is built directly inside its staging directory, so
   // publishing it is a single rename; with one output, the build
   // directory is itself the staging directory, made ahead with its out/
@@ -51,12 +58,16 @@ export async function buildAndPublish(run: BuildRun, published: Published[]): Pr
   const logFile = path.join(staging[0]!, 'build.log');
   const started = Date.now();
   let ok = false;
+  const groups = new BuildGroups();
   try {
-    const log = makeLog(logFile, onLog);
+    const log = makeLog(logFile, onLog && ((line) => onLog(line)));
     try {
       log(`building ${node.dref} with ${s.n} output(s)`);
-      await s.build(makeBuildContext(node, config, outs, () => (scratch ??= store.makeTempDir(`work-${node.name}`)), log, run.files));
+      const live = { groups, echo: onLog };
+      const tmp = (): string => (scratch ??= store.makeTempDir(`work-${node.name}`));
+      await s.build(makeBuildContext(node, config, outs, tmp, log, live, run.files));
     } catch (e) {
+      if (interruptedBy()) refuseIfInterrupted(node);
       const msg = e instanceof Error ? e.message : String(e);
       log(`build failed: ${msg}`);
       // A Cairn error keeps its code (a fetch's E_HASH_MISMATCH, say);
@@ -64,8 +75,11 @@ export async function buildAndPublish(run: BuildRun, published: Published[]): Pr
       const code = isCairnError(e) ? e.code : 'E_BUILD_FAILED';
       throw new CairnError(code, `stage ${node.name} (${node.dref}) failed: ${msg}`, { ...(isCairnError(e) ? e.details : {}), dref: node.dref, stage: node.name }, { cause: e });
     } finally {
+      // Programs the build left running must not write into what is about to be stored.
+      await groups.end();
       log.close();
     }
+    refuseIfInterrupted(node);
     // Every output must keep every promise before any of them is stored.
     for (const [i, out] of outs.entries()) {
       const missing = s.outputs.filter((o) => !fs.existsSync(path.join(out, o)) && !isLink(path.join(out, o)));
@@ -102,8 +116,14 @@ export async function buildAndPublish(run: BuildRun, published: Published[]): Pr
     });
     ok = true;
   } catch (e) {
-    if (keepFailed && !ok) {
-      const kept = path.join(store.root, 'failed', `${node.name}-${new Date().toISOString().replace(/[:.]/g, '')}-${path.basename(dir).slice(-6)}`);
+    const interrupted = isCairnError(e) && e.code === 'E_INTERRUPTED';
+    if (!ok && !interrupted && fs.existsSync(logFile)) {
+      const saved = keepFailedLog(store, node.dref, logFile);
+      if (saved && isCairnError(e)) e.details.failedLog = saved;
+      if (saved && e instanceof Error) e.message += ` (log: cairn log ${node.dref} --failed)`;
+    }
+    if (keepFailed && !ok && !interrupted) {
+      const kept = path.join(store.root, 'failed', keptName(node.name, path.basename(dir), store.owner));
       makeDirs(path.dirname(kept));
       fs.renameSync(dir, kept);
       if (isCairnError(e)) e.details.kept = kept;
@@ -115,6 +135,23 @@ export async function buildAndPublish(run: BuildRun, published: Published[]): Pr
     if (!(ok && s.n === 1)) removeTree(dir);
     if (scratch) removeTree(scratch);
   }
+}
+
+/** Stops a build from starting or storing anything once cairn was interrupted. */
+function refuseIfInterrupted(node: Derivation): void {
+  const sig = interruptedBy();
+  if (!sig) return;
+  throw new CairnError('E_INTERRUPTED', `stage ${node.name} (${node.dref}) interrupted by ${sig}`, { dref: node.dref, signal: sig });
+}
+
+/**
+ * `NAME-TIME-pPID-LABEL` for a kept build directory: the whole label of
+ * the temporary directory (`build-3`, `build-train-2`), without its owner's
+ * start time; the pid keeps names from processes failing at once apart.
+ */
+export function keptName(name: string, base: string, owner: string): string {
+  const label = base.startsWith(`${owner}-`) ? base.slice(owner.length + 1) : base;
+  return `${name}-${new Date().toISOString().replace(/[:.]/g, '')}-p${process.pid}-${label}`;
 }
 
 /** Runs store work, turning plain I/O errors (ENOSPC, EIO, ...) into E_STORE_IO. */

@@ -14,13 +14,22 @@ import { Semaphore, schedule } from './schedule.js';
 import { isStage, type Stage } from './stage.js';
 import { buildAndPublish } from './build.js';
 import { inputPaths } from './build-context.js';
+import { guardRealize } from './build-processes.js';
 
 export interface RealizeEvents {
   cached?(node: Derivation, rrefs: readonly RRef[]): void;
   start?(node: Derivation, why: 'missing' | 'forced'): void;
   wait?(node: Derivation, holder: string): void;
-  built?(node: Derivation, rrefs: readonly RRef[], ms: number): void;
-  log?(node: Derivation, line: string): void;
+  /**
+   * `rrefs`: what the matcher chose; `fresh`: the realizations these builds
+   * made (which a matcher such as `best` may not choose).
+   */
+  built?(node: Derivation, rrefs: readonly RRef[], ms: number, fresh: readonly RRef[]): void;
+  /**
+   * A log() line, or a line a program run through exec printed (`output`:
+   * the output it works on, when known and n > 1).
+   */
+  log?(node: Derivation, line: string, output?: number): void;
   failed?(node: Derivation, error: CairnError): void;
 }
 
@@ -167,7 +176,9 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
               return makeDep(store, dref, chosen.get(dref)!);
             });
             const files = inputPaths(node.files, (dref) => store.outPath(chosen.get(dref)![0]!));
-            await limit.run(() => buildAndPublish({ store, node, context, config, files, keepFailed: opts.keepFailed, onLog: (line) => events.log?.(node, line), dirs }, published));
+            await limit.run(() => buildAndPublish({
+              store, node, context, config, files, keepFailed: opts.keepFailed, onLog: (line, i) => events.log?.(node, line, i), dirs,
+            }, published));
             if (!node.imports) builds++;
           }
         } catch (e) {
@@ -197,7 +208,7 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
             `matcher ${m.name} of stage ${node.name} (${node.dref}) chose nothing after ${runs} build(s); ${all.length} realization(s) exist. A matcher that needs k realizations wants a stage with n >= k or min = k`,
             { dref: node.dref, matcher: m.name, realizations: all.length });
         }
-        events.built?.(node, sel, Date.now() - t0);
+        events.built?.(node, sel, Date.now() - t0, [...new Set(published.map((p) => p.meta.rref))]);
         resolve(sel);
         await recorded;
       }, { onWait: (holder) => events.wait?.(node, holder) });
@@ -207,6 +218,8 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
     });
   };
 
+  // While builds may run, SIGINT/SIGTERM/SIGHUP end their processes and temporary directories first.
+  const unguard = opts.dryRun ? undefined : guardRealize(path.join(store.root, 'tmp'), store.owner);
   try {
     await schedule(graph, async (node) => {
       try {
@@ -229,6 +242,7 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
     // Derivations written ahead whose build never came (a failure upstream).
     if (!opts.dryRun) await store.drvs.settle().catch(() => {});
     if (!opts.dryRun) store.index.dropTempRoots(tempRootOwner);
+    unguard?.();
   }
 
   const plan: PlanEntry[] = [];

@@ -38,6 +38,12 @@ export interface ExecOptions {
   env?: NodeJS.ProcessEnv;
   /** Data written to the child's stdin. */
   input?: string | Uint8Array;
+  /**
+   * The output (an index into `outs`) the program works on: its live output
+   * (`realize -v`) is then prefixed `NAME[i]>`. By default it is the output
+   * that the working directory or an argument lies in, if only one does.
+   */
+  output?: number;
 }
 
 export interface BuildContext<C> {
@@ -59,7 +65,10 @@ export interface BuildContext<C> {
   readonly tmp: string;
   /** Appends a line to the build log (and to the progress display when verbose). */
   readonly log: BuildLog;
-  /** Runs a program with its output captured in the build log; rejects on a non-zero exit. */
+  /**
+   * Runs a program with its output captured in the build log (and shown live with `realize -v`);
+   * rejects on a non-zero exit. It runs in a process group of its own, ended when cairn is interrupted.
+   */
   exec(cmd: string, args?: readonly string[], opts?: ExecOptions): Promise<{ stdout: string; stderr: string }>;
 }
 

@@ -3,7 +3,9 @@ import * as path from 'node:path';
 import { ownerAlive, removeTree, treeBytes } from './fsutil.js';
 import { withLock } from './locks.js';
 import type { DRef, RRef } from './refs.js';
-import { listRoots, type RootEntry } from './roots.js';
+import { readScore } from '../stages/matchers.js';
+import { collectFailedLogs, FAILED_LOG_MAX_AGE_MS } from './failed-logs.js';
+import { listRoots, type RootEntry, type StaleOutLink } from './roots.js';
 import type { Store } from './store.js';
 
 export interface GcOptions {
@@ -13,6 +15,14 @@ export interface GcOptions {
   keepLast?: number;
   /** Only collect realizations older than this many milliseconds. */
   olderThanMs?: number;
+  /**
+   * Also keep the N best-scoring realizations of every derivation (for
+   * each set of inputs it was built from, as its matcher sees them), scored
+   * as `best({ file, key, lowest })` scores them (readScore). Realizations
+   * without a readable score are not kept by this; nor are derivations
+   * none of whose realizations has one.
+   */
+  keepBest?: { n: number; file: string; key?: string; lowest?: boolean };
   /** Also keep realizations (and so their closures) for which this is true, e.g. everything but machine states. */
   keep?: (row: { rref: RRef; dref: DRef }) => boolean;
 }
@@ -30,6 +40,10 @@ export interface GcReport {
   roots: number;
   /** Out-link entries whose link was deleted or moved, now forgotten. */
   staleOutLinks: number;
+  /** Those out-links, and why each no longer counts as a root. */
+  droppedOutLinks: { link?: string; reason: string }[];
+  /** Logs of failed builds deleted (older than --older-than, else FAILED_LOG_MAX_AGE_MS). */
+  failedLogs: string[];
 }
 
 /** Temp-root owners are `<pid>.<start>#<n>`: alive while the process is. */
@@ -54,7 +68,7 @@ export const tempRootOwnerAlive = (owner: string): boolean => ownerAlive(owner.s
 export async function collectGarbage(store: Store, opts: GcOptions = {}): Promise<GcReport> {
   return withLock(store, 'gc', 'collecting garbage', async () => {
     let roots: RootEntry[] = [];
-    let stale: string[] = [];
+    let stale: StaleOutLink[] = [];
     const trash = store.makeTempDir('gc');
     const dryRun = !!opts.dryRun;
     let dead: { rref: RRef; dref: DRef }[] = [];
@@ -85,6 +99,17 @@ export async function collectGarbage(store: Store, opts: GcOptions = {}): Promis
         // Rows come oldest first, so the newest N are at the end.
         for (const list of byDrv.values()) for (const row of list.slice(-opts.keepLast)) seeds.push(row.rref);
       }
+      if (opts.keepBest) {
+        // Ranked per derivation and set of inputs (context), as its matcher ranks them.
+        const byCtx = new Map<string, typeof all>();
+        for (const row of all) {
+          const key = `${row.dref} ${row.ctx}`;
+          const list = byCtx.get(key) ?? [];
+          list.push(row);
+          byCtx.set(key, list);
+        }
+        for (const list of byCtx.values()) seeds.push(...bestOf(store, list, opts.keepBest));
+      }
       const live = new Set(store.closure(seeds));
       dead = all.filter((r) => !live.has(r.rref)).map((r) => ({ rref: r.rref, dref: r.dref }));
       kept = all.length - dead.length;
@@ -108,13 +133,32 @@ export async function collectGarbage(store: Store, opts: GcOptions = {}): Promis
 
     for (const m of moved) bytes += safeBytes(m);
     removeTree(trash);
-    if (!dryRun) for (const entry of stale) fs.rmSync(entry, { force: true });
+    if (!dryRun) for (const s of stale) fs.rmSync(s.entry, { force: true });
+    const logs = collectFailedLogs(store, opts.olderThanMs ?? FAILED_LOG_MAX_AGE_MS, dryRun, now);
+    bytes += logs.bytes;
     if (!dryRun) store.sweepTemp();
     return {
       dryRun, realizations: dead.map((d) => d.rref), derivations: deadDrvs, bytes, kept,
       roots: roots.length, staleOutLinks: stale.length,
+      droppedOutLinks: stale.map((s) => ({ ...(s.link === undefined ? {} : { link: s.link }), reason: s.reason })),
+      failedLogs: logs.files,
     };
   });
+}
+
+/** The RRefs best() would rank first among rows of one derivation and context (oldest first), ties to the older. */
+function bestOf(
+  store: Store, rows: readonly { rref: RRef; dref: DRef; created: number }[], by: NonNullable<GcOptions['keepBest']>,
+): RRef[] {
+  const sign = by.lowest ? -1 : 1;
+  const scored: { rref: RRef; s: number; i: number }[] = [];
+  for (const [i, r] of rows.entries()) {
+    try {
+      scored.push({ rref: r.rref, i, s: sign * readScore({ ...r, path: store.outPath(r.rref) }, by.file, by.key) });
+    } catch { /* no readable score: not ranked */ }
+  }
+  scored.sort((p, q) => q.s - p.s || p.i - q.i);
+  return scored.slice(0, by.n).map((e) => e.rref);
 }
 
 function moveAside(from: string, to: string): boolean {

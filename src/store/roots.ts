@@ -89,13 +89,22 @@ function rrefOfOutPath(store: Store, p: string): RRef | null {
   try { parseRRef(rref); return rref; } catch { return null; }
 }
 
+/** An out-link entry whose link no longer makes it a root (gc deletes the entry). */
+export interface StaleOutLink {
+  /** The entry in ROOT/roots/auto/. */
+  entry: string;
+  /** The out-link's path, when the entry still names one. */
+  link?: string;
+  reason: string;
+}
+
 /**
  * All current roots. Out-link entries whose link is gone, moved, or now
- * points elsewhere are returned in `stale` (gc deletes them).
+ * points elsewhere are returned in `stale`, with why (gc deletes them).
  */
-export function listRoots(store: Store): { roots: RootEntry[]; stale: string[] } {
+export function listRoots(store: Store): { roots: RootEntry[]; stale: StaleOutLink[] } {
   const roots: RootEntry[] = [];
-  const stale: string[] = [];
+  const stale: StaleOutLink[] = [];
   let names: string[] = [];
   try { names = fs.readdirSync(namedDir(store)); } catch { /* none yet */ }
   for (const name of names.sort()) {
@@ -108,16 +117,20 @@ export function listRoots(store: Store): { roots: RootEntry[]; stale: string[] }
   for (const key of autos.sort()) {
     const entry = path.join(autoDir(store), key);
     let link: string;
-    let target: string;
-    try {
-      link = fs.readlinkSync(entry);
-      target = fs.readlinkSync(link);
-    } catch {
-      stale.push(entry);
+    try { link = fs.readlinkSync(entry); } catch {
+      stale.push({ entry, reason: 'the entry names no out-link' });
       continue;
     }
-    const rref = rrefOfOutPath(store, path.resolve(path.dirname(link), target));
-    if (rref === null) stale.push(entry);
+    let target: string;
+    try { target = fs.readlinkSync(link); } catch (e) {
+      const gone = (e as NodeJS.ErrnoException).code === 'ENOENT';
+      const reason = gone ? 'the link is gone (deleted or moved; a moved link is not a root)' : 'it is no longer a symlink';
+      stale.push({ entry, link, reason });
+      continue;
+    }
+    const resolved = path.resolve(path.dirname(link), target);
+    const rref = rrefOfOutPath(store, resolved);
+    if (rref === null) stale.push({ entry, link, reason: `it now points to ${resolved}, not into this store` });
     else roots.push({ kind: 'out-link', name: link, rrefs: [rref] });
   }
   return { roots, stale };
