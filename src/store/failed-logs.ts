@@ -1,5 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { FILE_MODE, makeDirs } from './permissions.js';
 import type { DRef } from './refs.js';
 import type { Store } from './store.js';
 
@@ -31,16 +32,33 @@ function parseStamp(name: string): number | null {
 }
 
 /**
- * Keeps a copy of a failed build's log (a hard link when it can: the build
- * directory it lies in is deleted next) and drops the oldest beyond the
+ * Keeps a copy of a failed build's log and drops the oldest beyond the
  * bound. Best effort: failing to keep a log must not hide the build's error.
+ * The log lies in the build's own directory, which the build could have
+ * changed: it is read through a descriptor opened O_NOFOLLOW (a link planted
+ * there, or a hard link to a file outside, is not kept) and copied, never
+ * hard-linked, into a new file of the store's own mode.
  */
 export function keepFailedLog(store: Store, dref: DRef, logFile: string, now = Date.now()): string | undefined {
   try {
     const dir = dirOf(store, dref);
-    fs.mkdirSync(dir, { recursive: true });
+    makeDirs(dir);
     const file = path.join(dir, `${stamp(now)}-${process.pid}.log`);
-    try { fs.linkSync(logFile, file); } catch { fs.copyFileSync(logFile, file); }
+    const { O_RDONLY, O_NOFOLLOW, O_NONBLOCK, O_WRONLY, O_CREAT, O_EXCL } = fs.constants;
+    const src = fs.openSync(logFile, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
+    try {
+      const st = fs.fstatSync(src);
+      if (!st.isFile() || st.nlink !== 1) return undefined;
+      const dst = fs.openSync(file, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, FILE_MODE);
+      try {
+        const buf = Buffer.allocUnsafe(1 << 16);
+        for (let n; (n = fs.readSync(src, buf)) > 0;) fs.writeSync(dst, buf, 0, n);
+      } finally {
+        fs.closeSync(dst);
+      }
+    } finally {
+      fs.closeSync(src);
+    }
     for (const old of failedLogs(store, dref).slice(0, -FAILED_LOGS_KEPT)) fs.rmSync(old.file, { force: true });
     return file;
   } catch {
