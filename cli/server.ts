@@ -171,7 +171,7 @@ export function registerServer(program: Command): void {
       }
       if (!ours) {
         process.stdout.write(`no cairn server of this installation (${installation().dir}); ` +
-          `the one on ${socket} is another installation's, and serves none of its commands:\n`);
+          `the one on ${socket} is another installation's, and serves none of this one's commands:\n`);
       }
       process.stdout.write(`cairn server pid ${s.pid} (uid ${s.uid ?? '?'}) on ${s.socket}, since ${s.startedAt}\n`);
       process.stdout.write(`installation ${s.install ?? '(not named: an older cairn)'}, build ${s.build}\n`);
