@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { CairnError } from '../src/errors.js';
 import { parseDuration } from '../src/duration.js';
+import { installation } from './serve/install.js';
 import { frame, FrameReader, serverSocketPath } from './serve/protocol.js';
 import { trustedSocketPath } from './serve/socket-dir.js';
 import type { ServerStatus } from './serve/supervisor.js';
@@ -53,6 +54,16 @@ export async function serverStatus(socket: string): Promise<ServerStatus | null>
   return r ? (JSON.parse(r.out) as ServerStatus) : null;
 }
 
+/** This installation's socket (one server per user and installation). */
+const ourSocket = (): string => serverSocketPath(installation().id);
+
+/** Whether `s` runs this very installation (a shared CAIRN_SERVER_SOCKET may hold another's). */
+const isOurs = (s: ServerStatus): boolean => s.install === installation().dir;
+
+/** Whose server answered, for messages. */
+const whose = (s: ServerStatus): string =>
+  `pid ${s.pid}, uid ${s.uid ?? '?'}, installation ${s.install ?? '(not named: an older cairn)'}, build ${s.build}`;
+
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 function positive(v: string, flag: string): number {
@@ -74,7 +85,7 @@ export function registerServer(program: Command): void {
     .option('--foreground', 'run in this process, logging to stderr, until stopped')
     .option('--no-wait', 'return as soon as the server listens')
     .action(async (o: StartOpts) => {
-      const socket = serverSocketPath();
+      const socket = ourSocket();
       const args = ['--workers', String(o.workers), '--idle', `${Math.ceil(o.idle / 1000)}s`, '--max-requests', String(o.maxRequests)];
       if (o.foreground) {
         const { runServer } = await import('./serve/supervisor.js');
@@ -84,6 +95,11 @@ export function registerServer(program: Command): void {
         return;
       }
       const running = await serverStatus(socket);
+      if (running && !isOurs(running)) {
+        throw new CairnError('E_SERVER_RUNNING', `the cairn server on ${socket} is another installation's ` +
+          `(${whose(running)}); this one is ${installation().dir}: stop that server with its own cairn, ` +
+          'or set another CAIRN_SERVER_SOCKET', { socket, install: running.install });
+      }
       if (running) {
         process.stdout.write(`cairn server already running: pid ${running.pid} on ${socket}\n`);
         return;
@@ -102,7 +118,9 @@ export function registerServer(program: Command): void {
       const deadline = Date.now() + 60_000;
       for (;;) {
         if (exited !== null) throw new CairnError('E_SERVER_START', `the server exited (status ${exited}) before it was ready; see ${logFile}`, { log: logFile });
-        const s = await serverStatus(socket);
+        const found = await serverStatus(socket);
+        // Another installation's server that won the race for a shared socket is not ours to wait for.
+        const s = found && isOurs(found) ? found : null;
         const warm = s?.workers.filter((w) => w.state === 'idle').length ?? 0;
         if (s && (!o.wait || warm >= o.workers)) {
           process.stdout.write(`cairn server running: pid ${s.pid} on ${socket}, ${warm} of ${o.workers} workers warm (log: ${logFile})\n`);
@@ -114,10 +132,15 @@ export function registerServer(program: Command): void {
     });
 
   server.command('stop')
-    .description('stop the server (commands it is running finish first)')
+    .description("stop this installation's server (commands it is running finish first)")
     .action(async () => {
-      const socket = serverSocketPath();
+      const socket = ourSocket();
       const s = await serverStatus(socket);
+      if (s && !isOurs(s)) {
+        process.stdout.write(`no cairn server of this installation on ${socket}; ` +
+          `left running another installation's there (${whose(s)})\n`);
+        return;
+      }
       if (!s || !(await control(trustedSocketPath(socket, false)!, 'stop'))) {
         process.stdout.write(`no cairn server on ${socket}\n`);
         return;
@@ -129,21 +152,29 @@ export function registerServer(program: Command): void {
     });
 
   server.command('status')
-    .description('show the server, its workers and what it has served; exits 1 when none runs')
-    .option('--json', 'print the status as JSON')
+    .description("show whose server answered (this installation's or another's), its workers and what it has " +
+      "served; exits 1 unless this installation's server runs")
+    .option('--json', 'print the status as JSON (null when no server answers; thisInstallation tells whose it is)')
     .action(async (o: { json?: boolean }) => {
-      const socket = serverSocketPath();
+      const socket = ourSocket();
       const s = await serverStatus(socket);
       if (!s) {
         process.stdout.write(o.json ? 'null\n' : `no cairn server on ${socket}\n`);
         process.exitCode = 1;
         return;
       }
+      const ours = isOurs(s);
+      if (!ours) process.exitCode = 1;
       if (o.json) {
-        process.stdout.write(JSON.stringify(s, null, 2) + '\n');
+        process.stdout.write(JSON.stringify({ ...s, thisInstallation: ours }, null, 2) + '\n');
         return;
       }
-      process.stdout.write(`cairn server pid ${s.pid} on ${s.socket}, build ${s.build}, since ${s.startedAt}\n`);
+      if (!ours) {
+        process.stdout.write(`no cairn server of this installation (${installation().dir}); ` +
+          `the one on ${socket} is another installation's, and serves none of this one's commands:\n`);
+      }
+      process.stdout.write(`cairn server pid ${s.pid} (uid ${s.uid ?? '?'}) on ${s.socket}, since ${s.startedAt}\n`);
+      process.stdout.write(`installation ${s.install ?? '(not named: an older cairn)'}, build ${s.build}\n`);
       process.stdout.write(`served ${s.served} command(s); ${s.fallbacks} left to the client\n`);
       for (const w of s.workers) process.stdout.write(`  worker ${w.pid}: ${w.state}, ${w.served} served\n`);
     });

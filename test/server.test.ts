@@ -8,7 +8,9 @@ import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { EndMarkerScanner, encodeRequest, frame, FrameReader, parseRequest } from '../cli/serve/protocol.js';
+import {
+  EndMarkerScanner, encodeRequest, frame, FrameReader, installId, parseRequest, serverSocketPath,
+} from '../cli/serve/protocol.js';
 import type { ServerStatus } from '../cli/serve/supervisor.js';
 import { repoRoot, tempDir } from './helpers.js';
 
@@ -52,12 +54,30 @@ describe('protocol', () => {
   });
 
   it('round-trips a request and rejects malformed ones', () => {
-    const req = { build: 'b1', cwd: '/tmp', umask: 0o022, stdoutTty: false, stderrTty: true, columns: 80, args: ['realize', 'a b.ts', ''], env: { A: '1', B: 'x=y' } };
+    const req = {
+      build: 'b1', install: '/opt/a@b/dist', cwd: '/tmp', umask: 0o022, stdoutTty: false, stderrTty: true, columns: 80,
+      args: ['realize', 'a b.ts', ''], env: { A: '1', B: 'x=y' },
+    };
     const f = new FrameReader().push(encodeRequest(req))[0]!;
     assert.equal(f.type, 'Q');
     assert.deepEqual(parseRequest(f.payload), req);
+    // A client that does not name its installation (an older cairn) names none, and is served by no server.
+    const old = parseRequest(new FrameReader().push(encodeRequest({ ...req, install: '' }))[0]!.payload);
+    assert.deepEqual([old.build, old.install], ['b1', '']);
     assert.throws(() => parseRequest(Buffer.from('nonsense\0')), /request format/);
     assert.throws(() => parseRequest(Buffer.from(['cairn-request-1', 'b', 'relative', '22', '0', '0', '0', '0', ''].join('\0'))), /absolute/);
+  });
+
+  it('keys the socket by user and installation', () => {
+    // FNV-1a 64 test vectors; cli/client/cairn.c computes the same (checked end to end below).
+    assert.equal(installId(Buffer.from('')), 'cbf29ce484222325');
+    assert.equal(installId(Buffer.from('a')), 'af63dc4c8601ec8c');
+    const a = serverSocketPath(installId(Buffer.from('/p/a/node_modules/cairn/dist')), {});
+    const b = serverSocketPath(installId(Buffer.from('/p/b/node_modules/cairn/dist')), {});
+    assert.match(a, new RegExp(`/cairn-${process.getuid!()}/server-[0-9a-f]{16}\\.sock$`));
+    assert.notEqual(a, b);
+    assert.equal(serverSocketPath('x', { XDG_RUNTIME_DIR: '/run/user/7' }), '/run/user/7/cairn/server-x.sock');
+    assert.equal(serverSocketPath('x', { CAIRN_SERVER_SOCKET: '/s.sock' }), '/s.sock');
   });
 });
 
@@ -339,5 +359,124 @@ describe('cairn client without a server', () => {
       run(bin, ['server', 'stop'], env, tmp.dir);
       tmp.cleanup();
     }
+  });
+});
+
+describe('two installations of the same build', () => {
+  // Two projects, each with its own copy of the package (as npm installs it: dist/, package.json), run as
+  // root with one shared TMPDIR: both default to a socket under $TMPDIR/cairn-0/.
+  const tmp = tempDir('cairn-installs');
+  const shared = path.join(tmp.dir, 'tmp');
+  const install = (name: string): { bin: string; dist: string } => {
+    const pkg = path.join(tmp.dir, name, 'node_modules', 'cairn');
+    fs.mkdirSync(pkg, { recursive: true });
+    fs.cpSync(path.join(repoRoot, 'dist'), path.join(pkg, 'dist'), { recursive: true });
+    fs.copyFileSync(path.join(repoRoot, 'package.json'), path.join(pkg, 'package.json'));
+    fs.symlinkSync(path.join(repoRoot, 'node_modules'), path.join(pkg, 'node_modules'));
+    return { bin: path.join(pkg, 'dist', 'bin', 'cairn'), dist: fs.realpathSync(path.join(pkg, 'dist')) };
+  };
+  const a = install('a');
+  const b = install('b');
+  const env: NodeJS.ProcessEnv = { ...process.env, TMPDIR: shared, CAIRN_STORE: path.join(tmp.dir, 'store') };
+  delete env.XDG_RUNTIME_DIR;
+  delete env.CAIRN_SERVER_SOCKET;
+  const cairn = (bin: string, args: string[], extra: NodeJS.ProcessEnv = {}): Run => {
+    const r = spawnSync(bin, args, { cwd: tmp.dir, env: { ...env, ...extra }, encoding: 'utf8' });
+    return { code: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr };
+  };
+  type Status = ServerStatus & { thisInstallation: boolean };
+  const status = (bin: string, extra: NodeJS.ProcessEnv = {}): { code: number | null; s: Status | null } => {
+    const r = cairn(bin, ['server', 'status', '--json'], extra);
+    return { code: r.code, s: JSON.parse(r.stdout) as Status | null };
+  };
+  /** A served command (lsref of a bad ref fails the same with or without a server); the client's stderr. */
+  const lsref = (bin: string, extra: NodeJS.ProcessEnv = {}): string => {
+    const r = cairn(bin, ['lsref', 'zzzz'], { CAIRN_SERVER_DEBUG: '1', ...extra });
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /E_BAD_REF/);
+    return r.stderr;
+  };
+  const alive = (pid: number): boolean => { try { process.kill(pid, 0); return true; } catch { return false; } };
+
+  before(() => {
+    assert.equal(process.getuid!(), 0, 'this case is about root servers in a shared TMPDIR');
+    fs.mkdirSync(shared, { mode: 0o1777 });
+    fs.chmodSync(shared, 0o1777);
+    const r = cairn(a.bin, ['server', 'start', '--workers', '1']);
+    assert.equal(r.code, 0, r.stderr);
+  });
+
+  after(() => {
+    for (const i of [a, b]) cairn(i.bin, ['server', 'stop']);
+    tmp.cleanup();
+  });
+
+  it("serves each installation's commands by its own server only, and stops only its own", () => {
+    const sa = status(a.bin).s!;
+    assert.equal(sa.install, a.dist);
+    assert.equal(sa.thisInstallation, true);
+    assert.equal(path.dirname(sa.socket), path.join(shared, 'cairn-0'));
+    // A's client and A's server agree on the socket (the C and Node computations of the installation's key).
+    lsref(a.bin);
+    assert.equal(status(a.bin).s!.served, sa.served + 1, "A's command ran in A's server");
+    // B has no server yet: its command runs with Node, and its status does not report A's server.
+    assert.match(lsref(b.bin), /running without the server: no server/);
+    assert.equal(status(a.bin).s!.served, sa.served + 1, "A's server ran none of B's commands");
+    const none = cairn(b.bin, ['server', 'status']);
+    assert.equal(none.code, 1);
+    assert.match(none.stdout, /^no cairn server on /);
+    assert.doesNotMatch(none.stdout, new RegExp(`pid ${sa.pid}\\b`));
+    assert.deepEqual(status(b.bin), { code: 1, s: null });
+
+    // B's own server, on its own socket in the same directory.
+    const started = cairn(b.bin, ['server', 'start', '--workers', '1']);
+    assert.equal(started.code, 0, started.stderr);
+    const sb = status(b.bin).s!;
+    assert.notEqual(sb.pid, sa.pid);
+    assert.notEqual(sb.socket, sa.socket);
+    assert.equal(sb.install, b.dist);
+    // The same installation reached through a symlinked directory is the same installation.
+    fs.symlinkSync(path.join(tmp.dir, 'b'), path.join(tmp.dir, 'b-link'));
+    const viaLink = path.join(tmp.dir, 'b-link', path.relative(path.join(tmp.dir, 'b'), b.bin));
+    assert.doesNotMatch(lsref(viaLink), /running without the server/);
+    assert.doesNotMatch(lsref(b.bin), /running without the server/);
+    assert.equal(status(b.bin).s!.served, sb.served + 2);
+    assert.equal(status(a.bin).s!.served, sa.served + 1);
+
+    // The text status says whose server answered.
+    const text = cairn(b.bin, ['server', 'status']).stdout;
+    assert.match(text, new RegExp(`pid ${sb.pid} \\(uid 0\\) on ${sb.socket}`));
+    assert.match(text, new RegExp(`installation ${b.dist}, build ${sb.build}`));
+
+    // Stopping B leaves A serving.
+    assert.equal(cairn(b.bin, ['server', 'stop']).code, 0);
+    assert.equal(alive(sb.pid), false);
+    assert.equal(alive(sa.pid), true);
+    assert.equal(status(b.bin).code, 1);
+    lsref(a.bin);
+    assert.equal(status(a.bin).s!.served, sa.served + 2);
+  });
+
+  it("does not serve, report or stop another installation's server on a shared CAIRN_SERVER_SOCKET", () => {
+    const sa = status(a.bin).s!;
+    const socket = { CAIRN_SERVER_SOCKET: sa.socket };
+    assert.match(lsref(b.bin, socket), /running without the server: the server is the installation in .*\/a\//);
+    assert.equal(status(a.bin).s!.served, sa.served, "A's server ran none of B's commands");
+    const st = status(b.bin, socket);
+    assert.equal(st.code, 1);
+    assert.equal(st.s?.thisInstallation, false);
+    assert.equal(st.s?.install, a.dist);
+    const text = cairn(b.bin, ['server', 'status'], socket);
+    assert.equal(text.code, 1);
+    assert.match(text.stdout, /^no cairn server of this installation .* another installation's/);
+    assert.match(text.stdout, new RegExp(`installation ${a.dist}, build`));
+    const start = cairn(b.bin, ['server', 'start', '--workers', '1'], socket);
+    assert.equal(start.code, 1);
+    assert.match(start.stderr, /E_SERVER_RUNNING: .* another installation's/);
+    const stop = cairn(b.bin, ['server', 'stop'], socket);
+    assert.equal(stop.code, 0);
+    assert.match(stop.stdout, /left running another installation's/);
+    assert.equal(alive(sa.pid), true);
+    assert.equal(status(a.bin).s!.pid, sa.pid);
   });
 });

@@ -2,7 +2,7 @@
  * cairn: the command users run. When a cairn server answers on its socket
  * (`cairn server start`), the command runs in one of the server's warm
  * workers and this process only relays its output: no Node start-up. In
- * every other case (no server, another build of Cairn, a command the server
+ * every other case (no server, another installation or build of Cairn, a command the server
  * leaves to its own process, every worker busy) it execs the Node CLI,
  * dist/cli/main.js, with the same arguments, so the outcome never depends
  * on whether a server runs. The protocol is in cli/serve/protocol.ts.
@@ -125,19 +125,28 @@ static const char *untrusted_socket(char *sock, size_t size) {
   return NULL;
 }
 
-/* Same rule as serverSocketPath() in cli/serve/protocol.ts. */
+/* This installation's key in socket names: FNV-1a (64 bits) of dist_dir, as installId() in cli/serve/protocol.ts. */
+static void install_id(char *out, size_t size) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (const unsigned char *p = (const unsigned char *)dist_dir; *p; p++) h = (h ^ *p) * 0x100000001b3ULL;
+  snprintf(out, size, "%016llx", (unsigned long long)h);
+}
+
+/* Same rule as serverSocketPath() in cli/serve/protocol.ts: one server per user and installation. */
 static int socket_path(char *out, size_t size) {
   const char *explicit_path = getenv("CAIRN_SERVER_SOCKET");
   if (explicit_path && *explicit_path) return snprintf(out, size, "%s", explicit_path) < (int)size;
+  char id[32];
+  install_id(id, sizeof id);
   const char *runtime = getenv("XDG_RUNTIME_DIR");
-  if (runtime && *runtime) return snprintf(out, size, "%s/cairn/server.sock", runtime) < (int)size;
+  if (runtime && *runtime) return snprintf(out, size, "%s/cairn/server-%s.sock", runtime, id) < (int)size;
   const char *tmp = getenv("TMPDIR");
   if (!tmp || !*tmp) tmp = getenv("TMP");
   if (!tmp || !*tmp) tmp = getenv("TEMP");
   if (!tmp || !*tmp) tmp = "/tmp";
   size_t n = strlen(tmp);
   while (n > 1 && tmp[n - 1] == '/') n--; /* as Node's os.tmpdir() does */
-  return snprintf(out, size, "%.*s/cairn-%u/server.sock", (int)n, tmp, (unsigned)getuid()) < (int)size;
+  return snprintf(out, size, "%.*s/cairn-%u/server-%s.sock", (int)n, tmp, (unsigned)getuid(), id) < (int)size;
 }
 
 /* A growable byte buffer for the request. */
@@ -242,8 +251,11 @@ int main(int argc, char **argv) {
   char tmp[PATH_MAX];
   put(&req, "Q\0\0\0\0", 5);
   put_field(&req, "cairn-request-1");
+  /* BUILD-ID@INSTALL: a server of another installation does not serve this one, even of the same build. */
   read_build_id(tmp, sizeof tmp);
-  put_field(&req, tmp);
+  put(&req, tmp, strlen(tmp));
+  put(&req, "@", 1);
+  put_field(&req, dist_dir);
   if (!getcwd(tmp, sizeof tmp)) without_server("cannot read the working directory", NULL);
   put_field(&req, tmp);
   mode_t mask = umask(0);

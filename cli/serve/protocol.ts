@@ -55,6 +55,11 @@ export class FrameReader {
 export interface ClientRequest {
   /** The client's build of Cairn (dist/build-id); a server of another build does not serve it. */
   build: string;
+  /**
+   * The client's installation: the real path of its dist/ directory ('' from a client that does not say).
+   * A server of another installation does not serve it, even of the same build.
+   */
+  install: string;
   cwd: string;
   umask: number;
   stdoutTty: boolean;
@@ -68,9 +73,12 @@ export interface ClientRequest {
 
 /**
  * Payload of a Q frame: fields each ended by NUL, in this order: the magic
- * word, build id, cwd, umask (octal), stdout is a tty (0/1), stderr is a
- * tty (0/1), columns, argc, then argc words, then `NAME=value` environment
- * entries up to the end.
+ * word, `BUILD-ID@INSTALL` (build id, then the client's dist/ directory),
+ * cwd, umask (octal), stdout is a tty (0/1), stderr is a tty (0/1), columns,
+ * argc, then argc words, then `NAME=value` environment entries up to the end.
+ *
+ * The installation rides in the build field so that a server from before it
+ * was sent still reads the request: it sees another build and answers R.
  */
 export function parseRequest(payload: Buffer): ClientRequest {
   const fields = payload.toString('utf8').split('\0');
@@ -82,7 +90,11 @@ export function parseRequest(payload: Buffer): ClientRequest {
     throw new Error('bad argument count');
   }
   const n = Number(argc);
-  if (!build) throw new Error('no build id');
+  // Build ids are hex (or a word such as `none`); the installation path is everything after the first @.
+  const at = build?.indexOf('@') ?? -1;
+  const buildId = at < 0 ? build : build!.slice(0, at);
+  const install = at < 0 ? '' : build!.slice(at + 1);
+  if (!buildId) throw new Error('no build id');
   if (!cwd?.startsWith('/')) throw new Error('cwd is not absolute');
   if (!/^[0-7]{1,4}$/.test(umask ?? '')) throw new Error(`umask ${JSON.stringify(umask)} is not octal`);
   if (!/^[01]$/.test(outTty ?? '') || !/^[01]$/.test(errTty ?? '')) throw new Error('tty flags are not 0 or 1');
@@ -93,7 +105,8 @@ export function parseRequest(payload: Buffer): ClientRequest {
     if (eq > 0) env[entry.slice(0, eq)] = entry.slice(eq + 1);
   }
   return {
-    build,
+    build: buildId,
+    install,
     cwd,
     umask: parseInt(umask!, 8) & 0o777,
     stdoutTty: outTty === '1',
@@ -106,19 +119,33 @@ export function parseRequest(payload: Buffer): ClientRequest {
 
 /** The inverse of parseRequest: what the C client sends (used by the tests). */
 export function encodeRequest(r: ClientRequest): Buffer {
-  const fields = [REQUEST_MAGIC, r.build, r.cwd, r.umask.toString(8), r.stdoutTty ? '1' : '0', r.stderrTty ? '1' : '0', String(r.columns), String(r.args.length), ...r.args,
+  const fields = [REQUEST_MAGIC, r.install ? `${r.build}@${r.install}` : r.build, r.cwd, r.umask.toString(8),
+    r.stdoutTty ? '1' : '0', r.stderrTty ? '1' : '0', String(r.columns), String(r.args.length), ...r.args,
     ...Object.entries(r.env).map(([k, v]) => `${k}=${v}`)];
   return frame('Q', fields.map((f) => f + '\0').join(''));
 }
 
 /**
- * The server's socket: $CAIRN_SERVER_SOCKET, else $XDG_RUNTIME_DIR/cairn/server.sock,
- * else $TMPDIR/cairn-UID/server.sock. The C client computes the same path.
+ * An installation's key in socket names: FNV-1a (64 bits, hex) of the bytes
+ * of its dist/ directory's real path. cli/client/cairn.c computes the same.
+ * Not a security boundary (the server also compares the whole path); it
+ * only keeps the servers of two installations apart.
  */
-export function serverSocketPath(env: NodeJS.ProcessEnv = process.env): string {
+export function installId(distDir: Buffer): string {
+  let h = 0xcbf29ce484222325n;
+  for (const b of distDir) h = BigInt.asUintN(64, (h ^ BigInt(b)) * 0x100000001b3n);
+  return h.toString(16).padStart(16, '0');
+}
+
+/**
+ * The server's socket: $CAIRN_SERVER_SOCKET, else $XDG_RUNTIME_DIR/cairn/server-ID.sock,
+ * else $TMPDIR/cairn-UID/server-ID.sock, where ID is the installation's installId:
+ * one server per user and installation. The C client computes the same path.
+ */
+export function serverSocketPath(id: string, env: NodeJS.ProcessEnv = process.env): string {
   if (env.CAIRN_SERVER_SOCKET) return env.CAIRN_SERVER_SOCKET;
   const dir = env.XDG_RUNTIME_DIR ? path.join(env.XDG_RUNTIME_DIR, 'cairn') : path.join(os.tmpdir(), `cairn-${process.getuid?.() ?? 0}`);
-  return path.join(dir, 'server.sock');
+  return path.join(dir, `server-${id}.sock`);
 }
 
 /**

@@ -17,6 +17,7 @@ import { fileURLToPath } from 'node:url';
 import { CairnError } from '../../src/errors.js';
 import { commandWord } from '../program.js';
 import { peerFacts, readProcFacts, sandboxDifference, type ProcFacts } from './sandbox.js';
+import { installation, readBuildId } from './install.js';
 import { trustedSocketPath } from './socket-dir.js';
 import { EndMarkerScanner, frame, FrameReader, parseRequest, SERVED_COMMANDS, type ClientRequest } from './protocol.js';
 import type { FromWorker, ToWorker } from './worker.js';
@@ -47,17 +48,6 @@ export const REQUEST_TIMEOUT_MS = 5000;
  * client runs the Node CLI) and closed; a client is never made to wait.
  */
 export const MAX_CONNECTIONS = 64;
-/** Written by the build (scripts/build-client.sh); the client sends its own. */
-const BUILD_ID_FILE = path.join(HERE, '..', '..', 'build-id');
-
-export function readBuildId(): string {
-  try {
-    return fs.readFileSync(BUILD_ID_FILE, 'utf8').trim() || 'none';
-  } catch {
-    return 'none';
-  }
-}
-
 export interface ServerOptions {
   socket: string;
   /** Warm workers kept (each runs one command at a time). */
@@ -73,9 +63,13 @@ export interface ServerOptions {
   maxConnections?: number;
 }
 
+/** What `C status` answers: whose server this is, and what it has done. */
 export interface ServerStatus {
   pid: number;
+  uid: number;
   socket: string;
+  /** The installation it runs (the real path of its dist/ directory): it serves only clients of this one. */
+  install: string;
   build: string;
   startedAt: string;
   served: number;
@@ -114,6 +108,9 @@ const log = (s: string): void => { process.stderr.write(`${new Date().toISOStrin
  */
 export async function runServer(o: ServerOptions): Promise<{ restart: boolean }> {
   const build = readBuildId();
+  const install = installation().dir;
+  /** The socket's path with its directory resolved (socket-dir.ts), once listening. */
+  let socket = o.socket;
   const workers = new Set<Worker>();
   const startedAt = new Date();
   let served = 0;
@@ -234,10 +231,14 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
       client.end(frame('R', why));
     };
     if (stopping) return pass('the server is stopping');
+    if (req.install !== install) {
+      // Another installation's client (a shared CAIRN_SERVER_SOCKET, or a clash of socket names): same
+      // build or not, its commands must run its own code, and a rebuild there is no reason to restart.
+      return pass(`the server is the installation in ${install}, the client's is ${req.install || 'not named'}`);
+    }
     if (req.build !== build) {
       // Cairn was rebuilt where this server was loaded from: make way for a
-      // server of the new build. (A client of some other installation just
-      // runs on its own.)
+      // server of the new build.
       const onDisk = readBuildId();
       if (onDisk !== build) {
         log(`Cairn was rebuilt (build ${onDisk}): restarting`);
@@ -269,7 +270,8 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
   };
 
   const status = (): ServerStatus => ({
-    pid: process.pid, socket: o.socket, build, startedAt: startedAt.toISOString(), served, fallbacks,
+    pid: process.pid, uid: process.getuid!(), socket, install, build, startedAt: startedAt.toISOString(),
+    served, fallbacks,
     workers: [...workers].map((w) => ({ pid: w.child.pid, state: w.state, served: w.served })),
   });
 
@@ -353,8 +355,9 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
     shutdownIdle();
   };
 
-  await listenPrivately(server, o.socket);
-  log(`cairn server ${process.pid} listening on ${o.socket} (build ${build}, ${o.workers} workers)`);
+  socket = await listenPrivately(server, o.socket);
+  log(`cairn server ${process.pid} listening on ${socket} (installation ${install}, build ${build}, ` +
+    `${o.workers} workers)`);
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
   for (let i = 0; i < o.workers; i++) spawnWorker();
@@ -373,9 +376,9 @@ function signalNumber(sig: NodeJS.Signals): number {
  * Listens on `socket` so that only this user can connect: the directory
  * must be this user's alone (socket-dir.ts; it is made 0700 if missing),
  * and the socket itself is 0600. A socket file left by a dead server is
- * replaced; a live one is an error.
+ * replaced; a live one is an error. Returns the path it listens on (its directory resolved).
  */
-async function listenPrivately(server: net.Server, socket: string): Promise<void> {
+async function listenPrivately(server: net.Server, socket: string): Promise<string> {
   const real = trustedSocketPath(socket, true)!;
   if (fs.existsSync(real)) {
     if (await answers(real)) {
@@ -392,6 +395,7 @@ async function listenPrivately(server: net.Server, socket: string): Promise<void
   } finally {
     process.umask(umask);
   }
+  return real;
 }
 
 /** Whether something accepts connections on the socket. */
