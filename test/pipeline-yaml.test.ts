@@ -169,6 +169,17 @@ describe('cairn.yaml: the workspace a command sees', () => {
     assert.equal(fs.readFileSync(path.join(out, 'env'), 'utf8'), 's 0/1\n');
   });
 
+  it('${key} in a command is the value from params.yaml (in the identity); \\${ is the shell\'s', () => {
+    const proj = tiny({
+      'params.yaml': 'train: {lr: 0.5, epochs: 3}\n',
+      'cairn.yaml': 'stages:\n  s:\n    cmd: echo ${train.lr} ${ train.epochs } \\${CAIRN_STAGE} > o\n    outs: [o]\n',
+    });
+    const r = realize(proj);
+    assert.equal(fs.readFileSync(path.join(store.outPath(r.targets[0]!.rrefs[0]!), 'o'), 'utf8'), '0.5 3 s\n');
+    fs.writeFileSync(path.join(proj, 'params.yaml'), 'train: {lr: 0.25, epochs: 3}\n');
+    assert.notEqual(realize(proj).targets[0]!.dref, r.targets[0]!.dref);
+  });
+
   it('a command that reads an undeclared file fails; one that misses an out breaks its promise', () => {
     const proj = tiny({
       'secret.txt': 'x\n',
@@ -232,6 +243,7 @@ describe('cairn.yaml: schema errors are E_BAD_PIPELINE, naming the stage and key
       /stage b: deps\.0: dep model\.pk is neither a file in the project nor an out of a stage \(did you mean "model\.pkl"\?\)/],
     ['a dep outside the project', 'stages:\n  a:\n    cmd: x\n    deps: [../etc/passwd]\n', /leaves the project/],
     ['a missing param', 'stages:\n  a:\n    cmd: x\n    params: [train.lrr]\n', /params\.yaml has no param train\.lrr \(did you mean "train\.lr"\?\)/],
+    ['an unknown ${param} in cmd', 'stages:\n  a:\n    cmd: echo ${train.lrr}\n', /\$\{train\.lrr\}: params\.yaml has no param train\.lrr \(did you mean "train\.lr"\?\)/],
     ['an unknown matcher', 'stages:\n  a:\n    cmd: x\n    matcher: bset\n', /unknown matcher bset \(did you mean "best"\?\)/],
     ['best without a metric', 'stages:\n  a:\n    cmd: x\n    metrics: [m.json]\n    matcher: best\n', /say which metric of m\.json/],
     ['a bad stage name', 'stages:\n  "a b":\n    cmd: x\n', /stage name "a b" is not allowed/],

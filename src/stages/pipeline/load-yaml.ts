@@ -198,6 +198,28 @@ function metricScore(stageName: string, file: string, key: string | undefined): 
   };
 }
 
+/**
+ * DVC's templating in commands: `${train.lr}` is the value of that key of
+ * params.yaml, and `\${` is a literal `${` for the shell. The value goes
+ * into the command, so into the identity, as an explicit param would.
+ */
+function interpolate(r: Reporter, where: Where, cmd: string, paramsFile: string, read: ReturnType<typeof paramsReader>): string {
+  return cmd.replace(/\\\$\{|\$\{([^}]*)\}/g, (m, key: string | undefined) => {
+    if (key === undefined) return '${';
+    const k = key.trim();
+    if (!/^[A-Za-z_][\w.-]*$/.test(k)) throw r.fail(where, `\${${key}} is not a param key; write \\\${ for the shell's \${`);
+    const doc = read(paramsFile, where);
+    const v = lookup(doc, k);
+    if (v === undefined) {
+      throw r.fail(where, `\${${k}}: ${paramsFile} has no param ${k}${didYouMean(k, dottedKeys(doc))} (write \\\${ for the shell's \${)`);
+    }
+    if (typeof v === 'object' && v !== null) throw r.fail(where, `\${${k}} is a ${Array.isArray(v) ? 'list' : 'mapping'}; only single values can be put in a command`);
+    const bad = badValue(v, k);
+    if (bad) throw r.fail(where, bad);
+    return String(v);
+  });
+}
+
 const MATCHER_FORMS = 'latest, latest(N), all, some(N), only, best, {best: METRIC}, '
   + 'or {best: {metric: METRIC, file: FILE, lowest: true, n: N}}';
 
@@ -268,6 +290,9 @@ function parseStage(r: Reporter, name: string, spec: unknown, read: ReturnType<t
   }
   let wdir = '.';
   if (spec.wdir !== undefined && spec.wdir !== '.') wdir = projectPath(r, [...w, 'wdir'], '.', spec.wdir, 'wdir');
+  const params = projectPath(r, w, wdir, DEFAULT_PARAMS, 'params file');
+  const interpolated = typeof cmd === 'string' ? interpolate(r, [...w, 'cmd'], cmd, params, read)
+    : (cmd as string[]).map((c, i) => interpolate(r, [...w, 'cmd', i], c, params, read));
   const n = spec.n ?? 1;
   if (!Number.isInteger(n) || (n as number) < 1 || (n as number) > 10_000) throw r.fail([...w, 'n'], `must be a whole number from 1 to 10000, not ${JSON.stringify(n)}`);
   const deps = list(r, [...w, 'deps'], spec.deps).map((d, i) => ({ path: projectPath(r, [...w, 'deps', i], wdir, d, 'dep'), where: [...w, 'deps', i] }));
@@ -279,7 +304,7 @@ function parseStage(r: Reporter, name: string, spec: unknown, read: ReturnType<t
   const outs = [...parseOuts(r, [...w, 'outs'], wdir, spec.outs, false), ...parseOuts(r, [...w, 'plots'], wdir, spec.plots, true)];
   const metrics = parseOuts(r, [...w, 'metrics'], wdir, spec.metrics, false);
   return {
-    name, cmd: cmd as string | string[], wdir, deps, outs, metrics, n: n as number,
+    name, cmd: interpolated, wdir, deps, outs, metrics, n: n as number,
     params: parseParams(r, [...w, 'params'], wdir, spec.params, read),
     matcher: parseMatcher(r, [...w, 'matcher'], name, wdir, spec.matcher, metrics, outs),
   };
