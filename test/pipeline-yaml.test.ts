@@ -38,7 +38,9 @@ function realize(proj: string, args: string[] = [], file = 'cairn.yaml', s = sto
 /** Stage name -> action of a realize. */
 const actions = (r: Result): Record<string, string> => Object.fromEntries(r.plan.map((p) => [p.name, p.action]));
 const built = (r: Result): string[] => r.plan.filter((p) => p.action !== 'cached').map((p) => p.name).sort();
-const readJson = (p: string): Record<string, unknown> => JSON.parse(fs.readFileSync(p, 'utf8')) as Record<string, unknown>;
+const readJson = (p: string): Record<string, unknown> =>
+  JSON.parse(fs.readFileSync(p, 'utf8')) as Record<string, unknown>;
+interface TrainMetrics { acc: number; run: string }
 
 describe('cairn.yaml: the 4-stage ML pipeline', () => {
   it('realizes; evaluate and report consume the train run with the highest metric; a second run builds nothing', () => {
@@ -49,11 +51,13 @@ describe('cairn.yaml: the 4-stage ML pipeline', () => {
     // n: 3 made three realizations of train, one build.
     const runs = store.resolve(plan.get('train')!.dref);
     assert.equal(runs.length, 3);
-    const metrics = runs.map((rr) => readJson(path.join(store.outPath(rr), 'train_metrics.json')) as { acc: number; run: string });
+    const metricsOf = (rr: string) => readJson(path.join(store.outPath(rr), 'train_metrics.json')) as unknown as TrainMetrics;
+    const metrics = runs.map(metricsOf);
     assert.equal(new Set(metrics.map((m) => m.run)).size, 3, 'three distinct training runs');
     const top = Math.max(...metrics.map((m) => m.acc));
     // The train target's choice is a best-scoring run, and it is what evaluate read.
-    const chosen = readJson(path.join(store.outPath(plan.get('train')!.rrefs[0]!), 'train_metrics.json')) as { acc: number; run: string };
+    const trainOut = store.outPath(plan.get('train')!.rrefs[0]!);
+    const chosen = readJson(path.join(trainOut, 'train_metrics.json')) as unknown as TrainMetrics;
     assert.equal(chosen.acc, top);
     const evaluation = readJson(path.join(store.outPath(plan.get('evaluate')!.rrefs[0]!), 'eval.json'));
     assert.equal(evaluation.run, chosen.run);
@@ -96,7 +100,8 @@ describe('cairn.yaml: the 4-stage ML pipeline', () => {
     const a = project('a');
     const r = realize(a, ['--stage', 'evaluate']);
     assert.deepEqual(r.plan.map((p) => p.name).sort(), ['evaluate', 'prepare', 'train']);
-    const drefs = (proj: string): string => ok(cairn(storeDir(), ['instantiate', path.join(proj, 'cairn.yaml')])).stdout;
+    const drefs = (proj: string): string =>
+      ok(cairn(storeDir(), ['instantiate', path.join(proj, 'cairn.yaml')])).stdout;
     const b = project('elsewhere/deeper/b');
     assert.equal(drefs(a), drefs(b));
     assert.equal(drefs(a), drefs(a));
@@ -136,7 +141,7 @@ function tiny(files: Record<string, string>, name = 'tiny'): string {
 }
 
 describe('cairn.yaml: the workspace a command sees', () => {
-  it('holds the declared deps at their paths and a params file with only the picked keys; outs keep their paths', () => {
+  it('holds the declared deps at their paths, a params file of the picked keys only; outs keep their paths', () => {
     const proj = tiny({
       'params.yaml': 'a: {x: 1.0e-7, y: 2}\nb: secret\n',
       'src/lib.py': 'VALUE = 41\n',
@@ -162,8 +167,8 @@ describe('cairn.yaml: the workspace a command sees', () => {
     const params = fs.readFileSync(path.join(out, 'params'), 'utf8');
     assert.deepEqual(JSON.parse(params), { a: { x: 1e-7 } });
     assert.match(params, /1\.0e-7/, 'PyYAML reads 1e-7 as a string; 1.0e-7 is a float everywhere');
-    const py = spawnSync('python3', ['-c', 'import sys, yaml; v = yaml.safe_load(sys.stdin)["a"]["x"]; print(type(v).__name__)'],
-      { input: params, encoding: 'utf8' });
+    const typeOfX = 'import sys, yaml; v = yaml.safe_load(sys.stdin)["a"]["x"]; print(type(v).__name__)';
+    const py = spawnSync('python3', ['-c', typeOfX], { input: params, encoding: 'utf8' });
     if (py.status === 0) assert.equal(py.stdout.trim(), 'float');
     assert.equal(fs.readFileSync(path.join(out, 'tree'), 'utf8'), 'data\ndata/d\ndata/d/one.txt\n');
     assert.equal(fs.readFileSync(path.join(out, 'env'), 'utf8'), 's 0/1\n');
@@ -178,6 +183,33 @@ describe('cairn.yaml: the workspace a command sees', () => {
     assert.equal(fs.readFileSync(path.join(store.outPath(r.targets[0]!.rrefs[0]!), 'o'), 'utf8'), '0.5 3 s\n');
     fs.writeFileSync(path.join(proj, 'params.yaml'), 'train: {lr: 0.25, epochs: 3}\n');
     assert.notEqual(realize(proj).targets[0]!.dref, r.targets[0]!.dref);
+  });
+
+  it('wdir: the command runs there, and paths are relative to it', () => {
+    const proj = tiny({
+      'data/raw.txt': 'raw\n',
+      'src/step.sh': 'cat ../data/raw.txt > ../build/copy.txt; pwd > where\n',
+      'src/params.yaml': 'k: v\n',
+      'cairn.yaml': [
+        'stages:',
+        '  a:',
+        '    wdir: src',
+        '    cmd: sh step.sh && cat params.yaml >> where',
+        '    deps: [step.sh, ../data/raw.txt]',
+        '    params: [k]',
+        '    outs: [../build/copy.txt, where]',
+        '  b:',
+        '    cmd: cat build/copy.txt src/where > o',
+        '    deps: [build/copy.txt, src/where]',
+        '    outs: [o]',
+      ].join('\n'),
+    });
+    const r = realize(proj);
+    const a = store.outPath(r.plan.find((p) => p.name === 'a')!.rrefs[0]!);
+    assert.equal(fs.readFileSync(path.join(a, 'build', 'copy.txt'), 'utf8'), 'raw\n');
+    assert.match(fs.readFileSync(path.join(a, 'src', 'where'), 'utf8'), /\/ws-0\/src\n\{\n  "k": "v"\n\}\n$/);
+    const b = store.outPath(r.plan.find((p) => p.name === 'b')!.rrefs[0]!);
+    assert.match(fs.readFileSync(path.join(b, 'o'), 'utf8'), /^raw\n/);
   });
 
   it('a command that reads an undeclared file fails; one that misses an out breaks its promise', () => {
@@ -195,7 +227,8 @@ describe('cairn.yaml: the workspace a command sees', () => {
   it('a command that writes into an input it was given fails the build (root is not stopped by read-only bits)', () => {
     const proj = tiny({
       'data.txt': 'original\n',
-      'cairn.yaml': 'stages:\n  vandal:\n    cmd: "echo changed >> data.txt 2>/dev/null; echo done > o"\n    deps: [data.txt]\n    outs: [o]\n',
+      'cairn.yaml': 'stages:\n  vandal:\n    cmd: "echo changed >> data.txt 2>/dev/null; echo done > o"\n'
+        + '    deps: [data.txt]\n    outs: [o]\n',
     });
     const r = cairn(storeDir(), ['realize', path.join(proj, 'cairn.yaml')]);
     if (process.getuid?.() === 0) {
@@ -204,7 +237,7 @@ describe('cairn.yaml: the workspace a command sees', () => {
     } else {
       ok(r); // the store copy is read-only, so the append failed and the input is intact
     }
-    assert.equal(fs.readFileSync(path.join(proj, 'data.txt'), 'utf8'), 'original\n', "the user's file is never touched");
+    assert.equal(fs.readFileSync(path.join(proj, 'data.txt'), 'utf8'), 'original\n', "the user's file is untouched");
   });
 
   it('n: 3 with matcher all gives a dependant every run (CAIRN_DEPS) and the first at the path', () => {
@@ -217,7 +250,9 @@ describe('cairn.yaml: the workspace a command sees', () => {
         '    n: 3',
         '    matcher: all',
         '  use:',
-        '    cmd: python3 -c "import json,os; d=json.load(open(os.environ[\'CAIRN_DEPS\'])); print(len(d[\'r.txt\']))" > count',
+        '    cmd: >-',
+        '      python3 -c "import json,os; d=json.load(open(os.environ[\'CAIRN_DEPS\'])); print(len(d[\'r.txt\']))"',
+        '      > count',
         '    deps: [r.txt]',
         '    outs: [count]',
       ].join('\n'),
@@ -231,21 +266,34 @@ describe('cairn.yaml: the workspace a command sees', () => {
 
 describe('cairn.yaml: schema errors are E_BAD_PIPELINE, naming the stage and key', () => {
   const cases: [string, string, RegExp][] = [
-    ['unknown key with a hint', 'stages:\n  a:\n    cmd: x\n    out: [o]\n', /:4: stage a: out: unknown key out \(did you mean "outs"\?\)/],
+    ['unknown key with a hint', 'stages:\n  a:\n    cmd: x\n    out: [o]\n',
+      /:4: stage a: out: unknown key out \(did you mean "outs"\?\)/],
     ['missing cmd', 'stages:\n  a:\n    outs: [o]\n', /stage a: cmd is missing/],
     ['n of the wrong type', 'stages:\n  a:\n    cmd: x\n    n: three\n', /stage a: n: must be a whole number/],
     ['deps not a list', 'stages:\n  a:\n    cmd: x\n    deps: f\n', /stage a: deps: must be a list/],
-    ['a cycle', 'stages:\n  a:\n    cmd: x\n    deps: [b.txt]\n    outs: [a.txt]\n  b:\n    cmd: x\n    deps: [a.txt]\n    outs: [b.txt]\n',
+    ['a cycle',
+      'stages:\n  a:\n    cmd: x\n    deps: [b.txt]\n    outs: [a.txt]\n'
+        + '  b:\n    cmd: x\n    deps: [a.txt]\n    outs: [b.txt]\n',
       /cycle: a -> b -> a/],
-    ['an out of two stages', 'stages:\n  a:\n    cmd: x\n    outs: [o]\n  b:\n    cmd: x\n    outs: [o]\n', /stage b: outs\.0: out o is also declared by stage a/],
-    ['nested outs', 'stages:\n  a:\n    cmd: x\n    outs: [m]\n  b:\n    cmd: x\n    outs: [m/x]\n', /out m\/x is inside out m of stage a/],
-    ['a dep that is neither a file nor an out', 'stages:\n  a:\n    cmd: x\n    outs: [model.pkl]\n  b:\n    cmd: x\n    deps: [model.pk]\n',
-      /stage b: deps\.0: dep model\.pk is neither a file in the project nor an out of a stage \(did you mean "model\.pkl"\?\)/],
+    ['an out of two stages', 'stages:\n  a:\n    cmd: x\n    outs: [o]\n  b:\n    cmd: x\n    outs: [o]\n',
+      /stage b: outs\.0: out o is also declared by stage a/],
+    ['nested outs', 'stages:\n  a:\n    cmd: x\n    outs: [m]\n  b:\n    cmd: x\n    outs: [m/x]\n',
+      /out m\/x is inside out m of stage a/],
+    ['a dep that is neither a file nor an out',
+      'stages:\n  a:\n    cmd: x\n    outs: [model.pkl]\n  b:\n    cmd: x\n    deps: [model.pk]\n',
+      /stage b: deps\.0: dep model\.pk is neither a file in the project nor an out of a stage \(did you mean/],
     ['a dep outside the project', 'stages:\n  a:\n    cmd: x\n    deps: [../etc/passwd]\n', /leaves the project/],
-    ['a missing param', 'stages:\n  a:\n    cmd: x\n    params: [train.lrr]\n', /params\.yaml has no param train\.lrr \(did you mean "train\.lr"\?\)/],
-    ['an unknown ${param} in cmd', 'stages:\n  a:\n    cmd: echo ${train.lrr}\n', /\$\{train\.lrr\}: params\.yaml has no param train\.lrr \(did you mean "train\.lr"\?\)/],
-    ['an unknown matcher', 'stages:\n  a:\n    cmd: x\n    matcher: bset\n', /unknown matcher bset \(did you mean "best"\?\)/],
-    ['best without a metric', 'stages:\n  a:\n    cmd: x\n    metrics: [m.json]\n    matcher: best\n', /say which metric of m\.json/],
+    ['a missing param', 'stages:\n  a:\n    cmd: x\n    params: [train.lrr]\n',
+      /params\.yaml has no param train\.lrr \(did you mean "train\.lr"\?\)/],
+    ['an unknown ${param} in cmd', 'stages:\n  a:\n    cmd: echo ${train.lrr}\n',
+      /\$\{train\.lrr\}: params\.yaml has no param train\.lrr \(did you mean "train\.lr"\?\)/],
+    ['a generated params file',
+      'stages:\n  a:\n    cmd: x\n    outs: [p.yaml]\n  b:\n    cmd: x\n    params: [{p.yaml: [k]}]\n',
+      /stage b: params\.0\.p\.yaml\.0: params file p\.yaml is an out of stage a/],
+    ['an unknown matcher', 'stages:\n  a:\n    cmd: x\n    matcher: bset\n',
+      /unknown matcher bset \(did you mean "best"\?\)/],
+    ['best without a metric', 'stages:\n  a:\n    cmd: x\n    metrics: [m.json]\n    matcher: best\n',
+      /say which metric of m\.json/],
     ['a bad stage name', 'stages:\n  "a b":\n    cmd: x\n', /stage name "a b" is not allowed/],
     ['vars', 'vars: [x]\nstages:\n  a:\n    cmd: x\n', /vars \(templating\) is not supported yet/],
     ['persist', 'stages:\n  a:\n    cmd: x\n    outs:\n      - o: {persist: true}\n', /persist: true is not supported/],

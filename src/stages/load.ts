@@ -128,7 +128,8 @@ async function loadPipelineFile(file: string, abs: string, selectors: readonly s
   const targets = selectors.length === 0 ? [...stages.values()] : selectors.map((sel) => {
     const s = stages.get(sel);
     if (!s) {
-      throw new CairnError('E_NO_TARGET', `pipeline ${file} has no stage named ${JSON.stringify(sel)} (stages: ${[...stages.keys()].join(', ')})`,
+      const names = [...stages.keys()].join(', ');
+      throw new CairnError('E_NO_TARGET', `pipeline ${file} has no stage ${JSON.stringify(sel)} (stages: ${names})`,
         { file, selector: sel });
     }
     return s;

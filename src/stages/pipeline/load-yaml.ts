@@ -24,7 +24,10 @@ import { didYouMean } from './suggest.js';
  */
 export const PIPELINE_VERSION = 'cairn-pipeline-1';
 
-const STAGE_KEYS = ['cmd', 'deps', 'params', 'outs', 'metrics', 'plots', 'wdir', 'n', 'matcher', 'desc', 'meta', 'frozen', 'always_changed'];
+const STAGE_KEYS = [
+  'cmd', 'deps', 'params', 'outs', 'metrics', 'plots', 'wdir', 'n', 'matcher',
+  'desc', 'meta', 'frozen', 'always_changed',
+];
 const TOP_KEYS = ['stages', 'params', 'metrics', 'plots', 'artifacts'];
 /** DVC's flags on an out; none changes what a build means (persist: true is refused). */
 const OUT_FLAGS = ['cache', 'persist', 'desc', 'remote', 'push', 'type', 'labels', 'meta'];
@@ -59,7 +62,8 @@ class Reporter {
     const st = where[0] === 'stages' && typeof where[1] === 'string' ? where[1] : undefined;
     const key = where.slice(st ? 2 : 0).join('.');
     const prefix = `${this.file}${line ? `:${line}` : ''}: ${st ? `stage ${st}: ` : ''}${key && st ? `${key}: ` : ''}`;
-    return new CairnError('E_BAD_PIPELINE', prefix + reason, { file: this.file, line, stage: st, key: key || undefined, ...extra });
+    const details = { file: this.file, line, stage: st, key: key || undefined, ...extra };
+    return new CairnError('E_BAD_PIPELINE', prefix + reason, details);
   }
 }
 
@@ -70,7 +74,9 @@ interface StageDecl {
   cmd: string | string[];
   wdir: string;
   deps: { path: string; where: Where }[];
+  /** Read after every out is known (a params file may not be generated). */
   params: Record<string, Record<string, unknown>>;
+  rawParams: unknown;
   outs: OutDecl[];
   metrics: OutDecl[];
   n: number;
@@ -81,14 +87,21 @@ const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'obj
 
 /** A path of the project: relative to the stage's wdir as written, returned relative to the project root. */
 function projectPath(r: Reporter, where: Where, wdir: string, p: unknown, what: string): string {
-  if (typeof p !== 'string' || p === '' || p.includes('\0')) throw r.fail(where, `${what} must be a non-empty path, not ${JSON.stringify(p)}`);
-  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(p)) {
-    throw r.fail(where, `${what} ${p} is a URL; remote deps and outs are not supported (fetch it with fetchurl in a TypeScript stage)`);
+  if (typeof p !== 'string' || p === '' || p.includes('\0')) {
+    throw r.fail(where, `${what} must be a non-empty path, not ${JSON.stringify(p)}`);
   }
-  if (path.posix.isAbsolute(p)) throw r.fail(where, `${what} ${p} is absolute; paths are relative to the project, so results travel`);
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(p)) {
+    throw r.fail(where,
+      `${what} ${p} is a URL; remote deps and outs are not supported (fetch it with fetchurl in a TypeScript stage)`);
+  }
+  if (path.posix.isAbsolute(p)) {
+    throw r.fail(where, `${what} ${p} is absolute; paths are relative to the project, so results travel`);
+  }
   const n = path.posix.normalize(path.posix.join(wdir, p)).replace(/\/+$/, '');
   if (n === '..' || n.startsWith('../')) throw r.fail(where, `${what} ${p} leaves the project directory`);
-  if (n === '.' || n === '') throw r.fail(where, `${what} ${p} is the whole project; name the files and directories it needs`);
+  if (n === '.' || n === '') {
+    throw r.fail(where, `${what} ${p} is the whole project; name the files and directories it needs`);
+  }
   return n;
 }
 
@@ -108,9 +121,12 @@ function parseOuts(r: Reporter, where: Where, wdir: string, v: unknown, anyFlags
       const flags = item[keys[0]!];
       if (flags !== null && !isObject(flags)) throw r.fail(at, `the flags of ${keys[0]} must be a mapping`);
       for (const [k, x] of Object.entries(flags ?? {})) {
-        if (!anyFlags && !OUT_FLAGS.includes(k)) throw r.fail([...at, keys[0]!, k], `unknown flag ${k}${didYouMean(k, OUT_FLAGS)}`);
+        if (!anyFlags && !OUT_FLAGS.includes(k)) {
+          throw r.fail([...at, keys[0]!, k], `unknown flag ${k}${didYouMean(k, OUT_FLAGS)}`);
+        }
         if (k === 'persist' && x === true) {
-          throw r.fail([...at, keys[0]!, k], 'persist: true is not supported: every build starts from an empty workspace');
+          throw r.fail([...at, keys[0]!, k],
+            'persist: true is not supported: every build starts from an empty workspace');
         }
       }
       return { path: projectPath(r, at, wdir, keys[0], 'out'), where: at };
@@ -125,13 +141,17 @@ function paramsReader(r: Reporter, root: string): (file: string, where: Where) =
   return (file, where) => {
     const hit = cache.get(file);
     if (hit) return hit;
-    if (!/\.(ya?ml|json)$/i.test(file)) throw r.fail(where, `params file ${file}: only YAML and JSON params files are supported`);
+    if (!/\.(ya?ml|json)$/i.test(file)) {
+      throw r.fail(where, `params file ${file}: only YAML and JSON params files are supported`);
+    }
     let text: string;
     try { text = fs.readFileSync(path.join(root, file), 'utf8'); } catch (e) {
       throw r.fail(where, `params file ${file} cannot be read: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
     }
     const doc = yaml().parseDocument(text);
-    if (doc.errors.length > 0) throw r.fail(where, `params file ${file} is not valid YAML: ${doc.errors[0]!.message.split('\n')[0]}`);
+    if (doc.errors.length > 0) {
+      throw r.fail(where, `params file ${file} is not valid YAML: ${doc.errors[0]!.message.split('\n')[0]}`);
+    }
     const v = doc.toJS() as unknown;
     if (!isObject(v)) throw r.fail(where, `params file ${file} must hold a mapping`);
     cache.set(file, v);
@@ -145,8 +165,12 @@ function dottedKeys(v: unknown, prefix = ''): string[] {
   return Object.entries(v).flatMap(([k, x]) => [prefix + k, ...dottedKeys(x, `${prefix}${k}.`)]);
 }
 
-function parseParams(r: Reporter, where: Where, wdir: string, v: unknown, read: ReturnType<typeof paramsReader>): Record<string, Record<string, unknown>> {
-  const out: Record<string, Record<string, unknown>> = {};
+type ReadParams = ReturnType<typeof paramsReader>;
+
+type Picked = Record<string, Record<string, unknown>>;
+
+function parseParams(r: Reporter, where: Where, wdir: string, v: unknown, read: ReadParams): Picked {
+  const out: Picked = {};
   const pick = (file: string, key: string | null, at: Where): void => {
     const doc = read(file, at);
     const picked = (out[file] ??= {});
@@ -156,7 +180,9 @@ function parseParams(r: Reporter, where: Where, wdir: string, v: unknown, read: 
       Object.assign(picked, doc);
       return;
     }
-    if (typeof key !== 'string' || key === '') throw r.fail(at, `a param is a dotted key such as train.lr, not ${JSON.stringify(key)}`);
+    if (typeof key !== 'string' || key === '') {
+      throw r.fail(at, `a param is a dotted key such as train.lr, not ${JSON.stringify(key)}`);
+    }
     const value = lookup(doc, key);
     if (value === undefined) throw r.fail(at, `${file} has no param ${key}${didYouMean(key, dottedKeys(doc))}`);
     const bad = badValue(value, key);
@@ -183,7 +209,8 @@ function metricScore(stageName: string, file: string, key: string | undefined): 
   return (c) => {
     let text: string;
     try { text = fs.readFileSync(path.join(c.path, file), 'utf8'); } catch {
-      throw new CairnError('E_MATCH_INVALID', `stage ${stageName}: ${c.rref} has no metrics file ${file}`, { rref: c.rref, file });
+      throw new CairnError('E_MATCH_INVALID',
+        `stage ${stageName}: ${c.rref} has no metrics file ${file}`, { rref: c.rref, file });
     }
     let v: unknown;
     try {
@@ -191,7 +218,8 @@ function metricScore(stageName: string, file: string, key: string | undefined): 
       else v = lookup(/\.json$/i.test(file) ? JSON.parse(text) : yaml().parse(text), key);
     } catch { v = undefined; }
     if (typeof v !== 'number' || !Number.isFinite(v)) {
-      throw new CairnError('E_MATCH_INVALID', `stage ${stageName}: ${file}${key ? ` key ${key}` : ''} of ${c.rref} is not a finite number`,
+      const what = `${file}${key ? ` key ${key}` : ''}`;
+      throw new CairnError('E_MATCH_INVALID', `stage ${stageName}: ${what} of ${c.rref} is not a finite number`,
         { rref: c.rref, file, key });
     }
     return v;
@@ -203,17 +231,23 @@ function metricScore(stageName: string, file: string, key: string | undefined): 
  * params.yaml, and `\${` is a literal `${` for the shell. The value goes
  * into the command, so into the identity, as an explicit param would.
  */
-function interpolate(r: Reporter, where: Where, cmd: string, paramsFile: string, read: ReturnType<typeof paramsReader>): string {
+function interpolate(r: Reporter, where: Where, cmd: string, paramsFile: string, read: ReadParams): string {
   return cmd.replace(/\\\$\{|\$\{([^}]*)\}/g, (m, key: string | undefined) => {
     if (key === undefined) return '${';
     const k = key.trim();
-    if (!/^[A-Za-z_][\w.-]*$/.test(k)) throw r.fail(where, `\${${key}} is not a param key; write \\\${ for the shell's \${`);
+    if (!/^[A-Za-z_][\w.-]*$/.test(k)) {
+      throw r.fail(where, `\${${key}} is not a param key; write \\\${ for the shell's \${`);
+    }
     const doc = read(paramsFile, where);
     const v = lookup(doc, k);
     if (v === undefined) {
-      throw r.fail(where, `\${${k}}: ${paramsFile} has no param ${k}${didYouMean(k, dottedKeys(doc))} (write \\\${ for the shell's \${)`);
+      throw r.fail(where,
+        `\${${k}}: ${paramsFile} has no param ${k}${didYouMean(k, dottedKeys(doc))} (write \\\${ for the shell's \${)`);
     }
-    if (typeof v === 'object' && v !== null) throw r.fail(where, `\${${k}} is a ${Array.isArray(v) ? 'list' : 'mapping'}; only single values can be put in a command`);
+    if (typeof v === 'object' && v !== null) {
+      throw r.fail(where,
+        `\${${k}} is a ${Array.isArray(v) ? 'list' : 'mapping'}; only single values can be put in a command`);
+    }
     const bad = badValue(v, k);
     if (bad) throw r.fail(where, bad);
     return String(v);
@@ -223,10 +257,14 @@ function interpolate(r: Reporter, where: Where, cmd: string, paramsFile: string,
 const MATCHER_FORMS = 'latest, latest(N), all, some(N), only, best, {best: METRIC}, '
   + 'or {best: {metric: METRIC, file: FILE, lowest: true, n: N}}';
 
-function parseMatcher(r: Reporter, where: Where, name: string, wdir: string, v: unknown, metrics: OutDecl[], outs: OutDecl[]): Matcher {
+function parseMatcher(
+  r: Reporter, where: Where, name: string, wdir: string, v: unknown, metrics: OutDecl[], outs: OutDecl[],
+): Matcher {
   if (v === undefined || v === null) return latest();
   const count = (x: unknown, at: Where): number => {
-    if (!Number.isInteger(x) || (x as number) < 1) throw r.fail(at, `needs a whole number >= 1, not ${JSON.stringify(x)}`);
+    if (!Number.isInteger(x) || (x as number) < 1) {
+      throw r.fail(at, `needs a whole number >= 1, not ${JSON.stringify(x)}`);
+    }
     return x as number;
   };
   let kind: string;
@@ -250,38 +288,63 @@ function parseMatcher(r: Reporter, where: Where, name: string, wdir: string, v: 
     case 'best': {
       const spec: Record<string, unknown> = typeof arg === 'string' ? { metric: arg } : isObject(arg) ? arg : {};
       if (typeof v === 'string' && arg !== undefined) spec.n = arg;
-      else if (arg !== undefined && !isObject(arg) && typeof arg !== 'string') throw r.fail(at, `best takes a metric key or {metric, file, lowest, n}`);
+      else if (arg !== undefined && !isObject(arg) && typeof arg !== 'string') {
+        throw r.fail(at, `best takes a metric key or {metric, file, lowest, n}`);
+      }
       for (const k of Object.keys(spec)) {
-        if (!['metric', 'file', 'lowest', 'n'].includes(k)) throw r.fail([...at, k], `unknown key ${k}${didYouMean(k, ['metric', 'file', 'lowest', 'n'])}`);
+        if (!['metric', 'file', 'lowest', 'n'].includes(k)) {
+          throw r.fail([...at, k], `unknown key ${k}${didYouMean(k, ['metric', 'file', 'lowest', 'n'])}`);
+        }
       }
       const n = spec.n === undefined ? 1 : count(spec.n, [...at, 'n']);
-      if (spec.lowest !== undefined && typeof spec.lowest !== 'boolean') throw r.fail([...at, 'lowest'], 'must be true or false');
-      if (spec.metric !== undefined && (typeof spec.metric !== 'string' || spec.metric === '')) throw r.fail([...at, 'metric'], 'must be a key such as acc or test.acc');
+      if (spec.lowest !== undefined && typeof spec.lowest !== 'boolean') {
+        throw r.fail([...at, 'lowest'], 'must be true or false');
+      }
+      if (spec.metric !== undefined && (typeof spec.metric !== 'string' || spec.metric === '')) {
+        throw r.fail([...at, 'metric'], 'must be a key such as acc or test.acc');
+      }
       let file: string;
       if (spec.file !== undefined) {
         file = projectPath(r, [...at, 'file'], wdir, spec.file, 'metrics file');
-        if (![...metrics, ...outs].some((o) => o.path === file)) throw r.fail([...at, 'file'], `${spec.file} is not one of the stage's metrics or outs`);
+        if (![...metrics, ...outs].some((o) => o.path === file)) {
+          throw r.fail([...at, 'file'], `${spec.file} is not one of the stage's metrics or outs`);
+        }
       } else if (metrics.length === 1) file = metrics[0]!.path;
-      else throw r.fail(at, metrics.length === 0 ? 'best needs a metrics file: declare one under metrics' : 'the stage has several metrics files; say which with {best: {metric, file}}');
+      else throw r.fail(at,
+        metrics.length === 0 ? 'best needs a metrics file: declare one under metrics'
+          : 'the stage has several metrics files; say which with {best: {metric, file}}');
       const metric = spec.metric as string | undefined;
-      if (metric === undefined && /\.(json|ya?ml)$/i.test(file)) throw r.fail(at, `say which metric of ${file} to maximise: matcher: {best: METRIC}`);
+      if (metric === undefined && /\.(json|ya?ml)$/i.test(file)) {
+        throw r.fail(at, `say which metric of ${file} to maximise: matcher: {best: METRIC}`);
+      }
       const m = best(n, { fn: metricScore(name, file, metric), lowest: spec.lowest === true });
       return { ...m, name: `best(${n > 1 ? `${n}, ` : ''}${metric ?? file}${spec.lowest === true ? ', lowest' : ''})` };
     }
-    default: throw r.fail(at, `unknown matcher ${kind}${didYouMean(kind, ['latest', 'some', 'all', 'only', 'best'])}; use ${MATCHER_FORMS}`);
+    default: throw r.fail(at,
+      `unknown matcher ${kind}${didYouMean(kind, ['latest', 'some', 'all', 'only', 'best'])}; use ${MATCHER_FORMS}`);
   }
 }
 
-function parseStage(r: Reporter, name: string, spec: unknown, read: ReturnType<typeof paramsReader>): StageDecl {
+function parseStage(r: Reporter, name: string, spec: unknown): StageDecl {
   const w: Where = ['stages', name];
-  if (!isName(name)) throw r.fail(w, `stage name ${JSON.stringify(name)} is not allowed: use 1-100 of A-Z a-z 0-9 . _ + -, starting with a letter, digit or _`);
+  if (!isName(name)) {
+    throw r.fail(w,
+      `stage name ${JSON.stringify(name)} is not allowed: `
+      + 'use 1-100 of A-Z a-z 0-9 . _ + -, starting with a letter, digit or _');
+  }
   if (!isObject(spec)) throw r.fail(w, 'a stage is a mapping with at least cmd');
   for (const k of Object.keys(spec)) {
-    if (k === 'foreach' || k === 'matrix' || k === 'do') throw r.fail([...w, k], `${k} is not supported yet; write each stage out`);
+    if (k === 'foreach' || k === 'matrix' || k === 'do') {
+      throw r.fail([...w, k], `${k} is not supported yet; write each stage out`);
+    }
     if (!STAGE_KEYS.includes(k)) throw r.fail([...w, k], `unknown key ${k}${didYouMean(k, STAGE_KEYS)}`);
   }
-  if (spec.frozen === true) throw r.fail([...w, 'frozen'], 'frozen: true is not supported (pin a result with a named root instead)');
-  if (spec.always_changed === true) throw r.fail([...w, 'always_changed'], 'always_changed: true is not supported (use realize --force NAME)');
+  if (spec.frozen === true) {
+    throw r.fail([...w, 'frozen'], 'frozen: true is not supported (pin a result with a named root instead)');
+  }
+  if (spec.always_changed === true) {
+    throw r.fail([...w, 'always_changed'], 'always_changed: true is not supported (use realize --force NAME)');
+  }
   const cmd = spec.cmd;
   if (cmd === undefined || cmd === null) throw r.fail(w, 'cmd is missing');
   const okCmd = (c: unknown): boolean => typeof c === 'string' && c.trim() !== '' && !c.includes('\0');
@@ -290,22 +353,28 @@ function parseStage(r: Reporter, name: string, spec: unknown, read: ReturnType<t
   }
   let wdir = '.';
   if (spec.wdir !== undefined && spec.wdir !== '.') wdir = projectPath(r, [...w, 'wdir'], '.', spec.wdir, 'wdir');
-  const params = projectPath(r, w, wdir, DEFAULT_PARAMS, 'params file');
-  const interpolated = typeof cmd === 'string' ? interpolate(r, [...w, 'cmd'], cmd, params, read)
-    : (cmd as string[]).map((c, i) => interpolate(r, [...w, 'cmd', i], c, params, read));
   const n = spec.n ?? 1;
-  if (!Number.isInteger(n) || (n as number) < 1 || (n as number) > 10_000) throw r.fail([...w, 'n'], `must be a whole number from 1 to 10000, not ${JSON.stringify(n)}`);
-  const deps = list(r, [...w, 'deps'], spec.deps).map((d, i) => ({ path: projectPath(r, [...w, 'deps', i], wdir, d, 'dep'), where: [...w, 'deps', i] }));
+  if (!Number.isInteger(n) || (n as number) < 1 || (n as number) > 10_000) {
+    throw r.fail([...w, 'n'], `must be a whole number from 1 to 10000, not ${JSON.stringify(n)}`);
+  }
+  const deps = list(r, [...w, 'deps'], spec.deps).map((d, i) => {
+    const where = [...w, 'deps', i];
+    return { path: projectPath(r, where, wdir, d, 'dep'), where };
+  });
   const seen = new Set<string>();
   for (const d of deps) {
     if (seen.has(d.path)) throw r.fail(d.where, `dep ${d.path} is listed twice`);
     seen.add(d.path);
   }
-  const outs = [...parseOuts(r, [...w, 'outs'], wdir, spec.outs, false), ...parseOuts(r, [...w, 'plots'], wdir, spec.plots, true)];
+  const outs = [
+    ...parseOuts(r, [...w, 'outs'], wdir, spec.outs, false),
+    ...parseOuts(r, [...w, 'plots'], wdir, spec.plots, true),
+  ];
   const metrics = parseOuts(r, [...w, 'metrics'], wdir, spec.metrics, false);
   return {
-    name, cmd: interpolated, wdir, deps, outs, metrics, n: n as number,
-    params: parseParams(r, [...w, 'params'], wdir, spec.params, read),
+    name, cmd: cmd as string | string[], wdir, deps, outs, metrics, n: n as number,
+    params: {},
+    rawParams: spec.params,
     matcher: parseMatcher(r, [...w, 'matcher'], name, wdir, spec.matcher, metrics, outs),
   };
 }
@@ -335,7 +404,8 @@ export function loadPipeline(file: string): LoadedPipeline {
   const root = path.dirname(abs);
   let text: string;
   try { text = fs.readFileSync(abs, 'utf8'); } catch (e) {
-    throw new CairnError('E_STAGE_FILE', `pipeline file ${file} cannot be read: ${(e as NodeJS.ErrnoException).code ?? String(e)}`, { file });
+    throw new CairnError('E_STAGE_FILE',
+      `pipeline file ${file} cannot be read: ${(e as NodeJS.ErrnoException).code ?? String(e)}`, { file });
   }
   const lc = new (yaml().LineCounter)();
   const doc = yaml().parseDocument(text, { lineCounter: lc });
@@ -343,7 +413,8 @@ export function loadPipeline(file: string): LoadedPipeline {
   if (doc.errors.length > 0) {
     const e = doc.errors[0]!;
     const line = e.linePos?.[0]?.line;
-    throw new CairnError('E_BAD_PIPELINE', `${file}${line ? `:${line}` : ''}: not valid YAML: ${e.message.split('\n')[0]}`, { file, line });
+    throw new CairnError('E_BAD_PIPELINE',
+      `${file}${line ? `:${line}` : ''}: not valid YAML: ${e.message.split('\n')[0]}`, { file, line });
   }
   const top = doc.toJS() as unknown;
   if (!isObject(top)) throw r.fail([], 'a pipeline file is a mapping with stages');
@@ -351,9 +422,10 @@ export function loadPipeline(file: string): LoadedPipeline {
     if (k === 'vars') throw r.fail([k], 'vars (templating) is not supported yet');
     if (!TOP_KEYS.includes(k)) throw r.fail([k], `unknown top-level key ${k}${didYouMean(k, TOP_KEYS)}`);
   }
-  if (!isObject(top.stages) || Object.keys(top.stages).length === 0) throw r.fail(['stages'], 'stages must be a mapping of stage names to stages');
-  const read = paramsReader(r, root);
-  const decls = Object.entries(top.stages).map(([name, spec]) => parseStage(r, name, spec, read));
+  if (!isObject(top.stages) || Object.keys(top.stages).length === 0) {
+    throw r.fail(['stages'], 'stages must be a mapping of stage names to stages');
+  }
+  const decls = Object.entries(top.stages).map(([name, spec]) => parseStage(r, name, spec));
 
   // Who makes each out; outs may neither repeat nor nest.
   const owner = new Map<string, { stage: string; out: OutDecl }>();
@@ -361,7 +433,9 @@ export function loadPipeline(file: string): LoadedPipeline {
     for (const o of [...d.outs, ...d.metrics]) {
       const prev = owner.get(o.path);
       if (prev) {
-        throw r.fail(o.where, prev.stage === d.name ? `out ${o.path} is listed twice` : `out ${o.path} is also declared by stage ${prev.stage}`);
+        throw r.fail(o.where,
+          prev.stage === d.name ? `out ${o.path} is listed twice`
+            : `out ${o.path} is also declared by stage ${prev.stage}`);
       }
       owner.set(o.path, { stage: d.name, out: o });
     }
@@ -371,6 +445,23 @@ export function loadPipeline(file: string): LoadedPipeline {
       const outer = owner.get(a);
       if (outer) throw r.fail(out.where, `out ${p} is inside out ${a} of stage ${outer.stage}; outs may not overlap`);
     }
+  }
+  // Params (and ${key} in commands) are read from the project now, so a generated params file cannot work.
+  const readProject = paramsReader(r, root);
+  const read = (file: string, where: Where): Record<string, unknown> => {
+    const made = [file, ...ancestors(file)].map((p) => owner.get(p)).find((o) => o !== undefined);
+    if (made) {
+      throw r.fail(where, `params file ${file} is an out of stage ${made.stage}; `
+        + 'params are read from the project when the pipeline is loaded, so they cannot be generated');
+    }
+    return readProject(file, where);
+  };
+  for (const d of decls) {
+    const w: Where = ['stages', d.name];
+    d.params = parseParams(r, [...w, 'params'], d.wdir, d.rawParams, read);
+    const defaults = projectPath(r, w, d.wdir, DEFAULT_PARAMS, 'params file');
+    d.cmd = typeof d.cmd === 'string' ? interpolate(r, [...w, 'cmd'], d.cmd, defaults, read)
+      : d.cmd.map((c, i) => interpolate(r, [...w, 'cmd', i], c, defaults, read));
   }
   const outsUnder = (dir: string): string[] => [...owner.keys()].filter((p) => p.startsWith(`${dir}/`));
 
@@ -390,11 +481,14 @@ export function loadPipeline(file: string): LoadedPipeline {
       }
       const inside = outsUnder(dep.path);
       if (inside.length > 0) {
-        throw r.fail(dep.where, `dep ${dep.path} contains ${inside[0]}, an out of stage ${owner.get(inside[0]!)!.stage}; `
+        const by = owner.get(inside[0]!)!.stage;
+        throw r.fail(dep.where, `dep ${dep.path} contains ${inside[0]}, an out of stage ${by}; `
           + 'depend on that out, and on the other files by name');
       }
       try { fs.lstatSync(path.join(root, dep.path)); } catch {
-        throw r.fail(dep.where, `dep ${dep.path} is neither a file in the project nor an out of a stage${didYouMean(dep.path, owner.keys())}`);
+        throw r.fail(dep.where,
+          `dep ${dep.path} is neither a file in the project nor an out of a stage`
+          + didYouMean(dep.path, owner.keys()));
       }
       files.push(dep.path);
     }

@@ -19,7 +19,9 @@ export function lookup(doc: unknown, key: string): unknown {
 
 /** A value the identity can hold: no NaN or infinities (YAML's .nan, .inf), no non-string keys. */
 export function badValue(v: unknown, at = ''): string | undefined {
-  if (typeof v === 'number') return Number.isFinite(v) ? undefined : `${at || 'value'} is ${v}, which is not a JSON number`;
+  if (typeof v === 'number') {
+    return Number.isFinite(v) ? undefined : `${at || 'value'} is ${v}, which is not a JSON number`;
+  }
   if (v === null || typeof v === 'string' || typeof v === 'boolean') return undefined;
   if (Array.isArray(v)) {
     for (const [i, x] of v.entries()) { const b = badValue(x, `${at}[${i}]`); if (b) return b; }
@@ -65,7 +67,8 @@ function text(v: unknown, indent: string): string {
   }
   if (typeof v === 'object' && v !== null) {
     const e = Object.entries(v);
-    return e.length === 0 ? '{}' : `{\n${e.map(([k, x]) => `${inner}${JSON.stringify(k)}: ${text(x, inner)}`).join(',\n')}\n${indent}}`;
+    const lines = e.map(([k, x]) => `${inner}${JSON.stringify(k)}: ${text(x, inner)}`);
+    return e.length === 0 ? '{}' : `{\n${lines.join(',\n')}\n${indent}}`;
   }
   return JSON.stringify(v);
 }

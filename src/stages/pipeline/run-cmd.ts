@@ -63,11 +63,13 @@ function place(src: Buffer, dst: Buffer, linked: Linked[]): void {
 function checkInputsIntact(stage: string, ws: string, linked: readonly Linked[]): void {
   for (const l of linked) {
     let st: fs.BigIntStats;
-    try { st = fs.lstatSync(l.at, { bigint: true }); } catch { continue; } // removed or renamed: the store copy is untouched
+    // Removed or renamed: the store copy is untouched.
+    try { st = fs.lstatSync(l.at, { bigint: true }); } catch { continue; }
     if (st.isFile() && (st.mtimeNs !== l.mtimeNs || st.size !== l.size)) {
       const rel = path.relative(ws, l.at.toString());
-      throw new CairnError('E_BUILD_FAILED', `stage ${stage}: the command wrote to its input ${rel}, a read-only store file; `
-        + 'write results to a declared out instead, and run `cairn store verify --repair`', { stage, input: rel });
+      throw new CairnError('E_BUILD_FAILED', `stage ${stage}: the command wrote to its input ${rel}, `
+        + 'a read-only store file; write results to a declared out instead, and run `cairn store verify --repair`',
+      { stage, input: rel });
     }
   }
 }
