@@ -51,7 +51,8 @@ describe('cairn.yaml: the 4-stage ML pipeline', () => {
     // n: 3 made three realizations of train, one build.
     const runs = store.resolve(plan.get('train')!.dref);
     assert.equal(runs.length, 3);
-    const metricsOf = (rr: string) => readJson(path.join(store.outPath(rr), 'train_metrics.json')) as unknown as TrainMetrics;
+    const metricsOf = (rr: string) =>
+      readJson(path.join(store.outPath(rr), 'train_metrics.json')) as unknown as TrainMetrics;
     const metrics = runs.map(metricsOf);
     assert.equal(new Set(metrics.map((m) => m.run)).size, 3, 'three distinct training runs');
     const top = Math.max(...metrics.map((m) => m.acc));
