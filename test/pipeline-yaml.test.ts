@@ -241,6 +241,24 @@ describe('cairn.yaml: the workspace a command sees', () => {
     assert.equal(fs.readFileSync(path.join(proj, 'data.txt'), 'utf8'), 'original\n', "the user's file is untouched");
   });
 
+  it('an out reached through a symlink the command made is refused, and the file it points to stays', () => {
+    const outside = path.join(dir, 'outside');
+    fs.mkdirSync(outside);
+    fs.writeFileSync(path.join(outside, 'b'), 'precious\n');
+    const proj = tiny({ 'cairn.yaml': `stages:\n  s:\n    cmd: rmdir a && ln -s ${outside} a\n    outs: [a/b]\n` });
+    expectError(cairn(storeDir(), ['realize', path.join(proj, 'cairn.yaml')]), 'E_UNSAFE_OUTPUT', storeDir());
+    assert.equal(fs.readFileSync(path.join(outside, 'b'), 'utf8'), 'precious\n');
+  });
+
+  it('a dep inside an out directory that the chosen realization lacks fails with its name', () => {
+    const proj = tiny({
+      'cairn.yaml': 'stages:\n  a:\n    cmd: mkdir d\n    outs: [d]\n  b:\n    cmd: cat d/x > o\n    deps: [d/x]\n    outs: [o]\n',
+    });
+    const r = cairn(storeDir(), ['realize', path.join(proj, 'cairn.yaml')]);
+    expectError(r, 'E_BUILD_FAILED', storeDir());
+    assert.match(r.stderr, /stage b: dep d\/x is not in \S+-a/);
+  });
+
   it('n: 3 with matcher all gives a dependant every run (CAIRN_DEPS) and the first at the path', () => {
     const proj = tiny({
       'cairn.yaml': [

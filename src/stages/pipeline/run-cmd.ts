@@ -74,6 +74,29 @@ function checkInputsIntact(stage: string, ws: string, linked: readonly Linked[])
   }
 }
 
+const exists = (p: string): boolean => {
+  try { fs.lstatSync(p); return true; } catch { return false; }
+};
+
+/**
+ * An out must be reached through real directories of the workspace: a
+ * command that replaced a parent with a symlink would otherwise have
+ * Cairn move a file from wherever it points into the store.
+ */
+function throughLink(stage: string, ws: string, out: string): void {
+  const parts = out.split('/');
+  for (let i = 1; i < parts.length; i++) {
+    const dir = path.join(ws, ...parts.slice(0, i));
+    let st: fs.Stats;
+    try { st = fs.lstatSync(dir); } catch { return; } // missing: the promise check says so
+    if (!st.isDirectory()) {
+      const via = parts.slice(0, i).join('/');
+      throw new CairnError('E_UNSAFE_OUTPUT', `stage ${stage}: out ${out} is reached through ${via}, `
+        + 'which is not a directory of the workspace (a symlink?)', { stage, out });
+    }
+  }
+}
+
 const mkdirp = (p: string): void => { fs.mkdirSync(p, { recursive: true, mode: 0o755 }); };
 
 /**
@@ -105,7 +128,14 @@ export async function runPipelineStage(ctx: BuildContext<PipelineConfig>): Promi
       place(Buffer.from(src), join(wsB, Buffer.from(rel)), linked);
     };
     for (const key of Object.keys(ctx.files).sort()) put(key, ctx.files[key]!);
-    for (const [rel, dep] of Object.entries(c.deps).sort(([a], [b]) => (a < b ? -1 : 1))) put(rel, dep.file(rel));
+    for (const [rel, dep] of Object.entries(c.deps).sort(([a], [b]) => (a < b ? -1 : 1))) {
+      // A dep inside an out directory that the chosen realization lacks.
+      if (!exists(dep.file(rel))) {
+        throw new CairnError('E_BUILD_FAILED', `stage ${ctx.name}: dep ${rel} is not in ${dep.rrefs[0]}`,
+          { stage: ctx.name, dep: rel });
+      }
+      put(rel, dep.file(rel));
+    }
     for (const [file, picked] of Object.entries(c.params)) {
       if (ctx.files[file] !== undefined) continue; // the whole file is a dep, and in the identity
       mkdirp(path.dirname(path.join(ws, file)));
@@ -129,6 +159,7 @@ export async function runPipelineStage(ctx: BuildContext<PipelineConfig>): Promi
     checkInputsIntact(ctx.name, ws, linked);
     for (const o of [...c.outs, ...c.metrics]) {
       const from = path.join(ws, o);
+      throughLink(ctx.name, ws, o);
       try { fs.lstatSync(from); } catch {
         throw new CairnError('E_PROMISE_BROKEN', `stage ${ctx.name}: the command did not create its out ${o}`
           + `${ctx.outs.length > 1 ? ` (run ${i + 1} of ${ctx.outs.length})` : ''}`, { stage: ctx.name, missing: [o] });
