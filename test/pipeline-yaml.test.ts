@@ -108,6 +108,12 @@ describe('cairn.yaml: the 4-stage ML pipeline', () => {
     assert.equal(drefs(a), drefs(a));
     // And so a copy of the project is fully cached in the same store.
     assert.deepEqual(built(realize(b, ['--stage', 'evaluate'])), []);
+    // Spelling and order do not matter: ./x is x, wdir ./ is the project, deps are a set.
+    const respelled = fs.readFileSync(path.join(a, 'cairn.yaml'), 'utf8')
+      .replace('deps: [prepare.py, common.py, data/raw.csv]', 'deps: [./data/raw.csv, common.py, prepare.py]\n    wdir: ./');
+    fs.writeFileSync(path.join(b, 'cairn.yaml'), respelled);
+    const sorted = (text: string): string[] => text.trim().split('\n').sort();
+    assert.deepEqual(sorted(drefs(b)), sorted(drefs(a)));
     // A dvc.yaml is read the same way.
     fs.copyFileSync(path.join(a, 'cairn.yaml'), path.join(a, 'dvc.yaml'));
     assert.equal(ok(cairn(storeDir(), ['instantiate', path.join(a, 'dvc.yaml')])).stdout, drefs(a));

@@ -352,7 +352,8 @@ function parseStage(r: Reporter, name: string, spec: unknown): StageDecl {
     throw r.fail([...w, 'cmd'], 'must be a command, or a list of commands run one after another');
   }
   let wdir = '.';
-  if (spec.wdir !== undefined && spec.wdir !== '.') wdir = projectPath(r, [...w, 'wdir'], '.', spec.wdir, 'wdir');
+  const isRoot = typeof spec.wdir === 'string' && path.posix.normalize(spec.wdir).replace(/(.)\/+$/, '$1') === '.';
+  if (spec.wdir !== undefined && !isRoot) wdir = projectPath(r, [...w, 'wdir'], '.', spec.wdir, 'wdir');
   const n = spec.n ?? 1;
   if (!Number.isInteger(n) || (n as number) < 1 || (n as number) > 10_000) {
     throw r.fail([...w, 'n'], `must be a whole number from 1 to 10000, not ${JSON.stringify(n)}`);
