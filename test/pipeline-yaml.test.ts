@@ -219,6 +219,25 @@ describe('cairn.yaml: the workspace a command sees', () => {
     assert.match(fs.readFileSync(path.join(b, 'o'), 'utf8'), /^raw\n/);
   });
 
+  it('YAML anchors and merge keys (<<) work, as in dvc.yaml files that share settings', () => {
+    const proj = tiny({
+      'in.txt': 'hi\n',
+      'cairn.yaml': [
+        'stages:',
+        '  a: &a',
+        '    cmd: cp in.txt o',
+        '    deps: [in.txt]',
+        '    outs: [o]',
+        '  b:',
+        '    <<: *a',
+        '    cmd: cp in.txt p && echo b >> p',
+        '    outs: [p]',
+      ].join('\n'),
+    });
+    const b = realize(proj).plan.find((p) => p.name === 'b')!;
+    assert.equal(fs.readFileSync(path.join(store.outPath(b.rrefs[0]!), 'p'), 'utf8'), 'hi\nb\n');
+  });
+
   it('a command that reads an undeclared file fails; one that misses an out breaks its promise', () => {
     const proj = tiny({
       'secret.txt': 'x\n',

@@ -148,7 +148,7 @@ function paramsReader(r: Reporter, root: string): (file: string, where: Where) =
     try { text = fs.readFileSync(path.join(root, file), 'utf8'); } catch (e) {
       throw r.fail(where, `params file ${file} cannot be read: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
     }
-    const doc = yaml().parseDocument(text);
+    const doc = yaml().parseDocument(text, { merge: true });
     if (doc.errors.length > 0) {
       throw r.fail(where, `params file ${file} is not valid YAML: ${doc.errors[0]!.message.split('\n')[0]}`);
     }
@@ -409,7 +409,7 @@ export function loadPipeline(file: string): LoadedPipeline {
       `pipeline file ${file} cannot be read: ${(e as NodeJS.ErrnoException).code ?? String(e)}`, { file });
   }
   const lc = new (yaml().LineCounter)();
-  const doc = yaml().parseDocument(text, { lineCounter: lc });
+  const doc = yaml().parseDocument(text, { lineCounter: lc, merge: true });
   const r = new Reporter(file, doc, lc);
   if (doc.errors.length > 0) {
     const e = doc.errors[0]!;
