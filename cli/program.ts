@@ -80,7 +80,7 @@ export function createProgram(argv: readonly string[], opts: { exitOverride?: bo
 
   program.command('realize')
     .description('realize the stages of FILE and print the target RRefs as the last line of stdout')
-    .argument('<file>', 'stage file (.ts or .js)')
+    .argument('<file>', 'stage file (.ts or .js), or a pipeline (cairn.yaml, dvc.yaml)')
     .option('-s, --stage <name...>', 'export or stage name to realize (default: the default export)')
     .option('-j, --jobs <n>', 'builds at once (default: cores)', parseJobs)
     .option('-f, --force [name...]', 'rebuild these stages (all stages when no name is given)')

@@ -11,6 +11,7 @@ export const ErrorCodes = {
   E_NOT_A_STAGE: 'a value used as a stage is not one',
   E_DUPLICATE_OUTPUT: 'promised output listed twice or outside the output directory',
   E_STAGE_FILE: 'stage file could not be loaded',
+  E_BAD_PIPELINE: 'a pipeline file (cairn.yaml) is not valid: unknown key, wrong type, missing cmd, cycle, overlapping outs, unknown dep',
   E_NO_TARGET: 'stage file exports no stage to realize',
   E_BUILD_FAILED: 'a build function threw or exited with an error',
   E_INTERRUPTED: 'cairn received SIGINT, SIGTERM or SIGHUP: builds were stopped and nothing more is stored',

@@ -70,6 +70,7 @@ const asStages = (v: unknown): Stage[] | undefined => {
 export async function loadStageFile(file: string, selectors: readonly string[] = []): Promise<LoadedStages> {
   const abs = path.resolve(file);
   if (!fs.existsSync(abs)) throw new CairnError('E_STAGE_FILE', `stage file ${file} does not exist`, { file });
+  if (/\.ya?ml$/i.test(abs)) return loadPipelineFile(file, abs, selectors);
   let mod: Record<string, unknown>;
   try {
     mod = await importModule(abs);
@@ -116,4 +117,24 @@ export async function loadStageFile(file: string, selectors: readonly string[] =
     });
   }
   return { file: abs, exports, targets };
+}
+
+/**
+ * A cairn.yaml pipeline (or a dvc.yaml): every stage is a target unless
+ * selectors name stages, as `dvc repro` reproduces the whole pipeline.
+ */
+async function loadPipelineFile(file: string, abs: string, selectors: readonly string[]): Promise<LoadedStages> {
+  // Loaded on first use: TypeScript stage files never need the YAML parser.
+  const { loadPipeline } = await import('./pipeline/load-yaml.js');
+  const { stages } = loadPipeline(file);
+  const targets = selectors.length === 0 ? [...stages.values()] : selectors.map((sel) => {
+    const s = stages.get(sel);
+    if (!s) {
+      const names = [...stages.keys()].join(', ');
+      throw new CairnError('E_NO_TARGET', `pipeline ${file} has no stage ${JSON.stringify(sel)} (stages: ${names})`,
+        { file, selector: sel });
+    }
+    return s;
+  });
+  return { file: abs, exports: stages, targets };
 }
