@@ -15,9 +15,12 @@ let preloading: Promise<void> | undefined;
 /**
  * The code that hashes and imports file inputs, loaded on first use: most
  * graphs have none, and each ES module costs every CLI start about half a
- * millisecond. Node >= 20.19 loads it synchronously (require of an ES
- * module); older Node needs `preloadFileInputs()` first, which realize()
- * and loadStageFile() do.
+ * millisecond. realize() and loadStageFile() load it ahead with a dynamic
+ * import when their graph has file inputs (`preloadFileInputs`); only a
+ * library caller of instantiate() alone reaches the synchronous require()
+ * of an ES module (Node >= 20.19). The CLI never does: with module hooks
+ * registered (stage files that import packages), such a require() waits on
+ * the hooks' thread, and a run was seen hanging there.
  */
 function fileInputs(): FileInputsModule {
   if (fileInputsModule) return fileInputsModule;
@@ -31,9 +34,23 @@ function fileInputs(): FileInputsModule {
   return fileInputsModule;
 }
 
-/** Loads the file-input code ahead, where Node cannot require() an ES module (a no-op elsewhere). */
-export function preloadFileInputs(): Promise<void> {
-  if (fileInputsModule || process.features.require_module) return Promise.resolve();
+/** True when a stage of the graph below `targets` declares file inputs. */
+export function hasFileInputs(targets: readonly Stage[]): boolean {
+  const seen = new Set<Stage>();
+  const stack = [...targets];
+  while (stack.length > 0) {
+    const st = stack.pop()!;
+    if (seen.has(st)) continue;
+    seen.add(st);
+    if ((st.files?.length ?? 0) > 0) return true;
+    for (const d of referencedStages(st.config)) stack.push(d);
+  }
+  return false;
+}
+
+/** Loads the file-input code ahead (a dynamic import), if a stage below `targets` needs it. */
+export function preloadFileInputs(targets: readonly Stage[]): Promise<void> {
+  if (fileInputsModule || !hasFileInputs(targets)) return Promise.resolve();
   return (preloading ??= import('./inputs/file-imports.js').then((m) => { fileInputsModule = m; }));
 }
 

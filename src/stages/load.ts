@@ -78,8 +78,6 @@ export async function loadStageFile(file: string, selectors: readonly string[] =
     if (e instanceof CairnError) throw e;
     throw new CairnError('E_STAGE_FILE', `stage file ${file} failed to load: ${(e as Error)?.message ?? String(e)}`, { file }, { cause: e });
   }
-  // The caller instantiates what this returns, synchronously (see fileInputs in instantiate.ts).
-  await preloadFileInputs();
   const exports = new Map<string, Stage>();
   const groups = new Map<string, Stage[]>();
   for (const [key, raw] of Object.entries(mod)) {
@@ -97,6 +95,8 @@ export async function loadStageFile(file: string, selectors: readonly string[] =
     groups.set(key, stages);
     stages.forEach((s, i) => exports.set(stages.length === 1 ? key : `${key}[${i}]`, s));
   }
+  // The caller instantiates what this returns, synchronously (see fileInputs in instantiate.ts).
+  await preloadFileInputs([...exports.values()]);
   const available = [...groups.keys()].join(', ') || 'none';
   let targets: Stage[];
   if (selectors.length === 0) {
@@ -127,6 +127,7 @@ async function loadPipelineFile(file: string, abs: string, selectors: readonly s
   // Loaded on first use: TypeScript stage files never need the YAML parser.
   const { loadPipeline } = await import('./pipeline/load-yaml.js');
   const { stages } = loadPipeline(file);
+  await preloadFileInputs([...stages.values()]);
   const targets = selectors.length === 0 ? [...stages.values()] : selectors.map((sel) => {
     const s = stages.get(sel);
     if (!s) {
