@@ -43,12 +43,21 @@ export interface WriteOptions {
 
 /** Replaces `dest` with `data`: readers see the old file or the new one, never half of one. */
 export function writeFileAtomic(dest: string, data: string | Uint8Array, opts: WriteOptions = {}): void {
+  writeAtomic(dest, (fd) => fs.writeFileSync(fd, data), opts);
+}
+
+/**
+ * Replaces `dest` with what `write` writes to the descriptor it is given
+ * (for content made piece by piece, such as an export's tar): the same
+ * fresh name, rename and clean-up as writeFileAtomic.
+ */
+export function writeAtomic(dest: string, write: (fd: number) => void, opts: WriteOptions = {}): void {
   const flags = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
   let fd = -1;
   const tmp = createFresh(dest, (name) => { fd = fs.openSync(name, flags, opts.mode ?? 0o666); });
   try {
     try {
-      fs.writeFileSync(fd, data);
+      write(fd);
       if (opts.fsync) fs.fsyncSync(fd);
     } finally {
       fs.closeSync(fd);

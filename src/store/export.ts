@@ -6,10 +6,10 @@
  * into a temporary directory in the store and takes it in through the same
  * receive path as sync, all or nothing: one bad hash and nothing enters.
  */
-import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CairnError } from '../errors.js';
+import { writeAtomic } from './atomic-file.js';
 import { extractTar } from './extract.js';
 import { removeTree } from './fsutil.js';
 import { receiveClosure, type ReceiveReport } from './receive.js';
@@ -21,7 +21,7 @@ import { END, entryHeader, padding } from './tar-format.js';
 
 export interface ExportReport { file: string; realizations: number; derivations: number; roots: RRef[] }
 
-const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW, O_RDONLY } = fs.constants;
+const { O_NOFOLLOW, O_RDONLY } = fs.constants;
 const CHUNK = 1 << 20;
 
 /**
@@ -100,32 +100,24 @@ class TarWriter {
 /**
  * Writes the closure of `refs` to `file`. The tar is written beside it
  * under an unpredictable name opened O_CREAT|O_EXCL (never an existing
- * file or a planted link), then renamed into place, so no half tar is left.
+ * file or a planted link: writeAtomic), then renamed into place, so no half
+ * tar is left.
  */
 export async function exportClosure(store: Store, refs: readonly string[], file: string): Promise<ExportReport> {
   if (refs.length === 0) throw new CairnError('E_USAGE', 'export needs at least one DRef or RRef');
   const { roots, nodes } = listClosure(store, refs);
   const manifest = planTransfer(roots, nodes, () => false);
   const dest = path.resolve(file);
-  const partial = `${dest}.partial-${randomBytes(8).toString('hex')}`;
-  let fd: number | undefined;
-  let created = false;
   try {
-    fd = fs.openSync(partial, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o644);
-    created = true;
-    const w = new TarWriter(fd);
-    // Manifest first, so a reader learns what to expect before the data.
-    w.file(Buffer.from('manifest.json'), Buffer.from(JSON.stringify(manifest, null, 2) + '\n'));
-    const root = Buffer.from(store.root);
-    for (const p of manifestPaths(manifest)) w.tree(Buffer.concat([root, Buffer.from(`/${p}`)]), Buffer.from(p));
-    w.end();
-    fs.fsyncSync(fd);
-    fs.closeSync(fd);
-    fd = undefined;
-    fs.renameSync(partial, dest);
+    writeAtomic(dest, (fd) => {
+      const w = new TarWriter(fd);
+      // Manifest first, so a reader learns what to expect before the data.
+      w.file(Buffer.from('manifest.json'), Buffer.from(JSON.stringify(manifest, null, 2) + '\n'));
+      const root = Buffer.from(store.root);
+      for (const p of manifestPaths(manifest)) w.tree(Buffer.concat([root, Buffer.from(`/${p}`)]), Buffer.from(p));
+      w.end();
+    }, { mode: 0o644, fsync: true });
   } catch (e) {
-    if (fd !== undefined) fs.closeSync(fd);
-    if (created) fs.rmSync(partial, { force: true }); // only our own file: EEXIST leaves the other one be
     if (e instanceof CairnError) throw e;
     throw new CairnError('E_STORE_IO', `cannot write ${file}: ${(e as Error).message}`, { file }, { cause: e });
   }
