@@ -1,0 +1,84 @@
+/**
+ * Red-team cases for issue 13 that the area tests did not cover: staged
+ * trees received by sync or import whose metadata files are links to files
+ * outside the store.
+ */
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { realize, stage, Store, type BuildContext, type RRef } from '../src/index.js';
+import { exportClosure } from '../src/store/export.js';
+import { extractTar } from '../src/store/extract.js';
+import { receiveClosure } from '../src/store/receive.js';
+import { parseRRef } from '../src/store/refs.js';
+import { parseManifest } from '../src/store/sync-plan.js';
+import { one, tempDir } from './helpers.js';
+
+const cache = tempDir('cairn-redteam-cache');
+process.env.XDG_CACHE_HOME = cache.dir;
+after(() => cache.cleanup());
+
+const mode = (p: string): number => fs.statSync(p).mode & 0o7777;
+
+describe('receive: staged meta.json and build.log hard-linked to files outside the store', () => {
+  let t: { dir: string; cleanup: () => void };
+  let rref: RRef;
+  let archive: string;
+  before(async () => {
+    t = tempDir('cairn-redteam-receive');
+    const src = Store.open(path.join(t.dir, 'src'));
+    try {
+      const s = stage({
+        name: 'logged',
+        config: {},
+        build: ({ out, log }: BuildContext<unknown>) => {
+          log('a line of log');
+          fs.writeFileSync(path.join(out, 'f'), 'content\n');
+        },
+      });
+      rref = one(await realize(s, { store: src }));
+      archive = path.join(t.dir, 'closure.tar');
+      await exportClosure(src, [rref], archive);
+    } finally {
+      src.close();
+    }
+  });
+  after(() => t.cleanup());
+
+  /** A staging directory as sync leaves it, with `name` in the realization replaced by a hard link to `outside`. */
+  async function staged(label: string, name: string, outside: string): Promise<string> {
+    const staging = path.join(t.dir, `staging-${label}`);
+    fs.mkdirSync(staging);
+    await extractTar(archive, 'tar', staging);
+    const p = parseRRef(rref);
+    const file = path.join(staging, 'd', p.dref, 'r', p.rhash, name);
+    fs.copyFileSync(file, outside);
+    fs.chmodSync(outside, 0o644);
+    fs.rmSync(file);
+    fs.linkSync(outside, file);
+    return staging;
+  }
+
+  for (const name of ['meta.json', 'build.log']) {
+    it(`${name}: the outside file keeps its mode, and the store's copy is not its inode`, async () => {
+      const outside = path.join(t.dir, `outside-${name}`);
+      const staging = await staged(name, name, outside);
+      const before = fs.readFileSync(outside);
+      const store = Store.open(path.join(t.dir, `store-${name}`));
+      try {
+        const manifest = parseManifest(JSON.parse(fs.readFileSync(path.join(staging, 'manifest.json'), 'utf8')));
+        const report = await receiveClosure(store, staging, manifest);
+        assert.deepEqual(report.received, [rref]);
+        assert.equal(mode(outside), 0o644, 'the outside file keeps its mode');
+        assert.deepEqual(fs.readFileSync(outside), before, 'and its content');
+        const inStore = path.join(store.rzDir(rref), name);
+        assert.notEqual(fs.statSync(inStore).ino, fs.statSync(outside).ino, 'the store holds its own copy');
+        assert.equal(mode(inStore), 0o444, 'sealed');
+        assert.equal(await store.inspect(rref), null, 'the realization is intact');
+      } finally {
+        store.close();
+      }
+    });
+  }
+});
