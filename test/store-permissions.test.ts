@@ -115,7 +115,7 @@ function digest(p: string): string {
 }
 
 describe('another user cannot change a store', () => {
-  for (const umask of ['000', '022']) {
+  for (const umask of ['000', '002', '022', '077']) {
     it(`created under umask ${umask}: every write, rename, create and lock attempt fails; realize gives the same RRef`, () => {
       const t = tempDir('cairn-perm');
       try {
