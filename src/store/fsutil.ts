@@ -36,6 +36,28 @@ export function displayPath(p: FsPath): string {
   return out;
 }
 
+/**
+ * The bytes a name shown by displayPath stands for: each `\xNN` that
+ * displayPath would have written (a control byte, DEL, a backslash, a byte
+ * >= 0x80) is decoded; null when there is none. A `\x2f` stays as it is,
+ * so decoding never adds a path separator.
+ */
+export function parseDisplayPath(text: string): Buffer | null {
+  let found = false;
+  const parts: Buffer[] = [];
+  let last = 0;
+  for (const m of text.matchAll(/\\x([0-9a-fA-F]{2})/g)) {
+    const b = parseInt(m[1]!, 16);
+    if (!(b < 0x20 || b >= 0x7f || b === 0x5c) || b === 0) continue;
+    parts.push(Buffer.from(text.slice(last, m.index)), Buffer.from([b]));
+    last = m.index! + m[0].length;
+    found = true;
+  }
+  if (!found) return null;
+  parts.push(Buffer.from(text.slice(last)));
+  return Buffer.concat(parts);
+}
+
 /** chmod that never follows a symlink: a build can plant one where Cairn expects its own file. */
 export function chmodNoFollow(p: FsPath, mode: number): void {
   const fd = fs.openSync(p, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
