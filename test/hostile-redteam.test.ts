@@ -11,6 +11,7 @@ import { realize, stage, Store, type BuildContext, type RRef } from '../src/inde
 import { exportClosure } from '../src/store/export.js';
 import { extractTar } from '../src/store/extract.js';
 import { receiveClosure } from '../src/store/receive.js';
+import { verifyStore } from '../src/store/verify.js';
 import { parseRRef } from '../src/store/refs.js';
 import { parseManifest } from '../src/store/sync-plan.js';
 import { one, tempDir } from './helpers.js';
@@ -81,4 +82,23 @@ describe('receive: staged meta.json and build.log hard-linked to files outside t
       }
     });
   }
+});
+
+describe('store verify with a stray entry in d/ whose name is not UTF-8', () => {
+  it('names it by its bytes (\\xff), not U+FFFD, and --repair moves it aside', async () => {
+    const t = tempDir('cairn-redteam-verify');
+    const store = Store.open(path.join(t.dir, 'store'));
+    try {
+      const stray = Buffer.concat([Buffer.from(path.join(store.root, 'd') + '/'), Buffer.from([0x6a, 0xff, 0xfe])]);
+      fs.mkdirSync(stray);
+      const report = await verifyStore(store);
+      assert.deepEqual(report.problems.map((p) => [p.kind, p.ref]), [['unknown', 'd/j\\xff\\xfe']]);
+      await verifyStore(store, { repair: true });
+      assert.ok(!fs.existsSync(stray), 'moved to quarantine');
+      assert.deepEqual((await verifyStore(store)).problems, []);
+    } finally {
+      store.close();
+      t.cleanup();
+    }
+  });
 });

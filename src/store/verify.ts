@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CairnError } from '../errors.js';
+import { displayPath } from './fsutil.js';
 import { shortHash } from './hash.js';
 import { makeDirs, tightenMode, whyUnsafe } from './permissions.js';
 import { makeRRef, parseRef, type DRef, type RRef } from './refs.js';
@@ -65,7 +66,8 @@ function kindOf(st: fs.Stats): string {
 function scanStore(store: Store): Scan {
   const scan: Scan = { realizations: [], drefs: [], unknown: [], permissive: [] };
   const root = Buffer.from(store.root);
-  const rel = (abs: Buffer): string => abs.subarray(root.length + 1).toString();
+  // displayPath: a name that is not UTF-8 is shown as its bytes (\xff), not as U+FFFD.
+  const rel = (abs: Buffer): string => displayPath(abs.subarray(root.length + 1));
   const unknown = (abs: Buffer, detail: string): void => {
     scan.unknown.push({ problem: { ref: rel(abs), kind: 'unknown', detail }, abs, fixable: true });
   };
