@@ -4,10 +4,11 @@
  * outside the store.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { realize, stage, Store, type BuildContext, type RRef } from '../src/index.js';
+import { CairnError, realize, stage, Store, type BuildContext, type RRef } from '../src/index.js';
 import { exportClosure } from '../src/store/export.js';
 import { extractTar } from '../src/store/extract.js';
 import { receiveClosure } from '../src/store/receive.js';
@@ -98,6 +99,37 @@ describe('store verify with a stray entry in d/ whose name is not UTF-8', () => 
       assert.deepEqual((await verifyStore(store)).problems, []);
     } finally {
       store.close();
+      t.cleanup();
+    }
+  });
+});
+
+describe('a build directory that cannot be removed does not hide the outcome', () => {
+  it("a failed build holding an immutable file reports the build's error, not the cleanup's EPERM", async () => {
+    const t = tempDir('cairn-redteam-leftover');
+    const store = Store.open(path.join(t.dir, 'store'));
+    const locked: string[] = [];
+    try {
+      const s = stage({
+        name: 'immutable',
+        config: {},
+        build: ({ out }: BuildContext<unknown>) => {
+          const f = path.join(out, 'f');
+          fs.writeFileSync(f, 'x');
+          const c = spawnSync('chattr', ['+i', f], { encoding: 'utf8' });
+          assert.equal(c.status, 0, `chattr +i (needs root and ext4/xfs/btrfs): ${c.stderr}`);
+          locked.push(f);
+          throw new Error('failed on purpose');
+        },
+      });
+      await assert.rejects(realize(s, { store }), (e: unknown) => {
+        assert.ok(e instanceof CairnError && e.code === 'E_BUILD_FAILED', String(e));
+        assert.match(e.message, /failed on purpose/);
+        return true;
+      });
+    } finally {
+      store.close();
+      for (const f of locked) spawnSync('chattr', ['-i', f]);
       t.cleanup();
     }
   });

@@ -131,9 +131,12 @@ export async function buildAndPublish(run: BuildRun, published: Published[]): Pr
     }
     throw e;
   } finally {
-    // A published single output took the build directory with it.
-    if (!(ok && s.n === 1)) removeTree(dir);
-    if (scratch) removeTree(scratch);
+    // A published single output took the build directory with it. A leftover that cannot be removed (a mount,
+    // an immutable file, a process of the build still writing) must not hide the build's own outcome: the
+    // temporary sweep of a later realize reports and skips it.
+    for (const d of [ok && s.n === 1 ? undefined : dir, scratch]) {
+      if (d !== undefined) try { removeTree(d); } catch { /* left to the sweep */ }
+    }
   }
 }
 
