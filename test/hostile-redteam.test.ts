@@ -6,16 +6,18 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import { createRequire, syncBuiltinESMExports } from 'node:module';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { CairnError, realize, stage, Store, type BuildContext, type RRef } from '../src/index.js';
 import { exportClosure } from '../src/store/export.js';
 import { extractTar } from '../src/store/extract.js';
 import { receiveClosure } from '../src/store/receive.js';
+import { walkTree } from '../src/store/tree.js';
 import { verifyStore } from '../src/store/verify.js';
 import { parseRRef } from '../src/store/refs.js';
 import { parseManifest } from '../src/store/sync-plan.js';
-import { one, tempDir } from './helpers.js';
+import { isCode, one, tempDir } from './helpers.js';
 
 const cache = tempDir('cairn-redteam-cache');
 process.env.XDG_CACHE_HOME = cache.dir;
@@ -133,4 +135,39 @@ describe('a build directory that cannot be removed does not hide the outcome', (
       t.cleanup();
     }
   });
+});
+
+describe('an output that changes under the walk', () => {
+  /** Fault injection: runs `before` once, just ahead of the first `call` on a path ending in `name`. */
+  function interceptOnce(call: 'lstatSync' | 'openSync', name: string, before: (p: string) => void): () => void {
+    const cjs = createRequire(import.meta.url)('node:fs') as Record<string, (...a: unknown[]) => unknown>;
+    const real = cjs[call]!;
+    let done = false;
+    cjs[call] = (p: unknown, ...rest: unknown[]) => {
+      if (!done && String(p).endsWith(name)) { done = true; before(String(p)); }
+      return real(p, ...rest);
+    };
+    syncBuiltinESMExports();
+    return () => { cjs[call] = real; syncBuiltinESMExports(); };
+  }
+
+  // The survey lstats every entry; the hash pass opens each file.
+  for (const call of ['lstatSync', 'openSync'] as const) {
+    it(`a file that vanishes before its ${call} is E_UNSAFE_OUTPUT, not a raw ENOENT (E_STORE_IO)`, async () => {
+      const t = tempDir('cairn-redteam-vanish');
+      try {
+        const root = path.join(t.dir, 'out');
+        fs.mkdirSync(root);
+        fs.writeFileSync(path.join(root, 'victim'), 'x');
+        const restore = interceptOnce(call, 'victim', (p) => fs.rmSync(p));
+        try {
+          await assert.rejects(walkTree(root, { seal: true }), isCode('E_UNSAFE_OUTPUT'));
+        } finally {
+          restore();
+        }
+      } finally {
+        t.cleanup();
+      }
+    });
+  }
 });
