@@ -87,6 +87,28 @@ describe('fetchurl with a secret in the URL', () => {
   });
 });
 
+describe('a build that throws an error quoting a URL (node-fetch: "request to URL failed") (red team)', () => {
+  let store: Store;
+  storePerTest('cairn-redact-throw', (t) => ({ store } = t));
+
+  it("E_BUILD_FAILED's message and the failed build's log mask its secrets", async () => {
+    const url = secretUrl('/x.bin');
+    const s = stage({
+      name: 'thrower', config: {},
+      build: () => { throw new Error(`request to ${url} failed, reason: connect ECONNREFUSED`); },
+    });
+    await assert.rejects(realize(s, { store }), (e: unknown) => {
+      assert.ok(e instanceof CairnError && e.code === 'E_BUILD_FAILED', String(e));
+      assert.match(e.message, /token=\*\*\*/);
+      assertClean(e.message, 'the message');
+      const failedLog = e.details.failedLog;
+      assert.equal(typeof failedLog, 'string', 'the failed log was kept');
+      assertClean(fs.readFileSync(failedLog as string, 'utf8'), 'the failed build log');
+      return true;
+    });
+  });
+});
+
 describe('ctx.exec with a URL argument (e.g. a debootstrap mirror)', () => {
   let store: Store;
   storePerTest('cairn-redact-exec', (t) => ({ store } = t));
