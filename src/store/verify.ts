@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { CairnError } from '../errors.js';
 import { displayPath } from './fsutil.js';
 import { shortHash } from './hash.js';
-import { makeDirs, tightenMode, whyUnsafe } from './permissions.js';
+import { tightenMode, whyUnsafe } from './permissions.js';
 import { makeRRef, parseRef, type DRef, type RRef } from './refs.js';
 import type { Store } from './store.js';
 
@@ -225,11 +225,12 @@ export async function verifyStore(store: Store, opts: { repair?: boolean; refs?:
   problems.push(...badDrvs);
   if (opts.repair) {
     const stamp = Date.now();
-    const qdir = path.join(store.root, 'quarantine');
-    if (scan && scan.unknown.length > 0) makeDirs(qdir);
+    // Made (0700) on first use: see Store.quarantineDir.
+    let q: string | undefined;
+    const qdir = (): string => (q ??= store.quarantineDir());
     for (const [i, u] of (scan?.unknown ?? []).entries()) {
       // rename() moves a symlink itself, never what it points to.
-      fs.renameSync(u.abs, path.join(qdir, `unknown-${stamp}-${i}`));
+      fs.renameSync(u.abs, path.join(qdir(), `unknown-${stamp}-${i}`));
     }
     for (const u of scan?.permissive ?? []) {
       if (!u.fixable) continue;
@@ -247,8 +248,7 @@ export async function verifyStore(store: Store, opts: { repair?: boolean; refs?:
       const dir = store.drvDir(p.ref);
       let realizations: string[] = [];
       try { realizations = fs.readdirSync(path.join(dir, 'r')); } catch { /* none */ }
-      const to = path.join(qdir, `${p.ref}-drv-${Date.now()}`);
-      makeDirs(path.dirname(to));
+      const to = path.join(qdir(), `${p.ref}-drv-${Date.now()}`);
       if (realizations.length === 0) fs.renameSync(dir, to);
       else if (fs.existsSync(path.join(dir, 'drv.json'))) fs.renameSync(path.join(dir, 'drv.json'), `${to}.json`);
     }
