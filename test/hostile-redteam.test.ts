@@ -17,7 +17,7 @@ import { walkTree } from '../src/store/tree.js';
 import { verifyStore } from '../src/store/verify.js';
 import { parseRRef } from '../src/store/refs.js';
 import { parseManifest } from '../src/store/sync-plan.js';
-import { isCode, one, tempDir } from './helpers.js';
+import { cairn, isCode, ok, one, tempDir } from './helpers.js';
 
 const cache = tempDir('cairn-redteam-cache');
 process.env.XDG_CACHE_HOME = cache.dir;
@@ -204,4 +204,31 @@ describe('an output that changes under the walk', () => {
       }
     });
   }
+});
+
+describe('names with control characters (valid UTF-8) in listings', () => {
+  it('lsref shows a newline or an escape sequence in a name as \\xNN, and catref takes that form', async () => {
+    const t = tempDir('cairn-redteam-ctl');
+    const storeDir = path.join(t.dir, 'store');
+    const store = Store.open(storeDir);
+    let rref: RRef;
+    try {
+      const s = stage({ name: 'ctl', config: {}, build: ({ out }: BuildContext<unknown>) => {
+        fs.writeFileSync(path.join(out, 'a\n-r--r--r--          9  forged'), 'newline\n');
+        fs.writeFileSync(path.join(out, '\x1b[2Jclear'), 'escape\n');
+      } });
+      rref = one(await realize(s, { store }));
+    } finally {
+      store.close();
+    }
+    try {
+      const listed = ok(cairn(storeDir, ['lsref', rref])).stdout.split('\n').filter(Boolean);
+      assert.equal(listed.length, 2, `one line per entry:\n${listed.join('\n')}`);
+      assert.ok(listed.every((l) => !l.includes('\x1b')), 'no escape byte reaches the terminal');
+      assert.ok(listed.some((l) => l.endsWith('  a\\x0a-r--r--r--          9  forged')), listed.join('\n'));
+      assert.equal(ok(cairn(storeDir, ['catref', rref, '\\x1b[2Jclear'])).stdout, 'escape\n');
+    } finally {
+      t.cleanup();
+    }
+  });
 });

@@ -22,13 +22,15 @@ export function joinPath(dir: FsPath, ...names: Buffer[]): Buffer {
 }
 
 /**
- * A byte path for messages and listings: unchanged when it is valid UTF-8,
- * otherwise each byte outside printable ASCII (and the backslash) as \xNN.
+ * A byte path for messages and listings: unchanged when it is valid UTF-8
+ * without control characters, otherwise each byte outside printable ASCII
+ * (and the backslash) as \xNN. A name from outside must not forge a line
+ * of `lsref` with a newline, nor drive the terminal with an escape sequence.
  */
 export function displayPath(p: FsPath): string {
   if (typeof p === 'string') return p;
   const s = p.toString('utf8');
-  if (!s.includes('\ufffd') || Buffer.from(s).equals(p)) return s;
+  if (!/[\x00-\x1f\x7f]/.test(s) && (!s.includes('\ufffd') || Buffer.from(s).equals(p))) return s;
   let out = '';
   for (const b of p) {
     out += b >= 0x20 && b < 0x7f && b !== 0x5c ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, '0')}`;
