@@ -8,6 +8,7 @@ import { CairnError, isCairnError } from '../src/errors.js';
 import { inputHashStats, instantiate } from '../src/stages/instantiate.js';
 import { loadStageFile } from '../src/stages/load.js';
 import { realize } from '../src/stages/realize.js';
+import { parseDisplayPath } from '../src/store/fsutil.js';
 import { parseRef, type RRef } from '../src/store/refs.js';
 import { defaultStoreRoot, Store } from '../src/store/store.js';
 import { collectGarbage } from '../src/store/gc.js';
@@ -183,7 +184,15 @@ export function createProgram(argv: readonly string[], opts: { exitOverride?: bo
       if (file !== base && !file.startsWith(base + path.sep)) throw new CairnError('E_NO_SUCH_PATH', `${rel} is outside the realization`, { path: rel });
       let data: Buffer;
       try { data = fs.readFileSync(file); } catch {
-        throw new CairnError('E_NO_SUCH_PATH', `${rel} does not exist in ${ref} (or is a directory); see cairn lsref`, { path: rel });
+        // A name that is not UTF-8, as lsref shows it (`a\xff`): argv cannot carry its bytes.
+        const bytes = parseDisplayPath(file);
+        try {
+          if (bytes === null) throw new Error('no escapes');
+          data = fs.readFileSync(bytes);
+        } catch {
+          throw new CairnError('E_NO_SUCH_PATH', `${rel} does not exist in ${ref} (or is a directory); see cairn lsref`,
+            { path: rel });
+        }
       }
       process.stdout.write(data);
     });

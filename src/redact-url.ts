@@ -18,8 +18,9 @@ export function redactUrl(url: string): string {
   let u: URL;
   try { u = new URL(url); } catch { return redactLoose(url); }
   // Opaque URLs (apt:pkg=1.0, data:...) carry no user info or query to hide
-  // beyond what the generic rule below catches.
-  if (!url.includes('//')) return redactLoose(url);
+  // beyond what the generic rule below catches. A special scheme needs no
+  // '//' to have an authority: fetch takes `https:u:p@host/x` as `https://u:p@host/x`.
+  if (!url.includes('//') && u.host === '') return redactLoose(url);
   const userInfo = u.username !== '' || u.password !== '' ? `${MASK}@` : '';
   const query = u.search === '' ? '' : `?${redactQuery(u.search.slice(1))}`;
   const fragment = u.hash === '' ? '' : `#${MASK}`;
@@ -51,5 +52,7 @@ function redactLoose(text: string): string {
  * library's error message that quotes the URL it was given.
  */
 export function redactUrlsIn(text: string): string {
-  return text.replace(/\b[a-z][a-z0-9+.-]*:\/\/[^\s'"<>`]+/gi, (m) => redactUrl(m));
+  // The second form: a special scheme with user info but no '//' (see redactUrl).
+  return text.replace(/\b[a-z][a-z0-9+.-]*:\/\/[^\s'"<>`]+|\b(?:https?|ftp|wss?):[^\s'"<>`@]*@[^\s'"<>`]*/gi,
+    (m) => redactUrl(m));
 }

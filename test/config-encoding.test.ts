@@ -109,6 +109,12 @@ describe('config encoding', () => {
     fc.assert(fc.property(tree, tree, check), { numRuns: 1000 });
   });
 
+  it('a $-key whose value is undefined is omitted like any other key: the same DRef as without it (red team)', () => {
+    assert.equal(dref({ a: 1, $x: undefined }), dref({ a: 1 }));
+    assert.equal(dref({ a: { $ref: undefined, b: 2 } }), dref({ a: { b: 2 } }));
+    assert.notEqual(dref({ a: { $ref: drefA, b: undefined } }), dref({ a: leafA }), 'a literal $ref is still wrapped');
+  });
+
   it('canonicalJson without a substitute (service specs, hashes) writes $-keys plainly, as before', () => {
     assert.equal(canonicalJson({ $ref: 'x', b: 1 }), '{"$ref":"x","b":1}');
   });

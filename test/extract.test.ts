@@ -56,6 +56,15 @@ describe('extractTar', () => {
     assert.equal(mode & 0o7000, 0, 'no setuid/setgid/sticky');
   });
 
+  it('strip drops a top-level file with data, as tar --strip-components does (red team: was E_STORE_IO)', async () => {
+    const dest = fresh();
+    const tar = write([file('README', 'top level\n'), file('pkg/x', 'x\n'), file('pkg/sub/y', 'y\n')]);
+    assert.equal(await extractTar(tar, 'tar', dest, { strip: 1 }), 3);
+    assert.deepEqual(fs.readdirSync(dest).sort(), ['sub', 'x']);
+    assert.equal(fs.readFileSync(path.join(dest, 'x'), 'utf8'), 'x\n');
+    assert.equal(fs.readFileSync(path.join(dest, 'sub', 'y'), 'utf8'), 'y\n');
+  });
+
   it('GNU tar agrees on the names it reads from Cairn-written and its own archives', async () => {
     const root = fresh();
     fs.writeFileSync(under(root, raw), 'x');

@@ -177,6 +177,22 @@ describe('fetchlocal: a directory', () => {
     assert.equal((await hashPath(got, 'tree-sha256')).hex, th.hex);
   });
 
+  it('copies a tree holding names that are not UTF-8, as `cairn hash` counts them (red team)', async () => {
+    const src = path.join(dir, 'bytes');
+    const name = Buffer.from([0x6e, 0xff, 0xfe]);
+    const at = (...names: Buffer[]): Buffer =>
+      Buffer.concat([Buffer.from(src), ...names.flatMap((n) => [Buffer.from('/'), n])]);
+    fs.mkdirSync(at(name), { recursive: true });
+    fs.writeFileSync(at(name, name), 'bytes\n');
+    fs.symlinkSync(name, at(Buffer.from('link')));
+    const th = await hashPath(src, 'tree-sha256');
+    const rref = one(await realize(fetchlocal({ path: src, hash: `tree-sha256:${th.hex}` }), { store }));
+    const got = path.join(store.outPath(rref), 'bytes');
+    assert.equal((await hashPath(got, 'tree-sha256')).hex, th.hex);
+    const copied = Buffer.concat([Buffer.from(`${got}/`), name, Buffer.from('/'), name]);
+    assert.equal(fs.readFileSync(copied, 'utf8'), 'bytes\n');
+  });
+
   it('accepts the tree hash as bare hex with hashType tree-sha256', async () => {
     const src = path.join(dir, 'tree2');
     makeTree(src);

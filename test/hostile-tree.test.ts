@@ -15,7 +15,7 @@ import { after, describe, it } from 'node:test';
 import { realize, stage, Store, type BuildContext, type RRef } from '../src/index.js';
 import { removeTree, treeBytes } from '../src/store/fsutil.js';
 import { walkTree } from '../src/store/tree.js';
-import { cairn, isCode, ok, one, tempDir } from './helpers.js';
+import { cairn, expectError, isCode, ok, one, tempDir } from './helpers.js';
 import { writeStageFile } from './fixtures/torture/support.js';
 
 const cache = tempDir('cairn-hostile-tree-cache');
@@ -199,6 +199,9 @@ describe('names are bytes', () => {
       assert.equal(listed.length, 2, 'both entries are listed');
       assert.match(listed[0]!, /^dr-xr-xr-x +- {2}bad\\xff\\x02\/$/);
       assert.match(listed[1]!, /^-r--r--r-- +8 {2}bad\\xff\\x02\/bad\\xff\\x01$/);
+      // catref takes the name as lsref shows it (red team: argv cannot carry the raw bytes).
+      assert.equal(ok(cairn(storeDir, ['catref', rref, 'bad\\xff\\x02/bad\\xff\\x01'])).stdout, 'content\n');
+      expectError(cairn(storeDir, ['catref', rref, '..\\x2f..\\x2fmeta.json']), 'E_NO_SUCH_PATH');
       fs.chmodSync(f, 0o644);
       fs.writeFileSync(f, 'changed\n');
       fs.chmodSync(f, 0o444);

@@ -62,6 +62,19 @@ describe('fetchurl with a secret in the URL', () => {
     assertClean(log, 'build.log');
   });
 
+  it("user info in a URL without '//' (http:alice:pass@host, which fetch still sends) is masked (red team)", async () => {
+    assert.equal(redactUrl('https:u:p@example.org/x?t=1'), 'https://***@example.org/x?t=***');
+    assert.equal(redactUrl('https:\\\\u:p@example.org\\x'), 'https://***@example.org/x');
+    assert.equal(redactUrlsIn('wget http:u:p@h/x failed'), 'wget http://***@h/x failed');
+    const body = Buffer.from('no slashes\n');
+    let auth: string | undefined;
+    server.route('/ok/noslash.bin', (req, res) => { auth = req.headers.authorization; serveFull(res, body); });
+    const url = secretUrl('/ok/noslash.bin').replace('http://', 'http:');
+    const rref = one(await realize(fetchurl({ url, hash: sha256(body) }), { store }));
+    assert.equal(auth, `Basic ${Buffer.from('alice:s3cretPass').toString('base64')}`, 'the credentials were used');
+    assertClean(fs.readFileSync(path.join(store.rzDir(rref), 'build.log'), 'utf8'), 'build.log');
+  });
+
   it('a 404 fails with E_FETCH_FAILED whose message and details hold no secret', async () => {
     const s = fetchurl({ url: secretUrl('/missing/file.bin'), hash: sha256('x') });
     await assert.rejects(realize(s, { store }), (e: unknown) => {
@@ -69,6 +82,28 @@ describe('fetchurl with a secret in the URL', () => {
       assert.match(e.message, /404/);
       assertClean(e.message, 'the message');
       assertClean(JSON.stringify(e.details), 'the details');
+      return true;
+    });
+  });
+});
+
+describe('a build that throws an error quoting a URL (node-fetch: "request to URL failed") (red team)', () => {
+  let store: Store;
+  storePerTest('cairn-redact-throw', (t) => ({ store } = t));
+
+  it("E_BUILD_FAILED's message and the failed build's log mask its secrets", async () => {
+    const url = secretUrl('/x.bin');
+    const s = stage({
+      name: 'thrower', config: {},
+      build: () => { throw new Error(`request to ${url} failed, reason: connect ECONNREFUSED`); },
+    });
+    await assert.rejects(realize(s, { store }), (e: unknown) => {
+      assert.ok(e instanceof CairnError && e.code === 'E_BUILD_FAILED', String(e));
+      assert.match(e.message, /token=\*\*\*/);
+      assertClean(e.message, 'the message');
+      const failedLog = e.details.failedLog;
+      assert.equal(typeof failedLog, 'string', 'the failed log was kept');
+      assertClean(fs.readFileSync(failedLog as string, 'utf8'), 'the failed build log');
       return true;
     });
   });

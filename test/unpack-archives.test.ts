@@ -185,6 +185,41 @@ describe('unpack: Debian packages', () => {
     await assert.rejects(realize(u, { store }), isCode('E_BAD_ARCHIVE'));
     nothingStored(u);
   });
+
+  /** An ar archive by hand: `members` as [name, size field, data]. */
+  function arFile(file: string, members: [string, string, Buffer][]): void {
+    const parts: Buffer[] = [Buffer.from('!<arch>\n')];
+    for (const [name, size, data] of members) {
+      const h = Buffer.alloc(60, 0x20);
+      h.write(name, 0, 'latin1');
+      h.write('0', 16);
+      h.write('0', 28);
+      h.write('0', 34);
+      h.write('100644', 40);
+      h.write(size, 48, 'latin1');
+      h.write('`\n', 58, 'latin1');
+      parts.push(h, data, Buffer.alloc(data.length % 2));
+    }
+    fs.writeFileSync(file, Buffer.concat(parts));
+  }
+
+  it('a member with a negative size is E_BAD_ARCHIVE, not an endless loop (red team)', async () => {
+    const deb = path.join(dir, 'negative.deb');
+    arFile(deb, [['debian-binary', '-60', Buffer.alloc(0)]]);
+    const u = unpack({ src: local(deb) });
+    await assert.rejects(realize(u, { store }), isCode('E_BAD_ARCHIVE'));
+    nothingStored(u);
+  });
+
+  it("a member named 'data.tar/../../x' is not written outside the build's directory (red team)", async () => {
+    const tarFile = path.join(dir, 'inner.tar');
+    await tar.c({ file: tarFile, cwd: src }, ['pkg-1.0/README']);
+    const deb = path.join(dir, 'climb.deb');
+    arFile(deb, [['data.tar/../../x', String(fs.statSync(tarFile).size), fs.readFileSync(tarFile)]]);
+    const u = unpack({ src: local(deb) });
+    await assert.rejects(realize(u, { store }), isCode('E_BAD_ARCHIVE'));
+    nothingStored(u);
+  });
 });
 
 /**

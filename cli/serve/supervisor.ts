@@ -252,6 +252,9 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
     // Node reads these once, at start-up: a worker started with others would behave differently.
     const fixed = Object.keys({ ...process.env, ...req.env }).filter((k) => STARTUP_ENV.test(k) && (process.env[k] ?? '') !== (req.env[k] ?? ''));
     if (fixed.length > 0) return pass(`the client's ${fixed.join(', ')} differ from the server's, and Node reads them at start-up`);
+    // A worker chdirs there: a directory that is gone, or whose name is not UTF-8 (the request is
+    // decoded as UTF-8), failed the command with an internal error. The Node CLI copes as it always does.
+    if (!isDirectory(req.cwd)) return pass(`the client's working directory ${JSON.stringify(req.cwd)} cannot be entered`);
     if (![...workers].some((x) => x.state === 'idle')) return pass('every worker is busy or warming up');
     // The client is blocked reading its answer, so its process (and pid) lives while this runs;
     // cairn-peer holds a pidfd of it and checks that it still lived after reading /proc.
@@ -365,6 +368,10 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
   await done;
   log('stopped');
   return { restart };
+}
+
+function isDirectory(p: string): boolean {
+  try { return fs.statSync(p).isDirectory(); } catch { return false; }
 }
 
 function signalNumber(sig: NodeJS.Signals): number {

@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CairnError, isCairnError } from '../errors.js';
+import { redactUrlsIn } from '../redact-url.js';
 import type { BuildDirs } from '../store/build-dirs.js';
 import { keepFailedLog } from '../store/failed-logs.js';
 import { chmodNoFollow, removeTree } from '../store/fsutil.js';
@@ -68,7 +69,8 @@ export async function buildAndPublish(run: BuildRun, published: Published[]): Pr
       await s.build(makeBuildContext(node, config, outs, tmp, log, live, run.files));
     } catch (e) {
       if (interruptedBy()) refuseIfInterrupted(node);
-      const msg = e instanceof Error ? e.message : String(e);
+      // An HTTP library's message may quote the URL the build gave it, secrets and all: the log is world-readable.
+      const msg = redactUrlsIn(e instanceof Error ? e.message : String(e));
       log(`build failed: ${msg}`);
       // A Cairn error keeps its code (a fetch's E_HASH_MISMATCH, say);
       // anything else a build throws is E_BUILD_FAILED.
@@ -131,9 +133,12 @@ export async function buildAndPublish(run: BuildRun, published: Published[]): Pr
     }
     throw e;
   } finally {
-    // A published single output took the build directory with it.
-    if (!(ok && s.n === 1)) removeTree(dir);
-    if (scratch) removeTree(scratch);
+    // A published single output took the build directory with it. A leftover that cannot be removed (a mount,
+    // an immutable file, a process of the build still writing) must not hide the build's own outcome: the
+    // temporary sweep of a later realize reports and skips it.
+    for (const d of [ok && s.n === 1 ? undefined : dir, scratch]) {
+      if (d !== undefined) try { removeTree(d); } catch { /* left to the sweep */ }
+    }
   }
 }
 

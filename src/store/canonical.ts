@@ -96,7 +96,12 @@ export function canonicalJson(value: unknown, substitute?: Substitute, root = 'c
       if (Object.getOwnPropertySymbols(obj).length > 0) bad(path, 'an object with symbol keys');
       const keys = Object.keys(obj).sort();
       let wrap = false;
-      if (substitute && !raw) for (const k of keys) if (k.charCodeAt(0) === 36 /* $ */) { wrap = true; break; }
+      // A `$`-key whose value is undefined is omitted like any other, so it must not wrap either.
+      if (substitute && !raw) {
+        for (const k of keys) {
+          if (k.charCodeAt(0) === 36 /* $ */ && (obj as Record<string, unknown>)[k] !== undefined) { wrap = true; break; }
+        }
+      }
       if (wrap) parts.push(`{${JSON.stringify(LITERAL_KEY)}:`);
       parts.push('{');
       let first = true;

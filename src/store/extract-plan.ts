@@ -97,6 +97,10 @@ export class ExtractionPlanner {
       throw new CairnError('E_BAD_ARCHIVE',
         `archive entry ${show(e.path.slice(0, 100))}… has a name longer than ${NAME_MAX_BYTES} bytes`);
     }
+    // Only a pax record can carry a NUL; no file name can hold one, so it would fail mid-extraction.
+    if (e.path.includes('\0') || e.linkpath.includes('\0')) {
+      throw new CairnError('E_BAD_ARCHIVE', `archive entry ${show(e.path.split('\0')[0]!)} has a NUL byte in its name`);
+    }
     if (e.type === 'chardev' || e.type === 'blockdev' || e.type === 'fifo') {
       throw unsafe(e.path, `is a ${e.type}, which cannot enter the store`);
     }

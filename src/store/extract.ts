@@ -122,6 +122,8 @@ export async function extractTar(file: string, format: TarCompression, dest: str
       }
     },
     data: (chunk) => {
+      // A regular file that strip removes (a top-level README with strip 1): its data is skipped, as tar does.
+      if (fd === null) return;
       io(dest, () => {
         for (let off = 0; off < chunk.length;) off += fs.writeSync(fd!, chunk, off, chunk.length - off);
       });

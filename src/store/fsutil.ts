@@ -22,18 +22,42 @@ export function joinPath(dir: FsPath, ...names: Buffer[]): Buffer {
 }
 
 /**
- * A byte path for messages and listings: unchanged when it is valid UTF-8,
- * otherwise each byte outside printable ASCII (and the backslash) as \xNN.
+ * A byte path for messages and listings: unchanged when it is valid UTF-8
+ * without control characters, otherwise each byte outside printable ASCII
+ * (and the backslash) as \xNN. A name from outside must not forge a line
+ * of `lsref` with a newline, nor drive the terminal with an escape sequence.
  */
 export function displayPath(p: FsPath): string {
   if (typeof p === 'string') return p;
   const s = p.toString('utf8');
-  if (!s.includes('\ufffd') || Buffer.from(s).equals(p)) return s;
+  if (!/[\x00-\x1f\x7f]/.test(s) && (!s.includes('\ufffd') || Buffer.from(s).equals(p))) return s;
   let out = '';
   for (const b of p) {
     out += b >= 0x20 && b < 0x7f && b !== 0x5c ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, '0')}`;
   }
   return out;
+}
+
+/**
+ * The bytes a name shown by displayPath stands for: each `\xNN` that
+ * displayPath would have written (a control byte, DEL, a backslash, a byte
+ * >= 0x80) is decoded; null when there is none. A `\x2f` stays as it is,
+ * so decoding never adds a path separator.
+ */
+export function parseDisplayPath(text: string): Buffer | null {
+  let found = false;
+  const parts: Buffer[] = [];
+  let last = 0;
+  for (const m of text.matchAll(/\\x([0-9a-fA-F]{2})/g)) {
+    const b = parseInt(m[1]!, 16);
+    if (!(b < 0x20 || b >= 0x7f || b === 0x5c) || b === 0) continue;
+    parts.push(Buffer.from(text.slice(last, m.index)), Buffer.from([b]));
+    last = m.index! + m[0].length;
+    found = true;
+  }
+  if (!found) return null;
+  parts.push(Buffer.from(text.slice(last)));
+  return Buffer.concat(parts);
 }
 
 /** chmod that never follows a symlink: a build can plant one where Cairn expects its own file. */

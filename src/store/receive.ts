@@ -18,6 +18,7 @@
  * sealed read-only while hashed, then one rename each, dependencies before
  * dependants, then the index rows, so no reader ever sees part of one.
  */
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CairnError } from '../errors.js';
@@ -88,13 +89,13 @@ async function checkStaged(dir: string, rref: RRef): Promise<{ meta: Realization
     if (!ALLOWED.has(name)) return `unexpected entry ${JSON.stringify(name)} next to out/`;
   }
   if (!isRealDir(path.join(dir, 'out'))) return 'out/ is missing or not a directory';
-  const metaFile = path.join(dir, 'meta.json');
   let meta: RealizationMeta;
   try {
-    if (!fs.lstatSync(metaFile).isFile()) return 'meta.json is not a regular file';
-    // Sealed like a built one's: rsync and tar keep the sender's mode (0666, say).
-    fs.chmodSync(metaFile, 0o444);
-    meta = JSON.parse(fs.readFileSync(metaFile, 'utf8')) as RealizationMeta;
+    // Read without following a link and never chmod-ed: it may be a hard link to a file
+    // outside the store, and writeMeta replaces it with a fresh file anyway.
+    const text = readStaged(path.join(dir, 'meta.json'), (fd) => fs.readFileSync(fd, 'utf8'));
+    if (text === null) return 'meta.json is not a regular file';
+    meta = JSON.parse(text) as RealizationMeta;
   } catch {
     return 'meta.json is missing or not JSON';
   }
@@ -106,8 +107,7 @@ async function checkStaged(dir: string, rref: RRef): Promise<{ meta: Realization
   const log = path.join(dir, 'build.log');
   if (fs.existsSync(log) || isSymlink(log)) {
     // Served by `cairn log`: a symlink here could expose any file.
-    if (!fs.lstatSync(log).isFile()) return 'build.log is not a regular file';
-    fs.chmodSync(log, 0o444);
+    if (!sealLog(log)) return 'build.log is not a regular file';
   }
   let tree;
   try {
@@ -119,6 +119,47 @@ async function checkStaged(dir: string, rref: RRef): Promise<{ meta: Realization
   if (tree.bytes !== meta.bytes || tree.files !== meta.files) return 'output sizes differ from meta.json';
   if (realizationHash(meta.dref, meta.context, meta.tree) !== p.rhash) return 'derivation, context and tree do not hash to the RRef';
   return { meta, toSync: tree.toSync };
+}
+
+const { O_RDONLY, O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
+
+/** Runs `f` on the staged regular file `p`, opened without following a link; null if it is not one. */
+function readStaged<T>(p: string, f: (fd: number, st: fs.Stats) => T): T | null {
+  let fd: number;
+  try {
+    fd = fs.openSync(p, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ELOOP') return null;
+    throw e;
+  }
+  try {
+    const st = fs.fstatSync(fd);
+    return st.isFile() ? f(fd, st) : null;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/**
+ * Seals a staged build.log read-only. One with other hard links (to a file
+ * outside the store, say) is replaced by a copy under a fresh name first:
+ * its chmod would change the outside file, and the store's log would share
+ * its inode. False when it is not a regular file.
+ */
+function sealLog(log: string): boolean {
+  const r = readStaged(log, (fd, st) => {
+    if (st.nlink === 1) {
+      if ((st.mode & 0o7777) !== 0o444) fs.fchmodSync(fd, 0o444);
+      return true;
+    }
+    const data = fs.readFileSync(fd);
+    const tmp = path.join(path.dirname(log), `.build.log-${randomBytes(12).toString('hex')}`);
+    const out = fs.openSync(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o444);
+    try { fs.writeFileSync(out, data); } finally { fs.closeSync(out); }
+    fs.renameSync(tmp, log);
+    return true;
+  });
+  return r === true;
 }
 
 function isSymlink(p: string): boolean {

@@ -338,10 +338,26 @@ export class Store {
     fs.chmodSync(dir, 0o555);
   }
 
+  /**
+   * ROOT/quarantine/, made (or, in an older store, narrowed) to mode 0700:
+   * it holds trees as they were refused, before any sealing, so a sync
+   * sender's setuid or world-writable files must not be reachable there.
+   */
+  quarantineDir(): string {
+    const q = path.join(this.root, 'quarantine');
+    fs.mkdirSync(q, { recursive: true, mode: PRIVATE_DIR_MODE });
+    const fd = fs.openSync(q, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY | fs.constants.O_NOFOLLOW);
+    try {
+      if ((fs.fstatSync(fd).mode & 0o077) !== 0) fs.fchmodSync(fd, PRIVATE_DIR_MODE);
+    } finally {
+      fs.closeSync(fd);
+    }
+    return q;
+  }
+
   /** Moves a damaged realization out of the way, to ROOT/quarantine/, for inspection. */
   quarantine(dir: string, rref: RRef): void {
-    const to = path.join(this.root, 'quarantine', `${rref}-${Date.now()}`);
-    makeDirs(path.dirname(to));
+    const to = path.join(this.quarantineDir(), `${rref}-${Date.now()}`);
     fs.renameSync(dir, to);
     this.index.removeRealization(rref);
   }

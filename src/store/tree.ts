@@ -161,6 +161,18 @@ function kindOf(st: fs.Stats): string {
 function survey(root: Buffer): { top: Entry; links: Entry[] } {
   const links: Entry[] = [];
   const look = (abs: Buffer, parent: Entry | null, name: Buffer | null): Entry => {
+    try {
+      return lookAt(abs, parent, name);
+    } catch (err) {
+      // An entry that vanishes under the walk (a process of the build still at work) is the tree's doing.
+      const code = (err as NodeJS.ErrnoException).code;
+      if (parent !== null && (code === 'ENOENT' || code === 'ENOTDIR')) {
+        throw unsafe(root, abs, 'changed while it was being sealed');
+      }
+      throw err;
+    }
+  };
+  const lookAt = (abs: Buffer, parent: Entry | null, name: Buffer | null): Entry => {
     const st = fs.lstatSync(abs);
     const e: Entry = { abs, mode: st.mode, dev: st.dev, ino: st.ino, parent, name };
     if (st.isSymbolicLink()) {
@@ -222,7 +234,7 @@ function openSame(root: Buffer, e: Entry, flags: number): { fd: number; st: fs.S
     fd = fs.openSync(e.abs, flags);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ELOOP' || code === 'ENOTDIR' || code === 'ENXIO') {
+    if (code === 'ELOOP' || code === 'ENOTDIR' || code === 'ENXIO' || code === 'ENOENT') {
       throw unsafe(root, e.abs, 'changed while it was being sealed');
     }
     throw err;

@@ -1,8 +1,9 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CairnError } from '../errors.js';
+import { displayPath } from './fsutil.js';
 import { shortHash } from './hash.js';
-import { makeDirs, tightenMode, whyUnsafe } from './permissions.js';
+import { tightenMode, whyUnsafe } from './permissions.js';
 import { makeRRef, parseRef, type DRef, type RRef } from './refs.js';
 import type { Store } from './store.js';
 
@@ -65,7 +66,8 @@ function kindOf(st: fs.Stats): string {
 function scanStore(store: Store): Scan {
   const scan: Scan = { realizations: [], drefs: [], unknown: [], permissive: [] };
   const root = Buffer.from(store.root);
-  const rel = (abs: Buffer): string => abs.subarray(root.length + 1).toString();
+  // displayPath: a name that is not UTF-8 is shown as its bytes (\xff), not as U+FFFD.
+  const rel = (abs: Buffer): string => displayPath(abs.subarray(root.length + 1));
   const unknown = (abs: Buffer, detail: string): void => {
     scan.unknown.push({ problem: { ref: rel(abs), kind: 'unknown', detail }, abs, fixable: true });
   };
@@ -223,11 +225,12 @@ export async function verifyStore(store: Store, opts: { repair?: boolean; refs?:
   problems.push(...badDrvs);
   if (opts.repair) {
     const stamp = Date.now();
-    const qdir = path.join(store.root, 'quarantine');
-    if (scan && scan.unknown.length > 0) makeDirs(qdir);
+    // Made (0700) on first use: see Store.quarantineDir.
+    let q: string | undefined;
+    const qdir = (): string => (q ??= store.quarantineDir());
     for (const [i, u] of (scan?.unknown ?? []).entries()) {
       // rename() moves a symlink itself, never what it points to.
-      fs.renameSync(u.abs, path.join(qdir, `unknown-${stamp}-${i}`));
+      fs.renameSync(u.abs, path.join(qdir(), `unknown-${stamp}-${i}`));
     }
     for (const u of scan?.permissive ?? []) {
       if (!u.fixable) continue;
@@ -245,8 +248,7 @@ export async function verifyStore(store: Store, opts: { repair?: boolean; refs?:
       const dir = store.drvDir(p.ref);
       let realizations: string[] = [];
       try { realizations = fs.readdirSync(path.join(dir, 'r')); } catch { /* none */ }
-      const to = path.join(qdir, `${p.ref}-drv-${Date.now()}`);
-      makeDirs(path.dirname(to));
+      const to = path.join(qdir(), `${p.ref}-drv-${Date.now()}`);
       if (realizations.length === 0) fs.renameSync(dir, to);
       else if (fs.existsSync(path.join(dir, 'drv.json'))) fs.renameSync(path.join(dir, 'drv.json'), `${to}.json`);
     }

@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CairnError } from '../../errors.js';
 import { redactUrl } from '../../redact-url.js';
+import { displayPath, joinPath } from '../../store/fsutil.js';
 import { checkName } from '../../store/refs.js';
 import { only } from '../matchers.js';
 import { stage, type Stage } from '../stage.js';
@@ -77,6 +78,21 @@ export function fetchurl(spec: FetchUrlSpec): Stage<FixedOutput> {
   });
 }
 
+/**
+ * Copies a file or a tree, names as bytes (fs.cpSync decodes them, so a name
+ * that is not UTF-8, which `cairn hash` counts, could not be copied at all).
+ * Symlinks are copied as links, never followed; file modes are kept.
+ */
+function copyTree(src: Buffer, dst: Buffer): void {
+  const st = fs.lstatSync(src);
+  if (st.isSymbolicLink()) fs.symlinkSync(fs.readlinkSync(src, { encoding: 'buffer' }), dst);
+  else if (st.isFile()) fs.copyFileSync(src, dst, fs.constants.COPYFILE_EXCL);
+  else if (st.isDirectory()) {
+    fs.mkdirSync(dst, { mode: 0o755 });
+    for (const n of fs.readdirSync(src, { encoding: 'buffer' })) copyTree(joinPath(src, n), joinPath(dst, n));
+  } else throw new Error(`${displayPath(src)} is not a file, directory or symlink`);
+}
+
 export interface FetchLocalSpec {
   /** A file or directory on this machine. */
   path: string;
@@ -109,7 +125,7 @@ export function fetchlocal(spec: FetchLocalSpec): Stage<FixedOutput> {
       if (st.isDirectory() !== (expected.type === 'tree-sha256')) {
         throw new CairnError('E_BAD_HASH', `${source} is a ${st.isDirectory() ? 'directory; declare a tree-sha256 hash (cairn hash DIR)' : 'file; declare a sha256 or sha512 hash'}`);
       }
-      fs.cpSync(source, target, { recursive: true, verbatimSymlinks: true, errorOnExist: true });
+      copyTree(Buffer.from(source), Buffer.from(target));
       // What is checked is the copy, i.e. exactly what enters the store.
       await checkHash(target, expected, source);
       log(`copied ${source}`);

@@ -55,10 +55,16 @@ export function debDataMember(deb: string, dir: string): string {
     for (;;) {
       if (fs.readSync(fd, header, 0, 60, off) < 60) break;
       const name = header.subarray(0, 16).toString('latin1').trim().replace(/\/$/, '');
-      const size = Number(header.subarray(48, 58).toString('latin1').trim());
-      if (header.subarray(58, 60).toString('latin1') !== '`\n' || !Number.isFinite(size)) break;
+      const sizeText = header.subarray(48, 58).toString('latin1').trim();
+      if (header.subarray(58, 60).toString('latin1') !== '`\n') break;
+      // Digits only: a negative size would step back to the same header forever.
+      if (!/^[0-9]+$/.test(sizeText)) {
+        throw new CairnError('E_BAD_ARCHIVE', `${path.basename(deb)} has a member of size ${JSON.stringify(sizeText)}`);
+      }
+      const size = Number(sizeText);
       off += 60;
-      if (name.startsWith('data.tar')) {
+      // The member's name becomes a file name: 'data.tar/../../x' must not climb out of `dir`.
+      if (/^data\.tar(\.[a-z0-9]+)?$/.test(name)) {
         const out = path.join(dir, name);
         const buf = Buffer.alloc(1 << 20);
         const wfd = fs.openSync(out, 'wx'); // the build's own fresh tmp: never an existing name
