@@ -13,7 +13,7 @@ set -euo pipefail
 # prebuilt binary for this platform, and a C compiler for the `cairn` client
 # (cli/client/cairn.c). useradd, setpriv, unshare, prlimit and chattr: the
 # trust-boundary tests (another user, other namespaces and limits, an
-# immutable leftover).
+# immutable leftover); setcap/getcap: file capabilities on a build's output.
 need=()
 for tool in mkfifo:coreutils mknod:coreutils dd:coreutils mkfs.ext4:e2fsprogs mount:mount umount:mount \
     xz:xz-utils bzip2:bzip2 zstd:zstd ar:binutils dpkg-deb:dpkg \
@@ -21,7 +21,8 @@ for tool in mkfifo:coreutils mknod:coreutils dd:coreutils mkfs.ext4:e2fsprogs mo
     mkfs.xfs:xfsprogs debootstrap:debootstrap dockerd:docker.io docker:docker.io \
     rsync:rsync ssh:openssh-client sshd:openssh-server ip:iproute2 \
     make:make g++:g++ cc:gcc python3:python3 \
-    useradd:passwd userdel:passwd setpriv:util-linux unshare:util-linux prlimit:util-linux chattr:e2fsprogs; do
+    useradd:passwd userdel:passwd setpriv:util-linux unshare:util-linux prlimit:util-linux chattr:e2fsprogs \
+    setcap:libcap2-bin getcap:libcap2-bin; do
   command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
 done
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -327,6 +327,8 @@ async function breakHardLink(root: Buffer, h: Hash, parent: Entry, name: Buffer,
   }
 }
 
+const IS_ROOT = process.geteuid?.() === 0;
+
 /** Hashes (and optionally seals) the tree at `root`, refusing unsafe entries before anything is written. */
 export async function walkTree(root: FsPath, opts: TreeWalkOptions): Promise<TreeSummary> {
   const rootB = Buffer.from(root as string);
@@ -354,6 +356,10 @@ export async function walkTree(root: FsPath, opts: TreeWalkOptions): Promise<Tre
           await breakHardLink(rootB, h, e.parent, e.name, e, fd, fst.size, mode);
         } else {
           await hashFileBody(h, e.abs, fd, fst.size);
+          // A root build can give its output file capabilities (setcap), which
+          // no mode bit shows and sealing would keep: a chown, even to the same
+          // owner, makes the kernel drop them (and set-id bits).
+          if (opts.seal && exec && IS_ROOT) fs.fchownSync(fd, fst.uid, fst.gid);
           if (opts.seal && (fst.mode & 0o7777) !== mode) fs.fchmodSync(fd, mode);
         }
         bytes += fst.size;
