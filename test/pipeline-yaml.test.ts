@@ -243,7 +243,10 @@ describe('cairn.yaml: the workspace a command sees', () => {
       'secret.txt': 'x\n',
       'cairn.yaml': 'stages:\n  reads:\n    cmd: cat secret.txt > o\n    outs: [o]\n',
     });
-    expectError(cairn(storeDir(), ['realize', path.join(proj, 'cairn.yaml')]), 'E_BUILD_FAILED', storeDir());
+    const failed = cairn(storeDir(), ['realize', path.join(proj, 'cairn.yaml')]);
+    expectError(failed, 'E_BUILD_FAILED', storeDir());
+    // The error names the stage's command, not the shell that ran it.
+    assert.match(failed.stderr, /failed: `cat secret\.txt > o` exited with 1: .*secret\.txt/);
     fs.writeFileSync(path.join(proj, 'cairn.yaml'), 'stages:\n  lazy:\n    cmd: "true"\n    outs: [model.bin]\n');
     const r = cairn(storeDir(), ['realize', path.join(proj, 'cairn.yaml')]);
     expectError(r, 'E_PROMISE_BROKEN', storeDir());
