@@ -309,6 +309,13 @@ describe('cairn.yaml: the workspace a command sees', () => {
     assert.equal(fs.readFileSync(path.join(store.outPath(use.rrefs[0]!), 'count'), 'utf8'), '3\n');
     assert.equal(r.plan.find((p) => p.name === 'gen')!.rrefs.length, 3);
   });
+
+  it('-v prefixes what each of the n runs prints with its run: gen[0]>, gen[1]>, gen[2]>', () => {
+    const proj = tiny({ 'cairn.yaml': 'stages:\n  gen:\n    cmd: echo "run $CAIRN_INDEX" > r.txt; echo "said $CAIRN_INDEX"\n'
+      + '    outs: [r.txt]\n    n: 3\n' });
+    const r = ok(cairn(storeDir(), ['realize', path.join(proj, 'cairn.yaml'), '-v']));
+    for (const i of [0, 1, 2]) assert.match(r.stderr, new RegExp(`^gen\\[${i}\\]> said ${i}$`, 'm'), r.stderr);
+  });
 });
 
 describe('cairn.yaml: schema errors are E_BAD_PIPELINE, naming the stage and key', () => {

@@ -157,7 +157,8 @@ export async function runPipelineStage(ctx: BuildContext<PipelineConfig>): Promi
     if (ctx.outs.length > 1) ctx.log(`run ${i + 1} of ${ctx.outs.length}`);
     for (const cmd of cmds) {
       try {
-        await ctx.exec('/bin/sh', ['-c', cmd], { cwd, env });
+        // The workspace is not inside output i, so say which run this is: `-v` prefixes it `train[i]>`.
+        await ctx.exec('/bin/sh', ['-c', cmd], { cwd, env, ...(ctx.outs.length > 1 ? { output: i } : {}) });
       } catch (e) {
         // Name the stage's command, not the shell that ran it ("/bin/sh exited with 1").
         if (!(e instanceof CairnError) || e.code !== 'E_BUILD_FAILED' || e.details.cmd !== '/bin/sh') throw e;
