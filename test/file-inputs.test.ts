@@ -306,7 +306,8 @@ describe('file inputs: errors and declarations', () => {
     fs.writeFileSync(path.join(proj, 'train.py'), 'print(1)\n');
     fs.writeFileSync(path.join(proj, 'stages.ts'), [
       "import { stage } from 'cairn';",
-      "export const train = stage({ name: 'train', config: {}, files: ['train.py'], build: async ({ files, exec }) => {",
+      "export const train = stage({ name: 'train', config: {}, files: ['train.py'],",
+      '  build: async ({ files, exec }) => {',
       "  await exec('python3', [files['train.py']!]);",
       '} });',
       "export default stage({ name: 'report', config: { train }, build: () => {} });",

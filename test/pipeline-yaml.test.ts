@@ -311,8 +311,10 @@ describe('cairn.yaml: the workspace a command sees', () => {
   });
 
   it('-v prefixes what each of the n runs prints with its run: gen[0]>, gen[1]>, gen[2]>', () => {
-    const proj = tiny({ 'cairn.yaml': 'stages:\n  gen:\n    cmd: echo "run $CAIRN_INDEX" > r.txt; echo "said $CAIRN_INDEX"\n'
-      + '    outs: [r.txt]\n    n: 3\n' });
+    const proj = tiny({
+      'cairn.yaml': 'stages:\n  gen:\n    cmd: echo "run $CAIRN_INDEX" > r.txt; echo "said $CAIRN_INDEX"\n'
+        + '    outs: [r.txt]\n    n: 3\n',
+    });
     const r = ok(cairn(storeDir(), ['realize', path.join(proj, 'cairn.yaml'), '-v']));
     for (const i of [0, 1, 2]) assert.match(r.stderr, new RegExp(`^gen\\[${i}\\]> said ${i}$`, 'm'), r.stderr);
   });

@@ -228,7 +228,8 @@ describe('cairn server', () => {
     assert.notDeepEqual(status().workers.map((w) => w.pid).sort(), busyBefore.sort());
   });
 
-  it('SIGINT to the client alone ends the programs a served build runs in their own process groups, then the client exits 130', async () => {
+  it('SIGINT to the client alone ends the programs a served build runs in their own process groups, '
+    + 'then the client exits 130', async () => {
     // The programs ignore SIGINT and run through exec, so they are in
     // neither the client's nor the worker's process group: the worker's
     // interrupt handling must end them (SIGTERM) before it exits.
@@ -252,7 +253,9 @@ describe('cairn server', () => {
     }
     const programs = files.map((f) => Number(fs.readFileSync(f, 'utf8')));
     child.kill('SIGINT');
-    const [code, signal] = await new Promise<[number | null, string | null]>((r) => child.on('close', (c, s) => r([c, s])));
+    const [code, signal] = await new Promise<[number | null, string | null]>((r) => {
+      child.on('close', (c, s) => r([c, s]));
+    });
     // As with the Node CLI: the client forwards the signal and exits 130 once the worker has ended the
     // programs and removed the build's directories (it did not wait, and died of the signal, before).
     assert.deepEqual([code, signal], [130, null], 'the client exits 130 (not killed by the signal)');

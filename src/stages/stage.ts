@@ -169,7 +169,8 @@ export function callerDir(): string | undefined {
     Error.captureStackTrace(holder, callerDir);
     for (const site of holder.stack ?? []) {
       const name = site.getScriptNameOrSourceURL?.() ?? site.getFileName();
-      if (!name || name.startsWith(OWN_SOURCE) || name.startsWith(OWN_SOURCE_PATH) || name.startsWith('node:')) continue;
+      if (!name || name.startsWith('node:')) continue;
+      if (name.startsWith(OWN_SOURCE) || name.startsWith(OWN_SOURCE_PATH)) continue;
       const url = name.replace(/[?#].*$/, '');
       if (url.startsWith('file:')) return path.dirname(fileURLToPath(url));
       if (path.isAbsolute(url)) return path.dirname(url);
