@@ -230,6 +230,11 @@ describe('code identity: the normalized form', () => {
     same('() => { let i = 0\ni++ }', '() => { let i = 0; i++; }');
     same('() => { a\n++b }', '() => { a; ++b }');
     same('() => { for (;;) {} }', '() => { for (;;) {}; }');
+    // A line break ends `return`, `break`, `continue` and `yield` (tsc then prints the `;`), and so does `}`.
+    same('() => { if (x) return\n  y() }', '() => { if (x)\n    return;\n  y(); }');
+    same('() => { return }', '() => { return; }');
+    same('function* () { for (;;) { yield\n  break\n } }', 'function* () { for (;;) { yield; break; } }');
+    same('() => { a\n++b }', '() => { a;\n++b; }');
     // What tsc prints for `(ctx.config as Cfg).n` and `return (\n x )`.
     same('() => (a.b).c', '() => a.b.c');
     same('() => { return (\n  a.b\n) }', '() => { return a.b }');
@@ -251,6 +256,9 @@ describe('code identity: the normalized form', () => {
     // Semicolons and parentheses that matter.
     differ('() => { a;\n(b) }', '() => { a\n(b) }');
     differ('() => { return;\nx }', '() => { return x }');
+    differ('() => { return\nx }', '() => { return x }');
+    differ('() => { a\n++b }', '() => { a++\nb }');
+    differ('() => { a;\n--b }', '() => { a--;\nb }');
     differ('() => { if (x); y() }', '() => { if (x) y() }');
     differ('() => { class A { get; x() {} } }', '() => { class A { get x() {} } }');
     differ('() => [a,,]', '() => [a,]');

@@ -295,6 +295,38 @@ describe('file inputs: errors and declarations', () => {
     const abs = stage({ name: 'a', config: {}, files: ['/etc/hostname'], build: () => {} });
     assert.equal(abs.files[0]!.key, '/etc/hostname');
   });
+
+  it('in a CommonJS project (npm init -y) under tsx, require("cairn") works and gives the CLI\'s DRefs', () => {
+    // tsx compiles .ts to CommonJS there, so `import { stage } from 'cairn'` is a require(): the package must
+    // answer it, and stage() must still find the calling file (its frames are then named by path, not URL).
+    const proj = path.join(dir, 'cjs');
+    fs.mkdirSync(path.join(proj, 'node_modules'), { recursive: true });
+    fs.symlinkSync(repoRoot, path.join(proj, 'node_modules', 'cairn'));
+    fs.writeFileSync(path.join(proj, 'package.json'), '{"name": "p", "type": "commonjs"}\n');
+    fs.writeFileSync(path.join(proj, 'train.py'), 'print(1)\n');
+    fs.writeFileSync(path.join(proj, 'stages.ts'), [
+      "import { stage } from 'cairn';",
+      "export const train = stage({ name: 'train', config: {}, files: ['train.py'],",
+      '  build: async ({ files, exec }) => {',
+      "  await exec('python3', [files['train.py']!]);",
+      '} });',
+      "export default stage({ name: 'report', config: { train }, build: () => {} });",
+      '',
+    ].join('\n'));
+    fs.writeFileSync(path.join(proj, 'main.ts'), [
+      "import { instantiate } from 'cairn';",
+      "import report from './stages';",
+      "console.log(instantiate(report).order.join('\\n'));",
+      '',
+    ].join('\n'));
+    const tsx = spawnSync(process.execPath, ['--import', 'tsx', path.join(proj, 'main.ts')], {
+      cwd: repoRoot, encoding: 'utf8',
+    });
+    assert.equal(tsx.status, 0, tsx.stderr);
+    const cli = ok(cairn(store.root, ['instantiate', path.join(proj, 'stages.ts')]));
+    assert.equal(tsx.stdout, cli.stdout);
+    assert.equal(cli.stdout.trim().split('\n').length, 3, 'train.py, train and report');
+  });
 });
 
 describe('file inputs: the stat cache', () => {

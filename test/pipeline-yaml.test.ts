@@ -243,7 +243,10 @@ describe('cairn.yaml: the workspace a command sees', () => {
       'secret.txt': 'x\n',
       'cairn.yaml': 'stages:\n  reads:\n    cmd: cat secret.txt > o\n    outs: [o]\n',
     });
-    expectError(cairn(storeDir(), ['realize', path.join(proj, 'cairn.yaml')]), 'E_BUILD_FAILED', storeDir());
+    const failed = cairn(storeDir(), ['realize', path.join(proj, 'cairn.yaml')]);
+    expectError(failed, 'E_BUILD_FAILED', storeDir());
+    // The error names the stage's command, not the shell that ran it.
+    assert.match(failed.stderr, /failed: `cat secret\.txt > o` exited with 1: .*secret\.txt/);
     fs.writeFileSync(path.join(proj, 'cairn.yaml'), 'stages:\n  lazy:\n    cmd: "true"\n    outs: [model.bin]\n');
     const r = cairn(storeDir(), ['realize', path.join(proj, 'cairn.yaml')]);
     expectError(r, 'E_PROMISE_BROKEN', storeDir());
@@ -305,6 +308,15 @@ describe('cairn.yaml: the workspace a command sees', () => {
     const use = r.plan.find((p) => p.name === 'use')!;
     assert.equal(fs.readFileSync(path.join(store.outPath(use.rrefs[0]!), 'count'), 'utf8'), '3\n');
     assert.equal(r.plan.find((p) => p.name === 'gen')!.rrefs.length, 3);
+  });
+
+  it('-v prefixes what each of the n runs prints with its run: gen[0]>, gen[1]>, gen[2]>', () => {
+    const proj = tiny({
+      'cairn.yaml': 'stages:\n  gen:\n    cmd: echo "run $CAIRN_INDEX" > r.txt; echo "said $CAIRN_INDEX"\n'
+        + '    outs: [r.txt]\n    n: 3\n',
+    });
+    const r = ok(cairn(storeDir(), ['realize', path.join(proj, 'cairn.yaml'), '-v']));
+    for (const i of [0, 1, 2]) assert.match(r.stderr, new RegExp(`^gen\\[${i}\\]> said ${i}$`, 'm'), r.stderr);
   });
 });
 

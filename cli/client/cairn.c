@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -183,6 +184,34 @@ static int write_all(int fd, const char *p, size_t n) {
   return 0;
 }
 
+/*
+ * While a served command runs, SIGINT, SIGTERM and SIGHUP sent to this
+ * process go to the worker running it (an S frame), which stops its builds
+ * as the Node CLI does; this process then exits with the worker's status
+ * (130, 143, 129) once the builds' programs are gone, as the Node CLI would.
+ */
+static int server_fd = -1;
+static volatile sig_atomic_t caught;
+
+static void forward_signal(int sig) {
+  int saved = errno;
+  caught = sig;
+  char f[5 + 7] = { 'S', 0, 0, 0, 6, 'S', 'I', 'G', 'I', 'N', 'T' };
+  if (sig == SIGTERM) memcpy(f + 4, "\7SIGTERM", 8);
+  else if (sig == SIGHUP) memcpy(f + 4, "\6SIGHUP", 7);
+  (void)send(server_fd, f, (size_t)(5 + f[4]), MSG_NOSIGNAL | MSG_DONTWAIT);
+  errno = saved;
+}
+
+static void forward_signals(int fd) {
+  server_fd = fd;
+  struct sigaction sa = { .sa_handler = forward_signal, .sa_flags = SA_RESTART };
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGHUP, &sa, NULL);
+}
+
 static int read_all(int fd, char *p, size_t n) {
   while (n > 0) {
     ssize_t r = read(fd, p, n);
@@ -286,6 +315,7 @@ int main(int argc, char **argv) {
     off += (size_t)w;
   }
   free(req.p);
+  forward_signals(fd);
 
   /* Relay frames until the exit status. */
   size_t cap = 1 << 16;
@@ -317,6 +347,8 @@ int main(int argc, char **argv) {
     case 'X':
       return atoi(payload);
     case 'R':
+      /* A signal already came: the user wants no command run. */
+      if (caught) return 128 + caught;
       without_server(payload, NULL);
       break;
     default:

@@ -7,6 +7,9 @@
  * payload. The client sends one frame:
  *   Q  a command to run: NUL-terminated fields (see parseRequest)
  *   C  a control word: `status` or `stop` (used by `cairn server`)
+ * then, while its command runs, any number of
+ *   S  a signal the client received (SIGINT, SIGTERM or SIGHUP, by name):
+ *      the worker gets it, as the Node CLI's process would
  * and the server answers with frames until the last one:
  *   O / E  bytes for the client's stdout / stderr
  *   X      the exit status, as decimal text (last frame)
@@ -20,7 +23,7 @@ export const REQUEST_MAGIC = 'cairn-request-1';
 /** A request larger than this (argv plus environment) is refused. */
 export const MAX_REQUEST_BYTES = 4 << 20;
 
-export type FrameType = 'Q' | 'C' | 'O' | 'E' | 'X' | 'R';
+export type FrameType = 'Q' | 'C' | 'S' | 'O' | 'E' | 'X' | 'R';
 
 export function frame(type: FrameType, payload: Buffer | string): Buffer {
   const body = typeof payload === 'string' ? Buffer.from(payload) : payload;

@@ -98,6 +98,15 @@ interface Worker {
 }
 
 /** Environment that a Node process reads when it starts (options, preloads, locale), not later. */
+/** Signals a client forwards (cli/client/cairn.c): the ones the Node CLI stops its builds on. */
+const FORWARDED_SIGNALS = new Set(['SIGINT', 'SIGTERM', 'SIGHUP']);
+
+/**
+ * A connection's forwarded signals: held until its command runs, then handed to its worker. Only the first two
+ * count (the second one skips the grace), so a client cannot flood the server with them.
+ */
+interface Signals { pending: string[]; received: number; forward?: (name: string) => void }
+
 const STARTUP_ENV = /^(NODE_OPTIONS|NODE_PATH|NODE_ICU_DATA|LANG|LANGUAGE|LC_[A-Z_]+)$/;
 
 const log = (s: string): void => { process.stderr.write(`${new Date().toISOString()} ${s}\n`); };
@@ -225,7 +234,17 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
     setTimeout(() => { try { process.kill(-w.child.pid!, 'SIGKILL'); } catch { /* gone */ } }, 2000).unref();
   };
 
-  const dispatch = async (client: net.Socket, req: ClientRequest): Promise<void> => {
+  const signalWorker = (w: Worker, name: string): void => {
+    // The client was sent a signal: its worker gets it, and handles it as the Node CLI's process would
+    // (builds stopped, their process groups ended, then exit 128 + the signal), while the client waits
+    // for that status. The worker is replaced afterwards; one that hangs is killed.
+    if (!FORWARDED_SIGNALS.has(name)) return;
+    w.state = 'exiting';
+    try { process.kill(w.child.pid!, name); } catch { /* already gone */ }
+    setTimeout(() => { try { process.kill(-w.child.pid!, 'SIGKILL'); } catch { /* gone */ } }, 10_000).unref();
+  };
+
+  const dispatch = async (client: net.Socket, req: ClientRequest, signals: Signals): Promise<void> => {
     const pass = (why: string): void => {
       fallbacks++;
       client.end(frame('R', why));
@@ -260,6 +279,8 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
     // cairn-peer holds a pidfd of it and checks that it still lived after reading /proc.
     const facts = await peerFacts(PEER_HELPER, client);
     if (client.destroyed || client.readableEnded) return;
+    // Node stops reading a socket handed to a child as stdio (cairn-peer's): read on, for the client's signals.
+    client.resume();
     if (!facts) return pass("the server cannot read the client's process");
     const w = [...workers].find((x) => x.state === 'idle');
     if (!w) return pass('every worker is busy or warming up');
@@ -270,6 +291,8 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
     w.job = { client, out: new EndMarkerScanner(marker), err: new EndMarkerScanner(marker), outEnded: false, errEnded: false };
     client.on('close', () => { if (w.job?.client === client) killJob(w); });
     send(w, { type: 'run', request: req, marker: marker.toString('latin1') });
+    signals.forward = (name) => { if (w.job?.client === client) signalWorker(w, name); };
+    for (const name of signals.pending.splice(0)) signals.forward(name);
   };
 
   const status = (): ServerStatus => ({
@@ -314,6 +337,8 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
     }, requestTimeoutMs);
     timer.unref();
     client.once('close', () => clearTimeout(timer));
+    const signals: Signals = { pending: [], received: 0 };
+    let requested = false;
     const onData = (chunk: Buffer): void => {
       let frames;
       try {
@@ -323,9 +348,16 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
         log(`refused a client: ${(e as Error).message}`);
         return;
       }
-      if (frames.length === 0) return;
+      // After its request, a client sends only signals (S frames).
+      for (const g of requested ? frames : frames.slice(1)) {
+        if (g.type !== 'S') continue;
+        if (++signals.received > 2) continue;
+        const name = g.payload.toString('latin1');
+        if (signals.forward) signals.forward(name); else signals.pending.push(name);
+      }
+      if (requested || frames.length === 0) return;
+      requested = true;
       clearTimeout(timer);
-      client.off('data', onData);
       const f = frames[0]!;
       if (f.type === 'C') {
         const word = f.payload.toString();
@@ -344,7 +376,7 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
         client.end(Buffer.concat([frame('E', `cairn: error E_SERVER_PROTOCOL: ${(e as Error).message}\n`), frame('X', '2')]));
         return;
       }
-      void dispatch(client, req);
+      void dispatch(client, req, signals);
     };
     client.on('data', onData);
   });

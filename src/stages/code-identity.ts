@@ -28,7 +28,9 @@ const require = createRequire(import.meta.url);
 
 interface Sucrase {
   parse(input: string, jsx: boolean, ts: boolean, flow: boolean): Parsed;
-  name: number; string: number; num: number; eof: number;
+  name: number; string: number; num: number; eof: number; preIncDec: number;
+  /** `return`, `break`, `continue`, `yield`: a line break after one ends its statement. */
+  restricted: Set<number>;
   /** Tokens sucrase removes besides type ranges: TypeScript-only modifiers and the non-null `!`. */
   tsOnly: Set<number>;
 }
@@ -46,7 +48,8 @@ function loadSucrase(): Sucrase {
   const TT = (require('sucrase/dist/parser/tokenizer/types.js') as { TokenType: Record<string, number> }).TokenType;
   const tsOnly = ['nonNullAssertion', '_public', '_protected', '_private', '_abstract', '_readonly', '_override'];
   sucrase = {
-    parse: parser.parse, name: TT.name!, string: TT.string!, num: TT.num!, eof: TT.eof!,
+    parse: parser.parse, name: TT.name!, string: TT.string!, num: TT.num!, eof: TT.eof!, preIncDec: TT.preIncDec!,
+    restricted: new Set(['_return', '_break', '_continue', '_yield'].map((n) => TT[n]!)),
     tsOnly: new Set(tsOnly.map((n) => TT[n]!)),
   };
   return sucrase;
@@ -218,9 +221,29 @@ function canonicalTokens(s: Source, from: number, to: number): string[] {
       continue;
     }
     if (t.type === sucrase!.string) out.push(canonicalString(t.text));
+    // `a\n++b` is `a; ++b`, `a++\nb` is `a++; b`: once the `;` and the line
+    // break are gone, only the parser's reading tells them apart.
+    else if (t.type === sucrase!.preIncDec) out.push(`pre${t.text}`);
     else out.push(t.text.includes('\r') ? t.text.replace(/\r\n?/g, '\n') : t.text);
+    if (endsRestricted(s, i, to)) out.push(';');
   }
   return out;
+}
+
+const LINE_BREAK = /[\n\r\u2028\u2029]/;
+
+/**
+ * Whether token `i` is a `return`, `break`, `continue` or `yield` whose
+ * statement ends right after it without a `;`: at a line break (which ends
+ * it: `return\nx` is `return; x`) or at a `}`. tsc prints the `;` there, so
+ * the canonical form has it, as it has a written one.
+ */
+function endsRestricted(s: Source, i: number, to: number): boolean {
+  if (!sucrase!.restricted.has(s.toks[i]!.type)) return false;
+  const next = i + 1 < to ? s.toks[i + 1] : undefined;
+  if (next === undefined || next.text === '}') return true;
+  if ([';', ')', ']', ',', ':'].includes(next.text)) return false;
+  return LINE_BREAK.test(s.text.slice(s.toks[i]!.end, next.start));
 }
 
 const SIMPLE_ESCAPES: Record<string, string> = { n: '\n', t: '\t', r: '\r', b: '\b', f: '\f', v: '\v' };

@@ -14,7 +14,7 @@ import { defaultCacheDir } from './module-compile.js';
  * Bumped whenever code-identity.ts normalizes differently, so that cached
  * identities (below) from an older normalization are not used.
  */
-const NORMALIZATION = 'cairn-code-1';
+const NORMALIZATION = 'cairn-code-2';
 
 const sha256 = (text: string): string => createHash('sha256').update(text).digest('hex');
 const require = createRequire(import.meta.url);

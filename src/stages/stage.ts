@@ -148,8 +148,10 @@ export interface FileInput {
   readonly path: string;
 }
 
-// Cairn's own source directory (src/ or dist/src/): frames in it are not the user's.
+// Cairn's own source directory (src/ or dist/src/): frames in it are not the user's. As a URL, and as a path:
+// frames of modules that CommonJS code require()d (tsx in a "type": "commonjs" project) are named by path.
 const OWN_SOURCE = new URL('../', import.meta.url).href;
+const OWN_SOURCE_PATH = fileURLToPath(OWN_SOURCE);
 
 /**
  * The directory of the module that called stage(), from the call stack:
@@ -167,7 +169,8 @@ export function callerDir(): string | undefined {
     Error.captureStackTrace(holder, callerDir);
     for (const site of holder.stack ?? []) {
       const name = site.getScriptNameOrSourceURL?.() ?? site.getFileName();
-      if (!name || name.startsWith(OWN_SOURCE) || name.startsWith('node:')) continue;
+      if (!name || name.startsWith('node:')) continue;
+      if (name.startsWith(OWN_SOURCE) || name.startsWith(OWN_SOURCE_PATH)) continue;
       const url = name.replace(/[?#].*$/, '');
       if (url.startsWith('file:')) return path.dirname(fileURLToPath(url));
       if (path.isAbsolute(url)) return path.dirname(url);

@@ -155,7 +155,18 @@ export async function runPipelineStage(ctx: BuildContext<PipelineConfig>): Promi
     };
     for (const k of ['PWD', 'OLDPWD', 'INIT_CWD']) delete env[k];
     if (ctx.outs.length > 1) ctx.log(`run ${i + 1} of ${ctx.outs.length}`);
-    for (const cmd of cmds) await ctx.exec('/bin/sh', ['-c', cmd], { cwd, env });
+    for (const cmd of cmds) {
+      try {
+        // The workspace is not inside output i, so say which run this is: `-v` prefixes it `train[i]>`.
+        await ctx.exec('/bin/sh', ['-c', cmd], { cwd, env, ...(ctx.outs.length > 1 ? { output: i } : {}) });
+      } catch (e) {
+        // Name the stage's command, not the shell that ran it ("/bin/sh exited with 1").
+        if (!(e instanceof CairnError) || e.code !== 'E_BUILD_FAILED' || e.details.cmd !== '/bin/sh') throw e;
+        const run = ctx.outs.length > 1 ? ` (run ${i + 1} of ${ctx.outs.length})` : '';
+        const message = `\`${cmd}\`${e.message.slice('/bin/sh'.length)}${run}`;
+        throw new CairnError('E_BUILD_FAILED', message, { ...e.details, cmd }, { cause: e });
+      }
+    }
     checkInputsIntact(ctx.name, ws, linked);
     for (const o of [...c.outs, ...c.metrics]) {
       const from = path.join(ws, o);
