@@ -1,5 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { withRegularFile } from './fsutil.js';
 import { FILE_MODE, makeDirs } from './permissions.js';
 import type { DRef } from './refs.js';
 import type { Store } from './store.js';
@@ -44,21 +45,11 @@ export function keepFailedLog(store: Store, dref: DRef, logFile: string, now = D
     const dir = dirOf(store, dref);
     makeDirs(dir);
     const file = path.join(dir, `${stamp(now)}-${process.pid}.log`);
-    const { O_RDONLY, O_NOFOLLOW, O_NONBLOCK, O_WRONLY, O_CREAT, O_EXCL } = fs.constants;
-    const src = fs.openSync(logFile, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
-    try {
-      const st = fs.fstatSync(src);
-      if (!st.isFile() || st.nlink !== 1) return undefined;
-      const dst = fs.openSync(file, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, FILE_MODE);
-      try {
-        const buf = Buffer.allocUnsafe(1 << 16);
-        for (let n; (n = fs.readSync(src, buf)) > 0;) fs.writeSync(dst, buf, 0, n);
-      } finally {
-        fs.closeSync(dst);
-      }
-    } finally {
-      fs.closeSync(src);
-    }
+    const data = withRegularFile(logFile, (fd, st) => (st.nlink === 1 ? fs.readFileSync(fd) : null));
+    if (data === null) return undefined;
+    const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
+    const out = fs.openSync(file, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, FILE_MODE);
+    try { fs.writeFileSync(out, data); } finally { fs.closeSync(out); }
     for (const old of failedLogs(store, dref).slice(0, -FAILED_LOGS_KEPT)) fs.rmSync(old.file, { force: true });
     return file;
   } catch {

@@ -60,6 +60,27 @@ export function parseDisplayPath(text: string): Buffer | null {
   return Buffer.concat(parts);
 }
 
+/**
+ * Runs `f` on the regular file `p`, opened without following a link (a tree
+ * from outside can plant one where Cairn expects its own file); null when
+ * `p` is a symlink or not a regular file.
+ */
+export function withRegularFile<T>(p: FsPath, f: (fd: number, st: fs.Stats) => T): T | null {
+  let fd: number;
+  try {
+    fd = fs.openSync(p, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ELOOP') return null;
+    throw e;
+  }
+  try {
+    const st = fs.fstatSync(fd);
+    return st.isFile() ? f(fd, st) : null;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 /** chmod that never follows a symlink: a build can plant one where Cairn expects its own file. */
 export function chmodNoFollow(p: FsPath, mode: number): void {
   const fd = fs.openSync(p, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);

@@ -18,11 +18,11 @@
  * sealed read-only while hashed, then one rename each, dependencies before
  * dependants, then the index rows, so no reader ever sees part of one.
  */
-import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CairnError } from '../errors.js';
-import { fsyncAll, type FsPath } from './fsutil.js';
+import { writeFileAtomic } from './atomic-file.js';
+import { fsyncAll, withRegularFile, type FsPath } from './fsutil.js';
 import { shortHash } from './hash.js';
 import { withLock } from './locks.js';
 import { parseRef, parseRRef, type DRef, type RRef } from './refs.js';
@@ -93,7 +93,7 @@ async function checkStaged(dir: string, rref: RRef): Promise<{ meta: Realization
   try {
     // Read without following a link and never chmod-ed: it may be a hard link to a file
     // outside the store, and writeMeta replaces it with a fresh file anyway.
-    const text = readStaged(path.join(dir, 'meta.json'), (fd) => fs.readFileSync(fd, 'utf8'));
+    const text = withRegularFile(path.join(dir, 'meta.json'), (fd) => fs.readFileSync(fd, 'utf8'));
     if (text === null) return 'meta.json is not a regular file';
     meta = JSON.parse(text) as RealizationMeta;
   } catch {
@@ -121,25 +121,6 @@ async function checkStaged(dir: string, rref: RRef): Promise<{ meta: Realization
   return { meta, toSync: tree.toSync };
 }
 
-const { O_RDONLY, O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
-
-/** Runs `f` on the staged regular file `p`, opened without following a link; null if it is not one. */
-function readStaged<T>(p: string, f: (fd: number, st: fs.Stats) => T): T | null {
-  let fd: number;
-  try {
-    fd = fs.openSync(p, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ELOOP') return null;
-    throw e;
-  }
-  try {
-    const st = fs.fstatSync(fd);
-    return st.isFile() ? f(fd, st) : null;
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
 /**
  * Seals a staged build.log read-only. One with other hard links (to a file
  * outside the store, say) is replaced by a copy under a fresh name first:
@@ -147,16 +128,12 @@ function readStaged<T>(p: string, f: (fd: number, st: fs.Stats) => T): T | null 
  * its inode. False when it is not a regular file.
  */
 function sealLog(log: string): boolean {
-  const r = readStaged(log, (fd, st) => {
+  const r = withRegularFile(log, (fd, st) => {
     if (st.nlink === 1) {
       if ((st.mode & 0o7777) !== 0o444) fs.fchmodSync(fd, 0o444);
-      return true;
+    } else {
+      writeFileAtomic(log, fs.readFileSync(fd), { mode: 0o444 });
     }
-    const data = fs.readFileSync(fd);
-    const tmp = path.join(path.dirname(log), `.build.log-${randomBytes(12).toString('hex')}`);
-    const out = fs.openSync(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o444);
-    try { fs.writeFileSync(out, data); } finally { fs.closeSync(out); }
-    fs.renameSync(tmp, log);
     return true;
   });
   return r === true;
