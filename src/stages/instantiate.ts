@@ -3,7 +3,7 @@ import { canonicalJson, type Json } from '../store/canonical.js';
 import { shortHash } from '../store/hash.js';
 import type { DRef } from '../store/refs.js';
 import { createRequire } from 'node:module';
-import { isStage, type FileInput, type Stage } from './stage.js';
+import { fileInputsDeclared, isStage, type FileInput, type Stage } from './stage.js';
 import { codeHash } from './function-source.js';
 import type { ResolvedInput } from './inputs/file-imports.js';
 import type { HashStats, InputHasher } from './inputs/input-hash.js';
@@ -16,7 +16,7 @@ let preloading: Promise<void> | undefined;
  * The code that hashes and imports file inputs, loaded on first use: most
  * graphs have none, and each ES module costs every CLI start about half a
  * millisecond. realize() and loadStageFile() load it ahead with a dynamic
- * import when their graph has file inputs (`preloadFileInputs`); only a
+ * import once a stage has declared file inputs (`preloadFileInputs`); only a
  * library caller of instantiate() alone reaches the synchronous require()
  * of an ES module (Node >= 20.19). The CLI never does: with module hooks
  * registered (stage files that import packages), such a require() waits on
@@ -34,23 +34,13 @@ function fileInputs(): FileInputsModule {
   return fileInputsModule;
 }
 
-/** True when a stage of the graph below `targets` declares file inputs. */
-export function hasFileInputs(targets: readonly Stage[]): boolean {
-  const seen = new Set<Stage>();
-  const stack = [...targets];
-  while (stack.length > 0) {
-    const st = stack.pop()!;
-    if (seen.has(st)) continue;
-    seen.add(st);
-    if ((st.files?.length ?? 0) > 0) return true;
-    for (const d of referencedStages(st.config)) stack.push(d);
-  }
-  return false;
-}
-
-/** Loads the file-input code ahead (a dynamic import), if a stage below `targets` needs it. */
-export function preloadFileInputs(targets: readonly Stage[]): Promise<void> {
-  if (fileInputsModule || !hasFileInputs(targets)) return Promise.resolve();
+/**
+ * Loads the file-input code ahead (a dynamic import), once any stage has
+ * declared file inputs: a flag set by stage(), so graphs without them pay
+ * no traversal on the cached-realize path.
+ */
+export function preloadFileInputs(): Promise<void> {
+  if (fileInputsModule || !fileInputsDeclared()) return Promise.resolve();
   return (preloading ??= import('./inputs/file-imports.js').then((m) => { fileInputsModule = m; }));
 }
 

@@ -96,7 +96,7 @@ export async function loadStageFile(file: string, selectors: readonly string[] =
     stages.forEach((s, i) => exports.set(stages.length === 1 ? key : `${key}[${i}]`, s));
   }
   // The caller instantiates what this returns, synchronously (see fileInputs in instantiate.ts).
-  await preloadFileInputs([...exports.values()]);
+  await preloadFileInputs();
   const available = [...groups.keys()].join(', ') || 'none';
   let targets: Stage[];
   if (selectors.length === 0) {
@@ -127,7 +127,7 @@ async function loadPipelineFile(file: string, abs: string, selectors: readonly s
   // Loaded on first use: TypeScript stage files never need the YAML parser.
   const { loadPipeline } = await import('./pipeline/load-yaml.js');
   const { stages } = loadPipeline(file);
-  await preloadFileInputs([...stages.values()]);
+  await preloadFileInputs();
   const targets = selectors.length === 0 ? [...stages.values()] : selectors.map((sel) => {
     const s = stages.get(sel);
     if (!s) {

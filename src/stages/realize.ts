@@ -85,9 +85,8 @@ let realizeCalls = 0;
  */
 export async function realize(targets: Stage | readonly Stage[] | Graph, opts: RealizeOptions): Promise<RealizeResult> {
   const tempRootOwner = `${opts.store.owner}#${++realizeCalls}`;
-  const stages = isStage(targets) ? [targets] : Array.isArray(targets) ? targets as readonly Stage[] : undefined;
-  if (stages) await preloadFileInputs(stages);
-  const graph: Graph = stages ? instantiate(stages) : (targets as Graph);
+  await preloadFileInputs();
+  const graph: Graph = isStage(targets) || Array.isArray(targets) ? instantiate(targets as Stage | Stage[]) : (targets as Graph);
   const { store } = opts;
   const events = opts.events ?? {};
   const limit = new Semaphore(Math.max(1, opts.jobs ?? os.availableParallelism()));

@@ -196,6 +196,16 @@ function baseDir(stage: string, dir: unknown): string | undefined {
   return path.resolve(dir);
 }
 
+/**
+ * Set once any stage of this process declares file inputs: only then is the
+ * file-input code loaded. Global, like the stage brand, so a stage made by
+ * another copy of Cairn (a stage file's `cairn` next to the library's) counts.
+ */
+const FILES_DECLARED = Symbol.for('cairn.fileInputsDeclared');
+const flags = globalThis as { [FILES_DECLARED]?: true };
+
+export function fileInputsDeclared(): boolean { return flags[FILES_DECLARED] === true; }
+
 /** Checks and resolves a stage's `files`, relative to `dir` or else to the declaring module's directory. */
 export function declareFiles(stage: string, files: unknown, dir: unknown, caller: () => string | undefined): readonly FileInput[] {
   if (files === undefined) return [];
@@ -215,6 +225,7 @@ export function declareFiles(stage: string, files: unknown, dir: unknown, caller
     seen.set(key, f);
     out.push(Object.freeze({ key, declared: f, path: path.resolve(base, key) }));
   }
+  if (out.length > 0) flags[FILES_DECLARED] = true;
   return Object.freeze(out);
 }
 
