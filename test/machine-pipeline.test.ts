@@ -18,6 +18,7 @@ import { tiny } from '../src/backends/qemu/bases.js';
 import { qcow2Backing } from '../src/backends/qemu/disk.js';
 import { requireQemu } from './fixtures/qemu/tiny.js';
 import { drefOf, isCode, tempDir } from './helpers.js';
+import { storeIndex } from '../src/store/internals.js';
 
 requireQemu();
 const { dir, cleanup } = tempDir('cairn-machine');
@@ -30,7 +31,7 @@ const shell = step<{ cmd: string }>({
 });
 
 /** Realizations in the store, by count. */
-const count = (): number => store.index.all().length;
+const count = (): number => storeIndex(store).all().length;
 
 let builds = 0;
 const events = { built: () => { builds++; } };

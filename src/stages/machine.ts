@@ -67,14 +67,25 @@ async function backendFor(kind: string): Promise<MachineBackend> {
 }
 
 export function readDescription(stateDir: string): MachineDescription {
-  let d: MachineDescription;
+  let text: string;
   try {
-    d = JSON.parse(fs.readFileSync(path.join(stateDir, DESCRIPTION), 'utf8')) as MachineDescription;
+    text = fs.readFileSync(path.join(stateDir, DESCRIPTION), 'utf8');
   } catch (e) {
     throw new CairnError('E_MACHINE_STATE', `${stateDir} is not a machine state: ${(e as Error).message}`, { dir: stateDir });
   }
+  return parseDescription(text, stateDir);
+}
+
+/** A machine description from its JSON text; `where` names it in errors. */
+export function parseDescription(text: string, where: string): MachineDescription {
+  let d: MachineDescription;
+  try {
+    d = JSON.parse(text) as MachineDescription;
+  } catch (e) {
+    throw new CairnError('E_MACHINE_STATE', `${where} is not a machine state: ${(e as Error).message}`, { dir: where });
+  }
   if (d.format !== 1 || typeof d.backend !== 'string' || typeof d.state !== 'object' || !Array.isArray(d.files)) {
-    throw new CairnError('E_MACHINE_STATE', `${stateDir}/${DESCRIPTION} is not a machine description (format 1)`, { dir: stateDir });
+    throw new CairnError('E_MACHINE_STATE', `${where}/${DESCRIPTION} is not a machine description (format 1)`, { dir: where });
   }
   return d;
 }
@@ -103,10 +114,10 @@ export function staleReason(d: MachineDescription, now = Date.now()): string | n
 
 /** The newest state that has not expired and whose files are unchanged. */
 export function freshState(): Matcher {
-  return custom((cands: readonly Candidate[]) => {
+  return custom(async (cands: readonly Candidate[]) => {
     for (let i = cands.length - 1; i >= 0; i--) {
       const c = cands[i]!;
-      if (staleReason(readDescription(c.path)) === null) return [c.rref];
+      if (staleReason(parseDescription((await c.read(DESCRIPTION)).toString('utf8'), c.rref)) === null) return [c.rref];
     }
     return null;
   }, { name: 'fresh-state' });
@@ -229,14 +240,13 @@ export class Machine {
 
   /** Starts the machine, runs `fn`, stops it and throws its changes away. */
   async use<T>(fn: (vm: RunningMachine) => T | Promise<T>, opts: UseOptions): Promise<T> {
-    const owner = `${opts.store.owner}#use-${process.hrtime.bigint()}`;
     // The state must outlive the run: a resumed disk may read its backing chain.
-    opts.store.index.addTempRoots(owner, instantiate(this.saved).order);
+    const roots = await opts.store.addTempRoots(instantiate(this.saved).order, 'machine-use');
     try {
       const state = await this.realizeSaved(opts);
       return await this.withSession(opts, state, fn);
     } finally {
-      opts.store.index.dropTempRoots(owner);
+      await roots.release();
     }
   }
 
