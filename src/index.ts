@@ -22,7 +22,9 @@ export { loadCatalog, selectEntry, entryStage, catalogStage, deviceTypeMatches, 
 export { fetchEntry, findAction, runAction, writeManifest, type Manifest, type Action, type ActionContext, type ActionFn } from './stages/catalog-run.js';
 export { machine, step, Machine, freshState, readDescription, staleReason, registerBackend, type MachineDescription, type MachineState, type Step, type StepSpec, type StepMachine, type ApplyOptions, type UseOptions } from './stages/machine.js';
 export { exec, scriptRun, upload, greeting, resolveStep, BUILTIN_STEPS, type CliStep, type CliWords } from './stages/machine-steps.js';
-export { tiny, tinyFiles, bootedState, machineBase, MACHINE_BASES, type BaseOptions } from './backends/qemu/bases.js';
+export { bootedState, type BaseOptions } from './stages/bases/booted-state.js';
+export { tiny, tinyFiles } from './stages/bases/tiny.js';
+export { machineBase, MACHINE_BASES } from './stages/bases/registry.js';
 export type { MachineBackend, BackendSession, BackendState, RunningMachine, MachineConsole, ExecResult as MachineExecResult, ExecOptions as MachineExecOptions } from './backends/machine.js';
 export { push, pull, listClosure, haveRefs, resolveRoots, type SyncOptions, type SyncReport, type TransferStats, type ClosureListing } from './store/sync.js';
 export { receiveClosure, type ReceiveReport, type ReceiveOptions, type Refusal } from './store/receive.js';
