@@ -31,9 +31,10 @@ export { receiveClosure, type ReceiveReport, type ReceiveOptions, type Refusal }
 export { exportClosure, importClosure, type ExportReport } from './store/export.js';
 export { closureOf, dependencyOrder, planTransfer, parseRemote, parseManifest, type ClosureManifest, type ClosureNode, type RemoteSpec } from './store/sync-plan.js';
 export { debootstrap, ROOTFS_TAR, PACKAGES_TXT, type DebootstrapSpec, type DebootstrapConfig } from './stages/builtins/debootstrap.js';
-export { dockerImage, ensureImage, ensureImageAt, imageTag, type DockerImageSpec, type ImageDescription } from './backends/containers/image.js';
+export { dockerImage, type DockerImageSpec } from './stages/bases/docker-image.js';
+export { ensureImage, ensureImageAt, imageTag, type ImageDescription } from './backends/containers/image.js';
 export { DockerBackend, MACHINE_LABEL, type DockerBackendOptions } from './backends/containers/docker-machine.js';
-export { dockerMachineBase } from './backends/containers/docker-base.js';
+export { dockerMachineBase } from './stages/bases/docker-base.js';
 export { dockerHost, DEFAULT_DOCKER_HOST } from './backends/containers/docker.js';
 export { service, ensemble, isEnsemble, type ServiceSpec, type EnsembleSpec, type Ensemble, type ServiceHandle, type ServiceContext, type BuildFromDirectory } from './services/spec.js';
 export { startEnsemble, stopEnsemble, reloadService, ensembleStatus, type ServiceReport, type ServiceStatus, type RunnerOptions } from './services/runner.js';
