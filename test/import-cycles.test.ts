@@ -8,7 +8,9 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { cyclicComponents, describeCycles, importGraph, relativeSpecifiers, sourceFiles, type ImportGraph } from './import-graph.js';
+import {
+  cyclicComponents, describeCycles, importGraph, relativeSpecifiers, sourceFiles, type ImportGraph,
+} from './import-graph.js';
 import { repoRoot, tempDir } from './helpers.js';
 
 describe('import graph', () => {

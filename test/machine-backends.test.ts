@@ -24,7 +24,8 @@ const fakeState = (kind: string): Stage => stage({
   config: { kind },
   outputs: ['machine.json'],
   build: ({ config, out }) => {
-    const d = { format: 1, backend: config.kind, state: { backend: config.kind }, expiresAt: null, files: [], step: null };
+    const d = { format: 1, backend: config.kind, state: { backend: config.kind }, expiresAt: null, files: [],
+      step: null };
     fs.writeFileSync(path.join(out, 'machine.json'), JSON.stringify(d));
   },
 });
@@ -38,7 +39,8 @@ describe('machine backends', () => {
       'await new Promise((r) => setImmediate(r));',
       'console.log(JSON.stringify({ registered: m.registeredBackends(), running: process.getActiveResourcesInfo() }));',
     ].join('\n');
-    const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], { cwd: repoRoot, encoding: 'utf8' });
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', script],
+      { cwd: repoRoot, encoding: 'utf8' });
     assert.deepEqual(JSON.parse(out), { registered: [], running: [] });
   });
 

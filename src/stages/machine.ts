@@ -275,7 +275,8 @@ export class Machine {
     const work = opts.store.makeTempDir('machine-use');
     let session: BackendSession | undefined;
     try {
-      session = await (await machineBackend(state.description.backend)).resume(state.dir, state.description.state, work);
+      const backend = await machineBackend(state.description.backend);
+      session = await backend.resume(state.dir, state.description.state, work);
       for (const p of this.pending) {
         const vm = stepMachine(session.machine, (line) => opts.stepLog?.(p.step.name, line), { expiresAt: null, files: [] });
         await p.step.run(vm, p.args);
