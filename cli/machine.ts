@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import type { Command } from 'commander';
 import { CairnError } from '../src/errors.js';
 import { parseDuration } from '../src/duration.js';
-import { machineBase, MACHINE_BASES } from '../src/backends/qemu/bases.js';
+import { machineBase, MACHINE_BASES } from '../src/stages/bases/registry.js';
 import { killLiveVms } from '../src/backends/qemu/vm.js';
 import { DESCRIPTION, machine, readDescription, staleReason, type ApplyOptions, type Machine } from '../src/stages/machine.js';
 import { resolveStep, type CliWords } from '../src/stages/machine-steps.js';

@@ -14,7 +14,7 @@ import { Store } from '../src/store/store.js';
 import { verifyStore } from '../src/store/verify.js';
 import { machine, step, readDescription, type StepMachine } from '../src/stages/machine.js';
 import { exec } from '../src/stages/machine-steps.js';
-import { tiny } from '../src/backends/qemu/bases.js';
+import { tiny } from '../src/stages/bases/tiny.js';
 import { qcow2Backing } from '../src/backends/qemu/disk.js';
 import { requireQemu } from './fixtures/qemu/tiny.js';
 import { drefOf, isCode, tempDir } from './helpers.js';

@@ -22,7 +22,6 @@ import { CairnError } from '../errors.js';
 import { canonicalJson, type Json } from '../store/canonical.js';
 import { parseDuration } from '../duration.js';
 import type { BackendSession, BackendState, MachineBackend, RunningMachine } from '../backends/machine.js';
-import { qemuBackend } from '../backends/qemu/qemu-machine.js';
 import { removeTree } from '../store/fsutil.js';
 import { checkName, type RRef } from '../store/refs.js';
 import { custom, type Candidate, type Matcher } from './matchers.js';
@@ -46,24 +45,49 @@ export interface MachineDescription {
 
 export const DESCRIPTION = 'machine.json';
 
-// QEMU is built in; other backends (containers) register themselves.
-const backends = new Map<string, MachineBackend>([[qemuBackend.kind, qemuBackend]]);
+/** Backends registered with registerBackend(), and the built-in ones once used. */
+const backends = new Map<string, MachineBackend>();
 
-/** Makes a backend available to resume states whose machine.json names its kind. */
+/**
+ * The built-in backends, loaded and registered on first use: importing Cairn
+ * registers no backend and constructs no driver, and the QEMU-only paths never
+ * load Docker's code.
+ */
+const builtinBackends = new Map<string, () => Promise<MachineBackend>>([
+  ['qemu', async () => (await import('../backends/qemu/qemu-machine.js')).qemuBackend],
+  ['docker', async () => new (await import('../backends/containers/docker-machine.js')).DockerBackend()],
+]);
+
+/**
+ * Makes a backend available to resume states whose machine.json names its
+ * kind. It replaces a built-in one of the same kind, used or not.
+ */
 export function registerBackend(b: MachineBackend): void {
   backends.set(b.kind, b);
 }
 
-/** Built-in backends loaded on first use, so the QEMU-only paths never load Docker's code. */
-const lazyBackends: Record<string, () => Promise<unknown>> = {
-  docker: () => import('../backends/containers/docker-base.js'),
-};
+/** The kinds registered so far (a built-in backend appears once it has been used). */
+export function registeredBackends(): string[] {
+  return [...backends.keys()].sort();
+}
 
-async function backendFor(kind: string): Promise<MachineBackend> {
-  if (!backends.has(kind) && lazyBackends[kind]) await lazyBackends[kind]!();
-  const b = backends.get(kind);
-  if (!b) throw new CairnError('E_MACHINE_INCOMPATIBLE', `no machine backend "${kind}" is registered (known: ${[...backends.keys()].join(', ') || 'none'})`, { backend: kind });
-  return b;
+/**
+ * The backend that resumes states of `kind` (from a machine.json, so any
+ * string): the registered one, else the built-in one, loaded now.
+ */
+export async function machineBackend(kind: string): Promise<MachineBackend> {
+  const registered = backends.get(kind);
+  if (registered) return registered;
+  const load = builtinBackends.get(kind);
+  if (!load) {
+    const known = [...new Set([...backends.keys(), ...builtinBackends.keys()])].sort().join(', ');
+    throw new CairnError('E_MACHINE_INCOMPATIBLE', `no machine backend "${kind}" is registered (known: ${known})`,
+      { backend: kind });
+  }
+  const b = await load();
+  // One registered while this one loaded wins, as it would have if registered before.
+  if (!backends.has(kind)) backends.set(kind, b);
+  return backends.get(kind)!;
 }
 
 export function readDescription(stateDir: string): MachineDescription {
@@ -261,7 +285,8 @@ export class Machine {
     const work = opts.store.makeTempDir('machine-use');
     let session: BackendSession | undefined;
     try {
-      session = await (await backendFor(state.description.backend)).resume(state.dir, state.description.state, work);
+      const backend = await machineBackend(state.description.backend);
+      session = await backend.resume(state.dir, state.description.state, work);
       for (const p of this.pending) {
         const vm = stepMachine(session.machine, (line) => opts.stepLog?.(p.step.name, line), { expiresAt: null, files: [] });
         await p.step.run(vm, p.args);
@@ -353,7 +378,7 @@ function stepStage(parent: Stage, p: Pending): Stage<StepConfig> {
     async build(ctx) {
       const parent = ctx.config.parent as unknown as Dep;
       const d = readDescription(parent.path);
-      const session = await (await backendFor(d.backend)).resume(parent.path, d.state, ctx.tmp);
+      const session = await (await machineBackend(d.backend)).resume(parent.path, d.state, ctx.tmp);
       ctx.log(`resumed ${parent.rrefs[0]} (${d.backend})`);
       await saveSession(ctx, session, finalOutDir(parent.path, ctx.dref), { expiresAt: d.expiresAt },
         { name: p.step.name, args: p.args }, async (vm) => {
