@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { CairnError } from '../src/errors.js';
-import { parseDuration } from '../src/duration.js';
+import { durationFlag } from './library-errors.js';
 import { machineBase, MACHINE_BASES } from '../src/stages/bases/registry.js';
 import { killLiveVms } from '../src/backends/qemu/vm.js';
 import { DESCRIPTION, machine, readDescription, staleReason, type ApplyOptions, type Machine } from '../src/stages/machine.js';
@@ -79,7 +79,7 @@ async function buildMachine(groups: Group[], dirs: string[]): Promise<{ m: Machi
     const def = await resolveStep(g.name, dirs);
     const { cache, ...named } = g.words.named;
     if (cache === true) throw new CairnError('E_USAGE', '--cache needs a duration, e.g. --cache=1h');
-    const opts: ApplyOptions = { ...(g.transient ? { transient: true } : {}), ...(cache !== undefined ? { cache: parseDuration(cache) } : {}) };
+    const opts: ApplyOptions = { ...(g.transient ? { transient: true } : {}), ...(cache !== undefined ? { cache: durationFlag('--cache')(cache) } : {}) };
     let args;
     try {
       args = def.fromCli({ positional: g.words.positional, named });

@@ -16,7 +16,7 @@ import { collectGarbage } from '../src/store/gc.js';
 import { failedLogs } from '../src/store/failed-logs.js';
 import { addNamedRoot, listRoots, removeNamedRoot } from '../src/store/roots.js';
 import { verifyStore } from '../src/store/verify.js';
-import { parseDuration } from '../src/duration.js';
+import { cliMessage, durationFlag } from './library-errors.js';
 import { formatBytes, listTree } from './format.js';
 import { progressReporter } from './progress.js';
 import { registerSync } from './sync.js';
@@ -301,7 +301,7 @@ export function createProgram(argv: readonly string[], opts: { exitOverride?: bo
     .option('--score-key <key>', 'with --keep-best: the score is this numeric field of the JSON object in the file')
     .option('--lowest', 'with --keep-best: lower scores are better')
     .option('--older-than <duration>',
-      'only delete realizations (and failed-build logs) older than this (e.g. 30d, 12h, 45m)', parseDuration)
+      'only delete realizations (and failed-build logs) older than this (e.g. 30d, 12h, 45m)', durationFlag('--older-than'))
     .option('--json', 'print the report as JSON')
     .action(async (o: {
       dryRun?: boolean; keepLast?: number; keepBest?: number; scoreFile: string; scoreKey?: string; lowest?: boolean;
@@ -481,7 +481,7 @@ export function createProgram(argv: readonly string[], opts: { exitOverride?: bo
 /** Reports an error the way every `cairn` command does; returns the exit code. */
 export function reportError(e: unknown): number {
   if (isCairnError(e)) {
-    process.stderr.write(`cairn: error ${e.code}: ${e.message}\n`);
+    process.stderr.write(`cairn: error ${e.code}: ${cliMessage(e)}\n`);
     return e.code === 'E_USAGE' ? 2 : 1;
   }
   process.stderr.write(`cairn: internal error: ${(e as Error)?.stack ?? String(e)}\n`);

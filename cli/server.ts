@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { CairnError } from '../src/errors.js';
 import { parseDuration } from '../src/duration.js';
+import { durationFlag } from './library-errors.js';
 import { installation } from './serve/install.js';
 import { frame, FrameReader, serverSocketPath } from './serve/protocol.js';
 import { trustedSocketPath } from './serve/socket-dir.js';
@@ -80,7 +81,7 @@ export function registerServer(program: Command): void {
   server.command('start')
     .description('start the server in the background (if none runs), and wait until its workers are warm')
     .option('--workers <n>', 'warm worker processes, each running one command at a time', (v) => positive(v, '--workers'), Math.max(2, os.availableParallelism()))
-    .option('--idle <duration>', 'stop after this long without a command', parseDuration, parseDuration('3h'))
+    .option('--idle <duration>', 'stop after this long without a command', durationFlag('--idle'), parseDuration('3h'))
     .option('--max-requests <n>', 'replace a worker after this many commands', (v) => positive(v, '--max-requests'), 500)
     .option('--foreground', 'run in this process, logging to stderr, until stopped')
     .option('--no-wait', 'return as soon as the server listens')
