@@ -36,6 +36,8 @@ export function registerRealize(ctx: CliContext): void {
         hashedBytes: now.hashedBytes - hashing.hashedBytes, cacheHits: now.cacheHits - hashing.cacheHits,
       };
       const store = ctx.openStore();
+      // Taken now, as the store was opened: a build may change the working directory.
+      const storeRoot = ctx.storeRoot();
       const tty = process.stderr.isTTY === true;
       const quiet = !!o.quiet || (!!o.json && !tty);
       const progress = progressReporter(graph.order.length, { tty, verbose: !!o.verbose, quiet });
@@ -52,7 +54,7 @@ export function registerRealize(ctx: CliContext): void {
       const ms = performance.now() - t0;
       if (o.json) {
         out(JSON.stringify({
-          store: ctx.storeRoot(), dryRun: !!o.dryRun, builds: result.builds, ms: Math.round(ms),
+          store: storeRoot, dryRun: !!o.dryRun, builds: result.builds, ms: Math.round(ms),
           targets: result.targets, plan: result.plan,
           ...(result.inputs.length > 0 ? { inputs: result.inputs, hashed } : {}),
         }, null, 2));
