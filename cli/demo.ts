@@ -33,7 +33,7 @@ export async function runDemo(storeRoot: string, runs: number): Promise<void> {
         const all = realizationRecords(store, trainDref);
         say(`  train has ${all.length} realization(s) in the store; best() chose ${r.plan.find((p) => p.name === 'train')!.rrefs[0]}`);
         say('');
-        const report = readRealizationFile(store, r.targets[0]!.rrefs[0]!, 'report.md');
+        const report = await readRealizationFile(store, r.targets[0]!.rrefs[0]!, 'report.md');
         if (report === null) throw new Error('the demo pipeline wrote no report.md');
         say(report.toString('utf8').trimEnd());
       }

@@ -16,6 +16,7 @@ import {
 import { runMatcher } from '../src/stages/matchers.js';
 import { tempDir, isCode, storePerTest } from './helpers.js';
 import { storeIndex } from '../src/store/internals.js';
+import type { DRef } from '../src/store/refs.js';
 
 
 /** Synthetic candidates, oldest first, as realize hands them to matchers. */
@@ -24,48 +25,48 @@ const cands = (k: number, root = '/nonexistent'): (Candidate & { path: string })
     const dir = path.join(root, `c${i}`);
     const read = (rel: string | Buffer): Promise<Buffer> => fs.promises.readFile(path.join(dir, rel.toString()));
     return {
-      rref: `r${i}`, dref: 'd', ctx: 'x', created: 1000 + i, tree: 't', bytes: 0, files: 0, path: dir,
+      rref: `r${i}` as RRef, dref: 'd' as DRef, ctx: 'x', created: 1000 + i, tree: 't', bytes: 0, files: 0, path: dir,
       read, open: async (rel: string | Buffer) => fs.createReadStream(path.join(dir, rel.toString())),
     };
   });
 
 describe('matchers on synthetic candidates', () => {
   it('latest(n): the n newest, newest first; none while fewer than n exist', async () => {
-    assert.deepEqual(await latest().select(cands(3)), ['r2']);
-    assert.deepEqual(await latest(2).select(cands(3)), ['r2', 'r1']);
-    assert.deepEqual(await latest(3).select(cands(3)), ['r2', 'r1', 'r0']);
+    assert.deepEqual(await latest().select(cands(3)), ['r2' as RRef]);
+    assert.deepEqual(await latest(2).select(cands(3)), ['r2' as RRef, 'r1' as RRef]);
+    assert.deepEqual(await latest(3).select(cands(3)), ['r2' as RRef, 'r1' as RRef, 'r0' as RRef]);
     assert.equal(await latest(4).select(cands(3)), null);
     assert.equal(await latest().select([]), null);
     assert.equal(latest(3).min, 3);
   });
 
   it('some(n): the n oldest, so the choice is stable as more appear; none while fewer exist', async () => {
-    assert.deepEqual(await some(2).select(cands(2)), ['r0', 'r1']);
-    assert.deepEqual(await some(2).select(cands(5)), ['r0', 'r1']);
+    assert.deepEqual(await some(2).select(cands(2)), ['r0' as RRef, 'r1' as RRef]);
+    assert.deepEqual(await some(2).select(cands(5)), ['r0' as RRef, 'r1' as RRef]);
     assert.equal(await some(4).select(cands(3)), null);
-    assert.deepEqual(await some().select(cands(3)), ['r0']);
+    assert.deepEqual(await some().select(cands(3)), ['r0' as RRef]);
     assert.equal(some(4).min, 4);
   });
 
   it('all(): every candidate, oldest first; none when there are none', async () => {
-    assert.deepEqual(await all().select(cands(4)), ['r0', 'r1', 'r2', 'r3']);
+    assert.deepEqual(await all().select(cands(4)), ['r0' as RRef, 'r1' as RRef, 'r2' as RRef, 'r3' as RRef]);
     assert.equal(await runMatcher(all(), []), null);
   });
 
   it('only(): the one candidate; E_MATCH_AMBIGUOUS when there is more than one', async () => {
-    assert.deepEqual(await only().select(cands(1)), ['r0']);
+    assert.deepEqual(await only().select(cands(1)), ['r0' as RRef]);
     assert.equal(await runMatcher(only(), []), null);
     assert.throws(() => only().select(cands(2)), (e: unknown) => {
       isCode('E_MATCH_AMBIGUOUS')(e);
-      assert.deepEqual((e as CairnError).details.candidates, ['r0', 'r1']);
+      assert.deepEqual((e as CairnError).details.candidates, ['r0' as RRef, 'r1' as RRef]);
       return true;
     });
   });
 
   it('exact(refs): exactly those, in the given order, when all are candidates; none otherwise', async () => {
-    assert.deepEqual(await exact(['r2', 'r0']).select(cands(3)), ['r2', 'r0']);
-    assert.equal(await exact(['r2', 'r9']).select(cands(3)), null);
-    assert.equal(await exact(['r0']).select([]), null);
+    assert.deepEqual(await exact(['r2' as RRef, 'r0' as RRef]).select(cands(3)), ['r2' as RRef, 'r0' as RRef]);
+    assert.equal(await exact(['r2' as RRef, 'r9' as RRef]).select(cands(3)), null);
+    assert.equal(await exact(['r0' as RRef]).select([]), null);
   });
 
   it('counts must be whole numbers >= 1 (E_BAD_ARGUMENT)', () => {
@@ -89,35 +90,35 @@ describe('matchers on synthetic candidates', () => {
 
     it('best(n, {file}) chooses the highest scores, best first', async () => {
       const c = scored(['3', '9', '1', '5']);
-      assert.deepEqual(await best({ file: 'score.txt' }).select(c), ['r1']);
-      assert.deepEqual(await best(2, { file: 'score.txt' }).select(c), ['r1', 'r3']);
-      assert.deepEqual(await best(4, { file: 'score.txt' }).select(c), ['r1', 'r3', 'r0', 'r2']);
+      assert.deepEqual(await best({ file: 'score.txt' }).select(c), ['r1' as RRef]);
+      assert.deepEqual(await best(2, { file: 'score.txt' }).select(c), ['r1' as RRef, 'r3' as RRef]);
+      assert.deepEqual(await best(4, { file: 'score.txt' }).select(c), ['r1' as RRef, 'r3' as RRef, 'r0' as RRef, 'r2' as RRef]);
       assert.equal(await best(5, { file: 'score.txt' }).select(c), null);
     });
 
     it('lowest: true chooses the lowest scores', async () => {
       const c = scored(['3', '9', '-1', '5']);
-      assert.deepEqual(await best(2, { file: 'score.txt', lowest: true }).select(c), ['r2', 'r0']);
+      assert.deepEqual(await best(2, { file: 'score.txt', lowest: true }).select(c), ['r2' as RRef, 'r0' as RRef]);
     });
 
     it('parses whitespace, negatives and exponents; ties go to the older candidate', async () => {
       const c = scored([' 2.5\n', '-1e3', '2.5', '25e-1']);
-      assert.deepEqual(await best(3, { file: 'score.txt' }).select(c), ['r0', 'r2', 'r3']);
-      assert.deepEqual(await best(1, { file: 'score.txt', lowest: true }).select(c), ['r1']);
+      assert.deepEqual(await best(3, { file: 'score.txt' }).select(c), ['r0' as RRef, 'r2' as RRef, 'r3' as RRef]);
+      assert.deepEqual(await best(1, { file: 'score.txt', lowest: true }).select(c), ['r1' as RRef]);
     });
 
     it('with key, reads a numeric field of a JSON file', async () => {
       const c = scored(['{"acc":0.5,"loss":3}', '{"acc":0.9,"loss":1}', '{"acc":0.7,"loss":2}'], 'metrics.json');
-      assert.deepEqual(await best({ file: 'metrics.json', key: 'acc' }).select(c), ['r1']);
-      assert.deepEqual(await best({ file: 'metrics.json', key: 'loss', lowest: true }).select(c), ['r1']);
+      assert.deepEqual(await best({ file: 'metrics.json', key: 'acc' }).select(c), ['r1' as RRef]);
+      assert.deepEqual(await best({ file: 'metrics.json', key: 'loss', lowest: true }).select(c), ['r1' as RRef]);
       assert.equal(await readScore(c[2]!, 'metrics.json', 'acc'), 0.7);
     });
 
     it('with a function, sync or async', async () => {
       const c = cands(4);
       const score = (x: Candidate) => [4, 1, 8, 2][Number(x.rref.slice(1))]!;
-      assert.deepEqual(await best(2, { fn: score }).select(c), ['r2', 'r0']);
-      assert.deepEqual(await best(2, { fn: async (x) => score(x), lowest: true }).select(c), ['r1', 'r3']);
+      assert.deepEqual(await best(2, { fn: score }).select(c), ['r2' as RRef, 'r0' as RRef]);
+      assert.deepEqual(await best(2, { fn: async (x) => score(x), lowest: true }).select(c), ['r1' as RRef, 'r3' as RRef]);
     });
 
     it('a missing, empty or non-numeric score is E_MATCH_INVALID', async () => {
@@ -137,12 +138,12 @@ describe('matchers on synthetic candidates', () => {
     });
 
     it('an RRef that is not a candidate is E_MATCH_INVALID', async () => {
-      await assert.rejects(runMatcher(custom(() => ['r7']), cands(2)), isCode('E_MATCH_INVALID'));
-      await assert.rejects(runMatcher(custom(() => ['r0', 'zzz']), cands(2)), isCode('E_MATCH_INVALID'));
+      await assert.rejects(runMatcher(custom(() => ['r7' as RRef]), cands(2)), isCode('E_MATCH_INVALID'));
+      await assert.rejects(runMatcher(custom(() => ['r0' as RRef, 'zzz' as RRef]), cands(2)), isCode('E_MATCH_INVALID'));
     });
 
     it('the same RRef twice is E_MATCH_INVALID', async () => {
-      await assert.rejects(runMatcher(custom(() => ['r0', 'r0']), cands(2)), isCode('E_MATCH_INVALID'));
+      await assert.rejects(runMatcher(custom(() => ['r0' as RRef, 'r0' as RRef]), cands(2)), isCode('E_MATCH_INVALID'));
     });
 
     it('something that is not a list is E_MATCH_INVALID', async () => {
@@ -152,7 +153,7 @@ describe('matchers on synthetic candidates', () => {
     });
 
     it('a valid choice is returned as given, best first', async () => {
-      assert.deepEqual(await runMatcher(custom(async () => ['r1', 'r0']), cands(2)), ['r1', 'r0']);
+      assert.deepEqual(await runMatcher(custom(async () => ['r1' as RRef, 'r0' as RRef]), cands(2)), ['r1' as RRef, 'r0' as RRef]);
     });
   });
 });
@@ -297,7 +298,7 @@ describe('matchers in realize', () => {
   it('exact() naming a realization that does not exist builds once, then E_MATCH_UNSATISFIED', async () => {
     const s0 = rnd('exm', latest());
     const dref = drefOf(s0);
-    const ghost = `${'0'.repeat(32)}-${dref}`;
+    const ghost = `${'0'.repeat(32)}-${dref}` as RRef;
     await assert.rejects(realize(rnd('exm', exact([ghost])), { store }), isCode('E_MATCH_UNSATISFIED'));
     assert.equal(builds.get('exm'), 1);
   });

@@ -16,6 +16,7 @@ import {
 } from '../src/index.js';
 import { isCode, drefOf, one, storePerTest } from './helpers.js';
 import { storeIndex } from '../src/store/internals.js';
+import type { DRef } from '../src/store/refs.js';
 
 let dir: string;
 let store: Store;
@@ -23,8 +24,8 @@ storePerTest('cairn-core-realize', (t) => ({ dir, store } = t));
 
 
 const tmpEntries = (): string[] => fs.readdirSync(path.join(store.root, 'tmp'));
-const rzOf = (dref: string): RRef[] => storeIndex(store).realizationsOf(dref).map((r) => r.rref);
-const rzDirsOf = (dref: string): string[] => {
+const rzOf = (dref: DRef): RRef[] => storeIndex(store).realizationsOf(dref).map((r) => r.rref);
+const rzDirsOf = (dref: DRef): string[] => {
   try { return fs.readdirSync(path.join(store.root, 'd', dref, 'r')); } catch { return []; }
 };
 const mode = (p: string): number => fs.lstatSync(p).mode & 0o7777;
@@ -200,7 +201,7 @@ describe('realize: RRefs commit to the output tree', () => {
   it('outputs differing only in a file name get different RRefs', async () => {
     const [r1, r2] = await pair((o) => fs.writeFileSync(path.join(o, 'a'), 'x'), (o) => fs.writeFileSync(path.join(o, 'b'), 'x'));
     assert.notEqual(r1, r2);
-    assert.equal(rzOf(parseRef(r1).kind === 'rz' ? (parseRef(r1) as { dref: string }).dref : '').length, 2);
+    assert.equal(rzOf(parseRef(r1).kind === 'rz' ? (parseRef(r1) as { dref: DRef }).dref : '' as DRef).length, 2);
   });
 
   it('outputs differing only in the exec bit get different RRefs', async () => {
@@ -921,7 +922,7 @@ describe('realize: derivations written ahead, durability order', () => {
     await assert.rejects(realize(chain[5]!, { store }), isCode('E_BUILD_FAILED'));
     const onDisk = fs.readdirSync(path.join(store.root, 'd')).sort();
     assert.equal(onDisk.length, 6, 'every derivation was written ahead');
-    for (const dref of onDisk) {
+    for (const dref of onDisk as DRef[]) {
       assert.ok(storeIndex(store).hasDrv(dref), `${dref} is indexed`);
       assert.ok(fs.existsSync(path.join(store.drvDir(dref), 'drv.json')), `${dref} has drv.json`);
     }

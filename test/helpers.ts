@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach } from 'node:test';
 import { CairnError, instantiate, Store, type RRef, type Stage } from '../src/index.js';
+import type { DRef } from '../src/store/refs.js';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 /** The built CLI (`npm test` builds it first). */
@@ -114,7 +115,7 @@ export const isCode = (c: string) => (e: unknown): boolean => {
 export const sha256 = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
 
 /** The DRef of a stage. */
-export const drefOf = (s: Stage): string => instantiate(s).targets[0]!;
+export const drefOf = (s: Stage): DRef => instantiate(s).targets[0]!;
 
 /** The single RRef a realize chose for its single target. */
 export const one = (r: { targets: { rrefs: RRef[] }[] }): RRef => {

@@ -12,6 +12,7 @@ import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { Store } from '../src/index.js';
 import { cairn, expectError, isolateModuleCache, ok, repoRoot, storePerTest } from './helpers.js';
+import type { DRef, RRef } from '../src/store/refs.js';
 
 isolateModuleCache(after, 'cairn-yaml-cache');
 
@@ -28,8 +29,8 @@ function project(name = 'proj'): string {
   return p;
 }
 
-interface Plan { name: string; action: string; dref: string; rrefs: string[] }
-interface Result { builds: number; plan: Plan[]; targets: { dref: string; rrefs: string[] }[] }
+interface Plan { name: string; action: string; dref: DRef; rrefs: RRef[] }
+interface Result { builds: number; plan: Plan[]; targets: { dref: DRef; rrefs: RRef[] }[] }
 
 function realize(proj: string, args: string[] = [], file = 'cairn.yaml', s = storeDir()): Result {
   return JSON.parse(ok(cairn(s, ['realize', path.join(proj, file), '--json', ...args])).stdout) as Result;
@@ -51,7 +52,7 @@ describe('cairn.yaml: the 4-stage ML pipeline', () => {
     // n: 3 made three realizations of train, one build.
     const runs = store.resolve(plan.get('train')!.dref);
     assert.equal(runs.length, 3);
-    const metricsOf = (rr: string) =>
+    const metricsOf = (rr: RRef) =>
       readJson(path.join(store.outPath(rr), 'train_metrics.json')) as unknown as TrainMetrics;
     const metrics = runs.map(metricsOf);
     assert.equal(new Set(metrics.map((m) => m.run)).size, 3, 'three distinct training runs');

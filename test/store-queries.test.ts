@@ -132,29 +132,29 @@ describe('realization files: reading a realization without its local layout', ()
 
   it('reads a file by its path in the output; null for a missing path or a directory', async () => {
     const rref = await build(tree);
-    assert.equal(readRealizationFile(store, rref, 'top.txt')?.toString(), 'top\n');
-    assert.equal(readRealizationFile(store, rref, 'sub/inner.txt')?.toString(), 'inner!\n');
-    assert.equal(readRealizationFile(store, rref, 'sub/../top.txt')?.toString(), 'top\n');
-    assert.equal(readRealizationFile(store, rref, 'missing'), null);
-    assert.equal(readRealizationFile(store, rref, 'sub'), null);
+    assert.equal((await readRealizationFile(store, rref, 'top.txt'))?.toString(), 'top\n');
+    assert.equal((await readRealizationFile(store, rref, 'sub/inner.txt'))?.toString(), 'inner!\n');
+    assert.equal((await readRealizationFile(store, rref, 'sub/../top.txt'))?.toString(), 'top\n');
+    assert.equal((await readRealizationFile(store, rref, 'missing')), null);
+    assert.equal((await readRealizationFile(store, rref, 'sub')), null);
   });
 
   it('reads a name that is not UTF-8 by its display path (a\\xff)', async () => {
     const rref = await build(tree);
-    assert.equal(readRealizationFile(store, rref, 'a\\xff')?.toString(), 'bytes\n');
+    assert.equal((await readRealizationFile(store, rref, 'a\\xff'))?.toString(), 'bytes\n');
   });
 
   it('refuses a path that leaves the output (E_NO_SUCH_PATH): meta.json and the log are not output files', async () => {
     const rref = await build(tree);
     const outside = ['../meta.json', '../build.log', 'sub/../../meta.json', '/etc/hostname', '../../../../etc/hostname'];
     for (const rel of outside) {
-      assert.throws(() => readRealizationFile(store, rref, rel), isCode('E_NO_SUCH_PATH'), rel);
+      await assert.rejects(readRealizationFile(store, rref, rel), isCode('E_NO_SUCH_PATH'), rel);
     }
   });
 
   it('reads the build log', async () => {
     const rref = await build(tree);
-    assert.match(readBuildLog(store, rref).toString(), /made the tree/);
+    assert.match((await readBuildLog(store, rref)).toString(), /made the tree/);
   });
 
   it('lists the output depth first in byte order, symlinks as links, names as bytes', async () => {

@@ -13,6 +13,7 @@ import { assertVerifyClean, expectError, ok, rrefsOnDisk, rzDir, tmpEntries } fr
 import { closureOf, dependencyOrder, parseManifest, parseRemote, planTransfer, splitCommand } from '../src/store/sync-plan.js';
 import { isCode, one } from './helpers.js';
 import { exportClosure, importClosure, realize, stage, Store } from '../src/index.js';
+import type { RRef } from '../src/store/refs.js';
 
 const CLOSURE = path.join(repoRoot, 'test', 'fixtures', 'sync', 'closure.ts');
 isolateModuleCache(after, 'cairn-export-cache');
@@ -173,12 +174,12 @@ describe('export and import in process: bytes, determinism, the partial file (is
 });
 
 describe('sync planning', () => {
-  const R = (h: string, name: string): string => `${h.repeat(32)}-${'d'.repeat(31)}${h}-${name}`;
+  const R = (h: string, name: string): RRef => `${h.repeat(32)}-${'d'.repeat(31)}${h}-${name}` as RRef;
   const a = R('a', 'a');
   const b = R('b', 'b');
   const c = R('c', 'c');
   const d = R('1', 'd');
-  const deps: Record<string, string[]> = { [c]: [b, a], [b]: [a], [a]: [], [d]: [c] };
+  const deps: Record<string, RRef[]> = { [c]: [b, a], [b]: [a], [a]: [], [d]: [c] };
 
   it('closureOf visits each node once; dependencyOrder puts dependencies first', () => {
     const nodes = closureOf([d], (r) => deps[r]!);
@@ -187,16 +188,16 @@ describe('sync planning', () => {
   });
 
   it('dependencyOrder handles a 20,000-long chain without recursion, and refuses a cycle', () => {
-    const chain = Array.from({ length: 20_000 }, (_, i) => ({ rref: `r${i}`, deps: i > 0 ? [`r${i - 1}`] : [] }));
+    const chain = Array.from({ length: 20_000 }, (_, i) => ({ rref: `r${i}` as RRef, deps: i > 0 ? [`r${i - 1}` as RRef] : [] }));
     const order = dependencyOrder([...chain].reverse());
     assert.equal(order[0], 'r0');
     assert.equal(order[19_999], 'r19999');
-    assert.throws(() => dependencyOrder([{ rref: 'x', deps: ['y'] }, { rref: 'y', deps: ['x'] }]), isCode('E_BAD_CLOSURE'));
+    assert.throws(() => dependencyOrder([{ rref: 'x' as RRef, deps: ['y' as RRef] }, { rref: 'y' as RRef, deps: ['x' as RRef] }]), isCode('E_BAD_CLOSURE'));
   });
 
   it('planTransfer sends only what is missing, in order, and every derivation of the closure is declared', () => {
     const nodes = closureOf([d], (r) => deps[r]!);
-    const have = new Set([a, a.slice(33)]);
+    const have = new Set<string>([a, a.slice(33)]);
     const m = planTransfer([d], nodes, (r) => have.has(r));
     assert.deepEqual(m.rrefs, [b, c, d]);
     assert.equal(m.drefs.length, 4);

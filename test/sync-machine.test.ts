@@ -16,6 +16,7 @@ import { requireQemu } from './fixtures/qemu/tiny.js';
 import { startHosts, type Host, type Hosts } from './fixtures/hosts.js';
 import { isolateModuleCache } from './helpers.js';
 import { ok, type VerifyReport } from './fixtures/torture/support.js';
+import type { RRef } from '../src/store/refs.js';
 
 requireQemu();
 isolateModuleCache(after, 'cairn-sync-machine-cache');
@@ -38,14 +39,14 @@ describe('a machine state moves between hosts', () => {
   it('built on A, pulled to B, resumed on B with its memory and disk', async () => {
     const m = machine(tiny()).apply(shell, { cmd: 'export X=from-host-a; echo in-memory > /tmp/m; echo on-disk > /mnt/d' });
     const storeA = Store.open(a.store);
-    let rref: string;
+    let rref: RRef;
     try {
       rref = (await m.realize({ store: storeA })).rref;
     } finally {
       storeA.close();
     }
 
-    const r = JSON.parse(ok(await h.cairn(b, ['sync', 'pull', ...h.syncOpts(), '--json', a.remote, rref]), 'pull').stdout) as { plan: { rrefs: string[] } };
+    const r = JSON.parse(ok(await h.cairn(b, ['sync', 'pull', ...h.syncOpts(), '--json', a.remote, rref]), 'pull').stdout) as { plan: { rrefs: RRef[] } };
     assert.equal(r.plan.rrefs[r.plan.rrefs.length - 1], rref);
     assert.ok(r.plan.rrefs.length >= 3, 'the state, the base state and the base files');
     const v = await h.cairn(b, ['store', 'verify', '--json']);

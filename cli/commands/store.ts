@@ -54,9 +54,9 @@ function registerRefCommands(ctx: CliContext): void {
     .description('print a file of a realization')
     .argument('<ref>', 'RRef, or DRef for its newest realization')
     .argument('<path>', 'path inside the output')
-    .action((ref: string, rel: string) => {
+    .action(async (ref: string, rel: string) => {
       const store = ctx.openStore();
-      const data = readRealizationFile(store, oneRealization(store, ref), rel);
+      const data = await readRealizationFile(store, oneRealization(store, ref), rel);
       if (data === null) {
         throw new CairnError('E_NO_SUCH_PATH', `${rel} does not exist in ${ref} (or is a directory); see cairn lsref`,
           { path: rel });
@@ -113,7 +113,7 @@ function registerRefCommands(ctx: CliContext): void {
     .argument('<ref>', 'RRef, or DRef for its newest realization')
     .option('--failed', "print the newest failed build's log of the DRef (kept in STORE/failed-logs/)")
     .option('--list', 'with --failed: list the kept failed logs, oldest first, with their times')
-    .action((ref: string, o: { failed?: boolean; list?: boolean }) => {
+    .action(async (ref: string, o: { failed?: boolean; list?: boolean }) => {
       const store = ctx.openStore();
       if (o.list && !o.failed) throw new CairnError('E_USAGE', '--list goes with --failed');
       if (o.failed) {
@@ -134,7 +134,7 @@ function registerRefCommands(ctx: CliContext): void {
         const hint = `its builds failed: see cairn log ${ref} --failed`;
         throw new CairnError('E_NO_SUCH_REF', `${ref} has no realizations; ${hint}`, { ref });
       }
-      process.stdout.write(readBuildLog(store, oneRealization(store, ref)));
+      process.stdout.write(await readBuildLog(store, oneRealization(store, ref)));
     });
 }
 

@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CairnError } from '../errors.js';
 import { redactUrlsIn } from '../redact-url.js';
-import type { RRef } from '../store/refs.js';
+import type { DRef, RRef } from '../store/refs.js';
 import type { Store } from '../store/store.js';
 import { BuildGroups } from './build-processes.js';
 import type { Derivation, FileDep } from './instantiate.js';
@@ -19,7 +19,7 @@ export function resolveConfig(config: unknown, depOf: (s: object) => Dep | undef
   return walk(config);
 }
 
-export function makeDep(store: Store, dref: string, rrefs: readonly RRef[]): Dep {
+export function makeDep(store: Store, dref: DRef, rrefs: readonly RRef[]): Dep {
   const paths = rrefs.map((r) => store.outPath(r));
   return Object.freeze({
     dref,
@@ -142,7 +142,7 @@ const NO_FILES: Readonly<Record<string, string>> = Object.freeze({});
  * its declared spelling too (`data/` for `data`), not enumerable, so either
  * works and Object.keys lists each input once.
  */
-export function inputPaths(files: readonly FileDep[], outPath: (dref: string) => string): Readonly<Record<string, string>> {
+export function inputPaths(files: readonly FileDep[], outPath: (dref: DRef) => string): Readonly<Record<string, string>> {
   if (files.length === 0) return NO_FILES;
   const out: Record<string, string> = {};
   for (const f of files) {

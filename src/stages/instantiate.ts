@@ -1,7 +1,7 @@
 import { CairnError } from '../errors.js';
 import { canonicalJson, type Json } from '../store/canonical.js';
 import { shortHash } from '../store/hash.js';
-import type { DRef } from '../store/refs.js';
+import { makeDRef, type DRef } from '../store/refs.js';
 import { createRequire } from 'node:module';
 import { fileInputsDeclared, isStage, type FileInput, type Stage } from './stage.js';
 import { codeHash } from './function-source.js';
@@ -199,7 +199,7 @@ export function instantiate(targets: Stage | readonly Stage[], opts: Instantiate
       for (const f of files) deps.add(f.dref);
       const sortedDeps = [...deps].sort();
       const drvJson = `{"code":${canonicalJson(codeIdentity(s))},"config":${config},"deps":${canonicalJson(sortedDeps)},${filesField(files)}"format":"${DRV_FORMAT}","name":${JSON.stringify(s.name)},"outputs":${canonicalJson(s.outputs)}}`;
-      const dref = `${shortHash(drvJson)}-${s.name}`;
+      const dref = makeDRef(shortHash(drvJson), s.name);
       drefOf.set(s, dref);
       if (!nodes.has(dref)) {
         const imports = importOf.get(s);

@@ -78,8 +78,9 @@ export function collectFailedLogs(
   try { drefs = fs.readdirSync(root); } catch { return { files: [], bytes: 0 }; }
   const files: string[] = [];
   let bytes = 0;
-  for (const dref of drefs.sort()) {
-    const logs = failedLogs(store, dref);
+  for (const name of drefs.sort()) {
+    // A directory here is named by its DRef; junk is collected all the same.
+    const logs = failedLogs(store, name as DRef);
     const old = logs.filter((l) => l.time < now - maxAgeMs);
     for (const l of old) {
       try { bytes += fs.lstatSync(l.file).size; } catch { continue; }
@@ -88,7 +89,7 @@ export function collectFailedLogs(
     }
     if (!dryRun && old.length === logs.length) {
       // Only logs were there; anything else (not ours) stops the removal.
-      try { fs.rmdirSync(path.join(root, dref)); } catch { /* not empty */ }
+      try { fs.rmdirSync(path.join(root, name)); } catch { /* not empty */ }
     }
   }
   return { files, bytes };

@@ -166,8 +166,8 @@ export class StoreIndex {
   }
   get(rref: RRef): RzRow | undefined { return this.q.one.get(rref); }
   all(): RzRow[] { return this.q.all.all(); }
-  depsOf(rref: RRef): RRef[] { return this.q.deps.all(rref).map((r) => r.dep); }
-  dependantsOf(rref: RRef): RRef[] { return this.q.dependants.all(rref).map((r) => r.rref); }
+  depsOf(rref: RRef): RRef[] { return this.q.deps.all(rref).map((r) => r.dep as RRef); }
+  dependantsOf(rref: RRef): RRef[] { return this.q.dependants.all(rref).map((r) => r.rref as RRef); }
   hasDrv(dref: DRef): boolean { return this.q.hasDrv.get(dref) !== undefined; }
   addDrvs(drvs: readonly { dref: DRef; name: string }[]): void {
     this.db.transaction(() => { for (const d of drvs) this.q.insertDrv.run(d.dref, d.name); }).immediate();
@@ -175,10 +175,10 @@ export class StoreIndex {
 
   /** Which of these derivations the index has, in one query. */
   haveDrvs(drefs: readonly DRef[]): Set<DRef> {
-    return new Set(this.q.haveDrvs.all(JSON.stringify(drefs)).map((r) => r.dref));
+    return new Set(this.q.haveDrvs.all(JSON.stringify(drefs)).map((r) => r.dref as DRef));
   }
   removeDrv(dref: DRef): void { this.q.deleteDrv.run(dref); }
-  allDrvs(): DRef[] { return this.q.allDrvs.all().map((r) => r.dref); }
+  allDrvs(): DRef[] { return this.q.allDrvs.all().map((r) => r.dref as DRef); }
 
   /**
    * Indexes realizations, and their derivations, in one transaction (one
@@ -229,7 +229,7 @@ export class StoreIndex {
   dropTempRoots(owner: string): void { this.q.dropTempRoots.run(owner); }
 
   tempRoots(): { owner: string; drefs: DRef[] }[] {
-    return this.q.tempRoots.all().map((r) => ({ owner: r.owner, drefs: r.drefs.split('\n') }));
+    return this.q.tempRoots.all().map((r) => ({ owner: r.owner, drefs: r.drefs.split('\n') as DRef[] }));
   }
 
   unlock(key: string, owner: string): void { this.q.lockDel.run(key, owner); }

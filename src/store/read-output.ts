@@ -16,10 +16,10 @@ const { O_RDONLY, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
 function openInside(out: string, rel: FsPath, rref: string): number {
   const relB = Buffer.from(rel as string);
   const shown = displayPath(relB);
-  const refuse = (why: string): never => {
-    throw new CairnError('E_NO_SUCH_PATH', `${shown} ${why} in ${rref}`, { path: shown, rref });
+  const refuse = (why: string, reason: 'outside' | 'missing' | 'not-file' = 'missing'): never => {
+    throw new CairnError('E_NO_SUCH_PATH', `${shown} ${why} in ${rref}`, { path: shown, rref, reason });
   };
-  if (relB.length === 0 || relB[0] === 0x2f || relB.includes(0)) refuse('is not a path relative to the output');
+  if (relB.length === 0 || relB[0] === 0x2f || relB.includes(0)) refuse('is not a path relative to the output', 'outside');
   let real: Buffer;
   let base: Buffer;
   try {
@@ -29,7 +29,7 @@ function openInside(out: string, rel: FsPath, rref: string): number {
     return refuse('does not exist');
   }
   const inside = real.length > base.length + 1 && real[base.length] === 0x2f && real.subarray(0, base.length).equals(base);
-  if (!inside) refuse('leaves the output');
+  if (!inside) refuse('leaves the output', 'outside');
   let fd: number;
   try {
     fd = fs.openSync(real, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
@@ -38,7 +38,7 @@ function openInside(out: string, rel: FsPath, rref: string): number {
   }
   if (!fs.fstatSync(fd).isFile()) {
     fs.closeSync(fd);
-    refuse('is not a regular file');
+    refuse('is not a regular file', 'not-file');
   }
   return fd;
 }

@@ -5,39 +5,46 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CairnError } from '../errors.js';
+import { CairnError, isCairnError } from '../errors.js';
 import { joinPath, parseDisplayPath } from './fsutil.js';
 import type { RRef } from './refs.js';
-import type { Store } from './store.js';
+import type { Store } from './interface.js';
+import type { LocalStore } from './store.js';
 
 /**
  * The bytes of file `rel` of a realization's output; null when it names no
  * readable file (missing, or a directory). `rel` may be a display path
  * (`a\xff`, as listings show a name that is not UTF-8: argv cannot carry its
- * bytes). A path that leaves the output is refused with E_NO_SUCH_PATH.
+ * bytes). A path that leaves the output, lexically or through a link, is
+ * refused with E_NO_SUCH_PATH (see Store.readFile).
  */
-export function readRealizationFile(store: Store, rref: RRef, rel: string): Buffer | null {
-  const base = store.outPath(rref);
-  const file = path.resolve(base, rel);
-  if (file !== base && !file.startsWith(base + path.sep)) {
+export async function readRealizationFile(store: Store, rref: RRef, rel: string): Promise<Buffer | null> {
+  const base = '/out';
+  const lexical = path.posix.resolve(base, rel);
+  if (lexical !== base && !lexical.startsWith(base + '/')) {
     throw new CairnError('E_NO_SUCH_PATH', `${rel} is outside the realization`, { path: rel });
   }
-  try { return fs.readFileSync(file); } catch { /* perhaps a display path */ }
-  const bytes = parseDisplayPath(file);
-  if (bytes === null) return null;
-  try { return fs.readFileSync(bytes); } catch { return null; }
+  const bytes = parseDisplayPath(rel);
+  for (const name of bytes === null ? [rel] : [rel, bytes]) {
+    try {
+      return await store.readFile(rref, name);
+    } catch (e) {
+      if (!isCairnError(e, 'E_NO_SUCH_PATH') || e.details.reason === 'outside') throw e;
+    }
+  }
+  return null;
 }
 
 /** The build log of a realization. */
-export function readBuildLog(store: Store, rref: RRef): Buffer {
-  return fs.readFileSync(path.join(store.rzDir(rref), 'build.log'));
+export function readBuildLog(store: Store, rref: RRef): Promise<Buffer> {
+  return store.readLog(rref);
 }
 
 /**
  * The local directory of a realization's output, for tools that need a
  * path (a shell started in it). Its files are read-only.
  */
-export function localOutputDir(store: Store, rref: RRef): string {
+export function localOutputDir(store: LocalStore, rref: RRef): string {
   return store.outPath(rref);
 }
 
@@ -54,7 +61,7 @@ export interface TreeEntry {
 }
 
 /** Every entry of a realization's output, depth first, names in byte order. Symlinks are not followed. */
-export function outputTree(store: Store, rref: RRef): TreeEntry[] {
+export function outputTree(store: LocalStore, rref: RRef): TreeEntry[] {
   const entries: TreeEntry[] = [];
   const walk = (dir: Buffer, rel: Buffer | null): void => {
     for (const name of fs.readdirSync(dir, { encoding: 'buffer' }).sort(Buffer.compare)) {

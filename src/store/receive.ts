@@ -184,7 +184,7 @@ export async function receiveClosure(store: LocalStore, staging: string, manifes
 async function receiveLocked(store: LocalStore, staging: string, manifest: ClosureManifest, opts: ReceiveOptions): Promise<ReceiveReport> {
   const refused: Refusal[] = [];
   const refusedSet = new Set<string>();
-  const refuse = (ref: string, reason: string, kind: Refusal['kind']): void => {
+  const refuse = (ref: RRef | DRef, reason: string, kind: Refusal['kind']): void => {
     if (refusedSet.has(ref)) return;
     refusedSet.add(ref);
     refused.push({ ref, reason, kind });

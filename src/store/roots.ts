@@ -86,8 +86,7 @@ export function addOutLink(store: LocalStore, link: string, rref: RRef): string 
 function rrefOfOutPath(store: LocalStore, p: string): RRef | null {
   const rel = path.relative(path.join(store.root, 'd'), p).split(path.sep);
   if (rel.length !== 4 || rel[1] !== 'r' || rel[3] !== 'out') return null;
-  const rref = `${rel[2]}-${rel[0]}`;
-  try { parseRRef(rref); return rref; } catch { return null; }
+  try { return parseRRef(`${rel[2]}-${rel[0]}`).rref; } catch { return null; }
 }
 
 /** An out-link entry whose link no longer makes it a root (gc deletes the entry). */
@@ -110,7 +109,7 @@ export function listRoots(store: LocalStore): { roots: RootEntry[]; stale: Stale
   try { names = fs.readdirSync(namedDir(store)); } catch { /* none yet */ }
   for (const name of names.sort()) {
     if (!isName(name)) continue;
-    const rrefs = fs.readFileSync(path.join(namedDir(store), name), 'utf8').split('\n').filter(Boolean);
+    const rrefs = fs.readFileSync(path.join(namedDir(store), name), 'utf8').split('\n').filter(Boolean) as RRef[];
     roots.push({ kind: 'named', name, rrefs });
   }
   let autos: string[] = [];

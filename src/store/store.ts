@@ -599,13 +599,13 @@ export class LocalStore implements Store {
       let p;
       try { p = parseRef(dref); } catch { continue; }
       if (p.kind !== 'drv') continue;
-      if (fs.existsSync(path.join(dRoot, dref, 'drv.json'))) drvs.push({ dref, name: p.name });
+      if (fs.existsSync(path.join(dRoot, dref, 'drv.json'))) drvs.push({ dref: p.dref, name: p.name });
       let hashes: string[] = [];
       try { hashes = fs.readdirSync(path.join(dRoot, dref, 'r')); } catch { /* no realizations */ }
       for (const rhash of hashes) {
         try {
           if (!fs.lstatSync(path.join(dRoot, dref, 'r', rhash)).isDirectory()) continue;
-          const meta = this.readMeta(makeRRef(rhash, dref));
+          const meta = this.readMeta(makeRRef(rhash, p.dref));
           rzs.push(toIndexed(meta));
         } catch { /* unreadable realizations are verify's business */ }
       }

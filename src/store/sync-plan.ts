@@ -118,7 +118,7 @@ export function parseManifest(json: unknown): ClosureManifest {
   if (typeof json !== 'object' || json === null) throw bad('not an object');
   const m = json as Record<string, unknown>;
   if (m.format !== 'cairn-closure-1') throw bad(`unknown format ${JSON.stringify(m.format)}`);
-  const list = (key: string, kind: 'rz' | 'drv'): string[] => {
+  const list = <T extends string>(key: string, kind: 'rz' | 'drv'): T[] => {
     const v = m[key];
     if (!Array.isArray(v) || !v.every((x) => typeof x === 'string')) throw bad(`${key} is not a list of strings`);
     for (const x of v as string[]) {
@@ -126,9 +126,12 @@ export function parseManifest(json: unknown): ClosureManifest {
       try { ok = parseRef(x).kind === kind; } catch { /* below */ }
       if (!ok) throw bad(`${key} holds ${JSON.stringify(x)}, which is not ${kind === 'rz' ? 'an RRef' : 'a DRef'}`);
     }
-    return v as string[];
+    return v as T[];
   };
-  return { format: 'cairn-closure-1', roots: list('roots', 'rz'), rrefs: list('rrefs', 'rz'), drvs: list('drvs', 'drv'), drefs: list('drefs', 'drv') };
+  return {
+    format: 'cairn-closure-1', roots: list<RRef>('roots', 'rz'), rrefs: list<RRef>('rrefs', 'rz'),
+    drvs: list<DRef>('drvs', 'drv'), drefs: list<DRef>('drefs', 'drv'),
+  };
 }
 
 /**

@@ -102,9 +102,10 @@ function scanStore(store: LocalStore): Scan {
   for (const dname of readdirB(d)) {
     const dabs = join(d, dname);
     const dst = lstat(dabs);
-    const dref = asciiName(dname);
-    let isDrv = false;
-    try { isDrv = dref !== null && parseRef(dref).kind === 'drv'; } catch { /* junk */ }
+    const name = asciiName(dname);
+    let dref: DRef | null = null;
+    try { if (name !== null) { const p = parseRef(name); if (p.kind === 'drv') dref = p.dref; } } catch { /* junk */ }
+    const isDrv = dref !== null;
     if (!dst) continue;
     if (!isDrv) { unknown(dabs, `${kindOf(dst)} whose name is not a DRef`); continue; }
     if (!dst.isDirectory()) { unknown(dabs, `${kindOf(dst)} where a derivation directory belongs`); continue; }
@@ -246,7 +247,7 @@ export async function verifyStore(store: LocalStore, opts: { repair?: boolean; r
     // it is removed; otherwise its drv.json is moved aside and the next
     // realize of its stage writes it again.
     for (const p of badDrvs) {
-      const dir = store.drvDir(p.ref);
+      const dir = store.drvDir(p.ref as DRef);
       let realizations: string[] = [];
       try { realizations = fs.readdirSync(path.join(dir, 'r')); } catch { /* none */ }
       const to = path.join(qdir(), `${p.ref}-drv-${Date.now()}`);
