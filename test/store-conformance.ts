@@ -33,7 +33,11 @@ export interface StoreUnderTest {
   store: Store;
   /** Another handle on the same store, in this process (the suite closes it). */
   open(): Promise<Store>;
-  /** A fresh, empty local directory that `store.add` can take over as a staged output (the suite fills it). */
+  /**
+   * A fresh, empty local directory that `store.add` can take over as a
+   * staged output (the suite fills it), on the filesystem of os.tmpdir()
+   * (the suite hard-links files from there into outputs).
+   */
   stage(): Promise<string>;
   /**
    * How a child process opens the same store: `module` (an absolute path)
@@ -172,7 +176,17 @@ function summary(x: RealizationInfo): RealizationInfo {
   return { rref: x.rref, dref: x.dref, ctx: x.ctx, created: x.created, tree: x.tree, bytes: x.bytes, files: x.files };
 }
 
-async function rejectsWith(p: Promise<unknown>, code: string, what: string): Promise<void> {
+/**
+ * `call()` rejects with a CairnError of `code`. A synchronous throw fails: every
+ * operation of the interface returns a promise, and callers handle its rejection only.
+ */
+async function rejectsWith(call: () => Promise<unknown>, code: string, what: string): Promise<void> {
+  let p: Promise<unknown>;
+  try {
+    p = call();
+  } catch (e) {
+    assert.fail(`${what}: threw ${String((e as { code?: string }).code)} synchronously instead of rejecting`);
+  }
   await assert.rejects(p, (e: { code?: string }) => {
     assert.equal(e.code, code, `${what}: expected ${code}, got ${String(e.code)} (${String(e)})`);
     return true;
@@ -357,11 +371,37 @@ export function storeConformance(name: string, h: StoreHarness): void {
         ];
         for (const [i, [what, tree]] of cases.entries()) {
           const d = derivation('hostile', `link-${i}`);
-          await rejectsWith(add(req(d), [{ tree, created: at() }]), 'E_UNSAFE_OUTPUT', what);
+          await rejectsWith(() => add(req(d), [{ tree, created: at() }]), 'E_UNSAFE_OUTPUT', what);
           assert.deepEqual(await store.realizationsOf(d.dref), [], `${what}: nothing is stored`);
         }
         assert.equal(fs.readFileSync(outside, 'utf8'), 'outside');
         assert.equal(fs.statSync(outside).mode & 0o7777, 0o644, 'sealing never changed a file outside the output');
+      });
+
+      test('hostile trees: an output that is itself a link is refused; a hard link out is copied', async () => {
+        const victim = path.join(scratch, 'victim');
+        fs.mkdirSync(victim, { mode: 0o755 });
+        fs.writeFileSync(path.join(victim, 'file'), 'outside');
+        fs.chmodSync(path.join(victim, 'file'), 0o644);
+        const d = derivation('hostile', 'out-link');
+        const dir = await sut.stage();
+        fs.symlinkSync(victim, path.join(dir, 'out'));
+        const outputs = [{ dir, created: at() }];
+        await rejectsWith(() => store.add({ ...req(d), outputs }), 'E_UNSAFE_OUTPUT', 'out -> outside');
+        assert.deepEqual(await store.realizationsOf(d.dref), []);
+        assert.equal(fs.statSync(victim).mode & 0o7777, 0o755);
+        assert.equal(fs.statSync(path.join(victim, 'file')).mode & 0o7777, 0o644);
+
+        // A file of the output hard-linked to one outside (the same filesystem: see StoreUnderTest.stage).
+        const h = derivation('hostile', 'hard-link');
+        const hdir = await sut.stage();
+        writeOutput(hdir, { tree: { other: 'o' }, created: 0 });
+        fs.linkSync(path.join(victim, 'file'), path.join(hdir, 'out', 'h'));
+        const [a] = await store.add({ ...req(h), outputs: [{ dir: hdir, created: at() }] });
+        assert.equal((await store.readFile(a!.meta.rref, 'h')).toString(), 'outside');
+        assert.equal(fs.statSync(path.join(victim, 'file')).mode & 0o7777, 0o644, 'sealing left it alone');
+        fs.writeFileSync(path.join(victim, 'file'), 'changed later');
+        assert.equal((await store.readFile(a!.meta.rref, 'h')).toString(), 'outside', 'the store has its own copy');
       });
 
       test('hostile trees: a refused output among several stores none of them', async () => {
@@ -369,7 +409,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         const outs: OutputSpec[] = [
           { tree: { fine: 'yes' }, created: at() }, { tree: { esc: { link: '/etc/passwd' } }, created: at() },
         ];
-        await rejectsWith(add(req(d), outs), 'E_UNSAFE_OUTPUT', 'the second output escapes');
+        await rejectsWith(() => add(req(d), outs), 'E_UNSAFE_OUTPUT', 'the second output escapes');
         assert.deepEqual(await store.realizationsOf(d.dref), []);
       });
 
@@ -457,9 +497,9 @@ export function storeConformance(name: string, h: StoreHarness): void {
           assert.deepEqual(await c!.read(rel), want);
           assert.deepEqual(await streamToBuffer(await c!.open(rel)), want);
         }
-        await rejectsWith(c!.read('missing'), 'E_NO_SUCH_PATH', 'a candidate reading a missing file');
-        await rejectsWith(c!.read('../meta.json'), 'E_NO_SUCH_PATH', 'a candidate reading out of its output');
-        await rejectsWith(c!.open('d'), 'E_NO_SUCH_PATH', 'a candidate opening a directory');
+        await rejectsWith(() => c!.read('missing'), 'E_NO_SUCH_PATH', 'a candidate reading a missing file');
+        await rejectsWith(() => c!.read('../meta.json'), 'E_NO_SUCH_PATH', 'a candidate reading out of its output');
+        await rejectsWith(() => c!.open('d'), 'E_NO_SUCH_PATH', 'a candidate opening a directory');
       });
 
       test('unknown refs: info undefined, meta and reads E_NO_SUCH_REF, no derivation', async () => {
@@ -468,9 +508,10 @@ export function storeConformance(name: string, h: StoreHarness): void {
         const rhash = a!.meta.rref.slice(0, 32).split('').reverse().join('');
         const missing = `${rhash}-${d.dref}` as RRef;
         assert.equal(await store.info(missing), undefined);
-        await rejectsWith(store.meta(missing), 'E_NO_SUCH_REF', 'meta of a missing realization');
-        await rejectsWith(store.readFile(missing, 'f'), 'E_NO_SUCH_REF', 'readFile of a missing realization');
-        await rejectsWith(store.openFile(missing, 'f'), 'E_NO_SUCH_REF', 'openFile of a missing realization');
+        await rejectsWith(() => store.meta(missing), 'E_NO_SUCH_REF', 'meta of a missing realization');
+        await rejectsWith(() => store.readFile(missing, 'f'), 'E_NO_SUCH_REF', 'readFile of a missing realization');
+        await rejectsWith(() => store.openFile(missing, 'f'), 'E_NO_SUCH_REF', 'openFile of a missing realization');
+        await rejectsWith(() => store.readLog(missing), 'E_NO_SUCH_REF', 'readLog of a missing realization');
         assert.equal(await store.derivation(derivation('unknown', 'a').dref), undefined);
         assert.deepEqual(await store.realizationsOf(derivation('unknown', 'a').dref), []);
       });
@@ -517,8 +558,8 @@ export function storeConformance(name: string, h: StoreHarness): void {
         ];
         fs.writeFileSync(path.join(scratch, 'x'), 'outside');
         for (const rel of refused) {
-          await rejectsWith(store.readFile(r, rel), 'E_NO_SUCH_PATH', `readFile ${JSON.stringify(rel)}`);
-          await rejectsWith(store.openFile(r, rel), 'E_NO_SUCH_PATH', `openFile ${JSON.stringify(rel)}`);
+          await rejectsWith(() => store.readFile(r, rel), 'E_NO_SUCH_PATH', `readFile ${JSON.stringify(rel)}`);
+          await rejectsWith(() => store.openFile(r, rel), 'E_NO_SUCH_PATH', `openFile ${JSON.stringify(rel)}`);
         }
       });
 
@@ -603,7 +644,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         k.send({ op: 'hold', id: 1, key: 'conformance-held' });
         await k.next((m) => m.id === 1 && m.event === 'held');
         const waits: string[] = [];
-        await rejectsWith(store.withLock('conformance-held', 'test', async () => 'never', {
+        await rejectsWith(() => store.withLock('conformance-held', 'test', async () => 'never', {
           timeoutMs: 200, onWait: (holder) => waits.push(holder),
         }), 'E_LOCK_TIMEOUT', 'a lock another process holds');
         assert.equal(waits.length, 1);
@@ -737,7 +778,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         assert.deepEqual([...second].sort(), [a.meta.rref, b.meta.rref, l!.meta.rref].sort());
         for (const r of [a, b, l!]) {
           assert.equal(await store.info(r.meta.rref), undefined);
-          await rejectsWith(store.meta(r.meta.rref), 'E_NO_SUCH_REF', 'meta after gc');
+          await rejectsWith(() => store.meta(r.meta.rref), 'E_NO_SUCH_REF', 'meta after gc');
         }
       });
 
