@@ -243,7 +243,9 @@ export function storeConformance(name: string, h: StoreHarness): void {
         assert.equal((await s.readFile(rref, rel)).toString(), text, `${rref} ${rel}`);
         assert.equal((await streamToBuffer(await s.openFile(rref, rel))).toString(), text);
       }
-      assert.deepEqual(summary((await s.info(rref))!), summary(meta));
+      const info = await s.info(rref);
+      assert.ok(info, `${rref}: meta() has it, info() does not`);
+      assert.deepEqual(summary(info), summary(meta));
     };
 
     describe('add', () => {
@@ -780,6 +782,33 @@ export function storeConformance(name: string, h: StoreHarness): void {
           assert.equal(await store.info(r.meta.rref), undefined);
           await rejectsWith(() => store.meta(r.meta.rref), 'E_NO_SUCH_REF', 'meta after gc');
         }
+      });
+
+      test('gc running while another process adds under temp roots deletes none of it', async () => {
+        const d = derivation('busy', 'gc');
+        const k = child();
+        k.send({ op: 'roots', id: 1, drefs: [d.dref] });
+        await k.next((m) => m.id === 1 && m.event === 'rooted');
+        const outs = Array.from({ length: 6 }, (_, i): OutputSpec[] => [{ tree: { id: `busy ${i}` }, created: at() }]);
+        k.send({ op: 'loop', id: 2, req: req(d), outs });
+        let done = false;
+        const finished = k.next((m) => m.id === 2 && m.event === 'done' && m.i === outs.length - 1)
+          .finally(() => { done = true; });
+        let runs = 0;
+        while (!done || runs === 0) {
+          assert.deepEqual(await sut.gc(), []);
+          runs++;
+          // A gc may settle without I/O: let the child's messages in.
+          await new Promise((r) => setImmediate(r));
+        }
+        await finished;
+        assert.equal((await store.realizationsOf(d.dref)).length, outs.length);
+        for (const r of await store.realizationsOf(d.dref)) {
+          await assertWhole(r.rref, { id: (await store.readFile(r.rref, 'id')).toString() });
+        }
+        k.send({ op: 'release', id: 1 });
+        await k.end();
+        assert.equal((await sut.gc()).length, outs.length);
       });
 
       test('temp roots of a process killed with SIGKILL stop counting', async () => {
