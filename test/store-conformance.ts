@@ -193,6 +193,9 @@ async function rejectsWith(call: () => Promise<unknown>, code: string, what: str
   });
 }
 
+/** A bound for every test, so a child that never answers fails the test instead of hanging the run. */
+const T = { timeout: 60_000 };
+
 export function storeConformance(name: string, h: StoreHarness): void {
   describe(`Store conformance: ${name}`, () => {
     let sut: StoreUnderTest;
@@ -249,7 +252,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
     };
 
     describe('add', () => {
-      test('one output: meta, info and files are what was added', async () => {
+      test('one output: meta, info and files are what was added', T, async () => {
         const d = derivation('one', 'a');
         const tree: TreeSpec = {
           'a.txt': 'alpha', 'sub/dir/b.txt': 'beta!', 'run.sh': { text: '#!/bin/sh\n', mode: 0o755 },
@@ -275,7 +278,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         await assertWhole(m.rref, tree, other);
       });
 
-      test('the store takes the staged directories over', async () => {
+      test('the store takes the staged directories over', T, async () => {
         const d = derivation('takeover', 'a');
         const outs = [{ tree: { f: '1' }, created: at() }, { tree: { f: '1' }, created: at() }];
         const dirs = await Promise.all(outs.map(staged));
@@ -283,7 +286,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         for (const s of dirs) assert.equal(fs.existsSync(s.dir), false, `${s.dir} is left behind`);
       });
 
-      test('several outputs in one call: one realization each, in order, all readable', async () => {
+      test('several outputs in one call: one realization each, in order, all readable', T, async () => {
         const d = derivation('multi', 'a');
         const outs = [0, 1, 2].map((i) => ({ tree: { 'n.txt': `output ${i}`, [`only-${i}`]: 'x' }, created: at() }));
         const added = await add(req(d), outs);
@@ -297,7 +300,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         assert.deepEqual((await store.realizationsOf(d.dref)).map((r) => r.rref), added.map((a) => a.meta.rref));
       });
 
-      test('onReadable is told once, before add settles, with what add returns; outputs are readable', async () => {
+      test('onReadable is told once, before add settles, with what add returns; outputs are readable', T, async () => {
         const d = derivation('readable', 'a');
         const outs = [{ tree: { f: 'one' }, created: at() }, { tree: { f: 'two' }, created: at() }];
         let settled = false;
@@ -316,7 +319,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         assert.deepEqual(await Promise.all(reads), ['one', 'two']);
       });
 
-      test('identical outputs merge into one realization: across calls, within a call, at the same time', async () => {
+      test('identical outputs merge: across calls, within a call, at the same time', T, async () => {
         const d = derivation('merge', 'a');
         const tree = { a: 'same', 'b/c': 'content' };
         const [first] = await add(req(d), [{ tree, created: at() }]);
@@ -333,7 +336,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         await assertWhole(first!.meta.rref, tree);
       });
 
-      test('the RRef commits to the derivation, the context and the tree', async () => {
+      test('the RRef commits to the derivation, the context and the tree', T, async () => {
         const dep = derivation('dep', 'a');
         const [depA] = await add(req(dep), [{ tree: { v: '1' }, created: at() }]);
         const [depB] = await add(req(dep), [{ tree: { v: '2' }, created: at() }]);
@@ -362,7 +365,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         assert.equal(rw.merged, true);
       });
 
-      test('hostile trees: a link that leaves the output is refused and nothing outside changes', async () => {
+      test('hostile trees: a link that leaves the output is refused and nothing outside changes', T, async () => {
         const outside = path.join(scratch, 'outside.txt');
         fs.writeFileSync(outside, 'outside');
         fs.chmodSync(outside, 0o644);
@@ -380,7 +383,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         assert.equal(fs.statSync(outside).mode & 0o7777, 0o644, 'sealing never changed a file outside the output');
       });
 
-      test('hostile trees: an output that is itself a link is refused; a hard link out is copied', async () => {
+      test('hostile trees: an output that is itself a link is refused; a hard link out is copied', T, async () => {
         const victim = path.join(scratch, 'victim');
         fs.mkdirSync(victim, { mode: 0o755 });
         fs.writeFileSync(path.join(victim, 'file'), 'outside');
@@ -406,7 +409,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         assert.equal((await store.readFile(a!.meta.rref, 'h')).toString(), 'outside', 'the store has its own copy');
       });
 
-      test('hostile trees: a refused output among several stores none of them', async () => {
+      test('hostile trees: a refused output among several stores none of them', T, async () => {
         const d = derivation('hostile', 'partial');
         const outs: OutputSpec[] = [
           { tree: { fine: 'yes' }, created: at() }, { tree: { esc: { link: '/etc/passwd' } }, created: at() },
@@ -415,7 +418,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         assert.deepEqual(await store.realizationsOf(d.dref), []);
       });
 
-      test('hostile trees: set-id and write bits are not stored, and do not change the RRef', async () => {
+      test('hostile trees: set-id and write bits are not stored, and do not change the RRef', T, async () => {
         const d = derivation('hostile', 'modes');
         const plainTree: TreeSpec = { tool: { text: 'bin', mode: 0o755 }, data: 'd' };
         const plain = (await add(req(d), [{ tree: plainTree, created: at() }]))[0]!;
@@ -433,7 +436,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         assert.equal((await store.readFile(first.meta.rref, 'tool')).toString(), 'bin');
       });
 
-      test('hostile trees: names are bytes (two names one non-UTF-8 byte apart give two RRefs)', async () => {
+      test('hostile trees: names are bytes (two names one non-UTF-8 byte apart give two RRefs)', T, async () => {
         const d = derivation('hostile', 'bytes');
         const rrefs: RRef[] = [];
         for (const byte of [0xfe, 0xff]) {
@@ -453,7 +456,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
     });
 
     describe('query', () => {
-      test('candidates: only of that context, oldest first by creation time; candidatesOfAll agrees', async () => {
+      test('candidates: only of that context, oldest first by creation time; candidatesOfAll agrees', T, async () => {
         const dep = derivation('qdep', 'a');
         const [depR] = await add(req(dep), [{ tree: { v: 'dep' }, created: at() }]);
         const d = derivation('q', 'a');
@@ -489,7 +492,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         for (const r of rz) assert.deepEqual(summary(r), summary(await store.meta(r.rref)));
       });
 
-      test('candidates read their own files, as readFile does', async () => {
+      test('candidates read their own files, as readFile does', T, async () => {
         const d = derivation('cread', 'a');
         const tree: TreeSpec = { 'score.json': '{"s":3}', 'd/e/f': 'deep', l: { link: 'd/e/f' } };
         const [a] = await add(req(d), [{ tree, created: at() }]);
@@ -504,7 +507,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         await rejectsWith(() => c!.open('d'), 'E_NO_SUCH_PATH', 'a candidate opening a directory');
       });
 
-      test('unknown refs: info undefined, meta and reads E_NO_SUCH_REF, no derivation', async () => {
+      test('unknown refs: info undefined, meta and reads E_NO_SUCH_REF, no derivation', T, async () => {
         const d = derivation('known', 'a');
         const [a] = await add(req(d), [{ tree: { f: 'x' }, created: at() }]);
         const rhash = a!.meta.rref.slice(0, 32).split('').reverse().join('');
@@ -532,7 +535,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         'empty.txt': '',
       };
 
-      test('files, nested files and links that resolve inside; the log', async () => {
+      test('files, nested files and links that resolve inside; the log', T, async () => {
         const d = derivation('read', 'a');
         const [a] = await add(req(d), [{ tree, log: 'line 1\nline 2\n', created: at() }]);
         const r = a!.meta.rref;
@@ -549,7 +552,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         assert.equal((await store.readLog(r)).toString(), 'line 1\nline 2\n');
       });
 
-      test('E_NO_SUCH_PATH: missing, directories, dangling links, .., absolute, leaving through a link', async () => {
+      test('E_NO_SUCH_PATH: missing, directories, dangling links, .., absolute, leaving via a link', T, async () => {
         const d = derivation('read', 'b');
         const [a] = await add(req(d), [{ tree, created: at() }]);
         const r = a!.meta.rref;
@@ -565,7 +568,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         }
       });
 
-      test('a large file streams whole; a realization without a log has an empty one', async () => {
+      test('a large file streams whole; a realization without a log has an empty one', T, async () => {
         const d = derivation('read', 'large');
         const big = '0123456789abcdef'.repeat(256 * 1024 + 3);
         const [a] = await add(req(d), [{ tree: { big }, created: at() }]);
@@ -577,7 +580,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
     });
 
     describe('closure', () => {
-      test('transitive, across several levels and diamonds, each realization once', async () => {
+      test('transitive, across several levels and diamonds, each realization once', T, async () => {
         // a <- b, a <- c, {b, c} <- d (a diamond), d <- e, and an unrelated z.
         const mk = async (n: string, ctx: Context): Promise<RRef> =>
           (await add(req(derivation(n, 'c'), ctx), [{ tree: { n }, created: at() }]))[0]!.meta.rref;
@@ -603,7 +606,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
     });
 
     describe('concurrency', () => {
-      test('two processes adding the same outputs at once end with one realization each, same RRef', async () => {
+      test('two processes adding the same outputs at once end with one realization each, same RRef', T, async () => {
         const [p, q] = [child(), child()];
         await Promise.all([p.next((m) => m.event === 'ready'), q.next((m) => m.event === 'ready')]);
         const d = derivation('race', 'a');
@@ -622,7 +625,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         await Promise.all([p.end(), q.end()]);
       });
 
-      test('withLock excludes across processes', async () => {
+      test('withLock excludes across processes', T, async () => {
         const counter = path.join(scratch, 'counter');
         fs.writeFileSync(counter, '0');
         const kids = [child(), child(), child()];
@@ -641,7 +644,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         await Promise.all(kids.map((k) => k.end()));
       });
 
-      test('withLock: a busy lock is waited for (onWait names the holder), times out with E_LOCK_TIMEOUT', async () => {
+      test('withLock: a busy lock is waited for (onWait names the holder); E_LOCK_TIMEOUT', T, async () => {
         const k = child();
         k.send({ op: 'hold', id: 1, key: 'conformance-held' });
         await k.next((m) => m.id === 1 && m.event === 'held');
@@ -665,7 +668,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         assert.equal(await other.withLock('conformance-held', 'test', async () => 1, { timeoutMs: 5000 }), 1);
       });
 
-      test('add releases a build lock (AddOptions.release) once indexed: a waiter finds the outputs', async () => {
+      test('add releases a build lock (AddOptions.release) once indexed: a waiter finds the outputs', T, async () => {
         const d = derivation('locked-build', 'a');
         const k = child();
         await k.next((m) => m.event === 'ready');
@@ -684,7 +687,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         await k.end();
       });
 
-      test('a lock held by a process killed with SIGKILL is taken over', async () => {
+      test('a lock held by a process killed with SIGKILL is taken over', T, async () => {
         const k = child();
         k.send({ op: 'hold', id: 1, key: 'conformance-dead' });
         await k.next((m) => m.id === 1 && m.event === 'held');
@@ -710,7 +713,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         }
       };
 
-      test('killed once its outputs are readable, before add settled: consistent; the same add succeeds', async () => {
+      test('killed once its outputs are readable, before add settled: consistent; adding again works', T, async () => {
         const k = child();
         const d = derivation('crash', 'paused');
         const outs: OutputSpec[] = [
@@ -735,7 +738,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         assert.deepEqual(JSON.parse((await store.derivation(d.dref))!), JSON.parse(d.drv));
       });
 
-      test('killed at arbitrary points of a loop of adds: every realization named is whole; adds succeed', async () => {
+      test('killed at random points of a loop of adds: every realization named is whole; adds work', T, async () => {
         const rounds = 4;
         for (let round = 0; round < rounds; round++) {
           const k = child();
@@ -760,7 +763,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         }
       });
 
-      test('temp roots keep realizations (and their closures) from gc until released', async () => {
+      test('temp roots keep realizations (and their closures) from gc until released', T, async () => {
         const mk = async (n: string, ctx: Context = {}): Promise<Added> =>
           (await add(req(derivation(n, 'gc'), ctx), [{ tree: { n }, created: at() }]))[0]!;
         const a = await mk('base');
@@ -784,7 +787,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         }
       });
 
-      test('gc running while another process adds under temp roots deletes none of it', async () => {
+      test('gc running while another process adds under temp roots deletes none of it', T, async () => {
         const d = derivation('busy', 'gc');
         const k = child();
         k.send({ op: 'roots', id: 1, drefs: [d.dref] });
@@ -811,7 +814,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         assert.equal((await sut.gc()).length, outs.length);
       });
 
-      test('temp roots of a process killed with SIGKILL stop counting', async () => {
+      test('temp roots of a process killed with SIGKILL stop counting', T, async () => {
         const d = derivation('rooted', 'gc');
         const [a] = await add(req(d), [{ tree: { n: 'rooted' }, created: at() }]);
         const k = child();
