@@ -28,6 +28,7 @@ import { Store } from '../src/store/store.js';
 import { readDescription } from '../src/stages/machine.js';
 import { qemuBackend, type QemuState } from '../src/backends/qemu/qemu-machine.js';
 import { cloneDisk, type CloneMode } from '../src/backends/qemu/disk.js';
+import { storeIndex } from '../src/store/internals.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const NODE = process.execPath;
@@ -105,7 +106,7 @@ const PIPE = ['machine', '-q', 'tiny', '+', 'exec', 'echo a > /mnt/a', '+', 'exe
 /** In-process: resume the newest state of `store` to a shell that has answered a command, then discard. */
 async function inProcessRestore(storeDir: string, n: number): Promise<Stats> {
   const store = Store.open(storeDir);
-  const rows = store.index.all().filter((r) => fs.existsSync(path.join(store.outPath(r.rref), 'machine.json')));
+  const rows = storeIndex(store).all().filter((r) => fs.existsSync(path.join(store.outPath(r.rref), 'machine.json')));
   const dir = store.outPath(rows[rows.length - 1]!.rref);
   const d = readDescription(dir);
   const xs: number[] = [];
@@ -123,7 +124,7 @@ async function inProcessRestore(storeDir: string, n: number): Promise<Stats> {
 /** In-process: cloneDisk of the newest state's disk in `storeDir` with `mode`. */
 async function cloneOnly(storeDir: string, mode: CloneMode, n: number): Promise<{ stats: Stats; bytes: number }> {
   const store = Store.open(storeDir);
-  const rows = store.index.all().filter((r) => fs.existsSync(path.join(store.outPath(r.rref), 'disk.qcow2')) && fs.existsSync(path.join(store.outPath(r.rref), 'machine.json')));
+  const rows = storeIndex(store).all().filter((r) => fs.existsSync(path.join(store.outPath(r.rref), 'disk.qcow2')) && fs.existsSync(path.join(store.outPath(r.rref), 'machine.json')));
   const src = path.join(store.outPath(rows[rows.length - 1]!.rref), 'disk.qcow2');
   const xs: number[] = [];
   for (let i = 0; i < n; i++) {

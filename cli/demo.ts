@@ -29,7 +29,7 @@ export async function runDemo(storeRoot: string, runs: number): Promise<void> {
       for (const p of r.plan) say(`  ${p.action.padEnd(6)} ${p.name.padEnd(8)} -> ${p.rrefs.join(', ')}`);
       if (i === 1) {
         const trainDref = r.plan.find((p) => p.name === 'train')!.dref;
-        const all = store.index.realizationsOf(trainDref);
+        const all = await store.realizationsOf(trainDref);
         say(`  train has ${all.length} realization(s) in the store; best() chose ${r.plan.find((p) => p.name === 'train')!.rrefs[0]}`);
         say('');
         say(fs.readFileSync(path.join(store.outPath(r.targets[0]!.rrefs[0]!), 'report.md'), 'utf8').trimEnd());

@@ -3,13 +3,14 @@
  * `cairn machine gc`. Words are split on `+`; each group is a step:
  * `[transient] NAME ARG... [--key=value] [--flag] [--cache=DUR]`.
  */
+import { storeIndex } from '../src/store/internals.js';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { CairnError } from '../src/errors.js';
 import { parseDuration } from '../src/duration.js';
-import { machineBase, MACHINE_BASES } from '../src/backends/qemu/bases.js';
+import { machineBase, MACHINE_BASES } from '../src/stages/bases/registry.js';
 import { killLiveVms } from '../src/backends/qemu/vm.js';
 import { DESCRIPTION, machine, readDescription, staleReason, type ApplyOptions, type Machine } from '../src/stages/machine.js';
 import { resolveStep, type CliWords } from '../src/stages/machine-steps.js';
@@ -178,7 +179,7 @@ async function scriptedShell(vm: RunningMachine): Promise<void> {
 
 function machineLs(store: Store, json: boolean): void {
   const rooted = new Set(listRoots(store).roots.flatMap((r) => r.rrefs));
-  const rows = store.index.all().flatMap((row) => {
+  const rows = storeIndex(store).all().flatMap((row) => {
     const dir = store.outPath(row.rref);
     if (!fs.existsSync(path.join(dir, DESCRIPTION))) return [];
     const d = readDescription(dir);

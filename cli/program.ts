@@ -1,3 +1,4 @@
+import { storeIndex } from '../src/store/internals.js';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -164,7 +165,7 @@ export function createProgram(argv: readonly string[], opts: { exitOverride?: bo
       const p = parseRef(ref);
       if (p.kind === 'drv') {
         for (const rref of store.resolve(ref)) {
-          const row = store.index.get(rref)!;
+          const row = storeIndex(store).get(rref)!;
           out(`${rref}  ${new Date(row.created).toISOString()}  ${formatBytes(row.bytes)}`);
         }
         return;
@@ -236,14 +237,14 @@ export function createProgram(argv: readonly string[], opts: { exitOverride?: bo
       const fmt = (n: number): string => (o.bytes ? String(n) : formatBytes(n));
       if (ref) {
         const own = store.resolve(ref);
-        const sum = (rs: RRef[]): number => rs.reduce((a, r) => a + (store.index.get(r)?.bytes ?? 0), 0);
-        const closure = store.closure(own);
+        const sum = (rs: RRef[]): number => rs.reduce((a, r) => a + (storeIndex(store).get(r)?.bytes ?? 0), 0);
+        const closure = store.closureSync(own);
         out(`${fmt(sum(own))}\t${ref} (${own.length} realization(s))`);
         out(`${fmt(sum(closure))}\tclosure (${closure.length} realization(s))`);
         return;
       }
       const byDrv = new Map<string, { bytes: number; count: number }>();
-      for (const row of store.index.all()) {
+      for (const row of storeIndex(store).all()) {
         const e = byDrv.get(row.dref) ?? { bytes: 0, count: 0 };
         e.bytes += row.bytes;
         e.count++;

@@ -15,11 +15,19 @@ import {
 } from '../src/index.js';
 import { runMatcher } from '../src/stages/matchers.js';
 import { tempDir, isCode, storePerTest } from './helpers.js';
+import { storeIndex } from '../src/store/internals.js';
 
 
 /** Synthetic candidates, oldest first, as realize hands them to matchers. */
-const cands = (k: number, root = '/nonexistent'): Candidate[] =>
-  Array.from({ length: k }, (_, i) => ({ rref: `r${i}`, dref: 'd', created: 1000 + i, path: path.join(root, `c${i}`) }));
+const cands = (k: number, root = '/nonexistent'): (Candidate & { path: string })[] =>
+  Array.from({ length: k }, (_, i) => {
+    const dir = path.join(root, `c${i}`);
+    const read = (rel: string | Buffer): Promise<Buffer> => fs.promises.readFile(path.join(dir, rel.toString()));
+    return {
+      rref: `r${i}`, dref: 'd', ctx: 'x', created: 1000 + i, tree: 't', bytes: 0, files: 0, path: dir,
+      read, open: async (rel: string | Buffer) => fs.createReadStream(path.join(dir, rel.toString())),
+    };
+  });
 
 describe('matchers on synthetic candidates', () => {
   it('latest(n): the n newest, newest first; none while fewer than n exist', async () => {
@@ -69,7 +77,7 @@ describe('matchers on synthetic candidates', () => {
   describe('best()', () => {
     const { dir, cleanup } = tempDir('cairn-core-best');
     after(cleanup);
-    const scored = (scores: (string | null)[], file = 'score.txt'): Candidate[] => {
+    const scored = (scores: (string | null)[], file = 'score.txt'): (Candidate & { path: string })[] => {
       const root = fs.mkdtempSync(path.join(dir, 's-'));
       const c = cands(scores.length, root);
       scores.forEach((s, i) => {
@@ -102,7 +110,7 @@ describe('matchers on synthetic candidates', () => {
       const c = scored(['{"acc":0.5,"loss":3}', '{"acc":0.9,"loss":1}', '{"acc":0.7,"loss":2}'], 'metrics.json');
       assert.deepEqual(await best({ file: 'metrics.json', key: 'acc' }).select(c), ['r1']);
       assert.deepEqual(await best({ file: 'metrics.json', key: 'loss', lowest: true }).select(c), ['r1']);
-      assert.equal(readScore(c[2]!, 'metrics.json', 'acc'), 0.7);
+      assert.equal(await readScore(c[2]!, 'metrics.json', 'acc'), 0.7);
     });
 
     it('with a function, sync or async', async () => {
@@ -184,7 +192,7 @@ describe('matchers in realize', () => {
     const s = rnd('l2', latest(2));
     const r = await chosen(s);
     assert.equal(builds.get('l2'), 2);
-    const order = store.index.realizationsOf(drefOf(s)).map((x) => x.rref);
+    const order = storeIndex(store).realizationsOf(drefOf(s)).map((x) => x.rref);
     assert.deepEqual(r, [...order].reverse());
   });
 
@@ -202,7 +210,7 @@ describe('matchers in realize', () => {
     const r = await chosen(s);
     assert.equal(builds.get('s4'), 4);
     assert.equal(r.length, 4);
-    assert.equal(store.index.realizationsOf(drefOf(s)).length, 4);
+    assert.equal(storeIndex(store).realizationsOf(drefOf(s)).length, 4);
   });
 
   it('some(4) on a stage with n: 3 builds twice (6 realizations, 4 chosen)', async () => {
@@ -210,7 +218,7 @@ describe('matchers in realize', () => {
     const r = await chosen(s);
     assert.equal(builds.get('s43'), 2);
     assert.equal(r.length, 4);
-    assert.equal(store.index.realizationsOf(drefOf(s)).length, 6);
+    assert.equal(storeIndex(store).realizationsOf(drefOf(s)).length, 6);
   });
 
   it('some(2) keeps choosing the two oldest as more realizations appear', async () => {
@@ -218,7 +226,7 @@ describe('matchers in realize', () => {
     const first = await chosen(s);
     await realize(s, { store, force: true });
     await realize(s, { store, force: true });
-    assert.ok(store.index.realizationsOf(drefOf(s)).length >= 4, 'forcing added realizations');
+    assert.ok(storeIndex(store).realizationsOf(drefOf(s)).length >= 4, 'forcing added realizations');
     assert.deepEqual(await chosen(s), first);
   });
 
@@ -229,7 +237,7 @@ describe('matchers in realize', () => {
     const r = await realize(s, { store, force: true });
     assert.equal(builds.get('fl3'), 6);
     assert.equal(r.builds, 3);
-    const order = store.index.realizationsOf(drefOf(s)).map((x) => x.rref);
+    const order = storeIndex(store).realizationsOf(drefOf(s)).map((x) => x.rref);
     assert.equal(order.length, 6);
     assert.deepEqual(r.targets[0]!.rrefs, order.slice(3).reverse(), 'latest(3) now chooses the three new ones');
     const s2 = rnd('fs4', some(4), 3);
@@ -247,7 +255,7 @@ describe('matchers in realize', () => {
       return true;
     });
     assert.equal(builds.get('det'), 3);
-    assert.equal(store.index.realizationsOf(drefOf(s)).length, 1);
+    assert.equal(storeIndex(store).realizationsOf(drefOf(s)).length, 1);
   });
 
   it('all() chooses every realization, and a dependant sees them all', async () => {
@@ -324,7 +332,7 @@ describe('matchers in realize', () => {
     });
 
     it('best({fn}) scores with a function of the candidate', async () => {
-      const r = await chosen(mk(best({ fn: (c) => -Math.abs(Number(fs.readFileSync(path.join(c.path, 'score.txt'), 'utf8')) - 4) })));
+      const r = await chosen(mk(best({ fn: async (c) => -Math.abs(Number((await c.read('score.txt')).toString()) - 4) })));
       assert.deepEqual(r.map(scoreOf), [3]);
     });
 
@@ -339,7 +347,7 @@ describe('matchers in realize', () => {
   });
 
   describe('custom matchers', () => {
-    it('a plain function is a matcher; it sees the candidates oldest first, with their paths', async () => {
+    it('a plain function is a matcher; it sees the candidates oldest first, reading their own files', async () => {
       const s0 = rnd('c1', some(3));
       const three = await chosen(s0);
       let seen: readonly Candidate[] = [];
@@ -348,8 +356,8 @@ describe('matchers in realize', () => {
       assert.deepEqual(r, [three[1]]);
       for (const c of seen) {
         assert.equal(c.dref, drefOf(s0));
-        assert.equal(c.path, store.outPath(c.rref));
-        assert.equal(fs.existsSync(path.join(c.path, 'r.bin')), true);
+        assert.ok('read' in c && !('path' in c), 'a candidate reads its files; it shows no store path');
+        assert.deepEqual(await c.read('r.bin'), fs.readFileSync(path.join(store.outPath(c.rref), 'r.bin')));
         assert.equal(typeof c.created, 'number');
       }
       const created = seen.map((c) => c.created);
@@ -368,7 +376,7 @@ describe('matchers in realize', () => {
       await assert.rejects(realize(s, { store }), isCode('E_MATCH_UNSATISFIED'));
       assert.equal(builds.get('never'), 1);
       assert.ok(asked >= 2, `asked ${asked} times: at least before and after building`);
-      assert.equal(store.index.realizationsOf(drefOf(s)).length, 1, 'the build itself was stored');
+      assert.equal(storeIndex(store).realizationsOf(drefOf(s)).length, 1, 'the build itself was stored');
     });
 
     it('a matcher that returns [] behaves like null', async () => {

@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import fc from 'fast-check';
 import { canonicalJson, instantiate, realize, stage, Store, type BuildContext, type Json, type Stage } from '../src/index.js';
 import { tempDir } from './helpers.js';
+import { storeIndex } from '../src/store/internals.js';
 
 interface NodeDesc { data: Json; deps: number[]; place: number }
 type Desc = NodeDesc[];
@@ -163,7 +164,7 @@ describe('property: realize over random DAGs', () => {
         for (const [, c] of calls) assert.equal(c, 1);
 
         // The index can be rebuilt from the files alone.
-        store.index.db.exec('DELETE FROM rz; DELETE FROM rz_dep; DELETE FROM drv;');
+        storeIndex(store).db.exec('DELETE FROM rz; DELETE FROM rz_dep; DELETE FROM drv;');
         assert.deepEqual(store.rebuildIndex(), { derivations: desc.length, realizations: desc.length });
         const r3 = await realize(makeStages(desc, { build }), { store });
         assert.equal(r3.builds, 0);
@@ -187,7 +188,7 @@ describe('property: realize over random DAGs', () => {
         const r2 = await realize(stages, { store, force: [`s${k}`] });
         assert.deepEqual([...calls.entries()], [[`s${k}`, 1]]);
         assert.deepEqual(r2.targets, r1.targets);
-        assert.equal(store.index.all().length, desc.length);
+        assert.equal(storeIndex(store).all().length, desc.length);
       } finally {
         store.close();
       }

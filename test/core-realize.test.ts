@@ -15,6 +15,7 @@ import {
   type BuildContext, type RRef, type Stage,
 } from '../src/index.js';
 import { isCode, drefOf, one, storePerTest } from './helpers.js';
+import { storeIndex } from '../src/store/internals.js';
 
 let dir: string;
 let store: Store;
@@ -22,7 +23,7 @@ storePerTest('cairn-core-realize', (t) => ({ dir, store } = t));
 
 
 const tmpEntries = (): string[] => fs.readdirSync(path.join(store.root, 'tmp'));
-const rzOf = (dref: string): RRef[] => store.index.realizationsOf(dref).map((r) => r.rref);
+const rzOf = (dref: string): RRef[] => storeIndex(store).realizationsOf(dref).map((r) => r.rref);
 const rzDirsOf = (dref: string): string[] => {
   try { return fs.readdirSync(path.join(store.root, 'd', dref, 'r')); } catch { return []; }
 };
@@ -330,7 +331,7 @@ describe('realize: failures store nothing', () => {
     assert.deepEqual(rzOf(drefOf(s)), []);
     assert.deepEqual(rzDirsOf(drefOf(s)), []);
     assert.deepEqual(tmpEntries(), []);
-    assert.deepEqual(store.index.all(), []);
+    assert.deepEqual(storeIndex(store).all(), []);
     assert.equal(fs.existsSync(path.join(store.root, 'failed')), false);
   });
 
@@ -345,7 +346,7 @@ describe('realize: failures store nothing', () => {
       },
     });
     await assert.rejects(realize(s, { store }), isCode('E_PROMISE_BROKEN'));
-    assert.deepEqual(store.index.all(), []);
+    assert.deepEqual(storeIndex(store).all(), []);
     assert.deepEqual(rzDirsOf(drefOf(s)), []);
     assert.deepEqual(tmpEntries(), []);
   });
@@ -370,7 +371,7 @@ describe('realize: failures store nothing', () => {
       return true;
     });
     assert.equal(downstream, 0);
-    assert.deepEqual(store.index.all(), []);
+    assert.deepEqual(storeIndex(store).all(), []);
     assert.deepEqual(rzDirsOf(drefOf(s)), []);
     assert.deepEqual(tmpEntries(), []);
     assert.equal(fs.existsSync(path.join(store.root, 'failed')), false);
@@ -381,7 +382,7 @@ describe('realize: failures store nothing', () => {
     await assert.rejects(realize(s1, { store }), isCode('E_BUILD_FAILED'));
     const s2 = stage({ name: 'str', config: {}, build: () => { throw 'just a string'; } });
     await assert.rejects(realize(s2, { store }), (e: unknown) => isCode('E_BUILD_FAILED')(e) && /just a string/.test((e as Error).message));
-    assert.deepEqual(store.index.all(), []);
+    assert.deepEqual(storeIndex(store).all(), []);
     assert.deepEqual(tmpEntries(), []);
   });
 
@@ -409,7 +410,7 @@ describe('realize: failures store nothing', () => {
     assert.match(log, /about to fail/);
     assert.match(log, /build failed: nope/);
     assert.deepEqual(tmpEntries(), []);
-    assert.deepEqual(store.index.all(), []);
+    assert.deepEqual(storeIndex(store).all(), []);
   });
 
   it('with keepFailed a broken promise is kept too', async () => {
@@ -420,7 +421,7 @@ describe('realize: failures store nothing', () => {
     const files = filesUnder(path.join(store.root, 'failed', failed[0]!));
     assert.equal(files.filter((f) => path.basename(f) === 'other').length, 1, `kept files: ${files.join(', ')}`);
     assert.deepEqual(tmpEntries(), []);
-    assert.deepEqual(store.index.all(), []);
+    assert.deepEqual(storeIndex(store).all(), []);
   });
 
   it('after a failure, a fixed build of the same derivation succeeds', async () => {
@@ -500,7 +501,7 @@ describe('realize: unsafe outputs are refused with E_UNSAFE_OUTPUT', () => {
   const refused = async (name: string, build: (out: string) => void): Promise<void> => {
     const s = stage({ name, config: {}, build: ({ out }) => build(out) });
     await assert.rejects(realize(s, { store }), isCode('E_UNSAFE_OUTPUT'));
-    assert.deepEqual(store.index.all(), []);
+    assert.deepEqual(storeIndex(store).all(), []);
     assert.deepEqual(rzDirsOf(drefOf(s)), []);
     assert.deepEqual(tmpEntries(), []);
   };
@@ -569,7 +570,7 @@ describe('realize: dryRun and force', () => {
     assert.deepEqual(r.targets[0]!.rrefs, []);
     assert.deepEqual(fs.readdirSync(path.join(store.root, 'd')), []);
     assert.deepEqual(tmpEntries(), []);
-    assert.deepEqual(store.index.all(), []);
+    assert.deepEqual(storeIndex(store).all(), []);
   });
 
   it('dryRun after a real run reports everything cached, with the chosen RRefs', async () => {
@@ -590,7 +591,7 @@ describe('realize: dryRun and force', () => {
     const dryAll = await realize(c, { store, dryRun: true, force: true });
     assert.deepEqual(dryAll.plan.map((p) => p.action), ['force', 'force', 'force']);
     assert.equal(calls.size, 0);
-    assert.equal(store.index.all().length, 3);
+    assert.equal(storeIndex(store).all().length, 3);
   });
 
   it('dryRun on a partly built graph reports cached up to the first missing stage', async () => {
@@ -608,7 +609,7 @@ describe('realize: dryRun and force', () => {
     assert.equal(r2.builds, 3);
     assert.deepEqual(r2.plan.map((p) => p.action), ['force', 'force', 'force']);
     assert.deepEqual(r2.plan.map((p) => p.rrefs), r1.plan.map((p) => p.rrefs));
-    assert.equal(store.index.all().length, 3);
+    assert.equal(storeIndex(store).all().length, 3);
   });
 
   it("force: ['b'] rebuilds only b", async () => {
@@ -774,8 +775,8 @@ describe('realize: build logs and metadata', () => {
     assert.equal(Object.values(meta.context).flat().length, 3);
     assert.ok(p1 && p2, 'expected: p1 && p2');
     // The index knows the same edges.
-    assert.deepEqual(store.index.depsOf(one(r)).sort(), Object.values(meta.context).flat().sort());
-    assert.deepEqual(store.closure([one(r)]).sort(), [one(r), ...Object.values(meta.context).flat()].sort());
+    assert.deepEqual(storeIndex(store).depsOf(one(r)).sort(), Object.values(meta.context).flat().sort());
+    assert.deepEqual((await store.closure([one(r)])).sort(), [one(r), ...Object.values(meta.context).flat()].sort());
     const fileMeta = JSON.parse(fs.readFileSync(path.join(store.rzDir(one(r)), 'meta.json'), 'utf8'));
     assert.deepEqual(fileMeta.context, meta.context);
     assert.equal(fileMeta.format, 'cairn-realization-1');
@@ -789,14 +790,14 @@ describe('Store.rebuildIndex', () => {
     const u = stage({ name: 'u', config: {}, n: 3, matcher: all(), build: randomBuild });
     const c = counted('c', { b, u });
     const r1 = await realize(c, { store });
-    const before = store.index.all().map((r) => ({ ...r, seq: 0 })).sort((x, y) => x.rref.localeCompare(y.rref));
-    const deps = before.map((r) => store.index.depsOf(r.rref).sort());
-    store.index.db.exec('DELETE FROM rz; DELETE FROM rz_dep; DELETE FROM drv;');
-    assert.deepEqual(store.index.all(), []);
+    const before = storeIndex(store).all().map((r) => ({ ...r, seq: 0 })).sort((x, y) => x.rref.localeCompare(y.rref));
+    const deps = before.map((r) => storeIndex(store).depsOf(r.rref).sort());
+    storeIndex(store).db.exec('DELETE FROM rz; DELETE FROM rz_dep; DELETE FROM drv;');
+    assert.deepEqual(storeIndex(store).all(), []);
     assert.deepEqual(store.rebuildIndex(), { derivations: 4, realizations: 6 });
-    const after = store.index.all().map((r) => ({ ...r, seq: 0 })).sort((x, y) => x.rref.localeCompare(y.rref));
+    const after = storeIndex(store).all().map((r) => ({ ...r, seq: 0 })).sort((x, y) => x.rref.localeCompare(y.rref));
     assert.deepEqual(after, before);
-    assert.deepEqual(after.map((r) => store.index.depsOf(r.rref).sort()), deps);
+    assert.deepEqual(after.map((r) => storeIndex(store).depsOf(r.rref).sort()), deps);
     calls.clear();
     const r2 = await realize(c, { store });
     assert.equal(r2.builds, 0);
@@ -811,7 +812,7 @@ describe('Store.rebuildIndex', () => {
     store.close();
     for (const f of fs.readdirSync(root)) if (f.startsWith('index.sqlite')) fs.rmSync(path.join(root, f));
     store = Store.open(root);
-    assert.deepEqual(store.index.all(), []);
+    assert.deepEqual(storeIndex(store).all(), []);
     assert.deepEqual(store.rebuildIndex(), { derivations: 3, realizations: 3 });
     const r2 = await realize(c, { store });
     assert.equal(r2.builds, 0);
@@ -832,12 +833,12 @@ describe('Store.rebuildIndex', () => {
       mock.restoreAll();
     }
     const latestBefore = r1.plan[0]!.rrefs[0]!;
-    const orderBefore = store.index.realizationsOf(drefOf(u)).map((r) => r.rref);
+    const orderBefore = storeIndex(store).realizationsOf(drefOf(u)).map((r) => r.rref);
     assert.equal(orderBefore.length, 5);
-    store.index.db.exec('DELETE FROM rz; DELETE FROM rz_dep; DELETE FROM drv;');
+    storeIndex(store).db.exec('DELETE FROM rz; DELETE FROM rz_dep; DELETE FROM drv;');
     store.rebuildIndex();
     // Candidates reach matchers oldest first; the rebuilt index must give the same order.
-    assert.deepEqual(store.index.realizationsOf(drefOf(u)).map((r) => r.rref), orderBefore);
+    assert.deepEqual(storeIndex(store).realizationsOf(drefOf(u)).map((r) => r.rref), orderBefore);
     const r2 = await realize(d, { store });
     assert.equal(r2.plan[0]!.rrefs[0], latestBefore, 'latest() chose a different realization after rebuildIndex');
     assert.equal(r2.builds, 0);
@@ -921,7 +922,7 @@ describe('realize: derivations written ahead, durability order', () => {
     const onDisk = fs.readdirSync(path.join(store.root, 'd')).sort();
     assert.equal(onDisk.length, 6, 'every derivation was written ahead');
     for (const dref of onDisk) {
-      assert.ok(store.index.hasDrv(dref), `${dref} is indexed`);
+      assert.ok(storeIndex(store).hasDrv(dref), `${dref} is indexed`);
       assert.ok(fs.existsSync(path.join(store.drvDir(dref), 'drv.json')), `${dref} has drv.json`);
     }
     assert.deepEqual(tmpEntries(), []);
@@ -970,8 +971,8 @@ describe('realize: derivations written ahead, durability order', () => {
       renamedAt.set(path.resolve(to), ++seq);
     });
     syncBuiltinESMExports();
-    const addReal = store.index.addRealizations.bind(store.index);
-    mock.method(store.index, 'addRealizations', (rs: Parameters<typeof addReal>[0]) => {
+    const addReal = storeIndex(store).addRealizations.bind(storeIndex(store));
+    mock.method(storeIndex(store), 'addRealizations', (rs: Parameters<typeof addReal>[0]) => {
       for (const r of rs) {
         const drv = path.join(store.root, 'd', r.dref);
         const ref = parseRef(r.rref);

@@ -6,7 +6,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { docker } from '../src/backends/containers/docker.js';
-import { dockerMachineBase } from '../src/backends/containers/docker-base.js';
+import { dockerMachineBase } from '../src/stages/bases/docker-base.js';
 import { machine, step } from '../src/stages/machine.js';
 import { fixtureImage, debianPgImage } from './fixtures/services/images.js';
 

@@ -13,6 +13,7 @@ import {
   type Stage,
 } from '../src/index.js';
 import { isCode, sha256, drefOf, one, storePerTest } from './helpers.js';
+import { storeIndex } from '../src/store/internals.js';
 
 let dir: string;
 let store: Store;
@@ -20,7 +21,7 @@ storePerTest('cairn-fetch-local', (t) => ({ dir, store } = t));
 
 const nothingStored = (s: Stage): void => {
   const dref = drefOf(s);
-  assert.deepEqual(store.index.realizationsOf(dref), [], 'no realization may be indexed');
+  assert.deepEqual(storeIndex(store).realizationsOf(dref), [], 'no realization may be indexed');
   let dirs: string[] = [];
   try { dirs = fs.readdirSync(path.join(store.root, 'd', dref, 'r')); } catch { /* none */ }
   assert.deepEqual(dirs, [], 'no realization directory may exist');

@@ -17,6 +17,7 @@ import {
 } from '../src/index.js';
 import { isCode, sha256, drefOf, one, storePerTest } from './helpers.js';
 import { TestServer, serveRange, serveFull, sendThenDrop, sendThenStall } from './fixtures/fetch/server.js';
+import { storeIndex } from '../src/store/internals.js';
 
 let server: TestServer;
 before(async () => { server = await TestServer.start(); });
@@ -29,7 +30,7 @@ const tmpEntries = (): string[] => { try { return fs.readdirSync(path.join(store
 /** Nothing of this derivation entered the store, and no temporary file was left behind. */
 const nothingStored = (s: Stage): void => {
   const dref = drefOf(s);
-  assert.deepEqual(store.index.realizationsOf(dref), [], 'no realization may be indexed');
+  assert.deepEqual(storeIndex(store).realizationsOf(dref), [], 'no realization may be indexed');
   let dirs: string[] = [];
   try { dirs = fs.readdirSync(path.join(store.root, 'd', dref, 'r')); } catch { /* none */ }
   assert.deepEqual(dirs, [], 'no realization directory may exist');

@@ -15,6 +15,7 @@ import { verifyStore } from '../src/store/verify.js';
 import type { RunningMachine } from '../src/backends/machine.js';
 import { debianFixture, DEBIAN_STORE, type DebianFixture } from './fixtures/qemu/debian.js';
 import { cairn, lastLine, ok, tmpEntries } from './helpers.js';
+import { storeIndex } from '../src/store/internals.js';
 
 let fx: DebianFixture;
 before(async () => {
@@ -85,11 +86,11 @@ describe('debian base', () => {
   it('a transient step leaves no state and no file behind', async () => {
     const m = machine(fx.base).apply(sh, { cmd: `echo kept > /root/kept`, tag: `tr-${run}` });
     const parent = await m.realize({ store: fx.store });
-    const count = fx.store.index.all().length;
+    const count = storeIndex(fx.store).all().length;
     const t = m.apply(sh, { cmd: `echo gone > /root/gone; export G=gone`, tag: `tr-${run}` }, { transient: true });
     const state = await t.realize({ store: fx.store });
     assert.equal(state.rref, parent.rref, 'realizing a transient step gives the parent state');
-    assert.equal(fx.store.index.all().length, count, 'no new realization');
+    assert.equal(storeIndex(fx.store).all().length, count, 'no new realization');
     const seen = await m.use(async (vm) => out(vm, 'cat /root/kept; ls /root/gone 2>&1 || true; echo "G=$G"'), { store: fx.store });
     assert.match(seen, /^kept\n.*No such file.*\nG=\n$/s);
     assert.deepEqual(tmpEntries(DEBIAN_STORE).filter((e) => !e.startsWith('.')), [], 'no work directory left in STORE/tmp');

@@ -14,10 +14,11 @@ import { Store } from '../src/store/store.js';
 import { verifyStore } from '../src/store/verify.js';
 import { machine, step, readDescription, type StepMachine } from '../src/stages/machine.js';
 import { exec } from '../src/stages/machine-steps.js';
-import { tiny } from '../src/backends/qemu/bases.js';
+import { tiny } from '../src/stages/bases/tiny.js';
 import { qcow2Backing } from '../src/backends/qemu/disk.js';
 import { requireQemu } from './fixtures/qemu/tiny.js';
 import { drefOf, isCode, tempDir } from './helpers.js';
+import { storeIndex } from '../src/store/internals.js';
 
 requireQemu();
 const { dir, cleanup } = tempDir('cairn-machine');
@@ -30,7 +31,7 @@ const shell = step<{ cmd: string }>({
 });
 
 /** Realizations in the store, by count. */
-const count = (): number => store.index.all().length;
+const count = (): number => storeIndex(store).all().length;
 
 let builds = 0;
 const events = { built: () => { builds++; } };

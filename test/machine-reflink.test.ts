@@ -12,7 +12,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { machine, step, type MachineState } from '../src/stages/machine.js';
-import { tiny } from '../src/backends/qemu/bases.js';
+import { tiny } from '../src/stages/bases/tiny.js';
 import type { QemuState } from '../src/backends/qemu/qemu-machine.js';
 import { Store } from '../src/store/store.js';
 import { requireQemu } from './fixtures/qemu/tiny.js';

@@ -17,6 +17,7 @@ import { after, before, describe, it } from 'node:test';
 import { isCairnError, Store } from '../src/index.js';
 import { cairn, cairnBin, expectError, isolateModuleCache, lastLine, ok, repoRoot, tempDir } from './helpers.js';
 import { assertVerifyClean, verify } from './fixtures/torture/support.js';
+import { storeIndex } from '../src/store/internals.js';
 
 const CHAIN = path.join(repoRoot, 'test', 'fixtures', 'chain.ts');
 
@@ -131,7 +132,7 @@ describe('another user cannot change a store', () => {
         // An open store keeps the index's -wal and -shm files, so attacks on them are real.
         const open = Store.open(store);
         try {
-          open.index.all();
+          storeIndex(open).all();
           for (const f of ['index.sqlite-wal', 'index.sqlite-shm']) assert.ok(fs.existsSync(path.join(store, f)), `${f} exists`);
           const sqlite = path.join(repoRoot, 'node_modules', 'better-sqlite3');
           const r = asOther([process.execPath, '-e', ATTACK, store, b, b.slice(33), b.slice(0, 32), sqlite]);
@@ -141,7 +142,7 @@ describe('another user cannot change a store', () => {
           const through = Object.entries(res).filter(([name, code]) =>
             name === 'take a lock in the index' ? !code.startsWith('SQLITE_') : code !== 'EACCES' && code !== 'EPERM');
           assert.deepEqual(through, [], `attempts that did not fail with EACCES/EPERM (or a SQLite refusal): ${JSON.stringify(res, null, 2)}`);
-          const locks = open.index.db.prepare("SELECT count(*) AS n FROM lock WHERE key = 'evil'").get() as { n: number };
+          const locks = storeIndex(open).db.prepare("SELECT count(*) AS n FROM lock WHERE key = 'evil'").get() as { n: number };
           assert.equal(locks.n, 0, 'no lock row was added');
         } finally {
           open.close();

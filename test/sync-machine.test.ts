@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Store } from '../src/store/store.js';
 import { machine, step } from '../src/stages/machine.js';
-import { tiny } from '../src/backends/qemu/bases.js';
+import { tiny } from '../src/stages/bases/tiny.js';
 import { requireQemu } from './fixtures/qemu/tiny.js';
 import { startHosts, type Host, type Hosts } from './fixtures/hosts.js';
 import { isolateModuleCache } from './helpers.js';

@@ -18,6 +18,7 @@ import {
 } from '../src/index.js';
 import { tempDir, isCode, drefOf, one, storePerTest } from './helpers.js';
 import { TestServer, serveRange } from './fixtures/fetch/server.js';
+import { storeIndex } from '../src/store/internals.js';
 
 /** Archives built once for the whole file. */
 let fx: { dir: string; cleanup: () => void };
@@ -48,7 +49,7 @@ const sh = (cmd: string, args: string[], opts: { cwd?: string; input?: string } 
 const tmpEntries = (): string[] => { try { return fs.readdirSync(path.join(store.root, 'tmp')); } catch { return []; } };
 const nothingStored = (s: Stage): void => {
   const dref = drefOf(s);
-  assert.deepEqual(store.index.realizationsOf(dref), [], 'no realization may be indexed');
+  assert.deepEqual(storeIndex(store).realizationsOf(dref), [], 'no realization may be indexed');
   let dirs: string[] = [];
   try { dirs = fs.readdirSync(path.join(store.root, 'd', dref, 'r')); } catch { /* none */ }
   assert.deepEqual(dirs, [], 'no realization directory may exist');

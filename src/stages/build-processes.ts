@@ -105,13 +105,13 @@ async function endGroups(pgids: readonly number[], graceMs = KILL_GRACE_MS): Pro
 
 /**
  * Declares a realize running on the store whose temporary directory is
- * `tmp` (its own entries start with `owner-`), and installs the interrupt
+ * `area.dir` (its own entries start with `area.owner-`), and installs the interrupt
  * handlers while any realize runs. Returns the release function.
  */
-export function guardRealize(tmp: string, owner: string): () => void {
+export function guardRealize(area: { dir: string; owner: string }): () => void {
   const key = {};
   if (temps.size === 0) install();
-  temps.set(key, { tmp, owner });
+  temps.set(key, { tmp: area.dir, owner: area.owner });
   return () => {
     if (!temps.delete(key)) return;
     if (temps.size === 0) uninstall();

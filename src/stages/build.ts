@@ -5,15 +5,15 @@ import { redactUrlsIn } from '../redact-url.js';
 import type { BuildDirs } from '../store/build-dirs.js';
 import { keepFailedLog } from '../store/failed-logs.js';
 import { chmodNoFollow, removeTree } from '../store/fsutil.js';
-import { DIR_MODE, makeDirs } from '../store/permissions.js';
-import { creationTime, type Context, type Published, type Store } from '../store/store.js';
-import { walkTree, type TreeSummary } from '../store/tree.js';
+import type { Added, Context, HeldLock } from '../store/interface.js';
+import { DIR_MODE } from '../store/permissions.js';
+import { creationTime, type LocalStore } from '../store/store.js';
 import { makeBuildContext, makeLog } from './build-context.js';
 import { BuildGroups, interruptedBy } from './build-processes.js';
 import type { Derivation } from './instantiate.js';
 
 export interface BuildRun {
-  store: Store;
+  store: LocalStore;
   node: Derivation;
   /** The direct context: recorded in every realization this build publishes. */
   context: Context;
@@ -30,16 +30,24 @@ export interface BuildRun {
   onLog?: (line: string, output?: number) => void;
   /** Where one-output builds get their directory (made ahead of time). */
   dirs?: BuildDirs;
+  /** The build lock to release when the outputs are indexed (see AddOptions.release). */
+  release?: HeldLock;
+}
+
+export interface BuildOutcome {
+  /** The outputs, complete and readable in the store. */
+  added: Added[];
+  /** Settles once they are durable and indexed. */
+  durable: Promise<Added[]>;
 }
 
 /**
  * Runs a stage's build function once, in a fresh directory on the store's
- * filesystem, checks every promise of every output, seals the outputs and
- * publishes them (`Store.publish`), appending each to `published` as it
- * goes, so a caller can still record the ones that made it if a later one
- * fails. Recording (durability and the index) is left to the caller.
+ * filesystem, checks every promise of every output, and adds the outputs
+ * to the store (`Store.add`). Returns as soon as they are readable; their
+ * durability and indexing go on in `durable`, so dependants can start.
  */
-export async function buildAndPublish(run: BuildRun, published: Published[]): Promise<void> {
+export async function buildAndAdd(run: BuildRun): Promise<BuildOutcome> {
   const { store, node, context, config, keepFailed, onLog } = run;
   const s = node.stage;
   refuseIfInterrupted(node);
@@ -59,6 +67,7 @@ export async function buildAndPublish(run: BuildRun, published: Published[]): Pr
   const logFile = path.join(staging[0]!, 'build.log');
   const started = Date.now();
   let ok = false;
+  let outcome!: BuildOutcome;
   const groups = new BuildGroups();
   try {
     const log = makeLog(logFile, onLog && ((line) => onLog(line)));
@@ -90,11 +99,8 @@ export async function buildAndPublish(run: BuildRun, published: Published[]): Pr
       }
     }
     // Failures from here on are the store's (a full disk, say), not the build's.
-    await asStoreError(async () => {
-      const summaries: TreeSummary[] = [];
-      for (const out of outs) summaries.push(await walkTree(out, { seal: true }));
+    outcome = await asStoreError(async (): Promise<BuildOutcome> => {
       const buildMs = Date.now() - started;
-      const drvSync = store.drvs.ensure(node.dref, node.name, node.drvJson);
       // The build could have replaced its log with a link: never chmod or copy through one.
       try {
         chmodNoFollow(logFile, 0o444);
@@ -108,13 +114,15 @@ export async function buildAndPublish(run: BuildRun, published: Published[]): Pr
       for (const l of logs.slice(1)) fs.copyFileSync(logFile, l, fs.constants.COPYFILE_EXCL);
       // The log is not fsynced: it is not hashed, and a log cut short by a
       // crash is harmless, unlike an output.
-      for (const [i, rz] of staging.entries()) {
-        const sum = summaries[i]!;
-        published.push(await store.publish(rz, {
-          dref: node.dref, name: node.name, context, tree: sum.treeHash,
-          bytes: sum.bytes, files: sum.files, created: creationTime(), buildMs,
-        }, [...sum.toSync, ...(i === 0 ? drvSync : [])]));
-      }
+      let readable!: (added: Added[]) => void;
+      const seen = new Promise<Added[]>((r) => { readable = r; });
+      const durable = store.add({
+        dref: node.dref, name: node.name, drv: node.drvJson, context, buildMs,
+        outputs: staging.map((dir) => ({ dir, created: creationTime() })),
+      }, { onReadable: readable, release: run.release });
+      // A failure before the outputs are readable is this build's; after, the caller's (it awaits `durable`).
+      durable.catch(() => {});
+      return { added: await Promise.race([seen, durable]), durable };
     });
     ok = true;
   } catch (e) {
@@ -125,9 +133,7 @@ export async function buildAndPublish(run: BuildRun, published: Published[]): Pr
       if (saved && e instanceof Error) e.message += ` (log: cairn log ${node.dref} --failed)`;
     }
     if (keepFailed && !ok && !interrupted) {
-      const kept = path.join(store.root, 'failed', keptName(node.name, path.basename(dir), store.owner));
-      makeDirs(path.dirname(kept));
-      fs.renameSync(dir, kept);
+      const kept = store.keepFailedBuild(dir, keptName(node.name, path.basename(dir), store.owner));
       if (isCairnError(e)) e.details.kept = kept;
       if (e instanceof Error) e.message += ` (build directory kept at ${kept})`;
     }
@@ -140,6 +146,7 @@ export async function buildAndPublish(run: BuildRun, published: Published[]): Pr
       if (d !== undefined) try { removeTree(d); } catch { /* left to the sweep */ }
     }
   }
+  return outcome;
 }
 
 /** Stops a build from starting or storing anything once cairn was interrupted. */

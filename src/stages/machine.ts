@@ -22,7 +22,6 @@ import { CairnError } from '../errors.js';
 import { canonicalJson, type Json } from '../store/canonical.js';
 import { parseDuration } from '../duration.js';
 import type { BackendSession, BackendState, MachineBackend, RunningMachine } from '../backends/machine.js';
-import { qemuBackend } from '../backends/qemu/qemu-machine.js';
 import { removeTree } from '../store/fsutil.js';
 import { checkName, type RRef } from '../store/refs.js';
 import { custom, type Candidate, type Matcher } from './matchers.js';
@@ -46,35 +45,71 @@ export interface MachineDescription {
 
 export const DESCRIPTION = 'machine.json';
 
-// QEMU is built in; other backends (containers) register themselves.
-const backends = new Map<string, MachineBackend>([[qemuBackend.kind, qemuBackend]]);
+/** Backends registered with registerBackend(), and the built-in ones once used. */
+const backends = new Map<string, MachineBackend>();
 
-/** Makes a backend available to resume states whose machine.json names its kind. */
+/**
+ * The built-in backends, loaded and registered on first use: importing Cairn
+ * registers no backend and constructs no driver, and the QEMU-only paths never
+ * load Docker's code.
+ */
+const builtinBackends = new Map<string, () => Promise<MachineBackend>>([
+  ['qemu', async () => (await import('../backends/qemu/qemu-machine.js')).qemuBackend],
+  ['docker', async () => new (await import('../backends/containers/docker-machine.js')).DockerBackend()],
+]);
+
+/**
+ * Makes a backend available to resume states whose machine.json names its
+ * kind. It replaces a built-in one of the same kind, used or not.
+ */
 export function registerBackend(b: MachineBackend): void {
   backends.set(b.kind, b);
 }
 
-/** Built-in backends loaded on first use, so the QEMU-only paths never load Docker's code. */
-const lazyBackends: Record<string, () => Promise<unknown>> = {
-  docker: () => import('../backends/containers/docker-base.js'),
-};
+/** The kinds registered so far (a built-in backend appears once it has been used). */
+export function registeredBackends(): string[] {
+  return [...backends.keys()].sort();
+}
 
-async function backendFor(kind: string): Promise<MachineBackend> {
-  if (!backends.has(kind) && lazyBackends[kind]) await lazyBackends[kind]!();
-  const b = backends.get(kind);
-  if (!b) throw new CairnError('E_MACHINE_INCOMPATIBLE', `no machine backend "${kind}" is registered (known: ${[...backends.keys()].join(', ') || 'none'})`, { backend: kind });
-  return b;
+/**
+ * The backend that resumes states of `kind` (from a machine.json, so any
+ * string): the registered one, else the built-in one, loaded now.
+ */
+export async function machineBackend(kind: string): Promise<MachineBackend> {
+  const registered = backends.get(kind);
+  if (registered) return registered;
+  const load = builtinBackends.get(kind);
+  if (!load) {
+    const known = [...new Set([...backends.keys(), ...builtinBackends.keys()])].sort().join(', ');
+    throw new CairnError('E_MACHINE_INCOMPATIBLE', `no machine backend "${kind}" is registered (known: ${known})`,
+      { backend: kind });
+  }
+  const b = await load();
+  // One registered while this one loaded wins, as it would have if registered before.
+  if (!backends.has(kind)) backends.set(kind, b);
+  return backends.get(kind)!;
 }
 
 export function readDescription(stateDir: string): MachineDescription {
-  let d: MachineDescription;
+  let text: string;
   try {
-    d = JSON.parse(fs.readFileSync(path.join(stateDir, DESCRIPTION), 'utf8')) as MachineDescription;
+    text = fs.readFileSync(path.join(stateDir, DESCRIPTION), 'utf8');
   } catch (e) {
     throw new CairnError('E_MACHINE_STATE', `${stateDir} is not a machine state: ${(e as Error).message}`, { dir: stateDir });
   }
+  return parseDescription(text, stateDir);
+}
+
+/** A machine description from its JSON text; `where` names it in errors. */
+export function parseDescription(text: string, where: string): MachineDescription {
+  let d: MachineDescription;
+  try {
+    d = JSON.parse(text) as MachineDescription;
+  } catch (e) {
+    throw new CairnError('E_MACHINE_STATE', `${where} is not a machine state: ${(e as Error).message}`, { dir: where });
+  }
   if (d.format !== 1 || typeof d.backend !== 'string' || typeof d.state !== 'object' || !Array.isArray(d.files)) {
-    throw new CairnError('E_MACHINE_STATE', `${stateDir}/${DESCRIPTION} is not a machine description (format 1)`, { dir: stateDir });
+    throw new CairnError('E_MACHINE_STATE', `${where}/${DESCRIPTION} is not a machine description (format 1)`, { dir: where });
   }
   return d;
 }
@@ -103,10 +138,10 @@ export function staleReason(d: MachineDescription, now = Date.now()): string | n
 
 /** The newest state that has not expired and whose files are unchanged. */
 export function freshState(): Matcher {
-  return custom((cands: readonly Candidate[]) => {
+  return custom(async (cands: readonly Candidate[]) => {
     for (let i = cands.length - 1; i >= 0; i--) {
       const c = cands[i]!;
-      if (staleReason(readDescription(c.path)) === null) return [c.rref];
+      if (staleReason(parseDescription((await c.read(DESCRIPTION)).toString('utf8'), c.rref)) === null) return [c.rref];
     }
     return null;
   }, { name: 'fresh-state' });
@@ -229,14 +264,13 @@ export class Machine {
 
   /** Starts the machine, runs `fn`, stops it and throws its changes away. */
   async use<T>(fn: (vm: RunningMachine) => T | Promise<T>, opts: UseOptions): Promise<T> {
-    const owner = `${opts.store.owner}#use-${process.hrtime.bigint()}`;
     // The state must outlive the run: a resumed disk may read its backing chain.
-    opts.store.index.addTempRoots(owner, instantiate(this.saved).order);
+    const roots = await opts.store.addTempRoots(instantiate(this.saved).order, 'machine-use');
     try {
       const state = await this.realizeSaved(opts);
       return await this.withSession(opts, state, fn);
     } finally {
-      opts.store.index.dropTempRoots(owner);
+      await roots.release();
     }
   }
 
@@ -251,7 +285,8 @@ export class Machine {
     const work = opts.store.makeTempDir('machine-use');
     let session: BackendSession | undefined;
     try {
-      session = await (await backendFor(state.description.backend)).resume(state.dir, state.description.state, work);
+      const backend = await machineBackend(state.description.backend);
+      session = await backend.resume(state.dir, state.description.state, work);
       for (const p of this.pending) {
         const vm = stepMachine(session.machine, (line) => opts.stepLog?.(p.step.name, line), { expiresAt: null, files: [] });
         await p.step.run(vm, p.args);
@@ -343,7 +378,7 @@ function stepStage(parent: Stage, p: Pending): Stage<StepConfig> {
     async build(ctx) {
       const parent = ctx.config.parent as unknown as Dep;
       const d = readDescription(parent.path);
-      const session = await (await backendFor(d.backend)).resume(parent.path, d.state, ctx.tmp);
+      const session = await (await machineBackend(d.backend)).resume(parent.path, d.state, ctx.tmp);
       ctx.log(`resumed ${parent.rrefs[0]} (${d.backend})`);
       await saveSession(ctx, session, finalOutDir(parent.path, ctx.dref), { expiresAt: d.expiresAt },
         { name: p.step.name, args: p.args }, async (vm) => {

@@ -1,17 +1,13 @@
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { CairnError } from '../errors.js';
-import type { DRef, RRef } from '../store/refs.js';
+import type { Candidate } from '../store/interface.js';
+import type { RRef } from '../store/refs.js';
+import { parseScore } from './score.js';
 
-/** A realization a matcher may choose, oldest first in the list it is given. */
-export interface Candidate {
-  rref: RRef;
-  dref: DRef;
-  /** Milliseconds since the epoch when it entered the store. */
-  created: number;
-  /** Absolute path of its `out/` directory. */
-  path: string;
-}
+/**
+ * A realization a matcher may choose, oldest first in the list it is given.
+ * It reads its own files (`read`, `open`) from whichever store holds it.
+ */
+export type { Candidate } from '../store/interface.js';
 
 /**
  * `null`, `undefined` or an empty list mean "none": realize then builds and
@@ -113,20 +109,13 @@ export type ScoreBy =
  * Reads a score from an output file: the whole file as a number, or, with
  * `key`, a numeric field of the JSON object the file holds.
  */
-export function readScore(c: Candidate, file: string, key?: string): number {
-  const p = path.join(c.path, file);
+export async function readScore(c: Candidate, file: string, key?: string): Promise<number> {
   let text: string;
-  try { text = fs.readFileSync(p, 'utf8'); } catch {
-    throw new CairnError('E_MATCH_INVALID', `best(): ${c.rref} has no score file ${file}; promise it in the stage's outputs`, { rref: c.rref, file });
+  try { text = (await c.read(file)).toString('utf8'); } catch {
+    throw new CairnError('E_MATCH_INVALID', `best(): ${c.rref} has no score file ${file}; promise it in the stage's outputs`,
+      { rref: c.rref, file });
   }
-  let value: unknown;
-  try {
-    value = key === undefined ? Number(text.trim()) : (JSON.parse(text) as Record<string, unknown>)[key];
-  } catch { value = NaN; }
-  if (typeof value !== 'number' || !Number.isFinite(value) || (key === undefined && text.trim() === '')) {
-    throw new CairnError('E_MATCH_INVALID', `best(): ${file}${key ? ` field ${key}` : ''} of ${c.rref} is not a finite number`, { rref: c.rref, file });
-  }
-  return value;
+  return parseScore(text, c.rref, file, key);
 }
 
 /**

@@ -1,18 +1,15 @@
 import * as os from 'node:os';
-import * as path from 'node:path';
 import { CairnError, isCairnError } from '../errors.js';
-import { BuildDirs } from '../store/build-dirs.js';
-import { withLock } from '../store/locks.js';
+import { candidateKey, candidateOf, type Added, type Candidate, type Context, type TempRoots } from '../store/interface.js';
 import { addOutLink } from '../store/roots.js';
 import type { DRef, RRef } from '../store/refs.js';
-import type { RzRow } from '../store/index-db.js';
-import { contextHash, type Context, type Published, type RealizationMeta, type Store } from '../store/store.js';
+import { contextHash, type LocalStore } from '../store/store.js';
 import { makeDep, resolveConfig } from './build-context.js';
 import { instantiate, preloadFileInputs, type Derivation, type Graph } from './instantiate.js';
-import { runMatcher, type Candidate } from './matchers.js';
+import { runMatcher } from './matchers.js';
 import { Semaphore, schedule } from './schedule.js';
 import { isStage, type Stage } from './stage.js';
-import { buildAndPublish } from './build.js';
+import { buildAndAdd } from './build.js';
 import { inputPaths } from './build-context.js';
 import { guardRealize } from './build-processes.js';
 
@@ -34,7 +31,8 @@ export interface RealizeEvents {
 }
 
 export interface RealizeOptions {
-  store: Store;
+  /** Builds run on its filesystem; matchers read candidates through the Store interface. */
+  store: LocalStore;
   /** Builds running at once in this process (default: number of cores). */
   jobs?: number;
   /** Rebuild every stage (`true`) or the stages with these names or DRefs, even if the matcher is satisfied. */
@@ -72,8 +70,6 @@ export interface RealizeResult {
   inputs: PlanEntry[];
 }
 
-let realizeCalls = 0;
-
 
 /**
  * Realizes the targets: for each derivation in dependency order, the
@@ -84,7 +80,6 @@ let realizeCalls = 0;
  * one matcher call per derivation: O(stages + edges).
  */
 export async function realize(targets: Stage | readonly Stage[] | Graph, opts: RealizeOptions): Promise<RealizeResult> {
-  const tempRootOwner = `${opts.store.owner}#${++realizeCalls}`;
   await preloadFileInputs();
   const graph: Graph = isStage(targets) || Array.isArray(targets) ? instantiate(targets as Stage | Stage[]) : (targets as Graph);
   const { store } = opts;
@@ -94,18 +89,19 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
     opts.force === true || (Array.isArray(opts.force) && (opts.force.includes(node.name) || opts.force.includes(node.dref)));
 
   let ahead: { stop(): void } | undefined;
+  let tempRoots: TempRoots | undefined;
   if (!opts.dryRun) {
     store.sweepTemp();
-    // Declared before the first index query, so gc keeps every realization
+    // Declared before the first query, so gc keeps every realization
     // this run may choose or build on (see store/gc.ts).
-    store.index.addTempRoots(tempRootOwner, graph.order);
+    tempRoots = await store.addTempRoots(graph.order, 'realize');
     // A derivation not in the index has no realization to choose: it will
     // be built, so its drv.json is written now, in the main thread's idle
     // moments, ahead of its build (as nix-instantiate writes .drv files
     // before building).
-    ahead = store.drvs.writeAhead(graph.order.map((d) => graph.nodes.get(d)!));
+    ahead = store.writeAhead(graph.order.map((d) => graph.nodes.get(d)!));
   }
-  const dirs = new BuildDirs(path.join(store.root, 'tmp'), store.owner);
+  const dirs = store.buildDirs();
 
   const chosen = new Map<DRef, RRef[]>();
   const actions = new Map<DRef, PlanAction>();
@@ -114,10 +110,8 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
   // The first look at every derivation uses one query for the whole graph,
   // made after the temp roots above; anything built since by another process
   // is found by the fresh query taken under the build lock.
-  const snapshot = store.index.candidatesByContext(graph.order);
-  const toCandidate = (r: RzRow): Candidate => ({ rref: r.rref, dref: r.dref, created: r.created, path: store.outPath(r.rref) });
-  const candidatesOf = (dref: DRef, ctx: string): Candidate[] => store.index.candidates(dref, ctx).map(toCandidate);
-  const snapshotCandidates = (dref: DRef, ctx: string): Candidate[] => (snapshot.get(`${dref} ${ctx}`) ?? []).map(toCandidate);
+  const snapshot = await store.candidatesOfAll(graph.order);
+  const snapshotCandidates = (dref: DRef, ctx: string): Candidate[] => snapshot.get(candidateKey(dref, ctx)) ?? [];
 
   const contextOf = (node: Derivation): Context => {
     const context: Context = {};
@@ -152,8 +146,8 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
     // start as soon as the outputs are published (complete and readable), so
     // the durability round of one stage overlaps the build of the next.
     return new Promise<RRef[]>((resolve, reject) => {
-      const task = withLock(store, `build:${node.dref}:${ctx}`, `building ${node.name}`, async (held) => {
-        const have = candidatesOf(node.dref, ctx);
+      const task = store.withLock(`build:${node.dref}:${ctx}`, `building ${node.name}`, async (held) => {
+        const have = await store.candidates(node.dref, ctx);
         if (!isForced) {
           // Another process may have built it while we waited for the lock.
           const sel = await runMatcher(m, have);
@@ -168,7 +162,8 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
         const runs = Math.max(1, Math.ceil((m.min - (isForced ? 0 : have.length)) / node.stage.n));
         events.start?.(node, isForced ? 'forced' : 'missing');
         const t0 = Date.now();
-        const published: Published[] = [];
+        const added: Added[] = [];
+        const durable: Promise<unknown>[] = [];
         try {
           for (let i = 0; i < runs; i++) {
             const config = resolveConfig(node.stage.config, (st) => {
@@ -176,23 +171,28 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
               return makeDep(store, dref, chosen.get(dref)!);
             });
             const files = inputPaths(node.files, (dref) => store.outPath(chosen.get(dref)![0]!));
-            await limit.run(() => buildAndPublish({
-              store, node, context, config, files, keepFailed: opts.keepFailed, onLog: (line, i) => events.log?.(node, line, i), dirs,
-            }, published));
+            // The last run's indexing releases the build lock (see AddOptions.release).
+            const release = i === runs - 1 ? held : undefined;
+            const run = await limit.run(() => buildAndAdd({
+              store, node, context, config, files, keepFailed: opts.keepFailed, release,
+              onLog: (line, i) => events.log?.(node, line, i), dirs,
+            }));
+            added.push(...run.added);
+            durable.push(run.durable);
             if (!node.imports) builds++;
           }
         } catch (e) {
-          await store.record(published).catch(() => {});
+          await Promise.allSettled(durable);
           throw e;
         }
-        const recorded = store.record(published, held);
-        // Identical outputs merge: a build may publish one RRef several times.
+        const recorded = Promise.all(durable);
+        // Identical outputs merge: a build may add one RRef several times.
         const known = new Set(have.map((c) => c.rref));
         const fresh: Candidate[] = [];
-        for (const p of published) {
-          if (known.has(p.meta.rref)) continue;
-          known.add(p.meta.rref);
-          fresh.push(metaCandidate(store, p.meta));
+        for (const a of added) {
+          if (known.has(a.meta.rref)) continue;
+          known.add(a.meta.rref);
+          fresh.push(candidateOf(store, a.meta));
         }
         const all = [...have, ...fresh].sort((a, b) => a.created - b.created || (a.rref < b.rref ? -1 : 1));
         let sel: RRef[] | null;
@@ -208,7 +208,7 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
             `matcher ${m.name} of stage ${node.name} (${node.dref}) chose nothing after ${runs} build(s); ${all.length} realization(s) exist. A matcher that needs k realizations wants a stage with n >= k or min = k`,
             { dref: node.dref, matcher: m.name, realizations: all.length });
         }
-        events.built?.(node, sel, Date.now() - t0, [...new Set(published.map((p) => p.meta.rref))]);
+        events.built?.(node, sel, Date.now() - t0, [...new Set(added.map((a) => a.meta.rref))]);
         resolve(sel);
         await recorded;
       }, { onWait: (holder) => events.wait?.(node, holder) });
@@ -219,7 +219,7 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
   };
 
   // While builds may run, SIGINT/SIGTERM/SIGHUP end their processes and temporary directories first.
-  const unguard = opts.dryRun ? undefined : guardRealize(path.join(store.root, 'tmp'), store.owner);
+  const unguard = opts.dryRun ? undefined : guardRealize(store.tempArea());
   try {
     await schedule(graph, async (node) => {
       try {
@@ -240,8 +240,8 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
     dirs.close();
     await Promise.allSettled(settling);
     // Derivations written ahead whose build never came (a failure upstream).
-    if (!opts.dryRun) await store.drvs.settle().catch(() => {});
-    if (!opts.dryRun) store.index.dropTempRoots(tempRootOwner);
+    if (!opts.dryRun) await store.settleDerivations().catch(() => {});
+    await tempRoots?.release();
     unguard?.();
   }
 
@@ -257,8 +257,4 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
     builds,
     inputs,
   };
-}
-
-function metaCandidate(store: Store, meta: RealizationMeta): Candidate {
-  return { rref: meta.rref, dref: meta.dref, created: meta.created, path: store.outPath(meta.rref) };
 }

@@ -14,7 +14,7 @@ import { extractTar } from './extract.js';
 import { removeTree } from './fsutil.js';
 import { receiveClosure, type ReceiveReport } from './receive.js';
 import type { RRef } from './refs.js';
-import type { Store } from './store.js';
+import type { LocalStore } from './store.js';
 import { manifestPaths, parseManifest, planTransfer } from './sync-plan.js';
 import { listClosure } from './sync.js';
 import { END, entryHeader, padding } from './tar-format.js';
@@ -103,7 +103,7 @@ class TarWriter {
  * file or a planted link: writeAtomic), then renamed into place, so no half
  * tar is left.
  */
-export async function exportClosure(store: Store, refs: readonly string[], file: string): Promise<ExportReport> {
+export async function exportClosure(store: LocalStore, refs: readonly string[], file: string): Promise<ExportReport> {
   if (refs.length === 0) throw new CairnError('E_USAGE', 'export needs at least one DRef or RRef');
   const { roots, nodes } = listClosure(store, refs);
   const manifest = planTransfer(roots, nodes, () => false);
@@ -130,7 +130,7 @@ export async function exportClosure(store: Store, refs: readonly string[], file:
  * (E_SYNC_HASH_MISMATCH, E_BAD_CLOSURE or E_BAD_ARCHIVE) and the store is
  * left as it was.
  */
-export async function importClosure(store: Store, file: string): Promise<ReceiveReport> {
+export async function importClosure(store: LocalStore, file: string): Promise<ReceiveReport> {
   if (!fs.existsSync(file)) throw new CairnError('E_USAGE', `${file} does not exist`, { file });
   const staging = store.makeTempDir('import');
   try {

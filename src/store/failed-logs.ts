@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { withRegularFile } from './fsutil.js';
 import { FILE_MODE, makeDirs } from './permissions.js';
 import type { DRef } from './refs.js';
-import type { Store } from './store.js';
+import type { LocalStore } from './store.js';
 
 /**
  * Build logs of failed builds, kept without --keep-failed so a failure can
@@ -23,7 +23,7 @@ export interface FailedLog {
   time: number;
 }
 
-const dirOf = (store: Store, dref: DRef): string => path.join(store.root, 'failed-logs', dref);
+const dirOf = (store: LocalStore, dref: DRef): string => path.join(store.root, 'failed-logs', dref);
 
 /** `2026-12-05T18:20:39.123Z` → `20261205T182039.123Z`: sorts by time, no ':' in file names. */
 const stamp = (ms: number): string => new Date(ms).toISOString().replace(/[-:]/g, '');
@@ -40,7 +40,7 @@ function parseStamp(name: string): number | null {
  * there, or a hard link to a file outside, is not kept) and copied, never
  * hard-linked, into a new file of the store's own mode.
  */
-export function keepFailedLog(store: Store, dref: DRef, logFile: string, now = Date.now()): string | undefined {
+export function keepFailedLog(store: LocalStore, dref: DRef, logFile: string, now = Date.now()): string | undefined {
   try {
     const dir = dirOf(store, dref);
     makeDirs(dir);
@@ -58,7 +58,7 @@ export function keepFailedLog(store: Store, dref: DRef, logFile: string, now = D
 }
 
 /** A derivation's kept failed logs, oldest first. */
-export function failedLogs(store: Store, dref: DRef): FailedLog[] {
+export function failedLogs(store: LocalStore, dref: DRef): FailedLog[] {
   let names: string[];
   try { names = fs.readdirSync(dirOf(store, dref)); } catch { return []; }
   const logs: FailedLog[] = [];
@@ -71,7 +71,7 @@ export function failedLogs(store: Store, dref: DRef): FailedLog[] {
 
 /** Deletes (or, dry, lists) the failed logs older than `maxAgeMs`; empty derivation directories go too. */
 export function collectFailedLogs(
-  store: Store, maxAgeMs: number, dryRun: boolean, now = Date.now(),
+  store: LocalStore, maxAgeMs: number, dryRun: boolean, now = Date.now(),
 ): { files: string[]; bytes: number } {
   const root = path.join(store.root, 'failed-logs');
   let drefs: string[];

@@ -1,12 +1,13 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ownerAlive, removeTree, treeBytes } from './fsutil.js';
-import { withLock } from './locks.js';
 import type { DRef, RRef } from './refs.js';
-import { readScore } from '../stages/matchers.js';
+import { parseScore } from '../stages/score.js';
+import { readOutputFileSync } from './read-output.js';
 import { collectFailedLogs, FAILED_LOG_MAX_AGE_MS } from './failed-logs.js';
 import { listRoots, type RootEntry, type StaleOutLink } from './roots.js';
-import type { Store } from './store.js';
+import type { LocalStore } from './store.js';
+import { storeIndex } from './internals.js';
 
 export interface GcOptions {
   /** Report what would be deleted; delete nothing. */
@@ -65,8 +66,8 @@ export const tempRootOwnerAlive = (owner: string): boolean => ownerAlive(owner.s
  * rebuild cannot "merge" into one). A running build's inputs are therefore
  * never deleted.
  */
-export async function collectGarbage(store: Store, opts: GcOptions = {}): Promise<GcReport> {
-  return withLock(store, 'gc', 'collecting garbage', async () => {
+export async function collectGarbage(store: LocalStore, opts: GcOptions = {}): Promise<GcReport> {
+  return store.withLock('gc', 'collecting garbage', async () => {
     let roots: RootEntry[] = [];
     let stale: StaleOutLink[] = [];
     const trash = store.makeTempDir('gc');
@@ -78,13 +79,13 @@ export async function collectGarbage(store: Store, opts: GcOptions = {}): Promis
     const moved: string[] = [];
     const now = Date.now();
 
-    store.index.db.transaction(() => {
+    storeIndex(store).db.transaction(() => {
       // Roots are read inside the transaction: a realize creates its
       // out-links before it drops its temp roots (a write that waits for
       // this transaction), so every result is covered by one or the other.
       ({ roots, stale } = listRoots(store));
-      const all = store.index.all();
-      const busy = new Set(store.index.tempRoots().filter((t) => tempRootOwnerAlive(t.owner)).flatMap((t) => t.drefs));
+      const all = storeIndex(store).all();
+      const busy = new Set(storeIndex(store).tempRoots().filter((t) => tempRootOwnerAlive(t.owner)).flatMap((t) => t.drefs));
       const seeds: RRef[] = roots.flatMap((r) => r.rrefs);
       const byDrv = new Map<DRef, typeof all>();
       for (const row of all) {
@@ -110,24 +111,24 @@ export async function collectGarbage(store: Store, opts: GcOptions = {}): Promis
         }
         for (const list of byCtx.values()) seeds.push(...bestOf(store, list, opts.keepBest));
       }
-      const live = new Set(store.closure(seeds));
+      const live = new Set(store.closureSync(seeds));
       dead = all.filter((r) => !live.has(r.rref)).map((r) => ({ rref: r.rref, dref: r.dref }));
       kept = all.length - dead.length;
       const liveDrvs = new Set(all.filter((r) => live.has(r.rref)).map((r) => r.dref));
-      deadDrvs = store.index.allDrvs().filter((d) => !liveDrvs.has(d) && !busy.has(d));
+      deadDrvs = storeIndex(store).allDrvs().filter((d) => !liveDrvs.has(d) && !busy.has(d));
       for (const [i, d] of dead.entries()) {
         const dir = store.rzDir(d.rref);
         if (dryRun) { bytes += safeBytes(dir); continue; }
         const to = path.join(trash, `r${i}`);
         if (moveAside(dir, to)) moved.push(to);
-        store.index.removeRealization(d.rref);
+        storeIndex(store).removeRealization(d.rref);
       }
       for (const [i, d] of deadDrvs.entries()) {
         const dir = store.drvDir(d);
         if (dryRun) { bytes += safeBytes(path.join(dir, 'drv.json')); continue; }
         const to = path.join(trash, `d${i}`);
         if (moveAside(dir, to)) moved.push(to);
-        store.index.removeDrv(d);
+        storeIndex(store).removeDrv(d);
       }
     }).immediate();
 
@@ -148,13 +149,14 @@ export async function collectGarbage(store: Store, opts: GcOptions = {}): Promis
 
 /** The RRefs best() would rank first among rows of one derivation and context (oldest first), ties to the older. */
 function bestOf(
-  store: Store, rows: readonly { rref: RRef; dref: DRef; created: number }[], by: NonNullable<GcOptions['keepBest']>,
+  store: LocalStore, rows: readonly { rref: RRef; dref: DRef; created: number }[], by: NonNullable<GcOptions['keepBest']>,
 ): RRef[] {
   const sign = by.lowest ? -1 : 1;
   const scored: { rref: RRef; s: number; i: number }[] = [];
   for (const [i, r] of rows.entries()) {
     try {
-      scored.push({ rref: r.rref, i, s: sign * readScore({ ...r, path: store.outPath(r.rref) }, by.file, by.key) });
+      const text = readOutputFileSync(store.outPath(r.rref), by.file, r.rref).toString('utf8');
+      scored.push({ rref: r.rref, i, s: sign * parseScore(text, r.rref, by.file, by.key) });
     } catch { /* no readable score: not ranked */ }
   }
   scored.sort((p, q) => q.s - p.s || p.i - q.i);

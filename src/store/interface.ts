@@ -42,9 +42,9 @@ export interface Store {
    * E_NO_SUCH_PATH for a path that is missing, not a regular file, or
    * leaves the output.
    */
-  readFile(rref: RRef, rel: string): Promise<Buffer>;
+  readFile(rref: RRef, rel: string | Buffer): Promise<Buffer>;
   /** `readFile` as a stream, for large outputs. */
-  openFile(rref: RRef, rel: string): Promise<Readable>;
+  openFile(rref: RRef, rel: string | Buffer): Promise<Readable>;
   /** The build log of a realization (empty if it has none). */
   readLog(rref: RRef): Promise<Buffer>;
 
@@ -112,9 +112,19 @@ export interface RealizationInfo {
  */
 export interface Candidate extends RealizationInfo {
   /** A file of the output (see `Store.readFile`). */
-  read(rel: string): Promise<Buffer>;
+  read(rel: string | Buffer): Promise<Buffer>;
   /** A file of the output as a stream. */
-  open(rel: string): Promise<Readable>;
+  open(rel: string | Buffer): Promise<Readable>;
+}
+
+/** A candidate that reads its files through `store`. */
+export function candidateOf(store: Store, info: RealizationInfo): Candidate {
+  const { rref, dref, ctx, created, tree, bytes, files } = info;
+  return {
+    rref, dref, ctx, created, tree, bytes, files,
+    read: (rel) => store.readFile(rref, rel),
+    open: (rel) => store.openFile(rref, rel),
+  };
 }
 
 /** Key of `Store.candidatesOfAll`'s map. */

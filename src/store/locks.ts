@@ -1,20 +1,20 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CairnError } from '../errors.js';
 import { ownerAlive } from './fsutil.js';
-import type { Store } from './store.js';
+import type { HeldLock, LockOptions } from './interface.js';
 
-export interface LockOptions {
-  /** Give up after this many milliseconds (default: wait forever). */
-  timeoutMs?: number;
-  /** Called once if the lock is busy, with the holder's id, so callers can say they are waiting. */
-  onWait?: (holder: string) => void;
-}
+export type { HeldLock, LockOptions } from './interface.js';
 
-/** A lock held by this process; `released` once another index write released it (see `Store.record`). */
-export interface HeldLock {
-  readonly key: string;
+/**
+ * Where locks live: the index's `lock` table, with the owner's pid and
+ * kernel start time. Kept to these few calls so this module needs no store.
+ */
+export interface LockTable {
   readonly owner: string;
-  released: boolean;
+  tryLock(key: string, owner: string, what: string, alive: (owner: string) => boolean): { taken: boolean; stale?: string; holder?: string };
+  unlock(key: string, owner: string): void;
+  /** Called after taking over a dead owner's lock: sweeps its temporary directories. */
+  swept(): void;
 }
 
 // Locks are per process in the index; inside one process, callers of the
@@ -22,12 +22,13 @@ export interface HeldLock {
 const local = new Map<string, Promise<void>>();
 
 /**
- * Runs `fn` while holding the store-wide lock `key`. The lock lives in the
- * index's `lock` table with the owner's pid and kernel start time; a lock
- * whose owner has died (kill -9, power loss) is taken over, and that owner's
- * temporary directories are swept.
+ * Runs `fn` while holding the store-wide lock `key` (see `Store.withLock`).
+ * A lock whose owner has died (kill -9, power loss) is taken over, and that
+ * owner's temporary directories are swept.
  */
-export async function withLock<T>(store: Store, key: string, what: string, fn: (held: HeldLock) => Promise<T>, opts: LockOptions = {}): Promise<T> {
+export async function withLock<T>(
+  table: LockTable, key: string, what: string, fn: (held: HeldLock) => Promise<T>, opts: LockOptions = {},
+): Promise<T> {
   const previous = local.get(key) ?? Promise.resolve();
   let release!: () => void;
   const mine = new Promise<void>((r) => { release = r; });
@@ -35,12 +36,12 @@ export async function withLock<T>(store: Store, key: string, what: string, fn: (
   local.set(key, chained);
   await previous;
   try {
-    await acquire(store, key, what, opts);
-    const held: HeldLock = { key, owner: store.owner, released: false };
+    await acquire(table, key, what, opts);
+    const held: HeldLock = { key, owner: table.owner, released: false };
     try {
       return await fn(held);
     } finally {
-      if (!held.released) store.index.unlock(key, store.owner);
+      if (!held.released) table.unlock(key, table.owner);
     }
   } finally {
     release();
@@ -48,14 +49,14 @@ export async function withLock<T>(store: Store, key: string, what: string, fn: (
   }
 }
 
-async function acquire(store: Store, key: string, what: string, opts: LockOptions): Promise<void> {
+async function acquire(table: LockTable, key: string, what: string, opts: LockOptions): Promise<void> {
   const start = Date.now();
   let delay = 5;
   let told = false;
   for (;;) {
-    const r = store.index.tryLock(key, store.owner, what, ownerAlive);
+    const r = table.tryLock(key, table.owner, what, ownerAlive);
     if (r.taken) {
-      if (r.stale) store.sweepTemp();
+      if (r.stale) table.swept();
       return;
     }
     if (!told) {
@@ -63,7 +64,8 @@ async function acquire(store: Store, key: string, what: string, opts: LockOption
       opts.onWait?.(r.holder!);
     }
     if (opts.timeoutMs !== undefined && Date.now() - start > opts.timeoutMs) {
-      throw new CairnError('E_LOCK_TIMEOUT', `gave up after ${opts.timeoutMs} ms waiting for ${what}, held by process ${r.holder}`, { key, holder: r.holder });
+      throw new CairnError('E_LOCK_TIMEOUT', `gave up after ${opts.timeoutMs} ms waiting for ${what}, held by process ${r.holder}`,
+        { key, holder: r.holder });
     }
     // Jittered backoff keeps many waiters from polling in lockstep.
     await sleep(delay * (0.5 + Math.random()));

@@ -24,9 +24,9 @@ import { CairnError } from '../errors.js';
 import { writeFileAtomic } from './atomic-file.js';
 import { fsyncAll, withRegularFile, type FsPath } from './fsutil.js';
 import { shortHash } from './hash.js';
-import { withLock } from './locks.js';
 import { parseRef, parseRRef, type DRef, type RRef } from './refs.js';
-import { contextHash, realizationHash, type Context, type Published, type RealizationMeta, type Store } from './store.js';
+import { contextHash, realizationHash, type Context, type Published, type RealizationMeta, type LocalStore } from './store.js';
+import { drvFiles, storeIndex } from './internals.js';
 import { dependencyOrder, type ClosureManifest, type ClosureNode } from './sync-plan.js';
 import { walkTree } from './tree.js';
 
@@ -50,7 +50,6 @@ export interface ReceiveOptions {
 /** How many realizations are renamed into place before their index rows are written in one round. */
 const BATCH = 64;
 const ALLOWED = new Set(['out', 'meta.json', 'build.log']);
-let receiveCalls = 0;
 
 interface Checked { rref: RRef; dir: string; meta: RealizationMeta; toSync: FsPath[] }
 
@@ -158,8 +157,8 @@ function checkDrv(staging: string, dref: DRef): { text: string } | string {
   return { text };
 }
 
-const drvPresent = (store: Store, dref: DRef): boolean =>
-  store.index.hasDrv(dref) || fs.existsSync(path.join(store.drvDir(dref), 'drv.json'));
+const drvPresent = (store: LocalStore, dref: DRef): boolean =>
+  storeIndex(store).hasDrv(dref) || fs.existsSync(path.join(store.drvDir(dref), 'drv.json'));
 
 /**
  * Receives the closure described by `manifest` from `staging` into `store`.
@@ -170,20 +169,19 @@ const drvPresent = (store: Store, dref: DRef): boolean =>
  * E_SYNC_HASH_MISMATCH (content refused) or E_BAD_CLOSURE (a dependency
  * neither present nor sent) after taking in everything that was sound.
  */
-export async function receiveClosure(store: Store, staging: string, manifest: ClosureManifest, opts: ReceiveOptions = {}): Promise<ReceiveReport> {
-  return withLock(store, `receive:${path.basename(staging)}`, `receiving into ${staging}`, async () => {
-    const owner = `${store.owner}#receive${++receiveCalls}`;
+export async function receiveClosure(store: LocalStore, staging: string, manifest: ClosureManifest, opts: ReceiveOptions = {}): Promise<ReceiveReport> {
+  return store.withLock(`receive:${path.basename(staging)}`, `receiving into ${staging}`, async () => {
     const drefs = new Set<DRef>([...manifest.drefs, ...manifest.drvs, ...manifest.rrefs.map((r) => parseRRef(r).dref)]);
-    store.index.addTempRoots(owner, [...drefs]);
+    const roots = await store.addTempRoots([...drefs], 'receive');
     try {
       return await receiveLocked(store, staging, manifest, opts);
     } finally {
-      store.index.dropTempRoots(owner);
+      await roots.release();
     }
   });
 }
 
-async function receiveLocked(store: Store, staging: string, manifest: ClosureManifest, opts: ReceiveOptions): Promise<ReceiveReport> {
+async function receiveLocked(store: LocalStore, staging: string, manifest: ClosureManifest, opts: ReceiveOptions): Promise<ReceiveReport> {
   const refused: Refusal[] = [];
   const refusedSet = new Set<string>();
   const refuse = (ref: string, reason: string, kind: Refusal['kind']): void => {
@@ -260,9 +258,9 @@ async function receiveLocked(store: Store, staging: string, manifest: ClosureMan
   const drvs: DRef[] = [];
   if (!all) {
     // d/ makes the derivation directories durable: once, in the first round.
-    let pendingSync: FsPath[] = drvTexts.size > 0 ? [store.drvs.parent] : [];
+    let pendingSync: FsPath[] = drvTexts.size > 0 ? [drvFiles(store).parent] : [];
     for (const [dref, text] of drvTexts) {
-      pendingSync.push(...store.drvs.ensure(dref, parseRef(dref).name, text));
+      pendingSync.push(...drvFiles(store).ensure(dref, parseRef(dref).name, text));
       drvs.push(dref);
     }
     const toPublish = order.filter((r) => accepted.has(r));
@@ -290,7 +288,7 @@ async function receiveLocked(store: Store, staging: string, manifest: ClosureMan
     }
     if (pendingSync.length > 0) await fsyncAll(pendingSync);
     // Derivations sent without a realization: their files are durable now.
-    store.index.addDrvs(drvs.map((dref) => ({ dref, name: parseRef(dref).name })));
+    storeIndex(store).addDrvs(drvs.map((dref) => ({ dref, name: parseRef(dref).name })));
   }
   // Wrong content goes to quarantine for inspection, never into d/. An
   // all-or-nothing receive (import) leaves the store exactly as it was:
@@ -313,7 +311,7 @@ async function receiveLocked(store: Store, staging: string, manifest: ClosureMan
 }
 
 /** Writes the checked realization's meta.json afresh (the staged copy may be read-only or carry extra fields). */
-function writeMeta(store: Store, c: Checked): RealizationMeta {
+function writeMeta(store: LocalStore, c: Checked): RealizationMeta {
   const { meta } = c;
   fs.rmSync(path.join(c.dir, 'meta.json'));
   const written = store.writeMeta(c.dir, {

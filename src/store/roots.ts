@@ -6,7 +6,8 @@ import { symlinkAtomic } from './atomic-file.js';
 import { fsyncPath } from './fsutil.js';
 import { FILE_MODE, makeDirs } from './permissions.js';
 import { isName, parseRRef, type RRef } from './refs.js';
-import type { Store } from './store.js';
+import type { LocalStore } from './store.js';
+import { storeIndex } from './internals.js';
 
 /**
  * GC roots, kept as files so they survive index rebuilds and travel with
@@ -27,10 +28,10 @@ export interface RootEntry {
   rrefs: RRef[];
 }
 
-const namedDir = (store: Store): string => path.join(store.root, 'roots', 'named');
-const autoDir = (store: Store): string => path.join(store.root, 'roots', 'auto');
+const namedDir = (store: LocalStore): string => path.join(store.root, 'roots', 'named');
+const autoDir = (store: LocalStore): string => path.join(store.root, 'roots', 'auto');
 
-function writeAtomically(store: Store, file: string, text: string): void {
+function writeAtomically(store: LocalStore, file: string, text: string): void {
   const tmpDir = store.makeTempDir('root');
   const tmp = path.join(tmpDir, 'root');
   fs.writeFileSync(tmp, text, { mode: FILE_MODE });
@@ -40,13 +41,13 @@ function writeAtomically(store: Store, file: string, text: string): void {
   fsyncPath(path.dirname(file));
 }
 
-export function addNamedRoot(store: Store, name: string, rrefs: RRef[]): void {
+export function addNamedRoot(store: LocalStore, name: string, rrefs: RRef[]): void {
   if (!isName(name)) throw new CairnError('E_BAD_NAME', `root name ${JSON.stringify(name)} is not allowed: use letters, digits, . _ + -`, { name });
   for (const r of rrefs) parseRRef(r);
   makeDirs(namedDir(store));
   // Ordered against gc's transaction: either gc already deleted a
   // realization (and it is refused here), or gc will see the root.
-  store.index.db.transaction(() => {
+  storeIndex(store).db.transaction(() => {
     for (const r of rrefs) {
       if (!store.has(r)) throw new CairnError('E_NO_SUCH_REF', `realization ${r} is not in the store`, { ref: r });
     }
@@ -54,7 +55,7 @@ export function addNamedRoot(store: Store, name: string, rrefs: RRef[]): void {
   }).immediate();
 }
 
-export function removeNamedRoot(store: Store, name: string): void {
+export function removeNamedRoot(store: LocalStore, name: string): void {
   if (!isName(name)) throw new CairnError('E_BAD_NAME', `root name ${JSON.stringify(name)} is not allowed`, { name });
   try {
     fs.unlinkSync(path.join(namedDir(store), name));
@@ -64,7 +65,7 @@ export function removeNamedRoot(store: Store, name: string): void {
 }
 
 /** Makes `link` a symlink to the realization's output and registers it as an indirect root. */
-export function addOutLink(store: Store, link: string, rref: RRef): string {
+export function addOutLink(store: LocalStore, link: string, rref: RRef): string {
   const abs = path.resolve(link);
   const target = store.outPath(rref);
   // Replace an existing link atomically; refuse to clobber anything else.
@@ -82,7 +83,7 @@ export function addOutLink(store: Store, link: string, rref: RRef): string {
 }
 
 /** The RRef an out-path in this store belongs to, or null. */
-function rrefOfOutPath(store: Store, p: string): RRef | null {
+function rrefOfOutPath(store: LocalStore, p: string): RRef | null {
   const rel = path.relative(path.join(store.root, 'd'), p).split(path.sep);
   if (rel.length !== 4 || rel[1] !== 'r' || rel[3] !== 'out') return null;
   const rref = `${rel[2]}-${rel[0]}`;
@@ -102,7 +103,7 @@ export interface StaleOutLink {
  * All current roots. Out-link entries whose link is gone, moved, or now
  * points elsewhere are returned in `stale`, with why (gc deletes them).
  */
-export function listRoots(store: Store): { roots: RootEntry[]; stale: StaleOutLink[] } {
+export function listRoots(store: LocalStore): { roots: RootEntry[]; stale: StaleOutLink[] } {
   const roots: RootEntry[] = [];
   const stale: StaleOutLink[] = [];
   let names: string[] = [];

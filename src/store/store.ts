@@ -1,38 +1,32 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as os from 'node:os';
+import type { Readable } from 'node:stream';
 import { CairnError } from '../errors.js';
 import { canonicalJson } from './canonical.js';
-import { fsyncAll, fsyncPath, ownerAlive, ownerId, removeTree, tempName, displayPath, joinPath, type FsPath } from './fsutil.js';
+import {
+  chmodNoFollow, fsyncAll, fsyncPath, ownerAlive, ownerId, removeTree, tempName, displayPath, joinPath, withRegularFile,
+  type FsPath,
+} from './fsutil.js';
 import { DrvFiles } from './drv-files.js';
 import { shortHash } from './hash.js';
 import { StoreIndex, type IndexedRealization } from './index-db.js';
-import type { HeldLock } from './locks.js';
+import {
+  candidateOf, type AddOptions, type AddRequest, type Added, type Candidate, type Context, type HeldLock, type LockOptions,
+  type RealizationInfo, type RealizationMeta, type Store, type TempRoots,
+} from './interface.js';
+import { BuildDirs } from './build-dirs.js';
+import { withLock } from './locks.js';
 import { PRIVATE_DIR_MODE, checkStoreSafety, makeDirs } from './permissions.js';
 import { makeRRef, parseRef, parseRRef, type DRef, type RRef } from './refs.js';
-import { walkTree } from './tree.js';
+import { readOutputFile, openOutputFile } from './read-output.js';
+import { walkTree, type TreeSummary } from './tree.js';
 
 /** Bumped whenever the on-disk layout changes incompatibly. */
 export const LAYOUT_VERSION = 1;
 const STORE_MARKER = 'cairn-store';
 
-/** Direct dependencies' chosen realizations, keyed by dependency DRef. */
-export type Context = Record<DRef, RRef[]>;
-
-/** `meta.json` of a realization: everything the index holds, so it can be rebuilt. */
-export interface RealizationMeta {
-  format: 'cairn-realization-1';
-  rref: RRef;
-  dref: DRef;
-  name: string;
-  context: Context;
-  ctx: string;
-  tree: string;
-  bytes: number;
-  files: number;
-  created: number;
-  buildMs: number;
-}
+export type { Context, RealizationMeta } from './interface.js';
 
 let lastTimestamp = 0;
 
@@ -86,12 +80,15 @@ export function defaultStoreRoot(env: NodeJS.ProcessEnv = process.env): string {
  * Everything under `d/` appears by atomic rename from `tmp/` on the same
  * filesystem, so a reader sees a whole realization or none.
  */
-export class Store {
+export class LocalStore implements Store {
   readonly root: string;
-  readonly index: StoreIndex;
+  /** The SQLite index: private to src/store (see internals.ts). */
+  private readonly index: StoreIndex;
+  /** This process's id in locks, temp roots and temporary directory names. */
   readonly owner = ownerId();
-  /** Derivation files (`d/<dref>/drv.json`), written ahead of the builds. */
-  readonly drvs: DrvFiles;
+  /** Derivation files (`d/<dref>/drv.json`), written ahead of the builds: private to src/store. */
+  private readonly drvs: DrvFiles;
+  private tempRootCalls = 0;
 
   private constructor(root: string, index: StoreIndex) {
     this.root = root;
@@ -99,7 +96,9 @@ export class Store {
     this.drvs = new DrvFiles(root, this.owner, index);
   }
 
-  static open(root: string = defaultStoreRoot()): Store {
+  get location(): string { return this.root; }
+
+  static open(root: string = defaultStoreRoot()): LocalStore {
     const abs = path.resolve(root);
     try {
       makeDirs(path.join(abs, 'tmp'));
@@ -110,8 +109,8 @@ export class Store {
     // Before anything is read from it: a store someone else can write to
     // could hold a forged realization that the next realize would use.
     checkStoreSafety(abs);
-    Store.checkLayout(abs);
-    return new Store(abs, new StoreIndex(path.join(abs, 'index.sqlite')));
+    LocalStore.checkLayout(abs);
+    return new LocalStore(abs, new StoreIndex(path.join(abs, 'index.sqlite')));
   }
 
   private static checkLayout(root: string): void {
@@ -142,6 +141,159 @@ export class Store {
   }
 
   close(): void { this.index.close(); }
+
+  // ---- The Store interface (interface.ts) ----
+
+  candidates(dref: DRef, ctx: string): Promise<Candidate[]> {
+    return Promise.resolve(this.index.candidates(dref, ctx).map((r) => this.candidate(r)));
+  }
+
+  candidatesOfAll(drefs: readonly DRef[]): Promise<Map<string, Candidate[]>> {
+    const out = new Map<string, Candidate[]>();
+    for (const [key, rows] of this.index.candidatesByContext(drefs)) out.set(key, rows.map((r) => this.candidate(r)));
+    return Promise.resolve(out);
+  }
+
+  realizationsOf(dref: DRef): Promise<RealizationInfo[]> {
+    return Promise.resolve(this.index.realizationsOf(dref).map(toInfo));
+  }
+
+  info(rref: RRef): Promise<RealizationInfo | undefined> {
+    const row = this.index.get(rref);
+    return Promise.resolve(row && toInfo(row));
+  }
+
+  meta(rref: RRef): Promise<RealizationMeta> {
+    try {
+      return Promise.resolve(this.readMeta(rref));
+    } catch (e) {
+      return Promise.reject(e as Error);
+    }
+  }
+
+  closure(rrefs: Iterable<RRef>): Promise<RRef[]> {
+    return Promise.resolve(this.closureSync(rrefs));
+  }
+
+  derivation(dref: DRef): Promise<string | undefined> {
+    try {
+      return Promise.resolve(fs.readFileSync(path.join(this.drvDir(dref), 'drv.json'), 'utf8').replace(/\n$/, ''));
+    } catch {
+      return Promise.resolve(undefined);
+    }
+  }
+
+  readFile(rref: RRef, rel: FsPath): Promise<Buffer> {
+    return readOutputFile(this.existingOut(rref), rel, rref);
+  }
+
+  openFile(rref: RRef, rel: FsPath): Promise<Readable> {
+    return openOutputFile(this.existingOut(rref), rel, rref);
+  }
+
+  readLog(rref: RRef): Promise<Buffer> {
+    const dir = this.existingRz(rref);
+    return Promise.resolve(withRegularFile(path.join(dir, 'build.log'), (fd) => fs.readFileSync(fd)) ?? Buffer.alloc(0));
+  }
+
+  /**
+   * Seals each output in place (never following a link), then publishes
+   * them and records them: see `publish` and `record`, the two halves.
+   * The derivation is written first, so its fsync joins the first output's.
+   */
+  async add(request: AddRequest, opts: AddOptions = {}): Promise<Added[]> {
+    const { dref, name, context, buildMs } = request;
+    parseRef(dref);
+    const published: Published[] = [];
+    try {
+      const drvSync = this.drvs.ensure(dref, name, request.drv);
+      const summaries = [];
+      for (const o of request.outputs) summaries.push(await sealStaged(o.dir, dref));
+      for (const [i, o] of request.outputs.entries()) {
+        const sum = summaries[i]!;
+        published.push(await this.publish(o.dir, {
+          dref, name, context, tree: sum.treeHash, bytes: sum.bytes, files: sum.files, created: o.created, buildMs,
+        }, [...sum.toSync, ...(i === 0 ? drvSync : [])]));
+      }
+    } catch (e) {
+      await this.record(published).catch(() => {});
+      throw e;
+    }
+    const added = published.map((p) => ({ meta: p.meta, merged: p.merged }));
+    opts.onReadable?.(added);
+    await this.record(published, opts.release);
+    return added;
+  }
+
+  async addTempRoots(drefs: readonly DRef[], label: string): Promise<TempRoots> {
+    // One naming rule for every caller: `<owner>#<label>-<n>`; gc reads the owner part to tell if it is alive.
+    const owner = `${this.owner}#${label.replace(/[#\s]/g, '_')}-${++this.tempRootCalls}`;
+    this.index.addTempRoots(owner, drefs);
+    let released = false;
+    return Promise.resolve({
+      release: () => {
+        if (!released) this.index.dropTempRoots(owner);
+        released = true;
+        return Promise.resolve();
+      },
+    });
+  }
+
+  withLock<T>(key: string, what: string, fn: (held: HeldLock) => Promise<T>, opts: LockOptions = {}): Promise<T> {
+    return withLock({
+      owner: this.owner,
+      tryLock: (k, o, w, alive) => this.index.tryLock(k, o, w, alive),
+      unlock: (k, o) => this.index.unlock(k, o),
+      swept: () => this.sweepTemp(),
+    }, key, what, fn, opts);
+  }
+
+  private candidate(row: RealizationInfo): Candidate {
+    return candidateOf(this, row);
+  }
+
+  // ---- What local builds need besides the interface: directories on the store's filesystem ----
+
+  /** Build directories for one-output builds, made ahead (see BuildDirs); `close()` it after the run. */
+  buildDirs(): BuildDirs {
+    return new BuildDirs(path.join(this.root, 'tmp'), this.owner);
+  }
+
+  /** Where temporary directories live and whose are this process's, for the interrupt guard. */
+  tempArea(): { dir: string; owner: string } {
+    return { dir: path.join(this.root, 'tmp'), owner: this.owner };
+  }
+
+  /** Moves a failed build's directory to ROOT/failed/NAME, for --keep-failed; returns where it went. */
+  keepFailedBuild(dir: string, name: string): string {
+    const kept = path.join(this.root, 'failed', name);
+    makeDirs(path.dirname(kept));
+    fs.renameSync(dir, kept);
+    return kept;
+  }
+
+  /**
+   * Writes the derivations the index lacks ahead of their builds, one per
+   * turn of the event loop, until `stop()`; `settleDerivations` then
+   * indexes those no realization did (see DrvFiles).
+   */
+  writeAhead(list: readonly { dref: DRef; name: string; drvJson: string }[]): { stop(): void } {
+    return this.drvs.writeAhead(list);
+  }
+
+  settleDerivations(): Promise<void> {
+    return this.drvs.settle();
+  }
+
+  private existingRz(rref: RRef): string {
+    const dir = this.rzDir(rref);
+    if (!fs.existsSync(dir)) return notInStore(rref);
+    return dir;
+  }
+
+  private existingOut(rref: RRef): string {
+    return path.join(this.existingRz(rref), 'out');
+  }
 
   drvDir(dref: DRef): string { return this.drvs.dir(dref); }
   rzDir(rref: RRef): string {
@@ -366,7 +518,7 @@ export class Store {
     try {
       return JSON.parse(fs.readFileSync(path.join(this.rzDir(rref), 'meta.json'), 'utf8')) as RealizationMeta;
     } catch {
-      throw new CairnError('E_NO_SUCH_REF', `realization ${rref} is not in the store`, { ref: rref });
+      return notInStore(rref);
     }
   }
 
@@ -390,8 +542,8 @@ export class Store {
     return rows.map((r) => r.rref);
   }
 
-  /** The given realizations and every realization they were built from. */
-  closure(rrefs: Iterable<RRef>): RRef[] {
+  /** The given realizations and every realization they were built from (`closure`, synchronously). */
+  closureSync(rrefs: Iterable<RRef>): RRef[] {
     const seen = new Set<RRef>();
     const stack = [...rrefs];
     while (stack.length > 0) {
@@ -490,6 +642,35 @@ function tryRename(from: string, to: string): NodeJS.ErrnoException | null {
   }
 }
 
+function notInStore(rref: RRef): never {
+  throw new CairnError('E_NO_SUCH_REF', `realization ${rref} is not in the store`, { ref: rref });
+}
+
+function toInfo(r: RealizationInfo): RealizationInfo {
+  return { rref: r.rref, dref: r.dref, ctx: r.ctx, created: r.created, tree: r.tree, bytes: r.bytes, files: r.files };
+}
+
+/**
+ * Seals a staged output: `out/` without following links (see tree.ts),
+ * and `build.log`, which the build may have swapped for a link: never
+ * chmod or keep one.
+ */
+async function sealStaged(dir: string, dref: DRef): Promise<TreeSummary> {
+  const sum = await walkTree(path.join(dir, 'out'), { seal: true });
+  try {
+    chmodNoFollow(path.join(dir, 'build.log'), 0o444);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ELOOP') {
+      throw new CairnError('E_UNSAFE_OUTPUT', `a build of ${dref} replaced its build.log with a symlink`, {
+        dref, path: 'build.log',
+      });
+    }
+    if (code !== 'ENOENT') throw e;
+  }
+  return sum;
+}
+
 function toIndexed(meta: RealizationMeta): IndexedRealization & { name: string } {
   return {
     rref: meta.rref, dref: meta.dref, name: meta.name, ctx: meta.ctx, created: meta.created,
@@ -497,3 +678,6 @@ function toIndexed(meta: RealizationMeta): IndexedRealization & { name: string }
     deps: Object.values(meta.context).flat(),
   };
 }
+
+/** Until every caller names the class LocalStore (the interface is `Store`, in interface.ts). */
+export { LocalStore as Store };

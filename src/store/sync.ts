@@ -25,7 +25,8 @@ import { PRIVATE_DIR_MODE } from './permissions.js';
 import { parseRef, parseRRef, type DRef, type RRef } from './refs.js';
 import { receiveClosure, type ReceiveReport } from './receive.js';
 import { listRoots } from './roots.js';
-import type { Store } from './store.js';
+import type { LocalStore } from './store.js';
+import { storeIndex } from './internals.js';
 import {
   closureOf, manifestPaths, parseManifest, parseRemote, planTransfer, shellQuote, splitCommand, syncKey,
   type ClosureManifest, type ClosureNode, type RemoteSpec,
@@ -78,28 +79,28 @@ const STALE_INCOMING_MS = 7 * 24 * 3600 * 1000;
 // The store side (local, or run remotely through the plumbing commands).
 
 /** The RRefs `refs` name, or when none is given, every root's. */
-export function resolveRoots(store: Store, refs: readonly string[]): RRef[] {
+export function resolveRoots(store: LocalStore, refs: readonly string[]): RRef[] {
   if (refs.length > 0) return [...new Set(refs.flatMap((r) => store.resolve(r)))];
   return [...new Set(listRoots(store).roots.flatMap((r) => r.rrefs))].filter((r) => store.has(r));
 }
 
-export function listClosure(store: Store, refs: readonly string[]): ClosureListing {
+export function listClosure(store: LocalStore, refs: readonly string[]): ClosureListing {
   const roots = resolveRoots(store, refs);
-  return { root: store.root, roots, nodes: closureOf(roots, (r) => store.index.depsOf(r)) };
+  return { root: store.root, roots, nodes: closureOf(roots, (r) => storeIndex(store).depsOf(r)) };
 }
 
 /** Which of `refs` (RRefs and DRefs) the store has. */
-export function haveRefs(store: Store, refs: readonly string[]): string[] {
+export function haveRefs(store: LocalStore, refs: readonly string[]): string[] {
   return refs.filter((ref) => {
     const p = parseRef(ref);
-    return p.kind === 'rz' ? store.has(p.rref) : store.index.hasDrv(p.dref);
+    return p.kind === 'rz' ? store.has(p.rref) : storeIndex(store).hasDrv(p.dref);
   });
 }
 
-export const incomingRoot = (store: Store): string => path.join(store.root, 'incoming');
+export const incomingRoot = (store: LocalStore): string => path.join(store.root, 'incoming');
 
 /** The staging directory of sync `key` (created if needed); abandoned ones are swept. */
-export function prepareIncoming(store: Store, key: string): string {
+export function prepareIncoming(store: LocalStore, key: string): string {
   if (!/^[0-9a-z]{32}$/.test(key)) throw new CairnError('E_USAGE', `${JSON.stringify(key)} is not a sync key`);
   const root = incomingRoot(store);
   // Private: what rsync stages here is unchecked, with whatever modes the sender gave it.
@@ -122,7 +123,7 @@ export function prepareIncoming(store: Store, key: string): string {
  * fetches clean bytes). It is kept for a re-run only when a dependency was
  * missing (another process's gc may have raced the sync).
  */
-export async function receiveIncoming(store: Store, key: string, manifest: ClosureManifest): Promise<ReceiveReport> {
+export async function receiveIncoming(store: LocalStore, key: string, manifest: ClosureManifest): Promise<ReceiveReport> {
   const dir = path.join(incomingRoot(store), key);
   if (!/^[0-9a-z]{32}$/.test(key) || !fs.existsSync(dir)) {
     if (manifest.rrefs.length === 0 && manifest.drvs.length === 0) return { received: [], present: [], drvs: [], refused: [] };
@@ -226,7 +227,7 @@ const nothingToSend = (m: ClosureManifest): boolean => m.rrefs.length === 0 && m
 // push and pull.
 
 /** Sends the closure of `refs` (all roots when empty) to the remote store. */
-export async function push(store: Store, remoteSpec: string, refs: readonly string[], opts: SyncOptions = {}): Promise<SyncReport> {
+export async function push(store: LocalStore, remoteSpec: string, refs: readonly string[], opts: SyncOptions = {}): Promise<SyncReport> {
   const remote = parseRemote(remoteSpec);
   const { roots, nodes } = listClosure(store, refs);
   const key = syncKey({ op: 'push', from: `${os.hostname()}:${store.root}`, to: `${remote.sshTarget}:${remote.store}`, roots: [...roots].sort() });
@@ -253,7 +254,7 @@ export async function push(store: Store, remoteSpec: string, refs: readonly stri
  * the store. With dryRun, `store` may be null (a store that does not exist
  * yet, which a dry run must not create): everything counts as missing.
  */
-export async function pull(store: Store | null, remoteSpec: string, refs: readonly string[], opts: SyncOptions = {}): Promise<SyncReport> {
+export async function pull(store: LocalStore | null, remoteSpec: string, refs: readonly string[], opts: SyncOptions = {}): Promise<SyncReport> {
   if (store === null && !opts.dryRun) throw new CairnError('E_USAGE', 'pull needs a store unless it is a dry run');
   const remote = parseRemote(remoteSpec);
   const listing = parseJson<ClosureListing>(await remoteCairn(remote, opts, ['store', 'closure', '--json', ...refs]), 'cairn store closure');

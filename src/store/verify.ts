@@ -5,7 +5,8 @@ import { displayPath } from './fsutil.js';
 import { shortHash } from './hash.js';
 import { tightenMode, whyUnsafe } from './permissions.js';
 import { makeRRef, parseRef, type DRef, type RRef } from './refs.js';
-import type { Store } from './store.js';
+import type { LocalStore } from './store.js';
+import { storeIndex } from './internals.js';
 
 export type ProblemKind =
   /** Content, metadata or name no longer match their hashes. */
@@ -63,7 +64,7 @@ function kindOf(st: fs.Stats): string {
  * realization directory, and every entry that does not belong (reported,
  * never descended into). Also the modes of the store's own directories.
  */
-function scanStore(store: Store): Scan {
+function scanStore(store: LocalStore): Scan {
   const scan: Scan = { realizations: [], drefs: [], unknown: [], permissive: [] };
   const root = Buffer.from(store.root);
   // displayPath: a name that is not UTF-8 is shown as its bytes (\xff), not as U+FFFD.
@@ -152,7 +153,7 @@ const STORE_ENTRIES = [
 ];
 
 /** Re-hashes one realization against its name; returns what is wrong, or null. */
-async function checkRealization(store: Store, rref: RRef): Promise<Problem | null> {
+async function checkRealization(store: LocalStore, rref: RRef): Promise<Problem | null> {
   let isRealization = false;
   try { isRealization = parseRef(rref).kind === 'rz'; } catch { /* junk in d/<dref>/r/ */ }
   if (!isRealization) return { ref: rref, kind: 'modified', detail: 'directory name is not a realization hash' };
@@ -178,17 +179,17 @@ function isRealDir(p: string): boolean {
  * never followed), write bits are cleared again, and the index is rebuilt
  * from the files (which fixes missing and extra entries).
  */
-export async function verifyStore(store: Store, opts: { repair?: boolean; refs?: string[] } = {}): Promise<VerifyReport> {
+export async function verifyStore(store: LocalStore, opts: { repair?: boolean; refs?: string[] } = {}): Promise<VerifyReport> {
   const problems: Problem[] = [];
   let targets: RRef[];
-  const indexed = new Set(store.index.all().map((r) => r.rref));
+  const indexed = new Set(storeIndex(store).all().map((r) => r.rref));
   const whole = !opts.refs || opts.refs.length === 0;
   const scan: Scan | null = whole ? scanStore(store) : null;
   if (!whole) {
     targets = opts.refs!.flatMap((ref) => {
       const p = parseRef(ref);
       if (p.kind === 'rz') return [p.rref];
-      const fromIndex = store.index.realizationsOf(p.dref).map((r) => r.rref);
+      const fromIndex = storeIndex(store).realizationsOf(p.dref).map((r) => r.rref);
       let fromDisk: RRef[] = [];
       try { fromDisk = fs.readdirSync(path.join(store.drvDir(p.dref), 'r')).map((h) => makeRRef(h, p.dref)); } catch { /* none */ }
       fromDisk = fromDisk.filter((r) => { try { return parseRef(r).kind === 'rz'; } catch { return false; } });
@@ -217,7 +218,7 @@ export async function verifyStore(store: Store, opts: { repair?: boolean; refs?:
     problems.push(problem);
     if (problem.kind === 'writable') writable.push(rref);
     else {
-      store.index.removeRealization(rref);
+      storeIndex(store).removeRealization(rref);
       quarantined.push(rref);
     }
   }
@@ -258,7 +259,7 @@ export async function verifyStore(store: Store, opts: { repair?: boolean; refs?:
 }
 
 /** A derivation's drv.json must hash to its DRef. */
-function checkDerivations(store: Store, drefs: readonly DRef[]): Problem[] {
+function checkDerivations(store: LocalStore, drefs: readonly DRef[]): Problem[] {
   const problems: Problem[] = [];
   for (const dref of drefs) {
     const file = path.join(store.drvDir(dref), 'drv.json');

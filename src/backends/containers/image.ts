@@ -4,15 +4,15 @@
  * needed to re-create the image (a root filesystem tarball plus the
  * `docker import --change` instructions, or a `docker save` tarball), and
  * `ensureImage` puts it back into the engine when the engine lacks it.
+ * The stage that builds such a realization is dockerImage()
+ * (src/stages/bases/docker-image.ts).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import { CairnError } from '../../errors.js';
-import { checkName, parseRRef, type RRef } from '../../store/refs.js';
+import { parseRRef, type RRef } from '../../store/refs.js';
 import type { Store } from '../../store/store.js';
-import { stage, type Stage } from '../../stages/stage.js';
-import { ROOTFS_TAR } from '../../stages/builtins/debootstrap.js';
 import { docker, imageExists } from './docker.js';
 
 export const IMAGE_JSON = 'image.json';
@@ -37,39 +37,6 @@ export function checkChanges(changes: readonly string[] | undefined): string[] {
     }
   }
   return out;
-}
-
-export interface DockerImageSpec {
-  /** A stage whose output holds `rootfs.tar` (e.g. debootstrap()). */
-  rootfs: Stage;
-  /** Dockerfile-style changes applied on import, e.g. `CMD ["sleep", "infinity"]`, `ENV A=b`. */
-  changes?: readonly string[];
-  /** Stage name, and the repository of the engine tag `cairn/<name>` (default `image`). */
-  name?: string;
-}
-
-/**
- * An image built as a stage: the rootfs tarball copied in (a reflink where
- * the filesystem has them) plus image.json. The build does not touch the
- * engine: the image is imported on first use, under a tag derived from the
- * RRef, so a store moved to another machine still yields its images.
- */
-export function dockerImage(spec: DockerImageSpec): Stage<{ rootfs: Stage; changes: string[] }> {
-  const name = checkName(spec.name ?? 'image');
-  const changes = checkChanges(spec.changes);
-  return stage({
-    name,
-    config: { rootfs: spec.rootfs, changes },
-    outputs: [IMAGE_JSON, ROOTFS_TAR],
-    version: 'cairn-docker-image-1',
-    build: ({ config, out }) => {
-      const src = config.rootfs.file(ROOTFS_TAR);
-      if (!fs.existsSync(src)) throw new CairnError('E_IMAGE_INVALID', `${config.rootfs.rrefs[0]} has no ${ROOTFS_TAR}`);
-      fs.copyFileSync(src, path.join(out, ROOTFS_TAR), fs.constants.COPYFILE_FICLONE);
-      const desc: ImageDescription = { backend: 'docker', format: 'rootfs', name, file: ROOTFS_TAR, changes: config.changes };
-      fs.writeFileSync(path.join(out, IMAGE_JSON), JSON.stringify(desc, null, 2) + '\n');
-    },
-  });
 }
 
 /** Docker repository names allow lowercase letters, digits and `._-` only. */

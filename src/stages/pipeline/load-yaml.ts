@@ -205,10 +205,10 @@ function parseParams(r: Reporter, where: Where, wdir: string, v: unknown, read: 
 }
 
 /** A metric out of a realization: a dotted key of a JSON or YAML file, or a file holding just a number. */
-function metricScore(stageName: string, file: string, key: string | undefined): (c: Candidate) => number {
-  return (c) => {
+function metricScore(stageName: string, file: string, key: string | undefined): (c: Candidate) => Promise<number> {
+  return async (c) => {
     let text: string;
-    try { text = fs.readFileSync(path.join(c.path, file), 'utf8'); } catch {
+    try { text = (await c.read(file)).toString('utf8'); } catch {
       throw new CairnError('E_MATCH_INVALID',
         `stage ${stageName}: ${c.rref} has no metrics file ${file}`, { rref: c.rref, file });
     }

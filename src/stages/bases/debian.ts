@@ -11,10 +11,12 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import { CairnError } from '../../errors.js';
-import { debootstrap, ROOTFS_TAR } from '../../stages/builtins/debootstrap.js';
-import { stage, type Dep, type Stage } from '../../stages/stage.js';
-import { bootedState, makeExt4Qcow2, tinyFiles, type BaseOptions } from './bases.js';
-import { DEFAULT_APPEND } from './vm.js';
+import { debootstrap, ROOTFS_TAR } from '../builtins/debootstrap.js';
+import { stage, type Dep, type Stage } from '../stage.js';
+import { makeExt4Qcow2 } from '../../backends/qemu/ext4-disk.js';
+import { DEFAULT_APPEND } from '../../backends/qemu/vm.js';
+import { bootedState, type BaseOptions } from './booted-state.js';
+import { tinyFiles } from './tiny.js';
 
 /** Printed by cairn-init right before the first shell. */
 export const DEBIAN_READY = /CAIRN-DEBIAN-READY[\s\S]*?cairn# /;

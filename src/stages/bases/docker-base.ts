@@ -1,19 +1,16 @@
 /**
  * A Docker machine base for the machine pipeline (src/stages/machine.ts):
  * an image realization turned into a machine state (machine.json naming
- * the docker backend, plus the rootfs). Importing this module registers
- * the docker backend with the pipeline.
+ * the docker backend, plus the rootfs). The pipeline loads the docker
+ * backend itself when it first resumes such a state.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { checkName } from '../../store/refs.js';
-import { ROOTFS_TAR } from '../../stages/builtins/debootstrap.js';
-import { registerBackend, writeDescription, DESCRIPTION } from '../../stages/machine.js';
-import { stage, type Stage } from '../../stages/stage.js';
-import { DockerBackend } from './docker-machine.js';
-import { IMAGE_JSON, readImageDescription } from './image.js';
-
-registerBackend(new DockerBackend());
+import { ROOTFS_TAR } from '../builtins/debootstrap.js';
+import { writeDescription, DESCRIPTION } from '../machine.js';
+import { stage, type Stage } from '../stage.js';
+import { IMAGE_JSON, readImageDescription } from '../../backends/containers/image.js';
 
 /** A base state from an image stage (dockerImage()): `machine(dockerMachineBase(img)).apply(...)`. */
 export function dockerMachineBase(image: Stage, name = 'docker-base'): Stage<{ image: Stage }> {

@@ -1,0 +1,36 @@
+/**
+ * The `tiny` machine base as stages: its files (the Debian cloud kernel, a
+ * busybox initramfs, an empty ext4 disk; built by src/backends/qemu/tiny.ts)
+ * and their booted state.
+ */
+import * as path from 'node:path';
+import { createHash } from 'node:crypto';
+import { stage, type Stage } from '../stage.js';
+import { buildTinyBase, TINY_INIT } from '../../backends/qemu/tiny.js';
+import { makeExt4Qcow2 } from '../../backends/qemu/ext4-disk.js';
+import { bootedState, type BaseOptions, type BootConfig } from './booted-state.js';
+
+/** Kernel, busybox initramfs and an empty ext4 disk, from Debian packages (apt-get download). */
+export function tinyFiles(opts: { diskMb?: number } = {}): Stage<{ kernel: string; busybox: string; init: string; diskMb: number }> {
+  return stage({
+    name: 'tiny-files',
+    config: {
+      kernel: 'linux-image-cloud-amd64',
+      busybox: 'busybox-static',
+      // The init script is built into the initramfs: editing it is a new base.
+      init: createHash('sha256').update(TINY_INIT).digest('hex'),
+      diskMb: opts.diskMb ?? 64,
+    },
+    outputs: ['vmlinuz', 'initramfs.cpio', 'disk.qcow2'],
+    version: 'cairn-tiny-files-1',
+    async build(ctx) {
+      await buildTinyBase(ctx.out, ctx.tmp, { kernel: ctx.config.kernel, busybox: ctx.config.busybox });
+      await makeExt4Qcow2(path.join(ctx.out, 'disk.qcow2'), ctx.config.diskMb, ctx.tmp);
+    },
+  });
+}
+
+/** The `tiny` base: the Debian cloud kernel and a busybox initramfs; /dev/vda (ext4) is mounted on /mnt. */
+export function tiny(opts: BaseOptions = {}): Stage<BootConfig> {
+  return bootedState('tiny', tinyFiles({ diskMb: opts.diskMb }), opts);
+}
