@@ -436,7 +436,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         assert.equal((await store.readFile(first.meta.rref, 'tool')).toString(), 'bin');
       });
 
-      test('hostile trees: names are bytes (two names one non-UTF-8 byte apart give two RRefs)', T, async () => {
+      test('hostile trees: names are bytes (read by their bytes; one byte apart gives another RRef)', T, async () => {
         const d = derivation('hostile', 'bytes');
         const rrefs: RRef[] = [];
         for (const byte of [0xfe, 0xff]) {
@@ -448,6 +448,12 @@ export function storeConformance(name: string, h: StoreHarness): void {
           const [a] = await store.add({ ...req(d), outputs: [{ dir, created: at() }] });
           assert.equal(a!.meta.files, 2);
           assert.equal((await store.readFile(a!.meta.rref, 'plain')).toString(), 'readable');
+          // A byte name is read by its bytes; the name decoded as UTF-8 is another (missing) name.
+          const name = Buffer.from([0x6e, byte]);
+          assert.equal((await store.readFile(a!.meta.rref, name)).toString(), 'same content');
+          assert.equal((await streamToBuffer(await store.openFile(a!.meta.rref, name))).toString(), 'same content');
+          const asText = name.toString();
+          await rejectsWith(() => store.readFile(a!.meta.rref, asText), 'E_NO_SUCH_PATH', 'a byte name as UTF-8');
           rrefs.push(a!.meta.rref);
         }
         // Decoding names as UTF-8 would turn both into U+FFFD and merge them.
