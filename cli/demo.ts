@@ -1,9 +1,10 @@
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { instantiate } from '../src/stages/instantiate.js';
 import { loadStageFile } from '../src/stages/load.js';
 import { realize } from '../src/stages/realize.js';
+import { readRealizationFile } from '../src/store/realization-files.js';
+import { realizationRecords } from '../src/store/ref-queries.js';
 import { Store } from '../src/store/store.js';
 
 /**
@@ -29,10 +30,12 @@ export async function runDemo(storeRoot: string, runs: number): Promise<void> {
       for (const p of r.plan) say(`  ${p.action.padEnd(6)} ${p.name.padEnd(8)} -> ${p.rrefs.join(', ')}`);
       if (i === 1) {
         const trainDref = r.plan.find((p) => p.name === 'train')!.dref;
-        const all = await store.realizationsOf(trainDref);
+        const all = realizationRecords(store, trainDref);
         say(`  train has ${all.length} realization(s) in the store; best() chose ${r.plan.find((p) => p.name === 'train')!.rrefs[0]}`);
         say('');
-        say(fs.readFileSync(path.join(store.outPath(r.targets[0]!.rrefs[0]!), 'report.md'), 'utf8').trimEnd());
+        const report = readRealizationFile(store, r.targets[0]!.rrefs[0]!, 'report.md');
+        if (report === null) throw new Error('the demo pipeline wrote no report.md');
+        say(report.toString('utf8').trimEnd());
       }
     }
   } finally {

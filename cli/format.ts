@@ -1,5 +1,5 @@
-import * as fs from 'node:fs';
-import { displayPath, joinPath } from '../src/store/fsutil.js';
+import { displayPath } from '../src/store/fsutil.js';
+import type { TreeEntry } from '../src/store/realization-files.js';
 
 export function formatBytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
@@ -9,33 +9,24 @@ export function formatBytes(n: number): string {
   return u === 0 ? `${n} B` : `${v.toFixed(1)} ${units[u]}`;
 }
 
-function modeString(st: fs.Stats): string {
-  const t = st.isDirectory() ? 'd' : st.isSymbolicLink() ? 'l' : '-';
+const TYPE_LETTER: Record<TreeEntry['type'], string> = { directory: 'd', symlink: 'l', file: '-' };
+
+function modeString(e: TreeEntry): string {
   const bits = 'rwxrwxrwx';
   let s = '';
-  for (let i = 0; i < 9; i++) s += st.mode & (1 << (8 - i)) ? bits[i] : '-';
-  return t + s;
+  for (let i = 0; i < 9; i++) s += e.mode & (1 << (8 - i)) ? bits[i] : '-';
+  return TYPE_LETTER[e.type] + s;
 }
 
 /**
- * `ls -lR`-like lines for a realization's output, paths relative to it,
- * sorted by bytes. Names are read as bytes, so a name that is not valid
- * UTF-8 is listed too, its other bytes shown as \xNN (see displayPath).
+ * `ls -lR`-like lines for a realization's output (see outputTree), paths
+ * relative to it. A name that is not valid UTF-8 is listed too, its other
+ * bytes shown as \xNN (see displayPath).
  */
-export function listTree(root: string): string[] {
-  const lines: string[] = [];
-  const walk = (dir: Buffer, rel: Buffer | null): void => {
-    for (const name of fs.readdirSync(dir, { encoding: 'buffer' }).sort(Buffer.compare)) {
-      const abs = joinPath(dir, name);
-      const r = rel === null ? name : joinPath(rel, name);
-      const st = fs.lstatSync(abs);
-      const link = st.isSymbolicLink() ? fs.readlinkSync(abs, { encoding: 'buffer' }) : null;
-      const tail = link !== null ? ` -> ${displayPath(link)}` : st.isDirectory() ? '/' : '';
-      const size = String(st.isDirectory() ? '-' : st.size).padStart(10);
-      lines.push(`${modeString(st)} ${size}  ${displayPath(r)}${tail}`);
-      if (st.isDirectory()) walk(abs, r);
-    }
-  };
-  walk(Buffer.from(root), null);
-  return lines;
+export function formatTree(entries: readonly TreeEntry[]): string[] {
+  return entries.map((e) => {
+    const tail = e.target !== null ? ` -> ${displayPath(e.target)}` : e.type === 'directory' ? '/' : '';
+    const size = String(e.type === 'directory' ? '-' : e.size).padStart(10);
+    return `${modeString(e)} ${size}  ${displayPath(e.path)}${tail}`;
+  });
 }

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-import { createProgram, reportError } from './program.js';
+import { createProgram } from './program.js';
+import { reportError } from './report-error.js';
 
 const { program } = createProgram(process.argv);
 program.parseAsync(process.argv).catch((e: unknown) => {

@@ -198,7 +198,7 @@ describe('catalog run: TypeScript actions', () => {
     assert.deepEqual(seen, { release: 'NAME=testos\nVERSION=2\n', version: '2', catalog: 'nextcat', entry: '2', manifestExists: true });
 
     const notFn = await run(cat, 'notAFunction', ['--unpack']);
-    expectError(notFn, 'E_USAGE');
+    expectError(notFn, 'E_BAD_CATALOG');
     assert.match(notFn.stderr, /nextcat\.actions\.ts does not export a function notAFunction/);
   });
 
@@ -222,10 +222,11 @@ describe('catalog run: unknown actions', () => {
     const cat = writeCatalog('unkcat', ['  known: "true"', '  other: ["true"]']);
     const hits = server.hits('/img/testos-2.tar.gz');
     const r = await run(cat, 'bogus');
-    expectError(r, 'E_USAGE', store);
+    expectError(r, 'E_NO_SUCH_ACTION', store);
     assert.equal(server.hits('/img/testos-2.tar.gz'), hits, 'the action is looked up before anything is fetched');
     assert.equal(fs.existsSync(path.join(store, 'd')) && fs.readdirSync(path.join(store, 'd')).length > 0, false, 'nothing is stored');
-    assert.equal(r.code, 2);
+    // An unknown name, like an unknown --stage or step: its own code, exit 1 (2 is for a malformed command line).
+    assert.equal(r.code, 1);
     assert.match(r.stderr, /has no action bogus/);
     assert.match(r.stderr, /declared: known, other/);
     assert.match(r.stderr, /unkcat\.actions\.ts or actions\.ts/);

@@ -183,8 +183,10 @@ describe('cairn rmref', () => {
     const s = realizeChain();
     try {
       const refused = cairn(s.store, ['rmref', s.rref.b!]);
-      expectError(refused, 'E_USAGE');
+      expectError(refused, 'E_REF_IN_USE');
+      assert.equal(refused.code, 1, 'not a usage error: the command line is right');
       assert.match(refused.stderr, new RegExp(s.rref.c!));
+      assert.match(refused.stderr, /\(pass --force to remove it anyway\)/, 'the CLI adds the flag hint');
       assert.equal(ok(cairn(s.store, ['catref', s.rref.b!, 'b.txt'])).stdout, 'alpha+beta\n', 'still there');
       assert.deepEqual(tmpEntries(s.store), []);
 

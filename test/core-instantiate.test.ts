@@ -295,12 +295,12 @@ describe('stage spec validation', () => {
     assert.deepEqual([...stage({ name: 'o', config: {}, build: noop, outputs: ['b', 'a/c', 'a'] }).outputs], ['a', 'a/c', 'b']);
   });
 
-  it('n must be a whole number from 1 to 10000, version a string, matcher a matcher or function (E_USAGE)', () => {
-    for (const n of [0, -1, 1.5, 10_001, NaN]) assert.throws(() => stage({ name: 'n', config: {}, build: noop, n }), code('E_USAGE'), String(n));
+  it('n must be a whole number from 1 to 10000, version a string, matcher a matcher or function (E_BAD_STAGE_SPEC)', () => {
+    for (const n of [0, -1, 1.5, 10_001, NaN]) assert.throws(() => stage({ name: 'n', config: {}, build: noop, n }), code('E_BAD_STAGE_SPEC'), String(n));
     assert.equal(stage({ name: 'n', config: {}, build: noop, n: 10_000 }).n, 10_000);
     assert.equal(stage({ name: 'n', config: {}, build: noop }).n, 1);
-    assert.throws(() => stage({ name: 'v', config: {}, build: noop, version: 1 as never }), code('E_USAGE'));
-    assert.throws(() => stage({ name: 'm', config: {}, build: noop, matcher: 'latest' as never }), code('E_USAGE'));
+    assert.throws(() => stage({ name: 'v', config: {}, build: noop, version: 1 as never }), code('E_BAD_STAGE_SPEC'));
+    assert.throws(() => stage({ name: 'm', config: {}, build: noop, matcher: 'latest' as never }), code('E_BAD_STAGE_SPEC'));
     assert.equal(stage({ name: 'm', config: {}, build: noop }).matcher.name, 'latest');
   });
 });

@@ -68,9 +68,9 @@ describe('matchers on synthetic candidates', () => {
     assert.equal(await exact(['r0']).select([]), null);
   });
 
-  it('counts must be whole numbers >= 1 (E_USAGE)', () => {
+  it('counts must be whole numbers >= 1 (E_BAD_ARGUMENT)', () => {
     for (const f of [() => latest(0), () => latest(1.5), () => some(-1), () => some(0), () => best(0, { file: 'x' }), () => best(NaN, { file: 'x' })]) {
-      assert.throws(f, isCode('E_USAGE'));
+      assert.throws(f, isCode('E_BAD_ARGUMENT'));
     }
   });
 

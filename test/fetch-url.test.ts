@@ -90,8 +90,8 @@ describe('fetchurl: a plain download', () => {
     const h = sha256('x');
     assert.throws(() => fetchurl({ url: `${server.base}/a`, file: 'a/b', hash: h }), isCode('E_BAD_NAME'));
     assert.throws(() => fetchurl({ url: `${server.base}/a`, file: '..', hash: h }), isCode('E_BAD_NAME'));
-    assert.throws(() => fetchurl({ hash: h }), isCode('E_USAGE'));
-    assert.throws(() => fetchurl({ urls: [], hash: h }), isCode('E_USAGE'));
+    assert.throws(() => fetchurl({ hash: h }), isCode('E_BAD_STAGE_SPEC'));
+    assert.throws(() => fetchurl({ urls: [], hash: h }), isCode('E_BAD_STAGE_SPEC'));
   });
 });
 

@@ -280,12 +280,12 @@ describe('file inputs: errors and declarations', () => {
     assert.match(r.stdout, /^E_INPUT_MISSING file input data cannot be read: .*secret\.csv/, r.stderr);
   });
 
-  it('bad declarations are E_USAGE at stage()', () => {
+  it('bad declarations are E_BAD_STAGE_SPEC at stage()', () => {
     const spec = { name: 'x', config: {}, build: () => {} };
-    assert.throws(() => stage({ ...spec, files: 'train.py' as never }), isCode('E_USAGE'));
-    assert.throws(() => stage({ ...spec, files: [''] }), isCode('E_USAGE'));
-    assert.throws(() => stage({ ...spec, files: ['a\0b'] }), isCode('E_USAGE'));
-    assert.throws(() => stage({ ...spec, files: ['data', './data/'] }), isCode('E_USAGE'));
+    assert.throws(() => stage({ ...spec, files: 'train.py' as never }), isCode('E_BAD_STAGE_SPEC'));
+    assert.throws(() => stage({ ...spec, files: [''] }), isCode('E_BAD_STAGE_SPEC'));
+    assert.throws(() => stage({ ...spec, files: ['a\0b'] }), isCode('E_BAD_STAGE_SPEC'));
+    assert.throws(() => stage({ ...spec, files: ['data', './data/'] }), isCode('E_BAD_STAGE_SPEC'));
   });
 
   it('relative paths default to the directory of the module that calls stage(); dir accepts import.meta.url', () => {

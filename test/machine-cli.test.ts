@@ -73,7 +73,7 @@ export default step<{ args: string[]; version?: string; debug?: boolean }>({
     assert.match(byPath.stderr, /exec> x v=undefined debug=false/);
     expectError(cairn(store, ['machine', 'tiny', '+', 'no.such.step']), 'E_UNKNOWN_STEP', store);
     expectError(cairn(store, ['machine', 'tiny', '+', 'exec', 'true', '--cache']), 'E_USAGE', store);
-    expectError(cairn(store, ['machine', 'no-such-base']), 'E_USAGE', store);
+    expectError(cairn(store, ['machine', 'no-such-base']), 'E_UNKNOWN_BASE', store);
   });
 
   it('script.run: the script content is the identity; --cache caps reuse', () => {

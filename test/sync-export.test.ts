@@ -216,6 +216,6 @@ describe('sync planning', () => {
 
   it('splitCommand splits an -e command the way a shell would', () => {
     assert.deepEqual(splitCommand(`ssh -i 'my key' -o "A=b c" -p\\ 22`), ['ssh', '-i', 'my key', '-o', 'A=b c', '-p 22']);
-    assert.throws(() => splitCommand(`ssh 'x`), isCode('E_USAGE'));
+    assert.throws(() => splitCommand(`ssh 'x`), isCode('E_BAD_COMMAND'));
   });
 });

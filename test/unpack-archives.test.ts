@@ -591,8 +591,8 @@ describe('unpack: limits (issue 13 item 8)', () => {
     assert.notEqual(drefOf(unpack({ src: fixed, strip: 1, limits: { bytes: 1 } })), OLD_DREF);
   });
 
-  it('a malformed override is E_USAGE', () => {
+  it('a malformed override is E_BAD_STAGE_SPEC', () => {
     const src = fetchurl({ url: 'http://example.invalid/a', hash: 'a'.repeat(64) });
-    assert.throws(() => unpack({ src, limits: { bytes: -1 } }), isCode('E_USAGE'));
+    assert.throws(() => unpack({ src, limits: { bytes: -1 } }), isCode('E_BAD_STAGE_SPEC'));
   });
 });

@@ -162,7 +162,8 @@ describe('gc: out-links', { timeout: 240_000 }, () => {
       const file = path.join(t.dir, 'precious.txt');
       fs.writeFileSync(file, 'keep me\n');
       const r = cairn(store, ['realize', CHAIN, '-q', '--out-link', file]);
-      expectError(r, 'E_USAGE', 'out-link over a regular file');
+      expectError(r, 'E_OUT_LINK_NOT_SYMLINK', 'out-link over a regular file');
+      assert.match(r.stderr, /\(give --out-link a path that is free or a symlink\)/);
       assert.equal(fs.readFileSync(file, 'utf8'), 'keep me\n');
       assert.deepEqual(rootLs(store), []);
     } finally {

@@ -15,12 +15,12 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CairnError } from '../../src/errors.js';
-import { commandWord } from '../program.js';
+import { commandWord } from '../command-word.js';
 import { peerFacts, readProcFacts, sandboxDifference, type ProcFacts } from './sandbox.js';
 import { installation, readBuildId } from './install.js';
 import { trustedSocketPath } from './socket-dir.js';
 import { EndMarkerScanner, frame, FrameReader, parseRequest, SERVED_COMMANDS, type ClientRequest } from './protocol.js';
-import type { FromWorker, ToWorker } from './worker.js';
+import type { FromWorker, ToWorker } from './worker-messages.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const WORKER_MODULE = path.join(HERE, 'worker.js');

@@ -18,15 +18,12 @@ import { instantiate } from '../../src/stages/instantiate.js';
 import { realize } from '../../src/stages/realize.js';
 import { removeTree } from '../../src/store/fsutil.js';
 import { Store } from '../../src/store/store.js';
-import { createProgram, reportError } from '../program.js';
+import { createProgram } from '../program.js';
+import { reportError } from '../report-error.js';
 import type { ClientRequest } from './protocol.js';
+import type { FromWorker, ToWorker } from './worker-messages.js';
 
 const { CommanderError } = createRequire(import.meta.url)('commander') as typeof CommanderTypes;
-
-/** Messages between the supervisor and a worker (over the IPC channel). */
-export type ToWorker = { type: 'run'; request: ClientRequest; marker: string } | { type: 'exit' };
-/** `tainted` names what a command left behind that a new process would not have (the worker is then replaced). */
-export type FromWorker = { type: 'ready' } | { type: 'done'; code: number; heapUsed: number; tainted?: string };
 
 const MAIN = path.join(path.dirname(path.dirname(new URL(import.meta.url).pathname)), 'main.js');
 const baseEnv = { ...process.env };

@@ -95,7 +95,7 @@ export function dependantsOf(byName: ReadonlyMap<string, ServiceSpec>, name: str
 }
 
 function checkExcluded(byName: ReadonlyMap<string, ServiceSpec>, exclude: readonly string[]): Set<string> {
-  for (const x of exclude) if (!byName.has(x)) throw invalid(`--exclude ${x}: no such service`, { service: x });
+  for (const x of exclude) if (!byName.has(x)) throw invalid(`excluded service ${x}: no such service`, { service: x });
   return new Set(exclude);
 }
 

@@ -92,11 +92,11 @@ export async function findAction(catalog: Catalog, name: string): Promise<Action
   const moduleFile = candidates.find((f) => fs.existsSync(f));
   if (!moduleFile) {
     const declared = Object.keys(catalog.actions);
-    throw new CairnError('E_USAGE', `catalog ${catalog.name} has no action ${name} (declared: ${declared.join(', ') || 'none'}; no ${candidates.map((c) => path.basename(c)).join(' or ')} next to it)`, { action: name });
+    throw new CairnError('E_NO_SUCH_ACTION', `catalog ${catalog.name} has no action ${name} (declared: ${declared.join(', ') || 'none'}; no ${candidates.map((c) => path.basename(c)).join(' or ')} next to it)`, { action: name });
   }
   const exported = spec && typeof spec === 'object' ? spec.export ?? name : name;
   const fn = (await importModule(moduleFile))[exported];
-  if (typeof fn !== 'function') throw new CairnError('E_USAGE', `${moduleFile} does not export a function ${exported}`, { action: name });
+  if (typeof fn !== 'function') throw new CairnError('E_BAD_CATALOG', `${moduleFile} does not export a function ${exported}`, { action: name });
   return { kind: 'function', name, module: moduleFile, fn: fn as ActionFn };
 }
 
@@ -135,6 +135,6 @@ export async function runAction(action: Action, ctx: ActionContext): Promise<num
   const r = typeof action.spec === 'string'
     ? await execa(action.spec, { ...opts, shell: '/bin/sh' })
     : await execa(action.spec[0]!, action.spec.slice(1), opts);
-  if (r.exitCode === undefined) throw new CairnError('E_USAGE', `action ${action.name} could not run: ${r.shortMessage}`, { action: action.name });
+  if (r.exitCode === undefined) throw new CairnError('E_ACTION_FAILED', `action ${action.name} could not run: ${r.shortMessage}`, { action: action.name });
   return r.exitCode;
 }

@@ -27,7 +27,7 @@ function fileInputs(): FileInputsModule {
   try {
     fileInputsModule = createRequire(import.meta.url)('./inputs/file-imports.js') as FileInputsModule;
   } catch (e) {
-    throw new CairnError('E_USAGE',
+    throw new CairnError('E_UNSUPPORTED_RUNTIME',
       `this Node (${process.version}) cannot load Cairn's file-input code synchronously: await preloadFileInputs() before instantiate(), or use realize()`,
       {}, { cause: e });
   }

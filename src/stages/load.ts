@@ -102,7 +102,7 @@ export async function loadStageFile(file: string, selectors: readonly string[] =
   if (selectors.length === 0) {
     const def = groups.get('default');
     if (!def) {
-      throw new CairnError('E_NO_TARGET', `stage file ${file} has no default export to realize; pick one with --stage (exports with stages: ${available})`, { file, available: [...groups.keys()] });
+      throw new CairnError('E_NO_TARGET', `stage file ${file} has no default export to realize; name one (exports with stages: ${available})`, { file, available: [...groups.keys()] });
     }
     targets = def;
   } else {

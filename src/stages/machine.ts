@@ -176,7 +176,7 @@ export interface Step<A = Json> {
 
 export function step<A extends Json = Json>(spec: StepSpec<A>): Step<A> {
   checkName(spec?.name);
-  if (typeof spec.run !== 'function') throw new CairnError('E_USAGE', `step ${spec.name}: run must be a function`);
+  if (typeof spec.run !== 'function') throw new CairnError('E_BAD_ARGUMENT', `step ${spec.name}: run must be a function`);
   const code = spec.version !== undefined ? `version:${spec.version}` : createHash('sha256').update(spec.run.toString()).digest('hex');
   return Object.freeze({ name: spec.name, code, run: spec.run });
 }
@@ -236,7 +236,7 @@ export class Machine {
 
   /** A new machine: this one after `step`. Nothing runs. */
   apply<A extends Json>(s: Step<A>, args: A, opts: ApplyOptions = {}): Machine {
-    if (typeof s?.run !== 'function' || typeof s.code !== 'string') throw new CairnError('E_USAGE', 'apply() needs a step made with step()');
+    if (typeof s?.run !== 'function' || typeof s.code !== 'string') throw new CairnError('E_BAD_ARGUMENT', 'apply() needs a step made with step()');
     canonicalJson(args); // refuses non-JSON args now, not at realize time
     // A 'last' step followed by another one is an ordinary step after all.
     const before = this.pending.length === 1 && this.pending[0]!.opts.transient === 'last'

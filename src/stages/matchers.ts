@@ -41,7 +41,7 @@ export function custom(fn: MatcherFn, opts: { name?: string; min?: number } = {}
 }
 
 const count = (n: number, what: string): number => {
-  if (!Number.isInteger(n) || n < 1) throw new CairnError('E_USAGE', `${what}(n) needs a whole number n >= 1, not ${n}`);
+  if (!Number.isInteger(n) || n < 1) throw new CairnError('E_BAD_ARGUMENT', `${what}(n) needs a whole number n >= 1, not ${n}`);
   return n;
 };
 

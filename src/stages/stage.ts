@@ -191,7 +191,7 @@ function baseDir(stage: string, dir: unknown): string | undefined {
     return p;
   }
   if (typeof dir !== 'string' || dir === '' || dir.includes('\0')) {
-    throw new CairnError('E_USAGE', `stage ${stage}: dir must be a directory path or a file: URL`, { stage });
+    throw new CairnError('E_BAD_STAGE_SPEC', `stage ${stage}: dir must be a directory path or a file: URL`, { stage });
   }
   return path.resolve(dir);
 }
@@ -209,17 +209,17 @@ export function fileInputsDeclared(): boolean { return flags[FILES_DECLARED] ===
 /** Checks and resolves a stage's `files`, relative to `dir` or else to the declaring module's directory. */
 export function declareFiles(stage: string, files: unknown, dir: unknown, caller: () => string | undefined): readonly FileInput[] {
   if (files === undefined) return [];
-  if (!Array.isArray(files)) throw new CairnError('E_USAGE', `stage ${stage}: files must be a list of paths`, { stage });
+  if (!Array.isArray(files)) throw new CairnError('E_BAD_STAGE_SPEC', `stage ${stage}: files must be a list of paths`, { stage });
   const base = baseDir(stage, dir) ?? (files.length > 0 ? caller() : undefined) ?? process.cwd();
   const seen = new Map<string, string>();
   const out: FileInput[] = [];
   for (const f of files) {
     if (typeof f !== 'string' || f === '' || f.includes('\0')) {
-      throw new CairnError('E_USAGE', `stage ${stage}: file input ${JSON.stringify(f)} must be a non-empty path`, { stage, input: f });
+      throw new CairnError('E_BAD_STAGE_SPEC', `stage ${stage}: file input ${JSON.stringify(f)} must be a non-empty path`, { stage, input: f });
     }
     const key = path.posix.normalize(f).replace(/(.)\/+$/, '$1');
     if (seen.has(key)) {
-      throw new CairnError('E_USAGE', `stage ${stage}: file inputs ${JSON.stringify(seen.get(key))} and ${JSON.stringify(f)} name the same path`,
+      throw new CairnError('E_BAD_STAGE_SPEC', `stage ${stage}: file inputs ${JSON.stringify(seen.get(key))} and ${JSON.stringify(f)} name the same path`,
         { stage, input: f });
     }
     seen.set(key, f);
@@ -235,11 +235,11 @@ export function stage<C>(spec: StageSpec<C>): Stage<C> {
   const name = checkName(spec.name);
   if (typeof spec.build !== 'function') throw new CairnError('E_NOT_A_STAGE', `stage ${name}: build must be a function`, { stage: name });
   const n = spec.n ?? 1;
-  if (!Number.isInteger(n) || n < 1 || n > 10_000) throw new CairnError('E_USAGE', `stage ${name}: n must be a whole number from 1 to 10000, not ${n}`, { stage: name });
-  if (spec.version !== undefined && typeof spec.version !== 'string') throw new CairnError('E_USAGE', `stage ${name}: version must be a string`, { stage: name });
+  if (!Number.isInteger(n) || n < 1 || n > 10_000) throw new CairnError('E_BAD_STAGE_SPEC', `stage ${name}: n must be a whole number from 1 to 10000, not ${n}`, { stage: name });
+  if (spec.version !== undefined && typeof spec.version !== 'string') throw new CairnError('E_BAD_STAGE_SPEC', `stage ${name}: version must be a string`, { stage: name });
   const m = spec.matcher;
   const matcher = m === undefined ? latest() : isMatcher(m) ? m : typeof m === 'function' ? custom(m) : undefined;
-  if (!matcher) throw new CairnError('E_USAGE', `stage ${name}: matcher must be a matcher or a function`, { stage: name });
+  if (!matcher) throw new CairnError('E_BAD_STAGE_SPEC', `stage ${name}: matcher must be a matcher or a function`, { stage: name });
   return Object.freeze({
     [STAGE]: true as const,
     name,

@@ -104,7 +104,7 @@ class TarWriter {
  * tar is left.
  */
 export async function exportClosure(store: LocalStore, refs: readonly string[], file: string): Promise<ExportReport> {
-  if (refs.length === 0) throw new CairnError('E_USAGE', 'export needs at least one DRef or RRef');
+  if (refs.length === 0) throw new CairnError('E_BAD_ARGUMENT', 'export needs at least one DRef or RRef');
   const { roots, nodes } = listClosure(store, refs);
   const manifest = planTransfer(roots, nodes, () => false);
   const dest = path.resolve(file);
@@ -131,7 +131,7 @@ export async function exportClosure(store: LocalStore, refs: readonly string[], 
  * left as it was.
  */
 export async function importClosure(store: LocalStore, file: string): Promise<ReceiveReport> {
-  if (!fs.existsSync(file)) throw new CairnError('E_USAGE', `${file} does not exist`, { file });
+  if (!fs.existsSync(file)) throw new CairnError('E_NO_SUCH_FILE', `${file} does not exist`, { file });
   const staging = store.makeTempDir('import');
   try {
     // extractTar checks every entry first (no absolute or .. paths, no

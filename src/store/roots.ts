@@ -72,7 +72,7 @@ export function addOutLink(store: LocalStore, link: string, rref: RRef): string 
   let existing: fs.Stats | undefined;
   try { existing = fs.lstatSync(abs); } catch { /* free */ }
   if (existing && !existing.isSymbolicLink()) {
-    throw new CairnError('E_USAGE', `--out-link ${link} exists and is not a symlink; refusing to replace it`, { path: abs });
+    throw new CairnError('E_OUT_LINK_NOT_SYMLINK', `out-link ${link} exists and is not a symlink; refusing to replace it`, { path: abs });
   }
   symlinkAtomic(target, abs);
   makeDirs(autoDir(store));

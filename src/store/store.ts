@@ -568,7 +568,7 @@ export class LocalStore implements Store {
   remove(rref: RRef, opts: { force?: boolean } = {}): void {
     const users = this.index.dependantsOf(rref).filter((u) => this.has(u));
     if (users.length > 0 && !opts.force) {
-      throw new CairnError('E_USAGE', `${rref} is in the context of ${users.length} other realization(s), e.g. ${users[0]}; remove those first or pass --force`, { users });
+      throw new CairnError('E_REF_IN_USE', `${rref} is in the context of ${users.length} other realization(s), e.g. ${users[0]}; remove those first`, { rref, users });
     }
     const dir = this.rzDir(rref);
     // Rename first, so the realization disappears atomically, then delete.
@@ -586,7 +586,7 @@ export class LocalStore implements Store {
   removeDrv(dref: DRef): void {
     const left = this.index.realizationsOf(dref);
     if (left.length > 0) {
-      throw new CairnError('E_USAGE', `derivation ${dref} still has ${left.length} realization(s)`, { dref });
+      throw new CairnError('E_REF_IN_USE', `derivation ${dref} still has ${left.length} realization(s)`, { dref });
     }
     const doomed = path.join(this.makeTempDir('rm'), 'drv');
     try {

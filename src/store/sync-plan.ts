@@ -190,7 +190,7 @@ export function splitCommand(cmd: string): string[] {
     const c = cmd[i]!;
     if (c === "'") {
       const end = cmd.indexOf("'", i + 1);
-      if (end < 0) throw new CairnError('E_USAGE', `unbalanced ' in ${JSON.stringify(cmd)}`);
+      if (end < 0) throw new CairnError('E_BAD_COMMAND', `unbalanced ' in ${JSON.stringify(cmd)}`, { command: cmd });
       cur = (cur ?? '') + cmd.slice(i + 1, end);
       i = end;
     } else if (c === '"') {
@@ -199,7 +199,7 @@ export function splitCommand(cmd: string): string[] {
         if (cmd[i] === '\\' && i + 1 < cmd.length && '"\\$`'.includes(cmd[i + 1]!)) i++;
         cur += cmd[i];
       }
-      if (i >= cmd.length) throw new CairnError('E_USAGE', `unbalanced " in ${JSON.stringify(cmd)}`);
+      if (i >= cmd.length) throw new CairnError('E_BAD_COMMAND', `unbalanced " in ${JSON.stringify(cmd)}`, { command: cmd });
     } else if (c === '\\' && i + 1 < cmd.length) {
       cur = (cur ?? '') + cmd[++i];
     } else if (/\s/.test(c)) {
@@ -210,6 +210,6 @@ export function splitCommand(cmd: string): string[] {
     }
   }
   if (cur !== null) words.push(cur);
-  if (words.length === 0) throw new CairnError('E_USAGE', 'the command is empty');
+  if (words.length === 0) throw new CairnError('E_BAD_COMMAND', 'the command is empty', { command: cmd });
   return words;
 }

@@ -101,7 +101,7 @@ export const incomingRoot = (store: LocalStore): string => path.join(store.root,
 
 /** The staging directory of sync `key` (created if needed); abandoned ones are swept. */
 export function prepareIncoming(store: LocalStore, key: string): string {
-  if (!/^[0-9a-z]{32}$/.test(key)) throw new CairnError('E_USAGE', `${JSON.stringify(key)} is not a sync key`);
+  if (!/^[0-9a-z]{32}$/.test(key)) throw new CairnError('E_BAD_SYNC_KEY', `${JSON.stringify(key)} is not a sync key`, { key });
   const root = incomingRoot(store);
   // Private: what rsync stages here is unchecked, with whatever modes the sender gave it.
   fs.mkdirSync(root, { recursive: true, mode: PRIVATE_DIR_MODE });
@@ -177,9 +177,12 @@ async function remoteCairn(remote: RemoteSpec, opts: SyncOptions, args: readonly
     throw new CairnError(m[1] as ErrorCode, `on ${remote.sshTarget}: ${m[2]!.trim()}`, { remote: remote.sshTarget });
   }
   const why = r.code === 255 ? `ssh to ${remote.sshTarget} failed`
-    : r.code === 127 ? `the remote cairn command (${opts.remoteCairn ?? 'cairn'}) was not found on ${remote.sshTarget}; see --remote-cairn`
+    : r.code === 127 ? `the remote cairn command (${opts.remoteCairn ?? 'cairn'}) was not found on ${remote.sshTarget}`
       : `the remote cairn on ${remote.sshTarget} failed (exit ${r.code})`;
-  throw new CairnError('E_SYNC_FAILED', `${why}: ${tail(r.stderr) || 'no output'}`, { remote: remote.sshTarget, exit: r.code });
+  // notFound: the CLI points at its --remote-cairn flag; the library names no flags.
+  const notFound = r.code === 127 ? { notFound: opts.remoteCairn ?? 'cairn' } : {};
+  throw new CairnError('E_SYNC_FAILED', `${why}: ${tail(r.stderr) || 'no output'}`,
+    { remote: remote.sshTarget, exit: r.code, ...notFound });
 }
 
 function parseJson<T>(text: string, what: string): T {
@@ -255,7 +258,7 @@ export async function push(store: LocalStore, remoteSpec: string, refs: readonly
  * yet, which a dry run must not create): everything counts as missing.
  */
 export async function pull(store: LocalStore | null, remoteSpec: string, refs: readonly string[], opts: SyncOptions = {}): Promise<SyncReport> {
-  if (store === null && !opts.dryRun) throw new CairnError('E_USAGE', 'pull needs a store unless it is a dry run');
+  if (store === null && !opts.dryRun) throw new CairnError('E_BAD_ARGUMENT', 'pull needs a store unless it is a dry run');
   const remote = parseRemote(remoteSpec);
   const listing = parseJson<ClosureListing>(await remoteCairn(remote, opts, ['store', 'closure', '--json', ...refs]), 'cairn store closure');
   const nodes = checkListing(listing);

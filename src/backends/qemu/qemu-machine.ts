@@ -37,7 +37,7 @@ export interface QemuState extends BackendState {
 export function cloneModeFromEnv(): CloneMode | 'auto' {
   const v = process.env.CAIRN_DISK_CLONE ?? 'auto';
   if (v === 'auto' || v === 'reflink' || v === 'overlay' || v === 'copy') return v;
-  throw new CairnError('E_USAGE', `CAIRN_DISK_CLONE must be auto, reflink, overlay or copy, not ${JSON.stringify(v)}`);
+  throw new CairnError('E_BAD_ENV', `CAIRN_DISK_CLONE must be auto, reflink, overlay or copy, not ${JSON.stringify(v)}`);
 }
 
 function checkState(state: BackendState): QemuState {
@@ -192,7 +192,7 @@ function runningQemu(vm: Vm): RunningMachine {
     console: console_,
     async upload(hostPath: string, machinePath: string): Promise<void> {
       const st = fs.statSync(hostPath);
-      if (!st.isFile()) throw new CairnError('E_USAGE', `upload: ${hostPath} is not a regular file (directories: pack them first)`);
+      if (!st.isFile()) throw new CairnError('E_BAD_ARGUMENT', `upload: ${hostPath} is not a regular file (directories: pack them first)`);
       const data = fs.readFileSync(hostPath).toString('base64');
       const tmp = `/tmp/.cairn-up-${randomBytes(6).toString('hex')}`;
       // The terminal's echo costs more than the data itself (measured: 70 KB

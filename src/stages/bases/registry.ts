@@ -10,6 +10,6 @@ export const MACHINE_BASES = new Map<string, (opts: BaseOptions) => Stage>([['ti
 
 export function machineBase(name: string, opts: BaseOptions = {}): Stage {
   const make = MACHINE_BASES.get(name);
-  if (!make) throw new CairnError('E_USAGE', `no machine base ${JSON.stringify(name)} (known: ${[...MACHINE_BASES.keys()].join(', ')})`, { base: name });
+  if (!make) throw new CairnError('E_UNKNOWN_BASE', `no machine base ${JSON.stringify(name)} (known: ${[...MACHINE_BASES.keys()].join(', ')})`, { base: name });
   return make(opts);
 }

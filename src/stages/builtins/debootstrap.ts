@@ -40,7 +40,7 @@ const SUITE_RE = /^[a-z0-9][a-z0-9.-]*$/;
 function checkPackages(what: string, list: readonly string[] | undefined): string[] {
   const out = [...new Set(list ?? [])].sort();
   for (const p of out) {
-    if (typeof p !== 'string' || !PACKAGE_RE.test(p)) throw new CairnError('E_USAGE', `debootstrap ${what}: ${JSON.stringify(p)} is not a Debian package name`, { package: p });
+    if (typeof p !== 'string' || !PACKAGE_RE.test(p)) throw new CairnError('E_BAD_STAGE_SPEC', `debootstrap ${what}: ${JSON.stringify(p)} is not a Debian package name`, { package: p });
   }
   return out;
 }
@@ -56,7 +56,7 @@ function checkPackages(what: string, list: readonly string[] | undefined): strin
  */
 export function debootstrap(spec: DebootstrapSpec = {}): Stage<DebootstrapConfig> {
   const suite = spec.suite ?? 'bookworm';
-  if (!SUITE_RE.test(suite)) throw new CairnError('E_USAGE', `debootstrap: suite ${JSON.stringify(suite)} is not a suite name`, { suite });
+  if (!SUITE_RE.test(suite)) throw new CairnError('E_BAD_STAGE_SPEC', `debootstrap: suite ${JSON.stringify(suite)} is not a suite name`, { suite });
   const variant = spec.variant ?? 'minbase';
   const mirror = spec.mirror ?? 'http://deb.debian.org/debian';
   return stage({

@@ -28,13 +28,13 @@ export interface FetchUrlSpec extends Omit<DownloadOptions, 'log'> {
 function fileNameOf(url: string): string {
   const shown = redactUrl(url);
   if (url.startsWith('apt:')) {
-    throw new CairnError('E_USAGE', `an apt: URL names no file; give one with \`file\` (${shown})`, { url: shown });
+    throw new CairnError('E_BAD_STAGE_SPEC', `an apt: URL names no file; give one with \`file\` (${shown})`, { url: shown });
   }
   try {
     const last = decodeURIComponent(new URL(url).pathname.split('/').pop() ?? '');
     if (last) return last;
   } catch { /* not a URL */ }
-  throw new CairnError('E_USAGE', `cannot take a file name from ${shown}; give one with \`file\``, { url: shown });
+  throw new CairnError('E_BAD_STAGE_SPEC', `cannot take a file name from ${shown}; give one with \`file\``, { url: shown });
 }
 
 function checkFileName(file: string): string {
@@ -54,7 +54,7 @@ function checkFileName(file: string): string {
  */
 export function fetchurl(spec: FetchUrlSpec): Stage<FixedOutput> {
   const urls = [...(spec.urls ?? []), ...(spec.url ? [spec.url] : [])];
-  if (urls.length === 0) throw new CairnError('E_USAGE', 'fetchurl needs `url` or `urls`');
+  if (urls.length === 0) throw new CairnError('E_BAD_STAGE_SPEC', 'fetchurl needs `url` or `urls`');
   const file = checkFileName(spec.file ?? fileNameOf(urls[0]!));
   const expected = parseHash(spec.hash, spec.hashType);
   if (expected.type === 'tree-sha256') throw new CairnError('E_BAD_HASH', 'fetchurl takes a sha256 or sha512 file hash');

@@ -88,7 +88,7 @@ export function debDataMember(deb: string, dir: string): string {
 function archiveIn(dep: Dep, file: string | null): string {
   if (file !== null) return dep.file(file);
   const names = fs.readdirSync(dep.path);
-  if (names.length !== 1) throw new CairnError('E_USAGE', `unpack: ${dep.dref} holds ${names.length} entries; say which with \`file\``);
+  if (names.length !== 1) throw new CairnError('E_BAD_STAGE_SPEC', `unpack: ${dep.dref} holds ${names.length} entries; say which with \`file\``);
   return dep.file(names[0]!);
 }
 
@@ -100,7 +100,7 @@ function checkLimits(limits: UnpackLimits | undefined): { limits?: UnpackLimits 
     const v = limits[k];
     if (v === undefined) continue;
     if (!Number.isSafeInteger(v) || v < 0) {
-      throw new CairnError('E_USAGE', `unpack: limits.${k} must be a whole number >= 0`);
+      throw new CairnError('E_BAD_STAGE_SPEC', `unpack: limits.${k} must be a whole number >= 0`);
     }
     out[k] = v;
   }
@@ -120,7 +120,7 @@ export function unpack(spec: UnpackSpec): Stage<{
   src: Stage<any>; file: string | null; strip: number; format: ArchiveFormat | null; limits?: UnpackLimits;
 }> {
   const strip = spec.strip ?? 0;
-  if (!Number.isInteger(strip) || strip < 0) throw new CairnError('E_USAGE', 'unpack: strip must be a whole number >= 0');
+  if (!Number.isInteger(strip) || strip < 0) throw new CairnError('E_BAD_STAGE_SPEC', 'unpack: strip must be a whole number >= 0');
   return stage({
     name: checkName(spec.name ?? `${spec.src.name}-unpacked`.slice(0, 100)),
     config: { src: spec.src, file: spec.file ?? null, strip, format: spec.format ?? null, ...checkLimits(spec.limits) },

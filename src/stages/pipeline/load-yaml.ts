@@ -343,7 +343,7 @@ function parseStage(r: Reporter, name: string, spec: unknown): StageDecl {
     throw r.fail([...w, 'frozen'], 'frozen: true is not supported (pin a result with a named root instead)');
   }
   if (spec.always_changed === true) {
-    throw r.fail([...w, 'always_changed'], 'always_changed: true is not supported (use realize --force NAME)');
+    throw r.fail([...w, 'always_changed'], 'always_changed: true is not supported (force a rebuild of the stage when realizing instead)');
   }
   const cmd = spec.cmd;
   if (cmd === undefined || cmd === null) throw r.fail(w, 'cmd is missing');

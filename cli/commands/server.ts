@@ -9,15 +9,16 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Command } from 'commander';
-import { CairnError } from '../src/errors.js';
-import { parseDuration } from '../src/duration.js';
-import { installation } from './serve/install.js';
-import { frame, FrameReader, serverSocketPath } from './serve/protocol.js';
-import { trustedSocketPath } from './serve/socket-dir.js';
-import type { ServerStatus } from './serve/supervisor.js';
+import type { CliContext } from '../context.js';
+import { CairnError } from '../../src/errors.js';
+import { parseDuration } from '../../src/duration.js';
+import { durationFlag } from '../library-errors.js';
+import { installation } from '../serve/install.js';
+import { frame, FrameReader, serverSocketPath } from '../serve/protocol.js';
+import { trustedSocketPath } from '../serve/socket-dir.js';
+import type { ServerStatus } from '../serve/supervisor.js';
 
-const MAIN = path.join(path.dirname(fileURLToPath(import.meta.url)), 'main.js');
+const MAIN = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'main.js');
 
 /** Sends a control word; null when no server answers on the socket. */
 export function control(socket: string, word: 'status' | 'stop'): Promise<{ code: number; out: string } | null> {
@@ -74,13 +75,13 @@ function positive(v: string, flag: string): number {
 
 interface StartOpts { workers: number; idle: number; maxRequests: number; foreground?: boolean; wait?: boolean }
 
-export function registerServer(program: Command): void {
+export function registerServer({ program }: CliContext): void {
   const server = program.command('server').description('a resident server that runs cairn commands without starting Node each time (see docs/server.md)');
 
   server.command('start')
     .description('start the server in the background (if none runs), and wait until its workers are warm')
     .option('--workers <n>', 'warm worker processes, each running one command at a time', (v) => positive(v, '--workers'), Math.max(2, os.availableParallelism()))
-    .option('--idle <duration>', 'stop after this long without a command', parseDuration, parseDuration('3h'))
+    .option('--idle <duration>', 'stop after this long without a command', durationFlag('--idle'), parseDuration('3h'))
     .option('--max-requests <n>', 'replace a worker after this many commands', (v) => positive(v, '--max-requests'), 500)
     .option('--foreground', 'run in this process, logging to stderr, until stopped')
     .option('--no-wait', 'return as soon as the server listens')
@@ -88,7 +89,7 @@ export function registerServer(program: Command): void {
       const socket = ourSocket();
       const args = ['--workers', String(o.workers), '--idle', `${Math.ceil(o.idle / 1000)}s`, '--max-requests', String(o.maxRequests)];
       if (o.foreground) {
-        const { runServer } = await import('./serve/supervisor.js');
+        const { runServer } = await import('../serve/supervisor.js');
         const { restart } = await runServer({ socket, workers: o.workers, idleMs: o.idle, maxRequests: o.maxRequests, maxHeapBytes: 512 << 20 });
         // The successor loads the rebuilt code; it logs where this one did.
         if (restart) spawn(process.execPath, [MAIN, 'server', 'start', '--foreground', ...args], { detached: true, stdio: ['ignore', 'inherit', 'inherit'] }).unref();

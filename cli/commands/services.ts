@@ -3,8 +3,8 @@
  * Docker engine (see docs/services.md).
  */
 import type { Command } from 'commander';
-import { CairnError } from '../src/errors.js';
-import type { Store } from '../src/store/store.js';
+import { CairnError } from '../../src/errors.js';
+import type { CliContext } from '../context.js';
 
 const out = (s: string): void => { process.stdout.write(s.endsWith('\n') ? s : s + '\n'); };
 
@@ -25,13 +25,14 @@ function printReports(reports: readonly { name: string; outcome: string; detail?
   }
 }
 
-export function registerServices(program: Command, openStore: () => Store): void {
+export function registerServices(ctx: CliContext): void {
+  const { program, openStore } = ctx;
   const cmd = program.command('services').description('service ensembles on the Docker engine: start, stop, reload, status');
   const common = (c: Command): Command => c
     .option('--state-dir <dir>', 'where the context file lives (default: .cairn-services/ next to FILE)')
     .option('-q, --quiet', 'no progress lines on stderr');
   const setup = async (file: string, o: Common) => {
-    const { loadEnsembleFile } = await import('../src/services/load.js');
+    const { loadEnsembleFile } = await import('../../src/services/load.js');
     const e = await loadEnsembleFile(file);
     const log = o.quiet ? undefined : (line: string) => process.stderr.write(`${line}\n`);
     return { e, base: { store: openStore(), file, stateDir: o.stateDir, log } };
@@ -44,7 +45,7 @@ export function registerServices(program: Command, openStore: () => Store): void
     .option('--timeout <s>', 'seconds a service may take to answer its ping (default 300)', parseTimeout)
     .action(async (file: string, o: Common & { exclude?: string[]; timeout?: number }) => {
       const { e, base } = await setup(file, o);
-      const { startEnsemble, checkReports } = await import('../src/services/runner.js');
+      const { startEnsemble, checkReports } = await import('../../src/services/runner.js');
       const reports = await startEnsemble(e, { ...base, exclude: o.exclude, timeoutMs: o.timeout });
       printReports(reports);
       checkReports(reports, 'start');
@@ -57,7 +58,7 @@ export function registerServices(program: Command, openStore: () => Store): void
     .option('--remove', 'also remove the containers (and, with nothing excluded, the network and the context file)')
     .action(async (file: string, o: Common & { exclude?: string[]; remove?: boolean }) => {
       const { e, base } = await setup(file, o);
-      const { stopEnsemble } = await import('../src/services/runner.js');
+      const { stopEnsemble } = await import('../../src/services/runner.js');
       printReports(await stopEnsemble(e, { ...base, exclude: o.exclude, remove: o.remove }));
     });
 
@@ -68,7 +69,7 @@ export function registerServices(program: Command, openStore: () => Store): void
     .option('--timeout <s>', 'seconds the service may take to answer its ping (default 300)', parseTimeout)
     .action(async (file: string, name: string, o: Common & { timeout?: number }) => {
       const { e, base } = await setup(file, o);
-      const { reloadService, checkReports } = await import('../src/services/runner.js');
+      const { reloadService, checkReports } = await import('../../src/services/runner.js');
       const r = await reloadService(e, name, { ...base, timeoutMs: o.timeout });
       printReports([r]);
       checkReports([r], 'reload');
@@ -80,8 +81,8 @@ export function registerServices(program: Command, openStore: () => Store): void
     .option('--json', 'print JSON')
     .action(async (file: string, o: Common & { json?: boolean }) => {
       const { e, base } = await setup(file, o);
-      const { ensembleStatus, contextFile } = await import('../src/services/runner.js');
-      const { FileContext } = await import('../src/services/context.js');
+      const { ensembleStatus, contextFile } = await import('../../src/services/runner.js');
+      const { FileContext } = await import('../../src/services/context.js');
       const status = await ensembleStatus(e, base);
       const context = FileContext.read(contextFile(base, e.name));
       if (o.json) {

@@ -2,12 +2,10 @@
  * The CLI of sync, export and import, and the plumbing commands sync runs on
  * the other host through ssh (`cairn store have|closure|receive`).
  */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
-import type { Command } from 'commander';
-import { CairnError } from '../src/errors.js';
-import type { Store } from '../src/store/store.js';
-import { formatBytes } from './format.js';
+import { CairnError } from '../../src/errors.js';
+import { storeExistsAt } from '../../src/store/exists.js';
+import type { CliContext } from '../context.js';
+import { formatBytes } from '../format.js';
 
 const out = (s: string): void => { process.stdout.write(s.endsWith('\n') ? s : s + '\n'); };
 
@@ -34,7 +32,8 @@ interface SyncCliOpts { ssh?: string; remoteCairn?: string; dryRun?: boolean; bw
  * `storeRoot` gives the --store root without opening it, for plumbing that
  * must not create a store by asking about it.
  */
-export function registerSync(program: Command, openStore: () => Store, storeRoot: () => string): void {
+export function registerSync(ctx: CliContext): void {
+  const { program, openStore, storeArg: storeRoot } = ctx;
   const syncCmd = program.command('sync').description('copy closures between stores on different hosts (rsync over ssh)');
   for (const direction of ['push', 'pull'] as const) {
     syncCmd.command(direction)
@@ -49,12 +48,12 @@ export function registerSync(program: Command, openStore: () => Store, storeRoot
       .option('--bwlimit <kbps>', 'limit rsync to this many KiB/s', parseKbps)
       .option('--json', 'print the report as JSON')
       .action(async (remote: string, refs: string[], o: SyncCliOpts) => {
-        const { push, pull } = await import('../src/store/sync.js');
-        const { parseRemote } = await import('../src/store/sync-plan.js');
+        const { push, pull } = await import('../../src/store/sync.js');
+        const { parseRemote } = await import('../../src/store/sync-plan.js');
         parseRemote(remote); // a bad remote is refused before any store is opened
         const opts = { ssh: o.ssh, remoteCairn: o.remoteCairn, dryRun: o.dryRun, bwlimit: o.bwlimit };
         // A dry-run pull into a store that does not exist yet must not create it.
-        const fresh = !fs.existsSync(path.join(storeRoot(), 'store.json'));
+        const fresh = !storeExistsAt(storeRoot());
         const r = direction === 'push' ? await push(openStore(), remote, refs, opts)
           : await pull(o.dryRun && fresh ? null : openStore(), remote, refs, opts);
         if (o.json) return out(JSON.stringify(r, null, 2));
@@ -75,7 +74,7 @@ export function registerSync(program: Command, openStore: () => Store, storeRoot
     .argument('<ref...>')
     .requiredOption('-o, --output <file>', 'the tar file to write')
     .action(async (refs: string[], o: { output: string }) => {
-      const { exportClosure } = await import('../src/store/export.js');
+      const { exportClosure } = await import('../../src/store/export.js');
       const r = await exportClosure(openStore(), refs, o.output);
       out(`exported ${r.realizations} realization(s) and ${r.derivations} derivation(s) to ${r.file}`);
     });
@@ -85,7 +84,7 @@ export function registerSync(program: Command, openStore: () => Store, storeRoot
     .argument('<file>')
     .option('--json', 'print the report as JSON')
     .action(async (file: string, o: { json?: boolean }) => {
-      const { importClosure } = await import('../src/store/export.js');
+      const { importClosure } = await import('../../src/store/export.js');
       const r = await importClosure(openStore(), file);
       if (o.json) return out(JSON.stringify(r, null, 2));
       out(`imported ${r.received.length} realization(s) and ${r.drvs.length} derivation(s); ${r.present.length} were already present`);
@@ -98,12 +97,12 @@ export function registerSync(program: Command, openStore: () => Store, storeRoot
     .description('plumbing (run by sync over ssh): print as JSON which of the RRefs and DRefs on stdin the store has')
     .option('--stage <key>', 'also prepare the staging directory STORE/incoming/KEY if anything is missing')
     .action(async (o: { stage?: string }) => {
-      const { haveRefs, prepareIncoming } = await import('../src/store/sync.js');
-      const { parseRef } = await import('../src/store/refs.js');
+      const { haveRefs, prepareIncoming } = await import('../../src/store/sync.js');
+      const { parseRef } = await import('../../src/store/refs.js');
       const refs = (await readStdin()).split('\n').map((s) => s.trim()).filter(Boolean);
       for (const r of refs) parseRef(r);
       // Asking must not create a store (sync --dry-run writes nothing).
-      if (!fs.existsSync(path.join(storeRoot(), 'store.json')) && !o.stage) {
+      if (!storeExistsAt(storeRoot()) && !o.stage) {
         return out(JSON.stringify({ have: [], staging: null }));
       }
       const store = openStore();
@@ -117,8 +116,8 @@ export function registerSync(program: Command, openStore: () => Store, storeRoot
     .argument('[ref...]')
     .option('--json', 'print the listing as JSON, with each realization\'s context')
     .action(async (refs: string[], o: { json?: boolean }) => {
-      const { listClosure } = await import('../src/store/sync.js');
-      if (!fs.existsSync(path.join(storeRoot(), 'store.json'))) {
+      const { listClosure } = await import('../../src/store/sync.js');
+      if (!storeExistsAt(storeRoot())) {
         throw new CairnError('E_NO_SUCH_REF', `there is no store at ${storeRoot()}`, { root: storeRoot() });
       }
       const listing = listClosure(openStore(), refs);
@@ -131,8 +130,8 @@ export function registerSync(program: Command, openStore: () => Store, storeRoot
     .argument('<key>')
     .option('--json', 'print the report as JSON')
     .action(async (key: string, o: { json?: boolean }) => {
-      const { receiveIncoming } = await import('../src/store/sync.js');
-      const { parseManifest } = await import('../src/store/sync-plan.js');
+      const { receiveIncoming } = await import('../../src/store/sync.js');
+      const { parseManifest } = await import('../../src/store/sync-plan.js');
       let json: unknown;
       try { json = JSON.parse(await readStdin()); } catch {
         throw new CairnError('E_BAD_CLOSURE', 'the closure manifest on stdin is not JSON');

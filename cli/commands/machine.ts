@@ -3,24 +3,23 @@
  * `cairn machine gc`. Words are split on `+`; each group is a step:
  * `[transient] NAME ARG... [--key=value] [--flag] [--cache=DUR]`.
  */
-import { storeIndex } from '../src/store/internals.js';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import type { Command } from 'commander';
-import { CairnError } from '../src/errors.js';
-import { parseDuration } from '../src/duration.js';
-import { machineBase, MACHINE_BASES } from '../src/stages/bases/registry.js';
-import { killLiveVms } from '../src/backends/qemu/vm.js';
-import { DESCRIPTION, machine, readDescription, staleReason, type ApplyOptions, type Machine } from '../src/stages/machine.js';
-import { resolveStep, type CliWords } from '../src/stages/machine-steps.js';
-import type { RunningMachine } from '../src/backends/machine.js';
-import { collectGarbage } from '../src/store/gc.js';
-import { instantiate } from '../src/stages/instantiate.js';
-import { addNamedRoot, listRoots } from '../src/store/roots.js';
-import type { Store } from '../src/store/store.js';
-import { formatBytes } from './format.js';
-import { progressReporter } from './progress.js';
+import { CairnError } from '../../src/errors.js';
+import { durationFlag } from '../library-errors.js';
+import { machineBase, MACHINE_BASES } from '../../src/stages/bases/registry.js';
+import { killLiveVms } from '../../src/backends/qemu/vm.js';
+import { machine, type ApplyOptions, type Machine } from '../../src/stages/machine.js';
+import { collectMachineGarbage, listMachineStates } from '../../src/stages/machine-states.js';
+import { resolveStep, type CliWords } from '../../src/stages/machine-steps.js';
+import type { RunningMachine } from '../../src/backends/machine.js';
+import { instantiate } from '../../src/stages/instantiate.js';
+import { addNamedRoot } from '../../src/store/roots.js';
+import type { Store } from '../../src/store/store.js';
+import { formatBytes } from '../format.js';
+import type { CliContext } from '../context.js';
+import { progressReporter } from '../progress.js';
 
 interface Group { transient: boolean; name: string; words: CliWords }
 
@@ -79,7 +78,7 @@ async function buildMachine(groups: Group[], dirs: string[]): Promise<{ m: Machi
     const def = await resolveStep(g.name, dirs);
     const { cache, ...named } = g.words.named;
     if (cache === true) throw new CairnError('E_USAGE', '--cache needs a duration, e.g. --cache=1h');
-    const opts: ApplyOptions = { ...(g.transient ? { transient: true } : {}), ...(cache !== undefined ? { cache: parseDuration(cache) } : {}) };
+    const opts: ApplyOptions = { ...(g.transient ? { transient: true } : {}), ...(cache !== undefined ? { cache: durationFlag('--cache')(cache) } : {}) };
     let args;
     try {
       args = def.fromCli({ positional: g.words.positional, named });
@@ -93,8 +92,8 @@ async function buildMachine(groups: Group[], dirs: string[]): Promise<{ m: Machi
   return { m, shell };
 }
 
-export function registerMachine(program: Command, openStore: () => Store, passThrough: boolean): void {
-  const cmd = program.command('machine')
+export function registerMachine(ctx: CliContext, passThrough: boolean): void {
+  const cmd = ctx.program.command('machine')
     .description(`build and resume machines step by step: machine BASE [+ STEP ...] [+ shell]; machine ls; machine gc
   bases: ${[...MACHINE_BASES.keys()].join(', ')}; steps: exec CMD, script.run FILE, upload SRC DST,
   self_test.greeting, shell, or a TS module (path, or NAME in --steps DIR / $CAIRN_STEPS / ./steps).
@@ -112,7 +111,7 @@ export function registerMachine(program: Command, openStore: () => Store, passTh
           : 'Usage: cairn machine gc [-n|--dry-run]\n\ndelete the machine states no root reaches (states that rooted ones stand on are kept; other realizations are left alone)\n');
         return;
       }
-      const store = openStore();
+      const store = ctx.openStore();
       if (words[0] === 'ls') return machineLs(store, flags(words, ['--json']).has('--json'));
       if (words[0] === 'gc') return machineGc(store, flags(words, ['--dry-run', '-n']).size > 0);
       const { m, shell } = await buildMachine(parseMachineWords(words), stepsDirs(o.steps));
@@ -178,34 +177,28 @@ async function scriptedShell(vm: RunningMachine): Promise<void> {
 }
 
 function machineLs(store: Store, json: boolean): void {
-  const rooted = new Set(listRoots(store).roots.flatMap((r) => r.rrefs));
-  const rows = storeIndex(store).all().flatMap((row) => {
-    const dir = store.outPath(row.rref);
-    if (!fs.existsSync(path.join(dir, DESCRIPTION))) return [];
-    const d = readDescription(dir);
-    let bytes = 0;
-    for (const f of fs.readdirSync(dir)) bytes += fs.statSync(path.join(dir, f)).size;
-    return [{
-      rref: row.rref, step: d.step ? d.step.name : '(base)', created: new Date(row.created).toISOString(),
-      expiresAt: d.expiresAt === null ? null : new Date(d.expiresAt).toISOString(), stale: staleReason(d), rooted: rooted.has(row.rref), bytes,
-    }];
-  });
+  const rows = listMachineStates(store).map((s) => ({
+    rref: s.rref, step: s.step, created: new Date(s.created).toISOString(),
+    expiresAt: s.expiresAt === null ? null : new Date(s.expiresAt).toISOString(), stale: s.stale, rooted: s.rooted,
+    bytes: s.bytes,
+  }));
   if (json) {
     process.stdout.write(JSON.stringify(rows, null, 2) + '\n');
     return;
   }
   for (const r of rows) {
-    const flags = [r.rooted ? 'root' : '', r.stale ? `stale: ${r.stale}` : r.expiresAt ? `expires ${r.expiresAt}` : ''].filter(Boolean).join(', ');
-    process.stdout.write(`${r.rref}  ${r.step.padEnd(20)} ${formatBytes(r.bytes).padStart(10)}  ${r.created}${flags ? `  (${flags})` : ''}\n`);
+    const expiry = r.stale ? `stale: ${r.stale}` : r.expiresAt ? `expires ${r.expiresAt}` : '';
+    const flags = [r.rooted ? 'root' : '', expiry].filter(Boolean).join(', ');
+    process.stdout.write(`${r.rref}  ${r.step.padEnd(20)} ${formatBytes(r.bytes).padStart(10)}  ${r.created}`
+      + `${flags ? `  (${flags})` : ''}\n`);
   }
   process.stdout.write(`${rows.length} machine state(s)\n`);
 }
 
 async function machineGc(store: Store, dryRun: boolean): Promise<void> {
-  // Only machine states are collected; a state's parents and files stay as
-  // long as a kept state needs them (the closure).
-  const isState = (rref: string): boolean => fs.existsSync(path.join(store.outPath(rref as never), DESCRIPTION));
-  const r = await collectGarbage(store, { dryRun, keep: (row) => !isState(row.rref) });
+  const r = await collectMachineGarbage(store, { dryRun });
   for (const rref of r.realizations) process.stdout.write(`${dryRun ? 'would delete' : 'deleted'} ${rref}\n`);
-  process.stdout.write(`${dryRun ? 'would delete' : 'deleted'} ${r.realizations.length} machine state(s), ${formatBytes(r.bytes)}; kept ${r.kept} realization(s) (rooted states, what they stand on, and everything that is not a machine state); ${r.roots} root(s)\n`);
+  process.stdout.write(`${dryRun ? 'would delete' : 'deleted'} ${r.realizations.length} machine state(s), `
+    + `${formatBytes(r.bytes)}; kept ${r.kept} realization(s) (rooted states, what they stand on, and everything `
+    + `that is not a machine state); ${r.roots} root(s)\n`);
 }

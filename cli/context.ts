@@ -1,0 +1,49 @@
+/**
+ * What every command group of one `cairn` run shares: the program, the
+ * store it names (opened on first use by a command, closed when the run
+ * ends) and small helpers for printing and parsing options.
+ */
+import * as path from 'node:path';
+import type { Command } from 'commander';
+import { CairnError } from '../src/errors.js';
+import { defaultStoreRoot, Store } from '../src/store/store.js';
+
+export interface CliContext {
+  program: Command;
+  /** Opens the --store store; every store opened is closed by closeStores. */
+  openStore(): Store;
+  /** The --store root as given (else the default), without opening (nor creating) the store. */
+  storeArg(): string;
+  /** That root made absolute, as Store.open makes it: what the CLI prints names the store it opened. */
+  storeRoot(): string;
+  closeStores(): void;
+}
+
+export function cliContext(program: Command): CliContext {
+  const stores: Store[] = [];
+  const storeArg = (): string => program.opts<{ store?: string }>().store ?? defaultStoreRoot();
+  const storeRoot = (): string => path.resolve(storeArg());
+  return {
+    program,
+    openStore: () => {
+      const store = Store.open(storeArg());
+      stores.push(store);
+      return store;
+    },
+    storeArg,
+    storeRoot,
+    closeStores: () => { for (const s of stores.splice(0)) s.close(); },
+  };
+}
+
+/** Prints a line on stdout (adding the newline when missing). */
+export const out = (s: string): void => { process.stdout.write(s.endsWith('\n') ? s : s + '\n'); };
+
+/** A whole number >= 1 given to `flag`; E_USAGE otherwise. */
+export function parseCount(v: string, flag: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) {
+    throw new CairnError('E_USAGE', `${flag} needs a whole number >= 1, not ${JSON.stringify(v)}`);
+  }
+  return n;
+}
