@@ -23,8 +23,9 @@ function openInside(out: string, rel: FsPath, rref: string): number {
   let real: Buffer;
   let base: Buffer;
   try {
-    base = fs.realpathSync(out, { encoding: 'buffer' });
-    real = fs.realpathSync(joinPath(out, relB), { encoding: 'buffer' });
+    // realpath(3): fs.realpathSync's JavaScript walk decodes a Buffer path as UTF-8, losing byte names.
+    base = fs.realpathSync.native(out, { encoding: 'buffer' });
+    real = fs.realpathSync.native(joinPath(out, relB), { encoding: 'buffer' });
   } catch {
     return refuse('does not exist');
   }

@@ -183,17 +183,26 @@ export class LocalStore implements Store {
     }
   }
 
+  // A missing realization rejects, never throws: callers of the interface handle rejections only.
   readFile(rref: RRef, rel: FsPath): Promise<Buffer> {
-    return readOutputFile(this.existingOut(rref), rel, rref);
+    return rejectThrown(() => readOutputFile(this.existingOut(rref), rel, rref));
   }
 
   openFile(rref: RRef, rel: FsPath): Promise<Readable> {
-    return openOutputFile(this.existingOut(rref), rel, rref);
+    return rejectThrown(() => openOutputFile(this.existingOut(rref), rel, rref));
   }
 
   readLog(rref: RRef): Promise<Buffer> {
-    const dir = this.existingRz(rref);
-    return Promise.resolve(withRegularFile(path.join(dir, 'build.log'), (fd) => fs.readFileSync(fd)) ?? Buffer.alloc(0));
+    return rejectThrown(() => {
+      const log = path.join(this.existingRz(rref), 'build.log');
+      try {
+        return Promise.resolve(withRegularFile(log, (fd) => fs.readFileSync(fd)) ?? Buffer.alloc(0));
+      } catch (e) {
+        // A realization may have no log (the interface: an empty one).
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') return Promise.resolve(Buffer.alloc(0));
+        throw e;
+      }
+    });
   }
 
   /**
@@ -639,6 +648,15 @@ function tryRename(from: string, to: string): NodeJS.ErrnoException | null {
     return null;
   } catch (e) {
     return e as NodeJS.ErrnoException;
+  }
+}
+
+/** `f()`, with a synchronous throw turned into a rejection. */
+function rejectThrown<T>(f: () => Promise<T>): Promise<T> {
+  try {
+    return f();
+  } catch (e) {
+    return Promise.reject(e as Error);
   }
 }
 
