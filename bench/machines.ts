@@ -24,11 +24,11 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Store } from '../src/store/store.js';
+import { LocalStore } from '../src/store/store.js';
 import { readDescription } from '../src/stages/machine.js';
 import { qemuBackend, type QemuState } from '../src/backends/qemu/qemu-machine.js';
 import { cloneDisk, type CloneMode } from '../src/backends/qemu/disk.js';
-import { storeIndex } from '../src/store/internals.js';
+import { allRealizations } from '../src/store/ref-queries.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const NODE = process.execPath;
@@ -105,8 +105,8 @@ const PIPE = ['machine', '-q', 'tiny', '+', 'exec', 'echo a > /mnt/a', '+', 'exe
 
 /** In-process: resume the newest state of `store` to a shell that has answered a command, then discard. */
 async function inProcessRestore(storeDir: string, n: number): Promise<Stats> {
-  const store = Store.open(storeDir);
-  const rows = storeIndex(store).all().filter((r) => fs.existsSync(path.join(store.outPath(r.rref), 'machine.json')));
+  const store = LocalStore.open(storeDir);
+  const rows = allRealizations(store).filter((r) => fs.existsSync(path.join(store.outPath(r.rref), 'machine.json')));
   const dir = store.outPath(rows[rows.length - 1]!.rref);
   const d = readDescription(dir);
   const xs: number[] = [];
@@ -123,8 +123,8 @@ async function inProcessRestore(storeDir: string, n: number): Promise<Stats> {
 
 /** In-process: cloneDisk of the newest state's disk in `storeDir` with `mode`. */
 async function cloneOnly(storeDir: string, mode: CloneMode, n: number): Promise<{ stats: Stats; bytes: number }> {
-  const store = Store.open(storeDir);
-  const rows = storeIndex(store).all().filter((r) => fs.existsSync(path.join(store.outPath(r.rref), 'disk.qcow2')) && fs.existsSync(path.join(store.outPath(r.rref), 'machine.json')));
+  const store = LocalStore.open(storeDir);
+  const rows = allRealizations(store).filter((r) => fs.existsSync(path.join(store.outPath(r.rref), 'disk.qcow2')) && fs.existsSync(path.join(store.outPath(r.rref), 'machine.json')));
   const src = path.join(store.outPath(rows[rows.length - 1]!.rref), 'disk.qcow2');
   const xs: number[] = [];
   for (let i = 0; i < n; i++) {
@@ -202,7 +202,7 @@ async function main(): Promise<void> {
     for (const { mode, c } of modes) {
       log(`bench: setting up a ${mode} store`);
       const rref = c.run(PIPE).stdout.trim();
-      const st = readDescription(Store.open(c.store).outPath(rref as never)).state as unknown as QemuState;
+      const st = readDescription(LocalStore.open(c.store).outPath(rref as never)).state as unknown as QemuState;
       if (st.clone !== mode) throw new Error(`the ${mode} store cloned with ${st.clone}`);
       if (mode !== 'overlay' && st.chain !== 0) throw new Error(`the ${mode} store has a backing chain of ${st.chain}`);
       const step = c.times(REPS, (i) => [...PIPE, '+', 'exec', `echo ${mode}-${tag}-${i} > /mnt/u`]);

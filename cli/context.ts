@@ -6,27 +6,27 @@
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { CairnError } from '../src/errors.js';
-import { defaultStoreRoot, Store } from '../src/store/store.js';
+import { defaultStoreRoot, LocalStore } from '../src/store/store.js';
 
 export interface CliContext {
   program: Command;
   /** Opens the --store store; every store opened is closed by closeStores. */
-  openStore(): Store;
+  openStore(): LocalStore;
   /** The --store root as given (else the default), without opening (nor creating) the store. */
   storeArg(): string;
-  /** That root made absolute, as Store.open makes it: what the CLI prints names the store it opened. */
+  /** That root made absolute, as LocalStore.open makes it: what the CLI prints names the store it opened. */
   storeRoot(): string;
   closeStores(): void;
 }
 
 export function cliContext(program: Command): CliContext {
-  const stores: Store[] = [];
+  const stores: LocalStore[] = [];
   const storeArg = (): string => program.opts<{ store?: string }>().store ?? defaultStoreRoot();
   const storeRoot = (): string => path.resolve(storeArg());
   return {
     program,
     openStore: () => {
-      const store = Store.open(storeArg());
+      const store = LocalStore.open(storeArg());
       stores.push(store);
       return store;
     },

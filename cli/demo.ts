@@ -5,7 +5,7 @@ import { loadStageFile } from '../src/stages/load.js';
 import { realize } from '../src/stages/realize.js';
 import { readRealizationFile } from '../src/store/realization-files.js';
 import { realizationRecords } from '../src/store/ref-queries.js';
-import { Store } from '../src/store/store.js';
+import { LocalStore } from '../src/store/store.js';
 
 /**
  * The main job: realize the ML example, then realize it again to show that
@@ -19,7 +19,7 @@ export async function runDemo(storeRoot: string, runs: number): Promise<void> {
   say(`store: ${storeRoot}`);
   const { targets } = await loadStageFile(file);
   const graph = instantiate(targets);
-  const store = Store.open(storeRoot);
+  const store = LocalStore.open(storeRoot);
   try {
     for (let i = 1; i <= runs; i++) {
       const t0 = performance.now();

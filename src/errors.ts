@@ -30,6 +30,7 @@ export const ErrorCodes = {
   E_STORE_IO: 'store could not be read or written',
   E_STORE_UNSAFE: 'the store root or a key entry of it is owned by another user or writable by group or others',
   E_MOUNT_IN_TREE: 'a tree being removed or measured holds a mount point, which is never entered',
+  E_BAD_ADD: 'Store.add got a derivation that does not hash to its DRef, a context naming realizations the store lacks, or no outputs',
   E_LOCK_TIMEOUT: 'gave up waiting for a lock',
   E_USAGE: 'the cairn command line is not valid (raised by the CLI only, never by the library)',
   E_BAD_STAGE_SPEC: 'a stage() or built-in stage spec has an option of the wrong type, out of range or missing',

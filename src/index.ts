@@ -8,8 +8,12 @@ export { stage, isStage, type Stage, type StageSpec, type BuildContext, type Bui
 export { latest, best, all, some, only, exact, custom, readScore, type Matcher, type MatcherFn, type Candidate, type MatchResult, type ScoreBy } from './stages/matchers.js';
 export { instantiate, type Derivation, type Graph } from './stages/instantiate.js';
 export { realize, type RealizeOptions, type RealizeResult, type RealizeEvents, type PlanEntry } from './stages/realize.js';
-export { Store, defaultStoreRoot, LAYOUT_VERSION, type RealizationMeta, type Context } from './store/store.js';
-export { parseRef, type DRef, type RRef } from './store/refs.js';
+export { LocalStore, defaultStoreRoot, LAYOUT_VERSION } from './store/store.js';
+export {
+  candidateOf, type Store, type RealizationMeta, type RealizationInfo, type Context,
+  type AddRequest, type StagedOutput, type AddOptions, type Added, type TempRoots, type HeldLock, type LockOptions,
+} from './store/interface.js';
+export { parseRef, makeDRef, asDRef, asRRef, type DRef, type RRef } from './store/refs.js';
 export { canonicalJson, type Json } from './store/canonical.js';
 export { collectGarbage, type GcOptions, type GcReport } from './store/gc.js';
 export { verifyStore, type VerifyReport, type Problem, type ProblemKind } from './store/verify.js';

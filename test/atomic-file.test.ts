@@ -16,7 +16,7 @@ import { FileContext } from '../src/services/context.js';
 import { compileForImport } from '../src/stages/module-compile.js';
 import { addOutLink } from '../src/store/roots.js';
 import { canReflink } from '../src/backends/qemu/disk.js';
-import { realize, stage, Store } from '../src/index.js';
+import { realize, stage, LocalStore } from '../src/index.js';
 import { one, tempDir } from './helpers.js';
 
 let dir: string;
@@ -121,7 +121,7 @@ describe('the former fixed-name call sites, with symlinks planted at their old n
   });
 
   it('out-links and their root entries (were LINK.cairn-PID and ENTRY.PID.tmp)', async () => {
-    const store = Store.open(path.join(dir, 'store'));
+    const store = LocalStore.open(path.join(dir, 'store'));
     try {
       const s = stage({ name: 'o', config: {}, build: ({ out }) => fs.writeFileSync(path.join(out, 'f'), 'x') });
       const rref = one(await realize(s, { store }));

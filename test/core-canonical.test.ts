@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import fc from 'fast-check';
-import { canonicalJson, CairnError, instantiate, isCairnError, realize, stage, Store } from '../src/index.js';
+import { canonicalJson, CairnError, instantiate, isCairnError, realize, stage, LocalStore } from '../src/index.js';
 import { base32, shortHash, HASH_CHARS } from '../src/store/hash.js';
 import { tempDir } from './helpers.js';
 
@@ -268,7 +268,7 @@ describe('hashing rules are pinned', () => {
   });
 
   it('the RRefs of a fixed two-stage graph with a fixed output tree are pinned', async () => {
-    const store = Store.open(path.join(dir, 'store'));
+    const store = LocalStore.open(path.join(dir, 'store'));
     try {
       const down = stage({
         name: 'pinout',

@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
-  all, best, CairnError, custom, exact, instantiate, latest, only, readScore, realize, some, stage, Store,
+  all, best, CairnError, custom, exact, instantiate, latest, only, readScore, realize, some, stage, LocalStore,
   type BuildContext, type Candidate, type Matcher, type MatcherFn, type RRef, type Stage,
 } from '../src/index.js';
 import { runMatcher } from '../src/stages/matchers.js';
@@ -159,7 +159,7 @@ describe('matchers on synthetic candidates', () => {
 });
 
 describe('matchers in realize', () => {
-  let store: Store;
+  let store: LocalStore;
   let builds: Map<string, number>;
   storePerTest('cairn-core-matchers', (t) => {
     ({ store } = t);

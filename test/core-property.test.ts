@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import fc from 'fast-check';
-import { canonicalJson, instantiate, realize, stage, Store, type BuildContext, type Json, type Stage } from '../src/index.js';
+import { canonicalJson, instantiate, realize, stage, LocalStore, type BuildContext, type Json, type Stage } from '../src/index.js';
 import { tempDir } from './helpers.js';
 import { storeIndex } from '../src/store/internals.js';
 
@@ -132,7 +132,7 @@ describe('property: realize over random DAGs', () => {
 
   it('builds each stage once, is fully cached the second time, and records the chosen inputs as context', async () => {
     await fc.assert(fc.asyncProperty(dagArb(), async (desc) => {
-      const store = Store.open(path.join(dir, `store-${run++}`));
+      const store = LocalStore.open(path.join(dir, `store-${run++}`));
       try {
         const calls = new Map<string, number>();
         const build = (ctx: BuildContext<unknown>) => { calls.set(ctx.name, (calls.get(ctx.name) ?? 0) + 1); recordingBuild(ctx); };
@@ -177,7 +177,7 @@ describe('property: realize over random DAGs', () => {
 
   it('forcing one stage of a deterministic graph rebuilds only it and keeps every RRef', async () => {
     await fc.assert(fc.asyncProperty(dagArb(15), fc.nat(), async (desc, pick) => {
-      const store = Store.open(path.join(dir, `store-${run++}`));
+      const store = LocalStore.open(path.join(dir, `store-${run++}`));
       try {
         const calls = new Map<string, number>();
         const build = (ctx: BuildContext<unknown>) => { calls.set(ctx.name, (calls.get(ctx.name) ?? 0) + 1); recordingBuild(ctx); };

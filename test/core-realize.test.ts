@@ -11,7 +11,7 @@ import { syncBuiltinESMExports } from 'node:module';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
-  all, CairnError, collectGarbage, exact, instantiate, latest, parseRef, realize, stage, Store,
+  all, CairnError, collectGarbage, exact, instantiate, latest, parseRef, realize, stage, LocalStore,
   type BuildContext, type RRef, type Stage,
 } from '../src/index.js';
 import { isCode, drefOf, one, storePerTest } from './helpers.js';
@@ -19,7 +19,7 @@ import { storeIndex } from '../src/store/internals.js';
 import type { DRef } from '../src/store/refs.js';
 
 let dir: string;
-let store: Store;
+let store: LocalStore;
 storePerTest('cairn-core-realize', (t) => ({ dir, store } = t));
 
 
@@ -92,8 +92,8 @@ describe('realize: caching', () => {
     assert.deepEqual(r2.plan.map((p) => p.action), ['cached', 'cached', 'cached']);
     assert.deepEqual(r2.plan.map((p) => p.rrefs), r1.plan.map((p) => p.rrefs));
     assert.deepEqual(r2.targets, r1.targets);
-    // A fresh Store object on the same directory sees the same thing.
-    const again = Store.open(store.root);
+    // A fresh LocalStore object on the same directory sees the same thing.
+    const again = LocalStore.open(store.root);
     try {
       const r3 = await realize(counted('c', { a: counted('a'), b: counted('b', { a: counted('a') }) }), { store: again });
       assert.equal(r3.builds, 0);
@@ -812,7 +812,7 @@ describe('Store.rebuildIndex', () => {
     const root = store.root;
     store.close();
     for (const f of fs.readdirSync(root)) if (f.startsWith('index.sqlite')) fs.rmSync(path.join(root, f));
-    store = Store.open(root);
+    store = LocalStore.open(root);
     assert.deepEqual(storeIndex(store).all(), []);
     assert.deepEqual(store.rebuildIndex(), { derivations: 3, realizations: 3 });
     const r2 = await realize(c, { store });

@@ -9,7 +9,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import ts from 'typescript';
-import { Store, stage, realize, latest, addOutLink, ErrorCodes } from '../src/index.js';
+import { LocalStore, stage, realize, latest, addOutLink, ErrorCodes } from '../src/index.js';
 import { fetchurl } from '../src/stages/builtins/fetch.js';
 import { step, Machine } from '../src/stages/machine.js';
 import { parseDuration } from '../src/duration.js';
@@ -54,7 +54,7 @@ describe('library misuse has its own codes', () => {
     assert.throws(() => splitCommand('ssh "x'), isCode('E_BAD_COMMAND'));
     assert.throws(() => machineBase('no-such-base'), isCode('E_UNKNOWN_BASE'));
     const t = tempDir('cairn-codes');
-    const store = Store.open(path.join(t.dir, 'store'));
+    const store = LocalStore.open(path.join(t.dir, 'store'));
     try {
       assert.throws(() => prepareIncoming(store, '../../etc'), isCode('E_BAD_SYNC_KEY'));
       assert.ok(!fs.existsSync(path.join(store.root, 'incoming')), 'refused before any staging directory is made');
@@ -66,7 +66,7 @@ describe('library misuse has its own codes', () => {
 
   it('E_NO_SUCH_FILE: importing an archive that does not exist', async () => {
     const t = tempDir('cairn-codes');
-    const store = Store.open(path.join(t.dir, 'store'));
+    const store = LocalStore.open(path.join(t.dir, 'store'));
     try {
       await assert.rejects(importClosure(store, path.join(t.dir, 'nope.tar')), isCode('E_NO_SUCH_FILE'));
     } finally {
@@ -82,7 +82,7 @@ describe('library misuse has its own codes', () => {
 
   it('E_REF_IN_USE: removing what others were built from; E_OUT_LINK_NOT_SYMLINK: out-link over a file', async () => {
     const t = tempDir('cairn-codes');
-    const store = Store.open(path.join(t.dir, 'store'));
+    const store = LocalStore.open(path.join(t.dir, 'store'));
     try {
       const a = stage({ name: 'a', config: {}, build: ({ out }) => fs.writeFileSync(path.join(out, 'a'), 'a') });
       const b = stage({ name: 'b', config: { a }, build: ({ out }) => fs.writeFileSync(path.join(out, 'b'), 'b') });

@@ -9,14 +9,14 @@ import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
-  fetchlocal, fetchurl, hashPath, parseHash, realize, Store,
+  fetchlocal, fetchurl, hashPath, parseHash, realize, LocalStore,
   type Stage,
 } from '../src/index.js';
 import { isCode, sha256, drefOf, one, storePerTest } from './helpers.js';
 import { storeIndex } from '../src/store/internals.js';
 
 let dir: string;
-let store: Store;
+let store: LocalStore;
 storePerTest('cairn-fetch-local', (t) => ({ dir, store } = t));
 
 const nothingStored = (s: Stage): void => {

@@ -12,7 +12,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import {
-  fetchurl, realize, Store,
+  fetchurl, realize, LocalStore,
   type RRef, type Stage,
 } from '../src/index.js';
 import { isCode, sha256, drefOf, one, storePerTest } from './helpers.js';
@@ -23,7 +23,7 @@ let server: TestServer;
 before(async () => { server = await TestServer.start(); });
 after(async () => { await server.close(); });
 
-let store: Store;
+let store: LocalStore;
 storePerTest('cairn-fetch-url', (t) => ({ store } = t));
 
 const tmpEntries = (): string[] => { try { return fs.readdirSync(path.join(store.root, 'tmp')); } catch { return []; } };

@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { pathToFileURL } from 'node:url';
-import { instantiate, realize, stage, Store, type RealizeResult, type Stage } from '../src/index.js';
+import { instantiate, realize, stage, LocalStore, type RealizeResult, type Stage } from '../src/index.js';
 import { InputHasher } from '../src/stages/inputs/input-hash.js';
 import { openStatCache, RACY_MARGIN_NS } from '../src/stages/inputs/stat-cache.js';
 import { cairn, expectError, isCode, isolateModuleCache, lastLine, ok, repoRoot, storePerTest } from './helpers.js';
@@ -20,7 +20,7 @@ import { storeIndex } from '../src/store/internals.js';
 isolateModuleCache(after, 'cairn-inputs-cache');
 
 let dir: string;
-let store: Store;
+let store: LocalStore;
 storePerTest('cairn-inputs', (t) => ({ dir, store } = t));
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

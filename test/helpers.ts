@@ -6,7 +6,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach } from 'node:test';
-import { CairnError, instantiate, Store, type RRef, type Stage } from '../src/index.js';
+import { CairnError, instantiate, LocalStore, type RRef, type Stage } from '../src/index.js';
 import type { DRef } from '../src/store/refs.js';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -30,11 +30,11 @@ export function tempDir(label = 'cairn-test'): { dir: string; cleanup: () => voi
  * (or of the suite it is called in), closed and removed after each; `set`
  * receives them before each test.
  */
-export function storePerTest(label: string, set: (t: { dir: string; store: Store }) => void): void {
-  let current: { dir: string; store: Store; cleanup: () => void };
+export function storePerTest(label: string, set: (t: { dir: string; store: LocalStore }) => void): void {
+  let current: { dir: string; store: LocalStore; cleanup: () => void };
   beforeEach(() => {
     const { dir, cleanup } = tempDir(label);
-    current = { dir, cleanup, store: Store.open(path.join(dir, 'store')) };
+    current = { dir, cleanup, store: LocalStore.open(path.join(dir, 'store')) };
     set(current);
   });
   afterEach(() => {

@@ -29,7 +29,7 @@ import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
 import fc from 'fast-check';
 import {
-  importClosure, instantiate, isCairnError, realize, stage, Store, unpack, type RRef, type Stage,
+  importClosure, instantiate, isCairnError, realize, stage, LocalStore, unpack, type RRef, type Stage,
 } from '../src/index.js';
 import { realizationHash, contextHash } from '../src/store/store.js';
 import { makeRRef, parseRRef, type DRef } from '../src/store/refs.js';
@@ -63,7 +63,7 @@ fs.mkdirSync(path.join(work.dir, 'archives'));
 const outsideNow = (): string[] => snapshot(work.dir, (n) => n === 'store' || n === 'archives');
 const before = outsideNow();
 
-const store = Store.open(storeRoot);
+const store = LocalStore.open(storeRoot);
 after(() => store.close());
 
 // ---- encoding a case into a stage config (JSON) ----

@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import { createRequire, syncBuiltinESMExports } from 'node:module';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { CairnError, realize, stage, Store, type BuildContext, type RRef } from '../src/index.js';
+import { CairnError, realize, stage, LocalStore, type BuildContext, type RRef } from '../src/index.js';
 import { exportClosure } from '../src/store/export.js';
 import { extractTar } from '../src/store/extract.js';
 import { receiveClosure } from '../src/store/receive.js';
@@ -31,7 +31,7 @@ describe('receive: staged meta.json and build.log hard-linked to files outside t
   let archive: string;
   before(async () => {
     t = tempDir('cairn-redteam-receive');
-    const src = Store.open(path.join(t.dir, 'src'));
+    const src = LocalStore.open(path.join(t.dir, 'src'));
     try {
       const s = stage({
         name: 'logged',
@@ -69,7 +69,7 @@ describe('receive: staged meta.json and build.log hard-linked to files outside t
       const outside = path.join(t.dir, `outside-${name}`);
       const staging = await staged(name, name, outside);
       const before = fs.readFileSync(outside);
-      const store = Store.open(path.join(t.dir, `store-${name}`));
+      const store = LocalStore.open(path.join(t.dir, `store-${name}`));
       try {
         const manifest = parseManifest(JSON.parse(fs.readFileSync(path.join(staging, 'manifest.json'), 'utf8')));
         const report = await receiveClosure(store, staging, manifest);
@@ -90,8 +90,8 @@ describe('receive: staged meta.json and build.log hard-linked to files outside t
 describe('receive: a refused realization moved to quarantine is closed to other users', () => {
   it('a setuid file of a sender, refused before sealing (bad meta.json), is not reachable through quarantine/', async () => {
     const t = tempDir('cairn-redteam-quarantine');
-    const src = Store.open(path.join(t.dir, 'src'));
-    const dst = Store.open(path.join(t.dir, 'dst'));
+    const src = LocalStore.open(path.join(t.dir, 'src'));
+    const dst = LocalStore.open(path.join(t.dir, 'dst'));
     try {
       const s = stage({ name: 'q', config: {}, build: ({ out }: BuildContext<unknown>) => {
         fs.writeFileSync(path.join(out, 'tool'), '#!/bin/sh\n', { mode: 0o755 });
@@ -124,7 +124,7 @@ describe('receive: a refused realization moved to quarantine is closed to other 
 describe('store verify with a stray entry in d/ whose name is not UTF-8', () => {
   it('names it by its bytes (\\xff), not U+FFFD, and --repair moves it aside', async () => {
     const t = tempDir('cairn-redteam-verify');
-    const store = Store.open(path.join(t.dir, 'store'));
+    const store = LocalStore.open(path.join(t.dir, 'store'));
     try {
       const stray = Buffer.concat([Buffer.from(path.join(store.root, 'd') + '/'), Buffer.from([0x6a, 0xff, 0xfe])]);
       fs.mkdirSync(stray);
@@ -143,7 +143,7 @@ describe('store verify with a stray entry in d/ whose name is not UTF-8', () => 
 describe('a build directory that cannot be removed does not hide the outcome', () => {
   it("a failed build holding an immutable file reports the build's error, not the cleanup's EPERM", async () => {
     const t = tempDir('cairn-redteam-leftover');
-    const store = Store.open(path.join(t.dir, 'store'));
+    const store = LocalStore.open(path.join(t.dir, 'store'));
     const locked: string[] = [];
     try {
       const s = stage({
@@ -210,7 +210,7 @@ describe('names with control characters (valid UTF-8) in listings', () => {
   it('lsref shows a newline or an escape sequence in a name as \\xNN, and catref takes that form', async () => {
     const t = tempDir('cairn-redteam-ctl');
     const storeDir = path.join(t.dir, 'store');
-    const store = Store.open(storeDir);
+    const store = LocalStore.open(storeDir);
     let rref: RRef;
     try {
       const s = stage({ name: 'ctl', config: {}, build: ({ out }: BuildContext<unknown>) => {
@@ -236,7 +236,7 @@ describe('names with control characters (valid UTF-8) in listings', () => {
 describe('file capabilities on a root build\'s output', () => {
   it('sealing drops security.capability from an executable output (setcap), which no mode bit shows', async () => {
     const t = tempDir('cairn-redteam-caps');
-    const store = Store.open(path.join(t.dir, 'store'));
+    const store = LocalStore.open(path.join(t.dir, 'store'));
     try {
       const s = stage({
         name: 'capped',

@@ -12,7 +12,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
-import { realize, stage, Store, type BuildContext, type RRef } from '../src/index.js';
+import { realize, stage, LocalStore, type BuildContext, type RRef } from '../src/index.js';
 import { removeTree, treeBytes } from '../src/store/fsutil.js';
 import { walkTree } from '../src/store/tree.js';
 import { cairn, expectError, isCode, ok, one, tempDir } from './helpers.js';
@@ -38,7 +38,7 @@ const badName = (last = 0x01): Buffer => Buffer.from([0x62, 0x61, 0x64, 0xff, la
 describe('sealing never writes through a planted link', () => {
   it('a hard-linked f next to f.cairn-unlink -> a sentinel outside: the sentinel is untouched', async () => {
     const t = scratch('cairn-hostile-tree');
-    const store = Store.open(path.join(t.dir, 'store'));
+    const store = LocalStore.open(path.join(t.dir, 'store'));
     try {
       const sentinel = path.join(t.dir, 'sentinel');
       const shared = path.join(t.dir, 'shared');
@@ -65,7 +65,7 @@ describe('sealing never writes through a planted link', () => {
 
   it('a hard link to a file outside is copied away: the output is sealed, the outside file unchanged', async () => {
     const t = scratch('cairn-hostile-tree');
-    const store = Store.open(path.join(t.dir, 'store'));
+    const store = LocalStore.open(path.join(t.dir, 'store'));
     try {
       const shared = path.join(t.dir, 'shared');
       fs.writeFileSync(shared, 'shared\n', { mode: 0o755 });
@@ -93,7 +93,7 @@ describe('sealing never writes through a planted link', () => {
 
   it('a build that swaps its build.log for a link to a sentinel: the sentinel keeps its mode', async () => {
     const t = scratch('cairn-hostile-tree');
-    const store = Store.open(path.join(t.dir, 'store'));
+    const store = LocalStore.open(path.join(t.dir, 'store'));
     try {
       const sentinel = path.join(t.dir, 'sentinel');
       fs.writeFileSync(sentinel, 'sentinel\n', { mode: 0o644 });
@@ -172,7 +172,7 @@ describe('names are bytes', () => {
   it('a non-UTF-8 file is sealed, and store verify sees a change to it', async () => {
     const t = scratch('cairn-hostile-tree');
     const storeDir = path.join(t.dir, 'store');
-    const store = Store.open(storeDir);
+    const store = LocalStore.open(storeDir);
     let f: Buffer;
     let rref: RRef;
     try {
@@ -216,7 +216,7 @@ describe('names are bytes', () => {
 
   it('a dead owner\'s temp dir holding non-UTF-8 names is swept, and removeTree removes such a tree', async () => {
     const t = scratch('cairn-hostile-tree');
-    const store = Store.open(path.join(t.dir, 'store'));
+    const store = LocalStore.open(path.join(t.dir, 'store'));
     try {
       const plant = (at: Buffer): void => {
         fs.mkdirSync(at);
@@ -263,7 +263,7 @@ describe('the temporary sweep', () => {
     const mountedAt = (): string | undefined => fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')
       .map((l) => l.split(' ')[4]).find((p) => p?.startsWith(path.join(storeDir, 'tmp')));
     try {
-      Store.open(storeDir).close();
+      LocalStore.open(storeDir).close();
       fs.mkdirSync(mnt, { recursive: true });
       const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', mnt], { encoding: 'utf8' });
       assert.equal(m.status, 0, `mount tmpfs (needs root): ${m.stderr}`);
@@ -312,7 +312,7 @@ describe('the temporary sweep', () => {
     const leftover = path.join(storeDir, 'tmp', '4194305.1-build-i-1');
     let locked: string | undefined;
     try {
-      Store.open(storeDir).close();
+      LocalStore.open(storeDir).close();
       fs.mkdirSync(leftover, { recursive: true });
       const f = path.join(leftover, 'immutable');
       fs.writeFileSync(f, 'x');

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Store } from '../src/store/store.js';
+import { LocalStore } from '../src/store/store.js';
 import { verifyStore } from '../src/store/verify.js';
 import { machine, step, readDescription, type StepMachine } from '../src/stages/machine.js';
 import { exec } from '../src/stages/machine-steps.js';
@@ -22,7 +22,7 @@ import { storeIndex } from '../src/store/internals.js';
 
 requireQemu();
 const { dir, cleanup } = tempDir('cairn-machine');
-const store = Store.open(path.join(dir, 'store'));
+const store = LocalStore.open(path.join(dir, 'store'));
 after(() => cleanup());
 
 const shell = step<{ cmd: string }>({

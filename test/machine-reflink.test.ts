@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import { machine, step, type MachineState } from '../src/stages/machine.js';
 import { tiny } from '../src/stages/bases/tiny.js';
 import type { QemuState } from '../src/backends/qemu/qemu-machine.js';
-import { Store } from '../src/store/store.js';
+import { LocalStore } from '../src/store/store.js';
 import { requireQemu } from './fixtures/qemu/tiny.js';
 import { cairn, ok, sha256, tempDir } from './helpers.js';
 
@@ -64,7 +64,7 @@ const qemuState = (s: MachineState): QemuState => s.description.state as QemuSta
 const diskOf = (s: MachineState): string => path.join(s.dir, qemuState(s).disk!);
 
 /** base -> a -> b, each step writing a file on the guest disk. */
-async function pipeline(store: Store): Promise<MachineState[]> {
+async function pipeline(store: LocalStore): Promise<MachineState[]> {
   const base = machine(tiny());
   const a = base.apply(sh, { cmd: 'echo a > /mnt/a; export X=a; sync' });
   const b = a.apply(sh, { cmd: 'echo b > /mnt/b; export X=$X-b; sync' });
@@ -81,7 +81,7 @@ function sharedExtents(file: string): boolean {
 describe('disk clones', () => {
   it('on XFS with reflink: standalone disks sharing extents, isolated restores, states unchanged', async () => {
     const storeDir = path.join(mnt, 'store');
-    const store = Store.open(storeDir);
+    const store = LocalStore.open(storeDir);
     const states = await pipeline(store);
     for (const s of states) {
       assert.equal(qemuState(s).clone, 'reflink', `${s.rref} was cloned with FICLONE`);
@@ -123,7 +123,7 @@ describe('disk clones', () => {
     const ext4 = tempDir('cairn-overlay');
     t.after(() => ext4.cleanup());
     assert.equal(execFileSync('stat', ['-f', '-c', '%T', ext4.dir], { encoding: 'utf8' }).trim(), 'ext2/ext3', 'the temp dir is on ext4');
-    const store = Store.open(path.join(ext4.dir, 'store'));
+    const store = LocalStore.open(path.join(ext4.dir, 'store'));
     const states = await pipeline(store);
     assert.deepEqual(states.map((s) => qemuState(s).clone), ['overlay', 'overlay', 'overlay']);
     const chains = states.map((s) => qemuState(s).chain);

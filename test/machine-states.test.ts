@@ -8,13 +8,13 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { instantiate, realize, stage, type BuildContext, type RRef, type Stage, Store } from '../src/index.js';
+import { instantiate, realize, stage, type BuildContext, type RRef, type Stage, LocalStore } from '../src/index.js';
 import { DESCRIPTION, type MachineDescription } from '../src/stages/machine.js';
 import { collectMachineGarbage, isMachineState, listMachineStates } from '../src/stages/machine-states.js';
 import { addNamedRoot } from '../src/store/roots.js';
 import { one, storePerTest, tempDir } from './helpers.js';
 
-let store: Store;
+let store: LocalStore;
 storePerTest('cairn-machine-states', (t) => ({ store } = t));
 
 /** A stage whose output looks like a machine state: a description and a 1000-byte disk. */

@@ -10,14 +10,14 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
-import { Store } from '../src/index.js';
+import { LocalStore } from '../src/index.js';
 import { cairn, expectError, isolateModuleCache, ok, repoRoot, storePerTest } from './helpers.js';
 import type { DRef, RRef } from '../src/store/refs.js';
 
 isolateModuleCache(after, 'cairn-yaml-cache');
 
 let dir: string;
-let store: Store;
+let store: LocalStore;
 storePerTest('cairn-yaml', (t) => ({ dir, store } = t));
 
 const storeDir = (): string => path.join(dir, 'store');
@@ -128,7 +128,7 @@ describe('cairn.yaml: the 4-stage ML pipeline', () => {
     ok(cairn(storeDir(), ['export', report, '-o', tar]));
     const other = path.join(dir, 'other-store');
     ok(cairn(other, ['import', tar]));
-    const there = Store.open(other);
+    const there = LocalStore.open(other);
     try {
       assert.match(fs.readFileSync(path.join(there.outPath(report), 'report.md'), 'utf8'), /test accuracy/);
     } finally { there.close(); }

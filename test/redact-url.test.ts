@@ -9,7 +9,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { fetchurl, realize, stage, Store, CairnError } from '../src/index.js';
+import { fetchurl, realize, stage, LocalStore, CairnError } from '../src/index.js';
 import { redactUrl, redactUrlsIn } from '../src/redact-url.js';
 import { cairnAsync, expectError, isolateModuleCache, ok, one, sha256, storePerTest, tempDir } from './helpers.js';
 import { TestServer, serveFull } from './fixtures/fetch/server.js';
@@ -47,7 +47,7 @@ describe('redactUrl', () => {
 });
 
 describe('fetchurl with a secret in the URL', () => {
-  let store: Store;
+  let store: LocalStore;
   storePerTest('cairn-redact', (t) => ({ store } = t));
 
   it('sends user info as Basic auth; build.log holds no secret', async () => {
@@ -88,7 +88,7 @@ describe('fetchurl with a secret in the URL', () => {
 });
 
 describe('a build that throws an error quoting a URL (node-fetch: "request to URL failed") (red team)', () => {
-  let store: Store;
+  let store: LocalStore;
   storePerTest('cairn-redact-throw', (t) => ({ store } = t));
 
   it("E_BUILD_FAILED's message and the failed build's log mask its secrets", async () => {
@@ -110,7 +110,7 @@ describe('a build that throws an error quoting a URL (node-fetch: "request to UR
 });
 
 describe('ctx.exec with a URL argument (e.g. a debootstrap mirror)', () => {
-  let store: Store;
+  let store: LocalStore;
   storePerTest('cairn-redact-exec', (t) => ({ store } = t));
 
   it('the logged command line and the E_BUILD_FAILED message mask its secrets', async () => {

@@ -383,6 +383,27 @@ export function storeConformance(name: string, h: StoreHarness): void {
         assert.equal(fs.statSync(outside).mode & 0o7777, 0o644, 'sealing never changed a file outside the output');
       });
 
+      test('refuses what verify would call corrupt (E_BAD_ADD): a drv that does not hash to its DRef, a bad context', T,
+        async () => {
+          const dep = derivation('dep', 'bad-add');
+          const [depR] = await add(req(dep), [{ tree: { f: 'dep' }, created: at() }]);
+          const d = derivation('user', 'bad-add');
+          const other = derivation('other', 'bad-add');
+          const ghost = `${'0'.repeat(32)}-${dep.dref}` as RRef;
+          const cases: [string, RequestSpec][] = [
+            ['a drv that hashes to another DRef', { ...req(d), drv: other.drv }],
+            ['a name that is not the DRef\'s', { ...req(d), name: 'renamed' }],
+            ['a context naming a realization the store lacks', req(d, { [dep.dref]: [ghost] })],
+            ['a context listing a realization under another DRef', req(d, { [other.dref]: [depR!.meta.rref] })],
+          ];
+          for (const [what, bad] of cases) {
+            await rejectsWith(() => add(bad, [{ tree: { f: 'x' }, created: at() }]), 'E_BAD_ADD', what);
+          }
+          assert.deepEqual(await store.realizationsOf(d.dref), [], 'nothing is stored');
+          assert.equal(await store.derivation(d.dref), undefined, 'not even the derivation');
+          await rejectsWith(() => store.add({ ...req(d), outputs: [] }), 'E_BAD_ADD', 'no outputs');
+        });
+
       test('hostile trees: an output that is itself a link is refused; a hard link out is copied', T, async () => {
         const victim = path.join(scratch, 'victim');
         fs.mkdirSync(victim, { mode: 0o755 });

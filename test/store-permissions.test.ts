@@ -1,5 +1,5 @@
 /**
- * Store permissions whatever the umask (issue 13): a store made under
+ * LocalStore permissions whatever the umask (issue 13): a store made under
  * `umask 000` or 022 cannot be changed by another local user; a store root
  * someone else can write to is refused (E_STORE_UNSAFE); `store verify`
  * reports entries that do not belong and permissive modes, and goes on.
@@ -14,7 +14,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { isCairnError, Store } from '../src/index.js';
+import { isCairnError, LocalStore } from '../src/index.js';
 import { cairn, cairnBin, expectError, isolateModuleCache, lastLine, ok, repoRoot, tempDir } from './helpers.js';
 import { assertVerifyClean, verify } from './fixtures/torture/support.js';
 import { storeIndex } from '../src/store/internals.js';
@@ -130,7 +130,7 @@ describe('another user cannot change a store', () => {
         const before = { b: digest(bFile), index: digest(path.join(store, 'index.sqlite')) };
 
         // An open store keeps the index's -wal and -shm files, so attacks on them are real.
-        const open = Store.open(store);
+        const open = LocalStore.open(store);
         try {
           storeIndex(open).all();
           for (const f of ['index.sqlite-wal', 'index.sqlite-shm']) assert.ok(fs.existsSync(path.join(store, f)), `${f} exists`);
@@ -166,8 +166,8 @@ describe('another user cannot change a store', () => {
 
 describe('Store.open refuses a store another user can change (E_STORE_UNSAFE)', () => {
   function refused(store: string, what: string): void {
-    assert.throws(() => Store.open(store), (e: unknown) => isCairnError(e, 'E_STORE_UNSAFE') && /chmod go-w/.test(e.message),
-      `${what}: Store.open throws E_STORE_UNSAFE with a fix`);
+    assert.throws(() => LocalStore.open(store), (e: unknown) => isCairnError(e, 'E_STORE_UNSAFE') && /chmod go-w/.test(e.message),
+      `${what}: LocalStore.open throws E_STORE_UNSAFE with a fix`);
     expectError(cairn(store, ['du']), 'E_STORE_UNSAFE');
   }
 
@@ -190,7 +190,7 @@ describe('Store.open refuses a store another user can change (E_STORE_UNSAFE)', 
       const t = tempDir('cairn-perm-open');
       try {
         const store = path.join(t.dir, 'store');
-        Store.open(store).close();
+        LocalStore.open(store).close();
         c.spoil(store);
         refused(store, c.name);
       } finally {

@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { realize, stage, instantiate, type BuildContext, type RRef, type Stage, Store } from '../src/index.js';
+import { realize, stage, instantiate, type BuildContext, type RRef, type Stage, LocalStore } from '../src/index.js';
 import { refUsage, storeUsage } from '../src/store/du.js';
 import { storeExistsAt } from '../src/store/exists.js';
 import { localOutputDir, outputTree, readBuildLog, readRealizationFile } from '../src/store/realization-files.js';
@@ -17,7 +17,7 @@ import { removeRef } from '../src/store/remove-ref.js';
 import { drefOf, isCode, one, storePerTest } from './helpers.js';
 
 let dir: string;
-let store: Store;
+let store: LocalStore;
 storePerTest('cairn-store-queries', (t) => ({ dir, store } = t));
 
 /** A stage whose output is `size` random bytes in data.bin: every build is a new realization. */
@@ -203,7 +203,7 @@ describe('removeRef: what a ref names goes', () => {
     const top = sized('rm-top', 8, { base });
     const topRref = await build(top);
     const baseRref = realizationRecords(store, drefOf(base))[0]!.rref;
-    // The refusal's code is Store.remove's (being renamed from E_USAGE in issue 15): any CairnError.
+    // The refusal's code is LocalStore.remove's (being renamed from E_USAGE in issue 15): any CairnError.
     assert.throws(() => removeRef(store, baseRref), (e: Error & { code?: string }) => e.code !== undefined);
     assert.equal(store.has(baseRref), true);
     assert.deepEqual(removeRef(store, baseRref, { force: true }), { rrefs: [baseRref], drv: false });

@@ -12,7 +12,7 @@ import { cairn, isolateModuleCache, lastLine, repoRoot, tempDir } from './helper
 import { assertVerifyClean, expectError, ok, rrefsOnDisk, rzDir, tmpEntries } from './fixtures/torture/support.js';
 import { closureOf, dependencyOrder, parseManifest, parseRemote, planTransfer, splitCommand } from '../src/store/sync-plan.js';
 import { isCode, one } from './helpers.js';
-import { exportClosure, importClosure, realize, stage, Store } from '../src/index.js';
+import { exportClosure, importClosure, realize, stage, LocalStore } from '../src/index.js';
 import type { RRef } from '../src/store/refs.js';
 
 const CLOSURE = path.join(repoRoot, 'test', 'fixtures', 'sync', 'closure.ts');
@@ -122,8 +122,8 @@ describe('export and import in process: bytes, determinism, the partial file (is
   });
 
   it('non-UTF-8 names survive export and import: the same RRef, the same bytes', async () => {
-    const a = Store.open(path.join(work.dir, 'bytes-src'));
-    const b = Store.open(path.join(work.dir, 'bytes-dst'));
+    const a = LocalStore.open(path.join(work.dir, 'bytes-src'));
+    const b = LocalStore.open(path.join(work.dir, 'bytes-dst'));
     try {
       const rref = one(await realize(bytesStage('b'), { store: a }));
       const file = path.join(work.dir, 'bytes.tar');
@@ -141,7 +141,7 @@ describe('export and import in process: bytes, determinism, the partial file (is
   });
 
   it('the export is a function of the closure, and its partial file is never a name planted in advance', async () => {
-    const a = Store.open(path.join(work.dir, 'det-src'));
+    const a = LocalStore.open(path.join(work.dir, 'det-src'));
     try {
       const rref = one(await realize(stage({
         name: 'det', config: {}, version: '1',

@@ -9,7 +9,7 @@
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { Store } from '../src/store/store.js';
+import { LocalStore } from '../src/store/store.js';
 import { machine, step } from '../src/stages/machine.js';
 import { tiny } from '../src/stages/bases/tiny.js';
 import { requireQemu } from './fixtures/qemu/tiny.js';
@@ -38,7 +38,7 @@ const shell = step<{ cmd: string }>({
 describe('a machine state moves between hosts', () => {
   it('built on A, pulled to B, resumed on B with its memory and disk', async () => {
     const m = machine(tiny()).apply(shell, { cmd: 'export X=from-host-a; echo in-memory > /tmp/m; echo on-disk > /mnt/d' });
-    const storeA = Store.open(a.store);
+    const storeA = LocalStore.open(a.store);
     let rref: RRef;
     try {
       rref = (await m.realize({ store: storeA })).rref;
@@ -52,7 +52,7 @@ describe('a machine state moves between hosts', () => {
     const v = await h.cairn(b, ['store', 'verify', '--json']);
     assert.deepEqual((JSON.parse(v.stdout) as VerifyReport).problems, []);
 
-    const storeB = Store.open(b.store);
+    const storeB = LocalStore.open(b.store);
     try {
       let builds = 0;
       const seen = await m.use((vm) => vm.exec('echo $X; cat /tmp/m /mnt/d'), { store: storeB, events: { built: () => { builds++; } } });

@@ -13,7 +13,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tar from 'tar';
 import {
-  CairnError, fetchlocal, fetchurl, realize, Store, unpack,
+  CairnError, fetchlocal, fetchurl, realize, LocalStore, unpack,
   type Stage,
 } from '../src/index.js';
 import { tempDir, isCode, drefOf, one, storePerTest } from './helpers.js';
@@ -39,7 +39,7 @@ before(async () => {
 after(() => fx.cleanup());
 
 let dir: string;
-let store: Store;
+let store: LocalStore;
 storePerTest('cairn-unpack', (t) => ({ dir, store } = t));
 
 const sh = (cmd: string, args: string[], opts: { cwd?: string; input?: string } = {}): void => {

@@ -16,7 +16,7 @@ import { resolveStep, type CliWords } from '../../src/stages/machine-steps.js';
 import type { RunningMachine } from '../../src/backends/machine.js';
 import { instantiate } from '../../src/stages/instantiate.js';
 import { addNamedRoot } from '../../src/store/roots.js';
-import type { Store } from '../../src/store/store.js';
+import type { LocalStore } from '../../src/store/store.js';
 import { formatBytes } from '../format.js';
 import type { CliContext } from '../context.js';
 import { progressReporter } from '../progress.js';
@@ -176,7 +176,7 @@ async function scriptedShell(vm: RunningMachine): Promise<void> {
   process.exitCode = r.exitCode;
 }
 
-function machineLs(store: Store, json: boolean): void {
+function machineLs(store: LocalStore, json: boolean): void {
   const rows = listMachineStates(store).map((s) => ({
     rref: s.rref, step: s.step, created: new Date(s.created).toISOString(),
     expiresAt: s.expiresAt === null ? null : new Date(s.expiresAt).toISOString(), stale: s.stale, rooted: s.rooted,
@@ -195,7 +195,7 @@ function machineLs(store: Store, json: boolean): void {
   process.stdout.write(`${rows.length} machine state(s)\n`);
 }
 
-async function machineGc(store: Store, dryRun: boolean): Promise<void> {
+async function machineGc(store: LocalStore, dryRun: boolean): Promise<void> {
   const r = await collectMachineGarbage(store, { dryRun });
   for (const rref of r.realizations) process.stdout.write(`${dryRun ? 'would delete' : 'deleted'} ${rref}\n`);
   process.stdout.write(`${dryRun ? 'would delete' : 'deleted'} ${r.realizations.length} machine state(s), `

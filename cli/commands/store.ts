@@ -14,13 +14,13 @@ import { newestRealization, realizationRecords } from '../../src/store/ref-queri
 import { parseRef, type RRef } from '../../src/store/refs.js';
 import { removeRef } from '../../src/store/remove-ref.js';
 import { addNamedRoot, listRoots, removeNamedRoot } from '../../src/store/roots.js';
-import type { Store } from '../../src/store/store.js';
+import type { LocalStore } from '../../src/store/store.js';
 import { verifyStore } from '../../src/store/verify.js';
 import { out, parseCount, type CliContext } from '../context.js';
 import { formatBytes, formatTree } from '../format.js';
 
 /** A DRef stands for its newest realization where one realization is needed; says so when it had a choice. */
-function oneRealization(store: Store, ref: string): RRef {
+function oneRealization(store: LocalStore, ref: string): RRef {
   const { rref, of } = newestRealization(store, ref);
   if (of > 1) process.stderr.write(`note: ${ref} has ${of} realizations; using the newest, ${rref}\n`);
   return rref;

@@ -17,7 +17,7 @@ import { isolateModules, loadStageFile } from '../../src/stages/load.js';
 import { instantiate } from '../../src/stages/instantiate.js';
 import { realize } from '../../src/stages/realize.js';
 import { removeTree } from '../../src/store/fsutil.js';
-import { Store } from '../../src/store/store.js';
+import { LocalStore } from '../../src/store/store.js';
 import { createProgram } from '../program.js';
 import { reportError } from '../report-error.js';
 import type { ClientRequest } from './protocol.js';
@@ -81,7 +81,7 @@ async function warmUp(): Promise<void> {
       'export default prev!;',
       '',
     ].join('\n'));
-    const store = Store.open(path.join(dir, 'store'));
+    const store = LocalStore.open(path.join(dir, 'store'));
     try {
       for (let i = 0; i < 3; i++) await realize(instantiate((await loadStageFile(file)).targets), { store });
     } finally {

@@ -9,7 +9,7 @@ import { execArgv } from '../backends/containers/docker-machine.js';
 import { ensureImage } from '../backends/containers/image.js';
 import { realize } from '../stages/realize.js';
 import type { Stage } from '../stages/stage.js';
-import type { Store } from '../store/store.js';
+import type { LocalStore } from '../store/store.js';
 import { FileContext } from './context.js';
 import {
   buildImage, containerLogs, containerName, ensureNetwork, imageId, inspectContainer, LABEL_ENSEMBLE, LABEL_SERVICE, LABEL_SPEC,
@@ -23,8 +23,8 @@ export const DEFAULT_PING_TIMEOUT_MS = 300_000;
 const PING_INTERVAL_MS = 100;
 
 export interface RunnerOptions {
-  /** Store that image stages are realized into. */
-  store: Store;
+  /** LocalStore that image stages are realized into. */
+  store: LocalStore;
   /** The ensemble file: relative build directories and the default state dir are resolved against it. */
   file: string;
   /** Where the context file lives (default: `.cairn-services/` next to the ensemble file). */

@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { CairnError } from '../errors.js';
 import { redactUrlsIn } from '../redact-url.js';
 import type { DRef, RRef } from '../store/refs.js';
-import type { Store } from '../store/store.js';
+import type { LocalStore } from '../store/store.js';
 import { BuildGroups } from './build-processes.js';
 import type { Derivation, FileDep } from './instantiate.js';
 import { isStage, type BuildContext, type BuildLog, type Dep, type ExecOptions } from './stage.js';
@@ -19,7 +19,7 @@ export function resolveConfig(config: unknown, depOf: (s: object) => Dep | undef
   return walk(config);
 }
 
-export function makeDep(store: Store, dref: DRef, rrefs: readonly RRef[]): Dep {
+export function makeDep(store: LocalStore, dref: DRef, rrefs: readonly RRef[]): Dep {
   const paths = rrefs.map((r) => store.outPath(r));
   return Object.freeze({
     dref,

@@ -4,7 +4,7 @@ import { CairnError } from '../errors.js';
 import type { RRef } from '../store/refs.js';
 import type { FixedOutput } from './builtins/fetch.js';
 import type { UnpackLimits } from '../store/extract-plan.js';
-import type { Store } from '../store/store.js';
+import type { LocalStore } from '../store/store.js';
 import { writeFileAtomic } from '../store/atomic-file.js';
 import { entryStage, type Catalog, type CatalogEntry } from './catalog.js';
 import { instantiate } from './instantiate.js';
@@ -27,7 +27,7 @@ export interface Manifest {
   unpacked?: { rref: RRef; path: string };
 }
 
-export async function fetchEntry(store: Store, cat: Catalog, entry: CatalogEntry,
+export async function fetchEntry(store: LocalStore, cat: Catalog, entry: CatalogEntry,
   opts: { unpack?: boolean; unpackLimits?: UnpackLimits; outLink?: string; events?: RealizeEvents } = {}): Promise<Manifest> {
   const target = entryStage(entry, { unpack: opts.unpack, unpackLimits: opts.unpackLimits });
   const graph = instantiate(target);
@@ -44,7 +44,7 @@ export async function fetchEntry(store: Store, cat: Catalog, entry: CatalogEntry
     version: entry.version,
     hash: entry.hash,
     entry: entry.fields,
-    store: store.root,
+    store: store.location,
     rref: finalRref,
     path: unpacked?.path ?? fetched.path,
     fetched,

@@ -9,7 +9,7 @@ import { allRealizations } from '../store/ref-queries.js';
 import { localOutputDir } from '../store/realization-files.js';
 import type { RRef } from '../store/refs.js';
 import { listRoots } from '../store/roots.js';
-import type { Store } from '../store/store.js';
+import type { LocalStore } from '../store/store.js';
 import { DESCRIPTION, readDescription, staleReason } from './machine.js';
 
 export interface MachineStateInfo {
@@ -31,12 +31,12 @@ export interface MachineStateInfo {
 const isMachineStateDir = (dir: string): boolean => fs.existsSync(path.join(dir, DESCRIPTION));
 
 /** Whether a realization is a machine state. */
-export function isMachineState(store: Store, rref: RRef): boolean {
+export function isMachineState(store: LocalStore, rref: RRef): boolean {
   return isMachineStateDir(localOutputDir(store, rref));
 }
 
 /** Every machine state in the store, oldest first. */
-export function listMachineStates(store: Store, now = Date.now()): MachineStateInfo[] {
+export function listMachineStates(store: LocalStore, now = Date.now()): MachineStateInfo[] {
   const rooted = new Set(listRoots(store).roots.flatMap((r) => r.rrefs));
   return allRealizations(store).flatMap((row) => {
     const dir = localOutputDir(store, row.rref);
@@ -56,6 +56,6 @@ export function listMachineStates(store: Store, now = Date.now()): MachineStateI
  * files stay (its closure), and realizations that are not machine states
  * are left alone.
  */
-export function collectMachineGarbage(store: Store, opts: { dryRun?: boolean } = {}): Promise<GcReport> {
+export function collectMachineGarbage(store: LocalStore, opts: { dryRun?: boolean } = {}): Promise<GcReport> {
   return collectGarbage(store, { dryRun: opts.dryRun, keep: (row) => !isMachineState(store, row.rref) });
 }

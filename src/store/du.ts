@@ -4,7 +4,7 @@
  */
 import { storeIndex } from './internals.js';
 import type { RRef } from './refs.js';
-import type { Store } from './store.js';
+import type { LocalStore } from './store.js';
 
 export interface Usage { bytes: number; count: number }
 
@@ -15,7 +15,7 @@ export interface StoreUsage {
 }
 
 /** The whole store, by derivation. */
-export function storeUsage(store: Store): StoreUsage {
+export function storeUsage(store: LocalStore): StoreUsage {
   const byDrv = new Map<string, Usage>();
   for (const row of storeIndex(store).all()) {
     const e = byDrv.get(row.dref) ?? { bytes: 0, count: 0 };
@@ -32,11 +32,11 @@ export function storeUsage(store: Store): StoreUsage {
  * A DRef (all its realizations) or an RRef, and its closure: everything it
  * was built from. Throws E_NO_SUCH_REF (as Store.resolve) for an unknown ref.
  */
-export function refUsage(store: Store, ref: string): { own: Usage; closure: Usage } {
+export function refUsage(store: LocalStore, ref: string): { own: Usage; closure: Usage } {
   const own = store.resolve(ref);
   return { own: usageOf(store, own), closure: usageOf(store, store.closureSync(own)) };
 }
 
-function usageOf(store: Store, rrefs: readonly RRef[]): Usage {
+function usageOf(store: LocalStore, rrefs: readonly RRef[]): Usage {
   return { bytes: rrefs.reduce((a, r) => a + (storeIndex(store).get(r)?.bytes ?? 0), 0), count: rrefs.length };
 }

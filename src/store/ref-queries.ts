@@ -6,7 +6,7 @@
 import { storeIndex } from './internals.js';
 import { CairnError } from '../errors.js';
 import type { DRef, RRef } from './refs.js';
-import type { Store } from './store.js';
+import type { LocalStore } from './store.js';
 
 export interface RealizationRecord {
   rref: RRef;
@@ -25,7 +25,7 @@ const record = (r: RealizationRecord): RealizationRecord =>
  * index. Throws E_NO_SUCH_REF (as Store.resolve) for a ref the store lacks;
  * an RRef whose files exist but whose index row is missing is left out.
  */
-export function realizationRecords(store: Store, ref: string): RealizationRecord[] {
+export function realizationRecords(store: LocalStore, ref: string): RealizationRecord[] {
   return store.resolve(ref).flatMap((rref) => {
     const row = storeIndex(store).get(rref);
     return row ? [record(row)] : [];
@@ -33,7 +33,7 @@ export function realizationRecords(store: Store, ref: string): RealizationRecord
 }
 
 /** Every realization in the store, oldest first. */
-export function allRealizations(store: Store): RealizationRecord[] {
+export function allRealizations(store: LocalStore): RealizationRecord[] {
   return storeIndex(store).all().map(record);
 }
 
@@ -43,7 +43,7 @@ export function allRealizations(store: Store): RealizationRecord[] {
  * them). `of` is how many the DRef has, so a caller can say that it chose.
  * Throws E_NO_SUCH_REF for an unknown ref or a DRef with no realizations.
  */
-export function newestRealization(store: Store, ref: string): { rref: RRef; of: number } {
+export function newestRealization(store: LocalStore, ref: string): { rref: RRef; of: number } {
   const rrefs = store.resolve(ref);
   const newest = rrefs[rrefs.length - 1];
   if (newest === undefined) throw new CairnError('E_NO_SUCH_REF', `${ref} has no realizations`, { ref });

@@ -212,7 +212,7 @@ export class LocalStore implements Store {
    */
   async add(request: AddRequest, opts: AddOptions = {}): Promise<Added[]> {
     const { dref, name, context, buildMs } = request;
-    parseRef(dref);
+    this.checkAdd(request);
     const published: Published[] = [];
     try {
       const drvSync = this.drvs.ensure(dref, name, request.drv);
@@ -255,6 +255,29 @@ export class LocalStore implements Store {
       unlock: (k, o) => this.index.unlock(k, o),
       swept: () => this.sweepTemp(),
     }, key, what, fn, opts);
+  }
+
+  /**
+   * What `add` refuses before touching anything (E_BAD_ADD): a derivation
+   * that does not hash to its DRef or whose name differs, and a context
+   * naming realizations of other derivations or ones the store lacks. A
+   * store that took these would hold what `store verify` calls corrupt.
+   */
+  private checkAdd(request: AddRequest): void {
+    const { dref, name, context } = request;
+    const p = parseRef(dref);
+    const bad = (why: string): never => { throw new CairnError('E_BAD_ADD', `cannot add ${dref}: ${why}`, { dref }); };
+    if (p.kind !== 'drv' || p.name !== name) bad(`it is not the DRef of a derivation named ${JSON.stringify(name)}`);
+    if (shortHash(request.drv) !== p.dref.slice(0, p.dref.length - name.length - 1)) bad('its drv does not hash to it');
+    for (const [dep, rrefs] of Object.entries(context)) {
+      for (const r of rrefs) {
+        const rp = parseRef(r);
+        if (rp.kind !== 'rz' || rp.dref !== dep) bad(`its context lists ${r} under ${dep}`);
+        // A dependency added a moment ago may be readable but not yet indexed (see add).
+        if (!this.has(r) && !fs.existsSync(this.rzDir(r))) bad(`its context names ${r}, which the store lacks`);
+      }
+    }
+    if (request.outputs.length === 0) bad('no outputs');
   }
 
   private candidate(row: RealizationInfo): Candidate {
@@ -697,5 +720,3 @@ function toIndexed(meta: RealizationMeta): IndexedRealization & { name: string }
   };
 }
 
-/** Until every caller names the class LocalStore (the interface is `Store`, in interface.ts). */
-export { LocalStore as Store };

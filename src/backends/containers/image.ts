@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import { CairnError } from '../../errors.js';
 import { parseRRef, type RRef } from '../../store/refs.js';
-import type { Store } from '../../store/store.js';
+import type { LocalStore } from '../../store/store.js';
 import { docker, imageExists } from './docker.js';
 
 export const IMAGE_JSON = 'image.json';
@@ -98,7 +98,7 @@ export async function ensureImageAt(dir: string, desc: ImageDescription = readIm
 }
 
 /** ensureImageAt for a realization: its tag (or image id), imported or loaded if the engine lacks it. */
-export async function ensureImage(store: Store, rref: RRef): Promise<string> {
+export async function ensureImage(store: LocalStore, rref: RRef): Promise<string> {
   parseRRef(rref);
   if (!store.has(rref)) throw new CairnError('E_NO_SUCH_REF', `${rref} is not in the store`, { ref: rref });
   return ensureImageAt(store.outPath(rref));
