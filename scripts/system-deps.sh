@@ -14,6 +14,9 @@ set -euo pipefail
 # (cli/client/cairn.c). useradd, setpriv, unshare, prlimit and chattr: the
 # trust-boundary tests (another user, other namespaces and limits, an
 # immutable leftover); setcap/getcap: file capabilities on a build's output.
+# A single-node OpenStack Swift (its s3api is the S3 the cache tests use) with
+# memcached, nginx serving a cache over HTTP, rclone (the cache benchmark's
+# yardstick and scripts/swift.sh's S3 probe) and curl (scripts/nginx.sh).
 need=()
 for tool in mkfifo:coreutils mknod:coreutils dd:coreutils mkfs.ext4:e2fsprogs mount:mount umount:mount \
     xz:xz-utils bzip2:bzip2 zstd:zstd ar:binutils dpkg-deb:dpkg \
@@ -22,7 +25,10 @@ for tool in mkfifo:coreutils mknod:coreutils dd:coreutils mkfs.ext4:e2fsprogs mo
     rsync:rsync ssh:openssh-client sshd:openssh-server ip:iproute2 \
     make:make g++:g++ cc:gcc python3:python3 \
     useradd:passwd userdel:passwd setpriv:util-linux unshare:util-linux prlimit:util-linux chattr:e2fsprogs \
-    setcap:libcap2-bin getcap:libcap2-bin; do
+    setcap:libcap2-bin getcap:libcap2-bin \
+    swift-ring-builder:swift swift-proxy-server:swift-proxy swift-account-server:swift-account \
+    swift-container-server:swift-container swift-object-server:swift-object memcached:memcached \
+    nginx:nginx rclone:rclone curl:curl; do
   command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
 done
 [ ${#need[@]} -eq 0 ] && exit 0
