@@ -130,6 +130,7 @@ export class FileBlobStore implements BlobStore {
         continue;
       }
       if (!st.isDirectory()) {
+        if (!create) return undefined; // a key under a file or a symlink: not an object
         throw new CairnError('E_CACHE_UNAVAILABLE', `cache ${this.url}: ${dir} is not a directory (or is a symlink)`, {
           url: this.url,
           key,
