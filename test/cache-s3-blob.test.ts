@@ -149,6 +149,19 @@ describe('S3 retries and failures', () => {
     assert.ok(asked < 1000, `gave up for all keys after asking about ${asked}, not one budget per key`);
   });
 
+  it('once one key of a has fails for good, the other requests of that call stop', async () => {
+    const s = new S3BlobStore(s3url(bucket, proxy.url), { credentials, ...fast });
+    proxy.reset();
+    // One key is refused outright, every other one is throttled (retried).
+    proxy.fail = (_, req) => (req.url!.endsWith('/down/0') ? 403 : true);
+    const keys = Array.from({ length: 1000 }, (_, i) => `down/${i}`);
+    await assert.rejects(s.has(keys), isCode('E_CACHE_UNAVAILABLE'));
+    const atFailure = proxy.seen.length;
+    await new Promise((resolve) => setTimeout(resolve, fast.retry.budgetMs));
+    const later = proxy.seen.length - atFailure;
+    assert.ok(later <= 32, `${later} requests were sent after has had already failed`);
+  });
+
   it('a closed port gives E_CACHE_UNAVAILABLE', async () => {
     const port = await freePort();
     const s = new S3BlobStore(s3url(bucket, `http://127.0.0.1:${port}`), { credentials, ...fast });
