@@ -17,8 +17,7 @@ set -euo pipefail
 # A single-node OpenStack Swift (its s3api is the S3 the cache tests use) with
 # memcached, nginx serving a cache over HTTP, rclone (the cache benchmark's
 # yardstick and scripts/swift.sh's S3 probe) and curl (scripts/nginx.sh).
-need=()
-for tool in mkfifo:coreutils mknod:coreutils dd:coreutils mkfs.ext4:e2fsprogs mount:mount umount:mount \
+tools="mkfifo:coreutils mknod:coreutils dd:coreutils mkfs.ext4:e2fsprogs mount:mount umount:mount \
     xz:xz-utils bzip2:bzip2 zstd:zstd ar:binutils dpkg-deb:dpkg \
     qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils \
     mkfs.xfs:xfsprogs debootstrap:debootstrap dockerd:docker.io docker:docker.io \
@@ -28,9 +27,14 @@ for tool in mkfifo:coreutils mknod:coreutils dd:coreutils mkfs.ext4:e2fsprogs mo
     setcap:libcap2-bin getcap:libcap2-bin \
     swift-ring-builder:swift swift-proxy-server:swift-proxy swift-account-server:swift-account \
     swift-container-server:swift-container swift-object-server:swift-object memcached:memcached \
-    nginx:nginx rclone:rclone curl:curl; do
-  command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
-done
+    nginx:nginx rclone:rclone curl:curl"
+missing() {
+  need=()
+  for tool in $tools; do
+    command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
+  done
+}
+missing
 [ ${#need[@]} -eq 0 ] && exit 0
 
 packages=$(printf '%s\n' "${need[@]}" | sort -u | tr '\n' ' ')
@@ -42,3 +46,10 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 # shellcheck disable=SC2086
 apt-get install -y -q $packages
+
+# A package that installed without its tool (renamed, split) fails here, not in a test.
+missing
+if [ ${#need[@]} -ne 0 ]; then
+  echo "still missing after apt-get install: $(printf '%s ' "${need[@]}" | tr ' ' '\n' | sort -u | tr '\n' ' ')" >&2
+  exit 1
+fi
