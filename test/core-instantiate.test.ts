@@ -348,13 +348,13 @@ describe('typing of the public API', () => {
     const { dir, cleanup } = tempDir('cairn-core-types');
     try {
       fs.writeFileSync(path.join(dir, 'usage.ts'), [
-        `import { stage, realize, instantiate, Store, type Stage } from ${JSON.stringify(path.join(repoRoot, 'src', 'index.js'))};`,
+        `import { stage, realize, instantiate, LocalStore, type Stage } from ${JSON.stringify(path.join(repoRoot, 'src', 'index.js'))};`,
         `const a = stage({ name: 'a', config: { x: 1 }, build: ({ config, out }) => { void config.x; void out; } });`,
         `const b = stage({ name: 'b', config: { a }, build: ({ config }) => { void config.a.path; } });`,
         `instantiate(b);`,
         `instantiate([a, b]);`,
         `const list: Stage[] = [a, b];`,
-        `export async function run(): Promise<void> { await realize(b, { store: Store.open('/nonexistent') }); void list; }`,
+        `export async function run(): Promise<void> { await realize(b, { store: LocalStore.open('/nonexistent') }); void list; }`,
         '',
       ].join('\n'));
       fs.writeFileSync(path.join(dir, 'tsconfig.json'), JSON.stringify({
