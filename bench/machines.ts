@@ -201,7 +201,7 @@ async function main(): Promise<void> {
     for (const { mode, c } of modes) {
       log(`bench: setting up a ${mode} store`);
       const rref = c.run(PIPE).stdout.trim();
-      const st = readDescription(Store.open(c.store).outPath(rref as never)).state as unknown as QemuState;
+      const st = readDescription(Store.open(c.store).outPath(rref)).state as unknown as QemuState;
       if (st.clone !== mode) throw new Error(`the ${mode} store cloned with ${st.clone}`);
       if (mode !== 'overlay' && st.chain !== 0) throw new Error(`the ${mode} store has a backing chain of ${st.chain}`);
       const step = c.times(REPS, (i) => [...PIPE, '+', 'exec', `echo ${mode}-${tag}-${i} > /mnt/u`]);

@@ -251,7 +251,7 @@ describe('a new store opened by several processes at once', { timeout: 60_000 },
         setTimeout(() => { db.exec('COMMIT'); db.close(); }, 1500);
       `], { stdio: ['ignore', 'pipe', 'inherit'] });
       const closed = new Promise((resolve) => holder.on('close', resolve));
-      await new Promise((resolve) => holder.stdout!.once('data', resolve));
+      await new Promise((resolve) => holder.stdout.once('data', resolve));
       const r = await cairnAsync(store, ['du']);
       assert.equal(r.code, 0, r.stderr);
       await closed;

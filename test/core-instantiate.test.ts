@@ -279,7 +279,7 @@ describe('stage names', () => {
   }
 
   it('accepts portable names, up to 100 characters', () => {
-    for (const name of ['a', 'A', '_', '0', 'a.b', 'a-b', 'a_b', 'a+b', 'x'.repeat(100), `${hash}`, `${hash}x`, 'v1.2.3-rc+4']) {
+    for (const name of ['a', 'A', '_', '0', 'a.b', 'a-b', 'a_b', 'a+b', 'x'.repeat(100), hash, `${hash}x`, 'v1.2.3-rc+4']) {
       const s = stage({ name, config: {}, build: noop });
       assert.equal(s.name, name);
       assert.ok(dref(s).endsWith(`-${name}`), 'expected: dref(s).endsWith(`-${name}`)');

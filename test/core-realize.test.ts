@@ -57,7 +57,7 @@ const counted = (name: string, config: Record<string, unknown> = {}, extra: Part
       fs.writeFileSync(path.join(ctx.out, 'seen.json'), JSON.stringify(seen));
     },
     ...extra,
-  } as Parameters<typeof stage>[0]);
+  });
 beforeEach(() => calls.clear());
 
 /** Collects uncaught exceptions that happen while fn runs and shortly after. */

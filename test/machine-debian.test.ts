@@ -106,7 +106,7 @@ describe('debian base', () => {
     const cachedMs = performance.now() - t0;
     assert.equal(lastLine(again.stdout), rref);
     assert.doesNotMatch(again.stderr, /building exec/);
-    const dir = fx.store.outPath(rref as never);
+    const dir = fx.store.outPath(rref);
     assert.ok(fs.existsSync(path.join(dir, 'memory.bin')));
     console.log(`# cached 2-step debian pipeline via the CLI: ${Math.round(cachedMs)} ms`);
   });

@@ -144,8 +144,8 @@ export function loadCatalog(where: string | URL): Catalog {
     }
     const date = e.date instanceof Date ? e.date.toISOString().slice(0, 10) : e.date === undefined ? undefined : String(e.date);
     entries.push({
-      index, version: v, urls: urls as string[], hash, hashType: hashType as 'sha256' | 'sha512', date,
-      deviceTypes: deviceTypes as string[], isDefault, file: typeof e.file === 'string' ? e.file : undefined, line,
+      index, version: v, urls: urls as string[], hash, hashType: hashType, date,
+      deviceTypes: deviceTypes, isDefault, file: typeof e.file === 'string' ? e.file : undefined, line,
       fields: Object.fromEntries(Object.entries(e).map(([k, x]) => [k, x instanceof Date ? x.toISOString().slice(0, 10) : x])),
     });
   });

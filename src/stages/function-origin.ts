@@ -54,7 +54,7 @@ function connect(): InspectorSession | null {
     const { Session } = require_('node:inspector') as typeof import('node:inspector');
     const s = new Session();
     s.connect();
-    session = s as unknown as InspectorSession;
+    session = s;
     session.on('Debugger.scriptParsed', (m) => {
       // Each refresh lists every script again: keep what was learnt (a decoded map) about known ones.
       if (scripts.has(m.params.scriptId)) return;

@@ -30,7 +30,7 @@ import { contextHash, realizationHash, type Context, type Published, type Realiz
 import { dependencyOrder, type ClosureManifest, type ClosureNode } from './sync-plan.js';
 import { walkTree } from './tree.js';
 
-export interface Refusal { ref: RRef | DRef; reason: string; kind: 'hash' | 'closure' }
+export interface Refusal { ref: RRef  ; reason: string; kind: 'hash' | 'closure' }
 
 export interface ReceiveReport {
   /** Realizations that entered the store, in the order they did. */

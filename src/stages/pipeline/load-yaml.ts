@@ -313,7 +313,7 @@ function parseMatcher(
       else throw r.fail(at,
         metrics.length === 0 ? 'best needs a metrics file: declare one under metrics'
           : 'the stage has several metrics files; say which with {best: {metric, file}}');
-      const metric = spec.metric as string | undefined;
+      const metric = spec.metric;
       if (metric === undefined && /\.(json|ya?ml)$/i.test(file)) {
         throw r.fail(at, `say which metric of ${file} to maximise: matcher: {best: METRIC}`);
       }
