@@ -99,7 +99,7 @@ function start(e: Env, args: string[], env: NodeJS.ProcessEnv = {}): Started {
     cwd: repoRoot, env: { ...process.env, PIDS: e.pids, ...env }, stdio: ['ignore', 'ignore', 'pipe'],
   });
   let stderr = '';
-  child.stderr.on('data', (d: Buffer) => { stderr += d; });
+  child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
   const done = new Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }>((resolve) => {
     child.on('close', (code, signal) => resolve({ code, signal, stderr }));
   });

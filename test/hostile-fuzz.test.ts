@@ -199,7 +199,7 @@ function mutate(entries: Entry[]): Entry[] | null {
 
 function zstd(data: Buffer): Buffer {
   const r = spawnSync('zstd', ['-q', '-c'], { input: data, maxBuffer: 1 << 28 });
-  if (r.status !== 0) throw new Error(`zstd failed: ${r.stderr}`);
+  if (r.status !== 0) throw new Error(`zstd failed: ${r.stderr.toString()}`);
   return r.stdout;
 }
 

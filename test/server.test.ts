@@ -189,8 +189,8 @@ describe('cairn server', () => {
       const child = spawn(client, ['realize', 'slowish.ts', '-q'], { cwd: work, env: { ...process.env, ...env, AT: `${Date.now()}-${k}` } });
       let stdout = '';
       let stderr = '';
-      child.stdout.on('data', (d: Buffer) => { stdout += d; });
-      child.stderr.on('data', (d: Buffer) => { stderr += d; });
+      child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
+      child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
       child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
     })));
     for (const r of results) {
