@@ -79,7 +79,7 @@ async function buildMachine(groups: Group[], dirs: string[]): Promise<{ m: Machi
     const { cache, ...named } = g.words.named;
     if (cache === true) throw new CairnError('E_USAGE', '--cache needs a duration, e.g. --cache=1h');
     const opts: ApplyOptions = { ...(g.transient ? { transient: true } : {}), ...(cache !== undefined ? { cache: parseDuration(cache) } : {}) };
-    let args;
+    let args: unknown;
     try {
       args = def.fromCli({ positional: g.words.positional, named });
     } catch (e) {
