@@ -29,7 +29,7 @@ export function validateEnsemble(e: EnsembleSpec): Map<string, ServiceSpec> {
     const sources = [s.image !== undefined, s.buildFromDirectory !== undefined].filter(Boolean).length;
     if (sources !== 1) throw invalid(`service ${s.name} needs exactly one of image and buildFromDirectory`, { service: s.name });
     if (s.image !== undefined && typeof s.image !== 'string' && !isStage(s.image)) throw invalid(`service ${s.name}: image must be a tag or a stage`, { service: s.name });
-    if (typeof s.image === 'string' && !/^[A-Za-z0-9][A-Za-z0-9._\/:@-]*$/.test(s.image)) throw invalid(`service ${s.name}: ${JSON.stringify(s.image)} is not an image reference`, { service: s.name });
+    if (typeof s.image === 'string' && !/^[A-Za-z0-9][A-Za-z0-9._/:@-]*$/.test(s.image)) throw invalid(`service ${s.name}: ${JSON.stringify(s.image)} is not an image reference`, { service: s.name });
     if (s.buildFromDirectory && typeof s.buildFromDirectory.directory !== 'string') throw invalid(`service ${s.name}: buildFromDirectory needs a directory`, { service: s.name });
     for (const [k, v] of Object.entries(s.env ?? {})) {
       if (!ENV_KEY_RE.test(k) || typeof v !== 'string') throw invalid(`service ${s.name}: env ${k} must be a variable name with a string value`, { service: s.name });

@@ -235,7 +235,7 @@ export class Vm {
       return { proc, qmp, con };
     } catch (e) {
       // Prefer QEMU's own complaint when it died during the handshake.
-      const died = await Promise.race([failed.catch((x: Error) => x), sleep(1000, undefined, { ref: false }).then(() => null)]);
+      const died = await Promise.race([failed.catch((x: unknown) => x), sleep(1000, undefined, { ref: false }).then(() => null)]);
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
       throw died ?? e;
     }
