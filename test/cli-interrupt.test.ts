@@ -18,7 +18,10 @@ import { cairnBin, isolateModuleCache, repoRoot, tempDir, tmpEntries } from './h
 
 isolateModuleCache(after);
 
-/** A Python program: ignores SIGINT (and SIGTERM with IGNORE_TERM=1), writes its pid, ticks every 20 ms, prints an epoch line. */
+/**
+ * A Python program: ignores SIGINT (and SIGTERM with IGNORE_TERM=1), writes
+ * its pid, ticks every 20 ms, prints an epoch line.
+ */
 const TICKER = `
 import os, signal, sys, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -15,7 +15,10 @@ const ENV_KEY_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 const invalid = (msg: string, details: Record<string, unknown> = {}): CairnError => new CairnError('E_SERVICE_INVALID', msg, details);
 
-/** Refuses an ensemble with bad names, images, ports, env, unknown or circular dependencies. Returns the services by name. */
+/**
+ * Refuses an ensemble with bad names, images, ports, env, unknown or
+ * circular dependencies. Returns the services by name.
+ */
 export function validateEnsemble(e: EnsembleSpec): Map<string, ServiceSpec> {
   if (typeof e.name !== 'string' || !HOSTNAME_RE.test(e.name)) throw invalid(`ensemble name ${JSON.stringify(e.name)} must be a lowercase hostname label (a-z, 0-9, -)`);
   const byName = new Map<string, ServiceSpec>();
