@@ -379,7 +379,9 @@ describe('realize: failures store nothing', () => {
   it('an async build that rejects, or throws a non-Error, also gives E_BUILD_FAILED', async () => {
     const s1 = stage({ name: 'rej', config: {}, build: async () => { await sleep(1); throw new Error('later'); } });
     await assert.rejects(realize(s1, { store }), isCode('E_BUILD_FAILED'));
-    const s2 = stage({ name: 'str', config: {}, build: () => { throw 'just a string'; } }); // eslint-disable-line @typescript-eslint/only-throw-error -- a non-Error throw is the case tested
+    /* eslint-disable @typescript-eslint/only-throw-error -- a non-Error throw is the case tested */
+    const s2 = stage({ name: 'str', config: {}, build: () => { throw 'just a string'; } });
+    /* eslint-enable @typescript-eslint/only-throw-error */
     await assert.rejects(realize(s2, { store }), (e: unknown) => isCode('E_BUILD_FAILED')(e) && /just a string/.test((e as Error).message));
     assert.deepEqual(store.index.all(), []);
     assert.deepEqual(tmpEntries(), []);
