@@ -28,7 +28,7 @@ import { checkName, type RRef } from '../store/refs.js';
 import { custom, type Candidate, type Matcher } from './matchers.js';
 import { realize, type RealizeOptions, type RealizeResult } from './realize.js';
 import { instantiate } from './instantiate.js';
-import { stage, type BuildContext, type Stage } from './stage.js';
+import { stage, type BuildContext, type Dep, type Stage } from './stage.js';
 
 /** machine.json: what the pipeline knows about a state. */
 export interface MachineDescription {
@@ -60,7 +60,7 @@ const lazyBackends: Record<string, () => Promise<unknown>> = {
 };
 
 async function backendFor(kind: string): Promise<MachineBackend> {
-  if (!backends.has(kind) && lazyBackends[kind]) await lazyBackends[kind]();
+  if (!backends.has(kind) && lazyBackends[kind]) await lazyBackends[kind]!();
   const b = backends.get(kind);
   if (!b) throw new CairnError('E_MACHINE_INCOMPATIBLE', `no machine backend "${kind}" is registered (known: ${[...backends.keys()].join(', ') || 'none'})`, { backend: kind });
   return b;
@@ -341,7 +341,7 @@ function stepStage(parent: Stage, p: Pending): Stage<StepConfig> {
     // The step's own code is in the config; this build is the same for every step.
     version: 'cairn-machine-step-1',
     async build(ctx) {
-      const parent = ctx.config.parent;
+      const parent = ctx.config.parent as unknown as Dep;
       const d = readDescription(parent.path);
       const session = await (await backendFor(d.backend)).resume(parent.path, d.state, ctx.tmp);
       ctx.log(`resumed ${parent.rrefs[0]} (${d.backend})`);

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import { promisify } from 'node:util';
 import { CairnError } from '../../errors.js';
-import type { Stage } from '../../stages/stage.js';
+import type { Dep, Stage } from '../../stages/stage.js';
 import { stage } from '../../stages/stage.js';
 import { DESCRIPTION, finalOutDir, freshState, saveSession } from '../../stages/machine.js';
 import { bootSession, cloneModeFromEnv } from './qemu-machine.js';
@@ -78,7 +78,7 @@ export function bootedState(name: string, files: Stage, opts: BaseOptions & { ap
     matcher: freshState(),
     version: 'cairn-booted-state-1',
     async build(ctx) {
-      const files = ctx.config.files;
+      const files = ctx.config.files as unknown as Dep;
       const disk = { file: path.join(ctx.tmp, 'disk.qcow2'), clone: chooseCloneMode(cloneModeFromEnv(), ctx.tmp) };
       await cloneDisk(files.file('disk.qcow2'), disk.file, disk.clone);
       const session = await bootSession({

@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import { CairnError } from '../../errors.js';
 import { debootstrap, ROOTFS_TAR } from '../../stages/builtins/debootstrap.js';
-import { stage, type Stage } from '../../stages/stage.js';
+import { stage, type Dep, type Stage } from '../../stages/stage.js';
 import { bootedState, makeExt4Qcow2, tinyFiles, type BaseOptions } from './bases.js';
 import { DEFAULT_APPEND } from './vm.js';
 
@@ -89,8 +89,8 @@ export function debianFiles(opts: { diskMb?: number; suite?: string } = {}): Sta
     async build(ctx) {
       // Unpacking device nodes and other users' files needs root, as debootstrap did.
       if (process.getuid?.() !== 0) throw new CairnError('E_BUILD_FAILED', 'building the debian disk needs root (device nodes and file ownership in the root filesystem)');
-      const rootfs = ctx.config.rootfs;
-      const boot = ctx.config.boot;
+      const rootfs = ctx.config.rootfs as unknown as Dep;
+      const boot = ctx.config.boot as unknown as Dep;
       for (const f of ['vmlinuz', 'initramfs.cpio']) fs.copyFileSync(boot.file(f), path.join(ctx.out, f));
       const root = path.join(ctx.tmp, 'root');
       fs.mkdirSync(root);
