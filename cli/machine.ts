@@ -79,7 +79,7 @@ async function buildMachine(groups: Group[], dirs: string[]): Promise<{ m: Machi
     const { cache, ...named } = g.words.named;
     if (cache === true) throw new CairnError('E_USAGE', '--cache needs a duration, e.g. --cache=1h');
     const opts: ApplyOptions = { ...(g.transient ? { transient: true } : {}), ...(cache !== undefined ? { cache: parseDuration(cache) } : {}) };
-    let args: unknown;
+    let args;
     try {
       args = def.fromCli({ positional: g.words.positional, named });
     } catch (e) {
@@ -122,7 +122,7 @@ export function registerMachine(program: Command, openStore: () => Store, passTh
           process.exit(128 + os.constants.signals[sig]);
         });
       }
-      const tty = process.stderr.isTTY;
+      const tty = process.stderr.isTTY === true;
       const progress = progressReporter(instantiate(m.saved).order.length, { tty, verbose: true, quiet: !!o.quiet });
       const stepLog = (name: string, line: string): void => { if (!o.quiet) process.stderr.write(`${name} (transient)> ${line}\n`); };
       let rref: string;
@@ -135,7 +135,7 @@ export function registerMachine(program: Command, openStore: () => Store, passTh
       } finally {
         progress.finish();
       }
-      if (o.root) addNamedRoot(store, o.root, [rref]);
+      if (o.root) addNamedRoot(store, o.root, [rref as never]);
       process.stdout.write(rref + '\n');
     });
 }
@@ -203,7 +203,7 @@ function machineLs(store: Store, json: boolean): void {
 async function machineGc(store: Store, dryRun: boolean): Promise<void> {
   // Only machine states are collected; a state's parents and files stay as
   // long as a kept state needs them (the closure).
-  const isState = (rref: string): boolean => fs.existsSync(path.join(store.outPath(rref), DESCRIPTION));
+  const isState = (rref: string): boolean => fs.existsSync(path.join(store.outPath(rref as never), DESCRIPTION));
   const r = await collectGarbage(store, { dryRun, keep: (row) => !isState(row.rref) });
   for (const rref of r.realizations) process.stdout.write(`${dryRun ? 'would delete' : 'deleted'} ${rref}\n`);
   process.stdout.write(`${dryRun ? 'would delete' : 'deleted'} ${r.realizations.length} machine state(s), ${formatBytes(r.bytes)}; kept ${r.kept} realization(s) (rooted states, what they stand on, and everything that is not a machine state); ${r.roots} root(s)\n`);

@@ -103,7 +103,7 @@ export function createProgram(argv: readonly string[], opts: { exitOverride?: bo
         hashedBytes: now.hashedBytes - hashing.hashedBytes, cacheHits: now.cacheHits - hashing.cacheHits,
       };
       const store = openStore();
-      const tty = process.stderr.isTTY;
+      const tty = process.stderr.isTTY === true;
       const progress = progressReporter(graph.order.length, { tty, verbose: !!o.verbose, quiet: !!o.quiet || (!!o.json && !tty) });
       const t0 = performance.now();
       let result;
@@ -421,7 +421,7 @@ export function createProgram(argv: readonly string[], opts: { exitOverride?: bo
       const entry = selectEntry(cat, selection(o));
       const store = openStore();
       // Verbose: download progress from the build log is worth seeing here.
-      const progress = progressReporter(o.unpack ? 2 : 1, { tty: process.stderr.isTTY, verbose: true, quiet: false });
+      const progress = progressReporter(o.unpack ? 2 : 1, { tty: process.stderr.isTTY === true, verbose: true, quiet: false });
       const m = await fetchEntry(store, cat, entry, { unpack: o.unpack, outLink: o.outLink, events: progress }).finally(() => progress.finish());
       if (o.manifest) await writeManifest(o.manifest, m);
       process.stderr.write(`${cat.name} ${entry.version}: ${m.rref}\n`);
