@@ -150,7 +150,7 @@ class Runner {
       const left = deadline - Date.now();
       let ok: boolean;
       try {
-        ok = svc.ping ? (await withTimeout(Promise.resolve(svc.ping(h)), Math.max(left, 1))) : true;
+        ok = svc.ping ? await withTimeout(Promise.resolve(svc.ping(h)), Math.max(left, 1)) === true : true;
       } catch (e) {
         if (isCairnError(e, 'E_PING_TIMEOUT')) throw pingTimeout(svc.name, timeoutMs);
         throw new CairnError('E_SERVICE_FAILED', `${svc.name}: ping threw: ${(e as Error)?.message ?? String(e)}`, { service: svc.name }, { cause: e });
