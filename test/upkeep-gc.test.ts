@@ -415,8 +415,8 @@ describe('gc in a loop while other processes realize', { timeout: 600_000 }, () 
       const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe'] });
       let childOut = '';
       let childErr = '';
-      child.stdout.on('data', (d: Buffer) => { childOut += d; });
-      child.stderr.on('data', (d: Buffer) => { childErr += d; });
+      child.stdout.setEncoding('utf8').on('data', (d: string) => { childOut += d; });
+      child.stderr.setEncoding('utf8').on('data', (d: string) => { childErr += d; });
       const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
       const dangling: string[] = [];
       const failures: string[] = [];
