@@ -8,7 +8,10 @@ const secs = (ms: number): string => `${(ms / 1000).toFixed(ms < 10_000 ? 2 : 1)
  * (at most every 50 ms, so 10,000 cached stages do not flood it); otherwise
  * only builds, waits and failures are printed, one plain line each.
  */
-export function progressReporter(total: number, opts: { tty: boolean; verbose: boolean; quiet: boolean }): RealizeEvents & { finish(): void } {
+export function progressReporter(
+  total: number,
+  opts: { tty: boolean; verbose: boolean; quiet: boolean },
+): RealizeEvents & { finish(): void } {
   const err = process.stderr;
   const running = new Set<string>();
   let cached = 0;
@@ -33,7 +36,10 @@ export function progressReporter(total: number, opts: { tty: boolean; verbose: b
     drawn = true;
   };
   return {
-    cached: () => { cached++; status(); },
+    cached: () => {
+      cached++;
+      status();
+    },
     start: (n: Derivation, why) => {
       running.add(n.name);
       // On a terminal the status line already names what is building.
@@ -41,7 +47,8 @@ export function progressReporter(total: number, opts: { tty: boolean; verbose: b
       else if (n.imports) line(`importing file input ${n.imports.key} ${n.dref}`);
       else line(`building ${n.name} ${n.dref}${why === 'forced' ? ' (forced)' : ''}`);
     },
-    wait: (n: Derivation, holder: string) => line(`waiting for ${n.name}: process ${holder.split('.')[0]} is building it`),
+    wait: (n: Derivation, holder: string) =>
+      line(`waiting for ${n.name}: process ${holder.split('.')[0]} is building it`),
     built: (n: Derivation, rrefs, ms, fresh) => {
       running.delete(n.name);
       built++;
@@ -55,7 +62,13 @@ export function progressReporter(total: number, opts: { tty: boolean; verbose: b
     log: (n: Derivation, text: string, output?: number) => {
       if (opts.verbose) line(`${n.name}${output === undefined ? '' : `[${output}]`}> ${text}`);
     },
-    failed: (n: Derivation, e: CairnError) => { running.delete(n.name); line(`failed ${n.name}: ${e.code}`); },
-    finish: () => { if (opts.tty && drawn) err.write('\r\x1b[2K'); drawn = false; },
+    failed: (n: Derivation, e: CairnError) => {
+      running.delete(n.name);
+      line(`failed ${n.name}: ${e.code}`);
+    },
+    finish: () => {
+      if (opts.tty && drawn) err.write('\r\x1b[2K');
+      drawn = false;
+    },
   };
 }

@@ -42,27 +42,32 @@ export function schedule(graph: Graph, visit: (node: Derivation) => Promise<void
     let failure: unknown;
     const finish = (): void => {
       if (inFlight > 0) return;
+      // Passed on as the build threw it, Error or not.
+      // eslint-disable-next-line @typescript-eslint/prefer-promise-reject-errors
       if (failure !== undefined) reject(failure);
       else if (done === graph.order.length) resolve();
     };
     const start = (dref: DRef): void => {
       inFlight++;
-      visit(graph.nodes.get(dref)!).then(() => {
-        inFlight--;
-        done++;
-        if (failure === undefined) {
-          for (const next of dependants.get(dref) ?? []) {
-            const left = waitingOn.get(next)! - 1;
-            waitingOn.set(next, left);
-            if (left === 0) start(next);
+      visit(graph.nodes.get(dref)!).then(
+        () => {
+          inFlight--;
+          done++;
+          if (failure === undefined) {
+            for (const next of dependants.get(dref) ?? []) {
+              const left = waitingOn.get(next)! - 1;
+              waitingOn.set(next, left);
+              if (left === 0) start(next);
+            }
           }
-        }
-        finish();
-      }, (e: unknown) => {
-        inFlight--;
-        failure ??= e;
-        finish();
-      });
+          finish();
+        },
+        (e: unknown) => {
+          inFlight--;
+          failure ??= e;
+          finish();
+        },
+      );
     };
     for (const dref of graph.order) if (waitingOn.get(dref) === 0) start(dref);
     finish();

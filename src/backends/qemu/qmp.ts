@@ -23,7 +23,11 @@ export interface QmpEvent {
 
 /** A QMP `{"error": ...}` reply, or a transport failure (class `Timeout` / `Closed`). */
 export class QmpError extends Error {
-  constructor(readonly errorClass: string, message: string, readonly command?: string) {
+  constructor(
+    readonly errorClass: string,
+    message: string,
+    readonly command?: string,
+  ) {
     super(command ? `QMP ${command}: ${errorClass}: ${message}` : `QMP: ${errorClass}: ${message}`);
     this.name = 'QmpError';
   }
@@ -128,9 +132,18 @@ export class QmpClient {
   }
 
   private onMessage(line: string): void {
-    let msg: any;
+    // A QMP message: a greeting, an event or a reply; fields are checked before use where it matters.
+    let msg: {
+      QMP?: QmpGreeting;
+      event?: unknown;
+      data?: Record<string, unknown>;
+      timestamp?: QmpEvent['timestamp'];
+      id?: string | number;
+      error?: { class?: string; desc?: string };
+      return?: unknown;
+    };
     try {
-      msg = JSON.parse(line);
+      msg = JSON.parse(line) as typeof msg;
     } catch {
       return; // not JSON: ignore (QMP only ever sends JSON objects)
     }
@@ -152,7 +165,8 @@ export class QmpClient {
     if (!p) return; // a reply to a command that timed out
     this.pending.delete(id);
     clearTimeout(p.timer);
-    if ('error' in msg) p.reject(new QmpError(msg.error?.class ?? 'GenericError', msg.error?.desc ?? 'unknown error', p.command));
+    if ('error' in msg)
+      p.reject(new QmpError(msg.error?.class ?? 'GenericError', msg.error?.desc ?? 'unknown error', p.command));
     else p.resolve(msg.return);
   }
 
@@ -171,7 +185,7 @@ export class QmpClient {
   }
 
   /** Runs one command and resolves with its `return` value; rejects with QmpError. */
-  execute<T = any>(command: string, args?: Record<string, unknown>, opts: { timeoutMs?: number } = {}): Promise<T> {
+  execute<T = unknown>(command: string, args?: Record<string, unknown>, opts: { timeoutMs?: number } = {}): Promise<T> {
     if (this.closedErr) return Promise.reject(new QmpError('Closed', 'connection is closed', command));
     const id = `cairn-${this.nextId++}`;
     const timeoutMs = opts.timeoutMs ?? 30_000;
@@ -197,7 +211,10 @@ export class QmpClient {
    * Waits for the next event named `name` (and matching `pred`, if given).
    * With `since`, an event already in `events` at or after that index counts too.
    */
-  waitEvent(name: string, opts: { timeoutMs?: number; pred?: (ev: QmpEvent) => boolean; since?: number } = {}): Promise<QmpEvent> {
+  waitEvent(
+    name: string,
+    opts: { timeoutMs?: number; pred?: (ev: QmpEvent) => boolean; since?: number } = {},
+  ): Promise<QmpEvent> {
     const timeoutMs = opts.timeoutMs ?? 30_000;
     const ok = (ev: QmpEvent): boolean => ev.event === name && (!opts.pred || opts.pred(ev));
     if (opts.since !== undefined) {
@@ -225,7 +242,10 @@ export class QmpClient {
 
   /** Resolves when the connection has closed. */
   waitClosed(timeoutMs = 10_000): Promise<boolean> {
-    return Promise.race([this.closedPromise.then(() => true), sleep(timeoutMs, undefined, { ref: false }).then(() => false)]);
+    return Promise.race([
+      this.closedPromise.then(() => true),
+      sleep(timeoutMs, undefined, { ref: false }).then(() => false),
+    ]);
   }
 
   /** Closes the connection (QEMU keeps running); waits for the socket to close. */
