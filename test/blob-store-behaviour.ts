@@ -115,7 +115,7 @@ export function blobStoreBehaviour(name: string, setup: () => Promise<BlobBacken
       const hash = createHash('sha256');
       // Odd-sized pieces, so part boundaries never line up with them.
       const pieces: Buffer[] = [];
-      for (let left = 64 * chunk; left > 0; ) {
+      for (let left = 64 * chunk; left > 0;) {
         const n = Math.min(left, chunk + 12345);
         const p = randomBytes(n);
         hash.update(p);

@@ -105,7 +105,11 @@ describe('S3 retries and failures', () => {
   after(() => proxy.close());
 
   it('answers 503 SlowDown for the first requests: put, get and has still succeed', async () => {
-    const s = new S3BlobStore(s3url(bucket, proxy.url), { credentials, ...fast, retry: { ...fast.retry, budgetMs: 10_000 } });
+    const s = new S3BlobStore(s3url(bucket, proxy.url), {
+      credentials,
+      ...fast,
+      retry: { ...fast.retry, budgetMs: 10_000 },
+    });
     proxy.reset();
     proxy.fail = (n) => n < 3;
     await s.put('slow/a', Buffer.from('A'));
@@ -191,7 +195,11 @@ describe('S3 retries and failures', () => {
   });
 
   it('a big stream goes up as a multipart upload; a failing part is retried alone', async () => {
-    const s = new S3BlobStore(s3url(bucket, proxy.url), { credentials, ...fast, retry: { ...fast.retry, budgetMs: 10_000 } });
+    const s = new S3BlobStore(s3url(bucket, proxy.url), {
+      credentials,
+      ...fast,
+      retry: { ...fast.retry, budgetMs: 10_000 },
+    });
     proxy.reset();
     let partFailures = 0;
     proxy.fail = (_, req) => /partNumber=2&/.test(req.url!) && partFailures++ < 2;
@@ -200,8 +208,14 @@ describe('S3 retries and failures', () => {
     const parts = proxy.seen.filter((r) => r.method === 'PUT' && /partNumber=/.test(r.path));
     assert.equal(parts.filter((r) => r.status === 200).length, 3, '40 MiB = three parts of at most 16 MiB');
     assert.equal(parts.filter((r) => r.status === 503).length, 2, 'part 2 was sent again, alone');
-    assert.ok(proxy.seen.some((r) => r.method === 'POST' && /uploads/.test(r.path)), 'CreateMultipartUpload');
-    assert.ok(proxy.seen.some((r) => r.method === 'POST' && /uploadId=/.test(r.path)), 'CompleteMultipartUpload');
+    assert.ok(
+      proxy.seen.some((r) => r.method === 'POST' && /uploads/.test(r.path)),
+      'CreateMultipartUpload',
+    );
+    assert.ok(
+      proxy.seen.some((r) => r.method === 'POST' && /uploadId=/.test(r.path)),
+      'CompleteMultipartUpload',
+    );
     assert.ok((await s.get('mp/blob'))!.equals(body));
   });
 
@@ -221,8 +235,11 @@ describe('S3 retries and failures', () => {
     const saved = { ...process.env };
     try {
       const file = path.join(t.dir, 'credentials');
-      fs.writeFileSync(file, '[default]\naws_access_key_id = nobody\naws_secret_access_key = x\n\n[team]\n' +
-        'aws_access_key_id = test:tester\naws_secret_access_key = testing\n');
+      fs.writeFileSync(
+        file,
+        '[default]\naws_access_key_id = nobody\naws_secret_access_key = x\n\n[team]\n' +
+          'aws_access_key_id = test:tester\naws_secret_access_key = testing\n',
+      );
       delete process.env.AWS_ACCESS_KEY_ID;
       delete process.env.AWS_SECRET_ACCESS_KEY;
       delete process.env.AWS_SESSION_TOKEN;
@@ -231,13 +248,19 @@ describe('S3 retries and failures', () => {
       const viaProfile = await openBlobStore(s3url(bucket, endpoint), fast);
       await viaProfile.put('creds/profile', Buffer.from('p'));
       process.env.AWS_PROFILE = 'default';
-      await assert.rejects((await openBlobStore(s3url(bucket, endpoint), fast)).get('creds/profile'), isCode('E_CACHE_UNAVAILABLE'));
+      await assert.rejects(
+        (await openBlobStore(s3url(bucket, endpoint), fast)).get('creds/profile'),
+        isCode('E_CACHE_UNAVAILABLE'),
+      );
       process.env.AWS_ACCESS_KEY_ID = 'test:tester';
       process.env.AWS_SECRET_ACCESS_KEY = 'testing';
       assert.equal(String(await (await openBlobStore(s3url(bucket, endpoint), fast)).get('creds/profile')), 'p');
       process.env.AWS_SHARED_CREDENTIALS_FILE = path.join(t.dir, 'none');
       delete process.env.AWS_ACCESS_KEY_ID;
-      await assert.rejects((await openBlobStore(s3url(bucket, endpoint), fast)).get('x'), isCode('E_CACHE_UNAVAILABLE'));
+      await assert.rejects(
+        (await openBlobStore(s3url(bucket, endpoint), fast)).get('x'),
+        isCode('E_CACHE_UNAVAILABLE'),
+      );
     } finally {
       for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
       Object.assign(process.env, saved);

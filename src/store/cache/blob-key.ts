@@ -2,7 +2,7 @@ import { CairnError } from '../../errors.js';
 
 /** At most this many bytes: S3's own limit on a key, prefix included. */
 const MAX_KEY_BYTES = 900;
-/** Segments the cache format uses (hashes, DRefs, `.json`, `.tar.zst`): nothing a shell, URL or file system reads twice. */
+/** Segments the cache format uses (hashes, DRefs, `.json`): nothing a shell, URL or file system reads twice. */
 const SEGMENT = /^[A-Za-z0-9_~+=@,:-][A-Za-z0-9._~+=@,:-]*$/;
 
 /**
@@ -33,7 +33,11 @@ export function checkBlobPrefix(prefix: string): string {
 }
 
 /** Runs `fn` on every item with at most `limit` running at once; the results keep the items' order. */
-export async function mapBounded<T, R>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
+export async function mapBounded<T, R>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T, index: number) => Promise<R>,
+): Promise<R[]> {
   const out = new Array<R>(items.length);
   let next = 0;
   let failed = false;

@@ -142,12 +142,13 @@ export class HttpBlobStore implements BlobStore {
     throw this.readOnly('delete', keys[0]);
   }
 
-  async *list(prefix: string): AsyncIterable<string> {
-    throw new CairnError(
+  list(prefix: string): AsyncIterable<string> {
+    const err = new CairnError(
       'E_CACHE_NO_LIST',
       `cache ${this.url}: plain HTTP cannot list keys (${JSON.stringify(prefix)}); use the s3:// or file:// URL`,
       { url: this.url, prefix },
     );
+    return { [Symbol.asyncIterator]: () => ({ next: () => Promise.reject(err) }) };
   }
 
   private readOnly(op: string, key: string | undefined): CairnError {

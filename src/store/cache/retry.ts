@@ -129,7 +129,11 @@ function describe(e: unknown): string {
   if (!(e instanceof Error)) return String(e);
   const status = (e as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
   const code = (e as { code?: unknown }).code;
-  const parts = [e.name !== 'Error' ? e.name : '', typeof code === 'string' ? code : '', status ? `HTTP ${status}` : ''];
+  const parts = [
+    e.name !== 'Error' ? e.name : '',
+    typeof code === 'string' ? code : '',
+    status ? `HTTP ${status}` : '',
+  ];
   const head = parts.filter(Boolean).join(' ');
   return head ? `${head}: ${e.message}` : e.message;
 }

@@ -20,7 +20,7 @@ import { parseS3Url, type S3Location } from './s3-url.js';
 
 type Sdk = typeof import('@aws-sdk/client-s3');
 
-/** Parts of a multipart upload: S3 wants >= 5 MiB and <= 10,000 of them; this many bytes are held per part in flight. */
+/** Multipart parts: S3 wants >= 5 MiB and <= 10,000 of them; this many bytes are held per part in flight. */
 const MIN_PART = 16 * 1024 * 1024;
 const MAX_PARTS = 9_000;
 /** Parts in flight at once: memory is this times the part size. */
@@ -259,12 +259,14 @@ export class S3BlobStore implements BlobStore {
     const { sdk, s3 } = await this.sdk();
     const Bucket = this.location.bucket;
     const created = await this.retry('put', key, () =>
-      s3.send(new sdk.CreateMultipartUploadCommand({ Bucket, Key, ...(contentType ? { ContentType: contentType } : {}) })),
+      s3.send(
+        new sdk.CreateMultipartUploadCommand({ Bucket, Key, ...(contentType ? { ContentType: contentType } : {}) }),
+      ),
     );
     const UploadId = created.UploadId!;
     const etags: string[] = [];
     const inFlight = new Set<Promise<void>>();
-    let failure: unknown;
+    let failure: Error | undefined;
     let total = 0;
     const send = (n: number, body: Buffer): void => {
       total += body.length;
@@ -275,7 +277,7 @@ export class S3BlobStore implements BlobStore {
           etags[n - 1] = r.ETag!;
         },
         (e: unknown) => {
-          failure ??= e;
+          failure ??= e instanceof Error ? e : new Error(String(e));
         },
       );
       const tracked = p.finally(() => inFlight.delete(tracked));

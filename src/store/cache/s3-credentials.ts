@@ -51,14 +51,14 @@ function sessionToken(t: string | undefined): { sessionToken?: string } {
 
 /** The sections of an AWS shared-credentials file: `[name]` then `key = value` lines; `#`/`;` comments. */
 export function parseIni(text: string): Record<string, Record<string, string>> {
-  const out: Record<string, Record<string, string>> = Object.create(null);
+  const out = Object.create(null) as Record<string, Record<string, string>>;
   let cur: Record<string, string> | undefined;
   for (const raw of text.split(/\r?\n/)) {
     const line = raw.trim();
     if (line === '' || line.startsWith('#') || line.startsWith(';')) continue;
     const sec = /^\[\s*([^\]]+?)\s*\]$/.exec(line);
     if (sec) {
-      cur = out[sec[1]!] ??= Object.create(null);
+      cur = out[sec[1]!] ??= Object.create(null) as Record<string, string>;
       continue;
     }
     const kv = /^([^=]+?)\s*=\s*(.*)$/.exec(line);
