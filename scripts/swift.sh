@@ -130,8 +130,15 @@ use = egg:swift#slo
 [filter:dlo]
 use = egg:swift#dlo
 EOF
-  # Rings: one device per server, one replica. Rebuilt on every start (about
-  # a second), so a changed port can never leave a ring pointing elsewhere.
+  # Rings: one device per server, one replica. Built again whenever the
+  # ports change, so a ring can never point at another server's port; kept
+  # otherwise (building them is half of a cold start).
+  local stamp="$acct_port $cont_port $obj_port"
+  if [ "$(cat "$conf/rings.ports" 2>/dev/null)" = "$stamp" ] &&
+    [ -f "$conf/account.ring.gz" ] && [ -f "$conf/container.ring.gz" ] && [ -f "$conf/object.ring.gz" ]; then
+    return 0
+  fi
+  rm -f "$conf/rings.ports"
   for kind in account container object; do
     case $kind in account) p=$acct_port ;; container) p=$cont_port ;; object) p=$obj_port ;; esac
     rm -f "$conf/$kind.builder" "$conf/$kind.ring.gz"
@@ -142,6 +149,7 @@ EOF
       exit 1
     }
   done
+  echo "$stamp" >"$conf/rings.ports"
 }
 
 launch() {
