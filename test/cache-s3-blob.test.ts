@@ -166,6 +166,23 @@ describe('S3 retries and failures', () => {
     assert.ok(later <= 32, `${later} requests were sent after has had already failed`);
   });
 
+  it('a body cut off halfway: get tries again and succeeds; a stream already handed out fails as unavailable', async () => {
+    const w = new S3BlobStore(s3url(bucket, endpoint), { credentials });
+    const bytes = Buffer.alloc(3 << 20, 0x42);
+    await w.put('cut/a', bytes);
+    const s = new S3BlobStore(s3url(bucket, proxy.url), { credentials, ...fast });
+    proxy.reset();
+    proxy.cut = (n) => n === 0;
+    assert.ok((await s.get('cut/a'))!.equals(bytes));
+    assert.equal(proxy.seen.length, 2);
+    proxy.reset();
+    proxy.cut = (n) => n === 0;
+    const stream = (await s.getStream('cut/a'))!;
+    await assert.rejects(async () => {
+      for await (const _ of stream) void _;
+    }, isCode('E_CACHE_UNAVAILABLE'));
+  });
+
   it('a closed port gives E_CACHE_UNAVAILABLE', async () => {
     const port = await freePort();
     const s = new S3BlobStore(s3url(bucket, `http://127.0.0.1:${port}`), { credentials, ...fast });
