@@ -3,19 +3,21 @@
 # http(s):// cache tests and benchmarks:
 #   scripts/nginx.sh start DIR PORT   prints the URL (http://127.0.0.1:PORT)
 #   scripts/nginx.sh stop DIR PORT    stops it by the PID it recorded
-# Its config, pid file, logs and temp dirs live in
-# $CAIRN_NGINX_DIR/PORT (default /var/lib/cairn-nginx/PORT); nothing in
+# Its config, pid file, logs and temp dirs live in $CAIRN_NGINX_DIR/PORT
+# (default /var/lib/cairn-nginx/PORT), removed by stop; nothing in
 # /etc/nginx is read or changed. Only GET and HEAD are served, symlinks are
 # never followed (a cache directory is outside input), and there are no
 # directory listings. Idempotent start; fails loudly, so tests fail rather
-# than skip.
+# than skip. Stop works after DIR is gone.
 set -euo pipefail
 
 usage() { echo "usage: scripts/nginx.sh start|stop DIR PORT" >&2; exit 2; }
 [ $# -eq 3 ] || usage
 cmd=$1 port=$3
 [[ $port =~ ^[0-9]+$ ]] && [ "$port" -ge 1 ] && [ "$port" -le 65535 ] || usage
-dir=$(realpath -e -- "$2") || { echo "nginx.sh: $2 does not exist" >&2; exit 1; }
+if [ "$cmd" = start ]; then
+  dir=$(realpath -e -- "$2") || { echo "nginx.sh: $2 does not exist" >&2; exit 1; }
+fi
 state=${CAIRN_NGINX_DIR:-/var/lib/cairn-nginx}/$port
 pid_file=$state/nginx.pid url=http://127.0.0.1:$port
 
@@ -39,7 +41,8 @@ stop() {
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
   fi
-  rm -f "$pid_file"
+  # The state directory is this port's alone: nothing of it outlives a stop.
+  rm -rf "$state"
 }
 
 start() {
