@@ -59,6 +59,7 @@ export const ErrorCodes = {
   E_BAD_SYNC_KEY: 'a sync key is not 32 lowercase letters and digits',
   E_SYNC_FAILED: 'ssh, rsync or the remote cairn failed during a sync',
   E_SYNC_HASH_MISMATCH: 'a realization or derivation received by sync or import does not match its hash, and was refused',
+  E_SUBSTITUTE: 'a substituter did not answer in time or did not deliver what it offered; realize went on without it',
   E_BAD_CLOSURE: 'a received closure is malformed or incomplete (a dependency is neither sent nor present)',
   E_MACHINE_INCOMPATIBLE: 'a saved machine state cannot be resumed by this QEMU or backend',
   E_MACHINE_STATE: 'a realization is not a machine state, or its machine.json is damaged',
