@@ -13,6 +13,7 @@ export function progressReporter(total: number, opts: { tty: boolean; verbose: b
   const running = new Set<string>();
   let cached = 0;
   let built = 0;
+  let substituted = 0;
   let drawnAt = 0;
   let drawn = false;
   const line = (text: string): void => {
@@ -28,7 +29,8 @@ export function progressReporter(total: number, opts: { tty: boolean; verbose: b
     if (!force && now - drawnAt < 50) return;
     drawnAt = now;
     const names = [...running].slice(0, 3).join(', ') + (running.size > 3 ? ', …' : '');
-    const text = `[${cached + built}/${total}] ${built} built, ${cached} cached${running.size ? ` | building ${names}` : ''}`;
+    const subst = substituted > 0 ? `, ${substituted} substituted` : '';
+    const text = `[${cached + built + substituted}/${total}] ${built} built${subst}, ${cached} cached${running.size ? ` | building ${names}` : ''}`;
     err.write(`\r\x1b[2K${text.slice(0, (err.columns || 100) - 1)}`);
     drawn = true;
   };
@@ -54,6 +56,18 @@ export function progressReporter(total: number, opts: { tty: boolean; verbose: b
     },
     log: (n: Derivation, text: string, output?: number) => {
       if (opts.verbose) line(`${n.name}${output === undefined ? '' : `[${output}]`}> ${text}`);
+    },
+    substituted: (n: Derivation, rrefs, from) => {
+      substituted++;
+      if (opts.tty) status(true);
+      else line(`substituted ${n.name} from ${from.join(', ')}: ${rrefs.join(' ')}`);
+    },
+    // Printed even with --quiet: cache trouble is worth one line.
+    warning: (text: string) => {
+      if (opts.tty && drawn) err.write('\r\x1b[2K');
+      err.write(text + '\n');
+      drawn = false;
+      status(true);
     },
     failed: (n: Derivation, e: CairnError) => { running.delete(n.name); line(`failed ${n.name}: ${e.code}`); },
     finish: () => { if (opts.tty && drawn) err.write('\r\x1b[2K'); drawn = false; },

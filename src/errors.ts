@@ -73,6 +73,7 @@ export const ErrorCodes = {
   E_SERVER_START: 'the cairn server did not start',
   E_SERVER_LOST: 'the cairn server closed the connection before the command finished',
   E_SERVER_PROTOCOL: 'a client sent the cairn server a request it cannot read',
+  E_STORE_CONFIG: "the store's config.json is not valid JSON or has a field of the wrong type",
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;

@@ -4,7 +4,7 @@
  * through the verified import path). Faults are injected by wrapping A's
  * Store, never by mocking the realize.
  */
-import { describe, it, beforeEach, afterEach } from 'node:test';
+import { after, afterEach, beforeEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -22,14 +22,15 @@ import {
   type Stage,
 } from '../src/index.js';
 import { loadStageFile } from '../src/stages/load.js';
-import { candidateOf, type Candidate, type Store } from '../src/store/interface.js';
+import { candidateKey, candidateOf, type Candidate, type RealizationInfo, type Store } from '../src/store/interface.js';
+import { contextHash } from '../src/store/store.js';
 import {
   localPushTarget,
   localSubstituter,
   pushAfterRealize,
   type Substituter,
 } from '../src/stages/substitute.js';
-import { repoRoot, tempDir } from './helpers.js';
+import { cairn, expectError, isolateModuleCache, lastLine, ok, repoRoot, tempDir } from './helpers.js';
 
 let A: LocalStore;
 let B: LocalStore;
@@ -336,6 +337,43 @@ describe('realize with substituters', () => {
     assert.equal((await allOf(B, [top])).length, 3);
   });
 
+  it('a substituter listing realizations of another derivation or context is refused, with one warning', async () => {
+    const { src, mid, top } = pipeline('liar');
+    const a = await realize(top, { store: A });
+    // B has its own src, so mid's context in B differs from A's.
+    const bSrc = (await realize(src, { store: B })).targets[0]!.rrefs;
+    const midDref = a.plan[1]!.dref;
+    const bCtx = contextHash({ [a.plan[0]!.dref]: bSrc });
+    const midA = await A.info(a.plan[1]!.rrefs[0]!);
+    const topA = await A.info(a.plan[2]!.rrefs[0]!);
+    const lying = (offer: RealizationInfo, claim: Partial<RealizationInfo>, ctx = bCtx): Store =>
+      new Proxy(A, {
+        get: (t, p, r) =>
+          p === 'candidatesOfAll'
+            ? async () => new Map([[candidateKey(midDref, ctx), [candidateOf(A, { ...offer, ...claim })]]])
+            : Reflect.get(t, p, r),
+      });
+    // mid's realization from A's context, listed under B's.
+    const first = await realizeB(top, [through(lying(midA!, { ctx: bCtx }))]);
+    assert.equal(first.warnings.length, 1);
+    assert.match(first.warnings[0]!, /was offered for context .* but was built from context/);
+    assert.deepEqual(
+      first.result.plan.map((p) => p.action),
+      ['cached', 'build', 'build'],
+    );
+    assert.notEqual(first.result.plan[1]!.rrefs[0], midA!.rref);
+    // top's realization listed as one of mid.
+    B.close();
+    B = LocalStore.open(path.join(dir, 'b2'));
+    const b2Src = (await realize(src, { store: B })).targets[0]!.rrefs;
+    const b2Ctx = contextHash({ [a.plan[0]!.dref]: b2Src });
+    const again = await realizeB(top, [through(lying(topA!, { dref: midDref, ctx: b2Ctx }, b2Ctx))]);
+    assert.equal(again.warnings.length, 1);
+    assert.match(again.warnings[0]!, /listing candidates: E_SUBSTITUTE: it lists .*-top as a realization of/);
+    assert.ok(!B.has(topA!.rref));
+    void mid;
+  });
+
   it('--push-to: pushAfterRealize hands the closure of the targets to the target, which then substitutes', async () => {
     const C = LocalStore.open(path.join(dir, 'c'));
     try {
@@ -360,5 +398,48 @@ describe('realize with substituters', () => {
     const r = await realize(top, { store: B, substituters: [] });
     assert.equal(r.builds, 3);
     assert.deepEqual(r.warnings, []);
+  });
+});
+
+describe('cairn realize: --substituter, --no-substituters, --push-to', () => {
+  isolateModuleCache(after);
+  const chain = path.join(repoRoot, 'test', 'fixtures', 'chain.ts');
+  const storeB = (): string => path.join(dir, 'b');
+  const config = (json: unknown): void => fs.writeFileSync(path.join(storeB(), 'config.json'), JSON.stringify(json));
+
+  it("uses the store configuration's substituters by default; --no-substituters ignores them", () => {
+    config({ substituters: ['ftp://cache.example/team'] });
+    const r = cairn(storeB(), ['realize', '-q', chain]);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /ftp:\/\/cache\.example\/team/);
+    const none = ok(cairn(storeB(), ['realize', '-q', '--no-substituters', chain]));
+    assert.match(lastLine(none.stdout), /^[0-9a-z]{32}-[0-9a-z]{32}-c$/);
+  });
+
+  it('--substituter replaces the configured ones, and secrets in a URL are never printed', () => {
+    config({ substituters: ['ftp://configured.example/x'] });
+    const r = cairn(storeB(), ['realize', '-q', '--substituter', 'gopher://user:s3cret@h/c?token=s3cret', chain]);
+    expectError(r, 'E_USAGE');
+    assert.doesNotMatch(r.stderr, /s3cret/);
+    assert.doesNotMatch(r.stderr, /configured\.example/);
+  });
+
+  it('a config.json that is not JSON, or whose substituters are not strings, is E_STORE_CONFIG', () => {
+    fs.writeFileSync(path.join(storeB(), 'config.json'), '{ not json');
+    expectError(cairn(storeB(), ['realize', '-q', chain]), 'E_STORE_CONFIG');
+    config({ substituters: [42] });
+    expectError(cairn(storeB(), ['realize', '-q', chain]), 'E_STORE_CONFIG');
+    // A link is not followed.
+    fs.rmSync(path.join(storeB(), 'config.json'));
+    fs.writeFileSync(path.join(dir, 'elsewhere.json'), JSON.stringify({ substituters: ['ftp://x/y'] }));
+    fs.symlinkSync(path.join(dir, 'elsewhere.json'), path.join(storeB(), 'config.json'));
+    expectError(cairn(storeB(), ['realize', '-q', chain]), 'E_STORE_CONFIG');
+  });
+
+  it('--push-to refuses a read-only http(s) cache before building anything', () => {
+    const r = cairn(storeB(), ['realize', '--push-to', 'http://127.0.0.1:9/cache', chain]);
+    expectError(r, 'E_USAGE', storeB());
+    assert.match(r.stderr, /read-only/);
+    assert.doesNotMatch(r.stderr, /building/);
   });
 });

@@ -186,7 +186,7 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
     // the durability round of one stage overlaps the build of the next.
     return new Promise<RRef[]>((resolve, reject) => {
       const task = store.withLock(`build:${node.dref}:${ctx}`, `building ${node.name}`, async (held) => {
-        const have = await store.candidates(node.dref, ctx);
+        let have = await store.candidates(node.dref, ctx);
         if (!isForced) {
           // Another process may have built it while we waited for the lock.
           const sel = await runMatcher(m, have);
@@ -197,7 +197,10 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
             return;
           }
           // Under the lock, so concurrent processes fetch a realization once.
-          const choice = await trySubstitute(node)?.substitute(store, m, node.dref, ctx, have);
+          const sub = trySubstitute(node);
+          const choice = await sub?.substitute(store, m, node.dref, ctx, have);
+          // A substituter that failed part-way may have left some realizations: the build counts them.
+          if (sub && !choice) have = await store.candidates(node.dref, ctx);
           if (choice) {
             if (choice.remote.size > 0) resolve(substituted(node, choice.sel, choice.remote.keys()));
             else {

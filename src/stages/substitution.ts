@@ -14,7 +14,7 @@
  */
 import { CairnError, isCairnError } from '../errors.js';
 import { candidateKey, type Candidate } from '../store/interface.js';
-import type { DRef, RRef } from '../store/refs.js';
+import { parseRRef, type DRef, type RRef } from '../store/refs.js';
 import type { LocalStore } from '../store/store.js';
 import { runMatcher, type Matcher } from './matchers.js';
 import type { Substituter } from './substitute.js';
@@ -66,7 +66,7 @@ export class Substitution {
     for (;;) {
       const choice = await this.choose(m, dref, ctx, have);
       if (!choice || choice.remote.size === 0) return choice;
-      if (await this.fetchAll(into, choice.remote)) return choice;
+      if (await this.fetchAll(into, choice.remote, dref, ctx)) return choice;
       // A substituter failed (and is out now); one that succeeded left its part in the store.
       have = await into.candidates(dref, ctx);
     }
@@ -77,6 +77,13 @@ export class Substitution {
     for (;;) {
       const remote = await this.remoteCandidates(dref, ctx);
       if (remote.length === 0) return null;
+      // A candidate listed under (dref, ctx) must claim to be of them; the fetched metadata is checked again.
+      const stray = remote.find(({ c }) => c.dref !== dref || c.ctx !== ctx || parseRRef(c.rref).dref !== dref);
+      if (stray) {
+        const lie = new CairnError('E_SUBSTITUTE', `it lists ${stray.c.rref} as a realization of ${dref} from context ${ctx}`);
+        this.fail(stray.sub, 'listing candidates', lie);
+        continue;
+      }
       const owner = new Map<RRef, Substituter>();
       const known = new Set(local.map((c) => c.rref));
       const all: Candidate[] = [...local];
@@ -111,8 +118,11 @@ export class Substitution {
     }
   }
 
-  /** True when every substituter delivered what it was asked for. */
-  private async fetchAll(into: LocalStore, remote: Map<Substituter, RRef[]>): Promise<boolean> {
+  /**
+   * True when every substituter delivered what it was asked for: realizations
+   * of (dref, ctx), by their verified metadata in the local store.
+   */
+  private async fetchAll(into: LocalStore, remote: Map<Substituter, RRef[]>, dref: DRef, ctx: string): Promise<boolean> {
     const results = await Promise.all(
       [...remote].map(async ([sub, rrefs]) => {
         try {
@@ -121,10 +131,20 @@ export class Substitution {
           this.fail(sub, `fetching ${rrefs.join(' ')}`, e);
           return false;
         }
-        const missing = rrefs.find((r) => !into.has(r));
-        if (missing === undefined) return true;
-        this.fail(sub, 'fetching', new CairnError('E_SUBSTITUTE', `${missing} is not in the store after the fetch`));
-        return false;
+        for (const r of rrefs) {
+          const info = await into.info(r);
+          if (info === undefined) {
+            this.fail(sub, 'fetching', new CairnError('E_SUBSTITUTE', `${r} is not in the store after the fetch`));
+            return false;
+          }
+          // Sound content, but not of this stage's inputs: the listing lied. Kept (it is valid), never chosen.
+          if (info.ctx !== ctx || info.dref !== dref) {
+            const why = `${r} was offered for context ${ctx} but was built from context ${info.ctx}`;
+            this.fail(sub, 'fetching', new CairnError('E_SUBSTITUTE', why));
+            return false;
+          }
+        }
+        return true;
       }),
     );
     return results.every(Boolean);
