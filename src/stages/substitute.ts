@@ -10,7 +10,6 @@ import { copyClosure } from '../store/export.js';
 import type { Store } from '../store/interface.js';
 import type { RRef } from '../store/refs.js';
 import type { LocalStore } from '../store/store.js';
-import type { RealizeResult } from './realize.js';
 
 export interface Substituter {
   /** How messages name it: a URL with its secrets redacted, or a directory. */
@@ -57,6 +56,11 @@ export function localPushTarget(other: LocalStore, name: string = other.location
   };
 }
 
+/** The part of a `RealizeResult` a push needs. */
+export interface RealizedTargets {
+  targets: readonly { rrefs: readonly RRef[] }[];
+}
+
 /**
  * What `--push-to` uploads after a realize: the targets' chosen
  * realizations with their closures, so a teammate realizing the same
@@ -64,14 +68,14 @@ export function localPushTarget(other: LocalStore, name: string = other.location
  * did not choose (the losing models of best()) are not pushed: no realize
  * of these targets needs them. Returns the roots it pushed.
  */
-export function pushRoots(result: Pick<RealizeResult, 'targets'>): RRef[] {
+export function pushRoots(result: RealizedTargets): RRef[] {
   return [...new Set(result.targets.flatMap((t) => t.rrefs))];
 }
 
 /** Pushes `pushRoots(result)` from `store` to `target` (nothing for an empty result). */
 export async function pushAfterRealize(
   store: LocalStore,
-  result: Pick<RealizeResult, 'targets'>,
+  result: RealizedTargets,
   target: PushTarget,
 ): Promise<RRef[]> {
   const roots = pushRoots(result);
