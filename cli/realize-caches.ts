@@ -45,19 +45,27 @@ function cacheKind(url: string): 'file' | 's3' | 'http' {
   try {
     u = new URL(url);
   } catch {
-    throw new CairnError('E_USAGE', `${redactUrl(url)} is not a URL: a binary cache is file:///DIR, s3://BUCKET/PREFIX or http(s)://…`, {
-      url: redactUrl(url),
-    });
+    throw new CairnError(
+      'E_USAGE',
+      `${redactUrl(url)} is not a URL: a binary cache is file:///DIR, s3://BUCKET/PREFIX or http(s)://…`,
+      {
+        url: redactUrl(url),
+      },
+    );
   }
   if (u.protocol === 'file:') return 'file';
   if (u.protocol === 's3:') return 's3';
   if (u.protocol === 'http:' || u.protocol === 'https:') return 'http';
-  throw new CairnError('E_USAGE', `${redactUrl(url)}: a binary cache is file:///DIR, s3://BUCKET/PREFIX or http(s)://…`, {
-    url: redactUrl(url),
-  });
+  throw new CairnError(
+    'E_USAGE',
+    `${redactUrl(url)}: a binary cache is file:///DIR, s3://BUCKET/PREFIX or http(s)://…`,
+    {
+      url: redactUrl(url),
+    },
+  );
 }
 
-/** The binary cache at `url` as a substituter (signatures checked against `access.trustedKeys` and the configuration's). */
+/** The binary cache at `url` as a substituter; signatures are checked against the trusted keys. */
 export function cacheSubstituter(url: string, access: CacheAccess): Substituter {
   cacheKind(url);
   return openCacheSubstituter(url, access);
@@ -66,15 +74,21 @@ export function cacheSubstituter(url: string, access: CacheAccess): Substituter 
 /** The binary cache at `url` as a push target; an http(s) cache is read-only. */
 export function cachePushTarget(url: string, access: CacheAccess): PushTarget {
   if (cacheKind(url) === 'http') {
-    throw new CairnError('E_USAGE', `--push-to ${redactUrl(url)}: an http(s) cache is read-only; push to its s3:// or file:// URL`, {
-      url: redactUrl(url),
-    });
+    throw new CairnError(
+      'E_USAGE',
+      `--push-to ${redactUrl(url)}: an http(s) cache is read-only; push to its s3:// or file:// URL`,
+      {
+        url: redactUrl(url),
+      },
+    );
   }
   return openCachePushTarget(url, access);
 }
 
 const noBackend = (url: string): CairnError =>
-  new CairnError('E_USAGE', `${redactUrl(url)}: this cairn is built without the binary cache backend`, { url: redactUrl(url) });
+  new CairnError('E_USAGE', `${redactUrl(url)}: this cairn is built without the binary cache backend`, {
+    url: redactUrl(url),
+  });
 
 // The seam: CacheStore over openBlobStore(url) with the trusted keys, fetching with pullClosure and
 // pushing with pushClosure (src/store/cache/), replaces these two bodies.

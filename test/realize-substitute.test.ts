@@ -24,12 +24,7 @@ import {
 import { loadStageFile } from '../src/stages/load.js';
 import { candidateKey, candidateOf, type Candidate, type RealizationInfo, type Store } from '../src/store/interface.js';
 import { contextHash } from '../src/store/store.js';
-import {
-  localPushTarget,
-  localSubstituter,
-  pushAfterRealize,
-  type Substituter,
-} from '../src/stages/substitute.js';
+import { localPushTarget, localSubstituter, pushAfterRealize, type Substituter } from '../src/stages/substitute.js';
 import { cairn, expectError, isolateModuleCache, lastLine, ok, repoRoot, tempDir } from './helpers.js';
 
 let A: LocalStore;
@@ -156,7 +151,10 @@ describe('realize with substituters', () => {
     const rrefs = a.plan.flatMap((p) => p.rrefs);
     for (const r of rrefs) assert.ok(B.has(r), r);
     await assertIntact(B, rrefs);
-    assert.deepEqual(await B.readFile(a.targets[0]!.rrefs[0]!, 'r.bin'), await A.readFile(a.targets[0]!.rrefs[0]!, 'r.bin'));
+    assert.deepEqual(
+      await B.readFile(a.targets[0]!.rrefs[0]!, 'r.bin'),
+      await A.readFile(a.targets[0]!.rrefs[0]!, 'r.bin'),
+    );
     // Now B has them: a second run is cached, without the substituter.
     const again = await realize(top, { store: B });
     assert.ok(again.plan.every((p) => p.action === 'cached'));
@@ -191,7 +189,10 @@ describe('realize with substituters', () => {
     const a = await realize(graph, { store: A });
     const trainA = a.plan.find((p) => p.name === 'train')!;
     assert.equal((await A.realizationsOf(trainA.dref)).length, 3);
-    const { result, warnings } = await realizeB(graph.targets.map((d) => graph.nodes.get(d)!.stage), [localSubstituter(A)]);
+    const { result, warnings } = await realizeB(
+      graph.targets.map((d) => graph.nodes.get(d)!.stage),
+      [localSubstituter(A)],
+    );
     assert.equal(result.builds, 0);
     assert.deepEqual(warnings, []);
     const trainB = result.plan.find((p) => p.name === 'train')!;
@@ -260,7 +261,7 @@ describe('realize with substituters', () => {
   it('a substituter that never answers counts as unreachable after the timeout', async () => {
     const { top } = pipeline('hangs');
     const hanging: Store = new Proxy(A, {
-      get: (t, p, r) => (p === 'candidatesOfAll' ? () => new Promise(() => {}) : Reflect.get(t, p, r)),
+      get: (t, p, r) => (p === 'candidatesOfAll' ? () => new Promise(() => {}) : (Reflect.get(t, p, r) as unknown)),
     });
     const { result, warnings } = await realizeB(top, [through(hanging)], { substituterTimeoutMs: 100 });
     assert.equal(result.builds, 3);
@@ -351,7 +352,7 @@ describe('realize with substituters', () => {
         get: (t, p, r) =>
           p === 'candidatesOfAll'
             ? async () => new Map([[candidateKey(midDref, ctx), [candidateOf(A, { ...offer, ...claim })]]])
-            : Reflect.get(t, p, r),
+            : (Reflect.get(t, p, r) as unknown),
       });
     // mid's realization from A's context, listed under B's.
     const first = await realizeB(top, [through(lying(midA!, { ctx: bCtx }))]);

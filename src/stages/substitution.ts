@@ -80,7 +80,10 @@ export class Substitution {
       // A candidate listed under (dref, ctx) must claim to be of them; the fetched metadata is checked again.
       const stray = remote.find(({ c }) => c.dref !== dref || c.ctx !== ctx || parseRRef(c.rref).dref !== dref);
       if (stray) {
-        const lie = new CairnError('E_SUBSTITUTE', `it lists ${stray.c.rref} as a realization of ${dref} from context ${ctx}`);
+        const lie = new CairnError(
+          'E_SUBSTITUTE',
+          `it lists ${stray.c.rref} as a realization of ${dref} from context ${ctx}`,
+        );
         this.fail(stray.sub, 'listing candidates', lie);
         continue;
       }
@@ -122,7 +125,12 @@ export class Substitution {
    * True when every substituter delivered what it was asked for: realizations
    * of (dref, ctx), by their verified metadata in the local store.
    */
-  private async fetchAll(into: LocalStore, remote: Map<Substituter, RRef[]>, dref: DRef, ctx: string): Promise<boolean> {
+  private async fetchAll(
+    into: LocalStore,
+    remote: Map<Substituter, RRef[]>,
+    dref: DRef,
+    ctx: string,
+  ): Promise<boolean> {
     const results = await Promise.all(
       [...remote].map(async ([sub, rrefs]) => {
         try {
