@@ -38,8 +38,10 @@ export default tseslint.config(
       // Error.prepareStackTrace) or used as map keys, and BuildContext's exec, a closure that needs no `this`.
       '@typescript-eslint/unbound-method': 'off',
       // `_`-prefixed names and the siblings of a `...rest` exist to be left out.
-      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_',
-        ignoreRestSiblings: true }],
+      '@typescript-eslint/no-unused-vars': [
+        'error',
+        { argsIgnorePattern: '^_', varsIgnorePattern: '^_', ignoreRestSiblings: true },
+      ],
       // Module state set once after start-up (cli/serve/worker.ts) is read by functions declared above it.
       'prefer-const': ['error', { ignoreReadBeforeAssign: true }],
       // Control characters are what these patterns look for (terminal escapes, unprintable names).
@@ -51,8 +53,17 @@ export default tseslint.config(
       // Lines stay within 120 columns. Prettier (npm run format) breaks code and calls to fit; a line that still is
       // longer holds one string or template literal too long to fit on its own (a message, a test's name, a script),
       // kept whole so that it can be found by grep; comments and code have no such excuse.
-      '@stylistic/max-len': ['error', { code: 120, tabWidth: 2, ignoreUrls: true, ignoreRegExpLiterals: true,
-        ignoreStrings: true, ignoreTemplateLiterals: true }],
+      '@stylistic/max-len': [
+        'error',
+        {
+          code: 120,
+          tabWidth: 2,
+          ignoreUrls: true,
+          ignoreRegExpLiterals: true,
+          ignoreStrings: true,
+          ignoreTemplateLiterals: true,
+        },
+      ],
       '@typescript-eslint/no-floating-promises': ['error', { allowForKnownSafeCalls: [nodeTestCalls] }],
       // From strictTypeChecked, the rules that find bugs or dead code at little cost (not the rest of it: e.g.
       // no-unnecessary-boolean-literal-compare would drop the `=== true` that checks what user code (a service's ping)

@@ -8,14 +8,22 @@ import { pushAfterRealize } from '../../src/stages/substitute.js';
 import { cachePushTarget, cacheSubstituter, substituterUrls, type RealizeCacheFlags } from '../realize-caches.js';
 
 interface RealizeOpts extends RealizeCacheFlags {
-  stage?: string[]; jobs?: number; force?: true | string[]; dryRun?: boolean; keepFailed?: boolean; verbose?: boolean;
-  quiet?: boolean; json?: boolean; outLink?: string;
+  stage?: string[];
+  jobs?: number;
+  force?: true | string[];
+  dryRun?: boolean;
+  keepFailed?: boolean;
+  verbose?: boolean;
+  quiet?: boolean;
+  json?: boolean;
+  outLink?: string;
 }
 
 const collect = (v: string, prev: string[]): string[] => [...prev, v];
 
 export function registerRealize(ctx: CliContext): void {
-  ctx.program.command('realize')
+  ctx.program
+    .command('realize')
     .description('realize the stages of FILE and print the target RRefs as the last line of stdout')
     .argument('<file>', 'stage file (.ts or .js), or a pipeline (cairn.yaml, dvc.yaml)')
     .option('-s, --stage <name...>', 'export or stage name to realize (default: the default export)')
@@ -23,15 +31,22 @@ export function registerRealize(ctx: CliContext): void {
     .option('-f, --force [name...]', 'rebuild these stages (all stages when no name is given)')
     .option('-n, --dry-run', 'print what would be built, build nothing')
     .option('--keep-failed', 'keep the build directory of a failed build under STORE/failed/')
-    .option('-v, --verbose',
-      'show build logs live on stderr, with what programs run through exec print, each line prefixed by its stage')
+    .option(
+      '-v, --verbose',
+      'show build logs live on stderr, with what programs run through exec print, each line prefixed by its stage',
+    )
     .option('-q, --quiet', 'no progress output')
-    .option('-o, --out-link <path>',
-      'make PATH a symlink to the target output and a gc root (more targets: PATH-2, PATH-3, ...)')
+    .option(
+      '-o, --out-link <path>',
+      'make PATH a symlink to the target output and a gc root (more targets: PATH-2, PATH-3, ...)',
+    )
     .option('--json', 'print the result as JSON')
-    .option('--substituter <url>',
+    .option(
+      '--substituter <url>',
       "ask this binary cache before building (repeatable; default: the store configuration's substituters)",
-      collect, [])
+      collect,
+      [],
+    )
     .option('--no-substituters', 'ask no binary cache, not even the configured ones')
     .option('--trusted-key <key>', 'also trust cache entries signed by this public key (repeatable)', collect, [])
     .option('--push-to <url>', 'then upload the targets and their closures to this binary cache')
@@ -43,8 +58,10 @@ export function registerRealize(ctx: CliContext): void {
       const graph = instantiate(loaded.targets);
       const now = inputHashStats();
       const hashed = {
-        files: now.files - hashing.files, hashedFiles: now.hashedFiles - hashing.hashedFiles,
-        hashedBytes: now.hashedBytes - hashing.hashedBytes, cacheHits: now.cacheHits - hashing.cacheHits,
+        files: now.files - hashing.files,
+        hashedFiles: now.hashedFiles - hashing.hashedFiles,
+        hashedBytes: now.hashedBytes - hashing.hashedBytes,
+        cacheHits: now.cacheHits - hashing.cacheHits,
       };
       const store = ctx.openStore();
       // Taken now, as the store was opened: a build may change the working directory.
@@ -60,8 +77,14 @@ export function registerRealize(ctx: CliContext): void {
       let result;
       try {
         result = await realize(graph, {
-          store, jobs: o.jobs, force: o.force, dryRun: o.dryRun, keepFailed: o.keepFailed, outLink: o.outLink,
-          substituters, events: progress,
+          store,
+          jobs: o.jobs,
+          force: o.force,
+          dryRun: o.dryRun,
+          keepFailed: o.keepFailed,
+          outLink: o.outLink,
+          substituters,
+          events: progress,
         });
       } finally {
         progress.finish();
@@ -72,13 +95,23 @@ export function registerRealize(ctx: CliContext): void {
         pushTarget ? await pushAfterRealize(store, result, pushTarget) : undefined;
       if (o.json) {
         const pushed = await push();
-        out(JSON.stringify({
-          store: storeRoot, dryRun: !!o.dryRun, builds: result.builds, ms: Math.round(ms),
-          targets: result.targets, plan: result.plan,
-          ...(result.warnings.length > 0 ? { warnings: result.warnings } : {}),
-          ...(pushed ? { pushed: { to: pushTarget!.name, roots: pushed } } : {}),
-          ...(result.inputs.length > 0 ? { inputs: result.inputs, hashed } : {}),
-        }, null, 2));
+        out(
+          JSON.stringify(
+            {
+              store: storeRoot,
+              dryRun: !!o.dryRun,
+              builds: result.builds,
+              ms: Math.round(ms),
+              targets: result.targets,
+              plan: result.plan,
+              ...(result.warnings.length > 0 ? { warnings: result.warnings } : {}),
+              ...(pushed ? { pushed: { to: pushTarget!.name, roots: pushed } } : {}),
+              ...(result.inputs.length > 0 ? { inputs: result.inputs, hashed } : {}),
+            },
+            null,
+            2,
+          ),
+        );
         return;
       }
       if (o.dryRun) {
@@ -98,18 +131,23 @@ export function registerRealize(ctx: CliContext): void {
         const imported = result.inputs.filter((p) => p.action !== 'cached').length;
         const imports = imported > 0 ? `, ${imported} file input(s) imported` : '';
         const substituted = subst > 0 ? `, ${subst} substituted` : '';
-        process.stderr.write(`realized ${result.plan.length} stage(s) in ${(ms / 1000).toFixed(2)}s: `
-          + `${result.plan.length - cached - subst} built (${result.builds} build run(s))${substituted}, `
-          + `${cached} cached${imports}\n`);
+        process.stderr.write(
+          `realized ${result.plan.length} stage(s) in ${(ms / 1000).toFixed(2)}s: ` +
+            `${result.plan.length - cached - subst} built (${result.builds} build run(s))${substituted}, ` +
+            `${cached} cached${imports}\n`,
+        );
       }
       out(result.targets.flatMap((t) => t.rrefs).join(' '));
       const pushed = await push();
       if (pushed && !o.quiet) {
-        process.stderr.write(`pushed ${pushed.length} target realization(s) and their closures to ${pushTarget!.name}\n`);
+        process.stderr.write(
+          `pushed ${pushed.length} target realization(s) and their closures to ${pushTarget!.name}\n`,
+        );
       }
     });
 
-  ctx.program.command('instantiate')
+  ctx.program
+    .command('instantiate')
     .description('print the DRefs of the stages of FILE (dependencies first), building nothing')
     .argument('<file>')
     .option('-s, --stage <name...>', 'export or stage name')
@@ -117,13 +155,19 @@ export function registerRealize(ctx: CliContext): void {
     .action(async (file: string, o: { stage?: string[]; json?: boolean }) => {
       const graph = instantiate((await loadStageFile(file, o.stage ?? [])).targets);
       if (o.json) {
-        out(JSON.stringify({
-          targets: graph.targets,
-          derivations: graph.order.map((d) => {
-            const n = graph.nodes.get(d)!;
-            return { dref: d, name: n.name, deps: n.deps, drv: JSON.parse(n.drvJson) as unknown };
-          }),
-        }, null, 2));
+        out(
+          JSON.stringify(
+            {
+              targets: graph.targets,
+              derivations: graph.order.map((d) => {
+                const n = graph.nodes.get(d)!;
+                return { dref: d, name: n.name, deps: n.deps, drv: JSON.parse(n.drvJson) as unknown };
+              }),
+            },
+            null,
+            2,
+          ),
+        );
       } else {
         for (const d of graph.order) out(d);
       }

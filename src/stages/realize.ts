@@ -1,6 +1,13 @@
 import * as os from 'node:os';
 import { CairnError, isCairnError } from '../errors.js';
-import { candidateKey, candidateOf, type Added, type Candidate, type Context, type TempRoots } from '../store/interface.js';
+import {
+  candidateKey,
+  candidateOf,
+  type Added,
+  type Candidate,
+  type Context,
+  type TempRoots,
+} from '../store/interface.js';
 import { addOutLink } from '../store/roots.js';
 import type { DRef, RRef } from '../store/refs.js';
 import { contextHash, type LocalStore } from '../store/store.js';
@@ -86,7 +93,6 @@ export interface RealizeResult {
   inputs: PlanEntry[];
 }
 
-
 /**
  * Realizes the targets: for each derivation in dependency order, the
  * matcher chooses among the realizations that were built from exactly the
@@ -97,12 +103,14 @@ export interface RealizeResult {
  */
 export async function realize(targets: Stage | readonly Stage[] | Graph, opts: RealizeOptions): Promise<RealizeResult> {
   await preloadFileInputs();
-  const graph: Graph = isStage(targets) || Array.isArray(targets) ? instantiate(targets as Stage | Stage[]) : (targets as Graph);
+  const graph: Graph =
+    isStage(targets) || Array.isArray(targets) ? instantiate(targets as Stage | Stage[]) : (targets as Graph);
   const { store } = opts;
   const events = opts.events ?? {};
   const limit = new Semaphore(Math.max(1, opts.jobs ?? os.availableParallelism()));
   const forced = (node: Derivation): boolean =>
-    opts.force === true || (Array.isArray(opts.force) && (opts.force.includes(node.name) || opts.force.includes(node.dref)));
+    opts.force === true ||
+    (Array.isArray(opts.force) && (opts.force.includes(node.name) || opts.force.includes(node.dref)));
 
   let ahead: { stop(): void } | undefined;
   let tempRoots: TempRoots | undefined;
@@ -137,7 +145,8 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
   const trySubstitute = (node: Derivation): Substitution | undefined => (node.imports ? undefined : substitution);
   const substituted = (node: Derivation, sel: RRef[], from: Iterable<{ name: string }>): RRef[] => {
     actions.set(node.dref, 'substituted');
-    events.substituted?.(node, sel, [...from].map((s) => s.name));
+    const names = [...from].map((s) => s.name);
+    events.substituted?.(node, sel, names);
     return sel;
   };
 
@@ -185,86 +194,102 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
     // start as soon as the outputs are published (complete and readable), so
     // the durability round of one stage overlaps the build of the next.
     return new Promise<RRef[]>((resolve, reject) => {
-      const task = store.withLock(`build:${node.dref}:${ctx}`, `building ${node.name}`, async (held) => {
-        let have = await store.candidates(node.dref, ctx);
-        if (!isForced) {
-          // Another process may have built it while we waited for the lock.
-          const sel = await runMatcher(m, have);
-          if (sel) {
-            actions.set(node.dref, 'cached');
-            events.cached?.(node, sel);
-            resolve(sel);
-            return;
-          }
-          // Under the lock, so concurrent processes fetch a realization once.
-          const sub = trySubstitute(node);
-          const choice = await sub?.substitute(store, m, node.dref, ctx, have);
-          // A substituter that failed part-way may have left some realizations: the build counts them.
-          if (sub && !choice) have = await store.candidates(node.dref, ctx);
-          if (choice) {
-            if (choice.remote.size > 0) resolve(substituted(node, choice.sel, choice.remote.keys()));
-            else {
+      const task = store.withLock(
+        `build:${node.dref}:${ctx}`,
+        `building ${node.name}`,
+        async (held) => {
+          let have = await store.candidates(node.dref, ctx);
+          if (!isForced) {
+            // Another process may have built it while we waited for the lock.
+            const sel = await runMatcher(m, have);
+            if (sel) {
               actions.set(node.dref, 'cached');
-              events.cached?.(node, choice.sel);
-              resolve(choice.sel);
+              events.cached?.(node, sel);
+              resolve(sel);
+              return;
             }
-            return;
+            // Under the lock, so concurrent processes fetch a realization once.
+            const sub = trySubstitute(node);
+            const choice = await sub?.substitute(store, m, node.dref, ctx, have);
+            // A substituter that failed part-way may have left some realizations: the build counts them.
+            if (sub && !choice) have = await store.candidates(node.dref, ctx);
+            if (choice) {
+              if (choice.remote.size > 0) resolve(substituted(node, choice.sel, choice.remote.keys()));
+              else {
+                actions.set(node.dref, 'cached');
+                events.cached?.(node, choice.sel);
+                resolve(choice.sel);
+              }
+              return;
+            }
           }
-        }
-        // Forced or not, build as often as the matcher needs, and at least once.
-        const runs = Math.max(1, Math.ceil((m.min - (isForced ? 0 : have.length)) / node.stage.n));
-        events.start?.(node, isForced ? 'forced' : 'missing');
-        const t0 = Date.now();
-        const added: Added[] = [];
-        const durable: Promise<unknown>[] = [];
-        try {
-          for (let i = 0; i < runs; i++) {
-            const config = resolveConfig(node.stage.config, (st) => {
-              const dref = graph.drefOf.get(st as Stage)!;
-              return makeDep(store, dref, chosen.get(dref)!);
-            });
-            const files = inputPaths(node.files, (dref) => store.outPath(chosen.get(dref)![0]!));
-            // The last run's indexing releases the build lock (see AddOptions.release).
-            const release = i === runs - 1 ? held : undefined;
-            const run = await limit.run(() => buildAndAdd({
-              store, node, context, config, files, keepFailed: opts.keepFailed, release,
-              onLog: (line, i) => events.log?.(node, line, i), dirs,
-            }));
-            added.push(...run.added);
-            durable.push(run.durable);
-            if (!node.imports) builds++;
+          // Forced or not, build as often as the matcher needs, and at least once.
+          const runs = Math.max(1, Math.ceil((m.min - (isForced ? 0 : have.length)) / node.stage.n));
+          events.start?.(node, isForced ? 'forced' : 'missing');
+          const t0 = Date.now();
+          const added: Added[] = [];
+          const durable: Promise<unknown>[] = [];
+          try {
+            for (let i = 0; i < runs; i++) {
+              const config = resolveConfig(node.stage.config, (st) => {
+                const dref = graph.drefOf.get(st as Stage)!;
+                return makeDep(store, dref, chosen.get(dref)!);
+              });
+              const files = inputPaths(node.files, (dref) => store.outPath(chosen.get(dref)![0]!));
+              // The last run's indexing releases the build lock (see AddOptions.release).
+              const release = i === runs - 1 ? held : undefined;
+              const run = await limit.run(() =>
+                buildAndAdd({
+                  store,
+                  node,
+                  context,
+                  config,
+                  files,
+                  keepFailed: opts.keepFailed,
+                  release,
+                  onLog: (line, i) => events.log?.(node, line, i),
+                  dirs,
+                }),
+              );
+              added.push(...run.added);
+              durable.push(run.durable);
+              if (!node.imports) builds++;
+            }
+          } catch (e) {
+            await Promise.allSettled(durable);
+            throw e;
           }
-        } catch (e) {
-          await Promise.allSettled(durable);
-          throw e;
-        }
-        const recorded = Promise.all(durable);
-        // Identical outputs merge: a build may add one RRef several times.
-        const known = new Set(have.map((c) => c.rref));
-        const fresh: Candidate[] = [];
-        for (const a of added) {
-          if (known.has(a.meta.rref)) continue;
-          known.add(a.meta.rref);
-          fresh.push(candidateOf(store, a.meta));
-        }
-        const all = [...have, ...fresh].sort((a, b) => a.created - b.created || (a.rref < b.rref ? -1 : 1));
-        let sel: RRef[] | null;
-        try {
-          sel = await runMatcher(m, all);
-        } catch (e) {
+          const recorded = Promise.all(durable);
+          // Identical outputs merge: a build may add one RRef several times.
+          const known = new Set(have.map((c) => c.rref));
+          const fresh: Candidate[] = [];
+          for (const a of added) {
+            if (known.has(a.meta.rref)) continue;
+            known.add(a.meta.rref);
+            fresh.push(candidateOf(store, a.meta));
+          }
+          const all = [...have, ...fresh].sort((a, b) => a.created - b.created || (a.rref < b.rref ? -1 : 1));
+          let sel: RRef[] | null;
+          try {
+            sel = await runMatcher(m, all);
+          } catch (e) {
+            await recorded;
+            throw e;
+          }
+          if (!sel) {
+            await recorded;
+            throw new CairnError(
+              'E_MATCH_UNSATISFIED',
+              `matcher ${m.name} of stage ${node.name} (${node.dref}) chose nothing after ${runs} build(s); ${all.length} realization(s) exist. A matcher that needs k realizations wants a stage with n >= k or min = k`,
+              { dref: node.dref, matcher: m.name, realizations: all.length },
+            );
+          }
+          events.built?.(node, sel, Date.now() - t0, [...new Set(added.map((a) => a.meta.rref))]);
+          resolve(sel);
           await recorded;
-          throw e;
-        }
-        if (!sel) {
-          await recorded;
-          throw new CairnError('E_MATCH_UNSATISFIED',
-            `matcher ${m.name} of stage ${node.name} (${node.dref}) chose nothing after ${runs} build(s); ${all.length} realization(s) exist. A matcher that needs k realizations wants a stage with n >= k or min = k`,
-            { dref: node.dref, matcher: m.name, realizations: all.length });
-        }
-        events.built?.(node, sel, Date.now() - t0, [...new Set(added.map((a) => a.meta.rref))]);
-        resolve(sel);
-        await recorded;
-      }, { onWait: (holder) => events.wait?.(node, holder) });
+        },
+        { onWait: (holder) => events.wait?.(node, holder) },
+      );
       settling.push(task);
       // After resolve() this is a no-op; such late errors surface from `settling`.
       task.catch(reject);
@@ -278,7 +303,14 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
       try {
         chosen.set(node.dref, await resolveNode(node));
       } catch (e) {
-        const err = isCairnError(e) ? e : new CairnError('E_BUILD_FAILED', `stage ${node.name}: ${(e as Error)?.message ?? String(e)}`, { dref: node.dref }, { cause: e });
+        const err = isCairnError(e)
+          ? e
+          : new CairnError(
+              'E_BUILD_FAILED',
+              `stage ${node.name}: ${(e as Error)?.message ?? String(e)}`,
+              { dref: node.dref },
+              { cause: e },
+            );
         events.failed?.(node, err);
         throw err;
       }
@@ -286,7 +318,9 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
     // Every build must be durable and indexed before realize returns.
     for (const r of await Promise.allSettled(settling)) if (r.status === 'rejected') throw r.reason;
     if (opts.outLink && !opts.dryRun) {
-      graph.targets.flatMap((d) => chosen.get(d)!).forEach((rref, i) => addOutLink(store, i === 0 ? opts.outLink! : `${opts.outLink}-${i + 1}`, rref));
+      graph.targets
+        .flatMap((d) => chosen.get(d)!)
+        .forEach((rref, i) => addOutLink(store, i === 0 ? opts.outLink! : `${opts.outLink}-${i + 1}`, rref));
     }
   } finally {
     ahead?.stop();
@@ -302,7 +336,12 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
   const inputs: PlanEntry[] = [];
   for (const dref of graph.order) {
     const node = graph.nodes.get(dref)!;
-    (node.imports ? inputs : plan).push({ dref, name: node.name, action: actions.get(dref)!, rrefs: chosen.get(dref) ?? [] });
+    (node.imports ? inputs : plan).push({
+      dref,
+      name: node.name,
+      action: actions.get(dref)!,
+      rrefs: chosen.get(dref) ?? [],
+    });
   }
   return {
     targets: graph.targets.map((dref) => ({ dref, name: graph.nodes.get(dref)!.name, rrefs: chosen.get(dref) ?? [] })),

@@ -19,7 +19,12 @@ import { manifestPaths, parseManifest, planTransfer, type ClosureManifest } from
 import { haveRefs, listClosure } from './sync.js';
 import { END, entryHeader, padding } from './tar-format.js';
 
-export interface ExportReport { file: string; realizations: number; derivations: number; roots: RRef[] }
+export interface ExportReport {
+  file: string;
+  realizations: number;
+  derivations: number;
+  roots: RRef[];
+}
 
 const { O_NOFOLLOW, O_RDONLY } = fs.constants;
 const CHUNK = 1 << 20;
@@ -114,14 +119,18 @@ export async function exportClosure(store: LocalStore, refs: readonly string[], 
 
 function writeClosureTar(store: LocalStore, manifest: ClosureManifest, dest: string, shown: string): void {
   try {
-    writeAtomic(dest, (fd) => {
-      const w = new TarWriter(fd);
-      // Manifest first, so a reader learns what to expect before the data.
-      w.file(Buffer.from('manifest.json'), Buffer.from(JSON.stringify(manifest, null, 2) + '\n'));
-      const root = Buffer.from(store.root);
-      for (const p of manifestPaths(manifest)) w.tree(Buffer.concat([root, Buffer.from(`/${p}`)]), Buffer.from(p));
-      w.end();
-    }, { mode: 0o644, fsync: true });
+    writeAtomic(
+      dest,
+      (fd) => {
+        const w = new TarWriter(fd);
+        // Manifest first, so a reader learns what to expect before the data.
+        w.file(Buffer.from('manifest.json'), Buffer.from(JSON.stringify(manifest, null, 2) + '\n'));
+        const root = Buffer.from(store.root);
+        for (const p of manifestPaths(manifest)) w.tree(Buffer.concat([root, Buffer.from(`/${p}`)]), Buffer.from(p));
+        w.end();
+      },
+      { mode: 0o644, fsync: true },
+    );
   } catch (e) {
     if (e instanceof CairnError) throw e;
     throw new CairnError('E_STORE_IO', `cannot write ${shown}: ${(e as Error).message}`, { file: shown }, { cause: e });
@@ -173,7 +182,11 @@ export async function importClosure(store: LocalStore, file: string): Promise<Re
     try {
       json = JSON.parse(fs.readFileSync(path.join(staging, 'manifest.json'), 'utf8'));
     } catch {
-      throw new CairnError('E_BAD_CLOSURE', `${file} has no readable manifest.json; it was not written by cairn export`, { file });
+      throw new CairnError(
+        'E_BAD_CLOSURE',
+        `${file} has no readable manifest.json; it was not written by cairn export`,
+        { file },
+      );
     }
     return await receiveClosure(store, staging, parseManifest(json), { allOrNothing: true });
   } finally {

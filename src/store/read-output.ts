@@ -19,7 +19,8 @@ function openInside(out: string, rel: FsPath, rref: string): number {
   const refuse = (why: string, reason: 'outside' | 'missing' | 'not-file' = 'missing'): never => {
     throw new CairnError('E_NO_SUCH_PATH', `${shown} ${why} in ${rref}`, { path: shown, rref, reason });
   };
-  if (relB.length === 0 || relB[0] === 0x2f || relB.includes(0)) refuse('is not a path relative to the output', 'outside');
+  if (relB.length === 0 || relB[0] === 0x2f || relB.includes(0))
+    refuse('is not a path relative to the output', 'outside');
   let real: Buffer;
   let base: Buffer;
   try {
@@ -29,7 +30,8 @@ function openInside(out: string, rel: FsPath, rref: string): number {
   } catch {
     return refuse('does not exist');
   }
-  const inside = real.length > base.length + 1 && real[base.length] === 0x2f && real.subarray(0, base.length).equals(base);
+  const inside =
+    real.length > base.length + 1 && real[base.length] === 0x2f && real.subarray(0, base.length).equals(base);
   if (!inside) refuse('leaves the output', 'outside');
   let fd: number;
   try {

@@ -33,7 +33,11 @@ export interface BootConfig {
  * The first state of a base: boots `files` (vmlinuz, initramfs.cpio,
  * disk.qcow2) to the shell prompt and saves it.
  */
-export function bootedState(name: string, files: Stage, opts: BaseOptions & { append?: string; readyTimeoutMs?: number; ready?: RegExp } = {}): Stage<BootConfig> {
+export function bootedState(
+  name: string,
+  files: Stage,
+  opts: BaseOptions & { append?: string; readyTimeoutMs?: number; ready?: RegExp } = {},
+): Stage<BootConfig> {
   return stage<BootConfig>({
     name,
     config: { files, memoryMb: opts.memoryMb ?? 256, smp: opts.smp ?? 1, append: opts.append ?? DEFAULT_APPEND },
@@ -44,12 +48,20 @@ export function bootedState(name: string, files: Stage, opts: BaseOptions & { ap
       const files = ctx.config.files as unknown as Dep;
       const disk = { file: path.join(ctx.tmp, 'disk.qcow2'), clone: chooseCloneMode(cloneModeFromEnv(), ctx.tmp) };
       await cloneDisk(files.file('disk.qcow2'), disk.file, disk.clone);
-      const session = await bootSession({
-        kernel: files.file('vmlinuz'), initramfs: files.file('initramfs.cpio'),
-        append: ctx.config.append, memoryMb: ctx.config.memoryMb, smp: ctx.config.smp,
-        // Not in the config: the marker only says when the boot is done.
-        ...(opts.ready ? { ready: opts.ready } : {}),
-      }, path.join(ctx.tmp, 'vm'), disk, { timeoutMs: opts.readyTimeoutMs ?? 120_000 });
+      const session = await bootSession(
+        {
+          kernel: files.file('vmlinuz'),
+          initramfs: files.file('initramfs.cpio'),
+          append: ctx.config.append,
+          memoryMb: ctx.config.memoryMb,
+          smp: ctx.config.smp,
+          // Not in the config: the marker only says when the boot is done.
+          ...(opts.ready ? { ready: opts.ready } : {}),
+        },
+        path.join(ctx.tmp, 'vm'),
+        disk,
+        { timeoutMs: opts.readyTimeoutMs ?? 120_000 },
+      );
       ctx.log(`booted ${name}`);
       await saveSession(ctx, session, finalOutDir(files.path, ctx.dref), { expiresAt: null }, null, async (vm) => {
         await vm.exec('true', { check: true });
