@@ -68,7 +68,9 @@ function cacheKind(url: string): 'file' | 's3' | 'http' {
 /** The binary cache at `url` as a substituter; signatures are checked against the trusted keys. */
 export function cacheSubstituter(url: string, access: CacheAccess): Substituter {
   cacheKind(url);
-  return openCacheSubstituter(url, access);
+  const sub = openCacheSubstituter(url, access);
+  // Warnings and progress name it: never with the URL's secrets.
+  return { name: redactUrl(url), store: sub.store, fetch: (into, rrefs) => sub.fetch(into, rrefs) };
 }
 
 /** The binary cache at `url` as a push target; an http(s) cache is read-only. */
@@ -82,7 +84,8 @@ export function cachePushTarget(url: string, access: CacheAccess): PushTarget {
       },
     );
   }
-  return openCachePushTarget(url, access);
+  const target = openCachePushTarget(url, access);
+  return { name: redactUrl(url), push: (from, rrefs) => target.push(from, rrefs) };
 }
 
 const noBackend = (url: string): CairnError =>

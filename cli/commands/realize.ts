@@ -88,6 +88,8 @@ export function registerRealize(ctx: CliContext): void {
         });
       } finally {
         progress.finish();
+        // A cache store may hold connections; the run is over for it.
+        for (const s of substituters) s.store.close();
       }
       const ms = performance.now() - t0;
       // A failed push fails the command (the cache is not warm), after the targets are printed.
