@@ -162,6 +162,31 @@ describe('realize with substituters', () => {
     void mid;
   });
 
+  it('two processes on one store substituting the same graph at once fetch it once and agree', async () => {
+    const { top } = pipeline('concurrent');
+    const a = await realize(top, { store: A });
+    let fetched = 0;
+    const counting = through(A, async (into, rrefs) => {
+      fetched += rrefs.length;
+      await localSubstituter(A).fetch(into, rrefs);
+    });
+    const B2 = LocalStore.open(B.root);
+    try {
+      const [one, two] = await Promise.all([
+        realize(top, { store: B, substituters: [counting] }),
+        realize(top, { store: B2, substituters: [counting] }),
+      ]);
+      assert.deepEqual(one.targets, a.targets);
+      assert.deepEqual(two.targets, a.targets);
+      assert.equal(one.builds + two.builds, 0);
+      // Each stage fetched once: the other found it under the build lock.
+      assert.equal(fetched, 3);
+      assert.deepEqual([...one.warnings, ...two.warnings], []);
+    } finally {
+      B2.close();
+    }
+  });
+
   it('asks no substituter when everything is cached locally', async () => {
     const { top } = pipeline('all-local');
     await realize(top, { store: B });
