@@ -64,6 +64,7 @@ export const ErrorCodes = {
   E_SYNC_FAILED: 'ssh, rsync or the remote cairn failed during a sync',
   E_SYNC_HASH_MISMATCH:
     'a realization or derivation received by sync or import does not match its hash, and was refused',
+  E_SUBSTITUTE: 'a substituter did not answer in time or did not deliver what it offered; realize went on without it',
   E_BAD_CLOSURE: 'a received closure is malformed or incomplete (a dependency is neither sent nor present)',
   E_MACHINE_INCOMPATIBLE: 'a saved machine state cannot be resumed by this QEMU or backend',
   E_MACHINE_STATE: 'a realization is not a machine state, or its machine.json is damaged',
@@ -77,6 +78,7 @@ export const ErrorCodes = {
   E_SERVER_START: 'the cairn server did not start',
   E_SERVER_LOST: 'the cairn server closed the connection before the command finished',
   E_SERVER_PROTOCOL: 'a client sent the cairn server a request it cannot read',
+  E_STORE_CONFIG: "the store's config.json is not valid JSON or has a field of the wrong type",
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;
