@@ -25,9 +25,6 @@ export default tseslint.config(
     },
     plugins: { '@stylistic': stylistic },
     rules: {
-      // DRef and RRef are both `string` today, so `RRef | DRef` looks redundant; the union documents intent and
-      // becomes meaningful once they are branded (issue 15, item 2).
-      '@typescript-eslint/no-duplicate-type-constituents': 'off',
       // `Stage<any>` / `Step<any>` spell "a stage of any config" (`unknown` fails: build's config is contravariant);
       // any *use* of an any value is still caught by the no-unsafe-* rules.
       '@typescript-eslint/no-explicit-any': 'off',
@@ -75,6 +72,25 @@ export default tseslint.config(
       '@typescript-eslint/prefer-string-starts-ends-with': 'error',
       '@typescript-eslint/switch-exhaustiveness-check': ['error', { considerDefaultExhaustiveForUnions: true }],
       '@typescript-eslint/return-await': ['error', 'error-handling-correctness-only'],
+    },
+  },
+  {
+    // The Store boundary (docs/design.md, "The Store interface"): outside src/store, nothing reaches the index, the
+    // derivation files or the accessor of LocalStore's private parts. Tests may: they check the store from inside.
+    files: ['src/**/*.ts', 'cli/**/*.ts', 'bench/**/*.ts', 'examples/**/*.ts'],
+    ignores: ['src/store/**'],
+    rules: {
+      '@typescript-eslint/no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            {
+              regex: '(^|/)store/(internals|index-db|drv-files|sqlite)\\.js$',
+              message: 'store internals are private to src/store: use the Store interface or a src/store function',
+            },
+          ],
+        },
+      ],
     },
   },
   {

@@ -16,6 +16,7 @@ export function progressReporter(
   const running = new Set<string>();
   let cached = 0;
   let built = 0;
+  let substituted = 0;
   let drawnAt = 0;
   let drawn = false;
   const line = (text: string): void => {
@@ -31,7 +32,9 @@ export function progressReporter(
     if (!force && now - drawnAt < 50) return;
     drawnAt = now;
     const names = [...running].slice(0, 3).join(', ') + (running.size > 3 ? ', …' : '');
-    const text = `[${cached + built}/${total}] ${built} built, ${cached} cached${running.size ? ` | building ${names}` : ''}`;
+    const subst = substituted > 0 ? `, ${substituted} substituted` : '';
+    const building = running.size ? ` | building ${names}` : '';
+    const text = `[${cached + built + substituted}/${total}] ${built} built${subst}, ${cached} cached${building}`;
     err.write(`\r\x1b[2K${text.slice(0, (err.columns || 100) - 1)}`);
     drawn = true;
   };
@@ -61,6 +64,18 @@ export function progressReporter(
     },
     log: (n: Derivation, text: string, output?: number) => {
       if (opts.verbose) line(`${n.name}${output === undefined ? '' : `[${output}]`}> ${text}`);
+    },
+    substituted: (n: Derivation, rrefs, from) => {
+      substituted++;
+      if (opts.tty) status(true);
+      else line(`substituted ${n.name} from ${from.join(', ')}: ${rrefs.join(' ')}`);
+    },
+    // Printed even with --quiet: cache trouble is worth one line.
+    warning: (text: string) => {
+      if (opts.tty && drawn) err.write('\r\x1b[2K');
+      err.write(text + '\n');
+      drawn = false;
+      status(true);
     },
     failed: (n: Derivation, e: CairnError) => {
       running.delete(n.name);

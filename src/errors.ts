@@ -64,6 +64,7 @@ export const ErrorCodes = {
   E_SYNC_FAILED: 'ssh, rsync or the remote cairn failed during a sync',
   E_SYNC_HASH_MISMATCH:
     'a realization or derivation received by sync or import does not match its hash, and was refused',
+  E_SUBSTITUTE: 'a substituter did not answer in time or did not deliver what it offered; realize went on without it',
   E_BAD_CLOSURE: 'a received closure is malformed or incomplete (a dependency is neither sent nor present)',
   E_MACHINE_INCOMPATIBLE: 'a saved machine state cannot be resumed by this QEMU or backend',
   E_MACHINE_STATE: 'a realization is not a machine state, or its machine.json is damaged',
@@ -82,6 +83,7 @@ export const ErrorCodes = {
     'a binary cache did not answer within its retry budget (unreachable, timeouts, 5xx, SlowDown) or refused a request',
   E_CACHE_READ_ONLY: 'a write or delete was sent to a read-only binary cache (http(s)://)',
   E_CACHE_NO_LIST: 'an http(s):// binary cache cannot enumerate its keys; ls, verify and gc need s3:// or file://',
+  E_STORE_CONFIG: "the store's config.json is not valid JSON or has a field of the wrong type",
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;

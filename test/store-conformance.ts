@@ -59,7 +59,7 @@ export interface ChildStore {
 }
 
 /** A file tree: relative path → text, a file with a mode, or a symlink. Directories are implied. */
-export type TreeSpec = Record<string, string | { text: string; mode: number } | { link: string }>;
+export type TreeSpec = Record<string, string | { text: string; mode: number } | { symlink: string }>;
 
 /** One output as the suite and its children describe it. */
 export interface OutputSpec {
@@ -85,7 +85,7 @@ export function writeOutput(dir: string, out: OutputSpec): void {
     const abs = path.join(root, rel);
     fs.mkdirSync(path.dirname(abs), { recursive: true, mode: 0o755 });
     if (typeof v === 'string') fs.writeFileSync(abs, v, { mode: 0o644 });
-    else if ('link' in v) fs.symlinkSync(v.link, abs);
+    else if ('symlink' in v) fs.symlinkSync(v.symlink, abs);
     else {
       fs.writeFileSync(abs, v.text);
       fs.chmodSync(abs, v.mode);
@@ -203,7 +203,11 @@ async function rejectsWith(call: () => Promise<unknown>, code: string, what: str
     assert.fail(`${what}: threw ${String((e as { code?: string }).code)} synchronously instead of rejecting`);
   }
   await assert.rejects(p, (e: { code?: string }) => {
-    assert.equal(e.code, code, `${what}: expected ${code}, got ${String(e.code)} (${String(e)})`);
+    assert.equal(
+      e.code,
+      code,
+      `${what}: expected ${code}, got ${String(e.code)} (${e instanceof Error ? e.message : JSON.stringify(e)})`,
+    );
     return true;
   });
 }
@@ -342,7 +346,12 @@ export function storeConformance(name: string, h: StoreHarness): void {
             onReadable: (added) => {
               assert.equal(settled, false, 'onReadable came after add settled');
               calls.push(added);
-              for (const a of added) reads.push(store.readFile(a.meta.rref, 'f').then(String, (e: Error) => e.message));
+              for (const a of added)
+                reads.push(
+                  store
+                    .readFile(a.meta.rref, 'f')
+                    .then(String, (e: unknown) => (e instanceof Error ? e.message : String(e))),
+                );
             },
           },
         );
@@ -412,9 +421,12 @@ export function storeConformance(name: string, h: StoreHarness): void {
         fs.writeFileSync(outside, 'outside');
         fs.chmodSync(outside, 0o644);
         const cases: [string, TreeSpec][] = [
-          ['an absolute link', { ok: 'x', esc: { link: outside } }],
-          ['a relative link that climbs out', { ok: 'x', 'a/esc': { link: '../../outside.txt' } }],
-          ['a chain that leaves through another link', { ok: 'x', s: { link: '.' }, 'd/esc': { link: '../s/../x' } }],
+          ['an absolute link', { ok: 'x', esc: { symlink: outside } }],
+          ['a relative link that climbs out', { ok: 'x', 'a/esc': { symlink: '../../outside.txt' } }],
+          [
+            'a chain that leaves through another link',
+            { ok: 'x', s: { symlink: '.' }, 'd/esc': { symlink: '../s/../x' } },
+          ],
         ];
         for (const [i, [what, tree]] of cases.entries()) {
           const d = derivation('hostile', `link-${i}`);
@@ -479,7 +491,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
         const d = derivation('hostile', 'partial');
         const outs: OutputSpec[] = [
           { tree: { fine: 'yes' }, created: at() },
-          { tree: { esc: { link: '/etc/passwd' } }, created: at() },
+          { tree: { esc: { symlink: '/etc/passwd' } }, created: at() },
         ];
         await rejectsWith(() => add(req(d), outs), 'E_UNSAFE_OUTPUT', 'the second output escapes');
         assert.deepEqual(await store.realizationsOf(d.dref), []);
@@ -588,7 +600,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
 
       test('candidates read their own files, as readFile does', T, async () => {
         const d = derivation('cread', 'a');
-        const tree: TreeSpec = { 'score.json': '{"s":3}', 'd/e/f': 'deep', l: { link: 'd/e/f' } };
+        const tree: TreeSpec = { 'score.json': '{"s":3}', 'd/e/f': 'deep', l: { symlink: 'd/e/f' } };
         const [a] = await add(req(d), [{ tree, created: at() }]);
         const [c] = await store.candidates(d.dref, a!.meta.ctx);
         for (const rel of ['score.json', 'd/e/f', 'l']) {
@@ -621,11 +633,11 @@ export function storeConformance(name: string, h: StoreHarness): void {
         'top.txt': 'top',
         'a/b/c/deep.txt': 'deep',
         'a/b/sib.txt': 'sibling',
-        'link-file': { link: 'a/b/c/deep.txt' },
-        'a/b/up': { link: '../b/sib.txt' },
-        'link-dir': { link: 'a/b' },
-        self: { link: '.' },
-        dangling: { link: 'nowhere' },
+        'link-file': { symlink: 'a/b/c/deep.txt' },
+        'a/b/up': { symlink: '../b/sib.txt' },
+        'link-dir': { symlink: 'a/b' },
+        self: { symlink: '.' },
+        dangling: { symlink: 'nowhere' },
         'empty.txt': '',
       };
 

@@ -95,7 +95,7 @@ async function buildMachine(groups: Group[], dirs: string[]): Promise<{ m: Machi
       ...(g.transient ? { transient: true } : {}),
       ...(cache !== undefined ? { cache: durationFlag('--cache')(cache) } : {}),
     };
-    let args;
+    let args: unknown;
     try {
       args = def.fromCli({ positional: g.words.positional, named });
     } catch (e) {

@@ -27,7 +27,7 @@ import { checkName, type RRef } from '../store/refs.js';
 import { custom, type Candidate, type Matcher } from './matchers.js';
 import { realize, type RealizeOptions, type RealizeResult } from './realize.js';
 import { instantiate } from './instantiate.js';
-import { stage, type BuildContext, type Dep, type Stage } from './stage.js';
+import { stage, type BuildContext, type Stage } from './stage.js';
 
 /** machine.json: what the pipeline knows about a state. */
 export interface MachineDescription {
@@ -418,7 +418,7 @@ function stepStage(parent: Stage, p: Pending): Stage<StepConfig> {
     // The step's own code is in the config; this build is the same for every step.
     version: 'cairn-machine-step-1',
     async build(ctx) {
-      const parent = ctx.config.parent as unknown as Dep;
+      const parent = ctx.config.parent;
       const d = readDescription(parent.path);
       const session = await (await machineBackend(d.backend)).resume(parent.path, d.state, ctx.tmp);
       ctx.log(`resumed ${parent.rrefs[0]} (${d.backend})`);

@@ -19,6 +19,8 @@ import { isStage, type Stage } from './stage.js';
 import { buildAndAdd } from './build.js';
 import { inputPaths } from './build-context.js';
 import { guardRealize } from './build-processes.js';
+import { Substitution } from './substitution.js';
+import type { Substituter } from './substitute.js';
 
 export interface RealizeEvents {
   cached?(node: Derivation, rrefs: readonly RRef[]): void;
@@ -29,6 +31,10 @@ export interface RealizeEvents {
    * made (which a matcher such as `best` may not choose).
    */
   built?(node: Derivation, rrefs: readonly RRef[], ms: number, fresh: readonly RRef[]): void;
+  /** The matcher chose realizations a substituter had (`from`: their names); they are in the store now. */
+  substituted?(node: Derivation, rrefs: readonly RRef[], from: readonly string[]): void;
+  /** One line about trouble that did not fail the realize (a substituter that failed: one per substituter). */
+  warning?(line: string): void;
   /**
    * A log() line, or a line a program run through exec printed (`output`:
    * the output it works on, when known and n > 1).
@@ -54,10 +60,18 @@ export interface RealizeOptions {
    * temporary roots are dropped, so gc can never collect the target between.
    */
   outLink?: string;
+  /**
+   * Stores asked, when a stage's local candidates do not satisfy its
+   * matcher, before building it (see substitution.ts). None: no cost at all.
+   */
+  substituters?: readonly Substituter[];
+  /** How long a substituter's batch query may take (default 60 s). */
+  substituterTimeoutMs?: number;
   events?: RealizeEvents;
 }
 
-export type PlanAction = 'cached' | 'build' | 'force';
+/** `substituted`: fetched from a substituter (with a dry run: would be). */
+export type PlanAction = 'cached' | 'build' | 'force' | 'substituted';
 
 export interface PlanEntry {
   dref: DRef;
@@ -73,6 +87,8 @@ export interface RealizeResult {
   plan: PlanEntry[];
   /** How many build function runs happened (imports not counted). */
   builds: number;
+  /** Warning lines (also given to `events.warning`): substituters that failed and were left out. */
+  warnings: string[];
   /** The derivations importing file inputs: `build` when the content was copied into the store, else `cached`. */
   inputs: PlanEntry[];
 }
@@ -114,6 +130,25 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
   const chosen = new Map<DRef, RRef[]>();
   const actions = new Map<DRef, PlanAction>();
   let builds = 0;
+  const warnings: string[] = [];
+  const warn = (line: string): void => {
+    warnings.push(line);
+    events.warning?.(line);
+  };
+  // File inputs are imported, never substituted: a local copy is cheaper than a download.
+  const substitutable = graph.order.filter((d) => !graph.nodes.get(d)!.imports);
+  const subs = opts.substituters ?? [];
+  const substitution =
+    subs.length > 0 && substitutable.length > 0
+      ? new Substitution(subs, substitutable, { warn, queryTimeoutMs: opts.substituterTimeoutMs })
+      : undefined;
+  const trySubstitute = (node: Derivation): Substitution | undefined => (node.imports ? undefined : substitution);
+  const substituted = (node: Derivation, sel: RRef[], from: Iterable<{ name: string }>): RRef[] => {
+    actions.set(node.dref, 'substituted');
+    const names = [...from].map((s) => s.name);
+    events.substituted?.(node, sel, names);
+    return sel;
+  };
 
   // The first look at every derivation uses one query for the whole graph,
   // made after the temp roots above; anything built since by another process
@@ -132,7 +167,8 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
 
   const resolveNode = async (node: Derivation): Promise<RRef[]> => {
     const m = node.stage.matcher;
-    if (opts.dryRun && node.deps.some((d) => actions.get(d) !== 'cached')) {
+    const unknown = (d: DRef): boolean => actions.get(d) !== 'cached' && actions.get(d) !== 'substituted';
+    if (opts.dryRun && node.deps.some(unknown)) {
       actions.set(node.dref, forced(node) ? 'force' : 'build');
       return [];
     }
@@ -140,12 +176,16 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
     const ctx = contextHash(context);
     const isForced = forced(node);
     if (!isForced) {
-      const sel = await runMatcher(m, snapshotCandidates(node.dref, ctx));
+      const local = snapshotCandidates(node.dref, ctx);
+      const sel = await runMatcher(m, local);
       if (sel) {
         actions.set(node.dref, 'cached');
         events.cached?.(node, sel);
         return sel;
       }
+      // A dry run shows what the substituters would give, reading only their metadata and matcher files.
+      const choice = opts.dryRun ? await trySubstitute(node)?.choose(m, node.dref, ctx, local) : undefined;
+      if (choice) return substituted(node, choice.sel, choice.remote.keys());
     }
     actions.set(node.dref, isForced ? 'force' : 'build');
     if (opts.dryRun) return [];
@@ -158,7 +198,7 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
         `build:${node.dref}:${ctx}`,
         `building ${node.name}`,
         async (held) => {
-          const have = await store.candidates(node.dref, ctx);
+          let have = await store.candidates(node.dref, ctx);
           if (!isForced) {
             // Another process may have built it while we waited for the lock.
             const sel = await runMatcher(m, have);
@@ -166,6 +206,20 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
               actions.set(node.dref, 'cached');
               events.cached?.(node, sel);
               resolve(sel);
+              return;
+            }
+            // Under the lock, so concurrent processes fetch a realization once.
+            const sub = trySubstitute(node);
+            const choice = await sub?.substitute(store, m, node.dref, ctx, have);
+            // A substituter that failed part-way may have left some realizations: the build counts them.
+            if (sub && !choice) have = await store.candidates(node.dref, ctx);
+            if (choice) {
+              if (choice.remote.size > 0) resolve(substituted(node, choice.sel, choice.remote.keys()));
+              else {
+                actions.set(node.dref, 'cached');
+                events.cached?.(node, choice.sel);
+                resolve(choice.sel);
+              }
               return;
             }
           }
@@ -293,6 +347,7 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
     targets: graph.targets.map((dref) => ({ dref, name: graph.nodes.get(dref)!.name, rrefs: chosen.get(dref) ?? [] })),
     plan,
     builds,
+    warnings,
     inputs,
   };
 }

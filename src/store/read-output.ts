@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import type { Readable } from 'node:stream';
 import { CairnError } from '../errors.js';
+import { settle } from './settle.js';
 import { displayPath, joinPath, type FsPath } from './fsutil.js';
 
 const { O_RDONLY, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
@@ -56,18 +57,9 @@ export function readOutputFileSync(out: string, rel: FsPath, rref: string): Buff
 }
 
 export function readOutputFile(out: string, rel: FsPath, rref: string): Promise<Buffer> {
-  try {
-    return Promise.resolve(readOutputFileSync(out, rel, rref));
-  } catch (e) {
-    return Promise.reject(e as Error);
-  }
+  return settle(() => readOutputFileSync(out, rel, rref));
 }
 
 export function openOutputFile(out: string, rel: FsPath, rref: string): Promise<Readable> {
-  try {
-    const fd = openInside(out, rel, rref);
-    return Promise.resolve(fs.createReadStream('', { fd, autoClose: true }));
-  } catch (e) {
-    return Promise.reject(e as Error);
-  }
+  return settle(() => fs.createReadStream('', { fd: openInside(out, rel, rref), autoClose: true }));
 }

@@ -39,6 +39,7 @@ import { withLock } from './locks.js';
 import { PRIVATE_DIR_MODE, checkStoreSafety, makeDirs } from './permissions.js';
 import { makeRRef, parseRef, parseRRef, type DRef, type RRef } from './refs.js';
 import { readOutputFile, openOutputFile } from './read-output.js';
+import { settle } from './settle.js';
 import { walkTree, type TreeSummary } from './tree.js';
 
 /** Bumped whenever the on-disk layout changes incompatibly. */
@@ -206,11 +207,7 @@ export class LocalStore implements Store {
   }
 
   meta(rref: RRef): Promise<RealizationMeta> {
-    try {
-      return Promise.resolve(this.readMeta(rref));
-    } catch (e) {
-      return Promise.reject(e as Error);
-    }
+    return settle(() => this.readMeta(rref));
   }
 
   closure(rrefs: Iterable<RRef>): Promise<RRef[]> {
@@ -227,15 +224,15 @@ export class LocalStore implements Store {
 
   // A missing realization rejects, never throws: callers of the interface handle rejections only.
   readFile(rref: RRef, rel: FsPath): Promise<Buffer> {
-    return rejectThrown(() => readOutputFile(this.existingOut(rref), rel, rref));
+    return settle(() => readOutputFile(this.existingOut(rref), rel, rref));
   }
 
   openFile(rref: RRef, rel: FsPath): Promise<Readable> {
-    return rejectThrown(() => openOutputFile(this.existingOut(rref), rel, rref));
+    return settle(() => openOutputFile(this.existingOut(rref), rel, rref));
   }
 
   readLog(rref: RRef): Promise<Buffer> {
-    return rejectThrown(() => {
+    return settle(() => {
       const log = path.join(this.existingRz(rref), 'build.log');
       try {
         return Promise.resolve(withRegularFile(log, (fd) => fs.readFileSync(fd)) ?? Buffer.alloc(0));
@@ -786,15 +783,6 @@ function tryRename(from: string, to: string): NodeJS.ErrnoException | null {
     return null;
   } catch (e) {
     return e as NodeJS.ErrnoException;
-  }
-}
-
-/** `f()`, with a synchronous throw turned into a rejection. */
-function rejectThrown<T>(f: () => Promise<T>): Promise<T> {
-  try {
-    return f();
-  } catch (e) {
-    return Promise.reject(e as Error);
   }
 }
 

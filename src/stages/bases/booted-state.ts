@@ -6,7 +6,7 @@
  * second half, shared by every QEMU base (tiny.ts, debian.ts).
  */
 import * as path from 'node:path';
-import type { Dep, Stage } from '../stage.js';
+import type { Stage } from '../stage.js';
 import { stage } from '../stage.js';
 import { DESCRIPTION, finalOutDir, freshState, saveSession } from '../machine.js';
 import { bootSession, cloneModeFromEnv } from '../../backends/qemu/qemu-machine.js';
@@ -45,7 +45,7 @@ export function bootedState(
     matcher: freshState(),
     version: 'cairn-booted-state-1',
     async build(ctx) {
-      const files = ctx.config.files as unknown as Dep;
+      const files = ctx.config.files;
       const disk = { file: path.join(ctx.tmp, 'disk.qcow2'), clone: chooseCloneMode(cloneModeFromEnv(), ctx.tmp) };
       await cloneDisk(files.file('disk.qcow2'), disk.file, disk.clone);
       const session = await bootSession(

@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import { CairnError } from '../../errors.js';
 import { debootstrap, ROOTFS_TAR } from '../builtins/debootstrap.js';
-import { stage, type Dep, type Stage } from '../stage.js';
+import { stage, type Stage } from '../stage.js';
 import { makeExt4Qcow2 } from '../../backends/qemu/ext4-disk.js';
 import { DEFAULT_APPEND } from '../../backends/qemu/vm.js';
 import { bootedState, type BaseOptions } from './booted-state.js';
@@ -95,8 +95,8 @@ export function debianFiles(opts: { diskMb?: number; suite?: string } = {}): Sta
           'E_BUILD_FAILED',
           'building the debian disk needs root (device nodes and file ownership in the root filesystem)',
         );
-      const rootfs = ctx.config.rootfs as unknown as Dep;
-      const boot = ctx.config.boot as unknown as Dep;
+      const rootfs = ctx.config.rootfs;
+      const boot = ctx.config.boot;
       for (const f of ['vmlinuz', 'initramfs.cpio']) fs.copyFileSync(boot.file(f), path.join(ctx.out, f));
       const root = path.join(ctx.tmp, 'root');
       fs.mkdirSync(root);
