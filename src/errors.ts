@@ -78,6 +78,11 @@ export const ErrorCodes = {
   E_SERVER_START: 'the cairn server did not start',
   E_SERVER_LOST: 'the cairn server closed the connection before the command finished',
   E_SERVER_PROTOCOL: 'a client sent the cairn server a request it cannot read',
+  E_BAD_CACHE_URL: 'a binary cache URL is malformed, of an unknown scheme, or has an unknown or repeated parameter',
+  E_CACHE_UNAVAILABLE:
+    'a binary cache did not answer within its retry budget (unreachable, timeouts, 5xx, SlowDown) or refused a request',
+  E_CACHE_READ_ONLY: 'a write or delete was sent to a read-only binary cache (http(s)://)',
+  E_CACHE_NO_LIST: 'an http(s):// binary cache cannot enumerate its keys; ls, verify and gc need s3:// or file://',
   E_STORE_CONFIG: "the store's config.json is not valid JSON or has a field of the wrong type",
 } as const;
 
