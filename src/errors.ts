@@ -72,6 +72,17 @@ export const ErrorCodes = {
   E_SERVER_START: 'the cairn server did not start',
   E_SERVER_LOST: 'the cairn server closed the connection before the command finished',
   E_SERVER_PROTOCOL: 'a client sent the cairn server a request it cannot read',
+  E_CACHE_BAD_URL: 'a binary cache URL is not file://, s3:// or http(s)://, or is malformed',
+  E_CACHE_UNAVAILABLE: 'a binary cache could not be reached or answered with an error after retries',
+  E_CACHE_READ_ONLY: 'a binary cache of a read-only kind (http) was asked to write or delete',
+  E_CACHE_FORMAT: 'a binary cache has no cache-info object, or one of a format or compression this cairn does not read',
+  E_CACHE_BAD_ENTRY: 'a binary cache object (metadata, derivation) is malformed or does not match its key',
+  E_CACHE_UNSIGNED: 'a binary cache entry carries no signature, and was not used',
+  E_CACHE_UNTRUSTED: 'a binary cache entry is signed only by keys that are not trusted, and was not used',
+  E_CACHE_BAD_SIGNATURE: 'a binary cache entry has a signature by a trusted key that does not verify (tampered), and was not used',
+  E_CACHE_MISSING: 'a reference or one of its dependencies is not in the binary cache, or its archive is missing',
+  E_BAD_KEY: 'a signing key or public key file is malformed, or a key file to be written exists already',
+  E_STORE_CONFIG: "the store's config.json is not valid JSON or has a field of the wrong type",
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;
