@@ -39,9 +39,12 @@ export interface CacheGcReport {
 
 /** Reads every entry (unchecked signatures) and lists every object. */
 async function survey(blob: BlobStore): Promise<{ entries: Map<RRef, CacheEntry>; broken: RRef[]; keys: Set<string> }> {
-  const keys = new Set<string>();
-  for await (const k of blob.list('')) keys.add(k);
-  const entryKeys = [...keys].filter((k) => rrefOfKey(k) !== null);
+  // Entries first, then the rest: a pusher writes an entry only after its archive, log and derivation,
+  // so every entry this listing sees has its objects in the later listing (unless they are really gone).
+  const entryKeys: string[] = [];
+  for await (const k of blob.list('r/')) if (rrefOfKey(k) !== null) entryKeys.push(k);
+  const keys = new Set<string>(entryKeys);
+  for (const prefix of ['a/', 'l/', 'd/']) for await (const k of blob.list(prefix)) keys.add(k);
   const bodies = await mapLimit(entryKeys, PARALLEL, (k) => blob.get(k));
   const entries = new Map<RRef, CacheEntry>();
   const broken: RRef[] = [];
@@ -124,14 +127,33 @@ export async function cacheGc(blob: BlobStore, opts: CacheGcOptions): Promise<Ca
   for (const r of order) await blob.delete([entryKey(r)]);
 
   // What the remaining entries and live pushes name stays; the rest of a/, l/, d/ goes.
-  const named = new Set<string>(live.flatMap((r) => r.keys));
+  // Temporary roots read again: a push that started since the first read claims its archives by now.
+  const again = await liveTempRoots(blob, now);
+  const named = new Set<string>([...live, ...again.live].flatMap((r) => r.keys));
   for (const r of keep) {
     const e = entries.get(r)!;
     named.add(e.archive);
     if (e.log !== null) named.add(e.log);
     named.add(`d/${e.dref}.json`);
   }
-  for (const r of live) for (const d of r.drefs) named.add(`d/${d}.json`);
+  for (const r of [...live, ...again.live]) for (const d of r.drefs) named.add(`d/${d}.json`);
+  // And entries written since the survey (a push that finished meanwhile): what they name stays.
+  const doomedSet = new Set(doomed);
+  const fresh: string[] = [];
+  for await (const k of blob.list('r/')) {
+    const r = rrefOfKey(k);
+    if (r !== null && !keep.has(r) && !doomedSet.has(r)) fresh.push(k);
+  }
+  for (const body of await mapLimit(fresh, PARALLEL, (k) => blob.get(k))) {
+    try {
+      const e = JSON.parse(body?.toString('utf8') ?? 'null') as Partial<CacheEntry> | null;
+      for (const k of [e?.archive, e?.log, e?.dref === undefined ? undefined : `d/${e.dref}.json`]) {
+        if (typeof k === 'string') named.add(k);
+      }
+    } catch {
+      /* malformed: the next gc removes it */
+    }
+  }
   const objects = [...keys].filter((k) => /^(a|l|d)\//.test(k) && !named.has(k));
   await mapLimit(chunks([...objects, ...dead], 100), 4, (c) => blob.delete(c));
   return { kept: keep.size, deleted, broken: [...bad, ...broken], objects: objects.length + dead.length };
