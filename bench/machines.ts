@@ -25,6 +25,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LocalStore } from '../src/store/store.js';
+import { asRRef } from '../src/store/refs.js';
 import { readDescription } from '../src/stages/machine.js';
 import { qemuBackend, type QemuState } from '../src/backends/qemu/qemu-machine.js';
 import { cloneDisk, type CloneMode } from '../src/backends/qemu/disk.js';
@@ -202,7 +203,7 @@ async function main(): Promise<void> {
     for (const { mode, c } of modes) {
       log(`bench: setting up a ${mode} store`);
       const rref = c.run(PIPE).stdout.trim();
-      const st = readDescription(LocalStore.open(c.store).outPath(rref as never)).state as unknown as QemuState;
+      const st = readDescription(LocalStore.open(c.store).outPath(asRRef(rref))).state as unknown as QemuState;
       if (st.clone !== mode) throw new Error(`the ${mode} store cloned with ${st.clone}`);
       if (mode !== 'overlay' && st.chain !== 0) throw new Error(`the ${mode} store has a backing chain of ${st.chain}`);
       const step = c.times(REPS, (i) => [...PIPE, '+', 'exec', `echo ${mode}-${tag}-${i} > /mnt/u`]);

@@ -98,17 +98,17 @@ describe('catalog run: commands declared in the catalog', () => {
     assert.equal(m.version, '2');
     assert.equal(m.hash, `sha256:${sha256(archive)}`);
     assert.equal(env.CAIRN_MANIFEST, fs.readFileSync(path.join(outDir, 'manifest-path'), 'utf8'));
-    assert.ok(path.isAbsolute(env.CAIRN_MANIFEST!));
+    assert.ok(path.isAbsolute(env.CAIRN_MANIFEST));
     assert.equal(env.CAIRN_STORE_PATH, m.path);
     assert.ok(m.unpacked, 'with --unpack the manifest has `unpacked`');
     assert.equal(env.CAIRN_STORE_PATH, m.unpacked.path);
-    assert.ok(env.CAIRN_STORE_PATH!.startsWith(store + path.sep));
+    assert.ok(env.CAIRN_STORE_PATH.startsWith(store + path.sep));
     assert.deepEqual(fs.readFileSync(path.join(outDir, 'ls'), 'utf8').trim().split('\n'), ['boot', 'etc']);
     assert.equal(env.CAIRN_RREF, m.rref);
     assert.equal(env.CAIRN_VERSION, '2');
     assert.equal(env.CAIRN_CATALOG, cat);
     assert.equal(env.CAIRN_STORE, store);
-    assert.equal(fs.existsSync(env.CAIRN_MANIFEST!), false, 'the temporary manifest is removed afterwards');
+    assert.equal(fs.existsSync(env.CAIRN_MANIFEST), false, 'the temporary manifest is removed afterwards');
 
     const again = await run(cat, 'show', ['--unpack'], { ACTION_STATUS: '0' });
     assert.equal(again.code, 0, again.stderr);

@@ -18,7 +18,10 @@ import { cairnBin, isolateModuleCache, repoRoot, tempDir, tmpEntries } from './h
 
 isolateModuleCache(after);
 
-/** A Python program: ignores SIGINT (and SIGTERM with IGNORE_TERM=1), writes its pid, ticks every 20 ms, prints an epoch line. */
+/**
+ * A Python program: ignores SIGINT (and SIGTERM with IGNORE_TERM=1), writes
+ * its pid, ticks every 20 ms, prints an epoch line.
+ */
 const TICKER = `
 import os, signal, sys, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -99,7 +102,7 @@ function start(e: Env, args: string[], env: NodeJS.ProcessEnv = {}): Started {
     cwd: repoRoot, env: { ...process.env, PIDS: e.pids, ...env }, stdio: ['ignore', 'ignore', 'pipe'],
   });
   let stderr = '';
-  child.stderr.on('data', (d: Buffer) => { stderr += d; });
+  child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
   const done = new Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }>((resolve) => {
     child.on('close', (code, signal) => resolve({ code, signal, stderr }));
   });
@@ -124,7 +127,7 @@ async function tickers(e: Env, count: number): Promise<number[]> {
 function running(pid: number): boolean {
   try {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
-    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z';
+    return !stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
   } catch {
     return false;
   }

@@ -596,8 +596,8 @@ export const trio = stage({ name: 'trio', n: 3, config: {}, build: async ({ exec
       });
       let stderr = '';
       let stdout = '';
-      child.stdout.on('data', (d: Buffer) => { stdout += d; });
-      child.stderr.on('data', (d: Buffer) => {
+      child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
+      child.stderr.setEncoding('utf8').on('data', (d: string) => {
         stderr += d;
         // The program waits for the gate (20 s at most): seeing its line while it waits proves the output is live.
         if (stderr.includes('live> waiting for the gate\n') && !fs.existsSync(gate)) fs.writeFileSync(gate, '');

@@ -55,7 +55,7 @@ function stripTypes(text: string): string {
     };
   };
   const { TokenType } = require('sucrase/dist/parser/tokenizer/types.js') as { TokenType: Record<string, number> };
-  const chars = [...text];
+  const chars = Array.from(text);
   const out = text.split('');
   for (const t of parser.parse(text, false, true, false).tokens) {
     if (!t.isType && t.type !== TokenType.nonNullAssertion) continue;

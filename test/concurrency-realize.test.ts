@@ -152,8 +152,8 @@ describe('stale lock takeover', { timeout: 180_000 }, () => {
       });
       let stdout = '';
       let stderr = '';
-      next.stdout.on('data', (d: Buffer) => { stdout += d; });
-      next.stderr.on('data', (d: Buffer) => { stderr += d; });
+      next.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
+      next.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
       const guard = setTimeout(() => next.kill('SIGKILL'), 120_000);
       const code = await new Promise<number | null>((resolve) => next.on('close', (c) => resolve(c)));
       clearTimeout(guard);
@@ -251,7 +251,7 @@ describe('a new store opened by several processes at once', { timeout: 60_000 },
         setTimeout(() => { db.exec('COMMIT'); db.close(); }, 1500);
       `], { stdio: ['ignore', 'pipe', 'inherit'] });
       const closed = new Promise((resolve) => holder.on('close', resolve));
-      await new Promise((resolve) => holder.stdout!.once('data', resolve));
+      await new Promise((resolve) => holder.stdout.once('data', resolve));
       const r = await cairnAsync(store, ['du']);
       assert.equal(r.code, 0, r.stderr);
       await closed;

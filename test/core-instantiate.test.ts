@@ -43,7 +43,7 @@ describe('instantiate: identity', () => {
     const g = instantiate(mk('h', { q: [true] }));
     const node = g.nodes.get(g.targets[0]!)!;
     assert.equal(g.targets[0], `${shortHash(node.drvJson)}-h`);
-    assert.deepEqual(JSON.parse(node.drvJson).config, { q: [true] });
+    assert.deepEqual((JSON.parse(node.drvJson) as { config: unknown }).config, { q: [true] });
   });
 
   it('changes when any part of the config changes', () => {
@@ -147,9 +147,9 @@ describe('instantiate: dependencies', () => {
     const node = g.nodes.get(g.targets[0]!)!;
     assert.deepEqual(node.deps, [da, db, dc].sort(), 'each dependency once, sorted');
     assert.equal(g.nodes.size, 4);
-    const cfg = JSON.parse(node.drvJson).config;
+    const cfg = (JSON.parse(node.drvJson) as { config: unknown }).config;
     assert.deepEqual(cfg, { again: { $ref: da }, list: [{ $ref: db }, [{ $ref: dc }]], nested: { deep: [{ x: { $ref: da } }] } });
-    assert.deepEqual(JSON.parse(node.drvJson).deps, [da, db, dc].sort());
+    assert.deepEqual((JSON.parse(node.drvJson) as { deps: unknown }).deps, [da, db, dc].sort());
   });
 
   it('orders dependencies before dependants, each DRef once', () => {
@@ -279,7 +279,7 @@ describe('stage names', () => {
   }
 
   it('accepts portable names, up to 100 characters', () => {
-    for (const name of ['a', 'A', '_', '0', 'a.b', 'a-b', 'a_b', 'a+b', 'x'.repeat(100), `${hash}`, `${hash}x`, 'v1.2.3-rc+4']) {
+    for (const name of ['a', 'A', '_', '0', 'a.b', 'a-b', 'a_b', 'a+b', 'x'.repeat(100), hash, `${hash}x`, 'v1.2.3-rc+4']) {
       const s = stage({ name, config: {}, build: noop });
       assert.equal(s.name, name);
       assert.ok(dref(s).endsWith(`-${name}`), 'expected: dref(s).endsWith(`-${name}`)');
@@ -348,13 +348,13 @@ describe('typing of the public API', () => {
     const { dir, cleanup } = tempDir('cairn-core-types');
     try {
       fs.writeFileSync(path.join(dir, 'usage.ts'), [
-        `import { stage, realize, instantiate, Store, type Stage } from ${JSON.stringify(path.join(repoRoot, 'src', 'index.js'))};`,
+        `import { stage, realize, instantiate, LocalStore, type Stage } from ${JSON.stringify(path.join(repoRoot, 'src', 'index.js'))};`,
         `const a = stage({ name: 'a', config: { x: 1 }, build: ({ config, out }) => { void config.x; void out; } });`,
         `const b = stage({ name: 'b', config: { a }, build: ({ config }) => { void config.a.path; } });`,
         `instantiate(b);`,
         `instantiate([a, b]);`,
         `const list: Stage[] = [a, b];`,
-        `export async function run(): Promise<void> { await realize(b, { store: Store.open('/nonexistent') }); void list; }`,
+        `export async function run(): Promise<void> { await realize(b, { store: LocalStore.open('/nonexistent') }); void list; }`,
         '',
       ].join('\n'));
       fs.writeFileSync(path.join(dir, 'tsconfig.json'), JSON.stringify({

@@ -29,7 +29,7 @@ const dagArb = (maxNodes = 30): fc.Arbitrary<Desc> =>
 /** The one build function all generated stages share (so their code identity is equal). */
 function recordingBuild(ctx: BuildContext<unknown>): void {
   const seen = JSON.stringify(ctx.config, (_k, v: unknown) =>
-    v !== null && typeof v === 'object' && 'rrefs' in v && typeof (v as { file?: unknown }).file === 'function' ? { rrefs: (v as { rrefs: unknown }).rrefs } : v);
+    v !== null && typeof v === 'object' && 'rrefs' in v && typeof (v as { file?: unknown }).file === 'function' ? { rrefs: (v).rrefs } : v);
   fs.writeFileSync(path.join(ctx.out, 'seen.json'), seen);
 }
 

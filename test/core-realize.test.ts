@@ -59,7 +59,7 @@ const counted = (name: string, config: Record<string, unknown> = {}, extra: Part
       fs.writeFileSync(path.join(ctx.out, 'seen.json'), JSON.stringify(seen));
     },
     ...extra,
-  } as Parameters<typeof stage>[0]);
+  });
 beforeEach(() => calls.clear());
 
 /** Collects uncaught exceptions that happen while fn runs and shortly after. */
@@ -115,7 +115,7 @@ describe('realize: caching', () => {
     assert.deepEqual(fs.readdirSync(rz).sort(), ['build.log', 'meta.json', 'out']);
     assert.equal(fs.readFileSync(path.join(store.outPath(rref), 'f'), 'utf8'), 'data');
     assert.equal(fs.readFileSync(path.join(store.root, 'd', p.dref, 'drv.json'), 'utf8').trim(), g.nodes.get(p.dref)!.drvJson);
-    const meta = JSON.parse(fs.readFileSync(path.join(rz, 'meta.json'), 'utf8'));
+    const meta = JSON.parse(fs.readFileSync(path.join(rz, 'meta.json'), 'utf8')) as Record<string, unknown>;
     assert.equal(meta.rref, rref);
     assert.equal(meta.dref, p.dref);
     assert.equal(meta.name, 'lay');
@@ -381,7 +381,9 @@ describe('realize: failures store nothing', () => {
   it('an async build that rejects, or throws a non-Error, also gives E_BUILD_FAILED', async () => {
     const s1 = stage({ name: 'rej', config: {}, build: async () => { await sleep(1); throw new Error('later'); } });
     await assert.rejects(realize(s1, { store }), isCode('E_BUILD_FAILED'));
+    /* eslint-disable @typescript-eslint/only-throw-error -- a non-Error throw is the case tested */
     const s2 = stage({ name: 'str', config: {}, build: () => { throw 'just a string'; } });
+    /* eslint-enable @typescript-eslint/only-throw-error */
     await assert.rejects(realize(s2, { store }), (e: unknown) => isCode('E_BUILD_FAILED')(e) && /just a string/.test((e as Error).message));
     assert.deepEqual(storeIndex(store).all(), []);
     assert.deepEqual(tmpEntries(), []);
@@ -778,7 +780,7 @@ describe('realize: build logs and metadata', () => {
     // The index knows the same edges.
     assert.deepEqual(storeIndex(store).depsOf(one(r)).sort(), Object.values(meta.context).flat().sort());
     assert.deepEqual((await store.closure([one(r)])).sort(), [one(r), ...Object.values(meta.context).flat()].sort());
-    const fileMeta = JSON.parse(fs.readFileSync(path.join(store.rzDir(one(r)), 'meta.json'), 'utf8'));
+    const fileMeta = JSON.parse(fs.readFileSync(path.join(store.rzDir(one(r)), 'meta.json'), 'utf8')) as Record<string, unknown>;
     assert.deepEqual(fileMeta.context, meta.context);
     assert.equal(fileMeta.format, 'cairn-realization-1');
   });

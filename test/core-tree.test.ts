@@ -114,8 +114,8 @@ describe('tree hash: every meaningful change changes it', () => {
     'empty dir removed': sample.filter((e) => e.path !== 'empty'),
     'empty dir renamed': sample.map((e) => (e.path === 'empty' ? { ...e, path: 'vacant' } : e)),
     'file moved to another dir': sample.map((e) => (e.path === 'sub/deep/b.json' ? { ...e, path: 'sub/b.json' } : e)),
-    'file replaced by symlink with its content as target': sample.map((e) => (e.path === 'a.txt' ? { kind: 'link', path: 'a.txt', target: 'alpha' } as Entry : e)),
-    'empty dir replaced by empty file': sample.map((e) => (e.path === 'empty' ? { kind: 'file', path: 'empty', content: '' } as Entry : e)),
+    'file replaced by symlink with its content as target': sample.map((e) => (e.path === 'a.txt' ? { kind: 'link', path: 'a.txt', target: 'alpha' } : e)),
+    'empty dir replaced by empty file': sample.map((e) => (e.path === 'empty' ? { kind: 'file', path: 'empty', content: '' } : e)),
     'extra empty file': [...sample, { kind: 'file', path: 'sub/deep/zero', content: '' }],
   };
 

@@ -47,7 +47,7 @@ function pipeline(ran: string[], base = path.join(dir, 'proj')): { targets: Stag
     name: 'train', config: { prep }, files: ['train.py'], dir: base,
     build: ({ files, config, out }) => {
       ran.push('train');
-      fs.writeFileSync(path.join(out, 'model'), fs.readFileSync(files['train.py']!, 'utf8') + fs.readFileSync(config.prep.file('rows')));
+      fs.writeFileSync(path.join(out, 'model'), fs.readFileSync(files['train.py']!, 'utf8') + fs.readFileSync(config.prep.file('rows'), 'utf8'));
     },
   });
   const evaluate = stage({ name: 'evaluate', config: { train }, build: ({ out }) => { ran.push('evaluate'); fs.writeFileSync(path.join(out, 'x'), 'x'); } });

@@ -64,8 +64,8 @@ export function cairnAsync(store: string, args: string[], opts: { cwd?: string; 
     });
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (d: Buffer) => { stdout += d; });
-    child.stderr.on('data', (d: Buffer) => { stderr += d; });
+    child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
     child.on('close', (code) => resolve({ code, stdout, stderr }));
   });
 }

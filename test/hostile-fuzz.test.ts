@@ -94,7 +94,7 @@ function builtStage(entries: Entry[]): Stage {
     name: 'fuzz-built',
     config: { seq: ++seq, tree: toWire(entries), outside: sentinelFile },
     build: ({ config, out }) => {
-      materialize({ entries: fromWire(config.tree as WireEntry[]), attacks: [] }, out, config.outside as string);
+      materialize({ entries: fromWire(config.tree), attacks: [] }, out, config.outside);
     },
   });
 }
@@ -104,7 +104,7 @@ function unpackStages(archive: Buffer, file: string): { src: Stage; target: Stag
   const src = stage({
     name: 'fuzz-archive',
     config: { seq: ++seq, file, bytes: b64(archive) },
-    build: ({ config, out }) => { fs.writeFileSync(path.join(out, config.file as string), unb64(config.bytes as string)); },
+    build: ({ config, out }) => { fs.writeFileSync(path.join(out, config.file), unb64(config.bytes)); },
   });
   return { src, target: unpack({ src, file, name: 'fuzz-unpacked' }) };
 }
@@ -195,12 +195,12 @@ function mutate(entries: Entry[]): Entry[] | null {
   const renamed = Buffer.concat([last, Buffer.from([0xfe])]);
   const siblings = entries.filter((o) => o.path.length === e.path.length && o.path.slice(0, -1).every((c, k) => c.equals(e.path[k]!)));
   if (siblings.some((o) => o.path[o.path.length - 1]!.equals(renamed))) return null;
-  return entries.map((x, j) => (j === leaf ? { ...x, path: [...x.path.slice(0, -1), renamed] } as Entry : x));
+  return entries.map((x, j) => (j === leaf ? { ...x, path: [...x.path.slice(0, -1), renamed] } : x));
 }
 
 function zstd(data: Buffer): Buffer {
   const r = spawnSync('zstd', ['-q', '-c'], { input: data, maxBuffer: 1 << 28 });
-  if (r.status !== 0) throw new Error(`zstd failed: ${r.stderr}`);
+  if (r.status !== 0) throw new Error(`zstd failed: ${r.stderr.toString()}`);
   return r.stdout;
 }
 

@@ -73,7 +73,7 @@ describe('Object.prototype names in service interpolation', () => {
   it('only the context\'s own values count (inherited ones do not; a null-prototype context works)', () => {
     const inherited = Object.create({ user_id: 'inherited' }) as Record<string, string>;
     assert.throws(() => interpolate('{user_id}', inherited), isCode('E_SERVICE_FAILED'));
-    assert.deepEqual(interpolateEnv({ B: '{a}' }, Object.assign(Object.create(null), { a: '1' }), 's'), { B: '1' });
+    assert.deepEqual(interpolateEnv({ B: '{a}' }, Object.assign(Object.create(null) as Record<string, string>, { a: '1' }), 's'), { B: '1' });
   });
 
   it('validateEnsemble refuses an env template that uses one, before anything starts', () => {

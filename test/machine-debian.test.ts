@@ -16,6 +16,7 @@ import type { RunningMachine } from '../src/backends/machine.js';
 import { debianFixture, DEBIAN_STORE, type DebianFixture } from './fixtures/qemu/debian.js';
 import { cairn, lastLine, ok, tmpEntries } from './helpers.js';
 import { storeIndex } from '../src/store/internals.js';
+import { asRRef } from '../src/store/refs.js';
 
 let fx: DebianFixture;
 before(async () => {
@@ -101,13 +102,13 @@ describe('debian base', () => {
     const args = ['machine', 'debian', '+', 'exec', `echo ${greet} > /greeting`, '+', 'exec', 'cat /greeting'];
     const first = ok(cairn(DEBIAN_STORE, args));
     assert.match(first.stderr, new RegExp(`exec> ${greet}`));
-    const rref = lastLine(first.stdout);
+    const rref = asRRef(lastLine(first.stdout));
     const t0 = performance.now();
     const again = ok(cairn(DEBIAN_STORE, args));
     const cachedMs = performance.now() - t0;
     assert.equal(lastLine(again.stdout), rref);
     assert.doesNotMatch(again.stderr, /building exec/);
-    const dir = fx.store.outPath(rref as never);
+    const dir = fx.store.outPath(rref);
     assert.ok(fs.existsSync(path.join(dir, 'memory.bin')));
     console.log(`# cached 2-step debian pipeline via the CLI: ${Math.round(cachedMs)} ms`);
   });

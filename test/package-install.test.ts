@@ -178,9 +178,9 @@ describe('the packed package, installed into a fresh CommonJS project', () => {
       files: ['check.mts'],
     }, null, 2));
     fs.writeFileSync(path.join(project, 'check.mts'), [
-      "import { stage, realize, Store, best } from 'cairn';",
+      "import { stage, realize, LocalStore, type Store, best } from 'cairn';",
       "const data = stage({ name: 'data', config: { n: 3 }, build: ({ out }) => { void out; } });",
-      "const store: Store = Store.open('/tmp/unused');",
+      "const store = LocalStore.open('/tmp/unused');\nconst asInterface: Store = store;\nvoid asInterface;",
       'const result = await realize([data], { store });',
       'console.log(result, best);',
       '',

@@ -215,7 +215,7 @@ describe('cairn.yaml: the workspace a command sees', () => {
     const r = realize(proj);
     const a = store.outPath(r.plan.find((p) => p.name === 'a')!.rrefs[0]!);
     assert.equal(fs.readFileSync(path.join(a, 'build', 'copy.txt'), 'utf8'), 'raw\n');
-    assert.match(fs.readFileSync(path.join(a, 'src', 'where'), 'utf8'), /\/ws-0\/src\n\{\n  "k": "v"\n\}\n$/);
+    assert.match(fs.readFileSync(path.join(a, 'src', 'where'), 'utf8'), /\/ws-0\/src\n\{\n {2}"k": "v"\n\}\n$/);
     const b = store.outPath(r.plan.find((p) => p.name === 'b')!.rrefs[0]!);
     assert.match(fs.readFileSync(path.join(b, 'o'), 'utf8'), /^raw\n/);
   });

@@ -35,10 +35,11 @@ describe('QmpClient with real QEMU', () => {
     try {
       const qmp = await QmpClient.connect(sock);
       assert.equal(typeof qmp.greeting.version.qemu.major, 'number');
-      assert.equal((await qmp.execute('query-status')).status, 'prelaunch');
+      assert.equal((await qmp.execute<{ status: string }>('query-status')).status, 'prelaunch');
       // Many commands in flight at once: each reply reaches its own caller.
       const [name, kvm, status, cpus] = await Promise.all([
-        qmp.execute('query-name'), qmp.execute('query-kvm'), qmp.execute('query-status'), qmp.execute('query-cpus-fast'),
+        qmp.execute('query-name'), qmp.execute<{ enabled: boolean }>('query-kvm'),
+        qmp.execute<{ running: boolean }>('query-status'), qmp.execute<unknown[]>('query-cpus-fast'),
       ]);
       assert.deepEqual(name, {});
       assert.equal(typeof kvm.enabled, 'boolean');
@@ -75,7 +76,7 @@ describe('QmpClient with real QEMU', () => {
       await qmp.close();
       assert.equal(qmp.closed, true);
       const again = await QmpClient.connect(sock);
-      assert.equal((await again.execute('query-status')).status, 'prelaunch');
+      assert.equal((await again.execute<{ status: string }>('query-status')).status, 'prelaunch');
       await again.execute('quit');
       assert.equal(await exited(proc), 0);
     } finally {
@@ -107,7 +108,7 @@ describe('QmpClient failure cases (fake server)', () => {
       c.write(greeting);
       c.on('data', (d) => {
         for (const line of d.toString().split('\n').filter(Boolean)) {
-          const msg = JSON.parse(line);
+          const msg = JSON.parse(line) as { execute?: string; id?: unknown };
           if (msg.execute === 'qmp_capabilities') c.write('not json\n' + JSON.stringify({ return: {}, id: msg.id }) + '\n');
           // anything else: no reply
         }
@@ -124,7 +125,7 @@ describe('QmpClient failure cases (fake server)', () => {
     const server = await fakeServer(sock, (c) => {
       c.write(greeting);
       c.on('data', (d) => {
-        const msg = JSON.parse(d.toString().split('\n')[0]!);
+        const msg = JSON.parse(d.toString().split('\n')[0]!) as { execute?: string; id?: unknown };
         if (msg.execute === 'qmp_capabilities') c.write(JSON.stringify({ return: {}, id: msg.id }) + '\n');
         else c.destroy();
       });

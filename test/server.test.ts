@@ -189,8 +189,8 @@ describe('cairn server', () => {
       const child = spawn(client, ['realize', 'slowish.ts', '-q'], { cwd: work, env: { ...process.env, ...env, AT: `${Date.now()}-${k}` } });
       let stdout = '';
       let stderr = '';
-      child.stdout.on('data', (d: Buffer) => { stdout += d; });
-      child.stderr.on('data', (d: Buffer) => { stderr += d; });
+      child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
+      child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
       child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
     })));
     for (const r of results) {
@@ -260,7 +260,7 @@ describe('cairn server', () => {
     // programs and removed the build's directories (it did not wait, and died of the signal, before).
     assert.deepEqual([code, signal], [130, null], 'the client exits 130 (not killed by the signal)');
     const running = (pid: number): boolean => {
-      try { const st = fs.readFileSync(`/proc/${pid}/stat`, 'latin1'); return st.slice(st.lastIndexOf(')') + 2)[0] !== 'Z'; } catch { return false; }
+      try { const st = fs.readFileSync(`/proc/${pid}/stat`, 'latin1'); return !st.slice(st.lastIndexOf(')') + 2).startsWith('Z'); } catch { return false; }
     };
     const tmpLeft = (): string[] => { try { return fs.readdirSync(path.join(store, 'tmp')); } catch { return []; } };
     assert.deepEqual(programs.filter(running), [], 'the programs are gone when the client exits');

@@ -56,7 +56,7 @@ function startRealize(store: string, args: string[], env: NodeJS.ProcessEnv, kil
       cwd: repoRoot, env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'],
     });
     let stderr = '';
-    child.stderr.on('data', (d: Buffer) => { stderr += d; });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
     let timer: NodeJS.Timeout | undefined;
     if (killAfterMs !== null) timer = setTimeout(() => child.kill('SIGKILL'), killAfterMs);
     child.on('exit', (code, signal) => {

@@ -403,9 +403,9 @@ describe('gc in a loop while other processes realize', { timeout: 600_000 }, () 
       const stop = path.join(t.dir, 'stop');
       const script = `
         const fs = await import('node:fs');
-        const { Store } = await import(${JSON.stringify(path.join(repoRoot, 'dist', 'src', 'store', 'store.js'))});
+        const { LocalStore } = await import(${JSON.stringify(path.join(repoRoot, 'dist', 'src', 'store', 'store.js'))});
         const { collectGarbage } = await import(${JSON.stringify(path.join(repoRoot, 'dist', 'src', 'store', 'gc.js'))});
-        const s = Store.open(${JSON.stringify(store)});
+        const s = LocalStore.open(${JSON.stringify(store)});
         let runs = 0, deleted = 0;
         for (let i = 0; i < 200000 && !fs.existsSync(${JSON.stringify(stop)}); i++) {
           const r = await collectGarbage(s);
@@ -415,8 +415,8 @@ describe('gc in a loop while other processes realize', { timeout: 600_000 }, () 
       const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe'] });
       let childOut = '';
       let childErr = '';
-      child.stdout.on('data', (d: Buffer) => { childOut += d; });
-      child.stderr.on('data', (d: Buffer) => { childErr += d; });
+      child.stdout.setEncoding('utf8').on('data', (d: string) => { childOut += d; });
+      child.stderr.setEncoding('utf8').on('data', (d: string) => { childErr += d; });
       const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
       const dangling: string[] = [];
       const failures: string[] = [];

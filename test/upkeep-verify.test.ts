@@ -97,7 +97,7 @@ const FAULTS: Fault[] = [
   { name: 'meta.json: tree hash edited', kind: 'modified', inject: (s) => { editMeta(s, one('final'), (m) => { m.tree = createHash('sha256').update('other').digest('hex'); }); return one('final'); } },
   { name: 'meta.json: context edited (one input swapped)', kind: 'modified', inject: (s) => { const n = planOf(plan, 'noise'); editMeta(s, one('mix'), (m) => { m.context = { [n.dref]: [n.rrefs[0], n.rrefs[0]] }; }); return one('mix'); } },
   { name: 'meta.json: rref edited', kind: 'modified', inject: (s) => { editMeta(s, one('final'), (m) => { m.rref = `${'1'.repeat(32)}-${planOf(plan, 'final').dref}`; }); return one('final'); } },
-  { name: 'meta.json: ctx (context hash) edited', kind: 'modified', inject: (s) => { editMeta(s, one('seed'), (m) => { const c = String(m.ctx); m.ctx = (c[0] === '0' ? '1' : '0') + c.slice(1); }); return one('seed'); } },
+  { name: 'meta.json: ctx (context hash) edited', kind: 'modified', inject: (s) => { editMeta(s, one('seed'), (m) => { const c = String(m.ctx); m.ctx = (c.startsWith('0') ? '1' : '0') + c.slice(1); }); return one('seed'); } },
   { name: 'meta.json: not JSON any more', kind: 'modified', inject: (s) => { const f = path.join(rzDir(s, one('mix')), 'meta.json'); withWrite(f, () => fs.truncateSync(f, 20)); return one('mix'); } },
   { name: 'meta.json: deleted', kind: 'modified', inject: (s) => { const d = rzDir(s, one('final')); withWrite(d, () => fs.unlinkSync(path.join(d, 'meta.json'))); return one('final'); } },
   { name: 'write bit on an output file', kind: 'writable', inject: (s) => { fs.chmodSync(path.join(seedOut(s), 'f1.txt'), 0o644); return one('seed'); } },

@@ -113,7 +113,7 @@ export function registerServer({ program }: CliContext): void {
         detached: true, stdio: ['ignore', logFd, logFd],
       });
       fs.closeSync(logFd);
-      let exited: number | null = null;
+      let exited = null as number | null; // set by the 'exit' listener, which TypeScript cannot see
       child.once('exit', (code) => { exited = code ?? 1; });
       child.unref();
       const deadline = Date.now() + 60_000;

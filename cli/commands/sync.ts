@@ -63,7 +63,7 @@ export function registerSync(ctx: CliContext): void {
           for (const rref of r.plan.rrefs) out(`would ${verb} ${rref}`);
         }
         const t = r.transfer;
-        out(`${r.dryRun ? `would ${verb}` : `${verb === 'send' ? 'sent' : 'fetched'}`} ${r.plan.rrefs.length} realization(s) and ${r.plan.drvs.length} derivation(s)`
+        out(`${r.dryRun ? `would ${verb}` : (verb === 'send' ? 'sent' : 'fetched')} ${r.plan.rrefs.length} realization(s) and ${r.plan.drvs.length} derivation(s)`
           + ` of a closure of ${r.closure} (${r.present} already there)`
           + (t ? `; rsync moved ${t.files} file(s), ${formatBytes(t.literalBytes)} of data` : ''));
       });

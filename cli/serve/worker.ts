@@ -28,6 +28,7 @@ const { CommanderError } = createRequire(import.meta.url)('commander') as typeof
 const MAIN = path.join(path.dirname(path.dirname(new URL(import.meta.url).pathname)), 'main.js');
 const baseEnv = { ...process.env };
 const baseCwd = process.cwd();
+// eslint-disable-next-line @typescript-eslint/no-deprecated -- one thread: reading the umask cannot race here
 const baseUmask = process.umask();
 // What a command may replace, put back after it (a logger that wraps
 // process.stdout.write must not outlive its command).

@@ -15,7 +15,10 @@ const ENV_KEY_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 const invalid = (msg: string, details: Record<string, unknown> = {}): CairnError => new CairnError('E_SERVICE_INVALID', msg, details);
 
-/** Refuses an ensemble with bad names, images, ports, env, unknown or circular dependencies. Returns the services by name. */
+/**
+ * Refuses an ensemble with bad names, images, ports, env, unknown or
+ * circular dependencies. Returns the services by name.
+ */
 export function validateEnsemble(e: EnsembleSpec): Map<string, ServiceSpec> {
   if (typeof e.name !== 'string' || !HOSTNAME_RE.test(e.name)) throw invalid(`ensemble name ${JSON.stringify(e.name)} must be a lowercase hostname label (a-z, 0-9, -)`);
   const byName = new Map<string, ServiceSpec>();
@@ -29,7 +32,7 @@ export function validateEnsemble(e: EnsembleSpec): Map<string, ServiceSpec> {
     const sources = [s.image !== undefined, s.buildFromDirectory !== undefined].filter(Boolean).length;
     if (sources !== 1) throw invalid(`service ${s.name} needs exactly one of image and buildFromDirectory`, { service: s.name });
     if (s.image !== undefined && typeof s.image !== 'string' && !isStage(s.image)) throw invalid(`service ${s.name}: image must be a tag or a stage`, { service: s.name });
-    if (typeof s.image === 'string' && !/^[A-Za-z0-9][A-Za-z0-9._\/:@-]*$/.test(s.image)) throw invalid(`service ${s.name}: ${JSON.stringify(s.image)} is not an image reference`, { service: s.name });
+    if (typeof s.image === 'string' && !/^[A-Za-z0-9][A-Za-z0-9._/:@-]*$/.test(s.image)) throw invalid(`service ${s.name}: ${JSON.stringify(s.image)} is not an image reference`, { service: s.name });
     if (s.buildFromDirectory && typeof s.buildFromDirectory.directory !== 'string') throw invalid(`service ${s.name}: buildFromDirectory needs a directory`, { service: s.name });
     for (const [k, v] of Object.entries(s.env ?? {})) {
       if (!ENV_KEY_RE.test(k) || typeof v !== 'string') throw invalid(`service ${s.name}: env ${k} must be a variable name with a string value`, { service: s.name });

@@ -121,7 +121,7 @@ export function guardRealize(area: { dir: string; owner: string }): () => void {
 const onSignal = (sig: NodeJS.Signals): void => {
   if (interrupted) {
     // A second signal: no more grace.
-    finish(sig, 0);
+    void finish(sig, 0);
     return;
   }
   interrupted = sig;

@@ -126,13 +126,13 @@ export function loadCatalog(where: string | URL): Catalog {
     const v = String(version);
     if (seen.has(v)) throw bad(file, line, `version ${v} is listed twice (also on line ${seen.get(v)})`);
     seen.set(v, line);
-    const urls = [...(Array.isArray(e.mirrors) ? e.mirrors : []), ...(e.url !== undefined ? [e.url] : [])];
+    const urls = [...(Array.isArray(e.mirrors) ? e.mirrors as unknown[] : []), ...(e.url !== undefined ? [e.url] : [])];
     if (urls.length === 0 || !urls.every((u) => typeof u === 'string' && u !== '')) throw bad(file, line, `version ${v} has no \`url\` (or \`mirrors\`)`);
     if (e.hash === undefined || e.hash === null || e.hash === '') throw bad(file, line, `version ${v} has no \`hash\``);
     const hashType = e.hash_type ?? 'sha256';
     if (!isHashType(hashType) || hashType === 'tree-sha256') throw bad(file, line, `version ${v}: unknown hash_type ${JSON.stringify(hashType)}; use sha256 or sha512`);
     let hash: string;
-    try { hash = showHash(parseHash(String(e.hash), hashType)); } catch (err) {
+    try { hash = showHash(parseHash(typeof e.hash === 'string' ? e.hash : JSON.stringify(e.hash), hashType)); } catch (err) {
       throw bad(file, line, `version ${v}: ${(err as Error).message}`);
     }
     const deviceTypes = e.device_types === undefined ? [] : e.device_types;
@@ -142,10 +142,10 @@ export function loadCatalog(where: string | URL): Catalog {
       if (defaultLine !== undefined) throw bad(file, line, `two entries are marked __default__ (also line ${defaultLine})`);
       defaultLine = line;
     }
-    const date = e.date instanceof Date ? e.date.toISOString().slice(0, 10) : e.date === undefined ? undefined : String(e.date);
+    const date = e.date instanceof Date ? e.date.toISOString().slice(0, 10) : e.date === undefined ? undefined : typeof e.date === 'string' ? e.date : JSON.stringify(e.date);
     entries.push({
-      index, version: v, urls: urls as string[], hash, hashType: hashType as 'sha256' | 'sha512', date,
-      deviceTypes: deviceTypes as string[], isDefault, file: typeof e.file === 'string' ? e.file : undefined, line,
+      index, version: v, urls: urls as string[], hash, hashType: hashType, date,
+      deviceTypes: deviceTypes, isDefault, file: typeof e.file === 'string' ? e.file : undefined, line,
       fields: Object.fromEntries(Object.entries(e).map(([k, x]) => [k, x instanceof Date ? x.toISOString().slice(0, 10) : x])),
     });
   });
@@ -197,7 +197,7 @@ export function redactEntryUrls(entry: CatalogEntry): CatalogEntry {
   const fields = { ...entry.fields };
   if (typeof fields.url === 'string') fields.url = redactUrl(fields.url);
   if (Array.isArray(fields.mirrors)) {
-    fields.mirrors = fields.mirrors.map((u) => (typeof u === 'string' ? redactUrl(u) : u));
+    fields.mirrors = (fields.mirrors as unknown[]).map((u) => (typeof u === 'string' ? redactUrl(u) : u));
   }
   return { ...entry, urls: entry.urls.map(redactUrl), fields };
 }

@@ -22,9 +22,12 @@ export interface FunctionOrigin {
   readonly offset: number;
 }
 
+/** V8's [[FunctionLocation]] internal property (Debugger.Location). */
+interface FunctionLocation { scriptId: string; lineNumber: number; columnNumber: number }
+
 interface InspectorSession {
-  post(method: string, params: object, cb: (err: Error | null, res: any) => void): void;
-  on(event: string, listener: (m: { params: any }) => void): void;
+  post(method: string, params: object, cb: (err: Error | null, res: unknown) => void): void;
+  on(event: string, listener: (m: { params: { scriptId: string; url: string; sourceMapURL?: string } }) => void): void;
 }
 
 interface ScriptInfo {
@@ -37,11 +40,13 @@ interface ScriptInfo {
 let session: InspectorSession | null | undefined;
 const scripts = new Map<string, ScriptInfo>();
 
-function post(method: string, params: object): any {
-  let result: any;
-  let error: Error | null = null;
+/** `R`: the shape of the answer to `method` (the inspector protocol's, trusted). */
+function post<R>(method: string, params: object): R | undefined {
+  let result: R | undefined;
+  // Set in the callback, which runs synchronously: TypeScript cannot see that, so the type is widened by hand.
+  let error = null as Error | null;
   let answered = false;
-  session!.post(method, params, (err, res) => { error = err; result = res; answered = true; });
+  session!.post(method, params, (err, res) => { error = err; result = res as R; answered = true; });
   if (error) throw error;
   if (!answered) throw new Error(`inspector did not answer ${method} synchronously`);
   return result;
@@ -54,7 +59,7 @@ function connect(): InspectorSession | null {
     const { Session } = require_('node:inspector') as typeof import('node:inspector');
     const s = new Session();
     s.connect();
-    session = s as unknown as InspectorSession;
+    session = s;
     session.on('Debugger.scriptParsed', (m) => {
       // Each refresh lists every script again: keep what was learnt (a decoded map) about known ones.
       if (scripts.has(m.params.scriptId)) return;
@@ -101,16 +106,17 @@ const HOLDER = Symbol.for('cairn.function-origin');
 const GROUP = 'cairn-function-origin';
 
 /** V8's position of a function: script, 0-based line and column. */
-function locate(fn: Function): { scriptId: string; line: number; column: number } | undefined {
+function locate(fn: (...args: never) => unknown): { scriptId: string; line: number; column: number } | undefined {
   (globalThis as Record<symbol, unknown>)[HOLDER] = fn;
   try {
     const expression = `globalThis[Symbol.for('cairn.function-origin')]`;
-    const ev = post('Runtime.evaluate', { expression, objectGroup: GROUP });
-    const objectId = ev?.result?.objectId as string | undefined;
+    const ev = post<{ result?: { objectId?: string } }>('Runtime.evaluate', { expression, objectGroup: GROUP });
+    const objectId = ev?.result?.objectId;
     if (!objectId) return undefined;
     // Without indexed properties the answer is small and quick (a tenth of the time).
-    const props = post('Runtime.getProperties', { objectId, ownProperties: true, nonIndexedPropertiesOnly: true });
-    const loc = (props?.internalProperties as { name: string; value?: { value?: any } }[] | undefined)
+    const props = post<{ internalProperties?: { name: string; value?: { value?: FunctionLocation } }[] }>(
+      'Runtime.getProperties', { objectId, ownProperties: true, nonIndexedPropertiesOnly: true });
+    const loc = props?.internalProperties
       ?.find((p) => p.name === '[[FunctionLocation]]')?.value?.value;
     if (!loc) return undefined;
     return { scriptId: String(loc.scriptId), line: loc.lineNumber, column: loc.columnNumber };
@@ -199,7 +205,7 @@ function loadMap(script: ScriptInfo): SourceMap | null {
           lines: decodeMappings(raw.mappings),
           sources: raw.sources.map((s) => new URL(root + String(s), base).href),
           contents: raw.sources.map((_, i) => {
-            const c = Array.isArray(raw.sourcesContent) ? raw.sourcesContent[i] : null;
+            const c: unknown = Array.isArray(raw.sourcesContent) ? raw.sourcesContent[i] : null;
             return typeof c === 'string' ? c : null;
           }),
           lineStarts: [],
@@ -226,7 +232,7 @@ function lineStarts(text: string): number[] {
  * whose source can be read. Undefined otherwise: then the script's own text
  * (which `fn.toString()` gives) is the closest thing to an original there is.
  */
-export function functionOrigin(fn: Function): FunctionOrigin | undefined {
+export function functionOrigin(fn: (...args: never) => unknown): FunctionOrigin | undefined {
   try {
     if (!connect()) return undefined;
     const loc = locate(fn);

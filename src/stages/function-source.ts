@@ -74,7 +74,7 @@ function writeCache(file: string, text: string): void {
  * A function whose text cannot be read as one (native, bound) is hashed by
  * its raw text.
  */
-export function codeHash(fn: Function): string {
+export function codeHash(fn: (...args: never) => unknown): string {
   const text = fn.toString();
   const origin = process.sourceMapsEnabled ? functionOrigin(fn) : undefined;
   if (origin) {

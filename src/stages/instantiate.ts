@@ -87,7 +87,7 @@ export interface Graph {
 /** Bumped if the derivation format changes, so old DRefs are never reused for new meanings. */
 const DRV_FORMAT = 'cairn-drv-1';
 
-const codeHashes = new WeakMap<Function, string>();
+const codeHashes = new WeakMap<(...args: never) => unknown, string>();
 
 /**
  * The build function's identity: the hash of its normalized original source

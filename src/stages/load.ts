@@ -36,7 +36,10 @@ export function isolateModules(): void {
   installHooks();
 }
 
-/** Imports a module (a stage file, a catalog action file): directly from the compile cache when possible, else through module hooks (and always in a fresh namespace after isolateModules()). */
+/**
+ * Imports a module (a stage file, a catalog action file): directly from the compile cache when possible,
+ * else through module hooks (and always in a fresh namespace after isolateModules()).
+ */
 export async function importModule(file: string): Promise<Record<string, unknown>> {
   // The same choice of path in every process, so build functions have the
   // same source text (and DRef) with the server as without it.

@@ -142,11 +142,14 @@ export function best(a: number | ScoreBy, b?: ScoreBy): Matcher {
   };
 }
 
+// Array.isArray narrows a readonly array to any[]; this keeps RRef.
+const isList = (x: MatchResult): x is readonly RRef[] => Array.isArray(x);
+
 /** Runs a matcher and checks that it chose only candidates, each once. */
 export async function runMatcher(m: Matcher, candidates: readonly Candidate[]): Promise<RRef[] | null> {
   const result = await m.select(candidates);
   if (result === null || result === undefined) return null;
-  if (!Array.isArray(result)) {
+  if (!isList(result)) {
     throw new CairnError('E_MATCH_INVALID', `matcher ${m.name} returned ${typeof result}; it must return a list of RRefs or null`);
   }
   if (result.length === 0) return null;

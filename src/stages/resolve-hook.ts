@@ -62,7 +62,7 @@ export async function load(url: string, context: { format?: string | null }, nex
   // A local .js file that Node takes for CommonJS (no "type": "module" in
   // its package.json) but that uses import or export is served as the ES
   // module it is, as direct loading does (see isModuleCode).
-  const esmInCjs = /\.js$/.test(pathname) && context.format === 'commonjs' && await isModuleCode(file, env);
+  const esmInCjs = pathname.endsWith(".js") && context.format === 'commonjs' && await isModuleCode(file, env);
   if (!esmInCjs && !/\.(ts|mts)$/.test(pathname)) return next(url, context);
   return { format: 'module', source: await compileForHook(file, env), shortCircuit: true };
 }

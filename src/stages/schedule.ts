@@ -42,6 +42,8 @@ export function schedule(graph: Graph, visit: (node: Derivation) => Promise<void
     let failure: unknown;
     const finish = (): void => {
       if (inFlight > 0) return;
+      // Passed on as the build threw it, Error or not.
+      // eslint-disable-next-line @typescript-eslint/prefer-promise-reject-errors
       if (failure !== undefined) reject(failure);
       else if (done === graph.order.length) resolve();
     };

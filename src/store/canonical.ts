@@ -66,13 +66,14 @@ export function canonicalJson(value: unknown, substitute?: Substitute, root = 'c
       case 'function': return bad(path, 'a function');
       case 'symbol': return bad(path, 'a symbol');
       case 'undefined': return bad(path, 'undefined');
+      case 'object': break; // below: null, arrays and objects
     }
     if (v === null) { parts.push('null'); return; }
     if (depth > MAX_DEPTH) {
       throw new CairnError('E_CONFIG_TOO_DEEP', `${root} nests deeper than ${MAX_DEPTH} levels (objects and arrays)`,
         { root, maxDepth: MAX_DEPTH });
     }
-    const obj = v as object;
+    const obj = v;
     if (substitute && !raw) {
       const sub = substitute(obj, path);
       if (sub !== undefined) { walk(sub, path, depth, true); return; }
@@ -89,7 +90,7 @@ export function canonicalJson(value: unknown, substitute?: Substitute, root = 'c
       }
       parts.push(']');
     } else {
-      const proto = Object.getPrototypeOf(obj);
+      const proto = Object.getPrototypeOf(obj) as { constructor?: { name?: string } } | null;
       if (proto !== Object.prototype && proto !== null) {
         bad(path, `an instance of ${proto?.constructor?.name ?? 'an unknown class'}`);
       }

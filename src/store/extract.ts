@@ -41,7 +41,7 @@ export function tarStream(file: string, format: TarCompression): Readable {
   const out = new PassThrough();
   child.stdout.pipe(out, { end: false });
   let stderr = '';
-  child.stderr.on('data', (d: Buffer) => { stderr += d; });
+  child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
   child.on('error', (e) =>
     out.destroy(new CairnError('E_BAD_ARCHIVE', `cannot run ${tool} to read ${format}: ${e.message}`)));
   child.on('close', (code) => {

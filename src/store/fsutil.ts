@@ -52,7 +52,7 @@ export function parseDisplayPath(text: string): Buffer | null {
     const b = parseInt(m[1]!, 16);
     if (!(b < 0x20 || b >= 0x7f || b === 0x5c) || b === 0) continue;
     parts.push(Buffer.from(text.slice(last, m.index)), Buffer.from([b]));
-    last = m.index! + m[0].length;
+    last = m.index + m[0].length;
     found = true;
   }
   if (!found) return null;

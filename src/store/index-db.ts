@@ -4,6 +4,7 @@ import type BetterSqlite3 from 'better-sqlite3';
 // require(), not import: ESM importing a CommonJS package runs Node's
 // cjs-module-lexer over it on every start (~20 ms of each CLI run).
 const Database = createRequire(import.meta.url)('better-sqlite3') as typeof BetterSqlite3;
+import type { RealizationInfo } from './interface.js';
 import type { DRef, RRef } from './refs.js';
 import type { SqliteDatabase } from './sqlite.js';
 
@@ -16,25 +17,13 @@ import type { SqliteDatabase } from './sqlite.js';
  */
 export const INDEX_SCHEMA_VERSION = 3;
 
-export interface RzRow {
-  rref: RRef;
-  dref: DRef;
-  ctx: string;
-  created: number;
+/** A row of the realization table: what queries return, plus its insertion order. */
+export interface RzRow extends RealizationInfo {
   seq: number;
-  tree: string;
-  bytes: number;
-  files: number;
 }
 
-export interface IndexedRealization {
-  rref: RRef;
-  dref: DRef;
-  ctx: string;
-  created: number;
-  tree: string;
-  bytes: number;
-  files: number;
+/** What is indexed of a realization: its summary and its dependencies. */
+export interface IndexedRealization extends RealizationInfo {
   deps: RRef[];
 }
 

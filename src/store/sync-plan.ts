@@ -121,7 +121,7 @@ export function parseManifest(json: unknown): ClosureManifest {
   const list = <T extends string>(key: string, kind: 'rz' | 'drv'): T[] => {
     const v = m[key];
     if (!Array.isArray(v) || !v.every((x) => typeof x === 'string')) throw bad(`${key} is not a list of strings`);
-    for (const x of v as string[]) {
+    for (const x of v) {
       let ok = false;
       try { ok = parseRef(x).kind === kind; } catch { /* below */ }
       if (!ok) throw bad(`${key} holds ${JSON.stringify(x)}, which is not ${kind === 'rz' ? 'an RRef' : 'a DRef'}`);
@@ -140,7 +140,7 @@ export function parseManifest(json: unknown): ClosureManifest {
  * lands in the directory the first run left and rsync reuses its bytes.
  */
 export function syncKey(parts: Record<string, unknown>): string {
-  return shortHash(canonicalJson(parts as never));
+  return shortHash(canonicalJson(parts));
 }
 
 /** `[user@]host:STORE`, as ssh and rsync are to be given it. */

@@ -149,8 +149,8 @@ function run(cmd: string, args: readonly string[], input?: string): Promise<Ran>
     const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (d: Buffer) => { stdout += d; });
-    child.stderr.on('data', (d: Buffer) => { stderr += d; });
+    child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
     child.on('error', (e: NodeJS.ErrnoException) => {
       reject(new CairnError('E_SYNC_FAILED', e.code === 'ENOENT' ? `${cmd} is not installed (or not on PATH)` : `cannot run ${cmd}: ${e.message}`, { cmd }, { cause: e }));
     });

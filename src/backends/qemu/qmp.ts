@@ -128,9 +128,11 @@ export class QmpClient {
   }
 
   private onMessage(line: string): void {
-    let msg: any;
+    // A QMP message: a greeting, an event or a reply; fields are checked before use where it matters.
+    let msg: { QMP?: QmpGreeting; event?: unknown; data?: Record<string, unknown>; timestamp?: QmpEvent['timestamp'];
+      id?: string | number; error?: { class?: string; desc?: string }; return?: unknown };
     try {
-      msg = JSON.parse(line);
+      msg = JSON.parse(line) as typeof msg;
     } catch {
       return; // not JSON: ignore (QMP only ever sends JSON objects)
     }
@@ -171,7 +173,7 @@ export class QmpClient {
   }
 
   /** Runs one command and resolves with its `return` value; rejects with QmpError. */
-  execute<T = any>(command: string, args?: Record<string, unknown>, opts: { timeoutMs?: number } = {}): Promise<T> {
+  execute<T = unknown>(command: string, args?: Record<string, unknown>, opts: { timeoutMs?: number } = {}): Promise<T> {
     if (this.closedErr) return Promise.reject(new QmpError('Closed', 'connection is closed', command));
     const id = `cairn-${this.nextId++}`;
     const timeoutMs = opts.timeoutMs ?? 30_000;

@@ -187,7 +187,7 @@ export class Vm {
    * that saved the state; a different one is refused before migrating.
    */
   static async incoming(spec: VmSpec, dir: string, memoryFile: string, disk: string | null, opts: { timeoutMs?: number; expectVersion?: string } = {}): Promise<Vm> {
-    const args = qemuArgs(spec as VmSpec & { kernel: string; initramfs: string }, spec.accel!, shortPath(dir), disk);
+    const args = qemuArgs(spec, spec.accel!, shortPath(dir), disk);
     args.push('-incoming', `exec:cat ${shellQuote(memoryFile)}`);
     const t0 = performance.now();
     const { proc, qmp, con } = await Vm.launch(spec.qemu ?? QEMU_X86, args, shortPath(dir));
@@ -222,7 +222,7 @@ export class Vm {
     liveQemus.add(proc);
     proc.on('exit', () => liveQemus.delete(proc));
     let err = '';
-    proc.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
+    proc.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
     const failed = new Promise<never>((_, reject) => {
       proc.on('error', (e) => reject(new Error(`cannot run ${qemu}: ${e.message}`)));
       proc.on('exit', (code) => reject(new Error(`${qemu} exited (${code}) during start: ${err.trim().slice(-500)}`)));
@@ -235,7 +235,7 @@ export class Vm {
       return { proc, qmp, con };
     } catch (e) {
       // Prefer QEMU's own complaint when it died during the handshake.
-      const died = await Promise.race([failed.catch((x: Error) => x), sleep(1000, undefined, { ref: false }).then(() => null)]);
+      const died = await Promise.race([failed.catch((x: unknown) => x), sleep(1000, undefined, { ref: false }).then(() => null)]);
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
       throw died ?? e;
     }

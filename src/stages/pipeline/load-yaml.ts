@@ -250,7 +250,7 @@ function interpolate(r: Reporter, where: Where, cmd: string, paramsFile: string,
     }
     const bad = badValue(v, k);
     if (bad) throw r.fail(where, bad);
-    return String(v);
+    return typeof v === 'string' ? v : JSON.stringify(v);
   });
 }
 
@@ -307,13 +307,13 @@ function parseMatcher(
       if (spec.file !== undefined) {
         file = projectPath(r, [...at, 'file'], wdir, spec.file, 'metrics file');
         if (![...metrics, ...outs].some((o) => o.path === file)) {
-          throw r.fail([...at, 'file'], `${spec.file} is not one of the stage's metrics or outs`);
+          throw r.fail([...at, 'file'], `${spec.file as string} is not one of the stage's metrics or outs`);
         }
       } else if (metrics.length === 1) file = metrics[0]!.path;
       else throw r.fail(at,
         metrics.length === 0 ? 'best needs a metrics file: declare one under metrics'
           : 'the stage has several metrics files; say which with {best: {metric, file}}');
-      const metric = spec.metric as string | undefined;
+      const metric = spec.metric;
       if (metric === undefined && /\.(json|ya?ml)$/i.test(file)) {
         throw r.fail(at, `say which metric of ${file} to maximise: matcher: {best: METRIC}`);
       }

@@ -173,7 +173,7 @@ export async function runPipelineStage(ctx: BuildContext<PipelineConfig>): Promi
       throughLink(ctx.name, ws, o);
       try { fs.lstatSync(from); } catch {
         throw new CairnError('E_PROMISE_BROKEN', `stage ${ctx.name}: the command did not create its out ${o}`
-          + `${ctx.outs.length > 1 ? ` (run ${i + 1} of ${ctx.outs.length})` : ''}`, { stage: ctx.name, missing: [o] });
+          + (ctx.outs.length > 1 ? ` (run ${i + 1} of ${ctx.outs.length})` : ''), { stage: ctx.name, missing: [o] });
       }
       mkdirp(path.dirname(path.join(out, o)));
       fs.renameSync(from, path.join(out, o));
