@@ -79,7 +79,7 @@ export const ErrorCodes = {
   E_CACHE_BAD_ENTRY: 'a binary cache object (metadata, derivation) is malformed or does not match its key',
   E_CACHE_UNSIGNED: 'a binary cache entry carries no signature, and was not used',
   E_CACHE_UNTRUSTED: 'a binary cache entry is signed only by keys that are not trusted, and was not used',
-  E_CACHE_BAD_SIGNATURE: 'a binary cache entry has a signature by a trusted key that does not verify (tampered), and was not used',
+  E_CACHE_BAD_SIGNATURE: 'a signature of a binary cache entry by a trusted key does not verify (tampered); not used',
   E_CACHE_MISSING: 'a reference or one of its dependencies is not in the binary cache, or its archive is missing',
   E_BAD_KEY: 'a signing key or public key file is malformed, or a key file to be written exists already',
   E_STORE_CONFIG: "the store's config.json is not valid JSON or has a field of the wrong type",

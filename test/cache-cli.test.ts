@@ -52,8 +52,12 @@ function generate(name: string): { secret: string; public: string } {
 }
 
 const entries = (): string[] =>
-  fs.existsSync(path.join(cacheDir, 'r')) ? fs.readdirSync(path.join(cacheDir, 'r'), { recursive: true }).map(String)
-    .filter((n) => n.endsWith('.json')) : [];
+  fs.existsSync(path.join(cacheDir, 'r'))
+    ? fs
+        .readdirSync(path.join(cacheDir, 'r'), { recursive: true })
+        .map(String)
+        .filter((n) => n.endsWith('.json'))
+    : [];
 
 describe('cairn cache (CLI)', () => {
   test('key generate, push, pull with --trusted-key or config.json, ls, verify', async () => {
@@ -72,12 +76,17 @@ describe('cairn cache (CLI)', () => {
     // A public key file on the command line.
     const pulled = ok(cairn(bobRoot, ['cache', 'pull', url, g.top, '--trusted-key', key.public]));
     assert.match(pulled.stdout, /pulled 4 realization\(s\)/);
-    await withStore(bobRoot, async (s) => { for (const r of Object.values(g)) assert.ok(s.has(r)); });
+    await withStore(bobRoot, async (s) => {
+      for (const r of Object.values(g)) assert.ok(s.has(r));
+    });
 
     // A third store trusts the key through its config.json.
     const carol = path.join(t.dir, 'carol');
     fs.mkdirSync(carol);
-    fs.writeFileSync(path.join(carol, 'config.json'), JSON.stringify({ 'trusted-public-keys': [fs.readFileSync(key.public, 'utf8').trim()] }));
+    fs.writeFileSync(
+      path.join(carol, 'config.json'),
+      JSON.stringify({ 'trusted-public-keys': [fs.readFileSync(key.public, 'utf8').trim()] }),
+    );
     ok(cairn(carol, ['cache', 'pull', url, parseRRef(g.left).dref]));
     await withStore(carol, async (s) => assert.ok(s.has(g.left) && s.has(g.base) && !s.has(g.top)));
     // A typo in config.json is an error, not silent distrust.
@@ -90,7 +99,10 @@ describe('cairn cache (CLI)', () => {
     const one = ok(cairn(aliceRoot, ['cache', 'ls', url, parseRRef(g.top).dref]));
     assert.equal(one.stdout.trim().split('\n').length, 1);
 
-    assert.match(ok(cairn(aliceRoot, ['cache', 'verify', url, '--trusted-key', key.public])).stdout, /4 of 4 entries are usable/);
+    assert.match(
+      ok(cairn(aliceRoot, ['cache', 'verify', url, '--trusted-key', key.public])).stdout,
+      /4 of 4 entries are usable/,
+    );
     // A flipped archive byte: verify names the realizations that use it, and exits 1.
     const meta = await withStore(aliceRoot, (s) => s.meta(g.right));
     const file = path.join(cacheDir, archiveKey(meta.tree));
@@ -110,7 +122,10 @@ describe('cairn cache (CLI)', () => {
       // A second graph sharing base, and a few more realizations of the same DRefs.
       const extra: RRef[] = [];
       for (let i = 0; i < 6; i++) extra.push((await addOne(s, 'left', { 'l.txt': `left ${i}\n` }, [g.base])).rref);
-      return [[g.top, ...extra.slice(0, 4)], [g.right, g.left, ...extra.slice(2)]] as const;
+      return [
+        [g.top, ...extra.slice(0, 4)],
+        [g.right, g.left, ...extra.slice(2)],
+      ] as const;
     });
     const [ra, rb] = await Promise.all([
       cairnAsync(aliceRoot, ['cache', 'push', url, ...a, '--key', key.secret, '-j', '4']),
@@ -134,9 +149,15 @@ describe('cairn cache (CLI)', () => {
     const key = generate('team-1');
     const g = await withStore(aliceRoot, (s) => diamond(s));
     const marker = path.join(t.dir, 'paused');
-    const child = spawn(process.execPath, [cairnBin, '--store', aliceRoot, 'cache', 'push', url, g.top, '--key', key.secret], {
-      cwd: repoRoot, env: { ...process.env, [PAUSE_ENV]: marker }, stdio: 'ignore',
-    });
+    const child = spawn(
+      process.execPath,
+      [cairnBin, '--store', aliceRoot, 'cache', 'push', url, g.top, '--key', key.secret],
+      {
+        cwd: repoRoot,
+        env: { ...process.env, [PAUSE_ENV]: marker },
+        stdio: 'ignore',
+      },
+    );
     const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve(signal ?? code)));
     while (!fs.existsSync(marker)) await new Promise((r) => setTimeout(r, 20));
     child.kill('SIGKILL');
@@ -172,11 +193,11 @@ describe('cache gc keeps closures whole', () => {
   test('--keep-last keeps what a kept realization was built from; --older-than spares the young', async () => {
     const blob = new FileBlobStore(cacheDir);
     const r = await withStore(aliceRoot, async (s) => {
-      const x0 = await addOne(s, 'x', { 'v': '0' });
-      const y0 = await addOne(s, 'y', { 'v': 'y0' }, [x0.rref]);
-      const x1 = await addOne(s, 'x', { 'v': '1' });
-      const y1 = await addOne(s, 'y', { 'v': 'y1' }, [x0.rref]);
-      const x2 = await addOne(s, 'x', { 'v': '2' });
+      const x0 = await addOne(s, 'x', { v: '0' });
+      const y0 = await addOne(s, 'y', { v: 'y0' }, [x0.rref]);
+      const x1 = await addOne(s, 'x', { v: '1' });
+      const y1 = await addOne(s, 'y', { v: 'y1' }, [x0.rref]);
+      const x2 = await addOne(s, 'x', { v: '2' });
       await pushClosure(s, blob, [x0.rref, y0.rref, x1.rref, y1.rref, x2.rref], { key: keys.secret });
       return { x0, y0, x1, y1, x2 };
     });
@@ -220,4 +241,3 @@ describe('cache gc keeps closures whole', () => {
     expectError(cairn(aliceRoot, ['cache', 'gc', url, '--keep-last', '-1']), 'E_USAGE');
   });
 });
-

@@ -4,7 +4,13 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { parseSecretKey, parsePublicKey, generateKeyPair, type PublicKey, type SecretKey } from '../src/store/cache/sign.js';
+import {
+  parseSecretKey,
+  parsePublicKey,
+  generateKeyPair,
+  type PublicKey,
+  type SecretKey,
+} from '../src/store/cache/sign.js';
 import type { Added, Context } from '../src/store/interface.js';
 import { parseRRef, type RRef } from '../src/store/refs.js';
 import { LocalStore } from '../src/store/store.js';
@@ -32,11 +38,22 @@ export async function addOne(
   return added!.meta;
 }
 
+/** A symlink in a TreeSpec (typed apart, so `link` is not taken for String.prototype.link). */
+const symlink = (target: string): { link: string } => ({ link: target });
+
 /** A diamond: base <- left, base <- right, (left, right) <- top. */
-export async function diamond(store: LocalStore, salt = 'cache-test'): Promise<Record<'base' | 'left' | 'right' | 'top', RRef>> {
-  const base = await addOne(store, 'base', { 'lib/a.txt': 'base\n', 'bin/tool': { text: '#!/bin/sh\n', mode: 0o755 } }, [],
-    { salt, log: 'built base\n' });
-  const left = await addOne(store, 'left', { 'l.txt': 'left\n', 'link': { link: 'l.txt' } }, [base.rref], { salt });
+export async function diamond(
+  store: LocalStore,
+  salt = 'cache-test',
+): Promise<Record<'base' | 'left' | 'right' | 'top', RRef>> {
+  const base = await addOne(
+    store,
+    'base',
+    { 'lib/a.txt': 'base\n', 'bin/tool': { text: '#!/bin/sh\n', mode: 0o755 } },
+    [],
+    { salt, log: 'built base\n' },
+  );
+  const left = await addOne(store, 'left', { 'l.txt': 'left\n', 'to-l': symlink('l.txt') }, [base.rref], { salt });
   const right = await addOne(store, 'right', { 'r.txt': 'right\n' }, [base.rref], { salt, log: 'right log\n' });
   const top = await addOne(store, 'top', { 'top.txt': 'top\n' }, [left.rref, right.rref], { salt });
   return { base: base.rref, left: left.rref, right: right.rref, top: top.rref };

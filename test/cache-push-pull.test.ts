@@ -35,7 +35,12 @@ afterEach(() => {
 
 const objects = (prefix: string): string[] => {
   const dir = path.join(t.dir, 'cache', prefix);
-  return fs.existsSync(dir) ? fs.readdirSync(dir, { recursive: true }).map(String).filter((n) => n.includes('.')) : [];
+  return fs.existsSync(dir)
+    ? fs
+        .readdirSync(dir, { recursive: true })
+        .map(String)
+        .filter((n) => n.includes('.'))
+    : [];
 };
 
 describe('cache push and pull (file://)', () => {
@@ -119,49 +124,72 @@ describe('cache tampering is refused and nothing enters', () => {
     const bytes = fs.readFileSync(file);
     bytes[Math.floor(bytes.length / 2)]! ^= 0x01;
     fs.writeFileSync(file, bytes);
-    await assert.rejects(pullClosure(cache, bob, [g.top], { trustedKeys: [keys.public] }),
-      (e: { code?: string }) => ['E_BAD_ARCHIVE', 'E_SYNC_HASH_MISMATCH'].includes(e.code ?? ''));
+    await assert.rejects(pullClosure(cache, bob, [g.top], { trustedKeys: [keys.public] }), (e: { code?: string }) =>
+      ['E_BAD_ARCHIVE', 'E_SYNC_HASH_MISMATCH'].includes(e.code ?? ''),
+    );
     nothingEntered();
   });
 
   test('an archive replaced by a valid archive of another tree', async () => {
     const meta = await alice.meta(g.base);
     const other = await alice.meta(g.right);
-    fs.copyFileSync(path.join(t.dir, 'cache', archiveKey(other.tree)), path.join(t.dir, 'cache', archiveKey(meta.tree)));
-    await assert.rejects(pullClosure(cache, bob, [g.top], { trustedKeys: [keys.public] }), isCode('E_SYNC_HASH_MISMATCH'));
+    fs.copyFileSync(
+      path.join(t.dir, 'cache', archiveKey(other.tree)),
+      path.join(t.dir, 'cache', archiveKey(meta.tree)),
+    );
+    await assert.rejects(
+      pullClosure(cache, bob, [g.top], { trustedKeys: [keys.public] }),
+      isCode('E_SYNC_HASH_MISMATCH'),
+    );
     nothingEntered();
   });
 
   test('edited metadata: a changed creation time breaks the signature', async () => {
-    editEntry(g.left, (e) => { e.created = (e.created as number) + 1; });
-    await assert.rejects(pullClosure(cache, bob, [g.top], { trustedKeys: [keys.public] }), isCode('E_CACHE_BAD_SIGNATURE'));
+    editEntry(g.left, (e) => {
+      e.created = (e.created as number) + 1;
+    });
+    await assert.rejects(
+      pullClosure(cache, bob, [g.top], { trustedKeys: [keys.public] }),
+      isCode('E_CACHE_BAD_SIGNATURE'),
+    );
     nothingEntered();
   });
 
   test('edited metadata: a changed tree no longer hashes to the RRef', async () => {
-    editEntry(g.left, (e) => { e.tree = (e.tree as string).replace(/^./, (c) => (c === 'a' ? 'b' : 'a')); });
+    editEntry(g.left, (e) => {
+      e.tree = (e.tree as string).replace(/^./, (c) => (c === 'a' ? 'b' : 'a'));
+    });
     await assert.rejects(pullClosure(cache, bob, [g.top], { trustedKeys: [keys.public] }), isCode('E_CACHE_BAD_ENTRY'));
     nothingEntered();
   });
 
   test('a wrong signature: signed by another key under the trusted name', async () => {
     const forger = keyPair('team-1');
-    const forged = await pushClosure(alice, new FileBlobStore(path.join(t.dir, 'forged')), [g.top], { key: forger.secret });
+    const forged = await pushClosure(alice, new FileBlobStore(path.join(t.dir, 'forged')), [g.top], {
+      key: forger.secret,
+    });
     assert.equal(forged.pushed.length, 4);
     fs.copyFileSync(path.join(t.dir, 'forged', entryKey(g.base)), entryFile(g.base));
-    await assert.rejects(pullClosure(cache, bob, [g.top], { trustedKeys: [keys.public] }), isCode('E_CACHE_BAD_SIGNATURE'));
+    await assert.rejects(
+      pullClosure(cache, bob, [g.top], { trustedKeys: [keys.public] }),
+      isCode('E_CACHE_BAD_SIGNATURE'),
+    );
     nothingEntered();
   });
 
   test('a key that is not trusted', async () => {
-    await assert.rejects(pullClosure(cache, bob, [g.top], { trustedKeys: [keyPair('other').public] }),
-      isCode('E_CACHE_UNTRUSTED'));
+    await assert.rejects(
+      pullClosure(cache, bob, [g.top], { trustedKeys: [keyPair('other').public] }),
+      isCode('E_CACHE_UNTRUSTED'),
+    );
     await assert.rejects(pullClosure(cache, bob, [g.top], { trustedKeys: [] }), isCode('E_CACHE_UNTRUSTED'));
     nothingEntered();
   });
 
   test('unsigned', async () => {
-    editEntry(g.right, (e) => { e.signatures = []; });
+    editEntry(g.right, (e) => {
+      e.signatures = [];
+    });
     await assert.rejects(pullClosure(cache, bob, [g.top], { trustedKeys: [keys.public] }), isCode('E_CACHE_UNSIGNED'));
     nothingEntered();
   });
@@ -169,7 +197,10 @@ describe('cache tampering is refused and nothing enters', () => {
   test('a replaced derivation file', async () => {
     const dref = parseRRef(g.base).dref;
     fs.writeFileSync(path.join(t.dir, 'cache', 'd', `${dref}.json`), '{"format":"evil"}');
-    await assert.rejects(pullClosure(cache, bob, [g.top], { trustedKeys: [keys.public] }), isCode('E_SYNC_HASH_MISMATCH'));
+    await assert.rejects(
+      pullClosure(cache, bob, [g.top], { trustedKeys: [keys.public] }),
+      isCode('E_SYNC_HASH_MISMATCH'),
+    );
     nothingEntered();
   });
 
@@ -188,8 +219,9 @@ describe('cache tampering is refused and nothing enters', () => {
     const { gzipSync } = await import('node:zlib');
     const meta = await alice.meta(g.base);
     fs.writeFileSync(path.join(t.dir, 'cache', archiveKey(meta.tree)), gzipSync(fs.readFileSync(tar)));
-    await assert.rejects(pullClosure(cache, bob, [g.top], { trustedKeys: [keys.public] }),
-      (e: { code?: string }) => ['E_UNSAFE_ARCHIVE', 'E_SYNC_HASH_MISMATCH'].includes(e.code ?? ''));
+    await assert.rejects(pullClosure(cache, bob, [g.top], { trustedKeys: [keys.public] }), (e: { code?: string }) =>
+      ['E_UNSAFE_ARCHIVE', 'E_SYNC_HASH_MISMATCH'].includes(e.code ?? ''),
+    );
     nothingEntered();
   });
 });

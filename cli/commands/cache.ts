@@ -12,7 +12,8 @@ const repeat = (v: string, prev: string[] = []): string[] => [...prev, v];
 
 function parseKeep(v: string): number {
   const n = Number(v);
-  if (!Number.isInteger(n) || n < 0) throw new CairnError('E_USAGE', `--keep-last needs a whole number >= 0, not ${JSON.stringify(v)}`);
+  if (!Number.isInteger(n) || n < 0)
+    throw new CairnError('E_USAGE', `--keep-last needs a whole number >= 0, not ${JSON.stringify(v)}`);
   return n;
 }
 
@@ -20,7 +21,8 @@ export function registerCache(ctx: CliContext): void {
   const { program, openStore } = ctx;
 
   const keyCmd = program.command('key').description('signing keys for binary caches');
-  keyCmd.command('generate')
+  keyCmd
+    .command('generate')
     .description('make an ed25519 key pair: NAME.secret (keep it private) and NAME.public (NAME:BASE64, to trust)')
     .argument('<name>', 'the key name, also the file prefix (a path may come before it)')
     .action(async (name: string) => {
@@ -30,7 +32,9 @@ export function registerCache(ctx: CliContext): void {
       out(r.publicKey);
     });
 
-  const cacheCmd = program.command('cache').description('binary caches: file:///DIR, s3://BUCKET/PREFIX, http(s):// (read-only)');
+  const cacheCmd = program
+    .command('cache')
+    .description('binary caches: file:///DIR, s3://BUCKET/PREFIX, http(s):// (read-only)');
 
   /** Trusted keys: the store's config.json, plus --trusted-key. */
   const trusted = async (extra: string[] | undefined, withConfig: boolean) => {
@@ -41,7 +45,8 @@ export function registerCache(ctx: CliContext): void {
   };
   const blobOf = async (url: string) => (await import('../../src/store/cache/open-url.js')).openCacheUrl(url);
 
-  cacheCmd.command('push')
+  cacheCmd
+    .command('push')
     .description('upload the closures of REFs, signed with --key')
     .argument('<url>')
     .argument('<ref...>', 'DRefs or RRefs')
@@ -54,12 +59,15 @@ export function registerCache(ctx: CliContext): void {
       const key = readSecretKeyFile(o.key);
       const r = await pushClosure(openStore(), await blobOf(url), refs, { key, concurrency: o.jobs });
       if (o.json) return out(JSON.stringify(r, null, 2));
-      out(`pushed ${r.pushed.length} realization(s) of a closure of ${r.closure} (${r.present.length} already there); `
-        + `${r.archives} archive(s), ${formatBytes(r.archiveBytes)}`);
+      out(
+        `pushed ${r.pushed.length} realization(s) of a closure of ${r.closure} (${r.present.length} already there); ` +
+          `${r.archives} archive(s), ${formatBytes(r.archiveBytes)}`,
+      );
     });
 
-  cacheCmd.command('pull')
-    .description("download the closures of REFs into the store; entries must be signed by a trusted key")
+  cacheCmd
+    .command('pull')
+    .description('download the closures of REFs into the store; entries must be signed by a trusted key')
     .argument('<url>')
     .argument('<ref...>', 'DRefs (every realization the cache has) or RRefs')
     .option('--trusted-key <key>', 'NAME:BASE64 or a .public file, besides config.json (repeatable)', repeat)
@@ -72,7 +80,8 @@ export function registerCache(ctx: CliContext): void {
       out(`pulled ${r.received.length} realization(s) of a closure of ${r.closure} (${r.present.length} already here)`);
     });
 
-  cacheCmd.command('ls')
+  cacheCmd
+    .command('ls')
     .description('list the realizations in a cache (of one DRef): RRef, creation time, size, signing keys')
     .argument('<url>')
     .argument('[dref]')
@@ -82,20 +91,29 @@ export function registerCache(ctx: CliContext): void {
       const rows = await listCache(await blobOf(url), dref);
       if (o.json) return out(JSON.stringify(rows, null, 2));
       for (const r of rows) {
-        out(r.problem ? `${r.rref}  unusable: ${r.problem}`
-          : `${r.rref}  ${new Date(r.created!).toISOString()}  ${formatBytes(r.bytes!)}  signed by ${r.keys!.join(', ') || 'nobody'}`);
+        out(
+          r.problem
+            ? `${r.rref}  unusable: ${r.problem}`
+            : `${r.rref}  ${new Date(r.created!).toISOString()}  ${formatBytes(r.bytes!)}  signed by ${r.keys!.join(', ') || 'nobody'}`,
+        );
       }
     });
 
-  cacheCmd.command('verify')
-    .description('check every entry: well formed, signed by a trusted key, objects present, archives hash to their trees')
+  cacheCmd
+    .command('verify')
+    .description(
+      'check every entry: well formed, signed by a trusted key, objects present, archives hash to their trees',
+    )
     .argument('<url>')
     .option('--trusted-key <key>', 'NAME:BASE64 or a .public file, besides config.json (repeatable)', repeat)
     .option('--shallow', 'do not download archives; check only metadata and existence')
     .option('--json', 'print the report as JSON')
     .action(async (url: string, o: { trustedKey?: string[]; shallow?: boolean; json?: boolean }) => {
       const { verifyCache } = await import('../../src/store/cache/verify.js');
-      const r = await verifyCache(await blobOf(url), { trustedKeys: await trusted(o.trustedKey, true), shallow: o.shallow });
+      const r = await verifyCache(await blobOf(url), {
+        trustedKeys: await trusted(o.trustedKey, true),
+        shallow: o.shallow,
+      });
       if (o.json) out(JSON.stringify(r, null, 2));
       else {
         for (const p of r.problems) out(`${p.rref}: ${p.code}: ${p.detail}`);
@@ -104,7 +122,8 @@ export function registerCache(ctx: CliContext): void {
       if (r.problems.length > 0) process.exitCode = 1;
     });
 
-  cacheCmd.command('gc')
+  cacheCmd
+    .command('gc')
     .description('delete old realizations, keeping closures whole (entries first, then unreferenced archives)')
     .argument('<url>')
     .option('--keep-last <n>', 'keep the newest N realizations of each DRef', parseKeep)
@@ -120,7 +139,9 @@ export function registerCache(ctx: CliContext): void {
       const olderThanMs = o.olderThan === undefined ? undefined : parseDuration(o.olderThan);
       const r = await cacheGc(await blobOf(url), { keepLast: o.keepLast, olderThanMs, dryRun: o.dryRun });
       if (o.json) return out(JSON.stringify(r, null, 2));
-      out(`${o.dryRun ? 'would delete' : 'deleted'} ${r.deleted.length} realization(s) and ${r.broken.length} unusable entr(ies); `
-        + `kept ${r.kept}; ${r.objects} object(s) removed`);
+      out(
+        `${o.dryRun ? 'would delete' : 'deleted'} ${r.deleted.length} realization(s) and ${r.broken.length} unusable entr(ies); ` +
+          `kept ${r.kept}; ${r.objects} object(s) removed`,
+      );
     });
 }

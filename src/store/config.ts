@@ -45,12 +45,15 @@ export function parseStoreConfig(text: string, where: string): StoreConfig {
     const field = FIELDS[key];
     // Unknown keys are refused: a typo ("trusted-keys") must not silently trust nothing.
     if (field === undefined) {
-      throw new CairnError('E_STORE_CONFIG', `${where} has an unknown key ${JSON.stringify(key)}`, { file: where, key });
+      throw new CairnError('E_STORE_CONFIG', `${where} has an unknown key ${JSON.stringify(key)}`, {
+        file: where,
+        key,
+      });
     }
     if (!Array.isArray(value) || !value.every((v) => typeof v === 'string')) {
       throw new CairnError('E_STORE_CONFIG', `${where}: "${key}" must be a list of strings`, { file: where, key });
     }
-    config[field] = [...(value as string[])];
+    config[field] = [...value];
   }
   return config;
 }

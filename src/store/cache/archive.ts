@@ -34,7 +34,11 @@ export async function packTree(outDir: string, dest: string): Promise<number> {
   }
   try {
     // Level 6 (zlib's default): level 9 costs about 3x the time for a few percent.
-    await pipeline(fs.createReadStream(tar), zlib.createGzip(), fs.createWriteStream(dest, { flags: 'wx', mode: 0o600 }));
+    await pipeline(
+      fs.createReadStream(tar),
+      zlib.createGzip(),
+      fs.createWriteStream(dest, { flags: 'wx', mode: 0o600 }),
+    );
   } finally {
     fs.rmSync(tar, { force: true });
   }

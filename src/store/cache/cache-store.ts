@@ -22,9 +22,18 @@ import type { Readable } from 'node:stream';
 import { CairnError } from '../../errors.js';
 import { sha256Hex, shortHash } from '../hash.js';
 import {
-  candidateKey, candidateOf,
-  type AddOptions, type AddRequest, type Added, type Candidate, type HeldLock, type LockOptions, type RealizationInfo,
-  type RealizationMeta, type Store, type TempRoots,
+  candidateKey,
+  candidateOf,
+  type AddOptions,
+  type AddRequest,
+  type Added,
+  type Candidate,
+  type HeldLock,
+  type LockOptions,
+  type RealizationInfo,
+  type RealizationMeta,
+  type Store,
+  type TempRoots,
 } from '../interface.js';
 import { parseRRef, type DRef, type RRef } from '../refs.js';
 import { storeIndex } from '../internals.js';
@@ -161,11 +170,12 @@ export class CacheStore implements Store {
   private async fetch(rref: RRef): Promise<void> {
     parseRRef(rref);
     if (this.local.has(rref)) return;
-    const { entries, present } = await fetchClosureEntries(this.blob, [rref], this.trusted, (r) => this.local.has(r))
-      .catch((e: unknown) => {
-        if (e instanceof CairnError && e.code !== 'E_CACHE_UNAVAILABLE') throw noSuchRef(this.blob, rref);
-        throw e;
-      });
+    const { entries, present } = await fetchClosureEntries(this.blob, [rref], this.trusted, (r) =>
+      this.local.has(r),
+    ).catch((e: unknown) => {
+      if (e instanceof CairnError && e.code !== 'E_CACHE_UNAVAILABLE') throw noSuchRef(this.blob, rref);
+      throw e;
+    });
     if (entries.size > 0) await takeIn(this.blob, this.local, [rref], entries, present);
   }
 
@@ -186,23 +196,34 @@ export class CacheStore implements Store {
 
   async add(request: AddRequest, opts: AddOptions = {}): Promise<Added[]> {
     if (!this.signingKey) {
-      throw new CairnError('E_BAD_ARGUMENT', `adding to the cache ${this.blob.url} needs a signing key`, { url: this.blob.url });
+      throw new CairnError('E_BAD_ARGUMENT', `adding to the cache ${this.blob.url} needs a signing key`, {
+        url: this.blob.url,
+      });
     }
-    if (!this.blob.writable) throw new CairnError('E_CACHE_READ_ONLY', `${this.blob.url} is read-only`, { url: this.blob.url });
+    if (!this.blob.writable)
+      throw new CairnError('E_CACHE_READ_ONLY', `${this.blob.url} is read-only`, { url: this.blob.url });
     // The context must be in the cache (E_BAD_ADD otherwise, as LocalStore says), and locally to build on.
     const deps = Object.values(request.context).flat();
     const have = await this.entries(deps);
     const lacking = deps.filter((_, i) => have[i] === undefined);
     if (lacking.length > 0) {
-      throw new CairnError('E_BAD_ADD', `cannot add ${request.dref}: its context names ${lacking[0]}, which the cache `
-        + `${this.blob.url} lacks`, { dref: request.dref, missing: lacking });
+      throw new CairnError(
+        'E_BAD_ADD',
+        `cannot add ${request.dref}: its context names ${lacking[0]}, which the cache ` + `${this.blob.url} lacks`,
+        { dref: request.dref, missing: lacking },
+      );
     }
     for (const d of deps) await this.fetch(d);
     // Seals, hashes and refuses (E_BAD_ADD, E_UNSAFE_OUTPUT) exactly as a local store does.
     const staged = await this.local.add(request);
     const rrefs = [...new Set(staged.map((a) => a.meta.rref))];
     const before = await this.entries(rrefs);
-    await pushRealizations(this.local, this.blob, rrefs.filter((_, i) => before[i] === undefined), { key: this.signingKey });
+    await pushRealizations(
+      this.local,
+      this.blob,
+      rrefs.filter((_, i) => before[i] === undefined),
+      { key: this.signingKey },
+    );
     const existing = new Map(before.filter((e): e is CacheEntry => e !== undefined).map((e) => [e.rref, metaOf(e)]));
     const added = staged.map((a) => {
       const had = existing.get(a.meta.rref);

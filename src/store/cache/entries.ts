@@ -10,8 +10,17 @@ import { ownerAlive, ownerId } from '../fsutil.js';
 import { parseRRef, type DRef, type RRef } from '../refs.js';
 import type { BlobStore } from './blob.js';
 import {
-  INFO_KEY, TMP_ROOTS, entryKey, entryPrefix, fingerprint, infoObject, parseEntry, parseInfo, rrefOfKey,
-  type CacheEntry, type CacheInfo,
+  INFO_KEY,
+  TMP_ROOTS,
+  entryKey,
+  entryPrefix,
+  fingerprint,
+  infoObject,
+  parseEntry,
+  parseInfo,
+  rrefOfKey,
+  type CacheEntry,
+  type CacheInfo,
 } from './format.js';
 import { checkSignatures, verdictError, type PublicKey } from './sign.js';
 
@@ -36,9 +45,13 @@ export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (t:
 export async function readInfo(blob: BlobStore): Promise<CacheInfo> {
   const body = await blob.get(INFO_KEY);
   if (body === undefined) {
-    throw new CairnError('E_CACHE_FORMAT', `${blob.url} has no ${INFO_KEY}: it is not a cairn cache (push creates one)`, {
-      url: blob.url,
-    });
+    throw new CairnError(
+      'E_CACHE_FORMAT',
+      `${blob.url} has no ${INFO_KEY}: it is not a cairn cache (push creates one)`,
+      {
+        url: blob.url,
+      },
+    );
   }
   return parseInfo(body.toString('utf8'), blob.url);
 }
@@ -58,7 +71,11 @@ export function checkTrust(entry: CacheEntry, trusted: readonly PublicKey[], url
 }
 
 /** The entry of `rref`, well formed and trusted; undefined when the cache lacks it. */
-export async function readEntry(blob: BlobStore, rref: RRef, trusted: readonly PublicKey[]): Promise<CacheEntry | undefined> {
+export async function readEntry(
+  blob: BlobStore,
+  rref: RRef,
+  trusted: readonly PublicKey[],
+): Promise<CacheEntry | undefined> {
   const key = entryKey(rref);
   const body = await blob.get(key);
   if (body === undefined) return undefined;
@@ -114,7 +131,10 @@ export async function addCacheTempRoot(
 }
 
 /** The temporary roots that still count: a live process of this host, or another host's younger than a day. */
-export async function liveTempRoots(blob: BlobStore, now = Date.now()): Promise<{ live: TempRootObject[]; dead: string[] }> {
+export async function liveTempRoots(
+  blob: BlobStore,
+  now = Date.now(),
+): Promise<{ live: TempRootObject[]; dead: string[] }> {
   const live: TempRootObject[] = [];
   const dead: string[] = [];
   const keys: string[] = [];

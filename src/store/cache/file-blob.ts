@@ -55,9 +55,14 @@ export class FileBlobStore implements BlobStore {
 
   private fail(e: unknown, what: string): never {
     if (e instanceof CairnError) throw e;
-    throw new CairnError('E_CACHE_UNAVAILABLE', `${this.url}: cannot ${what}: ${(e as Error).message}`, {
-      url: this.url,
-    }, { cause: e });
+    throw new CairnError(
+      'E_CACHE_UNAVAILABLE',
+      `${this.url}: cannot ${what}: ${(e as Error).message}`,
+      {
+        url: this.url,
+      },
+      { cause: e },
+    );
   }
 
   async get(key: string): Promise<Buffer | undefined> {
@@ -145,7 +150,7 @@ export class FileBlobStore implements BlobStore {
         else {
           for await (const chunk of body) {
             const b = chunk as Buffer;
-            for (let off = 0; off < b.length; ) off += (await fh.write(b, off, b.length - off)).bytesWritten;
+            for (let off = 0; off < b.length;) off += (await fh.write(b, off, b.length - off)).bytesWritten;
           }
         }
         // Durable before it is visible: an object that exists is whole, even after a power cut.
@@ -156,7 +161,7 @@ export class FileBlobStore implements BlobStore {
       await fs.promises.rename(tmp, dest);
       tmp = undefined;
     } catch (e) {
-      if (Buffer.isBuffer(body) === false) (body as Readable).destroy();
+      if (!Buffer.isBuffer(body)) body.destroy();
       return this.fail(e, `write ${key}`);
     } finally {
       if (tmp !== undefined) await fs.promises.rm(tmp, { force: true });
@@ -200,4 +205,3 @@ export class FileBlobStore implements BlobStore {
     }
   }
 }
-

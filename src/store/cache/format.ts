@@ -85,8 +85,12 @@ export function parseInfo(text: string, url: string): CacheInfo {
     json = undefined;
   }
   if (json?.format !== CACHE_FORMAT || json.compression !== COMPRESSION) {
-    throw new CairnError('E_CACHE_FORMAT', `${url}: ${INFO_KEY} says ${text.slice(0, 200).trim()}; `
-      + `this cairn reads format ${CACHE_FORMAT} with ${COMPRESSION}`, { url });
+    throw new CairnError(
+      'E_CACHE_FORMAT',
+      `${url}: ${INFO_KEY} says ${text.slice(0, 200).trim()}; ` +
+        `this cairn reads format ${CACHE_FORMAT} with ${COMPRESSION}`,
+      { url },
+    );
   }
   return { format: CACHE_FORMAT, compression: COMPRESSION };
 }
@@ -99,7 +103,20 @@ export function parseInfo(text: string, url: string): CacheInfo {
 export function fingerprint(e: Omit<CacheEntry, 'signatures'>): string {
   const { format, rref, dref, name, context, ctx, tree, bytes, files, created, buildMs, drv, archive, log } = e;
   return `${ENTRY_FORMAT}:${canonicalJson({
-    format, rref, dref, name, context, ctx, tree, bytes, files, created, buildMs, drv, archive, log,
+    format,
+    rref,
+    dref,
+    name,
+    context,
+    ctx,
+    tree,
+    bytes,
+    files,
+    created,
+    buildMs,
+    drv,
+    archive,
+    log,
   })}`;
 }
 
@@ -130,7 +147,8 @@ export function parseEntry(text: string, key: string): CacheEntry {
   if (typeof e.tree !== 'string' || !HASH.test(e.tree)) throw bad('tree is not a hash');
   if (!isContextShape(e.context)) throw bad('the context is malformed');
   if (e.ctx !== contextHash(e.context)) throw bad('the context does not hash to ctx');
-  if (realizationHash(e.dref, e.context, e.tree) !== p.rhash) throw bad('derivation, context and tree do not hash to the RRef');
+  if (realizationHash(e.dref, e.context, e.tree) !== p.rhash)
+    throw bad('derivation, context and tree do not hash to the RRef');
   if (![e.bytes, e.files, e.created, e.buildMs].every(isNum)) throw bad('sizes or times are not numbers');
   if (typeof e.drv !== 'string' || !/^[0-9a-f]{64}$/.test(e.drv)) throw bad('drv is not a sha256');
   if (e.archive !== archiveKey(e.tree)) throw bad('archive is not the key of its tree');

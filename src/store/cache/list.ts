@@ -19,7 +19,8 @@ export interface CacheListing {
 export async function listCache(blob: BlobStore, dref?: string): Promise<CacheListing[]> {
   await readInfo(blob);
   const d = dref === undefined ? undefined : parseRef(dref);
-  if (d !== undefined && d.kind !== 'drv') throw new CairnError('E_BAD_REF', `${dref} is an RRef; cache ls takes a DRef`);
+  if (d !== undefined && d.kind !== 'drv')
+    throw new CairnError('E_BAD_REF', `${dref} is an RRef; cache ls takes a DRef`);
   const rrefs = await listRRefs(blob, d?.dref);
   const bodies = await mapLimit(rrefs, PARALLEL, (r) => blob.get(entryKey(r)));
   const rows = rrefs.map((rref, i): CacheListing => {

@@ -21,7 +21,11 @@ export function openCacheUrl(url: string): BlobStore {
   if (/^(s3|https?):\/\//.test(url)) {
     throw new CairnError('E_CACHE_BAD_URL', `${url}: this build of cairn reads only file:// caches`, { url });
   }
-  throw new CairnError('E_CACHE_BAD_URL', `${JSON.stringify(url)} is not a cache URL (file:///DIR, s3://BUCKET/PREFIX, https://…)`, {
-    url,
-  });
+  throw new CairnError(
+    'E_CACHE_BAD_URL',
+    `${JSON.stringify(url)} is not a cache URL (file:///DIR, s3://BUCKET/PREFIX, https://…)`,
+    {
+      url,
+    },
+  );
 }

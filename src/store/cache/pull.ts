@@ -92,12 +92,22 @@ export async function fetchClosureEntries(
 }
 
 /** Pulls the closures of `refs` into `local`. */
-export async function pullClosure(blob: BlobStore, local: LocalStore, refs: readonly string[], opts: PullOptions): Promise<PullReport> {
+export async function pullClosure(
+  blob: BlobStore,
+  local: LocalStore,
+  refs: readonly string[],
+  opts: PullOptions,
+): Promise<PullReport> {
   if (refs.length === 0) throw new CairnError('E_BAD_ARGUMENT', 'pull needs at least one DRef or RRef');
   await readInfo(blob);
   const roots = await resolveInCache(blob, refs);
-  const { entries, present } = await fetchClosureEntries(blob, roots, opts.trustedKeys, (r) => local.has(r),
-    opts.concurrency);
+  const { entries, present } = await fetchClosureEntries(
+    blob,
+    roots,
+    opts.trustedKeys,
+    (r) => local.has(r),
+    opts.concurrency,
+  );
   if (entries.size === 0) return { closure: present.length, present, received: [], receive: null };
   const receive = await takeIn(blob, local, roots, entries, present, opts.concurrency ?? PARALLEL);
   return { closure: entries.size + present.length, present, received: receive.received, receive };
@@ -123,8 +133,12 @@ export async function takeIn(
   const there = await blob.has(keys);
   const absent = keys.filter((k) => !there.has(k));
   if (absent.length > 0) {
-    throw new CairnError('E_CACHE_MISSING', `${blob.url} lacks ${absent.length} object(s) its entries name, `
-      + `e.g. ${absent[0]}: those entries do not count`, { url: blob.url, keys: absent });
+    throw new CairnError(
+      'E_CACHE_MISSING',
+      `${blob.url} lacks ${absent.length} object(s) its entries name, ` +
+        `e.g. ${absent[0]}: those entries do not count`,
+      { url: blob.url, keys: absent },
+    );
   }
 
   const staging = local.makeTempDir('cache-pull');
@@ -148,7 +162,9 @@ export async function takeIn(
         if (body === undefined) throw new CairnError('E_CACHE_MISSING', `${blob.url}: ${e.log} vanished`);
         const log = gunzip(body, `${blob.url}/${e.log}`);
         if (`l/${sha256Hex(log)}.log.gz` !== e.log) {
-          throw new CairnError('E_SYNC_HASH_MISMATCH', `${blob.url}: ${e.log} does not hash to its key`, { key: e.log });
+          throw new CairnError('E_SYNC_HASH_MISMATCH', `${blob.url}: ${e.log} does not hash to its key`, {
+            key: e.log,
+          });
         }
         fs.writeFileSync(path.join(dir, 'build.log'), log, { flag: 'wx' });
       }
@@ -160,7 +176,9 @@ export async function takeIn(
       const signedAs = list.find((e) => e.dref === dref)!.drv;
       // The signature covers the drv's hash: a replaced drv.json is refused here, receive checks it against the DRef.
       if (sha256Hex(text.replace(/\n$/, '')) !== signedAs) {
-        throw new CairnError('E_SYNC_HASH_MISMATCH', `${blob.url}: ${drvKey(dref)} is not the signed derivation`, { dref });
+        throw new CairnError('E_SYNC_HASH_MISMATCH', `${blob.url}: ${drvKey(dref)} is not the signed derivation`, {
+          dref,
+        });
       }
       fs.mkdirSync(path.join(staging, 'd', dref), { recursive: true, mode: 0o700 });
       fs.writeFileSync(path.join(staging, 'd', dref, 'drv.json'), text, { flag: 'wx' });

@@ -46,7 +46,12 @@ export interface PushReport {
 export const PAUSE_ENV = 'CAIRN_TEST_CACHE_PAUSE_BEFORE_METADATA';
 
 /** Pushes the closures of `refs` (DRefs stand for all their realizations). */
-export async function pushClosure(local: LocalStore, blob: BlobStore, refs: readonly string[], opts: PushOptions): Promise<PushReport> {
+export async function pushClosure(
+  local: LocalStore,
+  blob: BlobStore,
+  refs: readonly string[],
+  opts: PushOptions,
+): Promise<PushReport> {
   if (refs.length === 0) throw new CairnError('E_BAD_ARGUMENT', 'push needs at least one DRef or RRef');
   const { nodes } = listClosure(local, refs);
   return pushRealizations(local, blob, dependencyOrder(nodes), opts);
@@ -62,7 +67,12 @@ interface Item {
  * Pushes the given realizations, which must be closed under dependencies
  * (or have their dependencies in the cache already), in dependency order.
  */
-export async function pushRealizations(local: LocalStore, blob: BlobStore, rrefs: readonly RRef[], opts: PushOptions): Promise<PushReport> {
+export async function pushRealizations(
+  local: LocalStore,
+  blob: BlobStore,
+  rrefs: readonly RRef[],
+  opts: PushOptions,
+): Promise<PushReport> {
   if (!blob.writable) throw new CairnError('E_CACHE_READ_ONLY', `${blob.url} is read-only`, { url: blob.url });
   const limit = opts.concurrency ?? PARALLEL;
   await ensureInfo(blob);
@@ -74,7 +84,9 @@ export async function pushRealizations(local: LocalStore, blob: BlobStore, rrefs
     items.set(rref, { meta, log: log.length > 0 ? log : null, logKey: key });
   }
   const drefs = [...new Set(rrefs.map((r) => parseRRef(r).dref))];
-  const blobKeys = [...new Set([...items.values()].flatMap((i) => [archiveKey(i.meta.tree), ...(i.logKey ? [i.logKey] : [])]))];
+  const blobKeys = [
+    ...new Set([...items.values()].flatMap((i) => [archiveKey(i.meta.tree), ...(i.logKey ? [i.logKey] : [])])),
+  ];
   const root = await addCacheTempRoot(blob, drefs, blobKeys);
   const tmp = local.makeTempDir('cache-push');
   try {
@@ -82,7 +94,9 @@ export async function pushRealizations(local: LocalStore, blob: BlobStore, rrefs
     const there = await blob.has(asked);
     // An entry counts only with its archive: one whose archive was deleted is pushed again whole.
     const complete = (i: Item): boolean =>
-      there.has(entryKey(i.meta.rref)) && there.has(archiveKey(i.meta.tree)) && (i.logKey === null || there.has(i.logKey));
+      there.has(entryKey(i.meta.rref)) &&
+      there.has(archiveKey(i.meta.tree)) &&
+      (i.logKey === null || there.has(i.logKey));
     const todo = [...items.values()].filter((i) => !complete(i));
     const present = rrefs.filter((r) => complete(items.get(r)!));
 
@@ -102,21 +116,30 @@ export async function pushRealizations(local: LocalStore, blob: BlobStore, rrefs
     const drvTexts = new Map<DRef, string>();
     for (const dref of new Set(todo.map((i) => i.meta.dref))) {
       const text = await local.derivation(dref);
-      if (text === undefined) throw new CairnError('E_STORE_IO', `the local store lacks the derivation ${dref}`, { dref });
+      if (text === undefined)
+        throw new CairnError('E_STORE_IO', `the local store lacks the derivation ${dref}`, { dref });
       drvTexts.set(dref, text);
     }
-    await mapLimit([...drvTexts].filter(([d]) => !there.has(drvKey(d))), limit, ([dref, text]) =>
-      blob.put(drvKey(dref), Buffer.from(text), { contentType: 'application/json' }));
+    await mapLimit(
+      [...drvTexts].filter(([d]) => !there.has(drvKey(d))),
+      limit,
+      ([dref, text]) => blob.put(drvKey(dref), Buffer.from(text), { contentType: 'application/json' }),
+    );
 
     await pauseForTests();
 
     // Metadata last, level by level: an entry's dependencies are written before it.
     const pushed: RRef[] = [];
-    for (const level of levels(todo.map((i) => i.meta.rref), (r) => deps(items.get(r)!.meta))) {
+    for (const level of levels(
+      todo.map((i) => i.meta.rref),
+      (r) => deps(items.get(r)!.meta),
+    )) {
       await mapLimit(level, limit, async (rref) => {
         const i = items.get(rref)!;
         const entry = entryOf(i.meta, sha256Hex(drvTexts.get(i.meta.dref)!), i.logKey, opts.key);
-        await blob.put(entryKey(rref), Buffer.from(JSON.stringify(entry, null, 1) + '\n'), { contentType: 'application/json' });
+        await blob.put(entryKey(rref), Buffer.from(JSON.stringify(entry, null, 1) + '\n'), {
+          contentType: 'application/json',
+        });
       });
       pushed.push(...level);
     }
@@ -133,8 +156,20 @@ const deps = (m: RealizationMeta): RRef[] => Object.values(m.context).flat();
 export function entryOf(meta: RealizationMeta, drvSha: string, log: string | null, key: SecretKey): CacheEntry {
   const { rref, dref, name, context, ctx, tree, bytes, files, created, buildMs } = meta;
   const unsigned = {
-    format: ENTRY_FORMAT, rref, dref, name, context, ctx, tree, bytes, files, created, buildMs,
-    drv: drvSha, archive: archiveKey(tree), log,
+    format: ENTRY_FORMAT,
+    rref,
+    dref,
+    name,
+    context,
+    ctx,
+    tree,
+    bytes,
+    files,
+    created,
+    buildMs,
+    drv: drvSha,
+    archive: archiveKey(tree),
+    log,
   } as const;
   return { ...unsigned, signatures: [sign(key, fingerprint(unsigned))] };
 }
@@ -145,7 +180,13 @@ export function levels(rrefs: readonly RRef[], depsOf: (r: RRef) => RRef[]): RRe
   const depth = new Map<RRef, number>();
   const order = dependencyOrder(rrefs.map((rref) => ({ rref, deps: depsOf(rref) })));
   for (const r of order) {
-    const d = Math.max(-1, ...depsOf(r).filter((x) => inSet.has(x)).map((x) => depth.get(x)!)) + 1;
+    const d =
+      Math.max(
+        -1,
+        ...depsOf(r)
+          .filter((x) => inSet.has(x))
+          .map((x) => depth.get(x)!),
+      ) + 1;
     depth.set(r, d);
   }
   const out: RRef[][] = [];

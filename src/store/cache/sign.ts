@@ -68,7 +68,10 @@ export function publicKeyOf(secret: SecretKey): string {
 /** A fresh key pair as the two texts of NAME.secret and NAME.public. */
 export function generateKeyPair(name: string): { secret: string; public: string } {
   if (!NAME.test(name)) {
-    throw new CairnError('E_BAD_KEY', `a key name is letters, digits, '.', '_', '+' and '-' (up to 128): ${JSON.stringify(name)}`);
+    throw new CairnError(
+      'E_BAD_KEY',
+      `a key name is letters, digits, '.', '_', '+' and '-' (up to 128): ${JSON.stringify(name)}`,
+    );
   }
   const { privateKey, publicKey } = crypto.generateKeyPairSync('ed25519');
   const d = Buffer.from(privateKey.export({ format: 'jwk' }).d!, 'base64url');
@@ -80,12 +83,16 @@ export function generateKeyPair(name: string): { secret: string; public: string 
  * Writes PREFIX.secret (mode 0600) and PREFIX.public; refuses to overwrite
  * either, since losing a secret key orphans every signature made with it.
  */
-export function writeKeyPair(prefix: string, name: string): { secretFile: string; publicFile: string; publicKey: string } {
+export function writeKeyPair(
+  prefix: string,
+  name: string,
+): { secretFile: string; publicFile: string; publicKey: string } {
   const pair = generateKeyPair(name);
   const secretFile = `${prefix}.secret`;
   const publicFile = `${prefix}.public`;
   for (const f of [secretFile, publicFile]) {
-    if (fs.existsSync(f) || isLink(f)) throw new CairnError('E_BAD_KEY', `${f} exists already; not overwriting a key`, { file: f });
+    if (fs.existsSync(f) || isLink(f))
+      throw new CairnError('E_BAD_KEY', `${f} exists already; not overwriting a key`, { file: f });
   }
   writeFileAtomic(secretFile, pair.secret, { mode: 0o600, fsync: true });
   writeFileAtomic(publicFile, pair.public, { mode: 0o644, fsync: true });
@@ -121,7 +128,10 @@ export function readTrustedKey(arg: string): PublicKey {
     try {
       text = fs.readFileSync(arg, 'utf8');
     } catch (e) {
-      throw new CairnError('E_BAD_KEY', `${arg} is neither NAME:BASE64 nor a readable key file: ${(e as Error).message}`);
+      throw new CairnError(
+        'E_BAD_KEY',
+        `${arg} is neither NAME:BASE64 nor a readable key file: ${(e as Error).message}`,
+      );
     }
     return parsePublicKey(text);
   }
@@ -141,7 +151,11 @@ export type Verdict = 'ok' | 'unsigned' | 'untrusted' | 'bad-signature';
  * all, none by a trusted name, or one by a trusted name that fails (the
  * message or the signature was changed).
  */
-export function checkSignatures(message: string, signatures: readonly string[], trusted: readonly PublicKey[]): Verdict {
+export function checkSignatures(
+  message: string,
+  signatures: readonly string[],
+  trusted: readonly PublicKey[],
+): Verdict {
   if (signatures.length === 0) return 'unsigned';
   let forged = false;
   for (const s of signatures) {

@@ -49,14 +49,17 @@ export async function verifyCache(
       problems.push({ rref, code: c, detail: (err as Error).message });
     }
   });
-  const named = [...new Set([...entries.values()].flatMap((e) => [e.archive, drvKey(e.dref), ...(e.log ? [e.log] : [])]))];
+  const named = [
+    ...new Set([...entries.values()].flatMap((e) => [e.archive, drvKey(e.dref), ...(e.log ? [e.log] : [])])),
+  ];
   const there = await blob.has(named);
   const good = new Set<RRef>();
   for (const [rref, e] of entries) {
     const gone = [e.archive, drvKey(e.dref), ...(e.log ? [e.log] : [])].filter((k) => !there.has(k));
     const dep = depsOf(e).find((d) => !entries.has(d));
     if (gone.length > 0) problems.push({ rref, code: 'E_CACHE_MISSING', detail: `missing ${gone.join(', ')}` });
-    else if (dep !== undefined) problems.push({ rref, code: 'E_CACHE_MISSING', detail: `its dependency ${dep} is not usable` });
+    else if (dep !== undefined)
+      problems.push({ rref, code: 'E_CACHE_MISSING', detail: `its dependency ${dep} is not usable` });
     else good.add(rref);
   }
   if (!opts.shallow) {
@@ -87,7 +90,12 @@ export async function verifyCache(
   return { entries: rrefs.length, ok: good.size, problems };
 }
 
-async function checkArchive(blob: BlobStore, tree: string, e: CacheEntry, dir: string): Promise<{ code: string; detail: string } | null> {
+async function checkArchive(
+  blob: BlobStore,
+  tree: string,
+  e: CacheEntry,
+  dir: string,
+): Promise<{ code: string; detail: string } | null> {
   try {
     const body = await blob.getStream(e.archive);
     if (body === undefined) return { code: 'E_CACHE_MISSING', detail: `${e.archive} vanished` };
