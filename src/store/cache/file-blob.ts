@@ -53,6 +53,33 @@ export class FileBlobStore implements BlobStore {
     return path.join(this.dir, checkKey(key));
   }
 
+  /**
+   * Whether every directory on the way to `key` (below the cache directory)
+   * is a real directory: a link planted as `r` or `a` must not lead reads
+   * elsewhere. `memo` spares repeated lstat calls within one batch.
+   */
+  private async realDirs(key: string, memo?: Map<string, Promise<boolean>>): Promise<boolean> {
+    const segs = checkKey(key).split('/').slice(0, -1);
+    for (let i = 1; i <= segs.length; i++) {
+      const rel = segs.slice(0, i).join('/');
+      const check = async (): Promise<boolean> => {
+        try {
+          return (await fs.promises.lstat(path.join(this.dir, rel))).isDirectory();
+        } catch (e) {
+          if (isMissing(e)) return false;
+          return this.fail(e, `look up ${rel}`);
+        }
+      };
+      let p = memo?.get(rel);
+      if (p === undefined) {
+        p = check();
+        memo?.set(rel, p);
+      }
+      if (!(await p)) return false;
+    }
+    return true;
+  }
+
   private fail(e: unknown, what: string): never {
     if (e instanceof CairnError) throw e;
     throw new CairnError(
@@ -67,6 +94,7 @@ export class FileBlobStore implements BlobStore {
 
   async get(key: string): Promise<Buffer | undefined> {
     const p = this.abs(key);
+    if (!(await this.realDirs(key))) return undefined;
     let fh: fs.promises.FileHandle;
     try {
       fh = await fs.promises.open(p, O_RDONLY | O_NOFOLLOW);
@@ -86,6 +114,7 @@ export class FileBlobStore implements BlobStore {
 
   async getStream(key: string): Promise<Readable | undefined> {
     const p = this.abs(key);
+    if (!(await this.realDirs(key))) return undefined;
     let fh: fs.promises.FileHandle;
     try {
       fh = await fs.promises.open(p, O_RDONLY | O_NOFOLLOW);
@@ -102,12 +131,14 @@ export class FileBlobStore implements BlobStore {
 
   async has(keys: readonly string[]): Promise<Set<string>> {
     const found = new Set<string>();
+    const memo = new Map<string, Promise<boolean>>();
     let next = 0;
     const worker = async (): Promise<void> => {
       while (next < keys.length) {
         const key = keys[next++]!;
         try {
-          if ((await fs.promises.lstat(this.abs(key))).isFile()) found.add(key);
+          const p = this.abs(key);
+          if ((await this.realDirs(key, memo)) && (await fs.promises.lstat(p)).isFile()) found.add(key);
         } catch (e) {
           if (!isMissing(e)) this.fail(e, `look up ${key}`);
         }
@@ -172,7 +203,7 @@ export class FileBlobStore implements BlobStore {
     // Walk only the directories that can hold keys with this prefix.
     const slash = prefix.lastIndexOf('/');
     const base = slash < 0 ? '' : prefix.slice(0, slash);
-    if (base !== '') checkKey(base);
+    if (base !== '' && !(await this.realDirs(`${base}/_`))) return;
     const stack = [base];
     while (stack.length > 0) {
       const rel = stack.pop()!;
@@ -198,7 +229,9 @@ export class FileBlobStore implements BlobStore {
   async delete(keys: readonly string[]): Promise<void> {
     for (const key of keys) {
       try {
-        await fs.promises.unlink(this.abs(key));
+        const p = this.abs(key);
+        // Through a planted directory link, unlink would delete a file outside the cache.
+        if (await this.realDirs(key)) await fs.promises.unlink(p);
       } catch (e) {
         if (!isMissing(e)) this.fail(e, `delete ${key}`);
       }
