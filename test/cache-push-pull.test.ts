@@ -89,6 +89,22 @@ describe('cache push and pull (file://)', () => {
     assert.deepEqual(new Set(r.received), new Set([a.rref, b.rref]));
   });
 
+  test('a DRef skips the realizations whose entries do not count, and says so; an RRef is strict', async () => {
+    const good = await addOne(alice, 'mixed', { 'v.txt': 'good\n' });
+    const other = await addOne(alice, 'mixed', { 'v.txt': 'other\n' });
+    await pushClosure(alice, cache, [good.rref], { key: keys.secret });
+    await pushClosure(alice, cache, [other.rref], { key: keyPair('stranger').secret });
+    const r = await pullClosure(cache, bob, [good.dref], { trustedKeys: [keys.public] });
+    assert.deepEqual(r.received, [good.rref]);
+    assert.deepEqual(r.skipped, [{ rref: other.rref, code: 'E_CACHE_UNTRUSTED' }]);
+    assert.ok(!bob.has(other.rref));
+    await assert.rejects(
+      pullClosure(cache, bob, [other.rref], { trustedKeys: [keys.public] }),
+      isCode('E_CACHE_UNTRUSTED'),
+    );
+    await assert.rejects(pullClosure(cache, bob, [good.dref], { trustedKeys: [] }), isCode('E_CACHE_UNTRUSTED'));
+  });
+
   test('an entry whose archive was deleted is pushed again whole, and until then pull refuses it', async () => {
     const a = await addOne(alice, 'gone', { 'f.txt': 'f\n' });
     await pushClosure(alice, cache, [a.rref], { key: keys.secret });

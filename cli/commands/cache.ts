@@ -77,6 +77,7 @@ export function registerCache(ctx: CliContext): void {
       const trustedKeys = await trusted(o.trustedKey, true);
       const r = await pullClosure(await blobOf(url), openStore(), refs, { trustedKeys });
       if (o.json) return out(JSON.stringify({ ...r, receive: undefined }, null, 2));
+      for (const k of r.skipped) process.stderr.write(`cairn: warning: skipped ${k.rref}: ${k.code}\n`);
       out(`pulled ${r.received.length} realization(s) of a closure of ${r.closure} (${r.present.length} already here)`);
     });
 

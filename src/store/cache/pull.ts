@@ -36,22 +36,50 @@ export interface PullReport {
   present: RRef[];
   /** Realizations that entered the local store, dependencies first. */
   received: RRef[];
+  /** Realizations of a DRef asked for whose entries do not count (untrusted, malformed), with the reason. */
+  skipped: { rref: RRef; code: string }[];
   receive: ReceiveReport | null;
 }
 
-/** The RRefs `refs` name in the cache: an RRef itself, a DRef every realization the cache has of it. */
-export async function resolveInCache(blob: BlobStore, refs: readonly string[]): Promise<RRef[]> {
+/**
+ * The RRefs `refs` name in the cache. An RRef is taken as asked (and
+ * refused later if its entry does not count). A DRef stands for every
+ * realization the cache has of it that counts: the others (untrusted,
+ * malformed) are skipped and reported, unless none counts, when the first
+ * reason is the error.
+ */
+export async function resolveInCache(
+  blob: BlobStore,
+  refs: readonly string[],
+  trusted: readonly PublicKey[],
+): Promise<{ roots: RRef[]; skipped: { rref: RRef; code: string }[] }> {
   const out: RRef[] = [];
+  const skipped: { rref: RRef; code: string }[] = [];
   for (const ref of refs) {
     const p = parseRef(ref);
-    if (p.kind === 'rz') out.push(p.rref);
-    else {
-      const found = await listRRefs(blob, p.dref);
-      if (found.length === 0) throw missing(blob, ref, 'has no realization of it');
-      out.push(...found);
+    if (p.kind === 'rz') {
+      out.push(p.rref);
+      continue;
     }
+    const found = await listRRefs(blob, p.dref);
+    if (found.length === 0) throw missing(blob, ref, 'has no realization of it');
+    const checked = await mapLimit(found, PARALLEL, async (r) => {
+      try {
+        return (await readEntry(blob, r, trusted)) === undefined ? missing(blob, r, 'lost the entry of') : null;
+      } catch (e) {
+        if (e instanceof CairnError && e.code !== 'E_CACHE_UNAVAILABLE') return e;
+        throw e;
+      }
+    });
+    const good = found.filter((_, i) => checked[i] === null);
+    if (good.length === 0) throw checked[0]!;
+    out.push(...good);
+    found.forEach((rref, i) => {
+      const e = checked[i];
+      if (e) skipped.push({ rref, code: e.code });
+    });
   }
-  return [...new Set(out)];
+  return { roots: [...new Set(out)], skipped };
 }
 
 const missing = (blob: BlobStore, ref: string, why: string): CairnError =>
@@ -100,7 +128,7 @@ export async function pullClosure(
 ): Promise<PullReport> {
   if (refs.length === 0) throw new CairnError('E_BAD_ARGUMENT', 'pull needs at least one DRef or RRef');
   await readInfo(blob);
-  const roots = await resolveInCache(blob, refs);
+  const { roots, skipped } = await resolveInCache(blob, refs, opts.trustedKeys);
   const { entries, present } = await fetchClosureEntries(
     blob,
     roots,
@@ -108,9 +136,9 @@ export async function pullClosure(
     (r) => local.has(r),
     opts.concurrency,
   );
-  if (entries.size === 0) return { closure: present.length, present, received: [], receive: null };
+  if (entries.size === 0) return { closure: present.length, present, received: [], skipped, receive: null };
   const receive = await takeIn(blob, local, roots, entries, present, opts.concurrency ?? PARALLEL);
-  return { closure: entries.size + present.length, present, received: receive.received, receive };
+  return { closure: entries.size + present.length, present, received: receive.received, skipped, receive };
 }
 
 /**
