@@ -68,6 +68,15 @@ describe('cache push and pull (file://)', () => {
     assert.deepEqual((await pullClosure(cache, bob, [g.top], { trustedKeys: [keys.public] })).received, []);
   });
 
+  test('a tree beyond the in-memory limit streams through a file, whole', async () => {
+    const big = 'x'.repeat(9 << 20) + 'end';
+    const a = await addOne(alice, 'big', { 'big.bin': big, 'small.txt': 's' });
+    await pushClosure(alice, cache, [a.rref], { key: keys.secret });
+    await pullClosure(cache, bob, [a.rref], { trustedKeys: [keys.public] });
+    assert.equal((await bob.readFile(a.rref, 'big.bin')).toString(), big);
+    assert.deepEqual(snapshot(bob.outPath(a.rref)), snapshot(alice.outPath(a.rref)));
+  });
+
   test('identical trees are stored once', async () => {
     const a = await addOne(alice, 'one', { 'same.txt': 'same bytes\n' });
     const b = await addOne(alice, 'two', { 'same.txt': 'same bytes\n' });

@@ -11,6 +11,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { promisify } from 'node:util';
 import * as zlib from 'node:zlib';
 import { CairnError } from '../../errors.js';
 import { TarWriter } from '../export.js';
@@ -18,11 +19,16 @@ import { extractTar } from '../extract.js';
 
 const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
 
+/** Archives up to this size (uncompressed) are compressed in memory, on libuv's thread pool. */
+const IN_MEMORY = 8 << 20;
+const gzipAsync = promisify(zlib.gzip);
+
 /**
- * Writes the archive of the output tree `outDir` to `dest` (a fresh name in
- * a private temporary directory), via an uncompressed tar beside it.
+ * The archive of the output tree `outDir`: a tar written to `dest`.tar (a
+ * fresh name in a private temporary directory), then compressed, in memory
+ * for small trees (`body`) or into the file `dest` for large ones.
  */
-export async function packTree(outDir: string, dest: string): Promise<number> {
+export async function packTree(outDir: string, dest: string): Promise<{ size: number; body?: Buffer }> {
   const tar = `${dest}.tar`;
   const fd = fs.openSync(tar, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
   try {
@@ -33,6 +39,10 @@ export async function packTree(outDir: string, dest: string): Promise<number> {
     fs.closeSync(fd);
   }
   try {
+    if (fs.statSync(tar).size <= IN_MEMORY) {
+      const body = await gzipAsync(fs.readFileSync(tar));
+      return { size: body.length, body };
+    }
     // Level 6 (zlib's default): level 9 costs about 3x the time for a few percent.
     await pipeline(
       fs.createReadStream(tar),
@@ -42,7 +52,7 @@ export async function packTree(outDir: string, dest: string): Promise<number> {
   } finally {
     fs.rmSync(tar, { force: true });
   }
-  return fs.statSync(dest).size;
+  return { size: fs.statSync(dest).size };
 }
 
 /** Copies a stream to a fresh file. */

@@ -105,10 +105,10 @@ export async function pushRealizations(
     let archiveBytes = 0;
     await mapLimit([...trees], limit, async ([tree, rref]) => {
       const file = path.join(tmp, `${tree}.tar.gz`);
-      const size = await packTree(local.outPath(rref), file);
+      const { size, body } = await packTree(local.outPath(rref), file);
       archiveBytes += size;
-      await blob.put(archiveKey(tree), fs.createReadStream(file), { contentType: 'application/gzip', size });
-      fs.rmSync(file, { force: true });
+      await blob.put(archiveKey(tree), body ?? fs.createReadStream(file), { contentType: 'application/gzip', size });
+      if (!body) fs.rmSync(file, { force: true });
     });
     const logs = new Map<string, Buffer>();
     for (const i of todo) if (i.logKey !== null && !there.has(i.logKey)) logs.set(i.logKey, i.log!);
