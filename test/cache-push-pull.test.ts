@@ -124,6 +124,10 @@ describe('cache push and pull (file://)', () => {
     assert.deepEqual(r.pushed, [a.rref]);
     await pullClosure(cache, bob, [a.rref], { trustedKeys: [keys.public] });
     assert.ok(bob.has(a.rref));
+    // Likewise a deleted derivation file.
+    await cache.delete([`d/${a.dref}.json`]);
+    assert.deepEqual((await pushClosure(alice, cache, [a.rref], { key: keys.secret })).pushed, [a.rref]);
+    assert.ok(await cache.get(`d/${a.dref}.json`));
   });
 });
 

@@ -5,7 +5,7 @@
 import * as path from 'node:path';
 import { CairnError } from '../../src/errors.js';
 import type { CliContext } from '../context.js';
-import { out } from '../context.js';
+import { out, parseCount } from '../context.js';
 import { formatBytes } from '../format.js';
 
 const repeat = (v: string, prev: string[] = []): string[] => [...prev, v];
@@ -51,7 +51,7 @@ export function registerCache(ctx: CliContext): void {
     .argument('<url>')
     .argument('<ref...>', 'DRefs or RRefs')
     .requiredOption('--key <file>', 'the secret key file (from cairn key generate) that signs the entries')
-    .option('-j, --jobs <n>', 'uploads in flight', (v: string) => Number(v), 16)
+    .option('-j, --jobs <n>', 'uploads in flight', (v: string) => parseCount(v, '--jobs'), 16)
     .option('--json', 'print the report as JSON')
     .action(async (url: string, refs: string[], o: { key: string; jobs: number; json?: boolean }) => {
       const { readSecretKeyFile } = await import('../../src/store/cache/sign.js');

@@ -92,10 +92,11 @@ export async function pushRealizations(
   try {
     const asked = [...rrefs.map(entryKey), ...blobKeys, ...drefs.map(drvKey)];
     const there = await blob.has(asked);
-    // An entry counts only with its archive: one whose archive was deleted is pushed again whole.
+    // An entry counts only with its objects: one whose archive, drv or log was deleted is pushed again whole.
     const complete = (i: Item): boolean =>
       there.has(entryKey(i.meta.rref)) &&
       there.has(archiveKey(i.meta.tree)) &&
+      there.has(drvKey(i.meta.dref)) &&
       (i.logKey === null || there.has(i.logKey));
     const todo = [...items.values()].filter((i) => !complete(i));
     const present = rrefs.filter((r) => complete(items.get(r)!));
