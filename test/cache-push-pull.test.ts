@@ -114,6 +114,40 @@ describe('cache push and pull (file://)', () => {
     await assert.rejects(pullClosure(cache, bob, [good.dref], { trustedKeys: [] }), isCode('E_CACHE_UNTRUSTED'));
   });
 
+  test('pushing with another key adds its signature; a malformed or tampered entry is replaced', async () => {
+    const g = await diamond(alice);
+    await pushClosure(alice, cache, [g.top], { key: keys.secret });
+    const rotated = keyPair('team-2');
+    const r = await pushClosure(alice, cache, [g.top], { key: rotated.secret });
+    assert.deepEqual(r.pushed, []);
+    assert.deepEqual(new Set(r.signed), new Set(Object.values(g)));
+    const entry = JSON.parse((await cache.get(entryKey(g.top)))!.toString()) as { signatures: string[] };
+    assert.deepEqual(
+      entry.signatures.map((x) => x.split(':')[0]),
+      ['team-1', 'team-2'],
+    );
+    // Either key alone is enough to pull.
+    await pullClosure(cache, bob, [g.top], { trustedKeys: [rotated.public] });
+    assert.ok(bob.has(g.top));
+    // Signed already: nothing to do.
+    assert.deepEqual((await pushClosure(alice, cache, [g.top], { key: rotated.secret })).signed, []);
+
+    // A malformed entry, and one whose creation time was edited (its signature by this key fails): replaced.
+    await cache.put(entryKey(g.left), Buffer.from('{"format": "junk"}'));
+    const e = JSON.parse((await cache.get(entryKey(g.right)))!.toString()) as { created: number };
+    e.created += 1000;
+    await cache.put(entryKey(g.right), Buffer.from(JSON.stringify(e)));
+    const again = await pushClosure(alice, cache, [g.top], { key: keys.secret });
+    assert.deepEqual(new Set(again.pushed), new Set([g.left, g.right]));
+    const carol = LocalStore.open(path.join(t.dir, 'carol'));
+    try {
+      await pullClosure(cache, carol, [g.top], { trustedKeys: [keys.public] });
+      assert.equal((await carol.meta(g.right)).created, (await alice.meta(g.right)).created);
+    } finally {
+      carol.close();
+    }
+  });
+
   test('an entry whose archive was deleted is pushed again whole, and until then pull refuses it', async () => {
     const a = await addOne(alice, 'gone', { 'f.txt': 'f\n' });
     await pushClosure(alice, cache, [a.rref], { key: keys.secret });

@@ -60,7 +60,9 @@ export function registerCache(ctx: CliContext): void {
       const r = await pushClosure(openStore(), await blobOf(url), refs, { key, concurrency: o.jobs });
       if (o.json) return out(JSON.stringify(r, null, 2));
       out(
-        `pushed ${r.pushed.length} realization(s) of a closure of ${r.closure} (${r.present.length} already there); ` +
+        `pushed ${r.pushed.length} realization(s) of a closure of ${r.closure} (${r.present.length} already there` +
+          (r.signed.length > 0 ? `, ${r.signed.length} signed again` : '') +
+          '); ' +
           `${r.archives} archive(s), ${formatBytes(r.archiveBytes)}`,
       );
     });

@@ -19,8 +19,17 @@ import { listClosure } from '../sync.js';
 import { gzip, packTree } from './archive.js';
 import type { BlobStore } from './blob.js';
 import { PARALLEL, addCacheTempRoot, ensureInfo, mapLimit } from './entries.js';
-import { ENTRY_FORMAT, archiveKey, drvKey, entryKey, fingerprint, logKey, type CacheEntry } from './format.js';
-import { sign, type SecretKey } from './sign.js';
+import {
+  ENTRY_FORMAT,
+  archiveKey,
+  drvKey,
+  entryKey,
+  fingerprint,
+  logKey,
+  parseEntry,
+  type CacheEntry,
+} from './format.js';
+import { checkSignatures, parsePublicKey, publicKeyOf, sign, type SecretKey } from './sign.js';
 
 export interface PushOptions {
   /** Signs every entry pushed. */
@@ -36,6 +45,8 @@ export interface PushReport {
   present: RRef[];
   /** Realizations whose entries this push wrote, dependencies first. */
   pushed: RRef[];
+  /** Realizations already there, with the same fields, whose entries this push added its signature to. */
+  signed: RRef[];
   /** Archives uploaded (a tree already in the cache, or shared by two realizations, is uploaded once). */
   archives: number;
   /** Compressed bytes of the archives uploaded. */
@@ -98,8 +109,39 @@ export async function pushRealizations(
       there.has(archiveKey(i.meta.tree)) &&
       there.has(drvKey(i.meta.dref)) &&
       (i.logKey === null || there.has(i.logKey));
-    const todo = [...items.values()].filter((i) => !complete(i));
-    const present = rrefs.filter((r) => complete(items.get(r)!));
+    // Entries already there are read (one GET each, in parallel). A malformed one, or one whose signature by
+    // this key's name fails, is replaced whole. One with the same fields but not yet signed by this key gets
+    // the signature added (a rotated key, a second teammate's key), as `nix store sign` does; one written
+    // by another build of the same RRef (another creation time) is left as it is.
+    const withEntry = rrefs.filter((r) => there.has(entryKey(r)));
+    const bodies = await mapLimit(withEntry, limit, (r) => blob.get(entryKey(r)));
+    const existing = new Map<RRef, CacheEntry>();
+    withEntry.forEach((r, n) => {
+      try {
+        existing.set(r, parseEntry(bodies[n]?.toString('utf8') ?? '', entryKey(r)));
+      } catch {
+        /* malformed: pushed again */
+      }
+    });
+    const ours = parsePublicKey(publicKeyOf(opts.key));
+    const drvShaOf = async (dref: DRef): Promise<string> => sha256Hex((await local.derivation(dref)) ?? '');
+    const toSign: CacheEntry[] = [];
+    const todo: Item[] = [];
+    const present: RRef[] = [];
+    for (const rref of rrefs) {
+      const i = items.get(rref)!;
+      const e = existing.get(rref);
+      const verdict = e ? checkSignatures(fingerprint(e), e.signatures, [ours]) : 'unsigned';
+      if (!e || !complete(i) || verdict === 'bad-signature') {
+        todo.push(i);
+        continue;
+      }
+      present.push(rref);
+      if (verdict === 'ok') continue;
+      const mine = entryOf(i.meta, await drvShaOf(i.meta.dref), i.logKey, opts.key);
+      if (fingerprint(mine) === fingerprint(e))
+        toSign.push({ ...e, signatures: [...e.signatures, ...mine.signatures] });
+    }
 
     const trees = new Map<string, RRef>();
     for (const i of todo) if (!there.has(archiveKey(i.meta.tree))) trees.set(i.meta.tree, i.meta.rref);
@@ -144,7 +186,17 @@ export async function pushRealizations(
       });
       pushed.push(...level);
     }
-    return { closure: rrefs.length, present, pushed, archives: trees.size, archiveBytes };
+    await mapLimit(toSign, limit, (e) =>
+      blob.put(entryKey(e.rref), Buffer.from(JSON.stringify(e, null, 1) + '\n'), { contentType: 'application/json' }),
+    );
+    return {
+      closure: rrefs.length,
+      present,
+      pushed,
+      signed: toSign.map((e) => e.rref),
+      archives: trees.size,
+      archiveBytes,
+    };
   } finally {
     removeTree(tmp);
     await root.release().catch(() => undefined);
