@@ -25,9 +25,6 @@ export default tseslint.config(
     },
     plugins: { '@stylistic': stylistic },
     rules: {
-      // DRef and RRef are both `string` today, so `RRef | DRef` looks redundant; the union documents intent and
-      // becomes meaningful once they are branded (issue 15, item 2).
-      '@typescript-eslint/no-duplicate-type-constituents': 'off',
       // `Stage<any>` / `Step<any>` spell "a stage of any config" (`unknown` fails: build's config is contravariant);
       // any *use* of an any value is still caught by the no-unsafe-* rules.
       '@typescript-eslint/no-explicit-any': 'off',
@@ -38,8 +35,10 @@ export default tseslint.config(
       // Error.prepareStackTrace) or used as map keys, and BuildContext's exec, a closure that needs no `this`.
       '@typescript-eslint/unbound-method': 'off',
       // `_`-prefixed names and the siblings of a `...rest` exist to be left out.
-      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_',
-        ignoreRestSiblings: true }],
+      '@typescript-eslint/no-unused-vars': [
+        'error',
+        { argsIgnorePattern: '^_', varsIgnorePattern: '^_', ignoreRestSiblings: true },
+      ],
       // Module state set once after start-up (cli/serve/worker.ts) is read by functions declared above it.
       'prefer-const': ['error', { ignoreReadBeforeAssign: true }],
       // Control characters are what these patterns look for (terminal escapes, unprintable names).
@@ -51,8 +50,17 @@ export default tseslint.config(
       // Lines stay within 120 columns. Prettier (npm run format) breaks code and calls to fit; a line that still is
       // longer holds one string or template literal too long to fit on its own (a message, a test's name, a script),
       // kept whole so that it can be found by grep; comments and code have no such excuse.
-      '@stylistic/max-len': ['error', { code: 120, tabWidth: 2, ignoreUrls: true, ignoreRegExpLiterals: true,
-        ignoreStrings: true, ignoreTemplateLiterals: true }],
+      '@stylistic/max-len': [
+        'error',
+        {
+          code: 120,
+          tabWidth: 2,
+          ignoreUrls: true,
+          ignoreRegExpLiterals: true,
+          ignoreStrings: true,
+          ignoreTemplateLiterals: true,
+        },
+      ],
       '@typescript-eslint/no-floating-promises': ['error', { allowForKnownSafeCalls: [nodeTestCalls] }],
       // From strictTypeChecked, the rules that find bugs or dead code at little cost (not the rest of it: e.g.
       // no-unnecessary-boolean-literal-compare would drop the `=== true` that checks what user code (a service's ping)
@@ -64,6 +72,25 @@ export default tseslint.config(
       '@typescript-eslint/prefer-string-starts-ends-with': 'error',
       '@typescript-eslint/switch-exhaustiveness-check': ['error', { considerDefaultExhaustiveForUnions: true }],
       '@typescript-eslint/return-await': ['error', 'error-handling-correctness-only'],
+    },
+  },
+  {
+    // The Store boundary (docs/design.md, "The Store interface"): outside src/store, nothing reaches the index, the
+    // derivation files or the accessor of LocalStore's private parts. Tests may: they check the store from inside.
+    files: ['src/**/*.ts', 'cli/**/*.ts', 'bench/**/*.ts', 'examples/**/*.ts'],
+    ignores: ['src/store/**'],
+    rules: {
+      '@typescript-eslint/no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            {
+              regex: '(^|/)store/(internals|index-db|drv-files|sqlite)\\.js$',
+              message: 'store internals are private to src/store: use the Store interface or a src/store function',
+            },
+          ],
+        },
+      ],
     },
   },
   {

@@ -41,12 +41,16 @@ const tree = path.join(work, 'tree');
 
 function evict(paths: string[]): boolean {
   spawnSync('sync');
-  const py = 'import os,sys\nfor p in sys.stdin.read().split("\\0"):\n  if p:\n    fd=os.open(p,os.O_RDONLY); os.posix_fadvise(fd,0,0,os.POSIX_FADV_DONTNEED); os.close(fd)\n';
+  const py =
+    'import os,sys\nfor p in sys.stdin.read().split("\\0"):\n  if p:\n    fd=os.open(p,os.O_RDONLY); os.posix_fadvise(fd,0,0,os.POSIX_FADV_DONTNEED); os.close(fd)\n';
   return spawnSync('python3', ['-c', py], { input: paths.join('\0') }).status === 0;
 }
 
 function listFiles(dir: string): string[] {
-  return fs.readdirSync(dir, { recursive: true, withFileTypes: true }).filter((d) => d.isFile()).map((d) => path.join(d.parentPath, d.name));
+  return fs
+    .readdirSync(dir, { recursive: true, withFileTypes: true })
+    .filter((d) => d.isFile())
+    .map((d) => path.join(d.parentPath, d.name));
 }
 
 function median(xs: number[]): number {
@@ -54,7 +58,15 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)]!;
 }
 
-interface Row { case: string; mode: string; ms: number; bytes: number; gbps: number; hashedFiles: number; cacheHits: number }
+interface Row {
+  case: string;
+  mode: string;
+  ms: number;
+  bytes: number;
+  gbps: number;
+  hashedFiles: number;
+  cacheHits: number;
+}
 const rows: Row[] = [];
 
 function measure(label: string, mode: string, target: string, cacheFile: string | null, before?: () => void): Row {
@@ -74,11 +86,20 @@ function measure(label: string, mode: string, target: string, cacheFile: string 
     last = h;
   }
   const ms = median(times);
-  const row = { case: label, mode, ms: Math.round(ms * 10) / 10, bytes, gbps: Math.round((bytes / 1e9 / (ms / 1000)) * 100) / 100,
-    hashedFiles: last!.stats.hashedFiles, cacheHits: last!.stats.cacheHits };
+  const row = {
+    case: label,
+    mode,
+    ms: Math.round(ms * 10) / 10,
+    bytes,
+    gbps: Math.round((bytes / 1e9 / (ms / 1000)) * 100) / 100,
+    hashedFiles: last!.stats.hashedFiles,
+    cacheHits: last!.stats.cacheHits,
+  };
   rows.push(row);
-  console.log(`${label.padEnd(24)} ${mode.padEnd(7)} ${row.ms.toFixed(1).padStart(9)} ms  ${row.gbps.toFixed(2).padStart(6)} GB/s` +
-    `  read ${row.hashedFiles} file(s), ${row.cacheHits} stat-cache hit(s)`);
+  console.log(
+    `${label.padEnd(24)} ${mode.padEnd(7)} ${row.ms.toFixed(1).padStart(9)} ms  ${row.gbps.toFixed(2).padStart(6)} GB/s` +
+      `  read ${row.hashedFiles} file(s), ${row.cacheHits} stat-cache hit(s)`,
+  );
   return row;
 }
 
@@ -93,7 +114,8 @@ try {
   console.log(`writing a ${GB} GB file and ${FILES} files of ${FILE_KB} KiB under ${work}`);
   const block = randomBytes(64 << 20);
   const fd = fs.openSync(big, 'w');
-  for (let left = GB * 1024 ** 3; left > 0; left -= block.length) fs.writeSync(fd, block, 0, Math.min(block.length, left));
+  for (let left = GB * 1024 ** 3; left > 0; left -= block.length)
+    fs.writeSync(fd, block, 0, Math.min(block.length, left));
   fs.closeSync(fd);
   const body = randomBytes(FILE_KB * 1024);
   for (let i = 0; i < FILES; i++) {
@@ -113,15 +135,23 @@ try {
     return performance.now() - t0;
   });
   const memGbps = Math.round(((128 * mem.length) / 1e9 / (median(memTimes) / 1000)) * 100) / 100;
-  console.log(`${'sha256 of memory'.padEnd(24)} ${''.padEnd(7)} ${median(memTimes).toFixed(1).padStart(9)} ms  ${memGbps.toFixed(2).padStart(6)} GB/s  (the ceiling)`);
+  console.log(
+    `${'sha256 of memory'.padEnd(24)} ${''.padEnd(7)} ${median(memTimes).toFixed(1).padStart(9)} ms  ${memGbps.toFixed(2).padStart(6)} GB/s  (the ceiling)`,
+  );
   // Files younger than the racy margin are never cached: wait it out.
   await new Promise((r) => setTimeout(r, Number(RACY_MARGIN_NS / 1_000_000n) + 500));
   const treeFiles = listFiles(tree);
 
-  for (const [label, target, files] of [[`file ${GB} GB`, big, [big]], [`dir ${FILES} files`, tree, treeFiles]] as const) {
+  for (const [label, target, files] of [
+    [`file ${GB} GB`, big, [big]],
+    [`dir ${FILES} files`, tree, treeFiles],
+  ] as const) {
     const cacheFile = path.join(work, `stat-${rows.length}.sqlite`);
     if (evict([...files])) {
-      measure(label, 'cold', target, cacheFile, () => { fs.rmSync(cacheFile, { force: true }); evict([...files]); });
+      measure(label, 'cold', target, cacheFile, () => {
+        fs.rmSync(cacheFile, { force: true });
+        evict([...files]);
+      });
     }
     measure(label, 'rehash', target, null);
     measure(label, 'warm', target, cacheFile);
@@ -129,20 +159,40 @@ try {
 
   // End to end: import the 2 GB file into a store, then a cached realize.
   const stageFile = path.join(work, 'stages.ts');
-  fs.writeFileSync(stageFile, `import { stage } from 'cairn';\nexport default stage({ name: 'uses-big', config: {}, files: ['big.bin'], build: () => {} });\n`);
+  fs.writeFileSync(
+    stageFile,
+    `import { stage } from 'cairn';\nexport default stage({ name: 'uses-big', config: {}, files: ['big.bin'], build: () => {} });\n`,
+  );
   const env = { XDG_CACHE_HOME: path.join(work, 'cache') };
   const store = path.join(work, 'store');
   const importMs = cliMs(['--store', store, 'realize', '-q', stageFile], env);
   const cached = Array.from({ length: REPS }, () => cliMs(['--store', store, 'realize', '-q', stageFile], env));
-  console.log(`realize, ${GB} GB input   import  ${importMs.toFixed(0).padStart(9)} ms  (hash, copy, hash of the copy, seal)`);
-  console.log(`realize, ${GB} GB input   cached  ${median(cached).toFixed(0).padStart(9)} ms  (whole process, warm stat cache)`);
+  console.log(
+    `realize, ${GB} GB input   import  ${importMs.toFixed(0).padStart(9)} ms  (hash, copy, hash of the copy, seal)`,
+  );
+  console.log(
+    `realize, ${GB} GB input   cached  ${median(cached).toFixed(0).padStart(9)} ms  (whole process, warm stat cache)`,
+  );
   const rehash = rows.filter((r) => r.mode === 'rehash');
   const missed = rehash.filter((r) => r.gbps < GOAL_GBPS);
   for (const r of missed) console.log(`MISSED: ${r.case} rehash ${r.gbps} GB/s < ${GOAL_GBPS} GB/s`);
-  fs.writeFileSync(path.join(ROOT, 'bench', 'inputs-results.json'), JSON.stringify({
-    date: new Date().toISOString(), cpu: os.cpus()[0]?.model, node: process.version, reps: REPS, loadavg: os.loadavg(), memGbps,
-    rows, realize: { importMs: Math.round(importMs), cachedMs: Math.round(median(cached)) },
-  }, null, 2) + '\n');
+  fs.writeFileSync(
+    path.join(ROOT, 'bench', 'inputs-results.json'),
+    JSON.stringify(
+      {
+        date: new Date().toISOString(),
+        cpu: os.cpus()[0]?.model,
+        node: process.version,
+        reps: REPS,
+        loadavg: os.loadavg(),
+        memGbps,
+        rows,
+        realize: { importMs: Math.round(importMs), cachedMs: Math.round(median(cached)) },
+      },
+      null,
+      2,
+    ) + '\n',
+  );
 } finally {
   spawnSync('chmod', ['-R', 'u+w', work]);
   fs.rmSync(work, { recursive: true, force: true });

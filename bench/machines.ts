@@ -38,13 +38,20 @@ const KEEP = process.env.BENCH_KEEP === '1';
 const GOAL_RESTORE = 0.3;
 const GOAL_CACHED3 = 0.5;
 
-const log = (s: string): void => { process.stderr.write(s + '\n'); };
+const log = (s: string): void => {
+  process.stderr.write(s + '\n');
+};
 function die(msg: string): never {
   process.stderr.write(`bench: error: ${msg}\n`);
   process.exit(1);
 }
 
-interface Stats { median: number; min: number; max: number; samples: number[] }
+interface Stats {
+  median: number;
+  min: number;
+  max: number;
+  samples: number[];
+}
 const round = (x: number): number => Math.round(x * 10) / 10;
 function stats(samples: number[]): Stats {
   const s = [...samples].sort((a, b) => a - b);
@@ -63,7 +70,11 @@ function sh(cmd: string, args: string[], what = `${cmd} ${args.join(' ')}`): str
 
 function preflight(): void {
   if (process.getuid?.() !== 0) die('needs root (mounts a loop XFS for the reflink store)');
-  for (const [bin, arg] of [['qemu-system-x86_64', '--version'], ['qemu-img', '--version'], ['mkfs.xfs', '-V']] as const) {
+  for (const [bin, arg] of [
+    ['qemu-system-x86_64', '--version'],
+    ['qemu-img', '--version'],
+    ['mkfs.xfs', '-V'],
+  ] as const) {
     const r = spawnSync(bin, [arg]);
     if (r.error || r.status !== 0) die(`${bin} does not run; install it (qemu-system-x86, qemu-utils, xfsprogs)`);
   }
@@ -81,16 +92,29 @@ function snapshotCli(work: string): string {
 }
 
 class Cli {
-  constructor(readonly cli: string, readonly store: string, readonly env: NodeJS.ProcessEnv = {}) {}
+  constructor(
+    readonly cli: string,
+    readonly store: string,
+    readonly env: NodeJS.ProcessEnv = {},
+  ) {}
   /** One timed whole process; throws if it fails. */
   run(args: string[]): { ms: number; stdout: string; stderr: string } {
-    const env: NodeJS.ProcessEnv = { ...process.env, ...this.env, XDG_CACHE_HOME: path.join(path.dirname(this.store), 'cache') };
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      ...this.env,
+      XDG_CACHE_HOME: path.join(path.dirname(this.store), 'cache'),
+    };
     delete env.NODE_OPTIONS;
     delete env.CAIRN_STORE;
     const t0 = performance.now();
-    const r = spawnSync(NODE, [this.cli, '--store', this.store, ...args], { env, encoding: 'utf8', maxBuffer: 1 << 26 });
+    const r = spawnSync(NODE, [this.cli, '--store', this.store, ...args], {
+      env,
+      encoding: 'utf8',
+      maxBuffer: 1 << 26,
+    });
     const ms = performance.now() - t0;
-    if (r.error || r.status !== 0) throw new Error(`cairn ${args.join(' ')} failed (${r.status}): ${r.error?.message ?? r.stderr.slice(-2000)}`);
+    if (r.error || r.status !== 0)
+      throw new Error(`cairn ${args.join(' ')} failed (${r.status}): ${r.error?.message ?? r.stderr.slice(-2000)}`);
     return { ms, stdout: r.stdout, stderr: r.stderr };
   }
   times(n: number, args: (i: number) => string[]): Stats {
@@ -102,7 +126,20 @@ class Cli {
 
 const load = (): number[] => os.loadavg().map((x) => Math.round(x * 100) / 100);
 // Options go before the words: after them they would be words of the last step.
-const PIPE = ['machine', '-q', 'tiny', '+', 'exec', 'echo a > /mnt/a', '+', 'exec', 'echo b >> /mnt/a', '+', 'exec', 'echo c >> /mnt/a'];
+const PIPE = [
+  'machine',
+  '-q',
+  'tiny',
+  '+',
+  'exec',
+  'echo a > /mnt/a',
+  '+',
+  'exec',
+  'echo b >> /mnt/a',
+  '+',
+  'exec',
+  'echo c >> /mnt/a',
+];
 
 /** In-process: resume the newest state of `store` to a shell that has answered a command, then discard. */
 async function inProcessRestore(storeDir: string, n: number): Promise<Stats> {
@@ -125,7 +162,11 @@ async function inProcessRestore(storeDir: string, n: number): Promise<Stats> {
 /** In-process: cloneDisk of the newest state's disk in `storeDir` with `mode`. */
 async function cloneOnly(storeDir: string, mode: CloneMode, n: number): Promise<{ stats: Stats; bytes: number }> {
   const store = LocalStore.open(storeDir);
-  const rows = allRealizations(store).filter((r) => fs.existsSync(path.join(store.outPath(r.rref), 'disk.qcow2')) && fs.existsSync(path.join(store.outPath(r.rref), 'machine.json')));
+  const rows = allRealizations(store).filter(
+    (r) =>
+      fs.existsSync(path.join(store.outPath(r.rref), 'disk.qcow2')) &&
+      fs.existsSync(path.join(store.outPath(r.rref), 'machine.json')),
+  );
   const src = path.join(store.outPath(rows[rows.length - 1]!.rref), 'disk.qcow2');
   const xs: number[] = [];
   for (let i = 0; i < n; i++) {
@@ -156,7 +197,10 @@ async function main(): Promise<void> {
     }
     if (!KEEP) fs.rmSync(work, { recursive: true, force: true });
   };
-  process.on('SIGINT', () => { cleanup(); process.exit(130); });
+  process.on('SIGINT', () => {
+    cleanup();
+    process.exit(130);
+  });
   try {
     const cli = snapshotCli(work);
     const loadBefore = load();
@@ -174,7 +218,10 @@ async function main(): Promise<void> {
     log('bench: setting up the tiny base and a 3-step pipeline (ext4 store)');
     ext4.run(PIPE);
     const bootFile = path.join(work, 'boot.ts');
-    fs.writeFileSync(bootFile, `import { tiny } from ${JSON.stringify(path.join(path.dirname(path.dirname(cli)), 'src', 'backends', 'qemu', 'bases.js'))};\nexport default tiny();\n`);
+    fs.writeFileSync(
+      bootFile,
+      `import { tiny } from ${JSON.stringify(path.join(path.dirname(path.dirname(cli)), 'src', 'backends', 'qemu', 'bases.js'))};\nexport default tiny();\n`,
+    );
     const cliHelp = ext4.times(REPS, () => ['machine', 'ls']);
     const restore = ext4.times(REPS, () => ['machine', '-q', 'tiny', '+', 'transient', 'exec', 'true']);
     const cached3 = ext4.times(REPS, () => PIPE);
@@ -214,7 +261,11 @@ async function main(): Promise<void> {
     const bigRaw = path.join(work, 'big.raw');
     sh('sh', ['-c', `head -c 256M /dev/urandom > ${bigRaw}`]);
     const bigClone: Record<string, Stats> = {};
-    for (const { mode, at } of [{ mode: 'reflink', at: mnt }, { mode: 'overlay', at: work }, { mode: 'copy', at: work }] as const) {
+    for (const { mode, at } of [
+      { mode: 'reflink', at: mnt },
+      { mode: 'overlay', at: work },
+      { mode: 'copy', at: work },
+    ] as const) {
       const src = path.join(at, `big-${mode}.qcow2`);
       sh('qemu-img', ['convert', '-O', 'qcow2', bigRaw, src]);
       const xs: number[] = [];
@@ -233,7 +284,12 @@ async function main(): Promise<void> {
 
     const results = {
       date: new Date().toISOString(),
-      machine: { cpus: `${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}`, node: process.version, qemu: sh('qemu-system-x86_64', ['--version']).split('\n')[0], accel: 'tcg' },
+      machine: {
+        cpus: `${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}`,
+        node: process.version,
+        qemu: sh('qemu-system-x86_64', ['--version']).split('\n')[0],
+        accel: 'tcg',
+      },
       reps: REPS,
       load: { before: loadBefore, afterAB: loadAB, afterC: loadC },
       nodeStartup: stats(nodeStart),
@@ -259,13 +315,20 @@ async function main(): Promise<void> {
         [`(c) one uncached step, ${m} (chain ${r.chain})`, fmt(r.step)],
         [`(c) clone alone, ${m} (${(r.diskBytes / 2 ** 20).toFixed(1)} MiB image)`, fmt(r.clone)],
       ]),
-      ...Object.entries(bigClone).map(([m, st]): [string, string] => [`(c) clone alone, ${m}, 256 MiB random-data qcow2`, fmt(st)]),
+      ...Object.entries(bigClone).map(([m, st]): [string, string] => [
+        `(c) clone alone, ${m}, 256 MiB random-data qcow2`,
+        fmt(st),
+      ]),
     ];
     const w = Math.max(...rows.map((r) => r[0].length));
     for (const [k, v] of rows) process.stdout.write(`${k.padEnd(w)}  ${v}\n`);
-    process.stdout.write(`load average before ${loadBefore.join(' ')}, after (a)(b) ${loadAB.join(' ')}, after (c) ${loadC.join(' ')}\n`);
+    process.stdout.write(
+      `load average before ${loadBefore.join(' ')}, after (a)(b) ${loadAB.join(' ')}, after (c) ${loadC.join(' ')}\n`,
+    );
     const goal = (name: string, s: Stats, limit: number): void => {
-      process.stdout.write(`${s.median / 1000 <= limit ? 'met' : 'MISSED'}: ${name} median ${(s.median / 1000).toFixed(2)} s (goal ${limit} s)\n`);
+      process.stdout.write(
+        `${s.median / 1000 <= limit ? 'met' : 'MISSED'}: ${name} median ${(s.median / 1000).toFixed(2)} s (goal ${limit} s)\n`,
+      );
     };
     goal('restore (CLI)', restore, GOAL_RESTORE);
     goal('restore (in-process)', restoreInProcess, GOAL_RESTORE);

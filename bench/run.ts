@@ -54,19 +54,24 @@ function die(msg: string): never {
   process.exit(1);
 }
 
-const log = (s: string): void => { process.stderr.write(s + '\n'); };
+const log = (s: string): void => {
+  process.stderr.write(s + '\n');
+};
 
 // ---------------------------------------------------------------- preflight
 
 function preflight(): { nixVersion: string } {
   const nix = spawnSync('nix-build', ['--version'], { encoding: 'utf8' });
   if (nix.error || nix.status !== 0) {
-    die('nix-build was not found on PATH (or does not run): this benchmark compares Cairn against Nix and will not '
-      + 'silently skip it. Install Nix (Debian: apt-get install nix-bin) or put nix-build on PATH. '
-      + `(${nix.error ? nix.error.message : `exit ${nix.status}: ${nix.stderr.trim()}`})`);
+    die(
+      'nix-build was not found on PATH (or does not run): this benchmark compares Cairn against Nix and will not ' +
+        'silently skip it. Install Nix (Debian: apt-get install nix-bin) or put nix-build on PATH. ' +
+        `(${nix.error ? nix.error.message : `exit ${nix.status}: ${nix.stderr.trim()}`})`,
+    );
   }
   if (!fs.existsSync('/bin/sh')) die('/bin/sh is missing; the Nix derivations use it as their builder');
-  if (!fs.existsSync(CLI)) die(`${path.relative(ROOT, CLI)} is missing: run \`npm run build\` first (or use \`npm run bench\`)`);
+  if (!fs.existsSync(CLI))
+    die(`${path.relative(ROOT, CLI)} is missing: run \`npm run build\` first (or use \`npm run bench\`)`);
   return { nixVersion: nix.stdout.trim() };
 }
 
@@ -88,20 +93,26 @@ const build = ({ config, out }: { config: { i: number }; out: string }): void =>
 };
 `;
   if (shape === 'chain') {
-    return head + `
+    return (
+      head +
+      `
 export default (): Stage<unknown> => {
   let prev: Stage<unknown> | null = null;
   for (let i = 0; i < N; i++) prev = stage({ name: \`c\${i}\`, version: '1', config: { i, prev }, build });
   return prev!;
 };
-`;
+`
+    );
   }
-  return head + `
+  return (
+    head +
+    `
 export default (): Stage<unknown> => {
   const leaves = Array.from({ length: N }, (_, i) => stage({ name: \`l\${i}\`, version: '1', config: { i }, build }));
   return stage({ name: 'top', version: '1', config: { i: N, leaves }, build });
 };
-`;
+`
+  );
 }
 
 /** The same graph as `builtins.derivation`s: builder /bin/sh writes a tiny file to $out. */
@@ -132,7 +143,11 @@ in mk "top" n { deps = leaves; }
 
 // ---------------------------------------------------------------- running
 
-interface Run { ms: number; stdout: string; stderr: string }
+interface Run {
+  ms: number;
+  stdout: string;
+  stderr: string;
+}
 
 function run(cmd: string, args: string[], env: NodeJS.ProcessEnv, what: string): Run {
   const t0 = performance.now();
@@ -183,9 +198,15 @@ function snapshotCli(work: string): string {
     const cli = path.join(pkg, 'dist', 'cli', 'main.js');
     const smoke = path.join(work, 'smoke.ts');
     fs.writeFileSync(smoke, cairnStageFile('chain', 2));
-    const r = spawnSync(NODE, [cli, 'instantiate', smoke], { env: { ...baseEnv(), XDG_CACHE_HOME: path.join(work, 'smoke-cache') }, encoding: 'utf8' });
+    const r = spawnSync(NODE, [cli, 'instantiate', smoke], {
+      env: { ...baseEnv(), XDG_CACHE_HOME: path.join(work, 'smoke-cache') },
+      encoding: 'utf8',
+    });
     if (r.status === 0 && r.stdout.trim().split('\n').length === 2) return cli;
-    if (attempt === 3) die(`the copy of dist/ does not work (is dist/ being rebuilt?): cairn instantiate exited with ${r.status}:\n${tail(r.stderr)}`);
+    if (attempt === 3)
+      die(
+        `the copy of dist/ does not work (is dist/ being rebuilt?): cairn instantiate exited with ${r.status}:\n${tail(r.stderr)}`,
+      );
     log(`bench: the copy of dist/ failed a smoke test (dist/ being rebuilt?); copying again in 5 s`);
     spawnSync('sleep', ['5']);
   }
@@ -203,15 +224,25 @@ const MODE_LABEL: Record<Mode, string> = { node: 'Node process', server: 'server
 class CairnTool {
   private readonly client: string;
   readonly socket: string;
-  constructor(private readonly work: string, private readonly cli: string) {
+  constructor(
+    private readonly work: string,
+    private readonly cli: string,
+  ) {
     this.client = path.join(path.dirname(path.dirname(cli)), 'bin', 'cairn');
     this.socket = path.join(work, 'server', 'server.sock');
   }
-  store(tag: string): string { return path.join(this.work, 'cairn', tag, 'store'); }
+  store(tag: string): string {
+    return path.join(this.work, 'cairn', tag, 'store');
+  }
 
   /** Starts the server (its workers warm) for the `server` runs. */
   startServer(): void {
-    run(this.client, ['server', 'start', '--workers', String(Math.max(2, JOBS))], { ...baseEnv(), CAIRN_SERVER_SOCKET: this.socket }, 'cairn server start');
+    run(
+      this.client,
+      ['server', 'start', '--workers', String(Math.max(2, JOBS))],
+      { ...baseEnv(), CAIRN_SERVER_SOCKET: this.socket },
+      'cairn server start',
+    );
   }
 
   stopServer(): void {
@@ -222,7 +253,8 @@ class CairnTool {
     const env = { ...this.env(store), CAIRN_SERVER_SOCKET: this.socket, CAIRN_SERVER_DEBUG: '1' };
     const r = mode === 'node' ? run(NODE, [this.cli, ...args], env, what) : run(this.client, args, env, what);
     // A run the server left to Node would measure the wrong thing.
-    if (mode === 'server' && r.stderr.includes('running without the server')) throw new Error(`${what}: the server did not run it:\n${tail(r.stderr)}`);
+    if (mode === 'server' && r.stderr.includes('running without the server'))
+      throw new Error(`${what}: the server did not run it:\n${tail(r.stderr)}`);
     return r;
   }
 
@@ -236,7 +268,12 @@ class CairnTool {
   }
 
   /** Timed: the whole CLI process. --json gives the CLI's own realize() time and the build count. */
-  realizeJson(mode: Mode, store: string, file: string, what: string): { ms: number; realizeMs: number; builds: number; rref: string } {
+  realizeJson(
+    mode: Mode,
+    store: string,
+    file: string,
+    what: string,
+  ): { ms: number; realizeMs: number; builds: number; rref: string } {
     const r = this.realize(mode, store, ['--store', store, 'realize', file, '-q', '-j', String(JOBS), '--json'], what);
     const j = JSON.parse(r.stdout) as { ms: number; builds: number; targets: { rrefs: string[] }[] };
     return { ms: r.ms, realizeMs: j.ms, builds: j.builds, rref: j.targets[0]!.rrefs[0]! };
@@ -254,8 +291,15 @@ class CairnTool {
     const m = /^([^-]+)-(.+)$/.exec(rref);
     const file = m ? path.join(store, 'd', m[2]!, 'r', m[1]!, 'out', 'v') : '';
     let got: string | undefined;
-    try { got = fs.readFileSync(file, 'utf8'); } catch { got = undefined; }
-    if (got !== expected) throw new Error(`${what}: target ${rref} should contain ${JSON.stringify(expected)} at ${file}, found ${JSON.stringify(got)}`);
+    try {
+      got = fs.readFileSync(file, 'utf8');
+    } catch {
+      got = undefined;
+    }
+    if (got !== expected)
+      throw new Error(
+        `${what}: target ${rref} should contain ${JSON.stringify(expected)} at ${file}, found ${JSON.stringify(got)}`,
+      );
   }
 }
 
@@ -268,7 +312,9 @@ class NixTool {
     fs.writeFileSync(path.join(this.conf, 'user.conf'), '');
   }
 
-  store(tag: string): string { return path.join(this.work, 'nix', tag); }
+  store(tag: string): string {
+    return path.join(this.work, 'nix', tag);
+  }
 
   /**
    * A real (non-chroot) store relocated under `dir`: store paths are
@@ -284,33 +330,40 @@ class NixTool {
       NIX_CONF_DIR: this.conf,
       NIX_USER_CONF_FILES: path.join(this.conf, 'user.conf'),
       XDG_CACHE_HOME: path.join(dir, 'cache'),
-      NIX_CONFIG: [
-        'sandbox = false',
-        'substituters =',
-        'build-users-group =',
-        `max-jobs = ${JOBS}`,
-        'cores = 1',
-      ].join('\n'),
+      NIX_CONFIG: ['sandbox = false', 'substituters =', 'build-users-group =', `max-jobs = ${JOBS}`, 'cores = 1'].join(
+        '\n',
+      ),
     };
   }
 
   build(dir: string, file: string, what: string): { ms: number; out: string; built: number } {
     const r = run('nix-build', [file, '--no-out-link', '--max-jobs', String(JOBS)], this.env(dir), what);
-    const built = r.stderr.split('\n').filter((l) => l.startsWith('building \'')).length;
+    const built = r.stderr.split('\n').filter((l) => l.startsWith("building '")).length;
     return { ms: r.ms, out: lastLine(r.stdout), built };
   }
 
   check(dir: string, out: string, expected: string, what: string): void {
-    if (!out.startsWith(path.join(dir, 'store') + '/')) throw new Error(`${what}: output ${out} is not in the relocated store ${dir}/store`);
+    if (!out.startsWith(path.join(dir, 'store') + '/'))
+      throw new Error(`${what}: output ${out} is not in the relocated store ${dir}/store`);
     let got: string | undefined;
-    try { got = fs.readFileSync(out, 'utf8'); } catch { got = undefined; }
-    if (got !== expected) throw new Error(`${what}: ${out} should contain ${JSON.stringify(expected)}, found ${JSON.stringify(got)}`);
+    try {
+      got = fs.readFileSync(out, 'utf8');
+    } catch {
+      got = undefined;
+    }
+    if (got !== expected)
+      throw new Error(`${what}: ${out} should contain ${JSON.stringify(expected)}, found ${JSON.stringify(got)}`);
   }
 }
 
 // ---------------------------------------------------------------- statistics
 
-interface Stats { median: number; min: number; max: number; samples: number[] }
+interface Stats {
+  median: number;
+  min: number;
+  max: number;
+  samples: number[];
+}
 
 function stats(samples: number[]): Stats {
   const s = [...samples].sort((a, b) => a - b);
@@ -320,8 +373,10 @@ function stats(samples: number[]): Stats {
 }
 
 const round = (x: number, d = 1): number => Math.round(x * 10 ** d) / 10 ** d;
-const fmtMs = (x: number): string => (x >= 10_000 ? `${(x / 1000).toFixed(1)} s` : x >= 1000 ? `${(x / 1000).toFixed(2)} s` : `${x.toFixed(0)} ms`);
-const fmtStats = (s: Stats | undefined): string => (s ? (s.samples.length > 1 ? `${fmtMs(s.median)} (min ${fmtMs(s.min)})` : `${fmtMs(s.median)} (1 run)`) : 'not run');
+const fmtMs = (x: number): string =>
+  x >= 10_000 ? `${(x / 1000).toFixed(1)} s` : x >= 1000 ? `${(x / 1000).toFixed(2)} s` : `${x.toFixed(0)} ms`;
+const fmtStats = (s: Stats | undefined): string =>
+  s ? (s.samples.length > 1 ? `${fmtMs(s.median)} (min ${fmtMs(s.min)})` : `${fmtMs(s.median)} (1 run)`) : 'not run';
 
 // ---------------------------------------------------------------- the cases
 
@@ -337,7 +392,12 @@ interface CaseSpec {
   nix: boolean;
 }
 
-interface CairnResult { scratch: Stats; cached: Stats; scratchRealizeMs: number[]; cachedRealizeMs: number }
+interface CairnResult {
+  scratch: Stats;
+  cached: Stats;
+  scratchRealizeMs: number[];
+  cachedRealizeMs: number;
+}
 
 interface CaseResult {
   id: string;
@@ -358,7 +418,15 @@ function caseSpecs(): CaseSpec[] {
     { id: 'chain-1000', shape: 'chain', n: 1000, scratchReps: 1, cachedReps: 2 * REPS, scratchGoal: false, nix: true },
   ];
   if (!SKIP_10K) {
-    specs.push({ id: 'chain-10000', shape: 'chain', n: 10_000, scratchReps: 1, cachedReps: 2 * REPS, scratchGoal: false, nix: NIX_10K });
+    specs.push({
+      id: 'chain-10000',
+      shape: 'chain',
+      n: 10_000,
+      scratchReps: 1,
+      cachedReps: 2 * REPS,
+      scratchGoal: false,
+      nix: NIX_10K,
+    });
   }
   return specs;
 }
@@ -410,7 +478,9 @@ function runCase(spec: CaseSpec, work: string, cairn: CairnTool, nix: NixTool): 
         nScratch.push(r.ms);
       }
     }
-    log(`  ${spec.id} from scratch ${rep + 1}/${spec.scratchReps}: cairn ${MODES.map((m) => `(${MODE_LABEL[m]}) ${fmtMs(cScratch[m].at(-1)!)}`).join(', ')}${spec.nix ? `, nix ${fmtMs(nScratch.at(-1)!)}` : ''}`);
+    log(
+      `  ${spec.id} from scratch ${rep + 1}/${spec.scratchReps}: cairn ${MODES.map((m) => `(${MODE_LABEL[m]}) ${fmtMs(cScratch[m].at(-1)!)}`).join(', ')}${spec.nix ? `, nix ${fmtMs(nScratch.at(-1)!)}` : ''}`,
+    );
   }
 
   // Fully cached, on the store of the last from-scratch run. One untimed
@@ -418,12 +488,14 @@ function runCase(spec: CaseSpec, work: string, cairn: CairnTool, nix: NixTool): 
   const warm = {} as Record<Mode, { realizeMs: number; rref: string }>;
   for (const m of MODES) {
     const w = cairn.realizeJson(m, cStore[m], tsFile, `cairn (${MODE_LABEL[m]}) realize ${spec.id} cached (check)`);
-    if (w.builds !== 0) throw new Error(`cairn realize ${spec.id}: the second run built ${w.builds} stage(s); it should be fully cached`);
+    if (w.builds !== 0)
+      throw new Error(`cairn realize ${spec.id}: the second run built ${w.builds} stage(s); it should be fully cached`);
     warm[m] = w;
   }
   if (spec.nix) {
     const w = nix.build(nStore, nixExpr, `nix-build ${spec.id} cached (check)`);
-    if (w.built !== 0) throw new Error(`nix-build ${spec.id}: the second run built ${w.built} derivation(s); it should be fully cached`);
+    if (w.built !== 0)
+      throw new Error(`nix-build ${spec.id}: the second run built ${w.built} derivation(s); it should be fully cached`);
   }
   const cCached: Record<Mode, number[]> = { node: [], server: [] };
   const nCached: number[] = [];
@@ -432,7 +504,8 @@ function runCase(spec: CaseSpec, work: string, cairn: CairnTool, nix: NixTool): 
       if (tool !== 'nix') {
         const what = `cairn (${MODE_LABEL[tool]}) realize ${spec.id} cached (rep ${rep + 1})`;
         const r = cairn.realizeQuiet(tool, cStore[tool], tsFile, what);
-        if (r.rref !== warm[tool].rref) throw new Error(`${what}: target ${r.rref} differs from the first run's ${warm[tool].rref}`);
+        if (r.rref !== warm[tool].rref)
+          throw new Error(`${what}: target ${r.rref} differs from the first run's ${warm[tool].rref}`);
         cCached[tool].push(r.ms);
       } else if (spec.nix) {
         const what = `nix-build ${spec.id} cached (rep ${rep + 1})`;
@@ -442,16 +515,34 @@ function runCase(spec: CaseSpec, work: string, cairn: CairnTool, nix: NixTool): 
       }
     }
   }
-  const mode = (m: Mode): CairnResult => ({ scratch: stats(cScratch[m]), cached: stats(cCached[m]), scratchRealizeMs: cRealize[m], cachedRealizeMs: warm[m].realizeMs });
-  const result: CaseResult = { id: spec.id, shape: spec.shape, stages, cairn: { node: mode('node'), server: mode('server') } };
+  const mode = (m: Mode): CairnResult => ({
+    scratch: stats(cScratch[m]),
+    cached: stats(cCached[m]),
+    scratchRealizeMs: cRealize[m],
+    cachedRealizeMs: warm[m].realizeMs,
+  });
+  const result: CaseResult = {
+    id: spec.id,
+    shape: spec.shape,
+    stages,
+    cairn: { node: mode('node'), server: mode('server') },
+  };
   if (spec.nix) result.nix = { scratch: stats(nScratch), cached: stats(nCached) };
-  log(`  ${spec.id} cached: cairn ${MODES.map((m) => `(${MODE_LABEL[m]}) ${fmtStats(result.cairn[m].cached)}`).join(', ')}${result.nix ? `, nix ${fmtStats(result.nix.cached)}` : ''}`);
+  log(
+    `  ${spec.id} cached: cairn ${MODES.map((m) => `(${MODE_LABEL[m]}) ${fmtStats(result.cairn[m].cached)}`).join(', ')}${result.nix ? `, nix ${fmtStats(result.nix.cached)}` : ''}`,
+  );
   return result;
 }
 
 // ---------------------------------------------------------------- goals and report
 
-interface Goal { name: string; measured: string; target: string; met: boolean | null; note?: string }
+interface Goal {
+  name: string;
+  measured: string;
+  target: string;
+  met: boolean | null;
+  note?: string;
+}
 
 function timeNodeStartup(reps: number): Stats {
   const samples: number[] = [];
@@ -462,7 +553,9 @@ function timeNodeStartup(reps: number): Stats {
 function gitDescribe(): string {
   const head = spawnSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' });
   if (head.status !== 0) return 'unknown';
-  const dirty = spawnSync('git', ['-C', ROOT, 'status', '--porcelain', '--', 'src', 'cli'], { encoding: 'utf8' }).stdout.trim() !== '';
+  const dirty =
+    spawnSync('git', ['-C', ROOT, 'status', '--porcelain', '--', 'src', 'cli'], { encoding: 'utf8' }).stdout.trim() !==
+    '';
   return head.stdout.trim() + (dirty ? ' (with uncommitted changes in src/ or cli/)' : '');
 }
 
@@ -471,7 +564,9 @@ function main(): void {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'cairn-bench-'));
   const started = new Date();
   const loadBefore = os.loadavg();
-  log(`bench: work dir ${work}; ${JOBS} job(s) for both tools; ${REPS} rep(s) from scratch, ${4 * REPS} cached at 200 stages`);
+  log(
+    `bench: work dir ${work}; ${JOBS} job(s) for both tools; ${REPS} rep(s) from scratch, ${4 * REPS} cached at 200 stages`,
+  );
   const cairn = new CairnTool(work, snapshotCli(work));
   const nix = new NixTool(work);
   const results: CaseResult[] = [];
@@ -504,11 +599,21 @@ function main(): void {
       const c = r.cairn[m];
       if (spec.scratchGoal) {
         const x = ratio(c.scratch.median, r.nix.scratch.median);
-        goals.push({ name: `from scratch, ${r.id}, Cairn ${MODE_LABEL[m]}`, measured: `${x}× Nix`, target: `≤ ${GOAL_SCRATCH}×`, met: x <= GOAL_SCRATCH });
+        goals.push({
+          name: `from scratch, ${r.id}, Cairn ${MODE_LABEL[m]}`,
+          measured: `${x}× Nix`,
+          target: `≤ ${GOAL_SCRATCH}×`,
+          met: x <= GOAL_SCRATCH,
+        });
       }
       if (r.id === 'chain-1') continue; // start-up only: reported, not a goal of its own
       const y = ratio(c.cached.median, r.nix.cached.median);
-      goals.push({ name: `cached, ${r.id}, Cairn ${MODE_LABEL[m]}`, measured: `${y}× Nix`, target: `≤ ${GOAL_CACHED}×`, met: y <= GOAL_CACHED });
+      goals.push({
+        name: `cached, ${r.id}, Cairn ${MODE_LABEL[m]}`,
+        measured: `${y}× Nix`,
+        target: `≤ ${GOAL_CACHED}×`,
+        met: y <= GOAL_CACHED,
+      });
     }
   }
   const c1 = byId.get('chain-1');
@@ -517,7 +622,12 @@ function main(): void {
   const linear: Partial<Record<Mode, Record<string, number>>> = {};
   for (const m of MODES) {
     if (!(c1 && k1 && k10)) {
-      goals.push({ name: `cached growth, 1,000 → 10,000 stages, Cairn ${MODE_LABEL[m]}`, measured: 'not run (BENCH_SKIP_10K)', target: `≤ ${GOAL_LINEAR}×`, met: null });
+      goals.push({
+        name: `cached growth, 1,000 → 10,000 stages, Cairn ${MODE_LABEL[m]}`,
+        measured: 'not run (BENCH_SKIP_10K)',
+        target: `≤ ${GOAL_LINEAR}×`,
+        met: null,
+      });
       continue;
     }
     // Whole-process times include a fixed start-up cost (the cached one-stage
@@ -534,9 +644,14 @@ function main(): void {
     const high = (t10k - t1k) / 9000;
     const l = {
       fixedMs: t1,
-      perStageMs1000: round(raw1, 4), perStageMs10000: round(raw10, 4), rawRatio: ratio(raw10, raw1),
-      marginalPerStageMs1to1000: round(low, 4), marginalPerStageMs1000to10000: round(high, 4), marginalRatio: ratio(high, low),
-      realizePerStageMs1000: round(k1.cairn[m].cachedRealizeMs / 1000, 4), realizePerStageMs10000: round(k10.cairn[m].cachedRealizeMs / 10_000, 4),
+      perStageMs1000: round(raw1, 4),
+      perStageMs10000: round(raw10, 4),
+      rawRatio: ratio(raw10, raw1),
+      marginalPerStageMs1to1000: round(low, 4),
+      marginalPerStageMs1000to10000: round(high, 4),
+      marginalRatio: ratio(high, low),
+      realizePerStageMs1000: round(k1.cairn[m].cachedRealizeMs / 1000, 4),
+      realizePerStageMs10000: round(k10.cairn[m].cachedRealizeMs / 10_000, 4),
     };
     linear[m] = l;
     goals.push({
@@ -549,7 +664,19 @@ function main(): void {
   }
 
   // Table.
-  const rows: string[][] = [['Case', 'Stages', 'Run', 'Cairn', 'Cairn median (min)', 'Nix median (min)', 'Cairn/Nix median (min)', 'Goal', 'Status']];
+  const rows: string[][] = [
+    [
+      'Case',
+      'Stages',
+      'Run',
+      'Cairn',
+      'Cairn median (min)',
+      'Nix median (min)',
+      'Cairn/Nix median (min)',
+      'Goal',
+      'Status',
+    ],
+  ];
   for (const r of results) {
     const spec = caseSpecs().find((s) => s.id === r.id)!;
     for (const run of ['scratch', 'cached'] as const) {
@@ -557,24 +684,58 @@ function main(): void {
         const c = r.cairn[m][run];
         const n = r.nix?.[run];
         const x = n ? ratio(c.median, n.median) : undefined;
-        const goal = run === 'scratch' ? (spec.scratchGoal ? GOAL_SCRATCH : undefined) : (r.id === 'chain-1' ? undefined : GOAL_CACHED);
-        const status = x === undefined || goal === undefined ? (x === undefined ? 'no Nix run' : 'info') : x <= goal ? 'met' : 'MISSED';
-        rows.push([r.id, String(r.stages), run === 'scratch' ? 'from scratch' : 'cached', MODE_LABEL[m], fmtStats(c), fmtStats(n),
-          x === undefined ? '–' : `${x.toFixed(2)}× (${ratio(c.min, n!.min).toFixed(2)}×)`, goal === undefined ? '–' : `≤ ${goal}×`, status]);
+        const goal =
+          run === 'scratch'
+            ? spec.scratchGoal
+              ? GOAL_SCRATCH
+              : undefined
+            : r.id === 'chain-1'
+              ? undefined
+              : GOAL_CACHED;
+        const status =
+          x === undefined || goal === undefined
+            ? x === undefined
+              ? 'no Nix run'
+              : 'info'
+            : x <= goal
+              ? 'met'
+              : 'MISSED';
+        rows.push([
+          r.id,
+          String(r.stages),
+          run === 'scratch' ? 'from scratch' : 'cached',
+          MODE_LABEL[m],
+          fmtStats(c),
+          fmtStats(n),
+          x === undefined ? '–' : `${x.toFixed(2)}× (${ratio(c.min, n!.min).toFixed(2)}×)`,
+          goal === undefined ? '–' : `≤ ${goal}×`,
+          status,
+        ]);
       }
     }
   }
-  const md = (rs: string[][]): string => rs.map((r, i) => `| ${r.join(' | ')} |` + (i === 0 ? `\n|${r.map(() => '---').join('|')}|` : '')).join('\n');
-  const breakdown: string[][] = [['Case', 'Cairn', 'process, cached', 'realize() inside it', 'outside realize()', 'realize() from scratch (median)']];
+  const md = (rs: string[][]): string =>
+    rs.map((r, i) => `| ${r.join(' | ')} |` + (i === 0 ? `\n|${r.map(() => '---').join('|')}|` : '')).join('\n');
+  const breakdown: string[][] = [
+    ['Case', 'Cairn', 'process, cached', 'realize() inside it', 'outside realize()', 'realize() from scratch (median)'],
+  ];
   for (const r of results) {
     for (const m of MODES) {
       const c = r.cairn[m];
       const sr = stats(c.scratchRealizeMs);
-      breakdown.push([r.id, MODE_LABEL[m], fmtMs(c.cached.median), fmtMs(c.cachedRealizeMs),
-        fmtMs(Math.max(0, c.cached.median - c.cachedRealizeMs)), `${fmtMs(sr.median)} of ${fmtMs(c.scratch.median)}`]);
+      breakdown.push([
+        r.id,
+        MODE_LABEL[m],
+        fmtMs(c.cached.median),
+        fmtMs(c.cachedRealizeMs),
+        fmtMs(Math.max(0, c.cached.median - c.cachedRealizeMs)),
+        `${fmtMs(sr.median)} of ${fmtMs(c.scratch.median)}`,
+      ]);
     }
   }
-  const goalLines = goals.map((g) => `- ${g.met === null ? 'NO VERDICT' : g.met ? 'met' : 'MISSED'}: ${g.name}: ${g.measured} (goal ${g.target})`);
+  const goalLines = goals.map(
+    (g) => `- ${g.met === null ? 'NO VERDICT' : g.met ? 'met' : 'MISSED'}: ${g.name}: ${g.measured} (goal ${g.target})`,
+  );
   const machine = {
     cpus: `${os.cpus().length} × ${os.cpus()[0]?.model ?? 'unknown'}`,
     os: `${os.type()} ${os.release()}${fs.existsSync('/etc/debian_version') ? `, Debian ${fs.readFileSync('/etc/debian_version', 'utf8').trim()}` : ''}`,
@@ -590,7 +751,9 @@ function main(): void {
     `Wall time of whole processes; -j ${JOBS} / --max-jobs ${JOBS}; load average ${machine.loadAverageBefore.join(' ')} before, ${machine.loadAverageAfter.join(' ')} after.`,
     `node -e 0: ${fmtStats(nodeStartup)}.`,
     ...(Math.max(loadBefore[0]!, loadAfter[0]!) > 0.5 * JOBS
-      ? [`Note: the machine was busy (load average above ${0.5 * JOBS}); other processes shared the ${os.cpus().length} cores, so the figures are noisy. Compare medians and mins.`]
+      ? [
+          `Note: the machine was busy (load average above ${0.5 * JOBS}); other processes shared the ${os.cpus().length} cores, so the figures are noisy. Compare medians and mins.`,
+        ]
       : []),
     '',
     md(rows),
@@ -598,24 +761,33 @@ function main(): void {
     'Goals:',
     ...goalLines,
     '',
-    'Where Cairn\'s time goes (from the CLI\'s own --json `ms`, which covers realize() only):',
+    "Where Cairn's time goes (from the CLI's own --json `ms`, which covers realize() only):",
     '',
     md(breakdown),
-    ...(k10 && !k10.nix ? ['', 'Nix was not run on the 10,000-stage chain (set BENCH_NIX_10K=1; Nix needs several minutes to build it).'] : []),
+    ...(k10 && !k10.nix
+      ? ['', 'Nix was not run on the 10,000-stage chain (set BENCH_NIX_10K=1; Nix needs several minutes to build it).']
+      : []),
   ].join('\n');
   process.stdout.write('\n' + report + '\n');
 
   const json = {
     date: started.toISOString(),
     machine,
-    settings: { reps: REPS, nix10k: NIX_10K, goals: { scratch: GOAL_SCRATCH, cached: GOAL_CACHED, linear: GOAL_LINEAR } },
+    settings: {
+      reps: REPS,
+      nix10k: NIX_10K,
+      goals: { scratch: GOAL_SCRATCH, cached: GOAL_CACHED, linear: GOAL_LINEAR },
+    },
     nodeStartup,
     cases: results,
     linear,
     goals,
   };
   fs.writeFileSync(path.join(ROOT, 'bench', 'results.json'), JSON.stringify(json, null, 2) + '\n');
-  fs.writeFileSync(path.join(ROOT, 'bench', 'results.md'), `# Benchmark results\n\nWritten by \`npm run bench\` (bench/run.ts); see docs/benchmarks.md.\n\n${report}\n`);
+  fs.writeFileSync(
+    path.join(ROOT, 'bench', 'results.md'),
+    `# Benchmark results\n\nWritten by \`npm run bench\` (bench/run.ts); see docs/benchmarks.md.\n\n${report}\n`,
+  );
   log('bench: wrote bench/results.json and bench/results.md');
 }
 

@@ -19,7 +19,9 @@ import { cairnBin } from '../test/helpers.js';
 
 const REPS = Number(process.env.BENCH_REPS ?? 3);
 const STAGES = Number(process.env.BENCH_STAGES ?? 1000);
-const log = (s: string): void => { process.stderr.write(s + '\n'); };
+const log = (s: string): void => {
+  process.stderr.write(s + '\n');
+};
 
 const STAGE_FILE = `
 import * as fs from 'node:fs';
@@ -57,40 +59,64 @@ try {
   };
   log(`realizing a chain of ${STAGES} stages on host a...`);
   const t0 = performance.now();
-  const top = onA(process.execPath, [cairnBin, '--store', a.store, 'realize', file, '-q']).stdout.trim().split('\n').pop()!;
+  const top = onA(process.execPath, [cairnBin, '--store', a.store, 'realize', file, '-q'])
+    .stdout.trim()
+    .split('\n')
+    .pop()!;
   log(`  ${((performance.now() - t0) / 1000).toFixed(1)} s; target ${top}`);
 
   const plain = path.join(hosts.dir, 'plain-b');
   const cairnPush = (): { ms: number; report: { plan: { rrefs: string[] }; transfer: unknown } } => {
-    const r = onA(process.execPath, [cairnBin, '--store', a.store, 'sync', 'push', ...hosts.syncOpts(), b.remote, top, '--json']);
+    const r = onA(process.execPath, [
+      cairnBin,
+      '--store',
+      a.store,
+      'sync',
+      'push',
+      ...hosts.syncOpts(),
+      b.remote,
+      top,
+      '--json',
+    ]);
     return { ms: r.ms, report: JSON.parse(r.stdout) as { plan: { rrefs: string[] }; transfer: unknown } };
   };
   const plainRsync = (): number => onA('rsync', ['-a', '-e', hosts.ssh, `${a.store}/`, `root@${b.addr}:${plain}/`]).ms;
-  const wipe = (p: string): void => { spawnSync('chmod', ['-R', 'u+w', p]); fs.rmSync(p, { recursive: true, force: true }); };
+  const wipe = (p: string): void => {
+    spawnSync('chmod', ['-R', 'u+w', p]);
+    fs.rmSync(p, { recursive: true, force: true });
+  };
 
   const rows: Record<string, number[]> = { 'cairn first': [], 'cairn no-op': [], 'rsync first': [], 'rsync no-op': [] };
   for (let i = 0; i < REPS; i++) {
     wipe(b.store);
     wipe(plain);
     const first = cairnPush();
-    if (first.report.plan.rrefs.length !== STAGES) throw new Error(`pushed ${first.report.plan.rrefs.length} realizations, expected ${STAGES}`);
+    if (first.report.plan.rrefs.length !== STAGES)
+      throw new Error(`pushed ${first.report.plan.rrefs.length} realizations, expected ${STAGES}`);
     rows['cairn first']!.push(first.ms);
     rows['rsync first']!.push(plainRsync());
     for (let j = 0; j < 3; j++) {
       const noop = cairnPush();
-      if (noop.report.plan.rrefs.length !== 0 || noop.report.transfer !== null) throw new Error('the no-op push sent something');
+      if (noop.report.plan.rrefs.length !== 0 || noop.report.transfer !== null)
+        throw new Error('the no-op push sent something');
       rows['cairn no-op']!.push(noop.ms);
       rows['rsync no-op']!.push(plainRsync());
     }
-    log(`  rep ${i + 1}: cairn first ${first.ms.toFixed(0)} ms, rsync first ${rows['rsync first']!.at(-1)!.toFixed(0)} ms`);
+    log(
+      `  rep ${i + 1}: cairn first ${first.ms.toFixed(0)} ms, rsync first ${rows['rsync first']!.at(-1)!.toFixed(0)} ms`,
+    );
   }
   const verify = spawnSync(process.execPath, [cairnBin, '--store', b.store, 'store', 'verify'], { encoding: 'utf8' });
   if (verify.status !== 0) throw new Error(`the target does not verify: ${verify.stdout}`);
-  const storeFiles = Number(spawnSync('sh', ['-c', `find ${a.store} -type f | wc -l`], { encoding: 'utf8' }).stdout.trim());
+  const storeFiles = Number(
+    spawnSync('sh', ['-c', `find ${a.store} -type f | wc -l`], { encoding: 'utf8' }).stdout.trim(),
+  );
   console.log(`| case (${STAGES} realizations, ${storeFiles} files in the store) | median | min | runs |`);
   console.log('| --- | --- | --- | --- |');
   for (const [k, v] of Object.entries(rows)) {
-    console.log(`| ${k} | ${(median(v) / 1000).toFixed(2)} s | ${(Math.min(...v) / 1000).toFixed(2)} s | ${v.length} |`);
+    console.log(
+      `| ${k} | ${(median(v) / 1000).toFixed(2)} s | ${(Math.min(...v) / 1000).toFixed(2)} s | ${v.length} |`,
+    );
   }
   wipe(dir);
 } finally {

@@ -32,12 +32,16 @@ export function cliContext(program: Command): CliContext {
     },
     storeArg,
     storeRoot,
-    closeStores: () => { for (const s of stores.splice(0)) s.close(); },
+    closeStores: () => {
+      for (const s of stores.splice(0)) s.close();
+    },
   };
 }
 
 /** Prints a line on stdout (adding the newline when missing). */
-export const out = (s: string): void => { process.stdout.write(s.endsWith('\n') ? s : s + '\n'); };
+export const out = (s: string): void => {
+  process.stdout.write(s.endsWith('\n') ? s : s + '\n');
+};
 
 /** A whole number >= 1 given to `flag`; E_USAGE otherwise. */
 export function parseCount(v: string, flag: string): number {

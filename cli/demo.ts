@@ -14,7 +14,9 @@ import { LocalStore } from '../src/store/store.js';
 export async function runDemo(storeRoot: string, runs: number): Promise<void> {
   const pkg = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
   const file = path.join(pkg, 'examples', 'ml', 'pipeline.ts');
-  const say = (s: string): void => { process.stdout.write(s + '\n'); };
+  const say = (s: string): void => {
+    process.stdout.write(s + '\n');
+  };
   say(`Cairn demo: ${path.relative(process.cwd(), file) || file}`);
   say(`store: ${storeRoot}`);
   const { targets } = await loadStageFile(file);
@@ -31,7 +33,9 @@ export async function runDemo(storeRoot: string, runs: number): Promise<void> {
       if (i === 1) {
         const trainDref = r.plan.find((p) => p.name === 'train')!.dref;
         const all = realizationRecords(store, trainDref);
-        say(`  train has ${all.length} realization(s) in the store; best() chose ${r.plan.find((p) => p.name === 'train')!.rrefs[0]}`);
+        say(
+          `  train has ${all.length} realization(s) in the store; best() chose ${r.plan.find((p) => p.name === 'train')!.rrefs[0]}`,
+        );
         say('');
         const report = await readRealizationFile(store, r.targets[0]!.rrefs[0]!, 'report.md');
         if (report === null) throw new Error('the demo pipeline wrote no report.md');

@@ -10,13 +10,18 @@ import { CairnError, isCairnError } from '../src/errors.js';
 /** The command-line remedy for a library error, if a flag is one. */
 export function flagHint(e: CairnError): string | undefined {
   switch (e.code) {
-    case 'E_REF_IN_USE': return Array.isArray(e.details.users) ? 'pass --force to remove it anyway' : undefined;
-    case 'E_OUT_LINK_NOT_SYMLINK': return 'give --out-link a path that is free or a symlink';
-    case 'E_NO_TARGET': return e.details.available !== undefined ? 'pick one with --stage' : undefined;
-    case 'E_BAD_COMMAND': return 'see --ssh';
+    case 'E_REF_IN_USE':
+      return Array.isArray(e.details.users) ? 'pass --force to remove it anyway' : undefined;
+    case 'E_OUT_LINK_NOT_SYMLINK':
+      return 'give --out-link a path that is free or a symlink';
+    case 'E_NO_TARGET':
+      return e.details.available !== undefined ? 'pick one with --stage' : undefined;
+    case 'E_BAD_COMMAND':
+      return 'see --ssh';
     case 'E_SYNC_FAILED':
       return e.details.notFound !== undefined ? 'name the remote cairn with --remote-cairn' : undefined;
-    default: return undefined;
+    default:
+      return undefined;
   }
 }
 

@@ -8,11 +8,15 @@ const secs = (ms: number): string => `${(ms / 1000).toFixed(ms < 10_000 ? 2 : 1)
  * (at most every 50 ms, so 10,000 cached stages do not flood it); otherwise
  * only builds, waits and failures are printed, one plain line each.
  */
-export function progressReporter(total: number, opts: { tty: boolean; verbose: boolean; quiet: boolean }): RealizeEvents & { finish(): void } {
+export function progressReporter(
+  total: number,
+  opts: { tty: boolean; verbose: boolean; quiet: boolean },
+): RealizeEvents & { finish(): void } {
   const err = process.stderr;
   const running = new Set<string>();
   let cached = 0;
   let built = 0;
+  let substituted = 0;
   let drawnAt = 0;
   let drawn = false;
   const line = (text: string): void => {
@@ -28,12 +32,17 @@ export function progressReporter(total: number, opts: { tty: boolean; verbose: b
     if (!force && now - drawnAt < 50) return;
     drawnAt = now;
     const names = [...running].slice(0, 3).join(', ') + (running.size > 3 ? ', …' : '');
-    const text = `[${cached + built}/${total}] ${built} built, ${cached} cached${running.size ? ` | building ${names}` : ''}`;
+    const subst = substituted > 0 ? `, ${substituted} substituted` : '';
+    const building = running.size ? ` | building ${names}` : '';
+    const text = `[${cached + built + substituted}/${total}] ${built} built${subst}, ${cached} cached${building}`;
     err.write(`\r\x1b[2K${text.slice(0, (err.columns || 100) - 1)}`);
     drawn = true;
   };
   return {
-    cached: () => { cached++; status(); },
+    cached: () => {
+      cached++;
+      status();
+    },
     start: (n: Derivation, why) => {
       running.add(n.name);
       // On a terminal the status line already names what is building.
@@ -41,7 +50,8 @@ export function progressReporter(total: number, opts: { tty: boolean; verbose: b
       else if (n.imports) line(`importing file input ${n.imports.key} ${n.dref}`);
       else line(`building ${n.name} ${n.dref}${why === 'forced' ? ' (forced)' : ''}`);
     },
-    wait: (n: Derivation, holder: string) => line(`waiting for ${n.name}: process ${holder.split('.')[0]} is building it`),
+    wait: (n: Derivation, holder: string) =>
+      line(`waiting for ${n.name}: process ${holder.split('.')[0]} is building it`),
     built: (n: Derivation, rrefs, ms, fresh) => {
       running.delete(n.name);
       built++;
@@ -55,7 +65,25 @@ export function progressReporter(total: number, opts: { tty: boolean; verbose: b
     log: (n: Derivation, text: string, output?: number) => {
       if (opts.verbose) line(`${n.name}${output === undefined ? '' : `[${output}]`}> ${text}`);
     },
-    failed: (n: Derivation, e: CairnError) => { running.delete(n.name); line(`failed ${n.name}: ${e.code}`); },
-    finish: () => { if (opts.tty && drawn) err.write('\r\x1b[2K'); drawn = false; },
+    substituted: (n: Derivation, rrefs, from) => {
+      substituted++;
+      if (opts.tty) status(true);
+      else line(`substituted ${n.name} from ${from.join(', ')}: ${rrefs.join(' ')}`);
+    },
+    // Printed even with --quiet: cache trouble is worth one line.
+    warning: (text: string) => {
+      if (opts.tty && drawn) err.write('\r\x1b[2K');
+      err.write(text + '\n');
+      drawn = false;
+      status(true);
+    },
+    failed: (n: Derivation, e: CairnError) => {
+      running.delete(n.name);
+      line(`failed ${n.name}: ${e.code}`);
+    },
+    finish: () => {
+      if (opts.tty && drawn) err.write('\r\x1b[2K');
+      drawn = false;
+    },
   };
 }

@@ -14,17 +14,27 @@ set -euo pipefail
 # (cli/client/cairn.c). useradd, setpriv, unshare, prlimit and chattr: the
 # trust-boundary tests (another user, other namespaces and limits, an
 # immutable leftover); setcap/getcap: file capabilities on a build's output.
-need=()
-for tool in mkfifo:coreutils mknod:coreutils dd:coreutils mkfs.ext4:e2fsprogs mount:mount umount:mount \
+# A single-node OpenStack Swift (its s3api is the S3 the cache tests use) with
+# memcached, nginx serving a cache over HTTP, rclone (the cache benchmark's
+# yardstick and scripts/swift.sh's S3 probe) and curl (scripts/nginx.sh).
+tools="mkfifo:coreutils mknod:coreutils dd:coreutils mkfs.ext4:e2fsprogs mount:mount umount:mount \
     xz:xz-utils bzip2:bzip2 zstd:zstd ar:binutils dpkg-deb:dpkg \
     qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils \
     mkfs.xfs:xfsprogs debootstrap:debootstrap dockerd:docker.io docker:docker.io \
     rsync:rsync ssh:openssh-client sshd:openssh-server ip:iproute2 \
     make:make g++:g++ cc:gcc python3:python3 \
     useradd:passwd userdel:passwd setpriv:util-linux unshare:util-linux prlimit:util-linux chattr:e2fsprogs \
-    setcap:libcap2-bin getcap:libcap2-bin; do
-  command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
-done
+    setcap:libcap2-bin getcap:libcap2-bin \
+    swift-ring-builder:swift swift-proxy-server:swift-proxy swift-account-server:swift-account \
+    swift-container-server:swift-container swift-object-server:swift-object memcached:memcached \
+    nginx:nginx rclone:rclone curl:curl"
+missing() {
+  need=()
+  for tool in $tools; do
+    command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
+  done
+}
+missing
 [ ${#need[@]} -eq 0 ] && exit 0
 
 packages=$(printf '%s\n' "${need[@]}" | sort -u | tr '\n' ' ')
@@ -36,3 +46,10 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 # shellcheck disable=SC2086
 apt-get install -y -q $packages
+
+# A package that installed without its tool (renamed, split) fails here, not in a test.
+missing
+if [ ${#need[@]} -ne 0 ]; then
+  echo "still missing after apt-get install: $(printf '%s ' "${need[@]}" | tr ' ' '\n' | sort -u | tr '\n' ' ')" >&2
+  exit 1
+fi

@@ -4,14 +4,16 @@
  * between versions; codes may not.
  */
 export const ErrorCodes = {
-  E_CONFIG_NOT_JSON: 'config holds a value that is not JSON (function, BigInt, NaN, Infinity, symbol, class instance, cycle)',
+  E_CONFIG_NOT_JSON:
+    'config holds a value that is not JSON (function, BigInt, NaN, Infinity, symbol, class instance, cycle)',
   E_CONFIG_TOO_DEEP: 'config (or other hashed JSON) nests objects and arrays deeper than 1000 levels',
   E_BAD_NAME: 'stage name is not allowed',
   E_CYCLE: 'stage graph has a cycle',
   E_NOT_A_STAGE: 'a value used as a stage is not one',
   E_DUPLICATE_OUTPUT: 'promised output listed twice or outside the output directory',
   E_STAGE_FILE: 'stage file could not be loaded',
-  E_BAD_PIPELINE: 'a pipeline file (cairn.yaml) is not valid: unknown key, wrong type, missing cmd, cycle, overlapping outs, unknown dep',
+  E_BAD_PIPELINE:
+    'a pipeline file (cairn.yaml) is not valid: unknown key, wrong type, missing cmd, cycle, overlapping outs, unknown dep',
   E_NO_TARGET: 'stage file exports no stage to realize',
   E_BUILD_FAILED: 'a build function threw or exited with an error',
   E_INTERRUPTED: 'cairn received SIGINT, SIGTERM or SIGHUP: builds were stopped and nothing more is stored',
@@ -30,7 +32,8 @@ export const ErrorCodes = {
   E_STORE_IO: 'store could not be read or written',
   E_STORE_UNSAFE: 'the store root or a key entry of it is owned by another user or writable by group or others',
   E_MOUNT_IN_TREE: 'a tree being removed or measured holds a mount point, which is never entered',
-  E_BAD_ADD: 'Store.add got a derivation that does not hash to its DRef, a context naming realizations the store lacks, or no outputs',
+  E_BAD_ADD:
+    'Store.add got a derivation that does not hash to its DRef, a context naming realizations the store lacks, or no outputs',
   E_LOCK_TIMEOUT: 'gave up waiting for a lock',
   E_USAGE: 'the cairn command line is not valid (raised by the CLI only, never by the library)',
   E_BAD_STAGE_SPEC: 'a stage() or built-in stage spec has an option of the wrong type, out of range or missing',
@@ -48,7 +51,8 @@ export const ErrorCodes = {
   E_HASH_MISMATCH: 'fetched or copied content does not have the declared hash',
   E_BAD_HASH: 'a declared hash is malformed or of an unknown type',
   E_FETCH_FAILED: 'a download failed on every URL within its retry budget',
-  E_UNSAFE_ARCHIVE: 'an archive holds an absolute or .. path, an escaping link, a write through a link, a duplicate name or a device file',
+  E_UNSAFE_ARCHIVE:
+    'an archive holds an absolute or .. path, an escaping link, a write through a link, a duplicate name or a device file',
   E_BAD_ARCHIVE: 'an archive is damaged or of an unsupported format',
   E_ARCHIVE_TOO_LARGE: 'an archive holds more entries or unpacks to more bytes than its unpack limits allow',
   E_BAD_CATALOG: 'an image catalog is not valid',
@@ -58,7 +62,9 @@ export const ErrorCodes = {
   E_BAD_COMMAND: 'a command given as one string (the ssh command of a sync) is empty or has unbalanced quotes',
   E_BAD_SYNC_KEY: 'a sync key is not 32 lowercase letters and digits',
   E_SYNC_FAILED: 'ssh, rsync or the remote cairn failed during a sync',
-  E_SYNC_HASH_MISMATCH: 'a realization or derivation received by sync or import does not match its hash, and was refused',
+  E_SYNC_HASH_MISMATCH:
+    'a realization or derivation received by sync or import does not match its hash, and was refused',
+  E_SUBSTITUTE: 'a substituter did not answer in time or did not deliver what it offered; realize went on without it',
   E_BAD_CLOSURE: 'a received closure is malformed or incomplete (a dependency is neither sent nor present)',
   E_MACHINE_INCOMPATIBLE: 'a saved machine state cannot be resumed by this QEMU or backend',
   E_MACHINE_STATE: 'a realization is not a machine state, or its machine.json is damaged',
@@ -72,9 +78,11 @@ export const ErrorCodes = {
   E_SERVER_START: 'the cairn server did not start',
   E_SERVER_LOST: 'the cairn server closed the connection before the command finished',
   E_SERVER_PROTOCOL: 'a client sent the cairn server a request it cannot read',
-  E_CACHE_BAD_URL: 'a binary cache URL is not file://, s3:// or http(s)://, or is malformed',
-  E_CACHE_UNAVAILABLE: 'a binary cache could not be reached or answered with an error after retries',
-  E_CACHE_READ_ONLY: 'a binary cache of a read-only kind (http) was asked to write or delete',
+  E_BAD_CACHE_URL: 'a binary cache URL is malformed, of an unknown scheme, or has an unknown or repeated parameter',
+  E_CACHE_UNAVAILABLE:
+    'a binary cache did not answer within its retry budget (unreachable, timeouts, 5xx, SlowDown) or refused a request',
+  E_CACHE_READ_ONLY: 'a write or delete was sent to a read-only binary cache (http(s)://)',
+  E_CACHE_NO_LIST: 'an http(s):// binary cache cannot enumerate its keys; ls, verify and gc need s3:// or file://',
   E_CACHE_FORMAT: 'a binary cache has no cache-info object, or one of a format or compression this cairn does not read',
   E_CACHE_BAD_ENTRY: 'a binary cache object (metadata, derivation) is malformed or does not match its key',
   E_CACHE_UNSIGNED: 'a binary cache entry carries no signature, and was not used',

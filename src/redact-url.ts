@@ -16,7 +16,11 @@ const MASK = '***';
  */
 export function redactUrl(url: string): string {
   let u: URL;
-  try { u = new URL(url); } catch { return redactLoose(url); }
+  try {
+    u = new URL(url);
+  } catch {
+    return redactLoose(url);
+  }
   // Opaque URLs (apt:pkg=1.0, data:...) carry no user info or query to hide
   // beyond what the generic rule below catches. A special scheme needs no
   // '//' to have an authority: fetch takes `https:u:p@host/x` as `https://u:p@host/x`.
@@ -29,10 +33,13 @@ export function redactUrl(url: string): string {
 
 /** Every `key=value` keeps its key; a bare key (`?flag`) is kept as is. */
 function redactQuery(q: string): string {
-  return q.split('&').map((p) => {
-    const eq = p.indexOf('=');
-    return eq < 0 ? p : `${p.slice(0, eq)}=${MASK}`;
-  }).join('&');
+  return q
+    .split('&')
+    .map((p) => {
+      const eq = p.indexOf('=');
+      return eq < 0 ? p : `${p.slice(0, eq)}=${MASK}`;
+    })
+    .join('&');
 }
 
 function redactLoose(text: string): string {
@@ -53,6 +60,7 @@ function redactLoose(text: string): string {
  */
 export function redactUrlsIn(text: string): string {
   // The second form: a special scheme with user info but no '//' (see redactUrl).
-  return text.replace(/\b[a-z][a-z0-9+.-]*:\/\/[^\s'"<>`]+|\b(?:https?|ftp|wss?):[^\s'"<>`@]*@[^\s'"<>`]*/gi,
-    (m) => redactUrl(m));
+  return text.replace(/\b[a-z][a-z0-9+.-]*:\/\/[^\s'"<>`]+|\b(?:https?|ftp|wss?):[^\s'"<>`@]*@[^\s'"<>`]*/gi, (m) =>
+    redactUrl(m),
+  );
 }

@@ -149,4 +149,3 @@ describe('the former fixed-name call sites, with symlinks planted at their old n
     assert.deepEqual(leftovers(d, []), []);
   });
 });
-

@@ -41,7 +41,11 @@ function refusedEverywhere(name: string, line: number, reason: RegExp): void {
   badCatalog(cairn(store, ['catalog', 'list', f]), f, line, reason);
   badCatalog(cairn(store, ['catalog', 'fetch', f]), f, line, reason);
   badCatalog(cairn(store, ['catalog', 'run', f, 'anything']), f, line, reason);
-  assert.equal(fs.existsSync(path.join(store, 'd')) && fs.readdirSync(path.join(store, 'd')).length > 0, false, 'nothing may be stored');
+  assert.equal(
+    fs.existsSync(path.join(store, 'd')) && fs.readdirSync(path.join(store, 'd')).length > 0,
+    false,
+    'nothing may be stored',
+  );
 }
 
 describe('bad catalogs', () => {
@@ -50,7 +54,12 @@ describe('bad catalogs', () => {
   });
 
   it('an unknown hash_type: its entry line, the type, and what is allowed', () => {
-    const reason = badCatalog(cairn(store, ['catalog', 'list', fx('unknown-hash-type.yml')]), fx('unknown-hash-type.yml'), 10, /unknown hash_type "md5"/);
+    const reason = badCatalog(
+      cairn(store, ['catalog', 'list', fx('unknown-hash-type.yml')]),
+      fx('unknown-hash-type.yml'),
+      10,
+      /unknown hash_type "md5"/,
+    );
     assert.match(reason, /sha256/);
     assert.match(reason, /sha512/);
     refusedEverywhere('unknown-hash-type.yml', 10, /^version 2: unknown hash_type/);
@@ -60,13 +69,18 @@ describe('bad catalogs', () => {
     refusedEverywhere('defaults-hash-type.yml', 6, /^version 1: .*not a sha512 hash/);
   });
 
-  it('two defaults: the second entry\'s line, naming the first one\'s line too', () => {
-    const reason = badCatalog(cairn(store, ['catalog', 'list', fx('two-defaults.yml')]), fx('two-defaults.yml'), 11, /__default__/);
+  it("two defaults: the second entry's line, naming the first one's line too", () => {
+    const reason = badCatalog(
+      cairn(store, ['catalog', 'list', fx('two-defaults.yml')]),
+      fx('two-defaults.yml'),
+      11,
+      /__default__/,
+    );
     assert.match(reason, /\bline 4\b/);
     refusedEverywhere('two-defaults.yml', 11, /two entries are marked __default__ \(also line 4\)/);
   });
 
-  it('a duplicate version: the second occurrence\'s line, naming the first', () => {
+  it("a duplicate version: the second occurrence's line, naming the first", () => {
     refusedEverywhere('duplicate-version.yml', 11, /^version 3\.0 is listed twice \(also on line 5\)/);
   });
 
@@ -84,10 +98,17 @@ describe('bad catalogs', () => {
   });
 
   it('more shapes: not a mapping, no name, empty history, unreadable file', () => {
-    const write = (n: string, text: string): string => { const f = path.join(dir, n); fs.writeFileSync(f, text); return f; };
+    const write = (n: string, text: string): string => {
+      const f = path.join(dir, n);
+      fs.writeFileSync(f, text);
+      return f;
+    };
     const list = write('list.yml', '- a\n- b\n');
     badCatalog(cairn(store, ['catalog', 'list', list]), list, 1, /mapping/);
-    const noName = write('noname.yml', '# no name\n\nhistory:\n  - version: "1"\n    url: http://127.0.0.1:9/a\n    hash: ' + 'a'.repeat(64) + '\n');
+    const noName = write(
+      'noname.yml',
+      '# no name\n\nhistory:\n  - version: "1"\n    url: http://127.0.0.1:9/a\n    hash: ' + 'a'.repeat(64) + '\n',
+    );
     badCatalog(cairn(store, ['catalog', 'list', noName]), noName, 3, /`name` is missing/);
     const empty = write('empty.yml', 'name: empty\ndefaults: {}\nhistory: []\n');
     badCatalog(cairn(store, ['catalog', 'list', empty]), empty, 3, /`history` must be a non-empty list/);
@@ -100,7 +121,10 @@ describe('bad catalogs', () => {
 describe('selection errors', () => {
   it('a device type no entry is for: E_BAD_CATALOG naming the file, the type and the types there are', () => {
     const f = fx('devices.yml');
-    for (const args of [['catalog', 'fetch', f, '--device-type', 'beaglebone'], ['catalog', 'run', f, 'x', '--device-type', 'beaglebone']]) {
+    for (const args of [
+      ['catalog', 'fetch', f, '--device-type', 'beaglebone'],
+      ['catalog', 'run', f, 'x', '--device-type', 'beaglebone'],
+    ]) {
       const r = cairn(store, args);
       expectError(r, 'E_BAD_CATALOG', store);
       assert.ok(r.stderr.includes(`${f}:6: no entry is for device type beaglebone`), r.stderr);
@@ -112,7 +136,12 @@ describe('selection errors', () => {
     const f = fx('devices.yml');
     const r = cairn(store, ['catalog', 'fetch', f, '--device-type', 'beaglebone']);
     expectError(r, 'E_BAD_CATALOG', store);
-    assert.match(r.stderr, new RegExp(`E_BAD_CATALOG: ${f.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:\\d+: no entry is for device type beaglebone`));
+    assert.match(
+      r.stderr,
+      new RegExp(
+        `E_BAD_CATALOG: ${f.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:\\d+: no entry is for device type beaglebone`,
+      ),
+    );
   });
 
   it('a device type that only shares a name prefix (raspberry) matches nothing', () => {

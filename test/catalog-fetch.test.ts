@@ -20,7 +20,12 @@ let work: { dir: string; cleanup: () => void };
 let catalogFile: string;
 
 /** What the server holds, by version. */
-interface Image { path: string; body: Buffer; hash: string; file: string }
+interface Image {
+  path: string;
+  body: Buffer;
+  hash: string;
+  file: string;
+}
 const images: Record<string, Image> = {};
 
 before(async () => {
@@ -40,47 +45,50 @@ before(async () => {
   add('3.0', '/v3.0/bone-3.0.img', Buffer.from('beaglebone image 3.0\n'));
   const u = (v: string): string => server.base + images[v]!.path;
   catalogFile = path.join(work.dir, 'boards.yml');
-  fs.writeFileSync(catalogFile, [
-    'name: boards',
-    'defaults:',
-    '  hash_type: sha256',
-    '  device_types: [raspberry-pi]',
-    'history:',
-    '  - version: "1.0"',
-    `    url: ${u('1.0')}`,
-    `    hash: ${images['1.0']!.hash}`,
-    '    date: 2024-01-01',
-    '  - version: "1.1"',
-    `    url: ${u('1.1')}`,
-    `    hash: ${images['1.1']!.hash}`,
-    '    date: 2024-02-01',
-    '    __default__: true',
-    '  - version: "1.2"',
-    `    url: ${u('1.2')}`,
-    '    file: rpi4.img',
-    '    hash_type: sha512',
-    `    hash: ${images['1.2']!.hash}`,
-    '    date: 2024-03-01',
-    '    device_types: [raspberry-pi/4]',
-    '  - version: "2.0"',
-    '    mirrors:',
-    `      - ${server.missing('/gone/qemu-2.0.img')}`,
-    `      - ${u('2.0')}`,
-    `    hash: ${images['2.0']!.hash}`,
-    '    date: 2024-04-01',
-    '    device_types: [qemu]',
-    '  - version: "2.1"',
-    `    url: ${u('2.1')}`,
-    `    hash: ${images['2.1']!.hash}`,
-    '    date: 2024-05-01',
-    '    device_types: [qemu/x86_64]',
-    '  - version: "3.0"',
-    `    url: ${u('3.0')}`,
-    `    hash: ${images['3.0']!.hash}`,
-    '    date: 2024-06-01',
-    '    device_types: [beaglebone]',
-    '',
-  ].join('\n'));
+  fs.writeFileSync(
+    catalogFile,
+    [
+      'name: boards',
+      'defaults:',
+      '  hash_type: sha256',
+      '  device_types: [raspberry-pi]',
+      'history:',
+      '  - version: "1.0"',
+      `    url: ${u('1.0')}`,
+      `    hash: ${images['1.0']!.hash}`,
+      '    date: 2024-01-01',
+      '  - version: "1.1"',
+      `    url: ${u('1.1')}`,
+      `    hash: ${images['1.1']!.hash}`,
+      '    date: 2024-02-01',
+      '    __default__: true',
+      '  - version: "1.2"',
+      `    url: ${u('1.2')}`,
+      '    file: rpi4.img',
+      '    hash_type: sha512',
+      `    hash: ${images['1.2']!.hash}`,
+      '    date: 2024-03-01',
+      '    device_types: [raspberry-pi/4]',
+      '  - version: "2.0"',
+      '    mirrors:',
+      `      - ${server.missing('/gone/qemu-2.0.img')}`,
+      `      - ${u('2.0')}`,
+      `    hash: ${images['2.0']!.hash}`,
+      '    date: 2024-04-01',
+      '    device_types: [qemu]',
+      '  - version: "2.1"',
+      `    url: ${u('2.1')}`,
+      `    hash: ${images['2.1']!.hash}`,
+      '    date: 2024-05-01',
+      '    device_types: [qemu/x86_64]',
+      '  - version: "3.0"',
+      `    url: ${u('3.0')}`,
+      `    hash: ${images['3.0']!.hash}`,
+      '    date: 2024-06-01',
+      '    device_types: [beaglebone]',
+      '',
+    ].join('\n'),
+  );
 });
 after(async () => {
   await server.close();
@@ -100,10 +108,20 @@ afterEach(() => cleanup());
 const fetch = (...args: string[]) => cairnAsync(store, ['catalog', 'fetch', catalogFile, ...args]);
 /** Versions shown by the text form of `catalog list`. */
 const listedVersions = (stdout: string): string[] =>
-  stdout.trim().split('\n').slice(1).map((l) => l.slice(1).trim().split(/\s+/)[1]!);
+  stdout
+    .trim()
+    .split('\n')
+    .slice(1)
+    .map((l) => l.slice(1).trim().split(/\s+/)[1]!);
 
 interface ManifestYaml {
-  catalog: string; catalog_file: string; version: string; hash: string; store: string; rref: string; path: string;
+  catalog: string;
+  catalog_file: string;
+  version: string;
+  hash: string;
+  store: string;
+  rref: string;
+  path: string;
   entry: Record<string, unknown>;
   fetched: { rref: string; path: string };
   unpacked?: { rref: string; path: string };
@@ -135,7 +153,8 @@ describe('catalog list', () => {
   });
 
   it('--device-type keeps the entries whose device type is the given one or a prefix of it', () => {
-    const v = (t: string): string[] => listedVersions(ok(cairn(store, ['catalog', 'list', catalogFile, '--device-type', t])).stdout);
+    const v = (t: string): string[] =>
+      listedVersions(ok(cairn(store, ['catalog', 'list', catalogFile, '--device-type', t])).stdout);
     assert.deepEqual(v('raspberry-pi/4'), ['1.0', '1.1', '1.2'], 'raspberry-pi covers raspberry-pi/4');
     assert.deepEqual(v('raspberry-pi'), ['1.0', '1.1'], 'raspberry-pi/4 does not cover plain raspberry-pi');
     assert.deepEqual(v('raspberry-pi/3b'), ['1.0', '1.1']);
@@ -147,39 +166,67 @@ describe('catalog list', () => {
   it('--json gives the name and the entries, oldest first, with the default flagged', () => {
     const j = JSON.parse(ok(cairn(store, ['catalog', 'list', catalogFile, '--json'])).stdout) as {
       name: string;
-      entries: { index: number; version: string; isDefault: boolean; deviceTypes: string[]; hash: string; hashType: string; urls: string[]; date?: string }[];
+      entries: {
+        index: number;
+        version: string;
+        isDefault: boolean;
+        deviceTypes: string[];
+        hash: string;
+        hashType: string;
+        urls: string[];
+        date?: string;
+      }[];
     };
     assert.equal(j.name, 'boards');
-    assert.deepEqual(j.entries.map((e) => e.version), ['1.0', '1.1', '1.2', '2.0', '2.1', '3.0']);
-    assert.deepEqual(j.entries.map((e) => e.index), [0, 1, 2, 3, 4, 5]);
-    assert.deepEqual(j.entries.filter((e) => e.isDefault).map((e) => e.version), ['1.1']);
+    assert.deepEqual(
+      j.entries.map((e) => e.version),
+      ['1.0', '1.1', '1.2', '2.0', '2.1', '3.0'],
+    );
+    assert.deepEqual(
+      j.entries.map((e) => e.index),
+      [0, 1, 2, 3, 4, 5],
+    );
+    assert.deepEqual(
+      j.entries.filter((e) => e.isDefault).map((e) => e.version),
+      ['1.1'],
+    );
     assert.deepEqual(j.entries[0]!.deviceTypes, ['raspberry-pi']);
     assert.equal(j.entries[0]!.hash, `sha256:${images['1.0']!.hash}`);
     assert.equal(j.entries[0]!.date, '2024-01-01');
     assert.equal(j.entries[2]!.hashType, 'sha512');
     assert.deepEqual(j.entries[3]!.urls, [server.missing('/gone/qemu-2.0.img'), server.base + images['2.0']!.path]);
-    const filtered = JSON.parse(ok(cairn(store, ['catalog', 'list', catalogFile, '--json', '--device-type', 'qemu/x86_64'])).stdout) as { entries: { version: string }[] };
-    assert.deepEqual(filtered.entries.map((e) => e.version), ['2.0', '2.1']);
+    const filtered = JSON.parse(
+      ok(cairn(store, ['catalog', 'list', catalogFile, '--json', '--device-type', 'qemu/x86_64'])).stdout,
+    ) as { entries: { version: string }[] };
+    assert.deepEqual(
+      filtered.entries.map((e) => e.version),
+      ['2.0', '2.1'],
+    );
   });
 
   it('an entry may be named by `name` instead of `version`', () => {
     const f = path.join(dir, 'named.yml');
-    fs.writeFileSync(f, [
-      'name: named',
-      'history:',
-      '  - name: bookworm',
-      `    url: ${server.base}/n/bookworm.img`,
-      `    hash: ${'a'.repeat(64)}`,
-      '  - version: trixie',
-      `    url: ${server.base}/n/trixie.img`,
-      `    hash: ${'b'.repeat(64)}`,
-      '',
-    ].join('\n'));
+    fs.writeFileSync(
+      f,
+      [
+        'name: named',
+        'history:',
+        '  - name: bookworm',
+        `    url: ${server.base}/n/bookworm.img`,
+        `    hash: ${'a'.repeat(64)}`,
+        '  - version: trixie',
+        `    url: ${server.base}/n/trixie.img`,
+        `    hash: ${'b'.repeat(64)}`,
+        '',
+      ].join('\n'),
+    );
     assert.deepEqual(listedVersions(ok(cairn(store, ['catalog', 'list', f])).stdout), ['bookworm', 'trixie']);
   });
 
   it('lists the example catalog (examples/catalog) without fetching anything', () => {
-    const r = ok(cairn(store, ['catalog', 'list', path.join(repoRoot, 'examples', 'catalog', 'debian-cloud-kernel.yml')]));
+    const r = ok(
+      cairn(store, ['catalog', 'list', path.join(repoRoot, 'examples', 'catalog', 'debian-cloud-kernel.yml')]),
+    );
     assert.deepEqual(listedVersions(r.stdout), ['6.1.192-1', '6.1.192-2']);
     assert.match(r.stdout.trim().split('\n')[2]!, /^\*.*6\.1\.192-2/);
     assert.equal(fs.existsSync(path.join(store, 'd')) && fs.readdirSync(path.join(store, 'd')).length > 0, false);
@@ -187,17 +234,20 @@ describe('catalog list', () => {
 
   it('keeps a version written as an unquoted number exactly as written (1.10 is not 1.1)', () => {
     const f = path.join(dir, 'numeric.yml');
-    fs.writeFileSync(f, [
-      'name: numeric',
-      'history:',
-      '  - version: 1.9',
-      `    url: ${server.base}/n/a.img`,
-      `    hash: ${'a'.repeat(64)}`,
-      '  - version: 1.10',
-      `    url: ${server.base}/n/b.img`,
-      `    hash: ${'b'.repeat(64)}`,
-      '',
-    ].join('\n'));
+    fs.writeFileSync(
+      f,
+      [
+        'name: numeric',
+        'history:',
+        '  - version: 1.9',
+        `    url: ${server.base}/n/a.img`,
+        `    hash: ${'a'.repeat(64)}`,
+        '  - version: 1.10',
+        `    url: ${server.base}/n/b.img`,
+        `    hash: ${'b'.repeat(64)}`,
+        '',
+      ].join('\n'),
+    );
     const r = ok(cairn(store, ['catalog', 'list', f]));
     assert.deepEqual(listedVersions(r.stdout), ['1.9', '1.10']);
   });
@@ -364,6 +414,9 @@ describe('catalog fetch: mirrors', () => {
     assertFetched(lastLine(r.stdout), '2.0');
     assert.ok(server.hits('/gone/qemu-2.0.img') > gone, 'the first mirror was tried');
     assert.equal(server.hits(images['2.0']!.path) - good, 1, 'the second mirror served it once');
-    assert.deepEqual(readManifest(mf).entry.mirrors, [server.missing('/gone/qemu-2.0.img'), server.base + images['2.0']!.path]);
+    assert.deepEqual(readManifest(mf).entry.mirrors, [
+      server.missing('/gone/qemu-2.0.img'),
+      server.base + images['2.0']!.path,
+    ]);
   });
 });

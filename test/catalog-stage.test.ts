@@ -26,17 +26,20 @@ before(async () => {
   server.serve('/s/image-1.0.img', plain);
   server.serve('/s/image-2.0.tar.gz', archive);
   catalogFile = path.join(work.dir, 'images.yml');
-  fs.writeFileSync(catalogFile, [
-    'name: images',
-    'history:',
-    '  - version: "1.0"',
-    `    url: ${server.base}/s/image-1.0.img`,
-    `    hash: ${sha256(plain)}`,
-    '  - version: "2.0"',
-    `    url: ${server.base}/s/image-2.0.tar.gz`,
-    `    hash: ${sha256(archive)}`,
-    '',
-  ].join('\n'));
+  fs.writeFileSync(
+    catalogFile,
+    [
+      'name: images',
+      'history:',
+      '  - version: "1.0"',
+      `    url: ${server.base}/s/image-1.0.img`,
+      `    hash: ${sha256(plain)}`,
+      '  - version: "2.0"',
+      `    url: ${server.base}/s/image-2.0.tar.gz`,
+      `    hash: ${sha256(archive)}`,
+      '',
+    ].join('\n'),
+  );
 });
 after(async () => {
   await server.close();
@@ -55,23 +58,26 @@ afterEach(() => cleanup());
 describe('catalogStage in a stage file', () => {
   it('is a dependency whose Dep gives the fetched file (and the unpacked tree); cached on a second realize', async () => {
     const stageFile = path.join(dir, 'pipeline.ts');
-    fs.writeFileSync(stageFile, [
-      "import * as fs from 'node:fs';",
-      "import * as path from 'node:path';",
-      "import { catalogStage, stage } from 'cairn';",
-      `const image = catalogStage(${JSON.stringify(catalogFile)}, { version: '1.0' });`,
-      `const tree = catalogStage(${JSON.stringify(catalogFile)}, { version: '2.0', unpack: true });`,
-      'export default stage({',
-      "  name: 'inspect-image',",
-      '  config: { image, tree },',
-      '  build: ({ config, out }) => {',
-      "    fs.writeFileSync(path.join(out, 'copy.txt'), fs.readFileSync(config.image.file('image-1.0.img')));",
-      "    fs.writeFileSync(path.join(out, 'version.txt'), fs.readFileSync(config.tree.file('VERSION')));",
-      "    fs.writeFileSync(path.join(out, 'listing.txt'), fs.readdirSync(config.image.path).join(','));",
-      '  },',
-      '});',
-      '',
-    ].join('\n'));
+    fs.writeFileSync(
+      stageFile,
+      [
+        "import * as fs from 'node:fs';",
+        "import * as path from 'node:path';",
+        "import { catalogStage, stage } from 'cairn';",
+        `const image = catalogStage(${JSON.stringify(catalogFile)}, { version: '1.0' });`,
+        `const tree = catalogStage(${JSON.stringify(catalogFile)}, { version: '2.0', unpack: true });`,
+        'export default stage({',
+        "  name: 'inspect-image',",
+        '  config: { image, tree },',
+        '  build: ({ config, out }) => {',
+        "    fs.writeFileSync(path.join(out, 'copy.txt'), fs.readFileSync(config.image.file('image-1.0.img')));",
+        "    fs.writeFileSync(path.join(out, 'version.txt'), fs.readFileSync(config.tree.file('VERSION')));",
+        "    fs.writeFileSync(path.join(out, 'listing.txt'), fs.readdirSync(config.image.path).join(','));",
+        '  },',
+        '});',
+        '',
+      ].join('\n'),
+    );
     const r = ok(await cairnAsync(store, ['realize', stageFile]));
     const rref = lastLine(r.stdout);
     assert.equal(ok(cairn(store, ['catref', rref, 'copy.txt'])).stdout, plain.toString());
@@ -92,14 +98,20 @@ describe('catalogStage in a stage file', () => {
 
   it('a stage file naming a bad catalog fails with E_BAD_CATALOG and its file:line', async () => {
     const bad = path.join(dir, 'bad.yml');
-    fs.writeFileSync(bad, ['name: bad', 'history:', '  - version: "1"', `    url: ${server.base}/s/image-1.0.img`, ''].join('\n'));
+    fs.writeFileSync(
+      bad,
+      ['name: bad', 'history:', '  - version: "1"', `    url: ${server.base}/s/image-1.0.img`, ''].join('\n'),
+    );
     const stageFile = path.join(dir, 'uses-bad.ts');
-    fs.writeFileSync(stageFile, [
-      "import { catalogStage, stage } from 'cairn';",
-      `const image = catalogStage(${JSON.stringify(bad)});`,
-      "export default stage({ name: 'x', config: { image }, build: () => {} });",
-      '',
-    ].join('\n'));
+    fs.writeFileSync(
+      stageFile,
+      [
+        "import { catalogStage, stage } from 'cairn';",
+        `const image = catalogStage(${JSON.stringify(bad)});`,
+        "export default stage({ name: 'x', config: { image }, build: () => {} });",
+        '',
+      ].join('\n'),
+    );
     const r = await cairnAsync(store, ['realize', stageFile]);
     expectError(r, 'E_BAD_CATALOG', store);
     assert.ok(r.stderr.includes(`${bad}:3: version 1 has no \`hash\``), r.stderr);
@@ -120,7 +132,17 @@ describe('cairn hash', () => {
     fs.writeFileSync(f, plain);
     const declared = lastLine(ok(cairn(store, ['hash', f])).stdout);
     const cat = path.join(dir, 'h.yml');
-    fs.writeFileSync(cat, ['name: h', 'history:', '  - version: "1"', `    url: ${server.base}/s/image-1.0.img`, `    hash: ${declared}`, ''].join('\n'));
+    fs.writeFileSync(
+      cat,
+      [
+        'name: h',
+        'history:',
+        '  - version: "1"',
+        `    url: ${server.base}/s/image-1.0.img`,
+        `    hash: ${declared}`,
+        '',
+      ].join('\n'),
+    );
     const r = ok(await cairnAsync(store, ['catalog', 'fetch', cat]));
     assert.deepEqual(fs.readFileSync(lastLine(r.stdout)), plain);
   });
@@ -135,11 +157,14 @@ describe('cairn hash', () => {
     assert.equal(lastLine(ok(cairn(store, ['hash', tree])).stdout), h, 'the same tree hashes the same');
 
     const stageFile = path.join(dir, 'local.ts');
-    fs.writeFileSync(stageFile, [
-      "import { fetchlocal } from 'cairn';",
-      `export default fetchlocal({ path: ${JSON.stringify(tree)}, hash: ${JSON.stringify(h)} });`,
-      '',
-    ].join('\n'));
+    fs.writeFileSync(
+      stageFile,
+      [
+        "import { fetchlocal } from 'cairn';",
+        `export default fetchlocal({ path: ${JSON.stringify(tree)}, hash: ${JSON.stringify(h)} });`,
+        '',
+      ].join('\n'),
+    );
     const rref = lastLine(ok(cairn(store, ['realize', stageFile])).stdout);
     assert.equal(ok(cairn(store, ['catref', rref, 'config/sub/b.txt'])).stdout, 'beta\n');
 

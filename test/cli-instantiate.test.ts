@@ -12,7 +12,6 @@ const DREF = /^[0-9a-df-np-sv-z]{32}-[A-Za-z0-9_][A-Za-z0-9._+-]*$/;
 
 isolateModuleCache(after);
 
-
 interface InstJson {
   targets: string[];
   derivations: { dref: string; name: string; deps: string[]; drv: Record<string, unknown> }[];
@@ -27,7 +26,10 @@ describe('cairn instantiate', () => {
       const drefs = r.stdout.trim().split('\n');
       assert.equal(drefs.length, 3);
       for (const d of drefs) assert.match(d, DREF);
-      assert.deepEqual(drefs.map((d) => d.slice(33)), ['a', 'b', 'c']);
+      assert.deepEqual(
+        drefs.map((d) => d.slice(33)),
+        ['a', 'b', 'c'],
+      );
       assert.equal(fs.existsSync(store), false, 'instantiate neither opens nor creates the store');
     } finally {
       t.cleanup();
@@ -59,12 +61,16 @@ describe('cairn instantiate', () => {
     const t = tempDir('cairn-inst');
     try {
       const store = path.join(t.dir, 'store');
-      const before = ok(cairn(store, ['instantiate', CHAIN])).stdout.trim().split('\n');
+      const before = ok(cairn(store, ['instantiate', CHAIN]))
+        .stdout.trim()
+        .split('\n');
       fs.copyFileSync(fixture('_note.ts'), path.join(t.dir, '_note.ts'));
       const edited = fs.readFileSync(CHAIN, 'utf8').replace("suffix: 'beta'", "suffix: 'BETA'");
       assert.notEqual(edited, fs.readFileSync(CHAIN, 'utf8'));
       fs.writeFileSync(path.join(t.dir, 'chain.ts'), edited);
-      const afterEdit = ok(cairn(store, ['instantiate', path.join(t.dir, 'chain.ts')])).stdout.trim().split('\n');
+      const afterEdit = ok(cairn(store, ['instantiate', path.join(t.dir, 'chain.ts')]))
+        .stdout.trim()
+        .split('\n');
       assert.equal(afterEdit[0], before[0], 'a is unchanged');
       assert.notEqual(afterEdit[1], before[1], 'b changed');
       assert.notEqual(afterEdit[2], before[2], 'c depends on b, so it changed too');
@@ -76,7 +82,9 @@ describe('cairn instantiate', () => {
   it('orders a diamond with every dependency before its dependants', () => {
     const t = tempDir('cairn-inst');
     try {
-      const drefs = ok(cairn(path.join(t.dir, 'store'), ['instantiate', DIAMOND])).stdout.trim().split('\n');
+      const drefs = ok(cairn(path.join(t.dir, 'store'), ['instantiate', DIAMOND]))
+        .stdout.trim()
+        .split('\n');
       assert.equal(drefs.length, 4, 'the shared dependency appears once');
       const names = drefs.map((d) => d.slice(33));
       assert.equal(names[0], 'src');
@@ -91,9 +99,14 @@ describe('cairn instantiate', () => {
     const t = tempDir('cairn-inst');
     try {
       const store = path.join(t.dir, 'store');
-      const text = ok(cairn(store, ['instantiate', DIAMOND])).stdout.trim().split('\n');
+      const text = ok(cairn(store, ['instantiate', DIAMOND]))
+        .stdout.trim()
+        .split('\n');
       const j = JSON.parse(ok(cairn(store, ['instantiate', DIAMOND, '--json'])).stdout) as InstJson;
-      assert.deepEqual(j.derivations.map((d) => d.dref), text);
+      assert.deepEqual(
+        j.derivations.map((d) => d.dref),
+        text,
+      );
       assert.deepEqual(j.targets, [text[3]]);
       const seen = new Set<string>();
       for (const d of j.derivations) {
@@ -106,7 +119,11 @@ describe('cairn instantiate', () => {
       const join = j.derivations.find((d) => d.name === 'join')!;
       assert.equal(join.deps.length, 2);
       const config = join.drv.config as Record<string, { $ref: string }>;
-      assert.deepEqual([config.l!.$ref, config.r!.$ref].sort(), [...join.deps].sort(), 'stage references become $ref to DRefs');
+      assert.deepEqual(
+        [config.l!.$ref, config.r!.$ref].sort(),
+        [...join.deps].sort(),
+        'stage references become $ref to DRefs',
+      );
       const src = j.derivations.find((d) => d.name === 'src')!;
       assert.deepEqual(src.deps, []);
       assert.deepEqual((src.drv.config as { values: number[] }).values, [1, 2, 3, 4]);
@@ -119,8 +136,12 @@ describe('cairn instantiate', () => {
     const t = tempDir('cairn-inst');
     try {
       const store = path.join(t.dir, 'store');
-      const all = ok(cairn(store, ['instantiate', CHAIN])).stdout.trim().split('\n');
-      const a = ok(cairn(store, ['instantiate', CHAIN, '--stage', 'a'])).stdout.trim().split('\n');
+      const all = ok(cairn(store, ['instantiate', CHAIN]))
+        .stdout.trim()
+        .split('\n');
+      const a = ok(cairn(store, ['instantiate', CHAIN, '--stage', 'a']))
+        .stdout.trim()
+        .split('\n');
       assert.deepEqual(a, [all[0]]);
       const pair = JSON.parse(ok(cairn(store, ['instantiate', CHAIN, '--stage', 'pair', '--json'])).stdout) as InstJson;
       assert.deepEqual(pair.targets, [all[0], all[1]]);

@@ -38,7 +38,13 @@ while True:
     time.sleep(0.02)
 `;
 
-interface Env { dir: string; store: string; work: string; pids: string; cleanup: () => void }
+interface Env {
+  dir: string;
+  store: string;
+  work: string;
+  pids: string;
+  cleanup: () => void;
+}
 
 function setup(): Env {
   const t = tempDir('cairn-int');
@@ -95,14 +101,25 @@ export const linger = stage({ name: 'linger', config: { salt }, build: async ({ 
 } });
 `;
 
-interface Started { pid: number; done: Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> }
+interface Started {
+  pid: number;
+  done: Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }>;
+}
 
 function start(e: Env, args: string[], env: NodeJS.ProcessEnv = {}): Started {
-  const child = spawn(process.execPath, [cairnBin, '--store', e.store, 'realize', path.join(e.work, 'stages.ts'), ...args], {
-    cwd: repoRoot, env: { ...process.env, PIDS: e.pids, ...env }, stdio: ['ignore', 'ignore', 'pipe'],
-  });
+  const child = spawn(
+    process.execPath,
+    [cairnBin, '--store', e.store, 'realize', path.join(e.work, 'stages.ts'), ...args],
+    {
+      cwd: repoRoot,
+      env: { ...process.env, PIDS: e.pids, ...env },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    },
+  );
   let stderr = '';
-  child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+  child.stderr.setEncoding('utf8').on('data', (d: string) => {
+    stderr += d;
+  });
   const done = new Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }>((resolve) => {
     child.on('close', (code, signal) => resolve({ code, signal, stderr }));
   });
@@ -115,8 +132,9 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 async function tickers(e: Env, count: number): Promise<number[]> {
   const deadline = Date.now() + 30_000;
   for (;;) {
-    const ready = Array.from({ length: count }, (_, i) => i).filter((i) =>
-      fs.existsSync(path.join(e.pids, `pid-${i}`)) && fs.existsSync(path.join(e.pids, `ticks-${i}`)));
+    const ready = Array.from({ length: count }, (_, i) => i).filter(
+      (i) => fs.existsSync(path.join(e.pids, `pid-${i}`)) && fs.existsSync(path.join(e.pids, `ticks-${i}`)),
+    );
     if (ready.length === count) return ready.map((i) => Number(fs.readFileSync(path.join(e.pids, `pid-${i}`), 'utf8')));
     assert.ok(Date.now() < deadline, `${count} program(s) should have started; ${ready.length} did`);
     await sleep(20);
@@ -144,19 +162,60 @@ async function assertEnded(e: Env, pids: number[]): Promise<void> {
 
 function realizations(store: string): string[] {
   let drvs: string[];
-  try { drvs = fs.readdirSync(path.join(store, 'd')); } catch { return []; }
-  return drvs.flatMap((d) => { try { return fs.readdirSync(path.join(store, 'd', d, 'r')); } catch { return []; } });
+  try {
+    drvs = fs.readdirSync(path.join(store, 'd'));
+  } catch {
+    return [];
+  }
+  return drvs.flatMap((d) => {
+    try {
+      return fs.readdirSync(path.join(store, 'd', d, 'r'));
+    } catch {
+      return [];
+    }
+  });
 }
 
 describe('cairn realize: interrupted by a signal to its pid alone', { timeout: 120_000 }, () => {
-  const cases: { title: string; args: string[]; sig: NodeJS.Signals; status: number; count: number; ignoreTerm?: boolean }[] = [
-    { title: 'SIGINT ends a program that ignores SIGINT; exit 130', args: ['-s', 'one'], sig: 'SIGINT', status: 130, count: 1 },
+  const cases: {
+    title: string;
+    args: string[];
+    sig: NodeJS.Signals;
+    status: number;
+    count: number;
+    ignoreTerm?: boolean;
+  }[] = [
+    {
+      title: 'SIGINT ends a program that ignores SIGINT; exit 130',
+      args: ['-s', 'one'],
+      sig: 'SIGINT',
+      status: 130,
+      count: 1,
+    },
     { title: 'SIGTERM ends it too; exit 143', args: ['-s', 'one'], sig: 'SIGTERM', status: 143, count: 1 },
     { title: 'SIGHUP ends it too; exit 129', args: ['-s', 'one'], sig: 'SIGHUP', status: 129, count: 1 },
-    { title: 'SIGINT ends three programs of one build (n: 3) that ignore SIGINT and SIGTERM (SIGKILL after the grace)',
-      args: ['-s', 'three', '-v'], sig: 'SIGINT', status: 130, count: 3, ignoreTerm: true },
-    { title: 'SIGTERM ends the programs of three builds running at once (-j 3)', args: ['-s', 'parallel', '-j', '3'], sig: 'SIGTERM', status: 143, count: 3 },
-    { title: "SIGINT ends a program the build function started itself (in cairn's own process group)", args: ['-s', 'own'], sig: 'SIGINT', status: 130, count: 1 },
+    {
+      title: 'SIGINT ends three programs of one build (n: 3) that ignore SIGINT and SIGTERM (SIGKILL after the grace)',
+      args: ['-s', 'three', '-v'],
+      sig: 'SIGINT',
+      status: 130,
+      count: 3,
+      ignoreTerm: true,
+    },
+    {
+      title: 'SIGTERM ends the programs of three builds running at once (-j 3)',
+      args: ['-s', 'parallel', '-j', '3'],
+      sig: 'SIGTERM',
+      status: 143,
+      count: 3,
+    },
+    {
+      title: "SIGINT ends a program the build function started itself (in cairn's own process group)",
+      args: ['-s', 'own'],
+      sig: 'SIGINT',
+      status: 130,
+      count: 1,
+    },
   ];
   for (const c of cases) {
     it(c.title, async () => {
@@ -179,7 +238,7 @@ describe('cairn realize: interrupted by a signal to its pid alone', { timeout: 1
 });
 
 describe('cairn realize: other exits end the programs of builds', { timeout: 120_000 }, () => {
-  it('process.exit() in a build: the program is ended, tmp is empty, the status is the build\'s', async () => {
+  it("process.exit() in a build: the program is ended, tmp is empty, the status is the build's", async () => {
     const e = setup();
     try {
       const run = start(e, ['-s', 'exits']);

@@ -7,7 +7,18 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
-import { cairn, cairnBin, lastLine, repoRoot, tempDir, type CliResult, isolateModuleCache, ok, expectError, tmpEntries } from './helpers.js';
+import {
+  cairn,
+  cairnBin,
+  lastLine,
+  repoRoot,
+  tempDir,
+  type CliResult,
+  isolateModuleCache,
+  ok,
+  expectError,
+  tmpEntries,
+} from './helpers.js';
 
 const fixture = (name: string): string => path.join(repoRoot, 'test', 'fixtures', name);
 const CHAIN = fixture('chain.ts');
@@ -17,7 +28,13 @@ const RREF = /^[0-9a-df-np-sv-z]{32}-[0-9a-df-np-sv-z]{32}-[A-Za-z0-9_][A-Za-z0-
 // Keep the transpile cache of stage files out of the real home directory.
 isolateModuleCache(after);
 
-interface Env { store: string; counter: string; work: string; env: NodeJS.ProcessEnv; cleanup: () => void }
+interface Env {
+  store: string;
+  counter: string;
+  work: string;
+  env: NodeJS.ProcessEnv;
+  cleanup: () => void;
+}
 
 /** A fresh store plus a build counter directory outside it. */
 function setup(): Env {
@@ -38,23 +55,38 @@ function builds(e: Env, name: string): number {
   }
 }
 
-
 /** RRefs on disk for the stage called `name`, whatever its DRef. */
 function realizationsOf(store: string, name: string): string[] {
   let drvs: string[];
-  try { drvs = fs.readdirSync(path.join(store, 'd')); } catch { return []; }
+  try {
+    drvs = fs.readdirSync(path.join(store, 'd'));
+  } catch {
+    return [];
+  }
   return drvs
     .filter((d) => d.endsWith(`-${name}`))
     .flatMap((d) => {
-      try { return fs.readdirSync(path.join(store, 'd', d, 'r')).map((h) => `${h}-${d}`); } catch { return []; }
+      try {
+        return fs.readdirSync(path.join(store, 'd', d, 'r')).map((h) => `${h}-${d}`);
+      } catch {
+        return [];
+      }
     });
 }
 
 function allRealizations(store: string): string[] {
   let drvs: string[];
-  try { drvs = fs.readdirSync(path.join(store, 'd')); } catch { return []; }
+  try {
+    drvs = fs.readdirSync(path.join(store, 'd'));
+  } catch {
+    return [];
+  }
   return drvs.flatMap((d) => {
-    try { return fs.readdirSync(path.join(store, 'd', d, 'r')).map((h) => `${h}-${d}`); } catch { return []; }
+    try {
+      return fs.readdirSync(path.join(store, 'd', d, 'r')).map((h) => `${h}-${d}`);
+    } catch {
+      return [];
+    }
   });
 }
 
@@ -64,7 +96,6 @@ function findFiles(dir: string, name: string): string[] {
     .filter((rel) => path.basename(rel) === name)
     .map((rel) => path.join(dir, rel));
 }
-
 
 /** A failure with the stable code on stderr, and nothing half-written in the store. */
 
@@ -88,7 +119,9 @@ function writeStageFile(e: Env, name: string, body: string): string {
 }
 
 function instantiateDrefs(e: Env, file: string, extra: string[] = []): string[] {
-  return ok(cairn(e.store, ['instantiate', file, ...extra], { env: e.env })).stdout.trim().split('\n');
+  return ok(cairn(e.store, ['instantiate', file, ...extra], { env: e.env }))
+    .stdout.trim()
+    .split('\n');
 }
 
 describe('cairn realize: results and caching', () => {
@@ -101,14 +134,24 @@ describe('cairn realize: results and caching', () => {
       assert.match(rref, RREF);
       assert.ok(rref.endsWith(`-${drefs[drefs.length - 1]}`), `${rref} should be a realization of ${drefs.at(-1)}`);
       assert.match(r1.stderr, /3 built \(3 build run\(s\)\), 0 cached/);
-      assert.equal(fs.readFileSync(path.join(e.store, 'd', drefs.at(-1)!, 'r', rref.split('-')[0]!, 'out', 'c.txt'), 'utf8'), 'alpha+beta+gamma\n');
-      assert.deepEqual(['a', 'b', 'c'].map((n) => builds(e, n)), [1, 1, 1]);
+      assert.equal(
+        fs.readFileSync(path.join(e.store, 'd', drefs.at(-1)!, 'r', rref.split('-')[0]!, 'out', 'c.txt'), 'utf8'),
+        'alpha+beta+gamma\n',
+      );
+      assert.deepEqual(
+        ['a', 'b', 'c'].map((n) => builds(e, n)),
+        [1, 1, 1],
+      );
 
       const r2 = ok(cairn(e.store, ['realize', CHAIN], { env: e.env }));
       assert.equal(lastLine(r2.stdout), rref);
       assert.match(r2.stderr, /0 built \(0 build run\(s\)\), 3 cached/);
       assert.doesNotMatch(r2.stderr, /building /);
-      assert.deepEqual(['a', 'b', 'c'].map((n) => builds(e, n)), [1, 1, 1], 'the cached run must not run any build function');
+      assert.deepEqual(
+        ['a', 'b', 'c'].map((n) => builds(e, n)),
+        [1, 1, 1],
+        'the cached run must not run any build function',
+      );
       assert.deepEqual(tmpEntries(e.store), []);
     } finally {
       e.cleanup();
@@ -126,8 +169,15 @@ describe('cairn realize: results and caching', () => {
       assert.equal(j1.targets[0]!.name, 'c');
       assert.equal(j1.targets[0]!.rrefs.length, 1);
       assert.match(j1.targets[0]!.rrefs[0]!, RREF);
-      assert.deepEqual(j1.plan.map((p) => p.name), ['a', 'b', 'c'], 'plan lists dependencies first');
-      assert.deepEqual(j1.plan.map((p) => p.action), ['build', 'build', 'build']);
+      assert.deepEqual(
+        j1.plan.map((p) => p.name),
+        ['a', 'b', 'c'],
+        'plan lists dependencies first',
+      );
+      assert.deepEqual(
+        j1.plan.map((p) => p.action),
+        ['build', 'build', 'build'],
+      );
       for (const p of j1.plan) {
         assert.equal(p.rrefs.length, 1);
         assert.ok(p.rrefs[0]!.endsWith(`-${p.dref}`));
@@ -136,10 +186,19 @@ describe('cairn realize: results and caching', () => {
 
       const j2 = json(cairn(e.store, ['realize', CHAIN, '--json'], { env: e.env }));
       assert.equal(j2.builds, 0);
-      assert.deepEqual(j2.plan.map((p) => p.action), ['cached', 'cached', 'cached']);
+      assert.deepEqual(
+        j2.plan.map((p) => p.action),
+        ['cached', 'cached', 'cached'],
+      );
       assert.deepEqual(j2.targets, j1.targets);
-      assert.deepEqual(j2.plan.map((p) => p.rrefs), j1.plan.map((p) => p.rrefs));
-      assert.deepEqual(['a', 'b', 'c'].map((n) => builds(e, n)), [1, 1, 1]);
+      assert.deepEqual(
+        j2.plan.map((p) => p.rrefs),
+        j1.plan.map((p) => p.rrefs),
+      );
+      assert.deepEqual(
+        ['a', 'b', 'c'].map((n) => builds(e, n)),
+        [1, 1, 1],
+      );
     } finally {
       e.cleanup();
     }
@@ -163,7 +222,10 @@ describe('cairn realize: results and caching', () => {
     try {
       const j = json(cairn(e.store, ['realize', CHAIN, '-j', '1', '--json'], { env: e.env }));
       assert.equal(j.builds, 3);
-      assert.deepEqual(['a', 'b', 'c'].map((n) => builds(e, n)), [1, 1, 1]);
+      assert.deepEqual(
+        ['a', 'b', 'c'].map((n) => builds(e, n)),
+        [1, 1, 1],
+      );
       const again = ok(cairn(e.store, ['realize', CHAIN, '--jobs', '1'], { env: e.env }));
       assert.equal(lastLine(again.stdout), j.targets[0]!.rrefs[0]);
 
@@ -192,7 +254,9 @@ describe('cairn realize: several outputs per build', () => {
         assert.match(ok(cairn(e.store, ['catref', rref, 'value.txt'])).stdout, /^[012] [0-9a-f]{16}\n$/);
         assert.match(ok(cairn(e.store, ['log', rref])).stdout, /wrote 3 outputs/);
       }
-      const again = json(cairn(e.store, ['realize', fixture('nondet.ts'), '--stage', 'trio', '--json'], { env: e.env }));
+      const again = json(
+        cairn(e.store, ['realize', fixture('nondet.ts'), '--stage', 'trio', '--json'], { env: e.env }),
+      );
       assert.equal(again.builds, 0);
       assert.deepEqual(again.targets, j.targets);
     } finally {
@@ -208,16 +272,26 @@ describe('cairn realize --dry-run', () => {
       const drefs = instantiateDrefs(e, CHAIN);
       const r = ok(cairn(e.store, ['realize', CHAIN, '--dry-run'], { env: e.env }));
       const lines = r.stdout.trim().split('\n');
-      assert.deepEqual(lines.slice(0, 3).map((l) => l.split(/\s+/)), drefs.map((d) => ['build', d]));
+      assert.deepEqual(
+        lines.slice(0, 3).map((l) => l.split(/\s+/)),
+        drefs.map((d) => ['build', d]),
+      );
       assert.equal(lines[3], '3 to build, 0 cached');
       assert.deepEqual(allRealizations(e.store), [], 'a dry run stores no realizations');
-      assert.deepEqual(['a', 'b', 'c'].map((n) => builds(e, n)), [0, 0, 0], 'a dry run runs no build function');
+      assert.deepEqual(
+        ['a', 'b', 'c'].map((n) => builds(e, n)),
+        [0, 0, 0],
+        'a dry run runs no build function',
+      );
       assert.deepEqual(tmpEntries(e.store), []);
 
       const j = json(cairn(e.store, ['realize', CHAIN, '-n', '--json'], { env: e.env }));
       assert.equal(j.dryRun, true);
       assert.equal(j.builds, 0);
-      assert.deepEqual(j.plan.map((p) => p.action), ['build', 'build', 'build']);
+      assert.deepEqual(
+        j.plan.map((p) => p.action),
+        ['build', 'build', 'build'],
+      );
       assert.deepEqual(allRealizations(e.store), []);
     } finally {
       e.cleanup();
@@ -231,13 +305,22 @@ describe('cairn realize --dry-run', () => {
       assert.equal(allRealizations(e.store).length, 1);
       const r = ok(cairn(e.store, ['realize', CHAIN, '--dry-run'], { env: e.env }));
       const lines = r.stdout.trim().split('\n');
-      assert.deepEqual(lines.slice(0, 3).map((l) => l.split(/\s+/)[0]), ['cached', 'build', 'build']);
+      assert.deepEqual(
+        lines.slice(0, 3).map((l) => l.split(/\s+/)[0]),
+        ['cached', 'build', 'build'],
+      );
       assert.equal(lines[3], '2 to build, 1 cached');
       assert.equal(allRealizations(e.store).length, 1, 'still only the realization of a');
-      assert.deepEqual(['a', 'b', 'c'].map((n) => builds(e, n)), [1, 0, 0]);
+      assert.deepEqual(
+        ['a', 'b', 'c'].map((n) => builds(e, n)),
+        [1, 0, 0],
+      );
 
       const f = json(cairn(e.store, ['realize', CHAIN, '--dry-run', '--json', '--force'], { env: e.env }));
-      assert.deepEqual(f.plan.map((p) => p.action), ['force', 'force', 'force']);
+      assert.deepEqual(
+        f.plan.map((p) => p.action),
+        ['force', 'force', 'force'],
+      );
       assert.equal(f.builds, 0);
       assert.equal(allRealizations(e.store).length, 1);
       assert.equal(builds(e, 'a'), 1);
@@ -254,8 +337,14 @@ describe('cairn realize --force', () => {
       const first = json(cairn(e.store, ['realize', CHAIN, '--json'], { env: e.env }));
       const j = json(cairn(e.store, ['realize', CHAIN, '--json', '--force'], { env: e.env }));
       assert.equal(j.builds, 3);
-      assert.deepEqual(j.plan.map((p) => p.action), ['force', 'force', 'force']);
-      assert.deepEqual(['a', 'b', 'c'].map((n) => builds(e, n)), [2, 2, 2]);
+      assert.deepEqual(
+        j.plan.map((p) => p.action),
+        ['force', 'force', 'force'],
+      );
+      assert.deepEqual(
+        ['a', 'b', 'c'].map((n) => builds(e, n)),
+        [2, 2, 2],
+      );
       // The chain is deterministic, so rebuilt outputs are identical and merge.
       assert.deepEqual(j.targets, first.targets);
       assert.equal(allRealizations(e.store).length, 3);
@@ -271,8 +360,18 @@ describe('cairn realize --force', () => {
       const first = json(cairn(e.store, ['realize', CHAIN, '--json'], { env: e.env }));
       const j = json(cairn(e.store, ['realize', CHAIN, '--json', '--force', 'b'], { env: e.env }));
       assert.equal(j.builds, 1);
-      assert.deepEqual(j.plan.map((p) => [p.name, p.action]), [['a', 'cached'], ['b', 'force'], ['c', 'cached']]);
-      assert.deepEqual(['a', 'b', 'c'].map((n) => builds(e, n)), [1, 2, 1]);
+      assert.deepEqual(
+        j.plan.map((p) => [p.name, p.action]),
+        [
+          ['a', 'cached'],
+          ['b', 'force'],
+          ['c', 'cached'],
+        ],
+      );
+      assert.deepEqual(
+        ['a', 'b', 'c'].map((n) => builds(e, n)),
+        [1, 2, 1],
+      );
       assert.deepEqual(j.targets, first.targets);
 
       // A DRef works as the name too.
@@ -280,7 +379,10 @@ describe('cairn realize --force', () => {
       const k = json(cairn(e.store, ['realize', CHAIN, '--json', '--force', bDref], { env: e.env }));
       assert.equal(k.builds, 1);
       assert.equal(k.plan[1]!.action, 'force');
-      assert.deepEqual(['a', 'b', 'c'].map((n) => builds(e, n)), [1, 3, 1]);
+      assert.deepEqual(
+        ['a', 'b', 'c'].map((n) => builds(e, n)),
+        [1, 3, 1],
+      );
     } finally {
       e.cleanup();
     }
@@ -292,9 +394,18 @@ describe('cairn realize --stage', () => {
     const e = setup();
     try {
       const j = json(cairn(e.store, ['realize', CHAIN, '--stage', 'a', '--json'], { env: e.env }));
-      assert.deepEqual(j.targets.map((t) => t.name), ['a']);
-      assert.deepEqual(j.plan.map((p) => p.name), ['a']);
-      assert.deepEqual(['a', 'b', 'c'].map((n) => builds(e, n)), [1, 0, 0]);
+      assert.deepEqual(
+        j.targets.map((t) => t.name),
+        ['a'],
+      );
+      assert.deepEqual(
+        j.plan.map((p) => p.name),
+        ['a'],
+      );
+      assert.deepEqual(
+        ['a', 'b', 'c'].map((n) => builds(e, n)),
+        [1, 0, 0],
+      );
       const r = ok(cairn(e.store, ['realize', CHAIN, '-s', 'a'], { env: e.env }));
       assert.equal(lastLine(r.stdout), j.targets[0]!.rrefs[0]);
     } finally {
@@ -312,7 +423,10 @@ describe('cairn realize --stage', () => {
       assert.match(rrefs[1]!, /-b$/);
       const fn = ok(cairn(e.store, ['realize', CHAIN, '--stage', 'makeB'], { env: e.env }));
       assert.equal(lastLine(fn.stdout), rrefs[1]);
-      assert.deepEqual(['a', 'b', 'c'].map((n) => builds(e, n)), [1, 1, 0]);
+      assert.deepEqual(
+        ['a', 'b', 'c'].map((n) => builds(e, n)),
+        [1, 1, 0],
+      );
     } finally {
       e.cleanup();
     }
@@ -322,7 +436,10 @@ describe('cairn realize --stage', () => {
     const e = setup();
     try {
       const byName = json(cairn(e.store, ['realize', CHAIN, '--stage', 'solo', '--json'], { env: e.env }));
-      assert.deepEqual(byName.targets.map((t) => t.name), ['solo']);
+      assert.deepEqual(
+        byName.targets.map((t) => t.name),
+        ['solo'],
+      );
       const both = ok(cairn(e.store, ['realize', CHAIN, '--stage', 'renamed', 'c'], { env: e.env }));
       const rrefs = lastLine(both.stdout).split(' ');
       assert.equal(rrefs.length, 2);
@@ -351,10 +468,14 @@ describe('cairn realize: stage file errors', () => {
   it('a file without a default export gives E_NO_TARGET and names the exports', () => {
     const e = setup();
     try {
-      const file = writeStageFile(e, 'nodefault.ts', `
+      const file = writeStageFile(
+        e,
+        'nodefault.ts',
+        `
 import { stage } from 'cairn';
 export const only = stage({ name: 'only', config: {}, build: () => {} });
-`);
+`,
+      );
       const r = cairn(e.store, ['realize', file], { env: e.env });
       expectError(r, 'E_NO_TARGET', e.store);
       assert.match(r.stderr, /only/);
@@ -369,11 +490,15 @@ export const only = stage({ name: 'only', config: {}, build: () => {} });
   it('a file that throws at import gives E_STAGE_FILE', () => {
     const e = setup();
     try {
-      const file = writeStageFile(e, 'throws.ts', `
+      const file = writeStageFile(
+        e,
+        'throws.ts',
+        `
 import { stage } from 'cairn';
 throw new Error('boom at import time');
 export default stage({ name: 'never', config: {}, build: () => {} });
-`);
+`,
+      );
       const r = cairn(e.store, ['realize', file], { env: e.env });
       expectError(r, 'E_STAGE_FILE', e.store);
       assert.match(r.stderr, /boom at import time/);
@@ -386,9 +511,13 @@ export default stage({ name: 'never', config: {}, build: () => {} });
   it('a function export that throws gives E_STAGE_FILE', () => {
     const e = setup();
     try {
-      const file = writeStageFile(e, 'fnthrows.ts', `
+      const file = writeStageFile(
+        e,
+        'fnthrows.ts',
+        `
 export default () => { throw new Error('factory exploded'); };
-`);
+`,
+      );
       const r = cairn(e.store, ['realize', file], { env: e.env });
       expectError(r, 'E_STAGE_FILE', e.store);
       assert.match(r.stderr, /factory exploded/);
@@ -400,10 +529,14 @@ export default () => { throw new Error('factory exploded'); };
   it('a syntax error gives E_STAGE_FILE (TypeScript and JavaScript)', () => {
     const e = setup();
     try {
-      const ts = writeStageFile(e, 'syntax.ts', `
+      const ts = writeStageFile(
+        e,
+        'syntax.ts',
+        `
 import { stage } from 'cairn';
 export default stage({ name: 'x', config: {, build: () => {} });
-`);
+`,
+      );
       expectError(cairn(e.store, ['realize', ts], { env: e.env }), 'E_STAGE_FILE', e.store);
       const js = writeStageFile(e, 'syntax.mjs', `export default {{{;\n`);
       expectError(cairn(e.store, ['realize', js], { env: e.env }), 'E_STAGE_FILE', e.store);
@@ -419,21 +552,35 @@ export default stage({ name: 'x', config: {, build: () => {} });
       const r = cairn(e.store, ['realize', path.join(e.work, 'does-not-exist.ts')], { env: e.env });
       expectError(r, 'E_STAGE_FILE', e.store);
       assert.match(r.stderr, /does-not-exist\.ts/);
-      expectError(cairn(e.store, ['instantiate', path.join(e.work, 'nope.ts')], { env: e.env }), 'E_STAGE_FILE', e.store);
+      expectError(
+        cairn(e.store, ['instantiate', path.join(e.work, 'nope.ts')], { env: e.env }),
+        'E_STAGE_FILE',
+        e.store,
+      );
     } finally {
       e.cleanup();
     }
   });
 
-  for (const [what, value] of [['a function', '() => 1'], ['a BigInt', '10n'], ['NaN', 'NaN'], ['Infinity', 'Infinity'], ['a class instance', 'new Date(0)']] as const) {
+  for (const [what, value] of [
+    ['a function', '() => 1'],
+    ['a BigInt', '10n'],
+    ['NaN', 'NaN'],
+    ['Infinity', 'Infinity'],
+    ['a class instance', 'new Date(0)'],
+  ] as const) {
     it(`a config holding ${what} gives E_CONFIG_NOT_JSON`, () => {
       const e = setup();
       try {
-        const file = writeStageFile(e, 'badconfig.ts', `
+        const file = writeStageFile(
+          e,
+          'badconfig.ts',
+          `
 import { stage } from 'cairn';
 const dep = stage({ name: 'dep', config: { fine: 1 }, build: () => {} });
 export default stage({ name: 'bad', config: { dep, nested: { value: ${value} } }, build: () => {} });
-`);
+`,
+        );
         const r = cairn(e.store, ['realize', file], { env: e.env });
         expectError(r, 'E_CONFIG_NOT_JSON', e.store);
         assert.match(r.stderr, /nested\.value/);
@@ -449,10 +596,14 @@ export default stage({ name: 'bad', config: { dep, nested: { value: ${value} } }
     it(`the stage name ${JSON.stringify(bad)} gives E_BAD_NAME`, () => {
       const e = setup();
       try {
-        const file = writeStageFile(e, 'badname.ts', `
+        const file = writeStageFile(
+          e,
+          'badname.ts',
+          `
 import { stage } from 'cairn';
 export default stage({ name: ${JSON.stringify(bad)}, config: {}, build: () => {} });
-`);
+`,
+        );
         const r = cairn(e.store, ['realize', file], { env: e.env });
         expectError(r, 'E_BAD_NAME', e.store);
         assert.deepEqual(allRealizations(e.store), []);
@@ -466,14 +617,18 @@ export default stage({ name: ${JSON.stringify(bad)}, config: {}, build: () => {}
   it('a cyclic graph gives E_CYCLE', () => {
     const e = setup();
     try {
-      const file = writeStageFile(e, 'cycle.ts', `
+      const file = writeStageFile(
+        e,
+        'cycle.ts',
+        `
 import { stage } from 'cairn';
 const cfgA: Record<string, unknown> = { k: 1 };
 const a = stage({ name: 'cyc-a', config: cfgA, build: () => {} });
 const b = stage({ name: 'cyc-b', config: { a }, build: () => {} });
 cfgA.b = b;
 export default b;
-`);
+`,
+      );
       const r = cairn(e.store, ['realize', file], { env: e.env });
       expectError(r, 'E_CYCLE', e.store);
       assert.match(r.stderr, /cyc-a/);
@@ -518,7 +673,10 @@ describe('cairn realize: build failures', () => {
       // The whole label of the build directory, not a slice cut mid-word (`-uild-1`).
       assert.match(failed[0]!, /^broken-\d{4}-\d\d-\d\dT\d{9}Z-p\d+-build-[0-9a-z]+$/);
       const kept = path.join(e.store, 'failed', failed[0]!);
-      assert.ok(r.stderr.includes(kept) || r.stderr.includes(failed[0]!), `stderr should say where it was kept: ${r.stderr}`);
+      assert.ok(
+        r.stderr.includes(kept) || r.stderr.includes(failed[0]!),
+        `stderr should say where it was kept: ${r.stderr}`,
+      );
       // The layout inside the kept directory is the builder's business; the
       // partial output and the build log must both be in there somewhere.
       const partial = findFiles(kept, 'partial.txt');
@@ -551,7 +709,9 @@ describe('cairn realize: build failures', () => {
 
 describe('cairn: command line usage', () => {
   let e: Env;
-  before(() => { e = setup(); });
+  before(() => {
+    e = setup();
+  });
   after(() => e.cleanup());
 
   it('an unknown command fails with a non-zero exit', () => {
@@ -586,17 +746,21 @@ export const trio = stage({ name: 'trio', n: 3, config: {}, build: async ({ exec
 } });
 `;
 
-  it('streams what exec\'d programs print while they run, prefixed by the stage, and keeps it in build.log', async () => {
+  it("streams what exec'd programs print while they run, prefixed by the stage, and keeps it in build.log", async () => {
     const e = setup();
     try {
       const file = writeStageFile(e, 'live.ts', STAGES);
       const gate = path.join(e.work, 'gate');
       const child = spawn(process.execPath, [cairnBin, '--store', e.store, 'realize', file, '-s', 'live', '-v'], {
-        cwd: repoRoot, env: { ...process.env, ...e.env, GATE: gate }, stdio: ['ignore', 'pipe', 'pipe'],
+        cwd: repoRoot,
+        env: { ...process.env, ...e.env, GATE: gate },
+        stdio: ['ignore', 'pipe', 'pipe'],
       });
       let stderr = '';
       let stdout = '';
-      child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
+      child.stdout.setEncoding('utf8').on('data', (d: string) => {
+        stdout += d;
+      });
       child.stderr.setEncoding('utf8').on('data', (d: string) => {
         stderr += d;
         // The program waits for the gate (20 s at most): seeing its line while it waits proves the output is live.
@@ -650,19 +814,34 @@ describe('cairn log --failed: logs of failed builds', () => {
       expectError(plain, 'E_NO_SUCH_REF');
       assert.match(plain.stderr, /--failed/);
 
-      for (let i = 0; i < 6; i++) expectError(cairn(e.store, ['realize', FAILING], { env: e.env }), 'E_BUILD_FAILED', e.store);
-      const list = ok(cairn(e.store, ['log', dref, '--failed', '--list'])).stdout.trim().split('\n');
+      for (let i = 0; i < 6; i++)
+        expectError(cairn(e.store, ['realize', FAILING], { env: e.env }), 'E_BUILD_FAILED', e.store);
+      const list = ok(cairn(e.store, ['log', dref, '--failed', '--list']))
+        .stdout.trim()
+        .split('\n');
       assert.equal(list.length, 5, 'at most 5 failed logs per derivation');
       const times = list.map((l) => Date.parse(l.split(/\s+/)[0]!));
-      assert.ok(times.every((t) => Number.isFinite(t)), list.join('\n'));
-      assert.deepEqual([...times].sort((a, b) => a - b), times, 'oldest first');
+      assert.ok(
+        times.every((t) => Number.isFinite(t)),
+        list.join('\n'),
+      );
+      assert.deepEqual(
+        [...times].sort((a, b) => a - b),
+        times,
+        'oldest first',
+      );
       const newest = list[list.length - 1]!.split(/\s+/)[1]!;
       assert.equal(ok(cairn(e.store, ['log', dref, '--failed'])).stdout, fs.readFileSync(newest, 'utf8'));
 
       // gc keeps them while they are recent, deletes them once older than --older-than.
       const kept = ok(cairn(e.store, ['store', 'gc']));
       assert.doesNotMatch(kept.stdout, /failed-build log/);
-      assert.equal(ok(cairn(e.store, ['log', dref, '--failed', '--list'])).stdout.trim().split('\n').length, 5);
+      assert.equal(
+        ok(cairn(e.store, ['log', dref, '--failed', '--list']))
+          .stdout.trim()
+          .split('\n').length,
+        5,
+      );
       const dry = ok(cairn(e.store, ['store', 'gc', '--dry-run', '--older-than', '0m']));
       assert.equal(dry.stdout.split('\n').filter((l) => l.startsWith('would delete failed-build log ')).length, 5);
       ok(cairn(e.store, ['store', 'gc', '--older-than', '0m']));
@@ -686,7 +865,11 @@ describe('cairn realize --force: the built line', () => {
         const r = ok(cairn(e.store, ['realize', ml, '--force', 'train'], { env: e.env }));
         const line = r.stderr.split('\n').find((l) => l.startsWith('built train in '));
         assert.ok(line, r.stderr);
-        const built = line.replace(/^built train in [0-9.]+s: /, '').split(';')[0]!.trim().split(' ');
+        const built = line
+          .replace(/^built train in [0-9.]+s: /, '')
+          .split(';')[0]!
+          .trim()
+          .split(' ');
         const now = realizationsOf(e.store, 'train');
         const fresh = now.filter((x) => !before.has(x));
         assert.deepEqual([...built].sort(), [...fresh].sort(), `the line names the new realizations: ${line}`);

@@ -10,10 +10,12 @@ const H = (c: string): string => c.repeat(32);
 
 isolateModuleCache(after);
 
-
-
-
-interface Realized { store: string; cleanup: () => void; dref: Record<string, string>; rref: Record<string, string> }
+interface Realized {
+  store: string;
+  cleanup: () => void;
+  dref: Record<string, string>;
+  rref: Record<string, string>;
+}
 
 /** A store holding the realized chain a -> b -> c, with each stage's DRef and RRef. */
 function realizeChain(): Realized {
@@ -38,22 +40,30 @@ function outDir(store: string, rref: string): string {
 
 describe('reading realizations', () => {
   let s: Realized;
-  before(() => { s = realizeChain(); });
+  before(() => {
+    s = realizeChain();
+  });
   after(() => s.cleanup());
 
   it('lsref DREF lists its realizations', () => {
-    const lines = ok(cairn(s.store, ['lsref', s.dref.b!])).stdout.trim().split('\n');
+    const lines = ok(cairn(s.store, ['lsref', s.dref.b!]))
+      .stdout.trim()
+      .split('\n');
     assert.equal(lines.length, 1);
     assert.equal(lines[0]!.split(/\s+/)[0], s.rref.b);
     assert.match(lines[0]!, /\d{4}-\d\d-\d\dT/, 'with its creation time');
   });
 
   it('lsref RREF lists its files with modes and sizes', () => {
-    const lines = ok(cairn(s.store, ['lsref', s.rref.b!])).stdout.trim().split('\n');
-    const byPath = new Map(lines.map((l) => {
-      const parts = l.trim().split(/\s+/);
-      return [parts[parts.length - 1]!, parts] as const;
-    }));
+    const lines = ok(cairn(s.store, ['lsref', s.rref.b!]))
+      .stdout.trim()
+      .split('\n');
+    const byPath = new Map(
+      lines.map((l) => {
+        const parts = l.trim().split(/\s+/);
+        return [parts[parts.length - 1]!, parts] as const;
+      }),
+    );
     assert.deepEqual([...byPath.keys()].sort(), ['b.txt', 'sub/', 'sub/nested.txt']);
     assert.deepEqual(byPath.get('b.txt')!.slice(0, 2), ['-r--r--r--', '11'], 'sealed read-only, 11 bytes');
     assert.match(byPath.get('sub/')![0]!, /^dr.x.-x.-x$/);
@@ -75,7 +85,14 @@ describe('reading realizations', () => {
   });
 
   it('catref refuses paths that escape the output directory', () => {
-    for (const rel of ['../meta.json', '../build.log', 'sub/../../meta.json', '../../../../../../../../etc/hostname', '/etc/hostname', path.join(s.store, 'store.json')]) {
+    for (const rel of [
+      '../meta.json',
+      '../build.log',
+      'sub/../../meta.json',
+      '../../../../../../../../etc/hostname',
+      '/etc/hostname',
+      path.join(s.store, 'store.json'),
+    ]) {
       const r = cairn(s.store, ['catref', s.rref.b!, rel]);
       assert.notEqual(r.code, 0, `${rel} must be refused`);
       assert.match(r.stderr, /cairn: error E_[A-Z_]+:/);
@@ -89,7 +106,9 @@ describe('reading realizations', () => {
     const out = fs.realpathSync(outDir(s.store, s.rref.b!));
     const pwd = ok(cairn(s.store, ['shellref', s.rref.b!, '-c', 'pwd -P'], { env })).stdout.trim();
     assert.equal(pwd, out);
-    const vars = ok(cairn(s.store, ['shellref', s.rref.b!, '-c', 'echo "$CAIRN_OUT"; echo "$CAIRN_RREF"'], { env })).stdout.trim().split('\n');
+    const vars = ok(cairn(s.store, ['shellref', s.rref.b!, '-c', 'echo "$CAIRN_OUT"; echo "$CAIRN_RREF"'], { env }))
+      .stdout.trim()
+      .split('\n');
     assert.equal(fs.realpathSync(vars[0]!), out);
     assert.equal(vars[1], s.rref.b);
     // A DRef stands for its newest realization.
@@ -109,31 +128,51 @@ describe('reading realizations', () => {
   });
 
   it('du prints per-derivation sizes and a total', () => {
-    const lines = ok(cairn(s.store, ['du', '--bytes'])).stdout.trim().split('\n');
+    const lines = ok(cairn(s.store, ['du', '--bytes']))
+      .stdout.trim()
+      .split('\n');
     assert.equal(lines.length, 4, '3 derivations and a total');
     const rows = lines.map((l) => l.split('\t'));
     const total = rows.pop()!;
     assert.equal(total[2], 'total');
     assert.equal(total[1], '3', '3 realizations in all');
-    assert.equal(Number(total[0]), rows.reduce((a, r) => a + Number(r[0]), 0), 'the total is the sum of the rows');
+    assert.equal(
+      Number(total[0]),
+      rows.reduce((a, r) => a + Number(r[0]), 0),
+      'the total is the sum of the rows',
+    );
     // a.txt (6) + b.txt (11) + sub/nested.txt (7) + c.txt (17)
     assert.equal(Number(total[0]), 41);
     assert.deepEqual(rows.map((r) => r[2]).sort(), Object.values(s.dref).sort());
-    const human = ok(cairn(s.store, ['du'])).stdout.trim().split('\n');
+    const human = ok(cairn(s.store, ['du']))
+      .stdout.trim()
+      .split('\n');
     assert.match(human[human.length - 1]!, /^41 B\t3\ttotal$/);
   });
 
   it('du REF prints its own size and its closure', () => {
-    const lines = ok(cairn(s.store, ['du', '--bytes', s.rref.c!])).stdout.trim().split('\n');
+    const lines = ok(cairn(s.store, ['du', '--bytes', s.rref.c!]))
+      .stdout.trim()
+      .split('\n');
     assert.equal(lines.length, 2);
     assert.match(lines[0]!, /^17\t.*\(1 realization\(s\)\)$/);
     assert.match(lines[1]!, /^41\tclosure \(3 realization\(s\)\)$/);
-    const a = ok(cairn(s.store, ['du', '--bytes', s.dref.a!])).stdout.trim().split('\n');
+    const a = ok(cairn(s.store, ['du', '--bytes', s.dref.a!]))
+      .stdout.trim()
+      .split('\n');
     assert.match(a[1]!, /^6\tclosure \(1 realization\(s\)\)$/);
   });
 
   it('malformed refs give E_BAD_REF', () => {
-    const bad = ['nonsense', '../../etc/passwd', `${H('e')}-a`, `${H('0').slice(1)}-a`, `${H('0')}-`, `${H('0')}-../x`, `${H('0')}-${H('1')}-.hidden`];
+    const bad = [
+      'nonsense',
+      '../../etc/passwd',
+      `${H('e')}-a`,
+      `${H('0').slice(1)}-a`,
+      `${H('0')}-`,
+      `${H('0')}-../x`,
+      `${H('0')}-${H('1')}-.hidden`,
+    ];
     for (const ref of bad) {
       expectError(cairn(s.store, ['lsref', ref]), 'E_BAD_REF');
     }
@@ -148,8 +187,18 @@ describe('reading realizations', () => {
     const dref = `${H('0')}-ghost`;
     const rref = `${H('1')}-${dref}`;
     const otherRref = `${H('2')}-${s.dref.b}`;
-    for (const args of [['lsref', dref], ['lsref', rref], ['lsref', otherRref], ['catref', rref, 'x'], ['catref', dref, 'x'],
-      ['log', rref], ['log', otherRref], ['shellref', rref, '-c', 'true'], ['du', dref], ['rmref', rref]]) {
+    for (const args of [
+      ['lsref', dref],
+      ['lsref', rref],
+      ['lsref', otherRref],
+      ['catref', rref, 'x'],
+      ['catref', dref, 'x'],
+      ['log', rref],
+      ['log', otherRref],
+      ['shellref', rref, '-c', 'true'],
+      ['du', dref],
+      ['rmref', rref],
+    ]) {
       expectError(cairn(s.store, args), 'E_NO_SUCH_REF');
     }
   });
@@ -171,7 +220,10 @@ describe('cairn rmref', () => {
       assert.deepEqual(tmpEntries(s.store), []);
       // The rest is untouched, and realize rebuilds only c.
       assert.equal(ok(cairn(s.store, ['catref', s.rref.b!, 'b.txt'])).stdout, 'alpha+beta\n');
-      const j = JSON.parse(ok(cairn(s.store, ['realize', CHAIN, '--json'])).stdout) as { builds: number; targets: { rrefs: string[] }[] };
+      const j = JSON.parse(ok(cairn(s.store, ['realize', CHAIN, '--json'])).stdout) as {
+        builds: number;
+        targets: { rrefs: string[] }[];
+      };
       assert.equal(j.builds, 1);
       assert.deepEqual(j.targets[0]!.rrefs, [s.rref.c]);
     } finally {
@@ -205,7 +257,9 @@ describe('cairn rmref', () => {
       const r = ok(cairn(s.store, ['rmref', s.dref.c!]));
       assert.match(r.stdout, /1 realization/);
       expectError(cairn(s.store, ['lsref', s.dref.c!]), 'E_NO_SUCH_REF');
-      const du = ok(cairn(s.store, ['du', '--bytes'])).stdout.trim().split('\n');
+      const du = ok(cairn(s.store, ['du', '--bytes']))
+        .stdout.trim()
+        .split('\n');
       assert.equal(du.length, 3);
       assert.match(du[2]!, /^24\t2\ttotal$/);
       assert.deepEqual(tmpEntries(s.store), []);

@@ -4,20 +4,32 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
-import { cairn, cairnBin, lastLine, repoRoot, tempDir, type CliResult, isolateModuleCache, ok, expectError } from './helpers.js';
+import {
+  cairn,
+  cairnBin,
+  lastLine,
+  repoRoot,
+  tempDir,
+  type CliResult,
+  isolateModuleCache,
+  ok,
+  expectError,
+} from './helpers.js';
 
 const CHAIN = path.join(repoRoot, 'test', 'fixtures', 'chain.ts');
 
 isolateModuleCache(after);
-
-
 
 /** Runs the CLI WITHOUT --store, with CAIRN_STORE removed from the environment unless given. */
 function cairnNoStoreFlag(args: string[], env: NodeJS.ProcessEnv): CliResult {
   const base = { ...process.env };
   delete base.CAIRN_STORE;
   delete base.XDG_DATA_HOME;
-  const r = spawnSync(process.execPath, [cairnBin, ...args], { cwd: repoRoot, env: { ...base, ...env }, encoding: 'utf8' });
+  const r = spawnSync(process.execPath, [cairnBin, ...args], {
+    cwd: repoRoot,
+    env: { ...base, ...env },
+    encoding: 'utf8',
+  });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -51,10 +63,15 @@ describe('store root', () => {
       const rref = lastLine(r.stdout);
       assert.ok(hasRealization(store, rref));
       assert.equal(fs.existsSync(path.join(xdg, 'cairn')), false, 'CAIRN_STORE wins over XDG_DATA_HOME');
-      assert.equal(ok(cairnNoStoreFlag(['catref', rref, 'c.txt'], { CAIRN_STORE: store })).stdout, 'alpha+beta+gamma\n');
+      assert.equal(
+        ok(cairnNoStoreFlag(['catref', rref, 'c.txt'], { CAIRN_STORE: store })).stdout,
+        'alpha+beta+gamma\n',
+      );
       // A relative CAIRN_STORE is taken relative to the working directory.
       const rel = spawnSync(process.execPath, [cairnBin, 'catref', rref, 'c.txt'], {
-        cwd: t.dir, env: { ...process.env, CAIRN_STORE: 'env-store' }, encoding: 'utf8',
+        cwd: t.dir,
+        env: { ...process.env, CAIRN_STORE: 'env-store' },
+        encoding: 'utf8',
       });
       assert.equal(rel.status, 0, rel.stderr);
       assert.equal(rel.stdout, 'alpha+beta+gamma\n');
@@ -85,7 +102,9 @@ describe('store root', () => {
       const store = path.join(xdg, 'cairn');
       assert.ok(hasRealization(store, rref));
       assert.ok(fs.existsSync(path.join(store, 'store.json')));
-      const lines = ok(cairnNoStoreFlag(['du', '--bytes'], { XDG_DATA_HOME: xdg, HOME: t.dir })).stdout.trim().split('\n');
+      const lines = ok(cairnNoStoreFlag(['du', '--bytes'], { XDG_DATA_HOME: xdg, HOME: t.dir }))
+        .stdout.trim()
+        .split('\n');
       assert.match(lines[lines.length - 1]!, /^41\t3\ttotal$/);
     } finally {
       t.cleanup();
@@ -119,7 +138,14 @@ describe('store layout version', () => {
         fs.chmodSync(marker, 0o644);
         fs.writeFileSync(marker, text);
         fs.chmodSync(marker, 0o444);
-        for (const args of [['realize', CHAIN], ['du'], ['lsref', rref], ['catref', rref, 'c.txt'], ['log', rref], ['rmref', rref]]) {
+        for (const args of [
+          ['realize', CHAIN],
+          ['du'],
+          ['lsref', rref],
+          ['catref', rref, 'c.txt'],
+          ['log', rref],
+          ['rmref', rref],
+        ]) {
           const r = cairn(store, args);
           expectError(r, 'E_STORE_VERSION');
           assert.equal(r.stdout, '', `${args[0]} prints nothing on stdout`);
@@ -144,11 +170,18 @@ describe('cairn demo', () => {
       const out = r.stdout;
       assert.match(out, /^run 1: [\d.]+ ms, 3 build run\(s\)$/m);
       assert.match(out, /^run 2: [\d.]+ ms, 0 build run\(s\)$/m);
-      const run2 = out.slice(out.indexOf('run 2:')).split('\n').slice(1).filter((l) => /^\s{2}\S/.test(l) && !/^\s*Try:/.test(l));
+      const run2 = out
+        .slice(out.indexOf('run 2:'))
+        .split('\n')
+        .slice(1)
+        .filter((l) => /^\s{2}\S/.test(l) && !/^\s*Try:/.test(l));
       const actions = run2.filter((l) => /->/.test(l));
       assert.equal(actions.length, 3, `run 2 lists the 3 stages:\n${out}`);
       for (const l of actions) assert.match(l, /^\s+cached\s/, `run 2 is fully cached: ${l}`);
-      const run1 = out.slice(out.indexOf('run 1:'), out.indexOf('run 2:')).split('\n').filter((l) => /->/.test(l));
+      const run1 = out
+        .slice(out.indexOf('run 1:'), out.indexOf('run 2:'))
+        .split('\n')
+        .filter((l) => /->/.test(l));
       assert.equal(run1.length, 3);
       for (const l of run1) assert.match(l, /^\s+build\s/);
       // Both runs chose the same realizations.

@@ -31,8 +31,10 @@ function viaCli(file: string): Drefs {
 
 /** The library route: a script that imports the file and calls instantiate(), under NODE_ARGS. */
 function viaLibrary(dir: string, file: string, nodeArgs: string[]): Drefs {
-  const r = spawnSync(process.execPath, [...nodeArgs, path.join(dir, 'runner.mjs'), file],
-    { encoding: 'utf8', cwd: repoRoot });
+  const r = spawnSync(process.execPath, [...nodeArgs, path.join(dir, 'runner.mjs'), file], {
+    encoding: 'utf8',
+    cwd: repoRoot,
+  });
   assert.equal(r.status, 0, r.stderr);
   return JSON.parse(r.stdout) as Drefs;
 }
@@ -50,7 +52,12 @@ console.log(JSON.stringify(Object.fromEntries(g.order.map((d) => [g.nodes.get(d)
  */
 function stripTypes(text: string): string {
   const parser = require('sucrase/dist/parser/index.js') as {
-    parse(s: string, jsx: boolean, ts: boolean, flow: boolean): {
+    parse(
+      s: string,
+      jsx: boolean,
+      ts: boolean,
+      flow: boolean,
+    ): {
       tokens: { start: number; end: number; isType: boolean; type: number }[];
     };
   };
@@ -67,8 +74,21 @@ function stripTypes(text: string): string {
 }
 
 function tsc(dir: string, outDir: string, files: string[], extra: string[] = []): void {
-  const args = [TSC, '--outDir', outDir, '--module', 'nodenext', '--moduleResolution', 'nodenext',
-    '--target', 'es2022', '--skipLibCheck', '--rewriteRelativeImportExtensions', ...extra, ...files];
+  const args = [
+    TSC,
+    '--outDir',
+    outDir,
+    '--module',
+    'nodenext',
+    '--moduleResolution',
+    'nodenext',
+    '--target',
+    'es2022',
+    '--skipLibCheck',
+    '--rewriteRelativeImportExtensions',
+    ...extra,
+    ...files,
+  ];
   const r = spawnSync(process.execPath, args, { encoding: 'utf8', cwd: dir });
   assert.equal(r.status, 0, r.stdout + r.stderr);
 }
@@ -112,12 +132,14 @@ describe('code identity: one stage file, every loader', () => {
     assert.deepEqual(viaLibrary(t.dir, path.join(t.dir, 'mapped', 'pipeline.js'), ['--enable-source-maps']), cli);
   });
 
-  it('type-stripped JavaScript gives the same DRefs (and Node\'s own stripping, where this Node has it)', () => {
+  it("type-stripped JavaScript gives the same DRefs (and Node's own stripping, where this Node has it)", () => {
     const stripped = path.join(t.dir, 'stripped');
     fs.mkdirSync(stripped);
     for (const f of ['pipeline', 'helper']) {
-      const text = stripTypes(fs.readFileSync(path.join(src, `${f}.ts`), 'utf8'))
-        .replace("'./helper.ts'", "'./helper.js'");
+      const text = stripTypes(fs.readFileSync(path.join(src, `${f}.ts`), 'utf8')).replace(
+        "'./helper.ts'",
+        "'./helper.js'",
+      );
       fs.writeFileSync(path.join(stripped, `${f}.js`), text);
     }
     assert.deepEqual(viaLibrary(t.dir, path.join(stripped, 'pipeline.js'), []), cli);
@@ -145,10 +167,12 @@ describe('code identity: one stage file, every loader', () => {
   }
 
   it('a comment or reformatting inside build, and a CRLF copy, keep every DRef', () => {
-    const commented = variant('commented', (s) => s
-      .replace('const rows: Array<number> = [];', 'const rows: Array<number> = []; /* rows\n   to come */ // more')
-      .replace("ctx.log('big')", "// why big?\n      ctx.log( 'big' ) ;")
-      .replace('const v = identity', '// the value\n    const   v=identity'));
+    const commented = variant('commented', (s) =>
+      s
+        .replace('const rows: Array<number> = [];', 'const rows: Array<number> = []; /* rows\n   to come */ // more')
+        .replace("ctx.log('big')", "// why big?\n      ctx.log( 'big' ) ;")
+        .replace('const v = identity', '// the value\n    const   v=identity'),
+    );
     assert.deepEqual(commented.cli, cli);
     assert.deepEqual(commented.tsx, cli);
     const crlf = variant('crlf', (s) => s.replace(/\n/g, '\r\n'));
@@ -161,7 +185,7 @@ describe('code identity: one stage file, every loader', () => {
       ['constant', (s) => s.replace('i < n; i++', 'i < n + 1; i++'), 'data'],
       ['operator', (s) => s.replace('if (ctx.config.k > 1)', 'if (ctx.config.k >= 1)'), 'method'],
       ['identifier', (s) => s.replace('String(v) + s', 'String(v) + v'), 'expr'],
-      ['string', (s) => s.replace("'single' + \"double\"", "'single' + \"Double\""), 'expr'],
+      ['string', (s) => s.replace('\'single\' + "double"', '\'single\' + "Double"'), 'expr'],
       ['template', (s) => s.replace('`n=${n} ', '`n = ${n} '), 'data'],
       ['statement', (s) => s.replace("ctx.log('big')", "ctx.log('big')\n      ctx.log('bigger')"), 'method'],
     ];
@@ -190,13 +214,19 @@ describe('code identity: in one process', () => {
 
   it('functions written differently but with the same code share a DRef; different code does not', () => {
     // These are read from this file through tsx's source map, each at its own place.
-    const a = dref((ctx) => { ctx.log('one'); });
+    const a = dref((ctx) => {
+      ctx.log('one');
+    });
     const b = dref((ctx: { log(m: string): void }): void => {
       // a comment, other quotes, a type annotation, no semicolon
-      ctx.log( "one" )
+      ctx.log('one');
     });
-    const c = dref(function (ctx) { ctx.log('one'); });
-    const d = dref((ctx) => { ctx.log('two'); });
+    const c = dref(function (ctx) {
+      ctx.log('one');
+    });
+    const d = dref((ctx) => {
+      ctx.log('two');
+    });
     assert.equal(b, a);
     assert.notEqual(c, a, 'an arrow function and a function differ in `this`');
     assert.notEqual(d, a);
@@ -269,8 +299,9 @@ describe('code identity: the normalized form', () => {
   });
 
   it('reads TypeScript originals without their types, at the position V8 gives', () => {
-    const ts = 'const f = async <T,>(ctx: Ctx<T>, n?: number): Promise<void> => { (ctx as any).go(n!) };\n'
-      + 'const o = { build(ctx: Ctx): void { g<string>(ctx satisfies Ctx) } };\n';
+    const ts =
+      'const f = async <T,>(ctx: Ctx<T>, n?: number): Promise<void> => { (ctx as any).go(n!) };\n' +
+      'const o = { build(ctx: Ctx): void { g<string>(ctx satisfies Ctx) } };\n';
     const arrow = ts.indexOf('async');
     assert.equal(canonicalAtOffset(ts, 'x.ts', arrow), canonicalFromText('async (ctx, n) => { ctx.go(n) }'));
     // A method: V8 points at the parameter list; a source map may point at the name.
@@ -281,7 +312,7 @@ describe('code identity: the normalized form', () => {
     assert.equal(canonicalAtOffset(ts, 'x.ts', ts.indexOf('const o')), undefined, 'no function starts there');
   });
 
-  it('gives undefined for what is not a function\'s source', () => {
+  it("gives undefined for what is not a function's source", () => {
     assert.equal(canonicalFromText('function () { [native code] }'), undefined);
     assert.equal(canonicalFromText('class A {}'), undefined);
   });

@@ -9,7 +9,17 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, it } from 'node:test';
-import { cairn, cairnAsync, cairnBin, lastLine, repoRoot, tempDir, type CliResult, isolateModuleCache, tmpEntries } from './helpers.js';
+import {
+  cairn,
+  cairnAsync,
+  cairnBin,
+  lastLine,
+  repoRoot,
+  tempDir,
+  type CliResult,
+  isolateModuleCache,
+  tmpEntries,
+} from './helpers.js';
 
 const fixture = (name: string): string => path.join(repoRoot, 'test', 'fixtures', name);
 const PROCS = 8;
@@ -17,15 +27,23 @@ const PROCS = 8;
 isolateModuleCache(after, 'cairn-conc-cache');
 
 function lines(file: string): string[] {
-  try { return fs.readFileSync(file, 'utf8').split('\n').filter(Boolean); } catch { return []; }
+  try {
+    return fs.readFileSync(file, 'utf8').split('\n').filter(Boolean);
+  } catch {
+    return [];
+  }
 }
 
-
 function realizationsOf(store: string, name: string): string[] {
-  return fs.readdirSync(path.join(store, 'd'))
+  return fs
+    .readdirSync(path.join(store, 'd'))
     .filter((d) => d.endsWith(`-${name}`))
     .flatMap((d) => {
-      try { return fs.readdirSync(path.join(store, 'd', d, 'r')).map((h) => `${h}-${d}`); } catch { return []; }
+      try {
+        return fs.readdirSync(path.join(store, 'd', d, 'r')).map((h) => `${h}-${d}`);
+      } catch {
+        return [];
+      }
     });
 }
 
@@ -44,13 +62,19 @@ describe('concurrent realizes', { timeout: 180_000 }, () => {
       const counter = path.join(t.dir, 'counter');
       const env = { CAIRN_TEST_COUNTER: counter, CAIRN_TEST_SLEEP_MS: '300' };
       const file = fixture('diamond.ts');
-      const results = await Promise.all(Array.from({ length: PROCS }, () => cairnAsync(store, ['realize', file], { env })));
+      const results = await Promise.all(
+        Array.from({ length: PROCS }, () => cairnAsync(store, ['realize', file], { env })),
+      );
       assertAllOk(results);
       const outputs = results.map((r) => lastLine(r.stdout));
       assert.equal(new Set(outputs).size, 1, `all processes print the same RRefs: ${outputs.join(', ')}`);
       assert.match(outputs[0]!, /-join$/);
       for (const name of ['src', 'left', 'right', 'join']) {
-        assert.equal(lines(path.join(counter, name)).length, 1, `${name} was built exactly once across ${PROCS} processes`);
+        assert.equal(
+          lines(path.join(counter, name)).length,
+          1,
+          `${name} was built exactly once across ${PROCS} processes`,
+        );
         assert.equal(realizationsOf(store, name).length, 1, `${name} has exactly one realization`);
       }
       assert.deepEqual(tmpEntries(store), [], 'STORE/tmp is empty afterwards');
@@ -74,7 +98,11 @@ describe('concurrent realizes', { timeout: 180_000 }, () => {
       const store = path.join(t.dir, 'store');
       const counter = path.join(t.dir, 'counter');
       const env = { CAIRN_TEST_COUNTER: counter, CAIRN_TEST_SLEEP_MS: '300' };
-      const results = await Promise.all(Array.from({ length: PROCS }, () => cairnAsync(store, ['realize', fixture('chain.ts'), '-j', '1', '-q'], { env })));
+      const results = await Promise.all(
+        Array.from({ length: PROCS }, () =>
+          cairnAsync(store, ['realize', fixture('chain.ts'), '-j', '1', '-q'], { env }),
+        ),
+      );
       assertAllOk(results);
       assert.equal(new Set(results.map((r) => lastLine(r.stdout))).size, 1);
       for (const name of ['a', 'b', 'c']) assert.equal(lines(path.join(counter, name)).length, 1, name);
@@ -90,12 +118,25 @@ describe('concurrent realizes', { timeout: 180_000 }, () => {
       const store = path.join(t.dir, 'store');
       const counter = path.join(t.dir, 'counter');
       const env = { CAIRN_TEST_COUNTER: counter, CAIRN_TEST_SLEEP_MS: '100' };
-      const results = await Promise.all(Array.from({ length: PROCS }, () => cairnAsync(store, ['realize', fixture('nondet.ts'), '--json'], { env })));
+      const results = await Promise.all(
+        Array.from({ length: PROCS }, () => cairnAsync(store, ['realize', fixture('nondet.ts'), '--json'], { env })),
+      );
       assertAllOk(results);
-      const parsed = results.map((r) => JSON.parse(r.stdout) as { builds: number; plan: { name: string; rrefs: string[] }[]; targets: { rrefs: string[] }[] });
+      const parsed = results.map(
+        (r) =>
+          JSON.parse(r.stdout) as {
+            builds: number;
+            plan: { name: string; rrefs: string[] }[];
+            targets: { rrefs: string[] }[];
+          },
+      );
       assert.equal(lines(path.join(counter, 'roll')).length, 3, 'exactly 3 builds of roll across all processes');
       assert.equal(lines(path.join(counter, 'tally')).length, 1, 'tally built once');
-      assert.equal(parsed.reduce((a, j) => a + j.builds, 0), 4, 'the processes report 3 + 1 build runs between them');
+      assert.equal(
+        parsed.reduce((a, j) => a + j.builds, 0),
+        4,
+        'the processes report 3 + 1 build runs between them',
+      );
       const rolls = realizationsOf(store, 'roll');
       assert.equal(rolls.length, 3, '3 distinct realizations of roll');
       const chosen = parsed.map((j) => j.plan.find((p) => p.name === 'roll')!.rrefs);
@@ -107,7 +148,9 @@ describe('concurrent realizes', { timeout: 180_000 }, () => {
       assert.deepEqual(tmpEntries(store), []);
 
       // More processes later build nothing more.
-      const more = await Promise.all(Array.from({ length: 4 }, () => cairnAsync(store, ['realize', fixture('nondet.ts'), '-q'], { env })));
+      const more = await Promise.all(
+        Array.from({ length: 4 }, () => cairnAsync(store, ['realize', fixture('nondet.ts'), '-q'], { env })),
+      );
       assertAllOk(more);
       assert.equal(lines(path.join(counter, 'roll')).length, 3);
       assert.equal(realizationsOf(store, 'roll').length, 3);
@@ -128,9 +171,13 @@ describe('stale lock takeover', { timeout: 180_000 }, () => {
 
       // A build that would take a minute; it is killed long before that.
       const child = spawn(process.execPath, [cairnBin, '--store', store, 'realize', file, '--stage', 'a'], {
-        cwd: repoRoot, env: { ...process.env, CAIRN_TEST_COUNTER: counter, CAIRN_TEST_SLEEP_MS: '60000' }, stdio: 'ignore',
+        cwd: repoRoot,
+        env: { ...process.env, CAIRN_TEST_COUNTER: counter, CAIRN_TEST_SLEEP_MS: '60000' },
+        stdio: 'ignore',
       });
-      const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+      const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+        child.on('exit', (code, signal) => resolve({ code, signal })),
+      );
       try {
         // Wait (bounded, as a hang guard) until the build has started.
         for (let i = 0; i < 600 && lines(started).length === 0; i++) await sleep(50);
@@ -148,12 +195,18 @@ describe('stale lock takeover', { timeout: 180_000 }, () => {
       // The new realize must not wait for the dead holder; the kill below is
       // a hang guard only, not a timing assertion.
       const next = spawn(process.execPath, [cairnBin, '--store', store, 'realize', file, '--stage', 'a'], {
-        cwd: repoRoot, env: { ...process.env, CAIRN_TEST_COUNTER: counter, CAIRN_TEST_SLEEP_MS: '0' }, stdio: ['ignore', 'pipe', 'pipe'],
+        cwd: repoRoot,
+        env: { ...process.env, CAIRN_TEST_COUNTER: counter, CAIRN_TEST_SLEEP_MS: '0' },
+        stdio: ['ignore', 'pipe', 'pipe'],
       });
       let stdout = '';
       let stderr = '';
-      next.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
-      next.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+      next.stdout.setEncoding('utf8').on('data', (d: string) => {
+        stdout += d;
+      });
+      next.stderr.setEncoding('utf8').on('data', (d: string) => {
+        stderr += d;
+      });
       const guard = setTimeout(() => next.kill('SIGKILL'), 120_000);
       const code = await new Promise<number | null>((resolve) => next.on('close', (c) => resolve(c)));
       clearTimeout(guard);
@@ -177,7 +230,9 @@ describe('stale lock takeover', { timeout: 180_000 }, () => {
       const counter = path.join(t.dir, 'counter');
       const file = fixture('litter.ts');
       const child = spawn(process.execPath, [cairnBin, '--store', store, 'realize', file], {
-        cwd: repoRoot, env: { ...process.env, CAIRN_TEST_COUNTER: counter, CAIRN_TEST_SLEEP_MS: '60000', CAIRN_TEST_LITTER: '4000' }, stdio: 'ignore',
+        cwd: repoRoot,
+        env: { ...process.env, CAIRN_TEST_COUNTER: counter, CAIRN_TEST_SLEEP_MS: '60000', CAIRN_TEST_LITTER: '4000' },
+        stdio: 'ignore',
       });
       const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
       try {
@@ -189,7 +244,11 @@ describe('stale lock takeover', { timeout: 180_000 }, () => {
       await exited;
       assert.ok(tmpEntries(store).length >= 1, 'the killed build left its temp dir behind');
 
-      const results = await Promise.all(Array.from({ length: PROCS }, () => cairnAsync(store, ['realize', file, '-q'], { env: { CAIRN_TEST_COUNTER: counter } })));
+      const results = await Promise.all(
+        Array.from({ length: PROCS }, () =>
+          cairnAsync(store, ['realize', file, '-q'], { env: { CAIRN_TEST_COUNTER: counter } }),
+        ),
+      );
       assertAllOk(results);
       assert.equal(new Set(results.map((r) => lastLine(r.stdout))).size, 1);
       assert.equal(lines(path.join(counter, 'litter')).length, 2, 'built once more, by one of the processes');
@@ -209,11 +268,19 @@ describe('stale lock takeover', { timeout: 180_000 }, () => {
       const first = cairn(store, ['realize', file, '--stage', 'src', '-q'], { env: { CAIRN_TEST_COUNTER: counter } });
       assert.equal(first.code, 0, first.stderr);
       const child = spawn(process.execPath, [cairnBin, '--store', store, 'realize', file], {
-        cwd: repoRoot, env: { ...process.env, CAIRN_TEST_COUNTER: counter, CAIRN_TEST_SLEEP_MS: '60000' }, stdio: 'ignore',
+        cwd: repoRoot,
+        env: { ...process.env, CAIRN_TEST_COUNTER: counter, CAIRN_TEST_SLEEP_MS: '60000' },
+        stdio: 'ignore',
       });
       const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
       try {
-        for (let i = 0; i < 600 && (lines(path.join(counter, 'left')).length === 0 || lines(path.join(counter, 'right')).length === 0); i++) await sleep(50);
+        for (
+          let i = 0;
+          i < 600 &&
+          (lines(path.join(counter, 'left')).length === 0 || lines(path.join(counter, 'right')).length === 0);
+          i++
+        )
+          await sleep(50);
         assert.equal(lines(path.join(counter, 'left')).length, 1);
         assert.equal(lines(path.join(counter, 'right')).length, 1);
       } finally {
@@ -221,7 +288,13 @@ describe('stale lock takeover', { timeout: 180_000 }, () => {
       }
       await exited;
 
-      const results = await Promise.all(Array.from({ length: 4 }, () => cairnAsync(store, ['realize', file, '-q'], { env: { CAIRN_TEST_COUNTER: counter, CAIRN_TEST_SLEEP_MS: '200' } })));
+      const results = await Promise.all(
+        Array.from({ length: 4 }, () =>
+          cairnAsync(store, ['realize', file, '-q'], {
+            env: { CAIRN_TEST_COUNTER: counter, CAIRN_TEST_SLEEP_MS: '200' },
+          }),
+        ),
+      );
       assertAllOk(results);
       assert.equal(new Set(results.map((r) => lastLine(r.stdout))).size, 1);
       assert.equal(lines(path.join(counter, 'src')).length, 1);
@@ -243,13 +316,20 @@ describe('a new store opened by several processes at once', { timeout: 60_000 },
       fs.mkdirSync(store);
       // A second process in the middle of creating the index (rollback mode, write lock held for 1.5 s):
       // SQLite refuses the switch to WAL at once rather than waiting for it.
-      const holder = spawn(process.execPath, ['-e', `
+      const holder = spawn(
+        process.execPath,
+        [
+          '-e',
+          `
         const Database = require(${JSON.stringify(path.join(repoRoot, 'node_modules', 'better-sqlite3'))});
         const db = new Database(${JSON.stringify(path.join(store, 'index.sqlite'))});
         db.exec('BEGIN IMMEDIATE; CREATE TABLE IF NOT EXISTS holder (x);');
         process.stdout.write('held\\n');
         setTimeout(() => { db.exec('COMMIT'); db.close(); }, 1500);
-      `], { stdio: ['ignore', 'pipe', 'inherit'] });
+      `,
+        ],
+        { stdio: ['ignore', 'pipe', 'inherit'] },
+      );
       const closed = new Promise((resolve) => holder.on('close', resolve));
       await new Promise((resolve) => holder.stdout.once('data', resolve));
       const r = await cairnAsync(store, ['du']);

@@ -57,17 +57,24 @@ describe('config encoding', () => {
     const key = fc.constantFrom('$ref', '$lit', '$', 'a', '$x');
     const leaf = fc.constantFrom<unknown>(null, true, 0, 1, '', 'a', drefA, drefB, leafA, leafB);
     const { tree } = fc.letrec<{ tree: unknown }>((tie) => ({
-      tree: fc.oneof({ depthSize: 'small', withCrossShrink: true },
+      tree: fc.oneof(
+        { depthSize: 'small', withCrossShrink: true },
         leaf,
         fc.array(tie('tree'), { maxLength: 3 }),
-        fc.dictionary(key, tie('tree'), { maxKeys: 3 })),
+        fc.dictionary(key, tie('tree'), { maxKeys: 3 }),
+      ),
     }));
     // A key that is obviously injective: stages by their DRef, tagged apart from everything else.
     const meaning = (v: unknown): unknown => {
       if (v === leafA || v === leafB) return ['stage', v === leafA ? drefA : drefB];
       if (Array.isArray(v)) return ['array', v.map(meaning)];
       if (v !== null && typeof v === 'object') {
-        return ['object', Object.keys(v).sort().map((k) => [k, meaning((v as Record<string, unknown>)[k])])];
+        return [
+          'object',
+          Object.keys(v)
+            .sort()
+            .map((k) => [k, meaning((v as Record<string, unknown>)[k])]),
+        ];
       }
       return ['value', v];
     };
@@ -103,9 +110,12 @@ describe('config encoding', () => {
       assert.equal(dref(withDeps(a)) === dref(withDeps(b)), same, why);
       assert.equal(dref(withDeps(a)), dref(withDeps(a)), 'the same config gives the same DRef');
     };
-    fc.assert(fc.property(tree, fc.array(fc.boolean(), { minLength: 1, maxLength: 8 }), (a, flips) => {
-      check(a, lookAlike(a, flips));
-    }), { numRuns: 2000 });
+    fc.assert(
+      fc.property(tree, fc.array(fc.boolean(), { minLength: 1, maxLength: 8 }), (a, flips) => {
+        check(a, lookAlike(a, flips));
+      }),
+      { numRuns: 2000 },
+    );
     fc.assert(fc.property(tree, tree, check), { numRuns: 1000 });
   });
 
@@ -144,13 +154,16 @@ describe('deeply nested configs', () => {
     try {
       for (const kind of ['object', 'array'] as const) {
         const file = path.join(t.dir, `deep-${kind}.ts`);
-        fs.writeFileSync(file, [
-          "import { stage } from 'cairn';",
-          'let v: unknown = 0;',
-          `for (let i = 0; i < 200_000; i++) v = ${kind === 'object' ? '{ a: v }' : '[v]'};`,
-          "export default stage({ name: 'deep', config: { v }, build: () => {} });",
-          '',
-        ].join('\n'));
+        fs.writeFileSync(
+          file,
+          [
+            "import { stage } from 'cairn';",
+            'let v: unknown = 0;',
+            `for (let i = 0; i < 200_000; i++) v = ${kind === 'object' ? '{ a: v }' : '[v]'};`,
+            "export default stage({ name: 'deep', config: { v }, build: () => {} });",
+            '',
+          ].join('\n'),
+        );
         const r = cairn(path.join(t.dir, 'store'), ['instantiate', file]);
         expectError(r, 'E_CONFIG_TOO_DEEP');
         assert.notEqual(r.code, 70);
@@ -160,4 +173,3 @@ describe('deeply nested configs', () => {
     }
   });
 });
-

@@ -17,7 +17,11 @@ const notJson = (fn: () => unknown, pathIncludes?: string): void => {
   assert.throws(fn, (e: unknown) => {
     assert.ok(e instanceof CairnError, `expected a CairnError, got ${String(e)}`);
     assert.equal(e.code, 'E_CONFIG_NOT_JSON');
-    if (pathIncludes !== undefined) assert.ok(String(e.details.path).includes(pathIncludes), `path ${String(e.details.path)} should include ${pathIncludes}`);
+    if (pathIncludes !== undefined)
+      assert.ok(
+        String(e.details.path).includes(pathIncludes),
+        `path ${String(e.details.path)} should include ${pathIncludes}`,
+      );
     return true;
   });
 };
@@ -27,7 +31,11 @@ function reference(v: unknown): string {
   if (Array.isArray(v)) return `[${v.map(reference).join(',')}]`;
   if (v !== null && typeof v === 'object') {
     const o = v as Record<string, unknown>;
-    return `{${Object.keys(o).filter((k) => o[k] !== undefined).sort().map((k) => `${JSON.stringify(k)}:${reference(o[k])}`).join(',')}}`;
+    return `{${Object.keys(o)
+      .filter((k) => o[k] !== undefined)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${reference(o[k])}`)
+      .join(',')}}`;
   }
   return JSON.stringify(v);
 }
@@ -45,7 +53,13 @@ function permuteKeys(v: unknown, seed: number): unknown {
       [keys[i], keys[j]] = [keys[j]!, keys[i]!];
     }
     const out: Record<string, unknown> = {};
-    for (const k of keys) Object.defineProperty(out, k, { value: permuteKeys((v as Record<string, unknown>)[k], s + 7), enumerable: true, writable: true, configurable: true });
+    for (const k of keys)
+      Object.defineProperty(out, k, {
+        value: permuteKeys((v as Record<string, unknown>)[k], s + 7),
+        enumerable: true,
+        writable: true,
+        configurable: true,
+      });
     return out;
   }
   return v;
@@ -53,7 +67,10 @@ function permuteKeys(v: unknown, seed: number): unknown {
 
 describe('canonicalJson: one text per JSON value', () => {
   it('does not depend on the order in which object keys were inserted', () => {
-    assert.equal(canonicalJson({ b: 1, a: 2, c: { y: [1, { q: 1, p: 2 }], x: null } }), canonicalJson({ c: { x: null, y: [1, { p: 2, q: 1 }] }, a: 2, b: 1 }));
+    assert.equal(
+      canonicalJson({ b: 1, a: 2, c: { y: [1, { q: 1, p: 2 }], x: null } }),
+      canonicalJson({ c: { x: null, y: [1, { p: 2, q: 1 }] }, a: 2, b: 1 }),
+    );
     assert.equal(canonicalJson({ b: 1, a: 2 }), '{"a":2,"b":1}');
   });
 
@@ -92,7 +109,8 @@ describe('canonicalJson: one text per JSON value', () => {
 
   it('accepts null-prototype objects like plain ones', () => {
     const o = Object.create(null) as Record<string, unknown>;
-    o.b = 2; o.a = 1;
+    o.b = 2;
+    o.a = 1;
     assert.equal(canonicalJson(o), '{"a":1,"b":2}');
   });
 
@@ -114,37 +132,59 @@ describe('canonicalJson: one text per JSON value', () => {
   });
 
   it('property: equals an independent sorted-key serialiser on any JSON value', () => {
-    fc.assert(fc.property(fc.jsonValue(), (v) => {
-      assert.equal(canonicalJson(v), reference(v));
-    }), { numRuns: 300 });
+    fc.assert(
+      fc.property(fc.jsonValue(), (v) => {
+        assert.equal(canonicalJson(v), reference(v));
+      }),
+      { numRuns: 300 },
+    );
   });
 
   it('property: parsing the text gives back the value (modulo -0), and re-canonicalising is the identity', () => {
-    fc.assert(fc.property(fc.jsonValue(), (v) => {
-      const text = canonicalJson(v);
-      assert.deepEqual(JSON.parse(text), JSON.parse(JSON.stringify(v)));
-      assert.equal(canonicalJson(JSON.parse(text)), text);
-    }), { numRuns: 300 });
+    fc.assert(
+      fc.property(fc.jsonValue(), (v) => {
+        const text = canonicalJson(v);
+        assert.deepEqual(JSON.parse(text), JSON.parse(JSON.stringify(v)));
+        assert.equal(canonicalJson(JSON.parse(text)), text);
+      }),
+      { numRuns: 300 },
+    );
   });
 
   it('property: permuting the insertion order of keys never changes the text', () => {
-    fc.assert(fc.property(fc.jsonValue(), fc.nat(), (v, seed) => {
-      assert.equal(canonicalJson(permuteKeys(v, seed)), canonicalJson(v));
-    }), { numRuns: 300 });
+    fc.assert(
+      fc.property(fc.jsonValue(), fc.nat(), (v, seed) => {
+        assert.equal(canonicalJson(permuteKeys(v, seed)), canonicalJson(v));
+      }),
+      { numRuns: 300 },
+    );
   });
 
   it('property: different JSON values (after normalising -0) give different texts', () => {
-    fc.assert(fc.property(fc.jsonValue(), fc.jsonValue(), (a, b) => {
-      const same = reference(JSON.parse(JSON.stringify(a))) === reference(JSON.parse(JSON.stringify(b)));
-      assert.equal(canonicalJson(a) === canonicalJson(b), same);
-    }), { numRuns: 300 });
+    fc.assert(
+      fc.property(fc.jsonValue(), fc.jsonValue(), (a, b) => {
+        const same = reference(JSON.parse(JSON.stringify(a))) === reference(JSON.parse(JSON.stringify(b)));
+        assert.equal(canonicalJson(a) === canonicalJson(b), same);
+      }),
+      { numRuns: 300 },
+    );
   });
 });
 
 describe('canonicalJson: refuses what is not JSON, with E_CONFIG_NOT_JSON', () => {
   it('refuses functions, at top level and nested', () => {
     notJson(() => canonicalJson(() => 1));
-    notJson(() => canonicalJson({ a: { f: function named() { return 1; } } }), 'config.a.f');
+    notJson(
+      () =>
+        canonicalJson({
+          a: {
+            f: function named() {
+              return 1;
+            },
+          },
+        }),
+      'config.a.f',
+    );
     notJson(() => canonicalJson([1, async () => 2]), 'config[1]');
   });
 
@@ -183,7 +223,12 @@ describe('canonicalJson: refuses what is not JSON, with E_CONFIG_NOT_JSON', () =
   });
 
   it('refuses class instances: Date, Map, Set, RegExp, boxed primitives, user classes', () => {
-    class Point { constructor(public x: number, public y: number) {} }
+    class Point {
+      constructor(
+        public x: number,
+        public y: number,
+      ) {}
+    }
     notJson(() => canonicalJson(new Date(0)));
     notJson(() => canonicalJson({ when: new Date(0) }), 'config.when');
     notJson(() => canonicalJson(new Map([['a', 1]])));
@@ -214,11 +259,17 @@ describe('canonicalJson: refuses what is not JSON, with E_CONFIG_NOT_JSON', () =
     const bad: unknown[] = [() => 1, 1n, NaN, Infinity, Symbol('s'), [undefined], new Date(0), new Map()];
     for (const v of bad) {
       const s = stage({ name: 'bad', config: { v }, build: () => {} });
-      assert.throws(() => instantiate(s), (e: unknown) => isCairnError(e, 'E_CONFIG_NOT_JSON'));
+      assert.throws(
+        () => instantiate(s),
+        (e: unknown) => isCairnError(e, 'E_CONFIG_NOT_JSON'),
+      );
     }
     const cyc: Record<string, unknown> = {};
     cyc.again = cyc;
-    assert.throws(() => instantiate(stage({ name: 'cyc', config: cyc, build: () => {} })), (e: unknown) => isCairnError(e, 'E_CONFIG_NOT_JSON'));
+    assert.throws(
+      () => instantiate(stage({ name: 'cyc', config: cyc, build: () => {} })),
+      (e: unknown) => isCairnError(e, 'E_CONFIG_NOT_JSON'),
+    );
   });
 });
 
@@ -237,12 +288,15 @@ describe('hashing rules are pinned', () => {
   };
 
   it('base32 matches a reference implementation and uses the 32-char Nix alphabet', () => {
-    fc.assert(fc.property(fc.uint8Array({ minLength: 20, maxLength: 40 }), (bytes) => {
-      const b = base32(bytes);
-      assert.equal(b, refBase32(bytes));
-      assert.equal(b.length, HASH_CHARS);
-      assert.match(b, /^[0-9a-df-np-sv-z]{32}$/);
-    }), { numRuns: 300 });
+    fc.assert(
+      fc.property(fc.uint8Array({ minLength: 20, maxLength: 40 }), (bytes) => {
+        const b = base32(bytes);
+        assert.equal(b, refBase32(bytes));
+        assert.equal(b.length, HASH_CHARS);
+        assert.match(b, /^[0-9a-df-np-sv-z]{32}$/);
+      }),
+      { numRuns: 300 },
+    );
     assert.equal(shortHash('x'), refBase32(createHash('sha256').update('x').digest()));
   });
 
@@ -251,19 +305,22 @@ describe('hashing rules are pinned', () => {
     assert.equal(shortHash('cairn'), '9achkaaidl1gsk3jk92r48wqzd0w7662');
   });
 
-  const pinned = () => stage({
-    name: 'pinned',
-    version: '1',
-    config: { b: [1, 2.5, 'x', -0], a: { z: null, y: true }, s: 'é\u2028' },
-    build: () => {},
-  });
+  const pinned = () =>
+    stage({
+      name: 'pinned',
+      version: '1',
+      config: { b: [1, 2.5, 'x', -0], a: { z: null, y: true }, s: 'é\u2028' },
+      build: () => {},
+    });
 
   it('the DRef and derivation text of a fixed stage are pinned', () => {
     const g = instantiate(pinned());
     const dref = g.targets[0]!;
     assert.equal(dref, '3drg83cwm1ib55a2nzn191d6avhiyzr5-pinned');
-    assert.equal(g.nodes.get(dref)!.drvJson,
-      '{"code":{"version":"1"},"config":{"a":{"y":true,"z":null},"b":[1,2.5,"x",0],"s":"é\u2028"},"deps":[],"format":"cairn-drv-1","name":"pinned","outputs":[]}');
+    assert.equal(
+      g.nodes.get(dref)!.drvJson,
+      '{"code":{"version":"1"},"config":{"a":{"y":true,"z":null},"b":[1,2.5,"x",0],"s":"é\u2028"},"deps":[],"format":"cairn-drv-1","name":"pinned","outputs":[]}',
+    );
     assert.equal(shortHash(g.nodes.get(dref)!.drvJson), dref.slice(0, 32));
   });
 
@@ -282,10 +339,13 @@ describe('hashing rules are pinned', () => {
         },
       });
       const r = await realize(down, { store, jobs: 1 });
-      assert.deepEqual(r.plan.map((p) => p.rrefs), [
-        ['87x10zswqw40yyqcxfqi8cr74874gjb5-3drg83cwm1ib55a2nzn191d6avhiyzr5-pinned'],
-        ['980ywgsznskg26hf6zpbvj7wahnl0z10-231jsk0w071kmab66sj3bgxip3wzdhh9-pinout'],
-      ]);
+      assert.deepEqual(
+        r.plan.map((p) => p.rrefs),
+        [
+          ['87x10zswqw40yyqcxfqi8cr74874gjb5-3drg83cwm1ib55a2nzn191d6avhiyzr5-pinned'],
+          ['980ywgsznskg26hf6zpbvj7wahnl0z10-231jsk0w071kmab66sj3bgxip3wzdhh9-pinout'],
+        ],
+      );
       const meta = store.readMeta(r.targets[0]!.rrefs[0]!);
       assert.equal(meta.tree, 'eb9defb92e7a56088536edd3b5845561d3516ee632f0763754a440ee3cdf01ff');
     } finally {

@@ -6,15 +6,27 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { all, CairnError, exact, instantiate, isCairnError, latest, parseRef, stage, type Stage } from '../src/index.js';
+import {
+  all,
+  CairnError,
+  exact,
+  instantiate,
+  isCairnError,
+  latest,
+  parseRef,
+  stage,
+  type Stage,
+} from '../src/index.js';
 import { shortHash } from '../src/store/hash.js';
 import { repoRoot, tempDir } from './helpers.js';
 
-const code = (c: string) => (e: unknown): boolean => {
-  assert.ok(e instanceof CairnError, `expected a CairnError, got ${String(e)}`);
-  assert.equal(e.code, c, (e as Error).message);
-  return true;
-};
+const code =
+  (c: string) =>
+  (e: unknown): boolean => {
+    assert.ok(e instanceof CairnError, `expected a CairnError, got ${String(e)}`);
+    assert.equal(e.code, c, (e as Error).message);
+    return true;
+  };
 
 const noop = () => {};
 const dref = (s: Stage): string => instantiate(s).targets[0]!;
@@ -84,20 +96,38 @@ describe('instantiate: identity', () => {
   });
 
   it('changes when the build function source is edited', () => {
-    const s1 = stage({ name: 'a', config: {}, build: ({ log }) => { log('one'); } });
-    const s2 = stage({ name: 'a', config: {}, build: ({ log }) => { log('two'); } });
+    const s1 = stage({
+      name: 'a',
+      config: {},
+      build: ({ log }) => {
+        log('one');
+      },
+    });
+    const s2 = stage({
+      name: 'a',
+      config: {},
+      build: ({ log }) => {
+        log('two');
+      },
+    });
     assert.notEqual(dref(s1), dref(s2));
     // new Function gives separate function objects with chosen source text.
     const f1 = new Function('ctx', 'return 1;') as () => void;
     const f2 = new Function('ctx', 'return 2;') as () => void;
-    assert.notEqual(dref(stage({ name: 'a', config: {}, build: f1 })), dref(stage({ name: 'a', config: {}, build: f2 })));
+    assert.notEqual(
+      dref(stage({ name: 'a', config: {}, build: f1 })),
+      dref(stage({ name: 'a', config: {}, build: f2 })),
+    );
   });
 
   it('depends on the source text, not on the function object', () => {
     const f1 = new Function('ctx', 'return 1;') as () => void;
     const f1again = new Function('ctx', 'return 1;') as () => void;
     assert.notEqual(f1, f1again);
-    assert.equal(dref(stage({ name: 'a', config: {}, build: f1 })), dref(stage({ name: 'a', config: {}, build: f1again })));
+    assert.equal(
+      dref(stage({ name: 'a', config: {}, build: f1 })),
+      dref(stage({ name: 'a', config: {}, build: f1again })),
+    );
   });
 
   it('with version, the DRef is independent of the source, and changes with the version', () => {
@@ -148,7 +178,11 @@ describe('instantiate: dependencies', () => {
     assert.deepEqual(node.deps, [da, db, dc].sort(), 'each dependency once, sorted');
     assert.equal(g.nodes.size, 4);
     const cfg = (JSON.parse(node.drvJson) as { config: unknown }).config;
-    assert.deepEqual(cfg, { again: { $ref: da }, list: [{ $ref: db }, [{ $ref: dc }]], nested: { deep: [{ x: { $ref: da } }] } });
+    assert.deepEqual(cfg, {
+      again: { $ref: da },
+      list: [{ $ref: db }, [{ $ref: dc }]],
+      nested: { deep: [{ x: { $ref: da } }] },
+    });
     assert.deepEqual((JSON.parse(node.drvJson) as { deps: unknown }).deps, [da, db, dc].sort());
   });
 
@@ -161,8 +195,16 @@ describe('instantiate: dependencies', () => {
     assert.equal(g.order.length, 4);
     assert.equal(new Set(g.order).size, 4);
     const pos = (s: Stage) => g.order.indexOf(g.drefOf.get(s)!);
-    assert.ok(pos(a) < pos(b) && pos(a) < pos(c) && pos(b) < pos(d) && pos(c) < pos(d), 'expected: pos(a) < pos(b) && pos(a) < pos(c) && pos(b) < pos(d) && pos(c) < pos(d)');
-    for (const dref of g.order) for (const dep of g.nodes.get(dref)!.deps) assert.ok(g.order.indexOf(dep) < g.order.indexOf(dref), 'expected: g.order.indexOf(dep) < g.order.indexOf(dref)');
+    assert.ok(
+      pos(a) < pos(b) && pos(a) < pos(c) && pos(b) < pos(d) && pos(c) < pos(d),
+      'expected: pos(a) < pos(b) && pos(a) < pos(c) && pos(b) < pos(d) && pos(c) < pos(d)',
+    );
+    for (const dref of g.order)
+      for (const dep of g.nodes.get(dref)!.deps)
+        assert.ok(
+          g.order.indexOf(dep) < g.order.indexOf(dref),
+          'expected: g.order.indexOf(dep) < g.order.indexOf(dref)',
+        );
   });
 
   it('several stage objects with the same identity share one derivation', () => {
@@ -204,7 +246,9 @@ describe('instantiate: dependencies', () => {
     const cfg: Record<string, unknown> = { x: 1 };
     const s = mk('a', cfg);
     assert.ok(Object.isFrozen(s), 'expected: Object.isFrozen(s)');
-    assert.throws(() => { (s as { name: string }).name = 'b'; });
+    assert.throws(() => {
+      (s as { name: string }).name = 'b';
+    });
     assert.equal(s.config, cfg);
     assert.ok(!Object.isFrozen(s.config), 'expected: !Object.isFrozen(s.config)');
   });
@@ -225,13 +269,16 @@ describe('instantiate: cycles are refused with E_CYCLE', () => {
     const a = mk('a', aCfg);
     const b = mk('b', { a });
     aCfg.dep = b;
-    assert.throws(() => instantiate(a), (e: unknown) => {
-      code('E_CYCLE')(e);
-      const cycle = (e as CairnError).details.cycle as string[];
-      assert.equal(cycle[0], cycle[cycle.length - 1]);
-      assert.ok(cycle.includes('a') && cycle.includes('b'), 'expected: cycle.includes(\'a\') && cycle.includes(\'b\')');
-      return true;
-    });
+    assert.throws(
+      () => instantiate(a),
+      (e: unknown) => {
+        code('E_CYCLE')(e);
+        const cycle = (e as CairnError).details.cycle as string[];
+        assert.equal(cycle[0], cycle[cycle.length - 1]);
+        assert.ok(cycle.includes('a') && cycle.includes('b'), "expected: cycle.includes('a') && cycle.includes('b')");
+        return true;
+      },
+    );
     assert.throws(() => instantiate(b), code('E_CYCLE'));
   });
 
@@ -249,12 +296,15 @@ describe('instantiate: cycles are refused with E_CYCLE', () => {
     const a = mk('a', { b });
     cCfg.back = { deep: a };
     const top = mk('top', { a, other: mk('leaf', {}) });
-    assert.throws(() => instantiate(top), (e: unknown) => {
-      code('E_CYCLE')(e);
-      const cycle = (e as CairnError).details.cycle as string[];
-      assert.deepEqual(new Set(cycle), new Set(['a', 'b', 'c']));
-      return true;
-    });
+    assert.throws(
+      () => instantiate(top),
+      (e: unknown) => {
+        code('E_CYCLE')(e);
+        const cycle = (e as CairnError).details.cycle as string[];
+        assert.deepEqual(new Set(cycle), new Set(['a', 'b', 'c']));
+        return true;
+      },
+    );
   });
 
   it('a diamond is not a cycle', () => {
@@ -268,9 +318,29 @@ describe('instantiate: cycles are refused with E_CYCLE', () => {
 describe('stage names', () => {
   const hash = 'a'.repeat(32);
   const bad: unknown[] = [
-    '', 'a/b', '/a', 'a/', '..', 'a..b', '..a', '.hidden', '.', 'a\0b', '\0',
-    `${hash}-x`, `${shortHash('x')}-name`, 'a b', 'ä', 'a:b', 'a\\b', '-a', '+a', 'x'.repeat(101),
-    42, null, undefined,
+    '',
+    'a/b',
+    '/a',
+    'a/',
+    '..',
+    'a..b',
+    '..a',
+    '.hidden',
+    '.',
+    'a\0b',
+    '\0',
+    `${hash}-x`,
+    `${shortHash('x')}-name`,
+    'a b',
+    'ä',
+    'a:b',
+    'a\\b',
+    '-a',
+    '+a',
+    'x'.repeat(101),
+    42,
+    null,
+    undefined,
   ];
   for (const name of bad) {
     it(`refuses ${JSON.stringify(typeof name === 'string' ? name.slice(0, 40) : String(name))} with E_BAD_NAME`, () => {
@@ -279,7 +349,20 @@ describe('stage names', () => {
   }
 
   it('accepts portable names, up to 100 characters', () => {
-    for (const name of ['a', 'A', '_', '0', 'a.b', 'a-b', 'a_b', 'a+b', 'x'.repeat(100), hash, `${hash}x`, 'v1.2.3-rc+4']) {
+    for (const name of [
+      'a',
+      'A',
+      '_',
+      '0',
+      'a.b',
+      'a-b',
+      'a_b',
+      'a+b',
+      'x'.repeat(100),
+      hash,
+      `${hash}x`,
+      'v1.2.3-rc+4',
+    ]) {
       const s = stage({ name, config: {}, build: noop });
       assert.equal(s.name, name);
       assert.ok(dref(s).endsWith(`-${name}`), 'expected: dref(s).endsWith(`-${name}`)');
@@ -290,17 +373,28 @@ describe('stage names', () => {
 describe('stage spec validation', () => {
   it('promised outputs must be unique relative paths without . or .. parts (E_DUPLICATE_OUTPUT)', () => {
     for (const outputs of [['a', 'a'], ['/abs'], ['../up'], ['a/../b'], ['a/'], [''], ['./a'], ['a//b'], ['a\0b']]) {
-      assert.throws(() => stage({ name: 'o', config: {}, build: noop, outputs }), code('E_DUPLICATE_OUTPUT'), JSON.stringify(outputs));
+      assert.throws(
+        () => stage({ name: 'o', config: {}, build: noop, outputs }),
+        code('E_DUPLICATE_OUTPUT'),
+        JSON.stringify(outputs),
+      );
     }
-    assert.deepEqual([...stage({ name: 'o', config: {}, build: noop, outputs: ['b', 'a/c', 'a'] }).outputs], ['a', 'a/c', 'b']);
+    assert.deepEqual(
+      [...stage({ name: 'o', config: {}, build: noop, outputs: ['b', 'a/c', 'a'] }).outputs],
+      ['a', 'a/c', 'b'],
+    );
   });
 
   it('n must be a whole number from 1 to 10000, version a string, matcher a matcher or function (E_BAD_STAGE_SPEC)', () => {
-    for (const n of [0, -1, 1.5, 10_001, NaN]) assert.throws(() => stage({ name: 'n', config: {}, build: noop, n }), code('E_BAD_STAGE_SPEC'), String(n));
+    for (const n of [0, -1, 1.5, 10_001, NaN])
+      assert.throws(() => stage({ name: 'n', config: {}, build: noop, n }), code('E_BAD_STAGE_SPEC'), String(n));
     assert.equal(stage({ name: 'n', config: {}, build: noop, n: 10_000 }).n, 10_000);
     assert.equal(stage({ name: 'n', config: {}, build: noop }).n, 1);
     assert.throws(() => stage({ name: 'v', config: {}, build: noop, version: 1 as never }), code('E_BAD_STAGE_SPEC'));
-    assert.throws(() => stage({ name: 'm', config: {}, build: noop, matcher: 'latest' as never }), code('E_BAD_STAGE_SPEC'));
+    assert.throws(
+      () => stage({ name: 'm', config: {}, build: noop, matcher: 'latest' as never }),
+      code('E_BAD_STAGE_SPEC'),
+    );
     assert.equal(stage({ name: 'm', config: {}, build: noop }).matcher.name, 'latest');
   });
 });
@@ -347,23 +441,36 @@ describe('typing of the public API', () => {
     // stage whose config is typed; that must compile without casts.
     const { dir, cleanup } = tempDir('cairn-core-types');
     try {
-      fs.writeFileSync(path.join(dir, 'usage.ts'), [
-        `import { stage, realize, instantiate, LocalStore, type Stage } from ${JSON.stringify(path.join(repoRoot, 'src', 'index.js'))};`,
-        `const a = stage({ name: 'a', config: { x: 1 }, build: ({ config, out }) => { void config.x; void out; } });`,
-        `const b = stage({ name: 'b', config: { a }, build: ({ config }) => { void config.a.path; } });`,
-        `instantiate(b);`,
-        `instantiate([a, b]);`,
-        `const list: Stage[] = [a, b];`,
-        `export async function run(): Promise<void> { await realize(b, { store: LocalStore.open('/nonexistent') }); void list; }`,
-        '',
-      ].join('\n'));
-      fs.writeFileSync(path.join(dir, 'tsconfig.json'), JSON.stringify({
-        extends: path.join(repoRoot, 'tsconfig.json'),
-        compilerOptions: { noEmit: true, rootDir: '/', typeRoots: [path.join(repoRoot, 'node_modules', '@types')] },
-        include: [path.join(dir, 'usage.ts')],
-      }));
-      const r = spawnSync(process.execPath, [path.join(repoRoot, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', path.join(dir, 'tsconfig.json')], { encoding: 'utf8' });
-      const errors = r.stdout.split('\n').filter((l) => l.includes('error TS')).map((l) => l.replace(/^.*usage\.ts/, 'usage.ts').slice(0, 160));
+      fs.writeFileSync(
+        path.join(dir, 'usage.ts'),
+        [
+          `import { stage, realize, instantiate, LocalStore, type Stage } from ${JSON.stringify(path.join(repoRoot, 'src', 'index.js'))};`,
+          `const a = stage({ name: 'a', config: { x: 1 }, build: ({ config, out }) => { void config.x; void out; } });`,
+          `const b = stage({ name: 'b', config: { a }, build: ({ config }) => { void config.a.path; } });`,
+          `instantiate(b);`,
+          `instantiate([a, b]);`,
+          `const list: Stage[] = [a, b];`,
+          `export async function run(): Promise<void> { await realize(b, { store: LocalStore.open('/nonexistent') }); void list; }`,
+          '',
+        ].join('\n'),
+      );
+      fs.writeFileSync(
+        path.join(dir, 'tsconfig.json'),
+        JSON.stringify({
+          extends: path.join(repoRoot, 'tsconfig.json'),
+          compilerOptions: { noEmit: true, rootDir: '/', typeRoots: [path.join(repoRoot, 'node_modules', '@types')] },
+          include: [path.join(dir, 'usage.ts')],
+        }),
+      );
+      const r = spawnSync(
+        process.execPath,
+        [path.join(repoRoot, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', path.join(dir, 'tsconfig.json')],
+        { encoding: 'utf8' },
+      );
+      const errors = r.stdout
+        .split('\n')
+        .filter((l) => l.includes('error TS'))
+        .map((l) => l.replace(/^.*usage\.ts/, 'usage.ts').slice(0, 160));
       assert.deepEqual(errors, []);
       assert.equal(r.status, 0, r.stdout.slice(0, 2000));
     } finally {

@@ -10,14 +10,30 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
-  all, best, CairnError, custom, exact, instantiate, latest, only, readScore, realize, some, stage, LocalStore,
-  type BuildContext, type Candidate, type Matcher, type MatcherFn, type RRef, type Stage,
+  all,
+  best,
+  CairnError,
+  custom,
+  exact,
+  instantiate,
+  latest,
+  only,
+  readScore,
+  realize,
+  some,
+  stage,
+  LocalStore,
+  type BuildContext,
+  type Candidate,
+  type Matcher,
+  type MatcherFn,
+  type RRef,
+  type Stage,
 } from '../src/index.js';
 import { runMatcher } from '../src/stages/matchers.js';
 import { tempDir, isCode, storePerTest } from './helpers.js';
 import { storeIndex } from '../src/store/internals.js';
 import type { DRef } from '../src/store/refs.js';
-
 
 /** Synthetic candidates, oldest first, as realize hands them to matchers. */
 const cands = (k: number, root = '/nonexistent'): (Candidate & { path: string })[] =>
@@ -25,8 +41,16 @@ const cands = (k: number, root = '/nonexistent'): (Candidate & { path: string })
     const dir = path.join(root, `c${i}`);
     const read = (rel: string | Buffer): Promise<Buffer> => fs.promises.readFile(path.join(dir, rel.toString()));
     return {
-      rref: `r${i}` as RRef, dref: 'd' as DRef, ctx: 'x', created: 1000 + i, tree: 't', bytes: 0, files: 0, path: dir,
-      read, open: async (rel: string | Buffer) => fs.createReadStream(path.join(dir, rel.toString())),
+      rref: `r${i}` as RRef,
+      dref: 'd' as DRef,
+      ctx: 'x',
+      created: 1000 + i,
+      tree: 't',
+      bytes: 0,
+      files: 0,
+      path: dir,
+      read,
+      open: async (rel: string | Buffer) => fs.createReadStream(path.join(dir, rel.toString())),
     };
   });
 
@@ -56,11 +80,14 @@ describe('matchers on synthetic candidates', () => {
   it('only(): the one candidate; E_MATCH_AMBIGUOUS when there is more than one', async () => {
     assert.deepEqual(await only().select(cands(1)), ['r0' as RRef]);
     assert.equal(await runMatcher(only(), []), null);
-    assert.throws(() => only().select(cands(2)), (e: unknown) => {
-      isCode('E_MATCH_AMBIGUOUS')(e);
-      assert.deepEqual((e as CairnError).details.candidates, ['r0' as RRef, 'r1' as RRef]);
-      return true;
-    });
+    assert.throws(
+      () => only().select(cands(2)),
+      (e: unknown) => {
+        isCode('E_MATCH_AMBIGUOUS')(e);
+        assert.deepEqual((e as CairnError).details.candidates, ['r0' as RRef, 'r1' as RRef]);
+        return true;
+      },
+    );
   });
 
   it('exact(refs): exactly those, in the given order, when all are candidates; none otherwise', async () => {
@@ -70,7 +97,14 @@ describe('matchers on synthetic candidates', () => {
   });
 
   it('counts must be whole numbers >= 1 (E_BAD_ARGUMENT)', () => {
-    for (const f of [() => latest(0), () => latest(1.5), () => some(-1), () => some(0), () => best(0, { file: 'x' }), () => best(NaN, { file: 'x' })]) {
+    for (const f of [
+      () => latest(0),
+      () => latest(1.5),
+      () => some(-1),
+      () => some(0),
+      () => best(0, { file: 'x' }),
+      () => best(NaN, { file: 'x' }),
+    ]) {
       assert.throws(f, isCode('E_BAD_ARGUMENT'));
     }
   });
@@ -92,7 +126,12 @@ describe('matchers on synthetic candidates', () => {
       const c = scored(['3', '9', '1', '5']);
       assert.deepEqual(await best({ file: 'score.txt' }).select(c), ['r1' as RRef]);
       assert.deepEqual(await best(2, { file: 'score.txt' }).select(c), ['r1' as RRef, 'r3' as RRef]);
-      assert.deepEqual(await best(4, { file: 'score.txt' }).select(c), ['r1' as RRef, 'r3' as RRef, 'r0' as RRef, 'r2' as RRef]);
+      assert.deepEqual(await best(4, { file: 'score.txt' }).select(c), [
+        'r1' as RRef,
+        'r3' as RRef,
+        'r0' as RRef,
+        'r2' as RRef,
+      ]);
       assert.equal(await best(5, { file: 'score.txt' }).select(c), null);
     });
 
@@ -118,42 +157,103 @@ describe('matchers on synthetic candidates', () => {
       const c = cands(4);
       const score = (x: Candidate) => [4, 1, 8, 2][Number(x.rref.slice(1))]!;
       assert.deepEqual(await best(2, { fn: score }).select(c), ['r2' as RRef, 'r0' as RRef]);
-      assert.deepEqual(await best(2, { fn: async (x) => score(x), lowest: true }).select(c), ['r1' as RRef, 'r3' as RRef]);
+      assert.deepEqual(await best(2, { fn: async (x) => score(x), lowest: true }).select(c), [
+        'r1' as RRef,
+        'r3' as RRef,
+      ]);
     });
 
     it('a missing, empty or non-numeric score is E_MATCH_INVALID', async () => {
-      await assert.rejects(async () => best({ file: 'score.txt' }).select(scored(['1', null])), isCode('E_MATCH_INVALID'));
-      await assert.rejects(async () => best({ file: 'score.txt' }).select(scored(['1', ''])), isCode('E_MATCH_INVALID'));
-      await assert.rejects(async () => best({ file: 'score.txt' }).select(scored(['1', 'high'])), isCode('E_MATCH_INVALID'));
-      await assert.rejects(async () => best({ file: 'score.txt' }).select(scored(['1', 'NaN'])), isCode('E_MATCH_INVALID'));
-      await assert.rejects(async () => best({ file: 'score.txt' }).select(scored(['1', 'Infinity'])), isCode('E_MATCH_INVALID'));
-      await assert.rejects(async () => best({ file: 'm.json', key: 'k' }).select(scored(['{"k":1}', '{"k":"1"}'], 'm.json')), isCode('E_MATCH_INVALID'));
-      await assert.rejects(async () => best({ file: 'm.json', key: 'k' }).select(scored(['{"k":1}', 'not json'], 'm.json')), isCode('E_MATCH_INVALID'));
+      await assert.rejects(
+        async () => best({ file: 'score.txt' }).select(scored(['1', null])),
+        isCode('E_MATCH_INVALID'),
+      );
+      await assert.rejects(
+        async () => best({ file: 'score.txt' }).select(scored(['1', ''])),
+        isCode('E_MATCH_INVALID'),
+      );
+      await assert.rejects(
+        async () => best({ file: 'score.txt' }).select(scored(['1', 'high'])),
+        isCode('E_MATCH_INVALID'),
+      );
+      await assert.rejects(
+        async () => best({ file: 'score.txt' }).select(scored(['1', 'NaN'])),
+        isCode('E_MATCH_INVALID'),
+      );
+      await assert.rejects(
+        async () => best({ file: 'score.txt' }).select(scored(['1', 'Infinity'])),
+        isCode('E_MATCH_INVALID'),
+      );
+      await assert.rejects(
+        async () => best({ file: 'm.json', key: 'k' }).select(scored(['{"k":1}', '{"k":"1"}'], 'm.json')),
+        isCode('E_MATCH_INVALID'),
+      );
+      await assert.rejects(
+        async () => best({ file: 'm.json', key: 'k' }).select(scored(['{"k":1}', 'not json'], 'm.json')),
+        isCode('E_MATCH_INVALID'),
+      );
     });
   });
 
   describe('runMatcher checks what a matcher returns', () => {
     it('null, undefined and [] mean none', async () => {
-      for (const v of [null, undefined, []]) assert.equal(await runMatcher(custom(() => v as never), cands(2)), null);
+      for (const v of [null, undefined, []])
+        assert.equal(
+          await runMatcher(
+            custom(() => v as never),
+            cands(2),
+          ),
+          null,
+        );
     });
 
     it('an RRef that is not a candidate is E_MATCH_INVALID', async () => {
-      await assert.rejects(runMatcher(custom(() => ['r7' as RRef]), cands(2)), isCode('E_MATCH_INVALID'));
-      await assert.rejects(runMatcher(custom(() => ['r0' as RRef, 'zzz' as RRef]), cands(2)), isCode('E_MATCH_INVALID'));
+      await assert.rejects(
+        runMatcher(
+          custom(() => ['r7' as RRef]),
+          cands(2),
+        ),
+        isCode('E_MATCH_INVALID'),
+      );
+      await assert.rejects(
+        runMatcher(
+          custom(() => ['r0' as RRef, 'zzz' as RRef]),
+          cands(2),
+        ),
+        isCode('E_MATCH_INVALID'),
+      );
     });
 
     it('the same RRef twice is E_MATCH_INVALID', async () => {
-      await assert.rejects(runMatcher(custom(() => ['r0' as RRef, 'r0' as RRef]), cands(2)), isCode('E_MATCH_INVALID'));
+      await assert.rejects(
+        runMatcher(
+          custom(() => ['r0' as RRef, 'r0' as RRef]),
+          cands(2),
+        ),
+        isCode('E_MATCH_INVALID'),
+      );
     });
 
     it('something that is not a list is E_MATCH_INVALID', async () => {
       for (const v of ['r0', 42, { rref: 'r0' }, true]) {
-        await assert.rejects(runMatcher(custom(() => v as never), cands(2)), isCode('E_MATCH_INVALID'));
+        await assert.rejects(
+          runMatcher(
+            custom(() => v as never),
+            cands(2),
+          ),
+          isCode('E_MATCH_INVALID'),
+        );
       }
     });
 
     it('a valid choice is returned as given, best first', async () => {
-      assert.deepEqual(await runMatcher(custom(async () => ['r1' as RRef, 'r0' as RRef]), cands(2)), ['r1' as RRef, 'r0' as RRef]);
+      assert.deepEqual(
+        await runMatcher(
+          custom(async () => ['r1' as RRef, 'r0' as RRef]),
+          cands(2),
+        ),
+        ['r1' as RRef, 'r0' as RRef],
+      );
     });
   });
 });
@@ -175,7 +275,8 @@ describe('matchers in realize', () => {
     builds.set(ctx.name, (builds.get(ctx.name) ?? 0) + 1);
     for (const o of ctx.outs) fs.writeFileSync(path.join(o, 'f'), 'fixed');
   };
-  const rnd = (name: string, matcher: Matcher | MatcherFn, n = 1): Stage => stage({ name, config: {}, n, matcher, build: randomBuild });
+  const rnd = (name: string, matcher: Matcher | MatcherFn, n = 1): Stage =>
+    stage({ name, config: {}, n, matcher, build: randomBuild });
   const drefOf = (s: Stage) => instantiate(s).targets[0]!;
   const chosen = async (s: Stage): Promise<RRef[]> => (await realize(s, { store })).targets[0]!.rrefs;
 
@@ -193,7 +294,9 @@ describe('matchers in realize', () => {
     const s = rnd('l2', latest(2));
     const r = await chosen(s);
     assert.equal(builds.get('l2'), 2);
-    const order = storeIndex(store).realizationsOf(drefOf(s)).map((x) => x.rref);
+    const order = storeIndex(store)
+      .realizationsOf(drefOf(s))
+      .map((x) => x.rref);
     assert.deepEqual(r, [...order].reverse());
   });
 
@@ -238,7 +341,9 @@ describe('matchers in realize', () => {
     const r = await realize(s, { store, force: true });
     assert.equal(builds.get('fl3'), 6);
     assert.equal(r.builds, 3);
-    const order = storeIndex(store).realizationsOf(drefOf(s)).map((x) => x.rref);
+    const order = storeIndex(store)
+      .realizationsOf(drefOf(s))
+      .map((x) => x.rref);
     assert.equal(order.length, 6);
     assert.deepEqual(r.targets[0]!.rrefs, order.slice(3).reverse(), 'latest(3) now chooses the three new ones');
     const s2 = rnd('fs4', some(4), 3);
@@ -262,7 +367,14 @@ describe('matchers in realize', () => {
   it('all() chooses every realization, and a dependant sees them all', async () => {
     const up = rnd('up', all(), 3);
     let seen: readonly string[] = [];
-    const down = stage({ name: 'down', config: { up }, build: ({ config, out }) => { seen = config.up.rrefs; fs.writeFileSync(path.join(out, 'n'), String(config.up.paths.length)); } });
+    const down = stage({
+      name: 'down',
+      config: { up },
+      build: ({ config, out }) => {
+        seen = config.up.rrefs;
+        fs.writeFileSync(path.join(out, 'n'), String(config.up.paths.length));
+      },
+    });
     const r = await realize(down, { store });
     assert.equal(r.plan[0]!.rrefs.length, 3);
     assert.deepEqual([...seen].sort(), [...r.plan[0]!.rrefs].sort());
@@ -312,7 +424,8 @@ describe('matchers in realize', () => {
       });
     };
     const scoreOf = (r: RRef) => Number(fs.readFileSync(path.join(store.outPath(r), 'score.txt'), 'utf8'));
-    const mk = (matcher: Matcher) => stage({ name: 'model', config: {}, n: 4, outputs: ['score.txt', 'metrics.json'], matcher, build: scoredBuild });
+    const mk = (matcher: Matcher) =>
+      stage({ name: 'model', config: {}, n: 4, outputs: ['score.txt', 'metrics.json'], matcher, build: scoredBuild });
 
     it('best({file}) chooses the highest score, building once', async () => {
       const r = await chosen(mk(best({ file: 'score.txt' })));
@@ -333,15 +446,23 @@ describe('matchers in realize', () => {
     });
 
     it('best({fn}) scores with a function of the candidate', async () => {
-      const r = await chosen(mk(best({ fn: async (c) => -Math.abs(Number((await c.read('score.txt')).toString()) - 4) })));
+      const r = await chosen(
+        mk(best({ fn: async (c) => -Math.abs(Number((await c.read('score.txt')).toString()) - 4) })),
+      );
       assert.deepEqual(r.map(scoreOf), [3]);
     });
 
     it('best(5) over n: 4 builds twice', async () => {
-      const s = stage({ name: 'model5', config: {}, n: 4, matcher: best(5, { file: 'score.txt' }), build: (ctx) => {
-        builds.set('model5', (builds.get('model5') ?? 0) + 1);
-        for (const o of ctx.outs) fs.writeFileSync(path.join(o, 'score.txt'), String(Math.random()));
-      } });
+      const s = stage({
+        name: 'model5',
+        config: {},
+        n: 4,
+        matcher: best(5, { file: 'score.txt' }),
+        build: (ctx) => {
+          builds.set('model5', (builds.get('model5') ?? 0) + 1);
+          for (const o of ctx.outs) fs.writeFileSync(path.join(o, 'score.txt'), String(Math.random()));
+        },
+      });
       assert.equal((await chosen(s)).length, 5);
       assert.equal(builds.get('model5'), 2);
     });
@@ -352,8 +473,16 @@ describe('matchers in realize', () => {
       const s0 = rnd('c1', some(3));
       const three = await chosen(s0);
       let seen: readonly Candidate[] = [];
-      const r = await chosen(rnd('c1', (c) => { seen = c; return [c[1]!.rref]; }));
-      assert.deepEqual(seen.map((c) => c.rref), three);
+      const r = await chosen(
+        rnd('c1', (c) => {
+          seen = c;
+          return [c[1]!.rref];
+        }),
+      );
+      assert.deepEqual(
+        seen.map((c) => c.rref),
+        three,
+      );
       assert.deepEqual(r, [three[1]]);
       for (const c of seen) {
         assert.equal(c.dref, drefOf(s0));
@@ -362,18 +491,29 @@ describe('matchers in realize', () => {
         assert.equal(typeof c.created, 'number');
       }
       const created = seen.map((c) => c.created);
-      assert.deepEqual(created, [...created].sort((a, b) => a - b));
+      assert.deepEqual(
+        created,
+        [...created].sort((a, b) => a - b),
+      );
     });
 
     it('an async function works as a matcher', async () => {
-      const r = await chosen(rnd('c2', async (c) => { await new Promise((res) => setImmediate(res)); return c.length ? [c[0]!.rref] : null; }));
+      const r = await chosen(
+        rnd('c2', async (c) => {
+          await new Promise((res) => setImmediate(res));
+          return c.length ? [c[0]!.rref] : null;
+        }),
+      );
       assert.equal(r.length, 1);
       assert.equal(builds.get('c2'), 1);
     });
 
     it('a matcher that always returns null: one build, then E_MATCH_UNSATISFIED', async () => {
       let asked = 0;
-      const s = rnd('never', () => { asked++; return null; });
+      const s = rnd('never', () => {
+        asked++;
+        return null;
+      });
       await assert.rejects(realize(s, { store }), isCode('E_MATCH_UNSATISFIED'));
       assert.equal(builds.get('never'), 1);
       assert.ok(asked >= 2, `asked ${asked} times: at least before and after building`);
@@ -381,7 +521,13 @@ describe('matchers in realize', () => {
     });
 
     it('a matcher that returns [] behaves like null', async () => {
-      await assert.rejects(realize(rnd('empty', () => []), { store }), isCode('E_MATCH_UNSATISFIED'));
+      await assert.rejects(
+        realize(
+          rnd('empty', () => []),
+          { store },
+        ),
+        isCode('E_MATCH_UNSATISFIED'),
+      );
       assert.equal(builds.get('empty'), 1);
     });
 
@@ -394,20 +540,40 @@ describe('matchers in realize', () => {
 
     it('a matcher returning a candidate twice is E_MATCH_INVALID', async () => {
       await chosen(rnd('dup', latest()));
-      await assert.rejects(realize(rnd('dup', (c) => (c.length ? [c[0]!.rref, c[0]!.rref] : null)), { store }), isCode('E_MATCH_INVALID'));
+      await assert.rejects(
+        realize(
+          rnd('dup', (c) => (c.length ? [c[0]!.rref, c[0]!.rref] : null)),
+          { store },
+        ),
+        isCode('E_MATCH_INVALID'),
+      );
     });
 
     it('a matcher returning something other than a list is E_MATCH_INVALID', async () => {
       await chosen(rnd('str', latest()));
-      await assert.rejects(realize(rnd('str', ((c: readonly Candidate[]) => c[0]?.rref) as unknown as MatcherFn), { store }), isCode('E_MATCH_INVALID'));
+      await assert.rejects(
+        realize(rnd('str', ((c: readonly Candidate[]) => c[0]?.rref) as unknown as MatcherFn), { store }),
+        isCode('E_MATCH_INVALID'),
+      );
     });
 
     it('a matcher that throws fails realize with its error', async () => {
-      await assert.rejects(realize(rnd('throws', () => { throw new CairnError('E_USAGE', 'custom refusal'); }), { store }), isCode('E_USAGE'));
+      await assert.rejects(
+        realize(
+          rnd('throws', () => {
+            throw new CairnError('E_USAGE', 'custom refusal');
+          }),
+          { store },
+        ),
+        isCode('E_USAGE'),
+      );
     });
 
     it('custom(fn, {min: 3}) on a stage with n: 1 builds 3 times', async () => {
-      const s = rnd('min3', custom((c) => (c.length >= 3 ? c.map((x) => x.rref) : null), { min: 3, name: 'three' }));
+      const s = rnd(
+        'min3',
+        custom((c) => (c.length >= 3 ? c.map((x) => x.rref) : null), { min: 3, name: 'three' }),
+      );
       const r = await chosen(s);
       assert.equal(builds.get('min3'), 3);
       assert.equal(r.length, 3);
@@ -417,10 +583,16 @@ describe('matchers in realize', () => {
       const up0 = rnd('u', all(), 2);
       const [a, b] = await chosen(up0);
       const seen: string[][] = [];
-      const down = (pick: RRef) => stage({
-        name: 'd', config: { up: rnd('u', exact([pick]), 2) }, build: fixedBuild,
-        matcher: (c: readonly Candidate[]) => { seen.push(c.map((x) => x.rref)); return c.length ? [c[0]!.rref] : null; },
-      });
+      const down = (pick: RRef) =>
+        stage({
+          name: 'd',
+          config: { up: rnd('u', exact([pick]), 2) },
+          build: fixedBuild,
+          matcher: (c: readonly Candidate[]) => {
+            seen.push(c.map((x) => x.rref));
+            return c.length ? [c[0]!.rref] : null;
+          },
+        });
       const dA = await chosen(down(a!));
       const dB = await chosen(down(b!));
       assert.notDeepEqual(dA, dB);

@@ -11,8 +11,19 @@ import { syncBuiltinESMExports } from 'node:module';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
-  all, CairnError, collectGarbage, exact, instantiate, latest, parseRef, realize, stage, LocalStore,
-  type BuildContext, type RRef, type Stage,
+  all,
+  CairnError,
+  collectGarbage,
+  exact,
+  instantiate,
+  latest,
+  parseRef,
+  realize,
+  stage,
+  LocalStore,
+  type BuildContext,
+  type RRef,
+  type Stage,
 } from '../src/index.js';
 import { isCode, drefOf, one, storePerTest } from './helpers.js';
 import { storeIndex } from '../src/store/internals.js';
@@ -22,17 +33,24 @@ let dir: string;
 let store: LocalStore;
 storePerTest('cairn-core-realize', (t) => ({ dir, store } = t));
 
-
 const tmpEntries = (): string[] => fs.readdirSync(path.join(store.root, 'tmp'));
-const rzOf = (dref: DRef): RRef[] => storeIndex(store).realizationsOf(dref).map((r) => r.rref);
+const rzOf = (dref: DRef): RRef[] =>
+  storeIndex(store)
+    .realizationsOf(dref)
+    .map((r) => r.rref);
 const rzDirsOf = (dref: DRef): string[] => {
-  try { return fs.readdirSync(path.join(store.root, 'd', dref, 'r')); } catch { return []; }
+  try {
+    return fs.readdirSync(path.join(store.root, 'd', dref, 'r'));
+  } catch {
+    return [];
+  }
 };
 const mode = (p: string): number => fs.lstatSync(p).mode & 0o7777;
 /** Relative paths of every non-directory entry under dir. */
 const filesUnder = (root: string, rel = ''): string[] =>
-  fs.readdirSync(path.join(root, rel), { withFileTypes: true }).flatMap((e) =>
-    e.isDirectory() ? filesUnder(root, path.join(rel, e.name)) : [path.join(rel, e.name)]);
+  fs
+    .readdirSync(path.join(root, rel), { withFileTypes: true })
+    .flatMap((e) => (e.isDirectory() ? filesUnder(root, path.join(rel, e.name)) : [path.join(rel, e.name)]));
 
 /** Writes a random file into every output: each output is a different realization. */
 const randomBuild = ({ outs }: BuildContext<unknown>): void => {
@@ -45,7 +63,11 @@ const fixedBuild = ({ outs }: BuildContext<unknown>): void => {
 
 /** A deterministic build that records the upstream RRefs it saw, counting calls per name. */
 const calls = new Map<string, number>();
-const counted = (name: string, config: Record<string, unknown> = {}, extra: Partial<Parameters<typeof stage>[0]> = {}): Stage =>
+const counted = (
+  name: string,
+  config: Record<string, unknown> = {},
+  extra: Partial<Parameters<typeof stage>[0]> = {},
+): Stage =>
   stage({
     name,
     config: { ...config, name },
@@ -65,7 +87,9 @@ beforeEach(() => calls.clear());
 /** Collects uncaught exceptions that happen while fn runs and shortly after. */
 async function uncaughtDuring(fn: () => Promise<void>): Promise<unknown[]> {
   const caught: unknown[] = [];
-  const onErr = (e: unknown) => { caught.push(e); };
+  const onErr = (e: unknown) => {
+    caught.push(e);
+  };
   process.on('uncaughtException', onErr);
   try {
     await fn();
@@ -85,24 +109,43 @@ describe('realize: caching', () => {
     const r1 = await realize(c, { store });
     assert.equal(r1.builds, 3);
     assert.deepEqual(Object.fromEntries(calls), { a: 1, b: 1, c: 1 });
-    assert.deepEqual(r1.plan.map((p) => p.action), ['build', 'build', 'build']);
+    assert.deepEqual(
+      r1.plan.map((p) => p.action),
+      ['build', 'build', 'build'],
+    );
     const r2 = await realize(c, { store });
     assert.equal(r2.builds, 0);
     assert.deepEqual(Object.fromEntries(calls), { a: 1, b: 1, c: 1 });
-    assert.deepEqual(r2.plan.map((p) => p.action), ['cached', 'cached', 'cached']);
-    assert.deepEqual(r2.plan.map((p) => p.rrefs), r1.plan.map((p) => p.rrefs));
+    assert.deepEqual(
+      r2.plan.map((p) => p.action),
+      ['cached', 'cached', 'cached'],
+    );
+    assert.deepEqual(
+      r2.plan.map((p) => p.rrefs),
+      r1.plan.map((p) => p.rrefs),
+    );
     assert.deepEqual(r2.targets, r1.targets);
     // A fresh LocalStore object on the same directory sees the same thing.
     const again = LocalStore.open(store.root);
     try {
-      const r3 = await realize(counted('c', { a: counted('a'), b: counted('b', { a: counted('a') }) }), { store: again });
+      const r3 = await realize(counted('c', { a: counted('a'), b: counted('b', { a: counted('a') }) }), {
+        store: again,
+      });
       assert.equal(r3.builds, 0);
       assert.deepEqual(r3.targets, r1.targets);
-    } finally { again.close(); }
+    } finally {
+      again.close();
+    }
   });
 
   it('stores a realization as d/<dref>/r/<rhash>/{out,meta.json,build.log} with drv.json beside it', async () => {
-    const s = stage({ name: 'lay', config: { k: 1 }, build: ({ out }) => { fs.writeFileSync(path.join(out, 'f'), 'data'); } });
+    const s = stage({
+      name: 'lay',
+      config: { k: 1 },
+      build: ({ out }) => {
+        fs.writeFileSync(path.join(out, 'f'), 'data');
+      },
+    });
     const g = instantiate(s);
     const r = await realize(g, { store });
     const rref = one(r);
@@ -114,7 +157,10 @@ describe('realize: caching', () => {
     assert.equal(store.rzDir(rref), rz);
     assert.deepEqual(fs.readdirSync(rz).sort(), ['build.log', 'meta.json', 'out']);
     assert.equal(fs.readFileSync(path.join(store.outPath(rref), 'f'), 'utf8'), 'data');
-    assert.equal(fs.readFileSync(path.join(store.root, 'd', p.dref, 'drv.json'), 'utf8').trim(), g.nodes.get(p.dref)!.drvJson);
+    assert.equal(
+      fs.readFileSync(path.join(store.root, 'd', p.dref, 'drv.json'), 'utf8').trim(),
+      g.nodes.get(p.dref)!.drvJson,
+    );
     const meta = JSON.parse(fs.readFileSync(path.join(rz, 'meta.json'), 'utf8')) as Record<string, unknown>;
     assert.equal(meta.rref, rref);
     assert.equal(meta.dref, p.dref);
@@ -128,7 +174,9 @@ describe('realize: caching', () => {
   it('gives the build a context: name, dref, n outputs, scratch tmp that is removed afterwards', async () => {
     let seen: { name: string; dref: string; outs: number; out: boolean; tmp: string } | undefined;
     const s = stage({
-      name: 'ctx', config: {}, n: 2,
+      name: 'ctx',
+      config: {},
+      n: 2,
       build: (ctx) => {
         seen = { name: ctx.name, dref: ctx.dref, outs: ctx.outs.length, out: ctx.out === ctx.outs[0], tmp: ctx.tmp };
         fs.writeFileSync(path.join(ctx.tmp, 'scratch'), 'x');
@@ -146,21 +194,43 @@ describe('realize: caching', () => {
   });
 
   it('resolves stage references in the config to Deps of the chosen realizations', async () => {
-    const up = stage({ name: 'up', config: {}, build: ({ out }) => { fs.writeFileSync(path.join(out, 'v.txt'), 'upstream'); } });
+    const up = stage({
+      name: 'up',
+      config: {},
+      build: ({ out }) => {
+        fs.writeFileSync(path.join(out, 'v.txt'), 'upstream');
+      },
+    });
     let got: unknown;
     const down = stage({
-      name: 'down', config: { nested: { up }, list: [up], plain: 5 },
+      name: 'down',
+      config: { nested: { up }, list: [up], plain: 5 },
       build: ({ config, out }) => {
         const d = config.nested.up;
-        got = { rrefs: d.rrefs, paths: d.paths, path: d.path, file: d.file('v.txt'), text: fs.readFileSync(d.file('v.txt'), 'utf8'), same: config.list[0]!.path === d.path, plain: config.plain, dref: d.dref };
+        got = {
+          rrefs: d.rrefs,
+          paths: d.paths,
+          path: d.path,
+          file: d.file('v.txt'),
+          text: fs.readFileSync(d.file('v.txt'), 'utf8'),
+          same: config.list[0]!.path === d.path,
+          plain: config.plain,
+          dref: d.dref,
+        };
         fs.writeFileSync(path.join(out, 'x'), '');
       },
     });
     const r = await realize(down, { store });
     const upR = r.plan[0]!.rrefs[0]!;
     assert.deepEqual(got, {
-      rrefs: [upR], paths: [store.outPath(upR)], path: store.outPath(upR), file: path.join(store.outPath(upR), 'v.txt'),
-      text: 'upstream', same: true, plain: 5, dref: drefOf(up),
+      rrefs: [upR],
+      paths: [store.outPath(upR)],
+      path: store.outPath(upR),
+      file: path.join(store.outPath(upR), 'v.txt'),
+      text: 'upstream',
+      same: true,
+      plain: 5,
+      dref: drefOf(up),
     });
   });
 
@@ -169,7 +239,10 @@ describe('realize: caching', () => {
     const b = counted('b', { a });
     const c = counted('c', { a });
     const r = await realize(instantiate([b, c]), { store });
-    assert.deepEqual(r.targets.map((t) => t.name), ['b', 'c']);
+    assert.deepEqual(
+      r.targets.map((t) => t.name),
+      ['b', 'c'],
+    );
     assert.equal(calls.get('a'), 1);
     assert.equal(r.builds, 3);
   });
@@ -199,15 +272,21 @@ describe('realize: RRefs commit to the output tree', () => {
   };
 
   it('outputs differing only in a file name get different RRefs', async () => {
-    const [r1, r2] = await pair((o) => fs.writeFileSync(path.join(o, 'a'), 'x'), (o) => fs.writeFileSync(path.join(o, 'b'), 'x'));
+    const [r1, r2] = await pair(
+      (o) => fs.writeFileSync(path.join(o, 'a'), 'x'),
+      (o) => fs.writeFileSync(path.join(o, 'b'), 'x'),
+    );
     assert.notEqual(r1, r2);
-    assert.equal(rzOf(parseRef(r1).kind === 'rz' ? (parseRef(r1) as { dref: DRef }).dref : '' as DRef).length, 2);
+    assert.equal(rzOf(parseRef(r1).kind === 'rz' ? (parseRef(r1) as { dref: DRef }).dref : ('' as DRef)).length, 2);
   });
 
   it('outputs differing only in the exec bit get different RRefs', async () => {
     const [r1, r2] = await pair(
       (o) => fs.writeFileSync(path.join(o, 'a'), 'x', { mode: 0o644 }),
-      (o) => { fs.writeFileSync(path.join(o, 'a'), 'x'); fs.chmodSync(path.join(o, 'a'), 0o755); },
+      (o) => {
+        fs.writeFileSync(path.join(o, 'a'), 'x');
+        fs.chmodSync(path.join(o, 'a'), 0o755);
+      },
     );
     assert.notEqual(r1, r2);
     assert.equal(mode(path.join(store.outPath(r1), 'a')), 0o444);
@@ -215,23 +294,42 @@ describe('realize: RRefs commit to the output tree', () => {
   });
 
   it('outputs differing only in a symlink target get different RRefs', async () => {
-    const files = (o: string) => { fs.writeFileSync(path.join(o, 'a'), '1'); fs.writeFileSync(path.join(o, 'b'), '1'); };
+    const files = (o: string) => {
+      fs.writeFileSync(path.join(o, 'a'), '1');
+      fs.writeFileSync(path.join(o, 'b'), '1');
+    };
     const [r1, r2] = await pair(
-      (o) => { files(o); fs.symlinkSync('a', path.join(o, 'l')); },
-      (o) => { files(o); fs.symlinkSync('b', path.join(o, 'l')); },
+      (o) => {
+        files(o);
+        fs.symlinkSync('a', path.join(o, 'l'));
+      },
+      (o) => {
+        files(o);
+        fs.symlinkSync('b', path.join(o, 'l'));
+      },
     );
     assert.notEqual(r1, r2);
     assert.equal(fs.readlinkSync(path.join(store.outPath(r2), 'l')), 'b');
   });
 
   it('outputs differing only in file content get different RRefs', async () => {
-    const [r1, r2] = await pair((o) => fs.writeFileSync(path.join(o, 'a'), 'x'), (o) => fs.writeFileSync(path.join(o, 'a'), 'y'));
+    const [r1, r2] = await pair(
+      (o) => fs.writeFileSync(path.join(o, 'a'), 'x'),
+      (o) => fs.writeFileSync(path.join(o, 'a'), 'y'),
+    );
     assert.notEqual(r1, r2);
   });
 
   it('identical outputs merge: a deterministic build forced twice is still one realization', async () => {
     let n = 0;
-    const s = stage({ name: 'det', config: {}, build: (ctx) => { n++; fixedBuild(ctx); } });
+    const s = stage({
+      name: 'det',
+      config: {},
+      build: (ctx) => {
+        n++;
+        fixedBuild(ctx);
+      },
+    });
     const r1 = one(await realize(s, { store }));
     const r2 = one(await realize(s, { store, force: true }));
     const r3 = one(await realize(s, { store, force: true }));
@@ -253,7 +351,16 @@ describe('realize: RRefs commit to the output tree', () => {
 
   it('different outputs of one n: 3 build give 3 realizations', async () => {
     let n = 0;
-    const s = stage({ name: 'rnd3', config: {}, n: 3, matcher: all(), build: (ctx) => { n++; randomBuild(ctx); } });
+    const s = stage({
+      name: 'rnd3',
+      config: {},
+      n: 3,
+      matcher: all(),
+      build: (ctx) => {
+        n++;
+        randomBuild(ctx);
+      },
+    });
     const r = await realize(s, { store });
     assert.equal(n, 1);
     assert.equal(r.builds, 1);
@@ -261,7 +368,15 @@ describe('realize: RRefs commit to the output tree', () => {
     assert.equal(new Set(r.targets[0]!.rrefs).size, 3);
     assert.deepEqual([...rzOf(drefOf(s))].sort(), [...r.targets[0]!.rrefs].sort());
     // latest() on the same derivation picks exactly one of them, without building.
-    const s1 = stage({ name: 'rnd3', config: {}, n: 3, build: (ctx) => { n++; randomBuild(ctx); } });
+    const s1 = stage({
+      name: 'rnd3',
+      config: {},
+      n: 3,
+      build: (ctx) => {
+        n++;
+        randomBuild(ctx);
+      },
+    });
     const r1 = await realize(s1, { store });
     assert.equal(n, 1);
     assert.ok(r.targets[0]!.rrefs.includes(one(r1)), 'expected: r.targets[0]!.rrefs.includes(one(r1))');
@@ -272,9 +387,14 @@ describe('realize: upstream choice is part of the downstream identity', () => {
   const up = (matcher?: Parameters<typeof stage>[0]['matcher']): Stage =>
     stage({ name: 'up', config: {}, n: 2, build: randomBuild, ...(matcher ? { matcher } : {}) });
   let downBuilds = 0;
-  const downBuild = ({ out }: BuildContext<unknown>) => { downBuilds++; fs.writeFileSync(path.join(out, 'd'), 'same output'); };
+  const downBuild = ({ out }: BuildContext<unknown>) => {
+    downBuilds++;
+    fs.writeFileSync(path.join(out, 'd'), 'same output');
+  };
   const down = (u: Stage): Stage => stage({ name: 'down', config: { u }, build: downBuild });
-  beforeEach(() => { downBuilds = 0; });
+  beforeEach(() => {
+    downBuilds = 0;
+  });
 
   it('choosing another upstream realization with exact() gives a new downstream RRef', async () => {
     const first = await realize(down(up(all())), { store });
@@ -304,7 +424,10 @@ describe('realize: upstream choice is part of the downstream identity', () => {
     assert.notEqual(r2.plan[0]!.rrefs[0], r1.plan[0]!.rrefs[0]);
     assert.notEqual(one(r2), one(r1));
     assert.equal(downBuilds, 2);
-    assert.deepEqual(r2.plan.map((p) => p.action), ['force', 'build']);
+    assert.deepEqual(
+      r2.plan.map((p) => p.action),
+      ['force', 'build'],
+    );
     assert.deepEqual(store.readMeta(one(r2)).context, { [drefOf(u)]: [r2.plan[0]!.rrefs[0]] });
     assert.equal(rzOf(drefOf(d)).length, 2);
   });
@@ -314,7 +437,10 @@ describe('realize: upstream choice is part of the downstream identity', () => {
     const d = down(u);
     const r1 = await realize(d, { store });
     const r2 = await realize(d, { store, force: ['up2'] });
-    assert.deepEqual(r2.plan.map((p) => p.action), ['force', 'cached']);
+    assert.deepEqual(
+      r2.plan.map((p) => p.action),
+      ['force', 'cached'],
+    );
     assert.equal(one(r2), one(r1));
     assert.equal(downBuilds, 1);
     assert.equal(r2.builds, 1);
@@ -323,7 +449,14 @@ describe('realize: upstream choice is part of the downstream identity', () => {
 
 describe('realize: failures store nothing', () => {
   it('a broken promise throws E_PROMISE_BROKEN and leaves nothing in the store', async () => {
-    const s = stage({ name: 'liar', config: {}, outputs: ['x'], build: ({ out }) => { fs.writeFileSync(path.join(out, 'y'), ''); } });
+    const s = stage({
+      name: 'liar',
+      config: {},
+      outputs: ['x'],
+      build: ({ out }) => {
+        fs.writeFileSync(path.join(out, 'y'), '');
+      },
+    });
     await assert.rejects(realize(s, { store }), (e: unknown) => {
       isCode('E_PROMISE_BROKEN')(e);
       assert.deepEqual((e as CairnError).details.missing, ['x']);
@@ -338,7 +471,10 @@ describe('realize: failures store nothing', () => {
 
   it('with n: 2, one output breaking the promise stores neither output', async () => {
     const s = stage({
-      name: 'half', config: {}, n: 2, outputs: ['x', 'sub/y'],
+      name: 'half',
+      config: {},
+      n: 2,
+      outputs: ['x', 'sub/y'],
       build: ({ outs }) => {
         fs.mkdirSync(path.join(outs[0]!, 'sub'));
         fs.writeFileSync(path.join(outs[0]!, 'x'), '');
@@ -354,17 +490,38 @@ describe('realize: failures store nothing', () => {
 
   it('a promise kept by a directory or by a symlink inside the output is kept', async () => {
     const s = stage({
-      name: 'kept', config: {}, outputs: ['dir', 'link'],
-      build: ({ out }) => { fs.mkdirSync(path.join(out, 'dir')); fs.symlinkSync('dir', path.join(out, 'link')); },
+      name: 'kept',
+      config: {},
+      outputs: ['dir', 'link'],
+      build: ({ out }) => {
+        fs.mkdirSync(path.join(out, 'dir'));
+        fs.symlinkSync('dir', path.join(out, 'link'));
+      },
     });
     const r = await realize(s, { store });
-    assert.ok(fs.lstatSync(path.join(store.outPath(one(r)), 'link')).isSymbolicLink(), 'expected: fs.lstatSync(path.join(store.outPath(one(r)), \'link\')).isSymbolicLink()');
+    assert.ok(
+      fs.lstatSync(path.join(store.outPath(one(r)), 'link')).isSymbolicLink(),
+      "expected: fs.lstatSync(path.join(store.outPath(one(r)), 'link')).isSymbolicLink()",
+    );
   });
 
   it('a build that throws gives E_BUILD_FAILED, stores nothing and leaves tmp empty', async () => {
     let downstream = 0;
-    const s = stage({ name: 'boom', config: {}, build: ({ out }) => { fs.writeFileSync(path.join(out, 'partial'), 'x'); throw new Error('kaboom'); } });
-    const d = stage({ name: 'after', config: { s }, build: () => { downstream++; } });
+    const s = stage({
+      name: 'boom',
+      config: {},
+      build: ({ out }) => {
+        fs.writeFileSync(path.join(out, 'partial'), 'x');
+        throw new Error('kaboom');
+      },
+    });
+    const d = stage({
+      name: 'after',
+      config: { s },
+      build: () => {
+        downstream++;
+      },
+    });
     await assert.rejects(realize(d, { store }), (e: unknown) => {
       isCode('E_BUILD_FAILED')(e);
       assert.match((e as Error).message, /kaboom/);
@@ -379,20 +536,41 @@ describe('realize: failures store nothing', () => {
   });
 
   it('an async build that rejects, or throws a non-Error, also gives E_BUILD_FAILED', async () => {
-    const s1 = stage({ name: 'rej', config: {}, build: async () => { await sleep(1); throw new Error('later'); } });
+    const s1 = stage({
+      name: 'rej',
+      config: {},
+      build: async () => {
+        await sleep(1);
+        throw new Error('later');
+      },
+    });
     await assert.rejects(realize(s1, { store }), isCode('E_BUILD_FAILED'));
     /* eslint-disable @typescript-eslint/only-throw-error -- a non-Error throw is the case tested */
-    const s2 = stage({ name: 'str', config: {}, build: () => { throw 'just a string'; } });
+    const s2 = stage({
+      name: 'str',
+      config: {},
+      build: () => {
+        throw 'just a string';
+      },
+    });
     /* eslint-enable @typescript-eslint/only-throw-error */
-    await assert.rejects(realize(s2, { store }), (e: unknown) => isCode('E_BUILD_FAILED')(e) && /just a string/.test((e as Error).message));
+    await assert.rejects(
+      realize(s2, { store }),
+      (e: unknown) => isCode('E_BUILD_FAILED')(e) && /just a string/.test((e as Error).message),
+    );
     assert.deepEqual(storeIndex(store).all(), []);
     assert.deepEqual(tmpEntries(), []);
   });
 
   it('with keepFailed the build directory is kept under STORE/failed/', async () => {
     const s = stage({
-      name: 'keep', config: {},
-      build: ({ out, log }) => { log('about to fail'); fs.writeFileSync(path.join(out, 'partial.txt'), 'half done'); throw new Error('nope'); },
+      name: 'keep',
+      config: {},
+      build: ({ out, log }) => {
+        log('about to fail');
+        fs.writeFileSync(path.join(out, 'partial.txt'), 'half done');
+        throw new Error('nope');
+      },
     });
     let kept = '';
     await assert.rejects(realize(s, { store, keepFailed: true }), (e: unknown) => {
@@ -417,7 +595,14 @@ describe('realize: failures store nothing', () => {
   });
 
   it('with keepFailed a broken promise is kept too', async () => {
-    const s = stage({ name: 'keep2', config: {}, outputs: ['must'], build: ({ out }) => { fs.writeFileSync(path.join(out, 'other'), '1'); } });
+    const s = stage({
+      name: 'keep2',
+      config: {},
+      outputs: ['must'],
+      build: ({ out }) => {
+        fs.writeFileSync(path.join(out, 'other'), '1');
+      },
+    });
     await assert.rejects(realize(s, { store, keepFailed: true }), isCode('E_PROMISE_BROKEN'));
     const failed = fs.readdirSync(path.join(store.root, 'failed'));
     assert.equal(failed.length, 1);
@@ -429,7 +614,15 @@ describe('realize: failures store nothing', () => {
 
   it('after a failure, a fixed build of the same derivation succeeds', async () => {
     let fail = true;
-    const s = stage({ name: 'flaky', config: {}, version: '1', build: ({ out }) => { if (fail) throw new Error('x'); fs.writeFileSync(path.join(out, 'ok'), ''); } });
+    const s = stage({
+      name: 'flaky',
+      config: {},
+      version: '1',
+      build: ({ out }) => {
+        if (fail) throw new Error('x');
+        fs.writeFileSync(path.join(out, 'ok'), '');
+      },
+    });
     await assert.rejects(realize(s, { store }), isCode('E_BUILD_FAILED'));
     fail = false;
     const r = await realize(s, { store });
@@ -441,7 +634,10 @@ describe('realize: failures store nothing', () => {
 describe('realize: realizations are read-only', () => {
   it('files are 0444, executables 0555, directories 0555 (checked on the mode bits, even as root)', async () => {
     const s = stage({
-      name: 'ro', config: {}, n: 2, matcher: all(),
+      name: 'ro',
+      config: {},
+      n: 2,
+      matcher: all(),
       build: ({ outs }) => {
         for (const [i, o] of outs.entries()) {
           fs.writeFileSync(path.join(o, 'plain'), String(i), { mode: 0o666 });
@@ -464,14 +660,24 @@ describe('realize: realizations are read-only', () => {
     for (const rref of r.targets[0]!.rrefs) {
       const out = store.outPath(rref);
       const expect: Record<string, number> = {
-        '.': 0o555, plain: 0o444, private: 0o444, tool: 0o555, setuid: 0o555, sub: 0o555, 'sub/deeper': 0o555, 'sub/deeper/f': 0o444,
+        '.': 0o555,
+        plain: 0o444,
+        private: 0o444,
+        tool: 0o555,
+        setuid: 0o555,
+        sub: 0o555,
+        'sub/deeper': 0o555,
+        'sub/deeper/f': 0o444,
       };
-      for (const [rel, m] of Object.entries(expect)) assert.equal(mode(path.join(out, rel)).toString(8), m.toString(8), `${rel} of ${rref}`);
+      for (const [rel, m] of Object.entries(expect))
+        assert.equal(mode(path.join(out, rel)).toString(8), m.toString(8), `${rel} of ${rref}`);
       const walk = (p: string): void => {
         const st = fs.lstatSync(p);
         if (st.isSymbolicLink()) return;
-        if (st.isDirectory()) { assert.equal(st.mode & 0o7777, 0o555, p); for (const n of fs.readdirSync(p)) walk(path.join(p, n)); }
-        else assert.ok([0o444, 0o555].includes(st.mode & 0o7777), `${p} has mode ${(st.mode & 0o7777).toString(8)}`);
+        if (st.isDirectory()) {
+          assert.equal(st.mode & 0o7777, 0o555, p);
+          for (const n of fs.readdirSync(p)) walk(path.join(p, n));
+        } else assert.ok([0o444, 0o555].includes(st.mode & 0o7777), `${p} has mode ${(st.mode & 0o7777).toString(8)}`);
       };
       walk(out);
       assert.equal(mode(store.rzDir(rref)), 0o555);
@@ -488,7 +694,13 @@ describe('realize: realizations are read-only', () => {
     const outside = path.join(dir, 'outside.txt');
     fs.writeFileSync(outside, 'outside');
     fs.chmodSync(outside, 0o644);
-    const s = stage({ name: 'hl', config: { outside }, build: ({ out, config }) => { fs.linkSync(config.outside, path.join(out, 'h')); } });
+    const s = stage({
+      name: 'hl',
+      config: { outside },
+      build: ({ out, config }) => {
+        fs.linkSync(config.outside, path.join(out, 'h'));
+      },
+    });
     const r = await realize(s, { store });
     const inside = path.join(store.outPath(one(r)), 'h');
     assert.equal(mode(outside), 0o644);
@@ -518,16 +730,25 @@ describe('realize: unsafe outputs are refused with E_UNSAFE_OUTPUT', () => {
   });
 
   it("a nested symlink to '../../x'", async () => {
-    await refused('nested', (o) => { fs.mkdirSync(path.join(o, 'd')); fs.symlinkSync('../../x', path.join(o, 'd', 'l')); });
+    await refused('nested', (o) => {
+      fs.mkdirSync(path.join(o, 'd'));
+      fs.symlinkSync('../../x', path.join(o, 'd', 'l'));
+    });
   });
 
-  it("the tricky pair s -> . and t -> s/../x", async () => {
-    await refused('tricky', (o) => { fs.symlinkSync('.', path.join(o, 's')); fs.symlinkSync('s/../x', path.join(o, 't')); });
+  it('the tricky pair s -> . and t -> s/../x', async () => {
+    await refused('tricky', (o) => {
+      fs.symlinkSync('.', path.join(o, 's'));
+      fs.symlinkSync('s/../x', path.join(o, 't'));
+    });
   });
 
   it('a symlink escaping even when other files were already sealed', async () => {
     await refused('late', (o) => {
-      for (const n of ['a', 'b', 'c']) { fs.mkdirSync(path.join(o, n)); fs.writeFileSync(path.join(o, n, 'f'), n); }
+      for (const n of ['a', 'b', 'c']) {
+        fs.mkdirSync(path.join(o, n));
+        fs.writeFileSync(path.join(o, n, 'f'), n);
+      }
       // 'zzz' sorts last, so a, b and c are sealed (made read-only) before the refusal.
       fs.symlinkSync('../../..', path.join(o, 'zzz'));
     });
@@ -542,7 +763,8 @@ describe('realize: unsafe outputs are refused with E_UNSAFE_OUTPUT', () => {
 
   it('safe symlinks (s -> ., sub/l -> ../f) are accepted and stored as symlinks', async () => {
     const s = stage({
-      name: 'safe', config: {},
+      name: 'safe',
+      config: {},
       build: ({ out }) => {
         fs.writeFileSync(path.join(out, 'f'), 'f');
         fs.symlinkSync('.', path.join(out, 's'));
@@ -569,7 +791,14 @@ describe('realize: dryRun and force', () => {
     const r = await realize(c, { store, dryRun: true });
     assert.equal(r.builds, 0);
     assert.equal(calls.size, 0);
-    assert.deepEqual(r.plan.map((p) => [p.name, p.action, p.rrefs]), [['a', 'build', []], ['b', 'build', []], ['c', 'build', []]]);
+    assert.deepEqual(
+      r.plan.map((p) => [p.name, p.action, p.rrefs]),
+      [
+        ['a', 'build', []],
+        ['b', 'build', []],
+        ['c', 'build', []],
+      ],
+    );
     assert.deepEqual(r.targets[0]!.rrefs, []);
     assert.deepEqual(fs.readdirSync(path.join(store.root, 'd')), []);
     assert.deepEqual(tmpEntries(), []);
@@ -580,8 +809,14 @@ describe('realize: dryRun and force', () => {
     const { c } = chain();
     const real = await realize(c, { store });
     const dry = await realize(c, { store, dryRun: true });
-    assert.deepEqual(dry.plan.map((p) => p.action), ['cached', 'cached', 'cached']);
-    assert.deepEqual(dry.plan.map((p) => p.rrefs), real.plan.map((p) => p.rrefs));
+    assert.deepEqual(
+      dry.plan.map((p) => p.action),
+      ['cached', 'cached', 'cached'],
+    );
+    assert.deepEqual(
+      dry.plan.map((p) => p.rrefs),
+      real.plan.map((p) => p.rrefs),
+    );
     assert.equal(dry.builds, 0);
   });
 
@@ -590,9 +825,15 @@ describe('realize: dryRun and force', () => {
     await realize(c, { store });
     calls.clear();
     const dry = await realize(c, { store, dryRun: true, force: ['b'] });
-    assert.deepEqual(dry.plan.map((p) => p.action), ['cached', 'force', 'build']);
+    assert.deepEqual(
+      dry.plan.map((p) => p.action),
+      ['cached', 'force', 'build'],
+    );
     const dryAll = await realize(c, { store, dryRun: true, force: true });
-    assert.deepEqual(dryAll.plan.map((p) => p.action), ['force', 'force', 'force']);
+    assert.deepEqual(
+      dryAll.plan.map((p) => p.action),
+      ['force', 'force', 'force'],
+    );
     assert.equal(calls.size, 0);
     assert.equal(storeIndex(store).all().length, 3);
   });
@@ -601,7 +842,10 @@ describe('realize: dryRun and force', () => {
     const { b, c } = chain();
     await realize(b, { store });
     const dry = await realize(c, { store, dryRun: true });
-    assert.deepEqual(dry.plan.map((p) => p.action), ['cached', 'cached', 'build']);
+    assert.deepEqual(
+      dry.plan.map((p) => p.action),
+      ['cached', 'cached', 'build'],
+    );
   });
 
   it('force: true rebuilds every stage (deterministic builds keep their RRefs)', async () => {
@@ -610,8 +854,14 @@ describe('realize: dryRun and force', () => {
     const r2 = await realize(c, { store, force: true });
     assert.deepEqual(Object.fromEntries(calls), { a: 2, b: 2, c: 2 });
     assert.equal(r2.builds, 3);
-    assert.deepEqual(r2.plan.map((p) => p.action), ['force', 'force', 'force']);
-    assert.deepEqual(r2.plan.map((p) => p.rrefs), r1.plan.map((p) => p.rrefs));
+    assert.deepEqual(
+      r2.plan.map((p) => p.action),
+      ['force', 'force', 'force'],
+    );
+    assert.deepEqual(
+      r2.plan.map((p) => p.rrefs),
+      r1.plan.map((p) => p.rrefs),
+    );
     assert.equal(storeIndex(store).all().length, 3);
   });
 
@@ -621,7 +871,10 @@ describe('realize: dryRun and force', () => {
     const r = await realize(c, { store, force: ['b'] });
     assert.deepEqual(Object.fromEntries(calls), { a: 1, b: 2, c: 1 });
     assert.equal(r.builds, 1);
-    assert.deepEqual(r.plan.map((p) => p.action), ['cached', 'force', 'cached']);
+    assert.deepEqual(
+      r.plan.map((p) => p.action),
+      ['cached', 'force', 'cached'],
+    );
   });
 
   it('force also accepts DRefs', async () => {
@@ -629,7 +882,10 @@ describe('realize: dryRun and force', () => {
     await realize(c, { store });
     const r = await realize(c, { store, force: [drefOf(a)] });
     assert.deepEqual(Object.fromEntries(calls), { a: 2, b: 1, c: 1 });
-    assert.deepEqual(r.plan.map((p) => p.action), ['force', 'cached', 'cached']);
+    assert.deepEqual(
+      r.plan.map((p) => p.action),
+      ['force', 'cached', 'cached'],
+    );
   });
 
   it('force naming no stage of the graph changes nothing', async () => {
@@ -642,17 +898,20 @@ describe('realize: dryRun and force', () => {
 
 describe('realize: jobs bounds concurrency', () => {
   const wide = (k: number, state: { running: number; max: number; total: number }): Stage[] =>
-    Array.from({ length: k }, (_, i) => stage({
-      name: `w${i}`, config: { i },
-      build: async ({ out }) => {
-        state.running++;
-        state.total++;
-        state.max = Math.max(state.max, state.running);
-        await sleep(40);
-        fs.writeFileSync(path.join(out, 'i'), String(Math.random()));
-        state.running--;
-      },
-    }));
+    Array.from({ length: k }, (_, i) =>
+      stage({
+        name: `w${i}`,
+        config: { i },
+        build: async ({ out }) => {
+          state.running++;
+          state.total++;
+          state.max = Math.max(state.max, state.running);
+          await sleep(40);
+          fs.writeFileSync(path.join(out, 'i'), String(Math.random()));
+          state.running--;
+        },
+      }),
+    );
 
   for (const jobs of [1, 2, 3]) {
     it(`jobs: ${jobs} never runs more than ${jobs} builds at once, and does run ${jobs} at once`, async () => {
@@ -667,9 +926,17 @@ describe('realize: jobs bounds concurrency', () => {
 
   it('jobs: 1 on a diamond still builds each stage once, dependencies first', async () => {
     const order: string[] = [];
-    const mk = (name: string, config: Record<string, unknown>) => stage({
-      name, config, build: async ({ name: n, out }) => { order.push(`start ${n}`); await sleep(5); fs.writeFileSync(path.join(out, 'x'), n); order.push(`end ${n}`); },
-    });
+    const mk = (name: string, config: Record<string, unknown>) =>
+      stage({
+        name,
+        config,
+        build: async ({ name: n, out }) => {
+          order.push(`start ${n}`);
+          await sleep(5);
+          fs.writeFileSync(path.join(out, 'x'), n);
+          order.push(`end ${n}`);
+        },
+      });
     const a = mk('a', {});
     const b = mk('b', { a });
     const c = mk('c', { a });
@@ -685,7 +952,8 @@ describe('realize: jobs bounds concurrency', () => {
 describe('realize: build logs and metadata', () => {
   it('stores ctx.log lines and ctx.exec output in build.log', async () => {
     const s = stage({
-      name: 'logger', config: {},
+      name: 'logger',
+      config: {},
       build: async ({ out, log, exec }) => {
         log('hello from ctx.log');
         // The programs read their (empty) stdin first; see the EPIPE test below for why.
@@ -700,19 +968,35 @@ describe('realize: build logs and metadata', () => {
     const p = parseRef(rref) as { dref: string; rhash: string };
     const file = path.join(store.root, 'd', p.dref, 'r', p.rhash, 'build.log');
     const text = fs.readFileSync(file, 'utf8');
-    for (const want of ['hello from ctx.log', 'from-stdout', 'from-stderr', 'exec stdout was from-stdout', '$ sh -c', 'piped input']) {
+    for (const want of [
+      'hello from ctx.log',
+      'from-stdout',
+      'from-stderr',
+      'exec stdout was from-stdout',
+      '$ sh -c',
+      'piped input',
+    ]) {
       assert.ok(text.includes(want), `build.log lacks ${JSON.stringify(want)}:\n${text}`);
     }
-    assert.ok(text.indexOf('hello from ctx.log') < text.indexOf('from-stdout'), 'expected: text.indexOf(\'hello from ctx.log\') < text.indexOf(\'from-stdout\')');
+    assert.ok(
+      text.indexOf('hello from ctx.log') < text.indexOf('from-stdout'),
+      "expected: text.indexOf('hello from ctx.log') < text.indexOf('from-stdout')",
+    );
     assert.equal(fs.readFileSync(path.join(store.outPath(rref), 'cat'), 'utf8'), 'piped input');
   });
 
   it('ctx.exec rejects on a non-zero exit with E_BUILD_FAILED, and the failure reaches realize', async () => {
     let inner: unknown;
     const s = stage({
-      name: 'exitcode', config: {},
+      name: 'exitcode',
+      config: {},
       build: async ({ exec }) => {
-        try { await exec('sh', ['-c', 'cat >/dev/null; echo bad-thing >&2; exit 3']); } catch (e) { inner = e; throw e; }
+        try {
+          await exec('sh', ['-c', 'cat >/dev/null; echo bad-thing >&2; exit 3']);
+        } catch (e) {
+          inner = e;
+          throw e;
+        }
       },
     });
     await assert.rejects(realize(s, { store }), isCode('E_BUILD_FAILED'));
@@ -723,11 +1007,20 @@ describe('realize: build logs and metadata', () => {
   });
 
   it('ctx.exec of a missing program rejects with E_BUILD_FAILED and raises no uncaught exception', async () => {
-    const s = stage({ name: 'nocmd', config: {}, build: async ({ exec }) => { await exec('cairn-no-such-program-xyz'); } });
+    const s = stage({
+      name: 'nocmd',
+      config: {},
+      build: async ({ exec }) => {
+        await exec('cairn-no-such-program-xyz');
+      },
+    });
     const caught = await uncaughtDuring(async () => {
       await assert.rejects(realize(s, { store }), isCode('E_BUILD_FAILED'));
     });
-    assert.deepEqual(caught.map((e) => `${(e as NodeJS.ErrnoException).code}: ${(e as Error).message}`), []);
+    assert.deepEqual(
+      caught.map((e) => `${(e as NodeJS.ErrnoException).code}: ${(e as Error).message}`),
+      [],
+    );
   });
 
   it('ctx.exec of programs that exit without reading stdin raises no uncaught exception (no EPIPE crash)', async () => {
@@ -735,9 +1028,13 @@ describe('realize: build logs and metadata', () => {
     // exited makes that write fail with EPIPE on an unhandled stream.
     let runs = 0;
     const s = stage({
-      name: 'quick', config: {},
+      name: 'quick',
+      config: {},
       build: async ({ exec, out }) => {
-        for (let i = 0; i < 100; i++) { await exec('true'); runs++; }
+        for (let i = 0; i < 100; i++) {
+          await exec('true');
+          runs++;
+        }
         fs.writeFileSync(path.join(out, 'runs'), String(runs));
       },
     });
@@ -746,12 +1043,16 @@ describe('realize: build logs and metadata', () => {
       assert.equal(r.builds, 1);
     });
     assert.equal(runs, 100);
-    assert.deepEqual(caught.map((e) => `${(e as NodeJS.ErrnoException).code}: ${(e as Error).message}`), []);
+    assert.deepEqual(
+      caught.map((e) => `${(e as NodeJS.ErrnoException).code}: ${(e as Error).message}`),
+      [],
+    );
   });
 
   it('ctx.exec with input the program never reads resolves and raises no uncaught exception (no EPIPE crash)', async () => {
     const s = stage({
-      name: 'noread', config: {},
+      name: 'noread',
+      config: {},
       build: async ({ exec, out }) => {
         const r = await exec('true', [], { input: 'x'.repeat(8 << 20) });
         fs.writeFileSync(path.join(out, 'stdout'), r.stdout);
@@ -761,7 +1062,10 @@ describe('realize: build logs and metadata', () => {
       const r = await realize(s, { store });
       assert.equal(r.builds, 1);
     });
-    assert.deepEqual(caught.map((e) => `${(e as NodeJS.ErrnoException).code}: ${(e as Error).message}`), []);
+    assert.deepEqual(
+      caught.map((e) => `${(e as NodeJS.ErrnoException).code}: ${(e as Error).message}`),
+      [],
+    );
   });
 
   it('meta.json records the chosen upstream RRefs as the context', async () => {
@@ -780,7 +1084,10 @@ describe('realize: build logs and metadata', () => {
     // The index knows the same edges.
     assert.deepEqual(storeIndex(store).depsOf(one(r)).sort(), Object.values(meta.context).flat().sort());
     assert.deepEqual((await store.closure([one(r)])).sort(), [one(r), ...Object.values(meta.context).flat()].sort());
-    const fileMeta = JSON.parse(fs.readFileSync(path.join(store.rzDir(one(r)), 'meta.json'), 'utf8')) as Record<string, unknown>;
+    const fileMeta = JSON.parse(fs.readFileSync(path.join(store.rzDir(one(r)), 'meta.json'), 'utf8')) as Record<
+      string,
+      unknown
+    >;
     assert.deepEqual(fileMeta.context, meta.context);
     assert.equal(fileMeta.format, 'cairn-realization-1');
   });
@@ -793,19 +1100,31 @@ describe('Store.rebuildIndex', () => {
     const u = stage({ name: 'u', config: {}, n: 3, matcher: all(), build: randomBuild });
     const c = counted('c', { b, u });
     const r1 = await realize(c, { store });
-    const before = storeIndex(store).all().map((r) => ({ ...r, seq: 0 })).sort((x, y) => x.rref.localeCompare(y.rref));
+    const before = storeIndex(store)
+      .all()
+      .map((r) => ({ ...r, seq: 0 }))
+      .sort((x, y) => x.rref.localeCompare(y.rref));
     const deps = before.map((r) => storeIndex(store).depsOf(r.rref).sort());
     storeIndex(store).db.exec('DELETE FROM rz; DELETE FROM rz_dep; DELETE FROM drv;');
     assert.deepEqual(storeIndex(store).all(), []);
     assert.deepEqual(store.rebuildIndex(), { derivations: 4, realizations: 6 });
-    const after = storeIndex(store).all().map((r) => ({ ...r, seq: 0 })).sort((x, y) => x.rref.localeCompare(y.rref));
+    const after = storeIndex(store)
+      .all()
+      .map((r) => ({ ...r, seq: 0 }))
+      .sort((x, y) => x.rref.localeCompare(y.rref));
     assert.deepEqual(after, before);
-    assert.deepEqual(after.map((r) => storeIndex(store).depsOf(r.rref).sort()), deps);
+    assert.deepEqual(
+      after.map((r) => storeIndex(store).depsOf(r.rref).sort()),
+      deps,
+    );
     calls.clear();
     const r2 = await realize(c, { store });
     assert.equal(r2.builds, 0);
     assert.equal(calls.size, 0);
-    assert.deepEqual(r2.plan.map((p) => p.rrefs), r1.plan.map((p) => p.rrefs));
+    assert.deepEqual(
+      r2.plan.map((p) => p.rrefs),
+      r1.plan.map((p) => p.rrefs),
+    );
   });
 
   it('works from a deleted index file too', async () => {
@@ -836,12 +1155,19 @@ describe('Store.rebuildIndex', () => {
       mock.restoreAll();
     }
     const latestBefore = r1.plan[0]!.rrefs[0]!;
-    const orderBefore = storeIndex(store).realizationsOf(drefOf(u)).map((r) => r.rref);
+    const orderBefore = storeIndex(store)
+      .realizationsOf(drefOf(u))
+      .map((r) => r.rref);
     assert.equal(orderBefore.length, 5);
     storeIndex(store).db.exec('DELETE FROM rz; DELETE FROM rz_dep; DELETE FROM drv;');
     store.rebuildIndex();
     // Candidates reach matchers oldest first; the rebuilt index must give the same order.
-    assert.deepEqual(storeIndex(store).realizationsOf(drefOf(u)).map((r) => r.rref), orderBefore);
+    assert.deepEqual(
+      storeIndex(store)
+        .realizationsOf(drefOf(u))
+        .map((r) => r.rref),
+      orderBefore,
+    );
     const r2 = await realize(d, { store });
     assert.equal(r2.plan[0]!.rrefs[0], latestBefore, 'latest() chose a different realization after rebuildIndex');
     assert.equal(r2.builds, 0);
@@ -851,7 +1177,15 @@ describe('Store.rebuildIndex', () => {
 describe('realize: concurrency inside one process', () => {
   it('two concurrent realizes of the same stage build it once and agree', async () => {
     let n = 0;
-    const s = stage({ name: 'once', config: {}, build: async ({ out }) => { n++; await sleep(20); fs.writeFileSync(path.join(out, 'r'), randomBytes(8)); } });
+    const s = stage({
+      name: 'once',
+      config: {},
+      build: async ({ out }) => {
+        n++;
+        await sleep(20);
+        fs.writeFileSync(path.join(out, 'r'), randomBytes(8));
+      },
+    });
     const [r1, r2] = await Promise.all([realize(s, { store }), realize(s, { store })]);
     assert.equal(n, 1);
     assert.deepEqual(r1.targets, r2.targets);
@@ -861,10 +1195,30 @@ describe('realize: concurrency inside one process', () => {
 
   it('when one branch fails, a build already running in another branch finishes and is stored', async () => {
     let slowDone = false;
-    const slow = stage({ name: 'slow', config: {}, build: async ({ out }) => { await sleep(30); fs.writeFileSync(path.join(out, 'ok'), 'ok'); slowDone = true; } });
-    const bad = stage({ name: 'bad', config: {}, build: () => { throw new Error('bad branch'); } });
+    const slow = stage({
+      name: 'slow',
+      config: {},
+      build: async ({ out }) => {
+        await sleep(30);
+        fs.writeFileSync(path.join(out, 'ok'), 'ok');
+        slowDone = true;
+      },
+    });
+    const bad = stage({
+      name: 'bad',
+      config: {},
+      build: () => {
+        throw new Error('bad branch');
+      },
+    });
     let after = 0;
-    const dependant = stage({ name: 'dependant', config: { bad }, build: () => { after++; } });
+    const dependant = stage({
+      name: 'dependant',
+      config: { bad },
+      build: () => {
+        after++;
+      },
+    });
     await assert.rejects(realize([slow, dependant], { store, jobs: 2 }), isCode('E_BUILD_FAILED'));
     assert.equal(slowDone, true);
     assert.equal(rzOf(drefOf(slow)).length, 1);
@@ -883,9 +1237,15 @@ describe('realize: events', () => {
     const a = counted('a');
     const b = counted('b', { a });
     const events = {
-      cached: (n: { name: string }) => { seen.push(`cached ${n.name}`); },
-      start: (n: { name: string }, why: string) => { seen.push(`start ${n.name} ${why}`); },
-      built: (n: { name: string }, rrefs: readonly string[]) => { seen.push(`built ${n.name} ${rrefs.length}`); },
+      cached: (n: { name: string }) => {
+        seen.push(`cached ${n.name}`);
+      },
+      start: (n: { name: string }, why: string) => {
+        seen.push(`start ${n.name} ${why}`);
+      },
+      built: (n: { name: string }, rrefs: readonly string[]) => {
+        seen.push(`built ${n.name} ${rrefs.length}`);
+      },
     };
     await realize(b, { store, events });
     assert.deepEqual(seen, ['start a missing', 'built a 1', 'start b missing', 'built b 1']);
@@ -896,8 +1256,23 @@ describe('realize: events', () => {
 
   it('reports failed with the CairnError', async () => {
     const failed: string[] = [];
-    const s = stage({ name: 'f', config: {}, build: () => { throw new Error('x'); } });
-    await assert.rejects(realize(s, { store, events: { failed: (n, e) => { failed.push(`${n.name} ${e.code}`); } } }));
+    const s = stage({
+      name: 'f',
+      config: {},
+      build: () => {
+        throw new Error('x');
+      },
+    });
+    await assert.rejects(
+      realize(s, {
+        store,
+        events: {
+          failed: (n, e) => {
+            failed.push(`${n.name} ${e.code}`);
+          },
+        },
+      }),
+    );
     assert.deepEqual(failed, ['f E_BUILD_FAILED']);
   });
 });
@@ -915,10 +1290,14 @@ describe('realize: derivations written ahead, durability order', () => {
   it('derivations written ahead of a build that never comes (a failure upstream) are indexed, so gc collects them; tmp is left empty', async () => {
     // The failing build waits (up to 10 s) for the writer to place every derivation of the chain.
     const written = () => fs.readdirSync(path.join(store.root, 'd')).length;
-    const bad = stage({ name: 'bad', config: {}, build: async () => {
-      for (let i = 0; i < 1000 && written() < 6; i++) await sleep(10);
-      throw new Error('no');
-    } });
+    const bad = stage({
+      name: 'bad',
+      config: {},
+      build: async () => {
+        for (let i = 0; i < 1000 && written() < 6; i++) await sleep(10);
+        throw new Error('no');
+      },
+    });
     const chain: Stage[] = [bad];
     for (let i = 0; i < 5; i++) chain.push(stage({ name: `after${i}`, config: { prev: chain[i] }, build: fixedBuild }));
     await assert.rejects(realize(chain[5]!, { store }), isCode('E_BUILD_FAILED'));
@@ -964,11 +1343,19 @@ describe('realize: derivations written ahead, durability order', () => {
       const m = /\/d\/([^/]+)\/r\/[^/]+$/.exec(to);
       if (m) {
         const drv = path.join(store.root, 'd', m[1]!);
-        for (const p of [path.join(from, 'out', 'v'), path.join(from, 'out'), path.join(from, 'meta.json'), from, path.join(drv, 'drv.json'), drv]) {
+        for (const p of [
+          path.join(from, 'out', 'v'),
+          path.join(from, 'out'),
+          path.join(from, 'meta.json'),
+          from,
+          path.join(drv, 'drv.json'),
+          drv,
+        ]) {
           if (!synced(p)) problems.push(`${p} not fsynced before the rename to ${to}`);
         }
         // Root may move a read-only directory, so a kill can never leave a writable realization.
-        if (process.getuid?.() === 0 && (fs.statSync(from).mode & 0o222) !== 0) problems.push(`${from} still writable when renamed to ${to}`);
+        if (process.getuid?.() === 0 && (fs.statSync(from).mode & 0o222) !== 0)
+          problems.push(`${from} still writable when renamed to ${to}`);
       }
       renameReal(from, to);
       renamedAt.set(path.resolve(to), ++seq);
@@ -981,13 +1368,17 @@ describe('realize: derivations written ahead, durability order', () => {
         const ref = parseRef(r.rref);
         const rz = path.join(drv, 'r', ref.kind === 'rz' ? ref.rhash : '');
         // The realization's rename into r/, and the derivation's into d/.
-        if (!synced(path.dirname(rz), renamedAt.get(rz))) problems.push(`${path.dirname(rz)} not fsynced after ${r.rref} was renamed into it, before it was indexed`);
-        if (!synced(path.dirname(drv), renamedAt.get(drv))) problems.push(`d/ not fsynced after ${r.dref} was renamed into it, before it was indexed`);
+        if (!synced(path.dirname(rz), renamedAt.get(rz)))
+          problems.push(`${path.dirname(rz)} not fsynced after ${r.rref} was renamed into it, before it was indexed`);
+        if (!synced(path.dirname(drv), renamedAt.get(drv)))
+          problems.push(`d/ not fsynced after ${r.dref} was renamed into it, before it was indexed`);
       }
       addReal(rs);
     });
     try {
-      const build = ({ config, out }: BuildContext<{ i: number }>) => { fs.writeFileSync(path.join(out, 'v'), `${config.i}\n`); };
+      const build = ({ config, out }: BuildContext<{ i: number }>) => {
+        fs.writeFileSync(path.join(out, 'v'), `${config.i}\n`);
+      };
       let prev: Stage | null = null;
       for (let i = 0; i < 5; i++) prev = stage({ name: `c${i}`, version: '1', config: { i, prev }, build });
       const leaves = Array.from({ length: 4 }, (_, i) => stage({ name: `l${i}`, version: '1', config: { i }, build }));

@@ -104,18 +104,30 @@ describe('tree hash: same tree, same hash', () => {
 
 describe('tree hash: every meaningful change changes it', () => {
   const variants: Record<string, Entry[]> = {
-    'file content': sample.map((e) => (e.path === 'a.txt' ? { ...e, content: 'alpha!\n' } as Entry : e)),
-    'one byte appended': sample.map((e) => (e.path === 'sub/deep/b.json' ? { ...e, content: '{"b":1} ' } as Entry : e)),
-    'file renamed': sample.map((e) => (e.path === 'a.txt' ? { ...e, path: 'A.txt' } : e.path === 'sub/link' ? { ...e, target: '../A.txt' } as Entry : e)),
+    'file content': sample.map((e) => (e.path === 'a.txt' ? ({ ...e, content: 'alpha!\n' } as Entry) : e)),
+    'one byte appended': sample.map((e) =>
+      e.path === 'sub/deep/b.json' ? ({ ...e, content: '{"b":1} ' } as Entry) : e,
+    ),
+    'file renamed': sample.map((e) =>
+      e.path === 'a.txt'
+        ? { ...e, path: 'A.txt' }
+        : e.path === 'sub/link'
+          ? ({ ...e, target: '../A.txt' } as Entry)
+          : e,
+    ),
     'file renamed, link left dangling': sample.map((e) => (e.path === 'a.txt' ? { ...e, path: 'a.text' } : e)),
-    'exec bit set': sample.map((e) => (e.path === 'a.txt' ? { ...e, exec: true } as Entry : e)),
-    'exec bit cleared': sample.map((e) => (e.path === 'bin/run' ? { ...e, exec: false } as Entry : e)),
+    'exec bit set': sample.map((e) => (e.path === 'a.txt' ? ({ ...e, exec: true } as Entry) : e)),
+    'exec bit cleared': sample.map((e) => (e.path === 'bin/run' ? ({ ...e, exec: false } as Entry) : e)),
     'symlink target': sample.map((e) => (e.kind === 'link' ? { ...e, target: './../a.txt' } : e)),
     'empty dir removed': sample.filter((e) => e.path !== 'empty'),
     'empty dir renamed': sample.map((e) => (e.path === 'empty' ? { ...e, path: 'vacant' } : e)),
     'file moved to another dir': sample.map((e) => (e.path === 'sub/deep/b.json' ? { ...e, path: 'sub/b.json' } : e)),
-    'file replaced by symlink with its content as target': sample.map((e) => (e.path === 'a.txt' ? { kind: 'link', path: 'a.txt', target: 'alpha' } : e)),
-    'empty dir replaced by empty file': sample.map((e) => (e.path === 'empty' ? { kind: 'file', path: 'empty', content: '' } : e)),
+    'file replaced by symlink with its content as target': sample.map((e) =>
+      e.path === 'a.txt' ? { kind: 'link', path: 'a.txt', target: 'alpha' } : e,
+    ),
+    'empty dir replaced by empty file': sample.map((e) =>
+      e.path === 'empty' ? { kind: 'file', path: 'empty', content: '' } : e,
+    ),
     'extra empty file': [...sample, { kind: 'file', path: 'sub/deep/zero', content: '' }],
   };
 
@@ -132,8 +144,18 @@ describe('tree hash: every meaningful change changes it', () => {
   });
 
   it('content split differently between two files gives a different hash (length prefixes)', async () => {
-    const h1 = await hashOf(make([{ kind: 'file', path: 'a', content: 'xy' }, { kind: 'file', path: 'b', content: 'z' }]));
-    const h2 = await hashOf(make([{ kind: 'file', path: 'a', content: 'x' }, { kind: 'file', path: 'b', content: 'yz' }]));
+    const h1 = await hashOf(
+      make([
+        { kind: 'file', path: 'a', content: 'xy' },
+        { kind: 'file', path: 'b', content: 'z' },
+      ]),
+    );
+    const h2 = await hashOf(
+      make([
+        { kind: 'file', path: 'a', content: 'x' },
+        { kind: 'file', path: 'b', content: 'yz' },
+      ]),
+    );
     assert.notEqual(h1, h2);
   });
 
@@ -144,31 +166,46 @@ describe('tree hash: every meaningful change changes it', () => {
 
 describe('tree hash: property over random trees', () => {
   const nameArb = fc.constantFrom('a', 'b', 'c', 'A', 'x.txt', 'é', '0');
-  const entriesArb = fc.uniqueArray(
-    fc.record({
-      dirs: fc.array(fc.constantFrom('d1', 'd2'), { maxLength: 2 }),
-      name: nameArb,
-      content: fc.string({ maxLength: 20 }),
-      exec: fc.boolean(),
-    }),
-    { minLength: 1, maxLength: 8, selector: (e) => e.name },
-  ).map((list) => list.map((e): Entry => ({ kind: 'file', path: [...e.dirs, e.name].join('/'), content: e.content, exec: e.exec })));
+  const entriesArb = fc
+    .uniqueArray(
+      fc.record({
+        dirs: fc.array(fc.constantFrom('d1', 'd2'), { maxLength: 2 }),
+        name: nameArb,
+        content: fc.string({ maxLength: 20 }),
+        exec: fc.boolean(),
+      }),
+      { minLength: 1, maxLength: 8, selector: (e) => e.name },
+    )
+    .map((list) =>
+      list.map((e): Entry => ({ kind: 'file', path: [...e.dirs, e.name].join('/'), content: e.content, exec: e.exec })),
+    );
 
   it('building the same random tree in two orders gives the same hash; changing one file changes it', async () => {
-    await fc.assert(fc.asyncProperty(entriesArb, fc.nat(), fc.constantFrom('content', 'exec', 'rename'), async (entries, pick, how) => {
-      // Drop entries whose paths collide with another entry's directory.
-      const ok = entries.filter((e) => !entries.some((o) => o !== e && o.path.startsWith(`${e.path}/`)));
-      const h1 = await hashOf(make(ok));
-      const h2 = await hashOf(make([...ok].reverse()));
-      assert.equal(h1, h2);
-      const i = pick % ok.length;
-      const target = ok[i] as Extract<Entry, { kind: 'file' }>;
-      const changed: Entry = how === 'content' ? { ...target, content: `${target.content}!` }
-        : how === 'exec' ? { ...target, exec: !target.exec }
-        : { ...target, path: `${target.path}_renamed` };
-      const mutated = ok.map((e, j) => (j === i ? changed : e));
-      assert.notEqual(await hashOf(make(mutated)), h1);
-    }), { numRuns: 40 });
+    await fc.assert(
+      fc.asyncProperty(
+        entriesArb,
+        fc.nat(),
+        fc.constantFrom('content', 'exec', 'rename'),
+        async (entries, pick, how) => {
+          // Drop entries whose paths collide with another entry's directory.
+          const ok = entries.filter((e) => !entries.some((o) => o !== e && o.path.startsWith(`${e.path}/`)));
+          const h1 = await hashOf(make(ok));
+          const h2 = await hashOf(make([...ok].reverse()));
+          assert.equal(h1, h2);
+          const i = pick % ok.length;
+          const target = ok[i] as Extract<Entry, { kind: 'file' }>;
+          const changed: Entry =
+            how === 'content'
+              ? { ...target, content: `${target.content}!` }
+              : how === 'exec'
+                ? { ...target, exec: !target.exec }
+                : { ...target, path: `${target.path}_renamed` };
+          const mutated = ok.map((e, j) => (j === i ? changed : e));
+          assert.notEqual(await hashOf(make(mutated)), h1);
+        },
+      ),
+      { numRuns: 40 },
+    );
   });
 });
 
@@ -181,7 +218,10 @@ describe('sealing', () => {
     assert.equal(mode('bin/run'), 0o555);
     assert.equal(mode('sub/deep/b.json'), 0o444);
     for (const d of ['.', 'bin', 'empty', 'sub', 'sub/deep']) assert.equal(mode(d), 0o555, d);
-    assert.ok(fs.lstatSync(path.join(root, 'sub/link')).isSymbolicLink(), 'expected: fs.lstatSync(path.join(root, \'sub/link\')).isSymbolicLink()');
+    assert.ok(
+      fs.lstatSync(path.join(root, 'sub/link')).isSymbolicLink(),
+      "expected: fs.lstatSync(path.join(root, 'sub/link')).isSymbolicLink()",
+    );
   });
 
   it('breaks hard links to files outside the tree, leaving the outside file untouched', async () => {
@@ -223,11 +263,24 @@ describe('unsafe entries are refused with E_UNSAFE_OUTPUT', () => {
   });
 
   it('the tricky pair s -> . and t -> s/../x', async () => {
-    await unsafe(make([{ kind: 'link', path: 's', target: '.' }, { kind: 'link', path: 't', target: 's/../x' }]), 't');
+    await unsafe(
+      make([
+        { kind: 'link', path: 's', target: '.' },
+        { kind: 'link', path: 't', target: 's/../x' },
+      ]),
+      't',
+    );
   });
 
   it('a chain through a directory symlink: d -> sub, t -> d/../../x', async () => {
-    await unsafe(make([{ kind: 'dir', path: 'sub' }, { kind: 'link', path: 'd', target: 'sub' }, { kind: 'link', path: 't', target: 'd/../../x' }]), 't');
+    await unsafe(
+      make([
+        { kind: 'dir', path: 'sub' },
+        { kind: 'link', path: 'd', target: 'sub' },
+        { kind: 'link', path: 't', target: 'd/../../x' },
+      ]),
+      't',
+    );
   });
 
   it('a FIFO', async () => {

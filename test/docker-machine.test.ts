@@ -24,7 +24,8 @@ const savedImages: string[] = [];
 
 // The docker backend ignores save()'s second argument (it references no
 // other realization), whose type the machine pipeline is still changing.
-const saveTo = (s: BackendSession, out: string): Promise<BackendState> => (s.save as (outDir: string) => Promise<BackendState>)(out);
+const saveTo = (s: BackendSession, out: string): Promise<BackendState> =>
+  (s.save as (outDir: string) => Promise<BackendState>)(out);
 
 async function resume(stateDir: string, state: BackendState): Promise<BackendSession> {
   const wd = fs.mkdtempSync(path.join(work.dir, 'wd-'));
@@ -103,7 +104,9 @@ describe('docker machine backend', () => {
     // The base state does not see what the saved one holds.
     const c = await resume(base.dir, base.state);
     assert.equal((await c.machine.exec('test -e /root/marker; echo $?')).stdout, '1\n');
-    process.stderr.write(`# docker save ${(saveMs / 1000).toFixed(1)}s, resume with docker load ${(resumeMs / 1000).toFixed(1)}s\n`);
+    process.stderr.write(
+      `# docker save ${(saveMs / 1000).toFixed(1)}s, resume with docker load ${(resumeMs / 1000).toFixed(1)}s\n`,
+    );
     for (const x of [a, b, c]) await x.discard();
   });
 

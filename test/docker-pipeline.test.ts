@@ -12,7 +12,9 @@ import { fixtureImage, debianPgImage } from './fixtures/services/images.js';
 
 const store = async () => (await fixtureImage()).store;
 
-before(async () => { await fixtureImage(); });
+before(async () => {
+  await fixtureImage();
+});
 after(async () => {
   const left = await docker(['ps', '-aq', '--filter', 'label=cairn.machine=1']);
   for (const id of left.stdout.split('\n').filter(Boolean)) await docker(['rm', '-f', id], { check: false });
@@ -20,7 +22,13 @@ after(async () => {
 
 describe('docker machine through the pipeline', () => {
   it('saves a step as a state and resumes it with use()', async () => {
-    const write = step({ name: 'write-marker', version: '1', run: async (vm, args: { text: string }) => { await vm.exec(`echo ${args.text} > /root/marker`, { check: true }); } });
+    const write = step({
+      name: 'write-marker',
+      version: '1',
+      run: async (vm, args: { text: string }) => {
+        await vm.exec(`echo ${args.text} > /root/marker`, { check: true });
+      },
+    });
     const m = machine(dockerMachineBase(debianPgImage, 'debian-pg-machine')).apply(write, { text: 'from-a-step' });
     const s = await store();
     const t0 = performance.now();

@@ -89,23 +89,29 @@ describe('library misuse has its own codes', () => {
       const r = await realize(b, { store });
       const aPlan = r.plan.find((p) => p.name === 'a')!;
       const bRref = r.targets[0]!.rrefs[0]!;
-      assert.throws(() => store.remove(aPlan.rrefs[0]!), (e: unknown) => {
-        isCode('E_REF_IN_USE')(e);
-        const msg = (e as Error).message;
-        assert.match(msg, new RegExp(bRref));
-        assert.doesNotMatch(msg, /--force/, 'the library names no CLI flag');
-        return true;
-      });
+      assert.throws(
+        () => store.remove(aPlan.rrefs[0]!),
+        (e: unknown) => {
+          isCode('E_REF_IN_USE')(e);
+          const msg = (e as Error).message;
+          assert.match(msg, new RegExp(bRref));
+          assert.doesNotMatch(msg, /--force/, 'the library names no CLI flag');
+          return true;
+        },
+      );
       assert.throws(() => store.removeDrv(aPlan.dref), isCode('E_REF_IN_USE'));
       assert.ok(store.has(aPlan.rrefs[0]!), 'refused: still there');
 
       const file = path.join(t.dir, 'precious');
       fs.writeFileSync(file, 'keep');
-      assert.throws(() => addOutLink(store, file, bRref), (e: unknown) => {
-        isCode('E_OUT_LINK_NOT_SYMLINK')(e);
-        assert.doesNotMatch((e as Error).message, /--out-link/);
-        return true;
-      });
+      assert.throws(
+        () => addOutLink(store, file, bRref),
+        (e: unknown) => {
+          isCode('E_OUT_LINK_NOT_SYMLINK')(e);
+          assert.doesNotMatch((e as Error).message, /--out-link/);
+          return true;
+        },
+      );
       assert.equal(fs.readFileSync(file, 'utf8'), 'keep');
     } finally {
       store.close();
@@ -124,8 +130,9 @@ describe('library misuse has its own codes', () => {
         `const s = stage({ name: 'a', config: {}, files: ['f.txt'], dir: ${JSON.stringify(t.dir)}, build: () => {} });`,
         'try { instantiate(s); console.log("no error"); } catch (e) { console.log(e.code); }',
       ].join('\n');
-      const r = spawnSync(process.execPath, ['--no-experimental-require-module', '--input-type=module', '-e', script],
-        { encoding: 'utf8' });
+      const r = spawnSync(process.execPath, ['--no-experimental-require-module', '--input-type=module', '-e', script], {
+        encoding: 'utf8',
+      });
       assert.equal(r.stdout.trim(), 'E_UNSUPPORTED_RUNTIME', r.stderr);
     } finally {
       t.cleanup();
@@ -189,8 +196,12 @@ function errorMessages(file: string): { where: string; text: string }[] {
     if ((ts.isFunctionDeclaration(n) || ts.isMethodDeclaration(n)) && n.name && returnsError(n.type)) {
       helpers.add(n.name.getText(sf));
     }
-    if (ts.isVariableDeclaration(n) && n.initializer && ts.isArrowFunction(n.initializer)
-      && returnsError(n.initializer.type)) {
+    if (
+      ts.isVariableDeclaration(n) &&
+      n.initializer &&
+      ts.isArrowFunction(n.initializer) &&
+      returnsError(n.initializer.type)
+    ) {
       helpers.add(n.name.getText(sf));
     }
     ts.forEachChild(n, findHelpers);
@@ -205,14 +216,15 @@ function errorMessages(file: string): { where: string; text: string }[] {
     } else if (ts.isTemplateExpression(n)) {
       out.push({ where: at(n), text: n.head.text + n.templateSpans.map((s) => '${}' + s.literal.text).join('') });
       n.templateSpans.forEach((s) => literals(s.expression));
-    } else if (!ts.isArrayLiteralExpression(n)) { // an array of words is argv, not a message
+    } else if (!ts.isArrayLiteralExpression(n)) {
+      // an array of words is argv, not a message
       ts.forEachChild(n, literals);
     }
   };
   const visit = (n: ts.Node): void => {
     const callee = ts.isNewExpression(n) || ts.isCallExpression(n) ? n.expression : undefined;
-    const name = callee && (ts.isIdentifier(callee) ? callee.text
-      : ts.isPropertyAccessExpression(callee) ? callee.name.text : '');
+    const name =
+      callee && (ts.isIdentifier(callee) ? callee.text : ts.isPropertyAccessExpression(callee) ? callee.name.text : '');
     if (name && ((ts.isNewExpression(n) && name === 'CairnError') || (ts.isCallExpression(n) && helpers.has(name)))) {
       (n.arguments ?? []).forEach(literals);
     } else if (ts.isConditionalExpression(n)) {
@@ -230,7 +242,12 @@ describe('the library raises no usage errors and names no CLI flags', () => {
   it('no module under src/ throws E_USAGE (only errors.ts defines it)', () => {
     const hits = sources()
       .filter((f) => path.basename(f) !== 'errors.ts')
-      .flatMap((f) => fs.readFileSync(f, 'utf8').split('\n').map((l, i) => ({ f, i, l })))
+      .flatMap((f) =>
+        fs
+          .readFileSync(f, 'utf8')
+          .split('\n')
+          .map((l, i) => ({ f, i, l })),
+      )
       .filter(({ l }) => l.includes('E_USAGE'))
       .map(({ f, i }) => `${path.relative(repoRoot, f)}:${i + 1}`);
     assert.deepEqual(hits, []);
@@ -240,12 +257,12 @@ describe('the library raises no usage errors and names no CLI flags', () => {
   it('no library error message names a --flag (a whole `cairn …` command to run is fine)', () => {
     // The word parsers of machine steps (fromCli) speak the steps' own
     // --name=VALUE syntax, which is theirs, not a cairn flag.
-    const own = /^src\/stages\/machine-steps\.ts:/;
     const offenders = sources()
       .flatMap(errorMessages)
-      .filter(({ where }) => !own.test(where))
+      .filter(({ where }) => !where.startsWith('src/stages/machine-steps.ts:'))
       .map(({ where, text }) => ({
-        where, text: text.replace(/`cairn [^`]*`/g, '').replace(/\bcairn --store \S+ .*$/s, ''),
+        where,
+        text: text.replace(/`cairn [^`]*`/g, '').replace(/\bcairn --store \S+ .*$/s, ''),
       }))
       .filter(({ text }) => /(^|[^\w-])--[a-z]/.test(text))
       .map(({ where, text }) => `${where}: ${text}`);
@@ -254,12 +271,26 @@ describe('the library raises no usage errors and names no CLI flags', () => {
 
   it('the message scan sees the messages it is meant to see', () => {
     // Guards the scan above against finding nothing: known messages are found.
-    const msgs = sources().flatMap(errorMessages).map((m) => m.text);
+    const msgs = sources()
+      .flatMap(errorMessages)
+      .map((m) => m.text);
     assert.ok(msgs.some((m) => m.includes('exists and is not a symlink; refusing to replace it')));
-    assert.ok(msgs.some((m) => m.includes('no such service') || m.includes('excluded service')), 'through invalid()');
-    assert.ok(msgs.some((m) => m.includes('always_changed: true is not supported')), 'through r.fail()');
-    assert.ok(msgs.some((m) => m.includes('the remote cairn command (${}) was not found')), 'through ?:');
-    assert.ok(msgs.some((m) => m.includes('a read-only store file; write results')), 'through +');
+    assert.ok(
+      msgs.some((m) => m.includes('no such service') || m.includes('excluded service')),
+      'through invalid()',
+    );
+    assert.ok(
+      msgs.some((m) => m.includes('always_changed: true is not supported')),
+      'through r.fail()',
+    );
+    assert.ok(
+      msgs.some((m) => m.includes('the remote cairn command (${}) was not found')),
+      'through ?:',
+    );
+    assert.ok(
+      msgs.some((m) => m.includes('a read-only store file; write results')),
+      'through +',
+    );
     assert.ok(msgs.length > 300, String(msgs.length));
   });
 });

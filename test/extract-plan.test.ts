@@ -22,7 +22,10 @@ describe('extraction plan: symlinks judged by where they resolve', () => {
   it('a chain inside on paper, outside on disk, is refused', () => refused(chain));
   it('the same chain one level less deep is fine', () => {
     const p = planExtraction([d('d/'), sym('d/l1', '..'), sym('d/l2', 'l1/d')]);
-    assert.deepEqual(p.symlinks.map((s) => s.path), ['d/l1', 'd/l2']);
+    assert.deepEqual(
+      p.symlinks.map((s) => s.path),
+      ['d/l1', 'd/l2'],
+    );
   });
   it('order does not matter: the link used by the chain may come later', () => {
     refused([d('d/'), sym('d/l2', 'l1/..'), sym('d/l1', '..')]);
@@ -42,7 +45,10 @@ describe('extraction plan: symlinks judged by where they resolve', () => {
   });
   it('links inside the tree, through other links, are fine', () => {
     planExtraction([
-      f('pkg/README'), sym('pkg/lib/readme', '../README'), sym('top', 'pkg/lib/readme'), sym('self', '.'),
+      f('pkg/README'),
+      sym('pkg/lib/readme', '../README'),
+      sym('top', 'pkg/lib/readme'),
+      sym('self', '.'),
     ]);
   });
 });
@@ -70,8 +76,12 @@ describe('extraction plan: writes and links', () => {
   });
   it('strip drops leading components of names and hard link targets; what it empties is skipped', () => {
     const p = planExtraction([d('pkg/'), f('pkg/a'), hard('pkg/b', 'pkg/a'), f('other/c')], 1);
-    assert.deepEqual(p.steps, [null, { kind: 'file', path: 'a', size: 1, exec: false },
-      { kind: 'hardlink', path: 'b', target: 'a' }, { kind: 'file', path: 'c', size: 1, exec: false }]);
+    assert.deepEqual(p.steps, [
+      null,
+      { kind: 'file', path: 'a', size: 1, exec: false },
+      { kind: 'hardlink', path: 'b', target: 'a' },
+      { kind: 'file', path: 'c', size: 1, exec: false },
+    ]);
     refused([f('pkg/a'), f('other/a')], 1); // strip makes them one name
   });
   it('devices, fifos, absolute and .. names', () => {
@@ -83,14 +93,21 @@ describe('extraction plan: writes and links', () => {
     refused([f('pkg/../../x')], 1);
   });
   it('a NUL in a name or link target (only pax can carry one) is E_BAD_ARCHIVE before anything is written (red team)', () => {
-    for (const entries of [[f('ok'), f('a\0b')], [f('ok'), sym('l', 'ok\0x')], [f('ok'), hard('h', 'ok\0')]]) {
+    for (const entries of [
+      [f('ok'), f('a\0b')],
+      [f('ok'), sym('l', 'ok\0x')],
+      [f('ok'), hard('h', 'ok\0')],
+    ]) {
       assert.throws(() => planExtraction(entries), isCode('E_BAD_ARCHIVE'));
     }
   });
 
   it('only the exec bit is kept', () => {
     const p = planExtraction([f('x', 1, 0o4755), f('y', 1, 0o600)]);
-    assert.deepEqual(p.steps.map((s) => s?.kind === 'file' && s.exec), [true, false]);
+    assert.deepEqual(
+      p.steps.map((s) => s?.kind === 'file' && s.exec),
+      [true, false],
+    );
   });
 });
 

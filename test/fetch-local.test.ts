@@ -8,10 +8,7 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import {
-  fetchlocal, fetchurl, hashPath, parseHash, realize, LocalStore,
-  type Stage,
-} from '../src/index.js';
+import { fetchlocal, fetchurl, hashPath, parseHash, realize, LocalStore, type Stage } from '../src/index.js';
 import { isCode, sha256, drefOf, one, storePerTest } from './helpers.js';
 import { storeIndex } from '../src/store/internals.js';
 
@@ -23,10 +20,18 @@ const nothingStored = (s: Stage): void => {
   const dref = drefOf(s);
   assert.deepEqual(storeIndex(store).realizationsOf(dref), [], 'no realization may be indexed');
   let dirs: string[] = [];
-  try { dirs = fs.readdirSync(path.join(store.root, 'd', dref, 'r')); } catch { /* none */ }
+  try {
+    dirs = fs.readdirSync(path.join(store.root, 'd', dref, 'r'));
+  } catch {
+    /* none */
+  }
   assert.deepEqual(dirs, [], 'no realization directory may exist');
   let tmp: string[] = [];
-  try { tmp = fs.readdirSync(path.join(store.root, 'tmp')); } catch { /* none */ }
+  try {
+    tmp = fs.readdirSync(path.join(store.root, 'tmp'));
+  } catch {
+    /* none */
+  }
   assert.deepEqual(tmp, [], 'STORE/tmp must be empty');
 };
 
@@ -42,12 +47,15 @@ function makeTree(root: string): void {
 }
 
 describe('hashPath and parseHash', () => {
-  it('hashPath gives the sha256/sha512 of a file\'s bytes', async () => {
+  it("hashPath gives the sha256/sha512 of a file's bytes", async () => {
     const f = path.join(dir, 'f.bin');
     const body = randomBytes(3 * 1024 * 1024 + 17);
     fs.writeFileSync(f, body);
     assert.deepEqual(await hashPath(f, 'sha256'), { type: 'sha256', hex: sha256(body) });
-    assert.deepEqual(await hashPath(f, 'sha512'), { type: 'sha512', hex: createHash('sha512').update(body).digest('hex') });
+    assert.deepEqual(await hashPath(f, 'sha512'), {
+      type: 'sha512',
+      hex: createHash('sha512').update(body).digest('hex'),
+    });
   });
 
   it('tree-sha256 depends on content, names, the executable bit and links, not on where the tree is', async () => {
@@ -72,7 +80,8 @@ describe('hashPath and parseHash', () => {
   it('parseHash normalises hex, prefixed and SRI forms', () => {
     const h = sha256('p');
     const b64 = Buffer.from(h, 'hex').toString('base64');
-    for (const v of [h, h.toUpperCase(), `sha256:${h}`, `sha256-${b64}`]) assert.deepEqual(parseHash(v), { type: 'sha256', hex: h });
+    for (const v of [h, h.toUpperCase(), `sha256:${h}`, `sha256-${b64}`])
+      assert.deepEqual(parseHash(v), { type: 'sha256', hex: h });
     const h512 = createHash('sha512').update('p').digest('hex');
     assert.deepEqual(parseHash(h512), { type: 'sha512', hex: h512 });
     assert.deepEqual(parseHash(`sha512-${Buffer.from(h512, 'hex').toString('base64')}`), { type: 'sha512', hex: h512 });
@@ -83,8 +92,15 @@ describe('hashPath and parseHash', () => {
   it('parseHash refuses malformed hashes with E_BAD_HASH', () => {
     const h = sha256('p');
     for (const [v, t] of [
-      ['', undefined], [h.slice(1), undefined], [`${h}a`, undefined], ['x'.repeat(64), undefined],
-      [`md5:${h.slice(0, 32)}`, undefined], [h, 'md5'], [h, 'sha512'], [undefined, undefined], [42, undefined],
+      ['', undefined],
+      [h.slice(1), undefined],
+      [`${h}a`, undefined],
+      ['x'.repeat(64), undefined],
+      [`md5:${h.slice(0, 32)}`, undefined],
+      [h, 'md5'],
+      [h, 'sha512'],
+      [undefined, undefined],
+      [42, undefined],
       [`sha256-${Buffer.alloc(31).toString('base64')}`, undefined],
     ] as [unknown, unknown][]) {
       assert.throws(() => parseHash(v, t), isCode('E_BAD_HASH'), `parseHash(${JSON.stringify(v)}, ${String(t)})`);
@@ -230,6 +246,9 @@ describe('fetchlocal: a directory', () => {
   });
 
   it('fetchurl refuses a tree hash at creation', () => {
-    assert.throws(() => fetchurl({ url: 'http://a.example/t', hash: `tree-sha256:${sha256('t')}` }), isCode('E_BAD_HASH'));
+    assert.throws(
+      () => fetchurl({ url: 'http://a.example/t', hash: `tree-sha256:${sha256('t')}` }),
+      isCode('E_BAD_HASH'),
+    );
   });
 });

@@ -11,28 +11,39 @@ import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import {
-  fetchurl, realize, LocalStore,
-  type RRef, type Stage,
-} from '../src/index.js';
+import { fetchurl, realize, LocalStore, type RRef, type Stage } from '../src/index.js';
 import { isCode, sha256, drefOf, one, storePerTest } from './helpers.js';
 import { TestServer, serveRange, serveFull, sendThenDrop, sendThenStall } from './fixtures/fetch/server.js';
 import { storeIndex } from '../src/store/internals.js';
 
 let server: TestServer;
-before(async () => { server = await TestServer.start(); });
-after(async () => { await server.close(); });
+before(async () => {
+  server = await TestServer.start();
+});
+after(async () => {
+  await server.close();
+});
 
 let store: LocalStore;
 storePerTest('cairn-fetch-url', (t) => ({ store } = t));
 
-const tmpEntries = (): string[] => { try { return fs.readdirSync(path.join(store.root, 'tmp')); } catch { return []; } };
+const tmpEntries = (): string[] => {
+  try {
+    return fs.readdirSync(path.join(store.root, 'tmp'));
+  } catch {
+    return [];
+  }
+};
 /** Nothing of this derivation entered the store, and no temporary file was left behind. */
 const nothingStored = (s: Stage): void => {
   const dref = drefOf(s);
   assert.deepEqual(storeIndex(store).realizationsOf(dref), [], 'no realization may be indexed');
   let dirs: string[] = [];
-  try { dirs = fs.readdirSync(path.join(store.root, 'd', dref, 'r')); } catch { /* none */ }
+  try {
+    dirs = fs.readdirSync(path.join(store.root, 'd', dref, 'r'));
+  } catch {
+    /* none */
+  }
   assert.deepEqual(dirs, [], 'no realization directory may exist');
   assert.deepEqual(tmpEntries(), [], 'STORE/tmp must be empty');
 };
@@ -98,10 +109,24 @@ describe('fetchurl: a plain download', () => {
 describe('fetchurl: fixed-output identity', () => {
   const h = sha256('identity');
   it('the same file and hash with different URL lists, or reordered mirrors, give the same DRef', () => {
-    const a = drefOf(fetchurl({ file: 'x.tar.gz', urls: ['http://a.example/x.tar.gz', 'http://b.example/x.tar.gz'], hash: h }));
-    const b = drefOf(fetchurl({ file: 'x.tar.gz', urls: ['http://b.example/x.tar.gz', 'http://a.example/x.tar.gz'], hash: h }));
+    const a = drefOf(
+      fetchurl({ file: 'x.tar.gz', urls: ['http://a.example/x.tar.gz', 'http://b.example/x.tar.gz'], hash: h }),
+    );
+    const b = drefOf(
+      fetchurl({ file: 'x.tar.gz', urls: ['http://b.example/x.tar.gz', 'http://a.example/x.tar.gz'], hash: h }),
+    );
     const c = drefOf(fetchurl({ file: 'x.tar.gz', url: 'http://c.example/other/path/x.tar.gz', hash: h }));
-    const d = drefOf(fetchurl({ file: 'x.tar.gz', urls: ['http://a.example/x.tar.gz'], url: 'http://d.example/x.tar.gz', hash: h, attempts: 2, backoffMs: 1, idleTimeoutMs: 50 }));
+    const d = drefOf(
+      fetchurl({
+        file: 'x.tar.gz',
+        urls: ['http://a.example/x.tar.gz'],
+        url: 'http://d.example/x.tar.gz',
+        hash: h,
+        attempts: 2,
+        backoffMs: 1,
+        idleTimeoutMs: 50,
+      }),
+    );
     assert.equal(a, b);
     assert.equal(a, c);
     assert.equal(a, d, 'download options are not part of the identity either');
@@ -109,7 +134,10 @@ describe('fetchurl: fixed-output identity', () => {
 
   it('a different hash, or a different file name, gives a different DRef', () => {
     const base = drefOf(fetchurl({ file: 'x.tar.gz', url: 'http://a.example/x.tar.gz', hash: h }));
-    assert.notEqual(drefOf(fetchurl({ file: 'x.tar.gz', url: 'http://a.example/x.tar.gz', hash: sha256('other') })), base);
+    assert.notEqual(
+      drefOf(fetchurl({ file: 'x.tar.gz', url: 'http://a.example/x.tar.gz', hash: sha256('other') })),
+      base,
+    );
     assert.notEqual(drefOf(fetchurl({ file: 'y.tar.gz', url: 'http://a.example/x.tar.gz', hash: h })), base);
   });
 
@@ -178,7 +206,9 @@ describe('fetchurl: resuming', () => {
       else serveRange(req, res, body);
     });
     const t0 = Date.now();
-    const rref = one(await realize(fetchurl({ url, hash: sha256(body), attempts: 4, backoffMs: 10, idleTimeoutMs: 300 }), { store }));
+    const rref = one(
+      await realize(fetchurl({ url, hash: sha256(body), attempts: 4, backoffMs: 10, idleTimeoutMs: 300 }), { store }),
+    );
     const ms = Date.now() - t0;
     assert.deepEqual(fs.readFileSync(path.join(store.outPath(rref), 'stall.bin')), body);
     const hits = server.hits(p);
@@ -192,10 +222,17 @@ describe('fetchurl: resuming', () => {
     const body = Buffer.from('eventually\n');
     const pSilent = fresh('silent.txt');
     const pGood = fresh('silent.txt');
-    const silent = server.route(pSilent, () => { /* never answers */ });
+    const silent = server.route(pSilent, () => {
+      /* never answers */
+    });
     const good = server.route(pGood, (req, res) => serveRange(req, res, body));
     const t0 = Date.now();
-    const rref = one(await realize(fetchurl({ urls: [silent, good], hash: sha256(body), attempts: 3, backoffMs: 10, idleTimeoutMs: 300 }), { store }));
+    const rref = one(
+      await realize(
+        fetchurl({ urls: [silent, good], hash: sha256(body), attempts: 3, backoffMs: 10, idleTimeoutMs: 300 }),
+        { store },
+      ),
+    );
     assert.ok(Date.now() - t0 < 5000);
     assert.equal(fs.readFileSync(path.join(store.outPath(rref), 'silent.txt'), 'utf8'), 'eventually\n');
     assert.equal(server.hits(pSilent).length, 1);
@@ -207,11 +244,22 @@ describe('fetchurl: redirects', () => {
   it('follows a 301/302/307 chain with absolute and relative Locations', async () => {
     const body = randomBytes(5000);
     const dirp = `/t${++seq}`;
-    server.route(`${dirp}/start`, (_req, res) => { res.writeHead(301, { location: `${server.base}${dirp}/hop/one` }); res.end(); });
-    server.route(`${dirp}/hop/one`, (_req, res) => { res.writeHead(302, { location: 'two' }); res.end(); }); // relative: dir/hop/two
-    server.route(`${dirp}/hop/two`, (_req, res) => { res.writeHead(307, { location: '../final/data.bin' }); res.end(); }); // dir/final/data.bin
+    server.route(`${dirp}/start`, (_req, res) => {
+      res.writeHead(301, { location: `${server.base}${dirp}/hop/one` });
+      res.end();
+    });
+    server.route(`${dirp}/hop/one`, (_req, res) => {
+      res.writeHead(302, { location: 'two' });
+      res.end();
+    }); // relative: dir/hop/two
+    server.route(`${dirp}/hop/two`, (_req, res) => {
+      res.writeHead(307, { location: '../final/data.bin' });
+      res.end();
+    }); // dir/final/data.bin
     server.route(`${dirp}/final/data.bin`, (req, res) => serveRange(req, res, body));
-    const rref = one(await realize(fetchurl({ url: `${server.base}${dirp}/start`, file: 'data.bin', hash: sha256(body) }), { store }));
+    const rref = one(
+      await realize(fetchurl({ url: `${server.base}${dirp}/start`, file: 'data.bin', hash: sha256(body) }), { store }),
+    );
     assert.deepEqual(fs.readFileSync(path.join(store.outPath(rref), 'data.bin')), body);
     assert.deepEqual(
       server.requests.filter((r) => r.path.startsWith(dirp)).map((r) => r.path),
@@ -221,7 +269,10 @@ describe('fetchurl: redirects', () => {
 
   it('a redirect loop fails with E_FETCH_FAILED within the attempts budget', async () => {
     const p = fresh('loop');
-    const url = server.route(p, (_req, res) => { res.writeHead(302, { location: p }); res.end(); });
+    const url = server.route(p, (_req, res) => {
+      res.writeHead(302, { location: p });
+      res.end();
+    });
     const s = fetchurl({ url, file: 'loop.bin', hash: sha256('x'), attempts: 2, backoffMs: 1 });
     await assert.rejects(realize(s, { store }), isCode('E_FETCH_FAILED'));
     nothingStored(s);
@@ -233,9 +284,14 @@ describe('fetchurl: mirrors, permanent and transient errors', () => {
     const body = Buffer.from('mirror two\n');
     const pA = fresh('pkg.txt');
     const pB = fresh('pkg.txt');
-    const a = server.route(pA, (_req, res) => { res.writeHead(404); res.end('no'); });
+    const a = server.route(pA, (_req, res) => {
+      res.writeHead(404);
+      res.end('no');
+    });
     const b = server.route(pB, (req, res) => serveRange(req, res, body));
-    const rref = one(await realize(fetchurl({ urls: [a, b], hash: sha256(body), attempts: 3, backoffMs: 10 }), { store }));
+    const rref = one(
+      await realize(fetchurl({ urls: [a, b], hash: sha256(body), attempts: 3, backoffMs: 10 }), { store }),
+    );
     assert.equal(fs.readFileSync(path.join(store.outPath(rref), 'pkg.txt'), 'utf8'), 'mirror two\n');
     assert.equal(server.hits(pA).length, 1);
     assert.equal(server.hits(pB).length, 1);
@@ -244,8 +300,14 @@ describe('fetchurl: mirrors, permanent and transient errors', () => {
   it('404 (or 410) on every mirror fails quickly with E_FETCH_FAILED: no retry loop, no backoff', async () => {
     const pA = fresh('gone.txt');
     const pB = fresh('gone.txt');
-    const a = server.route(pA, (_req, res) => { res.writeHead(404); res.end(); });
-    const b = server.route(pB, (_req, res) => { res.writeHead(410); res.end(); });
+    const a = server.route(pA, (_req, res) => {
+      res.writeHead(404);
+      res.end();
+    });
+    const b = server.route(pB, (_req, res) => {
+      res.writeHead(410);
+      res.end();
+    });
     const s = fetchurl({ urls: [a, b], hash: sha256('x'), attempts: 6, backoffMs: 2000 });
     const t0 = Date.now();
     await assert.rejects(realize(s, { store }), (e: unknown) => {
@@ -263,7 +325,10 @@ describe('fetchurl: mirrors, permanent and transient errors', () => {
     const body = randomBytes(3000);
     const p = fresh('flaky.bin');
     const url = server.route(p, (req, res, n) => {
-      if (n === 1) { res.writeHead(500); res.end('oops'); } else serveRange(req, res, body);
+      if (n === 1) {
+        res.writeHead(500);
+        res.end('oops');
+      } else serveRange(req, res, body);
     });
     const rref = one(await realize(fetchurl({ url, hash: sha256(body), attempts: 3, backoffMs: 10 }), { store }));
     assert.deepEqual(fs.readFileSync(path.join(store.outPath(rref), 'flaky.bin')), body);
@@ -272,7 +337,10 @@ describe('fetchurl: mirrors, permanent and transient errors', () => {
 
   it('500 forever fails with E_FETCH_FAILED after exactly `attempts` requests', async () => {
     const p = fresh('broken.bin');
-    const url = server.route(p, (_req, res) => { res.writeHead(500); res.end(); });
+    const url = server.route(p, (_req, res) => {
+      res.writeHead(500);
+      res.end();
+    });
     const s = fetchurl({ url, hash: sha256('x'), attempts: 3, backoffMs: 5 });
     const t0 = Date.now();
     await assert.rejects(realize(s, { store }), (e: unknown) => {
@@ -288,13 +356,22 @@ describe('fetchurl: mirrors, permanent and transient errors', () => {
   it('the attempts budget is shared by the mirrors, which are tried in turn', async () => {
     const pA = fresh('both.bin');
     const pB = fresh('both.bin');
-    const a = server.route(pA, (_req, res) => { res.writeHead(503); res.end(); });
-    const b = server.route(pB, (_req, res) => { res.writeHead(502); res.end(); });
+    const a = server.route(pA, (_req, res) => {
+      res.writeHead(503);
+      res.end();
+    });
+    const b = server.route(pB, (_req, res) => {
+      res.writeHead(502);
+      res.end();
+    });
     const s = fetchurl({ urls: [a, b], hash: sha256('x'), attempts: 4, backoffMs: 5 });
     await assert.rejects(realize(s, { store }), isCode('E_FETCH_FAILED'));
     assert.equal(server.hits(pA).length, 2);
     assert.equal(server.hits(pB).length, 2);
-    assert.deepEqual(server.requests.filter((r) => r.path === pA || r.path === pB).map((r) => r.path), [pA, pB, pA, pB]);
+    assert.deepEqual(
+      server.requests.filter((r) => r.path === pA || r.path === pB).map((r) => r.path),
+      [pA, pB, pA, pB],
+    );
   });
 
   it('a mirror that refuses connections is skipped for the next one', async () => {
@@ -307,7 +384,12 @@ describe('fetchurl: mirrors, permanent and transient errors', () => {
     const body = Buffer.from('after a refusal\n');
     const pGood = fresh('r.txt');
     const good = server.route(pGood, (req, res) => serveRange(req, res, body));
-    const rref = one(await realize(fetchurl({ urls: [`http://127.0.0.1:${port}/r.txt`, good], hash: sha256(body), attempts: 3, backoffMs: 5 }), { store }));
+    const rref = one(
+      await realize(
+        fetchurl({ urls: [`http://127.0.0.1:${port}/r.txt`, good], hash: sha256(body), attempts: 3, backoffMs: 5 }),
+        { store },
+      ),
+    );
     assert.equal(fs.readFileSync(path.join(store.outPath(rref), 'r.txt'), 'utf8'), 'after a refusal\n');
     assert.equal(server.hits(pGood).length, 1);
   });
@@ -358,7 +440,10 @@ describe('fetchurl: hash checking', () => {
     const b = one(await realize(fetchurl({ url, hash: hex512 }), { store }));
     assert.deepEqual(fs.readFileSync(path.join(store.outPath(b), 'sri.bin')), body);
     assert.equal(drefOf(fetchurl({ url, hash: sri512 })), drefOf(fetchurl({ url, hash: hex512 })));
-    assert.equal(drefOf(fetchurl({ url, hash: `sha512:${hex512}` })), drefOf(fetchurl({ url, hash: hex512, hashType: 'sha512' })));
+    assert.equal(
+      drefOf(fetchurl({ url, hash: `sha512:${hex512}` })),
+      drefOf(fetchurl({ url, hash: hex512, hashType: 'sha512' })),
+    );
     assert.notEqual(drefOf(fetchurl({ url, hash: sri256 })), drefOf(fetchurl({ url, hash: hex512 })));
   });
 });
@@ -376,7 +461,10 @@ describe('fetchurl: malformed hashes are E_BAD_HASH when the stage is created', 
     ['an unknown hashType', { url, hash: h, hashType: 'md5' as never }],
     ['an unknown SRI algorithm', { url, hash: `sha1-${Buffer.alloc(20, 7).toString('base64')}` }],
     ['an SRI of the wrong length', { url, hash: `sha256-${Buffer.alloc(20, 7).toString('base64')}` }],
-    ['an SRI whose algorithm contradicts hashType', { url, hash: `sha256-${Buffer.from(h, 'hex').toString('base64')}`, hashType: 'sha512' }],
+    [
+      'an SRI whose algorithm contradicts hashType',
+      { url, hash: `sha256-${Buffer.from(h, 'hex').toString('base64')}`, hashType: 'sha512' },
+    ],
     ['sha512 hex declared as sha256', { url, hash: h512, hashType: 'sha256' }],
     ['sha256 hex declared as sha512', { url, hash: h, hashType: 'sha512' }],
     ['a sha256:<hex> that is too short', { url, hash: `sha256:${h.slice(2)}` }],

@@ -37,24 +37,53 @@ const write = (rel: string, body: string | Buffer, mode?: number): string => {
 /** A pipeline: prep(data/) -> train(train.py) -> evaluate; report(prep); other(other.txt). */
 function pipeline(ran: string[], base = path.join(dir, 'proj')): { targets: Stage[] } {
   const prep = stage({
-    name: 'prep', config: {}, files: ['data/'], dir: base,
+    name: 'prep',
+    config: {},
+    files: ['data/'],
+    dir: base,
     build: ({ files, out }) => {
       ran.push('prep');
       fs.writeFileSync(path.join(out, 'rows'), fs.readFileSync(path.join(files['data/']!, 'rows.csv')));
     },
   });
   const train = stage({
-    name: 'train', config: { prep }, files: ['train.py'], dir: base,
+    name: 'train',
+    config: { prep },
+    files: ['train.py'],
+    dir: base,
     build: ({ files, config, out }) => {
       ran.push('train');
-      fs.writeFileSync(path.join(out, 'model'), fs.readFileSync(files['train.py']!, 'utf8') + fs.readFileSync(config.prep.file('rows'), 'utf8'));
+      fs.writeFileSync(
+        path.join(out, 'model'),
+        fs.readFileSync(files['train.py']!, 'utf8') + fs.readFileSync(config.prep.file('rows'), 'utf8'),
+      );
     },
   });
-  const evaluate = stage({ name: 'evaluate', config: { train }, build: ({ out }) => { ran.push('evaluate'); fs.writeFileSync(path.join(out, 'x'), 'x'); } });
-  const report = stage({ name: 'report', config: { prep }, build: ({ out }) => { ran.push('report'); fs.writeFileSync(path.join(out, 'x'), 'r'); } });
+  const evaluate = stage({
+    name: 'evaluate',
+    config: { train },
+    build: ({ out }) => {
+      ran.push('evaluate');
+      fs.writeFileSync(path.join(out, 'x'), 'x');
+    },
+  });
+  const report = stage({
+    name: 'report',
+    config: { prep },
+    build: ({ out }) => {
+      ran.push('report');
+      fs.writeFileSync(path.join(out, 'x'), 'r');
+    },
+  });
   const other = stage({
-    name: 'other', config: {}, files: ['other.txt'], dir: base,
-    build: ({ out }) => { ran.push('other'); fs.writeFileSync(path.join(out, 'x'), 'o'); },
+    name: 'other',
+    config: {},
+    files: ['other.txt'],
+    dir: base,
+    build: ({ out }) => {
+      ran.push('other');
+      fs.writeFileSync(path.join(out, 'x'), 'o');
+    },
   });
   return { targets: [evaluate, report, other] };
 }
@@ -67,7 +96,11 @@ function project(): void {
 }
 
 const actions = (r: RealizeResult): Record<string, string> => Object.fromEntries(r.plan.map((p) => [p.name, p.action]));
-const built = (r: RealizeResult): string[] => r.plan.filter((p) => p.action !== 'cached').map((p) => p.name).sort();
+const built = (r: RealizeResult): string[] =>
+  r.plan
+    .filter((p) => p.action !== 'cached')
+    .map((p) => p.name)
+    .sort();
 
 describe('file inputs: identity and rebuilds', () => {
   it('editing train.py rebuilds exactly train and its dependants; the others stay cached', async () => {
@@ -75,15 +108,28 @@ describe('file inputs: identity and rebuilds', () => {
     const ran: string[] = [];
     const first = await realize(pipeline(ran).targets, { store });
     assert.deepEqual(built(first), ['evaluate', 'other', 'prep', 'report', 'train']);
-    assert.deepEqual(first.inputs.map((i) => [i.name, i.action]).sort(), [['data', 'build'], ['other.txt', 'build'], ['train.py', 'build']]);
+    assert.deepEqual(first.inputs.map((i) => [i.name, i.action]).sort(), [
+      ['data', 'build'],
+      ['other.txt', 'build'],
+      ['train.py', 'build'],
+    ]);
     ran.length = 0;
 
     write('train.py', 'print("v2")\n');
     const second = await realize(pipeline(ran).targets, { store });
-    assert.deepEqual(actions(second), { prep: 'cached', train: 'build', evaluate: 'build', report: 'cached', other: 'cached' });
+    assert.deepEqual(actions(second), {
+      prep: 'cached',
+      train: 'build',
+      evaluate: 'build',
+      report: 'cached',
+      other: 'cached',
+    });
     assert.deepEqual(ran.sort(), ['evaluate', 'train']);
     assert.equal(second.builds, 2);
-    assert.deepEqual(second.inputs.filter((i) => i.action !== 'cached').map((i) => i.name), ['train.py']);
+    assert.deepEqual(
+      second.inputs.filter((i) => i.action !== 'cached').map((i) => i.name),
+      ['train.py'],
+    );
     const model = store.outPath(second.plan.find((p) => p.name === 'train')!.rrefs[0]!);
     assert.equal(fs.readFileSync(path.join(model, 'model'), 'utf8'), 'print("v2")\na,b\n1,2\n');
 
@@ -123,7 +169,7 @@ describe('file inputs: identity and rebuilds', () => {
     assert.deepEqual(r.targets, first.targets);
   });
 
-  it('the executable bit is part of a file input\'s identity', async () => {
+  it("the executable bit is part of a file input's identity", async () => {
     project();
     const ran: string[] = [];
     await realize(pipeline(ran).targets, { store });
@@ -140,7 +186,10 @@ describe('file inputs: identity and rebuilds', () => {
     fs.cpSync(path.join(dir, 'proj'), moved, { recursive: true });
     const there = instantiate(pipeline([], moved).targets);
     assert.deepEqual(there.targets, here.targets);
-    const trainDrv = JSON.parse([...here.nodes.values()].find((n) => n.name === 'train')!.drvJson) as Record<string, unknown>;
+    const trainDrv = JSON.parse([...here.nodes.values()].find((n) => n.name === 'train')!.drvJson) as Record<
+      string,
+      unknown
+    >;
     assert.deepEqual(Object.keys(trainDrv.files as object), ['train.py']);
     assert.ok(!here.nodes.get(here.targets[0]!)!.drvJson.includes(dir), 'no absolute path in any drv.json');
     for (const n of here.nodes.values()) assert.ok(!n.drvJson.includes(dir), `${n.name}: drv.json names a local path`);
@@ -153,7 +202,7 @@ describe('file inputs: identity and rebuilds', () => {
     assert.deepEqual(Object.keys(JSON.parse(drv) as object), ['code', 'config', 'deps', 'format', 'name', 'outputs']);
   });
 
-  it('inputs are store objects in the consumer\'s context, so gc and sync keep them with it', async () => {
+  it("inputs are store objects in the consumer's context, so gc and sync keep them with it", async () => {
     project();
     const r = await realize(pipeline([]).targets, { store });
     const train = r.plan.find((p) => p.name === 'train')!.rrefs[0]!;
@@ -168,7 +217,10 @@ describe('file inputs: the build sees the bytes that were hashed', () => {
     write('train.py', 'hashed\n');
     const original = path.join(dir, 'proj', 'train.py');
     const s = stage({
-      name: 'sneaky', config: {}, files: ['train.py'], dir: path.join(dir, 'proj'),
+      name: 'sneaky',
+      config: {},
+      files: ['train.py'],
+      dir: path.join(dir, 'proj'),
       build: ({ files, out }) => {
         assert.notEqual(files['train.py'], original);
         fs.writeFileSync(original, 'rewritten during the build\n');
@@ -182,10 +234,21 @@ describe('file inputs: the build sees the bytes that were hashed', () => {
   it('an input edited between hashing and the import is refused with E_INPUT_CHANGED, and nothing is stored for it', async () => {
     write('train.py', 'before\n');
     let ran = 0;
-    const s = stage({ name: 'victim', config: {}, files: ['train.py'], dir: path.join(dir, 'proj'), build: () => { ran++; } });
+    const s = stage({
+      name: 'victim',
+      config: {},
+      files: ['train.py'],
+      dir: path.join(dir, 'proj'),
+      build: () => {
+        ran++;
+      },
+    });
     const graph = instantiate(s);
     write('train.py', 'after!\n');
-    await assert.rejects(realize(graph, { store }), (e) => isCode('E_INPUT_CHANGED')(e) && /train\.py/.test((e as Error).message));
+    await assert.rejects(
+      realize(graph, { store }),
+      (e) => isCode('E_INPUT_CHANGED')(e) && /train\.py/.test((e as Error).message),
+    );
     assert.equal(ran, 0);
     const importDref = [...graph.nodes.values()].find((n) => n.imports)!.dref;
     assert.deepEqual(storeIndex(store).realizationsOf(importDref), []);
@@ -198,8 +261,13 @@ describe('file inputs: the build sees the bytes that were hashed', () => {
     write('data/x', 'x');
     let seen: Record<string, string> = {};
     const s = stage({
-      name: 'spell', config: {}, files: ['./data/'], dir: path.join(dir, 'proj'),
-      build: ({ files }) => { seen = { keys: Object.keys(files).join(','), norm: files.data!, declared: files['./data/']! }; },
+      name: 'spell',
+      config: {},
+      files: ['./data/'],
+      dir: path.join(dir, 'proj'),
+      build: ({ files }) => {
+        seen = { keys: Object.keys(files).join(','), norm: files.data!, declared: files['./data/']! };
+      },
     });
     await realize(s, { store });
     assert.equal(seen.keys, 'data');
@@ -239,7 +307,10 @@ describe('file inputs: directories', () => {
     write('data/ok.csv', '');
     fs.symlinkSync('../../secret', path.join(dir, 'proj', 'data', 'escape'));
     const s = stage({ name: 'esc', config: {}, files: ['data'], dir: path.join(dir, 'proj'), build: () => {} });
-    assert.throws(() => instantiate(s), (e) => isCode('E_UNSAFE_INPUT')(e) && /escape/.test((e as Error).message));
+    assert.throws(
+      () => instantiate(s),
+      (e) => isCode('E_UNSAFE_INPUT')(e) && /escape/.test((e as Error).message),
+    );
     fs.unlinkSync(path.join(dir, 'proj', 'data', 'escape'));
     fs.symlinkSync('/etc/passwd', path.join(dir, 'proj', 'data', 'abs'));
     assert.throws(() => instantiate(s), isCode('E_UNSAFE_INPUT'));
@@ -263,7 +334,10 @@ describe('file inputs: directories', () => {
 describe('file inputs: errors and declarations', () => {
   it('a missing input is E_INPUT_MISSING naming it', () => {
     const s = stage({ name: 'm', config: {}, files: ['nope/model.bin'], dir: path.join(dir, 'proj'), build: () => {} });
-    assert.throws(() => instantiate(s), (e) => isCode('E_INPUT_MISSING')(e) && /nope\/model\.bin/.test((e as Error).message));
+    assert.throws(
+      () => instantiate(s),
+      (e) => isCode('E_INPUT_MISSING')(e) && /nope\/model\.bin/.test((e as Error).message),
+    );
   });
 
   it('an unreadable file inside an input is E_INPUT_MISSING naming it, not an internal error', () => {
@@ -276,7 +350,12 @@ describe('file inputs: errors and declarations', () => {
       const s = stage({ name: 'r', config: {}, files: ['data'], dir: ${JSON.stringify(path.join(dir, 'proj'))}, build: () => {} });
       try { instantiate(s); console.log('no error'); } catch (e) { console.log(e.code + ' ' + e.message); }
     });`;
-    const r = spawnSync(process.execPath, ['-e', script], { uid: 65534, gid: 65534, encoding: 'utf8', env: { PATH: process.env.PATH, CAIRN_STAT_CACHE: 'off' } });
+    const r = spawnSync(process.execPath, ['-e', script], {
+      uid: 65534,
+      gid: 65534,
+      encoding: 'utf8',
+      env: { PATH: process.env.PATH, CAIRN_STAT_CACHE: 'off' },
+    });
     assert.match(r.stdout, /^E_INPUT_MISSING file input data cannot be read: .*secret\.csv/, r.stderr);
   });
 
@@ -291,7 +370,13 @@ describe('file inputs: errors and declarations', () => {
   it('relative paths default to the directory of the module that calls stage(); dir accepts import.meta.url', () => {
     const here = stage({ name: 'h', config: {}, files: ['helpers.ts'], build: () => {} });
     assert.equal(here.files[0]!.path, path.join(repoRoot, 'test', 'helpers.ts'));
-    const viaUrl = stage({ name: 'u', config: {}, files: ['x'], dir: pathToFileURL(path.join(dir, 'proj', 'stages.ts')).href, build: () => {} });
+    const viaUrl = stage({
+      name: 'u',
+      config: {},
+      files: ['x'],
+      dir: pathToFileURL(path.join(dir, 'proj', 'stages.ts')).href,
+      build: () => {},
+    });
     assert.equal(viaUrl.files[0]!.path, path.join(dir, 'proj', 'x'));
     const abs = stage({ name: 'a', config: {}, files: ['/etc/hostname'], build: () => {} });
     assert.equal(abs.files[0]!.key, '/etc/hostname');
@@ -305,23 +390,30 @@ describe('file inputs: errors and declarations', () => {
     fs.symlinkSync(repoRoot, path.join(proj, 'node_modules', 'cairn'));
     fs.writeFileSync(path.join(proj, 'package.json'), '{"name": "p", "type": "commonjs"}\n');
     fs.writeFileSync(path.join(proj, 'train.py'), 'print(1)\n');
-    fs.writeFileSync(path.join(proj, 'stages.ts'), [
-      "import { stage } from 'cairn';",
-      "export const train = stage({ name: 'train', config: {}, files: ['train.py'],",
-      '  build: async ({ files, exec }) => {',
-      "  await exec('python3', [files['train.py']!]);",
-      '} });',
-      "export default stage({ name: 'report', config: { train }, build: () => {} });",
-      '',
-    ].join('\n'));
-    fs.writeFileSync(path.join(proj, 'main.ts'), [
-      "import { instantiate } from 'cairn';",
-      "import report from './stages';",
-      "console.log(instantiate(report).order.join('\\n'));",
-      '',
-    ].join('\n'));
+    fs.writeFileSync(
+      path.join(proj, 'stages.ts'),
+      [
+        "import { stage } from 'cairn';",
+        "export const train = stage({ name: 'train', config: {}, files: ['train.py'],",
+        '  build: async ({ files, exec }) => {',
+        "  await exec('python3', [files['train.py']!]);",
+        '} });',
+        "export default stage({ name: 'report', config: { train }, build: () => {} });",
+        '',
+      ].join('\n'),
+    );
+    fs.writeFileSync(
+      path.join(proj, 'main.ts'),
+      [
+        "import { instantiate } from 'cairn';",
+        "import report from './stages';",
+        "console.log(instantiate(report).order.join('\\n'));",
+        '',
+      ].join('\n'),
+    );
     const tsx = spawnSync(process.execPath, ['--import', 'tsx', path.join(proj, 'main.ts')], {
-      cwd: repoRoot, encoding: 'utf8',
+      cwd: repoRoot,
+      encoding: 'utf8',
     });
     assert.equal(tsx.status, 0, tsx.stderr);
     const cli = ok(cairn(store.root, ['instantiate', path.join(proj, 'stages.ts')]));
@@ -406,7 +498,10 @@ describe('file inputs: the stat cache', () => {
     const cold = stats();
     assert.equal(cold.hashedFiles, 300);
     const warm = stats();
-    assert.deepEqual({ ...warm, dref: cold.dref }, { dref: cold.dref, files: 300, hashedFiles: 0, hashedBytes: 0, cacheHits: 300 });
+    assert.deepEqual(
+      { ...warm, dref: cold.dref },
+      { dref: cold.dref, files: 300, hashedFiles: 0, hashedBytes: 0, cacheHits: 300 },
+    );
     assert.equal(warm.dref, cold.dref);
   });
 });
@@ -414,7 +509,9 @@ describe('file inputs: the stat cache', () => {
 describe('file inputs: the CLI', () => {
   const stageFile = (root: string): string => {
     const f = path.join(root, 'stages.ts');
-    fs.writeFileSync(f, `
+    fs.writeFileSync(
+      f,
+      `
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { stage } from 'cairn';
@@ -427,7 +524,8 @@ export const train = stage({ name: 'train', config: { prep }, files: ['train.py'
 export default stage({ name: 'evaluate', config: { train }, build: ({ config, out }) => {
   fs.copyFileSync(config.train.file('model'), path.join(out, 'score'));
 } });
-`);
+`,
+    );
     return f;
   };
 
@@ -439,12 +537,18 @@ export default stage({ name: 'evaluate', config: { train }, build: ({ config, ou
     const cwd = path.join(dir, 'elsewhere');
     fs.mkdirSync(cwd);
     await pastRacyWindow();
-    const json = (args: string[]) => JSON.parse(ok(cairn(storeDir, ['realize', '--json', ...args, file], { cwd })).stdout) as {
-      plan: { name: string; action: string }[]; inputs: { name: string; action: string }[];
-      hashed: { files: number; hashedFiles: number; hashedBytes: number; cacheHits: number }; builds: number;
-    };
+    const json = (args: string[]) =>
+      JSON.parse(ok(cairn(storeDir, ['realize', '--json', ...args, file], { cwd })).stdout) as {
+        plan: { name: string; action: string }[];
+        inputs: { name: string; action: string }[];
+        hashed: { files: number; hashedFiles: number; hashedBytes: number; cacheHits: number };
+        builds: number;
+      };
     const first = json([]);
-    assert.deepEqual(first.plan.map((p) => p.action), ['build', 'build', 'build']);
+    assert.deepEqual(
+      first.plan.map((p) => p.action),
+      ['build', 'build', 'build'],
+    );
     assert.equal(first.hashed.files, 3);
     assert.equal(first.hashed.hashedFiles, 3);
     const second = json([]);
@@ -453,8 +557,18 @@ export default stage({ name: 'evaluate', config: { train }, build: ({ config, ou
 
     write('train.py', 'print("v2")\n');
     const third = json([]);
-    assert.deepEqual(third.plan.map((p) => [p.name, p.action]), [['prep', 'cached'], ['train', 'build'], ['evaluate', 'build']]);
-    assert.deepEqual(third.inputs.map((p) => [p.name, p.action]).sort(), [['data', 'cached'], ['train.py', 'build']]);
+    assert.deepEqual(
+      third.plan.map((p) => [p.name, p.action]),
+      [
+        ['prep', 'cached'],
+        ['train', 'build'],
+        ['evaluate', 'build'],
+      ],
+    );
+    assert.deepEqual(third.inputs.map((p) => [p.name, p.action]).sort(), [
+      ['data', 'cached'],
+      ['train.py', 'build'],
+    ]);
     assert.equal(third.hashed.hashedFiles, 1);
     const rref = lastLine(ok(cairn(storeDir, ['realize', '-q', file], { cwd })).stdout);
     assert.equal(ok(cairn(storeDir, ['catref', rref, 'score'])).stdout, 'print("v2")\n2');
@@ -462,14 +576,19 @@ export default stage({ name: 'evaluate', config: { train }, build: ({ config, ou
     // The library, loading the same file, computes the same DRefs as the CLI.
     const { loadStageFile } = await import('../src/index.js');
     const lib = instantiate((await loadStageFile(file)).targets);
-    const cli = ok(cairn(storeDir, ['instantiate', file], { cwd })).stdout.trim().split('\n');
+    const cli = ok(cairn(storeDir, ['instantiate', file], { cwd }))
+      .stdout.trim()
+      .split('\n');
     assert.deepEqual(cli, lib.order);
   });
 
   it('a graph without file inputs never opens the stat cache', () => {
     const cache = path.join(dir, 'xdg');
-    ok(cairn(path.join(dir, 'cli-store'), ['realize', '-q', path.join(repoRoot, 'test', 'fixtures', 'chain.ts')],
-      { env: { XDG_CACHE_HOME: cache, CAIRN_TEST_COUNTER: path.join(dir, 'counter') } }));
+    ok(
+      cairn(path.join(dir, 'cli-store'), ['realize', '-q', path.join(repoRoot, 'test', 'fixtures', 'chain.ts')], {
+        env: { XDG_CACHE_HOME: cache, CAIRN_TEST_COUNTER: path.join(dir, 'counter') },
+      }),
+    );
     assert.ok(fs.existsSync(path.join(cache, 'cairn', 'modules')), 'the module cache is in XDG_CACHE_HOME');
     assert.ok(!fs.existsSync(path.join(cache, 'cairn', 'stat-cache.sqlite')));
   });

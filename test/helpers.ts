@@ -43,10 +43,18 @@ export function storePerTest(label: string, set: (t: { dir: string; store: Local
   });
 }
 
-export interface CliResult { code: number | null; stdout: string; stderr: string }
+export interface CliResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
 
 /** Runs `cairn ARGS` as a separate process against `store`. */
-export function cairn(store: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; input?: string } = {}): CliResult {
+export function cairn(
+  store: string,
+  args: string[],
+  opts: { cwd?: string; env?: NodeJS.ProcessEnv; input?: string } = {},
+): CliResult {
   const r = spawnSync(process.execPath, [cairnBin, '--store', store, ...args], {
     cwd: opts.cwd ?? repoRoot,
     env: { ...process.env, ...opts.env },
@@ -57,15 +65,25 @@ export function cairn(store: string, args: string[], opts: { cwd?: string; env?:
 }
 
 /** The same, without blocking the event loop (for running many processes at once). */
-export function cairnAsync(store: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<CliResult> {
+export function cairnAsync(
+  store: string,
+  args: string[],
+  opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {},
+): Promise<CliResult> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, [cairnBin, '--store', store, ...args], {
-      cwd: opts.cwd ?? repoRoot, env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'],
+      cwd: opts.cwd ?? repoRoot,
+      env: { ...process.env, ...opts.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stdout = '';
     let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
-    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+    child.stdout.setEncoding('utf8').on('data', (d: string) => {
+      stdout += d;
+    });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => {
+      stderr += d;
+    });
     child.on('close', (code) => resolve({ code, stdout, stderr }));
   });
 }
@@ -88,7 +106,11 @@ export function isolateModuleCache(after: (fn: () => void) => void, label = 'cai
 
 /** Entries left in STORE/tmp (there should be none once every process is done). */
 export function tmpEntries(store: string): string[] {
-  try { return fs.readdirSync(path.join(store, 'tmp')); } catch { return []; }
+  try {
+    return fs.readdirSync(path.join(store, 'tmp'));
+  } catch {
+    return [];
+  }
 }
 
 export function ok(r: CliResult): CliResult {
@@ -106,11 +128,13 @@ export function expectError(r: CliResult, code: string, store?: string): void {
 }
 
 /** For assert.rejects/throws: the error is a CairnError with this code. */
-export const isCode = (c: string) => (e: unknown): boolean => {
-  assert.ok(e instanceof CairnError, `expected a CairnError, got ${String(e)}`);
-  assert.equal(e.code, c, e.message);
-  return true;
-};
+export const isCode =
+  (c: string) =>
+  (e: unknown): boolean => {
+    assert.ok(e instanceof CairnError, `expected a CairnError, got ${String(e)}`);
+    assert.equal(e.code, c, e.message);
+    return true;
+  };
 
 export const sha256 = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
 

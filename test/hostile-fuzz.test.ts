@@ -29,14 +29,35 @@ import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
 import fc from 'fast-check';
 import {
-  importClosure, instantiate, isCairnError, realize, stage, LocalStore, unpack, type RRef, type Stage,
+  importClosure,
+  instantiate,
+  isCairnError,
+  realize,
+  stage,
+  LocalStore,
+  unpack,
+  type RRef,
+  type Stage,
 } from '../src/index.js';
 import { realizationHash, contextHash } from '../src/store/store.js';
 import { makeRRef, parseRRef, type DRef } from '../src/store/refs.js';
 import { tempDir } from './helpers.js';
 import {
-  caseArb, dirMember, escapes, fileMember, materialize, modelOf, readTree, sameTree, snapshot, tarArchive, tarMembers,
-  treeHash, type Case, type Entry, type Node,
+  caseArb,
+  dirMember,
+  escapes,
+  fileMember,
+  materialize,
+  modelOf,
+  readTree,
+  sameTree,
+  snapshot,
+  tarArchive,
+  tarMembers,
+  treeHash,
+  type Case,
+  type Entry,
+  type Node,
 } from './fixtures/hostile/trees.js';
 import { storeIndex } from '../src/store/internals.js';
 
@@ -71,20 +92,22 @@ after(() => store.close());
 type WireEntry = { k: string; p: string[]; d?: string; x?: boolean; t?: string; to?: string[] | 'outside' };
 const b64 = (b: Buffer): string => b.toString('base64');
 const unb64 = (s: string): Buffer => Buffer.from(s, 'base64');
-const toWire = (es: Entry[]): WireEntry[] => es.map((e) => {
-  const p = e.path.map(b64);
-  if (e.kind === 'dir') return { k: 'dir', p };
-  if (e.kind === 'file') return { k: 'file', p, d: b64(e.data), x: e.exec };
-  if (e.kind === 'symlink') return { k: 'symlink', p, t: b64(e.target) };
-  return { k: 'hardlink', p, to: e.to === 'outside' ? 'outside' : e.to.map(b64) };
-});
-const fromWire = (ws: WireEntry[]): Entry[] => ws.map((w): Entry => {
-  const p = w.p.map(unb64);
-  if (w.k === 'dir') return { kind: 'dir', path: p };
-  if (w.k === 'file') return { kind: 'file', path: p, data: unb64(w.d!), exec: w.x! };
-  if (w.k === 'symlink') return { kind: 'symlink', path: p, target: unb64(w.t!) };
-  return { kind: 'hardlink', path: p, to: w.to === 'outside' ? 'outside' : (w.to as string[]).map(unb64) };
-});
+const toWire = (es: Entry[]): WireEntry[] =>
+  es.map((e) => {
+    const p = e.path.map(b64);
+    if (e.kind === 'dir') return { k: 'dir', p };
+    if (e.kind === 'file') return { k: 'file', p, d: b64(e.data), x: e.exec };
+    if (e.kind === 'symlink') return { k: 'symlink', p, t: b64(e.target) };
+    return { k: 'hardlink', p, to: e.to === 'outside' ? 'outside' : e.to.map(b64) };
+  });
+const fromWire = (ws: WireEntry[]): Entry[] =>
+  ws.map((w): Entry => {
+    const p = w.p.map(unb64);
+    if (w.k === 'dir') return { kind: 'dir', path: p };
+    if (w.k === 'file') return { kind: 'file', path: p, data: unb64(w.d!), exec: w.x! };
+    if (w.k === 'symlink') return { kind: 'symlink', path: p, target: unb64(w.t!) };
+    return { kind: 'hardlink', path: p, to: w.to === 'outside' ? 'outside' : (w.to as string[]).map(unb64) };
+  });
 
 let seq = 0;
 
@@ -104,7 +127,9 @@ function unpackStages(archive: Buffer, file: string): { src: Stage; target: Stag
   const src = stage({
     name: 'fuzz-archive',
     config: { seq: ++seq, file, bytes: b64(archive) },
-    build: ({ config, out }) => { fs.writeFileSync(path.join(out, config.file), unb64(config.bytes)); },
+    build: ({ config, out }) => {
+      fs.writeFileSync(path.join(out, config.file), unb64(config.bytes));
+    },
   });
   return { src, target: unpack({ src, file, name: 'fuzz-unpacked' }) };
 }
@@ -156,23 +181,39 @@ function expectation(model: Node, c: Case): Expect {
  * `refused` names what a refusal must not have stored: the derivation that failed (no realization of it)
  * or, for an import, the realization the file carried (neither indexed nor on disk, nor its derivation).
  */
-function check(label: string, expect: Expect, got: Outcome, model: Node | null, refused: { dref: DRef } | { rref: RRef }, mayHoldSecret = false): void {
+function check(
+  label: string,
+  expect: Expect,
+  got: Outcome,
+  model: Node | null,
+  refused: { dref: DRef } | { rref: RRef },
+  mayHoldSecret = false,
+): void {
   assertOutsideUnchanged(label);
   assert.deepEqual(tmpLeft(), [], `${label}: STORE/tmp is not empty`);
-  if (expect === 'accept') assert.ok(got.ok, `${label}: a safe tree was refused (${!got.ok ? `${got.code}: ${got.message}` : ''})`);
+  if (expect === 'accept')
+    assert.ok(got.ok, `${label}: a safe tree was refused (${!got.ok ? `${got.code}: ${got.message}` : ''})`);
   if (expect === 'refuse') assert.ok(!got.ok, `${label}: a hostile tree was accepted`);
   if (got.ok) {
     const stored = readTree(outBuffer(got.rref));
     if (!mayHoldSecret) assert.ok(!holdsSecret(stored), `${label}: the store took in the content of a file outside it`);
     const meta = store.readMeta(got.rref);
     assert.equal(meta.tree, treeHash(stored), `${label}: the stored tree hash is not the hash of the stored tree`);
-    if (model && expect !== 'either') assert.ok(sameTree(stored, model), `${label}: the stored tree differs from the input`);
+    if (model && expect !== 'either')
+      assert.ok(sameTree(stored, model), `${label}: the stored tree differs from the input`);
   } else {
     if ('dref' in refused) {
-      assert.equal(storeIndex(store).realizationsOf(refused.dref).length, 0, `${label}: the refused derivation has a realization`);
+      assert.equal(
+        storeIndex(store).realizationsOf(refused.dref).length,
+        0,
+        `${label}: the refused derivation has a realization`,
+      );
     } else {
       const { dref } = parseRRef(refused.rref);
-      assert.ok(!store.has(refused.rref) && !fs.existsSync(store.rzDir(refused.rref)), `${label}: a refused import stored its realization`);
+      assert.ok(
+        !store.has(refused.rref) && !fs.existsSync(store.rzDir(refused.rref)),
+        `${label}: a refused import stored its realization`,
+      );
       assert.ok(!fs.existsSync(store.drvDir(dref)), `${label}: a refused import left its derivation`);
     }
   }
@@ -187,13 +228,19 @@ function mutate(entries: Entry[]): Entry[] | null {
     data[0] = data[0]! ^ 1;
     return entries.map((x, j) => (j === i ? { ...e, data } : x));
   }
-  const leaf = entries.findIndex((e) => e.kind === 'file' && !entries.some((o) => o.kind === 'hardlink' && o.to !== 'outside' && o.to.every((c, k) => c.equals(e.path[k]!))));
+  const leaf = entries.findIndex(
+    (e) =>
+      e.kind === 'file' &&
+      !entries.some((o) => o.kind === 'hardlink' && o.to !== 'outside' && o.to.every((c, k) => c.equals(e.path[k]!))),
+  );
   if (leaf < 0) return null;
   const e = entries[leaf]!;
   const last = Buffer.from(e.path[e.path.length - 1]!);
   // Appending a byte keeps the name unique among its siblings only if no sibling has that name: check.
   const renamed = Buffer.concat([last, Buffer.from([0xfe])]);
-  const siblings = entries.filter((o) => o.path.length === e.path.length && o.path.slice(0, -1).every((c, k) => c.equals(e.path[k]!)));
+  const siblings = entries.filter(
+    (o) => o.path.length === e.path.length && o.path.slice(0, -1).every((c, k) => c.equals(e.path[k]!)),
+  );
   if (siblings.some((o) => o.path[o.path.length - 1]!.equals(renamed))) return null;
   return entries.map((x, j) => (j === leaf ? { ...x, path: [...x.path.slice(0, -1), renamed] } : x));
 }
@@ -212,22 +259,38 @@ function exportFile(c: Case, model: Node, n: number): { file: string; rref: RRef
   let files = 0;
   let bytesTotal = 0;
   const count = (m: Node): void => {
-    if (m.kind === 'file') { files++; bytesTotal += m.data.length; }
+    if (m.kind === 'file') {
+      files++;
+      bytesTotal += m.data.length;
+    }
     if (m.kind === 'dir') for (const ch of m.children.values()) count(ch);
   };
   count(model);
   const rhash = realizationHash(node.dref, {}, tree);
   const rref = makeRRef(rhash, node.dref);
   const meta = {
-    format: 'cairn-realization-1', rref, dref: node.dref, name: node.name, context: {}, ctx: contextHash({}),
-    tree, bytes: bytesTotal, files, created: 1, buildMs: 1,
+    format: 'cairn-realization-1',
+    rref,
+    dref: node.dref,
+    name: node.name,
+    context: {},
+    ctx: contextHash({}),
+    tree,
+    bytes: bytesTotal,
+    files,
+    created: 1,
+    buildMs: 1,
   };
   const manifest = { format: 'cairn-closure-1', roots: [rref], rrefs: [rref], drvs: [node.dref], drefs: [node.dref] };
   const rz = `d/${node.dref}/r/${rhash}`;
   const members = [
     ...fileMember('manifest.json', JSON.stringify(manifest)),
-    ...dirMember('d'), ...dirMember(`d/${node.dref}`), ...fileMember(`d/${node.dref}/drv.json`, `${node.drvJson}\n`),
-    ...dirMember(`d/${node.dref}/r`), ...dirMember(rz), ...fileMember(`${rz}/meta.json`, JSON.stringify(meta)),
+    ...dirMember('d'),
+    ...dirMember(`d/${node.dref}`),
+    ...fileMember(`d/${node.dref}/drv.json`, `${node.drvJson}\n`),
+    ...dirMember(`d/${node.dref}/r`),
+    ...dirMember(rz),
+    ...fileMember(`${rz}/meta.json`, JSON.stringify(meta)),
     ...dirMember(`${rz}/out`),
     ...tarMembers(c, Buffer.from(`${rz}/out/`), outside, COPIED),
   ];
@@ -240,55 +303,74 @@ describe('hostile trees, fuzzed through build, unpack (tar, tar.zst) and import'
   it(`${RUNS} generated cases keep every invariant`, async () => {
     let n = 0;
     const tally = { accepted: 0, refused: 0 };
-    await fc.assert(fc.asyncProperty(caseArb(outside), async (c) => {
-      n++;
-      // 1. A build's out/.
-      const builtModel = modelOf(c, SECRET);
-      const bExpect = expectation(builtModel, { ...c, attacks: [] });
-      const built = builtStage(c.entries);
-      const bDref = instantiate(built).targets[0]!;
-      const b = await realizeOne(built);
-      check(`case ${n} build`, bExpect, b, builtModel, { dref: bDref }, true);
-      if (b.ok) {
-        assert.equal(store.readMeta(b.rref).tree, treeHash(builtModel), `case ${n} build: tree hash differs from the specification's`);
-        const changed = mutate(c.entries);
-        if (changed) {
-          const m = await realizeOne(builtStage(changed));
-          if (m.ok) {
-            assert.notEqual(store.readMeta(m.rref).tree, store.readMeta(b.rref).tree, `case ${n}: a one-byte change kept the tree hash`);
-            assert.notEqual(m.rref, b.rref);
+    await fc.assert(
+      fc.asyncProperty(caseArb(outside), async (c) => {
+        n++;
+        // 1. A build's out/.
+        const builtModel = modelOf(c, SECRET);
+        const bExpect = expectation(builtModel, { ...c, attacks: [] });
+        const built = builtStage(c.entries);
+        const bDref = instantiate(built).targets[0]!;
+        const b = await realizeOne(built);
+        check(`case ${n} build`, bExpect, b, builtModel, { dref: bDref }, true);
+        if (b.ok) {
+          assert.equal(
+            store.readMeta(b.rref).tree,
+            treeHash(builtModel),
+            `case ${n} build: tree hash differs from the specification's`,
+          );
+          const changed = mutate(c.entries);
+          if (changed) {
+            const m = await realizeOne(builtStage(changed));
+            if (m.ok) {
+              assert.notEqual(
+                store.readMeta(m.rref).tree,
+                store.readMeta(b.rref).tree,
+                `case ${n}: a one-byte change kept the tree hash`,
+              );
+              assert.notEqual(m.rref, b.rref);
+            }
+            assertOutsideUnchanged(`case ${n} build (changed)`);
           }
-          assertOutsideUnchanged(`case ${n} build (changed)`);
         }
-      }
-      // 2, 3. unpack as tar and as tar.zst; the archive's model has copies for outside hard links.
-      const tarModel = modelOf(c, COPIED);
-      const tExpect = expectation(tarModel, c);
-      const tar = tarArchive(tarMembers(c, Buffer.alloc(0), outside, COPIED));
-      for (const [file, bytes] of [['a.tar', tar], ['a.tar.zst', zstd(tar)]] as const) {
-        const { src, target } = unpackStages(bytes, file);
-        await realize(src, { store, jobs: 1 });
-        const uDref = instantiate(target).targets[0]!;
-        const u = await realizeOne(target);
-        check(`case ${n} unpack ${file}`, tExpect, u, tarModel, { dref: uDref });
-        if (u.ok && tExpect === 'accept') assert.equal(store.readMeta(u.rref).tree, treeHash(tarModel));
-        if (u.ok) tally.accepted++; else tally.refused++;
-      }
-      // 4. import of an export file.
-      const exp = exportFile(c, tarModel, n);
-      let imp: Outcome;
-      try {
-        await importClosure(store, exp.file);
-        imp = { ok: true, rref: exp.rref };
-      } catch (e) {
-        if (!isCairnError(e)) throw new Error(`case ${n} import: not a coded error: ${(e as Error)?.stack ?? String(e)}`);
-        imp = { ok: false, code: e.code, message: e.message };
-      }
-      fs.rmSync(exp.file);
-      check(`case ${n} import`, tExpect, imp, tarModel, { rref: exp.rref });
-    }), { numRuns: RUNS, endOnFailure: true });
+        // 2, 3. unpack as tar and as tar.zst; the archive's model has copies for outside hard links.
+        const tarModel = modelOf(c, COPIED);
+        const tExpect = expectation(tarModel, c);
+        const tar = tarArchive(tarMembers(c, Buffer.alloc(0), outside, COPIED));
+        for (const [file, bytes] of [
+          ['a.tar', tar],
+          ['a.tar.zst', zstd(tar)],
+        ] as const) {
+          const { src, target } = unpackStages(bytes, file);
+          await realize(src, { store, jobs: 1 });
+          const uDref = instantiate(target).targets[0]!;
+          const u = await realizeOne(target);
+          check(`case ${n} unpack ${file}`, tExpect, u, tarModel, { dref: uDref });
+          if (u.ok && tExpect === 'accept') assert.equal(store.readMeta(u.rref).tree, treeHash(tarModel));
+          if (u.ok) tally.accepted++;
+          else tally.refused++;
+        }
+        // 4. import of an export file.
+        const exp = exportFile(c, tarModel, n);
+        let imp: Outcome;
+        try {
+          await importClosure(store, exp.file);
+          imp = { ok: true, rref: exp.rref };
+        } catch (e) {
+          if (!isCairnError(e))
+            throw new Error(`case ${n} import: not a coded error: ${(e as Error)?.stack ?? String(e)}`);
+          imp = { ok: false, code: e.code, message: e.message };
+        }
+        fs.rmSync(exp.file);
+        check(`case ${n} import`, tExpect, imp, tarModel, { rref: exp.rref });
+      }),
+      { numRuns: RUNS, endOnFailure: true },
+    );
     assert.ok(n >= RUNS, `ran ${n} cases`);
     // Both outcomes must have happened, or the generator is not doing its job.
-    assert.ok(tally.accepted > RUNS / 10 && tally.refused > RUNS / 10, `accepted ${tally.accepted}, refused ${tally.refused}`);
+    assert.ok(
+      tally.accepted > RUNS / 10 && tally.refused > RUNS / 10,
+      `accepted ${tally.accepted}, refused ${tally.refused}`,
+    );
   });
 });

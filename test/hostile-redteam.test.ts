@@ -93,9 +93,13 @@ describe('receive: a refused realization moved to quarantine is closed to other 
     const src = LocalStore.open(path.join(t.dir, 'src'));
     const dst = LocalStore.open(path.join(t.dir, 'dst'));
     try {
-      const s = stage({ name: 'q', config: {}, build: ({ out }: BuildContext<unknown>) => {
-        fs.writeFileSync(path.join(out, 'tool'), '#!/bin/sh\n', { mode: 0o755 });
-      } });
+      const s = stage({
+        name: 'q',
+        config: {},
+        build: ({ out }: BuildContext<unknown>) => {
+          fs.writeFileSync(path.join(out, 'tool'), '#!/bin/sh\n', { mode: 0o755 });
+        },
+      });
       const rref = one(await realize(s, { store: src }));
       const archive = path.join(t.dir, 'q.tar');
       await exportClosure(src, [rref], archive);
@@ -129,7 +133,10 @@ describe('store verify with a stray entry in d/ whose name is not UTF-8', () => 
       const stray = Buffer.concat([Buffer.from(path.join(store.root, 'd') + '/'), Buffer.from([0x6a, 0xff, 0xfe])]);
       fs.mkdirSync(stray);
       const report = await verifyStore(store);
-      assert.deepEqual(report.problems.map((p) => [p.kind, p.ref]), [['unknown', 'd/j\\xff\\xfe']]);
+      assert.deepEqual(
+        report.problems.map((p) => [p.kind, p.ref]),
+        [['unknown', 'd/j\\xff\\xfe']],
+      );
       await verifyStore(store, { repair: true });
       assert.ok(!fs.existsSync(stray), 'moved to quarantine');
       assert.deepEqual((await verifyStore(store)).problems, []);
@@ -178,11 +185,17 @@ describe('an output that changes under the walk', () => {
     const real = cjs[call]!;
     let done = false;
     cjs[call] = (p: unknown, ...rest: unknown[]) => {
-      if (!done && String(p).endsWith(name)) { done = true; before(String(p)); }
+      if (!done && String(p).endsWith(name)) {
+        done = true;
+        before(String(p));
+      }
       return real(p, ...rest);
     };
     syncBuiltinESMExports();
-    return () => { cjs[call] = real; syncBuiltinESMExports(); };
+    return () => {
+      cjs[call] = real;
+      syncBuiltinESMExports();
+    };
   }
 
   // The survey lstats every entry; the hash pass opens each file.
@@ -213,19 +226,31 @@ describe('names with control characters (valid UTF-8) in listings', () => {
     const store = LocalStore.open(storeDir);
     let rref: RRef;
     try {
-      const s = stage({ name: 'ctl', config: {}, build: ({ out }: BuildContext<unknown>) => {
-        fs.writeFileSync(path.join(out, 'a\n-r--r--r--          9  forged'), 'newline\n');
-        fs.writeFileSync(path.join(out, '\x1b[2Jclear'), 'escape\n');
-      } });
+      const s = stage({
+        name: 'ctl',
+        config: {},
+        build: ({ out }: BuildContext<unknown>) => {
+          fs.writeFileSync(path.join(out, 'a\n-r--r--r--          9  forged'), 'newline\n');
+          fs.writeFileSync(path.join(out, '\x1b[2Jclear'), 'escape\n');
+        },
+      });
       rref = one(await realize(s, { store }));
     } finally {
       store.close();
     }
     try {
-      const listed = ok(cairn(storeDir, ['lsref', rref])).stdout.split('\n').filter(Boolean);
+      const listed = ok(cairn(storeDir, ['lsref', rref]))
+        .stdout.split('\n')
+        .filter(Boolean);
       assert.equal(listed.length, 2, `one line per entry:\n${listed.join('\n')}`);
-      assert.ok(listed.every((l) => !l.includes('\x1b')), 'no escape byte reaches the terminal');
-      assert.ok(listed.some((l) => l.endsWith('  a\\x0a-r--r--r--          9  forged')), listed.join('\n'));
+      assert.ok(
+        listed.every((l) => !l.includes('\x1b')),
+        'no escape byte reaches the terminal',
+      );
+      assert.ok(
+        listed.some((l) => l.endsWith('  a\\x0a-r--r--r--          9  forged')),
+        listed.join('\n'),
+      );
       assert.equal(ok(cairn(storeDir, ['catref', rref, '\\x1b[2Jclear'])).stdout, 'escape\n');
     } finally {
       t.cleanup();
@@ -233,7 +258,7 @@ describe('names with control characters (valid UTF-8) in listings', () => {
   });
 });
 
-describe('file capabilities on a root build\'s output', () => {
+describe("file capabilities on a root build's output", () => {
   it('sealing drops security.capability from an executable output (setcap), which no mode bit shows', async () => {
     const t = tempDir('cairn-redteam-caps');
     const store = LocalStore.open(path.join(t.dir, 'store'));

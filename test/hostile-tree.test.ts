@@ -25,7 +25,13 @@ after(() => cache.cleanup());
 /** A fresh directory; removed with removeTree, which (unlike fs.rmSync) handles non-UTF-8 names. */
 function scratch(label: string): { dir: string; cleanup: () => void } {
   const t = tempDir(label);
-  return { dir: t.dir, cleanup: () => { removeTree(t.dir); t.cleanup(); } };
+  return {
+    dir: t.dir,
+    cleanup: () => {
+      removeTree(t.dir);
+      t.cleanup();
+    },
+  };
 }
 
 /** DIR/NAME/... as bytes (path.join would decode the names). */
@@ -195,7 +201,9 @@ describe('names are bytes', () => {
       const verified = ok(cairn(storeDir, ['store', 'verify', '--json', rref]));
       const clean = JSON.parse(verified.stdout) as { problems: unknown[] };
       assert.deepEqual(clean.problems, [], 'intact before the change');
-      const listed = ok(cairn(storeDir, ['lsref', rref])).stdout.split('\n').filter(Boolean);
+      const listed = ok(cairn(storeDir, ['lsref', rref]))
+        .stdout.split('\n')
+        .filter(Boolean);
       assert.equal(listed.length, 2, 'both entries are listed');
       assert.match(listed[0]!, /^dr-xr-xr-x +- {2}bad\\xff\\x02\/$/);
       assert.match(listed[1]!, /^-r--r--r-- +8 {2}bad\\xff\\x02\/bad\\xff\\x01$/);
@@ -214,7 +222,7 @@ describe('names are bytes', () => {
     }
   });
 
-  it('a dead owner\'s temp dir holding non-UTF-8 names is swept, and removeTree removes such a tree', async () => {
+  it("a dead owner's temp dir holding non-UTF-8 names is swept, and removeTree removes such a tree", async () => {
     const t = scratch('cairn-hostile-tree');
     const store = LocalStore.open(path.join(t.dir, 'store'));
     try {
@@ -260,8 +268,12 @@ describe('the temporary sweep', () => {
     const mnt = path.join(storeDir, 'tmp', '4194305.1-build-m-1', 'proc');
     let mounted = false;
     // The sweep claims (renames) the leftover, so the mount moves with it: find it wherever it is now.
-    const mountedAt = (): string | undefined => fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')
-      .map((l) => l.split(' ')[4]).find((p) => p?.startsWith(path.join(storeDir, 'tmp')));
+    const mountedAt = (): string | undefined =>
+      fs
+        .readFileSync('/proc/self/mountinfo', 'utf8')
+        .split('\n')
+        .map((l) => l.split(' ')[4])
+        .find((p) => p?.startsWith(path.join(storeDir, 'tmp')));
     try {
       LocalStore.open(storeDir).close();
       fs.mkdirSync(mnt, { recursive: true });

@@ -9,7 +9,12 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
-  cyclicComponents, describeCycles, importGraph, relativeSpecifiers, sourceFiles, type ImportGraph,
+  cyclicComponents,
+  describeCycles,
+  importGraph,
+  relativeSpecifiers,
+  sourceFiles,
+  type ImportGraph,
 } from './import-graph.js';
 import { repoRoot, tempDir } from './helpers.js';
 
@@ -29,8 +34,17 @@ describe('import graph', () => {
       'const i = (x: string) => import(x);',
       "import './side-effect.js';",
     ].join('\n');
-    assert.deepEqual(relativeSpecifiers('x.ts', text),
-      ['./a.js', '../b.js', './c.js', './d.js', './e.js', './f.js', './g.js', './h.js', './side-effect.js']);
+    assert.deepEqual(relativeSpecifiers('x.ts', text), [
+      './a.js',
+      '../b.js',
+      './c.js',
+      './d.js',
+      './e.js',
+      './f.js',
+      './g.js',
+      './h.js',
+      './side-effect.js',
+    ]);
   });
 
   it('finds each cycle, a type-only one and one through a dynamic import included, and prints it', () => {
@@ -50,7 +64,10 @@ describe('import graph', () => {
       }
       const { graph, unresolved } = importGraph(dir, sourceFiles(dir, ['src']));
       assert.deepEqual(unresolved, []);
-      assert.deepEqual(cyclicComponents(graph), [['src/a.ts', 'src/b.ts'], ['src/c.ts', 'src/e.ts', 'src/sub/d.ts']]);
+      assert.deepEqual(cyclicComponents(graph), [
+        ['src/a.ts', 'src/b.ts'],
+        ['src/c.ts', 'src/e.ts', 'src/sub/d.ts'],
+      ]);
       assert.deepEqual(describeCycles(graph), [
         'src/a.ts -> src/b.ts -> src/a.ts',
         'src/c.ts -> src/sub/d.ts -> src/e.ts -> src/c.ts',

@@ -16,19 +16,28 @@ import { machineBackend, registeredBackends } from '../src/stages/machine.js';
 import { isCode, repoRoot, storePerTest } from './helpers.js';
 
 let store: Parameters<Parameters<typeof storePerTest>[1]>[0]['store'];
-storePerTest('cairn-backends', (t) => { store = t.store; });
+storePerTest('cairn-backends', (t) => {
+  store = t.store;
+});
 
 /** A base state that is only a machine.json naming `kind` (nothing to resume). */
-const fakeState = (kind: string): Stage => stage({
-  name: 'fake-state',
-  config: { kind },
-  outputs: ['machine.json'],
-  build: ({ config, out }) => {
-    const d = { format: 1, backend: config.kind, state: { backend: config.kind }, expiresAt: null, files: [],
-      step: null };
-    fs.writeFileSync(path.join(out, 'machine.json'), JSON.stringify(d));
-  },
-});
+const fakeState = (kind: string): Stage =>
+  stage({
+    name: 'fake-state',
+    config: { kind },
+    outputs: ['machine.json'],
+    build: ({ config, out }) => {
+      const d = {
+        format: 1,
+        backend: config.kind,
+        state: { backend: config.kind },
+        expiresAt: null,
+        files: [],
+        step: null,
+      };
+      fs.writeFileSync(path.join(out, 'machine.json'), JSON.stringify(d));
+    },
+  });
 
 describe('machine backends', () => {
   it("import('cairn') registers no backend, loads no driver state, and leaves nothing running", () => {
@@ -39,8 +48,10 @@ describe('machine backends', () => {
       'await new Promise((r) => setImmediate(r));',
       'console.log(JSON.stringify({ registered: m.registeredBackends(), running: process.getActiveResourcesInfo() }));',
     ].join('\n');
-    const out = execFileSync(process.execPath, ['--input-type=module', '-e', script],
-      { cwd: repoRoot, encoding: 'utf8' });
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], {
+      cwd: repoRoot,
+      encoding: 'utf8',
+    });
     assert.deepEqual(JSON.parse(out), { registered: [], running: [] });
   });
 
@@ -54,11 +65,14 @@ describe('machine backends', () => {
 
   it('refuses a state naming an unknown backend with E_MACHINE_INCOMPATIBLE, whatever the name', async () => {
     for (const kind of ['nope', '__proto__', 'constructor', 'toString', 'hasOwnProperty']) {
-      await assert.rejects(machine(fakeState(kind)).use(() => 'ran', { store }), (e: Error) => {
-        assert.ok(isCode('E_MACHINE_INCOMPATIBLE')(e), kind);
-        assert.match(e.message, /known: docker, qemu\)/, kind);
-        return true;
-      });
+      await assert.rejects(
+        machine(fakeState(kind)).use(() => 'ran', { store }),
+        (e: Error) => {
+          assert.ok(isCode('E_MACHINE_INCOMPATIBLE')(e), kind);
+          assert.match(e.message, /known: docker, qemu\)/, kind);
+          return true;
+        },
+      );
     }
   });
 

@@ -18,7 +18,8 @@ const store = path.join(dir, 'store');
 after(() => cleanup());
 
 const RREF = /^[a-z0-9]{32}-[a-z0-9]{32}-[\w.+-]+$/;
-const built = (stderr: string, name: string): number => stderr.split('\n').filter((l) => l.startsWith(`built ${name} `)).length;
+const built = (stderr: string, name: string): number =>
+  stderr.split('\n').filter((l) => l.startsWith(`built ${name} `)).length;
 
 before(() => {
   ok(cairn(store, ['machine', 'tiny'])); // the base, once for the file
@@ -38,10 +39,16 @@ describe('cairn machine', () => {
   });
 
   it('+ shell connects the console to stdin/stdout and throws the changes away', () => {
-    const r = ok(cairn(store, ['machine', 'tiny', '+', 'exec', 'echo kept > /mnt/k', '+', 'shell'], { input: 'cat /mnt/k; echo sh$((6*7))ell; echo x > /mnt/k\n' }));
+    const r = ok(
+      cairn(store, ['machine', 'tiny', '+', 'exec', 'echo kept > /mnt/k', '+', 'shell'], {
+        input: 'cat /mnt/k; echo sh$((6*7))ell; echo x > /mnt/k\n',
+      }),
+    );
     assert.match(r.stdout, /kept/);
     assert.match(r.stdout, /sh42ell/);
-    const again = ok(cairn(store, ['machine', 'tiny', '+', 'exec', 'echo kept > /mnt/k', '+', 'shell'], { input: 'cat /mnt/k\n' }));
+    const again = ok(
+      cairn(store, ['machine', 'tiny', '+', 'exec', 'echo kept > /mnt/k', '+', 'shell'], { input: 'cat /mnt/k\n' }),
+    );
     assert.match(again.stdout, /kept/);
     expectError(cairn(store, ['machine', 'tiny', '+', 'shell', '+', 'exec', 'true']), 'E_USAGE', store);
   });
@@ -51,14 +58,20 @@ describe('cairn machine', () => {
     const n = (JSON.parse(before.stdout) as unknown[]).length;
     const r = ok(cairn(store, ['machine', 'tiny', '+', 'transient', 'exec', 'rm -rf /mnt/*; echo wiped']));
     assert.match(r.stderr, /wiped/);
-    assert.equal(lastLine(r.stdout), lastLine(ok(cairn(store, ['machine', 'tiny'])).stdout), 'the result is the base state');
+    assert.equal(
+      lastLine(r.stdout),
+      lastLine(ok(cairn(store, ['machine', 'tiny'])).stdout),
+      'the result is the base state',
+    );
     assert.equal((JSON.parse(ok(cairn(store, ['machine', 'ls', '--json'])).stdout) as unknown[]).length, n);
   });
 
   it('steps from a steps directory and by path, with positional, --key=value and flag words', () => {
     const steps = path.join(dir, 'steps');
     fs.mkdirSync(path.join(steps, 'app'), { recursive: true });
-    fs.writeFileSync(path.join(steps, 'app', 'install.ts'), `
+    fs.writeFileSync(
+      path.join(steps, 'app', 'install.ts'),
+      `
 import { step } from 'cairn';
 export default step<{ args: string[]; version?: string; debug?: boolean }>({
   name: 'app.install',
@@ -66,10 +79,29 @@ export default step<{ args: string[]; version?: string; debug?: boolean }>({
     await vm.exec(\`echo "\${a.args.join(',')} v=\${a.version} debug=\${a.debug === true}" > /mnt/app\`, { check: true });
   },
 });
-`);
-    const r = ok(cairn(store, ['machine', '--steps', steps, 'tiny', '+', 'app.install', 'one', 'two', '--version=1.2', '--debug', '+', 'exec', 'cat /mnt/app']));
+`,
+    );
+    const r = ok(
+      cairn(store, [
+        'machine',
+        '--steps',
+        steps,
+        'tiny',
+        '+',
+        'app.install',
+        'one',
+        'two',
+        '--version=1.2',
+        '--debug',
+        '+',
+        'exec',
+        'cat /mnt/app',
+      ]),
+    );
     assert.match(r.stderr, /exec> one,two v=1\.2 debug=true/);
-    const byPath = ok(cairn(store, ['machine', 'tiny', '+', path.join(steps, 'app', 'install.ts'), 'x', '+', 'exec', 'cat /mnt/app']));
+    const byPath = ok(
+      cairn(store, ['machine', 'tiny', '+', path.join(steps, 'app', 'install.ts'), 'x', '+', 'exec', 'cat /mnt/app']),
+    );
     assert.match(byPath.stderr, /exec> x v=undefined debug=false/);
     expectError(cairn(store, ['machine', 'tiny', '+', 'no.such.step']), 'E_UNKNOWN_STEP', store);
     expectError(cairn(store, ['machine', 'tiny', '+', 'exec', 'true', '--cache']), 'E_USAGE', store);
@@ -82,7 +114,10 @@ export default step<{ args: string[]; version?: string; debug?: boolean }>({
     const args = ['machine', 'tiny', '+', 'script.run', script, 'hi', '--cache=1h'];
     const r1 = ok(cairn(store, args));
     assert.match(r1.stderr, /script says hi/);
-    const state = JSON.parse(ok(cairn(store, ['machine', 'ls', '--json'])).stdout) as { rref: string; expiresAt: string | null }[];
+    const state = JSON.parse(ok(cairn(store, ['machine', 'ls', '--json'])).stdout) as {
+      rref: string;
+      expiresAt: string | null;
+    }[];
     const mine = state.find((s) => s.rref === lastLine(r1.stdout))!;
     assert.ok(mine.expiresAt && Date.parse(mine.expiresAt) > Date.now() + 3_500_000);
     assert.equal(built(ok(cairn(store, args)).stderr, 'script.run'), 0);
@@ -109,7 +144,10 @@ export default step<{ args: string[]; version?: string; debug?: boolean }>({
   });
 
   it('machine ls shows states; machine gc keeps rooted states and what they stand on', () => {
-    const kept = lastLine(ok(cairn(store, ['machine', '--root', 'keep-me', 'tiny', '+', 'exec', 'echo r > /mnt/r', '+', 'exec', 'true'])).stdout);
+    const kept = lastLine(
+      ok(cairn(store, ['machine', '--root', 'keep-me', 'tiny', '+', 'exec', 'echo r > /mnt/r', '+', 'exec', 'true']))
+        .stdout,
+    );
     const ls = ok(cairn(store, ['machine', 'ls']));
     assert.match(ls.stdout, new RegExp(`${kept}.*\\(root\\)`));
     const dry = ok(cairn(store, ['machine', 'gc', '--dry-run']));
@@ -124,6 +162,13 @@ export default step<{ args: string[]; version?: string; debug?: boolean }>({
     assert.match(ok(cairn(store, ['lsref', left.find((s) => s.step === '(base)')!.rref])).stdout, /machine\.json/);
     ok(cairn(store, ['store', 'verify']));
     // The kept chain still resumes.
-    assert.match(ok(cairn(store, ['machine', 'tiny', '+', 'exec', 'echo r > /mnt/r', '+', 'exec', 'true', '+', 'shell'], { input: 'cat /mnt/r\n' })).stdout, /\br\b/);
+    assert.match(
+      ok(
+        cairn(store, ['machine', 'tiny', '+', 'exec', 'echo r > /mnt/r', '+', 'exec', 'true', '+', 'shell'], {
+          input: 'cat /mnt/r\n',
+        }),
+      ).stdout,
+      /\br\b/,
+    );
   });
 });

@@ -19,9 +19,12 @@ import { storeIndex } from '../src/store/internals.js';
 import { asRRef } from '../src/store/refs.js';
 
 let fx: DebianFixture;
-before(async () => {
-  fx = await debianFixture();
-}, { timeout: 900_000 });
+before(
+  async () => {
+    fx = await debianFixture();
+  },
+  { timeout: 900_000 },
+);
 
 // A per-run tag, so every run builds new states instead of finding the last run's.
 const run = `${process.pid}-${Date.now()}`;
@@ -38,13 +41,16 @@ const out = async (vm: RunningMachine, cmd: string): Promise<string> => (await v
 
 describe('debian base', () => {
   it('is Debian 12 with its root filesystem on /dev/vda and a bash shell', async () => {
-    const text = await machine(fx.base).use(async (vm) => ({
-      version: await out(vm, 'cat /etc/debian_version'),
-      root: await out(vm, "awk '$2 == \"/\" {print $1, $3}' /proc/mounts"),
-      shell: await out(vm, 'echo $BASH_VERSION'),
-      host: await out(vm, 'hostname'),
-      whoami: await out(vm, 'id -u'),
-    }), { store: fx.store });
+    const text = await machine(fx.base).use(
+      async (vm) => ({
+        version: await out(vm, 'cat /etc/debian_version'),
+        root: await out(vm, 'awk \'$2 == "/" {print $1, $3}\' /proc/mounts'),
+        shell: await out(vm, 'echo $BASH_VERSION'),
+        host: await out(vm, 'hostname'),
+        whoami: await out(vm, 'id -u'),
+      }),
+      { store: fx.store },
+    );
     assert.match(text.version, /^12\./);
     assert.equal(text.root, '/dev/vda ext4\n');
     assert.match(text.shell, /^5\./);
@@ -53,7 +59,10 @@ describe('debian base', () => {
   });
 
   it('keeps a shell variable and a file on disk across save and restore', async () => {
-    const m = machine(fx.base).apply(sh, { cmd: `export X=forty-two-${run}; echo on-disk-${run} > /root/f; cd /etc`, tag: run });
+    const m = machine(fx.base).apply(sh, {
+      cmd: `export X=forty-two-${run}; echo on-disk-${run} > /root/f; cd /etc`,
+      tag: run,
+    });
     const state = await m.realize({ store: fx.store });
     assert.equal(state.description.step?.name, 'test.sh');
     const seen = await m.use(async (vm) => out(vm, 'echo $X; cat /root/f; pwd'), { store: fx.store });
@@ -71,12 +80,16 @@ describe('debian base', () => {
     let arrived = 0;
     let release!: () => void;
     const both = new Promise<void>((r) => (release = r));
-    const writeThenRead = (who: string) => m.use(async (vm) => {
-      await vm.exec(`export X=${who}; echo ${who} > /root/iso; sync`, { check: true, shell: true });
-      if (++arrived === 2) release();
-      await both;
-      return out(vm, 'echo $X; cat /root/iso');
-    }, { store: fx.store });
+    const writeThenRead = (who: string) =>
+      m.use(
+        async (vm) => {
+          await vm.exec(`export X=${who}; echo ${who} > /root/iso; sync`, { check: true, shell: true });
+          if (++arrived === 2) release();
+          await both;
+          return out(vm, 'echo $X; cat /root/iso');
+        },
+        { store: fx.store },
+      );
     const [a, b] = await Promise.all([writeThenRead('a'), writeThenRead('b')]);
     assert.equal(a, 'a\na\n');
     assert.equal(b, 'b\nb\n');
@@ -92,9 +105,15 @@ describe('debian base', () => {
     const state = await t.realize({ store: fx.store });
     assert.equal(state.rref, parent.rref, 'realizing a transient step gives the parent state');
     assert.equal(storeIndex(fx.store).all().length, count, 'no new realization');
-    const seen = await m.use(async (vm) => out(vm, 'cat /root/kept; ls /root/gone 2>&1 || true; echo "G=$G"'), { store: fx.store });
+    const seen = await m.use(async (vm) => out(vm, 'cat /root/kept; ls /root/gone 2>&1 || true; echo "G=$G"'), {
+      store: fx.store,
+    });
     assert.match(seen, /^kept\n.*No such file.*\nG=\n$/s);
-    assert.deepEqual(tmpEntries(DEBIAN_STORE).filter((e) => !e.startsWith('.')), [], 'no work directory left in STORE/tmp');
+    assert.deepEqual(
+      tmpEntries(DEBIAN_STORE).filter((e) => !e.startsWith('.')),
+      [],
+      'no work directory left in STORE/tmp',
+    );
   });
 
   it('cairn machine debian + exec ... works from the CLI, and a second run is cached', async () => {
@@ -118,4 +137,3 @@ describe('debian base', () => {
     assert.deepEqual(report.problems, []);
   });
 });
-

@@ -98,23 +98,35 @@ describe('disk clones', () => {
     fs.rmSync(plain);
     const before = states.map((s) => sha256(fs.readFileSync(diskOf(s))));
 
-    const last = machine(tiny()).apply(sh, { cmd: 'echo a > /mnt/a; export X=a; sync' }).apply(sh, { cmd: 'echo b > /mnt/b; export X=$X-b; sync' });
+    const last = machine(tiny())
+      .apply(sh, { cmd: 'echo a > /mnt/a; export X=a; sync' })
+      .apply(sh, { cmd: 'echo b > /mnt/b; export X=$X-b; sync' });
     let arrived = 0;
     let release!: () => void;
     const both = new Promise<void>((r) => (release = r));
-    const writeThenRead = (who: string) => last.use(async (vm) => {
-      await vm.exec(`echo ${who} > /mnt/b; export X=${who}; sync`, { check: true, shell: true });
-      if (++arrived === 2) release();
-      await both;
-      return (await vm.exec('echo $X; cat /mnt/a /mnt/b', { check: true })).stdout;
-    }, { store });
+    const writeThenRead = (who: string) =>
+      last.use(
+        async (vm) => {
+          await vm.exec(`echo ${who} > /mnt/b; export X=${who}; sync`, { check: true, shell: true });
+          if (++arrived === 2) release();
+          await both;
+          return (await vm.exec('echo $X; cat /mnt/a /mnt/b', { check: true })).stdout;
+        },
+        { store },
+      );
     const [r1, r2] = await Promise.all([writeThenRead('one'), writeThenRead('two')]);
     assert.equal(r1, 'one\na\none\n');
     assert.equal(r2, 'two\na\ntwo\n');
-    const again = await last.use(async (vm) => (await vm.exec('echo $X; cat /mnt/a /mnt/b', { check: true })).stdout, { store });
+    const again = await last.use(async (vm) => (await vm.exec('echo $X; cat /mnt/a /mnt/b', { check: true })).stdout, {
+      store,
+    });
     assert.equal(again, 'a-b\na\nb\n');
 
-    assert.deepEqual(states.map((s) => sha256(fs.readFileSync(diskOf(s)))), before, 'saved disks are unchanged');
+    assert.deepEqual(
+      states.map((s) => sha256(fs.readFileSync(diskOf(s)))),
+      before,
+      'saved disks are unchanged',
+    );
     const verify = ok(cairn(storeDir, ['store', 'verify']));
     assert.match(verify.stdout, /all intact/);
   });
@@ -122,14 +134,23 @@ describe('disk clones', () => {
   it('on ext4: qcow2 overlays whose backing chain grows by one per step', async (t) => {
     const ext4 = tempDir('cairn-overlay');
     t.after(() => ext4.cleanup());
-    assert.equal(execFileSync('stat', ['-f', '-c', '%T', ext4.dir], { encoding: 'utf8' }).trim(), 'ext2/ext3', 'the temp dir is on ext4');
+    assert.equal(
+      execFileSync('stat', ['-f', '-c', '%T', ext4.dir], { encoding: 'utf8' }).trim(),
+      'ext2/ext3',
+      'the temp dir is on ext4',
+    );
     const store = LocalStore.open(path.join(ext4.dir, 'store'));
     const states = await pipeline(store);
-    assert.deepEqual(states.map((s) => qemuState(s).clone), ['overlay', 'overlay', 'overlay']);
+    assert.deepEqual(
+      states.map((s) => qemuState(s).clone),
+      ['overlay', 'overlay', 'overlay'],
+    );
     const chains = states.map((s) => qemuState(s).chain);
     assert.deepEqual(chains, [chains[0]!, chains[0]! + 1, chains[0]! + 2], `chains ${chains.join(', ')}`);
     assert.ok(chains[0]! >= 1, 'even the base state is an overlay on the files disk');
-    const seen = await machine(tiny()).apply(sh, { cmd: 'echo a > /mnt/a; export X=a; sync' }).apply(sh, { cmd: 'echo b > /mnt/b; export X=$X-b; sync' })
+    const seen = await machine(tiny())
+      .apply(sh, { cmd: 'echo a > /mnt/a; export X=a; sync' })
+      .apply(sh, { cmd: 'echo b > /mnt/b; export X=$X-b; sync' })
       .use(async (vm) => (await vm.exec('echo $X; cat /mnt/a /mnt/b', { check: true })).stdout, { store });
     assert.equal(seen, 'a-b\na\nb\n');
   });

@@ -18,16 +18,24 @@ let store: LocalStore;
 storePerTest('cairn-machine-states', (t) => ({ store } = t));
 
 /** A stage whose output looks like a machine state: a description and a 1000-byte disk. */
-const state = (name: string, d: Partial<MachineDescription>, parent?: Stage): Stage => stage({
-  name, config: { d, ...(parent ? { parent } : {}) },
-  build: ({ out }: BuildContext<unknown>) => {
-    const desc: MachineDescription = {
-      format: 1, backend: 'qemu', state: { backend: 'qemu' }, expiresAt: null, files: [], step: null, ...d,
-    };
-    fs.writeFileSync(path.join(out, DESCRIPTION), JSON.stringify(desc));
-    fs.writeFileSync(path.join(out, 'disk.qcow2'), Buffer.alloc(1000));
-  },
-});
+const state = (name: string, d: Partial<MachineDescription>, parent?: Stage): Stage =>
+  stage({
+    name,
+    config: { d, ...(parent ? { parent } : {}) },
+    build: ({ out }: BuildContext<unknown>) => {
+      const desc: MachineDescription = {
+        format: 1,
+        backend: 'qemu',
+        state: { backend: 'qemu' },
+        expiresAt: null,
+        files: [],
+        step: null,
+        ...d,
+      };
+      fs.writeFileSync(path.join(out, DESCRIPTION), JSON.stringify(desc));
+      fs.writeFileSync(path.join(out, 'disk.qcow2'), Buffer.alloc(1000));
+    },
+  });
 const plain = stage({ name: 'plain', config: {}, build: ({ out }) => fs.writeFileSync(path.join(out, 'f'), 'x') });
 
 const build = async (s: Stage): Promise<RRef> => one(await realize(instantiate(s), { store }));
@@ -43,10 +51,13 @@ describe('machine states: listing', () => {
     assert.equal(isMachineState(store, base), true);
     assert.equal(isMachineState(store, notState), false);
     const states = listMachineStates(store);
-    assert.deepEqual(states.map((s) => [s.rref, s.step, s.expiresAt, s.stale, s.rooted]), [
-      [base, '(base)', null, null, false],
-      [step, 'exec', expires, null, true],
-    ]);
+    assert.deepEqual(
+      states.map((s) => [s.rref, s.step, s.expiresAt, s.stale, s.rooted]),
+      [
+        [base, '(base)', null, null, false],
+        [step, 'exec', expires, null, true],
+      ],
+    );
     const descBytes = fs.statSync(path.join(store.outPath(base), DESCRIPTION)).size;
     assert.equal(states[0]!.bytes, 1000 + descBytes);
     assert.ok(states[0]!.created < states[1]!.created);
@@ -87,7 +98,13 @@ describe('machine states: gc', () => {
 
     const r = await collectMachineGarbage(store);
     assert.deepEqual(r.realizations, [loose]);
-    assert.deepEqual([parent, child, loose, notState].map((x) => store.has(x)), [true, true, false, true]);
-    assert.deepEqual(listMachineStates(store).map((s) => s.rref), [parent, child]);
+    assert.deepEqual(
+      [parent, child, loose, notState].map((x) => store.has(x)),
+      [true, true, false, true],
+    );
+    assert.deepEqual(
+      listMachineStates(store).map((s) => s.rref),
+      [parent, child],
+    );
   });
 });

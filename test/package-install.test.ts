@@ -35,12 +35,18 @@ interface LockEntry {
   peer?: boolean;
   [key: string]: unknown;
 }
-interface Lock { packages: Record<string, LockEntry> }
+interface Lock {
+  packages: Record<string, LockEntry>;
+}
 
 const RREF = /^[0-9a-df-np-sv-z]{32}-[0-9a-df-np-sv-z]{32}-[A-Za-z0-9_][A-Za-z0-9._+-]*$/;
 const repoPkg = JSON.parse(fs.readFileSync(path.join(repoRoot, 'package.json'), 'utf8')) as {
-  name: string; version: string; dependencies: Record<string, string>; bin: Record<string, string>;
-  engines: Record<string, string>; license: string;
+  name: string;
+  version: string;
+  dependencies: Record<string, string>;
+  bin: Record<string, string>;
+  engines: Record<string, string>;
+  license: string;
 };
 const repoLock = JSON.parse(fs.readFileSync(path.join(repoRoot, 'package-lock.json'), 'utf8')) as Lock;
 
@@ -77,7 +83,9 @@ function closureOf(roots: string[]): Record<string, LockEntry> {
     out[at] = entry;
     const deps = { ...entry.dependencies, ...entry.optionalDependencies };
     for (const name of Object.keys(deps)) {
-      try { todo.push(resolveIn(repoLock, at, name)); } catch (e) {
+      try {
+        todo.push(resolveIn(repoLock, at, name));
+      } catch (e) {
         if (!entry.optionalDependencies?.[name]) throw e;
       }
     }
@@ -117,8 +125,10 @@ describe('the packed package, installed into a fresh CommonJS project', () => {
     fs.mkdirSync(pack);
     fs.mkdirSync(project);
     // npm pack runs "prepare" (the build) and "postpack", as a publish does.
-    const packed = JSON.parse(run('npm', ['pack', '--json', '--pack-destination', pack], repoRoot, env).stdout) as
-      { filename: string; files: { path: string }[] }[];
+    const packed = JSON.parse(run('npm', ['pack', '--json', '--pack-destination', pack], repoRoot, env).stdout) as {
+      filename: string;
+      files: { path: string }[];
+    }[];
     tarball = path.join(pack, packed[0]!.filename);
     packedFiles = packed[0]!.files.map((f) => f.path);
 
@@ -142,15 +152,25 @@ describe('the packed package, installed into a fresh CommonJS project', () => {
         '': { name: pkg.name, version: pkg.version, license: pkg.license, dependencies: deps },
         ...closureOf([...Object.keys(repoPkg.dependencies), 'typescript', '@types/node']),
         [`node_modules/${repoPkg.name}`]: {
-          version: repoPkg.version, resolved: deps[repoPkg.name], integrity, hasInstallScript: true,
-          license: repoPkg.license, dependencies: repoPkg.dependencies, bin: repoPkg.bin, engines: repoPkg.engines,
+          version: repoPkg.version,
+          resolved: deps[repoPkg.name],
+          integrity,
+          hasInstallScript: true,
+          license: repoPkg.license,
+          dependencies: repoPkg.dependencies,
+          bin: repoPkg.bin,
+          engines: repoPkg.engines,
         },
       },
     };
     fs.writeFileSync(path.join(project, 'package-lock.json'), JSON.stringify(lock, null, 2) + '\n');
     run('npm', ['ci', '--prefer-offline'], project, env);
-    const addon = path.join(path.dirname(createRequire(import.meta.url).resolve('better-sqlite3/package.json')),
-      'build', 'Release', 'better_sqlite3.node');
+    const addon = path.join(
+      path.dirname(createRequire(import.meta.url).resolve('better-sqlite3/package.json')),
+      'build',
+      'Release',
+      'better_sqlite3.node',
+    );
     const into = path.join(project, 'node_modules', 'better-sqlite3', 'build', 'Release');
     fs.mkdirSync(into, { recursive: true });
     fs.copyFileSync(addon, path.join(into, 'better_sqlite3.node'));
@@ -170,29 +190,45 @@ describe('the packed package, installed into a fresh CommonJS project', () => {
 
   it('type-checks in a strict NodeNext project with skipLibCheck false and no @types/better-sqlite3', () => {
     assert.equal(fs.existsSync(path.join(project, 'node_modules', '@types', 'better-sqlite3')), false);
-    fs.writeFileSync(path.join(project, 'tsconfig.json'), JSON.stringify({
-      compilerOptions: {
-        strict: true, module: 'NodeNext', moduleResolution: 'NodeNext', target: 'ES2022',
-        skipLibCheck: false, noEmit: true,
-      },
-      files: ['check.mts'],
-    }, null, 2));
-    fs.writeFileSync(path.join(project, 'check.mts'), [
-      "import { stage, realize, LocalStore, type Store, best } from 'cairn';",
-      "const data = stage({ name: 'data', config: { n: 3 }, build: ({ out }) => { void out; } });",
-      "const store = LocalStore.open('/tmp/unused');\nconst asInterface: Store = store;\nvoid asInterface;",
-      'const result = await realize([data], { store });',
-      'console.log(result, best);',
-      '',
-    ].join('\n'));
+    fs.writeFileSync(
+      path.join(project, 'tsconfig.json'),
+      JSON.stringify(
+        {
+          compilerOptions: {
+            strict: true,
+            module: 'NodeNext',
+            moduleResolution: 'NodeNext',
+            target: 'ES2022',
+            skipLibCheck: false,
+            noEmit: true,
+          },
+          files: ['check.mts'],
+        },
+        null,
+        2,
+      ),
+    );
+    fs.writeFileSync(
+      path.join(project, 'check.mts'),
+      [
+        "import { stage, realize, LocalStore, type Store, best } from 'cairn';",
+        "const data = stage({ name: 'data', config: { n: 3 }, build: ({ out }) => { void out; } });",
+        "const store = LocalStore.open('/tmp/unused');\nconst asInterface: Store = store;\nvoid asInterface;",
+        'const result = await realize([data], { store });',
+        'console.log(result, best);',
+        '',
+      ].join('\n'),
+    );
     npx(['tsc', '-p', 'tsconfig.json']);
   });
 
   it('the install compiled the C client here, and the command runs', () => {
     assert.equal(clientKind(installed), 'compiled');
     assert.equal(fs.realpathSync(path.join(project, 'node_modules', '.bin', 'cairn')), installed);
-    fs.writeFileSync(path.join(project, 'one.ts'),
-      "import { stage } from 'cairn';\nexport default stage({ name: 'one', config: { n: 1 }, build: () => {} });\n");
+    fs.writeFileSync(
+      path.join(project, 'one.ts'),
+      "import { stage } from 'cairn';\nexport default stage({ name: 'one', config: { n: 1 }, build: () => {} });\n",
+    );
     assert.match(lastLine(npx(['cairn', 'realize', 'one.ts']).stdout), RREF);
   });
 
@@ -214,30 +250,36 @@ describe('the packed package, installed into a fresh CommonJS project', () => {
     fs.writeFileSync(path.join(project, 'lib.ts'), 'export const greeting: string = "hi";\n');
     // TypeScript with import.meta and top-level await (TS1470 and TS1309 under tsc in a CommonJS
     // project), a local TypeScript import, and a CommonJS helper.
-    fs.writeFileSync(path.join(project, 'pipeline.ts'), [
-      "import { stage } from 'cairn';",
-      "import * as fs from 'node:fs/promises';",
-      "import { greeting } from './lib.js';",
-      "import helper from './helper.js';",
-      "const here = new URL('.', import.meta.url);",
-      "const pkg = JSON.parse(await fs.readFile(new URL('package.json', here), 'utf8')) as { name: string };",
-      'export default stage({',
-      "  name: 'pipeline', config: { name: pkg.name, greeting, n: helper.twice(21) },",
-      '  build: async ({ config, out }) => {',
-      "    await fs.writeFile(`${out}/said.txt`, `${config.greeting} ${config.n}`);",
-      '  },',
-      '});',
-      '',
-    ].join('\n'));
+    fs.writeFileSync(
+      path.join(project, 'pipeline.ts'),
+      [
+        "import { stage } from 'cairn';",
+        "import * as fs from 'node:fs/promises';",
+        "import { greeting } from './lib.js';",
+        "import helper from './helper.js';",
+        "const here = new URL('.', import.meta.url);",
+        "const pkg = JSON.parse(await fs.readFile(new URL('package.json', here), 'utf8')) as { name: string };",
+        'export default stage({',
+        "  name: 'pipeline', config: { name: pkg.name, greeting, n: helper.twice(21) },",
+        '  build: async ({ config, out }) => {',
+        '    await fs.writeFile(`${out}/said.txt`, `${config.greeting} ${config.n}`);',
+        '  },',
+        '});',
+        '',
+      ].join('\n'),
+    );
     // JavaScript with import syntax and a bare package import (module hooks), where Node would
     // take the .js file for CommonJS.
-    fs.writeFileSync(path.join(project, 'pipeline.js'), [
-      "import { stage } from 'cairn';",
-      "import ts from 'typescript';",
-      "import helper from './helper.js';",
-      "export default stage({ name: 'js', config: { ts: ts.version, n: helper.twice(2) }, build: () => {} });",
-      '',
-    ].join('\n'));
+    fs.writeFileSync(
+      path.join(project, 'pipeline.js'),
+      [
+        "import { stage } from 'cairn';",
+        "import ts from 'typescript';",
+        "import helper from './helper.js';",
+        "export default stage({ name: 'js', config: { ts: ts.version, n: helper.twice(2) }, build: () => {} });",
+        '',
+      ].join('\n'),
+    );
     const ts = lastLine(npx(['cairn', 'realize', 'pipeline.ts']).stdout);
     assert.match(ts, RREF);
     assert.equal(npx(['cairn', 'catref', ts, 'said.txt']).stdout, 'hi 42');
@@ -245,19 +287,25 @@ describe('the packed package, installed into a fresh CommonJS project', () => {
   });
 
   it('the fix the README names for tsc in a CommonJS project: a .mts stage file type-checks and realizes', () => {
-    fs.writeFileSync(path.join(project, 'typed.mts'), [
-      "import { stage } from 'cairn';",
-      "import * as fs from 'node:fs/promises';",
-      "const text = await fs.readFile(new URL('package.json', import.meta.url), 'utf8');",
-      'const pkg = JSON.parse(text) as { name: string };',
-      "export default stage({ name: 'typed', config: { name: pkg.name }, build: () => {} });",
-      '',
-    ].join('\n'));
-    fs.writeFileSync(path.join(project, 'tsconfig.mts.json'), JSON.stringify({
-      // Cairn's own types were checked above: this checks the stage file.
-      compilerOptions: { strict: true, module: 'NodeNext', target: 'ES2022', skipLibCheck: true, noEmit: true },
-      files: ['typed.mts'],
-    }));
+    fs.writeFileSync(
+      path.join(project, 'typed.mts'),
+      [
+        "import { stage } from 'cairn';",
+        "import * as fs from 'node:fs/promises';",
+        "const text = await fs.readFile(new URL('package.json', import.meta.url), 'utf8');",
+        'const pkg = JSON.parse(text) as { name: string };',
+        "export default stage({ name: 'typed', config: { name: pkg.name }, build: () => {} });",
+        '',
+      ].join('\n'),
+    );
+    fs.writeFileSync(
+      path.join(project, 'tsconfig.mts.json'),
+      JSON.stringify({
+        // Cairn's own types were checked above: this checks the stage file.
+        compilerOptions: { strict: true, module: 'NodeNext', target: 'ES2022', skipLibCheck: true, noEmit: true },
+        files: ['typed.mts'],
+      }),
+    );
     npx(['tsc', '-p', 'tsconfig.mts.json']);
     assert.match(lastLine(npx(['cairn', 'realize', 'typed.mts']).stdout), RREF);
   });

@@ -29,8 +29,17 @@ function project(name = 'proj'): string {
   return p;
 }
 
-interface Plan { name: string; action: string; dref: DRef; rrefs: RRef[] }
-interface Result { builds: number; plan: Plan[]; targets: { dref: DRef; rrefs: RRef[] }[] }
+interface Plan {
+  name: string;
+  action: string;
+  dref: DRef;
+  rrefs: RRef[];
+}
+interface Result {
+  builds: number;
+  plan: Plan[];
+  targets: { dref: DRef; rrefs: RRef[] }[];
+}
 
 function realize(proj: string, args: string[] = [], file = 'cairn.yaml', s = storeDir()): Result {
   return JSON.parse(ok(cairn(s, ['realize', path.join(proj, file), '--json', ...args])).stdout) as Result;
@@ -38,10 +47,17 @@ function realize(proj: string, args: string[] = [], file = 'cairn.yaml', s = sto
 
 /** Stage name -> action of a realize. */
 const actions = (r: Result): Record<string, string> => Object.fromEntries(r.plan.map((p) => [p.name, p.action]));
-const built = (r: Result): string[] => r.plan.filter((p) => p.action !== 'cached').map((p) => p.name).sort();
+const built = (r: Result): string[] =>
+  r.plan
+    .filter((p) => p.action !== 'cached')
+    .map((p) => p.name)
+    .sort();
 const readJson = (p: string): Record<string, unknown> =>
   JSON.parse(fs.readFileSync(p, 'utf8')) as Record<string, unknown>;
-interface TrainMetrics { acc: number; run: string }
+interface TrainMetrics {
+  acc: number;
+  run: string;
+}
 
 describe('cairn.yaml: the 4-stage ML pipeline', () => {
   it('realizes; evaluate and report consume the train run with the highest metric; a second run builds nothing', () => {
@@ -110,8 +126,12 @@ describe('cairn.yaml: the 4-stage ML pipeline', () => {
     // And so a copy of the project is fully cached in the same store.
     assert.deepEqual(built(realize(b, ['--stage', 'evaluate'])), []);
     // Spelling and order do not matter: ./x is x, wdir ./ is the project, deps are a set.
-    const respelled = fs.readFileSync(path.join(a, 'cairn.yaml'), 'utf8')
-      .replace('deps: [prepare.py, common.py, data/raw.csv]', 'deps: [./data/raw.csv, common.py, prepare.py]\n    wdir: ./');
+    const respelled = fs
+      .readFileSync(path.join(a, 'cairn.yaml'), 'utf8')
+      .replace(
+        'deps: [prepare.py, common.py, data/raw.csv]',
+        'deps: [./data/raw.csv, common.py, prepare.py]\n    wdir: ./',
+      );
     fs.writeFileSync(path.join(b, 'cairn.yaml'), respelled);
     const sorted = (text: string): string[] => text.trim().split('\n').sort();
     assert.deepEqual(sorted(drefs(b)), sorted(drefs(a)));
@@ -131,10 +151,15 @@ describe('cairn.yaml: the 4-stage ML pipeline', () => {
     const there = LocalStore.open(other);
     try {
       assert.match(fs.readFileSync(path.join(there.outPath(report), 'report.md'), 'utf8'), /test accuracy/);
-    } finally { there.close(); }
+    } finally {
+      there.close();
+    }
     const again = realize(proj, [], 'cairn.yaml', other);
     assert.equal(again.builds, 0);
-    assert.deepEqual(again.targets.map((t) => t.rrefs), r.targets.map((t) => t.rrefs));
+    assert.deepEqual(
+      again.targets.map((t) => t.rrefs),
+      r.targets.map((t) => t.rrefs),
+    );
   });
 });
 
@@ -182,7 +207,7 @@ describe('cairn.yaml: the workspace a command sees', () => {
     assert.equal(fs.readFileSync(path.join(out, 'env'), 'utf8'), 's 0/1\n');
   });
 
-  it('${key} in a command is the value from params.yaml (in the identity); \\${ is the shell\'s', () => {
+  it("${key} in a command is the value from params.yaml (in the identity); \\${ is the shell's", () => {
     const proj = tiny({
       'params.yaml': 'train: {lr: 0.5, epochs: 3}\n',
       'cairn.yaml': 'stages:\n  s:\n    cmd: echo ${train.lr} ${ train.epochs } \\${CAIRN_STAGE} > o\n    outs: [o]\n',
@@ -257,8 +282,9 @@ describe('cairn.yaml: the workspace a command sees', () => {
   it('a command that writes into an input it was given fails the build (root is not stopped by read-only bits)', () => {
     const proj = tiny({
       'data.txt': 'original\n',
-      'cairn.yaml': 'stages:\n  vandal:\n    cmd: "echo changed >> data.txt 2>/dev/null; echo done > o"\n'
-        + '    deps: [data.txt]\n    outs: [o]\n',
+      'cairn.yaml':
+        'stages:\n  vandal:\n    cmd: "echo changed >> data.txt 2>/dev/null; echo done > o"\n' +
+        '    deps: [data.txt]\n    outs: [o]\n',
     });
     const r = cairn(storeDir(), ['realize', path.join(proj, 'cairn.yaml')]);
     if (process.getuid?.() === 0) {
@@ -281,7 +307,8 @@ describe('cairn.yaml: the workspace a command sees', () => {
 
   it('a dep inside an out directory that the chosen realization lacks fails with its name', () => {
     const proj = tiny({
-      'cairn.yaml': 'stages:\n  a:\n    cmd: mkdir d\n    outs: [d]\n  b:\n    cmd: cat d/x > o\n    deps: [d/x]\n    outs: [o]\n',
+      'cairn.yaml':
+        'stages:\n  a:\n    cmd: mkdir d\n    outs: [d]\n  b:\n    cmd: cat d/x > o\n    deps: [d/x]\n    outs: [o]\n',
     });
     const r = cairn(storeDir(), ['realize', path.join(proj, 'cairn.yaml')]);
     expectError(r, 'E_BUILD_FAILED', storeDir());
@@ -299,7 +326,7 @@ describe('cairn.yaml: the workspace a command sees', () => {
         '    matcher: all',
         '  use:',
         '    cmd: >-',
-        '      python3 -c "import json,os; d=json.load(open(os.environ[\'CAIRN_DEPS\'])); print(len(d[\'r.txt\']))"',
+        "      python3 -c \"import json,os; d=json.load(open(os.environ['CAIRN_DEPS'])); print(len(d['r.txt']))\"",
         '      > count',
         '    deps: [r.txt]',
         '    outs: [count]',
@@ -313,8 +340,9 @@ describe('cairn.yaml: the workspace a command sees', () => {
 
   it('-v prefixes what each of the n runs prints with its run: gen[0]>, gen[1]>, gen[2]>', () => {
     const proj = tiny({
-      'cairn.yaml': 'stages:\n  gen:\n    cmd: echo "run $CAIRN_INDEX" > r.txt; echo "said $CAIRN_INDEX"\n'
-        + '    outs: [r.txt]\n    n: 3\n',
+      'cairn.yaml':
+        'stages:\n  gen:\n    cmd: echo "run $CAIRN_INDEX" > r.txt; echo "said $CAIRN_INDEX"\n' +
+        '    outs: [r.txt]\n    n: 3\n',
     });
     const r = ok(cairn(storeDir(), ['realize', path.join(proj, 'cairn.yaml'), '-v']));
     for (const i of [0, 1, 2]) assert.match(r.stderr, new RegExp(`^gen\\[${i}\\]> said ${i}$`, 'm'), r.stderr);
@@ -323,34 +351,61 @@ describe('cairn.yaml: the workspace a command sees', () => {
 
 describe('cairn.yaml: schema errors are E_BAD_PIPELINE, naming the stage and key', () => {
   const cases: [string, string, RegExp][] = [
-    ['unknown key with a hint', 'stages:\n  a:\n    cmd: x\n    out: [o]\n',
-      /:4: stage a: out: unknown key out \(did you mean "outs"\?\)/],
+    [
+      'unknown key with a hint',
+      'stages:\n  a:\n    cmd: x\n    out: [o]\n',
+      /:4: stage a: out: unknown key out \(did you mean "outs"\?\)/,
+    ],
     ['missing cmd', 'stages:\n  a:\n    outs: [o]\n', /stage a: cmd is missing/],
     ['n of the wrong type', 'stages:\n  a:\n    cmd: x\n    n: three\n', /stage a: n: must be a whole number/],
     ['deps not a list', 'stages:\n  a:\n    cmd: x\n    deps: f\n', /stage a: deps: must be a list/],
-    ['a cycle',
-      'stages:\n  a:\n    cmd: x\n    deps: [b.txt]\n    outs: [a.txt]\n'
-        + '  b:\n    cmd: x\n    deps: [a.txt]\n    outs: [b.txt]\n',
-      /cycle: a -> b -> a/],
-    ['an out of two stages', 'stages:\n  a:\n    cmd: x\n    outs: [o]\n  b:\n    cmd: x\n    outs: [o]\n',
-      /stage b: outs\.0: out o is also declared by stage a/],
-    ['nested outs', 'stages:\n  a:\n    cmd: x\n    outs: [m]\n  b:\n    cmd: x\n    outs: [m/x]\n',
-      /out m\/x is inside out m of stage a/],
-    ['a dep that is neither a file nor an out',
+    [
+      'a cycle',
+      'stages:\n  a:\n    cmd: x\n    deps: [b.txt]\n    outs: [a.txt]\n' +
+        '  b:\n    cmd: x\n    deps: [a.txt]\n    outs: [b.txt]\n',
+      /cycle: a -> b -> a/,
+    ],
+    [
+      'an out of two stages',
+      'stages:\n  a:\n    cmd: x\n    outs: [o]\n  b:\n    cmd: x\n    outs: [o]\n',
+      /stage b: outs\.0: out o is also declared by stage a/,
+    ],
+    [
+      'nested outs',
+      'stages:\n  a:\n    cmd: x\n    outs: [m]\n  b:\n    cmd: x\n    outs: [m/x]\n',
+      /out m\/x is inside out m of stage a/,
+    ],
+    [
+      'a dep that is neither a file nor an out',
       'stages:\n  a:\n    cmd: x\n    outs: [model.pkl]\n  b:\n    cmd: x\n    deps: [model.pk]\n',
-      /stage b: deps\.0: dep model\.pk is neither a file in the project nor an out of a stage \(did you mean/],
+      /stage b: deps\.0: dep model\.pk is neither a file in the project nor an out of a stage \(did you mean/,
+    ],
     ['a dep outside the project', 'stages:\n  a:\n    cmd: x\n    deps: [../etc/passwd]\n', /leaves the project/],
-    ['a missing param', 'stages:\n  a:\n    cmd: x\n    params: [train.lrr]\n',
-      /params\.yaml has no param train\.lrr \(did you mean "train\.lr"\?\)/],
-    ['an unknown ${param} in cmd', 'stages:\n  a:\n    cmd: echo ${train.lrr}\n',
-      /\$\{train\.lrr\}: params\.yaml has no param train\.lrr \(did you mean "train\.lr"\?\)/],
-    ['a generated params file',
+    [
+      'a missing param',
+      'stages:\n  a:\n    cmd: x\n    params: [train.lrr]\n',
+      /params\.yaml has no param train\.lrr \(did you mean "train\.lr"\?\)/,
+    ],
+    [
+      'an unknown ${param} in cmd',
+      'stages:\n  a:\n    cmd: echo ${train.lrr}\n',
+      /\$\{train\.lrr\}: params\.yaml has no param train\.lrr \(did you mean "train\.lr"\?\)/,
+    ],
+    [
+      'a generated params file',
       'stages:\n  a:\n    cmd: x\n    outs: [p.yaml]\n  b:\n    cmd: x\n    params: [{p.yaml: [k]}]\n',
-      /stage b: params\.0\.p\.yaml\.0: params file p\.yaml is an out of stage a/],
-    ['an unknown matcher', 'stages:\n  a:\n    cmd: x\n    matcher: bset\n',
-      /unknown matcher bset \(did you mean "best"\?\)/],
-    ['best without a metric', 'stages:\n  a:\n    cmd: x\n    metrics: [m.json]\n    matcher: best\n',
-      /say which metric of m\.json/],
+      /stage b: params\.0\.p\.yaml\.0: params file p\.yaml is an out of stage a/,
+    ],
+    [
+      'an unknown matcher',
+      'stages:\n  a:\n    cmd: x\n    matcher: bset\n',
+      /unknown matcher bset \(did you mean "best"\?\)/,
+    ],
+    [
+      'best without a metric',
+      'stages:\n  a:\n    cmd: x\n    metrics: [m.json]\n    matcher: best\n',
+      /say which metric of m\.json/,
+    ],
     ['a bad stage name', 'stages:\n  "a b":\n    cmd: x\n', /stage name "a b" is not allowed/],
     ['vars', 'vars: [x]\nstages:\n  a:\n    cmd: x\n', /vars \(templating\) is not supported yet/],
     ['persist', 'stages:\n  a:\n    cmd: x\n    outs:\n      - o: {persist: true}\n', /persist: true is not supported/],
@@ -372,4 +427,3 @@ describe('cairn.yaml: schema errors are E_BAD_PIPELINE, naming the stage and key
     assert.match(r.stderr, /stages: a/);
   });
 });
-

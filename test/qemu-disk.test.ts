@@ -18,21 +18,31 @@ const { dir, cleanup } = tempDir('cairn-disk');
 after(() => cleanup());
 
 const img = (...args: string[]): string => execFileSync('qemu-img', args, { encoding: 'utf8' });
-const info = (file: string): Record<string, unknown> => JSON.parse(img('info', '--output=json', file)) as Record<string, unknown>;
+const info = (file: string): Record<string, unknown> =>
+  JSON.parse(img('info', '--output=json', file)) as Record<string, unknown>;
 const pick = (i: Record<string, unknown>) => ({
-  format: i.format, 'virtual-size': i['virtual-size'], 'cluster-size': i['cluster-size'],
-  'backing-filename': i['backing-filename'], 'backing-filename-format': i['backing-filename-format'],
+  format: i.format,
+  'virtual-size': i['virtual-size'],
+  'cluster-size': i['cluster-size'],
+  'backing-filename': i['backing-filename'],
+  'backing-filename-format': i['backing-filename-format'],
   'format-specific': i['format-specific'],
 });
 
 describe('createOverlay', () => {
   requireQemu();
-  for (const [label, format, size] of [['qcow2 2 GiB', 'qcow2', '2G'], ['qcow2 of an odd size', 'qcow2', '100000K'], ['raw 64 MiB', 'raw', '64M']] as const) {
+  for (const [label, format, size] of [
+    ['qcow2 2 GiB', 'qcow2', '2G'],
+    ['qcow2 of an odd size', 'qcow2', '100000K'],
+    ['raw 64 MiB', 'raw', '64M'],
+  ] as const) {
     it(`matches qemu-img create for a ${label} backing file`, async () => {
       const base = path.join(dir, `base-${label.replace(/\W+/g, '-')}.${format}`);
       img('create', '-q', '-f', format, base, size);
       // Data in the base, to read through the overlay.
-      execFileSync('qemu-io', ['-f', format, '-c', 'write -P 0xab 0 64k', '-c', 'write -P 0xcd 1M 4k', base], { stdio: 'ignore' });
+      execFileSync('qemu-io', ['-f', format, '-c', 'write -P 0xab 0 64k', '-c', 'write -P 0xcd 1M 4k', base], {
+        stdio: 'ignore',
+      });
       const ours = `${base}.ours.qcow2`;
       const theirs = `${base}.theirs.qcow2`;
       await createOverlay(base, format, ours);
@@ -45,7 +55,12 @@ describe('createOverlay', () => {
       const before = sha256(fs.readFileSync(base));
       execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x11 0 4k', ours], { stdio: 'ignore' });
       img('check', ours);
-      assert.match(execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'read -P 0x11 0 4k', '-c', 'read -P 0xab 4k 60k', ours], { encoding: 'utf8' }), /read 61440\/61440/);
+      assert.match(
+        execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'read -P 0x11 0 4k', '-c', 'read -P 0xab 4k 60k', ours], {
+          encoding: 'utf8',
+        }),
+        /read 61440\/61440/,
+      );
       assert.equal(sha256(fs.readFileSync(base)), before, 'the backing file is untouched');
     });
   }

@@ -27,10 +27,18 @@ after(async () => {
 describe('qemu exec', () => {
   it('separates stdout and stderr and returns the exit status', async () => {
     const vm = session.machine;
-    assert.deepEqual(await vm.exec('echo out; echo err >&2; exit 3'), { stdout: 'out\n', stderr: 'err\n', exitCode: 3 });
+    assert.deepEqual(await vm.exec('echo out; echo err >&2; exit 3'), {
+      stdout: 'out\n',
+      stderr: 'err\n',
+      exitCode: 3,
+    });
     assert.deepEqual(await vm.exec('printf no-newline'), { stdout: 'no-newline', stderr: '', exitCode: 0 });
     assert.deepEqual(await vm.exec('printf "a\\n\\nb\\n\\n"'), { stdout: 'a\n\nb\n\n', stderr: '', exitCode: 0 });
-    assert.deepEqual(await vm.exec("echo 'it''s' \"$((6*7))\"; false"), { stdout: 'its 42\n', stderr: '', exitCode: 1 });
+    assert.deepEqual(await vm.exec("echo 'it''s' \"$((6*7))\"; false"), {
+      stdout: 'its 42\n',
+      stderr: '',
+      exitCode: 1,
+    });
   });
 
   it('runs in a subshell by default, in the shell itself with shell: true', async () => {
@@ -49,6 +57,10 @@ describe('qemu exec', () => {
       return true;
     });
     // Only this command's own stderr file exists while it runs.
-    assert.equal((await session.machine.exec('ls /tmp/.cairn-stderr-* | wc -l')).stdout.trim(), '1', 'earlier stderr files were removed');
+    assert.equal(
+      (await session.machine.exec('ls /tmp/.cairn-stderr-* | wc -l')).stdout.trim(),
+      '1',
+      'earlier stderr files were removed',
+    );
   });
 });

@@ -19,10 +19,25 @@ after(() => cleanup());
 
 function startQemu(sock: string): ChildProcess {
   requireQemu();
-  return spawn('qemu-system-x86_64', [
-    '-machine', 'pc-q35-7.2', '-accel', 'tcg', '-m', '32', '-nodefaults', '-no-user-config',
-    '-display', 'none', '-S', '-qmp', `unix:${sock},server=on,wait=off`,
-  ], { stdio: 'ignore' });
+  return spawn(
+    'qemu-system-x86_64',
+    [
+      '-machine',
+      'pc-q35-7.2',
+      '-accel',
+      'tcg',
+      '-m',
+      '32',
+      '-nodefaults',
+      '-no-user-config',
+      '-display',
+      'none',
+      '-S',
+      '-qmp',
+      `unix:${sock},server=on,wait=off`,
+    ],
+    { stdio: 'ignore' },
+  );
 }
 
 const exited = (p: ChildProcess): Promise<number | null> =>
@@ -38,15 +53,23 @@ describe('QmpClient with real QEMU', () => {
       assert.equal((await qmp.execute<{ status: string }>('query-status')).status, 'prelaunch');
       // Many commands in flight at once: each reply reaches its own caller.
       const [name, kvm, status, cpus] = await Promise.all([
-        qmp.execute('query-name'), qmp.execute<{ enabled: boolean }>('query-kvm'),
-        qmp.execute<{ running: boolean }>('query-status'), qmp.execute<unknown[]>('query-cpus-fast'),
+        qmp.execute('query-name'),
+        qmp.execute<{ enabled: boolean }>('query-kvm'),
+        qmp.execute<{ running: boolean }>('query-status'),
+        qmp.execute<unknown[]>('query-cpus-fast'),
       ]);
       assert.deepEqual(name, {});
       assert.equal(typeof kvm.enabled, 'boolean');
       assert.equal(status.running, false);
       assert.equal(cpus.length, 1);
-      await assert.rejects(qmp.execute('no-such-command'), (e: unknown) => e instanceof QmpError && e.errorClass === 'CommandNotFound');
-      await assert.rejects(qmp.execute('migrate-set-parameters', { 'max-bandwidth': 'lots' }), (e: unknown) => e instanceof QmpError && e.errorClass === 'GenericError');
+      await assert.rejects(
+        qmp.execute('no-such-command'),
+        (e: unknown) => e instanceof QmpError && e.errorClass === 'CommandNotFound',
+      );
+      await assert.rejects(
+        qmp.execute('migrate-set-parameters', { 'max-bandwidth': 'lots' }),
+        (e: unknown) => e instanceof QmpError && e.errorClass === 'GenericError',
+      );
       // Events: cont gives RESUME, stop gives STOP.
       const resume = qmp.waitEvent('RESUME', { timeoutMs: 5000 });
       await qmp.execute('cont');
@@ -54,13 +77,19 @@ describe('QmpClient with real QEMU', () => {
       const since = qmp.events.length;
       await qmp.execute('stop');
       assert.equal((await qmp.waitEvent('STOP', { since, timeoutMs: 5000 })).event, 'STOP');
-      await assert.rejects(qmp.waitEvent('NEVER', { timeoutMs: 50 }), (e: unknown) => e instanceof QmpError && e.errorClass === 'Timeout');
+      await assert.rejects(
+        qmp.waitEvent('NEVER', { timeoutMs: 50 }),
+        (e: unknown) => e instanceof QmpError && e.errorClass === 'Timeout',
+      );
       const shutdown = qmp.waitEvent('SHUTDOWN', { timeoutMs: 5000 });
       await qmp.execute('quit');
       assert.equal((await shutdown).event, 'SHUTDOWN');
       assert.equal(await qmp.waitClosed(5000), true);
       assert.equal(qmp.closed, true);
-      await assert.rejects(qmp.execute('query-status'), (e: unknown) => e instanceof QmpError && e.errorClass === 'Closed');
+      await assert.rejects(
+        qmp.execute('query-status'),
+        (e: unknown) => e instanceof QmpError && e.errorClass === 'Closed',
+      );
       assert.equal(await exited(proc), 0);
     } finally {
       proc.kill('SIGKILL');
@@ -91,16 +120,24 @@ describe('QmpClient failure cases (fake server)', () => {
     await new Promise<void>((r) => server.listen(sock, r));
     return server;
   }
-  const greeting = JSON.stringify({ QMP: { version: { qemu: { major: 9, minor: 0, micro: 0 }, package: '' }, capabilities: [] } }) + '\n';
+  const greeting =
+    JSON.stringify({ QMP: { version: { qemu: { major: 9, minor: 0, micro: 0 }, package: '' }, capabilities: [] } }) +
+    '\n';
 
   it('times out when there is no socket', async () => {
-    await assert.rejects(QmpClient.connect(path.join(dir, 'none.sock'), { timeoutMs: 200 }), (e: unknown) => e instanceof QmpError && e.errorClass === 'Timeout');
+    await assert.rejects(
+      QmpClient.connect(path.join(dir, 'none.sock'), { timeoutMs: 200 }),
+      (e: unknown) => e instanceof QmpError && e.errorClass === 'Timeout',
+    );
   });
 
   it('times out without a greeting, and on a command that gets no reply', async () => {
     const silent = path.join(dir, 'silent.sock');
     const s1 = await fakeServer(silent, () => {});
-    await assert.rejects(QmpClient.connect(silent, { timeoutMs: 300 }), (e: unknown) => e instanceof QmpError && e.errorClass === 'Timeout');
+    await assert.rejects(
+      QmpClient.connect(silent, { timeoutMs: 300 }),
+      (e: unknown) => e instanceof QmpError && e.errorClass === 'Timeout',
+    );
     s1.close();
 
     const mute = path.join(dir, 'mute.sock');
@@ -109,13 +146,17 @@ describe('QmpClient failure cases (fake server)', () => {
       c.on('data', (d) => {
         for (const line of d.toString().split('\n').filter(Boolean)) {
           const msg = JSON.parse(line) as { execute?: string; id?: unknown };
-          if (msg.execute === 'qmp_capabilities') c.write('not json\n' + JSON.stringify({ return: {}, id: msg.id }) + '\n');
+          if (msg.execute === 'qmp_capabilities')
+            c.write('not json\n' + JSON.stringify({ return: {}, id: msg.id }) + '\n');
           // anything else: no reply
         }
       });
     });
     const qmp = await QmpClient.connect(mute);
-    await assert.rejects(qmp.execute('query-status', undefined, { timeoutMs: 100 }), (e: unknown) => e instanceof QmpError && e.errorClass === 'Timeout');
+    await assert.rejects(
+      qmp.execute('query-status', undefined, { timeoutMs: 100 }),
+      (e: unknown) => e instanceof QmpError && e.errorClass === 'Timeout',
+    );
     qmp.destroy();
     s2.close();
   });

@@ -21,7 +21,9 @@ function parseNewc(buf: Buffer): { path: string; mode: number; data: Buffer; rde
     const h = buf.subarray(off, off + 110).toString('ascii');
     assert.equal(h.slice(0, 6), '070701');
     const f = (i: number): number => parseInt(h.slice(6 + i * 8, 14 + i * 8), 16);
-    const mode = f(1), size = f(6), namesize = f(11);
+    const mode = f(1),
+      size = f(6),
+      namesize = f(11);
     assert.equal(f(5), 0, 'mtime is zero');
     assert.equal(f(2), 0, 'uid is zero');
     const name = buf.subarray(off + 110, off + 110 + namesize - 1).toString();
@@ -45,7 +47,10 @@ describe('cpioNewc', () => {
     const a = cpioNewc(entries);
     assert.deepEqual(a, cpioNewc([...entries].reverse()));
     const parsed = parseNewc(a);
-    assert.deepEqual(parsed.map((e) => e.path), ['bin', 'bin/sh', 'dev', 'dev/console', 'usr', 'usr/bin', 'usr/bin/x']);
+    assert.deepEqual(
+      parsed.map((e) => e.path),
+      ['bin', 'bin/sh', 'dev', 'dev/console', 'usr', 'usr/bin', 'usr/bin/x'],
+    );
     const x = parsed.find((e) => e.path === 'usr/bin/x')!;
     assert.equal(x.mode, 0o100644);
     assert.equal(x.data.toString(), 'hello');
@@ -63,13 +68,19 @@ describe('tiny base from Debian packages', () => {
     const initramfs = fs.readFileSync(fx.initramfs);
     assert.equal(createHash('sha256').update(initramfs).digest('hex'), fx.initramfsSha256);
     const names = parseNewc(initramfs).map((e) => e.path);
-    for (const p of ['init', 'bin/busybox', 'bin/sh', 'dev/console', 'lib/cairn-modules/05-virtio_blk.ko']) assert.ok(names.includes(p), p);
+    for (const p of ['init', 'bin/busybox', 'bin/sh', 'dev/console', 'lib/cairn-modules/05-virtio_blk.ko'])
+      assert.ok(names.includes(p), p);
 
     const { dir, cleanup } = tempDir('cairn-tiny-rebuild');
     try {
       const debs = await aptDownload(['busybox-static', `linux-image-${fx.kernelVersion}`], path.join(dir, 'debs'));
       const out = path.join(dir, 'initramfs.cpio');
-      const sha = await buildTinyInitramfs({ busyboxDeb: debs[0]!, kernelDeb: debs[1]!, tmp: path.join(dir, 'tmp'), out });
+      const sha = await buildTinyInitramfs({
+        busyboxDeb: debs[0]!,
+        kernelDeb: debs[1]!,
+        tmp: path.join(dir, 'tmp'),
+        out,
+      });
       assert.equal(sha, fx.initramfsSha256);
     } finally {
       cleanup();

@@ -42,8 +42,10 @@ describe('Vm save and restore', () => {
       r2 = await Vm.restore(state.dir, path.join(dir, 'r2'));
       assert.equal(await r2.console.check0('echo $X; cat /mnt/d'), 'forty-two\non-disk\n', 'r1 did not leak into r2');
       assert.equal(await r1.console.check0('echo $X; cat /mnt/d'), 'changed\nr1\n');
-      console.log(`# boot ${Math.round(vm.timings.readyMs)} ms; save ${Math.round(state.saveMs)} ms (${(state.bytes / 1e6).toFixed(1)} MB); ` +
-        `restore ${Math.round(r1.timings.readyMs)} ms, ${Math.round(r2.timings.readyMs)} ms; accel ${vm.accel.kind}`);
+      console.log(
+        `# boot ${Math.round(vm.timings.readyMs)} ms; save ${Math.round(state.saveMs)} ms (${(state.bytes / 1e6).toFixed(1)} MB); ` +
+          `restore ${Math.round(r1.timings.readyMs)} ms, ${Math.round(r2.timings.readyMs)} ms; accel ${vm.accel.kind}`,
+      );
       assert.ok(r1.timings.readyMs < vm.timings.readyMs, 'restore is faster than boot');
     } finally {
       await vm.kill();
@@ -72,7 +74,14 @@ describe('Vm save and restore', () => {
 
   it('fails clearly when QEMU cannot start', async () => {
     await assert.rejects(
-      Vm.boot({ kernel: path.join(dir, 'missing-kernel'), initramfs: fx.initramfs, accel: { kind: 'tcg', args: ['-accel', 'tcg'], reason: '' } }, path.join(dir, 'bad')),
+      Vm.boot(
+        {
+          kernel: path.join(dir, 'missing-kernel'),
+          initramfs: fx.initramfs,
+          accel: { kind: 'tcg', args: ['-accel', 'tcg'], reason: '' },
+        },
+        path.join(dir, 'bad'),
+      ),
       /exited|cannot/,
     );
   });

@@ -22,8 +22,12 @@ const assertClean = (text: string, where: string): void => {
 };
 
 let server: TestServer;
-before(async () => { server = await TestServer.start(); });
-after(async () => { await server.close(); });
+before(async () => {
+  server = await TestServer.start();
+});
+after(async () => {
+  await server.close();
+});
 
 /** `http://alice:s3cretPass@127.0.0.1:PORT/p?token=SECRET&x=1#frag-secret` */
 const secretUrl = (p: string): string =>
@@ -31,8 +35,10 @@ const secretUrl = (p: string): string =>
 
 describe('redactUrl', () => {
   it('masks user info, every query value and the fragment; keeps scheme, host, path and keys', () => {
-    assert.equal(redactUrl('https://u:p@example.org:8443/a/b.img?token=abc&flag&sig=x%3D#f'),
-      'https://***@example.org:8443/a/b.img?token=***&flag&sig=***#***');
+    assert.equal(
+      redactUrl('https://u:p@example.org:8443/a/b.img?token=abc&flag&sig=x%3D#f'),
+      'https://***@example.org:8443/a/b.img?token=***&flag&sig=***#***',
+    );
     assert.equal(redactUrl('https://example.org/plain.tar.gz'), 'https://example.org/plain.tar.gz');
     assert.equal(redactUrl('https://user@example.org/x'), 'https://***@example.org/x');
     assert.equal(redactUrl('apt:hello=2.10-3'), 'apt:hello=2.10-3');
@@ -41,8 +47,10 @@ describe('redactUrl', () => {
   });
 
   it('redactUrlsIn masks URLs quoted inside free text', () => {
-    assert.equal(redactUrlsIn('TypeError: http://u:p@h/x?t=1 is an url with embedded credentials.'),
-      'TypeError: http://***@h/x?t=*** is an url with embedded credentials.');
+    assert.equal(
+      redactUrlsIn('TypeError: http://u:p@h/x?t=1 is an url with embedded credentials.'),
+      'TypeError: http://***@h/x?t=*** is an url with embedded credentials.',
+    );
   });
 });
 
@@ -53,7 +61,10 @@ describe('fetchurl with a secret in the URL', () => {
   it('sends user info as Basic auth; build.log holds no secret', async () => {
     const body = Buffer.from('secret-protected\n');
     let auth: string | undefined;
-    server.route('/ok/file.bin', (req, res) => { auth = req.headers.authorization; serveFull(res, body); });
+    server.route('/ok/file.bin', (req, res) => {
+      auth = req.headers.authorization;
+      serveFull(res, body);
+    });
     const s = fetchurl({ url: secretUrl('/ok/file.bin'), hash: sha256(body) });
     const rref = one(await realize(s, { store }));
     assert.equal(auth, `Basic ${Buffer.from('alice:s3cretPass').toString('base64')}`);
@@ -68,7 +79,10 @@ describe('fetchurl with a secret in the URL', () => {
     assert.equal(redactUrlsIn('wget http:u:p@h/x failed'), 'wget http://***@h/x failed');
     const body = Buffer.from('no slashes\n');
     let auth: string | undefined;
-    server.route('/ok/noslash.bin', (req, res) => { auth = req.headers.authorization; serveFull(res, body); });
+    server.route('/ok/noslash.bin', (req, res) => {
+      auth = req.headers.authorization;
+      serveFull(res, body);
+    });
     const url = secretUrl('/ok/noslash.bin').replace('http://', 'http:');
     const rref = one(await realize(fetchurl({ url, hash: sha256(body) }), { store }));
     assert.equal(auth, `Basic ${Buffer.from('alice:s3cretPass').toString('base64')}`, 'the credentials were used');
@@ -94,8 +108,11 @@ describe('a build that throws an error quoting a URL (node-fetch: "request to UR
   it("E_BUILD_FAILED's message and the failed build's log mask its secrets", async () => {
     const url = secretUrl('/x.bin');
     const s = stage({
-      name: 'thrower', config: {},
-      build: () => { throw new Error(`request to ${url} failed, reason: connect ECONNREFUSED`); },
+      name: 'thrower',
+      config: {},
+      build: () => {
+        throw new Error(`request to ${url} failed, reason: connect ECONNREFUSED`);
+      },
     });
     await assert.rejects(realize(s, { store }), (e: unknown) => {
       assert.ok(e instanceof CairnError && e.code === 'E_BUILD_FAILED', String(e));
@@ -117,7 +134,8 @@ describe('ctx.exec with a URL argument (e.g. a debootstrap mirror)', () => {
     const mirror = 'http://alice:s3cretPass@127.0.0.1:9/debian?token=SECRET';
     let logText = '';
     const s = stage({
-      name: 'exec-secret', config: {},
+      name: 'exec-secret',
+      config: {},
       build: async (ctx) => {
         // A failed build's log is discarded with its staging: read it here.
         try {
@@ -141,7 +159,9 @@ describe('ctx.exec with a URL argument (e.g. a debootstrap mirror)', () => {
 
 describe('the CLI with a secret in a catalog URL', () => {
   let work: { dir: string; cleanup: () => void };
-  before(() => { work = tempDir('cairn-redact-cli'); });
+  before(() => {
+    work = tempDir('cairn-redact-cli');
+  });
   after(() => work.cleanup());
 
   const catalog = (name: string, url: string, hash: string): string => {

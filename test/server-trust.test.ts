@@ -18,7 +18,11 @@ import { repoRoot, tempDir } from './helpers.js';
 
 const client = path.join(repoRoot, 'dist', 'bin', 'cairn');
 
-interface Run { code: number | null; stdout: string; stderr: string }
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
 
 /** Runs `argv` (a tool such as unshare or prlimit, then the client) with `env` added. */
 function run(argv: string[], env: NodeJS.ProcessEnv, cwd: string): Run {
@@ -39,9 +43,14 @@ function talk(socket: string, send: Buffer | null): Promise<{ type: string; payl
     const c = net.connect(socket);
     const reader = new FrameReader();
     const got: { type: string; payload: string }[] = [];
-    const bound = setTimeout(() => { resolve('still open'); c.destroy(); }, 20_000);
+    const bound = setTimeout(() => {
+      resolve('still open');
+      c.destroy();
+    }, 20_000);
     c.on('close', () => clearTimeout(bound));
-    c.on('connect', () => { if (send) c.write(send); });
+    c.on('connect', () => {
+      if (send) c.write(send);
+    });
     c.on('data', (d: Buffer) => {
       for (const f of reader.push(d)) got.push({ type: f.type, payload: f.payload.toString() });
     });
@@ -56,12 +65,18 @@ function requireTool(name: string): void {
 
 describe('sandboxDifference', () => {
   const base = new Map([
-    ['ns/net', 'net:[1]'], ['ns/mnt', 'mnt:[2]'], ['root', '/'], ['cgroup', '0::/a\n'],
+    ['ns/net', 'net:[1]'],
+    ['ns/mnt', 'mnt:[2]'],
+    ['root', '/'],
+    ['cgroup', '0::/a\n'],
     ['stat', '1 (cairn) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0'],
     ['status', 'Name:\tcairn\nUid:\t0\t0\t0\t0\nGroups:\t\nNoNewPrivs:\t0\n'],
-    ['limits', 'Limit  Soft Limit  Hard Limit  Units\n' +
-      'Max open files            1024                 4096                 files\n' +
-      'Max processes             100                  100                  processes\n'],
+    [
+      'limits',
+      'Limit  Soft Limit  Hard Limit  Units\n' +
+        'Max open files            1024                 4096                 files\n' +
+        'Max processes             100                  100                  processes\n',
+    ],
   ]);
   const worker = new Map(base);
   it('accepts the same process facts, and a soft open-files limit Node raises anyway', () => {
@@ -72,7 +87,9 @@ describe('sandboxDifference', () => {
   });
   it('names what differs', () => {
     const cases: [string, string, RegExp][] = [
-      ['ns/net', 'net:[9]', /net namespace/], ['root', '/jail', /root directory/], ['cgroup', '0::/b\n', /cgroup/],
+      ['ns/net', 'net:[9]', /net namespace/],
+      ['root', '/jail', /root directory/],
+      ['cgroup', '0::/b\n', /cgroup/],
       ['status', base.get('status')!.replace('Groups:\t', 'Groups:\t5'), /Groups/],
       ['status', base.get('status')!.replace('NoNewPrivs:\t0', 'NoNewPrivs:\t1'), /NoNewPrivs/],
       ['limits', base.get('limits')!.replace('4096 ', '2048 '), /Max open files/],
@@ -96,7 +113,9 @@ describe('cairn server trust boundary', () => {
   const socket = path.join(runDir, 'server.sock');
   const work = path.join(tmp.dir, 'work');
   const env = {
-    CAIRN_SERVER_SOCKET: socket, CAIRN_STORE: path.join(tmp.dir, 'store'), XDG_CACHE_HOME: path.join(tmp.dir, 'cache'),
+    CAIRN_SERVER_SOCKET: socket,
+    CAIRN_STORE: path.join(tmp.dir, 'store'),
+    XDG_CACHE_HOME: path.join(tmp.dir, 'cache'),
   };
   const cairn = (args: string[], extra: NodeJS.ProcessEnv = {}, wrap: string[] = []): Run =>
     run([...wrap, client, ...args], { ...env, ...extra }, work);
@@ -115,27 +134,37 @@ describe('cairn server trust boundary', () => {
     assert.equal(magic, '\x7fELF', `${client} is not the compiled client`);
     // A port on the host's loopback that a build may or may not reach. In a process of its own: this one
     // waits in spawnSync while the build connects.
-    host = spawn(process.execPath, ['-e', "const s = require('net').createServer((c) => c.end('host\\n'));" +
-      "s.listen(0, '127.0.0.1', () => console.log(s.address().port));"], { stdio: ['ignore', 'pipe', 'inherit'] });
+    host = spawn(
+      process.execPath,
+      [
+        '-e',
+        "const s = require('net').createServer((c) => c.end('host\\n'));" +
+          "s.listen(0, '127.0.0.1', () => console.log(s.address().port));",
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
     port = await new Promise<number>((resolve, reject) => {
       host.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString())));
       host.once('exit', (c) => reject(new Error(`the loopback listener exited (${c})`)));
     });
     fs.mkdirSync(work, { recursive: true });
-    fs.writeFileSync(path.join(work, 'probe.ts'), [
-      "import * as fs from 'node:fs';",
-      "import * as net from 'node:net';",
-      "import { stage } from 'cairn';",
-      'export default stage({ name: "probe", config: { n: process.env.N },',
-      '  build: async ({ out }: { out: string }) => {',
-      `  const reached = await new Promise<string>((r) => { const s = net.connect(${port}, '127.0.0.1');`,
-      "    s.on('data', () => { s.destroy(); r('reached'); }); s.on('error', () => r('unreachable')); });",
-      "  fs.writeFileSync(out + '/net', reached);",
-      "  const limits = fs.readFileSync('/proc/self/limits', 'utf8').split('\\n');",
-      "  fs.writeFileSync(out + '/nofile', limits.find((l) => l.startsWith('Max open files'))!);",
-      '} });',
-      '',
-    ].join('\n'));
+    fs.writeFileSync(
+      path.join(work, 'probe.ts'),
+      [
+        "import * as fs from 'node:fs';",
+        "import * as net from 'node:net';",
+        "import { stage } from 'cairn';",
+        'export default stage({ name: "probe", config: { n: process.env.N },',
+        '  build: async ({ out }: { out: string }) => {',
+        `  const reached = await new Promise<string>((r) => { const s = net.connect(${port}, '127.0.0.1');`,
+        "    s.on('data', () => { s.destroy(); r('reached'); }); s.on('error', () => r('unreachable')); });",
+        "  fs.writeFileSync(out + '/net', reached);",
+        "  const limits = fs.readFileSync('/proc/self/limits', 'utf8').split('\\n');",
+        "  fs.writeFileSync(out + '/nofile', limits.find((l) => l.startsWith('Max open files'))!);",
+        '} });',
+        '',
+      ].join('\n'),
+    );
     const r = cairn(['server', 'start', '--workers', '2']);
     assert.equal(r.code, 0, r.stderr);
   });
@@ -192,7 +221,10 @@ describe('cairn server trust boundary', () => {
     const got = await talk(socket, frame('Q', fields.map((f) => f + '\0').join('')));
     assert.notEqual(got, 'still open');
     if (got === 'still open') return;
-    assert.deepEqual(got.map((f) => f.type), ['E', 'X']);
+    assert.deepEqual(
+      got.map((f) => f.type),
+      ['E', 'X'],
+    );
     assert.match(got[0]!.payload, /E_SERVER_PROTOCOL: umask "9z" is not octal/);
     assert.equal(got[1]!.payload, '2');
   });
@@ -206,7 +238,11 @@ describe('cairn server trust boundary', () => {
       const got = await talk(socket, frame('Q', fields.map((f) => f + '\0').join('')));
       assert.notEqual(got, 'still open');
       if (got === 'still open') return;
-      assert.deepEqual(got.map((f) => f.type), ['R'], JSON.stringify(got));
+      assert.deepEqual(
+        got.map((f) => f.type),
+        ['R'],
+        JSON.stringify(got),
+      );
       assert.match(got[0]!.payload, /working directory .* cannot be entered/);
     }
   });
@@ -221,7 +257,9 @@ describe('cairn server trust boundary', () => {
     try {
       for (let i = 0; i < 64; i++) {
         const c = net.connect(socket);
-        c.on('error', () => { /* closed by the server's request timeout */ });
+        c.on('error', () => {
+          /* closed by the server's request timeout */
+        });
         await new Promise((r) => c.once('connect', r));
         idle.push(c);
       }
@@ -229,10 +267,21 @@ describe('cairn server trust boundary', () => {
       const got = await talk(socket, null);
       assert.notEqual(got, 'still open');
       if (got === 'still open') return;
-      assert.deepEqual(got.map((f) => f.type), ['R']);
+      assert.deepEqual(
+        got.map((f) => f.type),
+        ['R'],
+      );
       assert.match(got[0]!.payload, /64 connections open/);
     } finally {
-      await Promise.all(idle.map((c) => new Promise((r) => { c.once('close', r); c.destroy(); })));
+      await Promise.all(
+        idle.map(
+          (c) =>
+            new Promise((r) => {
+              c.once('close', r);
+              c.destroy();
+            }),
+        ),
+      );
     }
     assert.equal(probe().served, true);
   });
@@ -257,7 +306,11 @@ describe('the server socket directory', () => {
   };
   /** `cairn server status`, `stop` and `start` with `sock` all refuse it. */
   const serverRefuses = (sock: string): void => {
-    for (const args of [['server', 'status'], ['server', 'stop'], ['server', 'start', '--workers', '1']]) {
+    for (const args of [
+      ['server', 'status'],
+      ['server', 'stop'],
+      ['server', 'start', '--workers', '1'],
+    ]) {
       const r = cairn(args, sock);
       assert.equal(r.code, 1, `${args.join(' ')}: ${r.stdout}`);
       assert.match(r.stderr, /E_SERVER_SOCKET/, args.join(' '));
@@ -267,8 +320,9 @@ describe('the server socket directory', () => {
   before(() => {
     requireTool('useradd');
     spawnSync('userdel', [user]);
-    const add = spawnSync('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', user],
-      { encoding: 'utf8' });
+    const add = spawnSync('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', user], {
+      encoding: 'utf8',
+    });
     assert.equal(add.status, 0, add.stderr);
     uid = Number(spawnSync('id', ['-u', user], { encoding: 'utf8' }).stdout);
     const r = cairn(['server', 'start', '--workers', '1'], socket);
@@ -284,7 +338,7 @@ describe('the server socket directory', () => {
     tmp.cleanup();
   });
 
-  it("is not used when it belongs to another user (client, server start, status, stop)", () => {
+  it('is not used when it belongs to another user (client, server start, status, stop)', () => {
     fs.chownSync(good, uid, uid);
     try {
       assert.match(notServedBecause(socket), /is not a directory of yours with mode 0700/);
@@ -335,7 +389,10 @@ describe('the server socket directory', () => {
   });
 
   it('is never taken over when another user created it first', () => {
-    for (const [name, owner, mode] of [['foreign', uid, 0o700], ['open', 0, 0o777]] as const) {
+    for (const [name, owner, mode] of [
+      ['foreign', uid, 0o700],
+      ['open', 0, 0o777],
+    ] as const) {
       const dir = path.join(tmp.dir, name);
       fs.mkdirSync(dir);
       fs.chmodSync(dir, mode);

@@ -9,14 +9,25 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import {
-  EndMarkerScanner, encodeRequest, frame, FrameReader, installId, parseRequest, serverSocketPath,
+  EndMarkerScanner,
+  encodeRequest,
+  frame,
+  FrameReader,
+  installId,
+  parseRequest,
+  serverSocketPath,
 } from '../cli/serve/protocol.js';
 import type { ServerStatus } from '../cli/serve/supervisor.js';
 import { repoRoot, tempDir } from './helpers.js';
 
 const client = path.join(repoRoot, 'dist', 'bin', 'cairn');
 
-interface Run { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }
+interface Run {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
 
 function run(bin: string, args: string[], env: NodeJS.ProcessEnv, cwd: string): Run {
   const r = spawnSync(bin, args, { cwd, env: { ...process.env, ...env }, encoding: 'utf8' });
@@ -30,7 +41,14 @@ describe('protocol', () => {
     const bytes = Buffer.concat([frame('O', 'hello'), frame('E', ''), frame('X', '3')]);
     const reader = new FrameReader();
     const got = [...bytes].flatMap((b) => reader.push(Buffer.from([b])));
-    assert.deepEqual(got.map((f) => [f.type, f.payload.toString()]), [['O', 'hello'], ['E', ''], ['X', '3']]);
+    assert.deepEqual(
+      got.map((f) => [f.type, f.payload.toString()]),
+      [
+        ['O', 'hello'],
+        ['E', ''],
+        ['X', '3'],
+      ],
+    );
   });
 
   it('refuses a frame over the size limit', () => {
@@ -55,8 +73,15 @@ describe('protocol', () => {
 
   it('round-trips a request and rejects malformed ones', () => {
     const req = {
-      build: 'b1', install: '/opt/a@b/dist', cwd: '/tmp', umask: 0o022, stdoutTty: false, stderrTty: true, columns: 80,
-      args: ['realize', 'a b.ts', ''], env: { A: '1', B: 'x=y' },
+      build: 'b1',
+      install: '/opt/a@b/dist',
+      cwd: '/tmp',
+      umask: 0o022,
+      stdoutTty: false,
+      stderrTty: true,
+      columns: 80,
+      args: ['realize', 'a b.ts', ''],
+      env: { A: '1', B: 'x=y' },
     };
     const f = new FrameReader().push(encodeRequest(req))[0]!;
     assert.equal(f.type, 'Q');
@@ -65,7 +90,10 @@ describe('protocol', () => {
     const old = parseRequest(new FrameReader().push(encodeRequest({ ...req, install: '' }))[0]!.payload);
     assert.deepEqual([old.build, old.install], ['b1', '']);
     assert.throws(() => parseRequest(Buffer.from('nonsense\0')), /request format/);
-    assert.throws(() => parseRequest(Buffer.from(['cairn-request-1', 'b', 'relative', '22', '0', '0', '0', '0', ''].join('\0'))), /absolute/);
+    assert.throws(
+      () => parseRequest(Buffer.from(['cairn-request-1', 'b', 'relative', '22', '0', '0', '0', '0', ''].join('\0'))),
+      /absolute/,
+    );
   });
 
   it('keys the socket by user and installation', () => {
@@ -87,29 +115,37 @@ describe('cairn server', () => {
   const work = path.join(tmp.dir, 'work');
   const store = path.join(tmp.dir, 'store');
   const env = { CAIRN_SERVER_SOCKET: socket, CAIRN_STORE: store, XDG_CACHE_HOME: path.join(tmp.dir, 'cache') };
-  const cairn = (args: string[], extra: NodeJS.ProcessEnv = {}, cwd = work): Run => run(client, args, { ...env, ...extra }, cwd);
+  const cairn = (args: string[], extra: NodeJS.ProcessEnv = {}, cwd = work): Run =>
+    run(client, args, { ...env, ...extra }, cwd);
   const status = (): ServerStatus => JSON.parse(cairn(['server', 'status', '--json']).stdout) as ServerStatus;
 
   before(() => {
     // Built by scripts/build-client.sh; a shell-script stand-in means no C compiler was found.
-    assert.equal(fs.readFileSync(client).subarray(0, 4).toString('latin1'), '\x7fELF', `${client} is not the compiled client: is a C compiler (cc) installed?`);
+    assert.equal(
+      fs.readFileSync(client).subarray(0, 4).toString('latin1'),
+      '\x7fELF',
+      `${client} is not the compiled client: is a C compiler (cc) installed?`,
+    );
     fs.mkdirSync(work, { recursive: true });
     fs.writeFileSync(path.join(work, 'lib.ts'), 'export const N: number = 1;\n');
-    fs.writeFileSync(path.join(work, 'stages.ts'), [
-      "import * as fs from 'node:fs';",
-      "import * as path from 'node:path';",
-      "import { execSync } from 'node:child_process';",
-      "import { stage } from 'cairn';",
-      "import { N } from './lib.js';",
-      // Top-level code that a new process would run again each time.
-      "const extra = process.env.EXTRA ?? 'none';",
-      "const here = fs.readFileSync('here.txt', 'utf8').trim();",
-      'export default stage({ name: "s", config: { N, extra, here }, build: ({ out, config }: { out: string; config: unknown }) => {',
-      "  fs.writeFileSync(path.join(out, 'v'), JSON.stringify(config));",
-      "  execSync('echo child-says-hi', { stdio: 'inherit' });",
-      '} });',
-      '',
-    ].join('\n'));
+    fs.writeFileSync(
+      path.join(work, 'stages.ts'),
+      [
+        "import * as fs from 'node:fs';",
+        "import * as path from 'node:path';",
+        "import { execSync } from 'node:child_process';",
+        "import { stage } from 'cairn';",
+        "import { N } from './lib.js';",
+        // Top-level code that a new process would run again each time.
+        "const extra = process.env.EXTRA ?? 'none';",
+        "const here = fs.readFileSync('here.txt', 'utf8').trim();",
+        'export default stage({ name: "s", config: { N, extra, here }, build: ({ out, config }: { out: string; config: unknown }) => {',
+        "  fs.writeFileSync(path.join(out, 'v'), JSON.stringify(config));",
+        "  execSync('echo child-says-hi', { stdio: 'inherit' });",
+        '} });',
+        '',
+      ].join('\n'),
+    );
     fs.writeFileSync(path.join(work, 'here.txt'), 'first\n');
     const r = cairn(['server', 'start', '--workers', '2']);
     assert.equal(r.code, 0, r.stderr);
@@ -179,20 +215,35 @@ describe('cairn server', () => {
   });
 
   it('runs commands of several clients at once, and leaves the surplus to Node', async () => {
-    fs.writeFileSync(path.join(work, 'slowish.ts'), [
-      "import { execSync } from 'node:child_process';",
-      "import { stage } from 'cairn';",
-      "export default (['a', 'b', 'c'] as const).map((k) => stage({ name: `slow-${k}`, config: { k, at: process.env.AT }, build: () => { execSync('sleep 1'); } }));",
-      '',
-    ].join('\n'));
-    const results = await Promise.all(['a', 'b', 'c', 'd'].map((k) => new Promise<Run>((resolve) => {
-      const child = spawn(client, ['realize', 'slowish.ts', '-q'], { cwd: work, env: { ...process.env, ...env, AT: `${Date.now()}-${k}` } });
-      let stdout = '';
-      let stderr = '';
-      child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
-      child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
-      child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
-    })));
+    fs.writeFileSync(
+      path.join(work, 'slowish.ts'),
+      [
+        "import { execSync } from 'node:child_process';",
+        "import { stage } from 'cairn';",
+        "export default (['a', 'b', 'c'] as const).map((k) => stage({ name: `slow-${k}`, config: { k, at: process.env.AT }, build: () => { execSync('sleep 1'); } }));",
+        '',
+      ].join('\n'),
+    );
+    const results = await Promise.all(
+      ['a', 'b', 'c', 'd'].map(
+        (k) =>
+          new Promise<Run>((resolve) => {
+            const child = spawn(client, ['realize', 'slowish.ts', '-q'], {
+              cwd: work,
+              env: { ...process.env, ...env, AT: `${Date.now()}-${k}` },
+            });
+            let stdout = '';
+            let stderr = '';
+            child.stdout.setEncoding('utf8').on('data', (d: string) => {
+              stdout += d;
+            });
+            child.stderr.setEncoding('utf8').on('data', (d: string) => {
+              stderr += d;
+            });
+            child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
+          }),
+      ),
+    );
     for (const r of results) {
       assert.equal(r.code, 0, r.stderr);
       assert.equal(lastLine(r.stdout).split(' ').length, 3);
@@ -201,14 +252,21 @@ describe('cairn server', () => {
 
   it('ends a command whose client is killed, with the processes its build started, and serves on', async () => {
     const pidFile = path.join(tmp.dir, 'sleeper.pid');
-    fs.writeFileSync(path.join(work, 'hang.ts'), [
-      "import { execSync } from 'node:child_process';",
-      "import { stage } from 'cairn';",
-      `export default stage({ name: 'hang', config: { t: ${Date.now()} }, build: () => { execSync('sleep 60 & echo $! > ${pidFile}; wait'); } });`,
-      '',
-    ].join('\n'));
+    fs.writeFileSync(
+      path.join(work, 'hang.ts'),
+      [
+        "import { execSync } from 'node:child_process';",
+        "import { stage } from 'cairn';",
+        `export default stage({ name: 'hang', config: { t: ${Date.now()} }, build: () => { execSync('sleep 60 & echo $! > ${pidFile}; wait'); } });`,
+        '',
+      ].join('\n'),
+    );
     const busyBefore = status().workers.map((w) => w.pid);
-    const child = spawn(client, ['realize', 'hang.ts'], { cwd: work, env: { ...process.env, ...env }, stdio: 'ignore' });
+    const child = spawn(client, ['realize', 'hang.ts'], {
+      cwd: work,
+      env: { ...process.env, ...env },
+      stdio: 'ignore',
+    });
     const deadline = Date.now() + 20_000;
     while (!fs.existsSync(pidFile) || fs.readFileSync(pidFile, 'utf8').trim() === '') {
       assert.ok(Date.now() < deadline, 'the build started');
@@ -217,7 +275,14 @@ describe('cairn server', () => {
     const sleeper = Number(fs.readFileSync(pidFile, 'utf8'));
     child.kill('SIGTERM');
     await new Promise((r) => child.on('close', r));
-    const alive = (pid: number): boolean => { try { process.kill(pid, 0); return true; } catch { return false; } };
+    const alive = (pid: number): boolean => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
     while (alive(sleeper)) {
       assert.ok(Date.now() < deadline, 'the build process was ended');
       await new Promise((r) => setTimeout(r, 50));
@@ -225,60 +290,89 @@ describe('cairn server', () => {
     // The worker that ran it is replaced; the server keeps serving.
     const r = cairn(['realize', 'stages.ts', '-q']);
     assert.equal(r.code, 0, r.stderr);
-    assert.notDeepEqual(status().workers.map((w) => w.pid).sort(), busyBefore.sort());
+    assert.notDeepEqual(
+      status()
+        .workers.map((w) => w.pid)
+        .sort(),
+      busyBefore.sort(),
+    );
   });
 
-  it('SIGINT to the client alone ends the programs a served build runs in their own process groups, '
-    + 'then the client exits 130', async () => {
-    // The programs ignore SIGINT and run through exec, so they are in
-    // neither the client's nor the worker's process group: the worker's
-    // interrupt handling must end them (SIGTERM) before it exits.
-    const pids = path.join(tmp.dir, 'int-pids');
-    fs.mkdirSync(pids);
-    fs.writeFileSync(path.join(work, 'int.ts'), [
-      "import { stage } from 'cairn';",
-      'const py = "import os, signal, sys, time\\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\\n" +',
-      '  "open(sys.argv[1], \'w\').write(str(os.getpid()))\\nwhile True:\\n    time.sleep(0.02)\\n";',
-      `export default stage({ name: 'intr', n: 2, config: { t: ${Date.now()} }, build: async ({ exec }) => {`,
-      `  await Promise.all([0, 1].map((i) => exec('python3', ['-c', py, ${JSON.stringify(pids)} + '/pid-' + i])));`,
-      '} });',
-      '',
-    ].join('\n'));
-    const child = spawn(client, ['realize', 'int.ts'], { cwd: work, env: { ...process.env, ...env }, stdio: 'ignore' });
-    const deadline = Date.now() + 30_000;
-    const files = [0, 1].map((i) => path.join(pids, `pid-${i}`));
-    while (!files.every((f) => fs.existsSync(f) && fs.readFileSync(f, 'utf8') !== '')) {
-      assert.ok(Date.now() < deadline, 'the programs started');
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    const programs = files.map((f) => Number(fs.readFileSync(f, 'utf8')));
-    child.kill('SIGINT');
-    const [code, signal] = await new Promise<[number | null, string | null]>((r) => {
-      child.on('close', (c, s) => r([c, s]));
-    });
-    // As with the Node CLI: the client forwards the signal and exits 130 once the worker has ended the
-    // programs and removed the build's directories (it did not wait, and died of the signal, before).
-    assert.deepEqual([code, signal], [130, null], 'the client exits 130 (not killed by the signal)');
-    const running = (pid: number): boolean => {
-      try { const st = fs.readFileSync(`/proc/${pid}/stat`, 'latin1'); return !st.slice(st.lastIndexOf(')') + 2).startsWith('Z'); } catch { return false; }
-    };
-    const tmpLeft = (): string[] => { try { return fs.readdirSync(path.join(store, 'tmp')); } catch { return []; } };
-    assert.deepEqual(programs.filter(running), [], 'the programs are gone when the client exits');
-    assert.deepEqual(tmpLeft(), [], 'STORE/tmp is empty when the client exits');
-    const drvs = fs.readdirSync(path.join(store, 'd')).filter((d) => d.endsWith('-intr'));
-    for (const d of drvs) assert.deepEqual(fs.readdirSync(path.join(store, 'd', d, 'r')), [], 'nothing is stored');
-  });
+  it(
+    'SIGINT to the client alone ends the programs a served build runs in their own process groups, ' +
+      'then the client exits 130',
+    async () => {
+      // The programs ignore SIGINT and run through exec, so they are in
+      // neither the client's nor the worker's process group: the worker's
+      // interrupt handling must end them (SIGTERM) before it exits.
+      const pids = path.join(tmp.dir, 'int-pids');
+      fs.mkdirSync(pids);
+      fs.writeFileSync(
+        path.join(work, 'int.ts'),
+        [
+          "import { stage } from 'cairn';",
+          'const py = "import os, signal, sys, time\\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\\n" +',
+          '  "open(sys.argv[1], \'w\').write(str(os.getpid()))\\nwhile True:\\n    time.sleep(0.02)\\n";',
+          `export default stage({ name: 'intr', n: 2, config: { t: ${Date.now()} }, build: async ({ exec }) => {`,
+          `  await Promise.all([0, 1].map((i) => exec('python3', ['-c', py, ${JSON.stringify(pids)} + '/pid-' + i])));`,
+          '} });',
+          '',
+        ].join('\n'),
+      );
+      const child = spawn(client, ['realize', 'int.ts'], {
+        cwd: work,
+        env: { ...process.env, ...env },
+        stdio: 'ignore',
+      });
+      const deadline = Date.now() + 30_000;
+      const files = [0, 1].map((i) => path.join(pids, `pid-${i}`));
+      while (!files.every((f) => fs.existsSync(f) && fs.readFileSync(f, 'utf8') !== '')) {
+        assert.ok(Date.now() < deadline, 'the programs started');
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const programs = files.map((f) => Number(fs.readFileSync(f, 'utf8')));
+      child.kill('SIGINT');
+      const [code, signal] = await new Promise<[number | null, string | null]>((r) => {
+        child.on('close', (c, s) => r([c, s]));
+      });
+      // As with the Node CLI: the client forwards the signal and exits 130 once the worker has ended the
+      // programs and removed the build's directories (it did not wait, and died of the signal, before).
+      assert.deepEqual([code, signal], [130, null], 'the client exits 130 (not killed by the signal)');
+      const running = (pid: number): boolean => {
+        try {
+          const st = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
+          return !st.slice(st.lastIndexOf(')') + 2).startsWith('Z');
+        } catch {
+          return false;
+        }
+      };
+      const tmpLeft = (): string[] => {
+        try {
+          return fs.readdirSync(path.join(store, 'tmp'));
+        } catch {
+          return [];
+        }
+      };
+      assert.deepEqual(programs.filter(running), [], 'the programs are gone when the client exits');
+      assert.deepEqual(tmpLeft(), [], 'STORE/tmp is empty when the client exits');
+      const drvs = fs.readdirSync(path.join(store, 'd')).filter((d) => d.endsWith('-intr'));
+      for (const d of drvs) assert.deepEqual(fs.readdirSync(path.join(store, 'd', d, 'r')), [], 'nothing is stored');
+    },
+  );
 
-  it("puts back what a command replaced, and waits for its timers as a process would", () => {
-    fs.writeFileSync(path.join(work, 'noisy.ts'), [
-      "import { stage } from 'cairn';",
-      // A logger that wraps stdout, and output from a timer after the command's work is done.
-      'const write = process.stdout.write.bind(process.stdout);',
-      "process.stdout.write = ((s: string) => write('[wrapped] ' + s)) as typeof process.stdout.write;",
-      "setTimeout(() => console.log('late line'), 200);",
-      "export default stage({ name: 'noisy', config: {}, build: () => {} });",
-      '',
-    ].join('\n'));
+  it('puts back what a command replaced, and waits for its timers as a process would', () => {
+    fs.writeFileSync(
+      path.join(work, 'noisy.ts'),
+      [
+        "import { stage } from 'cairn';",
+        // A logger that wraps stdout, and output from a timer after the command's work is done.
+        'const write = process.stdout.write.bind(process.stdout);',
+        "process.stdout.write = ((s: string) => write('[wrapped] ' + s)) as typeof process.stdout.write;",
+        "setTimeout(() => console.log('late line'), 200);",
+        "export default stage({ name: 'noisy', config: {}, build: () => {} });",
+        '',
+      ].join('\n'),
+    );
     const noisy = cairn(['instantiate', 'noisy.ts']);
     assert.equal(noisy.code, 0, noisy.stderr);
     assert.match(noisy.stdout, /^\[wrapped\] [0-9a-z]{32}-noisy\n\[wrapped\] late line\n$/);
@@ -293,7 +387,7 @@ describe('cairn server', () => {
     assert.match(r.stderr, /running without the server: the client's NODE_OPTIONS differ/);
   });
 
-  it("never talks to a socket that another user bound", async () => {
+  it('never talks to a socket that another user bound', async () => {
     // Another user's "server" in a world-writable directory, answering with a forged result.
     const dir = path.join(tmp.dir, 'shared');
     fs.mkdirSync(dir, { mode: 0o777 });
@@ -301,9 +395,16 @@ describe('cairn server', () => {
     fs.chmodSync(tmp.dir, 0o755);
     const fake = path.join(dir, 'fake.sock');
     const script = `const net = require('net'); net.createServer((c) => { c.once('data', () => { const b = Buffer.from('forged'); const h = Buffer.alloc(5); h.write('O'); h.writeUInt32BE(b.length, 1); c.end(Buffer.concat([h, b, Buffer.from('X'), Buffer.from([0, 0, 0, 1]), Buffer.from('0')])); }); }).listen(${JSON.stringify(fake)}, () => console.log('up'));`;
-    const other = spawn('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const other = spawn(
+      'setpriv',
+      ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '-e', script],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
     try {
-      await new Promise<void>((resolve, reject) => { other.stdout.once('data', () => resolve()); other.once('exit', (c) => reject(new Error(`fake server exited ${c}`))); });
+      await new Promise<void>((resolve, reject) => {
+        other.stdout.once('data', () => resolve());
+        other.once('exit', (c) => reject(new Error(`fake server exited ${c}`)));
+      });
       const r = cairn(['instantiate', 'stages.ts'], { CAIRN_SERVER_SOCKET: fake });
       assert.equal(r.code, 0, r.stderr);
       assert.doesNotMatch(r.stdout, /forged/);
@@ -400,7 +501,14 @@ describe('two installations of the same build', () => {
     assert.match(r.stderr, /E_BAD_REF/);
     return r.stderr;
   };
-  const alive = (pid: number): boolean => { try { process.kill(pid, 0); return true; } catch { return false; } };
+  const alive = (pid: number): boolean => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
 
   before(() => {
     assert.equal(process.getuid!(), 0, 'this case is about root servers in a shared TMPDIR');

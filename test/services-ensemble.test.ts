@@ -34,7 +34,8 @@ after(async () => {
   state?.cleanup();
 });
 
-const contextOf = (): Record<string, string> => JSON.parse(fs.readFileSync(path.join(state.dir, `${NAME}.context.json`), 'utf8')) as Record<string, string>;
+const contextOf = (): Record<string, string> =>
+  JSON.parse(fs.readFileSync(path.join(state.dir, `${NAME}.context.json`), 'utf8')) as Record<string, string>;
 
 describe('services ensemble (postgres, app, worker)', () => {
   it('starts in dependency order: SQL ping, postStartInit seeds a row and sets the context, the worker reads it', async () => {
@@ -54,12 +55,25 @@ describe('services ensemble (postgres, app, worker)', () => {
     assert.equal((await docker(['exec', `cairn.${NAME}.worker`, 'cat', '/tmp/name'])).stdout.trim(), 'alice');
     // db's port is published on loopback.
     const st = ok(await run('status', file, '--state-dir', state.dir, '--json'));
-    const status = JSON.parse(st.stdout) as { services: { name: string; state: string; ports: Record<string, string> }[]; context: Record<string, string> };
-    assert.deepEqual(status.services.map((s) => [s.name, s.state]), [['db', 'running'], ['app', 'running'], ['worker', 'running']]);
+    const status = JSON.parse(st.stdout) as {
+      services: { name: string; state: string; ports: Record<string, string> }[];
+      context: Record<string, string>;
+    };
+    assert.deepEqual(
+      status.services.map((s) => [s.name, s.state]),
+      [
+        ['db', 'running'],
+        ['app', 'running'],
+        ['worker', 'running'],
+      ],
+    );
     assert.equal(status.context.user_id, ctx.user_id);
     const port = Number(status.services[0]!.ports['5432/tcp']!.split(':')[1]);
     await new Promise<void>((resolve, reject) => {
-      const s = net.connect(port, '127.0.0.1', () => { s.end(); resolve(); });
+      const s = net.connect(port, '127.0.0.1', () => {
+        s.end();
+        resolve();
+      });
       s.on('error', reject);
     });
   });
@@ -86,9 +100,15 @@ describe('services ensemble (postgres, app, worker)', () => {
     assert.match(leaf.stdout, /^worker\s+stopped/m);
     assert.equal((await inspect(NAME, 'db'))?.State.Running, true);
     const r = ok(await run('stop', file, '--state-dir', state.dir));
-    assert.deepEqual(r.stdout.trim().split('\n').map((l) => l.split(/\s+/).slice(0, 2).join(' ')), ['worker already-stopped', 'app stopped', 'db stopped']);
+    assert.deepEqual(
+      r.stdout
+        .trim()
+        .split('\n')
+        .map((l) => l.split(/\s+/).slice(0, 2).join(' ')),
+      ['worker already-stopped', 'app stopped', 'db stopped'],
+    );
     const finished = async (s: string) => Date.parse((await inspect(NAME, s))!.State.FinishedAt);
-    assert.ok(await finished('app') <= await finished('db'), 'app must stop before db');
+    assert.ok((await finished('app')) <= (await finished('db')), 'app must stop before db');
     const appId = (await inspect(NAME, 'app'))?.Id;
     const again = ok(await run('start', file, '--state-dir', state.dir));
     assert.match(again.stdout, /^db\s+restarted/m);

@@ -55,11 +55,20 @@ describe('services failures', () => {
     fs.mkdirSync(dir);
     const write = (name: string, services: string): string => {
       const f = path.join(dir, name);
-      fs.writeFileSync(f, `import { ensemble } from 'cairn';\nexport default ensemble({ name: 'cairntest-bad', services: ${services} });\n`);
+      fs.writeFileSync(
+        f,
+        `import { ensemble } from 'cairn';\nexport default ensemble({ name: 'cairntest-bad', services: ${services} });\n`,
+      );
       return f;
     };
     const cases: [string, RegExp][] = [
-      [write('cycle.ts', "[{ name: 'a', image: 'x', dependsOn: ['b'] }, { name: 'b', image: 'x', dependsOn: ['a'] }, { name: 'c', image: 'x' }]"), /circular dependency: a → b → a/],
+      [
+        write(
+          'cycle.ts',
+          "[{ name: 'a', image: 'x', dependsOn: ['b'] }, { name: 'b', image: 'x', dependsOn: ['a'] }, { name: 'c', image: 'x' }]",
+        ),
+        /circular dependency: a → b → a/,
+      ],
       [write('unknown.ts', "[{ name: 'a', image: 'x', dependsOn: ['nope'] }]"), /depends on "nope"/],
       [write('dup.ts', "[{ name: 'a', image: 'x' }, { name: 'a', image: 'x' }]"), /defined twice/],
       [write('host.ts', "[{ name: 'Not_A_Host', image: 'x' }]"), /not a valid hostname/],

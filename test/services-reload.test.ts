@@ -21,7 +21,8 @@ const file = fixtureFile('reload.ts');
 let state: { dir: string; cleanup: () => void };
 let build: string;
 let env: NodeJS.ProcessEnv;
-const ctx = (): Record<string, string> => JSON.parse(fs.readFileSync(path.join(state.dir, `${NAME}.context.json`), 'utf8')) as Record<string, string>;
+const ctx = (): Record<string, string> =>
+  JSON.parse(fs.readFileSync(path.join(state.dir, `${NAME}.context.json`), 'utf8')) as Record<string, string>;
 
 before(async () => {
   const { tag } = await fixtureImage();
@@ -29,7 +30,10 @@ before(async () => {
   state = tempDir('cairn-services-reload');
   build = path.join(state.dir, 'web');
   fs.mkdirSync(build);
-  fs.writeFileSync(path.join(build, 'Dockerfile'), 'ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY msg.txt /msg.txt\nCMD ["sleep", "infinity"]\n');
+  fs.writeFileSync(
+    path.join(build, 'Dockerfile'),
+    'ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY msg.txt /msg.txt\nCMD ["sleep", "infinity"]\n',
+  );
   fs.writeFileSync(path.join(build, 'msg.txt'), 'version one\n');
   env = { SVC_ENSEMBLE: NAME, SVC_IMAGE: tag, SVC_BUILD_DIR: build, SVC_GREETING: 'hello' };
 });

@@ -21,8 +21,12 @@ const LAYOUT = [
 ];
 
 function outsideStore(): string[] {
-  const files = execFileSync('git', ['ls-files', '-co', '--exclude-standard', '*.ts'], { cwd: repoRoot, encoding: 'utf8' })
-    .split('\n').filter((f) => f !== '' && fs.existsSync(`${repoRoot}/${f}`));
+  const files = execFileSync('git', ['ls-files', '-co', '--exclude-standard', '*.ts'], {
+    cwd: repoRoot,
+    encoding: 'utf8',
+  })
+    .split('\n')
+    .filter((f) => f !== '' && fs.existsSync(`${repoRoot}/${f}`));
   return files.filter((f) => !f.startsWith('src/store/') && !f.startsWith('test/') && !f.startsWith('node_modules/'));
 }
 
@@ -54,6 +58,6 @@ describe('the Store boundary', () => {
     assert.ok(INTERNAL.test("import type { StoreIndex } from '../../src/store/index-db.js';"));
     assert.ok(LAYOUT.some((re) => re.test("const tmp = path.join(store.root, 'tmp');")));
     assert.ok(LAYOUT.some((re) => re.test('const dir = store.rzDir(rref);')));
-    assert.ok(!LAYOUT.some((re) => re.test("out(JSON.stringify({ store: store.location }));")));
+    assert.ok(!LAYOUT.some((re) => re.test('out(JSON.stringify({ store: store.location }));')));
   });
 });

@@ -24,7 +24,9 @@ type Command =
   | { op: 'probe'; id: number; key: string; dref: RequestSpec['dref']; ctx: string }
   | { op: 'release'; id: number };
 
-const say = (msg: object): void => { process.stdout.write(JSON.stringify(msg) + '\n'); };
+const say = (msg: object): void => {
+  process.stdout.write(JSON.stringify(msg) + '\n');
+};
 
 /** Blocks this process for good: a pause point where the parent kills it. */
 function freeze(): never {
@@ -38,17 +40,22 @@ async function addOnce(c: ChildStore, req: RequestSpec, outs: OutputSpec[], paus
     writeOutput(dir, o);
     outputs.push({ dir, created: o.created });
   }
-  return c.store.add({ ...req, outputs }, pause ? {
-    onReadable: (added) => {
-      say({ event: 'readable', rrefs: added.map((a) => a.meta.rref) });
-      freeze();
-    },
-  } : {});
+  return c.store.add(
+    { ...req, outputs },
+    pause
+      ? {
+          onReadable: (added) => {
+            say({ event: 'readable', rrefs: added.map((a) => a.meta.rref) });
+            freeze();
+          },
+        }
+      : {},
+  );
 }
 
 async function main(): Promise<void> {
   const [module, arg] = process.argv.slice(2);
-  const opener = await import(pathToFileURL(module!).href) as { openForChild(arg: string): Promise<ChildStore> };
+  const opener = (await import(pathToFileURL(module!).href)) as { openForChild(arg: string): Promise<ChildStore> };
   const c = await opener.openForChild(arg!);
   const store: Store = c.store;
   const releases = new Map<number, () => void>();
@@ -96,8 +103,12 @@ async function main(): Promise<void> {
       }
       case 'probe': {
         // Takes the lock, then looks: what a second realize of the same build does.
-        const rrefs = await store.withLock(cmd.key, 'probing', async () =>
-          (await store.candidates(cmd.dref, cmd.ctx)).map((c) => c.rref), { timeoutMs: 10_000 });
+        const rrefs = await store.withLock(
+          cmd.key,
+          'probing',
+          async () => (await store.candidates(cmd.dref, cmd.ctx)).map((c) => c.rref),
+          { timeoutMs: 10_000 },
+        );
         say({ id: cmd.id, rrefs });
         return;
       }
@@ -109,10 +120,12 @@ async function main(): Promise<void> {
 
   for await (const line of createInterface({ input: process.stdin })) {
     const cmd = JSON.parse(line) as Command;
-    running.push(run(cmd).catch((e: unknown) => {
-      const err = e as { code?: string; message?: string };
-      say({ id: cmd.id, error: err.code ?? 'internal', message: err.message ?? String(e) });
-    }));
+    running.push(
+      run(cmd).catch((e: unknown) => {
+        const err = e as { code?: string; message?: string };
+        say({ id: cmd.id, error: err.code ?? 'internal', message: err.message ?? String(e) });
+      }),
+    );
   }
   await Promise.all(running);
   store.close();

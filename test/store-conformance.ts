@@ -59,13 +59,23 @@ export interface ChildStore {
 }
 
 /** A file tree: relative path → text, a file with a mode, or a symlink. Directories are implied. */
-export type TreeSpec = Record<string, string | { text: string; mode: number } | { link: string }>;
+export type TreeSpec = Record<string, string | { text: string; mode: number } | { symlink: string }>;
 
 /** One output as the suite and its children describe it. */
-export interface OutputSpec { tree: TreeSpec; log?: string; created: number }
+export interface OutputSpec {
+  tree: TreeSpec;
+  log?: string;
+  created: number;
+}
 
 /** `AddRequest` without outputs, as JSON. */
-export interface RequestSpec { dref: DRef; name: string; drv: string; context: Context; buildMs: number }
+export interface RequestSpec {
+  dref: DRef;
+  name: string;
+  drv: string;
+  context: Context;
+  buildMs: number;
+}
 
 /** Writes `spec` into `dir/out` (and `dir/build.log`). */
 export function writeOutput(dir: string, out: OutputSpec): void {
@@ -75,7 +85,7 @@ export function writeOutput(dir: string, out: OutputSpec): void {
     const abs = path.join(root, rel);
     fs.mkdirSync(path.dirname(abs), { recursive: true, mode: 0o755 });
     if (typeof v === 'string') fs.writeFileSync(abs, v, { mode: 0o644 });
-    else if ('link' in v) fs.symlinkSync(v.link, abs);
+    else if ('symlink' in v) fs.symlinkSync(v.symlink, abs);
     else {
       fs.writeFileSync(abs, v.text);
       fs.chmodSync(abs, v.mode);
@@ -104,9 +114,12 @@ class Child {
   constructor(sut: StoreUnderTest) {
     this.proc = spawn(process.execPath, ['--import', 'tsx', CHILD, sut.child.module, sut.child.arg], {
       // From the repository, where `--import tsx` resolves.
-      cwd: path.dirname(HERE), stdio: ['pipe', 'pipe', 'pipe'],
+      cwd: path.dirname(HERE),
+      stdio: ['pipe', 'pipe', 'pipe'],
     });
-    this.proc.stderr!.on('data', (d: Buffer) => { this.stderr += d.toString(); });
+    this.proc.stderr!.on('data', (d: Buffer) => {
+      this.stderr += d.toString();
+    });
     createInterface({ input: this.proc.stdout! }).on('line', (line) => {
       this.lines.push(JSON.parse(line));
       for (const w of this.waiters.splice(0)) w();
@@ -119,7 +132,9 @@ class Child {
     });
   }
 
-  send(msg: object): void { this.proc.stdin!.write(JSON.stringify(msg) + '\n'); }
+  send(msg: object): void {
+    this.proc.stdin!.write(JSON.stringify(msg) + '\n');
+  }
 
   /** The next message that satisfies `pred` (earlier ones are dropped). */
   async next<T = Record<string, unknown>>(pred: (m: Record<string, unknown>) => boolean = () => true): Promise<T> {
@@ -188,7 +203,11 @@ async function rejectsWith(call: () => Promise<unknown>, code: string, what: str
     assert.fail(`${what}: threw ${String((e as { code?: string }).code)} synchronously instead of rejecting`);
   }
   await assert.rejects(p, (e: { code?: string }) => {
-    assert.equal(e.code, code, `${what}: expected ${code}, got ${String(e.code)} (${String(e)})`);
+    assert.equal(
+      e.code,
+      code,
+      `${what}: expected ${code}, got ${String(e.code)} (${e instanceof Error ? e.message : JSON.stringify(e)})`,
+    );
     return true;
   });
 }
@@ -236,8 +255,11 @@ export function storeConformance(name: string, h: StoreHarness): void {
     const at = (): number => (clock += 1);
     const add = async (req: RequestSpec, outs: OutputSpec[], s: Store = store): Promise<Added[]> =>
       s.add({ ...req, outputs: await Promise.all(outs.map(staged)) });
-    const req = (d: { dref: DRef; name: string; drv: string }, context: Context = {}): RequestSpec =>
-      ({ ...d, context, buildMs: 7 });
+    const req = (d: { dref: DRef; name: string; drv: string }, context: Context = {}): RequestSpec => ({
+      ...d,
+      context,
+      buildMs: 7,
+    });
     /** Every file of the spec reads back whole, through every way of reading. */
     const assertWhole = async (rref: RRef, tree: TreeSpec, s: Store = store): Promise<void> => {
       const meta = await s.meta(rref);
@@ -255,7 +277,9 @@ export function storeConformance(name: string, h: StoreHarness): void {
       test('one output: meta, info and files are what was added', T, async () => {
         const d = derivation('one', 'a');
         const tree: TreeSpec = {
-          'a.txt': 'alpha', 'sub/dir/b.txt': 'beta!', 'run.sh': { text: '#!/bin/sh\n', mode: 0o755 },
+          'a.txt': 'alpha',
+          'sub/dir/b.txt': 'beta!',
+          'run.sh': { text: '#!/bin/sh\n', mode: 0o755 },
         };
         const out = { tree, log: 'built\n', created: at() };
         const [added, ...rest] = await add(req(d), [out]);
@@ -266,7 +290,8 @@ export function storeConformance(name: string, h: StoreHarness): void {
         assert.equal(parseRRef(m.rref).dref, d.dref);
         assert.deepEqual(
           { dref: m.dref, name: m.name, context: m.context, created: m.created, buildMs: m.buildMs },
-          { dref: d.dref, name: d.name, context: {}, created: out.created, buildMs: 7 });
+          { dref: d.dref, name: d.name, context: {}, created: out.created, buildMs: 7 },
+        );
         assert.deepEqual(await store.meta(m.rref), m);
         assert.deepEqual(summary((await store.info(m.rref))!), summary(m));
         await assertWhole(m.rref, tree);
@@ -280,7 +305,10 @@ export function storeConformance(name: string, h: StoreHarness): void {
 
       test('the store takes the staged directories over', T, async () => {
         const d = derivation('takeover', 'a');
-        const outs = [{ tree: { f: '1' }, created: at() }, { tree: { f: '1' }, created: at() }];
+        const outs = [
+          { tree: { f: '1' }, created: at() },
+          { tree: { f: '1' }, created: at() },
+        ];
         const dirs = await Promise.all(outs.map(staged));
         await store.add({ ...req(d), outputs: dirs });
         for (const s of dirs) assert.equal(fs.existsSync(s.dir), false, `${s.dir} is left behind`);
@@ -297,25 +325,44 @@ export function storeConformance(name: string, h: StoreHarness): void {
           assert.equal(a.meta.created, outs[i]!.created);
           await assertWhole(a.meta.rref, outs[i]!.tree);
         }
-        assert.deepEqual((await store.realizationsOf(d.dref)).map((r) => r.rref), added.map((a) => a.meta.rref));
+        assert.deepEqual(
+          (await store.realizationsOf(d.dref)).map((r) => r.rref),
+          added.map((a) => a.meta.rref),
+        );
       });
 
       test('onReadable is told once, before add settles, with what add returns; outputs are readable', T, async () => {
         const d = derivation('readable', 'a');
-        const outs = [{ tree: { f: 'one' }, created: at() }, { tree: { f: 'two' }, created: at() }];
+        const outs = [
+          { tree: { f: 'one' }, created: at() },
+          { tree: { f: 'two' }, created: at() },
+        ];
         let settled = false;
         const calls: Added[][] = [];
         const reads: Promise<string>[] = [];
-        const p = store.add({ ...req(d), outputs: await Promise.all(outs.map(staged)) }, {
-          onReadable: (added) => {
-            assert.equal(settled, false, 'onReadable came after add settled');
-            calls.push(added);
-            for (const a of added) reads.push(store.readFile(a.meta.rref, 'f').then(String, (e: Error) => e.message));
+        const p = store.add(
+          { ...req(d), outputs: await Promise.all(outs.map(staged)) },
+          {
+            onReadable: (added) => {
+              assert.equal(settled, false, 'onReadable came after add settled');
+              calls.push(added);
+              for (const a of added)
+                reads.push(
+                  store
+                    .readFile(a.meta.rref, 'f')
+                    .then(String, (e: unknown) => (e instanceof Error ? e.message : String(e))),
+                );
+            },
           },
+        );
+        const added = await p.finally(() => {
+          settled = true;
         });
-        const added = await p.finally(() => { settled = true; });
         assert.equal(calls.length, 1);
-        assert.deepEqual(calls[0]!.map((a) => a.meta), added.map((a) => a.meta));
+        assert.deepEqual(
+          calls[0]!.map((a) => a.meta),
+          added.map((a) => a.meta),
+        );
         assert.deepEqual(await Promise.all(reads), ['one', 'two']);
       });
 
@@ -326,11 +373,15 @@ export function storeConformance(name: string, h: StoreHarness): void {
         const [again] = await add(req(d), [{ tree, created: at() }]);
         assert.equal(again!.merged, true);
         assert.deepEqual(again!.meta, first!.meta, 'a merged add returns the existing realization');
-        const both = await add(req(d), [{ tree: { x: 'y' }, created: at() }, { tree: { x: 'y' }, created: at() }]);
+        const both = await add(req(d), [
+          { tree: { x: 'y' }, created: at() },
+          { tree: { x: 'y' }, created: at() },
+        ]);
         assert.equal(both[0]!.meta.rref, both[1]!.meta.rref);
         assert.equal(both[1]!.merged, true);
-        const racing = await Promise.all([0, 1, 2].map(async () =>
-          add(req(d), [{ tree: { r: 'race' }, created: at() }])));
+        const racing = await Promise.all(
+          [0, 1, 2].map(async () => add(req(d), [{ tree: { r: 'race' }, created: at() }])),
+        );
         assert.equal(new Set(racing.map((r) => r[0]!.meta.rref)).size, 1);
         assert.equal((await store.realizationsOf(d.dref)).length, 3);
         await assertWhole(first!.meta.rref, tree);
@@ -370,9 +421,12 @@ export function storeConformance(name: string, h: StoreHarness): void {
         fs.writeFileSync(outside, 'outside');
         fs.chmodSync(outside, 0o644);
         const cases: [string, TreeSpec][] = [
-          ['an absolute link', { ok: 'x', esc: { link: outside } }],
-          ['a relative link that climbs out', { ok: 'x', 'a/esc': { link: '../../outside.txt' } }],
-          ['a chain that leaves through another link', { ok: 'x', s: { link: '.' }, 'd/esc': { link: '../s/../x' } }],
+          ['an absolute link', { ok: 'x', esc: { symlink: outside } }],
+          ['a relative link that climbs out', { ok: 'x', 'a/esc': { symlink: '../../outside.txt' } }],
+          [
+            'a chain that leaves through another link',
+            { ok: 'x', s: { symlink: '.' }, 'd/esc': { symlink: '../s/../x' } },
+          ],
         ];
         for (const [i, [what, tree]] of cases.entries()) {
           const d = derivation('hostile', `link-${i}`);
@@ -383,7 +437,9 @@ export function storeConformance(name: string, h: StoreHarness): void {
         assert.equal(fs.statSync(outside).mode & 0o7777, 0o644, 'sealing never changed a file outside the output');
       });
 
-      test('refuses what verify would call corrupt (E_BAD_ADD): a drv that does not hash to its DRef, a bad context', T,
+      test(
+        'refuses what verify would call corrupt (E_BAD_ADD): a drv that does not hash to its DRef, a bad context',
+        T,
         async () => {
           const dep = derivation('dep', 'bad-add');
           const [depR] = await add(req(dep), [{ tree: { f: 'dep' }, created: at() }]);
@@ -392,7 +448,7 @@ export function storeConformance(name: string, h: StoreHarness): void {
           const ghost = `${'0'.repeat(32)}-${dep.dref}` as RRef;
           const cases: [string, RequestSpec][] = [
             ['a drv that hashes to another DRef', { ...req(d), drv: other.drv }],
-            ['a name that is not the DRef\'s', { ...req(d), name: 'renamed' }],
+            ["a name that is not the DRef's", { ...req(d), name: 'renamed' }],
             ['a context naming a realization the store lacks', req(d, { [dep.dref]: [ghost] })],
             ['a context listing a realization under another DRef', req(d, { [other.dref]: [depR!.meta.rref] })],
           ];
@@ -402,7 +458,8 @@ export function storeConformance(name: string, h: StoreHarness): void {
           assert.deepEqual(await store.realizationsOf(d.dref), [], 'nothing is stored');
           assert.equal(await store.derivation(d.dref), undefined, 'not even the derivation');
           await rejectsWith(() => store.add({ ...req(d), outputs: [] }), 'E_BAD_ADD', 'no outputs');
-        });
+        },
+      );
 
       test('hostile trees: an output that is itself a link is refused; a hard link out is copied', T, async () => {
         const victim = path.join(scratch, 'victim');
@@ -433,7 +490,8 @@ export function storeConformance(name: string, h: StoreHarness): void {
       test('hostile trees: a refused output among several stores none of them', T, async () => {
         const d = derivation('hostile', 'partial');
         const outs: OutputSpec[] = [
-          { tree: { fine: 'yes' }, created: at() }, { tree: { esc: { link: '/etc/passwd' } }, created: at() },
+          { tree: { fine: 'yes' }, created: at() },
+          { tree: { esc: { symlink: '/etc/passwd' } }, created: at() },
         ];
         await rejectsWith(() => add(req(d), outs), 'E_UNSAFE_OUTPUT', 'the second output escapes');
         assert.deepEqual(await store.realizationsOf(d.dref), []);
@@ -443,9 +501,14 @@ export function storeConformance(name: string, h: StoreHarness): void {
         const d = derivation('hostile', 'modes');
         const plainTree: TreeSpec = { tool: { text: 'bin', mode: 0o755 }, data: 'd' };
         const plain = (await add(req(d), [{ tree: plainTree, created: at() }]))[0]!;
-        const setid = (await add(req(d), [{
-          tree: { tool: { text: 'bin', mode: 0o6755 }, data: { text: 'd', mode: 0o1666 } }, created: at(),
-        }]))[0]!;
+        const setid = (
+          await add(req(d), [
+            {
+              tree: { tool: { text: 'bin', mode: 0o6755 }, data: { text: 'd', mode: 0o1666 } },
+              created: at(),
+            },
+          ])
+        )[0]!;
         assert.equal(setid.meta.rref, plain.meta.rref);
         if (sut.fileMode) {
           assert.equal((await sut.fileMode(plain.meta.rref, 'tool')) & 0o7777, 0o555);
@@ -491,37 +554,53 @@ export function storeConformance(name: string, h: StoreHarness): void {
         // Added newest first: the order must come from `created`, not from the order of adds.
         const times = [at(), at(), at()];
         const bare: Added[] = [];
-        for (const i of [2, 0, 1]) bare.push(...await add(req(d), [{ tree: { i: String(i) }, created: times[i]! }]));
+        for (const i of [2, 0, 1]) bare.push(...(await add(req(d), [{ tree: { i: String(i) }, created: times[i]! }])));
         const withDep = await add(req(d, ctx), [{ tree: { i: 'dep' }, created: at() }]);
         const bareCtx = bare[0]!.meta.ctx;
         const depCtx = withDep[0]!.meta.ctx;
         assert.notEqual(bareCtx, depCtx);
         const cands = await store.candidates(d.dref, bareCtx);
-        assert.deepEqual(cands.map((c) => c.created), times);
+        assert.deepEqual(
+          cands.map((c) => c.created),
+          times,
+        );
         const oldestFirst = [...bare].sort((a, b) => a.meta.created - b.meta.created);
-        assert.deepEqual(cands.map((c) => summary(c)),
-          await Promise.all(oldestFirst.map(async (a) => summary(await store.meta(a.meta.rref)))));
-        assert.deepEqual((await store.candidates(d.dref, depCtx)).map((c) => c.rref), [withDep[0]!.meta.rref]);
+        assert.deepEqual(
+          cands.map((c) => summary(c)),
+          await Promise.all(oldestFirst.map(async (a) => summary(await store.meta(a.meta.rref)))),
+        );
+        assert.deepEqual(
+          (await store.candidates(d.dref, depCtx)).map((c) => c.rref),
+          [withDep[0]!.meta.rref],
+        );
         assert.deepEqual(await store.candidates(d.dref, 'x'.repeat(32)), []);
         assert.deepEqual(await store.candidates(derivation('never', 'a').dref, bareCtx), []);
 
         const all = await store.candidatesOfAll([d.dref, dep.dref, derivation('never', 'b').dref]);
-        const nonEmpty = [...all].filter(([, v]) => v.length > 0).map(([k]) => k).sort();
-        assert.deepEqual(nonEmpty, [candidateKey(d.dref, bareCtx), candidateKey(d.dref, depCtx),
-          candidateKey(dep.dref, depR!.meta.ctx)].sort());
+        const nonEmpty = [...all]
+          .filter(([, v]) => v.length > 0)
+          .map(([k]) => k)
+          .sort();
+        assert.deepEqual(
+          nonEmpty,
+          [candidateKey(d.dref, bareCtx), candidateKey(d.dref, depCtx), candidateKey(dep.dref, depR!.meta.ctx)].sort(),
+        );
         for (const [k, v] of all) {
           const [dref, c] = k.split(' ') as [DRef, string];
           assert.deepEqual(v.map(summary), (await store.candidates(dref, c)).map(summary), k);
         }
 
         const rz = await store.realizationsOf(d.dref);
-        assert.deepEqual(rz.map((r) => r.created), [...times, withDep[0]!.meta.created]);
+        assert.deepEqual(
+          rz.map((r) => r.created),
+          [...times, withDep[0]!.meta.created],
+        );
         for (const r of rz) assert.deepEqual(summary(r), summary(await store.meta(r.rref)));
       });
 
       test('candidates read their own files, as readFile does', T, async () => {
         const d = derivation('cread', 'a');
-        const tree: TreeSpec = { 'score.json': '{"s":3}', 'd/e/f': 'deep', l: { link: 'd/e/f' } };
+        const tree: TreeSpec = { 'score.json': '{"s":3}', 'd/e/f': 'deep', l: { symlink: 'd/e/f' } };
         const [a] = await add(req(d), [{ tree, created: at() }]);
         const [c] = await store.candidates(d.dref, a!.meta.ctx);
         for (const rel of ['score.json', 'd/e/f', 'l']) {
@@ -554,11 +633,11 @@ export function storeConformance(name: string, h: StoreHarness): void {
         'top.txt': 'top',
         'a/b/c/deep.txt': 'deep',
         'a/b/sib.txt': 'sibling',
-        'link-file': { link: 'a/b/c/deep.txt' },
-        'a/b/up': { link: '../b/sib.txt' },
-        'link-dir': { link: 'a/b' },
-        self: { link: '.' },
-        dangling: { link: 'nowhere' },
+        'link-file': { symlink: 'a/b/c/deep.txt' },
+        'a/b/up': { symlink: '../b/sib.txt' },
+        'link-dir': { symlink: 'a/b' },
+        self: { symlink: '.' },
+        dangling: { symlink: 'nowhere' },
         'empty.txt': '',
       };
 
@@ -568,8 +647,12 @@ export function storeConformance(name: string, h: StoreHarness): void {
         const r = a!.meta.rref;
         await assertWhole(r, tree);
         const reads: [string, string][] = [
-          ['link-file', 'deep'], ['a/b/up', 'sibling'], ['link-dir/c/deep.txt', 'deep'],
-          ['self/top.txt', 'top'], ['self/link-dir/sib.txt', 'sibling'], ['a/b/c/../sib.txt', 'sibling'],
+          ['link-file', 'deep'],
+          ['a/b/up', 'sibling'],
+          ['link-dir/c/deep.txt', 'deep'],
+          ['self/top.txt', 'top'],
+          ['self/link-dir/sib.txt', 'sibling'],
+          ['a/b/c/../sib.txt', 'sibling'],
           ['./top.txt', 'top'],
         ];
         for (const [rel, want] of reads) {
@@ -584,9 +667,25 @@ export function storeConformance(name: string, h: StoreHarness): void {
         const [a] = await add(req(d), [{ tree, created: at() }]);
         const r = a!.meta.rref;
         const refused = [
-          'missing', 'a/missing', 'top.txt/x', 'a', 'a/b/', '', '.', 'link-dir', 'self', 'dangling',
-          '..', '../meta.json', '../build.log', 'a/../../meta.json', 'self/../meta.json', 'link-dir/../../../meta.json',
-          '/etc/passwd', path.join(scratch, 'x'), 'top.txt\0x',
+          'missing',
+          'a/missing',
+          'top.txt/x',
+          'a',
+          'a/b/',
+          '',
+          '.',
+          'link-dir',
+          'self',
+          'dangling',
+          '..',
+          '../meta.json',
+          '../build.log',
+          'a/../../meta.json',
+          'self/../meta.json',
+          'link-dir/../../../meta.json',
+          '/etc/passwd',
+          path.join(scratch, 'x'),
+          'top.txt\0x',
         ];
         fs.writeFileSync(path.join(scratch, 'x'), 'outside');
         for (const rel of refused) {
@@ -638,8 +737,10 @@ export function storeConformance(name: string, h: StoreHarness): void {
         await Promise.all([p.next((m) => m.event === 'ready'), q.next((m) => m.event === 'ready')]);
         const d = derivation('race', 'a');
         for (let i = 0; i < 6; i++) {
-          const outs: OutputSpec[] = [{ tree: { i: String(i), 'x/y': 'z'.repeat(i * 1000) }, created: at() },
-            { tree: { second: String(i) }, created: at() }];
+          const outs: OutputSpec[] = [
+            { tree: { i: String(i), 'x/y': 'z'.repeat(i * 1000) }, created: at() },
+            { tree: { second: String(i) }, created: at() },
+          ];
           const msg = { op: 'add', id: i, req: req(d), outs };
           p.send(msg);
           q.send(msg);
@@ -676,9 +777,15 @@ export function storeConformance(name: string, h: StoreHarness): void {
         k.send({ op: 'hold', id: 1, key: 'conformance-held' });
         await k.next((m) => m.id === 1 && m.event === 'held');
         const waits: string[] = [];
-        await rejectsWith(() => store.withLock('conformance-held', 'test', async () => 'never', {
-          timeoutMs: 200, onWait: (holder) => waits.push(holder),
-        }), 'E_LOCK_TIMEOUT', 'a lock another process holds');
+        await rejectsWith(
+          () =>
+            store.withLock('conformance-held', 'test', async () => 'never', {
+              timeoutMs: 200,
+              onWait: (holder) => waits.push(holder),
+            }),
+          'E_LOCK_TIMEOUT',
+          'a lock another process holds',
+        );
         assert.equal(waits.length, 1);
         assert.ok(waits[0]!.length > 0);
         const got = store.withLock('conformance-held', 'test', async (held) => {
@@ -689,7 +796,9 @@ export function storeConformance(name: string, h: StoreHarness): void {
         assert.equal(await got, 'mine');
         await k.end();
         // A failing fn releases the lock.
-        const boom = async (): Promise<never> => { throw new Error('boom'); };
+        const boom = async (): Promise<never> => {
+          throw new Error('boom');
+        };
         await assert.rejects(store.withLock('conformance-held', 'test', boom), /boom/);
         const other = await reopen();
         assert.equal(await other.withLock('conformance-held', 'test', async () => 1, { timeoutMs: 5000 }), 1);
@@ -744,7 +853,8 @@ export function storeConformance(name: string, h: StoreHarness): void {
         const k = child();
         const d = derivation('crash', 'paused');
         const outs: OutputSpec[] = [
-          { tree: { f: 'first', 'g/h': 'x' }, created: at() }, { tree: { f: 'second' }, created: at() },
+          { tree: { f: 'first', 'g/h': 'x' }, created: at() },
+          { tree: { f: 'second' }, created: at() },
         ];
         k.send({ op: 'add', id: 1, req: req(d), outs, pause: true });
         const ev = await k.next<{ rrefs: RRef[] }>((m) => m.event === 'readable');
@@ -759,9 +869,15 @@ export function storeConformance(name: string, h: StoreHarness): void {
         const byRRef = new Map(ev.rrefs.map((r, i) => [r, outs[i]!.tree]));
         await assertConsistent(d.dref, async (r) => byRRef.get(r));
         const again = await add(req(d), outs);
-        assert.deepEqual(again.map((a) => a.meta.rref), ev.rrefs);
+        assert.deepEqual(
+          again.map((a) => a.meta.rref),
+          ev.rrefs,
+        );
         await assertConsistent(d.dref, async (r) => byRRef.get(r));
-        assert.deepEqual((await store.realizationsOf(d.dref)).map((r) => r.rref), ev.rrefs);
+        assert.deepEqual(
+          (await store.realizationsOf(d.dref)).map((r) => r.rref),
+          ev.rrefs,
+        );
         assert.deepEqual(JSON.parse((await store.derivation(d.dref))!), JSON.parse(d.drv));
       });
 
@@ -822,8 +938,11 @@ export function storeConformance(name: string, h: StoreHarness): void {
         const outs = Array.from({ length: 6 }, (_, i): OutputSpec[] => [{ tree: { id: `busy ${i}` }, created: at() }]);
         k.send({ op: 'loop', id: 2, req: req(d), outs });
         let done = false;
-        const finished = k.next((m) => m.id === 2 && m.event === 'done' && m.i === outs.length - 1)
-          .finally(() => { done = true; });
+        const finished = k
+          .next((m) => m.id === 2 && m.event === 'done' && m.i === outs.length - 1)
+          .finally(() => {
+            done = true;
+          });
         let runs = 0;
         while (!done || runs === 0) {
           assert.deepEqual(await sut.gc(), []);

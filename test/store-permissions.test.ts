@@ -28,18 +28,28 @@ let uid = -1;
 let gid = -1;
 
 before(() => {
-  const r = spawnSync('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', USER], { encoding: 'utf8' });
-  assert.equal(r.status, 0, `useradd ${USER} must work for this test (it needs root and useradd): ${r.error ?? r.stderr}`);
+  const r = spawnSync('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', USER], {
+    encoding: 'utf8',
+  });
+  assert.equal(
+    r.status,
+    0,
+    `useradd ${USER} must work for this test (it needs root and useradd): ${r.error ?? r.stderr}`,
+  );
   uid = Number(spawnSync('id', ['-u', USER], { encoding: 'utf8' }).stdout);
   gid = Number(spawnSync('id', ['-g', USER], { encoding: 'utf8' }).stdout);
   assert.ok(uid > 0 && gid > 0, `${USER} has a uid and gid`);
 });
-after(() => { spawnSync('userdel', [USER]); });
+after(() => {
+  spawnSync('userdel', [USER]);
+});
 
 /** Runs `argv` as the other user: its uid and gid, no supplementary groups. */
 function asOther(argv: string[], opts: { cwd?: string } = {}): { code: number | null; stdout: string; stderr: string } {
   const r = spawnSync('setpriv', [`--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', ...argv], {
-    encoding: 'utf8', cwd: opts.cwd ?? '/', env: { PATH: process.env.PATH, HOME: '/nonexistent' },
+    encoding: 'utf8',
+    cwd: opts.cwd ?? '/',
+    env: { PATH: process.env.PATH, HOME: '/nonexistent' },
   });
   assert.equal(r.error, undefined, `setpriv must work for this test: ${r.error}`);
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
@@ -47,8 +57,11 @@ function asOther(argv: string[], opts: { cwd?: string } = {}): { code: number | 
 
 /** Runs `cairn --store STORE ARGS` in a child process with `umask`; returns its last line of output. */
 function cairnUnder(umask: string, store: string, args: string[]): string {
-  const r = spawnSync('sh', ['-c', `umask ${umask}; exec "$0" "$@"`, process.execPath, cairnBin,
-    '--store', store, ...args], { cwd: repoRoot, encoding: 'utf8' });
+  const r = spawnSync(
+    'sh',
+    ['-c', `umask ${umask}; exec "$0" "$@"`, process.execPath, cairnBin, '--store', store, ...args],
+    { cwd: repoRoot, encoding: 'utf8' },
+  );
   assert.equal(r.status, 0, `cairn ${args.join(' ')} under umask ${umask}: ${r.stderr}`);
   return r.stdout.trim() === '' ? '' : lastLine(r.stdout);
 }
@@ -133,23 +146,33 @@ describe('another user cannot change a store', () => {
         const open = LocalStore.open(store);
         try {
           storeIndex(open).all();
-          for (const f of ['index.sqlite-wal', 'index.sqlite-shm']) assert.ok(fs.existsSync(path.join(store, f)), `${f} exists`);
+          for (const f of ['index.sqlite-wal', 'index.sqlite-shm'])
+            assert.ok(fs.existsSync(path.join(store, f)), `${f} exists`);
           const sqlite = path.join(repoRoot, 'node_modules', 'better-sqlite3');
           const r = asOther([process.execPath, '-e', ATTACK, store, b, b.slice(33), b.slice(0, 32), sqlite]);
           assert.equal(r.code, 0, `the attack script ran: ${r.stderr}`);
           const res = JSON.parse(r.stdout) as Record<string, string>;
           assert.ok(Object.keys(res).length >= 30, 'every attempt was made');
           const through = Object.entries(res).filter(([name, code]) =>
-            name === 'take a lock in the index' ? !code.startsWith('SQLITE_') : code !== 'EACCES' && code !== 'EPERM');
-          assert.deepEqual(through, [], `attempts that did not fail with EACCES/EPERM (or a SQLite refusal): ${JSON.stringify(res, null, 2)}`);
-          const locks = storeIndex(open).db.prepare("SELECT count(*) AS n FROM lock WHERE key = 'evil'").get() as { n: number };
+            name === 'take a lock in the index' ? !code.startsWith('SQLITE_') : code !== 'EACCES' && code !== 'EPERM',
+          );
+          assert.deepEqual(
+            through,
+            [],
+            `attempts that did not fail with EACCES/EPERM (or a SQLite refusal): ${JSON.stringify(res, null, 2)}`,
+          );
+          const locks = storeIndex(open).db.prepare("SELECT count(*) AS n FROM lock WHERE key = 'evil'").get() as {
+            n: number;
+          };
           assert.equal(locks.n, 0, 'no lock row was added');
         } finally {
           open.close();
         }
 
         // The CLI as the other user cannot add a root either.
-        const cli = asOther([process.execPath, cairnBin, '--store', store, 'root', 'add', 'evil', final], { cwd: repoRoot });
+        const cli = asOther([process.execPath, cairnBin, '--store', store, 'root', 'add', 'evil', final], {
+          cwd: repoRoot,
+        });
         assert.notEqual(cli.code, 0, `cairn root add as ${USER} must fail: ${cli.stdout}`);
         assert.ok(!fs.existsSync(path.join(store, 'roots', 'named', 'evil')));
 
@@ -166,8 +189,11 @@ describe('another user cannot change a store', () => {
 
 describe('Store.open refuses a store another user can change (E_STORE_UNSAFE)', () => {
   function refused(store: string, what: string): void {
-    assert.throws(() => LocalStore.open(store), (e: unknown) => isCairnError(e, 'E_STORE_UNSAFE') && /chmod go-w/.test(e.message),
-      `${what}: LocalStore.open throws E_STORE_UNSAFE with a fix`);
+    assert.throws(
+      () => LocalStore.open(store),
+      (e: unknown) => isCairnError(e, 'E_STORE_UNSAFE') && /chmod go-w/.test(e.message),
+      `${what}: LocalStore.open throws E_STORE_UNSAFE with a fix`,
+    );
     expectError(cairn(store, ['du']), 'E_STORE_UNSAFE');
   }
 
@@ -178,10 +204,13 @@ describe('Store.open refuses a store another user can change (E_STORE_UNSAFE)', 
     { name: 'a world-writable d/', spoil: (s) => fs.chmodSync(path.join(s, 'd'), 0o777) },
     { name: 'a group-writable tmp/', spoil: (s) => fs.chmodSync(path.join(s, 'tmp'), 0o775) },
     { name: 'a world-writable index.sqlite', spoil: (s) => fs.chmodSync(path.join(s, 'index.sqlite'), 0o666) },
-    { name: 'index.sqlite a symlink', spoil: (s) => {
-      fs.renameSync(path.join(s, 'index.sqlite'), path.join(s, '..', 'elsewhere.sqlite'));
-      fs.symlinkSync(path.join(s, '..', 'elsewhere.sqlite'), path.join(s, 'index.sqlite'));
-    } },
+    {
+      name: 'index.sqlite a symlink',
+      spoil: (s) => {
+        fs.renameSync(path.join(s, 'index.sqlite'), path.join(s, '..', 'elsewhere.sqlite'));
+        fs.symlinkSync(path.join(s, '..', 'elsewhere.sqlite'), path.join(s, 'index.sqlite'));
+      },
+    },
     { name: 'a root owned by another user', spoil: (s) => fs.chownSync(s, uid, gid) },
     { name: 'd/ owned by another user', spoil: (s) => fs.chownSync(path.join(s, 'd'), uid, gid) },
   ];
@@ -208,10 +237,20 @@ describe('Store.open refuses a store another user can change (E_STORE_UNSAFE)', 
       const mode = (p: string): string => (fs.lstatSync(path.join(store, p)).mode & 0o7777).toString(8);
       const dref = rref.slice(33);
       const expect: Record<string, string> = {
-        '.': '755', d: '755', tmp: '755', 'index.sqlite': '644', 'store.json': '444', roots: '755',
-        'roots/named': '755', 'roots/named/keep': '644', 'roots/auto': '755',
-        [`d/${dref}`]: '755', [`d/${dref}/r`]: '755', [`d/${dref}/drv.json`]: '444',
-        [`d/${dref}/r/${rref.slice(0, 32)}`]: '555', [`d/${dref}/r/${rref.slice(0, 32)}/meta.json`]: '444',
+        '.': '755',
+        d: '755',
+        tmp: '755',
+        'index.sqlite': '644',
+        'store.json': '444',
+        roots: '755',
+        'roots/named': '755',
+        'roots/named/keep': '644',
+        'roots/auto': '755',
+        [`d/${dref}`]: '755',
+        [`d/${dref}/r`]: '755',
+        [`d/${dref}/drv.json`]: '444',
+        [`d/${dref}/r/${rref.slice(0, 32)}`]: '555',
+        [`d/${dref}/r/${rref.slice(0, 32)}/meta.json`]: '444',
       };
       assert.deepEqual(Object.fromEntries(Object.keys(expect).map((p) => [p, mode(p)])), expect);
     } finally {
@@ -226,8 +265,14 @@ describe('store verify: unknown entries and permissive modes', () => {
     try {
       const store = path.join(t.dir, 'store');
       const c = realizeUnder('022', store);
-      const b = ok(cairn(store, ['realize', CHAIN, '-q', '--stage', 'b'])).stdout.trim().split('\n').pop()!;
-      const a = ok(cairn(store, ['realize', CHAIN, '-q', '--stage', 'a'])).stdout.trim().split('\n').pop()!;
+      const b = ok(cairn(store, ['realize', CHAIN, '-q', '--stage', 'b']))
+        .stdout.trim()
+        .split('\n')
+        .pop()!;
+      const a = ok(cairn(store, ['realize', CHAIN, '-q', '--stage', 'a']))
+        .stdout.trim()
+        .split('\n')
+        .pop()!;
       const r = path.dirname(rzOf(store, b));
       // Junk in r/, a symlink with a realization's name, a file where a derivation belongs,
       // a junk directory name in d/, a non-UTF-8 name, and junk next to drv.json.
@@ -247,21 +292,28 @@ describe('store verify: unknown entries and permissive modes', () => {
       assert.equal(v.code, 1);
       const kinds = v.report.problems.map((p) => `${p.kind} ${p.ref}`).sort();
       const rel = (p: string): string => path.relative(store, p);
-      assert.deepEqual(kinds, [
-        `modified ${c}`,
-        `unknown ${rel(path.join(r, 'b'.repeat(32)))}`,
-        `unknown ${rel(path.join(r, 'junk'))}`,
-        `unknown d/${'c'.repeat(32)}-file`,
-        `unknown d/${c.slice(33)}/stray`,
-        'unknown d/not-a-dref',
-        'unknown d/\\xff\\xfe', // by its bytes, as lsref shows names
-      ].sort());
+      assert.deepEqual(
+        kinds,
+        [
+          `modified ${c}`,
+          `unknown ${rel(path.join(r, 'b'.repeat(32)))}`,
+          `unknown ${rel(path.join(r, 'junk'))}`,
+          `unknown d/${'c'.repeat(32)}-file`,
+          `unknown d/${c.slice(33)}/stray`,
+          'unknown d/not-a-dref',
+          'unknown d/\\xff\\xfe', // by its bytes, as lsref shows names
+        ].sort(),
+      );
       assert.equal(v.report.checked, 3, 'every realization was checked');
 
       const rep = verify(store, { repair: true });
       assert.equal(rep.code, 0, rep.stderr);
       assert.ok(fs.existsSync(rzOf(store, a)), 'the symlink was moved, not what it points to');
-      assert.equal(fs.readdirSync(path.join(store, 'quarantine')).length, 7, 'six unknown entries and the corrupt realization');
+      assert.equal(
+        fs.readdirSync(path.join(store, 'quarantine')).length,
+        7,
+        'six unknown entries and the corrupt realization',
+      );
       assertVerifyClean(store, 'verify after --repair');
       assert.equal(realizeUnder('022', store), c, 'realize rebuilds the quarantined realization');
     } finally {
@@ -281,8 +333,10 @@ describe('store verify: unknown entries and permissive modes', () => {
       fs.chmodSync(path.join(store, 'roots', 'named'), 0o757);
       const v = verify(store);
       assert.equal(v.code, 1);
-      assert.deepEqual(v.report.problems.map((p) => `${p.kind} ${p.ref}`).sort(),
-        [`permissive ${dref}`, `permissive ${dref}/r`, 'permissive roots/named'].sort());
+      assert.deepEqual(
+        v.report.problems.map((p) => `${p.kind} ${p.ref}`).sort(),
+        [`permissive ${dref}`, `permissive ${dref}/r`, 'permissive roots/named'].sort(),
+      );
       assert.equal(verify(store, { repair: true }).code, 0);
       for (const p of [dref, `${dref}/r`, 'roots/named']) {
         assert.equal(fs.statSync(path.join(store, p)).mode & 0o777, 0o755, `${p} is 0755 again`);

@@ -21,13 +21,15 @@ let store: LocalStore;
 storePerTest('cairn-store-queries', (t) => ({ dir, store } = t));
 
 /** A stage whose output is `size` random bytes in data.bin: every build is a new realization. */
-const sized = (name: string, size: number, deps: Record<string, Stage> = {}): Stage => stage({
-  name, config: { size, ...deps },
-  build: ({ out, log }: BuildContext<unknown>) => {
-    log(`building ${name}`);
-    fs.writeFileSync(path.join(out, 'data.bin'), randomBytes(size));
-  },
-});
+const sized = (name: string, size: number, deps: Record<string, Stage> = {}): Stage =>
+  stage({
+    name,
+    config: { size, ...deps },
+    build: ({ out, log }: BuildContext<unknown>) => {
+      log(`building ${name}`);
+      fs.writeFileSync(path.join(out, 'data.bin'), randomBytes(size));
+    },
+  });
 
 const build = async (s: Stage, force = false): Promise<RRef> =>
   one(await realize(instantiate(s), { store, force: force ? [s.name] : undefined }));
@@ -51,7 +53,7 @@ describe('du: storeUsage and refUsage', () => {
     assert.deepEqual(storeUsage(store), { byDrv: [], total: { bytes: 0, count: 0 } });
   });
 
-  it('gives a reference its own use and its closure\'s (what it was built from)', async () => {
+  it("gives a reference its own use and its closure's (what it was built from)", async () => {
     const base = sized('base', 3000);
     const top = sized('top', 10, { base });
     const rref = await build(top);
@@ -87,11 +89,14 @@ describe('ref queries: the newest realization a DRef stands for', () => {
   it('a DRef whose realizations were all removed has none to stand for (E_NO_SUCH_REF)', async () => {
     const s = sized('gone', 8);
     store.remove(await build(s));
-    assert.throws(() => newestRealization(store, drefOf(s)), (e: Error & { code?: string }) => {
-      assert.equal(e.code, 'E_NO_SUCH_REF');
-      assert.match(e.message, /has no realizations/);
-      return true;
-    });
+    assert.throws(
+      () => newestRealization(store, drefOf(s)),
+      (e: Error & { code?: string }) => {
+        assert.equal(e.code, 'E_NO_SUCH_REF');
+        assert.match(e.message, /has no realizations/);
+        return true;
+      },
+    );
   });
 
   it('unknown refs are refused (E_NO_SUCH_REF), whatever their kind', async () => {
@@ -109,17 +114,30 @@ describe('ref queries: the newest realization a DRef stands for', () => {
     const b1 = await build(b);
     const a2 = await build(a, true);
     const recs = realizationRecords(store, drefOf(a));
-    assert.deepEqual(recs.map((r) => [r.rref, r.dref, r.bytes]), [[a1, drefOf(a), 30], [a2, drefOf(a), 30]]);
+    assert.deepEqual(
+      recs.map((r) => [r.rref, r.dref, r.bytes]),
+      [
+        [a1, drefOf(a), 30],
+        [a2, drefOf(a), 30],
+      ],
+    );
     assert.ok(recs[0]!.created < recs[1]!.created);
-    assert.deepEqual(realizationRecords(store, b1).map((r) => r.rref), [b1]);
-    assert.deepEqual(allRealizations(store).map((r) => r.rref), [a1, b1, a2]);
+    assert.deepEqual(
+      realizationRecords(store, b1).map((r) => r.rref),
+      [b1],
+    );
+    assert.deepEqual(
+      allRealizations(store).map((r) => r.rref),
+      [a1, b1, a2],
+    );
   });
 });
 
 describe('realization files: reading a realization without its local layout', () => {
   /** An output with a file, a subdirectory, a symlink and a name that is not UTF-8. */
   const tree = stage({
-    name: 'tree', config: { v: 1 },
+    name: 'tree',
+    config: { v: 1 },
     build: ({ out, log }: BuildContext<unknown>) => {
       log('made the tree');
       fs.writeFileSync(path.join(out, 'top.txt'), 'top\n');
@@ -135,8 +153,8 @@ describe('realization files: reading a realization without its local layout', ()
     assert.equal((await readRealizationFile(store, rref, 'top.txt'))?.toString(), 'top\n');
     assert.equal((await readRealizationFile(store, rref, 'sub/inner.txt'))?.toString(), 'inner!\n');
     assert.equal((await readRealizationFile(store, rref, 'sub/../top.txt'))?.toString(), 'top\n');
-    assert.equal((await readRealizationFile(store, rref, 'missing')), null);
-    assert.equal((await readRealizationFile(store, rref, 'sub')), null);
+    assert.equal(await readRealizationFile(store, rref, 'missing'), null);
+    assert.equal(await readRealizationFile(store, rref, 'sub'), null);
   });
 
   it('reads a name that is not UTF-8 by its display path (a\\xff)', async () => {
@@ -146,7 +164,13 @@ describe('realization files: reading a realization without its local layout', ()
 
   it('refuses a path that leaves the output (E_NO_SUCH_PATH): meta.json and the log are not output files', async () => {
     const rref = await build(tree);
-    const outside = ['../meta.json', '../build.log', 'sub/../../meta.json', '/etc/hostname', '../../../../etc/hostname'];
+    const outside = [
+      '../meta.json',
+      '../build.log',
+      'sub/../../meta.json',
+      '/etc/hostname',
+      '../../../../etc/hostname',
+    ];
     for (const rel of outside) {
       await assert.rejects(readRealizationFile(store, rref, rel), isCode('E_NO_SUCH_PATH'), rel);
     }
@@ -160,13 +184,16 @@ describe('realization files: reading a realization without its local layout', ()
   it('lists the output depth first in byte order, symlinks as links, names as bytes', async () => {
     const rref = await build(tree);
     const entries = outputTree(store, rref);
-    assert.deepEqual(entries.map((e) => [e.path.toString('latin1'), e.type, e.target?.toString() ?? null]), [
-      ['a\xff', 'file', null],
-      ['sub', 'directory', null],
-      ['sub/inner.txt', 'file', null],
-      ['sub/link', 'symlink', '../top.txt'],
-      ['top.txt', 'file', null],
-    ]);
+    assert.deepEqual(
+      entries.map((e) => [e.path.toString('latin1'), e.type, e.target?.toString() ?? null]),
+      [
+        ['a\xff', 'file', null],
+        ['sub', 'directory', null],
+        ['sub/inner.txt', 'file', null],
+        ['sub/link', 'symlink', '../top.txt'],
+        ['top.txt', 'file', null],
+      ],
+    );
     const inner = entries.find((e) => e.path.toString() === 'sub/inner.txt')!;
     assert.equal(inner.size, 7);
     // Sealed outputs are read-only.
@@ -194,7 +221,10 @@ describe('removeRef: what a ref names goes', () => {
     const s = sized('rm-all', 8);
     const rrefs = [await build(s), await build(s, true)];
     assert.deepEqual(removeRef(store, drefOf(s)), { rrefs, drv: true });
-    assert.deepEqual(rrefs.map((r) => store.has(r)), [false, false]);
+    assert.deepEqual(
+      rrefs.map((r) => store.has(r)),
+      [false, false],
+    );
     assert.throws(() => realizationRecords(store, drefOf(s)), isCode('E_NO_SUCH_REF'));
   });
 
@@ -204,7 +234,10 @@ describe('removeRef: what a ref names goes', () => {
     const topRref = await build(top);
     const baseRref = realizationRecords(store, drefOf(base))[0]!.rref;
     // The refusal's code is LocalStore.remove's (being renamed from E_USAGE in issue 15): any CairnError.
-    assert.throws(() => removeRef(store, baseRref), (e: Error & { code?: string }) => e.code !== undefined);
+    assert.throws(
+      () => removeRef(store, baseRref),
+      (e: Error & { code?: string }) => e.code !== undefined,
+    );
     assert.equal(store.has(baseRref), true);
     assert.deepEqual(removeRef(store, baseRref, { force: true }), { rrefs: [baseRref], drv: false });
     assert.equal(store.has(topRref), true);

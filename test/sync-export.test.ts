@@ -10,7 +10,14 @@ import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { cairn, isolateModuleCache, lastLine, repoRoot, tempDir } from './helpers.js';
 import { assertVerifyClean, expectError, ok, rrefsOnDisk, rzDir, tmpEntries } from './fixtures/torture/support.js';
-import { closureOf, dependencyOrder, parseManifest, parseRemote, planTransfer, splitCommand } from '../src/store/sync-plan.js';
+import {
+  closureOf,
+  dependencyOrder,
+  parseManifest,
+  parseRemote,
+  planTransfer,
+  splitCommand,
+} from '../src/store/sync-plan.js';
 import { isCode, one } from './helpers.js';
 import { exportClosure, importClosure, realize, stage, LocalStore } from '../src/index.js';
 import type { RRef } from '../src/store/refs.js';
@@ -53,7 +60,10 @@ describe('export and import', () => {
     assert.match(r.stdout, /exported 4 realization\(s\) and 4 derivation\(s\)/);
     assert.deepEqual(tmpEntries(src), []);
     const dst = path.join(work.dir, 'dst');
-    const imp = JSON.parse(ok(cairn(dst, ['import', tarFile, '--json'])).stdout) as { received: string[]; drvs: string[] };
+    const imp = JSON.parse(ok(cairn(dst, ['import', tarFile, '--json'])).stdout) as {
+      received: string[];
+      drvs: string[];
+    };
     assert.equal(imp.received.length, 4);
     assert.equal(imp.received[3], top, 'dependencies first');
     assert.equal(imp.drvs.length, 4);
@@ -61,11 +71,18 @@ describe('export and import', () => {
     assertVerifyClean(dst);
     assert.equal(ok(cairn(dst, ['catref', top, 'top.txt'])).stdout, ok(cairn(src, ['catref', top, 'top.txt'])).stdout);
     const base = imp.received[0]!;
-    assert.equal(fs.statSync(path.join(rzDir(dst, base), 'out', 'bin', 'run.sh')).mode & 0o777, 0o555, 'the executable bit survives');
+    assert.equal(
+      fs.statSync(path.join(rzDir(dst, base), 'out', 'bin', 'run.sh')).mode & 0o777,
+      0o555,
+      'the executable bit survives',
+    );
     assert.equal(fs.readlinkSync(path.join(rzDir(dst, base), 'out', 'bin', 'base-link')), '../base.txt');
     assert.deepEqual(tmpEntries(dst), []);
     // Importing again changes nothing.
-    const again = JSON.parse(ok(cairn(dst, ['import', tarFile, '--json'])).stdout) as { received: string[]; present: string[] };
+    const again = JSON.parse(ok(cairn(dst, ['import', tarFile, '--json'])).stdout) as {
+      received: string[];
+      present: string[];
+    };
     assert.deepEqual(again.received, []);
     assert.equal(again.present.length, 4);
   });
@@ -77,10 +94,14 @@ describe('export and import', () => {
     const before = snapshot(dst);
     const cases: [string, (f: string) => void, string][] = [
       ['file content', (f) => patchFile(f, 'left\n', 'LEFT\n'), 'E_SYNC_HASH_MISMATCH'],
-      ['the tree hash in meta.json', (f) => {
-        const meta = JSON.parse(fs.readFileSync(path.join(rzDir(src, top), 'meta.json'), 'utf8')) as { tree: string };
-        patchFile(f, meta.tree, meta.tree.slice(0, -1) + (meta.tree.endsWith('0') ? '1' : '0'));
-      }, 'E_SYNC_HASH_MISMATCH'],
+      [
+        'the tree hash in meta.json',
+        (f) => {
+          const meta = JSON.parse(fs.readFileSync(path.join(rzDir(src, top), 'meta.json'), 'utf8')) as { tree: string };
+          patchFile(f, meta.tree, meta.tree.slice(0, -1) + (meta.tree.endsWith('0') ? '1' : '0'));
+        },
+        'E_SYNC_HASH_MISMATCH',
+      ],
       ['a drv.json', (f) => patchFile(f, '"export"', '"exporT"'), 'E_SYNC_HASH_MISMATCH'],
       ['the manifest', (f) => patchFile(f, 'cairn-closure-1', 'cairn-closure-9'), 'E_BAD_CLOSURE'],
     ];
@@ -111,15 +132,18 @@ describe('export and import', () => {
 describe('export and import in process: bytes, determinism, the partial file (issue 13)', () => {
   const raw = Buffer.from([0x6e, 0x61, 0x6d, 0xe9, 0xff]); // not UTF-8
   /** A realization holding a non-UTF-8 file name, a symlink to it, an executable and a nested directory. */
-  const bytesStage = (salt: string) => stage({
-    name: 'bytes-names', config: { salt }, version: '1',
-    build: async ({ out }) => {
-      fs.mkdirSync(path.join(out, 'sub', 'deeper'), { recursive: true });
-      fs.writeFileSync(Buffer.concat([Buffer.from(`${out}/sub/`), raw]), 'latin1 bytes\n');
-      fs.symlinkSync(raw, Buffer.concat([Buffer.from(`${out}/sub/`), Buffer.from('to-'), raw]));
-      fs.writeFileSync(path.join(out, 'sub', 'deeper', 'run.sh'), '#!/bin/sh\n', { mode: 0o755 });
-    },
-  });
+  const bytesStage = (salt: string) =>
+    stage({
+      name: 'bytes-names',
+      config: { salt },
+      version: '1',
+      build: async ({ out }) => {
+        fs.mkdirSync(path.join(out, 'sub', 'deeper'), { recursive: true });
+        fs.writeFileSync(Buffer.concat([Buffer.from(`${out}/sub/`), raw]), 'latin1 bytes\n');
+        fs.symlinkSync(raw, Buffer.concat([Buffer.from(`${out}/sub/`), Buffer.from('to-'), raw]));
+        fs.writeFileSync(path.join(out, 'sub', 'deeper', 'run.sh'), '#!/bin/sh\n', { mode: 0o755 });
+      },
+    });
 
   it('non-UTF-8 names survive export and import: the same RRef, the same bytes', async () => {
     const a = LocalStore.open(path.join(work.dir, 'bytes-src'));
@@ -131,8 +155,10 @@ describe('export and import in process: bytes, determinism, the partial file (is
       const r = await importClosure(b, file);
       assert.deepEqual(r.received, [rref]);
       const out = b.outPath(rref);
-      assert.deepEqual(fs.readdirSync(path.join(out, 'sub'), { encoding: 'buffer' }).sort(Buffer.compare),
-        [raw, Buffer.from('deeper'), Buffer.concat([Buffer.from('to-'), raw])].sort(Buffer.compare));
+      assert.deepEqual(
+        fs.readdirSync(path.join(out, 'sub'), { encoding: 'buffer' }).sort(Buffer.compare),
+        [raw, Buffer.from('deeper'), Buffer.concat([Buffer.from('to-'), raw])].sort(Buffer.compare),
+      );
       assert.equal(fs.readFileSync(Buffer.concat([Buffer.from(`${out}/sub/`), raw]), 'utf8'), 'latin1 bytes\n');
     } finally {
       a.close();
@@ -143,13 +169,20 @@ describe('export and import in process: bytes, determinism, the partial file (is
   it('the export is a function of the closure, and its partial file is never a name planted in advance', async () => {
     const a = LocalStore.open(path.join(work.dir, 'det-src'));
     try {
-      const rref = one(await realize(stage({
-        name: 'det', config: {}, version: '1',
-        build: async ({ out }) => {
-          fs.writeFileSync(path.join(out, 'a.txt'), 'a\n');
-          fs.mkdirSync(path.join(out, 'z'));
-        },
-      }), { store: a }));
+      const rref = one(
+        await realize(
+          stage({
+            name: 'det',
+            config: {},
+            version: '1',
+            build: async ({ out }) => {
+              fs.writeFileSync(path.join(out, 'a.txt'), 'a\n');
+              fs.mkdirSync(path.join(out, 'z'));
+            },
+          }),
+          { store: a },
+        ),
+      );
       const one1 = path.join(work.dir, 'det-1.tar');
       const two = path.join(work.dir, 'det-2.tar');
       // The old fixed name ${dest}.partial-${pid}, planted as a link to a victim: the export must not write through it.
@@ -161,7 +194,9 @@ describe('export and import in process: bytes, determinism, the partial file (is
       assert.equal(fs.readFileSync(victim, 'utf8'), 'victim\n', 'the victim is untouched');
       assert.ok(fs.lstatSync(two).isFile(), 'the export is a regular file, not the planted link');
       assert.deepEqual(fs.readFileSync(one1), fs.readFileSync(two), 'two exports of one closure are identical');
-      const left = fs.readdirSync(work.dir).filter((n) => n.includes('det-') && (n.includes('.partial-') || n.endsWith('.tmp')));
+      const left = fs
+        .readdirSync(work.dir)
+        .filter((n) => n.includes('det-') && (n.includes('.partial-') || n.endsWith('.tmp')));
       assert.deepEqual(left, ['det-2.tar.partial-' + process.pid], 'no partial file of ours is left');
       // System tar reads it.
       const list = spawnSync('tar', ['-tf', two], { encoding: 'utf8' });
@@ -188,11 +223,21 @@ describe('sync planning', () => {
   });
 
   it('dependencyOrder handles a 20,000-long chain without recursion, and refuses a cycle', () => {
-    const chain = Array.from({ length: 20_000 }, (_, i) => ({ rref: `r${i}` as RRef, deps: i > 0 ? [`r${i - 1}` as RRef] : [] }));
+    const chain = Array.from({ length: 20_000 }, (_, i) => ({
+      rref: `r${i}` as RRef,
+      deps: i > 0 ? [`r${i - 1}` as RRef] : [],
+    }));
     const order = dependencyOrder([...chain].reverse());
     assert.equal(order[0], 'r0');
     assert.equal(order[19_999], 'r19999');
-    assert.throws(() => dependencyOrder([{ rref: 'x' as RRef, deps: ['y' as RRef] }, { rref: 'y' as RRef, deps: ['x' as RRef] }]), isCode('E_BAD_CLOSURE'));
+    assert.throws(
+      () =>
+        dependencyOrder([
+          { rref: 'x' as RRef, deps: ['y' as RRef] },
+          { rref: 'y' as RRef, deps: ['x' as RRef] },
+        ]),
+      isCode('E_BAD_CLOSURE'),
+    );
   });
 
   it('planTransfer sends only what is missing, in order, and every derivation of the closure is declared', () => {
@@ -207,16 +252,31 @@ describe('sync planning', () => {
   });
 
   it('parseRemote accepts [user@]host:STORE and refuses anything ssh could misread', () => {
-    assert.deepEqual(parseRemote('root@10.200.77.2:/srv/store'), { sshTarget: 'root@10.200.77.2', rsyncTarget: 'root@10.200.77.2', store: '/srv/store' });
+    assert.deepEqual(parseRemote('root@10.200.77.2:/srv/store'), {
+      sshTarget: 'root@10.200.77.2',
+      rsyncTarget: 'root@10.200.77.2',
+      store: '/srv/store',
+    });
     assert.deepEqual(parseRemote('host:rel/store'), { sshTarget: 'host', rsyncTarget: 'host', store: 'rel/store' });
-    assert.deepEqual(parseRemote('u@[fd00::1]:/s'), { sshTarget: 'u@fd00::1', rsyncTarget: 'u@[fd00::1]', store: '/s' });
+    assert.deepEqual(parseRemote('u@[fd00::1]:/s'), {
+      sshTarget: 'u@fd00::1',
+      rsyncTarget: 'u@[fd00::1]',
+      store: '/s',
+    });
     for (const bad of ['host', 'host:', ':s', '-oProxyCommand=x:s', 'a b:s', 'u@:s', '@h:s', 'h:a\nb']) {
       assert.throws(() => parseRemote(bad), isCode('E_BAD_REMOTE'), bad);
     }
   });
 
   it('splitCommand splits an -e command the way a shell would', () => {
-    assert.deepEqual(splitCommand(`ssh -i 'my key' -o "A=b c" -p\\ 22`), ['ssh', '-i', 'my key', '-o', 'A=b c', '-p 22']);
+    assert.deepEqual(splitCommand(`ssh -i 'my key' -o "A=b c" -p\\ 22`), [
+      'ssh',
+      '-i',
+      'my key',
+      '-o',
+      'A=b c',
+      '-p 22',
+    ]);
     assert.throws(() => splitCommand(`ssh 'x`), isCode('E_BAD_COMMAND'));
   });
 });

@@ -23,22 +23,37 @@ before(async () => {
   h = await startHosts('sync');
   [a, b] = h.hosts as [Host, Host];
 });
-after(async () => { await h?.stop(); });
+after(async () => {
+  await h?.stop();
+});
 
 interface Report {
-  closure: number; present: number; dryRun: boolean;
+  closure: number;
+  present: number;
+  dryRun: boolean;
   plan: { rrefs: string[]; drvs: string[]; drefs: string[] };
   transfer: { files: number; literalBytes: number } | null;
   received: { received: string[]; present: string[] } | null;
 }
 
 const realize = async (host: Host, salt: string, stage = 'top', env: NodeJS.ProcessEnv = {}): Promise<string> =>
-  lastLine(ok(await h.cairn(host, ['realize', CLOSURE, '-q', '-s', stage], { env: { SYNC_SALT: salt, ...env } }), `realize ${stage} on ${host.name}`).stdout);
+  lastLine(
+    ok(
+      await h.cairn(host, ['realize', CLOSURE, '-q', '-s', stage], { env: { SYNC_SALT: salt, ...env } }),
+      `realize ${stage} on ${host.name}`,
+    ).stdout,
+  );
 
 const sync = (on: Host, dir: 'push' | 'pull', other: Host, refs: string[], extra: string[] = []): Promise<CliResult> =>
   h.cairn(on, ['sync', dir, ...h.syncOpts(), ...extra, other.remote, ...refs]);
 
-async function syncJson(on: Host, dir: 'push' | 'pull', other: Host, refs: string[], extra: string[] = []): Promise<Report> {
+async function syncJson(
+  on: Host,
+  dir: 'push' | 'pull',
+  other: Host,
+  refs: string[],
+  extra: string[] = [],
+): Promise<Report> {
   return JSON.parse(ok(await sync(on, dir, other, refs, ['--json', ...extra]), `sync ${dir}`).stdout) as Report;
 }
 
@@ -51,12 +66,22 @@ async function assertVerifyClean(host: Host): Promise<VerifyReport> {
 }
 
 async function closureOf(host: Host, ref: string): Promise<string[]> {
-  return ok(await h.cairn(host, ['store', 'closure', ref])).stdout.trim().split('\n').sort();
+  return ok(await h.cairn(host, ['store', 'closure', ref]))
+    .stdout.trim()
+    .split('\n')
+    .sort();
 }
 
-const incoming = (host: Host): string[] => { try { return fs.readdirSync(path.join(host.store, 'incoming')); } catch { return []; } };
+const incoming = (host: Host): string[] => {
+  try {
+    return fs.readdirSync(path.join(host.store, 'incoming'));
+  } catch {
+    return [];
+  }
+};
 const hasRz = (host: Host, rref: string): boolean => fs.existsSync(path.join(rzDir(host.store, rref), 'out'));
-const readOut = (host: Host, rref: string, rel: string): string => fs.readFileSync(path.join(rzDir(host.store, rref), 'out', rel), 'utf8');
+const readOut = (host: Host, rref: string, rel: string): string =>
+  fs.readFileSync(path.join(rzDir(host.store, rref), 'out', rel), 'utf8');
 
 describe('sync push and pull between two hosts', () => {
   let top = '';
@@ -113,7 +138,12 @@ describe('sync push and pull between two hosts', () => {
     assert.equal(r.present, 1);
     assert.deepEqual(r.plan.rrefs, [big]);
     assert.ok(r.transfer!.literalBytes >= 1 << 20, 'the 1 MiB file was sent');
-    assert.equal(fs.readFileSync(path.join(rzDir(b.store, big), 'out', 'big.bin')).equals(fs.readFileSync(path.join(rzDir(a.store, big), 'out', 'big.bin'))), true);
+    assert.equal(
+      fs
+        .readFileSync(path.join(rzDir(b.store, big), 'out', 'big.bin'))
+        .equals(fs.readFileSync(path.join(rzDir(a.store, big), 'out', 'big.bin'))),
+      true,
+    );
     await assertVerifyClean(b);
     const again = await syncJson(b, 'pull', a, []);
     assert.deepEqual(again.plan.rrefs, []);
@@ -141,8 +171,18 @@ describe('sync push and pull between two hosts', () => {
     assert.match(r.stderr, new RegExp(left));
     assert.equal(hasRz(b, left), false, 'the tampered realization never entered the store');
     assert.equal(hasRz(b, t), false, 'nor did its dependant');
-    assert.equal(hasRz(b, rrefs.find((x) => x.endsWith('-base'))!), true, 'sound realizations were taken in');
-    assert.ok(fs.readdirSync(path.join(b.store, 'quarantine')).some((q) => q.startsWith(left)), 'the bad copy is quarantined');
+    assert.equal(
+      hasRz(
+        b,
+        rrefs.find((x) => x.endsWith('-base'))!,
+      ),
+      true,
+      'sound realizations were taken in',
+    );
+    assert.ok(
+      fs.readdirSync(path.join(b.store, 'quarantine')).some((q) => q.startsWith(left)),
+      'the bad copy is quarantined',
+    );
     await assertVerifyClean(b);
     assert.deepEqual(incoming(b), []);
     // Pulling it is refused in the same way.
@@ -185,7 +225,16 @@ describe('sync push and pull between two hosts', () => {
     // An address nobody answers on, and a remote without that cairn.
     const unreachable = await h.cairn(a, ['sync', 'push', ...h.syncOpts(), `root@10.200.77.99:${b.store}`, top]);
     expectError(unreachable, 'E_SYNC_FAILED', 'push to an unreachable host');
-    const noCairn = await h.cairn(a, ['sync', 'push', '-e', h.ssh, '--remote-cairn', '/nonexistent/cairn', b.remote, top]);
+    const noCairn = await h.cairn(a, [
+      'sync',
+      'push',
+      '-e',
+      h.ssh,
+      '--remote-cairn',
+      '/nonexistent/cairn',
+      b.remote,
+      top,
+    ]);
     expectError(noCairn, 'E_SYNC_FAILED', 'push with a missing remote cairn');
     assert.match(noCairn.stderr, /--remote-cairn/);
     const badRef = await h.cairn(a, ['sync', 'push', ...h.syncOpts(), b.remote, 'not-a-ref']);

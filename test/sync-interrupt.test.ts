@@ -26,7 +26,9 @@ before(async () => {
   h = await startHosts('synk');
   [a, b] = h.hosts as [Host, Host];
 });
-after(async () => { await h?.stop(); });
+after(async () => {
+  await h?.stop();
+});
 
 async function assertVerifyClean(host: Host): Promise<void> {
   const r = await h.cairn(host, ['store', 'verify', '--json']);
@@ -40,7 +42,11 @@ function bytesUnder(dir: string): number {
   let total = 0;
   const walk = (p: string): void => {
     let st: fs.Stats;
-    try { st = fs.lstatSync(p); } catch { return; }
+    try {
+      st = fs.lstatSync(p);
+    } catch {
+      return;
+    }
     if (st.isDirectory()) for (const n of fs.readdirSync(p)) walk(path.join(p, n));
     else if (st.isFile()) total += st.size;
   };
@@ -70,13 +76,19 @@ async function killMidTransfer(on: Host, args: string[], receiver: Host): Promis
   return landed;
 }
 
-interface Report { plan: { rrefs: string[] }; transfer: { literalBytes: number; fileBytes: number } | null }
+interface Report {
+  plan: { rrefs: string[] };
+  transfer: { literalBytes: number; fileBytes: number } | null;
+}
 
 describe('a sync killed in the middle of its transfer', () => {
   let big = '';
 
   before(async () => {
-    big = lastLine(ok(await h.cairn(a, ['realize', CLOSURE, '-q', '-s', 'big'], { env: { SYNC_BIG_MB: String(MB) } }), 'realize big').stdout);
+    big = lastLine(
+      ok(await h.cairn(a, ['realize', CLOSURE, '-q', '-s', 'big'], { env: { SYNC_BIG_MB: String(MB) } }), 'realize big')
+        .stdout,
+    );
   });
 
   for (const direction of ['push', 'pull'] as const) {
@@ -94,11 +106,18 @@ describe('a sync killed in the middle of its transfer', () => {
       const r = JSON.parse(ok(await h.cairn(on, [...args, '--json']), `${direction} re-run`).stdout) as Report;
       assert.ok(r.plan.rrefs.includes(big));
       assert.ok(r.transfer!.fileBytes >= MB << 20);
-      assert.ok(r.transfer!.literalBytes < (MB << 20) - (2 << 20),
-        `the re-run sent ${r.transfer!.literalBytes} bytes of data; the ${landed} bytes already there should have been re-used`);
+      assert.ok(
+        r.transfer!.literalBytes < (MB << 20) - (2 << 20),
+        `the re-run sent ${r.transfer!.literalBytes} bytes of data; the ${landed} bytes already there should have been re-used`,
+      );
       await assertVerifyClean(a);
       await assertVerifyClean(b);
-      assert.equal(fs.readFileSync(path.join(rzDir(target.store, big), 'out', 'big.bin')).equals(fs.readFileSync(path.join(rzDir(a.store, big), 'out', 'big.bin'))), true);
+      assert.equal(
+        fs
+          .readFileSync(path.join(rzDir(target.store, big), 'out', 'big.bin'))
+          .equals(fs.readFileSync(path.join(rzDir(a.store, big), 'out', 'big.bin'))),
+        true,
+      );
       assert.deepEqual(fs.readdirSync(path.join(target.store, 'incoming')), [], 'the staging directory is gone');
       // Fresh start for the other direction: b forgets big (and its base).
       ok(await h.cairn(b, ['rmref', big]));

@@ -28,16 +28,22 @@ before(async () => {
   h = await startHosts('syncvm');
   [a, b] = h.hosts as [Host, Host];
 });
-after(async () => { await h?.stop(); });
+after(async () => {
+  await h?.stop();
+});
 
 const shell = step<{ cmd: string }>({
   name: 'shell-exec',
-  async run(vm, { cmd }) { await vm.exec(cmd, { check: true, shell: true }); },
+  async run(vm, { cmd }) {
+    await vm.exec(cmd, { check: true, shell: true });
+  },
 });
 
 describe('a machine state moves between hosts', () => {
   it('built on A, pulled to B, resumed on B with its memory and disk', async () => {
-    const m = machine(tiny()).apply(shell, { cmd: 'export X=from-host-a; echo in-memory > /tmp/m; echo on-disk > /mnt/d' });
+    const m = machine(tiny()).apply(shell, {
+      cmd: 'export X=from-host-a; echo in-memory > /tmp/m; echo on-disk > /mnt/d',
+    });
     const storeA = LocalStore.open(a.store);
     let rref: RRef;
     try {
@@ -46,7 +52,9 @@ describe('a machine state moves between hosts', () => {
       storeA.close();
     }
 
-    const r = JSON.parse(ok(await h.cairn(b, ['sync', 'pull', ...h.syncOpts(), '--json', a.remote, rref]), 'pull').stdout) as { plan: { rrefs: RRef[] } };
+    const r = JSON.parse(
+      ok(await h.cairn(b, ['sync', 'pull', ...h.syncOpts(), '--json', a.remote, rref]), 'pull').stdout,
+    ) as { plan: { rrefs: RRef[] } };
     assert.equal(r.plan.rrefs[r.plan.rrefs.length - 1], rref);
     assert.ok(r.plan.rrefs.length >= 3, 'the state, the base state and the base files');
     const v = await h.cairn(b, ['store', 'verify', '--json']);
@@ -55,7 +63,14 @@ describe('a machine state moves between hosts', () => {
     const storeB = LocalStore.open(b.store);
     try {
       let builds = 0;
-      const seen = await m.use((vm) => vm.exec('echo $X; cat /tmp/m /mnt/d'), { store: storeB, events: { built: () => { builds++; } } });
+      const seen = await m.use((vm) => vm.exec('echo $X; cat /tmp/m /mnt/d'), {
+        store: storeB,
+        events: {
+          built: () => {
+            builds++;
+          },
+        },
+      });
       assert.equal(builds, 0, 'B resumes the pulled state; nothing is rebuilt');
       assert.deepEqual(seen, { stdout: 'from-host-a\nin-memory\non-disk\n', stderr: '', exitCode: 0 });
       assert.ok(storeB.has(rref));

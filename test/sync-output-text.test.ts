@@ -21,9 +21,12 @@ describe('sync: remote output is decoded as one stream', () => {
     // 64 KiB read boundary inside a 2-byte character.
     const message = 'é'.repeat(100_000);
     const fakeSsh = path.join(work.dir, 'fake-ssh');
-    fs.writeFileSync(fakeSsh, `#!${process.execPath}\n`
-      + `process.stderr.write('cairn: error E_SYNC_FAILED:  ' + 'é'.repeat(${message.length}) + '\\n', () => process.exit(1));\n`,
-    { mode: 0o755 });
+    fs.writeFileSync(
+      fakeSsh,
+      `#!${process.execPath}\n` +
+        `process.stderr.write('cairn: error E_SYNC_FAILED:  ' + 'é'.repeat(${message.length}) + '\\n', () => process.exit(1));\n`,
+      { mode: 0o755 },
+    );
     await assert.rejects(pull(null, 'host:/store', ['x'], { ssh: fakeSsh, dryRun: true }), (e: unknown) => {
       assert.ok(e instanceof CairnError);
       assert.equal(e.code, 'E_SYNC_FAILED');

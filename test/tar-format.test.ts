@@ -14,23 +14,36 @@ import { isCode, tempDir } from './helpers.js';
 const work = tempDir('cairn-tarfmt');
 after(() => work.cleanup());
 
-interface Read { entry: TarEntry; data: Buffer }
+interface Read {
+  entry: TarEntry;
+  data: Buffer;
+}
 /** Parses `tar` fed in chunks of `step` bytes. */
 function parse(tar: Buffer, step = tar.length): Read[] {
   const out: Read[] = [];
   let parts: Buffer[] = [];
   const p = new TarParser({
-    entry: (e) => { out.push({ entry: e, data: Buffer.alloc(0) }); parts = []; },
-    data: (c) => { parts.push(Buffer.from(c)); },
-    entryEnd: () => { out[out.length - 1]!.data = Buffer.concat(parts); },
+    entry: (e) => {
+      out.push({ entry: e, data: Buffer.alloc(0) });
+      parts = [];
+    },
+    data: (c) => {
+      parts.push(Buffer.from(c));
+    },
+    entryEnd: () => {
+      out[out.length - 1]!.data = Buffer.concat(parts);
+    },
   });
   for (let i = 0; i < tar.length; i += step) p.write(tar.subarray(i, i + step));
   p.end();
   return out;
 }
-const fileEntry = (name: Buffer, data: Buffer, mode = 0o644): Buffer => Buffer.concat([
-  entryHeader({ path: name, type: 'file', size: data.length, mode }), data, Buffer.alloc(padding(data.length)),
-]);
+const fileEntry = (name: Buffer, data: Buffer, mode = 0o644): Buffer =>
+  Buffer.concat([
+    entryHeader({ path: name, type: 'file', size: data.length, mode }),
+    data,
+    Buffer.alloc(padding(data.length)),
+  ]);
 const latin1 = (b: Buffer): string => b.toString('latin1');
 
 describe('tar format: write then read', () => {
@@ -42,18 +55,24 @@ describe('tar format: write then read', () => {
     fileEntry(nonUtf8, Buffer.alloc(1000, 7)),
     fileEntry(longName, Buffer.alloc(0)),
     entryHeader({
-      path: Buffer.from('ln'), type: 'symlink', mode: 0o777, linkpath: Buffer.concat([Buffer.from('x/'), nonUtf8]),
+      path: Buffer.from('ln'),
+      type: 'symlink',
+      mode: 0o777,
+      linkpath: Buffer.concat([Buffer.from('x/'), nonUtf8]),
     }),
     END,
   ]);
   const expect = (r: Read[]): void => {
-    assert.deepEqual(r.map((x) => [x.entry.path, x.entry.type, x.entry.linkpath, x.entry.size]), [
-      ['dir/', 'dir', '', 0],
-      ['dir/a', 'file', '', 6],
-      [latin1(nonUtf8), 'file', '', 1000],
-      [latin1(longName), 'file', '', 0],
-      ['ln', 'symlink', `x/${latin1(nonUtf8)}`, 0],
-    ]);
+    assert.deepEqual(
+      r.map((x) => [x.entry.path, x.entry.type, x.entry.linkpath, x.entry.size]),
+      [
+        ['dir/', 'dir', '', 0],
+        ['dir/a', 'file', '', 6],
+        [latin1(nonUtf8), 'file', '', 1000],
+        [latin1(longName), 'file', '', 0],
+        ['ln', 'symlink', `x/${latin1(nonUtf8)}`, 0],
+      ],
+    );
     assert.equal(r[1]!.data.toString(), 'hello\n');
     assert.equal(r[1]!.entry.mode & 0o111, 0o111);
     assert.deepEqual(r[2]!.data, Buffer.alloc(1000, 7));
@@ -83,7 +102,10 @@ describe('tar format: write then read', () => {
       const f = path.join(work.dir, `gnu-${format}.tar`);
       const args = ['--format', format, '-cf', f, '-C', root, '--sort=name', '.'];
       const r = spawnSync('tar', args);
-      if (format === 'ustar') { assert.notEqual(r.status, 0, 'ustar cannot hold a 200-byte name'); continue; }
+      if (format === 'ustar') {
+        assert.notEqual(r.status, 0, 'ustar cannot hold a 200-byte name');
+        continue;
+      }
       assert.equal(r.status, 0, r.stderr.toString());
       const got = parse(fs.readFileSync(f), 1000);
       const byName = new Map(got.map((x) => [x.entry.path, x]));
@@ -102,7 +124,13 @@ describe('tar format: write then read', () => {
     const h = entryHeader({ path: Buffer.from('disk.img'), type: 'file', size: 20 * 1024 ** 3, mode: 0o644 });
     assert.ok(h.length > BLOCK, 'a pax header precedes');
     let seen: TarEntry | undefined;
-    const p = new TarParser({ entry: (e) => { seen = e; }, data: () => {}, entryEnd: () => {} });
+    const p = new TarParser({
+      entry: (e) => {
+        seen = e;
+      },
+      data: () => {},
+      entryEnd: () => {},
+    });
     p.write(h);
     assert.equal(seen?.size, 20 * 1024 ** 3);
   });

@@ -10,7 +10,15 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { cairnAsync, lastLine, tempDir, type CliResult } from './helpers.js';
-import { TORTURE, assertVerifyClean, leftoverRows, lines, outDir, rrefsOf, tmpEntries } from './fixtures/torture/support.js';
+import {
+  TORTURE,
+  assertVerifyClean,
+  leftoverRows,
+  lines,
+  outDir,
+  rrefsOf,
+  tmpEntries,
+} from './fixtures/torture/support.js';
 
 const PROCS = 16;
 const SLOW = path.join(TORTURE, 'slow.ts');
@@ -28,9 +36,15 @@ function assertAllOk(results: CliResult[]): void {
 
 /** Lock rows and temp roots left in the index: none once every process has exited. */
 
-async function realizeAll(store: string, args: string[], env: NodeJS.ProcessEnv): Promise<{ results: CliResult[]; ms: number }> {
+async function realizeAll(
+  store: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+): Promise<{ results: CliResult[]; ms: number }> {
   const t0 = Date.now();
-  const results = await Promise.all(Array.from({ length: PROCS }, () => cairnAsync(store, ['realize', SLOW, ...args], { env })));
+  const results = await Promise.all(
+    Array.from({ length: PROCS }, () => cairnAsync(store, ['realize', SLOW, ...args], { env })),
+  );
   return { results, ms: Date.now() - t0 };
 }
 
@@ -44,7 +58,11 @@ describe(`${PROCS} concurrent realizes of slow non-deterministic builds`, { time
       const { results, ms } = await realizeAll(store, [], env);
       assertAllOk(results);
       const outputs = results.map((r) => lastLine(r.stdout));
-      assert.equal(new Set(outputs).size, 1, `all ${PROCS} print the same target RRef: ${[...new Set(outputs)].join(', ')}`);
+      assert.equal(
+        new Set(outputs).size,
+        1,
+        `all ${PROCS} print the same target RRef: ${[...new Set(outputs)].join(', ')}`,
+      );
       assert.match(outputs[0]!, /^[0-9a-z]{32}-[0-9a-z]{32}-sum$/);
       const diceBuilds = lines(path.join(counter, 'dice')).length;
       const sumBuilds = lines(path.join(counter, 'sum')).length;
@@ -56,10 +74,15 @@ describe(`${PROCS} concurrent realizes of slow non-deterministic builds`, { time
       assert.deepEqual(tmpEntries(store), [], 'no leftover temporary directories in STORE/tmp');
       assert.deepEqual(leftoverRows(store), { locks: 0, tempRoots: 0 }, 'no lock rows or temp roots left');
       // sum was built from the three chosen dice.
-      const dice = rrefsOf(store, 'dice').map((r) => Number(fs.readFileSync(path.join(outDir(store, r), 'roll.txt'), 'utf8').split(' ')[0]));
+      const dice = rrefsOf(store, 'dice').map((r) =>
+        Number(fs.readFileSync(path.join(outDir(store, r), 'roll.txt'), 'utf8').split(' ')[0]),
+      );
       const [count, total] = fs.readFileSync(path.join(outDir(store, outputs[0]!), 'sum.txt'), 'utf8').split(' ');
       assert.equal(Number(count), 3);
-      assert.equal(Number(total), dice.reduce((a, b) => a + b, 0));
+      assert.equal(
+        Number(total),
+        dice.reduce((a, b) => a + b, 0),
+      );
       assertVerifyClean(store);
 
       // Again: everything is cached, nothing is built, the same RRef.
@@ -85,12 +108,18 @@ describe(`${PROCS} concurrent realizes of slow non-deterministic builds`, { time
       const outputs = results.map((r) => lastLine(r.stdout));
       assert.equal(new Set(outputs).size, 1, `all print the same RRef: ${[...new Set(outputs)].join(', ')}`);
       const pairBuilds = lines(path.join(counter, 'pairs')).length;
-      console.log(`${PROCS} processes: pairs built ${pairBuilds}x, pairSum built ${lines(path.join(counter, 'pairSum')).length}x, ${(ms / 1000).toFixed(1)}s`);
+      console.log(
+        `${PROCS} processes: pairs built ${pairBuilds}x, pairSum built ${lines(path.join(counter, 'pairSum')).length}x, ${(ms / 1000).toFixed(1)}s`,
+      );
       assert.equal(pairBuilds, 3);
       assert.equal(lines(path.join(counter, 'pairSum')).length, 1);
       assert.equal(rrefsOf(store, 'pairs').length, 6);
       assert.equal(rrefsOf(store, 'pairSum').length, 1);
-      assert.equal(fs.readFileSync(path.join(outDir(store, outputs[0]!), 'sum.txt'), 'utf8').split(' ')[0], '5', 'pairSum saw the 5 chosen pairs');
+      assert.equal(
+        fs.readFileSync(path.join(outDir(store, outputs[0]!), 'sum.txt'), 'utf8').split(' ')[0],
+        '5',
+        'pairSum saw the 5 chosen pairs',
+      );
       assert.deepEqual(tmpEntries(store), []);
       assert.deepEqual(leftoverRows(store), { locks: 0, tempRoots: 0 });
       assertVerifyClean(store);

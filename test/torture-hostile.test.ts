@@ -16,7 +16,15 @@ import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { cairn, lastLine, tempDir } from './helpers.js';
 import {
-  assertVerifyClean, drefsOnDisk, expectError, leftoverRows, ok, outDir, rrefsOnDisk, tmpEntries, writeStageFile,
+  assertVerifyClean,
+  drefsOnDisk,
+  expectError,
+  leftoverRows,
+  ok,
+  outDir,
+  rrefsOnDisk,
+  tmpEntries,
+  writeStageFile,
 } from './fixtures/torture/support.js';
 
 const cache = tempDir('cairn-hostile-cache');
@@ -33,7 +41,6 @@ import { stage } from 'cairn';
 export default stage({ name: 'good', config: { v: 1 }, build: ({ out }) => { fs.writeFileSync(path.join(out, 'ok.txt'), 'ok\\n'); } });
 `;
 
-
 /** A store with one good realization in it, to see that hostile runs add nothing. */
 function freshStore(label: string): string {
   const store = path.join(work.dir, `${label}-${Math.random().toString(36).slice(2, 8)}`);
@@ -49,7 +56,11 @@ function freshStore(label: string): string {
 function assertNewDerivationsWhole(store: string, before: string[], label: string): void {
   for (const d of drefsOnDisk(store).filter((x) => !before.includes(x))) {
     assert.ok(fs.existsSync(path.join(store, 'd', d, 'drv.json')), `${label}: the new derivation ${d} is whole`);
-    assert.deepEqual(fs.readdirSync(path.join(store, 'd', d, 'r')), [], `${label}: the new derivation ${d} has no realization`);
+    assert.deepEqual(
+      fs.readdirSync(path.join(store, 'd', d, 'r')),
+      [],
+      `${label}: the new derivation ${d} has no realization`,
+    );
   }
 }
 
@@ -75,13 +86,24 @@ const HEAD = `import * as fs from 'node:fs';\nimport * as path from 'node:path';
 
 describe('hostile stage files', { timeout: 300_000 }, () => {
   it('a stage file that throws at import: E_STAGE_FILE', () => {
-    expectHostile('throws', `${HEAD}throw new Error('boom at import');\n`, 'E_STAGE_FILE', { message: /boom at import/ });
+    expectHostile('throws', `${HEAD}throw new Error('boom at import');\n`, 'E_STAGE_FILE', {
+      message: /boom at import/,
+    });
   });
   it('a stage file with a syntax error: E_STAGE_FILE', () => {
-    expectHostile('syntax', `${HEAD}export default stage({ name: 'x', config: {}, build: () => { ) });\n`, 'E_STAGE_FILE');
+    expectHostile(
+      'syntax',
+      `${HEAD}export default stage({ name: 'x', config: {}, build: () => { ) });\n`,
+      'E_STAGE_FILE',
+    );
   });
   it('a default export function that throws: E_STAGE_FILE', () => {
-    expectHostile('fnthrows', `${HEAD}export default () => { throw new Error('no stages for you'); };\n`, 'E_STAGE_FILE', { message: /no stages for you/ });
+    expectHostile(
+      'fnthrows',
+      `${HEAD}export default () => { throw new Error('no stages for you'); };\n`,
+      'E_STAGE_FILE',
+      { message: /no stages for you/ },
+    );
   });
   it('a stage file that exports nothing: E_NO_TARGET', () => {
     expectHostile('nothing', `${HEAD}export const x = 1;\n`, 'E_NO_TARGET');
@@ -108,25 +130,37 @@ describe('hostile configs and graphs', { timeout: 300_000 }, () => {
     ['a Date', '{ when: new Date(0) }'],
   ] as const) {
     it(`a config with ${what}: E_CONFIG_NOT_JSON`, () => {
-      expectHostile(`config-${what.replace(/\W+/g, '-')}`, `${HEAD}export default stage({ name: 'cfg', config: ${config}, ${build} });\n`, 'E_CONFIG_NOT_JSON');
+      expectHostile(
+        `config-${what.replace(/\W+/g, '-')}`,
+        `${HEAD}export default stage({ name: 'cfg', config: ${config}, ${build} });\n`,
+        'E_CONFIG_NOT_JSON',
+      );
     });
   }
 
   it('a cyclic stage graph (a -> b -> a): E_CYCLE', () => {
-    expectHostile('cycle2', `${HEAD}
+    expectHostile(
+      'cycle2',
+      `${HEAD}
 const a = stage({ name: 'a', config: { dep: null as unknown }, ${build} });
 const b = stage({ name: 'b', config: { dep: a }, ${build} });
 (a.config as { dep: unknown }).dep = b;
 export default b;
-`, 'E_CYCLE');
+`,
+      'E_CYCLE',
+    );
   });
 
   it('a stage depending on itself: E_CYCLE', () => {
-    expectHostile('cycle1', `${HEAD}
+    expectHostile(
+      'cycle1',
+      `${HEAD}
 const a = stage({ name: 'a', config: { deps: [] as unknown[] }, ${build} });
 (a.config as { deps: unknown[] }).deps.push(a);
 export default a;
-`, 'E_CYCLE');
+`,
+      'E_CYCLE',
+    );
   });
 
   for (const [what, name] of [
@@ -138,41 +172,71 @@ export default a;
     ['nothing', "''"],
   ] as const) {
     it(`a stage name with ${what}: E_BAD_NAME`, () => {
-      expectHostile(`name-${what.replace(/\W+/g, '-')}`, `${HEAD}export default stage({ name: ${name}, config: {}, ${build} });\n`, 'E_BAD_NAME');
+      expectHostile(
+        `name-${what.replace(/\W+/g, '-')}`,
+        `${HEAD}export default stage({ name: ${name}, config: {}, ${build} });\n`,
+        'E_BAD_NAME',
+      );
     });
   }
 });
 
 describe('hostile outputs', { timeout: 300_000 }, () => {
   const unsafe = (label: string, body: string, n = 1): void => {
-    expectHostile(label, `${HEAD}import * as net from 'node:net';\nimport { execFileSync } from 'node:child_process';
+    expectHostile(
+      label,
+      `${HEAD}import * as net from 'node:net';\nimport { execFileSync } from 'node:child_process';
 export default stage({ name: 'bad', config: { label: ${JSON.stringify(label)} }, n: ${n}, build: async ({ out, outs }) => {
   fs.writeFileSync(path.join(out, 'fine.txt'), 'fine\\n');
   ${body}
 } });
-`, 'E_UNSAFE_OUTPUT');
+`,
+      'E_UNSAFE_OUTPUT',
+    );
   };
 
-  it('an absolute symlink: E_UNSAFE_OUTPUT', () => unsafe('abs-link', `fs.symlinkSync('/etc/passwd', path.join(out, 'pw'));`));
-  it('a relative symlink leaving the output: E_UNSAFE_OUTPUT', () => unsafe('rel-link', `fs.mkdirSync(path.join(out, 'sub')); fs.symlinkSync('../../../outside', path.join(out, 'sub', 'up'));`));
-  it("a symlink escaping through another symlink (s -> ., x -> s/../sibling): E_UNSAFE_OUTPUT", () => unsafe('via-link', `fs.symlinkSync('.', path.join(out, 's')); fs.symlinkSync('s/../sibling', path.join(out, 'x'));`));
-  it('a character device (mknod c 1 3): E_UNSAFE_OUTPUT', () => unsafe('device', `execFileSync('mknod', [path.join(out, 'null'), 'c', '1', '3']);`));
-  it('a unix socket: E_UNSAFE_OUTPUT', () => unsafe('socket', `
+  it('an absolute symlink: E_UNSAFE_OUTPUT', () =>
+    unsafe('abs-link', `fs.symlinkSync('/etc/passwd', path.join(out, 'pw'));`));
+  it('a relative symlink leaving the output: E_UNSAFE_OUTPUT', () =>
+    unsafe(
+      'rel-link',
+      `fs.mkdirSync(path.join(out, 'sub')); fs.symlinkSync('../../../outside', path.join(out, 'sub', 'up'));`,
+    ));
+  it('a symlink escaping through another symlink (s -> ., x -> s/../sibling): E_UNSAFE_OUTPUT', () =>
+    unsafe(
+      'via-link',
+      `fs.symlinkSync('.', path.join(out, 's')); fs.symlinkSync('s/../sibling', path.join(out, 'x'));`,
+    ));
+  it('a character device (mknod c 1 3): E_UNSAFE_OUTPUT', () =>
+    unsafe('device', `execFileSync('mknod', [path.join(out, 'null'), 'c', '1', '3']);`));
+  it('a unix socket: E_UNSAFE_OUTPUT', () =>
+    unsafe(
+      'socket',
+      `
   const srv = net.createServer();
   await new Promise<void>((resolve) => srv.listen(path.join(out, 'sock'), () => resolve()));
   srv.unref();
-  if (!fs.lstatSync(path.join(out, 'sock')).isSocket()) throw new Error('no socket was made');`));
+  if (!fs.lstatSync(path.join(out, 'sock')).isSocket()) throw new Error('no socket was made');`,
+    ));
   it('a FIFO: E_UNSAFE_OUTPUT', () => unsafe('fifo', `execFileSync('mkfifo', [path.join(out, 'pipe')]);`));
   it('an unsafe entry deep in the second of two outputs (n: 2): E_UNSAFE_OUTPUT, and the first output is not stored either', () =>
-    unsafe('second', `fs.writeFileSync(path.join(outs[1], 'fine.txt'), 'also fine\\n'); fs.mkdirSync(path.join(outs[1], 'a', 'b'), { recursive: true }); execFileSync('mkfifo', [path.join(outs[1], 'a', 'b', 'pipe')]);`, 2));
+    unsafe(
+      'second',
+      `fs.writeFileSync(path.join(outs[1], 'fine.txt'), 'also fine\\n'); fs.mkdirSync(path.join(outs[1], 'a', 'b'), { recursive: true }); execFileSync('mkfifo', [path.join(outs[1], 'a', 'b', 'pipe')]);`,
+      2,
+    ));
 
   it('a hard link to a file outside the output is copied, not sealed in place: the outside file keeps its mode and content', () => {
     const store = freshStore('hardlink');
     const outside = path.join(work.dir, 'outside.txt');
     fs.writeFileSync(outside, 'mine\n', { mode: 0o644 });
-    const file = writeStageFile(work.dir, 'hardlink.ts', `${HEAD}
+    const file = writeStageFile(
+      work.dir,
+      'hardlink.ts',
+      `${HEAD}
 export default stage({ name: 'linker', config: { v: 1 }, build: ({ out }) => { fs.linkSync(${JSON.stringify(outside)}, path.join(out, 'linked.txt')); } });
-`);
+`,
+    );
     const rref = lastLine(ok(cairn(store, ['realize', file, '-q'])).stdout);
     const inStore = path.join(outDir(store, rref), 'linked.txt');
     assert.equal(fs.statSync(outside).mode & 0o777, 0o644, 'the outside file is still writable');
@@ -201,7 +265,11 @@ describe('a disk that fills up during a build', { timeout: 300_000 }, () => {
     ];
     for (const [cmd, args] of steps) {
       const r = spawnSync(cmd, args, { encoding: 'utf8' });
-      assert.equal(r.status, 0, `${cmd} ${args.join(' ')} failed (exit ${r.status}): ${r.stderr}${r.error ? String(r.error) : ''}`);
+      assert.equal(
+        r.status,
+        0,
+        `${cmd} ${args.join(' ')} failed (exit ${r.status}): ${r.stderr}${r.error ? String(r.error) : ''}`,
+      );
     }
     mounted = true;
   });
@@ -254,7 +322,11 @@ export const tiny = stage({ name: 'tiny', config: { v: 1 }, build: ({ out }) => 
 
     const r = cairn(store, ['realize', file, '-s', 'filler']);
     console.log(`disk full during the build: ${r.stderr.trim().split('\n').pop()!.slice(0, 300)}`);
-    assert.match(r.stderr, /cairn: error E_BUILD_FAILED: stage filler /, `the build's own write failed, so the build failed: ${r.stderr.slice(0, 1000)}`);
+    assert.match(
+      r.stderr,
+      /cairn: error E_BUILD_FAILED: stage filler /,
+      `the build's own write failed, so the build failed: ${r.stderr.slice(0, 1000)}`,
+    );
     assert.equal(r.code, 1);
     assert.match(r.stderr, /ENOSPC|no space left/i, 'the message names the cause');
     assert.doesNotMatch(r.stderr, /internal error/);
@@ -280,7 +352,11 @@ export const tiny = stage({ name: 'tiny', config: { v: 1 }, build: ({ out }) => 
 
     const r = cairn(store, ['realize', file, '-s', 'hog']);
     console.log(`disk full after the build: ${r.stderr.trim().split('\n').pop()!.slice(0, 300)}`);
-    assert.match(r.stderr, /cairn: error E_STORE_IO: /, `the build succeeded and storing its output failed, so E_STORE_IO, not E_BUILD_FAILED: exit ${r.code}, ${r.stderr.slice(0, 1000)}`);
+    assert.match(
+      r.stderr,
+      /cairn: error E_STORE_IO: /,
+      `the build succeeded and storing its output failed, so E_STORE_IO, not E_BUILD_FAILED: exit ${r.code}, ${r.stderr.slice(0, 1000)}`,
+    );
     assert.match(r.stderr, /ENOSPC|no space left/i, 'the message names the cause');
     assert.equal(r.code, 1);
     assert.doesNotMatch(r.stderr, /internal error/);

@@ -30,7 +30,17 @@ import { after, describe, it } from 'node:test';
 import { cairn, cairnBin, lastLine, repoRoot, tempDir } from './helpers.js';
 import { ownerId } from '../src/store/fsutil.js';
 import {
-  CHAIN, PIPELINE, assertNoPartialRealizations, assertVerifyClean, lines, ok, realizeJson, rrefsOnDisk, rzDir, tmpEntries, verify,
+  CHAIN,
+  PIPELINE,
+  assertNoPartialRealizations,
+  assertVerifyClean,
+  lines,
+  ok,
+  realizeJson,
+  rrefsOnDisk,
+  rzDir,
+  tmpEntries,
+  verify,
 } from './fixtures/torture/support.js';
 
 const KILLS = 200;
@@ -42,21 +52,44 @@ after(() => cache.cleanup());
 
 type Phase = 'startup' | 'build' | 'seal' | 'commit' | 'after-commit' | 'finished';
 
-interface Run { pid: number; code: number | null; signal: NodeJS.Signals | null; delay: number; phase: Phase; ms: number; stderr: string }
+interface Run {
+  pid: number;
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  delay: number;
+  phase: Phase;
+  ms: number;
+  stderr: string;
+}
 
 /** A realize that was not killed must have succeeded, even next to killed ones. */
 function assertFinishedOk(r: Run): void {
-  if (r.signal !== 'SIGKILL') assert.equal(r.code, 0, `an unkilled realize failed (exit ${r.code}, signal ${r.signal}): ${r.stderr.slice(0, 1500)}`);
+  if (r.signal !== 'SIGKILL')
+    assert.equal(
+      r.code,
+      0,
+      `an unkilled realize failed (exit ${r.code}, signal ${r.signal}): ${r.stderr.slice(0, 1500)}`,
+    );
 }
 
-function startRealize(store: string, args: string[], env: NodeJS.ProcessEnv, killAfterMs: number | null, classify: (pid: number) => Phase): Promise<Run> {
+function startRealize(
+  store: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  killAfterMs: number | null,
+  classify: (pid: number) => Phase,
+): Promise<Run> {
   return new Promise((resolve) => {
     const t0 = Date.now();
     const child = spawn(process.execPath, [cairnBin, '--store', store, 'realize', PIPELINE, '-q', ...args], {
-      cwd: repoRoot, env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'],
+      cwd: repoRoot,
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'ignore', 'pipe'],
     });
     let stderr = '';
-    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => {
+      stderr += d;
+    });
     let timer: NodeJS.Timeout | undefined;
     if (killAfterMs !== null) timer = setTimeout(() => child.kill('SIGKILL'), killAfterMs);
     child.on('exit', (code, signal) => {
@@ -76,7 +109,11 @@ describe('kill -9 torture', { timeout: 1_500_000 }, () => {
       const store = path.join(t.dir, 'store');
       const trace = path.join(t.dir, 'trace');
       let salt = 0;
-      const envFor = (s: number): NodeJS.ProcessEnv => ({ TORTURE_TRACE: trace, TORTURE_SLEEP_MS: '10-60', TORTURE_SALT: `s${s}` });
+      const envFor = (s: number): NodeJS.ProcessEnv => ({
+        TORTURE_TRACE: trace,
+        TORTURE_SLEEP_MS: '10-60',
+        TORTURE_SALT: `s${s}`,
+      });
 
       const classify = (pid: number): Phase => {
         const mine = lines(trace).filter((l) => l.split(' ')[1] === String(pid));
@@ -84,18 +121,34 @@ describe('kill -9 torture', { timeout: 1_500_000 }, () => {
         const ends = mine.filter((l) => l.startsWith('end ')).length;
         if (starts > ends) return 'build';
         let leftovers: string[] = [];
-        try { leftovers = fs.readdirSync(path.join(store, 'tmp')).filter((n) => n.startsWith(`${pid}.`) && n.includes('-build-')); } catch { /* none */ }
+        try {
+          leftovers = fs
+            .readdirSync(path.join(store, 'tmp'))
+            .filter((n) => n.startsWith(`${pid}.`) && n.includes('-build-'));
+        } catch {
+          /* none */
+        }
         let sawOutput = false;
         for (const dir of leftovers) {
           const abs = path.join(store, 'tmp', dir);
           let entries: string[] = [];
-          try { entries = fs.readdirSync(abs); } catch { continue; }
+          try {
+            entries = fs.readdirSync(abs);
+          } catch {
+            continue;
+          }
           // Staging directories: rz-0, rz-1, ... for n > 1; with one output
           // the build directory may be the staging directory itself.
-          const staging = entries.some((n) => n.startsWith('rz-')) ? entries.filter((n) => n.startsWith('rz-')).map((n) => path.join(abs, n)) : [abs];
+          const staging = entries.some((n) => n.startsWith('rz-'))
+            ? entries.filter((n) => n.startsWith('rz-')).map((n) => path.join(abs, n))
+            : [abs];
           for (const st of staging) {
             if (fs.existsSync(path.join(st, 'meta.json'))) return 'commit';
-            try { if (fs.readdirSync(path.join(st, 'out')).length > 0) sawOutput = true; } catch { /* swept meanwhile */ }
+            try {
+              if (fs.readdirSync(path.join(st, 'out')).length > 0) sawOutput = true;
+            } catch {
+              /* swept meanwhile */
+            }
           }
         }
         // A build directory whose outputs are still empty: killed while setting up a build.
@@ -113,7 +166,9 @@ describe('kill -9 torture', { timeout: 1_500_000 }, () => {
         for (const r of rs) {
           assertFinishedOk(r);
           calib.push(r.ms);
-          const starts = lines(trace).filter((l) => l.startsWith(`start ${r.pid} `)).map((l) => Number(l.split(' ')[3]));
+          const starts = lines(trace)
+            .filter((l) => l.startsWith(`start ${r.pid} `))
+            .map((l) => Number(l.split(' ')[3]));
           if (starts.length > 0) firstBuild.push(Math.min(...starts) - spawnedAt);
         }
       }
@@ -124,9 +179,17 @@ describe('kill -9 torture', { timeout: 1_500_000 }, () => {
       // A third of the kills anywhere in [0, full]; the rest in [0.8 startup,
       // full], so more of them land in builds, sealing and commits than in
       // Node's start-up.
-      const delay = (): number => (Math.random() < 1 / 3 ? Math.random() * full : 0.8 * startup + Math.random() * (full - 0.8 * startup));
+      const delay = (): number =>
+        Math.random() < 1 / 3 ? Math.random() * full : 0.8 * startup + Math.random() * (full - 0.8 * startup);
 
-      const phases: Record<Phase, number> = { startup: 0, build: 0, seal: 0, commit: 0, 'after-commit': 0, finished: 0 };
+      const phases: Record<Phase, number> = {
+        startup: 0,
+        build: 0,
+        seal: 0,
+        commit: 0,
+        'after-commit': 0,
+        finished: 0,
+      };
       const extras = new Set<string>();
       const writableDirs = new Set<string>();
       let kills = 0;
@@ -137,15 +200,31 @@ describe('kill -9 torture', { timeout: 1_500_000 }, () => {
       const violations = new Map<string, string>();
       const modes: Record<string, number> = { force: 0, fresh: 0, plain: 0 };
       const summary = (): Record<string, unknown> => ({
-        kills, rounds, fullRealizeMs: full, firstBuildMs: startup, calibrationMs: calib, phases, modes, verifies, roundsWithExtras,
-        extras: extras.size, violations: violations.size, writableRealizationDirs: writableDirs.size, realizations: rrefsOnDisk(store).length,
-        builds: lines(trace).filter((l) => l.startsWith('start ')).length, wallSeconds: Math.round((Date.now() - started) / 1000),
+        kills,
+        rounds,
+        fullRealizeMs: full,
+        firstBuildMs: startup,
+        calibrationMs: calib,
+        phases,
+        modes,
+        verifies,
+        roundsWithExtras,
+        extras: extras.size,
+        violations: violations.size,
+        writableRealizationDirs: writableDirs.size,
+        realizations: rrefsOnDisk(store).length,
+        builds: lines(trace).filter((l) => l.startsWith('start ')).length,
+        wallSeconds: Math.round((Date.now() - started) / 1000),
       });
       const report = (): void => {
         const s = summary();
         console.log(`kill torture: ${JSON.stringify(s)}`);
         for (const [what, where] of violations) console.log(`  verify problem: ${what} (${where})`);
-        if (process.env.TORTURE_REPORT) fs.writeFileSync(process.env.TORTURE_REPORT, JSON.stringify({ ...s, problems: [...violations] }, null, 2) + '\n');
+        if (process.env.TORTURE_REPORT)
+          fs.writeFileSync(
+            process.env.TORTURE_REPORT,
+            JSON.stringify({ ...s, problems: [...violations] }, null, 2) + '\n',
+          );
       };
       try {
         while (kills < KILLS && rounds < MAX_ROUNDS) {
@@ -155,8 +234,13 @@ describe('kill -9 torture', { timeout: 1_500_000 }, () => {
           const mode = roll < 0.2 ? 'fresh' : roll < 0.9 ? 'force' : 'plain';
           modes[mode]!++;
           if (mode === 'fresh') salt++;
-          const lane = (): string[] => [...(mode === 'force' ? ['-f'] : []), ...(Math.random() < 0.3 ? ['-j', '1'] : [])];
-          const runs = await Promise.all([0, 1].map(() => startRealize(store, lane(), envFor(salt), delay(), classify)));
+          const lane = (): string[] => [
+            ...(mode === 'force' ? ['-f'] : []),
+            ...(Math.random() < 0.3 ? ['-j', '1'] : []),
+          ];
+          const runs = await Promise.all(
+            [0, 1].map(() => startRealize(store, lane(), envFor(salt), delay(), classify)),
+          );
           for (const r of runs) {
             assertFinishedOk(r);
             phases[r.phase]++;
@@ -175,7 +259,11 @@ describe('kill -9 torture', { timeout: 1_500_000 }, () => {
             if (p.kind === 'extra') extras.add(p.ref);
             else {
               const key = `${p.kind} ${p.ref}: ${p.detail}`;
-              if (!violations.has(key)) violations.set(key, `first seen after round ${rounds}, kills landed in: ${runs.map((r) => r.phase).join(', ')}`);
+              if (!violations.has(key))
+                violations.set(
+                  key,
+                  `first seen after round ${rounds}, kills landed in: ${runs.map((r) => r.phase).join(', ')}`,
+                );
             }
           }
           if (v.report.problems.some((p) => p.kind === 'extra')) roundsWithExtras++;
@@ -192,7 +280,10 @@ describe('kill -9 torture', { timeout: 1_500_000 }, () => {
       assert.deepEqual(tmpEntries(store), [], 'STORE/tmp is empty after a normal realize');
       assert.deepEqual([...violations.keys()], [], 'after every kill, verify reports nothing but extra realizations');
       const end = verify(store);
-      assert.deepEqual(end.report.problems.filter((p) => p.kind !== 'extra'), []);
+      assert.deepEqual(
+        end.report.problems.filter((p) => p.kind !== 'extra'),
+        [],
+      );
       const repaired = verify(store, { repair: true });
       assert.equal(repaired.code, 0);
       assert.deepEqual(repaired.report.quarantined, [], 'nothing had to be quarantined');
@@ -210,14 +301,25 @@ describe('kill -9 torture', { timeout: 1_500_000 }, () => {
       for (const p of next.plan) {
         if (p.action === 'cached') continue;
         for (const r of p.rrefs) {
-          const meta = JSON.parse(fs.readFileSync(path.join(rzDir(store, r), 'meta.json'), 'utf8')) as { context: Record<string, string[]> };
+          const meta = JSON.parse(fs.readFileSync(path.join(rzDir(store, r), 'meta.json'), 'utf8')) as {
+            context: Record<string, string[]>;
+          };
           const inputs = Object.values(meta.context).flat();
-          assert.ok(inputs.some((i) => indexed.has(i) || built.has(i)),
-            `${p.name} was built again after --repair although none of its inputs was newly indexed: ${inputs.join(', ')}`);
+          assert.ok(
+            inputs.some((i) => indexed.has(i) || built.has(i)),
+            `${p.name} was built again after --repair although none of its inputs was newly indexed: ${inputs.join(', ')}`,
+          );
         }
         for (const r of p.rrefs) built.add(r);
       }
-      console.log(`kill torture: after --repair indexed ${indexed.size} extra(s), the next realize built ${next.builds} stage(s): ${next.plan.filter((p) => p.action !== 'cached').map((p) => p.name).join(', ') || 'none'}`);
+      console.log(
+        `kill torture: after --repair indexed ${indexed.size} extra(s), the next realize built ${next.builds} stage(s): ${
+          next.plan
+            .filter((p) => p.action !== 'cached')
+            .map((p) => p.name)
+            .join(', ') || 'none'
+        }`,
+      );
       assertVerifyClean(store, 'verify after the realize that follows --repair');
       assert.equal(realizeJson(store, PIPELINE, [], envFor(salt)).builds, 0, 'and then the pipeline is fully cached');
       assertNoPartialRealizations(store);
@@ -255,7 +357,7 @@ describe('states a kill -9 leaves behind, made directly', { timeout: 300_000 }, 
     }
   });
 
-  it('the store.json staging file of a process killed while creating the store is swept by the next realize; a live creator\'s is left alone', () => {
+  it("the store.json staging file of a process killed while creating the store is swept by the next realize; a live creator's is left alone", () => {
     // Store.open writes tmp/<owner>-store-json-<hex>, links it to
     // store.json, then unlinks it: a kill in between leaves it in STORE/tmp.
     // It is swept like any other temporary of a dead owner; so is the
@@ -272,7 +374,11 @@ describe('states a kill -9 leaves behind, made directly', { timeout: 300_000 }, 
       fs.writeFileSync(path.join(store, 'tmp', live), marker, { mode: 0o444 });
       ok(cairn(store, ['realize', CHAIN, '-q']));
       ok(cairn(store, ['store', 'gc']));
-      assert.deepEqual(tmpEntries(store), [live], "after a realize and a gc, only the live owner's file is left in STORE/tmp");
+      assert.deepEqual(
+        tmpEntries(store),
+        [live],
+        "after a realize and a gc, only the live owner's file is left in STORE/tmp",
+      );
       fs.unlinkSync(path.join(store, 'tmp', live));
     } finally {
       t.cleanup();
@@ -287,7 +393,10 @@ describe('states a kill -9 leaves behind, made directly', { timeout: 300_000 }, 
   const withBareDrvDir = (dir: string): { store: string; c: string } => {
     const store = path.join(dir, 'store');
     ok(cairn(store, ['realize', CHAIN, '-q', '-s', 'a']));
-    const c = ok(cairn(store, ['instantiate', CHAIN])).stdout.trim().split('\n').pop()!;
+    const c = ok(cairn(store, ['instantiate', CHAIN]))
+      .stdout.trim()
+      .split('\n')
+      .pop()!;
     fs.mkdirSync(path.join(store, 'd', c, 'r'), { recursive: true });
     return { store, c };
   };

@@ -12,10 +12,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tar from 'tar';
-import {
-  CairnError, fetchlocal, fetchurl, realize, LocalStore, unpack,
-  type Stage,
-} from '../src/index.js';
+import { CairnError, fetchlocal, fetchurl, realize, LocalStore, unpack, type Stage } from '../src/index.js';
 import { tempDir, isCode, drefOf, one, storePerTest } from './helpers.js';
 import { TestServer, serveRange } from './fixtures/fetch/server.js';
 import { storeIndex } from '../src/store/internals.js';
@@ -46,12 +43,22 @@ const sh = (cmd: string, args: string[], opts: { cwd?: string; input?: string } 
   const r = spawnSync(cmd, args, { cwd: opts.cwd, input: opts.input, encoding: 'utf8' });
   assert.equal(r.status, 0, `${cmd} ${args.join(' ')} failed: ${r.stderr}${r.error ? String(r.error) : ''}`);
 };
-const tmpEntries = (): string[] => { try { return fs.readdirSync(path.join(store.root, 'tmp')); } catch { return []; } };
+const tmpEntries = (): string[] => {
+  try {
+    return fs.readdirSync(path.join(store.root, 'tmp'));
+  } catch {
+    return [];
+  }
+};
 const nothingStored = (s: Stage): void => {
   const dref = drefOf(s);
   assert.deepEqual(storeIndex(store).realizationsOf(dref), [], 'no realization may be indexed');
   let dirs: string[] = [];
-  try { dirs = fs.readdirSync(path.join(store.root, 'd', dref, 'r')); } catch { /* none */ }
+  try {
+    dirs = fs.readdirSync(path.join(store.root, 'd', dref, 'r'));
+  } catch {
+    /* none */
+  }
   assert.deepEqual(dirs, [], 'no realization directory may exist');
   assert.deepEqual(tmpEntries(), [], 'STORE/tmp must be empty');
 };
@@ -60,10 +67,13 @@ const sha256File = (f: string): string => createHash('sha256').update(fs.readFil
 const local = (archive: string): Stage => fetchlocal({ path: archive, hash: sha256File(archive) });
 /** Relative paths of everything under root (directories end with /). */
 const listTree = (root: string, rel = ''): string[] =>
-  fs.readdirSync(path.join(root, rel), { withFileTypes: true }).flatMap((e) => {
-    const r = path.posix.join(rel, e.name);
-    return e.isDirectory() ? [`${r}/`, ...listTree(root, r)] : [r];
-  }).sort();
+  fs
+    .readdirSync(path.join(root, rel), { withFileTypes: true })
+    .flatMap((e) => {
+      const r = path.posix.join(rel, e.name);
+      return e.isDirectory() ? [`${r}/`, ...listTree(root, r)] : [r];
+    })
+    .sort();
 
 /** Checks the unpacked pkg-1.0 tree (after strip 1) at `out`. */
 function checkPkg(out: string): void {
@@ -104,7 +114,11 @@ describe('unpack: well-formed archives', () => {
   });
 
   it('a tar.bz2, a tar.zst and a plain tar extract with strip 1', async () => {
-    for (const [name, flags] of [['p.tar.bz2', ['-cjf']], ['p.tar.zst', ['--zstd', '-cf']], ['p.tar', ['-cf']]] as const) {
+    for (const [name, flags] of [
+      ['p.tar.bz2', ['-cjf']],
+      ['p.tar.zst', ['--zstd', '-cf']],
+      ['p.tar', ['-cf']],
+    ] as const) {
       const archive = path.join(dir, name);
       sh('tar', [...flags, archive, '-C', src, 'pkg-1.0']);
       const rref = one(await realize(unpack({ src: local(archive), strip: 1 }), { store }));
@@ -139,16 +153,28 @@ describe('unpack: well-formed archives', () => {
 describe('unpack: Debian packages', () => {
   function debTree(root: string): void {
     fs.mkdirSync(path.join(root, 'DEBIAN'), { recursive: true });
-    fs.writeFileSync(path.join(root, 'DEBIAN', 'control'),
-      'Package: hello-cairn\nVersion: 1.0\nArchitecture: all\nMaintainer: Test <t@example.org>\nDescription: test package\n');
+    fs.writeFileSync(
+      path.join(root, 'DEBIAN', 'control'),
+      'Package: hello-cairn\nVersion: 1.0\nArchitecture: all\nMaintainer: Test <t@example.org>\nDescription: test package\n',
+    );
     fs.mkdirSync(path.join(root, 'usr', 'bin'), { recursive: true });
     fs.mkdirSync(path.join(root, 'usr', 'share', 'hello-cairn'), { recursive: true });
     fs.writeFileSync(path.join(root, 'usr', 'bin', 'hello-cairn'), '#!/bin/sh\necho hello\n', { mode: 0o755 });
     fs.writeFileSync(path.join(root, 'usr', 'share', 'hello-cairn', 'greeting.txt'), 'hello, cairn\n');
   }
   const checkDebData = (out: string): void => {
-    assert.deepEqual(listTree(out), ['usr/', 'usr/bin/', 'usr/bin/hello-cairn', 'usr/share/', 'usr/share/hello-cairn/', 'usr/share/hello-cairn/greeting.txt']);
-    assert.equal(fs.readFileSync(path.join(out, 'usr', 'share', 'hello-cairn', 'greeting.txt'), 'utf8'), 'hello, cairn\n');
+    assert.deepEqual(listTree(out), [
+      'usr/',
+      'usr/bin/',
+      'usr/bin/hello-cairn',
+      'usr/share/',
+      'usr/share/hello-cairn/',
+      'usr/share/hello-cairn/greeting.txt',
+    ]);
+    assert.equal(
+      fs.readFileSync(path.join(out, 'usr', 'share', 'hello-cairn', 'greeting.txt'), 'utf8'),
+      'hello, cairn\n',
+    );
     assert.ok(fs.statSync(path.join(out, 'usr', 'bin', 'hello-cairn')).mode & 0o100);
   };
 
@@ -271,7 +297,11 @@ describe('unpack: hostile archives are E_UNSAFE_ARCHIVE, and nothing is extracte
     nothingStored(u);
     assert.ok(kept && fs.existsSync(kept), 'the failed build directory was kept');
     assert.deepEqual(fs.readdirSync(kept).sort(), ['build.log', 'out'], 'nothing was written beside out/');
-    assert.deepEqual(fs.readdirSync(path.join(kept, 'out')), [], 'nothing was extracted, not even the harmless entry before the bad one');
+    assert.deepEqual(
+      fs.readdirSync(path.join(kept, 'out')),
+      [],
+      'nothing was extracted, not even the harmless entry before the bad one',
+    );
   }
 
   it("an entry with a '..' path", async () => {
@@ -413,7 +443,10 @@ describe('unpack: damaged archives are E_BAD_ARCHIVE', () => {
   it('a truncated .deb', async () => {
     const root = path.join(dir, 'debroot3');
     fs.mkdirSync(path.join(root, 'DEBIAN'), { recursive: true });
-    fs.writeFileSync(path.join(root, 'DEBIAN', 'control'), 'Package: cut\nVersion: 1\nArchitecture: all\nMaintainer: T <t@e.org>\nDescription: d\n');
+    fs.writeFileSync(
+      path.join(root, 'DEBIAN', 'control'),
+      'Package: cut\nVersion: 1\nArchitecture: all\nMaintainer: T <t@e.org>\nDescription: d\n',
+    );
     fs.mkdirSync(path.join(root, 'opt'));
     fs.writeFileSync(path.join(root, 'opt', 'big.bin'), big);
     const deb = path.join(dir, 'cut.deb');
@@ -429,12 +462,20 @@ describe('unpack: damaged archives are E_BAD_ARCHIVE', () => {
  * layouts can be built. `zst` compresses it with zstd afterwards.
  */
 interface PyEntry {
-  name: string | Buffer; type: 'file' | 'dir' | 'sym' | 'hard'; link?: string | Buffer; data?: string; mode?: number;
+  name: string | Buffer;
+  type: 'file' | 'dir' | 'sym' | 'hard';
+  link?: string | Buffer;
+  data?: string;
+  mode?: number;
 }
 function pyTar(out: string, entries: PyEntry[], zst = false): string {
   const hex = (s: string | Buffer | undefined): string => Buffer.from(s ?? '').toString('hex');
   const spec = entries.map((e) => ({
-    name: hex(e.name), type: e.type, link: hex(e.link), data: hex(e.data ?? ''), mode: e.mode ?? 0o644,
+    name: hex(e.name),
+    type: e.type,
+    link: hex(e.link),
+    data: hex(e.data ?? ''),
+    mode: e.mode ?? 0o644,
   }));
   const py = `
 import io, json, sys, tarfile
@@ -458,8 +499,11 @@ with tarfile.open(out, 'w', format=tarfile.GNU_FORMAT, encoding='utf-8', errors=
 }
 
 /** Realizes unpack(archive) expecting `code`, keeping the failed build: nothing may be stored or extracted. */
-async function refusedWith(code: string, archive: string,
-  opts: { strip?: number; limits?: { bytes?: number; entries?: number } } = {}): Promise<void> {
+async function refusedWith(
+  code: string,
+  archive: string,
+  opts: { strip?: number; limits?: { bytes?: number; entries?: number } } = {},
+): Promise<void> {
   const u = unpack({ src: local(archive), ...opts });
   let kept: string | undefined;
   await assert.rejects(realize(u, { store, keepFailed: true }), (e: unknown) => {
@@ -495,8 +539,14 @@ describe('unpack: links judged by where they really resolve (issue 13)', () => {
     it(`a hard link through that chain to a file outside (${ext}): the victim is untouched`, async () => {
       const victim = path.join(dir, 'victim.txt');
       fs.writeFileSync(victim, 'victim\n', { mode: 0o644 });
-      await refusedWith('E_UNSAFE_ARCHIVE', pyTar(path.join(dir, `hardchain.${ext}`),
-        [...chainEntries(), { name: 'h', type: 'hard', link: `far${victim}` }], zst));
+      await refusedWith(
+        'E_UNSAFE_ARCHIVE',
+        pyTar(
+          path.join(dir, `hardchain.${ext}`),
+          [...chainEntries(), { name: 'h', type: 'hard', link: `far${victim}` }],
+          zst,
+        ),
+      );
       const st = fs.statSync(victim);
       assert.equal(st.nlink, 1, 'the victim was not hard-linked into the build');
       assert.equal(st.mode & 0o777, 0o644, 'the victim was not sealed read-only');
@@ -505,30 +555,50 @@ describe('unpack: links judged by where they really resolve (issue 13)', () => {
     it(`a file entry written through the planted chain (${ext}): the sentinel outside is untouched`, async () => {
       const sentinel = path.join(dir, 'sentinel.txt');
       fs.writeFileSync(sentinel, 'sentinel\n');
-      await refusedWith('E_UNSAFE_ARCHIVE', pyTar(path.join(dir, `writechain.${ext}`),
-        [...chainEntries(), { name: `far${sentinel}`, type: 'file', data: 'pwned\n' }], zst));
+      await refusedWith(
+        'E_UNSAFE_ARCHIVE',
+        pyTar(
+          path.join(dir, `writechain.${ext}`),
+          [...chainEntries(), { name: `far${sentinel}`, type: 'file', data: 'pwned\n' }],
+          zst,
+        ),
+      );
       assert.equal(fs.readFileSync(sentinel, 'utf8'), 'sentinel\n');
     });
   }
 
   it('a hard link entry through a symlink (inside) is refused', async () => {
-    await refusedWith('E_UNSAFE_ARCHIVE', pyTar(path.join(dir, 'hardsym.tar'), [
-      { name: 'dir/', type: 'dir' }, { name: 'dir/a', type: 'file', data: 'a' },
-      { name: 'ln', type: 'sym', link: 'dir' }, { name: 'h', type: 'hard', link: 'ln/a' },
-    ]));
+    await refusedWith(
+      'E_UNSAFE_ARCHIVE',
+      pyTar(path.join(dir, 'hardsym.tar'), [
+        { name: 'dir/', type: 'dir' },
+        { name: 'dir/a', type: 'file', data: 'a' },
+        { name: 'ln', type: 'sym', link: 'dir' },
+        { name: 'h', type: 'hard', link: 'ln/a' },
+      ]),
+    );
   });
 
   it('an archive that plants a symlink, then a file entry through it', async () => {
-    await refusedWith('E_UNSAFE_ARCHIVE', pyTar(path.join(dir, 'plant.tar'), [
-      { name: 'ok.txt', type: 'file', data: 'x' }, { name: 'real/', type: 'dir' },
-      { name: 'ln', type: 'sym', link: 'real' }, { name: 'ln/x', type: 'file', data: 'through\n' },
-    ]));
+    await refusedWith(
+      'E_UNSAFE_ARCHIVE',
+      pyTar(path.join(dir, 'plant.tar'), [
+        { name: 'ok.txt', type: 'file', data: 'x' },
+        { name: 'real/', type: 'dir' },
+        { name: 'ln', type: 'sym', link: 'real' },
+        { name: 'ln/x', type: 'file', data: 'through\n' },
+      ]),
+    );
   });
 
   it('a name given twice is refused rather than silently replaced', async () => {
-    await refusedWith('E_UNSAFE_ARCHIVE', pyTar(path.join(dir, 'dup.tar'), [
-      { name: 'a', type: 'file', data: 'first' }, { name: 'a', type: 'file', data: 'second' },
-    ]));
+    await refusedWith(
+      'E_UNSAFE_ARCHIVE',
+      pyTar(path.join(dir, 'dup.tar'), [
+        { name: 'a', type: 'file', data: 'first' },
+        { name: 'a', type: 'file', data: 'second' },
+      ]),
+    );
   });
 });
 
@@ -537,11 +607,15 @@ describe('unpack: names are bytes (issue 13)', () => {
     const raw = Buffer.from([0x63, 0x61, 0x66, 0xe9, 0x2e, 0x74, 0x78, 0x74]); // "caf\xe9.txt" in latin1
     const rrefs: string[] = [];
     for (const zst of [false, true]) {
-      const a = pyTar(path.join(dir, zst ? 'bytes.tar.zst' : 'bytes.tar'), [
-        { name: Buffer.concat([Buffer.from('pkg/'), raw]), type: 'file', data: 'latin1 name\n' },
-        { name: 'pkg/link', type: 'sym', link: raw },
-        { name: 'pkg/hard', type: 'hard', link: Buffer.concat([Buffer.from('pkg/'), raw]) },
-      ], zst);
+      const a = pyTar(
+        path.join(dir, zst ? 'bytes.tar.zst' : 'bytes.tar'),
+        [
+          { name: Buffer.concat([Buffer.from('pkg/'), raw]), type: 'file', data: 'latin1 name\n' },
+          { name: 'pkg/link', type: 'sym', link: raw },
+          { name: 'pkg/hard', type: 'hard', link: Buffer.concat([Buffer.from('pkg/'), raw]) },
+        ],
+        zst,
+      );
       const rref = one(await realize(unpack({ src: local(a), strip: 1 }), { store }));
       const out = store.outPath(rref);
       const names = fs.readdirSync(out, { encoding: 'buffer' }).sort(Buffer.compare);

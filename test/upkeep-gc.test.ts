@@ -13,8 +13,22 @@ import { after, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import { cairn, cairnAsync, lastLine, repoRoot, tempDir, type CliResult } from './helpers.js';
 import {
-  CHAIN, PIPELINE, apparentBytes, assertVerifyClean, drefsOnDisk, expectError, ok, outDir, planOf, realizeJson,
-  rrefsOf, rrefsOnDisk, rzDir, snapshot, tmpEntries, type RealizeJson,
+  CHAIN,
+  PIPELINE,
+  apparentBytes,
+  assertVerifyClean,
+  drefsOnDisk,
+  expectError,
+  ok,
+  outDir,
+  planOf,
+  realizeJson,
+  rrefsOf,
+  rrefsOnDisk,
+  rzDir,
+  snapshot,
+  tmpEntries,
+  type RealizeJson,
 } from './fixtures/torture/support.js';
 
 const cache = tempDir('cairn-gc-cache');
@@ -33,7 +47,9 @@ interface GcReport {
 }
 
 function gc(store: string, args: string[] = []): GcReport {
-  return JSON.parse(ok(cairn(store, ['store', 'gc', '--json', ...args]), `store gc ${args.join(' ')}`).stdout) as GcReport;
+  return JSON.parse(
+    ok(cairn(store, ['store', 'gc', '--json', ...args]), `store gc ${args.join(' ')}`).stdout,
+  ) as GcReport;
 }
 
 /** Every RRef the realize chose, for every stage of its graph: the closure of its targets. */
@@ -42,12 +58,16 @@ const drefsOf = (j: RealizeJson): string[] => j.plan.map((p) => p.dref).sort();
 
 /** What gc will report as freed for these realizations and derivations, measured before it runs. */
 function expectedBytes(store: string, rrefs: string[], drefs: string[]): number {
-  return rrefs.reduce((a, r) => a + apparentBytes(rzDir(store, r)), 0)
-    + drefs.reduce((a, d) => a + apparentBytes(path.join(store, 'd', d, 'drv.json')), 0);
+  return (
+    rrefs.reduce((a, r) => a + apparentBytes(rzDir(store, r)), 0) +
+    drefs.reduce((a, d) => a + apparentBytes(path.join(store, 'd', d, 'drv.json')), 0)
+  );
 }
 
 function rootLs(store: string): string[] {
-  return ok(cairn(store, ['root', 'ls'])).stdout.split('\n').filter(Boolean);
+  return ok(cairn(store, ['root', 'ls']))
+    .stdout.split('\n')
+    .filter(Boolean);
 }
 
 describe('gc: out-links', { timeout: 240_000 }, () => {
@@ -74,14 +94,19 @@ describe('gc: out-links', { timeout: 240_000 }, () => {
 
       assert.deepEqual(rootLs(store), [`out-link ${link}\t${final}`]);
       const r = gc(store);
-      assert.deepEqual(r.realizations.sort(), [...garbageRefs, ...fanLoser].sort(), 'exactly the unrooted realizations are deleted');
+      assert.deepEqual(
+        r.realizations.sort(),
+        [...garbageRefs, ...fanLoser].sort(),
+        'exactly the unrooted realizations are deleted',
+      );
       assert.deepEqual(r.derivations.sort(), drefsOf(garbage), 'and the derivations left without realizations');
       assert.equal(r.kept, closure.length);
       assert.equal(r.roots, 1);
       assert.equal(r.staleOutLinks, 0);
       assert.deepEqual(rrefsOnDisk(store).sort(), closure, 'exactly the closure is left on disk');
       assert.deepEqual(drefsOnDisk(store), drefsOf(rooted), 'with the derivations of the closure');
-      for (const d of drefsOf(rooted)) assert.ok(fs.existsSync(path.join(store, 'd', d, 'drv.json')), `${d}/drv.json kept`);
+      for (const d of drefsOf(rooted))
+        assert.ok(fs.existsSync(path.join(store, 'd', d, 'drv.json')), `${d}/drv.json kept`);
       assert.equal(fs.readFileSync(path.join(link, 'final.txt'), 'utf8').length > 0, true, 'the link still resolves');
       // The kept closure is usable as is: a realize is fully cached.
       const again = realizeJson(store, PIPELINE);
@@ -126,7 +151,11 @@ describe('gc: out-links', { timeout: 240_000 }, () => {
       const r = gc(store);
       assert.deepEqual(r.realizations.sort(), closureOf(j), 'the moved link no longer keeps anything');
       assert.equal(r.staleOutLinks, 1);
-      assert.equal(fs.existsSync(moved), false, 'the moved link now dangles (it is the user\'s link; gc does not touch it)');
+      assert.equal(
+        fs.existsSync(moved),
+        false,
+        "the moved link now dangles (it is the user's link; gc does not touch it)",
+      );
       assert.ok(fs.lstatSync(moved).isSymbolicLink());
 
       // Rebuild, link again, then repoint the link at something outside the store.
@@ -138,7 +167,7 @@ describe('gc: out-links', { timeout: 240_000 }, () => {
       const r2 = gc(store);
       assert.equal(r2.realizations.length, 3, 'a link pointing outside the store is not a root');
       assert.equal(r2.staleOutLinks, 1);
-      assert.equal(fs.readlinkSync(link), t.dir, 'gc leaves the user\'s link alone');
+      assert.equal(fs.readlinkSync(link), t.dir, "gc leaves the user's link alone");
 
       // A second out-link to the same realization: either keeps it.
       realizeJson(store, CHAIN, ['--out-link', link]);
@@ -194,25 +223,41 @@ describe('gc: named roots', { timeout: 240_000 }, () => {
       const fans = rrefsOf(store, 'fan');
       assert.equal(fans.length, 5, '1 kept + 2 builds of 2');
       ok(cairn(store, ['root', 'add', 'fans', fanDref]));
-      const fansRoot = fs.readFileSync(path.join(store, 'roots', 'named', 'fans'), 'utf8').split('\n').filter(Boolean);
+      const fansRoot = fs
+        .readFileSync(path.join(store, 'roots', 'named', 'fans'), 'utf8')
+        .split('\n')
+        .filter(Boolean);
       assert.deepEqual(fansRoot.sort(), fans.sort(), 'a DRef root lists every realization it had');
-      assert.deepEqual(rootLs(store).map((l) => l.split(/\s+/)[1]), ['fans', 'release-1']);
+      assert.deepEqual(
+        rootLs(store).map((l) => l.split(/\s+/)[1]),
+        ['fans', 'release-1'],
+      );
       assert.equal(gc(store).realizations.length, 0);
 
       // Root names and refs are checked.
       expectError(cairn(store, ['root', 'add', 'a/b', final]), 'E_BAD_NAME', 'root name with a slash');
       expectError(cairn(store, ['root', 'add', '..', final]), 'E_BAD_NAME', 'root name ..');
-      expectError(cairn(store, ['root', 'add', 'x', `${'0'.repeat(32)}-${final.slice(33)}`]), 'E_NO_SUCH_REF', 'root of an absent realization');
+      expectError(
+        cairn(store, ['root', 'add', 'x', `${'0'.repeat(32)}-${final.slice(33)}`]),
+        'E_NO_SUCH_REF',
+        'root of an absent realization',
+      );
       expectError(cairn(store, ['root', 'rm', 'nope']), 'E_NO_SUCH_REF', 'root rm of an unknown root');
       assert.equal(fs.existsSync(path.join(store, 'roots', 'named', 'a')), false);
 
       ok(cairn(store, ['root', 'rm', 'release-1']));
-      assert.deepEqual(rootLs(store).map((l) => l.split(/\s+/)[1]), ['fans']);
+      assert.deepEqual(
+        rootLs(store).map((l) => l.split(/\s+/)[1]),
+        ['fans'],
+      );
       const r2 = gc(store);
       // fans keeps the five fan realizations and, through them, seed.
       assert.deepEqual(rrefsOnDisk(store).sort(), [...fans, ...rrefsOf(store, 'seed')].sort());
       assert.equal(r2.realizations.length, 4, 'noise x2, mix, final');
-      assert.deepEqual(r2.derivations.sort(), [planOf(j, 'noise').dref, planOf(j, 'mix').dref, planOf(j, 'final').dref].sort());
+      assert.deepEqual(
+        r2.derivations.sort(),
+        [planOf(j, 'noise').dref, planOf(j, 'mix').dref, planOf(j, 'final').dref].sort(),
+      );
       ok(cairn(store, ['root', 'rm', 'fans']));
       assert.deepEqual(rootLs(store), []);
       assert.equal(gc(store).realizations.length, 6);
@@ -244,10 +289,21 @@ describe('gc: --dry-run, --keep-last, --older-than and the report', { timeout: 2
       assert.deepEqual(dry.derivations.sort(), drefs);
       assert.equal(dry.bytes, bytes, 'the dry run reports the bytes a real run frees');
       assert.equal(dry.kept, 0);
-      assert.deepEqual(snapshot(store, (rel) => rel.startsWith('index.sqlite') || rel.startsWith('tmp')), before, 'a dry run changes no file');
-      const text = ok(cairn(store, ['store', 'gc', '--dry-run'])).stdout.split('\n').filter(Boolean);
+      assert.deepEqual(
+        snapshot(store, (rel) => rel.startsWith('index.sqlite') || rel.startsWith('tmp')),
+        before,
+        'a dry run changes no file',
+      );
+      const text = ok(cairn(store, ['store', 'gc', '--dry-run']))
+        .stdout.split('\n')
+        .filter(Boolean);
       assert.deepEqual(text.slice(0, -1).sort(), refs.map((r) => `would delete ${r}`).sort());
-      assert.match(text[text.length - 1]!, new RegExp(`^would delete 7 realization\\(s\\) and 5 derivation\\(s\\), freeing .* \\(${bytes} bytes\\); kept 0 realization`));
+      assert.match(
+        text[text.length - 1]!,
+        new RegExp(
+          `^would delete 7 realization\\(s\\) and 5 derivation\\(s\\), freeing .* \\(${bytes} bytes\\); kept 0 realization`,
+        ),
+      );
       assert.equal(realizeJson(store, PIPELINE).builds, 0, 'after dry runs everything is still cached');
       assert.deepEqual(tmpEntries(store), []);
 
@@ -258,7 +314,10 @@ describe('gc: --dry-run, --keep-last, --older-than and the report', { timeout: 2
       assert.equal(real.bytes, bytes, 'freed bytes: files, logs, meta.json and drv.json');
       assert.deepEqual(rrefsOnDisk(store), []);
       const text2 = ok(cairn(store, ['store', 'gc'])).stdout.trim();
-      assert.equal(text2, 'deleted 0 realization(s) and 0 derivation(s), freed 0 B (0 bytes); kept 0 realization(s) reachable from 0 root(s)');
+      assert.equal(
+        text2,
+        'deleted 0 realization(s) and 0 derivation(s), freed 0 B (0 bytes); kept 0 realization(s) reachable from 0 root(s)',
+      );
       assert.deepEqual(tmpEntries(store), []);
       assertVerifyClean(store);
     } finally {
@@ -274,7 +333,10 @@ describe('gc: --dry-run, --keep-last, --older-than and the report', { timeout: 2
       const j = realizeJson(store, PIPELINE, ['-s', 'fan']);
       const fanDref = planOf(j, 'fan').dref;
       // lsref lists oldest first (by creation time, then insertion order).
-      const listed = ok(cairn(store, ['lsref', fanDref])).stdout.split('\n').filter(Boolean).map((l) => l.split(/\s+/)[0]!);
+      const listed = ok(cairn(store, ['lsref', fanDref]))
+        .stdout.split('\n')
+        .filter(Boolean)
+        .map((l) => l.split(/\s+/)[0]!);
       assert.equal(listed.length, 6, '3 builds of 2 outputs');
       const seed = rrefsOf(store, 'seed');
       assert.equal(seed.length, 1);
@@ -369,9 +431,15 @@ describe('gc in a loop while other processes realize', { timeout: 600_000 }, () 
         assert.equal(r.code, 0, `realize ${path.basename(file)} exited ${r.code}: ${r.stderr.slice(0, 1500)}`);
         assert.match(lastLine(r.stdout), /^[0-9a-z]{32}-[0-9a-z]{32}-(final|c)$/);
       }
-      assert.deepEqual(gcFailures.map((r) => r.stderr.slice(0, 500)), [], 'every gc succeeds');
+      assert.deepEqual(
+        gcFailures.map((r) => r.stderr.slice(0, 500)),
+        [],
+        'every gc succeeds',
+      );
       const deleted = gcReports.reduce((a, r) => a + r.realizations.length, 0);
-      console.log(`gc loop: ${gcReports.length} gc runs deleted ${deleted} realization(s) while ${REALIZES} realizes ran (${(ms / 1000).toFixed(1)}s)`);
+      console.log(
+        `gc loop: ${gcReports.length} gc runs deleted ${deleted} realization(s) while ${REALIZES} realizes ran (${(ms / 1000).toFixed(1)}s)`,
+      );
 
       // Whatever gc deleted, each closure realizes again consistently.
       for (const file of [PIPELINE, CHAIN]) {
@@ -383,7 +451,11 @@ describe('gc in a loop while other processes realize', { timeout: 600_000 }, () 
       const mix = planOf(j, 'mix').rrefs[0]!;
       const fan = planOf(j, 'fan').rrefs[0]!;
       const expected = `${fs.readFileSync(path.join(outDir(store, mix), 'mix.txt'), 'utf8').trim()} ${fs.readFileSync(path.join(outDir(store, fan), 'fan', '0.txt'), 'utf8').trim()}\n`;
-      assert.equal(fs.readFileSync(path.join(outDir(store, final), 'final.txt'), 'utf8'), expected, 'final was built from the chosen inputs');
+      assert.equal(
+        fs.readFileSync(path.join(outDir(store, final), 'final.txt'), 'utf8'),
+        expected,
+        'final was built from the chosen inputs',
+      );
       assert.deepEqual(tmpEntries(store), [], 'STORE/tmp is empty');
       assertVerifyClean(store, 'store verify after the gc loop');
     } finally {
@@ -412,11 +484,17 @@ describe('gc in a loop while other processes realize', { timeout: 600_000 }, () 
           runs++; deleted += r.realizations.length;
         }
         console.log(JSON.stringify({ runs, deleted }));`;
-      const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
       let childOut = '';
       let childErr = '';
-      child.stdout.setEncoding('utf8').on('data', (d: string) => { childOut += d; });
-      child.stderr.setEncoding('utf8').on('data', (d: string) => { childErr += d; });
+      child.stdout.setEncoding('utf8').on('data', (d: string) => {
+        childOut += d;
+      });
+      child.stderr.setEncoding('utf8').on('data', (d: string) => {
+        childErr += d;
+      });
       const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
       const dangling: string[] = [];
       const failures: string[] = [];
@@ -433,9 +511,15 @@ describe('gc in a loop while other processes realize', { timeout: 600_000 }, () 
       }
       assert.equal(await exited, 0, `gc loop failed: ${childErr.slice(0, 1000)}`);
       const stats = JSON.parse(childOut) as { runs: number; deleted: number };
-      console.log(`out-link race: ${stats.runs} gc runs, ${stats.deleted} deleted, ${dangling.length}/${ROUNDS} out-links dangling`);
+      console.log(
+        `out-link race: ${stats.runs} gc runs, ${stats.deleted} deleted, ${dangling.length}/${ROUNDS} out-links dangling`,
+      );
       assert.deepEqual(failures, [], 'every realize succeeds');
-      assert.deepEqual(dangling, [], `out-links must never dangle right after realize --out-link exits (${dangling.length} of ${ROUNDS} did)`);
+      assert.deepEqual(
+        dangling,
+        [],
+        `out-links must never dangle right after realize --out-link exits (${dangling.length} of ${ROUNDS} did)`,
+      );
     } finally {
       t.cleanup();
     }
@@ -457,7 +541,10 @@ describe('gc: dropped out-link roots are named, with why', { timeout: 240_000 },
       const dry = ok(cairn(store, ['store', 'gc', '--dry-run'])).stdout;
       assert.ok(dry.includes(`would drop out-link root ${links[0]}: the link is gone (deleted or moved`), dry);
       assert.ok(dry.includes(`would drop out-link root ${links[1]}: the link is gone (deleted or moved`), dry);
-      assert.ok(dry.includes(`would drop out-link root ${links[2]}: it now points to ${t.dir}, not into this store`), dry);
+      assert.ok(
+        dry.includes(`would drop out-link root ${links[2]}: it now points to ${t.dir}, not into this store`),
+        dry,
+      );
       assert.ok(!dry.includes(links[3]!), 'a live out-link is not mentioned');
       assert.equal(fs.readdirSync(path.join(store, 'roots', 'auto')).length, 4, 'a dry run drops nothing');
 
@@ -466,7 +553,11 @@ describe('gc: dropped out-link roots are named, with why', { timeout: 240_000 },
       assert.equal(r.staleOutLinks, 3);
       assert.equal(r.realizations.length, 0, 'the live out-link still keeps the chain');
       assert.equal(fs.readdirSync(path.join(store, 'roots', 'auto')).length, 1);
-      assert.doesNotMatch(ok(cairn(store, ['store', 'gc', '--dry-run'])).stdout, /drop out-link/, 'reported until dropped, then no more');
+      assert.doesNotMatch(
+        ok(cairn(store, ['store', 'gc', '--dry-run'])).stdout,
+        /drop out-link/,
+        'reported until dropped, then no more',
+      );
     } finally {
       t.cleanup();
     }
@@ -474,7 +565,7 @@ describe('gc: dropped out-link roots are named, with why', { timeout: 240_000 },
 });
 
 describe('gc --keep-best: what a best() stage would choose', { timeout: 240_000 }, () => {
-  it('keeps the N best-scoring realizations of the ML demo\'s train stage (and their closure), as its best() matcher ranks them', () => {
+  it("keeps the N best-scoring realizations of the ML demo's train stage (and their closure), as its best() matcher ranks them", () => {
     const t = tempDir('cairn-gc');
     try {
       const store = path.join(t.dir, 'store');
@@ -485,10 +576,13 @@ describe('gc --keep-best: what a best() stage would choose', { timeout: 240_000 
       const trains = rrefsOf(store, 'train');
       assert.equal(trains.length, 9);
       const score = (r: string): number => Number(fs.readFileSync(path.join(outDir(store, r), 'score.txt'), 'utf8'));
-      const created = (r: string): number => (JSON.parse(fs.readFileSync(path.join(rzDir(store, r), 'meta.json'), 'utf8')) as { created: number }).created;
+      const created = (r: string): number =>
+        (JSON.parse(fs.readFileSync(path.join(rzDir(store, r), 'meta.json'), 'utf8')) as { created: number }).created;
       // best()'s order: highest score first; equal scores (the demo's models converge) go to the older.
-      const order = (sign: number) => (a: string, b: string): number =>
-        sign * (score(b) - score(a)) || created(a) - created(b) || (a < b ? -1 : 1);
+      const order =
+        (sign: number) =>
+        (a: string, b: string): number =>
+          sign * (score(b) - score(a)) || created(a) - created(b) || (a < b ? -1 : 1);
       const ranked = [...trains].sort(order(1));
       // The matcher's choice is the best one.
       assert.equal(planOf(j, 'train').rrefs[0], ranked[0]);
@@ -496,7 +590,10 @@ describe('gc --keep-best: what a best() stage would choose', { timeout: 240_000 
       const dry = gc(store, ['--dry-run', '--keep-best', '2']);
       assert.deepEqual(trains.filter((r) => !dry.realizations.includes(r)).sort(), ranked.slice(0, 2).sort());
       const low = gc(store, ['--dry-run', '--keep-best', '1', '--lowest']);
-      assert.deepEqual(trains.filter((r) => !low.realizations.includes(r)), [[...trains].sort(order(-1))[0]]);
+      assert.deepEqual(
+        trains.filter((r) => !low.realizations.includes(r)),
+        [[...trains].sort(order(-1))[0]],
+      );
 
       const r = gc(store, ['--keep-best', '1']);
       assert.deepEqual(rrefsOf(store, 'train'), [ranked[0]], 'only the best train realization is left');
@@ -518,21 +615,25 @@ describe('gc --keep-best: what a best() stage would choose', { timeout: 240_000 
     try {
       const store = path.join(t.dir, 'store');
       const file = path.join(t.dir, 'scored.ts');
-      fs.writeFileSync(file, [
-        "import * as fs from 'node:fs';",
-        "import { stage, best } from 'cairn';",
-        "export default stage({ name: 'scored', n: 4, config: {}, outputs: ['m.json'], matcher: best({ file: 'm.json', key: 'acc' }),",
-        "  build: ({ outs }) => outs.forEach((o, i) => fs.writeFileSync(o + '/m.json', JSON.stringify({ acc: [0.5, 0.9, 0.1, 0.7][i] }))) });",
-        '',
-      ].join('\n'));
+      fs.writeFileSync(
+        file,
+        [
+          "import * as fs from 'node:fs';",
+          "import { stage, best } from 'cairn';",
+          "export default stage({ name: 'scored', n: 4, config: {}, outputs: ['m.json'], matcher: best({ file: 'm.json', key: 'acc' }),",
+          "  build: ({ outs }) => outs.forEach((o, i) => fs.writeFileSync(o + '/m.json', JSON.stringify({ acc: [0.5, 0.9, 0.1, 0.7][i] }))) });",
+          '',
+        ].join('\n'),
+      );
       const j = realizeJson(store, file);
       const all = rrefsOf(store, 'scored');
       assert.equal(all.length, 4);
       const r = gc(store, ['--keep-best', '2', '--score-file', 'm.json', '--score-key', 'acc']);
-      const acc = (x: string): number => (JSON.parse(fs.readFileSync(path.join(outDir(store, x), 'm.json'), 'utf8')) as { acc: number }).acc;
+      const acc = (x: string): number =>
+        (JSON.parse(fs.readFileSync(path.join(outDir(store, x), 'm.json'), 'utf8')) as { acc: number }).acc;
       assert.deepEqual(rrefsOf(store, 'scored').map(acc).sort(), [0.7, 0.9]);
       assert.equal(r.realizations.length, 2);
-      assert.ok(rrefsOf(store, 'scored').includes(j.targets[0]!.rrefs[0]!), 'the matcher\'s choice is kept');
+      assert.ok(rrefsOf(store, 'scored').includes(j.targets[0]!.rrefs[0]!), "the matcher's choice is kept");
       expectError(cairn(store, ['store', 'gc', '--keep-best', '0']), 'E_USAGE');
     } finally {
       t.cleanup();

@@ -22,8 +22,22 @@ import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import { cairn, tempDir } from './helpers.js';
 import {
-  PIPELINE, CHAIN, assertVerifyClean, expectError, ok, outDir, planOf, realizeJson, rrefsOf, rrefsOnDisk, rzDir,
-  snapshot, tmpEntries, verify, type RealizeJson, type VerifyReport,
+  PIPELINE,
+  CHAIN,
+  assertVerifyClean,
+  expectError,
+  ok,
+  outDir,
+  planOf,
+  realizeJson,
+  rrefsOf,
+  rrefsOnDisk,
+  rzDir,
+  snapshot,
+  tmpEntries,
+  verify,
+  type RealizeJson,
+  type VerifyReport,
 } from './fixtures/torture/support.js';
 
 const cache = tempDir('cairn-verify-cache');
@@ -48,7 +62,11 @@ function copyPristine(): string {
 function withWrite<T>(p: string, fn: () => T): T {
   const mode = fs.lstatSync(p).mode & 0o7777;
   fs.chmodSync(p, mode | 0o200);
-  try { return fn(); } finally { fs.chmodSync(p, mode); }
+  try {
+    return fn();
+  } finally {
+    fs.chmodSync(p, mode);
+  }
 }
 
 function flipByte(file: string): void {
@@ -82,29 +100,221 @@ interface Fault {
 const seedOut = (s: string): string => outDir(s, one('seed'));
 
 const FAULTS: Fault[] = [
-  { name: 'bit flip in an executable file', kind: 'modified', inject: (s) => { flipByte(path.join(seedOut(s), 'run.sh')); return one('seed'); } },
-  { name: 'bit flip in a random binary output', kind: 'modified', inject: (s) => { const r = planOf(plan, 'noise').rrefs[1]!; flipByte(path.join(outDir(s, r), 'noise.bin')); return r; } },
-  { name: 'truncated file', kind: 'modified', inject: (s) => { const f = path.join(seedOut(s), 'f4.txt'); withWrite(f, () => fs.truncateSync(f, Math.floor(fs.statSync(f).size / 2))); return one('seed'); } },
-  { name: 'file truncated to zero bytes', kind: 'modified', inject: (s) => { const r = planOf(plan, 'noise').rrefs[0]!; const f = path.join(outDir(s, r), 'noise.bin'); withWrite(f, () => fs.truncateSync(f, 0)); return r; } },
-  { name: 'deleted file', kind: 'modified', inject: (s) => { const d = path.join(seedOut(s), 'sub'); withWrite(d, () => fs.unlinkSync(path.join(d, 'deep.txt'))); return one('seed'); } },
-  { name: 'deleted out/ directory', kind: 'modified', inject: (s) => { const rz = rzDir(s, one('fan')); withWrite(rz, () => { spawnSync('chmod', ['-R', 'u+w', path.join(rz, 'out')]); fs.rmSync(path.join(rz, 'out'), { recursive: true }); }); return one('fan'); } },
-  { name: 'added file', kind: 'modified', inject: (s) => { const d = seedOut(s); withWrite(d, () => fs.writeFileSync(path.join(d, 'extra.txt'), 'sneaked in\n', { mode: 0o444 })); return one('seed'); } },
-  { name: 'added empty directory', kind: 'modified', inject: (s) => { const d = path.join(seedOut(s), 'sub'); withWrite(d, () => fs.mkdirSync(path.join(d, 'new'), { mode: 0o555 })); return one('seed'); } },
-  { name: 'exec bit set', kind: 'modified', inject: (s) => { fs.chmodSync(path.join(seedOut(s), 'f0.txt'), 0o555); return one('seed'); } },
-  { name: 'exec bit cleared', kind: 'modified', inject: (s) => { fs.chmodSync(path.join(seedOut(s), 'run.sh'), 0o444); return one('seed'); } },
-  { name: 'changed symlink target', kind: 'modified', inject: (s) => { const d = seedOut(s); withWrite(d, () => { fs.unlinkSync(path.join(d, 'link')); fs.symlinkSync('f0.txt', path.join(d, 'link')); }); return one('seed'); } },
-  { name: 'symlink replaced by the file it pointed to', kind: 'modified', inject: (s) => { const d = seedOut(s); withWrite(d, () => { fs.unlinkSync(path.join(d, 'link')); fs.writeFileSync(path.join(d, 'link'), 'deep\n', { mode: 0o444 }); }); return one('seed'); } },
-  { name: 'meta.json: tree hash edited', kind: 'modified', inject: (s) => { editMeta(s, one('final'), (m) => { m.tree = createHash('sha256').update('other').digest('hex'); }); return one('final'); } },
-  { name: 'meta.json: context edited (one input swapped)', kind: 'modified', inject: (s) => { const n = planOf(plan, 'noise'); editMeta(s, one('mix'), (m) => { m.context = { [n.dref]: [n.rrefs[0], n.rrefs[0]] }; }); return one('mix'); } },
-  { name: 'meta.json: rref edited', kind: 'modified', inject: (s) => { editMeta(s, one('final'), (m) => { m.rref = `${'1'.repeat(32)}-${planOf(plan, 'final').dref}`; }); return one('final'); } },
-  { name: 'meta.json: ctx (context hash) edited', kind: 'modified', inject: (s) => { editMeta(s, one('seed'), (m) => { const c = String(m.ctx); m.ctx = (c.startsWith('0') ? '1' : '0') + c.slice(1); }); return one('seed'); } },
-  { name: 'meta.json: not JSON any more', kind: 'modified', inject: (s) => { const f = path.join(rzDir(s, one('mix')), 'meta.json'); withWrite(f, () => fs.truncateSync(f, 20)); return one('mix'); } },
-  { name: 'meta.json: deleted', kind: 'modified', inject: (s) => { const d = rzDir(s, one('final')); withWrite(d, () => fs.unlinkSync(path.join(d, 'meta.json'))); return one('final'); } },
-  { name: 'write bit on an output file', kind: 'writable', inject: (s) => { fs.chmodSync(path.join(seedOut(s), 'f1.txt'), 0o644); return one('seed'); } },
-  { name: 'write bit on an output subdirectory', kind: 'writable', inject: (s) => { fs.chmodSync(path.join(seedOut(s), 'sub'), 0o755); return one('seed'); } },
-  { name: 'write bit on out/ itself', kind: 'writable', inject: (s) => { fs.chmodSync(outDir(s, one('mix')), 0o755); return one('mix'); } },
-  { name: 'write bit on the realization directory (holding meta.json)', kind: 'writable', inject: (s) => { fs.chmodSync(rzDir(s, one('mix')), 0o755); return one('mix'); } },
-  { name: 'write bit on meta.json', kind: 'writable', inject: (s) => { fs.chmodSync(path.join(rzDir(s, one('final')), 'meta.json'), 0o644); return one('final'); } },
+  {
+    name: 'bit flip in an executable file',
+    kind: 'modified',
+    inject: (s) => {
+      flipByte(path.join(seedOut(s), 'run.sh'));
+      return one('seed');
+    },
+  },
+  {
+    name: 'bit flip in a random binary output',
+    kind: 'modified',
+    inject: (s) => {
+      const r = planOf(plan, 'noise').rrefs[1]!;
+      flipByte(path.join(outDir(s, r), 'noise.bin'));
+      return r;
+    },
+  },
+  {
+    name: 'truncated file',
+    kind: 'modified',
+    inject: (s) => {
+      const f = path.join(seedOut(s), 'f4.txt');
+      withWrite(f, () => fs.truncateSync(f, Math.floor(fs.statSync(f).size / 2)));
+      return one('seed');
+    },
+  },
+  {
+    name: 'file truncated to zero bytes',
+    kind: 'modified',
+    inject: (s) => {
+      const r = planOf(plan, 'noise').rrefs[0]!;
+      const f = path.join(outDir(s, r), 'noise.bin');
+      withWrite(f, () => fs.truncateSync(f, 0));
+      return r;
+    },
+  },
+  {
+    name: 'deleted file',
+    kind: 'modified',
+    inject: (s) => {
+      const d = path.join(seedOut(s), 'sub');
+      withWrite(d, () => fs.unlinkSync(path.join(d, 'deep.txt')));
+      return one('seed');
+    },
+  },
+  {
+    name: 'deleted out/ directory',
+    kind: 'modified',
+    inject: (s) => {
+      const rz = rzDir(s, one('fan'));
+      withWrite(rz, () => {
+        spawnSync('chmod', ['-R', 'u+w', path.join(rz, 'out')]);
+        fs.rmSync(path.join(rz, 'out'), { recursive: true });
+      });
+      return one('fan');
+    },
+  },
+  {
+    name: 'added file',
+    kind: 'modified',
+    inject: (s) => {
+      const d = seedOut(s);
+      withWrite(d, () => fs.writeFileSync(path.join(d, 'extra.txt'), 'sneaked in\n', { mode: 0o444 }));
+      return one('seed');
+    },
+  },
+  {
+    name: 'added empty directory',
+    kind: 'modified',
+    inject: (s) => {
+      const d = path.join(seedOut(s), 'sub');
+      withWrite(d, () => fs.mkdirSync(path.join(d, 'new'), { mode: 0o555 }));
+      return one('seed');
+    },
+  },
+  {
+    name: 'exec bit set',
+    kind: 'modified',
+    inject: (s) => {
+      fs.chmodSync(path.join(seedOut(s), 'f0.txt'), 0o555);
+      return one('seed');
+    },
+  },
+  {
+    name: 'exec bit cleared',
+    kind: 'modified',
+    inject: (s) => {
+      fs.chmodSync(path.join(seedOut(s), 'run.sh'), 0o444);
+      return one('seed');
+    },
+  },
+  {
+    name: 'changed symlink target',
+    kind: 'modified',
+    inject: (s) => {
+      const d = seedOut(s);
+      withWrite(d, () => {
+        fs.unlinkSync(path.join(d, 'link'));
+        fs.symlinkSync('f0.txt', path.join(d, 'link'));
+      });
+      return one('seed');
+    },
+  },
+  {
+    name: 'symlink replaced by the file it pointed to',
+    kind: 'modified',
+    inject: (s) => {
+      const d = seedOut(s);
+      withWrite(d, () => {
+        fs.unlinkSync(path.join(d, 'link'));
+        fs.writeFileSync(path.join(d, 'link'), 'deep\n', { mode: 0o444 });
+      });
+      return one('seed');
+    },
+  },
+  {
+    name: 'meta.json: tree hash edited',
+    kind: 'modified',
+    inject: (s) => {
+      editMeta(s, one('final'), (m) => {
+        m.tree = createHash('sha256').update('other').digest('hex');
+      });
+      return one('final');
+    },
+  },
+  {
+    name: 'meta.json: context edited (one input swapped)',
+    kind: 'modified',
+    inject: (s) => {
+      const n = planOf(plan, 'noise');
+      editMeta(s, one('mix'), (m) => {
+        m.context = { [n.dref]: [n.rrefs[0], n.rrefs[0]] };
+      });
+      return one('mix');
+    },
+  },
+  {
+    name: 'meta.json: rref edited',
+    kind: 'modified',
+    inject: (s) => {
+      editMeta(s, one('final'), (m) => {
+        m.rref = `${'1'.repeat(32)}-${planOf(plan, 'final').dref}`;
+      });
+      return one('final');
+    },
+  },
+  {
+    name: 'meta.json: ctx (context hash) edited',
+    kind: 'modified',
+    inject: (s) => {
+      editMeta(s, one('seed'), (m) => {
+        const c = String(m.ctx);
+        m.ctx = (c.startsWith('0') ? '1' : '0') + c.slice(1);
+      });
+      return one('seed');
+    },
+  },
+  {
+    name: 'meta.json: not JSON any more',
+    kind: 'modified',
+    inject: (s) => {
+      const f = path.join(rzDir(s, one('mix')), 'meta.json');
+      withWrite(f, () => fs.truncateSync(f, 20));
+      return one('mix');
+    },
+  },
+  {
+    name: 'meta.json: deleted',
+    kind: 'modified',
+    inject: (s) => {
+      const d = rzDir(s, one('final'));
+      withWrite(d, () => fs.unlinkSync(path.join(d, 'meta.json')));
+      return one('final');
+    },
+  },
+  {
+    name: 'write bit on an output file',
+    kind: 'writable',
+    inject: (s) => {
+      fs.chmodSync(path.join(seedOut(s), 'f1.txt'), 0o644);
+      return one('seed');
+    },
+  },
+  {
+    name: 'write bit on an output subdirectory',
+    kind: 'writable',
+    inject: (s) => {
+      fs.chmodSync(path.join(seedOut(s), 'sub'), 0o755);
+      return one('seed');
+    },
+  },
+  {
+    name: 'write bit on out/ itself',
+    kind: 'writable',
+    inject: (s) => {
+      fs.chmodSync(outDir(s, one('mix')), 0o755);
+      return one('mix');
+    },
+  },
+  {
+    name: 'write bit on the realization directory (holding meta.json)',
+    kind: 'writable',
+    inject: (s) => {
+      fs.chmodSync(rzDir(s, one('mix')), 0o755);
+      return one('mix');
+    },
+  },
+  {
+    name: 'write bit on meta.json',
+    kind: 'writable',
+    inject: (s) => {
+      fs.chmodSync(path.join(rzDir(s, one('final')), 'meta.json'), 0o644);
+      return one('final');
+    },
+  },
 ];
 
 const detected = new Set<string>();
@@ -136,9 +346,13 @@ describe('store verify: injected faults', { timeout: 600_000 }, () => {
       const bad = fault.inject(store);
       const v = verify(store);
       const mine = v.report.problems.filter((p) => p.ref === bad);
-      if (mine.length === 0) missed.set(fault.name, `verify said ${JSON.stringify(v.report.problems)} (exit ${v.code})`);
-      assert.deepEqual(v.report.problems.map((p) => ({ ref: p.ref, kind: p.kind })), [{ ref: bad, kind: fault.kind }],
-        `verify reports exactly the injected fault (${fault.name})`);
+      if (mine.length === 0)
+        missed.set(fault.name, `verify said ${JSON.stringify(v.report.problems)} (exit ${v.code})`);
+      assert.deepEqual(
+        v.report.problems.map((p) => ({ ref: p.ref, kind: p.kind })),
+        [{ ref: bad, kind: fault.kind }],
+        `verify reports exactly the injected fault (${fault.name})`,
+      );
       assert.equal(v.code, 1, 'verify exits 1 on a problem');
       detected.add(fault.name);
       const text = cairn(store, ['store', 'verify']);
@@ -157,8 +371,11 @@ describe('store verify: injected faults', { timeout: 600_000 }, () => {
       // served; its detection is the business of the test above.
       const content = check.problems.filter((p) => !(fault.kind === 'writable' && p.kind === 'writable'));
       assert.deepEqual(content, [], `every realization the realize chose is intact (${served.length} checked)`);
-      assert.equal(fs.readFileSync(path.join(outDir(store, planOf(j, 'mix').rrefs[0]!), 'mix.txt'), 'utf8'),
-        expectedMix(store, j), 'the rebuilt downstream stage read intact inputs');
+      assert.equal(
+        fs.readFileSync(path.join(outDir(store, planOf(j, 'mix').rrefs[0]!), 'mix.txt'), 'utf8'),
+        expectedMix(store, j),
+        'the rebuilt downstream stage read intact inputs',
+      );
       const seed = planOf(j, 'seed').rrefs[0]!;
       assert.equal(fs.readFileSync(path.join(outDir(store, seed), 'sub', 'deep.txt'), 'utf8'), 'deep\n');
       assert.equal(fs.readlinkSync(path.join(outDir(store, seed), 'link')), 'sub/deep.txt');
@@ -171,12 +388,16 @@ describe('store verify: injected faults', { timeout: 600_000 }, () => {
       const rep = verify(store, { repair: true });
       assert.equal(rep.code, 0, `verify --repair exits 0 once it has repaired: ${rep.stderr}`);
       assert.equal(rep.report.repaired, true);
-      assert.deepEqual(rep.report.problems.map((p) => ({ ref: p.ref, kind: p.kind })), [{ ref: bad, kind: fault.kind }]);
+      assert.deepEqual(
+        rep.report.problems.map((p) => ({ ref: p.ref, kind: p.kind })),
+        [{ ref: bad, kind: fault.kind }],
+      );
       if (fault.kind === 'writable') {
         assert.deepEqual(rep.report.quarantined, []);
         assert.ok(fs.existsSync(rzDir(store, bad)), 'content was intact, so it stays');
         const modes = snapshot(rzDir(store, bad)).filter((l) => !/ l /.test(l));
-        for (const l of modes) assert.equal(Number.parseInt(l.split(' ')[2]!, 8) & 0o222, 0, `write bits cleared: '${l}'`);
+        for (const l of modes)
+          assert.equal(Number.parseInt(l.split(' ')[2]!, 8) & 0o222, 0, `write bits cleared: '${l}'`);
       } else {
         assert.deepEqual(rep.report.quarantined, [bad]);
         assert.equal(fs.existsSync(rzDir(store, bad)), false, 'moved out of d/');
@@ -186,7 +407,11 @@ describe('store verify: injected faults', { timeout: 600_000 }, () => {
       }
       assertVerifyClean(store, 'verify after --repair');
       const again = realizeJson(store, PIPELINE);
-      assert.equal(again.builds > 0, fault.kind === 'modified', 'a quarantined realization is rebuilt (or replaced); a writable one is kept');
+      assert.equal(
+        again.builds > 0,
+        fault.kind === 'modified',
+        'a quarantined realization is rebuilt (or replaced); a writable one is kept',
+      );
       assertVerifyClean(store, 'verify after the rebuild');
       assert.deepEqual(tmpEntries(store), []);
     });
@@ -216,14 +441,18 @@ describe('store verify: index drift', { timeout: 300_000 }, () => {
       }
       const v = verify(store);
       assert.equal(v.code, 1);
-      assert.deepEqual(v.report.problems.map((p) => `${p.kind} ${p.ref}`).sort(), dropped.map((r) => `extra ${r}`));
+      assert.deepEqual(
+        v.report.problems.map((p) => `${p.kind} ${p.ref}`).sort(),
+        dropped.map((r) => `extra ${r}`),
+      );
       const rep = verify(store, { repair: true });
       assert.equal(rep.code, 0);
       assert.deepEqual(rep.report.quarantined, []);
       const db2 = new Database(path.join(store, 'index.sqlite'), { readonly: true });
       try {
         assert.equal((db2.prepare('SELECT count(*) AS n FROM rz').get() as { n: number }).n, before);
-        for (const r of dropped) assert.ok(db2.prepare('SELECT 1 FROM rz WHERE rref = ?').get(r), `${r} is indexed again`);
+        for (const r of dropped)
+          assert.ok(db2.prepare('SELECT 1 FROM rz WHERE rref = ?').get(r), `${r} is indexed again`);
       } finally {
         db2.close();
       }
@@ -246,7 +475,10 @@ describe('store verify: index drift', { timeout: 300_000 }, () => {
       fs.rmSync(rzDir(store, gone), { recursive: true });
       const v = verify(store);
       assert.equal(v.code, 1);
-      assert.deepEqual(v.report.problems.map((p) => ({ ref: p.ref, kind: p.kind })), [{ ref: gone, kind: 'missing' }]);
+      assert.deepEqual(
+        v.report.problems.map((p) => ({ ref: p.ref, kind: p.kind })),
+        [{ ref: gone, kind: 'missing' }],
+      );
       assert.equal(verify(store, { repair: true }).code, 0);
       assertVerifyClean(store);
       const again = realizeJson(store, PIPELINE);
@@ -280,11 +512,17 @@ describe('store verify: index drift', { timeout: 300_000 }, () => {
 
       const v = verify(a);
       assert.equal(v.code, 1);
-      assert.deepEqual(v.report.problems.map((p) => `${p.kind} ${p.ref}`).sort(), [`extra ${chainA}`, `extra ${foreign}`].sort());
+      assert.deepEqual(
+        v.report.problems.map((p) => `${p.kind} ${p.ref}`).sort(),
+        [`extra ${chainA}`, `extra ${foreign}`].sort(),
+      );
       const rep = verify(a, { repair: true });
       assert.equal(rep.code, 0);
       assertVerifyClean(a);
-      const listed = ok(cairn(a, ['lsref', noiseDref])).stdout.split('\n').filter(Boolean).map((l) => l.split(/\s+/)[0]);
+      const listed = ok(cairn(a, ['lsref', noiseDref]))
+        .stdout.split('\n')
+        .filter(Boolean)
+        .map((l) => l.split(/\s+/)[0]);
       assert.equal(listed.length, 3);
       assert.ok(listed.includes(foreign), 'the copied realization is indexed');
       // The copied derivation serves a realize at once.
@@ -309,12 +547,21 @@ describe('store verify: layout version', () => {
       fs.writeFileSync(marker, '{"cairn-store":true,"layout":2}\n');
       fs.chmodSync(marker, 0o444);
       const before = snapshot(store, (rel) => rel.startsWith('index.sqlite'));
-      for (const args of [['store', 'verify'], ['store', 'verify', '--repair'], ['store', 'gc'], ['root', 'ls']]) {
+      for (const args of [
+        ['store', 'verify'],
+        ['store', 'verify', '--repair'],
+        ['store', 'gc'],
+        ['root', 'ls'],
+      ]) {
         const r = cairn(store, args);
         expectError(r, 'E_STORE_VERSION', args.join(' '));
         assert.equal(r.stdout, '');
       }
-      assert.deepEqual(snapshot(store, (rel) => rel.startsWith('index.sqlite')), before, 'nothing was changed');
+      assert.deepEqual(
+        snapshot(store, (rel) => rel.startsWith('index.sqlite')),
+        before,
+        'nothing was changed',
+      );
     } finally {
       t.cleanup();
     }

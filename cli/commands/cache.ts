@@ -43,7 +43,7 @@ export function registerCache(ctx: CliContext): void {
     const fromConfig = readStoreConfig(root).trustedPublicKeys.map(parsePublicKey);
     return [...fromConfig, ...(extra ?? []).map(readTrustedKey)];
   };
-  const blobOf = async (url: string) => (await import('../../src/store/cache/open-url.js')).openCacheUrl(url);
+  const blobOf = async (url: string) => (await import('../../src/store/cache/open-blob.js')).openBlobStore(url);
 
   cacheCmd
     .command('push')

@@ -7,12 +7,17 @@ import { CairnError } from '../../src/errors.js';
 import { out, type CliContext } from '../context.js';
 import { progressReporter } from '../progress.js';
 
-interface SelectOpts { version?: string; index?: string; deviceType?: string }
+interface SelectOpts {
+  version?: string;
+  index?: string;
+  deviceType?: string;
+}
 
-const withSelection = (c: Command): Command => c
-  .option('--version <v>', 'the entry with this version (or name)')
-  .option('--index <i>', 'the entry at this position in the history; negative counts from the end (-1 = newest)')
-  .option('--device-type <t>', 'only entries for this device type (raspberry-pi matches raspberry-pi/3b)');
+const withSelection = (c: Command): Command =>
+  c
+    .option('--version <v>', 'the entry with this version (or name)')
+    .option('--index <i>', 'the entry at this position in the history; negative counts from the end (-1 = newest)')
+    .option('--device-type <t>', 'only entries for this device type (raspberry-pi matches raspberry-pi/3b)');
 
 function selection(o: SelectOpts): { version?: string; index?: number; deviceType?: string } {
   if (o.version !== undefined && o.index !== undefined) {
@@ -26,10 +31,12 @@ function selection(o: SelectOpts): { version?: string; index?: number; deviceTyp
 }
 
 export function registerCatalog(ctx: CliContext): void {
-  const catalogCmd = ctx.program.command('catalog')
+  const catalogCmd = ctx.program
+    .command('catalog')
     .description('image catalogs: YAML lists of image versions to fetch, unpack and act on');
 
-  catalogCmd.command('list')
+  catalogCmd
+    .command('list')
     .description('list the entries of a catalog; * marks the default')
     .argument('<file>')
     .option('--device-type <t>', 'only entries for this device type')
@@ -37,15 +44,18 @@ export function registerCatalog(ctx: CliContext): void {
     .action(async (file: string, o: { deviceType?: string; json?: boolean }) => {
       const { loadCatalog, deviceTypeMatches, redactEntryUrls } = await import('../../src/stages/catalog.js');
       const cat = loadCatalog(file);
-      const entries = o.deviceType === undefined
-        ? cat.entries
-        : cat.entries.filter((e) => e.deviceTypes.some((d) => deviceTypeMatches(d, o.deviceType!)));
+      const entries =
+        o.deviceType === undefined
+          ? cat.entries
+          : cat.entries.filter((e) => e.deviceTypes.some((d) => deviceTypeMatches(d, o.deviceType!)));
       if (o.json) return out(JSON.stringify({ name: cat.name, entries: entries.map(redactEntryUrls) }, null, 2));
       const shown = o.deviceType === undefined ? '' : `${entries.length} of `;
       out(`${cat.name} (${shown}${cat.entries.length} entries, oldest first)`);
       for (const e of entries) {
-        out(`${e.isDefault ? '*' : ' '} ${String(e.index).padStart(3)}  ${e.version.padEnd(20)} `
-          + `${(e.date ?? '').padEnd(10)}  ${e.deviceTypes.join(', ')}`);
+        out(
+          `${e.isDefault ? '*' : ' '} ${String(e.index).padStart(3)}  ${e.version.padEnd(20)} ` +
+            `${(e.date ?? '').padEnd(10)}  ${e.deviceTypes.join(', ')}`,
+        );
       }
     });
 
@@ -64,16 +74,19 @@ export function registerCatalog(ctx: CliContext): void {
       // Verbose: download progress from the build log is worth seeing here.
       const tty = process.stderr.isTTY === true;
       const progress = progressReporter(o.unpack ? 2 : 1, { tty, verbose: true, quiet: false });
-      const m = await fetchEntry(store, cat, entry, { unpack: o.unpack, outLink: o.outLink, events: progress })
-        .finally(() => progress.finish());
+      const m = await fetchEntry(store, cat, entry, { unpack: o.unpack, outLink: o.outLink, events: progress }).finally(
+        () => progress.finish(),
+      );
       if (o.manifest) await writeManifest(o.manifest, m);
       process.stderr.write(`${cat.name} ${entry.version}: ${m.rref}\n`);
       out(m.path);
     });
 
   withSelection(catalogCmd.command('run'))
-    .description('fetch the selected entry, then run ACTION (declared in the catalog, '
-      + 'or exported by <catalog>.actions.ts / actions.ts)')
+    .description(
+      'fetch the selected entry, then run ACTION (declared in the catalog, ' +
+        'or exported by <catalog>.actions.ts / actions.ts)',
+    )
     .argument('<file>')
     .argument('<action>')
     .option('--unpack', 'unpack before running the action')

@@ -7,7 +7,8 @@ import type { CliContext } from '../context.js';
 const { Option } = createRequire(import.meta.url)('commander') as typeof CommanderTypes;
 
 export function registerDemo(ctx: CliContext): void {
-  ctx.program.command('demo')
+  ctx.program
+    .command('demo')
     .description('run the ML-style demo pipeline twice on the store: built, then fully cached')
     .addOption(new Option('--runs <n>', 'how many times to realize').default('2'))
     .action(async (o: { runs: string }) => {

@@ -21,7 +21,11 @@ import { formatBytes } from '../format.js';
 import type { CliContext } from '../context.js';
 import { progressReporter } from '../progress.js';
 
-interface Group { transient: boolean; name: string; words: CliWords }
+interface Group {
+  transient: boolean;
+  name: string;
+  words: CliWords;
+}
 
 /** Splits `a b + c --k=v --flag + d` into step groups. */
 export function parseMachineWords(words: readonly string[]): Group[] {
@@ -31,7 +35,13 @@ export function parseMachineWords(words: readonly string[]): Group[] {
     else groups[groups.length - 1]!.push(w);
   }
   return groups.map((g, i) => {
-    if (g.length === 0) throw new CairnError('E_USAGE', i === 0 ? `machine: name a base first (${[...MACHINE_BASES.keys()].join(', ')})` : `machine: nothing between a '+' and the next (step ${i})`);
+    if (g.length === 0)
+      throw new CairnError(
+        'E_USAGE',
+        i === 0
+          ? `machine: name a base first (${[...MACHINE_BASES.keys()].join(', ')})`
+          : `machine: nothing between a '+' and the next (step ${i})`,
+      );
     const transient = g[0] === 'transient';
     const [name, ...rest] = transient ? g.slice(1) : g;
     if (!name) throw new CairnError('E_USAGE', "machine: 'transient' needs a step after it");
@@ -53,11 +63,13 @@ function stepsDirs(opt: string[] | undefined): string[] {
 
 function baseOptions(w: CliWords): { memoryMb?: number; smp?: number } {
   const { memory, smp, ...rest } = w.named;
-  if (w.positional.length || Object.keys(rest).length) throw new CairnError('E_USAGE', 'a base takes only --memory=MB and --smp=N');
+  if (w.positional.length || Object.keys(rest).length)
+    throw new CairnError('E_USAGE', 'a base takes only --memory=MB and --smp=N');
   const num = (v: string | true | undefined, flag: string): number | undefined => {
     if (v === undefined) return undefined;
     const n = Number(v);
-    if (!Number.isInteger(n) || n < 1) throw new CairnError('E_USAGE', `--${flag} needs a whole number, not ${JSON.stringify(v)}`);
+    if (!Number.isInteger(n) || n < 1)
+      throw new CairnError('E_USAGE', `--${flag} needs a whole number, not ${JSON.stringify(v)}`);
     return n;
   };
   return { memoryMb: num(memory, 'memory'), smp: num(smp, 'smp') };
@@ -71,20 +83,25 @@ async function buildMachine(groups: Group[], dirs: string[]): Promise<{ m: Machi
   for (const [i, g] of steps.entries()) {
     if (g.name === 'shell') {
       if (i !== steps.length - 1) throw new CairnError('E_USAGE', "'+ shell' must be the last step");
-      if (g.transient || g.words.positional.length || Object.keys(g.words.named).length) throw new CairnError('E_USAGE', "'shell' takes no arguments and is always transient");
+      if (g.transient || g.words.positional.length || Object.keys(g.words.named).length)
+        throw new CairnError('E_USAGE', "'shell' takes no arguments and is always transient");
       shell = true;
       continue;
     }
     const def = await resolveStep(g.name, dirs);
     const { cache, ...named } = g.words.named;
     if (cache === true) throw new CairnError('E_USAGE', '--cache needs a duration, e.g. --cache=1h');
-    const opts: ApplyOptions = { ...(g.transient ? { transient: true } : {}), ...(cache !== undefined ? { cache: durationFlag('--cache')(cache) } : {}) };
-    let args;
+    const opts: ApplyOptions = {
+      ...(g.transient ? { transient: true } : {}),
+      ...(cache !== undefined ? { cache: durationFlag('--cache')(cache) } : {}),
+    };
+    let args: unknown;
     try {
       args = def.fromCli({ positional: g.words.positional, named });
     } catch (e) {
       // `exec ls --color=never` reads --color as a step option; say how to pass it through.
-      if (e instanceof CairnError && e.code === 'E_STEP_ARGS' && Object.keys(named).length) e.message += ` (to pass options to a command, quote it: ${g.name} 'cmd --opt')`;
+      if (e instanceof CairnError && e.code === 'E_STEP_ARGS' && Object.keys(named).length)
+        e.message += ` (to pass options to a command, quote it: ${g.name} 'cmd --opt')`;
       throw e;
     }
     m = m.apply(def.step, args, opts);
@@ -93,58 +110,76 @@ async function buildMachine(groups: Group[], dirs: string[]): Promise<{ m: Machi
 }
 
 export function registerMachine(ctx: CliContext, passThrough: boolean): void {
-  const cmd = ctx.program.command('machine')
-    .description(`build and resume machines step by step: machine BASE [+ STEP ...] [+ shell]; machine ls; machine gc
+  const cmd = ctx.program
+    .command('machine')
+    .description(
+      `build and resume machines step by step: machine BASE [+ STEP ...] [+ shell]; machine ls; machine gc
   bases: ${[...MACHINE_BASES.keys()].join(', ')}; steps: exec CMD, script.run FILE, upload SRC DST,
   self_test.greeting, shell, or a TS module (path, or NAME in --steps DIR / $CAIRN_STEPS / ./steps).
-  Prefix a step with 'transient' to never save its result; --cache=DUR caps how long it is reused.`)
+  Prefix a step with 'transient' to never save its result; --cache=DUR caps how long it is reused.`,
+    )
     .argument('<words...>')
-    .option('--steps <dir>', 'a directory of step modules (repeatable)', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--steps <dir>', 'a directory of step modules (repeatable)', (v: string, prev: string[] = []) => [
+      ...prev,
+      v,
+    ])
     .option('--root <name>', 'keep the final state as a named gc root')
     .option('-q, --quiet', 'no progress or step output')
     .allowUnknownOption();
   if (passThrough) cmd.passThroughOptions();
   cmd.action(async (words: string[], o: { steps?: string[]; root?: string; quiet?: boolean }) => {
-      if ((words[0] === 'ls' || words[0] === 'gc') && words.some((w) => w === '--help' || w === '-h')) {
-        process.stdout.write(words[0] === 'ls'
+    if ((words[0] === 'ls' || words[0] === 'gc') && words.some((w) => w === '--help' || w === '-h')) {
+      process.stdout.write(
+        words[0] === 'ls'
           ? 'Usage: cairn machine ls [--json]\n\nmachine states: RRef, step, size, creation time, expiry or staleness, and whether a root keeps them\n'
-          : 'Usage: cairn machine gc [-n|--dry-run]\n\ndelete the machine states no root reaches (states that rooted ones stand on are kept; other realizations are left alone)\n');
+          : 'Usage: cairn machine gc [-n|--dry-run]\n\ndelete the machine states no root reaches (states that rooted ones stand on are kept; other realizations are left alone)\n',
+      );
+      return;
+    }
+    const store = ctx.openStore();
+    if (words[0] === 'ls') return machineLs(store, flags(words, ['--json']).has('--json'));
+    if (words[0] === 'gc') return machineGc(store, flags(words, ['--dry-run', '-n']).size > 0);
+    const { m, shell } = await buildMachine(parseMachineWords(words), stepsDirs(o.steps));
+    // Interrupted, the VMs go too (the store's scratch directories are swept by the next run).
+    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+      process.once(sig, () => {
+        killLiveVms();
+        process.exit(128 + os.constants.signals[sig]);
+      });
+    }
+    const tty = process.stderr.isTTY === true;
+    const progress = progressReporter(instantiate(m.saved).order.length, { tty, verbose: true, quiet: !!o.quiet });
+    const stepLog = (name: string, line: string): void => {
+      if (!o.quiet) process.stderr.write(`${name} (transient)> ${line}\n`);
+    };
+    let rref: string;
+    try {
+      if (shell) {
+        await m.use((vm) => (process.stdin.isTTY ? interactiveShell(vm) : scriptedShell(vm)), {
+          store,
+          events: progress,
+          stepLog,
+        });
         return;
       }
-      const store = ctx.openStore();
-      if (words[0] === 'ls') return machineLs(store, flags(words, ['--json']).has('--json'));
-      if (words[0] === 'gc') return machineGc(store, flags(words, ['--dry-run', '-n']).size > 0);
-      const { m, shell } = await buildMachine(parseMachineWords(words), stepsDirs(o.steps));
-      // Interrupted, the VMs go too (the store's scratch directories are swept by the next run).
-      for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-        process.once(sig, () => {
-          killLiveVms();
-          process.exit(128 + os.constants.signals[sig]);
-        });
-      }
-      const tty = process.stderr.isTTY === true;
-      const progress = progressReporter(instantiate(m.saved).order.length, { tty, verbose: true, quiet: !!o.quiet });
-      const stepLog = (name: string, line: string): void => { if (!o.quiet) process.stderr.write(`${name} (transient)> ${line}\n`); };
-      let rref: string;
-      try {
-        if (shell) {
-          await m.use((vm) => (process.stdin.isTTY ? interactiveShell(vm) : scriptedShell(vm)), { store, events: progress, stepLog });
-          return;
-        }
-        rref = (await m.realize({ store, events: progress, stepLog })).rref;
-      } finally {
-        progress.finish();
-      }
-      if (o.root) addNamedRoot(store, o.root, [rref as never]);
-      process.stdout.write(rref + '\n');
-    });
+      rref = (await m.realize({ store, events: progress, stepLog })).rref;
+    } finally {
+      progress.finish();
+    }
+    if (o.root) addNamedRoot(store, o.root, [rref as never]);
+    process.stdout.write(rref + '\n');
+  });
 }
 
 /** `ls --json`, `gc -n`: the words after the subcommand, which must all be known flags. */
 function flags(words: string[], known: string[]): Set<string> {
   const rest = words.slice(1);
   const bad = rest.filter((w) => !known.includes(w));
-  if (bad.length) throw new CairnError('E_USAGE', `machine ${words[0]}: unknown argument ${bad.join(' ')} (known: ${known.join(', ')})`);
+  if (bad.length)
+    throw new CairnError(
+      'E_USAGE',
+      `machine ${words[0]}: unknown argument ${bad.join(' ')} (known: ${known.join(', ')})`,
+    );
   return new Set(rest);
 }
 
@@ -178,8 +213,12 @@ async function scriptedShell(vm: RunningMachine): Promise<void> {
 
 function machineLs(store: LocalStore, json: boolean): void {
   const rows = listMachineStates(store).map((s) => ({
-    rref: s.rref, step: s.step, created: new Date(s.created).toISOString(),
-    expiresAt: s.expiresAt === null ? null : new Date(s.expiresAt).toISOString(), stale: s.stale, rooted: s.rooted,
+    rref: s.rref,
+    step: s.step,
+    created: new Date(s.created).toISOString(),
+    expiresAt: s.expiresAt === null ? null : new Date(s.expiresAt).toISOString(),
+    stale: s.stale,
+    rooted: s.rooted,
     bytes: s.bytes,
   }));
   if (json) {
@@ -189,8 +228,10 @@ function machineLs(store: LocalStore, json: boolean): void {
   for (const r of rows) {
     const expiry = r.stale ? `stale: ${r.stale}` : r.expiresAt ? `expires ${r.expiresAt}` : '';
     const flags = [r.rooted ? 'root' : '', expiry].filter(Boolean).join(', ');
-    process.stdout.write(`${r.rref}  ${r.step.padEnd(20)} ${formatBytes(r.bytes).padStart(10)}  ${r.created}`
-      + `${flags ? `  (${flags})` : ''}\n`);
+    process.stdout.write(
+      `${r.rref}  ${r.step.padEnd(20)} ${formatBytes(r.bytes).padStart(10)}  ${r.created}` +
+        `${flags ? `  (${flags})` : ''}\n`,
+    );
   }
   process.stdout.write(`${rows.length} machine state(s)\n`);
 }
@@ -198,7 +239,9 @@ function machineLs(store: LocalStore, json: boolean): void {
 async function machineGc(store: LocalStore, dryRun: boolean): Promise<void> {
   const r = await collectMachineGarbage(store, { dryRun });
   for (const rref of r.realizations) process.stdout.write(`${dryRun ? 'would delete' : 'deleted'} ${rref}\n`);
-  process.stdout.write(`${dryRun ? 'would delete' : 'deleted'} ${r.realizations.length} machine state(s), `
-    + `${formatBytes(r.bytes)}; kept ${r.kept} realization(s) (rooted states, what they stand on, and everything `
-    + `that is not a machine state); ${r.roots} root(s)\n`);
+  process.stdout.write(
+    `${dryRun ? 'would delete' : 'deleted'} ${r.realizations.length} machine state(s), ` +
+      `${formatBytes(r.bytes)}; kept ${r.kept} realization(s) (rooted states, what they stand on, and everything ` +
+      `that is not a machine state); ${r.roots} root(s)\n`,
+  );
 }

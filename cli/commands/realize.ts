@@ -4,14 +4,26 @@ import { loadStageFile } from '../../src/stages/load.js';
 import { realize } from '../../src/stages/realize.js';
 import { out, parseCount, type CliContext } from '../context.js';
 import { progressReporter } from '../progress.js';
+import { pushAfterRealize } from '../../src/stages/substitute.js';
+import { cachePushTarget, cacheSubstituter, substituterUrls, type RealizeCacheFlags } from '../realize-caches.js';
 
-interface RealizeOpts {
-  stage?: string[]; jobs?: number; force?: true | string[]; dryRun?: boolean; keepFailed?: boolean; verbose?: boolean;
-  quiet?: boolean; json?: boolean; outLink?: string;
+interface RealizeOpts extends RealizeCacheFlags {
+  stage?: string[];
+  jobs?: number;
+  force?: true | string[];
+  dryRun?: boolean;
+  keepFailed?: boolean;
+  verbose?: boolean;
+  quiet?: boolean;
+  json?: boolean;
+  outLink?: string;
 }
 
+const collect = (v: string, prev: string[]): string[] => [...prev, v];
+
 export function registerRealize(ctx: CliContext): void {
-  ctx.program.command('realize')
+  ctx.program
+    .command('realize')
     .description('realize the stages of FILE and print the target RRefs as the last line of stdout')
     .argument('<file>', 'stage file (.ts or .js), or a pipeline (cairn.yaml, dvc.yaml)')
     .option('-s, --stage <name...>', 'export or stage name to realize (default: the default export)')
@@ -19,12 +31,26 @@ export function registerRealize(ctx: CliContext): void {
     .option('-f, --force [name...]', 'rebuild these stages (all stages when no name is given)')
     .option('-n, --dry-run', 'print what would be built, build nothing')
     .option('--keep-failed', 'keep the build directory of a failed build under STORE/failed/')
-    .option('-v, --verbose',
-      'show build logs live on stderr, with what programs run through exec print, each line prefixed by its stage')
+    .option(
+      '-v, --verbose',
+      'show build logs live on stderr, with what programs run through exec print, each line prefixed by its stage',
+    )
     .option('-q, --quiet', 'no progress output')
-    .option('-o, --out-link <path>',
-      'make PATH a symlink to the target output and a gc root (more targets: PATH-2, PATH-3, ...)')
+    .option(
+      '-o, --out-link <path>',
+      'make PATH a symlink to the target output and a gc root (more targets: PATH-2, PATH-3, ...)',
+    )
     .option('--json', 'print the result as JSON')
+    .option(
+      '--substituter <url>',
+      "ask this binary cache before building (repeatable; default: the store configuration's substituters)",
+      collect,
+      [],
+    )
+    .option('--no-substituters', 'ask no binary cache, not even the configured ones')
+    .option('--trusted-key <key>', 'also trust cache entries signed by this public key (repeatable)', collect, [])
+    .option('--push-to <url>', 'then upload the targets and their closures to this binary cache')
+    .option('--key <file>', 'the secret key that signs what --push-to uploads')
     .action(async (file: string, o: RealizeOpts) => {
       // A server worker runs many commands: count this one's hashing only.
       const hashing = inputHashStats();
@@ -32,12 +58,18 @@ export function registerRealize(ctx: CliContext): void {
       const graph = instantiate(loaded.targets);
       const now = inputHashStats();
       const hashed = {
-        files: now.files - hashing.files, hashedFiles: now.hashedFiles - hashing.hashedFiles,
-        hashedBytes: now.hashedBytes - hashing.hashedBytes, cacheHits: now.cacheHits - hashing.cacheHits,
+        files: now.files - hashing.files,
+        hashedFiles: now.hashedFiles - hashing.hashedFiles,
+        hashedBytes: now.hashedBytes - hashing.hashedBytes,
+        cacheHits: now.cacheHits - hashing.cacheHits,
       };
       const store = ctx.openStore();
       // Taken now, as the store was opened: a build may change the working directory.
       const storeRoot = ctx.storeRoot();
+      // Opened before anything is built: a malformed URL fails now, an unreachable cache later as a warning.
+      const access = { storeRoot, trustedKeys: o.trustedKey ?? [], key: o.key };
+      const substituters = substituterUrls(o, storeRoot).map((url) => cacheSubstituter(url, access));
+      const pushTarget = o.pushTo !== undefined && !o.dryRun ? cachePushTarget(o.pushTo, access) : undefined;
       const tty = process.stderr.isTTY === true;
       const quiet = !!o.quiet || (!!o.json && !tty);
       const progress = progressReporter(graph.order.length, { tty, verbose: !!o.verbose, quiet });
@@ -45,41 +77,79 @@ export function registerRealize(ctx: CliContext): void {
       let result;
       try {
         result = await realize(graph, {
-          store, jobs: o.jobs, force: o.force, dryRun: o.dryRun, keepFailed: o.keepFailed, outLink: o.outLink,
+          store,
+          jobs: o.jobs,
+          force: o.force,
+          dryRun: o.dryRun,
+          keepFailed: o.keepFailed,
+          outLink: o.outLink,
+          substituters,
           events: progress,
         });
       } finally {
         progress.finish();
+        // A cache store may hold connections; the run is over for it.
+        for (const s of substituters) s.store.close();
       }
       const ms = performance.now() - t0;
+      // A failed push fails the command (the cache is not warm), after the targets are printed.
+      const push = async (): Promise<string[] | undefined> =>
+        pushTarget ? await pushAfterRealize(store, result, pushTarget) : undefined;
       if (o.json) {
-        out(JSON.stringify({
-          store: storeRoot, dryRun: !!o.dryRun, builds: result.builds, ms: Math.round(ms),
-          targets: result.targets, plan: result.plan,
-          ...(result.inputs.length > 0 ? { inputs: result.inputs, hashed } : {}),
-        }, null, 2));
+        const pushed = await push();
+        out(
+          JSON.stringify(
+            {
+              store: storeRoot,
+              dryRun: !!o.dryRun,
+              builds: result.builds,
+              ms: Math.round(ms),
+              targets: result.targets,
+              plan: result.plan,
+              ...(result.warnings.length > 0 ? { warnings: result.warnings } : {}),
+              ...(pushed ? { pushed: { to: pushTarget!.name, roots: pushed } } : {}),
+              ...(result.inputs.length > 0 ? { inputs: result.inputs, hashed } : {}),
+            },
+            null,
+            2,
+          ),
+        );
         return;
       }
       if (o.dryRun) {
         for (const p of result.inputs) out(`${p.action === 'cached' ? 'cached' : 'import'} ${p.dref}`);
         for (const p of result.plan) out(`${p.action.padEnd(6)} ${p.dref}`);
-        const n = result.plan.filter((p) => p.action !== 'cached').length;
+        const n = result.plan.filter((p) => p.action === 'build' || p.action === 'force').length;
+        const subst = result.plan.filter((p) => p.action === 'substituted').length;
         const imports = result.inputs.filter((p) => p.action !== 'cached').length;
         const importing = imports > 0 ? `, ${imports} file input(s) to import` : '';
-        out(`${n} to build, ${result.plan.length - n} cached${importing}`);
+        const substituting = subst > 0 ? `, ${subst} to substitute` : '';
+        out(`${n} to build${substituting}, ${result.plan.length - n - subst} cached${importing}`);
         return;
       }
       if (!o.quiet) {
         const cached = result.plan.filter((p) => p.action === 'cached').length;
+        const subst = result.plan.filter((p) => p.action === 'substituted').length;
         const imported = result.inputs.filter((p) => p.action !== 'cached').length;
         const imports = imported > 0 ? `, ${imported} file input(s) imported` : '';
-        process.stderr.write(`realized ${result.plan.length} stage(s) in ${(ms / 1000).toFixed(2)}s: `
-          + `${result.plan.length - cached} built (${result.builds} build run(s)), ${cached} cached${imports}\n`);
+        const substituted = subst > 0 ? `, ${subst} substituted` : '';
+        process.stderr.write(
+          `realized ${result.plan.length} stage(s) in ${(ms / 1000).toFixed(2)}s: ` +
+            `${result.plan.length - cached - subst} built (${result.builds} build run(s))${substituted}, ` +
+            `${cached} cached${imports}\n`,
+        );
       }
       out(result.targets.flatMap((t) => t.rrefs).join(' '));
+      const pushed = await push();
+      if (pushed && !o.quiet) {
+        process.stderr.write(
+          `pushed ${pushed.length} target realization(s) and their closures to ${pushTarget!.name}\n`,
+        );
+      }
     });
 
-  ctx.program.command('instantiate')
+  ctx.program
+    .command('instantiate')
     .description('print the DRefs of the stages of FILE (dependencies first), building nothing')
     .argument('<file>')
     .option('-s, --stage <name...>', 'export or stage name')
@@ -87,13 +157,19 @@ export function registerRealize(ctx: CliContext): void {
     .action(async (file: string, o: { stage?: string[]; json?: boolean }) => {
       const graph = instantiate((await loadStageFile(file, o.stage ?? [])).targets);
       if (o.json) {
-        out(JSON.stringify({
-          targets: graph.targets,
-          derivations: graph.order.map((d) => {
-            const n = graph.nodes.get(d)!;
-            return { dref: d, name: n.name, deps: n.deps, drv: JSON.parse(n.drvJson) as unknown };
-          }),
-        }, null, 2));
+        out(
+          JSON.stringify(
+            {
+              targets: graph.targets,
+              derivations: graph.order.map((d) => {
+                const n = graph.nodes.get(d)!;
+                return { dref: d, name: n.name, deps: n.deps, drv: JSON.parse(n.drvJson) as unknown };
+              }),
+            },
+            null,
+            2,
+          ),
+        );
       } else {
         for (const d of graph.order) out(d);
       }

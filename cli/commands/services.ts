@@ -6,20 +6,34 @@ import type { Command } from 'commander';
 import { CairnError } from '../../src/errors.js';
 import type { CliContext } from '../context.js';
 
-const out = (s: string): void => { process.stdout.write(s.endsWith('\n') ? s : s + '\n'); };
+const out = (s: string): void => {
+  process.stdout.write(s.endsWith('\n') ? s : s + '\n');
+};
 
 function parseTimeout(v: string): number {
   const n = Number(v);
-  if (!Number.isFinite(n) || n <= 0) throw new CairnError('E_USAGE', `--timeout needs a number of seconds > 0, not ${JSON.stringify(v)}`);
+  if (!Number.isFinite(n) || n <= 0)
+    throw new CairnError('E_USAGE', `--timeout needs a number of seconds > 0, not ${JSON.stringify(v)}`);
   return n * 1000;
 }
 
-interface Common { stateDir?: string; quiet?: boolean }
+interface Common {
+  stateDir?: string;
+  quiet?: boolean;
+}
 
-function printReports(reports: readonly { name: string; outcome: string; detail?: string; error?: { code: string; message: string }; ms?: number }[]): void {
+function printReports(
+  reports: readonly {
+    name: string;
+    outcome: string;
+    detail?: string;
+    error?: { code: string; message: string };
+    ms?: number;
+  }[],
+): void {
   const w = Math.max(7, ...reports.map((r) => r.name.length));
   for (const r of reports) {
-    const why = r.error ? `${r.error.code}: ${r.error.message}` : r.detail ?? '';
+    const why = r.error ? `${r.error.code}: ${r.error.message}` : (r.detail ?? '');
     const ms = r.ms === undefined ? '' : ` (${(r.ms / 1000).toFixed(1)}s)`;
     out(`${r.name.padEnd(w)}  ${r.outcome}${ms}${why ? `  ${why}` : ''}`);
   }
@@ -27,10 +41,13 @@ function printReports(reports: readonly { name: string; outcome: string; detail?
 
 export function registerServices(ctx: CliContext): void {
   const { program, openStore } = ctx;
-  const cmd = program.command('services').description('service ensembles on the Docker engine: start, stop, reload, status');
-  const common = (c: Command): Command => c
-    .option('--state-dir <dir>', 'where the context file lives (default: .cairn-services/ next to FILE)')
-    .option('-q, --quiet', 'no progress lines on stderr');
+  const cmd = program
+    .command('services')
+    .description('service ensembles on the Docker engine: start, stop, reload, status');
+  const common = (c: Command): Command =>
+    c
+      .option('--state-dir <dir>', 'where the context file lives (default: .cairn-services/ next to FILE)')
+      .option('-q, --quiet', 'no progress lines on stderr');
   const setup = async (file: string, o: Common) => {
     const { loadEnsembleFile } = await import('../../src/services/load.js');
     const e = await loadEnsembleFile(file);
@@ -39,7 +56,9 @@ export function registerServices(ctx: CliContext): void {
   };
 
   common(cmd.command('start'))
-    .description('start the services of FILE in dependency order (independent ones in parallel); leaves running containers alone')
+    .description(
+      'start the services of FILE in dependency order (independent ones in parallel); leaves running containers alone',
+    )
     .argument('<file>', 'ensemble file (.ts or .js)')
     .option('-x, --exclude <name...>', 'services not to start (none of the started ones may depend on them)')
     .option('--timeout <s>', 'seconds a service may take to answer its ping (default 300)', parseTimeout)
@@ -91,8 +110,12 @@ export function registerServices(ctx: CliContext): void {
       }
       const w = Math.max(7, ...status.map((s) => s.name.length));
       for (const s of status) {
-        const ports = Object.entries(s.ports).map(([c, h]) => `${h}->${c}`).join(', ');
-        out(`${s.name.padEnd(w)}  ${s.state.padEnd(8)}  ${s.container ?? '-'.padEnd(12)}  ${ports || '-'}${s.dependsOn.length ? `  (after ${s.dependsOn.join(', ')})` : ''}`);
+        const ports = Object.entries(s.ports)
+          .map(([c, h]) => `${h}->${c}`)
+          .join(', ');
+        out(
+          `${s.name.padEnd(w)}  ${s.state.padEnd(8)}  ${s.container ?? '-'.padEnd(12)}  ${ports || '-'}${s.dependsOn.length ? `  (after ${s.dependsOn.join(', ')})` : ''}`,
+        );
       }
       for (const [k, v] of Object.entries(context)) out(`context ${k}=${v}`);
     });

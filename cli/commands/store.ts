@@ -34,7 +34,8 @@ export function registerStore(ctx: CliContext): void {
 
 function registerRefCommands(ctx: CliContext): void {
   const { program } = ctx;
-  program.command('lsref')
+  program
+    .command('lsref')
     .description('list the realizations of a DRef, or the files of an RRef')
     .argument('<ref>')
     .action((ref: string) => {
@@ -50,7 +51,8 @@ function registerRefCommands(ctx: CliContext): void {
       for (const line of formatTree(outputTree(store, p.rref))) out(line);
     });
 
-  program.command('catref')
+  program
+    .command('catref')
     .description('print a file of a realization')
     .argument('<ref>', 'RRef, or DRef for its newest realization')
     .argument('<path>', 'path inside the output')
@@ -58,13 +60,15 @@ function registerRefCommands(ctx: CliContext): void {
       const store = ctx.openStore();
       const data = await readRealizationFile(store, oneRealization(store, ref), rel);
       if (data === null) {
-        throw new CairnError('E_NO_SUCH_PATH', `${rel} does not exist in ${ref} (or is a directory); see cairn lsref`,
-          { path: rel });
+        throw new CairnError('E_NO_SUCH_PATH', `${rel} does not exist in ${ref} (or is a directory); see cairn lsref`, {
+          path: rel,
+        });
       }
       process.stdout.write(data);
     });
 
-  program.command('shellref')
+  program
+    .command('shellref')
     .description("open a shell in a realization's output directory")
     .argument('<ref>', 'RRef, or DRef for its newest realization')
     .option('-c, --command <cmd>', 'run this command instead of an interactive shell')
@@ -78,7 +82,8 @@ function registerRefCommands(ctx: CliContext): void {
       process.exitCode = r.status ?? 1;
     });
 
-  program.command('rmref')
+  program
+    .command('rmref')
     .description('remove a realization, or every realization of a derivation and the derivation')
     .argument('<ref...>')
     .option('--force', 'remove even if other realizations were built from it')
@@ -90,7 +95,8 @@ function registerRefCommands(ctx: CliContext): void {
       }
     });
 
-  program.command('du')
+  program
+    .command('du')
     .description('disk use: of the whole store by derivation, or of one reference and its closure')
     .argument('[ref]')
     .option('--bytes', 'print plain byte counts')
@@ -108,7 +114,8 @@ function registerRefCommands(ctx: CliContext): void {
       out(`${fmt(u.total.bytes)}\t${u.total.count}\ttotal`);
     });
 
-  program.command('log')
+  program
+    .command('log')
     .description('print the build log of a realization, or with --failed the kept log of a failed build')
     .argument('<ref>', 'RRef, or DRef for its newest realization')
     .option('--failed', "print the newest failed build's log of the DRef (kept in STORE/failed-logs/)")
@@ -139,33 +146,51 @@ function registerRefCommands(ctx: CliContext): void {
 }
 
 interface GcOpts {
-  dryRun?: boolean; keepLast?: number; keepBest?: number; scoreFile: string; scoreKey?: string; lowest?: boolean;
-  olderThan?: number; json?: boolean;
+  dryRun?: boolean;
+  keepLast?: number;
+  keepBest?: number;
+  scoreFile: string;
+  scoreKey?: string;
+  lowest?: boolean;
+  olderThan?: number;
+  json?: boolean;
 }
 
 function registerUpkeep(ctx: CliContext): void {
   const storeCmd = ctx.program.command('store').description('store upkeep: garbage collection and verification');
 
-  storeCmd.command('gc')
+  storeCmd
+    .command('gc')
     .description('delete realizations not reachable from a root (named roots, out-links, running builds)')
     .option('-n, --dry-run', 'report what would be deleted')
-    .option('--keep-last <n>', 'also keep the N newest realizations of every derivation',
-      (v) => parseCount(v, '--keep-last'))
-    .option('--keep-best <n>', 'also keep the N best-scoring realizations of every derivation, scored as best() does',
-      (v) => parseCount(v, '--keep-best'))
+    .option('--keep-last <n>', 'also keep the N newest realizations of every derivation', (v) =>
+      parseCount(v, '--keep-last'),
+    )
+    .option(
+      '--keep-best <n>',
+      'also keep the N best-scoring realizations of every derivation, scored as best() does',
+      (v) => parseCount(v, '--keep-best'),
+    )
     .option('--score-file <path>', 'with --keep-best: the file in each output that holds the score', 'score.txt')
     .option('--score-key <key>', 'with --keep-best: the score is this numeric field of the JSON object in the file')
     .option('--lowest', 'with --keep-best: lower scores are better')
-    .option('--older-than <duration>',
-      'only delete realizations (and failed-build logs) older than this (e.g. 30d, 12h, 45m)', durationFlag('--older-than'))
+    .option(
+      '--older-than <duration>',
+      'only delete realizations (and failed-build logs) older than this (e.g. 30d, 12h, 45m)',
+      durationFlag('--older-than'),
+    )
     .option('--json', 'print the report as JSON')
     .action(async (o: GcOpts) => {
       const store = ctx.openStore();
-      const keepBest = o.keepBest === undefined
-        ? undefined
-        : { n: o.keepBest, file: o.scoreFile, key: o.scoreKey, lowest: !!o.lowest };
+      const keepBest =
+        o.keepBest === undefined
+          ? undefined
+          : { n: o.keepBest, file: o.scoreFile, key: o.scoreKey, lowest: !!o.lowest };
       const r = await collectGarbage(store, {
-        dryRun: o.dryRun, keepLast: o.keepLast, keepBest, olderThanMs: o.olderThan,
+        dryRun: o.dryRun,
+        keepLast: o.keepLast,
+        keepBest,
+        olderThanMs: o.olderThan,
       });
       if (o.json) return out(JSON.stringify(r, null, 2));
       // A moved or deleted out-link no longer protects what it pointed to: say so, dry or not.
@@ -175,12 +200,15 @@ function registerUpkeep(ctx: CliContext): void {
       if (o.dryRun) for (const rref of r.realizations) out(`would delete ${rref}`);
       if (o.dryRun) for (const f of r.failedLogs) out(`would delete failed-build log ${f}`);
       const logs = r.failedLogs.length > 0 ? ` and ${r.failedLogs.length} failed-build log(s)` : '';
-      out(`${o.dryRun ? 'would delete' : 'deleted'} ${r.realizations.length} realization(s)${logs}`
-        + ` and ${r.derivations.length} derivation(s), ${o.dryRun ? 'freeing' : 'freed'} ${formatBytes(r.bytes)}`
-        + ` (${r.bytes} bytes); kept ${r.kept} realization(s) reachable from ${r.roots} root(s)`);
+      out(
+        `${o.dryRun ? 'would delete' : 'deleted'} ${r.realizations.length} realization(s)${logs}` +
+          ` and ${r.derivations.length} derivation(s), ${o.dryRun ? 'freeing' : 'freed'} ${formatBytes(r.bytes)}` +
+          ` (${r.bytes} bytes); kept ${r.kept} realization(s) reachable from ${r.roots} root(s)`,
+      );
     });
 
-  storeCmd.command('verify')
+  storeCmd
+    .command('verify')
     .description('re-hash realizations and compare the index with the files (the files are the truth)')
     .argument('[ref...]', 'only these DRefs or RRefs')
     .option('--repair', 'quarantine corrupt realizations, clear write bits, rebuild the index from the files')
@@ -201,21 +229,28 @@ function registerUpkeep(ctx: CliContext): void {
 function registerRoots(ctx: CliContext): void {
   const rootCmd = ctx.program.command('root').description('named gc roots');
 
-  rootCmd.command('add')
+  rootCmd
+    .command('add')
     .description('make NAME a root for these realizations (a DRef means all its realizations)')
     .argument('<name>')
     .argument('<ref...>')
     .action((name: string, refs: string[]) => {
       const store = ctx.openStore();
-      addNamedRoot(store, name, refs.flatMap((r) => store.resolve(r)));
+      addNamedRoot(
+        store,
+        name,
+        refs.flatMap((r) => store.resolve(r)),
+      );
     });
 
-  rootCmd.command('rm')
+  rootCmd
+    .command('rm')
     .description('remove a named root')
     .argument('<name>')
     .action((name: string) => removeNamedRoot(ctx.openStore(), name));
 
-  rootCmd.command('ls')
+  rootCmd
+    .command('ls')
     .description('list roots: named roots and live out-links')
     .action(() => {
       for (const r of listRoots(ctx.openStore()).roots) out(`${r.kind.padEnd(8)} ${r.name}\t${r.rrefs.join(' ')}`);

@@ -122,9 +122,18 @@ export function parseRequest(payload: Buffer): ClientRequest {
 
 /** The inverse of parseRequest: what the C client sends (used by the tests). */
 export function encodeRequest(r: ClientRequest): Buffer {
-  const fields = [REQUEST_MAGIC, r.install ? `${r.build}@${r.install}` : r.build, r.cwd, r.umask.toString(8),
-    r.stdoutTty ? '1' : '0', r.stderrTty ? '1' : '0', String(r.columns), String(r.args.length), ...r.args,
-    ...Object.entries(r.env).map(([k, v]) => `${k}=${v}`)];
+  const fields = [
+    REQUEST_MAGIC,
+    r.install ? `${r.build}@${r.install}` : r.build,
+    r.cwd,
+    r.umask.toString(8),
+    r.stdoutTty ? '1' : '0',
+    r.stderrTty ? '1' : '0',
+    String(r.columns),
+    String(r.args.length),
+    ...r.args,
+    ...Object.entries(r.env).map(([k, v]) => `${k}=${v}`),
+  ];
   return frame('Q', fields.map((f) => f + '\0').join(''));
 }
 
@@ -147,7 +156,9 @@ export function installId(distDir: Buffer): string {
  */
 export function serverSocketPath(id: string, env: NodeJS.ProcessEnv = process.env): string {
   if (env.CAIRN_SERVER_SOCKET) return env.CAIRN_SERVER_SOCKET;
-  const dir = env.XDG_RUNTIME_DIR ? path.join(env.XDG_RUNTIME_DIR, 'cairn') : path.join(os.tmpdir(), `cairn-${process.getuid?.() ?? 0}`);
+  const dir = env.XDG_RUNTIME_DIR
+    ? path.join(env.XDG_RUNTIME_DIR, 'cairn')
+    : path.join(os.tmpdir(), `cairn-${process.getuid?.() ?? 0}`);
   return path.join(dir, `server-${id}.sock`);
 }
 
@@ -156,7 +167,18 @@ export function serverSocketPath(id: string, env: NodeJS.ProcessEnv = process.en
  * sync, downloads) use the terminal, signals or long-lived resources of
  * their own process, so the client runs them as a Node process of their own.
  */
-export const SERVED_COMMANDS: ReadonlySet<string> = new Set(['realize', 'instantiate', 'lsref', 'catref', 'log', 'du', 'rmref', 'root', 'hash', 'help']);
+export const SERVED_COMMANDS: ReadonlySet<string> = new Set([
+  'realize',
+  'instantiate',
+  'lsref',
+  'catref',
+  'log',
+  'du',
+  'rmref',
+  'root',
+  'hash',
+  'help',
+]);
 
 /** Holds back a stream's tail until an end marker arrives: what a worker wrote before it, then whether it was seen. */
 export class EndMarkerScanner {

@@ -17,12 +17,28 @@ import * as path from 'node:path';
 export type ProcFacts = ReadonlyMap<string, string>;
 
 /** Lines of /proc/PID/status that a forked worker does not take from the client. */
-const STATUS_LINES = ['Uid', 'Gid', 'Groups', 'NoNewPrivs', 'Seccomp', 'Seccomp_filters',
-  'CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb', 'Cpus_allowed_list', 'Mems_allowed_list'];
+const STATUS_LINES = [
+  'Uid',
+  'Gid',
+  'Groups',
+  'NoNewPrivs',
+  'Seccomp',
+  'Seccomp_filters',
+  'CapInh',
+  'CapPrm',
+  'CapEff',
+  'CapBnd',
+  'CapAmb',
+  'Cpus_allowed_list',
+  'Mems_allowed_list',
+];
 
 function statusLine(status: string | undefined, name: string): string | undefined {
   const line = status?.split('\n').find((l) => l.startsWith(`${name}:`));
-  return line?.slice(name.length + 1).trim().replace(/\s+/g, ' ');
+  return line
+    ?.slice(name.length + 1)
+    .trim()
+    .replace(/\s+/g, ' ');
 }
 
 /**
@@ -89,7 +105,11 @@ export function readProcFacts(pid: number): ProcFacts {
   const dir = `/proc/${pid}`;
   const m = new Map<string, string>();
   const tryRead = (key: string, read: () => string): void => {
-    try { m.set(key, read()); } catch { /* left out: counts as a difference */ }
+    try {
+      m.set(key, read());
+    } catch {
+      /* left out: counts as a difference */
+    }
   };
   for (const ns of fs.readdirSync(path.join(dir, 'ns'))) {
     tryRead(`ns/${ns}`, () => fs.readlinkSync(path.join(dir, 'ns', ns)));

@@ -14,10 +14,19 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CairnError } from '../../src/errors.js';
 
-export interface Facts { isDirectory: boolean; isSocket: boolean; uid: number; mode: number }
+export interface Facts {
+  isDirectory: boolean;
+  isSocket: boolean;
+  uid: number;
+  mode: number;
+}
 
-const facts = (st: fs.Stats): Facts =>
-  ({ isDirectory: st.isDirectory(), isSocket: st.isSocket(), uid: st.uid, mode: st.mode });
+const facts = (st: fs.Stats): Facts => ({
+  isDirectory: st.isDirectory(),
+  isSocket: st.isSocket(),
+  uid: st.uid,
+  mode: st.mode,
+});
 
 /**
  * An ancestor of the socket's directory (resolved, so not a symlink): its

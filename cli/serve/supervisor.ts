@@ -105,11 +105,17 @@ const FORWARDED_SIGNALS = new Set(['SIGINT', 'SIGTERM', 'SIGHUP']);
  * A connection's forwarded signals: held until its command runs, then handed to its worker. Only the first two
  * count (the second one skips the grace), so a client cannot flood the server with them.
  */
-interface Signals { pending: string[]; received: number; forward?: (name: string) => void }
+interface Signals {
+  pending: string[];
+  received: number;
+  forward?: (name: string) => void;
+}
 
 const STARTUP_ENV = /^(NODE_OPTIONS|NODE_PATH|NODE_ICU_DATA|LANG|LANGUAGE|LC_[A-Z_]+)$/;
 
-const log = (s: string): void => { process.stderr.write(`${new Date().toISOString()} ${s}\n`); };
+const log = (s: string): void => {
+  process.stderr.write(`${new Date().toISOString()} ${s}\n`);
+};
 
 /**
  * Runs the server until it is stopped or idle; resolves when it has shut
@@ -129,11 +135,15 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
   let restart = false;
   let idleTimer: NodeJS.Timeout | undefined;
   let resolveDone!: () => void;
-  const done = new Promise<void>((r) => { resolveDone = r; });
+  const done = new Promise<void>((r) => {
+    resolveDone = r;
+  });
 
   const spawnWorker = (): void => {
     const child = fork(WORKER_MODULE, [], {
-      stdio: ['ignore', 'pipe', 'pipe', 'ipc'], detached: true, execArgv: [],
+      stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
+      detached: true,
+      execArgv: [],
       env: { UV_THREADPOOL_SIZE: WORKER_POOL_SIZE, ...process.env },
     });
     const w: Worker = { child, state: 'warming', served: 0 };
@@ -151,7 +161,10 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
         // A slow reader: hold the worker's output in its pipes, not in this process's memory.
         child.stdout!.pause();
         child.stderr!.pause();
-        job.client.once('drain', () => { child.stdout!.resume(); child.stderr!.resume(); });
+        job.client.once('drain', () => {
+          child.stdout!.resume();
+          child.stderr!.resume();
+        });
       }
       if (r.ended) {
         if (type === 'O') job.outEnded = true;
@@ -187,7 +200,10 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
         // the client gets what it wrote and the status it died with.
         const job = w.job;
         w.job = undefined;
-        for (const [type, s] of [['O', job.out], ['E', job.err]] as const) {
+        for (const [type, s] of [
+          ['O', job.out],
+          ['E', job.err],
+        ] as const) {
           const rest = s.flush();
           if (rest.length > 0 && !job.client.destroyed) job.client.write(frame(type, rest));
         }
@@ -230,8 +246,18 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
     // The client is gone (Ctrl-C, a broken pipe): end the command the way a
     // terminal's Ctrl-C ends a process group, then replace the worker.
     w.state = 'exiting';
-    try { process.kill(-w.child.pid!, 'SIGINT'); } catch { /* already gone */ }
-    setTimeout(() => { try { process.kill(-w.child.pid!, 'SIGKILL'); } catch { /* gone */ } }, 2000).unref();
+    try {
+      process.kill(-w.child.pid!, 'SIGINT');
+    } catch {
+      /* already gone */
+    }
+    setTimeout(() => {
+      try {
+        process.kill(-w.child.pid!, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }, 2000).unref();
   };
 
   const signalWorker = (w: Worker, name: string): void => {
@@ -240,8 +266,18 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
     // for that status. The worker is replaced afterwards; one that hangs is killed.
     if (!FORWARDED_SIGNALS.has(name)) return;
     w.state = 'exiting';
-    try { process.kill(w.child.pid!, name); } catch { /* already gone */ }
-    setTimeout(() => { try { process.kill(-w.child.pid!, 'SIGKILL'); } catch { /* gone */ } }, 10_000).unref();
+    try {
+      process.kill(w.child.pid!, name);
+    } catch {
+      /* already gone */
+    }
+    setTimeout(() => {
+      try {
+        process.kill(-w.child.pid!, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }, 10_000).unref();
   };
 
   const dispatch = async (client: net.Socket, req: ClientRequest, signals: Signals): Promise<void> => {
@@ -269,11 +305,15 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
     const word = commandWord(req.args);
     if (word !== undefined && !SERVED_COMMANDS.has(word)) return pass(`${word} runs in a process of its own`);
     // Node reads these once, at start-up: a worker started with others would behave differently.
-    const fixed = Object.keys({ ...process.env, ...req.env }).filter((k) => STARTUP_ENV.test(k) && (process.env[k] ?? '') !== (req.env[k] ?? ''));
-    if (fixed.length > 0) return pass(`the client's ${fixed.join(', ')} differ from the server's, and Node reads them at start-up`);
+    const fixed = Object.keys({ ...process.env, ...req.env }).filter(
+      (k) => STARTUP_ENV.test(k) && (process.env[k] ?? '') !== (req.env[k] ?? ''),
+    );
+    if (fixed.length > 0)
+      return pass(`the client's ${fixed.join(', ')} differ from the server's, and Node reads them at start-up`);
     // A worker chdirs there: a directory that is gone, or whose name is not UTF-8 (the request is
     // decoded as UTF-8), failed the command with an internal error. The Node CLI copes as it always does.
-    if (!isDirectory(req.cwd)) return pass(`the client's working directory ${JSON.stringify(req.cwd)} cannot be entered`);
+    if (!isDirectory(req.cwd))
+      return pass(`the client's working directory ${JSON.stringify(req.cwd)} cannot be entered`);
     if (![...workers].some((x) => x.state === 'idle')) return pass('every worker is busy or warming up');
     // The client is blocked reading its answer, so its process (and pid) lives while this runs;
     // cairn-peer holds a pidfd of it and checks that it still lived after reading /proc.
@@ -288,16 +328,32 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
     if (differs) return pass(differs);
     const marker = Buffer.from(`\0cairn-end-${randomBytes(12).toString('hex')}\0`);
     w.state = 'busy';
-    w.job = { client, out: new EndMarkerScanner(marker), err: new EndMarkerScanner(marker), outEnded: false, errEnded: false };
-    client.on('close', () => { if (w.job?.client === client) killJob(w); });
+    w.job = {
+      client,
+      out: new EndMarkerScanner(marker),
+      err: new EndMarkerScanner(marker),
+      outEnded: false,
+      errEnded: false,
+    };
+    client.on('close', () => {
+      if (w.job?.client === client) killJob(w);
+    });
     send(w, { type: 'run', request: req, marker: marker.toString('latin1') });
-    signals.forward = (name) => { if (w.job?.client === client) signalWorker(w, name); };
+    signals.forward = (name) => {
+      if (w.job?.client === client) signalWorker(w, name);
+    };
     for (const name of signals.pending.splice(0)) signals.forward(name);
   };
 
   const status = (): ServerStatus => ({
-    pid: process.pid, uid: process.getuid!(), socket, install, build, startedAt: startedAt.toISOString(),
-    served, fallbacks,
+    pid: process.pid,
+    uid: process.getuid!(),
+    socket,
+    install,
+    build,
+    startedAt: startedAt.toISOString(),
+    served,
+    fallbacks,
     workers: [...workers].map((w) => ({ pid: w.child.pid, state: w.state, served: w.served })),
   });
 
@@ -323,8 +379,12 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
   const server = net.createServer((client) => {
     touch();
     connections++;
-    client.once('close', () => { connections--; });
-    client.on('error', () => { /* the client went away; 'close' follows */ });
+    client.once('close', () => {
+      connections--;
+    });
+    client.on('error', () => {
+      /* the client went away; 'close' follows */
+    });
     if (connections > maxConnections) {
       fallbacks++;
       client.end(frame('R', `the server has ${maxConnections} connections open`));
@@ -353,7 +413,8 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
         if (g.type !== 'S') continue;
         if (++signals.received > 2) continue;
         const name = g.payload.toString('latin1');
-        if (signals.forward) signals.forward(name); else signals.pending.push(name);
+        if (signals.forward) signals.forward(name);
+        else signals.pending.push(name);
       }
       if (requested || frames.length === 0) return;
       requested = true;
@@ -373,7 +434,9 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
       try {
         req = parseRequest(f.payload);
       } catch (e) {
-        client.end(Buffer.concat([frame('E', `cairn: error E_SERVER_PROTOCOL: ${(e as Error).message}\n`), frame('X', '2')]));
+        client.end(
+          Buffer.concat([frame('E', `cairn: error E_SERVER_PROTOCOL: ${(e as Error).message}\n`), frame('X', '2')]),
+        );
         return;
       }
       void dispatch(client, req, signals);
@@ -391,8 +454,10 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
   };
 
   socket = await listenPrivately(server, o.socket);
-  log(`cairn server ${process.pid} listening on ${socket} (installation ${install}, build ${build}, ` +
-    `${o.workers} workers)`);
+  log(
+    `cairn server ${process.pid} listening on ${socket} (installation ${install}, build ${build}, ` +
+      `${o.workers} workers)`,
+  );
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
   for (let i = 0; i < o.workers; i++) spawnWorker();
@@ -403,7 +468,11 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
 }
 
 function isDirectory(p: string): boolean {
-  try { return fs.statSync(p).isDirectory(); } catch { return false; }
+  try {
+    return fs.statSync(p).isDirectory();
+  } catch {
+    return false;
+  }
 }
 
 function signalNumber(sig: NodeJS.Signals): number {
@@ -429,7 +498,10 @@ async function listenPrivately(server: net.Server, socket: string): Promise<stri
   try {
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(real, () => { server.off('error', reject); resolve(); });
+      server.listen(real, () => {
+        server.off('error', reject);
+        resolve();
+      });
     });
   } finally {
     process.umask(umask);
@@ -441,7 +513,10 @@ async function listenPrivately(server: net.Server, socket: string): Promise<stri
 export function answers(socket: string): Promise<boolean> {
   return new Promise((resolve) => {
     const c = net.connect(socket);
-    c.once('connect', () => { c.destroy(); resolve(true); });
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
     c.once('error', () => resolve(false));
   });
 }

@@ -39,7 +39,8 @@ let baseGlobals: Set<string>;
 let baseListeners: Map<string | symbol, number>;
 
 /** Listener counts of `process`, by event. */
-const listeners = (): Map<string | symbol, number> => new Map(process.eventNames().map((e) => [e, process.listenerCount(e)]));
+const listeners = (): Map<string | symbol, number> =>
+  new Map(process.eventNames().map((e) => [e, process.listenerCount(e)]));
 /** Active libuv resources, counted by type: what keeps a process from exiting. */
 function activeResources(): Map<string, number> {
   const counts = new Map<string, number>();
@@ -73,15 +74,18 @@ async function warmUp(): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cairn-warm-'));
   try {
     const file = path.join(dir, 'warm.ts');
-    fs.writeFileSync(file, [
-      "import * as fs from 'node:fs';",
-      "import { stage, type Stage } from 'cairn';",
-      "const build = ({ out }: { out: string }) => fs.writeFileSync(out + '/v', '');",
-      'let prev: Stage | null = null;',
-      "for (let i = 0; i < 20; i++) prev = stage({ name: `warm${i}`, version: '1', config: { i, prev }, build });",
-      'export default prev!;',
-      '',
-    ].join('\n'));
+    fs.writeFileSync(
+      file,
+      [
+        "import * as fs from 'node:fs';",
+        "import { stage, type Stage } from 'cairn';",
+        "const build = ({ out }: { out: string }) => fs.writeFileSync(out + '/v', '');",
+        'let prev: Stage | null = null;',
+        "for (let i = 0; i < 20; i++) prev = stage({ name: `warm${i}`, version: '1', config: { i, prev }, build });",
+        'export default prev!;',
+        '',
+      ].join('\n'),
+    );
     const store = LocalStore.open(path.join(dir, 'store'));
     try {
       for (let i = 0; i < 3; i++) await realize(instantiate((await loadStageFile(file)).targets), { store });

@@ -79,7 +79,11 @@ export const report = stage({
   config: { model: train, data: dataset, title: 'Linear fit' },
   outputs: ['report.md'],
   build: ({ config, out }) => {
-    const model = JSON.parse(fs.readFileSync(config.model.file('model.json'), 'utf8')) as { w: number; b: number; seed: number };
+    const model = JSON.parse(fs.readFileSync(config.model.file('model.json'), 'utf8')) as {
+      w: number;
+      b: number;
+      seed: number;
+    };
     const score = Number(fs.readFileSync(config.model.file('score.txt'), 'utf8'));
     const text = [
       `# ${config.title}`,

@@ -26,7 +26,12 @@ export class FileContext implements ServiceContext {
       throw e;
     }
     const v = JSON.parse(raw) as unknown;
-    if (typeof v !== 'object' || v === null || Array.isArray(v) || Object.values(v).some((x) => typeof x !== 'string')) {
+    if (
+      typeof v !== 'object' ||
+      v === null ||
+      Array.isArray(v) ||
+      Object.values(v).some((x) => typeof x !== 'string')
+    ) {
       throw new CairnError('E_SERVICE_INVALID', `context file ${file} must hold a JSON object of strings`, { file });
     }
     return v as Record<string, string>;
@@ -38,11 +43,17 @@ export class FileContext implements ServiceContext {
 
   set(key: string, value: string): void {
     if (typeof key !== 'string' || key === '' || typeof value !== 'string') {
-      throw new CairnError('E_SERVICE_FAILED', `context.set needs a key and a string value, got ${JSON.stringify(key)} = ${JSON.stringify(value)}`);
+      throw new CairnError(
+        'E_SERVICE_FAILED',
+        `context.set needs a key and a string value, got ${JSON.stringify(key)} = ${JSON.stringify(value)}`,
+      );
     }
     if (isReservedContextKey(key)) {
-      throw new CairnError('E_SERVICE_INVALID',
-        `context.set: ${JSON.stringify(key)} is a name reserved by JavaScript objects; choose another key`, { key });
+      throw new CairnError(
+        'E_SERVICE_INVALID',
+        `context.set: ${JSON.stringify(key)} is a name reserved by JavaScript objects; choose another key`,
+        { key },
+      );
     }
     this.values = { ...this.values, [key]: value };
     fs.mkdirSync(path.dirname(this.file), { recursive: true });

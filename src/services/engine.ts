@@ -41,7 +41,8 @@ export async function inspectContainer(name: string): Promise<ContainerInfo | un
   }
   const c = inspectOne<RawInspect>(r.stdout)!;
   const ports: Record<string, string> = {};
-  for (const [k, v] of Object.entries(c.NetworkSettings.Ports ?? {})) if (v && v[0]) ports[k] = `${v[0].HostIp}:${v[0].HostPort}`;
+  for (const [k, v] of Object.entries(c.NetworkSettings.Ports ?? {}))
+    if (v && v[0]) ports[k] = `${v[0].HostIp}:${v[0].HostPort}`;
   return {
     id: c.Id,
     running: c.State.Running,
@@ -61,7 +62,8 @@ export async function ensureNetwork(ensemble: string, labels: Record<string, str
   for (const [k, v] of Object.entries({ ...labels, [LABEL_ENSEMBLE]: ensemble })) args.push('--label', `${k}=${v}`);
   const c = await docker([...args, name], { check: false });
   // Two starts racing: the other one created it.
-  if (c.exitCode !== 0 && !/already exists/.test(c.stderr)) throw new CairnError('E_DOCKER', `cannot create network ${name}: ${c.stderr.trim()}`);
+  if (c.exitCode !== 0 && !/already exists/.test(c.stderr))
+    throw new CairnError('E_DOCKER', `cannot create network ${name}: ${c.stderr.trim()}`);
   return name;
 }
 
@@ -85,7 +87,19 @@ export async function runContainer(spec: RunSpec): Promise<string> {
   // --init: tini as pid 1 forwards the stop signal and reaps zombies, so a
   // plain `sleep` or shell command stops at once instead of after the
   // 10 s grace period (a bare pid 1 ignores SIGTERM).
-  const args = ['run', '--detach', '--init', '--name', spec.name, '--hostname', spec.hostname, '--network', spec.network, '--network-alias', spec.hostname];
+  const args = [
+    'run',
+    '--detach',
+    '--init',
+    '--name',
+    spec.name,
+    '--hostname',
+    spec.hostname,
+    '--network',
+    spec.network,
+    '--network-alias',
+    spec.hostname,
+  ];
   for (const [k, v] of Object.entries(spec.labels)) args.push('--label', `${k}=${v}`);
   for (const [k, v] of Object.entries(spec.env)) args.push('--env', `${k}=${v}`);
   // Published on loopback only: services are for this machine's tests and tools.
@@ -105,7 +119,8 @@ export async function stopContainer(name: string, timeoutS = 10): Promise<void> 
 
 export async function removeContainer(name: string): Promise<void> {
   const r = await docker(['rm', '--force', name], { check: false });
-  if (r.exitCode !== 0 && !/no such container/i.test(r.stderr)) throw new CairnError('E_DOCKER', `cannot remove ${name}: ${r.stderr.trim()}`);
+  if (r.exitCode !== 0 && !/no such container/i.test(r.stderr))
+    throw new CairnError('E_DOCKER', `cannot remove ${name}: ${r.stderr.trim()}`);
 }
 
 export async function containerLogs(name: string): Promise<string> {
@@ -118,14 +133,23 @@ export async function publishedPort(name: string, containerPort: number | string
   const key = String(containerPort).includes('/') ? String(containerPort) : `${containerPort}/tcp`;
   const info = await inspectContainer(name);
   const bound = info?.ports[key];
-  if (!bound) throw new CairnError('E_SERVICE_FAILED', `${name} publishes no host port for ${key}`, { container: name, port: key });
+  if (!bound)
+    throw new CairnError('E_SERVICE_FAILED', `${name} publishes no host port for ${key}`, {
+      container: name,
+      port: key,
+    });
   return Number(bound.slice(bound.lastIndexOf(':') + 1));
 }
 
 /** The image id (sha256:…) a tag or id refers to; E_SERVICE_FAILED when the engine lacks it (nothing is pulled). */
 export async function imageId(ref: string): Promise<string> {
   const r = await docker(['image', 'inspect', '--format', '{{.Id}}', ref], { check: false });
-  if (r.exitCode !== 0) throw new CairnError('E_SERVICE_FAILED', `image ${ref} is not in the engine, and Cairn pulls from no registry: build it as a stage, or load it first`, { image: ref });
+  if (r.exitCode !== 0)
+    throw new CairnError(
+      'E_SERVICE_FAILED',
+      `image ${ref} is not in the engine, and Cairn pulls from no registry: build it as a stage, or load it first`,
+      { image: ref },
+    );
   return r.stdout.trim();
 }
 
@@ -134,7 +158,13 @@ export async function imageId(ref: string): Promise<string> {
  * engine's client here lacks as a plugin) and without pulling: the FROM
  * image must already be in the engine.
  */
-export async function buildImage(opts: { directory: string; dockerfile: string; tag: string; buildArgs: Record<string, string>; labels: Record<string, string> }): Promise<string> {
+export async function buildImage(opts: {
+  directory: string;
+  dockerfile: string;
+  tag: string;
+  buildArgs: Record<string, string>;
+  labels: Record<string, string>;
+}): Promise<string> {
   const args = ['build', '--file', opts.dockerfile, '--tag', opts.tag];
   for (const [k, v] of Object.entries(opts.buildArgs)) args.push('--build-arg', `${k}=${v}`);
   for (const [k, v] of Object.entries(opts.labels)) args.push('--label', `${k}=${v}`);

@@ -13,46 +13,68 @@ const HOSTNAME_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 const PORT_RE = /^[0-9]{1,5}(\/(tcp|udp))?$/;
 const ENV_KEY_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
-const invalid = (msg: string, details: Record<string, unknown> = {}): CairnError => new CairnError('E_SERVICE_INVALID', msg, details);
+const invalid = (msg: string, details: Record<string, unknown> = {}): CairnError =>
+  new CairnError('E_SERVICE_INVALID', msg, details);
 
 /**
  * Refuses an ensemble with bad names, images, ports, env, unknown or
  * circular dependencies. Returns the services by name.
  */
 export function validateEnsemble(e: EnsembleSpec): Map<string, ServiceSpec> {
-  if (typeof e.name !== 'string' || !HOSTNAME_RE.test(e.name)) throw invalid(`ensemble name ${JSON.stringify(e.name)} must be a lowercase hostname label (a-z, 0-9, -)`);
+  if (typeof e.name !== 'string' || !HOSTNAME_RE.test(e.name))
+    throw invalid(`ensemble name ${JSON.stringify(e.name)} must be a lowercase hostname label (a-z, 0-9, -)`);
   const byName = new Map<string, ServiceSpec>();
   for (const s of e.services) {
     if (typeof s !== 'object' || s === null) throw invalid('a service must be an object');
     if (typeof s.name !== 'string' || !HOSTNAME_RE.test(s.name)) {
-      throw invalid(`service name ${JSON.stringify(s.name)} is not a valid hostname: use 1-63 of a-z, 0-9 and -, not starting or ending with -`, { service: s.name });
+      throw invalid(
+        `service name ${JSON.stringify(s.name)} is not a valid hostname: use 1-63 of a-z, 0-9 and -, not starting or ending with -`,
+        { service: s.name },
+      );
     }
     if (byName.has(s.name)) throw invalid(`service ${s.name} is defined twice`, { service: s.name });
     byName.set(s.name, s);
     const sources = [s.image !== undefined, s.buildFromDirectory !== undefined].filter(Boolean).length;
-    if (sources !== 1) throw invalid(`service ${s.name} needs exactly one of image and buildFromDirectory`, { service: s.name });
-    if (s.image !== undefined && typeof s.image !== 'string' && !isStage(s.image)) throw invalid(`service ${s.name}: image must be a tag or a stage`, { service: s.name });
-    if (typeof s.image === 'string' && !/^[A-Za-z0-9][A-Za-z0-9._/:@-]*$/.test(s.image)) throw invalid(`service ${s.name}: ${JSON.stringify(s.image)} is not an image reference`, { service: s.name });
-    if (s.buildFromDirectory && typeof s.buildFromDirectory.directory !== 'string') throw invalid(`service ${s.name}: buildFromDirectory needs a directory`, { service: s.name });
+    if (sources !== 1)
+      throw invalid(`service ${s.name} needs exactly one of image and buildFromDirectory`, { service: s.name });
+    if (s.image !== undefined && typeof s.image !== 'string' && !isStage(s.image))
+      throw invalid(`service ${s.name}: image must be a tag or a stage`, { service: s.name });
+    if (typeof s.image === 'string' && !/^[A-Za-z0-9][A-Za-z0-9._/:@-]*$/.test(s.image))
+      throw invalid(`service ${s.name}: ${JSON.stringify(s.image)} is not an image reference`, { service: s.name });
+    if (s.buildFromDirectory && typeof s.buildFromDirectory.directory !== 'string')
+      throw invalid(`service ${s.name}: buildFromDirectory needs a directory`, { service: s.name });
     for (const [k, v] of Object.entries(s.env ?? {})) {
-      if (!ENV_KEY_RE.test(k) || typeof v !== 'string') throw invalid(`service ${s.name}: env ${k} must be a variable name with a string value`, { service: s.name });
+      if (!ENV_KEY_RE.test(k) || typeof v !== 'string')
+        throw invalid(`service ${s.name}: env ${k} must be a variable name with a string value`, { service: s.name });
       checkTemplate(v, `service ${s.name}: env ${k}`);
     }
     for (const [c, h] of Object.entries(s.ports ?? {})) {
       const cport = Number(c.split('/')[0]);
       if (!PORT_RE.test(c) || cport < 1 || cport > 65535 || !Number.isInteger(h) || h < 0 || h > 65535) {
-        throw invalid(`service ${s.name}: port ${c} → ${h} must map a container port (1-65535, optionally /tcp or /udp) to a host port (0-65535, 0 = any)`, { service: s.name });
+        throw invalid(
+          `service ${s.name}: port ${c} → ${h} must map a container port (1-65535, optionally /tcp or /udp) to a host port (0-65535, 0 = any)`,
+          { service: s.name },
+        );
       }
     }
-    if (s.command !== undefined && (!Array.isArray(s.command) || s.command.some((a) => typeof a !== 'string'))) throw invalid(`service ${s.name}: command must be an array of strings`, { service: s.name });
-    if (s.stopSignal !== undefined && !/^(SIG)?[A-Z0-9+-]+$/.test(s.stopSignal)) throw invalid(`service ${s.name}: stopSignal ${JSON.stringify(s.stopSignal)} is not a signal name`, { service: s.name });
+    if (s.command !== undefined && (!Array.isArray(s.command) || s.command.some((a) => typeof a !== 'string')))
+      throw invalid(`service ${s.name}: command must be an array of strings`, { service: s.name });
+    if (s.stopSignal !== undefined && !/^(SIG)?[A-Z0-9+-]+$/.test(s.stopSignal))
+      throw invalid(`service ${s.name}: stopSignal ${JSON.stringify(s.stopSignal)} is not a signal name`, {
+        service: s.name,
+      });
     for (const hook of ['ping', 'postStartInit'] as const) {
-      if (s[hook] !== undefined && typeof s[hook] !== 'function') throw invalid(`service ${s.name}: ${hook} must be a function`, { service: s.name });
+      if (s[hook] !== undefined && typeof s[hook] !== 'function')
+        throw invalid(`service ${s.name}: ${hook} must be a function`, { service: s.name });
     }
   }
   for (const s of byName.values()) {
     for (const d of s.dependsOn ?? []) {
-      if (!byName.has(d)) throw invalid(`service ${s.name} depends on ${JSON.stringify(d)}, which is not defined`, { service: s.name, dependency: d });
+      if (!byName.has(d))
+        throw invalid(`service ${s.name} depends on ${JSON.stringify(d)}, which is not defined`, {
+          service: s.name,
+          dependency: d,
+        });
       if (d === s.name) throw invalid(`service ${s.name} depends on itself`, { service: s.name });
     }
   }
@@ -112,7 +134,11 @@ export function selectForStart(byName: ReadonlyMap<string, ServiceSpec>, exclude
   const order = dependencyOrder(byName).filter((n) => !ex.has(n));
   for (const n of order) {
     const missing = (byName.get(n)!.dependsOn ?? []).filter((d) => ex.has(d));
-    if (missing.length > 0) throw invalid(`cannot start ${n} without its dependenc${missing.length > 1 ? 'ies' : 'y'} ${missing.join(', ')} (excluded); exclude ${n} too`, { service: n, missing });
+    if (missing.length > 0)
+      throw invalid(
+        `cannot start ${n} without its dependenc${missing.length > 1 ? 'ies' : 'y'} ${missing.join(', ')} (excluded); exclude ${n} too`,
+        { service: n, missing },
+      );
   }
   return order;
 }
@@ -123,10 +149,16 @@ export function selectForStart(byName: ReadonlyMap<string, ServiceSpec>, exclude
  */
 export function selectForStop(byName: ReadonlyMap<string, ServiceSpec>, exclude: readonly string[]): string[] {
   const ex = checkExcluded(byName, exclude);
-  const order = dependencyOrder(byName).filter((n) => !ex.has(n)).reverse();
+  const order = dependencyOrder(byName)
+    .filter((n) => !ex.has(n))
+    .reverse();
   for (const kept of ex) {
     const stopped = (byName.get(kept)!.dependsOn ?? []).filter((d) => !ex.has(d));
-    if (stopped.length > 0) throw invalid(`cannot keep ${kept} running while stopping its dependenc${stopped.length > 1 ? 'ies' : 'y'} ${stopped.join(', ')}; exclude those too`, { service: kept, stopped });
+    if (stopped.length > 0)
+      throw invalid(
+        `cannot keep ${kept} running while stopping its dependenc${stopped.length > 1 ? 'ies' : 'y'} ${stopped.join(', ')}; exclude those too`,
+        { service: kept, stopped },
+      );
   }
   return order;
 }

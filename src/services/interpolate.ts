@@ -18,8 +18,11 @@ export function isReservedContextKey(key: string): boolean {
 }
 
 const reserved = (key: string, where: string): CairnError =>
-  new CairnError('E_SERVICE_INVALID',
-    `${where} uses {${key}}, a name reserved by JavaScript objects; choose another context key`, { key });
+  new CairnError(
+    'E_SERVICE_INVALID',
+    `${where} uses {${key}}, a name reserved by JavaScript objects; choose another context key`,
+    { key },
+  );
 
 /** The `{key}` placeholders of a template (not `{{`/`}}`), for checking before anything starts. */
 export function placeholders(template: string): string[] {
@@ -45,17 +48,27 @@ export function interpolate(template: string, context: Readonly<Record<string, s
     if (isReservedContextKey(key!)) throw reserved(key!, where);
     const v = Object.hasOwn(context, key!) ? context[key!] : undefined;
     if (typeof v !== 'string') {
-      throw new CairnError('E_SERVICE_FAILED',
-        `${where} uses {${key}}, which the context does not hold (set it in a dependency's postStartInit)`, { key });
+      throw new CairnError(
+        'E_SERVICE_FAILED',
+        `${where} uses {${key}}, which the context does not hold (set it in a dependency's postStartInit)`,
+        { key },
+      );
     }
     return v;
   });
 }
 
-export function interpolateEnv(env: Readonly<Record<string, string>> | undefined, context: Readonly<Record<string, string>>, service: string): Record<string, string> {
+export function interpolateEnv(
+  env: Readonly<Record<string, string>> | undefined,
+  context: Readonly<Record<string, string>>,
+  service: string,
+): Record<string, string> {
   // Built from entries (define, not assign), so no key can reach a prototype setter.
-  return Object.fromEntries(Object.keys(env ?? {}).sort()
-    .map((k) => [k, interpolate(env![k]!, context, `service ${service}: env ${k}`)]));
+  return Object.fromEntries(
+    Object.keys(env ?? {})
+      .sort()
+      .map((k) => [k, interpolate(env![k]!, context, `service ${service}: env ${k}`)]),
+  );
 }
 
 /** Everything that, when it changes, means an existing container no longer matches its definition. */

@@ -18,11 +18,20 @@ export async function loadEnsembleFile(file: string): Promise<Ensemble> {
     mod = await importModule(abs);
   } catch (e) {
     if (e instanceof CairnError) throw e;
-    throw new CairnError('E_STAGE_FILE', `ensemble file ${file} failed to load: ${(e as Error)?.message ?? String(e)}`, { file }, { cause: e });
+    throw new CairnError(
+      'E_STAGE_FILE',
+      `ensemble file ${file} failed to load: ${(e as Error)?.message ?? String(e)}`,
+      { file },
+      { cause: e },
+    );
   }
   let v = mod.default;
   if (typeof v === 'function') v = await (v as () => unknown)();
   if (isEnsemble(v)) return v;
   if (typeof v === 'object' && v !== null && 'services' in v) return ensemble(v as Ensemble);
-  throw new CairnError('E_SERVICE_INVALID', `ensemble file ${file} must export default ensemble({ name, services: [...] })`, { file });
+  throw new CairnError(
+    'E_SERVICE_INVALID',
+    `ensemble file ${file} must export default ensemble({ name, services: [...] })`,
+    { file },
+  );
 }

@@ -12,8 +12,23 @@ import type { Stage } from '../stages/stage.js';
 import type { LocalStore } from '../store/store.js';
 import { FileContext } from './context.js';
 import {
-  buildImage, containerLogs, containerName, ensureNetwork, imageId, inspectContainer, LABEL_ENSEMBLE, LABEL_SERVICE, LABEL_SPEC,
-  networkName, publishedPort, removeContainer, removeNetwork, runContainer, startContainer, stopContainer, type ContainerInfo,
+  buildImage,
+  containerLogs,
+  containerName,
+  ensureNetwork,
+  imageId,
+  inspectContainer,
+  LABEL_ENSEMBLE,
+  LABEL_SERVICE,
+  LABEL_SPEC,
+  networkName,
+  publishedPort,
+  removeContainer,
+  removeNetwork,
+  runContainer,
+  startContainer,
+  stopContainer,
+  type ContainerInfo,
 } from './engine.js';
 import { dependencyOrder, selectForStart, selectForStop, validateEnsemble } from './graph.js';
 import { interpolateEnv, specHash, type ContainerSpec } from './interpolate.js';
@@ -36,9 +51,17 @@ export interface RunnerOptions {
 }
 
 export type Outcome =
-  | 'created' | 'recreated' | 'restarted' | 'running' | 'reloaded'
-  | 'failed' | 'dependency-failed'
-  | 'stopped' | 'removed' | 'already-stopped' | 'absent';
+  | 'created'
+  | 'recreated'
+  | 'restarted'
+  | 'running'
+  | 'reloaded'
+  | 'failed'
+  | 'dependency-failed'
+  | 'stopped'
+  | 'removed'
+  | 'already-stopped'
+  | 'absent';
 
 export interface ServiceReport {
   name: string;
@@ -60,7 +83,9 @@ export function checkReports(reports: readonly ServiceReport[], verb: string): v
   const bad = reports.filter((r) => failedOutcome(r.outcome));
   if (bad.length === 0) return;
   const what = bad.map((r) => `${r.name} (${r.error ? `${r.error.code}: ${r.error.message}` : r.detail})`).join('; ');
-  throw new CairnError('E_SERVICE_FAILED', `${bad.length} of ${reports.length} service(s) failed to ${verb}: ${what}`, { failed: bad.map((r) => r.name) });
+  throw new CairnError('E_SERVICE_FAILED', `${bad.length} of ${reports.length} service(s) failed to ${verb}: ${what}`, {
+    failed: bad.map((r) => r.name),
+  });
 }
 
 class Runner {
@@ -69,7 +94,10 @@ class Runner {
   readonly labels: Record<string, string>;
   private readonly log: (line: string) => void;
 
-  constructor(readonly e: EnsembleSpec, readonly opts: RunnerOptions) {
+  constructor(
+    readonly e: EnsembleSpec,
+    readonly opts: RunnerOptions,
+  ) {
     this.byName = validateEnsemble(e);
     this.context = new FileContext(contextFile(opts, e.name));
     this.labels = { ...e.labels, [LABEL_ENSEMBLE]: e.name };
@@ -95,7 +123,13 @@ class Runner {
       if (b.baseImage !== undefined) buildArgs.BASE_IMAGE = await this.imageRef(b.baseImage);
       const tag = `cairn-build/${this.e.name}-${svc.name}:latest`;
       this.log(`${svc.name}: docker build ${dir}`);
-      const id = await buildImage({ directory: dir, dockerfile: path.join(dir, b.dockerfile ?? 'Dockerfile'), tag, buildArgs, labels: this.labels });
+      const id = await buildImage({
+        directory: dir,
+        dockerfile: path.join(dir, b.dockerfile ?? 'Dockerfile'),
+        tag,
+        buildArgs,
+        labels: this.labels,
+      });
       return { ref: tag, id };
     }
     const ref = await this.imageRef(svc.image as string | Stage);
@@ -106,7 +140,11 @@ class Runner {
     return {
       name: svc.name,
       container,
-      exec: (cmd, o = {}) => execArgv(container, typeof cmd === 'string' ? ['sh', '-c', cmd] : cmd, { timeoutMs: o.timeoutMs ?? 60_000, input: o.input }),
+      exec: (cmd, o = {}) =>
+        execArgv(container, typeof cmd === 'string' ? ['sh', '-c', cmd] : cmd, {
+          timeoutMs: o.timeoutMs ?? 60_000,
+          input: o.input,
+        }),
       logs: () => containerLogs(container),
       hostPort: (port) => publishedPort(container, port),
       hostAddress: '127.0.0.1',
@@ -150,10 +188,15 @@ class Runner {
       const left = deadline - Date.now();
       let ok: boolean;
       try {
-        ok = svc.ping ? await withTimeout(Promise.resolve(svc.ping(h)), Math.max(left, 1)) === true : true;
+        ok = svc.ping ? (await withTimeout(Promise.resolve(svc.ping(h)), Math.max(left, 1))) === true : true;
       } catch (e) {
         if (isCairnError(e, 'E_PING_TIMEOUT')) throw pingTimeout(svc.name, timeoutMs);
-        throw new CairnError('E_SERVICE_FAILED', `${svc.name}: ping threw: ${(e as Error)?.message ?? String(e)}`, { service: svc.name }, { cause: e });
+        throw new CairnError(
+          'E_SERVICE_FAILED',
+          `${svc.name}: ping threw: ${(e as Error)?.message ?? String(e)}`,
+          { service: svc.name },
+          { cause: e },
+        );
       }
       // A container that exited will never answer: say so now, with its
       // logs, instead of after the whole timeout.
@@ -162,7 +205,11 @@ class Runner {
         const info = await inspectContainer(cname);
         if (!info?.running) {
           const logs = (await containerLogs(cname)).trim().split('\n').slice(-5).join(' | ');
-          throw new CairnError('E_SERVICE_FAILED', `${svc.name}: container ${info ? `exited with code ${info.exitCode}` : 'disappeared'}${logs ? `; last output: ${logs}` : ''}`, { service: svc.name });
+          throw new CairnError(
+            'E_SERVICE_FAILED',
+            `${svc.name}: container ${info ? `exited with code ${info.exitCode}` : 'disappeared'}${logs ? `; last output: ${logs}` : ''}`,
+            { service: svc.name },
+          );
         }
       }
       if (ok) return;
@@ -186,7 +233,8 @@ class Runner {
       outcome = mode === 'reload' ? 'reloaded' : 'recreated';
     } else if (existing?.running) {
       outcome = 'running';
-      if (existing.specHash !== hash) detail = 'its definition changed since it was created; stop and start it (or reload it) to apply';
+      if (existing.specHash !== hash)
+        detail = 'its definition changed since it was created; stop and start it (or reload it) to apply';
     } else if (existing && existing.specHash === hash) {
       this.log(`${svc.name}: starting the stopped container`);
       await startContainer(cname);
@@ -210,7 +258,12 @@ class Runner {
       try {
         await svc.postStartInit(this.handle(svc, cname));
       } catch (e) {
-        throw new CairnError('E_SERVICE_FAILED', `${svc.name}: postStartInit threw: ${(e as Error)?.message ?? String(e)}`, { service: svc.name }, { cause: e });
+        throw new CairnError(
+          'E_SERVICE_FAILED',
+          `${svc.name}: postStartInit threw: ${(e as Error)?.message ?? String(e)}`,
+          { service: svc.name },
+          { cause: e },
+        );
       }
     }
     const ms = performance.now() - t0;
@@ -226,18 +279,33 @@ class Runner {
     const started = new Map<string, Promise<ServiceReport>>();
     for (const name of order) {
       const svc = this.byName.get(name)!;
-      started.set(name, (async (): Promise<ServiceReport> => {
-        const deps = await Promise.all((svc.dependsOn ?? []).map((d) => started.get(d)!));
-        const failed = deps.filter((r) => failedOutcome(r.outcome)).map((r) => r.name);
-        if (failed.length > 0) return { name, outcome: 'dependency-failed', detail: `not started: dependency ${failed.join(', ')} failed` };
-        try {
-          return await this.startOne(svc, 'start');
-        } catch (e) {
-          const err = isCairnError(e) ? e : new CairnError('E_SERVICE_FAILED', `${name}: ${(e as Error)?.message ?? String(e)}`, { service: name }, { cause: e });
-          this.log(`${name}: failed: ${err.code}: ${err.message}`);
-          return { name, outcome: 'failed', error: err };
-        }
-      })());
+      started.set(
+        name,
+        (async (): Promise<ServiceReport> => {
+          const deps = await Promise.all((svc.dependsOn ?? []).map((d) => started.get(d)!));
+          const failed = deps.filter((r) => failedOutcome(r.outcome)).map((r) => r.name);
+          if (failed.length > 0)
+            return {
+              name,
+              outcome: 'dependency-failed',
+              detail: `not started: dependency ${failed.join(', ')} failed`,
+            };
+          try {
+            return await this.startOne(svc, 'start');
+          } catch (e) {
+            const err = isCairnError(e)
+              ? e
+              : new CairnError(
+                  'E_SERVICE_FAILED',
+                  `${name}: ${(e as Error)?.message ?? String(e)}`,
+                  { service: name },
+                  { cause: e },
+                );
+            this.log(`${name}: failed: ${err.code}: ${err.message}`);
+            return { name, outcome: 'failed', error: err };
+          }
+        })(),
+      );
     }
     return Promise.all(order.map((n) => started.get(n)!));
   }
@@ -272,17 +340,25 @@ class Runner {
 
   async reload(name: string): Promise<ServiceReport> {
     const svc = this.byName.get(name);
-    if (!svc) throw new CairnError('E_SERVICE_INVALID', `no service ${name} in ensemble ${this.e.name}`, { service: name });
+    if (!svc)
+      throw new CairnError('E_SERVICE_INVALID', `no service ${name} in ensemble ${this.e.name}`, { service: name });
     await requireDocker();
     for (const d of svc.dependsOn ?? []) {
       const info = await inspectContainer(containerName(this.e.name, d));
-      if (!info?.running) throw new CairnError('E_SERVICE_FAILED', `cannot reload ${name}: its dependency ${d} is not running (start the ensemble first)`, { service: name, dependency: d });
+      if (!info?.running)
+        throw new CairnError(
+          'E_SERVICE_FAILED',
+          `cannot reload ${name}: its dependency ${d} is not running (start the ensemble first)`,
+          { service: name, dependency: d },
+        );
     }
     await ensureNetwork(this.e.name, this.labels);
     try {
       return await this.startOne(svc, 'reload');
     } catch (e) {
-      const err = isCairnError(e) ? e : new CairnError('E_SERVICE_FAILED', `${name}: ${(e as Error)?.message ?? String(e)}`, { service: name });
+      const err = isCairnError(e)
+        ? e
+        : new CairnError('E_SERVICE_FAILED', `${name}: ${(e as Error)?.message ?? String(e)}`, { service: name });
       return { name, outcome: 'failed', error: err };
     }
   }
@@ -292,7 +368,13 @@ class Runner {
     const out: ServiceStatus[] = [];
     for (const name of dependencyOrder(this.byName)) {
       const info = await inspectContainer(containerName(this.e.name, name));
-      out.push({ name, state: info?.status ?? 'absent', container: info?.id.slice(0, 12), ports: info?.ports ?? {}, dependsOn: [...(this.byName.get(name)!.dependsOn ?? [])] });
+      out.push({
+        name,
+        state: info?.status ?? 'absent',
+        container: info?.id.slice(0, 12),
+        ports: info?.ports ?? {},
+        dependsOn: [...(this.byName.get(name)!.dependsOn ?? [])],
+      });
     }
     return out;
   }
@@ -308,21 +390,32 @@ export interface ServiceStatus {
 }
 
 const pingTimeout = (name: string, ms: number): CairnError =>
-  new CairnError('E_PING_TIMEOUT', `${name}: ping did not return true within ${(ms / 1000).toFixed(1)}s`, { service: name, timeoutMs: ms });
+  new CairnError('E_PING_TIMEOUT', `${name}: ping did not return true within ${(ms / 1000).toFixed(1)}s`, {
+    service: name,
+    timeoutMs: ms,
+  });
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
-  const t = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new CairnError('E_PING_TIMEOUT', 'ping timed out')), ms); });
+  const t = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new CairnError('E_PING_TIMEOUT', 'ping timed out')), ms);
+  });
   return Promise.race([p, t]).finally(() => clearTimeout(timer));
 }
 
-export async function startEnsemble(e: EnsembleSpec, opts: RunnerOptions & { exclude?: readonly string[] }): Promise<ServiceReport[]> {
+export async function startEnsemble(
+  e: EnsembleSpec,
+  opts: RunnerOptions & { exclude?: readonly string[] },
+): Promise<ServiceReport[]> {
   return new Runner(e, opts).start(opts.exclude ?? []);
 }
 
-export async function stopEnsemble(e: EnsembleSpec, opts: RunnerOptions & { exclude?: readonly string[]; remove?: boolean }): Promise<ServiceReport[]> {
+export async function stopEnsemble(
+  e: EnsembleSpec,
+  opts: RunnerOptions & { exclude?: readonly string[]; remove?: boolean },
+): Promise<ServiceReport[]> {
   return new Runner(e, opts).stop(opts.exclude ?? [], !!opts.remove);
 }
 
@@ -333,4 +426,3 @@ export async function reloadService(e: EnsembleSpec, name: string, opts: RunnerO
 export async function ensembleStatus(e: EnsembleSpec, opts: RunnerOptions): Promise<ServiceStatus[]> {
   return new Runner(e, opts).status();
 }
-

@@ -53,7 +53,10 @@ function lineSplitter(echo: (line: string) => void): { push(b: Buffer): void; fl
     push(b) {
       const lines = (rest + decoder.decode(b, { stream: true })).split('\n');
       rest = lines.pop()!;
-      while (rest.length > MAX_ECHO_LINE) { echo(rest.slice(0, MAX_ECHO_LINE)); rest = rest.slice(MAX_ECHO_LINE); }
+      while (rest.length > MAX_ECHO_LINE) {
+        echo(rest.slice(0, MAX_ECHO_LINE));
+        rest = rest.slice(MAX_ECHO_LINE);
+      }
       for (const l of lines) echo(l.endsWith('\r') ? l.slice(0, -1) : l);
     },
     flush() {
@@ -75,7 +78,10 @@ export interface ExecLogging {
 
 /** Runs a child process whose stdout and stderr also go to the build log. */
 export function execLogged(
-  logging: ExecLogging, cmd: string, args: readonly string[] = [], opts: ExecOptions = {},
+  logging: ExecLogging,
+  cmd: string,
+  args: readonly string[] = [],
+  opts: ExecOptions = {},
 ): Promise<{ stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const logFd = fs.openSync(logging.file, 'a');
@@ -98,15 +104,25 @@ export function execLogged(
     toLog(`${shown}\n`);
     logging.echo?.(shown);
     const child = logging.groups.spawn(cmd, args, {
-      cwd: opts.cwd, env: opts.env ?? process.env, stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+      cwd: opts.cwd,
+      env: opts.env ?? process.env,
+      stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
     });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     // Each stream is split on its own, so a line is never torn by the other stream's output.
     const lines = logging.echo ? [lineSplitter(logging.echo), lineSplitter(logging.echo)] : undefined;
     let settled = false;
-    child.stdout!.on('data', (b: Buffer) => { out.push(b); toLog(b); lines?.[0]!.push(b); });
-    child.stderr!.on('data', (b: Buffer) => { err.push(b); toLog(b); lines?.[1]!.push(b); });
+    child.stdout!.on('data', (b: Buffer) => {
+      out.push(b);
+      toLog(b);
+      lines?.[0]!.push(b);
+    });
+    child.stderr!.on('data', (b: Buffer) => {
+      err.push(b);
+      toLog(b);
+      lines?.[1]!.push(b);
+    });
     child.on('error', (e) => {
       closeLog();
       if (settled) return;
@@ -142,7 +158,10 @@ const NO_FILES: Readonly<Record<string, string>> = Object.freeze({});
  * its declared spelling too (`data/` for `data`), not enumerable, so either
  * works and Object.keys lists each input once.
  */
-export function inputPaths(files: readonly FileDep[], outPath: (dref: DRef) => string): Readonly<Record<string, string>> {
+export function inputPaths(
+  files: readonly FileDep[],
+  outPath: (dref: DRef) => string,
+): Readonly<Record<string, string>> {
   if (files.length === 0) return NO_FILES;
   const out: Record<string, string> = {};
   for (const f of files) {
@@ -159,7 +178,9 @@ export function inputPaths(files: readonly FileDep[], outPath: (dref: DRef) => s
  * in, if exactly one does.
  */
 export function outputOf(
-  outs: readonly string[], args: readonly string[], cwd: string | undefined,
+  outs: readonly string[],
+  args: readonly string[],
+  cwd: string | undefined,
 ): number | undefined {
   if (outs.length < 2) return undefined;
   const inside = (p: string, o: string): boolean => p === o || p.startsWith(o + path.sep);
@@ -187,7 +208,9 @@ export function makeBuildContext(
     out: outs[0]!,
     outs,
     // Made on first use: most builds never need scratch space.
-    get tmp() { return scratch(); },
+    get tmp() {
+      return scratch();
+    },
     log,
     exec: (cmd: string, args: readonly string[] = [], opts: ExecOptions = {}) => {
       const { echo } = live;

@@ -188,10 +188,18 @@ function onExit(): void {
 function sweepOwnTemps(): void {
   for (const { tmp, owner } of temps.values()) {
     let names: string[] = [];
-    try { names = fs.readdirSync(tmp); } catch { continue; }
+    try {
+      names = fs.readdirSync(tmp);
+    } catch {
+      continue;
+    }
     for (const n of names) {
       if (!n.startsWith(`${owner}-`)) continue;
-      try { removeTree(path.join(tmp, n)); } catch { /* the next realize sweeps it */ }
+      try {
+        removeTree(path.join(tmp, n));
+      } catch {
+        /* the next realize sweeps it */
+      }
     }
   }
 }
@@ -206,20 +214,37 @@ function signalGroup(pgid: number, sig: NodeJS.Signals): boolean {
 }
 
 function signalPid(pid: number, sig: NodeJS.Signals): void {
-  try { process.kill(pid, sig); } catch { /* gone */ }
+  try {
+    process.kill(pid, sig);
+  } catch {
+    /* gone */
+  }
 }
 
-interface ProcStat { pid: number; ppid: number; pgrp: number; state: string }
+interface ProcStat {
+  pid: number;
+  ppid: number;
+  pgrp: number;
+  state: string;
+}
 
 /** Every process's state, parent and group, from /proc (Linux); null elsewhere. */
 function procTable(): ProcStat[] | null {
   let names: string[];
-  try { names = fs.readdirSync('/proc'); } catch { return null; }
+  try {
+    names = fs.readdirSync('/proc');
+  } catch {
+    return null;
+  }
   const rows: ProcStat[] = [];
   for (const n of names) {
     if (!/^\d+$/.test(n)) continue;
     let text: string;
-    try { text = fs.readFileSync(`/proc/${n}/stat`, 'latin1'); } catch { continue; }
+    try {
+      text = fs.readFileSync(`/proc/${n}/stat`, 'latin1');
+    } catch {
+      continue;
+    }
     // The command name (field 2) may hold spaces and parentheses: fields resume after the last ')'.
     const f = text.slice(text.lastIndexOf(')') + 2).split(' ');
     rows.push({ pid: Number(n), state: f[0]!, ppid: Number(f[1]), pgrp: Number(f[2]) });
@@ -233,7 +258,11 @@ function procTable(): ProcStat[] | null {
  * process, whose event loop may not be running) to reap it.
  */
 function groupAlive(pgid: number): boolean {
-  try { process.kill(-pgid, 0); } catch (e) { return (e as NodeJS.ErrnoException).code === 'EPERM'; }
+  try {
+    process.kill(-pgid, 0);
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
   const table = procTable();
   if (table === null) return true;
   return table.some((p) => p.pgrp === pgid && p.state !== 'Z');

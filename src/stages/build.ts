@@ -84,7 +84,12 @@ export async function buildAndAdd(run: BuildRun): Promise<BuildOutcome> {
       // A Cairn error keeps its code (a fetch's E_HASH_MISMATCH, say);
       // anything else a build throws is E_BUILD_FAILED.
       const code = isCairnError(e) ? e.code : 'E_BUILD_FAILED';
-      throw new CairnError(code, `stage ${node.name} (${node.dref}) failed: ${msg}`, { ...(isCairnError(e) ? e.details : {}), dref: node.dref, stage: node.name }, { cause: e });
+      throw new CairnError(
+        code,
+        `stage ${node.name} (${node.dref}) failed: ${msg}`,
+        { ...(isCairnError(e) ? e.details : {}), dref: node.dref, stage: node.name },
+        { cause: e },
+      );
     } finally {
       // Programs the build left running must not write into what is about to be stored.
       await groups.end();
@@ -95,7 +100,11 @@ export async function buildAndAdd(run: BuildRun): Promise<BuildOutcome> {
     for (const [i, out] of outs.entries()) {
       const missing = s.outputs.filter((o) => !fs.existsSync(path.join(out, o)) && !isLink(path.join(out, o)));
       if (missing.length > 0) {
-        throw new CairnError('E_PROMISE_BROKEN', `stage ${node.name} (${node.dref}) output ${i} lacks promised ${missing.join(', ')}`, { dref: node.dref, missing });
+        throw new CairnError(
+          'E_PROMISE_BROKEN',
+          `stage ${node.name} (${node.dref}) output ${i} lacks promised ${missing.join(', ')}`,
+          { dref: node.dref, missing },
+        );
       }
     }
     // Failures from here on are the store's (a full disk, say), not the build's.
@@ -106,20 +115,34 @@ export async function buildAndAdd(run: BuildRun): Promise<BuildOutcome> {
         chmodNoFollow(logFile, 0o444);
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'ELOOP') throw e;
-        throw new CairnError('E_UNSAFE_OUTPUT', `stage ${node.name} (${node.dref}) replaced its build.log with a symlink`, {
-          dref: node.dref, path: 'build.log',
-        });
+        throw new CairnError(
+          'E_UNSAFE_OUTPUT',
+          `stage ${node.name} (${node.dref}) replaced its build.log with a symlink`,
+          {
+            dref: node.dref,
+            path: 'build.log',
+          },
+        );
       }
       const logs = staging.map((rz) => path.join(rz, 'build.log'));
       for (const l of logs.slice(1)) fs.copyFileSync(logFile, l, fs.constants.COPYFILE_EXCL);
       // The log is not fsynced: it is not hashed, and a log cut short by a
       // crash is harmless, unlike an output.
       let readable!: (added: Added[]) => void;
-      const seen = new Promise<Added[]>((r) => { readable = r; });
-      const durable = store.add({
-        dref: node.dref, name: node.name, drv: node.drvJson, context, buildMs,
-        outputs: staging.map((dir) => ({ dir, created: creationTime() })),
-      }, { onReadable: readable, release: run.release });
+      const seen = new Promise<Added[]>((r) => {
+        readable = r;
+      });
+      const durable = store.add(
+        {
+          dref: node.dref,
+          name: node.name,
+          drv: node.drvJson,
+          context,
+          buildMs,
+          outputs: staging.map((dir) => ({ dir, created: creationTime() })),
+        },
+        { onReadable: readable, release: run.release },
+      );
       // A failure before the outputs are readable is this build's; after, the caller's (it awaits `durable`).
       durable.catch(() => {});
       return { added: await Promise.race([seen, durable]), durable };
@@ -143,7 +166,12 @@ export async function buildAndAdd(run: BuildRun): Promise<BuildOutcome> {
     // an immutable file, a process of the build still writing) must not hide the build's own outcome: the
     // temporary sweep of a later realize reports and skips it.
     for (const d of [ok && s.n === 1 ? undefined : dir, scratch]) {
-      if (d !== undefined) try { removeTree(d); } catch { /* left to the sweep */ }
+      if (d !== undefined)
+        try {
+          removeTree(d);
+        } catch {
+          /* left to the sweep */
+        }
     }
   }
   return outcome;
@@ -153,7 +181,10 @@ export async function buildAndAdd(run: BuildRun): Promise<BuildOutcome> {
 function refuseIfInterrupted(node: Derivation): void {
   const sig = interruptedBy();
   if (!sig) return;
-  throw new CairnError('E_INTERRUPTED', `stage ${node.name} (${node.dref}) interrupted by ${sig}`, { dref: node.dref, signal: sig });
+  throw new CairnError('E_INTERRUPTED', `stage ${node.name} (${node.dref}) interrupted by ${sig}`, {
+    dref: node.dref,
+    signal: sig,
+  });
 }
 
 /**
@@ -173,10 +204,19 @@ async function asStoreError<T>(fn: () => Promise<T>): Promise<T> {
   } catch (e) {
     if (e instanceof CairnError) throw e;
     const err = e as NodeJS.ErrnoException;
-    throw new CairnError('E_STORE_IO', `storing the build's outputs failed: ${err?.message ?? String(e)}`, { errno: err?.code }, { cause: e });
+    throw new CairnError(
+      'E_STORE_IO',
+      `storing the build's outputs failed: ${err?.message ?? String(e)}`,
+      { errno: err?.code },
+      { cause: e },
+    );
   }
 }
 
 function isLink(p: string): boolean {
-  try { return fs.lstatSync(p).isSymbolicLink(); } catch { return false; }
+  try {
+    return fs.lstatSync(p).isSymbolicLink();
+  } catch {
+    return false;
+  }
 }

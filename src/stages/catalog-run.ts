@@ -27,8 +27,12 @@ export interface Manifest {
   unpacked?: { rref: RRef; path: string };
 }
 
-export async function fetchEntry(store: LocalStore, cat: Catalog, entry: CatalogEntry,
-  opts: { unpack?: boolean; unpackLimits?: UnpackLimits; outLink?: string; events?: RealizeEvents } = {}): Promise<Manifest> {
+export async function fetchEntry(
+  store: LocalStore,
+  cat: Catalog,
+  entry: CatalogEntry,
+  opts: { unpack?: boolean; unpackLimits?: UnpackLimits; outLink?: string; events?: RealizeEvents } = {},
+): Promise<Manifest> {
   const target = entryStage(entry, { unpack: opts.unpack, unpackLimits: opts.unpackLimits });
   const graph = instantiate(target);
   const result = await realize(graph, { store, outLink: opts.outLink, events: opts.events });
@@ -82,21 +86,33 @@ export async function findAction(catalog: Catalog, name: string): Promise<Action
   const spec = catalog.actions[name];
   if (typeof spec === 'string' || Array.isArray(spec)) {
     if (Array.isArray(spec) && (spec.length === 0 || !spec.every((x) => typeof x === 'string'))) {
-      throw new CairnError('E_BAD_CATALOG', `${catalog.file}: action ${name} must be a command, a list of strings, or { module, export }`);
+      throw new CairnError(
+        'E_BAD_CATALOG',
+        `${catalog.file}: action ${name} must be a command, a list of strings, or { module, export }`,
+      );
     }
     return { kind: 'command', name, spec };
   }
-  const candidates = spec && typeof spec === 'object'
-    ? [path.resolve(dir, spec.module)]
-    : [path.join(dir, `${path.basename(catalog.file).replace(/\.ya?ml$/, '')}.actions.ts`), path.join(dir, 'actions.ts')];
+  const candidates =
+    spec && typeof spec === 'object'
+      ? [path.resolve(dir, spec.module)]
+      : [
+          path.join(dir, `${path.basename(catalog.file).replace(/\.ya?ml$/, '')}.actions.ts`),
+          path.join(dir, 'actions.ts'),
+        ];
   const moduleFile = candidates.find((f) => fs.existsSync(f));
   if (!moduleFile) {
     const declared = Object.keys(catalog.actions);
-    throw new CairnError('E_NO_SUCH_ACTION', `catalog ${catalog.name} has no action ${name} (declared: ${declared.join(', ') || 'none'}; no ${candidates.map((c) => path.basename(c)).join(' or ')} next to it)`, { action: name });
+    throw new CairnError(
+      'E_NO_SUCH_ACTION',
+      `catalog ${catalog.name} has no action ${name} (declared: ${declared.join(', ') || 'none'}; no ${candidates.map((c) => path.basename(c)).join(' or ')} next to it)`,
+      { action: name },
+    );
   }
-  const exported = spec && typeof spec === 'object' ? spec.export ?? name : name;
+  const exported = spec && typeof spec === 'object' ? (spec.export ?? name) : name;
   const fn = (await importModule(moduleFile))[exported];
-  if (typeof fn !== 'function') throw new CairnError('E_BAD_CATALOG', `${moduleFile} does not export a function ${exported}`, { action: name });
+  if (typeof fn !== 'function')
+    throw new CairnError('E_BAD_CATALOG', `${moduleFile} does not export a function ${exported}`, { action: name });
   return { kind: 'function', name, module: moduleFile, fn: fn as ActionFn };
 }
 
@@ -113,11 +129,20 @@ export async function runAction(action: Action, ctx: ActionContext): Promise<num
     try {
       r = await action.fn(ctx);
     } catch (e) {
-      throw new CairnError('E_ACTION_FAILED', `action ${action.name} (${action.module}) failed: ${(e as Error)?.message ?? String(e)}`, { action: action.name }, { cause: e });
+      throw new CairnError(
+        'E_ACTION_FAILED',
+        `action ${action.name} (${action.module}) failed: ${(e as Error)?.message ?? String(e)}`,
+        { action: action.name },
+        { cause: e },
+      );
     }
     if (r === undefined || r === null) return 0;
     if (typeof r !== 'number' || !Number.isInteger(r) || r < 0 || r > 255) {
-      throw new CairnError('E_ACTION_FAILED', `action ${action.name} returned ${JSON.stringify(r)}; an action returns nothing or an exit status from 0 to 255`, { action: action.name });
+      throw new CairnError(
+        'E_ACTION_FAILED',
+        `action ${action.name} returned ${JSON.stringify(r)}; an action returns nothing or an exit status from 0 to 255`,
+        { action: action.name },
+      );
     }
     return r;
   }
@@ -132,9 +157,13 @@ export async function runAction(action: Action, ctx: ActionContext): Promise<num
   };
   const { execa } = await import('execa');
   const opts = { cwd: path.dirname(ctx.catalog.file), env, stdio: 'inherit', reject: false } as const;
-  const r = typeof action.spec === 'string'
-    ? await execa(action.spec, { ...opts, shell: '/bin/sh' })
-    : await execa(action.spec[0]!, action.spec.slice(1), opts);
-  if (r.exitCode === undefined) throw new CairnError('E_ACTION_FAILED', `action ${action.name} could not run: ${r.shortMessage}`, { action: action.name });
+  const r =
+    typeof action.spec === 'string'
+      ? await execa(action.spec, { ...opts, shell: '/bin/sh' })
+      : await execa(action.spec[0]!, action.spec.slice(1), opts);
+  if (r.exitCode === undefined)
+    throw new CairnError('E_ACTION_FAILED', `action ${action.name} could not run: ${r.shortMessage}`, {
+      action: action.name,
+    });
   return r.exitCode;
 }

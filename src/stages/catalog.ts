@@ -62,7 +62,8 @@ function asWritten(item: YamlNode, keys: readonly string[]): Record<string, stri
   if (!isMap(item)) return out;
   for (const key of keys) {
     const node = item.get(key, true);
-    if (isScalar(node) && typeof node.value !== 'string' && node.value !== null && typeof node.source === 'string') out[key] = node.source;
+    if (isScalar(node) && typeof node.value !== 'string' && node.value !== null && typeof node.source === 'string')
+      out[key] = node.source;
   }
   return out;
 }
@@ -85,7 +86,9 @@ export function loadCatalog(where: string | URL): Catalog {
   const file = typeof where === 'string' ? where : fileURLToPath(where);
   const abs = path.resolve(file);
   let text: string;
-  try { text = fs.readFileSync(abs, 'utf8'); } catch {
+  try {
+    text = fs.readFileSync(abs, 'utf8');
+  } catch {
     throw new CairnError('E_BAD_CATALOG', `${file}: cannot read the catalog`, { file });
   }
   const { isMap, isSeq, LineCounter, parseDocument } = yaml();
@@ -109,9 +112,11 @@ export function loadCatalog(where: string | URL): Catalog {
   }
   if (typeof top.name !== 'string' || top.name === '') throw bad(file, lineOf(doc.contents), '`name` is missing');
   const defaults = top.defaults ?? {};
-  if (typeof defaults !== 'object' || defaults === null || Array.isArray(defaults)) throw bad(file, lineOf(doc.get('defaults', true) as YamlNode), '`defaults` must be a mapping');
+  if (typeof defaults !== 'object' || defaults === null || Array.isArray(defaults))
+    throw bad(file, lineOf(doc.get('defaults', true) as YamlNode), '`defaults` must be a mapping');
   const historyNode = doc.get('history', true) as YamlNode | undefined;
-  if (!isSeq(historyNode) || historyNode.items.length === 0) throw bad(file, lineOf(historyNode ?? doc.contents), '`history` must be a non-empty list of entries');
+  if (!isSeq(historyNode) || historyNode.items.length === 0)
+    throw bad(file, lineOf(historyNode ?? doc.contents), '`history` must be a non-empty list of entries');
 
   const entries: CatalogEntry[] = [];
   const seen = new Map<string, number>();
@@ -119,39 +124,76 @@ export function loadCatalog(where: string | URL): Catalog {
   (top.history as unknown[]).forEach((raw, index) => {
     const itemNode = historyNode.items[index] as YamlNode;
     const line = lineOf(itemNode);
-    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw bad(file, line, 'an entry must be a mapping');
-    const e = { ...(defaults as Record<string, unknown>), ...(raw as Record<string, unknown>), ...asWritten(itemNode, ['version', 'name', 'hash']) };
+    if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
+      throw bad(file, line, 'an entry must be a mapping');
+    const e = {
+      ...(defaults as Record<string, unknown>),
+      ...(raw as Record<string, unknown>),
+      ...asWritten(itemNode, ['version', 'name', 'hash']),
+    };
     const version = e.version ?? e.name;
-    if ((typeof version !== 'string' && typeof version !== 'number') || String(version) === '') throw bad(file, line, 'the entry has no `version` (or `name`)');
+    if ((typeof version !== 'string' && typeof version !== 'number') || String(version) === '')
+      throw bad(file, line, 'the entry has no `version` (or `name`)');
     const v = String(version);
     if (seen.has(v)) throw bad(file, line, `version ${v} is listed twice (also on line ${seen.get(v)})`);
     seen.set(v, line);
-    const urls = [...(Array.isArray(e.mirrors) ? e.mirrors as unknown[] : []), ...(e.url !== undefined ? [e.url] : [])];
-    if (urls.length === 0 || !urls.every((u) => typeof u === 'string' && u !== '')) throw bad(file, line, `version ${v} has no \`url\` (or \`mirrors\`)`);
+    const urls = [
+      ...(Array.isArray(e.mirrors) ? (e.mirrors as unknown[]) : []),
+      ...(e.url !== undefined ? [e.url] : []),
+    ];
+    if (urls.length === 0 || !urls.every((u) => typeof u === 'string' && u !== ''))
+      throw bad(file, line, `version ${v} has no \`url\` (or \`mirrors\`)`);
     if (e.hash === undefined || e.hash === null || e.hash === '') throw bad(file, line, `version ${v} has no \`hash\``);
     const hashType = e.hash_type ?? 'sha256';
-    if (!isHashType(hashType) || hashType === 'tree-sha256') throw bad(file, line, `version ${v}: unknown hash_type ${JSON.stringify(hashType)}; use sha256 or sha512`);
+    if (!isHashType(hashType) || hashType === 'tree-sha256')
+      throw bad(file, line, `version ${v}: unknown hash_type ${JSON.stringify(hashType)}; use sha256 or sha512`);
     let hash: string;
-    try { hash = showHash(parseHash(typeof e.hash === 'string' ? e.hash : JSON.stringify(e.hash), hashType)); } catch (err) {
+    try {
+      hash = showHash(parseHash(typeof e.hash === 'string' ? e.hash : JSON.stringify(e.hash), hashType));
+    } catch (err) {
       throw bad(file, line, `version ${v}: ${(err as Error).message}`);
     }
     const deviceTypes = e.device_types === undefined ? [] : e.device_types;
-    if (!Array.isArray(deviceTypes) || !deviceTypes.every((d) => typeof d === 'string')) throw bad(file, line, `version ${v}: device_types must be a list of names`);
+    if (!Array.isArray(deviceTypes) || !deviceTypes.every((d) => typeof d === 'string'))
+      throw bad(file, line, `version ${v}: device_types must be a list of names`);
     const isDefault = e.__default__ === true;
     if (isDefault) {
-      if (defaultLine !== undefined) throw bad(file, line, `two entries are marked __default__ (also line ${defaultLine})`);
+      if (defaultLine !== undefined)
+        throw bad(file, line, `two entries are marked __default__ (also line ${defaultLine})`);
       defaultLine = line;
     }
-    const date = e.date instanceof Date ? e.date.toISOString().slice(0, 10) : e.date === undefined ? undefined : typeof e.date === 'string' ? e.date : JSON.stringify(e.date);
+    const date =
+      e.date instanceof Date
+        ? e.date.toISOString().slice(0, 10)
+        : e.date === undefined
+          ? undefined
+          : typeof e.date === 'string'
+            ? e.date
+            : JSON.stringify(e.date);
     entries.push({
-      index, version: v, urls: urls as string[], hash, hashType: hashType, date,
-      deviceTypes: deviceTypes, isDefault, file: typeof e.file === 'string' ? e.file : undefined, line,
-      fields: Object.fromEntries(Object.entries(e).map(([k, x]) => [k, x instanceof Date ? x.toISOString().slice(0, 10) : x])),
+      index,
+      version: v,
+      urls: urls as string[],
+      hash,
+      hashType: hashType,
+      date,
+      deviceTypes: deviceTypes,
+      isDefault,
+      file: typeof e.file === 'string' ? e.file : undefined,
+      line,
+      fields: Object.fromEntries(
+        Object.entries(e).map(([k, x]) => [k, x instanceof Date ? x.toISOString().slice(0, 10) : x]),
+      ),
     });
   });
   const actions = (top.actions ?? {}) as Record<string, ActionSpec>;
   const historyLine = lineOf(historyNode);
-  if (typeof actions !== 'object' || Array.isArray(actions)) throw bad(file, lineOf(doc.get('actions', true) as YamlNode), '`actions` must be a mapping of names to commands or modules');
+  if (typeof actions !== 'object' || Array.isArray(actions))
+    throw bad(
+      file,
+      lineOf(doc.get('actions', true) as YamlNode),
+      '`actions` must be a mapping of names to commands or modules',
+    );
   return { file: abs, name: top.name, entries, actions, historyLine };
 }
 
@@ -174,19 +216,38 @@ export function selectEntry(cat: Catalog, sel: Selection): CatalogEntry {
   if (sel.deviceType !== undefined) {
     pool = pool.filter((e) => e.deviceTypes.some((d) => deviceTypeMatches(d, sel.deviceType!)));
     if (pool.length === 0) {
-      throw new CairnError('E_BAD_CATALOG', `${cat.file}:${cat.historyLine}: no entry is for device type ${sel.deviceType} (the catalog has: ${[...new Set(cat.entries.flatMap((e) => e.deviceTypes))].join(', ') || 'none'})`, { file: cat.file, line: cat.historyLine, deviceType: sel.deviceType });
+      throw new CairnError(
+        'E_BAD_CATALOG',
+        `${cat.file}:${cat.historyLine}: no entry is for device type ${sel.deviceType} (the catalog has: ${[...new Set(cat.entries.flatMap((e) => e.deviceTypes))].join(', ') || 'none'})`,
+        { file: cat.file, line: cat.historyLine, deviceType: sel.deviceType },
+      );
     }
   }
   if (sel.version !== undefined) {
     const hit = pool.find((e) => e.version === sel.version);
-    if (!hit) throw new CairnError('E_BAD_CATALOG', `${cat.file}: no version ${sel.version}${sel.deviceType ? ` for device type ${sel.deviceType}` : ''}`, { file: cat.file, version: sel.version });
+    if (!hit)
+      throw new CairnError(
+        'E_BAD_CATALOG',
+        `${cat.file}: no version ${sel.version}${sel.deviceType ? ` for device type ${sel.deviceType}` : ''}`,
+        { file: cat.file, version: sel.version },
+      );
     return hit;
   }
   if (sel.index !== undefined) {
     const i = sel.index < 0 ? cat.entries.length + sel.index : sel.index;
     const hit = cat.entries[i];
-    if (!Number.isInteger(sel.index) || !hit) throw new CairnError('E_BAD_CATALOG', `${cat.file}: there is no entry ${sel.index} (the history has ${cat.entries.length})`, { file: cat.file, index: sel.index });
-    if (!pool.includes(hit)) throw new CairnError('E_BAD_CATALOG', `${cat.file}: entry ${sel.index} (version ${hit.version}) is not for device type ${sel.deviceType}`, { file: cat.file });
+    if (!Number.isInteger(sel.index) || !hit)
+      throw new CairnError(
+        'E_BAD_CATALOG',
+        `${cat.file}: there is no entry ${sel.index} (the history has ${cat.entries.length})`,
+        { file: cat.file, index: sel.index },
+      );
+    if (!pool.includes(hit))
+      throw new CairnError(
+        'E_BAD_CATALOG',
+        `${cat.file}: entry ${sel.index} (version ${hit.version}) is not for device type ${sel.deviceType}`,
+        { file: cat.file },
+      );
     return hit;
   }
   return pool.find((e) => e.isDefault) ?? pool[pool.length - 1]!;
@@ -203,14 +264,18 @@ export function redactEntryUrls(entry: CatalogEntry): CatalogEntry {
 }
 
 /** The stage that fetches an entry (and unpacks it, if asked): usable as a dependency of other stages. */
-export function entryStage(entry: CatalogEntry,
-  opts: { unpack?: boolean; unpackLimits?: UnpackLimits } = {}): Stage<any> {
+export function entryStage(
+  entry: CatalogEntry,
+  opts: { unpack?: boolean; unpackLimits?: UnpackLimits } = {},
+): Stage<any> {
   const fetched = fetchurl({ urls: entry.urls, hash: entry.hash, hashType: entry.hashType, file: entry.file });
   return opts.unpack ? unpack({ src: fetched, ...(opts.unpackLimits ? { limits: opts.unpackLimits } : {}) }) : fetched;
 }
 
 /** `catalogStage('images.yml', { deviceType: 'raspberry-pi/3b', unpack: true })`: a catalog entry as a stage. */
-export function catalogStage(file: string | URL,
-  sel: Selection & { unpack?: boolean; unpackLimits?: UnpackLimits } = {}): Stage<any> {
+export function catalogStage(
+  file: string | URL,
+  sel: Selection & { unpack?: boolean; unpackLimits?: UnpackLimits } = {},
+): Stage<any> {
   return entryStage(selectEntry(loadCatalog(file), sel), sel);
 }

@@ -20,15 +20,31 @@
  */
 import { createRequire } from 'node:module';
 
-interface SucraseToken { type: number; start: number; end: number; isType: boolean }
-interface SucraseScope { startTokenIndex: number; endTokenIndex: number; isFunctionScope: boolean }
-interface Parsed { tokens: SucraseToken[]; scopes: SucraseScope[] }
+interface SucraseToken {
+  type: number;
+  start: number;
+  end: number;
+  isType: boolean;
+}
+interface SucraseScope {
+  startTokenIndex: number;
+  endTokenIndex: number;
+  isFunctionScope: boolean;
+}
+interface Parsed {
+  tokens: SucraseToken[];
+  scopes: SucraseScope[];
+}
 
 const require = createRequire(import.meta.url);
 
 interface Sucrase {
   parse(input: string, jsx: boolean, ts: boolean, flow: boolean): Parsed;
-  name: number; string: number; num: number; eof: number; preIncDec: number;
+  name: number;
+  string: number;
+  num: number;
+  eof: number;
+  preIncDec: number;
   /** `return`, `break`, `continue`, `yield`: a line break after one ends its statement. */
   restricted: Set<number>;
   /** Tokens sucrase removes besides type ranges: TypeScript-only modifiers and the non-null `!`. */
@@ -48,7 +64,12 @@ function loadSucrase(): Sucrase {
   const TT = (require('sucrase/dist/parser/tokenizer/types.js') as { TokenType: Record<string, number> }).TokenType;
   const tsOnly = ['nonNullAssertion', '_public', '_protected', '_private', '_abstract', '_readonly', '_override'];
   sucrase = {
-    parse: parser.parse, name: TT.name!, string: TT.string!, num: TT.num!, eof: TT.eof!, preIncDec: TT.preIncDec!,
+    parse: parser.parse,
+    name: TT.name!,
+    string: TT.string!,
+    num: TT.num!,
+    eof: TT.eof!,
+    preIncDec: TT.preIncDec!,
     restricted: new Set(['_return', '_break', '_continue', '_yield'].map((n) => TT[n]!)),
     tsOnly: new Set(tsOnly.map((n) => TT[n]!)),
   };
@@ -58,7 +79,12 @@ function loadSucrase(): Sucrase {
 /** Canonical text of one function; the code identity is its hash. */
 export type CanonicalCode = string;
 
-interface Tok { text: string; type: number; start: number; end: number }
+interface Tok {
+  text: string;
+  type: number;
+  start: number;
+  end: number;
+}
 
 /** Tokens of a parsed source, type-only tokens already dropped. */
 class Source {
@@ -70,7 +96,11 @@ class Source {
   /** canonicalAtOffset's answers (closures made in a loop all start at one offset). */
   readonly byOffset = new Map<number, CanonicalCode | undefined>();
 
-  constructor(readonly text: string, parsed: Parsed, sc: Sucrase) {
+  constructor(
+    readonly text: string,
+    parsed: Parsed,
+    sc: Sucrase,
+  ) {
     const toks: Tok[] = [];
     const toKept = new Int32Array(parsed.tokens.length + 1).fill(-1);
     parsed.tokens.forEach((t, i) => {
@@ -87,7 +117,10 @@ class Source {
       if (t.text === '(' || t.text === '[' || t.text === '{' || t.text === '${') open.push(i);
       else if (t.text === ')' || t.text === ']' || t.text === '}') {
         const o = open.pop();
-        if (o !== undefined) { this.match[o] = i; this.match[i] = o; }
+        if (o !== undefined) {
+          this.match[o] = i;
+          this.match[i] = o;
+        }
       }
     });
     this.arrowEnds = new Map();
@@ -106,7 +139,8 @@ class Source {
     let hi = this.toks.length;
     while (lo < hi) {
       const mid = (lo + hi) >> 1;
-      if (this.toks[mid]!.start < offset) lo = mid + 1; else hi = mid;
+      if (this.toks[mid]!.start < offset) lo = mid + 1;
+      else hi = mid;
     }
     return lo;
   }
@@ -121,7 +155,13 @@ const is = (s: Source, i: number, text: string): boolean => s.toks[i]?.text === 
 const isName = (s: Source, i: number): boolean => s.toks[i]?.type === sucrase!.name;
 
 /** One function found in a token list: its flags and its tokens from the parameters to the end. */
-interface Found { arrow: boolean; async: boolean; generator: boolean; params: number; end: number }
+interface Found {
+  arrow: boolean;
+  async: boolean;
+  generator: boolean;
+  params: number;
+  end: number;
+}
 
 /**
  * An arrow function starting at token `i` (`async`? then `x` or `(...)`, then
@@ -130,7 +170,10 @@ interface Found { arrow: boolean; async: boolean; generator: boolean; params: nu
 function arrowAt(s: Source, i: number): Found | undefined {
   let p = i;
   let async = false;
-  if (is(s, p, 'async') && !is(s, p + 1, '=>') && (is(s, p + 1, '(') || isName(s, p + 1))) { async = true; p++; }
+  if (is(s, p, 'async') && !is(s, p + 1, '=>') && (is(s, p + 1, '(') || isName(s, p + 1))) {
+    async = true;
+    p++;
+  }
   let arrowTok: number;
   if (isName(s, p) && is(s, p + 1, '=>')) arrowTok = p + 1;
   else if (is(s, p, '(') && s.match[p]! > p && is(s, s.match[p]! + 1, '=>')) arrowTok = s.match[p]! + 1;
@@ -142,7 +185,10 @@ function arrowAt(s: Source, i: number): Found | undefined {
     end = -1;
     for (const start of [i, p]) {
       const e = s.arrowEnds.get(start);
-      if (e !== undefined && e > arrowTok) { end = e; break; }
+      if (e !== undefined && e > arrowTok) {
+        end = e;
+        break;
+      }
     }
     if (end < 0) return undefined;
   }
@@ -177,12 +223,61 @@ function functionAt(s: Source, p: number, floor: number): Found | undefined {
 /** Keywords after which `(` opens a statement's header or a call, not a grouping. */
 const HEADER_KEYWORDS = new Set(['if', 'while', 'for', 'switch', 'catch', 'with', 'function', 'super', 'import']);
 /** Tokens that continue an expression onto the next line, so a `;` before them is not redundant. */
-const CONTINUES = new Set(['(', '[', '`', '+', '-', '/', '/=', '.', '?.', ',', '<', '>', '*', '%', '**', '=', '==',
-  '===', '!=', '!==', '<=', '>=', '&&', '||', '??', '&', '|', '^', '<<', '>>', '>>>', '?', ':', 'in', 'instanceof',
-  'as', 'satisfies']);
+const CONTINUES = new Set([
+  '(',
+  '[',
+  '`',
+  '+',
+  '-',
+  '/',
+  '/=',
+  '.',
+  '?.',
+  ',',
+  '<',
+  '>',
+  '*',
+  '%',
+  '**',
+  '=',
+  '==',
+  '===',
+  '!=',
+  '!==',
+  '<=',
+  '>=',
+  '&&',
+  '||',
+  '??',
+  '&',
+  '|',
+  '^',
+  '<<',
+  '>>',
+  '>>>',
+  '?',
+  ':',
+  'in',
+  'instanceof',
+  'as',
+  'satisfies',
+]);
 /** Tokens after which a `;` is meaningful: a restricted production or a contextual keyword. */
-const BEFORE_MEANINGFUL_SEMI = new Set(['return', 'break', 'continue', 'throw', 'yield', 'await', 'async', 'get',
-  'set', 'static', 'else', 'do', 'let']);
+const BEFORE_MEANINGFUL_SEMI = new Set([
+  'return',
+  'break',
+  'continue',
+  'throw',
+  'yield',
+  'await',
+  'async',
+  'get',
+  'set',
+  'static',
+  'else',
+  'do',
+  'let',
+]);
 
 /**
  * The tokens [from, to) of `s` in canonical form (see the module comment).
@@ -199,10 +294,21 @@ function canonicalTokens(s: Source, from: number, to: number): string[] {
     const close = s.match[i]!;
     if (close <= i || close >= to) continue;
     const prev = at(i - 1);
-    if (prev && (prev.type === sucrase!.name || prev.text === ')' || prev.text === ']' || prev.text === '}'
-      || prev.text === '`' || HEADER_KEYWORDS.has(prev.text))) continue;
+    if (
+      prev &&
+      (prev.type === sucrase!.name ||
+        prev.text === ')' ||
+        prev.text === ']' ||
+        prev.text === '}' ||
+        prev.text === '`' ||
+        HEADER_KEYWORDS.has(prev.text))
+    )
+      continue;
     if (is(s, close + 1, '=>')) continue;
-    if (plainOperand(s, drop, from, i + 1, close, prev?.text === 'new')) { drop[i - from] = 1; drop[close - from] = 1; }
+    if (plainOperand(s, drop, from, i + 1, close, prev?.text === 'new')) {
+      drop[i - from] = 1;
+      drop[close - from] = 1;
+    }
   }
   const out: string[] = [];
   const open: string[] = [];
@@ -259,18 +365,27 @@ function canonicalString(lit: string): string {
   let value = '';
   for (let i = 0; i < body.length; i++) {
     const c = body[i]!;
-    if (c !== '\\') { value += c; continue; }
+    if (c !== '\\') {
+      value += c;
+      continue;
+    }
     const n = body[++i] ?? '';
     if (n in SIMPLE_ESCAPES) value += SIMPLE_ESCAPES[n];
     else if (n === '0' && !/[0-9]/.test(body[i + 1] ?? '')) value += '\0';
     else if (/[0-9]/.test(n)) return lit;
-    else if (n === 'x') { value += String.fromCharCode(parseInt(body.slice(i + 1, i + 3), 16)); i += 2; }
-    else if (n === 'u' && body[i + 1] === '{') {
+    else if (n === 'x') {
+      value += String.fromCharCode(parseInt(body.slice(i + 1, i + 3), 16));
+      i += 2;
+    } else if (n === 'u' && body[i + 1] === '{') {
       const close = body.indexOf('}', i);
       value += String.fromCodePoint(parseInt(body.slice(i + 2, close), 16));
       i = close;
-    } else if (n === 'u') { value += String.fromCharCode(parseInt(body.slice(i + 1, i + 5), 16)); i += 4; }
-    else if (n === '\r') { if (body[i + 1] === '\n') i++; } // a line continuation
+    } else if (n === 'u') {
+      value += String.fromCharCode(parseInt(body.slice(i + 1, i + 5), 16));
+      i += 4;
+    } else if (n === '\r') {
+      if (body[i + 1] === '\n') i++;
+    } // a line continuation
     else if (n !== '\n' && n !== '\u2028' && n !== '\u2029') value += n;
   }
   return JSON.stringify(value);
@@ -281,12 +396,21 @@ function plainOperand(s: Source, drop: Uint8Array, from: number, i: number, clos
   while (i < close && drop[i - from]) i++;
   if (i >= close) return false;
   const head = s.toks[i]!;
-  if (head.text === '(' && s.match[i]! < close) i = s.match[i]! + 1; // an inner group already found plain
-  else if (head.type === sucrase!.name || head.text === 'this' || head.type === sucrase!.string
-    || head.type === sucrase!.num) i++;
+  if (head.text === '(' && s.match[i]! < close)
+    i = s.match[i]! + 1; // an inner group already found plain
+  else if (
+    head.type === sucrase!.name ||
+    head.text === 'this' ||
+    head.type === sucrase!.string ||
+    head.type === sucrase!.num
+  )
+    i++;
   else return false;
   while (i < close) {
-    if (drop[i - from]) { i++; continue; }
+    if (drop[i - from]) {
+      i++;
+      continue;
+    }
     const t = s.toks[i]!.text;
     if (t === '.' && isName(s, i + 1)) i += 2;
     else if (t === '[' || (t === '(' && !afterNew)) {
@@ -318,8 +442,7 @@ function render(s: Source, f: Found): CanonicalCode {
   let body: string[];
   if (f.arrow && isName(s, f.params)) {
     body = ['(', s.toks[f.params]!.text, ')', ...canonicalTokens(s, f.params + 1, f.end)];
-  }
-  else body = canonicalTokens(s, f.params, f.end);
+  } else body = canonicalTokens(s, f.params, f.end);
   return JSON.stringify([flags, ...body]);
 }
 
@@ -329,9 +452,17 @@ function render(s: Source, f: Found): CanonicalCode {
  * if it cannot be read as a function (native code, a class, a private method).
  */
 export function canonicalFromText(text: string): CanonicalCode | undefined {
-  for (const [open, close] of [['(', ')'], ['({', '})'], ['(class{', '})']] as const) {
+  for (const [open, close] of [
+    ['(', ')'],
+    ['({', '})'],
+    ['(class{', '})'],
+  ] as const) {
     let s: Source;
-    try { s = parse(`${open}${text}\n${close}`, false, false); } catch { continue; }
+    try {
+      s = parse(`${open}${text}\n${close}`, false, false);
+    } catch {
+      continue;
+    }
     const first = s.tokenAt(open.length);
     const f = arrowAt(s, first) ?? headerThenParams(s, first);
     if (f && f.end === s.toks.length - close.length) return render(s, f);
@@ -363,7 +494,11 @@ const sources = new Map<string, Source>();
 export function canonicalAtOffset(text: string, fileName: string, offset: number): CanonicalCode | undefined {
   let s = sources.get(fileName);
   if (s?.text !== text) {
-    try { s = parse(text, /\.[cm]?tsx?$/.test(fileName), /\.[jt]sx$/.test(fileName)); } catch { return undefined; }
+    try {
+      s = parse(text, /\.[cm]?tsx?$/.test(fileName), /\.[jt]sx$/.test(fileName));
+    } catch {
+      return undefined;
+    }
     if (sources.size >= 16) sources.delete(sources.keys().next().value!);
     sources.set(fileName, s);
   }

@@ -23,7 +23,11 @@ export interface FunctionOrigin {
 }
 
 /** V8's [[FunctionLocation]] internal property (Debugger.Location). */
-interface FunctionLocation { scriptId: string; lineNumber: number; columnNumber: number }
+interface FunctionLocation {
+  scriptId: string;
+  lineNumber: number;
+  columnNumber: number;
+}
 
 interface InspectorSession {
   post(method: string, params: object, cb: (err: Error | null, res: unknown) => void): void;
@@ -46,7 +50,11 @@ function post<R>(method: string, params: object): R | undefined {
   // Set in the callback, which runs synchronously: TypeScript cannot see that, so the type is widened by hand.
   let error = null as Error | null;
   let answered = false;
-  session!.post(method, params, (err, res) => { error = err; result = res as R; answered = true; });
+  session!.post(method, params, (err, res) => {
+    error = err;
+    result = res as R;
+    answered = true;
+  });
   if (error) throw error;
   if (!answered) throw new Error(`inspector did not answer ${method} synchronously`);
   return result;
@@ -65,7 +73,9 @@ function connect(): InspectorSession | null {
       if (scripts.has(m.params.scriptId)) return;
       scripts.set(m.params.scriptId, { url: m.params.url, sourceMapURL: m.params.sourceMapURL ?? '' });
     });
-  } catch { /* a Node built without the inspector: callers fall back to toString() */ }
+  } catch {
+    /* a Node built without the inspector: callers fall back to toString() */
+  }
   return session;
 }
 
@@ -91,14 +101,20 @@ function refreshScripts(): void {
   post('Debugger.enable', {});
   if (!listedThisTask) {
     listedThisTask = true;
-    setImmediate(() => { listedThisTask = false; }).unref();
+    setImmediate(() => {
+      listedThisTask = false;
+    }).unref();
     post('Debugger.disable', {});
     return;
   }
   listening = true;
   setImmediate(() => {
     listening = false;
-    try { post('Debugger.disable', {}); } catch { /* the session is gone */ }
+    try {
+      post('Debugger.disable', {});
+    } catch {
+      /* the session is gone */
+    }
   }).unref();
 }
 
@@ -115,14 +131,19 @@ function locate(fn: (...args: never) => unknown): { scriptId: string; line: numb
     if (!objectId) return undefined;
     // Without indexed properties the answer is small and quick (a tenth of the time).
     const props = post<{ internalProperties?: { name: string; value?: { value?: FunctionLocation } }[] }>(
-      'Runtime.getProperties', { objectId, ownProperties: true, nonIndexedPropertiesOnly: true });
-    const loc = props?.internalProperties
-      ?.find((p) => p.name === '[[FunctionLocation]]')?.value?.value;
+      'Runtime.getProperties',
+      { objectId, ownProperties: true, nonIndexedPropertiesOnly: true },
+    );
+    const loc = props?.internalProperties?.find((p) => p.name === '[[FunctionLocation]]')?.value?.value;
     if (!loc) return undefined;
     return { scriptId: String(loc.scriptId), line: loc.lineNumber, column: loc.columnNumber };
   } finally {
     delete (globalThis as Record<symbol, unknown>)[HOLDER];
-    try { post('Runtime.releaseObjectGroup', { objectGroup: GROUP }); } catch { /* nothing held */ }
+    try {
+      post('Runtime.releaseObjectGroup', { objectGroup: GROUP });
+    } catch {
+      /* nothing held */
+    }
   }
 }
 
@@ -143,37 +164,57 @@ for (let i = 0; i < B64.length; i++) B64_VALUE[B64.charCodeAt(i)] = i;
 function decodeMappings(mappings: string): number[][][] {
   const lines: number[][][] = [];
   let line: number[][] = [];
-  let source = 0, srcLine = 0, srcCol = 0;
+  let source = 0,
+    srcLine = 0,
+    srcCol = 0;
   let genCol = 0;
   let fields: number[] = [];
-  let value = 0, shift = 0;
+  let value = 0,
+    shift = 0;
   const endSegment = (): void => {
     if (fields.length >= 4) {
-      genCol += fields[0]!; source += fields[1]!; srcLine += fields[2]!; srcCol += fields[3]!;
+      genCol += fields[0]!;
+      source += fields[1]!;
+      srcLine += fields[2]!;
+      srcCol += fields[3]!;
       line.push([genCol, source, srcLine, srcCol]);
     } else if (fields.length >= 1) genCol += fields[0]!;
     fields = [];
   };
   for (let i = 0; i <= mappings.length; i++) {
     const c = i < mappings.length ? mappings.charCodeAt(i) : 59;
-    if (c === 44 || c === 59) { // ',' ends a segment, ';' a line
+    if (c === 44 || c === 59) {
+      // ',' ends a segment, ';' a line
       endSegment();
-      if (c === 59) { line.sort((a, b) => a[0]! - b[0]!); lines.push(line); line = []; genCol = 0; }
+      if (c === 59) {
+        line.sort((a, b) => a[0]! - b[0]!);
+        lines.push(line);
+        line = [];
+        genCol = 0;
+      }
       continue;
     }
     const digit = c < 128 ? B64_VALUE[c]! : -1;
     if (digit < 0) throw new Error('bad source map');
     value += (digit & 31) * 2 ** shift;
-    if (digit & 32) { shift += 5; continue; }
+    if (digit & 32) {
+      shift += 5;
+      continue;
+    }
     fields.push(value % 2 === 1 ? -(value - 1) / 2 : value / 2);
-    value = 0; shift = 0;
+    value = 0;
+    shift = 0;
   }
   return lines;
 }
 
 function readText(url: URL): string | null {
   if (url.protocol !== 'file:') return null;
-  try { return fs.readFileSync(fileURLToPath(url), 'utf8'); } catch { return null; }
+  try {
+    return fs.readFileSync(fileURLToPath(url), 'utf8');
+  } catch {
+    return null;
+  }
 }
 
 // Cached per script (a data: URL can be most of a megabyte: never used as a key).
@@ -196,11 +237,14 @@ function loadMap(script: ScriptInfo): SourceMap | null {
     }
     if (json !== null) {
       const raw = JSON.parse(json) as {
-        mappings?: unknown; sources?: unknown; sourceRoot?: unknown; sourcesContent?: unknown;
+        mappings?: unknown;
+        sources?: unknown;
+        sourceRoot?: unknown;
+        sourcesContent?: unknown;
       };
       if (typeof raw.mappings === 'string' && Array.isArray(raw.sources)) {
-        const root = typeof raw.sourceRoot === 'string' && raw.sourceRoot !== ''
-          ? raw.sourceRoot.replace(/\/?$/, '/') : '';
+        const root =
+          typeof raw.sourceRoot === 'string' && raw.sourceRoot !== '' ? raw.sourceRoot.replace(/\/?$/, '/') : '';
         map = {
           lines: decodeMappings(raw.mappings),
           sources: raw.sources.map((s) => new URL(root + String(s), base).href),
@@ -212,7 +256,9 @@ function loadMap(script: ScriptInfo): SourceMap | null {
         };
       }
     }
-  } catch { map = null; }
+  } catch {
+    map = null;
+  }
   script.map = map;
   return map;
 }
@@ -238,13 +284,19 @@ export function functionOrigin(fn: (...args: never) => unknown): FunctionOrigin 
     const loc = locate(fn);
     if (!loc) return undefined;
     let script = scripts.get(loc.scriptId);
-    if (!script) { refreshScripts(); script = scripts.get(loc.scriptId); }
+    if (!script) {
+      refreshScripts();
+      script = scripts.get(loc.scriptId);
+    }
     if (!script?.sourceMapURL) return undefined;
     const map = loadMap(script);
     const segs = map?.lines[loc.line];
     if (!map || !segs || segs.length === 0) return undefined;
     let seg: number[] | undefined;
-    for (const s of segs) { if (s[0]! <= loc.column) seg = s; else break; }
+    for (const s of segs) {
+      if (s[0]! <= loc.column) seg = s;
+      else break;
+    }
     if (!seg) return undefined;
     const source = map.sources[seg[1]!];
     if (source === undefined) return undefined;

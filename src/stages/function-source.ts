@@ -37,7 +37,9 @@ function hashOfText(text: string): string {
   try {
     h = fs.readFileSync(file, 'utf8');
     if (!/^[0-9a-f]{64}$/.test(h)) h = undefined;
-  } catch { /* not cached yet */ }
+  } catch {
+    /* not cached yet */
+  }
   if (h === undefined) {
     const c = canonicalFromText(text);
     h = sha256(c ?? `raw:${text}`);
@@ -58,7 +60,9 @@ function writeCache(file: string, text: string): void {
     const tmp = `${file}.${process.pid}.tmp`;
     fs.writeFileSync(tmp, text);
     fs.renameSync(tmp, file);
-  } catch { /* the cache is an optimisation: a read-only home still works, slower */ }
+  } catch {
+    /* the cache is an optimisation: a read-only home still works, slower */
+  }
 }
 
 /**

@@ -27,9 +27,12 @@ function fileInputs(): FileInputsModule {
   try {
     fileInputsModule = createRequire(import.meta.url)('./inputs/file-imports.js') as FileInputsModule;
   } catch (e) {
-    throw new CairnError('E_UNSUPPORTED_RUNTIME',
+    throw new CairnError(
+      'E_UNSUPPORTED_RUNTIME',
       `this Node (${process.version}) cannot load Cairn's file-input code synchronously: await preloadFileInputs() before instantiate(), or use realize()`,
-      {}, { cause: e });
+      {},
+      { cause: e },
+    );
   }
   return fileInputsModule;
 }
@@ -41,12 +44,16 @@ function fileInputs(): FileInputsModule {
  */
 export function preloadFileInputs(): Promise<void> {
   if (fileInputsModule || !fileInputsDeclared()) return Promise.resolve();
-  return (preloading ??= import('./inputs/file-imports.js').then((m) => { fileInputsModule = m; }));
+  return (preloading ??= import('./inputs/file-imports.js').then((m) => {
+    fileInputsModule = m;
+  }));
 }
 
 /** What hashing file inputs has cost this process so far (all zero if no graph had any). */
 export function inputHashStats(): HashStats {
-  return fileInputsModule ? { ...fileInputsModule.userInputHasher().stats } : { files: 0, hashedFiles: 0, hashedBytes: 0, cacheHits: 0 };
+  return fileInputsModule
+    ? { ...fileInputsModule.userInputHasher().stats }
+    : { files: 0, hashedFiles: 0, hashedBytes: 0, cacheHits: 0 };
 }
 
 /** A file input of a derivation: the import derivation holding its content, and its name inside that output. */
@@ -116,10 +123,14 @@ function referencedStages(config: unknown): Stage[] {
     const v = stack.pop();
     if (typeof v !== 'object' || v === null || seen.has(v)) continue;
     seen.add(v);
-    if (isStage(v)) { found.push(v); continue; }
+    if (isStage(v)) {
+      found.push(v);
+      continue;
+    }
     // Loops, not push(...v): spreading a million-element array as arguments overflows the stack.
-    if (Array.isArray(v)) { for (const x of v) stack.push(x); }
-    else if (Object.getPrototypeOf(v) === Object.prototype || Object.getPrototypeOf(v) === null) {
+    if (Array.isArray(v)) {
+      for (const x of v) stack.push(x);
+    } else if (Object.getPrototypeOf(v) === Object.prototype || Object.getPrototypeOf(v) === null) {
       for (const x of Object.values(v)) stack.push(x);
     }
   }
@@ -165,8 +176,12 @@ export function instantiate(targets: Stage | readonly Stage[], opts: Instantiate
     const enter = (s: Stage): void => {
       visiting.add(s);
       const deps = referencedStages(s.config);
-      const inputs = (s.files?.length ?? 0) === 0 ? NO_INPUTS : (fileImports ??= new (fileInputs().FileImports)(opts.inputs)).of(s);
-      for (const i of inputs) { deps.push(i.stage); importOf.set(i.stage, i.input); }
+      const inputs =
+        (s.files?.length ?? 0) === 0 ? NO_INPUTS : (fileImports ??= new (fileInputs().FileImports)(opts.inputs)).of(s);
+      for (const i of inputs) {
+        deps.push(i.stage);
+        importOf.set(i.stage, i.input);
+      }
       stack.push({ stage: s, deps, inputs, next: 0 });
     };
     enter(root);
@@ -187,15 +202,25 @@ export function instantiate(targets: Stage | readonly Stage[], opts: Instantiate
       visiting.delete(top.stage);
       const s = top.stage;
       const deps = new Set<DRef>();
-      const config = canonicalJson(s.config, (v) => {
-        if (!isStage(v)) return undefined;
-        const d = drefOf.get(v)!;
-        deps.add(d);
-        return { $ref: d };
-      }, `stage ${s.name}: config`);
-      const files = top.inputs.length === 0 ? NO_FILES : top.inputs.map((i): FileDep => ({
-        key: i.input.key, declared: i.input.declared, dref: drefOf.get(i.stage)!, entry: i.stage.outputs[0]!,
-      }));
+      const config = canonicalJson(
+        s.config,
+        (v) => {
+          if (!isStage(v)) return undefined;
+          const d = drefOf.get(v)!;
+          deps.add(d);
+          return { $ref: d };
+        },
+        `stage ${s.name}: config`,
+      );
+      const files =
+        top.inputs.length === 0
+          ? NO_FILES
+          : top.inputs.map((i): FileDep => ({
+              key: i.input.key,
+              declared: i.input.declared,
+              dref: drefOf.get(i.stage)!,
+              entry: i.stage.outputs[0]!,
+            }));
       for (const f of files) deps.add(f.dref);
       const sortedDeps = [...deps].sort();
       const drvJson = `{"code":${canonicalJson(codeIdentity(s))},"config":${config},"deps":${canonicalJson(sortedDeps)},${filesField(files)}"format":"${DRV_FORMAT}","name":${JSON.stringify(s.name)},"outputs":${canonicalJson(s.outputs)}}`;
@@ -203,7 +228,15 @@ export function instantiate(targets: Stage | readonly Stage[], opts: Instantiate
       drefOf.set(s, dref);
       if (!nodes.has(dref)) {
         const imports = importOf.get(s);
-        nodes.set(dref, { dref, name: s.name, stage: s, drvJson, deps: sortedDeps, files, ...(imports ? { imports } : {}) });
+        nodes.set(dref, {
+          dref,
+          name: s.name,
+          stage: s,
+          drvJson,
+          deps: sortedDeps,
+          files,
+          ...(imports ? { imports } : {}),
+        });
         order.push(dref);
       }
     }

@@ -45,7 +45,8 @@ export async function importModule(file: string): Promise<Record<string, unknown
   // same source text (and DRef) with the server as without it.
   const direct = await compileForImport(file, compileEnv());
   const url = direct ?? pathToFileURL(file).href;
-  if (isolation) return (await import(`${url}?${NAMESPACE_PARAM}=${process.pid}.${++isolation.next}`)) as Record<string, unknown>;
+  if (isolation)
+    return (await import(`${url}?${NAMESPACE_PARAM}=${process.pid}.${++isolation.next}`)) as Record<string, unknown>;
   if (!direct) installHooks();
   return (await import(url)) as Record<string, unknown>;
 }
@@ -79,7 +80,12 @@ export async function loadStageFile(file: string, selectors: readonly string[] =
     mod = await importModule(abs);
   } catch (e) {
     if (e instanceof CairnError) throw e;
-    throw new CairnError('E_STAGE_FILE', `stage file ${file} failed to load: ${(e as Error)?.message ?? String(e)}`, { file }, { cause: e });
+    throw new CairnError(
+      'E_STAGE_FILE',
+      `stage file ${file} failed to load: ${(e as Error)?.message ?? String(e)}`,
+      { file },
+      { cause: e },
+    );
   }
   const exports = new Map<string, Stage>();
   const groups = new Map<string, Stage[]>();
@@ -90,7 +96,12 @@ export async function loadStageFile(file: string, selectors: readonly string[] =
         value = await (value as () => unknown)();
       } catch (e) {
         if (e instanceof CairnError) throw e;
-        throw new CairnError('E_STAGE_FILE', `stage file ${file}: export ${key}() threw: ${(e as Error)?.message ?? String(e)}`, { file, export: key }, { cause: e });
+        throw new CairnError(
+          'E_STAGE_FILE',
+          `stage file ${file}: export ${key}() threw: ${(e as Error)?.message ?? String(e)}`,
+          { file, export: key },
+          { cause: e },
+        );
       }
     }
     const stages = asStages(value);
@@ -105,7 +116,11 @@ export async function loadStageFile(file: string, selectors: readonly string[] =
   if (selectors.length === 0) {
     const def = groups.get('default');
     if (!def) {
-      throw new CairnError('E_NO_TARGET', `stage file ${file} has no default export to realize; name one (exports with stages: ${available})`, { file, available: [...groups.keys()] });
+      throw new CairnError(
+        'E_NO_TARGET',
+        `stage file ${file} has no default export to realize; name one (exports with stages: ${available})`,
+        { file, available: [...groups.keys()] },
+      );
     }
     targets = def;
   } else {
@@ -116,7 +131,11 @@ export async function loadStageFile(file: string, selectors: readonly string[] =
       const everyStage = instantiate([...exports.values()]);
       const byName = everyStage.order.map((d) => everyStage.nodes.get(d)!.stage).filter((s) => s.name === sel);
       if (byName.length > 0) return byName.slice(0, 1);
-      throw new CairnError('E_NO_TARGET', `stage file ${file} has no export or stage named ${JSON.stringify(sel)} (exports with stages: ${available})`, { file, selector: sel });
+      throw new CairnError(
+        'E_NO_TARGET',
+        `stage file ${file} has no export or stage named ${JSON.stringify(sel)} (exports with stages: ${available})`,
+        { file, selector: sel },
+      );
     });
   }
   return { file: abs, exports, targets };
@@ -131,14 +150,20 @@ async function loadPipelineFile(file: string, abs: string, selectors: readonly s
   const { loadPipeline } = await import('./pipeline/load-yaml.js');
   const { stages } = loadPipeline(file);
   await preloadFileInputs();
-  const targets = selectors.length === 0 ? [...stages.values()] : selectors.map((sel) => {
-    const s = stages.get(sel);
-    if (!s) {
-      const names = [...stages.keys()].join(', ');
-      throw new CairnError('E_NO_TARGET', `pipeline ${file} has no stage ${JSON.stringify(sel)} (stages: ${names})`,
-        { file, selector: sel });
-    }
-    return s;
-  });
+  const targets =
+    selectors.length === 0
+      ? [...stages.values()]
+      : selectors.map((sel) => {
+          const s = stages.get(sel);
+          if (!s) {
+            const names = [...stages.keys()].join(', ');
+            throw new CairnError(
+              'E_NO_TARGET',
+              `pipeline ${file} has no stage ${JSON.stringify(sel)} (stages: ${names})`,
+              { file, selector: sel },
+            );
+          }
+          return s;
+        });
   return { file: abs, exports: stages, targets };
 }

@@ -44,10 +44,17 @@ export function listMachineStates(store: LocalStore, now = Date.now()): MachineS
     const d = readDescription(dir);
     let bytes = 0;
     for (const f of fs.readdirSync(dir)) bytes += fs.statSync(path.join(dir, f)).size;
-    return [{
-      rref: row.rref, step: d.step ? d.step.name : '(base)', created: row.created, expiresAt: d.expiresAt,
-      stale: staleReason(d, now), rooted: rooted.has(row.rref), bytes,
-    }];
+    return [
+      {
+        rref: row.rref,
+        step: d.step ? d.step.name : '(base)',
+        created: row.created,
+        expiresAt: d.expiresAt,
+        stale: staleReason(d, now),
+        rooted: rooted.has(row.rref),
+        bytes,
+      },
+    ];
   });
 }
 

@@ -28,7 +28,10 @@ export interface CliStep<A extends Json = Json> {
 
 function noNamed(name: string, w: CliWords): void {
   const extra = Object.keys(w.named);
-  if (extra.length) throw new CairnError('E_STEP_ARGS', `step ${name} takes no option ${extra.map((k) => `--${k}`).join(', ')}`, { step: name });
+  if (extra.length)
+    throw new CairnError('E_STEP_ARGS', `step ${name} takes no option ${extra.map((k) => `--${k}`).join(', ')}`, {
+      step: name,
+    });
 }
 
 /** Runs a shell command; fails the step when it exits non-zero. Output goes to the step's log. */
@@ -75,48 +78,66 @@ export const greeting = step<{ name: string }>({
     const text = `Hello, ${name}!`;
     await vm.exec(`printf '%s\\n' '${text.replace(/'/g, `'\\''`)}' > /greeting`, { check: true });
     const r = await vm.exec('cat /greeting', { check: true });
-    if (r.stdout.trim() !== text) throw new CairnError('E_MACHINE_EXEC', `self_test.greeting read back ${JSON.stringify(r.stdout)}`);
+    if (r.stdout.trim() !== text)
+      throw new CairnError('E_MACHINE_EXEC', `self_test.greeting read back ${JSON.stringify(r.stdout)}`);
     vm.log(text);
   },
 });
 
 export const BUILTIN_STEPS: ReadonlyMap<string, CliStep<any>> = new Map<string, CliStep<any>>([
-  ['exec', {
-    step: exec, usage: 'exec CMD...',
-    fromCli(w) {
-      noNamed('exec', w);
-      if (w.positional.length === 0) throw new CairnError('E_STEP_ARGS', 'exec needs a command');
-      return { cmd: w.positional.join(' ') };
+  [
+    'exec',
+    {
+      step: exec,
+      usage: 'exec CMD...',
+      fromCli(w) {
+        noNamed('exec', w);
+        if (w.positional.length === 0) throw new CairnError('E_STEP_ARGS', 'exec needs a command');
+        return { cmd: w.positional.join(' ') };
+      },
     },
-  }],
-  ['script.run', {
-    step: scriptRun, usage: 'script.run FILE [ARG...]',
-    fromCli(w) {
-      noNamed('script.run', w);
-      const [file, ...args] = w.positional;
-      if (!file) throw new CairnError('E_STEP_ARGS', 'script.run needs a script file');
-      const abs = path.resolve(file);
-      return { path: abs, sha256: requireFileSha256(abs, 'script.run'), args };
+  ],
+  [
+    'script.run',
+    {
+      step: scriptRun,
+      usage: 'script.run FILE [ARG...]',
+      fromCli(w) {
+        noNamed('script.run', w);
+        const [file, ...args] = w.positional;
+        if (!file) throw new CairnError('E_STEP_ARGS', 'script.run needs a script file');
+        const abs = path.resolve(file);
+        return { path: abs, sha256: requireFileSha256(abs, 'script.run'), args };
+      },
     },
-  }],
-  ['upload', {
-    step: upload, usage: 'upload HOST_FILE MACHINE_PATH',
-    fromCli(w) {
-      noNamed('upload', w);
-      const [src, dst, ...rest] = w.positional;
-      if (!src || !dst || rest.length) throw new CairnError('E_STEP_ARGS', 'upload needs HOST_FILE and MACHINE_PATH');
-      const abs = path.resolve(src);
-      return { src: abs, dst, sha256: requireFileSha256(abs, 'upload') };
+  ],
+  [
+    'upload',
+    {
+      step: upload,
+      usage: 'upload HOST_FILE MACHINE_PATH',
+      fromCli(w) {
+        noNamed('upload', w);
+        const [src, dst, ...rest] = w.positional;
+        if (!src || !dst || rest.length) throw new CairnError('E_STEP_ARGS', 'upload needs HOST_FILE and MACHINE_PATH');
+        const abs = path.resolve(src);
+        return { src: abs, dst, sha256: requireFileSha256(abs, 'upload') };
+      },
     },
-  }],
-  ['self_test.greeting', {
-    step: greeting, usage: 'self_test.greeting [--name=NAME]',
-    fromCli(w) {
-      const { name, ...rest } = w.named;
-      if (w.positional.length || Object.keys(rest).length) throw new CairnError('E_STEP_ARGS', 'self_test.greeting takes only --name=NAME');
-      return { name: typeof name === 'string' ? name : 'world' };
+  ],
+  [
+    'self_test.greeting',
+    {
+      step: greeting,
+      usage: 'self_test.greeting [--name=NAME]',
+      fromCli(w) {
+        const { name, ...rest } = w.named;
+        if (w.positional.length || Object.keys(rest).length)
+          throw new CairnError('E_STEP_ARGS', 'self_test.greeting takes only --name=NAME');
+        return { name: typeof name === 'string' ? name : 'world' };
+      },
     },
-  }],
+  ],
 ]);
 
 const isStep = (x: unknown): x is Step<any> =>
@@ -136,12 +157,18 @@ export async function resolveStep(name: string, stepsDirs: readonly string[]): P
   if (builtin) return builtin;
   const candidates: string[] = [];
   if (name.includes('/') || /\.[cm]?[jt]s$/.test(name)) candidates.push(path.resolve(name));
-  else for (const dir of stepsDirs) for (const ext of ['.ts', '.js']) {
-    candidates.push(path.join(dir, name + ext), path.join(dir, ...name.split('.')) + ext);
-  }
+  else
+    for (const dir of stepsDirs)
+      for (const ext of ['.ts', '.js']) {
+        candidates.push(path.join(dir, name + ext), path.join(dir, ...name.split('.')) + ext);
+      }
   const file = candidates.find((f) => fs.existsSync(f));
   if (!file) {
-    throw new CairnError('E_UNKNOWN_STEP', `no step ${JSON.stringify(name)}: not built in (${[...BUILTIN_STEPS.keys(), 'shell'].join(', ')})${stepsDirs.length ? `, nor in ${stepsDirs.join(', ')}` : ''}`, { step: name });
+    throw new CairnError(
+      'E_UNKNOWN_STEP',
+      `no step ${JSON.stringify(name)}: not built in (${[...BUILTIN_STEPS.keys(), 'shell'].join(', ')})${stepsDirs.length ? `, nor in ${stepsDirs.join(', ')}` : ''}`,
+      { step: name },
+    );
   }
   const mod = await importModule(file);
   const s = [mod.default, mod.step].find(isStep);

@@ -27,7 +27,7 @@ import { checkName, type RRef } from '../store/refs.js';
 import { custom, type Candidate, type Matcher } from './matchers.js';
 import { realize, type RealizeOptions, type RealizeResult } from './realize.js';
 import { instantiate } from './instantiate.js';
-import { stage, type BuildContext, type Dep, type Stage } from './stage.js';
+import { stage, type BuildContext, type Stage } from './stage.js';
 
 /** machine.json: what the pipeline knows about a state. */
 export interface MachineDescription {
@@ -81,8 +81,9 @@ export async function machineBackend(kind: string): Promise<MachineBackend> {
   const load = builtinBackends.get(kind);
   if (!load) {
     const known = [...new Set([...backends.keys(), ...builtinBackends.keys()])].sort().join(', ');
-    throw new CairnError('E_MACHINE_INCOMPATIBLE', `no machine backend "${kind}" is registered (known: ${known})`,
-      { backend: kind });
+    throw new CairnError('E_MACHINE_INCOMPATIBLE', `no machine backend "${kind}" is registered (known: ${known})`, {
+      backend: kind,
+    });
   }
   const b = await load();
   // One registered while this one loaded wins, as it would have if registered before.
@@ -95,7 +96,9 @@ export function readDescription(stateDir: string): MachineDescription {
   try {
     text = fs.readFileSync(path.join(stateDir, DESCRIPTION), 'utf8');
   } catch (e) {
-    throw new CairnError('E_MACHINE_STATE', `${stateDir} is not a machine state: ${(e as Error).message}`, { dir: stateDir });
+    throw new CairnError('E_MACHINE_STATE', `${stateDir} is not a machine state: ${(e as Error).message}`, {
+      dir: stateDir,
+    });
   }
   return parseDescription(text, stateDir);
 }
@@ -109,7 +112,9 @@ export function parseDescription(text: string, where: string): MachineDescriptio
     throw new CairnError('E_MACHINE_STATE', `${where} is not a machine state: ${(e as Error).message}`, { dir: where });
   }
   if (d.format !== 1 || typeof d.backend !== 'string' || typeof d.state !== 'object' || !Array.isArray(d.files)) {
-    throw new CairnError('E_MACHINE_STATE', `${where}/${DESCRIPTION} is not a machine description (format 1)`, { dir: where });
+    throw new CairnError('E_MACHINE_STATE', `${where}/${DESCRIPTION} is not a machine description (format 1)`, {
+      dir: where,
+    });
   }
   return d;
 }
@@ -138,13 +143,17 @@ export function staleReason(d: MachineDescription, now = Date.now()): string | n
 
 /** The newest state that has not expired and whose files are unchanged. */
 export function freshState(): Matcher {
-  return custom(async (cands: readonly Candidate[]) => {
-    for (let i = cands.length - 1; i >= 0; i--) {
-      const c = cands[i]!;
-      if (staleReason(parseDescription((await c.read(DESCRIPTION)).toString('utf8'), c.rref)) === null) return [c.rref];
-    }
-    return null;
-  }, { name: 'fresh-state' });
+  return custom(
+    async (cands: readonly Candidate[]) => {
+      for (let i = cands.length - 1; i >= 0; i--) {
+        const c = cands[i]!;
+        if (staleReason(parseDescription((await c.read(DESCRIPTION)).toString('utf8'), c.rref)) === null)
+          return [c.rref];
+      }
+      return null;
+    },
+    { name: 'fresh-state' },
+  );
 }
 
 /** What a step's `run` gets: the running machine, plus ways to limit the state's reuse. */
@@ -176,8 +185,12 @@ export interface Step<A = Json> {
 
 export function step<A extends Json = Json>(spec: StepSpec<A>): Step<A> {
   checkName(spec?.name);
-  if (typeof spec.run !== 'function') throw new CairnError('E_BAD_ARGUMENT', `step ${spec.name}: run must be a function`);
-  const code = spec.version !== undefined ? `version:${spec.version}` : createHash('sha256').update(spec.run.toString()).digest('hex');
+  if (typeof spec.run !== 'function')
+    throw new CairnError('E_BAD_ARGUMENT', `step ${spec.name}: run must be a function`);
+  const code =
+    spec.version !== undefined
+      ? `version:${spec.version}`
+      : createHash('sha256').update(spec.run.toString()).digest('hex');
   return Object.freeze({ name: spec.name, code, run: spec.run });
 }
 
@@ -228,7 +241,10 @@ const toMs = (d: string | number): number => (typeof d === 'number' ? d : parseD
  * run only when the machine is used (transient ones).
  */
 export class Machine {
-  private constructor(readonly saved: Stage, private readonly pending: readonly Pending[]) {}
+  private constructor(
+    readonly saved: Stage,
+    private readonly pending: readonly Pending[],
+  ) {}
 
   static of(base: Stage | Machine): Machine {
     return base instanceof Machine ? base : new Machine(base, []);
@@ -236,12 +252,14 @@ export class Machine {
 
   /** A new machine: this one after `step`. Nothing runs. */
   apply<A extends Json>(s: Step<A>, args: A, opts: ApplyOptions = {}): Machine {
-    if (typeof s?.run !== 'function' || typeof s.code !== 'string') throw new CairnError('E_BAD_ARGUMENT', 'apply() needs a step made with step()');
+    if (typeof s?.run !== 'function' || typeof s.code !== 'string')
+      throw new CairnError('E_BAD_ARGUMENT', 'apply() needs a step made with step()');
     canonicalJson(args); // refuses non-JSON args now, not at realize time
     // A 'last' step followed by another one is an ordinary step after all.
-    const before = this.pending.length === 1 && this.pending[0]!.opts.transient === 'last'
-      ? new Machine(stepStage(this.saved, this.pending[0]!), [])
-      : this;
+    const before =
+      this.pending.length === 1 && this.pending[0]!.opts.transient === 'last'
+        ? new Machine(stepStage(this.saved, this.pending[0]!), [])
+        : this;
     const p: Pending = { step: s, args, opts };
     if (opts.transient || before.pending.length > 0) return new Machine(before.saved, [...before.pending, p]);
     return new Machine(stepStage(before.saved, p), []);
@@ -281,14 +299,21 @@ export class Machine {
     return { rref, dir, description: readDescription(dir), result };
   }
 
-  private async withSession<T>(opts: MachineRunOptions, state: MachineState, fn: (vm: RunningMachine) => T | Promise<T>): Promise<T> {
+  private async withSession<T>(
+    opts: MachineRunOptions,
+    state: MachineState,
+    fn: (vm: RunningMachine) => T | Promise<T>,
+  ): Promise<T> {
     const work = opts.store.makeTempDir('machine-use');
     let session: BackendSession | undefined;
     try {
       const backend = await machineBackend(state.description.backend);
       session = await backend.resume(state.dir, state.description.state, work);
       for (const p of this.pending) {
-        const vm = stepMachine(session.machine, (line) => opts.stepLog?.(p.step.name, line), { expiresAt: null, files: [] });
+        const vm = stepMachine(session.machine, (line) => opts.stepLog?.(p.step.name, line), {
+          expiresAt: null,
+          files: [],
+        });
         await p.step.run(vm, p.args);
       }
       return await fn(session.machine);
@@ -303,7 +328,11 @@ export function machine(base: Stage | Machine): Machine {
   return Machine.of(base);
 }
 
-function stepMachine(m: RunningMachine, log: (s: string) => void, limits: { expiresAt: number | null; files: MachineDescription['files'] }): StepMachine {
+function stepMachine(
+  m: RunningMachine,
+  log: (s: string) => void,
+  limits: { expiresAt: number | null; files: MachineDescription['files'] },
+): StepMachine {
   return {
     backend: m.backend,
     exec: m.exec.bind(m),
@@ -311,7 +340,9 @@ function stepMachine(m: RunningMachine, log: (s: string) => void, limits: { expi
     upload: m.upload.bind(m),
     download: m.download.bind(m),
     // One log line per output line, so every line carries the step's prefix.
-    log: (message: string) => { for (const line of message.split('\n')) log(line); },
+    log: (message: string) => {
+      for (const line of message.split('\n')) log(line);
+    },
     expiration: {
       cap(d: string | number): void {
         const at = Date.now() + toMs(d);
@@ -348,9 +379,13 @@ export function writeDescription(out: string, d: MachineDescription): void {
  * away if anything failed.
  */
 export async function saveSession(
-  ctx: BuildContext<unknown>, session: BackendSession, finalDir: string,
-  inherited: { expiresAt: number | null }, stepInfo: MachineDescription['step'],
-  body: (vm: StepMachine) => Promise<void>, cap: number | null = null,
+  ctx: BuildContext<unknown>,
+  session: BackendSession,
+  finalDir: string,
+  inherited: { expiresAt: number | null },
+  stepInfo: MachineDescription['step'],
+  body: (vm: StepMachine) => Promise<void>,
+  cap: number | null = null,
 ): Promise<void> {
   const limits = { expiresAt: inherited.expiresAt, files: [] as MachineDescription['files'] };
   const vm = stepMachine(session.machine, ctx.log, limits);
@@ -363,7 +398,14 @@ export async function saveSession(
     await session.discard();
     throw e;
   }
-  writeDescription(ctx.out, { format: 1, backend: state.backend, state, expiresAt: limits.expiresAt, files: limits.files, step: stepInfo });
+  writeDescription(ctx.out, {
+    format: 1,
+    backend: state.backend,
+    state,
+    expiresAt: limits.expiresAt,
+    files: limits.files,
+    step: stepInfo,
+  });
 }
 
 function stepStage(parent: Stage, p: Pending): Stage<StepConfig> {
@@ -376,14 +418,21 @@ function stepStage(parent: Stage, p: Pending): Stage<StepConfig> {
     // The step's own code is in the config; this build is the same for every step.
     version: 'cairn-machine-step-1',
     async build(ctx) {
-      const parent = ctx.config.parent as unknown as Dep;
+      const parent = ctx.config.parent;
       const d = readDescription(parent.path);
       const session = await (await machineBackend(d.backend)).resume(parent.path, d.state, ctx.tmp);
       ctx.log(`resumed ${parent.rrefs[0]} (${d.backend})`);
-      await saveSession(ctx, session, finalOutDir(parent.path, ctx.dref), { expiresAt: d.expiresAt },
-        { name: p.step.name, args: p.args }, async (vm) => {
+      await saveSession(
+        ctx,
+        session,
+        finalOutDir(parent.path, ctx.dref),
+        { expiresAt: d.expiresAt },
+        { name: p.step.name, args: p.args },
+        async (vm) => {
           await p.step.run(vm, p.args);
-        }, cache);
+        },
+        cache,
+      );
     },
   });
 }

@@ -41,7 +41,8 @@ export function custom(fn: MatcherFn, opts: { name?: string; min?: number } = {}
 }
 
 const count = (n: number, what: string): number => {
-  if (!Number.isInteger(n) || n < 1) throw new CairnError('E_BAD_ARGUMENT', `${what}(n) needs a whole number n >= 1, not ${n}`);
+  if (!Number.isInteger(n) || n < 1)
+    throw new CairnError('E_BAD_ARGUMENT', `${what}(n) needs a whole number n >= 1, not ${n}`);
   return n;
 };
 
@@ -54,7 +55,12 @@ export function latest(n = 1): Matcher {
   return {
     name: n === 1 ? 'latest' : `latest(${n})`,
     min: n,
-    select: (c) => (c.length < n ? null : newestFirst(c).slice(0, n).map((x) => x.rref)),
+    select: (c) =>
+      c.length < n
+        ? null
+        : newestFirst(c)
+            .slice(0, n)
+            .map((x) => x.rref),
   };
 }
 
@@ -80,7 +86,11 @@ export function only(): Matcher {
     min: 1,
     select: (c) => {
       if (c.length > 1) {
-        throw new CairnError('E_MATCH_AMBIGUOUS', `matcher only() found ${c.length} realizations of ${c[0]!.dref}: ${c.map((x) => x.rref).join(', ')}`, { dref: c[0]!.dref, candidates: c.map((x) => x.rref) });
+        throw new CairnError(
+          'E_MATCH_AMBIGUOUS',
+          `matcher only() found ${c.length} realizations of ${c[0]!.dref}: ${c.map((x) => x.rref).join(', ')}`,
+          { dref: c[0]!.dref, candidates: c.map((x) => x.rref) },
+        );
       }
       return c.map((x) => x.rref);
     },
@@ -102,8 +112,7 @@ export function exact(refs: readonly RRef[]): Matcher {
 
 export type Score = number | Promise<number>;
 export type ScoreBy =
-  | { file: string; key?: string; lowest?: boolean }
-  | { fn: (c: Candidate) => Score; lowest?: boolean };
+  { file: string; key?: string; lowest?: boolean } | { fn: (c: Candidate) => Score; lowest?: boolean };
 
 /**
  * Reads a score from an output file: the whole file as a number, or, with
@@ -111,9 +120,14 @@ export type ScoreBy =
  */
 export async function readScore(c: Candidate, file: string, key?: string): Promise<number> {
   let text: string;
-  try { text = (await c.read(file)).toString('utf8'); } catch {
-    throw new CairnError('E_MATCH_INVALID', `best(): ${c.rref} has no score file ${file}; promise it in the stage's outputs`,
-      { rref: c.rref, file });
+  try {
+    text = (await c.read(file)).toString('utf8');
+  } catch {
+    throw new CairnError(
+      'E_MATCH_INVALID',
+      `best(): ${c.rref} has no score file ${file}; promise it in the stage's outputs`,
+      { rref: c.rref, file },
+    );
   }
   return parseScore(text, c.rref, file, key);
 }
@@ -150,14 +164,21 @@ export async function runMatcher(m: Matcher, candidates: readonly Candidate[]): 
   const result = await m.select(candidates);
   if (result === null || result === undefined) return null;
   if (!isList(result)) {
-    throw new CairnError('E_MATCH_INVALID', `matcher ${m.name} returned ${typeof result}; it must return a list of RRefs or null`);
+    throw new CairnError(
+      'E_MATCH_INVALID',
+      `matcher ${m.name} returned ${typeof result}; it must return a list of RRefs or null`,
+    );
   }
   if (result.length === 0) return null;
   const known = new Set(candidates.map((c) => c.rref));
   const seen = new Set<RRef>();
   for (const r of result) {
     if (!known.has(r) || seen.has(r)) {
-      throw new CairnError('E_MATCH_INVALID', `matcher ${m.name} chose ${String(r)}, which is ${seen.has(r) ? 'chosen twice' : 'not one of its candidates'}`, { rref: r });
+      throw new CairnError(
+        'E_MATCH_INVALID',
+        `matcher ${m.name} chose ${String(r)}, which is ${seen.has(r) ? 'chosen twice' : 'not one of its candidates'}`,
+        { rref: r },
+      );
     }
     seen.add(r);
   }

@@ -37,9 +37,18 @@ export function defaultCacheDir(): string {
   return path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'cairn', 'modules');
 }
 
-interface ImportSite { n?: string | undefined; t: number; s: number; e: number }
+interface ImportSite {
+  n?: string | undefined;
+  t: number;
+  s: number;
+  e: number;
+}
 /** `esm`: the code has import, export or import.meta (see isModuleCode). */
-interface Transformed { code: string; imports: ImportSite[]; esm: boolean }
+interface Transformed {
+  code: string;
+  imports: ImportSite[];
+  esm: boolean;
+}
 
 const require = createRequire(import.meta.url);
 const TS = /\.(ts|mts)$/;
@@ -52,7 +61,9 @@ function writeCache(file: string, text: string): void {
   try {
     fs.mkdirSync(path.dirname(file), { recursive: true });
     writeFileAtomic(file, text);
-  } catch { /* the cache is an optimisation: a read-only home still works, slower */ }
+  } catch {
+    /* the cache is an optimisation: a read-only home still works, slower */
+  }
 }
 
 /** Type-stripped code plus the positions of its imports and `import.meta`s, cached by content. */
@@ -63,7 +74,9 @@ async function transform(file: string, source: string, env: CompileEnv): Promise
   const cached = path.join(env.cacheDir, `t-${key}.json`);
   try {
     return JSON.parse(fs.readFileSync(cached, 'utf8')) as Transformed;
-  } catch { /* not cached yet */ }
+  } catch {
+    /* not cached yet */
+  }
   let code = source;
   if (ts) {
     const sucrase = require('sucrase') as typeof import('sucrase');
@@ -124,9 +137,14 @@ function resolveLocal(fromDir: string, spec: string): string | null {
   const tries = [base];
   if (base.endsWith('.js')) tries.push(base.slice(0, -3) + '.ts');
   else if (base.endsWith('.mjs')) tries.push(base.slice(0, -4) + '.mts');
-  else if (!path.extname(base)) tries.push(base + '.ts', base + '.js', path.join(base, 'index.ts'), path.join(base, 'index.js'));
+  else if (!path.extname(base))
+    tries.push(base + '.ts', base + '.js', path.join(base, 'index.ts'), path.join(base, 'index.js'));
   for (const t of tries) {
-    try { if (fs.statSync(t).isFile()) return t; } catch { /* next */ }
+    try {
+      if (fs.statSync(t).isFile()) return t;
+    } catch {
+      /* next */
+    }
   }
   return null;
 }
@@ -136,7 +154,11 @@ function resolveLocal(fromDir: string, spec: string): string | null {
  * Returns the URL to import, or null when a hook is needed (a bare package
  * import, an unresolvable local import, or an import cycle among local files).
  */
-export async function compileForImport(file: string, env: CompileEnv, visiting = new Set<string>()): Promise<string | null> {
+export async function compileForImport(
+  file: string,
+  env: CompileEnv,
+  visiting = new Set<string>(),
+): Promise<string | null> {
   if (visiting.has(file)) return null;
   visiting.add(file);
   try {

@@ -1,6 +1,13 @@
 import * as os from 'node:os';
 import { CairnError, isCairnError } from '../errors.js';
-import { candidateKey, candidateOf, type Added, type Candidate, type Context, type TempRoots } from '../store/interface.js';
+import {
+  candidateKey,
+  candidateOf,
+  type Added,
+  type Candidate,
+  type Context,
+  type TempRoots,
+} from '../store/interface.js';
 import { addOutLink } from '../store/roots.js';
 import type { DRef, RRef } from '../store/refs.js';
 import { contextHash, type LocalStore } from '../store/store.js';
@@ -12,6 +19,8 @@ import { isStage, type Stage } from './stage.js';
 import { buildAndAdd } from './build.js';
 import { inputPaths } from './build-context.js';
 import { guardRealize } from './build-processes.js';
+import { Substitution } from './substitution.js';
+import type { Substituter } from './substitute.js';
 
 export interface RealizeEvents {
   cached?(node: Derivation, rrefs: readonly RRef[]): void;
@@ -22,6 +31,10 @@ export interface RealizeEvents {
    * made (which a matcher such as `best` may not choose).
    */
   built?(node: Derivation, rrefs: readonly RRef[], ms: number, fresh: readonly RRef[]): void;
+  /** The matcher chose realizations a substituter had (`from`: their names); they are in the store now. */
+  substituted?(node: Derivation, rrefs: readonly RRef[], from: readonly string[]): void;
+  /** One line about trouble that did not fail the realize (a substituter that failed: one per substituter). */
+  warning?(line: string): void;
   /**
    * A log() line, or a line a program run through exec printed (`output`:
    * the output it works on, when known and n > 1).
@@ -47,10 +60,18 @@ export interface RealizeOptions {
    * temporary roots are dropped, so gc can never collect the target between.
    */
   outLink?: string;
+  /**
+   * Stores asked, when a stage's local candidates do not satisfy its
+   * matcher, before building it (see substitution.ts). None: no cost at all.
+   */
+  substituters?: readonly Substituter[];
+  /** How long a substituter's batch query may take (default 60 s). */
+  substituterTimeoutMs?: number;
   events?: RealizeEvents;
 }
 
-export type PlanAction = 'cached' | 'build' | 'force';
+/** `substituted`: fetched from a substituter (with a dry run: would be). */
+export type PlanAction = 'cached' | 'build' | 'force' | 'substituted';
 
 export interface PlanEntry {
   dref: DRef;
@@ -66,10 +87,11 @@ export interface RealizeResult {
   plan: PlanEntry[];
   /** How many build function runs happened (imports not counted). */
   builds: number;
+  /** Warning lines (also given to `events.warning`): substituters that failed and were left out. */
+  warnings: string[];
   /** The derivations importing file inputs: `build` when the content was copied into the store, else `cached`. */
   inputs: PlanEntry[];
 }
-
 
 /**
  * Realizes the targets: for each derivation in dependency order, the
@@ -81,12 +103,14 @@ export interface RealizeResult {
  */
 export async function realize(targets: Stage | readonly Stage[] | Graph, opts: RealizeOptions): Promise<RealizeResult> {
   await preloadFileInputs();
-  const graph: Graph = isStage(targets) || Array.isArray(targets) ? instantiate(targets as Stage | Stage[]) : (targets as Graph);
+  const graph: Graph =
+    isStage(targets) || Array.isArray(targets) ? instantiate(targets as Stage | Stage[]) : (targets as Graph);
   const { store } = opts;
   const events = opts.events ?? {};
   const limit = new Semaphore(Math.max(1, opts.jobs ?? os.availableParallelism()));
   const forced = (node: Derivation): boolean =>
-    opts.force === true || (Array.isArray(opts.force) && (opts.force.includes(node.name) || opts.force.includes(node.dref)));
+    opts.force === true ||
+    (Array.isArray(opts.force) && (opts.force.includes(node.name) || opts.force.includes(node.dref)));
 
   let ahead: { stop(): void } | undefined;
   let tempRoots: TempRoots | undefined;
@@ -106,6 +130,25 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
   const chosen = new Map<DRef, RRef[]>();
   const actions = new Map<DRef, PlanAction>();
   let builds = 0;
+  const warnings: string[] = [];
+  const warn = (line: string): void => {
+    warnings.push(line);
+    events.warning?.(line);
+  };
+  // File inputs are imported, never substituted: a local copy is cheaper than a download.
+  const subs = opts.substituters ?? [];
+  const substitutable = subs.length > 0 ? graph.order.filter((d) => !graph.nodes.get(d)!.imports) : [];
+  const substitution =
+    subs.length > 0 && substitutable.length > 0
+      ? new Substitution(subs, substitutable, { warn, queryTimeoutMs: opts.substituterTimeoutMs })
+      : undefined;
+  const trySubstitute = (node: Derivation): Substitution | undefined => (node.imports ? undefined : substitution);
+  const substituted = (node: Derivation, sel: RRef[], from: Iterable<{ name: string }>): RRef[] => {
+    actions.set(node.dref, 'substituted');
+    const names = [...from].map((s) => s.name);
+    events.substituted?.(node, sel, names);
+    return sel;
+  };
 
   // The first look at every derivation uses one query for the whole graph,
   // made after the temp roots above; anything built since by another process
@@ -124,7 +167,8 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
 
   const resolveNode = async (node: Derivation): Promise<RRef[]> => {
     const m = node.stage.matcher;
-    if (opts.dryRun && node.deps.some((d) => actions.get(d) !== 'cached')) {
+    const unknown = (d: DRef): boolean => actions.get(d) !== 'cached' && actions.get(d) !== 'substituted';
+    if (opts.dryRun && node.deps.some(unknown)) {
       actions.set(node.dref, forced(node) ? 'force' : 'build');
       return [];
     }
@@ -132,12 +176,16 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
     const ctx = contextHash(context);
     const isForced = forced(node);
     if (!isForced) {
-      const sel = await runMatcher(m, snapshotCandidates(node.dref, ctx));
+      const local = snapshotCandidates(node.dref, ctx);
+      const sel = await runMatcher(m, local);
       if (sel) {
         actions.set(node.dref, 'cached');
         events.cached?.(node, sel);
         return sel;
       }
+      // A dry run shows what the substituters would give, reading only their metadata and matcher files.
+      const choice = opts.dryRun ? await trySubstitute(node)?.choose(m, node.dref, ctx, local) : undefined;
+      if (choice) return substituted(node, choice.sel, choice.remote.keys());
     }
     actions.set(node.dref, isForced ? 'force' : 'build');
     if (opts.dryRun) return [];
@@ -146,72 +194,102 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
     // start as soon as the outputs are published (complete and readable), so
     // the durability round of one stage overlaps the build of the next.
     return new Promise<RRef[]>((resolve, reject) => {
-      const task = store.withLock(`build:${node.dref}:${ctx}`, `building ${node.name}`, async (held) => {
-        const have = await store.candidates(node.dref, ctx);
-        if (!isForced) {
-          // Another process may have built it while we waited for the lock.
-          const sel = await runMatcher(m, have);
-          if (sel) {
-            actions.set(node.dref, 'cached');
-            events.cached?.(node, sel);
-            resolve(sel);
-            return;
+      const task = store.withLock(
+        `build:${node.dref}:${ctx}`,
+        `building ${node.name}`,
+        async (held) => {
+          let have = await store.candidates(node.dref, ctx);
+          if (!isForced) {
+            // Another process may have built it while we waited for the lock.
+            const sel = await runMatcher(m, have);
+            if (sel) {
+              actions.set(node.dref, 'cached');
+              events.cached?.(node, sel);
+              resolve(sel);
+              return;
+            }
+            // Under the lock, so concurrent processes fetch a realization once.
+            const sub = trySubstitute(node);
+            const choice = await sub?.substitute(store, m, node.dref, ctx, have);
+            // A substituter that failed part-way may have left some realizations: the build counts them.
+            if (sub && !choice) have = await store.candidates(node.dref, ctx);
+            if (choice) {
+              if (choice.remote.size > 0) resolve(substituted(node, choice.sel, choice.remote.keys()));
+              else {
+                actions.set(node.dref, 'cached');
+                events.cached?.(node, choice.sel);
+                resolve(choice.sel);
+              }
+              return;
+            }
           }
-        }
-        // Forced or not, build as often as the matcher needs, and at least once.
-        const runs = Math.max(1, Math.ceil((m.min - (isForced ? 0 : have.length)) / node.stage.n));
-        events.start?.(node, isForced ? 'forced' : 'missing');
-        const t0 = Date.now();
-        const added: Added[] = [];
-        const durable: Promise<unknown>[] = [];
-        try {
-          for (let i = 0; i < runs; i++) {
-            const config = resolveConfig(node.stage.config, (st) => {
-              const dref = graph.drefOf.get(st as Stage)!;
-              return makeDep(store, dref, chosen.get(dref)!);
-            });
-            const files = inputPaths(node.files, (dref) => store.outPath(chosen.get(dref)![0]!));
-            // The last run's indexing releases the build lock (see AddOptions.release).
-            const release = i === runs - 1 ? held : undefined;
-            const run = await limit.run(() => buildAndAdd({
-              store, node, context, config, files, keepFailed: opts.keepFailed, release,
-              onLog: (line, i) => events.log?.(node, line, i), dirs,
-            }));
-            added.push(...run.added);
-            durable.push(run.durable);
-            if (!node.imports) builds++;
+          // Forced or not, build as often as the matcher needs, and at least once.
+          const runs = Math.max(1, Math.ceil((m.min - (isForced ? 0 : have.length)) / node.stage.n));
+          events.start?.(node, isForced ? 'forced' : 'missing');
+          const t0 = Date.now();
+          const added: Added[] = [];
+          const durable: Promise<unknown>[] = [];
+          try {
+            for (let i = 0; i < runs; i++) {
+              const config = resolveConfig(node.stage.config, (st) => {
+                const dref = graph.drefOf.get(st as Stage)!;
+                return makeDep(store, dref, chosen.get(dref)!);
+              });
+              const files = inputPaths(node.files, (dref) => store.outPath(chosen.get(dref)![0]!));
+              // The last run's indexing releases the build lock (see AddOptions.release).
+              const release = i === runs - 1 ? held : undefined;
+              const run = await limit.run(() =>
+                buildAndAdd({
+                  store,
+                  node,
+                  context,
+                  config,
+                  files,
+                  keepFailed: opts.keepFailed,
+                  release,
+                  onLog: (line, i) => events.log?.(node, line, i),
+                  dirs,
+                }),
+              );
+              added.push(...run.added);
+              durable.push(run.durable);
+              if (!node.imports) builds++;
+            }
+          } catch (e) {
+            await Promise.allSettled(durable);
+            throw e;
           }
-        } catch (e) {
-          await Promise.allSettled(durable);
-          throw e;
-        }
-        const recorded = Promise.all(durable);
-        // Identical outputs merge: a build may add one RRef several times.
-        const known = new Set(have.map((c) => c.rref));
-        const fresh: Candidate[] = [];
-        for (const a of added) {
-          if (known.has(a.meta.rref)) continue;
-          known.add(a.meta.rref);
-          fresh.push(candidateOf(store, a.meta));
-        }
-        const all = [...have, ...fresh].sort((a, b) => a.created - b.created || (a.rref < b.rref ? -1 : 1));
-        let sel: RRef[] | null;
-        try {
-          sel = await runMatcher(m, all);
-        } catch (e) {
+          const recorded = Promise.all(durable);
+          // Identical outputs merge: a build may add one RRef several times.
+          const known = new Set(have.map((c) => c.rref));
+          const fresh: Candidate[] = [];
+          for (const a of added) {
+            if (known.has(a.meta.rref)) continue;
+            known.add(a.meta.rref);
+            fresh.push(candidateOf(store, a.meta));
+          }
+          const all = [...have, ...fresh].sort((a, b) => a.created - b.created || (a.rref < b.rref ? -1 : 1));
+          let sel: RRef[] | null;
+          try {
+            sel = await runMatcher(m, all);
+          } catch (e) {
+            await recorded;
+            throw e;
+          }
+          if (!sel) {
+            await recorded;
+            throw new CairnError(
+              'E_MATCH_UNSATISFIED',
+              `matcher ${m.name} of stage ${node.name} (${node.dref}) chose nothing after ${runs} build(s); ${all.length} realization(s) exist. A matcher that needs k realizations wants a stage with n >= k or min = k`,
+              { dref: node.dref, matcher: m.name, realizations: all.length },
+            );
+          }
+          events.built?.(node, sel, Date.now() - t0, [...new Set(added.map((a) => a.meta.rref))]);
+          resolve(sel);
           await recorded;
-          throw e;
-        }
-        if (!sel) {
-          await recorded;
-          throw new CairnError('E_MATCH_UNSATISFIED',
-            `matcher ${m.name} of stage ${node.name} (${node.dref}) chose nothing after ${runs} build(s); ${all.length} realization(s) exist. A matcher that needs k realizations wants a stage with n >= k or min = k`,
-            { dref: node.dref, matcher: m.name, realizations: all.length });
-        }
-        events.built?.(node, sel, Date.now() - t0, [...new Set(added.map((a) => a.meta.rref))]);
-        resolve(sel);
-        await recorded;
-      }, { onWait: (holder) => events.wait?.(node, holder) });
+        },
+        { onWait: (holder) => events.wait?.(node, holder) },
+      );
       settling.push(task);
       // After resolve() this is a no-op; such late errors surface from `settling`.
       task.catch(reject);
@@ -225,7 +303,14 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
       try {
         chosen.set(node.dref, await resolveNode(node));
       } catch (e) {
-        const err = isCairnError(e) ? e : new CairnError('E_BUILD_FAILED', `stage ${node.name}: ${(e as Error)?.message ?? String(e)}`, { dref: node.dref }, { cause: e });
+        const err = isCairnError(e)
+          ? e
+          : new CairnError(
+              'E_BUILD_FAILED',
+              `stage ${node.name}: ${(e as Error)?.message ?? String(e)}`,
+              { dref: node.dref },
+              { cause: e },
+            );
         events.failed?.(node, err);
         throw err;
       }
@@ -233,7 +318,9 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
     // Every build must be durable and indexed before realize returns.
     for (const r of await Promise.allSettled(settling)) if (r.status === 'rejected') throw r.reason;
     if (opts.outLink && !opts.dryRun) {
-      graph.targets.flatMap((d) => chosen.get(d)!).forEach((rref, i) => addOutLink(store, i === 0 ? opts.outLink! : `${opts.outLink}-${i + 1}`, rref));
+      graph.targets
+        .flatMap((d) => chosen.get(d)!)
+        .forEach((rref, i) => addOutLink(store, i === 0 ? opts.outLink! : `${opts.outLink}-${i + 1}`, rref));
     }
   } finally {
     ahead?.stop();
@@ -249,12 +336,18 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
   const inputs: PlanEntry[] = [];
   for (const dref of graph.order) {
     const node = graph.nodes.get(dref)!;
-    (node.imports ? inputs : plan).push({ dref, name: node.name, action: actions.get(dref)!, rrefs: chosen.get(dref) ?? [] });
+    (node.imports ? inputs : plan).push({
+      dref,
+      name: node.name,
+      action: actions.get(dref)!,
+      rrefs: chosen.get(dref) ?? [],
+    });
   }
   return {
     targets: graph.targets.map((dref) => ({ dref, name: graph.nodes.get(dref)!.name, rrefs: chosen.get(dref) ?? [] })),
     plan,
     builds,
+    warnings,
     inputs,
   };
 }

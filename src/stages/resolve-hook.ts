@@ -16,12 +16,24 @@ export function initialize(data: CompileEnv): void {
   cairnRoot = new URL('..', env.cairnUrl).href;
 }
 
-interface Resolved { url: string; format?: string | null; shortCircuit?: boolean }
-interface Loaded { format: string; source?: string | Buffer; shortCircuit?: boolean }
+interface Resolved {
+  url: string;
+  format?: string | null;
+  shortCircuit?: boolean;
+}
+interface Loaded {
+  format: string;
+  source?: string | Buffer;
+  shortCircuit?: boolean;
+}
 type NextResolve = (specifier: string, context: unknown) => Promise<Resolved>;
 type NextLoad = (url: string, context: unknown) => Promise<Loaded>;
 
-export async function resolve(specifier: string, context: { parentURL?: string }, next: NextResolve): Promise<Resolved> {
+export async function resolve(
+  specifier: string,
+  context: { parentURL?: string },
+  next: NextResolve,
+): Promise<Resolved> {
   if (specifier === 'cairn') return { url: env.cairnUrl, shortCircuit: true, format: 'module' };
   return inNamespaceOf(context.parentURL, await resolveLocal(specifier, context, next));
 }
@@ -32,9 +44,15 @@ async function resolveLocal(specifier: string, context: { parentURL?: string }, 
   } catch (e) {
     const relative = specifier.startsWith('./') || specifier.startsWith('../');
     if (!relative || (e as NodeJS.ErrnoException).code !== 'ERR_MODULE_NOT_FOUND') throw e;
-    const candidates = specifier.endsWith('.js') ? [specifier.slice(0, -3) + '.ts'] : [specifier + '.ts', specifier + '/index.ts'];
+    const candidates = specifier.endsWith('.js')
+      ? [specifier.slice(0, -3) + '.ts']
+      : [specifier + '.ts', specifier + '/index.ts'];
     for (const c of candidates) {
-      try { return await next(c, context); } catch { /* try the next one */ }
+      try {
+        return await next(c, context);
+      } catch {
+        /* try the next one */
+      }
     }
     throw e;
   }
@@ -62,7 +80,7 @@ export async function load(url: string, context: { format?: string | null }, nex
   // A local .js file that Node takes for CommonJS (no "type": "module" in
   // its package.json) but that uses import or export is served as the ES
   // module it is, as direct loading does (see isModuleCode).
-  const esmInCjs = pathname.endsWith(".js") && context.format === 'commonjs' && await isModuleCode(file, env);
+  const esmInCjs = pathname.endsWith('.js') && context.format === 'commonjs' && (await isModuleCode(file, env));
   if (!esmInCjs && !/\.(ts|mts)$/.test(pathname)) return next(url, context);
   return { format: 'module', source: await compileForHook(file, env), shortCircuit: true };
 }

@@ -49,22 +49,25 @@ export function schedule(graph: Graph, visit: (node: Derivation) => Promise<void
     };
     const start = (dref: DRef): void => {
       inFlight++;
-      visit(graph.nodes.get(dref)!).then(() => {
-        inFlight--;
-        done++;
-        if (failure === undefined) {
-          for (const next of dependants.get(dref) ?? []) {
-            const left = waitingOn.get(next)! - 1;
-            waitingOn.set(next, left);
-            if (left === 0) start(next);
+      visit(graph.nodes.get(dref)!).then(
+        () => {
+          inFlight--;
+          done++;
+          if (failure === undefined) {
+            for (const next of dependants.get(dref) ?? []) {
+              const left = waitingOn.get(next)! - 1;
+              waitingOn.set(next, left);
+              if (left === 0) start(next);
+            }
           }
-        }
-        finish();
-      }, (e: unknown) => {
-        inFlight--;
-        failure ??= e;
-        finish();
-      });
+          finish();
+        },
+        (e: unknown) => {
+          inFlight--;
+          failure ??= e;
+          finish();
+        },
+      );
     };
     for (const dref of graph.order) if (waitingOn.get(dref) === 0) start(dref);
     finish();

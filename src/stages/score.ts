@@ -9,10 +9,15 @@ export function parseScore(text: string, rref: string, file: string, key?: strin
   let value: unknown;
   try {
     value = key === undefined ? Number(text.trim()) : (JSON.parse(text) as Record<string, unknown>)[key];
-  } catch { value = NaN; }
+  } catch {
+    value = NaN;
+  }
   if (typeof value !== 'number' || !Number.isFinite(value) || (key === undefined && text.trim() === '')) {
-    throw new CairnError('E_MATCH_INVALID', `best(): ${file}${key ? ` field ${key}` : ''} of ${rref} is not a finite number`,
-      { rref, file });
+    throw new CairnError(
+      'E_MATCH_INVALID',
+      `best(): ${file}${key ? ` field ${key}` : ''} of ${rref} is not a finite number`,
+      { rref, file },
+    );
   }
   return value;
 }

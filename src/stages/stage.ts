@@ -22,10 +22,13 @@ export interface Dep {
 
 /** A config as the build function sees it: every stage reference replaced by its Dep. */
 export type Resolved<T> =
-  T extends Stage<any> ? Dep :
-  T extends readonly (infer U)[] ? Resolved<U>[] :
-  T extends object ? { [K in keyof T]: Resolved<T[K]> } :
-  T;
+  T extends Stage<any>
+    ? Dep
+    : T extends readonly (infer U)[]
+      ? Resolved<U>[]
+      : T extends object
+        ? { [K in keyof T]: Resolved<T[K]> }
+        : T;
 
 export interface BuildLog {
   (message: string): void;
@@ -128,8 +131,18 @@ function checkOutputs(name: string, outputs: readonly string[]): string[] {
   const seen = new Set<string>();
   for (const o of outputs) {
     const parts = typeof o === 'string' ? o.split('/') : [];
-    if (parts.length === 0 || o.startsWith('/') || o.includes('\0') || parts.some((p) => p === '..' || p === '' || p === '.') || seen.has(o)) {
-      throw new CairnError('E_DUPLICATE_OUTPUT', `stage ${name}: promised output ${JSON.stringify(o)} must be a unique relative path inside the output, without '.', '..' or empty parts`, { stage: name, output: o });
+    if (
+      parts.length === 0 ||
+      o.startsWith('/') ||
+      o.includes('\0') ||
+      parts.some((p) => p === '..' || p === '' || p === '.') ||
+      seen.has(o)
+    ) {
+      throw new CairnError(
+        'E_DUPLICATE_OUTPUT',
+        `stage ${name}: promised output ${JSON.stringify(o)} must be a unique relative path inside the output, without '.', '..' or empty parts`,
+        { stage: name, output: o },
+      );
     }
     seen.add(o);
   }
@@ -175,7 +188,9 @@ export function callerDir(): string | undefined {
       if (url.startsWith('file:')) return path.dirname(fileURLToPath(url));
       if (path.isAbsolute(url)) return path.dirname(url);
     }
-  } catch { /* an unusual stack: fall back to the working directory */ } finally {
+  } catch {
+    /* an unusual stack: fall back to the working directory */
+  } finally {
     Error.prepareStackTrace = saved;
   }
   return undefined;
@@ -187,7 +202,11 @@ function baseDir(stage: string, dir: unknown): string | undefined {
   let p: string;
   if (dir instanceof URL || (typeof dir === 'string' && dir.startsWith('file:'))) {
     p = fileURLToPath(dir);
-    try { if (!fs.statSync(p).isDirectory()) p = path.dirname(p); } catch { p = path.dirname(p); }
+    try {
+      if (!fs.statSync(p).isDirectory()) p = path.dirname(p);
+    } catch {
+      p = path.dirname(p);
+    }
     return p;
   }
   if (typeof dir !== 'string' || dir === '' || dir.includes('\0')) {
@@ -204,23 +223,38 @@ function baseDir(stage: string, dir: unknown): string | undefined {
 const FILES_DECLARED = Symbol.for('cairn.fileInputsDeclared');
 const flags = globalThis as { [FILES_DECLARED]?: true };
 
-export function fileInputsDeclared(): boolean { return flags[FILES_DECLARED] === true; }
+export function fileInputsDeclared(): boolean {
+  return flags[FILES_DECLARED] === true;
+}
 
 /** Checks and resolves a stage's `files`, relative to `dir` or else to the declaring module's directory. */
-export function declareFiles(stage: string, files: unknown, dir: unknown, caller: () => string | undefined): readonly FileInput[] {
+export function declareFiles(
+  stage: string,
+  files: unknown,
+  dir: unknown,
+  caller: () => string | undefined,
+): readonly FileInput[] {
   if (files === undefined) return [];
-  if (!Array.isArray(files)) throw new CairnError('E_BAD_STAGE_SPEC', `stage ${stage}: files must be a list of paths`, { stage });
+  if (!Array.isArray(files))
+    throw new CairnError('E_BAD_STAGE_SPEC', `stage ${stage}: files must be a list of paths`, { stage });
   const base = baseDir(stage, dir) ?? (files.length > 0 ? caller() : undefined) ?? process.cwd();
   const seen = new Map<string, string>();
   const out: FileInput[] = [];
   for (const f of files) {
     if (typeof f !== 'string' || f === '' || f.includes('\0')) {
-      throw new CairnError('E_BAD_STAGE_SPEC', `stage ${stage}: file input ${JSON.stringify(f)} must be a non-empty path`, { stage, input: f });
+      throw new CairnError(
+        'E_BAD_STAGE_SPEC',
+        `stage ${stage}: file input ${JSON.stringify(f)} must be a non-empty path`,
+        { stage, input: f },
+      );
     }
     const key = path.posix.normalize(f).replace(/(.)\/+$/, '$1');
     if (seen.has(key)) {
-      throw new CairnError('E_BAD_STAGE_SPEC', `stage ${stage}: file inputs ${JSON.stringify(seen.get(key))} and ${JSON.stringify(f)} name the same path`,
-        { stage, input: f });
+      throw new CairnError(
+        'E_BAD_STAGE_SPEC',
+        `stage ${stage}: file inputs ${JSON.stringify(seen.get(key))} and ${JSON.stringify(f)} name the same path`,
+        { stage, input: f },
+      );
     }
     seen.set(key, f);
     out.push(Object.freeze({ key, declared: f, path: path.resolve(base, key) }));
@@ -233,13 +267,19 @@ export function declareFiles(stage: string, files: unknown, dir: unknown, caller
 export function stage<C>(spec: StageSpec<C>): Stage<C> {
   if (typeof spec !== 'object' || spec === null) throw new CairnError('E_NOT_A_STAGE', 'stage() needs a spec object');
   const name = checkName(spec.name);
-  if (typeof spec.build !== 'function') throw new CairnError('E_NOT_A_STAGE', `stage ${name}: build must be a function`, { stage: name });
+  if (typeof spec.build !== 'function')
+    throw new CairnError('E_NOT_A_STAGE', `stage ${name}: build must be a function`, { stage: name });
   const n = spec.n ?? 1;
-  if (!Number.isInteger(n) || n < 1 || n > 10_000) throw new CairnError('E_BAD_STAGE_SPEC', `stage ${name}: n must be a whole number from 1 to 10000, not ${n}`, { stage: name });
-  if (spec.version !== undefined && typeof spec.version !== 'string') throw new CairnError('E_BAD_STAGE_SPEC', `stage ${name}: version must be a string`, { stage: name });
+  if (!Number.isInteger(n) || n < 1 || n > 10_000)
+    throw new CairnError('E_BAD_STAGE_SPEC', `stage ${name}: n must be a whole number from 1 to 10000, not ${n}`, {
+      stage: name,
+    });
+  if (spec.version !== undefined && typeof spec.version !== 'string')
+    throw new CairnError('E_BAD_STAGE_SPEC', `stage ${name}: version must be a string`, { stage: name });
   const m = spec.matcher;
   const matcher = m === undefined ? latest() : isMatcher(m) ? m : typeof m === 'function' ? custom(m) : undefined;
-  if (!matcher) throw new CairnError('E_BAD_STAGE_SPEC', `stage ${name}: matcher must be a matcher or a function`, { stage: name });
+  if (!matcher)
+    throw new CairnError('E_BAD_STAGE_SPEC', `stage ${name}: matcher must be a matcher or a function`, { stage: name });
   return Object.freeze({
     [STAGE]: true as const,
     name,

@@ -54,7 +54,9 @@ export function writeFileAtomic(dest: string, data: string | Uint8Array, opts: W
 export function writeAtomic(dest: string, write: (fd: number) => void, opts: WriteOptions = {}): void {
   const flags = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
   let fd = -1;
-  const tmp = createFresh(dest, (name) => { fd = fs.openSync(name, flags, opts.mode ?? 0o666); });
+  const tmp = createFresh(dest, (name) => {
+    fd = fs.openSync(name, flags, opts.mode ?? 0o666);
+  });
   try {
     try {
       write(fd);

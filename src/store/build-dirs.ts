@@ -17,7 +17,10 @@ export class BuildDirs {
   private timer: NodeJS.Immediate | undefined;
   private closed = false;
 
-  constructor(private readonly tmp: string, private readonly owner: string) {}
+  constructor(
+    private readonly tmp: string,
+    private readonly owner: string,
+  ) {}
 
   /** A fresh build directory. */
   take(): string {
@@ -27,7 +30,12 @@ export class BuildDirs {
     this.timer ??= setImmediate(() => {
       this.timer = undefined;
       // A spare that cannot be made now is made (or reported) by the next take.
-      if (!this.closed) try { this.spare = this.make(); } catch { /* see above */ }
+      if (!this.closed)
+        try {
+          this.spare = this.make();
+        } catch {
+          /* see above */
+        }
     });
     return dir;
   }

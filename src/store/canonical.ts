@@ -56,27 +56,44 @@ export function canonicalJson(value: unknown, substitute?: Substitute, root = 'c
   // `raw`: inside a substitute's marker, written as it is (no substitution, no escaping).
   const walk = (v: unknown, path: string, depth: number, raw: boolean): void => {
     switch (typeof v) {
-      case 'string': parts.push(JSON.stringify(v)); return;
-      case 'boolean': parts.push(v ? 'true' : 'false'); return;
+      case 'string':
+        parts.push(JSON.stringify(v));
+        return;
+      case 'boolean':
+        parts.push(v ? 'true' : 'false');
+        return;
       case 'number':
         if (!Number.isFinite(v)) bad(path, String(v));
         parts.push(Object.is(v, -0) ? '0' : String(v));
         return;
-      case 'bigint': return bad(path, 'a BigInt');
-      case 'function': return bad(path, 'a function');
-      case 'symbol': return bad(path, 'a symbol');
-      case 'undefined': return bad(path, 'undefined');
-      case 'object': break; // below: null, arrays and objects
+      case 'bigint':
+        return bad(path, 'a BigInt');
+      case 'function':
+        return bad(path, 'a function');
+      case 'symbol':
+        return bad(path, 'a symbol');
+      case 'undefined':
+        return bad(path, 'undefined');
+      case 'object':
+        break; // below: null, arrays and objects
     }
-    if (v === null) { parts.push('null'); return; }
+    if (v === null) {
+      parts.push('null');
+      return;
+    }
     if (depth > MAX_DEPTH) {
-      throw new CairnError('E_CONFIG_TOO_DEEP', `${root} nests deeper than ${MAX_DEPTH} levels (objects and arrays)`,
-        { root, maxDepth: MAX_DEPTH });
+      throw new CairnError('E_CONFIG_TOO_DEEP', `${root} nests deeper than ${MAX_DEPTH} levels (objects and arrays)`, {
+        root,
+        maxDepth: MAX_DEPTH,
+      });
     }
     const obj = v;
     if (substitute && !raw) {
       const sub = substitute(obj, path);
-      if (sub !== undefined) { walk(sub, path, depth, true); return; }
+      if (sub !== undefined) {
+        walk(sub, path, depth, true);
+        return;
+      }
     }
     if (onPath.has(obj)) bad(path, 'a reference back to one of its own parents (a cycle)');
     onPath.add(obj);
@@ -100,7 +117,10 @@ export function canonicalJson(value: unknown, substitute?: Substitute, root = 'c
       // A `$`-key whose value is undefined is omitted like any other, so it must not wrap either.
       if (substitute && !raw) {
         for (const k of keys) {
-          if (k.charCodeAt(0) === 36 /* $ */ && (obj as Record<string, unknown>)[k] !== undefined) { wrap = true; break; }
+          if (k.charCodeAt(0) === 36 /* $ */ && (obj as Record<string, unknown>)[k] !== undefined) {
+            wrap = true;
+            break;
+          }
         }
       }
       if (wrap) parts.push(`{${JSON.stringify(LITERAL_KEY)}:`);
@@ -112,7 +132,12 @@ export function canonicalJson(value: unknown, substitute?: Substitute, root = 'c
         if (!first) parts.push(',');
         first = false;
         parts.push(JSON.stringify(key), ':');
-        walk(item, /^[A-Za-z_$][\w$]*$/.test(key) ? `${path}.${key}` : `${path}[${JSON.stringify(key)}]`, depth + 1, raw);
+        walk(
+          item,
+          /^[A-Za-z_$][\w$]*$/.test(key) ? `${path}.${key}` : `${path}[${JSON.stringify(key)}]`,
+          depth + 1,
+          raw,
+        );
       }
       parts.push(wrap ? '}}' : '}');
     }

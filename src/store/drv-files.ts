@@ -36,10 +36,14 @@ export class DrvFiles {
     private readonly index: StoreIndex,
   ) {}
 
-  dir(dref: DRef): string { return path.join(this.root, 'd', dref); }
+  dir(dref: DRef): string {
+    return path.join(this.root, 'd', dref);
+  }
 
   /** `d/`: its fsync makes placed derivation directories durable. */
-  get parent(): string { return path.join(this.root, 'd'); }
+  get parent(): string {
+    return path.join(this.root, 'd');
+  }
 
   /**
    * Makes sure the derivation is on disk; returns the paths to fsync before
@@ -67,7 +71,11 @@ export class DrvFiles {
       while (next < list.length) {
         const d = list[next++]!;
         if (have.has(d.dref) || this.placed.has(d.dref)) continue;
-        try { this.place(d.dref, d.name, d.drvJson); } catch { return; }
+        try {
+          this.place(d.dref, d.name, d.drvJson);
+        } catch {
+          return;
+        }
         timer = setImmediate(step);
         return;
       }

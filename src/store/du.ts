@@ -6,7 +6,10 @@ import { storeIndex } from './internals.js';
 import type { RRef } from './refs.js';
 import type { LocalStore } from './store.js';
 
-export interface Usage { bytes: number; count: number }
+export interface Usage {
+  bytes: number;
+  count: number;
+}
 
 export interface StoreUsage {
   /** One row per derivation with realizations, largest first. */

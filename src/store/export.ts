@@ -13,13 +13,18 @@ import { writeAtomic } from './atomic-file.js';
 import { extractTar } from './extract.js';
 import { removeTree } from './fsutil.js';
 import { receiveClosure, type ReceiveReport } from './receive.js';
-import type { RRef } from './refs.js';
+import { parseRRef, type RRef } from './refs.js';
 import type { LocalStore } from './store.js';
-import { manifestPaths, parseManifest, planTransfer } from './sync-plan.js';
-import { listClosure } from './sync.js';
+import { manifestPaths, parseManifest, planTransfer, type ClosureManifest } from './sync-plan.js';
+import { haveRefs, listClosure } from './sync.js';
 import { END, entryHeader, padding } from './tar-format.js';
 
-export interface ExportReport { file: string; realizations: number; derivations: number; roots: RRef[] }
+export interface ExportReport {
+  file: string;
+  realizations: number;
+  derivations: number;
+  roots: RRef[];
+}
 
 const { O_NOFOLLOW, O_RDONLY } = fs.constants;
 const CHUNK = 1 << 20;
@@ -108,20 +113,53 @@ export async function exportClosure(store: LocalStore, refs: readonly string[], 
   const { roots, nodes } = listClosure(store, refs);
   const manifest = planTransfer(roots, nodes, () => false);
   const dest = path.resolve(file);
+  writeClosureTar(store, manifest, dest, file);
+  return { file: dest, realizations: manifest.rrefs.length, derivations: manifest.drvs.length, roots };
+}
+
+function writeClosureTar(store: LocalStore, manifest: ClosureManifest, dest: string, shown: string): void {
   try {
-    writeAtomic(dest, (fd) => {
-      const w = new TarWriter(fd);
-      // Manifest first, so a reader learns what to expect before the data.
-      w.file(Buffer.from('manifest.json'), Buffer.from(JSON.stringify(manifest, null, 2) + '\n'));
-      const root = Buffer.from(store.root);
-      for (const p of manifestPaths(manifest)) w.tree(Buffer.concat([root, Buffer.from(`/${p}`)]), Buffer.from(p));
-      w.end();
-    }, { mode: 0o644, fsync: true });
+    writeAtomic(
+      dest,
+      (fd) => {
+        const w = new TarWriter(fd);
+        // Manifest first, so a reader learns what to expect before the data.
+        w.file(Buffer.from('manifest.json'), Buffer.from(JSON.stringify(manifest, null, 2) + '\n'));
+        const root = Buffer.from(store.root);
+        for (const p of manifestPaths(manifest)) w.tree(Buffer.concat([root, Buffer.from(`/${p}`)]), Buffer.from(p));
+        w.end();
+      },
+      { mode: 0o644, fsync: true },
+    );
   } catch (e) {
     if (e instanceof CairnError) throw e;
-    throw new CairnError('E_STORE_IO', `cannot write ${file}: ${(e as Error).message}`, { file }, { cause: e });
+    throw new CairnError('E_STORE_IO', `cannot write ${shown}: ${(e as Error).message}`, { file: shown }, { cause: e });
   }
-  return { file: dest, realizations: manifest.rrefs.length, derivations: manifest.drvs.length, roots };
+}
+
+/**
+ * Copies the closure of `rrefs` from one local store into another: what
+ * `into` lacks goes through a tar in its temporary area and `importClosure`,
+ * so `into` checks every hash and the closure as it would a stranger's
+ * archive, and takes all or nothing. A store used as a substituter is
+ * trusted no more than an archive.
+ */
+export async function copyClosure(from: LocalStore, into: LocalStore, rrefs: readonly RRef[]): Promise<ReceiveReport> {
+  const none: ReceiveReport = { received: [], present: [], drvs: [], refused: [] };
+  if (rrefs.length === 0) return none;
+  const { roots, nodes } = listClosure(from, rrefs);
+  const refs = [...nodes.map((n) => n.rref), ...new Set(nodes.map((n) => parseRRef(n.rref).dref))];
+  const have = new Set<string>(haveRefs(into, refs));
+  const manifest = planTransfer(roots, nodes, (ref) => have.has(ref));
+  if (manifest.rrefs.length === 0 && manifest.drvs.length === 0) return { ...none, present: [...manifest.roots] };
+  const dir = into.makeTempDir('copy');
+  try {
+    const file = path.join(dir, 'closure.tar');
+    writeClosureTar(from, manifest, file, file);
+    return await importClosure(into, file);
+  } finally {
+    removeTree(dir);
+  }
 }
 
 /**
@@ -144,7 +182,11 @@ export async function importClosure(store: LocalStore, file: string): Promise<Re
     try {
       json = JSON.parse(fs.readFileSync(path.join(staging, 'manifest.json'), 'utf8'));
     } catch {
-      throw new CairnError('E_BAD_CLOSURE', `${file} has no readable manifest.json; it was not written by cairn export`, { file });
+      throw new CairnError(
+        'E_BAD_CLOSURE',
+        `${file} has no readable manifest.json; it was not written by cairn export`,
+        { file },
+      );
     }
     return await receiveClosure(store, staging, parseManifest(json), { allOrNothing: true });
   } finally {

@@ -57,8 +57,9 @@ type Node = 'dir' | 'file' | 'symlink';
 
 const show = (p: string): string => JSON.stringify(Buffer.from(p, 'latin1').toString('utf8'));
 const unsafe = (entry: string, why: string): CairnError =>
-  new CairnError('E_UNSAFE_ARCHIVE', `archive entry ${show(entry)} ${why}`,
-    { entry: Buffer.from(entry, 'latin1').toString('utf8') });
+  new CairnError('E_UNSAFE_ARCHIVE', `archive entry ${show(entry)} ${why}`, {
+    entry: Buffer.from(entry, 'latin1').toString('utf8'),
+  });
 
 /** The name's components after the checks, or null when strip leaves nothing. */
 function components(entry: string, name: string, strip: number, what: string): string[] | null {
@@ -77,7 +78,10 @@ export class ExtractionPlanner {
   private bytes = 0;
   private files = 0;
 
-  constructor(private readonly strip = 0, limits: UnpackLimits = {}) {
+  constructor(
+    private readonly strip = 0,
+    limits: UnpackLimits = {},
+  ) {
     this.limits = { ...DEFAULT_LIMITS, ...limits };
   }
 
@@ -86,16 +90,22 @@ export class ExtractionPlanner {
     this.entries++;
     this.bytes += e.size;
     if (this.entries > this.limits.entries) {
-      throw new CairnError('E_ARCHIVE_TOO_LARGE', `the archive holds more than ${this.limits.entries} entries`,
-        { limit: 'entries', max: this.limits.entries });
+      throw new CairnError('E_ARCHIVE_TOO_LARGE', `the archive holds more than ${this.limits.entries} entries`, {
+        limit: 'entries',
+        max: this.limits.entries,
+      });
     }
     if (this.bytes > this.limits.bytes) {
-      throw new CairnError('E_ARCHIVE_TOO_LARGE', `the archive unpacks to more than ${this.limits.bytes} bytes`,
-        { limit: 'bytes', max: this.limits.bytes });
+      throw new CairnError('E_ARCHIVE_TOO_LARGE', `the archive unpacks to more than ${this.limits.bytes} bytes`, {
+        limit: 'bytes',
+        max: this.limits.bytes,
+      });
     }
     if (e.path.length > NAME_MAX_BYTES || e.linkpath.length > NAME_MAX_BYTES) {
-      throw new CairnError('E_BAD_ARCHIVE',
-        `archive entry ${show(e.path.slice(0, 100))}… has a name longer than ${NAME_MAX_BYTES} bytes`);
+      throw new CairnError(
+        'E_BAD_ARCHIVE',
+        `archive entry ${show(e.path.slice(0, 100))}… has a name longer than ${NAME_MAX_BYTES} bytes`,
+      );
     }
     // Only a pax record can carry a NUL; no file name can hold one, so it would fail mid-extraction.
     if (e.path.includes('\0') || e.linkpath.includes('\0')) {
@@ -148,7 +158,10 @@ export class ExtractionPlanner {
   /** After the last entry: judges every symlink in the final tree and returns the plan. */
   finish(): ExtractionPlan {
     for (const [p, target] of this.links) this.resolve(p, target);
-    const dirs = [...this.nodes].filter(([, n]) => n === 'dir').map(([p]) => p).sort();
+    const dirs = [...this.nodes]
+      .filter(([, n]) => n === 'dir')
+      .map(([p]) => p)
+      .sort();
     const symlinks = [...this.links].map(([path, target]) => ({ path, target }));
     return { dirs, steps: this.steps, symlinks, files: this.files, bytes: this.bytes };
   }

@@ -21,8 +21,14 @@ import { TarParser, type TarEntry, type TarSink } from './tar-format.js';
 export type TarCompression = 'tar' | 'tar.gz' | 'tar.xz' | 'tar.bz2' | 'tar.zst';
 
 const damaged = (file: string, format: string, e: unknown): CairnError =>
-  e instanceof CairnError ? e : new CairnError('E_BAD_ARCHIVE',
-    `${path.basename(file)} is not a readable ${format} archive: ${(e as Error).message}`, { file }, { cause: e });
+  e instanceof CairnError
+    ? e
+    : new CairnError(
+        'E_BAD_ARCHIVE',
+        `${path.basename(file)} is not a readable ${format} archive: ${(e as Error).message}`,
+        { file },
+        { cause: e },
+      );
 
 /** A readable stream of the uncompressed tar bytes of `file`; destroying it stops any helper process. */
 export function tarStream(file: string, format: TarCompression): Readable {
@@ -41,16 +47,28 @@ export function tarStream(file: string, format: TarCompression): Readable {
   const out = new PassThrough();
   child.stdout.pipe(out, { end: false });
   let stderr = '';
-  child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+  child.stderr.setEncoding('utf8').on('data', (d: string) => {
+    stderr += d;
+  });
   child.on('error', (e) =>
-    out.destroy(new CairnError('E_BAD_ARCHIVE', `cannot run ${tool} to read ${format}: ${e.message}`)));
+    out.destroy(new CairnError('E_BAD_ARCHIVE', `cannot run ${tool} to read ${format}: ${e.message}`)),
+  );
   child.on('close', (code) => {
     if (code === 0) out.end();
-    else out.destroy(new CairnError('E_BAD_ARCHIVE', `${path.basename(file)} is not a readable ${format} archive: `
-      + `${tool} says ${stderr.trim() || `exit ${code}`}`, { file }));
+    else
+      out.destroy(
+        new CairnError(
+          'E_BAD_ARCHIVE',
+          `${path.basename(file)} is not a readable ${format} archive: ` +
+            `${tool} says ${stderr.trim() || `exit ${code}`}`,
+          { file },
+        ),
+      );
   });
   // Stopping early (a refused entry, the limits) must not leave the tool decompressing a GiB nobody reads.
-  out.on('close', () => { if (child.exitCode === null && child.signalCode === null) child.kill(); });
+  out.on('close', () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill();
+  });
   // The reader sees errors while it reads; one after it stopped (the killed tool's EPIPE) is of no interest.
   out.on('error', () => {});
   return out;
@@ -71,8 +89,12 @@ async function readArchive(file: string, format: TarCompression, sink: TarSink):
 }
 
 /** First pass: the plan, or the reason nothing may be extracted. */
-export async function planArchive(file: string, format: TarCompression, strip = 0,
-  limits: UnpackLimits = {}): Promise<ExtractionPlan> {
+export async function planArchive(
+  file: string,
+  format: TarCompression,
+  strip = 0,
+  limits: UnpackLimits = {},
+): Promise<ExtractionPlan> {
   const planner = new ExtractionPlanner(strip, limits);
   await readArchive(file, format, { entry: (e) => planner.add(e), data: () => {}, entryEnd: () => {} });
   return planner.finish();
@@ -95,13 +117,19 @@ function io<T>(dest: string, f: () => T): T {
  * entries. E_UNSAFE_ARCHIVE, E_ARCHIVE_TOO_LARGE and E_BAD_ARCHIVE from the
  * first pass leave `dest` untouched.
  */
-export async function extractTar(file: string, format: TarCompression, dest: string,
-  opts: { strip?: number; limits?: UnpackLimits } = {}): Promise<number> {
+export async function extractTar(
+  file: string,
+  format: TarCompression,
+  dest: string,
+  opts: { strip?: number; limits?: UnpackLimits } = {},
+): Promise<number> {
   const plan = await planArchive(file, format, opts.strip ?? 0, opts.limits);
   const root = Buffer.from(dest.endsWith('/') ? dest : `${dest}/`);
   const at = (p: string): Buffer => Buffer.concat([root, Buffer.from(p, 'latin1')]);
   // Sorted, so parents come first; mkdir fails on any name that exists.
-  io(dest, () => { for (const d of plan.dirs) fs.mkdirSync(at(d), 0o755); });
+  io(dest, () => {
+    for (const d of plan.dirs) fs.mkdirSync(at(d), 0o755);
+  });
   let index = -1;
   let fd: number | null = null;
   const changed = (): CairnError =>
@@ -132,8 +160,12 @@ export async function extractTar(file: string, format: TarCompression, dest: str
       if (fd !== null) fs.closeSync(fd);
       fd = null;
     },
-  }).finally(() => { if (fd !== null) fs.closeSync(fd); });
+  }).finally(() => {
+    if (fd !== null) fs.closeSync(fd);
+  });
   if (index !== plan.steps.length - 1) throw changed();
-  io(dest, () => { for (const l of plan.symlinks) fs.symlinkSync(Buffer.from(l.target, 'latin1'), at(l.path)); });
+  io(dest, () => {
+    for (const l of plan.symlinks) fs.symlinkSync(Buffer.from(l.target, 'latin1'), at(l.path));
+  });
   return plan.steps.length;
 }

@@ -49,7 +49,11 @@ export function keepFailedLog(store: LocalStore, dref: DRef, logFile: string, no
     if (data === null) return undefined;
     const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
     const out = fs.openSync(file, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, FILE_MODE);
-    try { fs.writeFileSync(out, data); } finally { fs.closeSync(out); }
+    try {
+      fs.writeFileSync(out, data);
+    } finally {
+      fs.closeSync(out);
+    }
     for (const old of failedLogs(store, dref).slice(0, -FAILED_LOGS_KEPT)) fs.rmSync(old.file, { force: true });
     return file;
   } catch {
@@ -60,7 +64,11 @@ export function keepFailedLog(store: LocalStore, dref: DRef, logFile: string, no
 /** A derivation's kept failed logs, oldest first. */
 export function failedLogs(store: LocalStore, dref: DRef): FailedLog[] {
   let names: string[];
-  try { names = fs.readdirSync(dirOf(store, dref)); } catch { return []; }
+  try {
+    names = fs.readdirSync(dirOf(store, dref));
+  } catch {
+    return [];
+  }
   const logs: FailedLog[] = [];
   for (const n of names.sort()) {
     const time = parseStamp(n);
@@ -71,11 +79,18 @@ export function failedLogs(store: LocalStore, dref: DRef): FailedLog[] {
 
 /** Deletes (or, dry, lists) the failed logs older than `maxAgeMs`; empty derivation directories go too. */
 export function collectFailedLogs(
-  store: LocalStore, maxAgeMs: number, dryRun: boolean, now = Date.now(),
+  store: LocalStore,
+  maxAgeMs: number,
+  dryRun: boolean,
+  now = Date.now(),
 ): { files: string[]; bytes: number } {
   const root = path.join(store.root, 'failed-logs');
   let drefs: string[];
-  try { drefs = fs.readdirSync(root); } catch { return { files: [], bytes: 0 }; }
+  try {
+    drefs = fs.readdirSync(root);
+  } catch {
+    return { files: [], bytes: 0 };
+  }
   const files: string[] = [];
   let bytes = 0;
   for (const name of drefs.sort()) {
@@ -83,15 +98,22 @@ export function collectFailedLogs(
     const logs = failedLogs(store, name as DRef);
     const old = logs.filter((l) => l.time < now - maxAgeMs);
     for (const l of old) {
-      try { bytes += fs.lstatSync(l.file).size; } catch { continue; }
+      try {
+        bytes += fs.lstatSync(l.file).size;
+      } catch {
+        continue;
+      }
       files.push(l.file);
       if (!dryRun) fs.rmSync(l.file, { force: true });
     }
     if (!dryRun && old.length === logs.length) {
       // Only logs were there; anything else (not ours) stops the removal.
-      try { fs.rmdirSync(path.join(root, name)); } catch { /* not empty */ }
+      try {
+        fs.rmdirSync(path.join(root, name));
+      } catch {
+        /* not empty */
+      }
     }
   }
   return { files, bytes };
 }
-

@@ -84,12 +84,20 @@ export function withRegularFile<T>(p: FsPath, f: (fd: number, st: fs.Stats) => T
 /** chmod that never follows a symlink: a build can plant one where Cairn expects its own file. */
 export function chmodNoFollow(p: FsPath, mode: number): void {
   const fd = fs.openSync(p, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
-  try { fs.fchmodSync(fd, mode); } finally { fs.closeSync(fd); }
+  try {
+    fs.fchmodSync(fd, mode);
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 export function fsyncPath(p: FsPath): void {
   const fd = fs.openSync(p, O_RDONLY | O_NONBLOCK);
-  try { fs.fsyncSync(fd); } finally { fs.closeSync(fd); }
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 /**
@@ -142,7 +150,9 @@ export function removeTree(p: FsPath): void {
 function removeBelow(p: Buffer, parentDev: number | null): void {
   const gone = (e: unknown): boolean => (e as NodeJS.ErrnoException).code === 'ENOENT';
   let st: fs.Stats;
-  try { st = fs.lstatSync(p); } catch (e) {
+  try {
+    st = fs.lstatSync(p);
+  } catch (e) {
     if (gone(e)) return;
     throw e;
   }
@@ -229,5 +239,10 @@ export function ownerAlive(owner: string): boolean {
   const actual = processStartTime(pid);
   if (actual !== null) return actual === start;
   if (fs.existsSync('/proc/self/stat')) return false;
-  try { process.kill(pid, 0); return true; } catch (e) { return (e as NodeJS.ErrnoException).code === 'EPERM'; }
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }

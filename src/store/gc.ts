@@ -79,58 +79,73 @@ export async function collectGarbage(store: LocalStore, opts: GcOptions = {}): P
     const moved: string[] = [];
     const now = Date.now();
 
-    storeIndex(store).db.transaction(() => {
-      // Roots are read inside the transaction: a realize creates its
-      // out-links before it drops its temp roots (a write that waits for
-      // this transaction), so every result is covered by one or the other.
-      ({ roots, stale } = listRoots(store));
-      const all = storeIndex(store).all();
-      const busy = new Set(storeIndex(store).tempRoots().filter((t) => tempRootOwnerAlive(t.owner)).flatMap((t) => t.drefs));
-      const seeds: RRef[] = roots.flatMap((r) => r.rrefs);
-      const byDrv = new Map<DRef, typeof all>();
-      for (const row of all) {
-        if (busy.has(row.dref)) seeds.push(row.rref);
-        if (opts.olderThanMs !== undefined && row.created > now - opts.olderThanMs) seeds.push(row.rref);
-        if (opts.keep?.(row)) seeds.push(row.rref);
-        const list = byDrv.get(row.dref) ?? [];
-        list.push(row);
-        byDrv.set(row.dref, list);
-      }
-      if (opts.keepLast && opts.keepLast > 0) {
-        // Rows come oldest first, so the newest N are at the end.
-        for (const list of byDrv.values()) for (const row of list.slice(-opts.keepLast)) seeds.push(row.rref);
-      }
-      if (opts.keepBest) {
-        // Ranked per derivation and set of inputs (context), as its matcher ranks them.
-        const byCtx = new Map<string, typeof all>();
+    storeIndex(store)
+      .db.transaction(() => {
+        // Roots are read inside the transaction: a realize creates its
+        // out-links before it drops its temp roots (a write that waits for
+        // this transaction), so every result is covered by one or the other.
+        ({ roots, stale } = listRoots(store));
+        const all = storeIndex(store).all();
+        const busy = new Set(
+          storeIndex(store)
+            .tempRoots()
+            .filter((t) => tempRootOwnerAlive(t.owner))
+            .flatMap((t) => t.drefs),
+        );
+        const seeds: RRef[] = roots.flatMap((r) => r.rrefs);
+        const byDrv = new Map<DRef, typeof all>();
         for (const row of all) {
-          const key = `${row.dref} ${row.ctx}`;
-          const list = byCtx.get(key) ?? [];
+          if (busy.has(row.dref)) seeds.push(row.rref);
+          if (opts.olderThanMs !== undefined && row.created > now - opts.olderThanMs) seeds.push(row.rref);
+          if (opts.keep?.(row)) seeds.push(row.rref);
+          const list = byDrv.get(row.dref) ?? [];
           list.push(row);
-          byCtx.set(key, list);
+          byDrv.set(row.dref, list);
         }
-        for (const list of byCtx.values()) seeds.push(...bestOf(store, list, opts.keepBest));
-      }
-      const live = new Set(store.closureSync(seeds));
-      dead = all.filter((r) => !live.has(r.rref)).map((r) => ({ rref: r.rref, dref: r.dref }));
-      kept = all.length - dead.length;
-      const liveDrvs = new Set(all.filter((r) => live.has(r.rref)).map((r) => r.dref));
-      deadDrvs = storeIndex(store).allDrvs().filter((d) => !liveDrvs.has(d) && !busy.has(d));
-      for (const [i, d] of dead.entries()) {
-        const dir = store.rzDir(d.rref);
-        if (dryRun) { bytes += safeBytes(dir); continue; }
-        const to = path.join(trash, `r${i}`);
-        if (moveAside(dir, to)) moved.push(to);
-        storeIndex(store).removeRealization(d.rref);
-      }
-      for (const [i, d] of deadDrvs.entries()) {
-        const dir = store.drvDir(d);
-        if (dryRun) { bytes += safeBytes(path.join(dir, 'drv.json')); continue; }
-        const to = path.join(trash, `d${i}`);
-        if (moveAside(dir, to)) moved.push(to);
-        storeIndex(store).removeDrv(d);
-      }
-    }).immediate();
+        if (opts.keepLast && opts.keepLast > 0) {
+          // Rows come oldest first, so the newest N are at the end.
+          for (const list of byDrv.values()) for (const row of list.slice(-opts.keepLast)) seeds.push(row.rref);
+        }
+        if (opts.keepBest) {
+          // Ranked per derivation and set of inputs (context), as its matcher ranks them.
+          const byCtx = new Map<string, typeof all>();
+          for (const row of all) {
+            const key = `${row.dref} ${row.ctx}`;
+            const list = byCtx.get(key) ?? [];
+            list.push(row);
+            byCtx.set(key, list);
+          }
+          for (const list of byCtx.values()) seeds.push(...bestOf(store, list, opts.keepBest));
+        }
+        const live = new Set(store.closureSync(seeds));
+        dead = all.filter((r) => !live.has(r.rref)).map((r) => ({ rref: r.rref, dref: r.dref }));
+        kept = all.length - dead.length;
+        const liveDrvs = new Set(all.filter((r) => live.has(r.rref)).map((r) => r.dref));
+        deadDrvs = storeIndex(store)
+          .allDrvs()
+          .filter((d) => !liveDrvs.has(d) && !busy.has(d));
+        for (const [i, d] of dead.entries()) {
+          const dir = store.rzDir(d.rref);
+          if (dryRun) {
+            bytes += safeBytes(dir);
+            continue;
+          }
+          const to = path.join(trash, `r${i}`);
+          if (moveAside(dir, to)) moved.push(to);
+          storeIndex(store).removeRealization(d.rref);
+        }
+        for (const [i, d] of deadDrvs.entries()) {
+          const dir = store.drvDir(d);
+          if (dryRun) {
+            bytes += safeBytes(path.join(dir, 'drv.json'));
+            continue;
+          }
+          const to = path.join(trash, `d${i}`);
+          if (moveAside(dir, to)) moved.push(to);
+          storeIndex(store).removeDrv(d);
+        }
+      })
+      .immediate();
 
     for (const m of moved) bytes += safeBytes(m);
     removeTree(trash);
@@ -139,8 +154,13 @@ export async function collectGarbage(store: LocalStore, opts: GcOptions = {}): P
     bytes += logs.bytes;
     if (!dryRun) store.sweepTemp();
     return {
-      dryRun, realizations: dead.map((d) => d.rref), derivations: deadDrvs, bytes, kept,
-      roots: roots.length, staleOutLinks: stale.length,
+      dryRun,
+      realizations: dead.map((d) => d.rref),
+      derivations: deadDrvs,
+      bytes,
+      kept,
+      roots: roots.length,
+      staleOutLinks: stale.length,
       droppedOutLinks: stale.map((s) => ({ ...(s.link === undefined ? {} : { link: s.link }), reason: s.reason })),
       failedLogs: logs.files,
     };
@@ -149,7 +169,9 @@ export async function collectGarbage(store: LocalStore, opts: GcOptions = {}): P
 
 /** The RRefs best() would rank first among rows of one derivation and context (oldest first), ties to the older. */
 function bestOf(
-  store: LocalStore, rows: readonly { rref: RRef; dref: DRef; created: number }[], by: NonNullable<GcOptions['keepBest']>,
+  store: LocalStore,
+  rows: readonly { rref: RRef; dref: DRef; created: number }[],
+  by: NonNullable<GcOptions['keepBest']>,
 ): RRef[] {
   const sign = by.lowest ? -1 : 1;
   const scored: { rref: RRef; s: number; i: number }[] = [];
@@ -157,7 +179,9 @@ function bestOf(
     try {
       const text = readOutputFileSync(store.outPath(r.rref), by.file, r.rref).toString('utf8');
       scored.push({ rref: r.rref, i, s: sign * parseScore(text, r.rref, by.file, by.key) });
-    } catch { /* no readable score: not ranked */ }
+    } catch {
+      /* no readable score: not ranked */
+    }
   }
   scored.sort((p, q) => q.s - p.s || p.i - q.i);
   return scored.slice(0, by.n).map((e) => e.rref);
@@ -174,5 +198,9 @@ function moveAside(from: string, to: string): boolean {
 }
 
 function safeBytes(p: string): number {
-  try { return treeBytes(p); } catch { return 0; }
+  try {
+    return treeBytes(p);
+  } catch {
+    return 0;
+  }
 }

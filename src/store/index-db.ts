@@ -114,8 +114,12 @@ export class StoreIndex {
   private prepare() {
     const db = this.db;
     return {
-      candidates: db.prepare<[string, string], RzRow>('SELECT * FROM rz WHERE dref = ? AND ctx = ? ORDER BY created, rref'),
-      byDrefs: db.prepare<[string], RzRow>('SELECT rz.* FROM rz WHERE dref IN (SELECT value FROM json_each(?)) ORDER BY created, rref'),
+      candidates: db.prepare<[string, string], RzRow>(
+        'SELECT * FROM rz WHERE dref = ? AND ctx = ? ORDER BY created, rref',
+      ),
+      byDrefs: db.prepare<[string], RzRow>(
+        'SELECT rz.* FROM rz WHERE dref IN (SELECT value FROM json_each(?)) ORDER BY created, rref',
+      ),
       byDref: db.prepare<[string], RzRow>('SELECT * FROM rz WHERE dref = ? ORDER BY created, rref'),
       one: db.prepare<[string], RzRow>('SELECT * FROM rz WHERE rref = ?'),
       all: db.prepare<[], RzRow>('SELECT * FROM rz ORDER BY created, rref'),
@@ -125,12 +129,18 @@ export class StoreIndex {
       deleteDrv: db.prepare('DELETE FROM drv WHERE dref = ?'),
       allDrvs: db.prepare<[], { dref: string }>('SELECT dref FROM drv'),
       hasDrv: db.prepare<[string], { dref: string }>('SELECT dref FROM drv WHERE dref = ?'),
-      haveDrvs: db.prepare<[string], { dref: string }>('SELECT dref FROM drv WHERE dref IN (SELECT value FROM json_each(?))'),
-      insertRz: db.prepare('INSERT OR IGNORE INTO rz (rref, dref, ctx, created, tree, bytes, files) VALUES (?, ?, ?, ?, ?, ?, ?)'),
+      haveDrvs: db.prepare<[string], { dref: string }>(
+        'SELECT dref FROM drv WHERE dref IN (SELECT value FROM json_each(?))',
+      ),
+      insertRz: db.prepare(
+        'INSERT OR IGNORE INTO rz (rref, dref, ctx, created, tree, bytes, files) VALUES (?, ?, ?, ?, ?, ?, ?)',
+      ),
       insertDep: db.prepare('INSERT OR IGNORE INTO rz_dep (rref, dep) VALUES (?, ?)'),
       deleteRz: db.prepare('DELETE FROM rz WHERE rref = ?'),
       deleteDeps: db.prepare('DELETE FROM rz_dep WHERE rref = ?'),
-      lockGet: db.prepare<[string], { owner: string; since: number; what: string }>('SELECT owner, since, what FROM lock WHERE key = ?'),
+      lockGet: db.prepare<[string], { owner: string; since: number; what: string }>(
+        'SELECT owner, since, what FROM lock WHERE key = ?',
+      ),
       lockPut: db.prepare('INSERT OR REPLACE INTO lock (key, owner, since, what) VALUES (?, ?, ?, ?)'),
       lockDel: db.prepare('DELETE FROM lock WHERE key = ? AND owner = ?'),
       addTempRoots: db.prepare('INSERT OR REPLACE INTO inuse (owner, drefs) VALUES (?, ?)'),
@@ -139,8 +149,12 @@ export class StoreIndex {
     };
   }
 
-  candidates(dref: DRef, ctx: string): RzRow[] { return this.q.candidates.all(dref, ctx); }
-  realizationsOf(dref: DRef): RzRow[] { return this.q.byDref.all(dref); }
+  candidates(dref: DRef, ctx: string): RzRow[] {
+    return this.q.candidates.all(dref, ctx);
+  }
+  realizationsOf(dref: DRef): RzRow[] {
+    return this.q.byDref.all(dref);
+  }
 
   /** Every realization of these derivations, in one query, grouped by `dref` and `ctx`. */
   candidatesByContext(drefs: readonly DRef[]): Map<string, RzRow[]> {
@@ -153,42 +167,67 @@ export class StoreIndex {
     }
     return groups;
   }
-  get(rref: RRef): RzRow | undefined { return this.q.one.get(rref); }
-  all(): RzRow[] { return this.q.all.all(); }
-  depsOf(rref: RRef): RRef[] { return this.q.deps.all(rref).map((r) => r.dep as RRef); }
-  dependantsOf(rref: RRef): RRef[] { return this.q.dependants.all(rref).map((r) => r.rref as RRef); }
-  hasDrv(dref: DRef): boolean { return this.q.hasDrv.get(dref) !== undefined; }
+  get(rref: RRef): RzRow | undefined {
+    return this.q.one.get(rref);
+  }
+  all(): RzRow[] {
+    return this.q.all.all();
+  }
+  depsOf(rref: RRef): RRef[] {
+    return this.q.deps.all(rref).map((r) => r.dep as RRef);
+  }
+  dependantsOf(rref: RRef): RRef[] {
+    return this.q.dependants.all(rref).map((r) => r.rref as RRef);
+  }
+  hasDrv(dref: DRef): boolean {
+    return this.q.hasDrv.get(dref) !== undefined;
+  }
   addDrvs(drvs: readonly { dref: DRef; name: string }[]): void {
-    this.db.transaction(() => { for (const d of drvs) this.q.insertDrv.run(d.dref, d.name); }).immediate();
+    this.db
+      .transaction(() => {
+        for (const d of drvs) this.q.insertDrv.run(d.dref, d.name);
+      })
+      .immediate();
   }
 
   /** Which of these derivations the index has, in one query. */
   haveDrvs(drefs: readonly DRef[]): Set<DRef> {
     return new Set(this.q.haveDrvs.all(JSON.stringify(drefs)).map((r) => r.dref as DRef));
   }
-  removeDrv(dref: DRef): void { this.q.deleteDrv.run(dref); }
-  allDrvs(): DRef[] { return this.q.allDrvs.all().map((r) => r.dref as DRef); }
+  removeDrv(dref: DRef): void {
+    this.q.deleteDrv.run(dref);
+  }
+  allDrvs(): DRef[] {
+    return this.q.allDrvs.all().map((r) => r.dref as DRef);
+  }
 
   /**
    * Indexes realizations, and their derivations, in one transaction (one
    * WAL commit however many there are).
    */
-  addRealizations(rs: readonly (IndexedRealization & { name: string })[], unlock?: { key: string; owner: string }): void {
-    this.db.transaction(() => {
-      if (unlock) this.q.lockDel.run(unlock.key, unlock.owner);
-      for (const r of rs) {
-        this.q.insertDrv.run(r.dref, r.name);
-        this.q.insertRz.run(r.rref, r.dref, r.ctx, r.created, r.tree, r.bytes, r.files);
-        for (const dep of r.deps) this.q.insertDep.run(r.rref, dep);
-      }
-    }).immediate();
+  addRealizations(
+    rs: readonly (IndexedRealization & { name: string })[],
+    unlock?: { key: string; owner: string },
+  ): void {
+    this.db
+      .transaction(() => {
+        if (unlock) this.q.lockDel.run(unlock.key, unlock.owner);
+        for (const r of rs) {
+          this.q.insertDrv.run(r.dref, r.name);
+          this.q.insertRz.run(r.rref, r.dref, r.ctx, r.created, r.tree, r.bytes, r.files);
+          for (const dep of r.deps) this.q.insertDep.run(r.rref, dep);
+        }
+      })
+      .immediate();
   }
 
   removeRealization(rref: RRef): void {
-    this.db.transaction(() => {
-      this.q.deleteRz.run(rref);
-      this.q.deleteDeps.run(rref);
-    }).immediate();
+    this.db
+      .transaction(() => {
+        this.q.deleteRz.run(rref);
+        this.q.deleteDeps.run(rref);
+      })
+      .immediate();
   }
 
   /**
@@ -196,13 +235,20 @@ export class StoreIndex {
    * the take happen in one IMMEDIATE transaction, so two processes can never
    * both see the lock as free.
    */
-  tryLock(key: string, owner: string, what: string, isAlive: (owner: string) => boolean): { taken: boolean; holder?: string; stale?: string } {
-    return this.db.transaction(() => {
-      const row = this.q.lockGet.get(key);
-      if (row && row.owner !== owner && isAlive(row.owner)) return { taken: false, holder: row.owner };
-      this.q.lockPut.run(key, owner, Date.now(), what);
-      return { taken: true, stale: row && row.owner !== owner ? row.owner : undefined };
-    }).immediate();
+  tryLock(
+    key: string,
+    owner: string,
+    what: string,
+    isAlive: (owner: string) => boolean,
+  ): { taken: boolean; holder?: string; stale?: string } {
+    return this.db
+      .transaction(() => {
+        const row = this.q.lockGet.get(key);
+        if (row && row.owner !== owner && isAlive(row.owner)) return { taken: false, holder: row.owner };
+        this.q.lockPut.run(key, owner, Date.now(), what);
+        return { taken: true, stale: row && row.owner !== owner ? row.owner : undefined };
+      })
+      .immediate();
   }
 
   /**
@@ -215,25 +261,33 @@ export class StoreIndex {
     this.q.addTempRoots.run(owner, drefs.join('\n'));
   }
 
-  dropTempRoots(owner: string): void { this.q.dropTempRoots.run(owner); }
+  dropTempRoots(owner: string): void {
+    this.q.dropTempRoots.run(owner);
+  }
 
   tempRoots(): { owner: string; drefs: DRef[] }[] {
     return this.q.tempRoots.all().map((r) => ({ owner: r.owner, drefs: r.drefs.split('\n') as DRef[] }));
   }
 
-  unlock(key: string, owner: string): void { this.q.lockDel.run(key, owner); }
+  unlock(key: string, owner: string): void {
+    this.q.lockDel.run(key, owner);
+  }
 
   /** Replaces all realization rows in one transaction (used by index rebuilds). */
   replaceAll(drvs: { dref: DRef; name: string }[], rzs: IndexedRealization[]): void {
-    this.db.transaction(() => {
-      this.db.exec('DELETE FROM rz; DELETE FROM rz_dep; DELETE FROM drv;');
-      for (const d of drvs) this.q.insertDrv.run(d.dref, d.name);
-      for (const r of rzs) {
-        this.q.insertRz.run(r.rref, r.dref, r.ctx, r.created, r.tree, r.bytes, r.files);
-        for (const dep of r.deps) this.q.insertDep.run(r.rref, dep);
-      }
-    }).immediate();
+    this.db
+      .transaction(() => {
+        this.db.exec('DELETE FROM rz; DELETE FROM rz_dep; DELETE FROM drv;');
+        for (const d of drvs) this.q.insertDrv.run(d.dref, d.name);
+        for (const r of rzs) {
+          this.q.insertRz.run(r.rref, r.dref, r.ctx, r.created, r.tree, r.bytes, r.files);
+          for (const dep of r.deps) this.q.insertDep.run(r.rref, dep);
+        }
+      })
+      .immediate();
   }
 
-  close(): void { this.db.close(); }
+  close(): void {
+    this.db.close();
+  }
 }

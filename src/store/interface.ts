@@ -121,7 +121,13 @@ export interface Candidate extends RealizationInfo {
 export function candidateOf(store: Store, info: RealizationInfo): Candidate {
   const { rref, dref, ctx, created, tree, bytes, files } = info;
   return {
-    rref, dref, ctx, created, tree, bytes, files,
+    rref,
+    dref,
+    ctx,
+    created,
+    tree,
+    bytes,
+    files,
     read: (rel) => store.readFile(rref, rel),
     open: (rel) => store.openFile(rref, rel),
   };

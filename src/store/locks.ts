@@ -11,7 +11,12 @@ export type { HeldLock, LockOptions } from './interface.js';
  */
 export interface LockTable {
   readonly owner: string;
-  tryLock(key: string, owner: string, what: string, alive: (owner: string) => boolean): { taken: boolean; stale?: string; holder?: string };
+  tryLock(
+    key: string,
+    owner: string,
+    what: string,
+    alive: (owner: string) => boolean,
+  ): { taken: boolean; stale?: string; holder?: string };
   unlock(key: string, owner: string): void;
   /** Called after taking over a dead owner's lock: sweeps its temporary directories. */
   swept(): void;
@@ -27,11 +32,17 @@ const local = new Map<string, Promise<void>>();
  * owner's temporary directories are swept.
  */
 export async function withLock<T>(
-  table: LockTable, key: string, what: string, fn: (held: HeldLock) => Promise<T>, opts: LockOptions = {},
+  table: LockTable,
+  key: string,
+  what: string,
+  fn: (held: HeldLock) => Promise<T>,
+  opts: LockOptions = {},
 ): Promise<T> {
   const previous = local.get(key) ?? Promise.resolve();
   let release!: () => void;
-  const mine = new Promise<void>((r) => { release = r; });
+  const mine = new Promise<void>((r) => {
+    release = r;
+  });
   const chained = previous.then(() => mine);
   local.set(key, chained);
   await previous;
@@ -64,8 +75,11 @@ async function acquire(table: LockTable, key: string, what: string, opts: LockOp
       opts.onWait?.(r.holder!);
     }
     if (opts.timeoutMs !== undefined && Date.now() - start > opts.timeoutMs) {
-      throw new CairnError('E_LOCK_TIMEOUT', `gave up after ${opts.timeoutMs} ms waiting for ${what}, held by process ${r.holder}`,
-        { key, holder: r.holder });
+      throw new CairnError(
+        'E_LOCK_TIMEOUT',
+        `gave up after ${opts.timeoutMs} ms waiting for ${what}, held by process ${r.holder}`,
+        { key, holder: r.holder },
+      );
     }
     // Jittered backoff keeps many waiters from polling in lockstep.
     await sleep(delay * (0.5 + Math.random()));

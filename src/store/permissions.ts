@@ -75,12 +75,14 @@ export function checkStoreSafety(root: string): void {
   }
   if (problems.length === 0) return;
   const q = shellQuote(root);
-  throw new CairnError('E_STORE_UNSAFE',
+  throw new CairnError(
+    'E_STORE_UNSAFE',
     `store ${root} can be changed by another user, so its realizations cannot be trusted:\n` +
-    `  ${problems.join('\n  ')}\n` +
-    `If no one else has written to it, fix it with: chown -R $(id -u) ${q} && ` +
-    `chmod go-w ${q} ${q}/d ${q}/tmp ${q}/index.sqlite* && cairn --store ${q} store verify --repair`,
-    { root, problems });
+      `  ${problems.join('\n  ')}\n` +
+      `If no one else has written to it, fix it with: chown -R $(id -u) ${q} && ` +
+      `chmod go-w ${q} ${q}/d ${q}/tmp ${q}/index.sqlite* && cairn --store ${q} store verify --repair`,
+    { root, problems },
+  );
 }
 
 function shellQuote(s: string): string {

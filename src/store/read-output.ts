@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import type { Readable } from 'node:stream';
 import { CairnError } from '../errors.js';
+import { settle } from './settle.js';
 import { displayPath, joinPath, type FsPath } from './fsutil.js';
 
 const { O_RDONLY, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
@@ -19,7 +20,8 @@ function openInside(out: string, rel: FsPath, rref: string): number {
   const refuse = (why: string, reason: 'outside' | 'missing' | 'not-file' = 'missing'): never => {
     throw new CairnError('E_NO_SUCH_PATH', `${shown} ${why} in ${rref}`, { path: shown, rref, reason });
   };
-  if (relB.length === 0 || relB[0] === 0x2f || relB.includes(0)) refuse('is not a path relative to the output', 'outside');
+  if (relB.length === 0 || relB[0] === 0x2f || relB.includes(0))
+    refuse('is not a path relative to the output', 'outside');
   let real: Buffer;
   let base: Buffer;
   try {
@@ -29,7 +31,8 @@ function openInside(out: string, rel: FsPath, rref: string): number {
   } catch {
     return refuse('does not exist');
   }
-  const inside = real.length > base.length + 1 && real[base.length] === 0x2f && real.subarray(0, base.length).equals(base);
+  const inside =
+    real.length > base.length + 1 && real[base.length] === 0x2f && real.subarray(0, base.length).equals(base);
   if (!inside) refuse('leaves the output', 'outside');
   let fd: number;
   try {
@@ -54,18 +57,9 @@ export function readOutputFileSync(out: string, rel: FsPath, rref: string): Buff
 }
 
 export function readOutputFile(out: string, rel: FsPath, rref: string): Promise<Buffer> {
-  try {
-    return Promise.resolve(readOutputFileSync(out, rel, rref));
-  } catch (e) {
-    return Promise.reject(e as Error);
-  }
+  return settle(() => readOutputFileSync(out, rel, rref));
 }
 
 export function openOutputFile(out: string, rel: FsPath, rref: string): Promise<Readable> {
-  try {
-    const fd = openInside(out, rel, rref);
-    return Promise.resolve(fs.createReadStream('', { fd, autoClose: true }));
-  } catch (e) {
-    return Promise.reject(e as Error);
-  }
+  return settle(() => fs.createReadStream('', { fd: openInside(out, rel, rref), autoClose: true }));
 }

@@ -25,12 +25,23 @@ import { writeFileAtomic } from './atomic-file.js';
 import { fsyncAll, withRegularFile, type FsPath } from './fsutil.js';
 import { shortHash } from './hash.js';
 import { parseRef, parseRRef, type DRef, type RRef } from './refs.js';
-import { contextHash, realizationHash, type Context, type Published, type RealizationMeta, type LocalStore } from './store.js';
+import {
+  contextHash,
+  realizationHash,
+  type Context,
+  type Published,
+  type RealizationMeta,
+  type LocalStore,
+} from './store.js';
 import { drvFiles, storeIndex } from './internals.js';
 import { dependencyOrder, type ClosureManifest, type ClosureNode } from './sync-plan.js';
 import { walkTree } from './tree.js';
 
-export interface Refusal { ref: RRef | DRef; reason: string; kind: 'hash' | 'closure' }
+export interface Refusal {
+  ref: RRef | DRef;
+  reason: string;
+  kind: 'hash' | 'closure';
+}
 
 export interface ReceiveReport {
   /** Realizations that entered the store, in the order they did. */
@@ -51,17 +62,31 @@ export interface ReceiveOptions {
 const BATCH = 64;
 const ALLOWED = new Set(['out', 'meta.json', 'build.log']);
 
-interface Checked { rref: RRef; dir: string; meta: RealizationMeta; toSync: FsPath[] }
+interface Checked {
+  rref: RRef;
+  dir: string;
+  meta: RealizationMeta;
+  toSync: FsPath[];
+}
 
 /** A real directory (not a symlink to one), or null. */
 function isRealDir(p: string): boolean {
-  try { return fs.lstatSync(p).isDirectory(); } catch { return false; }
+  try {
+    return fs.lstatSync(p).isDirectory();
+  } catch {
+    return false;
+  }
 }
 
 /** The staged copy of a realization's directory, if every component of its path is a real directory. */
 function stagedDir(staging: string, rref: RRef): string | null {
   const p = parseRRef(rref);
-  const parts = [path.join(staging, 'd'), path.join(staging, 'd', p.dref), path.join(staging, 'd', p.dref, 'r'), path.join(staging, 'd', p.dref, 'r', p.rhash)];
+  const parts = [
+    path.join(staging, 'd'),
+    path.join(staging, 'd', p.dref),
+    path.join(staging, 'd', p.dref, 'r'),
+    path.join(staging, 'd', p.dref, 'r', p.rhash),
+  ];
   return parts.every(isRealDir) ? parts[3]! : null;
 }
 
@@ -71,7 +96,11 @@ function isContext(v: unknown): v is Context {
     if (!Array.isArray(rrefs)) return false;
     for (const r of rrefs) {
       if (typeof r !== 'string') return false;
-      try { if (parseRRef(r).dref !== dref) return false; } catch { return false; }
+      try {
+        if (parseRRef(r).dref !== dref) return false;
+      } catch {
+        return false;
+      }
     }
   }
   return true;
@@ -98,7 +127,8 @@ async function checkStaged(dir: string, rref: RRef): Promise<{ meta: Realization
   } catch {
     return 'meta.json is missing or not JSON';
   }
-  if (typeof meta !== 'object' || meta === null || meta.format !== 'cairn-realization-1') return 'meta.json is not realization metadata';
+  if (typeof meta !== 'object' || meta === null || meta.format !== 'cairn-realization-1')
+    return 'meta.json is not realization metadata';
   if (meta.rref !== rref || meta.dref !== p.dref || meta.name !== p.name) return 'meta.json names another realization';
   if (!isContext(meta.context)) return 'the context in meta.json is malformed';
   if (meta.ctx !== contextHash(meta.context)) return 'the context hash in meta.json does not match its context';
@@ -116,7 +146,8 @@ async function checkStaged(dir: string, rref: RRef): Promise<{ meta: Realization
   }
   if (tree.treeHash !== meta.tree) return `output hashes to ${tree.treeHash}, but meta.json says ${meta.tree}`;
   if (tree.bytes !== meta.bytes || tree.files !== meta.files) return 'output sizes differ from meta.json';
-  if (realizationHash(meta.dref, meta.context, meta.tree) !== p.rhash) return 'derivation, context and tree do not hash to the RRef';
+  if (realizationHash(meta.dref, meta.context, meta.tree) !== p.rhash)
+    return 'derivation, context and tree do not hash to the RRef';
   return { meta, toSync: tree.toSync };
 }
 
@@ -139,13 +170,18 @@ function sealLog(log: string): boolean {
 }
 
 function isSymlink(p: string): boolean {
-  try { return fs.lstatSync(p).isSymbolicLink(); } catch { return false; }
+  try {
+    return fs.lstatSync(p).isSymbolicLink();
+  } catch {
+    return false;
+  }
 }
 
 /** drv.json must hash to its DRef, as `cairn store verify` checks it. */
 function checkDrv(staging: string, dref: DRef): { text: string } | string {
   const file = path.join(staging, 'd', dref, 'drv.json');
-  if (!isRealDir(path.join(staging, 'd')) || !isRealDir(path.join(staging, 'd', dref))) return 'its directory is missing';
+  if (!isRealDir(path.join(staging, 'd')) || !isRealDir(path.join(staging, 'd', dref)))
+    return 'its directory is missing';
   let text: string;
   try {
     if (!fs.lstatSync(file).isFile()) return 'drv.json is not a regular file';
@@ -169,7 +205,12 @@ const drvPresent = (store: LocalStore, dref: DRef): boolean =>
  * E_SYNC_HASH_MISMATCH (content refused) or E_BAD_CLOSURE (a dependency
  * neither present nor sent) after taking in everything that was sound.
  */
-export async function receiveClosure(store: LocalStore, staging: string, manifest: ClosureManifest, opts: ReceiveOptions = {}): Promise<ReceiveReport> {
+export async function receiveClosure(
+  store: LocalStore,
+  staging: string,
+  manifest: ClosureManifest,
+  opts: ReceiveOptions = {},
+): Promise<ReceiveReport> {
   return store.withLock(`receive:${path.basename(staging)}`, `receiving into ${staging}`, async () => {
     const drefs = new Set<DRef>([...manifest.drefs, ...manifest.drvs, ...manifest.rrefs.map((r) => parseRRef(r).dref)]);
     const roots = await store.addTempRoots([...drefs], 'receive');
@@ -181,7 +222,12 @@ export async function receiveClosure(store: LocalStore, staging: string, manifes
   });
 }
 
-async function receiveLocked(store: LocalStore, staging: string, manifest: ClosureManifest, opts: ReceiveOptions): Promise<ReceiveReport> {
+async function receiveLocked(
+  store: LocalStore,
+  staging: string,
+  manifest: ClosureManifest,
+  opts: ReceiveOptions,
+): Promise<ReceiveReport> {
   const refused: Refusal[] = [];
   const refusedSet = new Set<string>();
   const refuse = (ref: RRef | DRef, reason: string, kind: Refusal['kind']): void => {
@@ -205,7 +251,10 @@ async function receiveLocked(store: LocalStore, staging: string, manifest: Closu
   const recovered = new Map<RRef, RealizationMeta>();
   const badContent = new Map<RRef, string>();
   for (const rref of new Set(manifest.rrefs)) {
-    if (store.has(rref)) { present.push(rref); continue; }
+    if (store.has(rref)) {
+      present.push(rref);
+      continue;
+    }
     const dir = stagedDir(staging, rref);
     if (dir === null) {
       // A receive killed between its rename and its index row left the
@@ -242,12 +291,24 @@ async function receiveLocked(store: LocalStore, staging: string, manifest: Closu
   for (const rref of order) {
     const dref = parseRRef(rref).dref;
     if (!drvTexts.has(dref) && !drvPresent(store, dref)) {
-      refuse(rref, refusedSet.has(dref) ? `its derivation ${dref} was refused` : `its derivation ${dref} was neither sent nor present`, 'closure');
+      refuse(
+        rref,
+        refusedSet.has(dref)
+          ? `its derivation ${dref} was refused`
+          : `its derivation ${dref} was neither sent nor present`,
+        'closure',
+      );
       continue;
     }
     const missing = deps.get(rref)!.find((d) => !accepted.has(d) && !store.has(d));
     if (missing !== undefined) {
-      refuse(rref, refusedSet.has(missing) ? `it was built from ${missing}, which was refused` : `it was built from ${missing}, which was neither sent nor present`, 'closure');
+      refuse(
+        rref,
+        refusedSet.has(missing)
+          ? `it was built from ${missing}, which was refused`
+          : `it was built from ${missing}, which was neither sent nor present`,
+        'closure',
+      );
       continue;
     }
     accepted.add(rref);
@@ -281,7 +342,11 @@ async function receiveLocked(store: LocalStore, staging: string, manifest: Closu
       const published: Published[] = [];
       for (const rref of batch) {
         const rec = recovered.get(rref);
-        published.push(rec ? { meta: rec, merged: true, parent: path.dirname(store.rzDir(rref)) } : await store.place(checked.get(rref)!.dir, metas.get(rref)!));
+        published.push(
+          rec
+            ? { meta: rec, merged: true, parent: path.dirname(store.rzDir(rref)) }
+            : await store.place(checked.get(rref)!.dir, metas.get(rref)!),
+        );
         received.push(rref);
       }
       await store.record(published);
@@ -295,17 +360,26 @@ async function receiveLocked(store: LocalStore, staging: string, manifest: Closu
   // the archive itself is there to inspect.
   if (!opts.allOrNothing) {
     for (const [rref, dir] of badContent) {
-      try { store.quarantine(dir, rref); } catch { /* the staging directory is deleted anyway */ }
+      try {
+        store.quarantine(dir, rref);
+      } catch {
+        /* the staging directory is deleted anyway */
+      }
     }
   }
   const report: ReceiveReport = { received, present, drvs, refused };
   if (refused.length > 0) {
     const hash = refused.filter((r) => r.kind === 'hash');
-    const shown = (hash.length > 0 ? hash : refused).slice(0, 3).map((r) => `${r.ref}: ${r.reason}`).join('; ');
+    const shown = (hash.length > 0 ? hash : refused)
+      .slice(0, 3)
+      .map((r) => `${r.ref}: ${r.reason}`)
+      .join('; ');
     const what = all ? 'nothing was taken in' : `${received.length} realization(s) taken in`;
-    throw new CairnError(hash.length > 0 ? 'E_SYNC_HASH_MISMATCH' : 'E_BAD_CLOSURE',
+    throw new CairnError(
+      hash.length > 0 ? 'E_SYNC_HASH_MISMATCH' : 'E_BAD_CLOSURE',
       `refused ${refused.length} item(s) (${what}): ${shown}${refused.length > 3 ? '; …' : ''}`,
-      { refused, received, report });
+      { refused, received, report },
+    );
   }
   return report;
 }
@@ -315,8 +389,14 @@ function writeMeta(store: LocalStore, c: Checked): RealizationMeta {
   const { meta } = c;
   fs.rmSync(path.join(c.dir, 'meta.json'));
   const written = store.writeMeta(c.dir, {
-    dref: meta.dref, name: meta.name, context: meta.context, tree: meta.tree,
-    bytes: meta.bytes, files: meta.files, created: meta.created, buildMs: meta.buildMs,
+    dref: meta.dref,
+    name: meta.name,
+    context: meta.context,
+    tree: meta.tree,
+    bytes: meta.bytes,
+    files: meta.files,
+    created: meta.created,
+    buildMs: meta.buildMs,
   });
   // Unreachable: the RRef was checked against the same fields.
   if (written.rref !== c.rref) throw new CairnError('E_STORE_IO', `wrote ${written.rref} while receiving ${c.rref}`);

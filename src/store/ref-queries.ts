@@ -17,8 +17,12 @@ export interface RealizationRecord {
   bytes: number;
 }
 
-const record = (r: RealizationRecord): RealizationRecord =>
-  ({ rref: r.rref, dref: r.dref, created: r.created, bytes: r.bytes });
+const record = (r: RealizationRecord): RealizationRecord => ({
+  rref: r.rref,
+  dref: r.dref,
+  created: r.created,
+  bytes: r.bytes,
+});
 
 /**
  * The realizations a DRef or RRef names, oldest first, as recorded in the

@@ -25,9 +25,11 @@ const RREF = new RegExp(`^(${HASH_PATTERN})-(${HASH_PATTERN}-.+)$`);
 export function checkName(name: unknown): string {
   if (typeof name !== 'string' || !NAME.test(name) || name.includes('..') || LOOKS_HASHED.test(name)) {
     const shown = typeof name === 'string' ? JSON.stringify(name) : String(name);
-    throw new CairnError('E_BAD_NAME',
+    throw new CairnError(
+      'E_BAD_NAME',
       `stage name ${shown} is not allowed: use 1-100 of A-Z a-z 0-9 . _ + -, starting with a letter, digit or _, with no '..'`,
-      { name });
+      { name },
+    );
   }
   return name;
 }
@@ -44,7 +46,8 @@ export function makeDRef(hash: string, name: string): DRef {
 /** A string that must be a DRef (E_BAD_REF otherwise). */
 export function asDRef(ref: string): DRef {
   const p = parseRef(ref);
-  if (p.kind !== 'drv') throw new CairnError('E_BAD_REF', `${ref} is an RRef; a DRef (<hash>-<name>) is needed here`, { ref });
+  if (p.kind !== 'drv')
+    throw new CairnError('E_BAD_REF', `${ref} is an RRef; a DRef (<hash>-<name>) is needed here`, { ref });
   return p.dref;
 }
 
@@ -54,8 +57,7 @@ export function asRRef(ref: string): RRef {
 }
 
 export type ParsedRef =
-  | { kind: 'drv'; dref: DRef; name: string }
-  | { kind: 'rz'; rref: RRef; dref: DRef; rhash: string; name: string };
+  { kind: 'drv'; dref: DRef; name: string } | { kind: 'rz'; rref: RRef; dref: DRef; rhash: string; name: string };
 
 /** Parses a DRef or RRef, refusing anything that could not name a store path. */
 export function parseRef(ref: string): ParsedRef {
@@ -66,12 +68,17 @@ export function parseRef(ref: string): ParsedRef {
   }
   const d = DREF.exec(ref);
   if (d && isName(d[2]!)) return { kind: 'drv', dref: ref as DRef, name: d[2]! };
-  throw new CairnError('E_BAD_REF', `${JSON.stringify(ref)} is not a DRef (<hash>-<name>) or an RRef (<hash>-<hash>-<name>)`, { ref });
+  throw new CairnError(
+    'E_BAD_REF',
+    `${JSON.stringify(ref)} is not a DRef (<hash>-<name>) or an RRef (<hash>-<hash>-<name>)`,
+    { ref },
+  );
 }
 
 export function parseRRef(ref: string): Extract<ParsedRef, { kind: 'rz' }> {
   const p = parseRef(ref);
-  if (p.kind !== 'rz') throw new CairnError('E_BAD_REF', `${ref} is a DRef; an RRef (<hash>-<hash>-<name>) is needed here`, { ref });
+  if (p.kind !== 'rz')
+    throw new CairnError('E_BAD_REF', `${ref} is a DRef; an RRef (<hash>-<hash>-<name>) is needed here`, { ref });
   return p;
 }
 

@@ -11,7 +11,11 @@ import type { LocalStore } from './store.js';
  * were built from unless `force`; a DRef's realizations removed before that
  * refusal stay removed. E_NO_SUCH_REF for a ref the store lacks.
  */
-export function removeRef(store: LocalStore, ref: string, opts: { force?: boolean } = {}): { rrefs: RRef[]; drv: boolean } {
+export function removeRef(
+  store: LocalStore,
+  ref: string,
+  opts: { force?: boolean } = {},
+): { rrefs: RRef[]; drv: boolean } {
   const p = parseRef(ref);
   const rrefs = store.resolve(ref);
   for (const r of rrefs) store.remove(r, opts);

@@ -42,17 +42,24 @@ function writeAtomically(store: LocalStore, file: string, text: string): void {
 }
 
 export function addNamedRoot(store: LocalStore, name: string, rrefs: RRef[]): void {
-  if (!isName(name)) throw new CairnError('E_BAD_NAME', `root name ${JSON.stringify(name)} is not allowed: use letters, digits, . _ + -`, { name });
+  if (!isName(name))
+    throw new CairnError(
+      'E_BAD_NAME',
+      `root name ${JSON.stringify(name)} is not allowed: use letters, digits, . _ + -`,
+      { name },
+    );
   for (const r of rrefs) parseRRef(r);
   makeDirs(namedDir(store));
   // Ordered against gc's transaction: either gc already deleted a
   // realization (and it is refused here), or gc will see the root.
-  storeIndex(store).db.transaction(() => {
-    for (const r of rrefs) {
-      if (!store.has(r)) throw new CairnError('E_NO_SUCH_REF', `realization ${r} is not in the store`, { ref: r });
-    }
-    writeAtomically(store, path.join(namedDir(store), name), rrefs.join('\n') + '\n');
-  }).immediate();
+  storeIndex(store)
+    .db.transaction(() => {
+      for (const r of rrefs) {
+        if (!store.has(r)) throw new CairnError('E_NO_SUCH_REF', `realization ${r} is not in the store`, { ref: r });
+      }
+      writeAtomically(store, path.join(namedDir(store), name), rrefs.join('\n') + '\n');
+    })
+    .immediate();
 }
 
 export function removeNamedRoot(store: LocalStore, name: string): void {
@@ -70,9 +77,17 @@ export function addOutLink(store: LocalStore, link: string, rref: RRef): string 
   const target = store.outPath(rref);
   // Replace an existing link atomically; refuse to clobber anything else.
   let existing: fs.Stats | undefined;
-  try { existing = fs.lstatSync(abs); } catch { /* free */ }
+  try {
+    existing = fs.lstatSync(abs);
+  } catch {
+    /* free */
+  }
   if (existing && !existing.isSymbolicLink()) {
-    throw new CairnError('E_OUT_LINK_NOT_SYMLINK', `out-link ${link} exists and is not a symlink; refusing to replace it`, { path: abs });
+    throw new CairnError(
+      'E_OUT_LINK_NOT_SYMLINK',
+      `out-link ${link} exists and is not a symlink; refusing to replace it`,
+      { path: abs },
+    );
   }
   symlinkAtomic(target, abs);
   makeDirs(autoDir(store));
@@ -86,7 +101,11 @@ export function addOutLink(store: LocalStore, link: string, rref: RRef): string 
 function rrefOfOutPath(store: LocalStore, p: string): RRef | null {
   const rel = path.relative(path.join(store.root, 'd'), p).split(path.sep);
   if (rel.length !== 4 || rel[1] !== 'r' || rel[3] !== 'out') return null;
-  try { return parseRRef(`${rel[2]}-${rel[0]}`).rref; } catch { return null; }
+  try {
+    return parseRRef(`${rel[2]}-${rel[0]}`).rref;
+  } catch {
+    return null;
+  }
 }
 
 /** An out-link entry whose link no longer makes it a root (gc deletes the entry). */
@@ -106,25 +125,42 @@ export function listRoots(store: LocalStore): { roots: RootEntry[]; stale: Stale
   const roots: RootEntry[] = [];
   const stale: StaleOutLink[] = [];
   let names: string[] = [];
-  try { names = fs.readdirSync(namedDir(store)); } catch { /* none yet */ }
+  try {
+    names = fs.readdirSync(namedDir(store));
+  } catch {
+    /* none yet */
+  }
   for (const name of names.sort()) {
     if (!isName(name)) continue;
-    const rrefs = fs.readFileSync(path.join(namedDir(store), name), 'utf8').split('\n').filter(Boolean) as RRef[];
+    const rrefs = fs
+      .readFileSync(path.join(namedDir(store), name), 'utf8')
+      .split('\n')
+      .filter(Boolean) as RRef[];
     roots.push({ kind: 'named', name, rrefs });
   }
   let autos: string[] = [];
-  try { autos = fs.readdirSync(autoDir(store)); } catch { /* none yet */ }
+  try {
+    autos = fs.readdirSync(autoDir(store));
+  } catch {
+    /* none yet */
+  }
   for (const key of autos.sort()) {
     const entry = path.join(autoDir(store), key);
     let link: string;
-    try { link = fs.readlinkSync(entry); } catch {
+    try {
+      link = fs.readlinkSync(entry);
+    } catch {
       stale.push({ entry, reason: 'the entry names no out-link' });
       continue;
     }
     let target: string;
-    try { target = fs.readlinkSync(link); } catch (e) {
+    try {
+      target = fs.readlinkSync(link);
+    } catch (e) {
       const gone = (e as NodeJS.ErrnoException).code === 'ENOENT';
-      const reason = gone ? 'the link is gone (deleted or moved; a moved link is not a root)' : 'it is no longer a symlink';
+      const reason = gone
+        ? 'the link is gone (deleted or moved; a moved link is not a root)'
+        : 'it is no longer a symlink';
       stale.push({ entry, link, reason });
       continue;
     }

@@ -5,21 +5,41 @@ import type { Readable } from 'node:stream';
 import { CairnError } from '../errors.js';
 import { canonicalJson } from './canonical.js';
 import {
-  chmodNoFollow, fsyncAll, fsyncPath, ownerAlive, ownerId, removeTree, tempName, displayPath, joinPath, withRegularFile,
+  chmodNoFollow,
+  fsyncAll,
+  fsyncPath,
+  ownerAlive,
+  ownerId,
+  removeTree,
+  tempName,
+  displayPath,
+  joinPath,
+  withRegularFile,
   type FsPath,
 } from './fsutil.js';
 import { DrvFiles } from './drv-files.js';
 import { shortHash } from './hash.js';
 import { StoreIndex, type IndexedRealization } from './index-db.js';
 import {
-  candidateOf, type AddOptions, type AddRequest, type Added, type Candidate, type Context, type HeldLock, type LockOptions,
-  type RealizationInfo, type RealizationMeta, type Store, type TempRoots,
+  candidateOf,
+  type AddOptions,
+  type AddRequest,
+  type Added,
+  type Candidate,
+  type Context,
+  type HeldLock,
+  type LockOptions,
+  type RealizationInfo,
+  type RealizationMeta,
+  type Store,
+  type TempRoots,
 } from './interface.js';
 import { BuildDirs } from './build-dirs.js';
 import { withLock } from './locks.js';
 import { PRIVATE_DIR_MODE, checkStoreSafety, makeDirs } from './permissions.js';
 import { makeRRef, parseRef, parseRRef, type DRef, type RRef } from './refs.js';
 import { readOutputFile, openOutputFile } from './read-output.js';
+import { settle } from './settle.js';
 import { walkTree, type TreeSummary } from './tree.js';
 
 /** Bumped whenever the on-disk layout changes incompatibly. */
@@ -96,7 +116,9 @@ export class LocalStore implements Store {
     this.drvs = new DrvFiles(root, this.owner, index);
   }
 
-  get location(): string { return this.root; }
+  get location(): string {
+    return this.root;
+  }
 
   static open(root: string = defaultStoreRoot()): LocalStore {
     const abs = path.resolve(root);
@@ -104,7 +126,12 @@ export class LocalStore implements Store {
       makeDirs(path.join(abs, 'tmp'));
       makeDirs(path.join(abs, 'd'));
     } catch (e) {
-      throw new CairnError('E_STORE_IO', `cannot create the store at ${abs}: ${(e as Error).message}`, { root: abs }, { cause: e });
+      throw new CairnError(
+        'E_STORE_IO',
+        `cannot create the store at ${abs}: ${(e as Error).message}`,
+        { root: abs },
+        { cause: e },
+      );
     }
     // Before anything is read from it: a store someone else can write to
     // could hold a forged realization that the next realize would use.
@@ -116,7 +143,11 @@ export class LocalStore implements Store {
   private static checkLayout(root: string): void {
     const marker = path.join(root, 'store.json');
     let text: string | undefined;
-    try { text = fs.readFileSync(marker, 'utf8'); } catch { /* new store */ }
+    try {
+      text = fs.readFileSync(marker, 'utf8');
+    } catch {
+      /* new store */
+    }
     if (text === undefined) {
       const tmp = path.join(root, 'tmp', tempName(ownerId(), 'store-json'));
       fs.writeFileSync(tmp, JSON.stringify({ [STORE_MARKER]: true, layout: LAYOUT_VERSION }) + '\n', { mode: 0o444 });
@@ -132,15 +163,23 @@ export class LocalStore implements Store {
       text = fs.readFileSync(marker, 'utf8');
     }
     let layout: unknown;
-    try { layout = (JSON.parse(text) as { layout?: unknown }).layout; } catch { layout = undefined; }
+    try {
+      layout = (JSON.parse(text) as { layout?: unknown }).layout;
+    } catch {
+      layout = undefined;
+    }
     if (layout !== LAYOUT_VERSION) {
-      throw new CairnError('E_STORE_VERSION',
+      throw new CairnError(
+        'E_STORE_VERSION',
         `store ${root} has layout version ${JSON.stringify(layout)}, but this Cairn reads version ${LAYOUT_VERSION}`,
-        { root, layout, expected: LAYOUT_VERSION });
+        { root, layout, expected: LAYOUT_VERSION },
+      );
     }
   }
 
-  close(): void { this.index.close(); }
+  close(): void {
+    this.index.close();
+  }
 
   // ---- The Store interface (interface.ts) ----
 
@@ -150,7 +189,11 @@ export class LocalStore implements Store {
 
   candidatesOfAll(drefs: readonly DRef[]): Promise<Map<string, Candidate[]>> {
     const out = new Map<string, Candidate[]>();
-    for (const [key, rows] of this.index.candidatesByContext(drefs)) out.set(key, rows.map((r) => this.candidate(r)));
+    for (const [key, rows] of this.index.candidatesByContext(drefs))
+      out.set(
+        key,
+        rows.map((r) => this.candidate(r)),
+      );
     return Promise.resolve(out);
   }
 
@@ -164,11 +207,7 @@ export class LocalStore implements Store {
   }
 
   meta(rref: RRef): Promise<RealizationMeta> {
-    try {
-      return Promise.resolve(this.readMeta(rref));
-    } catch (e) {
-      return Promise.reject(e as Error);
-    }
+    return settle(() => this.readMeta(rref));
   }
 
   closure(rrefs: Iterable<RRef>): Promise<RRef[]> {
@@ -185,15 +224,15 @@ export class LocalStore implements Store {
 
   // A missing realization rejects, never throws: callers of the interface handle rejections only.
   readFile(rref: RRef, rel: FsPath): Promise<Buffer> {
-    return rejectThrown(() => readOutputFile(this.existingOut(rref), rel, rref));
+    return settle(() => readOutputFile(this.existingOut(rref), rel, rref));
   }
 
   openFile(rref: RRef, rel: FsPath): Promise<Readable> {
-    return rejectThrown(() => openOutputFile(this.existingOut(rref), rel, rref));
+    return settle(() => openOutputFile(this.existingOut(rref), rel, rref));
   }
 
   readLog(rref: RRef): Promise<Buffer> {
-    return rejectThrown(() => {
+    return settle(() => {
       const log = path.join(this.existingRz(rref), 'build.log');
       try {
         return Promise.resolve(withRegularFile(log, (fd) => fs.readFileSync(fd)) ?? Buffer.alloc(0));
@@ -220,9 +259,22 @@ export class LocalStore implements Store {
       for (const o of request.outputs) summaries.push(await sealStaged(o.dir, dref));
       for (const [i, o] of request.outputs.entries()) {
         const sum = summaries[i]!;
-        published.push(await this.publish(o.dir, {
-          dref, name, context, tree: sum.treeHash, bytes: sum.bytes, files: sum.files, created: o.created, buildMs,
-        }, [...sum.toSync, ...(i === 0 ? drvSync : [])]));
+        published.push(
+          await this.publish(
+            o.dir,
+            {
+              dref,
+              name,
+              context,
+              tree: sum.treeHash,
+              bytes: sum.bytes,
+              files: sum.files,
+              created: o.created,
+              buildMs,
+            },
+            [...sum.toSync, ...(i === 0 ? drvSync : [])],
+          ),
+        );
       }
     } catch (e) {
       await this.record(published).catch(() => {});
@@ -249,12 +301,18 @@ export class LocalStore implements Store {
   }
 
   withLock<T>(key: string, what: string, fn: (held: HeldLock) => Promise<T>, opts: LockOptions = {}): Promise<T> {
-    return withLock({
-      owner: this.owner,
-      tryLock: (k, o, w, alive) => this.index.tryLock(k, o, w, alive),
-      unlock: (k, o) => this.index.unlock(k, o),
-      swept: () => this.sweepTemp(),
-    }, key, what, fn, opts);
+    return withLock(
+      {
+        owner: this.owner,
+        tryLock: (k, o, w, alive) => this.index.tryLock(k, o, w, alive),
+        unlock: (k, o) => this.index.unlock(k, o),
+        swept: () => this.sweepTemp(),
+      },
+      key,
+      what,
+      fn,
+      opts,
+    );
   }
 
   /**
@@ -266,7 +324,9 @@ export class LocalStore implements Store {
   private checkAdd(request: AddRequest): void {
     const { dref, name, context } = request;
     const p = parseRef(dref);
-    const bad = (why: string): never => { throw new CairnError('E_BAD_ADD', `cannot add ${dref}: ${why}`, { dref }); };
+    const bad = (why: string): never => {
+      throw new CairnError('E_BAD_ADD', `cannot add ${dref}: ${why}`, { dref });
+    };
     if (p.kind !== 'drv' || p.name !== name) bad(`it is not the DRef of a derivation named ${JSON.stringify(name)}`);
     if (shortHash(request.drv) !== p.dref.slice(0, p.dref.length - name.length - 1)) bad('its drv does not hash to it');
     for (const [dep, rrefs] of Object.entries(context)) {
@@ -327,12 +387,16 @@ export class LocalStore implements Store {
     return path.join(this.existingRz(rref), 'out');
   }
 
-  drvDir(dref: DRef): string { return this.drvs.dir(dref); }
+  drvDir(dref: DRef): string {
+    return this.drvs.dir(dref);
+  }
   rzDir(rref: RRef): string {
     const p = parseRRef(rref);
     return path.join(this.root, 'd', p.dref, 'r', p.rhash);
   }
-  outPath(rref: RRef): string { return path.join(this.rzDir(rref), 'out'); }
+  outPath(rref: RRef): string {
+    return path.join(this.rzDir(rref), 'out');
+  }
 
   /** A fresh directory on the store's filesystem, named after its owner so dead owners' leftovers can be swept. */
   makeTempDir(label: string): string {
@@ -392,7 +456,11 @@ export class LocalStore implements Store {
    * never overwrite each other because their RRefs differ. A damaged
    * existing copy is quarantined and replaced instead.
    */
-  async publish(staging: string, fields: Omit<RealizationMeta, 'format' | 'rref' | 'ctx'>, toSync: readonly FsPath[]): Promise<Published> {
+  async publish(
+    staging: string,
+    fields: Omit<RealizationMeta, 'format' | 'rref' | 'ctx'>,
+    toSync: readonly FsPath[],
+  ): Promise<Published> {
     const meta = this.writeMeta(staging, fields);
     await fsyncAll([...toSync, ...this.metaSyncPaths(staging)]);
     return this.place(staging, meta);
@@ -407,7 +475,9 @@ export class LocalStore implements Store {
   }
 
   /** What `publish` fsyncs besides the caller's list, for callers that fsync many stagings in one round. */
-  metaSyncPaths(staging: string): string[] { return [path.join(staging, 'meta.json'), staging]; }
+  metaSyncPaths(staging: string): string[] {
+    return [path.join(staging, 'meta.json'), staging];
+  }
 
   /**
    * The last step of `publish`: the rename into place, once the staging
@@ -467,7 +537,10 @@ export class LocalStore implements Store {
     if (published.some((p) => !this.index.hasDrv(p.meta.dref))) dirs.add(this.drvs.parent);
     await fsyncAll([...dirs]);
     if (published.length === 0) return;
-    this.index.addRealizations(published.map((p) => toIndexed(p.meta)), release);
+    this.index.addRealizations(
+      published.map((p) => toIndexed(p.meta)),
+      release,
+    );
     if (release) release.released = true;
   }
 
@@ -490,10 +563,16 @@ export class LocalStore implements Store {
     } catch {
       return modified('meta.json is missing or unreadable');
     }
-    if (typeof meta !== 'object' || meta === null || meta.format !== 'cairn-realization-1') return modified('meta.json is not realization metadata');
-    if (meta.rref !== rref || meta.dref !== p.dref || meta.name !== p.name) return modified('meta.json names another realization');
+    if (typeof meta !== 'object' || meta === null || meta.format !== 'cairn-realization-1')
+      return modified('meta.json is not realization metadata');
+    if (meta.rref !== rref || meta.dref !== p.dref || meta.name !== p.name)
+      return modified('meta.json names another realization');
     let ctxOk = false;
-    try { ctxOk = meta.ctx === contextHash(meta.context); } catch { /* a damaged context */ }
+    try {
+      ctxOk = meta.ctx === contextHash(meta.context);
+    } catch {
+      /* a damaged context */
+    }
     if (!ctxOk) return modified('the context hash in meta.json does not match its context');
     let tree;
     try {
@@ -503,12 +582,18 @@ export class LocalStore implements Store {
     }
     if (tree.treeHash !== meta.tree) return modified(`output hash is ${tree.treeHash}, expected ${meta.tree}`);
     if (tree.bytes !== meta.bytes || tree.files !== meta.files) return modified('output sizes differ from meta.json');
-    if (realizationHash(meta.dref, meta.context, meta.tree) !== p.rhash) return modified('context or tree in meta.json do not hash to the RRef');
+    if (realizationHash(meta.dref, meta.context, meta.tree) !== p.rhash)
+      return modified('context or tree in meta.json do not hash to the RRef');
     const writable = [...tree.writable.map((w) => path.join('out', w))];
     for (const f of ['.', 'meta.json', 'build.log']) {
-      try { if ((fs.statSync(path.join(dir, f)).mode & 0o222) !== 0) writable.push(f); } catch { /* a missing log is not a hash problem */ }
+      try {
+        if ((fs.statSync(path.join(dir, f)).mode & 0o222) !== 0) writable.push(f);
+      } catch {
+        /* a missing log is not a hash problem */
+      }
     }
-    if (writable.length > 0) return { kind: 'writable', detail: `write bits set on ${writable.slice(0, 3).join(', ')}` };
+    if (writable.length > 0)
+      return { kind: 'writable', detail: `write bits set on ${writable.slice(0, 3).join(', ')}` };
     return null;
   }
 
@@ -517,7 +602,11 @@ export class LocalStore implements Store {
     const dir = this.rzDir(rref);
     await walkTree(path.join(dir, 'out'), { seal: true });
     for (const f of ['meta.json', 'build.log']) {
-      try { fs.chmodSync(path.join(dir, f), 0o444); } catch { /* no log */ }
+      try {
+        fs.chmodSync(path.join(dir, f), 0o444);
+      } catch {
+        /* no log */
+      }
     }
     fs.chmodSync(dir, 0o555);
   }
@@ -591,7 +680,11 @@ export class LocalStore implements Store {
   remove(rref: RRef, opts: { force?: boolean } = {}): void {
     const users = this.index.dependantsOf(rref).filter((u) => this.has(u));
     if (users.length > 0 && !opts.force) {
-      throw new CairnError('E_REF_IN_USE', `${rref} is in the context of ${users.length} other realization(s), e.g. ${users[0]}; remove those first`, { rref, users });
+      throw new CairnError(
+        'E_REF_IN_USE',
+        `${rref} is in the context of ${users.length} other realization(s), e.g. ${users[0]}; remove those first`,
+        { rref, users },
+      );
     }
     const dir = this.rzDir(rref);
     // Rename first, so the realization disappears atomically, then delete.
@@ -629,17 +722,27 @@ export class LocalStore implements Store {
     for (const dref of fs.readdirSync(dRoot)) {
       // Junk next to the derivations is `store verify`'s to report, not a reason to give up.
       let p;
-      try { p = parseRef(dref); } catch { continue; }
+      try {
+        p = parseRef(dref);
+      } catch {
+        continue;
+      }
       if (p.kind !== 'drv') continue;
       if (fs.existsSync(path.join(dRoot, dref, 'drv.json'))) drvs.push({ dref: p.dref, name: p.name });
       let hashes: string[] = [];
-      try { hashes = fs.readdirSync(path.join(dRoot, dref, 'r')); } catch { /* no realizations */ }
+      try {
+        hashes = fs.readdirSync(path.join(dRoot, dref, 'r'));
+      } catch {
+        /* no realizations */
+      }
       for (const rhash of hashes) {
         try {
           if (!fs.lstatSync(path.join(dRoot, dref, 'r', rhash)).isDirectory()) continue;
           const meta = this.readMeta(makeRRef(rhash, p.dref));
           rzs.push(toIndexed(meta));
-        } catch { /* unreadable realizations are verify's business */ }
+        } catch {
+          /* unreadable realizations are verify's business */
+        }
       }
     }
     this.index.replaceAll(drvs, rzs);
@@ -648,17 +751,26 @@ export class LocalStore implements Store {
 }
 
 /** What a realization directory holds, and the type of each (never a symlink). */
-const RZ_ENTRIES = new Map([['out', 'dir'], ['meta.json', 'file'], ['build.log', 'file']]);
+const RZ_ENTRIES = new Map([
+  ['out', 'dir'],
+  ['meta.json', 'file'],
+  ['build.log', 'file'],
+]);
 
 /** The first entry of a realization directory that does not belong there, or null. */
 function unexpectedEntry(dir: string): string | null {
   let names: string[];
-  try { names = fs.readdirSync(dir); } catch (e) { return `directory cannot be read: ${(e as Error).message}`; }
+  try {
+    names = fs.readdirSync(dir);
+  } catch (e) {
+    return `directory cannot be read: ${(e as Error).message}`;
+  }
   for (const name of names) {
     const want = RZ_ENTRIES.get(name);
     if (want === undefined) return `unexpected entry ${JSON.stringify(name)} next to out/`;
     const st = fs.lstatSync(path.join(dir, name));
-    if (want === 'dir' ? !st.isDirectory() : !st.isFile()) return `${name} is not a ${want === 'dir' ? 'directory' : 'regular file'}`;
+    if (want === 'dir' ? !st.isDirectory() : !st.isFile())
+      return `${name} is not a ${want === 'dir' ? 'directory' : 'regular file'}`;
   }
   return null;
 }
@@ -671,15 +783,6 @@ function tryRename(from: string, to: string): NodeJS.ErrnoException | null {
     return null;
   } catch (e) {
     return e as NodeJS.ErrnoException;
-  }
-}
-
-/** `f()`, with a synchronous throw turned into a rejection. */
-function rejectThrown<T>(f: () => Promise<T>): Promise<T> {
-  try {
-    return f();
-  } catch (e) {
-    return Promise.reject(e as Error);
   }
 }
 
@@ -704,7 +807,8 @@ async function sealStaged(dir: string, dref: DRef): Promise<TreeSummary> {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ELOOP') {
       throw new CairnError('E_UNSAFE_OUTPUT', `a build of ${dref} replaced its build.log with a symlink`, {
-        dref, path: 'build.log',
+        dref,
+        path: 'build.log',
       });
     }
     if (code !== 'ENOENT') throw e;
@@ -714,9 +818,14 @@ async function sealStaged(dir: string, dref: DRef): Promise<TreeSummary> {
 
 function toIndexed(meta: RealizationMeta): IndexedRealization & { name: string } {
   return {
-    rref: meta.rref, dref: meta.dref, name: meta.name, ctx: meta.ctx, created: meta.created,
-    tree: meta.tree, bytes: meta.bytes, files: meta.files,
+    rref: meta.rref,
+    dref: meta.dref,
+    name: meta.name,
+    ctx: meta.ctx,
+    created: meta.created,
+    tree: meta.tree,
+    bytes: meta.bytes,
+    files: meta.files,
     deps: Object.values(meta.context).flat(),
   };
 }
-

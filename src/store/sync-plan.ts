@@ -10,7 +10,10 @@ import { shortHash } from './hash.js';
 import { parseRef, parseRRef, type DRef, type RRef } from './refs.js';
 
 /** One realization of a closure and the realizations in its context. */
-export interface ClosureNode { rref: RRef; deps: RRef[] }
+export interface ClosureNode {
+  rref: RRef;
+  deps: RRef[];
+}
 
 /**
  * What a sender sends and a receiver takes in: written to `manifest.json` in
@@ -73,7 +76,8 @@ export function dependencyOrder(nodes: readonly ClosureNode[]): RRef[] {
         if (!dep) continue;
         const s = state.get(dep.rref);
         if (s === 2) continue;
-        if (s === 1) throw new CairnError('E_BAD_CLOSURE', `the closure has a cycle through ${dep.rref}`, { ref: dep.rref });
+        if (s === 1)
+          throw new CairnError('E_BAD_CLOSURE', `the closure has a cycle through ${dep.rref}`, { ref: dep.rref });
         state.set(dep.rref, 1);
         stack.push({ node: dep, next: 0 });
       } else {
@@ -92,7 +96,11 @@ const drefOf = (rref: RRef): DRef => parseRRef(rref).dref;
  * What to send: the realizations and derivations of the closure that the
  * receiver does not have, realizations in dependency order.
  */
-export function planTransfer(roots: readonly RRef[], nodes: readonly ClosureNode[], has: (ref: RRef | DRef) => boolean): ClosureManifest {
+export function planTransfer(
+  roots: readonly RRef[],
+  nodes: readonly ClosureNode[],
+  has: (ref: RRef | DRef) => boolean,
+): ClosureManifest {
   const drefs = [...new Set(nodes.map((n) => drefOf(n.rref)))].sort();
   const missing = nodes.filter((n) => !has(n.rref));
   return {
@@ -108,7 +116,10 @@ export function planTransfer(roots: readonly RRef[], nodes: readonly ClosureNode
 export function manifestPaths(m: ClosureManifest): string[] {
   return [
     ...m.drvs.map((d) => `d/${d}/drv.json`),
-    ...m.rrefs.map((r) => { const p = parseRRef(r); return `d/${p.dref}/r/${p.rhash}`; }),
+    ...m.rrefs.map((r) => {
+      const p = parseRRef(r);
+      return `d/${p.dref}/r/${p.rhash}`;
+    }),
   ];
 }
 
@@ -123,14 +134,21 @@ export function parseManifest(json: unknown): ClosureManifest {
     if (!Array.isArray(v) || !v.every((x) => typeof x === 'string')) throw bad(`${key} is not a list of strings`);
     for (const x of v) {
       let ok = false;
-      try { ok = parseRef(x).kind === kind; } catch { /* below */ }
+      try {
+        ok = parseRef(x).kind === kind;
+      } catch {
+        /* below */
+      }
       if (!ok) throw bad(`${key} holds ${JSON.stringify(x)}, which is not ${kind === 'rz' ? 'an RRef' : 'a DRef'}`);
     }
     return v as T[];
   };
   return {
-    format: 'cairn-closure-1', roots: list<RRef>('roots', 'rz'), rrefs: list<RRef>('rrefs', 'rz'),
-    drvs: list<DRef>('drvs', 'drv'), drefs: list<DRef>('drefs', 'drv'),
+    format: 'cairn-closure-1',
+    roots: list<RRef>('roots', 'rz'),
+    rrefs: list<RRef>('rrefs', 'rz'),
+    drvs: list<DRef>('drvs', 'drv'),
+    drefs: list<DRef>('drefs', 'drv'),
   };
 }
 
@@ -162,14 +180,18 @@ const IPV6 = /^\[([0-9A-Fa-f:.]+)\]$/;
  * (a leading `-`) or that holds characters no host name has.
  */
 export function parseRemote(spec: string): RemoteSpec {
-  const bad = (why: string): CairnError => new CairnError('E_BAD_REMOTE', `${JSON.stringify(spec)} is not a remote of the form [user@]host:STORE: ${why}`, { spec });
+  const bad = (why: string): CairnError =>
+    new CairnError('E_BAD_REMOTE', `${JSON.stringify(spec)} is not a remote of the form [user@]host:STORE: ${why}`, {
+      spec,
+    });
   const ipv6 = /^(?:([^@]*)@)?(\[[^\]]*\]):(.*)$/s.exec(spec);
   const m = ipv6 ?? /^(?:([^@:]*)@)?([^@:]*):(.*)$/s.exec(spec);
   if (!m) throw bad('expected host:STORE');
   const [, user, host, store] = m as unknown as [string, string | undefined, string, string];
   if (user !== undefined && !USER.test(user)) throw bad(`bad user name ${JSON.stringify(user)}`);
   const v6 = IPV6.exec(host);
-  if (!v6 && !HOSTNAME.test(host)) throw bad(host === '' ? 'the host is empty' : `bad host name ${JSON.stringify(host)}`);
+  if (!v6 && !HOSTNAME.test(host))
+    throw bad(host === '' ? 'the host is empty' : `bad host name ${JSON.stringify(host)}`);
   if (store === '') throw bad('the store path is empty');
   if (/[\n\0]/.test(store)) throw bad('the store path holds a newline or NUL');
   const bare = v6 ? v6[1]! : host;
@@ -202,7 +224,8 @@ export function splitCommand(cmd: string): string[] {
         if (cmd[i] === '\\' && i + 1 < cmd.length && '"\\$`'.includes(cmd[i + 1]!)) i++;
         cur += cmd[i];
       }
-      if (i >= cmd.length) throw new CairnError('E_BAD_COMMAND', `unbalanced " in ${JSON.stringify(cmd)}`, { command: cmd });
+      if (i >= cmd.length)
+        throw new CairnError('E_BAD_COMMAND', `unbalanced " in ${JSON.stringify(cmd)}`, { command: cmd });
     } else if (c === '\\' && i + 1 < cmd.length) {
       cur = (cur ?? '') + cmd[++i];
     } else if (/\s/.test(c)) {

@@ -28,8 +28,17 @@ import { listRoots } from './roots.js';
 import type { LocalStore } from './store.js';
 import { storeIndex } from './internals.js';
 import {
-  closureOf, manifestPaths, parseManifest, parseRemote, planTransfer, shellQuote, splitCommand, syncKey,
-  type ClosureManifest, type ClosureNode, type RemoteSpec,
+  closureOf,
+  manifestPaths,
+  parseManifest,
+  parseRemote,
+  planTransfer,
+  shellQuote,
+  splitCommand,
+  syncKey,
+  type ClosureManifest,
+  type ClosureNode,
+  type RemoteSpec,
 } from './sync-plan.js';
 
 export interface SyncOptions {
@@ -70,7 +79,11 @@ export interface SyncReport {
 }
 
 /** A listing of a closure, as `cairn store closure --json` prints it. */
-export interface ClosureListing { root: string; roots: RRef[]; nodes: ClosureNode[] }
+export interface ClosureListing {
+  root: string;
+  roots: RRef[];
+  nodes: ClosureNode[];
+}
 
 /** Incoming directories untouched for this long belong to abandoned syncs and are deleted. */
 const STALE_INCOMING_MS = 7 * 24 * 3600 * 1000;
@@ -101,7 +114,8 @@ export const incomingRoot = (store: LocalStore): string => path.join(store.root,
 
 /** The staging directory of sync `key` (created if needed); abandoned ones are swept. */
 export function prepareIncoming(store: LocalStore, key: string): string {
-  if (!/^[0-9a-z]{32}$/.test(key)) throw new CairnError('E_BAD_SYNC_KEY', `${JSON.stringify(key)} is not a sync key`, { key });
+  if (!/^[0-9a-z]{32}$/.test(key))
+    throw new CairnError('E_BAD_SYNC_KEY', `${JSON.stringify(key)} is not a sync key`, { key });
   const root = incomingRoot(store);
   // Private: what rsync stages here is unchecked, with whatever modes the sender gave it.
   fs.mkdirSync(root, { recursive: true, mode: PRIVATE_DIR_MODE });
@@ -110,7 +124,9 @@ export function prepareIncoming(store: LocalStore, key: string): string {
     if (name === key) continue;
     try {
       if (now - fs.statSync(path.join(root, name)).mtimeMs > STALE_INCOMING_MS) removeTree(path.join(root, name));
-    } catch { /* another process removed it */ }
+    } catch {
+      /* another process removed it */
+    }
   }
   const dir = path.join(root, key);
   fs.mkdirSync(dir, { recursive: true, mode: PRIVATE_DIR_MODE });
@@ -123,10 +139,15 @@ export function prepareIncoming(store: LocalStore, key: string): string {
  * fetches clean bytes). It is kept for a re-run only when a dependency was
  * missing (another process's gc may have raced the sync).
  */
-export async function receiveIncoming(store: LocalStore, key: string, manifest: ClosureManifest): Promise<ReceiveReport> {
+export async function receiveIncoming(
+  store: LocalStore,
+  key: string,
+  manifest: ClosureManifest,
+): Promise<ReceiveReport> {
   const dir = path.join(incomingRoot(store), key);
   if (!/^[0-9a-z]{32}$/.test(key) || !fs.existsSync(dir)) {
-    if (manifest.rrefs.length === 0 && manifest.drvs.length === 0) return { received: [], present: [], drvs: [], refused: [] };
+    if (manifest.rrefs.length === 0 && manifest.drvs.length === 0)
+      return { received: [], present: [], drvs: [], refused: [] };
     throw new CairnError('E_SYNC_FAILED', `there is no staging directory for sync ${key} in ${store.root}`, { key });
   }
   try {
@@ -142,17 +163,32 @@ export async function receiveIncoming(store: LocalStore, key: string, manifest: 
 // ---------------------------------------------------------------------------
 // Processes.
 
-interface Ran { code: number | null; stdout: string; stderr: string }
+interface Ran {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
 
 function run(cmd: string, args: readonly string[], input?: string): Promise<Ran> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
-    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+    child.stdout.setEncoding('utf8').on('data', (d: string) => {
+      stdout += d;
+    });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => {
+      stderr += d;
+    });
     child.on('error', (e: NodeJS.ErrnoException) => {
-      reject(new CairnError('E_SYNC_FAILED', e.code === 'ENOENT' ? `${cmd} is not installed (or not on PATH)` : `cannot run ${cmd}: ${e.message}`, { cmd }, { cause: e }));
+      reject(
+        new CairnError(
+          'E_SYNC_FAILED',
+          e.code === 'ENOENT' ? `${cmd} is not installed (or not on PATH)` : `cannot run ${cmd}: ${e.message}`,
+          { cmd },
+          { cause: e },
+        ),
+      );
     });
     child.on('close', (code) => resolve({ code, stdout, stderr }));
     // The other side may exit before reading all of its input (an error).
@@ -167,7 +203,12 @@ const tail = (s: string): string => s.trim().split('\n').slice(-5).join('\n');
  * Runs `cairn ARGS` on the remote host through ssh. A Cairn error there
  * comes back as the same error code here.
  */
-async function remoteCairn(remote: RemoteSpec, opts: SyncOptions, args: readonly string[], input?: string): Promise<string> {
+async function remoteCairn(
+  remote: RemoteSpec,
+  opts: SyncOptions,
+  args: readonly string[],
+  input?: string,
+): Promise<string> {
   const ssh = splitCommand(opts.ssh ?? 'ssh');
   const command = [opts.remoteCairn ?? 'cairn', '--store', shellQuote(remote.store), ...args.map(shellQuote)].join(' ');
   const r = await run(ssh[0]!, [...ssh.slice(1), '--', remote.sshTarget, command], input);
@@ -176,13 +217,19 @@ async function remoteCairn(remote: RemoteSpec, opts: SyncOptions, args: readonly
   if (m && m[1]! in ErrorCodes) {
     throw new CairnError(m[1] as ErrorCode, `on ${remote.sshTarget}: ${m[2]!.trim()}`, { remote: remote.sshTarget });
   }
-  const why = r.code === 255 ? `ssh to ${remote.sshTarget} failed`
-    : r.code === 127 ? `the remote cairn command (${opts.remoteCairn ?? 'cairn'}) was not found on ${remote.sshTarget}`
-      : `the remote cairn on ${remote.sshTarget} failed (exit ${r.code})`;
+  const why =
+    r.code === 255
+      ? `ssh to ${remote.sshTarget} failed`
+      : r.code === 127
+        ? `the remote cairn command (${opts.remoteCairn ?? 'cairn'}) was not found on ${remote.sshTarget}`
+        : `the remote cairn on ${remote.sshTarget} failed (exit ${r.code})`;
   // notFound: the CLI points at its --remote-cairn flag; the library names no flags.
   const notFound = r.code === 127 ? { notFound: opts.remoteCairn ?? 'cairn' } : {};
-  throw new CairnError('E_SYNC_FAILED', `${why}: ${tail(r.stderr) || 'no output'}`,
-    { remote: remote.sshTarget, exit: r.code, ...notFound });
+  throw new CairnError('E_SYNC_FAILED', `${why}: ${tail(r.stderr) || 'no output'}`, {
+    remote: remote.sshTarget,
+    exit: r.code,
+    ...notFound,
+  });
 }
 
 function parseJson<T>(text: string, what: string): T {
@@ -210,12 +257,20 @@ function statsField(out: string, label: string): number {
  * it, and receive re-hashes everything in any case. --chmod=u+w keeps the
  * staging copy writable; receive seals it again while it hashes it.
  */
-async function rsyncPaths(opts: SyncOptions, manifest: ClosureManifest, src: string, dst: string): Promise<TransferStats> {
+async function rsyncPaths(
+  opts: SyncOptions,
+  manifest: ClosureManifest,
+  src: string,
+  dst: string,
+): Promise<TransferStats> {
   const args = ['-rlpt', '--chmod=u+w', '--inplace', '--stats', '--files-from=-', '-e', opts.ssh ?? 'ssh'];
   if (opts.bwlimit !== undefined) args.push(`--bwlimit=${opts.bwlimit}`);
   args.push(`${src}/`, `${dst}/`);
   const r = await run(opts.rsync ?? 'rsync', args, manifestPaths(manifest).join('\n') + '\n');
-  if (r.code !== 0) throw new CairnError('E_SYNC_FAILED', `rsync failed (exit ${r.code}): ${tail(r.stderr) || 'no output'}`, { exit: r.code });
+  if (r.code !== 0)
+    throw new CairnError('E_SYNC_FAILED', `rsync failed (exit ${r.code}): ${tail(r.stderr) || 'no output'}`, {
+      exit: r.code,
+    });
   return {
     files: statsField(r.stdout, 'Number of regular files transferred'),
     literalBytes: statsField(r.stdout, 'Literal data'),
@@ -230,25 +285,44 @@ const nothingToSend = (m: ClosureManifest): boolean => m.rrefs.length === 0 && m
 // push and pull.
 
 /** Sends the closure of `refs` (all roots when empty) to the remote store. */
-export async function push(store: LocalStore, remoteSpec: string, refs: readonly string[], opts: SyncOptions = {}): Promise<SyncReport> {
+export async function push(
+  store: LocalStore,
+  remoteSpec: string,
+  refs: readonly string[],
+  opts: SyncOptions = {},
+): Promise<SyncReport> {
   const remote = parseRemote(remoteSpec);
   const { roots, nodes } = listClosure(store, refs);
-  const key = syncKey({ op: 'push', from: `${os.hostname()}:${store.root}`, to: `${remote.sshTarget}:${remote.store}`, roots: [...roots].sort() });
+  const key = syncKey({
+    op: 'push',
+    from: `${os.hostname()}:${store.root}`,
+    to: `${remote.sshTarget}:${remote.store}`,
+    roots: [...roots].sort(),
+  });
   const asked = [...nodes.map((n) => n.rref), ...drefsOf(nodes)];
   const stageArgs = opts.dryRun ? [] : ['--stage', key];
   const answer = parseJson<{ have: string[]; staging: string | null }>(
-    await remoteCairn(remote, opts, ['store', 'have', ...stageArgs], asked.join('\n') + '\n'), 'cairn store have');
+    await remoteCairn(remote, opts, ['store', 'have', ...stageArgs], asked.join('\n') + '\n'),
+    'cairn store have',
+  );
   const have = new Set(answer.have);
   const plan = planTransfer(roots, nodes, (r) => have.has(r));
   const report: SyncReport = {
-    direction: 'push', dryRun: !!opts.dryRun, closure: nodes.length, present: nodes.filter((n) => have.has(n.rref)).length,
-    plan, transfer: null, received: null,
+    direction: 'push',
+    dryRun: !!opts.dryRun,
+    closure: nodes.length,
+    present: nodes.filter((n) => have.has(n.rref)).length,
+    plan,
+    transfer: null,
+    received: null,
   };
   if (opts.dryRun || nothingToSend(plan)) return report;
   if (!answer.staging) throw new CairnError('E_SYNC_FAILED', `the remote store did not prepare a staging directory`);
   report.transfer = await rsyncPaths(opts, plan, store.root, `${remote.rsyncTarget}:${answer.staging}`);
   report.received = parseJson<ReceiveReport>(
-    await remoteCairn(remote, opts, ['store', 'receive', '--json', key], JSON.stringify(plan)), 'cairn store receive');
+    await remoteCairn(remote, opts, ['store', 'receive', '--json', key], JSON.stringify(plan)),
+    'cairn store receive',
+  );
   return report;
 }
 
@@ -257,19 +331,38 @@ export async function push(store: LocalStore, remoteSpec: string, refs: readonly
  * the store. With dryRun, `store` may be null (a store that does not exist
  * yet, which a dry run must not create): everything counts as missing.
  */
-export async function pull(store: LocalStore | null, remoteSpec: string, refs: readonly string[], opts: SyncOptions = {}): Promise<SyncReport> {
-  if (store === null && !opts.dryRun) throw new CairnError('E_BAD_ARGUMENT', 'pull needs a store unless it is a dry run');
+export async function pull(
+  store: LocalStore | null,
+  remoteSpec: string,
+  refs: readonly string[],
+  opts: SyncOptions = {},
+): Promise<SyncReport> {
+  if (store === null && !opts.dryRun)
+    throw new CairnError('E_BAD_ARGUMENT', 'pull needs a store unless it is a dry run');
   const remote = parseRemote(remoteSpec);
-  const listing = parseJson<ClosureListing>(await remoteCairn(remote, opts, ['store', 'closure', '--json', ...refs]), 'cairn store closure');
+  const listing = parseJson<ClosureListing>(
+    await remoteCairn(remote, opts, ['store', 'closure', '--json', ...refs]),
+    'cairn store closure',
+  );
   const nodes = checkListing(listing);
   const has = (r: string): boolean => store !== null && haveRefs(store, [r]).length > 0;
   const plan = planTransfer(listing.roots, nodes, has);
   const report: SyncReport = {
-    direction: 'pull', dryRun: !!opts.dryRun, closure: nodes.length, present: nodes.filter((n) => has(n.rref)).length,
-    plan, transfer: null, received: null,
+    direction: 'pull',
+    dryRun: !!opts.dryRun,
+    closure: nodes.length,
+    present: nodes.filter((n) => has(n.rref)).length,
+    plan,
+    transfer: null,
+    received: null,
   };
   if (opts.dryRun || nothingToSend(plan) || store === null) return report;
-  const key = syncKey({ op: 'pull', from: `${remote.sshTarget}:${listing.root}`, to: store.root, roots: [...listing.roots].sort() });
+  const key = syncKey({
+    op: 'pull',
+    from: `${remote.sshTarget}:${listing.root}`,
+    to: store.root,
+    roots: [...listing.roots].sort(),
+  });
   const staging = prepareIncoming(store, key);
   report.transfer = await rsyncPaths(opts, plan, `${remote.rsyncTarget}:${listing.root}`, staging);
   report.received = await receiveIncoming(store, key, plan);
@@ -278,7 +371,13 @@ export async function pull(store: LocalStore | null, remoteSpec: string, refs: r
 
 /** The remote's listing is checked for shape before it is planned with (its content is checked on arrival). */
 function checkListing(l: ClosureListing): ClosureNode[] {
-  const ok = typeof l === 'object' && l !== null && typeof l.root === 'string' && l.root.startsWith('/') && Array.isArray(l.nodes) && Array.isArray(l.roots);
+  const ok =
+    typeof l === 'object' &&
+    l !== null &&
+    typeof l.root === 'string' &&
+    l.root.startsWith('/') &&
+    Array.isArray(l.nodes) &&
+    Array.isArray(l.roots);
   if (!ok) throw new CairnError('E_SYNC_FAILED', 'cairn store closure printed something that is not a closure listing');
   parseManifest({ format: 'cairn-closure-1', roots: l.roots, rrefs: l.nodes.map((n) => n?.rref), drvs: [], drefs: [] });
   for (const n of l.nodes) parseManifest({ format: 'cairn-closure-1', roots: [], rrefs: n.deps, drvs: [], drefs: [] });

@@ -56,7 +56,10 @@ export function readNumber(field: Buffer): number {
     }
     return n;
   }
-  const text = field.toString('latin1').replace(/[\0 ]+$/, '').replace(/^ +/, '');
+  const text = field
+    .toString('latin1')
+    .replace(/[\0 ]+$/, '')
+    .replace(/^ +/, '');
   if (text === '') return 0;
   if (!/^[0-7]+$/.test(text)) throw bad(`not an octal number: ${JSON.stringify(text)}`);
   const n = parseInt(text, 8);
@@ -83,8 +86,15 @@ function checksums(h: Buffer): [number, number] {
 }
 
 const TYPES: Record<string, EntryType> = {
-  '0': 'file', '\0': 'file', '7': 'file', '1': 'hardlink', '2': 'symlink',
-  '3': 'chardev', '4': 'blockdev', '5': 'dir', '6': 'fifo',
+  '0': 'file',
+  '\0': 'file',
+  '7': 'file',
+  '1': 'hardlink',
+  '2': 'symlink',
+  '3': 'chardev',
+  '4': 'blockdev',
+  '5': 'dir',
+  '6': 'fifo',
 };
 
 /** Parses one pax extended header body into its key/value records (values as latin1 bytes). */
@@ -179,9 +189,11 @@ export class TarParser {
   /** The input has ended: anything but a finished archive is damage. */
   end(): void {
     if (this.state.at !== 'end') {
-      throw bad(this.state.at === 'header' && this.partialLen === 0
-        ? 'the end-of-archive marker is missing (truncated?)'
-        : `it ends in the middle of an entry at byte ${this.offset} (truncated?)`);
+      throw bad(
+        this.state.at === 'header' && this.partialLen === 0
+          ? 'the end-of-archive marker is missing (truncated?)'
+          : `it ends in the middle of an entry at byte ${this.offset} (truncated?)`,
+      );
     }
   }
 
@@ -304,10 +316,14 @@ function ustarHeader(name: Buffer, flag: string, size: number, mode: number, lin
  * size exceeds the 8 GiB an octal field holds. Data and padding follow.
  */
 export function entryHeader(e: {
-  path: Buffer; type: 'file' | 'dir' | 'symlink'; size?: number; mode: number; linkpath?: Buffer;
+  path: Buffer;
+  type: 'file' | 'dir' | 'symlink';
+  size?: number;
+  mode: number;
+  linkpath?: Buffer;
 }): Buffer {
   const flag = { file: '0', dir: '5', symlink: '2' }[e.type];
-  const size = e.type === 'file' ? e.size ?? 0 : 0;
+  const size = e.type === 'file' ? (e.size ?? 0) : 0;
   const link = e.linkpath ?? Buffer.alloc(0);
   const slashed = e.type === 'dir' && e.path[e.path.length - 1] !== 0x2f;
   const name = slashed ? Buffer.concat([e.path, Buffer.from('/')]) : e.path;

@@ -149,8 +149,15 @@ export function linkStaysInside(root: FsPath, linkAbs: FsPath): boolean {
 }
 
 function kindOf(st: fs.Stats): string {
-  return st.isSocket() ? 'a socket' : st.isFIFO() ? 'a fifo' : st.isBlockDevice() ? 'a block device'
-    : st.isCharacterDevice() ? 'a character device' : 'of an unknown type';
+  return st.isSocket()
+    ? 'a socket'
+    : st.isFIFO()
+      ? 'a fifo'
+      : st.isBlockDevice()
+        ? 'a block device'
+        : st.isCharacterDevice()
+          ? 'a character device'
+          : 'of an unknown type';
 }
 
 /**
@@ -209,7 +216,8 @@ function judgeLinks(root: Buffer, top: Entry, links: readonly Entry[]): void {
       const mid = (lo + hi) >> 1;
       const c = Buffer.compare(names[mid]!, name);
       if (c === 0) return dir!.children![mid];
-      if (c < 0) lo = mid + 1; else hi = mid - 1;
+      if (c < 0) lo = mid + 1;
+      else hi = mid - 1;
     }
     return undefined;
   };
@@ -296,7 +304,9 @@ function pinnedDir(root: Buffer, dir: Entry): { fd: number; base: Buffer } {
   try {
     const st = fs.statSync(viaProc);
     if (st.dev === dir.dev && st.ino === dir.ino) base = viaProc;
-  } catch { /* no /proc: plain paths */ }
+  } catch {
+    /* no /proc: plain paths */
+  }
   return { fd, base };
 }
 
@@ -306,8 +316,16 @@ function pinnedDir(root: Buffer, dir: Entry): { fd: number; base: Buffer } {
  * O_NOFOLLOW so a planted link is never written through), then renamed over
  * the original name. The other names of the old inode keep it unchanged.
  */
-async function breakHardLink(root: Buffer, h: Hash, parent: Entry, name: Buffer, e: Entry, src: number,
-  size: number, mode: number): Promise<void> {
+async function breakHardLink(
+  root: Buffer,
+  h: Hash,
+  parent: Entry,
+  name: Buffer,
+  e: Entry,
+  src: number,
+  size: number,
+  mode: number,
+): Promise<void> {
   const { fd: dfd, base } = pinnedDir(root, parent);
   try {
     const tmp = joinPath(base, Buffer.from(`.cairn-unlink-${randomBytes(12).toString('hex')}`));
@@ -380,7 +398,11 @@ export async function walkTree(root: FsPath, opts: TreeWalkOptions): Promise<Tre
         // Already sealed (a reseal, a received copy): nothing to write.
         if ((e.mode & 0o7777) !== 0o555) {
           const { fd } = openSame(rootB, e, OPEN_DIR);
-          try { fs.fchmodSync(fd, 0o555); } finally { fs.closeSync(fd); }
+          try {
+            fs.fchmodSync(fd, 0o555);
+          } finally {
+            fs.closeSync(fd);
+          }
         }
         toSync.push(e.abs);
       }

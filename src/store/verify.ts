@@ -23,7 +23,11 @@ export type ProblemKind =
   | 'permissive';
 
 /** `ref` is the RRef or DRef, or for 'unknown' and 'permissive' the path relative to the store root. */
-export interface Problem { ref: RRef | DRef | string; kind: ProblemKind; detail: string }
+export interface Problem {
+  ref: RRef | DRef | string;
+  kind: ProblemKind;
+  detail: string;
+}
 
 export interface VerifyReport {
   checked: number;
@@ -34,7 +38,11 @@ export interface VerifyReport {
 }
 
 /** A path problem, with the path as bytes for --repair (names under d/ need not be UTF-8). */
-interface PathProblem { problem: Problem; abs: Buffer; fixable: boolean }
+interface PathProblem {
+  problem: Problem;
+  abs: Buffer;
+  fixable: boolean;
+}
 
 interface Scan {
   realizations: RRef[];
@@ -81,7 +89,11 @@ function scanStore(store: LocalStore): Scan {
     scan.permissive.push({ problem, abs, fixable: !ownedElsewhere });
   };
   const lstat = (abs: Buffer): fs.Stats | null => {
-    try { return fs.lstatSync(abs); } catch { return null; }
+    try {
+      return fs.lstatSync(abs);
+    } catch {
+      return null;
+    }
   };
 
   checkMode(root, fs.statSync(root));
@@ -104,11 +116,24 @@ function scanStore(store: LocalStore): Scan {
     const dst = lstat(dabs);
     const name = asciiName(dname);
     let dref: DRef | null = null;
-    try { if (name !== null) { const p = parseRef(name); if (p.kind === 'drv') dref = p.dref; } } catch { /* junk */ }
+    try {
+      if (name !== null) {
+        const p = parseRef(name);
+        if (p.kind === 'drv') dref = p.dref;
+      }
+    } catch {
+      /* junk */
+    }
     const isDrv = dref !== null;
     if (!dst) continue;
-    if (!isDrv) { unknown(dabs, `${kindOf(dst)} whose name is not a DRef`); continue; }
-    if (!dst.isDirectory()) { unknown(dabs, `${kindOf(dst)} where a derivation directory belongs`); continue; }
+    if (!isDrv) {
+      unknown(dabs, `${kindOf(dst)} whose name is not a DRef`);
+      continue;
+    }
+    if (!dst.isDirectory()) {
+      unknown(dabs, `${kindOf(dst)} where a derivation directory belongs`);
+      continue;
+    }
     checkMode(dabs, dst);
     scan.drefs.push(dref!);
     let hasR = false;
@@ -118,8 +143,10 @@ function scanStore(store: LocalStore): Scan {
       if (!est) continue;
       const e = ename.toString('latin1');
       if (e === 'drv.json' && est.isFile()) checkMode(eabs, est);
-      else if (e === 'r' && est.isDirectory()) { checkMode(eabs, est); hasR = true; }
-      else if (e === 'r') unknown(eabs, `${kindOf(est)} where a directory belongs`);
+      else if (e === 'r' && est.isDirectory()) {
+        checkMode(eabs, est);
+        hasR = true;
+      } else if (e === 'r') unknown(eabs, `${kindOf(est)} where a directory belongs`);
       else if (e === 'drv.json') unknown(eabs, `${kindOf(est)} where a regular file belongs`);
       else unknown(eabs, `${kindOf(est)} that does not belong in a derivation directory`);
     }
@@ -135,10 +162,18 @@ function scanStore(store: LocalStore): Scan {
         try {
           const p = parseRef(makeRRef(h, dref!));
           ok = p.kind === 'rz' && p.rhash === h && p.dref === dref;
-        } catch { /* junk */ }
+        } catch {
+          /* junk */
+        }
       }
-      if (!ok) { unknown(habs, `${kindOf(hst)} whose name is not a realization hash`); continue; }
-      if (!hst.isDirectory()) { unknown(habs, `${kindOf(hst)} where a realization directory belongs`); continue; }
+      if (!ok) {
+        unknown(habs, `${kindOf(hst)} whose name is not a realization hash`);
+        continue;
+      }
+      if (!hst.isDirectory()) {
+        unknown(habs, `${kindOf(hst)} where a realization directory belongs`);
+        continue;
+      }
       // Its write bits are 'writable' (inspect); only its owner is checked here.
       checkMode(habs, hst, true);
       scan.realizations.push(makeRRef(h!, dref!));
@@ -149,25 +184,48 @@ function scanStore(store: LocalStore): Scan {
 
 /** The store's own entries whose modes verify checks (besides d/ and what is below it). */
 const STORE_ENTRIES = [
-  'd', 'tmp', 'store.json', 'index.sqlite', 'index.sqlite-wal', 'index.sqlite-shm',
-  'roots', 'roots/named', 'roots/auto', 'quarantine', 'failed', 'incoming',
+  'd',
+  'tmp',
+  'store.json',
+  'index.sqlite',
+  'index.sqlite-wal',
+  'index.sqlite-shm',
+  'roots',
+  'roots/named',
+  'roots/auto',
+  'quarantine',
+  'failed',
+  'incoming',
 ];
 
 /** Re-hashes one realization against its name; returns what is wrong, or null. */
 async function checkRealization(store: LocalStore, rref: RRef): Promise<Problem | null> {
   let isRealization = false;
-  try { isRealization = parseRef(rref).kind === 'rz'; } catch { /* junk in d/<dref>/r/ */ }
+  try {
+    isRealization = parseRef(rref).kind === 'rz';
+  } catch {
+    /* junk in d/<dref>/r/ */
+  }
   if (!isRealization) return { ref: rref, kind: 'modified', detail: 'directory name is not a realization hash' };
   const problem = await store.inspect(rref);
   return problem && { ref: rref, ...problem };
 }
 
 function isThere(p: string): boolean {
-  try { fs.lstatSync(p); return true; } catch { return false; }
+  try {
+    fs.lstatSync(p);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function isRealDir(p: string): boolean {
-  try { return fs.lstatSync(p).isDirectory(); } catch { return false; }
+  try {
+    return fs.lstatSync(p).isDirectory();
+  } catch {
+    return false;
+  }
 }
 
 /**
@@ -180,21 +238,41 @@ function isRealDir(p: string): boolean {
  * never followed), write bits are cleared again, and the index is rebuilt
  * from the files (which fixes missing and extra entries).
  */
-export async function verifyStore(store: LocalStore, opts: { repair?: boolean; refs?: string[] } = {}): Promise<VerifyReport> {
+export async function verifyStore(
+  store: LocalStore,
+  opts: { repair?: boolean; refs?: string[] } = {},
+): Promise<VerifyReport> {
   const problems: Problem[] = [];
   let targets: RRef[];
-  const indexed = new Set(storeIndex(store).all().map((r) => r.rref));
+  const indexed = new Set(
+    storeIndex(store)
+      .all()
+      .map((r) => r.rref),
+  );
   const whole = !opts.refs || opts.refs.length === 0;
   const scan: Scan | null = whole ? scanStore(store) : null;
   if (!whole) {
     targets = opts.refs!.flatMap((ref) => {
       const p = parseRef(ref);
       if (p.kind === 'rz') return [p.rref];
-      const fromIndex = storeIndex(store).realizationsOf(p.dref).map((r) => r.rref);
+      const fromIndex = storeIndex(store)
+        .realizationsOf(p.dref)
+        .map((r) => r.rref);
       let fromDisk: RRef[] = [];
-      try { fromDisk = fs.readdirSync(path.join(store.drvDir(p.dref), 'r')).map((h) => makeRRef(h, p.dref)); } catch { /* none */ }
-      fromDisk = fromDisk.filter((r) => { try { return parseRef(r).kind === 'rz'; } catch { return false; } });
-      if (fromIndex.length === 0 && fromDisk.length === 0) throw new CairnError('E_NO_SUCH_REF', `${ref} is not in the store`, { ref });
+      try {
+        fromDisk = fs.readdirSync(path.join(store.drvDir(p.dref), 'r')).map((h) => makeRRef(h, p.dref));
+      } catch {
+        /* none */
+      }
+      fromDisk = fromDisk.filter((r) => {
+        try {
+          return parseRef(r).kind === 'rz';
+        } catch {
+          return false;
+        }
+      });
+      if (fromIndex.length === 0 && fromDisk.length === 0)
+        throw new CairnError('E_NO_SUCH_REF', `${ref} is not in the store`, { ref });
       return [...new Set([...fromIndex, ...fromDisk])];
     });
   } else {
@@ -236,7 +314,9 @@ export async function verifyStore(store: LocalStore, opts: { repair?: boolean; r
     }
     for (const u of scan?.permissive ?? []) {
       if (!u.fixable) continue;
-      try { tightenMode(u.abs); } catch (e) {
+      try {
+        tightenMode(u.abs);
+      } catch (e) {
         // The index's WAL files come and go with its connections.
         if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
       }
@@ -249,7 +329,11 @@ export async function verifyStore(store: LocalStore, opts: { repair?: boolean; r
     for (const p of badDrvs) {
       const dir = store.drvDir(p.ref as DRef);
       let realizations: string[] = [];
-      try { realizations = fs.readdirSync(path.join(dir, 'r')); } catch { /* none */ }
+      try {
+        realizations = fs.readdirSync(path.join(dir, 'r'));
+      } catch {
+        /* none */
+      }
       const to = path.join(qdir(), `${p.ref}-drv-${Date.now()}`);
       if (realizations.length === 0) fs.renameSync(dir, to);
       else if (fs.existsSync(path.join(dir, 'drv.json'))) fs.renameSync(path.join(dir, 'drv.json'), `${to}.json`);

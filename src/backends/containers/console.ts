@@ -17,7 +17,9 @@ export class ExecConsole implements MachineConsole {
   private readonly child: ChildProcess;
 
   constructor(container: string, shell: readonly string[] = ['sh']) {
-    this.child = spawn('docker', ['-H', dockerHost(), 'exec', '-i', container, ...shell], { stdio: ['pipe', 'pipe', 'pipe'] });
+    this.child = spawn('docker', ['-H', dockerHost(), 'exec', '-i', container, ...shell], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
     const onData = (b: Buffer): void => {
       this.buf += b.toString();
       for (const w of this.waiters) w();
@@ -29,7 +31,9 @@ export class ExecConsole implements MachineConsole {
       this.closed = true;
       for (const w of this.waiters) w();
     });
-    this.child.on('error', () => { this.closed = true; });
+    this.child.on('error', () => {
+      this.closed = true;
+    });
   }
 
   send(text: string): Promise<void> {
@@ -54,7 +58,13 @@ export class ExecConsole implements MachineConsole {
       };
       const timer = setTimeout(() => {
         finish();
-        reject(new CairnError('E_MACHINE_TIMEOUT', `console: ${re} did not appear within ${timeoutMs} ms; last output: ${JSON.stringify(this.buf.slice(-200))}`, { pattern: String(re) }));
+        reject(
+          new CairnError(
+            'E_MACHINE_TIMEOUT',
+            `console: ${re} did not appear within ${timeoutMs} ms; last output: ${JSON.stringify(this.buf.slice(-200))}`,
+            { pattern: String(re) },
+          ),
+        );
       }, timeoutMs);
       const finish = (): void => {
         clearTimeout(timer);

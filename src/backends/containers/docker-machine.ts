@@ -9,7 +9,14 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CairnError } from '../../errors.js';
-import type { BackendSession, BackendState, ExecOptions, ExecResult, MachineBackend, RunningMachine } from '../machine.js';
+import type {
+  BackendSession,
+  BackendState,
+  ExecOptions,
+  ExecResult,
+  MachineBackend,
+  RunningMachine,
+} from '../machine.js';
 import { ExecConsole } from './console.js';
 import { docker, requireDocker } from './docker.js';
 import { checkDescription, ensureImageAt, IMAGE_TAR, type ImageDescription } from './image.js';
@@ -30,7 +37,10 @@ export class DockerBackend implements MachineBackend {
 
   async resume(stateDir: string, state: BackendState, workDir: string): Promise<BackendSession> {
     await requireDocker();
-    if (state.backend !== 'docker') throw new CairnError('E_MACHINE_STATE', `state ${stateDir} is for the ${state.backend} backend, not docker`, { stateDir });
+    if (state.backend !== 'docker')
+      throw new CairnError('E_MACHINE_STATE', `state ${stateDir} is for the ${state.backend} backend, not docker`, {
+        stateDir,
+      });
     const desc = checkDescription(state as unknown as ImageDescription, stateDir);
     const image = await ensureImageAt(stateDir, desc);
     const labels = { [MACHINE_LABEL]: '1', ...this.opts.labels };
@@ -51,7 +61,10 @@ class DockerSession implements BackendSession {
   private console: ExecConsole | undefined;
   private ended = false;
 
-  constructor(readonly container: string, private readonly name: string) {
+  constructor(
+    readonly container: string,
+    private readonly name: string,
+  ) {
     const self = this;
     this.machine = {
       backend: 'docker',
@@ -60,8 +73,12 @@ class DockerSession implements BackendSession {
         self.console ??= new ExecConsole(container);
         return self.console;
       },
-      upload: async (hostPath, machinePath) => { await docker(['cp', hostPath, `${container}:${machinePath}`]); },
-      download: async (machinePath, hostPath) => { await docker(['cp', `${container}:${machinePath}`, hostPath]); },
+      upload: async (hostPath, machinePath) => {
+        await docker(['cp', hostPath, `${container}:${machinePath}`]);
+      },
+      download: async (machinePath, hostPath) => {
+        await docker(['cp', `${container}:${machinePath}`, hostPath]);
+      },
     };
   }
 
@@ -75,7 +92,13 @@ class DockerSession implements BackendSession {
       const commit = await docker(['commit', this.container]);
       const imageId = commit.stdout.trim();
       await docker(['save', '--output', path.join(outDir, IMAGE_TAR), imageId]);
-      const desc: ImageDescription = { backend: 'docker', format: 'docker-save', name: this.name, file: IMAGE_TAR, imageId };
+      const desc: ImageDescription = {
+        backend: 'docker',
+        format: 'docker-save',
+        name: this.name,
+        file: IMAGE_TAR,
+        imageId,
+      };
       return { ...desc };
     } finally {
       await docker(['rm', '--force', this.container], { check: false });
@@ -90,7 +113,11 @@ class DockerSession implements BackendSession {
   }
 
   private end(what: string): void {
-    if (this.ended) throw new CairnError('E_MACHINE_STATE', `container ${this.container.slice(0, 12)} was already ${what === 'saved' ? 'saved or discarded' : what}`);
+    if (this.ended)
+      throw new CairnError(
+        'E_MACHINE_STATE',
+        `container ${this.container.slice(0, 12)} was already ${what === 'saved' ? 'saved or discarded' : what}`,
+      );
     this.ended = true;
   }
 }
@@ -101,17 +128,33 @@ export function execIn(container: string, cmd: string, opts: ExecOptions = {}): 
 }
 
 /** `docker exec [-i] CONTAINER ARGV...`, with optional stdin. */
-export async function execArgv(container: string, argv: readonly string[], opts: ExecOptions & { input?: string } = {}, shown: string = argv.join(' ')): Promise<ExecResult> {
+export async function execArgv(
+  container: string,
+  argv: readonly string[],
+  opts: ExecOptions & { input?: string } = {},
+  shown: string = argv.join(' '),
+): Promise<ExecResult> {
   const cmd = shown;
-  const r = await docker(['exec', ...(opts.input === undefined ? [] : ['-i']), container, ...argv], { check: false, input: opts.input, timeoutMs: opts.timeoutMs ?? 60_000, timeoutCode: 'E_MACHINE_TIMEOUT' });
+  const r = await docker(['exec', ...(opts.input === undefined ? [] : ['-i']), container, ...argv], {
+    check: false,
+    input: opts.input,
+    timeoutMs: opts.timeoutMs ?? 60_000,
+    timeoutCode: 'E_MACHINE_TIMEOUT',
+  });
   // 125-127 from `docker exec` itself mean the exec could not start (no
   // such container, no sh): an engine problem, not the command's status.
   if (r.exitCode >= 125 && r.exitCode <= 127 && /Error response from daemon|OCI runtime/.test(r.stderr)) {
-    throw new CairnError('E_DOCKER', `docker exec in ${container.slice(0, 12)} failed: ${r.stderr.trim()}`, { container });
+    throw new CairnError('E_DOCKER', `docker exec in ${container.slice(0, 12)} failed: ${r.stderr.trim()}`, {
+      container,
+    });
   }
   const result = { stdout: r.stdout, stderr: r.stderr, exitCode: r.exitCode };
   if (opts.check && result.exitCode !== 0) {
-    throw new CairnError('E_MACHINE_EXEC', `${JSON.stringify(cmd)} exited with ${result.exitCode}: ${result.stderr.trim().split('\n').slice(-3).join(' | ')}`, { cmd, ...result });
+    throw new CairnError(
+      'E_MACHINE_EXEC',
+      `${JSON.stringify(cmd)} exited with ${result.exitCode}: ${result.stderr.trim().split('\n').slice(-3).join(' | ')}`,
+      { cmd, ...result },
+    );
   }
   return result;
 }

@@ -13,7 +13,11 @@ export function dockerHost(env: NodeJS.ProcessEnv = process.env): string {
   return env.CAIRN_DOCKER_HOST || env.DOCKER_HOST || DEFAULT_DOCKER_HOST;
 }
 
-export interface DockerResult { stdout: string; stderr: string; exitCode: number }
+export interface DockerResult {
+  stdout: string;
+  stderr: string;
+  exitCode: number;
+}
 
 export interface DockerOptions {
   /** Written to docker's stdin. */
@@ -46,27 +50,59 @@ export function docker(args: readonly string[], opts: DockerOptions = {}): Promi
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     let done = false;
-    const timer = opts.timeoutMs === undefined ? undefined : setTimeout(() => {
-      if (done) return;
-      done = true;
-      child.kill('SIGKILL');
-      reject(new CairnError(opts.timeoutCode ?? 'E_DOCKER', `docker ${args.slice(0, 3).join(' ')} timed out after ${opts.timeoutMs} ms`, { args }));
-    }, opts.timeoutMs);
-    child.stdout!.on('data', (b: Buffer) => { out.push(b); opts.onOutput?.(b.toString()); });
-    child.stderr!.on('data', (b: Buffer) => { err.push(b); opts.onOutput?.(b.toString()); });
+    const timer =
+      opts.timeoutMs === undefined
+        ? undefined
+        : setTimeout(() => {
+            if (done) return;
+            done = true;
+            child.kill('SIGKILL');
+            reject(
+              new CairnError(
+                opts.timeoutCode ?? 'E_DOCKER',
+                `docker ${args.slice(0, 3).join(' ')} timed out after ${opts.timeoutMs} ms`,
+                { args },
+              ),
+            );
+          }, opts.timeoutMs);
+    child.stdout!.on('data', (b: Buffer) => {
+      out.push(b);
+      opts.onOutput?.(b.toString());
+    });
+    child.stderr!.on('data', (b: Buffer) => {
+      err.push(b);
+      opts.onOutput?.(b.toString());
+    });
     child.on('error', (e) => {
       clearTimeout(timer);
       if (done) return;
       done = true;
-      reject(new CairnError('E_DOCKER', `cannot run the docker client: ${e.message} (apt-get install docker.io)`, {}, { cause: e }));
+      reject(
+        new CairnError(
+          'E_DOCKER',
+          `cannot run the docker client: ${e.message} (apt-get install docker.io)`,
+          {},
+          { cause: e },
+        ),
+      );
     });
     child.on('close', (code, signal) => {
       clearTimeout(timer);
       if (done) return;
       done = true;
-      const r = { stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString(), exitCode: code ?? 128 + (signal ? 9 : 0) };
+      const r = {
+        stdout: Buffer.concat(out).toString(),
+        stderr: Buffer.concat(err).toString(),
+        exitCode: code ?? 128 + (signal ? 9 : 0),
+      };
       if (r.exitCode !== 0 && opts.check !== false) {
-        reject(new CairnError('E_DOCKER', `docker ${args.slice(0, 3).join(' ')} failed (exit ${r.exitCode}): ${lastLines(r.stderr || r.stdout)}`, { args, exitCode: r.exitCode, stderr: r.stderr }));
+        reject(
+          new CairnError(
+            'E_DOCKER',
+            `docker ${args.slice(0, 3).join(' ')} failed (exit ${r.exitCode}): ${lastLines(r.stderr || r.stdout)}`,
+            { args, exitCode: r.exitCode, stderr: r.stderr },
+          ),
+        );
       } else {
         resolve(r);
       }
@@ -88,10 +124,14 @@ export function requireDocker(): Promise<string> {
     (r) => r.stdout.trim(),
     (e: unknown) => {
       reachable = null;
-      throw new CairnError('E_DOCKER',
+      throw new CairnError(
+        'E_DOCKER',
         `no Docker engine answers on ${dockerHost()} (start one with scripts/dockerd.sh, or set CAIRN_DOCKER_HOST): ${(e as Error).message}`,
-        { host: dockerHost() }, { cause: e });
-    });
+        { host: dockerHost() },
+        { cause: e },
+      );
+    },
+  );
   return reachable;
 }
 

@@ -33,7 +33,11 @@ export function checkChanges(changes: readonly string[] | undefined): string[] {
   const out = [...(changes ?? [])];
   for (const c of out) {
     if (typeof c !== 'string' || !CHANGE_RE.test(c) || c.includes('\n')) {
-      throw new CairnError('E_IMAGE_INVALID', `image change ${JSON.stringify(c)} is not one line of CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, ONBUILD, STOPSIGNAL, USER, VOLUME or WORKDIR`, { change: c });
+      throw new CairnError(
+        'E_IMAGE_INVALID',
+        `image change ${JSON.stringify(c)} is not one line of CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, ONBUILD, STOPSIGNAL, USER, VOLUME or WORKDIR`,
+        { change: c },
+      );
     }
   }
   return out;
@@ -41,7 +45,12 @@ export function checkChanges(changes: readonly string[] | undefined): string[] {
 
 /** Docker repository names allow lowercase letters, digits and `._-` only. */
 function repoName(name: string): string {
-  return name.toLowerCase().replace(/[^a-z0-9._-]/g, '-').replace(/^[._-]+/, '') || 'image';
+  return (
+    name
+      .toLowerCase()
+      .replace(/[^a-z0-9._-]/g, '-')
+      .replace(/^[._-]+/, '') || 'image'
+  );
 }
 
 /**
@@ -52,8 +61,11 @@ function repoName(name: string): string {
 export function imageTag(dir: string, name: string): string {
   const real = fs.realpathSync(dir);
   const parent = path.dirname(real);
-  const rhash = path.basename(real) === 'out' && path.basename(path.dirname(parent)) === 'r' ? path.basename(parent) : '';
-  const id = /^[a-z0-9]{12,}$/.test(rhash) ? rhash.slice(0, 12) : createHash('sha256').update(real).digest('hex').slice(0, 12);
+  const rhash =
+    path.basename(real) === 'out' && path.basename(path.dirname(parent)) === 'r' ? path.basename(parent) : '';
+  const id = /^[a-z0-9]{12,}$/.test(rhash)
+    ? rhash.slice(0, 12)
+    : createHash('sha256').update(real).digest('hex').slice(0, 12);
   return `cairn/${repoName(name)}:${id}`;
 }
 
@@ -62,15 +74,28 @@ export function readImageDescription(dir: string): ImageDescription {
   try {
     desc = JSON.parse(fs.readFileSync(path.join(dir, IMAGE_JSON), 'utf8')) as ImageDescription;
   } catch (e) {
-    throw new CairnError('E_IMAGE_INVALID', `${dir} holds no readable ${IMAGE_JSON}: it is not a container image realization`, { dir }, { cause: e });
+    throw new CairnError(
+      'E_IMAGE_INVALID',
+      `${dir} holds no readable ${IMAGE_JSON}: it is not a container image realization`,
+      { dir },
+      { cause: e },
+    );
   }
   return checkDescription(desc, dir);
 }
 
 export function checkDescription(desc: ImageDescription, dir: string): ImageDescription {
-  const ok = typeof desc === 'object' && desc !== null && desc.backend === 'docker' && typeof desc.file === 'string'
-    && !desc.file.includes('/') && (desc.format === 'rootfs' ? Array.isArray(desc.changes) : desc.format === 'docker-save' && typeof desc.imageId === 'string');
-  if (!ok) throw new CairnError('E_IMAGE_INVALID', `${dir}: not a docker image description: ${JSON.stringify(desc)}`, { dir });
+  const ok =
+    typeof desc === 'object' &&
+    desc !== null &&
+    desc.backend === 'docker' &&
+    typeof desc.file === 'string' &&
+    !desc.file.includes('/') &&
+    (desc.format === 'rootfs'
+      ? Array.isArray(desc.changes)
+      : desc.format === 'docker-save' && typeof desc.imageId === 'string');
+  if (!ok)
+    throw new CairnError('E_IMAGE_INVALID', `${dir}: not a docker image description: ${JSON.stringify(desc)}`, { dir });
   return desc;
 }
 
@@ -86,7 +111,8 @@ export async function ensureImageAt(dir: string, desc: ImageDescription = readIm
   if (desc.format === 'docker-save') {
     if (await imageExists(desc.imageId)) return desc.imageId;
     await docker(['load', '--quiet', '--input', file]);
-    if (!(await imageExists(desc.imageId))) throw new CairnError('E_IMAGE_INVALID', `${file} did not hold image ${desc.imageId}`, { file });
+    if (!(await imageExists(desc.imageId)))
+      throw new CairnError('E_IMAGE_INVALID', `${file} did not hold image ${desc.imageId}`, { file });
     return desc.imageId;
   }
   const tag = imageTag(dir, desc.name);

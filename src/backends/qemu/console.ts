@@ -12,7 +12,10 @@ import * as net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 export class ConsoleError extends Error {
-  constructor(message: string, readonly tail: string) {
+  constructor(
+    message: string,
+    readonly tail: string,
+  ) {
     super(`${message}\n--- console tail ---\n${tail.slice(-800)}`);
     this.name = 'ConsoleError';
   }
@@ -76,7 +79,8 @@ export class SerialConsole {
         });
         return new SerialConsole(sock);
       } catch (e) {
-        if (Date.now() >= deadline) throw new ConsoleError(`cannot connect to ${socketPath}: ${(e as Error).message}`, '');
+        if (Date.now() >= deadline)
+          throw new ConsoleError(`cannot connect to ${socketPath}: ${(e as Error).message}`, '');
         await sleep(5);
       }
     }
@@ -162,8 +166,7 @@ export class SerialConsole {
     const id = randomBytes(6).toString('hex');
     const quoted = `'${command.replace(/'/g, `'\\''`)}'`;
     const line =
-      `printf '%s%s\\n' __CAIRN_B ${id}__; eval ${quoted}; ` +
-      `printf '\\n%s%s %s\\n' __CAIRN_E ${id}__ "$?"\n`;
+      `printf '%s%s\\n' __CAIRN_B ${id}__; eval ${quoted}; ` + `printf '\\n%s%s %s\\n' __CAIRN_E ${id}__ "$?"\n`;
     const re = new RegExp(`__CAIRN_B${id}__\\n([\\s\\S]*?)\\n__CAIRN_E${id}__ (\\d+)\\n`);
     this.send(line);
     const m = await this.expect(re, timeoutMs);
@@ -173,7 +176,8 @@ export class SerialConsole {
   /** Like `run`, but rejects when the exit status is not 0; resolves with the output. */
   async check0(command: string, timeoutMs = 30_000): Promise<string> {
     const r = await this.run(command, timeoutMs);
-    if (r.exitCode !== 0) throw new ConsoleError(`guest command failed (exit ${r.exitCode}): ${command}\n${r.output}`, this.text);
+    if (r.exitCode !== 0)
+      throw new ConsoleError(`guest command failed (exit ${r.exitCode}): ${command}\n${r.output}`, this.text);
     return r.output;
   }
 

@@ -73,9 +73,24 @@ export async function probeKvm(opts: ProbeOptions = {}): Promise<Accel> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cairn-kvm-probe-'));
   const qmpPath = path.join(dir, 'qmp.sock');
   const args = [
-    '-accel', 'kvm', '-cpu', 'host', '-machine', 'q35', '-m', '128', '-smp', '1',
-    '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio',
-    '-qmp', `unix:${qmpPath},server=on,wait=off`,
+    '-accel',
+    'kvm',
+    '-cpu',
+    'host',
+    '-machine',
+    'q35',
+    '-m',
+    '128',
+    '-smp',
+    '1',
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-serial',
+    'stdio',
+    '-qmp',
+    `unix:${qmpPath},server=on,wait=off`,
   ];
   if (opts.kernel) {
     args.push('-kernel', opts.kernel, '-append', 'console=ttyS0 earlyprintk=ttyS0 panic=-1');
@@ -110,7 +125,10 @@ export async function probeKvm(opts: ProbeOptions = {}): Promise<Accel> {
         if (/Linux version/.test(out)) return { ...KVM, reason: 'a kernel booted under KVM' };
         await sleep(50);
       }
-      return { ...TCG, reason: `a kernel printed nothing under KVM in ${timeoutMs} ms${exited ? ` (QEMU exited: ${firstLine(err)})` : ''}` };
+      return {
+        ...TCG,
+        reason: `a kernel printed nothing under KVM in ${timeoutMs} ms${exited ? ` (QEMU exited: ${firstLine(err)})` : ''}`,
+      };
     }
     // No kernel: the vCPU must at least move (SeaBIOS running).
     const rip = async (): Promise<string> => {
@@ -135,5 +153,10 @@ export async function probeKvm(opts: ProbeOptions = {}): Promise<Accel> {
 }
 
 function firstLine(s: string): string {
-  return s.split('\n').find((l) => l.trim() && !/warning:/.test(l))?.trim() ?? '';
+  return (
+    s
+      .split('\n')
+      .find((l) => l.trim() && !/warning:/.test(l))
+      ?.trim() ?? ''
+  );
 }

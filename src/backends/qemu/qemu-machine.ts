@@ -9,7 +9,15 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { CairnError } from '../../errors.js';
-import type { BackendSession, BackendState, ExecOptions, ExecResult, MachineBackend, MachineConsole, RunningMachine } from '../machine.js';
+import type {
+  BackendSession,
+  BackendState,
+  ExecOptions,
+  ExecResult,
+  MachineBackend,
+  MachineConsole,
+  RunningMachine,
+} from '../machine.js';
 import { ConsoleError, type SerialConsole } from './console.js';
 import { chainLength, chooseCloneMode, cloneDisk, makeBackingRelative, type CloneMode } from './disk.js';
 import { DEFAULT_APPEND, DEFAULT_MACHINE, Vm, type VmSpec } from './vm.js';
@@ -37,13 +45,24 @@ export interface QemuState extends BackendState {
 export function cloneModeFromEnv(): CloneMode | 'auto' {
   const v = process.env.CAIRN_DISK_CLONE ?? 'auto';
   if (v === 'auto' || v === 'reflink' || v === 'overlay' || v === 'copy') return v;
-  throw new CairnError('E_BAD_ENV', `CAIRN_DISK_CLONE must be auto, reflink, overlay or copy, not ${JSON.stringify(v)}`);
+  throw new CairnError(
+    'E_BAD_ENV',
+    `CAIRN_DISK_CLONE must be auto, reflink, overlay or copy, not ${JSON.stringify(v)}`,
+  );
 }
 
 function checkState(state: BackendState): QemuState {
   const s = state as QemuState;
-  const ok = s.backend === 'qemu' && typeof s.machine === 'string' && Number.isInteger(s.memoryMb) && Number.isInteger(s.smp) &&
-    Array.isArray(s.accelArgs) && typeof s.kernel === 'string' && typeof s.initramfs === 'string' && typeof s.memory === 'string' && typeof s.qemuVersion === 'string';
+  const ok =
+    s.backend === 'qemu' &&
+    typeof s.machine === 'string' &&
+    Number.isInteger(s.memoryMb) &&
+    Number.isInteger(s.smp) &&
+    Array.isArray(s.accelArgs) &&
+    typeof s.kernel === 'string' &&
+    typeof s.initramfs === 'string' &&
+    typeof s.memory === 'string' &&
+    typeof s.qemuVersion === 'string';
   if (!ok) throw new CairnError('E_MACHINE_STATE', 'machine.json does not describe a QEMU state', { state });
   return s;
 }
@@ -61,7 +80,10 @@ export const qemuBackend: MachineBackend = {
     const spec: VmSpec = {
       kernel: path.resolve(stateDir, s.kernel),
       initramfs: path.resolve(stateDir, s.initramfs),
-      append: s.append, memoryMb: s.memoryMb, smp: s.smp, machine: s.machine,
+      append: s.append,
+      memoryMb: s.memoryMb,
+      smp: s.smp,
+      machine: s.machine,
       accel: { kind: s.accel, args: s.accelArgs, reason: 'from the saved state' },
     };
     const vm = await Vm.incoming(spec, workDir, path.join(stateDir, s.memory), disk, { expectVersion: s.qemuVersion });
@@ -73,7 +95,12 @@ export const qemuBackend: MachineBackend = {
  * Boots a fresh VM (the first state of a base) with `disk` (a writable
  * qcow2 the caller prepared, or none) and waits for `ready` on the console.
  */
-export async function bootSession(spec: VmSpec, workDir: string, disk: { file: string; clone: CloneMode } | null, opts: { timeoutMs?: number } = {}): Promise<BackendSession> {
+export async function bootSession(
+  spec: VmSpec,
+  workDir: string,
+  disk: { file: string; clone: CloneMode } | null,
+  opts: { timeoutMs?: number } = {},
+): Promise<BackendSession> {
   const vm = await Vm.boot(spec, workDir, { ...opts, ...(disk ? { ownDisk: disk.file } : {}) });
   return qemuSession(vm, disk?.clone ?? null);
 }
@@ -135,31 +162,41 @@ function runningQemu(vm: Vm): RunningMachine {
     // The exit status travels on the stderr marker line, and the stderr
     // file is only read when it is not empty: every process the wrapper
     // forks costs 15-25 ms under TCG, and more on a freshly restored guest.
-    const wrapped = `${open} eval ${q(cmd)}\n${close} 2>${errFile}; __cairn_rc=$?; printf '\\n%s%s %s\\n' __CAIRN_S ${id}__ $__cairn_rc; ` +
+    const wrapped =
+      `${open} eval ${q(cmd)}\n${close} 2>${errFile}; __cairn_rc=$?; printf '\\n%s%s %s\\n' __CAIRN_S ${id}__ $__cairn_rc; ` +
       `if [ -s ${errFile} ]; then cat ${errFile}; fi; rm -f ${errFile}`;
     let r;
     try {
       r = await con.run(wrapped, opts.timeoutMs ?? 60_000);
     } catch (e) {
-      if (e instanceof ConsoleError) throw new CairnError('E_MACHINE_TIMEOUT', `machine command did not finish: ${cmd}: ${e.message}`, { cmd });
+      if (e instanceof ConsoleError)
+        throw new CairnError('E_MACHINE_TIMEOUT', `machine command did not finish: ${cmd}: ${e.message}`, { cmd });
       throw e;
     }
     // The last marker line: the command's own output cannot contain it (random id).
     const marker = new RegExp(`\\n__CAIRN_S${id}__ (\\d+)\\n`, 'g');
     let m: RegExpExecArray | null = null;
-    for (let x; (x = marker.exec(r.output)); ) m = x;
+    for (let x; (x = marker.exec(r.output));) m = x;
     const stdout = m ? r.output.slice(0, m.index) : r.output;
     const stderr = m ? r.output.slice(m.index + m[0].length) : '';
     // Without the marker (the command ended the shell with `exec`/`exit` in shell mode), the shell's own status.
     const res = { stdout, stderr, exitCode: m ? Number(m[1]) : r.exitCode };
     if (opts.check && res.exitCode !== 0) {
-      throw new CairnError('E_MACHINE_EXEC', `machine command exited ${res.exitCode}: ${cmd}${stderr ? `\n${stderr.trimEnd()}` : ''}`, { cmd, exitCode: res.exitCode, stderr });
+      throw new CairnError(
+        'E_MACHINE_EXEC',
+        `machine command exited ${res.exitCode}: ${cmd}${stderr ? `\n${stderr.trimEnd()}` : ''}`,
+        { cmd, exitCode: res.exitCode, stderr },
+      );
     }
     return res;
   };
   const console_: MachineConsole = {
-    async send(text: string) { con.send(text); },
-    async expect(re: RegExp, timeoutMs?: number) { return (await con.expect(re, timeoutMs))[0]; },
+    async send(text: string) {
+      con.send(text);
+    },
+    async expect(re: RegExp, timeoutMs?: number) {
+      return (await con.expect(re, timeoutMs))[0];
+    },
     attach(input, output) {
       return new Promise<void>((resolve) => {
         const off = con.onData((raw) => output.write(raw));
@@ -192,7 +229,11 @@ function runningQemu(vm: Vm): RunningMachine {
     console: console_,
     async upload(hostPath: string, machinePath: string): Promise<void> {
       const st = fs.statSync(hostPath);
-      if (!st.isFile()) throw new CairnError('E_BAD_ARGUMENT', `upload: ${hostPath} is not a regular file (directories: pack them first)`);
+      if (!st.isFile())
+        throw new CairnError(
+          'E_BAD_ARGUMENT',
+          `upload: ${hostPath} is not a regular file (directories: pack them first)`,
+        );
       const data = fs.readFileSync(hostPath).toString('base64');
       const tmp = `/tmp/.cairn-up-${randomBytes(6).toString('hex')}`;
       // The terminal's echo costs more than the data itself (measured: 70 KB
@@ -200,10 +241,15 @@ function runningQemu(vm: Vm): RunningMachine {
       await exec(`stty -echo; : > ${tmp}`, { check: true, shell: true });
       try {
         for (let i = 0; i < data.length; i += CHUNK) {
-          const lines = data.slice(i, i + CHUNK).match(/.{1,76}/g)!.join('\n');
+          const lines = data
+            .slice(i, i + CHUNK)
+            .match(/.{1,76}/g)!
+            .join('\n');
           await exec(`printf '%s\\n' ${q(lines)} >> ${tmp}`, { check: true });
         }
-        await exec(`base64 -d ${tmp} > ${q(machinePath)} && chmod ${(st.mode & 0o777).toString(8)} ${q(machinePath)}`, { check: true });
+        await exec(`base64 -d ${tmp} > ${q(machinePath)} && chmod ${(st.mode & 0o777).toString(8)} ${q(machinePath)}`, {
+          check: true,
+        });
       } finally {
         await exec(`stty echo; rm -f ${tmp}`, { shell: true });
       }

@@ -23,7 +23,11 @@ export interface QmpEvent {
 
 /** A QMP `{"error": ...}` reply, or a transport failure (class `Timeout` / `Closed`). */
 export class QmpError extends Error {
-  constructor(readonly errorClass: string, message: string, readonly command?: string) {
+  constructor(
+    readonly errorClass: string,
+    message: string,
+    readonly command?: string,
+  ) {
     super(command ? `QMP ${command}: ${errorClass}: ${message}` : `QMP: ${errorClass}: ${message}`);
     this.name = 'QmpError';
   }
@@ -129,8 +133,15 @@ export class QmpClient {
 
   private onMessage(line: string): void {
     // A QMP message: a greeting, an event or a reply; fields are checked before use where it matters.
-    let msg: { QMP?: QmpGreeting; event?: unknown; data?: Record<string, unknown>; timestamp?: QmpEvent['timestamp'];
-      id?: string | number; error?: { class?: string; desc?: string }; return?: unknown };
+    let msg: {
+      QMP?: QmpGreeting;
+      event?: unknown;
+      data?: Record<string, unknown>;
+      timestamp?: QmpEvent['timestamp'];
+      id?: string | number;
+      error?: { class?: string; desc?: string };
+      return?: unknown;
+    };
     try {
       msg = JSON.parse(line) as typeof msg;
     } catch {
@@ -154,7 +165,8 @@ export class QmpClient {
     if (!p) return; // a reply to a command that timed out
     this.pending.delete(id);
     clearTimeout(p.timer);
-    if ('error' in msg) p.reject(new QmpError(msg.error?.class ?? 'GenericError', msg.error?.desc ?? 'unknown error', p.command));
+    if ('error' in msg)
+      p.reject(new QmpError(msg.error?.class ?? 'GenericError', msg.error?.desc ?? 'unknown error', p.command));
     else p.resolve(msg.return);
   }
 
@@ -199,7 +211,10 @@ export class QmpClient {
    * Waits for the next event named `name` (and matching `pred`, if given).
    * With `since`, an event already in `events` at or after that index counts too.
    */
-  waitEvent(name: string, opts: { timeoutMs?: number; pred?: (ev: QmpEvent) => boolean; since?: number } = {}): Promise<QmpEvent> {
+  waitEvent(
+    name: string,
+    opts: { timeoutMs?: number; pred?: (ev: QmpEvent) => boolean; since?: number } = {},
+  ): Promise<QmpEvent> {
     const timeoutMs = opts.timeoutMs ?? 30_000;
     const ok = (ev: QmpEvent): boolean => ev.event === name && (!opts.pred || opts.pred(ev));
     if (opts.since !== undefined) {
@@ -227,7 +242,10 @@ export class QmpClient {
 
   /** Resolves when the connection has closed. */
   waitClosed(timeoutMs = 10_000): Promise<boolean> {
-    return Promise.race([this.closedPromise.then(() => true), sleep(timeoutMs, undefined, { ref: false }).then(() => false)]);
+    return Promise.race([
+      this.closedPromise.then(() => true),
+      sleep(timeoutMs, undefined, { ref: false }).then(() => false),
+    ]);
   }
 
   /** Closes the connection (QEMU keeps running); waits for the socket to close. */

@@ -85,8 +85,20 @@ export function cpioNewc(entries: readonly CpioEntry[]): Buffer {
   const header = (name: string, mode: number, size: number, nlink: number, rmajor: number, rminor: number): void => {
     const nameBuf = Buffer.from(name + '\0');
     const fields = [
-      '070701', hex(ino++), hex(mode), hex(0), hex(0), hex(nlink), hex(0), hex(size),
-      hex(0), hex(0), hex(rmajor), hex(rminor), hex(nameBuf.length), hex(0),
+      '070701',
+      hex(ino++),
+      hex(mode),
+      hex(0),
+      hex(0),
+      hex(nlink),
+      hex(0),
+      hex(size),
+      hex(0),
+      hex(0),
+      hex(rmajor),
+      hex(rminor),
+      hex(nameBuf.length),
+      hex(0),
     ];
     push(Buffer.from(fields.join('')));
     push(nameBuf);
@@ -185,9 +197,15 @@ export async function buildTinyInitramfs(opts: TinyInitramfsOptions): Promise<st
     { path: 'dev/console', type: 'chardev', major: 5, minor: 1 },
     { path: 'dev/ttyS0', type: 'chardev', major: 4, minor: 64 },
     { path: 'dev/null', type: 'chardev', major: 1, minor: 3, mode: 0o666 },
-    ...['proc', 'sys', 'tmp', 'mnt', 'root', 'etc', 'lib/cairn-modules'].map((p): CpioEntry => ({ path: p, type: 'dir' })),
+    ...['proc', 'sys', 'tmp', 'mnt', 'root', 'etc', 'lib/cairn-modules'].map((p): CpioEntry => ({
+      path: p,
+      type: 'dir',
+    })),
   ];
-  for (const applet of stdout.split('\n').map((l) => l.trim()).filter(Boolean)) {
+  for (const applet of stdout
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean)) {
     if (applet === 'bin/busybox' || applet === 'init' || applet === 'linuxrc') continue;
     entries.push({ path: applet, type: 'symlink', target: '/bin/busybox' });
   }
@@ -200,7 +218,12 @@ export async function buildTinyInitramfs(opts: TinyInitramfsOptions): Promise<st
     VIRTIO_BLK_MODULES.forEach((rel, i) => {
       const file = path.join(modRoot, version, rel);
       if (fs.existsSync(file)) {
-        entries.push({ path: `lib/cairn-modules/${String(i).padStart(2, '0')}-${path.basename(rel)}`, type: 'file', mode: 0o644, data: fs.readFileSync(file) });
+        entries.push({
+          path: `lib/cairn-modules/${String(i).padStart(2, '0')}-${path.basename(rel)}`,
+          type: 'file',
+          mode: 0o644,
+          data: fs.readFileSync(file),
+        });
       }
     });
   }
@@ -232,7 +255,11 @@ export interface TinyBase {
  * Downloads busybox-static and the cloud kernel with apt-get and builds the
  * tiny base into `outDir` (`vmlinuz`, `initramfs.cpio`).
  */
-export async function buildTinyBase(outDir: string, tmp: string, packages = { kernel: 'linux-image-cloud-amd64', busybox: 'busybox-static' }): Promise<TinyBase> {
+export async function buildTinyBase(
+  outDir: string,
+  tmp: string,
+  packages = { kernel: 'linux-image-cloud-amd64', busybox: 'busybox-static' },
+): Promise<TinyBase> {
   let kernelPkg = packages.kernel;
   if (kernelPkg === 'linux-image-cloud-amd64') {
     // The metapackage has no kernel; follow it to the versioned image package.
@@ -245,6 +272,11 @@ export async function buildTinyBase(outDir: string, tmp: string, packages = { ke
   const kernel = path.join(outDir, 'vmlinuz');
   const initramfs = path.join(outDir, 'initramfs.cpio');
   const kernelVersion = await extractKernel(kernelDeb!, tmp, kernel);
-  const initramfsSha256 = await buildTinyInitramfs({ busyboxDeb: busyboxDeb!, kernelDeb: kernelDeb!, tmp, out: initramfs });
+  const initramfsSha256 = await buildTinyInitramfs({
+    busyboxDeb: busyboxDeb!,
+    kernelDeb: kernelDeb!,
+    tmp,
+    out: initramfs,
+  });
   return { kernel, initramfs, kernelVersion, initramfsSha256 };
 }

@@ -76,20 +76,38 @@ export interface Timings {
 }
 
 /** The QEMU argument list for a spec, minus -incoming. Exported for docs and tests. */
-export function qemuArgs(spec: Required<Pick<VmSpec, 'kernel' | 'initramfs'>> & VmSpec, accel: Accel, dir: string, overlay: string | null): string[] {
+export function qemuArgs(
+  spec: Required<Pick<VmSpec, 'kernel' | 'initramfs'>> & VmSpec,
+  accel: Accel,
+  dir: string,
+  overlay: string | null,
+): string[] {
   const args = [
-    '-machine', spec.machine ?? DEFAULT_MACHINE,
+    '-machine',
+    spec.machine ?? DEFAULT_MACHINE,
     ...accel.args,
-    '-m', String(spec.memoryMb ?? 256),
-    '-smp', String(spec.smp ?? 1),
-    '-nodefaults', '-no-user-config', '-display', 'none',
-    '-kernel', spec.kernel,
-    '-initrd', spec.initramfs,
-    '-append', spec.append ?? DEFAULT_APPEND,
-    '-chardev', `socket,id=ser0,path=${path.join(dir, 'console.sock')},server=on,wait=off,logfile=${path.join(dir, 'console.log')}`,
-    '-serial', 'chardev:ser0',
-    '-chardev', `socket,id=qmp0,path=${path.join(dir, 'qmp.sock')},server=on,wait=off`,
-    '-mon', 'chardev=qmp0,mode=control',
+    '-m',
+    String(spec.memoryMb ?? 256),
+    '-smp',
+    String(spec.smp ?? 1),
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-kernel',
+    spec.kernel,
+    '-initrd',
+    spec.initramfs,
+    '-append',
+    spec.append ?? DEFAULT_APPEND,
+    '-chardev',
+    `socket,id=ser0,path=${path.join(dir, 'console.sock')},server=on,wait=off,logfile=${path.join(dir, 'console.log')}`,
+    '-serial',
+    'chardev:ser0',
+    '-chardev',
+    `socket,id=qmp0,path=${path.join(dir, 'qmp.sock')},server=on,wait=off`,
+    '-mon',
+    'chardev=qmp0,mode=control',
   ];
   if (overlay) args.push('-drive', `file=${overlay},if=virtio,format=qcow2,cache=writeback`);
   return args;
@@ -136,7 +154,8 @@ export class Vm {
    */
   static async boot(spec: VmSpec, dir: string, opts: { timeoutMs?: number; ownDisk?: string } = {}): Promise<Vm> {
     fs.mkdirSync(dir, { recursive: true });
-    const accel = spec.accel ?? (await detectAccel({ qemu: spec.qemu, kernel: spec.kernel, initramfs: spec.initramfs }));
+    const accel =
+      spec.accel ?? (await detectAccel({ qemu: spec.qemu, kernel: spec.kernel, initramfs: spec.initramfs }));
     // `ownDisk`: a writable qcow2 the caller prepared (and owns), used as is.
     let overlay: string | null = opts.ownDisk ?? null;
     if (!overlay && spec.disk) {
@@ -171,8 +190,12 @@ export class Vm {
       await createOverlay(path.join(stateDir, info.disk), 'qcow2', overlay);
     }
     const spec: VmSpec = {
-      kernel: info.kernel, initramfs: info.initramfs, append: info.append,
-      memoryMb: info.memoryMb, smp: info.smp, machine: info.machine,
+      kernel: info.kernel,
+      initramfs: info.initramfs,
+      append: info.append,
+      memoryMb: info.memoryMb,
+      smp: info.smp,
+      machine: info.machine,
       accel: { kind: info.accel, args: info.accelArgs, reason: 'from the saved state' },
       ...(opts.qemu ? { qemu: opts.qemu } : {}),
     };
@@ -186,7 +209,13 @@ export class Vm {
    * the guest shell answers a command. `expectVersion`: the QEMU version
    * that saved the state; a different one is refused before migrating.
    */
-  static async incoming(spec: VmSpec, dir: string, memoryFile: string, disk: string | null, opts: { timeoutMs?: number; expectVersion?: string } = {}): Promise<Vm> {
+  static async incoming(
+    spec: VmSpec,
+    dir: string,
+    memoryFile: string,
+    disk: string | null,
+    opts: { timeoutMs?: number; expectVersion?: string } = {},
+  ): Promise<Vm> {
     const args = qemuArgs(spec, spec.accel!, shortPath(dir), disk);
     args.push('-incoming', `exec:cat ${shellQuote(memoryFile)}`);
     const t0 = performance.now();
@@ -194,7 +223,11 @@ export class Vm {
     const vm = new Vm(dir, spec, spec.accel!, args, disk, proc, qmp, con, { readyMs: 0 });
     try {
       if (opts.expectVersion && vm.qemuVersion !== opts.expectVersion) {
-        throw new CairnError('E_MACHINE_INCOMPATIBLE', `the state was saved by QEMU ${opts.expectVersion}, and this is QEMU ${vm.qemuVersion}: a memory snapshot only restores into the same QEMU version`, { saved: opts.expectVersion, running: vm.qemuVersion });
+        throw new CairnError(
+          'E_MACHINE_INCOMPATIBLE',
+          `the state was saved by QEMU ${opts.expectVersion}, and this is QEMU ${vm.qemuVersion}: a memory snapshot only restores into the same QEMU version`,
+          { saved: opts.expectVersion, running: vm.qemuVersion },
+        );
       }
       const timeoutMs = opts.timeoutMs ?? 60_000;
       await vm.waitMigration(timeoutMs, 'incoming');
@@ -205,7 +238,9 @@ export class Vm {
     } catch (e) {
       await vm.kill();
       if (e instanceof CairnError) throw e;
-      throw new Error(`restore from ${memoryFile} failed: ${(e as Error).message}\n--- qemu stderr ---\n${vm.stderr.slice(-500)}`);
+      throw new Error(
+        `restore from ${memoryFile} failed: ${(e as Error).message}\n--- qemu stderr ---\n${vm.stderr.slice(-500)}`,
+      );
     }
     return vm;
   }
@@ -216,7 +251,11 @@ export class Vm {
     return `${v.major}.${v.minor}.${v.micro}`;
   }
 
-  private static async launch(qemu: string, args: string[], dir: string): Promise<{ proc: ChildProcess; qmp: QmpClient; con: SerialConsole }> {
+  private static async launch(
+    qemu: string,
+    args: string[],
+    dir: string,
+  ): Promise<{ proc: ChildProcess; qmp: QmpClient; con: SerialConsole }> {
     for (const s of ['qmp.sock', 'console.sock']) fs.rmSync(path.join(dir, s), { force: true });
     const proc = spawn(qemu, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     liveQemus.add(proc);
@@ -235,7 +274,10 @@ export class Vm {
       return { proc, qmp, con };
     } catch (e) {
       // Prefer QEMU's own complaint when it died during the handshake.
-      const died = await Promise.race([failed.catch((x: unknown) => x), sleep(1000, undefined, { ref: false }).then(() => null)]);
+      const died = await Promise.race([
+        failed.catch((x: unknown) => x),
+        sleep(1000, undefined, { ref: false }).then(() => null),
+      ]);
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
       throw died ?? e;
     }
@@ -248,7 +290,8 @@ export class Vm {
       if (mode === 'outgoing') {
         const m = await this.qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
         if (m.status === 'completed') return;
-        if (m.status === 'failed' || m.status === 'cancelled') throw new Error(`migration ${m.status}: ${m['error-desc'] ?? ''}`);
+        if (m.status === 'failed' || m.status === 'cancelled')
+          throw new Error(`migration ${m.status}: ${m['error-desc'] ?? ''}`);
       } else {
         // The source was stopped before saving, so QEMU ends the load paused
         // (autostart or not) and no event says so: poll.
@@ -324,7 +367,10 @@ export class Vm {
     if (this.exited) return;
     await this.qmp.execute('quit', undefined, { timeoutMs: 5000 }).catch(() => {});
     // ref: false, or the pending timer would keep a finished `cairn` process alive for the full 10 s.
-    const code = await Promise.race([this.exitPromise, sleep(10_000, undefined, { ref: false }).then(() => 'timeout' as const)]);
+    const code = await Promise.race([
+      this.exitPromise,
+      sleep(10_000, undefined, { ref: false }).then(() => 'timeout' as const),
+    ]);
     if (code === 'timeout') await this.kill();
     this.qmp.destroy();
     this.console.close();

@@ -6,7 +6,7 @@
  * second half, shared by every QEMU base (tiny.ts, debian.ts).
  */
 import * as path from 'node:path';
-import type { Dep, Stage } from '../stage.js';
+import type { Stage } from '../stage.js';
 import { stage } from '../stage.js';
 import { DESCRIPTION, finalOutDir, freshState, saveSession } from '../machine.js';
 import { bootSession, cloneModeFromEnv } from '../../backends/qemu/qemu-machine.js';
@@ -33,7 +33,11 @@ export interface BootConfig {
  * The first state of a base: boots `files` (vmlinuz, initramfs.cpio,
  * disk.qcow2) to the shell prompt and saves it.
  */
-export function bootedState(name: string, files: Stage, opts: BaseOptions & { append?: string; readyTimeoutMs?: number; ready?: RegExp } = {}): Stage<BootConfig> {
+export function bootedState(
+  name: string,
+  files: Stage,
+  opts: BaseOptions & { append?: string; readyTimeoutMs?: number; ready?: RegExp } = {},
+): Stage<BootConfig> {
   return stage<BootConfig>({
     name,
     config: { files, memoryMb: opts.memoryMb ?? 256, smp: opts.smp ?? 1, append: opts.append ?? DEFAULT_APPEND },
@@ -41,15 +45,23 @@ export function bootedState(name: string, files: Stage, opts: BaseOptions & { ap
     matcher: freshState(),
     version: 'cairn-booted-state-1',
     async build(ctx) {
-      const files = ctx.config.files as unknown as Dep;
+      const files = ctx.config.files;
       const disk = { file: path.join(ctx.tmp, 'disk.qcow2'), clone: chooseCloneMode(cloneModeFromEnv(), ctx.tmp) };
       await cloneDisk(files.file('disk.qcow2'), disk.file, disk.clone);
-      const session = await bootSession({
-        kernel: files.file('vmlinuz'), initramfs: files.file('initramfs.cpio'),
-        append: ctx.config.append, memoryMb: ctx.config.memoryMb, smp: ctx.config.smp,
-        // Not in the config: the marker only says when the boot is done.
-        ...(opts.ready ? { ready: opts.ready } : {}),
-      }, path.join(ctx.tmp, 'vm'), disk, { timeoutMs: opts.readyTimeoutMs ?? 120_000 });
+      const session = await bootSession(
+        {
+          kernel: files.file('vmlinuz'),
+          initramfs: files.file('initramfs.cpio'),
+          append: ctx.config.append,
+          memoryMb: ctx.config.memoryMb,
+          smp: ctx.config.smp,
+          // Not in the config: the marker only says when the boot is done.
+          ...(opts.ready ? { ready: opts.ready } : {}),
+        },
+        path.join(ctx.tmp, 'vm'),
+        disk,
+        { timeoutMs: opts.readyTimeoutMs ?? 120_000 },
+      );
       ctx.log(`booted ${name}`);
       await saveSession(ctx, session, finalOutDir(files.path, ctx.dref), { expiresAt: null }, null, async (vm) => {
         await vm.exec('true', { check: true });

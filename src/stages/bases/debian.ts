@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import { CairnError } from '../../errors.js';
 import { debootstrap, ROOTFS_TAR } from '../builtins/debootstrap.js';
-import { stage, type Dep, type Stage } from '../stage.js';
+import { stage, type Stage } from '../stage.js';
 import { makeExt4Qcow2 } from '../../backends/qemu/ext4-disk.js';
 import { DEFAULT_APPEND } from '../../backends/qemu/vm.js';
 import { bootedState, type BaseOptions } from './booted-state.js';
@@ -90,16 +90,32 @@ export function debianFiles(opts: { diskMb?: number; suite?: string } = {}): Sta
     version: 'cairn-debian-files-1',
     async build(ctx) {
       // Unpacking device nodes and other users' files needs root, as debootstrap did.
-      if (process.getuid?.() !== 0) throw new CairnError('E_BUILD_FAILED', 'building the debian disk needs root (device nodes and file ownership in the root filesystem)');
-      const rootfs = ctx.config.rootfs as unknown as Dep;
-      const boot = ctx.config.boot as unknown as Dep;
+      if (process.getuid?.() !== 0)
+        throw new CairnError(
+          'E_BUILD_FAILED',
+          'building the debian disk needs root (device nodes and file ownership in the root filesystem)',
+        );
+      const rootfs = ctx.config.rootfs;
+      const boot = ctx.config.boot;
       for (const f of ['vmlinuz', 'initramfs.cpio']) fs.copyFileSync(boot.file(f), path.join(ctx.out, f));
       const root = path.join(ctx.tmp, 'root');
       fs.mkdirSync(root);
-      await ctx.exec('tar', ['--extract', '--file', rootfs.file(ROOTFS_TAR), '--numeric-owner', '--same-permissions', '--xattrs', '--xattrs-include=*', '-C', root]);
+      await ctx.exec('tar', [
+        '--extract',
+        '--file',
+        rootfs.file(ROOTFS_TAR),
+        '--numeric-owner',
+        '--same-permissions',
+        '--xattrs',
+        '--xattrs-include=*',
+        '-C',
+        root,
+      ]);
       addCairnInit(root);
       await makeExt4Qcow2(path.join(ctx.out, 'disk.qcow2'), ctx.config.diskMb, ctx.tmp, root);
-      ctx.log(`disk.qcow2: ${(fs.statSync(path.join(ctx.out, 'disk.qcow2')).size / 2 ** 20).toFixed(1)} MiB (${ctx.config.diskMb} MiB ext4)`);
+      ctx.log(
+        `disk.qcow2: ${(fs.statSync(path.join(ctx.out, 'disk.qcow2')).size / 2 ** 20).toFixed(1)} MiB (${ctx.config.diskMb} MiB ext4)`,
+      );
     },
   });
 }

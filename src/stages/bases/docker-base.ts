@@ -25,7 +25,14 @@ export function dockerMachineBase(image: Stage, name = 'docker-base'): Stage<{ i
       // so the rootfs is copied; a reflink where the filesystem has them.
       fs.copyFileSync(config.image.file(desc.file), path.join(out, desc.file), fs.constants.COPYFILE_FICLONE);
       fs.copyFileSync(config.image.file(IMAGE_JSON), path.join(out, IMAGE_JSON));
-      writeDescription(out, { format: 1, backend: 'docker', state: { ...desc }, expiresAt: null, files: [], step: null });
+      writeDescription(out, {
+        format: 1,
+        backend: 'docker',
+        state: { ...desc },
+        expiresAt: null,
+        files: [],
+        step: null,
+      });
     },
   });
 }

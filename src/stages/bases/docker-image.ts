@@ -36,9 +36,16 @@ export function dockerImage(spec: DockerImageSpec): Stage<{ rootfs: Stage; chang
     version: 'cairn-docker-image-1',
     build: ({ config, out }) => {
       const src = config.rootfs.file(ROOTFS_TAR);
-      if (!fs.existsSync(src)) throw new CairnError('E_IMAGE_INVALID', `${config.rootfs.rrefs[0]} has no ${ROOTFS_TAR}`);
+      if (!fs.existsSync(src))
+        throw new CairnError('E_IMAGE_INVALID', `${config.rootfs.rrefs[0]} has no ${ROOTFS_TAR}`);
       fs.copyFileSync(src, path.join(out, ROOTFS_TAR), fs.constants.COPYFILE_FICLONE);
-      const desc: ImageDescription = { backend: 'docker', format: 'rootfs', name, file: ROOTFS_TAR, changes: config.changes };
+      const desc: ImageDescription = {
+        backend: 'docker',
+        format: 'rootfs',
+        name,
+        file: ROOTFS_TAR,
+        changes: config.changes,
+      };
       fs.writeFileSync(path.join(out, IMAGE_JSON), JSON.stringify(desc, null, 2) + '\n');
     },
   });

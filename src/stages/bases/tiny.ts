@@ -11,7 +11,9 @@ import { makeExt4Qcow2 } from '../../backends/qemu/ext4-disk.js';
 import { bootedState, type BaseOptions, type BootConfig } from './booted-state.js';
 
 /** Kernel, busybox initramfs and an empty ext4 disk, from Debian packages (apt-get download). */
-export function tinyFiles(opts: { diskMb?: number } = {}): Stage<{ kernel: string; busybox: string; init: string; diskMb: number }> {
+export function tinyFiles(
+  opts: { diskMb?: number } = {},
+): Stage<{ kernel: string; busybox: string; init: string; diskMb: number }> {
   return stage({
     name: 'tiny-files',
     config: {

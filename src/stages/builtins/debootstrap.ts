@@ -40,7 +40,12 @@ const SUITE_RE = /^[a-z0-9][a-z0-9.-]*$/;
 function checkPackages(what: string, list: readonly string[] | undefined): string[] {
   const out = [...new Set(list ?? [])].sort();
   for (const p of out) {
-    if (typeof p !== 'string' || !PACKAGE_RE.test(p)) throw new CairnError('E_BAD_STAGE_SPEC', `debootstrap ${what}: ${JSON.stringify(p)} is not a Debian package name`, { package: p });
+    if (typeof p !== 'string' || !PACKAGE_RE.test(p))
+      throw new CairnError(
+        'E_BAD_STAGE_SPEC',
+        `debootstrap ${what}: ${JSON.stringify(p)} is not a Debian package name`,
+        { package: p },
+      );
   }
   return out;
 }
@@ -56,12 +61,20 @@ function checkPackages(what: string, list: readonly string[] | undefined): strin
  */
 export function debootstrap(spec: DebootstrapSpec = {}): Stage<DebootstrapConfig> {
   const suite = spec.suite ?? 'bookworm';
-  if (!SUITE_RE.test(suite)) throw new CairnError('E_BAD_STAGE_SPEC', `debootstrap: suite ${JSON.stringify(suite)} is not a suite name`, { suite });
+  if (!SUITE_RE.test(suite))
+    throw new CairnError('E_BAD_STAGE_SPEC', `debootstrap: suite ${JSON.stringify(suite)} is not a suite name`, {
+      suite,
+    });
   const variant = spec.variant ?? 'minbase';
   const mirror = spec.mirror ?? 'http://deb.debian.org/debian';
   return stage({
     name: checkName(spec.name ?? `debootstrap-${suite}`),
-    config: { suite, variant, include: checkPackages('include', spec.include), install: checkPackages('install', spec.install) },
+    config: {
+      suite,
+      variant,
+      include: checkPackages('include', spec.include),
+      install: checkPackages('install', spec.install),
+    },
     outputs: [ROOTFS_TAR, PACKAGES_TXT],
     // The identity is the suite, variant and package lists: the mirror and
     // this builder's code may change without invalidating existing roots.
@@ -72,7 +85,8 @@ export function debootstrap(spec: DebootstrapSpec = {}): Stage<DebootstrapConfig
 
 async function buildRootfs(ctx: BuildContext<DebootstrapConfig>, mirror: string): Promise<void> {
   const { config, out, log } = ctx;
-  if (process.getuid?.() !== 0) throw new CairnError('E_BUILD_FAILED', 'debootstrap needs root (device nodes, chroot, file ownership)');
+  if (process.getuid?.() !== 0)
+    throw new CairnError('E_BUILD_FAILED', 'debootstrap needs root (device nodes, chroot, file ownership)');
   // ctx.tmp is on the store's filesystem and is deleted after the build,
   // device nodes included.
   const root = path.join(ctx.tmp, 'root');
@@ -92,12 +106,27 @@ async function buildRootfs(ctx: BuildContext<DebootstrapConfig>, mirror: string)
   }
   const list = await ctx.exec('dpkg-query', [`--admindir=${path.join(root, 'var/lib/dpkg')}`, '-l']);
   fs.writeFileSync(path.join(out, PACKAGES_TXT), list.stdout);
-  await ctx.exec('tar', ['--create', '--file', path.join(out, ROOTFS_TAR), '--numeric-owner', '--sort=name', '--xattrs', '--xattrs-include=*', '-C', root, '.']);
+  await ctx.exec('tar', [
+    '--create',
+    '--file',
+    path.join(out, ROOTFS_TAR),
+    '--numeric-owner',
+    '--sort=name',
+    '--xattrs',
+    '--xattrs-include=*',
+    '-C',
+    root,
+    '.',
+  ]);
   log(`rootfs.tar: ${(fs.statSync(path.join(out, ROOTFS_TAR)).size / 2 ** 20).toFixed(1)} MiB`);
 }
 
 /** `apt-get install` inside the new root, with /proc mounted for maintainer scripts and always unmounted. */
-async function chrootInstall(ctx: BuildContext<DebootstrapConfig>, root: string, packages: readonly string[]): Promise<void> {
+async function chrootInstall(
+  ctx: BuildContext<DebootstrapConfig>,
+  root: string,
+  packages: readonly string[],
+): Promise<void> {
   // policy-rc.d exit 101 tells invoke-rc.d not to start services in the chroot.
   const policy = path.join(root, 'usr/sbin/policy-rc.d');
   fs.writeFileSync(policy, '#!/bin/sh\nexit 101\n', { mode: 0o755 });

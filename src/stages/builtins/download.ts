@@ -29,7 +29,11 @@ const PERMANENT = new Set([400, 401, 403, 404, 405, 410, 451]);
  * redirect to another host. Every URL in the log, the error message and its
  * details is redacted (see redactUrl): the log ends up in the store.
  */
-export async function download(urls: readonly string[], file: string, opts: DownloadOptions = {}): Promise<{ url: string; bytes: number; resumed: number }> {
+export async function download(
+  urls: readonly string[],
+  file: string,
+  opts: DownloadOptions = {},
+): Promise<{ url: string; bytes: number; resumed: number }> {
   const attempts = opts.attempts ?? 6;
   const idle = opts.idleTimeoutMs ?? 30_000;
   const log = opts.log ?? (() => {});
@@ -49,10 +53,17 @@ export async function download(urls: readonly string[], file: string, opts: Down
     const url = live[attempt % live.length]!;
     const safeUrl = redactUrl(url);
     let have = 0;
-    try { have = fs.statSync(file).size; } catch { /* nothing yet */ }
+    try {
+      have = fs.statSync(file).size;
+    } catch {
+      /* nothing yet */
+    }
     const ac = new AbortController();
     let timer = setTimeout(() => ac.abort(), idle);
-    const poke = (): void => { clearTimeout(timer); timer = setTimeout(() => ac.abort(), idle); };
+    const poke = (): void => {
+      clearTimeout(timer);
+      timer = setTimeout(() => ac.abort(), idle);
+    };
     try {
       const { href, authorization } = splitUserInfo(url);
       const headers: Record<string, string> = {
@@ -77,8 +88,10 @@ export async function download(urls: readonly string[], file: string, opts: Down
         throw new Error(why);
       }
       const partial = res.status === 206 && have > 0;
-      if (partial) { resumed++; log(`${safeUrl}: resuming at ${have} bytes`); }
-      else have = 0;
+      if (partial) {
+        resumed++;
+        log(`${safeUrl}: resuming at ${have} bytes`);
+      } else have = 0;
       const total = Number(res.headers.get('content-length') ?? NaN) + have;
       const out = fs.createWriteStream(file, { flags: partial ? 'a' : 'w' });
       let got = have;
@@ -116,15 +129,22 @@ export async function download(urls: readonly string[], file: string, opts: Down
       clearTimeout(timer);
     }
   }
-  if (errors.length === 0) errors.push('no URL could be resolved (apt: URLs need current package lists: apt-get update)');
-  throw new CairnError('E_FETCH_FAILED', `download failed: ${errors.slice(-4).join('; ')}`,
-    { urls: urls.map(redactUrl), errors });
+  if (errors.length === 0)
+    errors.push('no URL could be resolved (apt: URLs need current package lists: apt-get update)');
+  throw new CairnError('E_FETCH_FAILED', `download failed: ${errors.slice(-4).join('; ')}`, {
+    urls: urls.map(redactUrl),
+    errors,
+  });
 }
 
 /** `https://u:p@host/x` -> `https://host/x` plus the Basic credentials, as curl and browsers send them. */
 function splitUserInfo(url: string): { href: string; authorization?: string } {
   let u: URL;
-  try { u = new URL(url); } catch { return { href: url }; }
+  try {
+    u = new URL(url);
+  } catch {
+    return { href: url };
+  }
   if (u.username === '' && u.password === '') return { href: url };
   const creds = `${decodeURIComponent(u.username)}:${decodeURIComponent(u.password)}`;
   u.username = '';

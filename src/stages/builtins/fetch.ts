@@ -10,7 +10,10 @@ import { download, type DownloadOptions } from './download.js';
 import { checkHash, parseHash, showHash, type HashType } from './hashes.js';
 
 /** The config of a fetched file: its name and declared hash, and nothing else. */
-export interface FixedOutput { file: string; hash: string }
+export interface FixedOutput {
+  file: string;
+  hash: string;
+}
 
 export interface FetchUrlSpec extends Omit<DownloadOptions, 'log'> {
   /** One URL, or several mirrors tried in turn. */
@@ -28,13 +31,19 @@ export interface FetchUrlSpec extends Omit<DownloadOptions, 'log'> {
 function fileNameOf(url: string): string {
   const shown = redactUrl(url);
   if (url.startsWith('apt:')) {
-    throw new CairnError('E_BAD_STAGE_SPEC', `an apt: URL names no file; give one with \`file\` (${shown})`, { url: shown });
+    throw new CairnError('E_BAD_STAGE_SPEC', `an apt: URL names no file; give one with \`file\` (${shown})`, {
+      url: shown,
+    });
   }
   try {
     const last = decodeURIComponent(new URL(url).pathname.split('/').pop() ?? '');
     if (last) return last;
-  } catch { /* not a URL */ }
-  throw new CairnError('E_BAD_STAGE_SPEC', `cannot take a file name from ${shown}; give one with \`file\``, { url: shown });
+  } catch {
+    /* not a URL */
+  }
+  throw new CairnError('E_BAD_STAGE_SPEC', `cannot take a file name from ${shown}; give one with \`file\``, {
+    url: shown,
+  });
 }
 
 function checkFileName(file: string): string {
@@ -57,8 +66,13 @@ export function fetchurl(spec: FetchUrlSpec): Stage<FixedOutput> {
   if (urls.length === 0) throw new CairnError('E_BAD_STAGE_SPEC', 'fetchurl needs `url` or `urls`');
   const file = checkFileName(spec.file ?? fileNameOf(urls[0]!));
   const expected = parseHash(spec.hash, spec.hashType);
-  if (expected.type === 'tree-sha256') throw new CairnError('E_BAD_HASH', 'fetchurl takes a sha256 or sha512 file hash');
-  const options: DownloadOptions = { attempts: spec.attempts, idleTimeoutMs: spec.idleTimeoutMs, backoffMs: spec.backoffMs };
+  if (expected.type === 'tree-sha256')
+    throw new CairnError('E_BAD_HASH', 'fetchurl takes a sha256 or sha512 file hash');
+  const options: DownloadOptions = {
+    attempts: spec.attempts,
+    idleTimeoutMs: spec.idleTimeoutMs,
+    backoffMs: spec.backoffMs,
+  };
   return stage({
     name: checkName(spec.name ?? file),
     config: { file, hash: showHash(expected) },
@@ -123,7 +137,10 @@ export function fetchlocal(spec: FetchLocalSpec): Stage<FixedOutput> {
       const target = path.join(out, config.file);
       const st = fs.statSync(source);
       if (st.isDirectory() !== (expected.type === 'tree-sha256')) {
-        throw new CairnError('E_BAD_HASH', `${source} is a ${st.isDirectory() ? 'directory; declare a tree-sha256 hash (cairn hash DIR)' : 'file; declare a sha256 or sha512 hash'}`);
+        throw new CairnError(
+          'E_BAD_HASH',
+          `${source} is a ${st.isDirectory() ? 'directory; declare a tree-sha256 hash (cairn hash DIR)' : 'file; declare a sha256 or sha512 hash'}`,
+        );
       }
       copyTree(Buffer.from(source), Buffer.from(target));
       // What is checked is the copy, i.e. exactly what enters the store.

@@ -43,7 +43,11 @@ export function detectFormat(file: string): ArchiveFormat {
   if (n >= 262 && head.subarray(257, 262).toString('latin1') === 'ustar') return 'tar';
   // An archive with no entries is just its end marker: a block of zeros.
   if (n === 512 && head.every((b) => b === 0)) return 'tar';
-  throw new CairnError('E_BAD_ARCHIVE', `${path.basename(file)} is not a tar, tar.gz, tar.xz, tar.bz2, tar.zst or .deb archive`, { file });
+  throw new CairnError(
+    'E_BAD_ARCHIVE',
+    `${path.basename(file)} is not a tar, tar.gz, tar.xz, tar.bz2, tar.zst or .deb archive`,
+    { file },
+  );
 }
 
 /** Copies the `data.tar.*` member of a Debian package (an ar archive) to `dir`. */
@@ -82,13 +86,19 @@ export function debDataMember(deb: string, dir: string): string {
   } finally {
     fs.closeSync(fd);
   }
-  throw new CairnError('E_BAD_ARCHIVE', `${path.basename(deb)} has no data.tar member; is it a Debian package?`, { file: deb });
+  throw new CairnError('E_BAD_ARCHIVE', `${path.basename(deb)} has no data.tar member; is it a Debian package?`, {
+    file: deb,
+  });
 }
 
 function archiveIn(dep: Dep, file: string | null): string {
   if (file !== null) return dep.file(file);
   const names = fs.readdirSync(dep.path);
-  if (names.length !== 1) throw new CairnError('E_BAD_STAGE_SPEC', `unpack: ${dep.dref} holds ${names.length} entries; say which with \`file\``);
+  if (names.length !== 1)
+    throw new CairnError(
+      'E_BAD_STAGE_SPEC',
+      `unpack: ${dep.dref} holds ${names.length} entries; say which with \`file\``,
+    );
   return dep.file(names[0]!);
 }
 
@@ -117,10 +127,15 @@ function checkLimits(limits: UnpackLimits | undefined): { limits?: UnpackLimits 
  * E_ARCHIVE_TOO_LARGE.
  */
 export function unpack(spec: UnpackSpec): Stage<{
-  src: Stage<any>; file: string | null; strip: number; format: ArchiveFormat | null; limits?: UnpackLimits;
+  src: Stage<any>;
+  file: string | null;
+  strip: number;
+  format: ArchiveFormat | null;
+  limits?: UnpackLimits;
 }> {
   const strip = spec.strip ?? 0;
-  if (!Number.isInteger(strip) || strip < 0) throw new CairnError('E_BAD_STAGE_SPEC', 'unpack: strip must be a whole number >= 0');
+  if (!Number.isInteger(strip) || strip < 0)
+    throw new CairnError('E_BAD_STAGE_SPEC', 'unpack: strip must be a whole number >= 0');
   return stage({
     name: checkName(spec.name ?? `${spec.src.name}-unpacked`.slice(0, 100)),
     config: { src: spec.src, file: spec.file ?? null, strip, format: spec.format ?? null, ...checkLimits(spec.limits) },

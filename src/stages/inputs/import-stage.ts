@@ -24,7 +24,10 @@ export function entryName(abs: string): string {
 
 /** A stage name for an input's import derivation: its basename in the portable alphabet. */
 export function importName(entry: string): string {
-  let n = entry.replace(/[^A-Za-z0-9._+-]/g, '_').replace(/\.\./g, '_.').slice(0, 100);
+  let n = entry
+    .replace(/[^A-Za-z0-9._+-]/g, '_')
+    .replace(/\.\./g, '_.')
+    .slice(0, 100);
   if (!/^[A-Za-z0-9_]/.test(n)) n = `_${n}`.slice(0, 100);
   if (!isName(n)) n = `_${n}`.slice(0, 100);
   return isName(n) ? n : 'input';
@@ -65,9 +68,10 @@ function copyTree(from: Buffer, to: Buffer): void {
  */
 export function importStage(input: FileInput, digest: InputDigest): Stage<ImportConfig> {
   const file = entryName(input.path);
-  const config: ImportConfig = digest.kind === 'file'
-    ? { file, kind: 'file', hash: digest.hash, exec: digest.exec }
-    : { file, kind: 'dir', hash: digest.hash };
+  const config: ImportConfig =
+    digest.kind === 'file'
+      ? { file, kind: 'file', hash: digest.hash, exec: digest.exec }
+      : { file, kind: 'dir', hash: digest.hash };
   return stage({
     name: importName(file),
     config,
@@ -82,15 +86,21 @@ export function importStage(input: FileInput, digest: InputDigest): Stage<Import
       } catch (e) {
         const err = e as NodeJS.ErrnoException;
         if (err.code === 'ENOENT' || err.code === 'ENOTDIR') {
-          throw new CairnError('E_INPUT_CHANGED', `file input ${input.key} disappeared during the run (${err.message})`, { input: input.key });
+          throw new CairnError(
+            'E_INPUT_CHANGED',
+            `file input ${input.key} disappeared during the run (${err.message})`,
+            { input: input.key },
+          );
         }
         throw e;
       }
       const got = new InputHasher().digest(target, input.key);
       if (got.kind !== c.kind || got.hash !== c.hash || (c.kind === 'file' && got.exec !== c.exec)) {
-        throw new CairnError('E_INPUT_CHANGED',
+        throw new CairnError(
+          'E_INPUT_CHANGED',
           `file input ${input.key} changed during the run: it was hashed as ${c.hash}, but the copy taken for the build is ${got.hash}; run again`,
-          { input: input.key, expected: c.hash, actual: got.hash });
+          { input: input.key, expected: c.hash, actual: got.hash },
+        );
       }
       log(`imported ${input.path} (${got.files} file(s), ${got.bytes} bytes)`);
     },

@@ -58,7 +58,10 @@ const sameKey = (a: StatKey, b: StatKey): boolean =>
   a.dev === b.dev && a.ino === b.ino && a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs;
 
 function unsafe(input: string, rel: Buffer, why: string): CairnError {
-  return new CairnError('E_UNSAFE_INPUT', `file input ${input}: entry ${show(rel)} ${why}`, { input, path: rel.toString() });
+  return new CairnError('E_UNSAFE_INPUT', `file input ${input}: entry ${show(rel)} ${why}`, {
+    input,
+    path: rel.toString(),
+  });
 }
 
 /**
@@ -71,9 +74,12 @@ function walkError(e: unknown, input: string, abs: string): unknown {
   if (e instanceof CairnError) return e;
   const err = e as NodeJS.ErrnoException;
   const changed = err?.code === 'ENOENT' || err?.code === 'ELOOP' || err?.code === 'ENOTDIR';
-  return new CairnError(changed ? 'E_INPUT_CHANGED' : 'E_INPUT_MISSING',
+  return new CairnError(
+    changed ? 'E_INPUT_CHANGED' : 'E_INPUT_MISSING',
     `file input ${input} ${changed ? 'changed while it was being hashed' : 'cannot be read'}: ${err?.message ?? String(e)}`,
-    { input, path: abs, errno: err?.code }, { cause: e });
+    { input, path: abs, errno: err?.code },
+    { cause: e },
+  );
 }
 
 /**
@@ -101,7 +107,11 @@ function linkStaysInside(root: Buffer, parent: Buffer[], target: Buffer): boolea
       parts.push(Buffer.from(c));
       const abs = parts.reduce(join, root);
       let st: fs.Stats;
-      try { st = fs.lstatSync(abs); } catch { continue; }
+      try {
+        st = fs.lstatSync(abs);
+      } catch {
+        continue;
+      }
       if (st.isSymbolicLink()) {
         if (++hops > 40) return null;
         const next = resolve(parts.slice(0, -1), fs.readlinkSync(abs, { encoding: 'buffer' }));
@@ -134,9 +144,17 @@ export class InputHasher {
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'ENOENT' || code === 'ENOTDIR') {
-        throw new CairnError('E_INPUT_MISSING', `file input ${input} does not exist (looked for ${abs})`, { input, path: abs });
+        throw new CairnError('E_INPUT_MISSING', `file input ${input} does not exist (looked for ${abs})`, {
+          input,
+          path: abs,
+        });
       }
-      throw new CairnError('E_INPUT_MISSING', `file input ${input} cannot be read: ${(e as Error).message}`, { input, path: abs }, { cause: e });
+      throw new CairnError(
+        'E_INPUT_MISSING',
+        `file input ${input} cannot be read: ${(e as Error).message}`,
+        { input, path: abs },
+        { cause: e },
+      );
     }
     const root = Buffer.from(abs);
     const filesBefore = this.stats.files;
@@ -150,8 +168,11 @@ export class InputHasher {
       throw walkError(e, input, abs);
     }
     return {
-      kind: st.isFile() ? 'file' : 'dir', hash, exec: st.isFile() && (Number(st.mode) & 0o100) !== 0,
-      files: this.stats.files - filesBefore, bytes: this.bytesSeen - bytesBefore,
+      kind: st.isFile() ? 'file' : 'dir',
+      hash,
+      exec: st.isFile() && (Number(st.mode) & 0o100) !== 0,
+      files: this.stats.files - filesBefore,
+      bytes: this.bytesSeen - bytesBefore,
     };
   }
 
@@ -232,11 +253,17 @@ export class InputHasher {
       }
     }
     const where = rel().length > 0 ? ` (entry ${show(rel())})` : '';
-    throw new CairnError('E_INPUT_CHANGED', `file input ${input}${where} kept changing while it was being hashed`, { input });
+    throw new CairnError('E_INPUT_CHANGED', `file input ${input}${where} kept changing while it was being hashed`, {
+      input,
+    });
   }
 
   /** Writes the stat cache entries collected so far. */
-  flush(): void { this.cache.flush(); }
+  flush(): void {
+    this.cache.flush();
+  }
 
-  close(): void { this.cache.close(); }
+  close(): void {
+    this.cache.close();
+  }
 }

@@ -92,8 +92,11 @@ export function openStatCache(file: string | null = defaultStatCacheFile()): Sta
   } catch {
     return noStatCache;
   }
-  const select = db.prepare('SELECT size, mtime_ns, ctime_ns, sha256, used FROM stat WHERE dev = ? AND ino = ?').safeIntegers(true);
-  const upsert = db.prepare(`INSERT INTO stat (dev, ino, size, mtime_ns, ctime_ns, sha256, used) VALUES (?, ?, ?, ?, ?, ?, ?)
+  const select = db
+    .prepare('SELECT size, mtime_ns, ctime_ns, sha256, used FROM stat WHERE dev = ? AND ino = ?')
+    .safeIntegers(true);
+  const upsert =
+    db.prepare(`INSERT INTO stat (dev, ino, size, mtime_ns, ctime_ns, sha256, used) VALUES (?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (dev, ino) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
     ctime_ns = excluded.ctime_ns, sha256 = excluded.sha256, used = excluded.used`);
   const touch = db.prepare('UPDATE stat SET used = ? WHERE dev = ? AND ino = ?');
@@ -107,7 +110,11 @@ export function openStatCache(file: string | null = defaultStatCacheFile()): Sta
   return {
     get(k) {
       let row: Row | undefined;
-      try { row = select.get(s64(k.dev), s64(k.ino)) as Row | undefined; } catch { return undefined; }
+      try {
+        row = select.get(s64(k.dev), s64(k.ino)) as Row | undefined;
+      } catch {
+        return undefined;
+      }
       if (!row || row.size !== k.size || row.mtime_ns !== k.mtimeNs || row.ctime_ns !== k.ctimeNs) return undefined;
       if (row.used !== today) touched.push(k);
       return row.sha256;
@@ -128,12 +135,18 @@ export function openStatCache(file: string | null = defaultStatCacheFile()): Sta
             db.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES ('pruned', ?)").run(today);
           }
         })();
-      } catch { /* an optimisation: a busy or read-only cache costs a re-hash next time */ }
+      } catch {
+        /* an optimisation: a busy or read-only cache costs a re-hash next time */
+      }
       pending.length = 0;
       touched.length = 0;
     },
     close() {
-      try { db.close(); } catch { /* already closed */ }
+      try {
+        db.close();
+      } catch {
+        /* already closed */
+      }
     },
   };
 }

@@ -25,8 +25,19 @@ import { didYouMean } from './suggest.js';
 export const PIPELINE_VERSION = 'cairn-pipeline-1';
 
 const STAGE_KEYS = [
-  'cmd', 'deps', 'params', 'outs', 'metrics', 'plots', 'wdir', 'n', 'matcher',
-  'desc', 'meta', 'frozen', 'always_changed',
+  'cmd',
+  'deps',
+  'params',
+  'outs',
+  'metrics',
+  'plots',
+  'wdir',
+  'n',
+  'matcher',
+  'desc',
+  'meta',
+  'frozen',
+  'always_changed',
 ];
 const TOP_KEYS = ['stages', 'params', 'metrics', 'plots', 'artifacts'];
 /** DVC's flags on an out; none changes what a build means (persist: true is refused). */
@@ -40,7 +51,11 @@ type Where = readonly (string | number)[];
 
 /** Errors name the file, the line, the stage and the key. */
 class Reporter {
-  constructor(readonly file: string, private readonly doc: Document, private readonly lc: LineCounter) {}
+  constructor(
+    readonly file: string,
+    private readonly doc: Document,
+    private readonly lc: LineCounter,
+  ) {}
 
   line(where: Where): number | undefined {
     const { isMap, isScalar } = yaml();
@@ -67,7 +82,10 @@ class Reporter {
   }
 }
 
-interface OutDecl { path: string; where: Where }
+interface OutDecl {
+  path: string;
+  where: Where;
+}
 
 interface StageDecl {
   name: string;
@@ -91,8 +109,10 @@ function projectPath(r: Reporter, where: Where, wdir: string, p: unknown, what: 
     throw r.fail(where, `${what} must be a non-empty path, not ${JSON.stringify(p)}`);
   }
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(p)) {
-    throw r.fail(where,
-      `${what} ${p} is a URL; remote deps and outs are not supported (fetch it with fetchurl in a TypeScript stage)`);
+    throw r.fail(
+      where,
+      `${what} ${p} is a URL; remote deps and outs are not supported (fetch it with fetchurl in a TypeScript stage)`,
+    );
   }
   if (path.posix.isAbsolute(p)) {
     throw r.fail(where, `${what} ${p} is absolute; paths are relative to the project, so results travel`);
@@ -125,8 +145,10 @@ function parseOuts(r: Reporter, where: Where, wdir: string, v: unknown, anyFlags
           throw r.fail([...at, keys[0]!, k], `unknown flag ${k}${didYouMean(k, OUT_FLAGS)}`);
         }
         if (k === 'persist' && x === true) {
-          throw r.fail([...at, keys[0]!, k],
-            'persist: true is not supported: every build starts from an empty workspace');
+          throw r.fail(
+            [...at, keys[0]!, k],
+            'persist: true is not supported: every build starts from an empty workspace',
+          );
         }
       }
       return { path: projectPath(r, at, wdir, keys[0], 'out'), where: at };
@@ -145,7 +167,9 @@ function paramsReader(r: Reporter, root: string): (file: string, where: Where) =
       throw r.fail(where, `params file ${file}: only YAML and JSON params files are supported`);
     }
     let text: string;
-    try { text = fs.readFileSync(path.join(root, file), 'utf8'); } catch (e) {
+    try {
+      text = fs.readFileSync(path.join(root, file), 'utf8');
+    } catch (e) {
       throw r.fail(where, `params file ${file} cannot be read: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
     }
     const doc = yaml().parseDocument(text, { merge: true });
@@ -174,7 +198,8 @@ function parseParams(r: Reporter, where: Where, wdir: string, v: unknown, read: 
   const pick = (file: string, key: string | null, at: Where): void => {
     const doc = read(file, at);
     const picked = (out[file] ??= {});
-    if (key === null) { // the whole file, DVC's `- file.yaml:`
+    if (key === null) {
+      // the whole file, DVC's `- file.yaml:`
       const bad = badValue(doc);
       if (bad) throw r.fail(at, `${file}: ${bad}`);
       Object.assign(picked, doc);
@@ -208,19 +233,28 @@ function parseParams(r: Reporter, where: Where, wdir: string, v: unknown, read: 
 function metricScore(stageName: string, file: string, key: string | undefined): (c: Candidate) => Promise<number> {
   return async (c) => {
     let text: string;
-    try { text = (await c.read(file)).toString('utf8'); } catch {
-      throw new CairnError('E_MATCH_INVALID',
-        `stage ${stageName}: ${c.rref} has no metrics file ${file}`, { rref: c.rref, file });
+    try {
+      text = (await c.read(file)).toString('utf8');
+    } catch {
+      throw new CairnError('E_MATCH_INVALID', `stage ${stageName}: ${c.rref} has no metrics file ${file}`, {
+        rref: c.rref,
+        file,
+      });
     }
     let v: unknown;
     try {
       if (key === undefined) v = text.trim() === '' ? NaN : Number(text.trim());
       else v = lookup(/\.json$/i.test(file) ? JSON.parse(text) : yaml().parse(text), key);
-    } catch { v = undefined; }
+    } catch {
+      v = undefined;
+    }
     if (typeof v !== 'number' || !Number.isFinite(v)) {
       const what = `${file}${key ? ` key ${key}` : ''}`;
-      throw new CairnError('E_MATCH_INVALID', `stage ${stageName}: ${what} of ${c.rref} is not a finite number`,
-        { rref: c.rref, file, key });
+      throw new CairnError('E_MATCH_INVALID', `stage ${stageName}: ${what} of ${c.rref} is not a finite number`, {
+        rref: c.rref,
+        file,
+        key,
+      });
     }
     return v;
   };
@@ -241,12 +275,16 @@ function interpolate(r: Reporter, where: Where, cmd: string, paramsFile: string,
     const doc = read(paramsFile, where);
     const v = lookup(doc, k);
     if (v === undefined) {
-      throw r.fail(where,
-        `\${${k}}: ${paramsFile} has no param ${k}${didYouMean(k, dottedKeys(doc))} (write \\\${ for the shell's \${)`);
+      throw r.fail(
+        where,
+        `\${${k}}: ${paramsFile} has no param ${k}${didYouMean(k, dottedKeys(doc))} (write \\\${ for the shell's \${)`,
+      );
     }
     if (typeof v === 'object' && v !== null) {
-      throw r.fail(where,
-        `\${${k}} is a ${Array.isArray(v) ? 'list' : 'mapping'}; only single values can be put in a command`);
+      throw r.fail(
+        where,
+        `\${${k}} is a ${Array.isArray(v) ? 'list' : 'mapping'}; only single values can be put in a command`,
+      );
     }
     const bad = badValue(v, k);
     if (bad) throw r.fail(where, bad);
@@ -254,11 +292,18 @@ function interpolate(r: Reporter, where: Where, cmd: string, paramsFile: string,
   });
 }
 
-const MATCHER_FORMS = 'latest, latest(N), all, some(N), only, best, {best: METRIC}, '
-  + 'or {best: {metric: METRIC, file: FILE, lowest: true, n: N}}';
+const MATCHER_FORMS =
+  'latest, latest(N), all, some(N), only, best, {best: METRIC}, ' +
+  'or {best: {metric: METRIC, file: FILE, lowest: true, n: N}}';
 
 function parseMatcher(
-  r: Reporter, where: Where, name: string, wdir: string, v: unknown, metrics: OutDecl[], outs: OutDecl[],
+  r: Reporter,
+  where: Where,
+  name: string,
+  wdir: string,
+  v: unknown,
+  metrics: OutDecl[],
+  outs: OutDecl[],
 ): Matcher {
   if (v === undefined || v === null) return latest();
   const count = (x: unknown, at: Where): number => {
@@ -280,9 +325,12 @@ function parseMatcher(
   } else throw r.fail(where, `a matcher is ${MATCHER_FORMS}`);
   const at = typeof v === 'string' ? where : [...where, kind];
   switch (kind) {
-    case 'latest': return latest(arg === undefined ? 1 : count(arg, at));
-    case 'some': return some(arg === undefined ? 1 : count(arg, at));
-    case 'all': case 'only':
+    case 'latest':
+      return latest(arg === undefined ? 1 : count(arg, at));
+    case 'some':
+      return some(arg === undefined ? 1 : count(arg, at));
+    case 'all':
+    case 'only':
       if (arg !== undefined && arg !== null) throw r.fail(at, `${kind} takes no argument`);
       return kind === 'all' ? all() : only();
     case 'best': {
@@ -310,9 +358,13 @@ function parseMatcher(
           throw r.fail([...at, 'file'], `${spec.file as string} is not one of the stage's metrics or outs`);
         }
       } else if (metrics.length === 1) file = metrics[0]!.path;
-      else throw r.fail(at,
-        metrics.length === 0 ? 'best needs a metrics file: declare one under metrics'
-          : 'the stage has several metrics files; say which with {best: {metric, file}}');
+      else
+        throw r.fail(
+          at,
+          metrics.length === 0
+            ? 'best needs a metrics file: declare one under metrics'
+            : 'the stage has several metrics files; say which with {best: {metric, file}}',
+        );
       const metric = spec.metric;
       if (metric === undefined && /\.(json|ya?ml)$/i.test(file)) {
         throw r.fail(at, `say which metric of ${file} to maximise: matcher: {best: METRIC}`);
@@ -320,17 +372,22 @@ function parseMatcher(
       const m = best(n, { fn: metricScore(name, file, metric), lowest: spec.lowest === true });
       return { ...m, name: `best(${n > 1 ? `${n}, ` : ''}${metric ?? file}${spec.lowest === true ? ', lowest' : ''})` };
     }
-    default: throw r.fail(at,
-      `unknown matcher ${kind}${didYouMean(kind, ['latest', 'some', 'all', 'only', 'best'])}; use ${MATCHER_FORMS}`);
+    default:
+      throw r.fail(
+        at,
+        `unknown matcher ${kind}${didYouMean(kind, ['latest', 'some', 'all', 'only', 'best'])}; use ${MATCHER_FORMS}`,
+      );
   }
 }
 
 function parseStage(r: Reporter, name: string, spec: unknown): StageDecl {
   const w: Where = ['stages', name];
   if (!isName(name)) {
-    throw r.fail(w,
-      `stage name ${JSON.stringify(name)} is not allowed: `
-      + 'use 1-100 of A-Z a-z 0-9 . _ + -, starting with a letter, digit or _');
+    throw r.fail(
+      w,
+      `stage name ${JSON.stringify(name)} is not allowed: ` +
+        'use 1-100 of A-Z a-z 0-9 . _ + -, starting with a letter, digit or _',
+    );
   }
   if (!isObject(spec)) throw r.fail(w, 'a stage is a mapping with at least cmd');
   for (const k of Object.keys(spec)) {
@@ -343,7 +400,10 @@ function parseStage(r: Reporter, name: string, spec: unknown): StageDecl {
     throw r.fail([...w, 'frozen'], 'frozen: true is not supported (pin a result with a named root instead)');
   }
   if (spec.always_changed === true) {
-    throw r.fail([...w, 'always_changed'], 'always_changed: true is not supported (force a rebuild of the stage when realizing instead)');
+    throw r.fail(
+      [...w, 'always_changed'],
+      'always_changed: true is not supported (force a rebuild of the stage when realizing instead)',
+    );
   }
   const cmd = spec.cmd;
   if (cmd === undefined || cmd === null) throw r.fail(w, 'cmd is missing');
@@ -373,7 +433,13 @@ function parseStage(r: Reporter, name: string, spec: unknown): StageDecl {
   ];
   const metrics = parseOuts(r, [...w, 'metrics'], wdir, spec.metrics, false);
   return {
-    name, cmd: cmd as string | string[], wdir, deps, outs, metrics, n: n as number,
+    name,
+    cmd: cmd as string | string[],
+    wdir,
+    deps,
+    outs,
+    metrics,
+    n: n as number,
     params: {},
     rawParams: spec.params,
     matcher: parseMatcher(r, [...w, 'matcher'], name, wdir, spec.matcher, metrics, outs),
@@ -404,9 +470,14 @@ export function loadPipeline(file: string): LoadedPipeline {
   const abs = path.resolve(file);
   const root = path.dirname(abs);
   let text: string;
-  try { text = fs.readFileSync(abs, 'utf8'); } catch (e) {
-    throw new CairnError('E_STAGE_FILE',
-      `pipeline file ${file} cannot be read: ${(e as NodeJS.ErrnoException).code ?? String(e)}`, { file });
+  try {
+    text = fs.readFileSync(abs, 'utf8');
+  } catch (e) {
+    throw new CairnError(
+      'E_STAGE_FILE',
+      `pipeline file ${file} cannot be read: ${(e as NodeJS.ErrnoException).code ?? String(e)}`,
+      { file },
+    );
   }
   const lc = new (yaml().LineCounter)();
   const doc = yaml().parseDocument(text, { lineCounter: lc, merge: true });
@@ -414,8 +485,11 @@ export function loadPipeline(file: string): LoadedPipeline {
   if (doc.errors.length > 0) {
     const e = doc.errors[0]!;
     const line = e.linePos?.[0]?.line;
-    throw new CairnError('E_BAD_PIPELINE',
-      `${file}${line ? `:${line}` : ''}: not valid YAML: ${e.message.split('\n')[0]}`, { file, line });
+    throw new CairnError(
+      'E_BAD_PIPELINE',
+      `${file}${line ? `:${line}` : ''}: not valid YAML: ${e.message.split('\n')[0]}`,
+      { file, line },
+    );
   }
   const top = doc.toJS() as unknown;
   if (!isObject(top)) throw r.fail([], 'a pipeline file is a mapping with stages');
@@ -434,9 +508,12 @@ export function loadPipeline(file: string): LoadedPipeline {
     for (const o of [...d.outs, ...d.metrics]) {
       const prev = owner.get(o.path);
       if (prev) {
-        throw r.fail(o.where,
-          prev.stage === d.name ? `out ${o.path} is listed twice`
-            : `out ${o.path} is also declared by stage ${prev.stage}`);
+        throw r.fail(
+          o.where,
+          prev.stage === d.name
+            ? `out ${o.path} is listed twice`
+            : `out ${o.path} is also declared by stage ${prev.stage}`,
+        );
       }
       owner.set(o.path, { stage: d.name, out: o });
     }
@@ -452,8 +529,11 @@ export function loadPipeline(file: string): LoadedPipeline {
   const read = (file: string, where: Where): Record<string, unknown> => {
     const made = [file, ...ancestors(file)].map((p) => owner.get(p)).find((o) => o !== undefined);
     if (made) {
-      throw r.fail(where, `params file ${file} is an out of stage ${made.stage}; `
-        + 'params are read from the project when the pipeline is loaded, so they cannot be generated');
+      throw r.fail(
+        where,
+        `params file ${file} is an out of stage ${made.stage}; ` +
+          'params are read from the project when the pipeline is loaded, so they cannot be generated',
+      );
     }
     return readProject(file, where);
   };
@@ -461,8 +541,10 @@ export function loadPipeline(file: string): LoadedPipeline {
     const w: Where = ['stages', d.name];
     d.params = parseParams(r, [...w, 'params'], d.wdir, d.rawParams, read);
     const defaults = projectPath(r, w, d.wdir, DEFAULT_PARAMS, 'params file');
-    d.cmd = typeof d.cmd === 'string' ? interpolate(r, [...w, 'cmd'], d.cmd, defaults, read)
-      : d.cmd.map((c, i) => interpolate(r, [...w, 'cmd', i], c, defaults, read));
+    d.cmd =
+      typeof d.cmd === 'string'
+        ? interpolate(r, [...w, 'cmd'], d.cmd, defaults, read)
+        : d.cmd.map((c, i) => interpolate(r, [...w, 'cmd', i], c, defaults, read));
   }
   const outsUnder = (dir: string): string[] => [...owner.keys()].filter((p) => p.startsWith(`${dir}/`));
 
@@ -483,13 +565,19 @@ export function loadPipeline(file: string): LoadedPipeline {
       const inside = outsUnder(dep.path);
       if (inside.length > 0) {
         const by = owner.get(inside[0]!)!.stage;
-        throw r.fail(dep.where, `dep ${dep.path} contains ${inside[0]}, an out of stage ${by}; `
-          + 'depend on that out, and on the other files by name');
+        throw r.fail(
+          dep.where,
+          `dep ${dep.path} contains ${inside[0]}, an out of stage ${by}; ` +
+            'depend on that out, and on the other files by name',
+        );
       }
-      try { fs.lstatSync(path.join(root, dep.path)); } catch {
-        throw r.fail(dep.where,
-          `dep ${dep.path} is neither a file in the project nor an out of a stage`
-          + didYouMean(dep.path, owner.keys()));
+      try {
+        fs.lstatSync(path.join(root, dep.path));
+      } catch {
+        throw r.fail(
+          dep.where,
+          `dep ${dep.path} is neither a file in the project nor an out of a stage` + didYouMean(dep.path, owner.keys()),
+        );
       }
       files.push(dep.path);
     }
@@ -524,17 +612,20 @@ export function loadPipeline(file: string): LoadedPipeline {
       params: d.params,
       deps: Object.fromEntries([...upstream.get(name)!].map(([p, s]) => [p, made.get(s)!])),
     };
-    made.set(name, stage<PipelineConfig<Stage>>({
+    made.set(
       name,
-      config,
-      build: runPipelineStage as never,
-      version: PIPELINE_VERSION,
-      outputs: [...config.outs, ...config.metrics],
-      n: d.n,
-      matcher: d.matcher,
-      files: fileDeps.get(name)!,
-      dir: root,
-    }));
+      stage<PipelineConfig<Stage>>({
+        name,
+        config,
+        build: runPipelineStage as never,
+        version: PIPELINE_VERSION,
+        outputs: [...config.outs, ...config.metrics],
+        n: d.n,
+        matcher: d.matcher,
+        files: fileDeps.get(name)!,
+        dir: root,
+      }),
+    );
   }
   return { file: abs, root, stages: new Map(decls.map((d) => [d.name, made.get(d.name)! as Stage])) };
 }

@@ -24,11 +24,17 @@ export function badValue(v: unknown, at = ''): string | undefined {
   }
   if (v === null || typeof v === 'string' || typeof v === 'boolean') return undefined;
   if (Array.isArray(v)) {
-    for (const [i, x] of v.entries()) { const b = badValue(x, `${at}[${i}]`); if (b) return b; }
+    for (const [i, x] of v.entries()) {
+      const b = badValue(x, `${at}[${i}]`);
+      if (b) return b;
+    }
     return undefined;
   }
   if (typeof v === 'object' && Object.getPrototypeOf(v) === Object.prototype) {
-    for (const [k, x] of Object.entries(v)) { const b = badValue(x, at ? `${at}.${k}` : k); if (b) return b; }
+    for (const [k, x] of Object.entries(v)) {
+      const b = badValue(x, at ? `${at}.${k}` : k);
+      if (b) return b;
+    }
     return undefined;
   }
   return `${at || 'value'} is not a plain YAML value (string, number, boolean, null, list or mapping)`;

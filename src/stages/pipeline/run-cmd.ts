@@ -26,7 +26,11 @@ const SLASH = Buffer.from('/');
 const join = (dir: Buffer, name: Buffer): Buffer => Buffer.concat([dir, SLASH, name]);
 
 /** A file the workspace links to a store file: checked after the command, which must not have written to it. */
-interface Linked { at: Buffer; mtimeNs: bigint; size: bigint }
+interface Linked {
+  at: Buffer;
+  mtimeNs: bigint;
+  size: bigint;
+}
 
 /**
  * Puts `src` (a store path) at `dst` in the workspace. Files are hard links
@@ -64,18 +68,30 @@ function checkInputsIntact(stage: string, ws: string, linked: readonly Linked[])
   for (const l of linked) {
     let st: fs.BigIntStats;
     // Removed or renamed: the store copy is untouched.
-    try { st = fs.lstatSync(l.at, { bigint: true }); } catch { continue; }
+    try {
+      st = fs.lstatSync(l.at, { bigint: true });
+    } catch {
+      continue;
+    }
     if (st.isFile() && (st.mtimeNs !== l.mtimeNs || st.size !== l.size)) {
       const rel = path.relative(ws, l.at.toString());
-      throw new CairnError('E_BUILD_FAILED', `stage ${stage}: the command wrote to its input ${rel}, `
-        + 'a read-only store file; write results to a declared out instead, and run `cairn store verify --repair`',
-      { stage, input: rel });
+      throw new CairnError(
+        'E_BUILD_FAILED',
+        `stage ${stage}: the command wrote to its input ${rel}, ` +
+          'a read-only store file; write results to a declared out instead, and run `cairn store verify --repair`',
+        { stage, input: rel },
+      );
     }
   }
 }
 
 const exists = (p: string): boolean => {
-  try { fs.lstatSync(p); return true; } catch { return false; }
+  try {
+    fs.lstatSync(p);
+    return true;
+  } catch {
+    return false;
+  }
 };
 
 /**
@@ -88,16 +104,26 @@ function throughLink(stage: string, ws: string, out: string): void {
   for (let i = 1; i < parts.length; i++) {
     const dir = path.join(ws, ...parts.slice(0, i));
     let st: fs.Stats;
-    try { st = fs.lstatSync(dir); } catch { return; } // missing: the promise check says so
+    try {
+      st = fs.lstatSync(dir);
+    } catch {
+      return;
+    } // missing: the promise check says so
     if (!st.isDirectory()) {
       const via = parts.slice(0, i).join('/');
-      throw new CairnError('E_UNSAFE_OUTPUT', `stage ${stage}: out ${out} is reached through ${via}, `
-        + 'which is not a directory of the workspace (a symlink?)', { stage, out });
+      throw new CairnError(
+        'E_UNSAFE_OUTPUT',
+        `stage ${stage}: out ${out} is reached through ${via}, ` +
+          'which is not a directory of the workspace (a symlink?)',
+        { stage, out },
+      );
     }
   }
 }
 
-const mkdirp = (p: string): void => { fs.mkdirSync(p, { recursive: true, mode: 0o755 }); };
+const mkdirp = (p: string): void => {
+  fs.mkdirSync(p, { recursive: true, mode: 0o755 });
+};
 
 /**
  * The build of every cairn.yaml stage. For each of the stage's `n` outputs
@@ -113,8 +139,12 @@ export async function runPipelineStage(ctx: BuildContext<PipelineConfig>): Promi
   // Every chosen realization of every upstream dep, for `matcher: all` and
   // the like (the workspace holds the first choice).
   const depsFile = path.join(ctx.tmp, 'deps.json');
-  fs.writeFileSync(depsFile, JSON.stringify(Object.fromEntries(
-    Object.entries(c.deps).map(([p, d]) => [p, d.paths.map((root) => path.join(root, p))]))));
+  fs.writeFileSync(
+    depsFile,
+    JSON.stringify(
+      Object.fromEntries(Object.entries(c.deps).map(([p, d]) => [p, d.paths.map((root) => path.join(root, p))])),
+    ),
+  );
   const cmds = typeof c.cmd === 'string' ? [c.cmd] : c.cmd;
   for (const [i, out] of ctx.outs.entries()) {
     const ws = path.join(ctx.tmp, `ws-${i}`);
@@ -131,8 +161,10 @@ export async function runPipelineStage(ctx: BuildContext<PipelineConfig>): Promi
     for (const [rel, dep] of Object.entries(c.deps).sort(([a], [b]) => (a < b ? -1 : 1))) {
       // A dep inside an out directory that the chosen realization lacks.
       if (!exists(dep.file(rel))) {
-        throw new CairnError('E_BUILD_FAILED', `stage ${ctx.name}: dep ${rel} is not in ${dep.rrefs[0]}`,
-          { stage: ctx.name, dep: rel });
+        throw new CairnError('E_BUILD_FAILED', `stage ${ctx.name}: dep ${rel} is not in ${dep.rrefs[0]}`, {
+          stage: ctx.name,
+          dep: rel,
+        });
       }
       put(rel, dep.file(rel));
     }
@@ -171,9 +203,15 @@ export async function runPipelineStage(ctx: BuildContext<PipelineConfig>): Promi
     for (const o of [...c.outs, ...c.metrics]) {
       const from = path.join(ws, o);
       throughLink(ctx.name, ws, o);
-      try { fs.lstatSync(from); } catch {
-        throw new CairnError('E_PROMISE_BROKEN', `stage ${ctx.name}: the command did not create its out ${o}`
-          + (ctx.outs.length > 1 ? ` (run ${i + 1} of ${ctx.outs.length})` : ''), { stage: ctx.name, missing: [o] });
+      try {
+        fs.lstatSync(from);
+      } catch {
+        throw new CairnError(
+          'E_PROMISE_BROKEN',
+          `stage ${ctx.name}: the command did not create its out ${o}` +
+            (ctx.outs.length > 1 ? ` (run ${i + 1} of ${ctx.outs.length})` : ''),
+          { stage: ctx.name, missing: [o] },
+        );
       }
       mkdirp(path.dirname(path.join(out, o)));
       fs.renameSync(from, path.join(out, o));

@@ -19,7 +19,10 @@ export function didYouMean(word: string, options: Iterable<string>): string {
   let bestD = Infinity;
   for (const o of options) {
     const dist = distance(word.toLowerCase(), o.toLowerCase());
-    if (dist < bestD) { bestD = dist; bestOption = o; }
+    if (dist < bestD) {
+      bestD = dist;
+      bestOption = o;
+    }
   }
   const limit = Math.max(1, Math.floor(word.length / 3));
   return bestOption !== undefined && bestD <= limit ? ` (did you mean ${JSON.stringify(bestOption)}?)` : '';
