@@ -83,7 +83,6 @@ export const ErrorCodes = {
     'a binary cache did not answer within its retry budget (unreachable, timeouts, 5xx, SlowDown) or refused a request',
   E_CACHE_READ_ONLY: 'a write or delete was sent to a read-only binary cache (http(s)://)',
   E_CACHE_NO_LIST: 'an http(s):// binary cache cannot enumerate its keys; ls, verify and gc need s3:// or file://',
-  E_CACHE_BAD_URL: 'a binary cache URL is not file://, s3:// or http(s)://, or is malformed',
   E_CACHE_FORMAT: 'a binary cache has no cache-info object, or one of a format or compression this cairn does not read',
   E_CACHE_BAD_ENTRY: 'a binary cache object (metadata, derivation) is malformed or does not match its key',
   E_CACHE_UNSIGNED: 'a binary cache entry carries no signature, and was not used',
