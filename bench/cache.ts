@@ -93,7 +93,9 @@ interface Stats {
 function stats(xs: readonly number[]): Stats | null {
   if (xs.length === 0) return null;
   const s = [...xs].sort((a, b) => a - b);
-  return { median: s[Math.floor((s.length - 1) / 2)]!, min: s[0]!, n: s.length };
+  const mid = (s.length - 1) / 2;
+  // An even count's median is the mean of the middle two (with 2 repetitions, not the lower one).
+  return { median: (s[Math.floor(mid)]! + s[Math.ceil(mid)]!) / 2, min: s[0]!, n: s.length };
 }
 
 const fmtMs = (ms: number): string => (ms >= 10_000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms)} ms`);
