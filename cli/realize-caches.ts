@@ -3,13 +3,15 @@
  * (`--substituter URL`, repeatable, replacing the store configuration's
  * `substituters`; `--no-substituters` for none) and where `--push-to URL`
  * sends what it made. `cacheSubstituter` and `cachePushTarget` are the one
- * place a URL becomes a Substituter or a PushTarget: the cache backend
- * (src/store/cache/) is connected there.
+ * place a URL becomes a Substituter or a PushTarget
+ * (src/store/cache/cache-substituter.ts: the cache's Store, pullClosure and
+ * pushClosure over `openBlobStore(url)`); the backend modules are imported
+ * only when a cache is used.
  */
 import { CairnError } from '../src/errors.js';
 import { redactUrl } from '../src/redact-url.js';
 import type { PushTarget, Substituter } from '../src/stages/substitute.js';
-import { configuredSubstituters } from '../src/store/substituter-config.js';
+import { readStoreConfig } from '../src/store/config.js';
 
 export interface RealizeCacheFlags {
   /** --substituter, in the order given. */
@@ -36,7 +38,7 @@ export interface CacheAccess {
 export function substituterUrls(flags: RealizeCacheFlags, storeRoot: string): string[] {
   if (flags.substituters === false) return [];
   if (flags.substituter !== undefined && flags.substituter.length > 0) return [...new Set(flags.substituter)];
-  return [...new Set(configuredSubstituters(storeRoot))];
+  return [...new Set(readStoreConfig(storeRoot).substituters)];
 }
 
 /** The kinds of cache URL issue 16 names: `file:///DIR`, `s3://BUCKET/PREFIX`, `http(s)://…` (read-only). */
@@ -65,16 +67,26 @@ function cacheKind(url: string): 'file' | 's3' | 'http' {
   );
 }
 
-/** The binary cache at `url` as a substituter; signatures are checked against the trusted keys. */
-export function cacheSubstituter(url: string, access: CacheAccess): Substituter {
+/**
+ * The binary cache at `url` as a substituter; signatures are checked against
+ * the trusted keys (the store configuration's and --trusted-key). The URL and
+ * the keys are checked now; the cache is first asked when a stage misses.
+ */
+export async function cacheSubstituter(url: string, access: CacheAccess): Promise<Substituter> {
   cacheKind(url);
-  const sub = openCacheSubstituter(url, access);
+  const { parsePublicKey, readTrustedKey } = await import('../src/store/cache/sign.js');
+  const trusted = [
+    ...readStoreConfig(access.storeRoot).trustedPublicKeys.map(parsePublicKey),
+    ...access.trustedKeys.map(readTrustedKey),
+  ];
+  const blob = await (await import('../src/store/cache/open-blob.js')).openBlobStore(url);
+  const sub = await import('../src/store/cache/cache-substituter.js');
   // Warnings and progress name it: never with the URL's secrets.
-  return { name: redactUrl(url), store: sub.store, fetch: (into, rrefs) => sub.fetch(into, rrefs) };
+  return sub.cacheSubstituter(redactUrl(url), blob, trusted);
 }
 
-/** The binary cache at `url` as a push target; an http(s) cache is read-only. */
-export function cachePushTarget(url: string, access: CacheAccess): PushTarget {
+/** The binary cache at `url` as a push target, signing with --key; an http(s) cache is read-only. */
+export async function cachePushTarget(url: string, access: CacheAccess): Promise<PushTarget> {
   if (cacheKind(url) === 'http') {
     throw new CairnError(
       'E_USAGE',
@@ -84,21 +96,14 @@ export function cachePushTarget(url: string, access: CacheAccess): PushTarget {
       },
     );
   }
-  const target = openCachePushTarget(url, access);
-  return { name: redactUrl(url), push: (from, rrefs) => target.push(from, rrefs) };
-}
-
-const noBackend = (url: string): CairnError =>
-  new CairnError('E_USAGE', `${redactUrl(url)}: this cairn is built without the binary cache backend`, {
-    url: redactUrl(url),
-  });
-
-// The seam: CacheStore over openBlobStore(url) with the trusted keys, fetching with pullClosure and
-// pushing with pushClosure (src/store/cache/), replaces these two bodies.
-function openCacheSubstituter(url: string, _access: CacheAccess): Substituter {
-  throw noBackend(url);
-}
-
-function openCachePushTarget(url: string, _access: CacheAccess): PushTarget {
-  throw noBackend(url);
+  if (access.key === undefined) {
+    throw new CairnError('E_USAGE', `--push-to ${redactUrl(url)} needs --key FILE, the secret key that signs`, {
+      url: redactUrl(url),
+    });
+  }
+  const { readSecretKeyFile } = await import('../src/store/cache/sign.js');
+  const key = readSecretKeyFile(access.key);
+  const blob = await (await import('../src/store/cache/open-blob.js')).openBlobStore(url);
+  const sub = await import('../src/store/cache/cache-substituter.js');
+  return sub.cachePushTarget(redactUrl(url), blob, key);
 }
