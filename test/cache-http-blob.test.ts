@@ -29,7 +29,7 @@ blobStoreBehaviour('http (nginx over a file:// cache)', async () => {
     writer,
     reader,
     proxy,
-    canList: false,
+    canList: true,
     close: async () => {
       await proxy.close();
       nginx.stop();
@@ -58,7 +58,7 @@ describe('file:// caches are outside input', () => {
       assert.equal(await s.get('nar/f'), undefined);
       assert.equal(await s.get('file-link'), undefined);
       assert.deepEqual(await s.has(['nar/f', 'file-link']), new Set());
-      await assert.rejects(s.put('nar/new', Buffer.from('x')), isCode('E_CACHE_UNAVAILABLE'));
+      await assert.rejects(s.put('nar/new', Buffer.from('x')), isCode('E_STORE_UNSAFE'));
       assert.deepEqual(fs.readdirSync(outside), ['f']);
       const listed: string[] = [];
       for await (const k of s.list('')) listed.push(k);
@@ -176,6 +176,27 @@ describe('http(s):// caches', () => {
     const s = new HttpBlobStore(`${nginx.url}/sub/`, fast);
     const got = await s.get('nar/link').catch((e: unknown) => e);
     assert.ok(got === undefined || (got instanceof CairnError && got.code === 'E_CACHE_UNAVAILABLE'), String(got));
+  });
+
+  it('a server without JSON directory listings: list is E_CACHE_NO_LIST (a 403, or HTML)', async () => {
+    const http = await import('node:http');
+    const server = http.createServer((req, res) => {
+      if (req.url === '/forbidden/r/') res.writeHead(403).end();
+      else res.writeHead(200, { 'content-type': 'text/html' }).end('<html><a href="x">x</a></html>');
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const port = (server.address() as { port: number }).port;
+      for (const base of ['forbidden', 'html']) {
+        const s = new HttpBlobStore(`http://127.0.0.1:${port}/${base}/`, fast);
+        await assert.rejects(async () => {
+          for await (const _ of s.list('r/')) void _;
+        }, isCode('E_CACHE_NO_LIST'));
+      }
+    } finally {
+      server.close();
+      server.closeAllConnections();
+    }
   });
 
   it('refuses malformed URLs with E_BAD_CACHE_URL', async () => {
