@@ -7,6 +7,7 @@ import { createRequire } from 'node:module';
 import type * as CommanderTypes from 'commander';
 import { commandWord } from './command-word.js';
 import { cliContext } from './context.js';
+import { registerCache } from './commands/cache.js';
 import { registerCatalog } from './commands/catalog.js';
 import { registerDemo } from './commands/demo.js';
 import { registerHash } from './commands/hash.js';
@@ -54,6 +55,7 @@ export function createProgram(argv: readonly string[], opts: { exitOverride?: bo
   registerDemo(ctx);
   // After registerStore: it adds the sync plumbing to the `store` command.
   registerSync(ctx);
+  registerCache(ctx);
   // `cairn machine` passes every word after the base on to the steps
   // (`--cache=1h`, step options), which commander allows only with positional
   // program options. Those are turned on for that command alone, so

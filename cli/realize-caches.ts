@@ -9,6 +9,8 @@
 import { CairnError } from '../src/errors.js';
 import { redactUrl } from '../src/redact-url.js';
 import type { PushTarget, Substituter } from '../src/stages/substitute.js';
+import { LazyStore } from '../src/store/cache/lazy-store.js';
+import type { PublicKey } from '../src/store/cache/sign.js';
 import { configuredSubstituters } from '../src/store/substituter-config.js';
 
 export interface RealizeCacheFlags {
@@ -88,17 +90,61 @@ export function cachePushTarget(url: string, access: CacheAccess): PushTarget {
   return { name: redactUrl(url), push: (from, rrefs) => target.push(from, rrefs) };
 }
 
-const noBackend = (url: string): CairnError =>
-  new CairnError('E_USAGE', `${redactUrl(url)}: this cairn is built without the binary cache backend`, {
-    url: redactUrl(url),
-  });
-
-// The seam: CacheStore over openBlobStore(url) with the trusted keys, fetching with pullClosure and
-// pushing with pushClosure (src/store/cache/), replaces these two bodies.
-function openCacheSubstituter(url: string, _access: CacheAccess): Substituter {
-  throw noBackend(url);
+/** The trusted keys of a realize: the store configuration's and --trusted-key's (key text or .public file). */
+async function trustedKeysOf(access: CacheAccess): Promise<PublicKey[]> {
+  const { readStoreConfig } = await import('../src/store/config.js');
+  const { parsePublicKey, readTrustedKey } = await import('../src/store/cache/sign.js');
+  return [
+    ...readStoreConfig(access.storeRoot).trustedPublicKeys.map(parsePublicKey),
+    ...access.trustedKeys.map(readTrustedKey),
+  ];
 }
 
-function openCachePushTarget(url: string, _access: CacheAccess): PushTarget {
-  throw noBackend(url);
+/**
+ * A cache as a substituter: its candidates come from a CacheStore (opened on
+ * first use, so an unreachable cache is a warning, not a failure of the
+ * set-up), and fetches go through pullClosure: signatures, hashes and the
+ * closure checked, all or nothing.
+ */
+function openCacheSubstituter(url: string, access: CacheAccess): Substituter {
+  const opened = (async () => {
+    const { openBlobStore } = await import('../src/store/cache/open-blob.js');
+    const { CacheStore } = await import('../src/store/cache/cache-store.js');
+    const blob = await openBlobStore(url);
+    const trustedKeys = await trustedKeysOf(access);
+    // An entry that does not count is skipped, and said so once: a poisoned or foreign entry is visible.
+    const onRefused = (rref: string, e: CairnError): void => {
+      process.stderr.write(`cairn: warning: ${redactUrl(url)}: not using ${rref}: ${e.code}: ${e.message}\n`);
+    };
+    return { blob, trustedKeys, store: await CacheStore.open({ blob, trustedKeys, onRefused }) };
+  })();
+  opened.catch(() => undefined);
+  return {
+    name: url,
+    store: new LazyStore(url, async () => (await opened).store),
+    fetch: async (into, rrefs) => {
+      const { pullClosure } = await import('../src/store/cache/pull.js');
+      const { blob, trustedKeys } = await opened;
+      await pullClosure(blob, into, rrefs, { trustedKeys });
+    },
+  };
+}
+
+/** A cache as a push target: pushClosure, signed with --key. */
+function openCachePushTarget(url: string, access: CacheAccess): PushTarget {
+  if (access.key === undefined) {
+    throw new CairnError('E_USAGE', `--push-to ${redactUrl(url)} needs --key SECRET_KEY_FILE to sign what it uploads`, {
+      url: redactUrl(url),
+    });
+  }
+  const keyFile = access.key;
+  return {
+    name: url,
+    push: async (from, rrefs) => {
+      const { openBlobStore } = await import('../src/store/cache/open-blob.js');
+      const { readSecretKeyFile } = await import('../src/store/cache/sign.js');
+      const { pushClosure } = await import('../src/store/cache/push.js');
+      await pushClosure(from, await openBlobStore(url), rrefs, { key: readSecretKeyFile(keyFile) });
+    },
+  };
 }

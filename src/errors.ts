@@ -83,6 +83,13 @@ export const ErrorCodes = {
     'a binary cache did not answer within its retry budget (unreachable, timeouts, 5xx, SlowDown) or refused a request',
   E_CACHE_READ_ONLY: 'a write or delete was sent to a read-only binary cache (http(s)://)',
   E_CACHE_NO_LIST: 'an http(s):// binary cache cannot enumerate its keys; ls, verify and gc need s3:// or file://',
+  E_CACHE_FORMAT: 'a binary cache has no cache-info object, or one of a format or compression this cairn does not read',
+  E_CACHE_BAD_ENTRY: 'a binary cache object (metadata, derivation) is malformed or does not match its key',
+  E_CACHE_UNSIGNED: 'a binary cache entry carries no signature, and was not used',
+  E_CACHE_UNTRUSTED: 'a binary cache entry is signed only by keys that are not trusted, and was not used',
+  E_CACHE_BAD_SIGNATURE: 'a signature of a binary cache entry by a trusted key does not verify (tampered); not used',
+  E_CACHE_MISSING: 'a reference or one of its dependencies is not in the binary cache, or its archive is missing',
+  E_BAD_KEY: 'a signing key or public key file is malformed, or a key file to be written exists already',
   E_STORE_CONFIG: "the store's config.json is not valid JSON or has a field of the wrong type",
 } as const;
 

@@ -33,7 +33,7 @@ const CHUNK = 1 << 20;
  * Writes one tar stream to a descriptor: Cairn's own writer, so names stay
  * bytes. Output is gathered into CHUNK-sized writes, not three per file.
  */
-class TarWriter {
+export class TarWriter {
   private readonly buf = Buffer.allocUnsafe(CHUNK);
   private readonly out = Buffer.allocUnsafe(CHUNK);
   private used = 0;

@@ -1,0 +1,89 @@
+/**
+ * Archives of output trees: Cairn's own tar writer (names stay bytes, modes
+ * 0644/0755 by the exec bit, times and owners zero, entries in byte order),
+ * so one tree always gives the same tar and two pushers of the same tree
+ * write the same object; gzip from node:zlib. Unpacking goes through
+ * extractTar, which checks every entry before writing any (no absolute or
+ * `..` names, no devices, no link that resolves outside, no write through a
+ * link), and the result must be exactly one `out/` directory.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { promisify } from 'node:util';
+import * as zlib from 'node:zlib';
+import { CairnError } from '../../errors.js';
+import { TarWriter } from '../export.js';
+import { extractTar } from '../extract.js';
+
+const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
+
+/** Archives up to this size (uncompressed) are compressed in memory, on libuv's thread pool. */
+const IN_MEMORY = 8 << 20;
+const gzipAsync = promisify(zlib.gzip);
+
+/**
+ * The archive of the output tree `outDir`: a tar written to `dest`.tar (a
+ * fresh name in a private temporary directory), then compressed, in memory
+ * for small trees (`body`) or into the file `dest` for large ones.
+ */
+export async function packTree(outDir: string, dest: string): Promise<{ size: number; body?: Buffer }> {
+  const tar = `${dest}.tar`;
+  const fd = fs.openSync(tar, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
+  try {
+    const w = new TarWriter(fd);
+    w.tree(Buffer.from(outDir), Buffer.from('out'));
+    w.end();
+  } finally {
+    fs.closeSync(fd);
+  }
+  try {
+    if (fs.statSync(tar).size <= IN_MEMORY) {
+      const body = await gzipAsync(fs.readFileSync(tar));
+      return { size: body.length, body };
+    }
+    // Level 6 (zlib's default): level 9 costs about 3x the time for a few percent.
+    await pipeline(
+      fs.createReadStream(tar),
+      zlib.createGzip(),
+      fs.createWriteStream(dest, { flags: 'wx', mode: 0o600 }),
+    );
+  } finally {
+    fs.rmSync(tar, { force: true });
+  }
+  return { size: fs.statSync(dest).size };
+}
+
+/** Copies a stream to a fresh file. */
+export async function download(body: Readable, dest: string): Promise<void> {
+  await pipeline(body, fs.createWriteStream(dest, { flags: 'wx', mode: 0o600 }));
+}
+
+/**
+ * Unpacks the archive `file` into the empty directory `dir`, which then
+ * holds `out/` and nothing else. A damaged archive is E_BAD_ARCHIVE (nothing
+ * written), a hostile one E_UNSAFE_ARCHIVE.
+ */
+export async function unpackTree(file: string, dir: string): Promise<void> {
+  // No size limits: the entry's signed sizes are checked against the tree after unpacking.
+  const unlimited = { bytes: Number.MAX_SAFE_INTEGER, entries: Number.MAX_SAFE_INTEGER };
+  await extractTar(file, 'tar.gz', dir, { limits: unlimited });
+  const names = fs.readdirSync(dir);
+  const out = path.join(dir, 'out');
+  if (names.length !== 1 || names[0] !== 'out' || !fs.lstatSync(out).isDirectory()) {
+    throw new CairnError('E_BAD_ARCHIVE', `${path.basename(file)} does not hold exactly one out/ directory`, { file });
+  }
+}
+
+/** gzip of a buffer (logs, small objects). */
+export const gzip = (b: Buffer): Buffer => zlib.gzipSync(b);
+
+/** gunzip of a buffer; E_BAD_ARCHIVE when it is not gzip. */
+export function gunzip(b: Buffer, what: string): Buffer {
+  try {
+    return zlib.gunzipSync(b);
+  } catch (e) {
+    throw new CairnError('E_BAD_ARCHIVE', `${what} is not gzip data: ${(e as Error).message}`, { what });
+  }
+}

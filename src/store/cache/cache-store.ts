@@ -1,0 +1,275 @@
+/**
+ * The Store interface over a binary cache: a BlobStore, the keys it trusts,
+ * and (to add) a signing key. Queries read the cache's metadata objects and
+ * see only entries that count (well formed, signed by a trusted key, archive
+ * present). File reads fetch the realization into a local store kept for
+ * this cache (keyed by the cache's identity, so it never crosses over to
+ * another bucket) through the same verified receive path as pull, then read
+ * it there with the local store's rules for links. `add` seals and hashes in
+ * that local store exactly as LocalStore does, then pushes (archive, log and
+ * derivation first, signed metadata last) before telling `onReadable`.
+ *
+ * Locks and temporary roots: every object of the cache is immutable or
+ * one-per-realization, so adds and pushes need no lock against each other.
+ * `withLock` is the local store's: it excludes processes of this host that
+ * use this cache (a build lock), not other hosts; S3 offers no lock to build
+ * one on. Temporary roots are objects in the cache (tmp-roots/), honoured by
+ * cache gc while their process lives (this host) or for a day (other hosts).
+ */
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type { Readable } from 'node:stream';
+import { CairnError } from '../../errors.js';
+import { sha256Hex, shortHash } from '../hash.js';
+import {
+  candidateKey,
+  candidateOf,
+  type AddOptions,
+  type AddRequest,
+  type Added,
+  type Candidate,
+  type HeldLock,
+  type LockOptions,
+  type RealizationInfo,
+  type RealizationMeta,
+  type Store,
+  type TempRoots,
+} from '../interface.js';
+import { parseRRef, type DRef, type RRef } from '../refs.js';
+import { storeIndex } from '../internals.js';
+import { LocalStore } from '../store.js';
+import type { BlobStore } from './blob.js';
+import { PARALLEL, addCacheTempRoot, ensureInfo, listRRefs, mapLimit, readEntry, readInfo } from './entries.js';
+import { depsOf, drvKey, drvMatches, metaOf, type CacheEntry } from './format.js';
+import { fetchClosureEntries, takeIn } from './pull.js';
+import { pushRealizations } from './push.js';
+import { parsePublicKey, publicKeyOf, type PublicKey, type SecretKey } from './sign.js';
+
+export interface CacheStoreOptions {
+  blob: BlobStore;
+  trustedKeys: readonly PublicKey[];
+  /** Signs what `add` pushes; without one, `add` is refused. */
+  signingKey?: SecretKey;
+  /** The local store that holds fetched realizations; default: one per cache under $XDG_CACHE_HOME/cairn/caches. */
+  localDir?: string;
+  /**
+   * Told once per realization whose entry does not count (malformed,
+   * unsigned, untrusted, tampered): such an entry is never used, and a
+   * caller such as realize says so in a warning.
+   */
+  onRefused?: (rref: RRef, error: CairnError) => void;
+}
+
+/** Where a cache's local copies live by default: keyed by the cache's identity (endpoint, bucket, prefix). */
+export function defaultLocalDir(identity: string, env: NodeJS.ProcessEnv = process.env): string {
+  const base = env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache');
+  return path.join(base, 'cairn', 'caches', sha256Hex(identity).slice(0, 32));
+}
+
+export class CacheStore implements Store {
+  readonly blob: BlobStore;
+  private readonly trusted: PublicKey[];
+  private readonly signingKey: SecretKey | undefined;
+  private readonly onRefused: ((rref: RRef, error: CairnError) => void) | undefined;
+  private readonly refused = new Set<RRef>();
+  /** The local copies: what reads fetched and what adds staged. */
+  readonly local: LocalStore;
+
+  /**
+   * Opens a cache as a store: checks its cache-info object, or writes it
+   * when a cache that is to be written (a signing key is given) is new.
+   */
+  static async open(opts: CacheStoreOptions): Promise<CacheStore> {
+    if (opts.signingKey && opts.blob.writable) await ensureInfo(opts.blob);
+    else await readInfo(opts.blob);
+    return new CacheStore(opts);
+  }
+
+  private constructor(opts: CacheStoreOptions) {
+    this.blob = opts.blob;
+    this.signingKey = opts.signingKey;
+    this.onRefused = opts.onRefused;
+    // Whoever holds a secret key trusts what it signed.
+    this.trusted = [...opts.trustedKeys, ...(opts.signingKey ? [parsePublicKey(publicKeyOf(opts.signingKey))] : [])];
+    this.local = LocalStore.open(opts.localDir ?? defaultLocalDir(opts.blob.identity));
+  }
+
+  get location(): string {
+    return this.blob.url;
+  }
+
+  /** The trusted entry of `rref` whose archive exists, or undefined (absent, malformed, untrusted, incomplete). */
+  private async entry(rref: RRef): Promise<CacheEntry | undefined> {
+    return (await this.entries([rref]))[0];
+  }
+
+  /** `entry` for many, with one batched existence check. */
+  private async entries(rrefs: readonly RRef[]): Promise<(CacheEntry | undefined)[]> {
+    const got = await mapLimit(rrefs, PARALLEL, async (r) => {
+      try {
+        return await readEntry(this.blob, r, this.trusted);
+      } catch (e) {
+        // An entry that does not count is not there for a reader; `cache verify` reports it.
+        if (e instanceof CairnError && e.code !== 'E_CACHE_UNAVAILABLE') {
+          if (!this.refused.has(r)) {
+            this.refused.add(r);
+            this.onRefused?.(r, e);
+          }
+          return undefined;
+        }
+        throw e;
+      }
+    });
+    const keys = got.flatMap((e) => (e ? [e.archive, ...(e.log ? [e.log] : [])] : []));
+    const there = await this.blob.has(keys);
+    return got.map((e) => (e && there.has(e.archive) && (e.log === null || there.has(e.log)) ? e : undefined));
+  }
+
+  async realizationsOf(dref: DRef): Promise<RealizationInfo[]> {
+    const rrefs = await listRRefs(this.blob, dref);
+    const found = (await this.entries(rrefs)).filter((e): e is CacheEntry => e !== undefined);
+    return found.map(infoOf).sort((a, b) => a.created - b.created || (a.rref < b.rref ? -1 : a.rref > b.rref ? 1 : 0));
+  }
+
+  async candidates(dref: DRef, ctx: string): Promise<Candidate[]> {
+    return (await this.realizationsOf(dref)).filter((r) => r.ctx === ctx).map((r) => candidateOf(this, r));
+  }
+
+  async candidatesOfAll(drefs: readonly DRef[]): Promise<Map<string, Candidate[]>> {
+    const out = new Map<string, Candidate[]>();
+    const all = await mapLimit([...new Set(drefs)], PARALLEL, (d) => this.realizationsOf(d));
+    for (const list of all) {
+      for (const r of list) {
+        const k = candidateKey(r.dref, r.ctx);
+        (out.get(k) ?? out.set(k, []).get(k)!).push(candidateOf(this, r));
+      }
+    }
+    return out;
+  }
+
+  async info(rref: RRef): Promise<RealizationInfo | undefined> {
+    const e = await this.entry(parseRRef(rref).rref);
+    return e ? infoOf(e) : undefined;
+  }
+
+  async meta(rref: RRef): Promise<RealizationMeta> {
+    const e = await this.entry(parseRRef(rref).rref);
+    if (!e) throw noSuchRef(this.blob, rref);
+    return metaOf(e);
+  }
+
+  async closure(rrefs: Iterable<RRef>): Promise<RRef[]> {
+    const seen = new Set<RRef>();
+    let frontier = [...new Set(rrefs)];
+    while (frontier.length > 0) {
+      for (const r of frontier) seen.add(r);
+      const got = await this.entries(frontier);
+      const next: RRef[] = [];
+      got.forEach((e, i) => {
+        if (!e) throw noSuchRef(this.blob, frontier[i]!);
+        for (const d of depsOf(e)) if (!seen.has(d)) next.push(d);
+      });
+      frontier = [...new Set(next)];
+    }
+    return [...seen];
+  }
+
+  async derivation(dref: DRef): Promise<string | undefined> {
+    const body = await this.blob.get(drvKey(dref));
+    if (body === undefined) return undefined;
+    const text = body.toString('utf8').replace(/\n$/, '');
+    return drvMatches(dref, text, shortHash) ? text : undefined;
+  }
+
+  /** Fetches `rref` (and its closure) into the local copies unless they have it. */
+  private async fetch(rref: RRef): Promise<void> {
+    parseRRef(rref);
+    if (this.local.has(rref)) return;
+    const { entries, present } = await fetchClosureEntries(this.blob, [rref], this.trusted, (r) =>
+      this.local.has(r),
+    ).catch((e: unknown) => {
+      if (e instanceof CairnError && e.code !== 'E_CACHE_UNAVAILABLE') throw noSuchRef(this.blob, rref);
+      throw e;
+    });
+    if (entries.size > 0) await takeIn(this.blob, this.local, [rref], entries, present);
+  }
+
+  async readFile(rref: RRef, rel: string | Buffer): Promise<Buffer> {
+    await this.fetch(rref);
+    return this.local.readFile(rref, rel);
+  }
+
+  async openFile(rref: RRef, rel: string | Buffer): Promise<Readable> {
+    await this.fetch(rref);
+    return this.local.openFile(rref, rel);
+  }
+
+  async readLog(rref: RRef): Promise<Buffer> {
+    await this.fetch(rref);
+    return this.local.readLog(rref);
+  }
+
+  async add(request: AddRequest, opts: AddOptions = {}): Promise<Added[]> {
+    if (!this.signingKey) {
+      throw new CairnError('E_BAD_ARGUMENT', `adding to the cache ${this.blob.url} needs a signing key`, {
+        url: this.blob.url,
+      });
+    }
+    if (!this.blob.writable)
+      throw new CairnError('E_CACHE_READ_ONLY', `${this.blob.url} is read-only`, { url: this.blob.url });
+    // The context must be in the cache (E_BAD_ADD otherwise, as LocalStore says), and locally to build on.
+    const deps = Object.values(request.context).flat();
+    const have = await this.entries(deps);
+    const lacking = deps.filter((_, i) => have[i] === undefined);
+    if (lacking.length > 0) {
+      throw new CairnError(
+        'E_BAD_ADD',
+        `cannot add ${request.dref}: its context names ${lacking[0]}, which the cache ` + `${this.blob.url} lacks`,
+        { dref: request.dref, missing: lacking },
+      );
+    }
+    for (const d of deps) await this.fetch(d);
+    // Seals, hashes and refuses (E_BAD_ADD, E_UNSAFE_OUTPUT) exactly as a local store does.
+    const staged = await this.local.add(request);
+    const rrefs = [...new Set(staged.map((a) => a.meta.rref))];
+    const before = await this.entries(rrefs);
+    await pushRealizations(
+      this.local,
+      this.blob,
+      rrefs.filter((_, i) => before[i] === undefined),
+      { key: this.signingKey },
+    );
+    const existing = new Map(before.filter((e): e is CacheEntry => e !== undefined).map((e) => [e.rref, metaOf(e)]));
+    const added = staged.map((a) => {
+      const had = existing.get(a.meta.rref);
+      return had ? { meta: had, merged: true } : a;
+    });
+    opts.onReadable?.(added);
+    // The cache's "index" is its metadata, written now: release the build lock, so a waiter finds the entries.
+    if (opts.release && !opts.release.released) {
+      storeIndex(this.local).unlock(opts.release.key, opts.release.owner);
+      opts.release.released = true;
+    }
+    return added;
+  }
+
+  async addTempRoots(drefs: readonly DRef[], _label: string): Promise<TempRoots> {
+    return addCacheTempRoot(this.blob, drefs, []);
+  }
+
+  withLock<T>(key: string, what: string, fn: (held: HeldLock) => Promise<T>, opts?: LockOptions): Promise<T> {
+    return this.local.withLock(key, what, fn, opts);
+  }
+
+  close(): void {
+    this.local.close();
+  }
+}
+
+function infoOf(e: CacheEntry): RealizationInfo {
+  const { rref, dref, ctx, created, tree, bytes, files } = e;
+  return { rref, dref, ctx, created, tree, bytes, files };
+}
+
+const noSuchRef = (blob: BlobStore, rref: string): CairnError =>
+  new CairnError('E_NO_SUCH_REF', `${rref} is not in the cache ${blob.url}`, { ref: rref });

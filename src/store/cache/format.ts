@@ -1,0 +1,187 @@
+/**
+ * The binary cache format (docs/cache.md): static objects only, so any
+ * S3-compatible bucket, a directory or a plain HTTP server can hold it.
+ *
+ *   cache-info.json            format version and compression
+ *   a/<tree>.tar.gz            a realization's output tree, keyed by its tree hash (stored once)
+ *   l/<sha256>.log.gz          a build log, keyed by the hash of its bytes
+ *   d/<dref>.json              a derivation's drv.json (hashes to its DRef)
+ *   r/<dref>/<rhash>.json      one realization's signed metadata: one object each, so two
+ *                              pushers of the same DRef never overwrite each other's entries
+ *   tmp-roots/<id>.json        what a push or a reader is using, kept from cache gc
+ *
+ * Pure: keys, the shapes of objects and their checks. An entry counts only
+ * when its metadata is well formed, signed by a trusted key and its archive
+ * exists; pushers upload archives, logs and derivations first and metadata
+ * last.
+ */
+import { CairnError } from '../../errors.js';
+import { canonicalJson } from '../canonical.js';
+import { parseRef, parseRRef, type DRef, type RRef } from '../refs.js';
+import { contextHash, realizationHash, type Context, type RealizationMeta } from '../store.js';
+
+export const CACHE_FORMAT = 'cairn-cache-1';
+export const ENTRY_FORMAT = 'cairn-cache-entry-1';
+export const COMPRESSION = 'gzip';
+export const INFO_KEY = 'cache-info.json';
+export const TMP_ROOTS = 'tmp-roots/';
+
+export interface CacheInfo {
+  format: typeof CACHE_FORMAT;
+  compression: typeof COMPRESSION;
+}
+
+/** A realization's metadata object. */
+export interface CacheEntry {
+  format: typeof ENTRY_FORMAT;
+  rref: RRef;
+  dref: DRef;
+  name: string;
+  context: Context;
+  ctx: string;
+  tree: string;
+  bytes: number;
+  files: number;
+  created: number;
+  buildMs: number;
+  /** sha256 (hex) of the derivation's drv.json, which also hashes to the DRef. */
+  drv: string;
+  /** Key of the archive of the output tree. */
+  archive: string;
+  /** Key of the build log, or null when it has none. */
+  log: string | null;
+  /** `NAME:BASE64` ed25519 signatures of `fingerprint(entry)`. */
+  signatures: string[];
+}
+
+export const archiveKey = (tree: string): string => `a/${tree}.tar.gz`;
+export const logKey = (sha256: string): string => `l/${sha256}.log.gz`;
+export const drvKey = (dref: DRef): string => `d/${dref}.json`;
+export const entryPrefix = (dref: DRef): string => `r/${dref}/`;
+export function entryKey(rref: RRef): string {
+  const p = parseRRef(rref);
+  return `r/${p.dref}/${p.rhash}.json`;
+}
+
+/** The RRef an `r/<dref>/<rhash>.json` key names, or null for another key. */
+export function rrefOfKey(key: string): RRef | null {
+  const m = /^r\/([^/]+)\/([^/]+)\.json$/.exec(key);
+  if (!m) return null;
+  try {
+    return parseRRef(`${m[2]}-${m[1]}`).rref;
+  } catch {
+    return null;
+  }
+}
+
+export const infoObject = (): CacheInfo => ({ format: CACHE_FORMAT, compression: COMPRESSION });
+
+/** Checks a cache-info object: E_CACHE_FORMAT for another version or compression. */
+export function parseInfo(text: string, url: string): CacheInfo {
+  let json: Partial<CacheInfo> | undefined;
+  try {
+    json = JSON.parse(text) as Partial<CacheInfo>;
+  } catch {
+    json = undefined;
+  }
+  if (json?.format !== CACHE_FORMAT || json.compression !== COMPRESSION) {
+    throw new CairnError(
+      'E_CACHE_FORMAT',
+      `${url}: ${INFO_KEY} says ${text.slice(0, 200).trim()}; ` +
+        `this cairn reads format ${CACHE_FORMAT} with ${COMPRESSION}`,
+      { url },
+    );
+  }
+  return { format: CACHE_FORMAT, compression: COMPRESSION };
+}
+
+/**
+ * What a signature covers: the realization's identity (RRef, tree hash,
+ * context, derivation hash) and every other field a reader acts on
+ * (creation time orders candidates, sizes, the log), as canonical JSON.
+ */
+export function fingerprint(e: Omit<CacheEntry, 'signatures'>): string {
+  const { format, rref, dref, name, context, ctx, tree, bytes, files, created, buildMs, drv, archive, log } = e;
+  return `${ENTRY_FORMAT}:${canonicalJson({
+    format,
+    rref,
+    dref,
+    name,
+    context,
+    ctx,
+    tree,
+    bytes,
+    files,
+    created,
+    buildMs,
+    drv,
+    archive,
+    log,
+  })}`;
+}
+
+/** Tree hashes are sha256 in hex. */
+const HASH = /^[0-9a-f]{64}$/;
+const isNum = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v) && v >= 0;
+
+/**
+ * Parses and checks a metadata object read from `key`: every field present
+ * and typed, the RRef the key names, the context hashing to ctx, and
+ * (dref, context, tree) hashing to the RRef, so a reader never acts on an
+ * entry that could not have been built. Signatures are checked separately.
+ */
+export function parseEntry(text: string, key: string): CacheEntry {
+  const bad = (why: string): CairnError =>
+    new CairnError('E_CACHE_BAD_ENTRY', `cache entry ${key} is malformed: ${why}`, { key });
+  let e: CacheEntry;
+  try {
+    e = JSON.parse(text) as CacheEntry;
+  } catch {
+    throw bad('not JSON');
+  }
+  if (typeof e !== 'object' || e === null || e.format !== ENTRY_FORMAT) throw bad(`format is not ${ENTRY_FORMAT}`);
+  const named = rrefOfKey(key);
+  if (named === null || e.rref !== named) throw bad(`it names ${JSON.stringify(e.rref)}`);
+  const p = parseRRef(named);
+  if (e.dref !== p.dref || e.name !== p.name) throw bad('dref or name differs from the RRef');
+  if (typeof e.tree !== 'string' || !HASH.test(e.tree)) throw bad('tree is not a hash');
+  if (!isContextShape(e.context)) throw bad('the context is malformed');
+  if (e.ctx !== contextHash(e.context)) throw bad('the context does not hash to ctx');
+  if (realizationHash(e.dref, e.context, e.tree) !== p.rhash)
+    throw bad('derivation, context and tree do not hash to the RRef');
+  if (![e.bytes, e.files, e.created, e.buildMs].every(isNum)) throw bad('sizes or times are not numbers');
+  if (typeof e.drv !== 'string' || !/^[0-9a-f]{64}$/.test(e.drv)) throw bad('drv is not a sha256');
+  if (e.archive !== archiveKey(e.tree)) throw bad('archive is not the key of its tree');
+  if (e.log !== null && (typeof e.log !== 'string' || !/^l\/[0-9a-f]{64}\.log\.gz$/.test(e.log))) throw bad('log key');
+  if (!Array.isArray(e.signatures) || !e.signatures.every((s) => typeof s === 'string')) throw bad('signatures');
+  return e;
+}
+
+function isContextShape(v: unknown): v is Context {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return false;
+  for (const [dref, rrefs] of Object.entries(v as Record<string, unknown>)) {
+    if (!Array.isArray(rrefs)) return false;
+    for (const r of rrefs) {
+      try {
+        if (typeof r !== 'string' || parseRRef(r).dref !== dref) return false;
+      } catch {
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
+/** The realizations an entry was built from. */
+export const depsOf = (e: { context: Context }): RRef[] => Object.values(e.context).flat();
+
+/** The `meta.json` a local store keeps for an entry. */
+export function metaOf(e: CacheEntry): RealizationMeta {
+  const { rref, dref, name, context, ctx, tree, bytes, files, created, buildMs } = e;
+  return { format: 'cairn-realization-1', rref, dref, name, context, ctx, tree, bytes, files, created, buildMs };
+}
+
+/** Whether `text` (a drv.json) hashes to `dref`. */
+export function drvMatches(dref: DRef, text: string, shortHash: (t: string) => string): boolean {
+  return `${shortHash(text.replace(/\n$/, ''))}-${parseRef(dref).name}` === dref;
+}
