@@ -103,6 +103,11 @@ describe('cairn cache (CLI)', () => {
       ok(cairn(aliceRoot, ['cache', 'verify', url, '--trusted-key', key.public])).stdout,
       /4 of 4 entries are usable/,
     );
+    // verify and ls need no store, and create none.
+    const none = path.join(t.dir, 'no-store');
+    ok(cairn(none, ['cache', 'verify', url, '--trusted-key', key.public]));
+    ok(cairn(none, ['cache', 'ls', url]));
+    assert.ok(!fs.existsSync(none));
     // A flipped archive byte: verify names the realizations that use it, and exits 1.
     const meta = await withStore(aliceRoot, (s) => s.meta(g.right));
     const file = path.join(cacheDir, archiveKey(meta.tree));

@@ -38,9 +38,6 @@ export async function addOne(
   return added!.meta;
 }
 
-/** A symlink in a TreeSpec. */
-const symlink = (target: string): { symlink: string } => ({ symlink: target });
-
 /** A diamond: base <- left, base <- right, (left, right) <- top. */
 export async function diamond(
   store: LocalStore,
@@ -53,7 +50,7 @@ export async function diamond(
     [],
     { salt, log: 'built base\n' },
   );
-  const left = await addOne(store, 'left', { 'l.txt': 'left\n', 'to-l': symlink('l.txt') }, [base.rref], { salt });
+  const left = await addOne(store, 'left', { 'l.txt': 'left\n', 'to-l': { symlink: 'l.txt' } }, [base.rref], { salt });
   const right = await addOne(store, 'right', { 'r.txt': 'right\n' }, [base.rref], { salt, log: 'right log\n' });
   const top = await addOne(store, 'top', { 'top.txt': 'top\n' }, [left.rref, right.rref], { salt });
   return { base: base.rref, left: left.rref, right: right.rref, top: top.rref };

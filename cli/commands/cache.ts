@@ -37,10 +37,10 @@ export function registerCache(ctx: CliContext): void {
     .description('binary caches: file:///DIR, s3://BUCKET/PREFIX, http(s):// (read-only)');
 
   /** Trusted keys: the store's config.json, plus --trusted-key. */
-  const trusted = async (extra: string[] | undefined, withConfig: boolean) => {
+  const trusted = async (extra: string[] | undefined, root: string) => {
     const { readTrustedKey, parsePublicKey } = await import('../../src/store/cache/sign.js');
     const { readStoreConfig } = await import('../../src/store/config.js');
-    const fromConfig = withConfig ? readStoreConfig(openStore().root).trustedPublicKeys.map(parsePublicKey) : [];
+    const fromConfig = readStoreConfig(root).trustedPublicKeys.map(parsePublicKey);
     return [...fromConfig, ...(extra ?? []).map(readTrustedKey)];
   };
   const blobOf = async (url: string) => (await import('../../src/store/cache/open-blob.js')).openBlobStore(url);
@@ -76,8 +76,9 @@ export function registerCache(ctx: CliContext): void {
     .option('--json', 'print the report as JSON')
     .action(async (url: string, refs: string[], o: { trustedKey?: string[]; json?: boolean }) => {
       const { pullClosure } = await import('../../src/store/cache/pull.js');
-      const trustedKeys = await trusted(o.trustedKey, true);
-      const r = await pullClosure(await blobOf(url), openStore(), refs, { trustedKeys });
+      const store = openStore();
+      const trustedKeys = await trusted(o.trustedKey, store.root);
+      const r = await pullClosure(await blobOf(url), store, refs, { trustedKeys });
       if (o.json) return out(JSON.stringify({ ...r, receive: undefined }, null, 2));
       for (const k of r.skipped) process.stderr.write(`cairn: warning: skipped ${k.rref}: ${k.code}\n`);
       out(`pulled ${r.received.length} realization(s) of a closure of ${r.closure} (${r.present.length} already here)`);
@@ -114,7 +115,8 @@ export function registerCache(ctx: CliContext): void {
     .action(async (url: string, o: { trustedKey?: string[]; shallow?: boolean; json?: boolean }) => {
       const { verifyCache } = await import('../../src/store/cache/verify.js');
       const r = await verifyCache(await blobOf(url), {
-        trustedKeys: await trusted(o.trustedKey, true),
+        // Read without opening (and so creating) a store: verify needs none.
+        trustedKeys: await trusted(o.trustedKey, ctx.storeRoot()),
         shallow: o.shallow,
       });
       if (o.json) out(JSON.stringify(r, null, 2));

@@ -136,8 +136,8 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
     events.warning?.(line);
   };
   // File inputs are imported, never substituted: a local copy is cheaper than a download.
-  const substitutable = graph.order.filter((d) => !graph.nodes.get(d)!.imports);
   const subs = opts.substituters ?? [];
+  const substitutable = subs.length > 0 ? graph.order.filter((d) => !graph.nodes.get(d)!.imports) : [];
   const substitution =
     subs.length > 0 && substitutable.length > 0
       ? new Substitution(subs, substitutable, { warn, queryTimeoutMs: opts.substituterTimeoutMs })

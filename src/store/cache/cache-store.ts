@@ -52,6 +52,12 @@ export interface CacheStoreOptions {
   signingKey?: SecretKey;
   /** The local store that holds fetched realizations; default: one per cache under $XDG_CACHE_HOME/cairn/caches. */
   localDir?: string;
+  /**
+   * Told once per realization whose entry does not count (malformed,
+   * unsigned, untrusted, tampered): such an entry is never used, and a
+   * caller such as realize says so in a warning.
+   */
+  onRefused?: (rref: RRef, error: CairnError) => void;
 }
 
 /** Where a cache's local copies live by default: keyed by the cache's identity (endpoint, bucket, prefix). */
@@ -64,6 +70,8 @@ export class CacheStore implements Store {
   readonly blob: BlobStore;
   private readonly trusted: PublicKey[];
   private readonly signingKey: SecretKey | undefined;
+  private readonly onRefused: ((rref: RRef, error: CairnError) => void) | undefined;
+  private readonly refused = new Set<RRef>();
   /** The local copies: what reads fetched and what adds staged. */
   readonly local: LocalStore;
 
@@ -80,6 +88,7 @@ export class CacheStore implements Store {
   private constructor(opts: CacheStoreOptions) {
     this.blob = opts.blob;
     this.signingKey = opts.signingKey;
+    this.onRefused = opts.onRefused;
     // Whoever holds a secret key trusts what it signed.
     this.trusted = [...opts.trustedKeys, ...(opts.signingKey ? [parsePublicKey(publicKeyOf(opts.signingKey))] : [])];
     this.local = LocalStore.open(opts.localDir ?? defaultLocalDir(opts.blob.identity));
@@ -101,7 +110,13 @@ export class CacheStore implements Store {
         return await readEntry(this.blob, r, this.trusted);
       } catch (e) {
         // An entry that does not count is not there for a reader; `cache verify` reports it.
-        if (e instanceof CairnError && e.code !== 'E_CACHE_UNAVAILABLE') return undefined;
+        if (e instanceof CairnError && e.code !== 'E_CACHE_UNAVAILABLE') {
+          if (!this.refused.has(r)) {
+            this.refused.add(r);
+            this.onRefused?.(r, e);
+          }
+          return undefined;
+        }
         throw e;
       }
     });

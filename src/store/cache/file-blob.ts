@@ -13,17 +13,17 @@ import * as path from 'node:path';
 import type { Readable } from 'node:stream';
 import { CairnError } from '../../errors.js';
 import type { BlobStore } from './blob.js';
+import { checkBlobKey, checkBlobPrefix } from './blob-key.js';
 
 const { O_RDONLY, O_NOFOLLOW, O_WRONLY, O_CREAT, O_EXCL } = fs.constants;
 const TMP = '.tmp';
 /** How many stat calls `has` keeps in flight. */
 const PARALLEL = 32;
 
-/** Keys are relative paths of plain segments: never absolute, never `.`/`..`, never the temporary area. */
+/** Keys are the project's safe relative paths (checkBlobKey); the temporary area is never one. */
 export function checkKey(key: string): string {
-  const segs = key.split('/');
-  const ok = segs.every((s) => /^[A-Za-z0-9_+=-][A-Za-z0-9._+=-]*$/.test(s) && s !== '..' && s !== '.');
-  if (!ok || segs[0] === TMP || key.length > 1024) {
+  checkBlobKey(key);
+  if (key.split('/')[0] === TMP) {
     throw new CairnError('E_BAD_ARGUMENT', `${JSON.stringify(key)} is not a cache object key`, { key });
   }
   return key;
@@ -38,6 +38,9 @@ export class FileBlobStore implements BlobStore {
   readonly dir: string;
 
   constructor(dir: string) {
+    if (!path.isAbsolute(dir)) {
+      throw new CairnError('E_BAD_CACHE_URL', `bad cache directory ${JSON.stringify(dir)}: not absolute`, { dir });
+    }
     this.dir = path.resolve(dir);
     this.url = `file://${this.dir}`;
     let real = this.dir;
@@ -160,7 +163,10 @@ export class FileBlobStore implements BlobStore {
         if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
       }
       if (!(await fs.promises.lstat(dir)).isDirectory()) {
-        throw new CairnError('E_STORE_UNSAFE', `${dir} in the cache is not a directory; refusing to write through it`);
+        throw new CairnError(
+          'E_CACHE_UNAVAILABLE',
+          `${dir} in the cache is not a directory; refusing to write through it`,
+        );
       }
     }
     return dir;
@@ -200,6 +206,7 @@ export class FileBlobStore implements BlobStore {
   }
 
   async *list(prefix: string): AsyncIterable<string> {
+    checkBlobPrefix(prefix);
     // Walk only the directories that can hold keys with this prefix.
     const slash = prefix.lastIndexOf('/');
     const base = slash < 0 ? '' : prefix.slice(0, slash);
