@@ -15,7 +15,16 @@ import { openBlobStore } from '../src/store/cache/open-blob.js';
 import type { BlobStore } from '../src/store/cache/blob.js';
 import { ensureSwift, freshBucket, swiftCredentials } from './fixtures/swift.js';
 import { startNginx } from './fixtures/nginx.js';
-import { cairn, cairnAsync, isolateModuleCache, ok, repoRoot, tempDir, type CliResult } from './helpers.js';
+import {
+  cairn,
+  cairnAsync,
+  expectError,
+  isolateModuleCache,
+  ok,
+  repoRoot,
+  tempDir,
+  type CliResult,
+} from './helpers.js';
 
 const fixtures = path.join(repoRoot, 'test', 'fixtures', 'cache-e2e');
 const teamMl = path.join(fixtures, 'team-ml.ts');
@@ -354,5 +363,14 @@ describe('--push-to', () => {
     assert.notEqual(r.code, 0);
     assert.match(r.stderr, /E_USAGE.*--key/);
     assert.doesNotMatch(r.stderr, /building/);
+  });
+});
+
+describe('cache URLs on realize', () => {
+  it('a malformed s3:// URL (a misspelt parameter) fails before anything is built', () => {
+    const bad = `s3://${bucket}/p?endpont=${endpoint}&region=us-east-1`;
+    const r = cairn(store('a'), ['realize', '--substituter', bad, mlDemo]);
+    expectError(r, 'E_BAD_CACHE_URL');
+    assert.doesNotMatch(r.stderr, /built|building/);
   });
 });
