@@ -31,7 +31,8 @@ export function progressReporter(
     if (!force && now - drawnAt < 50) return;
     drawnAt = now;
     const names = [...running].slice(0, 3).join(', ') + (running.size > 3 ? ', …' : '');
-    const text = `[${cached + built}/${total}] ${built} built, ${cached} cached${running.size ? ` | building ${names}` : ''}`;
+    const building = running.size ? ` | building ${names}` : '';
+    const text = `[${cached + built}/${total}] ${built} built, ${cached} cached${building}`;
     err.write(`\r\x1b[2K${text.slice(0, (err.columns || 100) - 1)}`);
     drawn = true;
   };
