@@ -134,20 +134,23 @@ describe('http(s):// caches', () => {
     await assert.rejects(s.has(['nar/a']), isCode('E_CACHE_UNAVAILABLE'));
   });
 
-  it('a body cut off halfway: get tries again and succeeds; a stream already handed out fails as unavailable', async () => {
-    fs.writeFileSync(path.join(t.dir, 'sub', 'nar', 'big'), Buffer.alloc(3 << 20, 0x42));
-    const s = new HttpBlobStore(`${proxy.url}/sub/`, fast);
-    proxy.reset();
-    proxy.cut = (n) => n === 0;
-    assert.equal((await s.get('nar/big'))!.length, 3 << 20);
-    assert.equal(proxy.seen.length, 2);
-    proxy.reset();
-    proxy.cut = (n) => n === 0;
-    const stream = (await s.getStream('nar/big'))!;
-    await assert.rejects(async () => {
-      for await (const _ of stream) void _;
-    }, isCode('E_CACHE_UNAVAILABLE'));
-  });
+  it(
+    'a body cut off halfway: get tries again and succeeds; ' + 'a stream already handed out fails as unavailable',
+    async () => {
+      fs.writeFileSync(path.join(t.dir, 'sub', 'nar', 'big'), Buffer.alloc(3 << 20, 0x42));
+      const s = new HttpBlobStore(`${proxy.url}/sub/`, fast);
+      proxy.reset();
+      proxy.cut = (n) => n === 0;
+      assert.equal((await s.get('nar/big'))!.length, 3 << 20);
+      assert.equal(proxy.seen.length, 2);
+      proxy.reset();
+      proxy.cut = (n) => n === 0;
+      const stream = (await s.getStream('nar/big'))!;
+      await assert.rejects(async () => {
+        for await (const _ of stream) void _;
+      }, isCode('E_CACHE_UNAVAILABLE'));
+    },
+  );
 
   it('a closed port gives E_CACHE_UNAVAILABLE', async () => {
     const s = await openBlobStore(`http://127.0.0.1:${await freePort()}/c/`, fast);
