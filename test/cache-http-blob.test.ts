@@ -29,7 +29,7 @@ blobStoreBehaviour('http (nginx over a file:// cache)', async () => {
     writer,
     reader,
     proxy,
-    canList: false,
+    canList: true,
     close: async () => {
       await proxy.close();
       nginx.stop();
@@ -179,6 +179,27 @@ describe('http(s):// caches', () => {
     const s = new HttpBlobStore(`${nginx.url}/sub/`, fast);
     const got = await s.get('nar/link').catch((e: unknown) => e);
     assert.ok(got === undefined || (got instanceof CairnError && got.code === 'E_CACHE_UNAVAILABLE'), String(got));
+  });
+
+  it('a server without JSON directory listings: list is E_CACHE_NO_LIST (a 403, or HTML)', async () => {
+    const http = await import('node:http');
+    const server = http.createServer((req, res) => {
+      if (req.url === '/forbidden/r/') res.writeHead(403).end();
+      else res.writeHead(200, { 'content-type': 'text/html' }).end('<html><a href="x">x</a></html>');
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const port = (server.address() as { port: number }).port;
+      for (const base of ['forbidden', 'html']) {
+        const s = new HttpBlobStore(`http://127.0.0.1:${port}/${base}/`, fast);
+        await assert.rejects(async () => {
+          for await (const _ of s.list('r/')) void _;
+        }, isCode('E_CACHE_NO_LIST'));
+      }
+    } finally {
+      server.close();
+      server.closeAllConnections();
+    }
   });
 
   it('refuses malformed URLs with E_BAD_CACHE_URL', async () => {
