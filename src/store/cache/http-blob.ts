@@ -1,10 +1,11 @@
 import * as http from 'node:http';
 import * as https from 'node:https';
-import { PassThrough, type Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { CairnError } from '../../errors.js';
 import type { BlobStore } from './blob.js';
 import { checkBlobKey, mapBounded } from './blob-key.js';
 import {
+  guardedBody,
   isNetworkError,
   isTransientStatus,
   retryPolicy,
@@ -95,19 +96,7 @@ export class HttpBlobStore implements BlobStore {
     const target = this.target(key);
     const res = await this.retry('get', key, () => this.request('GET', target));
     if (res === undefined) return undefined;
-    const out = new PassThrough({ highWaterMark: 1 << 20 });
-    res.on('error', (e) => {
-      out.destroy(
-        new CairnError('E_CACHE_UNAVAILABLE', `cache ${this.url}: reading ${key} broke off: ${e.message}`, {
-          url: this.url,
-          op: 'get',
-          key,
-        }),
-      );
-    });
-    out.on('close', () => res.destroy());
-    res.pipe(out);
-    return out;
+    return guardedBody(res, this.url, key);
   }
 
   async has(keys: readonly string[]): Promise<Set<string>> {
