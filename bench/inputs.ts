@@ -42,7 +42,8 @@ const tree = path.join(work, 'tree');
 function evict(paths: string[]): boolean {
   spawnSync('sync');
   const py =
-    'import os,sys\nfor p in sys.stdin.read().split("\\0"):\n  if p:\n    fd=os.open(p,os.O_RDONLY); os.posix_fadvise(fd,0,0,os.POSIX_FADV_DONTNEED); os.close(fd)\n';
+    'import os,sys\nfor p in sys.stdin.read().split("\\0"):\n  if p:\n    fd=os.open(p,os.O_RDONLY); ' +
+    'os.posix_fadvise(fd,0,0,os.POSIX_FADV_DONTNEED); os.close(fd)\n';
   return spawnSync('python3', ['-c', py], { input: paths.join('\0') }).status === 0;
 }
 
@@ -97,7 +98,8 @@ function measure(label: string, mode: string, target: string, cacheFile: string 
   };
   rows.push(row);
   console.log(
-    `${label.padEnd(24)} ${mode.padEnd(7)} ${row.ms.toFixed(1).padStart(9)} ms  ${row.gbps.toFixed(2).padStart(6)} GB/s` +
+    `${label.padEnd(24)} ${mode.padEnd(7)} ${row.ms.toFixed(1).padStart(9)}` +
+      ` ms  ${row.gbps.toFixed(2).padStart(6)} GB/s` +
       `  read ${row.hashedFiles} file(s), ${row.cacheHits} stat-cache hit(s)`,
   );
   return row;
@@ -136,7 +138,8 @@ try {
   });
   const memGbps = Math.round(((128 * mem.length) / 1e9 / (median(memTimes) / 1000)) * 100) / 100;
   console.log(
-    `${'sha256 of memory'.padEnd(24)} ${''.padEnd(7)} ${median(memTimes).toFixed(1).padStart(9)} ms  ${memGbps.toFixed(2).padStart(6)} GB/s  (the ceiling)`,
+    `${'sha256 of memory'.padEnd(24)} ${''.padEnd(7)} ${median(memTimes).toFixed(1).padStart(9)} ms  ` +
+      `${memGbps.toFixed(2).padStart(6)} GB/s  (the ceiling)`,
   );
   // Files younger than the racy margin are never cached: wait it out.
   await new Promise((r) => setTimeout(r, Number(RACY_MARGIN_NS / 1_000_000n) + 500));
@@ -161,7 +164,8 @@ try {
   const stageFile = path.join(work, 'stages.ts');
   fs.writeFileSync(
     stageFile,
-    `import { stage } from 'cairn';\nexport default stage({ name: 'uses-big', config: {}, files: ['big.bin'], build: () => {} });\n`,
+    `import { stage } from 'cairn';\nexport default stage({ name: ` +
+      `'uses-big', config: {}, files: ['big.bin'], build: () => {} });\n`,
   );
   const env = { XDG_CACHE_HOME: path.join(work, 'cache') };
   const store = path.join(work, 'store');

@@ -220,7 +220,9 @@ async function main(): Promise<void> {
     const bootFile = path.join(work, 'boot.ts');
     fs.writeFileSync(
       bootFile,
-      `import { tiny } from ${JSON.stringify(path.join(path.dirname(path.dirname(cli)), 'src', 'backends', 'qemu', 'bases.js'))};\nexport default tiny();\n`,
+      `import { tiny } from ` +
+        JSON.stringify(path.join(path.dirname(path.dirname(cli)), 'src', 'backends', 'qemu', 'bases.js')) +
+        `;\nexport default tiny();\n`,
     );
     const cliHelp = ext4.times(REPS, () => ['machine', 'ls']);
     const restore = ext4.times(REPS, () => ['machine', '-q', 'tiny', '+', 'transient', 'exec', 'true']);
@@ -327,7 +329,8 @@ async function main(): Promise<void> {
     );
     const goal = (name: string, s: Stats, limit: number): void => {
       process.stdout.write(
-        `${s.median / 1000 <= limit ? 'met' : 'MISSED'}: ${name} median ${(s.median / 1000).toFixed(2)} s (goal ${limit} s)\n`,
+        `${s.median / 1000 <= limit ? 'met' : 'MISSED'}: ${name} median ` +
+          `${(s.median / 1000).toFixed(2)} s (goal ${limit} s)\n`,
       );
     };
     goal('restore (CLI)', restore, GOAL_RESTORE);

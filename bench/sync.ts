@@ -103,7 +103,8 @@ try {
       rows['rsync no-op']!.push(plainRsync());
     }
     log(
-      `  rep ${i + 1}: cairn first ${first.ms.toFixed(0)} ms, rsync first ${rows['rsync first']!.at(-1)!.toFixed(0)} ms`,
+      `  rep ${i + 1}: cairn first ${first.ms.toFixed(0)} ms, rsync ` +
+        `first ${rows['rsync first']!.at(-1)!.toFixed(0)} ms`,
     );
   }
   const verify = spawnSync(process.execPath, [cairnBin, '--store', b.store, 'store', 'verify'], { encoding: 'utf8' });

@@ -34,7 +34,8 @@ export async function runDemo(storeRoot: string, runs: number): Promise<void> {
         const trainDref = r.plan.find((p) => p.name === 'train')!.dref;
         const all = realizationRecords(store, trainDref);
         say(
-          `  train has ${all.length} realization(s) in the store; best() chose ${r.plan.find((p) => p.name === 'train')!.rrefs[0]}`,
+          `  train has ${all.length} realization(s) in the store; best() chose ` +
+            `${r.plan.find((p) => p.name === 'train')!.rrefs[0]}`,
         );
         say('');
         const report = await readRealizationFile(store, r.targets[0]!.rrefs[0]!, 'report.md');

@@ -3,15 +3,15 @@
  * (`--substituter URL`, repeatable, replacing the store configuration's
  * `substituters`; `--no-substituters` for none) and where `--push-to URL`
  * sends what it made. `cacheSubstituter` and `cachePushTarget` are the one
- * place a URL becomes a Substituter or a PushTarget: the cache backend
- * (src/store/cache/) is connected there.
+ * place a URL becomes a Substituter or a PushTarget
+ * (src/store/cache/cache-substituter.ts: the cache's Store, pullClosure and
+ * pushClosure over `openBlobStore(url)`); the backend modules are imported
+ * only when a cache is used.
  */
 import { CairnError } from '../src/errors.js';
 import { redactUrl } from '../src/redact-url.js';
 import type { PushTarget, Substituter } from '../src/stages/substitute.js';
-import { LazyStore } from '../src/store/cache/lazy-store.js';
-import type { PublicKey } from '../src/store/cache/sign.js';
-import { configuredSubstituters } from '../src/store/substituter-config.js';
+import { readStoreConfig } from '../src/store/config.js';
 
 export interface RealizeCacheFlags {
   /** --substituter, in the order given. */
@@ -38,7 +38,7 @@ export interface CacheAccess {
 export function substituterUrls(flags: RealizeCacheFlags, storeRoot: string): string[] {
   if (flags.substituters === false) return [];
   if (flags.substituter !== undefined && flags.substituter.length > 0) return [...new Set(flags.substituter)];
-  return [...new Set(configuredSubstituters(storeRoot))];
+  return [...new Set(readStoreConfig(storeRoot).substituters)];
 }
 
 /** The kinds of cache URL issue 16 names: `file:///DIR`, `s3://BUCKET/PREFIX`, `http(s)://…` (read-only). */
@@ -67,16 +67,26 @@ function cacheKind(url: string): 'file' | 's3' | 'http' {
   );
 }
 
-/** The binary cache at `url` as a substituter; signatures are checked against the trusted keys. */
-export function cacheSubstituter(url: string, access: CacheAccess): Substituter {
+/**
+ * The binary cache at `url` as a substituter; signatures are checked against
+ * the trusted keys (the store configuration's and --trusted-key). The URL and
+ * the keys are checked now; the cache is first asked when a stage misses.
+ */
+export async function cacheSubstituter(url: string, access: CacheAccess): Promise<Substituter> {
   cacheKind(url);
-  const sub = openCacheSubstituter(url, access);
+  const { parsePublicKey, readTrustedKey } = await import('../src/store/cache/sign.js');
+  const trusted = [
+    ...readStoreConfig(access.storeRoot).trustedPublicKeys.map(parsePublicKey),
+    ...access.trustedKeys.map(readTrustedKey),
+  ];
+  const blob = await (await import('../src/store/cache/open-blob.js')).openBlobStore(url);
+  const sub = await import('../src/store/cache/cache-substituter.js');
   // Warnings and progress name it: never with the URL's secrets.
-  return { name: redactUrl(url), store: sub.store, fetch: (into, rrefs) => sub.fetch(into, rrefs) };
+  return sub.cacheSubstituter(redactUrl(url), blob, trusted);
 }
 
-/** The binary cache at `url` as a push target; an http(s) cache is read-only. */
-export function cachePushTarget(url: string, access: CacheAccess): PushTarget {
+/** The binary cache at `url` as a push target, signing with --key; an http(s) cache is read-only. */
+export async function cachePushTarget(url: string, access: CacheAccess): Promise<PushTarget> {
   if (cacheKind(url) === 'http') {
     throw new CairnError(
       'E_USAGE',
@@ -86,65 +96,14 @@ export function cachePushTarget(url: string, access: CacheAccess): PushTarget {
       },
     );
   }
-  const target = openCachePushTarget(url, access);
-  return { name: redactUrl(url), push: (from, rrefs) => target.push(from, rrefs) };
-}
-
-/** The trusted keys of a realize: the store configuration's and --trusted-key's (key text or .public file). */
-async function trustedKeysOf(access: CacheAccess): Promise<PublicKey[]> {
-  const { readStoreConfig } = await import('../src/store/config.js');
-  const { parsePublicKey, readTrustedKey } = await import('../src/store/cache/sign.js');
-  return [
-    ...readStoreConfig(access.storeRoot).trustedPublicKeys.map(parsePublicKey),
-    ...access.trustedKeys.map(readTrustedKey),
-  ];
-}
-
-/**
- * A cache as a substituter: its candidates come from a CacheStore (opened on
- * first use, so an unreachable cache is a warning, not a failure of the
- * set-up), and fetches go through pullClosure: signatures, hashes and the
- * closure checked, all or nothing.
- */
-function openCacheSubstituter(url: string, access: CacheAccess): Substituter {
-  const opened = (async () => {
-    const { openBlobStore } = await import('../src/store/cache/open-blob.js');
-    const { CacheStore } = await import('../src/store/cache/cache-store.js');
-    const blob = await openBlobStore(url);
-    const trustedKeys = await trustedKeysOf(access);
-    // An entry that does not count is skipped, and said so once: a poisoned or foreign entry is visible.
-    const onRefused = (rref: string, e: CairnError): void => {
-      process.stderr.write(`cairn: warning: ${redactUrl(url)}: not using ${rref}: ${e.code}: ${e.message}\n`);
-    };
-    return { blob, trustedKeys, store: await CacheStore.open({ blob, trustedKeys, onRefused }) };
-  })();
-  opened.catch(() => undefined);
-  return {
-    name: url,
-    store: new LazyStore(url, async () => (await opened).store),
-    fetch: async (into, rrefs) => {
-      const { pullClosure } = await import('../src/store/cache/pull.js');
-      const { blob, trustedKeys } = await opened;
-      await pullClosure(blob, into, rrefs, { trustedKeys });
-    },
-  };
-}
-
-/** A cache as a push target: pushClosure, signed with --key. */
-function openCachePushTarget(url: string, access: CacheAccess): PushTarget {
   if (access.key === undefined) {
-    throw new CairnError('E_USAGE', `--push-to ${redactUrl(url)} needs --key SECRET_KEY_FILE to sign what it uploads`, {
+    throw new CairnError('E_USAGE', `--push-to ${redactUrl(url)} needs --key FILE, the secret key that signs`, {
       url: redactUrl(url),
     });
   }
-  const keyFile = access.key;
-  return {
-    name: url,
-    push: async (from, rrefs) => {
-      const { openBlobStore } = await import('../src/store/cache/open-blob.js');
-      const { readSecretKeyFile } = await import('../src/store/cache/sign.js');
-      const { pushClosure } = await import('../src/store/cache/push.js');
-      await pushClosure(from, await openBlobStore(url), rrefs, { key: readSecretKeyFile(keyFile) });
-    },
-  };
+  const { readSecretKeyFile } = await import('../src/store/cache/sign.js');
+  const key = readSecretKeyFile(access.key);
+  const blob = await (await import('../src/store/cache/open-blob.js')).openBlobStore(url);
+  const sub = await import('../src/store/cache/cache-substituter.js');
+  return sub.cachePushTarget(redactUrl(url), blob, key);
 }

@@ -80,7 +80,9 @@ http {
   server {
     listen 127.0.0.1:$port;
     root "$dir";
-    autoindex off;
+    # JSON directory listings: how an http(s) cache client finds the realizations of a DRef.
+    autoindex on;
+    autoindex_format json;
     disable_symlinks on;
     location / { limit_except GET { deny all; } }
   }

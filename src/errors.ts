@@ -13,7 +13,8 @@ export const ErrorCodes = {
   E_DUPLICATE_OUTPUT: 'promised output listed twice or outside the output directory',
   E_STAGE_FILE: 'stage file could not be loaded',
   E_BAD_PIPELINE:
-    'a pipeline file (cairn.yaml) is not valid: unknown key, wrong type, missing cmd, cycle, overlapping outs, unknown dep',
+    'a pipeline file (cairn.yaml) is not valid: unknown key, wrong ' +
+    'type, missing cmd, cycle, overlapping outs, unknown dep',
   E_NO_TARGET: 'stage file exports no stage to realize',
   E_BUILD_FAILED: 'a build function threw or exited with an error',
   E_INTERRUPTED: 'cairn received SIGINT, SIGTERM or SIGHUP: builds were stopped and nothing more is stored',
@@ -33,7 +34,8 @@ export const ErrorCodes = {
   E_STORE_UNSAFE: 'the store root or a key entry of it is owned by another user or writable by group or others',
   E_MOUNT_IN_TREE: 'a tree being removed or measured holds a mount point, which is never entered',
   E_BAD_ADD:
-    'Store.add got a derivation that does not hash to its DRef, a context naming realizations the store lacks, or no outputs',
+    'Store.add got a derivation that does not hash to its DRef, a ' +
+    'context naming realizations the store lacks, or no outputs',
   E_LOCK_TIMEOUT: 'gave up waiting for a lock',
   E_USAGE: 'the cairn command line is not valid (raised by the CLI only, never by the library)',
   E_BAD_STAGE_SPEC: 'a stage() or built-in stage spec has an option of the wrong type, out of range or missing',
@@ -52,7 +54,8 @@ export const ErrorCodes = {
   E_BAD_HASH: 'a declared hash is malformed or of an unknown type',
   E_FETCH_FAILED: 'a download failed on every URL within its retry budget',
   E_UNSAFE_ARCHIVE:
-    'an archive holds an absolute or .. path, an escaping link, a write through a link, a duplicate name or a device file',
+    'an archive holds an absolute or .. path, an escaping link, a ' +
+    'write through a link, a duplicate name or a device file',
   E_BAD_ARCHIVE: 'an archive is damaged or of an unsupported format',
   E_ARCHIVE_TOO_LARGE: 'an archive holds more entries or unpacks to more bytes than its unpack limits allow',
   E_BAD_CATALOG: 'an image catalog is not valid',

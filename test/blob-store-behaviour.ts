@@ -18,7 +18,7 @@ export interface BlobBackend {
   reader: BlobStore;
   /** The counting proxy in front of the reader, if any. */
   proxy?: FaultProxy;
-  /** False for http, whose list is E_CACHE_NO_LIST. */
+  /** False for a backend whose list is E_CACHE_NO_LIST (an http server without JSON listings). */
   canList: boolean;
   close?: () => Promise<void> | void;
 }

@@ -29,7 +29,7 @@ blobStoreBehaviour('http (nginx over a file:// cache)', async () => {
     writer,
     reader,
     proxy,
-    canList: false,
+    canList: true,
     close: async () => {
       await proxy.close();
       nginx.stop();
@@ -134,20 +134,23 @@ describe('http(s):// caches', () => {
     await assert.rejects(s.has(['nar/a']), isCode('E_CACHE_UNAVAILABLE'));
   });
 
-  it('a body cut off halfway: get tries again and succeeds; a stream already handed out fails as unavailable', async () => {
-    fs.writeFileSync(path.join(t.dir, 'sub', 'nar', 'big'), Buffer.alloc(3 << 20, 0x42));
-    const s = new HttpBlobStore(`${proxy.url}/sub/`, fast);
-    proxy.reset();
-    proxy.cut = (n) => n === 0;
-    assert.equal((await s.get('nar/big'))!.length, 3 << 20);
-    assert.equal(proxy.seen.length, 2);
-    proxy.reset();
-    proxy.cut = (n) => n === 0;
-    const stream = (await s.getStream('nar/big'))!;
-    await assert.rejects(async () => {
-      for await (const _ of stream) void _;
-    }, isCode('E_CACHE_UNAVAILABLE'));
-  });
+  it(
+    'a body cut off halfway: get tries again and succeeds; ' + 'a stream already handed out fails as unavailable',
+    async () => {
+      fs.writeFileSync(path.join(t.dir, 'sub', 'nar', 'big'), Buffer.alloc(3 << 20, 0x42));
+      const s = new HttpBlobStore(`${proxy.url}/sub/`, fast);
+      proxy.reset();
+      proxy.cut = (n) => n === 0;
+      assert.equal((await s.get('nar/big'))!.length, 3 << 20);
+      assert.equal(proxy.seen.length, 2);
+      proxy.reset();
+      proxy.cut = (n) => n === 0;
+      const stream = (await s.getStream('nar/big'))!;
+      await assert.rejects(async () => {
+        for await (const _ of stream) void _;
+      }, isCode('E_CACHE_UNAVAILABLE'));
+    },
+  );
 
   it('a closed port gives E_CACHE_UNAVAILABLE', async () => {
     const s = await openBlobStore(`http://127.0.0.1:${await freePort()}/c/`, fast);
@@ -176,6 +179,27 @@ describe('http(s):// caches', () => {
     const s = new HttpBlobStore(`${nginx.url}/sub/`, fast);
     const got = await s.get('nar/link').catch((e: unknown) => e);
     assert.ok(got === undefined || (got instanceof CairnError && got.code === 'E_CACHE_UNAVAILABLE'), String(got));
+  });
+
+  it('a server without JSON directory listings: list is E_CACHE_NO_LIST (a 403, or HTML)', async () => {
+    const http = await import('node:http');
+    const server = http.createServer((req, res) => {
+      if (req.url === '/forbidden/r/') res.writeHead(403).end();
+      else res.writeHead(200, { 'content-type': 'text/html' }).end('<html><a href="x">x</a></html>');
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const port = (server.address() as { port: number }).port;
+      for (const base of ['forbidden', 'html']) {
+        const s = new HttpBlobStore(`http://127.0.0.1:${port}/${base}/`, fast);
+        await assert.rejects(async () => {
+          for await (const _ of s.list('r/')) void _;
+        }, isCode('E_CACHE_NO_LIST'));
+      }
+    } finally {
+      server.close();
+      server.closeAllConnections();
+    }
   });
 
   it('refuses malformed URLs with E_BAD_CACHE_URL', async () => {

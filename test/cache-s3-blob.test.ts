@@ -127,21 +127,24 @@ describe('S3 retries and failures', () => {
     assert.ok(proxy.seen.filter((r) => r.status === 503).length >= 20, 'the throttled HEADs were retried');
   });
 
-  it('a cache that always answers 503 gives E_CACHE_UNAVAILABLE after several attempts, within the budget', async () => {
-    const s = new S3BlobStore(s3url(bucket, proxy.url), { credentials, ...fast });
-    proxy.reset();
-    proxy.fail = () => true;
-    const t0 = Date.now();
-    const err = await s.get('down/a').then(
-      () => assert.fail('expected E_CACHE_UNAVAILABLE'),
-      (e: unknown) => e,
-    );
-    assert.ok(err instanceof CairnError && err.code === 'E_CACHE_UNAVAILABLE', String(err));
-    assert.ok((err.details.attempts as number) > 1, 'it retried');
-    assert.match(err.message, /SlowDown/);
-    assert.ok(Date.now() - t0 < fast.retry.budgetMs + 10_000, 'it gave up instead of retrying forever');
-    await assert.rejects(s.put('down/a', Buffer.from('x')), isCode('E_CACHE_UNAVAILABLE'));
-  });
+  it(
+    'a cache that always answers 503 gives E_CACHE_UNAVAILABLE after several attempts, ' + 'within the budget',
+    async () => {
+      const s = new S3BlobStore(s3url(bucket, proxy.url), { credentials, ...fast });
+      proxy.reset();
+      proxy.fail = () => true;
+      const t0 = Date.now();
+      const err = await s.get('down/a').then(
+        () => assert.fail('expected E_CACHE_UNAVAILABLE'),
+        (e: unknown) => e,
+      );
+      assert.ok(err instanceof CairnError && err.code === 'E_CACHE_UNAVAILABLE', String(err));
+      assert.ok((err.details.attempts as number) > 1, 'it retried');
+      assert.match(err.message, /SlowDown/);
+      assert.ok(Date.now() - t0 < fast.retry.budgetMs + 10_000, 'it gave up instead of retrying forever');
+      await assert.rejects(s.put('down/a', Buffer.from('x')), isCode('E_CACHE_UNAVAILABLE'));
+    },
+  );
 
   it('has over 1,000 keys on a failing cache shares one budget and stops asking once one key gives up', async () => {
     const s = new S3BlobStore(s3url(bucket, proxy.url), { credentials, ...fast });
@@ -166,22 +169,25 @@ describe('S3 retries and failures', () => {
     assert.ok(later <= 32, `${later} requests were sent after has had already failed`);
   });
 
-  it('a body cut off halfway: get tries again and succeeds; a stream already handed out fails as unavailable', async () => {
-    const w = new S3BlobStore(s3url(bucket, endpoint), { credentials });
-    const bytes = Buffer.alloc(3 << 20, 0x42);
-    await w.put('cut/a', bytes);
-    const s = new S3BlobStore(s3url(bucket, proxy.url), { credentials, ...fast });
-    proxy.reset();
-    proxy.cut = (n) => n === 0;
-    assert.ok((await s.get('cut/a'))!.equals(bytes));
-    assert.equal(proxy.seen.length, 2);
-    proxy.reset();
-    proxy.cut = (n) => n === 0;
-    const stream = (await s.getStream('cut/a'))!;
-    await assert.rejects(async () => {
-      for await (const _ of stream) void _;
-    }, isCode('E_CACHE_UNAVAILABLE'));
-  });
+  it(
+    'a body cut off halfway: get tries again and succeeds; ' + 'a stream already handed out fails as unavailable',
+    async () => {
+      const w = new S3BlobStore(s3url(bucket, endpoint), { credentials });
+      const bytes = Buffer.alloc(3 << 20, 0x42);
+      await w.put('cut/a', bytes);
+      const s = new S3BlobStore(s3url(bucket, proxy.url), { credentials, ...fast });
+      proxy.reset();
+      proxy.cut = (n) => n === 0;
+      assert.ok((await s.get('cut/a'))!.equals(bytes));
+      assert.equal(proxy.seen.length, 2);
+      proxy.reset();
+      proxy.cut = (n) => n === 0;
+      const stream = (await s.getStream('cut/a'))!;
+      await assert.rejects(async () => {
+        for await (const _ of stream) void _;
+      }, isCode('E_CACHE_UNAVAILABLE'));
+    },
+  );
 
   it('a closed port gives E_CACHE_UNAVAILABLE', async () => {
     const port = await freePort();

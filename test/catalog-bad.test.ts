@@ -132,17 +132,21 @@ describe('selection errors', () => {
     }
   });
 
-  it('a device type no entry is for is reported as FILE:LINE: reason, like the other catalog errors (docs/catalogs.md)', () => {
-    const f = fx('devices.yml');
-    const r = cairn(store, ['catalog', 'fetch', f, '--device-type', 'beaglebone']);
-    expectError(r, 'E_BAD_CATALOG', store);
-    assert.match(
-      r.stderr,
-      new RegExp(
-        `E_BAD_CATALOG: ${f.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:\\d+: no entry is for device type beaglebone`,
-      ),
-    );
-  });
+  it(
+    'a device type no entry is for is reported as FILE:LINE: reason, ' +
+      'like the other catalog errors (docs/catalogs.md)',
+    () => {
+      const f = fx('devices.yml');
+      const r = cairn(store, ['catalog', 'fetch', f, '--device-type', 'beaglebone']);
+      expectError(r, 'E_BAD_CATALOG', store);
+      assert.match(
+        r.stderr,
+        new RegExp(
+          `E_BAD_CATALOG: ${f.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:\\d+: no entry is for device type beaglebone`,
+        ),
+      );
+    },
+  );
 
   it('a device type that only shares a name prefix (raspberry) matches nothing', () => {
     const r = cairn(store, ['catalog', 'fetch', fx('devices.yml'), '--device-type', 'raspberry']);

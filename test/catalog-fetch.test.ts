@@ -366,22 +366,25 @@ describe('catalog fetch: manifest, unpack, out-link, cache', () => {
     assert.equal(sha512(fs.readFileSync(b.path)), images['1.2']!.hash);
   });
 
-  it('--unpack gives the unpacked directory; the manifest has both the fetched file and the unpacked tree', async () => {
-    const mf = path.join(dir, 'manifest.yml');
-    const r = ok(await fetch('--version', '1.1', '--unpack', '--manifest', mf));
-    const out = lastLine(r.stdout);
-    assert.ok(fs.statSync(out).isDirectory(), `${out} must be a directory`);
-    assert.equal(fs.readFileSync(path.join(out, 'VERSION'), 'utf8'), '1.1\n');
-    assert.equal(fs.readFileSync(path.join(out, 'boot', 'kernel'), 'utf8'), 'kernel 1.1\n');
-    const m = readManifest(mf);
-    assert.equal(m.path, out);
-    assert.ok(m.unpacked, 'the manifest must have `unpacked`');
-    assert.equal(m.unpacked.path, out);
-    assert.equal(m.rref, m.unpacked.rref);
-    assert.notEqual(m.fetched.rref, m.unpacked.rref);
-    assertFetched(m.fetched.path, '1.1');
-    assert.equal(m.hash, `sha256:${images['1.1']!.hash}`);
-  });
+  it(
+    '--unpack gives the unpacked directory; the manifest has ' + 'both the fetched file and the unpacked tree',
+    async () => {
+      const mf = path.join(dir, 'manifest.yml');
+      const r = ok(await fetch('--version', '1.1', '--unpack', '--manifest', mf));
+      const out = lastLine(r.stdout);
+      assert.ok(fs.statSync(out).isDirectory(), `${out} must be a directory`);
+      assert.equal(fs.readFileSync(path.join(out, 'VERSION'), 'utf8'), '1.1\n');
+      assert.equal(fs.readFileSync(path.join(out, 'boot', 'kernel'), 'utf8'), 'kernel 1.1\n');
+      const m = readManifest(mf);
+      assert.equal(m.path, out);
+      assert.ok(m.unpacked, 'the manifest must have `unpacked`');
+      assert.equal(m.unpacked.path, out);
+      assert.equal(m.rref, m.unpacked.rref);
+      assert.notEqual(m.fetched.rref, m.unpacked.rref);
+      assertFetched(m.fetched.path, '1.1');
+      assert.equal(m.hash, `sha256:${images['1.1']!.hash}`);
+    },
+  );
 
   it('--out-link makes a symlink to the result, which `cairn root ls` lists', async () => {
     const link = path.join(dir, 'result');

@@ -89,49 +89,53 @@ interface ManifestYaml {
 }
 
 describe('catalog run: commands declared in the catalog', () => {
-  it("a shell command sees CAIRN_MANIFEST (a readable YAML manifest) and CAIRN_STORE_PATH; its exit status is cairn's", async () => {
-    const cat = writeCatalog('shellcat', [
-      '  show: |',
-      '    cp "$CAIRN_MANIFEST" "$ACTION_OUT/manifest.yml"',
-      '    printf %s "$CAIRN_MANIFEST" > "$ACTION_OUT/manifest-path"',
-      '    env | grep "^CAIRN_" | sort > "$ACTION_OUT/env"',
-      '    ls "$CAIRN_STORE_PATH" > "$ACTION_OUT/ls"',
-      '    exit "${ACTION_STATUS:-0}"',
-    ]);
-    const r = await run(cat, 'show', ['--unpack'], { ACTION_STATUS: '7' });
-    assert.equal(r.code, 7, `the action's exit status must be cairn's\nstderr: ${r.stderr}`);
-    assert.doesNotMatch(r.stderr, /internal error/);
-    const env = Object.fromEntries(
-      fs
-        .readFileSync(path.join(outDir, 'env'), 'utf8')
-        .trim()
-        .split('\n')
-        .map((l) => {
-          const i = l.indexOf('=');
-          return [l.slice(0, i), l.slice(i + 1)];
-        }),
-    );
-    const m = parseYaml(fs.readFileSync(path.join(outDir, 'manifest.yml'), 'utf8')) as ManifestYaml;
-    assert.equal(m.catalog, 'shellcat');
-    assert.equal(m.version, '2');
-    assert.equal(m.hash, `sha256:${sha256(archive)}`);
-    assert.equal(env.CAIRN_MANIFEST, fs.readFileSync(path.join(outDir, 'manifest-path'), 'utf8'));
-    assert.ok(path.isAbsolute(env.CAIRN_MANIFEST));
-    assert.equal(env.CAIRN_STORE_PATH, m.path);
-    assert.ok(m.unpacked, 'with --unpack the manifest has `unpacked`');
-    assert.equal(env.CAIRN_STORE_PATH, m.unpacked.path);
-    assert.ok(env.CAIRN_STORE_PATH.startsWith(store + path.sep));
-    assert.deepEqual(fs.readFileSync(path.join(outDir, 'ls'), 'utf8').trim().split('\n'), ['boot', 'etc']);
-    assert.equal(env.CAIRN_RREF, m.rref);
-    assert.equal(env.CAIRN_VERSION, '2');
-    assert.equal(env.CAIRN_CATALOG, cat);
-    assert.equal(env.CAIRN_STORE, store);
-    assert.equal(fs.existsSync(env.CAIRN_MANIFEST), false, 'the temporary manifest is removed afterwards');
+  it(
+    'a shell command sees CAIRN_MANIFEST (a readable YAML manifest) ' +
+      "and CAIRN_STORE_PATH; its exit status is cairn's",
+    async () => {
+      const cat = writeCatalog('shellcat', [
+        '  show: |',
+        '    cp "$CAIRN_MANIFEST" "$ACTION_OUT/manifest.yml"',
+        '    printf %s "$CAIRN_MANIFEST" > "$ACTION_OUT/manifest-path"',
+        '    env | grep "^CAIRN_" | sort > "$ACTION_OUT/env"',
+        '    ls "$CAIRN_STORE_PATH" > "$ACTION_OUT/ls"',
+        '    exit "${ACTION_STATUS:-0}"',
+      ]);
+      const r = await run(cat, 'show', ['--unpack'], { ACTION_STATUS: '7' });
+      assert.equal(r.code, 7, `the action's exit status must be cairn's\nstderr: ${r.stderr}`);
+      assert.doesNotMatch(r.stderr, /internal error/);
+      const env = Object.fromEntries(
+        fs
+          .readFileSync(path.join(outDir, 'env'), 'utf8')
+          .trim()
+          .split('\n')
+          .map((l) => {
+            const i = l.indexOf('=');
+            return [l.slice(0, i), l.slice(i + 1)];
+          }),
+      );
+      const m = parseYaml(fs.readFileSync(path.join(outDir, 'manifest.yml'), 'utf8')) as ManifestYaml;
+      assert.equal(m.catalog, 'shellcat');
+      assert.equal(m.version, '2');
+      assert.equal(m.hash, `sha256:${sha256(archive)}`);
+      assert.equal(env.CAIRN_MANIFEST, fs.readFileSync(path.join(outDir, 'manifest-path'), 'utf8'));
+      assert.ok(path.isAbsolute(env.CAIRN_MANIFEST));
+      assert.equal(env.CAIRN_STORE_PATH, m.path);
+      assert.ok(m.unpacked, 'with --unpack the manifest has `unpacked`');
+      assert.equal(env.CAIRN_STORE_PATH, m.unpacked.path);
+      assert.ok(env.CAIRN_STORE_PATH.startsWith(store + path.sep));
+      assert.deepEqual(fs.readFileSync(path.join(outDir, 'ls'), 'utf8').trim().split('\n'), ['boot', 'etc']);
+      assert.equal(env.CAIRN_RREF, m.rref);
+      assert.equal(env.CAIRN_VERSION, '2');
+      assert.equal(env.CAIRN_CATALOG, cat);
+      assert.equal(env.CAIRN_STORE, store);
+      assert.equal(fs.existsSync(env.CAIRN_MANIFEST), false, 'the temporary manifest is removed afterwards');
 
-    const again = await run(cat, 'show', ['--unpack'], { ACTION_STATUS: '0' });
-    assert.equal(again.code, 0, again.stderr);
-    assert.equal(server.hits('/img/testos-2.tar.gz'), 1, 'the second run is cached');
-  });
+      const again = await run(cat, 'show', ['--unpack'], { ACTION_STATUS: '0' });
+      assert.equal(again.code, 0, again.stderr);
+      assert.equal(server.hits('/img/testos-2.tar.gz'), 1, 'the second run is cached');
+    },
+  );
 
   it("a command runs in the catalog's directory; --manifest keeps the manifest where asked", async () => {
     const cat = writeCatalog('cwdcat', ['  where: pwd > "$ACTION_OUT/pwd"']);
@@ -147,33 +151,37 @@ describe('catalog run: commands declared in the catalog', () => {
     assert.deepEqual(fs.readFileSync(m.path), plain);
   });
 
-  it("an argv-list action runs without a shell: arguments arrive verbatim, CAIRN_* are set, its status is cairn's", async () => {
-    const script = [
-      'const fs = require("node:fs");',
-      'const e = Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith("CAIRN_")));',
-      'fs.writeFileSync(process.env.ACTION_OUT + "/argv.json", JSON.stringify({ argv: process.argv.slice(1), env: e }));',
-      'process.exit(5);',
-    ].join(' ');
-    const cat = writeCatalog('argvcat', [
-      '  record:',
-      `    - ${JSON.stringify(process.execPath)}`,
-      '    - -e',
-      `    - ${JSON.stringify(script)}`,
-      '    - two words',
-      "    - '$HOME; not expanded'",
-    ]);
-    const r = await run(cat, 'record', ['--version', '1']);
-    assert.equal(r.code, 5, r.stderr);
-    const seen = JSON.parse(fs.readFileSync(path.join(outDir, 'argv.json'), 'utf8')) as {
-      argv: string[];
-      env: Record<string, string>;
-    };
-    assert.deepEqual(seen.argv, ['two words', '$HOME; not expanded']);
-    assert.equal(seen.env.CAIRN_VERSION, '1');
-    assert.ok(seen.env.CAIRN_STORE_PATH!.endsWith(`${path.sep}testos-1.img`));
-    assert.deepEqual(fs.readFileSync(seen.env.CAIRN_STORE_PATH!), plain);
-    assert.ok(seen.env.CAIRN_MANIFEST);
-  });
+  it(
+    'an argv-list action runs without a shell: arguments arrive ' + "verbatim, CAIRN_* are set, its status is cairn's",
+    async () => {
+      const script = [
+        'const fs = require("node:fs");',
+        'const e = Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith("CAIRN_")));',
+        'fs.writeFileSync(process.env.ACTION_OUT + "/argv.json", ' +
+          'JSON.stringify({ argv: process.argv.slice(1), env: e }));',
+        'process.exit(5);',
+      ].join(' ');
+      const cat = writeCatalog('argvcat', [
+        '  record:',
+        `    - ${JSON.stringify(process.execPath)}`,
+        '    - -e',
+        `    - ${JSON.stringify(script)}`,
+        '    - two words',
+        "    - '$HOME; not expanded'",
+      ]);
+      const r = await run(cat, 'record', ['--version', '1']);
+      assert.equal(r.code, 5, r.stderr);
+      const seen = JSON.parse(fs.readFileSync(path.join(outDir, 'argv.json'), 'utf8')) as {
+        argv: string[];
+        env: Record<string, string>;
+      };
+      assert.deepEqual(seen.argv, ['two words', '$HOME; not expanded']);
+      assert.equal(seen.env.CAIRN_VERSION, '1');
+      assert.ok(seen.env.CAIRN_STORE_PATH!.endsWith(`${path.sep}testos-1.img`));
+      assert.deepEqual(fs.readFileSync(seen.env.CAIRN_STORE_PATH!), plain);
+      assert.ok(seen.env.CAIRN_MANIFEST);
+    },
+  );
 });
 
 describe('catalog run: TypeScript actions', () => {
@@ -211,38 +219,45 @@ describe('catalog run: TypeScript actions', () => {
     assert.equal(zero.code, 0, zero.stderr);
   });
 
-  it('an action exported by <catalog>.actions.ts next to the catalog gets the context; its return value is the exit status', async () => {
-    const cat = writeCatalog('nextcat', []);
-    fs.writeFileSync(
-      path.join(path.dirname(cat), 'nextcat.actions.ts'),
-      [
-        "import * as fs from 'node:fs';",
-        "import * as path from 'node:path';",
-        'interface Ctx { storePath: string; manifestPath: string; manifest: { version: string; catalog: string }; entry: { version: string } }',
-        'export function check(ctx: Ctx): number {',
-        "  const release: string = fs.readFileSync(path.join(ctx.storePath, 'etc', 'os-release'), 'utf8');",
-        "  fs.writeFileSync(path.join(process.env.ACTION_OUT as string, 'check.json'), JSON.stringify({ release, version: ctx.manifest.version, catalog: ctx.manifest.catalog, entry: ctx.entry.version, manifestExists: fs.existsSync(ctx.manifestPath) }));",
-        "  return release.includes('VERSION=2') ? 6 : 1;",
-        '}',
-        "export const notAFunction: string = 'x';",
-        '',
-      ].join('\n'),
-    );
-    const r = await run(cat, 'check', ['--unpack']);
-    assert.equal(r.code, 6, r.stderr);
-    const seen = JSON.parse(fs.readFileSync(path.join(outDir, 'check.json'), 'utf8')) as Record<string, unknown>;
-    assert.deepEqual(seen, {
-      release: 'NAME=testos\nVERSION=2\n',
-      version: '2',
-      catalog: 'nextcat',
-      entry: '2',
-      manifestExists: true,
-    });
+  it(
+    'an action exported by <catalog>.actions.ts next to the catalog gets ' +
+      'the context; its return value is the exit status',
+    async () => {
+      const cat = writeCatalog('nextcat', []);
+      fs.writeFileSync(
+        path.join(path.dirname(cat), 'nextcat.actions.ts'),
+        [
+          "import * as fs from 'node:fs';",
+          "import * as path from 'node:path';",
+          'interface Ctx { storePath: string; manifestPath: string; manifest: { ' +
+            'version: string; catalog: string }; entry: { version: string } }',
+          'export function check(ctx: Ctx): number {',
+          "  const release: string = fs.readFileSync(path.join(ctx.storePath, 'etc', 'os-release'), 'utf8');",
+          "  fs.writeFileSync(path.join(process.env.ACTION_OUT as string, 'check.json'), JSON.stringify({ release, " +
+            'version: ctx.manifest.version, catalog: ctx.manifest.catalog, entry: ' +
+            'ctx.entry.version, manifestExists: fs.existsSync(ctx.manifestPath) }));',
+          "  return release.includes('VERSION=2') ? 6 : 1;",
+          '}',
+          "export const notAFunction: string = 'x';",
+          '',
+        ].join('\n'),
+      );
+      const r = await run(cat, 'check', ['--unpack']);
+      assert.equal(r.code, 6, r.stderr);
+      const seen = JSON.parse(fs.readFileSync(path.join(outDir, 'check.json'), 'utf8')) as Record<string, unknown>;
+      assert.deepEqual(seen, {
+        release: 'NAME=testos\nVERSION=2\n',
+        version: '2',
+        catalog: 'nextcat',
+        entry: '2',
+        manifestExists: true,
+      });
 
-    const notFn = await run(cat, 'notAFunction', ['--unpack']);
-    expectError(notFn, 'E_BAD_CATALOG');
-    assert.match(notFn.stderr, /nextcat\.actions\.ts does not export a function notAFunction/);
-  });
+      const notFn = await run(cat, 'notAFunction', ['--unpack']);
+      expectError(notFn, 'E_BAD_CATALOG');
+      assert.match(notFn.stderr, /nextcat\.actions\.ts does not export a function notAFunction/);
+    },
+  );
 
   it('an action exported by actions.ts next to the catalog; a function returning nothing exits 0', async () => {
     const cat = writeCatalog('plaincat', [], 'plain');

@@ -56,45 +56,48 @@ beforeEach(() => {
 afterEach(() => cleanup());
 
 describe('catalogStage in a stage file', () => {
-  it('is a dependency whose Dep gives the fetched file (and the unpacked tree); cached on a second realize', async () => {
-    const stageFile = path.join(dir, 'pipeline.ts');
-    fs.writeFileSync(
-      stageFile,
-      [
-        "import * as fs from 'node:fs';",
-        "import * as path from 'node:path';",
-        "import { catalogStage, stage } from 'cairn';",
-        `const image = catalogStage(${JSON.stringify(catalogFile)}, { version: '1.0' });`,
-        `const tree = catalogStage(${JSON.stringify(catalogFile)}, { version: '2.0', unpack: true });`,
-        'export default stage({',
-        "  name: 'inspect-image',",
-        '  config: { image, tree },',
-        '  build: ({ config, out }) => {',
-        "    fs.writeFileSync(path.join(out, 'copy.txt'), fs.readFileSync(config.image.file('image-1.0.img')));",
-        "    fs.writeFileSync(path.join(out, 'version.txt'), fs.readFileSync(config.tree.file('VERSION')));",
-        "    fs.writeFileSync(path.join(out, 'listing.txt'), fs.readdirSync(config.image.path).join(','));",
-        '  },',
-        '});',
-        '',
-      ].join('\n'),
-    );
-    const r = ok(await cairnAsync(store, ['realize', stageFile]));
-    const rref = lastLine(r.stdout);
-    assert.equal(ok(cairn(store, ['catref', rref, 'copy.txt'])).stdout, plain.toString());
-    assert.equal(ok(cairn(store, ['catref', rref, 'version.txt'])).stdout, '2.0\n');
-    assert.equal(ok(cairn(store, ['catref', rref, 'listing.txt'])).stdout, 'image-1.0.img');
-    assert.equal(server.hits('/s/image-1.0.img'), 1);
-    assert.equal(server.hits('/s/image-2.0.tar.gz'), 1);
+  it(
+    'is a dependency whose Dep gives the fetched file (and the ' + 'unpacked tree); cached on a second realize',
+    async () => {
+      const stageFile = path.join(dir, 'pipeline.ts');
+      fs.writeFileSync(
+        stageFile,
+        [
+          "import * as fs from 'node:fs';",
+          "import * as path from 'node:path';",
+          "import { catalogStage, stage } from 'cairn';",
+          `const image = catalogStage(${JSON.stringify(catalogFile)}, { version: '1.0' });`,
+          `const tree = catalogStage(${JSON.stringify(catalogFile)}, { version: '2.0', unpack: true });`,
+          'export default stage({',
+          "  name: 'inspect-image',",
+          '  config: { image, tree },',
+          '  build: ({ config, out }) => {',
+          "    fs.writeFileSync(path.join(out, 'copy.txt'), fs.readFileSync(config.image.file('image-1.0.img')));",
+          "    fs.writeFileSync(path.join(out, 'version.txt'), fs.readFileSync(config.tree.file('VERSION')));",
+          "    fs.writeFileSync(path.join(out, 'listing.txt'), fs.readdirSync(config.image.path).join(','));",
+          '  },',
+          '});',
+          '',
+        ].join('\n'),
+      );
+      const r = ok(await cairnAsync(store, ['realize', stageFile]));
+      const rref = lastLine(r.stdout);
+      assert.equal(ok(cairn(store, ['catref', rref, 'copy.txt'])).stdout, plain.toString());
+      assert.equal(ok(cairn(store, ['catref', rref, 'version.txt'])).stdout, '2.0\n');
+      assert.equal(ok(cairn(store, ['catref', rref, 'listing.txt'])).stdout, 'image-1.0.img');
+      assert.equal(server.hits('/s/image-1.0.img'), 1);
+      assert.equal(server.hits('/s/image-2.0.tar.gz'), 1);
 
-    const again = ok(await cairnAsync(store, ['realize', stageFile]));
-    assert.equal(lastLine(again.stdout), rref, 'cached: the same RRef');
-    assert.equal(server.hits('/s/image-1.0.img'), 1, 'cached: the server is not contacted again');
+      const again = ok(await cairnAsync(store, ['realize', stageFile]));
+      assert.equal(lastLine(again.stdout), rref, 'cached: the same RRef');
+      assert.equal(server.hits('/s/image-1.0.img'), 1, 'cached: the server is not contacted again');
 
-    // `catalog fetch` of the same entry is the same derivation: already in the store.
-    const f = ok(await cairnAsync(store, ['catalog', 'fetch', catalogFile, '--version', '1.0']));
-    assert.deepEqual(fs.readFileSync(lastLine(f.stdout)), plain);
-    assert.equal(server.hits('/s/image-1.0.img'), 1);
-  });
+      // `catalog fetch` of the same entry is the same derivation: already in the store.
+      const f = ok(await cairnAsync(store, ['catalog', 'fetch', catalogFile, '--version', '1.0']));
+      assert.deepEqual(fs.readFileSync(lastLine(f.stdout)), plain);
+      assert.equal(server.hits('/s/image-1.0.img'), 1);
+    },
+  );
 
   it('a stage file naming a bad catalog fails with E_BAD_CATALOG and its file:line', async () => {
     const bad = path.join(dir, 'bad.yml');

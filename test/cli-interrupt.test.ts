@@ -58,7 +58,8 @@ function setup(): Env {
 }
 
 /** Stages running the ticker in the ways a build may run programs. */
-const STAGES = `
+const STAGES =
+  `
 import { spawn } from 'node:child_process';
 import * as path from 'node:path';
 import { stage } from 'cairn';
@@ -66,7 +67,8 @@ const py = path.join(import.meta.dirname, 'ticker.py');
 const pids = process.env.PIDS!;
 const salt = process.env.SALT ?? '';
 // One program through exec.
-export const one = stage({ name: 'train', config: { salt }, build: async ({ exec }) => { await exec('python3', [py, pids, '0']); } });
+export const one = stage({ name: 'train', config: { salt }, build: ` +
+  `async ({ exec }) => { await exec('python3', [py, pids, '0']); } });
 // Three at once in one build (n: 3), each working on its output.
 export const three = stage({ name: 'train3', n: 3, config: { salt }, build: async ({ exec, outs }) => {
   await Promise.all(outs.map((o, i) => exec('python3', [py, pids, String(i)], { cwd: o })));
@@ -96,7 +98,8 @@ export const throws = stage({ name: 'throws', config: { salt }, build: async ({ 
 } });
 // A build whose program leaves a background child holding its output pipes, and returns.
 export const linger = stage({ name: 'linger', config: { salt }, build: async ({ exec, out }) => {
-  await exec('sh', ['-c', 'python3 "$0" "$1" 0 & while [ ! -e "$1/pid-0" ]; do sleep 0.02; done; echo started', py, pids]);
+  await exec('sh', ['-c', 'python3 "$0" "$1" 0 & while [ ! -e ` +
+  `"$1/pid-0" ]; do sleep 0.02; done; echo started', py, pids]);
   (await import('node:fs')).writeFileSync(path.join(out, 'done'), 'yes');
 } });
 `;
@@ -266,16 +269,19 @@ describe('cairn realize: other exits end the programs of builds', { timeout: 120
     }
   });
 
-  it('a program whose background child lingers (holding its pipes): the child is ended and the build completes', async () => {
-    const e = setup();
-    try {
-      const r = await start(e, ['-s', 'linger', '-q']).done;
-      assert.equal(r.code, 0, r.stderr);
-      await assertEnded(e, await tickers(e, 1));
-      assert.equal(realizations(e.store).length, 1, 'the build is stored');
-      assert.deepEqual(tmpEntries(e.store), []);
-    } finally {
-      e.cleanup();
-    }
-  });
+  it(
+    'a program whose background child lingers (holding its pipes): ' + 'the child is ended and the build completes',
+    async () => {
+      const e = setup();
+      try {
+        const r = await start(e, ['-s', 'linger', '-q']).done;
+        assert.equal(r.code, 0, r.stderr);
+        await assertEnded(e, await tickers(e, 1));
+        assert.equal(realizations(e.store).length, 1, 'the build is stored');
+        assert.deepEqual(tmpEntries(e.store), []);
+      } finally {
+        e.cleanup();
+      }
+    },
+  );
 });

@@ -728,7 +728,8 @@ describe('cairn: command line usage', () => {
 });
 
 describe('cairn realize -v: live output of programs', () => {
-  const STAGES = `
+  const STAGES =
+    `
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { stage } from 'cairn';
@@ -742,41 +743,45 @@ export const live = stage({ name: 'live', config: {}, build: async ({ exec, out 
   fs.writeFileSync(path.join(out, 'v'), '1');
 } });
 export const trio = stage({ name: 'trio', n: 3, config: {}, build: async ({ exec, outs }) => {
-  for (const [i, o] of outs.entries()) await exec('sh', ['-c', 'echo "made $(basename $(dirname $PWD))" && echo partial-line-' + i + ' | tr -d "\\\\n"'], { cwd: o });
+  for (const [i, o] of outs.entries()) await exec('sh', ['-c', 'echo "made $(basename $(dirname $PWD))" && echo ` +
+    `partial-line-' + i + ' | tr -d "\\\\n"'], { cwd: o });
 } });
 `;
 
-  it("streams what exec'd programs print while they run, prefixed by the stage, and keeps it in build.log", async () => {
-    const e = setup();
-    try {
-      const file = writeStageFile(e, 'live.ts', STAGES);
-      const gate = path.join(e.work, 'gate');
-      const child = spawn(process.execPath, [cairnBin, '--store', e.store, 'realize', file, '-s', 'live', '-v'], {
-        cwd: repoRoot,
-        env: { ...process.env, ...e.env, GATE: gate },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
-      let stderr = '';
-      let stdout = '';
-      child.stdout.setEncoding('utf8').on('data', (d: string) => {
-        stdout += d;
-      });
-      child.stderr.setEncoding('utf8').on('data', (d: string) => {
-        stderr += d;
-        // The program waits for the gate (20 s at most): seeing its line while it waits proves the output is live.
-        if (stderr.includes('live> waiting for the gate\n') && !fs.existsSync(gate)) fs.writeFileSync(gate, '');
-      });
-      const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
-      assert.equal(code, 0, stderr);
-      assert.ok(fs.existsSync(gate), `the program's first line was shown while it ran: ${stderr}`);
-      assert.match(stderr, /^live> \$ python3 -c /m, 'the command line is shown');
-      assert.match(stderr, /^live> through$/m, 'stderr of the program too');
-      const log = ok(cairn(e.store, ['log', lastLine(stdout)])).stdout;
-      assert.match(log, /waiting for the gate\nthrough\n/);
-    } finally {
-      e.cleanup();
-    }
-  });
+  it(
+    "streams what exec'd programs print while they run, prefixed " + 'by the stage, and keeps it in build.log',
+    async () => {
+      const e = setup();
+      try {
+        const file = writeStageFile(e, 'live.ts', STAGES);
+        const gate = path.join(e.work, 'gate');
+        const child = spawn(process.execPath, [cairnBin, '--store', e.store, 'realize', file, '-s', 'live', '-v'], {
+          cwd: repoRoot,
+          env: { ...process.env, ...e.env, GATE: gate },
+          stdio: ['ignore', 'pipe', 'pipe'],
+        });
+        let stderr = '';
+        let stdout = '';
+        child.stdout.setEncoding('utf8').on('data', (d: string) => {
+          stdout += d;
+        });
+        child.stderr.setEncoding('utf8').on('data', (d: string) => {
+          stderr += d;
+          // The program waits for the gate (20 s at most): seeing its line while it waits proves the output is live.
+          if (stderr.includes('live> waiting for the gate\n') && !fs.existsSync(gate)) fs.writeFileSync(gate, '');
+        });
+        const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+        assert.equal(code, 0, stderr);
+        assert.ok(fs.existsSync(gate), `the program's first line was shown while it ran: ${stderr}`);
+        assert.match(stderr, /^live> \$ python3 -c /m, 'the command line is shown');
+        assert.match(stderr, /^live> through$/m, 'stderr of the program too');
+        const log = ok(cairn(e.store, ['log', lastLine(stdout)])).stdout;
+        assert.match(log, /waiting for the gate\nthrough\n/);
+      } finally {
+        e.cleanup();
+      }
+    },
+  );
 
   it('prefixes the output index when a build has several outputs; without -v nothing of it is shown', () => {
     const e = setup();

@@ -309,34 +309,37 @@ describe('stale lock takeover', { timeout: 180_000 }, () => {
 });
 
 describe('a new store opened by several processes at once', { timeout: 60_000 }, () => {
-  it('waits while another process holds the new index\'s write lock, instead of failing with "database is locked"', async () => {
-    const t = tempDir('cairn-new-store');
-    try {
-      const store = path.join(t.dir, 'store');
-      fs.mkdirSync(store);
-      // A second process in the middle of creating the index (rollback mode, write lock held for 1.5 s):
-      // SQLite refuses the switch to WAL at once rather than waiting for it.
-      const holder = spawn(
-        process.execPath,
-        [
-          '-e',
-          `
+  it(
+    "waits while another process holds the new index's write lock, " + 'instead of failing with "database is locked"',
+    async () => {
+      const t = tempDir('cairn-new-store');
+      try {
+        const store = path.join(t.dir, 'store');
+        fs.mkdirSync(store);
+        // A second process in the middle of creating the index (rollback mode, write lock held for 1.5 s):
+        // SQLite refuses the switch to WAL at once rather than waiting for it.
+        const holder = spawn(
+          process.execPath,
+          [
+            '-e',
+            `
         const Database = require(${JSON.stringify(path.join(repoRoot, 'node_modules', 'better-sqlite3'))});
         const db = new Database(${JSON.stringify(path.join(store, 'index.sqlite'))});
         db.exec('BEGIN IMMEDIATE; CREATE TABLE IF NOT EXISTS holder (x);');
         process.stdout.write('held\\n');
         setTimeout(() => { db.exec('COMMIT'); db.close(); }, 1500);
       `,
-        ],
-        { stdio: ['ignore', 'pipe', 'inherit'] },
-      );
-      const closed = new Promise((resolve) => holder.on('close', resolve));
-      await new Promise((resolve) => holder.stdout.once('data', resolve));
-      const r = await cairnAsync(store, ['du']);
-      assert.equal(r.code, 0, r.stderr);
-      await closed;
-    } finally {
-      t.cleanup();
-    }
-  });
+          ],
+          { stdio: ['ignore', 'pipe', 'inherit'] },
+        );
+        const closed = new Promise((resolve) => holder.on('close', resolve));
+        await new Promise((resolve) => holder.stdout.once('data', resolve));
+        const r = await cairnAsync(store, ['du']);
+        assert.equal(r.code, 0, r.stderr);
+        await closed;
+      } finally {
+        t.cleanup();
+      }
+    },
+  );
 });

@@ -319,7 +319,8 @@ describe('hashing rules are pinned', () => {
     assert.equal(dref, '3drg83cwm1ib55a2nzn191d6avhiyzr5-pinned');
     assert.equal(
       g.nodes.get(dref)!.drvJson,
-      '{"code":{"version":"1"},"config":{"a":{"y":true,"z":null},"b":[1,2.5,"x",0],"s":"é\u2028"},"deps":[],"format":"cairn-drv-1","name":"pinned","outputs":[]}',
+      '{"code":{"version":"1"},"config":{"a":{"y":true,"z":null},"b":[1,2.5,"x",0],"s":"é\u2028"},' +
+        '"deps":[],"format":"cairn-drv-1","name":"pinned","outputs":[]}',
     );
     assert.equal(shortHash(g.nodes.get(dref)!.drvJson), dref.slice(0, 32));
   });

@@ -385,18 +385,21 @@ describe('stage spec validation', () => {
     );
   });
 
-  it('n must be a whole number from 1 to 10000, version a string, matcher a matcher or function (E_BAD_STAGE_SPEC)', () => {
-    for (const n of [0, -1, 1.5, 10_001, NaN])
-      assert.throws(() => stage({ name: 'n', config: {}, build: noop, n }), code('E_BAD_STAGE_SPEC'), String(n));
-    assert.equal(stage({ name: 'n', config: {}, build: noop, n: 10_000 }).n, 10_000);
-    assert.equal(stage({ name: 'n', config: {}, build: noop }).n, 1);
-    assert.throws(() => stage({ name: 'v', config: {}, build: noop, version: 1 as never }), code('E_BAD_STAGE_SPEC'));
-    assert.throws(
-      () => stage({ name: 'm', config: {}, build: noop, matcher: 'latest' as never }),
-      code('E_BAD_STAGE_SPEC'),
-    );
-    assert.equal(stage({ name: 'm', config: {}, build: noop }).matcher.name, 'latest');
-  });
+  it(
+    'n must be a whole number from 1 to 10000, version a string, ' + 'matcher a matcher or function (E_BAD_STAGE_SPEC)',
+    () => {
+      for (const n of [0, -1, 1.5, 10_001, NaN])
+        assert.throws(() => stage({ name: 'n', config: {}, build: noop, n }), code('E_BAD_STAGE_SPEC'), String(n));
+      assert.equal(stage({ name: 'n', config: {}, build: noop, n: 10_000 }).n, 10_000);
+      assert.equal(stage({ name: 'n', config: {}, build: noop }).n, 1);
+      assert.throws(() => stage({ name: 'v', config: {}, build: noop, version: 1 as never }), code('E_BAD_STAGE_SPEC'));
+      assert.throws(
+        () => stage({ name: 'm', config: {}, build: noop, matcher: 'latest' as never }),
+        code('E_BAD_STAGE_SPEC'),
+      );
+      assert.equal(stage({ name: 'm', config: {}, build: noop }).matcher.name, 'latest');
+    },
+  );
 });
 
 describe('instantiate: scale', () => {
@@ -444,13 +447,15 @@ describe('typing of the public API', () => {
       fs.writeFileSync(
         path.join(dir, 'usage.ts'),
         [
-          `import { stage, realize, instantiate, LocalStore, type Stage } from ${JSON.stringify(path.join(repoRoot, 'src', 'index.js'))};`,
+          `import { stage, realize, instantiate, LocalStore, type Stage } from ` +
+            `${JSON.stringify(path.join(repoRoot, 'src', 'index.js'))};`,
           `const a = stage({ name: 'a', config: { x: 1 }, build: ({ config, out }) => { void config.x; void out; } });`,
           `const b = stage({ name: 'b', config: { a }, build: ({ config }) => { void config.a.path; } });`,
           `instantiate(b);`,
           `instantiate([a, b]);`,
           `const list: Stage[] = [a, b];`,
-          `export async function run(): Promise<void> { await realize(b, { store: LocalStore.open('/nonexistent') }); void list; }`,
+          `export async function run(): Promise<void> { await realize(b, ` +
+            `{ store: LocalStore.open('/nonexistent') }); void list; }`,
           '',
         ].join('\n'),
       );

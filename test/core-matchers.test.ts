@@ -353,16 +353,19 @@ describe('matchers in realize', () => {
     assert.equal(builds.get('fs4'), 4, 'ceil(4 / 3) = 2 more builds');
   });
 
-  it('some(3) on a deterministic stage cannot be satisfied: E_MATCH_UNSATISFIED after 3 builds that merge', async () => {
-    const s = stage({ name: 'det', config: {}, matcher: some(3), build: fixedBuild });
-    await assert.rejects(realize(s, { store }), (e: unknown) => {
-      isCode('E_MATCH_UNSATISFIED')(e);
-      assert.equal((e as CairnError).details.realizations, 1);
-      return true;
-    });
-    assert.equal(builds.get('det'), 3);
-    assert.equal(storeIndex(store).realizationsOf(drefOf(s)).length, 1);
-  });
+  it(
+    'some(3) on a deterministic stage cannot be satisfied: ' + 'E_MATCH_UNSATISFIED after 3 builds that merge',
+    async () => {
+      const s = stage({ name: 'det', config: {}, matcher: some(3), build: fixedBuild });
+      await assert.rejects(realize(s, { store }), (e: unknown) => {
+        isCode('E_MATCH_UNSATISFIED')(e);
+        assert.equal((e as CairnError).details.realizations, 1);
+        return true;
+      });
+      assert.equal(builds.get('det'), 3);
+      assert.equal(storeIndex(store).realizationsOf(drefOf(s)).length, 1);
+    },
+  );
 
   it('all() chooses every realization, and a dependant sees them all', async () => {
     const up = rnd('up', all(), 3);

@@ -1049,24 +1049,27 @@ describe('realize: build logs and metadata', () => {
     );
   });
 
-  it('ctx.exec with input the program never reads resolves and raises no uncaught exception (no EPIPE crash)', async () => {
-    const s = stage({
-      name: 'noread',
-      config: {},
-      build: async ({ exec, out }) => {
-        const r = await exec('true', [], { input: 'x'.repeat(8 << 20) });
-        fs.writeFileSync(path.join(out, 'stdout'), r.stdout);
-      },
-    });
-    const caught = await uncaughtDuring(async () => {
-      const r = await realize(s, { store });
-      assert.equal(r.builds, 1);
-    });
-    assert.deepEqual(
-      caught.map((e) => `${(e as NodeJS.ErrnoException).code}: ${(e as Error).message}`),
-      [],
-    );
-  });
+  it(
+    'ctx.exec with input the program never reads resolves and ' + 'raises no uncaught exception (no EPIPE crash)',
+    async () => {
+      const s = stage({
+        name: 'noread',
+        config: {},
+        build: async ({ exec, out }) => {
+          const r = await exec('true', [], { input: 'x'.repeat(8 << 20) });
+          fs.writeFileSync(path.join(out, 'stdout'), r.stdout);
+        },
+      });
+      const caught = await uncaughtDuring(async () => {
+        const r = await realize(s, { store });
+        assert.equal(r.builds, 1);
+      });
+      assert.deepEqual(
+        caught.map((e) => `${(e as NodeJS.ErrnoException).code}: ${(e as Error).message}`),
+        [],
+      );
+    },
+  );
 
   it('meta.json records the chosen upstream RRefs as the context', async () => {
     const u1 = stage({ name: 'u1', config: {}, n: 2, matcher: all(), build: randomBuild });
@@ -1287,108 +1290,119 @@ describe('realize: latest() with a plain realize reuses', () => {
 });
 
 describe('realize: derivations written ahead, durability order', () => {
-  it('derivations written ahead of a build that never comes (a failure upstream) are indexed, so gc collects them; tmp is left empty', async () => {
-    // The failing build waits (up to 10 s) for the writer to place every derivation of the chain.
-    const written = () => fs.readdirSync(path.join(store.root, 'd')).length;
-    const bad = stage({
-      name: 'bad',
-      config: {},
-      build: async () => {
-        for (let i = 0; i < 1000 && written() < 6; i++) await sleep(10);
-        throw new Error('no');
-      },
-    });
-    const chain: Stage[] = [bad];
-    for (let i = 0; i < 5; i++) chain.push(stage({ name: `after${i}`, config: { prev: chain[i] }, build: fixedBuild }));
-    await assert.rejects(realize(chain[5]!, { store }), isCode('E_BUILD_FAILED'));
-    const onDisk = fs.readdirSync(path.join(store.root, 'd')).sort();
-    assert.equal(onDisk.length, 6, 'every derivation was written ahead');
-    for (const dref of onDisk as DRef[]) {
-      assert.ok(storeIndex(store).hasDrv(dref), `${dref} is indexed`);
-      assert.ok(fs.existsSync(path.join(store.drvDir(dref), 'drv.json')), `${dref} has drv.json`);
-    }
-    assert.deepEqual(tmpEntries(), []);
-    const report = await collectGarbage(store);
-    assert.deepEqual([...report.derivations].sort(), onDisk);
-    assert.deepEqual(fs.readdirSync(path.join(store.root, 'd')), []);
-  });
-
-  it('a realization is renamed into place only after its content and derivation are fsynced (and, as root, sealed), and indexed only after the renames are', async () => {
-    // Every event gets a sequence number; an fsync covers the changes made
-    // before it started, so `syncedAt` keeps the start of the latest one.
-    let seq = 0;
-    const fdPath = new Map<number, string>();
-    const syncedAt = new Map<string, number>();
-    const renamedAt = new Map<string, number>();
-    const openReal = fsDefault.openSync;
-    mock.method(fsDefault, 'openSync', (p: string | Buffer, ...rest: unknown[]) => {
-      const fd = (openReal as (...a: unknown[]) => number)(p, ...rest);
-      // Sealed trees are walked with byte paths (names need not be UTF-8).
-      fdPath.set(fd, path.resolve(p.toString()));
-      return fd;
-    });
-    const fsyncReal = fsDefault.fsync;
-    mock.method(fsDefault, 'fsync', (fd: number, cb: (e: Error | null) => void) => {
-      const started = ++seq;
-      const p = fdPath.get(fd);
-      fsyncReal(fd, (e) => {
-        if (!e && p) syncedAt.set(p, Math.max(syncedAt.get(p) ?? 0, started));
-        cb(e);
+  it(
+    'derivations written ahead of a build that never comes (a failure upstream) ' +
+      'are indexed, so gc collects them; tmp is left empty',
+    async () => {
+      // The failing build waits (up to 10 s) for the writer to place every derivation of the chain.
+      const written = () => fs.readdirSync(path.join(store.root, 'd')).length;
+      const bad = stage({
+        name: 'bad',
+        config: {},
+        build: async () => {
+          for (let i = 0; i < 1000 && written() < 6; i++) await sleep(10);
+          throw new Error('no');
+        },
       });
-    });
-    const synced = (p: string, after = 0): boolean => (syncedAt.get(p) ?? -1) > after;
-    const renameReal = fsDefault.renameSync;
-    const problems: string[] = [];
-    mock.method(fsDefault, 'renameSync', (from: string, to: string) => {
-      const m = /\/d\/([^/]+)\/r\/[^/]+$/.exec(to);
-      if (m) {
-        const drv = path.join(store.root, 'd', m[1]!);
-        for (const p of [
-          path.join(from, 'out', 'v'),
-          path.join(from, 'out'),
-          path.join(from, 'meta.json'),
-          from,
-          path.join(drv, 'drv.json'),
-          drv,
-        ]) {
-          if (!synced(p)) problems.push(`${p} not fsynced before the rename to ${to}`);
+      const chain: Stage[] = [bad];
+      for (let i = 0; i < 5; i++)
+        chain.push(stage({ name: `after${i}`, config: { prev: chain[i] }, build: fixedBuild }));
+      await assert.rejects(realize(chain[5]!, { store }), isCode('E_BUILD_FAILED'));
+      const onDisk = fs.readdirSync(path.join(store.root, 'd')).sort();
+      assert.equal(onDisk.length, 6, 'every derivation was written ahead');
+      for (const dref of onDisk as DRef[]) {
+        assert.ok(storeIndex(store).hasDrv(dref), `${dref} is indexed`);
+        assert.ok(fs.existsSync(path.join(store.drvDir(dref), 'drv.json')), `${dref} has drv.json`);
+      }
+      assert.deepEqual(tmpEntries(), []);
+      const report = await collectGarbage(store);
+      assert.deepEqual([...report.derivations].sort(), onDisk);
+      assert.deepEqual(fs.readdirSync(path.join(store.root, 'd')), []);
+    },
+  );
+
+  it(
+    'a realization is renamed into place only after its content and derivation are fsynced (and, as root, sealed), ' +
+      'and indexed only after the renames are',
+    async () => {
+      // Every event gets a sequence number; an fsync covers the changes made
+      // before it started, so `syncedAt` keeps the start of the latest one.
+      let seq = 0;
+      const fdPath = new Map<number, string>();
+      const syncedAt = new Map<string, number>();
+      const renamedAt = new Map<string, number>();
+      const openReal = fsDefault.openSync;
+      mock.method(fsDefault, 'openSync', (p: string | Buffer, ...rest: unknown[]) => {
+        const fd = (openReal as (...a: unknown[]) => number)(p, ...rest);
+        // Sealed trees are walked with byte paths (names need not be UTF-8).
+        fdPath.set(fd, path.resolve(p.toString()));
+        return fd;
+      });
+      const fsyncReal = fsDefault.fsync;
+      mock.method(fsDefault, 'fsync', (fd: number, cb: (e: Error | null) => void) => {
+        const started = ++seq;
+        const p = fdPath.get(fd);
+        fsyncReal(fd, (e) => {
+          if (!e && p) syncedAt.set(p, Math.max(syncedAt.get(p) ?? 0, started));
+          cb(e);
+        });
+      });
+      const synced = (p: string, after = 0): boolean => (syncedAt.get(p) ?? -1) > after;
+      const renameReal = fsDefault.renameSync;
+      const problems: string[] = [];
+      mock.method(fsDefault, 'renameSync', (from: string, to: string) => {
+        const m = /\/d\/([^/]+)\/r\/[^/]+$/.exec(to);
+        if (m) {
+          const drv = path.join(store.root, 'd', m[1]!);
+          for (const p of [
+            path.join(from, 'out', 'v'),
+            path.join(from, 'out'),
+            path.join(from, 'meta.json'),
+            from,
+            path.join(drv, 'drv.json'),
+            drv,
+          ]) {
+            if (!synced(p)) problems.push(`${p} not fsynced before the rename to ${to}`);
+          }
+          // Root may move a read-only directory, so a kill can never leave a writable realization.
+          if (process.getuid?.() === 0 && (fs.statSync(from).mode & 0o222) !== 0)
+            problems.push(`${from} still writable when renamed to ${to}`);
         }
-        // Root may move a read-only directory, so a kill can never leave a writable realization.
-        if (process.getuid?.() === 0 && (fs.statSync(from).mode & 0o222) !== 0)
-          problems.push(`${from} still writable when renamed to ${to}`);
-      }
-      renameReal(from, to);
-      renamedAt.set(path.resolve(to), ++seq);
-    });
-    syncBuiltinESMExports();
-    const addReal = storeIndex(store).addRealizations.bind(storeIndex(store));
-    mock.method(storeIndex(store), 'addRealizations', (rs: Parameters<typeof addReal>[0]) => {
-      for (const r of rs) {
-        const drv = path.join(store.root, 'd', r.dref);
-        const ref = parseRef(r.rref);
-        const rz = path.join(drv, 'r', ref.kind === 'rz' ? ref.rhash : '');
-        // The realization's rename into r/, and the derivation's into d/.
-        if (!synced(path.dirname(rz), renamedAt.get(rz)))
-          problems.push(`${path.dirname(rz)} not fsynced after ${r.rref} was renamed into it, before it was indexed`);
-        if (!synced(path.dirname(drv), renamedAt.get(drv)))
-          problems.push(`d/ not fsynced after ${r.dref} was renamed into it, before it was indexed`);
-      }
-      addReal(rs);
-    });
-    try {
-      const build = ({ config, out }: BuildContext<{ i: number }>) => {
-        fs.writeFileSync(path.join(out, 'v'), `${config.i}\n`);
-      };
-      let prev: Stage | null = null;
-      for (let i = 0; i < 5; i++) prev = stage({ name: `c${i}`, version: '1', config: { i, prev }, build });
-      const leaves = Array.from({ length: 4 }, (_, i) => stage({ name: `l${i}`, version: '1', config: { i }, build }));
-      const top = stage({ name: 'top', version: '1', config: { i: 9, leaves, prev }, build });
-      const r = await realize(top, { store, jobs: 2 });
-      assert.equal(r.builds, 10);
-    } finally {
-      mock.restoreAll();
+        renameReal(from, to);
+        renamedAt.set(path.resolve(to), ++seq);
+      });
       syncBuiltinESMExports();
-    }
-    assert.deepEqual(problems, []);
-  });
+      const addReal = storeIndex(store).addRealizations.bind(storeIndex(store));
+      mock.method(storeIndex(store), 'addRealizations', (rs: Parameters<typeof addReal>[0]) => {
+        for (const r of rs) {
+          const drv = path.join(store.root, 'd', r.dref);
+          const ref = parseRef(r.rref);
+          const rz = path.join(drv, 'r', ref.kind === 'rz' ? ref.rhash : '');
+          // The realization's rename into r/, and the derivation's into d/.
+          if (!synced(path.dirname(rz), renamedAt.get(rz)))
+            problems.push(`${path.dirname(rz)} not fsynced after ${r.rref} was renamed into it, before it was indexed`);
+          if (!synced(path.dirname(drv), renamedAt.get(drv)))
+            problems.push(`d/ not fsynced after ${r.dref} was renamed into it, before it was indexed`);
+        }
+        addReal(rs);
+      });
+      try {
+        const build = ({ config, out }: BuildContext<{ i: number }>) => {
+          fs.writeFileSync(path.join(out, 'v'), `${config.i}\n`);
+        };
+        let prev: Stage | null = null;
+        for (let i = 0; i < 5; i++) prev = stage({ name: `c${i}`, version: '1', config: { i, prev }, build });
+        const leaves = Array.from({ length: 4 }, (_, i) =>
+          stage({ name: `l${i}`, version: '1', config: { i }, build }),
+        );
+        const top = stage({ name: 'top', version: '1', config: { i: 9, leaves, prev }, build });
+        const r = await realize(top, { store, jobs: 2 });
+        assert.equal(r.builds, 10);
+      } finally {
+        mock.restoreAll();
+        syncBuiltinESMExports();
+      }
+      assert.deepEqual(problems, []);
+    },
+  );
 });

@@ -92,15 +92,19 @@ describe('extraction plan: writes and links', () => {
     refused([f('a/../../x')]);
     refused([f('pkg/../../x')], 1);
   });
-  it('a NUL in a name or link target (only pax can carry one) is E_BAD_ARCHIVE before anything is written (red team)', () => {
-    for (const entries of [
-      [f('ok'), f('a\0b')],
-      [f('ok'), sym('l', 'ok\0x')],
-      [f('ok'), hard('h', 'ok\0')],
-    ]) {
-      assert.throws(() => planExtraction(entries), isCode('E_BAD_ARCHIVE'));
-    }
-  });
+  it(
+    'a NUL in a name or link target (only pax can carry one) is ' +
+      'E_BAD_ARCHIVE before anything is written (red team)',
+    () => {
+      for (const entries of [
+        [f('ok'), f('a\0b')],
+        [f('ok'), sym('l', 'ok\0x')],
+        [f('ok'), hard('h', 'ok\0')],
+      ]) {
+        assert.throws(() => planExtraction(entries), isCode('E_BAD_ARCHIVE'));
+      }
+    },
+  );
 
   it('only the exec bit is kept', () => {
     const p = planExtraction([f('x', 1, 0o4755), f('y', 1, 0o600)]);

@@ -197,47 +197,53 @@ describe('fetchurl: resuming', () => {
     assert.equal(hits[1]!.range, 'bytes=70000-', 'it did ask to resume');
   });
 
-  it('a stalled server (some bytes, then silence) is aborted after idleTimeoutMs and the download resumes', async () => {
-    const body = randomBytes(64 * 1024);
-    const part = 20_000;
-    const p = fresh('stall.bin');
-    const url = server.route(p, (req, res, n) => {
-      if (n === 1) sendThenStall(res, body, part);
-      else serveRange(req, res, body);
-    });
-    const t0 = Date.now();
-    const rref = one(
-      await realize(fetchurl({ url, hash: sha256(body), attempts: 4, backoffMs: 10, idleTimeoutMs: 300 }), { store }),
-    );
-    const ms = Date.now() - t0;
-    assert.deepEqual(fs.readFileSync(path.join(store.outPath(rref), 'stall.bin')), body);
-    const hits = server.hits(p);
-    assert.equal(hits.length, 2);
-    assert.equal(hits[1]!.range, `bytes=${part}-`);
-    assert.ok(ms >= 250, `the stall was waited out (${ms} ms)`);
-    assert.ok(ms < 5000, `and aborted promptly (${ms} ms)`);
-  });
+  it(
+    'a stalled server (some bytes, then silence) is aborted ' + 'after idleTimeoutMs and the download resumes',
+    async () => {
+      const body = randomBytes(64 * 1024);
+      const part = 20_000;
+      const p = fresh('stall.bin');
+      const url = server.route(p, (req, res, n) => {
+        if (n === 1) sendThenStall(res, body, part);
+        else serveRange(req, res, body);
+      });
+      const t0 = Date.now();
+      const rref = one(
+        await realize(fetchurl({ url, hash: sha256(body), attempts: 4, backoffMs: 10, idleTimeoutMs: 300 }), { store }),
+      );
+      const ms = Date.now() - t0;
+      assert.deepEqual(fs.readFileSync(path.join(store.outPath(rref), 'stall.bin')), body);
+      const hits = server.hits(p);
+      assert.equal(hits.length, 2);
+      assert.equal(hits[1]!.range, `bytes=${part}-`);
+      assert.ok(ms >= 250, `the stall was waited out (${ms} ms)`);
+      assert.ok(ms < 5000, `and aborted promptly (${ms} ms)`);
+    },
+  );
 
-  it('a server that never answers the request is aborted after idleTimeoutMs, then the next mirror is used', async () => {
-    const body = Buffer.from('eventually\n');
-    const pSilent = fresh('silent.txt');
-    const pGood = fresh('silent.txt');
-    const silent = server.route(pSilent, () => {
-      /* never answers */
-    });
-    const good = server.route(pGood, (req, res) => serveRange(req, res, body));
-    const t0 = Date.now();
-    const rref = one(
-      await realize(
-        fetchurl({ urls: [silent, good], hash: sha256(body), attempts: 3, backoffMs: 10, idleTimeoutMs: 300 }),
-        { store },
-      ),
-    );
-    assert.ok(Date.now() - t0 < 5000);
-    assert.equal(fs.readFileSync(path.join(store.outPath(rref), 'silent.txt'), 'utf8'), 'eventually\n');
-    assert.equal(server.hits(pSilent).length, 1);
-    assert.equal(server.hits(pGood).length, 1);
-  });
+  it(
+    'a server that never answers the request is aborted after ' + 'idleTimeoutMs, then the next mirror is used',
+    async () => {
+      const body = Buffer.from('eventually\n');
+      const pSilent = fresh('silent.txt');
+      const pGood = fresh('silent.txt');
+      const silent = server.route(pSilent, () => {
+        /* never answers */
+      });
+      const good = server.route(pGood, (req, res) => serveRange(req, res, body));
+      const t0 = Date.now();
+      const rref = one(
+        await realize(
+          fetchurl({ urls: [silent, good], hash: sha256(body), attempts: 3, backoffMs: 10, idleTimeoutMs: 300 }),
+          { store },
+        ),
+      );
+      assert.ok(Date.now() - t0 < 5000);
+      assert.equal(fs.readFileSync(path.join(store.outPath(rref), 'silent.txt'), 'utf8'), 'eventually\n');
+      assert.equal(server.hits(pSilent).length, 1);
+      assert.equal(server.hits(pGood).length, 1);
+    },
+  );
 });
 
 describe('fetchurl: redirects', () => {

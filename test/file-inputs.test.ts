@@ -231,31 +231,34 @@ describe('file inputs: the build sees the bytes that were hashed', () => {
     assert.equal(fs.readFileSync(path.join(store.outPath(r.targets[0]!.rrefs[0]!), 'seen'), 'utf8'), 'hashed\n');
   });
 
-  it('an input edited between hashing and the import is refused with E_INPUT_CHANGED, and nothing is stored for it', async () => {
-    write('train.py', 'before\n');
-    let ran = 0;
-    const s = stage({
-      name: 'victim',
-      config: {},
-      files: ['train.py'],
-      dir: path.join(dir, 'proj'),
-      build: () => {
-        ran++;
-      },
-    });
-    const graph = instantiate(s);
-    write('train.py', 'after!\n');
-    await assert.rejects(
-      realize(graph, { store }),
-      (e) => isCode('E_INPUT_CHANGED')(e) && /train\.py/.test((e as Error).message),
-    );
-    assert.equal(ran, 0);
-    const importDref = [...graph.nodes.values()].find((n) => n.imports)!.dref;
-    assert.deepEqual(storeIndex(store).realizationsOf(importDref), []);
-    // Run again (a fresh instantiation): the new content goes through.
-    await realize(s, { store });
-    assert.equal(ran, 1);
-  });
+  it(
+    'an input edited between hashing and the import is refused with ' + 'E_INPUT_CHANGED, and nothing is stored for it',
+    async () => {
+      write('train.py', 'before\n');
+      let ran = 0;
+      const s = stage({
+        name: 'victim',
+        config: {},
+        files: ['train.py'],
+        dir: path.join(dir, 'proj'),
+        build: () => {
+          ran++;
+        },
+      });
+      const graph = instantiate(s);
+      write('train.py', 'after!\n');
+      await assert.rejects(
+        realize(graph, { store }),
+        (e) => isCode('E_INPUT_CHANGED')(e) && /train\.py/.test((e as Error).message),
+      );
+      assert.equal(ran, 0);
+      const importDref = [...graph.nodes.values()].find((n) => n.imports)!.dref;
+      assert.deepEqual(storeIndex(store).realizationsOf(importDref), []);
+      // Run again (a fresh instantiation): the new content goes through.
+      await realize(s, { store });
+      assert.equal(ran, 1);
+    },
+  );
 
   it('the store copy is read-only and ctx.files also answers to the declared spelling', async () => {
     write('data/x', 'x');
@@ -346,8 +349,10 @@ describe('file inputs: errors and declarations', () => {
     fs.chmodSync(dir, 0o755);
     for (const d of ['proj', 'proj/data']) fs.chmodSync(path.join(dir, d), 0o755);
     // As nobody (root reads everything), through the built library.
-    const script = `import('${path.join(repoRoot, 'dist', 'src', 'index.js')}').then(({ stage, instantiate }) => {
-      const s = stage({ name: 'r', config: {}, files: ['data'], dir: ${JSON.stringify(path.join(dir, 'proj'))}, build: () => {} });
+    const script =
+      `import('${path.join(repoRoot, 'dist', 'src', 'index.js')}').then(({ stage, instantiate }) => {
+      const s = stage({ name: 'r', config: {}, files: ['data'], dir: ` +
+      `${JSON.stringify(path.join(dir, 'proj'))}, build: () => {} });
       try { instantiate(s); console.log('no error'); } catch (e) { console.log(e.code + ' ' + e.message); }
     });`;
     const r = spawnSync(process.execPath, ['-e', script], {
@@ -423,52 +428,61 @@ describe('file inputs: errors and declarations', () => {
 });
 
 describe('file inputs: the stat cache', () => {
-  it('a warm run reads no input; same size and restored mtime with new content (ctime or inode differ) are re-read', async () => {
-    const big = write('big.bin', Buffer.alloc(32 << 20, 7));
-    // A whole second, so the mtime can be restored exactly after an edit.
-    const then = Math.floor(Date.now() / 1000) - 3600;
-    fs.utimesSync(big, then, then);
-    const cacheFile = path.join(dir, 'stat.sqlite');
-    await pastRacyWindow();
-    const s = stage({ name: 'uses-big', config: {}, files: ['big.bin'], dir: path.join(dir, 'proj'), build: () => {} });
-    const run = () => {
-      const cache = openStatCache(cacheFile);
-      const h = new InputHasher(cache);
-      const dref = instantiate(s, { inputs: h }).targets[0]!;
-      cache.close();
-      return { dref, stats: h.stats };
-    };
-    const cold = run();
-    assert.deepEqual(cold.stats, { files: 1, hashedFiles: 1, hashedBytes: 32 << 20, cacheHits: 0 });
-    const warm = run();
-    assert.deepEqual(warm.stats, { files: 1, hashedFiles: 0, hashedBytes: 0, cacheHits: 1 });
-    assert.equal(warm.dref, cold.dref);
+  it(
+    'a warm run reads no input; same size and restored mtime with ' + 'new content (ctime or inode differ) are re-read',
+    async () => {
+      const big = write('big.bin', Buffer.alloc(32 << 20, 7));
+      // A whole second, so the mtime can be restored exactly after an edit.
+      const then = Math.floor(Date.now() / 1000) - 3600;
+      fs.utimesSync(big, then, then);
+      const cacheFile = path.join(dir, 'stat.sqlite');
+      await pastRacyWindow();
+      const s = stage({
+        name: 'uses-big',
+        config: {},
+        files: ['big.bin'],
+        dir: path.join(dir, 'proj'),
+        build: () => {},
+      });
+      const run = () => {
+        const cache = openStatCache(cacheFile);
+        const h = new InputHasher(cache);
+        const dref = instantiate(s, { inputs: h }).targets[0]!;
+        cache.close();
+        return { dref, stats: h.stats };
+      };
+      const cold = run();
+      assert.deepEqual(cold.stats, { files: 1, hashedFiles: 1, hashedBytes: 32 << 20, cacheHits: 0 });
+      const warm = run();
+      assert.deepEqual(warm.stats, { files: 1, hashedFiles: 0, hashedBytes: 0, cacheHits: 1 });
+      assert.equal(warm.dref, cold.dref);
 
-    // Same size, same mtime restored, different bytes, same inode: ctime differs.
-    const st = fs.statSync(big, { bigint: true });
-    const fd = fs.openSync(big, 'r+');
-    fs.writeSync(fd, Buffer.from([8]), 0, 1, 1000);
-    fs.closeSync(fd);
-    fs.utimesSync(big, then, then);
-    const after = fs.statSync(big, { bigint: true });
-    assert.deepEqual([after.mtimeNs, after.size, after.ino], [st.mtimeNs, st.size, st.ino]);
-    assert.notEqual(after.ctimeNs, st.ctimeNs);
-    const edited = run();
-    assert.equal(edited.stats.hashedFiles, 1);
-    assert.notEqual(edited.dref, cold.dref);
+      // Same size, same mtime restored, different bytes, same inode: ctime differs.
+      const st = fs.statSync(big, { bigint: true });
+      const fd = fs.openSync(big, 'r+');
+      fs.writeSync(fd, Buffer.from([8]), 0, 1, 1000);
+      fs.closeSync(fd);
+      fs.utimesSync(big, then, then);
+      const after = fs.statSync(big, { bigint: true });
+      assert.deepEqual([after.mtimeNs, after.size, after.ino], [st.mtimeNs, st.size, st.ino]);
+      assert.notEqual(after.ctimeNs, st.ctimeNs);
+      const edited = run();
+      assert.equal(edited.stats.hashedFiles, 1);
+      assert.notEqual(edited.dref, cold.dref);
 
-    // Replaced by another file (new inode) of the same size and mtime.
-    await pastRacyWindow();
-    run();
-    const other = path.join(dir, 'proj', 'big.new');
-    fs.writeFileSync(other, Buffer.alloc(32 << 20, 9));
-    fs.utimesSync(other, then, then);
-    fs.renameSync(other, big);
-    assert.equal(fs.statSync(big, { bigint: true }).mtimeNs, st.mtimeNs);
-    const replaced = run();
-    assert.equal(replaced.stats.hashedFiles, 1);
-    assert.notEqual(replaced.dref, edited.dref);
-  });
+      // Replaced by another file (new inode) of the same size and mtime.
+      await pastRacyWindow();
+      run();
+      const other = path.join(dir, 'proj', 'big.new');
+      fs.writeFileSync(other, Buffer.alloc(32 << 20, 9));
+      fs.utimesSync(other, then, then);
+      fs.renameSync(other, big);
+      assert.equal(fs.statSync(big, { bigint: true }).mtimeNs, st.mtimeNs);
+      const replaced = run();
+      assert.equal(replaced.stats.hashedFiles, 1);
+      assert.notEqual(replaced.dref, edited.dref);
+    },
+  );
 
   it('a file changed within the racy window is not cached (it is read again next time)', () => {
     write('fresh.txt', 'new');
@@ -519,7 +533,8 @@ export const prep = stage({ name: 'prep', config: {}, files: ['data/'], build: (
   fs.writeFileSync(path.join(out, 'n'), String(fs.readdirSync(files.data).length));
 } });
 export const train = stage({ name: 'train', config: { prep }, files: ['train.py'], build: ({ files, config, out }) => {
-  fs.writeFileSync(path.join(out, 'model'), fs.readFileSync(files['train.py'], 'utf8') + fs.readFileSync(config.prep.file('n'), 'utf8'));
+  fs.writeFileSync(path.join(out, 'model'), fs.readFileSync(files['train.py'], ` +
+        `'utf8') + fs.readFileSync(config.prep.file('n'), 'utf8'));
 } });
 export default stage({ name: 'evaluate', config: { train }, build: ({ config, out }) => {
   fs.copyFileSync(config.train.file('model'), path.join(out, 'score'));
@@ -529,58 +544,61 @@ export default stage({ name: 'evaluate', config: { train }, build: ({ config, ou
     return f;
   };
 
-  it('realize resolves files next to the stage file from any cwd, reports hashing, and rebuilds only what changed', async () => {
-    const proj = path.join(dir, 'proj');
-    project();
-    const file = stageFile(proj);
-    const storeDir = path.join(dir, 'cli-store');
-    const cwd = path.join(dir, 'elsewhere');
-    fs.mkdirSync(cwd);
-    await pastRacyWindow();
-    const json = (args: string[]) =>
-      JSON.parse(ok(cairn(storeDir, ['realize', '--json', ...args, file], { cwd })).stdout) as {
-        plan: { name: string; action: string }[];
-        inputs: { name: string; action: string }[];
-        hashed: { files: number; hashedFiles: number; hashedBytes: number; cacheHits: number };
-        builds: number;
-      };
-    const first = json([]);
-    assert.deepEqual(
-      first.plan.map((p) => p.action),
-      ['build', 'build', 'build'],
-    );
-    assert.equal(first.hashed.files, 3);
-    assert.equal(first.hashed.hashedFiles, 3);
-    const second = json([]);
-    assert.equal(second.builds, 0);
-    assert.deepEqual(second.hashed, { files: 3, hashedFiles: 0, hashedBytes: 0, cacheHits: 3 });
+  it(
+    'realize resolves files next to the stage file from any cwd, ' + 'reports hashing, and rebuilds only what changed',
+    async () => {
+      const proj = path.join(dir, 'proj');
+      project();
+      const file = stageFile(proj);
+      const storeDir = path.join(dir, 'cli-store');
+      const cwd = path.join(dir, 'elsewhere');
+      fs.mkdirSync(cwd);
+      await pastRacyWindow();
+      const json = (args: string[]) =>
+        JSON.parse(ok(cairn(storeDir, ['realize', '--json', ...args, file], { cwd })).stdout) as {
+          plan: { name: string; action: string }[];
+          inputs: { name: string; action: string }[];
+          hashed: { files: number; hashedFiles: number; hashedBytes: number; cacheHits: number };
+          builds: number;
+        };
+      const first = json([]);
+      assert.deepEqual(
+        first.plan.map((p) => p.action),
+        ['build', 'build', 'build'],
+      );
+      assert.equal(first.hashed.files, 3);
+      assert.equal(first.hashed.hashedFiles, 3);
+      const second = json([]);
+      assert.equal(second.builds, 0);
+      assert.deepEqual(second.hashed, { files: 3, hashedFiles: 0, hashedBytes: 0, cacheHits: 3 });
 
-    write('train.py', 'print("v2")\n');
-    const third = json([]);
-    assert.deepEqual(
-      third.plan.map((p) => [p.name, p.action]),
-      [
-        ['prep', 'cached'],
-        ['train', 'build'],
-        ['evaluate', 'build'],
-      ],
-    );
-    assert.deepEqual(third.inputs.map((p) => [p.name, p.action]).sort(), [
-      ['data', 'cached'],
-      ['train.py', 'build'],
-    ]);
-    assert.equal(third.hashed.hashedFiles, 1);
-    const rref = lastLine(ok(cairn(storeDir, ['realize', '-q', file], { cwd })).stdout);
-    assert.equal(ok(cairn(storeDir, ['catref', rref, 'score'])).stdout, 'print("v2")\n2');
+      write('train.py', 'print("v2")\n');
+      const third = json([]);
+      assert.deepEqual(
+        third.plan.map((p) => [p.name, p.action]),
+        [
+          ['prep', 'cached'],
+          ['train', 'build'],
+          ['evaluate', 'build'],
+        ],
+      );
+      assert.deepEqual(third.inputs.map((p) => [p.name, p.action]).sort(), [
+        ['data', 'cached'],
+        ['train.py', 'build'],
+      ]);
+      assert.equal(third.hashed.hashedFiles, 1);
+      const rref = lastLine(ok(cairn(storeDir, ['realize', '-q', file], { cwd })).stdout);
+      assert.equal(ok(cairn(storeDir, ['catref', rref, 'score'])).stdout, 'print("v2")\n2');
 
-    // The library, loading the same file, computes the same DRefs as the CLI.
-    const { loadStageFile } = await import('../src/index.js');
-    const lib = instantiate((await loadStageFile(file)).targets);
-    const cli = ok(cairn(storeDir, ['instantiate', file], { cwd }))
-      .stdout.trim()
-      .split('\n');
-    assert.deepEqual(cli, lib.order);
-  });
+      // The library, loading the same file, computes the same DRefs as the CLI.
+      const { loadStageFile } = await import('../src/index.js');
+      const lib = instantiate((await loadStageFile(file)).targets);
+      const cli = ok(cairn(storeDir, ['instantiate', file], { cwd }))
+        .stdout.trim()
+        .split('\n');
+      assert.deepEqual(cli, lib.order);
+    },
+  );
 
   it('a graph without file inputs never opens the stat cache', () => {
     const cache = path.join(dir, 'xdg');

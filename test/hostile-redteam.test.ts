@@ -88,41 +88,44 @@ describe('receive: staged meta.json and build.log hard-linked to files outside t
 });
 
 describe('receive: a refused realization moved to quarantine is closed to other users', () => {
-  it('a setuid file of a sender, refused before sealing (bad meta.json), is not reachable through quarantine/', async () => {
-    const t = tempDir('cairn-redteam-quarantine');
-    const src = LocalStore.open(path.join(t.dir, 'src'));
-    const dst = LocalStore.open(path.join(t.dir, 'dst'));
-    try {
-      const s = stage({
-        name: 'q',
-        config: {},
-        build: ({ out }: BuildContext<unknown>) => {
-          fs.writeFileSync(path.join(out, 'tool'), '#!/bin/sh\n', { mode: 0o755 });
-        },
-      });
-      const rref = one(await realize(s, { store: src }));
-      const archive = path.join(t.dir, 'q.tar');
-      await exportClosure(src, [rref], archive);
-      const staging = path.join(t.dir, 'staging');
-      fs.mkdirSync(staging);
-      await extractTar(archive, 'tar', staging);
-      // As rsync -p leaves a sender's tree: a setuid tool, and a meta.json that is refused before out/ is sealed.
-      const p = parseRRef(rref);
-      const rz = path.join(staging, 'd', p.dref, 'r', p.rhash);
-      fs.chmodSync(path.join(rz, 'out', 'tool'), 0o4755);
-      fs.writeFileSync(path.join(rz, 'meta.json'), '{}');
-      const manifest = parseManifest(JSON.parse(fs.readFileSync(path.join(staging, 'manifest.json'), 'utf8')));
-      await assert.rejects(receiveClosure(dst, staging, manifest), isCode('E_SYNC_HASH_MISMATCH'));
-      const q = path.join(dst.root, 'quarantine');
-      const [moved] = fs.readdirSync(q);
-      assert.ok(moved !== undefined && fs.existsSync(path.join(q, moved, 'out', 'tool')), 'the refused tree is kept');
-      assert.equal(mode(q) & 0o077, 0, 'quarantine/ is open to its owner only');
-    } finally {
-      src.close();
-      dst.close();
-      t.cleanup();
-    }
-  });
+  it(
+    'a setuid file of a sender, refused before sealing (bad ' + 'meta.json), is not reachable through quarantine/',
+    async () => {
+      const t = tempDir('cairn-redteam-quarantine');
+      const src = LocalStore.open(path.join(t.dir, 'src'));
+      const dst = LocalStore.open(path.join(t.dir, 'dst'));
+      try {
+        const s = stage({
+          name: 'q',
+          config: {},
+          build: ({ out }: BuildContext<unknown>) => {
+            fs.writeFileSync(path.join(out, 'tool'), '#!/bin/sh\n', { mode: 0o755 });
+          },
+        });
+        const rref = one(await realize(s, { store: src }));
+        const archive = path.join(t.dir, 'q.tar');
+        await exportClosure(src, [rref], archive);
+        const staging = path.join(t.dir, 'staging');
+        fs.mkdirSync(staging);
+        await extractTar(archive, 'tar', staging);
+        // As rsync -p leaves a sender's tree: a setuid tool, and a meta.json that is refused before out/ is sealed.
+        const p = parseRRef(rref);
+        const rz = path.join(staging, 'd', p.dref, 'r', p.rhash);
+        fs.chmodSync(path.join(rz, 'out', 'tool'), 0o4755);
+        fs.writeFileSync(path.join(rz, 'meta.json'), '{}');
+        const manifest = parseManifest(JSON.parse(fs.readFileSync(path.join(staging, 'manifest.json'), 'utf8')));
+        await assert.rejects(receiveClosure(dst, staging, manifest), isCode('E_SYNC_HASH_MISMATCH'));
+        const q = path.join(dst.root, 'quarantine');
+        const [moved] = fs.readdirSync(q);
+        assert.ok(moved !== undefined && fs.existsSync(path.join(q, moved, 'out', 'tool')), 'the refused tree is kept');
+        assert.equal(mode(q) & 0o077, 0, 'quarantine/ is open to its owner only');
+      } finally {
+        src.close();
+        dst.close();
+        t.cleanup();
+      }
+    },
+  );
 });
 
 describe('store verify with a stray entry in d/ whose name is not UTF-8', () => {

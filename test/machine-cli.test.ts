@@ -76,7 +76,8 @@ import { step } from 'cairn';
 export default step<{ args: string[]; version?: string; debug?: boolean }>({
   name: 'app.install',
   async run(vm, a) {
-    await vm.exec(\`echo "\${a.args.join(',')} v=\${a.version} debug=\${a.debug === true}" > /mnt/app\`, { check: true });
+    await vm.exec(\`echo "\${a.args.join(',')} v=\${a.version} ` +
+        `debug=\${a.debug === true}" > /mnt/app\`, { check: true });
   },
 });
 `,

@@ -43,7 +43,8 @@ describe('Vm save and restore', () => {
       assert.equal(await r2.console.check0('echo $X; cat /mnt/d'), 'forty-two\non-disk\n', 'r1 did not leak into r2');
       assert.equal(await r1.console.check0('echo $X; cat /mnt/d'), 'changed\nr1\n');
       console.log(
-        `# boot ${Math.round(vm.timings.readyMs)} ms; save ${Math.round(state.saveMs)} ms (${(state.bytes / 1e6).toFixed(1)} MB); ` +
+        `# boot ${Math.round(vm.timings.readyMs)} ms; save ${Math.round(state.saveMs)}` +
+          ` ms (${(state.bytes / 1e6).toFixed(1)} MB); ` +
           `restore ${Math.round(r1.timings.readyMs)} ms, ${Math.round(r2.timings.readyMs)} ms; accel ${vm.accel.kind}`,
       );
       assert.ok(r1.timings.readyMs < vm.timings.readyMs, 'restore is faster than boot');

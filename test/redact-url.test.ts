@@ -73,21 +73,24 @@ describe('fetchurl with a secret in the URL', () => {
     assertClean(log, 'build.log');
   });
 
-  it("user info in a URL without '//' (http:alice:pass@host, which fetch still sends) is masked (red team)", async () => {
-    assert.equal(redactUrl('https:u:p@example.org/x?t=1'), 'https://***@example.org/x?t=***');
-    assert.equal(redactUrl('https:\\\\u:p@example.org\\x'), 'https://***@example.org/x');
-    assert.equal(redactUrlsIn('wget http:u:p@h/x failed'), 'wget http://***@h/x failed');
-    const body = Buffer.from('no slashes\n');
-    let auth: string | undefined;
-    server.route('/ok/noslash.bin', (req, res) => {
-      auth = req.headers.authorization;
-      serveFull(res, body);
-    });
-    const url = secretUrl('/ok/noslash.bin').replace('http://', 'http:');
-    const rref = one(await realize(fetchurl({ url, hash: sha256(body) }), { store }));
-    assert.equal(auth, `Basic ${Buffer.from('alice:s3cretPass').toString('base64')}`, 'the credentials were used');
-    assertClean(fs.readFileSync(path.join(store.rzDir(rref), 'build.log'), 'utf8'), 'build.log');
-  });
+  it(
+    "user info in a URL without '//' (http:alice:pass@host, which " + 'fetch still sends) is masked (red team)',
+    async () => {
+      assert.equal(redactUrl('https:u:p@example.org/x?t=1'), 'https://***@example.org/x?t=***');
+      assert.equal(redactUrl('https:\\\\u:p@example.org\\x'), 'https://***@example.org/x');
+      assert.equal(redactUrlsIn('wget http:u:p@h/x failed'), 'wget http://***@h/x failed');
+      const body = Buffer.from('no slashes\n');
+      let auth: string | undefined;
+      server.route('/ok/noslash.bin', (req, res) => {
+        auth = req.headers.authorization;
+        serveFull(res, body);
+      });
+      const url = secretUrl('/ok/noslash.bin').replace('http://', 'http:');
+      const rref = one(await realize(fetchurl({ url, hash: sha256(body) }), { store }));
+      assert.equal(auth, `Basic ${Buffer.from('alice:s3cretPass').toString('base64')}`, 'the credentials were used');
+      assertClean(fs.readFileSync(path.join(store.rzDir(rref), 'build.log'), 'utf8'), 'build.log');
+    },
+  );
 
   it('a 404 fails with E_FETCH_FAILED whose message and details hold no secret', async () => {
     const s = fetchurl({ url: secretUrl('/missing/file.bin'), hash: sha256('x') });

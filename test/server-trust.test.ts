@@ -229,23 +229,26 @@ describe('cairn server trust boundary', () => {
     assert.equal(got[1]!.payload, '2');
   });
 
-  it("answers R (run it yourself), not an internal error, when the request's cwd cannot be entered (red team)", async () => {
-    const build = fs.readFileSync(path.join(repoRoot, 'dist', 'build-id'), 'utf8').trim();
-    const install = fs.realpathSync(path.join(repoRoot, 'dist'));
-    const environ = Object.entries({ ...process.env, ...env }).map(([k, v]) => `${k}=${v}`);
-    for (const cwd of [path.join(tmp.dir, 'gone'), '/etc/passwd']) {
-      const fields = ['cairn-request-1', `${build}@${install}`, cwd, '22', '0', '0', '0', '1', 'du', ...environ];
-      const got = await talk(socket, frame('Q', fields.map((f) => f + '\0').join('')));
-      assert.notEqual(got, 'still open');
-      if (got === 'still open') return;
-      assert.deepEqual(
-        got.map((f) => f.type),
-        ['R'],
-        JSON.stringify(got),
-      );
-      assert.match(got[0]!.payload, /working directory .* cannot be entered/);
-    }
-  });
+  it(
+    'answers R (run it yourself), not an internal error, when the ' + "request's cwd cannot be entered (red team)",
+    async () => {
+      const build = fs.readFileSync(path.join(repoRoot, 'dist', 'build-id'), 'utf8').trim();
+      const install = fs.realpathSync(path.join(repoRoot, 'dist'));
+      const environ = Object.entries({ ...process.env, ...env }).map(([k, v]) => `${k}=${v}`);
+      for (const cwd of [path.join(tmp.dir, 'gone'), '/etc/passwd']) {
+        const fields = ['cairn-request-1', `${build}@${install}`, cwd, '22', '0', '0', '0', '1', 'du', ...environ];
+        const got = await talk(socket, frame('Q', fields.map((f) => f + '\0').join('')));
+        assert.notEqual(got, 'still open');
+        if (got === 'still open') return;
+        assert.deepEqual(
+          got.map((f) => f.type),
+          ['R'],
+          JSON.stringify(got),
+        );
+        assert.match(got[0]!.payload, /working directory .* cannot be entered/);
+      }
+    },
+  );
 
   it('drops a client that sends half a request (after 5 s)', { timeout: 60_000 }, async () => {
     const got = await talk(socket, Buffer.from('Q\0\0'));

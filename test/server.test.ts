@@ -139,7 +139,8 @@ describe('cairn server', () => {
         // Top-level code that a new process would run again each time.
         "const extra = process.env.EXTRA ?? 'none';",
         "const here = fs.readFileSync('here.txt', 'utf8').trim();",
-        'export default stage({ name: "s", config: { N, extra, here }, build: ({ out, config }: { out: string; config: unknown }) => {',
+        'export default stage({ name: "s", config: { N, extra, here }, ' +
+          'build: ({ out, config }: { out: string; config: unknown }) => {',
         "  fs.writeFileSync(path.join(out, 'v'), JSON.stringify(config));",
         "  execSync('echo child-says-hi', { stdio: 'inherit' });",
         '} });',
@@ -220,7 +221,8 @@ describe('cairn server', () => {
       [
         "import { execSync } from 'node:child_process';",
         "import { stage } from 'cairn';",
-        "export default (['a', 'b', 'c'] as const).map((k) => stage({ name: `slow-${k}`, config: { k, at: process.env.AT }, build: () => { execSync('sleep 1'); } }));",
+        "export default (['a', 'b', 'c'] as const).map((k) => stage({ name: `slow-${k}`, config: { k, at: " +
+          "process.env.AT }, build: () => { execSync('sleep 1'); } }));",
         '',
       ].join('\n'),
     );
@@ -257,7 +259,8 @@ describe('cairn server', () => {
       [
         "import { execSync } from 'node:child_process';",
         "import { stage } from 'cairn';",
-        `export default stage({ name: 'hang', config: { t: ${Date.now()} }, build: () => { execSync('sleep 60 & echo $! > ${pidFile}; wait'); } });`,
+        `export default stage({ name: 'hang', config: { t: ${Date.now()} }, build: ` +
+          `() => { execSync('sleep 60 & echo $! > ${pidFile}; wait'); } });`,
         '',
       ].join('\n'),
     );
@@ -394,7 +397,11 @@ describe('cairn server', () => {
     fs.chmodSync(dir, 0o777);
     fs.chmodSync(tmp.dir, 0o755);
     const fake = path.join(dir, 'fake.sock');
-    const script = `const net = require('net'); net.createServer((c) => { c.once('data', () => { const b = Buffer.from('forged'); const h = Buffer.alloc(5); h.write('O'); h.writeUInt32BE(b.length, 1); c.end(Buffer.concat([h, b, Buffer.from('X'), Buffer.from([0, 0, 0, 1]), Buffer.from('0')])); }); }).listen(${JSON.stringify(fake)}, () => console.log('up'));`;
+    const script =
+      `const net = require('net'); net.createServer((c) => { c.once('data', () => { const b = ` +
+      `Buffer.from('forged'); const h = Buffer.alloc(5); h.write('O'); h.writeUInt32BE(b.length, 1); ` +
+      `c.end(Buffer.concat([h, b, Buffer.from('X'), Buffer.from([0, 0, 0, 1]), Buffer.from('0')])); }); }).listen(` +
+      `${JSON.stringify(fake)}, () => console.log('up'));`;
     const other = spawn(
       'setpriv',
       ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '-e', script],

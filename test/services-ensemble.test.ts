@@ -38,45 +38,50 @@ const contextOf = (): Record<string, string> =>
   JSON.parse(fs.readFileSync(path.join(state.dir, `${NAME}.context.json`), 'utf8')) as Record<string, string>;
 
 describe('services ensemble (postgres, app, worker)', () => {
-  it('starts in dependency order: SQL ping, postStartInit seeds a row and sets the context, the worker reads it', async () => {
-    const t0 = performance.now();
-    const r = ok(await run('start', file, '--state-dir', state.dir));
-    process.stderr.write(`# first start of the postgres ensemble: ${((performance.now() - t0) / 1000).toFixed(1)}s\n`);
-    assert.match(r.stdout, /^db\s+created/m);
-    assert.match(r.stdout, /^app\s+created/m);
-    assert.match(r.stdout, /^worker\s+created/m);
-    const ctx = contextOf();
-    assert.match(ctx.user_id ?? '', /^\d+$/);
-    const worker = await inspect(NAME, 'worker');
-    assert.ok(worker?.Config.Env.includes(`USER_ID=${ctx.user_id}`), String(worker?.Config.Env));
-    assert.equal(worker?.Config.Labels['cairn.ensemble'], NAME);
-    // The worker queried the seeded row over the ensemble network by hostname.
-    const { docker } = await import('../src/backends/containers/docker.js');
-    assert.equal((await docker(['exec', `cairn.${NAME}.worker`, 'cat', '/tmp/name'])).stdout.trim(), 'alice');
-    // db's port is published on loopback.
-    const st = ok(await run('status', file, '--state-dir', state.dir, '--json'));
-    const status = JSON.parse(st.stdout) as {
-      services: { name: string; state: string; ports: Record<string, string> }[];
-      context: Record<string, string>;
-    };
-    assert.deepEqual(
-      status.services.map((s) => [s.name, s.state]),
-      [
-        ['db', 'running'],
-        ['app', 'running'],
-        ['worker', 'running'],
-      ],
-    );
-    assert.equal(status.context.user_id, ctx.user_id);
-    const port = Number(status.services[0]!.ports['5432/tcp']!.split(':')[1]);
-    await new Promise<void>((resolve, reject) => {
-      const s = net.connect(port, '127.0.0.1', () => {
-        s.end();
-        resolve();
+  it(
+    'starts in dependency order: SQL ping, postStartInit seeds a ' + 'row and sets the context, the worker reads it',
+    async () => {
+      const t0 = performance.now();
+      const r = ok(await run('start', file, '--state-dir', state.dir));
+      process.stderr.write(
+        `# first start of the postgres ensemble: ${((performance.now() - t0) / 1000).toFixed(1)}s\n`,
+      );
+      assert.match(r.stdout, /^db\s+created/m);
+      assert.match(r.stdout, /^app\s+created/m);
+      assert.match(r.stdout, /^worker\s+created/m);
+      const ctx = contextOf();
+      assert.match(ctx.user_id ?? '', /^\d+$/);
+      const worker = await inspect(NAME, 'worker');
+      assert.ok(worker?.Config.Env.includes(`USER_ID=${ctx.user_id}`), String(worker?.Config.Env));
+      assert.equal(worker?.Config.Labels['cairn.ensemble'], NAME);
+      // The worker queried the seeded row over the ensemble network by hostname.
+      const { docker } = await import('../src/backends/containers/docker.js');
+      assert.equal((await docker(['exec', `cairn.${NAME}.worker`, 'cat', '/tmp/name'])).stdout.trim(), 'alice');
+      // db's port is published on loopback.
+      const st = ok(await run('status', file, '--state-dir', state.dir, '--json'));
+      const status = JSON.parse(st.stdout) as {
+        services: { name: string; state: string; ports: Record<string, string> }[];
+        context: Record<string, string>;
+      };
+      assert.deepEqual(
+        status.services.map((s) => [s.name, s.state]),
+        [
+          ['db', 'running'],
+          ['app', 'running'],
+          ['worker', 'running'],
+        ],
+      );
+      assert.equal(status.context.user_id, ctx.user_id);
+      const port = Number(status.services[0]!.ports['5432/tcp']!.split(':')[1]);
+      await new Promise<void>((resolve, reject) => {
+        const s = net.connect(port, '127.0.0.1', () => {
+          s.end();
+          resolve();
+        });
+        s.on('error', reject);
       });
-      s.on('error', reject);
-    });
-  });
+    },
+  );
 
   it('leaves running containers alone on a second start (no second postStartInit)', async () => {
     const before = await inspect(NAME, 'app');

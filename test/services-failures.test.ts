@@ -33,22 +33,25 @@ after(async () => {
 });
 
 describe('services failures', () => {
-  it('reports ping timeouts, throwing pings, exited containers and failed dependencies, and exits non-zero', async () => {
-    const t0 = performance.now();
-    const r = await services(['start', fixtureFile('failing.ts'), '--state-dir', state.dir, '--timeout', '2'], env);
-    const s = (performance.now() - t0) / 1000;
-    expectError(r, 'E_SERVICE_FAILED');
-    assert.match(r.stdout, /^fine\s+created/m);
-    assert.match(r.stdout, /^slow\s+failed.*E_PING_TIMEOUT: slow: ping did not return true within 2\.0s/m);
-    assert.match(r.stdout, /^after-slow\s+dependency-failed\s+not started: dependency slow failed/m);
-    assert.match(r.stdout, /^after-after\s+dependency-failed\s+not started: dependency after-slow failed/m);
-    assert.match(r.stdout, /^thrower\s+failed.*ping threw: cannot reach it/m);
-    assert.match(r.stdout, /^exits\s+failed.*exited with code 4; last output: bye/m);
-    assert.match(r.stderr, /5 of 6 service\(s\) failed to start/);
-    assert.equal(await inspect(NAME, 'after-slow'), undefined, 'a dependant of a failed service is never created');
-    assert.equal((await inspect(NAME, 'fine'))?.State.Running, true);
-    assert.ok(s < 30, `took ${s}s`);
-  });
+  it(
+    'reports ping timeouts, throwing pings, exited containers ' + 'and failed dependencies, and exits non-zero',
+    async () => {
+      const t0 = performance.now();
+      const r = await services(['start', fixtureFile('failing.ts'), '--state-dir', state.dir, '--timeout', '2'], env);
+      const s = (performance.now() - t0) / 1000;
+      expectError(r, 'E_SERVICE_FAILED');
+      assert.match(r.stdout, /^fine\s+created/m);
+      assert.match(r.stdout, /^slow\s+failed.*E_PING_TIMEOUT: slow: ping did not return true within 2\.0s/m);
+      assert.match(r.stdout, /^after-slow\s+dependency-failed\s+not started: dependency slow failed/m);
+      assert.match(r.stdout, /^after-after\s+dependency-failed\s+not started: dependency after-slow failed/m);
+      assert.match(r.stdout, /^thrower\s+failed.*ping threw: cannot reach it/m);
+      assert.match(r.stdout, /^exits\s+failed.*exited with code 4; last output: bye/m);
+      assert.match(r.stderr, /5 of 6 service\(s\) failed to start/);
+      assert.equal(await inspect(NAME, 'after-slow'), undefined, 'a dependant of a failed service is never created');
+      assert.equal((await inspect(NAME, 'fine'))?.State.Running, true);
+      assert.ok(s < 30, `took ${s}s`);
+    },
+  );
 
   it('refuses invalid ensembles before starting anything', async () => {
     const dir = path.join(state.dir, 'bad');
@@ -57,7 +60,8 @@ describe('services failures', () => {
       const f = path.join(dir, name);
       fs.writeFileSync(
         f,
-        `import { ensemble } from 'cairn';\nexport default ensemble({ name: 'cairntest-bad', services: ${services} });\n`,
+        `import { ensemble } from 'cairn';\nexport default ensemble({ ` +
+          `name: 'cairntest-bad', services: ${services} });\n`,
       );
       return f;
     };
@@ -65,7 +69,8 @@ describe('services failures', () => {
       [
         write(
           'cycle.ts',
-          "[{ name: 'a', image: 'x', dependsOn: ['b'] }, { name: 'b', image: 'x', dependsOn: ['a'] }, { name: 'c', image: 'x' }]",
+          "[{ name: 'a', image: 'x', dependsOn: ['b'] }, { name: 'b', " +
+            "image: 'x', dependsOn: ['a'] }, { name: 'c', image: 'x' }]",
         ),
         /circular dependency: a → b → a/,
       ],

@@ -44,21 +44,25 @@ after(async () => {
 });
 
 describe('services reload and spec changes', () => {
-  it('builds from a directory over a local base image, then reload rebuilds and replaces only that service, with the saved context', async () => {
-    const r = ok(await services(['start', file, '--state-dir', state.dir], env));
-    assert.match(r.stdout, /^web\s+created/m);
-    assert.deepEqual(ctx(), { base_inits: '1', web_msg: 'version one' });
-    const baseId = (await inspect(NAME, 'base'))?.Id;
-    const webId = (await inspect(NAME, 'web'))?.Id;
-    fs.writeFileSync(path.join(build, 'msg.txt'), 'version two\n');
-    const rl = ok(await services(['reload', file, 'web', '--state-dir', state.dir], env));
-    assert.match(rl.stdout, /^web\s+reloaded/m);
-    assert.notEqual((await inspect(NAME, 'web'))?.Id, webId);
-    assert.equal((await inspect(NAME, 'base'))?.Id, baseId, 'reload touches only the named service');
-    // The saved context fed the env ({base_inits}) and the new container's init ran.
-    assert.ok((await inspect(NAME, 'web'))?.Config.Env.includes('INITS=1'));
-    assert.deepEqual(ctx(), { base_inits: '1', web_msg: 'version two' });
-  });
+  it(
+    'builds from a directory over a local base image, then reload rebuilds ' +
+      'and replaces only that service, with the saved context',
+    async () => {
+      const r = ok(await services(['start', file, '--state-dir', state.dir], env));
+      assert.match(r.stdout, /^web\s+created/m);
+      assert.deepEqual(ctx(), { base_inits: '1', web_msg: 'version one' });
+      const baseId = (await inspect(NAME, 'base'))?.Id;
+      const webId = (await inspect(NAME, 'web'))?.Id;
+      fs.writeFileSync(path.join(build, 'msg.txt'), 'version two\n');
+      const rl = ok(await services(['reload', file, 'web', '--state-dir', state.dir], env));
+      assert.match(rl.stdout, /^web\s+reloaded/m);
+      assert.notEqual((await inspect(NAME, 'web'))?.Id, webId);
+      assert.equal((await inspect(NAME, 'base'))?.Id, baseId, 'reload touches only the named service');
+      // The saved context fed the env ({base_inits}) and the new container's init ran.
+      assert.ok((await inspect(NAME, 'web'))?.Config.Env.includes('INITS=1'));
+      assert.deepEqual(ctx(), { base_inits: '1', web_msg: 'version two' });
+    },
+  );
 
   it('a stopped container restarts when its spec is unchanged and is recreated when it changed', async () => {
     ok(await services(['stop', file, '--state-dir', state.dir], env));

@@ -99,13 +99,15 @@ attempt('chmod the realization directory', () => fs.chmodSync(rz, 0o777));
 attempt('rename the realization directory', () => fs.renameSync(rz, rz + 'x'));
 attempt('remove the realization directory', () => fs.rmSync(rz, { recursive: true }));
 attempt('create an entry in r/', () => fs.mkdirSync(path.join(store, 'd', dref, 'r', 'a'.repeat(32))));
-attempt('rename the derivation directory', () => fs.renameSync(path.join(store, 'd', dref), path.join(store, 'd', dref + 'x')));
+attempt('rename the derivation directory', () =>
+  fs.renameSync(path.join(store, 'd', dref), path.join(store, 'd', dref + 'x')));
 attempt('write drv.json', () => fs.writeFileSync(path.join(store, 'd', dref, 'drv.json'), '{}'));
 attempt('create an entry in d/', () => fs.mkdirSync(path.join(store, 'd', 'a'.repeat(32) + '-evil')));
 attempt('write index.sqlite', () => fs.appendFileSync(path.join(store, 'index.sqlite'), forged, { flag: 'r+' }));
 attempt('write index.sqlite-wal', () => fs.writeFileSync(path.join(store, 'index.sqlite-wal'), forged, { flag: 'r+' }));
 attempt('write index.sqlite-shm', () => fs.writeFileSync(path.join(store, 'index.sqlite-shm'), forged, { flag: 'r+' }));
-attempt('create index.sqlite-journal', () => fs.writeFileSync(path.join(store, 'index.sqlite-journal'), forged, { flag: 'wx' }));
+attempt('create index.sqlite-journal', () =>
+  fs.writeFileSync(path.join(store, 'index.sqlite-journal'), forged, { flag: 'wx' }));
 attempt('take a lock in the index', () => {
   const Database = require(sqlite);
   const db = new Database(path.join(store, 'index.sqlite'), { timeout: 2000 });
@@ -130,60 +132,64 @@ function digest(p: string): string {
 
 describe('another user cannot change a store', () => {
   for (const umask of ['000', '002', '022', '077']) {
-    it(`created under umask ${umask}: every write, rename, create and lock attempt fails; realize gives the same RRef`, () => {
-      const t = tempDir('cairn-perm');
-      try {
-        // The other user must be able to reach the store, or nothing is tested.
-        fs.chmodSync(t.dir, 0o755);
-        const store = path.join(t.dir, 'store');
-        const final = realizeUnder(umask, store, ['--out-link', path.join(t.dir, 'result')]);
-        const b = realizeUnder(umask, store, ['--stage', 'b']);
-        cairnUnder(umask, store, ['root', 'add', 'keep', final]);
-        const bFile = path.join(rzOf(store, b), 'out', 'b.txt');
-        const before = { b: digest(bFile), index: digest(path.join(store, 'index.sqlite')) };
-
-        // An open store keeps the index's -wal and -shm files, so attacks on them are real.
-        const open = LocalStore.open(store);
+    it(
+      `created under umask ${umask}: every write, rename, create and lock attempt fails; ` +
+        `realize gives the same RRef`,
+      () => {
+        const t = tempDir('cairn-perm');
         try {
-          storeIndex(open).all();
-          for (const f of ['index.sqlite-wal', 'index.sqlite-shm'])
-            assert.ok(fs.existsSync(path.join(store, f)), `${f} exists`);
-          const sqlite = path.join(repoRoot, 'node_modules', 'better-sqlite3');
-          const r = asOther([process.execPath, '-e', ATTACK, store, b, b.slice(33), b.slice(0, 32), sqlite]);
-          assert.equal(r.code, 0, `the attack script ran: ${r.stderr}`);
-          const res = JSON.parse(r.stdout) as Record<string, string>;
-          assert.ok(Object.keys(res).length >= 30, 'every attempt was made');
-          const through = Object.entries(res).filter(([name, code]) =>
-            name === 'take a lock in the index' ? !code.startsWith('SQLITE_') : code !== 'EACCES' && code !== 'EPERM',
-          );
-          assert.deepEqual(
-            through,
-            [],
-            `attempts that did not fail with EACCES/EPERM (or a SQLite refusal): ${JSON.stringify(res, null, 2)}`,
-          );
-          const locks = storeIndex(open).db.prepare("SELECT count(*) AS n FROM lock WHERE key = 'evil'").get() as {
-            n: number;
-          };
-          assert.equal(locks.n, 0, 'no lock row was added');
+          // The other user must be able to reach the store, or nothing is tested.
+          fs.chmodSync(t.dir, 0o755);
+          const store = path.join(t.dir, 'store');
+          const final = realizeUnder(umask, store, ['--out-link', path.join(t.dir, 'result')]);
+          const b = realizeUnder(umask, store, ['--stage', 'b']);
+          cairnUnder(umask, store, ['root', 'add', 'keep', final]);
+          const bFile = path.join(rzOf(store, b), 'out', 'b.txt');
+          const before = { b: digest(bFile), index: digest(path.join(store, 'index.sqlite')) };
+
+          // An open store keeps the index's -wal and -shm files, so attacks on them are real.
+          const open = LocalStore.open(store);
+          try {
+            storeIndex(open).all();
+            for (const f of ['index.sqlite-wal', 'index.sqlite-shm'])
+              assert.ok(fs.existsSync(path.join(store, f)), `${f} exists`);
+            const sqlite = path.join(repoRoot, 'node_modules', 'better-sqlite3');
+            const r = asOther([process.execPath, '-e', ATTACK, store, b, b.slice(33), b.slice(0, 32), sqlite]);
+            assert.equal(r.code, 0, `the attack script ran: ${r.stderr}`);
+            const res = JSON.parse(r.stdout) as Record<string, string>;
+            assert.ok(Object.keys(res).length >= 30, 'every attempt was made');
+            const through = Object.entries(res).filter(([name, code]) =>
+              name === 'take a lock in the index' ? !code.startsWith('SQLITE_') : code !== 'EACCES' && code !== 'EPERM',
+            );
+            assert.deepEqual(
+              through,
+              [],
+              `attempts that did not fail with EACCES/EPERM (or a SQLite refusal): ${JSON.stringify(res, null, 2)}`,
+            );
+            const locks = storeIndex(open).db.prepare("SELECT count(*) AS n FROM lock WHERE key = 'evil'").get() as {
+              n: number;
+            };
+            assert.equal(locks.n, 0, 'no lock row was added');
+          } finally {
+            open.close();
+          }
+
+          // The CLI as the other user cannot add a root either.
+          const cli = asOther([process.execPath, cairnBin, '--store', store, 'root', 'add', 'evil', final], {
+            cwd: repoRoot,
+          });
+          assert.notEqual(cli.code, 0, `cairn root add as ${USER} must fail: ${cli.stdout}`);
+          assert.ok(!fs.existsSync(path.join(store, 'roots', 'named', 'evil')));
+
+          assert.equal(digest(bFile), before.b);
+          assert.equal(digest(path.join(store, 'index.sqlite')), before.index);
+          assert.equal(realizeUnder('022', store), final, 'a realize afterwards yields the same RRef');
+          assertVerifyClean(store);
         } finally {
-          open.close();
+          t.cleanup();
         }
-
-        // The CLI as the other user cannot add a root either.
-        const cli = asOther([process.execPath, cairnBin, '--store', store, 'root', 'add', 'evil', final], {
-          cwd: repoRoot,
-        });
-        assert.notEqual(cli.code, 0, `cairn root add as ${USER} must fail: ${cli.stdout}`);
-        assert.ok(!fs.existsSync(path.join(store, 'roots', 'named', 'evil')));
-
-        assert.equal(digest(bFile), before.b);
-        assert.equal(digest(path.join(store, 'index.sqlite')), before.index);
-        assert.equal(realizeUnder('022', store), final, 'a realize afterwards yields the same RRef');
-        assertVerifyClean(store);
-      } finally {
-        t.cleanup();
-      }
-    });
+      },
+    );
   }
 });
 

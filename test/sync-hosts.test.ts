@@ -158,39 +158,42 @@ describe('sync push and pull between two hosts', () => {
     assert.equal(fs.existsSync(fresh.store), false);
   });
 
-  it('a tampered realization is refused with its dependants; the rest arrives and the target verifies clean', async () => {
-    const t = await realize(a, 'tamper');
-    const rrefs = await closureOf(a, t);
-    const left = rrefs.find((r) => r.endsWith('-left'))!;
-    const file = path.join(rzDir(a.store, left), 'out', 'left.txt');
-    fs.chmodSync(file, 0o644);
-    fs.appendFileSync(file, 'evil\n');
-    fs.chmodSync(file, 0o444);
-    const r = await sync(a, 'push', b, [t]);
-    expectError(r, 'E_SYNC_HASH_MISMATCH', 'push of a tampered closure');
-    assert.match(r.stderr, new RegExp(left));
-    assert.equal(hasRz(b, left), false, 'the tampered realization never entered the store');
-    assert.equal(hasRz(b, t), false, 'nor did its dependant');
-    assert.equal(
-      hasRz(
-        b,
-        rrefs.find((x) => x.endsWith('-base'))!,
-      ),
-      true,
-      'sound realizations were taken in',
-    );
-    assert.ok(
-      fs.readdirSync(path.join(b.store, 'quarantine')).some((q) => q.startsWith(left)),
-      'the bad copy is quarantined',
-    );
-    await assertVerifyClean(b);
-    assert.deepEqual(incoming(b), []);
-    // Pulling it is refused in the same way.
-    const p = await sync(b, 'pull', a, [t]);
-    expectError(p, 'E_SYNC_HASH_MISMATCH', 'pull of a tampered closure');
-    assert.equal(hasRz(b, t), false);
-    await assertVerifyClean(b);
-  });
+  it(
+    'a tampered realization is refused with its dependants; the ' + 'rest arrives and the target verifies clean',
+    async () => {
+      const t = await realize(a, 'tamper');
+      const rrefs = await closureOf(a, t);
+      const left = rrefs.find((r) => r.endsWith('-left'))!;
+      const file = path.join(rzDir(a.store, left), 'out', 'left.txt');
+      fs.chmodSync(file, 0o644);
+      fs.appendFileSync(file, 'evil\n');
+      fs.chmodSync(file, 0o444);
+      const r = await sync(a, 'push', b, [t]);
+      expectError(r, 'E_SYNC_HASH_MISMATCH', 'push of a tampered closure');
+      assert.match(r.stderr, new RegExp(left));
+      assert.equal(hasRz(b, left), false, 'the tampered realization never entered the store');
+      assert.equal(hasRz(b, t), false, 'nor did its dependant');
+      assert.equal(
+        hasRz(
+          b,
+          rrefs.find((x) => x.endsWith('-base'))!,
+        ),
+        true,
+        'sound realizations were taken in',
+      );
+      assert.ok(
+        fs.readdirSync(path.join(b.store, 'quarantine')).some((q) => q.startsWith(left)),
+        'the bad copy is quarantined',
+      );
+      await assertVerifyClean(b);
+      assert.deepEqual(incoming(b), []);
+      // Pulling it is refused in the same way.
+      const p = await sync(b, 'pull', a, [t]);
+      expectError(p, 'E_SYNC_HASH_MISMATCH', 'pull of a tampered closure');
+      assert.equal(hasRz(b, t), false);
+      await assertVerifyClean(b);
+    },
+  );
 
   it('a realize and a gc on the target while it pulls: all succeed and the store verifies clean', async () => {
     const salt = 'race';

@@ -92,36 +92,44 @@ describe('a sync killed in the middle of its transfer', () => {
   });
 
   for (const direction of ['push', 'pull'] as const) {
-    it(`${direction}: both stores verify clean after the kill, and the re-run completes re-using the bytes`, async () => {
-      const on = direction === 'push' ? a : b;
-      const other = direction === 'push' ? b : a;
-      const target = b;
-      const args = ['sync', direction, ...h.syncOpts(), other.remote, big];
-      const landed = await killMidTransfer(on, [...args.slice(0, 2), '--bwlimit', '6000', ...args.slice(2)], target);
-      assert.ok(landed < MB << 20, 'killed before the whole file arrived');
-      assert.equal(fs.existsSync(path.join(rzDir(target.store, big), 'out')), false, 'nothing half-entered the store');
-      await assertVerifyClean(a);
-      await assertVerifyClean(b);
+    it(
+      `${direction}: both stores verify clean after the kill, and ` + `the re-run completes re-using the bytes`,
+      async () => {
+        const on = direction === 'push' ? a : b;
+        const other = direction === 'push' ? b : a;
+        const target = b;
+        const args = ['sync', direction, ...h.syncOpts(), other.remote, big];
+        const landed = await killMidTransfer(on, [...args.slice(0, 2), '--bwlimit', '6000', ...args.slice(2)], target);
+        assert.ok(landed < MB << 20, 'killed before the whole file arrived');
+        assert.equal(
+          fs.existsSync(path.join(rzDir(target.store, big), 'out')),
+          false,
+          'nothing half-entered the store',
+        );
+        await assertVerifyClean(a);
+        await assertVerifyClean(b);
 
-      const r = JSON.parse(ok(await h.cairn(on, [...args, '--json']), `${direction} re-run`).stdout) as Report;
-      assert.ok(r.plan.rrefs.includes(big));
-      assert.ok(r.transfer!.fileBytes >= MB << 20);
-      assert.ok(
-        r.transfer!.literalBytes < (MB << 20) - (2 << 20),
-        `the re-run sent ${r.transfer!.literalBytes} bytes of data; the ${landed} bytes already there should have been re-used`,
-      );
-      await assertVerifyClean(a);
-      await assertVerifyClean(b);
-      assert.equal(
-        fs
-          .readFileSync(path.join(rzDir(target.store, big), 'out', 'big.bin'))
-          .equals(fs.readFileSync(path.join(rzDir(a.store, big), 'out', 'big.bin'))),
-        true,
-      );
-      assert.deepEqual(fs.readdirSync(path.join(target.store, 'incoming')), [], 'the staging directory is gone');
-      // Fresh start for the other direction: b forgets big (and its base).
-      ok(await h.cairn(b, ['rmref', big]));
-      ok(await h.cairn(b, ['store', 'gc']));
-    });
+        const r = JSON.parse(ok(await h.cairn(on, [...args, '--json']), `${direction} re-run`).stdout) as Report;
+        assert.ok(r.plan.rrefs.includes(big));
+        assert.ok(r.transfer!.fileBytes >= MB << 20);
+        assert.ok(
+          r.transfer!.literalBytes < (MB << 20) - (2 << 20),
+          `the re-run sent ${r.transfer!.literalBytes} bytes of data; the ` +
+            `${landed} bytes already there should have been re-used`,
+        );
+        await assertVerifyClean(a);
+        await assertVerifyClean(b);
+        assert.equal(
+          fs
+            .readFileSync(path.join(rzDir(target.store, big), 'out', 'big.bin'))
+            .equals(fs.readFileSync(path.join(rzDir(a.store, big), 'out', 'big.bin'))),
+          true,
+        );
+        assert.deepEqual(fs.readdirSync(path.join(target.store, 'incoming')), [], 'the staging directory is gone');
+        // Fresh start for the other direction: b forgets big (and its base).
+        ok(await h.cairn(b, ['rmref', big]));
+        ok(await h.cairn(b, ['store', 'gc']));
+      },
+    );
   }
 });

@@ -24,7 +24,8 @@ describe('sync: remote output is decoded as one stream', () => {
     fs.writeFileSync(
       fakeSsh,
       `#!${process.execPath}\n` +
-        `process.stderr.write('cairn: error E_SYNC_FAILED:  ' + 'é'.repeat(${message.length}) + '\\n', () => process.exit(1));\n`,
+        `process.stderr.write('cairn: error E_SYNC_FAILED:  ' + 'é'.repeat(` +
+        `${message.length}) + '\\n', () => process.exit(1));\n`,
       { mode: 0o755 },
     );
     await assert.rejects(pull(null, 'host:/store', ['x'], { ssh: fakeSsh, dryRun: true }), (e: unknown) => {

@@ -34,11 +34,13 @@ after(() => cache.cleanup());
 const work = tempDir('cairn-hostile');
 after(() => work.cleanup());
 
-const GOOD = `
+const GOOD =
+  `
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { stage } from 'cairn';
-export default stage({ name: 'good', config: { v: 1 }, build: ({ out }) => { fs.writeFileSync(path.join(out, 'ok.txt'), 'ok\\n'); } });
+export default stage({ name: 'good', config: { v: 1 }, build: ({ out ` +
+  `}) => { fs.writeFileSync(path.join(out, 'ok.txt'), 'ok\\n'); } });
 `;
 
 /** A store with one good realization in it, to see that hostile runs add nothing. */
@@ -186,7 +188,8 @@ describe('hostile outputs', { timeout: 300_000 }, () => {
     expectHostile(
       label,
       `${HEAD}import * as net from 'node:net';\nimport { execFileSync } from 'node:child_process';
-export default stage({ name: 'bad', config: { label: ${JSON.stringify(label)} }, n: ${n}, build: async ({ out, outs }) => {
+export default stage({ name: 'bad', config: { label: ` +
+        `${JSON.stringify(label)} }, n: ${n}, build: async ({ out, outs }) => {
   fs.writeFileSync(path.join(out, 'fine.txt'), 'fine\\n');
   ${body}
 } });
@@ -219,35 +222,46 @@ export default stage({ name: 'bad', config: { label: ${JSON.stringify(label)} },
   if (!fs.lstatSync(path.join(out, 'sock')).isSocket()) throw new Error('no socket was made');`,
     ));
   it('a FIFO: E_UNSAFE_OUTPUT', () => unsafe('fifo', `execFileSync('mkfifo', [path.join(out, 'pipe')]);`));
-  it('an unsafe entry deep in the second of two outputs (n: 2): E_UNSAFE_OUTPUT, and the first output is not stored either', () =>
-    unsafe(
-      'second',
-      `fs.writeFileSync(path.join(outs[1], 'fine.txt'), 'also fine\\n'); fs.mkdirSync(path.join(outs[1], 'a', 'b'), { recursive: true }); execFileSync('mkfifo', [path.join(outs[1], 'a', 'b', 'pipe')]);`,
-      2,
-    ));
+  it(
+    'an unsafe entry deep in the second of two outputs (n: 2): ' +
+      'E_UNSAFE_OUTPUT, and the first output is not stored either',
+    () =>
+      unsafe(
+        'second',
+        `fs.writeFileSync(path.join(outs[1], 'fine.txt'), 'also ` +
+          `fine\\n'); fs.mkdirSync(path.join(outs[1], 'a', 'b'), ` +
+          `{ recursive: true }); execFileSync('mkfifo', [path.join(outs[1], 'a', 'b', 'pipe')]);`,
+        2,
+      ),
+  );
 
-  it('a hard link to a file outside the output is copied, not sealed in place: the outside file keeps its mode and content', () => {
-    const store = freshStore('hardlink');
-    const outside = path.join(work.dir, 'outside.txt');
-    fs.writeFileSync(outside, 'mine\n', { mode: 0o644 });
-    const file = writeStageFile(
-      work.dir,
-      'hardlink.ts',
-      `${HEAD}
-export default stage({ name: 'linker', config: { v: 1 }, build: ({ out }) => { fs.linkSync(${JSON.stringify(outside)}, path.join(out, 'linked.txt')); } });
+  it(
+    'a hard link to a file outside the output is copied, not sealed ' +
+      'in place: the outside file keeps its mode and content',
+    () => {
+      const store = freshStore('hardlink');
+      const outside = path.join(work.dir, 'outside.txt');
+      fs.writeFileSync(outside, 'mine\n', { mode: 0o644 });
+      const file = writeStageFile(
+        work.dir,
+        'hardlink.ts',
+        `${HEAD}
+export default stage({ name: 'linker', config: { v: 1 }, build: ({ out }) => { ` +
+          `fs.linkSync(${JSON.stringify(outside)}, path.join(out, 'linked.txt')); } });
 `,
-    );
-    const rref = lastLine(ok(cairn(store, ['realize', file, '-q'])).stdout);
-    const inStore = path.join(outDir(store, rref), 'linked.txt');
-    assert.equal(fs.statSync(outside).mode & 0o777, 0o644, 'the outside file is still writable');
-    assert.equal(fs.statSync(outside).nlink, 1, 'and no longer shares its inode with the store');
-    assert.equal(fs.statSync(inStore).mode & 0o777, 0o444);
-    assert.notEqual(fs.statSync(inStore).ino, fs.statSync(outside).ino);
-    fs.appendFileSync(outside, 'changed later\n');
-    assert.equal(fs.readFileSync(inStore, 'utf8'), 'mine\n', 'the store copy does not change with it');
-    assertVerifyClean(store);
-    assert.deepEqual(tmpEntries(store), []);
-  });
+      );
+      const rref = lastLine(ok(cairn(store, ['realize', file, '-q'])).stdout);
+      const inStore = path.join(outDir(store, rref), 'linked.txt');
+      assert.equal(fs.statSync(outside).mode & 0o777, 0o644, 'the outside file is still writable');
+      assert.equal(fs.statSync(outside).nlink, 1, 'and no longer shares its inode with the store');
+      assert.equal(fs.statSync(inStore).mode & 0o777, 0o444);
+      assert.notEqual(fs.statSync(inStore).ino, fs.statSync(outside).ino);
+      fs.appendFileSync(outside, 'changed later\n');
+      assert.equal(fs.readFileSync(inStore, 'utf8'), 'mine\n', 'the store copy does not change with it');
+      assertVerifyClean(store);
+      assert.deepEqual(tmpEntries(store), []);
+    },
+  );
 });
 
 describe('a disk that fills up during a build', { timeout: 300_000 }, () => {
@@ -282,7 +296,8 @@ describe('a disk that fills up during a build', { timeout: 300_000 }, () => {
     assert.equal(r.status, 0, `umount ${mnt}: ${String(r.stderr)}`);
   });
 
-  const FILL = `${HEAD}
+  const FILL =
+    `${HEAD}
 const MB = 1 << 20;
 /** Writes 1 MiB chunks until ENOSPC (or 64 MiB, more than the disk holds). */
 function fill(file: string, swallow: boolean): number {
@@ -300,73 +315,85 @@ function fill(file: string, swallow: boolean): number {
   }
   return total;
 }
-export const filler = stage({ name: 'filler', config: { v: 1 }, build: ({ out }) => { fill(path.join(out, 'big.bin'), false); } });
+export const filler = stage({ name: 'filler', config: { v: 1 }, build: ` +
+    `({ out }) => { fill(path.join(out, 'big.bin'), false); } });
 export const hog = stage({ name: 'hog', config: { v: 1 }, build: ({ out }) => {
   fill(path.join(out, 'big.bin'), true);
   // Small files until not even an inode or a block is left.
   try { for (let i = 0; i < 100000; i++) fs.writeFileSync(path.join(out, 'f' + i), 'x'); } catch { /* full */ }
 } });
-export const small = stage({ name: 'small', config: { v: 1 }, build: ({ out }) => { fs.writeFileSync(path.join(out, 'small.bin'), Buffer.alloc(MB, 3)); } });
-export const tiny = stage({ name: 'tiny', config: { v: 1 }, build: ({ out }) => { fs.writeFileSync(path.join(out, 'tiny.txt'), 'tiny\\n'); } });
+export const small = stage({ name: 'small', config: { v: 1 }, build: ({ out }) => ` +
+    `{ fs.writeFileSync(path.join(out, 'small.bin'), Buffer.alloc(MB, 3)); } });
+export const tiny = stage({ name: 'tiny', config: { v: 1 }, build: ({ out ` +
+    `}) => { fs.writeFileSync(path.join(out, 'tiny.txt'), 'tiny\\n'); } });
 `;
 
   const avail = (): number => fs.statfsSync(mnt).bavail * fs.statfsSync(mnt).bsize;
 
-  it('a build writing more than fits fails with E_BUILD_FAILED (ENOSPC), leaves nothing half-written, and a smaller realize works afterwards', () => {
-    const store = path.join(mnt, 'store');
-    const file = writeStageFile(work.dir, 'fill.ts', FILL);
-    ok(cairn(store, ['realize', file, '-q', '-s', 'tiny']));
-    const rzBefore = rrefsOnDisk(store);
-    const drvBefore = drefsOnDisk(store);
-    const freeBefore = avail();
+  it(
+    'a build writing more than fits fails with E_BUILD_FAILED (ENOSPC), leaves ' +
+      'nothing half-written, and a smaller realize works afterwards',
+    () => {
+      const store = path.join(mnt, 'store');
+      const file = writeStageFile(work.dir, 'fill.ts', FILL);
+      ok(cairn(store, ['realize', file, '-q', '-s', 'tiny']));
+      const rzBefore = rrefsOnDisk(store);
+      const drvBefore = drefsOnDisk(store);
+      const freeBefore = avail();
 
-    const r = cairn(store, ['realize', file, '-s', 'filler']);
-    console.log(`disk full during the build: ${r.stderr.trim().split('\n').pop()!.slice(0, 300)}`);
-    assert.match(
-      r.stderr,
-      /cairn: error E_BUILD_FAILED: stage filler /,
-      `the build's own write failed, so the build failed: ${r.stderr.slice(0, 1000)}`,
-    );
-    assert.equal(r.code, 1);
-    assert.match(r.stderr, /ENOSPC|no space left/i, 'the message names the cause');
-    assert.doesNotMatch(r.stderr, /internal error/);
-    assert.deepEqual(rrefsOnDisk(store), rzBefore, 'no new realization');
-    assertNewDerivationsWhole(store, drvBefore, 'filler');
-    assert.deepEqual(tmpEntries(store), [], 'STORE/tmp is empty: the partial output was deleted');
-    assert.deepEqual(leftoverRows(store), { locks: 0, tempRoots: 0 });
-    assert.ok(avail() >= freeBefore - (256 << 10), `the space is free again (${avail()} of ${freeBefore} bytes)`);
-    assertVerifyClean(store);
+      const r = cairn(store, ['realize', file, '-s', 'filler']);
+      console.log(`disk full during the build: ${r.stderr.trim().split('\n').pop()!.slice(0, 300)}`);
+      assert.match(
+        r.stderr,
+        /cairn: error E_BUILD_FAILED: stage filler /,
+        `the build's own write failed, so the build failed: ${r.stderr.slice(0, 1000)}`,
+      );
+      assert.equal(r.code, 1);
+      assert.match(r.stderr, /ENOSPC|no space left/i, 'the message names the cause');
+      assert.doesNotMatch(r.stderr, /internal error/);
+      assert.deepEqual(rrefsOnDisk(store), rzBefore, 'no new realization');
+      assertNewDerivationsWhole(store, drvBefore, 'filler');
+      assert.deepEqual(tmpEntries(store), [], 'STORE/tmp is empty: the partial output was deleted');
+      assert.deepEqual(leftoverRows(store), { locks: 0, tempRoots: 0 });
+      assert.ok(avail() >= freeBefore - (256 << 10), `the space is free again (${avail()} of ${freeBefore} bytes)`);
+      assertVerifyClean(store);
 
-    const small = cairn(store, ['realize', file, '-q', '-s', 'small']);
-    ok(small, 'a smaller realize after the failure');
-    assert.equal(fs.statSync(path.join(outDir(store, lastLine(small.stdout)), 'small.bin')).size, 1 << 20);
-    assertVerifyClean(store);
-  });
+      const small = cairn(store, ['realize', file, '-q', '-s', 'small']);
+      ok(small, 'a smaller realize after the failure');
+      assert.equal(fs.statSync(path.join(outDir(store, lastLine(small.stdout)), 'small.bin')).size, 1 << 20);
+      assertVerifyClean(store);
+    },
+  );
 
-  it('a build that takes every last block and inode, then returns: the realize fails with E_STORE_IO, nothing half-written; after freeing space a realize works', () => {
-    const store = path.join(mnt, 'store');
-    const file = writeStageFile(work.dir, 'fill.ts', FILL);
-    ok(cairn(store, ['realize', file, '-q', '-s', 'tiny']));
-    const rzBefore = rrefsOnDisk(store);
-    const drvBefore = drefsOnDisk(store);
+  it(
+    'a build that takes every last block and inode, then returns: the realize fails with E_STORE_IO, nothing ' +
+      'half-written; after freeing space a realize works',
+    () => {
+      const store = path.join(mnt, 'store');
+      const file = writeStageFile(work.dir, 'fill.ts', FILL);
+      ok(cairn(store, ['realize', file, '-q', '-s', 'tiny']));
+      const rzBefore = rrefsOnDisk(store);
+      const drvBefore = drefsOnDisk(store);
 
-    const r = cairn(store, ['realize', file, '-s', 'hog']);
-    console.log(`disk full after the build: ${r.stderr.trim().split('\n').pop()!.slice(0, 300)}`);
-    assert.match(
-      r.stderr,
-      /cairn: error E_STORE_IO: /,
-      `the build succeeded and storing its output failed, so E_STORE_IO, not E_BUILD_FAILED: exit ${r.code}, ${r.stderr.slice(0, 1000)}`,
-    );
-    assert.match(r.stderr, /ENOSPC|no space left/i, 'the message names the cause');
-    assert.equal(r.code, 1);
-    assert.doesNotMatch(r.stderr, /internal error/);
-    assert.deepEqual(rrefsOnDisk(store), rzBefore, 'no new realization');
-    assertNewDerivationsWhole(store, drvBefore, 'hog');
-    assert.deepEqual(tmpEntries(store), [], 'STORE/tmp is empty');
-    assert.deepEqual(leftoverRows(store), { locks: 0, tempRoots: 0 });
-    assertVerifyClean(store);
-    const small = cairn(store, ['realize', file, '-q', '-s', 'small']);
-    ok(small, 'a smaller realize after the failure');
-    assertVerifyClean(store);
-  });
+      const r = cairn(store, ['realize', file, '-s', 'hog']);
+      console.log(`disk full after the build: ${r.stderr.trim().split('\n').pop()!.slice(0, 300)}`);
+      assert.match(
+        r.stderr,
+        /cairn: error E_STORE_IO: /,
+        `the build succeeded and storing its output failed, so E_STORE_IO, ` +
+          `not E_BUILD_FAILED: exit ${r.code}, ${r.stderr.slice(0, 1000)}`,
+      );
+      assert.match(r.stderr, /ENOSPC|no space left/i, 'the message names the cause');
+      assert.equal(r.code, 1);
+      assert.doesNotMatch(r.stderr, /internal error/);
+      assert.deepEqual(rrefsOnDisk(store), rzBefore, 'no new realization');
+      assertNewDerivationsWhole(store, drvBefore, 'hog');
+      assert.deepEqual(tmpEntries(store), [], 'STORE/tmp is empty');
+      assert.deepEqual(leftoverRows(store), { locks: 0, tempRoots: 0 });
+      assertVerifyClean(store);
+      const small = cairn(store, ['realize', file, '-q', '-s', 'small']);
+      ok(small, 'a smaller realize after the failure');
+      assertVerifyClean(store);
+    },
+  );
 });

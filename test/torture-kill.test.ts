@@ -102,231 +102,237 @@ function startRealize(
 }
 
 describe('kill -9 torture', { timeout: 1_500_000 }, () => {
-  it(`at least ${KILLS} kill -9s at random moments leave no partial realization, verify clean but for 'extra', and an empty STORE/tmp after the next realize`, async () => {
-    const t = tempDir('cairn-kill');
-    const started = Date.now();
-    try {
-      const store = path.join(t.dir, 'store');
-      const trace = path.join(t.dir, 'trace');
-      let salt = 0;
-      const envFor = (s: number): NodeJS.ProcessEnv => ({
-        TORTURE_TRACE: trace,
-        TORTURE_SLEEP_MS: '10-60',
-        TORTURE_SALT: `s${s}`,
-      });
-
-      const classify = (pid: number): Phase => {
-        const mine = lines(trace).filter((l) => l.split(' ')[1] === String(pid));
-        const starts = mine.filter((l) => l.startsWith('start ')).length;
-        const ends = mine.filter((l) => l.startsWith('end ')).length;
-        if (starts > ends) return 'build';
-        let leftovers: string[] = [];
-        try {
-          leftovers = fs
-            .readdirSync(path.join(store, 'tmp'))
-            .filter((n) => n.startsWith(`${pid}.`) && n.includes('-build-'));
-        } catch {
-          /* none */
-        }
-        let sawOutput = false;
-        for (const dir of leftovers) {
-          const abs = path.join(store, 'tmp', dir);
-          let entries: string[] = [];
-          try {
-            entries = fs.readdirSync(abs);
-          } catch {
-            continue;
-          }
-          // Staging directories: rz-0, rz-1, ... for n > 1; with one output
-          // the build directory may be the staging directory itself.
-          const staging = entries.some((n) => n.startsWith('rz-'))
-            ? entries.filter((n) => n.startsWith('rz-')).map((n) => path.join(abs, n))
-            : [abs];
-          for (const st of staging) {
-            if (fs.existsSync(path.join(st, 'meta.json'))) return 'commit';
-            try {
-              if (fs.readdirSync(path.join(st, 'out')).length > 0) sawOutput = true;
-            } catch {
-              /* swept meanwhile */
-            }
-          }
-        }
-        // A build directory whose outputs are still empty: killed while setting up a build.
-        if (leftovers.length > 0) return sawOutput ? 'seal' : 'build';
-        return starts > 0 ? 'after-commit' : 'startup';
-      };
-
-      // Calibrate, with two lanes as below: how long does an unkilled forced
-      // realize take here, now, and when does its first build start?
-      const calib: number[] = [];
-      const firstBuild: number[] = [];
-      for (let i = 0; i < 3; i++) {
-        const spawnedAt = Date.now();
-        const rs = await Promise.all([0, 1].map(() => startRealize(store, ['-f'], envFor(salt), null, classify)));
-        for (const r of rs) {
-          assertFinishedOk(r);
-          calib.push(r.ms);
-          const starts = lines(trace)
-            .filter((l) => l.startsWith(`start ${r.pid} `))
-            .map((l) => Number(l.split(' ')[3]));
-          if (starts.length > 0) firstBuild.push(Math.min(...starts) - spawnedAt);
-        }
-      }
-      // The median: a single run slowed down by other work on the machine
-      // would make most kills come too late.
-      const full = [...calib].sort((a, b) => a - b)[Math.floor(calib.length / 2)]!;
-      const startup = firstBuild.length > 0 ? Math.min(...firstBuild) : 0;
-      // A third of the kills anywhere in [0, full]; the rest in [0.8 startup,
-      // full], so more of them land in builds, sealing and commits than in
-      // Node's start-up.
-      const delay = (): number =>
-        Math.random() < 1 / 3 ? Math.random() * full : 0.8 * startup + Math.random() * (full - 0.8 * startup);
-
-      const phases: Record<Phase, number> = {
-        startup: 0,
-        build: 0,
-        seal: 0,
-        commit: 0,
-        'after-commit': 0,
-        finished: 0,
-      };
-      const extras = new Set<string>();
-      const writableDirs = new Set<string>();
-      let kills = 0;
-      let rounds = 0;
-      let verifies = 0;
-      let roundsWithExtras = 0;
-      /** Anything verify reported besides 'extra': ref, kind and detail, with the round it was first seen in. */
-      const violations = new Map<string, string>();
-      const modes: Record<string, number> = { force: 0, fresh: 0, plain: 0 };
-      const summary = (): Record<string, unknown> => ({
-        kills,
-        rounds,
-        fullRealizeMs: full,
-        firstBuildMs: startup,
-        calibrationMs: calib,
-        phases,
-        modes,
-        verifies,
-        roundsWithExtras,
-        extras: extras.size,
-        violations: violations.size,
-        writableRealizationDirs: writableDirs.size,
-        realizations: rrefsOnDisk(store).length,
-        builds: lines(trace).filter((l) => l.startsWith('start ')).length,
-        wallSeconds: Math.round((Date.now() - started) / 1000),
-      });
-      const report = (): void => {
-        const s = summary();
-        console.log(`kill torture: ${JSON.stringify(s)}`);
-        for (const [what, where] of violations) console.log(`  verify problem: ${what} (${where})`);
-        if (process.env.TORTURE_REPORT)
-          fs.writeFileSync(
-            process.env.TORTURE_REPORT,
-            JSON.stringify({ ...s, problems: [...violations] }, null, 2) + '\n',
-          );
-      };
+  it(
+    `at least ${KILLS} kill -9s at random moments leave no partial realization, verify clean but for 'extra', and ` +
+      `an empty STORE/tmp after the next realize`,
+    async () => {
+      const t = tempDir('cairn-kill');
+      const started = Date.now();
       try {
-        while (kills < KILLS && rounds < MAX_ROUNDS) {
-          rounds++;
-          // Mostly forced rebuilds; sometimes brand-new derivations; sometimes a plain realize.
-          const roll = Math.random();
-          const mode = roll < 0.2 ? 'fresh' : roll < 0.9 ? 'force' : 'plain';
-          modes[mode]!++;
-          if (mode === 'fresh') salt++;
-          const lane = (): string[] => [
-            ...(mode === 'force' ? ['-f'] : []),
-            ...(Math.random() < 0.3 ? ['-j', '1'] : []),
-          ];
-          const runs = await Promise.all(
-            [0, 1].map(() => startRealize(store, lane(), envFor(salt), delay(), classify)),
-          );
-          for (const r of runs) {
-            assertFinishedOk(r);
-            phases[r.phase]++;
-            if (r.signal === 'SIGKILL') kills++;
+        const store = path.join(t.dir, 'store');
+        const trace = path.join(t.dir, 'trace');
+        let salt = 0;
+        const envFor = (s: number): NodeJS.ProcessEnv => ({
+          TORTURE_TRACE: trace,
+          TORTURE_SLEEP_MS: '10-60',
+          TORTURE_SALT: `s${s}`,
+        });
+
+        const classify = (pid: number): Phase => {
+          const mine = lines(trace).filter((l) => l.split(' ')[1] === String(pid));
+          const starts = mine.filter((l) => l.startsWith('start ')).length;
+          const ends = mine.filter((l) => l.startsWith('end ')).length;
+          if (starts > ends) return 'build';
+          let leftovers: string[] = [];
+          try {
+            leftovers = fs
+              .readdirSync(path.join(store, 'tmp'))
+              .filter((n) => n.startsWith(`${pid}.`) && n.includes('-build-'));
+          } catch {
+            /* none */
           }
-          // No partial realization is ever visible.
-          const seen = assertNoPartialRealizations(store);
-          for (const w of seen.writableDirs) writableDirs.add(w);
-          // verify: nothing modified or missing; 'extra' only (see the header).
-          // Other problems are collected and asserted at the end, so one run
-          // measures them all.
-          const v = verify(store);
-          verifies++;
-          assert.equal(v.code, v.report.problems.length > 0 ? 1 : 0);
-          for (const p of v.report.problems) {
-            if (p.kind === 'extra') extras.add(p.ref);
-            else {
-              const key = `${p.kind} ${p.ref}: ${p.detail}`;
-              if (!violations.has(key))
-                violations.set(
-                  key,
-                  `first seen after round ${rounds}, kills landed in: ${runs.map((r) => r.phase).join(', ')}`,
-                );
+          let sawOutput = false;
+          for (const dir of leftovers) {
+            const abs = path.join(store, 'tmp', dir);
+            let entries: string[] = [];
+            try {
+              entries = fs.readdirSync(abs);
+            } catch {
+              continue;
+            }
+            // Staging directories: rz-0, rz-1, ... for n > 1; with one output
+            // the build directory may be the staging directory itself.
+            const staging = entries.some((n) => n.startsWith('rz-'))
+              ? entries.filter((n) => n.startsWith('rz-')).map((n) => path.join(abs, n))
+              : [abs];
+            for (const st of staging) {
+              if (fs.existsSync(path.join(st, 'meta.json'))) return 'commit';
+              try {
+                if (fs.readdirSync(path.join(st, 'out')).length > 0) sawOutput = true;
+              } catch {
+                /* swept meanwhile */
+              }
             }
           }
-          if (v.report.problems.some((p) => p.kind === 'extra')) roundsWithExtras++;
-        }
-      } finally {
-        report();
-      }
-      assert.ok(kills >= KILLS, `${kills} kills in ${rounds} rounds`);
+          // A build directory whose outputs are still empty: killed while setting up a build.
+          if (leftovers.length > 0) return sawOutput ? 'seal' : 'build';
+          return starts > 0 ? 'after-commit' : 'startup';
+        };
 
-      // A normal realize completes and leaves STORE/tmp empty.
-      const final = cairn(store, ['realize', PIPELINE, '-q'], { env: envFor(salt) });
-      ok(final, 'the realize after the torture');
-      assert.match(lastLine(final.stdout), /-final$/);
-      assert.deepEqual(tmpEntries(store), [], 'STORE/tmp is empty after a normal realize');
-      assert.deepEqual([...violations.keys()], [], 'after every kill, verify reports nothing but extra realizations');
-      const end = verify(store);
-      assert.deepEqual(
-        end.report.problems.filter((p) => p.kind !== 'extra'),
-        [],
-      );
-      const repaired = verify(store, { repair: true });
-      assert.equal(repaired.code, 0);
-      assert.deepEqual(repaired.report.quarantined, [], 'nothing had to be quarantined');
-      const clean = verify(store);
-      assert.deepEqual(clean.report.problems, [], 'verify is clean after --repair indexed the extras');
-      assert.equal(clean.code, 0);
-      // Indexed, the extras are candidates like any other realization: an
-      // extra fan output newer than every indexed one becomes latest()'s
-      // choice (an extra noise output older than the chosen ones, some(2)'s),
-      // and what depends on it is built once for that new context. Nothing
-      // else may be built.
-      const indexed = new Set(end.report.problems.filter((p) => p.kind === 'extra').map((p) => p.ref));
-      const next = realizeJson(store, PIPELINE, [], envFor(salt));
-      const built = new Set<string>();
-      for (const p of next.plan) {
-        if (p.action === 'cached') continue;
-        for (const r of p.rrefs) {
-          const meta = JSON.parse(fs.readFileSync(path.join(rzDir(store, r), 'meta.json'), 'utf8')) as {
-            context: Record<string, string[]>;
-          };
-          const inputs = Object.values(meta.context).flat();
-          assert.ok(
-            inputs.some((i) => indexed.has(i) || built.has(i)),
-            `${p.name} was built again after --repair although none of its inputs was newly indexed: ${inputs.join(', ')}`,
-          );
+        // Calibrate, with two lanes as below: how long does an unkilled forced
+        // realize take here, now, and when does its first build start?
+        const calib: number[] = [];
+        const firstBuild: number[] = [];
+        for (let i = 0; i < 3; i++) {
+          const spawnedAt = Date.now();
+          const rs = await Promise.all([0, 1].map(() => startRealize(store, ['-f'], envFor(salt), null, classify)));
+          for (const r of rs) {
+            assertFinishedOk(r);
+            calib.push(r.ms);
+            const starts = lines(trace)
+              .filter((l) => l.startsWith(`start ${r.pid} `))
+              .map((l) => Number(l.split(' ')[3]));
+            if (starts.length > 0) firstBuild.push(Math.min(...starts) - spawnedAt);
+          }
         }
-        for (const r of p.rrefs) built.add(r);
+        // The median: a single run slowed down by other work on the machine
+        // would make most kills come too late.
+        const full = [...calib].sort((a, b) => a - b)[Math.floor(calib.length / 2)]!;
+        const startup = firstBuild.length > 0 ? Math.min(...firstBuild) : 0;
+        // A third of the kills anywhere in [0, full]; the rest in [0.8 startup,
+        // full], so more of them land in builds, sealing and commits than in
+        // Node's start-up.
+        const delay = (): number =>
+          Math.random() < 1 / 3 ? Math.random() * full : 0.8 * startup + Math.random() * (full - 0.8 * startup);
+
+        const phases: Record<Phase, number> = {
+          startup: 0,
+          build: 0,
+          seal: 0,
+          commit: 0,
+          'after-commit': 0,
+          finished: 0,
+        };
+        const extras = new Set<string>();
+        const writableDirs = new Set<string>();
+        let kills = 0;
+        let rounds = 0;
+        let verifies = 0;
+        let roundsWithExtras = 0;
+        /** Anything verify reported besides 'extra': ref, kind and detail, with the round it was first seen in. */
+        const violations = new Map<string, string>();
+        const modes: Record<string, number> = { force: 0, fresh: 0, plain: 0 };
+        const summary = (): Record<string, unknown> => ({
+          kills,
+          rounds,
+          fullRealizeMs: full,
+          firstBuildMs: startup,
+          calibrationMs: calib,
+          phases,
+          modes,
+          verifies,
+          roundsWithExtras,
+          extras: extras.size,
+          violations: violations.size,
+          writableRealizationDirs: writableDirs.size,
+          realizations: rrefsOnDisk(store).length,
+          builds: lines(trace).filter((l) => l.startsWith('start ')).length,
+          wallSeconds: Math.round((Date.now() - started) / 1000),
+        });
+        const report = (): void => {
+          const s = summary();
+          console.log(`kill torture: ${JSON.stringify(s)}`);
+          for (const [what, where] of violations) console.log(`  verify problem: ${what} (${where})`);
+          if (process.env.TORTURE_REPORT)
+            fs.writeFileSync(
+              process.env.TORTURE_REPORT,
+              JSON.stringify({ ...s, problems: [...violations] }, null, 2) + '\n',
+            );
+        };
+        try {
+          while (kills < KILLS && rounds < MAX_ROUNDS) {
+            rounds++;
+            // Mostly forced rebuilds; sometimes brand-new derivations; sometimes a plain realize.
+            const roll = Math.random();
+            const mode = roll < 0.2 ? 'fresh' : roll < 0.9 ? 'force' : 'plain';
+            modes[mode]!++;
+            if (mode === 'fresh') salt++;
+            const lane = (): string[] => [
+              ...(mode === 'force' ? ['-f'] : []),
+              ...(Math.random() < 0.3 ? ['-j', '1'] : []),
+            ];
+            const runs = await Promise.all(
+              [0, 1].map(() => startRealize(store, lane(), envFor(salt), delay(), classify)),
+            );
+            for (const r of runs) {
+              assertFinishedOk(r);
+              phases[r.phase]++;
+              if (r.signal === 'SIGKILL') kills++;
+            }
+            // No partial realization is ever visible.
+            const seen = assertNoPartialRealizations(store);
+            for (const w of seen.writableDirs) writableDirs.add(w);
+            // verify: nothing modified or missing; 'extra' only (see the header).
+            // Other problems are collected and asserted at the end, so one run
+            // measures them all.
+            const v = verify(store);
+            verifies++;
+            assert.equal(v.code, v.report.problems.length > 0 ? 1 : 0);
+            for (const p of v.report.problems) {
+              if (p.kind === 'extra') extras.add(p.ref);
+              else {
+                const key = `${p.kind} ${p.ref}: ${p.detail}`;
+                if (!violations.has(key))
+                  violations.set(
+                    key,
+                    `first seen after round ${rounds}, kills landed in: ${runs.map((r) => r.phase).join(', ')}`,
+                  );
+              }
+            }
+            if (v.report.problems.some((p) => p.kind === 'extra')) roundsWithExtras++;
+          }
+        } finally {
+          report();
+        }
+        assert.ok(kills >= KILLS, `${kills} kills in ${rounds} rounds`);
+
+        // A normal realize completes and leaves STORE/tmp empty.
+        const final = cairn(store, ['realize', PIPELINE, '-q'], { env: envFor(salt) });
+        ok(final, 'the realize after the torture');
+        assert.match(lastLine(final.stdout), /-final$/);
+        assert.deepEqual(tmpEntries(store), [], 'STORE/tmp is empty after a normal realize');
+        assert.deepEqual([...violations.keys()], [], 'after every kill, verify reports nothing but extra realizations');
+        const end = verify(store);
+        assert.deepEqual(
+          end.report.problems.filter((p) => p.kind !== 'extra'),
+          [],
+        );
+        const repaired = verify(store, { repair: true });
+        assert.equal(repaired.code, 0);
+        assert.deepEqual(repaired.report.quarantined, [], 'nothing had to be quarantined');
+        const clean = verify(store);
+        assert.deepEqual(clean.report.problems, [], 'verify is clean after --repair indexed the extras');
+        assert.equal(clean.code, 0);
+        // Indexed, the extras are candidates like any other realization: an
+        // extra fan output newer than every indexed one becomes latest()'s
+        // choice (an extra noise output older than the chosen ones, some(2)'s),
+        // and what depends on it is built once for that new context. Nothing
+        // else may be built.
+        const indexed = new Set(end.report.problems.filter((p) => p.kind === 'extra').map((p) => p.ref));
+        const next = realizeJson(store, PIPELINE, [], envFor(salt));
+        const built = new Set<string>();
+        for (const p of next.plan) {
+          if (p.action === 'cached') continue;
+          for (const r of p.rrefs) {
+            const meta = JSON.parse(fs.readFileSync(path.join(rzDir(store, r), 'meta.json'), 'utf8')) as {
+              context: Record<string, string[]>;
+            };
+            const inputs = Object.values(meta.context).flat();
+            assert.ok(
+              inputs.some((i) => indexed.has(i) || built.has(i)),
+              `${p.name} was built again after --repair although none of ` +
+                `its inputs was newly indexed: ${inputs.join(', ')}`,
+            );
+          }
+          for (const r of p.rrefs) built.add(r);
+        }
+        console.log(
+          `kill torture: after --repair indexed ${indexed.size} extra(s), ` +
+            `the next realize built ${next.builds} stage(s): ${
+              next.plan
+                .filter((p) => p.action !== 'cached')
+                .map((p) => p.name)
+                .join(', ') || 'none'
+            }`,
+        );
+        assertVerifyClean(store, 'verify after the realize that follows --repair');
+        assert.equal(realizeJson(store, PIPELINE, [], envFor(salt)).builds, 0, 'and then the pipeline is fully cached');
+        assertNoPartialRealizations(store);
+      } finally {
+        t.cleanup();
       }
-      console.log(
-        `kill torture: after --repair indexed ${indexed.size} extra(s), the next realize built ${next.builds} stage(s): ${
-          next.plan
-            .filter((p) => p.action !== 'cached')
-            .map((p) => p.name)
-            .join(', ') || 'none'
-        }`,
-      );
-      assertVerifyClean(store, 'verify after the realize that follows --repair');
-      assert.equal(realizeJson(store, PIPELINE, [], envFor(salt)).builds, 0, 'and then the pipeline is fully cached');
-      assertNoPartialRealizations(store);
-    } finally {
-      t.cleanup();
-    }
-  });
+    },
+  );
 });
 
 /**
@@ -357,33 +363,37 @@ describe('states a kill -9 leaves behind, made directly', { timeout: 300_000 }, 
     }
   });
 
-  it("the store.json staging file of a process killed while creating the store is swept by the next realize; a live creator's is left alone", () => {
-    // Store.open writes tmp/<owner>-store-json-<hex>, links it to
-    // store.json, then unlinks it: a kill in between leaves it in STORE/tmp.
-    // It is swept like any other temporary of a dead owner; so is the
-    // store-json-<pid>-<hex> that Cairn before 6e3dcb3 left in that case.
-    const t = tempDir('cairn-kill-state');
-    try {
-      const store = path.join(t.dir, 'store');
-      ok(cairn(store, ['realize', CHAIN, '-q']));
-      const marker = '{"cairn-store":true,"layout":1}\n';
-      fs.writeFileSync(path.join(store, 'tmp', `${deadPid()}.12345-store-json-0a1b2c3d`), marker, { mode: 0o444 });
-      fs.writeFileSync(path.join(store, 'tmp', `store-json-${deadPid()}-4e5f6a7b`), marker, { mode: 0o444 });
-      // This test process stands in for a process that is creating the store right now.
-      const live = `${ownerId()}-store-json-8c9d0e1f`;
-      fs.writeFileSync(path.join(store, 'tmp', live), marker, { mode: 0o444 });
-      ok(cairn(store, ['realize', CHAIN, '-q']));
-      ok(cairn(store, ['store', 'gc']));
-      assert.deepEqual(
-        tmpEntries(store),
-        [live],
-        "after a realize and a gc, only the live owner's file is left in STORE/tmp",
-      );
-      fs.unlinkSync(path.join(store, 'tmp', live));
-    } finally {
-      t.cleanup();
-    }
-  });
+  it(
+    'the store.json staging file of a process killed while creating the store ' +
+      "is swept by the next realize; a live creator's is left alone",
+    () => {
+      // Store.open writes tmp/<owner>-store-json-<hex>, links it to
+      // store.json, then unlinks it: a kill in between leaves it in STORE/tmp.
+      // It is swept like any other temporary of a dead owner; so is the
+      // store-json-<pid>-<hex> that Cairn before 6e3dcb3 left in that case.
+      const t = tempDir('cairn-kill-state');
+      try {
+        const store = path.join(t.dir, 'store');
+        ok(cairn(store, ['realize', CHAIN, '-q']));
+        const marker = '{"cairn-store":true,"layout":1}\n';
+        fs.writeFileSync(path.join(store, 'tmp', `${deadPid()}.12345-store-json-0a1b2c3d`), marker, { mode: 0o444 });
+        fs.writeFileSync(path.join(store, 'tmp', `store-json-${deadPid()}-4e5f6a7b`), marker, { mode: 0o444 });
+        // This test process stands in for a process that is creating the store right now.
+        const live = `${ownerId()}-store-json-8c9d0e1f`;
+        fs.writeFileSync(path.join(store, 'tmp', live), marker, { mode: 0o444 });
+        ok(cairn(store, ['realize', CHAIN, '-q']));
+        ok(cairn(store, ['store', 'gc']));
+        assert.deepEqual(
+          tmpEntries(store),
+          [live],
+          "after a realize and a gc, only the live owner's file is left in STORE/tmp",
+        );
+        fs.unlinkSync(path.join(store, 'tmp', live));
+      } finally {
+        t.cleanup();
+      }
+    },
+  );
 
   /**
    * A store where stage `a` is realized and the target's derivation directory
@@ -401,17 +411,21 @@ describe('states a kill -9 leaves behind, made directly', { timeout: 300_000 }, 
     return { store, c };
   };
 
-  it('a derivation directory without drv.json (killed between creating d/DREF/r and renaming drv.json in): the next realize of the stage completes it', () => {
-    const t = tempDir('cairn-kill-state');
-    try {
-      const { store, c } = withBareDrvDir(t.dir);
-      ok(cairn(store, ['realize', CHAIN, '-q']));
-      assert.ok(fs.existsSync(path.join(store, 'd', c, 'drv.json')));
-      assertVerifyClean(store);
-    } finally {
-      t.cleanup();
-    }
-  });
+  it(
+    'a derivation directory without drv.json (killed between creating d/DREF/r and ' +
+      'renaming drv.json in): the next realize of the stage completes it',
+    () => {
+      const t = tempDir('cairn-kill-state');
+      try {
+        const { store, c } = withBareDrvDir(t.dir);
+        ok(cairn(store, ['realize', CHAIN, '-q']));
+        assert.ok(fs.existsSync(path.join(store, 'd', c, 'drv.json')));
+        assertVerifyClean(store);
+      } finally {
+        t.cleanup();
+      }
+    },
+  );
 
   it('a derivation directory without drv.json (same state): verify --repair leaves a clean store', () => {
     const t = tempDir('cairn-kill-state');

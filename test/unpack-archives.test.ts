@@ -155,7 +155,8 @@ describe('unpack: Debian packages', () => {
     fs.mkdirSync(path.join(root, 'DEBIAN'), { recursive: true });
     fs.writeFileSync(
       path.join(root, 'DEBIAN', 'control'),
-      'Package: hello-cairn\nVersion: 1.0\nArchitecture: all\nMaintainer: Test <t@example.org>\nDescription: test package\n',
+      'Package: hello-cairn\nVersion: 1.0\nArchitecture: all\nMaintainer: ' +
+        'Test <t@example.org>\nDescription: test package\n',
     );
     fs.mkdirSync(path.join(root, 'usr', 'bin'), { recursive: true });
     fs.mkdirSync(path.join(root, 'usr', 'share', 'hello-cairn'), { recursive: true });

@@ -71,118 +71,126 @@ function rootLs(store: string): string[] {
 }
 
 describe('gc: out-links', { timeout: 240_000 }, () => {
-  it('an out-link keeps the whole closure of its target (realizations in the context and their derivations); deleting the link releases it', () => {
-    const t = tempDir('cairn-gc');
-    try {
-      const store = path.join(t.dir, 'store');
-      const link = path.join(t.dir, 'result');
-      const rooted = realizeJson(store, PIPELINE, ['--out-link', link]);
-      const closure = closureOf(rooted);
-      // seed 1, noise 2 (some(2)), mix 1, fan 1 of its 2 outputs (latest), final 1.
-      assert.equal(closure.length, 6, `closure: ${closure.join(' ')}`);
-      const final = rooted.targets[0]!.rrefs[0]!;
-      assert.equal(fs.readlinkSync(link), outDir(store, final), 'the link points at the target output');
-      // fan built two outputs; latest() chose one, so the other is not in the closure.
-      const fanAll = rrefsOf(store, 'fan');
-      assert.equal(fanAll.length, 2);
-      const fanLoser = fanAll.filter((r) => !closure.includes(r));
-      assert.equal(fanLoser.length, 1);
-      // Garbage: an unrooted closure of other derivations.
-      const garbage = realizeJson(store, CHAIN);
-      const garbageRefs = closureOf(garbage);
-      assert.equal(garbageRefs.length, 3);
+  it(
+    'an out-link keeps the whole closure of its target (realizations in the ' +
+      'context and their derivations); deleting the link releases it',
+    () => {
+      const t = tempDir('cairn-gc');
+      try {
+        const store = path.join(t.dir, 'store');
+        const link = path.join(t.dir, 'result');
+        const rooted = realizeJson(store, PIPELINE, ['--out-link', link]);
+        const closure = closureOf(rooted);
+        // seed 1, noise 2 (some(2)), mix 1, fan 1 of its 2 outputs (latest), final 1.
+        assert.equal(closure.length, 6, `closure: ${closure.join(' ')}`);
+        const final = rooted.targets[0]!.rrefs[0]!;
+        assert.equal(fs.readlinkSync(link), outDir(store, final), 'the link points at the target output');
+        // fan built two outputs; latest() chose one, so the other is not in the closure.
+        const fanAll = rrefsOf(store, 'fan');
+        assert.equal(fanAll.length, 2);
+        const fanLoser = fanAll.filter((r) => !closure.includes(r));
+        assert.equal(fanLoser.length, 1);
+        // Garbage: an unrooted closure of other derivations.
+        const garbage = realizeJson(store, CHAIN);
+        const garbageRefs = closureOf(garbage);
+        assert.equal(garbageRefs.length, 3);
 
-      assert.deepEqual(rootLs(store), [`out-link ${link}\t${final}`]);
-      const r = gc(store);
-      assert.deepEqual(
-        r.realizations.sort(),
-        [...garbageRefs, ...fanLoser].sort(),
-        'exactly the unrooted realizations are deleted',
-      );
-      assert.deepEqual(r.derivations.sort(), drefsOf(garbage), 'and the derivations left without realizations');
-      assert.equal(r.kept, closure.length);
-      assert.equal(r.roots, 1);
-      assert.equal(r.staleOutLinks, 0);
-      assert.deepEqual(rrefsOnDisk(store).sort(), closure, 'exactly the closure is left on disk');
-      assert.deepEqual(drefsOnDisk(store), drefsOf(rooted), 'with the derivations of the closure');
-      for (const d of drefsOf(rooted))
-        assert.ok(fs.existsSync(path.join(store, 'd', d, 'drv.json')), `${d}/drv.json kept`);
-      assert.equal(fs.readFileSync(path.join(link, 'final.txt'), 'utf8').length > 0, true, 'the link still resolves');
-      // The kept closure is usable as is: a realize is fully cached.
-      const again = realizeJson(store, PIPELINE);
-      assert.equal(again.builds, 0);
-      assert.deepEqual(closureOf(again), closure);
-      assertVerifyClean(store);
+        assert.deepEqual(rootLs(store), [`out-link ${link}\t${final}`]);
+        const r = gc(store);
+        assert.deepEqual(
+          r.realizations.sort(),
+          [...garbageRefs, ...fanLoser].sort(),
+          'exactly the unrooted realizations are deleted',
+        );
+        assert.deepEqual(r.derivations.sort(), drefsOf(garbage), 'and the derivations left without realizations');
+        assert.equal(r.kept, closure.length);
+        assert.equal(r.roots, 1);
+        assert.equal(r.staleOutLinks, 0);
+        assert.deepEqual(rrefsOnDisk(store).sort(), closure, 'exactly the closure is left on disk');
+        assert.deepEqual(drefsOnDisk(store), drefsOf(rooted), 'with the derivations of the closure');
+        for (const d of drefsOf(rooted))
+          assert.ok(fs.existsSync(path.join(store, 'd', d, 'drv.json')), `${d}/drv.json kept`);
+        assert.equal(fs.readFileSync(path.join(link, 'final.txt'), 'utf8').length > 0, true, 'the link still resolves');
+        // The kept closure is usable as is: a realize is fully cached.
+        const again = realizeJson(store, PIPELINE);
+        assert.equal(again.builds, 0);
+        assert.deepEqual(closureOf(again), closure);
+        assertVerifyClean(store);
 
-      // Delete the link: it no longer counts, and gc forgets its entry.
-      fs.unlinkSync(link);
-      assert.deepEqual(rootLs(store), [], 'root ls no longer lists the deleted link');
-      const r2 = gc(store);
-      assert.deepEqual(r2.realizations.sort(), closure);
-      assert.deepEqual(r2.derivations.sort(), drefsOf(rooted));
-      assert.equal(r2.kept, 0);
-      assert.equal(r2.roots, 0);
-      assert.equal(r2.staleOutLinks, 1, 'the stale out-link entry is reported');
-      assert.deepEqual(rrefsOnDisk(store), []);
-      assert.deepEqual(drefsOnDisk(store), []);
-      assert.deepEqual(fs.readdirSync(path.join(store, 'roots', 'auto')), [], 'the stale entry is removed');
-      assert.equal(gc(store).staleOutLinks, 0, 'and reported only once');
-      assert.deepEqual(tmpEntries(store), []);
-      assertVerifyClean(store);
-    } finally {
-      t.cleanup();
-    }
-  });
+        // Delete the link: it no longer counts, and gc forgets its entry.
+        fs.unlinkSync(link);
+        assert.deepEqual(rootLs(store), [], 'root ls no longer lists the deleted link');
+        const r2 = gc(store);
+        assert.deepEqual(r2.realizations.sort(), closure);
+        assert.deepEqual(r2.derivations.sort(), drefsOf(rooted));
+        assert.equal(r2.kept, 0);
+        assert.equal(r2.roots, 0);
+        assert.equal(r2.staleOutLinks, 1, 'the stale out-link entry is reported');
+        assert.deepEqual(rrefsOnDisk(store), []);
+        assert.deepEqual(drefsOnDisk(store), []);
+        assert.deepEqual(fs.readdirSync(path.join(store, 'roots', 'auto')), [], 'the stale entry is removed');
+        assert.equal(gc(store).staleOutLinks, 0, 'and reported only once');
+        assert.deepEqual(tmpEntries(store), []);
+        assertVerifyClean(store);
+      } finally {
+        t.cleanup();
+      }
+    },
+  );
 
-  it('a moved out-link is no longer a root (nor is one repointed elsewhere); the realize that made it keeps working', () => {
-    const t = tempDir('cairn-gc');
-    try {
-      const store = path.join(t.dir, 'store');
-      const link = path.join(t.dir, 'a', 'result');
-      fs.mkdirSync(path.dirname(link));
-      const moved = path.join(t.dir, 'elsewhere');
-      const j = realizeJson(store, CHAIN, ['--out-link', link]);
-      const c = j.targets[0]!.rrefs[0]!;
-      assert.equal(rootLs(store).length, 1);
-      assert.equal(gc(store).realizations.length, 0, 'rooted: nothing to delete');
+  it(
+    'a moved out-link is no longer a root (nor is one repointed ' +
+      'elsewhere); the realize that made it keeps working',
+    () => {
+      const t = tempDir('cairn-gc');
+      try {
+        const store = path.join(t.dir, 'store');
+        const link = path.join(t.dir, 'a', 'result');
+        fs.mkdirSync(path.dirname(link));
+        const moved = path.join(t.dir, 'elsewhere');
+        const j = realizeJson(store, CHAIN, ['--out-link', link]);
+        const c = j.targets[0]!.rrefs[0]!;
+        assert.equal(rootLs(store).length, 1);
+        assert.equal(gc(store).realizations.length, 0, 'rooted: nothing to delete');
 
-      fs.renameSync(link, moved);
-      assert.deepEqual(rootLs(store), [], 'root ls does not list a moved link');
-      const r = gc(store);
-      assert.deepEqual(r.realizations.sort(), closureOf(j), 'the moved link no longer keeps anything');
-      assert.equal(r.staleOutLinks, 1);
-      assert.equal(
-        fs.existsSync(moved),
-        false,
-        "the moved link now dangles (it is the user's link; gc does not touch it)",
-      );
-      assert.ok(fs.lstatSync(moved).isSymbolicLink());
+        fs.renameSync(link, moved);
+        assert.deepEqual(rootLs(store), [], 'root ls does not list a moved link');
+        const r = gc(store);
+        assert.deepEqual(r.realizations.sort(), closureOf(j), 'the moved link no longer keeps anything');
+        assert.equal(r.staleOutLinks, 1);
+        assert.equal(
+          fs.existsSync(moved),
+          false,
+          "the moved link now dangles (it is the user's link; gc does not touch it)",
+        );
+        assert.ok(fs.lstatSync(moved).isSymbolicLink());
 
-      // Rebuild, link again, then repoint the link at something outside the store.
-      const j2 = realizeJson(store, CHAIN, ['--out-link', link]);
-      assert.equal(j2.targets[0]!.rrefs[0], c, 'deterministic: the same RRef again');
-      fs.unlinkSync(link);
-      fs.symlinkSync(t.dir, link);
-      assert.deepEqual(rootLs(store), []);
-      const r2 = gc(store);
-      assert.equal(r2.realizations.length, 3, 'a link pointing outside the store is not a root');
-      assert.equal(r2.staleOutLinks, 1);
-      assert.equal(fs.readlinkSync(link), t.dir, "gc leaves the user's link alone");
+        // Rebuild, link again, then repoint the link at something outside the store.
+        const j2 = realizeJson(store, CHAIN, ['--out-link', link]);
+        assert.equal(j2.targets[0]!.rrefs[0], c, 'deterministic: the same RRef again');
+        fs.unlinkSync(link);
+        fs.symlinkSync(t.dir, link);
+        assert.deepEqual(rootLs(store), []);
+        const r2 = gc(store);
+        assert.equal(r2.realizations.length, 3, 'a link pointing outside the store is not a root');
+        assert.equal(r2.staleOutLinks, 1);
+        assert.equal(fs.readlinkSync(link), t.dir, "gc leaves the user's link alone");
 
-      // A second out-link to the same realization: either keeps it.
-      realizeJson(store, CHAIN, ['--out-link', link]);
-      const link2 = path.join(t.dir, 'second');
-      realizeJson(store, CHAIN, ['--out-link', link2]);
-      assert.equal(rootLs(store).length, 2);
-      fs.unlinkSync(link);
-      assert.equal(gc(store).realizations.length, 0, 'the second link still keeps the closure');
-      fs.unlinkSync(link2);
-      assert.equal(gc(store).realizations.length, 3);
-      assertVerifyClean(store);
-    } finally {
-      t.cleanup();
-    }
-  });
+        // A second out-link to the same realization: either keeps it.
+        realizeJson(store, CHAIN, ['--out-link', link]);
+        const link2 = path.join(t.dir, 'second');
+        realizeJson(store, CHAIN, ['--out-link', link2]);
+        assert.equal(rootLs(store).length, 2);
+        fs.unlinkSync(link);
+        assert.equal(gc(store).realizations.length, 0, 'the second link still keeps the closure');
+        fs.unlinkSync(link2);
+        assert.equal(gc(store).realizations.length, 3);
+        assertVerifyClean(store);
+      } finally {
+        t.cleanup();
+      }
+    },
+  );
 
   it('an out-link is refused over a file that is not a symlink, and the existing file is left alone', () => {
     const t = tempDir('cairn-gc');
@@ -301,7 +309,8 @@ describe('gc: --dry-run, --keep-last, --older-than and the report', { timeout: 2
       assert.match(
         text[text.length - 1]!,
         new RegExp(
-          `^would delete 7 realization\\(s\\) and 5 derivation\\(s\\), freeing .* \\(${bytes} bytes\\); kept 0 realization`,
+          `^would delete 7 realization\\(s\\) and 5 derivation\\(s\\), ` +
+            `freeing .* \\(${bytes} bytes\\); kept 0 realization`,
         ),
       );
       assert.equal(realizeJson(store, PIPELINE).builds, 0, 'after dry runs everything is still cached');
@@ -316,7 +325,8 @@ describe('gc: --dry-run, --keep-last, --older-than and the report', { timeout: 2
       const text2 = ok(cairn(store, ['store', 'gc'])).stdout.trim();
       assert.equal(
         text2,
-        'deleted 0 realization(s) and 0 derivation(s), freed 0 B (0 bytes); kept 0 realization(s) reachable from 0 root(s)',
+        'deleted 0 realization(s) and 0 derivation(s), freed 0 B (0 ' +
+          'bytes); kept 0 realization(s) reachable from 0 root(s)',
       );
       assert.deepEqual(tmpEntries(store), []);
       assertVerifyClean(store);
@@ -400,83 +410,94 @@ describe('gc in a loop while other processes realize', { timeout: 600_000 }, () 
   const GCS = 20;
   const REALIZES = 20;
 
-  it(`${GCS} gc processes in a row, while ${REALIZES} realizes run in 2 lanes: every realize succeeds and the store verifies clean`, async () => {
-    const t = tempDir('cairn-gc-loop');
-    try {
-      const store = path.join(t.dir, 'store');
-      ok(cairn(store, ['realize', CHAIN, '-q']));
-      const gcReports: GcReport[] = [];
-      const gcFailures: CliResult[] = [];
-      const realizeResults: { file: string; r: CliResult }[] = [];
-      const gcLane = async (): Promise<void> => {
-        for (let i = 0; i < GCS; i++) {
-          const r = await cairnAsync(store, ['store', 'gc', '--json']);
-          if (r.code === 0) gcReports.push(JSON.parse(r.stdout) as GcReport);
-          else gcFailures.push(r);
+  it(
+    `${GCS} gc processes in a row, while ${REALIZES} realizes run in 2 lanes: ` +
+      `every realize succeeds and the store verifies clean`,
+    async () => {
+      const t = tempDir('cairn-gc-loop');
+      try {
+        const store = path.join(t.dir, 'store');
+        ok(cairn(store, ['realize', CHAIN, '-q']));
+        const gcReports: GcReport[] = [];
+        const gcFailures: CliResult[] = [];
+        const realizeResults: { file: string; r: CliResult }[] = [];
+        const gcLane = async (): Promise<void> => {
+          for (let i = 0; i < GCS; i++) {
+            const r = await cairnAsync(store, ['store', 'gc', '--json']);
+            if (r.code === 0) gcReports.push(JSON.parse(r.stdout) as GcReport);
+            else gcFailures.push(r);
+          }
+        };
+        const realizeLane = async (lane: number): Promise<void> => {
+          for (let i = 0; i < REALIZES / 2; i++) {
+            // Alternate closures, so gc collects one while the other is being realized.
+            const file = (i + lane) % 2 === 0 ? PIPELINE : CHAIN;
+            realizeResults.push({ file, r: await cairnAsync(store, ['realize', file, '-q']) });
+          }
+        };
+        const started = Date.now();
+        await Promise.all([gcLane(), realizeLane(0), realizeLane(1)]);
+        const ms = Date.now() - started;
+
+        assert.equal(realizeResults.length, REALIZES);
+        for (const { file, r } of realizeResults) {
+          assert.equal(r.code, 0, `realize ${path.basename(file)} exited ${r.code}: ${r.stderr.slice(0, 1500)}`);
+          assert.match(lastLine(r.stdout), /^[0-9a-z]{32}-[0-9a-z]{32}-(final|c)$/);
         }
-      };
-      const realizeLane = async (lane: number): Promise<void> => {
-        for (let i = 0; i < REALIZES / 2; i++) {
-          // Alternate closures, so gc collects one while the other is being realized.
-          const file = (i + lane) % 2 === 0 ? PIPELINE : CHAIN;
-          realizeResults.push({ file, r: await cairnAsync(store, ['realize', file, '-q']) });
+        assert.deepEqual(
+          gcFailures.map((r) => r.stderr.slice(0, 500)),
+          [],
+          'every gc succeeds',
+        );
+        const deleted = gcReports.reduce((a, r) => a + r.realizations.length, 0);
+        console.log(
+          `gc loop: ${gcReports.length} gc runs deleted ${deleted} realization(s) ` +
+            `while ${REALIZES} realizes ran (${(ms / 1000).toFixed(1)}s)`,
+        );
+
+        // Whatever gc deleted, each closure realizes again consistently.
+        for (const file of [PIPELINE, CHAIN]) {
+          const j = realizeJson(store, file);
+          for (const p of j.plan) for (const r of p.rrefs) assert.ok(fs.existsSync(outDir(store, r)), `${r} exists`);
         }
-      };
-      const started = Date.now();
-      await Promise.all([gcLane(), realizeLane(0), realizeLane(1)]);
-      const ms = Date.now() - started;
-
-      assert.equal(realizeResults.length, REALIZES);
-      for (const { file, r } of realizeResults) {
-        assert.equal(r.code, 0, `realize ${path.basename(file)} exited ${r.code}: ${r.stderr.slice(0, 1500)}`);
-        assert.match(lastLine(r.stdout), /^[0-9a-z]{32}-[0-9a-z]{32}-(final|c)$/);
+        const j = realizeJson(store, PIPELINE);
+        const final = j.targets[0]!.rrefs[0]!;
+        const mix = planOf(j, 'mix').rrefs[0]!;
+        const fan = planOf(j, 'fan').rrefs[0]!;
+        const expected =
+          `${fs.readFileSync(path.join(outDir(store, mix), 'mix.txt'), 'utf8').trim()} ` +
+          `${fs.readFileSync(path.join(outDir(store, fan), 'fan', '0.txt'), 'utf8').trim()}\n`;
+        assert.equal(
+          fs.readFileSync(path.join(outDir(store, final), 'final.txt'), 'utf8'),
+          expected,
+          'final was built from the chosen inputs',
+        );
+        assert.deepEqual(tmpEntries(store), [], 'STORE/tmp is empty');
+        assertVerifyClean(store, 'store verify after the gc loop');
+      } finally {
+        t.cleanup();
       }
-      assert.deepEqual(
-        gcFailures.map((r) => r.stderr.slice(0, 500)),
-        [],
-        'every gc succeeds',
-      );
-      const deleted = gcReports.reduce((a, r) => a + r.realizations.length, 0);
-      console.log(
-        `gc loop: ${gcReports.length} gc runs deleted ${deleted} realization(s) while ${REALIZES} realizes ran (${(ms / 1000).toFixed(1)}s)`,
-      );
+    },
+  );
 
-      // Whatever gc deleted, each closure realizes again consistently.
-      for (const file of [PIPELINE, CHAIN]) {
-        const j = realizeJson(store, file);
-        for (const p of j.plan) for (const r of p.rrefs) assert.ok(fs.existsSync(outDir(store, r)), `${r} exists`);
-      }
-      const j = realizeJson(store, PIPELINE);
-      const final = j.targets[0]!.rrefs[0]!;
-      const mix = planOf(j, 'mix').rrefs[0]!;
-      const fan = planOf(j, 'fan').rrefs[0]!;
-      const expected = `${fs.readFileSync(path.join(outDir(store, mix), 'mix.txt'), 'utf8').trim()} ${fs.readFileSync(path.join(outDir(store, fan), 'fan', '0.txt'), 'utf8').trim()}\n`;
-      assert.equal(
-        fs.readFileSync(path.join(outDir(store, final), 'final.txt'), 'utf8'),
-        expected,
-        'final was built from the chosen inputs',
-      );
-      assert.deepEqual(tmpEntries(store), [], 'STORE/tmp is empty');
-      assertVerifyClean(store, 'store verify after the gc loop');
-    } finally {
-      t.cleanup();
-    }
-  });
-
-  it('an out-link made by `realize --out-link` while gc runs continuously always points at an existing realization', async () => {
-    // gc runs back to back in one separate process (about a few ms per
-    // run), so any moment in which a just-realized target is not protected
-    // by a temp root or its out-link is likely to be hit.
-    const ROUNDS = 30;
-    const t = tempDir('cairn-gc-outlink');
-    try {
-      const store = path.join(t.dir, 'store');
-      ok(cairn(store, ['realize', CHAIN, '-q']));
-      const stop = path.join(t.dir, 'stop');
-      const script = `
+  it(
+    'an out-link made by `realize --out-link` while gc runs continuously ' + 'always points at an existing realization',
+    async () => {
+      // gc runs back to back in one separate process (about a few ms per
+      // run), so any moment in which a just-realized target is not protected
+      // by a temp root or its out-link is likely to be hit.
+      const ROUNDS = 30;
+      const t = tempDir('cairn-gc-outlink');
+      try {
+        const store = path.join(t.dir, 'store');
+        ok(cairn(store, ['realize', CHAIN, '-q']));
+        const stop = path.join(t.dir, 'stop');
+        const script =
+          `
         const fs = await import('node:fs');
         const { LocalStore } = await import(${JSON.stringify(path.join(repoRoot, 'dist', 'src', 'store', 'store.js'))});
-        const { collectGarbage } = await import(${JSON.stringify(path.join(repoRoot, 'dist', 'src', 'store', 'gc.js'))});
+        const { collectGarbage } = await import(` +
+          `${JSON.stringify(path.join(repoRoot, 'dist', 'src', 'store', 'gc.js'))});
         const s = LocalStore.open(${JSON.stringify(store)});
         let runs = 0, deleted = 0;
         for (let i = 0; i < 200000 && !fs.existsSync(${JSON.stringify(stop)}); i++) {
@@ -484,131 +505,141 @@ describe('gc in a loop while other processes realize', { timeout: 600_000 }, () 
           runs++; deleted += r.realizations.length;
         }
         console.log(JSON.stringify({ runs, deleted }));`;
-      const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
-      let childOut = '';
-      let childErr = '';
-      child.stdout.setEncoding('utf8').on('data', (d: string) => {
-        childOut += d;
-      });
-      child.stderr.setEncoding('utf8').on('data', (d: string) => {
-        childErr += d;
-      });
-      const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
-      const dangling: string[] = [];
-      const failures: string[] = [];
-      try {
-        for (let i = 0; i < ROUNDS; i++) {
-          const link = path.join(t.dir, `result-${i}`);
-          const r = await cairnAsync(store, ['realize', CHAIN, '-q', '--out-link', link]);
-          if (r.code !== 0) failures.push(r.stderr.slice(0, 300));
-          else if (!fs.existsSync(link)) dangling.push(`${link} -> ${fs.readlinkSync(link)}`);
-          fs.rmSync(link, { force: true });
+        const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+          stdio: ['ignore', 'pipe', 'pipe'],
+        });
+        let childOut = '';
+        let childErr = '';
+        child.stdout.setEncoding('utf8').on('data', (d: string) => {
+          childOut += d;
+        });
+        child.stderr.setEncoding('utf8').on('data', (d: string) => {
+          childErr += d;
+        });
+        const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
+        const dangling: string[] = [];
+        const failures: string[] = [];
+        try {
+          for (let i = 0; i < ROUNDS; i++) {
+            const link = path.join(t.dir, `result-${i}`);
+            const r = await cairnAsync(store, ['realize', CHAIN, '-q', '--out-link', link]);
+            if (r.code !== 0) failures.push(r.stderr.slice(0, 300));
+            else if (!fs.existsSync(link)) dangling.push(`${link} -> ${fs.readlinkSync(link)}`);
+            fs.rmSync(link, { force: true });
+          }
+        } finally {
+          fs.writeFileSync(stop, '');
         }
+        assert.equal(await exited, 0, `gc loop failed: ${childErr.slice(0, 1000)}`);
+        const stats = JSON.parse(childOut) as { runs: number; deleted: number };
+        console.log(
+          `out-link race: ${stats.runs} gc runs, ${stats.deleted} ` +
+            `deleted, ${dangling.length}/${ROUNDS} out-links dangling`,
+        );
+        assert.deepEqual(failures, [], 'every realize succeeds');
+        assert.deepEqual(
+          dangling,
+          [],
+          `out-links must never dangle right after realize --out-link exits (${dangling.length} of ${ROUNDS} did)`,
+        );
       } finally {
-        fs.writeFileSync(stop, '');
+        t.cleanup();
       }
-      assert.equal(await exited, 0, `gc loop failed: ${childErr.slice(0, 1000)}`);
-      const stats = JSON.parse(childOut) as { runs: number; deleted: number };
-      console.log(
-        `out-link race: ${stats.runs} gc runs, ${stats.deleted} deleted, ${dangling.length}/${ROUNDS} out-links dangling`,
-      );
-      assert.deepEqual(failures, [], 'every realize succeeds');
-      assert.deepEqual(
-        dangling,
-        [],
-        `out-links must never dangle right after realize --out-link exits (${dangling.length} of ${ROUNDS} did)`,
-      );
-    } finally {
-      t.cleanup();
-    }
-  });
+    },
+  );
 });
 
 describe('gc: dropped out-link roots are named, with why', { timeout: 240_000 }, () => {
-  it('--dry-run lists each out-link whose link was moved, deleted or repointed, and leaves the entries; gc then drops them', () => {
-    const t = tempDir('cairn-gc');
-    try {
-      const store = path.join(t.dir, 'store');
-      const links = ['moved', 'deleted', 'repointed', 'kept'].map((n) => path.join(t.dir, n));
-      for (const l of links) realizeJson(store, CHAIN, ['--out-link', l]);
-      fs.renameSync(links[0]!, path.join(t.dir, 'somewhere-else'));
-      fs.unlinkSync(links[1]!);
-      fs.unlinkSync(links[2]!);
-      fs.symlinkSync(t.dir, links[2]!);
+  it(
+    '--dry-run lists each out-link whose link was moved, deleted or ' +
+      'repointed, and leaves the entries; gc then drops them',
+    () => {
+      const t = tempDir('cairn-gc');
+      try {
+        const store = path.join(t.dir, 'store');
+        const links = ['moved', 'deleted', 'repointed', 'kept'].map((n) => path.join(t.dir, n));
+        for (const l of links) realizeJson(store, CHAIN, ['--out-link', l]);
+        fs.renameSync(links[0]!, path.join(t.dir, 'somewhere-else'));
+        fs.unlinkSync(links[1]!);
+        fs.unlinkSync(links[2]!);
+        fs.symlinkSync(t.dir, links[2]!);
 
-      const dry = ok(cairn(store, ['store', 'gc', '--dry-run'])).stdout;
-      assert.ok(dry.includes(`would drop out-link root ${links[0]}: the link is gone (deleted or moved`), dry);
-      assert.ok(dry.includes(`would drop out-link root ${links[1]}: the link is gone (deleted or moved`), dry);
-      assert.ok(
-        dry.includes(`would drop out-link root ${links[2]}: it now points to ${t.dir}, not into this store`),
-        dry,
-      );
-      assert.ok(!dry.includes(links[3]!), 'a live out-link is not mentioned');
-      assert.equal(fs.readdirSync(path.join(store, 'roots', 'auto')).length, 4, 'a dry run drops nothing');
+        const dry = ok(cairn(store, ['store', 'gc', '--dry-run'])).stdout;
+        assert.ok(dry.includes(`would drop out-link root ${links[0]}: the link is gone (deleted or moved`), dry);
+        assert.ok(dry.includes(`would drop out-link root ${links[1]}: the link is gone (deleted or moved`), dry);
+        assert.ok(
+          dry.includes(`would drop out-link root ${links[2]}: it now points to ${t.dir}, not into this store`),
+          dry,
+        );
+        assert.ok(!dry.includes(links[3]!), 'a live out-link is not mentioned');
+        assert.equal(fs.readdirSync(path.join(store, 'roots', 'auto')).length, 4, 'a dry run drops nothing');
 
-      const r = gc(store);
-      assert.deepEqual(r.droppedOutLinks.map((d) => d.link).sort(), links.slice(0, 3).sort());
-      assert.equal(r.staleOutLinks, 3);
-      assert.equal(r.realizations.length, 0, 'the live out-link still keeps the chain');
-      assert.equal(fs.readdirSync(path.join(store, 'roots', 'auto')).length, 1);
-      assert.doesNotMatch(
-        ok(cairn(store, ['store', 'gc', '--dry-run'])).stdout,
-        /drop out-link/,
-        'reported until dropped, then no more',
-      );
-    } finally {
-      t.cleanup();
-    }
-  });
+        const r = gc(store);
+        assert.deepEqual(r.droppedOutLinks.map((d) => d.link).sort(), links.slice(0, 3).sort());
+        assert.equal(r.staleOutLinks, 3);
+        assert.equal(r.realizations.length, 0, 'the live out-link still keeps the chain');
+        assert.equal(fs.readdirSync(path.join(store, 'roots', 'auto')).length, 1);
+        assert.doesNotMatch(
+          ok(cairn(store, ['store', 'gc', '--dry-run'])).stdout,
+          /drop out-link/,
+          'reported until dropped, then no more',
+        );
+      } finally {
+        t.cleanup();
+      }
+    },
+  );
 });
 
 describe('gc --keep-best: what a best() stage would choose', { timeout: 240_000 }, () => {
-  it("keeps the N best-scoring realizations of the ML demo's train stage (and their closure), as its best() matcher ranks them", () => {
-    const t = tempDir('cairn-gc');
-    try {
-      const store = path.join(t.dir, 'store');
-      const ml = path.join(repoRoot, 'examples', 'ml', 'pipeline.ts');
-      realizeJson(store, ml);
-      realizeJson(store, ml, ['--force', 'train']);
-      const j = realizeJson(store, ml, ['--force', 'train']);
-      const trains = rrefsOf(store, 'train');
-      assert.equal(trains.length, 9);
-      const score = (r: string): number => Number(fs.readFileSync(path.join(outDir(store, r), 'score.txt'), 'utf8'));
-      const created = (r: string): number =>
-        (JSON.parse(fs.readFileSync(path.join(rzDir(store, r), 'meta.json'), 'utf8')) as { created: number }).created;
-      // best()'s order: highest score first; equal scores (the demo's models converge) go to the older.
-      const order =
-        (sign: number) =>
-        (a: string, b: string): number =>
-          sign * (score(b) - score(a)) || created(a) - created(b) || (a < b ? -1 : 1);
-      const ranked = [...trains].sort(order(1));
-      // The matcher's choice is the best one.
-      assert.equal(planOf(j, 'train').rrefs[0], ranked[0]);
+  it(
+    "keeps the N best-scoring realizations of the ML demo's train stage " +
+      '(and their closure), as its best() matcher ranks them',
+    () => {
+      const t = tempDir('cairn-gc');
+      try {
+        const store = path.join(t.dir, 'store');
+        const ml = path.join(repoRoot, 'examples', 'ml', 'pipeline.ts');
+        realizeJson(store, ml);
+        realizeJson(store, ml, ['--force', 'train']);
+        const j = realizeJson(store, ml, ['--force', 'train']);
+        const trains = rrefsOf(store, 'train');
+        assert.equal(trains.length, 9);
+        const score = (r: string): number => Number(fs.readFileSync(path.join(outDir(store, r), 'score.txt'), 'utf8'));
+        const created = (r: string): number =>
+          (JSON.parse(fs.readFileSync(path.join(rzDir(store, r), 'meta.json'), 'utf8')) as { created: number }).created;
+        // best()'s order: highest score first; equal scores (the demo's models converge) go to the older.
+        const order =
+          (sign: number) =>
+          (a: string, b: string): number =>
+            sign * (score(b) - score(a)) || created(a) - created(b) || (a < b ? -1 : 1);
+        const ranked = [...trains].sort(order(1));
+        // The matcher's choice is the best one.
+        assert.equal(planOf(j, 'train').rrefs[0], ranked[0]);
 
-      const dry = gc(store, ['--dry-run', '--keep-best', '2']);
-      assert.deepEqual(trains.filter((r) => !dry.realizations.includes(r)).sort(), ranked.slice(0, 2).sort());
-      const low = gc(store, ['--dry-run', '--keep-best', '1', '--lowest']);
-      assert.deepEqual(
-        trains.filter((r) => !low.realizations.includes(r)),
-        [[...trains].sort(order(-1))[0]],
-      );
+        const dry = gc(store, ['--dry-run', '--keep-best', '2']);
+        assert.deepEqual(trains.filter((r) => !dry.realizations.includes(r)).sort(), ranked.slice(0, 2).sort());
+        const low = gc(store, ['--dry-run', '--keep-best', '1', '--lowest']);
+        assert.deepEqual(
+          trains.filter((r) => !low.realizations.includes(r)),
+          [[...trains].sort(order(-1))[0]],
+        );
 
-      const r = gc(store, ['--keep-best', '1']);
-      assert.deepEqual(rrefsOf(store, 'train'), [ranked[0]], 'only the best train realization is left');
-      assert.equal(rrefsOf(store, 'dataset').length, 1, 'with its closure');
-      assert.equal(rrefsOf(store, 'report').length, 0, 'a stage without a score keeps nothing by --keep-best');
-      assert.ok(r.realizations.length >= 8);
-      // The best realization is still there, so a realize builds only the report again.
-      const again = realizeJson(store, ml);
-      assert.equal(again.builds, 1);
-      assert.equal(planOf(again, 'train').action, 'cached');
-      assertVerifyClean(store);
-    } finally {
-      t.cleanup();
-    }
-  });
+        const r = gc(store, ['--keep-best', '1']);
+        assert.deepEqual(rrefsOf(store, 'train'), [ranked[0]], 'only the best train realization is left');
+        assert.equal(rrefsOf(store, 'dataset').length, 1, 'with its closure');
+        assert.equal(rrefsOf(store, 'report').length, 0, 'a stage without a score keeps nothing by --keep-best');
+        assert.ok(r.realizations.length >= 8);
+        // The best realization is still there, so a realize builds only the report again.
+        const again = realizeJson(store, ml);
+        assert.equal(again.builds, 1);
+        assert.equal(planOf(again, 'train').action, 'cached');
+        assertVerifyClean(store);
+      } finally {
+        t.cleanup();
+      }
+    },
+  );
 
   it('--keep-best reads a JSON field with --score-file and --score-key; usage errors are refused', () => {
     const t = tempDir('cairn-gc');
@@ -620,8 +651,10 @@ describe('gc --keep-best: what a best() stage would choose', { timeout: 240_000 
         [
           "import * as fs from 'node:fs';",
           "import { stage, best } from 'cairn';",
-          "export default stage({ name: 'scored', n: 4, config: {}, outputs: ['m.json'], matcher: best({ file: 'm.json', key: 'acc' }),",
-          "  build: ({ outs }) => outs.forEach((o, i) => fs.writeFileSync(o + '/m.json', JSON.stringify({ acc: [0.5, 0.9, 0.1, 0.7][i] }))) });",
+          "export default stage({ name: 'scored', n: 4, config: {}, outputs: " +
+            "['m.json'], matcher: best({ file: 'm.json', key: 'acc' }),",
+          '  build: ({ outs }) => outs.forEach((o, i) => fs.writeFileSync(o + ' +
+            "'/m.json', JSON.stringify({ acc: [0.5, 0.9, 0.1, 0.7][i] }))) });",
           '',
         ].join('\n'),
       );

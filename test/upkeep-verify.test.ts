@@ -360,61 +360,70 @@ describe('store verify: injected faults', { timeout: 600_000 }, () => {
       assert.match(text.stdout, new RegExp(`^${fault.kind}\\s+${bad}: `, 'm'), 'the text report names the RRef too');
     });
 
-    it(`${fault.name}: after verify, a realize never serves it and the rebuilt downstream stage reads intact content`, () => {
-      const store = copyPristine();
-      fault.inject(store);
-      verify(store);
-      const j = realizeJson(store, PIPELINE, ['-f', 'mix']);
-      const served = j.plan.flatMap((p) => p.rrefs);
-      const check = verifyRefs(store, served);
-      // A realization with only write bits set has intact content and may be
-      // served; its detection is the business of the test above.
-      const content = check.problems.filter((p) => !(fault.kind === 'writable' && p.kind === 'writable'));
-      assert.deepEqual(content, [], `every realization the realize chose is intact (${served.length} checked)`);
-      assert.equal(
-        fs.readFileSync(path.join(outDir(store, planOf(j, 'mix').rrefs[0]!), 'mix.txt'), 'utf8'),
-        expectedMix(store, j),
-        'the rebuilt downstream stage read intact inputs',
-      );
-      const seed = planOf(j, 'seed').rrefs[0]!;
-      assert.equal(fs.readFileSync(path.join(outDir(store, seed), 'sub', 'deep.txt'), 'utf8'), 'deep\n');
-      assert.equal(fs.readlinkSync(path.join(outDir(store, seed), 'link')), 'sub/deep.txt');
-      assert.deepEqual(tmpEntries(store), []);
-    });
+    it(
+      `${fault.name}: after verify, a realize never serves it and ` +
+        `the rebuilt downstream stage reads intact content`,
+      () => {
+        const store = copyPristine();
+        fault.inject(store);
+        verify(store);
+        const j = realizeJson(store, PIPELINE, ['-f', 'mix']);
+        const served = j.plan.flatMap((p) => p.rrefs);
+        const check = verifyRefs(store, served);
+        // A realization with only write bits set has intact content and may be
+        // served; its detection is the business of the test above.
+        const content = check.problems.filter((p) => !(fault.kind === 'writable' && p.kind === 'writable'));
+        assert.deepEqual(content, [], `every realization the realize chose is intact (${served.length} checked)`);
+        assert.equal(
+          fs.readFileSync(path.join(outDir(store, planOf(j, 'mix').rrefs[0]!), 'mix.txt'), 'utf8'),
+          expectedMix(store, j),
+          'the rebuilt downstream stage read intact inputs',
+        );
+        const seed = planOf(j, 'seed').rrefs[0]!;
+        assert.equal(fs.readFileSync(path.join(outDir(store, seed), 'sub', 'deep.txt'), 'utf8'), 'deep\n');
+        assert.equal(fs.readlinkSync(path.join(outDir(store, seed), 'link')), 'sub/deep.txt');
+        assert.deepEqual(tmpEntries(store), []);
+      },
+    );
 
-    it(`${fault.name}: verify --repair ${fault.kind === 'writable' ? 'clears the write bits' : 'moves it to STORE/quarantine'}, and verify is clean afterwards`, () => {
-      const store = copyPristine();
-      const bad = fault.inject(store);
-      const rep = verify(store, { repair: true });
-      assert.equal(rep.code, 0, `verify --repair exits 0 once it has repaired: ${rep.stderr}`);
-      assert.equal(rep.report.repaired, true);
-      assert.deepEqual(
-        rep.report.problems.map((p) => ({ ref: p.ref, kind: p.kind })),
-        [{ ref: bad, kind: fault.kind }],
-      );
-      if (fault.kind === 'writable') {
-        assert.deepEqual(rep.report.quarantined, []);
-        assert.ok(fs.existsSync(rzDir(store, bad)), 'content was intact, so it stays');
-        const modes = snapshot(rzDir(store, bad)).filter((l) => !/ l /.test(l));
-        for (const l of modes)
-          assert.equal(Number.parseInt(l.split(' ')[2]!, 8) & 0o222, 0, `write bits cleared: '${l}'`);
-      } else {
-        assert.deepEqual(rep.report.quarantined, [bad]);
-        assert.equal(fs.existsSync(rzDir(store, bad)), false, 'moved out of d/');
-        const q = fs.readdirSync(path.join(store, 'quarantine'));
-        assert.equal(q.length, 1);
-        assert.ok(q[0]!.startsWith(`${bad}-`), `quarantine/${q[0]} is named after the RRef`);
-      }
-      assertVerifyClean(store, 'verify after --repair');
-      const again = realizeJson(store, PIPELINE);
-      assert.equal(
-        again.builds > 0,
-        fault.kind === 'modified',
-        'a quarantined realization is rebuilt (or replaced); a writable one is kept',
-      );
-      assertVerifyClean(store, 'verify after the rebuild');
-      assert.deepEqual(tmpEntries(store), []);
-    });
+    it(
+      `${fault.name}: verify --repair ` +
+        (fault.kind === 'writable' ? 'clears the write bits' : 'moves it to STORE/quarantine') +
+        `, and verify is clean afterwards`,
+      () => {
+        const store = copyPristine();
+        const bad = fault.inject(store);
+        const rep = verify(store, { repair: true });
+        assert.equal(rep.code, 0, `verify --repair exits 0 once it has repaired: ${rep.stderr}`);
+        assert.equal(rep.report.repaired, true);
+        assert.deepEqual(
+          rep.report.problems.map((p) => ({ ref: p.ref, kind: p.kind })),
+          [{ ref: bad, kind: fault.kind }],
+        );
+        if (fault.kind === 'writable') {
+          assert.deepEqual(rep.report.quarantined, []);
+          assert.ok(fs.existsSync(rzDir(store, bad)), 'content was intact, so it stays');
+          const modes = snapshot(rzDir(store, bad)).filter((l) => !/ l /.test(l));
+          for (const l of modes)
+            assert.equal(Number.parseInt(l.split(' ')[2]!, 8) & 0o222, 0, `write bits cleared: '${l}'`);
+        } else {
+          assert.deepEqual(rep.report.quarantined, [bad]);
+          assert.equal(fs.existsSync(rzDir(store, bad)), false, 'moved out of d/');
+          const q = fs.readdirSync(path.join(store, 'quarantine'));
+          assert.equal(q.length, 1);
+          assert.ok(q[0]!.startsWith(`${bad}-`), `quarantine/${q[0]} is named after the RRef`);
+        }
+        assertVerifyClean(store, 'verify after --repair');
+        const again = realizeJson(store, PIPELINE);
+        assert.equal(
+          again.builds > 0,
+          fault.kind === 'modified',
+          'a quarantined realization is rebuilt (or replaced); a writable one is kept',
+        );
+        assertVerifyClean(store, 'verify after the rebuild');
+        assert.deepEqual(tmpEntries(store), []);
+      },
+    );
   }
 
   it('detects 100% of the injected faults', () => {
@@ -465,105 +474,120 @@ describe('store verify: index drift', { timeout: 300_000 }, () => {
     }
   });
 
-  it("a realization deleted behind the index's back is 'missing'; --repair drops the row and the next realize rebuilds", () => {
-    const t = tempDir('cairn-verify-drift');
-    try {
-      const store = path.join(t.dir, 'store');
-      const j = realizeJson(store, PIPELINE);
-      const gone = planOf(j, 'final').rrefs[0]!;
-      spawnSync('chmod', ['-R', 'u+w', rzDir(store, gone)]);
-      fs.rmSync(rzDir(store, gone), { recursive: true });
-      const v = verify(store);
-      assert.equal(v.code, 1);
-      assert.deepEqual(
-        v.report.problems.map((p) => ({ ref: p.ref, kind: p.kind })),
-        [{ ref: gone, kind: 'missing' }],
-      );
-      assert.equal(verify(store, { repair: true }).code, 0);
-      assertVerifyClean(store);
-      const again = realizeJson(store, PIPELINE);
-      assert.equal(again.builds, 1, 'final is rebuilt');
-      assert.equal(again.targets[0]!.rrefs[0], gone, 'deterministically, into the same RRef');
-      assertVerifyClean(store);
-    } finally {
-      t.cleanup();
-    }
-  });
+  it(
+    "a realization deleted behind the index's back is 'missing'; " +
+      '--repair drops the row and the next realize rebuilds',
+    () => {
+      const t = tempDir('cairn-verify-drift');
+      try {
+        const store = path.join(t.dir, 'store');
+        const j = realizeJson(store, PIPELINE);
+        const gone = planOf(j, 'final').rrefs[0]!;
+        spawnSync('chmod', ['-R', 'u+w', rzDir(store, gone)]);
+        fs.rmSync(rzDir(store, gone), { recursive: true });
+        const v = verify(store);
+        assert.equal(v.code, 1);
+        assert.deepEqual(
+          v.report.problems.map((p) => ({ ref: p.ref, kind: p.kind })),
+          [{ ref: gone, kind: 'missing' }],
+        );
+        assert.equal(verify(store, { repair: true }).code, 0);
+        assertVerifyClean(store);
+        const again = realizeJson(store, PIPELINE);
+        assert.equal(again.builds, 1, 'final is rebuilt');
+        assert.equal(again.targets[0]!.rrefs[0], gone, 'deterministically, into the same RRef');
+        assertVerifyClean(store);
+      } finally {
+        t.cleanup();
+      }
+    },
+  );
 
-  it("a realization copied in from another store (cp -a, like rsync) is 'extra' and indexed by --repair; so is a whole derivation", () => {
-    const t = tempDir('cairn-verify-copy');
-    try {
-      const a = path.join(t.dir, 'a');
-      const b = path.join(t.dir, 'b');
-      const ja = realizeJson(a, PIPELINE, ['-s', 'noise']);
-      realizeJson(b, PIPELINE, ['-s', 'noise']);
-      ok(cairn(b, ['realize', CHAIN, '-q', '-s', 'a']));
-      const noiseDref = planOf(ja, 'noise').dref;
-      const foreign = rrefsOf(b, 'noise')[0]!;
-      assert.ok(!rrefsOf(a, 'noise').includes(foreign), 'random outputs: the other store has other noise realizations');
-      // Copy one realization directory into the existing derivation ...
-      const r1 = spawnSync('cp', ['-a', rzDir(b, foreign), path.join(a, 'd', noiseDref, 'r')]);
-      assert.equal(r1.status, 0, String(r1.stderr));
-      // ... and a whole derivation the store does not have.
-      const aDref = fs.readdirSync(path.join(b, 'd')).find((d) => d.endsWith('-a'))!;
-      const r2 = spawnSync('cp', ['-a', path.join(b, 'd', aDref), path.join(a, 'd')]);
-      assert.equal(r2.status, 0, String(r2.stderr));
-      const chainA = rrefsOf(b, 'a')[0]!;
+  it(
+    'a realization copied in from another store (cp -a, like rsync) is ' +
+      "'extra' and indexed by --repair; so is a whole derivation",
+    () => {
+      const t = tempDir('cairn-verify-copy');
+      try {
+        const a = path.join(t.dir, 'a');
+        const b = path.join(t.dir, 'b');
+        const ja = realizeJson(a, PIPELINE, ['-s', 'noise']);
+        realizeJson(b, PIPELINE, ['-s', 'noise']);
+        ok(cairn(b, ['realize', CHAIN, '-q', '-s', 'a']));
+        const noiseDref = planOf(ja, 'noise').dref;
+        const foreign = rrefsOf(b, 'noise')[0]!;
+        assert.ok(
+          !rrefsOf(a, 'noise').includes(foreign),
+          'random outputs: the other store has other noise realizations',
+        );
+        // Copy one realization directory into the existing derivation ...
+        const r1 = spawnSync('cp', ['-a', rzDir(b, foreign), path.join(a, 'd', noiseDref, 'r')]);
+        assert.equal(r1.status, 0, String(r1.stderr));
+        // ... and a whole derivation the store does not have.
+        const aDref = fs.readdirSync(path.join(b, 'd')).find((d) => d.endsWith('-a'))!;
+        const r2 = spawnSync('cp', ['-a', path.join(b, 'd', aDref), path.join(a, 'd')]);
+        assert.equal(r2.status, 0, String(r2.stderr));
+        const chainA = rrefsOf(b, 'a')[0]!;
 
-      const v = verify(a);
-      assert.equal(v.code, 1);
-      assert.deepEqual(
-        v.report.problems.map((p) => `${p.kind} ${p.ref}`).sort(),
-        [`extra ${chainA}`, `extra ${foreign}`].sort(),
-      );
-      const rep = verify(a, { repair: true });
-      assert.equal(rep.code, 0);
-      assertVerifyClean(a);
-      const listed = ok(cairn(a, ['lsref', noiseDref]))
-        .stdout.split('\n')
-        .filter(Boolean)
-        .map((l) => l.split(/\s+/)[0]);
-      assert.equal(listed.length, 3);
-      assert.ok(listed.includes(foreign), 'the copied realization is indexed');
-      // The copied derivation serves a realize at once.
-      const chain = JSON.parse(ok(cairn(a, ['realize', CHAIN, '--json', '-s', 'a'])).stdout) as RealizeJson;
-      assert.equal(chain.builds, 0);
-      assert.deepEqual(chain.targets[0]!.rrefs, [chainA]);
-      assert.equal(ok(cairn(a, ['catref', chainA, 'a.txt'])).stdout, 'alpha\n');
-    } finally {
-      t.cleanup();
-    }
-  });
+        const v = verify(a);
+        assert.equal(v.code, 1);
+        assert.deepEqual(
+          v.report.problems.map((p) => `${p.kind} ${p.ref}`).sort(),
+          [`extra ${chainA}`, `extra ${foreign}`].sort(),
+        );
+        const rep = verify(a, { repair: true });
+        assert.equal(rep.code, 0);
+        assertVerifyClean(a);
+        const listed = ok(cairn(a, ['lsref', noiseDref]))
+          .stdout.split('\n')
+          .filter(Boolean)
+          .map((l) => l.split(/\s+/)[0]);
+        assert.equal(listed.length, 3);
+        assert.ok(listed.includes(foreign), 'the copied realization is indexed');
+        // The copied derivation serves a realize at once.
+        const chain = JSON.parse(ok(cairn(a, ['realize', CHAIN, '--json', '-s', 'a'])).stdout) as RealizeJson;
+        assert.equal(chain.builds, 0);
+        assert.deepEqual(chain.targets[0]!.rrefs, [chainA]);
+        assert.equal(ok(cairn(a, ['catref', chainA, 'a.txt'])).stdout, 'alpha\n');
+      } finally {
+        t.cleanup();
+      }
+    },
+  );
 });
 
 describe('store verify: layout version', () => {
-  it('a store.json with another layout gives E_STORE_VERSION for verify, verify --repair, gc and root ls, and nothing is changed', () => {
-    const t = tempDir('cairn-verify-layout');
-    try {
-      const store = path.join(t.dir, 'store');
-      realizeJson(store, CHAIN);
-      const marker = path.join(store, 'store.json');
-      fs.chmodSync(marker, 0o644);
-      fs.writeFileSync(marker, '{"cairn-store":true,"layout":2}\n');
-      fs.chmodSync(marker, 0o444);
-      const before = snapshot(store, (rel) => rel.startsWith('index.sqlite'));
-      for (const args of [
-        ['store', 'verify'],
-        ['store', 'verify', '--repair'],
-        ['store', 'gc'],
-        ['root', 'ls'],
-      ]) {
-        const r = cairn(store, args);
-        expectError(r, 'E_STORE_VERSION', args.join(' '));
-        assert.equal(r.stdout, '');
+  it(
+    'a store.json with another layout gives E_STORE_VERSION for verify, ' +
+      'verify --repair, gc and root ls, and nothing is changed',
+    () => {
+      const t = tempDir('cairn-verify-layout');
+      try {
+        const store = path.join(t.dir, 'store');
+        realizeJson(store, CHAIN);
+        const marker = path.join(store, 'store.json');
+        fs.chmodSync(marker, 0o644);
+        fs.writeFileSync(marker, '{"cairn-store":true,"layout":2}\n');
+        fs.chmodSync(marker, 0o444);
+        const before = snapshot(store, (rel) => rel.startsWith('index.sqlite'));
+        for (const args of [
+          ['store', 'verify'],
+          ['store', 'verify', '--repair'],
+          ['store', 'gc'],
+          ['root', 'ls'],
+        ]) {
+          const r = cairn(store, args);
+          expectError(r, 'E_STORE_VERSION', args.join(' '));
+          assert.equal(r.stdout, '');
+        }
+        assert.deepEqual(
+          snapshot(store, (rel) => rel.startsWith('index.sqlite')),
+          before,
+          'nothing was changed',
+        );
+      } finally {
+        t.cleanup();
       }
-      assert.deepEqual(
-        snapshot(store, (rel) => rel.startsWith('index.sqlite')),
-        before,
-        'nothing was changed',
-      );
-    } finally {
-      t.cleanup();
-    }
-  });
+    },
+  );
 });

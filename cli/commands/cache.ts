@@ -98,7 +98,8 @@ export function registerCache(ctx: CliContext): void {
         out(
           r.problem
             ? `${r.rref}  unusable: ${r.problem}`
-            : `${r.rref}  ${new Date(r.created!).toISOString()}  ${formatBytes(r.bytes!)}  signed by ${r.keys!.join(', ') || 'nobody'}`,
+            : `${r.rref}  ${new Date(r.created!).toISOString()}  ${formatBytes(r.bytes!)}  ` +
+                `signed by ${r.keys!.join(', ') || 'nobody'}`,
         );
       }
     });
@@ -145,7 +146,8 @@ export function registerCache(ctx: CliContext): void {
       const r = await cacheGc(await blobOf(url), { keepLast: o.keepLast, olderThanMs, dryRun: o.dryRun });
       if (o.json) return out(JSON.stringify(r, null, 2));
       out(
-        `${o.dryRun ? 'would delete' : 'deleted'} ${r.deleted.length} realization(s) and ${r.broken.length} unusable entr(ies); ` +
+        `${o.dryRun ? 'would delete' : 'deleted'} ${r.deleted.length} realization(s) and ` +
+          `${r.broken.length} unusable entr(ies); ` +
           `kept ${r.kept}; ${r.objects} object(s) removed`,
       );
     });

@@ -131,8 +131,10 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
     if ((words[0] === 'ls' || words[0] === 'gc') && words.some((w) => w === '--help' || w === '-h')) {
       process.stdout.write(
         words[0] === 'ls'
-          ? 'Usage: cairn machine ls [--json]\n\nmachine states: RRef, step, size, creation time, expiry or staleness, and whether a root keeps them\n'
-          : 'Usage: cairn machine gc [-n|--dry-run]\n\ndelete the machine states no root reaches (states that rooted ones stand on are kept; other realizations are left alone)\n',
+          ? 'Usage: cairn machine ls [--json]\n\nmachine states: RRef, step, size, ' +
+              'creation time, expiry or staleness, and whether a root keeps them\n'
+          : 'Usage: cairn machine gc [-n|--dry-run]\n\ndelete the machine states no root reaches (states that rooted ' +
+              'ones stand on are kept; other realizations are left alone)\n',
       );
       return;
     }

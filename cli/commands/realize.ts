@@ -68,8 +68,8 @@ export function registerRealize(ctx: CliContext): void {
       const storeRoot = ctx.storeRoot();
       // Opened before anything is built: a malformed URL fails now, an unreachable cache later as a warning.
       const access = { storeRoot, trustedKeys: o.trustedKey ?? [], key: o.key };
-      const substituters = substituterUrls(o, storeRoot).map((url) => cacheSubstituter(url, access));
-      const pushTarget = o.pushTo !== undefined && !o.dryRun ? cachePushTarget(o.pushTo, access) : undefined;
+      const substituters = await Promise.all(substituterUrls(o, storeRoot).map((url) => cacheSubstituter(url, access)));
+      const pushTarget = o.pushTo !== undefined && !o.dryRun ? await cachePushTarget(o.pushTo, access) : undefined;
       const tty = process.stderr.isTTY === true;
       const quiet = !!o.quiet || (!!o.json && !tty);
       const progress = progressReporter(graph.order.length, { tty, verbose: !!o.verbose, quiet });

@@ -114,7 +114,8 @@ export function registerServices(ctx: CliContext): void {
           .map(([c, h]) => `${h}->${c}`)
           .join(', ');
         out(
-          `${s.name.padEnd(w)}  ${s.state.padEnd(8)}  ${s.container ?? '-'.padEnd(12)}  ${ports || '-'}${s.dependsOn.length ? `  (after ${s.dependsOn.join(', ')})` : ''}`,
+          `${s.name.padEnd(w)}  ${s.state.padEnd(8)}  ${s.container ?? '-'.padEnd(12)}  ` +
+            `${ports || '-'}${s.dependsOn.length ? `  (after ${s.dependsOn.join(', ')})` : ''}`,
         );
       }
       for (const [k, v] of Object.entries(context)) out(`context ${k}=${v}`);

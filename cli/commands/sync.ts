@@ -82,7 +82,8 @@ export function registerSync(ctx: CliContext): void {
         }
         const t = r.transfer;
         out(
-          `${r.dryRun ? `would ${verb}` : verb === 'send' ? 'sent' : 'fetched'} ${r.plan.rrefs.length} realization(s) and ${r.plan.drvs.length} derivation(s)` +
+          `${r.dryRun ? `would ${verb}` : verb === 'send' ? 'sent' : 'fetched'} ${r.plan.rrefs.length} ` +
+            `realization(s) and ${r.plan.drvs.length} derivation(s)` +
             ` of a closure of ${r.closure} (${r.present} already there)` +
             (t ? `; rsync moved ${t.files} file(s), ${formatBytes(t.literalBytes)} of data` : ''),
         );
@@ -110,7 +111,8 @@ export function registerSync(ctx: CliContext): void {
       const r = await importClosure(openStore(), file);
       if (o.json) return out(JSON.stringify(r, null, 2));
       out(
-        `imported ${r.received.length} realization(s) and ${r.drvs.length} derivation(s); ${r.present.length} were already present`,
+        `imported ${r.received.length} realization(s) and ${r.drvs.length}` +
+          ` derivation(s); ${r.present.length} were already present`,
       );
     });
 
@@ -157,7 +159,8 @@ export function registerSync(ctx: CliContext): void {
   storeCmd
     .command('receive')
     .description(
-      'plumbing (run by sync push over ssh): verify and take in STORE/incoming/KEY, given the closure manifest on stdin',
+      'plumbing (run by sync push over ssh): verify and take in ' +
+        'STORE/incoming/KEY, given the closure manifest on stdin',
     )
     .argument('<key>')
     .option('--json', 'print the report as JSON')
@@ -173,7 +176,8 @@ export function registerSync(ctx: CliContext): void {
       const r = await receiveIncoming(openStore(), key, parseManifest(json));
       if (o.json) return out(JSON.stringify(r));
       out(
-        `received ${r.received.length} realization(s) and ${r.drvs.length} derivation(s); ${r.present.length} were already present`,
+        `received ${r.received.length} realization(s) and ${r.drvs.length}` +
+          ` derivation(s); ${r.present.length} were already present`,
       );
     });
 }

@@ -43,8 +43,10 @@ export default ensemble({
         '-c',
         [
           'mkdir -p /run/postgresql && chown postgres:postgres /run/postgresql',
-          "grep -q '0.0.0.0/0' /etc/postgresql/15/main/pg_hba.conf || echo 'host all all 0.0.0.0/0 trust' >> /etc/postgresql/15/main/pg_hba.conf",
-          `exec setpriv --reuid=postgres --regid=postgres --init-groups ${PG} -D /var/lib/postgresql/15/main -c config_file=/etc/postgresql/15/main/postgresql.conf -c listen_addresses='*'`,
+          "grep -q '0.0.0.0/0' /etc/postgresql/15/main/pg_hba.conf || echo 'host " +
+            "all all 0.0.0.0/0 trust' >> /etc/postgresql/15/main/pg_hba.conf",
+          `exec setpriv --reuid=postgres --regid=postgres --init-groups ${PG} -D /var/lib/postgresql/15/main -c ` +
+            `config_file=/etc/postgresql/15/main/postgresql.conf -c listen_addresses='*'`,
         ].join(' && '),
       ],
       ports: { '5432': 15432 },
@@ -60,7 +62,8 @@ export default ensemble({
       postStartInit: async (h) => {
         const r = await psql(
           h,
-          "CREATE TABLE IF NOT EXISTS users (id serial PRIMARY KEY, name text); INSERT INTO users (name) VALUES ('alice') RETURNING id",
+          'CREATE TABLE IF NOT EXISTS users (id serial PRIMARY KEY, name ' +
+            "text); INSERT INTO users (name) VALUES ('alice') RETURNING id",
           'db',
         );
         if (r.exitCode !== 0) throw new Error(`seeding failed: ${r.stderr}`);
@@ -75,7 +78,8 @@ export default ensemble({
       command: [
         'sh',
         '-c',
-        'runuser -u postgres -- psql -h db -tAc "SELECT name FROM users WHERE id = $USER_ID" > /tmp/name; echo "worker sees $(cat /tmp/name)"; exec sleep infinity',
+        'runuser -u postgres -- psql -h db -tAc "SELECT name FROM users WHERE id = $USER_ID" > /tmp/name; echo ' +
+          '"worker sees $(cat /tmp/name)"; exec sleep infinity',
       ],
       ping: async (h) => (await h.exec('test -s /tmp/name')).exitCode === 0,
     },

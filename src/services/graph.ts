@@ -28,7 +28,8 @@ export function validateEnsemble(e: EnsembleSpec): Map<string, ServiceSpec> {
     if (typeof s !== 'object' || s === null) throw invalid('a service must be an object');
     if (typeof s.name !== 'string' || !HOSTNAME_RE.test(s.name)) {
       throw invalid(
-        `service name ${JSON.stringify(s.name)} is not a valid hostname: use 1-63 of a-z, 0-9 and -, not starting or ending with -`,
+        `service name ${JSON.stringify(s.name)} is not a valid hostname: ` +
+          `use 1-63 of a-z, 0-9 and -, not starting or ending with -`,
         { service: s.name },
       );
     }
@@ -52,7 +53,8 @@ export function validateEnsemble(e: EnsembleSpec): Map<string, ServiceSpec> {
       const cport = Number(c.split('/')[0]);
       if (!PORT_RE.test(c) || cport < 1 || cport > 65535 || !Number.isInteger(h) || h < 0 || h > 65535) {
         throw invalid(
-          `service ${s.name}: port ${c} → ${h} must map a container port (1-65535, optionally /tcp or /udp) to a host port (0-65535, 0 = any)`,
+          `service ${s.name}: port ${c} → ${h} must map a container port (1-65535, ` +
+            `optionally /tcp or /udp) to a host port (0-65535, 0 = any)`,
           { service: s.name },
         );
       }
@@ -136,7 +138,8 @@ export function selectForStart(byName: ReadonlyMap<string, ServiceSpec>, exclude
     const missing = (byName.get(n)!.dependsOn ?? []).filter((d) => ex.has(d));
     if (missing.length > 0)
       throw invalid(
-        `cannot start ${n} without its dependenc${missing.length > 1 ? 'ies' : 'y'} ${missing.join(', ')} (excluded); exclude ${n} too`,
+        `cannot start ${n} without its dependenc${missing.length > 1 ? 'ies' : 'y'}` +
+          ` ${missing.join(', ')} (excluded); exclude ${n} too`,
         { service: n, missing },
       );
   }
@@ -156,7 +159,8 @@ export function selectForStop(byName: ReadonlyMap<string, ServiceSpec>, exclude:
     const stopped = (byName.get(kept)!.dependsOn ?? []).filter((d) => !ex.has(d));
     if (stopped.length > 0)
       throw invalid(
-        `cannot keep ${kept} running while stopping its dependenc${stopped.length > 1 ? 'ies' : 'y'} ${stopped.join(', ')}; exclude those too`,
+        `cannot keep ${kept} running while stopping its dependenc` +
+          `${stopped.length > 1 ? 'ies' : 'y'} ${stopped.join(', ')}; exclude those too`,
         { service: kept, stopped },
       );
   }

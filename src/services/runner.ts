@@ -207,7 +207,8 @@ class Runner {
           const logs = (await containerLogs(cname)).trim().split('\n').slice(-5).join(' | ');
           throw new CairnError(
             'E_SERVICE_FAILED',
-            `${svc.name}: container ${info ? `exited with code ${info.exitCode}` : 'disappeared'}${logs ? `; last output: ${logs}` : ''}`,
+            `${svc.name}: container ` +
+              `${info ? `exited with code ${info.exitCode}` : 'disappeared'}${logs ? `; last output: ${logs}` : ''}`,
             { service: svc.name },
           );
         }

@@ -105,7 +105,8 @@ export async function findAction(catalog: Catalog, name: string): Promise<Action
     const declared = Object.keys(catalog.actions);
     throw new CairnError(
       'E_NO_SUCH_ACTION',
-      `catalog ${catalog.name} has no action ${name} (declared: ${declared.join(', ') || 'none'}; no ${candidates.map((c) => path.basename(c)).join(' or ')} next to it)`,
+      `catalog ${catalog.name} has no action ${name} (declared: ${declared.join(', ') || 'none'}; no ` +
+        `${candidates.map((c) => path.basename(c)).join(' or ')} next to it)`,
       { action: name },
     );
   }
@@ -140,7 +141,8 @@ export async function runAction(action: Action, ctx: ActionContext): Promise<num
     if (typeof r !== 'number' || !Number.isInteger(r) || r < 0 || r > 255) {
       throw new CairnError(
         'E_ACTION_FAILED',
-        `action ${action.name} returned ${JSON.stringify(r)}; an action returns nothing or an exit status from 0 to 255`,
+        `action ${action.name} returned ${JSON.stringify(r)}; an ` +
+          `action returns nothing or an exit status from 0 to 255`,
         { action: action.name },
       );
     }

@@ -218,7 +218,8 @@ export function selectEntry(cat: Catalog, sel: Selection): CatalogEntry {
     if (pool.length === 0) {
       throw new CairnError(
         'E_BAD_CATALOG',
-        `${cat.file}:${cat.historyLine}: no entry is for device type ${sel.deviceType} (the catalog has: ${[...new Set(cat.entries.flatMap((e) => e.deviceTypes))].join(', ') || 'none'})`,
+        `${cat.file}:${cat.historyLine}: no entry is for device type ${sel.deviceType} (the catalog has: ` +
+          `${[...new Set(cat.entries.flatMap((e) => e.deviceTypes))].join(', ') || 'none'})`,
         { file: cat.file, line: cat.historyLine, deviceType: sel.deviceType },
       );
     }

@@ -29,7 +29,8 @@ function fileInputs(): FileInputsModule {
   } catch (e) {
     throw new CairnError(
       'E_UNSUPPORTED_RUNTIME',
-      `this Node (${process.version}) cannot load Cairn's file-input code synchronously: await preloadFileInputs() before instantiate(), or use realize()`,
+      `this Node (${process.version}) cannot load Cairn's file-input code synchronously: ` +
+        `await preloadFileInputs() before instantiate(), or use realize()`,
       {},
       { cause: e },
     );
@@ -223,7 +224,10 @@ export function instantiate(targets: Stage | readonly Stage[], opts: Instantiate
             }));
       for (const f of files) deps.add(f.dref);
       const sortedDeps = [...deps].sort();
-      const drvJson = `{"code":${canonicalJson(codeIdentity(s))},"config":${config},"deps":${canonicalJson(sortedDeps)},${filesField(files)}"format":"${DRV_FORMAT}","name":${JSON.stringify(s.name)},"outputs":${canonicalJson(s.outputs)}}`;
+      const drvJson =
+        `{"code":${canonicalJson(codeIdentity(s))},"config":${config},"deps":${canonicalJson(sortedDeps)},` +
+        `${filesField(files)}"format":"${DRV_FORMAT}","name":${JSON.stringify(s.name)},` +
+        `"outputs":${canonicalJson(s.outputs)}}`;
       const dref = makeDRef(shortHash(drvJson), s.name);
       drefOf.set(s, dref);
       if (!nodes.has(dref)) {

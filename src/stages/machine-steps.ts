@@ -166,7 +166,8 @@ export async function resolveStep(name: string, stepsDirs: readonly string[]): P
   if (!file) {
     throw new CairnError(
       'E_UNKNOWN_STEP',
-      `no step ${JSON.stringify(name)}: not built in (${[...BUILTIN_STEPS.keys(), 'shell'].join(', ')})${stepsDirs.length ? `, nor in ${stepsDirs.join(', ')}` : ''}`,
+      `no step ${JSON.stringify(name)}: not built in (${[...BUILTIN_STEPS.keys(), 'shell'].join(', ')})` +
+        (stepsDirs.length ? `, nor in ${stepsDirs.join(', ')}` : ''),
       { step: name },
     );
   }

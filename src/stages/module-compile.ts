@@ -122,7 +122,10 @@ function metaFunction(file: string): string {
   const url = pathToFileURL(file).href;
   // A function declaration is hoisted with its body, so it may be appended
   // after the code (keeping line numbers) and still be callable from the top.
-  return `\nfunction ${META_FN}() { return { url: ${JSON.stringify(url)}, filename: ${JSON.stringify(file)}, dirname: ${JSON.stringify(path.dirname(file))}, resolve: (s) => new URL(s, ${JSON.stringify(url)}).href }; }\n`;
+  return (
+    `\nfunction ${META_FN}() { return { url: ${JSON.stringify(url)}, filename: ${JSON.stringify(file)}, ` +
+    `dirname: ${JSON.stringify(path.dirname(file))}, resolve: (s) => new URL(s, ${JSON.stringify(url)}).href }; }\n`
+  );
 }
 
 /** The code a module hook serves for `file`: the common treatment, specifiers untouched. */

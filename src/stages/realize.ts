@@ -280,7 +280,9 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
             await recorded;
             throw new CairnError(
               'E_MATCH_UNSATISFIED',
-              `matcher ${m.name} of stage ${node.name} (${node.dref}) chose nothing after ${runs} build(s); ${all.length} realization(s) exist. A matcher that needs k realizations wants a stage with n >= k or min = k`,
+              `matcher ${m.name} of stage ${node.name} (${node.dref}) chose nothing after ${runs} build(s); ` +
+                `${all.length} realization(s) exist. A matcher that needs ` +
+                `k realizations wants a stage with n >= k or min = k`,
               { dref: node.dref, matcher: m.name, realizations: all.length },
             );
           }

@@ -140,7 +140,8 @@ function checkOutputs(name: string, outputs: readonly string[]): string[] {
     ) {
       throw new CairnError(
         'E_DUPLICATE_OUTPUT',
-        `stage ${name}: promised output ${JSON.stringify(o)} must be a unique relative path inside the output, without '.', '..' or empty parts`,
+        `stage ${name}: promised output ${JSON.stringify(o)} must be a unique ` +
+          `relative path inside the output, without '.', '..' or empty parts`,
         { stage: name, output: o },
       );
     }

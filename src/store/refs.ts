@@ -27,7 +27,8 @@ export function checkName(name: unknown): string {
     const shown = typeof name === 'string' ? JSON.stringify(name) : String(name);
     throw new CairnError(
       'E_BAD_NAME',
-      `stage name ${shown} is not allowed: use 1-100 of A-Z a-z 0-9 . _ + -, starting with a letter, digit or _, with no '..'`,
+      `stage name ${shown} is not allowed: use 1-100 of A-Z a-z 0-9 ` +
+        `. _ + -, starting with a letter, digit or _, with no '..'`,
       { name },
     );
   }

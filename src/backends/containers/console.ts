@@ -61,7 +61,8 @@ export class ExecConsole implements MachineConsole {
         reject(
           new CairnError(
             'E_MACHINE_TIMEOUT',
-            `console: ${re} did not appear within ${timeoutMs} ms; last output: ${JSON.stringify(this.buf.slice(-200))}`,
+            `console: ${re} did not appear within ${timeoutMs} ms; ` +
+              `last output: ${JSON.stringify(this.buf.slice(-200))}`,
             { pattern: String(re) },
           ),
         );

@@ -152,7 +152,8 @@ export async function execArgv(
   if (opts.check && result.exitCode !== 0) {
     throw new CairnError(
       'E_MACHINE_EXEC',
-      `${JSON.stringify(cmd)} exited with ${result.exitCode}: ${result.stderr.trim().split('\n').slice(-3).join(' | ')}`,
+      `${JSON.stringify(cmd)} exited with ${result.exitCode}: ` +
+        result.stderr.trim().split('\n').slice(-3).join(' | '),
       { cmd, ...result },
     );
   }

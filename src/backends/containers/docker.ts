@@ -126,7 +126,8 @@ export function requireDocker(): Promise<string> {
       reachable = null;
       throw new CairnError(
         'E_DOCKER',
-        `no Docker engine answers on ${dockerHost()} (start one with scripts/dockerd.sh, or set CAIRN_DOCKER_HOST): ${(e as Error).message}`,
+        `no Docker engine answers on ${dockerHost()} (start one with ` +
+          `scripts/dockerd.sh, or set CAIRN_DOCKER_HOST): ${(e as Error).message}`,
         { host: dockerHost() },
         { cause: e },
       );

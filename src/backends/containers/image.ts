@@ -35,7 +35,8 @@ export function checkChanges(changes: readonly string[] | undefined): string[] {
     if (typeof c !== 'string' || !CHANGE_RE.test(c) || c.includes('\n')) {
       throw new CairnError(
         'E_IMAGE_INVALID',
-        `image change ${JSON.stringify(c)} is not one line of CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, ONBUILD, STOPSIGNAL, USER, VOLUME or WORKDIR`,
+        `image change ${JSON.stringify(c)} is not one line of CMD, ENTRYPOINT, ` +
+          `ENV, EXPOSE, LABEL, ONBUILD, STOPSIGNAL, USER, VOLUME or WORKDIR`,
         { change: c },
       );
     }

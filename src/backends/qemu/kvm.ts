@@ -127,7 +127,8 @@ export async function probeKvm(opts: ProbeOptions = {}): Promise<Accel> {
       }
       return {
         ...TCG,
-        reason: `a kernel printed nothing under KVM in ${timeoutMs} ms${exited ? ` (QEMU exited: ${firstLine(err)})` : ''}`,
+        reason:
+          `a kernel printed nothing under KVM in ${timeoutMs} ms` + (exited ? ` (QEMU exited: ${firstLine(err)})` : ''),
       };
     }
     // No kernel: the vCPU must at least move (SeaBIOS running).

@@ -163,7 +163,8 @@ function runningQemu(vm: Vm): RunningMachine {
     // file is only read when it is not empty: every process the wrapper
     // forks costs 15-25 ms under TCG, and more on a freshly restored guest.
     const wrapped =
-      `${open} eval ${q(cmd)}\n${close} 2>${errFile}; __cairn_rc=$?; printf '\\n%s%s %s\\n' __CAIRN_S ${id}__ $__cairn_rc; ` +
+      `${open} eval ${q(cmd)}\n${close} 2>${errFile}; __cairn_rc=$?; ` +
+      `printf '\\n%s%s %s\\n' __CAIRN_S ${id}__ $__cairn_rc; ` +
       `if [ -s ${errFile} ]; then cat ${errFile}; fi; rm -f ${errFile}`;
     let r;
     try {

@@ -148,7 +148,8 @@ export const VIRTIO_BLK_MODULES = [
  * pseudo filesystems itself (they are unmounted here, not moved, so the
  * new root starts from a clean slate).
  */
-export const TINY_INIT = `#!/bin/sh
+export const TINY_INIT =
+  `#!/bin/sh
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mkdir -p /proc /sys /dev /tmp /mnt /root
 mount -t proc proc /proc
@@ -157,7 +158,8 @@ mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
 for m in /lib/cairn-modules/*.ko; do [ -e "$m" ] && insmod "$m" 2>/dev/null; done
 i=0
-while [ ! -b /dev/vda ] && [ $i -lt 20 ] && ls /lib/cairn-modules/*.ko >/dev/null 2>&1 && grep -q 0x1af4 /sys/bus/pci/devices/*/vendor 2>/dev/null; do sleep 0.1; i=$((i+1)); done
+while [ ! -b /dev/vda ] && [ $i -lt 20 ] && ls /lib/cairn-modules/*.ko >/dev/null 2>&1 && grep -q 0x1af4 ` +
+  `/sys/bus/pci/devices/*/vendor 2>/dev/null; do sleep 0.1; i=$((i+1)); done
 root=
 for w in $(cat /proc/cmdline); do case "$w" in cairn.root=*) root=\${w#cairn.root=};; esac; done
 if [ -n "$root" ]; then

@@ -225,7 +225,8 @@ export class Vm {
       if (opts.expectVersion && vm.qemuVersion !== opts.expectVersion) {
         throw new CairnError(
           'E_MACHINE_INCOMPATIBLE',
-          `the state was saved by QEMU ${opts.expectVersion}, and this is QEMU ${vm.qemuVersion}: a memory snapshot only restores into the same QEMU version`,
+          `the state was saved by QEMU ${opts.expectVersion}, and this is QEMU ` +
+            `${vm.qemuVersion}: a memory snapshot only restores into the same QEMU version`,
           { saved: opts.expectVersion, running: vm.qemuVersion },
         );
       }

@@ -114,7 +114,8 @@ export function debianFiles(opts: { diskMb?: number; suite?: string } = {}): Sta
       addCairnInit(root);
       await makeExt4Qcow2(path.join(ctx.out, 'disk.qcow2'), ctx.config.diskMb, ctx.tmp, root);
       ctx.log(
-        `disk.qcow2: ${(fs.statSync(path.join(ctx.out, 'disk.qcow2')).size / 2 ** 20).toFixed(1)} MiB (${ctx.config.diskMb} MiB ext4)`,
+        `disk.qcow2: ${(fs.statSync(path.join(ctx.out, 'disk.qcow2')).size / 2 ** 20).toFixed(1)}` +
+          ` MiB (${ctx.config.diskMb} MiB ext4)`,
       );
     },
   });

@@ -139,7 +139,10 @@ export function fetchlocal(spec: FetchLocalSpec): Stage<FixedOutput> {
       if (st.isDirectory() !== (expected.type === 'tree-sha256')) {
         throw new CairnError(
           'E_BAD_HASH',
-          `${source} is a ${st.isDirectory() ? 'directory; declare a tree-sha256 hash (cairn hash DIR)' : 'file; declare a sha256 or sha512 hash'}`,
+          `${source} is a ` +
+            (st.isDirectory()
+              ? 'directory; declare a tree-sha256 hash (cairn hash DIR)'
+              : 'file; declare a sha256 or sha512 hash'),
         );
       }
       copyTree(Buffer.from(source), Buffer.from(target));

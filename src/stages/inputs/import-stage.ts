@@ -98,7 +98,8 @@ export function importStage(input: FileInput, digest: InputDigest): Stage<Import
       if (got.kind !== c.kind || got.hash !== c.hash || (c.kind === 'file' && got.exec !== c.exec)) {
         throw new CairnError(
           'E_INPUT_CHANGED',
-          `file input ${input.key} changed during the run: it was hashed as ${c.hash}, but the copy taken for the build is ${got.hash}; run again`,
+          `file input ${input.key} changed during the run: it was hashed as ${c.hash}` +
+            `, but the copy taken for the build is ${got.hash}; run again`,
           { input: input.key, expected: c.hash, actual: got.hash },
         );
       }

@@ -76,7 +76,8 @@ function walkError(e: unknown, input: string, abs: string): unknown {
   const changed = err?.code === 'ENOENT' || err?.code === 'ELOOP' || err?.code === 'ENOTDIR';
   return new CairnError(
     changed ? 'E_INPUT_CHANGED' : 'E_INPUT_MISSING',
-    `file input ${input} ${changed ? 'changed while it was being hashed' : 'cannot be read'}: ${err?.message ?? String(e)}`,
+    `file input ${input} ${changed ? 'changed while it was being hashed' : 'cannot be read'}` +
+      `: ${err?.message ?? String(e)}`,
     { input, path: abs, errno: err?.code },
     { cause: e },
   );

@@ -31,19 +31,9 @@ export interface CacheInfo {
   compression: typeof COMPRESSION;
 }
 
-/** A realization's metadata object. */
-export interface CacheEntry {
+/** A realization's metadata object: its `meta.json` fields, and where its parts are in the cache. */
+export interface CacheEntry extends Omit<RealizationMeta, 'format'> {
   format: typeof ENTRY_FORMAT;
-  rref: RRef;
-  dref: DRef;
-  name: string;
-  context: Context;
-  ctx: string;
-  tree: string;
-  bytes: number;
-  files: number;
-  created: number;
-  buildMs: number;
   /** sha256 (hex) of the derivation's drv.json, which also hashes to the DRef. */
   drv: string;
   /** Key of the archive of the output tree. */

@@ -1,10 +1,11 @@
 import * as http from 'node:http';
 import * as https from 'node:https';
-import { PassThrough, type Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { CairnError } from '../../errors.js';
 import type { BlobStore } from './blob.js';
 import { checkBlobKey, mapBounded } from './blob-key.js';
 import {
+  guardedBody,
   isNetworkError,
   isTransientStatus,
   retryPolicy,
@@ -37,8 +38,8 @@ function bad(url: string, why: string): never {
  * a CDN, an S3 website) in front of a cache directory. GET reads, HEAD
  * answers `has` (in parallel, `concurrency` at a time, on kept-alive
  * connections); 404 and 410 mean "no such object". Writes are refused with
- * E_CACHE_READ_ONLY and listing with E_CACHE_NO_LIST, since HTTP has no
- * listing. `user:password@` in the URL is sent as Basic authentication and
+ * E_CACHE_READ_ONLY; listing reads JSON directory listings (see `list`).
+ * `user:password@` in the URL is sent as Basic authentication and
  * kept out of `url` and `identity`.
  */
 export class HttpBlobStore implements BlobStore {
@@ -95,19 +96,7 @@ export class HttpBlobStore implements BlobStore {
     const target = this.target(key);
     const res = await this.retry('get', key, () => this.request('GET', target));
     if (res === undefined) return undefined;
-    const out = new PassThrough({ highWaterMark: 1 << 20 });
-    res.on('error', (e) => {
-      out.destroy(
-        new CairnError('E_CACHE_UNAVAILABLE', `cache ${this.url}: reading ${key} broke off: ${e.message}`, {
-          url: this.url,
-          op: 'get',
-          key,
-        }),
-      );
-    });
-    out.on('close', () => res.destroy());
-    res.pipe(out);
-    return out;
+    return guardedBody(res, this.url, key);
   }
 
   async has(keys: readonly string[]): Promise<Set<string>> {
@@ -142,13 +131,71 @@ export class HttpBlobStore implements BlobStore {
     throw this.readOnly('delete', keys[0]);
   }
 
+  /**
+   * Keys under `prefix`, from the server's JSON directory listings (nginx
+   * `autoindex on; autoindex_format json;`, as scripts/nginx.sh serves a
+   * file:// cache): realize must list a DRef's realizations to find any.
+   * A server that does not list directories that way gives E_CACHE_NO_LIST.
+   * Names starting with `.` (a file:// cache's temporary files) are not keys.
+   */
   list(prefix: string): AsyncIterable<string> {
-    const err = new CairnError(
-      'E_CACHE_NO_LIST',
-      `cache ${this.url}: plain HTTP cannot list keys (${JSON.stringify(prefix)}); use the s3:// or file:// URL`,
-      { url: this.url, prefix },
-    );
-    return { [Symbol.asyncIterator]: () => ({ next: () => Promise.reject(err) }) };
+    return { [Symbol.asyncIterator]: () => this.walk(prefix)[Symbol.asyncIterator]() };
+  }
+
+  private async *walk(prefix: string): AsyncGenerator<string> {
+    const keys: string[] = [];
+    const dirs = [prefix.slice(0, prefix.lastIndexOf('/') + 1)];
+    while (dirs.length > 0) {
+      const dir = dirs.pop()!;
+      for (const e of await this.listing(dir)) {
+        const key = dir + e.name;
+        if (e.name.startsWith('.') || e.name.includes('/')) continue;
+        if (e.type === 'directory' && (`${key}/`.startsWith(prefix) || prefix.startsWith(`${key}/`))) {
+          dirs.push(`${key}/`);
+        } else if (e.type === 'file' && key.startsWith(prefix)) keys.push(key);
+      }
+    }
+    yield* keys.sort();
+  }
+
+  /** One directory's entries; none when it is missing. */
+  private async listing(dir: string): Promise<{ name: string; type: string }[]> {
+    const target = new URL(dir.split('/').map(encodeURIComponent).join('/'), this.base);
+    const noList = (why: string): CairnError =>
+      new CairnError(
+        'E_CACHE_NO_LIST',
+        `cache ${this.url}: cannot list keys (${JSON.stringify(dir)}): ${why}; ` +
+          'serve JSON directory listings (nginx: autoindex_format json) or use the s3:// or file:// URL',
+        { url: this.url, prefix: dir },
+      );
+    const body = await this.retry('list', dir, async () => {
+      let res: http.IncomingMessage | undefined;
+      try {
+        res = await this.request('GET', target);
+      } catch (e) {
+        // A server that does not list directories answers 403 (nginx with autoindex off).
+        if (e instanceof HttpStatusError && e.status === 403) throw noList('the server refuses directory listings');
+        throw e;
+      }
+      if (res === undefined) return undefined;
+      const parts: Buffer[] = [];
+      for await (const c of res) parts.push(c as Buffer);
+      return Buffer.concat(parts);
+    });
+    if (body === undefined) return [];
+    let json: unknown;
+    try {
+      json = JSON.parse(body.toString('utf8'));
+    } catch {
+      throw noList('the directory listing is not JSON');
+    }
+    const ok = (e: unknown): e is { name: string; type: string } =>
+      typeof e === 'object' &&
+      e !== null &&
+      typeof (e as { name?: unknown }).name === 'string' &&
+      typeof (e as { type?: unknown }).type === 'string';
+    if (!Array.isArray(json) || !json.every(ok)) throw noList('the directory listing is not a list of entries');
+    return json;
   }
 
   private readOnly(op: string, key: string | undefined): CairnError {

@@ -1,3 +1,4 @@
+import { PassThrough, type Readable } from 'node:stream';
 import { CairnError } from '../../errors.js';
 
 /** How hard a cache backend tries before it reports E_CACHE_UNAVAILABLE. */
@@ -136,4 +137,21 @@ function describe(e: unknown): string {
   ];
   const head = parts.filter(Boolean).join(' ');
   return head ? `${head}: ${e.message}` : e.message;
+}
+
+/**
+ * A response body handed to a reader. Once the headers are in, a body that
+ * breaks off can no longer be retried: the reader sees the same code as for
+ * any other cache trouble (E_CACHE_UNAVAILABLE), and closing the stream
+ * closes the response.
+ */
+export function guardedBody(body: Readable, url: string, key: string): Readable {
+  const out = new PassThrough({ highWaterMark: 1 << 20 });
+  body.on('error', (e) => {
+    const message = `cache ${url}: reading ${key} broke off: ${e.message}`;
+    out.destroy(new CairnError('E_CACHE_UNAVAILABLE', message, { url, op: 'get', key }));
+  });
+  out.on('close', () => body.destroy());
+  body.pipe(out);
+  return out;
 }

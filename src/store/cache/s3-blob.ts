@@ -1,12 +1,12 @@
 import { createHash } from 'node:crypto';
 import * as http from 'node:http';
 import * as https from 'node:https';
-import { PassThrough, Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import type { S3Client } from '@aws-sdk/client-s3';
-import { CairnError } from '../../errors.js';
 import type { BlobStore } from './blob.js';
 import { checkBlobKey, checkBlobPrefix, mapBounded } from './blob-key.js';
 import {
+  guardedBody,
   isNetworkError,
   isTransientStatus,
   retryPolicy,
@@ -108,21 +108,7 @@ export class S3BlobStore implements BlobStore {
       }
     });
     if (body === undefined) return undefined;
-    // Once the headers are in, a broken body can no longer be retried here;
-    // the reader sees the same code as for any other cache trouble.
-    const out = new PassThrough({ highWaterMark: 1 << 20 });
-    body.on('error', (e) => {
-      out.destroy(
-        new CairnError('E_CACHE_UNAVAILABLE', `cache ${this.url}: reading ${key} broke off: ${e.message}`, {
-          url: this.url,
-          op: 'get',
-          key,
-        }),
-      );
-    });
-    out.on('close', () => body.destroy());
-    body.pipe(out);
-    return out;
+    return guardedBody(body, this.url, key);
   }
 
   async has(keys: readonly string[]): Promise<Set<string>> {
