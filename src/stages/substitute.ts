@@ -6,7 +6,6 @@
  * out of it into the local store through a verified receive path; realize
  * never trusts what a substituter says until that path has checked it.
  */
-import { copyClosure } from '../store/export.js';
 import type { Store } from '../store/interface.js';
 import type { RRef } from '../store/refs.js';
 import type { LocalStore } from '../store/store.js';
@@ -34,7 +33,9 @@ export function localSubstituter(other: LocalStore, name: string = other.locatio
     name,
     store: other,
     fetch: async (into, rrefs) => {
-      await copyClosure(other, into, rrefs);
+      await (
+        await closureCopier()
+      )(other, into, rrefs);
     },
   };
 }
@@ -51,7 +52,9 @@ export function localPushTarget(other: LocalStore, name: string = other.location
   return {
     name,
     push: async (from, rrefs) => {
-      await copyClosure(from, other, rrefs);
+      await (
+        await closureCopier()
+      )(from, other, rrefs);
     },
   };
 }
@@ -81,4 +84,9 @@ export async function pushAfterRealize(
   const roots = pushRoots(result);
   if (roots.length > 0) await target.push(store, roots);
   return roots;
+}
+
+// Loaded on first use: the archive and receive code would otherwise load with every realize (and every CLI start).
+async function closureCopier(): Promise<typeof import('../store/export.js').copyClosure> {
+  return (await import('../store/export.js')).copyClosure;
 }
