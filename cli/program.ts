@@ -24,6 +24,8 @@ interface Group {
   register(ctx: CliContext, command: string | undefined): Promise<void>;
 }
 
+const extendsStore = (g: Group): boolean => g.words.includes('sync');
+
 // In the order of `cairn --help`. Sync comes after store: it adds the sync plumbing to the `store` command.
 // test/cli-groups.test.ts checks that each group adds exactly these words.
 export const GROUPS: readonly Group[] = [
@@ -84,7 +86,9 @@ export async function createProgram(
   // `cairn realize F --store S` keeps working.
   const command = commandWord(argv.slice(2));
   if (command === 'machine') program.enablePositionalOptions();
-  const mine = command === undefined ? [] : GROUPS.filter((g) => g.words.includes(command));
+  // The sync group extends `store` (its plumbing), so it needs the store group (before it: GROUPS' order).
+  const named = command === undefined ? [] : GROUPS.filter((g) => g.words.includes(command));
+  const mine = GROUPS.filter((g) => named.includes(g) || (g.words.includes('store') && named.some(extendsStore)));
   for (const g of mine.length > 0 ? mine : GROUPS) await g.register(ctx, command);
 
   return { program, closeStores: ctx.closeStores };

@@ -31,8 +31,9 @@ describe('command groups', () => {
     assert.deepEqual(await names('realize', 'x.ts'), ['realize', 'instantiate']);
     const store = ['lsref', 'catref', 'shellref', 'rmref', 'du', 'log', 'store', 'root'];
     assert.deepEqual(await names('--store', '/s', 'lsref', 'r'), store);
-    // `store` is extended by the sync group (its plumbing subcommands).
+    // `store` is extended by the sync group (its plumbing subcommands), which needs it.
     assert.deepEqual(await names('store', 'closure'), [...store, 'sync', 'export', 'import']);
+    assert.deepEqual(await names('export', 'r', 'f.tar'), [...store, 'sync', 'export', 'import']);
     const all = GROUPS.flatMap((g) => g.words).filter((w, i, a) => a.indexOf(w) === i);
     assert.deepEqual((await names('--help')).sort(), [...all].sort());
     assert.deepEqual((await names('relaize')).sort(), [...all].sort());
