@@ -2,7 +2,8 @@
 import { createProgram } from './program.js';
 import { reportError } from './report-error.js';
 
-const { program } = createProgram(process.argv);
-program.parseAsync(process.argv).catch((e: unknown) => {
-  process.exitCode = reportError(e);
-});
+createProgram(process.argv)
+  .then(({ program }) => program.parseAsync(process.argv))
+  .catch((e: unknown) => {
+    process.exitCode = reportError(e);
+  });

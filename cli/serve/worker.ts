@@ -149,7 +149,7 @@ async function settle(): Promise<void> {
 
 /** Runs the command enter() set up; its status if it ended in an error, else undefined (process.exitCode holds it). */
 async function run(): Promise<number | undefined> {
-  const { program, closeStores } = createProgram(process.argv, { exitOverride: true });
+  const { program, closeStores } = await createProgram(process.argv, { exitOverride: true });
   try {
     await program.parseAsync(process.argv);
     return undefined;
