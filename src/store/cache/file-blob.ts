@@ -96,17 +96,9 @@ export class FileBlobStore implements BlobStore {
   }
 
   async get(key: string): Promise<Buffer | undefined> {
-    const p = this.abs(key);
-    if (!(await this.realDirs(key))) return undefined;
-    let fh: fs.promises.FileHandle;
+    const fh = await this.openRegular(key);
+    if (fh === undefined) return undefined;
     try {
-      fh = await fs.promises.open(p, O_RDONLY | O_NOFOLLOW);
-    } catch (e) {
-      if (isMissing(e) || (e as NodeJS.ErrnoException).code === 'ELOOP') return undefined;
-      return this.fail(e, `read ${key}`);
-    }
-    try {
-      if (!(await fh.stat()).isFile()) return undefined;
       return await fh.readFile();
     } catch (e) {
       return this.fail(e, `read ${key}`);
@@ -116,6 +108,12 @@ export class FileBlobStore implements BlobStore {
   }
 
   async getStream(key: string): Promise<Readable | undefined> {
+    const fh = await this.openRegular(key);
+    return fh?.createReadStream({ highWaterMark: 1 << 20 });
+  }
+
+  /** The object's file, opened without following a link; undefined when it is missing, a link or not a file. */
+  private async openRegular(key: string): Promise<fs.promises.FileHandle | undefined> {
     const p = this.abs(key);
     if (!(await this.realDirs(key))) return undefined;
     let fh: fs.promises.FileHandle;
@@ -125,11 +123,14 @@ export class FileBlobStore implements BlobStore {
       if (isMissing(e) || (e as NodeJS.ErrnoException).code === 'ELOOP') return undefined;
       return this.fail(e, `read ${key}`);
     }
-    if (!(await fh.stat()).isFile()) {
+    try {
+      if ((await fh.stat()).isFile()) return fh;
+    } catch (e) {
       await fh.close();
-      return undefined;
+      return this.fail(e, `read ${key}`);
     }
-    return fh.createReadStream({ highWaterMark: 1 << 20 });
+    await fh.close();
+    return undefined;
   }
 
   async has(keys: readonly string[]): Promise<Set<string>> {
