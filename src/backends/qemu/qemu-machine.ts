@@ -20,7 +20,8 @@ import type {
 } from '../machine.js';
 import { ConsoleError, type SerialConsole } from './console.js';
 import { chainLength, chooseCloneMode, cloneDisk, makeBackingRelative, type CloneMode } from './disk.js';
-import { DEFAULT_APPEND, DEFAULT_MACHINE, Vm, type VmSpec } from './vm.js';
+import { DEFAULT_APPEND, DEFAULT_MACHINE, shareDir, Vm, type VmSpec } from './vm.js';
+import { downloadTree, uploadTree, type TransferChannel } from './transfer.js';
 
 export interface QemuState extends BackendState {
   backend: 'qemu';
@@ -39,6 +40,8 @@ export interface QemuState extends BackendState {
   /** How the disk was cloned when this state ran, and its backing chain length. */
   clone: CloneMode | null;
   chain: number;
+  /** Whether the machine has the 9p file-transfer share (a device: states without it restore without it). */
+  share?: boolean;
 }
 
 /** CAIRN_DISK_CLONE=auto|reflink|overlay|copy picks the clone strategy (default auto). */
@@ -85,6 +88,7 @@ export const qemuBackend: MachineBackend = {
       smp: s.smp,
       machine: s.machine,
       accel: { kind: s.accel, args: s.accelArgs, reason: 'from the saved state' },
+      share: s.share === true,
     };
     const vm = await Vm.incoming(spec, workDir, path.join(stateDir, s.memory), disk, { expectVersion: s.qemuVersion });
     return qemuSession(vm, clone);
@@ -135,6 +139,7 @@ function qemuSession(vm: Vm, clone: CloneMode | null): BackendSession {
         disk,
         clone,
         chain,
+        share: spec.share === true,
       };
     },
     async discard(): Promise<void> {
@@ -224,11 +229,27 @@ function runningQemu(vm: Vm): RunningMachine {
       });
     },
   };
+  // The fast path: the 9p share (states saved before it existed fall back to the console).
+  let channel: TransferChannel | null = null;
+  const share = (): TransferChannel | null => {
+    if (!vm.spec.share) return null;
+    if (!channel) {
+      const stage = path.join(path.dirname(shareDir(vm.dir)), 'stage');
+      fs.mkdirSync(stage, { recursive: true, mode: 0o700 });
+      channel = { exec, share: shareDir(vm.dir), stage };
+    }
+    return channel;
+  };
   return {
     backend: 'qemu',
     exec,
     console: console_,
-    async upload(hostPath: string, machinePath: string): Promise<void> {
+    async upload(hostPath: string, machinePath: string, opts = {}): Promise<void> {
+      const ch = share();
+      if (ch) {
+        await uploadTree(ch, hostPath, machinePath, opts.progress);
+        return;
+      }
       const st = fs.statSync(hostPath);
       if (!st.isFile())
         throw new CairnError(
@@ -255,7 +276,12 @@ function runningQemu(vm: Vm): RunningMachine {
         await exec(`stty echo; rm -f ${tmp}`, { shell: true });
       }
     },
-    async download(machinePath: string, hostPath: string): Promise<void> {
+    async download(machinePath: string, hostPath: string, opts = {}): Promise<void> {
+      const ch = share();
+      if (ch) {
+        await downloadTree(ch, machinePath, hostPath, opts.progress);
+        return;
+      }
       const r = await exec(`base64 ${q(machinePath)}`, { check: true, timeoutMs: 300_000 });
       fs.writeFileSync(hostPath, Buffer.from(r.stdout.replace(/\s+/g, ''), 'base64'));
     },
