@@ -68,6 +68,18 @@ function mounted(body: string): string {
   );
 }
 
+/**
+ * Runs a transfer command. The console takes one line of at most 4095
+ * bytes and the exec wrapper quotes the command once more, so a path long
+ * enough to overflow it is refused here instead of hanging the shell.
+ */
+async function runMounted(ch: TransferChannel, body: string): Promise<ExecResult> {
+  const cmd = mounted(body);
+  if (Buffer.byteLength(cmd) > 2500)
+    throw new CairnError('E_BAD_ARGUMENT', 'a machine path too long for the console line (about 1 KB at most)');
+  return ch.exec(cmd, { timeoutMs: HOUR });
+}
+
 function transferError(what: string, r: ExecResult): CairnError {
   const why =
     r.exitCode === 90
@@ -123,45 +135,48 @@ export async function uploadTree(
   if (!st.isDirectory() && !st.isFile() && !st.isSymbolicLink())
     throw new CairnError('E_BAD_ARGUMENT', `upload: ${hostPath} is not a file, directory or symlink`);
   const id = randomBytes(8).toString('hex');
-  const staged = path.join(ch.stage, `${id}.tar`);
-  const inShare = path.join(ch.share, `${id}.tar`);
+  const staged = path.join(ch.stage, id);
+  const inShare = path.join(ch.share, id);
+  const dst = guestPath.replace(/\/+$/, '') || '/';
+  // Quoted once into $d and $n: the whole command must stay one tty line (4095 bytes).
+  const vars = `d=${q(dst)}; n=${q(name)}; `;
+  const into = guestPath.endsWith('/') ? `mkdir -p "$d" && ` : '';
   try {
-    // GNU tar on the host, owners zeroed: the guest's root owns what it unpacks.
-    await execFileP(
-      'tar',
-      [
-        '--create',
-        '--file',
-        staged,
-        '--format=gnu',
-        '--numeric-owner',
-        '--owner=0',
-        '--group=0',
-        '--directory',
-        path.dirname(src),
-        '--',
-        name,
-      ],
-      { maxBuffer: 1 << 20 },
-    ).catch((e: Error & { stderr?: string }) => {
-      throw new CairnError('E_NO_SUCH_PATH', `upload: cannot read ${hostPath}: ${(e.stderr ?? e.message).trim()}`, {
-        path: hostPath,
+    let body: string;
+    if (st.isFile()) {
+      // A regular file travels as itself: no tar to write on the host nor to unpack under TCG (4x faster).
+      fs.copyFileSync(src, staged, fs.constants.COPYFILE_FICLONE);
+      body =
+        `${vars}${into}if [ -d "$d" ]; then t="$d/$n"; else t="$d"; fi; ` +
+        `dd if=$M/${id} of="$t" bs=512k 2>/dev/null && chmod ${(st.mode & 0o7777).toString(8)} "$t"`;
+    } else {
+      // GNU tar on the host, owners zeroed: the guest's root owns what it unpacks.
+      await execFileP(
+        'tar',
+        ['--create', '--file', staged, '--format=gnu', '--numeric-owner', '--owner=0', '--group=0'].concat([
+          '--directory',
+          path.dirname(src),
+          '--',
+          name,
+        ]),
+        { maxBuffer: 1 << 20 },
+      ).catch((e: Error & { stderr?: string }) => {
+        throw new CairnError('E_NO_SUCH_PATH', `upload: cannot read ${hostPath}: ${(e.stderr ?? e.message).trim()}`, {
+          path: hostPath,
+        });
       });
-    });
+      // Not into a directory: unpack next to the new name, then rename, so `upload D /x/g` makes g.
+      body =
+        `${vars}${into}if [ -d "$d" ]; then dd if=$M/${id} bs=512k 2>/dev/null | tar -x -f - -C "$d"; ` +
+        `else p="$(dirname "$d")/.cairn-up-${id}"; mkdir "$p" && ` +
+        `dd if=$M/${id} bs=512k 2>/dev/null | tar -x -f - -C "$p" && rm -rf "$d" 2>/dev/null; ` +
+        `mv "$p/$n" "$d"; r=$?; rm -rf "$p"; exit $r; fi`;
+    }
     const bytes = fs.statSync(staged).size;
     progress?.(0, bytes);
     // Renamed in whole: the host never writes inside the share.
     fs.renameSync(staged, inShare);
-    const dst = guestPath.replace(/\/+$/, '') || '/';
-    const into = guestPath.endsWith('/') ? `mkdir -p ${q(dst)} && ` : '';
-    // Not into a directory: unpack next to the new name, then rename, so `upload F /x/g` makes g.
-    const body =
-      `${into}t=$M/${id}.tar; if [ -d ${q(dst)} ]; then ` +
-      `dd if=$t bs=512k 2>/dev/null | tar -x -f - -C ${q(dst)}; ` +
-      `else p=$(dirname ${q(dst)})/.cairn-up-${id}; mkdir $p && ` +
-      `dd if=$t bs=512k 2>/dev/null | tar -x -f - -C $p && rm -rf ${q(dst)} 2>/dev/null; ` +
-      `mv $p/${q(name)} ${q(dst)}; r=$?; rm -rf $p; exit $r; fi`;
-    const r = await ch.exec(mounted(body), { timeoutMs: HOUR });
+    const r = await runMounted(ch, body);
     if (r.exitCode !== 0) throw transferError(`upload ${hostPath} to ${guestPath}`, r);
     progress?.(bytes, bytes);
     return { bytes, ms: performance.now() - t0 };
@@ -189,37 +204,52 @@ export async function downloadTree(
   const name = path.posix.basename(src);
   const dest = hostDestination(hostPath, name, guestPath);
   const id = randomBytes(8).toString('hex');
-  const inShare = path.join(ch.share, `${id}.tar`);
-  const taken = path.join(ch.stage, `${id}.tar`);
-  const tree = path.join(ch.stage, id);
+  const inShare = path.join(ch.share, id);
+  const taken = path.join(ch.stage, id);
+  const tree = path.join(ch.stage, `${id}.d`);
   const stop = watchSize(inShare, progress, null);
   try {
-    // A directory travels as its contents (`.`), a file under its own name.
+    // The first line says what travels: F (a regular file, as itself, with its exec bit), D (a directory's
+    // contents as a tar) or T (anything else, a symlink say, as a tar under its own name).
+    // The path is quoted once into $s: the whole command must stay one tty line (4095 bytes).
+    const toShare = `| dd of=$M/${id} bs=512k iflag=fullblock 2>/dev/null`;
     const body =
-      `if [ -d ${q(src)} ]; then tar -c -f - -C ${q(src)} .; ` +
-      `elif [ -e ${q(src)} ] || [ -L ${q(src)} ]; then ` +
-      `tar -c -f - -C $(dirname ${q(src)}) ${q(name)}; ` +
-      `else echo "no such file or directory in the machine" >&2; exit 2; fi ` +
-      `| dd of=$M/${id}.tar bs=512k iflag=fullblock 2>/dev/null`;
-    const r = await ch.exec(mounted(body), { timeoutMs: HOUR });
+      `s=${q(src)}; if [ -f "$s" ] && [ ! -L "$s" ]; then if [ -x "$s" ]; then echo F x; else echo F -; fi; ` +
+      `dd if="$s" of=$M/${id} bs=512k 2>/dev/null; ` +
+      `elif [ -d "$s" ] && [ ! -L "$s" ]; then echo D; tar -c -f - -C "$s" . ${toShare}; ` +
+      `elif [ -e "$s" ] || [ -L "$s" ]; then echo T; tar -c -f - -C "$(dirname "$s")" "$(basename "$s")" ${toShare}; ` +
+      `else echo "no such file or directory in the machine" >&2; exit 2; fi`;
+    const r = await runMounted(ch, body);
     stop();
     if (r.exitCode !== 0) throw transferError(`download ${guestPath}`, r);
+    // The guest's output is not trusted: one of the three answers, exactly.
+    const kind = /^(F [x-]|D|T)\n$/.exec(r.stdout)?.[1];
+    if (!kind) throw new CairnError('E_MACHINE_TRANSFER', `download ${guestPath}: the machine gave no valid answer`);
     // Out of the guest's reach first; then it must still be a plain file.
     fs.renameSync(inShare, taken);
-    const bytes = withRegularFile(taken, (_fd, s) => s.size);
+    const bytes = withRegularFile(taken, (fd, st) => {
+      // Only the exec bit is kept, as in store outputs: no setuid bit from a guest.
+      if (kind.startsWith('F')) fs.fchmodSync(fd, kind === 'F x' ? 0o755 : 0o644);
+      return st.size;
+    });
     if (bytes === null)
-      throw new CairnError('E_MACHINE_TRANSFER', `download ${guestPath}: the guest left no archive of it`);
+      throw new CairnError('E_MACHINE_TRANSFER', `download ${guestPath}: the guest left no regular file for it`);
     progress?.(bytes, bytes);
-    fs.mkdirSync(tree, { mode: 0o700 });
-    try {
-      await extractTar(taken, 'tar', tree);
-    } catch (e) {
-      if (e instanceof CairnError) e.message = `download ${guestPath} from the machine: ${e.message}`;
-      throw e;
+    if (kind.startsWith('F')) {
+      replaceWith(taken, dest);
+    } else {
+      fs.mkdirSync(tree, { mode: 0o700 });
+      try {
+        await extractTar(taken, 'tar', tree);
+      } catch (e) {
+        if (e instanceof CairnError) e.message = `download ${guestPath} from the machine: ${e.message}`;
+        throw e;
+      }
+      const got = kind === 'D' ? tree : path.join(tree, name);
+      if (!fs.lstatSync(got, { throwIfNoEntry: false }))
+        throw new CairnError('E_MACHINE_TRANSFER', `download ${guestPath}: the machine's archive does not hold it`);
+      replaceWith(got, dest);
     }
-    const isDir = fs.lstatSync(path.join(tree, name), { throwIfNoEntry: false });
-    const got = isDir && !isDir.isDirectory() ? path.join(tree, name) : tree;
-    replaceWith(got, dest);
     return { bytes, ms: performance.now() - t0 };
   } finally {
     stop();
