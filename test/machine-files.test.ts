@@ -76,9 +76,7 @@ describe('file transfer over 9p', () => {
         let t = performance.now();
         await vm.upload(src, '/tmp/big.bin');
         times.push(performance.now() - t);
-        const r = await vm.exec('sha256sum /tmp/big.bin; stat -c %a /tmp/big.bin; mount | grep -c 9p', {
-          check: false,
-        });
+        const r = await vm.exec('sha256sum /tmp/big.bin; stat -c %a /tmp/big.bin', { check: true });
         t = performance.now();
         await vm.download('/tmp/big.bin', back);
         times.push(performance.now() - t);
@@ -86,15 +84,16 @@ describe('file transfer over 9p', () => {
       },
       { store },
     );
-    const [sum, mode, mounts] = seen.trim().split('\n');
+    const [sum, mode] = seen.trim().split('\n');
     assert.equal(sum!.split(' ')[0], sha256(fs.readFileSync(src)));
     assert.equal(mode, '640');
-    assert.equal(mounts, '0', 'the share is unmounted after a transfer');
     assert.equal(sha256(fs.readFileSync(back)), sha256(fs.readFileSync(src)));
     // A figure for the log, not an assertion (timing depends on the host's load).
     const mbps = times.map((ms) => (52.4288 / (ms / 1000)).toFixed(0));
-    process.stderr.write(`# 50 MB: upload ${times[0]!.toFixed(0)} ms (${mbps[0]} MB/s), ` +
-      `download ${times[1]!.toFixed(0)} ms (${mbps[1]} MB/s)\n`);
+    process.stderr.write(
+      `# 50 MB: upload ${times[0]!.toFixed(0)} ms (${mbps[0]} MB/s), ` +
+        `download ${times[1]!.toFixed(0)} ms (${mbps[1]} MB/s)\n`,
+    );
   });
 
   it('a directory tree goes in and comes back: names as bytes, exec bits, links, empty dirs, 300 small files', async () => {
@@ -164,6 +163,7 @@ describe('file transfer over 9p', () => {
     });
     const m = base.apply(build, { src }).apply(exec, { cmd: 'cat /mnt/in.txt /tmp/out/result > /mnt/seen' });
     await m.realize({ store });
+    // The share was unmounted before the save (QEMU refuses to save while it is mounted).
     const seen = await m.use((vm) => vm.exec('cat /mnt/seen; mount | grep -c 9p'), { store });
     assert.equal(seen.stdout, 'uploaded\nbuilt\n0\n');
     // The download step's own state holds files/product and files/single.
@@ -198,10 +198,7 @@ describe('a hostile guest', () => {
     const dest = path.join(dir, 'hostile-out');
     await base.use(
       async (vm) => {
-        await vm.exec(
-          `mkdir -p /tmp/evil && ln -s ${secret} /tmp/evil/abs && echo x > /tmp/evil/ok`,
-          { check: true },
-        );
+        await vm.exec(`mkdir -p /tmp/evil && ln -s ${secret} /tmp/evil/abs && echo x > /tmp/evil/ok`, { check: true });
         await assert.rejects(vm.download('/tmp/evil', dest), isCode('E_UNSAFE_ARCHIVE'));
         await vm.exec('rm /tmp/evil/abs && ln -s ../../../../../../../.. /tmp/evil/up', { check: true });
         await assert.rejects(vm.download('/tmp/evil', dest), isCode('E_UNSAFE_ARCHIVE'));
@@ -259,11 +256,23 @@ describe('cairn machine upload/download', () => {
     fs.writeFileSync(path.join(d, 'inner'), 'inner\n');
     const hostOut = path.join(dir, 'cli-out');
     const args = [
-      'machine', 'tiny',
-      '+', 'upload', f, '/tmp/',
-      '+', 'upload', d, '/mnt/',
-      '+', 'exec', 'mkdir -p /tmp/o && cat /tmp/cli-f.txt /mnt/cli-dir/inner > /tmp/o/both',
-      '+', 'download', '/tmp/o', hostOut,
+      'machine',
+      'tiny',
+      '+',
+      'upload',
+      f,
+      '/tmp/',
+      '+',
+      'upload',
+      d,
+      '/mnt/',
+      '+',
+      'exec',
+      'mkdir -p /tmp/o && cat /tmp/cli-f.txt /mnt/cli-dir/inner > /tmp/o/both',
+      '+',
+      'download',
+      '/tmp/o',
+      hostOut,
     ];
     const r1 = ok(cairn(storeDir, args));
     assert.match(r1.stderr, /upload \S+cli-f\.txt -> \/tmp\/: [\d.]+ MB in [\d.]+ s/, 'the transfer is logged');

@@ -355,7 +355,10 @@ export function downloadTarget(downloadsDir: string | null, hostPath: string): s
 const mb = (n: number): string => `${(n / 1e6).toFixed(1)} MB`;
 
 /** Progress of a transfer as log lines: at most one every 2 s while it runs, and a summary. */
-function transferLog(log: (s: string) => void, what: string): { progress(b: number, t: number | null): void; done(): void } {
+function transferLog(
+  log: (s: string) => void,
+  what: string,
+): { progress(b: number, t: number | null): void; done(): void } {
   const t0 = performance.now();
   let last = t0;
   let bytes = 0;
@@ -397,7 +400,10 @@ function stepMachine(
     async download(machinePath, hostPath, opts = {}) {
       const target = downloadTarget(downloadsDir, hostPath);
       if (downloadsDir !== null) fs.mkdirSync(downloadsDir, { recursive: true });
-      const t = transferLog(log, `download ${machinePath} -> ${downloadsDir === null ? hostPath : `${DOWNLOADS}/${hostPath}`}`);
+      const t = transferLog(
+        log,
+        `download ${machinePath} -> ${downloadsDir === null ? hostPath : `${DOWNLOADS}/${hostPath}`}`,
+      );
       await m.download(machinePath, target, {
         progress: (b, total) => {
           t.progress(b, total);

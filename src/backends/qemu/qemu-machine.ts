@@ -21,7 +21,7 @@ import type {
 import { ConsoleError, type SerialConsole } from './console.js';
 import { chainLength, chooseCloneMode, cloneDisk, makeBackingRelative, type CloneMode } from './disk.js';
 import { DEFAULT_APPEND, DEFAULT_MACHINE, shareDir, Vm, type VmSpec } from './vm.js';
-import { downloadTree, uploadTree, type TransferChannel } from './transfer.js';
+import { downloadTree, unmountShare, uploadTree, type TransferChannel } from './transfer.js';
 
 export interface QemuState extends BackendState {
   backend: 'qemu';
@@ -110,9 +110,11 @@ export async function bootSession(
 }
 
 function qemuSession(vm: Vm, clone: CloneMode | null): BackendSession {
+  const { machine, beforeSave } = runningQemu(vm);
   return {
-    machine: runningQemu(vm),
+    machine,
     async save(outDir: string, finalDir: string): Promise<QemuState> {
+      await beforeSave();
       await vm.freeze(path.join(outDir, 'memory.bin'));
       let disk: string | null = null;
       let chain = 0;
@@ -153,7 +155,7 @@ const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
 /** Base64 chunk size per console round trip (well under the tty's line limits: one base64 line per 76 chars). */
 const CHUNK = 48 * 1024;
 
-function runningQemu(vm: Vm): RunningMachine {
+function runningQemu(vm: Vm): { machine: RunningMachine; beforeSave(): Promise<void> } {
   const con: SerialConsole = vm.console;
   const exec = async (cmd: string, opts: ExecOptions = {}): Promise<ExecResult> => {
     // stderr goes to a file and is printed after a marker, so the serial
@@ -240,7 +242,7 @@ function runningQemu(vm: Vm): RunningMachine {
     }
     return channel;
   };
-  return {
+  const machine: RunningMachine = {
     backend: 'qemu',
     exec,
     console: console_,
@@ -286,4 +288,6 @@ function runningQemu(vm: Vm): RunningMachine {
       fs.writeFileSync(hostPath, Buffer.from(r.stdout.replace(/\s+/g, ''), 'base64'));
     },
   };
+  // QEMU refuses to save while the guest has the share mounted.
+  return { machine, beforeSave: () => unmountShare(channel) };
 }
