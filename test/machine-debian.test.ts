@@ -133,7 +133,7 @@ describe('debian base', () => {
     console.log(`# cached 2-step debian pipeline via the CLI: ${Math.round(cachedMs)} ms`);
   });
 
-  it('moves files both ways over the 9p share (modules loaded before switch_root), and saves after a transfer', async () => {
+  it('moves files both ways over 9p (modules loaded before switch_root), and saves after a transfer', async () => {
     const host = fs.mkdtempSync(path.join(os.tmpdir(), 'cairn-debian-files-'));
     try {
       fs.mkdirSync(path.join(host, 'tree', 'sub'), { recursive: true });

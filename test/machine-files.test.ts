@@ -96,7 +96,7 @@ describe('file transfer over 9p', () => {
     );
   });
 
-  it('a directory tree goes in and comes back: names as bytes, exec bits, links, empty dirs, 300 small files', async () => {
+  it('a tree goes in and comes back: names as bytes, exec bits, links, empty dirs, 300 small files', async () => {
     const src = path.join(dir, 'tree');
     makeTree(src);
     const back = path.join(dir, 'tree-back');
@@ -192,7 +192,7 @@ describe('file transfer over 9p', () => {
 });
 
 describe('a hostile guest', () => {
-  it('symlinks to host paths and device nodes refuse the download; nothing outside the destination changes', async () => {
+  it('links to host paths and device nodes refuse the download; nothing outside the destination changes', async () => {
     const secret = path.join(dir, 'host-secret');
     fs.writeFileSync(secret, 'host only\n');
     const dest = path.join(dir, 'hostile-out');

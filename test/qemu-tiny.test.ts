@@ -63,7 +63,7 @@ describe('tiny base from Debian packages', () => {
   it('builds kernel + initramfs; rebuilding from the same .debs gives the same bytes', async () => {
     const fx = await tinyFixture();
     assert.match(fx.kernelVersion, /^\d\S*-amd64$/);
-    assert.doesNotMatch(fx.kernelVersion, /cloud/, "the generic kernel: the cloud one has no 9p");
+    assert.doesNotMatch(fx.kernelVersion, /cloud/, 'the generic kernel: the cloud one has no 9p');
     const kernel = fs.readFileSync(fx.kernel);
     assert.equal(kernel.subarray(0x202, 0x206).toString(), 'HdrS', 'a bzImage');
     const initramfs = fs.readFileSync(fx.initramfs);
@@ -80,7 +80,10 @@ describe('tiny base from Debian packages', () => {
       ['9pnet.ko', '9pnet_virtio.ko'],
     ];
     for (const [dep, mod] of pairs)
-      assert.ok(mods.indexOf(dep) >= 0 && mods.indexOf(dep) < mods.indexOf(mod), `${dep} before ${mod}: ${mods.join(' ')}`);
+      assert.ok(
+        mods.indexOf(dep) >= 0 && mods.indexOf(dep) < mods.indexOf(mod),
+        `${dep} before ${mod}: ${mods.join()}`,
+      );
 
     const { dir, cleanup } = tempDir('cairn-tiny-rebuild');
     try {

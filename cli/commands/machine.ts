@@ -124,7 +124,7 @@ async function buildMachine(
       const to = host ?? (args as { to: string }).to;
       args = { ...(args as object), to: path.resolve(to) + (to.endsWith('/') ? '/' : '') };
     }
-    m = m.apply(def.step, args as never, opts);
+    m = m.apply(def.step, args, opts);
     if (g.name === 'download' && !g.transient && host !== undefined && m.transientSteps.length === 0)
       copyOuts.push({ stage: m.saved, name: (args as { to: string }).to, hostPath: host });
   }

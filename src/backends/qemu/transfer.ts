@@ -174,10 +174,9 @@ export async function uploadTree(
           name,
         ]),
         { maxBuffer: 1 << 20 },
-      ).catch((e: Error & { stderr?: string }) => {
-        throw new CairnError('E_NO_SUCH_PATH', `upload: cannot read ${hostPath}: ${(e.stderr ?? e.message).trim()}`, {
-          path: hostPath,
-        });
+      ).catch((e: unknown) => {
+        const why = (e as { stderr?: string }).stderr || (e as Error).message;
+        throw new CairnError('E_NO_SUCH_PATH', `upload: cannot read ${hostPath}: ${why.trim()}`, { path: hostPath });
       });
       // Not into a directory: unpack next to the new name, then rename, so `upload D /x/g` makes g.
       body =
