@@ -12,7 +12,7 @@ import { CairnError } from '../../errors.js';
 import { removeTree } from '../fsutil.js';
 import type { RRef } from '../refs.js';
 import { walkTree } from '../tree.js';
-import { download, unpackTree } from './archive.js';
+import { fetchObject, unpackTree } from './archive.js';
 import type { BlobStore } from './blob.js';
 import { PARALLEL, checkTrust, listRRefs, mapLimit, readInfo } from './entries.js';
 import { archiveKindOf, blobsOf, depsOf, drvKey, entryKey, parseEntry, type CacheEntry } from './format.js';
@@ -99,9 +99,8 @@ async function checkArchive(
     const file = path.join(dir, `a.${kind}`);
     if (e.inlineArchive !== null) fs.writeFileSync(file, Buffer.from(e.inlineArchive, 'base64'));
     else {
-      const body = await blob.getStream(e.archive);
-      if (body === undefined) return { code: 'E_CACHE_MISSING', detail: `${e.archive} vanished` };
-      await download(body, file);
+      if (!(await fetchObject(blob, e.archive, file)))
+        return { code: 'E_CACHE_MISSING', detail: `${e.archive} vanished` };
     }
     const into = path.join(dir, 'x');
     fs.mkdirSync(into);
