@@ -139,7 +139,9 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
       `build and resume machines step by step: machine BASE [+ STEP ...] [+ shell]; machine ls; machine gc
   bases: ${[...MACHINE_BASES.keys()].join(', ')}; steps: exec CMD, script.run FILE, upload SRC DST,
   self_test.greeting, shell, or a TS module (path, or NAME in --steps DIR / $CAIRN_STEPS / ./steps).
-  Prefix a step with 'transient' to never save its result; --cache=DUR caps how long it is reused.`,
+  Prefix a step with 'transient' to never save its result; --cache=DUR caps how long it is reused.
+  Base options: --memory=MB --smp=N --net[=restrict] --forward=[HOSTPORT:]GUESTPORT,... (guest sees the host
+  at 10.0.2.2; a forward's host port, chosen per run when not given, is printed).`,
     )
     .argument('<words...>')
     .option('--steps <dir>', 'a directory of step modules (repeatable)', (v: string, prev: string[] = []) => [

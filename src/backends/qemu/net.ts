@@ -86,16 +86,13 @@ export function parseNetOption(net: NetOption | undefined): { mode: NetMode | nu
 /** Two forwards to one guest port, or two from one fixed host port, cannot be told apart or bound. */
 export function checkForwards(forwards: readonly PortForward[]): void {
   const seen = new Set<string>();
+  const once = (key: string, what: string): void => {
+    if (seen.has(key)) throw bad(`two forwards use ${what}`);
+    seen.add(key);
+  };
   for (const f of forwards) {
-    for (const key of [`${f.proto}:guest:${f.guestPort}`, f.hostPort ? `${f.proto}:host:${f.hostPort}` : '']) {
-      if (!key) continue;
-      if (seen.has(key))
-        throw bad(
-          `two forwards use ${f.proto} ${key.includes('guest') ? 'guest' : 'host'} port ` +
-            `${key.slice(key.lastIndexOf(':') + 1)}`,
-        );
-      seen.add(key);
-    }
+    once(`${f.proto} guest ${f.guestPort}`, `${f.proto} guest port ${f.guestPort}`);
+    if (f.hostPort) once(`${f.proto} host ${f.hostPort}`, `${f.proto} host port ${f.hostPort}`);
   }
 }
 
