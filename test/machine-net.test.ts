@@ -23,6 +23,7 @@ import { debian } from '../src/stages/bases/debian.js';
 import type { RunningMachine } from '../src/backends/machine.js';
 import { netArgs, parseForward, parseNetOption, parseUsernet } from '../src/backends/qemu/net.js';
 import { clockCommand } from '../src/backends/qemu/vm.js';
+import { qemuBackend } from '../src/backends/qemu/qemu-machine.js';
 import { requireQemu } from './fixtures/qemu/tiny.js';
 import { debianFixture, type DebianFixture } from './fixtures/qemu/debian.js';
 import { cairn, drefOf, expectError, isCode, isolateModuleCache, ok, tempDir } from './helpers.js';
@@ -155,6 +156,31 @@ describe('net options (no VM)', () => {
     assert.equal(
       clockCommand(1_700_000_000_042),
       'date -s @1700000000.042 >/dev/null 2>&1 || date -s @1700000000 >/dev/null',
+    );
+  });
+
+  it('a machine.json with an unknown network mode is E_MACHINE_STATE; forwards need a network', async () => {
+    const state = {
+      backend: 'qemu',
+      qemuVersion: '7.2.22',
+      machine: 'pc-q35-7.2',
+      memoryMb: 256,
+      smp: 1,
+      accel: 'tcg',
+      accelArgs: ['-accel', 'tcg'],
+      kernel: 'vmlinuz',
+      initramfs: 'initramfs.cpio',
+      append: '',
+      memory: 'memory.bin',
+      disk: null,
+    };
+    const work = path.join(dir, 'hostile');
+    fs.mkdirSync(work);
+    for (const netMode of ['tap,script=/bin/evil', 1, {}])
+      await assert.rejects(qemuBackend.resume(work, { ...state, net: netMode }, work), isCode('E_MACHINE_STATE'));
+    await assert.rejects(
+      qemuBackend.resume(work, state, work, { forwards: [{ proto: 'tcp', hostPort: 0, guestPort: 80 }] }),
+      isCode('E_BAD_ARGUMENT'),
     );
   });
 
