@@ -9,8 +9,10 @@ import * as path from 'node:path';
 import { CairnError } from '../../src/errors.js';
 import { durationFlag } from '../library-errors.js';
 import { machineBase, MACHINE_BASES } from '../../src/stages/bases/registry.js';
+import type { BaseOptions } from '../../src/stages/bases/booted-state.js';
+import { parseNetOption } from '../../src/backends/qemu/net.js';
 import { killLiveVms } from '../../src/backends/qemu/vm.js';
-import { machine, type ApplyOptions, type Machine } from '../../src/stages/machine.js';
+import { logForwards, machine, type ApplyOptions, type Machine } from '../../src/stages/machine.js';
 import { collectMachineGarbage, listMachineStates } from '../../src/stages/machine-states.js';
 import { resolveStep, type CliWords } from '../../src/stages/machine-steps.js';
 import type { RunningMachine } from '../../src/backends/machine.js';
@@ -61,10 +63,13 @@ function stepsDirs(opt: string[] | undefined): string[] {
   return dirs.map((d) => path.resolve(d));
 }
 
-function baseOptions(w: CliWords): { memoryMb?: number; smp?: number } {
-  const { memory, smp, ...rest } = w.named;
+function baseOptions(w: CliWords): BaseOptions {
+  const { memory, smp, net, forward, ...rest } = w.named;
   if (w.positional.length || Object.keys(rest).length)
-    throw new CairnError('E_USAGE', 'a base takes only --memory=MB and --smp=N');
+    throw new CairnError(
+      'E_USAGE',
+      'a base takes only --memory=MB, --smp=N, --net[=restrict] and --forward=[HOSTPORT:]GUESTPORT[,...]',
+    );
   const num = (v: string | true | undefined, flag: string): number | undefined => {
     if (v === undefined) return undefined;
     const n = Number(v);
@@ -72,7 +77,25 @@ function baseOptions(w: CliWords): { memoryMb?: number; smp?: number } {
       throw new CairnError('E_USAGE', `--${flag} needs a whole number, not ${JSON.stringify(v)}`);
     return n;
   };
-  return { memoryMb: num(memory, 'memory'), smp: num(smp, 'smp') };
+  return { memoryMb: num(memory, 'memory'), smp: num(smp, 'smp'), ...netOption(net, forward) };
+}
+
+/** `--net`, `--net=user|restrict`, `--forward=SPEC[,SPEC...]` (forwards imply `--net`). */
+function netOption(net: string | true | undefined, forward: string | true | undefined): Pick<BaseOptions, 'net'> {
+  if (net !== undefined && net !== true && net !== 'user' && net !== 'restrict')
+    throw new CairnError('E_USAGE', `--net takes no value, or user or restrict, not ${JSON.stringify(net)}`);
+  if (forward === true)
+    throw new CairnError('E_USAGE', '--forward needs a port, e.g. --forward=80 or --forward=8080:80');
+  if (net === undefined && forward === undefined) return {};
+  const mode = net === 'restrict' ? 'restrict' : 'user';
+  const specs = forward === undefined ? [] : forward.split(',');
+  try {
+    const parsed = parseNetOption({ mode, forward: specs });
+    return { net: { mode, forward: parsed.forwards } };
+  } catch (e) {
+    if (e instanceof CairnError) throw new CairnError('E_USAGE', e.message.replace(/^net: /, '--forward: '));
+    throw e;
+  }
 }
 
 async function buildMachine(groups: Group[], dirs: string[]): Promise<{ m: Machine; shell: boolean }> {
@@ -116,7 +139,9 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
       `build and resume machines step by step: machine BASE [+ STEP ...] [+ shell]; machine ls; machine gc
   bases: ${[...MACHINE_BASES.keys()].join(', ')}; steps: exec CMD, script.run FILE, upload SRC DST,
   self_test.greeting, shell, or a TS module (path, or NAME in --steps DIR / $CAIRN_STEPS / ./steps).
-  Prefix a step with 'transient' to never save its result; --cache=DUR caps how long it is reused.`,
+  Prefix a step with 'transient' to never save its result; --cache=DUR caps how long it is reused.
+  Base options: --memory=MB --smp=N --net[=restrict] --forward=[HOSTPORT:]GUESTPORT,... (guest sees the host
+  at 10.0.2.2; a forward's host port, chosen per run when not given, is printed).`,
     )
     .argument('<words...>')
     .option('--steps <dir>', 'a directory of step modules (repeatable)', (v: string, prev: string[] = []) => [
@@ -157,7 +182,12 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
     let rref: string;
     try {
       if (shell) {
-        await m.use((vm) => (process.stdin.isTTY ? interactiveShell(vm) : scriptedShell(vm)), {
+        const run = (vm: RunningMachine): Promise<void> => {
+          // The host ports chosen for this run: how the user reaches the guest's services.
+          logForwards(vm, (line) => process.stderr.write(`machine: ${line}\n`));
+          return process.stdin.isTTY ? interactiveShell(vm) : scriptedShell(vm);
+        };
+        await m.use(run, {
           store,
           events: progress,
           stepLog,

@@ -21,7 +21,13 @@ import { createHash } from 'node:crypto';
 import { CairnError } from '../errors.js';
 import { canonicalJson, type Json } from '../store/canonical.js';
 import { parseDuration } from '../duration.js';
-import type { BackendSession, BackendState, MachineBackend, RunningMachine } from '../backends/machine.js';
+import type {
+  BackendSession,
+  BackendState,
+  MachineBackend,
+  ResumeOptions,
+  RunningMachine,
+} from '../backends/machine.js';
 import { removeTree } from '../store/fsutil.js';
 import { checkName, type RRef } from '../store/refs.js';
 import { custom, type Candidate, type Matcher } from './matchers.js';
@@ -236,6 +242,20 @@ export interface UseOptions extends Omit<MachineRunOptions, 'outLink'> {}
 
 const toMs = (d: string | number): number => (typeof d === 'number' ? d : parseDuration(d));
 
+/** Per-run settings (port forwards) a base hands to every run of machines built on it. */
+const runOptionsOf = new WeakMap<Stage, ResumeOptions>();
+
+/** Attaches per-run settings to a base stage; they are not part of its identity. */
+export function withRunOptions<S extends Stage<any>>(base: S, run: ResumeOptions): S {
+  runOptionsOf.set(base, run);
+  return base;
+}
+
+/** Logs a running machine's port forwards, so the user can find the host ports chosen for this run. */
+export function logForwards(m: RunningMachine, log: (line: string) => void): void {
+  for (const f of m.forwards ?? []) log(`forward ${f.proto} ${f.hostAddr}:${f.hostPort} -> guest port ${f.guestPort}`);
+}
+
 /**
  * A machine reference: the newest stage that is saved, plus steps that
  * run only when the machine is used (transient ones).
@@ -244,10 +264,11 @@ export class Machine {
   private constructor(
     readonly saved: Stage,
     private readonly pending: readonly Pending[],
+    private readonly run: ResumeOptions,
   ) {}
 
   static of(base: Stage | Machine): Machine {
-    return base instanceof Machine ? base : new Machine(base, []);
+    return base instanceof Machine ? base : new Machine(base, [], runOptionsOf.get(base) ?? {});
   }
 
   /** A new machine: this one after `step`. Nothing runs. */
@@ -258,11 +279,11 @@ export class Machine {
     // A 'last' step followed by another one is an ordinary step after all.
     const before =
       this.pending.length === 1 && this.pending[0]!.opts.transient === 'last'
-        ? new Machine(stepStage(this.saved, this.pending[0]!), [])
+        ? new Machine(stepStage(this.saved, this.pending[0]!, this.run), [], this.run)
         : this;
     const p: Pending = { step: s, args, opts };
-    if (opts.transient || before.pending.length > 0) return new Machine(before.saved, [...before.pending, p]);
-    return new Machine(stepStage(before.saved, p), []);
+    if (opts.transient || before.pending.length > 0) return new Machine(before.saved, [...before.pending, p], this.run);
+    return new Machine(stepStage(before.saved, p, this.run), [], this.run);
   }
 
   /** Steps that run on every use and are never saved. */
@@ -308,7 +329,7 @@ export class Machine {
     let session: BackendSession | undefined;
     try {
       const backend = await machineBackend(state.description.backend);
-      session = await backend.resume(state.dir, state.description.state, work);
+      session = await backend.resume(state.dir, state.description.state, work, this.run);
       for (const p of this.pending) {
         const vm = stepMachine(session.machine, (line) => opts.stepLog?.(p.step.name, line), {
           expiresAt: null,
@@ -339,6 +360,10 @@ function stepMachine(
     console: m.console,
     upload: m.upload.bind(m),
     download: m.download.bind(m),
+    get forwards() {
+      return m.forwards;
+    },
+    ...(m.forward ? { forward: m.forward.bind(m) } : {}),
     // One log line per output line, so every line carries the step's prefix.
     log: (message: string) => {
       for (const line of message.split('\n')) log(line);
@@ -408,7 +433,7 @@ export async function saveSession(
   });
 }
 
-function stepStage(parent: Stage, p: Pending): Stage<StepConfig> {
+function stepStage(parent: Stage, p: Pending, run: ResumeOptions): Stage<StepConfig> {
   const cache = p.opts.cache === undefined ? null : toMs(p.opts.cache);
   return stage<StepConfig>({
     name: p.step.name,
@@ -420,8 +445,9 @@ function stepStage(parent: Stage, p: Pending): Stage<StepConfig> {
     async build(ctx) {
       const parent = ctx.config.parent;
       const d = readDescription(parent.path);
-      const session = await (await machineBackend(d.backend)).resume(parent.path, d.state, ctx.tmp);
+      const session = await (await machineBackend(d.backend)).resume(parent.path, d.state, ctx.tmp, run);
       ctx.log(`resumed ${parent.rrefs[0]} (${d.backend})`);
+      logForwards(session.machine, ctx.log);
       await saveSession(
         ctx,
         session,

@@ -16,8 +16,10 @@ import type {
   ExecResult,
   MachineBackend,
   MachineConsole,
+  ResumeOptions,
   RunningMachine,
 } from '../machine.js';
+import { parseForward, type ActiveForward, type NetMode } from './net.js';
 import { ConsoleError, type SerialConsole } from './console.js';
 import { chainLength, chooseCloneMode, cloneDisk, makeBackingRelative, type CloneMode } from './disk.js';
 import { DEFAULT_APPEND, DEFAULT_MACHINE, Vm, type VmSpec } from './vm.js';
@@ -39,6 +41,8 @@ export interface QemuState extends BackendState {
   /** How the disk was cloned when this state ran, and its backing chain length. */
   clone: CloneMode | null;
   chain: number;
+  /** The network card's mode, or null; absent in states saved before machines had networks. */
+  net?: NetMode | null;
 }
 
 /** CAIRN_DISK_CLONE=auto|reflink|overlay|copy picks the clone strategy (default auto). */
@@ -62,15 +66,23 @@ function checkState(state: BackendState): QemuState {
     typeof s.kernel === 'string' &&
     typeof s.initramfs === 'string' &&
     typeof s.memory === 'string' &&
-    typeof s.qemuVersion === 'string';
+    typeof s.qemuVersion === 'string' &&
+    (s.net === undefined || s.net === null || s.net === 'user' || s.net === 'restrict');
   if (!ok) throw new CairnError('E_MACHINE_STATE', 'machine.json does not describe a QEMU state', { state });
   return s;
 }
 
 export const qemuBackend: MachineBackend = {
   kind: 'qemu',
-  async resume(stateDir: string, state: BackendState, workDir: string): Promise<BackendSession> {
+  async resume(
+    stateDir: string,
+    state: BackendState,
+    workDir: string,
+    opts: ResumeOptions = {},
+  ): Promise<BackendSession> {
     const s = checkState(state);
+    if (!s.net && opts.forwards?.length)
+      throw new CairnError('E_BAD_ARGUMENT', 'port forwards need a machine with a network (a base with net)');
     const clone = s.disk ? chooseCloneMode(cloneModeFromEnv(), workDir) : null;
     let disk: string | null = null;
     if (s.disk) {
@@ -85,6 +97,8 @@ export const qemuBackend: MachineBackend = {
       smp: s.smp,
       machine: s.machine,
       accel: { kind: s.accel, args: s.accelArgs, reason: 'from the saved state' },
+      net: s.net ?? null,
+      forwards: s.net ? (opts.forwards ?? []) : [],
     };
     const vm = await Vm.incoming(spec, workDir, path.join(stateDir, s.memory), disk, { expectVersion: s.qemuVersion });
     return qemuSession(vm, clone);
@@ -131,6 +145,7 @@ function qemuSession(vm: Vm, clone: CloneMode | null): BackendSession {
         kernel: path.relative(finalDir, path.resolve(spec.kernel)),
         initramfs: path.relative(finalDir, path.resolve(spec.initramfs)),
         append: spec.append ?? DEFAULT_APPEND,
+        ...(spec.net ? { net: spec.net } : {}),
         memory: 'memory.bin',
         disk,
         clone,
@@ -259,5 +274,9 @@ function runningQemu(vm: Vm): RunningMachine {
       const r = await exec(`base64 ${q(machinePath)}`, { check: true, timeoutMs: 300_000 });
       fs.writeFileSync(hostPath, Buffer.from(r.stdout.replace(/\s+/g, ''), 'base64'));
     },
+    get forwards(): readonly ActiveForward[] {
+      return vm.forwards;
+    },
+    forward: (f) => vm.forward(parseForward(f)),
   };
 }
