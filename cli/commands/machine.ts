@@ -1,7 +1,7 @@
 /**
  * `cairn machine BASE [+ STEP ...] [+ shell]`, `cairn machine ls` and
  * `cairn machine gc`. Words are split on `+`; each group is a step:
- * `[transient] NAME ARG... [--key=value] [--flag] [--cache=DUR]`.
+ * `[transient] NAME ARG... [--key=value] [--flag] [--cache=DUR] [--transient[=always|last|never]]`.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -89,10 +89,13 @@ async function buildMachine(groups: Group[], dirs: string[]): Promise<{ m: Machi
       continue;
     }
     const def = await resolveStep(g.name, dirs);
-    const { cache, ...named } = g.words.named;
+    const { cache, transient, ...named } = g.words.named;
     if (cache === true) throw new CairnError('E_USAGE', '--cache needs a duration, e.g. --cache=1h');
+    const mode = transientFlag(transient);
+    if (g.transient && mode !== undefined && mode !== true)
+      throw new CairnError('E_USAGE', `step ${g.name}: 'transient' and --transient=${transient} disagree`);
     const opts: ApplyOptions = {
-      ...(g.transient ? { transient: true } : {}),
+      ...(g.transient ? { transient: true } : mode !== undefined ? { transient: mode } : {}),
       ...(cache !== undefined ? { cache: durationFlag('--cache')(cache) } : {}),
     };
     let args: unknown;
@@ -109,6 +112,15 @@ async function buildMachine(groups: Group[], dirs: string[]): Promise<{ m: Machi
   return { m, shell };
 }
 
+/** `--transient` (or `=always`), `--transient=last`, `--transient=never`: a step's transient mode, per step. */
+function transientFlag(v: string | true | undefined): boolean | 'last' | undefined {
+  if (v === undefined) return undefined;
+  if (v === true || v === 'always') return true;
+  if (v === 'last') return 'last';
+  if (v === 'never') return false;
+  throw new CairnError('E_USAGE', `--transient takes always, last or never, not ${JSON.stringify(v)}`);
+}
+
 export function registerMachine(ctx: CliContext, passThrough: boolean): void {
   const cmd = ctx.program
     .command('machine')
@@ -116,7 +128,8 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
       `build and resume machines step by step: machine BASE [+ STEP ...] [+ shell]; machine ls; machine gc
   bases: ${[...MACHINE_BASES.keys()].join(', ')}; steps: exec CMD, script.run FILE, upload SRC DST,
   self_test.greeting, shell, or a TS module (path, or NAME in --steps DIR / $CAIRN_STEPS / ./steps).
-  Prefix a step with 'transient' to never save its result; --cache=DUR caps how long it is reused.`,
+  Prefix a step with 'transient' (or give --transient[=always|last|never]) to run it on a throwaway copy
+  and never save its result; --cache=DUR caps how long it is reused (script.run is transient when last).`,
     )
     .argument('<words...>')
     .option('--steps <dir>', 'a directory of step modules (repeatable)', (v: string, prev: string[] = []) => [

@@ -45,10 +45,16 @@ export const exec = step<{ cmd: string }>({
   },
 });
 
-/** Uploads a host script and runs it with sh; the script's content is part of the identity. */
+/**
+ * Uploads a host script and runs it with sh; the script's content is part of
+ * the identity. As in fingertip, it is transient when it is the last step (a
+ * test reruns every time) unless a cache cap is given, and kept when another
+ * step follows.
+ */
 export const scriptRun = step<{ path: string; sha256: string; args: string[] }>({
   name: 'script.run',
   version: 'cairn-script-run-1',
+  transient: 'last',
   async run(vm, a) {
     vm.dependOnFile(a.path);
     const inGuest = `/tmp/cairn-script-${a.sha256.slice(0, 12)}`;
