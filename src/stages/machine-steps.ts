@@ -13,6 +13,7 @@ import { CairnError } from '../errors.js';
 import type { Json } from '../store/canonical.js';
 import { importModule } from './load.js';
 import { requireFileSha256, step, type Step } from './machine.js';
+import { stepModuleCode } from './step-module-identity.js';
 
 export interface CliWords {
   positional: string[];
@@ -181,5 +182,7 @@ export async function resolveStep(name: string, stepsDirs: readonly string[]): P
   const s = [mod.default, mod.step].find(isStep);
   if (!s) throw new CairnError('E_UNKNOWN_STEP', `${file} exports no step (export default step({...}))`, { file });
   const fromCli = typeof mod.fromCli === 'function' ? (mod.fromCli as (w: CliWords) => Json) : defaultFromCli;
-  return { step: s, usage: `${name} ...`, fromCli };
+  // The module's own code and its local imports are part of the step's identity (see step-module-identity.ts).
+  const withModule: Step<any> = Object.freeze({ ...s, code: await stepModuleCode(s, file) });
+  return { step: withModule, usage: `${name} ...`, fromCli };
 }
