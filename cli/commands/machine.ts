@@ -16,6 +16,7 @@ import { resolveStep, type CliWords } from '../../src/stages/machine-steps.js';
 import type { RunningMachine } from '../../src/backends/machine.js';
 import { instantiate } from '../../src/stages/instantiate.js';
 import { addNamedRoot } from '../../src/store/roots.js';
+import { joinPath, removeTree } from '../../src/store/fsutil.js';
 import type { LocalStore } from '../../src/store/store.js';
 import { formatBytes } from '../format.js';
 import type { CliContext } from '../context.js';
@@ -155,10 +156,12 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
     if (words[0] === 'ls') return machineLs(store, flags(words, ['--json']).has('--json'));
     if (words[0] === 'gc') return machineGc(store, flags(words, ['--dry-run', '-n']).size > 0);
     const { m, shell } = await buildMachine(parseMachineWords(words), stepsDirs(o.steps));
-    // Interrupted, the VMs go too (the store's scratch directories are swept by the next run).
+    // Interrupted, the VMs go too, and with them this process's scratch
+    // directories (resumed disks, memory images): nothing else uses them.
     for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
       process.once(sig, () => {
         killLiveVms();
+        removeOwnScratch(store);
         process.exit(128 + os.constants.signals[sig]);
       });
     }
@@ -184,6 +187,23 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
     if (o.root) addNamedRoot(store, o.root, [rref as never]);
     process.stdout.write(rref + '\n');
   });
+}
+
+/** Removes STORE/tmp entries this process made (names are bytes; see LocalStore.sweepTemp). Never throws. */
+function removeOwnScratch(store: LocalStore): void {
+  const tmp = path.join(store.root, 'tmp');
+  try {
+    for (const name of fs.readdirSync(tmp, { encoding: 'buffer' })) {
+      if (name.toString('latin1').split('-')[0] !== store.owner) continue;
+      try {
+        removeTree(joinPath(tmp, name));
+      } catch {
+        /* the next run's sweep gets it */
+      }
+    }
+  } catch {
+    /* no tmp directory: nothing to remove */
+  }
 }
 
 /** `ls --json`, `gc -n`: the words after the subcommand, which must all be known flags. */
@@ -213,15 +233,24 @@ async function interactiveShell(vm: RunningMachine): Promise<void> {
 
 /**
  * Piped input is a script for the machine's shell: run as a whole, its
- * output printed and its exit status passed on (`echo cmd | cairn machine
- * tiny + shell` works in scripts and tests).
+ * output printed as it comes and its exit status passed on (`echo cmd |
+ * cairn machine tiny + shell` works in scripts and tests). stdout streams
+ * (so an interrupted script has shown what it printed); stderr comes apart
+ * from it only when the script ends.
  */
 async function scriptedShell(vm: RunningMachine): Promise<void> {
   const chunks: Buffer[] = [];
   for await (const c of process.stdin) chunks.push(c as Buffer);
+  let streamed = false;
   // A child of the machine's shell, so the script's `exit 3` ends the script, not the console.
-  const r = await vm.exec(Buffer.concat(chunks).toString('utf8'), { timeoutMs: 3_600_000 });
-  process.stdout.write(r.stdout);
+  const r = await vm.exec(Buffer.concat(chunks).toString('utf8'), {
+    timeoutMs: 3_600_000,
+    onStdout(text) {
+      streamed = true;
+      process.stdout.write(text);
+    },
+  });
+  if (!streamed) process.stdout.write(r.stdout); // a backend that does not stream
   process.stderr.write(r.stderr);
   process.exitCode = r.exitCode;
 }
