@@ -16,7 +16,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CairnError } from '../errors.js';
-import { canonicalModule } from './code-identity.js';
+import { moduleCodeHash } from './function-source.js';
 import { moduleFiles } from './load.js';
 import type { Step } from './machine.js';
 
@@ -32,8 +32,8 @@ function fileDigest(file: string): string {
       path: file,
     });
   }
-  const code = /\.[cm]?[jt]sx?$/.test(file) ? canonicalModule(bytes.toString('utf8'), file) : undefined;
-  return code !== undefined ? `code:${sha256(code)}` : `bytes:${sha256(bytes)}`;
+  const code = /\.[cm]?[jt]sx?$/.test(file) ? moduleCodeHash(bytes.toString('utf8'), file) : undefined;
+  return code !== undefined ? `code:${code}` : `bytes:${sha256(bytes)}`;
 }
 
 /**
