@@ -180,6 +180,7 @@ export default step({
     const base = machine(tiny());
     assert.deepEqual(base.apply(probe, null).transientSteps, ['probe']);
     assert.deepEqual(base.apply(probe, null, { cache: '1h' }).transientSteps, []);
+    assert.deepEqual(base.apply(probe, null, { cache: 0 }).transientSteps, ['probe'], 'no reuse asked: the default');
     assert.deepEqual(base.apply(probe, null, { transient: false }).transientSteps, []);
     assert.deepEqual(base.apply(probe, null).apply(exec, { cmd: 'true' }).transientSteps, []);
     const s = await base.apply(probe, null).apply(exec, { cmd: 'cat /mnt/p' }).realize({ store });

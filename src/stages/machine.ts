@@ -238,10 +238,14 @@ interface TransientGroup {
   steps: readonly Pending[];
 }
 
-/** The step's transient mode for this application: explicit, else none if cached, else the step's default. */
+/**
+ * The step's transient mode for this application: explicit, else saved when
+ * a cache cap above zero is given, else the step's default. A zero cap asks
+ * for no reuse, so, as in fingertip, it leaves the default alone.
+ */
 export function transientMode(s: Pick<Step, 'transient'>, opts: ApplyOptions): boolean | 'last' {
   if (opts.transient !== undefined) return opts.transient;
-  if (opts.cache !== undefined) return false;
+  if (opts.cache !== undefined && toMs(opts.cache) > 0) return false;
   return s.transient ?? false;
 }
 
