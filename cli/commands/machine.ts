@@ -1,7 +1,7 @@
 /**
  * `cairn machine BASE [+ STEP ...] [+ shell]`, `cairn machine ls` and
  * `cairn machine gc`. Words are split on `+`; each group is a step:
- * `[transient] NAME ARG... [--key=value] [--flag] [--cache=DUR]`.
+ * `[transient] NAME ARG... [--key=value] [--flag] [--cache=DUR] [--transient[=always|last|never]]`.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -18,6 +18,7 @@ import { resolveStep, type CliWords } from '../../src/stages/machine-steps.js';
 import type { RunningMachine } from '../../src/backends/machine.js';
 import { instantiate } from '../../src/stages/instantiate.js';
 import { addNamedRoot } from '../../src/store/roots.js';
+import { joinPath, removeTree } from '../../src/store/fsutil.js';
 import type { LocalStore } from '../../src/store/store.js';
 import { formatBytes } from '../format.js';
 import type { CliContext } from '../context.js';
@@ -112,10 +113,13 @@ async function buildMachine(groups: Group[], dirs: string[]): Promise<{ m: Machi
       continue;
     }
     const def = await resolveStep(g.name, dirs);
-    const { cache, ...named } = g.words.named;
+    const { cache, transient, ...named } = g.words.named;
     if (cache === true) throw new CairnError('E_USAGE', '--cache needs a duration, e.g. --cache=1h');
+    const mode = transientFlag(transient);
+    if (g.transient && mode !== undefined && mode !== true)
+      throw new CairnError('E_USAGE', `step ${g.name}: 'transient' and --transient=${transient} disagree`);
     const opts: ApplyOptions = {
-      ...(g.transient ? { transient: true } : {}),
+      ...(g.transient ? { transient: true } : mode !== undefined ? { transient: mode } : {}),
       ...(cache !== undefined ? { cache: durationFlag('--cache')(cache) } : {}),
     };
     let args: unknown;
@@ -132,6 +136,15 @@ async function buildMachine(groups: Group[], dirs: string[]): Promise<{ m: Machi
   return { m, shell };
 }
 
+/** `--transient` (or `=always`), `--transient=last`, `--transient=never`: a step's transient mode, per step. */
+function transientFlag(v: string | true | undefined): boolean | 'last' | undefined {
+  if (v === undefined) return undefined;
+  if (v === true || v === 'always') return true;
+  if (v === 'last') return 'last';
+  if (v === 'never') return false;
+  throw new CairnError('E_USAGE', `--transient takes always, last or never, not ${JSON.stringify(v)}`);
+}
+
 export function registerMachine(ctx: CliContext, passThrough: boolean): void {
   const cmd = ctx.program
     .command('machine')
@@ -139,7 +152,8 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
       `build and resume machines step by step: machine BASE [+ STEP ...] [+ shell]; machine ls; machine gc
   bases: ${[...MACHINE_BASES.keys()].join(', ')}; steps: exec CMD, script.run FILE, upload SRC DST,
   self_test.greeting, shell, or a TS module (path, or NAME in --steps DIR / $CAIRN_STEPS / ./steps).
-  Prefix a step with 'transient' to never save its result; --cache=DUR caps how long it is reused.
+  Prefix a step with 'transient' (or give --transient[=always|last|never]) to run it on a throwaway copy
+  and never save its result; --cache=DUR caps how long it is reused (script.run is transient when last).
   Base options: --memory=MB --smp=N --net[=restrict] --forward=[HOSTPORT:]GUESTPORT,... (guest sees the host
   at 10.0.2.2; a forward's host port, chosen per run when not given, is printed).`,
     )
@@ -167,10 +181,12 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
     if (words[0] === 'ls') return machineLs(store, flags(words, ['--json']).has('--json'));
     if (words[0] === 'gc') return machineGc(store, flags(words, ['--dry-run', '-n']).size > 0);
     const { m, shell } = await buildMachine(parseMachineWords(words), stepsDirs(o.steps));
-    // Interrupted, the VMs go too (the store's scratch directories are swept by the next run).
+    // Interrupted, the VMs go too, and with them this process's scratch
+    // directories (resumed disks, memory images): nothing else uses them.
     for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
       process.once(sig, () => {
         killLiveVms();
+        removeOwnScratch(store);
         process.exit(128 + os.constants.signals[sig]);
       });
     }
@@ -203,6 +219,23 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
   });
 }
 
+/** Removes STORE/tmp entries this process made (names are bytes; see LocalStore.sweepTemp). Never throws. */
+function removeOwnScratch(store: LocalStore): void {
+  const tmp = path.join(store.root, 'tmp');
+  try {
+    for (const name of fs.readdirSync(tmp, { encoding: 'buffer' })) {
+      if (name.toString('latin1').split('-')[0] !== store.owner) continue;
+      try {
+        removeTree(joinPath(tmp, name));
+      } catch {
+        /* the next run's sweep gets it */
+      }
+    }
+  } catch {
+    /* no tmp directory: nothing to remove */
+  }
+}
+
 /** `ls --json`, `gc -n`: the words after the subcommand, which must all be known flags. */
 function flags(words: string[], known: string[]): Set<string> {
   const rest = words.slice(1);
@@ -230,15 +263,24 @@ async function interactiveShell(vm: RunningMachine): Promise<void> {
 
 /**
  * Piped input is a script for the machine's shell: run as a whole, its
- * output printed and its exit status passed on (`echo cmd | cairn machine
- * tiny + shell` works in scripts and tests).
+ * output printed as it comes and its exit status passed on (`echo cmd |
+ * cairn machine tiny + shell` works in scripts and tests). stdout streams
+ * (so an interrupted script has shown what it printed); stderr comes apart
+ * from it only when the script ends.
  */
 async function scriptedShell(vm: RunningMachine): Promise<void> {
   const chunks: Buffer[] = [];
   for await (const c of process.stdin) chunks.push(c as Buffer);
+  let streamed = false;
   // A child of the machine's shell, so the script's `exit 3` ends the script, not the console.
-  const r = await vm.exec(Buffer.concat(chunks).toString('utf8'), { timeoutMs: 3_600_000 });
-  process.stdout.write(r.stdout);
+  const r = await vm.exec(Buffer.concat(chunks).toString('utf8'), {
+    timeoutMs: 3_600_000,
+    onStdout(text) {
+      streamed = true;
+      process.stdout.write(text);
+    },
+  });
+  if (!streamed) process.stdout.write(r.stdout); // a backend that does not stream
   process.stderr.write(r.stderr);
   process.exitCode = r.exitCode;
 }

@@ -26,6 +26,12 @@ export interface ExecOptions {
    * state). `exit` then ends that shell; by default it just ends the command.
    */
   shell?: boolean;
+  /**
+   * Called with stdout as it arrives, so a long command's output can be shown
+   * while it runs (the result's `stdout` still has all of it). A backend that
+   * cannot stream never calls it.
+   */
+  onStdout?(text: string): void;
 }
 
 /** A line-oriented console: the serial port of a VM, a shell in a container. */

@@ -180,12 +180,20 @@ export interface StepSpec<A> {
   run(vm: StepMachine, args: A): void | Promise<void>;
   /** Stands in for the source of `run` in the identity (see stage()'s `version`). */
   version?: string;
+  /**
+   * The step's default for `ApplyOptions.transient` (used when an application
+   * gives neither `transient` nor `cache`): `'last'` for a test-like step that
+   * should rerun whenever it ends the chain, as `script.run` does.
+   */
+  transient?: boolean | 'last';
 }
 
 export interface Step<A = Json> {
   readonly name: string;
   /** sha256 of the source of `run`, or the version. */
   readonly code: string;
+  /** The step's own default for `transient` (see StepSpec). */
+  readonly transient?: boolean | 'last';
   run(vm: StepMachine, args: A): void | Promise<void>;
 }
 
@@ -193,18 +201,29 @@ export function step<A extends Json = Json>(spec: StepSpec<A>): Step<A> {
   checkName(spec?.name);
   if (typeof spec.run !== 'function')
     throw new CairnError('E_BAD_ARGUMENT', `step ${spec.name}: run must be a function`);
+  if (spec.transient !== undefined && typeof spec.transient !== 'boolean' && spec.transient !== 'last')
+    throw new CairnError('E_BAD_ARGUMENT', `step ${spec.name}: transient must be true, false or 'last'`);
   const code =
     spec.version !== undefined
       ? `version:${spec.version}`
       : createHash('sha256').update(spec.run.toString()).digest('hex');
-  return Object.freeze({ name: spec.name, code, run: spec.run });
+  return Object.freeze({
+    name: spec.name,
+    code,
+    run: spec.run,
+    ...(spec.transient !== undefined ? { transient: spec.transient } : {}),
+  });
 }
 
 export interface ApplyOptions {
   /**
-   * `true`: the step's result is never saved; realizing gives the parent's
-   * state, and any later step builds on an unsaved state, so it is not
-   * saved either. `'last'`: transient only while it is the last step.
+   * `true`: the step runs on every realize()/use() on a throwaway copy of
+   * the last saved state and its effects are thrown away: realizing gives
+   * that saved state, and the next (saved) step builds on it, not on the
+   * transient step's effects. `'last'`: transient only while it is the last
+   * step; followed by another step, it is an ordinary saved step. `false`:
+   * saved, whatever the step's own default. Default: the step's own
+   * `transient`, unless `cache` is given (a cache cap asks for a saved state).
    */
   transient?: boolean | 'last';
   /** Expiry cap for the state, as `vm.expiration.cap()` would set it. */
@@ -215,6 +234,25 @@ interface Pending {
   step: Step<any>;
   args: Json;
   opts: ApplyOptions;
+  /** The resolved transient mode (from opts, else the step's default). */
+  transient: boolean | 'last';
+}
+
+/** Transient steps that run, in one throwaway session, on the saved state `on`. */
+interface TransientGroup {
+  on: Stage;
+  steps: readonly Pending[];
+}
+
+/**
+ * The step's transient mode for this application: explicit, else saved when
+ * a cache cap above zero is given, else the step's default. A zero cap asks
+ * for no reuse, so, as in fingertip, it leaves the default alone.
+ */
+export function transientMode(s: Pick<Step, 'transient'>, opts: ApplyOptions): boolean | 'last' {
+  if (opts.transient !== undefined) return opts.transient;
+  if (opts.cache !== undefined && toMs(opts.cache) > 0) return false;
+  return s.transient ?? false;
 }
 
 interface StepConfig {
@@ -257,64 +295,99 @@ export function logForwards(m: RunningMachine, log: (line: string) => void): voi
 }
 
 /**
- * A machine reference: the newest stage that is saved, plus steps that
- * run only when the machine is used (transient ones).
+ * A machine reference: the newest saved stage, the transient groups that
+ * branch off earlier saved stages (they run, in chain order, on every
+ * realize()/use(), and are thrown away), and the trailing transient steps
+ * that branch off the newest saved stage (use()'s function runs at their
+ * end, in the same session).
  */
 export class Machine {
   private constructor(
     readonly saved: Stage,
-    private readonly pending: readonly Pending[],
+    private readonly closed: readonly TransientGroup[],
+    private readonly open: readonly Pending[],
     private readonly run: ResumeOptions,
   ) {}
 
   static of(base: Stage | Machine): Machine {
-    return base instanceof Machine ? base : new Machine(base, [], runOptionsOf.get(base) ?? {});
+    return base instanceof Machine ? base : new Machine(base, [], [], runOptionsOf.get(base) ?? {});
   }
 
   /** A new machine: this one after `step`. Nothing runs. */
   apply<A extends Json>(s: Step<A>, args: A, opts: ApplyOptions = {}): Machine {
     if (typeof s?.run !== 'function' || typeof s.code !== 'string')
       throw new CairnError('E_BAD_ARGUMENT', 'apply() needs a step made with step()');
+    if (opts.transient !== undefined && typeof opts.transient !== 'boolean' && opts.transient !== 'last')
+      throw new CairnError('E_BAD_ARGUMENT', `apply(${s.name}): transient must be true, false or 'last'`);
     canonicalJson(args); // refuses non-JSON args now, not at realize time
-    // A 'last' step followed by another one is an ordinary step after all.
-    const before =
-      this.pending.length === 1 && this.pending[0]!.opts.transient === 'last'
-        ? new Machine(stepStage(this.saved, this.pending[0]!, this.run), [], this.run)
-        : this;
-    const p: Pending = { step: s, args, opts };
-    if (opts.transient || before.pending.length > 0) return new Machine(before.saved, [...before.pending, p], this.run);
-    return new Machine(stepStage(before.saved, p, this.run), [], this.run);
+    const p: Pending = { step: s, args, opts, transient: transientMode(s, opts) };
+    // Any step after a 'last' one makes it an ordinary saved step.
+    let saved = this.saved;
+    const closed = [...this.closed];
+    let group: Pending[] = [];
+    for (const q of this.open) {
+      if (q.transient !== 'last') {
+        group.push(q);
+        continue;
+      }
+      if (group.length) closed.push({ on: saved, steps: group });
+      group = [];
+      saved = stepStage(saved, q, this.run);
+    }
+    if (p.transient) return new Machine(saved, closed, [...group, p], this.run);
+    // A saved step builds on the saved state: what the transient steps before it did is thrown away.
+    if (group.length) closed.push({ on: saved, steps: group });
+    return new Machine(stepStage(saved, p, this.run), closed, [], this.run);
   }
 
-  /** Steps that run on every use and are never saved. */
+  /** Steps that run on every realize()/use() and are never saved, in chain order. */
   get transientSteps(): readonly string[] {
-    return this.pending.map((p) => p.step.name);
+    return [...this.closed.flatMap((g) => g.steps), ...this.open].map((p) => p.step.name);
   }
 
   /**
    * Realizes the saved part of the chain. Transient steps run (and are
-   * thrown away) too, so their effects, such as a failing test, show.
+   * thrown away) too, each group right after the state it branches off, so
+   * their effects, such as a failing test, show before later steps build.
    */
   async realize(opts: MachineRunOptions): Promise<MachineState> {
-    const state = await this.realizeSaved(opts);
-    if (this.pending.length > 0) await this.withSession(opts, state, async () => undefined);
-    return state;
+    if (this.closed.length === 0 && this.open.length === 0) return this.realizeStage(this.saved, opts);
+    return this.withRoots(opts, async () => {
+      await this.runClosed(opts);
+      const state = await this.realizeStage(this.saved, opts);
+      if (this.open.length > 0) await this.withSession(opts, state, this.open, async () => undefined);
+      return state;
+    });
   }
 
   /** Starts the machine, runs `fn`, stops it and throws its changes away. */
   async use<T>(fn: (vm: RunningMachine) => T | Promise<T>, opts: UseOptions): Promise<T> {
-    // The state must outlive the run: a resumed disk may read its backing chain.
+    return this.withRoots(opts, async () => {
+      await this.runClosed(opts);
+      const state = await this.realizeStage(this.saved, opts);
+      return await this.withSession(opts, state, this.open, fn);
+    });
+  }
+
+  /** The states must outlive the runs: a resumed disk may read its backing chain. */
+  private async withRoots<T>(opts: MachineRunOptions, fn: () => Promise<T>): Promise<T> {
     const roots = await opts.store.addTempRoots(instantiate(this.saved).order, 'machine-use');
     try {
-      const state = await this.realizeSaved(opts);
-      return await this.withSession(opts, state, fn);
+      return await fn();
     } finally {
       await roots.release();
     }
   }
 
-  private async realizeSaved(opts: RealizeOptions): Promise<MachineState> {
-    const result = await realize(this.saved, opts);
+  private async runClosed(opts: MachineRunOptions): Promise<void> {
+    for (const g of this.closed) {
+      const state = await this.realizeStage(g.on, opts);
+      await this.withSession(opts, state, g.steps, async () => undefined);
+    }
+  }
+
+  private async realizeStage(s: Stage, opts: RealizeOptions): Promise<MachineState> {
+    const result = await realize(s, opts);
     const rref = result.targets[0]!.rrefs[0]!;
     const dir = opts.store.outPath(rref);
     return { rref, dir, description: readDescription(dir), result };
@@ -323,6 +396,7 @@ export class Machine {
   private async withSession<T>(
     opts: MachineRunOptions,
     state: MachineState,
+    steps: readonly Pending[],
     fn: (vm: RunningMachine) => T | Promise<T>,
   ): Promise<T> {
     const work = opts.store.makeTempDir('machine-use');
@@ -330,7 +404,7 @@ export class Machine {
     try {
       const backend = await machineBackend(state.description.backend);
       session = await backend.resume(state.dir, state.description.state, work, this.run);
-      for (const p of this.pending) {
+      for (const p of steps) {
         const vm = stepMachine(session.machine, (line) => opts.stepLog?.(p.step.name, line), {
           expiresAt: null,
           files: [],

@@ -158,6 +158,30 @@ function qemuSession(vm: Vm, clone: CloneMode | null): BackendSession {
   };
 }
 
+/**
+ * Passes on the text it is given up to `marker`, and nothing from the marker
+ * on. A tail that could be the start of the marker is held back until the
+ * next piece shows whether it is.
+ */
+export function untilMarker(marker: string, emit: (text: string) => void): (text: string) => void {
+  let held = '';
+  let done = false;
+  return (text: string): void => {
+    if (done) return;
+    const buf = held + text;
+    const at = buf.indexOf(marker);
+    if (at >= 0) {
+      done = true;
+      if (at > 0) emit(buf.slice(0, at));
+      return;
+    }
+    let keep = Math.min(marker.length - 1, buf.length);
+    while (keep > 0 && !marker.startsWith(buf.slice(buf.length - keep))) keep--;
+    held = buf.slice(buf.length - keep);
+    if (buf.length > keep) emit(buf.slice(0, buf.length - keep));
+  };
+}
+
 const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
 
 /** Base64 chunk size per console round trip (well under the tty's line limits: one base64 line per 76 chars). */
@@ -177,20 +201,23 @@ function runningQemu(vm: Vm): RunningMachine {
     // The exit status travels on the stderr marker line, and the stderr
     // file is only read when it is not empty: every process the wrapper
     // forks costs 15-25 ms under TCG, and more on a freshly restored guest.
+    // The marker follows stdout directly (no newline of its own before it),
+    // so streamed stdout can be passed on up to its last byte as it comes.
     const wrapped =
       `${open} eval ${q(cmd)}\n${close} 2>${errFile}; __cairn_rc=$?; ` +
-      `printf '\\n%s%s %s\\n' __CAIRN_S ${id}__ $__cairn_rc; ` +
+      `printf '%s%s %s\\n' __CAIRN_S ${id}__ $__cairn_rc; ` +
       `if [ -s ${errFile} ]; then cat ${errFile}; fi; rm -f ${errFile}`;
     let r;
     try {
-      r = await con.run(wrapped, opts.timeoutMs ?? 60_000);
+      const stream = opts.onStdout ? untilMarker(`__CAIRN_S${id}__`, opts.onStdout) : undefined;
+      r = await con.run(wrapped, opts.timeoutMs ?? 60_000, stream);
     } catch (e) {
       if (e instanceof ConsoleError)
         throw new CairnError('E_MACHINE_TIMEOUT', `machine command did not finish: ${cmd}: ${e.message}`, { cmd });
       throw e;
     }
     // The last marker line: the command's own output cannot contain it (random id).
-    const marker = new RegExp(`\\n__CAIRN_S${id}__ (\\d+)\\n`, 'g');
+    const marker = new RegExp(`__CAIRN_S${id}__ (\\d+)\\n`, 'g');
     let m: RegExpExecArray | null = null;
     for (let x; (x = marker.exec(r.output));) m = x;
     const stdout = m ? r.output.slice(0, m.index) : r.output;
