@@ -144,6 +144,40 @@ export default step<{ args: string[]; version?: string; debug?: boolean }>({
     assert.match(a.stderr + b.stderr, /waiting for exec/);
   });
 
+  it('--cache=0 and --cache=0s: the step runs every time, later steps see it, nothing is saved', () => {
+    const count = (): number => (JSON.parse(ok(cairn(store, ['machine', 'ls', '--json'])).stdout) as unknown[]).length;
+    const n = count();
+    const baseRref = lastLine(ok(cairn(store, ['machine', 'tiny'])).stdout);
+    for (const c of ['0', '0s']) {
+      const args = ['machine', 'tiny', '+', 'exec', `echo ran-${c} | tee /mnt/zero`, `--cache=${c}`];
+      const then = [...args, '+', 'exec', 'echo "next sees $(cat /mnt/zero)"'];
+      for (let run = 0; run < 2; run++) {
+        const r = ok(cairn(store, then));
+        assert.match(r.stderr, new RegExp(`> ran-${c}$`, 'm'), `run ${run}: the step ran`);
+        assert.match(r.stderr, new RegExp(`> next sees ran-${c}$`, 'm'), 'the next step built on its effects');
+        assert.equal(lastLine(r.stdout), baseRref, 'the last saved state is the base');
+      }
+    }
+    assert.equal(count(), n, 'no state was saved, expired or not');
+  });
+
+  it('a step that caps its own state at 0 is used by its run, and runs again next time', () => {
+    const steps = path.join(dir, 'cap-steps');
+    fs.mkdirSync(steps, { recursive: true });
+    fs.writeFileSync(
+      path.join(steps, 'capzero.ts'),
+      `import { step } from 'cairn';
+export default step({ name: 'capzero', async run(vm) { vm.expiration.cap(0); await vm.exec('echo c > /mnt/c'); } });
+`,
+    );
+    const args = ['machine', '--steps', steps, 'tiny', '+', 'capzero', '+', 'exec', 'cat /mnt/c'];
+    const r1 = ok(cairn(store, args));
+    assert.match(r1.stderr, /exec> c$/m);
+    assert.equal(built(r1.stderr, 'capzero'), 1);
+    const r2 = ok(cairn(store, args));
+    assert.equal(built(r2.stderr, 'capzero'), 1, 'an expired state is not reused');
+  });
+
   it('machine ls shows states; machine gc keeps rooted states and what they stand on', () => {
     const kept = lastLine(
       ok(cairn(store, ['machine', '--root', 'keep-me', 'tiny', '+', 'exec', 'echo r > /mnt/r', '+', 'exec', 'true']))

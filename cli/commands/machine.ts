@@ -116,7 +116,8 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
       `build and resume machines step by step: machine BASE [+ STEP ...] [+ shell]; machine ls; machine gc
   bases: ${[...MACHINE_BASES.keys()].join(', ')}; steps: exec CMD, script.run FILE, upload SRC DST,
   self_test.greeting, shell, or a TS module (path, or NAME in --steps DIR / $CAIRN_STEPS / ./steps).
-  Prefix a step with 'transient' to never save its result; --cache=DUR caps how long it is reused.`,
+  Prefix a step with 'transient' to never save its result; --cache=DUR caps how long it is reused
+  (--cache=0: never reused, so never saved; it runs every time and the steps after it see its effects).`,
     )
     .argument('<words...>')
     .option('--steps <dir>', 'a directory of step modules (repeatable)', (v: string, prev: string[] = []) => [

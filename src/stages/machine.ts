@@ -141,14 +141,24 @@ export function staleReason(d: MachineDescription, now = Date.now()): string | n
   return null;
 }
 
+/**
+ * The machine.json texts of states this process saved whose cap had already
+ * run out when they were saved (a step that called `vm.expiration.cap(0)`,
+ * or a cap shorter than publishing takes). The run that built such a state
+ * still uses it once, instead of failing with E_MATCH_UNSATISFIED; no later
+ * match reuses it.
+ */
+const expiredOnArrival = new Set<string>();
+
 /** The newest state that has not expired and whose files are unchanged. */
 export function freshState(): Matcher {
   return custom(
     async (cands: readonly Candidate[]) => {
       for (let i = cands.length - 1; i >= 0; i--) {
         const c = cands[i]!;
-        if (staleReason(parseDescription((await c.read(DESCRIPTION)).toString('utf8'), c.rref)) === null)
-          return [c.rref];
+        const text = (await c.read(DESCRIPTION)).toString('utf8');
+        const justSaved = expiredOnArrival.delete(text);
+        if (justSaved || staleReason(parseDescription(text, c.rref)) === null) return [c.rref];
       }
       return null;
     },
@@ -201,7 +211,12 @@ export interface ApplyOptions {
    * saved either. `'last'`: transient only while it is the last step.
    */
   transient?: boolean | 'last';
-  /** Expiry cap for the state, as `vm.expiration.cap()` would set it. */
+  /**
+   * Expiry cap for the state, as `vm.expiration.cap()` would set it, counted
+   * from when the state is saved. `0` (or `'0s'`): never reuse. The step is
+   * then never saved: it runs on every realize()/use(), and the steps after
+   * it build on its effects in the same run (unsaved too, as their parent is).
+   */
   cache?: string | number;
 }
 
@@ -234,7 +249,15 @@ export interface MachineRunOptions extends RealizeOptions {
 
 export interface UseOptions extends Omit<MachineRunOptions, 'outLink'> {}
 
-const toMs = (d: string | number): number => (typeof d === 'number' ? d : parseDuration(d));
+const toMs = (d: string | number): number => {
+  const ms = typeof d === 'number' ? d : parseDuration(d);
+  if (!Number.isFinite(ms) || ms < 0)
+    throw new CairnError('E_BAD_ARGUMENT', `a cache duration must be >= 0, not ${JSON.stringify(d)}`);
+  return ms;
+};
+
+/** `cache: 0`: a state nobody may reuse is not worth saving. */
+const neverReused = (opts: ApplyOptions): boolean => opts.cache !== undefined && toMs(opts.cache) === 0;
 
 /**
  * A machine reference: the newest stage that is saved, plus steps that
@@ -261,7 +284,8 @@ export class Machine {
         ? new Machine(stepStage(this.saved, this.pending[0]!), [])
         : this;
     const p: Pending = { step: s, args, opts };
-    if (opts.transient || before.pending.length > 0) return new Machine(before.saved, [...before.pending, p]);
+    if (opts.transient || neverReused(opts) || before.pending.length > 0)
+      return new Machine(before.saved, [...before.pending, p]);
     return new Machine(stepStage(before.saved, p), []);
   }
 
@@ -331,7 +355,7 @@ export function machine(base: Stage | Machine): Machine {
 function stepMachine(
   m: RunningMachine,
   log: (s: string) => void,
-  limits: { expiresAt: number | null; files: MachineDescription['files'] },
+  limits: { capMs: number | null; files: MachineDescription['files'] },
 ): StepMachine {
   return {
     backend: m.backend,
@@ -344,9 +368,10 @@ function stepMachine(
       for (const line of message.split('\n')) log(line);
     },
     expiration: {
+      // Counted from the save, not from now: a cap shorter than the step itself must not expire it unborn.
       cap(d: string | number): void {
-        const at = Date.now() + toMs(d);
-        limits.expiresAt = limits.expiresAt === null ? at : Math.min(limits.expiresAt, at);
+        const ms = toMs(d);
+        limits.capMs = limits.capMs === null ? ms : Math.min(limits.capMs, ms);
       },
     },
     dependOnFile(file: string): void {
@@ -368,10 +393,15 @@ export function finalOutDir(storeOutPath: string, dref: string): string {
   return path.join(dDir, dref, 'r', 'pending', 'out');
 }
 
+const descriptionText = (d: MachineDescription): string => JSON.stringify(d, null, 2) + '\n';
+
 /** Writes a state's description; the backend has already written its files to `out`. */
 export function writeDescription(out: string, d: MachineDescription): void {
-  fs.writeFileSync(path.join(out, DESCRIPTION), JSON.stringify(d, null, 2) + '\n');
+  fs.writeFileSync(path.join(out, DESCRIPTION), descriptionText(d));
 }
+
+/** A cap this short may run out while the state is published (hashed, fsynced) and before it is matched. */
+const EXPIRY_SLACK_MS = 60_000;
 
 /**
  * Runs a session to completion for a build: `body` drives the machine, then
@@ -387,7 +417,7 @@ export async function saveSession(
   body: (vm: StepMachine) => Promise<void>,
   cap: number | null = null,
 ): Promise<void> {
-  const limits = { expiresAt: inherited.expiresAt, files: [] as MachineDescription['files'] };
+  const limits = { capMs: null as number | null, files: [] as MachineDescription['files'] };
   const vm = stepMachine(session.machine, ctx.log, limits);
   if (cap !== null) vm.expiration.cap(cap);
   let state: BackendState;
@@ -398,14 +428,20 @@ export async function saveSession(
     await session.discard();
     throw e;
   }
-  writeDescription(ctx.out, {
+  const savedAt = Date.now();
+  const own = limits.capMs === null ? null : savedAt + limits.capMs;
+  const expiresAt = own === null ? inherited.expiresAt : Math.min(own, inherited.expiresAt ?? own);
+  const description: MachineDescription = {
     format: 1,
     backend: state.backend,
     state,
-    expiresAt: limits.expiresAt,
+    expiresAt,
     files: limits.files,
     step: stepInfo,
-  });
+  };
+  writeDescription(ctx.out, description);
+  // Inherited too: a step on a parent that was expired on arrival is as well.
+  if (expiresAt !== null && expiresAt <= savedAt + EXPIRY_SLACK_MS) expiredOnArrival.add(descriptionText(description));
 }
 
 function stepStage(parent: Stage, p: Pending): Stage<StepConfig> {
