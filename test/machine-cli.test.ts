@@ -178,6 +178,19 @@ export default step({ name: 'capzero', async run(vm) { vm.expiration.cap(0); awa
     assert.equal(built(r2.stderr, 'capzero'), 1, 'an expired state is not reused');
   });
 
+  it('machine ls shows the step args, with secrets in URLs masked', () => {
+    const cmd = 'echo https://bob:hunter2@example.org/x?token=s3cret > /mnt/u';
+    const rref = lastLine(ok(cairn(store, ['machine', 'tiny', '+', 'exec', cmd])).stdout);
+    const ls = ok(cairn(store, ['machine', 'ls']));
+    const line = ls.stdout.split('\n').find((l) => l.startsWith(rref))!;
+    assert.match(line, /exec cmd="echo https:\/\/\*\*\*@example\.org\/x\?token=\*\*\* > \/mnt\/u"/);
+    assert.doesNotMatch(ls.stdout, /hunter2|s3cret/);
+    const rows = JSON.parse(ok(cairn(store, ['machine', 'ls', '--json'])).stdout) as { rref: string; args: unknown }[];
+    assert.deepEqual(rows.find((r) => r.rref === rref)!.args, {
+      cmd: 'echo https://***@example.org/x?token=*** > /mnt/u',
+    });
+  });
+
   it('machine ls shows states; machine gc keeps rooted states and what they stand on', () => {
     const kept = lastLine(
       ok(cairn(store, ['machine', '--root', 'keep-me', 'tiny', '+', 'exec', 'echo r > /mnt/r', '+', 'exec', 'true']))
