@@ -8,6 +8,8 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { LocalStore } from '../src/index.js';
+import type { RRef } from '../src/store/refs.js';
 import { requireQemu } from './fixtures/qemu/tiny.js';
 import { cairn, cairnAsync, expectError, isolateModuleCache, lastLine, ok, tempDir } from './helpers.js';
 
@@ -189,6 +191,25 @@ export default step({ name: 'capzero', async run(vm) { vm.expiration.cap(0); awa
     assert.deepEqual(rows.find((r) => r.rref === rref)!.args, {
       cmd: 'echo https://***@example.org/x?token=*** > /mnt/u',
     });
+  });
+
+  it("a state QEMU refuses to restore is E_MACHINE_RESTORE, naming the state and QEMU's reason", () => {
+    const first = ['machine', 'tiny', '+', 'exec', 'echo t > /mnt/t'];
+    const rref = lastLine(ok(cairn(store, first)).stdout);
+    const file = path.join(LocalStore.open(store).outPath(rref as RRef), 'machine.json');
+    const original = fs.readFileSync(file, 'utf8');
+    const d = JSON.parse(original) as { state: { memoryMb: number } };
+    d.state.memoryMb *= 2; // the snapshot's RAM block no longer fits the machine
+    fs.writeFileSync(file, JSON.stringify(d));
+    try {
+      const r = cairn(store, [...first, '+', 'exec', 'true']);
+      expectError(r, 'E_MACHINE_RESTORE', store);
+      assert.notEqual(r.code, 70, 'not an internal error');
+      assert.match(r.stderr, new RegExp(`cannot resume the machine state ${rref}`));
+      assert.match(r.stderr, /QEMU could not restore memory\.bin: .*(mismatch|ramblock|migration)/i);
+    } finally {
+      fs.writeFileSync(file, original);
+    }
   });
 
   it('machine ls shows states; machine gc keeps rooted states and what they stand on', () => {

@@ -18,7 +18,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
-import { CairnError } from '../errors.js';
+import { CairnError, isCairnError } from '../errors.js';
 import { canonicalJson, type Json } from '../store/canonical.js';
 import { parseDuration } from '../duration.js';
 import type { BackendSession, BackendState, MachineBackend, RunningMachine } from '../backends/machine.js';
@@ -331,11 +331,10 @@ export class Machine {
     const work = opts.store.makeTempDir('machine-use');
     let session: BackendSession | undefined;
     try {
-      const backend = await machineBackend(state.description.backend);
-      session = await backend.resume(state.dir, state.description.state, work);
+      session = await resumeState(state.rref, state.dir, state.description, work);
       for (const p of this.pending) {
         const vm = stepMachine(session.machine, (line) => opts.stepLog?.(p.step.name, line), {
-          expiresAt: null,
+          capMs: null,
           files: [],
         });
         await p.step.run(vm, p.args);
@@ -345,6 +344,22 @@ export class Machine {
       await session?.discard();
       removeTree(work);
     }
+  }
+}
+
+/** Resumes a saved state; a restore the backend refuses names the state. */
+async function resumeState(rref: RRef, dir: string, d: MachineDescription, work: string): Promise<BackendSession> {
+  const backend = await machineBackend(d.backend);
+  try {
+    return await backend.resume(dir, d.state, work);
+  } catch (e) {
+    if (!isCairnError(e, 'E_MACHINE_RESTORE')) throw e;
+    throw new CairnError(
+      'E_MACHINE_RESTORE',
+      `cannot resume the machine state ${rref}: ${e.message}`,
+      { ...e.details, rref },
+      { cause: e },
+    );
   }
 }
 
@@ -456,7 +471,7 @@ function stepStage(parent: Stage, p: Pending): Stage<StepConfig> {
     async build(ctx) {
       const parent = ctx.config.parent;
       const d = readDescription(parent.path);
-      const session = await (await machineBackend(d.backend)).resume(parent.path, d.state, ctx.tmp);
+      const session = await resumeState(parent.rrefs[0]!, parent.path, d, ctx.tmp);
       ctx.log(`resumed ${parent.rrefs[0]} (${d.backend})`);
       await saveSession(
         ctx,
