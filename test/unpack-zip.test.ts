@@ -326,6 +326,15 @@ describe('unpack: zip bombs and damaged zips are refused, and nothing is stored'
     await fails(c, 'E_BAD_ARCHIVE');
   });
 
+  it('an archive comment is fine; bytes appended after the end record are E_BAD_ARCHIVE', async () => {
+    const a = path.join(dir, 'comment.zip');
+    sh('zip', ['-qryz', a, 'pkg-1.0'], { cwd: src, input: 'a comment holding PK\x05\x06 bytes\n' });
+    checkPkg(await unpackOf(a, 1));
+    const b = path.join(dir, 'trailing.zip');
+    fs.writeFileSync(b, Buffer.concat([fs.readFileSync(a), Buffer.from('trailing bytes')]));
+    await fails(b, 'E_BAD_ARCHIVE', /no end of central directory record/);
+  });
+
   it('a stored entry whose compressed size differs from its size', async () => {
     const a = handMade('stored-lie.zip', [{ name: 'a', data: 'abcdef', method: 0, size: 3 }]);
     await fails(a, 'E_BAD_ARCHIVE', /declares 3 bytes but holds 6/);

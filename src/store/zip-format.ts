@@ -127,14 +127,15 @@ function readEnd(zf: ZipFile): End {
   const tailLen = Math.min(zf.size, 22 + 0xffff);
   const tail = zf.read(zf.size - tailLen, tailLen, 'the end record');
   let at = -1;
-  // The last signature whose comment fits in the file: a comment may itself hold the signature's bytes.
+  // The record whose comment ends exactly at the end of the file: the signature's bytes may also occur in
+  // data or in a comment, and trailing bytes after the archive would let two readers see two directories.
   for (let i = tailLen - 22; i >= 0; i--) {
-    if (tail.readUInt32LE(i) === SIG_END && i + 22 + tail.readUInt16LE(i + 20) <= tailLen) {
+    if (tail.readUInt32LE(i) === SIG_END && i + 22 + tail.readUInt16LE(i + 20) === tailLen) {
       at = i;
       break;
     }
   }
-  if (at < 0) throw zf.bad('no end of central directory record');
+  if (at < 0) throw zf.bad('no end of central directory record at its end');
   const endPos = zf.size - tailLen + at;
   const e = tail.subarray(at, at + 22);
   let disk = e.readUInt16LE(4);
