@@ -18,6 +18,7 @@ import * as path from 'node:path';
 import { CairnError, fetchlocal, realize, LocalStore, unpack, type Stage } from '../src/index.js';
 import type { UnpackLimits } from '../src/stages/builtins/unpack.js';
 import { storeIndex } from '../src/store/internals.js';
+import { extractZip } from '../src/store/extract-zip.js';
 import { tempDir, isCode, drefOf, one, storePerTest } from './helpers.js';
 import { unicodePath, zipBytes, type ZipSpec, type ZipOptions } from './fixtures/zip.js';
 
@@ -338,5 +339,55 @@ describe('unpack: zip bombs and damaged zips are refused, and nothing is stored'
   it('a stored entry whose compressed size differs from its size', async () => {
     const a = handMade('stored-lie.zip', [{ name: 'a', data: 'abcdef', method: 0, size: 3 }]);
     await fails(a, 'E_BAD_ARCHIVE', /declares 3 bytes but holds 6/);
+  });
+});
+
+describe('unpack: damaged zips, fuzzed', () => {
+  it('400 zips with random bytes changed: extract or are refused with an archive code, none escape', async () => {
+    const good = path.join(dir, 'fuzz-src.zip');
+    sh('zip', ['-qry', good, 'pkg-1.0/README', 'pkg-1.0/bin', 'pkg-1.0/lib/readme-link'], { cwd: src });
+    const hand = zipBytes(
+      [
+        { name: 'd/', mode: 0o040755 },
+        { name: 'd/a', data: 'aaaa'.repeat(50) },
+        { name: 'd/l', data: 'a', mode: 0o120777 },
+      ],
+      { zip64: true },
+    );
+    const bases = [fs.readFileSync(good), hand];
+    let seed = 17;
+    const rand = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    const outcomes = new Map<string, number>();
+    for (let round = 0; round < 400; round++) {
+      const b = Buffer.from(bases[round % 2]!);
+      for (let k = 1 + rand(4); k > 0; k--) b[rand(b.length)] = rand(256);
+      const archive = path.join(dir, 'fuzz.zip');
+      fs.writeFileSync(archive, b);
+      const dest = path.join(dir, `fuzz-out-${round}`, 'out');
+      fs.mkdirSync(dest, { recursive: true });
+      let outcome = 'ok';
+      try {
+        await extractZip(archive, dest);
+      } catch (e) {
+        assert.ok(e instanceof CairnError, `round ${round}: ${String((e as Error)?.stack ?? e)}`);
+        assert.ok(['E_BAD_ARCHIVE', 'E_UNSAFE_ARCHIVE', 'E_ARCHIVE_TOO_LARGE'].includes(e.code), e.code);
+        outcome = e.code;
+      }
+      outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1);
+      // Nothing beside out/, and every symlink made resolves inside it.
+      assert.deepEqual(fs.readdirSync(path.dirname(dest)), ['out']);
+      for (const f of listTree(dest)) {
+        const p = path.join(dest, f.replace(/\/$/, ''));
+        if (fs.lstatSync(p).isSymbolicLink()) {
+          const to = path.resolve(path.dirname(p), fs.readlinkSync(p));
+          assert.ok(to === dest || to.startsWith(dest + path.sep), `round ${round}: ${f} -> ${to}`);
+        }
+      }
+      fs.rmSync(path.dirname(dest), { recursive: true });
+    }
+    assert.ok((outcomes.get('E_BAD_ARCHIVE') ?? 0) > 0 && (outcomes.get('ok') ?? 0) > 0, JSON.stringify([...outcomes]));
   });
 });
