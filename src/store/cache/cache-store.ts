@@ -40,7 +40,7 @@ import { storeIndex } from '../internals.js';
 import { LocalStore } from '../store.js';
 import type { BlobStore } from './blob.js';
 import { PARALLEL, addCacheTempRoot, ensureInfo, listRRefs, mapLimit, readEntry, readInfo } from './entries.js';
-import { depsOf, drvKey, drvMatches, metaOf, type CacheEntry } from './format.js';
+import { blobsOf, depsOf, drvKey, drvMatches, metaOf, type CacheEntry } from './format.js';
 import { fetchClosureEntries, takeIn } from './pull.js';
 import { pushRealizations } from './push.js';
 import { parsePublicKey, publicKeyOf, type PublicKey, type SecretKey } from './sign.js';
@@ -134,11 +134,10 @@ export class CacheStore implements Store {
         throw e;
       }
     });
-    const keys = got.flatMap((e) => (e ? [e.archive, ...(e.log ? [e.log] : [])] : []));
-    const there = await this.blob.has(keys);
+    const there = await this.blob.has(got.flatMap((e) => (e ? blobsOf(e) : [])));
     for (const e of got) {
       if (e === undefined) continue;
-      const gone = [e.archive, ...(e.log ? [e.log] : [])].find((k) => !there.has(k));
+      const gone = blobsOf(e).find((k) => !there.has(k));
       if (gone === undefined) this.known.set(e.rref, e);
       else {
         const why = `${this.blob.url}: entry ${e.rref} names ${gone}, which is missing`;

@@ -189,9 +189,14 @@ export async function takeIn(
       const key = group[0]!.archive;
       const kind = archiveKindOf(key);
       const file = path.join(downloads, `${group[0]!.tree}.${kind}`);
-      const body = await blob.getStream(key);
-      if (body === undefined) throw gone(key);
-      await download(body, file);
+      const inline = group.find((e) => e.inlineArchive !== null)?.inlineArchive;
+      if (inline !== undefined && inline !== null) {
+        fs.writeFileSync(file, Buffer.from(inline, 'base64'), { flag: 'wx', mode: 0o600 });
+      } else {
+        const body = await blob.getStream(key);
+        if (body === undefined) throw gone(key);
+        await download(body, file);
+      }
       for (const e of group) {
         const p = parseRRef(e.rref);
         const dir = path.join(staging, 'd', p.dref, 'r', p.rhash);
