@@ -15,6 +15,7 @@ import { killLiveVms } from '../../src/backends/qemu/vm.js';
 import { logForwards, machine, type ApplyOptions, type Machine } from '../../src/stages/machine.js';
 import { collectMachineGarbage, listMachineStates } from '../../src/stages/machine-states.js';
 import { resolveStep, type CliWords } from '../../src/stages/machine-steps.js';
+import { formatStepArgs } from '../../src/stages/step-args-text.js';
 import type { RunningMachine } from '../../src/backends/machine.js';
 import { instantiate } from '../../src/stages/instantiate.js';
 import { addNamedRoot } from '../../src/store/roots.js';
@@ -153,7 +154,8 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
   bases: ${[...MACHINE_BASES.keys()].join(', ')}; steps: exec CMD, script.run FILE, upload SRC DST,
   self_test.greeting, shell, or a TS module (path, or NAME in --steps DIR / $CAIRN_STEPS / ./steps).
   Prefix a step with 'transient' (or give --transient[=always|last|never]) to run it on a throwaway copy
-  and never save its result; --cache=DUR caps how long it is reused (script.run is transient when last).
+  and never save its result; --cache=DUR caps how long it is reused (script.run is transient when last;
+  --cache=0: never reused, so never saved; it runs every time and the steps after it see its effects).
   Base options: --memory=MB --smp=N --net[=restrict] --forward=[HOSTPORT:]GUESTPORT,... (guest sees the host
   at 10.0.2.2; a forward's host port, chosen per run when not given, is printed).`,
     )
@@ -170,7 +172,7 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
     if ((words[0] === 'ls' || words[0] === 'gc') && words.some((w) => w === '--help' || w === '-h')) {
       process.stdout.write(
         words[0] === 'ls'
-          ? 'Usage: cairn machine ls [--json]\n\nmachine states: RRef, step, size, ' +
+          ? 'Usage: cairn machine ls [--json]\n\nmachine states: RRef, step and its args, size, ' +
               'creation time, expiry or staleness, and whether a root keeps them\n'
           : 'Usage: cairn machine gc [-n|--dry-run]\n\ndelete the machine states no root reaches (states that rooted ' +
               'ones stand on are kept; other realizations are left alone)\n',
@@ -289,6 +291,7 @@ function machineLs(store: LocalStore, json: boolean): void {
   const rows = listMachineStates(store).map((s) => ({
     rref: s.rref,
     step: s.step,
+    args: s.args,
     created: new Date(s.created).toISOString(),
     expiresAt: s.expiresAt === null ? null : new Date(s.expiresAt).toISOString(),
     stale: s.stale,
@@ -302,8 +305,9 @@ function machineLs(store: LocalStore, json: boolean): void {
   for (const r of rows) {
     const expiry = r.stale ? `stale: ${r.stale}` : r.expiresAt ? `expires ${r.expiresAt}` : '';
     const flags = [r.rooted ? 'root' : '', expiry].filter(Boolean).join(', ');
+    const step = r.args === null ? r.step : `${r.step} ${formatStepArgs(r.args)}`;
     process.stdout.write(
-      `${r.rref}  ${r.step.padEnd(20)} ${formatBytes(r.bytes).padStart(10)}  ${r.created}` +
+      `${r.rref}  ${step.padEnd(20)} ${formatBytes(r.bytes).padStart(10)}  ${r.created}` +
         `${flags ? `  (${flags})` : ''}\n`,
     );
   }

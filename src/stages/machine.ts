@@ -18,7 +18,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
-import { CairnError } from '../errors.js';
+import { CairnError, isCairnError } from '../errors.js';
 import { canonicalJson, type Json } from '../store/canonical.js';
 import { parseDuration } from '../duration.js';
 import type {
@@ -147,14 +147,24 @@ export function staleReason(d: MachineDescription, now = Date.now()): string | n
   return null;
 }
 
+/**
+ * The machine.json texts of states this process saved whose cap had already
+ * run out when they were saved (a step that called `vm.expiration.cap(0)`,
+ * or a cap shorter than publishing takes). The run that built such a state
+ * still uses it once, instead of failing with E_MATCH_UNSATISFIED; no later
+ * match reuses it.
+ */
+const expiredOnArrival = new Set<string>();
+
 /** The newest state that has not expired and whose files are unchanged. */
 export function freshState(): Matcher {
   return custom(
     async (cands: readonly Candidate[]) => {
       for (let i = cands.length - 1; i >= 0; i--) {
         const c = cands[i]!;
-        if (staleReason(parseDescription((await c.read(DESCRIPTION)).toString('utf8'), c.rref)) === null)
-          return [c.rref];
+        const text = (await c.read(DESCRIPTION)).toString('utf8');
+        const justSaved = expiredOnArrival.delete(text);
+        if (justSaved || staleReason(parseDescription(text, c.rref)) === null) return [c.rref];
       }
       return null;
     },
@@ -226,7 +236,12 @@ export interface ApplyOptions {
    * `transient`, unless `cache` is given (a cache cap asks for a saved state).
    */
   transient?: boolean | 'last';
-  /** Expiry cap for the state, as `vm.expiration.cap()` would set it. */
+  /**
+   * Expiry cap for the state, as `vm.expiration.cap()` would set it, counted
+   * from when the state is saved. `0` (or `'0s'`): never reuse. The step is
+   * then never saved: it runs on every realize()/use(), and the steps after
+   * it build on its effects in the same run (unsaved too, as their parent is).
+   */
   cache?: string | number;
 }
 
@@ -236,6 +251,8 @@ interface Pending {
   opts: ApplyOptions;
   /** The resolved transient mode (from opts, else the step's default). */
   transient: boolean | 'last';
+  /** `cache: 0`: never saved, yet the steps after it see its effects (so they are not saved either). */
+  keeps: boolean;
 }
 
 /** Transient steps that run, in one throwaway session, on the saved state `on`. */
@@ -278,7 +295,15 @@ export interface MachineRunOptions extends RealizeOptions {
 
 export interface UseOptions extends Omit<MachineRunOptions, 'outLink'> {}
 
-const toMs = (d: string | number): number => (typeof d === 'number' ? d : parseDuration(d));
+const toMs = (d: string | number): number => {
+  const ms = typeof d === 'number' ? d : parseDuration(d);
+  if (!Number.isFinite(ms) || ms < 0)
+    throw new CairnError('E_BAD_ARGUMENT', `a cache duration must be >= 0, not ${JSON.stringify(d)}`);
+  return ms;
+};
+
+/** `cache: 0`: a state nobody may reuse is not worth saving. */
+const neverReused = (opts: ApplyOptions): boolean => opts.cache !== undefined && toMs(opts.cache) === 0;
 
 /** Per-run settings (port forwards) a base hands to every run of machines built on it. */
 const runOptionsOf = new WeakMap<Stage, ResumeOptions>();
@@ -320,7 +345,10 @@ export class Machine {
     if (opts.transient !== undefined && typeof opts.transient !== 'boolean' && opts.transient !== 'last')
       throw new CairnError('E_BAD_ARGUMENT', `apply(${s.name}): transient must be true, false or 'last'`);
     canonicalJson(args); // refuses non-JSON args now, not at realize time
-    const p: Pending = { step: s, args, opts, transient: transientMode(s, opts) };
+    const keeps = neverReused(opts);
+    const p: Pending = { step: s, args, opts, transient: keeps || transientMode(s, opts), keeps };
+    // After a step that is never reused nothing can be saved: the later steps build on its unsaved effects.
+    if (this.open.some((q) => q.keeps)) return new Machine(this.saved, this.closed, [...this.open, p], this.run);
     // Any step after a 'last' one makes it an ordinary saved step.
     let saved = this.saved;
     const closed = [...this.closed];
@@ -334,9 +362,10 @@ export class Machine {
       group = [];
       saved = stepStage(saved, q, this.run);
     }
-    if (p.transient) return new Machine(saved, closed, [...group, p], this.run);
-    // A saved step builds on the saved state: what the transient steps before it did is thrown away.
+    if (p.transient && !keeps) return new Machine(saved, closed, [...group, p], this.run);
+    // A saved step, or one never reused, builds on the saved state: what transient steps before it did is thrown away.
     if (group.length) closed.push({ on: saved, steps: group });
+    if (keeps) return new Machine(saved, closed, [p], this.run);
     return new Machine(stepStage(saved, p, this.run), closed, [], this.run);
   }
 
@@ -402,11 +431,10 @@ export class Machine {
     const work = opts.store.makeTempDir('machine-use');
     let session: BackendSession | undefined;
     try {
-      const backend = await machineBackend(state.description.backend);
-      session = await backend.resume(state.dir, state.description.state, work, this.run);
+      session = await resumeState(state.rref, state.dir, state.description, work, this.run);
       for (const p of steps) {
         const vm = stepMachine(session.machine, (line) => opts.stepLog?.(p.step.name, line), {
-          expiresAt: null,
+          capMs: null,
           files: [],
         });
         await p.step.run(vm, p.args);
@@ -419,6 +447,28 @@ export class Machine {
   }
 }
 
+/** Resumes a saved state; a restore the backend refuses names the state. */
+async function resumeState(
+  rref: RRef,
+  dir: string,
+  d: MachineDescription,
+  work: string,
+  run: ResumeOptions,
+): Promise<BackendSession> {
+  const backend = await machineBackend(d.backend);
+  try {
+    return await backend.resume(dir, d.state, work, run);
+  } catch (e) {
+    if (!isCairnError(e, 'E_MACHINE_RESTORE')) throw e;
+    throw new CairnError(
+      'E_MACHINE_RESTORE',
+      `cannot resume the machine state ${rref}: ${e.message}`,
+      { ...e.details, rref },
+      { cause: e },
+    );
+  }
+}
+
 export function machine(base: Stage | Machine): Machine {
   return Machine.of(base);
 }
@@ -426,7 +476,7 @@ export function machine(base: Stage | Machine): Machine {
 function stepMachine(
   m: RunningMachine,
   log: (s: string) => void,
-  limits: { expiresAt: number | null; files: MachineDescription['files'] },
+  limits: { capMs: number | null; files: MachineDescription['files'] },
 ): StepMachine {
   return {
     backend: m.backend,
@@ -443,9 +493,10 @@ function stepMachine(
       for (const line of message.split('\n')) log(line);
     },
     expiration: {
+      // Counted from the save, not from now: a cap shorter than the step itself must not expire it unborn.
       cap(d: string | number): void {
-        const at = Date.now() + toMs(d);
-        limits.expiresAt = limits.expiresAt === null ? at : Math.min(limits.expiresAt, at);
+        const ms = toMs(d);
+        limits.capMs = limits.capMs === null ? ms : Math.min(limits.capMs, ms);
       },
     },
     dependOnFile(file: string): void {
@@ -467,10 +518,15 @@ export function finalOutDir(storeOutPath: string, dref: string): string {
   return path.join(dDir, dref, 'r', 'pending', 'out');
 }
 
+const descriptionText = (d: MachineDescription): string => JSON.stringify(d, null, 2) + '\n';
+
 /** Writes a state's description; the backend has already written its files to `out`. */
 export function writeDescription(out: string, d: MachineDescription): void {
-  fs.writeFileSync(path.join(out, DESCRIPTION), JSON.stringify(d, null, 2) + '\n');
+  fs.writeFileSync(path.join(out, DESCRIPTION), descriptionText(d));
 }
+
+/** A cap this short may run out while the state is published (hashed, fsynced) and before it is matched. */
+const EXPIRY_SLACK_MS = 60_000;
 
 /**
  * Runs a session to completion for a build: `body` drives the machine, then
@@ -486,7 +542,7 @@ export async function saveSession(
   body: (vm: StepMachine) => Promise<void>,
   cap: number | null = null,
 ): Promise<void> {
-  const limits = { expiresAt: inherited.expiresAt, files: [] as MachineDescription['files'] };
+  const limits = { capMs: null as number | null, files: [] as MachineDescription['files'] };
   const vm = stepMachine(session.machine, ctx.log, limits);
   if (cap !== null) vm.expiration.cap(cap);
   let state: BackendState;
@@ -497,14 +553,20 @@ export async function saveSession(
     await session.discard();
     throw e;
   }
-  writeDescription(ctx.out, {
+  const savedAt = Date.now();
+  const own = limits.capMs === null ? null : savedAt + limits.capMs;
+  const expiresAt = own === null ? inherited.expiresAt : Math.min(own, inherited.expiresAt ?? own);
+  const description: MachineDescription = {
     format: 1,
     backend: state.backend,
     state,
-    expiresAt: limits.expiresAt,
+    expiresAt,
     files: limits.files,
     step: stepInfo,
-  });
+  };
+  writeDescription(ctx.out, description);
+  // Inherited too: a step on a parent that was expired on arrival is as well.
+  if (expiresAt !== null && expiresAt <= savedAt + EXPIRY_SLACK_MS) expiredOnArrival.add(descriptionText(description));
 }
 
 function stepStage(parent: Stage, p: Pending, run: ResumeOptions): Stage<StepConfig> {
@@ -519,7 +581,7 @@ function stepStage(parent: Stage, p: Pending, run: ResumeOptions): Stage<StepCon
     async build(ctx) {
       const parent = ctx.config.parent;
       const d = readDescription(parent.path);
-      const session = await (await machineBackend(d.backend)).resume(parent.path, d.state, ctx.tmp, run);
+      const session = await resumeState(parent.rrefs[0]!, parent.path, d, ctx.tmp, run);
       ctx.log(`resumed ${parent.rrefs[0]} (${d.backend})`);
       logForwards(session.machine, ctx.log);
       await saveSession(

@@ -129,6 +129,30 @@ export function qemuArgs(
   return args;
 }
 
+/**
+ * QEMU's own words from its stderr ("Unknown ramblock \"pc.ram\", cannot
+ * accept migration; load of migration failed: Invalid argument"), else `fallback`.
+ */
+export function qemuReason(stderr: string, fallback: string): string {
+  const lines = stderr
+    .split('\n')
+    .map((l) => l.replace(/^qemu-system-[\w-]+: /, '').trim())
+    .filter((l) => l !== '' && !l.startsWith('---'));
+  const text = lines.join('; ');
+  return text === '' ? fallback : text.length > 600 ? `…${text.slice(-600)}` : text;
+}
+
+/** A restore that failed: QEMU refused the snapshot, died, or the guest never answered. */
+function restoreRefused(memoryFile: string, e: unknown, stderr: string): CairnError {
+  const reason = qemuReason(stderr, (e as Error)?.message ?? String(e));
+  return new CairnError(
+    'E_MACHINE_RESTORE',
+    `QEMU could not restore ${path.basename(memoryFile)}: ${reason}`,
+    { memory: memoryFile, reason },
+    { cause: e },
+  );
+}
+
 export class Vm {
   private exitPromise: Promise<number | null>;
   private stderr = '';
@@ -244,7 +268,10 @@ export class Vm {
     const args = qemuArgs(spec, spec.accel!, shortPath(dir), disk);
     args.push('-incoming', `exec:cat ${shellQuote(memoryFile)}`);
     const t0 = performance.now();
-    const { proc, qmp, con } = await Vm.launch(spec.qemu ?? QEMU_X86, args, shortPath(dir));
+    // QEMU loads the snapshot as it starts, so a refused one may end it before QMP even answers.
+    const { proc, qmp, con } = await Vm.launch(spec.qemu ?? QEMU_X86, args, shortPath(dir)).catch((e: unknown) => {
+      throw restoreRefused(memoryFile, e, (e as Error).message);
+    });
     const vm = new Vm(dir, spec, spec.accel!, args, disk, proc, qmp, con, { readyMs: 0 });
     try {
       if (opts.expectVersion && vm.qemuVersion !== opts.expectVersion) {
@@ -267,9 +294,7 @@ export class Vm {
     } catch (e) {
       await vm.kill();
       if (e instanceof CairnError) throw e;
-      throw new Error(
-        `restore from ${memoryFile} failed: ${(e as Error).message}\n--- qemu stderr ---\n${vm.stderr.slice(-500)}`,
-      );
+      throw restoreRefused(memoryFile, e, vm.stderr);
     }
     return vm;
   }
