@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 import type { BlobStore } from '../src/store/cache/blob.js';
+import { CacheStore } from '../src/store/cache/cache-store.js';
 import { FileBlobStore } from '../src/store/cache/file-blob.js';
 import { entryKey, fingerprint, type CacheEntry } from '../src/store/cache/format.js';
 import { cacheGc } from '../src/store/cache/gc.js';
@@ -17,7 +18,8 @@ import { INLINE_ENV, pushClosure } from '../src/store/cache/push.js';
 import { sign } from '../src/store/cache/sign.js';
 import { verifyCache } from '../src/store/cache/verify.js';
 import { TarWriter } from '../src/store/export.js';
-import type { RRef } from '../src/store/refs.js';
+import { candidateOf } from '../src/store/interface.js';
+import { parseRRef, type RRef } from '../src/store/refs.js';
 import { LocalStore } from '../src/store/store.js';
 import { diamond, keyPair, snapshot } from './cache-helpers.js';
 import { isCode, tempDir } from './helpers.js';
@@ -103,6 +105,28 @@ describe('archives inline in their entries', () => {
       assert.ok(carol.has(g.top));
     } finally {
       carol.close();
+    }
+  });
+
+  test('a matcher reads files of inline candidates without a request or a fetch; a wrong tree is refused', async () => {
+    await pushClosure(alice, cache, [g.top], { key: keys.secret });
+    const { blob, calls } = counting(cache);
+    const cs = await CacheStore.open({ blob, trustedKeys: [keys.public], localDir: path.join(t.dir, 'copies') });
+    try {
+      const top = parseRRef(g.top).dref;
+      const [info] = await cs.realizationsOf(top);
+      const asked = calls.length;
+      const c = candidateOf(cs, info!);
+      assert.equal((await c.read('top.txt')).toString(), 'top\n');
+      assert.equal(calls.length, asked, 'no request for the read');
+      assert.ok(!cs.local.has(g.top), 'nothing fetched');
+      await assert.rejects(c.read('../escape'), isCode('E_NO_SUCH_PATH'));
+      // Signed by the trusted key, yet not the entry's tree: refused, not read.
+      forge(g.top, gzipSync(tarOf(alice.outPath(g.right))));
+      await cs.realizationsOf(top);
+      await assert.rejects(cs.readFile(g.top, 'r.txt'), isCode('E_SYNC_HASH_MISMATCH'));
+    } finally {
+      cs.close();
     }
   });
 
