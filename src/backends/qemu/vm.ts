@@ -16,7 +16,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CairnError } from '../../errors.js';
+import { CairnError, isCairnError } from '../../errors.js';
 import { SerialConsole, type RunResult } from './console.js';
 import { detectAccel, QEMU_X86, type Accel } from './kvm.js';
 import { QmpClient } from './qmp.js';
@@ -270,6 +270,8 @@ export class Vm {
     const t0 = performance.now();
     // QEMU loads the snapshot as it starts, so a refused one may end it before QMP even answers.
     const { proc, qmp, con } = await Vm.launch(spec.qemu ?? QEMU_X86, args, shortPath(dir)).catch((e: unknown) => {
+      // A taken host port is this run's trouble, not the snapshot's.
+      if (isCairnError(e, 'E_MACHINE_FORWARD')) throw e;
       throw restoreRefused(memoryFile, e, (e as Error).message);
     });
     const vm = new Vm(dir, spec, spec.accel!, args, disk, proc, qmp, con, { readyMs: 0 });
