@@ -75,6 +75,8 @@ export const ErrorCodes = {
   E_MACHINE_TIMEOUT: 'a machine did not answer in time',
   E_MACHINE_TRANSFER:
     'an upload or download failed in the machine (no such path there, a full disk) or the machine has no share',
+  E_MACHINE_FORWARD: 'a port forward to a machine could not be set up (its host port is taken)',
+  E_MACHINE_RESTORE: 'QEMU refused to restore a saved machine state (its memory snapshot did not load)',
   E_UNKNOWN_BASE: 'no machine base has this name',
   E_UNKNOWN_STEP: 'no built-in or user step has this name',
   E_STEP_ARGS: 'a machine step got arguments it does not accept',

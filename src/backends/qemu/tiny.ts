@@ -140,6 +140,17 @@ export const VIRTIO_BLK_MODULES = [
 ] as const;
 
 /**
+ * The modules (in load order, after the virtio ones) of the virtio network
+ * card. Loaded whether or not a card is attached, so one initramfs boots
+ * both; with no card they cost a few milliseconds.
+ */
+export const VIRTIO_NET_MODULES = [
+  'kernel/net/core/failover.ko',
+  'kernel/drivers/net/net_failover.ko',
+  'kernel/drivers/net/virtio_net.ko',
+] as const;
+
+/**
  * The generic kernel builds ext4 as a module (the cloud kernel has it built
  * in); crc32c is its checksum (a soft dependency, so not in its `depends=`).
  */
@@ -149,7 +160,12 @@ export const EXT4_MODULES = ['kernel/crypto/crc32c_generic.ko', 'kernel/fs/ext4/
 export const NINEP_MODULES = ['kernel/fs/9p/9p.ko', 'kernel/net/9p/9pnet_virtio.ko'] as const;
 
 /** Every module the initramfs carries (their dependencies are added by moduleLoadOrder). */
-export const TINY_MODULES: readonly string[] = [...VIRTIO_BLK_MODULES, ...EXT4_MODULES, ...NINEP_MODULES];
+export const TINY_MODULES: readonly string[] = [
+  ...VIRTIO_BLK_MODULES,
+  ...VIRTIO_NET_MODULES,
+  ...EXT4_MODULES,
+  ...NINEP_MODULES,
+];
 
 /** The `depends=` list of a kernel module, read from its `.modinfo` strings (no modinfo(8) needed). */
 export function moduleDepends(ko: Buffer): string[] {
@@ -216,6 +232,14 @@ for m in /lib/cairn-modules/*.ko; do [ -e "$m" ] && insmod "$m" 2>/dev/null; don
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 20 ] && ls /lib/cairn-modules/*.ko >/dev/null 2>&1 && grep -q 0x1af4 ` +
   `/sys/bus/pci/devices/*/vendor 2>/dev/null; do sleep 0.1; i=$((i+1)); done
+# The network (a machine started with one): a static address on slirp's
+# network, set before a switch_root too, since the addresses and routes
+# belong to the kernel and Debian minbase has no ip(8).
+ip link set lo up
+if [ -e /sys/class/net/eth0 ]; then
+  ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
+  echo 'nameserver 10.0.2.3' > /etc/resolv.conf
+fi
 root=
 for w in $(cat /proc/cmdline); do case "$w" in cairn.root=*) root=\${w#cairn.root=};; esac; done
 if [ -n "$root" ]; then

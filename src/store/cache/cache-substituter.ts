@@ -25,18 +25,19 @@ import {
 import type { DRef, RRef } from '../refs.js';
 import type { BlobStore } from './blob.js';
 import { CacheStore } from './cache-store.js';
-import { listRRefs, mapLimit, PARALLEL, readEntry } from './entries.js';
+import type { CacheEntry } from './format.js';
 import { pullClosure } from './pull.js';
 import { pushClosure } from './push.js';
 import type { PublicKey, SecretKey } from './sign.js';
 
 /** The cache at `blob` as a substituter whose entries must be signed by one of `trustedKeys`. */
 export function cacheSubstituter(name: string, blob: BlobStore, trustedKeys: readonly PublicKey[]): Substituter {
+  const store = new SubstituterStore(blob, trustedKeys);
   return {
     name,
-    store: new SubstituterStore(blob, trustedKeys),
+    store,
     fetch: async (into, rrefs) => {
-      await pullClosure(blob, into, rrefs, { trustedKeys });
+      await pullClosure(blob, into, rrefs, { trustedKeys, known: store.known() });
     },
   };
 }
@@ -61,12 +62,11 @@ export function cachePushTarget(name: string, blob: BlobStore, key: SecretKey): 
  * a team's cache (a refused `best` model would lose to a worse one without a
  * word). So when a DRef's listing holds an entry that does not count
  * (unsigned, untrusted, tampered, malformed, archive missing), the batch
- * query fails with that entry's refusal: the substitution prints it as its
+ * query (no request more than the cache store's own) fails with that entry's refusal: the substitution prints it as its
  * one warning line and realizes without this cache.
  */
 class SubstituterStore implements Store {
-  private opened: Promise<CacheStore> | undefined;
-  private store: CacheStore | undefined;
+  private ready: { store: CacheStore; checked: Promise<unknown> } | undefined;
 
   constructor(
     private readonly blob: BlobStore,
@@ -77,30 +77,29 @@ class SubstituterStore implements Store {
     return this.blob.url;
   }
 
-  private open(): Promise<CacheStore> {
-    this.opened ??= CacheStore.open({ blob: this.blob, trustedKeys: this.trustedKeys }).then((s) => {
-      this.store = s;
-      return s;
-    });
-    return this.opened;
+  private opening(): { store: CacheStore; checked: Promise<unknown> } {
+    this.ready ??= CacheStore.openReading({ blob: this.blob, trustedKeys: this.trustedKeys });
+    return this.ready;
+  }
+
+  private async open(): Promise<CacheStore> {
+    const { store, checked } = this.opening();
+    await checked;
+    return store;
   }
 
   async candidatesOfAll(drefs: readonly DRef[]): Promise<Map<string, Candidate[]>> {
-    const found = await (await this.open()).candidatesOfAll(drefs);
-    const counted = new Set([...found.values()].flat().map((c) => c.rref));
-    // One more listing per DRef (no extra GET when everything counts) to find the entries left out.
-    const listed = await mapLimit([...new Set(drefs)], PARALLEL, (d) => listRRefs(this.blob, d));
-    const left = listed.flat().filter((r) => !counted.has(r));
-    for (const r of left) {
-      // Throws the refusal (E_CACHE_UNSIGNED, _UNTRUSTED, _BAD_SIGNATURE, _BAD_ENTRY) of an entry that is there.
-      const entry = await readEntry(this.blob, r, this.trustedKeys);
-      if (entry === undefined) continue; // deleted since the listing (cache gc): a miss, not a fault
-      throw new CairnError('E_CACHE_MISSING', `${this.blob.url}: entry ${r} names an archive or log that is missing`, {
-        url: this.blob.url,
-        rref: r,
-      });
-    }
+    // The cache-info check and the first query go out together.
+    const { store, checked } = this.opening();
+    const [, { found, refused }] = await Promise.all([checked, store.query(drefs)]);
+    // The refusal (E_CACHE_UNSIGNED, _UNTRUSTED, _BAD_SIGNATURE, _BAD_ENTRY, _MISSING) of an entry that is there.
+    if (refused.length > 0) throw refused[0]!;
     return found;
+  }
+
+  /** Entries the queries read and trusted already: the fetch that follows does not read them again. */
+  known(): ReadonlyMap<RRef, CacheEntry> | undefined {
+    return this.ready?.store.knownEntries();
   }
 
   async candidates(dref: DRef, ctx: string): Promise<Candidate[]> {
@@ -152,6 +151,6 @@ class SubstituterStore implements Store {
   }
 
   close(): void {
-    this.store?.close();
+    this.ready?.store.close();
   }
 }
