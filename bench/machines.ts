@@ -11,12 +11,14 @@
  *       CAIRN_DISK_CLONE=overlay|copy), plus the clone operation alone.
  *
  * Also in-process figures (no node start-up, no store): restore to a shell
- * answering a command, and cloneDisk alone.
+ * answering a command, and cloneDisk alone; and (d) file transfer over the
+ * 9p share: a 50 MB file up and down (goal >= 100 MB/s each way) and a
+ * tree of 1000 small files.
  *
  *   npx tsc -p tsconfig.json && node --import tsx bench/machines.ts
  *
  * BENCH_REPS=n (default 7) repetitions per figure; BENCH_KEEP=1 keeps the
- * work directory. Needs root (loop mount), QEMU, mkfs.xfs. Writes
+ * work directory; BENCH_ONLY=transfer runs (d) alone (no root needed). Needs root (loop mount), QEMU, mkfs.xfs. Writes
  * bench/machines-results.json. See docs/benchmarks.md, "Machines".
  */
 import { spawnSync } from 'node:child_process';
@@ -179,7 +181,100 @@ async function cloneOnly(storeDir: string, mode: CloneMode, n: number): Promise<
   return { stats: stats(xs), bytes: fs.statSync(src).size };
 }
 
+const GOAL_TRANSFER_MBPS = 100;
+const TRANSFER_BYTES = 50 * 1024 * 1024;
+
+interface TransferFigures {
+  upload50: Stats;
+  download50: Stats;
+  uploadTree1000: Stats;
+  downloadTree1000: Stats;
+}
+
+/** (d) In-process, on one resumed tiny machine: vm.upload/vm.download of a 50 MB file and of 1000 small files. */
+async function transferBench(storeDir: string, work: string, n: number): Promise<TransferFigures> {
+  const { machine } = await import('../src/stages/machine.js');
+  const { tiny } = await import('../src/stages/bases/tiny.js');
+  const store = LocalStore.open(storeDir);
+  const big = path.join(work, 'transfer-50mb.bin');
+  fs.writeFileSync(big, (await import('node:crypto')).randomBytes(TRANSFER_BYTES));
+  const tree = path.join(work, 'transfer-tree');
+  for (let i = 0; i < 1000; i++) {
+    fs.mkdirSync(path.join(tree, `d${i % 10}`), { recursive: true });
+    fs.writeFileSync(path.join(tree, `d${i % 10}`, `f${i}`), `file ${i}\n`);
+  }
+  const timed = async (f: () => Promise<void>): Promise<number> => {
+    const t0 = performance.now();
+    await f();
+    return performance.now() - t0;
+  };
+  const r = { up: [] as number[], down: [] as number[], treeUp: [] as number[], treeDown: [] as number[] };
+  await machine(tiny()).use(
+    async (vm) => {
+      for (let i = 0; i < n; i++) {
+        r.up.push(await timed(() => vm.upload(big, '/tmp/big.bin')));
+        r.down.push(await timed(() => vm.download('/tmp/big.bin', path.join(work, 'transfer-back.bin'))));
+        r.treeUp.push(await timed(() => vm.upload(tree, '/tmp/')));
+        r.treeDown.push(await timed(() => vm.download('/tmp/transfer-tree', path.join(work, 'transfer-tree-back'))));
+        await vm.exec('rm -rf /tmp/big.bin /tmp/transfer-tree', { check: true });
+      }
+    },
+    { store },
+  );
+  return {
+    upload50: stats(r.up),
+    download50: stats(r.down),
+    uploadTree1000: stats(r.treeUp),
+    downloadTree1000: stats(r.treeDown),
+  };
+}
+
+function transferRows(t: TransferFigures): [string, string][] {
+  const mbps = (s: Stats): string => `${(TRANSFER_BYTES / 1e6 / (s.median / 1000)).toFixed(0)} MB/s`;
+  return [
+    ['(d) upload a 50 MiB file (9p)', `${fmt(t.upload50)}, ${mbps(t.upload50)}`],
+    ['(d) download a 50 MiB file (9p)', `${fmt(t.download50)}, ${mbps(t.download50)}`],
+    ['(d) upload a tree of 1000 small files', fmt(t.uploadTree1000)],
+    ['(d) download a tree of 1000 small files', fmt(t.downloadTree1000)],
+  ];
+}
+
+function transferGoals(t: TransferFigures): void {
+  for (const [name, s] of [
+    ['upload', t.upload50],
+    ['download', t.download50],
+  ] as const) {
+    const rate = TRANSFER_BYTES / 1e6 / (s.median / 1000);
+    process.stdout.write(
+      `${rate >= GOAL_TRANSFER_MBPS ? 'met' : 'MISSED'}: ${name} of 50 MiB median ${rate.toFixed(0)} MB/s ` +
+        `(goal ${GOAL_TRANSFER_MBPS} MB/s)\n`,
+    );
+  }
+}
+
+/** BENCH_ONLY=transfer: (d) alone, on a store of its own. */
+async function transferOnly(): Promise<void> {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'cairn-bench-transfer-'));
+  try {
+    const loadBefore = load();
+    log(`bench: transfer only; work dir ${work}; ${REPS} reps; load ${loadBefore.join(' ')}`);
+    const t = await transferBench(path.join(work, 'store'), work, REPS);
+    const rows = transferRows(t);
+    const w = Math.max(...rows.map((r) => r[0].length));
+    for (const [k, v] of rows) process.stdout.write(`${k.padEnd(w)}  ${v}\n`);
+    process.stdout.write(`load average before ${loadBefore.join(' ')}, after ${load().join(' ')}\n`);
+    transferGoals(t);
+    fs.writeFileSync(
+      path.join(ROOT, 'bench', 'machines-transfer-results.json'),
+      JSON.stringify({ date: new Date().toISOString(), reps: REPS, load: loadBefore, transfer: t }, null, 2) + '\n',
+    );
+  } finally {
+    if (!KEEP) fs.rmSync(work, { recursive: true, force: true });
+  }
+}
+
 async function main(): Promise<void> {
+  if (process.env.BENCH_ONLY === 'transfer') return transferOnly();
   preflight();
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'cairn-bench-machines-'));
   const mnt = path.join(work, 'xfs');
@@ -230,6 +325,7 @@ async function main(): Promise<void> {
     const tag = Date.now();
     const plus1 = ext4.times(REPS, (i) => [...PIPE, '+', 'exec', `echo ${tag}-${i} > /mnt/u`]);
     const restoreInProcess = await inProcessRestore(ext4.store, REPS);
+    const transfer = await transferBench(ext4.store, work, REPS);
     // In a store of its own: a rebuilt base state would be the newest, and
     // the pipeline above would no longer be cached on top of it.
     const boot = new Cli(cli, path.join(work, 'boot', 'store'));
@@ -303,6 +399,7 @@ async function main(): Promise<void> {
       cached3PlusOne: plus1,
       perMode,
       cloneBig: bigClone,
+      transfer,
     };
     fs.writeFileSync(path.join(ROOT, 'bench', 'machines-results.json'), JSON.stringify(results, null, 2) + '\n');
     const rows: [string, string][] = [
@@ -321,6 +418,7 @@ async function main(): Promise<void> {
         `(c) clone alone, ${m}, 256 MiB random-data qcow2`,
         fmt(st),
       ]),
+      ...transferRows(transfer),
     ];
     const w = Math.max(...rows.map((r) => r[0].length));
     for (const [k, v] of rows) process.stdout.write(`${k.padEnd(w)}  ${v}\n`);
@@ -336,6 +434,7 @@ async function main(): Promise<void> {
     goal('restore (CLI)', restore, GOAL_RESTORE);
     goal('restore (in-process)', restoreInProcess, GOAL_RESTORE);
     goal('cached 3-step pipeline (CLI)', cached3, GOAL_CACHED3);
+    transferGoals(transfer);
   } finally {
     cleanup();
   }

@@ -12,7 +12,10 @@ import { machineBase, MACHINE_BASES } from '../../src/stages/bases/registry.js';
 import type { BaseOptions } from '../../src/stages/bases/booted-state.js';
 import { parseNetOption } from '../../src/backends/qemu/net.js';
 import { killLiveVms } from '../../src/backends/qemu/vm.js';
-import { logForwards, machine, type ApplyOptions, type Machine } from '../../src/stages/machine.js';
+import { DOWNLOADS, logForwards, machine, type ApplyOptions, type Machine } from '../../src/stages/machine.js';
+import { hostDestination, replaceWith } from '../../src/backends/qemu/transfer.js';
+import { realize } from '../../src/stages/realize.js';
+import type { Stage } from '../../src/stages/stage.js';
 import { collectMachineGarbage, listMachineStates } from '../../src/stages/machine-states.js';
 import { resolveStep, type CliWords } from '../../src/stages/machine-steps.js';
 import { formatStepArgs } from '../../src/stages/step-args-text.js';
@@ -100,7 +103,18 @@ function netOption(net: string | true | undefined, forward: string | true | unde
   }
 }
 
-async function buildMachine(groups: Group[], dirs: string[]): Promise<{ m: Machine; shell: boolean }> {
+/** A CLI `download` whose files the CLI copies from its state to a host path once the chain is realized. */
+interface CopyOut {
+  stage: Stage;
+  name: string;
+  hostPath: string;
+}
+
+async function buildMachine(
+  groups: Group[],
+  dirs: string[],
+): Promise<{ m: Machine; shell: boolean; copyOuts: CopyOut[] }> {
+  const copyOuts: CopyOut[] = [];
   const [base, ...steps] = groups;
   if (base!.transient) throw new CairnError('E_USAGE', 'a base cannot be transient');
   let m = machine(machineBase(base!.name, baseOptions(base!.words)));
@@ -132,9 +146,19 @@ async function buildMachine(groups: Group[], dirs: string[]): Promise<{ m: Machi
         e.message += ` (to pass options to a command, quote it: ${g.name} 'cmd --opt')`;
       throw e;
     }
+    const host = g.name === 'download' ? g.words.positional[1] : undefined;
+    if (g.name === 'download' && opts.transient === true) {
+      // A transient step is never saved: its files go straight to the host path.
+      const to = host ?? (args as { to: string }).to;
+      args = { ...(args as object), to: path.resolve(to) + (to.endsWith('/') ? '/' : '') };
+    }
     m = m.apply(def.step, args, opts);
+    // Saved (this very application is the newest saved stage): the CLI copies its files out afterwards.
+    const saved = m.saved.config as { step?: string; args?: unknown };
+    if (g.name === 'download' && host !== undefined && saved.step === 'download' && saved.args === args)
+      copyOuts.push({ stage: m.saved, name: (args as { to: string }).to, hostPath: host });
   }
-  return { m, shell };
+  return { m, shell, copyOuts };
 }
 
 /** `--transient` (or `=always`), `--transient=last`, `--transient=never`: a step's transient mode, per step. */
@@ -152,7 +176,7 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
     .description(
       `build and resume machines step by step: machine BASE [+ STEP ...] [+ shell]; machine ls; machine gc
   bases: ${[...MACHINE_BASES.keys()].join(', ')}; steps: exec CMD, script.run FILE, upload SRC DST,
-  self_test.greeting, shell, or a TS module (path, or NAME in --steps DIR / $CAIRN_STEPS / ./steps).
+  download SRC [DST], self_test.greeting, shell, or a TS module (path, or NAME in --steps DIR / $CAIRN_STEPS / ./steps).
   Prefix a step with 'transient' (or give --transient[=always|last|never]) to run it on a throwaway copy
   and never save its result; --cache=DUR caps how long it is reused (script.run is transient when last;
   --cache=0: never reused, so never saved; it runs every time and the steps after it see its effects).
@@ -182,7 +206,7 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
     const store = ctx.openStore();
     if (words[0] === 'ls') return machineLs(store, flags(words, ['--json']).has('--json'));
     if (words[0] === 'gc') return machineGc(store, flags(words, ['--dry-run', '-n']).size > 0);
-    const { m, shell } = await buildMachine(parseMachineWords(words), stepsDirs(o.steps));
+    const { m, shell, copyOuts } = await buildMachine(parseMachineWords(words), stepsDirs(o.steps));
     // Interrupted, the VMs go too, and with them this process's scratch
     // directories (resumed disks, memory images): nothing else uses them.
     for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
@@ -213,6 +237,14 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
         return;
       }
       rref = (await m.realize({ store, events: progress, stepLog })).rref;
+      // The files come from the download step's state, built just now or cached: the same either way.
+      for (const c of copyOuts) {
+        const state = (await realize(c.stage, { store })).targets[0]!.rrefs[0]!;
+        const from = path.join(store.outPath(state), DOWNLOADS, c.name);
+        const to = hostDestination(c.hostPath, c.name, c.name);
+        replaceWith(from, to, { copy: true });
+        if (!o.quiet) process.stderr.write(`download: ${DOWNLOADS}/${c.name} of ${state} -> ${to}\n`);
+      }
     } finally {
       progress.finish();
     }

@@ -47,15 +47,26 @@ export interface MachineConsole {
   attach?(input: NodeJS.ReadableStream, output: NodeJS.WritableStream): Promise<void>;
 }
 
+/** Bytes moved so far, and the total when known. */
+export type TransferProgress = (bytes: number, total: number | null) => void;
+
 /** The machine as a step (or `use()`) sees it while it runs. */
 export interface RunningMachine {
   readonly backend: string;
   exec(cmd: string, opts?: ExecOptions): Promise<ExecResult>;
   readonly console: MachineConsole;
-  /** Copies a host file or directory into the machine. */
-  upload(hostPath: string, machinePath: string): Promise<void>;
-  /** Copies a file or directory out of the machine. */
-  download(machinePath: string, hostPath: string): Promise<void>;
+  /**
+   * Copies a host file or directory into the machine, as `cp -a` would:
+   * a `machinePath` ending in `/` or naming a directory means "into it".
+   */
+  upload(hostPath: string, machinePath: string, opts?: { progress?: TransferProgress }): Promise<void>;
+  /**
+   * Copies a file or directory out of the machine: a `hostPath` ending in
+   * `/` means "into it"; otherwise it is the destination, and what was
+   * there (a directory too) is replaced, so a rerun gives the same tree. In a step that is saved, `hostPath`
+   * is a relative name under the state's `files/` (see StepMachine).
+   */
+  download(machinePath: string, hostPath: string, opts?: { progress?: TransferProgress }): Promise<void>;
   /**
    * Port forwards host -> machine of this run, with the host ports bound
    * (those given as 0 are chosen per run). Backends without them leave it out.

@@ -67,13 +67,31 @@ export const scriptRun = step<{ path: string; sha256: string; args: string[] }>(
   },
 });
 
-/** Copies a host file into the machine. */
+/**
+ * Copies a host file or directory into the machine (cp's rules: a trailing
+ * `/` or an existing directory means "into it"). Its content is part of the
+ * identity, a directory's too.
+ */
 export const upload = step<{ src: string; dst: string; sha256: string }>({
   name: 'upload',
-  version: 'cairn-upload-1',
+  // 2: directories, cp's "into a directory" rule, over the 9p share.
+  version: 'cairn-upload-2',
   async run(vm, a) {
     vm.dependOnFile(a.src);
     await vm.upload(a.src, a.dst);
+  },
+});
+
+/**
+ * Copies a file or directory out of the machine. In a saved step `to` is a
+ * name under the state's `files/` (the files are part of the realization,
+ * so a cached step still gives them); in a transient one, a host path.
+ */
+export const download = step<{ src: string; to: string }>({
+  name: 'download',
+  version: 'cairn-download-1',
+  async run(vm, a) {
+    await vm.download(a.src, a.to);
   },
 });
 
@@ -122,13 +140,27 @@ export const BUILTIN_STEPS: ReadonlyMap<string, CliStep<any>> = new Map<string, 
     'upload',
     {
       step: upload,
-      usage: 'upload HOST_FILE MACHINE_PATH',
+      usage: 'upload HOST_PATH MACHINE_PATH',
       fromCli(w) {
         noNamed('upload', w);
         const [src, dst, ...rest] = w.positional;
-        if (!src || !dst || rest.length) throw new CairnError('E_STEP_ARGS', 'upload needs HOST_FILE and MACHINE_PATH');
+        if (!src || !dst || rest.length) throw new CairnError('E_STEP_ARGS', 'upload needs HOST_PATH and MACHINE_PATH');
         const abs = path.resolve(src);
         return { src: abs, dst, sha256: requireFileSha256(abs, 'upload') };
+      },
+    },
+  ],
+  [
+    'download',
+    {
+      step: download,
+      usage: 'download MACHINE_PATH [HOST_PATH]',
+      fromCli(w) {
+        noNamed('download', w);
+        const [src, host, ...rest] = w.positional;
+        if (!src || rest.length) throw new CairnError('E_STEP_ARGS', 'download needs MACHINE_PATH [HOST_PATH]');
+        // The name kept in the state's files/; the CLI copies it to HOST_PATH afterwards (see downloadName).
+        return { src, to: downloadName(src, host) };
       },
     },
   ],
@@ -146,6 +178,20 @@ export const BUILTIN_STEPS: ReadonlyMap<string, CliStep<any>> = new Map<string, 
     },
   ],
 ]);
+
+/**
+ * The name a CLI download keeps in the state's `files/`: HOST_PATH's last
+ * component, or the machine path's when HOST_PATH is absent or ends in `/`
+ * ("into it"). It never depends on what exists on the host, so the step's
+ * identity does not either.
+ */
+export function downloadName(machinePath: string, hostPath: string | undefined): string {
+  const pick = (p: string): string => path.posix.basename(p.replace(/\/+$/, ''));
+  const name = hostPath !== undefined && !hostPath.endsWith('/') ? pick(path.resolve(hostPath)) : pick(machinePath);
+  if (!name || name === '.' || name === '..')
+    throw new CairnError('E_STEP_ARGS', `download ${machinePath}: give the host path a name of its own`);
+  return name;
+}
 
 const isStep = (x: unknown): x is Step<any> =>
   typeof x === 'object' && x !== null && typeof (x as Step).run === 'function' && typeof (x as Step).code === 'string';

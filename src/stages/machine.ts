@@ -34,6 +34,7 @@ import { custom, type Candidate, type Matcher } from './matchers.js';
 import { realize, type RealizeOptions, type RealizeResult } from './realize.js';
 import { instantiate } from './instantiate.js';
 import { stage, type BuildContext, type Stage } from './stage.js';
+import { pathSha256 } from './path-digest.js';
 
 /** machine.json: what the pipeline knows about a state. */
 export interface MachineDescription {
@@ -125,13 +126,8 @@ export function parseDescription(text: string, where: string): MachineDescriptio
   return d;
 }
 
-const fileSha256 = (file: string): string | null => {
-  try {
-    return createHash('sha256').update(fs.readFileSync(file)).digest('hex');
-  } catch {
-    return null;
-  }
-};
+// Files and directories alike: `upload DIR` depends on the directory's content.
+const fileSha256 = pathSha256;
 
 /** The sha256 of a host file a step depends on; E_NO_SUCH_PATH when it cannot be read. */
 export function requireFileSha256(file: string, what: string): string {
@@ -473,17 +469,94 @@ export function machine(base: Stage | Machine): Machine {
   return Machine.of(base);
 }
 
+/** Where a saved step's downloads go, inside its state's output. */
+export const DOWNLOADS = 'files';
+
+/**
+ * The host side of a download in a step. In a step that is saved, a
+ * relative name under the state's `files/`: the files are part of the
+ * realization (sealed with it, found again when the state is reused), so a
+ * cached step never needs to run to give them. Elsewhere (a transient step,
+ * `use()`), any host path.
+ */
+export function downloadTarget(downloadsDir: string | null, hostPath: string): string {
+  if (downloadsDir === null) return hostPath;
+  const parts = hostPath.split('/');
+  const bad =
+    hostPath === '' ||
+    hostPath.startsWith('/') ||
+    hostPath.includes('\0') ||
+    parts.some((p, i) => p === '..' || p === '.' || (p === '' && i < parts.length - 1));
+  if (bad)
+    throw new CairnError(
+      'E_BAD_ARGUMENT',
+      `download in a saved step: ${JSON.stringify(hostPath)} must be a relative name (no '..'); the files go into ` +
+        `the state's ${DOWNLOADS}/ (read them with cairn catref), so that a cached step gives them too`,
+      { path: hostPath },
+    );
+  return path.join(downloadsDir, hostPath) + (hostPath.endsWith('/') ? '/' : '');
+}
+
+const mb = (n: number): string => `${(n / 1e6).toFixed(1)} MB`;
+
+/** Progress of a transfer as log lines: at most one every 2 s while it runs, and a summary. */
+function transferLog(
+  log: (s: string) => void,
+  what: string,
+): { progress(b: number, t: number | null): void; done(): void } {
+  const t0 = performance.now();
+  let last = t0;
+  let bytes = 0;
+  return {
+    progress(b, total) {
+      bytes = b;
+      const now = performance.now();
+      if (now - last < 2000) return;
+      last = now;
+      log(`${what}: ${mb(b)}${total ? ` of ${mb(total)}` : ''} so far`);
+    },
+    done() {
+      const s = (performance.now() - t0) / 1000;
+      log(`${what}: ${mb(bytes)} in ${s.toFixed(2)} s (${(bytes / 1e6 / Math.max(s, 1e-3)).toFixed(0)} MB/s)`);
+    },
+  };
+}
+
 function stepMachine(
   m: RunningMachine,
   log: (s: string) => void,
   limits: { capMs: number | null; files: MachineDescription['files'] },
+  downloadsDir: string | null = null,
 ): StepMachine {
   return {
     backend: m.backend,
     exec: m.exec.bind(m),
     console: m.console,
-    upload: m.upload.bind(m),
-    download: m.download.bind(m),
+    async upload(hostPath, machinePath, opts = {}) {
+      const t = transferLog(log, `upload ${hostPath} -> ${machinePath}`);
+      await m.upload(hostPath, machinePath, {
+        progress: (b, total) => {
+          t.progress(b, total);
+          opts.progress?.(b, total);
+        },
+      });
+      t.done();
+    },
+    async download(machinePath, hostPath, opts = {}) {
+      const target = downloadTarget(downloadsDir, hostPath);
+      if (downloadsDir !== null) fs.mkdirSync(downloadsDir, { recursive: true });
+      const t = transferLog(
+        log,
+        `download ${machinePath} -> ${downloadsDir === null ? hostPath : `${DOWNLOADS}/${hostPath}`}`,
+      );
+      await m.download(machinePath, target, {
+        progress: (b, total) => {
+          t.progress(b, total);
+          opts.progress?.(b, total);
+        },
+      });
+      t.done();
+    },
     get forwards() {
       return m.forwards;
     },
@@ -543,7 +616,7 @@ export async function saveSession(
   cap: number | null = null,
 ): Promise<void> {
   const limits = { capMs: null as number | null, files: [] as MachineDescription['files'] };
-  const vm = stepMachine(session.machine, ctx.log, limits);
+  const vm = stepMachine(session.machine, ctx.log, limits, path.join(ctx.out, DOWNLOADS));
   if (cap !== null) vm.expiration.cap(cap);
   let state: BackendState;
   try {

@@ -22,7 +22,8 @@ import type {
 import { parseForward, type ActiveForward, type NetMode } from './net.js';
 import { ConsoleError, type SerialConsole } from './console.js';
 import { chainLength, chooseCloneMode, cloneDisk, makeBackingRelative, type CloneMode } from './disk.js';
-import { DEFAULT_APPEND, DEFAULT_MACHINE, Vm, type VmSpec } from './vm.js';
+import { DEFAULT_APPEND, DEFAULT_MACHINE, shareDir, Vm, type VmSpec } from './vm.js';
+import { downloadTree, unmountShare, uploadTree, type TransferChannel } from './transfer.js';
 
 export interface QemuState extends BackendState {
   backend: 'qemu';
@@ -41,6 +42,8 @@ export interface QemuState extends BackendState {
   /** How the disk was cloned when this state ran, and its backing chain length. */
   clone: CloneMode | null;
   chain: number;
+  /** Whether the machine has the 9p file-transfer share (a device: states without it restore without it). */
+  share?: boolean;
   /** The network card's mode, or null; absent in states saved before machines had networks. */
   net?: NetMode | null;
 }
@@ -97,6 +100,7 @@ export const qemuBackend: MachineBackend = {
       smp: s.smp,
       machine: s.machine,
       accel: { kind: s.accel, args: s.accelArgs, reason: 'from the saved state' },
+      share: s.share === true,
       net: s.net ?? null,
       forwards: s.net ? (opts.forwards ?? []) : [],
     };
@@ -120,9 +124,11 @@ export async function bootSession(
 }
 
 function qemuSession(vm: Vm, clone: CloneMode | null): BackendSession {
+  const { machine, beforeSave } = runningQemu(vm);
   return {
-    machine: runningQemu(vm),
+    machine,
     async save(outDir: string, finalDir: string): Promise<QemuState> {
+      await beforeSave();
       await vm.freeze(path.join(outDir, 'memory.bin'));
       let disk: string | null = null;
       let chain = 0;
@@ -150,6 +156,7 @@ function qemuSession(vm: Vm, clone: CloneMode | null): BackendSession {
         disk,
         clone,
         chain,
+        share: spec.share === true,
       };
     },
     async discard(): Promise<void> {
@@ -187,7 +194,7 @@ const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
 /** Base64 chunk size per console round trip (well under the tty's line limits: one base64 line per 76 chars). */
 const CHUNK = 48 * 1024;
 
-function runningQemu(vm: Vm): RunningMachine {
+function runningQemu(vm: Vm): { machine: RunningMachine; beforeSave(): Promise<void> } {
   const con: SerialConsole = vm.console;
   const exec = async (cmd: string, opts: ExecOptions = {}): Promise<ExecResult> => {
     // stderr goes to a file and is printed after a marker, so the serial
@@ -266,11 +273,27 @@ function runningQemu(vm: Vm): RunningMachine {
       });
     },
   };
-  return {
+  // The fast path: the 9p share (states saved before it existed fall back to the console).
+  let channel: TransferChannel | null = null;
+  const share = (): TransferChannel | null => {
+    if (!vm.spec.share) return null;
+    if (!channel) {
+      const stage = path.join(path.dirname(shareDir(vm.dir)), 'stage');
+      fs.mkdirSync(stage, { recursive: true, mode: 0o700 });
+      channel = { exec, share: shareDir(vm.dir), stage };
+    }
+    return channel;
+  };
+  const machine: RunningMachine = {
     backend: 'qemu',
     exec,
     console: console_,
-    async upload(hostPath: string, machinePath: string): Promise<void> {
+    async upload(hostPath: string, machinePath: string, opts = {}): Promise<void> {
+      const ch = share();
+      if (ch) {
+        await uploadTree(ch, hostPath, machinePath, opts.progress);
+        return;
+      }
       const st = fs.statSync(hostPath);
       if (!st.isFile())
         throw new CairnError(
@@ -297,7 +320,12 @@ function runningQemu(vm: Vm): RunningMachine {
         await exec(`stty echo; rm -f ${tmp}`, { shell: true });
       }
     },
-    async download(machinePath: string, hostPath: string): Promise<void> {
+    async download(machinePath: string, hostPath: string, opts = {}): Promise<void> {
+      const ch = share();
+      if (ch) {
+        await downloadTree(ch, machinePath, hostPath, opts.progress);
+        return;
+      }
       const r = await exec(`base64 ${q(machinePath)}`, { check: true, timeoutMs: 300_000 });
       fs.writeFileSync(hostPath, Buffer.from(r.stdout.replace(/\s+/g, ''), 'base64'));
     },
@@ -306,4 +334,6 @@ function runningQemu(vm: Vm): RunningMachine {
     },
     forward: (f) => vm.forward(parseForward(f)),
   };
+  // QEMU refuses to save while the guest has the share mounted.
+  return { machine, beforeSave: () => unmountShare(channel) };
 }

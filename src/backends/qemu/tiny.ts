@@ -1,6 +1,6 @@
 /**
  * The `tiny` machine base, built reproducibly from Debian packages:
- * a cloud kernel (`linux-image-*-cloud-amd64`) and an initramfs made of
+ * the generic kernel (`linux-image-*-amd64`) and an initramfs made of
  * busybox-static, a few virtio modules from the kernel package, and an
  * `/init` script that mounts proc/sys/dev/tmp, mounts `/dev/vda` on `/mnt`
  * when a disk is attached, and runs a shell on the serial console.
@@ -129,7 +129,7 @@ export function cpioNewc(entries: readonly CpioEntry[]): Buffer {
   return Buffer.concat(chunks);
 }
 
-/** The kernel modules (in load order) that give a Debian cloud kernel a virtio disk. */
+/** The kernel modules (in load order) that give a Debian kernel a virtio disk. */
 export const VIRTIO_BLK_MODULES = [
   'kernel/drivers/virtio/virtio_ring.ko',
   'kernel/drivers/virtio/virtio.ko',
@@ -151,10 +151,71 @@ export const VIRTIO_NET_MODULES = [
 ] as const;
 
 /**
+ * The generic kernel builds ext4 as a module (the cloud kernel has it built
+ * in); crc32c is its checksum (a soft dependency, so not in its `depends=`).
+ */
+export const EXT4_MODULES = ['kernel/crypto/crc32c_generic.ko', 'kernel/fs/ext4/ext4.ko'] as const;
+
+/** The 9p filesystem over virtio, for file transfers (`vm.upload`/`vm.download`). */
+export const NINEP_MODULES = ['kernel/fs/9p/9p.ko', 'kernel/net/9p/9pnet_virtio.ko'] as const;
+
+/** Every module the initramfs carries (their dependencies are added by moduleLoadOrder). */
+export const TINY_MODULES: readonly string[] = [
+  ...VIRTIO_BLK_MODULES,
+  ...VIRTIO_NET_MODULES,
+  ...EXT4_MODULES,
+  ...NINEP_MODULES,
+];
+
+/** The `depends=` list of a kernel module, read from its `.modinfo` strings (no modinfo(8) needed). */
+export function moduleDepends(ko: Buffer): string[] {
+  const at = ko.indexOf('\0depends=');
+  if (at < 0) return [];
+  const end = ko.indexOf(0, at + 1);
+  const list = ko.subarray(at + '\0depends='.length, end < 0 ? undefined : end).toString('latin1');
+  return list.split(',').filter(Boolean);
+}
+
+/**
+ * `wanted` (paths relative to lib/modules/VERSION) plus every module they
+ * depend on, dependencies first, each once: the order insmod needs.
+ */
+export function moduleLoadOrder(modDir: string, wanted: readonly string[]): string[] {
+  // Module names use `_` and `-` interchangeably; index the tree once by normalized name.
+  const norm = (n: string): string => n.replace(/-/g, '_');
+  const byName = new Map<string, string>();
+  const index = (dir: string, rel: string): void => {
+    for (const e of fs.readdirSync(path.join(dir, rel), { withFileTypes: true })) {
+      const r = rel ? `${rel}/${e.name}` : e.name;
+      if (e.isDirectory()) index(dir, r);
+      else if (e.name.endsWith('.ko')) byName.set(norm(e.name.slice(0, -3)), r);
+    }
+  };
+  index(modDir, 'kernel');
+  const order: string[] = [];
+  const seen = new Set<string>();
+  const visit = (rel: string, chain: string[]): void => {
+    if (seen.has(rel)) return;
+    if (chain.includes(rel)) throw new Error(`module dependency cycle: ${[...chain, rel].join(' -> ')}`);
+    const file = path.join(modDir, rel);
+    if (!fs.existsSync(file)) return; // built into this kernel
+    for (const dep of moduleDepends(fs.readFileSync(file))) {
+      const depRel = byName.get(norm(dep));
+      if (!depRel) throw new Error(`${rel} depends on ${dep}, which is not in ${modDir}`);
+      visit(depRel, [...chain, rel]);
+    }
+    seen.add(rel);
+    order.push(rel);
+  };
+  for (const w of wanted) visit(w, []);
+  return order;
+}
+
+/**
  * The tiny guest's /init. Prints `CAIRN-TINY-READY` right before the first shell.
  * With `cairn.root=DEV` on the kernel command line it is a boot loader
- * instead: the cloud kernel has ext4 built in but virtio_blk as a module,
- * so this initramfs loads the modules, mounts DEV and `switch_root`s to the
+ * instead: the kernel has virtio_blk and ext4 as modules, so this
+ * initramfs loads the modules (they stay loaded after switch_root, 9p too), mounts DEV and `switch_root`s to the
  * root filesystem's `/sbin/cairn-init` (the debian base), which mounts the
  * pseudo filesystems itself (they are unmounted here, not moved, so the
  * new root starts from a clean slate).
@@ -236,25 +297,12 @@ export async function buildTinyInitramfs(opts: TinyInitramfsOptions): Promise<st
     const modRoot = path.join(kRoot, 'lib', 'modules');
     const [version] = fs.readdirSync(modRoot);
     if (!version) throw new Error(`${opts.kernelDeb}: no lib/modules/<version>`);
-    VIRTIO_BLK_MODULES.forEach((rel, i) => {
-      const file = path.join(modRoot, version, rel);
-      if (fs.existsSync(file)) {
-        entries.push({
-          path: `lib/cairn-modules/${String(i).padStart(2, '0')}-${path.basename(rel)}`,
-          type: 'file',
-          mode: 0o644,
-          data: fs.readFileSync(file),
-        });
-      }
-    });
-    VIRTIO_NET_MODULES.forEach((rel, i) => {
-      const file = path.join(modRoot, version, rel);
-      if (!fs.existsSync(file)) throw new Error(`${opts.kernelDeb}: no ${rel}`);
+    moduleLoadOrder(path.join(modRoot, version), TINY_MODULES).forEach((rel, i) => {
       entries.push({
-        path: `lib/cairn-modules/5${i}-${path.basename(rel)}`,
+        path: `lib/cairn-modules/${String(i).padStart(2, '0')}-${path.basename(rel)}`,
         type: 'file',
         mode: 0o644,
-        data: fs.readFileSync(file),
+        data: fs.readFileSync(path.join(modRoot, version, rel)),
       });
     });
   }
@@ -275,6 +323,15 @@ export async function extractKernel(kernelDeb: string, tmp: string, out: string)
   return vmlinuz.slice('vmlinuz-'.length);
 }
 
+/**
+ * The generic kernel, not the cloud one: the cloud kernel has no 9p
+ * filesystem, which the file transfers need.
+ */
+export const TINY_KERNEL_PACKAGE = 'linux-image-amd64';
+
+/** Everything that goes into the tiny base's files besides the packages' own bytes: a key for caches of it. */
+export const TINY_BASE_KEY = JSON.stringify({ kernel: TINY_KERNEL_PACKAGE, modules: TINY_MODULES, init: TINY_INIT });
+
 export interface TinyBase {
   kernel: string;
   initramfs: string;
@@ -283,19 +340,20 @@ export interface TinyBase {
 }
 
 /**
- * Downloads busybox-static and the cloud kernel with apt-get and builds the
+ * Downloads busybox-static and the generic kernel with apt-get and builds the
  * tiny base into `outDir` (`vmlinuz`, `initramfs.cpio`).
  */
 export async function buildTinyBase(
   outDir: string,
   tmp: string,
-  packages = { kernel: 'linux-image-cloud-amd64', busybox: 'busybox-static' },
+  packages = { kernel: TINY_KERNEL_PACKAGE, busybox: 'busybox-static' },
 ): Promise<TinyBase> {
   let kernelPkg = packages.kernel;
-  if (kernelPkg === 'linux-image-cloud-amd64') {
+  const meta = /^linux-image-((?:cloud-)?amd64)$/.exec(kernelPkg);
+  if (meta) {
     // The metapackage has no kernel; follow it to the versioned image package.
     const { stdout } = await execFileP('apt-cache', ['depends', kernelPkg]);
-    const m = /Depends:\s*(linux-image-\S+-cloud-amd64)/.exec(stdout);
+    const m = new RegExp(`Depends:\\s*(linux-image-\\d\\S*-${meta[1]})\\b`).exec(stdout);
     if (!m) throw new Error(`apt-cache depends ${kernelPkg}: no linux-image dependency`);
     kernelPkg = m[1]!;
   }

@@ -54,7 +54,20 @@ export interface VmSpec {
   net?: NetMode | null;
   /** Port forwards host -> guest for this run only (not device state). */
   forwards?: readonly PortForward[];
+  /**
+   * Attach the file-transfer share (virtio-9p, tag `cairn-xfer`) backed by
+   * the VM directory's `xfer/share`. It is part of the device set, so a
+   * state saved with it restores only with it; the host directory behind it
+   * is per VM.
+   */
+  share?: boolean;
 }
+
+/** The 9p mount tag of the file-transfer share. */
+export const SHARE_TAG = 'cairn-xfer';
+
+/** The host directory behind a VM's share (its parent is 0700: the guest can create device nodes in it). */
+export const shareDir = (dir: string): string => path.join(dir, 'xfer', 'share');
 
 // init_on_free=1: the guest zeroes memory it frees, and migration sends
 // zero pages as a few bytes each, so a saved tiny guest's memory.bin is
@@ -126,6 +139,12 @@ export function qemuArgs(
   ];
   if (overlay) args.push('-drive', `file=${overlay},if=virtio,format=qcow2,cache=writeback`);
   if (spec.net) args.push(...netArgs(spec.net, spec.forwards ?? []));
+  if (spec.share) {
+    // security_model=none: files keep the modes the guest gives them (the host side runs as the user).
+    const share = shareDir(dir).replace(/,/g, ',,');
+    args.push('-fsdev', `local,id=xfer0,path=${share},security_model=none`);
+    args.push('-device', `virtio-9p-pci,fsdev=xfer0,mount_tag=${SHARE_TAG}`);
+  }
   return args;
 }
 
@@ -350,6 +369,10 @@ export class Vm {
     dir: string,
   ): Promise<{ proc: ChildProcess; qmp: QmpClient; con: SerialConsole }> {
     for (const s of ['qmp.sock', 'console.sock']) fs.rmSync(path.join(dir, s), { force: true });
+    if (args.includes('virtio-9p-pci,fsdev=xfer0,mount_tag=' + SHARE_TAG)) {
+      fs.mkdirSync(shareDir(dir), { recursive: true });
+      fs.chmodSync(path.join(dir, 'xfer'), 0o700);
+    }
     const proc = spawn(qemu, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     liveQemus.add(proc);
     proc.on('exit', () => liveQemus.delete(proc));

@@ -59,7 +59,8 @@ export function bootedState(
     },
     outputs: [DESCRIPTION, 'memory.bin'],
     matcher: freshState(),
-    version: 'cairn-booted-state-1',
+    // 2: the machine has the 9p file-transfer share (a device, so part of what a state restores into).
+    version: 'cairn-booted-state-2',
     async build(ctx) {
       const files = ctx.config.files;
       const disk = { file: path.join(ctx.tmp, 'disk.qcow2'), clone: chooseCloneMode(cloneModeFromEnv(), ctx.tmp) };
@@ -71,6 +72,8 @@ export function bootedState(
           append: ctx.config.append,
           memoryMb: ctx.config.memoryMb,
           smp: ctx.config.smp,
+          // Every base has the file-transfer share; its kernel (tiny-files) has 9p.
+          share: true,
           net: ctx.config.net ?? null,
           forwards: net.forwards,
           // Not in the config: the marker only says when the boot is done.

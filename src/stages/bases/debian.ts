@@ -1,7 +1,7 @@
 /**
  * The `debian` machine base, from Debian packages only: a `debootstrap
  * --variant=minbase bookworm` root filesystem in an ext4 disk image, booted
- * with the same cloud kernel and busybox initramfs as `tiny`. The initramfs
+ * with the same generic kernel and busybox initramfs as `tiny`. The initramfs
  * is only the boot loader here: `cairn.root=/dev/vda` makes it load the
  * virtio modules, mount the disk and switch_root to `/sbin/cairn-init`
  * (written into the image below), which gives a login-free root bash on
