@@ -73,6 +73,10 @@ export const ErrorCodes = {
   E_MACHINE_STATE: 'a realization is not a machine state, or its machine.json is damaged',
   E_MACHINE_EXEC: 'a command in a machine exited non-zero where success was required',
   E_MACHINE_TIMEOUT: 'a machine did not answer in time',
+  E_MACHINE_UNREACHABLE: 'an ssh machine could not be reached (no route, refused, timed out, unknown host name)',
+  E_MACHINE_HOST_KEY:
+    "an ssh machine's host key is unknown, changed, or not the one its state recorded; nothing was run on it",
+  E_MACHINE_AUTH: 'an ssh machine refused the login (no key or agent it accepts; BatchMode never asks for a password)',
   E_UNKNOWN_BASE: 'no machine base has this name',
   E_UNKNOWN_STEP: 'no built-in or user step has this name',
   E_STEP_ARGS: 'a machine step got arguments it does not accept',

@@ -75,10 +75,26 @@ function baseOptions(w: CliWords): { memoryMb?: number; smp?: number } {
   return { memoryMb: num(memory, 'memory'), smp: num(smp, 'smp') };
 }
 
+/** `ssh://... [--identity=FILE] [--known-hosts=FILE]`. */
+function sshBaseOptions(w: CliWords): { identityFile?: string; knownHostsFile?: string } {
+  const { identity, 'known-hosts': knownHosts, ...rest } = w.named;
+  if (w.positional.length || Object.keys(rest).length)
+    throw new CairnError('E_USAGE', 'an ssh base takes only --identity=FILE and --known-hosts=FILE');
+  const file = (v: string | true | undefined, flag: string): { [k: string]: string } => {
+    if (v === true || v === '') throw new CairnError('E_USAGE', `--${flag} needs a file, e.g. --${flag}=PATH`);
+    return v === undefined ? {} : { [flag === 'identity' ? 'identityFile' : 'knownHostsFile']: v };
+  };
+  return { ...file(identity, 'identity'), ...file(knownHosts, 'known-hosts') };
+}
+
 async function buildMachine(groups: Group[], dirs: string[]): Promise<{ m: Machine; shell: boolean }> {
   const [base, ...steps] = groups;
   if (base!.transient) throw new CairnError('E_USAGE', 'a base cannot be transient');
-  let m = machine(machineBase(base!.name, baseOptions(base!.words)));
+  let m = machine(
+    base!.name.startsWith('ssh://')
+      ? (await import('../../src/stages/bases/ssh-base.js')).sshBase(base!.name, sshBaseOptions(base!.words))
+      : machineBase(base!.name, baseOptions(base!.words)),
+  );
   let shell = false;
   for (const [i, g] of steps.entries()) {
     if (g.name === 'shell') {
@@ -114,8 +130,9 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
     .command('machine')
     .description(
       `build and resume machines step by step: machine BASE [+ STEP ...] [+ shell]; machine ls; machine gc
-  bases: ${[...MACHINE_BASES.keys()].join(', ')}; steps: exec CMD, script.run FILE, upload SRC DST,
-  self_test.greeting, shell, or a TS module (path, or NAME in --steps DIR / $CAIRN_STEPS / ./steps).
+  bases: ${[...MACHINE_BASES.keys()].join(', ')}, ssh://[user@]host[:port] [--identity=F] [--known-hosts=F];
+  steps: exec CMD, script.run FILE, upload SRC DST, self_test.greeting, shell,
+  or a TS module (path, or NAME in --steps DIR / $CAIRN_STEPS / ./steps).
   Prefix a step with 'transient' to never save its result; --cache=DUR caps how long it is reused.`,
     )
     .argument('<words...>')
@@ -222,6 +239,8 @@ function machineLs(store: LocalStore, json: boolean): void {
     stale: s.stale,
     rooted: s.rooted,
     bytes: s.bytes,
+    backend: s.backend,
+    liveHost: s.liveHost,
   }));
   if (json) {
     process.stdout.write(JSON.stringify(rows, null, 2) + '\n');
@@ -229,7 +248,8 @@ function machineLs(store: LocalStore, json: boolean): void {
   }
   for (const r of rows) {
     const expiry = r.stale ? `stale: ${r.stale}` : r.expiresAt ? `expires ${r.expiresAt}` : '';
-    const flags = [r.rooted ? 'root' : '', expiry].filter(Boolean).join(', ');
+    const live = r.liveHost ? `${r.liveHost}: host record, not a snapshot; steps on it always run` : '';
+    const flags = [r.rooted ? 'root' : '', live, expiry].filter(Boolean).join(', ');
     process.stdout.write(
       `${r.rref}  ${r.step.padEnd(20)} ${formatBytes(r.bytes).padStart(10)}  ${r.created}` +
         `${flags ? `  (${flags})` : ''}\n`,

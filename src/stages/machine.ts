@@ -56,7 +56,22 @@ const backends = new Map<string, MachineBackend>();
 const builtinBackends = new Map<string, () => Promise<MachineBackend>>([
   ['qemu', async () => (await import('../backends/qemu/qemu-machine.js')).qemuBackend],
   ['docker', async () => new (await import('../backends/containers/docker-machine.js')).DockerBackend()],
+  ['ssh', async () => new (await import('../backends/ssh/ssh-machine.js')).SshBackend()],
 ]);
+
+/** Bases of machines that cannot be snapshotted (ssh hosts): see liveBase(). */
+const liveBases = new WeakSet<Stage>();
+
+/**
+ * Marks a base as a live machine (an ssh host): it has no snapshots, so
+ * every step applied to it is transient. The steps run on every realize()
+ * and use(), in order, and none is saved: a saved step would claim the host
+ * is still in the state the step left, which nothing can guarantee.
+ */
+export function liveBase<S extends Stage<any>>(base: S): S {
+  liveBases.add(base);
+  return base;
+}
 
 /**
  * Makes a backend available to resume states whose machine.json names its
@@ -255,6 +270,7 @@ export class Machine {
     if (typeof s?.run !== 'function' || typeof s.code !== 'string')
       throw new CairnError('E_BAD_ARGUMENT', 'apply() needs a step made with step()');
     canonicalJson(args); // refuses non-JSON args now, not at realize time
+    if (liveBases.has(this.saved)) return this.applyLive(s, args, opts);
     // A 'last' step followed by another one is an ordinary step after all.
     const before =
       this.pending.length === 1 && this.pending[0]!.opts.transient === 'last'
@@ -263,6 +279,17 @@ export class Machine {
     const p: Pending = { step: s, args, opts };
     if (opts.transient || before.pending.length > 0) return new Machine(before.saved, [...before.pending, p]);
     return new Machine(stepStage(before.saved, p), []);
+  }
+
+  /** On a live base every step is transient; a cache cap would promise a reuse that never happens. */
+  private applyLive<A extends Json>(s: Step<A>, args: A, opts: ApplyOptions): Machine {
+    if (opts.cache !== undefined)
+      throw new CairnError(
+        'E_BAD_ARGUMENT',
+        `step ${s.name}: a cache cap does not apply on a live host (ssh): it has no snapshots, so its steps always run`,
+        { step: s.name },
+      );
+    return new Machine(this.saved, [...this.pending, { step: s, args, opts: { ...opts, transient: true } }]);
   }
 
   /** Steps that run on every use and are never saved. */
