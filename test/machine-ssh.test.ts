@@ -265,7 +265,7 @@ describe('ssh machines from TypeScript', () => {
     assert.equal(fs.existsSync(path.join(remote, 'rekeyed')), true);
   });
 
-  it('attaches a terminal (a pty on the host) until the shell exits', async () => {
+  it('has a console with send/expect, and attaches a terminal (a pty on the host) until the shell exits', async () => {
     const { store: s, base } = lib();
     const input = new PassThrough();
     const output = new PassThrough();
@@ -273,6 +273,10 @@ describe('ssh machines from TypeScript', () => {
     output.on('data', (b: Buffer) => (seen += b.toString()));
     await machine(base).use(
       async (vm) => {
+        await vm.console.send('X=41; echo "val=$((X+1))"\n');
+        assert.equal(await vm.console.expect(/val=\d+/), 'val=42');
+        await vm.console.send('echo "still $X"\n');
+        assert.equal(await vm.console.expect(/still \d+/), 'still 41', 'one shell across sends');
         const done = vm.console.attach!(input, output);
         input.write('tty >/dev/null && echo has-a-tty-$((40+2))\n');
         input.write('exit\n');
