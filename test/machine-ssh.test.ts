@@ -95,6 +95,23 @@ describe('ssh machines from the CLI', () => {
     expectError(cairn(store, ['machine', ...host.base(), '+', 'exec', 'true', '--cache=1h']), 'E_BAD_ARGUMENT', store);
   });
 
+  it('a failing step stops the chain with E_MACHINE_EXEC and its stderr', () => {
+    const after = path.join(remote, 'after-failure');
+    const r = cairn(store, [
+      'machine',
+      ...host.base(),
+      '+',
+      'exec',
+      'echo bad >&2; exit 7',
+      '+',
+      'exec',
+      `touch ${after}`,
+    ]);
+    expectError(r, 'E_MACHINE_EXEC', store);
+    assert.match(r.stderr, /exited with 7: bad/);
+    assert.equal(fs.existsSync(after), false, 'the steps after it do not run');
+  });
+
   it('an unreachable host, a host key known_hosts does not trust and a refused login have their own codes', () => {
     const marker = path.join(remote, 'must-not-exist');
     const cmd = ['+', 'exec', `touch ${marker}`];
