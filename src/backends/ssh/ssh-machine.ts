@@ -68,6 +68,9 @@ export function checkSshState(state: BackendState, where: string): SshState {
 const live = new Set<ChildProcess>();
 let exitHookInstalled = false;
 function track(child: ChildProcess): void {
+  // A session a caller never discards must not keep Node alive: the exit hook below stops it.
+  child.unref();
+  (child.stderr as unknown as { unref?(): void } | null)?.unref?.();
   live.add(child);
   child.once('exit', () => live.delete(child));
   if (exitHookInstalled) return;
@@ -138,6 +141,8 @@ async function startMaster(t: SshTarget, dir: string): Promise<Master> {
 function stopMaster(m: Master): Promise<void> {
   if (m.child.exitCode !== null || m.child.signalCode !== null) return Promise.resolve();
   const exited = new Promise<void>((r) => m.child.once('exit', () => r()));
+  // Waiting for it must keep Node alive (track() unref'd it).
+  m.child.ref();
   m.child.kill('SIGTERM');
   return exited;
 }
