@@ -77,6 +77,8 @@ export const ErrorCodes = {
   E_MACHINE_HOST_KEY:
     "an ssh machine's host key is unknown, changed, or not the one its state recorded; nothing was run on it",
   E_MACHINE_AUTH: 'an ssh machine refused the login (no key or agent it accepts; BatchMode never asks for a password)',
+  E_MACHINE_FORWARD: 'a port forward to a machine could not be set up (its host port is taken)',
+  E_MACHINE_RESTORE: 'QEMU refused to restore a saved machine state (its memory snapshot did not load)',
   E_UNKNOWN_BASE: 'no machine base has this name',
   E_UNKNOWN_STEP: 'no built-in or user step has this name',
   E_STEP_ARGS: 'a machine step got arguments it does not accept',

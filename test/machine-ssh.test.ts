@@ -91,8 +91,10 @@ describe('ssh machines from the CLI', () => {
     assert.match(r.stderr, /oops/);
   });
 
-  it('refuses --cache on a live host instead of pretending to reuse a step', () => {
+  it('refuses --cache and transient on a live host instead of pretending to reuse or roll back a step', () => {
     expectError(cairn(store, ['machine', ...host.base(), '+', 'exec', 'true', '--cache=1h']), 'E_BAD_ARGUMENT', store);
+    // Nor a rollback it cannot do.
+    expectError(cairn(store, ['machine', ...host.base(), '+', 'transient', 'exec', 'true']), 'E_BAD_ARGUMENT', store);
   });
 
   it('a failing step stops the chain with E_MACHINE_EXEC and its stderr', () => {
