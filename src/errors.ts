@@ -75,6 +75,10 @@ export const ErrorCodes = {
   E_MACHINE_TIMEOUT: 'a machine did not answer in time',
   E_MACHINE_TRANSFER:
     'an upload or download failed in the machine (no such path there, a full disk) or the machine has no share',
+  E_MACHINE_UNREACHABLE: 'an ssh machine could not be reached (no route, refused, timed out, unknown host name)',
+  E_MACHINE_HOST_KEY:
+    "an ssh machine's host key is unknown, changed, or not the one its state recorded; nothing was run on it",
+  E_MACHINE_AUTH: 'an ssh machine refused the login (no key or agent it accepts; BatchMode never asks for a password)',
   E_MACHINE_FORWARD: 'a port forward to a machine could not be set up (its host port is taken)',
   E_MACHINE_RESTORE: 'QEMU refused to restore a saved machine state (its memory snapshot did not load)',
   E_UNKNOWN_BASE: 'no machine base has this name',

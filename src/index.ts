@@ -119,6 +119,7 @@ export {
 export { bootedState, type BaseOptions } from './stages/bases/booted-state.js';
 export { tiny, tinyFiles } from './stages/bases/tiny.js';
 export { machineBase, MACHINE_BASES } from './stages/bases/registry.js';
+export { sshBase, type SshBaseOptions } from './stages/bases/ssh-base.js';
 export type {
   MachineBackend,
   BackendSession,

@@ -69,7 +69,7 @@ describe('machine backends', () => {
         machine(fakeState(kind)).use(() => 'ran', { store }),
         (e: Error) => {
           assert.ok(isCode('E_MACHINE_INCOMPATIBLE')(e), kind);
-          assert.match(e.message, /known: docker, qemu\)/, kind);
+          assert.match(e.message, /known: docker, qemu, ssh\)/, kind);
           return true;
         },
       );

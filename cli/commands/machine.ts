@@ -110,6 +110,18 @@ interface CopyOut {
   hostPath: string;
 }
 
+/** `ssh://... [--identity=FILE] [--known-hosts=FILE]`. */
+function sshBaseOptions(w: CliWords): { identityFile?: string; knownHostsFile?: string } {
+  const { identity, 'known-hosts': knownHosts, ...rest } = w.named;
+  if (w.positional.length || Object.keys(rest).length)
+    throw new CairnError('E_USAGE', 'an ssh base takes only --identity=FILE and --known-hosts=FILE');
+  const file = (v: string | true | undefined, flag: string): { [k: string]: string } => {
+    if (v === true || v === '') throw new CairnError('E_USAGE', `--${flag} needs a file, e.g. --${flag}=PATH`);
+    return v === undefined ? {} : { [flag === 'identity' ? 'identityFile' : 'knownHostsFile']: v };
+  };
+  return { ...file(identity, 'identity'), ...file(knownHosts, 'known-hosts') };
+}
+
 async function buildMachine(
   groups: Group[],
   dirs: string[],
@@ -117,7 +129,11 @@ async function buildMachine(
   const copyOuts: CopyOut[] = [];
   const [base, ...steps] = groups;
   if (base!.transient) throw new CairnError('E_USAGE', 'a base cannot be transient');
-  let m = machine(machineBase(base!.name, baseOptions(base!.words)));
+  let m = machine(
+    base!.name.startsWith('ssh://')
+      ? (await import('../../src/stages/bases/ssh-base.js')).sshBase(base!.name, sshBaseOptions(base!.words))
+      : machineBase(base!.name, baseOptions(base!.words)),
+  );
   let shell = false;
   for (const [i, g] of steps.entries()) {
     if (g.name === 'shell') {
@@ -175,8 +191,9 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
     .command('machine')
     .description(
       `build and resume machines step by step: machine BASE [+ STEP ...] [+ shell]; machine ls; machine gc
-  bases: ${[...MACHINE_BASES.keys()].join(', ')}; steps: exec CMD, script.run FILE, upload SRC DST,
-  download SRC [DST], self_test.greeting, shell, or a TS module (path, or NAME in --steps DIR / $CAIRN_STEPS / ./steps).
+  bases: ${[...MACHINE_BASES.keys()].join(', ')}, ssh://[user@]host[:port] [--identity=F] [--known-hosts=F];
+  steps: exec CMD, script.run FILE, upload SRC DST, download SRC [DST], self_test.greeting, shell, or a TS module
+  (path, or NAME in --steps DIR / $CAIRN_STEPS / ./steps).
   Prefix a step with 'transient' (or give --transient[=always|last|never]) to run it on a throwaway copy
   and never save its result; --cache=DUR caps how long it is reused (script.run is transient when last;
   --cache=0: never reused, so never saved; it runs every time and the steps after it see its effects).
@@ -329,6 +346,8 @@ function machineLs(store: LocalStore, json: boolean): void {
     stale: s.stale,
     rooted: s.rooted,
     bytes: s.bytes,
+    backend: s.backend,
+    liveHost: s.liveHost,
   }));
   if (json) {
     process.stdout.write(JSON.stringify(rows, null, 2) + '\n');
@@ -336,7 +355,8 @@ function machineLs(store: LocalStore, json: boolean): void {
   }
   for (const r of rows) {
     const expiry = r.stale ? `stale: ${r.stale}` : r.expiresAt ? `expires ${r.expiresAt}` : '';
-    const flags = [r.rooted ? 'root' : '', expiry].filter(Boolean).join(', ');
+    const live = r.liveHost ? `${r.liveHost}: host record, not a snapshot; steps on it always run` : '';
+    const flags = [r.rooted ? 'root' : '', live, expiry].filter(Boolean).join(', ');
     const step = r.args === null ? r.step : `${r.step} ${formatStepArgs(r.args)}`;
     process.stdout.write(
       `${r.rref}  ${step.padEnd(20)} ${formatBytes(r.bytes).padStart(10)}  ${r.created}` +

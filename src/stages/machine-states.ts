@@ -12,6 +12,7 @@ import { listRoots } from '../store/roots.js';
 import type { LocalStore } from '../store/store.js';
 import type { Json } from '../store/canonical.js';
 import { DESCRIPTION, readDescription, staleReason } from './machine.js';
+import { describeTarget, type SshTarget } from '../backends/ssh/target.js';
 import { redactArgs } from './step-args-text.js';
 
 export interface MachineStateInfo {
@@ -30,6 +31,13 @@ export interface MachineStateInfo {
   rooted: boolean;
   /** Bytes of the files at the top of the state's output (disk images, description). */
   bytes: number;
+  /** The backend that resumes it: qemu, docker, ssh. */
+  backend: string;
+  /**
+   * For a live host (ssh): `ssh://user@host:port`. Such a state is a host
+   * record, not a snapshot: steps on it always run and are never saved.
+   */
+  liveHost: string | null;
 }
 
 const isMachineStateDir = (dir: string): boolean => fs.existsSync(path.join(dir, DESCRIPTION));
@@ -58,6 +66,8 @@ export function listMachineStates(store: LocalStore, now = Date.now()): MachineS
         stale: staleReason(d, now),
         rooted: rooted.has(row.rref),
         bytes,
+        backend: d.backend,
+        liveHost: d.backend === 'ssh' ? describeTarget(d.state as unknown as SshTarget) : null,
       },
     ];
   });

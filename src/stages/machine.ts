@@ -63,7 +63,22 @@ const backends = new Map<string, MachineBackend>();
 const builtinBackends = new Map<string, () => Promise<MachineBackend>>([
   ['qemu', async () => (await import('../backends/qemu/qemu-machine.js')).qemuBackend],
   ['docker', async () => new (await import('../backends/containers/docker-machine.js')).DockerBackend()],
+  ['ssh', async () => new (await import('../backends/ssh/ssh-machine.js')).SshBackend()],
 ]);
+
+/** Bases of machines that cannot be snapshotted (ssh hosts): see liveBase(). */
+const liveBases = new WeakSet<Stage>();
+
+/**
+ * Marks a base as a live machine (an ssh host): it has no snapshots, so
+ * every step applied to it is transient. The steps run on every realize()
+ * and use(), in order, and none is saved: a saved step would claim the host
+ * is still in the state the step left, which nothing can guarantee.
+ */
+export function liveBase<S extends Stage<any>>(base: S): S {
+  liveBases.add(base);
+  return base;
+}
 
 /**
  * Makes a backend available to resume states whose machine.json names its
@@ -341,6 +356,7 @@ export class Machine {
     if (opts.transient !== undefined && typeof opts.transient !== 'boolean' && opts.transient !== 'last')
       throw new CairnError('E_BAD_ARGUMENT', `apply(${s.name}): transient must be true, false or 'last'`);
     canonicalJson(args); // refuses non-JSON args now, not at realize time
+    if (liveBases.has(this.saved)) return this.applyLive(s, args, opts);
     const keeps = neverReused(opts);
     const p: Pending = { step: s, args, opts, transient: keeps || transientMode(s, opts), keeps };
     // After a step that is never reused nothing can be saved: the later steps build on its unsaved effects.
@@ -363,6 +379,27 @@ export class Machine {
     if (group.length) closed.push({ on: saved, steps: group });
     if (keeps) return new Machine(saved, closed, [p], this.run);
     return new Machine(stepStage(saved, p, this.run), closed, [], this.run);
+  }
+
+  /**
+   * On a live base (ssh) every step runs, in order, on every realize, in the
+   * one session, and none is saved or rolled back: the host has no snapshots.
+   * So a cache cap (which promises reuse) and `transient: true` (which
+   * promises a rollback) are refused rather than silently not kept.
+   */
+  private applyLive<A extends Json>(s: Step<A>, args: A, opts: ApplyOptions): Machine {
+    const refuse = (what: string): never => {
+      throw new CairnError(
+        'E_BAD_ARGUMENT',
+        `step ${s.name}: ${what} does not apply on a live host (ssh): it has no snapshots, so its steps always run ` +
+          'and their effects stay',
+        { step: s.name },
+      );
+    };
+    if (opts.cache !== undefined && toMs(opts.cache) > 0) refuse('a cache cap');
+    if (opts.transient === true) refuse('transient (a rollback)');
+    const p: Pending = { step: s, args, opts, transient: true, keeps: true };
+    return new Machine(this.saved, this.closed, [...this.open, p], this.run);
   }
 
   /** Steps that run on every realize()/use() and are never saved, in chain order. */

@@ -1,84 +1,13 @@
 /**
  * A container console: an interactive `docker exec -i CONTAINER sh`, with
- * the same send/expect contract as the QEMU serial console. The cursor only
- * moves forward, so output that arrives before `expect` is called is not
- * lost, and a match consumes everything up to its end.
+ * the same send/expect contract as the QEMU serial console (see
+ * ProcessConsole).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { CairnError } from '../../errors.js';
-import type { MachineConsole } from '../machine.js';
+import { ProcessConsole } from '../process-console.js';
 import { dockerHost } from './docker.js';
 
-export class ExecConsole implements MachineConsole {
-  private buf = '';
-  private cursor = 0;
-  private closed = false;
-  private waiters = new Set<() => void>();
-  private readonly child: ChildProcess;
-
+export class ExecConsole extends ProcessConsole {
   constructor(container: string, shell: readonly string[] = ['sh']) {
-    this.child = spawn('docker', ['-H', dockerHost(), 'exec', '-i', container, ...shell], {
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
-    const onData = (b: Buffer): void => {
-      this.buf += b.toString();
-      for (const w of this.waiters) w();
-    };
-    this.child.stdout!.on('data', onData);
-    this.child.stderr!.on('data', onData);
-    this.child.stdin!.on('error', () => {});
-    this.child.on('close', () => {
-      this.closed = true;
-      for (const w of this.waiters) w();
-    });
-    this.child.on('error', () => {
-      this.closed = true;
-    });
-  }
-
-  send(text: string): Promise<void> {
-    if (this.closed) return Promise.reject(new CairnError('E_DOCKER', 'the console session has ended'));
-    return new Promise((resolve, reject) => this.child.stdin!.write(text, (e) => (e ? reject(e) : resolve())));
-  }
-
-  expect(re: RegExp, timeoutMs = 30_000): Promise<string> {
-    // A global/sticky regex keeps lastIndex between calls; a fresh copy without them does not.
-    const plain = new RegExp(re.source, re.flags.replace(/[gy]/g, ''));
-    return new Promise((resolve, reject) => {
-      const check = (): void => {
-        const m = plain.exec(this.buf.slice(this.cursor));
-        if (m) {
-          this.cursor += m.index + m[0].length;
-          finish();
-          resolve(m[0]);
-        } else if (this.closed) {
-          finish();
-          reject(new CairnError('E_MACHINE_TIMEOUT', `console ended before ${re} appeared`, { pattern: String(re) }));
-        }
-      };
-      const timer = setTimeout(() => {
-        finish();
-        reject(
-          new CairnError(
-            'E_MACHINE_TIMEOUT',
-            `console: ${re} did not appear within ${timeoutMs} ms; ` +
-              `last output: ${JSON.stringify(this.buf.slice(-200))}`,
-            { pattern: String(re) },
-          ),
-        );
-      }, timeoutMs);
-      const finish = (): void => {
-        clearTimeout(timer);
-        this.waiters.delete(check);
-      };
-      this.waiters.add(check);
-      check();
-    });
-  }
-
-  /** Ends the shell session (the container keeps running). */
-  close(): void {
-    if (!this.closed) this.child.stdin!.end();
-    this.child.kill('SIGKILL');
+    super('docker', ['-H', dockerHost(), 'exec', '-i', container, ...shell], 'E_DOCKER');
   }
 }
