@@ -142,18 +142,21 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
     if (words[0] === 'ls') return machineLs(store, flags(words, ['--json']).has('--json'));
     if (words[0] === 'gc') return machineGc(store, flags(words, ['--dry-run', '-n']).size > 0);
     const { m, shell } = await buildMachine(parseMachineWords(words), stepsDirs(o.steps));
-    // Interrupted, the VMs go too (the store's scratch directories are swept by the next run).
-    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-      process.once(sig, () => {
-        killLiveVms();
-        process.exit(128 + os.constants.signals[sig]);
-      });
-    }
     const tty = process.stderr.isTTY === true;
     const progress = progressReporter(instantiate(m.saved).order.length, { tty, verbose: true, quiet: !!o.quiet });
     const stepLog = (name: string, line: string): void => {
       if (!o.quiet) process.stderr.write(`${name} (transient)> ${line}\n`);
     };
+    // Interrupted, the VMs go too (the store's scratch directories are swept by the next run). The
+    // handlers go when the command ends: a server worker runs its next command in the same process.
+    const onSignal = (['SIGINT', 'SIGTERM', 'SIGHUP'] as const).map((sig) => {
+      const h = (): void => {
+        killLiveVms();
+        process.exit(128 + os.constants.signals[sig]);
+      };
+      process.once(sig, h);
+      return [sig, h] as const;
+    });
     let rref: string;
     try {
       if (shell) {
@@ -166,6 +169,7 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
       }
       rref = (await m.realize({ store, events: progress, stepLog })).rref;
     } finally {
+      for (const [sig, h] of onSignal) process.off(sig, h);
       progress.finish();
     }
     if (o.root) addNamedRoot(store, o.root, [rref as never]);
