@@ -135,7 +135,11 @@ describe('cairn machine through the server', () => {
     assert.equal(r.code, 4);
   });
 
-  it('Ctrl-C (SIGINT) to the client stops the machine: exit 130, no QEMU left, and the server serves on', async () => {
+  /** Starts a served `machine tiny + transient exec 'sleep'` and resolves once the step runs in the guest. */
+  async function startSleeper(): Promise<{
+    child: ReturnType<typeof spawn>;
+    closed: Promise<[number | null, string | null]>;
+  }> {
     const marker = `cairn-int-${Date.now()}`;
     const child = spawn(client, ['machine', 'tiny', '+', 'transient', 'exec', `echo ${marker}; sleep 120`], {
       cwd: tmp.dir,
@@ -155,10 +159,29 @@ describe('cairn machine through the server', () => {
       await new Promise((r) => setTimeout(r, 50));
     }
     assert.equal(status().workers.filter((w) => w.state === 'busy').length, 1, 'a worker runs it');
+    return { child, closed };
+  }
+
+  it('Ctrl-C (SIGINT) to the client stops the machine: exit 130, no QEMU left, and the server serves on', async () => {
+    const { child, closed } = await startSleeper();
     child.kill('SIGINT');
     const [code, signal] = await closed;
     assert.deepEqual([code, signal], [130, null], 'the client exits 130, as the Node CLI does');
     assert.deepEqual(ourQemus(), [], 'no QEMU is left once the client has exited');
+    const again = cairn(['machine', '-q', 'tiny', '+', 'transient', 'exec', 'true']);
+    assert.equal(again.code, 0, again.stderr);
+  });
+
+  it('a client killed outright (SIGKILL): the server ends the command and its QEMU, and serves on', async () => {
+    const { child, closed } = await startSleeper();
+    child.kill('SIGKILL');
+    assert.deepEqual(await closed, [null, 'SIGKILL']);
+    // The server sees the connection close and interrupts the worker's process group (QEMU is in it).
+    const deadline = Date.now() + 10_000;
+    while (ourQemus().length > 0) {
+      assert.ok(Date.now() < deadline, 'QEMU was ended');
+      await new Promise((r) => setTimeout(r, 50));
+    }
     const again = cairn(['machine', '-q', 'tiny', '+', 'transient', 'exec', 'true']);
     assert.equal(again.code, 0, again.stderr);
   });
