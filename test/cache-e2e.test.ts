@@ -318,11 +318,11 @@ describe('the cache goes down mid-run', () => {
       trust(b);
       const gate = path.join(t.dir, 'gate');
       const running: Promise<CliResult> = cairnAsync(b, ['realize', '--json', '-j', '1', '--substituter', url, gated], {
-        env: { CAIRN_TEST_GATE: gate },
+        env: { CAIRN_TEST_PAUSE_BEFORE_FETCH: gate },
       });
-      // gate missed, so the batch query is done and told of a and b; then the cache goes away.
+      // The batch query is done and told of a and b; their fetches wait, and the cache goes away.
       for (let i = 0; !fs.existsSync(`${gate}.started`); i++) {
-        assert.ok(i < 1200, 'the gate stage started');
+        assert.ok(i < 1200, 'a fetch started');
         await new Promise((r) => setTimeout(r, 50));
       }
       swift('stop');

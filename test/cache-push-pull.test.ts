@@ -7,13 +7,15 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 import { FileBlobStore } from '../src/store/cache/file-blob.js';
-import { archiveKey, entryKey } from '../src/store/cache/format.js';
+import { randomBytes } from 'node:crypto';
+import { INLINE_DRV_MAX, INLINE_LOG_MAX, archiveKey, entryKey } from '../src/store/cache/format.js';
 import { pullClosure } from '../src/store/cache/pull.js';
 import { pushClosure } from '../src/store/cache/push.js';
 import { parseRRef, type RRef } from '../src/store/refs.js';
 import { LocalStore } from '../src/store/store.js';
 import { addOne, diamond, keyPair, snapshot } from './cache-helpers.js';
 import { isCode, tempDir } from './helpers.js';
+import { derivation } from './store-conformance.js';
 
 let t: { dir: string; cleanup: () => void };
 let alice: LocalStore;
@@ -75,6 +77,36 @@ describe('cache push and pull (file://)', () => {
     await pullClosure(cache, bob, [a.rref], { trustedKeys: [keys.public] });
     assert.equal((await bob.readFile(a.rref, 'big.bin')).toString(), big);
     assert.deepEqual(snapshot(bob.outPath(a.rref)), snapshot(alice.outPath(a.rref)));
+  });
+
+  test('small logs ride in the entry, big ones are objects; an incompressible tree is a plain tar', async () => {
+    const small = await addOne(alice, 'small-log', { 'a.txt': 'a\n' }, [], { log: 'one line\n' });
+    const bigLog = 'a line of the log\n'.repeat(INLINE_LOG_MAX);
+    const big = await addOne(alice, 'big-log', { 'b.txt': 'b\n' }, [], { log: bigLog });
+    const dir = alice.makeTempDir('cache-test-stage');
+    fs.mkdirSync(path.join(dir, 'out'));
+    fs.writeFileSync(path.join(dir, 'out', 'n.bin'), randomBytes(256 << 10));
+    const [added] = await alice.add({
+      ...derivation('noise', 'cache-test'),
+      context: {},
+      buildMs: 1,
+      outputs: [{ dir, created: Date.now() }],
+    });
+    const noise = added!.meta;
+    await pushClosure(alice, cache, [small.rref, big.rref, noise.rref], { key: keys.secret });
+    const entry = (r: RRef): Record<string, unknown> =>
+      JSON.parse(fs.readFileSync(path.join(t.dir, 'cache', entryKey(r)), 'utf8')) as Record<string, unknown>;
+    assert.equal(entry(small.rref).log, null);
+    assert.equal(Buffer.from(entry(small.rref).inlineLog as string, 'base64').toString(), 'one line\n');
+    assert.equal(entry(big.rref).inlineLog, null);
+    assert.match(entry(big.rref).log as string, /^l\//);
+    assert.equal(objects('l').length, 1);
+    assert.equal(entry(noise.rref).archive, archiveKey(noise.tree, 'tar'));
+    assert.equal(entry(small.rref).archive, archiveKey(small.tree, 'tar.gz'));
+    await pullClosure(cache, bob, [small.rref, big.rref, noise.rref], { trustedKeys: [keys.public] });
+    assert.equal((await bob.readLog(small.rref)).toString(), 'one line\n');
+    assert.equal((await bob.readLog(big.rref)).toString(), bigLog);
+    assert.deepEqual(snapshot(bob.outPath(noise.rref)), snapshot(alice.outPath(noise.rref)));
   });
 
   test('identical trees are stored once', async () => {
@@ -257,12 +289,30 @@ describe('cache tampering is refused and nothing enters', () => {
     nothingEntered();
   });
 
-  test('a replaced derivation file', async () => {
+  test('a replaced derivation file: the signed copy in the entry is used; a big one is refused', async () => {
     const dref = parseRRef(g.base).dref;
     fs.writeFileSync(path.join(t.dir, 'cache', 'd', `${dref}.json`), '{"format":"evil"}');
+    await pullClosure(cache, bob, [g.top], { trustedKeys: [keys.public] });
+    assert.equal(await bob.derivation(dref), await alice.derivation(dref));
+    // A derivation beyond INLINE_DRV_MAX is its d/ object only, checked against the signed hash.
+    const big = await addOne(alice, 'big', { 'x.txt': 'x\n' }, [], { salt: 'x'.repeat(INLINE_DRV_MAX) });
+    await pushClosure(alice, cache, [big.rref], { key: keys.secret });
+    assert.equal((JSON.parse(fs.readFileSync(entryFile(big.rref), 'utf8')) as { inlineDrv: unknown }).inlineDrv, null);
+    fs.writeFileSync(path.join(t.dir, 'cache', 'd', `${big.dref}.json`), '{"format":"evil"}');
+    await assert.rejects(
+      pullClosure(cache, bob, [big.rref], { trustedKeys: [keys.public] }),
+      isCode('E_SYNC_HASH_MISMATCH'),
+    );
+    assert.ok(!bob.has(big.rref));
+  });
+
+  test('an edited inline derivation or log breaks the signature', async () => {
+    editEntry(g.base, (e) => {
+      e.inlineLog = Buffer.from('forged log\n').toString('base64');
+    });
     await assert.rejects(
       pullClosure(cache, bob, [g.top], { trustedKeys: [keys.public] }),
-      isCode('E_SYNC_HASH_MISMATCH'),
+      isCode('E_CACHE_BAD_SIGNATURE'),
     );
     nothingEntered();
   });

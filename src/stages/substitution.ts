@@ -12,6 +12,8 @@
  * one tampered entry is not trusted for the next; the stage is then chosen
  * again without it, and built when nothing else satisfies its matcher.
  */
+import * as fs from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { CairnError, isCairnError } from '../errors.js';
 import { candidateKey, type Candidate } from '../store/interface.js';
 import { parseRRef, type DRef, type RRef } from '../store/refs.js';
@@ -134,6 +136,7 @@ export class Substitution {
     const results = await Promise.all(
       [...remote].map(async ([sub, rrefs]) => {
         try {
+          await pauseBeforeFetch();
           await sub.fetch(into, rrefs);
         } catch (e) {
           this.fail(sub, `fetching ${rrefs.join(' ')}`, e);
@@ -217,4 +220,16 @@ export class Substitution {
     // One line: a message from the other side may hold newlines (or escapes) of its own.
     this.opts.warn(line.replace(/[\r\n\t\x00-\x1f\x7f]+/g, ' '));
   }
+}
+
+/**
+ * Fault injection for tests: with $CAIRN_TEST_PAUSE_BEFORE_FETCH=F, each
+ * fetch writes F.started and waits for F.open, so a test can stop the cache
+ * between realize's batch query and its fetches.
+ */
+async function pauseBeforeFetch(): Promise<void> {
+  const file = process.env.CAIRN_TEST_PAUSE_BEFORE_FETCH;
+  if (!file) return;
+  fs.writeFileSync(`${file}.started`, '');
+  while (!fs.existsSync(`${file}.open`)) await sleep(50);
 }

@@ -71,7 +71,19 @@ export class CacheStore implements Store {
   private readonly trusted: PublicKey[];
   private readonly signingKey: SecretKey | undefined;
   private readonly onRefused: ((rref: RRef, error: CairnError) => void) | undefined;
-  private readonly refused = new Set<RRef>();
+  /** Entries the last query found not to count, with why. */
+  private readonly refused = new Map<RRef, CairnError>();
+  /** Those told to onRefused (once each). */
+  private readonly told = new Set<RRef>();
+  /**
+   * Entries the last query read, trusted and found complete. Queries always
+   * ask the cache again (a cache gc may have run); a fetch that follows a
+   * query takes its entries from here instead of reading them again, so a
+   * query followed by file reads costs each entry one GET. A deletion since
+   * surfaces when the fetch's GET finds the archive gone, which refuses that
+   * fetch as a whole.
+   */
+  private readonly known = new Map<RRef, CacheEntry>();
   /** The local copies: what reads fetched and what adds staged. */
   readonly local: LocalStore;
 
@@ -105,16 +117,18 @@ export class CacheStore implements Store {
 
   /** `entry` for many, with one batched existence check. */
   private async entries(rrefs: readonly RRef[]): Promise<(CacheEntry | undefined)[]> {
-    const got = await mapLimit(rrefs, PARALLEL, async (r) => {
+    const ask = [...new Set(rrefs)];
+    for (const r of ask) {
+      this.known.delete(r);
+      this.refused.delete(r);
+    }
+    const got = await mapLimit(ask, PARALLEL, async (r) => {
       try {
         return await readEntry(this.blob, r, this.trusted);
       } catch (e) {
         // An entry that does not count is not there for a reader; `cache verify` reports it.
         if (e instanceof CairnError && e.code !== 'E_CACHE_UNAVAILABLE') {
-          if (!this.refused.has(r)) {
-            this.refused.add(r);
-            this.onRefused?.(r, e);
-          }
+          this.refuse(r, e);
           return undefined;
         }
         throw e;
@@ -122,13 +136,36 @@ export class CacheStore implements Store {
     });
     const keys = got.flatMap((e) => (e ? [e.archive, ...(e.log ? [e.log] : [])] : []));
     const there = await this.blob.has(keys);
-    return got.map((e) => (e && there.has(e.archive) && (e.log === null || there.has(e.log)) ? e : undefined));
+    for (const e of got) {
+      if (e === undefined) continue;
+      const gone = [e.archive, ...(e.log ? [e.log] : [])].find((k) => !there.has(k));
+      if (gone === undefined) this.known.set(e.rref, e);
+      else {
+        const why = `${this.blob.url}: entry ${e.rref} names ${gone}, which is missing`;
+        this.refuse(e.rref, new CairnError('E_CACHE_MISSING', why, { url: this.blob.url, rref: e.rref }));
+      }
+    }
+    return rrefs.map((r) => this.known.get(r));
+  }
+
+  private refuse(rref: RRef, error: CairnError): void {
+    this.refused.set(rref, error);
+    if (this.told.has(rref)) return;
+    this.told.add(rref);
+    this.onRefused?.(rref, error);
+  }
+
+  /** The realizations of `dref` that count, and the refusals of those listed that do not. */
+  private async scan(dref: DRef): Promise<{ found: RealizationInfo[]; refused: CairnError[] }> {
+    const rrefs = await listRRefs(this.blob, dref);
+    const found = (await this.entries(rrefs)).filter((e): e is CacheEntry => e !== undefined).map(infoOf);
+    found.sort((a, b) => a.created - b.created || (a.rref < b.rref ? -1 : a.rref > b.rref ? 1 : 0));
+    const refused = rrefs.flatMap((r) => this.refused.get(r) ?? []);
+    return { found, refused };
   }
 
   async realizationsOf(dref: DRef): Promise<RealizationInfo[]> {
-    const rrefs = await listRRefs(this.blob, dref);
-    const found = (await this.entries(rrefs)).filter((e): e is CacheEntry => e !== undefined);
-    return found.map(infoOf).sort((a, b) => a.created - b.created || (a.rref < b.rref ? -1 : a.rref > b.rref ? 1 : 0));
+    return (await this.scan(dref)).found;
   }
 
   async candidates(dref: DRef, ctx: string): Promise<Candidate[]> {
@@ -136,15 +173,30 @@ export class CacheStore implements Store {
   }
 
   async candidatesOfAll(drefs: readonly DRef[]): Promise<Map<string, Candidate[]>> {
-    const out = new Map<string, Candidate[]>();
-    const all = await mapLimit([...new Set(drefs)], PARALLEL, (d) => this.realizationsOf(d));
-    for (const list of all) {
+    return (await this.query(drefs)).found;
+  }
+
+  /**
+   * candidatesOfAll, and the refusals of the entries listed under those
+   * DRefs that do not count (malformed, untrusted, tampered, an object
+   * missing), in the same requests: a substituter refuses the whole cache on
+   * one (see cache-substituter.ts).
+   */
+  async query(drefs: readonly DRef[]): Promise<{ found: Map<string, Candidate[]>; refused: CairnError[] }> {
+    const found = new Map<string, Candidate[]>();
+    const all = await mapLimit([...new Set(drefs)], PARALLEL, (d) => this.scan(d));
+    for (const { found: list } of all) {
       for (const r of list) {
         const k = candidateKey(r.dref, r.ctx);
-        (out.get(k) ?? out.set(k, []).get(k)!).push(candidateOf(this, r));
+        (found.get(k) ?? found.set(k, []).get(k)!).push(candidateOf(this, r));
       }
     }
-    return out;
+    return { found, refused: all.flatMap((a) => a.refused) };
+  }
+
+  /** The entries this store has read and found to count (see `known`). */
+  knownEntries(): ReadonlyMap<RRef, CacheEntry> {
+    return this.known;
   }
 
   async info(rref: RRef): Promise<RealizationInfo | undefined> {
@@ -185,8 +237,13 @@ export class CacheStore implements Store {
   private async fetch(rref: RRef): Promise<void> {
     parseRRef(rref);
     if (this.local.has(rref)) return;
-    const { entries, present } = await fetchClosureEntries(this.blob, [rref], this.trusted, (r) =>
-      this.local.has(r),
+    const { entries, present } = await fetchClosureEntries(
+      this.blob,
+      [rref],
+      this.trusted,
+      (r) => this.local.has(r),
+      PARALLEL,
+      this.known,
     ).catch((e: unknown) => {
       if (e instanceof CairnError && e.code !== 'E_CACHE_UNAVAILABLE') throw noSuchRef(this.blob, rref);
       throw e;

@@ -25,18 +25,19 @@ import {
 import type { DRef, RRef } from '../refs.js';
 import type { BlobStore } from './blob.js';
 import { CacheStore } from './cache-store.js';
-import { listRRefs, mapLimit, PARALLEL, readEntry } from './entries.js';
+import type { CacheEntry } from './format.js';
 import { pullClosure } from './pull.js';
 import { pushClosure } from './push.js';
 import type { PublicKey, SecretKey } from './sign.js';
 
 /** The cache at `blob` as a substituter whose entries must be signed by one of `trustedKeys`. */
 export function cacheSubstituter(name: string, blob: BlobStore, trustedKeys: readonly PublicKey[]): Substituter {
+  const store = new SubstituterStore(blob, trustedKeys);
   return {
     name,
-    store: new SubstituterStore(blob, trustedKeys),
+    store,
     fetch: async (into, rrefs) => {
-      await pullClosure(blob, into, rrefs, { trustedKeys });
+      await pullClosure(blob, into, rrefs, { trustedKeys, known: store.known() });
     },
   };
 }
@@ -61,7 +62,7 @@ export function cachePushTarget(name: string, blob: BlobStore, key: SecretKey): 
  * a team's cache (a refused `best` model would lose to a worse one without a
  * word). So when a DRef's listing holds an entry that does not count
  * (unsigned, untrusted, tampered, malformed, archive missing), the batch
- * query fails with that entry's refusal: the substitution prints it as its
+ * query (no request more than the cache store's own) fails with that entry's refusal: the substitution prints it as its
  * one warning line and realizes without this cache.
  */
 class SubstituterStore implements Store {
@@ -86,21 +87,15 @@ class SubstituterStore implements Store {
   }
 
   async candidatesOfAll(drefs: readonly DRef[]): Promise<Map<string, Candidate[]>> {
-    const found = await (await this.open()).candidatesOfAll(drefs);
-    const counted = new Set([...found.values()].flat().map((c) => c.rref));
-    // One more listing per DRef (no extra GET when everything counts) to find the entries left out.
-    const listed = await mapLimit([...new Set(drefs)], PARALLEL, (d) => listRRefs(this.blob, d));
-    const left = listed.flat().filter((r) => !counted.has(r));
-    for (const r of left) {
-      // Throws the refusal (E_CACHE_UNSIGNED, _UNTRUSTED, _BAD_SIGNATURE, _BAD_ENTRY) of an entry that is there.
-      const entry = await readEntry(this.blob, r, this.trustedKeys);
-      if (entry === undefined) continue; // deleted since the listing (cache gc): a miss, not a fault
-      throw new CairnError('E_CACHE_MISSING', `${this.blob.url}: entry ${r} names an archive or log that is missing`, {
-        url: this.blob.url,
-        rref: r,
-      });
-    }
+    const { found, refused } = await (await this.open()).query(drefs);
+    // The refusal (E_CACHE_UNSIGNED, _UNTRUSTED, _BAD_SIGNATURE, _BAD_ENTRY, _MISSING) of an entry that is there.
+    if (refused.length > 0) throw refused[0]!;
     return found;
+  }
+
+  /** Entries the queries read and trusted already: the fetch that follows does not read them again. */
+  known(): ReadonlyMap<RRef, CacheEntry> | undefined {
+    return this.store?.knownEntries();
   }
 
   async candidates(dref: DRef, ctx: string): Promise<Candidate[]> {

@@ -3,8 +3,9 @@
  * S3-compatible bucket, a directory or a plain HTTP server can hold it.
  *
  *   cache-info.json            format version and compression
- *   a/<tree>.tar.gz            a realization's output tree, keyed by its tree hash (stored once)
- *   l/<sha256>.log.gz          a build log, keyed by the hash of its bytes
+ *   a/<tree>.tar.gz            a realization's output tree, keyed by its tree hash (stored once);
+ *   a/<tree>.tar               the same, uncompressed, when gzip would not pay (random or compressed data)
+ *   l/<sha256>.log.gz          a build log too big to carry in its entry, keyed by the hash of its bytes
  *   d/<dref>.json              a derivation's drv.json (hashes to its DRef)
  *   r/<dref>/<rhash>.json      one realization's signed metadata: one object each, so two
  *                              pushers of the same DRef never overwrite each other's entries
@@ -17,11 +18,13 @@
  */
 import { CairnError } from '../../errors.js';
 import { canonicalJson } from '../canonical.js';
+import { sha256Hex } from '../hash.js';
 import { parseRef, parseRRef, type DRef, type RRef } from '../refs.js';
 import { contextHash, realizationHash, type Context, type RealizationMeta } from '../store.js';
 
-export const CACHE_FORMAT = 'cairn-cache-1';
-export const ENTRY_FORMAT = 'cairn-cache-entry-1';
+// Format 2: logs and derivations small enough travel inside their entry, and an archive may be a plain tar.
+export const CACHE_FORMAT = 'cairn-cache-2';
+export const ENTRY_FORMAT = 'cairn-cache-entry-2';
 export const COMPRESSION = 'gzip';
 export const INFO_KEY = 'cache-info.json';
 export const TMP_ROOTS = 'tmp-roots/';
@@ -38,13 +41,30 @@ export interface CacheEntry extends Omit<RealizationMeta, 'format'> {
   drv: string;
   /** Key of the archive of the output tree. */
   archive: string;
-  /** Key of the build log, or null when it has none. */
+  /** Key of the build log when it is too big to carry here (INLINE_LOG_MAX), else null. */
   log: string | null;
+  /** The build log itself (base64) when it has one of at most INLINE_LOG_MAX bytes, else null. */
+  inlineLog: string | null;
+  /** The drv.json itself when it has at most INLINE_DRV_MAX bytes (saves a request per DRef on pull), else null. */
+  inlineDrv: string | null;
   /** `NAME:BASE64` ed25519 signatures of `fingerprint(entry)`. */
   signatures: string[];
 }
 
-export const archiveKey = (tree: string): string => `a/${tree}.tar.gz`;
+/**
+ * Logs and derivations up to these sizes ride in their entry: most logs are
+ * empty or a line, and a pull of many small realizations is bound by its
+ * request count, not its bytes.
+ */
+export const INLINE_LOG_MAX = 4096;
+export const INLINE_DRV_MAX = 65536;
+
+/** How an archive is stored: gzip, or a plain tar when gzip does not pay. */
+export type ArchiveKind = 'tar.gz' | 'tar';
+export const archiveKey = (tree: string, kind: ArchiveKind = 'tar.gz'): string => `a/${tree}.${kind}`;
+/** Every key an archive of `tree` may have. */
+export const archiveKeys = (tree: string): string[] => [archiveKey(tree, 'tar.gz'), archiveKey(tree, 'tar')];
+export const archiveKindOf = (key: string): ArchiveKind => (key.endsWith('.tar.gz') ? 'tar.gz' : 'tar');
 export const logKey = (sha256: string): string => `l/${sha256}.log.gz`;
 export const drvKey = (dref: DRef): string => `d/${dref}.json`;
 export const entryPrefix = (dref: DRef): string => `r/${dref}/`;
@@ -92,6 +112,7 @@ export function parseInfo(text: string, url: string): CacheInfo {
  */
 export function fingerprint(e: Omit<CacheEntry, 'signatures'>): string {
   const { format, rref, dref, name, context, ctx, tree, bytes, files, created, buildMs, drv, archive, log } = e;
+  const { inlineLog, inlineDrv } = e;
   return `${ENTRY_FORMAT}:${canonicalJson({
     format,
     rref,
@@ -107,11 +128,14 @@ export function fingerprint(e: Omit<CacheEntry, 'signatures'>): string {
     drv,
     archive,
     log,
+    inlineLog,
+    inlineDrv,
   })}`;
 }
 
 /** Tree hashes are sha256 in hex. */
 const HASH = /^[0-9a-f]{64}$/;
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
 const isNum = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v) && v >= 0;
 
 /**
@@ -141,8 +165,12 @@ export function parseEntry(text: string, key: string): CacheEntry {
     throw bad('derivation, context and tree do not hash to the RRef');
   if (![e.bytes, e.files, e.created, e.buildMs].every(isNum)) throw bad('sizes or times are not numbers');
   if (typeof e.drv !== 'string' || !/^[0-9a-f]{64}$/.test(e.drv)) throw bad('drv is not a sha256');
-  if (e.archive !== archiveKey(e.tree)) throw bad('archive is not the key of its tree');
+  if (!archiveKeys(e.tree).includes(e.archive)) throw bad('archive is not a key of its tree');
   if (e.log !== null && (typeof e.log !== 'string' || !/^l\/[0-9a-f]{64}\.log\.gz$/.test(e.log))) throw bad('log key');
+  if (e.inlineLog !== null && (typeof e.inlineLog !== 'string' || !BASE64.test(e.inlineLog))) throw bad('inline log');
+  if (e.inlineLog !== null && e.log !== null) throw bad('a log both inline and by key');
+  if (e.inlineDrv !== null && (typeof e.inlineDrv !== 'string' || sha256Hex(e.inlineDrv.replace(/\n$/, '')) !== e.drv))
+    throw bad('the inline derivation is not the one its hash names');
   if (!Array.isArray(e.signatures) || !e.signatures.every((s) => typeof s === 'string')) throw bad('signatures');
   return e;
 }
@@ -160,6 +188,12 @@ function isContextShape(v: unknown): v is Context {
     }
   }
   return true;
+}
+
+/** An entry's build log when it carries it (empty when it has none), or undefined when the log is an object. */
+export function inlineLogOf(e: CacheEntry): Buffer | undefined {
+  if (e.inlineLog !== null) return Buffer.from(e.inlineLog, 'base64');
+  return e.log === null ? Buffer.alloc(0) : undefined;
 }
 
 /** The realizations an entry was built from. */

@@ -20,13 +20,19 @@ import { dependencyOrder, type ClosureManifest } from '../sync-plan.js';
 import { download, gunzip, unpackTree } from './archive.js';
 import type { BlobStore } from './blob.js';
 import { PARALLEL, listRRefs, mapLimit, readEntry, readInfo } from './entries.js';
-import { depsOf, drvKey, metaOf, type CacheEntry } from './format.js';
+import { archiveKindOf, depsOf, drvKey, inlineLogOf, logKey, metaOf, type CacheEntry } from './format.js';
 import type { PublicKey } from './sign.js';
 
 export interface PullOptions {
   trustedKeys: readonly PublicKey[];
   /** Downloads in flight (default 16). */
   concurrency?: number;
+  /**
+   * Entries read (and trusted) already, by a query of the same cache in the
+   * same run: not read again. A substituter passes what its candidate query
+   * read, so the fetch that follows costs the archives only.
+   */
+  known?: ReadonlyMap<RRef, CacheEntry>;
 }
 
 export interface PullReport {
@@ -52,8 +58,9 @@ export async function resolveInCache(
   blob: BlobStore,
   refs: readonly string[],
   trusted: readonly PublicKey[],
-): Promise<{ roots: RRef[]; skipped: { rref: RRef; code: string }[] }> {
+): Promise<{ roots: RRef[]; skipped: { rref: RRef; code: string }[]; read: Map<RRef, CacheEntry> }> {
   const out: RRef[] = [];
+  const read = new Map<RRef, CacheEntry>();
   const skipped: { rref: RRef; code: string }[] = [];
   for (const ref of refs) {
     const p = parseRef(ref);
@@ -65,7 +72,10 @@ export async function resolveInCache(
     if (found.length === 0) throw missing(blob, ref, 'has no realization of it');
     const checked = await mapLimit(found, PARALLEL, async (r) => {
       try {
-        return (await readEntry(blob, r, trusted)) === undefined ? missing(blob, r, 'lost the entry of') : null;
+        const e = await readEntry(blob, r, trusted);
+        if (e === undefined) return missing(blob, r, 'lost the entry of');
+        read.set(r, e);
+        return null;
       } catch (e) {
         if (e instanceof CairnError && e.code !== 'E_CACHE_UNAVAILABLE') return e;
         throw e;
@@ -79,7 +89,7 @@ export async function resolveInCache(
       if (e) skipped.push({ rref, code: e.code });
     });
   }
-  return { roots: [...new Set(out)], skipped };
+  return { roots: [...new Set(out)], skipped, read };
 }
 
 const missing = (blob: BlobStore, ref: string, why: string): CairnError =>
@@ -88,7 +98,7 @@ const missing = (blob: BlobStore, ref: string, why: string): CairnError =>
 /**
  * The trusted entries of the closure of `roots` that the local store lacks
  * (a realization it has brings its closure with it). Fetched frontier by
- * frontier, in parallel.
+ * frontier, in parallel; those in `known` (trusted already) are not read again.
  */
 export async function fetchClosureEntries(
   blob: BlobStore,
@@ -96,6 +106,7 @@ export async function fetchClosureEntries(
   trusted: readonly PublicKey[],
   have: (r: RRef) => boolean,
   limit = PARALLEL,
+  known: ReadonlyMap<RRef, CacheEntry> = new Map(),
 ): Promise<{ entries: Map<RRef, CacheEntry>; present: RRef[] }> {
   const entries = new Map<RRef, CacheEntry>();
   const present: RRef[] = [];
@@ -106,7 +117,7 @@ export async function fetchClosureEntries(
     const local = frontier.filter((r) => have(r));
     present.push(...local);
     const wanted = frontier.filter((r) => !have(r));
-    const got = await mapLimit(wanted, limit, (r) => readEntry(blob, r, trusted));
+    const got = await mapLimit(wanted, limit, async (r) => known.get(r) ?? (await readEntry(blob, r, trusted)));
     const next: RRef[] = [];
     wanted.forEach((r, i) => {
       const e = got[i];
@@ -127,14 +138,17 @@ export async function pullClosure(
   opts: PullOptions,
 ): Promise<PullReport> {
   if (refs.length === 0) throw new CairnError('E_BAD_ARGUMENT', 'pull needs at least one DRef or RRef');
-  await readInfo(blob);
-  const { roots, skipped } = await resolveInCache(blob, refs, opts.trustedKeys);
+  // A caller that knows entries has read this cache's info already.
+  if (opts.known === undefined) await readInfo(blob);
+  const { roots, skipped, read } = await resolveInCache(blob, refs, opts.trustedKeys);
+  const known = new Map([...(opts.known ?? []), ...read]);
   const { entries, present } = await fetchClosureEntries(
     blob,
     roots,
     opts.trustedKeys,
     (r) => local.has(r),
     opts.concurrency,
+    known,
   );
   if (entries.size === 0) return { closure: present.length, present, received: [], skipped, receive: null };
   const receive = await takeIn(blob, local, roots, entries, present, opts.concurrency ?? PARALLEL);
@@ -143,7 +157,9 @@ export async function pullClosure(
 
 /**
  * Downloads and unpacks `entries` (trusted already) and takes them in
- * through receiveClosure. Shared with the cache store's reads.
+ * through receiveClosure. Shared with the cache store's reads. No existence
+ * check first: a missing archive, log or derivation fails its GET, which
+ * refuses the lot before anything enters the store, as the check would.
  */
 export async function takeIn(
   blob: BlobStore,
@@ -157,53 +173,47 @@ export async function takeIn(
   const drefs = new Set<DRef>(list.map((e) => e.dref));
   const needDrv: DRef[] = [];
   for (const d of drefs) if ((await local.derivation(d)) === undefined) needDrv.push(d);
-  const keys = [...new Set([...list.flatMap((e) => [e.archive, ...(e.log ? [e.log] : [])]), ...needDrv.map(drvKey)])];
-  const there = await blob.has(keys);
-  const absent = keys.filter((k) => !there.has(k));
-  if (absent.length > 0) {
-    throw new CairnError(
-      'E_CACHE_MISSING',
-      `${blob.url} lacks ${absent.length} object(s) its entries name, ` +
-        `e.g. ${absent[0]}: those entries do not count`,
-      { url: blob.url, keys: absent },
-    );
-  }
+  const gone = (key: string): CairnError =>
+    new CairnError('E_CACHE_MISSING', `${blob.url} lacks ${key}, which its entries name: those entries do not count`, {
+      url: blob.url,
+      keys: [key],
+    });
 
   const staging = local.makeTempDir('cache-pull');
   const downloads = local.makeTempDir('cache-download');
   try {
-    // Each tree is downloaded once, however many realizations share it.
-    const trees = [...new Set(list.map((e) => e.tree))];
-    await mapLimit(trees, limit, async (tree) => {
-      const body = await blob.getStream(`a/${tree}.tar.gz`);
-      if (body === undefined) throw new CairnError('E_CACHE_MISSING', `${blob.url}: a/${tree}.tar.gz vanished`);
-      await download(body, path.join(downloads, `${tree}.tar.gz`));
-    });
-    await mapLimit(list, limit, async (e) => {
-      const p = parseRRef(e.rref);
-      const dir = path.join(staging, 'd', p.dref, 'r', p.rhash);
-      fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-      await unpackTree(path.join(downloads, `${e.tree}.tar.gz`), dir);
-      fs.writeFileSync(path.join(dir, 'meta.json'), JSON.stringify(metaOf(e), null, 2) + '\n', { flag: 'wx' });
-      if (e.log !== null) {
-        const body = await blob.get(e.log);
-        if (body === undefined) throw new CairnError('E_CACHE_MISSING', `${blob.url}: ${e.log} vanished`);
-        const log = gunzip(body, `${blob.url}/${e.log}`);
-        if (`l/${sha256Hex(log)}.log.gz` !== e.log) {
-          throw new CairnError('E_SYNC_HASH_MISMATCH', `${blob.url}: ${e.log} does not hash to its key`, {
-            key: e.log,
-          });
-        }
-        fs.writeFileSync(path.join(dir, 'build.log'), log, { flag: 'wx' });
+    // Each tree is downloaded once, however many realizations share it, and unpacked into each.
+    const byTree = new Map<string, CacheEntry[]>();
+    for (const e of list) (byTree.get(e.tree) ?? byTree.set(e.tree, []).get(e.tree)!).push(e);
+    await mapLimit([...byTree.values()], limit, async (group) => {
+      const key = group[0]!.archive;
+      const kind = archiveKindOf(key);
+      const file = path.join(downloads, `${group[0]!.tree}.${kind}`);
+      const body = await blob.getStream(key);
+      if (body === undefined) throw gone(key);
+      await download(body, file);
+      for (const e of group) {
+        const p = parseRRef(e.rref);
+        const dir = path.join(staging, 'd', p.dref, 'r', p.rhash);
+        fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+        await unpackTree(file, dir, kind);
+        fs.writeFileSync(path.join(dir, 'meta.json'), JSON.stringify(metaOf(e), null, 2) + '\n', { flag: 'wx' });
+        const log = inlineLogOf(e) ?? (await fetchLog(blob, e.log!, gone));
+        if (log.length > 0) fs.writeFileSync(path.join(dir, 'build.log'), log, { flag: 'wx' });
       }
+      fs.rmSync(file, { force: true });
     });
     await mapLimit(needDrv, limit, async (dref) => {
-      const body = await blob.get(drvKey(dref));
-      if (body === undefined) throw new CairnError('E_CACHE_MISSING', `${blob.url}: ${drvKey(dref)} vanished`);
-      const text = body.toString('utf8');
-      const signedAs = list.find((e) => e.dref === dref)!.drv;
+      const signed = list.find((e) => e.dref === dref)!;
+      // An inline derivation was checked against the signed hash when its entry was parsed.
+      let text = list.find((e) => e.dref === dref && e.inlineDrv !== null)?.inlineDrv ?? null;
+      if (text === null) {
+        const body = await blob.get(drvKey(dref));
+        if (body === undefined) throw gone(drvKey(dref));
+        text = body.toString('utf8');
+      }
       // The signature covers the drv's hash: a replaced drv.json is refused here, receive checks it against the DRef.
-      if (sha256Hex(text.replace(/\n$/, '')) !== signedAs) {
+      if (sha256Hex(text.replace(/\n$/, '')) !== signed.drv) {
         throw new CairnError('E_SYNC_HASH_MISMATCH', `${blob.url}: ${drvKey(dref)} is not the signed derivation`, {
           dref,
         });
@@ -224,4 +234,15 @@ export async function takeIn(
     removeTree(staging);
     removeTree(downloads);
   }
+}
+
+/** A log kept as its own object, checked against the hash its key names. */
+async function fetchLog(blob: BlobStore, key: string, gone: (key: string) => CairnError): Promise<Buffer> {
+  const body = await blob.get(key);
+  if (body === undefined) throw gone(key);
+  const log = gunzip(body, `${blob.url}/${key}`);
+  if (logKey(sha256Hex(log)) !== key) {
+    throw new CairnError('E_SYNC_HASH_MISMATCH', `${blob.url}: ${key} does not hash to its key`, { key });
+  }
+  return log;
 }

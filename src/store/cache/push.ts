@@ -21,7 +21,10 @@ import type { BlobStore } from './blob.js';
 import { PARALLEL, addCacheTempRoot, ensureInfo, mapLimit } from './entries.js';
 import {
   ENTRY_FORMAT,
+  INLINE_DRV_MAX,
+  INLINE_LOG_MAX,
   archiveKey,
+  archiveKeys,
   drvKey,
   entryKey,
   fingerprint,
@@ -71,6 +74,7 @@ export async function pushClosure(
 interface Item {
   meta: RealizationMeta;
   log: Buffer | null;
+  /** The log's key when it is too big to ride in the entry. */
   logKey: string | null;
 }
 
@@ -91,12 +95,12 @@ export async function pushRealizations(
   for (const rref of rrefs) {
     const meta = local.readMeta(rref);
     const log = await local.readLog(rref);
-    const key = log.length > 0 ? logKey(sha256Hex(log)) : null;
+    const key = log.length > INLINE_LOG_MAX ? logKey(sha256Hex(log)) : null;
     items.set(rref, { meta, log: log.length > 0 ? log : null, logKey: key });
   }
   const drefs = [...new Set(rrefs.map((r) => parseRRef(r).dref))];
   const blobKeys = [
-    ...new Set([...items.values()].flatMap((i) => [archiveKey(i.meta.tree), ...(i.logKey ? [i.logKey] : [])])),
+    ...new Set([...items.values()].flatMap((i) => [...archiveKeys(i.meta.tree), ...(i.logKey ? [i.logKey] : [])])),
   ];
   const root = await addCacheTempRoot(blob, drefs, blobKeys);
   const tmp = local.makeTempDir('cache-push');
@@ -104,11 +108,14 @@ export async function pushRealizations(
     const asked = [...rrefs.map(entryKey), ...blobKeys, ...drefs.map(drvKey)];
     const there = await blob.has(asked);
     // An entry counts only with its objects: one whose archive, drv or log was deleted is pushed again whole.
-    const complete = (i: Item): boolean =>
-      there.has(entryKey(i.meta.rref)) &&
-      there.has(archiveKey(i.meta.tree)) &&
-      there.has(drvKey(i.meta.dref)) &&
-      (i.logKey === null || there.has(i.logKey));
+    const complete = (e: CacheEntry): boolean =>
+      there.has(e.archive) && there.has(drvKey(e.dref)) && (e.log === null || there.has(e.log));
+    // The archive a tree has in the cache already, under either key (gzip preferred, as a pusher would choose).
+    const archiveOf = new Map<string, string>();
+    for (const i of items.values()) {
+      const k = archiveKeys(i.meta.tree).find((a) => there.has(a));
+      if (k !== undefined) archiveOf.set(i.meta.tree, k);
+    }
     // Entries already there are read (one GET each, in parallel). A malformed one, or one whose signature by
     // this key's name fails, is replaced whole. One with the same fields but not yet signed by this key gets
     // the signature added (a rotated key, a second teammate's key), as `nix store sign` does; one written
@@ -124,7 +131,6 @@ export async function pushRealizations(
       }
     });
     const ours = parsePublicKey(publicKeyOf(opts.key));
-    const drvShaOf = async (dref: DRef): Promise<string> => sha256Hex((await local.derivation(dref)) ?? '');
     const toSign: CacheEntry[] = [];
     const todo: Item[] = [];
     const present: RRef[] = [];
@@ -132,26 +138,28 @@ export async function pushRealizations(
       const i = items.get(rref)!;
       const e = existing.get(rref);
       const verdict = e ? checkSignatures(fingerprint(e), e.signatures, [ours]) : 'unsigned';
-      if (!e || !complete(i) || verdict === 'bad-signature') {
+      if (!e || !complete(e) || verdict === 'bad-signature') {
         todo.push(i);
         continue;
       }
       present.push(rref);
       if (verdict === 'ok') continue;
-      const mine = entryOf(i.meta, await drvShaOf(i.meta.dref), i.logKey, opts.key);
+      const mine = entryOf(i, e.archive, (await local.derivation(i.meta.dref)) ?? '', opts.key);
       if (fingerprint(mine) === fingerprint(e))
         toSign.push({ ...e, signatures: [...e.signatures, ...mine.signatures] });
     }
 
     const trees = new Map<string, RRef>();
-    for (const i of todo) if (!there.has(archiveKey(i.meta.tree))) trees.set(i.meta.tree, i.meta.rref);
+    for (const i of todo) if (!archiveOf.has(i.meta.tree)) trees.set(i.meta.tree, i.meta.rref);
     let archiveBytes = 0;
     await mapLimit([...trees], limit, async ([tree, rref]) => {
-      const file = path.join(tmp, `${tree}.tar.gz`);
-      const { size, body } = await packTree(local.outPath(rref), file);
-      archiveBytes += size;
-      await blob.put(archiveKey(tree), body ?? fs.createReadStream(file), { contentType: 'application/gzip', size });
-      if (!body) fs.rmSync(file, { force: true });
+      const packed = await packTree(local.outPath(rref), path.join(tmp, `${tree}.tar.gz`));
+      archiveBytes += packed.size;
+      const key = archiveKey(tree, packed.kind);
+      const contentType = packed.kind === 'tar' ? 'application/x-tar' : 'application/gzip';
+      await blob.put(key, packed.body ?? fs.createReadStream(packed.file!), { contentType, size: packed.size });
+      if (packed.file !== undefined) fs.rmSync(packed.file, { force: true });
+      archiveOf.set(tree, key);
     });
     const logs = new Map<string, Buffer>();
     for (const i of todo) if (i.logKey !== null && !there.has(i.logKey)) logs.set(i.logKey, i.log!);
@@ -179,7 +187,7 @@ export async function pushRealizations(
     )) {
       await mapLimit(level, limit, async (rref) => {
         const i = items.get(rref)!;
-        const entry = entryOf(i.meta, sha256Hex(drvTexts.get(i.meta.dref)!), i.logKey, opts.key);
+        const entry = entryOf(i, archiveOf.get(i.meta.tree)!, drvTexts.get(i.meta.dref)!, opts.key);
         await blob.put(entryKey(rref), Buffer.from(JSON.stringify(entry, null, 1) + '\n'), {
           contentType: 'application/json',
         });
@@ -205,9 +213,9 @@ export async function pushRealizations(
 
 const deps = (m: RealizationMeta): RRef[] => Object.values(m.context).flat();
 
-/** The signed metadata object of a realization. */
-export function entryOf(meta: RealizationMeta, drvSha: string, log: string | null, key: SecretKey): CacheEntry {
-  const { rref, dref, name, context, ctx, tree, bytes, files, created, buildMs } = meta;
+/** The signed metadata object of a realization whose archive is at `archive`. */
+function entryOf(item: Item, archive: string, drvText: string, key: SecretKey): CacheEntry {
+  const { rref, dref, name, context, ctx, tree, bytes, files, created, buildMs } = item.meta;
   const unsigned = {
     format: ENTRY_FORMAT,
     rref,
@@ -220,9 +228,11 @@ export function entryOf(meta: RealizationMeta, drvSha: string, log: string | nul
     files,
     created,
     buildMs,
-    drv: drvSha,
-    archive: archiveKey(tree),
-    log,
+    drv: sha256Hex(drvText.replace(/\n$/, '')),
+    archive,
+    log: item.logKey,
+    inlineLog: item.logKey === null && item.log !== null ? item.log.toString('base64') : null,
+    inlineDrv: Buffer.byteLength(drvText) <= INLINE_DRV_MAX ? drvText : null,
   } as const;
   return { ...unsigned, signatures: [sign(key, fingerprint(unsigned))] };
 }

@@ -15,7 +15,7 @@ import { walkTree } from '../tree.js';
 import { download, unpackTree } from './archive.js';
 import type { BlobStore } from './blob.js';
 import { PARALLEL, checkTrust, listRRefs, mapLimit, readInfo } from './entries.js';
-import { depsOf, drvKey, entryKey, parseEntry, type CacheEntry } from './format.js';
+import { archiveKindOf, depsOf, drvKey, entryKey, parseEntry, type CacheEntry } from './format.js';
 import type { PublicKey } from './sign.js';
 
 export interface CacheProblem {
@@ -99,11 +99,12 @@ async function checkArchive(
   try {
     const body = await blob.getStream(e.archive);
     if (body === undefined) return { code: 'E_CACHE_MISSING', detail: `${e.archive} vanished` };
-    const file = path.join(dir, 'a.tar.gz');
+    const kind = archiveKindOf(e.archive);
+    const file = path.join(dir, `a.${kind}`);
     await download(body, file);
     const into = path.join(dir, 'x');
     fs.mkdirSync(into);
-    await unpackTree(file, into);
+    await unpackTree(file, into, kind);
     const t = await walkTree(path.join(into, 'out'), { seal: false });
     if (t.treeHash !== tree || t.bytes !== e.bytes || t.files !== e.files) {
       return { code: 'E_SYNC_HASH_MISMATCH', detail: `${e.archive} hashes to ${t.treeHash}, not ${tree}` };
