@@ -325,7 +325,7 @@ async function main(): Promise<void> {
     fs.writeFileSync(
       bootFile,
       `import { tiny } from ` +
-        JSON.stringify(path.join(path.dirname(path.dirname(cli)), 'src', 'backends', 'qemu', 'bases.js')) +
+        JSON.stringify(path.join(path.dirname(path.dirname(cli)), 'src', 'stages', 'bases', 'tiny.js')) +
         `;\nexport default tiny();\n`,
     );
     const cliHelp = ONLY_RESTORE ? stats([0]) : ext4.times(REPS, () => ['machine', 'ls']);
