@@ -6,7 +6,8 @@ set -euo pipefail
 
 # mkfifo/mknod/dd (coreutils), mkfs.ext4 (e2fsprogs), mount/umount with
 # loop devices (mount), xz/bzip2/zstd and ar/dpkg-deb for archives, QEMU for
-# the machine tests, mkfs.xfs for reflink clones on a loop-mounted XFS,
+# the machine tests, dpkg-scanpackages for the apt repository a guest
+# installs from (test/machine-net.test.ts), mkfs.xfs for reflink clones on a loop-mounted XFS,
 # debootstrap for the debian bases and container images, the Docker engine
 # for containers and services, rsync + ssh/sshd + ip (network namespaces)
 # for multi-host sync, a C++ toolchain for better-sqlite3, which has no
@@ -18,7 +19,7 @@ set -euo pipefail
 # memcached, nginx serving a cache over HTTP, rclone (the cache benchmark's
 # yardstick and scripts/swift.sh's S3 probe) and curl (scripts/nginx.sh).
 tools="mkfifo:coreutils mknod:coreutils dd:coreutils mkfs.ext4:e2fsprogs mount:mount umount:mount \
-    xz:xz-utils bzip2:bzip2 zstd:zstd ar:binutils dpkg-deb:dpkg \
+    xz:xz-utils bzip2:bzip2 zstd:zstd ar:binutils dpkg-deb:dpkg dpkg-scanpackages:dpkg-dev \
     qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils \
     mkfs.xfs:xfsprogs debootstrap:debootstrap dockerd:docker.io docker:docker.io \
     rsync:rsync ssh:openssh-client sshd:openssh-server ip:iproute2 \

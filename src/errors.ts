@@ -73,6 +73,8 @@ export const ErrorCodes = {
   E_MACHINE_STATE: 'a realization is not a machine state, or its machine.json is damaged',
   E_MACHINE_EXEC: 'a command in a machine exited non-zero where success was required',
   E_MACHINE_TIMEOUT: 'a machine did not answer in time',
+  E_MACHINE_FORWARD: 'a port forward to a machine could not be set up (its host port is taken)',
+  E_MACHINE_RESTORE: 'QEMU refused to restore a saved machine state (its memory snapshot did not load)',
   E_UNKNOWN_BASE: 'no machine base has this name',
   E_UNKNOWN_STEP: 'no built-in or user step has this name',
   E_STEP_ARGS: 'a machine step got arguments it does not accept',

@@ -22,6 +22,10 @@ import { LocalStore } from '../src/store/store.js';
 import { addOne, diamond, keyPair } from './cache-helpers.js';
 import { cairn, cairnAsync, cairnBin, expectError, isCode, ok, repoRoot, tempDir } from './helpers.js';
 
+// These tests tamper with, delete and count archive objects, so every archive is an object here
+// (CAIRN_CACHE_INLINE_MAX=0; the CLI processes inherit it). Archives inline in their entries: cache-inline.test.ts.
+process.env.CAIRN_CACHE_INLINE_MAX = '0';
+
 let t: { dir: string; cleanup: () => void };
 let aliceRoot: string;
 let bobRoot: string;

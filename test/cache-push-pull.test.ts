@@ -17,6 +17,10 @@ import { addOne, diamond, keyPair, snapshot } from './cache-helpers.js';
 import { isCode, tempDir } from './helpers.js';
 import { derivation } from './store-conformance.js';
 
+// These tests tamper with, delete and count archive objects, so every archive is an object here
+// (CAIRN_CACHE_INLINE_MAX=0; the CLI processes inherit it). Archives inline in their entries: cache-inline.test.ts.
+process.env.CAIRN_CACHE_INLINE_MAX = '0';
+
 let t: { dir: string; cleanup: () => void };
 let alice: LocalStore;
 let bob: LocalStore;

@@ -12,6 +12,10 @@ import { archiveKey } from '../src/store/cache/format.js';
 import { LocalStore } from '../src/store/store.js';
 import { cairn, expectError, lastLine, ok, repoRoot, tempDir } from './helpers.js';
 
+// These tests tamper with, delete and count archive objects, so every archive is an object here
+// (CAIRN_CACHE_INLINE_MAX=0; the CLI processes inherit it). Archives inline in their entries: cache-inline.test.ts.
+process.env.CAIRN_CACHE_INLINE_MAX = '0';
+
 const chain = path.join(repoRoot, 'test', 'fixtures', 'chain.ts');
 let t: { dir: string; cleanup: () => void };
 let env: NodeJS.ProcessEnv;

@@ -7,6 +7,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
@@ -103,6 +104,40 @@ describe('S3 retries and failures', () => {
     proxy = await startFaultProxy(endpoint);
   });
   after(() => proxy.close());
+
+  it('download: a large object in byte ranges, each retried on its own; missing is false; empty is empty', async () => {
+    const writer = new S3BlobStore(s3url(bucket, endpoint), { credentials });
+    const s = new S3BlobStore(s3url(bucket, proxy.url), {
+      credentials,
+      ...fast,
+      retry: { ...fast.retry, budgetMs: 20_000 },
+    });
+    const big = randomBytes(70 << 20); // three ranges: 32 + 32 + 6 MiB
+    await writer.put('ranges/big', Readable.from([big]), { size: big.length });
+    await writer.put('ranges/empty', Buffer.alloc(0));
+    const t = tempDir('cairn-s3-download');
+    try {
+      proxy.reset();
+      proxy.fail = (n) => n === 1 || n === 3; // a throttled range or two
+      assert.equal(await s.download('ranges/big', path.join(t.dir, 'big')), true);
+      assert.ok(fs.readFileSync(path.join(t.dir, 'big')).equals(big), 'byte-identical');
+      assert.ok(proxy.seen.filter((r) => r.status === 206).length >= 3, 'fetched in ranges');
+      assert.ok(
+        proxy.seen.some((r) => r.status === 503),
+        'a range was retried',
+      );
+      proxy.reset();
+      assert.equal(await s.download('ranges/none', path.join(t.dir, 'none')), false);
+      assert.ok(!fs.existsSync(path.join(t.dir, 'none')), 'no file for a missing object');
+      assert.equal(await s.download('ranges/empty', path.join(t.dir, 'empty')), true);
+      assert.equal(fs.statSync(path.join(t.dir, 'empty')).size, 0);
+      // Never through a link: the destination must be new.
+      fs.symlinkSync('/etc/passwd', path.join(t.dir, 'link'));
+      await assert.rejects(s.download('ranges/empty', path.join(t.dir, 'link')), /EEXIST/);
+    } finally {
+      t.cleanup();
+    }
+  });
 
   it('answers 503 SlowDown for the first requests: put, get and has still succeed', async () => {
     const s = new S3BlobStore(s3url(bucket, proxy.url), {

@@ -9,6 +9,7 @@ import { describe, it, before, after, beforeEach, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { parse as parseYaml } from 'yaml';
 import { cairn, cairnAsync, expectError, isolateModuleCache, lastLine, ok, repoRoot, tempDir } from './helpers.js';
 import { CatalogServer, makeTarGz, sha256, sha512 } from './fixtures/catalog/server.js';
@@ -124,7 +125,7 @@ interface ManifestYaml {
   path: string;
   entry: Record<string, unknown>;
   fetched: { rref: string; path: string };
-  unpacked?: { rref: string; path: string };
+  unpacked?: { rref: string; path: string; file?: string };
 }
 const readManifest = (f: string): ManifestYaml => parseYaml(fs.readFileSync(f, 'utf8')) as ManifestYaml;
 
@@ -391,7 +392,8 @@ describe('catalog fetch: manifest, unpack, out-link, cache', () => {
     const r = ok(await fetch('--version', '2.1', '--unpack', '--out-link', link));
     assert.ok(fs.lstatSync(link).isSymbolicLink());
     assert.equal(fs.readFileSync(path.join(link, 'VERSION'), 'utf8'), '2.1\n');
-    assert.equal(fs.realpathSync(link), fs.realpathSync(lastLine(r.stdout)));
+    // 2.1 holds one file, so the printed path is that file; the link names the realization, its directory.
+    assert.equal(path.join(fs.realpathSync(link), 'VERSION'), fs.realpathSync(lastLine(r.stdout)));
     const roots = ok(cairn(store, ['root', 'ls'])).stdout;
     const line = roots.split('\n').find((l) => l.includes(link));
     assert.ok(line, `root ls must show ${link}:\n${roots}`);
@@ -405,6 +407,59 @@ describe('catalog fetch: manifest, unpack, out-link, cache', () => {
     assert.equal(a, b);
     assertFetched(b, '3.0');
     assert.equal(server.hits(images['3.0']!.path) - before, 1);
+  });
+});
+
+describe('catalog fetch: a .zip holding one image (the f0cal seed 003 shape)', () => {
+  let seedFile: string;
+  let zipBody: Buffer;
+  const image = Buffer.concat([Buffer.from('disk image 003\n'), Buffer.alloc(2 << 20), Buffer.from('end\n')]);
+  before(() => {
+    const src = path.join(work.dir, 'seed-003');
+    fs.mkdirSync(src);
+    fs.writeFileSync(path.join(src, 'board-003.img'), image);
+    const zipFile = path.join(work.dir, 'board-003.zip');
+    const r = spawnSync('zip', ['-qj', zipFile, path.join(src, 'board-003.img')], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    zipBody = fs.readFileSync(zipFile);
+    server.serve('/seed/003/board-003.zip', zipBody);
+    seedFile = path.join(work.dir, 'seed-003.yml');
+    fs.writeFileSync(
+      seedFile,
+      [
+        'name: seed-003',
+        'history:',
+        '  - version: "003"',
+        `    url: ${server.base}/seed/003/board-003.zip`,
+        `    hash: ${sha256(zipBody)}`,
+        '    device_types: [board]',
+        'actions:',
+        '  size: \'stat -c "%n %s" "$CAIRN_STORE_PATH"\'',
+        '',
+      ].join('\n'),
+    );
+  });
+
+  it('--unpack prints the image file itself; the manifest has the directory and the file', async () => {
+    const mf = path.join(dir, 'manifest.yml');
+    const r = ok(await cairnAsync(store, ['catalog', 'fetch', seedFile, '--unpack', '--manifest', mf]));
+    const p = lastLine(r.stdout);
+    assert.equal(path.basename(p), 'board-003.img');
+    assert.ok(p.startsWith(store + path.sep));
+    assert.deepEqual(fs.readFileSync(p), image);
+    const m = readManifest(mf);
+    assert.equal(m.path, p);
+    assert.equal(m.unpacked?.file, p);
+    assert.equal(m.unpacked?.path, path.dirname(p));
+    assert.equal(path.basename(m.fetched.path), 'board-003.zip');
+    assert.deepEqual(fs.readFileSync(m.fetched.path), zipBody);
+  });
+
+  it('without --unpack the path is the .zip; an action sees the image as CAIRN_STORE_PATH', async () => {
+    const r = ok(await cairnAsync(store, ['catalog', 'fetch', seedFile]));
+    assert.equal(path.basename(lastLine(r.stdout)), 'board-003.zip');
+    const run = ok(await cairnAsync(store, ['catalog', 'run', seedFile, 'size', '--unpack']));
+    assert.match(run.stdout, new RegExp(`/board-003\\.img ${image.length}$`, 'm'));
   });
 });
 

@@ -29,6 +29,31 @@ const raw = Buffer.from([0x62, 0x79, 0x74, 0xe9, 0xff]); // not UTF-8
 const under = (dir: string, name: Buffer): Buffer => Buffer.concat([Buffer.from(`${dir}/`), name]);
 
 describe('extractTar', () => {
+  it('a plain tar is planned by seeking past data, and still sees every header after a big entry', async () => {
+    const big = 'x'.repeat(3 << 20);
+    const hostile = entryHeader({
+      path: Buffer.from('evil'),
+      type: 'symlink',
+      mode: 0o777,
+      linkpath: Buffer.from('/etc'),
+    });
+    const tar = write([file('big.bin', big), file('after.txt', 'after\n'), hostile]);
+    await assert.rejects(extractTar(tar, 'tar', fresh()), isCode('E_UNSAFE_ARCHIVE'));
+    const ok = write([file('big.bin', big), file('after.txt', 'after\n')]);
+    const dest = fresh();
+    assert.equal(await extractTar(ok, 'tar', dest), 2);
+    assert.equal(fs.readFileSync(path.join(dest, 'after.txt'), 'utf8'), 'after\n');
+    assert.equal(fs.statSync(path.join(dest, 'big.bin')).size, big.length);
+    // Cut inside the big entry's data, or right after it: refused, nothing written.
+    for (const cut of [1 << 20, 512 + big.length]) {
+      const t = path.join(work.dir, `cut${n++}.tar`);
+      fs.writeFileSync(t, fs.readFileSync(ok).subarray(0, cut));
+      const d = fresh();
+      await assert.rejects(extractTar(t, 'tar', d), isCode('E_BAD_ARCHIVE'));
+      assert.deepEqual(fs.readdirSync(d), []);
+    }
+  });
+
   it('non-UTF-8 names and targets, exec bits and hard links come out exactly', async () => {
     const dest = fresh();
     const hardlink = Buffer.alloc(512);

@@ -8,6 +8,8 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { LocalStore } from '../src/index.js';
+import type { RRef } from '../src/store/refs.js';
 import { requireQemu } from './fixtures/qemu/tiny.js';
 import { cairn, cairnAsync, expectError, isolateModuleCache, lastLine, ok, tempDir } from './helpers.js';
 
@@ -142,6 +144,72 @@ export default step<{ args: string[]; version?: string; debug?: boolean }>({
     assert.equal(lastLine(a.stdout), lastLine(b.stdout));
     assert.equal(built(a.stderr, 'exec') + built(b.stderr, 'exec'), 1);
     assert.match(a.stderr + b.stderr, /waiting for exec/);
+  });
+
+  it('--cache=0 and --cache=0s: the step runs every time, later steps see it, nothing is saved', () => {
+    const count = (): number => (JSON.parse(ok(cairn(store, ['machine', 'ls', '--json'])).stdout) as unknown[]).length;
+    const n = count();
+    const baseRref = lastLine(ok(cairn(store, ['machine', 'tiny'])).stdout);
+    for (const c of ['0', '0s']) {
+      const args = ['machine', 'tiny', '+', 'exec', `echo ran-${c} | tee /mnt/zero`, `--cache=${c}`];
+      const then = [...args, '+', 'exec', 'echo "next sees $(cat /mnt/zero)"'];
+      for (let run = 0; run < 2; run++) {
+        const r = ok(cairn(store, then));
+        assert.match(r.stderr, new RegExp(`> ran-${c}$`, 'm'), `run ${run}: the step ran`);
+        assert.match(r.stderr, new RegExp(`> next sees ran-${c}$`, 'm'), 'the next step built on its effects');
+        assert.equal(lastLine(r.stdout), baseRref, 'the last saved state is the base');
+      }
+    }
+    assert.equal(count(), n, 'no state was saved, expired or not');
+  });
+
+  it('a step that caps its own state at 0 is used by its run, and runs again next time', () => {
+    const steps = path.join(dir, 'cap-steps');
+    fs.mkdirSync(steps, { recursive: true });
+    fs.writeFileSync(
+      path.join(steps, 'capzero.ts'),
+      `import { step } from 'cairn';
+export default step({ name: 'capzero', async run(vm) { vm.expiration.cap(0); await vm.exec('echo c > /mnt/c'); } });
+`,
+    );
+    const args = ['machine', '--steps', steps, 'tiny', '+', 'capzero', '+', 'exec', 'cat /mnt/c'];
+    const r1 = ok(cairn(store, args));
+    assert.match(r1.stderr, /exec> c$/m);
+    assert.equal(built(r1.stderr, 'capzero'), 1);
+    const r2 = ok(cairn(store, args));
+    assert.equal(built(r2.stderr, 'capzero'), 1, 'an expired state is not reused');
+  });
+
+  it('machine ls shows the step args, with secrets in URLs masked', () => {
+    const cmd = 'echo https://bob:hunter2@example.org/x?token=s3cret > /mnt/u';
+    const rref = lastLine(ok(cairn(store, ['machine', 'tiny', '+', 'exec', cmd])).stdout);
+    const ls = ok(cairn(store, ['machine', 'ls']));
+    const line = ls.stdout.split('\n').find((l) => l.startsWith(rref))!;
+    assert.match(line, /exec cmd="echo https:\/\/\*\*\*@example\.org\/x\?token=\*\*\* > \/mnt\/u"/);
+    assert.doesNotMatch(ls.stdout, /hunter2|s3cret/);
+    const rows = JSON.parse(ok(cairn(store, ['machine', 'ls', '--json'])).stdout) as { rref: string; args: unknown }[];
+    assert.deepEqual(rows.find((r) => r.rref === rref)!.args, {
+      cmd: 'echo https://***@example.org/x?token=*** > /mnt/u',
+    });
+  });
+
+  it("a state QEMU refuses to restore is E_MACHINE_RESTORE, naming the state and QEMU's reason", () => {
+    const first = ['machine', 'tiny', '+', 'exec', 'echo t > /mnt/t'];
+    const rref = lastLine(ok(cairn(store, first)).stdout);
+    const file = path.join(LocalStore.open(store).outPath(rref as RRef), 'machine.json');
+    const original = fs.readFileSync(file, 'utf8');
+    const d = JSON.parse(original) as { state: { memoryMb: number } };
+    d.state.memoryMb *= 2; // the snapshot's RAM block no longer fits the machine
+    fs.writeFileSync(file, JSON.stringify(d));
+    try {
+      const r = cairn(store, [...first, '+', 'exec', 'true']);
+      expectError(r, 'E_MACHINE_RESTORE', store);
+      assert.notEqual(r.code, 70, 'not an internal error');
+      assert.match(r.stderr, new RegExp(`cannot resume the machine state ${rref}`));
+      assert.match(r.stderr, /QEMU could not restore memory\.bin: .*(mismatch|ramblock|migration)/i);
+    } finally {
+      fs.writeFileSync(file, original);
+    }
   });
 
   it('machine ls shows states; machine gc keeps rooted states and what they stand on', () => {

@@ -1,7 +1,7 @@
 /**
  * `cairn machine BASE [+ STEP ...] [+ shell]`, `cairn machine ls` and
  * `cairn machine gc`. Words are split on `+`; each group is a step:
- * `[transient] NAME ARG... [--key=value] [--flag] [--cache=DUR]`.
+ * `[transient] NAME ARG... [--key=value] [--flag] [--cache=DUR] [--transient[=always|last|never]]`.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -9,13 +9,17 @@ import * as path from 'node:path';
 import { CairnError } from '../../src/errors.js';
 import { durationFlag } from '../library-errors.js';
 import { machineBase, MACHINE_BASES } from '../../src/stages/bases/registry.js';
+import type { BaseOptions } from '../../src/stages/bases/booted-state.js';
+import { parseNetOption } from '../../src/backends/qemu/net.js';
 import { killLiveVms } from '../../src/backends/qemu/vm.js';
-import { machine, type ApplyOptions, type Machine } from '../../src/stages/machine.js';
+import { logForwards, machine, type ApplyOptions, type Machine } from '../../src/stages/machine.js';
 import { collectMachineGarbage, listMachineStates } from '../../src/stages/machine-states.js';
 import { resolveStep, type CliWords } from '../../src/stages/machine-steps.js';
+import { formatStepArgs } from '../../src/stages/step-args-text.js';
 import type { RunningMachine } from '../../src/backends/machine.js';
 import { instantiate } from '../../src/stages/instantiate.js';
 import { addNamedRoot } from '../../src/store/roots.js';
+import { joinPath, removeTree } from '../../src/store/fsutil.js';
 import type { LocalStore } from '../../src/store/store.js';
 import { formatBytes } from '../format.js';
 import type { CliContext } from '../context.js';
@@ -61,10 +65,13 @@ function stepsDirs(opt: string[] | undefined): string[] {
   return dirs.map((d) => path.resolve(d));
 }
 
-function baseOptions(w: CliWords): { memoryMb?: number; smp?: number } {
-  const { memory, smp, ...rest } = w.named;
+function baseOptions(w: CliWords): BaseOptions {
+  const { memory, smp, net, forward, ...rest } = w.named;
   if (w.positional.length || Object.keys(rest).length)
-    throw new CairnError('E_USAGE', 'a base takes only --memory=MB and --smp=N');
+    throw new CairnError(
+      'E_USAGE',
+      'a base takes only --memory=MB, --smp=N, --net[=restrict] and --forward=[HOSTPORT:]GUESTPORT[,...]',
+    );
   const num = (v: string | true | undefined, flag: string): number | undefined => {
     if (v === undefined) return undefined;
     const n = Number(v);
@@ -72,7 +79,25 @@ function baseOptions(w: CliWords): { memoryMb?: number; smp?: number } {
       throw new CairnError('E_USAGE', `--${flag} needs a whole number, not ${JSON.stringify(v)}`);
     return n;
   };
-  return { memoryMb: num(memory, 'memory'), smp: num(smp, 'smp') };
+  return { memoryMb: num(memory, 'memory'), smp: num(smp, 'smp'), ...netOption(net, forward) };
+}
+
+/** `--net`, `--net=user|restrict`, `--forward=SPEC[,SPEC...]` (forwards imply `--net`). */
+function netOption(net: string | true | undefined, forward: string | true | undefined): Pick<BaseOptions, 'net'> {
+  if (net !== undefined && net !== true && net !== 'user' && net !== 'restrict')
+    throw new CairnError('E_USAGE', `--net takes no value, or user or restrict, not ${JSON.stringify(net)}`);
+  if (forward === true)
+    throw new CairnError('E_USAGE', '--forward needs a port, e.g. --forward=80 or --forward=8080:80');
+  if (net === undefined && forward === undefined) return {};
+  const mode = net === 'restrict' ? 'restrict' : 'user';
+  const specs = forward === undefined ? [] : forward.split(',');
+  try {
+    const parsed = parseNetOption({ mode, forward: specs });
+    return { net: { mode, forward: parsed.forwards } };
+  } catch (e) {
+    if (e instanceof CairnError) throw new CairnError('E_USAGE', e.message.replace(/^net: /, '--forward: '));
+    throw e;
+  }
 }
 
 async function buildMachine(groups: Group[], dirs: string[]): Promise<{ m: Machine; shell: boolean }> {
@@ -89,10 +114,13 @@ async function buildMachine(groups: Group[], dirs: string[]): Promise<{ m: Machi
       continue;
     }
     const def = await resolveStep(g.name, dirs);
-    const { cache, ...named } = g.words.named;
+    const { cache, transient, ...named } = g.words.named;
     if (cache === true) throw new CairnError('E_USAGE', '--cache needs a duration, e.g. --cache=1h');
+    const mode = transientFlag(transient);
+    if (g.transient && mode !== undefined && mode !== true)
+      throw new CairnError('E_USAGE', `step ${g.name}: 'transient' and --transient=${transient} disagree`);
     const opts: ApplyOptions = {
-      ...(g.transient ? { transient: true } : {}),
+      ...(g.transient ? { transient: true } : mode !== undefined ? { transient: mode } : {}),
       ...(cache !== undefined ? { cache: durationFlag('--cache')(cache) } : {}),
     };
     let args: unknown;
@@ -109,6 +137,15 @@ async function buildMachine(groups: Group[], dirs: string[]): Promise<{ m: Machi
   return { m, shell };
 }
 
+/** `--transient` (or `=always`), `--transient=last`, `--transient=never`: a step's transient mode, per step. */
+function transientFlag(v: string | true | undefined): boolean | 'last' | undefined {
+  if (v === undefined) return undefined;
+  if (v === true || v === 'always') return true;
+  if (v === 'last') return 'last';
+  if (v === 'never') return false;
+  throw new CairnError('E_USAGE', `--transient takes always, last or never, not ${JSON.stringify(v)}`);
+}
+
 export function registerMachine(ctx: CliContext, passThrough: boolean): void {
   const cmd = ctx.program
     .command('machine')
@@ -116,7 +153,11 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
       `build and resume machines step by step: machine BASE [+ STEP ...] [+ shell]; machine ls; machine gc
   bases: ${[...MACHINE_BASES.keys()].join(', ')}; steps: exec CMD, script.run FILE, upload SRC DST,
   self_test.greeting, shell, or a TS module (path, or NAME in --steps DIR / $CAIRN_STEPS / ./steps).
-  Prefix a step with 'transient' to never save its result; --cache=DUR caps how long it is reused.`,
+  Prefix a step with 'transient' (or give --transient[=always|last|never]) to run it on a throwaway copy
+  and never save its result; --cache=DUR caps how long it is reused (script.run is transient when last;
+  --cache=0: never reused, so never saved; it runs every time and the steps after it see its effects).
+  Base options: --memory=MB --smp=N --net[=restrict] --forward=[HOSTPORT:]GUESTPORT,... (guest sees the host
+  at 10.0.2.2; a forward's host port, chosen per run when not given, is printed).`,
     )
     .argument('<words...>')
     .option('--steps <dir>', 'a directory of step modules (repeatable)', (v: string, prev: string[] = []) => [
@@ -131,7 +172,7 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
     if ((words[0] === 'ls' || words[0] === 'gc') && words.some((w) => w === '--help' || w === '-h')) {
       process.stdout.write(
         words[0] === 'ls'
-          ? 'Usage: cairn machine ls [--json]\n\nmachine states: RRef, step, size, ' +
+          ? 'Usage: cairn machine ls [--json]\n\nmachine states: RRef, step and its args, size, ' +
               'creation time, expiry or staleness, and whether a root keeps them\n'
           : 'Usage: cairn machine gc [-n|--dry-run]\n\ndelete the machine states no root reaches (states that rooted ' +
               'ones stand on are kept; other realizations are left alone)\n',
@@ -147,11 +188,13 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
     const stepLog = (name: string, line: string): void => {
       if (!o.quiet) process.stderr.write(`${name} (transient)> ${line}\n`);
     };
-    // Interrupted, the VMs go too (the store's scratch directories are swept by the next run). The
-    // handlers go when the command ends: a server worker runs its next command in the same process.
+    // Interrupted, the VMs go too, and with them this process's scratch directories (resumed disks,
+    // memory images): nothing else uses them. The handlers go when the command ends: a server worker
+    // runs its next command in the same process.
     const onSignal = (['SIGINT', 'SIGTERM', 'SIGHUP'] as const).map((sig) => {
       const h = (): void => {
         killLiveVms();
+        removeOwnScratch(store);
         process.exit(128 + os.constants.signals[sig]);
       };
       process.once(sig, h);
@@ -160,7 +203,12 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
     let rref: string;
     try {
       if (shell) {
-        await m.use((vm) => (process.stdin.isTTY ? interactiveShell(vm) : scriptedShell(vm)), {
+        const run = (vm: RunningMachine): Promise<void> => {
+          // The host ports chosen for this run: how the user reaches the guest's services.
+          logForwards(vm, (line) => process.stderr.write(`machine: ${line}\n`));
+          return process.stdin.isTTY ? interactiveShell(vm) : scriptedShell(vm);
+        };
+        await m.use(run, {
           store,
           events: progress,
           stepLog,
@@ -175,6 +223,23 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
     if (o.root) addNamedRoot(store, o.root, [rref as never]);
     process.stdout.write(rref + '\n');
   });
+}
+
+/** Removes STORE/tmp entries this process made (names are bytes; see LocalStore.sweepTemp). Never throws. */
+function removeOwnScratch(store: LocalStore): void {
+  const tmp = path.join(store.root, 'tmp');
+  try {
+    for (const name of fs.readdirSync(tmp, { encoding: 'buffer' })) {
+      if (name.toString('latin1').split('-')[0] !== store.owner) continue;
+      try {
+        removeTree(joinPath(tmp, name));
+      } catch {
+        /* the next run's sweep gets it */
+      }
+    }
+  } catch {
+    /* no tmp directory: nothing to remove */
+  }
 }
 
 /** `ls --json`, `gc -n`: the words after the subcommand, which must all be known flags. */
@@ -204,15 +269,24 @@ async function interactiveShell(vm: RunningMachine): Promise<void> {
 
 /**
  * Piped input is a script for the machine's shell: run as a whole, its
- * output printed and its exit status passed on (`echo cmd | cairn machine
- * tiny + shell` works in scripts and tests).
+ * output printed as it comes and its exit status passed on (`echo cmd |
+ * cairn machine tiny + shell` works in scripts and tests). stdout streams
+ * (so an interrupted script has shown what it printed); stderr comes apart
+ * from it only when the script ends.
  */
 async function scriptedShell(vm: RunningMachine): Promise<void> {
   const chunks: Buffer[] = [];
   for await (const c of process.stdin) chunks.push(c as Buffer);
+  let streamed = false;
   // A child of the machine's shell, so the script's `exit 3` ends the script, not the console.
-  const r = await vm.exec(Buffer.concat(chunks).toString('utf8'), { timeoutMs: 3_600_000 });
-  process.stdout.write(r.stdout);
+  const r = await vm.exec(Buffer.concat(chunks).toString('utf8'), {
+    timeoutMs: 3_600_000,
+    onStdout(text) {
+      streamed = true;
+      process.stdout.write(text);
+    },
+  });
+  if (!streamed) process.stdout.write(r.stdout); // a backend that does not stream
   process.stderr.write(r.stderr);
   process.exitCode = r.exitCode;
 }
@@ -221,6 +295,7 @@ function machineLs(store: LocalStore, json: boolean): void {
   const rows = listMachineStates(store).map((s) => ({
     rref: s.rref,
     step: s.step,
+    args: s.args,
     created: new Date(s.created).toISOString(),
     expiresAt: s.expiresAt === null ? null : new Date(s.expiresAt).toISOString(),
     stale: s.stale,
@@ -234,8 +309,9 @@ function machineLs(store: LocalStore, json: boolean): void {
   for (const r of rows) {
     const expiry = r.stale ? `stale: ${r.stale}` : r.expiresAt ? `expires ${r.expiresAt}` : '';
     const flags = [r.rooted ? 'root' : '', expiry].filter(Boolean).join(', ');
+    const step = r.args === null ? r.step : `${r.step} ${formatStepArgs(r.args)}`;
     process.stdout.write(
-      `${r.rref}  ${r.step.padEnd(20)} ${formatBytes(r.bytes).padStart(10)}  ${r.created}` +
+      `${r.rref}  ${step.padEnd(20)} ${formatBytes(r.bytes).padStart(10)}  ${r.created}` +
         `${flags ? `  (${flags})` : ''}\n`,
     );
   }

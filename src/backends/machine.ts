@@ -7,6 +7,7 @@
  * files; it only asks the backend to resume a state into a private working
  * directory, and to save a running machine into a new output directory.
  */
+import type { ActiveForward, PortForward } from './qemu/net.js';
 
 export interface ExecResult {
   stdout: string;
@@ -25,6 +26,12 @@ export interface ExecOptions {
    * state). `exit` then ends that shell; by default it just ends the command.
    */
   shell?: boolean;
+  /**
+   * Called with stdout as it arrives, so a long command's output can be shown
+   * while it runs (the result's `stdout` still has all of it). A backend that
+   * cannot stream never calls it.
+   */
+  onStdout?(text: string): void;
 }
 
 /** A line-oriented console: the serial port of a VM, a shell in a container. */
@@ -49,6 +56,18 @@ export interface RunningMachine {
   upload(hostPath: string, machinePath: string): Promise<void>;
   /** Copies a file or directory out of the machine. */
   download(machinePath: string, hostPath: string): Promise<void>;
+  /**
+   * Port forwards host -> machine of this run, with the host ports bound
+   * (those given as 0 are chosen per run). Backends without them leave it out.
+   */
+  readonly forwards?: readonly ActiveForward[];
+  /** Adds a port forward to the running machine; returns it with the host port bound. */
+  forward?(f: PortForward | number | string): Promise<ActiveForward>;
+}
+
+/** Per-run settings of a resumed machine: not part of any state. */
+export interface ResumeOptions {
+  forwards?: readonly PortForward[];
 }
 
 /** Backend-owned fields of machine.json; the pipeline adds its own (see MachineDescription). */
@@ -79,5 +98,5 @@ export interface MachineBackend {
    * filesystem, deleted by the caller afterwards). Saved states are never
    * modified.
    */
-  resume(stateDir: string, state: BackendState, workDir: string): Promise<BackendSession>;
+  resume(stateDir: string, state: BackendState, workDir: string, opts?: ResumeOptions): Promise<BackendSession>;
 }

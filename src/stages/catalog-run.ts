@@ -21,10 +21,35 @@ export interface Manifest {
   store: string;
   /** The final realization: the unpacked one with --unpack, else the fetched file's. */
   rref: RRef;
-  /** Absolute path: the fetched file, or the unpacked directory. */
+  /**
+   * Absolute path: the fetched file; with --unpack the unpacked directory,
+   * or the one file in it when the archive held a single file (an image in
+   * a .zip): that file is what a boot or flash action wants.
+   */
   path: string;
   fetched: { rref: RRef; path: string };
-  unpacked?: { rref: RRef; path: string };
+  /** `file`: the archive's only file, when it held exactly one (directories aside, no links). */
+  unpacked?: { rref: RRef; path: string; file?: string };
+}
+
+/**
+ * The only regular file under `dir` (at any depth), or undefined when there
+ * are several, none, or anything else (a symlink, which is not followed).
+ * Stops at the second file, so a large tree costs little.
+ */
+export function soleFile(dir: string): string | undefined {
+  let found: string | undefined;
+  const stack = [dir];
+  while (stack.length > 0) {
+    const d = stack.pop()!;
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) stack.push(p);
+      else if (e.isFile() && found === undefined) found = p;
+      else return undefined;
+    }
+  }
+  return found;
 }
 
 export async function fetchEntry(
@@ -41,7 +66,11 @@ export async function fetchEntry(
   const file = (graph.nodes.get(fetchPlan.dref)!.stage.config as FixedOutput).file;
   const fetched = { rref: fetchRref, path: path.join(store.outPath(fetchRref), file) };
   const finalRref = result.targets[0]!.rrefs[0]!;
-  const unpacked = opts.unpack ? { rref: finalRref, path: store.outPath(finalRref) } : undefined;
+  const unpackedDir = opts.unpack ? store.outPath(finalRref) : undefined;
+  const sole = unpackedDir === undefined ? undefined : soleFile(unpackedDir);
+  const unpacked = unpackedDir
+    ? { rref: finalRref, path: unpackedDir, ...(sole !== undefined ? { file: sole } : {}) }
+    : undefined;
   return {
     catalog: cat.name,
     catalog_file: cat.file,
@@ -50,7 +79,7 @@ export async function fetchEntry(
     entry: entry.fields,
     store: store.location,
     rref: finalRref,
-    path: unpacked?.path ?? fetched.path,
+    path: unpacked?.file ?? unpacked?.path ?? fetched.path,
     fetched,
     ...(unpacked ? { unpacked } : {}),
   };

@@ -470,6 +470,21 @@ export function canonicalFromText(text: string): CanonicalCode | undefined {
   return undefined;
 }
 
+/**
+ * The canonical form of a whole module's source (comments, whitespace,
+ * types and the other non-code listed above left out), or undefined when it
+ * does not parse. Used for the identity of user step modules.
+ */
+export function canonicalModule(text: string, fileName: string): CanonicalCode | undefined {
+  let s: Source;
+  try {
+    s = parse(text, /\.[cm]?tsx?$/.test(fileName), /\.[jt]sx$/.test(fileName));
+  } catch {
+    return undefined;
+  }
+  return JSON.stringify(canonicalTokens(s, 0, s.toks.length));
+}
+
 /** For a method or `function` text: the parameter list is the first `(` outside a computed key. */
 function headerThenParams(s: Source, first: number): Found | undefined {
   let p = first;

@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { createRequire } from 'node:module';
 import * as path from 'node:path';
-import { canonicalAtOffset, canonicalFromText } from './code-identity.js';
+import { canonicalAtOffset, canonicalFromText, canonicalModule } from './code-identity.js';
 import { functionOrigin } from './function-origin.js';
 import { defaultCacheDir } from './module-compile.js';
 
@@ -47,6 +47,28 @@ function hashOfText(text: string): string {
   }
   if (byText.size >= 4096) byText.clear();
   byText.set(text, h);
+  return h;
+}
+
+/**
+ * The sha256 of a whole module's canonical code (`canonicalModule`), or
+ * undefined when it does not parse; cached on disk like hashOfText, so a
+ * cached `cairn machine` run with a user step module loads no parser.
+ */
+export function moduleCodeHash(text: string, fileName: string): string | undefined {
+  const kind = /\.[cm]?tsx?$/.test(fileName) ? 'ts' : 'js';
+  const jsx = /\.[jt]sx$/.test(fileName) ? 'x' : '';
+  cacheDir ??= path.join(defaultCacheDir(), `code-${NORMALIZATION}-sucrase-${sucraseVersion()}`);
+  const file = path.join(cacheDir, sha256(`module\0${kind}${jsx}\0${text}`));
+  try {
+    const h = fs.readFileSync(file, 'utf8');
+    if (/^[0-9a-f]{64}$/.test(h) || h === 'unparsable') return h === 'unparsable' ? undefined : h;
+  } catch {
+    /* not cached yet */
+  }
+  const c = canonicalModule(text, fileName);
+  const h = c === undefined ? undefined : sha256(c);
+  writeCache(file, h ?? 'unparsable');
   return h;
 }
 

@@ -3,7 +3,13 @@ import { register } from 'node:module';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { CairnError } from '../errors.js';
-import { compileForImport, defaultCacheDir, NAMESPACE_PARAM, type CompileEnv } from './module-compile.js';
+import {
+  compileForImport,
+  defaultCacheDir,
+  localModuleFiles,
+  NAMESPACE_PARAM,
+  type CompileEnv,
+} from './module-compile.js';
 import { instantiate, preloadFileInputs } from './instantiate.js';
 import { isStage, type Stage } from './stage.js';
 
@@ -34,6 +40,11 @@ function installHooks(): void {
 export function isolateModules(): void {
   isolation = { next: 0 };
   installHooks();
+}
+
+/** A module file and the local files it imports, transitively (see localModuleFiles). */
+export function moduleFiles(file: string): Promise<string[]> {
+  return localModuleFiles(file, compileEnv());
 }
 
 /**

@@ -10,12 +10,16 @@ import { localOutputDir } from '../store/realization-files.js';
 import type { RRef } from '../store/refs.js';
 import { listRoots } from '../store/roots.js';
 import type { LocalStore } from '../store/store.js';
+import type { Json } from '../store/canonical.js';
 import { DESCRIPTION, readDescription, staleReason } from './machine.js';
+import { redactArgs } from './step-args-text.js';
 
 export interface MachineStateInfo {
   rref: RRef;
   /** The step that made the state; '(base)' for a base. */
   step: string;
+  /** The step's args with secrets in URLs masked (null for a base). */
+  args: Json | null;
   /** Creation time, ms since the epoch. */
   created: number;
   /** When the state stops being reused (ms since the epoch), or null. */
@@ -48,6 +52,7 @@ export function listMachineStates(store: LocalStore, now = Date.now()): MachineS
       {
         rref: row.rref,
         step: d.step ? d.step.name : '(base)',
+        args: d.step ? redactArgs(d.step.args) : null,
         created: row.created,
         expiresAt: d.expiresAt,
         stale: staleReason(d, now),

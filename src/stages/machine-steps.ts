@@ -13,6 +13,7 @@ import { CairnError } from '../errors.js';
 import type { Json } from '../store/canonical.js';
 import { importModule } from './load.js';
 import { requireFileSha256, step, type Step } from './machine.js';
+import { stepModuleCode } from './step-module-identity.js';
 
 export interface CliWords {
   positional: string[];
@@ -45,10 +46,16 @@ export const exec = step<{ cmd: string }>({
   },
 });
 
-/** Uploads a host script and runs it with sh; the script's content is part of the identity. */
+/**
+ * Uploads a host script and runs it with sh; the script's content is part of
+ * the identity. As in fingertip, it is transient when it is the last step (a
+ * test reruns every time) unless a cache cap is given, and kept when another
+ * step follows.
+ */
 export const scriptRun = step<{ path: string; sha256: string; args: string[] }>({
   name: 'script.run',
   version: 'cairn-script-run-1',
+  transient: 'last',
   async run(vm, a) {
     vm.dependOnFile(a.path);
     const inGuest = `/tmp/cairn-script-${a.sha256.slice(0, 12)}`;
@@ -175,5 +182,7 @@ export async function resolveStep(name: string, stepsDirs: readonly string[]): P
   const s = [mod.default, mod.step].find(isStep);
   if (!s) throw new CairnError('E_UNKNOWN_STEP', `${file} exports no step (export default step({...}))`, { file });
   const fromCli = typeof mod.fromCli === 'function' ? (mod.fromCli as (w: CliWords) => Json) : defaultFromCli;
-  return { step: s, usage: `${name} ...`, fromCli };
+  // The module's own code and its local imports are part of the step's identity (see step-module-identity.ts).
+  const withModule: Step<any> = Object.freeze({ ...s, code: await stepModuleCode(s, file) });
+  return { step: withModule, usage: `${name} ...`, fromCli };
 }

@@ -153,6 +153,37 @@ function resolveLocal(fromDir: string, spec: string): string | null {
 }
 
 /**
+ * `file` and every local file it imports, transitively (static imports,
+ * re-exports and `import()` of a string), as absolute paths in a stable
+ * order: what a module's own code depends on besides packages. A specifier
+ * that does not resolve is left out (Node refuses it when it loads).
+ */
+export async function localModuleFiles(file: string, env: CompileEnv): Promise<string[]> {
+  const seen = new Set<string>();
+  const visit = async (f: string): Promise<void> => {
+    if (seen.has(f)) return;
+    seen.add(f);
+    if (!TS.test(f) && !/\.[cm]?js$/.test(f)) return; // a JSON or other data file: its bytes only
+    let t: Transformed;
+    try {
+      t = await transform(f, fs.readFileSync(f, 'utf8'), env);
+    } catch {
+      return; // unreadable or unparsable: its bytes still count
+    }
+    for (const imp of t.imports) {
+      const spec = imp.n;
+      if (imp.t === 3 || spec === undefined) continue;
+      if (!(spec.startsWith('./') || spec.startsWith('../') || spec.startsWith('/') || spec.startsWith('file:')))
+        continue;
+      const local = resolveLocal(path.dirname(f), spec);
+      if (local !== null) await visit(local);
+    }
+  };
+  await visit(path.resolve(file));
+  return [...seen].sort();
+}
+
+/**
  * Compiles `file` and its local imports into the cache for direct import.
  * Returns the URL to import, or null when a hook is needed (a bare package
  * import, an unresolvable local import, or an import cycle among local files).

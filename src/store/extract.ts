@@ -88,6 +88,29 @@ async function readArchive(file: string, format: TarCompression, sink: TarSink):
   }
 }
 
+/**
+ * The headers of an uncompressed tar, read by seeking past every entry's
+ * data: planning a 1 GiB archive of one file reads a few blocks, not 1 GiB.
+ */
+async function readPlainHeaders(file: string, sink: TarSink): Promise<void> {
+  const fh = await fs.promises.open(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+  const parser = new TarParser(sink);
+  const buf = Buffer.alloc(64 << 10);
+  try {
+    while (!parser.ended) {
+      parser.skipData();
+      const { bytesRead } = await fh.read(buf, 0, buf.length, parser.offset);
+      if (bytesRead === 0) break;
+      parser.write(buf.subarray(0, bytesRead));
+    }
+    parser.end();
+  } catch (e) {
+    throw damaged(file, 'tar', e);
+  } finally {
+    await fh.close();
+  }
+}
+
 /** First pass: the plan, or the reason nothing may be extracted. */
 export async function planArchive(
   file: string,
@@ -96,7 +119,8 @@ export async function planArchive(
   limits: UnpackLimits = {},
 ): Promise<ExtractionPlan> {
   const planner = new ExtractionPlanner(strip, limits);
-  await readArchive(file, format, { entry: (e) => planner.add(e), data: () => {}, entryEnd: () => {} });
+  const sink: TarSink = { entry: (e) => planner.add(e), data: () => {}, entryEnd: () => {} };
+  await (format === 'tar' ? readPlainHeaders(file, sink) : readArchive(file, format, sink));
   return planner.finish();
 }
 

@@ -187,6 +187,25 @@ export class TarParser {
   }
 
   /** The input has ended: anything but a finished archive is damage. */
+  /** Whether the end-of-archive marker has been read (what follows is ignored). */
+  get ended(): boolean {
+    return this.state.at === 'end';
+  }
+
+  /**
+   * Consumes the rest of the current entry's data as if written, without
+   * passing it to the sink: a reader that can seek (an uncompressed file)
+   * and ignores data (the planning pass) reads headers only.
+   */
+  skipData(): void {
+    const st = this.state;
+    if (st.at !== 'data' || st.left === 0) return;
+    this.offset += st.left;
+    st.left = 0;
+    this.sink.entryEnd();
+    if (st.pad === 0) this.state = { at: 'header' };
+  }
+
   end(): void {
     if (this.state.at !== 'end') {
       throw bad(

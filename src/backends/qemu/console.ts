@@ -42,12 +42,15 @@ export class SerialConsole {
   private waiters: Waiter[] = [];
   private closed = false;
   private listeners = new Set<(raw: string) => void>();
+  /** Called after every append to `text` (before waiters are checked). */
+  private textListeners = new Set<() => void>();
 
   private constructor(private readonly sock: net.Socket) {
     sock.setEncoding('utf8');
     sock.on('data', (chunk: string) => {
       for (const l of this.listeners) l(chunk);
       this.text += chunk.replace(/\r/g, '').replace(/\x1b\[6n/g, '');
+      for (const l of this.textListeners) l();
       this.check();
     });
     const onEnd = (): void => {
@@ -162,15 +165,43 @@ export class SerialConsole {
    * exit status. The markers are printed by printf from two halves, so the
    * terminal's echo of the command line never matches them.
    */
-  async run(command: string, timeoutMs = 30_000): Promise<RunResult> {
+  async run(command: string, timeoutMs = 30_000, onOutput?: (text: string) => void): Promise<RunResult> {
     const id = randomBytes(6).toString('hex');
     const quoted = `'${command.replace(/'/g, `'\\''`)}'`;
     const line =
       `printf '%s%s\\n' __CAIRN_B ${id}__; eval ${quoted}; ` + `printf '\\n%s%s %s\\n' __CAIRN_E ${id}__ "$?"\n`;
     const re = new RegExp(`__CAIRN_B${id}__\\n([\\s\\S]*?)\\n__CAIRN_E${id}__ (\\d+)\\n`);
-    this.send(line);
-    const m = await this.expect(re, timeoutMs);
-    return { output: m[1]!, exitCode: Number(m[2]) };
+    const off = onOutput ? this.streamAfter(`__CAIRN_B${id}__\n`, onOutput) : undefined;
+    try {
+      this.send(line);
+      const m = await this.expect(re, timeoutMs);
+      return { output: m[1]!, exitCode: Number(m[2]) };
+    } finally {
+      off?.();
+    }
+  }
+
+  /**
+   * Passes `fn` the text that arrives after the next `start` marker (from
+   * the expect cursor on), piece by piece, as it comes; the end marker and
+   * anything after it are the caller's to cut off. Returns the unsubscribe.
+   */
+  private streamAfter(start: string, fn: (text: string) => void): () => void {
+    const from = this.cursor;
+    let at = -1; // where the text after `start` begins, once seen
+    const pump = (): void => {
+      if (at < 0) {
+        const i = this.text.indexOf(start, from);
+        if (i < 0) return;
+        at = i + start.length;
+      }
+      if (this.text.length > at) {
+        fn(this.text.slice(at));
+        at = this.text.length;
+      }
+    };
+    this.textListeners.add(pump);
+    return () => this.textListeners.delete(pump);
   }
 
   /** Like `run`, but rejects when the exit status is not 0; resolves with the output. */

@@ -16,8 +16,10 @@ import type {
   ExecResult,
   MachineBackend,
   MachineConsole,
+  ResumeOptions,
   RunningMachine,
 } from '../machine.js';
+import { parseForward, type ActiveForward, type NetMode } from './net.js';
 import { ConsoleError, type SerialConsole } from './console.js';
 import { chainLength, chooseCloneMode, cloneDisk, makeBackingRelative, type CloneMode } from './disk.js';
 import { DEFAULT_APPEND, DEFAULT_MACHINE, Vm, type VmSpec } from './vm.js';
@@ -39,6 +41,8 @@ export interface QemuState extends BackendState {
   /** How the disk was cloned when this state ran, and its backing chain length. */
   clone: CloneMode | null;
   chain: number;
+  /** The network card's mode, or null; absent in states saved before machines had networks. */
+  net?: NetMode | null;
 }
 
 /** CAIRN_DISK_CLONE=auto|reflink|overlay|copy picks the clone strategy (default auto). */
@@ -62,15 +66,23 @@ function checkState(state: BackendState): QemuState {
     typeof s.kernel === 'string' &&
     typeof s.initramfs === 'string' &&
     typeof s.memory === 'string' &&
-    typeof s.qemuVersion === 'string';
+    typeof s.qemuVersion === 'string' &&
+    (s.net === undefined || s.net === null || s.net === 'user' || s.net === 'restrict');
   if (!ok) throw new CairnError('E_MACHINE_STATE', 'machine.json does not describe a QEMU state', { state });
   return s;
 }
 
 export const qemuBackend: MachineBackend = {
   kind: 'qemu',
-  async resume(stateDir: string, state: BackendState, workDir: string): Promise<BackendSession> {
+  async resume(
+    stateDir: string,
+    state: BackendState,
+    workDir: string,
+    opts: ResumeOptions = {},
+  ): Promise<BackendSession> {
     const s = checkState(state);
+    if (!s.net && opts.forwards?.length)
+      throw new CairnError('E_BAD_ARGUMENT', 'port forwards need a machine with a network (a base with net)');
     const clone = s.disk ? chooseCloneMode(cloneModeFromEnv(), workDir) : null;
     let disk: string | null = null;
     if (s.disk) {
@@ -85,6 +97,8 @@ export const qemuBackend: MachineBackend = {
       smp: s.smp,
       machine: s.machine,
       accel: { kind: s.accel, args: s.accelArgs, reason: 'from the saved state' },
+      net: s.net ?? null,
+      forwards: s.net ? (opts.forwards ?? []) : [],
     };
     const vm = await Vm.incoming(spec, workDir, path.join(stateDir, s.memory), disk, { expectVersion: s.qemuVersion });
     return qemuSession(vm, clone);
@@ -131,6 +145,7 @@ function qemuSession(vm: Vm, clone: CloneMode | null): BackendSession {
         kernel: path.relative(finalDir, path.resolve(spec.kernel)),
         initramfs: path.relative(finalDir, path.resolve(spec.initramfs)),
         append: spec.append ?? DEFAULT_APPEND,
+        ...(spec.net ? { net: spec.net } : {}),
         memory: 'memory.bin',
         disk,
         clone,
@@ -140,6 +155,30 @@ function qemuSession(vm: Vm, clone: CloneMode | null): BackendSession {
     async discard(): Promise<void> {
       await vm.kill().catch(() => {});
     },
+  };
+}
+
+/**
+ * Passes on the text it is given up to `marker`, and nothing from the marker
+ * on. A tail that could be the start of the marker is held back until the
+ * next piece shows whether it is.
+ */
+export function untilMarker(marker: string, emit: (text: string) => void): (text: string) => void {
+  let held = '';
+  let done = false;
+  return (text: string): void => {
+    if (done) return;
+    const buf = held + text;
+    const at = buf.indexOf(marker);
+    if (at >= 0) {
+      done = true;
+      if (at > 0) emit(buf.slice(0, at));
+      return;
+    }
+    let keep = Math.min(marker.length - 1, buf.length);
+    while (keep > 0 && !marker.startsWith(buf.slice(buf.length - keep))) keep--;
+    held = buf.slice(buf.length - keep);
+    if (buf.length > keep) emit(buf.slice(0, buf.length - keep));
   };
 }
 
@@ -162,20 +201,23 @@ function runningQemu(vm: Vm): RunningMachine {
     // The exit status travels on the stderr marker line, and the stderr
     // file is only read when it is not empty: every process the wrapper
     // forks costs 15-25 ms under TCG, and more on a freshly restored guest.
+    // The marker follows stdout directly (no newline of its own before it),
+    // so streamed stdout can be passed on up to its last byte as it comes.
     const wrapped =
       `${open} eval ${q(cmd)}\n${close} 2>${errFile}; __cairn_rc=$?; ` +
-      `printf '\\n%s%s %s\\n' __CAIRN_S ${id}__ $__cairn_rc; ` +
+      `printf '%s%s %s\\n' __CAIRN_S ${id}__ $__cairn_rc; ` +
       `if [ -s ${errFile} ]; then cat ${errFile}; fi; rm -f ${errFile}`;
     let r;
     try {
-      r = await con.run(wrapped, opts.timeoutMs ?? 60_000);
+      const stream = opts.onStdout ? untilMarker(`__CAIRN_S${id}__`, opts.onStdout) : undefined;
+      r = await con.run(wrapped, opts.timeoutMs ?? 60_000, stream);
     } catch (e) {
       if (e instanceof ConsoleError)
         throw new CairnError('E_MACHINE_TIMEOUT', `machine command did not finish: ${cmd}: ${e.message}`, { cmd });
       throw e;
     }
     // The last marker line: the command's own output cannot contain it (random id).
-    const marker = new RegExp(`\\n__CAIRN_S${id}__ (\\d+)\\n`, 'g');
+    const marker = new RegExp(`__CAIRN_S${id}__ (\\d+)\\n`, 'g');
     let m: RegExpExecArray | null = null;
     for (let x; (x = marker.exec(r.output));) m = x;
     const stdout = m ? r.output.slice(0, m.index) : r.output;
@@ -259,5 +301,9 @@ function runningQemu(vm: Vm): RunningMachine {
       const r = await exec(`base64 ${q(machinePath)}`, { check: true, timeoutMs: 300_000 });
       fs.writeFileSync(hostPath, Buffer.from(r.stdout.replace(/\s+/g, ''), 'base64'));
     },
+    get forwards(): readonly ActiveForward[] {
+      return vm.forwards;
+    },
+    forward: (f) => vm.forward(parseForward(f)),
   };
 }

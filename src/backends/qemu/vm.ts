@@ -16,11 +16,20 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CairnError } from '../../errors.js';
+import { CairnError, isCairnError } from '../../errors.js';
 import { SerialConsole, type RunResult } from './console.js';
 import { detectAccel, QEMU_X86, type Accel } from './kvm.js';
 import { QmpClient } from './qmp.js';
 import { createOverlay } from './disk.js';
+import {
+  checkForwards,
+  matchForwards,
+  netArgs,
+  parseUsernet,
+  type ActiveForward,
+  type NetMode,
+  type PortForward,
+} from './net.js';
 
 /** Pinned so a saved state always restores into the same machine model. */
 export const DEFAULT_MACHINE = 'pc-q35-7.2';
@@ -41,6 +50,10 @@ export interface VmSpec {
   qemu?: string;
   /** Regex on the console that means the guest shell is ready. */
   ready?: RegExp;
+  /** A user-mode network card (net.ts); part of the device set, so a state restores only with the same. */
+  net?: NetMode | null;
+  /** Port forwards host -> guest for this run only (not device state). */
+  forwards?: readonly PortForward[];
 }
 
 // init_on_free=1: the guest zeroes memory it frees, and migration sends
@@ -62,6 +75,8 @@ export interface SavedStateInfo {
   kernel: string;
   initramfs: string;
   append: string;
+  /** The network card's mode, or null (absent in states saved before networks existed). */
+  net?: NetMode | null;
   bytes: number;
   saveMs: number;
 }
@@ -110,13 +125,40 @@ export function qemuArgs(
     'chardev=qmp0,mode=control',
   ];
   if (overlay) args.push('-drive', `file=${overlay},if=virtio,format=qcow2,cache=writeback`);
+  if (spec.net) args.push(...netArgs(spec.net, spec.forwards ?? []));
   return args;
+}
+
+/**
+ * QEMU's own words from its stderr ("Unknown ramblock \"pc.ram\", cannot
+ * accept migration; load of migration failed: Invalid argument"), else `fallback`.
+ */
+export function qemuReason(stderr: string, fallback: string): string {
+  const lines = stderr
+    .split('\n')
+    .map((l) => l.replace(/^qemu-system-[\w-]+: /, '').trim())
+    .filter((l) => l !== '' && !l.startsWith('---'));
+  const text = lines.join('; ');
+  return text === '' ? fallback : text.length > 600 ? `…${text.slice(-600)}` : text;
+}
+
+/** A restore that failed: QEMU refused the snapshot, died, or the guest never answered. */
+function restoreRefused(memoryFile: string, e: unknown, stderr: string): CairnError {
+  const reason = qemuReason(stderr, (e as Error)?.message ?? String(e));
+  return new CairnError(
+    'E_MACHINE_RESTORE',
+    `QEMU could not restore ${path.basename(memoryFile)}: ${reason}`,
+    { memory: memoryFile, reason },
+    { cause: e },
+  );
 }
 
 export class Vm {
   private exitPromise: Promise<number | null>;
   private stderr = '';
   exited = false;
+  /** The port forwards of this run, with the host ports slirp bound. */
+  forwards: ActiveForward[] = [];
 
   private constructor(
     readonly dir: string,
@@ -169,6 +211,7 @@ export class Vm {
     try {
       await con.expect(spec.ready ?? TINY_READY, opts.timeoutMs ?? 60_000);
       vm.timings.readyMs = performance.now() - t0;
+      await vm.readForwards();
     } catch (e) {
       await vm.kill();
       throw new Error(`${(e as Error).message}\n--- qemu stderr ---\n${vm.stderr.slice(-500)}`);
@@ -181,7 +224,11 @@ export class Vm {
    * the saved disk, the identical command line plus `-incoming`, then `cont`.
    * Resolves once the guest shell answers a command.
    */
-  static async restore(stateDir: string, dir: string, opts: { timeoutMs?: number; qemu?: string } = {}): Promise<Vm> {
+  static async restore(
+    stateDir: string,
+    dir: string,
+    opts: { timeoutMs?: number; qemu?: string; forwards?: readonly PortForward[] } = {},
+  ): Promise<Vm> {
     const info = readState(stateDir);
     fs.mkdirSync(dir, { recursive: true });
     let overlay: string | null = null;
@@ -197,6 +244,8 @@ export class Vm {
       smp: info.smp,
       machine: info.machine,
       accel: { kind: info.accel, args: info.accelArgs, reason: 'from the saved state' },
+      net: info.net ?? null,
+      forwards: opts.forwards ?? [],
       ...(opts.qemu ? { qemu: opts.qemu } : {}),
     };
     return Vm.incoming(spec, dir, path.join(stateDir, info.memory), overlay, opts);
@@ -219,7 +268,12 @@ export class Vm {
     const args = qemuArgs(spec, spec.accel!, shortPath(dir), disk);
     args.push('-incoming', `exec:cat ${shellQuote(memoryFile)}`);
     const t0 = performance.now();
-    const { proc, qmp, con } = await Vm.launch(spec.qemu ?? QEMU_X86, args, shortPath(dir));
+    // QEMU loads the snapshot as it starts, so a refused one may end it before QMP even answers.
+    const { proc, qmp, con } = await Vm.launch(spec.qemu ?? QEMU_X86, args, shortPath(dir)).catch((e: unknown) => {
+      // A taken host port is this run's trouble, not the snapshot's.
+      if (isCairnError(e, 'E_MACHINE_FORWARD')) throw e;
+      throw restoreRefused(memoryFile, e, (e as Error).message);
+    });
     const vm = new Vm(dir, spec, spec.accel!, args, disk, proc, qmp, con, { readyMs: 0 });
     try {
       if (opts.expectVersion && vm.qemuVersion !== opts.expectVersion) {
@@ -233,17 +287,55 @@ export class Vm {
       const timeoutMs = opts.timeoutMs ?? 60_000;
       await vm.waitMigration(timeoutMs, 'incoming');
       await qmp.execute('cont');
-      // The guest sits at its prompt; a command proves the shell is alive.
-      await con.run('true', timeoutMs);
+      // The guest sits at its prompt; a command proves the shell is alive,
+      // and the same command sets the guest's clock, which resumes at the
+      // instant of the save (measured under TCG: nothing else moves it forward).
+      await con.run(clockCommand(Date.now()), timeoutMs);
       vm.timings.readyMs = performance.now() - t0;
+      await vm.readForwards();
     } catch (e) {
       await vm.kill();
       if (e instanceof CairnError) throw e;
-      throw new Error(
-        `restore from ${memoryFile} failed: ${(e as Error).message}\n--- qemu stderr ---\n${vm.stderr.slice(-500)}`,
-      );
+      throw restoreRefused(memoryFile, e, vm.stderr);
     }
     return vm;
+  }
+
+  /** Reads back the host ports slirp bound for the spec's forwards. */
+  private async readForwards(): Promise<void> {
+    const wanted = this.spec.forwards ?? [];
+    if (!this.spec.net || wanted.length === 0) return;
+    this.forwards = matchForwards(wanted, await this.usernet());
+  }
+
+  private async usernet(): Promise<ActiveForward[]> {
+    return parseUsernet(await this.qmp.execute<string>('human-monitor-command', { 'command-line': 'info usernet' }));
+  }
+
+  /**
+   * Adds a port forward to the running machine (a host port of 0: slirp
+   * picks a free one) and returns it with the host port bound.
+   */
+  async forward(f: PortForward): Promise<ActiveForward> {
+    if (!this.spec.net)
+      throw new CairnError('E_BAD_ARGUMENT', 'forward: this machine has no network (a base with net)');
+    checkForwards([...this.forwards, f]);
+    const before = await this.usernet();
+    const rule = `${f.proto}:127.0.0.1:${f.hostPort}-:${f.guestPort}`;
+    const said = await this.qmp.execute<string>('human-monitor-command', {
+      'command-line': `hostfwd_add net0 ${rule}`,
+    });
+    // HMP answers errors as text (e.g. a host port in use), not as a QMP error.
+    if (said.trim()) throw forwardError(said.trim(), f);
+    const added = (await this.usernet()).find(
+      (a) =>
+        a.proto === f.proto &&
+        a.guestPort === f.guestPort &&
+        !before.some((b) => b.proto === a.proto && b.hostPort === a.hostPort),
+    );
+    if (!added) throw new Error(`forward ${rule}: slirp does not report it`);
+    this.forwards.push(added);
+    return added;
   }
 
   /** "major.minor.micro" from the QMP greeting. */
@@ -280,6 +372,7 @@ export class Vm {
         sleep(1000, undefined, { ref: false }).then(() => null),
       ]);
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+      if (/host forwarding rule/.test(err)) throw forwardError(err.trim());
       throw died ?? e;
     }
   }
@@ -343,6 +436,7 @@ export class Vm {
       kernel: path.resolve(spec.kernel),
       initramfs: path.resolve(spec.initramfs),
       append: spec.append ?? DEFAULT_APPEND,
+      net: spec.net ?? null,
       bytes: fs.statSync(memory).size,
       saveMs,
     };
@@ -423,6 +517,24 @@ function dropShortPath(dir: string): void {
   const link = shortLinks.get(dir);
   if (link) fs.rmSync(link, { force: true });
   shortLinks.delete(dir);
+}
+
+function forwardError(said: string, f?: PortForward): CairnError {
+  return new CairnError(
+    'E_MACHINE_FORWARD',
+    `cannot forward ${f ? `${f.proto} host port ${f.hostPort} to guest port ${f.guestPort}` : 'a port'}: ` +
+      `${said.split('\n').slice(-2).join(' ')} (is the host port taken? 0 picks a free one)`,
+  );
+}
+
+/**
+ * Sets the guest's clock to `nowMs`: GNU date takes fractional seconds,
+ * busybox's only whole ones (so the second is rounded). Silent unless it fails.
+ */
+export function clockCommand(nowMs: number): string {
+  const secs = Math.floor(nowMs / 1000);
+  const frac = String(nowMs % 1000).padStart(3, '0');
+  return `date -s @${secs}.${frac} >/dev/null 2>&1 || date -s @${Math.round(nowMs / 1000)} >/dev/null`;
 }
 
 function shellQuote(s: string): string {

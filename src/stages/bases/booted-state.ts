@@ -8,10 +8,11 @@
 import * as path from 'node:path';
 import type { Stage } from '../stage.js';
 import { stage } from '../stage.js';
-import { DESCRIPTION, finalOutDir, freshState, saveSession } from '../machine.js';
+import { DESCRIPTION, finalOutDir, freshState, logForwards, saveSession, withRunOptions } from '../machine.js';
 import { bootSession, cloneModeFromEnv } from '../../backends/qemu/qemu-machine.js';
 import { chooseCloneMode, cloneDisk } from '../../backends/qemu/disk.js';
 import { DEFAULT_APPEND } from '../../backends/qemu/vm.js';
+import { parseNetOption, type NetMode, type NetOption } from '../../backends/qemu/net.js';
 
 export interface BaseOptions {
   /** Guest memory in MiB (default 256). Part of the identity: a snapshot restores only with the same size. */
@@ -19,6 +20,12 @@ export interface BaseOptions {
   smp?: number;
   /** Size of the guest's disk (default 64 MiB for tiny). */
   diskMb?: number;
+  /**
+   * A user-mode network (see docs/machines.md, "Networking"): true or
+   * 'user', 'restrict' (no way out, only forwards in), or `{ mode, forward }`.
+   * The mode is part of the identity; the forwards are per run.
+   */
+  net?: NetOption;
 }
 
 /** What identifies a booted state besides its name: the files booted and the guest's shape. */
@@ -27,6 +34,8 @@ export interface BootConfig {
   memoryMb: number;
   smp: number;
   append: string;
+  /** Only present for a machine with a network, so other bases keep their identity. */
+  net?: NetMode;
 }
 
 /**
@@ -38,9 +47,16 @@ export function bootedState(
   files: Stage,
   opts: BaseOptions & { append?: string; readyTimeoutMs?: number; ready?: RegExp } = {},
 ): Stage<BootConfig> {
-  return stage<BootConfig>({
+  const net = parseNetOption(opts.net);
+  const s = stage<BootConfig>({
     name,
-    config: { files, memoryMb: opts.memoryMb ?? 256, smp: opts.smp ?? 1, append: opts.append ?? DEFAULT_APPEND },
+    config: {
+      files,
+      memoryMb: opts.memoryMb ?? 256,
+      smp: opts.smp ?? 1,
+      append: opts.append ?? DEFAULT_APPEND,
+      ...(net.mode ? { net: net.mode } : {}),
+    },
     outputs: [DESCRIPTION, 'memory.bin'],
     matcher: freshState(),
     version: 'cairn-booted-state-1',
@@ -55,6 +71,8 @@ export function bootedState(
           append: ctx.config.append,
           memoryMb: ctx.config.memoryMb,
           smp: ctx.config.smp,
+          net: ctx.config.net ?? null,
+          forwards: net.forwards,
           // Not in the config: the marker only says when the boot is done.
           ...(opts.ready ? { ready: opts.ready } : {}),
         },
@@ -63,9 +81,12 @@ export function bootedState(
         { timeoutMs: opts.readyTimeoutMs ?? 120_000 },
       );
       ctx.log(`booted ${name}`);
+      logForwards(session.machine, ctx.log);
       await saveSession(ctx, session, finalOutDir(files.path, ctx.dref), { expiresAt: null }, null, async (vm) => {
         await vm.exec('true', { check: true });
       });
     },
   });
+  // Every machine built on this base runs with these forwards (not part of any identity).
+  return withRunOptions(s, { forwards: net.forwards });
 }

@@ -38,6 +38,8 @@ mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 hostname -F /etc/hostname
+# The initramfs configured the network card, if the machine has one (see tiny.ts); the name server is slirp's.
+if [ -e /sys/class/net/eth0 ]; then echo 'nameserver 10.0.2.3' > /etc/resolv.conf; fi
 export HOME=/root TERM=linux LANG=C.UTF-8
 cd /root
 echo CAIRN-DEBIAN-READY

@@ -2,12 +2,13 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CairnError } from '../../errors.js';
 import { extractTar, type TarCompression } from '../../store/extract.js';
+import { extractZip } from '../../store/extract-zip.js';
 import type { UnpackLimits } from '../../store/extract-plan.js';
 import { checkName } from '../../store/refs.js';
 import type { Dep } from '../stage.js';
 import { stage, type Stage } from '../stage.js';
 
-export type ArchiveFormat = TarCompression | 'deb';
+export type ArchiveFormat = TarCompression | 'deb' | 'zip';
 export type { UnpackLimits };
 
 export interface UnpackSpec {
@@ -40,12 +41,14 @@ export function detectFormat(file: string): ArchiveFormat {
   if (starts([0x42, 0x5a, 0x68])) return 'tar.bz2';
   if (starts([0x28, 0xb5, 0x2f, 0xfd])) return 'tar.zst';
   if (head.subarray(0, 8).toString('latin1') === '!<arch>\n') return 'deb';
+  // A local file header, or the end record alone (an empty zip).
+  if (starts([0x50, 0x4b, 0x03, 0x04]) || starts([0x50, 0x4b, 0x05, 0x06])) return 'zip';
   if (n >= 262 && head.subarray(257, 262).toString('latin1') === 'ustar') return 'tar';
   // An archive with no entries is just its end marker: a block of zeros.
   if (n === 512 && head.every((b) => b === 0)) return 'tar';
   throw new CairnError(
     'E_BAD_ARCHIVE',
-    `${path.basename(file)} is not a tar, tar.gz, tar.xz, tar.bz2, tar.zst or .deb archive`,
+    `${path.basename(file)} is not a tar, tar.gz, tar.xz, tar.bz2, tar.zst, zip or .deb archive`,
     { file },
   );
 }
@@ -119,8 +122,9 @@ function checkLimits(limits: UnpackLimits | undefined): { limits?: UnpackLimits 
 
 /**
  * An archive's contents as a realization. Formats: tar, tar.gz, tar.xz,
- * tar.bz2, tar.zst (the last three through the system's xz, bzip2, zstd)
- * and Debian packages (their data.tar.*). Every entry is checked before
+ * tar.bz2, tar.zst (the last three through the system's xz, bzip2, zstd),
+ * zip (stored and deflate, zip64; src/store/zip-format.ts) and Debian
+ * packages (their data.tar.*). Every entry is checked before
  * anything is extracted (src/store/extract-plan.ts): absolute or `..` paths,
  * links that resolve outside the output, writes through links, duplicate
  * names and device files are E_UNSAFE_ARCHIVE; more than `limits` is
@@ -148,7 +152,8 @@ export function unpack(spec: UnpackSpec): Stage<{
         format = detectFormat(archive);
         if (format === 'deb') throw new CairnError('E_BAD_ARCHIVE', 'a Debian package inside a Debian package');
       }
-      const n = await extractTar(archive, format, out, { strip: config.strip, limits: config.limits });
+      const opts = { strip: config.strip, limits: config.limits };
+      const n = format === 'zip' ? await extractZip(archive, out, opts) : await extractTar(archive, format, out, opts);
       log(`unpacked ${n} entries from ${path.basename(archive)} (${format})`);
     },
   });

@@ -29,6 +29,12 @@ export interface BlobStore {
   get(key: string): Promise<Buffer | undefined>;
   /** The object as a stream (large archives), or undefined if it does not exist. */
   getStream(key: string): Promise<Readable | undefined>;
+  /**
+   * Optional: the object into the fresh file `dest`, faster than `getStream`
+   * where the backend can (S3: large objects in parallel byte ranges); false
+   * when it does not exist. Callers go through `fetchObject` (archive.ts).
+   */
+  download?(key: string, dest: string): Promise<boolean>;
   /** Which of `keys` exist: asked in parallel batches, never one round trip per key in series. */
   has(keys: readonly string[]): Promise<Set<string>>;
   /**

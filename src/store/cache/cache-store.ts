@@ -18,7 +18,8 @@
  */
 import * as os from 'node:os';
 import * as path from 'node:path';
-import type { Readable } from 'node:stream';
+import * as fs from 'node:fs';
+import { Readable } from 'node:stream';
 import { CairnError } from '../../errors.js';
 import { sha256Hex, shortHash } from '../hash.js';
 import {
@@ -40,7 +41,11 @@ import { storeIndex } from '../internals.js';
 import { LocalStore } from '../store.js';
 import type { BlobStore } from './blob.js';
 import { PARALLEL, addCacheTempRoot, ensureInfo, listRRefs, mapLimit, readEntry, readInfo } from './entries.js';
-import { depsOf, drvKey, drvMatches, metaOf, type CacheEntry } from './format.js';
+import { archiveKindOf, blobsOf, depsOf, drvKey, drvMatches, metaOf, type CacheEntry } from './format.js';
+import { unpackTree } from './archive.js';
+import { removeTree } from '../fsutil.js';
+import { readOutputFile } from '../read-output.js';
+import { walkTree } from '../tree.js';
 import { fetchClosureEntries, takeIn } from './pull.js';
 import { pushRealizations } from './push.js';
 import { parsePublicKey, publicKeyOf, type PublicKey, type SecretKey } from './sign.js';
@@ -97,6 +102,18 @@ export class CacheStore implements Store {
     return new CacheStore(opts);
   }
 
+  /**
+   * Opens a cache for reading without waiting for its cache-info check:
+   * `checked` settles when that is done, so a caller can overlap it with its
+   * first query (a round trip fewer); it must await both before using what
+   * the query found.
+   */
+  static openReading(opts: CacheStoreOptions): { store: CacheStore; checked: Promise<unknown> } {
+    const checked = readInfo(opts.blob);
+    checked.catch(() => undefined); // awaited by the caller; not unhandled meanwhile
+    return { store: new CacheStore(opts), checked };
+  }
+
   private constructor(opts: CacheStoreOptions) {
     this.blob = opts.blob;
     this.signingKey = opts.signingKey;
@@ -134,11 +151,10 @@ export class CacheStore implements Store {
         throw e;
       }
     });
-    const keys = got.flatMap((e) => (e ? [e.archive, ...(e.log ? [e.log] : [])] : []));
-    const there = await this.blob.has(keys);
+    const there = await this.blob.has(got.flatMap((e) => (e ? blobsOf(e) : [])));
     for (const e of got) {
       if (e === undefined) continue;
-      const gone = [e.archive, ...(e.log ? [e.log] : [])].find((k) => !there.has(k));
+      const gone = blobsOf(e).find((k) => !there.has(k));
       if (gone === undefined) this.known.set(e.rref, e);
       else {
         const why = `${this.blob.url}: entry ${e.rref} names ${gone}, which is missing`;
@@ -252,13 +268,46 @@ export class CacheStore implements Store {
   }
 
   async readFile(rref: RRef, rel: string | Buffer): Promise<Buffer> {
+    const small = await this.readInline(rref, rel);
+    if (small) return small;
     await this.fetch(rref);
     return this.local.readFile(rref, rel);
   }
 
   async openFile(rref: RRef, rel: string | Buffer): Promise<Readable> {
+    const small = await this.readInline(rref, rel);
+    if (small) return Readable.from([small]);
     await this.fetch(rref);
     return this.local.openFile(rref, rel);
+  }
+
+  /**
+   * A file of a realization whose archive rides in its entry (read by the
+   * last query), unpacked on its own: no closure, no request, so a matcher
+   * reading `score.txt` from every candidate costs nothing beyond the query.
+   * The tree is checked against the signed tree hash and read with the local
+   * store's rules for links. Undefined when the archive is an object.
+   */
+  private async readInline(rref: RRef, rel: string | Buffer): Promise<Buffer | undefined> {
+    parseRRef(rref);
+    const e = this.known.get(rref);
+    if (this.local.has(rref) || e === undefined || e.inlineArchive === null) return undefined;
+    const dir = this.local.makeTempDir('cache-read');
+    try {
+      const kind = archiveKindOf(e.archive);
+      const file = path.join(dir, `a.${kind}`);
+      fs.writeFileSync(file, Buffer.from(e.inlineArchive, 'base64'), { flag: 'wx', mode: 0o600 });
+      const into = path.join(dir, 'x');
+      fs.mkdirSync(into);
+      await unpackTree(file, into, kind);
+      if ((await walkTree(path.join(into, 'out'), { seal: false })).treeHash !== e.tree) {
+        const why = `${this.blob.url}: the archive in the entry of ${rref} is not its tree`;
+        throw new CairnError('E_SYNC_HASH_MISMATCH', why, { rref });
+      }
+      return await readOutputFile(path.join(into, 'out'), rel, rref);
+    } finally {
+      removeTree(dir);
+    }
   }
 
   async readLog(rref: RRef): Promise<Buffer> {

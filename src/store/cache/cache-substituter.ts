@@ -66,8 +66,7 @@ export function cachePushTarget(name: string, blob: BlobStore, key: SecretKey): 
  * one warning line and realizes without this cache.
  */
 class SubstituterStore implements Store {
-  private opened: Promise<CacheStore> | undefined;
-  private store: CacheStore | undefined;
+  private ready: { store: CacheStore; checked: Promise<unknown> } | undefined;
 
   constructor(
     private readonly blob: BlobStore,
@@ -78,16 +77,21 @@ class SubstituterStore implements Store {
     return this.blob.url;
   }
 
-  private open(): Promise<CacheStore> {
-    this.opened ??= CacheStore.open({ blob: this.blob, trustedKeys: this.trustedKeys }).then((s) => {
-      this.store = s;
-      return s;
-    });
-    return this.opened;
+  private opening(): { store: CacheStore; checked: Promise<unknown> } {
+    this.ready ??= CacheStore.openReading({ blob: this.blob, trustedKeys: this.trustedKeys });
+    return this.ready;
+  }
+
+  private async open(): Promise<CacheStore> {
+    const { store, checked } = this.opening();
+    await checked;
+    return store;
   }
 
   async candidatesOfAll(drefs: readonly DRef[]): Promise<Map<string, Candidate[]>> {
-    const { found, refused } = await (await this.open()).query(drefs);
+    // The cache-info check and the first query go out together.
+    const { store, checked } = this.opening();
+    const [, { found, refused }] = await Promise.all([checked, store.query(drefs)]);
     // The refusal (E_CACHE_UNSIGNED, _UNTRUSTED, _BAD_SIGNATURE, _BAD_ENTRY, _MISSING) of an entry that is there.
     if (refused.length > 0) throw refused[0]!;
     return found;
@@ -95,7 +99,7 @@ class SubstituterStore implements Store {
 
   /** Entries the queries read and trusted already: the fetch that follows does not read them again. */
   known(): ReadonlyMap<RRef, CacheEntry> | undefined {
-    return this.store?.knownEntries();
+    return this.ready?.store.knownEntries();
   }
 
   async candidates(dref: DRef, ctx: string): Promise<Candidate[]> {
@@ -147,6 +151,6 @@ class SubstituterStore implements Store {
   }
 
   close(): void {
-    this.store?.close();
+    this.ready?.store.close();
   }
 }

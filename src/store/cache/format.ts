@@ -47,6 +47,13 @@ export interface CacheEntry extends Omit<RealizationMeta, 'format'> {
   inlineLog: string | null;
   /** The drv.json itself when it has at most INLINE_DRV_MAX bytes (saves a request per DRef on pull), else null. */
   inlineDrv: string | null;
+  /**
+   * The archive itself (base64, of the kind `archive` names) when it is at
+   * most INLINE_ARCHIVE_MAX bytes; then no object holds it. As Bazel's remote
+   * cache inlines small outputs: a tiny tree stored twice costs less than a
+   * request per realization on every pull.
+   */
+  inlineArchive: string | null;
   /** `NAME:BASE64` ed25519 signatures of `fingerprint(entry)`. */
   signatures: string[];
 }
@@ -58,6 +65,7 @@ export interface CacheEntry extends Omit<RealizationMeta, 'format'> {
  */
 export const INLINE_LOG_MAX = 4096;
 export const INLINE_DRV_MAX = 65536;
+export const INLINE_ARCHIVE_MAX = 4096;
 
 /** How an archive is stored: gzip, or a plain tar when gzip does not pay. */
 export type ArchiveKind = 'tar.gz' | 'tar';
@@ -112,7 +120,7 @@ export function parseInfo(text: string, url: string): CacheInfo {
  */
 export function fingerprint(e: Omit<CacheEntry, 'signatures'>): string {
   const { format, rref, dref, name, context, ctx, tree, bytes, files, created, buildMs, drv, archive, log } = e;
-  const { inlineLog, inlineDrv } = e;
+  const { inlineLog, inlineDrv, inlineArchive } = e;
   return `${ENTRY_FORMAT}:${canonicalJson({
     format,
     rref,
@@ -130,12 +138,15 @@ export function fingerprint(e: Omit<CacheEntry, 'signatures'>): string {
     log,
     inlineLog,
     inlineDrv,
+    inlineArchive,
   })}`;
 }
 
 /** Tree hashes are sha256 in hex. */
 const HASH = /^[0-9a-f]{64}$/;
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
+/** Not base64, or more than `max` bytes once decoded. */
+const tooBig = (v: string, max: number): boolean => !BASE64.test(v) || v.length > Math.ceil(max / 3) * 4;
 const isNum = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v) && v >= 0;
 
 /**
@@ -167,8 +178,12 @@ export function parseEntry(text: string, key: string): CacheEntry {
   if (typeof e.drv !== 'string' || !/^[0-9a-f]{64}$/.test(e.drv)) throw bad('drv is not a sha256');
   if (!archiveKeys(e.tree).includes(e.archive)) throw bad('archive is not a key of its tree');
   if (e.log !== null && (typeof e.log !== 'string' || !/^l\/[0-9a-f]{64}\.log\.gz$/.test(e.log))) throw bad('log key');
-  if (e.inlineLog !== null && (typeof e.inlineLog !== 'string' || !BASE64.test(e.inlineLog))) throw bad('inline log');
+  const log = e.inlineLog;
+  if (log !== null && (typeof log !== 'string' || tooBig(log, INLINE_LOG_MAX))) throw bad('inline log');
   if (e.inlineLog !== null && e.log !== null) throw bad('a log both inline and by key');
+  const inline = e.inlineArchive;
+  if (inline !== null && (typeof inline !== 'string' || tooBig(inline, INLINE_ARCHIVE_MAX)))
+    throw bad('inline archive');
   if (e.inlineDrv !== null && (typeof e.inlineDrv !== 'string' || sha256Hex(e.inlineDrv.replace(/\n$/, '')) !== e.drv))
     throw bad('the inline derivation is not the one its hash names');
   if (!Array.isArray(e.signatures) || !e.signatures.every((s) => typeof s === 'string')) throw bad('signatures');
@@ -195,6 +210,12 @@ export function inlineLogOf(e: CacheEntry): Buffer | undefined {
   if (e.inlineLog !== null) return Buffer.from(e.inlineLog, 'base64');
   return e.log === null ? Buffer.alloc(0) : undefined;
 }
+
+/** The objects an entry needs besides its derivation: its archive and log, unless it carries them. */
+export const blobsOf = (e: CacheEntry): string[] => [
+  ...(e.inlineArchive === null ? [e.archive] : []),
+  ...(e.log === null ? [] : [e.log]),
+];
 
 /** The realizations an entry was built from. */
 export const depsOf = (e: { context: Context }): RRef[] => Object.values(e.context).flat();

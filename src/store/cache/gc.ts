@@ -16,7 +16,7 @@ import { CairnError } from '../../errors.js';
 import type { RRef } from '../refs.js';
 import type { BlobStore } from './blob.js';
 import { PARALLEL, liveTempRoots, mapLimit, readInfo } from './entries.js';
-import { depsOf, entryKey, parseEntry, rrefOfKey, type CacheEntry } from './format.js';
+import { blobsOf, depsOf, drvKey, entryKey, parseEntry, rrefOfKey, type CacheEntry } from './format.js';
 
 export interface CacheGcOptions {
   /** Keep the newest N realizations of each DRef. */
@@ -65,7 +65,7 @@ async function survey(blob: BlobStore): Promise<{ entries: Map<RRef, CacheEntry>
 export function incomplete(entries: Map<RRef, CacheEntry>, exists: (key: string) => boolean): Set<RRef> {
   const bad = new Set<RRef>();
   for (const [r, e] of entries) {
-    if (!exists(e.archive) || (e.log !== null && !exists(e.log)) || !exists(`d/${e.dref}.json`)) bad.add(r);
+    if (![...blobsOf(e), drvKey(e.dref)].every(exists)) bad.add(r);
   }
   // A dependency that is missing or bad makes its dependants bad, to a fixed point.
   for (let changed = true; changed;) {
@@ -132,9 +132,7 @@ export async function cacheGc(blob: BlobStore, opts: CacheGcOptions): Promise<Ca
   const named = new Set<string>([...live, ...again.live].flatMap((r) => r.keys));
   for (const r of keep) {
     const e = entries.get(r)!;
-    named.add(e.archive);
-    if (e.log !== null) named.add(e.log);
-    named.add(`d/${e.dref}.json`);
+    for (const k of [...blobsOf(e), drvKey(e.dref)]) named.add(k);
   }
   for (const r of [...live, ...again.live]) for (const d of r.drefs) named.add(`d/${d}.json`);
   // And entries written since the survey (a push that finished meanwhile): what they name stays.

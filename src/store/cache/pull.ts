@@ -17,7 +17,7 @@ import { receiveClosure, type ReceiveReport } from '../receive.js';
 import { parseRef, parseRRef, type DRef, type RRef } from '../refs.js';
 import type { LocalStore } from '../store.js';
 import { dependencyOrder, type ClosureManifest } from '../sync-plan.js';
-import { download, gunzip, unpackTree } from './archive.js';
+import { fetchObject, gunzip, unpackTree } from './archive.js';
 import type { BlobStore } from './blob.js';
 import { PARALLEL, listRRefs, mapLimit, readEntry, readInfo } from './entries.js';
 import { archiveKindOf, depsOf, drvKey, inlineLogOf, logKey, metaOf, type CacheEntry } from './format.js';
@@ -189,9 +189,12 @@ export async function takeIn(
       const key = group[0]!.archive;
       const kind = archiveKindOf(key);
       const file = path.join(downloads, `${group[0]!.tree}.${kind}`);
-      const body = await blob.getStream(key);
-      if (body === undefined) throw gone(key);
-      await download(body, file);
+      const inline = group.find((e) => e.inlineArchive !== null)?.inlineArchive;
+      if (inline !== undefined && inline !== null) {
+        fs.writeFileSync(file, Buffer.from(inline, 'base64'), { flag: 'wx', mode: 0o600 });
+      } else {
+        if (!(await fetchObject(blob, key, file))) throw gone(key);
+      }
       for (const e of group) {
         const p = parseRRef(e.rref);
         const dir = path.join(staging, 'd', p.dref, 'r', p.rhash);

@@ -21,15 +21,18 @@ import type { BlobStore } from './blob.js';
 import { PARALLEL, addCacheTempRoot, ensureInfo, mapLimit } from './entries.js';
 import {
   ENTRY_FORMAT,
+  INLINE_ARCHIVE_MAX,
   INLINE_DRV_MAX,
   INLINE_LOG_MAX,
   archiveKey,
   archiveKeys,
+  blobsOf,
   drvKey,
   entryKey,
   fingerprint,
   logKey,
   parseEntry,
+  type ArchiveKind,
   type CacheEntry,
 } from './format.js';
 import { checkSignatures, parsePublicKey, publicKeyOf, sign, type SecretKey } from './sign.js';
@@ -39,6 +42,26 @@ export interface PushOptions {
   key: SecretKey;
   /** Uploads in flight (default 16). */
   concurrency?: number;
+  /**
+   * Archives up to this many bytes ride in their entry (default: $CAIRN_CACHE_INLINE_MAX, else
+   * INLINE_ARCHIVE_MAX, which is also the most a reader accepts); 0 stores every archive as an object.
+   */
+  inlineArchiveMax?: number;
+}
+
+/** The environment variable that sets `inlineArchiveMax` (0 to INLINE_ARCHIVE_MAX). */
+export const INLINE_ENV = 'CAIRN_CACHE_INLINE_MAX';
+
+function inlineMax(opts: PushOptions): number {
+  if (opts.inlineArchiveMax !== undefined) return Math.min(opts.inlineArchiveMax, INLINE_ARCHIVE_MAX);
+  const v = process.env[INLINE_ENV];
+  if (v === undefined || v === '') return INLINE_ARCHIVE_MAX;
+  if (!/^\d+$/.test(v) || Number(v) > INLINE_ARCHIVE_MAX) {
+    throw new CairnError('E_BAD_ENV', `${INLINE_ENV} must be a whole number from 0 to ${INLINE_ARCHIVE_MAX}: ${v}`, {
+      name: INLINE_ENV,
+    });
+  }
+  return Number(v);
 }
 
 export interface PushReport {
@@ -76,7 +99,12 @@ interface Item {
   log: Buffer | null;
   /** The log's key when it is too big to ride in the entry. */
   logKey: string | null;
+  /** The archive, when small enough to ride in the entry. */
+  inline: { kind: ArchiveKind; body: Buffer } | null;
 }
+
+/** Trees up to this many bytes are packed before asking the cache anything: most fit in their entry. */
+const SMALL_TREE = 64 << 10;
 
 /**
  * Pushes the given realizations, which must be closed under dependencies
@@ -90,30 +118,41 @@ export async function pushRealizations(
 ): Promise<PushReport> {
   if (!blob.writable) throw new CairnError('E_CACHE_READ_ONLY', `${blob.url} is read-only`, { url: blob.url });
   const limit = opts.concurrency ?? PARALLEL;
+  const inlineLimit = inlineMax(opts);
   await ensureInfo(blob);
   const items = new Map<RRef, Item>();
-  for (const rref of rrefs) {
-    const meta = local.readMeta(rref);
-    const log = await local.readLog(rref);
-    const key = log.length > INLINE_LOG_MAX ? logKey(sha256Hex(log)) : null;
-    items.set(rref, { meta, log: log.length > 0 ? log : null, logKey: key });
-  }
-  const drefs = [...new Set(rrefs.map((r) => parseRRef(r).dref))];
-  const blobKeys = [
-    ...new Set([...items.values()].flatMap((i) => [...archiveKeys(i.meta.tree), ...(i.logKey ? [i.logKey] : [])])),
-  ];
-  const root = await addCacheTempRoot(blob, drefs, blobKeys);
   const tmp = local.makeTempDir('cache-push');
+  let root: { release(): Promise<void> } | undefined;
   try {
+    await mapLimit(rrefs, limit, async (rref) => {
+      const meta = local.readMeta(rref);
+      const log = await local.readLog(rref);
+      const key = log.length > INLINE_LOG_MAX ? logKey(sha256Hex(log)) : null;
+      let inline: Item['inline'] = null;
+      if (meta.bytes <= SMALL_TREE && inlineLimit > 0) {
+        const packed = await packTree(local.outPath(rref), path.join(tmp, `${rref}.tar.gz`));
+        if (packed.body && packed.size <= inlineLimit) inline = { kind: packed.kind, body: packed.body };
+      }
+      items.set(rref, { meta, log: log.length > 0 ? log : null, logKey: key, inline });
+    });
+    const drefs = [...new Set(rrefs.map((r) => parseRRef(r).dref))];
+    const blobKeys = [
+      ...new Set(
+        [...items.values()].flatMap((i) => [
+          ...(i.inline ? [] : archiveKeys(i.meta.tree)),
+          ...(i.logKey ? [i.logKey] : []),
+        ]),
+      ),
+    ];
+    root = await addCacheTempRoot(blob, drefs, blobKeys);
     const asked = [...rrefs.map(entryKey), ...blobKeys, ...drefs.map(drvKey)];
     const there = await blob.has(asked);
     // An entry counts only with its objects: one whose archive, drv or log was deleted is pushed again whole.
-    const complete = (e: CacheEntry): boolean =>
-      there.has(e.archive) && there.has(drvKey(e.dref)) && (e.log === null || there.has(e.log));
+    const complete = (e: CacheEntry): boolean => [...blobsOf(e), drvKey(e.dref)].every((k) => there.has(k));
     // The archive a tree has in the cache already, under either key (gzip preferred, as a pusher would choose).
     const archiveOf = new Map<string, string>();
     for (const i of items.values()) {
-      const k = archiveKeys(i.meta.tree).find((a) => there.has(a));
+      const k = i.inline ? archiveKey(i.meta.tree, i.inline.kind) : archiveKeys(i.meta.tree).find((a) => there.has(a));
       if (k !== undefined) archiveOf.set(i.meta.tree, k);
     }
     // Entries already there are read (one GET each, in parallel). A malformed one, or one whose signature by
@@ -207,7 +246,7 @@ export async function pushRealizations(
     };
   } finally {
     removeTree(tmp);
-    await root.release().catch(() => undefined);
+    await root?.release().catch(() => undefined);
   }
 }
 
@@ -233,6 +272,7 @@ function entryOf(item: Item, archive: string, drvText: string, key: SecretKey): 
     log: item.logKey,
     inlineLog: item.logKey === null && item.log !== null ? item.log.toString('base64') : null,
     inlineDrv: Buffer.byteLength(drvText) <= INLINE_DRV_MAX ? drvText : null,
+    inlineArchive: item.inline?.body.toString('base64') ?? null,
   } as const;
   return { ...unsigned, signatures: [sign(key, fingerprint(unsigned))] };
 }

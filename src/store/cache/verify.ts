@@ -12,10 +12,10 @@ import { CairnError } from '../../errors.js';
 import { removeTree } from '../fsutil.js';
 import type { RRef } from '../refs.js';
 import { walkTree } from '../tree.js';
-import { download, unpackTree } from './archive.js';
+import { fetchObject, unpackTree } from './archive.js';
 import type { BlobStore } from './blob.js';
 import { PARALLEL, checkTrust, listRRefs, mapLimit, readInfo } from './entries.js';
-import { archiveKindOf, depsOf, drvKey, entryKey, parseEntry, type CacheEntry } from './format.js';
+import { archiveKindOf, blobsOf, depsOf, drvKey, entryKey, parseEntry, type CacheEntry } from './format.js';
 import type { PublicKey } from './sign.js';
 
 export interface CacheProblem {
@@ -49,13 +49,11 @@ export async function verifyCache(
       problems.push({ rref, code: c, detail: (err as Error).message });
     }
   });
-  const named = [
-    ...new Set([...entries.values()].flatMap((e) => [e.archive, drvKey(e.dref), ...(e.log ? [e.log] : [])])),
-  ];
-  const there = await blob.has(named);
+  const needs = (e: CacheEntry): string[] => [...blobsOf(e), drvKey(e.dref)];
+  const there = await blob.has([...new Set([...entries.values()].flatMap(needs))]);
   const good = new Set<RRef>();
   for (const [rref, e] of entries) {
-    const gone = [e.archive, drvKey(e.dref), ...(e.log ? [e.log] : [])].filter((k) => !there.has(k));
+    const gone = needs(e).filter((k) => !there.has(k));
     const dep = depsOf(e).find((d) => !entries.has(d));
     if (gone.length > 0) problems.push({ rref, code: 'E_CACHE_MISSING', detail: `missing ${gone.join(', ')}` });
     else if (dep !== undefined)
@@ -97,11 +95,13 @@ async function checkArchive(
   dir: string,
 ): Promise<{ code: string; detail: string } | null> {
   try {
-    const body = await blob.getStream(e.archive);
-    if (body === undefined) return { code: 'E_CACHE_MISSING', detail: `${e.archive} vanished` };
     const kind = archiveKindOf(e.archive);
     const file = path.join(dir, `a.${kind}`);
-    await download(body, file);
+    if (e.inlineArchive !== null) fs.writeFileSync(file, Buffer.from(e.inlineArchive, 'base64'));
+    else {
+      if (!(await fetchObject(blob, e.archive, file)))
+        return { code: 'E_CACHE_MISSING', detail: `${e.archive} vanished` };
+    }
     const into = path.join(dir, 'x');
     fs.mkdirSync(into);
     await unpackTree(file, into, kind);
