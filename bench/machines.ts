@@ -15,6 +15,11 @@
  * 9p share: a 50 MB file up and down (goal >= 100 MB/s each way) and a
  * tree of 1000 small files.
  *
+ * The CLI restore is also timed through the warm server (`cairn server
+ * start`, then the C client dist/bin/cairn), interleaved with the Node CLI
+ * in the same loop so both see the same load; BENCH_ONLY=restore runs just
+ * that comparison.
+ *
  *   npx tsc -p tsconfig.json && node --import tsx bench/machines.ts
  *
  * BENCH_REPS=n (default 7) repetitions per figure; BENCH_KEEP=1 keeps the
@@ -39,6 +44,8 @@ const REPS = Number(process.env.BENCH_REPS ?? 7);
 const KEEP = process.env.BENCH_KEEP === '1';
 const GOAL_RESTORE = 0.3;
 const GOAL_CACHED3 = 0.5;
+/** BENCH_ONLY=restore: just the restore figures (Node CLI, server, in-process), to machines-restore-results.json. */
+const ONLY_RESTORE = process.env.BENCH_ONLY === 'restore';
 
 const log = (s: string): void => {
   process.stderr.write(s + '\n');
@@ -142,6 +149,71 @@ const PIPE = [
   'exec',
   'echo c >> /mnt/a',
 ];
+
+/** The same commands through the C client (dist/bin/cairn of the copy) and a warm server of that copy. */
+class ServedCli extends Cli {
+  constructor(
+    readonly client: string,
+    cli: string,
+    store: string,
+    readonly socket: string,
+  ) {
+    super(cli, store, { CAIRN_SERVER_SOCKET: socket });
+  }
+  override run(args: string[]): { ms: number; stdout: string; stderr: string } {
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      ...this.env,
+      XDG_CACHE_HOME: path.join(path.dirname(this.store), 'cache'),
+    };
+    delete env.NODE_OPTIONS;
+    delete env.CAIRN_STORE;
+    delete env.CAIRN_NO_SERVER;
+    const t0 = performance.now();
+    const r = spawnSync(this.client, ['--store', this.store, ...args], { env, encoding: 'utf8', maxBuffer: 1 << 26 });
+    const ms = performance.now() - t0;
+    if (r.error || r.status !== 0)
+      throw new Error(`cairn ${args.join(' ')} failed (${r.status}): ${r.error?.message ?? r.stderr.slice(-2000)}`);
+    return { ms, stdout: r.stdout, stderr: r.stderr };
+  }
+  served(): number {
+    return (JSON.parse(this.run(['server', 'status', '--json']).stdout) as { served: number }).served;
+  }
+}
+
+const RESTORE = ['machine', '-q', 'tiny', '+', 'transient', 'exec', 'true'];
+
+/**
+ * `machine tiny + transient exec true` as a whole process, by the Node CLI
+ * and through a warm server, alternately (one untimed run of each first, so
+ * both find the files in the page cache and the worker has run it once).
+ */
+function restoreDirectAndServed(direct: Cli, work: string): { direct: Stats; served: Stats; workers: number } {
+  const client = path.join(path.dirname(path.dirname(direct.cli)), 'bin', 'cairn');
+  if (fs.readFileSync(client).subarray(0, 4).toString('latin1') !== '\x7fELF')
+    throw new Error(`${client} is not the compiled client (no C compiler when dist/ was built?)`);
+  const runDir = path.join(work, 'run');
+  fs.mkdirSync(runDir, { mode: 0o700 });
+  const served = new ServedCli(client, direct.cli, direct.store, path.join(runDir, 'server.sock'));
+  const workers = 2;
+  served.run(['server', 'start', '--workers', String(workers)]);
+  try {
+    direct.run(RESTORE);
+    served.run(RESTORE);
+    const before = served.served();
+    const d: number[] = [];
+    const v: number[] = [];
+    for (let i = 0; i < REPS; i++) {
+      d.push(direct.run(RESTORE).ms);
+      v.push(served.run(RESTORE).ms);
+    }
+    const n = served.served() - before;
+    if (n !== REPS) throw new Error(`the server ran ${n} of the ${REPS} served restores (see its log in ${runDir})`);
+    return { direct: stats(d), served: stats(v), workers };
+  } finally {
+    served.run(['server', 'stop']);
+  }
+}
 
 /** In-process: resume the newest state of `store` to a shell that has answered a command, then discard. */
 async function inProcessRestore(storeDir: string, n: number): Promise<Stats> {
@@ -273,6 +345,38 @@ async function transferOnly(): Promise<void> {
   }
 }
 
+type RestoreBoth = ReturnType<typeof restoreDirectAndServed>;
+
+function restoreRows(r: RestoreBoth): [string, string][] {
+  return [
+    ['(a) restore, CLI, alternating with the next row: Node CLI', fmt(r.direct)],
+    [`(a) restore, CLI, through the server (C client, ${r.workers} warm workers)`, fmt(r.served)],
+    ['(a) restore, Node CLI / server (medians)', `${(r.direct.median / r.served.median).toFixed(2)}x`],
+  ];
+}
+
+function reportRestore(r: RestoreBoth, inProcess: Stats, nodeStart: number[], loadBefore: number[]): void {
+  const results = { date: new Date().toISOString(), reps: REPS, load: { before: loadBefore, after: load() } };
+  const all = { ...results, nodeStartup: stats(nodeStart), restoreInProcess: inProcess, restoreDirectVsServed: r };
+  fs.writeFileSync(path.join(ROOT, 'bench', 'machines-restore-results.json'), JSON.stringify(all, null, 2) + '\n');
+  const rows: [string, string][] = [
+    ['node -e 0', fmt(all.nodeStartup)],
+    ...restoreRows(r),
+    ['(a) restore, in-process (resume + first command)', fmt(inProcess)],
+  ];
+  const w = Math.max(...rows.map((x) => x[0].length));
+  for (const [k, v] of rows) process.stdout.write(`${k.padEnd(w)}  ${v}\n`);
+  process.stdout.write(`load average before ${loadBefore.join(' ')}, after ${results.load.after.join(' ')}\n`);
+  for (const [name, s] of [
+    ['Node CLI', r.direct],
+    ['through the server', r.served],
+  ] as const)
+    process.stdout.write(
+      `${s.median / 1000 <= GOAL_RESTORE ? 'met' : 'MISSED'}: restore (CLI, ${name}) median ` +
+        `${(s.median / 1000).toFixed(2)} s (goal ${GOAL_RESTORE} s)\n`,
+    );
+}
+
 async function main(): Promise<void> {
   if (process.env.BENCH_ONLY === 'transfer') return transferOnly();
   preflight();
@@ -316,15 +420,19 @@ async function main(): Promise<void> {
     fs.writeFileSync(
       bootFile,
       `import { tiny } from ` +
-        JSON.stringify(path.join(path.dirname(path.dirname(cli)), 'src', 'backends', 'qemu', 'bases.js')) +
+        JSON.stringify(path.join(path.dirname(path.dirname(cli)), 'src', 'stages', 'bases', 'tiny.js')) +
         `;\nexport default tiny();\n`,
     );
-    const cliHelp = ext4.times(REPS, () => ['machine', 'ls']);
-    const restore = ext4.times(REPS, () => ['machine', '-q', 'tiny', '+', 'transient', 'exec', 'true']);
-    const cached3 = ext4.times(REPS, () => PIPE);
+    const cliHelp = ONLY_RESTORE ? stats([0]) : ext4.times(REPS, () => ['machine', 'ls']);
+    const restore = ONLY_RESTORE ? stats([0]) : ext4.times(REPS, () => RESTORE);
+    const cached3 = ONLY_RESTORE ? stats([0]) : ext4.times(REPS, () => PIPE);
     const tag = Date.now();
-    const plus1 = ext4.times(REPS, (i) => [...PIPE, '+', 'exec', `echo ${tag}-${i} > /mnt/u`]);
+    const plus1 = ONLY_RESTORE
+      ? stats([0])
+      : ext4.times(REPS, (i) => [...PIPE, '+', 'exec', `echo ${tag}-${i} > /mnt/u`]);
     const restoreInProcess = await inProcessRestore(ext4.store, REPS);
+    const restoreBoth = restoreDirectAndServed(ext4, work);
+    if (ONLY_RESTORE) return reportRestore(restoreBoth, restoreInProcess, nodeStart, loadBefore);
     const transfer = await transferBench(ext4.store, work, REPS);
     // In a store of its own: a rebuilt base state would be the newest, and
     // the pipeline above would no longer be cached on top of it.
@@ -395,6 +503,7 @@ async function main(): Promise<void> {
       coldBoot: cold,
       restoreCli: restore,
       restoreInProcess,
+      restoreDirectVsServed: restoreBoth,
       cached3,
       cached3PlusOne: plus1,
       perMode,
@@ -408,6 +517,7 @@ async function main(): Promise<void> {
       ['(a) cold boot to a shell (realize -f tiny)', fmt(cold)],
       ['(a) restore to a shell, CLI: machine tiny + transient exec true', fmt(restore)],
       ['(a) restore to a shell, in-process (resume + first command)', fmt(restoreInProcess)],
+      ...restoreRows(restoreBoth),
       ['(b) cached 3-step pipeline', fmt(cached3)],
       ['(b) cached 3 steps + 1 uncached exec', fmt(plus1)],
       ...Object.entries(perMode).flatMap(([m, r]): [string, string][] => [
@@ -433,6 +543,8 @@ async function main(): Promise<void> {
     };
     goal('restore (CLI)', restore, GOAL_RESTORE);
     goal('restore (in-process)', restoreInProcess, GOAL_RESTORE);
+    goal('restore (CLI, alternating run: Node CLI)', restoreBoth.direct, GOAL_RESTORE);
+    goal('restore (CLI, alternating run: through the server)', restoreBoth.served, GOAL_RESTORE);
     goal('cached 3-step pipeline (CLI)', cached3, GOAL_CACHED3);
     transferGoals(transfer);
   } finally {

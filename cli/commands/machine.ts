@@ -224,20 +224,23 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
     if (words[0] === 'ls') return machineLs(store, flags(words, ['--json']).has('--json'));
     if (words[0] === 'gc') return machineGc(store, flags(words, ['--dry-run', '-n']).size > 0);
     const { m, shell, copyOuts } = await buildMachine(parseMachineWords(words), stepsDirs(o.steps));
-    // Interrupted, the VMs go too, and with them this process's scratch
-    // directories (resumed disks, memory images): nothing else uses them.
-    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-      process.once(sig, () => {
-        killLiveVms();
-        removeOwnScratch(store);
-        process.exit(128 + os.constants.signals[sig]);
-      });
-    }
     const tty = process.stderr.isTTY === true;
     const progress = progressReporter(instantiate(m.saved).order.length, { tty, verbose: true, quiet: !!o.quiet });
     const stepLog = (name: string, line: string): void => {
       if (!o.quiet) process.stderr.write(`${name} (transient)> ${line}\n`);
     };
+    // Interrupted, the VMs go too, and with them this process's scratch directories (resumed disks,
+    // memory images): nothing else uses them. The handlers go when the command ends: a server worker
+    // runs its next command in the same process.
+    const onSignal = (['SIGINT', 'SIGTERM', 'SIGHUP'] as const).map((sig) => {
+      const h = (): void => {
+        killLiveVms();
+        removeOwnScratch(store);
+        process.exit(128 + os.constants.signals[sig]);
+      };
+      process.once(sig, h);
+      return [sig, h] as const;
+    });
     let rref: string;
     try {
       if (shell) {
@@ -263,6 +266,7 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
         if (!o.quiet) process.stderr.write(`download: ${DOWNLOADS}/${c.name} of ${state} -> ${to}\n`);
       }
     } finally {
+      for (const [sig, h] of onSignal) process.off(sig, h);
       progress.finish();
     }
     if (o.root) addNamedRoot(store, o.root, [rref as never]);

@@ -18,6 +18,7 @@
  */
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { commandIndex } from '../command-word.js';
 
 export const REQUEST_MAGIC = 'cairn-request-1';
 /** A request larger than this (argv plus environment) is refused. */
@@ -163,9 +164,10 @@ export function serverSocketPath(id: string, env: NodeJS.ProcessEnv = process.en
 }
 
 /**
- * Commands a server worker runs. The others (shells, machines, services,
- * sync, downloads) use the terminal, signals or long-lived resources of
- * their own process, so the client runs them as a Node process of their own.
+ * Commands a server worker runs. The others (shells, services, sync,
+ * downloads) use the terminal, signals or long-lived resources of their own
+ * process, so the client runs them as a Node process of their own.
+ * `machine` is served unless it ends in `+ shell` (see ownProcessReason).
  */
 export const SERVED_COMMANDS: ReadonlySet<string> = new Set([
   'realize',
@@ -178,7 +180,26 @@ export const SERVED_COMMANDS: ReadonlySet<string> = new Set([
   'root',
   'hash',
   'help',
+  'machine',
 ]);
+
+/**
+ * Why a command a worker runs must still run in a process of its own, or undefined. `machine ... + shell`
+ * reads stdin (a script, or the terminal in raw mode for the console), and a worker's stdin is empty: it
+ * stays with the Node CLI. Any other machine command is served (its steps run in the guest, their output
+ * is relayed, signals are forwarded).
+ */
+export function ownProcessReason(args: readonly string[]): string | undefined {
+  const at = commandIndex(args);
+  if (args[at] !== 'machine') return undefined;
+  // Every word after the command belongs to the steps; a step group starts after a '+', and
+  // `transient` may come before its name (the CLI then refuses `transient shell`).
+  const words = args.slice(at + 1);
+  const shell = words.some(
+    (w, i) => words[i - 1] === '+' && (w === 'shell' || (w === 'transient' && words[i + 1] === 'shell')),
+  );
+  return shell ? "'machine ... + shell' reads the client's stdin or terminal" : undefined;
+}
 
 /** Holds back a stream's tail until an end marker arrives: what a worker wrote before it, then whether it was seen. */
 export class EndMarkerScanner {

@@ -19,7 +19,15 @@ import { commandWord } from '../command-word.js';
 import { peerFacts, readProcFacts, sandboxDifference, type ProcFacts } from './sandbox.js';
 import { installation, readBuildId } from './install.js';
 import { trustedSocketPath } from './socket-dir.js';
-import { EndMarkerScanner, frame, FrameReader, parseRequest, SERVED_COMMANDS, type ClientRequest } from './protocol.js';
+import {
+  EndMarkerScanner,
+  frame,
+  FrameReader,
+  ownProcessReason,
+  parseRequest,
+  SERVED_COMMANDS,
+  type ClientRequest,
+} from './protocol.js';
 import type { FromWorker, ToWorker } from './worker-messages.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -304,6 +312,8 @@ export async function runServer(o: ServerOptions): Promise<{ restart: boolean }>
     }
     const word = commandWord(req.args);
     if (word !== undefined && !SERVED_COMMANDS.has(word)) return pass(`${word} runs in a process of its own`);
+    const own = ownProcessReason(req.args);
+    if (own) return pass(`${own}, so it runs in a process of its own`);
     // Node reads these once, at start-up: a worker started with others would behave differently.
     const fixed = Object.keys({ ...process.env, ...req.env }).filter(
       (k) => STARTUP_ENV.test(k) && (process.env[k] ?? '') !== (req.env[k] ?? ''),

@@ -67,7 +67,7 @@ function send(m: FromWorker): void {
 /**
  * Loads the hooks thread and the TypeScript transform, and runs the realize
  * code paths (build, then cached) on a throwaway store, so that the first
- * client finds them compiled rather than waiting for it.
+ * client finds them compiled rather than waiting for it; loads the machine code.
  */
 async function warmUp(): Promise<void> {
   isolateModules();
@@ -95,6 +95,10 @@ async function warmUp(): Promise<void> {
   } finally {
     removeTree(dir);
   }
+  // `machine` commands are served too: their modules (the command group, the QEMU driver, which the
+  // pipeline loads only when a state names it) are loaded now, not by the first client's resume.
+  await import('../commands/machine.js');
+  await import('../../src/backends/qemu/qemu-machine.js');
 }
 
 function setTty(stream: NodeJS.WriteStream, tty: boolean, columns: number): void {
