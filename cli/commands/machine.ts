@@ -22,7 +22,6 @@ import { formatStepArgs } from '../../src/stages/step-args-text.js';
 import type { RunningMachine } from '../../src/backends/machine.js';
 import { instantiate } from '../../src/stages/instantiate.js';
 import { addNamedRoot } from '../../src/store/roots.js';
-import { joinPath, removeTree } from '../../src/store/fsutil.js';
 import type { LocalStore } from '../../src/store/store.js';
 import { formatBytes } from '../format.js';
 import type { CliContext } from '../context.js';
@@ -235,7 +234,7 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
     const onSignal = (['SIGINT', 'SIGTERM', 'SIGHUP'] as const).map((sig) => {
       const h = (): void => {
         killLiveVms();
-        removeOwnScratch(store);
+        store.removeOwnTemp();
         process.exit(128 + os.constants.signals[sig]);
       };
       process.once(sig, h);
@@ -272,23 +271,6 @@ export function registerMachine(ctx: CliContext, passThrough: boolean): void {
     if (o.root) addNamedRoot(store, o.root, [rref as never]);
     process.stdout.write(rref + '\n');
   });
-}
-
-/** Removes STORE/tmp entries this process made (names are bytes; see LocalStore.sweepTemp). Never throws. */
-function removeOwnScratch(store: LocalStore): void {
-  const tmp = path.join(store.root, 'tmp');
-  try {
-    for (const name of fs.readdirSync(tmp, { encoding: 'buffer' })) {
-      if (name.toString('latin1').split('-')[0] !== store.owner) continue;
-      try {
-        removeTree(joinPath(tmp, name));
-      } catch {
-        /* the next run's sweep gets it */
-      }
-    }
-  } catch {
-    /* no tmp directory: nothing to remove */
-  }
 }
 
 /** `ls --json`, `gc -n`: the words after the subcommand, which must all be known flags. */

@@ -406,6 +406,29 @@ export class LocalStore implements Store {
   }
 
   /**
+   * Removes the temporary directories this process made (an interrupted
+   * command's resumed disks and memory images: nothing else uses them).
+   * Names are bytes. Never throws: what it cannot remove, the next sweep gets.
+   */
+  removeOwnTemp(): void {
+    const tmp = path.join(this.root, 'tmp');
+    let names: Buffer[];
+    try {
+      names = fs.readdirSync(tmp, { encoding: 'buffer' });
+    } catch {
+      return; // no tmp directory: nothing to remove
+    }
+    for (const name of names) {
+      if (name.toString('latin1').split('-')[0] !== this.owner) continue;
+      try {
+        removeTree(joinPath(tmp, name));
+      } catch {
+        /* the next run's sweep gets it */
+      }
+    }
+  }
+
+  /**
    * Removes temporary directories whose owning process has died (after
    * kill -9, say). Each is first claimed by renaming it to a name of our
    * own, so several processes sweeping at once never delete the same tree.
