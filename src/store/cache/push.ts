@@ -101,6 +101,8 @@ interface Item {
   logKey: string | null;
   /** The archive, when small enough to ride in the entry. */
   inline: { kind: ArchiveKind; body: Buffer } | null;
+  /** A small tree's archive, packed already (uploaded as it is when too big to ride in the entry). */
+  packed: { kind: ArchiveKind; body: Buffer } | null;
 }
 
 /** Trees up to this many bytes are packed before asking the cache anything: most fit in their entry. */
@@ -128,12 +130,13 @@ export async function pushRealizations(
       const meta = local.readMeta(rref);
       const log = await local.readLog(rref);
       const key = log.length > INLINE_LOG_MAX ? logKey(sha256Hex(log)) : null;
-      let inline: Item['inline'] = null;
+      let packed: Item['packed'] = null;
       if (meta.bytes <= SMALL_TREE && inlineLimit > 0) {
-        const packed = await packTree(local.outPath(rref), path.join(tmp, `${rref}.tar.gz`));
-        if (packed.body && packed.size <= inlineLimit) inline = { kind: packed.kind, body: packed.body };
+        const p = await packTree(local.outPath(rref), path.join(tmp, `${rref}.tar.gz`));
+        if (p.body) packed = { kind: p.kind, body: p.body };
       }
-      items.set(rref, { meta, log: log.length > 0 ? log : null, logKey: key, inline });
+      const inline = packed && packed.body.length <= inlineLimit ? packed : null;
+      items.set(rref, { meta, log: log.length > 0 ? log : null, logKey: key, inline, packed });
     });
     const drefs = [...new Set(rrefs.map((r) => parseRRef(r).dref))];
     const blobKeys = [
@@ -192,7 +195,11 @@ export async function pushRealizations(
     for (const i of todo) if (!archiveOf.has(i.meta.tree)) trees.set(i.meta.tree, i.meta.rref);
     let archiveBytes = 0;
     await mapLimit([...trees], limit, async ([tree, rref]) => {
-      const packed = await packTree(local.outPath(rref), path.join(tmp, `${tree}.tar.gz`));
+      // A small tree was packed while deciding whether it rides in its entry: not packed again.
+      const small = items.get(rref)!.packed;
+      const packed = small
+        ? { kind: small.kind, body: small.body, size: small.body.length, file: undefined }
+        : await packTree(local.outPath(rref), path.join(tmp, `${tree}.tar.gz`));
       archiveBytes += packed.size;
       const key = archiveKey(tree, packed.kind);
       const contentType = packed.kind === 'tar' ? 'application/x-tar' : 'application/gzip';
