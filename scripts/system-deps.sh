@@ -18,6 +18,9 @@ set -euo pipefail
 # A single-node OpenStack Swift (its s3api is the S3 the cache tests use) with
 # memcached, nginx serving a cache over HTTP, rclone (the cache benchmark's
 # yardstick and scripts/swift.sh's S3 probe) and curl (scripts/nginx.sh).
+# Graphviz's dot (cairn graph --format svg), Chromium (the web view's tests,
+# driven by playwright-core), and a single-node Slurm with munge (the Slurm
+# builder's tests, scripts/slurm.sh).
 tools="mkfifo:coreutils mknod:coreutils dd:coreutils mkfs.ext4:e2fsprogs mount:mount umount:mount \
     xz:xz-utils bzip2:bzip2 zstd:zstd ar:binutils dpkg-deb:dpkg dpkg-scanpackages:dpkg-dev \
     qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils \
@@ -28,7 +31,9 @@ tools="mkfifo:coreutils mknod:coreutils dd:coreutils mkfs.ext4:e2fsprogs mount:m
     setcap:libcap2-bin getcap:libcap2-bin \
     swift-ring-builder:swift swift-proxy-server:swift-proxy swift-account-server:swift-account \
     swift-container-server:swift-container swift-object-server:swift-object memcached:memcached \
-    nginx:nginx rclone:rclone curl:curl"
+    nginx:nginx rclone:rclone curl:curl \
+    dot:graphviz chromium:chromium slurmctld:slurmctld slurmd:slurmd srun:slurm-client sbatch:slurm-client \
+    munged:munge"
 missing() {
   need=()
   for tool in $tools; do
