@@ -9,6 +9,8 @@ import { docker, inspectOne } from '../backends/containers/docker.js';
 export const LABEL_ENSEMBLE = 'cairn.ensemble';
 export const LABEL_SERVICE = 'cairn.service';
 export const LABEL_SPEC = 'cairn.spec';
+/** JSON: dependency name → the container id it was created after (so `up` sees a replaced dependency). */
+export const LABEL_DEPS = 'cairn.deps';
 
 /** Dots cannot occur in ensemble or service names, so `cairn.<ensemble>.<service>` is unambiguous. */
 export const containerName = (ensemble: string, service: string): string => `cairn.${ensemble}.${service}`;
@@ -21,6 +23,8 @@ export interface ContainerInfo {
   status: string;
   exitCode: number;
   specHash: string | undefined;
+  /** The LABEL_DEPS label; undefined when absent or unreadable (containers made before it existed). */
+  deps: Record<string, string> | undefined;
   image: string;
   ports: Record<string, string>;
 }
@@ -49,9 +53,24 @@ export async function inspectContainer(name: string): Promise<ContainerInfo | un
     status: c.State.Status,
     exitCode: c.State.ExitCode,
     specHash: c.Config.Labels?.[LABEL_SPEC],
+    deps: parseDeps(c.Config.Labels?.[LABEL_DEPS]),
     image: c.Image,
     ports,
   };
+}
+
+function parseDeps(label: string | undefined): Record<string, string> | undefined {
+  if (label === undefined) return undefined;
+  try {
+    const v = JSON.parse(label) as unknown;
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) return undefined;
+    const entries = Object.entries(v as Record<string, unknown>);
+    return entries.every(([, x]) => typeof x === 'string')
+      ? (Object.fromEntries(entries) as Record<string, string>)
+      : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 export async function ensureNetwork(ensemble: string, labels: Record<string, string>): Promise<string> {
@@ -164,10 +183,19 @@ export async function buildImage(opts: {
   tag: string;
   buildArgs: Record<string, string>;
   labels: Record<string, string>;
+  /** The build's output as it comes (progress). */
+  onOutput?: (chunk: string) => void;
+  signal?: AbortSignal;
 }): Promise<string> {
-  const args = ['build', '--file', opts.dockerfile, '--tag', opts.tag];
+  // --force-rm: the classic builder otherwise keeps the container of a
+  // failed step, unlabelled, where no stop or down finds it.
+  const args = ['build', '--force-rm', '--file', opts.dockerfile, '--tag', opts.tag];
   for (const [k, v] of Object.entries(opts.buildArgs)) args.push('--build-arg', `${k}=${v}`);
   for (const [k, v] of Object.entries(opts.labels)) args.push('--label', `${k}=${v}`);
-  await docker([...args, opts.directory], { env: { DOCKER_BUILDKIT: '0' } });
+  await docker([...args, opts.directory], {
+    env: { DOCKER_BUILDKIT: '0' },
+    onOutput: opts.onOutput,
+    signal: opts.signal,
+  });
   return imageId(opts.tag);
 }
