@@ -62,6 +62,10 @@ describe('decide (converge.ts)', () => {
     const dep = decide(input({ depsNow: { db: 'd2' } }));
     assert.equal(dep.action, 'recreate');
     assert.match(dep.reason!, /dependency db was recreated/);
+    assert.equal(
+      decide(input({ desiredHash: 'h2', depsNow: { db: 'd2' } })).reason,
+      'its definition changed; its dependency db was recreated',
+    );
     // A container made before the deps label existed is not recreated for lack of it.
     assert.equal(decide(input({ found: found({ deps: undefined }), depsNow: { db: 'd2' } })).action, 'keep');
   });
@@ -235,6 +239,19 @@ describe('waitForPing', () => {
     await assert.rejects(
       waitForPing({ service: 'web', timeoutMs: 150, attemptTimeoutMs: 1000, dead: alive, attempt: async () => false }),
       /last: attempt \d+ returned false/,
+    );
+  });
+
+  it('an attempt that returns false because its signal aborted counts as no answer', async () => {
+    await assert.rejects(
+      waitForPing({
+        service: 'web',
+        timeoutMs: 150,
+        attemptTimeoutMs: 40,
+        dead: alive,
+        attempt: (signal) => new Promise<boolean>((r) => signal.addEventListener('abort', () => r(false))),
+      }),
+      /last: attempt \d+ got no answer within/,
     );
   });
 

@@ -61,10 +61,12 @@ export function decide(i: DecideInput): Decision {
   if (i.alwaysStartNew) return { action: 'recreate', init: true, reason: 'alwaysStartNew' };
   const changed = f.specHash !== i.desiredHash;
   if (i.mode === 'up') {
-    if (changed) return { action: 'recreate', init: true, reason: 'its definition changed' };
     const replaced = replacedDependencies(f, i.depsNow);
-    if (replaced.length > 0)
-      return { action: 'recreate', init: true, reason: `its dependency ${replaced.join(', ')} was recreated` };
+    const why = [
+      ...(changed ? ['its definition changed'] : []),
+      ...(replaced.length > 0 ? [`its dependency ${replaced.join(', ')} was recreated`] : []),
+    ];
+    if (why.length > 0) return { action: 'recreate', init: true, reason: why.join('; ') };
   } else if (changed) {
     if (!f.running) return { action: 'recreate', init: true, reason: 'its definition changed' };
     return {

@@ -74,7 +74,9 @@ export async function waitForPing(w: PingWait): Promise<void> {
           ),
         ),
       ]);
-      last = ok ? 'answered' : `attempt ${n} returned false`;
+      if (!ok && w.interrupt?.aborted) throw interrupted(w.service);
+      // false after its signal aborted: the attempt gave up because its time was up.
+      last = ok ? 'answered' : ac.signal.aborted ? noAnswer(n, attemptMs) : `attempt ${n} returned false`;
     } catch (e) {
       if (w.interrupt?.aborted) throw interrupted(w.service);
       if (!ac.signal.aborted) {
@@ -87,8 +89,7 @@ export async function waitForPing(w: PingWait): Promise<void> {
           },
         );
       }
-      last =
-        `attempt ${n} got no answer within ${seconds(attemptMs)}` + (e === ac.signal.reason ? '' : `: ${describe(e)}`);
+      last = noAnswer(n, attemptMs) + (e === ac.signal.reason ? '' : `: ${describe(e)}`);
     } finally {
       clearTimeout(timer);
       w.interrupt?.removeEventListener('abort', onInterrupt);
@@ -113,3 +114,4 @@ export async function waitForPing(w: PingWait): Promise<void> {
 }
 
 const seconds = (ms: number): string => `${(ms / 1000).toFixed(1)}s`;
+const noAnswer = (n: number, ms: number): string => `attempt ${n} got no answer within ${seconds(ms)}`;
