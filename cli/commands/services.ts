@@ -91,7 +91,14 @@ export function registerServices(ctx: CliContext): void {
       return [sig, h] as const;
     });
     try {
-      const reports = await go(ac.signal);
+      let reports: ServiceReport[];
+      try {
+        reports = await go(ac.signal);
+      } catch (e) {
+        // Interrupted before any service began (the network, the image phase): nothing to report.
+        if (got === undefined) throw e;
+        reports = [];
+      }
       printReports(reports);
       const { checkReports } = await import('../../src/services/runner.js');
       try {
