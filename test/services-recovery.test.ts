@@ -159,6 +159,7 @@ describe('services recovery: pings, ports, builds, stop', () => {
     const server = net.createServer();
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     const port = (server.address() as net.AddressInfo).port;
+    ok(await run(['stop', '--remove']));
     try {
       const r = await run(['start'], { LIFE_DB_PORT: String(port) });
       expectError(r, 'E_SERVICE_FAILED');
