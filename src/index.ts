@@ -177,6 +177,7 @@ export {
 } from './services/spec.js';
 export {
   startEnsemble,
+  upEnsemble,
   stopEnsemble,
   reloadService,
   ensembleStatus,

@@ -66,7 +66,7 @@ async function assertConverged(round: number): Promise<void> {
     assert.equal(c?.State.Running, true, `${where}: ${s} runs`);
     const token = (await docker(['exec', `cairn.${NAME}.${s}`, 'cat', '/tmp/init-token'], { check: false })).stdout;
     assert.equal(token.trim(), ctx[`${s}_token`], `${where}: ${s}'s init ran for the running container`);
-    assert.equal(inits[s], c!.Id, `${where}: the init record names ${s}'s running container`);
+    assert.equal(inits[s], c?.Id, `${where}: the init record names ${s}'s running container`);
   }
   assert.ok((await inspect(NAME, 'web'))!.Config.Env.includes(`BASE=${ctx.base_token}`), `${where}: web's env`);
   assert.ok((await inspect(NAME, 'worker'))!.Config.Env.includes(`WEB=${ctx.web_token}`), `${where}: worker's env`);
@@ -80,6 +80,9 @@ async function assertConverged(round: number): Promise<void> {
     .filter((l) => l.includes(FIXTURE_STORE) || l.includes(state.dir));
   assert.deepEqual(mounts, [], `${where}: nothing mounted`);
 }
+
+const secondsOf = (ms: Record<string, number>): Record<string, number> =>
+  Object.fromEntries(Object.entries(ms).map(([k, v]) => [k, Math.round(v / 1000)]));
 
 /** What the interrupted up was doing: its last progress line before the SIGINT notice. */
 function phaseOf(stderr: string): string {
@@ -190,7 +193,7 @@ describe('services up: Ctrl-C at random moments', () => {
     process.stderr.write(
       `# torture: ${cut['130'] ?? 0} interrupted, ${cut['0'] ?? 0} finished first, ${cut.early ?? 0} before starting;` +
         ` last step before the interrupt: ${JSON.stringify(phases)};` +
-        ` seconds: ${JSON.stringify(Object.fromEntries(Object.entries(ms).map(([k, v]) => [k, Math.round(v / 1000)])))}\n`,
+        ` seconds: ${JSON.stringify(secondsOf(ms))}\n`,
     );
   });
 });

@@ -24,7 +24,14 @@ let env: NodeJS.ProcessEnv;
 const run = (args: string[], extra: NodeJS.ProcessEnv = {}) =>
   services([args[0]!, file, ...args.slice(1), '--state-dir', state.dir], { ...env, ...extra });
 const ids = async (): Promise<Record<string, string | undefined>> =>
-  Object.fromEntries(await Promise.all(['db', 'app', 'worker'].map(async (s) => [s, (await inspect(NAME, s))?.Id])));
+  Object.fromEntries(
+    await Promise.all(
+      ['db', 'app', 'worker'].map(async (s): Promise<[string, string | undefined]> => [
+        s,
+        (await inspect(NAME, s))?.Id,
+      ]),
+    ),
+  );
 const timed = async <T>(what: string, f: () => Promise<T>): Promise<T> => {
   const t0 = performance.now();
   const r = await f();
