@@ -23,7 +23,7 @@ import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process'
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { removeTree } from '../store/fsutil.js';
+import { removeBuildTree } from '../store/mounts.js';
 
 /** How long a process group has between SIGTERM and SIGKILL. Below the server's 2 s (cli/serve/supervisor.ts). */
 export const KILL_GRACE_MS = 1000;
@@ -196,7 +196,8 @@ function sweepOwnTemps(): void {
     for (const n of names) {
       if (!n.startsWith(`${owner}-`)) continue;
       try {
-        removeTree(path.join(tmp, n));
+        // Mounts a build made (a chroot's /proc) are detached first: nothing is deleted through one.
+        removeBuildTree(path.join(tmp, n));
       } catch {
         /* the next realize sweeps it */
       }

@@ -4,7 +4,8 @@ import { CairnError, isCairnError } from '../errors.js';
 import { redactUrlsIn } from '../redact-url.js';
 import type { BuildDirs } from '../store/build-dirs.js';
 import { keepFailedLog } from '../store/failed-logs.js';
-import { chmodNoFollow, removeTree } from '../store/fsutil.js';
+import { chmodNoFollow } from '../store/fsutil.js';
+import { removeBuildTree } from '../store/mounts.js';
 import type { Added, Context, HeldLock } from '../store/interface.js';
 import { DIR_MODE } from '../store/permissions.js';
 import { creationTime, type LocalStore } from '../store/store.js';
@@ -162,13 +163,13 @@ export async function buildAndAdd(run: BuildRun): Promise<BuildOutcome> {
     }
     throw e;
   } finally {
-    // A published single output took the build directory with it. A leftover that cannot be removed (a mount,
-    // an immutable file, a process of the build still writing) must not hide the build's own outcome: the
-    // temporary sweep of a later realize reports and skips it.
+    // A published single output took the build directory with it. Mounts the build made are detached first.
+    // A leftover that cannot be removed (a mount that stays, an immutable file, a process of the build still
+    // writing) must not hide the build's own outcome: the temporary sweep of a later realize reports and skips it.
     for (const d of [ok && s.n === 1 ? undefined : dir, scratch]) {
       if (d !== undefined)
         try {
-          removeTree(d);
+          removeBuildTree(d);
         } catch {
           /* left to the sweep */
         }
