@@ -154,6 +154,7 @@ export {
 } from './store/sync-plan.js';
 export {
   debootstrap,
+  inPrivateMounts,
   ROOTFS_TAR,
   PACKAGES_TXT,
   type DebootstrapSpec,
