@@ -118,7 +118,25 @@ export function guardRealize(area: { dir: string; owner: string }): () => void {
   };
 }
 
+/** While above 0, SIGINT is left to a foreground program cairn waits for (a --break shell). */
+let sigintHeld = 0;
+
+/**
+ * Runs `fn` with SIGINT ignored by the realize guard: a person at a
+ * --break shell presses Ctrl-C for the shell and its programs, which get it
+ * from the terminal themselves. SIGTERM and SIGHUP still stop the realize.
+ */
+export async function holdingInterrupts<T>(fn: () => Promise<T>): Promise<T> {
+  sigintHeld++;
+  try {
+    return await fn();
+  } finally {
+    sigintHeld--;
+  }
+}
+
 const onSignal = (sig: NodeJS.Signals): void => {
+  if (sig === 'SIGINT' && sigintHeld > 0) return;
   if (interrupted) {
     // A second signal: no more grace.
     void finish(sig, 0);

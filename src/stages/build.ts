@@ -12,6 +12,7 @@ import { creationTime, type LocalStore } from '../store/store.js';
 import { makeBuildContext, makeLog } from './build-context.js';
 import { BuildGroups, interruptedBy } from './build-processes.js';
 import type { Derivation } from './instantiate.js';
+import type { BuildContext } from './stage.js';
 
 export interface BuildRun {
   store: LocalStore;
@@ -33,6 +34,8 @@ export interface BuildRun {
   dirs?: BuildDirs;
   /** The build lock to release when the outputs are indexed (see AddOptions.release). */
   release?: HeldLock;
+  /** Runs instead of the build function: someone builds by hand at a break point (see break-point.ts). */
+  byHand?: (ctx: BuildContext<unknown>) => Promise<void>;
 }
 
 export interface BuildOutcome {
@@ -76,12 +79,14 @@ export async function buildAndAdd(run: BuildRun): Promise<BuildOutcome> {
       log(`building ${node.dref} with ${s.n} output(s)`);
       const live = { groups, echo: onLog };
       const tmp = (): string => (scratch ??= store.makeTempDir(`work-${node.name}`));
-      await s.build(makeBuildContext(node, config, outs, tmp, log, live, run.files));
+      const ctx = makeBuildContext(node, config, outs, tmp, log, live, run.files);
+      await (run.byHand ? run.byHand(ctx) : s.build(ctx));
     } catch (e) {
       if (interruptedBy()) refuseIfInterrupted(node);
       // An HTTP library's message may quote the URL the build gave it, secrets and all: the log is world-readable.
       const msg = redactUrlsIn(e instanceof Error ? e.message : String(e));
       log(`build failed: ${msg}`);
+      if (isCairnError(e) && e.code === 'E_BREAK_CANCELLED') throw e;
       // A Cairn error keeps its code (a fetch's E_HASH_MISMATCH, say);
       // anything else a build throws is E_BUILD_FAILED.
       const code = isCairnError(e) ? e.code : 'E_BUILD_FAILED';
@@ -150,7 +155,8 @@ export async function buildAndAdd(run: BuildRun): Promise<BuildOutcome> {
     });
     ok = true;
   } catch (e) {
-    const interrupted = isCairnError(e) && e.code === 'E_INTERRUPTED';
+    // Neither an interrupt nor a cancelled break is a failure of the build to keep for inspection.
+    const interrupted = isCairnError(e) && (e.code === 'E_INTERRUPTED' || e.code === 'E_BREAK_CANCELLED');
     if (!ok && !interrupted && fs.existsSync(logFile)) {
       const saved = keepFailedLog(store, node.dref, logFile);
       if (saved && isCairnError(e)) e.details.failedLog = saved;
