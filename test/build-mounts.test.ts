@@ -254,6 +254,25 @@ describe('the temporary sweep and mounts', () => {
       e.cleanup();
     }
   });
+  it('removeBuildTree detaches a tmpfs mounted on the tree itself, holding only files', () => {
+    const e = setup();
+    let fd: number | undefined;
+    try {
+      const tree = path.join(e.dir, 'tree');
+      fs.mkdirSync(tree);
+      const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', tree], { encoding: 'utf8' });
+      assert.equal(m.status, 0, m.stderr);
+      fs.writeFileSync(path.join(tree, 'inside'), 'kept\n');
+      fd = fs.openSync(tree, 'r');
+      removeBuildTree(tree);
+      assert.equal(fs.existsSync(tree), false);
+      assert.deepEqual(mountsUnder(e.dir), []);
+      assert.equal(fs.readFileSync(`/proc/self/fd/${fd}/inside`, 'utf8'), 'kept\n', 'detached, not emptied');
+    } finally {
+      if (fd !== undefined) fs.closeSync(fd);
+      e.cleanup();
+    }
+  });
 });
 
 describe('mountinfo parsing', () => {
