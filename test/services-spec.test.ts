@@ -59,6 +59,7 @@ describe('unknown keys and wrong types', () => {
       [{ name: 'e', services: [{ name: 'a', image: 'x', environment: {} }] }, /did you mean env\?/],
       [{ name: 'e', services: [{ name: 'a', image: 'x', evn: {} }] }, /"evn".*did you mean env\?/],
       [{ name: 'e', services: [], version: '3' }, /ensemble: unknown key "version"/],
+      [{ name: 'e', services: [], volumes: {} }, /unknown key "volumes" \(did you mean volumes on the services/],
       [
         { name: 'e', services: [{ name: 'a', buildFromDirectory: { directory: '.', file: 'D' } }] },
         /buildFromDirectory: unknown key "file"/,

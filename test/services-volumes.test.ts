@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { docker } from '../src/backends/containers/docker.js';
-import { isolateModuleCache, ok, tempDir } from './helpers.js';
+import { expectError, isolateModuleCache, ok, tempDir } from './helpers.js';
 import { fixtureImage } from './fixtures/services/images.js';
 import { fixtureFile, inspect, removeEnsemble, services } from './fixtures/services/support.js';
 
@@ -47,6 +47,17 @@ after(async () => {
 });
 
 describe('services volumes (PostgreSQL data in a named volume)', () => {
+  it('refuses a missing host path before creating anything', async () => {
+    const bare = path.join(dir.dir, 'bare');
+    fs.mkdirSync(bare);
+    fs.copyFileSync(fixtureFile('data.ts'), path.join(bare, 'data.ts'));
+    const r = await run(['start', path.join(bare, 'data.ts'), '-p', 'data-vol-bare']);
+    expectError(r, 'E_SERVICE_INVALID');
+    assert.match(r.stderr, /host path .*\/bare\/conf \(mounted at \/etc\/cairn-conf\) does not exist/);
+    assert.equal(await inspect('data-vol-bare', 'db'), undefined);
+    assert.equal((await docker(['volume', 'inspect', 'cairn.data-vol-bare.data'], { check: false })).exitCode, 1);
+  });
+
   it('creates the labelled volume and bind-mounts ./conf read-only', async () => {
     const r = await start();
     assert.match(r.stdout, /^db\s+created/m);

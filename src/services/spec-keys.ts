@@ -48,6 +48,13 @@ const COMPOSE: Readonly<Record<string, string>> = {
 };
 
 /** Edit distance counting a swap of two neighbours as one edit (`evn` → `env`): optimal string alignment. */
+/** compose's top-level keys, which an ensemble has no place for. */
+const COMPOSE_TOP: Readonly<Record<string, string>> = {
+  volumes: 'volumes on the services that mount them: named volumes need no top-level declaration',
+  networks: 'nothing: each project has one network',
+  version: 'nothing: an ensemble file has no format version',
+};
+
 export function editDistance(a: string, b: string): number {
   const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) =>
     Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)),
@@ -64,8 +71,8 @@ export function editDistance(a: string, b: string): number {
 }
 
 /** The known key `key` was probably meant to be, or compose's equivalent; undefined if nothing is close. */
-export function suggestKey(key: string, known: readonly string[]): string | undefined {
-  if (Object.hasOwn(COMPOSE, key)) return COMPOSE[key];
+export function suggestKey(key: string, known: readonly string[], compose = COMPOSE): string | undefined {
+  if (Object.hasOwn(compose, key)) return compose[key];
   const fold = (s: string): string => s.toLowerCase().replace(/[_-]/g, '');
   const same = known.find((k) => fold(k) === fold(key));
   if (same) return same;
@@ -82,10 +89,11 @@ function refuseUnknown(
   known: Readonly<Record<string, true>>,
   where: string,
   details: Record<string, unknown>,
+  compose?: Readonly<Record<string, string>>,
 ): void {
   for (const key of Object.keys(obj)) {
     if (Object.hasOwn(known, key)) continue;
-    const hint = suggestKey(key, Object.keys(known));
+    const hint = suggestKey(key, Object.keys(known), compose);
     throw new CairnError(
       'E_SERVICE_INVALID',
       `${where}: unknown key ${JSON.stringify(key)}` +
@@ -113,7 +121,7 @@ const isStringArray = (v: unknown): boolean => Array.isArray(v) && v.every((x) =
  */
 export function checkSpecShape(e: EnsembleSpec): void {
   if (!isRecord(e)) throw new CairnError('E_SERVICE_INVALID', 'an ensemble must be an object { name, services }');
-  refuseUnknown(e, ENSEMBLE_KEYS, 'ensemble', {});
+  refuseUnknown(e, ENSEMBLE_KEYS, 'ensemble', {}, COMPOSE_TOP);
   if (typeof e.name !== 'string') wrongType('ensemble', 'name', 'a string', e.name, {});
   if (!Array.isArray(e.services)) wrongType('ensemble', 'services', 'an array of services', e.services, {});
   if (e.labels !== undefined && !isStringRecord(e.labels))
@@ -138,7 +146,7 @@ export function checkSpecShape(e: EnsembleSpec): void {
       ['postStartInit', 'a function', (v) => typeof v === 'function'],
     ];
     for (const [key, want, ok] of checks) {
-      const v = (s)[key];
+      const v = s[key];
       if (v !== undefined && !ok(v)) wrongType(where, key, want, v, d);
     }
     const b = s.buildFromDirectory;
