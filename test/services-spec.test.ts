@@ -87,7 +87,7 @@ describe('unknown keys and wrong types', () => {
     ];
     for (const extra of bad)
       assert.throws(
-        () => validateEnsemble({ name: 'e', services: [{ name: 'a', image: 'x', ...extra }] } as never),
+        () => validateEnsemble({ name: 'e', services: [{ name: 'a', image: 'x', ...extra }] }),
         isCode('E_SERVICE_INVALID'),
         JSON.stringify(extra),
       );
