@@ -105,7 +105,22 @@ describe('services projects', () => {
     assert.equal(await exists('container', 'cairn.alpha-data-copy.app'), false);
     assert.equal(await running('cairn.beta-data-copy.app'), true, 'stop --remove of one left the other running');
     assert.equal(await exists('volume', 'cairn.alpha-data-copy.data'), true, 'stop --remove keeps volumes');
-    ok(await run(['down', one, '--volumes']));
+    // A container of a service since deleted from the file is still the project's: down removes it.
+    const labels = ['cairn.ensemble=data-copy', 'cairn.project=alpha-data-copy', 'cairn.service=old'];
+    await docker([
+      'run',
+      '--detach',
+      '--name',
+      'cairn.alpha-data-copy.old',
+      ...labels.flatMap((l) => ['--label', l]),
+      image,
+      'sleep',
+      'infinity',
+    ]);
+    const down = ok(await run(['down', one, '--volumes']));
+    assert.match(down.stdout, /^cairn\.alpha-data-copy\.old\s+orphan-removed/m);
+    assert.equal(await exists('container', 'cairn.alpha-data-copy.old'), false);
+    assert.match(down.stdout, /^volume cairn\.alpha-data-copy\.data removed/m);
     assert.equal(await exists('volume', 'cairn.alpha-data-copy.data'), false);
     assert.equal(await exists('volume', 'cairn.beta-data-copy.data'), true);
   });
