@@ -262,6 +262,23 @@ describe('cairn realize --break', () => {
     }
   });
 
+  it('with --json, what the shell prints goes to stderr and stdout stays JSON', () => {
+    const e = setup();
+    try {
+      const r = ok(
+        cairn(e.store, ['realize', e.file, '--break', 'train', '--json'], {
+          env: { SHELL: '/bin/sh', SALT: 'j' },
+          input: 'echo noise from the shell\necho m > model.txt\n',
+        }),
+      );
+      const result = JSON.parse(r.stdout) as { plan: { name: string; action: string }[] };
+      assert.equal(result.plan.find((p) => p.name === 'train')!.action, 'force');
+      assert.match(r.stderr, /noise from the shell/);
+    } finally {
+      e.cleanup();
+    }
+  });
+
   it('an unknown stage: E_NO_SUCH_STAGE listing the stage names, nothing built', () => {
     const e = setup();
     try {

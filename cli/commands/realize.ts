@@ -95,7 +95,10 @@ export function registerRealize(ctx: CliContext): void {
           breakAt:
             o.break === undefined
               ? undefined
-              : { stage: o.break, enter: breakShell({ say: progress.say, hold: progress.hold }) },
+              : {
+                  stage: o.break,
+                  enter: breakShell({ say: progress.say, hold: progress.hold, stdoutToStderr: !!o.json }),
+                },
         });
       } finally {
         progress.finish();

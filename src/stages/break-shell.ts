@@ -7,6 +7,8 @@ export interface BreakShellOptions {
   shell?: string;
   /** Where the hint goes (default: stderr). */
   say?: (text: string) => void;
+  /** Send the shell's stdout to stderr (when cairn's stdout carries data, such as `--json`). */
+  stdoutToStderr?: boolean;
   /** Told when the shell starts (true) and ends (false): a progress display stops drawing meanwhile. */
   hold?: (on: boolean) => void;
 }
@@ -29,7 +31,11 @@ export function breakShell(opts: BreakShellOptions = {}): (p: PausedBuild) => Pr
     const done = holdingInterrupts(
       () =>
         new Promise<void>((resolve, reject) => {
-          const child = spawn(shell, [], { cwd: p.out, env: { ...process.env, ...p.env }, stdio: 'inherit' });
+          const child = spawn(shell, [], {
+            cwd: p.out,
+            env: { ...process.env, ...p.env },
+            stdio: ['inherit', opts.stdoutToStderr ? 2 : 'inherit', 'inherit'],
+          });
           child.on('error', (e) => reject(cancelledAtBreak(p, `cannot run ${shell}: ${e.message}`)));
           child.on('close', (code, signal) => {
             if (code === 0) resolve();
