@@ -182,7 +182,7 @@ describe('services recovery: pings, ports, builds, stop', () => {
         `{ name: 'a', image: '${tag}', command: ['sleep', 'infinity'], ports: { '80': 18099 } }, ` +
         `{ name: 'b', image: '${tag}', command: ['sleep', 'infinity'], ports: { '81': 18099 } }] });\n`,
     );
-    const r = await services(['start', f, '--state-dir', state.dir], env);
+    const r = await services(['start', f, '--state-dir', state.dir], { ...env, SVC_ENSEMBLE: BAD });
     expectError(r, 'E_SERVICE_INVALID');
     assert.match(r.stderr, /host port 18099\/tcp is published twice: by a 80 and by b 81/);
     assert.deepEqual([...(await containersOf(BAD)).keys()], []);
@@ -202,7 +202,7 @@ describe('services recovery: pings, ports, builds, stop', () => {
       `import { ensemble } from 'cairn';\nexport default ensemble({ name: '${BAD}', services: [` +
         `{ name: 'web', buildFromDirectory: { directory: '.', baseImage: '${tag}' } }] });\n`,
     );
-    const r = await services(['start', f, '--state-dir', state.dir], env);
+    const r = await services(['start', f, '--state-dir', state.dir], { ...env, SVC_ENSEMBLE: BAD });
     expectError(r, 'E_SERVICE_FAILED');
     assert.match(r.stdout, /^web\s+failed/m);
     assert.deepEqual(await containersRunning(marker), [], 'no container of the failed step is left');
