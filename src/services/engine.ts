@@ -6,6 +6,7 @@
 import { CairnError } from '../errors.js';
 import { docker, inspectOne } from '../backends/containers/docker.js';
 import {
+  LABEL_DEPS,
   LABEL_ENSEMBLE,
   LABEL_PROJECT,
   LABEL_PROJECT_DIR,
@@ -17,9 +18,7 @@ import {
 import type { LabelledContainer } from './project.js';
 
 // The names live in names.ts (one place for every command); re-exported for existing callers.
-export { LABEL_ENSEMBLE, LABEL_SERVICE, LABEL_SPEC, containerName, networkName };
-/** JSON: dependency name → the container id it was created after (so `up` sees a replaced dependency). */
-export const LABEL_DEPS = 'cairn.deps';
+export { LABEL_DEPS, LABEL_ENSEMBLE, LABEL_SERVICE, LABEL_SPEC, containerName, networkName };
 
 export interface ContainerInfo {
   id: string;
