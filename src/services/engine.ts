@@ -9,6 +9,8 @@ import { docker, inspectOne } from '../backends/containers/docker.js';
 export const LABEL_ENSEMBLE = 'cairn.ensemble';
 export const LABEL_SERVICE = 'cairn.service';
 export const LABEL_SPEC = 'cairn.spec';
+/** On one-off containers (`services run`), naming their service; they never carry LABEL_SERVICE. */
+export const LABEL_ONEOFF = 'cairn.oneoff';
 
 /** Dots cannot occur in ensemble or service names, so `cairn.<ensemble>.<service>` is unambiguous. */
 export const containerName = (ensemble: string, service: string): string => `cairn.${ensemble}.${service}`;
@@ -23,13 +25,20 @@ export interface ContainerInfo {
   specHash: string | undefined;
   image: string;
   ports: Record<string, string>;
+  /** The engine's restart policy name: no, on-failure, unless-stopped, always. */
+  restartPolicy: string;
+  /** How often the engine restarted it by its policy. */
+  restarts: number;
+  startedAt: string;
 }
 
 interface RawInspect {
   Id: string;
   Image: string;
-  State: { Status: string; Running: boolean; ExitCode: number };
+  RestartCount?: number;
+  State: { Status: string; Running: boolean; ExitCode: number; StartedAt?: string };
   Config: { Labels: Record<string, string> | null };
+  HostConfig?: { RestartPolicy?: { Name?: string } };
   NetworkSettings: { Ports: Record<string, { HostIp: string; HostPort: string }[] | null> | null };
 }
 
@@ -51,6 +60,9 @@ export async function inspectContainer(name: string): Promise<ContainerInfo | un
     specHash: c.Config.Labels?.[LABEL_SPEC],
     image: c.Image,
     ports,
+    restartPolicy: c.HostConfig?.RestartPolicy?.Name || 'no',
+    restarts: c.RestartCount ?? 0,
+    startedAt: c.State.StartedAt ?? '',
   };
 }
 
@@ -81,6 +93,8 @@ export interface RunSpec {
   ports: Record<string, number>;
   stopSignal: string | null;
   command: readonly string[] | null;
+  /** The engine's restart policy (see health.ts engineRestartPolicy); absent: none. */
+  restart?: string;
 }
 
 export async function runContainer(spec: RunSpec): Promise<string> {
@@ -105,6 +119,7 @@ export async function runContainer(spec: RunSpec): Promise<string> {
   // Published on loopback only: services are for this machine's tests and tools.
   for (const [c, h] of Object.entries(spec.ports)) args.push('--publish', `127.0.0.1:${h === 0 ? '' : h}:${c}`);
   if (spec.stopSignal) args.push('--stop-signal', spec.stopSignal);
+  if (spec.restart) args.push('--restart', spec.restart);
   const r = await docker([...args, spec.image, ...(spec.command ?? [])]);
   return r.stdout.trim();
 }
@@ -121,6 +136,22 @@ export async function removeContainer(name: string): Promise<void> {
   const r = await docker(['rm', '--force', name], { check: false });
   if (r.exitCode !== 0 && !/no such container/i.test(r.stderr))
     throw new CairnError('E_DOCKER', `cannot remove ${name}: ${r.stderr.trim()}`);
+}
+
+/** Removes the one-off containers (`services run` without --rm, or left by a kill -9) of one service. */
+export async function removeOneOffs(ensemble: string, service: string): Promise<number> {
+  const r = await docker([
+    'ps',
+    '--all',
+    '--quiet',
+    '--filter',
+    `label=${LABEL_ENSEMBLE}=${ensemble}`,
+    '--filter',
+    `label=${LABEL_ONEOFF}=${service}`,
+  ]);
+  const ids = r.stdout.split('\n').filter(Boolean);
+  if (ids.length > 0) await docker(['rm', '--force', ...ids], { check: false });
+  return ids.length;
 }
 
 export async function containerLogs(name: string): Promise<string> {
