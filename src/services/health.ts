@@ -31,7 +31,13 @@ export interface PingResult {
 /** One ping, bounded by timeoutMs; never throws. */
 export async function pingNow(runner: Runner, svc: ServiceSpec, timeoutMs: number): Promise<PingResult> {
   if (!svc.ping) return { ok: true };
-  const h = runner.handle(svc, containerName(runner.e.name, svc.name));
+  const full = runner.handle(svc, containerName(runner.e.name, svc.name));
+  // The ping's commands end with it: a hung service must not keep a `docker exec` (and this process) alive.
+  const h = {
+    ...full,
+    exec: (cmd: string | readonly string[], o: { timeoutMs?: number; input?: string } = {}) =>
+      full.exec(cmd, { ...o, timeoutMs: Math.min(o.timeoutMs ?? timeoutMs, timeoutMs) }),
+  };
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<PingResult>((resolve) => {
     timer = setTimeout(
