@@ -147,6 +147,7 @@ describe('one-off containers', () => {
     stopSignal: 'SIGINT',
     command: ['serve'],
     restart: 'on-failure',
+    mounts: ['type=volume,source=cairn.daily.data,target=/data'],
   };
   const opts = { rm: true, deps: true, tty: false, env: ['B=2'] };
 
@@ -157,7 +158,7 @@ describe('one-off containers', () => {
     assert.deepEqual(args.slice(-4), ['img:1', 'sh', '-c', 'exit 3']);
     for (const flag of ['--publish', '--network-alias', '--restart', '--hostname', '--tty', '--detach'])
       assert.ok(!args.includes(flag), flag);
-    for (const want of ['--rm', '--init', '--interactive', 'A=1', 'B=2', 'cairn.daily'])
+    for (const want of ['--rm', '--init', '--interactive', 'A=1', 'B=2', 'cairn.daily', base.mounts![0]!])
       assert.ok(args.includes(want), want);
     // No command: the service's own.
     assert.deepEqual(oneOffArgs(base, 'n', { ...opts, rm: false, tty: true }, []).slice(-2), ['img:1', 'serve']);

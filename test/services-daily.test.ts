@@ -41,10 +41,14 @@ after(async () => {
 
 /** A `cairn services …` process left running, with its output so far and a way to wait for a line. */
 function background(args: string[]) {
-  const child = spawn(process.execPath, [cairnBin, '--store', FIXTURE_STORE, 'services', ...args], {
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const child = spawn(
+    process.execPath,
+    [cairnBin, '--store', FIXTURE_STORE, 'services', args[0]!, '-p', NAME, ...args.slice(1)],
+    {
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
   started.push(child);
   const o = { out: '', err: '' };
   child.stdout.setEncoding('utf8').on('data', (d: string) => (o.out += d));
@@ -130,7 +134,18 @@ describe('services: daily commands', () => {
     assert.equal(ok(await run('logs', file, '--since', '1h', 'app', '--tail', 'all')).stdout.split('\n').length, 3);
     // On a terminal (script(1) gives it one): coloured prefixes, unless NO_COLOR.
     const onTty = (extra: NodeJS.ProcessEnv) => {
-      const cmd = [process.execPath, cairnBin, '--store', FIXTURE_STORE, 'services', 'logs', '--state-dir', state.dir]
+      const cmd = [
+        process.execPath,
+        cairnBin,
+        '--store',
+        FIXTURE_STORE,
+        'services',
+        'logs',
+        '-p',
+        NAME,
+        '--state-dir',
+        state.dir,
+      ]
         .concat([file, 'app'])
         .map((a) => `'${a}'`)
         .join(' ');
@@ -171,10 +186,14 @@ describe('services: daily commands', () => {
 
   it('exec: exit status, stdin, the command keeps its options; -e, -u', async () => {
     assert.equal((await run('exec', file, 'db', 'sh', '-c', 'exit 3')).code, 3);
-    const cat = cairn(FIXTURE_STORE, ['services', 'exec', '--state-dir', state.dir, '-T', file, 'db', 'cat'], {
-      env,
-      input: 'through stdin\n',
-    });
+    const cat = cairn(
+      FIXTURE_STORE,
+      ['services', 'exec', '-p', NAME, '--state-dir', state.dir, '-T', file, 'db', 'cat'],
+      {
+        env,
+        input: 'through stdin\n',
+      },
+    );
     assert.equal(cat.code, 0, cat.stderr);
     assert.equal(cat.stdout, 'through stdin\n');
     const ls = await run('exec', file, 'db', 'ls', '-d', '/tmp');

@@ -20,6 +20,7 @@ function parseTimeout(v: string): number {
 interface Common {
   stateDir?: string;
   quiet?: boolean;
+  projectName?: string;
 }
 
 function printReports(
@@ -43,18 +44,22 @@ export function registerServices(ctx: CliContext): void {
   const { program, openStore } = ctx;
   const cmd = program
     .command('services')
-    .description('service ensembles on the Docker engine: start, stop, reload, status, logs, exec, run')
+    .description('service ensembles on the Docker engine: start, stop, down, reload, status, logs, exec, run')
     // exec and run pass every word after SERVICE on to the command (see cli/program.ts).
     .enablePositionalOptions();
   const common = (c: Command): Command =>
     c
       .option('--state-dir <dir>', 'where the context file lives (default: .cairn-services/ next to FILE)')
+      .option(
+        '-p, --project-name <name>',
+        "the project: names containers, network, volumes and context (default: FILE's directory-ensemble name)",
+      )
       .option('-q, --quiet', 'no progress lines on stderr');
   const setup = async (file: string, o: Common) => {
     const { loadEnsembleFile } = await import('../../src/services/load.js');
     const e = await loadEnsembleFile(file);
     const log = o.quiet ? undefined : (line: string) => process.stderr.write(`${line}\n`);
-    return { e, base: { store: openStore(), file, stateDir: o.stateDir, log } };
+    return { e, base: { store: openStore(), file, stateDir: o.stateDir, project: o.projectName, log } };
   };
 
   common(cmd.command('start'))
@@ -81,6 +86,18 @@ export function registerServices(ctx: CliContext): void {
       const { e, base } = await setup(file, o);
       const { stopEnsemble } = await import('../../src/services/runner.js');
       printReports(await stopEnsemble(e, { ...base, exclude: o.exclude, remove: o.remove }));
+    });
+
+  common(cmd.command('down'))
+    .description('stop and remove the containers, network and context of the project (--volumes: its volumes too)')
+    .argument('<file>')
+    .option('-v, --volumes', 'also remove the named volumes of the project (their data is lost)')
+    .action(async (file: string, o: Common & { volumes?: boolean }) => {
+      const { e, base } = await setup(file, o);
+      const { downEnsemble } = await import('../../src/services/runner.js');
+      const r = await downEnsemble(e, { ...base, volumes: o.volumes });
+      printReports(r.reports);
+      for (const v of r.volumes) out(`volume ${v} removed`);
     });
 
   common(cmd.command('reload'))
@@ -110,9 +127,10 @@ export function registerServices(ctx: CliContext): void {
       const runner = new Runner(e, base);
       const plain = await runner.status();
       const status = o.ping ? await checkHealth(runner, plain) : plain;
-      const context = FileContext.read(contextFile(base, e.name));
-      if (o.json) out(JSON.stringify({ ensemble: e.name, services: status, context }, null, 2));
-      else printStatus(status, context);
+      const project = runner.project.name;
+      const context = FileContext.read(contextFile(base, project));
+      if (o.json) out(JSON.stringify({ ensemble: e.name, project, services: status, context }, null, 2));
+      else printStatus(status, context, project);
       if (!o.watch) return;
       await untilSignal((signal) =>
         watchHealth(runner, {
@@ -146,9 +164,7 @@ export function registerServices(ctx: CliContext): void {
         const { e, base } = await setup(file, o);
         const { Runner } = await import('../../src/services/runner.js');
         const { ensembleLogs } = await import('../../src/services/logs.js');
-        const { requireDocker } = await import('../../src/backends/containers/docker.js');
         const runner = new Runner(e, base);
-        await requireDocker();
         await untilSignal((signal) =>
           ensembleLogs(runner, {
             services: names,
@@ -271,6 +287,7 @@ function printStatus(
     restarts?: number;
   }[],
   context: Record<string, string>,
+  project: string,
 ): void {
   const w = Math.max(7, ...status.map((s) => s.name.length));
   for (const s of status) {
@@ -285,4 +302,5 @@ function printStatus(
     );
   }
   for (const [k, v] of Object.entries(context)) out(`context ${k}=${v}`);
+  out(`project ${project}`);
 }

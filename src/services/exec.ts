@@ -6,9 +6,8 @@
  * command's exit status is the result.
  */
 import { CairnError } from '../errors.js';
-import { requireDocker } from '../backends/containers/docker.js';
 import { runAttached } from './attached.js';
-import { containerName, inspectContainer } from './engine.js';
+import { inspectContainer } from './engine.js';
 import { selectServices } from './logs.js';
 import type { Runner } from './runner.js';
 
@@ -44,8 +43,8 @@ export async function execInService(
   selectServices(runner, [service]);
   if (argv.length === 0) throw new CairnError('E_SERVICE_INVALID', `exec in ${service} needs a command`, { service });
   const extra = attachArgs(o);
-  await requireDocker();
-  const cname = containerName(runner.e.name, service);
+  await runner.claim();
+  const cname = runner.cname(service);
   const info = await inspectContainer(cname);
   if (!info?.running)
     throw new CairnError(

@@ -13,7 +13,7 @@
  */
 import { isCairnError } from '../errors.js';
 import { docker, requireDocker } from '../backends/containers/docker.js';
-import { containerName, inspectContainer, type ContainerInfo } from './engine.js';
+import { inspectContainer, type ContainerInfo } from './engine.js';
 import { dependencyOrder } from './graph.js';
 import { healthSettings, nextHealth, type HealthState } from './health-policy.js';
 import { pause } from './pause.js';
@@ -31,7 +31,7 @@ export interface PingResult {
 /** One ping, bounded by timeoutMs; never throws. */
 export async function pingNow(runner: Runner, svc: ServiceSpec, timeoutMs: number): Promise<PingResult> {
   if (!svc.ping) return { ok: true };
-  const full = runner.handle(svc, containerName(runner.e.name, svc.name));
+  const full = runner.handle(svc, runner.cname(svc.name));
   // The ping's commands end with it: a hung service must not keep a `docker exec` (and this process) alive.
   const h = {
     ...full,
@@ -73,7 +73,7 @@ export async function checkHealth(runner: Runner, status: readonly ServiceStatus
   return Promise.all(
     status.map(async (s): Promise<HealthStatus> => {
       const svc = runner.byName.get(s.name)!;
-      const info = s.state === 'absent' ? undefined : await inspectContainer(containerName(runner.e.name, s.name));
+      const info = s.state === 'absent' ? undefined : await inspectContainer(runner.cname(s.name));
       const out: HealthStatus = { ...s, restartPolicy: info?.restartPolicy, restarts: info?.restarts };
       if (!info?.running || !svc.ping) return out;
       const r = await pingNow(runner, svc, healthSettings(svc).timeoutMs);
@@ -101,7 +101,7 @@ const describeState = (i: ContainerInfo | undefined): string =>
   !i ? 'absent' : i.running ? 'running' : i.status === 'exited' ? `exited (status ${i.exitCode})` : i.status;
 
 async function watchOne(runner: Runner, svc: ServiceSpec, o: WatchOptions): Promise<void> {
-  const cname = containerName(runner.e.name, svc.name);
+  const cname = runner.cname(svc.name);
   const settings = healthSettings(svc);
   const tick = svc.health ? settings.intervalMs : (o.pollMs ?? 2000);
   let state: HealthState = { failures: 0, healthy: true };

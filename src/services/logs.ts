@@ -8,7 +8,7 @@
  */
 import { CairnError } from '../errors.js';
 import { docker, dockerProcess } from '../backends/containers/docker.js';
-import { containerName, inspectContainer } from './engine.js';
+import { inspectContainer } from './engine.js';
 import { dependencyOrder } from './graph.js';
 import { LineSplitter, mergeByTime, prefixer, splitTimestamp, timestampKey, type TimedLine } from './log-lines.js';
 import { pause } from './pause.js';
@@ -45,13 +45,14 @@ export function selectServices(runner: Runner, names: readonly string[] | undefi
 
 export async function ensembleLogs(runner: Runner, o: LogsOptions): Promise<void> {
   const names = selectServices(runner, o.services);
+  await runner.claim();
   const prefix = prefixer(names, o.colour);
   const line = (service: string, ts: string, text: string): string =>
     `${prefix(service)}${o.timestamps && ts ? `${ts} ` : ''}${text}\n`;
   if (!o.follow) {
     const all: TimedLine[] = [];
     for (const name of names) {
-      const args = ['logs', '--timestamps', ...historyArgs(o), containerName(runner.e.name, name)];
+      const args = ['logs', '--timestamps', ...historyArgs(o), runner.cname(name)];
       const r = await docker(args, { check: false });
       if (r.exitCode !== 0) {
         if (/no such container/i.test(r.stderr)) continue;
@@ -81,7 +82,7 @@ async function follow(
   o: LogsOptions,
   line: (service: string, ts: string, text: string) => string,
 ): Promise<void> {
-  const cname = containerName(runner.e.name, name);
+  const cname = runner.cname(name);
   let attachedTo: string | undefined;
   let lastTs = '';
   let lastKey = '';

@@ -53,6 +53,8 @@ export function oneOffArgs(base: RunSpec, name: string, o: RunOnceOptions, argv:
   args.push('--name', name, '--network', base.network);
   for (const [k, v] of Object.entries(labels)) args.push('--label', `${k}=${v}`);
   for (const [k, v] of Object.entries(base.env)) args.push('--env', `${k}=${v}`);
+  // The service's volumes and bind mounts: a one-off sees the same data (compose's run does too).
+  for (const m of base.mounts ?? []) args.push('--mount', m);
   if (base.stopSignal) args.push('--stop-signal', base.stopSignal);
   args.push(...attachArgs(o), base.image, ...(argv.length > 0 ? argv : (base.command ?? [])));
   return args;
@@ -73,7 +75,8 @@ export async function runOnce(
     const exclude = [...runner.byName.keys()].filter((n) => !needs.has(n));
     checkReports(await runner.start(exclude), 'start');
   } else {
-    await ensureNetwork(runner.e.name, runner.labels);
+    await runner.claim();
+    await ensureNetwork(runner.project.name, runner.labels);
   }
   const image = await runner.resolveImage(svc);
   const spec = await runner.containerSpec(svc, image.id);
