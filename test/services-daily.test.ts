@@ -76,6 +76,9 @@ async function until<T>(what: string, f: () => Promise<T | undefined>, ms = 60_0
 const say = (service: string, text: string) =>
   docker(['exec', `cairn.${NAME}.${service}`, 'sh', '-c', `printf '%s\\n' '${text}' > /proc/1/fd/1`]);
 
+const policy = (service: string) =>
+  docker(['inspect', '--format', '{{.HostConfig.RestartPolicy.Name}}', `cairn.${NAME}.${service}`]);
+
 const oneOffs = async (): Promise<string[]> =>
   (await docker(['ps', '-aq', '--filter', `label=cairn.ensemble=${NAME}`, '--filter', 'label=cairn.oneoff'])).stdout
     .split('\n')
@@ -115,10 +118,16 @@ describe('services: daily commands', () => {
   it('starts the ensemble with the engine restart policy of each service', async () => {
     const r = ok(await run('start', file));
     assert.match(r.stdout, /^db\s+created/m);
-    const pol = await docker(['inspect', '--format', '{{.HostConfig.RestartPolicy.Name}}', `cairn.${NAME}.db`]);
-    assert.equal(pol.stdout.trim(), 'on-failure');
-    const app = await docker(['inspect', '--format', '{{.HostConfig.RestartPolicy.Name}}', `cairn.${NAME}.app`]);
-    assert.equal(app.stdout.trim(), 'no');
+    assert.equal((await policy('db')).stdout.trim(), 'on-failure');
+    assert.equal((await policy('app')).stdout.trim(), 'no');
+    // A changed policy updates the running container in place: same container, no second postStartInit.
+    const id = (await inspect(NAME, 'db'))!.Id;
+    const again = ok(await services(['start', '--state-dir', state.dir, file], { ...env, SVC_RESTART: 'always' }));
+    assert.match(again.stdout, /^db\s+running/m);
+    const now = await docker(['inspect', '--format', '{{.Id}} {{.HostConfig.RestartPolicy.Name}}', `cairn.${NAME}.db`]);
+    assert.equal(now.stdout.trim(), `${id} unless-stopped`);
+    ok(await run('start', file));
+    assert.equal((await policy('db')).stdout.trim(), 'on-failure');
   });
 
   it('logs: merged by time, prefixed and aligned; no colour when piped or with NO_COLOR, colour on a TTY', async () => {
@@ -280,5 +289,13 @@ describe('services: daily commands', () => {
     w.child.kill('SIGINT');
     assert.equal(await w.exited, 0, w.o.err);
     assert.equal((await status()).services[0]!.health, 'healthy');
+  });
+
+  it('down removes one-offs left behind, with the rest of the project', async () => {
+    assert.equal((await run('run', '--no-deps', file, 'app', 'true')).code, 0);
+    assert.equal((await oneOffs()).length, 1);
+    ok(await run('down', file));
+    assert.deepEqual(await oneOffs(), []);
+    assert.equal(await inspect(NAME, 'db'), undefined);
   });
 });
