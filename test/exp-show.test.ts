@@ -59,6 +59,34 @@ describe('exp show on the ML demo', () => {
 
 const fixtures = path.join(repoRoot, 'test', 'fixtures', 'inspect');
 
+describe('exp show on a cairn.yaml pipeline', () => {
+  const t = tempDir('cairn-exp-yaml');
+  const store = path.join(t.dir, 'store');
+  const file = path.join(repoRoot, 'examples', 'yaml', 'cairn.yaml');
+  after(() => t.cleanup());
+
+  it("reads the metrics files the stages declare; the matcher's metric comes first, the best chosen", () => {
+    ok(cairn(store, ['realize', file, '-q']));
+    const table = JSON.parse(ok(cairn(store, ['exp', 'show', file, '--json'])).stdout) as ExpTable;
+    const train = stageOf(table, 'train');
+    assert.equal(train.chosenBy, 'best(acc)');
+    assert.equal(train.scoreKey, 'train_metrics.acc');
+    assert.equal(train.metricKeys[0], 'train_metrics.acc');
+    assert.equal(train.rows.length, 3);
+    const best = Math.max(...train.rows.map((r) => r.metrics['train_metrics.acc']!));
+    assert.deepEqual(
+      train.rows.filter((r) => r.chosen).map((r) => r.metrics['train_metrics.acc']),
+      [best],
+    );
+    assert.equal(typeof stageOf(table, 'evaluate').rows[0]!.metrics['eval.test_acc'], 'number');
+    // File inputs' imports are not experiments.
+    assert.deepEqual(
+      table.stages.map((s) => s.name),
+      ['prepare', 'train', 'evaluate', 'report'],
+    );
+  });
+});
+
 describe('exp show and exp diff across two configs', () => {
   const t = tempDir('cairn-exp-configs');
   const store = path.join(t.dir, 'store');
@@ -172,7 +200,7 @@ describe('exp show and exp diff across two configs', () => {
 
   it('exp diff: the changed params of two configs and the metric deltas', () => {
     const train = stageOf(table, 'train');
-    const [a, b] = train.drefs as [string, string];
+    const [a, b] = train.drefs as unknown as [string, string];
     const d = JSON.parse(ok(cairn(store, ['exp', 'diff', a, b, '--json'])).stdout) as ExpDiff;
     assert.deepEqual(d.config.added, []);
     assert.deepEqual(d.config.removed, []);

@@ -4,7 +4,7 @@
  */
 import type { Scalar } from './flatten.js';
 import type { ExpRow, ExpStage, ExpTable } from './experiments.js';
-import { fit, formatAge, formatDuration, formatNumber, printable, textWidth } from './text.js';
+import { columnDigits, fit, formatAge, formatDuration, formatNumber, printable, textWidth } from './text.js';
 
 /** The mark of a chosen realization. */
 export const CHOSEN_MARK = '*';
@@ -42,9 +42,11 @@ function columnsOf(stage: ExpStage, now: number): Column[] {
     ...(stage.drefs.length > 1 ? [col('drv', (r) => r.dref.slice(0, 7), fixed)] : []),
     ...stage.paramKeys.map((k) => col(k, (r) => scalarText(r.params[k]))),
     // Metrics are dropped after params, later ones first, the matcher's score last.
-    ...stage.metricKeys.map((k, i) =>
-      col(k, (r) => scalarText(r.metrics[k]), { right: true, keep: k === stage.scoreKey ? 5 : 3 - i / 1000 }),
-    ),
+    ...stage.metricKeys.map((k, i) => {
+      const digits = columnDigits(rows.flatMap((r) => (r.metrics[k] === undefined ? [] : [r.metrics[k]])));
+      const text = (r: ExpRow): string => (r.metrics[k] === undefined ? '-' : formatNumber(r.metrics[k], digits));
+      return col(k, text, { right: true, keep: k === stage.scoreKey ? 5 : 3 - i / 1000 });
+    }),
     col('age', (r) => formatAge(now - r.createdAt), { ...fixed, right: true }),
     col('build', (r) => formatDuration(r.buildMs), { ...fixed, right: true }),
   ];

@@ -111,7 +111,10 @@ export async function experimentTable(
       hidden += infos.length - shown.length;
       rows.push(
         ...(await mapLimit(shown, 8, async (info): Promise<ExpRow> => {
-          const [meta, metrics] = await Promise.all([store.meta(info.rref), readMetrics(store, info.rref, node.score)]);
+          const [meta, metrics] = await Promise.all([
+            store.meta(info.rref),
+            readMetrics(store, info.rref, node.score, node.metricFiles),
+          ]);
           return {
             rref: info.rref,
             dref: node.dref,

@@ -21,12 +21,23 @@ export function fit(s: string, width: number): string {
 /** Width in code points (what the table pads to). */
 export const textWidth = (s: string): number => Array.from(s).length;
 
-/** A number as a short cell: up to 6 significant digits, no exponent for ordinary magnitudes. */
-export function formatNumber(v: number): string {
+/** A number as a short cell: `digits` significant digits (default 6), no exponent for ordinary magnitudes. */
+export function formatNumber(v: number, digits = 6): string {
   if (Number.isInteger(v) && Math.abs(v) < 1e15) return String(v);
   const a = Math.abs(v);
-  if (a !== 0 && (a < 1e-4 || a >= 1e15)) return v.toExponential(4);
-  return String(Number(v.toPrecision(6)));
+  if (a !== 0 && (a < 1e-4 || a >= 1e15)) return v.toExponential(digits - 1);
+  return String(Number(v.toPrecision(digits)));
+}
+
+/**
+ * The fewest significant digits (6 to 17) at which the different values of
+ * a column still look different: two scores that differ in the 8th digit
+ * must not print alike next to a mark saying one was chosen over the other.
+ */
+export function columnDigits(values: readonly number[]): number {
+  const distinct = new Set(values).size;
+  for (let d = 6; d < 17; d++) if (new Set(values.map((v) => formatNumber(v, d))).size === distinct) return d;
+  return 17;
 }
 
 /** `3s`, `5m`, `2h`, `4d`: how long ago. */
