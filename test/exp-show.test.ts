@@ -9,6 +9,9 @@ import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { ExpDiff } from '../src/stages/inspect/diff.js';
 import type { ExpTable } from '../src/stages/inspect/experiments.js';
+import { csvField, formatExpTable } from '../src/stages/inspect/exp-format.js';
+import { flattenConfig } from '../src/stages/inspect/flatten.js';
+import { fit, textWidth } from '../src/stages/inspect/text.js';
 import { cairn, cairnBin, isolateModuleCache, lastLine, ok, repoRoot, tempDir } from './helpers.js';
 
 isolateModuleCache(after, 'cairn-exp-cache');
@@ -303,5 +306,70 @@ describe('exp show on hostile outputs and configs', () => {
     assert.match(evil.problem ?? '', /best\(1, metrics\.json\) failed/);
     const text = ok(cairn(store, ['exp', 'show', file], { env: { EVIL_BEST: '1' } })).stdout;
     assert.match(text, /none chosen: best\(1, metrics\.json\) failed/);
+  });
+});
+
+describe('the pure parts of the table', () => {
+  it('flattens configs to dotted keys; quoted keys never collide with nested ones', () => {
+    const flat = flattenConfig(
+      { a: { b: 1 }, 'a.b': 2, list: [1, { x: null }], empty: {}, none: [], dep: { $ref: 'abcdefghij-data' } },
+      (d) => `ref:${d}`,
+    );
+    assert.deepEqual(flat, {
+      'a.b': 1,
+      '"a.b"': 2,
+      'list[0]': 1,
+      'list[1].x': null,
+      empty: '{}',
+      none: '[]',
+      dep: 'ref:abcdefghij-data',
+    });
+  });
+
+  it('CSV fields: quotes doubled, commas and line breaks quoted, formulas defused, numbers left alone', () => {
+    assert.equal(csvField('plain'), 'plain');
+    assert.equal(csvField('a,b'), '"a,b"');
+    assert.equal(csvField('say "hi"'), '"say ""hi"""');
+    assert.equal(csvField('two\nlines'), '"two\nlines"');
+    assert.equal(csvField('=HYPERLINK("x")'), `"'=HYPERLINK(""x"")"`);
+    assert.equal(csvField('@SUM(A1)'), "'@SUM(A1)");
+    assert.equal(csvField(-0.5), '-0.5');
+    assert.equal(csvField(null), '');
+    assert.equal(csvField(true), 'true');
+  });
+
+  it('fits wide characters by terminal columns, not by code points', () => {
+    assert.equal(textWidth('日本語abc'), 9);
+    assert.equal(fit('日本語abc', 5), '日本…');
+    assert.equal(textWidth('e\u0301'), 1);
+    const row = (params: Record<string, string>, rref: string) => ({
+      rref,
+      dref: 'd',
+      params,
+      metrics: { acc: 0.5 },
+      chosen: false,
+      current: true,
+      createdAt: 0,
+      buildMs: 10,
+      skipped: [],
+    });
+    const table = {
+      stages: [
+        {
+          dref: 'dddddddd-s',
+          drefs: ['dddddddd-s'],
+          name: 's',
+          paramKeys: ['note'],
+          metricKeys: ['acc'],
+          chosenBy: 'latest',
+          target: true,
+          hidden: 0,
+          rows: [row({ note: '学習率を下げた実験その一' }, 'aaaaaaaa-x'), row({ note: '短い' }, 'bbbbbbbb-x')],
+        },
+      ],
+    } as unknown as ExpTable;
+    const text = formatExpTable(table, { now: 60_000, width: 36 });
+    for (const l of text.split('\n')) assert.ok(textWidth(l) <= 36, `${textWidth(l)}: ${l}`);
+    assert.match(text, /学習率.*…/);
   });
 });

@@ -188,6 +188,12 @@ async function fromRefs(store: Store, refs: readonly string[]): Promise<Inspecti
     if (rs.length > 0) node.chosen = [rs[rs.length - 1]!.rref];
   }
   // Dependants first: what a chosen realization was built from is chosen below it.
+  const chosenSets = new Map<DRef, Set<RRef>>();
+  const chosenOf = (n: InspectNode): Set<RRef> => {
+    let set = chosenSets.get(n.dref);
+    if (!set) chosenSets.set(n.dref, (set = new Set(n.chosen)));
+    return set;
+  };
   for (const dref of [...order].reverse()) {
     const node = nodes.get(dref)!;
     const ctxs = new Set<string>();
@@ -197,7 +203,13 @@ async function fromRefs(store: Store, refs: readonly string[]): Promise<Inspecti
       for (const [dep, used] of Object.entries(meta.context) as [DRef, RRef[]][]) {
         const below = nodes.get(dep);
         if (!below) continue;
-        for (const r of used) if (!below.chosen.includes(r)) below.chosen.push(r);
+        const have = chosenOf(below);
+        for (const r of used) {
+          if (!have.has(r)) {
+            have.add(r);
+            below.chosen.push(r);
+          }
+        }
       }
     }
     node.ctxs = [...ctxs];

@@ -49,7 +49,6 @@ export interface Metrics {
   skipped: string[];
 }
 
-
 /** How a file's metrics are named: a plain number after the file, a JSON or YAML file's keys under its name. */
 function fileOf(rel: string, json: boolean): MetricFile {
   if (!json) return { rel, json, name: rel.replace(/\.txt$/i, '') };
