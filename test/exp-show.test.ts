@@ -82,6 +82,15 @@ describe('exp show on a cairn.yaml pipeline', () => {
       [best],
     );
     assert.equal(typeof stageOf(table, 'evaluate').rows[0]!.metrics['eval.test_acc'], 'number');
+    // exp diff reads the declared metrics files too.
+    const [a, b] = train.rows as [
+      ExpTable['stages'][number]['rows'][number],
+      ExpTable['stages'][number]['rows'][number],
+    ];
+    const d = JSON.parse(ok(cairn(store, ['exp', 'diff', a.rref, b.rref, '--json'])).stdout) as ExpDiff;
+    const acc = d.metrics.find((m) => m.key === 'train_metrics.acc');
+    assert.ok(acc, JSON.stringify(d.metrics));
+    assert.equal(acc.delta, b.metrics['train_metrics.acc']! - a.metrics['train_metrics.acc']!);
     // File inputs' imports are not experiments.
     assert.deepEqual(
       table.stages.map((s) => s.name),

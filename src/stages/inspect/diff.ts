@@ -7,6 +7,7 @@ import { CairnError } from '../../errors.js';
 import type { Store } from '../../store/interface.js';
 import { parseRef, type DRef, type RRef } from '../../store/refs.js';
 import { flattenConfig, type Scalar } from './flatten.js';
+import { declaredMetrics } from './inspection.js';
 import { readMetrics } from './metrics.js';
 import { formatNumber, printable } from './text.js';
 
@@ -49,7 +50,12 @@ async function readSide(store: Store, ref: string): Promise<Side> {
   const p = parseRef(ref);
   const text = await store.derivation(p.dref);
   if (text === undefined) throw new CairnError('E_NO_SUCH_REF', `${ref} is not in the store`, { ref });
-  const drv = JSON.parse(text) as { config?: unknown; name?: string };
+  let drv: { code?: unknown; config?: unknown };
+  try {
+    drv = JSON.parse(text) as { code?: unknown; config?: unknown };
+  } catch {
+    throw new CairnError('E_STORE_IO', `the derivation ${p.dref} in the store is not readable JSON`, { ref });
+  }
   let rref: RRef | undefined;
   if (p.kind === 'rz') {
     if (!(await store.info(p.rref))) throw new CairnError('E_NO_SUCH_REF', `${ref} is not in the store`, { ref });
@@ -60,7 +66,8 @@ async function readSide(store: Store, ref: string): Promise<Side> {
   }
   // A dependency shows as name@hash: two configs that use different datasets differ there.
   const params = flattenConfig(drv.config, (d) => `${d.slice(d.indexOf('-') + 1)}@${d.slice(0, 7)}`);
-  const metrics = rref ? (await readMetrics(store, rref)).values : {};
+  // A cairn.yaml stage's declared metrics files count, as in exp show (a best() score file is not known here).
+  const metrics = rref ? (await readMetrics(store, rref, undefined, declaredMetrics(drv).metricFiles)).values : {};
   return { ref, dref: p.dref, name: p.name, ...(rref ? { rref } : {}), params, metrics };
 }
 

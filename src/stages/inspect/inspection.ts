@@ -58,7 +58,7 @@ export type InspectTargets = StageGraph | readonly string[];
  * The `metrics` a cairn.yaml stage declares, read from its drv.json: such a
  * stage's code identity is the pipeline version, and its config lists them.
  */
-function declaredMetrics(drv: { code?: unknown; config?: unknown }): { metricFiles?: string[] } {
+export function declaredMetrics(drv: { code?: unknown; config?: unknown }): { metricFiles?: string[] } {
   const code = drv.code as { version?: unknown } | undefined;
   const metrics = (drv.config as { metrics?: unknown } | undefined)?.metrics;
   if (code?.version !== PIPELINE_VERSION || !Array.isArray(metrics)) return {};
