@@ -106,6 +106,9 @@ export const ErrorCodes = {
   E_CACHE_BAD_SIGNATURE: 'a signature of a binary cache entry by a trusted key does not verify (tampered); not used',
   E_CACHE_MISSING: 'a reference or one of its dependencies is not in the binary cache, or its archive is missing',
   E_BAD_KEY: 'a signing key or public key file is malformed, or a key file to be written exists already',
+  E_NOT_IN_CLOSURE: 'a why-query names a reference that is not in the closure of the targets (not used by them)',
+  E_GRAPHVIZ_MISSING: "Graphviz's dot program, which draws SVG graphs, is not installed (apt install graphviz)",
+  E_GRAPHVIZ_FAILED: "Graphviz's dot program failed to draw a graph",
   E_STORE_CONFIG: "the store's config.json is not valid JSON or has a field of the wrong type",
 } as const;
 
