@@ -102,6 +102,8 @@ export const ErrorCodes = {
   E_CACHE_MISSING: 'a reference or one of its dependencies is not in the binary cache, or its archive is missing',
   E_BAD_KEY: 'a signing key or public key file is malformed, or a key file to be written exists already',
   E_STORE_CONFIG: "the store's config.json is not valid JSON or has a field of the wrong type",
+  E_UI_LISTEN: '`cairn ui` could not listen on the host and port asked for (taken, or not an address of this machine)',
+  E_UI_ASSETS: "the web view's own files, or the preact/htm modules it serves, are missing or not as expected",
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;
