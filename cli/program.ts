@@ -37,6 +37,7 @@ export const GROUPS: readonly Group[] = [
     words: ['lsref', 'catref', 'shellref', 'rmref', 'du', 'log', 'store', 'root'],
     register: async (c) => (await import('./commands/store.js')).registerStore(c),
   },
+  { words: ['exp', 'graph'], register: async (c) => (await import('./commands/inspect.js')).registerInspect(c) },
   { words: ['hash'], register: async (c) => (await import('./commands/hash.js')).registerHash(c) },
   { words: ['catalog'], register: async (c) => (await import('./commands/catalog.js')).registerCatalog(c) },
   { words: ['demo'], register: async (c) => (await import('./commands/demo.js')).registerDemo(c) },
