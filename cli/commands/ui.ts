@@ -23,7 +23,8 @@ export function registerUi(ctx: CliContext): void {
     .argument('[targets...]', 'stage files, DRefs/RRefs or named roots (default: every derivation in the store)')
     .option('--port <n>', 'port to listen on (default 8470, or any free one if taken; 0: any free port)', parsePort)
     .option('--host <host>', 'address to listen on (default 127.0.0.1; others expose the store to the network)')
-    .action(async (args: string[], o: { port?: number; host?: string }) => {
+    .option('--stage <name...>', 'in stage files: show these exports or stage names instead of the default export')
+    .action(async (args: string[], o: { port?: number; host?: string; stage?: string[] }) => {
       const host = o.host ?? '127.0.0.1';
       if (!LOOPBACK.test(host)) {
         process.stderr.write(
@@ -31,7 +32,7 @@ export function registerUi(ctx: CliContext): void {
         );
       }
       const store = ctx.openStore();
-      const targets = await resolveUiTargets(store, args);
+      const targets = await resolveUiTargets(store, args, o.stage ?? []);
       const server = await startUiServer({ store, targets, host, ...(o.port === undefined ? {} : { port: o.port }) });
       out(server.url);
       process.stderr.write(`cairn ui: serving ${targets.label} from ${store.root}; Ctrl-C stops it\n`);

@@ -10,6 +10,8 @@ import { spawnSync } from 'node:child_process';
 export interface LayoutInput {
   nodes: readonly { id: string; kind: 'drv' | 'rz'; name: string }[];
   edges: readonly { from: string; to: string }[];
+  /** Groups of node ids drawn in one column (rank). */
+  sameRank?: readonly (readonly string[])[];
 }
 
 export interface NodeBox {
@@ -50,6 +52,10 @@ export function dotSource(g: LayoutInput): { text: string; ids: Map<string, stri
     const a = ids.get(e.from);
     const b = ids.get(e.to);
     if (a !== undefined && b !== undefined) lines.push(`  ${a} -> ${b};`);
+  }
+  for (const group of g.sameRank ?? []) {
+    const members = group.map((id) => ids.get(id)).filter((x) => x !== undefined);
+    if (members.length > 1) lines.push(`  { rank=same; ${members.join('; ')}; }`);
   }
   lines.push('}');
   return { text: lines.join('\n') + '\n', ids };

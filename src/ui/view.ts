@@ -4,8 +4,10 @@
  * realization's details (files, build log, config). Everything is data:
  * the page renders it as text, never as markup.
  */
-import { closureGraph, experimentTable, type ExpStage, type Graph } from './inspect-adapter.js';
-import { layoutGraph, type LayoutResult } from './graph-layout.js';
+import { experimentTable, type ExpStage } from '../stages/inspect/experiments.js';
+import { closureGraph, type Graph } from '../stages/inspect/graph.js';
+import { inspect } from '../stages/inspect/inspection.js';
+import { layoutGraph, type LayoutInput, type LayoutResult } from './graph-layout.js';
 import type { UiTargets } from './targets.js';
 import { refUsage, storeUsage, type Usage } from '../store/du.js';
 import { displayPath } from '../store/fsutil.js';
@@ -28,18 +30,40 @@ export const LOG_TAIL_BYTES = 512 * 1024;
 /** Files listed per realization at most. */
 export const MAX_FILES = 2000;
 
+/** Past this many realization nodes the DAG shows only the chosen ones: a drawing of thousands helps nobody. */
+export const MAX_DRAWN_REALIZATIONS = 120;
+
+/**
+ * The graph as drawn: data flows left to right (a dependency's arrow points
+ * at its dependant), and a derivation's realizations stand in its column.
+ */
+export function drawing(g: Graph): LayoutInput {
+  const columns = new Map<string, string[]>();
+  for (const e of g.edges) if (e.kind === 'rz') columns.set(e.from, [...(columns.get(e.from) ?? [e.from]), e.to]);
+  return {
+    nodes: g.nodes,
+    edges: g.edges.map((e) => (e.kind === 'dep' ? { from: e.to, to: e.from } : e)),
+    sameRank: [...columns.values()],
+  };
+}
+
 let lastLayout: { key: string; result: LayoutResult } | undefined;
 
-/** Runs dot only when the graph changed: a refresh for new realizations of the same stages reuses the layout. */
-function layoutOnce(g: Graph): LayoutResult {
-  const key = JSON.stringify([g.nodes.map((n) => [n.id, n.kind, n.name]), g.edges]);
+/** Runs dot only when the graph changed: a refresh for an unchanged DAG reuses the layout. */
+function layoutOnce(g: LayoutInput): LayoutResult {
+  const key = JSON.stringify([g.nodes.map((n) => [n.id, n.kind, n.name]), g.edges, g.sameRank]);
   if (lastLayout?.key !== key) lastLayout = { key, result: layoutGraph(g) };
   return lastLayout.result;
 }
 
 export async function buildView(store: LocalStore, targets: UiTargets, token: string): Promise<UiView> {
-  const drefs = targets.drefs();
-  const [graph, table] = await Promise.all([closureGraph(store, drefs), experimentTable(store, drefs)]);
+  // One inspection (matchers run once) for both the DAG and the tables.
+  const insp = await inspect(store, await targets.targets());
+  let graph = await closureGraph(store, insp, { all: true });
+  if (graph.nodes.filter((n) => n.kind === 'rz').length > MAX_DRAWN_REALIZATIONS) {
+    graph = await closureGraph(store, insp);
+  }
+  const table = await experimentTable(store, insp);
   const usage = storeUsage(store);
   const stages = table.stages.map((s) => {
     let u: { own: Usage; closure: Usage };
@@ -54,7 +78,7 @@ export async function buildView(store: LocalStore, targets: UiTargets, token: st
     store: store.root,
     label: targets.label,
     token,
-    graph: { ...graph, ...layoutOnce(graph) },
+    graph: { ...graph, ...layoutOnce(drawing(graph)) },
     stages,
     disk: { total: usage.total, byDrv: usage.byDrv },
   };

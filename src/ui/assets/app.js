@@ -276,7 +276,12 @@ function App() {
       ${
         stage
           ? html`<section class="panel" data-testid="stage" data-name=${stage.name}>
-              <h2>${stage.name} <span class="ref">${stage.dref}</span></h2>
+              <h2>${stage.name} <span class="ref">${stage.drefs.join(' ')}</span></h2>
+              <p class="muted" data-testid="chosen-by">
+                ${stage.target ? 'target; ' : ''}chosen by ${stage.chosenBy}
+                ${stage.hidden > 0 ? `; ${stage.hidden} realization(s) built from other inputs not shown` : ''}
+              </p>
+              ${stage.problem !== undefined ? html`<p class="warning" data-testid="problem">${stage.problem}</p>` : null}
               ${
                 stage.rows.length === 0
                   ? html`<p class="muted">Not realized yet.</p>`
