@@ -34,9 +34,8 @@ export function registerUi(ctx: CliContext): void {
       const store = ctx.openStore();
       const targets = await resolveUiTargets(store, args, o.stage ?? []);
       const server = await startUiServer({ store, targets, host, ...(o.port === undefined ? {} : { port: o.port }) });
-      out(server.url);
-      process.stderr.write(`cairn ui: serving ${targets.label} from ${store.root}; Ctrl-C stops it\n`);
-      await new Promise<void>((resolve) => {
+      // Handlers first: whoever reads the URL may stop the server at once.
+      const stopped = new Promise<void>((resolve) => {
         const stop = (): void => {
           process.off('SIGINT', stop);
           process.off('SIGTERM', stop);
@@ -47,5 +46,8 @@ export function registerUi(ctx: CliContext): void {
         process.on('SIGTERM', stop);
         process.on('SIGHUP', stop);
       });
+      out(server.url);
+      process.stderr.write(`cairn ui: serving ${targets.label} from ${store.root}; Ctrl-C stops it\n`);
+      await stopped;
     });
 }
