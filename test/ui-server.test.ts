@@ -64,6 +64,19 @@ describe('ui request guard (pure)', () => {
     assert.ok(layout.nodes['x-dataset']!.x < layout.nodes['y-train']!.x, 'left to right');
     assert.equal(layout.edges.length, 1);
     assert.match(layout.edges[0]!.path, /^M[\d.]+,[\d.]+ C/);
+    // A column: the derivation on top, its realizations below it in the given order, framed together.
+    const col = layoutGraph({
+      nodes: [...g.nodes, { id: 'r1', kind: 'rz', name: 'train' }, { id: 'r2', kind: 'rz', name: 'train' }],
+      edges: g.edges,
+      columns: [['y-train', 'r1', 'r2']],
+    });
+    assert.ok('layout' in col);
+    const [top, r1, r2] = ['y-train', 'r1', 'r2'].map((id) => col.layout.nodes[id]!);
+    assert.ok(Math.abs(top!.x - r1!.x) < 1 && Math.abs(r1!.x - r2!.x) < 1, 'one column');
+    assert.ok(top!.y < r1!.y && r1!.y < r2!.y, 'top down in order');
+    const frame = col.layout.frames['y-train']!;
+    assert.ok(frame.y - frame.h / 2 < top!.y - top!.h / 2 && frame.y + frame.h / 2 > r2!.y + r2!.h / 2);
+    assert.equal(col.layout.edges.length, 1, 'no edges inside a column');
     const { ids } = dotSource(g);
     assert.throws(() => parseLayout('{"bb":"0,0,x,1"}', g, ids), /not one/);
   });
@@ -194,7 +207,7 @@ describe('cairn ui server on the ML demo', () => {
     assert.equal((await rawRequest(ui.port, `/api/rz?ref=${unknown}`)).status, 404);
   });
 
-  it('keeps answering while a realize runs, which neither fails nor waits for it, and then shows its results', async () => {
+  it('keeps answering while a realize runs (which neither fails nor waits), then shows its results', async () => {
     const token = (JSON.parse((await rawRequest(ui.port, '/api/token')).body) as { token: string }).token;
     let stop = false;
     let answered = 0;

@@ -10,8 +10,11 @@ import { spawnSync } from 'node:child_process';
 export interface LayoutInput {
   nodes: readonly { id: string; kind: 'drv' | 'rz'; name: string }[];
   edges: readonly { from: string; to: string }[];
-  /** Groups of node ids drawn in one column (rank). */
-  sameRank?: readonly (readonly string[])[];
+  /**
+   * Columns: a derivation's id, then its realizations' ids, drawn top down in
+   * one framed column (a Graphviz cluster) with no edges between them.
+   */
+  columns?: readonly (readonly string[])[];
 }
 
 export interface NodeBox {
@@ -28,6 +31,8 @@ export interface Layout {
   nodes: Record<string, NodeBox>;
   /** One SVG path (`M … C …`) per edge, in the order of `LayoutInput.edges`, ending at the head's border. */
   edges: { from: string; to: string; path: string }[];
+  /** The frame of each column, by its first id. */
+  frames: Record<string, NodeBox>;
 }
 
 /** Letters, digits and a few safe marks stand for themselves; anything else for a same-width `_`. */
@@ -39,23 +44,36 @@ export function dotSource(g: LayoutInput): { text: string; ids: Map<string, stri
   g.nodes.forEach((n, i) => ids.set(n.id, `n${i}`));
   const lines = [
     'digraph cairn {',
-    '  rankdir=LR; nodesep=0.25; ranksep=0.5;',
+    '  rankdir=LR; nodesep=0.12; ranksep=0.6; newrank=true;',
     '  node [fontsize=12 margin="0.15,0.06"];',
   ];
-  for (const n of g.nodes) {
+  const byId = new Map(g.nodes.map((n) => [n.id, n]));
+  const node = (n: LayoutInput['nodes'][number]): string => {
     const shape = n.kind === 'drv' ? 'box' : 'ellipse';
     // A realization's node shows a short hash; a derivation's its stage name.
     const label = n.kind === 'drv' ? labelFor(n.name) : labelFor(n.id.slice(0, 8));
-    lines.push(`  ${ids.get(n.id)} [shape=${shape} label="${label}"];`);
-  }
+    return `${ids.get(n.id)} [shape=${shape} label="${label}"];`;
+  };
+  const inColumn = new Set<string>();
+  (g.columns ?? []).forEach((col, i) => {
+    const members = col.filter((id) => byId.has(id) && !inColumn.has(id));
+    if (members.length === 0) return;
+    for (const id of members) inColumn.add(id);
+    lines.push(`  subgraph cluster_${i} {`);
+    for (const id of members) lines.push(`    ${node(byId.get(id)!)}`);
+    const dotIds = members.map((id) => ids.get(id)!);
+    // In a left-to-right graph a rank stacks upwards along an edge chain: chained in reverse, the first is on top.
+    if (dotIds.length > 1) {
+      lines.push(`    { rank=same; ${dotIds.join('; ')}; }`);
+      lines.push(`    ${[...dotIds].reverse().join(' -> ')} [style=invis];`);
+    }
+    lines.push('  }');
+  });
+  for (const n of g.nodes) if (!inColumn.has(n.id)) lines.push(`  ${node(n)}`);
   for (const e of g.edges) {
     const a = ids.get(e.from);
     const b = ids.get(e.to);
     if (a !== undefined && b !== undefined) lines.push(`  ${a} -> ${b};`);
-  }
-  for (const group of g.sameRank ?? []) {
-    const members = group.map((id) => ids.get(id)).filter((x) => x !== undefined);
-    if (members.length > 1) lines.push(`  { rank=same; ${members.join('; ')}; }`);
   }
   lines.push('}');
   return { text: lines.join('\n') + '\n', ids };
@@ -64,7 +82,7 @@ export function dotSource(g: LayoutInput): { text: string; ids: Map<string, stri
 interface DotJson {
   bb?: string;
   objects?: { _gvid: number; name: string; pos?: string; width?: string; height?: string }[];
-  edges?: { tail: number; head: number; pos?: string }[];
+  edges?: { tail: number; head: number; pos?: string; style?: string }[];
 }
 
 const num = (s: string): number => {
@@ -99,7 +117,8 @@ export function parseLayout(json: string, g: LayoutInput, ids: ReadonlyMap<strin
   for (const e of d.edges ?? []) {
     const from = byGvid.get(e.tail);
     const to = byGvid.get(e.head);
-    if (from === undefined || to === undefined || e.pos === undefined) continue;
+    // The invisible edges only order a column.
+    if (from === undefined || to === undefined || e.pos === undefined || e.style === 'invis') continue;
     let end: [number, number] | undefined;
     const pts: [number, number][] = [];
     for (const part of e.pos.trim().split(/\s+/)) {
@@ -116,14 +135,27 @@ export function parseLayout(json: string, g: LayoutInput, ids: ReadonlyMap<strin
     if (end) path += ` L${f(end)}`;
     edges.push({ from, to, path });
   }
-  return { width, height, nodes, edges };
+  const frames: Record<string, NodeBox> = {};
+  for (const col of g.columns ?? []) {
+    const boxes = col.map((id) => nodes[id]).filter((b) => b !== undefined);
+    if (boxes.length === 0) continue;
+    const x0 = Math.min(...boxes.map((b) => b.x - b.w / 2)) - FRAME_PAD;
+    const x1 = Math.max(...boxes.map((b) => b.x + b.w / 2)) + FRAME_PAD;
+    const y0 = Math.min(...boxes.map((b) => b.y - b.h / 2)) - FRAME_PAD;
+    const y1 = Math.max(...boxes.map((b) => b.y + b.h / 2)) + FRAME_PAD;
+    frames[col[0]!] = { x: (x0 + x1) / 2, y: (y0 + y1) / 2, w: x1 - x0, h: y1 - y0 };
+  }
+  return { width, height, nodes, edges, frames };
 }
+
+/** Points between a column's nodes and its frame (dot's cluster margin is 8). */
+const FRAME_PAD = 6;
 
 export type LayoutResult = { layout: Layout } | { error: string };
 
 /** Runs `dot`; a missing Graphviz or a failing dot is an answer the page shows, not a crash. */
 export function layoutGraph(g: LayoutInput): LayoutResult {
-  if (g.nodes.length === 0) return { layout: { width: 0, height: 0, nodes: {}, edges: [] } };
+  if (g.nodes.length === 0) return { layout: { width: 0, height: 0, nodes: {}, edges: [], frames: {} } };
   const { text, ids } = dotSource(g);
   const r = spawnSync('dot', ['-Tjson0'], { input: text, encoding: 'utf8', timeout: 30_000, maxBuffer: 64 << 20 });
   if (r.error) {

@@ -35,15 +35,24 @@ export const MAX_DRAWN_REALIZATIONS = 120;
 
 /**
  * The graph as drawn: data flows left to right (a dependency's arrow points
- * at its dependant), and a derivation's realizations stand in its column.
+ * at its dependant), and each derivation heads a column of its realizations,
+ * the chosen ones first.
  */
 export function drawing(g: Graph): LayoutInput {
-  const columns = new Map<string, string[]>();
-  for (const e of g.edges) if (e.kind === 'rz') columns.set(e.from, [...(columns.get(e.from) ?? [e.from]), e.to]);
+  const chosenFirst = new Map<string, { chosen: string[]; other: string[] }>();
+  const byId = new Map(g.nodes.map((n) => [n.id, n]));
+  for (const e of g.edges) {
+    if (e.kind !== 'rz') continue;
+    const c = chosenFirst.get(e.from) ?? { chosen: [], other: [] };
+    (byId.get(e.to)?.chosen ? c.chosen : c.other).push(e.to);
+    chosenFirst.set(e.from, c);
+  }
   return {
     nodes: g.nodes,
-    edges: g.edges.map((e) => (e.kind === 'dep' ? { from: e.to, to: e.from } : e)),
-    sameRank: [...columns.values()],
+    edges: g.edges.filter((e) => e.kind === 'dep').map((e) => ({ from: e.to, to: e.from })),
+    columns: g.nodes
+      .filter((n) => n.kind === 'drv')
+      .map((n) => [n.id, ...(chosenFirst.get(n.id)?.chosen ?? []), ...(chosenFirst.get(n.id)?.other ?? [])]),
   };
 }
 
@@ -51,7 +60,7 @@ let lastLayout: { key: string; result: LayoutResult } | undefined;
 
 /** Runs dot only when the graph changed: a refresh for an unchanged DAG reuses the layout. */
 function layoutOnce(g: LayoutInput): LayoutResult {
-  const key = JSON.stringify([g.nodes.map((n) => [n.id, n.kind, n.name]), g.edges, g.sameRank]);
+  const key = JSON.stringify([g.nodes.map((n) => [n.id, n.kind, n.name]), g.edges, g.columns]);
   if (lastLayout?.key !== key) lastLayout = { key, result: layoutGraph(g) };
   return lastLayout.result;
 }

@@ -281,7 +281,7 @@ function App() {
                 ${stage.target ? 'target; ' : ''}chosen by ${stage.chosenBy}
                 ${stage.hidden > 0 ? `; ${stage.hidden} realization(s) built from other inputs not shown` : ''}
               </p>
-              ${stage.problem !== undefined ? html`<p class="warning" data-testid="problem">${stage.problem}</p>` : null}
+              ${stage.problem !== undefined ? html`<p class="warning" data-testid="problem">${stage.problem}</p>` : ''}
               ${
                 stage.rows.length === 0
                   ? html`<p class="muted">Not realized yet.</p>`
