@@ -4,7 +4,7 @@
  */
 import type { Scalar } from './flatten.js';
 import type { ExpRow, ExpStage, ExpTable } from './experiments.js';
-import { fit, formatAge, formatDuration, formatNumber, printable, textWidth } from './text.js';
+import { columnDigits, fit, formatAge, formatDuration, formatNumber, printable, textWidth } from './text.js';
 
 /** The mark of a chosen realization. */
 export const CHOSEN_MARK = '*';
@@ -27,64 +27,32 @@ interface Column {
 
 function columnsOf(stage: ExpStage, now: number): Column[] {
   const rows = stage.rows;
-  const col = (header: string, cells: string[], right: boolean, fixed: boolean, keep: number): Column => ({
+  const col = (header: string, cell: (r: ExpRow) => string, o: Partial<Column> = {}): Column => ({
     header: printable(header),
-    cells,
-    right,
-    fixed,
-    keep,
+    cells: rows.map(cell),
+    right: o.right ?? false,
+    fixed: o.fixed ?? false,
+    keep: o.keep ?? 1,
   });
+  const fixed = { fixed: true, keep: 9 };
   return [
-    col(
-      '',
-      rows.map((r) => (r.chosen ? CHOSEN_MARK : '')),
-      false,
-      true,
-      9,
-    ),
-    col(
-      'rz',
-      rows.map((r) => shortRRef(r.rref)),
-      false,
-      true,
-      9,
-    ),
-    ...stage.paramKeys.map((k) =>
-      col(
-        k,
-        rows.map((r) => scalarText(r.params[k])),
-        false,
-        false,
-        1,
-      ),
-    ),
-    ...stage.metricKeys.map((k, i) =>
-      col(
-        k,
-        rows.map((r) => scalarText(r.metrics[k])),
-        true,
-        false,
-        k === stage.scoreKey ? 5 : 3 - i / 1000,
-      ),
-    ),
-    col(
-      'age',
-      rows.map((r) => formatAge(now - r.createdAt)),
-      true,
-      true,
-      9,
-    ),
-    col(
-      'build',
-      rows.map((r) => formatDuration(r.buildMs)),
-      true,
-      true,
-      9,
-    ),
+    col('', (r) => (r.chosen ? CHOSEN_MARK : ''), fixed),
+    col('rz', (r) => shortRRef(r.rref), fixed),
+    // Configs can differ in code alone (no param tells them apart): then the DRef does.
+    ...(stage.drefs.length > 1 ? [col('drv', (r) => r.dref.slice(0, 7), fixed)] : []),
+    ...stage.paramKeys.map((k) => col(k, (r) => scalarText(r.params[k]))),
+    // Metrics are dropped after params, later ones first, the matcher's score last.
+    ...stage.metricKeys.map((k, i) => {
+      const digits = columnDigits(rows.flatMap((r) => (r.metrics[k] === undefined ? [] : [r.metrics[k]])));
+      const text = (r: ExpRow): string => (r.metrics[k] === undefined ? '-' : formatNumber(r.metrics[k], digits));
+      return col(k, text, { right: true, keep: k === stage.scoreKey ? 5 : 3 - i / 1000 });
+    }),
+    col('age', (r) => formatAge(now - r.createdAt), { ...fixed, right: true }),
+    col('build', (r) => formatDuration(r.buildMs), { ...fixed, right: true }),
   ];
 }
 
-const natural = (c: Column): number => Math.max(textWidth(c.header), ...c.cells.map(textWidth));
+const natural = (c: Column): number => c.cells.reduce((w, x) => Math.max(w, textWidth(x)), textWidth(c.header));
 
 /**
  * Widths that fit `width` (two spaces between columns): first every
@@ -92,7 +60,7 @@ const natural = (c: Column): number => Math.max(textWidth(c.header), ...c.cells.
  * then the least useful columns are dropped: params before metrics, the
  * matcher's score last. Returns the columns kept, with their widths.
  */
-export function fitColumns(cols: readonly Column[], width: number | undefined): { col: Column; w: number }[] {
+function fitColumns(cols: readonly Column[], width: number | undefined): { col: Column; w: number }[] {
   let kept = cols.map((col) => ({ col, w: natural(col) }));
   if (width === undefined) return kept;
   const total = (): number => kept.reduce((s, k) => s + k.w, 0) + 2 * (kept.length - 1);
@@ -102,7 +70,7 @@ export function fitColumns(cols: readonly Column[], width: number | undefined): 
   while (total() > width) {
     const candidates = kept.filter((k) => !k.col.fixed);
     if (candidates.length === 0) break;
-    const drop = candidates.reduce((a, b) => (b.col.keep < a.col.keep || b.col.keep === a.col.keep ? b : a));
+    const drop = candidates.reduce((a, b) => (b.col.keep <= a.col.keep ? b : a));
     kept = kept.filter((k) => k !== drop);
   }
   return kept;

@@ -109,22 +109,25 @@ export async function experimentTable(
       const ctxs = new Set(node.ctxs);
       const shown = infos.filter((i) => opts.all || ctxs.has(i.ctx) || chosen.has(i.rref));
       hidden += infos.length - shown.length;
-      rows.push(
-        ...(await mapLimit(shown, 8, async (info): Promise<ExpRow> => {
-          const [meta, metrics] = await Promise.all([store.meta(info.rref), readMetrics(store, info.rref, node.score)]);
-          return {
-            rref: info.rref,
-            dref: node.dref,
-            params,
-            metrics: metrics.values,
-            chosen: chosen.has(info.rref),
-            current: ctxs.has(info.ctx) || chosen.has(info.rref),
-            createdAt: info.created,
-            buildMs: meta.buildMs,
-            skipped: metrics.skipped,
-          };
-        })),
-      );
+      const made = await mapLimit(shown, 8, async (info): Promise<ExpRow> => {
+        const [meta, metrics] = await Promise.all([
+          store.meta(info.rref),
+          readMetrics(store, info.rref, node.score, node.metricFiles),
+        ]);
+        return {
+          rref: info.rref,
+          dref: node.dref,
+          params,
+          metrics: metrics.values,
+          chosen: chosen.has(info.rref),
+          current: ctxs.has(info.ctx) || chosen.has(info.rref),
+          createdAt: info.created,
+          buildMs: meta.buildMs,
+          skipped: metrics.skipped,
+        };
+      });
+      // A loop, not push(...made): spreading 100,000 rows as arguments overflows the stack.
+      for (const r of made) rows.push(r);
     }
     const first = nodes[0]!;
     const scoreKey = first.score ? scoreMetric(first.score) : undefined;
@@ -147,7 +150,8 @@ export async function experimentTable(
       dref: first.dref,
       drefs: nodes.map((n) => n.dref),
       name,
-      paramKeys: differingKeys(rows.map((r) => r.params)),
+      // Rows of one derivation share one params object: compare each config once.
+      paramKeys: differingKeys([...new Set(rows.map((r) => r.params))]),
       metricKeys,
       ...(scoreKey !== undefined ? { scoreKey } : {}),
       chosenBy: first.chosenBy,

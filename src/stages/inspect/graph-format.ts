@@ -89,7 +89,11 @@ export function toMermaid(g: Graph): string {
 export function toTree(g: Graph): string {
   const byId = new Map(g.nodes.map((n) => [n.id, n]));
   const children = new Map<string, string[]>();
-  for (const e of g.edges) children.set(e.from, [...(children.get(e.from) ?? []), e.to]);
+  for (const e of g.edges) {
+    const list = children.get(e.from);
+    if (list) list.push(e.to);
+    else children.set(e.from, [e.to]);
+  }
   const lines: string[] = [];
   const expanded = new Set<string>();
   const label = (n: GraphNode): string => {

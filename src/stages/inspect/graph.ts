@@ -68,13 +68,13 @@ export async function closureGraph(
     });
     for (const dep of n.deps) edges.push({ from: dref, to: dep, kind: 'dep' });
     const rz: RRef[] = [...n.chosen];
+    const chosen = new Set(n.chosen);
     if (opts.all && n.ctxs.length > 0) {
       const ctxs = new Set(n.ctxs);
       for (const info of await store.realizationsOf(dref)) {
-        if (ctxs.has(info.ctx) && !rz.includes(info.rref)) rz.push(info.rref);
+        if (ctxs.has(info.ctx) && !chosen.has(info.rref)) rz.push(info.rref);
       }
     }
-    const chosen = new Set(n.chosen);
     for (const r of rz) {
       nodes.push({ id: r, kind: 'rz', name: n.name, chosen: chosen.has(r) });
       edges.push({ from: dref, to: r, kind: 'rz' });
@@ -97,9 +97,14 @@ export function whyGraph(g: Graph, to: string): Graph {
   }
   const out = new Map<string, string[]>();
   const into = new Map<string, string[]>();
+  const add = (m: Map<string, string[]>, k: string, v: string): void => {
+    const list = m.get(k);
+    if (list) list.push(v);
+    else m.set(k, [v]);
+  };
   for (const e of g.edges) {
-    out.set(e.from, [...(out.get(e.from) ?? []), e.to]);
-    into.set(e.to, [...(into.get(e.to) ?? []), e.from]);
+    add(out, e.from, e.to);
+    add(into, e.to, e.from);
   }
   const reach = (start: readonly string[], next: Map<string, string[]>): Set<string> => {
     const seen = new Set<string>(start);

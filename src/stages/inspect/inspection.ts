@@ -15,6 +15,7 @@ import { asDRef, parseRef, type DRef, type RRef } from '../../store/refs.js';
 import { contextHash } from '../../store/store.js';
 import type { Graph as StageGraph } from '../instantiate.js';
 import { runMatcher, type ScoreSource } from '../matchers.js';
+import { PIPELINE_VERSION } from '../pipeline/load-yaml.js';
 
 export interface InspectNode {
   dref: DRef;
@@ -37,6 +38,8 @@ export interface InspectNode {
   ctxs: readonly string[];
   /** Where the matcher reads its score, for a `best({ file })` stage. */
   score?: ScoreSource;
+  /** The metrics files a cairn.yaml stage declares (relative to its output). */
+  metricFiles?: readonly string[];
   /** Why nothing is chosen: a matcher that failed, inputs not realized, no realization. */
   problem?: string;
 }
@@ -50,6 +53,17 @@ export interface Inspection {
 
 /** A stage file's instantiated graph, or DRefs and RRefs in the store. */
 export type InspectTargets = StageGraph | readonly string[];
+
+/**
+ * The `metrics` a cairn.yaml stage declares, read from its drv.json: such a
+ * stage's code identity is the pipeline version, and its config lists them.
+ */
+function declaredMetrics(drv: { code?: unknown; config?: unknown }): { metricFiles?: string[] } {
+  const code = drv.code as { version?: unknown } | undefined;
+  const metrics = (drv.config as { metrics?: unknown } | undefined)?.metrics;
+  if (code?.version !== PIPELINE_VERSION || !Array.isArray(metrics)) return {};
+  return { metricFiles: metrics.filter((m): m is string => typeof m === 'string') };
+}
 
 const isStageGraph = (t: InspectTargets): t is StageGraph => !Array.isArray(t);
 
@@ -67,11 +81,13 @@ async function fromGraph(store: Store, graph: StageGraph): Promise<Inspection> {
   for (const dref of graph.order) {
     const d = graph.nodes.get(dref)!;
     const m = d.stage.matcher;
+    const drv = JSON.parse(d.drvJson) as { code?: unknown; config: unknown };
     const node: InspectNode = {
       dref,
       name: d.name,
       deps: d.deps,
-      config: (JSON.parse(d.drvJson) as { config: unknown }).config,
+      config: drv.config,
+      ...declaredMetrics(drv),
       imports: d.imports !== undefined,
       target: targets.has(dref),
       chosen: [],
@@ -102,6 +118,7 @@ async function fromGraph(store: Store, graph: StageGraph): Promise<Inspection> {
 
 interface DrvJson {
   name: string;
+  code?: unknown;
   config: unknown;
   deps: DRef[];
 }
@@ -110,7 +127,7 @@ function parseDrv(dref: DRef, text: string): DrvJson {
   try {
     const j = JSON.parse(text) as Partial<DrvJson>;
     if (typeof j.name === 'string' && Array.isArray(j.deps) && j.deps.every((x) => typeof x === 'string')) {
-      return { name: j.name, config: j.config, deps: j.deps.map((x) => asDRef(x)) };
+      return { name: j.name, code: j.code, config: j.config, deps: j.deps.map((x) => asDRef(x)) };
     }
   } catch {
     // fall through
@@ -150,6 +167,7 @@ async function fromRefs(store: Store, refs: readonly string[]): Promise<Inspecti
       name: d.name,
       deps: d.deps,
       config: d.config,
+      ...declaredMetrics(d),
       imports: false,
       target: targets.includes(dref),
       chosen: [],
@@ -170,6 +188,12 @@ async function fromRefs(store: Store, refs: readonly string[]): Promise<Inspecti
     if (rs.length > 0) node.chosen = [rs[rs.length - 1]!.rref];
   }
   // Dependants first: what a chosen realization was built from is chosen below it.
+  const chosenSets = new Map<DRef, Set<RRef>>();
+  const chosenOf = (n: InspectNode): Set<RRef> => {
+    let set = chosenSets.get(n.dref);
+    if (!set) chosenSets.set(n.dref, (set = new Set(n.chosen)));
+    return set;
+  };
   for (const dref of [...order].reverse()) {
     const node = nodes.get(dref)!;
     const ctxs = new Set<string>();
@@ -179,7 +203,13 @@ async function fromRefs(store: Store, refs: readonly string[]): Promise<Inspecti
       for (const [dep, used] of Object.entries(meta.context) as [DRef, RRef[]][]) {
         const below = nodes.get(dep);
         if (!below) continue;
-        for (const r of used) if (!below.chosen.includes(r)) below.chosen.push(r);
+        const have = chosenOf(below);
+        for (const r of used) {
+          if (!have.has(r)) {
+            have.add(r);
+            below.chosen.push(r);
+          }
+        }
       }
     }
     node.ctxs = [...ctxs];

@@ -7,7 +7,9 @@
  *   whose numbers all become metrics;
  * - `metrics.json`: every number in it, by dotted key (`test.acc`);
  * - `score.txt`: one number, the metric `score`;
- * - `NAME.metrics.json` at the top of the output: its numbers as `NAME.key`.
+ * - `NAME.metrics.json` at the top of the output: its numbers as `NAME.key`;
+ * - the `metrics` files a cairn.yaml stage declares (JSON, YAML or a plain
+ *   number), named like the score file.
  *
  * Outputs come from builds, so nothing here trusts them: a file larger
  * than MAX_FILE_BYTES is not read past that size and is skipped, links are
@@ -16,6 +18,7 @@
  * number is simply not a metric; it never fails the table.
  */
 import * as fs from 'node:fs';
+import { createRequire } from 'node:module';
 import type { Store } from '../../store/interface.js';
 import type { RRef } from '../../store/refs.js';
 import { localOutputDir } from '../../store/realization-files.js';
@@ -26,11 +29,15 @@ import { numberLeaves } from './flatten.js';
 export const MAX_FILE_BYTES = 256 * 1024;
 const MAX_KEYS = 100;
 const MAX_METRIC_FILES = 16;
+let yamlLib: typeof import('yaml') | undefined;
+// Loaded on first use: most outputs have no YAML metrics.
+const yaml = (): typeof import('yaml') => (yamlLib ??= createRequire(import.meta.url)('yaml') as typeof import('yaml'));
 const LIMITS = { maxKeys: MAX_KEYS, maxDepth: 8, maxKeyLength: 120 };
 
 /** Where one metric file's numbers go: a whole-file number's name, or the prefix of a JSON file's keys. */
 interface MetricFile {
   rel: string;
+  /** JSON (or, for .yaml/.yml, YAML) whose numbers all become metrics; else a plain number. */
   json: boolean;
   /** For a plain number: its metric name; for JSON: the prefix of its keys ('' for none). */
   name: string;
@@ -42,32 +49,28 @@ export interface Metrics {
   skipped: string[];
 }
 
-const stripExt = (rel: string, ext: RegExp): string => rel.replace(ext, '');
+/** How a file's metrics are named: a plain number after the file, a JSON or YAML file's keys under its name. */
+function fileOf(rel: string, json: boolean): MetricFile {
+  if (!json) return { rel, json, name: rel.replace(/\.txt$/i, '') };
+  return { rel, json, name: rel === 'metrics.json' ? '' : rel.replace(/\.(json|ya?ml)$/i, '') };
+}
 
 /** The metric files the conventions name, the score file first. */
-export function metricFiles(score: ScoreSource | undefined, topNames: readonly string[]): MetricFile[] {
+export function metricFiles(
+  score: ScoreSource | undefined,
+  topNames: readonly string[],
+  declared: readonly string[] = [],
+): MetricFile[] {
   const files: MetricFile[] = [];
   const add = (f: MetricFile): void => {
-    if (!files.some((x) => x.rel === f.rel)) files.push(f);
+    if (files.length < MAX_METRIC_FILES && !files.some((x) => x.rel === f.rel)) files.push(f);
   };
-  if (score) {
-    const json = score.key !== undefined;
-    add({
-      rel: score.file,
-      json,
-      name: json
-        ? score.file === 'metrics.json'
-          ? ''
-          : stripExt(score.file, /\.json$/i)
-        : stripExt(score.file, /\.txt$/i),
-    });
-  }
+  if (score) add(fileOf(score.file, score.key !== undefined));
+  for (const rel of declared) add(fileOf(rel, /\.(json|ya?ml)$/i.test(rel)));
   add({ rel: 'metrics.json', json: true, name: '' });
   add({ rel: 'score.txt', json: false, name: 'score' });
   for (const n of [...topNames].sort()) {
-    if (files.length >= MAX_METRIC_FILES) break;
-    if (n.endsWith('.metrics.json') && n !== '.metrics.json')
-      add({ rel: n, json: true, name: stripExt(n, /\.metrics\.json$/) });
+    if (n.endsWith('.metrics.json') && n !== '.metrics.json') add({ rel: n, json: true, name: n.slice(0, -13) });
   }
   return files;
 }
@@ -86,11 +89,13 @@ export function parseMetricFile(f: MetricFile, text: string): Record<string, num
     const v = t === '' ? NaN : Number(t);
     return Number.isFinite(v) ? { [f.name]: v } : 'not a number';
   }
+  const isYaml = /\.ya?ml$/i.test(f.rel);
   let doc: unknown;
   try {
-    doc = JSON.parse(text);
+    // The yaml package caps alias expansion (maxAliasCount), so a billion-laughs file fails instead of growing.
+    doc = isYaml ? yaml().parse(text) : JSON.parse(text);
   } catch {
-    return 'not JSON';
+    return isYaml ? 'not YAML' : 'not JSON';
   }
   return numberLeaves(doc, f.name, LIMITS);
 }
@@ -147,10 +152,15 @@ function topNames(store: Store, rref: RRef): string[] {
 }
 
 /** Reads a realization's metrics (see the module comment). Never throws for what the output holds. */
-export async function readMetrics(store: Store, rref: RRef, score?: ScoreSource): Promise<Metrics> {
+export async function readMetrics(
+  store: Store,
+  rref: RRef,
+  score?: ScoreSource,
+  declared: readonly string[] = [],
+): Promise<Metrics> {
   const values: Record<string, number> = {};
   const skipped: string[] = [];
-  for (const f of metricFiles(score, topNames(store, rref))) {
+  for (const f of metricFiles(score, topNames(store, rref), declared)) {
     const data = await readBounded(store, rref, f.rel, MAX_FILE_BYTES);
     if (data === undefined) continue;
     if (data === null) {
