@@ -87,6 +87,7 @@ describe('cairn ui in Chromium, on the ML demo', () => {
     }
     assert.equal(await page.locator('[data-testid=dag-rz]').count(), 5, 'every realization of the current inputs');
     assert.equal(await page.locator('[data-testid=dag-rz].chosen').count(), 3, 'one chosen per stage');
+    assert.equal(await page.locator('svg[data-testid=dag] rect.frame').count(), 3, "a frame around each stage's column");
     assert.ok((await page.locator('svg[data-testid=dag] path.edge').count()) >= 3);
   });
 
@@ -135,7 +136,8 @@ describe('cairn ui in Chromium, on the ML demo', () => {
     assert.equal(await page.locator('[data-testid=exp-row][data-chosen=yes]').count(), 1);
     assert.equal(await page.locator('[data-testid=plot][data-metric=score] circle').count(), 6);
     await page.locator('[data-testid=dag]').screenshot({ path: path.join(shots, 'ui-dag.png') });
-    await page.screenshot({ path: path.join(shots, 'ui-experiments.png'), fullPage: true });
+    await page.screenshot({ path: path.join(shots, 'ui-experiments.png') });
+    await page.screenshot({ path: path.join(t.dir, 'ui-full.png'), fullPage: true });
     assert.ok(fs.statSync(path.join(shots, 'ui-experiments.png')).size > 10_000);
   });
 

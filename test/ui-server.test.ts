@@ -243,6 +243,26 @@ describe('cairn ui server on the ML demo', () => {
     expectError(cairn(store, ['ui', '--port', '70000']), 'E_USAGE');
   });
 
+  it('takes refs and named roots too; refuses a mix with stage files, and names that are none of them', async () => {
+    const view = JSON.parse((await rawRequest(ui.port, '/api/view')).body) as UiView;
+    const report = view.stages.find((s) => s.name === 'report')!.rows[0]!.rref;
+    ok(cairn(store, ['root', 'add', 'shipped', report]));
+    const byRoot = await startUi(store, ['shipped']);
+    try {
+      const v = JSON.parse((await rawRequest(byRoot.port, '/api/view')).body) as UiView;
+      assert.deepEqual(
+        v.stages.map((s) => s.name),
+        ['dataset', 'train', 'report'],
+      );
+      assert.equal(v.stages.find((s) => s.name === 'report')!.chosenBy, 'given');
+      assert.equal(v.label, 'shipped');
+    } finally {
+      await byRoot.stop();
+    }
+    expectError(cairn(store, ['ui', mlDemo, report]), 'E_BAD_ARGUMENT');
+    expectError(cairn(store, ['ui', 'no-such-thing']), 'E_STAGE_FILE');
+  });
+
   it('stops on SIGTERM', async () => {
     const other = await startUi(store, []);
     await other.stop();

@@ -54,6 +54,18 @@ function Dag({ graph, stages, selected, onStage, onRz }) {
         <path d="M0,0 L10,5 L0,10 z" class="arrowhead" />
       </marker>
     </defs>
+    ${Object.entries(layout.frames).map(
+      ([id, f]) =>
+        html`<rect
+          class="frame"
+          data-of=${id}
+          x=${f.x - f.w / 2}
+          y=${f.y - f.h / 2}
+          width=${f.w}
+          height=${f.h}
+          rx="6"
+        />`,
+    )}
     ${layout.edges.map((e) => html`<path class="edge" d=${e.path} marker-end="url(#arrow)" />`)}
     ${graph.nodes.map((n) => {
       const b = layout.nodes[n.id];
