@@ -12,7 +12,7 @@ import type { ExpTable } from '../src/stages/inspect/experiments.js';
 import { csvField, formatExpTable } from '../src/stages/inspect/exp-format.js';
 import { flattenConfig } from '../src/stages/inspect/flatten.js';
 import { fit, textWidth } from '../src/stages/inspect/text.js';
-import { cairn, cairnBin, isolateModuleCache, lastLine, ok, repoRoot, tempDir } from './helpers.js';
+import { cairn, cairnBin, expectError, isolateModuleCache, lastLine, ok, repoRoot, tempDir } from './helpers.js';
 
 isolateModuleCache(after, 'cairn-exp-cache');
 
@@ -371,5 +371,39 @@ describe('the pure parts of the table', () => {
     const text = formatExpTable(table, { now: 60_000, width: 36 });
     for (const l of text.split('\n')) assert.ok(textWidth(l) <= 36, `${textWidth(l)}: ${l}`);
     assert.match(text, /学習率.*…/);
+  });
+});
+
+describe('exp show and exp diff refuse what they cannot show', () => {
+  const t = tempDir('cairn-exp-refuse');
+  const store = path.join(t.dir, 'store');
+  after(() => t.cleanup());
+
+  it('a stage file with nothing realized: every stage, no rows, and why', () => {
+    const table = JSON.parse(ok(cairn(store, ['exp', 'show', mlDemo, '--json'])).stdout) as ExpTable;
+    assert.deepEqual(
+      table.stages.map((s) => [s.name, s.rows.length, s.problem]),
+      [
+        ['dataset', 0, 'not realized'],
+        ['train', 0, 'not realized: dataset'],
+        ['report', 0, 'not realized: dataset, train'],
+      ],
+    );
+    assert.match(
+      ok(cairn(store, ['exp', 'show', mlDemo])).stdout,
+      /train · 0 realizations · none chosen: not realized/,
+    );
+  });
+
+  it('unknown refs, malformed refs, a file mixed with refs', () => {
+    const dref = 'a'.repeat(32) + '-train';
+    expectError(cairn(store, ['exp', 'show', dref]), 'E_NO_SUCH_REF');
+    expectError(cairn(store, ['exp', 'show', `${'b'.repeat(32)}-${dref}`]), 'E_NO_SUCH_REF');
+    expectError(cairn(store, ['exp', 'diff', dref, dref]), 'E_NO_SUCH_REF');
+    expectError(cairn(store, ['graph', dref]), 'E_NO_SUCH_REF');
+    expectError(cairn(store, ['exp', 'diff', 'no/such', dref]), 'E_BAD_REF');
+    expectError(cairn(store, ['exp', 'show', mlDemo, dref]), 'E_USAGE');
+    expectError(cairn(store, ['exp', 'show', mlDemo, '--json', '--csv']), 'E_USAGE');
+    expectError(cairn(store, ['graph', mlDemo, '--format', 'png']), 'E_USAGE');
   });
 });
