@@ -12,9 +12,14 @@ export interface RunningUi {
 }
 
 /** Runs `cairn --store STORE ui ARGS --port 0` and waits for the URL it prints. */
-export function startUi(store: string, args: string[], opts: { cwd?: string } = {}): Promise<RunningUi> {
+export function startUi(
+  store: string,
+  args: string[],
+  opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {},
+): Promise<RunningUi> {
   const child = spawn(process.execPath, [cairnBin, '--store', store, 'ui', '--port', '0', ...args], {
     cwd: opts.cwd ?? repoRoot,
+    env: { ...process.env, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';

@@ -5,6 +5,7 @@
  * answering while a realize runs and sees what that realize made.
  */
 import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -261,6 +262,26 @@ describe('cairn ui server on the ML demo', () => {
     }
     expectError(cairn(store, ['ui', mlDemo, report]), 'E_BAD_ARGUMENT');
     expectError(cairn(store, ['ui', 'no-such-thing']), 'E_STAGE_FILE');
+  });
+
+  it('without Graphviz, says so and still lists the stages', async () => {
+    const bare = path.join(t.dir, 'no-dot-bin');
+    fs.mkdirSync(bare, { recursive: true });
+    const noDot = await startUi(store, [mlDemo], { env: { PATH: bare } });
+    try {
+      const v = JSON.parse((await rawRequest(noDot.port, '/api/view')).body) as UiView;
+      assert.ok('error' in v.graph && /Graphviz is not installed/.test(v.graph.error));
+      assert.deepEqual(
+        v.graph.nodes
+          .filter((n) => n.kind === 'drv')
+          .map((n) => n.name)
+          .sort(),
+        ['dataset', 'report', 'train'],
+      );
+      assert.equal(v.stages.find((s) => s.name === 'train')!.rows.length, 6);
+    } finally {
+      await noDot.stop();
+    }
   });
 
   it('stops on SIGTERM', async () => {
