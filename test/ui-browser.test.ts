@@ -87,7 +87,8 @@ describe('cairn ui in Chromium, on the ML demo', () => {
     }
     assert.equal(await page.locator('[data-testid=dag-rz]').count(), 5, 'every realization of the current inputs');
     assert.equal(await page.locator('[data-testid=dag-rz].chosen').count(), 3, 'one chosen per stage');
-    assert.equal(await page.locator('svg[data-testid=dag] rect.frame').count(), 3, "a frame around each stage's column");
+    const frames = page.locator('svg[data-testid=dag] rect.frame');
+    assert.equal(await frames.count(), 3, "a frame around each stage's column");
     assert.ok((await page.locator('svg[data-testid=dag] path.edge').count()) >= 3);
   });
 
