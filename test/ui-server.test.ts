@@ -9,10 +9,11 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { pointAtPreact } from '../src/ui/assets.js';
 import { dotSource, layoutGraph, parseLayout } from '../src/ui/graph-layout.js';
 import { allowedHosts, refusal } from '../src/ui/http-guard.js';
 import type { UiView } from '../src/ui/view.js';
-import { cairn, cairnAsync, expectError, isolateModuleCache, ok, repoRoot, tempDir } from './helpers.js';
+import { cairn, cairnAsync, expectError, isCode, isolateModuleCache, ok, repoRoot, tempDir } from './helpers.js';
 import { rawRequest, startUi, type RunningUi } from './ui-helpers.js';
 
 isolateModuleCache(after, 'cairn-ui-server-cache');
@@ -33,6 +34,12 @@ describe('ui request guard (pure)', () => {
     }
     const other = allowedHosts('10.200.7.1', 9000);
     assert.deepEqual([...other], ['10.200.7.1:9000'], 'a non-loopback binding answers its own name only');
+  });
+
+  it("points preact's bare imports at the served file; E_UI_ASSETS for a build it does not recognise", () => {
+    const out = pointAtPreact(Buffer.from('import{options as n}from"preact";import {h} from \'preact\';'), 'x');
+    assert.equal(out.toString(), 'import{options as n}from"./preact.mjs";import {h} from "./preact.mjs";');
+    assert.throws(() => pointAtPreact(Buffer.from('import "preact-compat";'), 'x'), isCode('E_UI_ASSETS'));
   });
 
   it('gives dot neutral ids and labels, whatever the stage names and ids', () => {

@@ -44,7 +44,7 @@ function vendorFile(specifier: string): Buffer {
 }
 
 /** Rewrites exactly the bare `preact` imports of a module; refuses a build it does not recognise. */
-function pointAtPreact(body: Buffer, specifier: string): Buffer {
+export function pointAtPreact(body: Buffer, specifier: string): Buffer {
   const text = body.toString('utf8');
   const bare = /(from\s*)(["'])preact\2/g;
   if (!bare.test(text)) {
