@@ -23,6 +23,9 @@ export const ErrorCodes = {
   E_INPUT_MISSING: 'a file input of a stage does not exist or cannot be read',
   E_INPUT_CHANGED: 'a file input changed between being hashed and being copied into the store for the build',
   E_UNSAFE_INPUT: 'a file input holds a symlink that leaves it, a device, a socket or a fifo',
+  E_NO_SUCH_STAGE: 'a stage named on the command line (realize --break) is not in the graph, or its name is ambiguous',
+  E_BREAK_CANCELLED:
+    'a build stopped at a break point (realize --break) was cancelled: nothing of the stage was stored',
   E_MATCH_UNSATISFIED: 'matcher still selects nothing after building',
   E_MATCH_AMBIGUOUS: 'matcher `only` found more than one realization',
   E_MATCH_INVALID: 'matcher returned something that is not a list of candidate RRefs',
