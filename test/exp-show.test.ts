@@ -136,6 +136,27 @@ describe('exp show and exp diff across two configs', () => {
     }
   });
 
+  it('--sort orders each stage by a metric or a param, --desc largest first', () => {
+    const rows = (args: string[]) =>
+      stageOf(JSON.parse(ok(cairn(store, ['exp', 'show', file, '--json', ...args])).stdout) as ExpTable, 'train').rows;
+    const acc = rows(['--sort', 'acc', '--desc']).map((r) => r.metrics.acc!);
+    assert.deepEqual(
+      acc,
+      [...acc].sort((a, b) => b - a),
+    );
+    assert.equal(new Set(acc).size > 1, true);
+    const epochs = rows(['--sort', 'epochs']).map((r) => r.params.epochs);
+    assert.deepEqual(epochs, [10, 10, 10, 20, 20, 20]);
+    const text = ok(cairn(store, ['exp', 'show', file, '--sort', 'acc'])).stdout;
+    const shown = text.split('\n').filter((l) => /^\*?\s+[0-9a-z]{8}\s/.test(l) && / 0\.\d+ /.test(l));
+    const values = shown.map((l) => Number(/ (0\.\d+) /.exec(l)![1]));
+    assert.deepEqual(
+      values,
+      [...values].sort((a, b) => a - b),
+    );
+    expectError(cairn(store, ['exp', 'show', file, '--desc']), 'E_USAGE');
+  });
+
   it('--targets shows the targets alone; --all also what was built from other inputs', () => {
     const only = JSON.parse(ok(cairn(store, ['exp', 'show', file, '--targets', '--json'])).stdout) as ExpTable;
     assert.deepEqual(

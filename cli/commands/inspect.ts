@@ -52,6 +52,8 @@ interface ShowOpts {
   csv?: boolean;
   all?: boolean;
   targets?: boolean;
+  sort?: string;
+  desc?: boolean;
   width?: number;
 }
 
@@ -78,6 +80,8 @@ export function registerInspect(ctx: CliContext): void {
     .option('-s, --stage <name...>', 'export or stage name of the stage file (default: the default export)')
     .option('--all', 'also realizations built from inputs other than those chosen now')
     .option('--targets', "only the targets' stages, not their closure")
+    .option('--sort <key>', "order each stage's rows by this metric or param (default: oldest first)")
+    .option('--desc', 'with --sort: largest first')
     .option('--json', 'print the table as JSON')
     .option('--csv', 'print the table as CSV')
     .option('--width <n>', 'fit the table to N columns (default: the terminal width; no limit when piped)', (v) =>
@@ -86,7 +90,13 @@ export function registerInspect(ctx: CliContext): void {
     .action(async (words: string[], o: ShowOpts) => {
       if (o.json && o.csv) throw new CairnError('E_USAGE', 'choose one of --json and --csv');
       const targets = await targetsOf(words, o.stage ?? []);
-      const table = await experimentTable(ctx.openStore(), targets, { all: o.all, targetsOnly: o.targets });
+      if (o.desc && o.sort === undefined) throw new CairnError('E_USAGE', '--desc needs --sort KEY');
+      const table = await experimentTable(ctx.openStore(), targets, {
+        all: o.all,
+        targetsOnly: o.targets,
+        sortBy: o.sort,
+        descending: o.desc,
+      });
       if (o.json) out(JSON.stringify(table, null, 2));
       else if (o.csv) process.stdout.write(formatExpCsv(table));
       else process.stdout.write(formatExpTable(table, { now: Date.now(), width: terminalWidth(o.width) }));

@@ -59,6 +59,32 @@ export interface ExpOptions {
   all?: boolean;
   /** Only the targets' stages, not their closure. */
   targetsOnly?: boolean;
+  /** Order each stage's rows by this metric or param (default: oldest first); missing values go last. */
+  sortBy?: string;
+  /** With `sortBy`: largest first. */
+  descending?: boolean;
+}
+
+/** A cell's value for sorting: the metric when the row has it, else the param. */
+const sortValue = (r: ExpRow, key: string): Scalar | undefined => (key in r.metrics ? r.metrics[key] : r.params[key]);
+
+/**
+ * Rows ordered by `key` (numbers by value, before other values, which go
+ * by their text); rows without it last, whatever the direction; equal ones
+ * keep their order (oldest first). Pure.
+ */
+export function sortRows(rows: readonly ExpRow[], key: string, descending = false): ExpRow[] {
+  const rank = (v: Scalar | undefined): number => (v === undefined ? 2 : typeof v === 'number' ? 0 : 1);
+  return rows
+    .map((r, i) => ({ r, i, v: sortValue(r, key) }))
+    .sort((a, b) => {
+      const ra = rank(a.v);
+      const rb = rank(b.v);
+      if (ra !== rb || ra === 2) return ra - rb || a.i - b.i;
+      const c = ra === 0 ? (a.v as number) - (b.v as number) : String(a.v).localeCompare(String(b.v));
+      return (descending ? -c : c) || a.i - b.i;
+    })
+    .map((x) => x.r);
 }
 
 /** `name@hash7`: how a dependency appears among params. */
@@ -156,7 +182,7 @@ export async function experimentTable(
       ...(scoreKey !== undefined ? { scoreKey } : {}),
       chosenBy: first.chosenBy,
       target: nodes.some((n) => n.target),
-      rows,
+      rows: opts.sortBy === undefined ? rows : sortRows(rows, opts.sortBy, opts.descending),
       hidden,
       ...(problem !== undefined && nodes.every((n) => n.chosen.length === 0) ? { problem } : {}),
     });
