@@ -110,6 +110,8 @@ export const ErrorCodes = {
   E_GRAPHVIZ_MISSING: "Graphviz's dot program, which draws SVG graphs, is not installed (apt install graphviz)",
   E_GRAPHVIZ_FAILED: "Graphviz's dot program failed to draw a graph",
   E_STORE_CONFIG: "the store's config.json is not valid JSON or has a field of the wrong type",
+  E_UI_LISTEN: '`cairn ui` could not listen on the host and port asked for (taken, or not an address of this machine)',
+  E_UI_ASSETS: "the web view's own files, or the preact/htm modules it serves, are missing or not as expected",
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;
