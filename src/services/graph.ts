@@ -5,6 +5,7 @@
  */
 import { CairnError } from '../errors.js';
 import { isStage } from '../stages/stage.js';
+import { validateHealth } from './health-policy.js';
 import { checkTemplate } from './interpolate.js';
 import { checkSpecShape } from './spec-keys.js';
 import type { EnsembleSpec, ServiceSpec } from './spec.js';
@@ -91,6 +92,7 @@ export function validateEnsemble(e: EnsembleSpec): Map<string, ServiceSpec> {
       throw invalid(`service ${s.name}: pingAttemptTimeoutMs must be a number of milliseconds > 0`, {
         service: s.name,
       });
+    validateHealth(s);
   }
   checkHostPorts(byName);
   for (const s of byName.values()) {

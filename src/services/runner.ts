@@ -25,11 +25,15 @@ import {
   publishedPort,
   removeContainer,
   removeNetwork,
+  removeOneOffs,
   runContainer,
   startContainer,
   stopContainer,
   type ContainerInfo,
+  type RunSpec,
 } from './engine.js';
+import { engineRestartPolicy } from './health-policy.js';
+import { syncRestartPolicy } from './restart-policy.js';
 import { dependencyOrder, selectForStart, selectForStop, selectForUp, validateEnsemble } from './graph.js';
 import { InitRecord, initRecordFile } from './init-record.js';
 import { interpolateEnv, specHash, type ContainerSpec } from './interpolate.js';
@@ -157,7 +161,8 @@ const OUTCOME: Record<Decision['action'], Outcome> = {
   keep: 'running',
 };
 
-class Runner {
+/** One ensemble file's services; the daily commands (logs, exec, run, health) use its images, specs and handles. */
+export class Runner {
   readonly byName: Map<string, ServiceSpec>;
   readonly context: FileContext;
   readonly inits: InitRecord;
@@ -327,6 +332,31 @@ class Runner {
     };
   }
 
+  /**
+   * How a service's container is run: `create` runs it, one-offs (run-once.ts) derive theirs from it.
+   * `deps` (dependency → container id) becomes the LABEL_DEPS label of a service container.
+   */
+  runSpec(svc: ServiceSpec, image: string, spec: ContainerSpec, hash: string, deps?: Record<string, string>): RunSpec {
+    return {
+      name: this.cname(svc.name),
+      image,
+      hostname: svc.name,
+      network: spec.network,
+      labels: {
+        ...this.labels,
+        [LABEL_SERVICE]: svc.name,
+        [LABEL_SPEC]: hash,
+        ...(deps ? { [LABEL_DEPS]: JSON.stringify(deps) } : {}),
+      },
+      env: spec.env,
+      ports: spec.ports,
+      stopSignal: spec.stopSignal,
+      command: spec.command,
+      mounts: this.mounts(svc).map((m) => mountArg(this.project.name, m)),
+      restart: engineRestartPolicy(svc.restart),
+    };
+  }
+
   async create(
     svc: ServiceSpec,
     image: string,
@@ -334,18 +364,7 @@ class Runner {
     hash: string,
     deps: Record<string, string>,
   ): Promise<string> {
-    return runContainer({
-      name: this.cname(svc.name),
-      image,
-      hostname: svc.name,
-      network: spec.network,
-      labels: { ...this.labels, [LABEL_SERVICE]: svc.name, [LABEL_SPEC]: hash, [LABEL_DEPS]: JSON.stringify(deps) },
-      env: spec.env,
-      ports: spec.ports,
-      stopSignal: spec.stopSignal,
-      command: spec.command,
-      mounts: this.mounts(svc).map((m) => mountArg(this.project.name, m)),
-    });
+    return runContainer(this.runSpec(svc, image, spec, hash, deps));
   }
 
   async containerSpec(svc: ServiceSpec, id: string): Promise<ContainerSpec> {
@@ -416,9 +435,13 @@ class Runner {
       this.checkpoint(svc.name);
       this.log(`${svc.name}: creating a container of ${image.ref}`);
       id = await this.create(svc, image.ref, spec, hash, depsNow);
-    } else if (d.action === 'restart') {
-      this.log(`${svc.name}: starting the stopped container`);
-      await startContainer(cname);
+    } else {
+      // The policy is not part of the spec hash: changing it updates the container in place.
+      await syncRestartPolicy(cname, svc.restart, found!.restartPolicy);
+      if (d.action === 'restart') {
+        this.log(`${svc.name}: starting the stopped container`);
+        await startContainer(cname);
+      }
     }
     await this.waitReady(svc, cname);
     if (d.init) {
@@ -511,6 +534,8 @@ class Runner {
     const reports: ServiceReport[] = [];
     for (const name of order) {
       const cname = this.cname(name);
+      // One-offs of a removed service go with it (they are never counted as the service).
+      if (remove) await removeOneOffs(this.project.name, name);
       const info = infos.get(name);
       if (!info) {
         reports.push({ name, outcome: 'absent' });
