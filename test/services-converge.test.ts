@@ -242,6 +242,20 @@ describe('waitForPing', () => {
     );
   });
 
+  it('E_PING_TIMEOUT keeps the last full attempt, not the sliver the start timeout left', async () => {
+    // Each attempt answers false after 60 ms; after the interval's sleep the start timeout has (almost)
+    // nothing left, so the final attempt is cut off at once. Its "no answer within 0.0s" said nothing.
+    const slowFalse = () => new Promise<boolean>((r) => setTimeout(() => r(false), 60));
+    await assert.rejects(
+      waitForPing({ service: 'web', timeoutMs: 150, attemptTimeoutMs: 1000, dead: alive, attempt: slowFalse }),
+      (e: unknown) => {
+        assert.ok(e instanceof CairnError && e.code === 'E_PING_TIMEOUT', String(e));
+        assert.match(e.message, /last: attempt \d+ returned false\)$/);
+        return true;
+      },
+    );
+  });
+
   it('an attempt that returns false because its signal aborted counts as no answer', async () => {
     await assert.rejects(
       waitForPing({
