@@ -80,7 +80,8 @@ export function registerRealize(ctx: CliContext): void {
       const quiet = !!o.quiet || (!!o.json && !tty);
       const progress = progressReporter(graph.order.length, { tty, verbose: !!o.verbose, quiet });
       const t0 = performance.now();
-      const code = o.selfContained && !o.dryRun ? await storeStageCode(store, file, graph) : undefined;
+      const code =
+        o.selfContained && !o.dryRun ? await storeStageCode(store, file, graph, { realizeFollows: true }) : undefined;
       let result;
       try {
         result = await realize(graph, {
