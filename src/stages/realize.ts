@@ -19,6 +19,7 @@ import { isStage, type Stage } from './stage.js';
 import { buildAndAdd } from './build.js';
 import { inputPaths } from './build-context.js';
 import { guardRealize } from './build-processes.js';
+import { enterBreak, findBreak, pausedBuild, type BreakPoint } from './break-point.js';
 import { Substitution } from './substitution.js';
 import type { Substituter } from './substitute.js';
 
@@ -67,6 +68,11 @@ export interface RealizeOptions {
   substituters?: readonly Substituter[];
   /** How long a substituter's batch query may take (default 60 s). */
   substituterTimeoutMs?: number;
+  /**
+   * Stop before this stage's build (forced, so there is one) and let
+   * someone build it by hand (see break-point.ts, realizePaused).
+   */
+  breakAt?: BreakPoint;
   events?: RealizeEvents;
 }
 
@@ -108,7 +114,11 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
   const { store } = opts;
   const events = opts.events ?? {};
   const limit = new Semaphore(Math.max(1, opts.jobs ?? os.availableParallelism()));
+  if (opts.breakAt && opts.dryRun)
+    throw new CairnError('E_BAD_ARGUMENT', 'a dry run builds nothing, so it cannot stop at a break point');
+  const breakAt = opts.breakAt && { point: opts.breakAt, dref: findBreak(graph, opts.breakAt.stage).dref };
   const forced = (node: Derivation): boolean =>
+    node.dref === breakAt?.dref ||
     opts.force === true ||
     (Array.isArray(opts.force) && (opts.force.includes(node.name) || opts.force.includes(node.dref)));
 
@@ -249,6 +259,14 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
                   release,
                   onLog: (line, i) => events.log?.(node, line, i),
                   dirs,
+                  byHand:
+                    i === 0 && node.dref === breakAt?.dref
+                      ? (ctx) =>
+                          enterBreak(
+                            breakAt.point,
+                            pausedBuild(node, ctx, context, (r) => store.outPath(r)),
+                          )
+                      : undefined,
                 }),
               );
               added.push(...run.added);
