@@ -56,6 +56,7 @@ export const GROUPS: readonly Group[] = [
   },
   { words: ['services'], register: async (c) => (await import('./commands/services.js')).registerServices(c) },
   { words: ['server'], register: async (c) => (await import('./commands/server.js')).registerServer(c) },
+  { words: ['ui'], register: async (c) => (await import('./commands/ui.js')).registerUi(c) },
 ];
 
 /**

@@ -121,6 +121,8 @@ export const ErrorCodes = {
     'an input realization given to build a derivation is missing, ambiguous or not one of its dependencies',
   E_BAD_DRV_EXPORT:
     'a derivation export is malformed: a drv.json or code object does not match its name, or a hostile tree',
+  E_UI_LISTEN: '`cairn ui` could not listen on the host and port asked for (taken, or not an address of this machine)',
+  E_UI_ASSETS: "the web view's own files, or the preact/htm modules it serves, are missing or not as expected",
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;
