@@ -2,6 +2,7 @@
 import { inputHashStats, instantiate } from '../../src/stages/instantiate.js';
 import { loadStageFile } from '../../src/stages/load.js';
 import { realize } from '../../src/stages/realize.js';
+import { storeStageCode } from '../../src/stages/self-contained.js';
 import { breakShell } from '../../src/stages/break-shell.js';
 import { out, parseCount, type CliContext } from '../context.js';
 import { progressReporter } from '../progress.js';
@@ -18,6 +19,7 @@ interface RealizeOpts extends RealizeCacheFlags {
   quiet?: boolean;
   json?: boolean;
   outLink?: string;
+  selfContained?: boolean;
   break?: string;
 }
 
@@ -48,6 +50,10 @@ export function registerRealize(ctx: CliContext): void {
         'directory: exit 0 stores what you wrote and goes on, exit 1 cancels',
     )
     .option('--json', 'print the result as JSON')
+    .option(
+      '--self-contained',
+      "store the stage file's code (bundled) with its derivations, so `cairn build-drv` can build them elsewhere",
+    )
     .option(
       '--substituter <url>',
       "ask this binary cache before building (repeatable; default: the store configuration's substituters)",
@@ -81,6 +87,8 @@ export function registerRealize(ctx: CliContext): void {
       const quiet = !!o.quiet || (!!o.json && !tty);
       const progress = progressReporter(graph.order.length, { tty, verbose: !!o.verbose, quiet });
       const t0 = performance.now();
+      const code =
+        o.selfContained && !o.dryRun ? await storeStageCode(store, file, graph, { realizeFollows: true }) : undefined;
       let result;
       try {
         result = await realize(graph, {
@@ -121,6 +129,7 @@ export function registerRealize(ctx: CliContext): void {
               targets: result.targets,
               plan: result.plan,
               ...(result.warnings.length > 0 ? { warnings: result.warnings } : {}),
+              ...(code ? { code: code.code } : {}),
               ...(pushed ? { pushed: { to: pushTarget!.name, roots: pushed } } : {}),
               ...(result.inputs.length > 0 ? { inputs: result.inputs, hashed } : {}),
             },
