@@ -53,6 +53,7 @@ export const ErrorCodes = {
   E_SERVICE_INVALID: 'a service ensemble is not valid (names, images, dependencies, cycles, exclusions)',
   E_SERVICE_FAILED: 'a service, or a dependency of it, failed to start',
   E_PING_TIMEOUT: 'a service did not answer its ping within the timeout',
+  E_SERVICE_NOT_RUNNING: 'a command needs the running container of a service (exec), and it is not running',
   E_PROJECT_IN_USE: 'a services project name is taken by another ensemble, or by another copy of the ensemble file',
   E_HASH_MISMATCH: 'fetched or copied content does not have the declared hash',
   E_BAD_HASH: 'a declared hash is malformed or of an unknown type',
@@ -105,7 +106,12 @@ export const ErrorCodes = {
   E_CACHE_BAD_SIGNATURE: 'a signature of a binary cache entry by a trusted key does not verify (tampered); not used',
   E_CACHE_MISSING: 'a reference or one of its dependencies is not in the binary cache, or its archive is missing',
   E_BAD_KEY: 'a signing key or public key file is malformed, or a key file to be written exists already',
+  E_NOT_IN_CLOSURE: 'a why-query names a reference that is not in the closure of the targets (not used by them)',
+  E_GRAPHVIZ_MISSING: "Graphviz's dot program, which draws SVG graphs, is not installed (apt install graphviz)",
+  E_GRAPHVIZ_FAILED: "Graphviz's dot program failed to draw a graph",
   E_STORE_CONFIG: "the store's config.json is not valid JSON or has a field of the wrong type",
+  E_UI_LISTEN: '`cairn ui` could not listen on the host and port asked for (taken, or not an address of this machine)',
+  E_UI_ASSETS: "the web view's own files, or the preact/htm modules it serves, are missing or not as expected",
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;

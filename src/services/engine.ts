@@ -6,7 +6,9 @@
 import { CairnError } from '../errors.js';
 import { docker, inspectOne } from '../backends/containers/docker.js';
 import {
+  LABEL_DEPS,
   LABEL_ENSEMBLE,
+  LABEL_ONEOFF,
   LABEL_PROJECT,
   LABEL_PROJECT_DIR,
   LABEL_SERVICE,
@@ -17,7 +19,7 @@ import {
 import type { LabelledContainer } from './project.js';
 
 // The names live in names.ts (one place for every command); re-exported for existing callers.
-export { LABEL_ENSEMBLE, LABEL_SERVICE, LABEL_SPEC, containerName, networkName };
+export { LABEL_DEPS, LABEL_ENSEMBLE, LABEL_ONEOFF, LABEL_SERVICE, LABEL_SPEC, containerName, networkName };
 
 export interface ContainerInfo {
   id: string;
@@ -26,15 +28,24 @@ export interface ContainerInfo {
   status: string;
   exitCode: number;
   specHash: string | undefined;
+  /** The LABEL_DEPS label; undefined when absent or unreadable (containers made before it existed). */
+  deps: Record<string, string> | undefined;
   image: string;
   ports: Record<string, string>;
+  /** The engine's restart policy name: no, on-failure, unless-stopped, always. */
+  restartPolicy: string;
+  /** How often the engine restarted it by its policy. */
+  restarts: number;
+  startedAt: string;
 }
 
 interface RawInspect {
   Id: string;
   Image: string;
-  State: { Status: string; Running: boolean; ExitCode: number };
+  RestartCount?: number;
+  State: { Status: string; Running: boolean; ExitCode: number; StartedAt?: string };
   Config: { Labels: Record<string, string> | null };
+  HostConfig?: { RestartPolicy?: { Name?: string } };
   NetworkSettings: { Ports: Record<string, { HostIp: string; HostPort: string }[] | null> | null };
 }
 
@@ -54,9 +65,27 @@ export async function inspectContainer(name: string): Promise<ContainerInfo | un
     status: c.State.Status,
     exitCode: c.State.ExitCode,
     specHash: c.Config.Labels?.[LABEL_SPEC],
+    deps: parseDeps(c.Config.Labels?.[LABEL_DEPS]),
     image: c.Image,
     ports,
+    restartPolicy: c.HostConfig?.RestartPolicy?.Name || 'no',
+    restarts: c.RestartCount ?? 0,
+    startedAt: c.State.StartedAt ?? '',
   };
+}
+
+function parseDeps(label: string | undefined): Record<string, string> | undefined {
+  if (label === undefined) return undefined;
+  try {
+    const v = JSON.parse(label) as unknown;
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) return undefined;
+    const entries = Object.entries(v as Record<string, unknown>);
+    return entries.every(([, x]) => typeof x === 'string')
+      ? (Object.fromEntries(entries) as Record<string, string>)
+      : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** `labels` must hold the project's labels (cairn.ensemble, cairn.project). */
@@ -108,6 +137,8 @@ export interface RunSpec {
   ports: Record<string, number>;
   stopSignal: string | null;
   command: readonly string[] | null;
+  /** The engine's restart policy (see health.ts engineRestartPolicy); absent: none. */
+  restart?: string;
   /** `--mount` values (see volumes.ts mountArg). */
   mounts?: readonly string[];
 }
@@ -135,6 +166,7 @@ export async function runContainer(spec: RunSpec): Promise<string> {
   for (const [c, h] of Object.entries(spec.ports)) args.push('--publish', `127.0.0.1:${h === 0 ? '' : h}:${c}`);
   for (const m of spec.mounts ?? []) args.push('--mount', m);
   if (spec.stopSignal) args.push('--stop-signal', spec.stopSignal);
+  if (spec.restart) args.push('--restart', spec.restart);
   const r = await docker([...args, spec.image, ...(spec.command ?? [])]);
   return r.stdout.trim();
 }
@@ -151,6 +183,22 @@ export async function removeContainer(name: string): Promise<void> {
   const r = await docker(['rm', '--force', name], { check: false });
   if (r.exitCode !== 0 && !/no such container/i.test(r.stderr))
     throw new CairnError('E_DOCKER', `cannot remove ${name}: ${r.stderr.trim()}`);
+}
+
+/** Removes the one-off containers (`services run` without --rm, or left by a kill -9) of one service. */
+export async function removeOneOffs(project: string, service: string): Promise<number> {
+  const r = await docker([
+    'ps',
+    '--all',
+    '--quiet',
+    '--filter',
+    `label=${LABEL_PROJECT}=${project}`,
+    '--filter',
+    `label=${LABEL_ONEOFF}=${service}`,
+  ]);
+  const ids = r.stdout.split('\n').filter(Boolean);
+  if (ids.length > 0) await docker(['rm', '--force', ...ids], { check: false });
+  return ids.length;
 }
 
 export async function containerLogs(name: string): Promise<string> {
@@ -194,10 +242,19 @@ export async function buildImage(opts: {
   tag: string;
   buildArgs: Record<string, string>;
   labels: Record<string, string>;
+  /** The build's output as it comes (progress). */
+  onOutput?: (chunk: string) => void;
+  signal?: AbortSignal;
 }): Promise<string> {
-  const args = ['build', '--file', opts.dockerfile, '--tag', opts.tag];
+  // --force-rm: the classic builder otherwise keeps the container of a
+  // failed step, unlabelled, where no stop or down finds it.
+  const args = ['build', '--force-rm', '--file', opts.dockerfile, '--tag', opts.tag];
   for (const [k, v] of Object.entries(opts.buildArgs)) args.push('--build-arg', `${k}=${v}`);
   for (const [k, v] of Object.entries(opts.labels)) args.push('--label', `${k}=${v}`);
-  await docker([...args, opts.directory], { env: { DOCKER_BUILDKIT: '0' } });
+  await docker([...args, opts.directory], {
+    env: { DOCKER_BUILDKIT: '0' },
+    onOutput: opts.onOutput,
+    signal: opts.signal,
+  });
   return imageId(opts.tag);
 }

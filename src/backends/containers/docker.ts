@@ -4,7 +4,7 @@
  * unix:///run/cairn-docker.sock (the engine scripts/dockerd.sh starts), so
  * Cairn never silently talks to some other engine on the machine.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { CairnError } from '../../errors.js';
 
 export const DEFAULT_DOCKER_HOST = 'unix:///run/cairn-docker.sock';
@@ -31,6 +31,8 @@ export interface DockerOptions {
   cwd?: string;
   /** Called with every chunk of output (build logs). */
   onOutput?: (chunk: string) => void;
+  /** Aborting sends the client SIGINT (a `docker build` then cancels the build in the engine). */
+  signal?: AbortSignal;
 }
 
 /**
@@ -50,6 +52,10 @@ export function docker(args: readonly string[], opts: DockerOptions = {}): Promi
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     let done = false;
+    const onAbort = (): void => void child.kill('SIGINT');
+    if (opts.signal?.aborted) onAbort();
+    else opts.signal?.addEventListener('abort', onAbort, { once: true });
+    child.once('close', () => opts.signal?.removeEventListener('abort', onAbort));
     const timer =
       opts.timeoutMs === undefined
         ? undefined
@@ -112,6 +118,14 @@ export function docker(args: readonly string[], opts: DockerOptions = {}): Promi
       child.stdin.end(opts.input);
     }
   });
+}
+
+/**
+ * Starts `docker -H HOST ARGS` and hands back the process, for streams that
+ * `docker()` would buffer: followed logs, interactive exec and run.
+ */
+export function dockerProcess(args: readonly string[], stdio: StdioOptions): ChildProcess {
+  return spawn('docker', ['-H', dockerHost(), ...args], { stdio });
 }
 
 const lastLines = (s: string): string => s.trim().split('\n').slice(-3).join(' | ');
