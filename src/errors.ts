@@ -102,6 +102,8 @@ export const ErrorCodes = {
   E_CACHE_MISSING: 'a reference or one of its dependencies is not in the binary cache, or its archive is missing',
   E_BAD_KEY: 'a signing key or public key file is malformed, or a key file to be written exists already',
   E_STORE_CONFIG: "the store's config.json is not valid JSON or has a field of the wrong type",
+  E_BAD_BUILDER: 'a builder spec is not local, ssh://[user@]host[:port][/STORE][?maxJobs=N] or slurm[:PARTITION]',
+  E_BUILDER_FAILED: 'a remote builder (ssh host or Slurm job) failed or returned something unusable',
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;

@@ -169,7 +169,7 @@ interface Ran {
   stderr: string;
 }
 
-function run(cmd: string, args: readonly string[], input?: string): Promise<Ran> {
+function run(cmd: string, args: readonly string[], input?: string | Buffer): Promise<Ran> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
@@ -203,11 +203,11 @@ const tail = (s: string): string => s.trim().split('\n').slice(-5).join('\n');
  * Runs `cairn ARGS` on the remote host through ssh. A Cairn error there
  * comes back as the same error code here.
  */
-async function remoteCairn(
+export async function remoteCairn(
   remote: RemoteSpec,
   opts: SyncOptions,
   args: readonly string[],
-  input?: string,
+  input?: string | Buffer,
 ): Promise<string> {
   const ssh = splitCommand(opts.ssh ?? 'ssh');
   const command = [opts.remoteCairn ?? 'cairn', '--store', shellQuote(remote.store), ...args.map(shellQuote)].join(' ');
@@ -232,7 +232,7 @@ async function remoteCairn(
   });
 }
 
-function parseJson<T>(text: string, what: string): T {
+export function parseJson<T>(text: string, what: string): T {
   try {
     return JSON.parse(text) as T;
   } catch {

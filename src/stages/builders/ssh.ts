@@ -1,0 +1,59 @@
+/**
+ * The ssh builder: `cairn build-drv` on another host, as Nix's remote
+ * builders run `nix-store --serve`. One build:
+ *  1. the inputs' closures go to the host's store with sync push (only what
+ *     it lacks: one `store have` round trip, then rsync);
+ *  2. the derivation and its code object go over ssh stdin (`cairn drv import`);
+ *  3. `cairn build-drv DREF --input RREF... --json` runs there;
+ *  4. its realizations come back with sync pull: re-hashed and verified by
+ *     this store (receive.ts), never trusted as sent.
+ */
+import type { LocalStore } from '../../store/store.js';
+import type { RRef } from '../../store/refs.js';
+import { pull, push, remoteCairn, parseJson, type SyncOptions } from '../../store/sync.js';
+import { CairnError } from '../../errors.js';
+import type { SshSpec } from './spec.js';
+import type { RemoteBuilder, RemoteJob } from './pool.js';
+import { sendDerivation } from './send-derivation.js';
+import { checkBuildDrvReport } from './build-drv-report.js';
+
+export interface SshTransport {
+  /** The ssh command (default `ssh -o BatchMode=yes`), split like a shell would. */
+  ssh?: string;
+  /** The cairn command on the hosts (default `cairn`). */
+  remoteCairn?: string;
+}
+
+export function sshBuilder(store: LocalStore, spec: SshSpec, transport: SshTransport): RemoteBuilder {
+  const target = `${spec.user !== undefined ? `${spec.user}@` : ''}${spec.host}`;
+  const sshCmd = (transport.ssh ?? 'ssh -o BatchMode=yes') + (spec.port !== undefined ? ` -p ${spec.port}` : '');
+  const opts: SyncOptions = { ssh: sshCmd, remoteCairn: transport.remoteCairn };
+  const remote = `${target}:${spec.store}`;
+  const sshRemote = { sshTarget: target, rsyncTarget: target, store: spec.store };
+  return {
+    name: spec.name,
+    slots: spec.maxJobs,
+    async build(job: RemoteJob): Promise<RRef[]> {
+      const { node, inputs } = job;
+      if (inputs.length > 0) {
+        const sent = await push(store, remote, inputs, opts);
+        job.log(`${spec.name}: sent ${sent.plan.rrefs.length} input realization(s)`);
+      }
+      await sendDerivation(store, node.dref, (args, stdin) => remoteCairn(sshRemote, opts, args, stdin));
+      const args = ['build-drv', node.dref, ...inputs.flatMap((r) => ['--input', r]), '--json'];
+      const report = checkBuildDrvReport(
+        parseJson<unknown>(await remoteCairn(sshRemote, opts, args), 'cairn build-drv'),
+        node.dref,
+        spec.name,
+      );
+      job.log(`${spec.name}: built on ${report.host} in ${report.buildMs} ms`);
+      const got = await pull(store, remote, report.realizations, opts);
+      const received = new Set([...(got.received?.received ?? []), ...(got.received?.present ?? [])]);
+      // pull verifies what it takes in; anything it did not take in is not ours to return.
+      for (const r of report.realizations)
+        if (!received.has(r) && !store.has(r))
+          throw new CairnError('E_BUILDER_FAILED', `${spec.name} built ${r} but it did not arrive`, { rref: r });
+      return report.realizations;
+    },
+  };
+}
