@@ -2,6 +2,7 @@
 import { inputHashStats, instantiate } from '../../src/stages/instantiate.js';
 import { loadStageFile } from '../../src/stages/load.js';
 import { realize } from '../../src/stages/realize.js';
+import { storeStageCode } from '../../src/stages/self-contained.js';
 import { out, parseCount, type CliContext } from '../context.js';
 import { progressReporter } from '../progress.js';
 import { pushAfterRealize } from '../../src/stages/substitute.js';
@@ -30,6 +31,7 @@ interface RealizeOpts extends RealizeCacheFlags {
   buildersSsh?: string;
   remoteCairn?: string;
   explain?: boolean;
+  selfContained?: boolean;
 }
 
 const collect = (v: string, prev: string[]): string[] => [...prev, v];
@@ -54,6 +56,10 @@ export function registerRealize(ctx: CliContext): void {
       'make PATH a symlink to the target output and a gc root (more targets: PATH-2, PATH-3, ...)',
     )
     .option('--json', 'print the result as JSON')
+    .option(
+      '--self-contained',
+      "store the stage file's code (bundled) with its derivations, so `cairn build-drv` can build them elsewhere",
+    )
     .option(
       '--substituter <url>',
       "ask this binary cache before building (repeatable; default: the store configuration's substituters)",
@@ -107,6 +113,8 @@ export function registerRealize(ctx: CliContext): void {
       const quiet = !!o.quiet || (!!o.json && !tty);
       const progress = progressReporter(graph.order.length, { tty, verbose: !!o.verbose, quiet });
       const t0 = performance.now();
+      // Builders build from store objects alone: the code object goes with every derivation sent.
+      const code = (o.selfContained || builders) && !o.dryRun ? await storeStageCode(store, file, graph) : undefined;
       let result;
       try {
         result = await realize(graph, {
@@ -142,6 +150,7 @@ export function registerRealize(ctx: CliContext): void {
               targets: result.targets,
               plan: result.plan,
               ...(result.warnings.length > 0 ? { warnings: result.warnings } : {}),
+              ...(code ? { code: code.code } : {}),
               ...(pushed ? { pushed: { to: pushTarget!.name, roots: pushed } } : {}),
               ...(result.inputs.length > 0 ? { inputs: result.inputs, hashed } : {}),
             },
