@@ -1,24 +1,20 @@
 /**
- * Moving a derivation (drv.json and its code object) to a builder's store:
- * an export this side writes and `cairn IMPORT_ARGS` reads on stdin there,
- * verifying it (the drv hashes to its DRef, the code object to its name).
+ * A derivation as it travels to a builder: the export of its drv.json and
+ * code object (store/drv-export.ts) that `cairn build-drv DREF --from -`
+ * takes in on stdin, verifying each against its name, before building.
  */
-import { CairnError } from '../../errors.js';
+import { PassThrough } from 'node:stream';
 import type { DRef } from '../../store/refs.js';
 import type { LocalStore } from '../../store/store.js';
-
-/** The cairn arguments that import a derivation export from stdin. */
-export const IMPORT_ARGS: readonly string[] = ['drv', 'import', '-'];
+import { exportDerivationsTo } from '../../store/drv-export.js';
 
 export async function derivationBundle(store: LocalStore, dref: DRef): Promise<Buffer> {
-  void store;
-  throw new CairnError('E_BUILDER_FAILED', `cannot export derivation ${dref} yet`);
-}
-
-export async function sendDerivation(
-  store: LocalStore,
-  dref: DRef,
-  run: (args: readonly string[], stdin: Buffer) => Promise<unknown>,
-): Promise<void> {
-  await run(IMPORT_ARGS, await derivationBundle(store, dref));
+  const chunks: Buffer[] = [];
+  const sink = new PassThrough();
+  sink.on('data', (c: Buffer) => chunks.push(c));
+  const ended = new Promise<void>((resolve) => sink.on('end', resolve));
+  await exportDerivationsTo(store, [dref], sink);
+  sink.end();
+  await ended;
+  return Buffer.concat(chunks);
 }

@@ -17,7 +17,7 @@ import type { PushTarget, Substituter } from '../substitute.js';
 import type { SlurmSpec } from './spec.js';
 import type { RemoteBuilder, RemoteJob } from './pool.js';
 import { slurmResourceArgs } from './resources.js';
-import { derivationBundle, IMPORT_ARGS } from './send-derivation.js';
+import { derivationBundle } from './send-derivation.js';
 import { checkBuildDrvReport } from './build-drv-report.js';
 
 export interface SlurmDataPlane {
@@ -50,9 +50,11 @@ export function slurmJobScript(cairn: string, url: string, job: RemoteJob, keyFi
     // A store of the job's own, on the node; removed however the job ends (root may hold read-only dirs).
     'S=$(mktemp -d "${TMPDIR:-/tmp}/cairn-slurm-job.XXXXXX")',
     `trap 'chmod -R u+w "$S" 2>/dev/null; rm -rf "$S"' EXIT`,
-    `${c} ${IMPORT_ARGS.map(q).join(' ')} >/dev/null`,
+    // The derivation export arrives on stdin; kept in a file so no later command can read it.
+    'cat >"$S/drv.tar"',
     ...(job.inputs.length > 0 ? [`${c} cache pull ${q(url)} ${inputs} --trusted-key ${q(pub)} >/dev/null`] : []),
-    `${c} build-drv ${q(job.node.dref)} ${job.inputs.map((r) => `--input ${q(r)}`).join(' ')} --json >"$S/report"`,
+    `${c} build-drv ${q(job.node.dref)} --from "$S/drv.tar" ${job.inputs.map((r) => `--input ${q(r)}`).join(' ')} ` +
+      '--json >"$S/report"',
     `${c} cache push ${q(url)} ${q(job.node.dref)} --key ${q(keyFile)} >/dev/null`,
     'cat "$S/report"',
   ].join('\n');

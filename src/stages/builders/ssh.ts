@@ -3,9 +3,10 @@
  * builders run `nix-store --serve`. One build:
  *  1. the inputs' closures go to the host's store with sync push (only what
  *     it lacks: one `store have` round trip, then rsync);
- *  2. the derivation and its code object go over ssh stdin (`cairn drv import`);
- *  3. `cairn build-drv DREF --input RREF... --json` runs there;
- *  4. its realizations come back with sync pull: re-hashed and verified by
+ *  2. `cairn build-drv DREF --from - --input RREF... --json` runs there,
+ *     with the derivation and its code object on its stdin (verified there
+ *     against their names before anything is built);
+ *  3. its realizations come back with sync pull: re-hashed and verified by
  *     this store (receive.ts), never trusted as sent.
  */
 import type { LocalStore } from '../../store/store.js';
@@ -14,7 +15,7 @@ import { pull, push, remoteCairn, parseJson, type SyncOptions } from '../../stor
 import { CairnError } from '../../errors.js';
 import type { SshSpec } from './spec.js';
 import type { RemoteBuilder, RemoteJob } from './pool.js';
-import { sendDerivation } from './send-derivation.js';
+import { derivationBundle } from './send-derivation.js';
 import { checkBuildDrvReport } from './build-drv-report.js';
 
 export interface SshTransport {
@@ -39,10 +40,10 @@ export function sshBuilder(store: LocalStore, spec: SshSpec, transport: SshTrans
         const sent = await push(store, remote, inputs, opts);
         job.log(`${spec.name}: sent ${sent.plan.rrefs.length} input realization(s)`);
       }
-      await sendDerivation(store, node.dref, (args, stdin) => remoteCairn(sshRemote, opts, args, stdin));
-      const args = ['build-drv', node.dref, ...inputs.flatMap((r) => ['--input', r]), '--json'];
+      const args = ['build-drv', node.dref, '--from', '-', ...inputs.flatMap((r) => ['--input', r]), '--json'];
+      const drv = await derivationBundle(store, node.dref);
       const report = checkBuildDrvReport(
-        parseJson<unknown>(await remoteCairn(sshRemote, opts, args), 'cairn build-drv'),
+        parseJson<unknown>(await remoteCairn(sshRemote, opts, args, drv), 'cairn build-drv'),
         node.dref,
         spec.name,
       );
