@@ -344,7 +344,31 @@ export async function pull(
     await remoteCairn(remote, opts, ['store', 'closure', '--json', ...refs]),
     'cairn store closure',
   );
-  const nodes = checkListing(listing);
+  return pullListed(store, remote, listing, checkListing(listing), opts);
+}
+
+/**
+ * Fetches a closure whose listing the caller already knows (a builder's
+ * results: the realizations it made, whose context is the inputs this side
+ * sent), saving the `store closure` round trip. Nothing in the listing is
+ * trusted: the receive re-derives and checks every name.
+ */
+export async function pullKnown(
+  store: LocalStore,
+  remoteSpec: string,
+  listing: ClosureListing,
+  opts: SyncOptions = {},
+): Promise<SyncReport> {
+  return pullListed(store, parseRemote(remoteSpec), listing, listing.nodes, opts);
+}
+
+async function pullListed(
+  store: LocalStore | null,
+  remote: RemoteSpec,
+  listing: ClosureListing,
+  nodes: ClosureNode[],
+  opts: SyncOptions,
+): Promise<SyncReport> {
   const has = (r: string): boolean => store !== null && haveRefs(store, [r]).length > 0;
   const plan = planTransfer(listing.roots, nodes, has);
   const report: SyncReport = {

@@ -50,11 +50,14 @@ export function slurmJobScript(cairn: string, url: string, job: RemoteJob, keyFi
     // A store of the job's own, on the node; removed however the job ends (root may hold read-only dirs).
     'S=$(mktemp -d "${TMPDIR:-/tmp}/cairn-slurm-job.XXXXXX")',
     `trap 'chmod -R u+w "$S" 2>/dev/null; rm -rf "$S"' EXIT`,
+    // A cancelled job (SIGTERM from Slurm) exits through the EXIT trap too.
+    "trap 'exit 143' TERM INT HUP",
     // The derivation export arrives on stdin; kept in a file so no later command can read it.
     'cat >"$S/drv.tar"',
     ...(job.inputs.length > 0 ? [`${c} cache pull ${q(url)} ${inputs} --trusted-key ${q(pub)} >/dev/null`] : []),
-    `${c} build-drv ${q(job.node.dref)} --from "$S/drv.tar" ${job.inputs.map((r) => `--input ${q(r)}`).join(' ')} ` +
-      '--json >"$S/report"',
+    [c, 'build-drv', q(job.node.dref), '--from', '"$S/drv.tar"', ...job.inputs.flatMap((r) => ['--input', q(r)])]
+      .concat(['--json', '>"$S/report"'])
+      .join(' '),
     `${c} cache push ${q(url)} ${q(job.node.dref)} --key ${q(keyFile)} >/dev/null`,
     'cat "$S/report"',
   ].join('\n');

@@ -11,7 +11,7 @@
  */
 import type { LocalStore } from '../../store/store.js';
 import type { RRef } from '../../store/refs.js';
-import { pull, push, remoteCairn, parseJson, type SyncOptions } from '../../store/sync.js';
+import { listClosure, pullKnown, push, remoteCairn, parseJson, type SyncOptions } from '../../store/sync.js';
 import { CairnError } from '../../errors.js';
 import type { SshSpec } from './spec.js';
 import type { RemoteBuilder, RemoteJob } from './pool.js';
@@ -48,7 +48,16 @@ export function sshBuilder(store: LocalStore, spec: SshSpec, transport: SshTrans
         spec.name,
       );
       job.log(`${spec.name}: built on ${report.host} in ${report.buildMs} ms`);
-      const got = await pull(store, remote, report.realizations, opts);
+      // Their closure is known here (they were built from exactly `inputs`): no `store closure` round trip.
+      const listing = {
+        root: spec.store,
+        roots: report.realizations,
+        nodes: [
+          ...(inputs.length > 0 ? listClosure(store, inputs).nodes : []),
+          ...report.realizations.map((rref) => ({ rref, deps: [...inputs] })),
+        ],
+      };
+      const got = await pullKnown(store, remote, listing, opts);
       const received = new Set([...(got.received?.received ?? []), ...(got.received?.present ?? [])]);
       // pull verifies what it takes in; anything it did not take in is not ours to return.
       for (const r of report.realizations)
