@@ -50,6 +50,7 @@ export const ErrorCodes = {
   E_SERVICE_INVALID: 'a service ensemble is not valid (names, images, dependencies, cycles, exclusions)',
   E_SERVICE_FAILED: 'a service, or a dependency of it, failed to start',
   E_PING_TIMEOUT: 'a service did not answer its ping within the timeout',
+  E_PROJECT_IN_USE: 'a services project name is taken by another ensemble, or by another copy of the ensemble file',
   E_HASH_MISMATCH: 'fetched or copied content does not have the declared hash',
   E_BAD_HASH: 'a declared hash is malformed or of an unknown type',
   E_FETCH_FAILED: 'a download failed on every URL within its retry budget',

@@ -86,8 +86,10 @@ describe('services failures', () => {
     assert.equal(await inspect('cairntest-bad', 'c'), undefined);
     // An image tag the engine lacks is a failure of that service (nothing is pulled).
     const missing = write('missing.ts', "[{ name: 'a', image: 'cairn/does-not-exist:1' }]");
-    const r = await services(['start', missing, '--state-dir', state.dir], env);
+    // Its own project: cairntest-fail (the -p the helper passes) belongs to the other ensemble.
+    const r = await services(['start', missing, '--state-dir', state.dir], { ...env, SVC_PROJECT: 'cairntest-bad' });
     expectError(r, 'E_SERVICE_FAILED');
     assert.match(r.stdout, /pulls from no registry/);
+    await removeEnsemble('cairntest-bad');
   });
 });

@@ -20,6 +20,7 @@ function parseTimeout(v: string): number {
 interface Common {
   stateDir?: string;
   quiet?: boolean;
+  projectName?: string;
 }
 
 function printReports(
@@ -43,16 +44,20 @@ export function registerServices(ctx: CliContext): void {
   const { program, openStore } = ctx;
   const cmd = program
     .command('services')
-    .description('service ensembles on the Docker engine: start, stop, reload, status');
+    .description('service ensembles on the Docker engine: start, stop, down, reload, status');
   const common = (c: Command): Command =>
     c
       .option('--state-dir <dir>', 'where the context file lives (default: .cairn-services/ next to FILE)')
+      .option(
+        '-p, --project-name <name>',
+        "the project: names containers, network, volumes and context (default: FILE's directory-ensemble name)",
+      )
       .option('-q, --quiet', 'no progress lines on stderr');
   const setup = async (file: string, o: Common) => {
     const { loadEnsembleFile } = await import('../../src/services/load.js');
     const e = await loadEnsembleFile(file);
     const log = o.quiet ? undefined : (line: string) => process.stderr.write(`${line}\n`);
-    return { e, base: { store: openStore(), file, stateDir: o.stateDir, log } };
+    return { e, base: { store: openStore(), file, stateDir: o.stateDir, project: o.projectName, log } };
   };
 
   common(cmd.command('start'))
@@ -81,6 +86,18 @@ export function registerServices(ctx: CliContext): void {
       printReports(await stopEnsemble(e, { ...base, exclude: o.exclude, remove: o.remove }));
     });
 
+  common(cmd.command('down'))
+    .description('stop and remove the containers, network and context of the project (--volumes: its volumes too)')
+    .argument('<file>')
+    .option('-v, --volumes', 'also remove the named volumes of the project (their data is lost)')
+    .action(async (file: string, o: Common & { volumes?: boolean }) => {
+      const { e, base } = await setup(file, o);
+      const { downEnsemble } = await import('../../src/services/runner.js');
+      const r = await downEnsemble(e, { ...base, volumes: o.volumes });
+      printReports(r.reports);
+      for (const v of r.volumes) out(`volume ${v} removed`);
+    });
+
   common(cmd.command('reload'))
     .description('rebuild the image of one service and replace its container, with the saved context')
     .argument('<file>')
@@ -100,12 +117,13 @@ export function registerServices(ctx: CliContext): void {
     .option('--json', 'print JSON')
     .action(async (file: string, o: Common & { json?: boolean }) => {
       const { e, base } = await setup(file, o);
-      const { ensembleStatus, contextFile } = await import('../../src/services/runner.js');
+      const { ensembleStatus, contextFile, projectOf } = await import('../../src/services/runner.js');
       const { FileContext } = await import('../../src/services/context.js');
       const status = await ensembleStatus(e, base);
-      const context = FileContext.read(contextFile(base, e.name));
+      const project = projectOf(e, base).name;
+      const context = FileContext.read(contextFile(base, project));
       if (o.json) {
-        out(JSON.stringify({ ensemble: e.name, services: status, context }, null, 2));
+        out(JSON.stringify({ ensemble: e.name, project, services: status, context }, null, 2));
         return;
       }
       const w = Math.max(7, ...status.map((s) => s.name.length));
@@ -119,5 +137,6 @@ export function registerServices(ctx: CliContext): void {
         );
       }
       for (const [k, v] of Object.entries(context)) out(`context ${k}=${v}`);
+      out(`project ${project}`);
     });
 }

@@ -9,7 +9,11 @@
  *
  *   cairn services start examples/services/ensemble.ts
  *   cairn services status examples/services/ensemble.ts
- *   cairn services stop examples/services/ensemble.ts --remove
+ *   cairn services stop examples/services/ensemble.ts
+ *   cairn services down examples/services/ensemble.ts            # keeps the database's volume
+ *   cairn services down examples/services/ensemble.ts --volumes  # and removes it
+ *
+ * The project is `services-demo` (directory + ensemble name); `-p NAME` runs another copy.
  */
 import { debootstrap, dockerImage, ensemble, type ServiceHandle } from 'cairn';
 
@@ -50,6 +54,8 @@ export default ensemble({
         ].join(' && '),
       ],
       ports: { '5432': 15432 },
+      // The data directory outlives containers (reload, rebuilt images) until `down --volumes`.
+      volumes: { data: '/var/lib/postgresql/15/main' },
       stopSignal: 'SIGINT', // fast shutdown; SIGTERM waits for clients
       ping: async (h) => (await psql(h, 'SELECT 1')).stdout.trim() === '1',
     },

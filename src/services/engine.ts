@@ -5,14 +5,19 @@
  */
 import { CairnError } from '../errors.js';
 import { docker, inspectOne } from '../backends/containers/docker.js';
+import {
+  LABEL_ENSEMBLE,
+  LABEL_PROJECT,
+  LABEL_PROJECT_DIR,
+  LABEL_SERVICE,
+  LABEL_SPEC,
+  containerName,
+  networkName,
+} from './names.js';
+import type { LabelledContainer } from './project.js';
 
-export const LABEL_ENSEMBLE = 'cairn.ensemble';
-export const LABEL_SERVICE = 'cairn.service';
-export const LABEL_SPEC = 'cairn.spec';
-
-/** Dots cannot occur in ensemble or service names, so `cairn.<ensemble>.<service>` is unambiguous. */
-export const containerName = (ensemble: string, service: string): string => `cairn.${ensemble}.${service}`;
-export const networkName = (ensemble: string): string => `cairn.${ensemble}`;
+// The names live in names.ts (one place for every command); re-exported for existing callers.
+export { LABEL_ENSEMBLE, LABEL_SERVICE, LABEL_SPEC, containerName, networkName };
 
 export interface ContainerInfo {
   id: string;
@@ -54,12 +59,13 @@ export async function inspectContainer(name: string): Promise<ContainerInfo | un
   };
 }
 
-export async function ensureNetwork(ensemble: string, labels: Record<string, string>): Promise<string> {
-  const name = networkName(ensemble);
+/** `labels` must hold the project's labels (cairn.ensemble, cairn.project). */
+export async function ensureNetwork(project: string, labels: Record<string, string>): Promise<string> {
+  const name = networkName(project);
   const r = await docker(['network', 'inspect', name], { check: false });
   if (r.exitCode === 0) return name;
   const args = ['network', 'create', '--driver', 'bridge'];
-  for (const [k, v] of Object.entries({ ...labels, [LABEL_ENSEMBLE]: ensemble })) args.push('--label', `${k}=${v}`);
+  for (const [k, v] of Object.entries(labels)) args.push('--label', `${k}=${v}`);
   const c = await docker([...args, name], { check: false });
   // Two starts racing: the other one created it.
   if (c.exitCode !== 0 && !/already exists/.test(c.stderr))
@@ -67,8 +73,29 @@ export async function ensureNetwork(ensemble: string, labels: Record<string, str
   return name;
 }
 
-export async function removeNetwork(ensemble: string): Promise<void> {
-  await docker(['network', 'rm', networkName(ensemble)], { check: false });
+export async function removeNetwork(project: string): Promise<void> {
+  await docker(['network', 'rm', networkName(project)], { check: false });
+}
+
+/** Every service container of the engine (any project), with Cairn's labels: one call. */
+export async function listServiceContainers(): Promise<LabelledContainer[]> {
+  const fmt = [LABEL_ENSEMBLE, LABEL_PROJECT, LABEL_PROJECT_DIR].map((l) => `{{.Label "${l}"}}`).join('\t');
+  const r = await docker([
+    'ps',
+    '--all',
+    '--no-trunc',
+    '--filter',
+    `label=${LABEL_ENSEMBLE}`,
+    '--format',
+    `{{.Names}}\t${fmt}`,
+  ]);
+  return r.stdout
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => {
+      const [name = '', ensemble = '', project = '', dir = ''] = line.split('\t');
+      return { name, ensemble, project, dir };
+    });
 }
 
 export interface RunSpec {
@@ -81,6 +108,8 @@ export interface RunSpec {
   ports: Record<string, number>;
   stopSignal: string | null;
   command: readonly string[] | null;
+  /** `--mount` values (see volumes.ts mountArg). */
+  mounts?: readonly string[];
 }
 
 export async function runContainer(spec: RunSpec): Promise<string> {
@@ -104,6 +133,7 @@ export async function runContainer(spec: RunSpec): Promise<string> {
   for (const [k, v] of Object.entries(spec.env)) args.push('--env', `${k}=${v}`);
   // Published on loopback only: services are for this machine's tests and tools.
   for (const [c, h] of Object.entries(spec.ports)) args.push('--publish', `127.0.0.1:${h === 0 ? '' : h}:${c}`);
+  for (const m of spec.mounts ?? []) args.push('--mount', m);
   if (spec.stopSignal) args.push('--stop-signal', spec.stopSignal);
   const r = await docker([...args, spec.image, ...(spec.command ?? [])]);
   return r.stdout.trim();

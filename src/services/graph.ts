@@ -6,6 +6,7 @@
 import { CairnError } from '../errors.js';
 import { isStage } from '../stages/stage.js';
 import { checkTemplate } from './interpolate.js';
+import { checkSpecShape } from './spec-keys.js';
 import type { EnsembleSpec, ServiceSpec } from './spec.js';
 
 /** A hostname label (RFC 1123), lowercase so the name and the DNS name are the same string. */
@@ -21,8 +22,11 @@ const invalid = (msg: string, details: Record<string, unknown> = {}): CairnError
  * circular dependencies. Returns the services by name.
  */
 export function validateEnsemble(e: EnsembleSpec): Map<string, ServiceSpec> {
+  checkSpecShape(e);
   if (typeof e.name !== 'string' || !HOSTNAME_RE.test(e.name))
-    throw invalid(`ensemble name ${JSON.stringify(e.name)} must be a lowercase hostname label (a-z, 0-9, -)`);
+    throw invalid(`ensemble name ${JSON.stringify(e.name)} must be a lowercase hostname label (a-z, 0-9, -)`, {
+      key: 'name',
+    });
   const byName = new Map<string, ServiceSpec>();
   for (const s of e.services) {
     if (typeof s !== 'object' || s === null) throw invalid('a service must be an object');
@@ -30,7 +34,7 @@ export function validateEnsemble(e: EnsembleSpec): Map<string, ServiceSpec> {
       throw invalid(
         `service name ${JSON.stringify(s.name)} is not a valid hostname: ` +
           `use 1-63 of a-z, 0-9 and -, not starting or ending with -`,
-        { service: s.name },
+        { service: s.name, key: 'name' },
       );
     }
     if (byName.has(s.name)) throw invalid(`service ${s.name} is defined twice`, { service: s.name });
@@ -39,14 +43,23 @@ export function validateEnsemble(e: EnsembleSpec): Map<string, ServiceSpec> {
     if (sources !== 1)
       throw invalid(`service ${s.name} needs exactly one of image and buildFromDirectory`, { service: s.name });
     if (s.image !== undefined && typeof s.image !== 'string' && !isStage(s.image))
-      throw invalid(`service ${s.name}: image must be a tag or a stage`, { service: s.name });
+      throw invalid(`service ${s.name}: image must be a tag or a stage`, { service: s.name, key: 'image' });
     if (typeof s.image === 'string' && !/^[A-Za-z0-9][A-Za-z0-9._/:@-]*$/.test(s.image))
-      throw invalid(`service ${s.name}: ${JSON.stringify(s.image)} is not an image reference`, { service: s.name });
+      throw invalid(`service ${s.name}: ${JSON.stringify(s.image)} is not an image reference`, {
+        service: s.name,
+        key: 'image',
+      });
     if (s.buildFromDirectory && typeof s.buildFromDirectory.directory !== 'string')
-      throw invalid(`service ${s.name}: buildFromDirectory needs a directory`, { service: s.name });
+      throw invalid(`service ${s.name}: buildFromDirectory needs a directory`, {
+        service: s.name,
+        key: 'buildFromDirectory',
+      });
     for (const [k, v] of Object.entries(s.env ?? {})) {
       if (!ENV_KEY_RE.test(k) || typeof v !== 'string')
-        throw invalid(`service ${s.name}: env ${k} must be a variable name with a string value`, { service: s.name });
+        throw invalid(`service ${s.name}: env ${k} must be a variable name with a string value`, {
+          service: s.name,
+          key: 'env',
+        });
       checkTemplate(v, `service ${s.name}: env ${k}`);
     }
     for (const [c, h] of Object.entries(s.ports ?? {})) {
@@ -55,19 +68,23 @@ export function validateEnsemble(e: EnsembleSpec): Map<string, ServiceSpec> {
         throw invalid(
           `service ${s.name}: port ${c} → ${h} must map a container port (1-65535, ` +
             `optionally /tcp or /udp) to a host port (0-65535, 0 = any)`,
-          { service: s.name },
+          { service: s.name, key: 'ports' },
         );
       }
     }
     if (s.command !== undefined && (!Array.isArray(s.command) || s.command.some((a) => typeof a !== 'string')))
-      throw invalid(`service ${s.name}: command must be an array of strings`, { service: s.name });
+      throw invalid(`service ${s.name}: command must be an array of strings`, {
+        service: s.name,
+        key: 'command',
+      });
     if (s.stopSignal !== undefined && !/^(SIG)?[A-Z0-9+-]+$/.test(s.stopSignal))
       throw invalid(`service ${s.name}: stopSignal ${JSON.stringify(s.stopSignal)} is not a signal name`, {
         service: s.name,
+        key: 'stopSignal',
       });
     for (const hook of ['ping', 'postStartInit'] as const) {
       if (s[hook] !== undefined && typeof s[hook] !== 'function')
-        throw invalid(`service ${s.name}: ${hook} must be a function`, { service: s.name });
+        throw invalid(`service ${s.name}: ${hook} must be a function`, { service: s.name, key: hook });
     }
   }
   for (const s of byName.values()) {
@@ -75,9 +92,10 @@ export function validateEnsemble(e: EnsembleSpec): Map<string, ServiceSpec> {
       if (!byName.has(d))
         throw invalid(`service ${s.name} depends on ${JSON.stringify(d)}, which is not defined`, {
           service: s.name,
+          key: 'dependsOn',
           dependency: d,
         });
-      if (d === s.name) throw invalid(`service ${s.name} depends on itself`, { service: s.name });
+      if (d === s.name) throw invalid(`service ${s.name} depends on itself`, { service: s.name, key: 'dependsOn' });
     }
   }
   dependencyOrder(byName);

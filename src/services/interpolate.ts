@@ -80,6 +80,8 @@ export interface ContainerSpec {
   stopSignal: string | null;
   network: string;
   hostname: string;
+  /** Only when the service has volumes, so containers made before volumes existed keep their hash. */
+  mounts?: readonly { kind: string; source: string; target: string; readOnly: boolean }[];
 }
 
 /** Short hash of the canonical spec; kept in a container label and compared on start. */

@@ -2,6 +2,7 @@
  * start / stop / reload / status of an ensemble: the orchestration over the
  * pure core (graph.ts, interpolate.ts) and the docker calls (engine.ts).
  */
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CairnError, isCairnError } from '../errors.js';
 import { requireDocker } from '../backends/containers/docker.js';
@@ -14,14 +15,10 @@ import { FileContext } from './context.js';
 import {
   buildImage,
   containerLogs,
-  containerName,
   ensureNetwork,
   imageId,
   inspectContainer,
-  LABEL_ENSEMBLE,
-  LABEL_SERVICE,
-  LABEL_SPEC,
-  networkName,
+  listServiceContainers,
   publishedPort,
   removeContainer,
   removeNetwork,
@@ -32,7 +29,20 @@ import {
 } from './engine.js';
 import { dependencyOrder, selectForStart, selectForStop, validateEnsemble } from './graph.js';
 import { interpolateEnv, specHash, type ContainerSpec } from './interpolate.js';
+import {
+  buildTag,
+  containerName,
+  contextFileIn,
+  LABEL_ENSEMBLE,
+  LABEL_PROJECT,
+  LABEL_PROJECT_DIR,
+  LABEL_SERVICE,
+  LABEL_SPEC,
+  networkName,
+} from './names.js';
+import { checkClaim, legacyNote, resolveProject, type Project } from './project.js';
 import type { EnsembleSpec, ServiceHandle, ServiceSpec } from './spec.js';
+import { ensureVolumes, mountArg, parseVolumes, projectVolumes, removeVolumes, type Mount } from './volumes.js';
 
 export const DEFAULT_PING_TIMEOUT_MS = 300_000;
 const PING_INTERVAL_MS = 100;
@@ -44,6 +54,8 @@ export interface RunnerOptions {
   file: string;
   /** Where the context file lives (default: `.cairn-services/` next to the ensemble file). */
   stateDir?: string;
+  /** The project name (-p); default: derived from the file's directory and the ensemble name (project.ts). */
+  project?: string;
   /** Ping timeout (default 300 s). */
   timeoutMs?: number;
   /** Progress lines (to stderr in the CLI). */
@@ -61,7 +73,8 @@ export type Outcome =
   | 'stopped'
   | 'removed'
   | 'already-stopped'
-  | 'absent';
+  | 'absent'
+  | 'orphan-removed';
 
 export interface ServiceReport {
   name: string;
@@ -71,9 +84,14 @@ export interface ServiceReport {
   ms?: number;
 }
 
-export function contextFile(opts: Pick<RunnerOptions, 'file' | 'stateDir'>, ensemble: string): string {
-  const dir = opts.stateDir ?? path.join(path.dirname(path.resolve(opts.file)), '.cairn-services');
-  return path.join(dir, `${ensemble}.context.json`);
+/** The context file of a project (`project`: its name, see projectOf). */
+export function contextFile(opts: Pick<RunnerOptions, 'file' | 'stateDir'>, project: string): string {
+  return contextFileIn(opts.stateDir ?? path.join(path.dirname(path.resolve(opts.file)), '.cairn-services'), project);
+}
+
+/** The project an ensemble runs as with these options. */
+export function projectOf(e: EnsembleSpec, opts: Pick<RunnerOptions, 'file' | 'project'>): Project {
+  return resolveProject(opts.file, e.name, opts.project);
 }
 
 const failedOutcome = (o: Outcome): boolean => o === 'failed' || o === 'dependency-failed';
@@ -92,6 +110,7 @@ class Runner {
   readonly byName: Map<string, ServiceSpec>;
   readonly context: FileContext;
   readonly labels: Record<string, string>;
+  readonly project: Project;
   private readonly log: (line: string) => void;
 
   constructor(
@@ -99,9 +118,55 @@ class Runner {
     readonly opts: RunnerOptions,
   ) {
     this.byName = validateEnsemble(e);
-    this.context = new FileContext(contextFile(opts, e.name));
-    this.labels = { ...e.labels, [LABEL_ENSEMBLE]: e.name };
+    this.project = projectOf(e, opts);
+    this.context = new FileContext(contextFile(opts, this.project.name));
+    this.labels = {
+      ...e.labels,
+      [LABEL_ENSEMBLE]: e.name,
+      [LABEL_PROJECT]: this.project.name,
+      [LABEL_PROJECT_DIR]: this.project.dir,
+    };
     this.log = opts.log ?? (() => {});
+  }
+
+  /** The container of a service in this project. */
+  cname(service: string): string {
+    return containerName(this.project.name, service);
+  }
+
+  /**
+   * Checks that the project is this copy's (E_PROJECT_IN_USE otherwise) and
+   * notes containers from before project names. One engine call.
+   */
+  async claim(): Promise<void> {
+    await requireDocker();
+    const { legacy } = checkClaim(this.project, await listServiceContainers());
+    if (legacy.length > 0) this.log(legacyNote(this.project, legacy));
+  }
+
+  mounts(svc: ServiceSpec): Mount[] {
+    return parseVolumes(svc.name, svc.volumes, path.dirname(path.resolve(this.opts.file)));
+  }
+
+  /**
+   * Before anything starts: every bind-mounted host path exists (docker
+   * would otherwise fail half-way, or create an empty directory in its
+   * place), and the named volumes exist with the project's labels.
+   */
+  async prepareMounts(services: readonly string[]): Promise<void> {
+    const volumes: string[] = [];
+    for (const name of services) {
+      for (const m of this.mounts(this.byName.get(name)!)) {
+        if (m.kind === 'volume') volumes.push(m.source);
+        else if (!fs.existsSync(m.source))
+          throw new CairnError(
+            'E_SERVICE_INVALID',
+            `service ${name}: host path ${m.source} (mounted at ${m.target}) does not exist`,
+            { service: name, key: 'volumes', path: m.source },
+          );
+      }
+    }
+    await ensureVolumes(this.project.name, volumes, this.labels);
   }
 
   /** A tag (checked to exist) or an image stage (realized, then imported if the engine lacks it). */
@@ -121,7 +186,7 @@ class Runner {
       const dir = path.resolve(path.dirname(path.resolve(this.opts.file)), b.directory);
       const buildArgs: Record<string, string> = {};
       if (b.baseImage !== undefined) buildArgs.BASE_IMAGE = await this.imageRef(b.baseImage);
-      const tag = `cairn-build/${this.e.name}-${svc.name}:latest`;
+      const tag = buildTag(this.project.name, svc.name);
       this.log(`${svc.name}: docker build ${dir}`);
       const id = await buildImage({
         directory: dir,
@@ -154,7 +219,7 @@ class Runner {
 
   async create(svc: ServiceSpec, image: string, spec: ContainerSpec, hash: string): Promise<void> {
     await runContainer({
-      name: containerName(this.e.name, svc.name),
+      name: this.cname(svc.name),
       image,
       hostname: svc.name,
       network: spec.network,
@@ -163,17 +228,20 @@ class Runner {
       ports: spec.ports,
       stopSignal: spec.stopSignal,
       command: spec.command,
+      mounts: this.mounts(svc).map((m) => mountArg(this.project.name, m)),
     });
   }
 
   async containerSpec(svc: ServiceSpec, id: string): Promise<ContainerSpec> {
+    const mounts = this.mounts(svc);
     return {
+      ...(mounts.length > 0 ? { mounts } : {}),
       imageId: id,
       command: svc.command ? [...svc.command] : null,
       env: interpolateEnv(svc.env, this.context.all(), svc.name),
       ports: Object.fromEntries(Object.entries(svc.ports ?? {}).map(([c, h]) => [c.includes('/') ? c : `${c}/tcp`, h])),
       stopSignal: svc.stopSignal ?? null,
-      network: networkName(this.e.name),
+      network: networkName(this.project.name),
       hostname: svc.name,
     };
   }
@@ -221,7 +289,7 @@ class Runner {
 
   async startOne(svc: ServiceSpec, mode: 'start' | 'reload'): Promise<ServiceReport> {
     const t0 = performance.now();
-    const cname = containerName(this.e.name, svc.name);
+    const cname = this.cname(svc.name);
     const image = await this.resolveImage(svc);
     const spec = await this.containerSpec(svc, image.id);
     const hash = specHash(spec);
@@ -275,8 +343,9 @@ class Runner {
   /** Starts each service once all its dependencies are up; independent services start in parallel. */
   async start(exclude: readonly string[]): Promise<ServiceReport[]> {
     const order = selectForStart(this.byName, exclude);
-    await requireDocker();
-    await ensureNetwork(this.e.name, this.labels);
+    await this.claim();
+    await this.prepareMounts(order);
+    await ensureNetwork(this.project.name, this.labels);
     const started = new Map<string, Promise<ServiceReport>>();
     for (const name of order) {
       const svc = this.byName.get(name)!;
@@ -314,10 +383,10 @@ class Runner {
   /** Stops dependants before their dependencies, one at a time. */
   async stop(exclude: readonly string[], remove: boolean): Promise<ServiceReport[]> {
     const order = selectForStop(this.byName, exclude);
-    await requireDocker();
+    await this.claim();
     const reports: ServiceReport[] = [];
     for (const name of order) {
-      const cname = containerName(this.e.name, name);
+      const cname = this.cname(name);
       const info = await inspectContainer(cname);
       if (!info) {
         reports.push({ name, outcome: 'absent' });
@@ -333,19 +402,43 @@ class Runner {
     // With every container gone, the network and the context go too: new
     // containers get their postStartInit again, which sets the context anew.
     if (remove && exclude.length === 0) {
-      await removeNetwork(this.e.name);
+      await removeNetwork(this.project.name);
       this.context.remove();
     }
     return reports;
+  }
+
+  /**
+   * `down`: stops and removes every container of the project (dependants
+   * first, then containers of services no longer in the file), its network
+   * and its context; with `volumes`, its named volumes too.
+   */
+  async down(volumes: boolean): Promise<{ reports: ServiceReport[]; volumes: string[] }> {
+    const reports = await this.stop([], true);
+    const orphans = (await listServiceContainers()).filter(
+      (c) => c.project === this.project.name && !reports.some((r) => this.cname(r.name) === c.name),
+    );
+    for (const o of orphans) {
+      this.log(`${o.name}: removing (its service is no longer in the file)`);
+      await removeContainer(o.name);
+      reports.push({ name: o.name, outcome: 'orphan-removed' });
+    }
+    // The network outlives a container removed after stop() tried: try again.
+    if (orphans.length > 0) await removeNetwork(this.project.name);
+    if (!volumes) return { reports, volumes: [] };
+    const declared = [...this.byName.values()].flatMap((s) =>
+      this.mounts(s).flatMap((m) => (m.kind === 'volume' ? [m.source] : [])),
+    );
+    return { reports, volumes: await removeVolumes(await projectVolumes(this.project.name, declared)) };
   }
 
   async reload(name: string): Promise<ServiceReport> {
     const svc = this.byName.get(name);
     if (!svc)
       throw new CairnError('E_SERVICE_INVALID', `no service ${name} in ensemble ${this.e.name}`, { service: name });
-    await requireDocker();
+    await this.claim();
     for (const d of svc.dependsOn ?? []) {
-      const info = await inspectContainer(containerName(this.e.name, d));
+      const info = await inspectContainer(this.cname(d));
       if (!info?.running)
         throw new CairnError(
           'E_SERVICE_FAILED',
@@ -353,7 +446,8 @@ class Runner {
           { service: name, dependency: d },
         );
     }
-    await ensureNetwork(this.e.name, this.labels);
+    await this.prepareMounts([name]);
+    await ensureNetwork(this.project.name, this.labels);
     try {
       return await this.startOne(svc, 'reload');
     } catch (e) {
@@ -365,10 +459,10 @@ class Runner {
   }
 
   async status(): Promise<ServiceStatus[]> {
-    await requireDocker();
+    await this.claim();
     const out: ServiceStatus[] = [];
     for (const name of dependencyOrder(this.byName)) {
-      const info = await inspectContainer(containerName(this.e.name, name));
+      const info = await inspectContainer(this.cname(name));
       out.push({
         name,
         state: info?.status ?? 'absent',
@@ -418,6 +512,13 @@ export async function stopEnsemble(
   opts: RunnerOptions & { exclude?: readonly string[]; remove?: boolean },
 ): Promise<ServiceReport[]> {
   return new Runner(e, opts).stop(opts.exclude ?? [], !!opts.remove);
+}
+
+export async function downEnsemble(
+  e: EnsembleSpec,
+  opts: RunnerOptions & { volumes?: boolean },
+): Promise<{ reports: ServiceReport[]; volumes: string[] }> {
+  return new Runner(e, opts).down(!!opts.volumes);
 }
 
 export async function reloadService(e: EnsembleSpec, name: string, opts: RunnerOptions): Promise<ServiceReport> {

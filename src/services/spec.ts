@@ -5,6 +5,8 @@
 import { CairnError } from '../errors.js';
 import type { ExecResult } from '../backends/machine.js';
 import { isStage, type Stage } from '../stages/stage.js';
+import { callerLocation, LOCATION } from './spec-location.js';
+import type { VolumesSpec } from './volumes.js';
 
 /** The ensemble's global context: string values shared by all services, persisted between runs. */
 export interface ServiceContext {
@@ -56,6 +58,12 @@ export interface ServiceSpec {
   env?: Record<string, string>;
   /** Container port → host port (0: any free port), published on 127.0.0.1. */
   ports?: Record<string, number>;
+  /**
+   * Named volumes of the project (kept until `down --volumes`) and host paths (bind mounts), e.g.
+   * `{ data: '/var/lib/postgresql/15/main', './conf': { path: '/etc/app', readOnly: true } }`
+   * or compose's `['data:/var/lib/postgresql/15/main', './conf:/etc/app:ro']`. See volumes.ts.
+   */
+  volumes?: VolumesSpec;
   /** Names of services that must be up (pinged) before this one starts. */
   dependsOn?: readonly string[];
   /** Signal `docker stop` sends (default: the image's, else SIGTERM). */
@@ -69,7 +77,11 @@ export interface ServiceSpec {
 }
 
 export interface EnsembleSpec {
-  /** Names the network (`cairn-<name>`), the containers (`<name>-<service>`) and the context file. */
+  /**
+   * The ensemble's name; with the file's directory it makes the default project name (see project.ts),
+   * which names the network `cairn.<project>`, the containers `cairn.<project>.<service>`, the
+   * volumes `cairn.<project>.<volume>` and the context file `<project>.context.json`.
+   */
   name: string;
   services: readonly ServiceSpec[];
   /** Extra labels for every container and the network (tests use them for cleanup). */
@@ -88,15 +100,23 @@ export function isEnsemble(x: unknown): x is Ensemble {
 
 /** Identity helper for type checking service specs in ensemble files. */
 export function service(spec: ServiceSpec): ServiceSpec {
-  return spec;
+  const at = callerLocation();
+  // The call site rides on a symbol key, so key checks and the spec hash never see it.
+  if (!at || typeof spec !== 'object' || spec === null) return spec;
+  return Object.assign({ ...spec }, { [LOCATION]: at });
 }
 
 /** Declares an ensemble; validated (names, dependencies, cycles) when it is started or stopped. */
 export function ensemble(spec: EnsembleSpec): Ensemble {
   if (typeof spec !== 'object' || spec === null || !Array.isArray(spec.services)) {
-    throw new CairnError('E_SERVICE_INVALID', 'ensemble() needs { name, services: [...] }');
+    const at = callerLocation();
+    throw new CairnError(
+      'E_SERVICE_INVALID',
+      `${at ? `${at.file}:${at.line}: ` : ''}ensemble() needs { name, services: [...] }`,
+      at ? { ...at } : {},
+    );
   }
-  return Object.freeze({ ...spec, [ENSEMBLE]: true as const });
+  return Object.freeze({ ...spec, [ENSEMBLE]: true as const, [LOCATION]: callerLocation() });
 }
 
 export function imageIsStage(img: ServiceSpec['image']): img is Stage {
