@@ -52,7 +52,10 @@ const DERIVATION_FAULTS = new Set([
   'E_UNSAFE_OUTPUT',
   'E_MATCH_UNSATISFIED',
   'E_INPUT_MISSING',
-  'E_NOT_PORTABLE',
+  // Code that cannot travel fails on every builder; building it here instead would hide that.
+  'E_CODE_NATIVE',
+  'E_CODE_NOT_PORTABLE',
+  'E_CODE_MISMATCH',
 ]);
 
 export function isDerivationFault(e: unknown): boolean {
