@@ -223,6 +223,32 @@ describe('ssh builders', () => {
     await assertVerifyClean(a);
   });
 
+  it('a build that fails on a builder fails the realize with its own code; no other builder retries it', async () => {
+    const file = path.join(h.dir, 'failing.ts');
+    fs.writeFileSync(
+      file,
+      `import { stage } from 'cairn';
+export default stage({ name: 'boom', config: { v: 1 }, build: () => { throw new Error('boom on purpose'); } });
+`,
+    );
+    const r = await h.cairn(a, [
+      'realize',
+      file,
+      '--builders',
+      builder(b),
+      '--builders',
+      builder(c),
+      '--builders-ssh',
+      h.ssh,
+      '--remote-cairn',
+      remoteCairn(),
+    ]);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /cairn: error E_BUILD_FAILED: .*boom on purpose/s);
+    assert.doesNotMatch(r.stderr, /every remote builder failed/);
+    assert.deepEqual(tmpEntries(a.store), []);
+  });
+
   it('every builder unreachable: built locally, with one warning line', async () => {
     const file = writeFanout(h.dir, { salt: 'fallback', parts: 3, sleepMs: 50 });
     const dead = ['ssh://root@10.200.19.9/srv/x', 'ssh://root@10.200.19.10/srv/y'];
