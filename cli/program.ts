@@ -33,7 +33,10 @@ export const GROUPS: readonly Group[] = [
     words: ['realize', 'instantiate'],
     register: async (c) => (await import('./commands/realize.js')).registerRealize(c),
   },
-  { words: ['build-drv'], register: async (c) => (await import('./commands/build-drv.js')).registerBuildDrv(c) },
+  {
+    words: ['build-drv', 'export-drv', 'import-drv'],
+    register: async (c) => (await import('./commands/build-drv.js')).registerBuildDrv(c),
+  },
   {
     words: ['lsref', 'catref', 'shellref', 'rmref', 'du', 'log', 'store', 'root'],
     register: async (c) => (await import('./commands/store.js')).registerStore(c),

@@ -3,6 +3,12 @@ import { buildDerivation } from '../../src/stages/build-drv.js';
 import { CairnError } from '../../src/errors.js';
 import { parseRef, type DRef, type RRef } from '../../src/store/refs.js';
 import { out, type CliContext } from '../context.js';
+import { exportDerivationsTo, importDerivations, importDerivationsFrom } from '../../src/store/drv-export.js';
+import type { LocalStore } from '../../src/store/store.js';
+
+/** Takes in a derivation export from a file, or from stdin for `-`. */
+const importFrom = (store: LocalStore, file: string): ReturnType<typeof importDerivations> =>
+  file === '-' ? importDerivationsFrom(store, process.stdin) : importDerivations(store, file);
 
 const collect = (v: string, prev: string[]): string[] => [...prev, v];
 
@@ -20,9 +26,10 @@ export function registerBuildDrv(ctx: CliContext): void {
       collect,
       [],
     )
+    .option('--from <file>', 'first take in the derivations exported to FILE by export-drv (- for stdin)')
     .option('-v, --verbose', 'show the build log live on stderr')
     .option('--json', 'print { drv, realizations, built, host, buildMs, code } as JSON')
-    .action(async (dref: string, o: { input: string[]; verbose?: boolean; json?: boolean }) => {
+    .action(async (dref: string, o: { input: string[]; from?: string; verbose?: boolean; json?: boolean }) => {
       let p;
       try {
         p = parseRef(dref);
@@ -31,11 +38,40 @@ export function registerBuildDrv(ctx: CliContext): void {
       }
       if (p.kind !== 'drv') throw new CairnError('E_USAGE', `build-drv needs a DRef, not the RRef ${dref}`);
       const store = ctx.openStore();
+      if (o.from !== undefined) await importFrom(store, o.from);
       const result = await buildDerivation(store, dref as DRef, {
         inputs: o.input as RRef[],
         onLog: o.verbose ? (line) => process.stderr.write(`${p.name}> ${line}\n`) : undefined,
       });
       if (o.json) out(JSON.stringify(result));
       else out(result.realizations.join(' '));
+    });
+
+  ctx.program
+    .command('export-drv')
+    .description('write derivations and their code objects as a tar (to stdout, or FILE) for build-drv elsewhere')
+    .argument('<dref...>')
+    .option('-o, --output <file>', 'write to FILE instead of stdout')
+    .action(async (drefs: string[], o: { output?: string }) => {
+      const store = ctx.openStore();
+      if (o.output === undefined) {
+        await exportDerivationsTo(store, drefs as DRef[], process.stdout);
+        return;
+      }
+      const { createWriteStream } = await import('node:fs');
+      const file = createWriteStream(o.output, { flags: 'wx', mode: 0o644 });
+      await exportDerivationsTo(store, drefs as DRef[], file);
+      await new Promise<void>((resolve, reject) => file.end((e?: Error | null) => (e ? reject(e) : resolve())));
+    });
+
+  ctx.program
+    .command('import-drv')
+    .description('take in derivations and code objects written by export-drv (FILE, or - for stdin), all or nothing')
+    .argument('<file>')
+    .option('--json', 'print { derivations, code } as JSON')
+    .action(async (file: string, o: { json?: boolean }) => {
+      const report = await importFrom(ctx.openStore(), file);
+      if (o.json) out(JSON.stringify(report));
+      else out(report.derivations.join('\n'));
     });
 }

@@ -7,7 +7,7 @@
  */
 import * as os from 'node:os';
 import { CairnError, isCairnError } from '../errors.js';
-import { parseCodeObject } from '../store/code-object.js';
+import { parseCodeObject, type CodeObject } from '../store/code-object.js';
 import { candidateOf, type Candidate, type Context } from '../store/interface.js';
 import { parseRef, type DRef, type RRef } from '../store/refs.js';
 import { contextHash, type LocalStore } from '../store/store.js';
@@ -166,6 +166,25 @@ export async function buildDerivation(
       { dref, path: node.imports.key },
     );
   }
+  // Kept from gc while building: the derivation (which may have no realization yet) and its inputs.
+  const roots = await store.addTempRoots([dref, ...node.deps], 'build-drv');
+  try {
+    return await buildWith(store, node, graph, code, obj, opts, t0);
+  } finally {
+    await roots.release();
+  }
+}
+
+async function buildWith(
+  store: LocalStore,
+  node: Derivation,
+  graph: Graph,
+  code: string,
+  obj: CodeObject,
+  opts: BuildDerivationOptions,
+  t0: number,
+): Promise<BuildDerivationResult> {
+  const { dref } = node;
   const context = await chooseInputs(store, dref, node.deps, opts.inputs ?? []);
   const ctx = contextHash(context);
   const m = node.stage.matcher;
@@ -226,6 +245,6 @@ export async function buildDerivation(
   }
 
   function result(realizations: RRef[], built: boolean): BuildDerivationResult {
-    return { drv: dref, realizations, built, host: os.hostname(), buildMs: Date.now() - t0, code: code! };
+    return { drv: dref, realizations, built, host: os.hostname(), buildMs: Date.now() - t0, code };
   }
 }

@@ -37,7 +37,12 @@ export function addCodeText(root: string, owner: string, text: string): string {
   const hash = shortHash(text);
   parseCodeObject(text, hash);
   const dest = codePath(root, hash);
-  if (fs.existsSync(dest)) return hash;
+  if (fs.existsSync(dest)) {
+    // Added again: fresh for gc's grace period, so it is not collected before its derivations point to it.
+    const now = new Date();
+    fs.lutimesSync(dest, now, now);
+    return hash;
+  }
   makeDirs(path.join(root, CODE_DIR));
   const tmp = path.join(root, 'tmp', tempName(owner, 'code'));
   const fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o444);
@@ -104,4 +109,46 @@ export function listCode(root: string): string[] {
   } catch {
     return [];
   }
+}
+
+/**
+ * A code object added or re-added within this long is never collected: a
+ * realize or import adds the object first and points its derivations at
+ * it a moment later, outside gc's transaction.
+ */
+export const CODE_GRACE_MS = 10 * 60 * 1000;
+
+/**
+ * Deletes (or with `dryRun` lists) the code objects no derivation in
+ * `drvDirs` points to, except those younger than CODE_GRACE_MS; returns
+ * their names and bytes.
+ */
+export function collectCode(
+  root: string,
+  drvDirs: Iterable<string>,
+  dryRun: boolean,
+  now = Date.now(),
+): { code: string[]; bytes: number } {
+  const live = new Set<string>();
+  for (const dir of drvDirs) {
+    const h = readCodePointer(dir);
+    if (h !== undefined) live.add(h);
+  }
+  const dead: string[] = [];
+  let bytes = 0;
+  for (const hash of listCode(root)) {
+    if (live.has(hash)) continue;
+    const file = codePath(root, hash);
+    let st: fs.Stats;
+    try {
+      st = fs.lstatSync(file);
+    } catch {
+      continue;
+    }
+    if (!st.isFile() || now - st.mtimeMs < CODE_GRACE_MS) continue;
+    if (!dryRun) fs.rmSync(file, { force: true });
+    dead.push(hash);
+    bytes += st.size;
+  }
+  return { code: dead.sort(), bytes };
 }
