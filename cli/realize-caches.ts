@@ -114,10 +114,10 @@ export async function cachePushTarget(url: string, access: CacheAccess): Promise
  * environment carries), signed with --key; this side fetches the jobs'
  * results trusting that key's public half besides the configured keys.
  */
-export async function slurmDataPlane(
+export async function cacheDataPlane(
   urls: readonly string[],
   access: CacheAccess,
-): Promise<import('../src/stages/builders/slurm.js').SlurmDataPlane> {
+): Promise<import('../src/stages/builders/slurm.js').CacheDataPlane> {
   const url = urls[0];
   if (url === undefined || access.key === undefined) {
     throw new CairnError(

@@ -249,6 +249,24 @@ export default stage({ name: 'boom', config: { v: 1 }, build: () => { throw new 
     assert.deepEqual(tmpEntries(a.store), []);
   });
 
+  it('with a cache and a key, inputs and results travel through the cache', async () => {
+    const cache = `file://${path.join(h.dir, 'cache')}`;
+    const keyBase = path.join(h.dir, 'bkey');
+    ok(await h.cairn(a, ['key', 'generate', keyBase]));
+    const file = writeFanout(h.dir, { salt: 'cache', parts: 3, sleepMs: 200 });
+    const res = await realizeOn(file, [builder(b), builder(c)], ['--substituter', cache, '--key', `${keyBase}.secret`]);
+    assert.ok(
+      res.plan.every((p) => p.where?.builder.startsWith('ssh://')),
+      JSON.stringify(res.plan),
+    );
+    const ref = await localReference(file, 'cache');
+    for (const p of res.plan) assert.deepEqual(p.rrefs, ref.get(p.name), p.name);
+    // Every stage's realization is in the cache: the builders pushed them, signed.
+    const listed = ok(await h.cairn(a, ['cache', 'ls', cache, '--json'])).stdout;
+    for (const p of res.plan) assert.ok(listed.includes(p.rrefs[0]!), `${p.name} is in the cache`);
+    await assertVerifyClean(a);
+  });
+
   it('every builder unreachable: built locally, with one warning line', async () => {
     const file = writeFanout(h.dir, { salt: 'fallback', parts: 3, sleepMs: 50 });
     const dead = ['ssh://root@10.200.19.9/srv/x', 'ssh://root@10.200.19.10/srv/y'];

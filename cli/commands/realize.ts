@@ -9,7 +9,7 @@ import { pushAfterRealize } from '../../src/stages/substitute.js';
 import {
   cachePushTarget,
   cacheSubstituter,
-  slurmDataPlane,
+  cacheDataPlane,
   substituterUrls,
   type RealizeCacheFlags,
 } from '../realize-caches.js';
@@ -107,7 +107,9 @@ export function registerRealize(ctx: CliContext): void {
             jobs: o.jobs ?? (await import('node:os')).availableParallelism(),
             ssh: { ssh: o.buildersSsh, remoteCairn: o.remoteCairn },
             slurm: { cairn: o.remoteCairn },
-            slurmData: () => slurmDataPlane(substituterUrls(o, storeRoot), access),
+            cacheData: () => cacheDataPlane(substituterUrls(o, storeRoot), access),
+            // With a cache and a key, ssh hosts exchange through the cache too; else over ssh (sync).
+            viaCache: substituterUrls(o, storeRoot).length > 0 && o.key !== undefined,
           });
       const tty = process.stderr.isTTY === true;
       const quiet = !!o.quiet || (!!o.json && !tty);

@@ -1,5 +1,5 @@
 /** What `cairn build-drv --json` prints, checked before it is acted on (it comes from another host). */
-import { CairnError } from '../../errors.js';
+import { CairnError, ErrorCodes, type ErrorCode } from '../../errors.js';
 import { parseRRef, type DRef, type RRef } from '../../store/refs.js';
 
 export interface BuildDrvReport {
@@ -30,4 +30,20 @@ export function checkBuildDrvReport(x: unknown, dref: DRef, builder: string): Bu
   const host = typeof r.host === 'string' ? r.host.slice(0, 200) : '?';
   const buildMs = typeof r.buildMs === 'number' && Number.isFinite(r.buildMs) ? r.buildMs : 0;
   return { drv: dref, realizations, host, buildMs };
+}
+
+const tail = (s: string): string => s.trim().split('\n').slice(-5).join('\n');
+
+/**
+ * A failed remote command (srun, ssh): a Cairn error printed there comes
+ * back with its own code (so a failed build is not retried elsewhere);
+ * anything else is the builder's failure.
+ */
+export function remoteError(builder: string, r: { code: number | null; stderr: string }): CairnError {
+  const m = /cairn: error (E_[A-Z_]+): (.*)/s.exec(r.stderr);
+  if (m && m[1]! in ErrorCodes) return new CairnError(m[1] as ErrorCode, `on ${builder}: ${m[2]!.trim()}`, { builder });
+  return new CairnError('E_BUILDER_FAILED', `${builder}: exit ${r.code}: ${tail(r.stderr) || 'no output'}`, {
+    builder,
+    exit: r.code,
+  });
 }

@@ -8,15 +8,20 @@ import type { LocalStore } from '../../store/store.js';
 import { BuilderPool, type RemoteBuilder } from './pool.js';
 import { parseBuilderSpecs } from './spec.js';
 import { sshBuilder, type SshTransport } from './ssh.js';
-import { slurmBuilder, type SlurmDataPlane, type SlurmOptions } from './slurm.js';
+import { slurmBuilder, type CacheDataPlane, type SlurmOptions } from './slurm.js';
 
 export interface PoolOptions {
   /** Local builds at once (-j). */
   jobs: number;
   ssh?: SshTransport;
   slurm?: SlurmOptions;
-  /** The cache Slurm jobs exchange inputs and results through; needed by a slurm builder. */
-  slurmData?: () => Promise<SlurmDataPlane>;
+  /**
+   * The cache builders exchange inputs and results through: needed by a
+   * Slurm builder (it throws when there is none); used by ssh builders when
+   * `viaCache` (a substituter and a signing key were given), else they use sync.
+   */
+  cacheData?: () => Promise<CacheDataPlane>;
+  viaCache?: boolean;
 }
 
 export async function makeBuilderPool(
@@ -26,18 +31,20 @@ export async function makeBuilderPool(
 ): Promise<BuilderPool | undefined> {
   const parsed = parseBuilderSpecs(specs);
   const remotes: RemoteBuilder[] = [];
-  let data: SlurmDataPlane | undefined;
+  let data: CacheDataPlane | undefined;
   for (const spec of parsed) {
-    if (spec.kind === 'ssh') remotes.push(sshBuilder(store, spec, opts.ssh ?? {}));
-    else if (spec.kind === 'slurm') {
-      if (!opts.slurmData)
+    if (spec.kind === 'ssh') {
+      if (opts.viaCache && opts.cacheData) data ??= await opts.cacheData();
+      remotes.push(sshBuilder(store, spec, opts.ssh ?? {}, opts.viaCache ? data : undefined));
+    } else if (spec.kind === 'slurm') {
+      if (!opts.cacheData)
         throw new CairnError(
           'E_BAD_BUILDER',
           `${spec.name}: a Slurm builder needs a binary cache to exchange inputs and results through ` +
             '(a substituter, and a secret key to sign with)',
           { spec: spec.name },
         );
-      data ??= await opts.slurmData();
+      data ??= await opts.cacheData();
       remotes.push(slurmBuilder(store, spec, data, opts.slurm));
     }
   }

@@ -8,8 +8,7 @@
  * fetches them through the cache's verified path (signature, hashes,
  * closure). The derivation and its code object ride on the job's stdin.
  */
-import { spawn } from 'node:child_process';
-import { CairnError, ErrorCodes, type ErrorCode } from '../../errors.js';
+import { CairnError } from '../../errors.js';
 import type { LocalStore } from '../../store/store.js';
 import type { RRef } from '../../store/refs.js';
 import { shellQuote } from '../../store/sync-plan.js';
@@ -18,9 +17,10 @@ import type { SlurmSpec } from './spec.js';
 import type { RemoteBuilder, RemoteJob } from './pool.js';
 import { slurmResourceArgs } from './resources.js';
 import { derivationBundle } from './send-derivation.js';
-import { checkBuildDrvReport } from './build-drv-report.js';
+import { checkBuildDrvReport, remoteError } from './build-drv-report.js';
+import { runWithInput } from './run-process.js';
 
-export interface SlurmDataPlane {
+export interface CacheDataPlane {
   /** The cache URL as the job opens it (credentials come from the job's environment, as srun passes it). */
   url: string;
   /** The secret key file the job signs its pushes with (readable on the nodes). */
@@ -40,14 +40,26 @@ export interface SlurmOptions {
   srun?: string;
 }
 
-/** The job's shell script (pure): build in a private store, push the results, print the report. */
-export function slurmJobScript(cairn: string, url: string, job: RemoteJob, keyFile: string, pub: string): string {
+/**
+ * The job's shell script (pure): pull the inputs from the cache, build,
+ * push the results, print build-drv's report. In a private store removed
+ * at the end (Slurm), or in the builder's own `store` (an ssh host with a
+ * cache: what it pulled serves its next builds).
+ */
+export function slurmJobScript(
+  cairn: string,
+  url: string,
+  job: RemoteJob,
+  keyFile: string,
+  pub: string,
+  store?: string,
+): string {
   const q = shellQuote;
-  const c = `${cairn} --store "$S/store"`;
+  const c = `${cairn} --store ${store !== undefined ? q(store) : '"$S/store"'}`;
   const inputs = job.inputs.map(q).join(' ');
   return [
     'set -eu',
-    // A store of the job's own, on the node; removed however the job ends (root may hold read-only dirs).
+    // Scratch (and, without `store`, the job's own store) on the node; removed however the job ends.
     'S=$(mktemp -d "${TMPDIR:-/tmp}/cairn-slurm-job.XXXXXX")',
     `trap 'chmod -R u+w "$S" 2>/dev/null; rm -rf "$S"' EXIT`,
     // A cancelled job (SIGTERM from Slurm) exits through the EXIT trap too.
@@ -66,7 +78,7 @@ export function slurmJobScript(cairn: string, url: string, job: RemoteJob, keyFi
 export function slurmBuilder(
   store: LocalStore,
   spec: SlurmSpec,
-  data: SlurmDataPlane,
+  data: CacheDataPlane,
   opts: SlurmOptions = {},
 ): RemoteBuilder {
   const cairn = opts.cairn ?? 'cairn';
@@ -88,8 +100,8 @@ export function slurmBuilder(
         '-c',
         script,
       ];
-      const r = await runSrun(opts.srun ?? 'srun', args, await derivationBundle(store, node.dref));
-      if (r.code !== 0) throw jobError(spec.name, r);
+      const r = await runWithInput(opts.srun ?? 'srun', args, await derivationBundle(store, node.dref));
+      if (r.code !== 0) throw remoteError(spec.name, r);
       const report = checkBuildDrvReport(parseReport(r.stdout, spec.name), node.dref, spec.name);
       job.log(`${spec.name}: built on ${report.host} in ${report.buildMs} ms`);
       await data.fetch.fetch(store, report.realizations);
@@ -102,47 +114,8 @@ function parseReport(text: string, builder: string): unknown {
   try {
     return JSON.parse(text);
   } catch {
-    throw new CairnError('E_BUILDER_FAILED', `${builder}: the job printed no build-drv report: ${tail(text)}`, {
+    throw new CairnError('E_BUILDER_FAILED', `${builder}: the job printed no build-drv report: ${text.slice(-500)}`, {
       builder,
     });
   }
-}
-
-const tail = (s: string): string => s.trim().split('\n').slice(-5).join('\n');
-
-/** A Cairn error in the job comes back with its own code (so a failed build is not retried elsewhere). */
-function jobError(builder: string, r: { code: number | null; stderr: string }): CairnError {
-  const m = /cairn: error (E_[A-Z_]+): (.*)/s.exec(r.stderr);
-  if (m && m[1]! in ErrorCodes)
-    return new CairnError(m[1] as ErrorCode, `in a ${builder} job: ${m[2]!.trim()}`, { builder });
-  return new CairnError('E_BUILDER_FAILED', `${builder}: srun exited ${r.code}: ${tail(r.stderr) || 'no output'}`, {
-    builder,
-    exit: r.code,
-  });
-}
-
-function runSrun(
-  cmd: string,
-  args: string[],
-  input: Buffer,
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', (e: NodeJS.ErrnoException) =>
-      reject(
-        new CairnError(
-          'E_BUILDER_FAILED',
-          e.code === 'ENOENT' ? `${cmd} is not installed (or not on PATH)` : `cannot run ${cmd}: ${e.message}`,
-          { cmd },
-        ),
-      ),
-    );
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-    child.stdin.on('error', () => {});
-    child.stdin.end(input);
-  });
 }

@@ -16,7 +16,10 @@ import { CairnError } from '../../errors.js';
 import type { SshSpec } from './spec.js';
 import type { RemoteBuilder, RemoteJob } from './pool.js';
 import { derivationBundle } from './send-derivation.js';
-import { checkBuildDrvReport } from './build-drv-report.js';
+import { checkBuildDrvReport, remoteError } from './build-drv-report.js';
+import { slurmJobScript, type CacheDataPlane } from './slurm.js';
+import { runWithInput } from './run-process.js';
+import { shellQuote, splitCommand } from '../../store/sync-plan.js';
 
 export interface SshTransport {
   /** The ssh command (default `ssh -o BatchMode=yes`), split like a shell would. */
@@ -25,17 +28,39 @@ export interface SshTransport {
   remoteCairn?: string;
 }
 
-export function sshBuilder(store: LocalStore, spec: SshSpec, transport: SshTransport): RemoteBuilder {
+/**
+ * With `data` (a cache and a key), inputs and results travel through the
+ * cache instead, as for Slurm jobs: this side pushes the inputs, the host
+ * pulls them, builds in its store, pushes its realizations signed with the
+ * key (its path must be readable on the host), and this side fetches them.
+ */
+export function sshBuilder(
+  store: LocalStore,
+  spec: SshSpec,
+  transport: SshTransport,
+  data?: CacheDataPlane,
+): RemoteBuilder {
   const target = `${spec.user !== undefined ? `${spec.user}@` : ''}${spec.host}`;
   const sshCmd = (transport.ssh ?? 'ssh -o BatchMode=yes') + (spec.port !== undefined ? ` -p ${spec.port}` : '');
   const opts: SyncOptions = { ssh: sshCmd, remoteCairn: transport.remoteCairn };
   const remote = `${target}:${spec.store}`;
+  const remoteCmd = transport.remoteCairn ?? 'cairn';
   const sshRemote = { sshTarget: target, rsyncTarget: target, store: spec.store };
   return {
     name: spec.name,
     slots: spec.maxJobs,
     async build(job: RemoteJob): Promise<RRef[]> {
       const { node, inputs } = job;
+      if (data) {
+        if (inputs.length > 0) await data.push.push(store, inputs);
+        const script = slurmJobScript(remoteCmd, data.url, job, data.keyFile, data.publicKey, spec.store);
+        const ran = await sshShell(sshCmd, target, script, await derivationBundle(store, node.dref));
+        if (ran.code !== 0) throw remoteError(spec.name, ran);
+        const report = checkBuildDrvReport(parseJson<unknown>(ran.stdout, 'cairn build-drv'), node.dref, spec.name);
+        job.log(`${spec.name}: built on ${report.host} in ${report.buildMs} ms (through ${data.fetch.name})`);
+        await data.fetch.fetch(store, report.realizations);
+        return report.realizations;
+      }
       if (inputs.length > 0) {
         const sent = await push(store, remote, inputs, opts);
         job.log(`${spec.name}: sent ${sent.plan.rrefs.length} input realization(s)`);
@@ -66,4 +91,15 @@ export function sshBuilder(store: LocalStore, spec: SshSpec, transport: SshTrans
       return report.realizations;
     },
   };
+}
+
+/** Runs a shell script on the host (`sh -c SCRIPT` through ssh), with `input` on its stdin. */
+function sshShell(
+  sshCmd: string,
+  target: string,
+  script: string,
+  input: Buffer,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const ssh = splitCommand(sshCmd);
+  return runWithInput(ssh[0]!, [...ssh.slice(1), '--', target, `sh -c ${shellQuote(script)}`], input);
 }
