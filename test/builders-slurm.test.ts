@@ -63,7 +63,7 @@ const slurmJobs = (): string[] =>
 
 describe('Slurm builders', () => {
   it('builds the fan-out pipeline in Slurm jobs, through the cache; equal to a local realize', async () => {
-    const file = writeFanout(t.dir, { salt: `slurm-${Date.now()}`, sleepMs: 300 });
+    const file = writeFanout(t.dir, { salt: `slurm-${Date.now()}`, sleepMs: 300, resources: { cpus: 2, memory: 300 } });
     const store = path.join(t.dir, 'coordinator');
     const r = ok(
       await cairnAsync(
@@ -104,6 +104,15 @@ describe('Slurm builders', () => {
     assert.equal(text.split('\n').filter(Boolean).length, 8);
     const verify = JSON.parse(cairn(store, ['store', 'verify', '--json']).stdout) as VerifyReport;
     assert.deepEqual(verify.problems, []);
+    // part-0's job asked for its stage's resources (finished jobs stay listed for MinJobAge, 60 s).
+    const jobs = spawnSync('scontrol', ['show', 'job', '-o'], { encoding: 'utf8', env: { ...process.env, ...env } });
+    const part0 = jobs.stdout.split('\n').filter((l) => l.includes('JobName=cairn-part-0 '));
+    assert.ok(part0.length >= 1, jobs.stdout + jobs.stderr);
+    // The newest (an earlier run's jobs may still be listed).
+    assert.match(part0.at(-1)!, / NumCPUs=2 /);
+    assert.match(part0.at(-1)!, /mem=300M/);
+    const part1 = jobs.stdout.split('\n').findLast((l) => l.includes('JobName=cairn-part-1 '))!;
+    assert.match(part1, / NumCPUs=1 /);
     // Every job's store is gone, and no job is left.
     assert.deepEqual(
       fs.readdirSync(jobTmp).filter((n) => n.startsWith('cairn-slurm-job')),
