@@ -5,7 +5,7 @@
  */
 import { createRequire } from 'node:module';
 import type * as CommanderTypes from 'commander';
-import { commandWord } from './command-word.js';
+import { commandIndex, commandWord } from './command-word.js';
 import { cliContext, type CliContext } from './context.js';
 
 // require(), not import: ESM importing a CommonJS package runs Node's
@@ -41,6 +41,7 @@ export const GROUPS: readonly Group[] = [
     words: ['lsref', 'catref', 'shellref', 'rmref', 'du', 'log', 'store', 'root'],
     register: async (c) => (await import('./commands/store.js')).registerStore(c),
   },
+  { words: ['exp', 'graph'], register: async (c) => (await import('./commands/inspect.js')).registerInspect(c) },
   { words: ['hash'], register: async (c) => (await import('./commands/hash.js')).registerHash(c) },
   { words: ['catalog'], register: async (c) => (await import('./commands/catalog.js')).registerCatalog(c) },
   { words: ['demo'], register: async (c) => (await import('./commands/demo.js')).registerDemo(c) },
@@ -55,6 +56,7 @@ export const GROUPS: readonly Group[] = [
   },
   { words: ['services'], register: async (c) => (await import('./commands/services.js')).registerServices(c) },
   { words: ['server'], register: async (c) => (await import('./commands/server.js')).registerServer(c) },
+  { words: ['ui'], register: async (c) => (await import('./commands/ui.js')).registerUi(c) },
 ];
 
 /**
@@ -89,7 +91,9 @@ export async function createProgram(
   // program options. Those are turned on for that command alone, so
   // `cairn realize F --store S` keeps working.
   const command = commandWord(argv.slice(2));
-  if (command === 'machine') program.enablePositionalOptions();
+  // `cairn services exec|run FILE SERVICE CMD...` pass CMD's words on likewise.
+  const sub = command === 'services' ? argv.slice(2)[commandIndex(argv.slice(2)) + 1] : undefined;
+  if (command === 'machine' || sub === 'exec' || sub === 'run') program.enablePositionalOptions();
   // The sync group extends `store` (its plumbing), so it needs the store group (before it: GROUPS' order).
   const named = command === undefined ? [] : GROUPS.filter((g) => g.words.includes(command));
   const mine = GROUPS.filter((g) => named.includes(g) || (g.words.includes('store') && named.some(extendsStore)));

@@ -11,7 +11,7 @@ const secs = (ms: number): string => `${(ms / 1000).toFixed(ms < 10_000 ? 2 : 1)
 export function progressReporter(
   total: number,
   opts: { tty: boolean; verbose: boolean; quiet: boolean },
-): RealizeEvents & { finish(): void } {
+): RealizeEvents & { finish(): void; say(text: string): void; hold(on: boolean): void } {
   const err = process.stderr;
   const running = new Set<string>();
   let cached = 0;
@@ -26,8 +26,10 @@ export function progressReporter(
     drawn = false;
     status(true);
   };
+  // While a --break shell owns the terminal, the status line is not drawn.
+  let held = false;
   const status = (force = false): void => {
-    if (!opts.tty || opts.quiet) return;
+    if (!opts.tty || opts.quiet || held) return;
     const now = Date.now();
     if (!force && now - drawnAt < 50) return;
     drawnAt = now;
@@ -80,6 +82,16 @@ export function progressReporter(
     failed: (n: Derivation, e: CairnError) => {
       running.delete(n.name);
       line(`failed ${n.name}: ${e.code}`);
+    },
+    // Lines for a person (a --break hint), printed even with --quiet, with the status line cleared first.
+    say: (text: string) => {
+      if (opts.tty && drawn) err.write('\r\x1b[2K');
+      err.write(text + '\n');
+      drawn = false;
+    },
+    hold: (on: boolean) => {
+      held = on;
+      if (!on) status(true);
     },
     finish: () => {
       if (opts.tty && drawn) err.write('\r\x1b[2K');

@@ -23,6 +23,9 @@ export const ErrorCodes = {
   E_INPUT_MISSING: 'a file input of a stage does not exist or cannot be read',
   E_INPUT_CHANGED: 'a file input changed between being hashed and being copied into the store for the build',
   E_UNSAFE_INPUT: 'a file input holds a symlink that leaves it, a device, a socket or a fifo',
+  E_NO_SUCH_STAGE: 'a stage named on the command line (realize --break) is not in the graph, or its name is ambiguous',
+  E_BREAK_CANCELLED:
+    'a build stopped at a break point (realize --break) was cancelled: nothing of the stage was stored',
   E_MATCH_UNSATISFIED: 'matcher still selects nothing after building',
   E_MATCH_AMBIGUOUS: 'matcher `only` found more than one realization',
   E_MATCH_INVALID: 'matcher returned something that is not a list of candidate RRefs',
@@ -50,6 +53,7 @@ export const ErrorCodes = {
   E_SERVICE_INVALID: 'a service ensemble is not valid (names, images, dependencies, cycles, exclusions)',
   E_SERVICE_FAILED: 'a service, or a dependency of it, failed to start',
   E_PING_TIMEOUT: 'a service did not answer its ping within the timeout',
+  E_SERVICE_NOT_RUNNING: 'a command needs the running container of a service (exec), and it is not running',
   E_PROJECT_IN_USE: 'a services project name is taken by another ensemble, or by another copy of the ensemble file',
   E_HASH_MISMATCH: 'fetched or copied content does not have the declared hash',
   E_BAD_HASH: 'a declared hash is malformed or of an unknown type',
@@ -102,6 +106,9 @@ export const ErrorCodes = {
   E_CACHE_BAD_SIGNATURE: 'a signature of a binary cache entry by a trusted key does not verify (tampered); not used',
   E_CACHE_MISSING: 'a reference or one of its dependencies is not in the binary cache, or its archive is missing',
   E_BAD_KEY: 'a signing key or public key file is malformed, or a key file to be written exists already',
+  E_NOT_IN_CLOSURE: 'a why-query names a reference that is not in the closure of the targets (not used by them)',
+  E_GRAPHVIZ_MISSING: "Graphviz's dot program, which draws SVG graphs, is not installed (apt install graphviz)",
+  E_GRAPHVIZ_FAILED: "Graphviz's dot program failed to draw a graph",
   E_STORE_CONFIG: "the store's config.json is not valid JSON or has a field of the wrong type",
   E_BAD_BUILDER: 'a builder spec is not local, ssh://[user@]host[:port][/STORE][?maxJobs=N] or slurm[:PARTITION]',
   E_BUILDER_FAILED: 'a remote builder (ssh host or Slurm job) failed or returned something unusable',
@@ -116,6 +123,8 @@ export const ErrorCodes = {
     'an input realization given to build a derivation is missing, ambiguous or not one of its dependencies',
   E_BAD_DRV_EXPORT:
     'a derivation export is malformed: a drv.json or code object does not match its name, or a hostile tree',
+  E_UI_LISTEN: '`cairn ui` could not listen on the host and port asked for (taken, or not an address of this machine)',
+  E_UI_ASSETS: "the web view's own files, or the preact/htm modules it serves, are missing or not as expected",
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;

@@ -39,6 +39,9 @@ export {
   type RealizeEvents,
   type PlanEntry,
 } from './stages/realize.js';
+export { realizePaused, type PausedRealize } from './stages/realize-paused.js';
+export { findBreak, type BreakPoint, type BreakInput, type PausedBuild } from './stages/break-point.js';
+export { breakShell, type BreakShellOptions } from './stages/break-shell.js';
 export { LocalStore, defaultStoreRoot, LAYOUT_VERSION } from './store/store.js';
 export {
   candidateOf,
@@ -154,6 +157,7 @@ export {
 } from './store/sync-plan.js';
 export {
   debootstrap,
+  inPrivateMounts,
   ROOTFS_TAR,
   PACKAGES_TXT,
   type DebootstrapSpec,

@@ -261,6 +261,12 @@ int main(int argc, char **argv) {
   saved_argv = argv;
   const char *no_server = getenv("CAIRN_NO_SERVER");
   if (no_server && *no_server && strcmp(no_server, "0") != 0) run_node(argc, argv);
+  /* realize --break runs a shell on this process's stdin and terminal, which a server cannot lend it. */
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--break") == 0 || strncmp(argv[i], "--break=", 8) == 0) {
+      without_server("--break needs this terminal", NULL);
+    }
+  }
 
   struct sockaddr_un addr = { .sun_family = AF_UNIX };
   char sock[PATH_MAX];

@@ -3,6 +3,7 @@ import { inputHashStats, instantiate } from '../../src/stages/instantiate.js';
 import { loadStageFile } from '../../src/stages/load.js';
 import { realize } from '../../src/stages/realize.js';
 import { storeStageCode } from '../../src/stages/self-contained.js';
+import { breakShell } from '../../src/stages/break-shell.js';
 import { out, parseCount, type CliContext } from '../context.js';
 import { progressReporter } from '../progress.js';
 import { pushAfterRealize } from '../../src/stages/substitute.js';
@@ -32,6 +33,7 @@ interface RealizeOpts extends RealizeCacheFlags {
   remoteCairn?: string;
   explain?: boolean;
   selfContained?: boolean;
+  break?: string;
 }
 
 const collect = (v: string, prev: string[]): string[] => [...prev, v];
@@ -54,6 +56,11 @@ export function registerRealize(ctx: CliContext): void {
     .option(
       '-o, --out-link <path>',
       'make PATH a symlink to the target output and a gc root (more targets: PATH-2, PATH-3, ...)',
+    )
+    .option(
+      '--break <stage>',
+      'stop before building STAGE (name or DRef; built even if realized) and open a shell ($SHELL) in its output ' +
+        'directory: exit 0 stores what you wrote and goes on, exit 1 cancels',
     )
     .option('--json', 'print the result as JSON')
     .option(
@@ -129,6 +136,13 @@ export function registerRealize(ctx: CliContext): void {
           substituters,
           builders,
           events: progress,
+          breakAt:
+            o.break === undefined
+              ? undefined
+              : {
+                  stage: o.break,
+                  enter: breakShell({ say: progress.say, hold: progress.hold, stdoutToStderr: !!o.json }),
+                },
         });
       } finally {
         progress.finish();

@@ -1,6 +1,6 @@
 /**
- * `cairn services start|stop|reload|status FILE`: service ensembles on the
- * Docker engine (see docs/services.md).
+ * `cairn services start|stop|reload|status|logs|exec|run FILE`: service
+ * ensembles on the Docker engine (see docs/services.md).
  */
 import type { Command } from 'commander';
 import { CairnError } from '../../src/errors.js';
@@ -44,7 +44,9 @@ export function registerServices(ctx: CliContext): void {
   const { program, openStore } = ctx;
   const cmd = program
     .command('services')
-    .description('service ensembles on the Docker engine: start, stop, down, reload, status');
+    .description('service ensembles on the Docker engine: start, stop, down, reload, status, logs, exec, run')
+    // exec and run pass every word after SERVICE on to the command (see cli/program.ts).
+    .enablePositionalOptions();
   const common = (c: Command): Command =>
     c
       .option('--state-dir <dir>', 'where the context file lives (default: .cairn-services/ next to FILE)')
@@ -112,31 +114,193 @@ export function registerServices(ctx: CliContext): void {
     });
 
   common(cmd.command('status'))
-    .description('show the state of each service of FILE')
+    .description('show the state and health (each running service pinged now) of each service of FILE')
     .argument('<file>')
     .option('--json', 'print JSON')
-    .action(async (file: string, o: Common & { json?: boolean }) => {
+    .option('--no-ping', 'do not ping the running services')
+    .option('--watch', 'stay in the foreground: periodic pings (health), restarts by policy, events; until Ctrl-C')
+    .action(async (file: string, o: Common & { json?: boolean; ping: boolean; watch?: boolean }) => {
       const { e, base } = await setup(file, o);
-      const { ensembleStatus, contextFile, projectOf } = await import('../../src/services/runner.js');
+      const { Runner, contextFile } = await import('../../src/services/runner.js');
+      const { checkHealth, watchHealth } = await import('../../src/services/health.js');
       const { FileContext } = await import('../../src/services/context.js');
-      const status = await ensembleStatus(e, base);
-      const project = projectOf(e, base).name;
+      const runner = new Runner(e, base);
+      const plain = await runner.status();
+      const status = o.ping ? await checkHealth(runner, plain) : plain;
+      const project = runner.project.name;
       const context = FileContext.read(contextFile(base, project));
-      if (o.json) {
-        out(JSON.stringify({ ensemble: e.name, project, services: status, context }, null, 2));
-        return;
-      }
-      const w = Math.max(7, ...status.map((s) => s.name.length));
-      for (const s of status) {
-        const ports = Object.entries(s.ports)
-          .map(([c, h]) => `${h}->${c}`)
-          .join(', ');
-        out(
-          `${s.name.padEnd(w)}  ${s.state.padEnd(8)}  ${s.container ?? '-'.padEnd(12)}  ` +
-            `${ports || '-'}${s.dependsOn.length ? `  (after ${s.dependsOn.join(', ')})` : ''}`,
-        );
-      }
-      for (const [k, v] of Object.entries(context)) out(`context ${k}=${v}`);
-      out(`project ${project}`);
+      if (o.json) out(JSON.stringify({ ensemble: e.name, project, services: status, context }, null, 2));
+      else printStatus(status, context, project);
+      if (!o.watch) return;
+      await untilSignal((signal) =>
+        watchHealth(runner, {
+          signal,
+          report: (service, event) => out(`${new Date().toISOString().slice(11, 19)} ${service}: ${event}`),
+        }),
+      );
     });
+
+  common(cmd.command('logs'))
+    .description("the services' output, each line prefixed with its service (coloured on a terminal)")
+    .argument('<file>')
+    .argument('[services...]', 'the services to show (default: all)')
+    .option('-f, --follow', 'keep printing new lines, also across restarts, until Ctrl-C')
+    .option('-n, --tail <n>', 'lines of history per service (default: all)', parseTail)
+    .option('--since <time>', 'only lines since a time (2026-01-02T03:04:05Z, 1700000000) or a duration ago (10m)')
+    .option('-t, --timestamps', "show the engine's timestamps")
+    .option('--no-color', 'no colours, even on a terminal (NO_COLOR does the same)')
+    .action(
+      async (
+        file: string,
+        names: string[],
+        o: Common & { follow?: boolean; tail?: number; since?: string; timestamps?: boolean; color: boolean },
+      ) => {
+        const { isSinceValue, useColour } = await import('../../src/services/log-lines.js');
+        if (o.since !== undefined && !isSinceValue(o.since))
+          throw new CairnError(
+            'E_USAGE',
+            `--since takes a time or a duration like 10m, not ${JSON.stringify(o.since)}`,
+          );
+        const { e, base } = await setup(file, o);
+        const { Runner } = await import('../../src/services/runner.js');
+        const { ensembleLogs } = await import('../../src/services/logs.js');
+        const runner = new Runner(e, base);
+        await untilSignal((signal) =>
+          ensembleLogs(runner, {
+            services: names,
+            follow: o.follow,
+            tail: o.tail,
+            since: o.since,
+            timestamps: o.timestamps,
+            colour: o.color && useColour(process.stdout, process.env),
+            write: (line) => void process.stdout.write(line),
+            signal,
+          }),
+        );
+      },
+    );
+
+  const attached = (c: Command): Command =>
+    common(c)
+      .option('-T, --no-TTY', 'no pseudo-TTY (the default when stdin is not a terminal)')
+      .option('-e, --env <KEY=VALUE>', 'set an environment variable (repeatable)', collect, [] as string[])
+      .option('-u, --user <user>', 'run as this user')
+      .option('-w, --workdir <dir>', 'working directory in the container')
+      .passThroughOptions();
+  interface AttachedOpts extends Common {
+    TTY: boolean;
+    env: string[];
+    user?: string;
+    workdir?: string;
+  }
+  const attachOptions = (o: AttachedOpts) => ({
+    // As compose: a TTY only when asked for and possible (stdin is a terminal).
+    tty: o.TTY && process.stdin.isTTY === true,
+    env: o.env,
+    user: o.user,
+    workdir: o.workdir,
+  });
+
+  attached(cmd.command('exec'))
+    .description("run CMD in SERVICE's running container; its exit status is cairn's (options before FILE)")
+    .argument('<file>')
+    .argument('<service>')
+    .argument('<cmd...>')
+    .action(async (file: string, service: string, argv: string[], o: AttachedOpts) => {
+      const { e, base } = await setup(file, o);
+      const { Runner } = await import('../../src/services/runner.js');
+      const { execInService } = await import('../../src/services/exec.js');
+      process.exitCode = await execInService(new Runner(e, base), service, argv, attachOptions(o));
+    });
+
+  attached(cmd.command('run'))
+    .description(
+      "a one-off container of SERVICE (its image, env and network; its command, or CMD); its exit status is cairn's",
+    )
+    .argument('<file>')
+    .argument('<service>')
+    .argument('[cmd...]')
+    .option('--rm', 'remove the container when it exits (also on Ctrl-C)')
+    .option('--no-deps', "do not start the service's dependencies first")
+    .option('--timeout <s>', 'seconds a dependency may take to answer its ping (default 300)', parseTimeout)
+    .action(
+      async (
+        file: string,
+        service: string,
+        argv: string[],
+        o: AttachedOpts & { rm?: boolean; deps: boolean; timeout?: number },
+      ) => {
+        const { e, base } = await setup(file, o);
+        const { Runner } = await import('../../src/services/runner.js');
+        const { runOnce } = await import('../../src/services/run-once.js');
+        const runner = new Runner(e, { ...base, timeoutMs: o.timeout });
+        process.exitCode = await runOnce(runner, service, argv, {
+          ...attachOptions(o),
+          rm: !!o.rm,
+          deps: o.deps,
+          log: base.log,
+        });
+      },
+    );
+}
+
+const collect = (v: string, prev: string[]): string[] => [...prev, v];
+
+function parseTail(v: string): number | undefined {
+  if (v === 'all') return undefined;
+  if (!/^\d+$/.test(v))
+    throw new CairnError('E_USAGE', `--tail takes a number of lines or all, not ${JSON.stringify(v)}`);
+  return Number(v);
+}
+
+/**
+ * Runs a follow or watch loop until it ends or SIGINT, SIGTERM or SIGHUP
+ * ends it: then the loop stops its docker processes and the command exits 0,
+ * which is how a follow ends. A closed stdout (`| head`) ends it too.
+ */
+async function untilSignal(loop: (signal: AbortSignal) => Promise<void>): Promise<void> {
+  const ac = new AbortController();
+  const stop = (): void => ac.abort();
+  const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+  for (const sig of signals) process.on(sig, stop);
+  const onError = (e: NodeJS.ErrnoException): void => {
+    if (e.code === 'EPIPE') stop();
+  };
+  process.stdout.on('error', onError);
+  try {
+    await loop(ac.signal);
+  } finally {
+    for (const sig of signals) process.off(sig, stop);
+    process.stdout.off('error', onError);
+  }
+}
+
+function printStatus(
+  status: readonly {
+    name: string;
+    state: string;
+    container?: string;
+    ports: Record<string, string>;
+    dependsOn: string[];
+    health?: string;
+    healthDetail?: string;
+    restarts?: number;
+  }[],
+  context: Record<string, string>,
+  project: string,
+): void {
+  const w = Math.max(7, ...status.map((s) => s.name.length));
+  for (const s of status) {
+    const ports = Object.entries(s.ports)
+      .map(([c, h]) => `${h}->${c}`)
+      .join(', ');
+    const health = s.health === undefined ? '-' : s.health;
+    out(
+      `${s.name.padEnd(w)}  ${s.state.padEnd(8)}  ${health.padEnd(9)}  ${s.container ?? '-'.padEnd(12)}  ` +
+        `${ports || '-'}${s.dependsOn.length ? `  (after ${s.dependsOn.join(', ')})` : ''}` +
+        `${s.restarts ? `  restarts: ${s.restarts}` : ''}${s.healthDetail ? `  ${s.healthDetail}` : ''}`,
+    );
+  }
+  for (const [k, v] of Object.entries(context)) out(`context ${k}=${v}`);
+  out(`project ${project}`);
 }

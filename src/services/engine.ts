@@ -7,6 +7,7 @@ import { CairnError } from '../errors.js';
 import { docker, inspectOne } from '../backends/containers/docker.js';
 import {
   LABEL_ENSEMBLE,
+  LABEL_ONEOFF,
   LABEL_PROJECT,
   LABEL_PROJECT_DIR,
   LABEL_SERVICE,
@@ -17,7 +18,7 @@ import {
 import type { LabelledContainer } from './project.js';
 
 // The names live in names.ts (one place for every command); re-exported for existing callers.
-export { LABEL_ENSEMBLE, LABEL_SERVICE, LABEL_SPEC, containerName, networkName };
+export { LABEL_ENSEMBLE, LABEL_ONEOFF, LABEL_SERVICE, LABEL_SPEC, containerName, networkName };
 
 export interface ContainerInfo {
   id: string;
@@ -28,13 +29,20 @@ export interface ContainerInfo {
   specHash: string | undefined;
   image: string;
   ports: Record<string, string>;
+  /** The engine's restart policy name: no, on-failure, unless-stopped, always. */
+  restartPolicy: string;
+  /** How often the engine restarted it by its policy. */
+  restarts: number;
+  startedAt: string;
 }
 
 interface RawInspect {
   Id: string;
   Image: string;
-  State: { Status: string; Running: boolean; ExitCode: number };
+  RestartCount?: number;
+  State: { Status: string; Running: boolean; ExitCode: number; StartedAt?: string };
   Config: { Labels: Record<string, string> | null };
+  HostConfig?: { RestartPolicy?: { Name?: string } };
   NetworkSettings: { Ports: Record<string, { HostIp: string; HostPort: string }[] | null> | null };
 }
 
@@ -56,6 +64,9 @@ export async function inspectContainer(name: string): Promise<ContainerInfo | un
     specHash: c.Config.Labels?.[LABEL_SPEC],
     image: c.Image,
     ports,
+    restartPolicy: c.HostConfig?.RestartPolicy?.Name || 'no',
+    restarts: c.RestartCount ?? 0,
+    startedAt: c.State.StartedAt ?? '',
   };
 }
 
@@ -108,6 +119,8 @@ export interface RunSpec {
   ports: Record<string, number>;
   stopSignal: string | null;
   command: readonly string[] | null;
+  /** The engine's restart policy (see health.ts engineRestartPolicy); absent: none. */
+  restart?: string;
   /** `--mount` values (see volumes.ts mountArg). */
   mounts?: readonly string[];
 }
@@ -135,6 +148,7 @@ export async function runContainer(spec: RunSpec): Promise<string> {
   for (const [c, h] of Object.entries(spec.ports)) args.push('--publish', `127.0.0.1:${h === 0 ? '' : h}:${c}`);
   for (const m of spec.mounts ?? []) args.push('--mount', m);
   if (spec.stopSignal) args.push('--stop-signal', spec.stopSignal);
+  if (spec.restart) args.push('--restart', spec.restart);
   const r = await docker([...args, spec.image, ...(spec.command ?? [])]);
   return r.stdout.trim();
 }
@@ -151,6 +165,22 @@ export async function removeContainer(name: string): Promise<void> {
   const r = await docker(['rm', '--force', name], { check: false });
   if (r.exitCode !== 0 && !/no such container/i.test(r.stderr))
     throw new CairnError('E_DOCKER', `cannot remove ${name}: ${r.stderr.trim()}`);
+}
+
+/** Removes the one-off containers (`services run` without --rm, or left by a kill -9) of one service. */
+export async function removeOneOffs(project: string, service: string): Promise<number> {
+  const r = await docker([
+    'ps',
+    '--all',
+    '--quiet',
+    '--filter',
+    `label=${LABEL_PROJECT}=${project}`,
+    '--filter',
+    `label=${LABEL_ONEOFF}=${service}`,
+  ]);
+  const ids = r.stdout.split('\n').filter(Boolean);
+  if (ids.length > 0) await docker(['rm', '--force', ...ids], { check: false });
+  return ids.length;
 }
 
 export async function containerLogs(name: string): Promise<string> {

@@ -5,6 +5,7 @@
  */
 import { CairnError } from '../errors.js';
 import { isStage } from '../stages/stage.js';
+import { validateHealth } from './health-policy.js';
 import { checkTemplate } from './interpolate.js';
 import { checkSpecShape } from './spec-keys.js';
 import type { EnsembleSpec, ServiceSpec } from './spec.js';
@@ -86,6 +87,7 @@ export function validateEnsemble(e: EnsembleSpec): Map<string, ServiceSpec> {
       if (s[hook] !== undefined && typeof s[hook] !== 'function')
         throw invalid(`service ${s.name}: ${hook} must be a function`, { service: s.name, key: hook });
     }
+    validateHealth(s);
   }
   for (const s of byName.values()) {
     for (const d of s.dependsOn ?? []) {

@@ -17,6 +17,8 @@ export const LABEL_PROJECT_DIR = 'cairn.project.dir';
 export const LABEL_SERVICE = 'cairn.service';
 export const LABEL_SPEC = 'cairn.spec';
 export const LABEL_VOLUME = 'cairn.volume';
+/** On one-off containers (`services run`), naming their service; they never carry LABEL_SERVICE. */
+export const LABEL_ONEOFF = 'cairn.oneoff';
 
 export const containerName = (project: string, service: string): string => `cairn.${project}.${service}`;
 export const networkName = (project: string): string => `cairn.${project}`;

@@ -22,11 +22,15 @@ import {
   publishedPort,
   removeContainer,
   removeNetwork,
+  removeOneOffs,
   runContainer,
   startContainer,
   stopContainer,
   type ContainerInfo,
+  type RunSpec,
 } from './engine.js';
+import { engineRestartPolicy } from './health-policy.js';
+import { syncRestartPolicy } from './restart-policy.js';
 import { dependencyOrder, selectForStart, selectForStop, validateEnsemble } from './graph.js';
 import { interpolateEnv, specHash, type ContainerSpec } from './interpolate.js';
 import {
@@ -106,7 +110,8 @@ export function checkReports(reports: readonly ServiceReport[], verb: string): v
   });
 }
 
-class Runner {
+/** One ensemble file's services; the daily commands (logs, exec, run, health) use its images, specs and handles. */
+export class Runner {
   readonly byName: Map<string, ServiceSpec>;
   readonly context: FileContext;
   readonly labels: Record<string, string>;
@@ -217,8 +222,9 @@ class Runner {
     };
   }
 
-  async create(svc: ServiceSpec, image: string, spec: ContainerSpec, hash: string): Promise<void> {
-    await runContainer({
+  /** How a service's container is run: `create` runs it, one-offs (run-once.ts) derive theirs from it. */
+  runSpec(svc: ServiceSpec, image: string, spec: ContainerSpec, hash: string): RunSpec {
+    return {
       name: this.cname(svc.name),
       image,
       hostname: svc.name,
@@ -229,7 +235,12 @@ class Runner {
       stopSignal: spec.stopSignal,
       command: spec.command,
       mounts: this.mounts(svc).map((m) => mountArg(this.project.name, m)),
-    });
+      restart: engineRestartPolicy(svc.restart),
+    };
+  }
+
+  async create(svc: ServiceSpec, image: string, spec: ContainerSpec, hash: string): Promise<void> {
+    await runContainer(this.runSpec(svc, image, spec, hash));
   }
 
   async containerSpec(svc: ServiceSpec, id: string): Promise<ContainerSpec> {
@@ -320,6 +331,9 @@ class Runner {
     if (isNew) {
       this.log(`${svc.name}: creating a container of ${image.ref}`);
       await this.create(svc, image.ref, spec, hash);
+    } else {
+      // The policy is not part of the spec hash: changing it updates the container in place.
+      await syncRestartPolicy(cname, svc.restart, existing!.restartPolicy);
     }
     await this.waitReady(svc, cname);
     if (isNew && svc.postStartInit) {
@@ -387,6 +401,8 @@ class Runner {
     const reports: ServiceReport[] = [];
     for (const name of order) {
       const cname = this.cname(name);
+      // One-offs of a removed service go with it (they are never counted as the service).
+      if (remove) await removeOneOffs(this.project.name, name);
       const info = await inspectContainer(cname);
       if (!info) {
         reports.push({ name, outcome: 'absent' });

@@ -27,6 +27,8 @@ const SERVICE_KEYS: Record<keyof ServiceSpec, true> = {
   alwaysStartNew: true,
   ping: true,
   postStartInit: true,
+  restart: true,
+  health: true,
 };
 const ENSEMBLE_KEYS: Record<keyof EnsembleSpec, true> = { name: true, services: true, labels: true };
 const BUILD_KEYS: Record<keyof BuildFromDirectory, true> = { directory: true, dockerfile: true, baseImage: true };
@@ -38,7 +40,7 @@ const COMPOSE: Readonly<Record<string, string>> = {
   env_file: 'env (read the file in the ensemble file)',
   build: 'buildFromDirectory',
   stop_signal: 'stopSignal',
-  healthcheck: 'ping',
+  healthcheck: 'ping (readiness) and health (periodic pings)',
   entrypoint: 'command (the whole argv)',
   container_name: 'nothing: containers are named cairn.<project>.<service> (choose the project with -p)',
   hostname: 'name (the service name is the hostname)',
@@ -144,6 +146,8 @@ export function checkSpecShape(e: EnsembleSpec): void {
       ['alwaysStartNew', 'true or false', (v) => typeof v === 'boolean'],
       ['ping', 'a function', (v) => typeof v === 'function'],
       ['postStartInit', 'a function', (v) => typeof v === 'function'],
+      ['restart', 'no, on-failure or always', (v) => typeof v === 'string'],
+      ['health', 'an object { intervalS?, timeoutS?, retries? }', isRecord],
     ];
     for (const [key, want, ok] of checks) {
       const v = s[key];

@@ -74,6 +74,25 @@ export interface ServiceSpec {
   ping?: (h: ServiceHandle) => boolean | Promise<boolean>;
   /** Runs once per newly created container, after ping succeeded. */
   postStartInit?: (h: ServiceHandle) => void | Promise<void>;
+  /**
+   * The engine's restart policy, so a service that dies comes back even when
+   * no cairn process runs: `no` (default), `on-failure` (non-zero exit), or
+   * `always` (any exit, except after `cairn services stop`).
+   */
+  restart?: RestartPolicy;
+  /** Periodic pings after start-up, run by `cairn services status --watch` (see health.ts). */
+  health?: HealthSpec;
+}
+
+export type RestartPolicy = 'no' | 'on-failure' | 'always';
+
+export interface HealthSpec {
+  /** Seconds between pings (default 10). */
+  intervalS?: number;
+  /** Seconds one ping may take before it counts as failed (default 5). */
+  timeoutS?: number;
+  /** Failed pings in a row that make the service unhealthy (default 3). */
+  retries?: number;
 }
 
 export interface EnsembleSpec {

@@ -23,7 +23,7 @@ import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process'
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { removeTree } from '../store/fsutil.js';
+import { removeBuildTree } from '../store/mounts.js';
 
 /** How long a process group has between SIGTERM and SIGKILL. Below the server's 2 s (cli/serve/supervisor.ts). */
 export const KILL_GRACE_MS = 1000;
@@ -118,7 +118,25 @@ export function guardRealize(area: { dir: string; owner: string }): () => void {
   };
 }
 
+/** While above 0, SIGINT is left to a foreground program cairn waits for (a --break shell). */
+let sigintHeld = 0;
+
+/**
+ * Runs `fn` with SIGINT ignored by the realize guard: a person at a
+ * --break shell presses Ctrl-C for the shell and its programs, which get it
+ * from the terminal themselves. SIGTERM and SIGHUP still stop the realize.
+ */
+export async function holdingInterrupts<T>(fn: () => Promise<T>): Promise<T> {
+  sigintHeld++;
+  try {
+    return await fn();
+  } finally {
+    sigintHeld--;
+  }
+}
+
 const onSignal = (sig: NodeJS.Signals): void => {
+  if (sig === 'SIGINT' && sigintHeld > 0) return;
   if (interrupted) {
     // A second signal: no more grace.
     void finish(sig, 0);
@@ -196,7 +214,8 @@ function sweepOwnTemps(): void {
     for (const n of names) {
       if (!n.startsWith(`${owner}-`)) continue;
       try {
-        removeTree(path.join(tmp, n));
+        // Mounts a build made (a chroot's /proc) are detached first: nothing is deleted through one.
+        removeBuildTree(path.join(tmp, n));
       } catch {
         /* the next realize sweeps it */
       }

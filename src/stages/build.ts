@@ -4,13 +4,15 @@ import { CairnError, isCairnError } from '../errors.js';
 import { redactUrlsIn } from '../redact-url.js';
 import type { BuildDirs } from '../store/build-dirs.js';
 import { keepFailedLog } from '../store/failed-logs.js';
-import { chmodNoFollow, removeTree } from '../store/fsutil.js';
+import { chmodNoFollow } from '../store/fsutil.js';
+import { removeBuildTree } from '../store/mounts.js';
 import type { Added, Context, HeldLock } from '../store/interface.js';
 import { DIR_MODE } from '../store/permissions.js';
 import { creationTime, type LocalStore } from '../store/store.js';
 import { makeBuildContext, makeLog } from './build-context.js';
 import { BuildGroups, interruptedBy } from './build-processes.js';
 import type { Derivation } from './instantiate.js';
+import type { BuildContext } from './stage.js';
 
 export interface BuildRun {
   store: LocalStore;
@@ -32,6 +34,8 @@ export interface BuildRun {
   dirs?: BuildDirs;
   /** The build lock to release when the outputs are indexed (see AddOptions.release). */
   release?: HeldLock;
+  /** Runs instead of the build function: someone builds by hand at a break point (see break-point.ts). */
+  byHand?: (ctx: BuildContext<unknown>) => Promise<void>;
 }
 
 export interface BuildOutcome {
@@ -75,12 +79,14 @@ export async function buildAndAdd(run: BuildRun): Promise<BuildOutcome> {
       log(`building ${node.dref} with ${s.n} output(s)`);
       const live = { groups, echo: onLog };
       const tmp = (): string => (scratch ??= store.makeTempDir(`work-${node.name}`));
-      await s.build(makeBuildContext(node, config, outs, tmp, log, live, run.files));
+      const ctx = makeBuildContext(node, config, outs, tmp, log, live, run.files);
+      await (run.byHand ? run.byHand(ctx) : s.build(ctx));
     } catch (e) {
       if (interruptedBy()) refuseIfInterrupted(node);
       // An HTTP library's message may quote the URL the build gave it, secrets and all: the log is world-readable.
       const msg = redactUrlsIn(e instanceof Error ? e.message : String(e));
       log(`build failed: ${msg}`);
+      if (isCairnError(e) && e.code === 'E_BREAK_CANCELLED') throw e;
       // A Cairn error keeps its code (a fetch's E_HASH_MISMATCH, say);
       // anything else a build throws is E_BUILD_FAILED.
       const code = isCairnError(e) ? e.code : 'E_BUILD_FAILED';
@@ -149,7 +155,8 @@ export async function buildAndAdd(run: BuildRun): Promise<BuildOutcome> {
     });
     ok = true;
   } catch (e) {
-    const interrupted = isCairnError(e) && e.code === 'E_INTERRUPTED';
+    // Neither an interrupt nor a cancelled break is a failure of the build to keep for inspection.
+    const interrupted = isCairnError(e) && (e.code === 'E_INTERRUPTED' || e.code === 'E_BREAK_CANCELLED');
     if (!ok && !interrupted && fs.existsSync(logFile)) {
       const saved = keepFailedLog(store, node.dref, logFile);
       if (saved && isCairnError(e)) e.details.failedLog = saved;
@@ -162,13 +169,13 @@ export async function buildAndAdd(run: BuildRun): Promise<BuildOutcome> {
     }
     throw e;
   } finally {
-    // A published single output took the build directory with it. A leftover that cannot be removed (a mount,
-    // an immutable file, a process of the build still writing) must not hide the build's own outcome: the
-    // temporary sweep of a later realize reports and skips it.
+    // A published single output took the build directory with it. Mounts the build made are detached first.
+    // A leftover that cannot be removed (a mount that stays, an immutable file, a process of the build still
+    // writing) must not hide the build's own outcome: the temporary sweep of a later realize reports and skips it.
     for (const d of [ok && s.n === 1 ? undefined : dir, scratch]) {
       if (d !== undefined)
         try {
-          removeTree(d);
+          removeBuildTree(d);
         } catch {
           /* left to the sweep */
         }

@@ -27,6 +27,18 @@ export interface Matcher {
    */
   readonly min: number;
   select(candidates: readonly Candidate[]): MatchResult | Promise<MatchResult>;
+  /**
+   * Where a scoring matcher reads its score (set by `best({ file })`), so
+   * inspection (`cairn exp show`) can show it as a metric. Never used to choose.
+   */
+  readonly score?: ScoreSource;
+}
+
+/** An output file a score is read from: the whole file as a number, or the numeric field `key` of its JSON. */
+export interface ScoreSource {
+  readonly file: string;
+  readonly key?: string;
+  readonly lowest?: boolean;
 }
 
 export type MatcherFn = (candidates: readonly Candidate[]) => MatchResult | Promise<MatchResult>;
@@ -147,6 +159,7 @@ export function best(a: number | ScoreBy, b?: ScoreBy): Matcher {
   return {
     name: `best(${n}, ${'file' in by ? by.file : 'fn'})`,
     min: n,
+    ...('file' in by ? { score: { file: by.file, key: by.key, lowest: by.lowest === true } } : {}),
     select: async (c) => {
       if (c.length < n) return null;
       const scored = await Promise.all(c.map(async (x, i) => ({ x, i, s: sign * (await score(x)) })));

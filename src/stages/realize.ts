@@ -19,6 +19,7 @@ import { isStage, type Stage } from './stage.js';
 import { buildAndAdd } from './build.js';
 import { inputPaths } from './build-context.js';
 import { guardRealize } from './build-processes.js';
+import { enterBreak, findBreak, pausedBuild, type BreakPoint } from './break-point.js';
 import { Substitution } from './substitution.js';
 import type { Substituter } from './substitute.js';
 import type { BuildOutcome } from './build.js';
@@ -73,6 +74,11 @@ export interface RealizeOptions {
   substituterTimeoutMs?: number;
   /** Remote builders (ssh hosts, Slurm): builds go to their free slots; none: every build runs here. */
   builders?: BuilderPool;
+  /**
+   * Stop before this stage's build (forced, so there is one) and let
+   * someone build it by hand (see break-point.ts, realizePaused).
+   */
+  breakAt?: BreakPoint;
   events?: RealizeEvents;
 }
 
@@ -116,7 +122,11 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
   const { store } = opts;
   const events = opts.events ?? {};
   const limit = new Semaphore(Math.max(1, opts.jobs ?? os.availableParallelism()));
+  if (opts.breakAt && opts.dryRun)
+    throw new CairnError('E_BAD_ARGUMENT', 'a dry run builds nothing, so it cannot stop at a break point');
+  const breakAt = opts.breakAt && { point: opts.breakAt, dref: findBreak(graph, opts.breakAt.stage).dref };
   const forced = (node: Derivation): boolean =>
+    node.dref === breakAt?.dref ||
     opts.force === true ||
     (Array.isArray(opts.force) && (opts.force.includes(node.name) || opts.force.includes(node.dref)));
 
@@ -263,10 +273,18 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
                     release,
                     onLog: (line, i) => events.log?.(node, line, i),
                     dirs,
+                    byHand:
+                      i === 0 && node.dref === breakAt?.dref
+                        ? (ctx) =>
+                            enterBreak(
+                              breakAt.point,
+                              pausedBuild(node, ctx, context, (r) => store.outPath(r)),
+                            )
+                        : undefined,
                   }),
                 );
-              if (pool && !node.imports) {
-                // File inputs are imported here; everything else may go to a builder.
+              if (pool && !node.imports && node.dref !== breakAt?.dref) {
+                // File inputs are imported here, a break point's build is done by hand here; the rest may go out.
                 const inputs = node.deps.flatMap((d) => chosen.get(d)!);
                 const log = (line: string): void => events.log?.(node, line);
                 const ran = await pool.run<BuildOutcome | RRef[]>(node, (b) => b.build({ node, inputs, log }), here);

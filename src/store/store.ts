@@ -43,6 +43,7 @@ import { makeRRef, parseRef, parseRRef, type DRef, type RRef } from './refs.js';
 import { readOutputFile, openOutputFile } from './read-output.js';
 import { settle } from './settle.js';
 import { walkTree, type TreeSummary } from './tree.js';
+import { removeBuildTree, unmountBelow } from './mounts.js';
 
 /** Bumped whenever the on-disk layout changes incompatibly. */
 export const LAYOUT_VERSION = 1;
@@ -459,7 +460,7 @@ export class LocalStore implements Store {
     for (const name of names) {
       if (name.toString('latin1').split('-')[0] !== this.owner) continue;
       try {
-        removeTree(joinPath(tmp, name));
+        removeBuildTree(joinPath(tmp, name));
       } catch {
         /* the next run's sweep gets it */
       }
@@ -470,10 +471,12 @@ export class LocalStore implements Store {
    * Removes temporary directories whose owning process has died (after
    * kill -9, say). Each is first claimed by renaming it to a name of our
    * own, so several processes sweeping at once never delete the same tree.
-   * Names are bytes (a build may leave names that are not UTF-8). A
-   * leftover that cannot be removed (a mount point inside it, an immutable
-   * file) is reported with one line on stderr and skipped: it never stops
-   * the realize that swept. Returns how many leftovers were removed.
+   * Names are bytes (a build may leave names that are not UTF-8). Mounts
+   * a killed build left inside (a chroot's /proc) are detached first (see
+   * mounts.ts); nothing is ever deleted through one. A leftover that cannot
+   * be removed (a mount that stays, an immutable file) is reported with one
+   * line on stderr and skipped: it never stops the realize that swept.
+   * Returns how many leftovers were removed.
    */
   sweepTemp(): number {
     let removed = 0;
@@ -485,15 +488,16 @@ export class LocalStore implements Store {
     for (const name of fs.readdirSync(tmp, { encoding: 'buffer' })) {
       if (ownerAlive(name.toString('latin1').split('-')[0]!)) continue;
       const claimed = path.join(tmp, tempName(this.owner, 'sweep'));
-      try {
-        fs.renameSync(joinPath(tmp, name), claimed);
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue;
-        stuck(joinPath(tmp, name), e);
+      const leftover = joinPath(tmp, name);
+      let err = tryRename(leftover, claimed);
+      // The leftover is itself a mount point: detached where it is, then claimed.
+      if (err?.code === 'EBUSY' && unmountBelow(leftover).length === 0) err = tryRename(leftover, claimed);
+      if (err) {
+        if (err.code !== 'ENOENT') stuck(leftover, err);
         continue;
       }
       try {
-        removeTree(claimed);
+        removeBuildTree(claimed);
         removed++;
       } catch (e) {
         stuck(claimed, e);
@@ -838,7 +842,7 @@ function unexpectedEntry(dir: string): string | null {
 
 const SEAL_BEFORE_RENAME = process.getuid?.() === 0;
 
-function tryRename(from: string, to: string): NodeJS.ErrnoException | null {
+function tryRename(from: FsPath, to: FsPath): NodeJS.ErrnoException | null {
   try {
     fs.renameSync(from, to);
     return null;

@@ -4,7 +4,7 @@
  * unix:///run/cairn-docker.sock (the engine scripts/dockerd.sh starts), so
  * Cairn never silently talks to some other engine on the machine.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { CairnError } from '../../errors.js';
 
 export const DEFAULT_DOCKER_HOST = 'unix:///run/cairn-docker.sock';
@@ -112,6 +112,14 @@ export function docker(args: readonly string[], opts: DockerOptions = {}): Promi
       child.stdin.end(opts.input);
     }
   });
+}
+
+/**
+ * Starts `docker -H HOST ARGS` and hands back the process, for streams that
+ * `docker()` would buffer: followed logs, interactive exec and run.
+ */
+export function dockerProcess(args: readonly string[], stdio: StdioOptions): ChildProcess {
+  return spawn('docker', ['-H', dockerHost(), ...args], { stdio });
 }
 
 const lastLines = (s: string): string => s.trim().split('\n').slice(-3).join(' | ');

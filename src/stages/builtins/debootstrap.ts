@@ -94,7 +94,8 @@ async function buildRootfs(ctx: BuildContext<DebootstrapConfig>, mirror: string)
   if (config.variant === '-') args.pop();
   if (config.include.length > 0) args.push(`--include=${config.include.join(',')}`);
   const t0 = performance.now();
-  await ctx.exec('debootstrap', [...args, config.suite, root, mirror]);
+  // debootstrap mounts /proc and /sys in the new root and unmounts them only if it exits normally.
+  await ctx.exec(...inPrivateMounts('debootstrap', [...args, config.suite, root, mirror]));
   log(`debootstrap ${config.suite} took ${((performance.now() - t0) / 1000).toFixed(1)}s`);
   if (config.install.length > 0) await chrootInstall(ctx, root, config.install);
   // Downloaded .debs and apt lists are caches: they only make the tarball bigger.
@@ -121,7 +122,29 @@ async function buildRootfs(ctx: BuildContext<DebootstrapConfig>, mirror: string)
   log(`rootfs.tar: ${(fs.statSync(path.join(out, ROOTFS_TAR)).size / 2 ** 20).toFixed(1)} MiB`);
 }
 
-/** `apt-get install` inside the new root, with /proc mounted for maintainer scripts and always unmounted. */
+/**
+ * `cmd args` run in a mount namespace of its own (`unshare --mount`, whose
+ * propagation is private): what it mounts is invisible outside and goes
+ * away with its last process, so a build killed at any moment (SIGINT,
+ * SIGTERM, kill -9) leaves nothing mounted under the store's tmp/.
+ */
+export function inPrivateMounts(cmd: string, args: readonly string[]): [string, string[]] {
+  return ['unshare', ['--mount', '--propagation', 'private', '--', cmd, ...args]];
+}
+
+/** The script that installs packages in the chroot; `$0` is the root, the packages follow. */
+const CHROOT_INSTALL = [
+  'mount -t proc proc "$0/proc"',
+  'chroot "$0" apt-get update -q',
+  'chroot "$0" apt-get install -y -q --no-install-recommends "$@"',
+  'chroot "$0" apt-get clean',
+].join('\n');
+
+/**
+ * `apt-get install` inside the new root, with /proc mounted for maintainer
+ * scripts, all in one private mount namespace (see inPrivateMounts): the
+ * mount ends with the script, however the script ends.
+ */
 async function chrootInstall(
   ctx: BuildContext<DebootstrapConfig>,
   root: string,
@@ -130,15 +153,10 @@ async function chrootInstall(
   // policy-rc.d exit 101 tells invoke-rc.d not to start services in the chroot.
   const policy = path.join(root, 'usr/sbin/policy-rc.d');
   fs.writeFileSync(policy, '#!/bin/sh\nexit 101\n', { mode: 0o755 });
-  const proc = path.join(root, 'proc');
-  await ctx.exec('mount', ['-t', 'proc', 'proc', proc]);
   try {
     const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive', LC_ALL: 'C' };
-    await ctx.exec('chroot', [root, 'apt-get', 'update', '-q'], { env });
-    await ctx.exec('chroot', [root, 'apt-get', 'install', '-y', '-q', '--no-install-recommends', ...packages], { env });
-    await ctx.exec('chroot', [root, 'apt-get', 'clean'], { env });
+    await ctx.exec(...inPrivateMounts('sh', ['-ec', CHROOT_INSTALL, root, ...packages]), { env });
   } finally {
-    await ctx.exec('umount', ['-l', proc]).catch(() => undefined);
     fs.rmSync(policy, { force: true });
   }
 }

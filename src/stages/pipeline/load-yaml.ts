@@ -370,7 +370,11 @@ function parseMatcher(
         throw r.fail(at, `say which metric of ${file} to maximise: matcher: {best: METRIC}`);
       }
       const m = best(n, { fn: metricScore(name, file, metric), lowest: spec.lowest === true });
-      return { ...m, name: `best(${n > 1 ? `${n}, ` : ''}${metric ?? file}${spec.lowest === true ? ', lowest' : ''})` };
+      return {
+        ...m,
+        name: `best(${n > 1 ? `${n}, ` : ''}${metric ?? file}${spec.lowest === true ? ', lowest' : ''})`,
+        score: { file, key: metric, lowest: spec.lowest === true },
+      };
     }
     default:
       throw r.fail(
