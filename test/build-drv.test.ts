@@ -505,3 +505,42 @@ describe('code objects in gc and verify', () => {
     assert.ok(after2.problems.every((p) => r.plan.some((x) => x.dref === p.ref)));
   });
 });
+
+describe('closures carry code objects with their derivations (export/import, the receive path of sync)', () => {
+  it('a closure taken in elsewhere brings each derivation its code; a tampered code object is refused whole', () => {
+    const dir = project({ 'stages.ts': STAGES, 'helper.ts': HELPER });
+    const local = newStore();
+    const r = realizeSelfContained(local, dir);
+    const target = r.targets[0]!;
+    const closure = exportClosureOf(local, target.rrefs);
+    fs.rmSync(dir, { recursive: true });
+    const remote = newStore();
+    ok(cairn(remote, ['import', closure]));
+    for (const p of r.plan)
+      assert.equal(fs.readFileSync(path.join(remote, 'd', p.dref, 'code'), 'utf8'), `${r.code}\n`);
+    assert.ok(fs.existsSync(path.join(remote, 'code', r.code!)));
+    // Built there again from what came with the closure: the same RRef.
+    ok(cairn(remote, ['rmref', target.rrefs[0]!]));
+    const again = JSON.parse(ok(cairn(remote, ['build-drv', target.dref, '--json'], { env: otherCache() })).stdout) as {
+      realizations: string[];
+    };
+    assert.deepEqual(again.realizations, target.rrefs);
+    assert.deepEqual(
+      (JSON.parse(ok(cairn(remote, ['store', 'verify', '--json'])).stdout) as { problems: unknown[] }).problems,
+      [],
+    );
+
+    // The same archive with one byte of the code object changed.
+    const bytes = fs.readFileSync(closure);
+    const at = bytes.indexOf('toUpperCase');
+    assert.ok(at > 0);
+    bytes.write('toLowerCase', at);
+    const tampered = path.join(work.dir, `tampered-${++seq}.tar`);
+    fs.writeFileSync(tampered, bytes);
+    const victim = newStore();
+    ok(cairn(victim, ['store', 'verify']));
+    const before = storeEntries(victim);
+    expectError(cairn(victim, ['import', tampered]), 'E_SYNC_HASH_MISMATCH', victim);
+    assert.deepEqual(storeEntries(victim), before);
+  });
+});

@@ -123,7 +123,10 @@ export function registerRealize(ctx: CliContext): void {
       const progress = progressReporter(graph.order.length, { tty, verbose: !!o.verbose, quiet });
       const t0 = performance.now();
       // Builders build from store objects alone: the code object goes with every derivation sent.
-      const code = (o.selfContained || builders) && !o.dryRun ? await storeStageCode(store, file, graph) : undefined;
+      const code =
+        (o.selfContained || builders) && !o.dryRun
+          ? await storeStageCode(store, file, graph, { realizeFollows: true })
+          : undefined;
       let result;
       try {
         result = await realize(graph, {

@@ -25,7 +25,12 @@ export interface SelfContained {
  * their realizations). E_CODE_NATIVE (and other bundling errors) when the
  * code cannot travel.
  */
-export async function storeStageCode(store: LocalStore, file: string, graph: Graph): Promise<SelfContained> {
+export async function storeStageCode(
+  store: LocalStore,
+  file: string,
+  graph: Graph,
+  opts: { realizeFollows?: boolean } = {},
+): Promise<SelfContained> {
   const t0 = performance.now();
   if (/\.ya?ml$/i.test(file))
     throw new CairnError('E_STAGE_FILE', `self-contained code needs a stage file (.ts or .js), not ${file}`, { file });
@@ -35,6 +40,7 @@ export async function storeStageCode(store: LocalStore, file: string, graph: Gra
     .map((d) => graph.nodes.get(d)!)
     .filter((n) => !n.imports)
     .map((n) => ({ dref: n.dref, name: n.name, drvJson: n.drvJson, code }));
-  await store.addDerivations(list);
+  // Made durable with the realize that follows, not in a round of their own (see addDerivations).
+  await store.addDerivations(list, { settle: !opts.realizeFollows });
   return { code, derivations: list.length, ms: performance.now() - t0 };
 }

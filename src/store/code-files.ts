@@ -96,10 +96,10 @@ export function readCodePointer(drvDir: string): string | undefined {
 }
 
 /** Points a derivation directory (which must exist) at a code object; unchanged if it already does. */
-export function writeCodePointer(drvDir: string, hash: string): void {
+export function writeCodePointer(drvDir: string, hash: string, fsync = true): void {
   if (!isCodeName(hash)) throw new CairnError('E_CODE_CORRUPT', `${JSON.stringify(hash)} is not a code object name`);
   if (readCodePointer(drvDir) === hash) return;
-  writeFileAtomic(path.join(drvDir, CODE_POINTER), `${hash}\n`, { mode: 0o444, fsync: true });
+  writeFileAtomic(path.join(drvDir, CODE_POINTER), `${hash}\n`, { mode: 0o444, fsync });
 }
 
 /** Every code object's name in the store (entries that are not names are verify's to report). */

@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fsyncAll, removeTree, tempName } from './fsutil.js';
 import { DIR_MODE, makeDirs } from './permissions.js';
+import { CODE_POINTER, writeCodePointer } from './code-files.js';
 import type { StoreIndex } from './index-db.js';
 import type { DRef } from './refs.js';
 
@@ -49,11 +50,14 @@ export class DrvFiles {
    * Makes sure the derivation is on disk; returns the paths to fsync before
    * a realization of it is renamed into place (none once it is indexed).
    */
-  ensure(dref: DRef, name: string, drvJson: string): string[] {
+  ensure(dref: DRef, name: string, drvJson: string, code?: string): string[] {
     if (!this.placed.has(dref)) {
-      if (this.index.hasDrv(dref)) return [];
-      this.place(dref, name, drvJson);
-    }
+      if (this.index.hasDrv(dref)) {
+        if (code !== undefined) writeCodePointer(this.dir(dref), code, false);
+        return [];
+      }
+      this.place(dref, name, drvJson, code);
+    } else if (code !== undefined) writeCodePointer(this.dir(dref), code, false);
     return this.syncPaths(dref);
   }
 
@@ -98,16 +102,19 @@ export class DrvFiles {
 
   private syncPaths(dref: DRef): string[] {
     const dir = this.dir(dref);
-    return [path.join(dir, 'drv.json'), dir];
+    const pointer = path.join(dir, CODE_POINTER);
+    return fs.existsSync(pointer) ? [path.join(dir, 'drv.json'), pointer, dir] : [path.join(dir, 'drv.json'), dir];
   }
 
-  private place(dref: DRef, name: string, drvJson: string): void {
+  private place(dref: DRef, name: string, drvJson: string, code?: string): void {
     const dir = this.dir(dref);
     const staged = path.join(this.root, 'tmp', tempName(this.owner, 'drv'));
     fs.mkdirSync(staged, { mode: DIR_MODE });
     try {
       fs.mkdirSync(path.join(staged, 'r'), { mode: DIR_MODE });
       fs.writeFileSync(path.join(staged, 'drv.json'), drvJson + '\n', { mode: 0o444 });
+      // The code pointer (code-files.ts) comes in the same rename: no file of its own to replace atomically.
+      if (code !== undefined) fs.writeFileSync(path.join(staged, CODE_POINTER), `${code}\n`, { mode: 0o444 });
       fs.renameSync(staged, dir);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
@@ -122,6 +129,7 @@ export class DrvFiles {
           if ((e2 as NodeJS.ErrnoException).code !== 'EEXIST') throw e2;
         }
         makeDirs(path.join(dir, 'r'));
+        if (code !== undefined) writeCodePointer(dir, code, false);
       } finally {
         removeTree(staged);
       }

@@ -48,7 +48,7 @@ export interface Store {
   /** The code object recorded for a derivation, or undefined. */
   derivationCode?(dref: DRef): Promise<string | undefined>;
   /** Stores derivations (and their code pointers) without building them. */
-  addDerivations?(list: readonly DerivationRecord[]): Promise<void>;
+  addDerivations?(list: readonly DerivationRecord[], opts?: { settle?: boolean }): Promise<void>;
 
   /**
    * A file of a realization's output, by a path relative to `out/`. Links

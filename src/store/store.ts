@@ -18,7 +18,7 @@ import {
   type FsPath,
 } from './fsutil.js';
 import { DrvFiles } from './drv-files.js';
-import { addCodeText, codePath, readCodePointer, readCodeText, writeCodePointer } from './code-files.js';
+import { addCodeText, codePath, readCodePointer, readCodeText } from './code-files.js';
 import { shortHash } from './hash.js';
 import { StoreIndex, type IndexedRealization } from './index-db.js';
 import {
@@ -241,9 +241,13 @@ export class LocalStore implements Store {
    * Stores derivations without building them (each checked against its
    * DRef), each pointing at its code object when `code` is given (which the
    * store must have): what a coordinator sends a builder, and what
-   * `realize` records for self-contained code. Durable and indexed on return.
+   * `realize` records for self-contained code. Durable and indexed on return,
+   * unless `settle: false`: then the derivations are made durable and indexed
+   * with the realize that follows (its fsync rounds and settleDerivations),
+   * and the code pointers are not fsynced one by one (a pointer lost in a
+   * crash is written again by the next self-contained realize).
    */
-  async addDerivations(list: readonly DerivationRecord[]): Promise<void> {
+  async addDerivations(list: readonly DerivationRecord[], opts: { settle?: boolean } = {}): Promise<void> {
     for (const d of list) {
       const p = parseRef(d.dref);
       if (p.kind !== 'drv' || p.name !== d.name || `${shortHash(d.drvJson)}-${d.name}` !== d.dref)
@@ -254,11 +258,16 @@ export class LocalStore implements Store {
           code: d.code,
         });
     }
+    const toSync: string[] = [];
     for (const d of list) {
-      this.drvs.ensure(d.dref, d.name, d.drvJson);
-      if (d.code !== undefined) writeCodePointer(this.drvDir(d.dref), d.code);
+      toSync.push(...this.drvs.ensure(d.dref, d.name, d.drvJson, d.code));
+      // Replaced in a derivation indexed already: made durable here, unless a realize follows.
+      if (d.code !== undefined && opts.settle !== false) toSync.push(path.join(this.drvDir(d.dref), 'code'));
     }
-    await this.drvs.settle();
+    if (opts.settle !== false) {
+      await fsyncAll([...new Set(toSync)]);
+      await this.drvs.settle();
+    }
   }
 
   // A missing realization rejects, never throws: callers of the interface handle rejections only.

@@ -21,6 +21,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { CairnError, ErrorCodes, type ErrorCode } from '../errors.js';
 import { removeTree } from './fsutil.js';
+import { codePath, readCodePointer } from './code-files.js';
 import { PRIVATE_DIR_MODE } from './permissions.js';
 import { parseRef, parseRRef, type DRef, type RRef } from './refs.js';
 import { receiveClosure, type ReceiveReport } from './receive.js';
@@ -83,6 +84,8 @@ export interface ClosureListing {
   root: string;
   roots: RRef[];
   nodes: ClosureNode[];
+  /** The code object of each derivation of the closure that has one (absent from older Cairns). */
+  code?: Record<DRef, string>;
 }
 
 /** Incoming directories untouched for this long belong to abandoned syncs and are deleted. */
@@ -99,7 +102,19 @@ export function resolveRoots(store: LocalStore, refs: readonly string[]): RRef[]
 
 export function listClosure(store: LocalStore, refs: readonly string[]): ClosureListing {
   const roots = resolveRoots(store, refs);
-  return { root: store.root, roots, nodes: closureOf(roots, (r) => storeIndex(store).depsOf(r)) };
+  const nodes = closureOf(roots, (r) => storeIndex(store).depsOf(r));
+  const code: Record<DRef, string> = {};
+  for (const d of drefsOf(nodes)) {
+    const c = codeOf(store, d);
+    if (c !== undefined) code[d] = c;
+  }
+  return { root: store.root, roots, nodes, ...(Object.keys(code).length > 0 ? { code } : {}) };
+}
+
+/** The code object a derivation of `store` points to, if the store has both. */
+export function codeOf(store: LocalStore, dref: DRef): string | undefined {
+  const c = readCodePointer(store.drvDir(dref));
+  return c !== undefined && fs.existsSync(codePath(store.root, c)) ? c : undefined;
 }
 
 /** Which of `refs` (RRefs and DRefs) the store has. */
@@ -306,7 +321,12 @@ export async function push(
     'cairn store have',
   );
   const have = new Set(answer.have);
-  const plan = planTransfer(roots, nodes, (r) => have.has(r));
+  const plan = planTransfer(
+    roots,
+    nodes,
+    (r) => have.has(r),
+    (d) => codeOf(store, d),
+  );
   const report: SyncReport = {
     direction: 'push',
     dryRun: !!opts.dryRun,
@@ -370,7 +390,7 @@ async function pullListed(
   opts: SyncOptions,
 ): Promise<SyncReport> {
   const has = (r: string): boolean => store !== null && haveRefs(store, [r]).length > 0;
-  const plan = planTransfer(listing.roots, nodes, has);
+  const plan = planTransfer(listing.roots, nodes, has, (d) => listing.code?.[d]);
   const report: SyncReport = {
     direction: 'pull',
     dryRun: !!opts.dryRun,
