@@ -12,7 +12,10 @@ import { BuilderPool, type RemoteBuilder } from '../src/stages/builders/pool.js'
 import { explainLine } from '../src/stages/builders/explain.js';
 import { slurmJobScript } from '../src/stages/builders/slurm.js';
 import { instantiate, type Derivation } from '../src/stages/instantiate.js';
-import { isCode } from './helpers.js';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { cairn, isCode, ok, tempDir } from './helpers.js';
+import { writeFanout } from './fixtures/builders/fanout.js';
 
 const node = (name: string): Derivation => {
   const s = stage({ name, config: {}, build: () => {} });
@@ -239,5 +242,31 @@ describe('the builder pool', () => {
     release();
     const r1 = await p1;
     assert.deepEqual([r1.placement.builder, r2.placement.builder].sort(), ['local', 'ssh://a']);
+  });
+});
+
+describe('builders in the store configuration', () => {
+  it("config.json's builders is realize's default; a bad spec there fails before anything runs", () => {
+    const t = tempDir('cairn-builders-config');
+    try {
+      const file = writeFanout(t.dir, { salt: 'config', parts: 1, sleepMs: 0 });
+      const store = path.join(t.dir, 'store');
+      fs.mkdirSync(store);
+      fs.writeFileSync(path.join(store, 'config.json'), JSON.stringify({ builders: ['ssh://-oProxyCommand=x'] }));
+      const bad = cairn(store, ['realize', file]);
+      assert.equal(bad.code, 1, bad.stderr);
+      assert.match(bad.stderr, /cairn: error E_BAD_BUILDER: /);
+      // --builders replaces it; `local` alone builds here, as without builders.
+      const r = JSON.parse(ok(cairn(store, ['realize', file, '--json', '--builders', 'local'])).stdout) as {
+        builds: number;
+        plan: { where?: unknown }[];
+      };
+      assert.equal(r.builds, 2);
+      assert.ok(r.plan.every((p) => p.where === undefined));
+      fs.writeFileSync(path.join(store, 'config.json'), JSON.stringify({ builders: 'local' }));
+      assert.match(cairn(store, ['realize', file]).stderr, /cairn: error E_STORE_CONFIG: /);
+    } finally {
+      t.cleanup();
+    }
   });
 });
