@@ -124,7 +124,8 @@ launch() {
 }
 
 start() {
-  if answers && live_pid slurmctld >/dev/null; then echo "SLURM_CONF=$SLURM_CONF"; return 0; fi
+  # live_pid first: sinfo against a controller that is not there retries for ~10 s.
+  if live_pid slurmctld >/dev/null && answers; then echo "SLURM_CONF=$SLURM_CONF"; return 0; fi
   local t missing=()
   for t in munged slurmctld slurmd sinfo srun sbatch squeue scancel; do
     command -v "$t" >/dev/null || missing+=("$t")
@@ -169,7 +170,7 @@ case $1 in
   start) start ;;
   stop) stop ;;
   status)
-    if answers; then echo "SLURM_CONF=$SLURM_CONF"; else echo "slurm.sh: no Slurm node answers ($SLURM_CONF)" >&2; exit 1; fi
+    if live_pid slurmctld >/dev/null && answers; then echo "SLURM_CONF=$SLURM_CONF"; else echo "slurm.sh: no Slurm node answers ($SLURM_CONF)" >&2; exit 1; fi
     ;;
   *) usage ;;
 esac
