@@ -30,6 +30,8 @@ import type { DRef } from './refs.js';
 export class DrvFiles {
   /** Derivations this process placed, DRef → name, until `settle` indexes those no realization did. */
   private readonly placed = new Map<DRef, string>();
+  /** Those of them placed with a code pointer (code-files.ts), made durable with them. */
+  private readonly withPointer = new Set<DRef>();
 
   constructor(
     private readonly root: string,
@@ -95,18 +97,21 @@ export class DrvFiles {
       this.placed.delete(dref);
       if (!this.index.hasDrv(dref)) left.push({ dref, name });
     }
+    const paths = left.flatMap((d) => this.syncPaths(d.dref));
+    this.withPointer.clear();
     if (left.length === 0) return;
-    await fsyncAll([...left.flatMap((d) => this.syncPaths(d.dref)), this.parent]);
+    await fsyncAll([...paths, this.parent]);
     this.index.addDrvs(left);
   }
 
   private syncPaths(dref: DRef): string[] {
     const dir = this.dir(dref);
-    const pointer = path.join(dir, CODE_POINTER);
-    return fs.existsSync(pointer) ? [path.join(dir, 'drv.json'), pointer, dir] : [path.join(dir, 'drv.json'), dir];
+    const paths = [path.join(dir, 'drv.json'), dir];
+    if (this.withPointer.has(dref)) paths.push(path.join(dir, CODE_POINTER));
+    return paths;
   }
 
-  private place(dref: DRef, name: string, drvJson: string, code?: string): void {
+  private place(dref: DRef, name: string, drvJson: string, codeObject?: string): void {
     const dir = this.dir(dref);
     const staged = path.join(this.root, 'tmp', tempName(this.owner, 'drv'));
     fs.mkdirSync(staged, { mode: DIR_MODE });
@@ -114,7 +119,8 @@ export class DrvFiles {
       fs.mkdirSync(path.join(staged, 'r'), { mode: DIR_MODE });
       fs.writeFileSync(path.join(staged, 'drv.json'), drvJson + '\n', { mode: 0o444 });
       // The code pointer (code-files.ts) comes in the same rename: no file of its own to replace atomically.
-      if (code !== undefined) fs.writeFileSync(path.join(staged, CODE_POINTER), `${code}\n`, { mode: 0o444 });
+      if (codeObject !== undefined)
+        fs.writeFileSync(path.join(staged, CODE_POINTER), `${codeObject}\n`, { mode: 0o444 });
       fs.renameSync(staged, dir);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
@@ -129,11 +135,12 @@ export class DrvFiles {
           if ((e2 as NodeJS.ErrnoException).code !== 'EEXIST') throw e2;
         }
         makeDirs(path.join(dir, 'r'));
-        if (code !== undefined) writeCodePointer(dir, code, false);
+        if (codeObject !== undefined) writeCodePointer(dir, codeObject, false);
       } finally {
         removeTree(staged);
       }
     }
     this.placed.set(dref, name);
+    if (codeObject !== undefined) this.withPointer.add(dref);
   }
 }
