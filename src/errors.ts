@@ -110,6 +110,8 @@ export const ErrorCodes = {
   E_GRAPHVIZ_MISSING: "Graphviz's dot program, which draws SVG graphs, is not installed (apt install graphviz)",
   E_GRAPHVIZ_FAILED: "Graphviz's dot program failed to draw a graph",
   E_STORE_CONFIG: "the store's config.json is not valid JSON or has a field of the wrong type",
+  E_BAD_BUILDER: 'a builder spec is not local, ssh://[user@]host[:port][/STORE][?maxJobs=N] or slurm[:PARTITION]',
+  E_BUILDER_FAILED: 'a remote builder (ssh host or Slurm job) failed or returned something unusable',
   E_CODE_CORRUPT: 'a stage code object is malformed, too large, or does not hash to its name',
   E_CODE_NATIVE:
     'a stage file imports a native addon (a .node file or a package built with node-gyp): it cannot travel',

@@ -184,7 +184,7 @@ interface Ran {
   stderr: string;
 }
 
-function run(cmd: string, args: readonly string[], input?: string): Promise<Ran> {
+function run(cmd: string, args: readonly string[], input?: string | Buffer): Promise<Ran> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
@@ -218,11 +218,11 @@ const tail = (s: string): string => s.trim().split('\n').slice(-5).join('\n');
  * Runs `cairn ARGS` on the remote host through ssh. A Cairn error there
  * comes back as the same error code here.
  */
-async function remoteCairn(
+export async function remoteCairn(
   remote: RemoteSpec,
   opts: SyncOptions,
   args: readonly string[],
-  input?: string,
+  input?: string | Buffer,
 ): Promise<string> {
   const ssh = splitCommand(opts.ssh ?? 'ssh');
   const command = [opts.remoteCairn ?? 'cairn', '--store', shellQuote(remote.store), ...args.map(shellQuote)].join(' ');
@@ -247,7 +247,7 @@ async function remoteCairn(
   });
 }
 
-function parseJson<T>(text: string, what: string): T {
+export function parseJson<T>(text: string, what: string): T {
   try {
     return JSON.parse(text) as T;
   } catch {
@@ -364,7 +364,31 @@ export async function pull(
     await remoteCairn(remote, opts, ['store', 'closure', '--json', ...refs]),
     'cairn store closure',
   );
-  const nodes = checkListing(listing);
+  return pullListed(store, remote, listing, checkListing(listing), opts);
+}
+
+/**
+ * Fetches a closure whose listing the caller already knows (a builder's
+ * results: the realizations it made, whose context is the inputs this side
+ * sent), saving the `store closure` round trip. Nothing in the listing is
+ * trusted: the receive re-derives and checks every name.
+ */
+export async function pullKnown(
+  store: LocalStore,
+  remoteSpec: string,
+  listing: ClosureListing,
+  opts: SyncOptions = {},
+): Promise<SyncReport> {
+  return pullListed(store, parseRemote(remoteSpec), listing, listing.nodes, opts);
+}
+
+async function pullListed(
+  store: LocalStore | null,
+  remote: RemoteSpec,
+  listing: ClosureListing,
+  nodes: ClosureNode[],
+  opts: SyncOptions,
+): Promise<SyncReport> {
   const has = (r: string): boolean => store !== null && haveRefs(store, [r]).length > 0;
   const plan = planTransfer(listing.roots, nodes, has, (d) => listing.code?.[d]);
   const report: SyncReport = {
