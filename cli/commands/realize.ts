@@ -122,13 +122,14 @@ export function registerRealize(ctx: CliContext): void {
       const quiet = !!o.quiet || (!!o.json && !tty);
       const progress = progressReporter(graph.order.length, { tty, verbose: !!o.verbose, quiet });
       const t0 = performance.now();
-      // Builders build from store objects alone: the code object goes with every derivation sent.
-      const code =
-        (o.selfContained || builders) && !o.dryRun
-          ? await storeStageCode(store, file, graph, { realizeFollows: true })
-          : undefined;
+      let code;
       let result;
       try {
+        // Builders build from store objects alone: the code object goes with every derivation sent.
+        code =
+          (o.selfContained || builders) && !o.dryRun
+            ? await storeStageCode(store, file, graph, { realizeFollows: true })
+            : undefined;
         result = await realize(graph, {
           store,
           jobs: o.jobs,
@@ -149,8 +150,9 @@ export function registerRealize(ctx: CliContext): void {
         });
       } finally {
         progress.finish();
-        // A cache store may hold connections; the run is over for it.
+        // A cache store may hold connections, a builder an ssh master; the run is over for them.
         for (const s of substituters) s.store.close();
+        await builders?.close();
       }
       const ms = performance.now() - t0;
       if (o.explain) for (const line of explainLines(result)) process.stderr.write(line + '\n');

@@ -34,6 +34,8 @@ export interface RemoteBuilder {
    * verified path. Throws a CairnError on failure.
    */
   build(job: RemoteJob): Promise<RRef[]>;
+  /** Releases what the builder holds for the run (an ssh master connection). */
+  close?(): Promise<void>;
 }
 
 /** Why a build ran where it ran: what `--explain` prints and `--json` carries. */
@@ -93,6 +95,11 @@ export class BuilderPool {
   /** Where the fallback warning goes (realize's warnings). */
   onWarning(warn: (line: string) => void): void {
     this.opts.warn = warn;
+  }
+
+  /** Ends the run for every builder (see RemoteBuilder.close). */
+  async close(): Promise<void> {
+    await Promise.all(this.slots.map((s) => s.remote?.close?.() ?? Promise.resolve()));
   }
 
   get remoteNames(): string[] {

@@ -20,6 +20,7 @@ import { checkBuildDrvReport, remoteError } from './build-drv-report.js';
 import { slurmJobScript, type CacheDataPlane } from './slurm.js';
 import { runWithInput } from './run-process.js';
 import { shellQuote, splitCommand } from '../../store/sync-plan.js';
+import { sharedSsh } from './ssh-sharing.js';
 
 export interface SshTransport {
   /** The ssh command (default `ssh -o BatchMode=yes`), split like a shell would. */
@@ -41,7 +42,11 @@ export function sshBuilder(
   data?: CacheDataPlane,
 ): RemoteBuilder {
   const target = `${spec.user !== undefined ? `${spec.user}@` : ''}${spec.host}`;
-  const sshCmd = (transport.ssh ?? 'ssh -o BatchMode=yes') + (spec.port !== undefined ? ` -p ${spec.port}` : '');
+  const shared = sharedSsh(
+    (transport.ssh ?? 'ssh -o BatchMode=yes') + (spec.port !== undefined ? ` -p ${spec.port}` : ''),
+    target,
+  );
+  const sshCmd = shared.command;
   const opts: SyncOptions = { ssh: sshCmd, remoteCairn: transport.remoteCairn };
   const remote = `${target}:${spec.store}`;
   const remoteCmd = transport.remoteCairn ?? 'cairn';
@@ -49,6 +54,7 @@ export function sshBuilder(
   return {
     name: spec.name,
     slots: spec.maxJobs,
+    close: () => shared.close(),
     async build(job: RemoteJob): Promise<RRef[]> {
       const { node, inputs } = job;
       if (data) {
