@@ -181,6 +181,7 @@ export {
 } from './services/spec.js';
 export {
   startEnsemble,
+  upEnsemble,
   stopEnsemble,
   reloadService,
   ensembleStatus,

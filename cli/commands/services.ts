@@ -1,10 +1,12 @@
 /**
- * `cairn services start|stop|reload|status|logs|exec|run FILE`: service
- * ensembles on the Docker engine (see docs/services.md).
+ * `cairn services up|start|stop|down|reload|status|logs|exec|run FILE`:
+ * service ensembles on the Docker engine (see docs/services.md).
  */
+import * as os from 'node:os';
 import type { Command } from 'commander';
 import { CairnError } from '../../src/errors.js';
 import type { CliContext } from '../context.js';
+import type { ServiceReport } from '../../src/services/runner.js';
 
 const out = (s: string): void => {
   process.stdout.write(s.endsWith('\n') ? s : s + '\n');
@@ -44,7 +46,7 @@ export function registerServices(ctx: CliContext): void {
   const { program, openStore } = ctx;
   const cmd = program
     .command('services')
-    .description('service ensembles on the Docker engine: start, stop, down, reload, status, logs, exec, run')
+    .description('service ensembles on the Docker engine: up, start, stop, down, reload, status, logs, exec, run')
     // exec and run pass every word after SERVICE on to the command (see cli/program.ts).
     .enablePositionalOptions();
   const common = (c: Command): Command =>
@@ -58,23 +60,106 @@ export function registerServices(ctx: CliContext): void {
   const setup = async (file: string, o: Common) => {
     const { loadEnsembleFile } = await import('../../src/services/load.js');
     const e = await loadEnsembleFile(file);
-    const log = o.quiet ? undefined : (line: string) => process.stderr.write(`${line}\n`);
-    return { e, base: { store: openStore(), file, stateDir: o.stateDir, project: o.projectName, log } };
+    const tty = process.stderr.isTTY === true;
+    let shown = false;
+    // On a terminal the image phase's status line is rewritten in place; a log line clears it first.
+    const status = (line: string): void => {
+      if (!tty || o.quiet) return;
+      process.stderr.write(`\r\x1b[K${line}`);
+      shown = line !== '';
+    };
+    const log = o.quiet
+      ? undefined
+      : (line: string) => {
+          if (shown) status('');
+          process.stderr.write(`${line}\n`);
+        };
+    return {
+      e,
+      base: {
+        store: openStore(),
+        file,
+        stateDir: o.stateDir,
+        project: o.projectName,
+        log,
+        status: tty ? status : undefined,
+      },
+    };
   };
+
+  /**
+   * Runs a start-like command with Ctrl-C handling: the first SIGINT (or
+   * SIGTERM) lets running docker calls finish and starts nothing new (see
+   * RunnerOptions.signal), then the reports are printed and cairn exits 130
+   * (143); a second signal exits at once. The handlers go when the command
+   * ends: a server worker runs its next command in the same process.
+   */
+  const interruptible = async (go: (signal: AbortSignal) => Promise<ServiceReport[]>, verb: string): Promise<void> => {
+    const ac = new AbortController();
+    let got: NodeJS.Signals | undefined;
+    const handlers = (['SIGINT', 'SIGTERM'] as const).map((sig) => {
+      const h = (): void => {
+        if (got) process.exit(128 + os.constants.signals[got]);
+        got = sig;
+        process.stderr.write(`cairn: ${sig}: finishing the docker calls under way (again to exit now)\n`);
+        ac.abort();
+      };
+      process.on(sig, h);
+      return [sig, h] as const;
+    });
+    try {
+      let reports: ServiceReport[];
+      try {
+        reports = await go(ac.signal);
+      } catch (e) {
+        // Interrupted before any service began (the network, the image phase): nothing to report.
+        if (got === undefined) throw e;
+        reports = [];
+      }
+      printReports(reports);
+      const { checkReports } = await import('../../src/services/runner.js');
+      try {
+        checkReports(reports, verb, { brief: true });
+      } catch (e) {
+        if (got === undefined) throw e;
+      }
+      if (got !== undefined) {
+        process.stderr.write(`cairn: error E_INTERRUPTED: ${verb} interrupted by ${got}; run it again to finish\n`);
+        process.exitCode = 128 + os.constants.signals[got];
+      }
+    } finally {
+      for (const [sig, h] of handlers) process.off(sig, h);
+    }
+  };
+
+  common(cmd.command('up'))
+    .description(
+      'converge to FILE: create what is missing, recreate what changed (and its dependants), start what is stopped',
+    )
+    .argument('<file>', 'ensemble file (.ts or .js)')
+    .argument('[service...]', 'only these services and their dependencies (default: all)')
+    .option('--timeout <s>', 'seconds a service may take to answer its ping (default 300)', parseTimeout)
+    .action(async (file: string, names: string[], o: Common & { timeout?: number }) => {
+      const { e, base } = await setup(file, o);
+      const { upEnsemble } = await import('../../src/services/runner.js');
+      await interruptible((signal) => upEnsemble(e, { ...base, services: names, timeoutMs: o.timeout, signal }), 'up');
+    });
 
   common(cmd.command('start'))
     .description(
-      'start the services of FILE in dependency order (independent ones in parallel); leaves running containers alone',
+      'start the services of FILE in dependency order (independent ones in parallel); ' +
+        'leaves running containers alone, even changed ones (up recreates those)',
     )
     .argument('<file>', 'ensemble file (.ts or .js)')
     .option('-x, --exclude <name...>', 'services not to start (none of the started ones may depend on them)')
     .option('--timeout <s>', 'seconds a service may take to answer its ping (default 300)', parseTimeout)
     .action(async (file: string, o: Common & { exclude?: string[]; timeout?: number }) => {
       const { e, base } = await setup(file, o);
-      const { startEnsemble, checkReports } = await import('../../src/services/runner.js');
-      const reports = await startEnsemble(e, { ...base, exclude: o.exclude, timeoutMs: o.timeout });
-      printReports(reports);
-      checkReports(reports, 'start');
+      const { startEnsemble } = await import('../../src/services/runner.js');
+      await interruptible(
+        (signal) => startEnsemble(e, { ...base, exclude: o.exclude, timeoutMs: o.timeout, signal }),
+        'start',
+      );
     });
 
   common(cmd.command('stop'))
@@ -107,10 +192,11 @@ export function registerServices(ctx: CliContext): void {
     .option('--timeout <s>', 'seconds the service may take to answer its ping (default 300)', parseTimeout)
     .action(async (file: string, name: string, o: Common & { timeout?: number }) => {
       const { e, base } = await setup(file, o);
-      const { reloadService, checkReports } = await import('../../src/services/runner.js');
-      const r = await reloadService(e, name, { ...base, timeoutMs: o.timeout });
-      printReports([r]);
-      checkReports([r], 'reload');
+      const { reloadService } = await import('../../src/services/runner.js');
+      await interruptible(
+        async (signal) => [await reloadService(e, name, { ...base, timeoutMs: o.timeout, signal })],
+        'reload',
+      );
     });
 
   common(cmd.command('status'))
@@ -285,6 +371,8 @@ function printStatus(
     health?: string;
     healthDetail?: string;
     restarts?: number;
+    stale?: boolean;
+    staleReasons?: string[];
   }[],
   context: Record<string, string>,
   project: string,
@@ -298,7 +386,8 @@ function printStatus(
     out(
       `${s.name.padEnd(w)}  ${s.state.padEnd(8)}  ${health.padEnd(9)}  ${s.container ?? '-'.padEnd(12)}  ` +
         `${ports || '-'}${s.dependsOn.length ? `  (after ${s.dependsOn.join(', ')})` : ''}` +
-        `${s.restarts ? `  restarts: ${s.restarts}` : ''}${s.healthDetail ? `  ${s.healthDetail}` : ''}`,
+        `${s.restarts ? `  restarts: ${s.restarts}` : ''}${s.healthDetail ? `  ${s.healthDetail}` : ''}` +
+        (s.stale ? `  stale: ${(s.staleReasons ?? []).join('; ')}` : ''),
     );
   }
   for (const [k, v] of Object.entries(context)) out(`context ${k}=${v}`);

@@ -6,6 +6,7 @@
 import { CairnError } from '../errors.js';
 import { docker, inspectOne } from '../backends/containers/docker.js';
 import {
+  LABEL_DEPS,
   LABEL_ENSEMBLE,
   LABEL_ONEOFF,
   LABEL_PROJECT,
@@ -18,7 +19,7 @@ import {
 import type { LabelledContainer } from './project.js';
 
 // The names live in names.ts (one place for every command); re-exported for existing callers.
-export { LABEL_ENSEMBLE, LABEL_ONEOFF, LABEL_SERVICE, LABEL_SPEC, containerName, networkName };
+export { LABEL_DEPS, LABEL_ENSEMBLE, LABEL_ONEOFF, LABEL_SERVICE, LABEL_SPEC, containerName, networkName };
 
 export interface ContainerInfo {
   id: string;
@@ -27,6 +28,8 @@ export interface ContainerInfo {
   status: string;
   exitCode: number;
   specHash: string | undefined;
+  /** The LABEL_DEPS label; undefined when absent or unreadable (containers made before it existed). */
+  deps: Record<string, string> | undefined;
   image: string;
   ports: Record<string, string>;
   /** The engine's restart policy name: no, on-failure, unless-stopped, always. */
@@ -62,12 +65,27 @@ export async function inspectContainer(name: string): Promise<ContainerInfo | un
     status: c.State.Status,
     exitCode: c.State.ExitCode,
     specHash: c.Config.Labels?.[LABEL_SPEC],
+    deps: parseDeps(c.Config.Labels?.[LABEL_DEPS]),
     image: c.Image,
     ports,
     restartPolicy: c.HostConfig?.RestartPolicy?.Name || 'no',
     restarts: c.RestartCount ?? 0,
     startedAt: c.State.StartedAt ?? '',
   };
+}
+
+function parseDeps(label: string | undefined): Record<string, string> | undefined {
+  if (label === undefined) return undefined;
+  try {
+    const v = JSON.parse(label) as unknown;
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) return undefined;
+    const entries = Object.entries(v as Record<string, unknown>);
+    return entries.every(([, x]) => typeof x === 'string')
+      ? (Object.fromEntries(entries) as Record<string, string>)
+      : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** `labels` must hold the project's labels (cairn.ensemble, cairn.project). */
@@ -224,10 +242,19 @@ export async function buildImage(opts: {
   tag: string;
   buildArgs: Record<string, string>;
   labels: Record<string, string>;
+  /** The build's output as it comes (progress). */
+  onOutput?: (chunk: string) => void;
+  signal?: AbortSignal;
 }): Promise<string> {
-  const args = ['build', '--file', opts.dockerfile, '--tag', opts.tag];
+  // --force-rm: the classic builder otherwise keeps the container of a
+  // failed step, unlabelled, where no stop or down finds it.
+  const args = ['build', '--force-rm', '--file', opts.dockerfile, '--tag', opts.tag];
   for (const [k, v] of Object.entries(opts.buildArgs)) args.push('--build-arg', `${k}=${v}`);
   for (const [k, v] of Object.entries(opts.labels)) args.push('--label', `${k}=${v}`);
-  await docker([...args, opts.directory], { env: { DOCKER_BUILDKIT: '0' } });
+  await docker([...args, opts.directory], {
+    env: { DOCKER_BUILDKIT: '0' },
+    onOutput: opts.onOutput,
+    signal: opts.signal,
+  });
   return imageId(opts.tag);
 }

@@ -87,8 +87,14 @@ export function validateEnsemble(e: EnsembleSpec): Map<string, ServiceSpec> {
       if (s[hook] !== undefined && typeof s[hook] !== 'function')
         throw invalid(`service ${s.name}: ${hook} must be a function`, { service: s.name, key: hook });
     }
+    const at = s.pingAttemptTimeoutMs;
+    if (at !== undefined && (typeof at !== 'number' || !Number.isFinite(at) || at <= 0))
+      throw invalid(`service ${s.name}: pingAttemptTimeoutMs must be a number of milliseconds > 0`, {
+        service: s.name,
+      });
     validateHealth(s);
   }
+  checkHostPorts(byName);
   for (const s of byName.values()) {
     for (const d of s.dependsOn ?? []) {
       if (!byName.has(d))
@@ -102,6 +108,28 @@ export function validateEnsemble(e: EnsembleSpec): Map<string, ServiceSpec> {
   }
   dependencyOrder(byName);
   return byName;
+}
+
+/**
+ * Two publications of one host port (and protocol) can never both bind:
+ * the second container would fail after the first ones started. Port 0
+ * (any free port) never conflicts.
+ */
+function checkHostPorts(byName: ReadonlyMap<string, ServiceSpec>): void {
+  const seen = new Map<string, string>();
+  for (const s of byName.values()) {
+    for (const [c, h] of Object.entries(s.ports ?? {})) {
+      if (h === 0) continue;
+      const key = `${h}/${c.split('/')[1] ?? 'tcp'}`;
+      const other = seen.get(key);
+      if (other !== undefined)
+        throw invalid(`host port ${key} is published twice: by ${other} and by ${s.name} ${c}`, {
+          service: s.name,
+          port: key,
+        });
+      seen.set(key, `${s.name} ${c}`);
+    }
+  }
 }
 
 /** Dependencies first; E_SERVICE_INVALID naming the cycle if there is one. Ties keep definition order. */
@@ -167,15 +195,39 @@ export function selectForStart(byName: ReadonlyMap<string, ServiceSpec>, exclude
 }
 
 /**
- * The services a stop touches, dependants first. Excluding a service whose
- * dependency would be stopped is refused: it would keep running without it.
+ * The services an `up` touches, in dependency order: the named ones and
+ * everything they depend on (all services when none is named).
  */
-export function selectForStop(byName: ReadonlyMap<string, ServiceSpec>, exclude: readonly string[]): string[] {
+export function selectForUp(byName: ReadonlyMap<string, ServiceSpec>, services: readonly string[]): string[] {
+  for (const x of services) if (!byName.has(x)) throw invalid(`no service ${x} in the ensemble`, { service: x });
+  if (services.length === 0) return dependencyOrder(byName);
+  const want = new Set<string>();
+  const add = (n: string): void => {
+    if (want.has(n)) return;
+    want.add(n);
+    for (const d of byName.get(n)!.dependsOn ?? []) add(d);
+  };
+  services.forEach(add);
+  return dependencyOrder(byName).filter((n) => want.has(n));
+}
+
+/**
+ * The services a stop touches, dependants first. Excluding a service whose
+ * dependency would be stopped is refused: it would keep running without it;
+ * a kept service that is not running (`running` does not hold it) needs
+ * nothing, so excluding it is fine.
+ */
+export function selectForStop(
+  byName: ReadonlyMap<string, ServiceSpec>,
+  exclude: readonly string[],
+  running?: ReadonlySet<string>,
+): string[] {
   const ex = checkExcluded(byName, exclude);
   const order = dependencyOrder(byName)
     .filter((n) => !ex.has(n))
     .reverse();
   for (const kept of ex) {
+    if (running !== undefined && !running.has(kept)) continue;
     const stopped = (byName.get(kept)!.dependsOn ?? []).filter((d) => !ex.has(d));
     if (stopped.length > 0)
       throw invalid(

@@ -16,6 +16,8 @@ export const LABEL_PROJECT = 'cairn.project';
 export const LABEL_PROJECT_DIR = 'cairn.project.dir';
 export const LABEL_SERVICE = 'cairn.service';
 export const LABEL_SPEC = 'cairn.spec';
+/** JSON: dependency name → the container id it was created after (so `up` sees a replaced dependency). */
+export const LABEL_DEPS = 'cairn.deps';
 export const LABEL_VOLUME = 'cairn.volume';
 /** On one-off containers (`services run`), naming their service; they never carry LABEL_SERVICE. */
 export const LABEL_ONEOFF = 'cairn.oneoff';

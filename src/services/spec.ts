@@ -30,6 +30,13 @@ export interface ServiceHandle {
   /** The host address published ports are bound to. */
   readonly hostAddress: string;
   readonly context: ServiceContext;
+  /**
+   * Aborted when the run is interrupted (Ctrl-C) and, in a ping, when this
+   * attempt's time is up (`pingAttemptTimeoutMs`): pass it to `fetch` and
+   * the like so a hung request ends. `exec` ends by the attempt's deadline
+   * by itself.
+   */
+  readonly signal: AbortSignal;
 }
 
 export interface BuildFromDirectory {
@@ -70,9 +77,19 @@ export interface ServiceSpec {
   stopSignal?: string;
   /** Always replace the container on start, even when a matching one exists. */
   alwaysStartNew?: boolean;
-  /** Readiness: called every 0.1 s until it returns true (or the timeout); throwing fails the service. */
+  /**
+   * Readiness: called every 0.1 s until it returns true (or the start
+   * timeout). Each attempt gets `pingAttemptTimeoutMs`, then `h.signal`
+   * aborts and the next attempt goes out; any other throw fails the service.
+   */
   ping?: (h: ServiceHandle) => boolean | Promise<boolean>;
-  /** Runs once per newly created container, after ping succeeded. */
+  /** How long one ping attempt may take (default 5000 ms). */
+  pingAttemptTimeoutMs?: number;
+  /**
+   * Runs after the ping, once per container: a start counts as finished
+   * (and is recorded) only when it succeeded. After an interrupted start or
+   * a throw, the next start or up runs it again, so make it idempotent.
+   */
   postStartInit?: (h: ServiceHandle) => void | Promise<void>;
   /**
    * The engine's restart policy, so a service that dies comes back even when

@@ -31,6 +31,8 @@ export interface DockerOptions {
   cwd?: string;
   /** Called with every chunk of output (build logs). */
   onOutput?: (chunk: string) => void;
+  /** Aborting sends the client SIGINT (a `docker build` then cancels the build in the engine). */
+  signal?: AbortSignal;
 }
 
 /**
@@ -50,6 +52,10 @@ export function docker(args: readonly string[], opts: DockerOptions = {}): Promi
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     let done = false;
+    const onAbort = (): void => void child.kill('SIGINT');
+    if (opts.signal?.aborted) onAbort();
+    else opts.signal?.addEventListener('abort', onAbort, { once: true });
+    child.once('close', () => opts.signal?.removeEventListener('abort', onAbort));
     const timer =
       opts.timeoutMs === undefined
         ? undefined
