@@ -336,9 +336,9 @@ describe('exp show on hostile outputs and configs', () => {
     const evil = stageOf(JSON.parse(r.stdout) as ExpTable, 'evil');
     assert.equal(evil.rows.length, 2);
     assert.ok(evil.rows.every((x) => !x.chosen));
-    assert.match(evil.problem ?? '', /best\(1, metrics\.json\) failed/);
+    assert.match(evil.problem ?? '', /best\(1, metrics\.json:acc\) failed/);
     const text = ok(cairn(store, ['exp', 'show', file], { env: { EVIL_BEST: '1' } })).stdout;
-    assert.match(text, /none chosen: best\(1, metrics\.json\) failed/);
+    assert.match(text, /none chosen: best\(1, metrics\.json:acc\) failed/);
   });
 });
 
