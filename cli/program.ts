@@ -34,6 +34,10 @@ export const GROUPS: readonly Group[] = [
     register: async (c) => (await import('./commands/realize.js')).registerRealize(c),
   },
   {
+    words: ['build-drv', 'export-drv', 'import-drv'],
+    register: async (c) => (await import('./commands/build-drv.js')).registerBuildDrv(c),
+  },
+  {
     words: ['lsref', 'catref', 'shellref', 'rmref', 'du', 'log', 'store', 'root'],
     register: async (c) => (await import('./commands/store.js')).registerStore(c),
   },

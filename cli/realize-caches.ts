@@ -107,3 +107,29 @@ export async function cachePushTarget(url: string, access: CacheAccess): Promise
   const sub = await import('../src/store/cache/cache-substituter.js');
   return sub.cachePushTarget(redactUrl(url), blob, key);
 }
+
+/**
+ * The data plane of Slurm builders: the first substituter (its URL goes to
+ * the jobs as given, so a job opens the same cache with the credentials its
+ * environment carries), signed with --key; this side fetches the jobs'
+ * results trusting that key's public half besides the configured keys.
+ */
+export async function cacheDataPlane(
+  urls: readonly string[],
+  access: CacheAccess,
+): Promise<import('../src/stages/builders/slurm.js').CacheDataPlane> {
+  const url = urls[0];
+  if (url === undefined || access.key === undefined) {
+    throw new CairnError(
+      'E_USAGE',
+      'a slurm builder exchanges inputs and results through a binary cache: give --substituter URL and --key FILE',
+    );
+  }
+  const path = await import('node:path');
+  const { readSecretKeyFile, publicKeyOf } = await import('../src/store/cache/sign.js');
+  const keyFile = path.resolve(access.key);
+  const publicKey = publicKeyOf(readSecretKeyFile(keyFile));
+  const push = await cachePushTarget(url, access);
+  const fetch = await cacheSubstituter(url, { ...access, trustedKeys: [...access.trustedKeys, publicKey] });
+  return { url, keyFile, publicKey, push, fetch };
+}

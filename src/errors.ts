@@ -110,6 +110,19 @@ export const ErrorCodes = {
   E_GRAPHVIZ_MISSING: "Graphviz's dot program, which draws SVG graphs, is not installed (apt install graphviz)",
   E_GRAPHVIZ_FAILED: "Graphviz's dot program failed to draw a graph",
   E_STORE_CONFIG: "the store's config.json is not valid JSON or has a field of the wrong type",
+  E_BAD_BUILDER: 'a builder spec is not local, ssh://[user@]host[:port][/STORE][?maxJobs=N] or slurm[:PARTITION]',
+  E_BUILDER_FAILED: 'a remote builder (ssh host or Slurm job) failed or returned something unusable',
+  E_CODE_CORRUPT: 'a stage code object is malformed, too large, or does not hash to its name',
+  E_CODE_NATIVE:
+    'a stage file imports a native addon (a .node file or a package built with node-gyp): it cannot travel',
+  E_CODE_NOT_PORTABLE:
+    'stage code reads a file of the checkout that did not travel, or imports a local module outside its bundle',
+  E_NO_CODE: 'a derivation has no code object in the store (realize it with self-contained code first)',
+  E_CODE_MISMATCH: "a derivation's code object, loaded again, does not define that derivation (same DRef)",
+  E_BUILD_INPUT:
+    'an input realization given to build a derivation is missing, ambiguous or not one of its dependencies',
+  E_BAD_DRV_EXPORT:
+    'a derivation export is malformed: a drv.json or code object does not match its name, or a hostile tree',
   E_UI_LISTEN: '`cairn ui` could not listen on the host and port asked for (taken, or not an address of this machine)',
   E_UI_ASSETS: "the web view's own files, or the preact/htm modules it serves, are missing or not as expected",
 } as const;

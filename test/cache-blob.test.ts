@@ -152,9 +152,9 @@ describe('keys and configuration', () => {
   });
 
   test('config.json: optional; unknown keys and wrong types are E_STORE_CONFIG', () => {
-    assert.deepEqual(readStoreConfig(t.dir), { trustedPublicKeys: [], substituters: [] });
+    assert.deepEqual(readStoreConfig(t.dir), { trustedPublicKeys: [], substituters: [], builders: [] });
     const c = parseStoreConfig('{"trusted-public-keys": ["k:x"], "substituters": ["file:///c"]}', 'c.json');
-    assert.deepEqual(c, { trustedPublicKeys: ['k:x'], substituters: ['file:///c'] });
+    assert.deepEqual(c, { trustedPublicKeys: ['k:x'], substituters: ['file:///c'], builders: [] });
     for (const bad of [
       '[]',
       'nope',

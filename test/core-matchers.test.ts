@@ -135,6 +135,16 @@ describe('matchers on synthetic candidates', () => {
       assert.equal(await best(5, { file: 'score.txt' }).select(c), null);
     });
 
+    it('names itself with its file, key and direction (what exp show and graph print as "chosen by")', () => {
+      assert.equal(best({ file: 'score.txt' }).name, 'best(1, score.txt)');
+      assert.equal(best(2, { file: 'metrics.json', key: 'acc' }).name, 'best(2, metrics.json:acc)');
+      assert.equal(
+        best({ file: 'metrics.json', key: 'loss', lowest: true }).name,
+        'best(1, metrics.json:loss, lowest)',
+      );
+      assert.equal(best({ fn: () => 1, lowest: true }).name, 'best(1, fn, lowest)');
+    });
+
     it('lowest: true chooses the lowest scores', async () => {
       const c = scored(['3', '9', '-1', '5']);
       assert.deepEqual(await best(2, { file: 'score.txt', lowest: true }).select(c), ['r2' as RRef, 'r0' as RRef]);

@@ -192,6 +192,30 @@ describe('cairn server', () => {
     }
   });
 
+  it('runs exp show, exp diff and graph (dot and svg) in a worker, with the output of the Node CLI', () => {
+    const rref = lastLine(cairn(['realize', 'stages.ts', '-q']).stdout);
+    for (const args of [
+      ['exp', 'show', 'stages.ts', '--json'],
+      ['exp', 'show', 'stages.ts', '--csv'],
+      ['exp', 'diff', rref, rref],
+      ['graph', 'stages.ts'],
+      ['graph', 'stages.ts', '--format', 'svg'],
+    ]) {
+      const before = status().served;
+      const served = cairn(args);
+      assert.equal(served.code, 0, served.stderr);
+      assert.equal(status().served, before + 1, `the server ran ${args.join(' ')}`);
+      const standalone = cairn(args, { CAIRN_NO_SERVER: '1' });
+      assert.equal(standalone.code, 0, standalone.stderr);
+      // Ages in the CSV move on between the two runs; everything else is the same.
+      const stable = (s: string): string => s.replace(/,\d{13},/g, ',T,');
+      assert.equal(stable(served.stdout), stable(standalone.stdout), args.join(' '));
+    }
+    const bad = cairn(['graph', 'stages.ts', '--format', 'png']);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /E_USAGE/);
+  });
+
   it('passes exit statuses and errors through', () => {
     const missing = cairn(['realize', 'nope.ts']);
     assert.equal(missing.code, 1);

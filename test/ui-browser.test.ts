@@ -99,6 +99,7 @@ describe('cairn ui in Chromium, on the ML demo', () => {
     const scores = (await rows.locator('[data-testid=metric][data-key=score]').allTextContents()).map(Number);
     assert.equal(scores.length, 3);
     for (const s of scores) assert.ok(Number.isFinite(s) && s < 0, `score ${s}`);
+    assert.equal(new Set(scores).size, 3, 'the three seeds score differently: the plot is not flat');
     const chosen = rows.locator('xpath=self::*[@data-chosen="yes"]');
     assert.equal(await chosen.count(), 1);
     assert.equal(await chosen.locator('[data-testid=chosen-mark]').textContent(), '★');
@@ -124,7 +125,7 @@ describe('cairn ui in Chromium, on the ML demo', () => {
     assert.match((await log.textContent())!, /building \S+-train with 3 output\(s\)[\s\S]*seed \d+: w=/);
     const files = await page.locator('[data-testid=file] .path').allTextContents();
     assert.deepEqual(files.sort(), ['model.json', 'score.txt']);
-    assert.match((await page.locator('[data-testid=config]').textContent())!, /"learningRate": 0\.01/);
+    assert.match((await page.locator('[data-testid=config]').textContent())!, /"learningRate": 0\.002/);
     assert.ok((await page.locator('[data-testid=disk-row]').count()) === 3);
   });
 
@@ -137,6 +138,8 @@ describe('cairn ui in Chromium, on the ML demo', () => {
     assert.equal(await page.locator('[data-testid=exp-row][data-chosen=yes]').count(), 1);
     assert.equal(await page.locator('[data-testid=plot][data-metric=score] circle').count(), 6);
     await page.locator('[data-testid=dag]').screenshot({ path: path.join(shots, 'ui-dag.png') });
+    // Tall enough for the score plot below the table.
+    await page.setViewportSize({ width: 1200, height: 1150 });
     await page.screenshot({ path: path.join(shots, 'ui-experiments.png') });
     await page.screenshot({ path: path.join(t.dir, 'ui-full.png'), fullPage: true });
     assert.ok(fs.statSync(path.join(shots, 'ui-experiments.png')).size > 10_000);

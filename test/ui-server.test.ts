@@ -207,7 +207,7 @@ describe('cairn ui server on the ML demo', () => {
     const rz = JSON.parse(r.body) as { files: { path: string }[]; log: string; config: string };
     assert.deepEqual(rz.files.map((f) => f.path).sort(), ['model.json', 'score.txt']);
     assert.match(rz.log, /seed \d+: w=/);
-    assert.match(rz.config, /"epochs": 30/);
+    assert.match(rz.config, /"epochs": 2,/);
     const bad = await rawRequest(ui.port, '/api/rz?ref=..%2F..%2Fetc');
     assert.equal(bad.status, 400);
     assert.equal((JSON.parse(bad.body) as { code: string }).code, 'E_BAD_REF');

@@ -2,11 +2,21 @@
 import { inputHashStats, instantiate } from '../../src/stages/instantiate.js';
 import { loadStageFile } from '../../src/stages/load.js';
 import { realize } from '../../src/stages/realize.js';
+import { storeStageCode } from '../../src/stages/self-contained.js';
 import { breakShell } from '../../src/stages/break-shell.js';
 import { out, parseCount, type CliContext } from '../context.js';
 import { progressReporter } from '../progress.js';
 import { pushAfterRealize } from '../../src/stages/substitute.js';
-import { cachePushTarget, cacheSubstituter, substituterUrls, type RealizeCacheFlags } from '../realize-caches.js';
+import {
+  cachePushTarget,
+  cacheSubstituter,
+  cacheDataPlane,
+  substituterUrls,
+  type RealizeCacheFlags,
+} from '../realize-caches.js';
+import { makeBuilderPool } from '../../src/stages/builders/make-pool.js';
+import { explainLines } from '../../src/stages/builders/explain.js';
+import { readStoreConfig } from '../../src/store/config.js';
 
 interface RealizeOpts extends RealizeCacheFlags {
   stage?: string[];
@@ -18,6 +28,11 @@ interface RealizeOpts extends RealizeCacheFlags {
   quiet?: boolean;
   json?: boolean;
   outLink?: string;
+  builders?: string[];
+  buildersSsh?: string;
+  remoteCairn?: string;
+  explain?: boolean;
+  selfContained?: boolean;
   break?: string;
 }
 
@@ -49,6 +64,10 @@ export function registerRealize(ctx: CliContext): void {
     )
     .option('--json', 'print the result as JSON')
     .option(
+      '--self-contained',
+      "store the stage file's code (bundled) with its derivations, so `cairn build-drv` can build them elsewhere",
+    )
+    .option(
       '--substituter <url>',
       "ask this binary cache before building (repeatable; default: the store configuration's substituters)",
       collect,
@@ -57,7 +76,17 @@ export function registerRealize(ctx: CliContext): void {
     .option('--no-substituters', 'ask no binary cache, not even the configured ones')
     .option('--trusted-key <key>', 'also trust cache entries signed by this public key (repeatable)', collect, [])
     .option('--push-to <url>', 'then upload the targets and their closures to this binary cache')
-    .option('--key <file>', 'the secret key that signs what --push-to uploads')
+    .option('--key <file>', 'the secret key that signs what --push-to uploads (and what Slurm jobs push)')
+    .option(
+      '--builders <spec>',
+      'build on: local, ssh://[user@]host[:port][/STORE][?maxJobs=N], slurm[:PARTITION] ' +
+        "(repeatable; default: the store configuration's builders)",
+      collect,
+      [],
+    )
+    .option('--builders-ssh <cmd>', 'the ssh command for ssh builders (default: ssh -o BatchMode=yes)')
+    .option('--remote-cairn <cmd>', 'the cairn command on ssh builders and Slurm nodes (default: cairn)')
+    .option('--explain', 'say on stderr where each stage was built and why')
     .action(async (file: string, o: RealizeOpts) => {
       // A server worker runs many commands: count this one's hashing only.
       const hashing = inputHashStats();
@@ -77,12 +106,30 @@ export function registerRealize(ctx: CliContext): void {
       const access = { storeRoot, trustedKeys: o.trustedKey ?? [], key: o.key };
       const substituters = await Promise.all(substituterUrls(o, storeRoot).map((url) => cacheSubstituter(url, access)));
       const pushTarget = o.pushTo !== undefined && !o.dryRun ? await cachePushTarget(o.pushTo, access) : undefined;
+      const builderSpecs =
+        o.builders !== undefined && o.builders.length > 0 ? o.builders : readStoreConfig(storeRoot).builders;
+      const builders = o.dryRun
+        ? undefined
+        : await makeBuilderPool(store, builderSpecs, {
+            jobs: o.jobs ?? (await import('node:os')).availableParallelism(),
+            ssh: { ssh: o.buildersSsh, remoteCairn: o.remoteCairn },
+            slurm: { cairn: o.remoteCairn },
+            cacheData: () => cacheDataPlane(substituterUrls(o, storeRoot), access),
+            // With a cache and a key, ssh hosts exchange through the cache too; else over ssh (sync).
+            viaCache: substituterUrls(o, storeRoot).length > 0 && o.key !== undefined,
+          });
       const tty = process.stderr.isTTY === true;
       const quiet = !!o.quiet || (!!o.json && !tty);
       const progress = progressReporter(graph.order.length, { tty, verbose: !!o.verbose, quiet });
       const t0 = performance.now();
+      let code;
       let result;
       try {
+        // Builders build from store objects alone: the code object goes with every derivation sent.
+        code =
+          (o.selfContained || builders) && !o.dryRun
+            ? await storeStageCode(store, file, graph, { realizeFollows: true })
+            : undefined;
         result = await realize(graph, {
           store,
           jobs: o.jobs,
@@ -91,6 +138,7 @@ export function registerRealize(ctx: CliContext): void {
           keepFailed: o.keepFailed,
           outLink: o.outLink,
           substituters,
+          builders,
           events: progress,
           breakAt:
             o.break === undefined
@@ -102,10 +150,12 @@ export function registerRealize(ctx: CliContext): void {
         });
       } finally {
         progress.finish();
-        // A cache store may hold connections; the run is over for it.
+        // A cache store may hold connections, a builder an ssh master; the run is over for them.
         for (const s of substituters) s.store.close();
+        await builders?.close();
       }
       const ms = performance.now() - t0;
+      if (o.explain) for (const line of explainLines(result)) process.stderr.write(line + '\n');
       // A failed push fails the command (the cache is not warm), after the targets are printed.
       const push = async (): Promise<string[] | undefined> =>
         pushTarget ? await pushAfterRealize(store, result, pushTarget) : undefined;
@@ -121,6 +171,7 @@ export function registerRealize(ctx: CliContext): void {
               targets: result.targets,
               plan: result.plan,
               ...(result.warnings.length > 0 ? { warnings: result.warnings } : {}),
+              ...(code ? { code: code.code } : {}),
               ...(pushed ? { pushed: { to: pushTarget!.name, roots: pushed } } : {}),
               ...(result.inputs.length > 0 ? { inputs: result.inputs, hashed } : {}),
             },

@@ -199,7 +199,9 @@ function registerUpkeep(ctx: CliContext): void {
       }
       if (o.dryRun) for (const rref of r.realizations) out(`would delete ${rref}`);
       if (o.dryRun) for (const f of r.failedLogs) out(`would delete failed-build log ${f}`);
-      const logs = r.failedLogs.length > 0 ? ` and ${r.failedLogs.length} failed-build log(s)` : '';
+      const logs =
+        (r.failedLogs.length > 0 ? ` and ${r.failedLogs.length} failed-build log(s)` : '') +
+        (r.code.length > 0 ? ` and ${r.code.length} code object(s)` : '');
       out(
         `${o.dryRun ? 'would delete' : 'deleted'} ${r.realizations.length} realization(s)${logs}` +
           ` and ${r.derivations.length} derivation(s), ${o.dryRun ? 'freeing' : 'freed'} ${formatBytes(r.bytes)}` +

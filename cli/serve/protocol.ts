@@ -176,6 +176,9 @@ export const SERVED_COMMANDS: ReadonlySet<string> = new Set([
   'catref',
   'log',
   'du',
+  // Read-only views of the store; \`ui\` is long-running and keeps a port, so it stays a process of its own.
+  'exp',
+  'graph',
   'rmref',
   'root',
   'hash',

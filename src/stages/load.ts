@@ -98,28 +98,7 @@ export async function loadStageFile(file: string, selectors: readonly string[] =
       { cause: e },
     );
   }
-  const exports = new Map<string, Stage>();
-  const groups = new Map<string, Stage[]>();
-  for (const [key, raw] of Object.entries(mod)) {
-    let value = raw;
-    if (typeof value === 'function' && !isStage(value)) {
-      try {
-        value = await (value as () => unknown)();
-      } catch (e) {
-        if (e instanceof CairnError) throw e;
-        throw new CairnError(
-          'E_STAGE_FILE',
-          `stage file ${file}: export ${key}() threw: ${(e as Error)?.message ?? String(e)}`,
-          { file, export: key },
-          { cause: e },
-        );
-      }
-    }
-    const stages = asStages(value);
-    if (!stages) continue;
-    groups.set(key, stages);
-    stages.forEach((s, i) => exports.set(stages.length === 1 ? key : `${key}[${i}]`, s));
-  }
+  const { exports, groups } = await collectExports(mod, file);
   // The caller instantiates what this returns, synchronously (see fileInputs in instantiate.ts).
   await preloadFileInputs();
   const available = [...groups.keys()].join(', ') || 'none';
@@ -150,6 +129,40 @@ export async function loadStageFile(file: string, selectors: readonly string[] =
     });
   }
   return { file: abs, exports, targets };
+}
+
+/**
+ * The stages a module exports: by export name (arrays flattened as NAME[i]),
+ * and as the groups each export gave. Exported functions are called (their
+ * result awaited) as loadStageFile describes.
+ */
+export async function collectExports(
+  mod: Record<string, unknown>,
+  file: string,
+): Promise<{ exports: Map<string, Stage>; groups: Map<string, Stage[]> }> {
+  const exports = new Map<string, Stage>();
+  const groups = new Map<string, Stage[]>();
+  for (const [key, raw] of Object.entries(mod)) {
+    let value = raw;
+    if (typeof value === 'function' && !isStage(value)) {
+      try {
+        value = await (value as () => unknown)();
+      } catch (e) {
+        if (e instanceof CairnError) throw e;
+        throw new CairnError(
+          'E_STAGE_FILE',
+          `stage file ${file}: export ${key}() threw: ${(e as Error)?.message ?? String(e)}`,
+          { file, export: key },
+          { cause: e },
+        );
+      }
+    }
+    const stages = asStages(value);
+    if (!stages) continue;
+    groups.set(key, stages);
+    stages.forEach((s, i) => exports.set(stages.length === 1 ? key : `${key}[${i}]`, s));
+  }
+  return { exports, groups };
 }
 
 /**

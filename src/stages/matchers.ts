@@ -144,6 +144,10 @@ export async function readScore(c: Candidate, file: string, key?: string): Promi
   return parseScore(text, c.rref, file, key);
 }
 
+/** `score.txt`, `metrics.json:acc` or `fn`: where best() gets its scores. */
+const scoreSource = (by: ScoreBy): string =>
+  'file' in by ? (by.key === undefined ? by.file : `${by.file}:${by.key}`) : 'fn';
+
 /**
  * The n realizations with the highest score (or lowest, with `lowest`),
  * best first; none while fewer than n exist. Ties go to the older one, so
@@ -157,7 +161,8 @@ export function best(a: number | ScoreBy, b?: ScoreBy): Matcher {
   const score = 'file' in by ? (c: Candidate) => readScore(c, by.file, by.key) : by.fn;
   const sign = by.lowest ? -1 : 1;
   return {
-    name: `best(${n}, ${'file' in by ? by.file : 'fn'})`,
+    // What exp show, graph and the UI print as "chosen by": the key and the direction are part of the choice.
+    name: `best(${n}, ${scoreSource(by)}${by.lowest ? ', lowest' : ''})`,
     min: n,
     ...('file' in by ? { score: { file: by.file, key: by.key, lowest: by.lowest === true } } : {}),
     select: async (c) => {

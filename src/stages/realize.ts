@@ -22,6 +22,8 @@ import { guardRealize } from './build-processes.js';
 import { enterBreak, findBreak, pausedBuild, type BreakPoint } from './break-point.js';
 import { Substitution } from './substitution.js';
 import type { Substituter } from './substitute.js';
+import type { BuildOutcome } from './build.js';
+import type { BuilderPool, Placement } from './builders/pool.js';
 
 export interface RealizeEvents {
   cached?(node: Derivation, rrefs: readonly RRef[]): void;
@@ -42,6 +44,8 @@ export interface RealizeEvents {
    */
   log?(node: Derivation, line: string, output?: number): void;
   failed?(node: Derivation, error: CairnError): void;
+  /** With builders: where a build ran and why (after it succeeded there). */
+  placed?(node: Derivation, placement: Placement): void;
 }
 
 export interface RealizeOptions {
@@ -68,6 +72,8 @@ export interface RealizeOptions {
   substituters?: readonly Substituter[];
   /** How long a substituter's batch query may take (default 60 s). */
   substituterTimeoutMs?: number;
+  /** Remote builders (ssh hosts, Slurm): builds go to their free slots; none: every build runs here. */
+  builders?: BuilderPool;
   /**
    * Stop before this stage's build (forced, so there is one) and let
    * someone build it by hand (see break-point.ts, realizePaused).
@@ -85,6 +91,8 @@ export interface PlanEntry {
   action: PlanAction;
   /** Chosen realizations (known for cached entries, and for all entries after a real run). */
   rrefs: RRef[];
+  /** With builders, for a stage built in this run: where its (last) build ran and why. */
+  where?: Placement;
 }
 
 export interface RealizeResult {
@@ -138,6 +146,8 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
   const dirs = store.buildDirs();
 
   const chosen = new Map<DRef, RRef[]>();
+  const placements = new Map<DRef, Placement>();
+  const pool = opts.builders;
   const actions = new Map<DRef, PlanAction>();
   let builds = 0;
   const warnings: string[] = [];
@@ -145,6 +155,7 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
     warnings.push(line);
     events.warning?.(line);
   };
+  pool?.onWarning(warn);
   // File inputs are imported, never substituted: a local copy is cheaper than a download.
   const subs = opts.substituters ?? [];
   const substitutable = subs.length > 0 ? graph.order.filter((d) => !graph.nodes.get(d)!.imports) : [];
@@ -238,6 +249,8 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
           events.start?.(node, isForced ? 'forced' : 'missing');
           const t0 = Date.now();
           const added: Added[] = [];
+          // Realizations a remote builder made: received and indexed already.
+          const remote: RRef[] = [];
           const durable: Promise<unknown>[] = [];
           try {
             for (let i = 0; i < runs; i++) {
@@ -248,29 +261,45 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
               const files = inputPaths(node.files, (dref) => store.outPath(chosen.get(dref)![0]!));
               // The last run's indexing releases the build lock (see AddOptions.release).
               const release = i === runs - 1 ? held : undefined;
-              const run = await limit.run(() =>
-                buildAndAdd({
-                  store,
-                  node,
-                  context,
-                  config,
-                  files,
-                  keepFailed: opts.keepFailed,
-                  release,
-                  onLog: (line, i) => events.log?.(node, line, i),
-                  dirs,
-                  byHand:
-                    i === 0 && node.dref === breakAt?.dref
-                      ? (ctx) =>
-                          enterBreak(
-                            breakAt.point,
-                            pausedBuild(node, ctx, context, (r) => store.outPath(r)),
-                          )
-                      : undefined,
-                }),
-              );
-              added.push(...run.added);
-              durable.push(run.durable);
+              const here = (): Promise<BuildOutcome> =>
+                limit.run(() =>
+                  buildAndAdd({
+                    store,
+                    node,
+                    context,
+                    config,
+                    files,
+                    keepFailed: opts.keepFailed,
+                    release,
+                    onLog: (line, i) => events.log?.(node, line, i),
+                    dirs,
+                    byHand:
+                      i === 0 && node.dref === breakAt?.dref
+                        ? (ctx) =>
+                            enterBreak(
+                              breakAt.point,
+                              pausedBuild(node, ctx, context, (r) => store.outPath(r)),
+                            )
+                        : undefined,
+                  }),
+                );
+              if (pool && !node.imports && node.dref !== breakAt?.dref) {
+                // File inputs are imported here, a break point's build is done by hand here; the rest may go out.
+                const inputs = node.deps.flatMap((d) => chosen.get(d)!);
+                const log = (line: string): void => events.log?.(node, line);
+                const ran = await pool.run<BuildOutcome | RRef[]>(node, (b) => b.build({ node, inputs, log }), here);
+                placements.set(node.dref, ran.placement);
+                events.placed?.(node, ran.placement);
+                if (Array.isArray(ran.value)) remote.push(...ran.value);
+                else {
+                  added.push(...ran.value.added);
+                  durable.push(ran.value.durable);
+                }
+              } else {
+                const run = await here();
+                added.push(...run.added);
+                durable.push(run.durable);
+              }
               if (!node.imports) builds++;
             }
           } catch (e) {
@@ -285,6 +314,14 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
             if (known.has(a.meta.rref)) continue;
             known.add(a.meta.rref);
             fresh.push(candidateOf(store, a.meta));
+          }
+          if (remote.length > 0) {
+            const wanted = new Set(remote);
+            for (const c of await store.candidates(node.dref, ctx)) {
+              if (!wanted.has(c.rref) || known.has(c.rref)) continue;
+              known.add(c.rref);
+              fresh.push(c);
+            }
           }
           const all = [...have, ...fresh].sort((a, b) => a.created - b.created || (a.rref < b.rref ? -1 : 1));
           let sel: RRef[] | null;
@@ -304,7 +341,7 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
               { dref: node.dref, matcher: m.name, realizations: all.length },
             );
           }
-          events.built?.(node, sel, Date.now() - t0, [...new Set(added.map((a) => a.meta.rref))]);
+          events.built?.(node, sel, Date.now() - t0, [...new Set([...added.map((a) => a.meta.rref), ...remote])]);
           resolve(sel);
           await recorded;
         },
@@ -361,6 +398,7 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
       name: node.name,
       action: actions.get(dref)!,
       rrefs: chosen.get(dref) ?? [],
+      ...(placements.has(dref) ? { where: placements.get(dref)! } : {}),
     });
   }
   return {

@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { CairnError } from '../errors.js';
 import { checkName, type DRef, type RRef } from '../store/refs.js';
 import { isMatcher, latest, custom, type Matcher, type MatcherFn } from './matchers.js';
+import { checkResources, type Resources } from './builders/resources.js';
 
 const STAGE = Symbol.for('cairn.stage');
 
@@ -106,6 +107,8 @@ export interface StageSpec<C> {
   files?: readonly string[];
   /** Base of relative `files`: a directory, or a file: URL such as `import.meta.url` (its directory is used). */
   dir?: string | URL;
+  /** What a remote build job asks for (Slurm); not part of the DRef. */
+  resources?: Resources;
 }
 
 export interface Stage<C = unknown> {
@@ -121,6 +124,8 @@ export interface Stage<C = unknown> {
   readonly version: string | undefined;
   /** Declared file inputs, resolved to absolute paths (hashed when the stage is instantiated). */
   readonly files: readonly FileInput[];
+  /** What a remote build job asks for (Slurm); not part of the DRef. */
+  readonly resources?: Readonly<Resources>;
 }
 
 export function isStage(x: unknown): x is Stage {
@@ -291,5 +296,6 @@ export function stage<C>(spec: StageSpec<C>): Stage<C> {
     n,
     version: spec.version,
     files: declareFiles(name, spec.files, spec.dir, callerDir),
+    resources: checkResources(name, spec.resources),
   });
 }

@@ -1,7 +1,8 @@
 /**
  * The store's configuration, `ROOT/config.json`, written by the user:
  *
- *   { "trusted-public-keys": ["team-1:BASE64..."], "substituters": ["s3://bucket/cache?region=eu-west-1"] }
+ *   { "trusted-public-keys": ["team-1:BASE64..."], "substituters": ["s3://bucket/cache?region=eu-west-1"],
+ *     "builders": ["ssh://build-1?maxJobs=4", "local"] }
  *
  * Both fields are optional; a missing file is an empty configuration. It
  * lives in the store (not in the home directory) because trust is a
@@ -20,6 +21,8 @@ export interface StoreConfig {
   trustedPublicKeys: string[];
   /** Cache URLs realize asks before building, in order. */
   substituters: string[];
+  /** Builder specs realize uses when --builders is not given (see stages/builders/spec.ts). */
+  builders: string[];
 }
 
 export const CONFIG_FILE = 'config.json';
@@ -27,6 +30,7 @@ export const CONFIG_FILE = 'config.json';
 const FIELDS: Record<string, keyof StoreConfig> = {
   'trusted-public-keys': 'trustedPublicKeys',
   substituters: 'substituters',
+  builders: 'builders',
 };
 
 /** Parses the text of a config.json (pure; `where` names it in messages). */
@@ -40,7 +44,7 @@ export function parseStoreConfig(text: string, where: string): StoreConfig {
   if (typeof json !== 'object' || json === null || Array.isArray(json)) {
     throw new CairnError('E_STORE_CONFIG', `${where} must hold a JSON object`, { file: where });
   }
-  const config: StoreConfig = { trustedPublicKeys: [], substituters: [] };
+  const config: StoreConfig = { trustedPublicKeys: [], substituters: [], builders: [] };
   for (const [key, value] of Object.entries(json)) {
     const field = FIELDS[key];
     // Unknown keys are refused: a typo ("trusted-keys") must not silently trust nothing.
@@ -65,7 +69,8 @@ export function readStoreConfig(root: string): StoreConfig {
   try {
     text = withRegularFile(file, (fd) => fs.readFileSync(fd, 'utf8'));
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { trustedPublicKeys: [], substituters: [] };
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT')
+      return { trustedPublicKeys: [], substituters: [], builders: [] };
     throw new CairnError('E_STORE_CONFIG', `cannot read ${file}: ${(e as Error).message}`, { file }, { cause: e });
   }
   if (text === null) throw new CairnError('E_STORE_CONFIG', `${file} is not a regular file`, { file });

@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fsyncAll, removeTree, tempName } from './fsutil.js';
 import { DIR_MODE, makeDirs } from './permissions.js';
+import { CODE_POINTER, writeCodePointer } from './code-files.js';
 import type { StoreIndex } from './index-db.js';
 import type { DRef } from './refs.js';
 
@@ -29,6 +30,8 @@ import type { DRef } from './refs.js';
 export class DrvFiles {
   /** Derivations this process placed, DRef → name, until `settle` indexes those no realization did. */
   private readonly placed = new Map<DRef, string>();
+  /** Those of them placed with a code pointer (code-files.ts), made durable with them. */
+  private readonly withPointer = new Set<DRef>();
 
   constructor(
     private readonly root: string,
@@ -49,11 +52,14 @@ export class DrvFiles {
    * Makes sure the derivation is on disk; returns the paths to fsync before
    * a realization of it is renamed into place (none once it is indexed).
    */
-  ensure(dref: DRef, name: string, drvJson: string): string[] {
+  ensure(dref: DRef, name: string, drvJson: string, code?: string): string[] {
     if (!this.placed.has(dref)) {
-      if (this.index.hasDrv(dref)) return [];
-      this.place(dref, name, drvJson);
-    }
+      if (this.index.hasDrv(dref)) {
+        if (code !== undefined) writeCodePointer(this.dir(dref), code, false);
+        return [];
+      }
+      this.place(dref, name, drvJson, code);
+    } else if (code !== undefined) writeCodePointer(this.dir(dref), code, false);
     return this.syncPaths(dref);
   }
 
@@ -91,23 +97,30 @@ export class DrvFiles {
       this.placed.delete(dref);
       if (!this.index.hasDrv(dref)) left.push({ dref, name });
     }
+    const paths = left.flatMap((d) => this.syncPaths(d.dref));
+    this.withPointer.clear();
     if (left.length === 0) return;
-    await fsyncAll([...left.flatMap((d) => this.syncPaths(d.dref)), this.parent]);
+    await fsyncAll([...paths, this.parent]);
     this.index.addDrvs(left);
   }
 
   private syncPaths(dref: DRef): string[] {
     const dir = this.dir(dref);
-    return [path.join(dir, 'drv.json'), dir];
+    const paths = [path.join(dir, 'drv.json'), dir];
+    if (this.withPointer.has(dref)) paths.push(path.join(dir, CODE_POINTER));
+    return paths;
   }
 
-  private place(dref: DRef, name: string, drvJson: string): void {
+  private place(dref: DRef, name: string, drvJson: string, codeObject?: string): void {
     const dir = this.dir(dref);
     const staged = path.join(this.root, 'tmp', tempName(this.owner, 'drv'));
     fs.mkdirSync(staged, { mode: DIR_MODE });
     try {
       fs.mkdirSync(path.join(staged, 'r'), { mode: DIR_MODE });
       fs.writeFileSync(path.join(staged, 'drv.json'), drvJson + '\n', { mode: 0o444 });
+      // The code pointer (code-files.ts) comes in the same rename: no file of its own to replace atomically.
+      if (codeObject !== undefined)
+        fs.writeFileSync(path.join(staged, CODE_POINTER), `${codeObject}\n`, { mode: 0o444 });
       fs.renameSync(staged, dir);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
@@ -122,10 +135,12 @@ export class DrvFiles {
           if ((e2 as NodeJS.ErrnoException).code !== 'EEXIST') throw e2;
         }
         makeDirs(path.join(dir, 'r'));
+        if (codeObject !== undefined) writeCodePointer(dir, codeObject, false);
       } finally {
         removeTree(staged);
       }
     }
     this.placed.set(dref, name);
+    if (codeObject !== undefined) this.withPointer.add(dref);
   }
 }

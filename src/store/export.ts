@@ -110,8 +110,13 @@ export class TarWriter {
  */
 export async function exportClosure(store: LocalStore, refs: readonly string[], file: string): Promise<ExportReport> {
   if (refs.length === 0) throw new CairnError('E_BAD_ARGUMENT', 'export needs at least one DRef or RRef');
-  const { roots, nodes } = listClosure(store, refs);
-  const manifest = planTransfer(roots, nodes, () => false);
+  const { roots, nodes, code } = listClosure(store, refs);
+  const manifest = planTransfer(
+    roots,
+    nodes,
+    () => false,
+    (d) => code?.[d],
+  );
   const dest = path.resolve(file);
   writeClosureTar(store, manifest, dest, file);
   return { file: dest, realizations: manifest.rrefs.length, derivations: manifest.drvs.length, roots };
@@ -147,10 +152,15 @@ function writeClosureTar(store: LocalStore, manifest: ClosureManifest, dest: str
 export async function copyClosure(from: LocalStore, into: LocalStore, rrefs: readonly RRef[]): Promise<ReceiveReport> {
   const none: ReceiveReport = { received: [], present: [], drvs: [], refused: [] };
   if (rrefs.length === 0) return none;
-  const { roots, nodes } = listClosure(from, rrefs);
+  const { roots, nodes, code } = listClosure(from, rrefs);
   const refs = [...nodes.map((n) => n.rref), ...new Set(nodes.map((n) => parseRRef(n.rref).dref))];
   const have = new Set<string>(haveRefs(into, refs));
-  const manifest = planTransfer(roots, nodes, (ref) => have.has(ref));
+  const manifest = planTransfer(
+    roots,
+    nodes,
+    (ref) => have.has(ref),
+    (d) => code?.[d],
+  );
   if (manifest.rrefs.length === 0 && manifest.drvs.length === 0) return { ...none, present: [...manifest.roots] };
   const dir = into.makeTempDir('copy');
   try {

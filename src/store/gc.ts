@@ -8,6 +8,7 @@ import { collectFailedLogs, FAILED_LOG_MAX_AGE_MS } from './failed-logs.js';
 import { listRoots, type RootEntry, type StaleOutLink } from './roots.js';
 import type { LocalStore } from './store.js';
 import { storeIndex } from './internals.js';
+import { collectCode } from './code-files.js';
 
 export interface GcOptions {
   /** Report what would be deleted; delete nothing. */
@@ -45,6 +46,8 @@ export interface GcReport {
   droppedOutLinks: { link?: string; reason: string }[];
   /** Logs of failed builds deleted (older than --older-than, else FAILED_LOG_MAX_AGE_MS). */
   failedLogs: string[];
+  /** Code objects deleted because no derivation left points to them (see code-files.ts). */
+  code: string[];
 }
 
 /** Temp-root owners are `<pid>.<start>#<n>`: alive while the process is. */
@@ -149,6 +152,18 @@ export async function collectGarbage(store: LocalStore, opts: GcOptions = {}): P
 
     for (const m of moved) bytes += safeBytes(m);
     removeTree(trash);
+    // After the derivations: a code object lives as long as one derivation left points to it.
+    const deadSet = new Set(deadDrvs);
+    const left = storeIndex(store)
+      .allDrvs()
+      .filter((d) => !deadSet.has(d));
+    const code = collectCode(
+      store.root,
+      left.map((d) => store.drvDir(d)),
+      dryRun,
+      now,
+    );
+    bytes += code.bytes;
     if (!dryRun) for (const s of stale) fs.rmSync(s.entry, { force: true });
     const logs = collectFailedLogs(store, opts.olderThanMs ?? FAILED_LOG_MAX_AGE_MS, dryRun, now);
     bytes += logs.bytes;
@@ -163,6 +178,7 @@ export async function collectGarbage(store: LocalStore, opts: GcOptions = {}): P
       staleOutLinks: stale.length,
       droppedOutLinks: stale.map((s) => ({ ...(s.link === undefined ? {} : { link: s.link }), reason: s.reason })),
       failedLogs: logs.files,
+      code: code.code,
     };
   });
 }

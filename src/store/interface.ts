@@ -37,6 +37,20 @@ export interface Store {
   derivation(dref: DRef): Promise<string | undefined>;
 
   /**
+   * Stage code objects (code-object.ts): the bundled code a host with no
+   * checkout loads to build a derivation. Optional: a store that cannot
+   * hold code lacks these, and a derivation from it cannot be built
+   * elsewhere. `addCode` checks the text and returns its name; `readCode`
+   * checks what it reads against the name (E_CODE_CORRUPT).
+   */
+  addCode?(text: string): Promise<string>;
+  readCode?(hash: string): Promise<string | undefined>;
+  /** The code object recorded for a derivation, or undefined. */
+  derivationCode?(dref: DRef): Promise<string | undefined>;
+  /** Stores derivations (and their code pointers) without building them. */
+  addDerivations?(list: readonly DerivationRecord[], opts?: { settle?: boolean }): Promise<void>;
+
+  /**
    * A file of a realization's output, by a path relative to `out/`. Links
    * inside the output are followed only while they resolve inside it:
    * E_NO_SUCH_PATH for a path that is missing, not a regular file, or
@@ -73,6 +87,14 @@ export interface Store {
   withLock<T>(key: string, what: string, fn: (held: HeldLock) => Promise<T>, opts?: LockOptions): Promise<T>;
 
   close(): void;
+}
+
+/** A derivation to store unbuilt: its canonical config and, optionally, the code object that defines it. */
+export interface DerivationRecord {
+  dref: DRef;
+  name: string;
+  drvJson: string;
+  code?: string;
 }
 
 /** Direct dependencies' chosen realizations, keyed by dependency DRef. */

@@ -23,6 +23,8 @@ import * as path from 'node:path';
 import { CairnError } from '../errors.js';
 import { writeFileAtomic } from './atomic-file.js';
 import { fsyncAll, withRegularFile, type FsPath } from './fsutil.js';
+import { addCodeText, codePath, writeCodePointer } from './code-files.js';
+import { parseCodeObject } from './code-object.js';
 import { shortHash } from './hash.js';
 import { parseRef, parseRRef, type DRef, type RRef } from './refs.js';
 import {
@@ -245,6 +247,23 @@ async function receiveLocked(
     else drvTexts.set(dref, r.text);
   }
 
+  // Their code objects (sent, or already here), each checked against its name.
+  const codeTexts = new Map<string, string>();
+  const pointers = new Map<DRef, string>();
+  for (const [dref, hash] of Object.entries(manifest.code ?? {}) as [DRef, string][]) {
+    if (!drvTexts.has(dref)) continue;
+    const r = checkCode(store, staging, hash);
+    if ('why' in r) {
+      if (!r.missing) {
+        refuse(dref, r.why, 'hash');
+        drvTexts.delete(dref);
+      }
+      continue;
+    }
+    if ('text' in r) codeTexts.set(hash, r.text);
+    pointers.set(dref, hash);
+  }
+
   // Then every realization, independently of order.
   const present: RRef[] = [];
   const checked = new Map<RRef, Checked>();
@@ -324,6 +343,9 @@ async function receiveLocked(
       pendingSync.push(...drvFiles(store).ensure(dref, parseRef(dref).name, text));
       drvs.push(dref);
     }
+    // Code first, then the pointers to it (durable on their own: see code-files.ts).
+    for (const text of codeTexts.values()) addCodeText(store.root, store.owner, text);
+    for (const [dref, hash] of pointers) writeCodePointer(store.drvDir(dref), hash);
     const toPublish = order.filter((r) => accepted.has(r));
     for (let i = 0; i < toPublish.length; i += BATCH) {
       const batch = toPublish.slice(i, i + BATCH);
@@ -401,4 +423,30 @@ function writeMeta(store: LocalStore, c: Checked): RealizationMeta {
   // Unreachable: the RRef was checked against the same fields.
   if (written.rref !== c.rref) throw new CairnError('E_STORE_IO', `wrote ${written.rref} while receiving ${c.rref}`);
   return written;
+}
+
+/**
+ * A code object the manifest names: `have` when the store has it already,
+ * its text when the staged copy is sound, else why not (`missing`: not sent,
+ * which costs the derivation its pointer, never a refusal).
+ */
+function checkCode(
+  store: LocalStore,
+  staging: string,
+  hash: string,
+): { have: true } | { text: string } | { why: string; missing: boolean } {
+  if (fs.existsSync(codePath(store.root, hash))) return { have: true };
+  let bytes: Buffer | null;
+  try {
+    bytes = withRegularFile(path.join(staging, 'code', hash), (fd) => fs.readFileSync(fd));
+  } catch {
+    bytes = null;
+  }
+  if (bytes === null) return { why: `its code object ${hash} was not sent`, missing: true };
+  try {
+    parseCodeObject(bytes, hash);
+  } catch (e) {
+    return { why: (e as Error).message, missing: false };
+  }
+  return { text: bytes.toString('utf8') };
 }

@@ -18,6 +18,7 @@ import {
   type FsPath,
 } from './fsutil.js';
 import { DrvFiles } from './drv-files.js';
+import { addCodeText, codePath, readCodePointer, readCodeText } from './code-files.js';
 import { shortHash } from './hash.js';
 import { StoreIndex, type IndexedRealization } from './index-db.js';
 import {
@@ -27,6 +28,7 @@ import {
   type Added,
   type Candidate,
   type Context,
+  type DerivationRecord,
   type HeldLock,
   type LockOptions,
   type RealizationInfo,
@@ -220,6 +222,51 @@ export class LocalStore implements Store {
       return Promise.resolve(fs.readFileSync(path.join(this.drvDir(dref), 'drv.json'), 'utf8').replace(/\n$/, ''));
     } catch {
       return Promise.resolve(undefined);
+    }
+  }
+
+  addCode(text: string): Promise<string> {
+    return settle(() => addCodeText(this.root, this.owner, text));
+  }
+
+  readCode(hash: string): Promise<string | undefined> {
+    return settle(() => readCodeText(this.root, hash));
+  }
+
+  derivationCode(dref: DRef): Promise<string | undefined> {
+    return Promise.resolve(readCodePointer(this.drvDir(dref)));
+  }
+
+  /**
+   * Stores derivations without building them (each checked against its
+   * DRef), each pointing at its code object when `code` is given (which the
+   * store must have): what a coordinator sends a builder, and what
+   * `realize` records for self-contained code. Durable and indexed on return,
+   * unless `settle: false`: then the derivations are made durable and indexed
+   * with the realize that follows (its fsync rounds and settleDerivations),
+   * and the code pointers are not fsynced one by one (a pointer lost in a
+   * crash is written again by the next self-contained realize).
+   */
+  async addDerivations(list: readonly DerivationRecord[], opts: { settle?: boolean } = {}): Promise<void> {
+    for (const d of list) {
+      const p = parseRef(d.dref);
+      if (p.kind !== 'drv' || p.name !== d.name || `${shortHash(d.drvJson)}-${d.name}` !== d.dref)
+        throw new CairnError('E_BAD_ADD', `cannot add ${d.dref}: its drv does not hash to it`, { dref: d.dref });
+      if (d.code !== undefined && !fs.existsSync(codePath(this.root, d.code)))
+        throw new CairnError('E_BAD_ADD', `cannot add ${d.dref}: the store lacks its code object ${d.code}`, {
+          dref: d.dref,
+          code: d.code,
+        });
+    }
+    const toSync: string[] = [];
+    for (const d of list) {
+      toSync.push(...this.drvs.ensure(d.dref, d.name, d.drvJson, d.code));
+      // Replaced in a derivation indexed already: made durable here, unless a realize follows.
+      if (d.code !== undefined && opts.settle !== false) toSync.push(path.join(this.drvDir(d.dref), 'code'));
+    }
+    if (opts.settle !== false) {
+      await fsyncAll([...new Set(toSync)]);
+      await this.drvs.settle();
     }
   }
 

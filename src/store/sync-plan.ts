@@ -7,6 +7,7 @@
 import { CairnError } from '../errors.js';
 import { canonicalJson } from './canonical.js';
 import { shortHash } from './hash.js';
+import { isCodeName } from './code-object.js';
 import { parseRef, parseRRef, type DRef, type RRef } from './refs.js';
 
 /** One realization of a closure and the realizations in its context. */
@@ -34,6 +35,12 @@ export interface ClosureManifest {
    * realizations it was told it has cannot be collected while it receives.
    */
   drefs: DRef[];
+  /**
+   * The code object of each derivation of `drvs` that has one (see
+   * code-files.ts), sent as `code/<hash>`: derivations travel with the code
+   * that builds them. Optional, so manifests of older senders still parse.
+   */
+  code?: Record<DRef, string>;
 }
 
 /**
@@ -100,15 +107,23 @@ export function planTransfer(
   roots: readonly RRef[],
   nodes: readonly ClosureNode[],
   has: (ref: RRef | DRef) => boolean,
+  codeOf: (dref: DRef) => string | undefined = () => undefined,
 ): ClosureManifest {
   const drefs = [...new Set(nodes.map((n) => drefOf(n.rref)))].sort();
   const missing = nodes.filter((n) => !has(n.rref));
+  const drvs = drefs.filter((d) => !has(d));
+  const code: Record<DRef, string> = {};
+  for (const d of drvs) {
+    const c = codeOf(d);
+    if (c !== undefined) code[d] = c;
+  }
   return {
     format: 'cairn-closure-1',
     roots: [...roots],
     rrefs: dependencyOrder(missing),
-    drvs: drefs.filter((d) => !has(d)),
+    drvs,
     drefs,
+    ...(Object.keys(code).length > 0 ? { code } : {}),
   };
 }
 
@@ -116,6 +131,7 @@ export function planTransfer(
 export function manifestPaths(m: ClosureManifest): string[] {
   return [
     ...m.drvs.map((d) => `d/${d}/drv.json`),
+    ...[...new Set(Object.values(m.code ?? {}))].sort().map((c) => `code/${c}`),
     ...m.rrefs.map((r) => {
       const p = parseRRef(r);
       return `d/${p.dref}/r/${p.rhash}`;
@@ -143,12 +159,23 @@ export function parseManifest(json: unknown): ClosureManifest {
     }
     return v as T[];
   };
+  const drvs = list<DRef>('drvs', 'drv');
+  const code = m.code;
+  if (code !== undefined) {
+    if (typeof code !== 'object' || code === null || Array.isArray(code)) throw bad('code is not an object');
+    const sent = new Set<string>(drvs);
+    for (const [d, c] of Object.entries(code)) {
+      if (!sent.has(d)) throw bad(`code names ${JSON.stringify(d)}, which is not a derivation sent`);
+      if (typeof c !== 'string' || !isCodeName(c)) throw bad(`code of ${d} is not a code object name`);
+    }
+  }
   return {
     format: 'cairn-closure-1',
     roots: list<RRef>('roots', 'rz'),
     rrefs: list<RRef>('rrefs', 'rz'),
-    drvs: list<DRef>('drvs', 'drv'),
+    drvs,
     drefs: list<DRef>('drefs', 'drv'),
+    ...(code !== undefined ? { code: code as Record<DRef, string> } : {}),
   };
 }
 

@@ -21,6 +21,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { CairnError, ErrorCodes, type ErrorCode } from '../errors.js';
 import { removeTree } from './fsutil.js';
+import { codePath, readCodePointer } from './code-files.js';
 import { PRIVATE_DIR_MODE } from './permissions.js';
 import { parseRef, parseRRef, type DRef, type RRef } from './refs.js';
 import { receiveClosure, type ReceiveReport } from './receive.js';
@@ -83,6 +84,8 @@ export interface ClosureListing {
   root: string;
   roots: RRef[];
   nodes: ClosureNode[];
+  /** The code object of each derivation of the closure that has one (absent from older Cairns). */
+  code?: Record<DRef, string>;
 }
 
 /** Incoming directories untouched for this long belong to abandoned syncs and are deleted. */
@@ -99,7 +102,19 @@ export function resolveRoots(store: LocalStore, refs: readonly string[]): RRef[]
 
 export function listClosure(store: LocalStore, refs: readonly string[]): ClosureListing {
   const roots = resolveRoots(store, refs);
-  return { root: store.root, roots, nodes: closureOf(roots, (r) => storeIndex(store).depsOf(r)) };
+  const nodes = closureOf(roots, (r) => storeIndex(store).depsOf(r));
+  const code: Record<DRef, string> = {};
+  for (const d of drefsOf(nodes)) {
+    const c = codeOf(store, d);
+    if (c !== undefined) code[d] = c;
+  }
+  return { root: store.root, roots, nodes, ...(Object.keys(code).length > 0 ? { code } : {}) };
+}
+
+/** The code object a derivation of `store` points to, if the store has both. */
+export function codeOf(store: LocalStore, dref: DRef): string | undefined {
+  const c = readCodePointer(store.drvDir(dref));
+  return c !== undefined && fs.existsSync(codePath(store.root, c)) ? c : undefined;
 }
 
 /** Which of `refs` (RRefs and DRefs) the store has. */
@@ -169,7 +184,7 @@ interface Ran {
   stderr: string;
 }
 
-function run(cmd: string, args: readonly string[], input?: string): Promise<Ran> {
+function run(cmd: string, args: readonly string[], input?: string | Buffer): Promise<Ran> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
@@ -203,11 +218,11 @@ const tail = (s: string): string => s.trim().split('\n').slice(-5).join('\n');
  * Runs `cairn ARGS` on the remote host through ssh. A Cairn error there
  * comes back as the same error code here.
  */
-async function remoteCairn(
+export async function remoteCairn(
   remote: RemoteSpec,
   opts: SyncOptions,
   args: readonly string[],
-  input?: string,
+  input?: string | Buffer,
 ): Promise<string> {
   const ssh = splitCommand(opts.ssh ?? 'ssh');
   const command = [opts.remoteCairn ?? 'cairn', '--store', shellQuote(remote.store), ...args.map(shellQuote)].join(' ');
@@ -232,7 +247,7 @@ async function remoteCairn(
   });
 }
 
-function parseJson<T>(text: string, what: string): T {
+export function parseJson<T>(text: string, what: string): T {
   try {
     return JSON.parse(text) as T;
   } catch {
@@ -306,7 +321,12 @@ export async function push(
     'cairn store have',
   );
   const have = new Set(answer.have);
-  const plan = planTransfer(roots, nodes, (r) => have.has(r));
+  const plan = planTransfer(
+    roots,
+    nodes,
+    (r) => have.has(r),
+    (d) => codeOf(store, d),
+  );
   const report: SyncReport = {
     direction: 'push',
     dryRun: !!opts.dryRun,
@@ -344,9 +364,33 @@ export async function pull(
     await remoteCairn(remote, opts, ['store', 'closure', '--json', ...refs]),
     'cairn store closure',
   );
-  const nodes = checkListing(listing);
+  return pullListed(store, remote, listing, checkListing(listing), opts);
+}
+
+/**
+ * Fetches a closure whose listing the caller already knows (a builder's
+ * results: the realizations it made, whose context is the inputs this side
+ * sent), saving the `store closure` round trip. Nothing in the listing is
+ * trusted: the receive re-derives and checks every name.
+ */
+export async function pullKnown(
+  store: LocalStore,
+  remoteSpec: string,
+  listing: ClosureListing,
+  opts: SyncOptions = {},
+): Promise<SyncReport> {
+  return pullListed(store, parseRemote(remoteSpec), listing, listing.nodes, opts);
+}
+
+async function pullListed(
+  store: LocalStore | null,
+  remote: RemoteSpec,
+  listing: ClosureListing,
+  nodes: ClosureNode[],
+  opts: SyncOptions,
+): Promise<SyncReport> {
   const has = (r: string): boolean => store !== null && haveRefs(store, [r]).length > 0;
-  const plan = planTransfer(listing.roots, nodes, has);
+  const plan = planTransfer(listing.roots, nodes, has, (d) => listing.code?.[d]);
   const report: SyncReport = {
     direction: 'pull',
     dryRun: !!opts.dryRun,

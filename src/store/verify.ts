@@ -2,6 +2,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CairnError } from '../errors.js';
 import { displayPath } from './fsutil.js';
+import { CODE_DIR, CODE_POINTER, codePath, readCodePointer, readCodeText } from './code-files.js';
+import { isCodeName } from './code-object.js';
 import { shortHash } from './hash.js';
 import { tightenMode, whyUnsafe } from './permissions.js';
 import { makeRRef, parseRef, type DRef, type RRef } from './refs.js';
@@ -47,6 +49,9 @@ interface PathProblem {
 interface Scan {
   realizations: RRef[];
   drefs: DRef[];
+  /** Names of the code objects under code/, and the derivations with a code pointer. */
+  code: string[];
+  pointers: DRef[];
   unknown: PathProblem[];
   permissive: PathProblem[];
 }
@@ -73,7 +78,7 @@ function kindOf(st: fs.Stats): string {
  * never descended into). Also the modes of the store's own directories.
  */
 function scanStore(store: LocalStore): Scan {
-  const scan: Scan = { realizations: [], drefs: [], unknown: [], permissive: [] };
+  const scan: Scan = { realizations: [], drefs: [], code: [], pointers: [], unknown: [], permissive: [] };
   const root = Buffer.from(store.root);
   // displayPath: a name that is not UTF-8 is shown as its bytes (\xff), not as U+FFFD.
   const rel = (abs: Buffer): string => displayPath(abs.subarray(root.length + 1));
@@ -142,12 +147,14 @@ function scanStore(store: LocalStore): Scan {
       const est = lstat(eabs);
       if (!est) continue;
       const e = ename.toString('latin1');
-      if (e === 'drv.json' && est.isFile()) checkMode(eabs, est);
-      else if (e === 'r' && est.isDirectory()) {
+      if ((e === 'drv.json' || e === CODE_POINTER) && est.isFile()) {
+        checkMode(eabs, est);
+        if (e === CODE_POINTER) scan.pointers.push(dref!);
+      } else if (e === 'r' && est.isDirectory()) {
         checkMode(eabs, est);
         hasR = true;
       } else if (e === 'r') unknown(eabs, `${kindOf(est)} where a directory belongs`);
-      else if (e === 'drv.json') unknown(eabs, `${kindOf(est)} where a regular file belongs`);
+      else if (e === 'drv.json' || e === CODE_POINTER) unknown(eabs, `${kindOf(est)} where a regular file belongs`);
       else unknown(eabs, `${kindOf(est)} that does not belong in a derivation directory`);
     }
     if (!hasR) continue;
@@ -179,12 +186,28 @@ function scanStore(store: LocalStore): Scan {
       scan.realizations.push(makeRRef(h!, dref!));
     }
   }
+  const code = join(root, Buffer.from(CODE_DIR));
+  if (lstat(code)?.isDirectory()) {
+    for (const cname of readdirB(code)) {
+      const cabs = join(code, cname);
+      const cst = lstat(cabs);
+      if (!cst) continue;
+      const c = asciiName(cname);
+      if (c === null || !isCodeName(c)) unknown(cabs, `${kindOf(cst)} whose name is not a code object's`);
+      else if (!cst.isFile()) unknown(cabs, `${kindOf(cst)} where a code object belongs`);
+      else {
+        checkMode(cabs, cst);
+        scan.code.push(c);
+      }
+    }
+  }
   return scan;
 }
 
 /** The store's own entries whose modes verify checks (besides d/ and what is below it). */
 const STORE_ENTRIES = [
   'd',
+  CODE_DIR,
   'tmp',
   'store.json',
   'index.sqlite',
@@ -303,6 +326,8 @@ export async function verifyStore(
   }
   const badDrvs = scan ? checkDerivations(store, scan.drefs) : [];
   problems.push(...badDrvs);
+  const badCode = scan ? checkCode(store, scan) : [];
+  problems.push(...badCode);
   if (opts.repair) {
     const stamp = Date.now();
     // Made (0700) on first use: see Store.quarantineDir.
@@ -322,6 +347,12 @@ export async function verifyStore(
       }
     }
     for (const rref of quarantined) store.quarantine(store.rzDir(rref), rref);
+    // A damaged code object is moved aside; the derivations pointing to it are then built only where it is intact.
+    for (const p of badCode) {
+      if (p.kind !== 'modified') continue;
+      const hash = p.ref.slice(CODE_DIR.length + 1);
+      fs.renameSync(codePath(store.root, hash), path.join(qdir(), `code-${hash}-${stamp}`));
+    }
     for (const rref of writable) await store.reseal(rref);
     // A derivation with a missing or corrupt drv.json: with no realizations
     // it is removed; otherwise its drv.json is moved aside and the next
@@ -360,6 +391,30 @@ function checkDerivations(store: LocalStore, drefs: readonly DRef[]): Problem[] 
     if (`${shortHash(text.replace(/\n$/, ''))}-${parseRef(dref).name}` !== dref) {
       problems.push({ ref: dref, kind: 'modified', detail: 'drv.json does not hash to the DRef' });
     }
+  }
+  return problems;
+}
+
+/**
+ * Every code object must parse and hash to its name ('modified', ref
+ * `code/<hash>`), and every derivation's code pointer must name one the
+ * store has ('missing', ref the DRef).
+ */
+function checkCode(store: LocalStore, scan: Scan): Problem[] {
+  const problems: Problem[] = [];
+  const have = new Set(scan.code);
+  for (const hash of scan.code) {
+    try {
+      readCodeText(store.root, hash);
+    } catch (e) {
+      problems.push({ ref: `${CODE_DIR}/${hash}`, kind: 'modified', detail: (e as Error).message });
+    }
+  }
+  for (const dref of scan.pointers) {
+    const hash = readCodePointer(store.drvDir(dref));
+    if (hash === undefined) problems.push({ ref: dref, kind: 'modified', detail: 'its code pointer is malformed' });
+    else if (!have.has(hash))
+      problems.push({ ref: dref, kind: 'missing', detail: `its code object ${hash} is missing` });
   }
   return problems;
 }

@@ -1,0 +1,25 @@
+/** `cairn realize --explain`: one line per stage saying where it was built and why (pure). */
+import type { PlanEntry } from '../realize.js';
+
+export function explainLine(p: PlanEntry): string {
+  if (p.action === 'cached') return `${p.name}: cached (a realization was in the store)`;
+  if (p.action === 'substituted') return `${p.name}: substituted (fetched from a binary cache)`;
+  const w = p.where;
+  if (!w) return `${p.name}: built locally (no builders)`;
+  const failed = w.failures.map((f) => `${f.builder} (${f.code})`).join(', ');
+  const place = w.builder === 'local' ? 'locally' : `on ${w.builder}`;
+  switch (w.why) {
+    case 'slot free':
+      return `${p.name}: built ${place}: a slot was free`;
+    case 'retry':
+      return `${p.name}: built ${place}: retried after the failure of ${failed}`;
+    case 'fallback':
+      return `${p.name}: built locally: fallback after the failure of ${failed}`;
+    case 'local only':
+      return `${p.name}: built locally`;
+  }
+}
+
+export function explainLines(result: { plan: readonly PlanEntry[] }): string[] {
+  return result.plan.map(explainLine);
+}
