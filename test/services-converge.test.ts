@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { buildStepLines, resolveImages } from '../src/services/build-images.js';
-import { decide, staleness, type DecideInput, type Found } from '../src/services/converge.js';
+import { decide, replacedByUp, staleness, type DecideInput, type Found } from '../src/services/converge.js';
 import { selectForStop, selectForUp, validateEnsemble } from '../src/services/graph.js';
 import { InitRecord, initRecordFile } from '../src/services/init-record.js';
 import { waitForPing } from '../src/services/ping.js';
@@ -110,6 +110,10 @@ describe('staleness (status)', () => {
       'dependency db was recreated',
       'start not finished (postStartInit pending)',
     ]);
+    // A dependency that up replaces (definition changed, no container, ...) makes this one stale too.
+    assert.deepEqual(staleness({ ...base, depsReplacedByUp: ['db'] }), ['dependency db will be recreated']);
+    assert.equal(replacedByUp({ ...base, depsReplacedByUp: ['db'] }), true);
+    assert.equal(replacedByUp({ ...base, initDone: false }), false, 'an unfinished start keeps its container');
   });
 });
 
@@ -239,6 +243,20 @@ describe('waitForPing', () => {
     await assert.rejects(
       waitForPing({ service: 'web', timeoutMs: 150, attemptTimeoutMs: 1000, dead: alive, attempt: async () => false }),
       /last: attempt \d+ returned false/,
+    );
+  });
+
+  it('E_PING_TIMEOUT keeps the last full attempt, not the sliver the start timeout left', async () => {
+    // Each attempt answers false after 60 ms; after the interval's sleep the start timeout has (almost)
+    // nothing left, so the final attempt is cut off at once. Its "no answer within 0.0s" said nothing.
+    const slowFalse = () => new Promise<boolean>((r) => setTimeout(() => r(false), 60));
+    await assert.rejects(
+      waitForPing({ service: 'web', timeoutMs: 150, attemptTimeoutMs: 1000, dead: alive, attempt: slowFalse }),
+      (e: unknown) => {
+        assert.ok(e instanceof CairnError && e.code === 'E_PING_TIMEOUT', String(e));
+        assert.match(e.message, /last: attempt \d+ returned false\)$/);
+        return true;
+      },
     );
   });
 

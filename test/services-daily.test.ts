@@ -193,6 +193,17 @@ describe('services: daily commands', () => {
     assert.equal(left.stdout.toString(), '', 'the docker logs processes end with it');
   });
 
+  it('logs -f into a closed pipe (`| head`) stops its docker processes and exits 0, as a follow ends', async () => {
+    const f = background(['logs', '--state-dir', state.dir, '-f', '--tail', '1', file, 'app']);
+    await f.waitFor(/^app \| /m, 'history');
+    f.child.stdout.destroy(); // the reader is gone; the next line cairn writes fails with EPIPE
+    await say('app', 'after-close');
+    assert.equal(await f.exited, 0, f.o.err);
+    assert.equal(f.o.err, '');
+    const left = spawnSync('pgrep', ['-f', `logs --follow --timestamps .*cairn\\.${NAME}\\.`]);
+    assert.equal(left.stdout.toString(), '', 'the docker logs processes end with it');
+  });
+
   it('exec: exit status, stdin, the command keeps its options; -e, -u', async () => {
     assert.equal((await run('exec', file, 'db', 'sh', '-c', 'exit 3')).code, 3);
     const cat = cairn(

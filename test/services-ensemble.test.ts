@@ -8,11 +8,13 @@
  */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { expectError, isolateModuleCache, ok, tempDir } from './helpers.js';
-import { fixtureImage } from './fixtures/services/images.js';
+import { cairnBin, expectError, isolateModuleCache, ok, tempDir } from './helpers.js';
+import { FIXTURE_STORE, fixtureImage } from './fixtures/services/images.js';
 import { fixtureFile, inspect, removeEnsemble, services } from './fixtures/services/support.js';
 
 isolateModuleCache(after, 'cairn-services-ensemble-cache');
@@ -89,6 +91,20 @@ describe('services ensemble (postgres, app, worker)', () => {
     assert.match(r.stdout, /^db\s+running/m);
     assert.match(r.stdout, /^app\s+running/m);
     assert.equal((await inspect(NAME, 'app'))?.Id, before?.Id);
+  });
+
+  it('status into a closed pipe (`| head`) exits like a SIGPIPE, without a stack trace', async () => {
+    const child = spawn(
+      process.execPath,
+      [cairnBin, '--store', FIXTURE_STORE, 'services', 'status', '-p', NAME, file, '--state-dir', state.dir],
+      { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    child.stdout.destroy(); // the reader is gone before cairn writes a line
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    const [code] = (await once(child, 'close')) as [number | null];
+    assert.equal(code, 141, stderr);
+    assert.doesNotMatch(stderr, /EPIPE|Unhandled|at /);
   });
 
   it('refuses exclusions that would break dependencies, before touching anything', async () => {

@@ -77,7 +77,7 @@ describe('services up', () => {
     assert.ok((await status()).services.every((s) => !s.stale));
   });
 
-  it('recreates exactly the changed service and its dependants; status marks it stale first', async () => {
+  it('recreates exactly the changed service and its dependants; status marks them stale first', async () => {
     const before = await ids();
     const st = await status({ SVC_GREETING: 'changed' });
     assert.deepEqual(
@@ -85,10 +85,12 @@ describe('services up', () => {
       [
         ['db', false],
         ['app', true],
-        ['worker', false],
+        // up recreates the worker too (it depends on app), so status must say so beforehand.
+        ['worker', true],
       ],
     );
     assert.deepEqual(st.services[1]!.staleReasons, ['definition changed']);
+    assert.deepEqual(st.services[2]!.staleReasons, ['dependency app will be recreated']);
     const text = ok(await run(['status'], { SVC_GREETING: 'changed' })).stdout;
     assert.match(text, /^app\s+running.*stale: definition changed/m);
     const r = ok(await run(['up'], { SVC_GREETING: 'changed' }));
@@ -108,6 +110,8 @@ describe('services up', () => {
     await docker(['rm', '-f', `cairn.${NAME}.db`]);
     const st = await status({ SVC_GREETING: 'changed' });
     assert.deepEqual(st.services[0]!.staleReasons, ['no container']);
+    assert.deepEqual(st.services[1]!.staleReasons, ['dependency db was recreated']);
+    assert.deepEqual(st.services[2]!.staleReasons, ['dependency app will be recreated']);
     const r = ok(await run(['up'], { SVC_GREETING: 'changed' }));
     assert.match(r.stdout, /^db\s+created/m);
     assert.match(r.stdout, /^app\s+recreated.*dependency db was recreated/m);

@@ -85,6 +85,8 @@ export interface StaleInput {
   desiredHash: string | undefined;
   initDone: boolean;
   depsNow: Record<string, string>;
+  /** Its dependencies that are stale themselves in a way `up` replaces (so `up` recreates this one too). */
+  depsReplacedByUp?: readonly string[];
 }
 
 /** Why a service is stale against the file (empty: up to date). Pure, for `status`. */
@@ -96,6 +98,16 @@ export function staleness(i: StaleInput): string[] {
   else if (f.specHash !== i.desiredHash) out.push('definition changed');
   const replaced = replacedDependencies(f, i.depsNow);
   if (replaced.length > 0) out.push(`dependency ${replaced.join(', ')} was recreated`);
+  const pending = (i.depsReplacedByUp ?? []).filter((d) => !replaced.includes(d));
+  if (pending.length > 0) out.push(`dependency ${pending.join(', ')} will be recreated`);
   if (!i.initDone) out.push('start not finished (postStartInit pending)');
   return out;
+}
+
+/**
+ * Whether `up` gives this service a new container (so its dependants are recreated too): every
+ * staleness reason but an unfinished start, which only pings and inits the same container again.
+ */
+export function replacedByUp(i: StaleInput): boolean {
+  return staleness(i).some((r) => !r.startsWith('start not finished'));
 }

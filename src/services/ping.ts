@@ -55,6 +55,9 @@ export async function waitForPing(w: PingWait): Promise<void> {
   for (let n = 1; ; n++) {
     if (w.interrupt?.aborted) throw interrupted(w.service);
     const attemptMs = Math.max(1, Math.min(w.attemptTimeoutMs, deadline - Date.now()));
+    // The last attempt gets only what is left of the start timeout (often a few ms after the
+    // interval's sleep): its "no answer" says nothing, so an earlier attempt's outcome is kept.
+    const cutShort = attemptMs < w.attemptTimeoutMs && n > 1;
     const ac = new AbortController();
     const onInterrupt = (): void => ac.abort(interrupted(w.service));
     w.interrupt?.addEventListener('abort', onInterrupt, { once: true });
@@ -76,7 +79,9 @@ export async function waitForPing(w: PingWait): Promise<void> {
       ]);
       if (!ok && w.interrupt?.aborted) throw interrupted(w.service);
       // false after its signal aborted: the attempt gave up because its time was up.
-      last = ok ? 'answered' : ac.signal.aborted ? noAnswer(n, attemptMs) : `attempt ${n} returned false`;
+      if (ok) last = 'answered';
+      else if (!ac.signal.aborted) last = `attempt ${n} returned false`;
+      else if (!cutShort) last = noAnswer(n, attemptMs);
     } catch (e) {
       if (w.interrupt?.aborted) throw interrupted(w.service);
       if (!ac.signal.aborted) {
@@ -89,7 +94,7 @@ export async function waitForPing(w: PingWait): Promise<void> {
           },
         );
       }
-      last = noAnswer(n, attemptMs) + (e === ac.signal.reason ? '' : `: ${describe(e)}`);
+      if (!cutShort) last = noAnswer(n, attemptMs) + (e === ac.signal.reason ? '' : `: ${describe(e)}`);
     } finally {
       clearTimeout(timer);
       w.interrupt?.removeEventListener('abort', onInterrupt);

@@ -14,7 +14,7 @@ import type { Stage } from '../stages/stage.js';
 import type { LocalStore } from '../store/store.js';
 import { buildStepLines, resolveImages, type ImageJob } from './build-images.js';
 import { FileContext } from './context.js';
-import { decide, staleness, type Decision, type Mode } from './converge.js';
+import { decide, replacedByUp, staleness, type Decision, type Mode } from './converge.js';
 import {
   buildImage,
   containerLogs,
@@ -640,6 +640,8 @@ export class Runner {
     await this.claim();
     const out: ServiceStatus[] = [];
     const ids = new Map<string, string>();
+    // Services `up` would replace: their dependants are stale too, as `up` recreates them as well.
+    const replaced = new Set<string>();
     for (const name of dependencyOrder(this.byName)) {
       const svc = this.byName.get(name)!;
       const info = await inspectContainer(this.cname(name));
@@ -651,12 +653,15 @@ export class Runner {
       } catch {
         desiredHash = undefined; // the context lacks a key its env uses: it was never started
       }
-      const stale = staleness({
+      const staleInput = {
         found: info,
         desiredHash,
         initDone: info !== undefined && this.inits.done(name, info.id),
         depsNow: Object.fromEntries((svc.dependsOn ?? []).map((d) => [d, ids.get(d) ?? ''])),
-      });
+        depsReplacedByUp: (svc.dependsOn ?? []).filter((d) => replaced.has(d)),
+      };
+      const stale = staleness(staleInput);
+      if (replacedByUp(staleInput)) replaced.add(name);
       out.push({
         name,
         state: info?.status ?? 'absent',
