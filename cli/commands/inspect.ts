@@ -13,17 +13,8 @@ import { closureGraph, whyGraph } from '../../src/stages/inspect/graph.js';
 import { toDot, toMermaid, toTree } from '../../src/stages/inspect/graph-format.js';
 import { renderSvg } from '../../src/stages/inspect/graphviz.js';
 import type { InspectTargets } from '../../src/stages/inspect/inspection.js';
-import { parseRef } from '../../src/store/refs.js';
+import { isRef } from '../../src/store/refs.js';
 import { out, parseCount, type CliContext } from '../context.js';
-
-const isRef = (s: string): boolean => {
-  try {
-    parseRef(s);
-    return true;
-  } catch {
-    return false;
-  }
-};
 
 /** A stage file (instantiated, nothing built) or DRefs/RRefs: a word that names an existing file is a file. */
 async function targetsOf(words: readonly string[], stages: readonly string[]): Promise<InspectTargets> {

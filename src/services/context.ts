@@ -1,12 +1,11 @@
 /**
  * The ensemble's global context, persisted as JSON so a restart or reload
- * sees the values a postStartInit set earlier. Written atomically (temp
- * file + rename) on every set, so a crash never leaves half a file.
+ * sees the values a postStartInit set earlier (string-map-file.ts: written
+ * atomically on every set).
  */
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { CairnError } from '../errors.js';
-import { writeFileAtomic } from '../store/atomic-file.js';
+import { readStringMap, writeStringMap } from './string-map-file.js';
 import { isReservedContextKey } from './interpolate.js';
 import type { ServiceContext } from './spec.js';
 
@@ -18,23 +17,7 @@ export class FileContext implements ServiceContext {
   }
 
   static read(file: string): Record<string, string> {
-    let raw: string;
-    try {
-      raw = fs.readFileSync(file, 'utf8');
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return {};
-      throw e;
-    }
-    const v = JSON.parse(raw) as unknown;
-    if (
-      typeof v !== 'object' ||
-      v === null ||
-      Array.isArray(v) ||
-      Object.values(v).some((x) => typeof x !== 'string')
-    ) {
-      throw new CairnError('E_SERVICE_INVALID', `context file ${file} must hold a JSON object of strings`, { file });
-    }
-    return v as Record<string, string>;
+    return readStringMap(file, 'context file');
   }
 
   get(key: string): string | undefined {
@@ -56,8 +39,7 @@ export class FileContext implements ServiceContext {
       );
     }
     this.values = { ...this.values, [key]: value };
-    fs.mkdirSync(path.dirname(this.file), { recursive: true });
-    writeFileAtomic(this.file, JSON.stringify(this.values, null, 2) + '\n');
+    writeStringMap(this.file, this.values);
   }
 
   all(): Record<string, string> {

@@ -8,9 +8,7 @@
  * record never counts.
  */
 import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { CairnError } from '../errors.js';
-import { writeFileAtomic } from '../store/atomic-file.js';
+import { readStringMap, writeStringMap } from './string-map-file.js';
 
 /** The record file beside a context file (`X.context.json` → `X.inits.json`). */
 export function initRecordFile(contextFile: string): string {
@@ -25,29 +23,7 @@ export class InitRecord {
   }
 
   static read(file: string): Record<string, string> {
-    let raw: string;
-    try {
-      raw = fs.readFileSync(file, 'utf8');
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return {};
-      throw e;
-    }
-    let v: unknown;
-    try {
-      v = JSON.parse(raw);
-    } catch {
-      v = undefined;
-    }
-    if (
-      typeof v !== 'object' ||
-      v === null ||
-      Array.isArray(v) ||
-      Object.values(v).some((x) => typeof x !== 'string')
-    ) {
-      throw new CairnError('E_SERVICE_INVALID', `init record ${file} must hold a JSON object of strings`, { file });
-    }
-    // Rebuilt from entries: a "__proto__" key in the file stays a plain key.
-    return Object.fromEntries(Object.entries(v as Record<string, string>));
+    return readStringMap(file, 'init record');
   }
 
   /** Whether this container of the service finished its start (ping and postStartInit). */
@@ -77,7 +53,6 @@ export class InitRecord {
 
   private write(values: Record<string, string>): void {
     this.values = values;
-    fs.mkdirSync(path.dirname(this.file), { recursive: true });
-    writeFileAtomic(this.file, JSON.stringify(values, null, 2) + '\n');
+    writeStringMap(this.file, values);
   }
 }

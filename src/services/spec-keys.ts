@@ -10,6 +10,7 @@
  * the type check, so the two cannot drift apart.
  */
 import { CairnError } from '../errors.js';
+import { closestWord } from '../did-you-mean.js';
 import { isStage } from '../stages/stage.js';
 import type { BuildFromDirectory, EnsembleSpec, ServiceSpec } from './spec.js';
 import { parseVolumes } from './volumes.js';
@@ -58,33 +59,13 @@ const COMPOSE_TOP: Readonly<Record<string, string>> = {
   version: 'nothing: an ensemble file has no format version',
 };
 
-export function editDistance(a: string, b: string): number {
-  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) =>
-    Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)),
-  );
-  for (let i = 1; i <= a.length; i++) {
-    for (let j = 1; j <= b.length; j++) {
-      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
-      let v = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + cost);
-      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) v = Math.min(v, d[i - 2]![j - 2]! + 1);
-      d[i]![j] = v;
-    }
-  }
-  return d[a.length]![b.length]!;
-}
-
 /** The known key `key` was probably meant to be, or compose's equivalent; undefined if nothing is close. */
 export function suggestKey(key: string, known: readonly string[], compose = COMPOSE): string | undefined {
   if (Object.hasOwn(compose, key)) return compose[key];
   const fold = (s: string): string => s.toLowerCase().replace(/[_-]/g, '');
   const same = known.find((k) => fold(k) === fold(key));
   if (same) return same;
-  let best: { k: string; d: number } | undefined;
-  for (const k of known) {
-    const d = editDistance(key.toLowerCase(), k.toLowerCase());
-    if (!best || d < best.d) best = { k, d };
-  }
-  return best && best.d <= Math.max(1, Math.floor(key.length / 3)) ? best.k : undefined;
+  return closestWord(key, known);
 }
 
 function refuseUnknown(

@@ -76,6 +76,14 @@ export function parseRef(ref: string): ParsedRef {
   );
 }
 
+/** Whether `ref` is a well-formed DRef or RRef (what parseRef accepts). */
+export function isRef(ref: string): boolean {
+  const r = RREF.exec(ref);
+  if (r && isName(DREF.exec(r[2]!)![2]!)) return true;
+  const d = DREF.exec(ref);
+  return d !== null && isName(d[2]!);
+}
+
 export function parseRRef(ref: string): Extract<ParsedRef, { kind: 'rz' }> {
   const p = parseRef(ref);
   if (p.kind !== 'rz')

@@ -12,7 +12,7 @@ import { instantiate } from '../stages/instantiate.js';
 import type { InspectTargets } from '../stages/inspect/inspection.js';
 import { loadStageFile } from '../stages/load.js';
 import { storeUsage } from '../store/du.js';
-import { parseRef, type DRef } from '../store/refs.js';
+import { isRef, type DRef } from '../store/refs.js';
 import { listRoots } from '../store/roots.js';
 import type { LocalStore } from '../store/store.js';
 
@@ -22,15 +22,6 @@ export interface UiTargets {
   /** The targets now (asked again on every refresh). */
   targets(): Promise<InspectTargets>;
 }
-
-const isRef = (s: string): boolean => {
-  try {
-    parseRef(s);
-    return true;
-  } catch {
-    return false;
-  }
-};
 
 /** The derivations with realizations that none of the others depends on: the ends of the store's pipelines. */
 export async function storeTops(store: LocalStore): Promise<DRef[]> {
