@@ -43,6 +43,9 @@ export const out = (s: string): void => {
   process.stdout.write(s.endsWith('\n') ? s : s + '\n');
 };
 
+/** Commander's collector for a repeatable option (`--input A --input B`). */
+export const collect = (v: string, prev: string[]): string[] => [...prev, v];
+
 /** A whole number >= 1 given to `flag`; E_USAGE otherwise. */
 export function parseCount(v: string, flag: string): number {
   const n = Number(v);

@@ -2,15 +2,13 @@
 import { buildDerivation } from '../../src/stages/build-drv.js';
 import { CairnError } from '../../src/errors.js';
 import { parseRef, type DRef, type RRef } from '../../src/store/refs.js';
-import { out, type CliContext } from '../context.js';
+import { collect, out, type CliContext } from '../context.js';
 import { exportDerivationsTo, importDerivations, importDerivationsFrom } from '../../src/store/drv-export.js';
 import type { LocalStore } from '../../src/store/store.js';
 
 /** Takes in a derivation export from a file, or from stdin for `-`. */
 const importFrom = (store: LocalStore, file: string): ReturnType<typeof importDerivations> =>
   file === '-' ? importDerivationsFrom(store, process.stdin) : importDerivations(store, file);
-
-const collect = (v: string, prev: string[]): string[] => [...prev, v];
 
 export function registerBuildDrv(ctx: CliContext): void {
   ctx.program

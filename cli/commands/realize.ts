@@ -4,7 +4,7 @@ import { loadStageFile } from '../../src/stages/load.js';
 import { realize } from '../../src/stages/realize.js';
 import { storeStageCode } from '../../src/stages/self-contained.js';
 import { breakShell } from '../../src/stages/break-shell.js';
-import { out, parseCount, type CliContext } from '../context.js';
+import { collect, out, parseCount, type CliContext } from '../context.js';
 import { progressReporter } from '../progress.js';
 import { pushAfterRealize } from '../../src/stages/substitute.js';
 import {
@@ -35,8 +35,6 @@ interface RealizeOpts extends RealizeCacheFlags {
   selfContained?: boolean;
   break?: string;
 }
-
-const collect = (v: string, prev: string[]): string[] => [...prev, v];
 
 export function registerRealize(ctx: CliContext): void {
   ctx.program

@@ -5,12 +5,8 @@
 import * as os from 'node:os';
 import type { Command } from 'commander';
 import { CairnError } from '../../src/errors.js';
-import type { CliContext } from '../context.js';
+import { collect, out, type CliContext } from '../context.js';
 import type { ServiceReport } from '../../src/services/runner.js';
-
-const out = (s: string): void => {
-  process.stdout.write(s.endsWith('\n') ? s : s + '\n');
-};
 
 function parseTimeout(v: string): number {
   const n = Number(v);
@@ -329,8 +325,6 @@ export function registerServices(ctx: CliContext): void {
       },
     );
 }
-
-const collect = (v: string, prev: string[]): string[] => [...prev, v];
 
 function parseTail(v: string): number | undefined {
   if (v === 'all') return undefined;

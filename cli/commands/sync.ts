@@ -4,12 +4,8 @@
  */
 import { CairnError } from '../../src/errors.js';
 import { storeExistsAt } from '../../src/store/exists.js';
-import type { CliContext } from '../context.js';
+import { out, type CliContext } from '../context.js';
 import { formatBytes } from '../format.js';
-
-const out = (s: string): void => {
-  process.stdout.write(s.endsWith('\n') ? s : s + '\n');
-};
 
 function readStdin(): Promise<string> {
   return new Promise((resolve, reject) => {
