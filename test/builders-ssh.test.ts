@@ -52,7 +52,7 @@ const builder = (host: Host, extra = ''): string => `ssh://root@${host.addr}${ho
  */
 function remoteCairn(): string {
   const wrapper = path.join(h.dir, 'remote-cairn.sh');
-  const filter = path.join(import.meta.dirname, 'fixtures', 'builders', 'tamper-stream.mjs');
+  const filter = path.join(import.meta.dirname, 'fixtures', 'builders', 'tamper-stream.js');
   fs.writeFileSync(
     wrapper,
     `#!/bin/sh

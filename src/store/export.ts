@@ -130,7 +130,13 @@ export function writeClosureFile(store: LocalStore, manifest: ClosureManifest, f
   writeClosureTar(store, manifest, file, file, false);
 }
 
-function writeClosureTar(store: LocalStore, manifest: ClosureManifest, dest: string, shown: string, fsync = true): void {
+function writeClosureTar(
+  store: LocalStore,
+  manifest: ClosureManifest,
+  dest: string,
+  shown: string,
+  fsync = true,
+): void {
   try {
     writeAtomic(
       dest,

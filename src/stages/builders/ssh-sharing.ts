@@ -10,8 +10,13 @@
  * `close` removes after asking each master to exit. ControlPersist bounds a
  * master's life if cairn dies without closing. A command that already
  * chooses its own ControlMaster/ControlPath is left as it is.
+ *
+ * When cairn exits without closing (Ctrl-C: the realize guard ends the
+ * process), an 'exit' hook asks the master to exit synchronously, so it
+ * neither lingers for ControlPersist nor holds on to cairn's output pipes
+ * (a `cairn realize ... | tee` would wait for it).
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -27,19 +32,38 @@ export interface SharedSsh {
   close(): Promise<void>;
 }
 
+/** Masters not closed yet: told to exit when the process exits (one 'exit' listener for all). */
+const unclosed = new Set<() => void>();
+const exitAll = (): void => {
+  for (const f of unclosed) f();
+};
+function atExit(f: () => void, on: boolean): void {
+  if (on) {
+    if (unclosed.size === 0) process.on('exit', exitAll);
+    unclosed.add(f);
+  } else if (unclosed.delete(f) && unclosed.size === 0) process.off('exit', exitAll);
+}
+
 export function sharedSsh(sshCmd: string, target: string): SharedSsh {
   if (/\bControl(Master|Path)\b/i.test(sshCmd)) return { command: sshCmd, close: async () => {} };
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cairn-ssh-'));
   // %C: a hash of the connection's host, port and user, short enough for a socket path.
   const control = ['-o', `ControlPath=${path.join(dir, '%C')}`];
   const command = `${sshCmd} -o ControlMaster=auto ${control.map(shellQuote).join(' ')} -o ControlPersist=${PERSIST_S}`;
+  const ssh = splitCommand(sshCmd);
+  const exitArgs = [...ssh.slice(1), ...control, '-O', 'exit', '--', target];
+  const onExit = (): void => {
+    spawnSync(ssh[0]!, exitArgs, { stdio: 'ignore', timeout: 2000 });
+    fs.rmSync(dir, { recursive: true, force: true });
+  };
+  atExit(onExit, true);
   return {
     command,
     async close() {
-      const ssh = splitCommand(sshCmd);
+      atExit(onExit, false);
       // `-O exit` with no master listening fails quietly; either way the directory goes.
       await new Promise<void>((resolve) => {
-        const child = spawn(ssh[0]!, [...ssh.slice(1), ...control, '-O', 'exit', '--', target], { stdio: 'ignore' });
+        const child = spawn(ssh[0]!, exitArgs, { stdio: 'ignore' });
         child.on('error', () => resolve());
         child.on('close', () => resolve());
       });

@@ -62,9 +62,7 @@ export function encodeFrame(header: WorkerRequest | WorkerReply, payloadBytes = 
 }
 
 export type FrameEvent =
-  | { kind: 'header'; header: unknown; payloadBytes: number }
-  | { kind: 'payload'; chunk: Buffer }
-  | { kind: 'end' };
+  { kind: 'header'; header: unknown; payloadBytes: number } | { kind: 'payload'; chunk: Buffer } | { kind: 'end' };
 
 /**
  * Turns bytes into frame events, incrementally: `push` each chunk as it
@@ -124,8 +122,10 @@ export class FrameDecoder {
         if (data.length < PREFIX_BYTES) break;
         const h = data.readUInt32BE(0);
         const p = data.readBigUInt64BE(4);
-        if (h === 0 || h > MAX_HEADER_BYTES) throw protocolError(`a header of ${h} bytes (at most ${MAX_HEADER_BYTES})`);
-        if (p > BigInt(MAX_PAYLOAD_BYTES)) throw protocolError(`a payload of ${p} bytes (at most ${MAX_PAYLOAD_BYTES})`);
+        if (h === 0 || h > MAX_HEADER_BYTES)
+          throw protocolError(`a header of ${h} bytes (at most ${MAX_HEADER_BYTES})`);
+        if (p > BigInt(MAX_PAYLOAD_BYTES))
+          throw protocolError(`a payload of ${p} bytes (at most ${MAX_PAYLOAD_BYTES})`);
         this.headerBytes = h;
         this.nextPayload = Number(p);
         data = data.subarray(PREFIX_BYTES);

@@ -165,11 +165,11 @@ async function handle(
 export function takeStdout(): FrameOutput {
   const stdout = process.stdout;
   const write = stdout.write.bind(stdout);
-  stdout.write = ((chunk: unknown, ...rest: unknown[]) =>
-    (process.stderr.write as (...a: unknown[]) => boolean)(chunk, ...rest)) as typeof stdout.write;
+  const toStderr = process.stderr.write.bind(process.stderr) as (...a: unknown[]) => boolean;
+  const divert: (...a: unknown[]) => boolean = (...args) => toStderr(...args);
+  stdout.write = divert;
   return (bytes) =>
     new Promise((resolve, reject) => {
       write(bytes, (e?: Error | null) => (e ? reject(e) : resolve()));
     });
 }
-
