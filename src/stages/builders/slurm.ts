@@ -42,7 +42,8 @@ export interface SlurmOptions {
 
 /**
  * The job's shell script (pure): pull the inputs from the cache, build,
- * push the results, print build-drv's report. In a private store removed
+ * push the realizations build-drv reports (RRefs: only `[A-Za-z0-9._+-]`,
+ * so the shell can take them from its one-line JSON), print the report. In a private store removed
  * at the end (Slurm), or in the builder's own `store` (an ssh host with a
  * cache: what it pulled serves its next builds).
  */
@@ -58,7 +59,8 @@ export function slurmJobScript(
   const c = `${cairn} --store ${store !== undefined ? q(store) : '"$S/store"'}`;
   const inputs = job.inputs.map(q).join(' ');
   return [
-    'set -eu',
+    // No globbing: words taken from the report are never file patterns.
+    'set -euf',
     // Scratch (and, without `store`, the job's own store) on the node; removed however the job ends.
     'S=$(mktemp -d "${TMPDIR:-/tmp}/cairn-slurm-job.XXXXXX")',
     `trap 'chmod -R u+w "$S" 2>/dev/null; rm -rf "$S"' EXIT`,
@@ -70,7 +72,12 @@ export function slurmJobScript(
     [c, 'build-drv', q(job.node.dref), '--from', '"$S/drv.tar"', ...job.inputs.flatMap((r) => ['--input', q(r)])]
       .concat(['--json', '>"$S/report"'])
       .join(' '),
-    `${c} cache push ${q(url)} ${q(job.node.dref)} --key ${q(keyFile)} >/dev/null`,
+    // Exactly what this build chose (the report's realizations), not every realization of the
+    // derivation in the store: a builder's own store may hold older ones, from other inputs.
+    `R=$(sed -n 's/.*"realizations":\\[\\([^]]*\\)\\].*/\\1/p' "$S/report" | tr -d '"' | tr ',' ' ')`,
+    `for r in $R; do case $r in *[!A-Za-z0-9._+-]*) R=;; esac; done`,
+    `[ -n "$R" ] || { echo 'cairn build-drv reported no realizations' >&2; exit 1; }`,
+    `${c} cache push ${q(url)} $R --key ${q(keyFile)} >/dev/null`,
     'cat "$S/report"',
   ].join('\n');
 }
