@@ -266,7 +266,7 @@ describe('the builder pool: failed builders come back after a backoff', () => {
     const r1 = await runOn(pool, node('one'));
     assert.equal(r1.placement.builder, 'local');
     assert.equal(r1.placement.why, 'fallback');
-    assert.deepEqual(r1.placement.down, [], 'the builder that failed this build is in failures, not down');
+    assert.deepEqual(r1.placement.down, [{ builder: 'ssh://a', state: 'backoff', failures: 1, code: 'E_SYNC_FAILED' }]);
     assert.deepEqual(
       r1.placement.failures.map((f) => f.builder),
       ['ssh://a'],

@@ -60,7 +60,7 @@ export interface Placement {
   why: 'slot free' | 'fallback' | 'retry' | 'local only';
   /** Earlier attempts that failed, in order (for a fallback with none: the run's last failure of each builder). */
   failures: BuilderFailure[];
-  /** With `fallback`: the remote builders that were down then (those that failed this build are in `failures`). */
+  /** With `fallback`: the remote builders that were down then (backing off or dropped). */
   down?: DownBuilder[];
 }
 
@@ -226,7 +226,7 @@ export class BuilderPool {
         }
       } else if (this.localSlot.free > 0) {
         this.localSlot.free--;
-        return { slot: this.localSlot, fallback: true, down: this.downList(candidates, now) };
+        return { slot: this.localSlot, fallback: true, down: this.downList(now) };
       }
       await this.wait(
         this.health.nextUp(
@@ -237,9 +237,10 @@ export class BuilderPool {
     }
   }
 
-  private downList(candidates: readonly Slotted[], now: number): DownBuilder[] {
+  /** The remote builders not up at `now` (those that failed this build included, for --explain). */
+  private downList(now: number): DownBuilder[] {
     const down: DownBuilder[] = [];
-    for (const s of candidates) {
+    for (const s of this.remotes) {
       const a = this.health.availability(s.name, now);
       if (a.state !== 'up') down.push({ builder: s.name, state: a.state, failures: a.failures, code: a.last.code });
     }
