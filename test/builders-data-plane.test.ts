@@ -3,10 +3,12 @@
  * an ssh host with a cache) run for real with `sh`, the CLI and a file://
  * cache, on a builder store that already holds another realization of the
  * derivation (built from other inputs): only what this build chose reaches
- * the cache.
+ * the cache; and the job sweeps the stores of jobs killed outright (their
+ * lock free), never a running job's, never through a link.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -61,7 +63,7 @@ const cached = (url: string): string[] =>
     .sort();
 
 describe('the cache data plane', () => {
-  it("a job pushes exactly the realizations its build chose, not the builder store's older ones", () => {
+  it("a job pushes exactly the realizations its build chose, not the builder store's older ones", async () => {
     const file = path.join(t.dir, 'stages.ts');
     fs.writeFileSync(file, STAGES);
     // Two coordinators realized the same derivations: different seeds, so different copies.
@@ -96,12 +98,43 @@ describe('the cache data plane', () => {
     );
     const jobTmp = path.join(t.dir, 'job-tmp');
     fs.mkdirSync(jobTmp);
-    const r = spawnSync('/bin/sh', ['-c', script], {
-      input: fs.readFileSync(drvs),
-      encoding: 'utf8',
-      env: { ...process.env, TMPDIR: jobTmp },
-    });
+    // What a job finds in TMPDIR: the store of a job killed outright (its lock free), a running job's (its
+    // lock held), a job's that has no lock yet, and a link to someone's directory: only the first goes.
+    const plant = (name: string, lock: boolean): string => {
+      const d = path.join(jobTmp, `cairn-slurm-job.${name}`);
+      fs.mkdirSync(path.join(d, 'store', 'd'), { recursive: true });
+      fs.writeFileSync(path.join(d, 'store', 'd', 'f'), 'x', { mode: 0o444 });
+      fs.chmodSync(path.join(d, 'store', 'd'), 0o555);
+      if (lock) fs.writeFileSync(path.join(d, 'lock'), '');
+      return d;
+    };
+    const killed = plant('killed', true);
+    const running = plant('running', true);
+    const starting = plant('starting', false);
+    const elsewhere = path.join(t.dir, 'elsewhere');
+    fs.mkdirSync(elsewhere);
+    fs.writeFileSync(path.join(elsewhere, 'lock'), '');
+    fs.symlinkSync(elsewhere, path.join(jobTmp, 'cairn-slurm-job.link'));
+    const holder = spawn('flock', [path.join(running, 'lock'), 'sleep', '60'], { stdio: 'ignore' });
+    let r: { status: number | null; stdout: string; stderr: string };
+    try {
+      for (let i = 0; spawnSync('flock', ['-n', path.join(running, 'lock'), 'true']).status === 0; i++) {
+        assert.ok(i < 200, 'flock holds the lock');
+        await sleep(20);
+      }
+      r = spawnSync('/bin/sh', ['-c', script], {
+        input: fs.readFileSync(drvs),
+        encoding: 'utf8',
+        env: { ...process.env, TMPDIR: jobTmp },
+      });
+    } finally {
+      holder.kill('SIGKILL');
+    }
     assert.equal(r.status, 0, r.stderr);
+    assert.ok(!fs.existsSync(killed), 'the killed job store is swept');
+    for (const d of [running, starting]) assert.ok(fs.existsSync(path.join(d, 'store', 'd', 'f')), d);
+    assert.ok(fs.existsSync(path.join(elsewhere, 'lock')), 'nothing is removed through a link');
+    assert.ok(fs.lstatSync(path.join(jobTmp, 'cairn-slurm-job.link')).isSymbolicLink());
     const report = JSON.parse(r.stdout) as { realizations: string[]; built: boolean };
     assert.equal(report.built, true);
     assert.deepEqual(report.realizations, copy.rrefs, 'the same RRef as the coordinator built');
@@ -110,6 +143,10 @@ describe('the cache data plane', () => {
     for (const rref of [...one.get('copy')!.rrefs, ...copy.rrefs])
       assert.ok(fs.existsSync(rzDir(builder, rref)), `${rref} is in the builder's store`);
     assert.deepEqual(cached(url), [...inputs, ...copy.rrefs].sort());
-    assert.deepEqual(fs.readdirSync(jobTmp), [], 'the job removed its scratch directory');
+    assert.deepEqual(
+      fs.readdirSync(jobTmp).sort(),
+      ['cairn-slurm-job.link', 'cairn-slurm-job.running', 'cairn-slurm-job.starting'],
+      'the job removed its own scratch directory',
+    );
   });
 });
