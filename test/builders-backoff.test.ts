@@ -66,6 +66,17 @@ describe('builder backoff', () => {
     assert.equal(h.availability('ssh://b', 3100).state, 'up', 'one failure: 1 s');
   });
 
+  it('a result that does not verify drops the builder at once, even from an attempt already running', () => {
+    for (const code of ['E_SYNC_HASH_MISMATCH', 'E_CACHE_BAD_SIGNATURE', 'E_UNSAFE_ARCHIVE']) {
+      const h = new BuilderHealth(['ssh://b'], policy);
+      assert.equal(h.failed(fault(), 10, 20).state, 'backoff');
+      const tampered = fault('ssh://b', code);
+      assert.deepEqual(h.failed(tampered, 0, 30), { state: 'dropped', failures: 2, last: tampered }, code);
+      h.succeeded('ssh://b', 40);
+      assert.equal(h.availability('ssh://b', 1e9).state, 'dropped', code);
+    }
+  });
+
   it('alternating failures and successes never drop a builder', () => {
     const h = new BuilderHealth(['ssh://b'], policy);
     let t = 0;

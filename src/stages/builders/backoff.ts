@@ -6,7 +6,10 @@
  *    further consecutive failure, at most `maxMs`; once that has passed,
  *    the next ready build tries it again (the probe is a real build);
  *  - `maxFailures` consecutive failures and it is dropped for the run;
- *  - a success resets the count.
+ *  - a success resets the count;
+ *  - a result that does not verify (a tampered or corrupt tree, a bad
+ *    signature) drops the builder at once: that is not a flaky host but
+ *    one not to be trusted, and retrying it would only cost more refusals.
  * Attempts overlap (a builder runs several builds at once), so one outage
  * fails several of them: a failure (or success) of an attempt that started
  * before the last recorded failure is part of what is already known and
@@ -31,6 +34,18 @@ export interface BuilderFailure {
   code: string;
   message: string;
 }
+
+/** Codes of a result that did not verify on receipt: the builder is dropped for the run at once. */
+const TRUST_FAULTS = new Set([
+  'E_SYNC_HASH_MISMATCH',
+  'E_CACHE_BAD_SIGNATURE',
+  'E_CACHE_BAD_ENTRY',
+  'E_CACHE_UNSIGNED',
+  'E_CACHE_UNTRUSTED',
+  'E_UNSAFE_ARCHIVE',
+]);
+
+export const isTrustFault = (code: string): boolean => TRUST_FAULTS.has(code);
 
 export type Availability =
   | { state: 'up' }
@@ -68,7 +83,16 @@ export class BuilderHealth {
   /** An attempt on `failure.builder`, started at `startedAt`, failed by the builder's fault at `now`. */
   failed(failure: BuilderFailure, startedAt: number, now: number): Availability {
     const s = this.state(failure.builder);
-    if (s.dropped || startedAt < s.failedAt) return this.availability(failure.builder, now);
+    if (s.dropped) return this.availability(failure.builder, now);
+    if (isTrustFault(failure.code)) {
+      // Whenever the attempt started: what it sent is what counts.
+      s.failures++;
+      s.failedAt = now;
+      s.last = failure;
+      s.dropped = true;
+      return this.availability(failure.builder, now);
+    }
+    if (startedAt < s.failedAt) return this.availability(failure.builder, now);
     s.failures++;
     s.failedAt = now;
     s.last = failure;
