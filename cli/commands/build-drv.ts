@@ -1,5 +1,5 @@
 /** `cairn build-drv`: builds one derivation from store objects alone (what a remote builder runs). */
-import { buildDerivation } from '../../src/stages/build-drv.js';
+import { buildDerivation, importAndBuild } from '../../src/stages/build-drv.js';
 import { CairnError } from '../../src/errors.js';
 import { parseRef, type DRef, type RRef } from '../../src/store/refs.js';
 import { collect, out, type CliContext } from '../context.js';
@@ -37,11 +37,15 @@ export function registerBuildDrv(ctx: CliContext): void {
       }
       if (p.kind !== 'drv') throw new CairnError('E_USAGE', `build-drv needs a DRef, not the RRef ${dref}`);
       const store = ctx.openStore();
-      if (o.from !== undefined) await importFrom(store, o.from);
-      const result = await buildDerivation(store, dref as DRef, {
+      const opts = {
         inputs: o.input as RRef[],
-        onLog: o.verbose ? (line) => process.stderr.write(`${p.name}> ${line}\n`) : undefined,
-      });
+        onLog: o.verbose ? (line: string) => process.stderr.write(`${p.name}> ${line}\n`) : undefined,
+      };
+      const from = o.from;
+      const result =
+        from === undefined
+          ? await buildDerivation(store, dref as DRef, opts)
+          : await importAndBuild(store, dref as DRef, () => importFrom(store, from), opts);
       if (o.json) out(JSON.stringify(result));
       else out(result.realizations.join(' '));
     });

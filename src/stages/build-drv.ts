@@ -5,7 +5,9 @@
  * stage whose DRef is the one asked for is built with exactly the given
  * input realizations. This is what a remote builder (ssh, a Slurm job) runs.
  */
+import * as fs from 'node:fs';
 import * as os from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { CairnError, isCairnError } from '../errors.js';
 import { parseCodeObject, type CodeObject } from '../store/code-object.js';
 import { candidateOf, type Candidate, type Context } from '../store/interface.js';
@@ -40,6 +42,49 @@ export interface BuildDerivationResult {
   buildMs: number;
   /** The code object it was built from. */
   code: string;
+}
+
+/**
+ * `cairn build-drv DREF --from ...`: takes in a derivation export (`take`)
+ * and builds `dref` from it. The derivation and the derivations of the
+ * given inputs are temp roots from before the import until the build ends:
+ * a derivation just taken in has no realization and no root, so a gc
+ * between the import and buildDerivation's own roots would collect it.
+ */
+export async function importAndBuild(
+  store: LocalStore,
+  dref: DRef,
+  take: () => Promise<unknown>,
+  opts: BuildDerivationOptions = {},
+): Promise<BuildDerivationResult> {
+  const drefs = new Set<DRef>([dref]);
+  for (const r of opts.inputs ?? []) {
+    try {
+      const p = parseRef(r);
+      if (p.kind === 'rz') drefs.add(p.dref);
+    } catch {
+      // Not a ref: chooseInputs refuses it with its own error.
+    }
+  }
+  const held = await store.addTempRoots([...drefs], 'build-drv-import');
+  try {
+    await take();
+    await pauseAfterImport();
+    return await buildDerivation(store, dref, opts);
+  } finally {
+    await held.release();
+  }
+}
+
+/** The environment variable that pauses `build-drv --from` after its import (a test runs gc there). */
+export const PAUSE_AFTER_IMPORT_ENV = 'CAIRN_TEST_PAUSE_AFTER_DRV_IMPORT';
+
+/** Fault injection for tests: with $CAIRN_TEST_PAUSE_AFTER_DRV_IMPORT=F, writes F.started and waits for F.open. */
+async function pauseAfterImport(): Promise<void> {
+  const file = process.env[PAUSE_AFTER_IMPORT_ENV];
+  if (!file) return;
+  fs.writeFileSync(`${file}.started`, '');
+  while (!fs.existsSync(`${file}.open`)) await sleep(50);
 }
 
 /** The derivation's context: its dependencies' realizations, from `inputs` or the store. */
