@@ -178,6 +178,65 @@ describe('builder workers', () => {
     assert.deepEqual(incomingEntries(a.store), []);
   });
 
+  it('an idle worker that died is replaced, not counted as a failure of its host', async () => {
+    const marker = path.join(h.dir, 'release-hold');
+    const file = path.join(h.dir, 'idle-death.ts');
+    fs.writeFileSync(
+      file,
+      `import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { stage } from 'cairn';
+
+const p = stage({ name: 'p', config: { v: 1 }, build: ({ out }) => fs.writeFileSync(path.join(out, 'p'), 'p') });
+// Waits for the test (the hosts share this filesystem), so that p's worker sits idle meanwhile.
+const hold = stage({
+  name: 'hold',
+  config: { marker: ${JSON.stringify(marker)} },
+  build: async ({ config, out }) => {
+    while (!fs.existsSync(config.marker)) await new Promise((r) => setTimeout(r, 50));
+    fs.writeFileSync(path.join(out, 'h'), 'h');
+  },
+});
+// Two builds at once after hold: one takes hold's worker, the other the idle one that died.
+const write = (out: string): void => fs.writeFileSync(path.join(out, 'x'), 'x');
+const after = [1, 2].map((i) =>
+  stage({ name: \`after-\${i}\`, config: { p, hold, i }, build: ({ out }) => write(out) }),
+);
+export default stage({ name: 'end', config: { after }, build: ({ out }) => write(out) });
+`,
+    );
+    const run = h.spawnCairn(a, [
+      'realize',
+      file,
+      '--json',
+      '--builders',
+      builderB('?maxJobs=2'),
+      '--builders-ssh',
+      h.ssh,
+      '--remote-cairn',
+      h.remoteCairn,
+    ]);
+    const idle = (): { pid: number; cmd: string }[] =>
+      processesOn(b).filter((x) => x.cmd.includes('builder-worker: idle'));
+    const holding = (): boolean =>
+      processesOn(b).some((x) => x.cmd.includes('builder-worker: building') && x.cmd.includes('-hold'));
+    assert.ok(await eventually(() => idle().length === 1 && holding(), 60_000), 'p built, hold building');
+    for (const x of idle()) process.kill(x.pid, 'SIGKILL');
+    assert.ok(await eventually(() => idle().length === 0, 10_000));
+    // Let the coordinator see that worker's ssh session end before `after` becomes ready.
+    await sleep(1000);
+    fs.writeFileSync(marker, '');
+    const r = await run.done;
+    ok(r, 'realize');
+    const res = JSON.parse(r.stdout) as { plan: Plan[]; warnings?: string[] };
+    for (const name of ['after-1', 'after-2', 'end']) {
+      const where = res.plan.find((x) => x.name === name)!.where as { builder: string; failures: unknown[] };
+      assert.ok(where.builder.startsWith(builderB()), `${name}: ${JSON.stringify(res)}`);
+      assert.deepEqual(where.failures, [], name);
+    }
+    assert.deepEqual(res.warnings ?? [], []);
+  });
+
   it('a build that fails in a worker is reported with its code; the next build on that worker works', async () => {
     const file = writeStages('fail');
     // Derivations and code objects in a's store (the realize of `bad` fails, as it should).

@@ -34,7 +34,12 @@ export function workerSlots(store: LocalStore, cmd: WorkerCommand): WorkerSlots 
   return {
     async run(fn) {
       if (closed) throw new CairnError('E_BUILDER_FAILED', `${cmd.name}: the builder was closed`);
-      const w = idle.pop() ?? (await BuilderWorker.start(store, cmd));
+      let w: BuilderWorker | undefined;
+      while ((w = idle.pop()) && w.broken) {
+        all.delete(w);
+        void w.close();
+      }
+      w ??= await BuilderWorker.start(store, cmd);
       all.add(w);
       let keep = false;
       try {

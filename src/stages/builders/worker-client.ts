@@ -51,6 +51,9 @@ export class BuilderWorker {
       child.on('close', (code) => resolve(code));
       child.on('error', () => resolve(null));
     });
+    // An idle worker whose host went away is not handed out again (its failure is not a new build's).
+    void this.exited.then(() => (this.broken = true));
+    void ch.closed.then(() => (this.broken = true));
   }
 
   /** Starts a worker and shakes hands with it. */
