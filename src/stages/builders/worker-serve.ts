@@ -28,10 +28,11 @@ import { importDerivations } from '../../store/drv-export.js';
 import { importClosure, writeClosureFile } from '../../store/export.js';
 import { removeTree } from '../../store/fsutil.js';
 import type { DRef, RRef } from '../../store/refs.js';
+import type { TempRoots } from '../../store/interface.js';
 import type { LocalStore } from '../../store/store.js';
 import { codeOf, haveRefs, listClosure } from '../../store/sync.js';
 import { planTransfer } from '../../store/sync-plan.js';
-import { buildDerivation } from '../build-drv.js';
+import { importAndBuild } from '../build-drv.js';
 import { guardRealize } from '../build-processes.js';
 import { discard, FrameChannel, type Frame, type FrameOutput } from './worker-channel.js';
 import {
@@ -59,6 +60,8 @@ export async function serveBuilderWorker(store: LocalStore, input: Readable, out
     store.makeTempDir('worker-in'),
   );
   let busy = false;
+  // Inputs sent for this session stay gc roots until it ends: they have no other root on this host.
+  const held: TempRoots[] = [];
   // The coordinator went away in the middle of a request: stop as on SIGTERM (guardRealize's handler).
   void ch.closed.then(() => {
     if (busy) process.kill(process.pid, 'SIGTERM');
@@ -101,7 +104,7 @@ export async function serveBuilderWorker(store: LocalStore, input: Readable, out
       if (f === null) return 0;
       busy = true;
       try {
-        await handle(store, f, reply);
+        await handle(store, f, reply, held);
       } catch (e) {
         await fail(e);
       } finally {
@@ -111,6 +114,7 @@ export async function serveBuilderWorker(store: LocalStore, input: Readable, out
       }
     }
   } finally {
+    await Promise.allSettled(held.map((r) => r.release()));
     unguard();
   }
 }
@@ -119,6 +123,7 @@ async function handle(
   store: LocalStore,
   f: Frame<WorkerRequest>,
   reply: (m: WorkerReply, payload?: string) => Promise<void>,
+  held: TempRoots[],
 ): Promise<void> {
   const m = f.msg;
   switch (m.t) {
@@ -127,13 +132,16 @@ async function handle(
     case 'have':
       return reply({ t: 'have', have: haveRefs(store, m.refs) });
     case 'closure': {
-      const r = await importClosure(store, f.payload!.file);
+      let drefs: DRef[] = [];
+      const r = await importClosure(store, f.payload!.file, { check: (m) => void (drefs = m.drefs) });
+      // The receive held them while it ran; the moment between its release and these is gc's only window.
+      held.push(await store.addTempRoots(drefs, 'builder-worker'));
       return reply({ t: 'received', realizations: r.received.length });
     }
     case 'build': {
       title(`building ${m.dref}`);
-      await importDerivations(store, f.payload!.file);
-      const report = await buildDerivation(store, m.dref as DRef, {
+      // importAndBuild holds the derivation and its inputs' derivations as roots from before the import.
+      const report = await importAndBuild(store, m.dref as DRef, () => importDerivations(store, f.payload!.file), {
         inputs: m.inputs as RRef[],
         onLog: (line) => void reply({ t: 'log', line }).catch(() => {}),
       });
