@@ -63,7 +63,8 @@ export function registerCache(ctx: CliContext): void {
         `pushed ${r.pushed.length} realization(s) of a closure of ${r.closure} (${r.present.length} already there` +
           (r.signed.length > 0 ? `, ${r.signed.length} signed again` : '') +
           '); ' +
-          `${r.archives} archive(s), ${formatBytes(r.archiveBytes)}`,
+          `${r.archives} archive(s), ${formatBytes(r.archiveBytes)}` +
+          (r.codePointers?.length ? `; ${r.codePointers.length} derivation(s) with their code` : ''),
       );
     });
 

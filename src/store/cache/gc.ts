@@ -16,6 +16,7 @@ import { CairnError } from '../../errors.js';
 import type { RRef } from '../refs.js';
 import type { BlobStore } from './blob.js';
 import { PARALLEL, liveTempRoots, mapLimit, readInfo } from './entries.js';
+import { pointerOfKey } from './code-objects.js';
 import { blobsOf, depsOf, drvKey, entryKey, parseEntry, rrefOfKey, type CacheEntry } from './format.js';
 
 export interface CacheGcOptions {
@@ -151,6 +152,11 @@ export async function cacheGc(blob: BlobStore, opts: CacheGcOptions): Promise<Ca
     } catch {
       /* malformed: the next gc removes it */
     }
+  }
+  // A derivation pushed with its code object (code-objects.ts) stays while its pointer does, built or not.
+  for await (const k of blob.list('p/')) {
+    const p = pointerOfKey(k);
+    if (p !== null) named.add(drvKey(p.dref));
   }
   const objects = [...keys].filter((k) => /^(a|l|d)\//.test(k) && !named.has(k));
   await mapLimit(chunks([...objects, ...dead], 100), 4, (c) => blob.delete(c));
