@@ -32,6 +32,8 @@ export {
   type ScoreBy,
 } from './stages/matchers.js';
 export { instantiate, type Derivation, type Graph } from './stages/instantiate.js';
+/** For the module a cairn.yaml's code object holds (see stages/pipeline/pipeline-code.ts). */
+export { loadPipelineRecord } from './stages/pipeline/record-load.js';
 export {
   realize,
   type RealizeOptions,
