@@ -139,6 +139,39 @@ describe('file inputs on a builder without the checkout', () => {
     ok(cairn(remote, ['store', 'verify']));
   });
 
+  it('an input named by its directory (`.`) keeps its recorded name on the builder', () => {
+    const dir = project({
+      'data/x.csv': '1,2\n',
+      'data/stages.ts': `
+import { stage } from 'cairn';
+import * as fs from 'node:fs';
+export default stage({
+  name: 'whole',
+  config: {},
+  files: ['.'],
+  build: (ctx) => fs.writeFileSync(ctx.out + '/ls', fs.readdirSync(ctx.files['.']!).sort().join(',')),
+});
+`,
+    });
+    const local = newStore();
+    const r = JSON.parse(
+      ok(cairn(local, ['realize', '--self-contained', '--json', '-q', path.join(dir, 'data', 'stages.ts')])).stdout,
+    ) as Realized;
+    const whole = r.plan[0]!;
+    const drvs = path.join(work.dir, `drvs-${++seq}.tar`);
+    ok(cairn(local, ['export-drv', whole.dref, '-o', drvs]));
+    const closure = path.join(work.dir, `in-${++seq}.tar`);
+    ok(cairn(local, ['export', ...r.inputs!.flatMap((i) => i.rrefs), '-o', closure]));
+    fs.rmSync(dir, { recursive: true });
+    const remote = newStore();
+    ok(cairn(remote, ['import', closure]));
+    const b = JSON.parse(
+      ok(cairn(remote, ['build-drv', whole.dref, '--from', drvs, '--json'], { env: otherCache() })).stdout,
+    ) as { realizations: string[] };
+    assert.deepEqual(b.realizations, whole.rrefs);
+    assert.equal(ok(cairn(remote, ['catref', b.realizations[0]!, 'ls'])).stdout, 'stages.ts,x.csv');
+  });
+
   it('without the imports in the store: an error naming the file inputs, nothing built', () => {
     const dir = fileProject();
     const local = newStore();

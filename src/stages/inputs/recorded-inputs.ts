@@ -116,9 +116,11 @@ export class RecordedInputHasher extends InputHasher {
   }
 
   override digest(abs: string, input: string): InputDigest {
-    const entry = entryName(abs);
-    const found = (this.byKey.get(input) ?? []).filter((r) => r.file === entry);
-    if (found.length === 1) return { ...found[0]!.digest };
+    let found = this.byKey.get(input) ?? [];
+    // The entry name tells apart two inputs of one key; where it was declared is not where `abs` lies here,
+    // so an input such as `.` or `..` is named as recorded, not after this host's path.
+    if (found.length > 1) found = found.filter((r) => r.file === entryName(abs));
+    if (found.length === 1) return { ...found[0]!.digest, entry: found[0]!.file };
     if (found.length > 1) {
       // Two stages declare inputs with the same path relative to different directories: which is which
       // cannot be told from the derivations (they record content, not where it came from).
