@@ -216,6 +216,7 @@ interface Unbuilt {
   cache: string;
   url: string;
   report: string;
+  prepDref: string;
   prepRRefs: string[];
   code: string;
   pub: string;
@@ -247,7 +248,7 @@ function pushedUnbuilt(): Unbuilt {
   assert.deepEqual(r.codePointers.sort(), [prep.dref, report].sort());
   assert.equal(r.code.length, 1);
   fs.rmSync(dir, { recursive: true });
-  return { cache, url, report, prepRRefs: prep.rrefs, code: r.code[0]!, pub, local, secret };
+  return { cache, url, report, prepDref: prep.dref, prepRRefs: prep.rrefs, code: r.code[0]!, pub, local, secret };
 }
 
 /** `build-drv DREF --substituter URL` on a fresh store (another module cache, no checkout). */
@@ -377,6 +378,33 @@ describe('a host with only the binary cache', () => {
       fs.renameSync(codeFile(u), real);
       fs.symlinkSync(real, codeFile(u));
     }, 'E_CACHE_MISSING');
+  });
+
+  it('cache verify checks code pointers as build-drv would take them', () => {
+    const u = pushedUnbuilt();
+    const verify = (extra: string[] = []): { codePointers: number; codeProblems: { key: string; code: string }[] } =>
+      JSON.parse(cairn(u.local, ['cache', 'verify', u.url, '--trusted-key', u.pub, '--json', ...extra]).stdout) as {
+        codePointers: number;
+        codeProblems: { key: string; code: string }[];
+      };
+    assert.deepEqual(verify(), { ...verify(), codePointers: 2, codeProblems: [] });
+    rewrite(codeFile(u), (s) => s.replace('asked to fail', 'asked to FAIL'));
+    const r = verify();
+    assert.deepEqual(
+      r.codeProblems.map((p) => [p.key.split('/')[1], p.code]).sort(),
+      [
+        [u.report, 'E_CODE_CORRUPT'],
+        [u.prepDref, 'E_CODE_CORRUPT'],
+      ].sort(),
+    );
+    // --shallow asks only whether the objects are there.
+    assert.deepEqual(verify(['--shallow']).codeProblems, []);
+    fs.rmSync(codeFile(u));
+    assert.equal(verify(['--shallow']).codeProblems.length, 2);
+    const text = cairn(u.local, ['cache', 'verify', u.url, '--trusted-key', u.pub, '--shallow']);
+    assert.equal(text.code, 1);
+    assert.match(text.stdout, /E_CACHE_MISSING/);
+    assert.match(text.stdout, /^0 of 2 code pointers are usable$/m);
   });
 
   it('a symlink in the store in place of the code object is refused, never written through', () => {

@@ -215,18 +215,63 @@ export async function fetchDerivationCode(
   throw first;
 }
 
-/** The pointer at `key`, trusted, with its derivation and code object, each checked against what is signed. */
+/** A code pointer `cache verify` finds wrong: its key, the code a reader would refuse it with, and why. */
+export interface CodeProblem {
+  key: string;
+  code: string;
+  detail: string;
+}
+
+/**
+ * What a reader would refuse among the cache's code pointers: each must be
+ * well formed, signed by a trusted key (when keys are given), and name a
+ * derivation and code object that exist and match its hashes (only their
+ * existence with `shallow`).
+ */
+export async function verifyCodePointers(
+  blob: BlobStore,
+  opts: { trustedKeys?: readonly PublicKey[]; shallow?: boolean } = {},
+): Promise<{ pointers: number; problems: CodeProblem[] }> {
+  const keys: string[] = [];
+  for await (const k of blob.list('p/')) keys.push(k);
+  const problems: CodeProblem[] = [];
+  await mapLimit(keys.sort(), PARALLEL, async (key) => {
+    try {
+      const named = pointerOfKey(key);
+      if (named === null) throw new CairnError('E_CACHE_BAD_ENTRY', `${key} is not a code pointer's key`, { key });
+      if (opts.shallow) {
+        const body = await blob.get(key);
+        const p = parsePointer(body?.toString('utf8') ?? '', key);
+        if (opts.trustedKeys !== undefined) {
+          const verdict = checkSignatures(pointerFingerprint(p), p.signatures, opts.trustedKeys);
+          if (verdict !== 'ok') throw verdictError(verdict, `${blob.url}: code pointer ${key}`);
+        }
+        const there = await blob.has([drvKey(p.dref), codeKey(p.code)]);
+        for (const k of [drvKey(p.dref), codeKey(p.code)]) if (!there.has(k)) throw gone(blob, k);
+      } else await checkedPointer(blob, key, named.dref, opts.trustedKeys, undefined);
+    } catch (e) {
+      if (!(e instanceof CairnError) || e.code === 'E_CACHE_UNAVAILABLE') throw e;
+      problems.push({ key, code: e.code, detail: e.message });
+    }
+  });
+  return { pointers: keys.length, problems: problems.sort((a, b) => (a.key < b.key ? -1 : 1)) };
+}
+
+/**
+ * The pointer at `key`, trusted (unless `trusted` is undefined: verify without keys), with its derivation
+ * and code object, each checked against what is signed.
+ */
 async function checkedPointer(
   blob: BlobStore,
   key: string,
   dref: DRef,
-  trusted: readonly PublicKey[],
+  trusted: readonly PublicKey[] | undefined,
   haveDrv: string | undefined,
 ): Promise<{ code: string; text: string; drvText: string }> {
   const body = await blob.get(key);
   if (body === undefined) throw gone(blob, key);
   const p = parsePointer(body.toString('utf8'), key);
-  const verdict = checkSignatures(pointerFingerprint(p), p.signatures, trusted);
+  const verdict = trusted === undefined ? 'ok' : checkSignatures(pointerFingerprint(p), p.signatures, trusted);
   if (verdict !== 'ok') throw verdictError(verdict, `${blob.url}: code pointer ${key}`);
   let drvText = haveDrv;
   if (drvText === undefined) {
