@@ -7,13 +7,13 @@
  * read from the project: the pipeline file, its params files, and which
  * declared deps exist. Those are recorded while loading here and embedded
  * in a small module that loads the pipeline again from the record
- * (record-load.ts); the deps' content travels as file-input realizations.
+ * (loadPipelineRecord in load.ts); the deps' content travels as file-input realizations.
  */
 import * as path from 'node:path';
 import { CODE_FORMAT, type CodeObject } from '../../store/code-object.js';
 import { loadPipeline } from './load-yaml.js';
 import { diskProject, recordingProject, type ProjectRecord } from './project-files.js';
-import { PIPELINE_RECORD_FORMAT, type PipelineRecord } from './record-load.js';
+import { PIPELINE_RECORD_FORMAT, type PipelineRecord } from '../load.js';
 
 /** Named in the code object's `bundler` field: no bundler ran, the module is generated. */
 export const PIPELINE_BUNDLER = 'cairn-pipeline-record';
