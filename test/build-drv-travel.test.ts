@@ -10,6 +10,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { cairn, expectError, isolateModuleCache, ok, repoRoot, tempDir, tmpEntries } from './helpers.js';
+import { FileBlobStore } from '../src/store/cache/file-blob.js';
+import { cacheGc } from '../src/store/cache/gc.js';
 
 isolateModuleCache(after, 'cairn-build-drv-travel-cache');
 const work = tempDir('cairn-build-drv-travel');
@@ -287,6 +289,24 @@ describe('a host with only the binary cache', () => {
     assert.ok(fs.existsSync(path.join(u.cache, 'd', `${u.report}.json`)));
     assert.ok(fs.existsSync(path.join(u.cache, 'c', `${u.code}.json`)));
     ok(buildFromCache(u, newStore()));
+  });
+
+  it('cache gc: pointers go with their realizations or once old; code objects and derivations after them', async () => {
+    const u = pushedUnbuilt();
+    const blob = new FileBlobStore(u.cache);
+    const day = 24 * 3600 * 1000;
+    const listing = (top: string): string[] =>
+      fs.existsSync(path.join(u.cache, top)) ? fs.readdirSync(path.join(u.cache, top)).sort() : [];
+    await cacheGc(blob, { olderThanMs: day });
+    assert.deepEqual(listing('p'), [u.prepDref, u.report].sort());
+    assert.deepEqual(listing('c'), [`${u.code}.json`]);
+    // Two days on: prep's realization is old and deleted, its pointer with it; report's (never built) is old too.
+    await cacheGc(blob, { olderThanMs: day, now: Date.now() + 2 * day });
+    assert.deepEqual(
+      listing('p').flatMap((d) => listing(`p/${d}`)),
+      [],
+    );
+    assert.deepEqual([listing('c'), listing('d'), listing('r').flatMap((d) => listing(`r/${d}`))], [[], [], []]);
   });
 
   it('an unbuilt DRef without a code object is refused by cache push (nothing to push)', () => {

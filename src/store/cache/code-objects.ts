@@ -22,7 +22,7 @@ import { sha256Hex, shortHash } from '../hash.js';
 import { parseRef, type DRef } from '../refs.js';
 import type { LocalStore } from '../store.js';
 import type { BlobStore } from './blob.js';
-import { PARALLEL, mapLimit } from './entries.js';
+import { PARALLEL, addCacheTempRoot, mapLimit } from './entries.js';
 import { drvKey, drvMatches } from './format.js';
 import {
   checkSignatures,
@@ -49,6 +49,8 @@ export interface CodePointer {
   code: string;
   /** sha256 (hex) of the code object's text. */
   codeSha256: string;
+  /** When it was written (ms): cache gc's age of an unbuilt derivation; unsigned, as no reader acts on it. */
+  created?: number;
   signatures: string[];
 }
 
@@ -90,6 +92,7 @@ export function parsePointer(text: string, key: string): CodePointer {
   if (typeof p.drv !== 'string' || !SHA256.test(p.drv)) throw bad('drv is not a sha256');
   if (typeof p.codeSha256 !== 'string' || !SHA256.test(p.codeSha256)) throw bad('codeSha256 is not a sha256');
   if (!Array.isArray(p.signatures) || !p.signatures.every((s) => typeof s === 'string')) throw bad('signatures');
+  if (p.created !== undefined && (typeof p.created !== 'number' || !Number.isFinite(p.created))) throw bad('created');
   return p;
 }
 
@@ -122,6 +125,25 @@ export async function pushDerivationCode(
     items.push({ dref, drvText, code, text });
   }
   if (items.length === 0) return { pointers: [], code: [] };
+  // Claimed for the push, so a concurrent cache gc leaves what it uploads before the pointers name it.
+  const claim = await addCacheTempRoot(
+    blob,
+    items.map((i) => i.dref),
+    items.flatMap((i) => [codeKey(i.code), drvKey(i.dref)]),
+  );
+  try {
+    return await pushItems(blob, items, key, limit);
+  } finally {
+    await claim.release().catch(() => undefined);
+  }
+}
+
+async function pushItems(
+  blob: BlobStore,
+  items: readonly { dref: DRef; drvText: string; code: string; text: string }[],
+  key: SecretKey,
+  limit: number,
+): Promise<CodePushReport> {
   const there = await blob.has([
     ...new Set(items.flatMap((i) => [codeKey(i.code), drvKey(i.dref), codePointerKey(i.dref, i.code)])),
   ]);
@@ -157,7 +179,11 @@ export async function pushDerivationCode(
         /* malformed: replaced */
       }
     }
-    const p: CodePointer = { ...unsigned, signatures: [...others, sign(key, pointerFingerprint(unsigned))] };
+    const p: CodePointer = {
+      ...unsigned,
+      created: Date.now(),
+      signatures: [...others, sign(key, pointerFingerprint(unsigned))],
+    };
     await blob.put(k, Buffer.from(JSON.stringify(p, null, 1) + '\n'), { contentType: 'application/json' });
     return true;
   });
