@@ -10,6 +10,14 @@ import type { LocalStore } from '../../src/store/store.js';
 const importFrom = (store: LocalStore, file: string): ReturnType<typeof importDerivations> =>
   file === '-' ? importDerivationsFrom(store, process.stdin) : importDerivations(store, file);
 
+interface BuildDrvFlags {
+  input: string[];
+  from?: string;
+  force?: boolean;
+  verbose?: boolean;
+  json?: boolean;
+}
+
 export function registerBuildDrv(ctx: CliContext): void {
   ctx.program
     .command('build-drv')
@@ -25,9 +33,10 @@ export function registerBuildDrv(ctx: CliContext): void {
       [],
     )
     .option('--from <file>', 'first take in the derivations exported to FILE by export-drv (- for stdin)')
+    .option('--force', 'build again even when realizations from these inputs satisfy the matcher')
     .option('-v, --verbose', 'show the build log live on stderr')
     .option('--json', 'print { drv, realizations, built, host, buildMs, code } as JSON')
-    .action(async (dref: string, o: { input: string[]; from?: string; verbose?: boolean; json?: boolean }) => {
+    .action(async (dref: string, o: BuildDrvFlags) => {
       let p;
       try {
         p = parseRef(dref);
@@ -39,6 +48,7 @@ export function registerBuildDrv(ctx: CliContext): void {
       if (o.from !== undefined) await importFrom(store, o.from);
       const result = await buildDerivation(store, dref as DRef, {
         inputs: o.input as RRef[],
+        force: o.force === true,
         onLog: o.verbose ? (line) => process.stderr.write(`${p.name}> ${line}\n`) : undefined,
       });
       if (o.json) out(JSON.stringify(result));
