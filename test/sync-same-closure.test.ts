@@ -4,8 +4,8 @@
  * on one upstream stage. They share a staging directory (named to resume an
  * interrupted sync), and before the fix the first receive removed it under
  * the others: "there is no staging directory for sync", and a healthy
- * builder dropped. Pulls of one closure at once are checked too (they passed
- * before the fix as well). Real hosts (fixtures/hosts.ts, own prefix and 10.200.34.0/24);
+ * builder dropped. Pulls raced too (ENOTEMPTY while one receive emptied
+ * the directory under another's rsync; not every run). Real hosts (fixtures/hosts.ts, own prefix and 10.200.34.0/24);
  * run under `flock /tmp/cairn-netns.lock`.
  */
 import assert from 'node:assert/strict';

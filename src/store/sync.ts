@@ -419,10 +419,12 @@ async function pullListed(
     to: store.root,
     roots: [...listing.roots].sort(),
   });
-  const staging = prepareIncoming(store, key);
-  report.transfer = await rsyncPaths(opts, plan, `${remote.rsyncTarget}:${listing.root}`, staging);
-  report.received = await receiveIncoming(store, key, plan);
-  return report;
+  return oneSyncPerKey(key, async () => {
+    const staging = prepareIncoming(store, key);
+    report.transfer = await rsyncPaths(opts, plan, `${remote.rsyncTarget}:${listing.root}`, staging);
+    report.received = await receiveIncoming(store, key, plan);
+    return report;
+  });
 }
 
 /** The remote's listing is checked for shape before it is planned with (its content is checked on arrival). */
