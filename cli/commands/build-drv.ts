@@ -17,6 +17,7 @@ interface BuildDrvFlags {
   substituter: string[];
   substituters?: boolean;
   trustedKey: string[];
+  force?: boolean;
   verbose?: boolean;
   json?: boolean;
 }
@@ -45,6 +46,7 @@ export function registerBuildDrv(ctx: CliContext): void {
     )
     .option('--no-substituters', 'fetch from no binary cache, not even the configured ones')
     .option('--trusted-key <key>', 'also trust cache objects signed by this public key (repeatable)', collect, [])
+    .option('--force', 'build again even when realizations from these inputs satisfy the matcher')
     .option('-v, --verbose', 'show the build log live on stderr')
     .option('--json', 'print { drv, realizations, built, host, buildMs, code } as JSON')
     .action(async (dref: string, o: BuildDrvFlags) => {
@@ -58,6 +60,7 @@ export function registerBuildDrv(ctx: CliContext): void {
       const store = ctx.openStore();
       const opts = {
         inputs: o.input as RRef[],
+        force: o.force === true,
         onLog: o.verbose ? (line: string) => process.stderr.write(`${p.name}> ${line}\n`) : undefined,
       };
       const from = o.from;

@@ -31,6 +31,13 @@ export interface BuildDerivationOptions {
   inputs?: readonly RRef[];
   /** Receives the build's log lines. */
   onLog?: (line: string) => void;
+  /**
+   * Build even when realizations from these inputs satisfy the matcher
+   * (what `realize --force` asks of a remote builder): as often as the
+   * matcher's minimum needs, at least once; the matcher then chooses among
+   * old and new ones, as in a forced realize.
+   */
+  force?: boolean;
 }
 
 export interface BuildDerivationResult {
@@ -257,9 +264,9 @@ async function buildWith(
   try {
     return await store.withLock(`build:${dref}:${ctx}`, `building ${node.name}`, async (held) => {
       const have = await store.candidates(dref, ctx);
-      const cached = await runMatcher(m, have);
+      const cached = opts.force ? undefined : await runMatcher(m, have);
       if (cached) return result(cached, false);
-      const runs = Math.max(1, Math.ceil((m.min - have.length) / node.stage.n));
+      const runs = Math.max(1, Math.ceil((m.min - (opts.force ? 0 : have.length)) / node.stage.n));
       const fresh: Candidate[] = [];
       const durable: Promise<unknown>[] = [];
       try {
