@@ -103,8 +103,9 @@ export function registerRealize(ctx: CliContext): void {
       const storeRoot = ctx.storeRoot();
       // Opened before anything is built: a malformed URL fails now, an unreachable cache later as a warning.
       const access = { storeRoot, trustedKeys: o.trustedKey ?? [], key: o.key };
-      const builderSpecs =
-        o.builders !== undefined && o.builders.length > 0 ? o.builders : readStoreConfig(storeRoot).builders;
+      const config = readStoreConfig(storeRoot);
+      const builderSpecs = o.builders !== undefined && o.builders.length > 0 ? o.builders : config.builders;
+      const remoteCairn = o.remoteCairn ?? config.remoteCairn;
       // With a cache and a key, ssh hosts exchange through the cache too; else over ssh (sync).
       const viaCache = substituterUrls(o, storeRoot).length > 0 && o.key !== undefined;
       const subAccess = viaCache && builderSpecs.some((s) => s !== 'local') ? await trustingBuilderKey(access) : access;
@@ -116,8 +117,8 @@ export function registerRealize(ctx: CliContext): void {
         ? undefined
         : await makeBuilderPool(store, builderSpecs, {
             jobs: o.jobs ?? (await import('node:os')).availableParallelism(),
-            ssh: { ssh: o.buildersSsh, remoteCairn: o.remoteCairn },
-            slurm: { cairn: o.remoteCairn },
+            ssh: { ssh: o.buildersSsh ?? config.buildersSsh, remoteCairn },
+            slurm: { cairn: remoteCairn },
             cacheData: () => cacheDataPlane(substituterUrls(o, storeRoot), access),
             viaCache,
           });
