@@ -2,8 +2,8 @@
  * cairn-spawn: starts the programs a build runs through `exec` on behalf of
  * a Cairn process (src/stages/spawn-helper.ts). Node's spawn forks the whole
  * Node process, which costs 2-3 ms from a large one; posix_spawn from this
- * small process costs about 0.7 ms, and a chain of builds pays that once per
- * stage. Cairn starts it once, on its first exec, and talks to it over its
+ * small process (vfork, exec) costs about 0.7 ms, and a chain of builds
+ * pays that once per stage. Cairn starts it once, on its first exec, and talks to it over its
  * stdin and stdout.
  *
  * Frames, both ways: u32 body length, then the body: u8 type, u32 id,
@@ -17,23 +17,24 @@
  *                    'O' / 'R' stdout / stderr bytes; empty: end of stream
  *                    'X' exited: i32 exit code (-1 if killed), i32 signal
  *
- * Each program runs as Node's `spawn(..., { detached: true })` would run it:
- * a session and process group of its own, default signal dispositions, an
- * empty signal mask, PATH looked up in the program's environment (as
- * execvp does, with its /bin/sh fallback for a file without a #! line),
- * stdin from /dev/null unless input is sent.
+ * Each program runs as Node's `spawn(..., { detached: true })` would run it
+ * (vfork and exec, as libuv does): a session and process group of its own,
+ * default signal dispositions, an empty signal mask, PATH looked up in the
+ * program's environment (as execvp does, with its /bin/sh fallback for a
+ * file without a #! line), stdin from /dev/null unless input is sent.
+ * posix_spawn would be as fast, but glibc's leaves its own signals 32 and 33
+ * ignored in the program, which Node's spawn does not.
  *
- * At end of input (Cairn exited or closed the pipe) it ends the groups of
- * the programs still running (SIGTERM, SIGKILL a second later) and exits:
- * it never outlives Cairn for more than that second. SIGINT and SIGHUP from
- * a terminal are ignored: Cairn decides how its builds end.
+ * At end of input (Cairn exited) it exits at once: it never outlives Cairn.
+ * The process groups of programs still running are Cairn's to end, as with
+ * Node's spawn. SIGINT and SIGHUP from a terminal are ignored: Cairn decides
+ * how its builds end.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,7 +42,6 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #define VERSION 1
@@ -78,7 +78,6 @@ static uint32_t get32(const unsigned char *p) {
   return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-/* Cairn is gone or sent garbage: nothing more can be done for anyone. */
 static void quit(int status);
 
 static void write_all(const struct iovec *iov0, int n) {
@@ -158,52 +157,94 @@ static const char *path_of(char **env) {
   return "/usr/bin:/bin";
 }
 
-static int try_spawn(pid_t *pid, const char *file, const posix_spawn_file_actions_t *fa, const posix_spawnattr_t *at,
-                     char **argv, char **env) {
-  int e = posix_spawn(pid, file, fa, at, argv, env);
-  if (e != ENOEXEC) return e;
-  /* A file without a #! line: execvp runs it with /bin/sh, and so does Node's spawn. */
-  size_t n = 0;
-  while (argv[n]) n++;
-  char **sh = calloc(n + 2, sizeof *sh);
-  if (!sh) return ENOMEM;
-  sh[0] = "/bin/sh";
-  sh[1] = (char *)file;
-  for (size_t i = 1; i < n; i++) sh[i + 1] = argv[i];
-  e = posix_spawn(pid, "/bin/sh", fa, at, sh, env);
-  free(sh);
-  return e;
+/* The files execvp would try for cmd, in order (malloc'd; NULL-terminated). */
+static char **candidates(const char *cmd, char **env) {
+  size_t n = 1;
+  const char *path = path_of(env);
+  int search = *cmd && !strchr(cmd, '/');
+  if (search)
+    for (const char *q = path; *q; q++) n += *q == ':';
+  char **out = calloc(n + 1, sizeof *out);
+  if (!out) quit(3);
+  if (!search) {
+    out[0] = strdup(cmd);
+    if (!out[0]) quit(3);
+    return out;
+  }
+  size_t clen = strlen(cmd), k = 0;
+  for (const char *q = path;; q++) {
+    const char *end = strchrnul(q, ':');
+    size_t dlen = (size_t)(end - q);
+    char *f = malloc(dlen + clen + 2);
+    if (!f) quit(3);
+    memcpy(f, q, dlen);
+    if (dlen > 0) f[dlen++] = '/'; /* an empty entry is the working directory, as for execvp */
+    memcpy(f + dlen, cmd, clen + 1);
+    out[k++] = f;
+    if (!*end) break;
+    q = end;
+  }
+  return out;
 }
 
-/* execvp's search: every PATH entry in turn; EACCES is remembered, other errors stop the search. */
-static int spawn_path(pid_t *pid, const char *cmd, const posix_spawn_file_actions_t *fa,
-                      const posix_spawnattr_t *at, char **argv, char **env) {
-  if (*cmd == 0) return ENOENT;
-  if (strchr(cmd, '/')) return try_spawn(pid, cmd, fa, at, argv, env);
-  const char *p = path_of(env);
-  size_t clen = strlen(cmd);
-  int eacces = 0, last = ENOENT;
-  for (;;) {
-    const char *end = strchrnul(p, ':');
-    size_t dlen = (size_t)(end - p);
-    char *file = malloc(dlen + clen + 2);
-    if (!file) return ENOMEM;
-    memcpy(file, p, dlen);
-    if (dlen > 0) file[dlen++] = '/';
-    memcpy(file + dlen, cmd, clen + 1);
-    /* An absolute candidate that does not exist is skipped without a clone; others are tried. */
-    struct stat st;
-    /* (A relative one is found from the program's working directory, after the chdir, as execvp would.) */
-    int e = file[0] == '/' && stat(file, &st) != 0 ? errno : try_spawn(pid, file, fa, at, argv, env);
-    free(file);
-    if (e == 0) return 0;
-    if (e == EACCES) eacces = 1;
-    else if (e != ENOENT && e != ENOTDIR && e != ESTALE && e != ENODEV && e != ETIMEDOUT) return e;
-    last = e;
-    if (*end == 0) break;
-    p = end + 1;
+/* Set by a vfork child that could not exec (it shares this process's memory until it execs or exits). */
+static volatile int child_errno;
+
+/*
+ * The child between vfork and exec: what Node's spawn (libuv) does there for `detached: true`. Only system
+ * calls, no allocation: it runs on the helper's memory. execvp's search over `files`: EACCES is remembered,
+ * ENOENT-like errors move on, others stop; a file without a #! line runs with /bin/sh.
+ */
+static struct {
+  int stdin_pipe, in, out, err;
+  const char *cwd;
+  mode_t mask;
+  char **files, **argv, **sh_argv, **env;
+} ex;
+
+static __attribute__((noreturn)) void child_exec(void) {
+  int e = 0;
+  if (setsid() < 0) goto fail;
+  if (ex.stdin_pipe) {
+    if (dup2(ex.in, 0) < 0) goto fail;
+  } else {
+    int null = open("/dev/null", O_RDONLY);
+    if (null < 0 || dup2(null, 0) < 0) goto fail;
+    if (null != 0) close(null);
   }
-  return eacces ? EACCES : last;
+  if (dup2(ex.out, 1) < 0 || dup2(ex.err, 2) < 0) goto fail;
+  if (*ex.cwd && chdir(ex.cwd) < 0) goto fail;
+  umask(ex.mask);
+  struct sigaction dfl = {.sa_handler = SIG_DFL};
+  for (int sig = 1; sig < NSIG; sig++) sigaction(sig, &dfl, NULL); /* glibc's own (32, 33) refuse: fine */
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, NULL);
+  int eacces = 0;
+  for (char **f = ex.files; *f; f++) {
+    execve(*f, ex.argv, ex.env);
+    e = errno;
+    if (e == ENOEXEC) {
+      ex.sh_argv[1] = *f;
+      execve("/bin/sh", ex.sh_argv, ex.env);
+      e = errno;
+    }
+    if (e == EACCES) eacces = 1;
+    else if (e != ENOENT && e != ENOTDIR && e != ESTALE && e != ENODEV && e != ETIMEDOUT) break;
+  }
+  if (eacces && (e == ENOENT || e == ENOTDIR || e == ESTALE || e == ENODEV || e == ETIMEDOUT)) e = EACCES;
+  child_errno = e ? e : ENOENT;
+  _exit(127);
+fail:
+  child_errno = errno ? errno : EINVAL;
+  _exit(127);
+}
+
+/* vfork, kept apart so that no caller's variable lives across it (the child shares them). */
+static __attribute__((noinline)) pid_t vfork_exec(void) {
+  pid_t pid = vfork();
+  if (pid == 0) child_exec();
+  return pid;
 }
 
 /* A spawn request. Strings are checked to lie within the frame: the frame comes from Cairn, but is parsed
@@ -216,52 +257,55 @@ static void do_spawn(uint32_t id, const unsigned char *p, size_t len) {
   const char *s = (const char *)p + 13, *end = (const char *)p + len;
   if (argc < 1 || argc > len || envc > len) quit(2);
   size_t nstr = 2 + (size_t)argc + envc;
-  char **strs = calloc(nstr + 2, sizeof *strs);
-  if (!strs) quit(3);
+  char **strs = calloc(nstr, sizeof *strs);
+  /* argv with a NULL after it, env likewise, and /bin/sh's argv for a file without #!. */
+  char **argv = calloc(argc + 1, sizeof *argv), **env = calloc(envc + 1, sizeof *env);
+  char **sh_argv = calloc(argc + 2, sizeof *sh_argv);
+  if (!strs || !argv || !env || !sh_argv) quit(3);
   for (size_t i = 0; i < nstr; i++) {
     const char *z = memchr(s, 0, (size_t)(end - s));
     if (!z) quit(2);
     strs[i] = (char *)s;
     s = z + 1;
   }
-  /* strs: cmd, cwd, argv..., NULL, env..., NULL */
   const char *cmd = strs[0], *cwd = strs[1];
-  char **argv = malloc(sizeof(char *) * (argc + 1)), **env = malloc(sizeof(char *) * (envc + 1));
-  if (!argv || !env) quit(3);
   memcpy(argv, strs + 2, sizeof(char *) * argc);
-  argv[argc] = NULL;
   memcpy(env, strs + 2 + argc, sizeof(char *) * envc);
-  env[envc] = NULL;
+  sh_argv[0] = "/bin/sh";
+  memcpy(sh_argv + 2, argv + 1, sizeof(char *) * (argc - 1));
+  char **files = candidates(cmd, env);
 
   int out[2] = {-1, -1}, err[2] = {-1, -1}, in[2] = {-1, -1};
   int e = 0;
-  if (pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC) || (stdin_pipe && pipe2(in, O_CLOEXEC))) e = errno;
-  posix_spawn_file_actions_t fa;
-  posix_spawnattr_t at;
   pid_t pid = -1;
-  if (!e) {
-    posix_spawn_file_actions_init(&fa);
-    if (stdin_pipe) posix_spawn_file_actions_adddup2(&fa, in[0], 0);
-    else posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-    posix_spawn_file_actions_adddup2(&fa, err[1], 2);
-    if (*cwd) posix_spawn_file_actions_addchdir_np(&fa, cwd);
-    posix_spawnattr_init(&at);
-    sigset_t none, all;
-    sigemptyset(&none);
-    sigfillset(&all);
-    posix_spawnattr_setsigmask(&at, &none);
-    posix_spawnattr_setsigdefault(&at, &all);
-    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-    /* The umask is the Cairn process's at this exec (a server worker takes each client's). */
-    mode_t old = umask(mask);
-    e = spawn_path(&pid, cmd, &fa, &at, argv, env);
-    umask(old);
-    posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&at);
+  if (!*cmd) e = ENOENT;
+  else if (pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC) || (stdin_pipe && pipe2(in, O_CLOEXEC))) e = errno;
+  else {
+    child_errno = 0;
+    ex.stdin_pipe = stdin_pipe;
+    ex.in = in[0];
+    ex.out = out[1];
+    ex.err = err[1];
+    ex.cwd = cwd;
+    ex.mask = mask;
+    ex.files = files;
+    ex.argv = argv;
+    ex.sh_argv = sh_argv;
+    ex.env = env;
+    pid = vfork_exec();
+    if (pid < 0) e = errno;
+    else if (child_errno) {
+      /* It could not exec and has exited: reaped here, so no exit frame follows. */
+      e = child_errno;
+      while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+      }
+    }
   }
+  for (char **f = files; *f; f++) free(*f);
+  free(files);
   free(argv);
   free(env);
+  free(sh_argv);
   free(strs);
   close_fd(&out[1]);
   close_fd(&err[1]);
@@ -356,48 +400,9 @@ static void reap(void) {
   }
 }
 
-static int sigfd = -1;
-
-static long now_ms(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return t.tv_sec * 1000L + t.tv_nsec / 1000000L;
-}
-
-/* Cairn is gone: end what it left running (its own handlers normally ended it already), then exit. */
-static void quit(int status) {
-  struct sigaction ign = {.sa_handler = SIG_IGN};
-  sigaction(SIGPIPE, &ign, NULL);
-  close(1);
-  int live = 0;
-  for (struct child *c = children; c; c = c->next) {
-    close_fd(&c->out);
-    close_fd(&c->err);
-    close_fd(&c->in);
-    if (!c->exited && kill(-c->pid, SIGTERM) == 0) live++;
-  }
-  long deadline = now_ms() + 1000;
-  while (live > 0 && sigfd >= 0) {
-    long left = deadline - now_ms();
-    if (left <= 0) break;
-    struct pollfd pf = {.fd = sigfd, .events = POLLIN};
-    poll(&pf, 1, (int)left);
-    struct signalfd_siginfo si;
-    while (read(sigfd, &si, sizeof si) > 0) {
-    }
-    int st;
-    pid_t pid;
-    while ((pid = waitpid(-1, &st, WNOHANG)) > 0)
-      for (struct child *c = children; c; c = c->next)
-        if (c->pid == pid && !c->exited) {
-          c->exited = 1;
-          live--;
-        }
-  }
-  for (struct child *c = children; c; c = c->next)
-    if (!c->exited) kill(-c->pid, SIGKILL);
-  _exit(status);
-}
+/* Cairn is gone (end of input) or sent garbage. The programs still running are left as Node's spawn leaves
+   them: their process groups are Cairn's to end (src/stages/build-processes.ts), which it does before it exits. */
+static void quit(int status) { _exit(status); }
 
 /* Requests from Cairn, buffered until whole. */
 static unsigned char *req;
@@ -450,7 +455,7 @@ int main(void) {
   sigemptyset(&chld);
   sigaddset(&chld, SIGCHLD);
   sigprocmask(SIG_BLOCK, &chld, NULL);
-  sigfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+  int sigfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
   if (sigfd < 0) return 1;
   unsigned char v[4];
   put32(v, VERSION);

@@ -69,25 +69,38 @@ export interface Frame {
 
 /**
  * Splits the helper's output into frames. Payloads are views of the chunks
- * read (no copy), except for a frame split across chunks.
+ * read (no copy), except for a frame split across chunks, whose pieces are
+ * joined once it is whole (never once per chunk: a large frame arriving in
+ * small pieces costs linear time).
  */
 export class FrameReader {
-  private rest: Buffer | undefined;
+  private pending: Buffer[] = [];
+  private pendingLength = 0;
+  /** Bytes the pending frame needs in all (header included), once its header is in. */
+  private need = 4;
 
   /** The whole frames so far; throws on a malformed length (the helper is then not trusted further). */
   push(chunk: Buffer): Frame[] {
-    const buf = this.rest ? Buffer.concat([this.rest, chunk]) : chunk;
+    this.pending.push(chunk);
+    this.pendingLength += chunk.length;
+    if (this.pendingLength < this.need) return [];
+    const buf = this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending, this.pendingLength);
     const frames: Frame[] = [];
     let off = 0;
+    this.need = 4;
     while (buf.length - off >= 4) {
       const len = buf.readUInt32LE(off);
       if (len < 5 || len > MAX_FRAME) throw new Error(`bad frame length ${len}`);
-      if (buf.length - off - 4 < len) break;
+      if (buf.length - off - 4 < len) {
+        this.need = 4 + len;
+        break;
+      }
       const body = buf.subarray(off + 4, off + 4 + len);
       frames.push({ type: String.fromCharCode(body[0]!), id: body.readUInt32LE(1), payload: body.subarray(5) });
       off += 4 + len;
     }
-    this.rest = off < buf.length ? buf.subarray(off) : undefined;
+    this.pending = off < buf.length ? [buf.subarray(off)] : [];
+    this.pendingLength = buf.length - off;
     return frames;
   }
 }

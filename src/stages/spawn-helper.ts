@@ -54,6 +54,8 @@ const CANDIDATES = [
 ];
 /** After this many helpers died, this process uses Node's spawn. */
 const MAX_DEATHS = 3;
+/** A helper that has not said hello by then is not one (a wrong binary): programs start with Node's spawn. */
+const HELLO_TIMEOUT_MS = 10_000;
 
 function helperBinary(): string | undefined {
   const env = process.env.CAIRN_SPAWN_HELPER;
@@ -80,6 +82,7 @@ class Helper {
   private nextId = 1;
   private readonly running = new Map<number, Running>();
   private readonly reader = new FrameReader();
+  private readonly helloTimer: NodeJS.Timeout;
 
   constructor(
     bin: string,
@@ -96,6 +99,13 @@ class Helper {
     stdout!.on('end', () => this.die('it exited'));
     this.proc.on('error', (e) => this.die(e.message));
     this.proc.on('exit', (code, sig) => this.die(`it exited with ${sig ?? code}`));
+    this.helloTimer = setTimeout(() => this.fail('no hello'), HELLO_TIMEOUT_MS).unref();
+  }
+
+  /** It misbehaved: it is killed, and what it runs fails (or, before its hello, starts through Node's spawn). */
+  private fail(why: string): void {
+    this.proc.kill('SIGKILL');
+    this.die(why);
   }
 
   /** Cairn may exit while nothing runs: the helper's pipe must not keep the event loop alive. */
@@ -135,20 +145,21 @@ class Helper {
     try {
       frames = this.reader.push(b);
     } catch (e) {
-      this.proc.kill('SIGKILL');
-      this.die((e as Error).message);
+      this.fail((e as Error).message);
       return;
     }
     for (const f of frames) this.frame(f);
   }
 
   private frame({ type, id, payload }: Frame): void {
-    if (type === 'H') {
-      if (payload.readUInt32LE(0) !== SPAWN_PROTOCOL) {
-        this.proc.kill('SIGKILL');
-        this.die(`protocol ${payload.readUInt32LE(0)}, not ${SPAWN_PROTOCOL}`);
+    if (this.dead) return;
+    if (!this.ready) {
+      const version = type === 'H' && payload.length === 4 ? payload.readUInt32LE(0) : undefined;
+      if (version !== SPAWN_PROTOCOL) {
+        this.fail(`${version === undefined ? 'no hello' : `protocol ${version}`}, not protocol ${SPAWN_PROTOCOL}`);
         return;
       }
+      clearTimeout(this.helloTimer);
       this.ready = true;
       for (const k of this.running.keys()) this.send(k);
       return;
@@ -192,6 +203,7 @@ class Helper {
   private die(why: string): void {
     if (this.dead) return;
     this.dead = true;
+    clearTimeout(this.helloTimer);
     this.proc.stdout!.destroy();
     this.proc.stdin!.destroy();
     const was = [...this.running.values()];
