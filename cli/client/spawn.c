@@ -47,6 +47,8 @@
 #define VERSION 1
 #define MAX_FRAME (64u << 20)
 #define READ_SIZE 65536
+/* A program that fills its 64 KiB pipe gets a larger one: fewer reads, frames and wake-ups for big outputs. */
+#define BIG_PIPE (1 << 20)
 
 struct chunk {
   struct chunk *next;
@@ -60,12 +62,13 @@ struct child {
   pid_t pid;
   int out, err, in; /* -1 once closed */
   int exited;
+  int grown; /* its output pipes were enlarged */
   int input_done; /* the last 'I' frame came */
   struct chunk *input, *input_tail;
 };
 
 static struct child *children;
-static char readbuf[READ_SIZE];
+static char readbuf[BIG_PIPE];
 
 static void put32(unsigned char *p, uint32_t v) {
   p[0] = (unsigned char)v;
@@ -379,6 +382,11 @@ static void relay(struct child *c, int *fd, char type) {
   while (n < 0 && errno == EINTR);
   if (n > 0) {
     send_frame(type, c->id, readbuf, (size_t)n, NULL, 0);
+    if (n >= READ_SIZE && !c->grown) {
+      c->grown = 1;
+      if (c->out >= 0) fcntl(c->out, F_SETPIPE_SZ, BIG_PIPE); /* best effort: pipe-max-size may be lower */
+      if (c->err >= 0) fcntl(c->err, F_SETPIPE_SZ, BIG_PIPE);
+    }
     return;
   }
   close_fd(fd);
@@ -457,6 +465,7 @@ int main(void) {
   sigprocmask(SIG_BLOCK, &chld, NULL);
   int sigfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
   if (sigfd < 0) return 1;
+  fcntl(1, F_SETPIPE_SZ, BIG_PIPE); /* best effort, as above; fd 1 may be no pipe at all */
   unsigned char v[4];
   put32(v, VERSION);
   send_frame('H', 0, v, 4, NULL, 0);
