@@ -79,6 +79,7 @@ class Helper {
   readonly proc: ChildProcess;
   private ready = false;
   private dead = false;
+  private exitedWith: string | undefined;
   private nextId = 1;
   private readonly running = new Map<number, Running>();
   private readonly reader = new FrameReader();
@@ -96,9 +97,15 @@ class Helper {
     this.idle();
     stdin!.on('error', () => this.die('its stdin failed'));
     stdout!.on('data', (b: Buffer) => this.data(b));
-    stdout!.on('end', () => this.die('it exited'));
+    stdout!.on('end', () => this.die(this.exitedWith ?? 'it exited'));
     this.proc.on('error', (e) => this.die(e.message));
-    this.proc.on('exit', (code, sig) => this.die(`it exited with ${sig ?? code}`));
+    // Its exit may be seen before the last of its output (exit frames of programs that ended): it counts
+    // as dead once its stdout has ended too.
+    this.proc.on('exit', (code, sig) => {
+      this.exitedWith = `it exited with ${sig ?? code}`;
+      if (stdout!.readableEnded) this.die(this.exitedWith);
+    });
+    stdout!.on('close', () => this.die(this.exitedWith ?? 'its stdout closed'));
     this.helloTimer = setTimeout(() => this.fail('no hello'), HELLO_TIMEOUT_MS).unref();
   }
 
@@ -215,8 +222,7 @@ class Helper {
         nodeStart(r.spec, r.on);
         continue;
       }
-      const e = new Error(`the spawn helper died (${why})`);
-      r.on.error(Object.assign(e, { code: 'E_SPAWN_HELPER' }));
+      r.on.error(new Error(`the spawn helper died (${why})`));
     }
   }
 }
