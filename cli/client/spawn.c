@@ -102,12 +102,31 @@ static void write_all(const struct iovec *iov0, int n) {
   }
 }
 
+/* Small frames wait here for the end of the poll round and leave in one write: a program's end (two
+   end-of-stream frames and its exit) wakes Cairn once, not three times. */
+static unsigned char small[16384];
+static size_t small_len;
+
+static void flush_small(void) {
+  struct iovec iov[1] = {{small, small_len}};
+  if (small_len) write_all(iov, 1);
+  small_len = 0;
+}
+
 /* One frame to Cairn. Writes block: a slow reader slows the programs down, as a full pipe would. */
 static void send_frame(char type, uint32_t id, const void *a, size_t alen, const void *b, size_t blen) {
   unsigned char head[9];
   put32(head, (uint32_t)(5 + alen + blen));
   head[4] = (unsigned char)type;
   put32(head + 5, id);
+  if (9 + alen + blen > sizeof small - small_len) flush_small();
+  if (9 + alen + blen <= sizeof small) {
+    memcpy(small + small_len, head, 9);
+    if (alen) memcpy(small + small_len + 9, a, alen);
+    if (blen) memcpy(small + small_len + 9 + alen, b, blen);
+    small_len += 9 + alen + blen;
+    return;
+  }
   struct iovec iov[3] = {{head, 9}, {(void *)a, alen}, {(void *)b, blen}};
   write_all(iov, 3);
 }
@@ -490,6 +509,7 @@ int main(void) {
       if (c->err >= 0) who[k] = c, pfs[k++] = (struct pollfd){.fd = c->err, .events = POLLIN};
       if (c->in >= 0 && c->input) who[k] = c, pfs[k++] = (struct pollfd){.fd = c->in, .events = POLLOUT};
     }
+    flush_small();
     if (poll(pfs, k, -1) < 0) {
       if (errno == EINTR) continue;
       quit(1);
