@@ -153,6 +153,37 @@ describe('spawn helper: the same programs, the same results', () => {
   });
 });
 
+describe('spawn helper: a build that does not wait for its program', () => {
+  it('ends it with the build, though the helper had not yet said it started', async () => {
+    const t = tempDir('cairn-spawn-nowait');
+    // A number no other process uses as an argument: how this program is found in /proc.
+    const marker = `${900 + (process.pid % 97)}.${Date.now() % 100000}`;
+    const mine = (): number[] =>
+      fs
+        .readdirSync('/proc')
+        .filter((n) => /^\d+$/.test(n))
+        .filter((n) => {
+          try {
+            return fs.readFileSync(`/proc/${n}/cmdline`, 'latin1') === `sleep\0${marker}\0` && alive(Number(n));
+          } catch {
+            return false;
+          }
+        })
+        .map(Number);
+    try {
+      const groups = new BuildGroups();
+      await execLogged({ file: path.join(t.dir, 'log'), groups }, 'true', []); // the helper runs
+      // The build function returns at once; the build then ends its groups.
+      void execLogged({ file: path.join(t.dir, 'log'), groups }, 'sleep', [marker]).catch(() => {});
+      await groups.end();
+      await until('the program to be ended', () => mine().length === 0, 5000);
+    } finally {
+      for (const p of mine()) process.kill(p, 'SIGKILL');
+      t.cleanup();
+    }
+  });
+});
+
 describe('spawn helper: large and long outputs', () => {
   const t = tempDir('cairn-spawn-big');
   after(t.cleanup);

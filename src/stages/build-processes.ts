@@ -51,16 +51,30 @@ export function interruptedBy(): NodeJS.Signals | undefined {
  */
 export class BuildGroups {
   private readonly own = new Set<number>();
+  /** Programs asked for and not yet started (the helper answers asynchronously): `end` waits for them. */
+  private readonly starting = new Set<Promise<void>>();
 
   spawn(spec: ProgramSpec, on: ProgramEvents): void {
     let pgid: number | undefined;
+    let settle!: () => void;
+    const start = new Promise<void>((r) => (settle = r));
+    this.starting.add(start);
+    const started = (): void => {
+      this.starting.delete(start);
+      settle();
+    };
     startProgram(spec, {
       ...on,
       started: (pid) => {
         pgid = pid;
         groups.add(pid);
         this.own.add(pid);
+        started();
         on.started(pid);
+      },
+      error: (e) => {
+        started();
+        on.error(e);
       },
       exit: (code, signal) => {
         if (pgid !== undefined) {
@@ -73,8 +87,9 @@ export class BuildGroups {
     });
   }
 
-  /** Ends every group of this build still alive. */
-  end(): Promise<void> {
+  /** Ends every group of this build still alive, including programs still starting (a build that did not wait). */
+  async end(): Promise<void> {
+    while (this.starting.size > 0) await Promise.all([...this.starting]);
     return this.endSome([...this.own]);
   }
 
