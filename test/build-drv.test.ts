@@ -8,7 +8,19 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
-import { cairn, expectError, isolateModuleCache, lastLine, ok, repoRoot, tempDir, tmpEntries } from './helpers.js';
+import {
+  cairn,
+  cairnAsync,
+  expectError,
+  isolateModuleCache,
+  lastLine,
+  ok,
+  repoRoot,
+  tempDir,
+  tmpEntries,
+} from './helpers.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { PAUSE_AFTER_IMPORT_ENV } from '../src/stages/build-drv.js';
 import { TarWriter } from '../src/store/export.js';
 import { entryHeader, padding } from '../src/store/tar-format.js';
 import { LocalStore } from '../src/store/store.js';
@@ -478,6 +490,43 @@ describe('code objects in gc and verify', () => {
     } finally {
       store.close();
     }
+  });
+
+  it('gc between build-drv --from taking in a derivation and building it takes neither it nor its inputs', async () => {
+    const dir = project({ 'stages.ts': STAGES, 'helper.ts': HELPER });
+    const local = newStore();
+    const r = realizeSelfContained(local, dir);
+    const report = r.plan.find((p) => p.name === 'report')!;
+    const a = r.plan.find((p) => p.name === 'a')!;
+    const drvs = exportDrvs(local, [report.dref]);
+    const inputs = exportClosureOf(local, a.rrefs);
+    const remote = newStore();
+    // The input arrived earlier (as sync push sends it) and has no root on the builder.
+    ok(cairn(remote, ['import', inputs]));
+    const pause = path.join(work.dir, `pause-${++seq}`);
+    const running = cairnAsync(remote, ['build-drv', report.dref, '--from', drvs, '--input', a.rrefs[0]!, '--json'], {
+      env: { ...otherCache(), [PAUSE_AFTER_IMPORT_ENV]: pause },
+    });
+    try {
+      for (let i = 0; !fs.existsSync(`${pause}.started`); i++) {
+        assert.ok(i < 1200, 'build-drv never reached the point after its import');
+        await sleep(50);
+      }
+      // gc at exactly that point: the derivation is in the store, with no realization and no root.
+      const gc = JSON.parse(ok(await cairnAsync(remote, ['store', 'gc', '--json'])).stdout) as {
+        realizations: string[];
+        derivations: string[];
+      };
+      assert.deepEqual(gc.derivations, []);
+      assert.deepEqual(gc.realizations, []);
+    } finally {
+      fs.writeFileSync(`${pause}.open`, '');
+    }
+    const res = JSON.parse(ok(await running).stdout) as { realizations: string[] };
+    assert.deepEqual(res.realizations, report.rrefs);
+    // The roots go with the build: a later gc may take everything (nothing roots it on the builder).
+    const later = JSON.parse(ok(cairn(remote, ['store', 'gc', '--json'])).stdout) as { derivations: string[] };
+    assert.ok(later.derivations.includes(report.dref), later.derivations.join(' '));
   });
 
   it('verify notices a damaged code object and a pointer to a missing one; --repair moves it aside', async () => {

@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { CairnError, stage } from '../src/index.js';
 import { parseBuilderSpec, parseBuilderSpecs } from '../src/stages/builders/spec.js';
 import { checkResources, slurmResourceArgs } from '../src/stages/builders/resources.js';
@@ -242,6 +243,130 @@ describe('the builder pool', () => {
     release();
     const r1 = await p1;
     assert.deepEqual([r1.placement.builder, r2.placement.builder].sort(), ['local', 'ssh://a']);
+  });
+});
+
+/** Runs `n` through the pool: `remote` on a builder, `here` locally. */
+const runOn = (pool: BuilderPool, n: Derivation, here: () => Promise<unknown> = () => Promise.resolve('here')) =>
+  pool.run<unknown>(n, (r) => r.build({ node: n, inputs: [], log() {} }), here);
+
+/** A short backoff, so these tests wait tens of milliseconds, not seconds. */
+const quick = { baseMs: 40, maxMs: 160, maxFailures: 3 };
+
+describe('the builder pool: failed builders come back after a backoff', () => {
+  it('a builder that failed is down for a while (local fallback, one warning), then takes builds again', async () => {
+    let calls = 0;
+    const a = fake('ssh://a', 1, async (n) => {
+      if (++calls === 1) throw new CairnError('E_SYNC_FAILED', 'ssh: connect to host a: connection refused');
+      return n.name;
+    });
+    const pool = new BuilderPool([a], { local: false, localSlots: 1, backoff: quick });
+    const warnings: string[] = [];
+    pool.onWarning((l) => warnings.push(l));
+    const r1 = await runOn(pool, node('one'));
+    assert.equal(r1.placement.builder, 'local');
+    assert.equal(r1.placement.why, 'fallback');
+    assert.deepEqual(r1.placement.down, [{ builder: 'ssh://a', state: 'backoff', failures: 1, code: 'E_SYNC_FAILED' }]);
+    assert.deepEqual(
+      r1.placement.failures.map((f) => f.builder),
+      ['ssh://a'],
+    );
+    // While it backs off, builds run here and say which builder was down.
+    const r2 = await runOn(pool, node('two'));
+    assert.equal(r2.placement.builder, 'local');
+    assert.deepEqual(r2.placement.down, [{ builder: 'ssh://a', state: 'backoff', failures: 1, code: 'E_SYNC_FAILED' }]);
+    assert.match(
+      explainLine({ dref: node('two').dref, name: 'two', action: 'build', rrefs: [], where: r2.placement }),
+      new RegExp(
+        String.raw`two: built locally: fallback after the failure of ssh://a \(E_SYNC_FAILED\); ` +
+          String.raw`down then: ssh://a \(backing off after 1 failure, last E_SYNC_FAILED\)$`,
+      ),
+    );
+    assert.deepEqual(a.got, ['one']);
+    await sleep(quick.baseMs + 20);
+    const r3 = await runOn(pool, node('three'));
+    assert.equal(r3.placement.builder, 'ssh://a', 'back after its backoff');
+    assert.equal(r3.placement.why, 'slot free');
+    assert.deepEqual(a.got, ['one', 'three']);
+    assert.equal(warnings.length, 1, warnings.join('\n'));
+    assert.match(
+      warnings[0]!,
+      /^every remote builder failed \(ssh:\/\/a: E_SYNC_FAILED ssh: connect .*\); building locally/,
+    );
+  });
+
+  it('a build waiting for a local slot takes a builder that comes back up', async () => {
+    let calls = 0;
+    const a = fake('ssh://a', 1, async (n) => {
+      if (++calls === 1) throw new CairnError('E_BUILDER_FAILED', 'ssh://a: exit 255: Connection reset');
+      return n.name;
+    });
+    const pool = new BuilderPool([a], { local: false, localSlots: 1, backoff: quick });
+    let releaseLocal!: () => void;
+    const localHeld = new Promise<void>((r) => (releaseLocal = r));
+    // one fails on a, falls back here and keeps the only local slot busy.
+    const p1 = runOn(pool, node('one'), async () => {
+      await localHeld;
+      return 'here';
+    });
+    while (a.got.length === 0) await tick();
+    await tick();
+    // two finds a down and the local slot busy: it waits, and a's backoff ends first.
+    const r2 = await runOn(pool, node('two'));
+    assert.equal(r2.placement.builder, 'ssh://a');
+    releaseLocal();
+    const r1 = await p1;
+    assert.equal(r1.placement.builder, 'local');
+    assert.equal(r1.placement.why, 'fallback');
+  });
+
+  it('dropped for the run after maxFailures failures in a row', async () => {
+    const a = fake('ssh://a', 1, gone);
+    const pool = new BuilderPool([a], { local: false, localSlots: 1, backoff: quick });
+    const warnings: string[] = [];
+    pool.onWarning((l) => warnings.push(l));
+    for (let i = 0; i < quick.maxFailures; i++) {
+      // Each try waits out the backoff so the builder is tried again.
+      await sleep(quick.maxMs + 20);
+      await runOn(pool, node(`try-${i}`));
+    }
+    assert.equal(a.got.length, quick.maxFailures);
+    await sleep(quick.maxMs + 20);
+    const r = await runOn(pool, node('after'));
+    assert.equal(a.got.length, quick.maxFailures, 'a dropped builder gets nothing more');
+    assert.deepEqual(r.placement.down, [{ builder: 'ssh://a', state: 'dropped', failures: 3, code: 'E_SYNC_FAILED' }]);
+    assert.match(
+      explainLine({ dref: node('after').dref, name: 'after', action: 'build', rrefs: [], where: r.placement }),
+      /down then: ssh:\/\/a \(dropped after 3 failures, last E_SYNC_FAILED\)$/,
+    );
+    assert.equal(warnings.length, 1);
+  });
+
+  it("a build's own failure does not put its builder down", async () => {
+    const a = fake('ssh://a', 1, async (n) => {
+      if (n.name === 'bad') throw new CairnError('E_BUILD_FAILED', 'stage bad: boom');
+      return n.name;
+    });
+    const pool = new BuilderPool([a], { local: false, localSlots: 1, backoff: quick });
+    await assert.rejects(runOn(pool, node('bad')), isCode('E_BUILD_FAILED'));
+    const r = await runOn(pool, node('good'));
+    assert.equal(r.placement.builder, 'ssh://a');
+    assert.deepEqual(a.got, ['bad', 'good']);
+  });
+
+  it('while one builder is down, builds go to the other one (no fallback, no waiting)', async () => {
+    let bCalls = 0;
+    const b = fake('ssh://b', 1, async (n) => {
+      if (++bCalls === 1) throw new CairnError('E_SYNC_FAILED', 'b is gone');
+      return n.name;
+    });
+    const c = fake('ssh://c', 1, async (n) => n.name);
+    const pool = new BuilderPool([b, c], { local: false, localSlots: 1, backoff: { ...quick, baseMs: 60_000 } });
+    const r1 = await runOn(pool, node('one'));
+    assert.equal(r1.placement.builder, 'ssh://c');
+    assert.equal(r1.placement.why, 'retry');
+    for (const name of ['two', 'three']) assert.equal((await runOn(pool, node(name))).placement.builder, 'ssh://c');
+    assert.deepEqual(b.got, ['one']);
   });
 });
 

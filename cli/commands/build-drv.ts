@@ -1,14 +1,25 @@
 /** `cairn build-drv`: builds one derivation from store objects alone (what a remote builder runs). */
-import { buildDerivation } from '../../src/stages/build-drv.js';
+import { buildDerivation, importAndBuild } from '../../src/stages/build-drv.js';
 import { CairnError } from '../../src/errors.js';
 import { parseRef, type DRef, type RRef } from '../../src/store/refs.js';
 import { collect, out, type CliContext } from '../context.js';
 import { exportDerivationsTo, importDerivations, importDerivationsFrom } from '../../src/store/drv-export.js';
 import type { LocalStore } from '../../src/store/store.js';
+import { substituterUrls } from '../realize-caches.js';
 
 /** Takes in a derivation export from a file, or from stdin for `-`. */
 const importFrom = (store: LocalStore, file: string): ReturnType<typeof importDerivations> =>
   file === '-' ? importDerivationsFrom(store, process.stdin) : importDerivations(store, file);
+
+interface BuildDrvFlags {
+  input: string[];
+  from?: string;
+  substituter: string[];
+  substituters?: boolean;
+  trustedKey: string[];
+  verbose?: boolean;
+  json?: boolean;
+}
 
 export function registerBuildDrv(ctx: CliContext): void {
   ctx.program
@@ -25,9 +36,18 @@ export function registerBuildDrv(ctx: CliContext): void {
       [],
     )
     .option('--from <file>', 'first take in the derivations exported to FILE by export-drv (- for stdin)')
+    .option(
+      '--substituter <url>',
+      'fetch the derivation, its code object and missing inputs from this binary cache when the store lacks them ' +
+        "(repeatable; default: the store configuration's substituters)",
+      collect,
+      [],
+    )
+    .option('--no-substituters', 'fetch from no binary cache, not even the configured ones')
+    .option('--trusted-key <key>', 'also trust cache objects signed by this public key (repeatable)', collect, [])
     .option('-v, --verbose', 'show the build log live on stderr')
     .option('--json', 'print { drv, realizations, built, host, buildMs, code } as JSON')
-    .action(async (dref: string, o: { input: string[]; from?: string; verbose?: boolean; json?: boolean }) => {
+    .action(async (dref: string, o: BuildDrvFlags) => {
       let p;
       try {
         p = parseRef(dref);
@@ -36,11 +56,23 @@ export function registerBuildDrv(ctx: CliContext): void {
       }
       if (p.kind !== 'drv') throw new CairnError('E_USAGE', `build-drv needs a DRef, not the RRef ${dref}`);
       const store = ctx.openStore();
-      if (o.from !== undefined) await importFrom(store, o.from);
-      const result = await buildDerivation(store, dref as DRef, {
+      const opts = {
         inputs: o.input as RRef[],
-        onLog: o.verbose ? (line) => process.stderr.write(`${p.name}> ${line}\n`) : undefined,
-      });
+        onLog: o.verbose ? (line: string) => process.stderr.write(`${p.name}> ${line}\n`) : undefined,
+      };
+      const from = o.from;
+      const urls = substituterUrls(o, store.root);
+      // What is taken in (an export, a cache's copies) stays a temp root until the build ends.
+      const take = async (): Promise<void> => {
+        if (from !== undefined) await importFrom(store, from);
+        if (urls.length === 0) return;
+        const { fetchForBuild, trustedKeysOf } = await import('../../src/stages/build-drv-fetch.js');
+        await fetchForBuild(store, urls, dref as DRef, o.input as RRef[], trustedKeysOf(store, o.trustedKey));
+      };
+      const result =
+        from === undefined && urls.length === 0
+          ? await buildDerivation(store, dref as DRef, opts)
+          : await importAndBuild(store, dref as DRef, take, opts);
       if (o.json) out(JSON.stringify(result));
       else out(result.realizations.join(' '));
     });

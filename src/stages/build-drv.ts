@@ -5,7 +5,9 @@
  * stage whose DRef is the one asked for is built with exactly the given
  * input realizations. This is what a remote builder (ssh, a Slurm job) runs.
  */
+import * as fs from 'node:fs';
 import * as os from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { CairnError, isCairnError } from '../errors.js';
 import { parseCodeObject, type CodeObject } from '../store/code-object.js';
 import { candidateOf, type Candidate, type Context } from '../store/interface.js';
@@ -17,7 +19,8 @@ import { guardRealize } from './build-processes.js';
 import { loadCodeObject, notPortable } from './code-load.js';
 import { instantiate, preloadFileInputs, type Derivation, type Graph } from './instantiate.js';
 import { runMatcher } from './matchers.js';
-import type { Stage } from './stage.js';
+import { RecordedInputHasher, recordedInputs } from './inputs/recorded-inputs.js';
+import { fileInputsDeclared, type Stage } from './stage.js';
 
 export interface BuildDerivationOptions {
   /**
@@ -40,6 +43,49 @@ export interface BuildDerivationResult {
   buildMs: number;
   /** The code object it was built from. */
   code: string;
+}
+
+/**
+ * `cairn build-drv DREF --from ...`: takes in a derivation export (`take`)
+ * and builds `dref` from it. The derivation and the derivations of the
+ * given inputs are temp roots from before the import until the build ends:
+ * a derivation just taken in has no realization and no root, so a gc
+ * between the import and buildDerivation's own roots would collect it.
+ */
+export async function importAndBuild(
+  store: LocalStore,
+  dref: DRef,
+  take: () => Promise<unknown>,
+  opts: BuildDerivationOptions = {},
+): Promise<BuildDerivationResult> {
+  const drefs = new Set<DRef>([dref]);
+  for (const r of opts.inputs ?? []) {
+    try {
+      const p = parseRef(r);
+      if (p.kind === 'rz') drefs.add(p.dref);
+    } catch {
+      // Not a ref: chooseInputs refuses it with its own error.
+    }
+  }
+  const held = await store.addTempRoots([...drefs], 'build-drv-import');
+  try {
+    await take();
+    await pauseAfterImport();
+    return await buildDerivation(store, dref, opts);
+  } finally {
+    await held.release();
+  }
+}
+
+/** The environment variable that pauses `build-drv --from` after its import (a test runs gc there). */
+export const PAUSE_AFTER_IMPORT_ENV = 'CAIRN_TEST_PAUSE_AFTER_DRV_IMPORT';
+
+/** Fault injection for tests: with $CAIRN_TEST_PAUSE_AFTER_DRV_IMPORT=F, writes F.started and waits for F.open. */
+async function pauseAfterImport(): Promise<void> {
+  const file = process.env[PAUSE_AFTER_IMPORT_ENV];
+  if (!file) return;
+  fs.writeFileSync(`${file}.started`, '');
+  while (!fs.existsSync(`${file}.open`)) await sleep(50);
 }
 
 /** The derivation's context: its dependencies' realizations, from `inputs` or the store. */
@@ -97,18 +143,32 @@ export async function chooseInputs(
   return context;
 }
 
-/** The derivation with DRef `dref` among the stages a code object defines, instantiated here. */
-function findDerivation(stages: readonly Stage[], dref: DRef, code: string, entry: string): [Derivation, Graph] {
-  const graph = instantiate(stages);
+/**
+ * The derivation with DRef `dref` among the stages a code object defines,
+ * instantiated here. File inputs are never read here: their digests are the
+ * ones the derivations in the store record (recorded-inputs.ts).
+ */
+function findDerivation(
+  stages: readonly Stage[],
+  dref: DRef,
+  code: string,
+  entry: string,
+  inputs: RecordedInputHasher,
+): [Derivation, Graph] {
+  const graph = instantiate(stages, { inputs });
   const node = graph.nodes.get(dref);
   if (!node) {
     const sameName = graph.order.filter((d) => graph.nodes.get(d)!.name === parseRef(dref).name);
+    const unrecorded = [...inputs.unrecorded].sort();
     throw new CairnError(
       'E_CODE_MISMATCH',
       `code object ${code} (stage file ${entry}) does not define ${dref}` +
         (sameName.length > 0 ? `: its stage of that name instantiates here to ${sameName.join(', ')}` : '') +
-        ' (does top-level code read the environment, the clock or files that differ on this host?)',
-      { dref, code, found: sameName },
+        (unrecorded.length > 0
+          ? ` (file inputs ${unrecorded.join(', ')} are recorded by no derivation of its closure in this store: ` +
+            'send the realizations of its dependencies first)'
+          : ' (does top-level code read the environment, the clock or files that differ on this host?)'),
+      { dref, code, found: sameName, unrecorded },
     );
   }
   return [node, graph];
@@ -146,10 +206,14 @@ export async function buildDerivation(
   const obj = parseCodeObject(text, code);
   const stages = [...(await loadCodeObject(obj, code)).values()];
   await preloadFileInputs();
+  // Only code that declares file inputs needs the closure's records (a walk of its derivations).
+  const recorded = new RecordedInputHasher(
+    fileInputsDeclared() ? await recordedInputs(dref, (d) => store.derivation(d)) : [],
+  );
   let node: Derivation;
   let graph: Graph;
   try {
-    [node, graph] = findDerivation(stages, dref, code, obj.entry);
+    [node, graph] = findDerivation(stages, dref, code, obj.entry, recorded);
   } catch (e) {
     throw (isCairnError(e) ? undefined : notPortable(obj, e)) ?? e;
   }

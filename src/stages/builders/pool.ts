@@ -1,18 +1,22 @@
 /**
  * Where each build runs, when realize has builders (`--builders`): a ready
- * derivation takes a free slot of a remote builder (or of `local` when it
- * is listed); a builder that fails (unreachable, killed, a result that does
- * not verify) is left out for the rest of the run and the derivation is
- * built elsewhere; when no remote builder is left for it, it is built
- * locally, with one warning line for the whole run. A failure that belongs
- * to the derivation (its build function threw, a promise was broken) is
- * not retried: it would fail anywhere.
+ * derivation takes a free slot of a remote builder that is up (or of
+ * `local` when it is listed). A builder that fails (unreachable, killed, a
+ * result that does not verify) is down for a while (backoff.ts: 1 s,
+ * doubling, dropped for the run after 5 failures in a row) and the
+ * derivation is built elsewhere; it never goes back to a builder that
+ * failed it. When no remote builder is up for it, it is built locally in
+ * one of the `-j` local slots, with one warning line for the whole run;
+ * builds still waiting for a slot take a builder that comes back up. A
+ * failure that belongs to the derivation (its build function threw, a
+ * promise was broken) is not retried: it would fail anywhere.
  *
  * No I/O here: builders are given as objects that run a build.
  */
 import { CairnError, isCairnError } from '../../errors.js';
 import type { RRef } from '../../store/refs.js';
 import type { Derivation } from '../instantiate.js';
+import { BuilderHealth, DEFAULT_BACKOFF, type BackoffPolicy, type BuilderFailure } from './backoff.js';
 
 /** One build attempt's request to a remote builder. */
 export interface RemoteJob {
@@ -38,13 +42,26 @@ export interface RemoteBuilder {
   close?(): Promise<void>;
 }
 
+/** A remote builder that was not up when a build fell back to local. */
+export interface DownBuilder {
+  builder: string;
+  /** `backoff`: it is tried again later in the run; `dropped`: not in this run. */
+  state: 'backoff' | 'dropped';
+  /** Its consecutive failures so far. */
+  failures: number;
+  /** The code of its last failure. */
+  code: string;
+}
+
 /** Why a build ran where it ran: what `--explain` prints and `--json` carries. */
 export interface Placement {
   /** `local` or a builder's name. */
   builder: string;
   why: 'slot free' | 'fallback' | 'retry' | 'local only';
-  /** Earlier attempts that failed, in order. */
-  failures: { builder: string; code: string; message: string }[];
+  /** Earlier attempts that failed, in order (for a fallback with none: the run's last failure of each builder). */
+  failures: BuilderFailure[];
+  /** With `fallback`: the remote builders that were down then (backing off or dropped). */
+  down?: DownBuilder[];
 }
 
 /** Codes that mean the derivation itself failed: the same build fails on any builder. */
@@ -67,29 +84,43 @@ export function isDerivationFault(e: unknown): boolean {
 interface Slotted {
   name: string;
   free: number;
+  /** Absent for the local slots. */
   remote?: RemoteBuilder;
-  dead: boolean;
+}
+
+export interface PoolOptions {
+  /** `local` is one of the builders: it takes ready derivations too, `localSlots` at once. */
+  local: boolean;
+  /** Local builds at once (-j): as a listed builder, and for fallback builds. */
+  localSlots: number;
+  /** The one warning line (realize passes its own through `onWarning`). */
+  warn?: (line: string) => void;
+  backoff?: BackoffPolicy;
+  /** The clock the backoff runs on (tests). */
+  now?: () => number;
 }
 
 export class BuilderPool {
-  private readonly slots: Slotted[];
+  private readonly remotes: Slotted[];
+  private readonly localSlot: Slotted;
+  private readonly health: BuilderHealth;
+  private readonly now: () => number;
   private waiting: (() => void)[] = [];
   private warned = false;
   /** Every builder that failed in this run, with why (the warning line; --explain of later fallbacks). */
-  private readonly failures = new Map<string, Placement['failures'][number]>();
+  private readonly failures = new Map<string, BuilderFailure>();
 
   constructor(
     remotes: readonly RemoteBuilder[],
-    private readonly opts: {
-      /** `local` is one of the builders: it takes ready derivations too, `localSlots` at once. */
-      local: boolean;
-      localSlots: number;
-      /** The one warning line (realize passes its own through `onWarning`). */
-      warn?: (line: string) => void;
-    },
+    private readonly opts: PoolOptions,
   ) {
-    this.slots = remotes.map((r) => ({ name: r.name, free: r.slots, remote: r, dead: false }));
-    if (opts.local) this.slots.push({ name: 'local', free: opts.localSlots, dead: false });
+    this.remotes = remotes.map((r) => ({ name: r.name, free: r.slots, remote: r }));
+    this.localSlot = { name: 'local', free: opts.localSlots };
+    this.health = new BuilderHealth(
+      remotes.map((r) => r.name),
+      opts.backoff ?? DEFAULT_BACKOFF,
+    );
+    this.now = opts.now ?? Date.now;
   }
 
   /** Where the fallback warning goes (realize's warnings). */
@@ -99,11 +130,11 @@ export class BuilderPool {
 
   /** Ends the run for every builder (see RemoteBuilder.close). */
   async close(): Promise<void> {
-    await Promise.all(this.slots.map((s) => s.remote?.close?.() ?? Promise.resolve()));
+    await Promise.all(this.remotes.map((s) => s.remote?.close?.() ?? Promise.resolve()));
   }
 
   get remoteNames(): string[] {
-    return this.slots.filter((s) => s.remote).map((s) => s.name);
+    return this.remotes.map((s) => s.name);
   }
 
   /**
@@ -115,32 +146,36 @@ export class BuilderPool {
     remote: (b: RemoteBuilder) => Promise<T>,
     local: () => Promise<T>,
   ): Promise<{ value: T; placement: Placement }> {
-    const failures: Placement['failures'] = [];
+    const failures: BuilderFailure[] = [];
     const tried = new Set<string>();
     for (;;) {
-      const slot = await this.acquire(tried);
-      if (slot === null) {
-        // No remote builder is left for this derivation.
-        if (!this.warned) {
-          this.warned = true;
-          const why = [...this.failures.values()].map((f) => `${f.builder}: ${f.code} ${firstLine(f.message)}`);
-          this.opts.warn?.(`every remote builder failed (${why.join('; ')}); building locally`);
+      const got = await this.acquire(tried);
+      const { slot } = got;
+      if (!slot.remote) {
+        try {
+          if (got.fallback) return await this.fallback(local, failures, got.down);
+          return { value: await local(), placement: { builder: 'local', why: 'slot free', failures } };
+        } finally {
+          this.release(slot);
         }
-        const value = await local();
-        // Builders that failed earlier in the run count as this derivation's reason too.
-        const why = failures.length > 0 ? failures : [...this.failures.values()];
-        return { value, placement: { builder: 'local', why: 'fallback', failures: why } };
       }
+      const startedAt = this.now();
       try {
-        const value = slot.remote ? await remote(slot.remote) : await local();
+        const value = await remote(slot.remote);
+        this.health.succeeded(slot.name, startedAt);
         return { value, placement: { builder: slot.name, why: failures.length > 0 ? 'retry' : 'slot free', failures } };
       } catch (e) {
-        if (!slot.remote || isDerivationFault(e) || !isCairnError(e)) throw e;
-        // The builder failed, not the derivation: leave it out from now on, try elsewhere.
+        if (!isCairnError(e)) throw e;
+        if (isDerivationFault(e)) {
+          // The builder did its job: the build itself failed.
+          this.health.succeeded(slot.name, startedAt);
+          throw e;
+        }
+        // The builder failed, not the derivation: down for a while, and this derivation goes elsewhere.
         tried.add(slot.name);
-        slot.dead = true;
         const err: CairnError = e;
         const failure = { builder: slot.name, code: err.code, message: err.message };
+        this.health.failed(failure, startedAt, this.now());
         this.failures.set(slot.name, failure);
         failures.push(failure);
       } finally {
@@ -149,28 +184,80 @@ export class BuilderPool {
     }
   }
 
+  /** A build here because no remote builder is up for it: one warning line per run. */
+  private async fallback<T>(
+    local: () => Promise<T>,
+    failures: BuilderFailure[],
+    down: DownBuilder[],
+  ): Promise<{ value: T; placement: Placement }> {
+    if (!this.warned) {
+      this.warned = true;
+      const why = [...this.failures.values()].map((f) => `${f.builder}: ${f.code} ${firstLine(f.message)}`);
+      this.opts.warn?.(`every remote builder failed (${why.join('; ')}); building locally while they are down`);
+    }
+    const value = await local();
+    // Builders that failed earlier in the run count as this derivation's reason too.
+    const why = failures.length > 0 ? failures : [...this.failures.values()];
+    return { value, placement: { builder: 'local', why: 'fallback', failures: why, down } };
+  }
+
   /**
-   * A free slot of a builder not yet tried for this derivation; waits while
-   * such builders exist but are busy; null when none is left.
+   * A free slot for a derivation that already failed on `tried`: of a
+   * remote builder that is up, or of `local` when it is listed; a local
+   * slot as the fallback when no remote builder is up for it. Waits while
+   * the slots it may take are busy, and wakes when a builder in backoff
+   * comes back.
    */
-  private async acquire(tried: ReadonlySet<string>): Promise<Slotted | null> {
+  private async acquire(
+    tried: ReadonlySet<string>,
+  ): Promise<{ slot: Slotted; fallback: false } | { slot: Slotted; fallback: true; down: DownBuilder[] }> {
     for (;;) {
-      const eligible = this.slots.filter((s) => !s.dead && !tried.has(s.name));
-      // Only `local` is left: that is the fallback, not a remote slot.
-      if (eligible.length === 0 || (eligible.every((s) => !s.remote) && this.triedAnyRemote(tried))) return null;
-      // The builder with the most free slots first, so load spreads over builders.
-      let best: Slotted | undefined;
-      for (const s of eligible) if (s.free > 0 && (!best || s.free > best.free)) best = s;
-      if (best) {
-        best.free--;
-        return best;
+      const now = this.now();
+      const candidates = this.remotes.filter((s) => !tried.has(s.name));
+      const up = candidates.filter((s) => this.health.availability(s.name, now).state === 'up');
+      if (up.length > 0) {
+        // The builder with the most free slots first, so load spreads over builders.
+        let best: Slotted | undefined;
+        for (const s of this.opts.local ? [...up, this.localSlot] : up)
+          if (s.free > 0 && (!best || s.free > best.free)) best = s;
+        if (best) {
+          best.free--;
+          return { slot: best, fallback: false };
+        }
+      } else if (this.localSlot.free > 0) {
+        this.localSlot.free--;
+        return { slot: this.localSlot, fallback: true, down: this.downList(now) };
       }
-      await new Promise<void>((r) => this.waiting.push(r));
+      await this.wait(
+        this.health.nextUp(
+          candidates.map((s) => s.name),
+          now,
+        ),
+      );
     }
   }
 
-  private triedAnyRemote(tried: ReadonlySet<string>): boolean {
-    return this.slots.some((s) => s.remote && (s.dead || tried.has(s.name)));
+  /** The remote builders not up at `now` (those that failed this build included, for --explain). */
+  private downList(now: number): DownBuilder[] {
+    const down: DownBuilder[] = [];
+    for (const s of this.remotes) {
+      const a = this.health.availability(s.name, now);
+      if (a.state !== 'up') down.push({ builder: s.name, state: a.state, failures: a.failures, code: a.last.code });
+    }
+    return down;
+  }
+
+  /** Until a slot is released, or (when `until` is given) a builder's backoff ends. */
+  private async wait(until: number | undefined): Promise<void> {
+    await new Promise<void>((resolve) => {
+      let timer: NodeJS.Timeout | undefined;
+      const wake = (): void => {
+        if (timer) clearTimeout(timer);
+        resolve();
+      };
+      this.waiting.push(wake);
+      if (until !== undefined) timer = setTimeout(wake, Math.max(0, until - this.now()) + 1);
+    });
   }
 
   private release(s: Slotted): void {

@@ -41,10 +41,31 @@ export interface SlurmOptions {
 }
 
 /**
+ * The scratch of jobs that were killed outright: when srun dies (SIGKILL,
+ * a lost connection), slurmstepd SIGKILLs the job's processes, so no trap
+ * runs and the job's store stays in TMPDIR. Every job holds a lock on its
+ * directory's `lock` file while any of its processes lives; the next job on
+ * the node removes the directories of this user whose lock is free. Never
+ * through a symlink (the glob's matches and `lock` are checked, rm -rf
+ * does not follow links). Without flock(1) there is no lock and no sweep.
+ */
+const SWEEP_KILLED_JOBS = [
+  'T="${TMPDIR:-/tmp}"',
+  'if command -v flock >/dev/null; then',
+  '  for d in "$T"/cairn-slurm-job.*; do',
+  '    [ -d "$d" ] && [ ! -L "$d" ] && [ -O "$d" ] && [ -f "$d/lock" ] && [ ! -L "$d/lock" ] || continue',
+  '    flock -n "$d/lock" true 2>/dev/null || continue',
+  '    chmod -R u+w "$d" 2>/dev/null; rm -rf "$d" 2>/dev/null || true',
+  '  done',
+  'fi',
+];
+
+/**
  * The job's shell script (pure): pull the inputs from the cache, build,
- * push the results, print build-drv's report. In a private store removed
- * at the end (Slurm), or in the builder's own `store` (an ssh host with a
- * cache: what it pulled serves its next builds).
+ * push the realizations build-drv reports (RRefs: only `[A-Za-z0-9._+-]`,
+ * so the shell can take them from its one-line JSON), print the report.
+ * In a private store removed at the end (Slurm), or in the builder's own
+ * `store` (an ssh host with a cache: what it pulled serves its next builds).
  */
 export function slurmJobScript(
   cairn: string,
@@ -59,18 +80,29 @@ export function slurmJobScript(
   const inputs = job.inputs.map(q).join(' ');
   return [
     'set -eu',
+    ...SWEEP_KILLED_JOBS,
+    // No globbing from here on: words taken from the report are never file patterns.
+    'set -f',
     // Scratch (and, without `store`, the job's own store) on the node; removed however the job ends.
-    'S=$(mktemp -d "${TMPDIR:-/tmp}/cairn-slurm-job.XXXXXX")',
+    'S=$(mktemp -d "$T/cairn-slurm-job.XXXXXX")',
     `trap 'chmod -R u+w "$S" 2>/dev/null; rm -rf "$S"' EXIT`,
     // A cancelled job (SIGTERM from Slurm) exits through the EXIT trap too.
     "trap 'exit 143' TERM INT HUP",
+    // Held by this shell and everything it starts, released by the kernel however they end (the sweep's test).
+    // Taken under another name first, so a sweep never finds a `lock` nobody holds yet.
+    'if command -v flock >/dev/null; then exec 9>"$S/lock.new"; flock -n 9; mv "$S/lock.new" "$S/lock"; fi',
     // The derivation export arrives on stdin; kept in a file so no later command can read it.
     'cat >"$S/drv.tar"',
     ...(job.inputs.length > 0 ? [`${c} cache pull ${q(url)} ${inputs} --trusted-key ${q(pub)} >/dev/null`] : []),
     [c, 'build-drv', q(job.node.dref), '--from', '"$S/drv.tar"', ...job.inputs.flatMap((r) => ['--input', q(r)])]
       .concat(['--json', '>"$S/report"'])
       .join(' '),
-    `${c} cache push ${q(url)} ${q(job.node.dref)} --key ${q(keyFile)} >/dev/null`,
+    // Exactly what this build chose (the report's realizations), not every realization of the
+    // derivation in the store: a builder's own store may hold older ones, from other inputs.
+    `R=$(sed -n 's/.*"realizations":\\[\\([^]]*\\)\\].*/\\1/p' "$S/report" | tr -d '"' | tr ',' ' ')`,
+    `for r in $R; do case $r in *[!A-Za-z0-9._+-]*) R=;; esac; done`,
+    `[ -n "$R" ] || { echo 'cairn build-drv reported no realizations' >&2; exit 1; }`,
+    `${c} cache push ${q(url)} $R --key ${q(keyFile)} >/dev/null`,
     'cat "$S/report"',
   ].join('\n');
 }
