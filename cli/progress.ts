@@ -17,6 +17,8 @@ export function progressReporter(
   let cached = 0;
   let built = 0;
   let substituted = 0;
+  /** Where builds that went to a remote builder ran (placed comes just before built). */
+  const remoteOf = new Map<string, string>();
   let drawnAt = 0;
   let drawn = false;
   const line = (text: string): void => {
@@ -62,7 +64,13 @@ export function progressReporter(
       const same = made.length === rrefs.length && made.every((r, i) => r === rrefs[i]);
       const chose = same ? '' : `; ${n.stage.matcher.name} chose ${rrefs.join(' ')}`;
       if (n.imports) line(`imported ${n.imports.key} in ${secs(ms)}: ${rrefs.join(' ')}`);
-      else line(`built ${n.name} in ${secs(ms)}: ${made.join(' ')}${chose}`);
+      else {
+        const on = remoteOf.has(n.dref) ? ` on ${remoteOf.get(n.dref)}` : '';
+        line(`built ${n.name}${on} in ${secs(ms)}: ${made.join(' ')}${chose}`);
+      }
+    },
+    placed: (n: Derivation, placement) => {
+      if (placement.builder !== 'local') remoteOf.set(n.dref, placement.builder);
     },
     log: (n: Derivation, text: string, output?: number) => {
       if (opts.verbose) line(`${n.name}${output === undefined ? '' : `[${output}]`}> ${text}`);

@@ -85,6 +85,21 @@ export async function cacheSubstituter(url: string, access: CacheAccess): Promis
   return sub.cacheSubstituter(redactUrl(url), blob, trusted);
 }
 
+/**
+ * The access of a realize whose builders exchange through the cache: the
+ * builders' results are fetched trusting --key's public half
+ * (cacheDataPlane), so its substituters trust that key too. Without it, the
+ * next realize refused the whole cache over the builders' own entries
+ * (E_CACHE_UNTRUSTED) and built everything again.
+ */
+export async function trustingBuilderKey(access: CacheAccess): Promise<CacheAccess> {
+  if (access.key === undefined) return access;
+  const path = await import('node:path');
+  const { readSecretKeyFile, publicKeyOf } = await import('../src/store/cache/sign.js');
+  const publicKey = publicKeyOf(readSecretKeyFile(path.resolve(access.key)));
+  return { ...access, trustedKeys: [...access.trustedKeys, publicKey] };
+}
+
 /** The binary cache at `url` as a push target, signing with --key; an http(s) cache is read-only. */
 export async function cachePushTarget(url: string, access: CacheAccess): Promise<PushTarget> {
   if (cacheKind(url) === 'http') {

@@ -29,7 +29,8 @@ fail() {
 mkdir -p dist/bin || fail
 tmp=dist/bin/cairn.tmp.$$
 peer=dist/bin/cairn-peer.tmp.$$
-trap 'rm -f "$tmp" "$tmp.err" "$peer"' EXIT
+spawner=dist/bin/cairn-spawn.tmp.$$
+trap 'rm -f "$tmp" "$tmp.err" "$peer" "$spawner"' EXIT
 cc=${CC:-cc}
 built=no
 if [ "$mode" = fallback ]; then
@@ -43,6 +44,7 @@ elif ! command -v "$cc" >/dev/null 2>&1; then
 elif [ "$mode" = strict ]; then
   "$cc" -O2 -Wall -Wextra -Werror -o "$tmp" cli/client/cairn.c || exit 1
   "$cc" -O2 -Wall -Wextra -Werror -o "$peer" cli/client/peer.c || exit 1
+  "$cc" -O2 -Wall -Wextra -Werror -o "$spawner" cli/client/spawn.c || exit 1
   built=yes
 elif "$cc" -O2 -o "$tmp" cli/client/cairn.c 2>"$tmp.err" \
   && CAIRN_NO_SERVER=1 CAIRN_NODE=true "./$tmp" >/dev/null 2>&1; then
@@ -69,5 +71,13 @@ if [ "$built" = yes ] && { [ -f "$peer" ] || "$cc" -O2 -o "$peer" cli/client/pee
   mv -f "$peer" dist/bin/cairn-peer || fail
 else
   rm -f dist/bin/cairn-peer
+fi
+# cairn-spawn starts build programs for a Cairn process with posix_spawn, at
+# a third of what Node's spawn costs (src/stages/spawn-helper.ts); without
+# it programs start with Node's spawn. Never shipped in a tarball either.
+if [ "$built" = yes ] && { [ -f "$spawner" ] || "$cc" -O2 -o "$spawner" cli/client/spawn.c 2>/dev/null; }; then
+  mv -f "$spawner" dist/bin/cairn-spawn || fail
+else
+  rm -f dist/bin/cairn-spawn
 fi
 mv -f "$tmp" dist/bin/cairn || fail

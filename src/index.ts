@@ -62,7 +62,8 @@ export { canonicalJson, type Json } from './store/canonical.js';
 export { collectGarbage, type GcOptions, type GcReport } from './store/gc.js';
 export { verifyStore, type VerifyReport, type Problem, type ProblemKind } from './store/verify.js';
 export { addNamedRoot, removeNamedRoot, addOutLink, listRoots, type RootEntry } from './store/roots.js';
-export { loadStageFile, type LoadedStages } from './stages/load.js';
+// loadPipelineRecord: for the module a cairn.yaml's code object holds (stages/pipeline/pipeline-code.ts).
+export { loadStageFile, loadPipelineRecord, type LoadedStages } from './stages/load.js';
 export {
   fetchurl,
   fetchlocal,

@@ -225,6 +225,39 @@ export default stage({
     expectError(cairn(remote, ['build-drv', b.dref, '--input', 'nonsense']), 'E_BAD_REF', remote);
   });
 
+  it('--force builds again where realizations from the same inputs satisfy the matcher', () => {
+    const dir = project({
+      'stages.ts': `
+import { stage } from 'cairn';
+import * as fs from 'node:fs';
+export default stage({
+  name: 'seeded',
+  config: {},
+  build: (ctx) => fs.writeFileSync(ctx.out + '/t', String(Math.random())),
+});
+`,
+    });
+    const local = newStore();
+    const r = realizeSelfContained(local, dir);
+    const dref = r.targets[0]!.dref;
+    const remote = newStore();
+    type Report = { built: boolean; realizations: string[] };
+    const first = JSON.parse(
+      ok(cairn(remote, ['build-drv', dref, '--from', exportDrvs(local, [dref]), '--json'])).stdout,
+    ) as Report;
+    const again = JSON.parse(ok(cairn(remote, ['build-drv', dref, '--json'])).stdout) as Report;
+    assert.equal(again.built, false, 'without --force the realization there is reused');
+    assert.deepEqual(again.realizations, first.realizations);
+    const forced = JSON.parse(ok(cairn(remote, ['build-drv', dref, '--force', '--json'])).stdout) as Report;
+    assert.equal(forced.built, true, 'built again');
+    assert.equal(forced.realizations.length, 1);
+    assert.notDeepEqual(forced.realizations, first.realizations, 'a new realization, chosen by latest');
+    const all = ok(cairn(remote, ['lsref', dref]))
+      .stdout.trim()
+      .split('\n');
+    assert.equal(all.length, 2, all.join('\n'));
+  });
+
   it('a derivation with no code object, or code that no longer defines it, is refused by code', () => {
     const dir = project({ 'stages.ts': STAGES, 'helper.ts': HELPER });
     const local = newStore();

@@ -155,7 +155,14 @@ describe('keys and configuration', () => {
     assert.deepEqual(readStoreConfig(t.dir), { trustedPublicKeys: [], substituters: [], builders: [] });
     const c = parseStoreConfig('{"trusted-public-keys": ["k:x"], "substituters": ["file:///c"]}', 'c.json');
     assert.deepEqual(c, { trustedPublicKeys: ['k:x'], substituters: ['file:///c'], builders: [] });
+    const ssh = parseStoreConfig('{"builders-ssh": "ssh -F /etc/x", "remote-cairn": "/opt/cairn"}', 'c.json');
+    assert.equal(ssh.buildersSsh, 'ssh -F /etc/x');
+    assert.equal(ssh.remoteCairn, '/opt/cairn');
     for (const bad of [
+      '{"builders-ssh": ["ssh"]}',
+      '{"remote-cairn": ""}',
+      '{"__proto__": []}',
+      '{"toString": []}',
       '[]',
       'nope',
       '{"trusted-keys": []}',

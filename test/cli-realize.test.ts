@@ -238,6 +238,31 @@ describe('cairn realize: results and caching', () => {
   });
 });
 
+describe('cairn realize: build times', () => {
+  it('a build waiting for a -j slot reports its own time, not the wait', () => {
+    const e = setup();
+    try {
+      // Two independent 1.5 s builds and one slot: the second waits 1.5 s for it.
+      const file = writeStageFile(
+        e,
+        'slow.ts',
+        `import { stage } from 'cairn';
+const slow = (name: string) => stage({ name, config: {}, build: async ({ exec, out }) => {
+  await exec('sh', ['-c', 'sleep 1.5; echo 1 > "$1/v"', 'sh', out]);
+} });
+export default [slow('one'), slow('two')];
+`,
+      );
+      const r = ok(cairn(e.store, ['realize', file, '-j', '1'], { env: e.env }));
+      const times = [...r.stderr.matchAll(/^built (one|two) in ([\d.]+)s/gm)].map((m) => Number(m[2]));
+      assert.equal(times.length, 2, r.stderr);
+      for (const t of times) assert.ok(t >= 1.5 && t < 2.9, `each build took about 1.5 s, not 3: ${r.stderr}`);
+    } finally {
+      e.cleanup();
+    }
+  });
+});
+
 describe('cairn realize: several outputs per build', () => {
   it('a stage with n: 3 stores 3 realizations from one build, each with its build log', () => {
     const e = setup();

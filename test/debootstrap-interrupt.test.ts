@@ -279,16 +279,26 @@ describe('a real debootstrap stage interrupted', { timeout: 2 * PHASE_MS + 60_00
  * ours, which cairn and any helper it did not detach share.
  */
 function childGroups(pid: number): number[] {
-  const groups = new Set<number>();
+  // The groups led by cairn's descendants: its programs are children of its spawn helper (or of cairn itself).
+  const rows: { pid: number; ppid: number; pgrp: number }[] = [];
   for (const n of fs.readdirSync('/proc')) {
     if (!/^\d+$/.test(n)) continue;
     try {
       const stat = fs.readFileSync(`/proc/${n}/stat`, 'latin1');
       const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (Number(f[1]) === pid && Number(f[2]) === Number(n)) groups.add(Number(n));
+      rows.push({ pid: Number(n), ppid: Number(f[1]), pgrp: Number(f[2]) });
     } catch {
       /* gone meanwhile */
     }
   }
-  return [...groups];
+  const below = new Set([pid]);
+  for (let grew = true; grew;) {
+    grew = false;
+    for (const r of rows)
+      if (below.has(r.ppid) && !below.has(r.pid)) {
+        below.add(r.pid);
+        grew = true;
+      }
+  }
+  return rows.filter((r) => r.pid !== pid && below.has(r.pid) && r.pgrp === r.pid).map((r) => r.pid);
 }

@@ -181,6 +181,8 @@ describe('the packed package, installed into a fresh CommonJS project', () => {
   it('ships no machine code: the command in the tarball is the Node fallback', () => {
     assert.ok(packedFiles.includes('dist/bin/cairn'), 'the bin entry is in the tarball, so npm can link it');
     assert.ok(packedFiles.includes('cli/client/cairn.c') && packedFiles.includes('scripts/install-client.sh'));
+    assert.ok(packedFiles.includes('cli/client/spawn.c'), 'the spawn helper is built at install');
+    assert.ok(!packedFiles.includes('dist/bin/cairn-spawn'), 'no spawn helper binary in the tarball');
     const script = run('tar', ['-xzOf', tarball, 'package/dist/bin/cairn'], pack).stdout;
     assert.match(script, /^#!\/bin\/sh\n/);
     assert.match(script, /cli\/main\.js/);
@@ -225,6 +227,8 @@ describe('the packed package, installed into a fresh CommonJS project', () => {
   it('the install compiled the C client here, and the command runs', () => {
     assert.equal(clientKind(installed), 'compiled');
     assert.equal(fs.realpathSync(path.join(project, 'node_modules', '.bin', 'cairn')), installed);
+    const helper = path.join(path.dirname(installed), 'cairn-spawn');
+    assert.equal(fs.readFileSync(helper).subarray(0, 4).toString('latin1'), '\x7fELF', 'the spawn helper was built');
     fs.writeFileSync(
       path.join(project, 'one.ts'),
       "import { stage } from 'cairn';\nexport default stage({ name: 'one', config: { n: 1 }, build: () => {} });\n",

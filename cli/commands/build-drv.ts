@@ -6,10 +6,22 @@ import { collect, out, type CliContext } from '../context.js';
 import { exportDerivationsTo, importDerivations, importDerivationsFrom } from '../../src/store/drv-export.js';
 import type { LocalStore } from '../../src/store/store.js';
 import { serveBuilderWorker, takeStdout } from '../../src/stages/builders/worker-serve.js';
+import { substituterUrls } from '../realize-caches.js';
 
 /** Takes in a derivation export from a file, or from stdin for `-`. */
 const importFrom = (store: LocalStore, file: string): ReturnType<typeof importDerivations> =>
   file === '-' ? importDerivationsFrom(store, process.stdin) : importDerivations(store, file);
+
+interface BuildDrvFlags {
+  input: string[];
+  from?: string;
+  substituter: string[];
+  substituters?: boolean;
+  trustedKey: string[];
+  force?: boolean;
+  verbose?: boolean;
+  json?: boolean;
+}
 
 export function registerBuildDrv(ctx: CliContext): void {
   ctx.program
@@ -26,9 +38,19 @@ export function registerBuildDrv(ctx: CliContext): void {
       [],
     )
     .option('--from <file>', 'first take in the derivations exported to FILE by export-drv (- for stdin)')
+    .option(
+      '--substituter <url>',
+      'fetch the derivation, its code object and missing inputs from this binary cache when the store lacks them ' +
+        "(repeatable; default: the store configuration's substituters)",
+      collect,
+      [],
+    )
+    .option('--no-substituters', 'fetch from no binary cache, not even the configured ones')
+    .option('--trusted-key <key>', 'also trust cache objects signed by this public key (repeatable)', collect, [])
+    .option('--force', 'build again even when realizations from these inputs satisfy the matcher')
     .option('-v, --verbose', 'show the build log live on stderr')
     .option('--json', 'print { drv, realizations, built, host, buildMs, code } as JSON')
-    .action(async (dref: string, o: { input: string[]; from?: string; verbose?: boolean; json?: boolean }) => {
+    .action(async (dref: string, o: BuildDrvFlags) => {
       let p;
       try {
         p = parseRef(dref);
@@ -39,13 +61,22 @@ export function registerBuildDrv(ctx: CliContext): void {
       const store = ctx.openStore();
       const opts = {
         inputs: o.input as RRef[],
+        force: o.force === true,
         onLog: o.verbose ? (line: string) => process.stderr.write(`${p.name}> ${line}\n`) : undefined,
       };
       const from = o.from;
+      const urls = substituterUrls(o, store.root);
+      // What is taken in (an export, a cache's copies) stays a temp root until the build ends.
+      const take = async (): Promise<void> => {
+        if (from !== undefined) await importFrom(store, from);
+        if (urls.length === 0) return;
+        const { fetchForBuild, trustedKeysOf } = await import('../../src/stages/build-drv-fetch.js');
+        await fetchForBuild(store, urls, dref as DRef, o.input as RRef[], trustedKeysOf(store, o.trustedKey));
+      };
       const result =
-        from === undefined
+        from === undefined && urls.length === 0
           ? await buildDerivation(store, dref as DRef, opts)
-          : await importAndBuild(store, dref as DRef, () => importFrom(store, from), opts);
+          : await importAndBuild(store, dref as DRef, take, opts);
       if (o.json) out(JSON.stringify(result));
       else out(result.realizations.join(' '));
     });

@@ -63,7 +63,8 @@ export function registerCache(ctx: CliContext): void {
         `pushed ${r.pushed.length} realization(s) of a closure of ${r.closure} (${r.present.length} already there` +
           (r.signed.length > 0 ? `, ${r.signed.length} signed again` : '') +
           '); ' +
-          `${r.archives} archive(s), ${formatBytes(r.archiveBytes)}`,
+          `${r.archives} archive(s), ${formatBytes(r.archiveBytes)}` +
+          (r.codePointers?.length ? `; ${r.codePointers.length} derivation(s) with their code` : ''),
       );
     });
 
@@ -123,9 +124,12 @@ export function registerCache(ctx: CliContext): void {
       if (o.json) out(JSON.stringify(r, null, 2));
       else {
         for (const p of r.problems) out(`${p.rref}: ${p.code}: ${p.detail}`);
+        for (const p of r.codeProblems) out(`${p.key}: ${p.code}: ${p.detail}`);
         out(`${r.ok} of ${r.entries} entries are usable`);
+        if (r.codePointers > 0)
+          out(`${r.codePointers - r.codeProblems.length} of ${r.codePointers} code pointers are usable`);
       }
-      if (r.problems.length > 0) process.exitCode = 1;
+      if (r.problems.length > 0 || r.codeProblems.length > 0) process.exitCode = 1;
     });
 
   cacheCmd

@@ -11,6 +11,7 @@ import {
   cachePushTarget,
   cacheSubstituter,
   cacheDataPlane,
+  trustingBuilderKey,
   substituterUrls,
   type RealizeCacheFlags,
 } from '../realize-caches.js';
@@ -102,19 +103,24 @@ export function registerRealize(ctx: CliContext): void {
       const storeRoot = ctx.storeRoot();
       // Opened before anything is built: a malformed URL fails now, an unreachable cache later as a warning.
       const access = { storeRoot, trustedKeys: o.trustedKey ?? [], key: o.key };
-      const substituters = await Promise.all(substituterUrls(o, storeRoot).map((url) => cacheSubstituter(url, access)));
+      const config = readStoreConfig(storeRoot);
+      const builderSpecs = o.builders !== undefined && o.builders.length > 0 ? o.builders : config.builders;
+      const remoteCairn = o.remoteCairn ?? config.remoteCairn;
+      // With a cache and a key, ssh hosts exchange through the cache too; else over ssh (sync).
+      const viaCache = substituterUrls(o, storeRoot).length > 0 && o.key !== undefined;
+      const subAccess = viaCache && builderSpecs.some((s) => s !== 'local') ? await trustingBuilderKey(access) : access;
+      const substituters = await Promise.all(
+        substituterUrls(o, storeRoot).map((url) => cacheSubstituter(url, subAccess)),
+      );
       const pushTarget = o.pushTo !== undefined && !o.dryRun ? await cachePushTarget(o.pushTo, access) : undefined;
-      const builderSpecs =
-        o.builders !== undefined && o.builders.length > 0 ? o.builders : readStoreConfig(storeRoot).builders;
       const builders = o.dryRun
         ? undefined
         : await makeBuilderPool(store, builderSpecs, {
             jobs: o.jobs ?? (await import('node:os')).availableParallelism(),
-            ssh: { ssh: o.buildersSsh, remoteCairn: o.remoteCairn },
-            slurm: { cairn: o.remoteCairn },
+            ssh: { ssh: o.buildersSsh ?? config.buildersSsh, remoteCairn },
+            slurm: { cairn: remoteCairn },
             cacheData: () => cacheDataPlane(substituterUrls(o, storeRoot), access),
-            // With a cache and a key, ssh hosts exchange through the cache too; else over ssh (sync).
-            viaCache: substituterUrls(o, storeRoot).length > 0 && o.key !== undefined,
+            viaCache,
           });
       const tty = process.stderr.isTTY === true;
       const quiet = !!o.quiet || (!!o.json && !tty);

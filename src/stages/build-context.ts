@@ -103,51 +103,48 @@ export function execLogged(
     const shown = `$ ${redactUrlsIn([cmd, ...args].join(' '))}`;
     toLog(`${shown}\n`);
     logging.echo?.(shown);
-    const child = logging.groups.spawn(cmd, args, {
-      cwd: opts.cwd,
-      env: opts.env ?? process.env,
-      stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
-    });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     // Each stream is split on its own, so a line is never torn by the other stream's output.
     const lines = logging.echo ? [lineSplitter(logging.echo), lineSplitter(logging.echo)] : undefined;
     let settled = false;
-    child.stdout!.on('data', (b: Buffer) => {
-      out.push(b);
-      toLog(b);
-      lines?.[0]!.push(b);
-    });
-    child.stderr!.on('data', (b: Buffer) => {
-      err.push(b);
-      toLog(b);
-      lines?.[1]!.push(b);
-    });
-    child.on('error', (e) => {
-      closeLog();
-      if (settled) return;
-      settled = true;
-      reject(new CairnError('E_BUILD_FAILED', `cannot run ${cmd}: ${e.message}`, { cmd }, { cause: e }));
-    });
-    child.on('close', (code, signal) => {
-      closeLog();
-      for (const l of lines ?? []) l.flush();
-      if (settled) return;
-      settled = true;
-      const stdout = Buffer.concat(out).toString();
-      const stderr = Buffer.concat(err).toString();
-      if (code === 0) resolve({ stdout, stderr });
-      else {
-        const tail = stderr ? `: ${redactUrlsIn(stderr.trim().split('\n').slice(-3).join(' | '))}` : '';
-        reject(new CairnError('E_BUILD_FAILED', `${cmd} exited with ${signal ?? code}${tail}`, { cmd, code, signal }));
-      }
-    });
-    if (child.stdin) {
-      // A child that exits without reading its input makes the write fail
-      // with EPIPE; its exit status is what matters, not the pipe.
-      child.stdin.on('error', () => {});
-      child.stdin.end(opts.input);
-    }
+    logging.groups.spawn(
+      { cmd, args, cwd: opts.cwd, env: opts.env ?? process.env, input: opts.input },
+      {
+        started: () => {},
+        stdout: (b) => {
+          out.push(b);
+          toLog(b);
+          lines?.[0]!.push(b);
+        },
+        stderr: (b) => {
+          err.push(b);
+          toLog(b);
+          lines?.[1]!.push(b);
+        },
+        error: (e) => {
+          closeLog();
+          if (settled) return;
+          settled = true;
+          reject(new CairnError('E_BUILD_FAILED', `cannot run ${cmd}: ${e.message}`, { cmd }, { cause: e }));
+        },
+        exit: () => {},
+        close: (code, signal) => {
+          closeLog();
+          for (const l of lines ?? []) l.flush();
+          if (settled) return;
+          settled = true;
+          const stdout = Buffer.concat(out).toString();
+          const stderr = Buffer.concat(err).toString();
+          if (code === 0) resolve({ stdout, stderr });
+          else {
+            const tail = stderr ? `: ${redactUrlsIn(stderr.trim().split('\n').slice(-3).join(' | '))}` : '';
+            const msg = `${cmd} exited with ${signal ?? code}${tail}`;
+            reject(new CairnError('E_BUILD_FAILED', msg, { cmd, code, signal }));
+          }
+        },
+      },
+    );
   });
 }
 

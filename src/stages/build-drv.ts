@@ -19,7 +19,8 @@ import { guardRealize } from './build-processes.js';
 import { loadCodeObject, notPortable } from './code-load.js';
 import { instantiate, preloadFileInputs, type Derivation, type Graph } from './instantiate.js';
 import { runMatcher } from './matchers.js';
-import type { Stage } from './stage.js';
+import { RecordedInputHasher, recordedInputs } from './inputs/recorded-inputs.js';
+import { fileInputsDeclared, type Stage } from './stage.js';
 
 export interface BuildDerivationOptions {
   /**
@@ -30,6 +31,13 @@ export interface BuildDerivationOptions {
   inputs?: readonly RRef[];
   /** Receives the build's log lines. */
   onLog?: (line: string) => void;
+  /**
+   * Build even when realizations from these inputs satisfy the matcher
+   * (what `realize --force` asks of a remote builder): as often as the
+   * matcher's minimum needs, at least once; the matcher then chooses among
+   * old and new ones, as in a forced realize.
+   */
+  force?: boolean;
 }
 
 export interface BuildDerivationResult {
@@ -142,18 +150,32 @@ export async function chooseInputs(
   return context;
 }
 
-/** The derivation with DRef `dref` among the stages a code object defines, instantiated here. */
-function findDerivation(stages: readonly Stage[], dref: DRef, code: string, entry: string): [Derivation, Graph] {
-  const graph = instantiate(stages);
+/**
+ * The derivation with DRef `dref` among the stages a code object defines,
+ * instantiated here. File inputs are never read here: their digests are the
+ * ones the derivations in the store record (recorded-inputs.ts).
+ */
+function findDerivation(
+  stages: readonly Stage[],
+  dref: DRef,
+  code: string,
+  entry: string,
+  inputs: RecordedInputHasher,
+): [Derivation, Graph] {
+  const graph = instantiate(stages, { inputs });
   const node = graph.nodes.get(dref);
   if (!node) {
     const sameName = graph.order.filter((d) => graph.nodes.get(d)!.name === parseRef(dref).name);
+    const unrecorded = [...inputs.unrecorded].sort();
     throw new CairnError(
       'E_CODE_MISMATCH',
       `code object ${code} (stage file ${entry}) does not define ${dref}` +
         (sameName.length > 0 ? `: its stage of that name instantiates here to ${sameName.join(', ')}` : '') +
-        ' (does top-level code read the environment, the clock or files that differ on this host?)',
-      { dref, code, found: sameName },
+        (unrecorded.length > 0
+          ? ` (file inputs ${unrecorded.join(', ')} are recorded by no derivation of its closure in this store: ` +
+            'send the realizations of its dependencies first)'
+          : ' (does top-level code read the environment, the clock or files that differ on this host?)'),
+      { dref, code, found: sameName, unrecorded },
     );
   }
   return [node, graph];
@@ -191,10 +213,14 @@ export async function buildDerivation(
   const obj = parseCodeObject(text, code);
   const stages = [...(await loadCodeObject(obj, code)).values()];
   await preloadFileInputs();
+  // Only code that declares file inputs needs the closure's records (a walk of its derivations).
+  const recorded = new RecordedInputHasher(
+    fileInputsDeclared() ? await recordedInputs(dref, (d) => store.derivation(d)) : [],
+  );
   let node: Derivation;
   let graph: Graph;
   try {
-    [node, graph] = findDerivation(stages, dref, code, obj.entry);
+    [node, graph] = findDerivation(stages, dref, code, obj.entry, recorded);
   } catch (e) {
     throw (isCairnError(e) ? undefined : notPortable(obj, e)) ?? e;
   }
@@ -238,9 +264,9 @@ async function buildWith(
   try {
     return await store.withLock(`build:${dref}:${ctx}`, `building ${node.name}`, async (held) => {
       const have = await store.candidates(dref, ctx);
-      const cached = await runMatcher(m, have);
+      const cached = opts.force ? undefined : await runMatcher(m, have);
       if (cached) return result(cached, false);
-      const runs = Math.max(1, Math.ceil((m.min - have.length) / node.stage.n));
+      const runs = Math.max(1, Math.ceil((m.min - (opts.force ? 0 : have.length)) / node.stage.n));
       const fresh: Candidate[] = [];
       const durable: Promise<unknown>[] = [];
       try {

@@ -19,11 +19,11 @@
  * - when the process exits any other way (process.exit in a build, an
  *   uncaught exception), synchronously, from the 'exit' event.
  */
-import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { removeBuildTree } from '../store/mounts.js';
+import { spawnHelperPid, startProgram, type ProgramEvents, type ProgramSpec } from './spawn-helper.js';
 
 /** How long a process group has between SIGTERM and SIGKILL. Below the server's 2 s (cli/serve/supervisor.ts). */
 export const KILL_GRACE_MS = 1000;
@@ -45,28 +45,51 @@ export function interruptedBy(): NodeJS.Signals | undefined {
 
 /**
  * The process groups of one build's programs. `spawn` starts a program in
- * a group of its own; when the program exits and other members of its
- * group remain, the group is ended. `end` ends what is left when the build
- * is over.
+ * a group of its own (src/stages/spawn-helper.ts); when the program exits
+ * and other members of its group remain, the group is ended. `end` ends
+ * what is left when the build is over.
  */
 export class BuildGroups {
   private readonly own = new Set<number>();
+  /** Programs asked for and not yet started (the helper answers asynchronously): `end` waits for them. */
+  private readonly starting = new Set<Promise<void>>();
 
-  spawn(cmd: string, args: readonly string[], opts: SpawnOptions): ChildProcess {
-    const child = spawn(cmd, args, { ...opts, detached: true });
-    const pgid = child.pid;
-    if (pgid === undefined) return child; // it could not start: 'error' follows
-    groups.add(pgid);
-    this.own.add(pgid);
-    child.once('exit', () => {
-      if (groupAlive(pgid)) void this.endSome([pgid]);
-      else this.forget(pgid);
+  spawn(spec: ProgramSpec, on: ProgramEvents): void {
+    let pgid: number | undefined;
+    let settle!: () => void;
+    const start = new Promise<void>((r) => (settle = r));
+    this.starting.add(start);
+    const started = (): void => {
+      this.starting.delete(start);
+      settle();
+    };
+    startProgram(spec, {
+      ...on,
+      started: (pid) => {
+        pgid = pid;
+        groups.add(pid);
+        this.own.add(pid);
+        started();
+        on.started(pid);
+      },
+      error: (e) => {
+        started();
+        on.error(e);
+      },
+      exit: (code, signal) => {
+        if (pgid !== undefined) {
+          const g = pgid;
+          if (groupAlive(g)) void this.endSome([g]);
+          else this.forget(g);
+        }
+        on.exit(code, signal);
+      },
     });
-    return child;
   }
 
-  /** Ends every group of this build still alive. */
-  end(): Promise<void> {
+  /** Ends every group of this build still alive, including programs still starting (a build that did not wait). */
+  async end(): Promise<void> {
+    while (this.starting.size > 0) await Promise.all([...this.starting]);
     return this.endSome([...this.own]);
   }
 
@@ -171,8 +194,10 @@ function finish(sig: NodeJS.Signals, graceMs: number): Promise<void> {
   }
   finishing ??= (async () => {
     // Children a build function started itself share this process's group:
-    // they are signalled one by one.
-    const others = descendants().filter((p) => !groups.has(p));
+    // they are signalled one by one. The spawn helper is left alone: it
+    // exits with this process, and in-flight programs' output still passes through it.
+    const helper = spawnHelperPid();
+    const others = descendants().filter((p) => !groups.has(p) && p !== helper);
     for (const p of others) signalPid(p, 'SIGTERM');
     await endGroups([...groups], graceMs);
     for (const p of others) signalPid(p, 'SIGKILL');

@@ -12,6 +12,7 @@ import {
 } from './module-compile.js';
 import { instantiate, preloadFileInputs } from './instantiate.js';
 import { isStage, type Stage } from './stage.js';
+import type { ProjectRecord } from './pipeline/project-files.js';
 
 let hooksInstalled = false;
 /** Set by a long-lived process (the server's workers): see isolateModules(). */
@@ -163,6 +164,44 @@ export async function collectExports(
     stages.forEach((s, i) => exports.set(stages.length === 1 ? key : `${key}[${i}]`, s));
   }
   return { exports, groups };
+}
+
+export const PIPELINE_RECORD_FORMAT = 'cairn-pipeline-record-1';
+
+export interface PipelineRecord {
+  format: typeof PIPELINE_RECORD_FORMAT;
+  /** The pipeline file's absolute path where it was recorded. */
+  file: string;
+  files: ProjectRecord;
+}
+
+const isStrings = (v: unknown, of: 'string' | 'boolean'): boolean =>
+  typeof v === 'object' && v !== null && !Array.isArray(v) && Object.values(v).every((x) => typeof x === of);
+
+/**
+ * The stages of a recorded pipeline, every one (build-drv picks the
+ * derivation it builds): what the module a cairn.yaml's code object holds
+ * calls (pipeline/pipeline-code.ts), through Cairn's index. Here, in a
+ * module every CLI start loads already, so it costs no module of its own.
+ */
+export async function loadPipelineRecord(record: unknown): Promise<Stage[]> {
+  const r = record as Partial<PipelineRecord> | null;
+  if (
+    typeof r !== 'object' ||
+    r === null ||
+    r.format !== PIPELINE_RECORD_FORMAT ||
+    typeof r.file !== 'string' ||
+    !r.file.startsWith('/') ||
+    !isStrings(r.files?.texts, 'string') ||
+    !isStrings(r.files?.exists, 'boolean')
+  ) {
+    throw new CairnError('E_CODE_CORRUPT', `a pipeline code object holds no ${PIPELINE_RECORD_FORMAT} record`);
+  }
+  const [{ loadPipeline }, { recordedProject }] = await Promise.all([
+    import('./pipeline/load-yaml.js'),
+    import('./pipeline/project-files.js'),
+  ]);
+  return [...loadPipeline(r.file, recordedProject(r.files!)).stages.values()];
 }
 
 /**

@@ -247,7 +247,9 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
           // Forced or not, build as often as the matcher needs, and at least once.
           const runs = Math.max(1, Math.ceil((m.min - (isForced ? 0 : have.length)) / node.stage.n));
           events.start?.(node, isForced ? 'forced' : 'missing');
-          const t0 = Date.now();
+          // From when the first build got its slot: the wait for a slot is not build time.
+          let t0: number | undefined;
+          const begin = (): void => void (t0 ??= Date.now());
           const added: Added[] = [];
           // Realizations a remote builder made: received and indexed already.
           const remote: RRef[] = [];
@@ -262,8 +264,9 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
               // The last run's indexing releases the build lock (see AddOptions.release).
               const release = i === runs - 1 ? held : undefined;
               const here = (): Promise<BuildOutcome> =>
-                limit.run(() =>
-                  buildAndAdd({
+                limit.run(() => {
+                  begin();
+                  return buildAndAdd({
                     store,
                     node,
                     context,
@@ -281,13 +284,20 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
                               pausedBuild(node, ctx, context, (r) => store.outPath(r)),
                             )
                         : undefined,
-                  }),
-                );
+                  });
+                });
               if (pool && !node.imports && node.dref !== breakAt?.dref) {
                 // File inputs are imported here, a break point's build is done by hand here; the rest may go out.
                 const inputs = node.deps.flatMap((d) => chosen.get(d)!);
                 const log = (line: string): void => events.log?.(node, line);
-                const ran = await pool.run<BuildOutcome | RRef[]>(node, (b) => b.build({ node, inputs, log }), here);
+                const ran = await pool.run<BuildOutcome | RRef[]>(
+                  node,
+                  (b) => {
+                    begin();
+                    return b.build({ node, inputs, log });
+                  },
+                  here,
+                );
                 placements.set(node.dref, ran.placement);
                 events.placed?.(node, ran.placement);
                 if (Array.isArray(ran.value)) remote.push(...ran.value);
@@ -341,7 +351,9 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
               { dref: node.dref, matcher: m.name, realizations: all.length },
             );
           }
-          events.built?.(node, sel, Date.now() - t0, [...new Set([...added.map((a) => a.meta.rref), ...remote])]);
+          events.built?.(node, sel, Date.now() - (t0 ?? Date.now()), [
+            ...new Set([...added.map((a) => a.meta.rref), ...remote]),
+          ]);
           resolve(sel);
           await recorded;
         },

@@ -5,7 +5,7 @@
  * with only store objects. The DRefs are untouched (the pointer lies beside
  * drv.json).
  */
-import { CairnError } from '../errors.js';
+import { encodeCodeObject } from '../store/code-object.js';
 import type { LocalStore } from '../store/store.js';
 import { bundleStageFile } from './code-bundle.js';
 import type { Graph } from './instantiate.js';
@@ -32,10 +32,11 @@ export async function storeStageCode(
   opts: { realizeFollows?: boolean } = {},
 ): Promise<SelfContained> {
   const t0 = performance.now();
-  if (/\.ya?ml$/i.test(file))
-    throw new CairnError('E_STAGE_FILE', `self-contained code needs a stage file (.ts or .js), not ${file}`, { file });
-  const bundle = await bundleStageFile(file);
-  const code = await store.addCode(bundle.text);
+  // A cairn.yaml has no code of the user's: its code object records what loading it read (pipeline-code.ts).
+  const text = /\.ya?ml$/i.test(file)
+    ? encodeCodeObject((await import('./pipeline/pipeline-code.js')).pipelineCodeObject(file)).text
+    : (await bundleStageFile(file)).text;
+  const code = await store.addCode(text);
   const list = graph.order
     .map((d) => graph.nodes.get(d)!)
     .filter((n) => !n.imports)

@@ -31,13 +31,24 @@ export function codePath(root: string, hash: string): string {
 
 /**
  * Adds a code object's text (checked first: its fields, canonical form and
- * size); returns its name. Adding one the store has is a no-op.
+ * size); returns its name. Adding one the store has intact is a no-op; a
+ * damaged copy under its name is replaced, and a symlink, directory or
+ * special file there is E_CODE_CORRUPT (never written through).
  */
 export function addCodeText(root: string, owner: string, text: string): string {
   const hash = shortHash(text);
   parseCodeObject(text, hash);
   const dest = codePath(root, hash);
-  if (fs.existsSync(dest)) {
+  const st = lstatOrUndefined(dest);
+  if (st !== undefined && !st.isFile()) {
+    // Never taken as the object (nor written through): whatever planted it is for verify to report.
+    throw new CairnError('E_CODE_CORRUPT', `code object ${hash}: a ${kindOf(st)} is in its place in the store`, {
+      hash,
+    });
+  }
+  // A damaged copy (truncated, edited) is replaced by the good text below, never kept under the name.
+  const intact = st !== undefined && st.size === Buffer.byteLength(text) && sameText(dest, text);
+  if (intact) {
     // Added again: fresh for gc's grace period, so it is not collected before its derivations point to it.
     const now = new Date();
     fs.lutimesSync(dest, now, now);
@@ -53,15 +64,35 @@ export function addCodeText(root: string, owner: string, text: string): string {
     fs.closeSync(fd);
   }
   try {
-    fs.linkSync(tmp, dest);
+    if (st === undefined) fs.linkSync(tmp, dest);
+    else fs.renameSync(tmp, dest);
     fsyncPath(path.dirname(dest));
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
   } finally {
-    fs.unlinkSync(tmp);
+    fs.rmSync(tmp, { force: true });
   }
   return hash;
 }
+
+/** Whether the regular file at `p` (never followed if a link) holds exactly `text`. */
+function sameText(p: string, text: string): boolean {
+  try {
+    return withRegularFile(p, (fd) => fs.readFileSync(fd))?.equals(Buffer.from(text)) === true;
+  } catch {
+    return false;
+  }
+}
+
+function lstatOrUndefined(p: string): fs.Stats | undefined {
+  try {
+    return fs.lstatSync(p);
+  } catch {
+    return undefined;
+  }
+}
+const kindOf = (st: fs.Stats): string =>
+  st.isSymbolicLink() ? 'symlink' : st.isDirectory() ? 'directory' : 'special file';
 
 export function addCodeObject(root: string, owner: string, obj: CodeObject): string {
   return addCodeText(root, owner, encodeCodeObject(obj).text);

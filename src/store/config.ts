@@ -2,9 +2,10 @@
  * The store's configuration, `ROOT/config.json`, written by the user:
  *
  *   { "trusted-public-keys": ["team-1:BASE64..."], "substituters": ["s3://bucket/cache?region=eu-west-1"],
- *     "builders": ["ssh://build-1?maxJobs=4", "local"] }
+ *     "builders": ["ssh://build-1?maxJobs=4", "local"],
+ *     "builders-ssh": "ssh -F /etc/cairn/ssh_config", "remote-cairn": "/opt/cairn/bin/cairn" }
  *
- * Both fields are optional; a missing file is an empty configuration. It
+ * Every field is optional; a missing file is an empty configuration. It
  * lives in the store (not in the home directory) because trust is a
  * property of what may enter that store: every user of one store shares
  * it, as every user of a Nix store shares nix.conf. The file is read
@@ -23,14 +24,22 @@ export interface StoreConfig {
   substituters: string[];
   /** Builder specs realize uses when --builders is not given (see stages/builders/spec.ts). */
   builders: string[];
+  /** The ssh command for ssh builders when --builders-ssh is not given. */
+  buildersSsh?: string;
+  /** The cairn command on builders when --remote-cairn is not given. */
+  remoteCairn?: string;
 }
 
 export const CONFIG_FILE = 'config.json';
 
-const FIELDS: Record<string, keyof StoreConfig> = {
+const LISTS: Record<string, 'trustedPublicKeys' | 'substituters' | 'builders'> = {
   'trusted-public-keys': 'trustedPublicKeys',
   substituters: 'substituters',
   builders: 'builders',
+};
+const STRINGS: Record<string, 'buildersSsh' | 'remoteCairn'> = {
+  'builders-ssh': 'buildersSsh',
+  'remote-cairn': 'remoteCairn',
 };
 
 /** Parses the text of a config.json (pure; `where` names it in messages). */
@@ -46,7 +55,15 @@ export function parseStoreConfig(text: string, where: string): StoreConfig {
   }
   const config: StoreConfig = { trustedPublicKeys: [], substituters: [], builders: [] };
   for (const [key, value] of Object.entries(json)) {
-    const field = FIELDS[key];
+    const field = Object.hasOwn(LISTS, key) ? LISTS[key] : undefined;
+    const str = Object.hasOwn(STRINGS, key) ? STRINGS[key] : undefined;
+    if (str !== undefined) {
+      if (typeof value !== 'string' || value.trim() === '') {
+        throw new CairnError('E_STORE_CONFIG', `${where}: "${key}" must be a non-empty string`, { file: where, key });
+      }
+      config[str] = value;
+      continue;
+    }
     // Unknown keys are refused: a typo ("trusted-keys") must not silently trust nothing.
     if (field === undefined) {
       throw new CairnError('E_STORE_CONFIG', `${where} has an unknown key ${JSON.stringify(key)}`, {

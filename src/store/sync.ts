@@ -28,6 +28,7 @@ import { receiveClosure, type ReceiveReport } from './receive.js';
 import { listRoots } from './roots.js';
 import type { LocalStore } from './store.js';
 import { storeIndex } from './internals.js';
+import { oneSyncPerKey } from './sync-serial.js';
 import {
   closureOf,
   manifestPaths,
@@ -314,6 +315,17 @@ export async function push(
     to: `${remote.sshTarget}:${remote.store}`,
     roots: [...roots].sort(),
   });
+  return oneSyncPerKey(key, () => pushStaged(store, remote, opts, key, roots, nodes));
+}
+
+async function pushStaged(
+  store: LocalStore,
+  remote: RemoteSpec,
+  opts: SyncOptions,
+  key: string,
+  roots: readonly RRef[],
+  nodes: readonly ClosureNode[],
+): Promise<SyncReport> {
   const asked = [...nodes.map((n) => n.rref), ...drefsOf(nodes)];
   const stageArgs = opts.dryRun ? [] : ['--stage', key];
   const answer = parseJson<{ have: string[]; staging: string | null }>(
@@ -407,10 +419,12 @@ async function pullListed(
     to: store.root,
     roots: [...listing.roots].sort(),
   });
-  const staging = prepareIncoming(store, key);
-  report.transfer = await rsyncPaths(opts, plan, `${remote.rsyncTarget}:${listing.root}`, staging);
-  report.received = await receiveIncoming(store, key, plan);
-  return report;
+  return oneSyncPerKey(key, async () => {
+    const staging = prepareIncoming(store, key);
+    report.transfer = await rsyncPaths(opts, plan, `${remote.rsyncTarget}:${listing.root}`, staging);
+    report.received = await receiveIncoming(store, key, plan);
+    return report;
+  });
 }
 
 /** The remote's listing is checked for shape before it is planned with (its content is checked on arrival). */

@@ -107,6 +107,8 @@ export class BuilderPool {
   private readonly now: () => number;
   private waiting: (() => void)[] = [];
   private warned = false;
+  /** Builders whose failure a warning line has named (once each per run). */
+  private readonly announced = new Set<string>();
   /** Every builder that failed in this run, with why (the warning line; --explain of later fallbacks). */
   private readonly failures = new Map<string, BuilderFailure>();
 
@@ -163,6 +165,7 @@ export class BuilderPool {
       try {
         const value = await remote(slot.remote);
         this.health.succeeded(slot.name, startedAt);
+        this.announce(failures);
         return { value, placement: { builder: slot.name, why: failures.length > 0 ? 'retry' : 'slot free', failures } };
       } catch (e) {
         if (!isCairnError(e)) throw e;
@@ -184,6 +187,23 @@ export class BuilderPool {
     }
   }
 
+  /**
+   * One warning line per builder whose failure sent a build to another
+   * builder, said once that build succeeded there. Not before: when every
+   * builder fails, the fallback's single line names them all instead.
+   */
+  private announce(failures: readonly BuilderFailure[]): void {
+    for (const f of failures) {
+      if (this.announced.has(f.builder)) continue;
+      this.announced.add(f.builder);
+      const a = this.health.availability(f.builder, this.now());
+      const then = a.state === 'dropped' ? 'dropped for this run' : 'retried after a backoff';
+      this.opts.warn?.(
+        `builder ${f.builder} failed (${f.code} ${firstLine(f.message)}); its builds go elsewhere, ${then}`,
+      );
+    }
+  }
+
   /** A build here because no remote builder is up for it: one warning line per run. */
   private async fallback<T>(
     local: () => Promise<T>,
@@ -192,6 +212,7 @@ export class BuilderPool {
   ): Promise<{ value: T; placement: Placement }> {
     if (!this.warned) {
       this.warned = true;
+      for (const f of this.failures.keys()) this.announced.add(f);
       const why = [...this.failures.values()].map((f) => `${f.builder}: ${f.code} ${firstLine(f.message)}`);
       this.opts.warn?.(`every remote builder failed (${why.join('; ')}); building locally while they are down`);
     }

@@ -8,13 +8,12 @@
  *
  * The control sockets live in a private directory (mkdtemp: mode 0700) that
  * `close` removes after asking each master to exit. ControlPersist bounds a
- * master's life if cairn dies without closing. A command that already
- * chooses its own ControlMaster/ControlPath is left as it is.
- *
- * When cairn exits without closing (Ctrl-C: the realize guard ends the
- * process), an 'exit' hook asks the master to exit synchronously, so it
- * neither lingers for ControlPersist nor holds on to cairn's output pipes
- * (a `cairn realize ... | tee` would wait for it).
+ * master's life if cairn dies without closing. Ctrl-C (or SIGTERM, or a
+ * build's process.exit) ends the process through process.exit, past any
+ * `finally` that would call `close`: an exit hook does the same synchronously
+ * then, so no master and no directory outlive an interrupted realize. A
+ * command that already chooses its own ControlMaster/ControlPath is left as
+ * it is.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -25,6 +24,28 @@ import { shellQuote, splitCommand } from '../../store/sync-plan.js';
 /** Seconds an idle master outlives its last use when nobody closes it. */
 const PERSIST_S = 60;
 
+/**
+ * The longest socket directory ssh can use: a unix socket path holds at most
+ * 107 bytes, and ssh names the master's socket `DIR/%C` (40 hex digits) plus
+ * a 17-byte temporary suffix while it sets it up. Past that the master fails
+ * and so would every build on the host.
+ */
+const MAX_SOCKET_DIR = 107 - 1 - 40 - 17;
+
+/** Where the socket directory goes: the temporary directory, or /tmp when that is too long (macOS, Slurm jobs). */
+function socketParent(): string | undefined {
+  const name = 'cairn-ssh-XXXXXX'.length + 1;
+  for (const base of [os.tmpdir(), '/tmp']) {
+    if (Buffer.byteLength(base) + name > MAX_SOCKET_DIR) continue;
+    try {
+      if (fs.statSync(base).isDirectory()) return base;
+    } catch {
+      /* not there */
+    }
+  }
+  return undefined;
+}
+
 export interface SharedSsh {
   /** The ssh command to use for every call to this host (rsync's `-e` included). */
   readonly command: string;
@@ -32,36 +53,27 @@ export interface SharedSsh {
   close(): Promise<void>;
 }
 
-/** Masters not closed yet: told to exit when the process exits (one 'exit' listener for all). */
-const unclosed = new Set<() => void>();
-const exitAll = (): void => {
-  for (const f of unclosed) f();
-};
-function atExit(f: () => void, on: boolean): void {
-  if (on) {
-    if (unclosed.size === 0) process.on('exit', exitAll);
-    unclosed.add(f);
-  } else if (unclosed.delete(f) && unclosed.size === 0) process.off('exit', exitAll);
-}
-
 export function sharedSsh(sshCmd: string, target: string): SharedSsh {
-  if (/\bControl(Master|Path)\b/i.test(sshCmd)) return { command: sshCmd, close: async () => {} };
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cairn-ssh-'));
+  const parent = socketParent();
+  // Without a short enough directory, no sharing: slower, but every call still works.
+  if (/\bControl(Master|Path)\b/i.test(sshCmd) || parent === undefined)
+    return { command: sshCmd, close: async () => {} };
+  const dir = fs.mkdtempSync(path.join(parent, 'cairn-ssh-'));
   // %C: a hash of the connection's host, port and user, short enough for a socket path.
   const control = ['-o', `ControlPath=${path.join(dir, '%C')}`];
   const command = `${sshCmd} -o ControlMaster=auto ${control.map(shellQuote).join(' ')} -o ControlPersist=${PERSIST_S}`;
   const ssh = splitCommand(sshCmd);
   const exitArgs = [...ssh.slice(1), ...control, '-O', 'exit', '--', target];
+  // `-O exit` with no master listening fails at once (it never dials the host); either way the directory goes.
   const onExit = (): void => {
-    spawnSync(ssh[0]!, exitArgs, { stdio: 'ignore', timeout: 2000 });
+    spawnSync(ssh[0]!, exitArgs, { stdio: 'ignore', timeout: 5000 });
     fs.rmSync(dir, { recursive: true, force: true });
   };
-  atExit(onExit, true);
+  process.once('exit', onExit);
   return {
     command,
     async close() {
-      atExit(onExit, false);
-      // `-O exit` with no master listening fails quietly; either way the directory goes.
+      process.off('exit', onExit);
       await new Promise<void>((resolve) => {
         const child = spawn(ssh[0]!, exitArgs, { stdio: 'ignore' });
         child.on('error', () => resolve());

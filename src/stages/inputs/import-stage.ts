@@ -67,7 +67,7 @@ function copyTree(from: Buffer, to: Buffer): void {
  * not describe. (Sealing then hashes the copy once more for the store.)
  */
 export function importStage(input: FileInput, digest: InputDigest): Stage<ImportConfig> {
-  const file = entryName(input.path);
+  const file = digest.entry ?? entryName(input.path);
   const config: ImportConfig =
     digest.kind === 'file'
       ? { file, kind: 'file', hash: digest.hash, exec: digest.exec }

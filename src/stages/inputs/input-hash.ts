@@ -27,6 +27,12 @@ export interface InputDigest {
   exec: boolean;
   files: number;
   bytes: number;
+  /**
+   * The input's entry name, when it is not the basename of the path hashed:
+   * set for a recorded input on a builder (recorded-inputs.ts), whose path
+   * lies elsewhere than where the stage was declared.
+   */
+  entry?: string;
 }
 
 export interface HashStats {

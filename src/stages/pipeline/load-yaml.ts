@@ -1,4 +1,3 @@
-import * as fs from 'node:fs';
 import { createRequire } from 'node:module';
 import * as path from 'node:path';
 import type { Document, LineCounter } from 'yaml';
@@ -9,6 +8,7 @@ import { stage, type Stage } from '../stage.js';
 import { badValue, lookup } from './params.js';
 import { runPipelineStage, type PipelineConfig } from './run-cmd.js';
 import { didYouMean } from './suggest.js';
+import { diskProject, type ProjectFiles } from './project-files.js';
 
 /**
  * cairn.yaml: a pipeline of shell-command stages, in the shape of DVC's
@@ -158,7 +158,7 @@ function parseOuts(r: Reporter, where: Where, wdir: string, v: unknown, anyFlags
 }
 
 /** Reads params files once per load; values parsed as YAML 1.2 (JSON is YAML too), as DVC does. */
-function paramsReader(r: Reporter, root: string): (file: string, where: Where) => Record<string, unknown> {
+function paramsReader(r: Reporter, project: ProjectFiles): (file: string, where: Where) => Record<string, unknown> {
   const cache = new Map<string, Record<string, unknown>>();
   return (file, where) => {
     const hit = cache.get(file);
@@ -168,7 +168,7 @@ function paramsReader(r: Reporter, root: string): (file: string, where: Where) =
     }
     let text: string;
     try {
-      text = fs.readFileSync(path.join(root, file), 'utf8');
+      text = project.read(file);
     } catch (e) {
       throw r.fail(where, `params file ${file} cannot be read: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
     }
@@ -470,12 +470,13 @@ export interface LoadedPipeline {
  * into stages. Errors are E_BAD_PIPELINE, naming the file, the line, the
  * stage and the key.
  */
-export function loadPipeline(file: string): LoadedPipeline {
+export function loadPipeline(file: string, files?: ProjectFiles): LoadedPipeline {
   const abs = path.resolve(file);
   const root = path.dirname(abs);
+  const project = files ?? diskProject(root);
   let text: string;
   try {
-    text = fs.readFileSync(abs, 'utf8');
+    text = project.read(path.basename(abs));
   } catch (e) {
     throw new CairnError(
       'E_STAGE_FILE',
@@ -529,7 +530,7 @@ export function loadPipeline(file: string): LoadedPipeline {
     }
   }
   // Params (and ${key} in commands) are read from the project now, so a generated params file cannot work.
-  const readProject = paramsReader(r, root);
+  const readProject = paramsReader(r, project);
   const read = (file: string, where: Where): Record<string, unknown> => {
     const made = [file, ...ancestors(file)].map((p) => owner.get(p)).find((o) => o !== undefined);
     if (made) {
@@ -575,9 +576,7 @@ export function loadPipeline(file: string): LoadedPipeline {
             'depend on that out, and on the other files by name',
         );
       }
-      try {
-        fs.lstatSync(path.join(root, dep.path));
-      } catch {
+      if (!project.exists(dep.path)) {
         throw r.fail(
           dep.where,
           `dep ${dep.path} is neither a file in the project nor an out of a stage` + didYouMean(dep.path, owner.keys()),

@@ -7,15 +7,19 @@
  * count (malformed, archive missing, a dependency missing) are deleted too.
  * Metadata goes first, then the archives, logs and derivations no remaining
  * entry names (minus those a live push has claimed), so at no point does an
- * entry name a deleted archive or a deleted dependency.
+ * entry name a deleted archive or a deleted dependency. Code pointers
+ * (code-objects.ts) go with their derivation's last realization, or, never
+ * built here, once older than `olderThanMs`; then the code objects and
+ * derivations no remaining pointer or entry names.
  *
  * gc does not check signatures: it deletes by age and shape, never because
  * of a key, so a gc run with a different trust setting cannot empty a cache.
  */
 import { CairnError } from '../../errors.js';
-import type { RRef } from '../refs.js';
+import { parseRRef, type DRef, type RRef } from '../refs.js';
 import type { BlobStore } from './blob.js';
 import { PARALLEL, liveTempRoots, mapLimit, readInfo } from './entries.js';
+import { codeKey, parsePointer, pointerOfKey } from './code-objects.js';
 import { blobsOf, depsOf, drvKey, entryKey, parseEntry, rrefOfKey, type CacheEntry } from './format.js';
 
 export interface CacheGcOptions {
@@ -44,7 +48,7 @@ async function survey(blob: BlobStore): Promise<{ entries: Map<RRef, CacheEntry>
   const entryKeys: string[] = [];
   for await (const k of blob.list('r/')) if (rrefOfKey(k) !== null) entryKeys.push(k);
   const keys = new Set<string>(entryKeys);
-  for (const prefix of ['a/', 'l/', 'd/']) for await (const k of blob.list(prefix)) keys.add(k);
+  for (const prefix of ['a/', 'l/', 'd/', 'c/']) for await (const k of blob.list(prefix)) keys.add(k);
   const bodies = await mapLimit(entryKeys, PARALLEL, (k) => blob.get(k));
   const entries = new Map<RRef, CacheEntry>();
   const broken: RRef[] = [];
@@ -152,9 +156,59 @@ export async function cacheGc(blob: BlobStore, opts: CacheGcOptions): Promise<Ca
       /* malformed: the next gc removes it */
     }
   }
-  const objects = [...keys].filter((k) => /^(a|l|d)\//.test(k) && !named.has(k));
+  const pointers = await doomedPointers(blob, opts, now, {
+    live: new Set([...keep, ...fresh.map((k) => rrefOfKey(k)!)].map((r) => parseRRef(r).dref)),
+    rooted: new Set([...live, ...again.live].flatMap((r) => r.drefs)),
+    built: new Set([...entries.keys(), ...broken].map((r) => parseRRef(r).dref)),
+  });
+  // The pointers that stay keep their derivation and code object; those that go, go before them.
+  for (const { dref, code } of pointers.kept) named.add(drvKey(dref)).add(codeKey(code));
+  await mapLimit(chunks(pointers.doomed, 100), 4, (c) => blob.delete(c));
+  const objects = [...keys].filter((k) => /^(a|l|d|c)\//.test(k) && !named.has(k));
   await mapLimit(chunks([...objects, ...dead], 100), 4, (c) => blob.delete(c));
-  return { kept: keep.size, deleted, broken: [...bad, ...broken], objects: objects.length + dead.length };
+  return {
+    kept: keep.size,
+    deleted,
+    broken: [...bad, ...broken],
+    objects: objects.length + dead.length + pointers.doomed.length,
+  };
+}
+
+/**
+ * Which code pointers (code-objects.ts) go: one stays while its derivation
+ * has a realization in the cache or a live push names it; one whose
+ * realizations this gc deleted goes with them; one of a derivation never
+ * built here stays until it is older than `olderThanMs` (always, without it).
+ */
+async function doomedPointers(
+  blob: BlobStore,
+  opts: CacheGcOptions,
+  now: number,
+  drefs: { live: Set<string>; rooted: Set<string>; built: Set<string> },
+): Promise<{ kept: { dref: DRef; code: string }[]; doomed: string[] }> {
+  const kept: { dref: DRef; code: string }[] = [];
+  const doomed: string[] = [];
+  const unbuilt: string[] = [];
+  for await (const k of blob.list('p/')) {
+    const p = pointerOfKey(k);
+    if (p === null) continue;
+    if (drefs.live.has(p.dref) || drefs.rooted.has(p.dref)) kept.push(p);
+    else if (drefs.built.has(p.dref)) doomed.push(k);
+    else if (opts.olderThanMs === undefined) kept.push(p);
+    else unbuilt.push(k);
+  }
+  const bodies = await mapLimit(unbuilt, PARALLEL, (k) => blob.get(k));
+  unbuilt.forEach((k, i) => {
+    let created: number | undefined;
+    try {
+      created = parsePointer(bodies[i]?.toString('utf8') ?? '', k).created;
+    } catch {
+      created = undefined; // malformed: no reader uses it
+    }
+    if (created !== undefined && now - created <= opts.olderThanMs!) kept.push(pointerOfKey(k)!);
+    else doomed.push(k);
+  });
+  return { kept, doomed };
 }
 
 function depth(r: RRef, entries: Map<RRef, CacheEntry>, memo: Map<RRef, number>): number {

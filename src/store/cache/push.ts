@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { CairnError } from '../../errors.js';
 import { removeTree } from '../fsutil.js';
 import { sha256Hex } from '../hash.js';
-import { parseRRef, type DRef, type RRef } from '../refs.js';
+import { parseRef, parseRRef, type DRef, type RRef } from '../refs.js';
 import type { LocalStore, RealizationMeta } from '../store.js';
 import { dependencyOrder } from '../sync-plan.js';
 import { listClosure } from '../sync.js';
@@ -35,6 +35,7 @@ import {
   type ArchiveKind,
   type CacheEntry,
 } from './format.js';
+import { pushDerivationCode } from './code-objects.js';
 import { checkSignatures, parsePublicKey, publicKeyOf, sign, type SecretKey } from './sign.js';
 
 export interface PushOptions {
@@ -77,6 +78,10 @@ export interface PushReport {
   archives: number;
   /** Compressed bytes of the archives uploaded. */
   archiveBytes: number;
+  /** Derivations whose signed code pointer this push wrote (pushClosure only; see code-objects.ts). */
+  codePointers?: DRef[];
+  /** Code objects uploaded (pushClosure only). */
+  code?: string[];
 }
 
 /** The environment variable that pauses a push between its uploads and its metadata (tests kill it there). */
@@ -91,7 +96,24 @@ export async function pushClosure(
 ): Promise<PushReport> {
   if (refs.length === 0) throw new CairnError('E_BAD_ARGUMENT', 'push needs at least one DRef or RRef');
   const { nodes } = listClosure(local, refs);
-  return pushRealizations(local, blob, dependencyOrder(nodes), opts);
+  const report = await pushRealizations(local, blob, dependencyOrder(nodes), opts);
+  // The derivations go with their code objects, so a host with only the cache can build them (build-drv):
+  // those of the closure, and a DRef named with no realization yet, which is what a builder is sent.
+  const named = refs.map((r) => parseRef(r)).flatMap((p) => (p.kind === 'drv' ? [p.dref] : []));
+  const unbuilt = named.filter((d) => !nodes.some((n) => parseRRef(n.rref).dref === d));
+  for (const d of unbuilt) {
+    if ((await local.derivationCode(d)) === undefined) {
+      throw new CairnError(
+        'E_NO_CODE',
+        `${d} has no realization and no code object in the store: there is nothing to push ` +
+          '(realize its stage file with self-contained code to push it unbuilt, for build-drv elsewhere)',
+        { dref: d },
+      );
+    }
+  }
+  const drefs = [...new Set([...nodes.map((n) => parseRRef(n.rref).dref), ...named])];
+  const code = await pushDerivationCode(local, blob, drefs, opts.key, opts.concurrency ?? PARALLEL);
+  return { ...report, codePointers: code.pointers, code: code.code };
 }
 
 interface Item {

@@ -3,7 +3,8 @@
  * cache. Each entry must be well formed, signed by a trusted key (when keys
  * are given), name an archive, log and derivation that exist, have its
  * dependencies in the cache, and (unless `shallow`) its archive must unpack
- * safely to a tree that hashes to the entry's tree hash and sizes.
+ * safely to a tree that hashes to the entry's tree hash and sizes. Code
+ * pointers are checked as build-drv would take them (code-objects.ts).
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -17,6 +18,7 @@ import type { BlobStore } from './blob.js';
 import { PARALLEL, checkTrust, listRRefs, mapLimit, readInfo } from './entries.js';
 import { archiveKindOf, blobsOf, depsOf, drvKey, entryKey, parseEntry, type CacheEntry } from './format.js';
 import type { PublicKey } from './sign.js';
+import { verifyCodePointers, type CodeProblem } from './code-objects.js';
 
 export interface CacheProblem {
   rref: RRef;
@@ -28,6 +30,9 @@ export interface CacheVerifyReport {
   entries: number;
   ok: number;
   problems: CacheProblem[];
+  /** Code pointers (code-objects.ts) checked, and what a reader would refuse among them. */
+  codePointers: number;
+  codeProblems: CodeProblem[];
 }
 
 export async function verifyCache(
@@ -85,7 +90,8 @@ export async function verifyCache(
       removeTree(tmp);
     }
   }
-  return { entries: rrefs.length, ok: good.size, problems };
+  const code = await verifyCodePointers(blob, opts);
+  return { entries: rrefs.length, ok: good.size, problems, codePointers: code.pointers, codeProblems: code.problems };
 }
 
 async function checkArchive(
