@@ -4,8 +4,11 @@
  *   - locally with -j 2 (ideal: 16 x 2 s / 2 slots = 16 s), and
  *   - on two ssh hosts (network namespaces with their own sshd,
  *     test/fixtures/hosts.ts) with maxJobs=2 each (ideal: 8 s);
- * wall time against the ideal (work / slots); the difference is the fixed
+ * wall time against the ideal (work / slots); the difference is the
  * overhead (process start, stage file load, bundling, ssh and transfers).
+ * Each is run first with builds that do nothing (sleep 0, fresh salts): that
+ * wall time is the fixed overhead, and (wall - fixed) / ideal says how close
+ * the builds themselves come to the ideal.
  *
  *   npm run build && node --import tsx bench/builders.ts
  *
@@ -43,20 +46,27 @@ try {
     return { ms, stdout: r.stdout };
   };
   const rows: string[] = [];
-  // The report stage costs ~nothing, but it is one more round (ssh: its inputs travel to a builder).
-  const run = (label: string, salt: string, slots: number, extra: string[]): void => {
-    const file = writeFanout(dir, { salt, parts: STAGES, sleepMs: SLEEP });
+  /** One realize of the fan-out with builds of `sleepMs`; its wall time and where the builds ran. */
+  const realize = (salt: string, sleepMs: number, extra: string[]): { ms: number; where: string } => {
+    const file = writeFanout(dir, { salt, parts: STAGES, sleepMs });
     const store = path.join(dir, `store-${salt}`);
-    log(`${label}...`);
     const { ms, stdout } = onA(['--store', store, 'realize', file, '--json', '-q', ...extra]);
     const res = JSON.parse(stdout) as { builds: number; plan: { where?: { builder: string } }[] };
-    const ideal = Math.ceil(STAGES / slots) * SLEEP;
     const where = new Map<string, number>();
     for (const p of res.plan) where.set(p.where?.builder ?? 'local', (where.get(p.where?.builder ?? 'local') ?? 0) + 1);
+    return { ms, where: [...where].map(([k, v]) => `${k.replace(/\/tmp\/\S+/, '')}: ${v}`).join(', ') };
+  };
+  // The report stage costs ~nothing, but it is one more round (ssh: its inputs travel to a builder).
+  const run = (label: string, salt: string, slots: number, extra: string[]): void => {
+    log(`${label}, no work...`);
+    const fixed = realize(`${salt}-0`, 0, extra).ms;
+    log(`${label}...`);
+    const { ms, where } = realize(salt, SLEEP, extra);
+    const ideal = Math.ceil(STAGES / slots) * SLEEP;
     rows.push(
       `| ${label} | ${slots} | ${(ideal / 1000).toFixed(1)} s | ${(ms / 1000).toFixed(2)} s | ` +
-        `${(ms / ideal).toFixed(2)}x | ${((ms - ideal) / 1000).toFixed(2)} s | ` +
-        `${[...where].map(([k, v]) => `${k.replace(/\/tmp\/\S+/, '')}: ${v}`).join(', ')} |`,
+        `${(ms / ideal).toFixed(2)}x | ${((ms - ideal) / 1000).toFixed(2)} s | ${(fixed / 1000).toFixed(2)} s | ` +
+        `${((ms - fixed) / ideal).toFixed(2)}x | ${where} |`,
     );
   };
   const stamp = Date.now().toString(36);
@@ -72,7 +82,9 @@ try {
   process.stdout.write(
     `${STAGES} stages of ${SLEEP / 1000} s each, then a report; ${os.availableParallelism()} cores, ` +
       `load ${os.loadavg()[0]!.toFixed(1)}\n\n` +
-      '| run | slots | ideal (work/slots) | wall | ratio | overhead | where |\n|---|---|---|---|---|---|---|\n' +
+      '| run | slots | ideal (work/slots) | wall | ratio | overhead | fixed (no work) | (wall - fixed) / ideal ' +
+      '| where |\n' +
+      '|---|---|---|---|---|---|---|---|---|\n' +
       rows.join('\n') +
       '\n',
   );

@@ -112,6 +112,8 @@ export const ErrorCodes = {
   E_STORE_CONFIG: "the store's config.json is not valid JSON or has a field of the wrong type",
   E_BAD_BUILDER: 'a builder spec is not local, ssh://[user@]host[:port][/STORE][?maxJobs=N] or slurm[:PARTITION]',
   E_BUILDER_FAILED: 'a remote builder (ssh host or Slurm job) failed or returned something unusable',
+  E_WORKER_PROTOCOL: 'a builder worker stream is malformed: a bad frame length, header or message, or truncated',
+  E_WORKER_VERSION: 'a builder worker and its coordinator speak different protocol versions (install the same Cairn)',
   E_CODE_CORRUPT: 'a stage code object is malformed, too large, or does not hash to its name',
   E_CODE_NATIVE:
     'a stage file imports a native addon (a .node file or a package built with node-gyp): it cannot travel',

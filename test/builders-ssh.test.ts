@@ -46,20 +46,23 @@ interface Result {
 
 const builder = (host: Host, extra = ''): string => `ssh://root@${host.addr}${host.store}${extra}`;
 
-/** The cairn command on b and c; with a tamper marker in the host's dir, its build-drv results are altered. */
+/**
+ * The cairn command on b and c. With a tamper marker beside the host's store, the stream of its builder
+ * worker passes through a filter that alters the parts' outputs on the way back (a man in the middle).
+ */
 function remoteCairn(): string {
   const wrapper = path.join(h.dir, 'remote-cairn.sh');
+  const filter = path.join(import.meta.dirname, 'fixtures', 'builders', 'tamper-stream.js');
   fs.writeFileSync(
     wrapper,
     `#!/bin/sh
-# --store STORE build-drv ...: after the build, a host with a tamper marker alters the outputs in its store.
+# --store STORE builder-worker
 store=$2
-${h.remoteCairn} "$@" || exit $?
-if [ "$3" = build-drv ] && [ -e "$store.tamper" ]; then
-  find "$store/d" -path '*/out/*' -type f -name part.txt -newer "$store.tamper" | while read -r f; do
-    chmod u+w "$f" "$(dirname "$f")"; echo tampered >>"$f"
-  done
+if [ "$3" = builder-worker ] && [ -e "$store.tamper" ]; then
+  ${h.remoteCairn} "$@" | ${process.execPath} ${filter} 'tamper\\n' 'TAMPER\\n'
+  exit
 fi
+exec ${h.remoteCairn} "$@"
 `,
     { mode: 0o755 },
   );
@@ -152,7 +155,7 @@ describe('ssh builders', () => {
       '--remote-cairn',
       remoteCairn(),
     ]);
-    // Kill the build-drv of the slow part wherever it runs first.
+    // Kill the builder worker building the slow part wherever it runs first (its title names what it builds).
     let killed: Host | undefined;
     const deadline = Date.now() + 60_000;
     while (!killed && Date.now() < deadline) {
@@ -165,7 +168,7 @@ describe('ssh builders', () => {
           } catch {
             continue;
           }
-          if (cmd.includes('build-drv') && cmd.includes('part-0') && cmd.includes('main.js')) {
+          if (cmd.includes('builder-worker: building') && cmd.includes('-part-0')) {
             process.kill(Number(pid), 'SIGKILL');
             killed = host;
           }
@@ -219,7 +222,7 @@ describe('ssh builders', () => {
     const ref = await localReference(file, 'tamper');
     for (const p of res.plan) assert.deepEqual(p.rrefs, ref.get(p.name), p.name);
     for (const p of res.plan.filter((x) => x.name.startsWith('part-')))
-      assert.doesNotMatch(readOut(a, p.rrefs[0]!, 'part.txt'), /tampered/);
+      assert.doesNotMatch(readOut(a, p.rrefs[0]!, 'part.txt'), /TAMPER/);
     await assertVerifyClean(a);
   });
 

@@ -5,6 +5,7 @@ import { parseRef, type DRef, type RRef } from '../../src/store/refs.js';
 import { collect, out, type CliContext } from '../context.js';
 import { exportDerivationsTo, importDerivations, importDerivationsFrom } from '../../src/store/drv-export.js';
 import type { LocalStore } from '../../src/store/store.js';
+import { serveBuilderWorker, takeStdout } from '../../src/stages/builders/worker-serve.js';
 import { substituterUrls } from '../realize-caches.js';
 
 /** Takes in a derivation export from a file, or from stdin for `-`. */
@@ -78,6 +79,16 @@ export function registerBuildDrv(ctx: CliContext): void {
           : await importAndBuild(store, dref as DRef, take, opts);
       if (o.json) out(JSON.stringify(result));
       else out(result.realizations.join(' '));
+    });
+
+  // Started by ssh builders over ssh (docs/builders.md), not by hand: hidden from --help.
+  ctx.program
+    .command('builder-worker', { hidden: true })
+    .description('serve builds to a coordinating cairn on stdin/stdout (the framed builder worker protocol)')
+    .action(async () => {
+      const output = takeStdout();
+      // Exit even if loaded stage code left timers behind: the coordinator is gone.
+      process.exit(await serveBuilderWorker(ctx.openStore(), process.stdin, output));
     });
 
   ctx.program

@@ -122,7 +122,21 @@ export async function exportClosure(store: LocalStore, refs: readonly string[], 
   return { file: dest, realizations: manifest.rrefs.length, derivations: manifest.drvs.length, roots };
 }
 
-function writeClosureTar(store: LocalStore, manifest: ClosureManifest, dest: string, shown: string): void {
+/**
+ * Writes what `manifest` names (planned with planTransfer) from `store` as a
+ * closure tar at `file`: a transfer file, read once and removed, so not fsynced.
+ */
+export function writeClosureFile(store: LocalStore, manifest: ClosureManifest, file: string): void {
+  writeClosureTar(store, manifest, file, file, false);
+}
+
+function writeClosureTar(
+  store: LocalStore,
+  manifest: ClosureManifest,
+  dest: string,
+  shown: string,
+  fsync = true,
+): void {
   try {
     writeAtomic(
       dest,
@@ -134,7 +148,7 @@ function writeClosureTar(store: LocalStore, manifest: ClosureManifest, dest: str
         for (const p of manifestPaths(manifest)) w.tree(Buffer.concat([root, Buffer.from(`/${p}`)]), Buffer.from(p));
         w.end();
       },
-      { mode: 0o644, fsync: true },
+      { mode: 0o644, fsync },
     );
   } catch (e) {
     if (e instanceof CairnError) throw e;
@@ -178,7 +192,14 @@ export async function copyClosure(from: LocalStore, into: LocalStore, rrefs: rea
  * (E_SYNC_HASH_MISMATCH, E_BAD_CLOSURE or E_BAD_ARCHIVE) and the store is
  * left as it was.
  */
-export async function importClosure(store: LocalStore, file: string): Promise<ReceiveReport> {
+export async function importClosure(
+  store: LocalStore,
+  file: string,
+  opts: {
+    /** Refuses a manifest before anything is received (throws): a builder's result must be what was asked for. */
+    check?: (manifest: ClosureManifest) => void;
+  } = {},
+): Promise<ReceiveReport> {
   if (!fs.existsSync(file)) throw new CairnError('E_NO_SUCH_FILE', `${file} does not exist`, { file });
   const staging = store.makeTempDir('import');
   try {
@@ -198,7 +219,9 @@ export async function importClosure(store: LocalStore, file: string): Promise<Re
         { file },
       );
     }
-    return await receiveClosure(store, staging, parseManifest(json), { allOrNothing: true });
+    const manifest = parseManifest(json);
+    opts.check?.(manifest);
+    return await receiveClosure(store, staging, manifest, { allOrNothing: true });
   } finally {
     removeTree(staging);
   }

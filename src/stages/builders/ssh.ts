@@ -1,18 +1,21 @@
 /**
- * The ssh builder: `cairn build-drv` on another host, as Nix's remote
- * builders run `nix-store --serve`. One build:
- *  1. the inputs' closures go to the host's store with sync push (only what
- *     it lacks: one `store have` round trip, then rsync);
- *  2. `cairn build-drv DREF --from - --input RREF... --json` runs there,
- *     with the derivation and its code object on its stdin (verified there
- *     against their names before anything is built);
- *  3. its realizations come back with sync pull: re-hashed and verified by
- *     this store (receive.ts), never trusted as sent.
+ * The ssh builder: builds on another host, as Nix's remote builders run
+ * `nix-store --serve`: one long-lived `cairn builder-worker` per slot,
+ * started on first use over the host's shared ssh connection and closed
+ * when the realize ends (worker-serve.ts). One build on a worker
+ * (ssh-worker-build.ts):
+ *  1. `have`: which of the inputs' closure the host lacks; what it lacks goes
+ *     as a closure tar in the same stream, taken in there through the
+ *     verified import;
+ *  2. `build`: the derivation and its code object (verified there against
+ *     their names) and the exact input RRefs; the build's log lines stream back;
+ *  3. its realizations come back as a closure tar in the same stream and
+ *     enter this store only through the verified import (receive.ts):
+ *     re-hashed, the closure checked, never trusted as sent.
  */
 import type { LocalStore } from '../../store/store.js';
 import type { RRef } from '../../store/refs.js';
-import { listClosure, pullKnown, push, remoteCairn, parseJson, type SyncOptions } from '../../store/sync.js';
-import { CairnError } from '../../errors.js';
+import { parseJson } from '../../store/sync.js';
 import type { SshSpec } from './spec.js';
 import type { RemoteBuilder, RemoteJob } from './pool.js';
 import { derivationBundle } from './send-derivation.js';
@@ -21,6 +24,7 @@ import { slurmJobScript, type CacheDataPlane } from './slurm.js';
 import { runWithInput } from './run-process.js';
 import { shellQuote, splitCommand } from '../../store/sync-plan.js';
 import { sharedSsh } from './ssh-sharing.js';
+import { buildOnWorker, workerSlots } from './ssh-worker-build.js';
 
 export interface SshTransport {
   /** The ssh command (default `ssh -o BatchMode=yes`), split like a shell would. */
@@ -47,14 +51,19 @@ export function sshBuilder(
     target,
   );
   const sshCmd = shared.command;
-  const opts: SyncOptions = { ssh: sshCmd, remoteCairn: transport.remoteCairn };
-  const remote = `${target}:${spec.store}`;
   const remoteCmd = transport.remoteCairn ?? 'cairn';
-  const sshRemote = { sshTarget: target, rsyncTarget: target, store: spec.store };
+  const workers = workerSlots(store, {
+    name: spec.name,
+    argv: [...splitCommand(sshCmd), '--', target, `${remoteCmd} --store ${shellQuote(spec.store)} builder-worker`],
+  });
   return {
     name: spec.name,
     slots: spec.maxJobs,
-    close: () => shared.close(),
+    async close() {
+      // Workers first: they end over the shared connection, which goes last.
+      await workers.close();
+      await shared.close();
+    },
     async build(job: RemoteJob): Promise<RRef[]> {
       const { node, inputs } = job;
       if (data) {
@@ -67,34 +76,7 @@ export function sshBuilder(
         await data.fetch.fetch(store, report.realizations);
         return report.realizations;
       }
-      if (inputs.length > 0) {
-        const sent = await push(store, remote, inputs, opts);
-        job.log(`${spec.name}: sent ${sent.plan.rrefs.length} input realization(s)`);
-      }
-      const args = ['build-drv', node.dref, '--from', '-', ...inputs.flatMap((r) => ['--input', r]), '--json'];
-      const drv = await derivationBundle(store, node.dref);
-      const report = checkBuildDrvReport(
-        parseJson<unknown>(await remoteCairn(sshRemote, opts, args, drv), 'cairn build-drv'),
-        node.dref,
-        spec.name,
-      );
-      job.log(`${spec.name}: built on ${report.host} in ${report.buildMs} ms`);
-      // Their closure is known here (they were built from exactly `inputs`): no `store closure` round trip.
-      const listing = {
-        root: spec.store,
-        roots: report.realizations,
-        nodes: [
-          ...(inputs.length > 0 ? listClosure(store, inputs).nodes : []),
-          ...report.realizations.map((rref) => ({ rref, deps: [...inputs] })),
-        ],
-      };
-      const got = await pullKnown(store, remote, listing, opts);
-      const received = new Set([...(got.received?.received ?? []), ...(got.received?.present ?? [])]);
-      // pull verifies what it takes in; anything it did not take in is not ours to return.
-      for (const r of report.realizations)
-        if (!received.has(r) && !store.has(r))
-          throw new CairnError('E_BUILDER_FAILED', `${spec.name} built ${r} but it did not arrive`, { rref: r });
-      return report.realizations;
+      return workers.run((w) => buildOnWorker(store, spec.name, w, job));
     },
   };
 }

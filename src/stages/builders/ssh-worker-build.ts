@@ -1,0 +1,135 @@
+/**
+ * One build on a builder worker (ssh.ts), and the workers of one ssh
+ * builder: at most one per slot (the pool never runs more builds on a
+ * builder than it has slots), each started on first use and reused by the
+ * builds after it. A worker that failed is dropped, never reused; one whose
+ * build failed on its own (E_BUILD_FAILED, ...) is still good.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { CairnError } from '../../errors.js';
+import { writeDerivations } from '../../store/drv-export.js';
+import { importClosure, writeClosureFile } from '../../store/export.js';
+import { removeTree } from '../../store/fsutil.js';
+import { parseRRef, type RRef } from '../../store/refs.js';
+import type { LocalStore } from '../../store/store.js';
+import { listClosure } from '../../store/sync.js';
+import { planTransfer } from '../../store/sync-plan.js';
+import { checkBuildDrvReport } from './build-drv-report.js';
+import { isDerivationFault, type RemoteJob } from './pool.js';
+import { discard } from './worker-channel.js';
+import { BuilderWorker, type WorkerCommand } from './worker-client.js';
+
+export interface WorkerSlots {
+  /** Runs `fn` on an idle worker (started if none is idle). */
+  run<T>(fn: (w: BuilderWorker) => Promise<T>): Promise<T>;
+  /** Ends every worker. */
+  close(): Promise<void>;
+}
+
+export function workerSlots(store: LocalStore, cmd: WorkerCommand): WorkerSlots {
+  const idle: BuilderWorker[] = [];
+  const all = new Set<BuilderWorker>();
+  let closed = false;
+  return {
+    async run(fn) {
+      if (closed) throw new CairnError('E_BUILDER_FAILED', `${cmd.name}: the builder was closed`);
+      let w: BuilderWorker | undefined;
+      while ((w = idle.pop()) && w.broken) {
+        all.delete(w);
+        void w.close();
+      }
+      w ??= await BuilderWorker.start(store, cmd);
+      all.add(w);
+      let keep = false;
+      try {
+        const value = await fn(w);
+        keep = true;
+        return value;
+      } catch (e) {
+        keep = isDerivationFault(e);
+        throw e;
+      } finally {
+        if (keep && !w.broken && !closed) idle.push(w);
+        else {
+          all.delete(w);
+          void w.close();
+        }
+      }
+    },
+    async close() {
+      closed = true;
+      idle.length = 0;
+      await Promise.all([...all].map((w) => w.close()));
+      all.clear();
+    },
+  };
+}
+
+/** A file in a fresh temporary directory of the store, removed after `fn`. */
+async function withTempFile<T>(store: LocalStore, label: string, fn: (file: string) => Promise<T>): Promise<T> {
+  const dir = store.makeTempDir(label);
+  try {
+    return await fn(path.join(dir, `${label}.tar`));
+  } finally {
+    removeTree(dir);
+  }
+}
+
+export async function buildOnWorker(
+  store: LocalStore,
+  builder: string,
+  w: BuilderWorker,
+  job: RemoteJob,
+): Promise<RRef[]> {
+  const { node, inputs } = job;
+  if (inputs.length > 0) {
+    // One round trip: which of the inputs' closure the host lacks.
+    const { roots, nodes, code } = listClosure(store, inputs);
+    const asked = [...nodes.map((n) => n.rref), ...new Set(nodes.map((n) => parseRRef(n.rref).dref))];
+    const have = await w.have(asked);
+    const plan = planTransfer(
+      roots,
+      nodes,
+      (r) => have.has(r),
+      (d) => code?.[d],
+    );
+    if (plan.rrefs.length > 0 || plan.drvs.length > 0) {
+      await withTempFile(store, 'worker-send', async (file) => {
+        writeClosureFile(store, plan, file);
+        await w.sendClosure(file);
+      });
+      job.log(`${builder}: sent ${plan.rrefs.length} input realization(s)`);
+    }
+  }
+  const { report, result } = await withTempFile(store, 'worker-drv', async (file) => {
+    const fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+    try {
+      writeDerivations(store, [node.dref], fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    return w.build(node.dref, inputs, file, job.log);
+  });
+  try {
+    const checked = checkBuildDrvReport(report, node.dref, builder);
+    job.log(`${builder}: built on ${checked.host} in ${checked.buildMs} ms`);
+    const asked = new Set<string>(checked.realizations);
+    await importClosure(store, result.payload!.file, {
+      check: (m) => {
+        const extra = [...m.rrefs, ...m.drvs].find((r) => !asked.has(r) && r !== node.dref);
+        if (extra !== undefined)
+          throw new CairnError('E_BUILDER_FAILED', `${builder} sent ${extra}, which is not a result of ${node.dref}`, {
+            builder,
+          });
+      },
+    });
+    // The import verified what it took in; anything it did not take in is not ours to return.
+    for (const r of checked.realizations)
+      if (!store.has(r))
+        throw new CairnError('E_BUILDER_FAILED', `${builder} built ${r} but it did not arrive`, { rref: r });
+    return checked.realizations;
+  } finally {
+    discard(result);
+  }
+}
