@@ -178,6 +178,32 @@ describe('builder workers', () => {
     assert.deepEqual(incomingEntries(a.store), []);
   });
 
+  it('realize --force builds again on the builder (not its old realization) and says which builder', async () => {
+    // Not deterministic: a forced build on the host gives a realization of its own.
+    const file = path.join(h.dir, 'forced.ts');
+    fs.writeFileSync(
+      file,
+      `import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { stage } from 'cairn';
+export default stage({ name: 'noisy', config: { salt: 'forced' }, build: async ({ out }) => {
+  fs.writeFileSync(path.join(out, 'r.txt'), String(Math.random()));
+} });
+`,
+    );
+    const args = ['--builders', builderB(), '--builders-ssh', h.ssh, '--remote-cairn', h.remoteCairn];
+    const first = ok(await h.cairn(a, ['realize', file, ...args]), 'first realize');
+    const again = ok(await h.cairn(a, ['realize', file, '--force', ...args]), 'forced realize');
+    const [r1, r2] = [first, again].map((r) => r.stdout.trim().split('\n').at(-1)!);
+    assert.notEqual(r2, r1, 'the forced build made a new realization');
+    assert.match(again.stderr, new RegExp(`^built noisy on ssh://root@10\\.200\\.31\\.2\\S* in [\\d.]+s: ${r2}$`, 'm'));
+    // Both are in the builder's store and here.
+    for (const r of [r1, r2]) {
+      assert.ok(fs.existsSync(rzDir(b.store, r!)), `${r} on b`);
+      assert.ok(fs.existsSync(rzDir(a.store, r!)), `${r} here`);
+    }
+  });
+
   it('an idle worker that died is replaced, not counted as a failure of its host', async () => {
     const marker = path.join(h.dir, 'release-hold');
     const file = path.join(h.dir, 'idle-death.ts');

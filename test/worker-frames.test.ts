@@ -141,6 +141,7 @@ describe('worker frames', () => {
       [{ t: 'build', dref: '../../etc', inputs: [] }, 10],
       [{ t: 'build', dref: DREF, inputs: [DREF] }, 10],
       [{ t: 'build', dref: DREF, inputs: 'x' }, 10],
+      [{ t: 'build', dref: DREF, inputs: [], force: 'yes' }, 10],
       [{ t: 'have', refs: ['/etc/passwd'] }, 0],
       [{ t: 'have', refs: [1] }, 0],
       [{ t: 'built', report: {} }, 0],

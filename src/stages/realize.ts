@@ -294,7 +294,7 @@ export async function realize(targets: Stage | readonly Stage[] | Graph, opts: R
                   node,
                   (b) => {
                     begin();
-                    return b.build({ node, inputs, log });
+                    return b.build({ node, inputs, log, force: isForced });
                   },
                   here,
                 );

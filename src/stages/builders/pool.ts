@@ -25,6 +25,8 @@ export interface RemoteJob {
   inputs: readonly RRef[];
   /** A line for the build's log (progress of the transfer and the remote build). */
   log(line: string): void;
+  /** Build even when the builder has realizations from these inputs that satisfy the matcher (`--force`). */
+  force?: boolean;
 }
 
 export interface RemoteBuilder {

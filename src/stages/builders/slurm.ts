@@ -95,7 +95,7 @@ export function slurmJobScript(
     'cat >"$S/drv.tar"',
     ...(job.inputs.length > 0 ? [`${c} cache pull ${q(url)} ${inputs} --trusted-key ${q(pub)} >/dev/null`] : []),
     [c, 'build-drv', q(job.node.dref), '--from', '"$S/drv.tar"', ...job.inputs.flatMap((r) => ['--input', q(r)])]
-      .concat(['--json', '>"$S/report"'])
+      .concat(job.force === true ? ['--force'] : [], ['--json', '>"$S/report"'])
       .join(' '),
     // Exactly what this build chose (the report's realizations), not every realization of the
     // derivation in the store: a builder's own store may hold older ones, from other inputs.

@@ -109,7 +109,7 @@ export async function buildOnWorker(
     } finally {
       fs.closeSync(fd);
     }
-    return w.build(node.dref, inputs, file, job.log);
+    return w.build(node.dref, inputs, file, job.log, job.force === true);
   });
   try {
     const checked = checkBuildDrvReport(report, node.dref, builder);

@@ -161,8 +161,10 @@ export class BuilderWorker {
     inputs: readonly RRef[],
     drvFile: string,
     onLog: (line: string) => void,
+    force = false,
   ): Promise<{ report: unknown; result: Frame<WorkerReply> }> {
-    const f = await this.request({ t: 'build', dref, inputs: [...inputs] }, drvFile, onLog);
+    const msg = { t: 'build' as const, dref, inputs: [...inputs], ...(force ? { force } : {}) };
+    const f = await this.request(msg, drvFile, onLog);
     if (f.msg.t !== 'built') throw this.unexpected(f);
     return { report: f.msg.report, result: f };
   }

@@ -33,7 +33,7 @@ export type WorkerRequest =
   /** Take in this closure (payload: a closure tar, as `cairn export` writes). */
   | { t: 'closure' }
   /** Build `dref` from exactly `inputs` (payload: the derivation export, as `cairn export-drv` writes). */
-  | { t: 'build'; dref: string; inputs: string[] };
+  | { t: 'build'; dref: string; inputs: string[]; force?: boolean };
 
 /** Worker to coordinator. */
 export type WorkerReply =
@@ -195,7 +195,13 @@ export function parseRequest(h: unknown, payloadBytes: number): WorkerRequest {
       return { t: 'closure' };
     default:
       if (typeof r.dref !== 'string' || refKind(r.dref) !== 'drv') throw protocolError('build names no DRef');
-      return { t: 'build', dref: r.dref, inputs: stringList(r.inputs, 'build.inputs', (s) => refKind(s) === 'rz') };
+      if (r.force !== undefined && typeof r.force !== 'boolean') throw protocolError('build.force is not a boolean');
+      return {
+        t: 'build',
+        dref: r.dref,
+        inputs: stringList(r.inputs, 'build.inputs', (s) => refKind(s) === 'rz'),
+        ...(r.force === true ? { force: true } : {}),
+      };
   }
 }
 

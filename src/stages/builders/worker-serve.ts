@@ -143,6 +143,7 @@ async function handle(
       // importAndBuild holds the derivation and its inputs' derivations as roots from before the import.
       const report = await importAndBuild(store, m.dref as DRef, () => importDerivations(store, f.payload!.file), {
         inputs: m.inputs as RRef[],
+        force: m.force === true,
         onLog: (line) => void reply({ t: 'log', line }).catch(() => {}),
       });
       // The result: its realizations alone (the coordinator has the derivation and the inputs it sent).
