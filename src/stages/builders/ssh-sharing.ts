@@ -53,6 +53,13 @@ export interface SharedSsh {
   close(): Promise<void>;
 }
 
+/** Exit hooks of the masters not closed yet, behind one 'exit' listener (one per host warned past 10 hosts). */
+const open = new Set<() => void>();
+const endAll = (): void => {
+  for (const end of open) end();
+  open.clear();
+};
+
 export function sharedSsh(sshCmd: string, target: string): SharedSsh {
   const parent = socketParent();
   // Without a short enough directory, no sharing: slower, but every call still works.
@@ -69,11 +76,13 @@ export function sharedSsh(sshCmd: string, target: string): SharedSsh {
     spawnSync(ssh[0]!, exitArgs, { stdio: 'ignore', timeout: 5000 });
     fs.rmSync(dir, { recursive: true, force: true });
   };
-  process.once('exit', onExit);
+  if (open.size === 0) process.once('exit', endAll);
+  open.add(onExit);
   return {
     command,
     async close() {
-      process.off('exit', onExit);
+      open.delete(onExit);
+      if (open.size === 0) process.off('exit', endAll);
       await new Promise<void>((resolve) => {
         const child = spawn(ssh[0]!, exitArgs, { stdio: 'ignore' });
         child.on('error', () => resolve());
