@@ -51,6 +51,8 @@ export interface SharedSsh {
   readonly command: string;
   /** Ends the master connection (if one was started) and removes the socket directory. */
   close(): Promise<void>;
+  /** Whether the master connection is up (its socket exists); always true without sharing. */
+  connected(): boolean;
 }
 
 /** Exit hooks of the masters not closed yet, behind one 'exit' listener (one per host warned past 10 hosts). */
@@ -64,7 +66,7 @@ export function sharedSsh(sshCmd: string, target: string): SharedSsh {
   const parent = socketParent();
   // Without a short enough directory, no sharing: slower, but every call still works.
   if (/\bControl(Master|Path)\b/i.test(sshCmd) || parent === undefined)
-    return { command: sshCmd, close: async () => {} };
+    return { command: sshCmd, close: async () => {}, connected: () => true };
   const dir = fs.mkdtempSync(path.join(parent, 'cairn-ssh-'));
   // %C: a hash of the connection's host, port and user, short enough for a socket path.
   const control = ['-o', `ControlPath=${path.join(dir, '%C')}`];
@@ -80,6 +82,8 @@ export function sharedSsh(sshCmd: string, target: string): SharedSsh {
   open.add(onExit);
   return {
     command,
+    // The master binds DIR/%C (40 hex digits) once it has logged in; a temporary name may come first.
+    connected: () => fs.existsSync(dir) && fs.readdirSync(dir).some((n) => /^[0-9a-f]{40}$/.test(n)),
     async close() {
       open.delete(onExit);
       if (open.size === 0) process.off('exit', endAll);

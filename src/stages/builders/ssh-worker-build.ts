@@ -27,21 +27,31 @@ export interface WorkerSlots {
   close(): Promise<void>;
 }
 
-export function workerSlots(store: LocalStore, cmd: WorkerCommand): WorkerSlots {
+/**
+ * `connected` says whether the host's shared connection is up, so that
+ * workers after the first start as soon as it is (not when the first
+ * worker has answered).
+ */
+export function workerSlots(store: LocalStore, cmd: WorkerCommand, connected: () => boolean): WorkerSlots {
   const idle: BuilderWorker[] = [];
   const all = new Set<BuilderWorker>();
   let closed = false;
   // The first ssh call to a host becomes the shared connection's master. Workers started at the same time
   // race it (each finds no socket yet and dials a connection of its own, and sshd's MaxStartups refuses
-  // connections past 10 in the handshake), so later starts wait for the first, whatever became of it.
+  // connections past 10 in the handshake), so later starts wait for that connection, or for the first
+  // start to end, whatever became of it.
   let first: Promise<unknown> | undefined;
+  let firstDone = false;
   const start = async (): Promise<BuilderWorker> => {
     if (first === undefined) {
       const w = BuilderWorker.start(store, cmd);
-      first = w.catch(() => {});
+      first = w.then(
+        () => void (firstDone = true),
+        () => void (firstDone = true),
+      );
       return w;
     }
-    await first;
+    while (!firstDone && !connected()) await new Promise((r) => setTimeout(r, 10));
     return BuilderWorker.start(store, cmd);
   };
   return {

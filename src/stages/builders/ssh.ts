@@ -52,10 +52,14 @@ export function sshBuilder(
   );
   const sshCmd = shared.command;
   const remoteCmd = transport.remoteCairn ?? 'cairn';
-  const workers = workerSlots(store, {
-    name: spec.name,
-    argv: [...splitCommand(sshCmd), '--', target, `${remoteCmd} --store ${shellQuote(spec.store)} builder-worker`],
-  });
+  const workers = workerSlots(
+    store,
+    {
+      name: spec.name,
+      argv: [...splitCommand(sshCmd), '--', target, `${remoteCmd} --store ${shellQuote(spec.store)} builder-worker`],
+    },
+    () => shared.connected(),
+  );
   return {
     name: spec.name,
     slots: spec.maxJobs,
