@@ -38,10 +38,38 @@ export function cliContext(program: Command): CliContext {
   };
 }
 
+/** stdout's own write while a command keeps stdout for its results (see resultsOnStdout). */
+let results: ((s: string) => boolean) | undefined;
+
 /** Prints a line on stdout (adding the newline when missing). */
 export const out = (s: string): void => {
-  process.stdout.write(s.endsWith('\n') ? s : s + '\n');
+  const line = s.endsWith('\n') ? s : s + '\n';
+  if (results) results(line);
+  else process.stdout.write(line);
 };
+
+/**
+ * A command whose stdout holds only its results (RRefs, --json): what else
+ * writes to process.stdout while it runs (a stage file's or a build
+ * function's console.log, in this process) goes to stderr, so
+ * `cairn realize --json | jq` parses whatever the stages print.
+ */
+export function resultsOnStdout<A extends unknown[]>(
+  action: (...args: A) => Promise<void>,
+): (...args: A) => Promise<void> {
+  return async (...args) => {
+    const stdout = process.stdout;
+    const own = stdout.write;
+    results = (s) => own.call(stdout, s);
+    stdout.write = ((...w: Parameters<typeof own>) => process.stderr.write(...w)) as typeof own;
+    try {
+      await action(...args);
+    } finally {
+      stdout.write = own;
+      results = undefined;
+    }
+  };
+}
 
 /** Commander's collector for a repeatable option (`--input A --input B`). */
 export const collect = (v: string, prev: string[]): string[] => [...prev, v];

@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { cairn, expectError, isolateModuleCache, ok, repoRoot, tempDir, tmpEntries } from './helpers.js';
+import { drvAndCodeEntries } from './fixtures/torture/support.js';
 import { FileBlobStore } from '../src/store/cache/file-blob.js';
 import { cacheGc } from '../src/store/cache/gc.js';
 
@@ -89,20 +90,6 @@ function fileProject(): string {
   const dir = project(FILES);
   fs.chmodSync(path.join(dir, 'tool.sh'), 0o755);
   return dir;
-}
-
-/** Every entry under the store's d/ and code/ (what a refused fetch must leave as it was). */
-function drvAndCode(store: string): string[] {
-  const out: string[] = [];
-  for (const top of ['d', 'code']) {
-    const walk = (p: string): void => {
-      if (!fs.existsSync(p)) return;
-      out.push(path.relative(store, p));
-      if (fs.lstatSync(p).isDirectory()) for (const n of fs.readdirSync(p).sort()) walk(path.join(p, n));
-    };
-    walk(path.join(store, top));
-  }
-  return out;
 }
 
 describe('file inputs on a builder without the checkout', () => {
@@ -336,12 +323,12 @@ describe('a host with only the binary cache', () => {
     const remote = newStore();
     fs.mkdirSync(remote);
     ok(cairn(remote, ['store', 'verify']));
-    const before = drvAndCode(remote);
+    const before = drvAndCodeEntries(remote);
     const r = cairn(remote, ['build-drv', u.report, '--substituter', u.url, '--trusted-key', pub?.(u) ?? u.pub], {
       env: otherCache(),
     });
     expectError(r, code, remote);
-    assert.deepEqual(drvAndCode(remote), before);
+    assert.deepEqual(drvAndCodeEntries(remote), before);
     assert.deepEqual(tmpEntries(remote), []);
   }
   const codeFile = (u: Unbuilt): string => path.join(u.cache, 'c', `${u.code}.json`);

@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { drvAndCodeEntries } from './fixtures/torture/support.js';
 import { after, describe, it } from 'node:test';
 import {
   cairn,
@@ -96,19 +97,6 @@ function exportClosureOf(store: string, rrefs: string[]): string {
   const file = path.join(work.dir, `closure-${++seq}.tar`);
   ok(cairn(store, ['export', ...rrefs, '-o', file]));
   return file;
-}
-
-function storeEntries(store: string): string[] {
-  const out: string[] = [];
-  for (const top of ['d', 'code']) {
-    const walk = (p: string): void => {
-      if (!fs.existsSync(p)) return;
-      out.push(path.relative(store, p));
-      if (fs.lstatSync(p).isDirectory()) for (const n of fs.readdirSync(p).sort()) walk(path.join(p, n));
-    };
-    walk(path.join(store, top));
-  }
-  return out;
 }
 
 describe('cairn build-drv', () => {
@@ -495,11 +483,11 @@ describe('derivation exports are checked before anything enters', () => {
     it(`${what}: ${codeName}, and nothing enters the store`, () => {
       const store = newStore();
       ok(cairn(store, ['store', 'verify']));
-      const before = storeEntries(store);
+      const before = drvAndCodeEntries(store);
       const tar = tarOf(entries);
       expectError(cairn(store, ['import-drv', tar]), codeName, store);
       expectError(cairn(store, ['build-drv', a.dref, '--from', tar]), codeName, store);
-      assert.deepEqual(storeEntries(store), before);
+      assert.deepEqual(drvAndCodeEntries(store), before);
     });
   }
 
@@ -649,8 +637,8 @@ describe('closures carry code objects with their derivations (export/import, the
     fs.writeFileSync(tampered, bytes);
     const victim = newStore();
     ok(cairn(victim, ['store', 'verify']));
-    const before = storeEntries(victim);
+    const before = drvAndCodeEntries(victim);
     expectError(cairn(victim, ['import', tampered]), 'E_SYNC_HASH_MISMATCH', victim);
-    assert.deepEqual(storeEntries(victim), before);
+    assert.deepEqual(drvAndCodeEntries(victim), before);
   });
 });

@@ -9,16 +9,11 @@
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { cairn, cairnAsync, cairnBin, isolateModuleCache, ok, tempDir } from './helpers.js';
-import { ensureSwift, freshBucket, swiftCredentials } from './fixtures/swift.js';
+import { cairnAsync, cairnBin, isolateModuleCache, ok, tempDir } from './helpers.js';
+import { buildersCache } from './fixtures/builders/builders-cache.js';
 import { ensureSlurm } from './fixtures/slurm.js';
 import { writeFanout } from './fixtures/builders/fanout.js';
 
-Object.assign(process.env, {
-  AWS_ACCESS_KEY_ID: swiftCredentials.accessKeyId,
-  AWS_SECRET_ACCESS_KEY: swiftCredentials.secretAccessKey,
-  AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
-});
 isolateModuleCache(after, 'cairn-builders-trust-cache');
 
 let t: { dir: string; cleanup: () => void };
@@ -29,9 +24,7 @@ let env: NodeJS.ProcessEnv;
 before(async () => {
   t = tempDir('cairn-builders-trust');
   env = { SLURM_CONF: ensureSlurm(), TMPDIR: t.dir };
-  url = `s3://${await freshBucket('cairn-trust')}/builds?endpoint=${ensureSwift()}&region=us-east-1`;
-  ok(cairn(path.join(t.dir, 'keys'), ['key', 'generate', path.join(t.dir, 'builders')]));
-  key = path.join(t.dir, 'builders.secret');
+  ({ url, key } = await buildersCache(t.dir, 'cairn-trust'));
 });
 after(() => t?.cleanup());
 
@@ -53,7 +46,7 @@ async function realize(store: string, file: string, extra: string[]): Promise<Re
 }
 
 describe('builders through a cache trust their own key', () => {
-  it('a second coordinator substitutes what the builders pushed; a realize without builders still refuses', async () => {
+  it('a second coordinator substitutes what the builders pushed; one without builders still refuses', async () => {
     const file = writeFanout(t.dir, { salt: `trust-${Date.now()}`, parts: 2, sleepMs: 0 });
     const slurm = ['--builders', 'slurm:cairn', '--key', key];
     const first = await realize('first', file, slurm);

@@ -11,16 +11,11 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { cairn, cairnAsync, cairnBin, isolateModuleCache, ok, tempDir } from './helpers.js';
-import { ensureSwift, freshBucket, swiftCredentials } from './fixtures/swift.js';
+import { buildersCache } from './fixtures/builders/builders-cache.js';
 import { ensureSlurm } from './fixtures/slurm.js';
 import { writeFanout } from './fixtures/builders/fanout.js';
 import { rzDir, type VerifyReport } from './fixtures/torture/support.js';
 
-Object.assign(process.env, {
-  AWS_ACCESS_KEY_ID: swiftCredentials.accessKeyId,
-  AWS_SECRET_ACCESS_KEY: swiftCredentials.secretAccessKey,
-  AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
-});
 isolateModuleCache(after, 'cairn-builders-slurm-cache');
 
 let t: { dir: string; cleanup: () => void };
@@ -35,17 +30,7 @@ before(async () => {
   jobTmp = path.join(t.dir, 'job-tmp');
   fs.mkdirSync(jobTmp);
   env = { SLURM_CONF: ensureSlurm(), TMPDIR: jobTmp };
-  const endpoint = ensureSwift();
-  url = `s3://${await freshBucket('cairn-slurm')}/builds?endpoint=${endpoint}&region=us-east-1`;
-  ok(cairn(path.join(t.dir, 'keys'), ['key', 'generate', path.join(t.dir, 'builders')]));
-  key = path.join(t.dir, 'builders.secret');
-  // A cache that has had a push (cache-info.json): a fresh bucket is not yet a cache, and realize would warn.
-  const init = writeFanout(t.dir, { salt: 'init', parts: 1, sleepMs: 0 });
-  const store = path.join(t.dir, 'init');
-  const rref = ok(cairn(store, ['realize', init, '-q']))
-    .stdout.trim()
-    .split(' ')[0]!;
-  ok(cairn(store, ['cache', 'push', url, rref, '--key', key]));
+  ({ url, key } = await buildersCache(t.dir, 'cairn-slurm', { primed: true }));
 });
 after(() => t?.cleanup());
 

@@ -161,9 +161,9 @@ describe('builder workers', () => {
     };
     assert.equal(res.builds, 0);
     assert.equal(starts(), 1, 'a run with nothing to build starts no worker');
-    // A local build prints its stages' stdout noise among the JSON: left out.
+    // A local build's stdout noise goes to stderr too: the JSON parses as it is.
     const local = ok(await h.cairn(a, ['--store', path.join(h.dir, 'ref-seq'), 'realize', file, '--json', '-q']));
-    const reference = JSON.parse(local.stdout.replace(/^noise on stdout\n/gm, '')) as { plan: Plan[] };
+    const reference = JSON.parse(local.stdout) as { plan: Plan[] };
     for (const p of res.plan)
       assert.deepEqual(p.rrefs, reference.plan.find((q) => q.name === p.name)!.rrefs, `${p.name} as built locally`);
     const sum = res.targets[0]!.rrefs[0]!;
@@ -227,6 +227,43 @@ export default stage({ name: 'fails', config: { salt: 'failed-log' }, build: asy
     const log = ok(await h.cairn(a, ['log', dref, '--failed']), 'the failed log here');
     assert.match(log.stdout, /first line of the log/);
     assert.match(log.stdout, /the reason/);
+  });
+
+  it('four slots starting at once share one ssh connection to the host', async () => {
+    const gate = path.join(h.dir, 'release-four');
+    const file = path.join(h.dir, 'four.ts');
+    fs.writeFileSync(
+      file,
+      `import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { stage } from 'cairn';
+// Four builds at once, each held until the test has counted the connections (the hosts share this filesystem).
+export default [0, 1, 2, 3].map((i) =>
+  stage({ name: \`four-\${i}\`, config: { i, gate: ${JSON.stringify(gate)} }, build: async ({ config, out }) => {
+    while (!fs.existsSync(config.gate)) await new Promise((r) => setTimeout(r, 50));
+    fs.writeFileSync(path.join(out, 'v'), String(config.i));
+  } }),
+);
+`,
+    );
+    const args = ['--builders', builderB('?maxJobs=4'), '--builders-ssh', h.ssh, '--remote-cairn', h.remoteCairn];
+    const run = h.spawnCairn(a, ['realize', file, '-j', '1', ...args]);
+    try {
+      const busy = (): string[] => workersOn(b).filter((c) => c.includes('building'));
+      assert.ok(await eventually(() => busy().length === 4, 60_000), workersOn(b).join('\n'));
+      // One connection: the other three ride on it as sessions (one sshd "root@notty" process per connection).
+      const connections = processesOn(b).filter((p) => p.cmd.startsWith('sshd: root@notty'));
+      assert.equal(
+        connections.length,
+        1,
+        processesOn(b)
+          .map((p) => p.cmd)
+          .join('\n'),
+      );
+    } finally {
+      fs.writeFileSync(gate, '');
+    }
+    ok(await run.done, 'realize on four slots');
   });
 
   it('an idle worker that died is replaced, not counted as a failure of its host', async () => {

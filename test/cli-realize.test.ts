@@ -263,6 +263,37 @@ export default [slow('one'), slow('two')];
   });
 });
 
+describe('cairn realize: stdout holds only results', () => {
+  it('what a stage file or a build prints on stdout goes to stderr: --json parses, the RRefs are the last line', () => {
+    const e = setup();
+    try {
+      const file = writeStageFile(
+        e,
+        'noisy.ts',
+        `import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { stage } from 'cairn';
+console.log('noise at load');
+export default stage({ name: 'noisy', config: {}, build: async ({ out }) => {
+  console.log('noise from the build');
+  process.stdout.write('more noise\\n');
+  fs.writeFileSync(path.join(out, 'v'), '1');
+} });
+`,
+      );
+      const r = ok(cairn(e.store, ['realize', file, '--json'], { env: e.env }));
+      const j = JSON.parse(r.stdout) as { targets: { rrefs: string[] }[] };
+      assert.match(j.targets[0]!.rrefs[0]!, RREF);
+      for (const n of ['noise at load', 'noise from the build', 'more noise']) assert.match(r.stderr, new RegExp(n));
+      const plain = ok(cairn(e.store, ['realize', file, '--force'], { env: e.env }));
+      assert.equal(plain.stdout.trim().split('\n').length, 1, plain.stdout);
+      assert.match(plain.stdout.trim(), RREF);
+    } finally {
+      e.cleanup();
+    }
+  });
+});
+
 describe('cairn realize: several outputs per build', () => {
   it('a stage with n: 3 stores 3 realizations from one build, each with its build log', () => {
     const e = setup();

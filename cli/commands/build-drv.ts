@@ -2,7 +2,7 @@
 import { buildDerivation, importAndBuild } from '../../src/stages/build-drv.js';
 import { CairnError } from '../../src/errors.js';
 import { parseRef, type DRef, type RRef } from '../../src/store/refs.js';
-import { collect, out, type CliContext } from '../context.js';
+import { collect, out, resultsOnStdout, type CliContext } from '../context.js';
 import { exportDerivationsTo, importDerivations, importDerivationsFrom } from '../../src/store/drv-export.js';
 import type { LocalStore } from '../../src/store/store.js';
 import { serveBuilderWorker, takeStdout } from '../../src/stages/builders/worker-serve.js';
@@ -50,36 +50,38 @@ export function registerBuildDrv(ctx: CliContext): void {
     .option('--force', 'build again even when realizations from these inputs satisfy the matcher')
     .option('-v, --verbose', 'show the build log live on stderr')
     .option('--json', 'print { drv, realizations, built, host, buildMs, code } as JSON')
-    .action(async (dref: string, o: BuildDrvFlags) => {
-      let p;
-      try {
-        p = parseRef(dref);
-      } catch (e) {
-        throw new CairnError('E_USAGE', `build-drv needs a DRef, not ${JSON.stringify(dref)}`, {}, { cause: e });
-      }
-      if (p.kind !== 'drv') throw new CairnError('E_USAGE', `build-drv needs a DRef, not the RRef ${dref}`);
-      const store = ctx.openStore();
-      const opts = {
-        inputs: o.input as RRef[],
-        force: o.force === true,
-        onLog: o.verbose ? (line: string) => process.stderr.write(`${p.name}> ${line}\n`) : undefined,
-      };
-      const from = o.from;
-      const urls = substituterUrls(o, store.root);
-      // What is taken in (an export, a cache's copies) stays a temp root until the build ends.
-      const take = async (): Promise<void> => {
-        if (from !== undefined) await importFrom(store, from);
-        if (urls.length === 0) return;
-        const { fetchForBuild, trustedKeysOf } = await import('../../src/stages/build-drv-fetch.js');
-        await fetchForBuild(store, urls, dref as DRef, o.input as RRef[], trustedKeysOf(store, o.trustedKey));
-      };
-      const result =
-        from === undefined && urls.length === 0
-          ? await buildDerivation(store, dref as DRef, opts)
-          : await importAndBuild(store, dref as DRef, take, opts);
-      if (o.json) out(JSON.stringify(result));
-      else out(result.realizations.join(' '));
-    });
+    .action(
+      resultsOnStdout(async (dref: string, o: BuildDrvFlags) => {
+        let p;
+        try {
+          p = parseRef(dref);
+        } catch (e) {
+          throw new CairnError('E_USAGE', `build-drv needs a DRef, not ${JSON.stringify(dref)}`, {}, { cause: e });
+        }
+        if (p.kind !== 'drv') throw new CairnError('E_USAGE', `build-drv needs a DRef, not the RRef ${dref}`);
+        const store = ctx.openStore();
+        const opts = {
+          inputs: o.input as RRef[],
+          force: o.force === true,
+          onLog: o.verbose ? (line: string) => process.stderr.write(`${p.name}> ${line}\n`) : undefined,
+        };
+        const from = o.from;
+        const urls = substituterUrls(o, store.root);
+        // What is taken in (an export, a cache's copies) stays a temp root until the build ends.
+        const take = async (): Promise<void> => {
+          if (from !== undefined) await importFrom(store, from);
+          if (urls.length === 0) return;
+          const { fetchForBuild, trustedKeysOf } = await import('../../src/stages/build-drv-fetch.js');
+          await fetchForBuild(store, urls, dref as DRef, o.input as RRef[], trustedKeysOf(store, o.trustedKey));
+        };
+        const result =
+          from === undefined && urls.length === 0
+            ? await buildDerivation(store, dref as DRef, opts)
+            : await importAndBuild(store, dref as DRef, take, opts);
+        if (o.json) out(JSON.stringify(result));
+        else out(result.realizations.join(' '));
+      }),
+    );
 
   // Started by ssh builders over ssh (docs/builders.md), not by hand: hidden from --help.
   ctx.program

@@ -32,6 +32,19 @@ export function workerSlots(store: LocalStore, cmd: WorkerCommand): WorkerSlots 
   const idle: BuilderWorker[] = [];
   const all = new Set<BuilderWorker>();
   let closed = false;
+  // The first ssh call to a host becomes the shared connection's master. Workers started at the same time
+  // race it (each finds no socket yet and dials a connection of its own, and sshd's MaxStartups refuses
+  // connections past 10 in the handshake), so later starts wait for the first, whatever became of it.
+  let first: Promise<unknown> | undefined;
+  const start = async (): Promise<BuilderWorker> => {
+    if (first === undefined) {
+      const w = BuilderWorker.start(store, cmd);
+      first = w.catch(() => {});
+      return w;
+    }
+    await first;
+    return BuilderWorker.start(store, cmd);
+  };
   return {
     async run(fn) {
       if (closed) throw new CairnError('E_BUILDER_FAILED', `${cmd.name}: the builder was closed`);
@@ -40,7 +53,7 @@ export function workerSlots(store: LocalStore, cmd: WorkerCommand): WorkerSlots 
         all.delete(w);
         void w.close();
       }
-      w ??= await BuilderWorker.start(store, cmd);
+      w ??= await start();
       all.add(w);
       let keep = false;
       try {
