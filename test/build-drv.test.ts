@@ -269,6 +269,34 @@ export default stage({
   });
 });
 
+describe('a code object that defines another derivation on the builder', () => {
+  it('blames the environment, not the file inputs of another stage of the same file', () => {
+    // `count` has a file input that no derivation sent to the builder records (it is not being built);
+    // `env` read the environment at the top level, and that is why it instantiates to another DRef there.
+    const dir = project({
+      'stages.ts': `import { stage } from 'cairn';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+export const count = stage({ name: 'count', config: {}, files: ['data.txt'], build: ({ out }) => {
+  fs.writeFileSync(path.join(out, 'n'), '1');
+} });
+export default stage({ name: 'env', config: { salt: process.env.H19_SALT ?? 'none' }, build: ({ out }) => {
+  fs.writeFileSync(path.join(out, 'v'), 'v');
+} });
+`,
+      'data.txt': 'words\n',
+    });
+    const local = newStore();
+    const made = realizeSelfContained(local, dir, { H19_SALT: 'here' });
+    const target = made.targets[0]!.dref;
+    const remote = newStore();
+    const r = cairn(remote, ['build-drv', target, '--from', exportDrvs(local, [target])], { env: { H19_SALT: '' } });
+    expectError(r, 'E_CODE_MISMATCH', remote);
+    assert.match(r.stderr, /does top-level code read the environment/);
+    assert.doesNotMatch(r.stderr, /data\.txt/);
+  });
+});
+
 describe('code that cannot travel', () => {
   it('a native addon is refused when the code is bundled, naming the package', () => {
     const dir = project({

@@ -204,6 +204,31 @@ export default stage({ name: 'noisy', config: { salt: 'forced' }, build: async (
     }
   });
 
+  it('a build that fails on the builder keeps its log here: the hint `cairn log DREF --failed` works', async () => {
+    const file = path.join(h.dir, 'failing-log.ts');
+    fs.writeFileSync(
+      file,
+      `import { stage } from 'cairn';
+export default stage({ name: 'fails', config: { salt: 'failed-log' }, build: async ({ exec }) => {
+  await exec('/bin/sh', ['-c', 'echo first line of the log; echo the reason >&2; exit 3']);
+} });
+`,
+    );
+    const args = ['--builders', builderB(), '--builders-ssh', h.ssh, '--remote-cairn', h.remoteCairn];
+    const r = await h.cairn(a, ['realize', file, ...args]);
+    assert.equal(r.code, 1, r.stderr);
+    const dref = ok(await h.cairn(a, ['instantiate', file]))
+      .stdout.trim()
+      .split('\n')
+      .at(-1)!;
+    assert.match(r.stderr, /E_BUILD_FAILED: on ssh:\/\/root@10\.200\.31\.2\S*: .*the reason/);
+    // The hint is given once, and it is true in this store.
+    assert.equal(r.stderr.split(`(log: cairn log ${dref} --failed)`).length, 2, r.stderr);
+    const log = ok(await h.cairn(a, ['log', dref, '--failed']), 'the failed log here');
+    assert.match(log.stdout, /first line of the log/);
+    assert.match(log.stdout, /the reason/);
+  });
+
   it('four slots starting at once share one ssh connection to the host', async () => {
     const gate = path.join(h.dir, 'release-four');
     const file = path.join(h.dir, 'four.ts');

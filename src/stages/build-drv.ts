@@ -166,7 +166,9 @@ function findDerivation(
   const node = graph.nodes.get(dref);
   if (!node) {
     const sameName = graph.order.filter((d) => graph.nodes.get(d)!.name === parseRef(dref).name);
-    const unrecorded = [...inputs.unrecorded].sort();
+    // Another stage of the file with an unrecorded input is expected (it is not being built): only the inputs
+    // of the same-named stage's closure can explain its other DRef.
+    const unrecorded = unrecordedIn(graph, sameName, inputs.unrecorded);
     throw new CairnError(
       'E_CODE_MISMATCH',
       `code object ${code} (stage file ${entry}) does not define ${dref}` +
@@ -179,6 +181,23 @@ function findDerivation(
     );
   }
   return [node, graph];
+}
+
+/** The unrecorded file inputs declared in the closure of `roots` in `graph`, sorted. */
+function unrecordedIn(graph: Graph, roots: readonly DRef[], unrecorded: ReadonlySet<string>): string[] {
+  const found = new Set<string>();
+  const seen = new Set<DRef>();
+  const todo = [...roots];
+  for (let d = todo.pop(); d !== undefined; d = todo.pop()) {
+    if (seen.has(d)) continue;
+    seen.add(d);
+    const n = graph.nodes.get(d);
+    if (!n) continue;
+    for (const f of n.files) if (unrecorded.has(f.key)) found.add(f.key);
+    if (n.imports && unrecorded.has(n.imports.key)) found.add(n.imports.key);
+    todo.push(...n.deps);
+  }
+  return [...found].sort();
 }
 
 /**

@@ -42,11 +42,28 @@ function parseStamp(name: string): number | null {
  */
 export function keepFailedLog(store: LocalStore, dref: DRef, logFile: string, now = Date.now()): string | undefined {
   try {
+    const data = withRegularFile(logFile, (fd, st) => (st.nlink === 1 ? fs.readFileSync(fd) : null));
+    return data === null ? undefined : keepFailedLogData(store, dref, data, now);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Keeps a failed build's log given as its content: the log lines a remote
+ * builder sent while it built, so `cairn log DREF --failed` works here too,
+ * not only in the builder's store. Best effort, as keepFailedLog.
+ */
+export function keepFailedLogData(
+  store: LocalStore,
+  dref: DRef,
+  data: string | Buffer,
+  now = Date.now(),
+): string | undefined {
+  try {
     const dir = dirOf(store, dref);
     makeDirs(dir);
     const file = path.join(dir, `${stamp(now)}-${process.pid}.log`);
-    const data = withRegularFile(logFile, (fd, st) => (st.nlink === 1 ? fs.readFileSync(fd) : null));
-    if (data === null) return undefined;
     const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
     const out = fs.openSync(file, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, FILE_MODE);
     try {

@@ -10,8 +10,9 @@ import * as path from 'node:path';
 import { CairnError } from '../../errors.js';
 import { writeDerivations } from '../../store/drv-export.js';
 import { importClosure, writeClosureFile } from '../../store/export.js';
+import { keepFailedLogData } from '../../store/failed-logs.js';
 import { removeTree } from '../../store/fsutil.js';
-import { parseRRef, type RRef } from '../../store/refs.js';
+import { parseRRef, type DRef, type RRef } from '../../store/refs.js';
 import type { LocalStore } from '../../store/store.js';
 import { listClosure } from '../../store/sync.js';
 import { planTransfer } from '../../store/sync-plan.js';
@@ -125,6 +126,7 @@ export async function buildOnWorker(
       job.log(`${builder}: sent ${plan.rrefs.length} input realization(s)`);
     }
   }
+  const tail = logTail(job.log);
   const { report, result } = await withTempFile(store, 'worker-drv', async (file) => {
     const fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
     try {
@@ -132,7 +134,12 @@ export async function buildOnWorker(
     } finally {
       fs.closeSync(fd);
     }
-    return w.build(node.dref, inputs, file, job.log, job.force === true);
+    try {
+      return await w.build(node.dref, inputs, file, tail.add, job.force === true);
+    } catch (e) {
+      if (isDerivationFault(e)) keepRemoteFailedLog(store, node.dref, tail.text(), e as CairnError);
+      throw e;
+    }
   });
   try {
     const checked = checkBuildDrvReport(report, node.dref, builder);
@@ -155,4 +162,40 @@ export async function buildOnWorker(
   } finally {
     discard(result);
   }
+}
+
+/** At most this much of a remote build's log is held here, its end, for a failed build's kept log. */
+const FAILED_LOG_TAIL_BYTES = 1 << 20;
+
+/** Passes each line on and keeps the last FAILED_LOG_TAIL_BYTES of them. */
+function logTail(pass: (line: string) => void): { add: (line: string) => void; text: () => string } {
+  let lines: string[] = [];
+  let head = 0;
+  let bytes = 0;
+  return {
+    add: (line) => {
+      pass(line);
+      lines.push(line);
+      bytes += line.length + 1;
+      while (bytes > FAILED_LOG_TAIL_BYTES && lines.length - head > 1) bytes -= lines[head++]!.length + 1;
+      // Dropped lines are cut off now and then, not on every line (no quadratic shifting).
+      if (head > 4096 && head * 2 > lines.length) [lines, head] = [lines.slice(head), 0];
+    },
+    text: () => lines.slice(head).join('\n') + (lines.length > head ? '\n' : ''),
+  };
+}
+
+/**
+ * A build that failed on the builder: its log (the lines the worker sent) is
+ * kept in this store, as a local failure's is, so the hint the builder put
+ * in the message (`cairn log DREF --failed`, true only in the builder's
+ * store) is true here.
+ */
+function keepRemoteFailedLog(store: LocalStore, dref: DRef, log: string, e: CairnError): void {
+  const hint = ` (log: cairn log ${dref} --failed)`;
+  const saved = log.length > 0 ? keepFailedLogData(store, dref, log) : undefined;
+  if (saved) e.details.failedLog = saved;
+  else delete e.details.failedLog;
+  const rest = e.message.replace(hint, '');
+  e.message = saved ? rest + hint : rest;
 }
