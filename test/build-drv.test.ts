@@ -144,6 +144,34 @@ describe('cairn build-drv', () => {
     assert.deepEqual(v.problems, []);
   });
 
+  it("programs start in the build's own scratch directory, not the builder's working directory", () => {
+    // A stage that writes a file where its program starts, then copies it out (as tools that write into
+    // the current directory are used): on a builder, builds at once must not share one directory.
+    const dir = project({
+      'stages.ts': `
+import { stage } from 'cairn';
+export default stage({
+  name: 'here',
+  config: {},
+  build: async ({ exec, out }) => {
+    await exec('sh', ['-c', 'echo made > here.txt && cp here.txt "$1/"', 'sh', out]);
+  },
+});
+`,
+    });
+    const local = newStore();
+    const r = realizeSelfContained(local, dir);
+    const here = r.targets[0]!;
+    const drvs = exportDrvs(local, [here.dref]);
+    const cwd = path.join(work.dir, `builder-home-${++seq}`);
+    fs.mkdirSync(cwd);
+    const remote = newStore();
+    const res = ok(cairn(remote, ['build-drv', here.dref, '--from', drvs], { env: otherCache(), cwd }));
+    assert.equal(lastLine(res.stdout), here.rrefs[0], 'the same RRef as the local build');
+    assert.deepEqual(fs.readdirSync(cwd), [], 'nothing written where build-drv was started');
+    assert.deepEqual(tmpEntries(remote), []);
+  });
+
   it('import-drv from stdin, and export-drv to stdout', () => {
     const dir = project({ 'stages.ts': STAGES, 'helper.ts': HELPER });
     const local = newStore();

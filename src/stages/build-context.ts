@@ -196,6 +196,7 @@ export function makeBuildContext(
   log: BuildLog,
   live: { groups: BuildGroups; echo?: (line: string, output?: number) => void },
   files: Readonly<Record<string, string>> = NO_FILES,
+  programsInTmp = false,
 ): BuildContext<unknown> {
   return Object.freeze({
     name: node.name,
@@ -209,7 +210,8 @@ export function makeBuildContext(
       return scratch();
     },
     log,
-    exec: (cmd: string, args: readonly string[] = [], opts: ExecOptions = {}) => {
+    exec: (cmd: string, args: readonly string[] = [], given: ExecOptions = {}) => {
+      const opts = programsInTmp && given.cwd === undefined ? { ...given, cwd: scratch() } : given;
       const { echo } = live;
       const i = opts.output ?? outputOf(outs, args, opts.cwd);
       const logging = { file: log.file, groups: live.groups, echo: echo && ((line: string) => echo(line, i)) };

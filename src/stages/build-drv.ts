@@ -302,6 +302,8 @@ async function buildWith(
             config,
             files,
             dirs,
+            // No checkout here: this process's directory is nobody's (a login's, a job's).
+            programsInTmp: true,
             release: i === runs - 1 ? held : undefined,
             onLog: opts.onLog && ((line) => opts.onLog!(line)),
           }).catch((e: unknown) => {

@@ -23,6 +23,13 @@ export interface BuildRun {
   config: unknown;
   /** `ctx.files`: the store paths of the stage's file inputs (see inputPaths). */
   files?: Readonly<Record<string, string>>;
+  /**
+   * Programs run without a `cwd` start in the build's own scratch directory
+   * (`ctx.tmp`) instead of this process's: on a builder that is a login
+   * directory or a Slurm job's, shared by every build at once and by none of
+   * the user's files.
+   */
+  programsInTmp?: boolean;
   /** On failure, move the build directory to ROOT/failed/ instead of deleting it. */
   keepFailed?: boolean;
   /**
@@ -79,7 +86,7 @@ export async function buildAndAdd(run: BuildRun): Promise<BuildOutcome> {
       log(`building ${node.dref} with ${s.n} output(s)`);
       const live = { groups, echo: onLog };
       const tmp = (): string => (scratch ??= store.makeTempDir(`work-${node.name}`));
-      const ctx = makeBuildContext(node, config, outs, tmp, log, live, run.files);
+      const ctx = makeBuildContext(node, config, outs, tmp, log, live, run.files, run.programsInTmp);
       await (run.byHand ? run.byHand(ctx) : s.build(ctx));
     } catch (e) {
       if (interruptedBy()) refuseIfInterrupted(node);
