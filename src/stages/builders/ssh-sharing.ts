@@ -62,8 +62,35 @@ const endAll = (): void => {
   open.clear();
 };
 
+/**
+ * Removes socket directories that cairn processes killed outright left
+ * behind (no exit hook runs on SIGKILL): this user's `cairn-ssh-*`
+ * directories, empty (their master has exited, taking its socket) and older
+ * than a master could live. rmdir never removes anything inside.
+ */
+function sweepStaleDirs(parent: string): void {
+  const uid = process.getuid?.();
+  const before = Date.now() - 2 * PERSIST_S * 1000;
+  let names: string[];
+  try {
+    names = fs.readdirSync(parent).filter((n) => n.startsWith('cairn-ssh-'));
+  } catch {
+    return;
+  }
+  for (const n of names) {
+    try {
+      const p = path.join(parent, n);
+      const st = fs.lstatSync(p);
+      if (st.isDirectory() && st.uid === uid && st.mtimeMs < before) fs.rmdirSync(p);
+    } catch {
+      /* not empty, gone, or not ours: left alone */
+    }
+  }
+}
+
 export function sharedSsh(sshCmd: string, target: string): SharedSsh {
   const parent = socketParent();
+  if (parent !== undefined) sweepStaleDirs(parent);
   // Without a short enough directory, no sharing: slower, but every call still works.
   if (/\bControl(Master|Path)\b/i.test(sshCmd) || parent === undefined)
     return { command: sshCmd, close: async () => {}, connected: () => true };
