@@ -160,7 +160,12 @@ export default stage({
 `,
     });
     const local = newStore();
-    const r = realizeSelfContained(local, dir);
+    // Locally the program starts where cairn does: the project, not the test's directory.
+    const r = JSON.parse(
+      ok(cairn(local, ['realize', '--self-contained', '--json', '-q', path.join(dir, 'stages.ts')], { cwd: dir }))
+        .stdout,
+    ) as Realized;
+    assert.equal(fs.readFileSync(path.join(dir, 'here.txt'), 'utf8'), 'made\n');
     const here = r.targets[0]!;
     const drvs = exportDrvs(local, [here.dref]);
     const cwd = path.join(work.dir, `builder-home-${++seq}`);
