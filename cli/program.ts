@@ -34,7 +34,7 @@ export const GROUPS: readonly Group[] = [
     register: async (c) => (await import('./commands/realize.js')).registerRealize(c),
   },
   {
-    words: ['build-drv', 'export-drv', 'import-drv'],
+    words: ['build-drv', 'export-drv', 'import-drv', 'builder-worker'],
     register: async (c) => (await import('./commands/build-drv.js')).registerBuildDrv(c),
   },
   {
