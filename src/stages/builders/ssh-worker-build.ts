@@ -6,19 +6,17 @@
  * build failed on its own (E_BUILD_FAILED, ...) is still good.
  */
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { CairnError } from '../../errors.js';
 import { writeDerivations } from '../../store/drv-export.js';
 import { importClosure, writeClosureFile } from '../../store/export.js';
 import { keepFailedLogData } from '../../store/failed-logs.js';
-import { removeTree } from '../../store/fsutil.js';
 import { parseRRef, type DRef, type RRef } from '../../store/refs.js';
 import type { LocalStore } from '../../store/store.js';
 import { listClosure } from '../../store/sync.js';
 import { planTransfer } from '../../store/sync-plan.js';
 import { checkBuildDrvReport } from './build-drv-report.js';
 import { isDerivationFault, type RemoteJob } from './pool.js';
-import { discard } from './worker-channel.js';
+import { discard, withTempFile } from './worker-channel.js';
 import { BuilderWorker, type WorkerCommand } from './worker-client.js';
 
 export interface WorkerSlots {
@@ -88,16 +86,6 @@ export function workerSlots(store: LocalStore, cmd: WorkerCommand, connected: ()
       all.clear();
     },
   };
-}
-
-/** A file in a fresh temporary directory of the store, removed after `fn`. */
-async function withTempFile<T>(store: LocalStore, label: string, fn: (file: string) => Promise<T>): Promise<T> {
-  const dir = store.makeTempDir(label);
-  try {
-    return await fn(path.join(dir, `${label}.tar`));
-  } finally {
-    removeTree(dir);
-  }
 }
 
 export async function buildOnWorker(

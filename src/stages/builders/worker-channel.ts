@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import type { Readable } from 'node:stream';
 import { CairnError } from '../../errors.js';
 import { removeTree } from '../../store/fsutil.js';
+import type { LocalStore } from '../../store/store.js';
 import { encodeFrame, FrameDecoder, type WorkerReply, type WorkerRequest } from './worker-frames.js';
 
 /** A received message; `payload` is a file in `dir`, which the receiver removes when done (Frame.discard). */
@@ -21,6 +22,16 @@ export interface Frame<T> {
 
 export function discard(f: Frame<unknown> | null | undefined): void {
   if (f?.payload) removeTree(f.payload.dir);
+}
+
+/** A payload file to send (`LABEL.tar` in a fresh temporary directory of the store), removed after `fn`. */
+export async function withTempFile<T>(store: LocalStore, label: string, fn: (file: string) => Promise<T>): Promise<T> {
+  const dir = store.makeTempDir(label);
+  try {
+    return await fn(path.join(dir, `${label}.tar`));
+  } finally {
+    removeTree(dir);
+  }
 }
 
 /** Where bytes go: resolves once they are handed to the OS (so a large payload never piles up in memory). */

@@ -21,12 +21,10 @@
  * carries the frames alone.
  */
 import * as os from 'node:os';
-import * as path from 'node:path';
 import type { Readable } from 'node:stream';
 import { isCairnError } from '../../errors.js';
 import { importDerivations } from '../../store/drv-export.js';
 import { importClosure, writeClosureFile } from '../../store/export.js';
-import { removeTree } from '../../store/fsutil.js';
 import type { DRef, RRef } from '../../store/refs.js';
 import type { TempRoots } from '../../store/interface.js';
 import type { LocalStore } from '../../store/store.js';
@@ -34,7 +32,7 @@ import { codeOf, haveRefs, listClosure } from '../../store/sync.js';
 import { planTransfer } from '../../store/sync-plan.js';
 import { importAndBuild } from '../build-drv.js';
 import { guardRealize } from '../build-processes.js';
-import { discard, FrameChannel, type Frame, type FrameOutput } from './worker-channel.js';
+import { discard, FrameChannel, withTempFile, type Frame, type FrameOutput } from './worker-channel.js';
 import {
   checkVersion,
   parseRequest,
@@ -155,14 +153,10 @@ async function handle(
         (ref) => !mine.has(ref),
         (d) => codeOf(store, d),
       );
-      const dir = store.makeTempDir('worker-out');
-      try {
-        const file = path.join(dir, 'result.tar');
+      return withTempFile(store, 'worker-out', (file) => {
         writeClosureFile(store, manifest, file);
-        return await reply({ t: 'built', report }, file);
-      } finally {
-        removeTree(dir);
-      }
+        return reply({ t: 'built', report }, file);
+      });
     }
   }
 }
