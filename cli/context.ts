@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import type { Command } from 'commander';
 import { CairnError } from '../src/errors.js';
 import { defaultStoreRoot, LocalStore } from '../src/store/store.js';
+import { divertStdout } from '../src/stdout-divert.js';
 
 export interface CliContext {
   program: Command;
@@ -58,14 +59,12 @@ export function resultsOnStdout<A extends unknown[]>(
   action: (...args: A) => Promise<void>,
 ): (...args: A) => Promise<void> {
   return async (...args) => {
-    const stdout = process.stdout;
-    const own = stdout.write;
-    results = (s) => own.call(stdout, s);
-    stdout.write = ((...w: Parameters<typeof own>) => process.stderr.write(...w)) as typeof own;
+    const kept = divertStdout();
+    results = (s) => kept.write(s);
     try {
       await action(...args);
     } finally {
-      stdout.write = own;
+      kept.restore();
       results = undefined;
     }
   };

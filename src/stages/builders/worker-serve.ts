@@ -41,6 +41,7 @@ import {
   type WorkerReply,
   type WorkerRequest,
 } from './worker-frames.js';
+import { divertStdout } from '../../stdout-divert.js';
 
 /** What `ps` shows for a worker: which derivation it is building, if any. */
 const title = (what: string): void => {
@@ -166,11 +167,7 @@ async function handle(
  * else writes to process.stdout (a build's console.log) to stderr.
  */
 export function takeStdout(): FrameOutput {
-  const stdout = process.stdout;
-  const write = stdout.write.bind(stdout);
-  const toStderr = process.stderr.write.bind(process.stderr) as (...a: unknown[]) => boolean;
-  const divert: (...a: unknown[]) => boolean = (...args) => toStderr(...args);
-  stdout.write = divert;
+  const { write } = divertStdout();
   return (bytes) =>
     new Promise((resolve, reject) => {
       write(bytes, (e?: Error | null) => (e ? reject(e) : resolve()));
